@@ -1,0 +1,94 @@
+# Skiff build, test and run targets. Everything a fresh Debian machine needs
+# is installed by `make setup` (run as root): Debian packages, .venv with the
+# project and its dev tools, and the generated protobuf/gRPC code in skiffpb/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STATE ?= /var/lib/skiff/local
+DEB_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 util-linux \
+	busybox-static etcd-client etcd-server shellcheck procps kmod
+PROTOS := $(shell find proto -name '*.proto' | sort)
+PYTEST_FLAGS ?=
+
+.PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
+	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e clean
+
+setup: deb $(VENV)/.installed skiffpb/.generated
+
+# Debian packages, installed only when one is missing.
+deb:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# compat mode puts the repository root on sys.path, so the generated skiffpb/ is importable too.
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	touch $@
+
+# Generated code is built from proto/ and never edited or committed.
+gen: skiffpb/.generated
+skiffpb/.generated: $(PROTOS) $(VENV)/.installed
+	rm -rf skiffpb
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	find skiffpb -type d -exec touch {}/__init__.py \;
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
+
+integration: setup
+	$(BIN)/pytest tests/integration $(PYTEST_FLAGS)
+
+e2e: setup
+	$(BIN)/pytest tests/e2e $(PYTEST_FLAGS)
+
+# The whole suite, lint included. CI runs this through .ci/run.
+test: setup lint
+	$(BIN)/pytest tests $(PYTEST_FLAGS)
+
+# The embedded default: a one-host cluster serving examples/web/.
+up: setup
+	$(BIN)/python -m deploy.local up --state-dir $(STATE)
+
+down: setup
+	$(BIN)/python -m deploy.local down --state-dir $(STATE)
+
+status: setup
+	$(BIN)/python -m deploy.local status --state-dir $(STATE)
+
+# The network-namespace lab: 1 control-plane host, 2 workers.
+lab: setup
+	$(BIN)/skiff lab up
+
+lab-down: setup
+	$(BIN)/skiff lab down
+
+bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e
+
+bench-store: setup
+	$(BIN)/python -m bench.store
+bench-apiserver: setup
+	$(BIN)/python -m bench.apiserver
+bench-scheduler: setup
+	$(BIN)/python -m bench.scheduler
+bench-netproxy: setup
+	$(BIN)/python -m bench.netproxy
+bench-nodeagent: setup
+	$(BIN)/python -m bench.nodeagent
+bench-e2e: setup
+	$(BIN)/python -m bench.e2e
+
+clean:
+	rm -rf $(VENV) skiffpb build .pytest_cache .mypy_cache .ruff_cache

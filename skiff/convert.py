@@ -1,0 +1,248 @@
+"""Strict conversion between plain data (parsed YAML/JSON) and API messages.
+
+Kubernetes manifests map onto our protobuf messages by protobuf's JSON names, but
+protobuf's own json_format reports errors in its terms ("Message type X has no field Y")
+and without a path. This walker names the exact field path the way kubectl does:
+`spec.template.spec.containers[0].ports[0].containerPort: expected an integer, got "eighty"`.
+
+What must hold: `to_data(from_data(d))` equals `d` for any valid `d` in canonical form
+(defaults are not added here; that is the api-server's job), and nothing in a manifest is
+silently dropped: every key either lands in a field or raises FieldError.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+M = TypeVar("M", bound=Message)
+
+INT_OR_STRING = "skiff.api.v1.IntOrString"
+TIMESTAMP = "google.protobuf.Timestamp"
+
+# map<string,string> fields that hold quantities: YAML numbers (cpu: 1, cpu: 0.5) are accepted there.
+QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable"})
+
+_INT_TYPES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+}
+
+
+class FieldError(ValueError):
+    """A value that does not fit its field. `path` is the JSON path (`spec.replicas`)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+def describe_value(value: Any) -> str:
+    """How a wrong value is shown in an error: strings quoted, containers by kind."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f'"{shown}"'
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def format_timestamp(ts: Timestamp) -> str:
+    """RFC 3339 in UTC, with a fraction only when there is one (as Kubernetes prints)."""
+    base = dt.datetime.fromtimestamp(ts.seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if ts.nanos:
+        frac = f"{ts.nanos:09d}".rstrip("0")
+        return f"{base}.{frac}Z"
+    return base + "Z"
+
+
+def parse_timestamp(value: Any, path: str) -> Timestamp:
+    ts = Timestamp()
+    if isinstance(value, dt.datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        ts.FromDatetime(when.astimezone(dt.UTC))
+        return ts
+    if isinstance(value, str):
+        try:
+            ts.FromJsonString(value)
+            return ts
+        except ValueError:
+            pass
+    raise FieldError(path, f"expected an RFC 3339 time such as 2024-01-02T03:04:05Z, got {describe_value(value)}")
+
+
+def from_data(data: Any, message_type: type[M], path: str = "") -> M:
+    """Build a `message_type` from parsed YAML/JSON data, strictly."""
+    msg = message_type()
+    _fill(msg, data, path)
+    return msg
+
+
+def _fill(msg: Message, data: Any, path: str) -> None:
+    desc: Descriptor = msg.DESCRIPTOR
+    if not isinstance(data, Mapping):
+        raise FieldError(path, f"expected an object, got {describe_value(data)}")
+    by_json = desc.fields_by_camelcase_name
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise FieldError(path, f"field names must be strings, got {describe_value(key)}")
+        field = by_json.get(key)
+        here = _join(path, key)
+        if field is None or field.json_name != key:
+            hint = difflib.get_close_matches(key, [f.json_name for f in desc.fields], n=1)
+            suffix = f' (did you mean "{hint[0]}"?)' if hint else ""
+            raise FieldError(here, f"unknown field{suffix}")
+        if value is None:
+            continue  # explicit null: leave unset, as Kubernetes does
+        _set_field(msg, field, value, here)
+
+
+def _set_field(msg: Message, field: FieldDescriptor, value: Any, path: str) -> None:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        _set_map(msg, field, value, path)
+    elif field.is_repeated:
+        if not isinstance(value, list):
+            raise FieldError(path, f"expected a list, got {describe_value(value)}")
+        target = getattr(msg, field.name)
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            if item is None:
+                raise FieldError(item_path, "expected a value, got null")
+            if field.message_type is not None:
+                _fill_message_value(target.add(), item, item_path)
+            else:
+                target.append(_scalar(field, item, item_path))
+    elif field.message_type is not None:
+        _fill_message_value(getattr(msg, field.name), value, path)
+    else:
+        setattr(msg, field.name, _scalar(field, value, path))
+
+
+def _fill_message_value(target: Message, value: Any, path: str) -> None:
+    name = target.DESCRIPTOR.full_name
+    if name == INT_OR_STRING:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise FieldError(path, f"expected an integer or a string, got {describe_value(value)}")
+        if isinstance(value, int):
+            if not -(2**31) <= value < 2**31:
+                raise FieldError(path, f"integer {value} is out of range")
+            target.int_val = value  # type: ignore[attr-defined]
+        else:
+            target.str_val = value  # type: ignore[attr-defined]
+    elif name == TIMESTAMP:
+        target.CopyFrom(parse_timestamp(value, path))
+    else:
+        _fill(target, value, path)
+
+
+def _set_map(msg: Message, field: FieldDescriptor, value: Any, path: str) -> None:
+    if not isinstance(value, Mapping):
+        raise FieldError(path, f"expected an object (a map), got {describe_value(value)}")
+    value_field = field.message_type.fields_by_name["value"]
+    target = getattr(msg, field.name)
+    for key, item in value.items():
+        here = _join(path, str(key))
+        if not isinstance(key, str):
+            raise FieldError(here, f"map keys must be strings, got {describe_value(key)}")
+        if value_field.message_type is not None:
+            _fill_message_value(target[key], item, here)
+            continue
+        if field.name in QUANTITY_MAPS and isinstance(item, int | float) and not isinstance(item, bool):
+            item = _number_text(item)
+        if item is None:
+            item = ""
+        target[key] = _scalar(value_field, item, here)
+
+
+def _number_text(value: int | float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _scalar(field: FieldDescriptor, value: Any, path: str) -> Any:
+    ftype = field.type
+    if ftype == FieldDescriptor.TYPE_STRING:
+        if not isinstance(value, str):
+            hint = " (quote it in YAML)" if isinstance(value, int | float | bool) else ""
+            raise FieldError(path, f"expected a string, got {describe_value(value)}{hint}")
+        return value
+    if ftype in _INT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise FieldError(path, f"expected an integer, got {describe_value(value)}")
+        low, high = _INT_TYPES[ftype]
+        if not low <= value <= high:
+            raise FieldError(path, f"integer {value} is out of range")
+        return value
+    if ftype == FieldDescriptor.TYPE_BOOL:
+        if not isinstance(value, bool):
+            raise FieldError(path, f"expected true or false, got {describe_value(value)}")
+        return value
+    if ftype in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise FieldError(path, f"expected a number, got {describe_value(value)}")
+        return float(value)
+    if ftype == FieldDescriptor.TYPE_BYTES:
+        if not isinstance(value, str | bytes):
+            raise FieldError(path, f"expected a string, got {describe_value(value)}")
+        return value.encode() if isinstance(value, str) else value
+    raise FieldError(path, f"unsupported field type {ftype}")
+
+
+def to_data(msg: Message) -> dict[str, Any]:
+    """The manifest form of a message: JSON names, set fields only, in field order."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        out[field.json_name] = _value_to_data(field, value)
+    return out
+
+
+def _value_to_data(field: FieldDescriptor, value: Any) -> Any:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value_field = field.message_type.fields_by_name["value"]
+        if value_field.message_type is not None:
+            return {k: _message_to_data(v) for k, v in sorted(value.items())}
+        return dict(sorted(value.items()))
+    if field.is_repeated:
+        if field.message_type is not None:
+            return [_message_to_data(v) for v in value]
+        return list(value)
+    if field.message_type is not None:
+        return _message_to_data(value)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return value.decode(errors="replace")
+    return value
+
+
+def _message_to_data(msg: Message) -> Any:
+    name = msg.DESCRIPTOR.full_name
+    if name == INT_OR_STRING:
+        which = msg.WhichOneof("value")
+        return getattr(msg, which) if which else 0
+    if name == TIMESTAMP:
+        return format_timestamp(msg)  # type: ignore[arg-type]
+    return to_data(msg)

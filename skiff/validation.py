@@ -1,0 +1,496 @@
+"""Validation of API objects, shared by the CLI (before sending) and the api-server (authoritative).
+
+`validate(obj)` returns every problem found, each as a FieldError naming the JSON path, so a
+user fixes a manifest in one pass. It checks shape and values only; defaults are applied by
+the api-server before validation there, and validation never changes the object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+from google.protobuf.message import Message
+
+from skiff import kinds, labels, quantity
+from skiff.convert import FieldError
+from skiffpb.api.v1 import types_pb2 as t
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+ENV_VAR_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+PERCENT = re.compile(r"^[0-9]+%$")
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+SERVICE_TYPES = ("ClusterIP", "NodePort")
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+KNOWN_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
+
+
+def _quote_choices(choices: Iterable[str]) -> str:
+    return ", ".join(f'"{c}"' for c in choices)
+
+
+class _Errors:
+    """Collects FieldErrors; each check appends and never raises."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+
+    def add(self, path: str, problem: str) -> None:
+        self.items.append(FieldError(path, problem))
+
+    def enum(self, path: str, value: str, choices: tuple[str, ...], *, allow_empty: bool = True) -> None:
+        if (value or not allow_empty) and value not in choices:
+            shown = f'"{value}"' if value else "empty"
+            self.add(path, f"unsupported value {shown}: supported values are {_quote_choices(choices)}")
+
+    def non_negative(self, path: str, value: int) -> None:
+        if value < 0:
+            self.add(path, f"must be greater than or equal to 0, got {value}")
+
+    def port(self, path: str, value: int, *, allow_zero: bool = False) -> None:
+        low = 0 if allow_zero else 1
+        if not low <= value <= 65535:
+            self.add(path, f"must be between {low} and 65535 inclusive, got {value}")
+
+
+def check_dns_label(value: str) -> str | None:
+    if len(value) > 63:
+        return f"must be no more than 63 characters, got {len(value)}"
+    if not DNS1123_LABEL.match(value):
+        return (f'"{value}" is not a valid DNS-1123 label: lower-case letters, digits and "-", '
+                "starting and ending with a letter or digit")
+    return None
+
+
+def check_dns_subdomain(value: str) -> str | None:
+    if len(value) > 253:
+        return f"must be no more than 253 characters, got {len(value)}"
+    if not DNS1123_SUBDOMAIN.match(value):
+        return (f'"{value}" is not a valid DNS-1123 subdomain: lower-case letters, digits, "-" and ".", '
+                "starting and ending with a letter or digit")
+    return None
+
+
+def check_dns1035_label(value: str) -> str | None:
+    if len(value) > 63:
+        return f"must be no more than 63 characters, got {len(value)}"
+    if not DNS1035_LABEL.match(value):
+        return (f'"{value}" is not a valid DNS-1035 label: lower-case letters, digits and "-", '
+                "starting with a letter and ending with a letter or digit")
+    return None
+
+
+def check_label_key(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and not prefix:
+        return f'label key "{key}" has an empty prefix'
+    if prefix and check_dns_subdomain(prefix):
+        return f'label key "{key}": prefix must be a DNS-1123 subdomain'
+    if not name or len(name) > 63 or not QUALIFIED_NAME.match(name):
+        return (f'invalid label key "{key}": name part must be 63 characters or fewer, alphanumeric, '
+                '"-", "_" or ".", starting and ending with an alphanumeric character')
+    return None
+
+
+def check_label_value(value: str) -> str | None:
+    if len(value) > 63 or not LABEL_VALUE.match(value):
+        return (f'invalid label value "{value}": must be 63 characters or fewer, alphanumeric, '
+                '"-", "_" or ".", starting and ending with an alphanumeric character')
+    return None
+
+
+def check_port_name(value: str) -> str | None:
+    if len(value) > 15:
+        return f'port name "{value}" must be no more than 15 characters'
+    if not IANA_SVC_NAME.match(value) or "--" in value or not re.search(r"[a-z]", value):
+        return (f'port name "{value}" is not a valid IANA service name: lower-case letters, digits '
+                'and "-", at least one letter, no "--"')
+    return None
+
+
+def _labels(errs: _Errors, path: str, values: Mapping[str, str]) -> None:
+    for key, value in values.items():
+        problem = check_label_key(key)
+        if problem:
+            errs.add(f"{path}[{key}]", problem)
+        problem = check_label_value(value)
+        if problem:
+            errs.add(f"{path}[{key}]", problem)
+
+
+def _metadata(errs: _Errors, meta: t.ObjectMeta, kind: kinds.Kind, path: str = "metadata",
+              *, name_check: Callable[[str], str | None] = check_dns_subdomain, need_name: bool = True) -> None:
+    if meta.name:
+        problem = name_check(meta.name)
+        if problem:
+            errs.add(f"{path}.name", problem)
+    elif meta.generate_name:
+        problem = name_check(meta.generate_name.rstrip("-") or "x")
+        if problem:
+            errs.add(f"{path}.generateName", problem)
+    elif need_name:
+        errs.add(f"{path}.name", "name or generateName is required")
+    if meta.namespace:
+        if not kind.namespaced:
+            errs.add(f"{path}.namespace", f"{kind.kind} is not namespaced; remove the namespace")
+        else:
+            problem = check_dns_label(meta.namespace)
+            if problem:
+                errs.add(f"{path}.namespace", problem)
+    _labels(errs, f"{path}.labels", meta.labels)
+    size = 0
+    for key, value in meta.annotations.items():
+        problem = check_label_key(key)
+        if problem:
+            errs.add(f"{path}.annotations[{key}]", problem.replace("label key", "annotation key"))
+        size += len(key) + len(value)
+    if size > MAX_ANNOTATIONS_BYTES:
+        errs.add(f"{path}.annotations", f"annotations total {size} bytes, more than the limit of 262144")
+    for i, ref in enumerate(meta.owner_references):
+        rp = f"{path}.ownerReferences[{i}]"
+        for field in ("api_version", "kind", "name", "uid"):
+            if not getattr(ref, field):
+                errs.add(f"{rp}.{_json(field)}", "required")
+    if sum(1 for ref in meta.owner_references if ref.controller) > 1:
+        errs.add(f"{path}.ownerReferences", "only one reference can have controller set to true")
+
+
+def _json(field: str) -> str:
+    head, *rest = field.split("_")
+    return head + "".join(p.capitalize() for p in rest)
+
+
+def _int_or_string_port(errs: _Errors, path: str, value: t.IntOrString, *, required: bool = True) -> None:
+    which = value.WhichOneof("value")
+    if which == "int_val":
+        errs.port(path, value.int_val)
+    elif which == "str_val":
+        problem = check_port_name(value.str_val)
+        if problem:
+            errs.add(path, problem)
+    elif required:
+        errs.add(path, "required: a port number or a port name")
+
+
+def _quantities(errs: _Errors, path: str, values: Mapping[str, str]) -> dict[str, int]:
+    parsed: dict[str, int] = {}
+    for name, text in values.items():
+        if name not in KNOWN_RESOURCES and "/" not in name:
+            errs.add(f"{path}.{name}", f'unknown resource "{name}": supported are {_quote_choices(KNOWN_RESOURCES)} '
+                     "or a domain-prefixed extended resource")
+            continue
+        try:
+            value = quantity.parse(text)
+        except quantity.QuantityError as exc:
+            errs.add(f"{path}.{name}", str(exc))
+            continue
+        if value < 0:
+            errs.add(f"{path}.{name}", f'must be greater than or equal to 0, got "{text}"')
+            continue
+        parsed[name] = quantity.cpu_millis(text) if name == "cpu" else quantity.to_bytes(text)
+    return parsed
+
+
+def _probe(errs: _Errors, path: str, probe: t.Probe) -> None:
+    handlers = [name for name in ("exec", "http_get", "tcp_socket") if probe.HasField(name)]
+    if len(handlers) != 1:
+        errs.add(path, "must specify exactly one of exec, httpGet or tcpSocket"
+                 + (f" (got {', '.join(_json(h) for h in handlers)})" if handlers else ""))
+    if probe.HasField("exec") and not probe.exec.command:
+        errs.add(f"{path}.exec.command", "required")
+    if probe.HasField("http_get"):
+        _int_or_string_port(errs, f"{path}.httpGet.port", probe.http_get.port)
+        errs.enum(f"{path}.httpGet.scheme", probe.http_get.scheme, ("HTTP", "HTTPS"))
+        if probe.http_get.path and not probe.http_get.path.startswith("/"):
+            errs.add(f"{path}.httpGet.path", f'must start with "/", got "{probe.http_get.path}"')
+    if probe.HasField("tcp_socket"):
+        _int_or_string_port(errs, f"{path}.tcpSocket.port", probe.tcp_socket.port)
+    for field in ("initial_delay_seconds", "timeout_seconds", "period_seconds", "success_threshold",
+                  "failure_threshold"):
+        errs.non_negative(f"{path}.{_json(field)}", getattr(probe, field))
+
+
+def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -> None:
+    if not c.name:
+        errs.add(f"{path}.name", "required")
+    else:
+        problem = check_dns_label(c.name)
+        if problem:
+            errs.add(f"{path}.name", problem)
+    if not c.image.strip():
+        errs.add(f"{path}.image", "required")
+    elif c.image != c.image.strip():
+        errs.add(f"{path}.image", "must not have leading or trailing whitespace")
+    errs.enum(f"{path}.imagePullPolicy", c.image_pull_policy, PULL_POLICIES)
+    for j, port in enumerate(c.ports):
+        pp = f"{path}.ports[{j}]"
+        errs.port(f"{pp}.containerPort", port.container_port)
+        errs.port(f"{pp}.hostPort", port.host_port, allow_zero=True)
+        errs.enum(f"{pp}.protocol", port.protocol, PROTOCOLS)
+        if port.name:
+            problem = check_port_name(port.name)
+            if problem:
+                errs.add(f"{pp}.name", problem)
+            elif port.name in port_names:
+                errs.add(f"{pp}.name", f'duplicate port name "{port.name}" in this pod')
+            port_names.add(port.name)
+        if port.host_ip:
+            _ip(errs, f"{pp}.hostIP", port.host_ip)
+    seen_env: set[str] = set()
+    for j, env in enumerate(c.env):
+        if not env.name or not ENV_VAR_NAME.match(env.name):
+            errs.add(f"{path}.env[{j}].name", f'invalid environment variable name "{env.name}"')
+        seen_env.add(env.name)
+    requests = _quantities(errs, f"{path}.resources.requests", c.resources.requests)
+    limits = _quantities(errs, f"{path}.resources.limits", c.resources.limits)
+    for name, req in requests.items():
+        if name in limits and req > limits[name]:
+            errs.add(f"{path}.resources.requests.{name}",
+                     f'must be less than or equal to the {name} limit "{c.resources.limits[name]}"')
+    for field in ("liveness_probe", "readiness_probe", "startup_probe"):
+        if c.HasField(field):
+            _probe(errs, f"{path}.{_json(field)}", getattr(c, field))
+
+
+def _ip(errs: _Errors, path: str, value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        errs.add(path, f'"{value}" is not a valid IP address')
+
+
+def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
+    if not spec.containers:
+        errs.add(f"{path}.containers", "at least one container is required")
+    names: set[str] = set()
+    port_names: set[str] = set()
+    for i, c in enumerate(spec.containers):
+        if c.name and c.name in names:
+            errs.add(f"{path}.containers[{i}].name", f'duplicate container name "{c.name}"')
+        names.add(c.name)
+        _container(errs, f"{path}.containers[{i}]", c, port_names)
+    errs.enum(f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES)
+    if spec.HasField("termination_grace_period_seconds"):
+        errs.non_negative(f"{path}.terminationGracePeriodSeconds", spec.termination_grace_period_seconds)
+    if spec.node_name:
+        problem = check_dns_subdomain(spec.node_name)
+        if problem:
+            errs.add(f"{path}.nodeName", problem)
+    _labels(errs, f"{path}.nodeSelector", spec.node_selector)
+    for i, tol in enumerate(spec.tolerations):
+        tp = f"{path}.tolerations[{i}]"
+        errs.enum(f"{tp}.operator", tol.operator, ("Equal", "Exists"))
+        errs.enum(f"{tp}.effect", tol.effect, TAINT_EFFECTS)
+        if tol.operator == "Exists" and tol.value:
+            errs.add(f"{tp}.value", 'must be empty when operator is "Exists"')
+        if not tol.key and tol.operator != "Exists":
+            errs.add(f"{tp}.operator", 'must be "Exists" when key is empty')
+    if spec.hostname:
+        problem = check_dns_label(spec.hostname)
+        if problem:
+            errs.add(f"{path}.hostname", problem)
+
+
+def _label_selector(errs: _Errors, path: str, sel: t.LabelSelector, *, required: bool) -> None:
+    if required and not sel.match_labels and not sel.match_expressions:
+        errs.add(path, "a non-empty selector is required")
+    _labels(errs, f"{path}.matchLabels", sel.match_labels)
+    for i, expr in enumerate(sel.match_expressions):
+        ep = f"{path}.matchExpressions[{i}]"
+        problem = check_label_key(expr.key)
+        if problem:
+            errs.add(f"{ep}.key", problem)
+        errs.enum(f"{ep}.operator", expr.operator, SELECTOR_OPERATORS, allow_empty=False)
+        if expr.operator in ("In", "NotIn") and not expr.values:
+            errs.add(f"{ep}.values", f"must have at least one value for operator {expr.operator}")
+        if expr.operator in ("Exists", "DoesNotExist") and expr.values:
+            errs.add(f"{ep}.values", f"must be empty for operator {expr.operator}")
+
+
+def _workload(errs: _Errors, spec: t.DeploymentSpec | t.ReplicaSetSpec) -> None:
+    if spec.HasField("replicas"):
+        errs.non_negative("spec.replicas", spec.replicas)
+    errs.non_negative("spec.minReadySeconds", spec.min_ready_seconds)
+    _label_selector(errs, "spec.selector", spec.selector, required=True)
+    _metadata(errs, spec.template.metadata, kinds.by_kind("Pod"), "spec.template.metadata",  # type: ignore[arg-type]
+              need_name=False)
+    sel = spec.selector
+    if sel.match_labels or sel.match_expressions:
+        try:
+            selector = labels.from_label_selector(sel)
+        except labels.SelectorError:
+            selector = None
+        if selector is not None and not labels.matches(selector, spec.template.metadata.labels):
+            errs.add("spec.template.metadata.labels", "`selector` does not match template `labels`")
+    _pod_spec(errs, "spec.template.spec", spec.template.spec)
+    policy = spec.template.spec.restart_policy
+    if policy and policy != "Always":
+        errs.add("spec.template.spec.restartPolicy", f'unsupported value "{policy}": only "Always" is allowed here')
+
+
+def _percent_or_int(errs: _Errors, path: str, value: t.IntOrString) -> int | None:
+    """The value as an int for integers, or None for a percent; records bad values."""
+    which = value.WhichOneof("value")
+    if which == "int_val":
+        errs.non_negative(path, value.int_val)
+        return value.int_val
+    if which == "str_val":
+        if not PERCENT.match(value.str_val):
+            errs.add(path, f'must be an integer or a percentage like "25%", got "{value.str_val}"')
+            return None
+        if int(value.str_val[:-1]) > 100:
+            errs.add(path, f'must not be greater than 100%, got "{value.str_val}"')
+        return -1 if value.str_val == "0%" else None
+    return None
+
+
+def _is_zero(value: t.IntOrString) -> bool:
+    which = value.WhichOneof("value")
+    return (which == "int_val" and value.int_val == 0) or (which == "str_val" and value.str_val == "0%")
+
+
+def _deployment(errs: _Errors, d: t.Deployment) -> None:
+    _workload(errs, d.spec)
+    strategy = d.spec.strategy
+    errs.enum("spec.strategy.type", strategy.type, ("RollingUpdate", "Recreate"))
+    if strategy.type == "Recreate" and strategy.HasField("rolling_update"):
+        errs.add("spec.strategy.rollingUpdate", 'may not be specified when strategy type is "Recreate"')
+    ru = strategy.rolling_update
+    if strategy.HasField("rolling_update"):
+        _percent_or_int(errs, "spec.strategy.rollingUpdate.maxSurge", ru.max_surge)
+        _percent_or_int(errs, "spec.strategy.rollingUpdate.maxUnavailable", ru.max_unavailable)
+        if (ru.HasField("max_surge") and ru.HasField("max_unavailable")
+                and _is_zero(ru.max_surge) and _is_zero(ru.max_unavailable)):
+            errs.add("spec.strategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0")
+    if d.spec.HasField("revision_history_limit"):
+        errs.non_negative("spec.revisionHistoryLimit", d.spec.revision_history_limit)
+    if d.spec.HasField("progress_deadline_seconds") and d.spec.progress_deadline_seconds <= d.spec.min_ready_seconds:
+        errs.add("spec.progressDeadlineSeconds", "must be greater than minReadySeconds")
+
+
+def _service(errs: _Errors, s: t.Service) -> None:
+    spec = s.spec
+    errs.enum("spec.type", spec.type, SERVICE_TYPES)
+    headless = spec.cluster_ip == "None"
+    if not spec.ports and not headless:
+        errs.add("spec.ports", "at least one port is required")
+    names: set[str] = set()
+    seen: set[tuple[int, str]] = set()
+    for i, port in enumerate(spec.ports):
+        pp = f"spec.ports[{i}]"
+        if len(spec.ports) > 1 and not port.name:
+            errs.add(f"{pp}.name", "required when a Service has more than one port")
+        if port.name:
+            problem = check_dns_label(port.name)
+            if problem:
+                errs.add(f"{pp}.name", problem)
+            elif port.name in names:
+                errs.add(f"{pp}.name", f'duplicate port name "{port.name}"')
+            names.add(port.name)
+        errs.port(f"{pp}.port", port.port)
+        errs.enum(f"{pp}.protocol", port.protocol, PROTOCOLS)
+        key = (port.port, port.protocol or "TCP")
+        if key in seen:
+            errs.add(f"{pp}", f"duplicate port {port.port}/{key[1]}")
+        seen.add(key)
+        if port.HasField("target_port"):
+            _int_or_string_port(errs, f"{pp}.targetPort", port.target_port, required=False)
+        if port.node_port:
+            if spec.type != "NodePort":
+                errs.add(f"{pp}.nodePort", 'may only be set when type is "NodePort"')
+            else:
+                errs.port(f"{pp}.nodePort", port.node_port)
+    if spec.cluster_ip and not headless:
+        try:
+            ipaddress.IPv4Address(spec.cluster_ip)
+        except ValueError:
+            errs.add("spec.clusterIP", f'"{spec.cluster_ip}" is not a valid IPv4 address (or "None" for headless)')
+    if headless and spec.type == "NodePort":
+        errs.add("spec.clusterIP", 'may not be "None" when type is "NodePort"')
+    _labels(errs, "spec.selector", spec.selector)
+    errs.enum("spec.sessionAffinity", spec.session_affinity, ("None", "ClientIP"))
+    errs.enum("spec.externalTrafficPolicy", spec.external_traffic_policy, ("Cluster", "Local"))
+    timeout = spec.session_affinity_config.client_ip
+    if timeout.HasField("timeout_seconds") and not 0 < timeout.timeout_seconds <= 86400:
+        errs.add("spec.sessionAffinityConfig.clientIP.timeoutSeconds", "must be between 1 and 86400")
+
+
+def _endpoints(errs: _Errors, e: t.Endpoints) -> None:
+    for i, subset in enumerate(e.subsets):
+        sp = f"subsets[{i}]"
+        for field in ("addresses", "not_ready_addresses"):
+            for j, addr in enumerate(getattr(subset, field)):
+                _ip(errs, f"{sp}.{_json(field)}[{j}].ip", addr.ip)
+        for j, port in enumerate(subset.ports):
+            errs.port(f"{sp}.ports[{j}].port", port.port)
+            errs.enum(f"{sp}.ports[{j}].protocol", port.protocol, PROTOCOLS)
+
+
+def _node(errs: _Errors, n: t.Node) -> None:
+    for path, cidr in [("spec.podCIDR", n.spec.pod_cidr)] + [
+        (f"spec.podCIDRs[{i}]", c) for i, c in enumerate(n.spec.pod_cidrs)
+    ]:
+        if cidr:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError:
+                errs.add(path, f'"{cidr}" is not a valid CIDR such as 10.244.1.0/24')
+    for i, taint in enumerate(n.spec.taints):
+        problem = check_label_key(taint.key) if taint.key else "required"
+        if problem:
+            errs.add(f"spec.taints[{i}].key", problem)
+        errs.enum(f"spec.taints[{i}].effect", taint.effect, TAINT_EFFECTS, allow_empty=False)
+    for i, addr in enumerate(n.status.addresses):
+        if addr.type in ("InternalIP", "ExternalIP"):
+            _ip(errs, f"status.addresses[{i}].address", addr.address)
+
+
+def _lease(errs: _Errors, lease: t.Lease) -> None:
+    if lease.spec.HasField("lease_duration_seconds") and lease.spec.lease_duration_seconds <= 0:
+        errs.add("spec.leaseDurationSeconds", "must be greater than 0")
+
+
+def _event(errs: _Errors, ev: t.Event) -> None:
+    if not ev.involved_object.name and not ev.involved_object.kind:
+        errs.add("involvedObject", "required")
+    errs.enum("type", ev.type, ("Normal", "Warning"))
+
+
+def validate(obj: Message) -> list[FieldError]:
+    """Every problem with `obj`, in field order; empty when it is valid."""
+    kind = kinds.of_message(obj)
+    errs = _Errors()
+    meta: t.ObjectMeta = obj.metadata  # type: ignore[attr-defined]
+    name_check = {
+        "Namespace": check_dns_label,
+        "Service": check_dns1035_label,
+    }.get(kind.kind, check_dns_subdomain)
+    _metadata(errs, meta, kind, name_check=name_check)
+    if isinstance(obj, t.Pod):
+        _pod_spec(errs, "spec", obj.spec)
+    elif isinstance(obj, t.Deployment):
+        _deployment(errs, obj)
+    elif isinstance(obj, t.ReplicaSet):
+        _workload(errs, obj.spec)
+    elif isinstance(obj, t.Service):
+        _service(errs, obj)
+    elif isinstance(obj, t.Endpoints):
+        _endpoints(errs, obj)
+    elif isinstance(obj, t.Node):
+        _node(errs, obj)
+    elif isinstance(obj, t.Lease):
+        _lease(errs, obj)
+    elif isinstance(obj, t.Event):
+        _event(errs, obj)
+    return errs.items
