@@ -17,7 +17,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -100,7 +100,7 @@ def from_data(data: Any, message_type: type[M], path: str = "") -> M:
 
 
 def _fill(msg: Message, data: Any, path: str) -> None:
-    desc: Descriptor = msg.DESCRIPTOR
+    desc = msg.DESCRIPTOR
     if not isinstance(data, Mapping):
         raise FieldError(path, f"expected an object, got {describe_value(data)}")
     by_json = desc.fields_by_camelcase_name
@@ -118,7 +118,7 @@ def _fill(msg: Message, data: Any, path: str) -> None:
         _set_field(msg, field, value, here)
 
 
-def _set_field(msg: Message, field: FieldDescriptor, value: Any, path: str) -> None:
+def _set_field(msg: Message, field: Any, value: Any, path: str) -> None:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         _set_map(msg, field, value, path)
     elif field.is_repeated:
@@ -156,10 +156,11 @@ def _fill_message_value(target: Message, value: Any, path: str) -> None:
         _fill(target, value, path)
 
 
-def _set_map(msg: Message, field: FieldDescriptor, value: Any, path: str) -> None:
+def _set_map(msg: Message, field: Any, value: Any, path: str) -> None:
     if not isinstance(value, Mapping):
         raise FieldError(path, f"expected an object (a map), got {describe_value(value)}")
-    value_field = field.message_type.fields_by_name["value"]
+    entry: Any = field.message_type  # map fields always have an entry type
+    value_field = entry.fields_by_name["value"]
     target = getattr(msg, field.name)
     for key, item in value.items():
         here = _join(path, str(key))
@@ -181,7 +182,7 @@ def _number_text(value: int | float) -> str:
     return str(value)
 
 
-def _scalar(field: FieldDescriptor, value: Any, path: str) -> Any:
+def _scalar(field: Any, value: Any, path: str) -> Any:
     ftype = field.type
     if ftype == FieldDescriptor.TYPE_STRING:
         if not isinstance(value, str):
@@ -221,7 +222,7 @@ def to_data(msg: Message) -> dict[str, Any]:
     return out
 
 
-def _value_to_data(field: FieldDescriptor, value: Any) -> Any:
+def _value_to_data(field: Any, value: Any) -> Any:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         value_field = field.message_type.fields_by_name["value"]
         if value_field.message_type is not None:

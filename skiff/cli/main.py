@@ -1,0 +1,53 @@
+"""The `skiff` command line: a kubectl-like client of the api-server, plus local tools.
+
+Each subcommand lives in its own module under skiff/cli/ exposing `register(subparsers)`,
+which adds its parser and sets `func(args) -> int`. Errors a user can act on are raised
+as SkiffError (or ManifestError) and printed here as one line with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from skiff import __version__
+from skiff.errors import SkiffError
+from skiff.manifests import ManifestError
+
+# Modules that register subcommands, in the order `skiff --help` lists them.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skiff", description="Skiff: a small Kubernetes-style orchestrator.")
+    parser.add_argument("--version", action="version", version=f"skiff {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ManifestError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 1
+    except SkiffError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
