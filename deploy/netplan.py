@@ -85,8 +85,9 @@ def make_lab(prefix: str, *, workers: int = 2, lan_cidr: str = "10.77.0.0/24", c
     if combined:
         hosts: tuple[Host, ...] = (Host("node", str(ipaddress.ip_address(base + 10)), ("control-plane", "worker")),)
     else:
-        hosts = (Host("cp", str(ipaddress.ip_address(base + 10)), ("control-plane",)),) + tuple(
-            Host(f"n{i}", str(ipaddress.ip_address(base + 10 + i))) for i in range(1, workers + 1))
+        control_plane = Host("cp", str(ipaddress.ip_address(base + 10)), ("control-plane",))
+        workers_ = [Host(f"n{i}", str(ipaddress.ip_address(base + 10 + i))) for i in range(1, workers + 1)]
+        hosts = (control_plane, *workers_)
     return LabNetwork(prefix=prefix, lan_cidr=lan_cidr, hosts=hosts, uplink=uplink,
                       host_routes_via=hosts[0].ip if host_routes else "")
 
