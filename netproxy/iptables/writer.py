@@ -1,0 +1,85 @@
+"""Keeping the kernel's chains equal to successive rulesets, writing only what changed.
+
+What must hold:
+- nothing is run when the ruleset equals the one last applied (the rendered text would be
+  identical);
+- otherwise one `iptables-restore --noflush` carries every chain whose rules changed, every
+  new chain, and the deletion of every stale one (declared, then `-X`ed); unchanged chains
+  are left out, which `--noflush` keeps as they are — so an endpoint change in a cluster of
+  thousands of Services writes a handful of chains, not the whole table;
+- a full sync (the first, the periodic resync, and any sync after a failure) reads which
+  chains the kernel holds, writes every chain, deletes every owned chain it did not render
+  (left by an earlier run or another mode), and ensures the jumps from built-in chains;
+- after a failed restore nothing is assumed about the kernel: the next sync is full.
+
+With the nft backend a restore that declares very many chains is split bottom-up (see
+`ruleset.restore_texts`); every piece leaves a consistent ruleset.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from netproxy.iptables.command import Iptables, ensure_hooks, present_chains
+from netproxy.iptables.ruleset import ChainKey, Ruleset, restore_texts, stale_chains
+
+log = logging.getLogger("netproxy.iptables")
+
+# iptables-nft-restore 1.8.9 --noflush slows down quadratically with the chains in one
+# transaction; pieces of this many chains keep 5,000 Services near one second (bench/netproxy.py).
+NFT_MAX_CHAINS = 1000
+
+
+@dataclass
+class WriteResult:
+    changed: bool = False  # anything was written
+    full: bool = False
+    restores: int = 0  # iptables-restore runs
+    chains_written: int = 0
+    chains_deleted: int = 0
+    hooks_added: int = 0
+
+
+class RulesetWriter:
+    def __init__(self, ipt: Iptables, *, max_chains: int | None = -1) -> None:
+        self.ipt = ipt
+        # -1: the backend's default (split only for nft); None: never split.
+        self.max_chains = (NFT_MAX_CHAINS if ipt.backend == "nft" else None) if max_chains == -1 else max_chains
+        self._applied: dict[ChainKey, tuple[str, ...]] | None = None  # None: unknown, sync fully
+
+    @property
+    def needs_full(self) -> bool:
+        return self._applied is None
+
+    def forget(self) -> None:
+        """Assume nothing about the kernel: the next write is full."""
+        self._applied = None
+
+    async def write(self, rs: Ruleset, *, full: bool = False) -> WriteResult:
+        desired = rs.frozen()
+        result = WriteResult(full=full or self._applied is None)
+        if result.full:
+            present = await present_chains(self.ipt)
+            write = list(desired)
+            stale = stale_chains(present, desired)
+        else:
+            assert self._applied is not None
+            if desired == self._applied:
+                return result
+            write = [k for k, rules in desired.items() if self._applied.get(k) != rules]
+            stale = stale_chains(self._applied, desired)
+        texts = restore_texts(desired, write, stale, max_chains=self.max_chains)
+        self._applied = None
+        for text in texts:
+            await self.ipt.restore(text)
+            result.restores += 1
+        if result.full:
+            result.hooks_added = await ensure_hooks(self.ipt)
+            if result.hooks_added:
+                log.info("added %d jumps from built-in chains", result.hooks_added)
+        self._applied = desired
+        result.changed = bool(texts) or bool(result.hooks_added)
+        result.chains_written = len(write)
+        result.chains_deleted = len(stale)
+        return result

@@ -1,0 +1,192 @@
+"""What the proxy serves: Services and Endpoints reduced to plain, hashable ServicePorts.
+
+Both proxy modes start from `service_ports()`. What must hold:
+- it is pure and deterministic: the same objects give the same ServicePorts in the same order
+  (sorted by namespace, name, port name, protocol), each with its ready endpoints sorted and
+  unique, so renders of unchanged state are identical text;
+- only ready addresses (`subsets[].addresses`) are endpoints; `notReadyAddresses` never are;
+- a Service the proxy cannot serve (headless, no ClusterIP yet, IPv6, unknown protocol) is
+  left out and reported as a problem string, never half-served;
+- a ServicePort is equal to another exactly when the rules for it are equal, which lets the
+  renderers cache per ServicePort.
+
+Endpoint ports are resolved from the Endpoints object, where the endpoints controller wrote
+the numbers: the subset port whose name is the service port's name, else (for a named
+targetPort) the subset port named like the targetPort; a subset without ports falls back to
+a numeric targetPort (or the service port when targetPort is unset). A subset that resolves
+to no port contributes no endpoints to that service port.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from skiffpb.api.v1 import types_pb2 as t
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as Kubernetes defaults ClientIP affinity
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One (Service, port) the proxy serves, with everything its rules depend on."""
+
+    namespace: str
+    name: str
+    port_name: str  # the ServicePort's name; "" for a single unnamed port
+    protocol: str  # TCP, UDP or SCTP
+    cluster_ip: str
+    port: int
+    node_port: int = 0  # 0: no NodePort
+    affinity_timeout: int = 0  # seconds of ClientIP affinity; 0: none
+    endpoints: tuple[Endpoint, ...] = ()  # ready endpoints, sorted, unique
+
+    @property
+    def key(self) -> str:
+        """"ns/svc:port" — the port's name, or its number when unnamed; used in comments."""
+        return f"{self.namespace}/{self.name}:{self.port_name or self.port}"
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def proto(self) -> str:
+        """The protocol as iptables spells it."""
+        return self.protocol.lower()
+
+
+def _hash16(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def svc_chain(sp: ServicePort) -> str:
+    """KUBE-SVC-<16 chars of base32(sha256)>: 25 characters, under iptables' 28."""
+    return "KUBE-SVC-" + _hash16(sp.key + sp.protocol)
+
+
+def sep_chain(sp: ServicePort, ep: Endpoint) -> str:
+    return "KUBE-SEP-" + _hash16(sp.key + sp.protocol + str(ep))
+
+
+def _resolve_port(sp: t.ServicePort, protocol: str, subset: t.EndpointSubset) -> int | None:
+    def proto_of(p: t.EndpointPort) -> str:
+        return (p.protocol or "TCP").upper()
+
+    for p in subset.ports:
+        if p.name == sp.name and proto_of(p) == protocol:
+            return p.port
+    target = sp.target_port
+    which = target.WhichOneof("value")
+    if which == "str_val" and target.str_val:
+        for p in subset.ports:
+            if p.name == target.str_val and proto_of(p) == protocol:
+                return p.port
+        return None
+    if len(subset.ports) == 0:
+        if which == "int_val" and target.int_val:
+            return target.int_val
+        return sp.port
+    return None
+
+
+def _endpoints_for(sp: t.ServicePort, protocol: str, eps: t.Endpoints | None) -> tuple[Endpoint, ...]:
+    if eps is None:
+        return ()
+    found: set[Endpoint] = set()
+    for subset in eps.subsets:
+        port = _resolve_port(sp, protocol, subset)
+        if port is None or not 0 < port < 65536:
+            continue
+        for addr in subset.addresses:
+            try:
+                ip = ipaddress.ip_address(addr.ip)
+            except ValueError:
+                continue
+            if ip.version == 4:
+                found.add(Endpoint(str(ip), port))
+    return tuple(sorted(found, key=lambda e: (ipaddress.IPv4Address(e.ip), e.port)))
+
+
+def _affinity_timeout(svc: t.Service) -> int:
+    if svc.spec.session_affinity != "ClientIP":
+        return 0
+    cfg = svc.spec.session_affinity_config.client_ip
+    if cfg.HasField("timeout_seconds") and cfg.timeout_seconds > 0:
+        return int(cfg.timeout_seconds)
+    return DEFAULT_AFFINITY_TIMEOUT
+
+
+def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints]
+                  ) -> tuple[list[ServicePort], list[str]]:
+    """The ServicePorts to program, sorted, and the problems of the Services left out."""
+    by_key = {(e.metadata.namespace, e.metadata.name): e for e in endpoints}
+    out: list[ServicePort] = []
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for svc in services:
+        ns, name = svc.metadata.namespace, svc.metadata.name
+        ip_text = svc.spec.cluster_ip
+        if svc.spec.type == "ExternalName" or ip_text in ("", "None"):
+            continue  # headless or not allocated yet: nothing to proxy
+        try:
+            vip = ipaddress.ip_address(ip_text)
+        except ValueError:
+            problems.append(f"service {ns}/{name}: clusterIP {ip_text!r} is not an IP address")
+            continue
+        if vip.version != 4:
+            problems.append(f"service {ns}/{name}: clusterIP {ip_text} is IPv6; only IPv4 is proxied")
+            continue
+        node_ports = svc.spec.type in ("NodePort", "LoadBalancer")
+        eps = by_key.get((ns, name))
+        for p in svc.spec.ports:
+            protocol = (p.protocol or "TCP").upper()
+            if protocol not in PROTOCOLS:
+                problems.append(f"service {ns}/{name} port {p.name or p.port}: protocol {p.protocol!r} "
+                                f"is not one of {', '.join(PROTOCOLS)}")
+                continue
+            if not 0 < p.port < 65536:
+                problems.append(f"service {ns}/{name}: port {p.port} is out of range")
+                continue
+            sp = ServicePort(
+                namespace=ns, name=name, port_name=p.name, protocol=protocol, cluster_ip=str(vip), port=p.port,
+                node_port=p.node_port if node_ports and 0 < p.node_port < 65536 else 0,
+                affinity_timeout=_affinity_timeout(svc),
+                endpoints=_endpoints_for(p, protocol, eps),
+            )
+            if (sp.key, protocol) in seen:  # two ports would share one chain name
+                problems.append(f"service {ns}/{name}: port {sp.key} {protocol} is declared twice")
+                continue
+            seen.add((sp.key, protocol))
+            out.append(sp)
+    out.sort(key=lambda sp: (sp.namespace, sp.name, sp.port_name, sp.port, sp.protocol))
+    return out, problems
+
+
+def node_ips(node: t.Node | None) -> tuple[str, ...]:
+    """The node's IPv4 InternalIP and ExternalIP addresses, sorted."""
+    if node is None:
+        return ()
+    ips: set[str] = set()
+    for a in node.status.addresses:
+        if a.type in ("InternalIP", "ExternalIP"):
+            try:
+                ip = ipaddress.ip_address(a.address)
+            except ValueError:
+                continue
+            if ip.version == 4:
+                ips.add(str(ip))
+    return tuple(sorted(ips, key=ipaddress.IPv4Address))
