@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from netproxy.metrics import Metrics
-from netproxy.model import node_ips, service_ports
+from netproxy.model import Memo, node_ips, service_ports
 from netproxy.proxier import Proxier, Snapshot
 from netproxy.sync import SyncRunner
 from skiff.client import ApiClient
@@ -83,6 +83,7 @@ class NetProxy:
         self.nodes: Informer[t.Node] | None = self.factory.informer(t.Node) if node_name else None
         self.synced = asyncio.Event()  # set after the first successful sync
         self._problems: tuple[str, ...] = ()
+        self._memo: Memo = {}
 
     # ------------------------------------------------------------------ events
 
@@ -117,7 +118,7 @@ class NetProxy:
     # ------------------------------------------------------------------ syncing
 
     def snapshot(self) -> Snapshot:
-        sps, problems = service_ports(self.services.list(), self.endpoints.list())
+        sps, problems = service_ports(self.services.list(), self.endpoints.list(), memo=self._memo)
         if tuple(problems) != self._problems:
             for p in problems:
                 log.warning("not proxied: %s", p)

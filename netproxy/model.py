@@ -20,8 +20,10 @@ to no port contributes no endpoints to that service port.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -53,6 +55,15 @@ class ServicePort:
     node_port: int = 0  # 0: no NodePort
     affinity_timeout: int = 0  # seconds of ClientIP affinity; 0: none
     endpoints: tuple[Endpoint, ...] = ()  # ready endpoints, sorted, unique
+
+    def __hash__(self) -> int:
+        # Cached: renderers look ServicePorts up in caches on every sync.
+        h: int | None = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.namespace, self.name, self.port_name, self.protocol, self.cluster_ip, self.port,
+                      self.node_port, self.affinity_timeout, self.endpoints))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     @property
     def key(self) -> str:
@@ -103,22 +114,29 @@ def _resolve_port(sp: t.ServicePort, protocol: str, subset: t.EndpointSubset) ->
     return None
 
 
+@functools.lru_cache(maxsize=65536)
+def ipv4_key(text: str) -> bytes | None:
+    """The address as 4 bytes (a sort key), or None unless `text` is a dotted-quad IPv4 address."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return None
+    return packed if socket.inet_ntop(socket.AF_INET, packed) == text else None
+
+
 def _endpoints_for(sp: t.ServicePort, protocol: str, eps: t.Endpoints | None) -> tuple[Endpoint, ...]:
     if eps is None:
         return ()
-    found: set[Endpoint] = set()
+    found: dict[Endpoint, bytes] = {}
     for subset in eps.subsets:
         port = _resolve_port(sp, protocol, subset)
         if port is None or not 0 < port < 65536:
             continue
         for addr in subset.addresses:
-            try:
-                ip = ipaddress.ip_address(addr.ip)
-            except ValueError:
-                continue
-            if ip.version == 4:
-                found.add(Endpoint(str(ip), port))
-    return tuple(sorted(found, key=lambda e: (ipaddress.IPv4Address(e.ip), e.port)))
+            key = ipv4_key(addr.ip)
+            if key is not None:  # IPv6 or malformed addresses are not proxied
+                found[Endpoint(addr.ip, port)] = key
+    return tuple(sorted(found, key=lambda e: (found[e], e.port)))
 
 
 def _affinity_timeout(svc: t.Service) -> int:
@@ -130,48 +148,77 @@ def _affinity_timeout(svc: t.Service) -> int:
     return DEFAULT_AFFINITY_TIMEOUT
 
 
-def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints]
-                  ) -> tuple[list[ServicePort], list[str]]:
-    """The ServicePorts to program, sorted, and the problems of the Services left out."""
-    by_key = {(e.metadata.namespace, e.metadata.name): e for e in endpoints}
+def _ports_of(svc: t.Service, eps: t.Endpoints | None) -> tuple[list[ServicePort], list[str]]:
+    ns, name = svc.metadata.namespace, svc.metadata.name
+    ip_text = svc.spec.cluster_ip
+    if svc.spec.type == "ExternalName" or ip_text in ("", "None"):
+        return [], []  # headless or not allocated yet: nothing to proxy
+    try:
+        vip = ipaddress.ip_address(ip_text)
+    except ValueError:
+        return [], [f"service {ns}/{name}: clusterIP {ip_text!r} is not an IP address"]
+    if vip.version != 4:
+        return [], [f"service {ns}/{name}: clusterIP {ip_text} is IPv6; only IPv4 is proxied"]
+    node_ports = svc.spec.type in ("NodePort", "LoadBalancer")
     out: list[ServicePort] = []
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
+    for p in svc.spec.ports:
+        protocol = (p.protocol or "TCP").upper()
+        if protocol not in PROTOCOLS:
+            problems.append(f"service {ns}/{name} port {p.name or p.port}: protocol {p.protocol!r} "
+                            f"is not one of {', '.join(PROTOCOLS)}")
+            continue
+        if not 0 < p.port < 65536:
+            problems.append(f"service {ns}/{name}: port {p.port} is out of range")
+            continue
+        sp = ServicePort(
+            namespace=ns, name=name, port_name=p.name, protocol=protocol, cluster_ip=str(vip), port=p.port,
+            node_port=p.node_port if node_ports and 0 < p.node_port < 65536 else 0,
+            affinity_timeout=_affinity_timeout(svc),
+            endpoints=_endpoints_for(p, protocol, eps),
+        )
+        if (sp.key, protocol) in seen:  # two ports would share one chain name
+            problems.append(f"service {ns}/{name}: port {sp.key} {protocol} is declared twice")
+            continue
+        seen.add((sp.key, protocol))
+        out.append(sp)
+    return out, problems
+
+
+# Per Service: (its resourceVersion, its Endpoints' resourceVersion) -> what _ports_of made.
+Memo = dict[tuple[str, str], tuple[tuple[str, str], list[ServicePort], list[str]]]
+
+
+def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], *, memo: Memo | None = None
+                  ) -> tuple[list[ServicePort], list[str]]:
+    """The ServicePorts to program, sorted, and the problems of the Services left out.
+
+    `memo` (kept by the caller between calls) reuses the result for a Service whose
+    resourceVersion and whose Endpoints' resourceVersion are unchanged; objects without
+    resourceVersions are always recomputed. Entries of vanished Services are dropped.
+    """
+    by_key = {(e.metadata.namespace, e.metadata.name): e for e in endpoints}
+    out: list[ServicePort] = []
+    problems: list[str] = []
+    live: set[tuple[str, str]] = set()
     for svc in services:
-        ns, name = svc.metadata.namespace, svc.metadata.name
-        ip_text = svc.spec.cluster_ip
-        if svc.spec.type == "ExternalName" or ip_text in ("", "None"):
-            continue  # headless or not allocated yet: nothing to proxy
-        try:
-            vip = ipaddress.ip_address(ip_text)
-        except ValueError:
-            problems.append(f"service {ns}/{name}: clusterIP {ip_text!r} is not an IP address")
-            continue
-        if vip.version != 4:
-            problems.append(f"service {ns}/{name}: clusterIP {ip_text} is IPv6; only IPv4 is proxied")
-            continue
-        node_ports = svc.spec.type in ("NodePort", "LoadBalancer")
-        eps = by_key.get((ns, name))
-        for p in svc.spec.ports:
-            protocol = (p.protocol or "TCP").upper()
-            if protocol not in PROTOCOLS:
-                problems.append(f"service {ns}/{name} port {p.name or p.port}: protocol {p.protocol!r} "
-                                f"is not one of {', '.join(PROTOCOLS)}")
-                continue
-            if not 0 < p.port < 65536:
-                problems.append(f"service {ns}/{name}: port {p.port} is out of range")
-                continue
-            sp = ServicePort(
-                namespace=ns, name=name, port_name=p.name, protocol=protocol, cluster_ip=str(vip), port=p.port,
-                node_port=p.node_port if node_ports and 0 < p.node_port < 65536 else 0,
-                affinity_timeout=_affinity_timeout(svc),
-                endpoints=_endpoints_for(p, protocol, eps),
-            )
-            if (sp.key, protocol) in seen:  # two ports would share one chain name
-                problems.append(f"service {ns}/{name}: port {sp.key} {protocol} is declared twice")
-                continue
-            seen.add((sp.key, protocol))
-            out.append(sp)
+        key = (svc.metadata.namespace, svc.metadata.name)
+        eps = by_key.get(key)
+        versions = (svc.metadata.resource_version, eps.metadata.resource_version if eps is not None else "-")
+        hit = memo.get(key) if memo is not None else None
+        if hit is not None and hit[0] == versions and versions[0] and versions[1]:
+            sps, probs = hit[1], hit[2]
+        else:
+            sps, probs = _ports_of(svc, eps)
+            if memo is not None:
+                memo[key] = (versions, sps, probs)
+        live.add(key)
+        out.extend(sps)
+        problems.extend(probs)
+    if memo is not None:
+        for gone in set(memo) - live:
+            del memo[gone]
     out.sort(key=lambda sp: (sp.namespace, sp.name, sp.port_name, sp.port, sp.protocol))
     return out, problems
 

@@ -15,12 +15,12 @@ import asyncio
 import logging
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from netproxy.iptables.layout import HOOKS, Hook
-from netproxy.iptables.ruleset import BUILTIN_CHAINS, TABLES, ChainKey, parse
+from netproxy.iptables.ruleset import BUILTIN_CHAINS, TABLES, ChainKey, ParsedRules, parse
 
 log = logging.getLogger("netproxy.iptables")
 
@@ -170,7 +170,7 @@ class MemoryIptables:
                 if work[key]:
                     raise fail("chain is not empty (Device or resource busy)")
                 for k, rules in work.items():
-                    if k[0] == table and any(_target(r) == key[1] for r in rules):
+                    if k[0] == table and any(f"-j {key[1]}" in r and _target(r) == key[1] for r in rules):
                         raise fail(f"chain {key[1]} is still referenced from {k[1]}")
                 del work[key]
             else:
@@ -215,11 +215,26 @@ class MemoryIptables:
 # ---------------------------------------------------------------------- hooks
 
 
-async def ensure_hooks(ipt: Iptables, hooks: Sequence[Hook] = HOOKS) -> int:
-    """Make sure every jump from a built-in chain exists (`-C`, then `-I`); how many were added."""
+async def ensure_hooks(ipt: Iptables, hooks: Sequence[Hook] = HOOKS, *,
+                       known: Mapping[ChainKey, Sequence[str]] | None = None) -> int:
+    """Make sure every jump from a built-in chain exists (`-C`, then `-I`); how many were added.
+
+    `known`: the rules just read with iptables-save. A hook found there verbatim needs no
+    `-C`, and neither does one whose built-in chain has no jump to its target at all; `-C`
+    decides only when iptables-save printed a jump to the target differently (with
+    iptables-legacy every `-C` copies the whole table out of the kernel).
+    """
     added = 0
     # Inserted in reverse, so that on a clean host they end up in the order listed.
     for hook in reversed(hooks):
+        if known is not None:
+            rules = known.get((hook.table, hook.chain), ())
+            if any(shlex.split(r)[2:] == list(hook.args) for r in rules):
+                continue
+            if not any(f"-j {hook.target}" in r for r in rules):
+                await ipt.insert(hook.table, hook.chain, hook.args)
+                added += 1
+                continue
         if not await ipt.check(hook.table, hook.chain, hook.args):
             await ipt.insert(hook.table, hook.chain, hook.args)
             added += 1
@@ -234,13 +249,23 @@ async def remove_hooks(ipt: Iptables, hooks: Sequence[Hook] = HOOKS) -> int:
     return removed
 
 
+async def read_tables(ipt: Iptables) -> ParsedRules:
+    """The nat and filter tables as iptables-save shows them."""
+    parsed = ParsedRules()
+    for table in TABLES:
+        one = parse(await ipt.save(table))
+        parsed.chains.update(one.chains)
+        parsed.policies.update(one.policies)
+    return parsed
+
+
+def user_chains(parsed: ParsedRules) -> set[ChainKey]:
+    return {k for k in parsed.chains if k[1] not in BUILTIN_CHAINS.get(k[0], ())}
+
+
 async def present_chains(ipt: Iptables) -> set[ChainKey]:
     """User chains in the nat and filter tables, as iptables-save shows them."""
-    out: set[ChainKey] = set()
-    for table in TABLES:
-        parsed = parse(await ipt.save(table))
-        out.update(k for k in parsed.chains if k[1] not in BUILTIN_CHAINS[table])
-    return out
+    return user_chains(await read_tables(ipt))
 
 
 # ---------------------------------------------------------------------- backend detection

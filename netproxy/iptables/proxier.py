@@ -22,16 +22,12 @@ class IptablesProxier:
         self.ipt = ipt
         self.config = config
         self.writer = RulesetWriter(ipt, max_chains=max_chains)
-        self._cache: dict[tuple[ServicePort, ProxyConfig], Fragment] = {}
+        self._cache: dict[ServicePort, Fragment] = {}
 
     async def sync(self, snapshot: Snapshot, *, full: bool = False) -> SyncResult:
-        cache: dict[tuple[ServicePort, ProxyConfig], Fragment] = {}
-        for sp in snapshot.service_ports:
-            hit = self._cache.get((sp, self.config))
-            if hit is not None:
-                cache[(sp, self.config)] = hit
-        rs = build_ruleset(snapshot.service_ports, self.config, cache=cache)
-        self._cache = cache
+        rs = build_ruleset(snapshot.service_ports, self.config, cache=self._cache)
+        if len(self._cache) > len(snapshot.service_ports):  # forget ServicePorts that are gone
+            self._cache = {sp: self._cache[sp] for sp in snapshot.service_ports}
         try:
             w = await self.writer.write(rs, full=full)
         except Exception:

@@ -42,10 +42,10 @@ class Fragment:
     nat_nodeports: list[str] = field(default_factory=list)
     filter_services: list[str] = field(default_factory=list)
     filter_external: list[str] = field(default_factory=list)
-    chains: list[tuple[str, list[str]]] = field(default_factory=list)  # own nat chains
+    chains: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # own nat chains
 
 
-FragmentCache = MutableMapping[tuple[ServicePort, ProxyConfig], Fragment]
+FragmentCache = MutableMapping[ServicePort, Fragment]  # valid for one ProxyConfig
 
 
 def _dest(sp: ServicePort) -> str:
@@ -86,13 +86,13 @@ def fragment(sp: ServicePort, config: ProxyConfig) -> Fragment:
         remaining = n - i
         stat = f"-m statistic --mode random --probability {1.0 / remaining:.10f} " if remaining > 1 else ""
         svc_rules.append(f'-A {svc} {comment(f"{key} -> {ep}")} {stat}-j {sep}')
-    f.chains.append((svc, svc_rules))
+    f.chains.append((svc, tuple(svc_rules)))
     for ep, sep in seps:
         recent = f"-m recent --name {sep} --set " if sp.affinity_timeout else ""
-        f.chains.append((sep, [
+        f.chains.append((sep, (
             f"-A {sep} {comment(key)} -s {ep.ip}/32 -j {MARK_MASQ}",
             f"-A {sep} {comment(key)} -p {sp.proto} {recent}-m {sp.proto} -j DNAT --to-destination {ep}",
-        ]))
+        )))
     return f
 
 
@@ -105,15 +105,15 @@ def nodeports_jumps(config: ProxyConfig) -> list[str]:
 
 
 def build_ruleset(sps: Iterable[ServicePort], config: ProxyConfig, *, cache: FragmentCache | None = None) -> Ruleset:
-    """The full ruleset; `cache` (any mapping, kept by the caller) memoises per ServicePort."""
+    """The full ruleset; `cache` (kept by the caller, one per config) memoises per ServicePort."""
     frags: list[Fragment] = []
     for sp in sps:
         if cache is None:
             frags.append(fragment(sp, config))
             continue
-        frag = cache.get((sp, config))
+        frag = cache.get(sp)
         if frag is None:
-            frag = cache[(sp, config)] = fragment(sp, config)
+            frag = cache[sp] = fragment(sp, config)
         frags.append(frag)
     rs = base_ruleset()
     filter_services = rs.declare("filter", SERVICES)

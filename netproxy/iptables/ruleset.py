@@ -9,9 +9,10 @@ tracer (which parse text back into one). What must hold:
   flushed and refilled; a chain not mentioned keeps its rules; a chain to delete is declared
   (flushing it, so it no longer references anything) and then `-X`ed in the same
   transaction, after every declaration, so that chains referencing each other can all go;
-- split restore texts (`restore_texts` with `max_chains`) are ordered bottom-up: KUBE-MARK-MASQ,
-  endpoint chains, service chains, then everything else with every deletion in the last text, so
-  each intermediate state is complete: every jump points at an existing, filled chain.
+- split restore texts (`restore_texts` with `max_chains`) are ordered bottom-up: KUBE-MARK-MASQ
+  and whole service ports (a service chain with its endpoint chains) first, the chains that
+  jump to service chains (KUBE-SERVICES, KUBE-NODEPORTS, ...) and every deletion last, so each
+  intermediate state is complete: every jump points at an existing, filled chain.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ class Ruleset:
     """Chains in insertion order; `add` appends `-A CHAIN <rule>`."""
 
     def __init__(self) -> None:
-        self.chains: dict[ChainKey, list[str]] = {}
+        # Lists while being built; renderers may store shared tuples (never mutate values).
+        self.chains: dict[ChainKey, Sequence[str]] = {}
 
     def declare(self, table: str, chain: str) -> list[str]:
-        return self.chains.setdefault((table, chain), [])
+        rules = self.chains.setdefault((table, chain), [])
+        assert isinstance(rules, list), f"{chain} is sealed"
+        return rules
 
     def add(self, table: str, chain: str, rule: str) -> None:
         self.declare(table, chain).append(f"-A {chain} {rule}")
@@ -50,7 +54,7 @@ class Ruleset:
         return counts
 
     def frozen(self) -> dict[ChainKey, tuple[str, ...]]:
-        return {k: tuple(v) for k, v in self.chains.items()}
+        return {k: v if isinstance(v, tuple) else tuple(v) for k, v in self.chains.items()}
 
     def restore_text(self, *, only: Collection[ChainKey] | None = None, delete: Iterable[ChainKey] = ()) -> str:
         """iptables-restore --noflush input writing `only` (default: all) chains and deleting `delete`."""
@@ -64,7 +68,7 @@ def stale_chains(previous: Iterable[ChainKey], current: Ruleset | Mapping[ChainK
 
 
 def _level(chain: str) -> int:
-    """Write order of split restores: jump targets before the chains that jump to them."""
+    """Split restores write level 0 (the mark chain), then 1 and 2 together, then 3."""
     if chain == "KUBE-MARK-MASQ":
         return 0
     if chain.startswith("KUBE-SEP-"):
@@ -102,13 +106,23 @@ def restore_texts(chains: Mapping[ChainKey, Sequence[str]], write: Iterable[Chai
     in one transaction (1.8.9: 25,000 chains take about a minute, 1,000 a few tens of ms),
     so a large sync is cut into pieces that are each safe to apply on their own.
     """
-    write_list = [k for k in chains if k in set(write)]
+    write_set = set(write)
+    write_list = [k for k in chains if k in write_set]
     delete_list = list(delete)
     if max_chains is None or len(write_list) + len(delete_list) <= max_chains:
         text = restore_text(chains, write_list, delete_list)
         return [text] if text else []
-    lower = sorted((k for k in write_list if _level(k[1]) < 3), key=lambda k: _level(k[1]))
-    texts = [restore_text(chains, lower[i:i + max_chains]) for i in range(0, len(lower), max_chains)]
+    # KUBE-MARK-MASQ first; then whole service ports (a service chain and the endpoint chains
+    # rendered after it), cut only before a service chain. Keeping a service's jumps and their
+    # targets in one transaction also matters for speed: iptables-nft resolves a jump to a chain
+    # created in the same transaction cheaply, to one already in the kernel slowly.
+    lower = sorted((k for k in write_list if _level(k[1]) < 3), key=lambda k: _level(k[1]) != 0)
+    pieces: list[list[ChainKey]] = [[]]
+    for k in lower:
+        if len(pieces[-1]) >= max_chains and k[1].startswith("KUBE-SVC-"):
+            pieces.append([])
+        pieces[-1].append(k)
+    texts = [restore_text(chains, piece) for piece in pieces if piece]
     final = restore_text(chains, [k for k in write_list if _level(k[1]) == 3], delete_list)
     if final:
         texts.append(final)

@@ -7,9 +7,10 @@ What must hold:
   new chain, and the deletion of every stale one (declared, then `-X`ed); unchanged chains
   are left out, which `--noflush` keeps as they are — so an endpoint change in a cluster of
   thousands of Services writes a handful of chains, not the whole table;
-- a full sync (the first, the periodic resync, and any sync after a failure) reads which
-  chains the kernel holds, writes every chain, deletes every owned chain it did not render
-  (left by an earlier run or another mode), and ensures the jumps from built-in chains;
+- a full sync (the first, the periodic resync, and any sync after a failure) reads the
+  tables, ensures the jumps from built-in chains (creating their target chains empty if
+  missing), writes every chain, and deletes every owned chain it did not render (left by an
+  earlier run or another mode);
 - after a failed restore nothing is assumed about the kernel: the next sync is full.
 
 With the nft backend a restore that declares very many chains is split bottom-up (see
@@ -21,8 +22,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from netproxy.iptables.command import Iptables, ensure_hooks, present_chains
-from netproxy.iptables.ruleset import ChainKey, Ruleset, restore_texts, stale_chains
+from netproxy.iptables.command import Iptables, ensure_hooks, read_tables, user_chains
+from netproxy.iptables.layout import HOOKS
+from netproxy.iptables.ruleset import ChainKey, Ruleset, restore_text, restore_texts, stale_chains
 
 log = logging.getLogger("netproxy.iptables")
 
@@ -60,9 +62,21 @@ class RulesetWriter:
         desired = rs.frozen()
         result = WriteResult(full=full or self._applied is None)
         if result.full:
-            present = await present_chains(self.ipt)
+            tables = await read_tables(self.ipt)
+            present = user_chains(tables)
             write = list(desired)
             stale = stale_chains(present, desired)
+            # The jumps go in before the bulk of the rules, while the tables are small (legacy
+            # copies a whole table per command); their targets must exist first, so missing
+            # ones are created empty — existing ones are not touched, traffic keeps flowing.
+            missing = sorted({(h.table, h.target) for h in HOOKS} - present)
+            if missing:
+                self._applied = None
+                await self.ipt.restore(restore_text({k: [] for k in missing}, missing))
+                result.restores += 1
+            result.hooks_added = await ensure_hooks(self.ipt, known=tables.chains)
+            if result.hooks_added:
+                log.info("added %d jumps from built-in chains", result.hooks_added)
         else:
             assert self._applied is not None
             if desired == self._applied:
@@ -74,10 +88,6 @@ class RulesetWriter:
         for text in texts:
             await self.ipt.restore(text)
             result.restores += 1
-        if result.full:
-            result.hooks_added = await ensure_hooks(self.ipt)
-            if result.hooks_added:
-                log.info("added %d jumps from built-in chains", result.hooks_added)
         self._applied = desired
         result.changed = bool(texts) or bool(result.hooks_added)
         result.chains_written = len(write)

@@ -43,7 +43,12 @@ async def test_first_sync_is_full_and_hooks_are_ensured_once() -> None:
     ipt = MemoryIptables()
     p = IptablesProxier(ipt, CFG)
     r = await p.sync(cluster(3))
-    assert r.full and r.changed and len(ipt.restored) == 1
+    # One tiny restore creates the hooks' target chains, so the jumps go in while the tables
+    # are small; then one restore writes everything.
+    assert r.full and r.changed and len(ipt.restored) == r.restores == 2
+    assert parse(ipt.restored[0]).chains == {("filter", "KUBE-EXTERNAL-SERVICES"): [],
+                                             ("filter", "KUBE-FORWARD"): [], ("filter", "KUBE-SERVICES"): [],
+                                             ("nat", "KUBE-POSTROUTING"): [], ("nat", "KUBE-SERVICES"): []}
     for hook in HOOKS:
         assert await ipt.check(hook.table, hook.chain, hook.args)
     assert await ensure_hooks(ipt) == 0
@@ -55,8 +60,21 @@ async def test_unchanged_state_writes_nothing() -> None:
     ipt = MemoryIptables()
     p = IptablesProxier(ipt, CFG)
     await p.sync(cluster(5))
+    restores = len(ipt.restored)
     r = await p.sync(cluster(5))
-    assert not r.changed and len(ipt.restored) == 1
+    assert not r.changed and len(ipt.restored) == restores
+    # A full resync with the hooks in place runs no -C: they are found in iptables-save output.
+    checks = 0
+    real_check = ipt.check
+
+    async def counting_check(*args: object) -> bool:
+        nonlocal checks
+        checks += 1
+        return await real_check(*args)  # type: ignore[arg-type]
+
+    ipt.check = counting_check  # type: ignore[method-assign]
+    r = await p.sync(cluster(5), full=True)
+    assert r.full and r.restores == 1 and checks == 0
 
 
 async def test_endpoint_change_writes_only_the_changed_chains() -> None:

@@ -99,3 +99,21 @@ def test_node_ips() -> None:
         t.NodeAddress(type="ExternalIP", address="192.0.2.5"), t.NodeAddress(type="InternalIP", address="fd00::1")]))
     assert node_ips(node) == ("10.77.0.11", "192.0.2.5")
     assert node_ips(None) == ()
+
+
+def test_memo_reuses_only_unchanged_services() -> None:
+    a, b = svc("a", "10.96.0.1"), svc("b", "10.96.0.2")
+    ea, eb = eps("a", subset(["10.244.1.2"], [("", 80)])), eps("b", subset(["10.244.1.3"], [("", 80)]))
+    for obj, rv in ((a, "1"), (b, "2"), (ea, "3"), (eb, "4")):
+        obj.metadata.resource_version = rv
+    memo: dict = {}
+    first, _ = service_ports([a, b], [ea, eb], memo=memo)
+    # The Endpoints of b change: a is reused as is, b recomputed.
+    eb2 = eps("b", subset(["10.244.9.9"], [("", 80)]))
+    eb2.metadata.resource_version = "5"
+    second, _ = service_ports([a, b], [ea, eb2], memo=memo)
+    assert second[0] is first[0]
+    assert second[1].endpoints == (Endpoint("10.244.9.9", 80),)
+    # Without resourceVersions nothing is trusted; vanished services leave the memo.
+    third, _ = service_ports([svc("a", "10.96.0.1")], [], memo=memo)
+    assert third[0].endpoints == () and set(memo) == {("default", "a")}
