@@ -32,6 +32,7 @@ MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PAUSE_IMAGE = "docker.io/skiff/pause:1.0"
 WEB_IMAGE = "docker.io/skiff/web:1.0"
 
@@ -55,7 +56,7 @@ def normalize_ref(ref: str) -> str:
     """`web` -> `docker.io/library/web:latest`, `skiff/web:1.0` -> `docker.io/skiff/web:1.0`."""
     if not ref or any(c.isspace() for c in ref):
         raise ImageError(f"invalid image reference {ref!r}")
-    name, digest = (ref.split("@", 1) + [""])[:2]
+    name, digest = [*ref.split("@", 1), ""][:2]
     last = name.rsplit("/", 1)[-1]
     tag = ""
     if ":" in last:
@@ -83,7 +84,7 @@ class ImageSpec:
     name: str
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
-    env: list[str] = field(default_factory=lambda: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+    env: list[str] = field(default_factory=lambda: [DEFAULT_PATH])
     workdir: str = "/"
     busybox: bool = False
     from_dir: Path | None = None
