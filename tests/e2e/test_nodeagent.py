@@ -173,7 +173,7 @@ async def test_pod_runs_serves_and_node_is_registered(h: Harness) -> None:
         return n if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions) else None
 
     node = await wait_for(node_ready, "node Ready")
-    assert [(a.type, a.address) for a in node.status.addresses][0] == ("InternalIP", "10.77.0.11")
+    assert (node.status.addresses[0].type, node.status.addresses[0].address) == ("InternalIP", "10.77.0.11")
     assert node.status.capacity["pods"] == "110" and int(node.status.capacity["cpu"]) >= 1
     assert node.status.node_info.container_runtime_version.startswith("containerd://1.")
     assert node.status.node_info.kernel_version == os.uname().release
@@ -209,8 +209,8 @@ async def test_pod_runs_serves_and_node_is_registered(h: Harness) -> None:
             out = await stub.Exec(api.ExecRequest(namespace="default", pod="web1", command=["sh", "-c",
                                                   "echo $GREETING; cat /www/name; echo oops >&2; exit 3"]))
             assert (out.stdout, out.stderr, out.exit_code) == (b"hi\nweb1\n", b"oops\n", 3)
-            await stub.Exec(api.ExecRequest(namespace="default", pod="web1",
-                                            command=["sh", "-c", "echo line1 > /proc/1/fd/1; echo line2 > /proc/1/fd/1"]))
+            to_pid1 = "echo line1 > /proc/1/fd/1; echo line2 > /proc/1/fd/1"
+            await stub.Exec(api.ExecRequest(namespace="default", pod="web1", command=["sh", "-c", to_pid1]))
 
             async def logged() -> bytes | None:
                 chunks = [c.data async for c in stub.ContainerLogs(api.LogsRequest(namespace="default", pod="web1"))]
