@@ -61,7 +61,7 @@ async def make_pod(api: MemoryApi, name: str, **spec: str) -> t.Pod:
 
 
 async def test_lifecycle_restart_and_delete(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
-    api, fake, agent = env
+    api, fake, _agent = env
     await make_pod(api, "p1")
 
     async def phase(want: str) -> t.Pod | None:
@@ -97,7 +97,7 @@ async def test_lifecycle_restart_and_delete(env: tuple[MemoryApi, FakeRuntime, N
 
 
 async def test_status_written_only_on_change(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
-    api, fake, agent = env
+    api, _fake, _agent = env
     await make_pod(api, "quiet")
 
     async def ready() -> bool:
@@ -111,7 +111,7 @@ async def test_status_written_only_on_change(env: tuple[MemoryApi, FakeRuntime, 
 
 
 async def test_image_never_and_pull_failure(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
-    api, fake, agent = env
+    api, fake, _agent = env
     pod = t.Pod()
     pod.metadata.name = "nopull"
     pod.spec.containers.add(name="c", image="skiff/absent:1.0", image_pull_policy="Never")
@@ -148,7 +148,7 @@ async def test_orphans_removed_only_after_sync(tmp_path: Path) -> None:
 
 
 async def test_runtime_down_marks_node_not_ready(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
-    api, fake, agent = env
+    api, fake, _agent = env
     fake.down = True
 
     async def ready(status: str) -> t.NodeCondition | None:
