@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 import grpc
 
 from nodeagent import logs
-from nodeagent import plan as P
 from nodeagent.agent import NodeAgent
 from nodeagent.cri import LABEL_CONTAINER_NAME, LABEL_POD_UID, CriError
 from nodeagent.podconfig import container_log_path, pod_log_dir
@@ -131,4 +130,4 @@ async def start_server(agent: NodeAgent, listen: str) -> tuple[grpc.aio.Server, 
     return server, port
 
 
-__all__ = ["NodeAgentService", "P", "start_server"]
+__all__ = ["NodeAgentService", "start_server"]

@@ -30,7 +30,8 @@ from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import nodeagent_pb2_grpc as na_grpc
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
-from tests.support.containerd import ContainerdNode, http_get, in_netns, leftovers, unique_prefix
+from tests.support.containerd import ContainerdNode, http_get, in_netns, leftovers, missing_prereqs, unique_prefix
+from tests.support.prereq import require
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -40,6 +41,8 @@ WEB = "skiff/web:1.0"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdNode]:
+    problems = missing_prereqs()
+    require(not problems, "real containerd tests need: " + ", ".join(problems))
     prefix = unique_prefix("na")
     n = ContainerdNode(prefix, "n1", Path(f"/tmp/skiff-e2e/{prefix}/n1"), address="10.77.0.11/24")
     n.start()
