@@ -52,8 +52,7 @@ def test_worker_daemons_share_node_paths() -> None:
     assert agent[agent.index("--container-runtime-endpoint") + 1] == "unix:///var/lib/skiff/node/containerd.sock"
     assert agent[agent.index("--api-servers") + 1] == "10.0.0.10:6443,10.0.0.10:6444,10.0.0.10:6445"
     assert agent[-2:] == ("--netns", "/run/netns/L-n1")
-    assert 'runtime_type = "io.containerd.runc.v2"' in render.containerd_config(host) or \
-        "restrict_oom_score_adj = true" in render.containerd_config(host)
+    assert "restrict_oom_score_adj = true" in render.containerd_config(host)
 
 
 def test_systemd_unit() -> None:
