@@ -38,10 +38,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from deploy import cleanup, procs, render
 from skiff import errors, hostconfig, images
@@ -55,6 +55,9 @@ CLUSTER_INFO_SIGNATURE_KEY = "skiff.io/cluster-info-signature"
 DEFAULT_API_PORT = 6443
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+T = TypeVar("T")
 
 
 class InstallError(Exception):
@@ -582,6 +585,19 @@ class Installer:
     python: str = sys.executable
     timeout: float = 120.0
     say: Callable[[str], None] = field(default=print)
+    api: Callable[[str], ApiClient] = Client  # endpoints -> a client (tests pass an in-memory one)
+
+    def _call_api(self, endpoints: str, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
+        async def run() -> T:
+            api = self.api(endpoints)
+            try:
+                return await fn(api)
+            finally:
+                close = getattr(api, "close", None)
+                if close is not None:
+                    await close()
+
+        return asyncio.run(run())
 
     # -- files
 
@@ -697,11 +713,7 @@ class Installer:
         self.say(f"waiting for the api-server at {local[0]} ...")
         self.health.wait_api(endpoints, timeout=self.timeout)
 
-        async def publish() -> None:
-            async with Client(endpoints) as api:
-                await publish_cluster_info(api, cluster, token)
-
-        asyncio.run(publish())
+        self._call_api(endpoints, lambda api: publish_cluster_info(api, cluster, token))
         self.say("the control plane is up. Join workers with:\n"
                  f"  python -m deploy.install worker --name NAME --ip IP --join {local[0]} --token {token}")
         return 0
@@ -746,12 +758,8 @@ class Installer:
         return 0
 
     def fetch_cluster(self, join: str, token: str) -> render.ClusterConfig:
-        async def fetch() -> render.ClusterConfig:
-            async with Client(join, timeout=10) as api:
-                return await fetch_cluster_info(api, token, source=join, python=self.python)
-
         try:
-            return asyncio.run(fetch())
+            return self._call_api(join, lambda api: fetch_cluster_info(api, token, source=join, python=self.python))
         except errors.SkiffError as exc:
             raise InstallError(f"--join {join}: cannot read the cluster information: {exc}") from exc
 
@@ -796,26 +804,26 @@ class Installer:
 
     def remove(self) -> int:
         loaded = self.load()
-        host = loaded[1] if loaded else None
         units = stop_order([p.name for p in self.layout.units.glob(f"{UNIT_PREFIX}*.service")])
         for unit in units:
-            if unit == unit_name("containerd"):
-                continue
-            self.manager.stop(unit)
-        paths = host.node_paths if host else hostconfig.NodePaths(self.layout.state_dir / "node")
-        removed = cleanup.remove_pods(paths)
-        if removed:
-            self.say(f"removed {len(removed)} pod(s): {', '.join(removed)}")
-        if loaded and host and render.WORKER in host.roles:
-            self._netproxy_cleanup(*loaded)
+            if unit != unit_name("containerd"):
+                self.manager.stop(unit)
+        worker = loaded is not None and render.WORKER in loaded[1].roles
+        if loaded is not None and worker:
+            cluster, host = loaded
+            # Pods go through containerd while it still runs (CNI DEL, unmounts, cgroups).
+            removed = cleanup.remove_pods(host.node_paths)
+            if removed:
+                self.say(f"removed {len(removed)} pod(s): {', '.join(removed)}")
+            self._netproxy_cleanup(cluster, host)
         if unit_name("containerd") in units:
             self.manager.stop(unit_name("containerd"))
-        if host is not None:
-            for note in cleanup.kill_leftovers(paths, host.cgroup_parent):
+        if loaded is not None and worker:
+            cluster, host = loaded
+            for note in cleanup.kill_leftovers(host.node_paths, host.cgroup_parent):
                 self.say(note)
-            if loaded and render.WORKER in host.roles:
-                for note in cleanup.remove_node_network(loaded[0].cluster_cidr):
-                    self.say(note)
+            for note in cleanup.remove_node_network(cluster.cluster_cidr):
+                self.say(note)
         for unit in units:
             self.manager.disable(unit)
             (self.layout.units / unit).unlink(missing_ok=True)
@@ -823,6 +831,9 @@ class Installer:
         for f in (self.layout.cluster_file, self.layout.host_file, self.layout.password_file,
                   self.layout.token_file, self.layout.bundle_file):
             f.unlink(missing_ok=True)
+        if self.layout.run.is_dir():  # logs and pid files of --service-manager processes
+            for f in self.layout.run.glob(f"{UNIT_PREFIX}*"):
+                f.unlink(missing_ok=True)
         for d in (self.layout.etc, self.layout.run):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
