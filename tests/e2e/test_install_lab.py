@@ -159,6 +159,16 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
         assert ready == "True"
         assert ipaddress.ip_network(pod_cidr).subnet_of(ipaddress.ip_network("10.244.0.0/16"))
 
+        if importlib.util.find_spec("controlplane.scheduler.__main__") is not None:
+            # The Vagrant lab's seed check, here with the local web image: pods Ready, ClusterIP answers.
+            seed = subprocess.run(
+                ["nsenter", f"--net=/run/netns/{lab.net.netns('cp')}", sys.executable, "-m", "deploy.seedcheck",
+                 "--server", api, "--hosts", f"n1={n1.ip}", "--run", f"nsenter --net=/run/netns/{prefix}-{{name}}",
+                 "--fetch", "/bin/busybox wget -qO-", "--timeout", "60", "--delete", str(REPO / "examples/web")],
+                capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+            assert seed.returncode == 0, seed.stdout + seed.stderr + lab.logs("n1")
+            assert "n1 -> http://" in seed.stdout and "hello from web-" in seed.stdout, seed.stdout
+
         before = agent_pid(lab)
         out = lab.install("n1", "upgrade").stdout
         assert "restarting skiff-nodeagent.service" in out and "upgrade done" in out
