@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from deploy import cleanup, procs, render
+from deploy import containerd as node_containerd
 from skiff import errors, hostconfig, images
 from skiff.client import ApiClient, Client
 from skiffpb.api.v1 import types_pb2 as t
@@ -53,6 +54,7 @@ CLUSTER_INFO_NAMESPACE = "kube-public"
 CLUSTER_INFO_KEY = "skiff.io/cluster-info"
 CLUSTER_INFO_SIGNATURE_KEY = "skiff.io/cluster-info-signature"
 DEFAULT_API_PORT = 6443
+DEFAULT_CGROUP_PARENT = render.HostConfig("", "", (), Path("/")).cgroup_parent  # "/skiff-pods"
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -208,7 +210,7 @@ def check_unchanged(cluster: render.ClusterConfig, *, peers: Sequence[tuple[str,
 
 def host_to_dict(host: render.HostConfig) -> dict[str, object]:
     return {"name": host.name, "ip": host.ip, "roles": list(host.roles), "stateDir": str(host.state_dir),
-            "agentPort": host.agent_port, "nodeLabels": dict(host.node_labels)}
+            "agentPort": host.agent_port, "nodeLabels": dict(host.node_labels), "cgroupParent": host.cgroup_parent}
 
 
 def host_from_dict(data: dict[str, object], layout: Layout) -> render.HostConfig:
@@ -218,18 +220,22 @@ def host_from_dict(data: dict[str, object], layout: Layout) -> render.HostConfig
         assert isinstance(roles, list) and isinstance(labels, dict)
         return make_host(str(data["name"]), str(data["ip"]), tuple(str(r) for r in roles), layout,
                          agent_port=int(str(data.get("agentPort", 10250))),
-                         node_labels={str(k): str(v) for k, v in labels.items()})
+                         node_labels={str(k): str(v) for k, v in labels.items()},
+                         cgroup_parent=str(data.get("cgroupParent", DEFAULT_CGROUP_PARENT)))
     except (KeyError, AssertionError, ValueError) as exc:
         raise InstallError(f"{layout.host_file}: not a Skiff host description ({exc!r})") from None
 
 
 def make_host(name: str, ip: str, roles: tuple[str, ...], layout: Layout, *, agent_port: int = 10250,
-              node_labels: dict[str, str] | None = None) -> render.HostConfig:
+              node_labels: dict[str, str] | None = None,
+              cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> render.HostConfig:
+    if not re.match(r"^/[A-Za-z0-9_.-]+$", cgroup_parent):
+        raise InstallError(f'--cgroup-parent "{cgroup_parent}": expected one level below the root, e.g. /skiff-pods')
     containerd = shutil.which("containerd") or "/usr/bin/containerd"
     return render.HostConfig(
         name, ip, roles, layout.state_dir,
         store_password_file=layout.password_file if render.CONTROL_PLANE in roles else None,
-        agent_port=agent_port, node_labels=node_labels or {}, containerd_bin=containerd)
+        agent_port=agent_port, node_labels=node_labels or {}, cgroup_parent=cgroup_parent, containerd_bin=containerd)
 
 
 def sign_cluster_info(text: str, token: str) -> str:
@@ -721,7 +727,7 @@ class Installer:
     # -- worker
 
     def worker(self, *, name: str, ip: str, join: str = "", token: str = "", cluster_file: Path | None = None,
-               node_labels: dict[str, str] | None = None) -> int:
+               node_labels: dict[str, str] | None = None, cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> int:
         check_name(name)
         check_ip(ip)
         if cluster_file is not None:
@@ -734,7 +740,7 @@ class Installer:
             join = parse_endpoint(join)
             check_token(token)
             cluster = self.fetch_cluster(join, token)
-        host = make_host(name, ip, (render.WORKER,), self.layout, node_labels=node_labels)
+        host = make_host(name, ip, (render.WORKER,), self.layout, node_labels=node_labels, cgroup_parent=cgroup_parent)
         self.save(cluster, host)
         hostconfig.write_node_config(host.node_paths)  # the same text as render.containerd_config(host)
         tars = images.build_presets(self.layout.images)
@@ -770,8 +776,7 @@ class Installer:
         if loaded is None:
             raise InstallError(f"nothing is installed under {self.layout.root} ({self.layout.host_file} is missing)")
         cluster, host = loaded
-        host = dataclasses.replace(host, containerd_bin=make_host(host.name, host.ip, host.roles,
-                                                                  self.layout).containerd_bin)
+        host = dataclasses.replace(host, containerd_bin=shutil.which("containerd") or host.containerd_bin)
         specs = render.daemons_for(cluster, host)
         changed = self.write_units(specs)
         config_changed = False
@@ -812,15 +817,15 @@ class Installer:
         if loaded is not None and worker:
             cluster, host = loaded
             # Pods go through containerd while it still runs (CNI DEL, unmounts, cgroups).
-            removed = cleanup.remove_pods(host.node_paths)
-            if removed:
-                self.say(f"removed {len(removed)} pod(s): {', '.join(removed)}")
+            if host.node_paths.socket.exists():
+                for note in node_containerd.remove_all_sandboxes(host.node_paths.endpoint):
+                    self.say(note)
             self._netproxy_cleanup(cluster, host)
         if unit_name("containerd") in units:
             self.manager.stop(unit_name("containerd"))
         if loaded is not None and worker:
             cluster, host = loaded
-            for note in cleanup.kill_leftovers(host.node_paths, host.cgroup_parent):
+            for note in node_containerd.crash_cleanup(host.node_paths, host.cgroup_parent):
                 self.say(note)
             for note in cleanup.remove_node_network(cluster.cluster_cidr):
                 self.say(note)
@@ -837,7 +842,7 @@ class Installer:
         for d in (self.layout.etc, self.layout.run):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
-        for mnt in reversed(cleanup.mounts_under(self.layout.state_dir)):
+        for mnt in reversed(node_containerd.mounts_under(self.layout.state_dir)):
             subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
         shutil.rmtree(self.layout.state_dir, ignore_errors=True)
         self.say(f"removed {len(units)} unit(s), the configuration in {self.layout.etc} and the state in "
@@ -908,6 +913,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="instead of --join: the cluster.json of a control-plane machine (offline installs)")
     w.add_argument("--token", default="", help="the join token printed by the control-plane install")
     w.add_argument("--node-labels", default="", help="extra Node labels, key=value,...")
+    w.add_argument("--cgroup-parent", default=DEFAULT_CGROUP_PARENT,
+                   help="cgroup of the node's pods (default %(default)s; unique per node on one machine)")
     sub.add_parser("join-command", parents=[common],
                    help="on a control-plane machine: publish the cluster information and print the join command")
     sub.add_parser("upgrade", parents=[common], help="re-render the units from this code and restart them safely")
@@ -940,7 +947,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.join and not args.token:
                 raise InstallError("--join needs --token (printed by the control-plane install)")
             return inst.worker(name=args.name, ip=args.ip, join=args.join or "", token=args.token,
-                               cluster_file=args.cluster_file, node_labels=_labels(args.node_labels))
+                               cluster_file=args.cluster_file, node_labels=_labels(args.node_labels),
+                               cgroup_parent=args.cgroup_parent)
         if args.command == "join-command":
             return inst.join_command()
         if args.command == "upgrade":

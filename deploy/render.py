@@ -87,15 +87,13 @@ class HostConfig:
     store_password_file: Path | None = None
     agent_port: int = 10250
     node_labels: Mapping[str, str] = field(default_factory=dict)
+    # cgroupfs parent of this node's pods; unique per node on a machine (labs share one).
+    cgroup_parent: str = "/skiff-pods"
     containerd_bin: str = "containerd"  # an absolute path in installed units (systemd wants one)
 
     @property
     def node_paths(self) -> hostconfig.NodePaths:
         return hostconfig.NodePaths(self.state_dir / "node")
-
-    @property
-    def cgroup_parent(self) -> str:
-        return f"/skiff-{self.state_dir.name}-{self.name}"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from skiff.manifests import ManifestError
 COMMAND_MODULES: tuple[str, ...] = (
     "skiff.cli.image",
     "skiff.cli.node",
+    "skiff.cli.lab",
 )
 
 

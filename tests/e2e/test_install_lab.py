@@ -26,7 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy import cleanup, netplan, procs
+from deploy import containerd as node_containerd
+from deploy import netplan, procs
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.prereq import require, require_binaries, require_root
@@ -66,14 +67,16 @@ class Lab:
         return self.base / host
 
     def state(self, host: str) -> Path:
-        # Its basename names the node's cgroup parent (/skiff-<prefix>-<host>): unique per run.
-        return self.base / host / self.prefix
+        return self.base / host / "var/lib/skiff"
+
+    def cgroup_parent(self, host: str) -> str:
+        return f"/skiff-{self.prefix}-{host}"  # unique per run: runs side by side never share pods' cgroups
 
     def install(self, host: str, *args: str, root: Path | None = None, check: bool = True,
                 timeout: float = 150) -> subprocess.CompletedProcess[str]:
         root = root or self.root(host)
         cmd = ["nsenter", f"--net=/run/netns/{self.net.netns(host)}", sys.executable, "-m", "deploy.install", *args,
-               "--root", str(root), "--state-dir", str(root / self.prefix), "--service-manager", "processes",
+               "--root", str(root), "--service-manager", "processes",
                "--timeout", "60"]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False)
         if check and proc.returncode != 0:
@@ -90,11 +93,11 @@ class Lab:
 
     def leftovers(self) -> list[str]:
         out = [f"netns {ns}" for ns in netplan.existing_netns() if ns.startswith(self.prefix + "-")]
-        out += [f"process {p}" for p in cleanup.pids_with_cmdline(str(self.base) + "/")]
+        out += [f"process {p}" for p in node_containerd.pids_with_cmdline(str(self.base) + "/")]
         for host in ("cp", "n1"):
-            out += [f"cgroup {d}" for d in cleanup.cgroup_dirs(f"/skiff-{self.prefix}-{host}")]
+            out += [f"cgroup {d}" for d in node_containerd.cgroup_dirs(self.cgroup_parent(host).strip("/"))]
         if self.base.exists():
-            out += [f"mount {m}" for m in cleanup.mounts_under(self.base)]
+            out += [f"mount {m}" for m in node_containerd.mounts_under(self.base)]
             out.append(f"dir {self.base}")
         return out
 
@@ -108,7 +111,7 @@ class Lab:
         # Fallbacks for a half-finished run; all are no-ops after a clean remove.
         from skiff import hostconfig
 
-        cleanup.kill_leftovers(hostconfig.NodePaths(self.state("n1") / "node"), f"/skiff-{self.prefix}-n1")
+        node_containerd.crash_cleanup(hostconfig.NodePaths(self.state("n1") / "node"), self.cgroup_parent("n1"))
         netplan.apply(netplan.plan_down(self.net), ignore_errors=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
@@ -154,7 +157,8 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
         assert bad.returncode == 1 and "not signed with this token" in bad.stderr, bad.stderr
         assert not (lab.base / "n1-bad").exists()
 
-        lab.install("n1", "worker", "--name", "n1", "--ip", n1.ip, "--join", f"{cp.ip}:6443", "--token", token)
+        lab.install("n1", "worker", "--name", "n1", "--ip", n1.ip, "--join", f"{cp.ip}:6443", "--token", token,
+                    "--cgroup-parent", lab.cgroup_parent("n1"))
         ready, pod_cidr = asyncio.run(node_status(api, "n1"))
         assert ready == "True"
         assert ipaddress.ip_network(pod_cidr).subnet_of(ipaddress.ip_network("10.244.0.0/16"))
@@ -179,7 +183,7 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
         lab.install("cp", "remove")
         assert not list((lab.root("n1") / "etc/systemd/system").glob("skiff-*"))
         assert not lab.state("n1").exists() and not lab.state("cp").exists()
-        assert cleanup.cgroup_dirs(f"/skiff-{prefix}-n1") == []
+        assert node_containerd.cgroup_dirs(lab.cgroup_parent("n1").strip("/")) == []
         again = lab.install("n1", "remove")  # idempotent
         assert "nothing installed" in again.stdout
     finally:

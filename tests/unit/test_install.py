@@ -332,3 +332,24 @@ def test_namespace_annotations_hold_the_info() -> None:
     (ns,) = api.objects(t.Namespace)
     assert ns.metadata.name == install.CLUSTER_INFO_NAMESPACE
     assert set(ns.metadata.annotations) == {install.CLUSTER_INFO_KEY, install.CLUSTER_INFO_SIGNATURE_KEY}
+
+
+def test_route_removal_only_touches_the_pod_cidr() -> None:
+    from deploy import cleanup
+
+    routes = [{"dst": "default"}, {"dst": "10.244.1.0/24"}, {"dst": "10.244.2.0/24"}, {"dst": "10.96.0.0/12"},
+              {"dst": "10.0.0.0/24"}, {"dst": "10.244.0.0/16"}, {"dst": "10.245.0.0/24"}, {"dst": "10.244.3.7"}]
+    assert cleanup.plan_route_removal(routes, "10.244.0.0/16") == ["10.244.1.0/24", "10.244.2.0/24",
+                                                                   "10.244.0.0/16", "10.244.3.7"]
+
+
+def test_worker_cgroup_parent(tmp_path: Path) -> None:
+    api = MemoryApi()
+    installer(tmp_path / "cp", Recorder(), api).control_plane(name="cp", ip="10.0.0.1", token=TOKEN)
+    w = installer(tmp_path / "n1", Recorder(starts=False), api)
+    with pytest.raises(install.InstallError, match="--cgroup-parent"):
+        w.worker(name="n1", ip="10.0.0.2", join="10.0.0.1:6443", token=TOKEN, cgroup_parent="skiff/n1")
+    w.worker(name="n1", ip="10.0.0.2", join="10.0.0.1:6443", token=TOKEN, cgroup_parent="/skiff-lab-n1")
+    assert "--cgroup-parent /skiff-lab-n1" in (w.layout.units / "skiff-nodeagent.service").read_text()
+    loaded = w.load()
+    assert loaded is not None and loaded[1].cgroup_parent == "/skiff-lab-n1"  # upgrade and remove see it too
