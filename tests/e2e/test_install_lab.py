@@ -26,11 +26,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deploy import containerd as node_containerd
 from deploy import netplan, procs
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.prereq import require, require_binaries, require_root
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = ("controlplane.store", "controlplane.apiserver", "controlplane.controllers", "nodeagent", "netproxy")
@@ -50,7 +54,7 @@ def free_lan() -> str:
             with contextlib.suppress(ValueError):
                 taken.append(ipaddress.ip_network(dst, strict=False))
     for i in range(64):
-        n = (os.getpid() + i * 7) % 250
+        n = 1 + (os.getpid() + i * 7) % 249  # never x.x.0.0/24: the cluster lab test uses those
         net = ipaddress.ip_network(f"10.{180 + n % 40}.{n}.0/24")
         if not any(net.overlaps(other) for other in taken):  # type: ignore[arg-type]
             return str(net)
