@@ -4,8 +4,8 @@ The whole process runs in-process — MemoryApi, informers, the sync runner, the
 proxier — with iptables commands entering node n1's namespace; all traffic is sent from
 inside the lab's namespaces. One scenario per backend, step by step:
 ClusterIP with two endpoints (one on each node) from the node, from a pod that is itself an
-endpoint (hairpin) and from another pod on the same bridge; NodePort from the other node;
-REJECT for a Service without endpoints; an endpoint change; deleting a Service removes its
+endpoint (hairpin) and from another pod on the same bridge; NodePort from the other node and
+from the node itself; ClientIP affinity; REJECT for a Service without endpoints; an endpoint change; deleting a Service removes its
 chains; a restarted netproxy keeps Services working and repairs what changed while it was
 down; cleanup leaves no KUBE-* chain and no jump to one.
 """
@@ -31,7 +31,7 @@ from tests.support.prereq import require, require_binaries, require_root
 
 pytestmark = pytest.mark.e2e
 
-VIP, EMPTY_VIP, NODE_PORT = "10.96.0.10", "10.96.0.11", 30080
+VIP, EMPTY_VIP, STICKY_VIP, NODE_PORT = "10.96.0.10", "10.96.0.11", "10.96.0.12", 30080
 N1, N2 = NODE_IPS["n1"], NODE_IPS["n2"]
 CONNECTIONS = 30
 
@@ -74,6 +74,16 @@ def empty_service() -> t.Service:
     return s
 
 
+def sticky_service() -> tuple[t.Service, t.Endpoints]:
+    s = t.Service(metadata=t.ObjectMeta(name="sticky", namespace="default"),
+                  spec=t.ServiceSpec(cluster_ip=STICKY_VIP, session_affinity="ClientIP"))
+    s.spec.ports.add(port=80).target_port.int_val = POD_PORT
+    e = web_endpoints("p1", "p3")
+    e.metadata.name = "sticky"
+    e.subsets[0].ports[0].name = ""
+    return s, e
+
+
 def web_chains(*pods: str) -> set[str]:
     sp = ServicePort("default", "web", "http", "TCP", VIP, 80)
     return {svc_chain(sp)} | {sep_chain(sp, Endpoint(PODS[p][1], POD_PORT)) for p in pods}
@@ -114,6 +124,8 @@ async def test_services_through_real_iptables(lab: Lab, backend: str) -> None:
     await api.create(web_service())
     await api.create(web_endpoints("p1", "p3", not_ready=("p2",)))
     await api.create(empty_service())
+    for obj in sticky_service():
+        await api.create(obj)
 
     async def saved() -> str:
         return await asyncio.to_thread(lab.save, "n1", backend)
@@ -123,9 +135,13 @@ async def test_services_through_real_iptables(lab: Lab, backend: str) -> None:
         for client in ("n1", "p1", "p2"):
             got = await reach(lab, client, VIP, 80)
             assert set(got) == {"p1", "p3"}, f"{client} -> ClusterIP: {got}"
-        # 2. NodePort from the other node.
-        got = await reach(lab, "n2", N1, NODE_PORT)
-        assert set(got) == {"p1", "p3"}, f"n2 -> NodePort: {got}"
+        # 2. NodePort from the other node, and from the node itself.
+        for client in ("n2", "n1"):
+            got = await reach(lab, client, N1, NODE_PORT)
+            assert set(got) == {"p1", "p3"}, f"{client} -> NodePort: {got}"
+        # ClientIP affinity: every connection of one client lands on the same pod.
+        got = await reach(lab, "p2", STICKY_VIP, 80)
+        assert len(got) == 1 and set(got) <= {"p1", "p3"}, f"ClientIP affinity: {got}"
         # 3. No endpoints: refused at once (REJECT), not a timeout.
         got = await asyncio.to_thread(lab.connect, "p2", EMPTY_VIP, 80, 3)
         assert got == {"ERR:ConnectionRefusedError": 3}, got
