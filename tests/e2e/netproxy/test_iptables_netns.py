@@ -2,18 +2,21 @@
 
 The whole process runs in-process — MemoryApi, informers, the sync runner, the iptables
 proxier — with iptables commands entering node n1's namespace; all traffic is sent from
-inside the lab's namespaces. One scenario per backend, step by step:
-ClusterIP with two endpoints (one on each node) from the node, from a pod that is itself an
-endpoint (hairpin) and from another pod on the same bridge; NodePort from the other node and
-from the node itself; ClientIP affinity; REJECT for a Service without endpoints; an endpoint change; deleting a Service removes its
-chains; a restarted netproxy keeps Services working and repairs what changed while it was
-down; cleanup leaves no KUBE-* chain and no jump to one.
+inside the lab's namespaces. One scenario per backend, step by step: ClusterIP with two
+endpoints (one on each node) from the node, from a pod that is itself an endpoint (hairpin)
+and from another pod on the same bridge; NodePort from the other node and from the node
+itself; ClientIP affinity; REJECT for a Service without endpoints; an endpoint change;
+deleting a Service removes its chains; a restarted netproxy keeps Services working and
+repairs what changed while it was down; `python -m netproxy --cleanup` leaves no KUBE-*
+chain and no jump to one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -183,8 +186,12 @@ async def test_services_through_real_iptables(lab: Lab, backend: str) -> None:
         text = await saved()
         assert EMPTY_VIP not in text
         assert not web_chains("p1", "p3") - web_chains("p2") & set(text.split()), "stale chains after restart"
-        # 7. Cleanup leaves nothing of netproxy's in either table.
-        await proxy.proxier.cleanup()
+    # 7. `python -m netproxy --cleanup`, run in the node, leaves nothing of netproxy's.
+    out = await asyncio.to_thread(subprocess.run, ["nsenter", f"--net={lab.netns_path('n1')}", sys.executable, "-m",
+                                                   "netproxy", "--cleanup"],
+                                  capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert f"iptables-{backend}: removed" in out.stdout
     text = await saved()
     assert "KUBE-" not in text, text
     got = await asyncio.to_thread(lab.connect, "n1", VIP, 80, 1)
