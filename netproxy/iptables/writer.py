@@ -28,8 +28,8 @@ from netproxy.iptables.ruleset import ChainKey, Ruleset, restore_text, restore_t
 
 log = logging.getLogger("netproxy.iptables")
 
-# iptables-nft-restore 1.8.9 --noflush slows down quadratically with the chains in one
-# transaction; pieces of this many chains keep 5,000 Services near one second (bench/netproxy.py).
+# iptables-nft-restore 1.8.9 --noflush slows down worse than linearly with the chains in one
+# transaction; pieces of about this many chains were fastest for 5,000 Services (bench/netproxy.py).
 NFT_MAX_CHAINS = 1000
 
 
@@ -49,10 +49,6 @@ class RulesetWriter:
         # -1: the backend's default (split only for nft); None: never split.
         self.max_chains = (NFT_MAX_CHAINS if ipt.backend == "nft" else None) if max_chains == -1 else max_chains
         self._applied: dict[ChainKey, tuple[str, ...]] | None = None  # None: unknown, sync fully
-
-    @property
-    def needs_full(self) -> bool:
-        return self._applied is None
 
     def forget(self) -> None:
         """Assume nothing about the kernel: the next write is full."""
