@@ -151,7 +151,8 @@ class LeaseGrantResult(NamedTuple):
 class Applied:
     """What applying one batch produced, for the layers around the state machine.
 
-    `results` (one per command, an EtcdError for a failed one) only when asked for: members
+    `results` (one (result, revision after it) per command; the result is an EtcdError for a
+    failed command) only when asked for: members
     that did not propose the batch skip building them. `refreshed`/`revoked` feed the lessor
     (which tracks expiry deadlines outside the state machine); `transfers` asks the named
     member, if it leads, to hand leadership over.
@@ -325,7 +326,7 @@ class KVState:
             except EtcdError as e:
                 res = e
             if want_results:
-                out.results.append(res)
+                out.results.append((res, self.revision))
         out.revision = self.revision
         return out
 

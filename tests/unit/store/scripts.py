@@ -216,7 +216,7 @@ class Runner:
 
     def _applied(self, applied: mvcc.Applied) -> list[str]:
         out: list[str] = []
-        for r in applied.results:
+        for r, _rev in applied.results:
             if isinstance(r, EtcdError):
                 out.append(f"error: {r.message}")
             else:
