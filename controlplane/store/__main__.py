@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-notify-interval", type=float, default=600.0,
                    help="seconds between watch progress notifications (etcd's default: 600)")
     p.add_argument("--snapshot-count", type=int, default=20000, help="log entries between snapshots")
-    p.add_argument("--election-timeout", type=float, default=1.0,
+    p.add_argument("--election-timeout", type=float, default=0.8,
                    help="minimum seconds without a leader before an election (max is twice this)")
     p.add_argument("--log-level", default="INFO")
     return p

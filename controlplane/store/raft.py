@@ -119,8 +119,8 @@ class RaftTimings:
     """Raft timing, in seconds. Heartbeats every `heartbeat`; elections after 1-2 s of silence."""
 
     heartbeat: float = 0.1
-    election_min: float = 1.0
-    election_max: float = 2.0
+    election_min: float = 0.8
+    election_max: float = 1.6
     leader_fallback: float = 3.0  # a leader without a majority steps down after this
     connection_timeout: float = 3.5
     connection_retry: float = 1.0
