@@ -186,7 +186,8 @@ class StoreCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if m.proc is not None and m.proc.poll() is not None:
-                raise RuntimeError(f"store member {m.name} exited with {m.proc.returncode}:\n{self.log(m.name)[-3000:]}")
+                tail = self.log(m.name)[-3000:]
+                raise RuntimeError(f"store member {m.name} exited with {m.proc.returncode}:\n{tail}")
             if self.status(m.name, timeout=0.5) is not None:
                 return
             time.sleep(0.1)

@@ -148,7 +148,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         os.ftruncate(self._fd, self._end)
         self._dirty = True
 
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
         self._end = self._offsets[entryFrom]
@@ -157,7 +157,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         os.ftruncate(self._fd, self._end)
         self._dirty = True
 
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
+    def deleteEntriesTo(self, entryTo: int) -> None:
         """Keep entries[entryTo:], rewriting the file atomically (called after a snapshot)."""
         keep = self._entries[entryTo:]
         tmp = self._path + ".compact"
@@ -195,27 +195,27 @@ class DurableJournal(Journal):  # type: ignore[misc]
             self._fd = -1
         self.onOneSecondTimer()
 
-    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         if self._meta.get("commit_index") != raftCommitIndex:
             self._meta["commit_index"] = raftCommitIndex
             self._meta_saved = False
 
-    def getRaftCommitIndex(self) -> int:  # noqa: N802
+    def getRaftCommitIndex(self) -> int:
         return int(self._meta.get("commit_index", 1))
 
-    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802, N803
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
         self._meta["term"] = term
         self._meta["voted_for"] = votedForNodeId
         write_durably(self._meta_path, json.dumps(self._meta).encode())
         self._meta_saved = True
 
-    def getCurrentTerm(self) -> int:  # noqa: N802
+    def getCurrentTerm(self) -> int:
         return int(self._meta.get("term", 0))
 
-    def getVotedForNodeId(self) -> Any:  # noqa: N802
+    def getVotedForNodeId(self) -> Any:
         return self._meta.get("voted_for")
 
-    def onOneSecondTimer(self) -> None:  # noqa: N802
+    def onOneSecondTimer(self) -> None:
         if not self._meta_saved:
             # The commit index is only a hint (Raft recomputes it), so no fsync here.
             tmp = self._meta_path + ".tmp"

@@ -126,7 +126,7 @@ class TxnReq(NamedTuple):
 class RangeResult(NamedTuple):
     kvs: list[KeyValue]
     more: bool
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, as etcd names it
 
 
 class PutResult(NamedTuple):
@@ -336,7 +336,7 @@ class KVState:
             req: PutReq = cmd[1]
             self._check_put_now(req)
             rev = self.revision + 1
-            res = self._put(req, rev, out.events)
+            res: Any = self._put(req, rev, out.events)
             self._commit(rev, out.events, 1)
             return res
         if op == "delete":

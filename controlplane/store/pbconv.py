@@ -41,7 +41,7 @@ def kv_pb(kv: mvcc.KeyValue) -> kv_pb2.KeyValue:
 
 def encode_event(ev: mvcc.Event, *, with_prev: bool) -> bytes:
     """mvccpb.Event bytes; prev_kv (field 3) appended only when asked for and present."""
-    data = kv_pb2.Event(type=ev.type, kv=kv_pb(ev.kv)).SerializeToString()
+    data = kv_pb2.Event(type=ev.type, kv=kv_pb(ev.kv)).SerializeToString()  # type: ignore[arg-type]
     if with_prev and ev.prev_kv is not None:
         data += field_bytes(0x1A, kv_pb(ev.prev_kv).SerializeToString())
     return data

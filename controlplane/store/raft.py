@@ -103,7 +103,7 @@ class _Raft(SyncObj):  # type: ignore[misc]
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
 
-    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 (pysyncobj's names)
+    def _onTick(self, timeToWait: float = 0.0) -> None:
         # Everything appended since the last tick becomes durable before this tick's commit
         # decision (the leader counts itself) and before anything else is sent.
         self._journal.sync()
@@ -340,10 +340,13 @@ class RaftNode:
         deadline = time.monotonic() + timeout
         while True:
             fut: asyncio.Future[int] = self.loop.create_future()
-            loop = self.loop
+            def done(_res: Any, err: int, fut: asyncio.Future[int] = fut,
+                     loop: asyncio.AbstractEventLoop = self.loop) -> None:
+                def deliver() -> None:
+                    if not fut.done():
+                        fut.set_result(err)
 
-            def done(_res: Any, err: int, fut: asyncio.Future[int] = fut) -> None:
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(err))
+                loop.call_soon_threadsafe(deliver)
 
             if op == "add":
                 self.raft.addNodeToCluster(addr, callback=done)

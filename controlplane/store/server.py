@@ -30,6 +30,7 @@ from controlplane.store.errors import EtcdError
 from controlplane.store.lessor import Lessor
 from controlplane.store.raft import RaftNode, RaftTimings, member_id_for
 from controlplane.store.watch import WatchHub, WatchStream
+from skiff.guard import guard
 from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
 
 log = logging.getLogger("skiff.store")
@@ -213,7 +214,7 @@ class Store:
             finally:
                 self._inflight.discard(key)
 
-        asyncio.create_task(run(), name=f"store-{key}")
+        guard(run(), f"store-{key}", forever=False)
 
     def _leader_duties(self, now: float) -> None:
         st = self.node.state
@@ -342,7 +343,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     def __init__(self, store: Store) -> None:
         self.s = store
 
-    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> Any:
         req = pbconv.range_req(request)
         await self.s.linearize(request.serializable, context)
         node = self.s.node
@@ -354,7 +355,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             await _abort(context, e)
         return pbconv.range_resp(res, self.s.header(rev))
 
-    async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> Any:
         req = pbconv.put_req(request)
         try:
             mvcc.check_put(req)
@@ -363,14 +364,14 @@ class KVService(rpc_pb2_grpc.KVServicer):
         res, rev = await self.s.write(mvcc.cmd_put(req), context)
         return pbconv.put_resp(res, self.s.header(rev))
 
-    async def DeleteRange(self, request: rpc_pb2.DeleteRangeRequest,  # noqa: N802
+    async def DeleteRange(self, request: rpc_pb2.DeleteRangeRequest,
                           context: grpc.aio.ServicerContext) -> Any:
         if not request.key:
             await _abort(context, errors.EMPTY_KEY)
         res, rev = await self.s.write(mvcc.cmd_delete(pbconv.delete_req(request)), context)
         return pbconv.delete_resp(res, self.s.header(rev))
 
-    async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> Any:
         try:
             req = pbconv.txn_req(request)
             mvcc.check_txn(req)
@@ -390,7 +391,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             res, rev = await self.s.write(mvcc.cmd_txn(req), context)
         return pbconv.txn_resp(res, self.s.header(rev))
 
-    async def Compact(self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def Compact(self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext) -> Any:
         _, rev = await self.s.write(mvcc.cmd_compact(request.revision), context)
         return rpc_pb2.CompactionResponse(header=self.s.header(rev))
 
@@ -399,7 +400,7 @@ class WatchService:
     def __init__(self, store: Store) -> None:
         self.s = store
 
-    async def Watch(self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest],  # noqa: N802
+    async def Watch(self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         hub = self.s.hub
         stream = hub.open()
@@ -427,17 +428,17 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     def __init__(self, store: Store) -> None:
         self.s = store
 
-    async def LeaseGrant(self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def LeaseGrant(self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext) -> Any:
         # The ID is stamped here, before replication, so every member applies the same one.
         lease_id = request.ID or random.getrandbits(63) or 1
         res, rev = await self.s.write(mvcc.cmd_lease_grant(lease_id, request.TTL), context)
         return rpc_pb2.LeaseGrantResponse(header=self.s.header(rev), ID=res.id, TTL=res.ttl)
 
-    async def LeaseRevoke(self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def LeaseRevoke(self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext) -> Any:
         _, rev = await self.s.write(mvcc.cmd_lease_revoke(request.ID), context)
         return rpc_pb2.LeaseRevokeResponse(header=self.s.header(rev))
 
-    async def LeaseKeepAlive(self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],  # noqa: N802
+    async def LeaseKeepAlive(self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         async for req in request_iterator:
             try:
@@ -446,7 +447,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                 await _abort(context, e)
             yield rpc_pb2.LeaseKeepAliveResponse(header=self.s.header(rev), ID=req.ID, TTL=ttl)
 
-    async def LeaseTimeToLive(self, request: rpc_pb2.LeaseTimeToLiveRequest,  # noqa: N802
+    async def LeaseTimeToLive(self, request: rpc_pb2.LeaseTimeToLiveRequest,
                               context: grpc.aio.ServicerContext) -> Any:
         await self.s.linearize(False, context)
         with self.s.node.lock:
@@ -458,7 +459,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             grantedTTL=info.ttl, keys=list(info.keys) if request.keys else [],
         )
 
-    async def LeaseLeases(self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def LeaseLeases(self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext) -> Any:
         await self.s.linearize(False, context)
         with self.s.node.lock:
             leases = self.s.node.state.leases()
@@ -470,12 +471,12 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     def __init__(self, store: Store) -> None:
         self.s = store
 
-    async def MemberList(self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def MemberList(self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext) -> Any:
         if request.linearizable:
             await self.s.linearize(False, context)
         return rpc_pb2.MemberListResponse(header=self.s.header(), members=self.s.members())
 
-    async def MemberAdd(self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def MemberAdd(self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext) -> Any:
         if request.isLearner:
             await _abort(context, errors.LEARNER_NOT_SUPPORTED)
         if len(request.peerURLs) != 1:
@@ -490,7 +491,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         member = rpc_pb2.Member(ID=member_id_for(addr), peerURLs=[f"http://{addr}"])
         return rpc_pb2.MemberAddResponse(header=self.s.header(), member=member, members=self.s.members())
 
-    async def MemberRemove(self, request: rpc_pb2.MemberRemoveRequest,  # noqa: N802
+    async def MemberRemove(self, request: rpc_pb2.MemberRemoveRequest,
                            context: grpc.aio.ServicerContext) -> Any:
         s = self.s
         addr = next((a for a in s.node.peers() if member_id_for(a) == request.ID), None)
@@ -499,6 +500,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         if addr == s.cfg.listen_peer:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "etcdserver: a member cannot remove itself here; send MemberRemove to another member")
+        assert addr is not None
         try:
             if s.node.leader_addr() == addr:
                 # pysyncobj refuses to let a leader remove itself: ask it (through the log) to
@@ -518,7 +520,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     def __init__(self, store: Store) -> None:
         self.s = store
 
-    async def Status(self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def Status(self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> Any:
         node = self.s.node
         leader = node.leader_addr()
         size = node.journal.stats()["bytes"]

@@ -6,8 +6,8 @@ The tests run in file order on one cluster: each leaves it healthy with 3 member
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
