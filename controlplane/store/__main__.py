@@ -168,6 +168,9 @@ async def run(cfg: StoreConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # Two busy threads (Raft ticks, the gRPC loop) hand work to each other many times per
+    # request; with the default 5 ms GIL switch interval each hand-off can wait that long.
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     cfg = config_from_args(args)

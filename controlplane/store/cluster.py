@@ -66,6 +66,7 @@ class StoreCluster:
                  token: str | None = None) -> None:
         self._own_dir = base_dir is None
         self.base_dir = base_dir or tempfile.mkdtemp(prefix="skiff-store-")
+        os.makedirs(self.base_dir, exist_ok=True)
         self.password = password or secrets.token_hex(16)
         self.extra_args = list(extra_args)
         self.python = python

@@ -76,6 +76,10 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._offsets: list[int] = []
         self._dirty = False
         self._syncs = 0
+        # Records still in the file past the logical end, after deleteEntriesFrom: pysyncobj
+        # often deletes entries and appends the very same ones again (a leader re-sending
+        # after an out-of-order ack); those are then kept in place instead of rewritten.
+        self._tail: list[tuple[Entry, int]] = []
         self._meta: dict[str, Any] = self._load_meta()
         self._meta_saved = True
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -134,6 +138,15 @@ class DurableJournal(Journal):  # type: ignore[misc]
     # ------------------------------------------------------------ the pysyncobj Journal interface
 
     def add(self, command: bytes, idx: int, term: int) -> None:
+        if self._tail:
+            (entry, offset) = self._tail[0]
+            if entry == (command, idx, term):
+                self._tail.pop(0)
+                self._entries.append(entry)
+                self._offsets.append(offset)
+                self._end = offset + _REC.size + len(command)
+                return
+            self._truncate_tail()
         rec = _encode(command, idx, term)
         os.pwrite(self._fd, rec, self._end)
         self._entries.append((command, idx, term))
@@ -141,7 +154,13 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._end += len(rec)
         self._dirty = True
 
+    def _truncate_tail(self) -> None:
+        self._tail = []
+        os.ftruncate(self._fd, self._end)
+        self._dirty = True
+
     def clear(self) -> None:
+        self._tail = []
         self._entries = []
         self._offsets = []
         self._end = len(MAGIC)
@@ -151,15 +170,15 @@ class DurableJournal(Journal):  # type: ignore[misc]
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
+        self._tail = list(zip(self._entries[entryFrom:], self._offsets[entryFrom:], strict=True)) + self._tail
         self._end = self._offsets[entryFrom]
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
-        os.ftruncate(self._fd, self._end)
-        self._dirty = True
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         """Keep entries[entryTo:], rewriting the file atomically (called after a snapshot)."""
         keep = self._entries[entryTo:]
+        self._tail = []
         tmp = self._path + ".compact"
         offsets = []
         pos = len(MAGIC)
@@ -232,6 +251,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def sync(self) -> None:
         """Make every append, truncation and clear so far durable (one fdatasync)."""
+        if self._tail:
+            self._truncate_tail()  # entries deleted and not re-added must not come back
         if self._dirty and self._fd >= 0:
             os.fdatasync(self._fd)
             self._syncs += 1

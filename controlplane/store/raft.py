@@ -51,6 +51,7 @@ from controlplane.store.snapshot import SnapshotStore, read_header
 log = logging.getLogger("skiff.store.raft")
 
 _ACK_MESSAGES = frozenset({"next_node_idx", "response_vote", "request_vote"})
+_HELD_ACKS = frozenset({"next_node_idx", "response_vote"})
 _RETRYABLE = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED,
                         FAIL_REASON.QUEUE_FULL, FAIL_REASON.REQUEST_DENIED})
 
@@ -87,12 +88,34 @@ def _inject_journal(journal: DurableJournal) -> Iterator[None]:
 
 
 class _Transport(TCPTransport):  # type: ignore[misc]
-    """pysyncobj's TCP transport, made to sync the journal before any acknowledging message."""
+    """pysyncobj's TCP transport, made to persist the journal before any acknowledgement.
+
+    Acks produced while handling received messages (inside the poller) are held back and
+    sent together at the start of the next tick, after one fdatasync: several append
+    messages read in one poll share one sync (group commit on followers).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._held: list[tuple[Any, Any]] = []
+        super().__init__(*args, **kwargs)
 
     def send(self, node: Any, message: Any) -> bool:
-        if isinstance(message, dict) and message.get("type") in _ACK_MESSAGES:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind in _HELD_ACKS:
+            self._held.append((node, message))
+            return True
+        if kind in _ACK_MESSAGES:
             self._syncObj._journal.sync()
         return bool(super().send(node, message))
+
+    def flush_acks(self) -> None:
+        """Sync the journal, then send the held acknowledgements (tick thread)."""
+        if not self._held:
+            return
+        self._syncObj._journal.sync()
+        held, self._held = self._held, []
+        for node, message in held:
+            super().send(node, message)
 
 
 class _Raft(SyncObj):  # type: ignore[misc]
@@ -102,12 +125,21 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._journal = journal
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
+        # At the end of each tick, right after the leader has sent new entries and before it
+        # waits for acks: its own fdatasync overlaps with the followers'.
+        self.addOnTickCallback(journal.sync)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
-        # Everything appended since the last tick becomes durable before this tick's commit
-        # decision (the leader counts itself) and before anything else is sent.
+        # Everything appended since the last tick (including inside the poller) becomes
+        # durable before this tick's commit decision (the leader counts itself), and the
+        # acknowledgements held back by the transport leave only after that.
         self._journal.sync()
+        self._transport().flush_acks()
         super()._onTick(timeToWait)
+
+    def _transport(self) -> _Transport:
+        t: _Transport = self._SyncObj__transport
+        return t
 
     @replicated  # type: ignore[misc]
     def apply_batch(self, batch: tuple[int, tuple[tuple[Any, ...], ...]]) -> Any:
@@ -144,7 +176,7 @@ class RaftNode:
 
     def __init__(self, *, self_addr: str, peers: list[str], data_dir: str, password: str | None,
                  loop: asyncio.AbstractEventLoop, timings: RaftTimings | None = None,
-                 request_timeout: float = 5.0, max_batch: int = 1000, max_batch_bytes: int = 1 << 20,
+                 request_timeout: float = 5.0, max_batch: int = 1000, max_inflight: int = 1, max_batch_bytes: int = 1 << 20,
                  snapshot_every: int = 20000, snapshot_bytes: int = 64 << 20,
                  on_applied: Callable[[mvcc.Applied], None] | None = None,
                  on_restored: Callable[[mvcc.KVState], None] | None = None) -> None:
@@ -163,6 +195,8 @@ class RaftNode:
         self._queue_bytes = 0
         self._reads: list[asyncio.Future[Any]] = []
         self._flush_scheduled = False
+        self._inflight = 0
+        self._max_inflight = max_inflight
         self.applied_batches = 0
         t = timings or RaftTimings()
         os.makedirs(data_dir, exist_ok=True)
@@ -260,7 +294,9 @@ class RaftNode:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        while self._queue or self._reads:
+        # Group commit: while `max_inflight` batches are being replicated, new requests wait
+        # and then leave together as the next batch (one log entry, one fsync per member).
+        while (self._queue or self._reads) and self._inflight < self._max_inflight:
             take = min(len(self._queue), self._max_batch)
             if self._queue_bytes > self._max_batch_bytes:
                 size, take = 0, 0
@@ -276,6 +312,7 @@ class RaftNode:
             p = _Pending([c for c, _ in items], [f for _, f in items], reads,
                          time.monotonic() + self.request_timeout)
             p.timer = self.loop.call_later(self.request_timeout, self._expire, p)
+            self._inflight += 1
             self._submit(p)
 
     def _submit(self, p: _Pending) -> None:
@@ -319,6 +356,9 @@ class RaftNode:
         if p.timer is not None:
             p.timer.cancel()
             p.timer = None
+            self._inflight -= 1
+            if self._queue or self._reads:
+                self._schedule_flush()
         for i, fut in enumerate(p.futs):
             if fut.done():
                 continue

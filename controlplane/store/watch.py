@@ -219,7 +219,7 @@ class WatchHub:
 
     def publish(self, events: list[mvcc.Event], revision: int) -> None:
         """Deliver one applied batch's events (all with revision > self.revision)."""
-        if events:
+        if events and self.streams:
             enc = _Encoded(events)
             self.revision = revision
             header = self._header_field()
