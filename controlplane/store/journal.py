@@ -76,6 +76,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._offsets: list[int] = []
         self._dirty = False
         self._syncs = 0
+        self._synced_index = 0
         # Records still in the file past the logical end, after deleteEntriesFrom: pysyncobj
         # often deletes entries and appends the very same ones again (a leader re-sending
         # after an out-of-order ack); those are then kept in place instead of rewritten.
@@ -84,6 +85,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._meta_saved = True
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._end = self._load()
+        self._synced_index = self._entries[-1][1] if self._entries else 0
 
     # ------------------------------------------------------------ loading
 
@@ -200,6 +202,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._offsets = offsets
         self._end = pos
         self._dirty = False
+        self._synced_index = keep[-1][1] if keep else 0
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]
@@ -257,6 +260,12 @@ class DurableJournal(Journal):  # type: ignore[misc]
             os.fdatasync(self._fd)
             self._syncs += 1
             self._dirty = False
+        self._synced_index = self._entries[-1][1] if self._entries else 0
+
+    @property
+    def synced_index(self) -> int:
+        """Raft index of the last entry known to be on disk."""
+        return self._synced_index
 
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._entries), "bytes": self._end, "syncs": self._syncs}
