@@ -28,7 +28,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,7 @@ def start_etcd(base: str) -> Target:
     for name, client, peer in members:
         data = os.path.join(base, "etcd", name)
         os.makedirs(data, exist_ok=True)
-        log = open(os.path.join(base, "etcd", f"{name}.log"), "wb")  # noqa: SIM115 (lives with the process)
+        log = open(os.path.join(base, "etcd", f"{name}.log"), "wb")
         procs[name] = subprocess.Popen([
             "etcd", "--name", name, "--data-dir", data,
             "--listen-client-urls", f"http://{client}", "--advertise-client-urls", f"http://{client}",
@@ -169,7 +168,7 @@ async def _aworker(kind: str, endpoints: list[str], tasks: int, start_at: float,
 
     await asyncio.gather(*(run(t) for t in range(tasks)))
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
     return {"ops": len(lat) - errors, "errors": errors, "lat": lat}
 
 
@@ -225,7 +224,7 @@ async def _awatchers(endpoints: list[str], n: int, events: int, wid: int, ready:
 
     await asyncio.gather(*(one(i) for i in range(n)))
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
     return {"last": max(done_at), "count": len(done_at)}
 
 
@@ -261,7 +260,7 @@ async def _write_events(endpoints: list[str], events: int, concurrency: int = 16
 
     await asyncio.gather(*(run(t) for t in range(concurrency)))
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
 
 
 async def _load_keys(endpoints: list[str], keys: int, size: int = 1024, concurrency: int = 64) -> None:
@@ -284,7 +283,7 @@ async def _load_keys(endpoints: list[str], keys: int, size: int = 1024, concurre
 
     await asyncio.gather(*(run(t) for t in range(concurrency)))
     for ch in channels:
-        await ch.close()
+        await ch.close(None)
 
 
 # ---------------------------------------------------------------- the run

@@ -102,9 +102,15 @@ class StoreCluster:
     # ------------------------------------------------------------ processes
 
     def start(self, *, timeout: float = 30.0) -> StoreCluster:
-        for name in self.members:
-            self.start_member(name, wait=False)
-        self.wait_ready(timeout=timeout)
+        """Start every member and wait for a leader; on failure nothing is left running."""
+        try:
+            for name in self.members:
+                self.start_member(name, wait=False)
+            self.wait_ready(timeout=timeout)
+        except BaseException:
+            for name in self.members:
+                self.kill(name)
+            raise
         return self
 
     def start_member(self, name: str, *, wait: bool = True, state: str = "new", timeout: float = 30.0) -> None:

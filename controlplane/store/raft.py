@@ -176,7 +176,8 @@ class RaftNode:
 
     def __init__(self, *, self_addr: str, peers: list[str], data_dir: str, password: str | None,
                  loop: asyncio.AbstractEventLoop, timings: RaftTimings | None = None,
-                 request_timeout: float = 5.0, max_batch: int = 1000, max_inflight: int = 1, max_batch_bytes: int = 1 << 20,
+                 request_timeout: float = 5.0, max_batch: int = 1000, max_inflight: int = 1,
+                 max_batch_bytes: int = 1 << 20,
                  snapshot_every: int = 20000, snapshot_bytes: int = 64 << 20,
                  on_applied: Callable[[mvcc.Applied], None] | None = None,
                  on_restored: Callable[[mvcc.KVState], None] | None = None) -> None:

@@ -92,7 +92,7 @@ class Store:
         self._peer_up: dict[str, bool] = {}
         self._inflight: set[str] = set()
         self._rev_samples: deque[tuple[float, int]] = deque()
-        self._saved_peers: list[str] = []
+        self._saved: tuple[list[str], int] = ([], 0)
 
     # ------------------------------------------------------------ tick thread -> loop
 
@@ -253,10 +253,11 @@ class Store:
             self._spawn("publish", mvcc.cmd_publish(me))
 
     def _save_peers(self) -> None:
-        peers = self.node.peers()
-        if peers != self._saved_peers:
-            self._saved_peers = peers
-            update_member_file(self.cfg.data_dir, peers=peers, cluster_id=self.node.state.cluster_id)
+        """Keep member.json's membership and cluster ID current (used on restart)."""
+        now = (self.node.peers(), self.node.state.cluster_id)
+        if now != self._saved:
+            self._saved = now
+            update_member_file(self.cfg.data_dir, peers=now[0], cluster_id=now[1])
 
     def _log_changes(self) -> None:
         leader = self.node.leader_addr()
