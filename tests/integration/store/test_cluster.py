@@ -5,6 +5,7 @@ The tests run in file order on one cluster: each leaves it healthy with 3 member
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -149,6 +150,11 @@ def test_restart_all_members_keeps_data_and_watch_replays(c: StoreCluster) -> No
     for name in c.members:
         c.start_member(name, wait=False)
     c.wait_ready()
+    # With --snapshot-count 100 every member has compacted its log into a snapshot by now,
+    # and restarted from it.
+    for name, m in c.members.items():
+        assert os.path.exists(os.path.join(m.data_dir, "snapshot")), name
+        assert "loaded snapshot at revision" in c.log(name), name
     cl = Client(c.endpoints[1])
     after = cl.get(b"/", prefix=True)
     assert after.header.revision == before.header.revision

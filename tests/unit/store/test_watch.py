@@ -147,3 +147,16 @@ def test_duplicate_watch_id_is_refused() -> None:
     h.watch(s, "b", watch_id=3)
     created, dup = drain(s)
     assert created.created and dup.canceled and "duplicate" in dup.cancel_reason
+
+
+def test_progress_notify_only_for_idle_watchers_that_asked() -> None:
+    h = Harness()
+    s = h.hub.open()
+    h.watch(s, "a", progress_notify=True)
+    h.watch(s, "b")
+    drain(s)
+    h.hub.progress_tick(0.0)
+    (note,) = drain(s)
+    assert note.watch_id == 0 and not note.events and note.header.revision == 1
+    h.hub.progress_tick(3600.0)  # not idle long enough
+    assert drain(s) == []
