@@ -41,6 +41,7 @@ from typing import Any
 import pysyncobj.syncobj
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.transport import TCPTransport
 
 from controlplane.store import errors, mvcc
@@ -123,19 +124,39 @@ class _Raft(SyncObj):  # type: ignore[misc]
                  journal: DurableJournal) -> None:
         self._node = node
         self._journal = journal
+        self._wakeup: PipeNotifier | None = None
+        self._sent = (0, 0)
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
-        # At the end of each tick, right after the leader has sent new entries and before it
-        # waits for acks: its own fdatasync overlaps with the followers'.
-        self.addOnTickCallback(journal.sync)
+        self.addOnTickCallback(self._end_of_tick)
+
+    def wake(self) -> None:
+        """Interrupt the tick thread's poll so a new proposal is handled now (any thread)."""
+        w = self._wakeup
+        if w is not None:
+            with contextlib.suppress(BlockingIOError):
+                w.notify()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        if self._wakeup is None:
+            self._wakeup = PipeNotifier(self._poller)  # registered from the tick thread itself
         # Everything appended since the last tick (including inside the poller) becomes
         # durable before this tick's commit decision (the leader counts itself), and the
         # acknowledgements held back by the transport leave only after that.
         self._journal.sync()
         self._transport().flush_acks()
         super()._onTick(timeToWait)
+
+    def _end_of_tick(self) -> None:
+        # pysyncobj in batch mode appends every queued proposal without sending; send them
+        # (and any new commit index) in one message per follower, then sync our own copy
+        # while the followers write theirs.
+        if self._isLeader():
+            now = (self._SyncObj__getCurrentLogIndex(), self.raftCommitIndex)
+            if now != self._sent:
+                self._sent = now
+                self._SyncObj__sendAppendEntries()
+        self._journal.sync()
 
     def _transport(self) -> _Transport:
         t: _Transport = self._SyncObj__transport
@@ -212,7 +233,7 @@ class RaftNode:
             password=password,
             autoTick=True,
             autoTickPeriod=0.05,
-            appendEntriesUseBatch=False,  # send as soon as a batch is appended (we batch above)
+            appendEntriesUseBatch=True,  # one append message per tick; _end_of_tick sends it at once
             appendEntriesPeriod=t.heartbeat,
             appendEntriesBatchSizeBytes=2 << 20,
             raftMinTimeout=t.election_min,
@@ -325,6 +346,7 @@ class RaftNode:
 
         try:
             self.raft.apply_batch(batch, callback=done)
+            self.raft.wake()
         except Exception as e:  # e.g. the pipe notifier full; treat like a full queue
             log.warning("proposal not queued: %s", e)
             self._done(p, None, FAIL_REASON.QUEUE_FULL)
@@ -393,6 +415,7 @@ class RaftNode:
                 self.raft.addNodeToCluster(addr, callback=done)
             else:
                 self.raft.removeNodeFromCluster(addr, callback=done)
+            self.raft.wake()
             try:
                 err = await asyncio.wait_for(fut, max(0.1, deadline - time.monotonic()))
             except TimeoutError:

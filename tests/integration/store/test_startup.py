@@ -15,7 +15,8 @@ from controlplane.store.cluster import free_addr
 pytestmark = pytest.mark.integration
 
 
-def _run(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], *, env: dict[str, str] | None = None,
+         timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "controlplane.store", *args], capture_output=True, text=True,
                           timeout=timeout, env=env if env is not None else dict(os.environ, SKIFF_STORE_PASSWORD="pw"))
 
