@@ -156,6 +156,8 @@ class _Raft(SyncObj):  # type: ignore[misc]
             if now != self._sent:
                 self._sent = now
                 self._SyncObj__sendAppendEntries()
+                if not self.otherNodes:
+                    self.wake()  # alone: no ack will wake the poller, and the commit is ours to make
         self._journal.sync()
 
     def _transport(self) -> _Transport:
@@ -273,7 +275,7 @@ class RaftNode:
                 self.raft.transferLeadership()
         if self._on_applied is not None:
             self._on_applied(applied)
-        if self.journal.stats()["bytes"] > self._snapshot_bytes:
+        if self.journal.stats()["bytes"] > self._snapshot_bytes and not self.snapshots.busy:
             self.raft.forceLogCompaction()
         return applied.results if want else None
 

@@ -98,6 +98,10 @@ class SnapshotStore:
         self._failed = False
         self.completed = 0
 
+    @property
+    def busy(self) -> bool:
+        return bool(self._status == SERIALIZER_STATE.SERIALIZING)
+
     # pysyncobj: serializer(fileName, data) with data = (last_entry, prev_entry, cluster_nodes)
     def serialize(self, tmp_file: str, data: tuple[Any, ...]) -> None:
         last, prev, cluster = data
