@@ -12,7 +12,8 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
-	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e clean
+	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e clean \
+	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated
 
@@ -29,8 +30,9 @@ deb:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# compat mode puts the repository root on sys.path, so the generated skiffpb/ is importable too.
-	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e '.[dev]'
+	# The repository root on sys.path: the generated skiffpb/ and every package import from the work tree.
+	$(BIN)/python -c "import site; open(site.getsitepackages()[0] + '/skiff-root.pth', 'w').write('$(CURDIR)\\n')"
 	touch $@
 
 # Generated code is built from proto/ and never edited or committed.
@@ -74,6 +76,27 @@ lab: setup
 
 lab-down: setup
 	$(BIN)/skiff lab down
+
+# The Vagrant lab (deploy/vagrant/README.md): 1 control plane + 2 workers, provisioned by
+# deploy/install.py; run on a machine with Vagrant and VirtualBox or libvirt, not as root.
+VAGRANT := cd deploy/vagrant && SKIFF_PROXY_MODE=$(PROXY_MODE) vagrant
+PROXY_MODE ?= iptables
+
+# Boot (or create), copy this tree to /opt/skiff, provision every VM once (idempotent).
+vagrant-up:
+	$(VAGRANT) up --no-parallel --no-provision
+	$(VAGRANT) rsync
+	$(VAGRANT) provision
+
+# The seed check (examples/seed/, nginx:latest) and the e2e suite, run on cp1 against the VMs.
+vagrant-e2e: vagrant-up
+	$(VAGRANT) ssh cp1 -c 'sudo /opt/skiff/deploy/vagrant/run-e2e.sh'
+
+vagrant-e2e-ipvs:
+	$(MAKE) vagrant-e2e PROXY_MODE=ipvs
+
+vagrant-down:
+	cd deploy/vagrant && vagrant destroy -f
 
 bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e
 

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from google.protobuf.message import Message
+
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -133,3 +135,24 @@ def parse_fields(text: str, *, allowed: frozenset[str] | None = None) -> tuple[F
             )
         out.append(FieldRequirement(name, value.strip(), negate=(op == "!=")))
     return tuple(out)
+
+
+def field_value(obj: Message, path: str) -> str:
+    """The value at a JSON field path (`spec.nodeName`) as a string; "" when unset or not a scalar."""
+    current: object = obj
+    for part in path.split("."):
+        if not isinstance(current, Message):
+            return ""
+        field = current.DESCRIPTOR.fields_by_camelcase_name.get(part)
+        if field is None or field.json_name != part:
+            return ""
+        current = getattr(current, field.name)
+    if isinstance(current, Message):
+        return ""
+    if isinstance(current, bool):
+        return "true" if current else "false"
+    return str(current)
+
+
+def fields_match(requirements: tuple[FieldRequirement, ...], obj: Message) -> bool:
+    return all((field_value(obj, r.field) == r.value) != r.negate for r in requirements)

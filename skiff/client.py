@@ -1,0 +1,281 @@
+"""The async client of the Skiff api-server, used by every component and the CLI.
+
+Typed by message class: `await client.get(t.Pod, "web-1", "default") -> t.Pod`. Errors come
+back as skiff.errors exceptions. With several endpoints, a call that finds its api-server
+unavailable moves on to the next one and retries with backoff until its deadline; streams
+(watch, logs) do not resume by themselves: the informer does that from its resourceVersion.
+
+Namespace convention: for namespaced kinds an empty namespace means "default" in
+create/get/update/delete and "all namespaces" in list/watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from skiff import errors, kinds
+from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
+from skiffpb.api.v1 import types_pb2 as t
+
+log = logging.getLogger("skiff.client")
+
+M = TypeVar("M", bound=Message)
+
+DEFAULT_NAMESPACE = "default"
+# Large enough for the biggest object the api-server accepts (1.5 MiB) and big lists.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+)
+
+
+@dataclass
+class ObjectList(Generic[M]):
+    items: list[M]
+    resource_version: str
+    continue_token: str = ""
+
+
+@dataclass(frozen=True)
+class WatchEvent(Generic[M]):
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    obj: M
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+class ApiClient(Protocol):
+    """What components need from the api-server; Client and MemoryApi implement it."""
+
+    async def create(self, obj: M, *, namespace: str = "") -> M: ...
+
+    async def get(self, cls: type[M], name: str, namespace: str = "") -> M: ...
+
+    async def list(self, cls: type[M], *, namespace: str = "", label_selector: str = "",
+                   field_selector: str = "") -> ObjectList[M]: ...
+
+    async def update(self, obj: M) -> M: ...
+
+    async def update_status(self, obj: M) -> M: ...
+
+    async def delete(self, cls: type[M], name: str, namespace: str = "", *,
+                     grace_period_seconds: int | None = None, propagation_policy: str = "",
+                     preconditions: api.Preconditions | None = None) -> M: ...
+
+    def watch(self, cls: type[M], *, namespace: str = "", label_selector: str = "", field_selector: str = "",
+              resource_version: str = "", send_initial_events: bool = False, allow_bookmarks: bool = False,
+              timeout_seconds: int = 0) -> AsyncIterator[WatchEvent[M]]: ...
+
+    async def bind(self, namespace: str, pod: str, node: str, *, uid: str = "") -> t.Pod: ...
+
+
+def namespace_for(kind: kinds.Kind, namespace: str) -> str:
+    """The namespace a single-object call addresses: "" for cluster-scoped kinds."""
+    if not kind.namespaced:
+        return ""
+    return namespace or DEFAULT_NAMESPACE
+
+
+@dataclass
+class _Endpoint:
+    target: str
+    channel: grpc.aio.Channel
+    stub: api_grpc.ApiServerStub
+
+
+@dataclass
+class Client:
+    """gRPC client with failover across api-server endpoints ("h1:6443,h2:6443")."""
+
+    endpoints: Sequence[str] | str
+    timeout: float = 10.0
+    _pool: list[_Endpoint] = field(default_factory=list, init=False, repr=False)
+    _current: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        targets = self.endpoints.split(",") if isinstance(self.endpoints, str) else list(self.endpoints)
+        targets = [t_.strip() for t_ in targets if t_.strip()]
+        if not targets:
+            raise errors.InvalidError("no api-server endpoint given (use --server or SKIFF_SERVER)")
+        self.endpoints = targets
+        self._current = random.randrange(len(targets)) if len(targets) > 1 else 0
+
+    def _endpoint(self, index: int) -> _Endpoint:
+        while len(self._pool) <= index:
+            target = self.endpoints[len(self._pool)]
+            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._pool.append(_Endpoint(target, channel, api_grpc.ApiServerStub(channel)))
+        return self._pool[index]
+
+    @property
+    def stub(self) -> api_grpc.ApiServerStub:
+        """The stub of the endpoint in use (for streams and raw calls)."""
+        return self._endpoint(self._current).stub
+
+    @property
+    def target(self) -> str:
+        return self.endpoints[self._current]
+
+    async def _call(self, method: str, request: Message, *, timeout: float | None = None) -> Message:
+        """One unary call; UNAVAILABLE moves to the next endpoint and retries until the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.timeout)
+        delay = 0.05
+        attempts = 0
+        while True:
+            endpoint = self._endpoint(self._current)
+            remaining = max(deadline - loop.time(), 0.05)
+            try:
+                response: Message = await getattr(endpoint.stub, method)(request, timeout=remaining)
+                return response
+            except grpc.aio.AioRpcError as exc:
+                attempts += 1
+                retryable = exc.code() == grpc.StatusCode.UNAVAILABLE
+                if not retryable or loop.time() + delay >= deadline:
+                    if retryable:
+                        raise errors.UnavailableError(
+                            f"api-server {endpoint.target} unavailable after {attempts} attempt(s): {exc.details()}"
+                        ) from exc
+                    raise errors.from_grpc(exc) from exc
+                log.debug("api-server %s unavailable (%s); trying the next one", endpoint.target, exc.details())
+                self._current = (self._current + 1) % len(self.endpoints)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def create(self, obj: M, *, namespace: str = "", dry_run: bool = False) -> M:
+        response = await self._call("Create", api.CreateRequest(object=kinds.wrap(obj), namespace=namespace,
+                                                                dry_run=dry_run))
+        return _unwrap_as(response, type(obj))  # type: ignore[arg-type]
+
+    async def get(self, cls: type[M], name: str, namespace: str = "") -> M:
+        kind = kinds.of_message(cls())
+        response = await self._call("Get", api.GetRequest(resource=kind.resource, name=name,
+                                                          namespace=namespace_for(kind, namespace)))
+        return _unwrap_as(response, cls)  # type: ignore[arg-type]
+
+    async def list(self, cls: type[M], *, namespace: str = "", label_selector: str = "",
+                   field_selector: str = "", limit: int = 0, continue_token: str = "") -> ObjectList[M]:
+        kind = kinds.of_message(cls())
+        response = await self._call("List", api.ListRequest(
+            resource=kind.resource, namespace=namespace if kind.namespaced else "",
+            label_selector=label_selector, field_selector=field_selector, limit=limit,
+            **{"continue": continue_token}))
+        assert isinstance(response, api.ListResponse)
+        items = [_unwrap_as(item, cls) for item in response.items]
+        return ObjectList(items, response.resource_version, getattr(response, "continue"))
+
+    async def update(self, obj: M) -> M:
+        response = await self._call("Update", api.UpdateRequest(object=kinds.wrap(obj)))
+        return _unwrap_as(response, type(obj))  # type: ignore[arg-type]
+
+    async def update_status(self, obj: M) -> M:
+        response = await self._call("UpdateStatus", api.UpdateRequest(object=kinds.wrap(obj)))
+        return _unwrap_as(response, type(obj))  # type: ignore[arg-type]
+
+    async def delete(self, cls: type[M], name: str, namespace: str = "", *,
+                     grace_period_seconds: int | None = None, propagation_policy: str = "",
+                     preconditions: api.Preconditions | None = None) -> M:
+        kind = kinds.of_message(cls())
+        request = api.DeleteRequest(resource=kind.resource, name=name, namespace=namespace_for(kind, namespace),
+                                    propagation_policy=propagation_policy)
+        if grace_period_seconds is not None:
+            request.grace_period_seconds = grace_period_seconds
+        if preconditions is not None:
+            request.preconditions.CopyFrom(preconditions)
+        response = await self._call("Delete", request)
+        return _unwrap_as(response, cls)  # type: ignore[arg-type]
+
+    async def watch(self, cls: type[M], *, namespace: str = "", label_selector: str = "",  # type: ignore[override]
+                    field_selector: str = "", resource_version: str = "", send_initial_events: bool = False,
+                    allow_bookmarks: bool = False, timeout_seconds: int = 0) -> AsyncIterator[WatchEvent[M]]:
+        kind = kinds.of_message(cls())
+        request = api.WatchRequest(resource=kind.resource, namespace=namespace if kind.namespaced else "",
+                                   label_selector=label_selector, field_selector=field_selector,
+                                   resource_version=resource_version, send_initial_events=send_initial_events,
+                                   allow_bookmarks=allow_bookmarks, timeout_seconds=timeout_seconds)
+        endpoint = self._endpoint(self._current)
+        call = endpoint.stub.Watch(request)
+        try:
+            async for event in call:
+                yield WatchEvent(event.type, _unwrap_as(event.object, cls))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                # Next attempt (by the caller, e.g. an informer) goes to another endpoint.
+                self._current = (self._current + 1) % len(self.endpoints)
+            raise errors.from_grpc(exc) from exc
+        finally:
+            call.cancel()
+
+    async def bind(self, namespace: str, pod: str, node: str, *, uid: str = "") -> t.Pod:
+        binding = t.Binding(api_version="v1", kind="Binding",
+                            metadata=t.ObjectMeta(name=pod, namespace=namespace or DEFAULT_NAMESPACE, uid=uid),
+                            target=t.ObjectReference(kind="Node", name=node))
+        response = await self._call("Bind", api.BindRequest(binding=binding))
+        return _unwrap_as(response, t.Pod)  # type: ignore[arg-type]
+
+    async def logs(self, namespace: str, pod: str, *, container: str = "", follow: bool = False,
+                   tail_lines: int = 0, previous: bool = False) -> AsyncIterator[bytes]:
+        request = api.LogsRequest(namespace=namespace or DEFAULT_NAMESPACE, pod=pod, container=container,
+                                  follow=follow, tail_lines=tail_lines, previous=previous)
+        call = self.stub.Logs(request)
+        try:
+            async for chunk in call:
+                yield chunk.data
+        except grpc.aio.AioRpcError as exc:
+            raise errors.from_grpc(exc) from exc
+        finally:
+            call.cancel()
+
+    async def exec(self, namespace: str, pod: str, command: builtins.list[str], *, container: str = "",
+                   timeout_seconds: int = 0) -> ExecResult:
+        request = api.ExecRequest(namespace=namespace or DEFAULT_NAMESPACE, pod=pod, container=container,
+                                  command=command, timeout_seconds=timeout_seconds)
+        response = await self._call("Exec", request, timeout=max(self.timeout, timeout_seconds + 5.0))
+        assert isinstance(response, api.ExecResponse)
+        return ExecResult(response.stdout, response.stderr, response.exit_code)
+
+    async def version(self) -> api.VersionResponse:
+        response = await self._call("Version", api.VersionRequest())
+        assert isinstance(response, api.VersionResponse)
+        return response
+
+    async def close(self) -> None:
+        for endpoint in self._pool:
+            await endpoint.channel.close(None)
+        self._pool.clear()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _unwrap_as(obj: Message, cls: type[M]) -> M:
+    assert isinstance(obj, t.Object)
+    inner = kinds.unwrap(obj)
+    if not isinstance(inner, cls):
+        raise errors.InternalError(f"api-server returned a {type(inner).__name__}, expected a {cls.__name__}")
+    return inner

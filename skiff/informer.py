@@ -1,0 +1,287 @@
+"""Informers: a local, indexed cache of one kind kept current by list + watch.
+
+What must hold:
+- after `wait_synced()`, the cache holds every object of the last list plus every change
+  the watch delivered since, in order;
+- a dropped watch resumes from the last resourceVersion seen (bookmarks included); a
+  "too old resource version" (GoneError) relists, and the difference between the old cache
+  and the new list is delivered to handlers as adds, updates and deletes, so no handler
+  misses a deletion that happened while disconnected;
+- cached objects are shared: callers must never mutate them (copy first);
+- handlers run synchronously in the informer's task and should only enqueue keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from skiff import errors, kinds
+from skiff.client import ApiClient
+from skiff.guard import guard
+
+log = logging.getLogger("skiff.informer")
+
+M = TypeVar("M", bound=Message)
+
+Indexer = Callable[[Any], Iterable[str]]
+
+
+def object_key(obj: Message) -> str:
+    """`namespace/name` for namespaced objects, `name` for cluster-scoped ones."""
+    meta = obj.metadata  # type: ignore[attr-defined]
+    return f"{meta.namespace}/{meta.name}" if meta.namespace else str(meta.name)
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(namespace, name) of a key made by object_key."""
+    namespace, _, name = key.rpartition("/")
+    return namespace, name
+
+
+def index_by_namespace(obj: Message) -> list[str]:
+    return [obj.metadata.namespace]  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Handler:
+    on_add: Callable[[Any], None] | None
+    on_update: Callable[[Any, Any], None] | None
+    on_delete: Callable[[Any], None] | None
+
+
+class Informer(Generic[M]):
+    def __init__(self, client: ApiClient, cls: type[M], *, namespace: str = "", label_selector: str = "",
+                 field_selector: str = "", resync_period: float = 0.0,
+                 indexers: Mapping[str, Indexer] | None = None) -> None:
+        self.client = client
+        self.cls = cls
+        self.kind = kinds.of_message(cls())
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.resync_period = resync_period
+        self.resource_version = ""
+        self._items: dict[str, M] = {}
+        self._indexers: dict[str, Indexer] = {"namespace": index_by_namespace, **(indexers or {})}
+        self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+        self._handlers: list[_Handler] = []
+        self._synced = asyncio.Event()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._synced.wait(), timeout)
+
+    def get(self, name: str, namespace: str = "") -> M | None:
+        return self._items.get(f"{namespace}/{name}" if namespace else name)
+
+    def get_by_key(self, key: str) -> M | None:
+        return self._items.get(key)
+
+    def list(self, namespace: str | None = None) -> list[M]:
+        if namespace is None:
+            return list(self._items.values())
+        return self.by_index("namespace", namespace)
+
+    def keys(self) -> builtins.list[str]:
+        return list(self._items)
+
+    def by_index(self, index: str, value: str) -> builtins.list[M]:
+        keys = self._indices[index].get(value, ())
+        return [self._items[k] for k in keys]
+
+    def add_indexer(self, name: str, indexer: Indexer) -> None:
+        if name in self._indexers:
+            return
+        self._indexers[name] = indexer
+        self._indices[name] = {}
+        for key, obj in self._items.items():
+            self._index(key, obj, indexer_names=(name,))
+
+    # ------------------------------------------------------------------ handlers
+
+    def add_handler(self, *, on_add: Callable[[M], None] | None = None,
+                    on_update: Callable[[M, M], None] | None = None,
+                    on_delete: Callable[[M], None] | None = None) -> None:
+        """Register handlers; objects already cached are delivered to on_add at once."""
+        handler = _Handler(on_add, on_update, on_delete)
+        self._handlers.append(handler)
+        if on_add is not None:
+            for obj in list(self._items.values()):
+                self._call(on_add, obj)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("%s informer: handler %s failed", self.kind.resource, getattr(fn, "__name__", fn))
+
+    def _emit_add(self, obj: M) -> None:
+        for h in self._handlers:
+            if h.on_add is not None:
+                self._call(h.on_add, obj)
+
+    def _emit_update(self, old: M, new: M) -> None:
+        for h in self._handlers:
+            if h.on_update is not None:
+                self._call(h.on_update, old, new)
+
+    def _emit_delete(self, obj: M) -> None:
+        for h in self._handlers:
+            if h.on_delete is not None:
+                self._call(h.on_delete, obj)
+
+    # ------------------------------------------------------------------ cache
+
+    def _index(self, key: str, obj: M, *, indexer_names: Iterable[str] | None = None) -> None:
+        for name in indexer_names or self._indexers:
+            for value in self._indexers[name](obj):
+                self._indices[name].setdefault(value, set()).add(key)
+
+    def _unindex(self, key: str, obj: M) -> None:
+        for name, indexer in self._indexers.items():
+            for value in indexer(obj):
+                keys = self._indices[name].get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._indices[name][value]
+
+    def _store(self, obj: M) -> M | None:
+        key = object_key(obj)
+        old = self._items.get(key)
+        if old is not None:
+            self._unindex(key, old)
+        self._items[key] = obj
+        self._index(key, obj)
+        return old
+
+    def _remove(self, obj: M) -> M | None:
+        key = object_key(obj)
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._unindex(key, old)
+        return old
+
+    def apply_event(self, event_type: str, obj: M) -> None:
+        """Apply one watch event to the cache and tell the handlers (also used by tests)."""
+        if event_type == "BOOKMARK":
+            self.resource_version = obj.metadata.resource_version  # type: ignore[attr-defined]
+            return
+        if event_type == "DELETED":
+            self._remove(obj)
+            self._emit_delete(obj)
+        else:
+            old = self._store(obj)
+            if old is None:
+                self._emit_add(obj)
+            else:
+                self._emit_update(old, obj)
+        rv = obj.metadata.resource_version  # type: ignore[attr-defined]
+        if rv:
+            self.resource_version = rv
+
+    # ------------------------------------------------------------------ running
+
+    async def _relist(self) -> None:
+        listed = await self.client.list(self.cls, namespace=self.namespace, label_selector=self.label_selector,
+                                        field_selector=self.field_selector)
+        fresh = {object_key(obj): obj for obj in listed.items}
+        for key in [k for k in self._items if k not in fresh]:
+            gone = self._items[key]
+            self._remove(gone)
+            self._emit_delete(gone)
+        for key, obj in fresh.items():
+            old = self._items.get(key)
+            if old is None:
+                self._store(obj)
+                self._emit_add(obj)
+            elif old.metadata.resource_version != obj.metadata.resource_version:  # type: ignore[attr-defined]
+                self._store(obj)
+                self._emit_update(old, obj)
+        self.resource_version = listed.resource_version
+        self._synced.set()
+
+    async def _watch_once(self) -> None:
+        # A server-side timeout spreads re-watches out, as client-go does (5-10 minutes).
+        timeout = random.randint(300, 600)
+        async for event in self.client.watch(self.cls, namespace=self.namespace,
+                                             label_selector=self.label_selector,
+                                             field_selector=self.field_selector,
+                                             resource_version=self.resource_version, allow_bookmarks=True,
+                                             timeout_seconds=timeout):
+            self.apply_event(event.type, event.obj)
+
+    async def run(self) -> None:
+        """List and watch until cancelled."""
+        delay = 0.2
+        resync = guard(self._resync_loop(), f"{self.kind.resource}-resync") if self.resync_period > 0 else None
+        try:
+            while True:
+                try:
+                    if not self.resource_version or not self.synced:
+                        await self._relist()
+                    await self._watch_once()
+                    delay = 0.2
+                except errors.GoneError as exc:
+                    log.info("%s informer: %s; relisting", self.kind.resource, exc)
+                    self.resource_version = ""
+                except errors.SkiffError as exc:
+                    log.warning("%s informer: %s; retrying in %.1fs", self.kind.resource, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            if resync is not None:
+                resync.cancel()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_period)
+            for obj in list(self._items.values()):
+                self._emit_update(obj, obj)
+
+
+class InformerFactory:
+    """One shared informer per (kind, namespace, selectors), so controllers share caches."""
+
+    def __init__(self, client: ApiClient, *, resync_period: float = 0.0) -> None:
+        self.client = client
+        self.resync_period = resync_period
+        self._informers: dict[tuple[str, str, str, str], Informer[Any]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def informer(self, cls: type[M], *, namespace: str = "", label_selector: str = "",
+                 field_selector: str = "") -> Informer[M]:
+        key = (cls.DESCRIPTOR.full_name, namespace, label_selector, field_selector)
+        if key not in self._informers:
+            self._informers[key] = Informer(self.client, cls, namespace=namespace, label_selector=label_selector,
+                                            field_selector=field_selector, resync_period=self.resync_period)
+        informer: Informer[M] = self._informers[key]
+        return informer
+
+    async def start(self) -> None:
+        """Start every informer made so far that is not running yet."""
+        running = len(self._tasks)
+        for informer in list(self._informers.values())[running:]:
+            self._tasks.append(guard(informer.run(), f"informer-{informer.kind.resource}"))
+
+    async def wait_synced(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(asyncio.gather(*(i.wait_synced() for i in self._informers.values())), timeout)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()

@@ -1,0 +1,143 @@
+"""Informer over MemoryApi: list+watch, resume, relist on compaction, selectors, indexes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from skiff import errors, kinds
+from skiff.informer import Informer, InformerFactory
+from skiff.memapi import MemoryApi
+from skiffpb.api.v1 import types_pb2 as t
+
+
+def pod(name: str, *, ns: str = "default", node: str = "", **labels: str) -> t.Pod:
+    p = kinds.new(kinds.by_kind("Pod"), name, ns)  # type: ignore[arg-type]
+    assert isinstance(p, t.Pod)
+    p.metadata.labels.update(labels)
+    p.spec.containers.add(name="c", image="img")
+    p.spec.node_name = node
+    return p
+
+
+async def eventually(check, timeout: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_memapi_crud_semantics() -> None:
+    api = MemoryApi()
+    created = await api.create(pod("a", app="web"))
+    assert created.metadata.uid and created.metadata.resource_version and created.metadata.generation == 1
+    with pytest.raises(errors.AlreadyExistsError):
+        await api.create(pod("a"))
+    stale = created
+    fresh = await api.get(t.Pod, "a")
+    fresh.spec.containers[0].image = "img2"
+    fresh.status.phase = "Running"  # ignored by update
+    updated = await api.update(fresh)
+    assert updated.metadata.generation == 2 and updated.status.phase == ""
+    with pytest.raises(errors.ConflictError):
+        await api.update(stale)
+    status = await api.get(t.Pod, "a")
+    status.status.phase = "Running"
+    status.spec.containers[0].image = "ignored"
+    after = await api.update_status(status)
+    assert after.status.phase == "Running" and after.spec.containers[0].image == "img2"
+    assert after.metadata.generation == 2
+    await api.delete(t.Pod, "a")
+    with pytest.raises(errors.NotFoundError):
+        await api.get(t.Pod, "a")
+    assert api.count("create", "pods") == 2 and api.count("delete") == 1
+
+
+async def test_finalizers_hold_deletion_until_removed() -> None:
+    api = MemoryApi()
+    p = pod("a")
+    p.metadata.finalizers.append("example.com/hold")
+    await api.create(p)
+    held = await api.delete(t.Pod, "a")
+    assert held.metadata.HasField("deletion_timestamp")
+    held.metadata.ClearField("finalizers")
+    await api.update(held)
+    with pytest.raises(errors.NotFoundError):
+        await api.get(t.Pod, "a")
+
+
+async def test_informer_follows_changes_and_indexes() -> None:
+    api = MemoryApi()
+    await api.create(pod("a", node="n1"))
+    informer = Informer(api, t.Pod, indexers={"node": lambda p: [p.spec.node_name]})
+    events: list[tuple[str, str]] = []
+    informer.add_handler(on_add=lambda o: events.append(("add", o.metadata.name)),
+                         on_update=lambda o, n: events.append(("update", n.metadata.name)),
+                         on_delete=lambda o: events.append(("delete", o.metadata.name)))
+    task = asyncio.create_task(informer.run())
+    try:
+        await informer.wait_synced(2)
+        await api.create(pod("b", node="n2"))
+        got = await api.get(t.Pod, "a")
+        got.metadata.labels["x"] = "y"
+        await api.update(got)
+        await api.delete(t.Pod, "b")
+        await eventually(lambda: len(events) >= 4)
+        assert events == [("add", "a"), ("add", "b"), ("update", "a"), ("delete", "b")]
+        assert [p.metadata.name for p in informer.by_index("node", "n1")] == ["a"]
+        assert informer.by_index("node", "n2") == []
+        assert informer.get("a", "default") is not None
+    finally:
+        task.cancel()
+
+
+async def test_informer_relists_after_compaction_and_reports_missed_delete() -> None:
+    api = MemoryApi()
+    await api.create(pod("a"))
+    await api.create(pod("b"))
+    informer = Informer(api, t.Pod)
+    deleted: list[str] = []
+    informer.add_handler(on_delete=lambda o: deleted.append(o.metadata.name))
+    await informer._relist()  # synced at the current revision, not watching
+    await api.delete(t.Pod, "a")
+    await api.create(pod("c"))
+    api.compact()  # the informer's resourceVersion is now too old
+    task = asyncio.create_task(informer.run())
+    try:
+        await eventually(lambda: sorted(informer.keys()) == ["default/b", "default/c"])
+        assert deleted == ["a"]
+    finally:
+        task.cancel()
+
+
+async def test_watch_selector_transitions_look_like_add_and_delete() -> None:
+    api = MemoryApi()
+    seen: list[tuple[str, str]] = []
+
+    async def consume() -> None:
+        async for ev in api.watch(t.Pod, label_selector="app=web"):
+            seen.append((ev.type, ev.obj.metadata.name))
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0)
+    p = await api.create(pod("a", app="db"))
+    p.metadata.labels["app"] = "web"
+    p = await api.update(p)
+    p.metadata.labels["app"] = "db"
+    await api.update(p)
+    await eventually(lambda: len(seen) == 2)
+    task.cancel()
+    assert seen == [("ADDED", "a"), ("DELETED", "a")]
+
+
+async def test_factory_shares_informers() -> None:
+    api = MemoryApi()
+    factory = InformerFactory(api)
+    assert factory.informer(t.Pod) is factory.informer(t.Pod)
+    assert factory.informer(t.Pod) is not factory.informer(t.Pod, namespace="x")
+    await factory.start()
+    await factory.wait_synced(2)
+    await factory.stop()
