@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
                 t.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    results["machine"]["load_after"] = os.getloadavg()
     if not args.only:
         report(results)
 
