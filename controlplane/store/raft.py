@@ -42,6 +42,7 @@ import pysyncobj.syncobj
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.pipe_notifier import PipeNotifier
+from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from controlplane.store import errors, mvcc
@@ -53,6 +54,7 @@ log = logging.getLogger("skiff.store.raft")
 
 _ACK_MESSAGES = frozenset({"next_node_idx", "response_vote", "request_vote"})
 _HELD_ACKS = frozenset({"next_node_idx", "response_vote"})
+RETRY_MIN, RETRY_MAX = 0.5, 5.0  # seconds between connection attempts to an unreachable peer
 _RETRYABLE = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED,
                         FAIL_REASON.QUEUE_FULL, FAIL_REASON.REQUEST_DENIED})
 
@@ -98,7 +100,23 @@ class _Transport(TCPTransport):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
+        self._retry: dict[Any, tuple[float, float]] = {}  # node -> (next attempt, current delay)
         super().__init__(*args, **kwargs)
+
+    def _connectIfNecessarySingle(self, node: Any) -> bool:
+        # pysyncobj retries an unreachable peer at a fixed interval; back off exponentially
+        # (RETRY_MIN .. RETRY_MAX) instead, and start over once it is connected again.
+        conn = self._connections.get(node)
+        if conn is not None and conn.state != CONNECTION_STATE.DISCONNECTED:
+            if conn.state == CONNECTION_STATE.CONNECTED:
+                self._retry.pop(node, None)
+            return True
+        now = time.monotonic()
+        next_at, delay = self._retry.get(node, (0.0, RETRY_MIN / 2))
+        if now < next_at:
+            return False
+        self._retry[node] = (now + min(RETRY_MAX, delay * 2), min(RETRY_MAX, delay * 2))
+        return bool(super()._connectIfNecessarySingle(node))
 
     def send(self, node: Any, message: Any) -> bool:
         kind = message.get("type") if isinstance(message, dict) else None
@@ -178,7 +196,6 @@ class RaftTimings:
     election_max: float = 1.6
     leader_fallback: float = 3.0  # a leader without a majority steps down after this
     connection_timeout: float = 3.5
-    connection_retry: float = 1.0
 
 
 class _Pending:
@@ -242,7 +259,7 @@ class RaftNode:
             raftMaxTimeout=t.election_max,
             leaderFallbackTimeout=t.leader_fallback,
             connectionTimeout=t.connection_timeout,
-            connectionRetryTime=t.connection_retry,
+            connectionRetryTime=0.1,  # the real pacing is _Transport's exponential backoff
             commandsWaitLeader=False,  # fail fast (MISSING_LEADER) and let us retry until a deadline
             dynamicMembershipChange=True,
             journalFile=journal_path,

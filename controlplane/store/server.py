@@ -28,7 +28,7 @@ import grpc
 from controlplane.store import errors, mvcc, pbconv
 from controlplane.store.errors import EtcdError
 from controlplane.store.lessor import Lessor
-from controlplane.store.raft import RaftNode, RaftTimings, member_id_for
+from controlplane.store.raft import RETRY_MAX, RETRY_MIN, RaftNode, RaftTimings, member_id_for
 from controlplane.store.watch import WatchHub, WatchStream
 from skiff.guard import guard
 from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
@@ -276,11 +276,10 @@ class Store:
                 if up:
                     log.info("peer %s connected", addr)
                 elif addr in self._peer_up:
-                    log.warning("peer %s unreachable; retrying every %.0fs", addr,
-                                self.cfg.timings.connection_retry)
+                    log.warning("peer %s unreachable; retrying with backoff (%.1f-%.0fs)", addr, RETRY_MIN, RETRY_MAX)
                 else:
-                    log.info("peer %s not reachable yet; retrying every %.0fs", addr,
-                             self.cfg.timings.connection_retry)
+                    log.info("peer %s not reachable yet; retrying with backoff (%.1f-%.0fs)", addr, RETRY_MIN,
+                             RETRY_MAX)
                 self._peer_up[addr] = up
 
     # ------------------------------------------------------------ helpers for services
