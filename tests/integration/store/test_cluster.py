@@ -174,6 +174,40 @@ def test_restart_all_members_keeps_data_and_watch_replays(c: StoreCluster) -> No
     cl.close()
 
 
+def test_lagging_member_catches_up_through_a_snapshot(c: StoreCluster) -> None:
+    leader = c.leader()
+    follower = next(n for n in c.members if n != leader)
+    c.stop_member(follower)
+    cl = Client(c.client(leader))
+    w = None
+    try:
+        # 300 one-at-a-time writes: 300 log entries, far past --snapshot-count 100, so the
+        # leader's log no longer has what the follower misses and must send a snapshot.
+        for i in range(300):
+            cl.put(b"/lag/%03d" % i, b"v%d" % i)
+        rev = cl.get(b"/lag/", prefix=True).header.revision
+        before = c.log(follower).count("loaded snapshot at revision")
+        c.start_member(follower)
+        fc = Client(c.client(follower))
+        w = fc.watch(b"/lag/", prefix=True, start_revision=rev - 9)  # a watcher on the lagging member
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            got = fc.get(b"/lag/", prefix=True, serializable=True)
+            if len(got.kvs) == 300 and got.header.revision >= rev:
+                break
+            time.sleep(0.2)
+        assert len(got.kvs) == 300 and got.kvs[-1].value == b"v299"
+        assert c.log(follower).count("loaded snapshot at revision") > before
+        assert w.next().created
+        evs = w.events(10)
+        assert [e.kv.mod_revision for e in evs] == list(range(rev - 9, rev + 1))
+        fc.close()
+    finally:
+        if w is not None:
+            w.close()
+        cl.close()
+
+
 def test_add_then_remove_member_while_writing(c: StoreCluster) -> None:
     writers = [Writer(f"m{i}", c.endpoints).start() for i in range(2)]
     time.sleep(0.5)
