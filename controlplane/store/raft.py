@@ -9,9 +9,11 @@ What must hold:
 
 - Durability before acknowledgement (pysyncobj itself never fsyncs; see journal.py):
   the journal is fdatasync'ed at the start of every tick — before the leader counts its own log
-  in a commit decision — and before a follower sends `next_node_idx` (its append ack) or a vote.
-  Entries appended during one tick share one fdatasync (group commit), and the leader's
-  fdatasync runs while its followers write theirs (the append is sent first).
+  in a commit decision — and at its end, and no `next_node_idx` (a follower's append ack) or
+  vote leaves before the entries it covers are synced. Entries appended during one tick share
+  one fdatasync (group commit); a follower holds the acks for everything it read in one poll
+  and sends them after one sync; the leader sends new entries before syncing its own copy, so
+  its fdatasync overlaps the followers'. tests/integration/store/test_durability.py checks this.
 - One log entry carries a batch of commands from one member (`(proposer_id, commands)`):
   every request that arrives while the previous batch is being proposed rides in the next one.
   Only the proposer builds results; other members only mutate state.
