@@ -121,7 +121,9 @@ def ipv4_key(text: str) -> bytes | None:
         packed = socket.inet_pton(socket.AF_INET, text)
     except OSError:
         return None
-    return packed if socket.inet_ntop(socket.AF_INET, packed) == text else None
+    # Not socket.inet_ntop: pysyncobj (imported by the store, maybe in the same test process)
+    # replaces it with a Windows-only version on import.
+    return packed if ".".join(map(str, packed)) == text else None
 
 
 def _endpoints_for(sp: t.ServicePort, protocol: str, eps: t.Endpoints | None) -> tuple[Endpoint, ...]:

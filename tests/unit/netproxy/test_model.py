@@ -117,3 +117,18 @@ def test_memo_reuses_only_unchanged_services() -> None:
     # Without resourceVersions nothing is trusted; vanished services leave the memo.
     third, _ = service_ports([svc("a", "10.96.0.1")], [], memo=memo)
     assert third[0].endpoints == () and set(memo) == {("default", "a")}
+
+
+def test_ipv4_key_does_not_depend_on_inet_ntop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pysyncobj replaces socket.inet_ntop on import; endpoints must parse all the same."""
+    import socket
+
+    from netproxy.model import ipv4_key
+
+    def broken(*_: object) -> str:
+        raise TypeError("not_windows")
+
+    monkeypatch.setattr(socket, "inet_ntop", broken)
+    ipv4_key.cache_clear()
+    assert ipv4_key("10.244.1.2") == bytes([10, 244, 1, 2])
+    assert ipv4_key("010.244.1.2") is None and ipv4_key("fd00::1") is None and ipv4_key("x") is None
