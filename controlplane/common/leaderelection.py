@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import uuid
@@ -110,7 +111,7 @@ class LeaderElector:
                 spec.lease_transitions += 1
             stamp(spec.acquire_time, now)
         spec.holder_identity = cfg.identity
-        spec.lease_duration_seconds = int(cfg.lease_duration)
+        spec.lease_duration_seconds = max(1, math.ceil(cfg.lease_duration))
         stamp(spec.renew_time, now)
 
     def _won(self, spec: t.LeaseSpec, now: float) -> None:
@@ -132,7 +133,10 @@ class LeaderElector:
 
     async def _attempt(self) -> bool:
         try:
-            return await asyncio.wait_for(self.try_acquire_or_renew(), self.config.retry_period * 2)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that arrives as the inner call completes, and the campaign would never stop.
+            async with asyncio.timeout(self.config.retry_period * 2):
+                return await self.try_acquire_or_renew()
         except (TimeoutError, errors.SkiffError) as exc:
             log.debug("lease %s: attempt failed: %s", self.config.name, exc)
             return False

@@ -305,10 +305,8 @@ class ReplicaSetController(QueueController):
         status = calculate_status(rs, pods, create_error, now)
         replicas = rs.spec.replicas if rs.spec.HasField("replicas") else 1
         if status != rs.status:
-            updated = podutil.copy(rs)
-            updated.status.CopyFrom(status)
             try:
-                await self.client.update_status(updated)
+                await self._write_status(rs, status)
             except errors.NotFoundError:
                 return
         if manage_error is not None:
@@ -316,6 +314,20 @@ class ReplicaSetController(QueueController):
         if (rs.spec.min_ready_seconds > 0 and status.ready_replicas == replicas
                 and status.available_replicas != replicas):
             self.queue.add_after(key, rs.spec.min_ready_seconds + 1.0)
+
+    async def _write_status(self, rs: t.ReplicaSet, status: t.ReplicaSetStatus) -> None:
+        """Write status; on a conflict (our own spec writes, or the cache lagging) re-read once."""
+        updated = podutil.copy(rs)
+        updated.status.CopyFrom(status)
+        try:
+            await self.client.update_status(updated)
+        except errors.ConflictError:
+            fresh = await self.client.get(t.ReplicaSet, rs.metadata.name, rs.metadata.namespace)
+            if fresh.metadata.uid != rs.metadata.uid:
+                return
+            status.observed_generation = min(status.observed_generation, fresh.metadata.generation)
+            fresh.status.CopyFrom(status)
+            await self.client.update_status(fresh)
 
     async def _manage(self, key: str, rs: t.ReplicaSet, pods: list[t.Pod]) -> None:
         replicas = rs.spec.replicas if rs.spec.HasField("replicas") else 1
