@@ -14,6 +14,7 @@ What must hold:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from controlplane.common.clock import Clock, RealClock, stamp
+from controlplane.common.cmdline import duration
 from skiff import errors
 from skiff.client import ApiClient
 from skiffpb.api.v1 import types_pb2 as t
@@ -193,3 +195,22 @@ class LeaderElector:
                 return
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
+
+
+def add_leader_election_flags(p: argparse.ArgumentParser, default_name: str) -> None:
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                   help="take a leadership Lease before acting (default on)")
+    p.add_argument("--leader-elect-lease-duration", type=duration, default=10.0)
+    p.add_argument("--leader-elect-renew-deadline", type=duration, default=7.0)
+    p.add_argument("--leader-elect-retry-period", type=duration, default=2.0)
+    p.add_argument("--leader-elect-resource-name", default=default_name)
+    p.add_argument("--leader-elect-resource-namespace", default="kube-system")
+    p.add_argument("--identity", default="", help="leader election identity (default host_pid_random)")
+
+
+def leader_config(args: argparse.Namespace) -> LeaderElectionConfig:
+    return LeaderElectionConfig(name=args.leader_elect_resource_name, namespace=args.leader_elect_resource_namespace,
+                                identity=args.identity or default_identity(),
+                                lease_duration=args.leader_elect_lease_duration,
+                                renew_deadline=args.leader_elect_renew_deadline,
+                                retry_period=args.leader_elect_retry_period)

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from controlplane.common.cmdline import duration, run_until_signalled, setup_logging
-from controlplane.common.leaderelection import LeaderElectionConfig, LeaderElector, default_identity
+from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.controllers import manager
 from controlplane.controllers.cidrset import CidrError, CidrSet
 from skiff.client import Client
@@ -36,25 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_leader_election_flags(p, "skiff-controller-manager")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
-
-
-def add_leader_election_flags(p: argparse.ArgumentParser, default_name: str) -> None:
-    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
-                   help="take a leadership Lease before acting (default on)")
-    p.add_argument("--leader-elect-lease-duration", type=duration, default=10.0)
-    p.add_argument("--leader-elect-renew-deadline", type=duration, default=7.0)
-    p.add_argument("--leader-elect-retry-period", type=duration, default=2.0)
-    p.add_argument("--leader-elect-resource-name", default=default_name)
-    p.add_argument("--leader-elect-resource-namespace", default="kube-system")
-    p.add_argument("--identity", default="", help="leader election identity (default host_pid_random)")
-
-
-def leader_config(args: argparse.Namespace) -> LeaderElectionConfig:
-    return LeaderElectionConfig(name=args.leader_elect_resource_name, namespace=args.leader_elect_resource_namespace,
-                                identity=args.identity or default_identity(),
-                                lease_duration=args.leader_elect_lease_duration,
-                                renew_deadline=args.leader_elect_renew_deadline,
-                                retry_period=args.leader_elect_retry_period)
 
 
 def options_from(args: argparse.Namespace) -> manager.Options:
