@@ -58,6 +58,10 @@ class ScorePlugin(Protocol):
 
     def score(self, pod: PodInfo, node: NodeInfo) -> int: ...
 
+    def score_all(self, pod: PodInfo, nodes: list[NodeInfo]) -> list[int]:
+        """[score(pod, n) for n in nodes], written as one loop (it is the hot path)."""
+        ...
+
     def normalize(self, pod: PodInfo, scores: list[int]) -> None:
         """Rescale raw scores in place to 0..MAX_NODE_SCORE (a no-op for plugins already in range)."""
         ...

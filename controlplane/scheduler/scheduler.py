@@ -148,7 +148,7 @@ class Scheduler:
             return feasible[0].name
         totals = [0] * len(feasible)
         for plugin in self.scores:
-            scores = [plugin.score(info, ni) for ni in feasible]
+            scores = plugin.score_all(info, feasible)
             plugin.normalize(info, scores)
             weight = plugin.weight
             for i, s in enumerate(scores):

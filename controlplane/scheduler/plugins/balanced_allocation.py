@@ -24,5 +24,18 @@ class BalancedAllocation:
             return 0
         return balanced_score((node.nz_cpu + pod.nz_cpu) / node.alloc_cpu, (node.nz_mem + pod.nz_mem) / node.alloc_mem)
 
+    def score_all(self, pod: PodInfo, nodes: list[NodeInfo]) -> list[int]:
+        pc, pm = pod.nz_cpu, pod.nz_mem
+        out = []
+        for ni in nodes:
+            ac, am = ni.alloc_cpu, ni.alloc_mem
+            if ac <= 0 or am <= 0:
+                out.append(0)
+                continue
+            c, m = (ni.nz_cpu + pc) / ac, (ni.nz_mem + pm) / am
+            c, m = (c if c < 1.0 else 1.0), (m if m < 1.0 else 1.0)
+            out.append(int((1 - abs(c - m) / 2) * MAX_NODE_SCORE))
+        return out
+
     def normalize(self, pod: PodInfo, scores: list[int]) -> None:
         return None

@@ -27,5 +27,15 @@ class LeastAllocated:
         return (least_requested_score(node.nz_cpu + pod.nz_cpu, node.alloc_cpu)
                 + least_requested_score(node.nz_mem + pod.nz_mem, node.alloc_mem)) // 2
 
+    def score_all(self, pod: PodInfo, nodes: list[NodeInfo]) -> list[int]:
+        pc, pm = pod.nz_cpu, pod.nz_mem
+        out = []
+        for ni in nodes:
+            ac, am, rc, rm = ni.alloc_cpu, ni.alloc_mem, ni.nz_cpu + pc, ni.nz_mem + pm
+            cpu = (ac - rc) * MAX_NODE_SCORE // ac if 0 < ac and rc <= ac else 0
+            mem = (am - rm) * MAX_NODE_SCORE // am if 0 < am and rm <= am else 0
+            out.append((cpu + mem) // 2)
+        return out
+
     def normalize(self, pod: PodInfo, scores: list[int]) -> None:
         return None

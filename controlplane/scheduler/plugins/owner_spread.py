@@ -26,5 +26,11 @@ class OwnerSpread:
     def score(self, pod: PodInfo, node: NodeInfo) -> int:
         return node.owners.get(pod.owner_uid, 0) if pod.owner_uid else 0
 
+    def score_all(self, pod: PodInfo, nodes: list[NodeInfo]) -> list[int]:
+        uid = pod.owner_uid
+        if not uid:
+            return [0] * len(nodes)
+        return [ni.owners.get(uid, 0) for ni in nodes]
+
     def normalize(self, pod: PodInfo, scores: list[int]) -> None:
         default_normalize(scores, reverse=True)

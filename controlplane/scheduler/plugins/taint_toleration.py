@@ -41,5 +41,9 @@ class TaintToleration:
             return 0
         return count_intolerable_soft_taints(node.soft_taints, pod.tolerations)
 
+    def score_all(self, pod: PodInfo, nodes: list[NodeInfo]) -> list[int]:
+        tols = pod.tolerations
+        return [count_intolerable_soft_taints(ni.soft_taints, tols) if ni.soft_taints else 0 for ni in nodes]
+
     def normalize(self, pod: PodInfo, scores: list[int]) -> None:
         default_normalize(scores, reverse=True)

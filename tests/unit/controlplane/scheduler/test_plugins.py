@@ -209,3 +209,16 @@ def test_fit_message() -> None:
 ], ids=["small", "hundred", "1k", "5k", "10k", "explicit", "all"])
 def test_num_feasible_nodes_to_find(nodes: int, pct: int, want: int) -> None:
     assert num_feasible_nodes_to_find(nodes, pct) == want
+
+
+def test_score_all_equals_score_per_node() -> None:
+    """The batched hot path must agree with the per-node definition, for every score plugin."""
+    owner = t.ReplicaSet(metadata=t.ObjectMeta(name="rs", uid="rs-uid"), kind="ReplicaSet")
+    nodes = [ninfo(node("a", cpu="2", memory="1Gi"), pod("x", cpu="1", owner=owner)),
+             ninfo(node("b", cpu="1", memory="4Gi", taints=(SOFT,))),
+             ninfo(node("c", cpu="500m", memory="100Mi"), pod("y", cpu="1", memory="1Gi")),
+             ninfo(node("d", cpu="0", memory="0"))]
+    for p in (pod("p", cpu="250m", memory="64Mi", owner=owner), pod("q"), pod("r", cpu="4")):
+        pi = info(p)
+        for plugin in (LeastAllocated(), BalancedAllocation(), OwnerSpread(), TaintToleration()):
+            assert plugin.score_all(pi, nodes) == [plugin.score(pi, n) for n in nodes], plugin.name
