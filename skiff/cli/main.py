@@ -17,7 +17,11 @@ from skiff.errors import SkiffError
 from skiff.manifests import ManifestError
 
 # Modules that register subcommands, in the order `skiff --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "skiff.cli.image",
+    "skiff.cli.node",
+    "skiff.cli.lab",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
