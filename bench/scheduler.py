@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    results = {
+    results: dict[str, Any] = {
         "backend": "in-memory api-server (skiff.memapi.MemoryApi), same process",
         "decisions": bench_decisions(args.nodes, args.pods),
         "scheduler": asyncio.run(bench_scheduler(args.nodes, args.pods, args.owners)),
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"controllers: Deployment of {c['replicas']} replicas: create -> {c['pod_creates']} pods created "
               f"{c['create_to_pods_created_seconds']} s ({c['pods_per_second']} pods/s); "
               f"ReplicaSet status shows them after {c['create_to_replicaset_status_seconds']} s")
-    if args.target and results["scheduler"]["pods_per_second"] < args.target:  # type: ignore[index]
+    if args.target and results["scheduler"]["pods_per_second"] < args.target:
         print(f"FAIL: scheduler below target {args.target} pods/s", file=sys.stderr)
         return 1
     return 0
