@@ -15,12 +15,11 @@ What must hold:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from controlplane.common.clock import Clock, RealClock, stamp
 from skiff import errors, kinds
@@ -34,8 +33,15 @@ NORMAL = "Normal"
 WARNING = "Warning"
 
 
+class Recorder(Protocol):
+    """What controllers need: note an event about an object (never blocks, never raises)."""
+
+    def event(self, obj: Any, type_: str, reason: str, message: str) -> None: ...
+
+
 @dataclass
 class _Pending:
+    component: str
     ref: t.ObjectReference
     type: str
     reason: str
@@ -67,20 +73,26 @@ class EventRecorder:
         # Per involved object: (tokens, when last refilled).
         self._buckets: OrderedDict[tuple[str, str, str, str], tuple[float, float]] = OrderedDict()
 
-    def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
+    def event(self, obj: Any, type_: str, reason: str, message: str, *, component: str = "") -> None:
         """Note an event about `obj` (any API object); it is written in the background."""
         meta = obj.metadata
         kind = kinds.of_message(obj)
         ref = t.ObjectReference(kind=kind.kind, api_version=kind.api_version, namespace=meta.namespace,
                                 name=meta.name, uid=meta.uid)
-        self.event_ref(ref, type_, reason, message)
+        self.event_ref(ref, type_, reason, message, component=component)
 
-    def event_ref(self, ref: t.ObjectReference, type_: str, reason: str, message: str) -> None:
+    def scoped(self, component: str) -> ScopedRecorder:
+        """A recorder that reports as `component` (e.g. "deployment-controller"), sharing our writers."""
+        return ScopedRecorder(self, component)
+
+    def event_ref(self, ref: t.ObjectReference, type_: str, reason: str, message: str, *,
+                  component: str = "") -> None:
+        component = component or self.component
         now = self.clock.now()
         if not self._allow(ref, now):
             self.dropped += 1
             return
-        key = "\x00".join((ref.kind, ref.namespace, ref.name, ref.uid, type_, reason, message))
+        key = "\x00".join((component, ref.kind, ref.namespace, ref.name, ref.uid, type_, reason, message))
         pending = self._pending.get(key)
         if pending is not None:
             pending.count += 1
@@ -89,7 +101,7 @@ class EventRecorder:
             self.dropped += 1
             return
         else:
-            self._pending[key] = _Pending(ref, type_, reason, message, 1, now, now)
+            self._pending[key] = _Pending(component, ref, type_, reason, message, 1, now, now)
         self._queue.add(key)
 
     def _allow(self, ref: t.ObjectReference, now: float) -> bool:
@@ -154,12 +166,12 @@ class EventRecorder:
             self._written.pop(key, None)
         self._seq += 1
         ev = t.Event(api_version="v1", kind="Event", reason=p.reason, message=p.message, type=p.type,
-                     count=p.count, reporting_component=self.component)
+                     count=p.count, reporting_component=p.component)
         ev.involved_object.CopyFrom(p.ref)
         ev.metadata.namespace = p.ref.namespace or "default"
         # Kubernetes names events <object>.<unix nanos in hex>; the sequence keeps ours unique.
         ev.metadata.name = f"{p.ref.name}.{int(p.first * 1e9) + self._seq:x}"
-        ev.source.component = self.component
+        ev.source.component = p.component
         ev.source.host = self.host
         stamp(ev.first_timestamp, p.first)
         stamp(ev.last_timestamp, p.last)
@@ -172,20 +184,12 @@ class EventRecorder:
             self._written.popitem(last=False)
 
 
-class NullRecorder(EventRecorder):
-    """Drops events (benchmarks that measure something else)."""
+@dataclass
+class ScopedRecorder:
+    """An EventRecorder seen under another component name (it shares the recorder's writers)."""
 
-    def __init__(self) -> None:
-        self.dropped = 0
+    parent: EventRecorder
+    component: str
 
-    def event_ref(self, ref: t.ObjectReference, type_: str, reason: str, message: str) -> None:
-        return None
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    def shutdown(self) -> None:
-        return None
-
-    async def flush(self) -> None:
-        return None
+    def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
+        self.parent.event(obj, type_, reason, message, component=self.component)

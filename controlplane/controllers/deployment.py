@@ -23,7 +23,7 @@ from typing import Any
 
 from controlplane.common import podutil
 from controlplane.common.clock import Clock, RealClock, stamp, to_seconds
-from controlplane.common.events import NORMAL, WARNING, EventRecorder
+from controlplane.common.events import NORMAL, WARNING, Recorder
 from controlplane.controllers import rollout
 from controlplane.controllers.base import QueueController, claim
 from controlplane.controllers.rollout import RSView
@@ -269,7 +269,7 @@ class _State:
 class DeploymentController(QueueController):
     name = "deployment"
 
-    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: EventRecorder,
+    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
                  clock: Clock | None = None) -> None:
         super().__init__()
         self.client = client

@@ -54,19 +54,23 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
                          f"(known: {', '.join(ALL_CONTROLLERS)})")
     out: list[Any] = []
     wanted = set(options.controllers)
+    # Events name the controller that wrote them, as Kubernetes' do ("From" in `skiff describe`).
     if "deployment" in wanted:
-        out.append(DeploymentController(client, factory, recorder=recorder, clock=clock))
+        out.append(DeploymentController(client, factory, recorder=recorder.scoped("deployment-controller"),
+                                        clock=clock))
     if "replicaset" in wanted:
-        out.append(ReplicaSetController(client, factory, recorder=recorder, clock=clock))
+        out.append(ReplicaSetController(client, factory, recorder=recorder.scoped("replicaset-controller"),
+                                        clock=clock))
     if "endpoints" in wanted:
         out.append(EndpointsController(client, factory))
     if "nodelifecycle" in wanted:
-        out.append(NodeLifecycleController(client, factory, recorder=recorder, clock=clock,
+        out.append(NodeLifecycleController(client, factory, recorder=recorder.scoped("node-controller"), clock=clock,
                                            grace_period=options.node_monitor_grace_period,
                                            eviction_timeout=options.pod_eviction_timeout,
                                            monitor_period=options.node_monitor_period))
     if "nodeipam" in wanted:
-        out.append(NodeIpamController(client, factory, recorder=recorder, cluster_cidr=options.cluster_cidr,
+        out.append(NodeIpamController(client, factory, recorder=recorder.scoped("node-ipam-controller"),
+                                      cluster_cidr=options.cluster_cidr,
                                       mask_size=options.node_cidr_mask_size))
     if "garbagecollector" in wanted:
         out.append(GarbageCollector(client, factory))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from controlplane.common import podutil
-from controlplane.common.events import WARNING, EventRecorder
+from controlplane.common.events import WARNING, Recorder
 from controlplane.controllers.base import QueueController
 from controlplane.controllers.cidrset import CidrError, CidrSet
 from skiff.client import ApiClient
@@ -44,7 +44,7 @@ def plan_addresses(node: t.Node) -> list[t.NodeAddress] | None:
 class NodeIpamController(QueueController):
     name = "nodeipam"
 
-    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: EventRecorder,
+    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
                  cluster_cidr: str = "10.244.0.0/16", mask_size: int = 24) -> None:
         super().__init__()
         self.client = client

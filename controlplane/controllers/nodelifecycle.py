@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from controlplane.common import podutil, taints
 from controlplane.common.clock import Clock, RealClock, stamp, to_seconds
-from controlplane.common.events import NORMAL, WARNING, EventRecorder
+from controlplane.common.events import NORMAL, WARNING, Recorder
 from skiff import errors
 from skiff.client import ApiClient
 from skiff.informer import InformerFactory
@@ -144,7 +144,7 @@ def plan_evictions(node: t.Node, pods: Iterable[t.Pod], now: float, eviction_tim
 class NodeLifecycleController:
     name = "nodelifecycle"
 
-    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: EventRecorder,
+    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
                  clock: Clock | None = None, grace_period: float = 40.0, eviction_timeout: float = 60.0,
                  monitor_period: float = 5.0) -> None:
         self.client = client

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from controlplane.common import podutil
 from controlplane.common.clock import Clock, RealClock, stamp
-from controlplane.common.events import NORMAL, WARNING, EventRecorder
+from controlplane.common.events import NORMAL, WARNING, Recorder
 from controlplane.controllers.base import QueueController, claim
 from skiff import errors, labels
 from skiff.client import ApiClient
@@ -185,7 +185,7 @@ class Expectations:
 class ReplicaSetController(QueueController):
     name = "replicaset"
 
-    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: EventRecorder,
+    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
                  clock: Clock | None = None, burst_replicas: int = BURST_REPLICAS) -> None:
         super().__init__()
         self.client = client

@@ -24,7 +24,7 @@ from typing import Any
 
 from controlplane.common import podutil
 from controlplane.common.clock import Clock, RealClock
-from controlplane.common.events import NORMAL, WARNING, EventRecorder
+from controlplane.common.events import NORMAL, WARNING, EventRecorder, Recorder
 from controlplane.scheduler.cache import SchedulerCache
 from controlplane.scheduler.framework import FilterPlugin, FitError, ScorePlugin, num_feasible_nodes_to_find
 from controlplane.scheduler.nodeinfo import PodInfo
@@ -43,7 +43,7 @@ COMPONENT = "default-scheduler"
 
 
 class Scheduler:
-    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: EventRecorder,
+    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
                  clock: Clock | None = None, filters: list[FilterPlugin] | None = None,
                  scores: list[ScorePlugin] | None = None, percentage_of_nodes_to_score: int = 0,
                  max_binds_in_flight: int = 100, scheduler_names: tuple[str, ...] = ("", DEFAULT_SCHEDULER_NAME),

@@ -70,3 +70,14 @@ async def test_pending_events_are_bounded() -> None:
     assert rec.dropped == 2
     await rec.flush()
     assert len(api.objects(t.Event)) == 3
+
+
+async def test_scoped_recorders_name_their_component() -> None:
+    api = MemoryApi()
+    rec = EventRecorder(api, "controller-manager")
+    p = await api.create(pod("a"))
+    rec.scoped("replicaset-controller").event(p, NORMAL, "R", "m")
+    rec.scoped("deployment-controller").event(p, NORMAL, "R", "m")
+    await rec.flush()
+    assert sorted(e.source.component for e in api.objects(t.Event)) == ["deployment-controller",
+                                                                        "replicaset-controller"]
