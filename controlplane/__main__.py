@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -181,9 +182,10 @@ class Supervisor:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if not args.store_endpoints and not args.password_file and not args.insecure_no_password:
-        print("error: the store member needs --password-file (or --insecure-no-password for a lab), "
-              "or use --store-endpoints for an external store", file=sys.stderr)
+    if (not args.store_endpoints and not args.password_file and not args.insecure_no_password
+            and not os.environ.get("SKIFF_STORE_PASSWORD")):
+        print("error: the store member needs --password-file (or $SKIFF_STORE_PASSWORD, or "
+              "--insecure-no-password for a lab), or use --store-endpoints for an external store", file=sys.stderr)
         return 2
     supervisor = Supervisor(plan_children(args))
 

@@ -1,5 +1,6 @@
-"""`python -m controlplane` as a control-plane host runs it: api-server, controllers and scheduler
-under one supervisor (here over an external etcd via --store-endpoints), plus one simulated node."""
+"""`python -m controlplane` as a control-plane host runs it: a store member (or an external etcd
+through --store-endpoints), an api-server, controllers and scheduler under one supervisor, plus
+one simulated node."""
 
 from __future__ import annotations
 
@@ -24,13 +25,19 @@ from tests.support.cluster import start_fake_node
 pytestmark = pytest.mark.integration
 
 
-async def test_all_in_one_runs_a_deployment(tmp_path: Path) -> None:
-    require_binaries("etcd")
-    etcd = start_etcd(tmp_path)
+@pytest.mark.parametrize("store", ["skiff-store", "external-etcd"])
+async def test_all_in_one_runs_a_deployment(tmp_path: Path, store: str) -> None:
     port = free_port()
-    cp = Process("controlplane", [sys.executable, "-m", "controlplane", "--store-endpoints", etcd.endpoints,
-                                  "--listen", f"127.0.0.1:{port}", "--node-name", "cp1"],
-                 tmp_path / "controlplane.log", "127.0.0.1", port, ready=wait_serving)
+    argv = [sys.executable, "-m", "controlplane", "--listen", f"127.0.0.1:{port}", "--node-name", "cp1"]
+    etcd = None
+    if store == "external-etcd":
+        require_binaries("etcd")
+        etcd = start_etcd(tmp_path)
+        argv += ["--store-endpoints", etcd.endpoints]
+    else:
+        argv += ["--name", "s1", "--data-dir", str(tmp_path / "store"), "--insecure-no-password",
+                 "--listen-client", f"127.0.0.1:{free_port()}", "--listen-peer", f"127.0.0.1:{free_port()}"]
+    cp = Process("controlplane", argv, tmp_path / "controlplane.log", "127.0.0.1", port, ready=wait_serving)
     node = None
     try:
         cp.start(timeout=60)
@@ -60,5 +67,6 @@ async def test_all_in_one_runs_a_deployment(tmp_path: Path) -> None:
         if node is not None:
             node.stop()
         cp.stop(timeout=20)
-        etcd.stop()
+        if etcd is not None:
+            etcd.stop()
     assert cp.popen is not None and cp.popen.returncode == 0, cp.log_tail(20)
