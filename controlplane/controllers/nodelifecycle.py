@@ -8,8 +8,9 @@ What must hold:
   ("Kubelet stopped posting node status."), the node's pods are marked not Ready (so they
   leave Endpoints), and the node is tainted `node.kubernetes.io/unreachable` (NoSchedule and
   NoExecute; `not-ready` when the agent itself reports Ready=False);
-- once tainted NoExecute for the eviction timeout (default 60 s), its pods are deleted with
-  grace 0 (the node cannot confirm anything) so their controllers recreate them elsewhere;
+- once tainted NoExecute for the eviction timeout (default 60 s), its pods are deleted so their
+  controllers recreate them elsewhere: with grace 0 from an unreachable node (it cannot confirm
+  anything), gracefully from a node whose agent reports NotReady (it is alive to stop them);
   a pod tolerating the taint stays (for its tolerationSeconds, or for ever);
 - heartbeats again -> Ready=True (when we were the ones who set Unknown) and the taints go;
   pods that were not evicted yet are left untouched;
@@ -216,9 +217,15 @@ class NodeLifecycleController:
             return
         pods = self.pods.by_index(podutil.NODE_INDEX, name)
         await self._mark_not_ready(pods)
+        # An unreachable node cannot confirm a graceful stop: its pods go at once (grace 0). A node
+        # whose agent reports NotReady is alive and stops them itself, so they get their grace period.
+        grace = 0 if status == "Unknown" else None
         for pod in plan_evictions(node, pods, now, self.eviction_timeout):
+            if grace is None and pod.metadata.HasField("deletion_timestamp"):
+                continue
             try:
-                await self.client.delete(t.Pod, pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+                await self.client.delete(t.Pod, pod.metadata.name, pod.metadata.namespace,
+                                         grace_period_seconds=grace)
             except errors.NotFoundError:
                 continue
             self.recorder.event(pod, NORMAL, "TaintManagerEviction",

@@ -136,3 +136,24 @@ async def test_restart_gives_every_node_a_full_grace_period(cluster: Cluster) ->
     cluster.clock.advance(39)
     await ctrl.monitor_once()
     assert ready_of(await cluster.api.get(t.Node, "n1")) == "True"
+
+
+async def test_not_ready_node_gets_graceful_evictions(cluster: Cluster) -> None:
+    """The agent reports Ready=False (alive, runtime broken): pods are deleted with their grace period."""
+    cluster.api.graceful_pod_deletion = True
+    ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    await cluster.api.create(node("n1", ready=False))
+    await cluster.api.create(lease("n1", cluster.clock.now()))
+    await cluster.api.create(pod("p", node="n1", ready=True, phase="Running"))
+    await cluster.start()
+    await ctrl.monitor_once()
+    await cluster.settle()
+    assert managed(await cluster.api.get(t.Node, "n1")) == {(taints.NOT_READY, "NoSchedule"),
+                                                           (taints.NOT_READY, "NoExecute")}
+    for _ in range(13):  # 65 s, the lease kept fresh: NotReady, not Unknown
+        cluster.clock.advance(5)
+        await renew(cluster, "n1")
+        await ctrl.monitor_once()
+        await cluster.settle()
+    p = await cluster.api.get(t.Pod, "p")
+    assert p.metadata.HasField("deletion_timestamp") and p.metadata.deletion_grace_period_seconds == 30
