@@ -1,0 +1,288 @@
+"""Benchmark: scheduler and controller throughput (`make bench-scheduler`).
+
+1. Scheduler: 10,000 pods (from 10 owners, 100m cpu / 128Mi each) created onto 1,000 simulated
+   nodes (32 cpu / 64Gi / 110 pods); reports the create -> all-bound time and pods/s, plus the
+   pure decision rate (filters + scores, no I/O). Events are recorded as in production.
+2. Controllers: a 1,000-replica Deployment, from create to 1,000 pods created (deployment and
+   replicaset controllers with their default workers), and to the ReplicaSet's status showing them.
+
+By default both run against the in-memory api-server (skiff.memapi.MemoryApi) in this
+process, so the numbers measure the scheduler and controllers themselves (plus informer and
+event handling), not gRPC or the store; the scheduler part is then run twice, with pods
+streaming in and with all pods waiting before the scheduler starts (a backlog).
+`--api-servers HOST:PORT` runs against a real, freshly started api-server instead
+(`--backlog` picks the backlog scenario there). `--target` fails the run when the scheduler
+is slower than that many pods/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from controlplane.common.events import EventRecorder
+from controlplane.common.podutil import owner_reference
+from controlplane.controllers.deployment import DeploymentController
+from controlplane.controllers.replicaset import ReplicaSetController
+from controlplane.scheduler.framework import FitError
+from controlplane.scheduler.nodeinfo import PodInfo
+from controlplane.scheduler.scheduler import Scheduler
+from skiff.client import Client
+from skiff.guard import guard
+from skiff.informer import InformerFactory
+from skiff.memapi import MemoryApi
+from skiffpb.api.v1 import types_pb2 as t
+
+
+def make_node(i: int) -> t.Node:
+    n = t.Node(api_version="v1", kind="Node")
+    n.metadata.name = f"node-{i:04d}"
+    n.metadata.labels["kubernetes.io/hostname"] = n.metadata.name
+    n.status.allocatable.update({"cpu": "32", "memory": "64Gi", "pods": "110"})
+    n.status.capacity.update({"cpu": "32", "memory": "64Gi", "pods": "110"})
+    n.status.conditions.add(type="Ready", status="True")
+    return n
+
+
+def make_pod(i: int, owner: t.ReplicaSet) -> t.Pod:
+    p = t.Pod(api_version="v1", kind="Pod")
+    p.metadata.name = f"{owner.metadata.name}-{i:05d}"
+    p.metadata.namespace = "default"
+    p.metadata.labels["app"] = owner.metadata.name
+    p.metadata.owner_references.append(owner_reference(owner))
+    c = p.spec.containers.add(name="app", image="registry.local/app:1")
+    c.resources.requests.update({"cpu": "100m", "memory": "128Mi"})
+    return p
+
+
+async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_servers: str = "",
+                          creators: int = 16, backlog: bool = False) -> dict[str, Any]:
+    """Create the nodes, start a scheduler, create the pods, and time until all are bound.
+
+    backlog: the pods exist before the scheduler starts (measures scheduling and binding alone,
+    not the api-server's create rate).
+    """
+    api: Any = Client(api_servers) if api_servers else MemoryApi()
+    sem = asyncio.Semaphore(creators)
+
+    async def create(obj: Any) -> Any:
+        async with sem:
+            return await api.create(obj)
+
+    await asyncio.gather(*(create(make_node(i)) for i in range(num_nodes)))
+    owner_sets = []
+    for j in range(owners):
+        rs = t.ReplicaSet(api_version="apps/v1", kind="ReplicaSet")
+        rs.metadata.name, rs.metadata.namespace = f"app{j}", "default"
+        rs.spec.selector.match_labels["app"] = rs.metadata.name
+        rs.spec.template.metadata.labels["app"] = rs.metadata.name
+        rs.spec.template.spec.containers.add(name="app", image="registry.local/app:1")
+        # As many replicas as it owns pods here: a replicaset controller run later (the controllers
+        # part, on the same api-server) finds nothing to do for these sets.
+        rs.spec.replicas = len(range(j, num_pods, owners))
+        owner_sets.append(await api.create(rs))
+    pods = [make_pod(i, owner_sets[i % owners]) for i in range(num_pods)]
+    if backlog:
+        await asyncio.gather(*(create(p) for p in pods))
+
+    factory = InformerFactory(api)
+    recorder = EventRecorder(api, "default-scheduler")
+    sched = Scheduler(api, factory, recorder=recorder, rng=random.Random(42))
+    await factory.start()
+    await factory.wait_synced(60)
+    tasks = [guard(sched.run(), "bench-scheduler"), guard(recorder.run(), "bench-events")]
+
+    gc.collect()
+    gc.freeze()
+    start = time.perf_counter()
+    if backlog:
+        creating = None
+    elif api_servers:
+        creating = asyncio.ensure_future(asyncio.gather(*(create(p) for p in pods)))
+    else:
+        for i, p in enumerate(pods):
+            await api.create(p)
+            if i % 50 == 49:
+                await asyncio.sleep(0)  # a client creating pods does not starve everyone else
+        creating = None
+    created = time.perf_counter() if creating is None else 0.0
+    while sched.scheduled < num_pods:
+        if creating is not None and not created and creating.done():
+            creating.result()
+            created = time.perf_counter()
+        await asyncio.sleep(0.005)
+        if time.perf_counter() - start > 900:
+            raise RuntimeError(f"only {sched.scheduled}/{num_pods} pods bound after 900 s")
+    done = time.perf_counter()
+    if creating is not None:
+        await creating
+        created = created or done
+    gc.unfreeze()
+    await recorder.flush()
+    for task in tasks:
+        task.cancel()
+    sched.shutdown()
+    recorder.shutdown()
+    await factory.stop()
+
+    for _ in range(100):  # a list may be served from a watch cache a moment behind the last bind
+        per_node = Counter(p.spec.node_name for p in (await api.list(t.Pod, namespace="default")).items)
+        if "" not in per_node:
+            break
+        await asyncio.sleep(0.1)
+    events = len((await api.list(t.Event, namespace="default")).items)
+    if api_servers:
+        await api.close()
+    if sum(per_node.values()) != num_pods or "" in per_node:
+        raise RuntimeError(f"after the run the api-server lists {sum(per_node.values())} pods, "
+                           f"{per_node.get('', 0)} of them unbound (expected {num_pods}, all bound)")
+    return {
+        "nodes": num_nodes,
+        "pods": num_pods,
+        "create_seconds": round(created - start, 2),
+        "create_to_all_bound_seconds": round(done - start, 2),
+        "pods_per_second": round(num_pods / (done - start), 1),
+        "pods_per_node_min_max": [min(per_node.values()), max(per_node.values())],
+        "bind_failures": sched.bind_failures,
+        "events_written": events,
+    }
+
+
+def bench_decisions(num_nodes: int, num_pods: int) -> dict[str, Any]:
+    """Decision rate alone: assume each decision, no api-server, no informers."""
+    api = MemoryApi()
+    factory = InformerFactory(api)
+    sched = Scheduler(api, factory, recorder=EventRecorder(api, "x"), rng=random.Random(1))
+    for i in range(num_nodes):
+        sched.cache.add_node(make_node(i))
+    owner = t.ReplicaSet(kind="ReplicaSet", api_version="apps/v1", metadata=t.ObjectMeta(name="app", uid="u"))
+    infos = []
+    for i in range(num_pods):
+        p = make_pod(i, owner)
+        p.metadata.uid = f"pod-{i}"
+        infos.append(PodInfo.of(p))
+    start = time.perf_counter()
+    for info in infos:
+        try:
+            sched.cache.assume(info, sched.schedule(info))
+        except FitError:
+            pass
+    elapsed = time.perf_counter() - start
+    return {"decisions_per_second": round(num_pods / elapsed, 1), "pods": num_pods, "nodes": num_nodes}
+
+
+async def bench_controllers(replicas: int, *, api_servers: str = "") -> dict[str, Any]:
+    api: Any = Client(api_servers) if api_servers else MemoryApi()
+    created = 0
+
+    def count_pod(pod: t.Pod) -> None:
+        nonlocal created
+        if pod.metadata.labels.get("app") == "big":
+            created += 1
+
+    factory = InformerFactory(api)
+    recorder = EventRecorder(api, "controller-manager")
+    dc = DeploymentController(api, factory, recorder=recorder)
+    rc = ReplicaSetController(api, factory, recorder=recorder)
+    factory.informer(t.Pod).add_handler(on_add=count_pod)
+    await factory.start()
+    await factory.wait_synced(30)
+    tasks = [guard(dc.run(workers=5), "bench-deployment"), guard(rc.run(workers=5), "bench-replicaset"),
+             guard(recorder.run(), "bench-cm-events")]
+    d = t.Deployment(api_version="apps/v1", kind="Deployment")
+    d.metadata.name, d.metadata.namespace = "big", "default"
+    d.spec.replicas = replicas
+    d.spec.selector.match_labels["app"] = "big"
+    d.spec.template.metadata.labels["app"] = "big"
+    d.spec.template.spec.containers.add(name="app", image="registry.local/app:1")
+    start = time.perf_counter()
+    await api.create(d)
+    pods_at = status_at = None
+    while status_at is None:
+        await asyncio.sleep(0.005)
+        now = time.perf_counter()
+        if pods_at is None and created >= replicas:
+            pods_at = now
+        if pods_at is not None:
+            rss = [rs for rs in factory.informer(t.ReplicaSet).list("default") if rs.metadata.name.startswith("big-")]
+            if rss and rss[0].status.replicas == replicas:
+                status_at = now
+        if now - start > 300:
+            raise RuntimeError(f"only {created}/{replicas} pods after 300 s")
+    for task in tasks:
+        task.cancel()
+    dc.shutdown()
+    rc.shutdown()
+    recorder.shutdown()
+    rss = [rs for rs in factory.informer(t.ReplicaSet).list("default") if rs.metadata.name.startswith("big-")]
+    await factory.stop()
+    if api_servers:
+        await api.close()
+    assert pods_at is not None
+    return {
+        "replicas": replicas,
+        "create_to_pods_created_seconds": round(pods_at - start, 2),
+        "create_to_replicaset_status_seconds": round(status_at - start, 2),
+        "pods_per_second": round(replicas / (pods_at - start), 1),
+        "pods_seen": created,
+        "replicasets": len(rss),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--pods", type=int, default=10000)
+    p.add_argument("--owners", type=int, default=10)
+    p.add_argument("--replicas", type=int, default=1000)
+    p.add_argument("--target", type=float, default=0.0, help="fail if scheduling is slower than this (pods/s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--backlog", action="store_true",
+                   help="with --api-servers: create the pods before the scheduler starts")
+    p.add_argument("--api-servers", default="",
+                   help="run against this (empty, fresh) api-server instead of MemoryApi")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    backend = (f"api-server at {args.api_servers}" if args.api_servers
+               else "in-memory api-server (skiff.memapi.MemoryApi), same process")
+    results: dict[str, Any] = {"backend": backend, "decisions": bench_decisions(args.nodes, args.pods)}
+    results["scheduler"] = asyncio.run(bench_scheduler(args.nodes, args.pods, args.owners,
+                                                       api_servers=args.api_servers, backlog=args.backlog))
+    if not args.api_servers:
+        # An api-server holds one run's nodes; in memory, the backlog run gets a fresh one.
+        results["scheduler_backlog"] = asyncio.run(bench_scheduler(args.nodes, args.pods, args.owners, backlog=True))
+    results["controllers"] = asyncio.run(bench_controllers(args.replicas, api_servers=args.api_servers))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        s, c, dec = results["scheduler"], results["controllers"], results["decisions"]
+        b = results.get("scheduler_backlog")
+        print(f"backend: {results['backend']}")
+        print(f"scheduler decisions only: {dec['decisions_per_second']} pods/s "
+              f"({dec['pods']} pods, {dec['nodes']} nodes, no I/O)")
+        print(f"scheduler: {s['pods']} pods onto {s['nodes']} nodes: create -> all bound "
+              f"{s['create_to_all_bound_seconds']} s = {s['pods_per_second']} pods/s "
+              f"(creating took {s['create_seconds']} s; pods per node {s['pods_per_node_min_max']}; "
+              f"{s['events_written']} events; {s['bind_failures']} bind failures)")
+        if b is not None:
+            print(f"scheduler, pods created before it starts: all {b['pods']} bound after "
+                  f"{b['create_to_all_bound_seconds']} s = {b['pods_per_second']} pods/s")
+        print(f"controllers: Deployment of {c['replicas']} replicas: create -> {c['pods_seen']} pods created "
+              f"{c['create_to_pods_created_seconds']} s ({c['pods_per_second']} pods/s); "
+              f"ReplicaSet status shows them after {c['create_to_replicaset_status_seconds']} s")
+    if args.target and results["scheduler"]["pods_per_second"] < args.target:
+        print(f"FAIL: scheduler below target {args.target} pods/s", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

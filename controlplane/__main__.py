@@ -1,0 +1,205 @@
+"""`python -m controlplane` (skiff-controlplane): everything a control-plane host runs, in one command.
+
+It starts, as child processes, a store member (`python -m controlplane.store`), an api-server
+beside it (`python -m controlplane.apiserver`), the controller manager and the scheduler, in
+that order (each waits until the previous one listens), and supervises them:
+- a child that exits is restarted with backoff (1 s doubling to 30 s), as systemd's
+  Restart=always would, and the exit is logged with its code;
+- SIGTERM/SIGINT stops the children in reverse order (SIGTERM, then SIGKILL after 10 s);
+- with --store-endpoints, no store member is started and the api-server uses those
+  endpoints (an external etcd, or Skiff store members run elsewhere).
+Several hosts each running this form an HA control plane: the store replicates, the
+api-servers are independent, and the controllers and schedulers elect one leader each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from controlplane.common.cmdline import setup_logging
+
+log = logging.getLogger("skiff.controlplane")
+
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    wait_for: str = ""  # host:port that must accept connections before the next child starts
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skiff-controlplane",
+                                description="Run a store member, an api-server, the controllers and the scheduler.")
+    store = p.add_argument_group("store member (skipped with --store-endpoints)")
+    store.add_argument("--name", default="s1", help="store member name")
+    store.add_argument("--data-dir", default="/var/lib/skiff/store", help="store member data directory")
+    store.add_argument("--listen-client", default="127.0.0.1:2379")
+    store.add_argument("--listen-peer", default="127.0.0.1:2380")
+    store.add_argument("--initial-cluster", default="", help="name=host:peerport,... (default: this member alone)")
+    store.add_argument("--initial-cluster-token", default="skiff-store")
+    store.add_argument("--password-file", default="", help="store cluster password file")
+    store.add_argument("--insecure-no-password", action="store_true", help="run the store without a password")
+    store.add_argument("--store-endpoints", default="",
+                       help="use these store endpoints (e.g. an external etcd) instead of running a member")
+    api = p.add_argument_group("api-server")
+    api.add_argument("--listen", default="127.0.0.1:6443", help="api-server address")
+    api.add_argument("--service-cidr", default="10.96.0.0/12")
+    api.add_argument("--node-port-range", default="30000-32767")
+    api.add_argument("--node-name", default=socket.gethostname())
+    cm = p.add_argument_group("controllers and scheduler")
+    cm.add_argument("--api-servers", default="",
+                    help="api-servers the controllers and scheduler use (default: this host's, from --listen)")
+    cm.add_argument("--cluster-cidr", default="10.244.0.0/16")
+    cm.add_argument("--node-cidr-mask-size", default="24")
+    cm.add_argument("--node-monitor-grace-period", default="40s")
+    cm.add_argument("--pod-eviction-timeout", default="60s")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def plan_children(args: argparse.Namespace, python: str = sys.executable) -> list[Child]:
+    """The children to run, in start order (pure: nothing is started)."""
+    children: list[Child] = []
+    store_endpoints = args.store_endpoints
+    if not store_endpoints:
+        argv = [python, "-m", "controlplane.store", "--name", args.name, "--data-dir", args.data_dir,
+                "--listen-client", args.listen_client, "--listen-peer", args.listen_peer,
+                "--initial-cluster", args.initial_cluster or f"{args.name}={args.listen_peer}",
+                "--initial-cluster-token", args.initial_cluster_token]
+        if args.password_file:
+            argv += ["--password-file", args.password_file]
+        elif args.insecure_no_password:
+            argv += ["--insecure-no-password"]
+        children.append(Child("store", argv, wait_for=args.listen_client))
+        store_endpoints = args.listen_client
+    children.append(Child("apiserver", [
+        python, "-m", "controlplane.apiserver", "--store-endpoints", store_endpoints, "--listen", args.listen,
+        "--service-cidr", args.service_cidr, "--node-port-range", args.node_port_range,
+        "--node-name", args.node_name], wait_for=args.listen))
+    api_servers = args.api_servers or args.listen
+    verbose = ["-v"] if args.verbose else []
+    children.append(Child("controllers", [
+        python, "-m", "controlplane.controllers", "--api-servers", api_servers,
+        "--cluster-cidr", args.cluster_cidr, "--node-cidr-mask-size", str(args.node_cidr_mask_size),
+        "--node-monitor-grace-period", args.node_monitor_grace_period,
+        "--pod-eviction-timeout", args.pod_eviction_timeout, "--identity", args.node_name, *verbose]))
+    children.append(Child("scheduler", [
+        python, "-m", "controlplane.scheduler", "--api-servers", api_servers, "--identity", args.node_name,
+        *verbose]))
+    return children
+
+
+async def wait_listening(address: str, *, timeout: float) -> bool:
+    host, _, port = address.rpartition(":")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            _, writer = await asyncio.open_connection(host.strip("[]") or "127.0.0.1", int(port))
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        return True
+    return False
+
+
+class Supervisor:
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+        self._stopping = False
+
+    async def _start(self, child: Child) -> None:
+        child.proc = await asyncio.create_subprocess_exec(*child.argv, start_new_session=True)
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    async def _keep(self, child: Child) -> None:
+        """Restart `child` whenever it exits, with backoff, until we stop."""
+        delay = 1.0
+        while not self._stopping:
+            assert child.proc is not None
+            code = await child.proc.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - child.started_at > 60:
+                delay = 1.0  # it ran fine for a while: start over with a short delay
+            log.error("%s exited with code %s; restarting in %.0fs", child.name, code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            child.restarts += 1
+            await self._start(child)
+
+    async def run(self) -> None:
+        keepers = []
+        try:
+            for child in self.children:
+                await self._start(child)
+                keepers.append(asyncio.ensure_future(self._keep(child)))
+                if child.wait_for and not await wait_listening(child.wait_for, timeout=60):
+                    log.warning("%s does not listen on %s after 60s; starting the rest anyway",
+                                child.name, child.wait_for)
+            await asyncio.gather(*keepers)
+        finally:
+            self._stopping = True
+            for k in keepers:
+                k.cancel()
+            await self.stop()
+
+    async def stop(self) -> None:
+        for child in reversed(self.children):
+            proc = child.proc
+            if proc is None or proc.returncode is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await proc.wait()
+            except TimeoutError:
+                log.warning("%s did not stop in %.0fs; killing it", child.name, STOP_TIMEOUT)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if (not args.store_endpoints and not args.password_file and not args.insecure_no_password
+            and not os.environ.get("SKIFF_STORE_PASSWORD")):
+        print("error: the store member needs --password-file (or $SKIFF_STORE_PASSWORD, or "
+              "--insecure-no-password for a lab), or use --store-endpoints for an external store", file=sys.stderr)
+        return 2
+    supervisor = Supervisor(plan_children(args))
+
+    async def run() -> None:
+        task = asyncio.ensure_future(supervisor.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

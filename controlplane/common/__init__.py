@@ -1,0 +1,1 @@
+"""Pieces the controller manager and the scheduler share: clock, events, leader election, pod helpers."""

@@ -1,0 +1,195 @@
+"""Recording Events (what `skiff describe` shows under "Events:") without slowing the caller.
+
+What must hold:
+- `event()` never blocks and never raises: it only notes the event; writers send it later;
+- identical events (same object, type, reason, message) are aggregated into one Event whose
+  `count` goes up and whose `lastTimestamp` moves, as Kubernetes' event correlator does;
+- writes of one aggregated Event are never concurrent (the work queue guarantees it), so the
+  count is not lost to our own races; a conflict with someone else re-reads and retries;
+- the number of distinct pending events is bounded: past it, new ones are dropped (and
+  counted in `dropped`), since events are advisory;
+- a spam filter limits each involved object to a burst of 25 events, then one per 5 minutes
+  (Kubernetes' EventSourceObjectSpamFilter), so a 1,000-pod scale-up does not write 1,000
+  Events about its ReplicaSet.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controlplane.common.clock import Clock, RealClock, stamp
+from skiff import errors, kinds
+from skiff.client import ApiClient
+from skiff.workqueue import WorkQueue, run_workers
+from skiffpb.api.v1 import types_pb2 as t
+
+log = logging.getLogger("skiff.events")
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+class Recorder(Protocol):
+    """What controllers need: note an event about an object (never blocks, never raises)."""
+
+    def event(self, obj: Any, type_: str, reason: str, message: str) -> None: ...
+
+
+@dataclass
+class _Pending:
+    component: str
+    ref: t.ObjectReference
+    type: str
+    reason: str
+    message: str
+    count: int
+    first: float
+    last: float
+
+
+class EventRecorder:
+    def __init__(self, client: ApiClient, component: str, *, host: str = "", clock: Clock | None = None,
+                 max_pending: int = 4096, max_cached: int = 4096, workers: int = 4,
+                 spam_burst: int = 25, spam_refill_seconds: float = 300.0) -> None:
+        self.client = client
+        self.component = component
+        self.host = host or socket.gethostname()
+        self.clock = clock or RealClock()
+        self.max_pending = max_pending
+        self.max_cached = max_cached
+        self.workers = workers
+        self.dropped = 0
+        self._queue = WorkQueue(name=f"{component}-events", base_delay=0.5, max_delay=30.0)
+        self._pending: dict[str, _Pending] = {}
+        # The Event last written for each aggregation key, so repeats become updates.
+        self._written: OrderedDict[str, t.Event] = OrderedDict()
+        self._seq = 0
+        self.spam_burst = spam_burst
+        self.spam_refill_seconds = spam_refill_seconds
+        # Per involved object: (tokens, when last refilled).
+        self._buckets: OrderedDict[tuple[str, str, str, str], tuple[float, float]] = OrderedDict()
+
+    def event(self, obj: Any, type_: str, reason: str, message: str, *, component: str = "") -> None:
+        """Note an event about `obj` (any API object); it is written in the background."""
+        meta = obj.metadata
+        kind = kinds.of_message(obj)
+        ref = t.ObjectReference(kind=kind.kind, api_version=kind.api_version, namespace=meta.namespace,
+                                name=meta.name, uid=meta.uid)
+        self.event_ref(ref, type_, reason, message, component=component)
+
+    def scoped(self, component: str) -> ScopedRecorder:
+        """A recorder that reports as `component` (e.g. "deployment-controller"), sharing our writers."""
+        return ScopedRecorder(self, component)
+
+    def event_ref(self, ref: t.ObjectReference, type_: str, reason: str, message: str, *,
+                  component: str = "") -> None:
+        component = component or self.component
+        now = self.clock.now()
+        if not self._allow(ref, now):
+            self.dropped += 1
+            return
+        key = "\x00".join((component, ref.kind, ref.namespace, ref.name, ref.uid, type_, reason, message))
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.count += 1
+            pending.last = now
+        elif len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        else:
+            self._pending[key] = _Pending(component, ref, type_, reason, message, 1, now, now)
+        self._queue.add(key)
+
+    def _allow(self, ref: t.ObjectReference, now: float) -> bool:
+        obj = (ref.kind, ref.namespace, ref.name, ref.uid)
+        tokens, last = self._buckets.get(obj, (float(self.spam_burst), now))
+        tokens = min(float(self.spam_burst), tokens + (now - last) / self.spam_refill_seconds)
+        allowed = tokens >= 1.0
+        self._buckets[obj] = (tokens - 1.0 if allowed else tokens, now)
+        self._buckets.move_to_end(obj)
+        while len(self._buckets) > self.max_cached:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    async def run(self) -> None:
+        await run_workers(self._queue, self._write, workers=self.workers)
+
+    def shutdown(self) -> None:
+        self._queue.shutdown()
+
+    async def flush(self) -> None:
+        """Write everything pending now (tests, and shutdown)."""
+        for key in list(self._pending):
+            await self._write(key)
+
+    async def _write(self, key: str) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        try:
+            await self._send(key, pending)
+        except errors.SkiffError:
+            # Put it back (merged with anything newer) and let the queue retry with backoff.
+            newer = self._pending.get(key)
+            if newer is not None:
+                pending.count += newer.count
+                pending.last = newer.last
+            self._pending[key] = pending
+            raise
+
+    async def _send(self, key: str, p: _Pending) -> None:
+        previous = self._written.get(key)
+        if previous is not None:
+            update = t.Event()
+            update.CopyFrom(previous)
+            update.count = previous.count + p.count
+            stamp(update.last_timestamp, p.last)
+            try:
+                self._remember(key, await self.client.update(update))
+                return
+            except errors.ConflictError:
+                try:
+                    fresh = await self.client.get(t.Event, previous.metadata.name, previous.metadata.namespace)
+                except errors.NotFoundError:
+                    pass
+                else:
+                    fresh.count += p.count
+                    stamp(fresh.last_timestamp, p.last)
+                    self._remember(key, await self.client.update(fresh))
+                    return
+            except errors.NotFoundError:
+                pass  # expired or deleted: start a new one
+            self._written.pop(key, None)
+        self._seq += 1
+        ev = t.Event(api_version="v1", kind="Event", reason=p.reason, message=p.message, type=p.type,
+                     count=p.count, reporting_component=p.component)
+        ev.involved_object.CopyFrom(p.ref)
+        ev.metadata.namespace = p.ref.namespace or "default"
+        # Kubernetes names events <object>.<unix nanos in hex>; the sequence keeps ours unique.
+        ev.metadata.name = f"{p.ref.name}.{int(p.first * 1e9) + self._seq:x}"
+        ev.source.component = p.component
+        ev.source.host = self.host
+        stamp(ev.first_timestamp, p.first)
+        stamp(ev.last_timestamp, p.last)
+        self._remember(key, await self.client.create(ev))
+
+    def _remember(self, key: str, ev: t.Event) -> None:
+        self._written[key] = ev
+        self._written.move_to_end(key)
+        while len(self._written) > self.max_cached:
+            self._written.popitem(last=False)
+
+
+@dataclass
+class ScopedRecorder:
+    """An EventRecorder seen under another component name (it shares the recorder's writers)."""
+
+    parent: EventRecorder
+    component: str
+
+    def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
+        self.parent.event(obj, type_, reason, message, component=self.component)

@@ -1,0 +1,113 @@
+"""What every queue-driven controller shares: a work queue, workers, and claiming of dependents.
+
+What must hold:
+- event handlers only turn objects into keys (`enqueue`); all work happens in `sync(key)`,
+  which may be called any number of times for a key and raises to be retried with backoff;
+- claiming (Kubernetes' ControllerRefManager): an owner adopts matching objects that have no
+  controller, releases the ones it controls that no longer match, and never touches objects
+  controlled by someone else; adoption first re-reads the owner from the api-server, so a
+  stale cache never makes a deleted (or replaced) owner adopt anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from controlplane.common.podutil import controller_ref, copy, owner_reference
+from skiff import errors, labels
+from skiff.client import ApiClient
+from skiff.informer import object_key
+from skiff.workqueue import WorkQueue, run_workers
+
+log = logging.getLogger("skiff.controllers")
+
+M = TypeVar("M", bound=Message)
+
+
+class QueueController:
+    name = "controller"
+
+    def __init__(self, *, base_delay: float = 0.005, max_delay: float = 300.0) -> None:
+        self.queue = WorkQueue(name=self.name, base_delay=base_delay, max_delay=max_delay)
+
+    async def sync(self, key: str) -> None:
+        raise NotImplementedError
+
+    def enqueue(self, obj: Any) -> None:
+        self.queue.add(object_key(obj))
+
+    async def run(self, *, workers: int = 1) -> None:
+        await run_workers(self.queue, self.sync, workers=workers)
+
+    def shutdown(self) -> None:
+        self.queue.shutdown()
+
+
+def _deleting(obj: Any) -> bool:
+    return bool(obj.metadata.HasField("deletion_timestamp"))
+
+
+async def claim(client: ApiClient, owner: Any, candidates: Sequence[M], selector: labels.Selector) -> list[M]:
+    """The candidates `owner` controls after adopting matching orphans and releasing non-matching ones."""
+    uid = owner.metadata.uid
+    owned: list[M] = []
+    adoption_checked = False
+    for obj in candidates:
+        meta = obj.metadata  # type: ignore[attr-defined]
+        ref = controller_ref(obj)
+        matches = labels.matches(selector, meta.labels)
+        if ref is not None:
+            if ref.uid != uid:
+                continue
+            if matches:
+                owned.append(obj)
+            elif not _deleting(owner):
+                await release(client, owner, obj)
+            continue
+        if _deleting(owner) or _deleting(obj) or not matches:
+            continue
+        if not adoption_checked:
+            await _check_can_adopt(client, owner)
+            adoption_checked = True
+        adopted = await adopt(client, owner, obj)
+        if adopted is not None:
+            owned.append(adopted)
+    return owned
+
+
+async def _check_can_adopt(client: ApiClient, owner: Any) -> None:
+    kind_cls = type(owner)
+    try:
+        fresh = await client.get(kind_cls, owner.metadata.name, owner.metadata.namespace)
+    except errors.NotFoundError as exc:
+        raise errors.ConflictError(f"{owner.metadata.name} is gone; not adopting") from exc
+    if fresh.metadata.uid != owner.metadata.uid:
+        raise errors.ConflictError(f"original {owner.metadata.name} is gone: got uid {fresh.metadata.uid}, "
+                                   f"wanted {owner.metadata.uid}")
+    if _deleting(fresh):
+        raise errors.ConflictError(f"{owner.metadata.name} is being deleted; not adopting")
+
+
+async def adopt(client: ApiClient, owner: Any, obj: M) -> M | None:
+    new = copy(obj)
+    new.metadata.owner_references.append(owner_reference(owner))  # type: ignore[attr-defined]
+    try:
+        return await client.update(new)
+    except errors.NotFoundError:
+        return None
+
+
+async def release(client: ApiClient, owner: Any, obj: M) -> None:
+    new = copy(obj)
+    refs = [r for r in new.metadata.owner_references if r.uid != owner.metadata.uid]  # type: ignore[attr-defined]
+    del new.metadata.owner_references[:]  # type: ignore[attr-defined]
+    new.metadata.owner_references.extend(refs)  # type: ignore[attr-defined]
+    try:
+        await client.update(new)
+    except errors.NotFoundError:
+        pass
+    log.info("%s released %s", owner.metadata.name, object_key(obj))

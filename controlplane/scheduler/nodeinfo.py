@@ -1,0 +1,138 @@
+"""What the scheduler knows about a pod and a node, precomputed and kept up to date incrementally.
+
+What must hold:
+- PodInfo is computed once per pod (requests, host ports, selector, tolerations, owner) and
+  never changes; scheduling a pod never re-parses quantities;
+- NodeInfo's aggregates (requested cpu/memory, pod count, host ports in use, pods per owner)
+  always equal the sum over the pods currently placed on it: `add_pod`/`remove_pod` are the
+  only ways to change them, each O(1) in the number of pods, so no decision ever walks all
+  the pods of the cluster;
+- node facts that filters read (ready, unschedulable, taints, allocatable) are derived once
+  per node update, not per scheduling decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controlplane.common import podutil, taints
+from skiff import quantity
+from skiffpb.api.v1 import types_pb2 as t
+
+DEFAULT_PODS = 110
+
+
+@dataclass(slots=True, eq=False)
+class PodInfo:
+    pod: t.Pod
+    key: str
+    uid: str
+    cpu: int
+    mem: int
+    nz_cpu: int
+    nz_mem: int
+    host_ports: tuple[tuple[str, str, int], ...]  # (protocol, hostIP, port)
+    node_selector: dict[str, str]
+    tolerations: tuple[t.Toleration, ...]
+    owner_uid: str
+    created: float
+
+    @classmethod
+    def of(cls, pod: t.Pod) -> PodInfo:
+        cpu, mem = podutil.requests(pod)
+        nz_cpu, nz_mem = podutil.nonzero_requests(pod)
+        ports = tuple((p.protocol or "TCP", p.host_ip or "0.0.0.0", p.host_port)
+                      for c in pod.spec.containers for p in c.ports if p.host_port)
+        ref = podutil.controller_ref(pod)
+        return cls(pod, podutil.pod_key(pod), pod.metadata.uid, cpu, mem, nz_cpu, nz_mem, ports,
+                   dict(pod.spec.node_selector), tuple(pod.spec.tolerations), ref.uid if ref else "",
+                   podutil.created(pod))
+
+
+def _quantity(values: dict[str, str], name: str, parse: Callable[[str], int], default: int) -> int:
+    raw = values.get(name)
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        return 0  # a node reporting garbage fits nothing rather than everything
+
+
+def _count(text: str) -> int:
+    return int(quantity.parse(text))
+
+
+@dataclass(slots=True, eq=False)
+class NodeInfo:
+    name: str
+    node: t.Node | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    alloc_cpu: int = 0
+    alloc_mem: int = 0
+    alloc_pods: int = DEFAULT_PODS
+    ready: bool = False
+    unschedulable: bool = False
+    hard_taints: tuple[t.Taint, ...] = ()  # NoSchedule and NoExecute
+    soft_taints: tuple[t.Taint, ...] = ()  # PreferNoSchedule
+    req_cpu: int = 0
+    req_mem: int = 0
+    nz_cpu: int = 0
+    nz_mem: int = 0
+    pod_count: int = 0
+    ports: dict[tuple[str, int], list[str]] = field(default_factory=dict)  # (protocol, port) -> hostIPs
+    owners: dict[str, int] = field(default_factory=dict)
+    pods: dict[str, PodInfo] = field(default_factory=dict)
+    generation: int = 0
+
+    def set_node(self, node: t.Node) -> None:
+        self.node = node
+        self.labels = dict(node.metadata.labels)
+        alloc = dict(node.status.allocatable) or dict(node.status.capacity)
+        self.alloc_cpu = _quantity(alloc, "cpu", quantity.cpu_millis, 0)
+        self.alloc_mem = _quantity(alloc, "memory", quantity.to_bytes, 0)
+        self.alloc_pods = _quantity(alloc, "pods", _count, DEFAULT_PODS)
+        ready = next((c for c in node.status.conditions if c.type == "Ready"), None)
+        self.ready = ready is not None and ready.status == "True"
+        self.unschedulable = node.spec.unschedulable
+        self.hard_taints = tuple(tn for tn in node.spec.taints if tn.effect in (taints.NO_SCHEDULE, taints.NO_EXECUTE))
+        self.soft_taints = tuple(tn for tn in node.spec.taints if tn.effect == taints.PREFER_NO_SCHEDULE)
+        self.generation += 1
+
+    def add_pod(self, pi: PodInfo) -> None:
+        if pi.key in self.pods:
+            self.remove_pod(self.pods[pi.key])
+        self.pods[pi.key] = pi
+        self.req_cpu += pi.cpu
+        self.req_mem += pi.mem
+        self.nz_cpu += pi.nz_cpu
+        self.nz_mem += pi.nz_mem
+        self.pod_count += 1
+        for proto, ip, port in pi.host_ports:
+            self.ports.setdefault((proto, port), []).append(ip)
+        if pi.owner_uid:
+            self.owners[pi.owner_uid] = self.owners.get(pi.owner_uid, 0) + 1
+        self.generation += 1
+
+    def remove_pod(self, pi: PodInfo) -> None:
+        if self.pods.pop(pi.key, None) is None:
+            return
+        self.req_cpu -= pi.cpu
+        self.req_mem -= pi.mem
+        self.nz_cpu -= pi.nz_cpu
+        self.nz_mem -= pi.nz_mem
+        self.pod_count -= 1
+        for proto, ip, port in pi.host_ports:
+            ips = self.ports.get((proto, port))
+            if ips is not None:
+                ips.remove(ip)
+                if not ips:
+                    del self.ports[(proto, port)]
+        if pi.owner_uid:
+            left = self.owners.get(pi.owner_uid, 0) - 1
+            if left > 0:
+                self.owners[pi.owner_uid] = left
+            else:
+                self.owners.pop(pi.owner_uid, None)
+        self.generation += 1

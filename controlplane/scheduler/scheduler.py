@@ -1,0 +1,256 @@
+"""The scheduler: place each pod without a node on the best node, then bind it.
+
+What must hold:
+- one pod is decided at a time (the decision reads and updates the cache synchronously), so
+  consecutive decisions always see each other: a chosen node has the pod assumed on it
+  before the next pod is looked at, without waiting for the bind or the watch;
+- filters remove nodes the pod cannot run on; scores rank the rest; the highest weighted
+  sum wins and ties are broken at random, so equal nodes share the load;
+- the search starts where the previous one stopped and stops after enough feasible nodes
+  (see num_feasible_nodes_to_find), so a decision costs O(nodes examined), never O(pods);
+- binding goes through the api-server asynchronously (bounded in flight); a failed bind
+  forgets the assumption (freeing the node) and the pod is retried after its backoff;
+- a pod that fits nowhere gets a FailedScheduling event naming the reasons per node count
+  and waits in the queue until the cluster changes (or its retry timer fires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from typing import Any
+
+from controlplane.common import podutil
+from controlplane.common.clock import Clock, RealClock
+from controlplane.common.events import NORMAL, WARNING, EventRecorder, Recorder
+from controlplane.scheduler.cache import SchedulerCache
+from controlplane.scheduler.framework import FilterPlugin, FitError, ScorePlugin, num_feasible_nodes_to_find
+from controlplane.scheduler.nodeinfo import PodInfo
+from controlplane.scheduler.plugins import default_filters, default_scores
+from controlplane.scheduler.queue import QueuedPod, SchedulingQueue
+from skiff import errors
+from skiff.client import ApiClient
+from skiff.guard import guard
+from skiff.informer import InformerFactory
+from skiffpb.api.v1 import types_pb2 as t
+
+log = logging.getLogger("skiff.scheduler")
+
+DEFAULT_SCHEDULER_NAME = "default-scheduler"
+COMPONENT = "default-scheduler"
+
+
+class Scheduler:
+    def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
+                 clock: Clock | None = None, filters: list[FilterPlugin] | None = None,
+                 scores: list[ScorePlugin] | None = None, percentage_of_nodes_to_score: int = 0,
+                 max_binds_in_flight: int = 100, scheduler_names: tuple[str, ...] = ("", DEFAULT_SCHEDULER_NAME),
+                 rng: random.Random | None = None) -> None:
+        self.client = client
+        self.recorder = recorder
+        self.clock = clock or RealClock()
+        self.filters = filters if filters is not None else default_filters()
+        self.scores = scores if scores is not None else default_scores()
+        self.percentage = percentage_of_nodes_to_score
+        self.scheduler_names = scheduler_names
+        self.rng = rng or random.Random()
+        self.cache = SchedulerCache()
+        self.queue = SchedulingQueue(self.clock)
+        self.pods = factory.informer(t.Pod)
+        self.nodes = factory.informer(t.Node)
+        self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_deleted)
+        self.nodes.add_handler(on_add=self._node_added, on_update=self._node_updated, on_delete=self._node_deleted)
+        self._next_start = 0
+        self._bind_slots = asyncio.Semaphore(max_binds_in_flight)
+        self._binds: set[asyncio.Task[Any]] = set()
+        self.scheduled = 0
+        self.unschedulable = 0
+        self.bind_failures = 0
+
+    # ------------------------------------------------------------------ informer handlers
+
+    def _responsible(self, pod: t.Pod) -> bool:
+        return pod.spec.scheduler_name in self.scheduler_names
+
+    def _pod_added(self, pod: t.Pod) -> None:
+        if pod.spec.node_name:
+            self.cache.add_pod(pod)
+        elif self._responsible(pod) and not pod.metadata.HasField("deletion_timestamp") \
+                and not podutil.is_terminal(pod):
+            self.queue.add(pod)
+
+    def _pod_updated(self, old: t.Pod, new: t.Pod) -> None:
+        if new.spec.node_name:
+            if not old.spec.node_name:
+                self.queue.delete(podutil.pod_key(new))
+            self.cache.add_pod(new)
+            if podutil.is_terminal(new) and not podutil.is_terminal(old):
+                self.queue.move_all_to_active()  # its resources are free now
+        elif new.metadata.HasField("deletion_timestamp") or podutil.is_terminal(new):
+            self.queue.delete(podutil.pod_key(new))
+        elif self._responsible(new):
+            self.queue.update(new)
+
+    def _pod_deleted(self, pod: t.Pod) -> None:
+        key = podutil.pod_key(pod)
+        self.queue.delete(key)
+        had_node = self.cache.node_of(key) is not None
+        self.cache.remove_pod(pod)
+        if had_node:
+            self.queue.move_all_to_active()
+
+    def _node_added(self, node: t.Node) -> None:
+        self.cache.add_node(node)
+        self.queue.move_all_to_active()
+
+    def _node_updated(self, old: t.Node, new: t.Node) -> None:
+        self.cache.update_node(new)
+        if (old.spec != new.spec or old.metadata.labels != new.metadata.labels
+                or old.status.allocatable != new.status.allocatable
+                or _ready(old) != _ready(new)):
+            self.queue.move_all_to_active()
+
+    def _node_deleted(self, node: t.Node) -> None:
+        self.cache.remove_node(node.metadata.name)
+
+    # ------------------------------------------------------------------ deciding
+
+    def schedule(self, info: PodInfo) -> str:
+        """The node for `info` (raises FitError when none fits). Reads and moves only the search start."""
+        nodes = self.cache.node_list
+        n = len(nodes)
+        if n == 0:
+            raise FitError(info.key, 0, Counter())
+        filters = [f for f in self.filters if f.pre_filter(info)]
+        want = num_feasible_nodes_to_find(n, self.percentage)
+        start = self._next_start % n
+        order = nodes[start:] + nodes[:start] if start else nodes
+        feasible = []
+        diagnosis: Counter[str] = Counter()
+        examined = 0
+        for ni in order:
+            examined += 1
+            for f in filters:
+                status = f.filter(info, ni)
+                if status is not None:
+                    diagnosis.update(status.reasons)
+                    break
+            else:
+                feasible.append(ni)
+                if len(feasible) >= want:
+                    break
+        self._next_start = (start + examined) % n
+        if not feasible:
+            raise FitError(info.key, n, diagnosis)
+        if len(feasible) == 1:
+            return feasible[0].name
+        totals = [0] * len(feasible)
+        for plugin in self.scores:
+            scores = plugin.score_all(info, feasible)
+            plugin.normalize(info, scores)
+            weight = plugin.weight
+            for i, s in enumerate(scores):
+                totals[i] += s * weight
+        best = max(totals)
+        winners = [i for i, total in enumerate(totals) if total == best]
+        return feasible[winners[0] if len(winners) == 1 else self.rng.choice(winners)].name
+
+    async def schedule_one(self, qp: QueuedPod) -> None:
+        pod = self.pods.get_by_key(qp.key)
+        if (pod is None or pod.metadata.uid != qp.pod.metadata.uid or pod.spec.node_name
+                or pod.metadata.HasField("deletion_timestamp") or self.cache.node_of(qp.key) is not None):
+            self.queue.done(qp.key)
+            return
+        info = PodInfo.of(pod)
+        try:
+            node = self.schedule(info)
+        except FitError as err:
+            self.unschedulable += 1
+            log.debug("pod %s: %s", qp.key, err)
+            self.recorder.event(pod, WARNING, "FailedScheduling", str(err))
+            self.queue.unschedulable(qp)
+            return
+        self.cache.assume(info, node)
+        await self._bind_slots.acquire()
+        task = asyncio.ensure_future(self._bind(qp, pod, info, node))
+        self._binds.add(task)
+        task.add_done_callback(self._binds.discard)
+
+    async def _bind(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str) -> None:
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        try:
+            await self.client.bind(ns, name, node, uid=info.uid)
+        except errors.SkiffError as exc:
+            self.bind_failures += 1
+            self.cache.forget(info.key)
+            self.queue.move_all_to_active()  # the node we held for it is free again
+            if isinstance(exc, errors.NotFoundError):
+                self.queue.delete(qp.key)
+            elif isinstance(exc, errors.ConflictError) and "already assigned" in str(exc):
+                self.queue.done(qp.key)  # someone bound it; the watch will tell us where
+            else:
+                log.warning("binding %s to %s failed: %s", qp.key, node, exc)
+                self.recorder.event(pod, WARNING, "FailedScheduling", f"Binding rejected: {exc}")
+                self.queue.retry_after_error(qp)
+            return
+        finally:
+            self._bind_slots.release()
+        self.scheduled += 1
+        self.queue.done(qp.key)
+        self.recorder.event(pod, NORMAL, "Scheduled", f"Successfully assigned {ns}/{name} to {node}")
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Schedule until cancelled (or the queue is closed)."""
+        while True:
+            qp = await self.queue.pop()
+            if qp is None:
+                return
+            try:
+                await self.schedule_one(qp)
+            except Exception:
+                log.exception("scheduling %s failed", qp.key)
+                self.queue.retry_after_error(qp)
+            # Let the informers and the binds run between decisions.
+            await asyncio.sleep(0)
+
+    async def wait_binds(self) -> None:
+        while self._binds:
+            await asyncio.gather(*list(self._binds), return_exceptions=True)
+
+    def shutdown(self) -> None:
+        self.queue.close()
+        for task in list(self._binds):
+            task.cancel()
+
+
+def _ready(node: t.Node) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+
+
+async def run(client: ApiClient, *, recorder: EventRecorder | None = None, clock: Clock | None = None,
+              percentage_of_nodes_to_score: int = 0) -> None:
+    """Run one scheduler (one leadership term) until cancelled."""
+    clock = clock or RealClock()
+    recorder = recorder or EventRecorder(client, COMPONENT, clock=clock)
+    factory = InformerFactory(client)
+    scheduler = Scheduler(client, factory, recorder=recorder, clock=clock,
+                          percentage_of_nodes_to_score=percentage_of_nodes_to_score)
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await factory.start()
+        await factory.wait_synced()
+        log.info("caches synced: %d nodes, %d pods waiting", len(scheduler.cache.node_list), len(scheduler.queue))
+        tasks.append(guard(recorder.run(), "scheduler-events"))
+        tasks.append(guard(scheduler.run(), "scheduler-loop"))
+        await asyncio.gather(*tasks)
+    finally:
+        scheduler.shutdown()
+        recorder.shutdown()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await factory.stop()

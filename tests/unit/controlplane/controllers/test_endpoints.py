@@ -1,0 +1,103 @@
+"""Endpoints controller: subsets from pods (pure), and syncs over MemoryApi."""
+
+from __future__ import annotations
+
+from controlplane.common.clock import stamp
+from controlplane.controllers.endpoints import EndpointsController, plan_subsets, resolve_target_port
+from skiffpb.api.v1 import types_pb2 as t
+from tests.unit.controlplane.harness import Cluster, pod
+
+
+def service(*, selector: dict[str, str] | None = None, ports: tuple[tuple[str, int, int | str | None], ...] = (
+        ("http", 80, "web"),)) -> t.Service:
+    svc = t.Service(api_version="v1", kind="Service")
+    svc.metadata.name, svc.metadata.namespace = "web", "default"
+    svc.metadata.labels["team"] = "a"
+    svc.spec.selector.update({"app": "web"} if selector is None else selector)
+    for name, port, target in ports:
+        sp = svc.spec.ports.add(name=name, port=port, protocol="TCP")
+        if isinstance(target, int):
+            sp.target_port.int_val = target
+        elif isinstance(target, str):
+            sp.target_port.str_val = target
+    return svc
+
+
+def web_pod(name: str, ip: str, *, ready: bool = True, port: int = 8080, node: str = "n1") -> t.Pod:
+    p = pod(name, node=node, ip=ip, ready=ready, phase="Running", labels={"app": "web"})
+    p.metadata.uid = f"uid-{name}"
+    p.spec.containers[0].ports.add(name="web", container_port=port)
+    return p
+
+
+def test_target_port_resolution() -> None:
+    p = web_pod("a", "10.0.0.1", port=9000)
+    assert resolve_target_port(t.ServicePort(port=80), p) == 80
+    assert resolve_target_port(t.ServicePort(port=80, target_port=t.IntOrString(int_val=81)), p) == 81
+    assert resolve_target_port(t.ServicePort(port=80, target_port=t.IntOrString(str_val="web")), p) == 9000
+    assert resolve_target_port(t.ServicePort(port=80, target_port=t.IntOrString(str_val="nope")), p) is None
+    udp = t.ServicePort(port=80, protocol="UDP", target_port=t.IntOrString(str_val="web"))
+    assert resolve_target_port(udp, p) is None
+
+
+def test_subsets_group_by_resolved_ports_and_split_readiness() -> None:
+    gone = web_pod("gone", "10.0.0.9")
+    stamp(gone.metadata.deletion_timestamp, 1.0)
+    finished = web_pod("finished", "10.0.0.8")
+    finished.status.phase = "Succeeded"
+    pods = [web_pod("b", "10.0.0.2"), web_pod("a", "10.0.0.10"), web_pod("c", "10.0.0.3", ready=False),
+            web_pod("other-port", "10.0.0.4", port=9090), web_pod("no-ip", ""), gone, finished]
+    subsets = plan_subsets(service(), pods)
+    assert [(s.ports[0].port, [a.ip for a in s.addresses], [a.ip for a in s.not_ready_addresses])
+            for s in subsets] == [(8080, ["10.0.0.2", "10.0.0.10"], ["10.0.0.3"]), (9090, ["10.0.0.4"], [])]
+    addr = subsets[0].addresses[0]
+    assert (addr.node_name, addr.target_ref.kind, addr.target_ref.name, addr.target_ref.uid) == (
+        "n1", "Pod", "b", "uid-b")
+
+
+def test_pod_without_the_named_port_keeps_the_other_ports() -> None:
+    svc = service(ports=(("http", 80, "web"), ("metrics", 9100, 9100)))
+    p = pod("bare", ip="10.0.0.5", ready=True, phase="Running", labels={"app": "web"})
+    [subset] = plan_subsets(svc, [p])
+    assert [(pt.name, pt.port) for pt in subset.ports] == [("metrics", 9100)]
+
+
+async def test_sync_follows_readiness_and_service_lifecycle(cluster: Cluster) -> None:
+    ctrl = EndpointsController(cluster.api, cluster.factory)
+    await cluster.api.create(service())
+    await cluster.api.create(web_pod("a", "10.0.0.1", ready=False))
+    await cluster.start()
+    await cluster.drain(ctrl)
+    ep = await cluster.api.get(t.Endpoints, "web")
+    assert dict(ep.metadata.labels) == {"team": "a"}
+    assert [a.ip for a in ep.subsets[0].not_ready_addresses] == ["10.0.0.1"] and not ep.subsets[0].addresses
+    p = await cluster.api.get(t.Pod, "a")
+    p.status.conditions[0].status = "True"
+    await cluster.api.update_status(p)
+    await cluster.drain(ctrl)
+    ep = await cluster.api.get(t.Endpoints, "web")
+    assert [a.ip for a in ep.subsets[0].addresses] == ["10.0.0.1"]
+    writes = cluster.writes("update", "endpoints")
+    ctrl.queue.add("default/web")
+    await cluster.drain(ctrl)
+    assert cluster.writes("update", "endpoints") == writes, "no change, no write"
+    await cluster.api.delete(t.Pod, "a")
+    await cluster.drain(ctrl)
+    assert not (await cluster.api.get(t.Endpoints, "web")).subsets
+    await cluster.api.delete(t.Service, "web")
+    await cluster.drain(ctrl)
+    assert cluster.api.objects(t.Endpoints) == []
+
+
+async def test_service_without_selector_is_left_alone(cluster: Cluster) -> None:
+    ctrl = EndpointsController(cluster.api, cluster.factory)
+    await cluster.api.create(service(selector={}))
+    manual = t.Endpoints(api_version="v1", kind="Endpoints")
+    manual.metadata.name, manual.metadata.namespace = "web", "default"
+    manual.subsets.add().addresses.add(ip="192.0.2.1")
+    await cluster.api.create(manual)
+    await cluster.start()
+    ctrl.queue.add("default/web")
+    await cluster.drain(ctrl)
+    assert cluster.writes("update", "endpoints") == 0
+    assert cluster.api.objects(t.Endpoints)[0].subsets[0].addresses[0].ip == "192.0.2.1"

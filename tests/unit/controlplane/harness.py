@@ -1,0 +1,129 @@
+"""Building blocks for controller and scheduler tests: objects, and informers over MemoryApi."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from controlplane.common.clock import FakeClock, stamp
+from controlplane.common.events import EventRecorder
+from skiff.informer import InformerFactory
+from skiff.memapi import MemoryApi
+from skiffpb.api.v1 import types_pb2 as t
+
+
+def pod(name: str, *, ns: str = "default", node: str = "", ready: bool | None = None, ip: str = "",
+        phase: str = "", labels: dict[str, str] | None = None, cpu: str = "", memory: str = "",
+        ready_since: float = 0.0, created: float = 0.0, owner: Any = None, restarts: int = 0,
+        host_ports: tuple[int, ...] = (), node_selector: dict[str, str] | None = None,
+        tolerations: tuple[t.Toleration, ...] = ()) -> t.Pod:
+    p = t.Pod(api_version="v1", kind="Pod")
+    p.metadata.name, p.metadata.namespace = name, ns
+    p.metadata.labels.update(labels or {})
+    if created:
+        stamp(p.metadata.creation_timestamp, created)
+    c = p.spec.containers.add(name="c", image="img")
+    if cpu:
+        c.resources.requests["cpu"] = cpu
+    if memory:
+        c.resources.requests["memory"] = memory
+    for hp in host_ports:
+        c.ports.add(container_port=hp, host_port=hp)
+    p.spec.node_name = node
+    p.spec.node_selector.update(node_selector or {})
+    p.spec.tolerations.extend(tolerations)
+    p.status.phase = phase
+    p.status.pod_ip = ip
+    if ready is not None:
+        cond = p.status.conditions.add(type="Ready", status="True" if ready else "False")
+        stamp(cond.last_transition_time, ready_since)
+    if restarts:
+        p.status.container_statuses.add(name="c", restart_count=restarts)
+    if owner is not None:
+        from controlplane.common.podutil import owner_reference
+        p.metadata.owner_references.append(owner_reference(owner))
+    return p
+
+
+def deployment(name: str = "web", *, replicas: int = 3, image: str = "img:1", strategy: str = "",
+               max_surge: int | str | None = None, max_unavailable: int | str | None = None,
+               history: int | None = None, paused: bool = False, min_ready: int = 0,
+               deadline: int | None = None) -> t.Deployment:
+    d = t.Deployment(api_version="apps/v1", kind="Deployment")
+    d.metadata.name, d.metadata.namespace = name, "default"
+    d.spec.replicas = replicas
+    d.spec.selector.match_labels["app"] = name
+    d.spec.template.metadata.labels["app"] = name
+    d.spec.template.spec.containers.add(name="c", image=image)
+    if strategy:
+        d.spec.strategy.type = strategy
+    for value, field in ((max_surge, "max_surge"), (max_unavailable, "max_unavailable")):
+        if value is not None:
+            ios = getattr(d.spec.strategy.rolling_update, field)
+            if isinstance(value, int):
+                ios.int_val = value
+            else:
+                ios.str_val = value
+    if history is not None:
+        d.spec.revision_history_limit = history
+    if deadline is not None:
+        d.spec.progress_deadline_seconds = deadline
+    d.spec.paused = paused
+    d.spec.min_ready_seconds = min_ready
+    return d
+
+
+def node(name: str, *, cpu: str = "4", memory: str = "8Gi", pods: str = "110", ready: bool = True,
+         labels: dict[str, str] | None = None, taints: tuple[t.Taint, ...] = (), unschedulable: bool = False) -> t.Node:
+    n = t.Node(api_version="v1", kind="Node")
+    n.metadata.name = name
+    n.metadata.labels.update(labels or {})
+    n.status.allocatable.update({"cpu": cpu, "memory": memory, "pods": pods})
+    n.status.capacity.update({"cpu": cpu, "memory": memory, "pods": pods})
+    n.status.conditions.add(type="Ready", status="True" if ready else "False")
+    n.spec.taints.extend(taints)
+    n.spec.unschedulable = unschedulable
+    return n
+
+
+class Cluster:
+    """MemoryApi + informers + a fake clock; `settle()` waits until informers saw every write."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.api = MemoryApi(clock=self.clock.now)
+        self.factory = InformerFactory(self.api)
+        self.recorder = EventRecorder(self.api, "test", clock=self.clock)
+
+    async def start(self) -> None:
+        await self.factory.start()
+        await self.factory.wait_synced(5)
+        await self.settle()
+
+    async def settle(self) -> None:
+        for _ in range(10_000):
+            if all(w.queue.empty() for w in self.api._watchers):
+                break
+            await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        await self.factory.stop()
+
+    async def drain(self, controller: Any, *, rounds: int = 50) -> None:
+        """Sync every queued key of `controller` (and what that enqueues) until its queue is empty."""
+        for _ in range(rounds):
+            await self.settle()
+            if not len(controller.queue):
+                return
+            while len(controller.queue):
+                key = await controller.queue.get()
+                try:
+                    await controller.sync(key)
+                finally:
+                    controller.queue.done(key)
+        raise AssertionError(f"{controller.name} did not settle in {rounds} rounds")
+
+    def writes(self, verb: str, resource: str) -> int:
+        return self.api.count(verb, resource)
