@@ -4,7 +4,9 @@ to the kubelet).
 The target is the pod's node: its InternalIP (else the first address) and the port it
 publishes in status.daemonEndpoints.kubeletEndpoint. Every failure is a clear error naming
 the pod, the node and the address: not scheduled yet, container unknown or not started,
-node unknown, node agent unreachable.
+node unknown, node agent unreachable. Node problems are FAILED_PRECONDITION, not
+UNAVAILABLE: clients retry UNAVAILABLE on another api-server, which would reach the same
+node (and an exec must not run twice).
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ def pick_container(pod: t.Pod, container: str) -> str:
 
 
 def node_target(node: t.Node) -> str:
-    """`address:port` of a node's agent; UnavailableError when the node publishes none."""
+    """`address:port` of a node's agent; FailedPreconditionError when the node publishes none."""
     addresses = {a.type: a.address for a in reversed(node.status.addresses)}
     address = addresses.get("InternalIP") or next(iter(addresses.values()), "")
     port = node.status.daemon_endpoints.kubelet_endpoint.port
     if not address or not port:
-        raise errors.UnavailableError(f'node "{node.metadata.name}" publishes no node agent address '
+        raise errors.FailedPreconditionError(f'node "{node.metadata.name}" publishes no node agent address '
                                       "(status.addresses InternalIP and status.daemonEndpoints.kubeletEndpoint.port)")
     host = f"[{address}]" if ":" in address else address
     return f"{host}:{port}"
@@ -88,7 +90,7 @@ class Forwarder:
         try:
             node = await self.registry.get("nodes", "", pod.spec.node_name)
         except errors.NotFoundError:
-            raise errors.UnavailableError(f'node "{pod.spec.node_name}" of pod "{pod_name}" is not registered') \
+            raise errors.FailedPreconditionError(f'node "{pod.spec.node_name}" of pod "{pod_name}" is not registered') \
                 from None
         assert isinstance(node, t.Node)
         return node_target(node), node.metadata.name, chosen
@@ -102,7 +104,7 @@ class Forwarder:
     @staticmethod
     def _error(exc: grpc.aio.AioRpcError, node: str, target: str) -> errors.SkiffError:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            out: errors.SkiffError = errors.UnavailableError(
+            out: errors.SkiffError = errors.FailedPreconditionError(
                 f'cannot reach the node agent of node "{node}" at {target}: {exc.details()}')
         else:
             out = errors.from_grpc(exc)

@@ -64,9 +64,8 @@ def has_status(obj: Message) -> bool:
 
 
 def timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
+    """Whole seconds, as Kubernetes stores object timestamps."""
+    return Timestamp(seconds=int(seconds))
 
 
 def check_size(obj: Message, kind: kinds.Kind) -> None:

@@ -123,6 +123,26 @@ class Process:
         return self.popen.pid
 
 
+def wait_etcd(proc: Process, timeout: float) -> None:
+    """Wait until the member answers a KV read (it accepts connections before it serves)."""
+    import grpc
+
+    from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
+
+    wait_port(proc.host, proc.port, timeout=timeout, proc=proc)
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(proc.endpoint) as channel:
+        kv = rpc_pb2_grpc.KVStub(channel)
+        while True:
+            try:
+                kv.Range(rpc_pb2.RangeRequest(key=b"/"), timeout=1.0)
+                return
+            except grpc.RpcError:
+                if not proc.running or time.monotonic() > end:
+                    raise StartupError(f"{proc.name} does not serve on {proc.endpoint}:\n{proc.log_tail()}") from None
+                time.sleep(0.05)
+
+
 @dataclass
 class EtcdCluster:
     members: list[Process]
@@ -136,12 +156,14 @@ class EtcdCluster:
             m.stop()
 
 
-def start_etcd(workdir: Path, *, members: int = 1, name: str = "etcd") -> EtcdCluster:
-    """An etcd cluster of `members` on loopback; data under workdir/NAME-i."""
+def start_etcd(workdir: Path, *, members: int = 1, name: str = "etcd",
+               client_ports: Sequence[int] = ()) -> EtcdCluster:
+    """An etcd cluster of `members` on loopback; data under workdir/NAMEi.data, logs in NAMEi.log."""
     if not os.path.exists(ETCD):
         raise StartupError("etcd is not installed (Debian package etcd-server)")
     host = "127.0.0.1"
-    peers = [(f"{name}{i}", free_port(), free_port()) for i in range(members)]
+    ports = list(client_ports) or [free_port() for _ in range(members)]
+    peers = [(f"{name}{i}", ports[i], free_port()) for i in range(members)]
     initial = ",".join(f"{n}=http://{host}:{peer}" for n, _, peer in peers)
     token = f"skiff-test-{secrets.token_hex(4)}"
     procs: list[Process] = []
@@ -152,7 +174,7 @@ def start_etcd(workdir: Path, *, members: int = 1, name: str = "etcd") -> EtcdCl
                 "--listen-peer-urls", f"http://{host}:{peer}", "--initial-advertise-peer-urls", f"http://{host}:{peer}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new", "--initial-cluster-token", token,
                 "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
-        procs.append(Process(n, argv, workdir / f"{n}.log", host, client))
+        procs.append(Process(n, argv, workdir / f"{n}.log", host, client, ready=wait_etcd))
     cluster = EtcdCluster(procs)
     try:
         # Members of a new cluster wait for each other: start all before waiting on any.
@@ -161,7 +183,7 @@ def start_etcd(workdir: Path, *, members: int = 1, name: str = "etcd") -> EtcdCl
             p.popen = subprocess.Popen(p.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             log.close()
         for p in procs:
-            wait_port(p.host, p.port, timeout=30, proc=p)
+            wait_etcd(p, 30.0)
     except BaseException:
         cluster.stop()
         raise
@@ -233,8 +255,10 @@ def control_plane(workdir: Path, *, apiservers: int = 1, store_members: int = 1,
     cp = ControlPlane(store)
     try:
         for i in range(apiservers):
-            cp.apiservers.append(start_apiserver(workdir, store.endpoints, name=f"apiserver{i}",
-                                                 extra_args=apiserver_args))
+            # Each api-server talks to "its" store member first, as when they run side by side.
+            members = store.members[i % len(store.members):] + store.members[:i % len(store.members)]
+            cp.apiservers.append(start_apiserver(workdir, ",".join(m.endpoint for m in members),
+                                                 name=f"apiserver{i}", extra_args=apiserver_args))
         yield cp
     finally:
         cp.stop()
