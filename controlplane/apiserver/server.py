@@ -13,6 +13,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -237,6 +238,18 @@ class StartupError(Exception):
     pass
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper collections: long full collections are latency spikes for every request.
+
+    What exists after startup (modules, caches) is frozen out of collection; the young
+    generation threshold is raised so short-lived request objects rarely trigger one.
+    Nothing here leaks: non-cyclic garbage is still freed at once by reference counting.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def bind(server: grpc.aio.Server, listen: str) -> int:
     """Bind the listening address now, so that "address in use" is a clear startup error."""
     try:
@@ -293,6 +306,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         revision = await wait_for_store(store, stop=stop)
         log.info("store %s at revision %d; filling watch caches", store.describe(), revision)
         await registry.start()
+        tune_gc()
         await server.start()
         log.info("api-server listening on %s (port %d), store %s, service CIDR %s", config.listen, port,
                  store.describe(), allocator.network.with_prefixlen)
