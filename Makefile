@@ -29,8 +29,9 @@ deb:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# compat mode puts the repository root on sys.path, so the generated skiffpb/ is importable too.
-	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e '.[dev]'
+	# The repository root on sys.path: the generated skiffpb/ and every package import from the work tree.
+	$(BIN)/python -c "import site; open(site.getsitepackages()[0] + '/skiff-root.pth', 'w').write('$(CURDIR)\\n')"
 	touch $@
 
 # Generated code is built from proto/ and never edited or committed.

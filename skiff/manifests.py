@@ -106,10 +106,11 @@ def object_label(data: Any) -> str:
     """`(Deployment nginx-demo)` for an error line, from whatever the document holds."""
     if not isinstance(data, dict):
         return ""
-    kind = data.get("kind") if isinstance(data.get("kind"), str) else "?"
+    kind = data.get("kind") if isinstance(data.get("kind"), str) else ""
     meta = data.get("metadata")
     name = meta.get("name") or meta.get("generateName") if isinstance(meta, dict) else None
-    return f" ({kind} {name})" if isinstance(name, str) and name else f" ({kind})"
+    words = [w for w in (kind, name if isinstance(name, str) else "") if w]
+    return f" ({' '.join(words)})" if words else ""
 
 
 def decode(data: Any) -> tuple[Message, kinds.Kind]:

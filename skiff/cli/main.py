@@ -30,6 +30,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "skiff.cli.exec",
     "skiff.cli.version",
     "skiff.cli.clusterinfo",
+    "skiff.cli.image",
+    "skiff.cli.node",
+    "skiff.cli.lab",
 )
 
 

@@ -1,0 +1,208 @@
+"""Node agent benchmark (`make bench-nodeagent`).
+
+1. Pod startup latency, bound -> Running and Ready, for 30 web pods on one node with REAL
+   containerd/runc/CNI (a private containerd in a network namespace, as in the e2e tests; the
+   agent runs in this process against MemoryApi). Measured twice: pods bound one at a time
+   (the latency of a single start) and all 30 bound at once (a burst; includes queueing on
+   2 cores). Targets: p99 <= 1 s.
+2. Agent RSS with 100 pods Running, on the FAKE runtime (in-memory CRI): real 100 pods would
+   need ~100 shims (~1.3 GB) and measure containerd more than the agent. The figure is this
+   whole process's RSS (agent + MemoryApi holding the objects + fake runtime), so an upper
+   bound for the agent. Target: <= 80 MB. The RSS after the real-runtime run is printed too.
+
+Needs root and containerd (like the e2e tests). Prints a table and writes bench/results/nodeagent.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.cri import GrpcRuntime
+from nodeagent.fakecri import FakeRuntime
+from nodeagent.netns import NodeNetwork
+from skiff.memapi import MemoryApi
+from skiffpb.api.v1 import types_pb2 as t
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.containerd import ContainerdNode, unique_prefix
+
+PODS = 30
+RSS_PODS = 100
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+def is_ready(pod: t.Pod) -> bool:
+    return pod.status.phase == "Running" and any(c.type == "Ready" and c.status == "True"
+                                                 for c in pod.status.conditions)
+
+
+def web_pod(name: str) -> t.Pod:
+    pod = t.Pod()
+    pod.metadata.name = name
+    pod.spec.termination_grace_period_seconds = 2
+    pod.spec.containers.add(name="web", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
+    return pod
+
+
+class ReadyWatcher:
+    """Records when each pod is first seen Running and Ready through a watch (as a client would)."""
+
+    def __init__(self, api: MemoryApi) -> None:
+        self.api = api
+        self.ready_at: dict[str, float] = {}
+        self.events: dict[str, asyncio.Event] = {}
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self) -> None:
+        async for ev in self.api.watch(t.Pod):
+            name = ev.obj.metadata.name
+            if ev.type != "DELETED" and is_ready(ev.obj) and name not in self.ready_at:
+                self.ready_at[name] = time.monotonic()
+                self.events.setdefault(name, asyncio.Event()).set()
+
+    async def wait(self, name: str, timeout: float = 60) -> float:
+        await asyncio.wait_for(self.events.setdefault(name, asyncio.Event()).wait(), timeout)
+        return self.ready_at[name]
+
+
+async def run_batch(api: MemoryApi, watcher: ReadyWatcher, prefix: str, *, burst: bool) -> list[float]:
+    names = [f"{prefix}-{i:02d}" for i in range(PODS)]
+    for n in names:
+        await api.create(web_pod(n))
+    bound: dict[str, float] = {}
+    lat = []
+    if burst:
+        for n in names:
+            await api.bind("default", n, "n1")
+            bound[n] = time.monotonic()
+        for n in names:
+            lat.append(await watcher.wait(n) - bound[n])
+    else:
+        for n in names:
+            await api.bind("default", n, "n1")
+            bound[n] = time.monotonic()
+            lat.append(await watcher.wait(n) - bound[n])
+    return lat
+
+
+async def delete_all(api: MemoryApi, node: ContainerdNode | None, fake: FakeRuntime | None = None) -> None:
+    for pod in api.objects(t.Pod):
+        await api.delete(t.Pod, pod.metadata.name, pod.metadata.namespace, grace_period_seconds=1)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        left = node.sandboxes() if node is not None else list(fake.sandboxes) if fake is not None else []
+        if not left and not api.objects(t.Pod):
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("pods were not cleaned up in 120 s")
+
+
+async def real_runtime() -> dict[str, object]:
+    prefix = unique_prefix("bn")
+    node = ContainerdNode(prefix, "n1", Path(f"/tmp/skiff-bench/{prefix}/n1"), address="10.77.0.11/24")
+    node.start()
+    try:
+        api = MemoryApi(graceful_pod_deletion=True)
+        net = NodeNetwork(f"/run/netns/{node.netns}")
+        runtime = GrpcRuntime(node.endpoint)
+        agent = NodeAgent(api, runtime, AgentConfig(
+            node_name="n1", node_ip=node.ip, pod_log_dir=str(node.paths.pod_logs), cgroup_parent=node.cgroup_parent,
+            cni_conf_dir=str(node.paths.cni_conf_dir), ipam_dir=str(node.paths.ipam_dir),
+            pod_cidr="10.244.1.0/24"), net=net)
+        await agent.start()
+        watcher = ReadyWatcher(api)
+        # Warm-up (first sandbox creates cni0, first image unpack): not measured.
+        await api.create(web_pod("warmup"))
+        await api.bind("default", "warmup", "n1")
+        await watcher.wait("warmup")
+        await delete_all(api, node)
+        sequential = await run_batch(api, watcher, "seq", burst=False)
+        rss_real = rss_mb()
+        await delete_all(api, node)
+        burst = await run_batch(api, watcher, "burst", burst=True)
+        await delete_all(api, node)
+        watcher.task.cancel()
+        await agent.stop()
+        await runtime.close()
+        net.close()
+        return {"sequential": sequential, "burst": burst, "rss_mb_after_30_real_pods": round(rss_real, 1)}
+    finally:
+        node.teardown()
+
+
+async def fake_runtime_rss() -> dict[str, object]:
+    gc.collect()
+    before = rss_mb()
+    api = MemoryApi(graceful_pod_deletion=True)
+    fake = FakeRuntime(pod_cidr="10.88.0.0/16", images={"docker.io/skiff/web:1.0"})
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
+                                             pod_log_dir="/tmp/skiff-bench/fake-logs"))
+    await agent.start()
+    watcher = ReadyWatcher(api)
+    t0 = time.monotonic()
+    for i in range(RSS_PODS):
+        await api.create(web_pod(f"r-{i:03d}"))
+        await api.bind("default", f"r-{i:03d}", "n1")
+    for i in range(RSS_PODS):
+        await watcher.wait(f"r-{i:03d}")
+    all_ready = time.monotonic() - t0
+    await asyncio.sleep(3)  # a few relists and status checks with 100 pods
+    gc.collect()
+    rss = rss_mb()
+    watcher.task.cancel()
+    await delete_all(api, None, fake)
+    await agent.stop()
+    return {"rss_mb_100_pods_fake_runtime": round(rss, 1), "rss_mb_process_before_agent": round(before, 1),
+            "all_100_ready_s": round(all_ready, 2)}
+
+
+async def main() -> int:
+    fake = await fake_runtime_rss()
+    real = await real_runtime()
+    seq, burst = real["sequential"], real["burst"]
+    assert isinstance(seq, list) and isinstance(burst, list)
+    result = {
+        "pods": PODS,
+        "sequential_p50_s": round(statistics.median(seq), 3), "sequential_p99_s": round(pct(seq, 99), 3),
+        "burst_p50_s": round(statistics.median(burst), 3), "burst_p99_s": round(pct(burst, 99), 3),
+        "rss_mb_after_30_real_pods": real["rss_mb_after_30_real_pods"], **fake,
+        "targets": {"p99_s": 1.0, "rss_mb": 80},
+    }
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "nodeagent.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"pod startup (bound -> Running+Ready), {PODS} pods, real containerd:")
+    print(f"  one at a time: p50 {result['sequential_p50_s']:.3f} s  p99 {result['sequential_p99_s']:.3f} s")
+    print(f"  all at once:   p50 {result['burst_p50_s']:.3f} s  p99 {result['burst_p99_s']:.3f} s")
+    print(f"RSS with {RSS_PODS} pods (fake runtime, whole process): {result['rss_mb_100_pods_fake_runtime']} MB "
+          f"(process before the agent: {result['rss_mb_process_before_agent']} MB)")
+    print(f"RSS after {PODS} real pods (whole process): {result['rss_mb_after_30_real_pods']} MB")
+    ok = result["sequential_p99_s"] <= 1.0 and result["rss_mb_100_pods_fake_runtime"] <= 80  # type: ignore[operator]
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("bench.nodeagent needs root (it starts containerd)")
+    sys.exit(asyncio.run(main()))

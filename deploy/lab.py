@@ -1,0 +1,338 @@
+"""The network-namespace lab: a whole Skiff cluster of several hosts on one machine.
+
+A lab is a LAN bridge in its own namespace, control-plane host(s) running the store members,
+api-servers, controllers and scheduler, and worker hosts each running its own containerd
+(started with `nsenter --net`), node agent and network proxy. Every host's daemons come from
+deploy/render.py, the same rendering the Vagrant lab and bare metal use. The root namespace
+reaches the api-servers through the lab's uplink veth only; test traffic to services and
+pods is sent from inside the lab's namespaces.
+
+What must hold:
+- everything a lab creates is named with its prefix and kept under its directory, so several
+  labs run side by side and `down` finds all of it from `lab.json` alone (another process,
+  after a crash, twice in a row);
+- `down` leaves nothing: daemons, shims, mounts, cgroups, CNI caches, namespaces, links,
+  iptables chains (they live in the hosts' namespaces), the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+
+from deploy import containerd, netplan, procs, render
+from skiff import images
+from skiff.client import Client
+from skiff.errors import SkiffError
+from skiffpb.api.v1 import types_pb2 as t
+
+DEFAULT_ROOT = Path(os.environ.get("SKIFF_LAB_DIR", "/var/lib/skiff/labs"))
+IMAGE_CACHE = Path(os.environ.get("SKIFF_IMAGE_CACHE", "/var/cache/skiff/images"))
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+class LabError(SkiffError):
+    """A lab cannot be brought up, found or used; the message says what to do."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+@dataclass
+class LabSpec:
+    """Everything that defines a lab; saved as lab.json so any process can manage it."""
+
+    prefix: str
+    workers: int = 2
+    control_planes: int = 1
+    store_members: int = 3
+    lan_cidr: str = "10.77.0.0/24"
+    combined: bool = False  # one host that is both control plane and worker (`make up`)
+    host_routes: bool = False  # routes in the root netns for service/pod CIDRs via the lab
+    proxy_mode: str = "iptables"
+    iptables_backend: str = "auto"
+    node_monitor_grace_period: str = "40s"
+    pod_eviction_timeout: str = "60s"
+    min_sync_period: str = "1s"
+    python: str = field(default_factory=lambda: sys.executable)
+
+    def network(self) -> netplan.LabNetwork:
+        if self.combined:
+            return netplan.make_lab(self.prefix, combined=True, lan_cidr=self.lan_cidr,
+                                    host_routes=self.host_routes)
+        net = netplan.make_lab(self.prefix, workers=self.workers, lan_cidr=self.lan_cidr,
+                               host_routes=self.host_routes)
+        if self.control_planes > 1:
+            extra = tuple(netplan.Host(f"cp{i}", _offset(self.lan_cidr, 30 + i), ("control-plane",))
+                          for i in range(2, self.control_planes + 1))
+            net = netplan.LabNetwork(net.prefix, net.lan_cidr, (net.hosts[0], *extra, *net.hosts[1:]),
+                                     uplink=net.uplink, host_routes_via=net.host_routes_via)
+        return net
+
+    def cluster(self) -> render.ClusterConfig:
+        cps = [(h.name, h.ip) for h in self.network().with_role(render.CONTROL_PLANE)]
+        return render.ClusterConfig(
+            members=render.plan_members(cps, members=self.store_members),
+            proxy_mode=self.proxy_mode, iptables_backend=self.iptables_backend,
+            min_sync_period=self.min_sync_period, node_monitor_grace_period=self.node_monitor_grace_period,
+            pod_eviction_timeout=self.pod_eviction_timeout, cluster_token=f"skiff-lab-{self.prefix}",
+            python=self.python)
+
+
+def _offset(cidr: str, n: int) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_network(cidr).network_address + n)
+
+
+class Lab:
+    def __init__(self, spec: LabSpec, root: Path = DEFAULT_ROOT) -> None:
+        self.spec = spec
+        self.dir = root / spec.prefix
+        self.net = spec.network()
+        self.cluster = spec.cluster()
+
+    # ------------------------------------------------------------------ layout
+
+    @classmethod
+    def load(cls, prefix: str, root: Path = DEFAULT_ROOT) -> Lab:
+        path = root / prefix / "lab.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f'no lab "{prefix}" under {root} (nothing at {path})') from None
+        return cls(LabSpec(**data), root)
+
+    @property
+    def password_file(self) -> Path:
+        return self.dir / "store-password"
+
+    def host_config(self, name: str) -> render.HostConfig:
+        h = self.net.host(name)
+        return render.HostConfig(name=h.name, ip=h.ip, roles=h.roles, state_dir=self.dir / h.name,
+                                 store_password_file=self.password_file,
+                                 cgroup_parent=f"/skiff-{self.spec.prefix}-{h.name}")
+
+    def run_dir(self, host: str) -> Path:
+        return self.dir / host / "run"
+
+    def netns(self, host: str) -> str:
+        return self.net.netns(host)
+
+    @property
+    def api_servers(self) -> list[str]:
+        return [m.api_url for m in self.cluster.members]
+
+    @property
+    def workers(self) -> list[str]:
+        return [h.name for h in self.net.with_role(render.WORKER)]
+
+    @property
+    def control_plane_hosts(self) -> list[str]:
+        return [h.name for h in self.net.with_role(render.CONTROL_PLANE)]
+
+    def client(self, *, timeout: float = 10.0) -> Client:
+        return Client(self.api_servers, timeout=timeout)
+
+    def daemons(self, host: str) -> dict[str, procs.Daemon]:
+        return {d.name: d for d in procs.recorded(self.run_dir(host))}
+
+    # ------------------------------------------------------------------ traffic from inside the lab
+
+    def run_in(self, host: str, argv: Sequence[str], *, timeout: float = 30.0,
+               check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run a short command inside a host's netns."""
+        return subprocess.run(procs.in_netns(self.netns(host), argv), capture_output=True, text=True,
+                              timeout=timeout, check=check)
+
+    def http_get(self, host: str, url: str, *, timeout: float = 10.0) -> str:
+        """GET `url` from inside `host` (busybox wget: no -T, it segfaults in busybox 1.35)."""
+        out = self.run_in(host, [images.BUSYBOX, "wget", "-qO-", url], timeout=timeout)
+        if out.returncode != 0:
+            raise LabError(f"GET {url} from {host} failed ({out.returncode}): {out.stderr.strip()}")
+        return out.stdout
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, *, progress: Progress = _quiet, timeout: float = 120.0) -> None:
+        problems = containerd.missing_prereqs() if self.workers else []
+        if problems:
+            raise LabError("missing prerequisites: " + ", ".join(problems) + " (run `make setup` as root)")
+        existing = {ns for ns in netplan.existing_netns() if ns.startswith(self.spec.prefix + "-")}
+        if existing or (self.dir / "lab.json").exists():
+            raise LabError(f'lab "{self.spec.prefix}" already exists ({", ".join(sorted(existing)) or self.dir}); '
+                           f"run `skiff lab down --prefix {self.spec.prefix}` first")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "lab.json").write_text(json.dumps(asdict(self.spec), indent=2) + "\n")
+        try:
+            self._up(progress, timeout)
+        except BaseException:
+            progress("bring-up failed; tearing the lab down")
+            self.down()
+            raise
+
+    def _up(self, progress: Progress, timeout: float) -> None:
+        started = time.monotonic()
+        netplan.apply(netplan.plan_up(self.net))
+        for host in self.net.hosts:
+            if netplan.route_device(host.ip) != self.net.uplink_name:
+                raise LabError(f"the root namespace would not reach {host.ip} through {self.net.uplink_name}")
+        progress(f"network: {len(self.net.hosts)} hosts on {self.net.lan_cidr} ({time.monotonic() - started:.1f}s)")
+        self.password_file.write_text(secrets.token_hex(24) + "\n")
+        self.password_file.chmod(0o600)
+        for name in self.control_plane_hosts:
+            self._start_specs(name, [s for s in self._specs(name) if s.name.startswith("store-")])
+        progress(f"store: {len(self.cluster.members)} members started")
+        for name in self.control_plane_hosts:
+            self._start_specs(name, [s for s in self._specs(name) if s.name.startswith("apiserver-")])
+        asyncio.run(self._wait_api(timeout))
+        progress(f"api-servers: {', '.join(self.api_servers)} answering ({time.monotonic() - started:.1f}s)")
+        for name in self.control_plane_hosts:
+            self._start_specs(name, [s for s in self._specs(name) if s.name in ("controllers", "scheduler")])
+        progress("controllers and scheduler started")
+        if self.workers:
+            IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+            images.build_presets(IMAGE_CACHE, ("pause", "web"))
+        for name in self.workers:
+            self.start_worker(name)
+        if self.workers:
+            asyncio.run(self.wait_nodes_ready(self.workers, timeout))
+            progress(f"workers: {', '.join(self.workers)} Ready ({time.monotonic() - started:.1f}s)")
+
+    def _specs(self, host: str) -> list[render.DaemonSpec]:
+        return render.daemons_for(self.cluster, self.host_config(host))
+
+    def _start_specs(self, host: str, specs: Sequence[render.DaemonSpec]) -> None:
+        for spec in specs:
+            procs.start(spec.name, spec.argv, self.run_dir(host), netns=self.netns(host), env=spec.env)
+
+    def start_worker(self, host: str) -> None:
+        """containerd (images imported), node agent and proxy of one worker host."""
+        config = self.host_config(host)
+        paths = config.node_paths
+        containerd.start(paths, self.run_dir(host), netns=self.netns(host))
+        containerd.import_images(paths, IMAGE_CACHE)
+        self._start_specs(host, [s for s in self._specs(host) if s.name in ("nodeagent", "netproxy")])
+
+    def start_daemon(self, host: str, name: str) -> procs.Daemon:
+        """(Re)start one daemon of a host by its rendered name ("netproxy", "store-s1", ...)."""
+        if name == "containerd":
+            return containerd.start(self.host_config(host).node_paths, self.run_dir(host), netns=self.netns(host))
+        for spec in self._specs(host):
+            if spec.name == name:
+                return procs.start(spec.name, spec.argv, self.run_dir(host), netns=self.netns(host), env=spec.env)
+        raise LabError(f"host {host} runs no daemon {name!r}")
+
+    def kill_daemon(self, host: str, name: str) -> None:
+        daemon = self.daemons(host).get(name)
+        if daemon is None:
+            raise LabError(f"daemon {name} is not running on {host}")
+        procs.kill(daemon)
+
+    async def _wait_api(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        for endpoint in self.api_servers:
+            client = Client([endpoint], timeout=5.0)
+            try:
+                while True:
+                    try:
+                        await client.version()
+                        break
+                    except Exception as exc:
+                        last = exc
+                        if time.monotonic() > deadline:
+                            raise LabError(f"api-server {endpoint} not answering after {timeout:.0f}s: {last}; "
+                                           f"logs under {self.dir}/*/run/") from exc
+                        await asyncio.sleep(0.3)
+            finally:
+                await client.close()
+
+    async def wait_nodes_ready(self, names: Sequence[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        async with self.client() as client:
+            while True:
+                nodes = {n.metadata.name: n for n in (await client.list(t.Node)).items}
+                ready = {name for name, n in nodes.items()
+                         if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)}
+                if set(names) <= ready:
+                    return
+                if time.monotonic() > deadline:
+                    missing = sorted(set(names) - ready)
+                    raise LabError(f"nodes not Ready after {timeout:.0f}s: {', '.join(missing)}; "
+                                   f"logs under {self.dir}/<host>/run/")
+                await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------------ down
+
+    def stop_worker(self, host: str, *, kill: bool = False) -> None:
+        """Stop a worker's daemons; with `kill`, SIGKILL the agent and containerd (a host failure)."""
+        run_dir = self.run_dir(host)
+        daemons = self.daemons(host)
+        for name in ("netproxy", "nodeagent"):
+            if name in daemons:
+                (procs.kill if kill else procs.stop)(daemons[name])
+        if "containerd" in daemons:
+            if kill:
+                procs.kill(daemons["containerd"])
+            else:
+                containerd.remove_all_sandboxes(self.host_config(host).node_paths.endpoint)
+                procs.stop(daemons["containerd"], timeout=20)
+        procs.stop_all(run_dir)
+
+    def down(self, *, progress: Progress = _quiet) -> list[str]:
+        """Remove the lab entirely; returns notes about crash leftovers it had to clean."""
+        notes: list[str] = []
+        for name in self.workers:
+            config = self.host_config(name)
+            daemons = self.daemons(name)
+            for d in ("netproxy", "nodeagent"):
+                if d in daemons:
+                    procs.stop(daemons[d], timeout=10)
+            notes += containerd.teardown(config.node_paths, config.cgroup_parent, daemons.get("containerd"))
+            procs.stop_all(self.run_dir(name))
+        for name in self.control_plane_hosts:
+            procs.stop_all(self.run_dir(name), order=("scheduler", "controllers"))
+        failures = netplan.apply(netplan.plan_down(self.net), ignore_errors=True)
+        notes += [f for f in failures if "Cannot find" not in f and "No such" not in f and "Cannot open" not in f]
+        subprocess.run(["rm", "-rf", str(self.dir)], check=False)
+        progress(f"lab {self.spec.prefix} removed")
+        return notes
+
+    def leftovers(self) -> list[str]:
+        out = [f"netns {ns}" for ns in netplan.existing_netns() if ns.startswith(self.spec.prefix + "-")]
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
+        if f" {self.net.uplink_name}@" in links or f" {self.net.uplink_name}:" in links:
+            out.append(f"link {self.net.uplink_name}")
+        for name in self.workers:
+            config = self.host_config(name)
+            out += containerd.leftovers(config.node_paths, config.cgroup_parent)
+        if self.dir.exists():
+            out.append(f"dir {self.dir}")
+        return out
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> list[str]:
+        lines = [f"lab {self.spec.prefix}: LAN {self.net.lan_cidr}, api-servers {','.join(self.api_servers)}"]
+        netns = netplan.existing_netns()
+        for host in self.net.hosts:
+            daemons = self.daemons(host.name)
+            state = "up" if self.netns(host.name) in netns else "missing"
+            names = ", ".join(f"{n}{'' if d.alive() else '(dead)'}" for n, d in sorted(daemons.items()))
+            lines.append(f"  {host.name:<6} {host.ip:<15} {state:<8} {names or '-'}")
+        return lines

@@ -1,0 +1,218 @@
+"""One source of truth for a host's configuration: which daemons it runs, with which flags.
+
+The network-namespace lab, `make up`, the Vagrant lab and a bare-metal install all describe a
+cluster with `ClusterConfig` and a host with `HostConfig`, and get the same daemons from
+`daemons_for()`: command lines the lab starts (inside the host's netns) and the bare-metal
+install turns into systemd units with `systemd_unit()`. containerd's config and the CNI
+conflist come from skiff.hostconfig, which the node agent uses too.
+
+Everything here is pure: no process is started and no file is written.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from skiff import hostconfig
+
+CONTROL_PLANE = "control-plane"
+WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class StoreMember:
+    name: str  # "s1"
+    host: str  # the host running it ("cp")
+    ip: str
+    client_port: int = 2379
+    peer_port: int = 2380
+    api_port: int = 6443  # the api-server beside this member
+
+    @property
+    def client_url(self) -> str:
+        return f"{self.ip}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"{self.ip}:{self.peer_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.ip}:{self.api_port}"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    members: tuple[StoreMember, ...]
+    service_cidr: str = "10.96.0.0/12"
+    cluster_cidr: str = "10.244.0.0/16"
+    node_cidr_mask_size: int = 24
+    node_port_range: str = "30000-32767"
+    proxy_mode: str = "iptables"  # or "ipvs"
+    iptables_backend: str = "auto"
+    min_sync_period: str = "1s"
+    node_monitor_grace_period: str = "40s"
+    pod_eviction_timeout: str = "60s"
+    cluster_token: str = "skiff-store"  # tells store clusters apart (initial-cluster-token)
+    python: str = sys.executable
+
+    @property
+    def store_endpoints(self) -> str:
+        return ",".join(m.client_url for m in self.members)
+
+    @property
+    def api_servers(self) -> str:
+        return ",".join(m.api_url for m in self.members)
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def members_on(self, host: str) -> list[StoreMember]:
+        return [m for m in self.members if m.host == host]
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    ip: str
+    roles: tuple[str, ...]
+    state_dir: Path  # everything this host keeps on disk lives under here
+    store_password_file: Path | None = None
+    agent_port: int = 10250
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+    # cgroupfs parent of this node's pods; unique per node on a machine (labs share one).
+    cgroup_parent: str = "/skiff-pods"
+
+    @property
+    def node_paths(self) -> hostconfig.NodePaths:
+        return hostconfig.NodePaths(self.state_dir / "node")
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    name: str  # "store-s1", "apiserver-s1", "controllers", "nodeagent", ...
+    argv: tuple[str, ...]
+    description: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    after: tuple[str, ...] = ()  # daemons that should start first (unit ordering)
+
+
+def plan_members(hosts: Sequence[tuple[str, str]], *, members: int = 3) -> tuple[StoreMember, ...]:
+    """Spread `members` store members over control-plane hosts [(name, ip)], one per host when
+    there are enough hosts, otherwise several per host on shifted ports (2379/2380, 2479/2480, ...)."""
+    if not hosts:
+        raise ValueError("a cluster needs at least one control-plane host")
+    out = []
+    for i in range(members):
+        host, ip = hosts[i % len(hosts)]
+        slot = i // len(hosts)
+        out.append(StoreMember(f"s{i + 1}", host, ip, 2379 + 100 * slot, 2380 + 100 * slot, 6443 + slot))
+    return tuple(out)
+
+
+def _py(cluster: ClusterConfig, module: str) -> tuple[str, ...]:
+    return (cluster.python, "-m", module)
+
+
+def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[DaemonSpec]:
+    specs: list[DaemonSpec] = []
+    for m in cluster.members_on(host.name):
+        argv = [*_py(cluster, "controlplane.store"), "--name", m.name,
+                "--data-dir", str(host.state_dir / "store" / m.name),
+                "--listen-client", m.client_url, "--listen-peer", m.peer_url,
+                "--initial-cluster", cluster.initial_cluster,
+                "--initial-cluster-token", cluster.cluster_token]
+        if host.store_password_file is not None:
+            argv += ["--password-file", str(host.store_password_file)]
+        else:
+            argv += ["--insecure-no-password"]
+        specs.append(DaemonSpec(f"store-{m.name}", tuple(argv), f"Skiff store member {m.name}"))
+    for m in cluster.members_on(host.name):
+        # Each api-server prefers its own member, then the others.
+        endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
+        argv = [*_py(cluster, "controlplane.apiserver"), "--store-endpoints", ",".join(endpoints),
+                "--listen", m.api_url, "--service-cidr", cluster.service_cidr,
+                "--node-port-range", cluster.node_port_range, "--node-name", host.name]
+        specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
+                                after=(f"store-{m.name}",)))
+    local_apis = [m.api_url for m in cluster.members_on(host.name)]
+    others = [m.api_url for m in cluster.members if m.api_url not in local_apis]
+    api_servers = ",".join(local_apis + others)
+    apis_after = tuple(f"apiserver-{m.name}" for m in cluster.members_on(host.name))
+    specs.append(DaemonSpec("controllers", (
+        *_py(cluster, "controlplane.controllers"), "--api-servers", api_servers,
+        "--cluster-cidr", cluster.cluster_cidr, "--node-cidr-mask-size", str(cluster.node_cidr_mask_size),
+        "--node-monitor-grace-period", cluster.node_monitor_grace_period,
+        "--pod-eviction-timeout", cluster.pod_eviction_timeout, "--identity", host.name,
+    ), "Skiff controller manager", after=apis_after))
+    specs.append(DaemonSpec("scheduler", (
+        *_py(cluster, "controlplane.scheduler"), "--api-servers", api_servers, "--identity", host.name,
+    ), "Skiff scheduler", after=apis_after))
+    return specs
+
+
+def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:
+    paths = host.node_paths
+    containerd = DaemonSpec("containerd", ("containerd", "--config", str(paths.config)), "containerd for Skiff")
+    agent = [*_py(cluster, "nodeagent"), "--node-name", host.name, "--api-servers", cluster.api_servers,
+             "--container-runtime-endpoint", paths.endpoint, "--node-ip", host.ip,
+             "--listen", f"{host.ip}:{host.agent_port}", "--state-dir", str(host.state_dir / "agent"),
+             "--cni-conf-dir", str(paths.cni_conf_dir), "--ipam-dir", str(paths.ipam_dir),
+             "--pod-log-dir", str(paths.pod_logs), "--cgroup-parent", host.cgroup_parent]
+    if host.node_labels:
+        agent += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(host.node_labels.items()))]
+    if netns_path:
+        agent += ["--netns", netns_path]
+    proxy = [*_py(cluster, "netproxy"), "--api-servers", cluster.api_servers, "--node-name", host.name,
+             "--mode", cluster.proxy_mode, "--cluster-cidr", cluster.cluster_cidr,
+             "--min-sync-period", cluster.min_sync_period, "--iptables-backend", cluster.iptables_backend]
+    return [
+        containerd,
+        DaemonSpec("nodeagent", tuple(agent), "Skiff node agent", after=("containerd",)),
+        DaemonSpec("netproxy", tuple(proxy), "Skiff network proxy"),
+    ]
+
+
+def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:
+    """Every daemon `host` runs, in start order."""
+    specs: list[DaemonSpec] = []
+    if CONTROL_PLANE in host.roles:
+        specs += control_plane_daemons(cluster, host)
+    if WORKER in host.roles:
+        specs += worker_daemons(cluster, host, netns_path=netns_path)
+    return specs
+
+
+def containerd_config(host: HostConfig) -> str:
+    return hostconfig.render_containerd_config(hostconfig.ContainerdSettings.for_node(host.node_paths))
+
+
+def systemd_unit(spec: DaemonSpec, *, prefix: str = "skiff-") -> str:
+    """A systemd service unit running `spec` (bare metal and the Vagrant lab)."""
+    after = " ".join(f"{prefix}{a}.service" for a in spec.after)
+    lines = [
+        "# Rendered by Skiff (deploy/render.py); edit the cluster configuration, not this file.",
+        "[Unit]",
+        f"Description={spec.description}",
+        "After=network-online.target" + (f" {after}" if after else ""),
+        "Wants=network-online.target" + (f" {after}" if after else ""),
+        "",
+        "[Service]",
+        "Type=simple",
+        f"ExecStart={shlex.join(spec.argv)}",
+        "Restart=always",
+        "RestartSec=2",
+        "KillMode=" + ("process" if spec.name == "containerd" else "control-group"),
+        "LimitNOFILE=1048576",
+        "Environment=PYTHONUNBUFFERED=1",
+    ]
+    lines += [f"Environment={k}={v}" for k, v in sorted(spec.env.items())]
+    if spec.name == "containerd":
+        lines += ["Delegate=yes", "OOMScoreAdjust=-999"]
+    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)

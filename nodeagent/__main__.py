@@ -1,0 +1,118 @@
+"""`python -m nodeagent` / `skiff-nodeagent`: run a node agent.
+
+    skiff-nodeagent --node-name n1 --api-servers 10.0.0.10:6443 \
+        --container-runtime-endpoint unix:///run/containerd/containerd.sock --node-ip 10.0.0.11
+
+`--fake-runtime` runs against an in-memory runtime (no containerd, no host networking): for
+control-plane tests and benchmarks with many simulated nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.cri import GrpcRuntime, Runtime
+from nodeagent.netns import NodeNetwork
+from nodeagent.plan import PlanConfig
+from nodeagent.server import start_server
+from skiff import hostconfig
+from skiff.client import Client
+
+log = logging.getLogger("nodeagent")
+
+
+def parse_kv(text: str, flag: str) -> dict[str, str]:
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" not in part:
+            raise SystemExit(f"{flag}: expected key=value[,key=value], got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skiff-nodeagent", description="Skiff node agent (kubelet role) over CRI.")
+    p.add_argument("--node-name", required=True)
+    p.add_argument("--api-servers", required=True, help="host:port[,host:port...] of the api-server(s)")
+    p.add_argument("--container-runtime-endpoint", default="unix:///run/containerd/containerd.sock")
+    p.add_argument("--node-ip", default="", help="the node's InternalIP (also hostIP of its pods)")
+    p.add_argument("--listen", default="0.0.0.0:10250", help="address of the agent's gRPC service (logs, exec)")
+    p.add_argument("--state-dir", default="/var/lib/skiff/node",
+                   help="base of the default CNI conf dir, IPAM dir and pod logs")
+    p.add_argument("--cni-conf-dir", default="", help="where to write the CNI conflist (default STATE/cni)")
+    p.add_argument("--ipam-dir", default="", help="host-local IPAM dataDir (default STATE/ipam)")
+    p.add_argument("--pod-log-dir", default="", help="container logs (default STATE/pods)")
+    p.add_argument("--pod-cidr", default="", help="use this podCIDR instead of waiting for the Node's spec.podCIDR")
+    p.add_argument("--cgroup-parent", default="", help="cgroupfs parent of all pod sandboxes, e.g. /skiff-n1")
+    p.add_argument("--netns", default="", help="do node networking (routes, sysctls, probes) in this netns path")
+    p.add_argument("--no-network", action="store_true", help="do not manage CNI config, routes or sysctls")
+    p.add_argument("--fake-runtime", action="store_true", help="use an in-memory runtime (simulated node)")
+    p.add_argument("--capacity", default="", help="override capacity, e.g. cpu=4,memory=8Gi,pods=110")
+    p.add_argument("--node-labels", default="", help="extra Node labels, e.g. zone=a,disk=ssd")
+    p.add_argument("--backoff-base", type=float, default=10.0, help="CrashLoopBackOff first delay (s)")
+    p.add_argument("--backoff-max", type=float, default=300.0, help="CrashLoopBackOff maximum delay (s)")
+    p.add_argument("--relist-period", type=float, default=1.0)
+    p.add_argument("--lease-period", type=float, default=10.0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
+    paths = hostconfig.NodePaths(Path(args.state_dir))
+    return AgentConfig(
+        node_name=args.node_name, node_ip=args.node_ip, port=port,
+        pod_log_dir=args.pod_log_dir or str(paths.pod_logs),
+        cni_conf_dir=args.cni_conf_dir or str(paths.cni_conf_dir),
+        ipam_dir=args.ipam_dir or str(paths.ipam_dir),
+        pod_cidr=args.pod_cidr, cgroup_parent=args.cgroup_parent,
+        manage_network=not (args.no_network or args.fake_runtime),
+        capacity=parse_kv(args.capacity, "--capacity"), labels=parse_kv(args.node_labels, "--node-labels"),
+        relist_period=args.relist_period, lease_period=args.lease_period,
+        plan=PlanConfig(backoff_base=args.backoff_base, backoff_max=args.backoff_max),
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    runtime: Runtime
+    if args.fake_runtime:
+        from nodeagent.fakecri import FakeRuntime
+
+        runtime = FakeRuntime(pod_cidr=args.pod_cidr or "10.88.0.0/16", pullable=lambda image: True)
+    else:
+        runtime = GrpcRuntime(args.container_runtime_endpoint)
+    client = Client(args.api_servers)
+    net = NodeNetwork(args.netns)
+    agent = NodeAgent(client, runtime, config_from_args(args, 0), net=net)
+    # The service is bound first: the Node publishes its port (daemonEndpoints.kubeletEndpoint).
+    server, agent.config.port = await start_server(agent, args.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("node agent %s serving logs/exec on port %d", args.node_name, agent.config.port)
+    await agent.start()
+    await stop.wait()
+    await agent.stop()
+    await server.stop(1)
+    await client.close()
+    await runtime.close()
+    net.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The node agent: registers its Node, renews its Lease, runs one worker per pod bound to it.
+
+Loops (each started through skiff.guard):
+- pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
+- node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
+- relist (every `relist_period`, 1 s): lists sandboxes and containers once, kicks the worker of
+  every pod whose runtime state changed (a container that died without any event), starts a
+  teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
+  synced: a restarted agent adopts running pods instead of killing them), and records whether
+  the runtime answers;
+- node status: the Ready condition from CRI Status, written when it changes (and every
+  `node_status_period` as a heartbeat); Lease renewed every `lease_period` (10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeagent import cri as rt
+from nodeagent import node as nodeobj
+from nodeagent import plan as P
+from nodeagent.events import EventRecorder
+from nodeagent.netns import NodeNetwork
+from nodeagent.network import NetworkManager, RouteTable
+from nodeagent.podconfig import PodConfigSettings
+from nodeagent.worker import PodWorker, WorkerContext
+from skiff import errors
+from skiff.client import ApiClient
+from skiff.guard import guard
+from skiff.informer import Informer
+from skiffpb.api.v1 import types_pb2 as t
+from skiffpb.cri.v1 import api_pb2 as cri
+
+log = logging.getLogger("nodeagent")
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    node_ip: str = ""
+    pod_log_dir: str = "/var/log/skiff/pods"
+    cgroup_parent: str = ""
+    cni_conf_dir: str = ""
+    ipam_dir: str = ""
+    pod_cidr: str = ""
+    manage_network: bool = True
+    manage_sysctls: bool = True
+    relist_period: float = 1.0
+    lease_period: float = 10.0
+    node_status_period: float = 60.0
+    status_check_period: float = 1.0
+    network_sync_period: float = 30.0
+    port: int = 0  # published as daemonEndpoints.kubeletEndpoint.port
+    capacity: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    plan: P.PlanConfig = field(default_factory=P.PlanConfig)
+
+
+class NodeAgent:
+    def __init__(self, client: ApiClient, runtime: rt.Runtime, config: AgentConfig, *,
+                 net: NodeNetwork | None = None, routes: RouteTable | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.runtime = runtime
+        self.config = config
+        self.clock = clock
+        self.net = net or NodeNetwork()
+        self.events = EventRecorder(client, config.node_name, clock=clock)
+        self.pods_by_uid: dict[str, t.Pod] = {}
+        self.workers: dict[str, PodWorker] = {}
+        self.worker_tasks: dict[str, asyncio.Task[Any]] = {}
+        self.pod_informer: Informer[t.Pod] = Informer(client, t.Pod,
+                                                      field_selector=f"spec.nodeName={config.node_name}")
+        self.node_informer: Informer[t.Node] = Informer(client, t.Node)
+        self.network: NetworkManager | None = None
+        if config.manage_network:
+            from nodeagent.network import NetlinkRoutes
+
+            self.network = NetworkManager(node_name=config.node_name, net=self.net,
+                                          routes=routes or NetlinkRoutes(self.net),
+                                          cni_conf_dir=config.cni_conf_dir, ipam_dir=config.ipam_dir,
+                                          pod_cidr=config.pod_cidr, manage_sysctls=config.manage_sysctls)
+        self.ctx = WorkerContext(
+            client=client, runtime=runtime, net=self.net, events=self.events,
+            pod_settings=PodConfigSettings(pod_log_dir=config.pod_log_dir, cgroup_parent=config.cgroup_parent),
+            plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock)
+        self.runtime_status: cri.StatusResponse | None = None
+        self.runtime_error = "not checked yet"
+        self.runtime_version = ""
+        self.ready: t.NodeCondition | None = None
+        self._last_node_write = 0.0
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._network_kick = asyncio.Event()
+        self.registered = asyncio.Event()
+        self.started = asyncio.Event()
+
+    # ------------------------------------------------------------ pods -> workers
+
+    def _on_pod(self, pod: t.Pod) -> None:
+        uid = pod.metadata.uid
+        self.pods_by_uid[uid] = pod
+        self.ensure_worker(uid)
+
+    def _on_pod_update(self, old: t.Pod, new: t.Pod) -> None:
+        if old.metadata.uid != new.metadata.uid:
+            self._on_pod_delete(old)
+        self._on_pod(new)
+
+    def _on_pod_delete(self, pod: t.Pod) -> None:
+        uid = pod.metadata.uid
+        self.pods_by_uid.pop(uid, None)
+        self.ensure_worker(uid)
+
+    def ensure_worker(self, uid: str) -> None:
+        worker = self.workers.get(uid)
+        if worker is None:
+            worker = self.workers[uid] = PodWorker(self.ctx, uid)
+            task = asyncio.get_running_loop().create_task(self._run_worker(worker), name=f"pod-{uid[:8]}")
+            self.worker_tasks[uid] = task
+        worker.kick()
+
+    async def _run_worker(self, worker: PodWorker) -> None:
+        try:
+            await worker.run()
+        except Exception:
+            log.exception("pod worker %s crashed", worker.uid)
+        finally:
+            worker.stop_probes()
+            if self.workers.get(worker.uid) is worker:
+                del self.workers[worker.uid]
+                self.worker_tasks.pop(worker.uid, None)
+                self._fingerprints.pop(worker.uid, None)
+                if worker.uid in self.pods_by_uid:
+                    self.ensure_worker(worker.uid)  # the pod came back while this worker was finishing
+
+    # ------------------------------------------------------------ relist (PLEG)
+
+    async def relist_once(self) -> None:
+        try:
+            sandboxes = await self.runtime.list_pod_sandbox()
+            containers = await self.runtime.list_containers()
+        except rt.CriError as exc:
+            self.runtime_error = str(exc)
+            self.runtime_status = None
+            return
+        prints: dict[str, list[tuple[str, int]]] = {}
+        for s in sandboxes:
+            uid = s.labels.get(rt.LABEL_POD_UID)
+            if uid:
+                prints.setdefault(uid, []).append((s.id, s.state))
+        for c in containers:
+            uid = c.labels.get(rt.LABEL_POD_UID)
+            if uid:
+                prints.setdefault(uid, []).append((c.id, c.state))
+        fingerprints = {uid: tuple(sorted(v)) for uid, v in prints.items()}
+        for uid, fp in fingerprints.items():
+            if self._fingerprints.get(uid) != fp:
+                if uid in self.workers:
+                    self.workers[uid].kick()
+                elif uid not in self.pods_by_uid and self.pod_informer.synced:
+                    log.info("removing sandboxes/containers of pod %s, which no longer exists", uid)
+                    self.ensure_worker(uid)
+        for uid in set(self._fingerprints) - set(fingerprints):
+            if uid in self.workers:
+                self.workers[uid].kick()
+        self._fingerprints = fingerprints
+
+    async def _relist_loop(self) -> None:
+        while True:
+            await self.relist_once()
+            await asyncio.sleep(self.config.relist_period)
+
+    # ------------------------------------------------------------ node, lease
+
+    async def check_runtime(self) -> None:
+        try:
+            self.runtime_status = await self.runtime.status()
+            if not self.runtime_version:
+                v = await self.runtime.version()
+                self.runtime_version = f"{v.runtime_name}://{v.runtime_version}"
+            self.runtime_error = ""
+        except rt.CriError as exc:
+            self.runtime_status = None
+            self.runtime_error = str(exc)
+
+    def _capacity(self) -> dict[str, str]:
+        return {**nodeobj.host_capacity(), **self.config.capacity}
+
+    async def register(self) -> None:
+        """Create the Node, or take over an existing one (its spec, e.g. podCIDR, is kept)."""
+        await self.check_runtime()
+        now = self.clock()
+        self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, [], now)
+        info = nodeobj.system_info(self.runtime_version)
+        delay = 0.2
+        while True:
+            try:
+                try:
+                    current = await self.client.get(t.Node, self.config.node_name)
+                except errors.NotFoundError:
+                    node = nodeobj.build_node(self.config.node_name, node_ip=self.config.node_ip,
+                                              capacity=self._capacity(), info=info, port=self.config.port,
+                                              ready=self.ready, labels=self.config.labels)
+                    current = await self.client.create(node)
+                    log.info("registered node %s", self.config.node_name)
+                self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error,
+                                                     list(current.status.conditions), now)
+                await self.write_node_status(current)
+                self.registered.set()
+                return
+            except errors.SkiffError as exc:
+                log.warning("registering node %s: %s; retrying", self.config.node_name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def write_node_status(self, current: t.Node | None = None) -> None:
+        if current is None:
+            current = self.node_informer.get(self.config.node_name)
+        if current is None:
+            current = await self.client.get(t.Node, self.config.node_name)
+        node = t.Node()
+        node.CopyFrom(current)
+        assert self.ready is not None
+        for key, value in self.config.labels.items():
+            node.metadata.labels[key] = value
+        nodeobj.set_status(node, node_ip=self.config.node_ip, capacity=self._capacity(),
+                           info=nodeobj.system_info(self.runtime_version), port=self.config.port, ready=self.ready,
+                           hostname=self.config.node_name)
+        node.metadata.resource_version = ""
+        await self.client.update_status(node)
+        self._last_node_write = self.clock()
+
+    async def _node_status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_check_period)
+            await self.check_runtime()
+            now = self.clock()
+            previous = [self.ready] if self.ready is not None else []
+            ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, previous, now)
+            changed = not nodeobj.same_condition(ready, self.ready)
+            if changed:
+                log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,
+                         ready.message)
+            self.ready = ready
+            if changed or now - self._last_node_write >= self.config.node_status_period:
+                try:
+                    await self.write_node_status()
+                except errors.SkiffError as exc:
+                    log.warning("writing node status: %s", exc)
+            if changed and ready.status == "True":
+                for worker in list(self.workers.values()):
+                    worker.kick()
+
+    async def renew_lease(self) -> None:
+        now = self.clock()
+        try:
+            lease = await self.client.get(t.Lease, self.config.node_name, nodeobj.LEASE_NAMESPACE)
+        except errors.NotFoundError:
+            await self.client.create(nodeobj.build_lease(self.config.node_name, now))
+            return
+        lease.spec.holder_identity = self.config.node_name
+        lease.spec.lease_duration_seconds = nodeobj.LEASE_DURATION
+        lease.spec.renew_time.FromNanoseconds(int(now * 1e9))
+        await self.client.update(lease)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            try:
+                await self.renew_lease()
+            except errors.SkiffError as exc:
+                log.warning("renewing lease: %s", exc)
+            await asyncio.sleep(self.config.lease_period)
+
+    # ------------------------------------------------------------ network
+
+    async def _network_loop(self) -> None:
+        assert self.network is not None
+        while True:
+            self._network_kick.clear()
+            try:
+                await self.network.sync(self.node_informer.list())
+            except (OSError, ValueError) as exc:
+                log.warning("network sync: %s", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._network_kick.wait(), self.config.network_sync_period)
+            await asyncio.sleep(0.05)  # merge bursts of node events
+
+    def _kick_network(self, *_: Any) -> None:
+        self._network_kick.set()
+
+    # ------------------------------------------------------------ run
+
+    async def start(self) -> None:
+        """Start everything; returns once the node is registered and the pod cache synced."""
+        self.pod_informer.add_handler(on_add=self._on_pod, on_update=self._on_pod_update,
+                                      on_delete=self._on_pod_delete)
+        self.node_informer.add_handler(on_add=self._kick_network, on_update=self._kick_network,
+                                       on_delete=self._kick_network)
+        self._tasks.append(guard(self.events.run(), "nodeagent-events"))
+        await self.register()
+        self._tasks.append(guard(self.node_informer.run(), "nodeagent-node-informer"))
+        if self.network is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await self.node_informer.wait_synced(10)
+            self._tasks.append(guard(self._network_loop(), "nodeagent-network"))
+        self._tasks.append(guard(self._lease_loop(), "nodeagent-lease"))
+        self._tasks.append(guard(self._node_status_loop(), "nodeagent-node-status"))
+        self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
+        await self.pod_informer.wait_synced()
+        self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))
+        self.started.set()
+
+    async def stop(self) -> None:
+        """Stop the agent's loops and workers; containers keep running (a restart adopts them)."""
+        tasks = self._tasks + list(self.worker_tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for worker in self.workers.values():
+            worker.stop_probes()
+        self._tasks.clear()
+        self.workers.clear()
+        self.worker_tasks.clear()
+
+    # ------------------------------------------------------------ lookups for logs/exec
+
+    def find_pod(self, namespace: str, name: str) -> t.Pod | None:
+        return self.pod_informer.get(name, namespace or "default")

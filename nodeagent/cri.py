@@ -1,0 +1,183 @@
+"""The container runtime as the node agent sees it: a small Protocol over CRI runtime.v1.
+
+`Runtime` is what pod workers, the relister and the logs/exec service call. Two
+implementations: `GrpcRuntime` speaks CRI over containerd's unix socket (grpc.aio), and
+nodeagent.fakecri.FakeRuntime keeps everything in memory (unit tests, many simulated nodes).
+Messages are the CRI messages themselves (skiffpb.cri.v1), so nothing is translated twice.
+
+Errors: every failure surfaces as CriError; `RuntimeUnavailable` (a subclass) means the
+runtime cannot be reached at all (containerd down), which the agent reports on its Node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import grpc
+
+from skiffpb.cri.v1 import api_pb2 as cri
+from skiffpb.cri.v1 import api_pb2_grpc as cri_grpc
+
+# Labels put on every sandbox and container (the kubelet's names, so crictl shows them).
+LABEL_POD_UID = "io.kubernetes.pod.uid"
+LABEL_POD_NAME = "io.kubernetes.pod.name"
+LABEL_POD_NAMESPACE = "io.kubernetes.pod.namespace"
+LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
+LABEL_MANAGED = "skiff.io/managed"
+
+DEFAULT_TIMEOUT = 120.0
+
+
+class CriError(Exception):
+    def __init__(self, message: str, *, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RuntimeUnavailable(CriError):
+    """The runtime's socket does not answer (containerd is down or restarting)."""
+
+
+class NotFound(CriError):
+    pass
+
+
+class Runtime(Protocol):
+    async def version(self) -> cri.VersionResponse: ...
+    async def status(self) -> cri.StatusResponse: ...
+    async def run_pod_sandbox(self, config: cri.PodSandboxConfig) -> str: ...
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None: ...
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None: ...
+    async def pod_sandbox_status(self, sandbox_id: str) -> cri.PodSandboxStatus: ...
+    async def list_pod_sandbox(self, *, labels: Mapping[str, str] | None = None) -> list[cri.PodSandbox]: ...
+    async def create_container(self, sandbox_id: str, config: cri.ContainerConfig,
+                               sandbox_config: cri.PodSandboxConfig) -> str: ...
+    async def start_container(self, container_id: str) -> None: ...
+    async def stop_container(self, container_id: str, timeout: int) -> None: ...
+    async def remove_container(self, container_id: str) -> None: ...
+    async def list_containers(self, *, labels: Mapping[str, str] | None = None) -> list[cri.Container]: ...
+    async def container_status(self, container_id: str) -> cri.ContainerStatus: ...
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse: ...
+    async def image_status(self, image: str) -> cri.Image | None: ...
+    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None) -> str: ...
+    async def close(self) -> None: ...
+
+
+def _error(exc: grpc.aio.AioRpcError, what: str) -> CriError:
+    code = exc.code()
+    msg = f"{what}: {exc.details()}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return RuntimeUnavailable(msg, code=code)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(msg, code=code)
+    return CriError(msg, code=code)
+
+
+class GrpcRuntime:
+    """CRI over gRPC, e.g. `unix:///run/containerd/containerd.sock`."""
+
+    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not endpoint.startswith(("unix://", "unix:")) and "://" in endpoint:
+            raise ValueError(f"--container-runtime-endpoint {endpoint!r}: expected unix:///path/to/socket")
+        self.endpoint = endpoint if endpoint.startswith("unix:") else f"unix://{endpoint}"
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(self.endpoint, options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            # Reconnect quickly once containerd is back.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ])
+        self._rt = cri_grpc.RuntimeServiceStub(self._channel)
+        self._img = cri_grpc.ImageServiceStub(self._channel)
+
+    async def _call(self, stub: object, method: str, request: object, *, what: str, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        try:
+            return await getattr(stub, method)(request, timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, what) from exc
+
+    async def version(self) -> cri.VersionResponse:
+        resp: cri.VersionResponse = await self._call(self._rt, "Version", cri.VersionRequest(version="v1"),
+                                                     what="Version", timeout=5)
+        return resp
+
+    async def status(self) -> cri.StatusResponse:
+        resp: cri.StatusResponse = await self._call(self._rt, "Status", cri.StatusRequest(), what="Status",
+                                                    timeout=5)
+        return resp
+
+    async def run_pod_sandbox(self, config: cri.PodSandboxConfig) -> str:
+        resp = await self._call(self._rt, "RunPodSandbox", cri.RunPodSandboxRequest(config=config),
+                                what="RunPodSandbox")
+        return str(resp.pod_sandbox_id)
+
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        await self._call(self._rt, "StopPodSandbox", cri.StopPodSandboxRequest(pod_sandbox_id=sandbox_id),
+                         what=f"StopPodSandbox {sandbox_id[:12]}")
+
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        await self._call(self._rt, "RemovePodSandbox", cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id),
+                         what=f"RemovePodSandbox {sandbox_id[:12]}")
+
+    async def pod_sandbox_status(self, sandbox_id: str) -> cri.PodSandboxStatus:
+        resp = await self._call(self._rt, "PodSandboxStatus", cri.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
+                                what=f"PodSandboxStatus {sandbox_id[:12]}", timeout=10)
+        status: cri.PodSandboxStatus = resp.status
+        return status
+
+    async def list_pod_sandbox(self, *, labels: Mapping[str, str] | None = None) -> list[cri.PodSandbox]:
+        req = cri.ListPodSandboxRequest(filter=cri.PodSandboxFilter(label_selector=dict(labels or {})))
+        resp = await self._call(self._rt, "ListPodSandbox", req, what="ListPodSandbox", timeout=10)
+        return list(resp.items)
+
+    async def create_container(self, sandbox_id: str, config: cri.ContainerConfig,
+                               sandbox_config: cri.PodSandboxConfig) -> str:
+        req = cri.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config)
+        resp = await self._call(self._rt, "CreateContainer", req, what=f"CreateContainer {config.metadata.name}")
+        return str(resp.container_id)
+
+    async def start_container(self, container_id: str) -> None:
+        await self._call(self._rt, "StartContainer", cri.StartContainerRequest(container_id=container_id),
+                         what=f"StartContainer {container_id[:12]}")
+
+    async def stop_container(self, container_id: str, timeout: int) -> None:
+        await self._call(self._rt, "StopContainer", cri.StopContainerRequest(container_id=container_id,
+                                                                              timeout=timeout),
+                         what=f"StopContainer {container_id[:12]}", timeout=timeout + self.timeout)
+
+    async def remove_container(self, container_id: str) -> None:
+        await self._call(self._rt, "RemoveContainer", cri.RemoveContainerRequest(container_id=container_id),
+                         what=f"RemoveContainer {container_id[:12]}")
+
+    async def list_containers(self, *, labels: Mapping[str, str] | None = None) -> list[cri.Container]:
+        req = cri.ListContainersRequest(filter=cri.ContainerFilter(label_selector=dict(labels or {})))
+        resp = await self._call(self._rt, "ListContainers", req, what="ListContainers", timeout=10)
+        return list(resp.containers)
+
+    async def container_status(self, container_id: str) -> cri.ContainerStatus:
+        resp = await self._call(self._rt, "ContainerStatus", cri.ContainerStatusRequest(container_id=container_id),
+                                what=f"ContainerStatus {container_id[:12]}", timeout=10)
+        status: cri.ContainerStatus = resp.status
+        return status
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
+        req = cri.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout)
+        resp: cri.ExecSyncResponse = await self._call(self._rt, "ExecSync", req, what="ExecSync",
+                                                      timeout=(timeout or 60) + 10)
+        return resp
+
+    async def image_status(self, image: str) -> cri.Image | None:
+        resp = await self._call(self._img, "ImageStatus", cri.ImageStatusRequest(image=cri.ImageSpec(image=image)),
+                                what=f"ImageStatus {image}", timeout=10)
+        return resp.image if resp.HasField("image") and resp.image.id else None
+
+    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None) -> str:
+        req = cri.PullImageRequest(image=cri.ImageSpec(image=image))
+        if sandbox_config is not None:
+            req.sandbox_config.CopyFrom(sandbox_config)
+        resp = await self._call(self._img, "PullImage", req, what=f"PullImage {image}", timeout=600)
+        return str(resp.image_ref)
+
+    async def close(self) -> None:
+        await self._channel.close(None)

@@ -1,0 +1,360 @@
+"""An in-memory container runtime: the `Runtime` Protocol, and a CRI gRPC server around it.
+
+For unit tests of the agent and for control-plane tests and benchmarks that simulate many
+nodes (`skiff-nodeagent --fake-runtime`, or `python -m nodeagent.fakecri --listen unix:///x.sock`
+for a separate fake CRI server). It is NOT a test of containerd: real-containerd tests live in
+tests/e2e. What holds: ids are unique, sandboxes get IPs from `pod_cidr` in order, containers
+start instantly and run until stopped or `exit()`-ed by a test, StopPodSandbox stops its
+containers, RemovePodSandbox removes them, filters match labels exactly like CRI's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import itertools
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+
+from nodeagent.cri import CriError, NotFound, RuntimeUnavailable
+from skiffpb.cri.v1 import api_pb2 as cri
+from skiffpb.cri.v1 import api_pb2_grpc as cri_grpc
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass
+class _Sandbox:
+    id: str
+    config: cri.PodSandboxConfig
+    ip: str
+    state: cri.PodSandboxState = cri.SANDBOX_READY
+    created_at: int = field(default_factory=_now_ns)
+
+
+@dataclass
+class _Container:
+    id: str
+    sandbox_id: str
+    config: cri.ContainerConfig
+    image_ref: str
+    log_path: str
+    state: cri.ContainerState = cri.CONTAINER_CREATED
+    created_at: int = field(default_factory=_now_ns)
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+
+
+class FakeRuntime:
+    """The Runtime Protocol in memory. Tests drive it with `exit()`, `down`, `images`, `exec_handler`."""
+
+    def __init__(self, *, pod_cidr: str = "10.88.0.0/16", images: set[str] | None = None,
+                 pullable: Callable[[str], bool] | None = None) -> None:
+        self._hosts = ipaddress.ip_network(pod_cidr).hosts()
+        next(self._hosts)  # .1 is the bridge
+        self.sandboxes: dict[str, _Sandbox] = {}
+        self.containers: dict[str, _Container] = {}
+        self.images: set[str] = set(images or ())
+        self.pullable = pullable or (lambda image: False)
+        self.down = False
+        self.network_ready = True
+        self.calls: list[str] = []
+        self.exec_handler: Callable[[str, list[str]], tuple[int, bytes, bytes]] = lambda cid, cmd: (0, b"", b"")
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------ test controls
+
+    def exit(self, container_id: str, exit_code: int = 137, reason: str = "Error") -> None:
+        """Make a running container die, as if killed from outside."""
+        c = self.containers[container_id]
+        c.state, c.exit_code, c.reason, c.finished_at = cri.CONTAINER_EXITED, exit_code, reason, _now_ns()
+
+    def _check(self, call: str) -> None:
+        self.calls.append(call)
+        if self.down:
+            raise RuntimeUnavailable(f"{call}: connection refused (fake runtime is down)")
+
+    def _new_id(self) -> str:
+        return uuid.uuid4().hex + uuid.uuid4().hex
+
+    @staticmethod
+    def _norm(image: str) -> str:
+        from skiff.images import normalize_ref
+
+        return normalize_ref(image)
+
+    # ------------------------------------------------------------ Runtime
+
+    async def version(self) -> cri.VersionResponse:
+        self._check("Version")
+        return cri.VersionResponse(version="0.1.0", runtime_name="fake", runtime_version="0.0.1",
+                                   runtime_api_version="v1")
+
+    async def status(self) -> cri.StatusResponse:
+        self._check("Status")
+        return cri.StatusResponse(status=cri.RuntimeStatus(conditions=[
+            cri.RuntimeCondition(type="RuntimeReady", status=True),
+            cri.RuntimeCondition(type="NetworkReady", status=self.network_ready,
+                                 reason="" if self.network_ready else "NetworkPluginNotReady",
+                                 message="" if self.network_ready else "cni config uninitialized"),
+        ]))
+
+    async def run_pod_sandbox(self, config: cri.PodSandboxConfig) -> str:
+        self._check("RunPodSandbox")
+        sid = self._new_id()
+        self.sandboxes[sid] = _Sandbox(sid, cri.PodSandboxConfig(), str(next(self._hosts)))
+        self.sandboxes[sid].config.CopyFrom(config)
+        return sid
+
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        self._check("StopPodSandbox")
+        sb = self.sandboxes.get(sandbox_id)
+        if sb is None:
+            return
+        for c in self.containers.values():
+            if c.sandbox_id == sandbox_id and c.state in (cri.CONTAINER_RUNNING, cri.CONTAINER_CREATED):
+                c.state, c.exit_code, c.reason, c.finished_at = cri.CONTAINER_EXITED, 137, "Error", _now_ns()
+        sb.state = cri.SANDBOX_NOTREADY
+
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        self._check("RemovePodSandbox")
+        for cid in [cid for cid, c in self.containers.items() if c.sandbox_id == sandbox_id]:
+            del self.containers[cid]
+        self.sandboxes.pop(sandbox_id, None)
+
+    async def pod_sandbox_status(self, sandbox_id: str) -> cri.PodSandboxStatus:
+        self._check("PodSandboxStatus")
+        sb = self.sandboxes.get(sandbox_id)
+        if sb is None:
+            raise NotFound(f"sandbox {sandbox_id} not found", code=grpc.StatusCode.NOT_FOUND)
+        return cri.PodSandboxStatus(id=sb.id, metadata=sb.config.metadata, state=sb.state, created_at=sb.created_at,
+                                    network=cri.PodSandboxNetworkStatus(ip=sb.ip), labels=sb.config.labels,
+                                    annotations=sb.config.annotations)
+
+    @staticmethod
+    def _match(labels: Mapping[str, str], selector: Mapping[str, str] | None) -> bool:
+        return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+    async def list_pod_sandbox(self, *, labels: Mapping[str, str] | None = None) -> list[cri.PodSandbox]:
+        self._check("ListPodSandbox")
+        return [cri.PodSandbox(id=sb.id, metadata=sb.config.metadata, state=sb.state, created_at=sb.created_at,
+                               labels=sb.config.labels, annotations=sb.config.annotations)
+                for sb in self.sandboxes.values() if self._match(sb.config.labels, labels)]
+
+    async def create_container(self, sandbox_id: str, config: cri.ContainerConfig,
+                               sandbox_config: cri.PodSandboxConfig) -> str:
+        self._check("CreateContainer")
+        sb = self.sandboxes.get(sandbox_id)
+        if sb is None or sb.state != cri.SANDBOX_READY:
+            raise CriError(f"sandbox {sandbox_id} is not ready")
+        image = self._norm(config.image.image)
+        if image not in self.images:
+            raise CriError(f'failed to create containerd container: image "{image}": not found')
+        cid = self._new_id()
+        c = _Container(cid, sandbox_id, cri.ContainerConfig(), "sha256:" + uuid.uuid5(uuid.NAMESPACE_URL, image).hex,
+                       f"{sb.config.log_directory}/{config.log_path}")
+        c.config.CopyFrom(config)
+        self.containers[cid] = c
+        return cid
+
+    def _container(self, container_id: str) -> _Container:
+        c = self.containers.get(container_id)
+        if c is None:
+            raise NotFound(f"container {container_id} not found", code=grpc.StatusCode.NOT_FOUND)
+        return c
+
+    async def start_container(self, container_id: str) -> None:
+        self._check("StartContainer")
+        c = self._container(container_id)
+        if c.state != cri.CONTAINER_CREATED:
+            raise CriError(f"container {container_id} is not in created state")
+        c.state, c.started_at = cri.CONTAINER_RUNNING, _now_ns()
+
+    async def stop_container(self, container_id: str, timeout: int) -> None:
+        self._check("StopContainer")
+        c = self._container(container_id)
+        if c.state == cri.CONTAINER_RUNNING:
+            c.state, c.exit_code, c.reason, c.finished_at = cri.CONTAINER_EXITED, 0, "Completed", _now_ns()
+
+    async def remove_container(self, container_id: str) -> None:
+        self._check("RemoveContainer")
+        self.containers.pop(container_id, None)
+
+    async def list_containers(self, *, labels: Mapping[str, str] | None = None) -> list[cri.Container]:
+        self._check("ListContainers")
+        return [cri.Container(id=c.id, pod_sandbox_id=c.sandbox_id, metadata=c.config.metadata,
+                              image=c.config.image, image_ref=c.image_ref, state=c.state, created_at=c.created_at,
+                              labels=c.config.labels, annotations=c.config.annotations)
+                for c in self.containers.values() if self._match(c.config.labels, labels)]
+
+    async def container_status(self, container_id: str) -> cri.ContainerStatus:
+        self._check("ContainerStatus")
+        c = self._container(container_id)
+        return cri.ContainerStatus(id=c.id, metadata=c.config.metadata, state=c.state, created_at=c.created_at,
+                                   started_at=c.started_at, finished_at=c.finished_at, exit_code=c.exit_code,
+                                   image=c.config.image, image_ref=c.image_ref, reason=c.reason,
+                                   labels=c.config.labels, annotations=c.config.annotations, log_path=c.log_path)
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
+        self._check("ExecSync")
+        c = self._container(container_id)
+        if c.state != cri.CONTAINER_RUNNING:
+            raise CriError(f"container {container_id} is not running")
+        code, out, err = self.exec_handler(container_id, list(cmd))
+        return cri.ExecSyncResponse(stdout=out, stderr=err, exit_code=code)
+
+    async def image_status(self, image: str) -> cri.Image | None:
+        self._check("ImageStatus")
+        ref = self._norm(image)
+        if ref not in self.images:
+            return None
+        return cri.Image(id="sha256:" + uuid.uuid5(uuid.NAMESPACE_URL, ref).hex, repo_tags=[ref], size=1)
+
+    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None) -> str:
+        self._check("PullImage")
+        ref = self._norm(image)
+        if not self.pullable(ref):
+            raise CriError(f'failed to pull and unpack image "{ref}": failed to resolve reference "{ref}": '
+                           "dial tcp: lookup registry: no such host")
+        self.images.add(ref)
+        return "sha256:" + uuid.uuid5(uuid.NAMESPACE_URL, ref).hex
+
+    async def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------- gRPC server around a FakeRuntime
+
+
+def _abort_code(exc: CriError) -> grpc.StatusCode:
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, RuntimeUnavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.UNKNOWN
+
+
+class _RuntimeServicer(cri_grpc.RuntimeServiceServicer):
+    def __init__(self, fake: FakeRuntime) -> None:
+        self.fake = fake
+
+    async def _do(self, context: grpc.aio.ServicerContext, coro):  # type: ignore[no-untyped-def]
+        try:
+            return await coro
+        except CriError as exc:
+            await context.abort(_abort_code(exc), str(exc))
+
+    async def Version(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._do(context, self.fake.version())
+
+    async def Status(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._do(context, self.fake.status())
+
+    async def RunPodSandbox(self, request, context):  # type: ignore[no-untyped-def]
+        sid = await self._do(context, self.fake.run_pod_sandbox(request.config))
+        return cri.RunPodSandboxResponse(pod_sandbox_id=sid)
+
+    async def StopPodSandbox(self, request, context):  # type: ignore[no-untyped-def]
+        await self._do(context, self.fake.stop_pod_sandbox(request.pod_sandbox_id))
+        return cri.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(self, request, context):  # type: ignore[no-untyped-def]
+        await self._do(context, self.fake.remove_pod_sandbox(request.pod_sandbox_id))
+        return cri.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(self, request, context):  # type: ignore[no-untyped-def]
+        st = await self._do(context, self.fake.pod_sandbox_status(request.pod_sandbox_id))
+        return cri.PodSandboxStatusResponse(status=st)
+
+    async def ListPodSandbox(self, request, context):  # type: ignore[no-untyped-def]
+        items = await self._do(context, self.fake.list_pod_sandbox(labels=dict(request.filter.label_selector)))
+        if request.filter.id:
+            items = [i for i in items if i.id == request.filter.id]
+        return cri.ListPodSandboxResponse(items=items)
+
+    async def CreateContainer(self, request, context):  # type: ignore[no-untyped-def]
+        cid = await self._do(context, self.fake.create_container(request.pod_sandbox_id, request.config,
+                                                                 request.sandbox_config))
+        return cri.CreateContainerResponse(container_id=cid)
+
+    async def StartContainer(self, request, context):  # type: ignore[no-untyped-def]
+        await self._do(context, self.fake.start_container(request.container_id))
+        return cri.StartContainerResponse()
+
+    async def StopContainer(self, request, context):  # type: ignore[no-untyped-def]
+        await self._do(context, self.fake.stop_container(request.container_id, request.timeout))
+        return cri.StopContainerResponse()
+
+    async def RemoveContainer(self, request, context):  # type: ignore[no-untyped-def]
+        await self._do(context, self.fake.remove_container(request.container_id))
+        return cri.RemoveContainerResponse()
+
+    async def ListContainers(self, request, context):  # type: ignore[no-untyped-def]
+        items = await self._do(context, self.fake.list_containers(labels=dict(request.filter.label_selector)))
+        return cri.ListContainersResponse(containers=items)
+
+    async def ContainerStatus(self, request, context):  # type: ignore[no-untyped-def]
+        st = await self._do(context, self.fake.container_status(request.container_id))
+        return cri.ContainerStatusResponse(status=st)
+
+    async def ExecSync(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._do(context, self.fake.exec_sync(request.container_id, list(request.cmd), request.timeout))
+
+
+class _ImageServicer(cri_grpc.ImageServiceServicer):
+    def __init__(self, fake: FakeRuntime) -> None:
+        self.fake = fake
+
+    async def ImageStatus(self, request, context):  # type: ignore[no-untyped-def]
+        image = await self.fake.image_status(request.image.image)
+        return cri.ImageStatusResponse(image=image) if image is not None else cri.ImageStatusResponse()
+
+    async def PullImage(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            ref = await self.fake.pull_image(request.image.image)
+        except CriError as exc:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+        return cri.PullImageResponse(image_ref=ref)
+
+    async def ListImages(self, request, context):  # type: ignore[no-untyped-def]
+        return cri.ListImagesResponse(images=[cri.Image(id=i, repo_tags=[i]) for i in sorted(self.fake.images)])
+
+
+async def serve(fake: FakeRuntime, listen: str) -> grpc.aio.Server:
+    """Serve `fake` as CRI runtime.v1 on `listen` (e.g. unix:///tmp/fake.sock); returns the started server."""
+    server = grpc.aio.server()
+    cri_grpc.add_RuntimeServiceServicer_to_server(_RuntimeServicer(fake), server)
+    cri_grpc.add_ImageServiceServicer_to_server(_ImageServicer(fake), server)
+    server.add_insecure_port(listen)
+    await server.start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nodeagent.fakecri", description="An in-memory fake CRI server.")
+    parser.add_argument("--listen", required=True, help="e.g. unix:///tmp/fake-cri.sock")
+    parser.add_argument("--pod-cidr", default="10.88.0.0/16")
+    parser.add_argument("--image", action="append", default=[], help="an image the fake already has (repeatable)")
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        from skiff import images
+
+        fake = FakeRuntime(pod_cidr=args.pod_cidr, images={images.normalize_ref(i) for i in args.image})
+        server = await serve(fake, args.listen)
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Pod spec -> CRI configs (pure): sandbox config, container config, Linux resources.
+
+What holds: every sandbox and container carries the pod uid/name/namespace labels (adoption
+after an agent restart and orphan removal depend on them); container log paths are
+`<pod log dir>/<ns>_<name>_<uid>/<container>/<attempt>.log` so the previous instance's log is
+found by its attempt; resources follow the kubelet's conversion (shares from requests,
+CFS quota from limits, memory limit in bytes).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from nodeagent import cri as rt
+from skiff import quantity
+from skiffpb.api.v1 import types_pb2 as t
+from skiffpb.cri.v1 import api_pb2 as cri
+
+MIN_SHARES = 2
+SHARES_PER_CPU = 1024
+QUOTA_PERIOD = 100_000  # us
+MIN_QUOTA = 1000
+
+
+@dataclass(frozen=True)
+class PodConfigSettings:
+    pod_log_dir: str
+    cgroup_parent: str = ""
+
+
+def pod_labels(pod: t.Pod) -> dict[str, str]:
+    return {rt.LABEL_POD_UID: pod.metadata.uid, rt.LABEL_POD_NAME: pod.metadata.name,
+            rt.LABEL_POD_NAMESPACE: pod.metadata.namespace, rt.LABEL_MANAGED: "true"}
+
+
+def pod_log_dir(pod_log_root: str, namespace: str, name: str, uid: str) -> str:
+    return os.path.join(pod_log_root, f"{namespace}_{name}_{uid}")
+
+
+def container_log_path(name: str, attempt: int) -> str:
+    return f"{name}/{attempt}.log"
+
+
+def sandbox_config(pod: t.Pod, attempt: int, settings: PodConfigSettings) -> cri.PodSandboxConfig:
+    meta = pod.metadata
+    cfg = cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=attempt),
+        hostname=(pod.spec.hostname or meta.name)[:63],
+        log_directory=pod_log_dir(settings.pod_log_dir, meta.namespace, meta.name, meta.uid),
+        labels=pod_labels(pod),
+        annotations=dict(meta.annotations),
+    )
+    for c in pod.spec.containers:
+        for p in c.ports:
+            if p.host_port:
+                cfg.port_mappings.add(protocol=cri.Protocol.Value(p.protocol or "TCP"), container_port=p.container_port,
+                                      host_port=p.host_port, host_ip=p.host_ip)
+    linux = cfg.linux
+    if settings.cgroup_parent:
+        linux.cgroup_parent = settings.cgroup_parent
+    ns = linux.security_context.namespace_options
+    ns.network = cri.NODE if pod.spec.host_network else cri.POD
+    ns.pid = cri.CONTAINER
+    return cfg
+
+
+def linux_resources(container: t.Container) -> cri.LinuxContainerResources:
+    limits, requests = container.resources.limits, container.resources.requests
+    out = cri.LinuxContainerResources()
+    cpu_request = requests.get("cpu") or limits.get("cpu")
+    millis = quantity.cpu_millis(cpu_request) if cpu_request else 0
+    out.cpu_shares = max(millis * SHARES_PER_CPU // 1000, MIN_SHARES)
+    if limits.get("cpu"):
+        out.cpu_period = QUOTA_PERIOD
+        out.cpu_quota = max(quantity.cpu_millis(limits["cpu"]) * QUOTA_PERIOD // 1000, MIN_QUOTA)
+    if limits.get("memory"):
+        out.memory_limit_in_bytes = quantity.to_bytes(limits["memory"])
+    return out
+
+
+def container_config(pod: t.Pod, container: t.Container, attempt: int) -> cri.ContainerConfig:
+    labels = pod_labels(pod)
+    labels[rt.LABEL_CONTAINER_NAME] = container.name
+    cfg = cri.ContainerConfig(
+        metadata=cri.ContainerMetadata(name=container.name, attempt=attempt),
+        image=cri.ImageSpec(image=container.image),
+        command=list(container.command),
+        args=list(container.args),
+        working_dir=container.working_dir,
+        envs=[cri.KeyValue(key=e.name, value=e.value) for e in container.env],
+        labels=labels,
+        log_path=container_log_path(container.name, attempt),
+    )
+    cfg.linux.resources.CopyFrom(linux_resources(container))
+    ns = cfg.linux.security_context.namespace_options
+    ns.network = cri.NODE if pod.spec.host_network else cri.POD
+    ns.pid = cri.CONTAINER
+    return cfg

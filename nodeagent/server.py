@@ -1,0 +1,133 @@
+"""The node agent's gRPC service (the kubelet's port): container logs and exec for the api-server.
+
+ContainerLogs streams a container's log file (decoded from the CRI log format), optionally
+only the last `tail_lines`, the previous instance's (`previous`), and following new output
+while the container runs. Exec runs a command through CRI ExecSync. Pods are found in the
+agent's own pod cache (only pods bound to this node); errors are Skiff errors with gRPC codes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import grpc
+
+from nodeagent import logs
+from nodeagent.agent import NodeAgent
+from nodeagent.cri import LABEL_CONTAINER_NAME, LABEL_POD_UID, CriError
+from nodeagent.podconfig import container_log_path, pod_log_dir
+from skiff import errors
+from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import nodeagent_pb2_grpc as na_grpc
+from skiffpb.api.v1 import types_pb2 as t
+from skiffpb.cri.v1 import api_pb2 as cri
+
+CHUNK = 32 * 1024
+
+
+class NodeAgentService(na_grpc.NodeAgentServicer):
+    def __init__(self, agent: NodeAgent) -> None:
+        self.agent = agent
+
+    def _pod_and_container(self, namespace: str, name: str, container: str) -> tuple[t.Pod, t.Container]:
+        pod = self.agent.find_pod(namespace, name)
+        if pod is None:
+            raise errors.NotFoundError(f'pod "{name}" not found on node {self.agent.config.node_name}')
+        if not container:
+            if len(pod.spec.containers) != 1:
+                names = " ".join(c.name for c in pod.spec.containers)
+                raise errors.InvalidError(f"a container name must be specified for pod {name}, choose one of: "
+                                          f"[{names}]")
+            return pod, pod.spec.containers[0]
+        for c in pod.spec.containers:
+            if c.name == container:
+                return pod, c
+        raise errors.InvalidError(f"container {container} is not valid for pod {name}")
+
+    async def _instances(self, pod: t.Pod, container: str) -> list[cri.Container]:
+        items = await self.agent.runtime.list_containers(labels={LABEL_POD_UID: pod.metadata.uid,
+                                                                 LABEL_CONTAINER_NAME: container})
+        return sorted(items, key=lambda c: (c.metadata.attempt, c.created_at))
+
+    async def _logs(self, request: api.LogsRequest) -> AsyncIterator[api.LogChunk]:
+        pod, spec = self._pod_and_container(request.namespace, request.pod, request.container)
+        instances = await self._instances(pod, spec.name)
+        if not instances:
+            raise errors.InvalidError(f'container "{spec.name}" in pod "{pod.metadata.name}" is waiting to start')
+        latest = instances[-1]
+        attempt = latest.metadata.attempt
+        if request.previous:
+            if attempt == 0:
+                raise errors.InvalidError(f'previous terminated container "{spec.name}" in pod '
+                                          f'"{pod.metadata.name}" not found')
+            attempt -= 1
+        base = pod_log_dir(self.agent.config.pod_log_dir, pod.metadata.namespace, pod.metadata.name,
+                           pod.metadata.uid)
+        path = os.path.join(base, container_log_path(spec.name, attempt))
+        data, offset = logs.read(path, tail_lines=int(request.tail_lines))
+        for i in range(0, len(data), CHUNK):
+            yield api.LogChunk(data=data[i:i + CHUNK])
+        if not request.follow or request.previous:
+            return
+        cid = latest.id
+        running = {"yes": latest.state == cri.CONTAINER_RUNNING}
+
+        def alive() -> bool:
+            return running["yes"]
+
+        async def poll_state() -> None:
+            try:
+                st = await self.agent.runtime.container_status(cid)
+                running["yes"] = st.state == cri.CONTAINER_RUNNING
+            except CriError:
+                running["yes"] = False
+
+        async for chunk in logs.follow(path, offset, alive=alive):
+            yield api.LogChunk(data=chunk)
+            await poll_state()
+        # one more look: the container may have stopped between polls
+        await poll_state()
+
+    async def ContainerLogs(self, request: api.LogsRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[api.LogChunk]:
+        try:
+            async for chunk in self._logs(request):
+                yield chunk
+        except errors.SkiffError as exc:
+            await context.abort(exc.code, exc.message)
+        except CriError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+    async def Exec(self, request: api.ExecRequest, context: grpc.aio.ServicerContext) -> api.ExecResponse:
+        try:
+            pod, spec = self._pod_and_container(request.namespace, request.pod, request.container)
+            instances = [c for c in await self._instances(pod, spec.name) if c.state == cri.CONTAINER_RUNNING]
+            if not instances:
+                raise errors.FailedPreconditionError(f'container "{spec.name}" in pod "{pod.metadata.name}" is '
+                                                     "not running")
+            if not request.command:
+                raise errors.InvalidError("command: at least one argument is required")
+            resp = await self.agent.runtime.exec_sync(instances[-1].id, list(request.command),
+                                                      int(request.timeout_seconds))
+            return api.ExecResponse(stdout=resp.stdout, stderr=resp.stderr, exit_code=resp.exit_code)
+        except errors.SkiffError as exc:
+            await context.abort(exc.code, exc.message)
+        except CriError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE if exc.code == grpc.StatusCode.UNAVAILABLE
+                                else grpc.StatusCode.INTERNAL, str(exc))
+        raise AssertionError("unreachable")
+
+
+async def start_server(agent: NodeAgent, listen: str) -> tuple[grpc.aio.Server, int]:
+    """Serve the NodeAgent service on `listen` ("127.0.0.1:0" picks a port); returns (server, port)."""
+    server = grpc.aio.server()
+    na_grpc.add_NodeAgentServicer_to_server(NodeAgentService(agent), server)
+    port = server.add_insecure_port(listen)
+    if port == 0 and not listen.startswith("unix:"):
+        raise OSError(f"--listen {listen}: cannot bind")
+    await server.start()
+    return server, port
+
+
+__all__ = ["NodeAgentService", "start_server"]

@@ -1,0 +1,192 @@
+"""The agent against the in-memory runtime and MemoryApi; the CRI adapter against the fake CRI server.
+
+These are fast checks of the wiring (informer -> workers -> runtime -> status, node, lease,
+orphans); the real thing is tested against containerd in tests/e2e/test_nodeagent.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from nodeagent import fakecri
+from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.cri import LABEL_POD_UID, GrpcRuntime, NotFound
+from nodeagent.fakecri import FakeRuntime
+from nodeagent.plan import PlanConfig
+from skiff.memapi import MemoryApi
+from skiffpb.api.v1 import types_pb2 as t
+from skiffpb.cri.v1 import api_pb2 as cri
+
+T = TypeVar("T")
+IMAGE = "docker.io/skiff/web:1.0"
+
+
+async def until(check: Callable[[], Awaitable[T | None]], timeout: float = 5.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met; last {value!r}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[MemoryApi, FakeRuntime, NodeAgent]]:
+    api = MemoryApi(graceful_pod_deletion=True)
+    fake = FakeRuntime(images={IMAGE})
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
+                                             pod_log_dir=str(tmp_path), relist_period=0.05, status_check_period=0.05,
+                                             plan=PlanConfig(backoff_base=0.2, backoff_max=0.4)))
+    await agent.start()
+    yield api, fake, agent
+    await agent.stop()
+
+
+async def make_pod(api: MemoryApi, name: str, **spec: str) -> t.Pod:
+    pod = t.Pod()
+    pod.metadata.name = name
+    pod.spec.containers.add(name="c", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
+    for k, v in spec.items():
+        setattr(pod.spec, k, v)
+    await api.create(pod)
+    return await api.bind("default", name, "n1")
+
+
+async def test_lifecycle_restart_and_delete(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+    api, fake, _agent = env
+    await make_pod(api, "p1")
+
+    async def phase(want: str) -> t.Pod | None:
+        p = await api.get(t.Pod, "p1", "default")
+        return p if p.status.phase == want and p.status.container_statuses[0].ready else None
+
+    pod = await until(lambda: phase("Running"))
+    assert pod.status.pod_ip.startswith("10.88.")
+    cid = next(iter(fake.containers))
+    fake.exit(cid, 1)
+
+    async def restarts(n: int) -> t.Pod | None:
+        p = await api.get(t.Pod, "p1", "default")
+        return p if p.status.container_statuses[0].restart_count == n and \
+            p.status.container_statuses[0].state.HasField("running") else None
+
+    await until(lambda: restarts(1))
+    running = [c for c in fake.containers.values() if c.state == cri.CONTAINER_RUNNING]
+    fake.exit(running[0].id, 1)
+    await until(lambda: restarts(2))
+    # Nodes and leases exist; the node is Ready.
+    node = await api.get(t.Node, "n1")
+    assert next(c for c in node.status.conditions if c.type == "Ready").status == "True"
+    assert (await api.get(t.Lease, "n1", "kube-node-lease")).spec.holder_identity == "n1"
+    # Deletion: everything removed, then the object.
+    await api.delete(t.Pod, "p1", "default")
+
+    async def gone() -> bool:
+        return not api.objects(t.Pod) and not fake.sandboxes
+
+    await until(gone)
+    assert not fake.containers
+
+
+async def test_status_written_only_on_change(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+    api, _fake, _agent = env
+    await make_pod(api, "quiet")
+
+    async def ready() -> bool:
+        p = await api.get(t.Pod, "quiet", "default")
+        return bool(p.status.container_statuses) and p.status.container_statuses[0].ready
+
+    await until(ready)
+    writes = api.count("update_status", "pods")
+    await asyncio.sleep(0.5)  # ten relists, a few status checks: nothing changed
+    assert api.count("update_status", "pods") == writes
+
+
+async def test_image_never_and_pull_failure(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+    api, fake, _agent = env
+    pod = t.Pod()
+    pod.metadata.name = "nopull"
+    pod.spec.containers.add(name="c", image="skiff/absent:1.0", image_pull_policy="Never")
+    await api.create(pod)
+    await api.bind("default", "nopull", "n1")
+
+    async def reason() -> str:
+        p = await api.get(t.Pod, "nopull", "default")
+        return p.status.container_statuses[0].state.waiting.reason if p.status.container_statuses else ""
+
+    assert await until(lambda: _eq(reason(), "ErrImageNeverPull")) is True
+    assert "PullImage" not in fake.calls
+
+
+async def _eq(value: Awaitable[str], want: str) -> bool:
+    return await value == want
+
+
+async def test_orphans_removed_only_after_sync(tmp_path: Path) -> None:
+    api = MemoryApi()
+    fake = FakeRuntime(images={IMAGE})
+    cfg = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="x", uid="ghost"), labels={LABEL_POD_UID: "ghost"})
+    await fake.run_pod_sandbox(cfg)
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", manage_network=False, pod_log_dir=str(tmp_path),
+                                             relist_period=0.05))
+    await agent.start()
+    try:
+        async def empty() -> bool:
+            return not fake.sandboxes
+
+        await until(empty)
+    finally:
+        await agent.stop()
+
+
+async def test_runtime_down_marks_node_not_ready(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+    api, fake, _agent = env
+    fake.down = True
+
+    async def ready(status: str) -> t.NodeCondition | None:
+        n = await api.get(t.Node, "n1")
+        c = next(c for c in n.status.conditions if c.type == "Ready")
+        return c if c.status == status else None
+
+    cond = await until(lambda: ready("False"))
+    assert cond.reason == "ContainerRuntimeDown"
+    fake.down = False
+    await until(lambda: ready("True"))
+
+
+async def test_grpc_runtime_against_fake_cri_server(tmp_path: Path) -> None:
+    """The hand-written proto round-trips through a real gRPC server and the real adapter."""
+    fake = FakeRuntime(images={IMAGE})
+    sock = f"unix://{tmp_path}/cri.sock"
+    server = await fakecri.serve(fake, sock)
+    runtime = GrpcRuntime(sock)
+    try:
+        assert (await runtime.version()).runtime_name == "fake"
+        cfg = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="p", uid="u"), labels={LABEL_POD_UID: "u"})
+        sid = await runtime.run_pod_sandbox(cfg)
+        assert (await runtime.pod_sandbox_status(sid)).network.ip == "10.88.0.2"
+        cc = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="c", attempt=2), image=cri.ImageSpec(image=IMAGE),
+                                 labels={LABEL_POD_UID: "u"})
+        cid = await runtime.create_container(sid, cc, cfg)
+        await runtime.start_container(cid)
+        [c] = await runtime.list_containers(labels={LABEL_POD_UID: "u"})
+        assert (c.id, c.metadata.attempt, c.state) == (cid, 2, cri.CONTAINER_RUNNING)
+        assert await runtime.list_containers(labels={LABEL_POD_UID: "other"}) == []
+        assert (await runtime.image_status("skiff/web:1.0")) is not None
+        assert (await runtime.image_status("skiff/nothere:1")) is None
+        with pytest.raises(NotFound):
+            await runtime.container_status("nope")
+        await runtime.stop_pod_sandbox(sid)
+        await runtime.remove_pod_sandbox(sid)
+        assert await runtime.list_pod_sandbox() == []
+    finally:
+        await runtime.close()
+        await server.stop(0)

@@ -1,0 +1,215 @@
+"""Pure pieces of the node agent and its shared helpers: rendering, images, logs, routes, Ready."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from nodeagent import logs, network, node, podconfig, probes
+from skiff import hostconfig, images
+from skiffpb.api.v1 import types_pb2 as t
+from skiffpb.cri.v1 import api_pb2 as cri
+
+
+def test_containerd_config_has_the_essential_settings(tmp_path: Path) -> None:
+    paths = hostconfig.NodePaths(tmp_path / "n1")
+    text = hostconfig.render_containerd_config(hostconfig.ContainerdSettings.for_node(paths))
+    conf = tomllib.loads(text)
+    cri_conf = conf["plugins"]["io.containerd.grpc.v1.cri"]
+    assert conf["version"] == 2
+    assert (conf["root"], conf["state"], conf["grpc"]["address"]) == (
+        str(paths.root), str(paths.state), str(paths.socket))
+    assert cri_conf["restrict_oom_score_adj"] is True
+    assert cri_conf["netns_mounts_under_state_dir"] is True
+    assert cri_conf["sandbox_image"] == images.PAUSE_IMAGE
+    assert cri_conf["cni"] == {"bin_dir": "/usr/lib/cni", "conf_dir": str(paths.cni_conf_dir), "max_conf_num": 1}
+    runc = cri_conf["containerd"]["runtimes"]["runc"]
+    assert runc["options"] == {"Root": str(paths.runc_root), "SystemdCgroup": False}
+    assert hostconfig.write_node_config(paths) is True
+    assert hostconfig.write_node_config(paths) is False  # unchanged: not rewritten
+
+
+def test_cni_conflist() -> None:
+    conf = json.loads(hostconfig.render_cni_conflist(hostconfig.CniSettings("10.244.1.0/24", "/x/ipam")))
+    bridge = conf["plugins"][0]
+    assert (bridge["type"], bridge["hairpinMode"], bridge["ipMasq"], bridge["isGateway"]) == (
+        "bridge", True, False, True)
+    assert bridge["ipam"]["dataDir"] == "/x/ipam"
+    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
+
+
+@pytest.mark.parametrize("cidr", ["10.244.1.1/24", "fd00::/64", "banana", "10.0.0.0/31"],
+                         ids=["host-bits", "ipv6", "garbage", "too-small"])
+def test_cni_conflist_rejects_bad_cidr(cidr: str) -> None:
+    with pytest.raises(ValueError, match="podCIDR"):
+        hostconfig.render_cni_conflist(hostconfig.CniSettings(cidr, "/x"))
+
+
+@pytest.mark.parametrize(("ref", "want"), [
+    ("web", "docker.io/library/web:latest"), ("skiff/web:1.0", "docker.io/skiff/web:1.0"),
+    ("nginx:latest", "docker.io/library/nginx:latest"), ("localhost:5000/a/b", "localhost:5000/a/b:latest"),
+    ("quay.io/x/y@sha256:ab", "quay.io/x/y@sha256:ab"),
+], ids=["bare", "user-repo", "tag", "registry-port", "digest"])
+def test_normalize_ref(ref: str, want: str) -> None:
+    assert images.normalize_ref(ref) == want
+
+
+def test_image_layout_is_reproducible_with_symlinked_applets(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("hi\n")
+    spec = images.ImageSpec(name="demo/site:2", busybox=True, from_dir=tmp_path / "site",
+                            entrypoint=["/bin/httpd", "-f"], env=["A=1"], workdir="/srv")
+    a, b = images.build_oci_layout(spec), images.build_oci_layout(spec)
+    assert a == b
+    index = json.loads(a["index.json"])
+    desc = index["manifests"][0]
+    assert desc["annotations"]["io.containerd.image.name"] == "docker.io/demo/site:2"
+    manifest = json.loads(a["blobs/sha256/" + desc["digest"].split(":")[1]])
+    config = json.loads(a["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
+    assert config["config"]["Entrypoint"] == ["/bin/httpd", "-f"]
+    assert config["config"]["WorkingDir"] == "/srv" and config["config"]["Env"] == ["A=1"]
+    layer = a["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["bin/busybox"].isfile() and members["bin/busybox"].mode == 0o755
+    assert members["bin/sh"].issym() and members["bin/sh"].linkname == "busybox"
+    assert not any(m.islnk() for m in members.values())  # no hard links: they unpack with the wrong mode
+    assert members["index.html"].isfile()
+    assert all(m.mtime == 0 and m.uid == 0 for m in members.values())
+
+
+def test_cri_log_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    path.write_bytes(b"2024-01-01T00:00:00.1Z stdout F one\n"
+                     b"2024-01-01T00:00:00.2Z stderr P tw\n"
+                     b"2024-01-01T00:00:00.3Z stderr F o\n"
+                     b"2024-01-01T00:00:00.4Z stdout F three\n"
+                     b"2024-01-01T00:00:00.5Z stdout F unfinished")
+    data, offset = logs.read(str(path))
+    assert data == b"one\ntwo\nthree\n"
+    assert logs.read(str(path), tail_lines=2)[0] == b"two\nthree\n"
+    assert offset < path.stat().st_size  # the unfinished record is left for the follower
+    assert logs.read(str(tmp_path / "missing"))[0] == b""
+
+
+async def test_log_follow_stops_when_container_dead(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    path.write_bytes(b"T stdout F a\n")
+    alive = {"v": True}
+    got = []
+    async for chunk in logs.follow(str(path), 0, alive=lambda: alive["v"], poll=0.01):
+        got.append(chunk)
+        with open(path, "ab") as f:
+            f.write(b"T stdout F b\n") if len(got) == 1 else None
+        if len(got) == 2:
+            alive["v"] = False
+    assert got == [b"a\n", b"b\n"]
+
+
+def _node(name: str, cidr: str, ip: str, *, deleting: bool = False) -> t.Node:
+    n = t.Node()
+    n.metadata.name = name
+    n.spec.pod_cidr = cidr
+    if ip:
+        n.status.addresses.add(type="InternalIP", address=ip)
+    if deleting:
+        n.metadata.deletion_timestamp.FromSeconds(1)
+    return n
+
+
+def test_routes_plan() -> None:
+    nodes = [_node("n1", "10.244.1.0/24", "10.0.0.1"), _node("n2", "10.244.2.0/24", "10.0.0.2"),
+             _node("n3", "10.244.3.0/24", "10.0.0.3"), _node("n4", "", "10.0.0.4"),
+             _node("n5", "10.244.5.0/24", ""), _node("n6", "10.244.6.0/24", "10.0.0.6", deleting=True)]
+    desired = network.desired_routes("n1", nodes)
+    assert desired == {"10.244.2.0/24": "10.0.0.2", "10.244.3.0/24": "10.0.0.3"}
+    plan = network.plan_routes(desired, {"10.244.2.0/24": "10.0.0.2", "10.244.3.0/24": "10.0.0.99",
+                                         "10.244.9.0/24": "10.0.0.9"})
+    assert dict(plan.add) == {"10.244.3.0/24": "10.0.0.3"}
+    assert plan.delete == ("10.244.9.0/24",)
+
+
+async def test_network_manager_with_memory_routes(tmp_path: Path) -> None:
+    from nodeagent.netns import NodeNetwork
+
+    routes = network.MemoryRoutes()
+    mgr = network.NetworkManager(node_name="n1", net=NodeNetwork(), routes=routes, cni_conf_dir=str(tmp_path / "cni"),
+                                 ipam_dir=str(tmp_path / "ipam"), manage_sysctls=False)
+    await mgr.sync([_node("n1", "", "10.0.0.1")])
+    assert not (tmp_path / "cni").exists()  # no podCIDR yet: no CNI config, the runtime stays NetworkNotReady
+    await mgr.sync([_node("n1", "10.244.1.0/24", "10.0.0.1"), _node("n2", "10.244.2.0/24", "10.0.0.2")])
+    assert "10.244.1.0/24" in (tmp_path / "cni" / hostconfig.CNI_CONFLIST_NAME).read_text()
+    assert routes.routes == {"10.244.2.0/24": "10.0.0.2"}
+    await mgr.sync([_node("n1", "10.244.1.0/24", "10.0.0.1")])
+    assert routes.routes == {}
+
+
+def _status(runtime: bool, net: bool) -> cri.StatusResponse:
+    return cri.StatusResponse(status=cri.RuntimeStatus(conditions=[
+        cri.RuntimeCondition(type="RuntimeReady", status=runtime),
+        cri.RuntimeCondition(type="NetworkReady", status=net, reason="NetworkPluginNotReady",
+                             message="cni config uninitialized")]))
+
+
+@pytest.mark.parametrize(("status", "error", "want"), [
+    (_status(True, True), "", ("True", "KubeletReady")),
+    (None, "connection refused", ("False", "ContainerRuntimeDown")),
+    (_status(False, True), "", ("False", "ContainerRuntimeNotReady")),
+    (_status(True, False), "", ("False", "NetworkPluginNotReady")),
+], ids=["ready", "runtime-down", "runtime-not-ready", "network-not-ready"])
+def test_ready_condition(status: cri.StatusResponse | None, error: str, want: tuple[str, str]) -> None:
+    cond = node.ready_condition(status, error, [], 100.0)
+    assert (cond.status, cond.reason) == want
+    if error:
+        assert error in cond.message
+    again = node.ready_condition(status, error, [cond], 200.0)
+    assert again.last_transition_time.seconds == 100 and again.last_heartbeat_time.seconds == 200
+
+
+@pytest.mark.parametrize(("limits", "requests", "want"), [
+    ({}, {}, (2, 0, 0, 0)),
+    ({"cpu": "500m", "memory": "64Mi"}, {}, (512, 50000, 100000, 64 << 20)),
+    ({"cpu": "2"}, {"cpu": "250m"}, (256, 200000, 100000, 0)),
+    ({}, {"cpu": "1m"}, (2, 0, 0, 0)),
+], ids=["best-effort", "limits-only", "request-and-limit", "tiny-request"])
+def test_linux_resources(limits: dict[str, str], requests: dict[str, str], want: tuple[int, int, int, int]) -> None:
+    c = t.Container(name="c", image="x", resources=t.ResourceRequirements(limits=limits, requests=requests))
+    r = podconfig.linux_resources(c)
+    assert (r.cpu_shares, r.cpu_quota, r.cpu_period, r.memory_limit_in_bytes) == want
+
+
+def test_container_config_carries_pod_labels_and_log_path() -> None:
+    pod = t.Pod()
+    pod.metadata.name, pod.metadata.namespace, pod.metadata.uid = "p", "ns", "u1"
+    c = pod.spec.containers.add(name="web", image="skiff/web:1.0", command=["/bin/sh"], args=["-c", "x"],
+                                env=[t.EnvVar(name="A", value="1")])
+    cfg = podconfig.container_config(pod, c, 3)
+    assert cfg.labels["io.kubernetes.pod.uid"] == "u1" and cfg.labels["io.kubernetes.container.name"] == "web"
+    assert (cfg.metadata.attempt, cfg.log_path, list(cfg.command), list(cfg.args)) == (3, "web/3.log", ["/bin/sh"],
+                                                                                       ["-c", "x"])
+    assert [(e.key, e.value) for e in cfg.envs] == [("A", "1")]
+    sb = podconfig.sandbox_config(pod, 1, podconfig.PodConfigSettings("/logs", "/skiff-n1"))
+    assert (sb.hostname, sb.log_directory, sb.linux.cgroup_parent) == ("p", "/logs/ns_p_u1", "/skiff-n1")
+
+
+@pytest.mark.parametrize(("outcomes", "initial", "want_changes"), [
+    ([False, False, False], True, [False, False, True]),  # liveness: flips after 3 failures
+    ([False, True, False, False, False], True, [False, False, False, False, True]),
+    ([True], False, [True]),  # readiness: one success makes it ready
+], ids=["three-failures", "success-resets-count", "ready-after-success"])
+def test_probe_counter(outcomes: list[bool], initial: bool, want_changes: list[bool]) -> None:
+    counter = probes.ProbeCounter.for_probe(t.Probe(), initial=initial)
+    assert [counter.observe(o) for o in outcomes] == want_changes
+
+
+def test_named_probe_port() -> None:
+    c = t.Container(name="c", ports=[t.ContainerPort(name="http", container_port=8080)])
+    assert probes.resolve_port(t.IntOrString(str_val="http"), c) == 8080
+    assert probes.resolve_port(t.IntOrString(int_val=81), c) == 81
+    with pytest.raises(ValueError, match="not a named port"):
+        probes.resolve_port(t.IntOrString(str_val="grpc"), c)

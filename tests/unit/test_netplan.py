@@ -1,0 +1,49 @@
+"""The lab network plan: names, addresses and commands, before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy import netplan
+
+
+def test_standard_lab_hosts() -> None:
+    lab = netplan.make_lab("t1", workers=3)
+    assert [(h.name, h.ip, h.roles) for h in lab.hosts] == [
+        ("cp", "10.77.0.10", ("control-plane",)),
+        ("n1", "10.77.0.11", ("worker",)),
+        ("n2", "10.77.0.12", ("worker",)),
+        ("n3", "10.77.0.13", ("worker",)),
+    ]
+    assert lab.uplink_ip == "10.77.0.1" and lab.uplink_name == "t1-up"
+    assert [h.name for h in lab.with_role("worker")] == ["n1", "n2", "n3"]
+
+
+def test_combined_host_and_routes() -> None:
+    lab = netplan.make_lab("loc", combined=True, lan_cidr="10.99.0.0/24", host_routes=True)
+    assert [(h.name, h.ip) for h in lab.hosts] == [("node", "10.99.0.10")]
+    up = netplan.plan_up(lab)
+    assert ("ip", "route", "replace", "10.96.0.0/12", "via", "10.99.0.10", "dev", "loc-up") in up
+    assert ("ip", "route", "del", "10.96.0.0/12", "dev", "loc-up") in netplan.plan_down(lab)
+
+
+def test_plan_up_wires_each_host_to_the_bridge_once() -> None:
+    lab = netplan.make_lab("t2", workers=2, uplink=False)
+    up = netplan.plan_up(lab)
+    assert up[0] == ("ip", "netns", "add", "t2-lan")
+    adds = [c for c in up if c[:3] == ("ip", "netns", "add")]
+    assert [c[3] for c in adds] == ["t2-lan", "t2-cp", "t2-n1", "t2-n2"]
+    assert ("ip", "-n", "t2-n2", "addr", "add", "10.77.0.12/24", "dev", "eth0") in up
+    assert not any("t2-up" in c for c in up)
+    assert netplan.plan_down(lab) == [("ip", "netns", "del", n) for n in ("t2-cp", "t2-n1", "t2-n2", "t2-lan")]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "cidr", "error"),
+    [("toolongname", "10.77.0.0/24", "1-6 letters"), ("1ab", "10.77.0.0/24", "starting with a letter"),
+     ("ok", "10.77.0.0/28", "too small")],
+    ids=["long", "digit-first", "small-lan"],
+)
+def test_bad_labs(prefix: str, cidr: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        netplan.make_lab(prefix, lan_cidr=cidr)

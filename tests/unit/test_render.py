@@ -1,0 +1,64 @@
+"""Host configuration rendering: the daemons each host runs, and their systemd units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deploy import render
+
+
+def cluster(hosts: list[tuple[str, str]]) -> render.ClusterConfig:
+    return render.ClusterConfig(members=render.plan_members(hosts), python="/opt/skiff/.venv/bin/python")
+
+
+@pytest.mark.parametrize(
+    ("hosts", "expected"),
+    [
+        ([("cp", "10.0.0.10")], [("s1", "cp", 2379, 2380, 6443), ("s2", "cp", 2479, 2480, 6444),
+                                 ("s3", "cp", 2579, 2580, 6445)]),
+        ([("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")],
+         [("s1", "a", 2379, 2380, 6443), ("s2", "b", 2379, 2380, 6443), ("s3", "c", 2379, 2380, 6443)]),
+    ],
+    ids=["one-host", "three-hosts"],
+)
+def test_members_spread_over_hosts(hosts: list[tuple[str, str]], expected: list[tuple[object, ...]]) -> None:
+    got = [(m.name, m.host, m.client_port, m.peer_port, m.api_port) for m in render.plan_members(hosts)]
+    assert got == expected
+
+
+def test_control_plane_host_daemons() -> None:
+    c = cluster([("cp", "10.0.0.10")])
+    host = render.HostConfig("cp", "10.0.0.10", (render.CONTROL_PLANE,), Path("/var/lib/skiff"),
+                             store_password_file=Path("/etc/skiff/store-password"))
+    specs = render.daemons_for(c, host)
+    assert [s.name for s in specs] == ["store-s1", "store-s2", "store-s3", "apiserver-s1", "apiserver-s2",
+                                       "apiserver-s3", "controllers", "scheduler"]
+    s2 = specs[1].argv
+    assert s2[s2.index("--initial-cluster") + 1] == "s1=10.0.0.10:2380,s2=10.0.0.10:2480,s3=10.0.0.10:2580"
+    assert s2[s2.index("--password-file") + 1] == "/etc/skiff/store-password"
+    api2 = specs[4].argv
+    assert api2[api2.index("--store-endpoints") + 1].split(",")[0] == "10.0.0.10:2479"  # its own member first
+    assert specs[4].after == ("store-s2",)
+
+
+def test_worker_daemons_share_node_paths() -> None:
+    c = cluster([("cp", "10.0.0.10")])
+    host = render.HostConfig("n1", "10.0.0.11", (render.WORKER,), Path("/var/lib/skiff"))
+    specs = {s.name: s for s in render.daemons_for(c, host, netns_path="/run/netns/L-n1")}
+    assert list(specs) == ["containerd", "nodeagent", "netproxy"]
+    agent = specs["nodeagent"].argv
+    assert agent[agent.index("--container-runtime-endpoint") + 1] == "unix:///var/lib/skiff/node/containerd.sock"
+    assert agent[agent.index("--api-servers") + 1] == "10.0.0.10:6443,10.0.0.10:6444,10.0.0.10:6445"
+    assert agent[-2:] == ("--netns", "/run/netns/L-n1")
+    assert "restrict_oom_score_adj = true" in render.containerd_config(host)
+
+
+def test_systemd_unit() -> None:
+    spec = render.DaemonSpec("apiserver-s1", ("/usr/bin/python3", "-m", "controlplane.apiserver", "--listen",
+                                              "10.0.0.10:6443"), "Skiff api-server", after=("store-s1",))
+    unit = render.systemd_unit(spec)
+    assert "ExecStart=/usr/bin/python3 -m controlplane.apiserver --listen 10.0.0.10:6443" in unit
+    assert "After=network-online.target skiff-store-s1.service" in unit
+    assert unit.rstrip().endswith("WantedBy=multi-user.target")
