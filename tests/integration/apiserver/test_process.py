@@ -284,3 +284,44 @@ async def test_logs_and_exec_are_forwarded_to_the_node_agent(tmp_path: Path) -> 
                 await client.close()
     finally:
         await server.stop(None)
+
+
+async def test_slow_watcher_over_grpc_is_cut_off_and_others_carry_on(tmp_path: Path) -> None:
+    """A client that stops reading fills its bounded buffer and gets RESOURCE_EXHAUSTED; others see all."""
+    with control_plane(tmp_path, apiserver_args=["--watch-buffer", "50"]) as cp:
+        # No BDP probing: the slow client's flow-control window stays small, as a stalled client's would.
+        slow_channel = grpc.aio.insecure_channel(cp.apiserver_endpoints, options=[("grpc.http2.bdp_probe", 0)])
+        client = Client(cp.apiserver_endpoints)
+        try:
+            rv = (await client.list(t.Pod)).resource_version
+            watch = slow_channel.unary_stream("/skiff.api.v1.ApiServer/Watch",
+                                              request_serializer=api.WatchRequest.SerializeToString,
+                                              response_deserializer=api.WatchEvent.FromString)
+            slow = watch(api.WatchRequest(resource="pods", resource_version=rv))
+            count = 400
+            fast_seen: list[str] = []
+
+            async def fast() -> None:
+                async for ev in client.watch(t.Pod, resource_version=rv):
+                    fast_seen.append(ev.obj.metadata.name)
+                    if len(fast_seen) == count:
+                        return
+
+            reader = asyncio.ensure_future(fast())
+            await asyncio.sleep(0.5)
+            for i in range(count):
+                p = pod(f"p{i}")
+                p.metadata.annotations["padding"] = "x" * 3000
+                await client.create(p)
+            await asyncio.wait_for(reader, 60)
+            assert fast_seen == [f"p{i}" for i in range(count)]
+            received = 0
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in slow:
+                    received += 1
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too slow" in (info.value.details() or "")
+            assert 0 < received < count
+        finally:
+            await client.close()
+            await slow_channel.close(None)
