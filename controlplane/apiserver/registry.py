@@ -28,7 +28,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +78,6 @@ DEFAULT_NAMESPACE = "default"
 SYSTEM_NAMESPACES = ("default", "kube-system")
 MAX_ATTEMPTS = 16
 COMPACT_KEY = "/registry/compact_rev_key"
-FRESH_READ_TIMEOUT = 3.0
 
 
 def store_error(exc: StoreError) -> errors.SkiffError:
@@ -119,6 +118,7 @@ class Options:
     event_ttl: int = 3600
     compaction_interval: float = 300.0
     namespace_sweep_interval: float = 2.0
+    fresh_read_timeout: float = 3.0  # how long a consistent read waits for the cache to catch up
 
 
 class Registry:
@@ -217,9 +217,15 @@ class Registry:
             raise errors.InvalidError(f'apiVersion: {kind.kind} is served as "{kind.api_version}", '
                                       f'not "{api_version}"')
 
-    async def _check_namespace(self, namespace: str) -> None:
+    async def _check_namespace(self, namespace: str, *, fresh: bool = False) -> int:
+        """The namespace's mod revision, if it exists and is not terminating.
+
+        Creates compare on it in their transaction, so a namespace marked Terminating (or
+        removed) after this check makes the create fail and check again: nothing is ever
+        created in a namespace that is being emptied.
+        """
         key = f"/registry/namespaces/{namespace}"
-        ns = self.caches["namespaces"].objects.get(key)
+        ns = None if fresh else self.caches["namespaces"].objects.get(key)
         if ns is None:
             try:
                 kv = await self.store.get(key)  # the cache may not have seen a new namespace yet
@@ -231,6 +237,7 @@ class Registry:
         if meta_of(ns).HasField("deletion_timestamp"):
             raise errors.ForbiddenError(f'unable to create new content in namespace {namespace} '
                                         "because it is being terminated")
+        return int(meta_of(ns).resource_version)
 
     async def _lease_for(self, kind: kinds.Kind) -> int:
         """Events expire: they are written with a lease shared by the events of one minute."""
@@ -272,13 +279,16 @@ class Registry:
         problems += validate(obj)
         if problems:
             raise strategy.invalid(kind, meta.name or meta.generate_name, problems)
+        ns_key, ns_revision = "", 0
         if kind.namespaced:
-            await self._check_namespace(meta.namespace)
+            ns_key = f"/registry/namespaces/{meta.namespace}"
+            ns_revision = await self._check_namespace(meta.namespace)
         if isinstance(obj, t.Service):
             self._check_requested_allocations(obj)
         if dry_run:
             return obj
         lease = await self._lease_for(kind)
+        collisions = 0
         for _ in range(MAX_ATTEMPTS):
             key = self.key(kind, meta.namespace, meta.name)
             candidate = copy(obj)
@@ -287,20 +297,30 @@ class Registry:
                 alloc_keys = await self._assign(candidate, held=set())
             value = encode(candidate)
             compares = [Compare(key, 0), *(Compare(k, 0) for k in alloc_keys)]
+            if ns_key:
+                compares.append(Compare(ns_key, ns_revision))
             owner = alloc.owner_value(candidate) if isinstance(candidate, t.Service) else b""
             ops: list[Op] = [Put(key, value, lease), *(Put(k, owner) for k in alloc_keys)]
             result = await self._txn(compares, ops)
             if result.succeeded:
+                self._note_allocations(added=alloc_keys)
                 return stamped(candidate, result.revision)
             existing = result.current.get(key)
+            if existing is not None and existing.value == value:  # our write, applied before a lost response
+                return stamped(candidate, existing.mod_revision)
+            if ns_key and (result.current.get(ns_key) is None
+                           or result.current[ns_key].mod_revision != ns_revision):  # type: ignore[union-attr]
+                ns_revision = await self._check_namespace(meta.namespace, fresh=True)
+                continue
             if existing is not None:
-                if existing.value == value:  # our own write, applied before a lost response
-                    return stamped(candidate, existing.mod_revision)
                 if generated:
                     meta.name = strategy.generate_name(meta.generate_name, self._random_suffix())
                     continue
                 raise errors.AlreadyExistsError(f'{resource_name(kind)} "{meta.name}" already exists')
-            self._allocation_lost(candidate, obj, result)
+            if self._allocation_lost(candidate, obj, result):
+                collisions += 1
+                if collisions >= 2:
+                    await self._refresh_taken()  # our picture of the range is stale: read it
         raise errors.UnavailableError(f'could not create {resource_name(kind)} "{meta.name}": '
                                       f"too many concurrent allocations; retry")
 
@@ -360,10 +380,22 @@ class Registry:
             used.add(port)
         return sorted(alloc.allocation_keys(svc) - held)
 
-    def _allocation_lost(self, candidate: t.Service | Message, requested: Message, result: TxnResult) -> None:
-        """After a failed transaction: refuse taken explicit values, remember taken picked ones."""
+    def _note_allocations(self, *, added: Iterable[str] = (), released: Iterable[str] = ()) -> None:
+        """Keep this api-server's picture of the ranges current with its own writes."""
+        added, released = list(added), list(released)
+        self._taken_ips |= alloc.parse_ip_keys(added)
+        self._taken_ports |= alloc.parse_port_keys(added)
+        self._taken_ips -= alloc.parse_ip_keys(released)
+        self._taken_ports -= alloc.parse_port_keys(released)
+
+    def _allocation_lost(self, candidate: t.Service | Message, requested: Message, result: TxnResult) -> bool:
+        """After a failed transaction: refuse taken explicit values, remember taken picked ones.
+
+        True when a picked value turned out to be taken (another api-server got it first).
+        """
         if not isinstance(candidate, t.Service) or not isinstance(requested, t.Service):
-            return
+            return False
+        lost = False
         for key, kv in result.current.items():
             if kv is None:
                 continue
@@ -373,6 +405,7 @@ class Registry:
                     raise errors.InvalidError(f'Service "{requested.metadata.name}" is invalid: spec.clusterIP: '
                                               f'"{ip}": provided IP is already allocated')
                 self._taken_ips.add(ip)
+                lost = True
             elif key.startswith(alloc.PORT_PREFIX):
                 port = int(key[len(alloc.PORT_PREFIX):])
                 for i, p in enumerate(requested.spec.ports):
@@ -381,6 +414,8 @@ class Registry:
                                                   f"spec.ports[{i}].nodePort: {port}: provided port is already "
                                                   "allocated")
                 self._taken_ports.add(port)
+                lost = True
+        return lost
 
     # ------------------------------------------------------------------ get / list
 
@@ -405,7 +440,7 @@ class Registry:
                     current = await self.store.revision()
                 except StoreError as exc:
                     raise store_error(exc) from exc
-                fresh = await cache.wait_fresh(current, FRESH_READ_TIMEOUT)
+                fresh = await cache.wait_fresh(current, self.options.fresh_read_timeout)
             if fresh:
                 return cache.snapshot(filt), str(cache.revision), ""
         revision, start = 0, ""
@@ -496,6 +531,9 @@ class Registry:
                 compares += [Compare(k, 0) for k in fresh_keys]
             result = await self._txn(compares, ops)
             if result.succeeded:
+                if isinstance(new, t.Service) and isinstance(old, t.Service):
+                    self._note_allocations(added=alloc.allocation_keys(new) - alloc.allocation_keys(old),
+                                           released=alloc.allocation_keys(old) - alloc.allocation_keys(new))
                 return stamped(new, result.revision)
             current = result.current.get(key)
             if current is not None and current.value == value:
@@ -518,7 +556,11 @@ class Registry:
         if isinstance(old, t.Service):
             ops += [Delete(k) for k in sorted(alloc.allocation_keys(old))]
         result = await self._txn([Compare(key, kv.mod_revision)], ops)
-        return result.revision if result.succeeded else None
+        if not result.succeeded:
+            return None
+        if isinstance(old, t.Service):
+            self._note_allocations(released=alloc.allocation_keys(old))
+        return result.revision
 
     # ------------------------------------------------------------------ delete
 
@@ -601,10 +643,10 @@ class Registry:
                     target = await self.store.revision() if start is None else start
                 except StoreError as exc:
                     raise store_error(exc) from exc
-                await cache.wait_fresh(target, FRESH_READ_TIMEOUT)
+                await cache.wait_fresh(target, self.options.fresh_read_timeout)
             start = None
         elif start is not None and start > cache.revision:
-            await cache.wait_fresh(start, FRESH_READ_TIMEOUT)
+            await cache.wait_fresh(start, self.options.fresh_read_timeout)
         pump: asyncio.Task[Any] | None = None
         objs: list[Message] = []
         try:
@@ -666,33 +708,38 @@ class Registry:
     # ------------------------------------------------------------------ maintenance
 
     async def finalize_namespaces(self) -> None:
-        """Empty every Terminating namespace, and remove it once nothing is left in it."""
+        """Empty every Terminating namespace, and remove it once nothing is left in it.
+
+        Contents are read from the store, not the caches (which may lag): once a namespace is
+        Terminating no create can succeed in it (creates compare on the namespace key), so an
+        empty read is final.
+        """
         for ns in list(self.caches["namespaces"].objects.values()):
             if not meta_of(ns).HasField("deletion_timestamp"):
                 continue
             name = meta_of(ns).name
             remaining = 0
-            for kind in kinds.KINDS:
-                if not kind.namespaced:
-                    continue
-                prefix = registry_prefix(kind, name)
-                for key, obj in list(self.caches[kind.resource].objects.items()):
-                    if not key.startswith(prefix):
+            try:
+                for kind in kinds.KINDS:
+                    if not kind.namespaced:
                         continue
-                    remaining += 1
-                    if not meta_of(obj).HasField("deletion_timestamp"):
+                    page = await self.store.range(registry_prefix(kind, name))
+                    remaining += len(page.kvs)
+                    for kv in page.kvs:
+                        obj = self._decode(kind, kv)
+                        if meta_of(obj).HasField("deletion_timestamp"):
+                            continue
                         try:
                             await self.delete(kind.resource, name, meta_of(obj).name)
                         except errors.NotFoundError:
                             pass
-            if remaining == 0:
-                try:
-                    kv = await self.store.get(f"/registry/namespaces/{name}")
-                    if kv is not None:
-                        await self._txn([Compare(kv.key, kv.mod_revision)], [Delete(kv.key)])
+                if remaining == 0:
+                    ns_kv = await self.store.get(f"/registry/namespaces/{name}")
+                    if ns_kv is not None:
+                        await self._txn([Compare(ns_kv.key, ns_kv.mod_revision)], [Delete(ns_kv.key)])
                         log.info("namespace %s removed", name)
-                except StoreError as exc:
-                    log.warning("removing namespace %s: %s", name, exc)
+            except StoreError as exc:
+                log.warning("emptying namespace %s: %s", name, exc)
 
     async def _namespace_sweeper(self) -> None:
         while True:

@@ -198,6 +198,7 @@ class WatchCache:
         self.revision = 0
         self.window_start = 0
         self.ready = asyncio.Event()
+        self.progress_unanswered = False
         self._all: set[Watcher] = set()
         self._by_node: dict[str, set[Watcher]] = {}
         self._advanced = asyncio.Event()
@@ -268,6 +269,9 @@ class WatchCache:
             async for batch in watch:
                 for ev in batch.events:
                     self._apply(ev)
+                if not batch.events and self.progress_unanswered:
+                    self.progress_unanswered = False
+                    log.info("%s watch cache: the store answers progress requests again", self.kind.resource)
                 if batch.revision > self.revision:
                     self.revision = batch.revision
                     self._signal()
@@ -334,13 +338,26 @@ class WatchCache:
         return len(self._all) + sum(len(ws) for ws in self._by_node.values())
 
     async def wait_fresh(self, revision: int, timeout: float) -> bool:
-        """Wait until the cache has applied everything up to `revision`; False on timeout."""
+        """Wait until the cache has applied everything up to `revision`; False on timeout.
+
+        Catching up with the store's revision needs the store to answer progress requests;
+        once one went unanswered, callers are told at once (False) until a progress
+        notification shows up, so they read the store instead of waiting every time.
+        """
+        if self.revision >= revision:
+            return True
+        if self.progress_unanswered:
+            return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         asked = False
         while self.revision < revision:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if self._store_watch is not None:
+                    self.progress_unanswered = True
+                    log.warning("%s watch cache: the store did not answer a progress request within %.0fs; "
+                                "consistent reads go to the store", self.kind.resource, timeout)
                 return False
             if not asked and self._store_watch is not None:
                 asked = True

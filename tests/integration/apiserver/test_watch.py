@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.storage import Store
+from controlplane.apiserver.storage import Put, Store
 from skiff import errors, kinds
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
@@ -151,3 +152,42 @@ async def test_cache_serves_consistent_lists(registry: Registry) -> None:
     assert int(rv) >= int(created.metadata.resource_version)  # type: ignore[attr-defined]
     event = api.WatchEvent()
     assert event.type == ""
+
+
+class _SilentWatch:
+    """A store watch that never answers progress requests (a store without them)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __aiter__(self):  # type: ignore[no-untyped-def]
+        return self.inner.__aiter__()  # type: ignore[attr-defined]
+
+    async def request_progress(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.inner.close()  # type: ignore[attr-defined]
+
+
+class _NoProgressStore(MemoryStore):
+    def watch(self, prefix: str, *, start_revision: int):  # type: ignore[no-untyped-def,override]
+        return _SilentWatch(super().watch(prefix, start_revision=start_revision))
+
+
+async def test_consistent_lists_fall_back_to_the_store_without_progress_notifications() -> None:
+    store = _NoProgressStore()
+    registry = await make_registry(store, fresh_read_timeout=0.3)
+    try:
+        await registry.create(pod("a"))
+        await store.txn([], [Put("/registry/leases/default/x", b"")])  # store revision moves, pods do not
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        items, rv, _ = await registry.list("pods")
+        assert [p.metadata.name for p in items] == ["a"] and int(rv) == store.current_revision  # type: ignore[attr-defined]
+        assert loop.time() - start >= 0.3  # waited once for the cache...
+        start = loop.time()
+        await registry.list("pods")
+        assert loop.time() - start < 0.25  # ...then reads the store without waiting
+    finally:
+        await registry.stop()
