@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -13,9 +15,11 @@ import grpc
 import pytest
 import yaml
 
+from skiff import kinds
 from skiff.cli.main import main
 from skiff.client import Client
 from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import nodeagent_pb2_grpc
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.apiserver import ControlPlane, control_plane
@@ -90,6 +94,22 @@ def call(cp: ControlPlane, coro_fn: Any) -> Any:
     return asyncio.run(go())
 
 
+def in_background(cp: ControlPlane, fn: Any) -> threading.Thread:
+    """Run fn(stub) in a thread with the *synchronous* gRPC API while the CLI runs here.
+
+    Never a second asyncio loop with grpc.aio at the same time: grpc.aio binds its poller to
+    one event loop per process, and a second concurrent loop breaks every later test.
+    """
+
+    def run() -> None:
+        with grpc.insecure_channel(cp.apiserver_endpoints) as channel:
+            fn(api_grpc.ApiServerStub(channel))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def test_apply_created_unchanged_configured(skiff: Any, tmp_path: Path) -> None:
     manifest = tmp_path / "nginx.yaml"
     manifest.write_text(NGINX)
@@ -161,14 +181,11 @@ def test_get_tables_and_formats(skiff: Any, cp: ControlPlane) -> None:
 def test_get_watch_prints_changes(skiff: Any, cp: ControlPlane) -> None:
     call(cp, lambda c: c.create(t.Namespace(metadata=t.ObjectMeta(name="watching"))))
 
-    async def later(client: Client) -> None:
-        await asyncio.sleep(1.0)
-        await client.create(pod("late"), namespace="watching")
+    def later(stub: api_grpc.ApiServerStub) -> None:
+        time.sleep(1.0)
+        stub.Create(api.CreateRequest(object=kinds.wrap(pod("late")), namespace="watching"), timeout=10)
 
-    import threading
-
-    thread = threading.Thread(target=call, args=(cp, later))
-    thread.start()
+    thread = in_background(cp, later)
     code, out, _ = skiff("get", "pods", "-n", "watching", "-w", "--watch-timeout", "3")
     thread.join()
     assert code == 0
@@ -227,21 +244,22 @@ def test_rollout_history_undo_and_status(skiff: Any, cp: ControlPlane) -> None:
     code, out, _ = skiff("rollout", "status", "deploy/web", "-n", "roll", "-w", "false")
     assert code == 1 and out == "Waiting for deployment spec update to be observed...\n"
 
-    async def finish(client: Client) -> None:
-        await asyncio.sleep(1.0)
-        d = await client.get(t.Deployment, "web", "roll")
+    def finish(stub: api_grpc.ApiServerStub) -> None:
+        def get() -> t.Deployment:
+            return stub.Get(api.GetRequest(resource="deployments", namespace="roll", name="web"),
+                            timeout=10).deployment
+
+        time.sleep(1.0)
+        d = get()
         d.status.observed_generation = d.metadata.generation
         d.status.replicas = d.status.updated_replicas = 1
-        await client.update_status(d)
-        await asyncio.sleep(0.5)
-        d = await client.get(t.Deployment, "web", "roll")
+        stub.UpdateStatus(api.UpdateRequest(object=kinds.wrap(d)), timeout=10)
+        time.sleep(0.5)
+        d = get()
         d.status.available_replicas = d.status.ready_replicas = 1
-        await client.update_status(d)
+        stub.UpdateStatus(api.UpdateRequest(object=kinds.wrap(d)), timeout=10)
 
-    import threading
-
-    thread = threading.Thread(target=call, args=(cp, finish))
-    thread.start()
+    thread = in_background(cp, finish)
     code, out, _ = skiff("rollout", "status", "deploy/web", "-n", "roll", "--timeout", "30")
     thread.join()
     assert code == 0
