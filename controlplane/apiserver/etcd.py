@@ -1,7 +1,7 @@
 """The etcd v3 backend of `Store`: grpc.aio over the etcd v3 API subset in skiffpb.etcd.
 
 It uses only the public v3 API (KV Range/Txn/Compact, Watch with start revision, prev_kv,
-progress requests, Lease grant), so it works the same against a real etcd cluster and the
+progress_notify, Lease grant), so it works the same against a real etcd cluster and the
 embedded Skiff store.
 
 What must hold:
@@ -34,6 +34,7 @@ from controlplane.apiserver.storage import (
     Delete,
     Event,
     Op,
+    PrefixStatus,
     Put,
     RangeResult,
     StoreError,
@@ -171,6 +172,19 @@ class EtcdStore:
             current[c.key] = _kv(kvs[0]) if kvs else None
         return TxnResult(False, resp.header.revision, current)
 
+    async def prefix_status(self, prefix: str, *, modified_after: int) -> PrefixStatus:
+        # Two reads in one transaction, so both see the same revision. The second uses a filter,
+        # which etcd applies before `limit`; count_only would ignore the filter.
+        end = _b(prefix_end(prefix))
+        req = rpc_pb2.TxnRequest()
+        req.success.add(request_range=rpc_pb2.RangeRequest(key=_b(prefix), range_end=end, count_only=True))
+        req.success.add(request_range=rpc_pb2.RangeRequest(key=_b(prefix), range_end=end, keys_only=True, limit=1,
+                                                           min_mod_revision=modified_after + 1))
+        resp = await self._call(lambda ep: ep.kv.Txn, req, idempotent=True)
+        count = resp.responses[0].response_range.count
+        modified = bool(resp.responses[1].response_range.kvs)
+        return PrefixStatus(int(resp.header.revision), int(count), modified)
+
     async def revision(self) -> int:
         req = rpc_pb2.RangeRequest(key=b"/", keys_only=True, limit=1)
         resp = await self._call(lambda ep: ep.kv.Range, req, idempotent=True)
@@ -261,6 +275,7 @@ class EtcdWatch:
             delay = min(delay * 2, 1.0)
 
     async def _read(self, call: Any) -> AsyncIterator[WatchBatch]:
+        watch_id: int | None = None
         while True:
             resp = await call.read()
             if resp is grpc.aio.EOF:  # type: ignore[attr-defined]
@@ -272,13 +287,16 @@ class EtcdWatch:
                 raise _WatchCanceled(resp.cancel_reason or "no reason given")
             if resp.created:
                 self.store._state(True)
+                watch_id = resp.watch_id
                 if self.next_revision == 0:
                     self.next_revision = resp.header.revision + 1
                 if not resp.events:
                     continue
             if not resp.events:
-                # Progress: everything up to header.revision has been delivered.
-                if resp.header.revision >= self.next_revision - 1:
+                # Progress: everything up to header.revision has been delivered -- when it is
+                # the periodic notification of this watch (ordered with its events). Answers to
+                # RequestProgress (watch_id -1) can overtake events in etcd < 3.4.25: ignored.
+                if resp.watch_id == watch_id and resp.header.revision >= self.next_revision - 1:
                     self.next_revision = resp.header.revision + 1
                     yield WatchBatch((), resp.header.revision)
                 continue
@@ -287,15 +305,6 @@ class EtcdWatch:
                     continue  # already delivered before a reconnect
                 self.next_revision = batch.revision + 1
                 yield batch
-
-    async def request_progress(self) -> None:
-        call = self._call
-        if call is None:
-            return
-        try:
-            await call.write(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
-            log.debug("progress request on watch %s failed: %s", self.prefix, exc)
 
     async def close(self) -> None:
         self._closed = True

@@ -4,6 +4,7 @@ It keeps every version of every key until `compact`, so reads at a past revision
 from a past revision and CompactedError behave as they do against etcd. Leases expire by
 an injected clock, checked lazily at each call (expiry is a write: one revision deleting
 the lease's keys). `available = False` makes every call raise UnavailableStoreError.
+With `progress_interval`, idle watches get progress batches (etcd's progress_notify).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from controlplane.apiserver.storage import (
     Delete,
     Event,
     Op,
+    PrefixStatus,
     Put,
     RangeResult,
     TxnResult,
@@ -56,14 +58,22 @@ class _MemoryWatch:
             self.queue.put_nowait(WatchBatch(mine, revision))
 
     async def __aiter__(self) -> AsyncIterator[WatchBatch]:
+        interval = self.store.progress_interval
         while True:
-            batch = await self.queue.get()
+            if interval:
+                try:
+                    # asyncio.timeout, not wait_for: wait_for can swallow a cancellation (3.11).
+                    async with asyncio.timeout(interval):
+                        batch = await self.queue.get()
+                except TimeoutError:
+                    # Like etcd's progress_notify: an idle watch hears the current revision.
+                    yield WatchBatch((), self.store.current_revision)
+                    continue
+            else:
+                batch = await self.queue.get()
             if batch is None:
                 return
             yield batch
-
-    async def request_progress(self) -> None:
-        self.queue.put_nowait(WatchBatch((), self.store.current_revision))
 
     async def close(self) -> None:
         if self in self.store._watches:
@@ -76,8 +86,9 @@ class _MemoryWatch:
 
 
 class MemoryStore:
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, progress_interval: float = 0.0) -> None:
         self.clock = clock
+        self.progress_interval = progress_interval  # > 0: idle watches get progress batches
         self.current_revision = 1  # etcd starts at 1 too
         self.compact_revision = 0
         self.available = True
@@ -187,6 +198,19 @@ class MemoryStore:
     async def revision(self) -> int:
         self._check()
         return self.current_revision
+
+    async def prefix_status(self, prefix: str, *, modified_after: int) -> PrefixStatus:
+        self._check()
+        count, modified = 0, False
+        lo = bisect.bisect_left(self._sorted, prefix)
+        for key in self._sorted[lo:]:
+            if not key.startswith(prefix):
+                break
+            kv = self._current(key)
+            if kv is not None:
+                count += 1
+                modified = modified or kv.mod_revision > modified_after
+        return PrefixStatus(self.current_revision, count, modified)
 
     def watch(self, prefix: str, *, start_revision: int) -> _MemoryWatch:
         self._check()

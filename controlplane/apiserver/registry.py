@@ -434,15 +434,16 @@ class Registry:
             raise errors.InvalidError(f"limit: must be greater than or equal to 0, got {limit}")
         cache = self.caches[kind.resource]
         if not continue_token and not limit and resource_version in ("", "0") and cache.ready.is_set():
-            fresh = True
-            if resource_version == "":
+            at: int | None = cache.revision
+            if resource_version == "":  # a consistent read: prove the cache holds the store's state
                 try:
-                    current = await self.store.revision()
+                    at = await cache.consistent_revision(registry_prefix(kind, filt.namespace),
+                                                         self.options.fresh_read_timeout)
                 except StoreError as exc:
                     raise store_error(exc) from exc
-                fresh = await cache.wait_fresh(current, self.options.fresh_read_timeout)
-            if fresh:
-                return cache.snapshot(filt), str(cache.revision), ""
+            if at is not None:
+                items = cache.snapshot(filt)
+                return items, str(max(at, cache.revision)), ""
         revision, start = 0, ""
         if continue_token:
             revision, start = _parse_continue(continue_token)
@@ -628,7 +629,8 @@ class Registry:
         filt = make_filter(kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
         cache = self.caches[kind.resource]
         try:
-            await asyncio.wait_for(cache.ready.wait(), 10.0)
+            async with asyncio.timeout(10.0):
+                await cache.ready.wait()
         except TimeoutError:
             raise errors.UnavailableError(f"the {kind.resource} watch cache is not ready (store unreachable?); "
                                           "retry") from None
@@ -638,15 +640,14 @@ class Registry:
             start = _parse_rv(resource_version)
         if initial:
             if resource_version != "0":
-                # Initial state at least as fresh as what a List now would return.
+                # Initial state at least as fresh as what a List now would return (if the cache
+                # cannot show that in time, it starts from what it has: later events follow).
                 try:
-                    target = await self.store.revision() if start is None else start
+                    await cache.consistent_revision(registry_prefix(kind, filt.namespace),
+                                                    self.options.fresh_read_timeout)
                 except StoreError as exc:
                     raise store_error(exc) from exc
-                await cache.wait_fresh(target, self.options.fresh_read_timeout)
             start = None
-        elif start is not None and start > cache.revision:
-            await cache.wait_fresh(start, self.options.fresh_read_timeout)
         pump: asyncio.Task[Any] | None = None
         objs: list[Message] = []
         try:
@@ -744,7 +745,10 @@ class Registry:
     async def _namespace_sweeper(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._namespace_kick.wait(), self.options.namespace_sweep_interval)
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancellation (3.11),
+                # and this loop would then never stop.
+                async with asyncio.timeout(self.options.namespace_sweep_interval):
+                    await self._namespace_kick.wait()
             except TimeoutError:
                 pass
             self._namespace_kick.clear()

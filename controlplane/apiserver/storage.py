@@ -18,7 +18,13 @@ What every backend must guarantee:
   one transaction across batches), and never skips: if R is older than the oldest revision
   still kept, it raises CompactedError before yielding anything. A backend with several
   endpoints resumes a broken watch on another one from the next revision, invisibly.
-  Empty batches are progress notifications: no change under `prefix` up to `revision`.
+  Empty batches are progress notifications: every change under `prefix` up to `revision`
+  has been delivered. They must be ordered with the events (etcd's periodic
+  progress_notify is; its answers to RequestProgress are not in etcd 3.4 before 3.4.25,
+  so they are not used).
+- `prefix_status` is one linearizable read: the revision R it observed, how many keys are
+  under the prefix at R, and whether any of them was written after a given revision. It
+  lets a cache prove it holds exactly the store's state without reading the values.
 - Errors are StoreError subclasses: UnavailableStoreError when the store cannot answer
   (retrying may help), CompactedError for a compacted revision, ValueTooLargeError.
 """
@@ -114,12 +120,17 @@ class WatchBatch:
     revision: int  # every change under the prefix up to here has been delivered
 
 
+@dataclass(frozen=True, slots=True)
+class PrefixStatus:
+    revision: int  # the revision the read observed
+    count: int  # keys under the prefix at that revision
+    modified: bool  # some key under the prefix was written after the given revision
+
+
 class StoreWatch(Protocol):
-    """An open watch: iterate for batches; `request_progress` asks for an empty batch soon."""
+    """An open watch: iterate for batches; close to stop."""
 
     def __aiter__(self) -> AsyncIterator[WatchBatch]: ...
-
-    async def request_progress(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -143,6 +154,10 @@ class Store(Protocol):
 
     async def revision(self) -> int:
         """The store's current revision (linearizable)."""
+        ...
+
+    async def prefix_status(self, prefix: str, *, modified_after: int) -> PrefixStatus:
+        """Count the keys under `prefix`, and tell whether one was written after `modified_after`."""
         ...
 
     def watch(self, prefix: str, *, start_revision: int) -> StoreWatch:

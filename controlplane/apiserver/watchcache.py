@@ -198,7 +198,6 @@ class WatchCache:
         self.revision = 0
         self.window_start = 0
         self.ready = asyncio.Event()
-        self.progress_unanswered = False
         self._all: set[Watcher] = set()
         self._by_node: dict[str, set[Watcher]] = {}
         self._advanced = asyncio.Event()
@@ -269,9 +268,6 @@ class WatchCache:
             async for batch in watch:
                 for ev in batch.events:
                     self._apply(ev)
-                if not batch.events and self.progress_unanswered:
-                    self.progress_unanswered = False
-                    log.info("%s watch cache: the store answers progress requests again", self.kind.resource)
                 if batch.revision > self.revision:
                     self.revision = batch.revision
                     self._signal()
@@ -322,9 +318,6 @@ class WatchCache:
                 continue
             for w in list(self.watchers()):
                 w.bookmark(self.revision)
-            # Ask the store how far it is, so the next bookmarks carry the store's revision.
-            if self._store_watch is not None:
-                await self._store_watch.request_progress()
 
     # ------------------------------------------------------------------ queries
 
@@ -337,38 +330,41 @@ class WatchCache:
     def watcher_count(self) -> int:
         return len(self._all) + sum(len(ws) for ws in self._by_node.values())
 
-    async def wait_fresh(self, revision: int, timeout: float) -> bool:
-        """Wait until the cache has applied everything up to `revision`; False on timeout.
+    def count(self, prefix: str) -> int:
+        if prefix == self.prefix:
+            return len(self.objects)
+        return sum(1 for key in self.objects if key.startswith(prefix))
 
-        Catching up with the store's revision needs the store to answer progress requests;
-        once one went unanswered, callers are told at once (False) until a progress
-        notification shows up, so they read the store instead of waiting every time.
+    async def consistent_revision(self, prefix: str, timeout: float) -> int | None:
+        """A revision R such that the cached objects under `prefix` are exactly the store's at R
+        (a consistent read), or None when the cache does not catch up within `timeout`.
+
+        Proof obligation, without progress notifications: read once (linearizably) how many
+        keys the store has under the prefix and whether one was written after the cache's
+        revision c. If none was, every stored key's value was written at or before c, so the
+        cache (which applied everything up to c) holds each of them with that value; equal
+        counts then mean it holds nothing else.
         """
-        if self.revision >= revision:
-            return True
-        if self.progress_unanswered:
-            return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        asked = False
-        while self.revision < revision:
+        while True:
+            seen = self.revision
+            status = await self.store.prefix_status(prefix, modified_after=seen)
+            if self.revision >= status.revision:
+                return self.revision  # caught up meanwhile: the cache is at least as fresh
+            if not status.modified and self.count(prefix) == status.count:
+                return status.revision
             remaining = deadline - loop.time()
             if remaining <= 0:
-                if self._store_watch is not None:
-                    self.progress_unanswered = True
-                    log.warning("%s watch cache: the store did not answer a progress request within %.0fs; "
-                                "consistent reads go to the store", self.kind.resource, timeout)
-                return False
-            if not asked and self._store_watch is not None:
-                asked = True
-                await self._store_watch.request_progress()
+                return None
             try:
-                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.5))
+                async with asyncio.timeout(min(remaining, 0.2)):
+                    await self._advanced.wait()
             except TimeoutError:
-                asked = False  # ask again: the store may have answered before catching up
-        return True
+                pass
 
     def snapshot(self, filt: Filter) -> list[Message]:
+        """The cached objects matching `filt`, in key order (no await: one consistent state)."""
         prefix = registry_prefix(self.kind, filt.namespace)
         return [obj for key, obj in sorted(self.objects.items())
                 if key.startswith(prefix) and filt.matches(obj)]

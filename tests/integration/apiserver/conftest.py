@@ -37,7 +37,7 @@ async def wipe(store: Store) -> None:
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
-        yield MemoryStore()
+        yield MemoryStore(progress_interval=0.5)
         return
     cluster: EtcdCluster = request.getfixturevalue("etcd")
     etcd_store = EtcdStore(cluster.endpoints)

@@ -79,7 +79,7 @@ async def test_watch_from_revision_in_order_with_prev_values(store: Store) -> No
     assert all(len({e.revision for e in b.events}) == 1 for b in batches)
 
 
-async def test_live_watch_and_progress(store: Store) -> None:
+async def test_live_watch_and_progress_notifications(store: Store) -> None:
     start = await store.revision()
     watch = store.watch("/live/", start_revision=start + 1)
     got: list[WatchBatch] = []
@@ -87,18 +87,27 @@ async def test_live_watch_and_progress(store: Store) -> None:
     async def run() -> None:
         async for batch in watch:
             got.append(batch)
-            if any(not b.events for b in got) and any(b.events for b in got):
+            if got[0].events and any(not b.events for b in got[1:]):
                 return
 
     task = asyncio.ensure_future(run())
     await asyncio.sleep(0.3)
     rev = (await store.txn([], [Put("/live/x", b"1")])).revision
-    await asyncio.sleep(0.3)
-    await watch.request_progress()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, 10)  # an idle watch hears progress (etcd: progress_notify interval)
     await watch.close()
     assert got[0].events[0].key == "/live/x"
     assert next(b for b in got if not b.events).revision >= rev
+
+
+async def test_prefix_status(store: Store) -> None:
+    first = (await store.txn([], [Put("/s/a", b"1"), Put("/s/b", b"1"), Put("/t/x", b"1")])).revision
+    status = await store.prefix_status("/s/", modified_after=first)
+    assert (status.count, status.modified) == (2, False) and status.revision >= first
+    await store.txn([], [Put("/s/b", b"2")])
+    assert (await store.prefix_status("/s/", modified_after=first)).modified
+    await store.txn([], [Delete("/s/a")])
+    status = await store.prefix_status("/s/", modified_after=status.revision + 1)
+    assert (status.count, status.modified) == (1, False)
 
 
 async def test_compaction(store: Store) -> None:

@@ -154,40 +154,45 @@ async def test_cache_serves_consistent_lists(registry: Registry) -> None:
     assert event.type == ""
 
 
-class _SilentWatch:
-    """A store watch that never answers progress requests (a store without them)."""
+class _LaggingWatch:
+    """A store watch that delivers every batch late (a cache falling behind the store)."""
 
-    def __init__(self, inner: object) -> None:
+    def __init__(self, inner: object, delay: float) -> None:
         self.inner = inner
+        self.delay = delay
 
-    def __aiter__(self):  # type: ignore[no-untyped-def]
-        return self.inner.__aiter__()  # type: ignore[attr-defined]
-
-    async def request_progress(self) -> None:
-        return None
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        async for batch in self.inner:  # type: ignore[attr-defined]
+            await asyncio.sleep(self.delay)
+            yield batch
 
     async def close(self) -> None:
         await self.inner.close()  # type: ignore[attr-defined]
 
 
-class _NoProgressStore(MemoryStore):
+class _LaggingStore(MemoryStore):
     def watch(self, prefix: str, *, start_revision: int):  # type: ignore[no-untyped-def,override]
-        return _SilentWatch(super().watch(prefix, start_revision=start_revision))
+        return _LaggingWatch(super().watch(prefix, start_revision=start_revision), 0.5)
 
 
-async def test_consistent_lists_fall_back_to_the_store_without_progress_notifications() -> None:
-    store = _NoProgressStore()
-    registry = await make_registry(store, fresh_read_timeout=0.3)
+@pytest.mark.parametrize("wait", [2.0, 0.05], ids=["cache-catches-up", "store-fallback"])
+async def test_consistent_list_from_a_lagging_cache(wait: float) -> None:
+    """A List right after a write sees it, whether the cache catches up in time or not."""
+    store = _LaggingStore()
+    registry = await make_registry(store, fresh_read_timeout=wait)
     try:
-        await registry.create(pod("a"))
-        await store.txn([], [Put("/registry/leases/default/x", b"")])  # store revision moves, pods do not
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        created = await registry.create(pod("a"))
         items, rv, _ = await registry.list("pods")
-        assert [p.metadata.name for p in items] == ["a"] and int(rv) == store.current_revision  # type: ignore[attr-defined]
-        assert loop.time() - start >= 0.3  # waited once for the cache...
-        start = loop.time()
-        await registry.list("pods")
-        assert loop.time() - start < 0.25  # ...then reads the store without waiting
+        assert [p.metadata.name for p in items] == ["a"]  # type: ignore[attr-defined]
+        assert int(rv) >= int(created.metadata.resource_version)  # type: ignore[attr-defined]
+        await registry.delete("pods", "default", "a")
+        items, _, _ = await registry.list("pods")
+        assert items == []
+        # A write elsewhere does not make the (unchanged) pods look stale.
+        await store.txn([], [Put("/registry/leases/default/x", b"")])
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        _, rv, _ = await registry.list("pods")
+        assert loop.time() - begin < 0.3 and int(rv) == store.current_revision
     finally:
         await registry.stop()
