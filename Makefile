@@ -12,7 +12,8 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
-	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e clean
+	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e clean \
+	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated
 
@@ -75,6 +76,27 @@ lab: setup
 
 lab-down: setup
 	$(BIN)/skiff lab down
+
+# The Vagrant lab (deploy/vagrant/README.md): 1 control plane + 2 workers, provisioned by
+# deploy/install.py; run on a machine with Vagrant and VirtualBox or libvirt, not as root.
+VAGRANT := cd deploy/vagrant && SKIFF_PROXY_MODE=$(PROXY_MODE) vagrant
+PROXY_MODE ?= iptables
+
+# Boot (or create), copy this tree to /opt/skiff, provision every VM once (idempotent).
+vagrant-up:
+	$(VAGRANT) up --no-parallel --no-provision
+	$(VAGRANT) rsync
+	$(VAGRANT) provision
+
+# The seed check (examples/seed/, nginx:latest) and the e2e suite, run on cp1 against the VMs.
+vagrant-e2e: vagrant-up
+	$(VAGRANT) ssh cp1 -c 'sudo /opt/skiff/deploy/vagrant/run-e2e.sh'
+
+vagrant-e2e-ipvs:
+	$(MAKE) vagrant-e2e PROXY_MODE=ipvs
+
+vagrant-down:
+	cd deploy/vagrant && vagrant destroy -f
 
 bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e
 

@@ -84,7 +84,10 @@ def start(paths: hostconfig.NodePaths, run_dir: Path, *, netns: str, name: str =
     return daemon
 
 
-def import_images(paths: hostconfig.NodePaths, image_cache: Path, names: tuple[str, ...] = ("pause", "web")) -> None:
+IMAGES = ("pause", "web", "web2")
+
+
+def import_images(paths: hostconfig.NodePaths, image_cache: Path, names: tuple[str, ...] = IMAGES) -> None:
     """Build (cached, reproducible) and import Skiff's offline images into this containerd."""
     images.import_tars(images.build_presets(image_cache, names), endpoint=paths.endpoint)
 

@@ -206,7 +206,7 @@ class Lab:
         progress("controllers and scheduler started")
         if self.workers:
             IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
-            images.build_presets(IMAGE_CACHE, ("pause", "web"))
+            images.build_presets(IMAGE_CACHE, containerd.IMAGES)
         for name in self.workers:
             self.start_worker(name)
         if self.workers:

@@ -11,16 +11,18 @@ Everything here is pure: no process is started and no file is written.
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from skiff import hostconfig
 
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
+PROXY_MODES = ("iptables", "ipvs")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class HostConfig:
     node_labels: Mapping[str, str] = field(default_factory=dict)
     # cgroupfs parent of this node's pods; unique per node on a machine (labs share one).
     cgroup_parent: str = "/skiff-pods"
+    containerd_bin: str = "containerd"  # an absolute path in installed units (systemd wants one)
 
     @property
     def node_paths(self) -> hostconfig.NodePaths:
@@ -158,7 +161,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
 
 def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:
     paths = host.node_paths
-    containerd = DaemonSpec("containerd", ("containerd", "--config", str(paths.config)), "containerd for Skiff")
+    containerd = DaemonSpec("containerd", (host.containerd_bin, "--config", str(paths.config)), "containerd for Skiff")
     agent = [*_py(cluster, "nodeagent"), "--node-name", host.name, "--api-servers", cluster.api_servers,
              "--container-runtime-endpoint", paths.endpoint, "--node-ip", host.ip,
              "--listen", f"{host.ip}:{host.agent_port}", "--state-dir", str(host.state_dir / "agent"),
@@ -186,6 +189,90 @@ def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "
     if WORKER in host.roles:
         specs += worker_daemons(cluster, host, netns_path=netns_path)
     return specs
+
+
+# ---------------------------------------------------------------- the cluster as a file
+
+# Settings that are the same on every host; `python` is not one (each host has its own).
+# In the file they are camelCase ("serviceCidr"), like the rest of Skiff's JSON.
+_CLUSTER_SETTINGS = {"".join(w if i == 0 else w.capitalize() for i, w in enumerate(f.name.split("_"))): f.name
+                     for f in fields(ClusterConfig) if f.name not in ("members", "python")}
+
+
+class ConfigError(ValueError):
+    """A cluster description that cannot be used; the message names the field."""
+
+
+def cluster_to_dict(cluster: ClusterConfig) -> dict[str, object]:
+    """What every host of a cluster shares (cluster.json, and the join info workers fetch)."""
+    out: dict[str, object] = {
+        "members": [{"name": m.name, "host": m.host, "ip": m.ip, "clientPort": m.client_port,
+                     "peerPort": m.peer_port, "apiPort": m.api_port} for m in cluster.members],
+    }
+    out.update({key: getattr(cluster, name) for key, name in _CLUSTER_SETTINGS.items()})
+    return out
+
+
+def _field(obj: Mapping[str, object], key: str, kind: type, where: str) -> object:
+    if key not in obj:
+        raise ConfigError(f"{where}.{key}: missing")
+    value = obj[key]
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        expected = {int: "an integer", str: "a string", list: "a list"}.get(kind, kind.__name__)
+        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
+    return value
+
+
+def _str(obj: Mapping[str, object], key: str, where: str) -> str:
+    return str(_field(obj, key, str, where))
+
+
+def _int(obj: Mapping[str, object], key: str, where: str) -> int:
+    value = _field(obj, key, int, where)
+    assert isinstance(value, int)
+    return value
+
+
+def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterConfig:
+    """The inverse of cluster_to_dict; unknown keys and bad values are errors naming the field."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"cluster: expected an object, got {type(data).__name__}")
+    unknown = set(data) - {"members", *_CLUSTER_SETTINGS}
+    if unknown:
+        raise ConfigError(f"cluster: unknown field(s) {', '.join(sorted(unknown))}")
+    raw_members = _field(data, "members", list, "cluster")
+    assert isinstance(raw_members, list)
+    if not raw_members:
+        raise ConfigError("cluster.members: a cluster needs at least one store member")
+    members = []
+    for i, m in enumerate(raw_members):
+        where = f"cluster.members[{i}]"
+        if not isinstance(m, Mapping):
+            raise ConfigError(f"{where}: expected an object")
+        ip = _str(m, "ip", where)
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise ConfigError(f"{where}.ip: {ip!r} is not an IPv4 address") from None
+        members.append(StoreMember(_str(m, "name", where), _str(m, "host", where), ip, _int(m, "clientPort", where),
+                                   _int(m, "peerPort", where), _int(m, "apiPort", where)))
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"cluster.members: duplicate member names in {names}")
+    defaults = ClusterConfig(members=tuple(members), python=python)
+    settings: dict[str, object] = {}
+    for key, name in _CLUSTER_SETTINGS.items():
+        if key in data:
+            settings[name] = _field(data, key, type(getattr(defaults, name)), "cluster")
+    cluster = ClusterConfig(members=tuple(members), python=python, **settings)  # type: ignore[arg-type]
+    for key, value in (("serviceCidr", cluster.service_cidr), ("clusterCidr", cluster.cluster_cidr)):
+        try:
+            ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ConfigError(f"cluster.{key}: {value!r} is not an IPv4 network address") from None
+    if cluster.proxy_mode not in PROXY_MODES:
+        raise ConfigError(f"cluster.proxyMode: {cluster.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
+    return cluster
 
 
 def containerd_config(host: HostConfig) -> str:

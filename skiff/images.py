@@ -35,15 +35,19 @@ MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PAUSE_IMAGE = "docker.io/skiff/pause:1.0"
 WEB_IMAGE = "docker.io/skiff/web:1.0"
+WEB2_IMAGE = "docker.io/skiff/web:2.0"
 
 # The pause process only has to hold the pod's namespaces; containerd stops it with SIGKILL.
 _PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"
-# The web page names its pod: the sandbox hostname is the pod name (or $POD_NAME when set).
-# sh stays PID 1 and traps TERM so a graceful stop takes milliseconds, not the grace period.
+# The web page names its pod: the sandbox hostname is the pod name (or $POD_NAME when set), and
+# the image version when the image sets WEB_VERSION (web:2.0 does; rolling-update tests tell them
+# apart). sh stays PID 1 and traps TERM so a graceful stop takes milliseconds, not the grace
+# period; with DRAIN_SECONDS it keeps serving that long first, as a well-behaved app drains while
+# Service endpoints stop pointing at it.
 _WEB_SCRIPT = (
     'mkdir -p /www; name="${POD_NAME:-$(hostname)}"; '
-    'echo "hello from $name" > /www/index.html; echo "$name" > /www/name; '
-    "trap 'exit 0' TERM INT; "
+    'echo "hello from $name${WEB_VERSION:+ $WEB_VERSION}" > /www/index.html; echo "$name" > /www/name; '
+    "trap 'sleep \"${DRAIN_SECONDS:-0}\"; exit 0' TERM INT; "
     'httpd -f -p "${PORT:-80}" -h /www & wait $!'
 )
 
@@ -101,7 +105,14 @@ def web_spec() -> ImageSpec:
                      exposed_ports=["80/tcp"])
 
 
-PRESETS = {"pause": pause_spec, "web": web_spec}
+def web2_spec() -> ImageSpec:
+    spec = web_spec()
+    spec.name = WEB2_IMAGE
+    spec.env = [*spec.env, "WEB_VERSION=v2"]
+    return spec
+
+
+PRESETS = {"pause": pause_spec, "web": web_spec, "web2": web2_spec}
 
 
 def busybox_applets(busybox: str = BUSYBOX) -> list[str]:

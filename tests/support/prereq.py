@@ -30,3 +30,33 @@ def require_root() -> None:
 def require_binaries(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None]
     require(not missing, f"needs {', '.join(missing)} on PATH (make setup installs them)")
+
+
+# "lab" (default): e2e tests build their own network-namespace lab on this machine.
+# "vagrant": they run against the Vagrant lab's cluster (deploy/vagrant/run-e2e.sh sets this and
+# SKIFF_SERVER, SKIFF_E2E_HOSTS, SKIFF_E2E_SSH, SKIFF_E2E_PROXY_MODE; see deploy/vagrant/README.md).
+E2E_TARGET = os.environ.get("SKIFF_E2E_TARGET", "lab")
+
+
+def ipvs_available() -> bool:
+    """The kernel has IP_VS (the build machines' kernel does not: shared/containerd.md, section 5)."""
+    if not os.path.exists("/proc/net/ip_vs"):
+        return False
+    try:
+        from pyroute2 import IPVS
+
+        IPVS().close()
+        return True
+    except Exception:
+        return False
+
+
+def require_ipvs() -> None:
+    """IPVS tests skip on a kernel without IP_VS, even in CI (the one skip the project allows),
+    except against the Vagrant lab, whose VMs load ip_vs: there a missing IP_VS is a failure."""
+    if ipvs_available():
+        return
+    reason = "kernel has no IP_VS (no /proc/net/ip_vs or no IPVS generic netlink family)"
+    if E2E_TARGET == "vagrant":
+        pytest.fail(f"{reason}; SKIFF_E2E_TARGET=vagrant requires it", pytrace=False)
+    pytest.skip(reason)

@@ -62,3 +62,39 @@ def test_systemd_unit() -> None:
     assert "ExecStart=/usr/bin/python3 -m controlplane.apiserver --listen 10.0.0.10:6443" in unit
     assert "After=network-online.target skiff-store-s1.service" in unit
     assert unit.rstrip().endswith("WantedBy=multi-user.target")
+
+
+def test_cluster_file_round_trip() -> None:
+    c = render.ClusterConfig(members=render.plan_members([("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")]),
+                             proxy_mode="ipvs", python="/py")
+    data = render.cluster_to_dict(c)
+    assert "python" not in data  # each host runs its own
+    assert data["proxyMode"] == "ipvs"
+    assert render.cluster_from_dict(data, python="/py") == c
+
+
+def _members() -> list[dict[str, object]]:
+    return [{"name": "s1", "host": "cp", "ip": "10.0.0.1", "clientPort": 2379, "peerPort": 2380, "apiPort": 6443}]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "cluster: expected an object"),
+        ({"members": _members(), "colour": "red"}, "unknown field.*colour"),
+        ({}, "cluster.members: missing"),
+        ({"members": []}, "at least one store member"),
+        ({"members": [{**_members()[0], "ip": "cp.local"}]}, r"cluster.members\[0\].ip"),
+        ({"members": [{**_members()[0], "clientPort": "2379"}]}, r"members\[0\].clientPort: expected an integer"),
+        ({"members": [{**_members()[0], "apiPort": True}]}, r"members\[0\].apiPort: expected an integer"),
+        ({"members": _members() * 2}, "duplicate member names"),
+        ({"members": _members(), "proxyMode": "userspace"}, "cluster.proxyMode"),
+        ({"members": _members(), "serviceCidr": "10.96.0.1/12"}, "cluster.serviceCidr"),
+        ({"members": _members(), "nodeCidrMaskSize": "24"}, "cluster.nodeCidrMaskSize: expected an integer"),
+    ],
+    ids=["not-object", "unknown-field", "no-members", "empty-members", "bad-ip", "port-string", "port-bool",
+         "duplicate", "proxy-mode", "host-bits-set", "mask-string"],
+)
+def test_cluster_file_errors_name_the_field(data: object, message: str) -> None:
+    with pytest.raises(render.ConfigError, match=message):
+        render.cluster_from_dict(data)

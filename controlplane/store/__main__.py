@@ -1,0 +1,182 @@
+"""`skiff-store` / `python -m controlplane.store`: run one member of the Raft-replicated store.
+
+    python -m controlplane.store --name s1 --data-dir /var/lib/skiff/s1 \\
+        --listen-client 127.0.0.1:2379 --listen-peer 127.0.0.1:2380 \\
+        --initial-cluster s1=127.0.0.1:2380,s2=127.0.0.1:2382,s3=127.0.0.1:2384 \\
+        --password-file /etc/skiff/store-password
+
+Peer traffic is pickled Python, so a cluster password (pysyncobj's encryption) is required:
+--password-file or SKIFF_STORE_PASSWORD; --insecure-no-password exists for throwaway tests
+only. Startup fails fast with a clear message on a busy port, a data dir that belongs to
+another member or cluster, or a data dir already in use; unreachable peers are retried and
+logged once per change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+
+from controlplane.store.raft import RaftTimings
+from controlplane.store.server import Store, StoreConfig, prepare_data_dir, url_to_addr
+
+log = logging.getLogger("skiff.store")
+
+
+def parse_initial_cluster(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, url = part.partition("=")
+        if not sep or not name or not url:
+            raise ValueError(f"--initial-cluster: expected name=host:port, got {part!r}")
+        addr = url_to_addr(url)
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--initial-cluster: {name}: expected host:port, got {url!r}")
+        if name in out:
+            raise ValueError(f"--initial-cluster: member {name!r} listed twice")
+        out[name] = addr
+    if not out:
+        raise ValueError("--initial-cluster is empty")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skiff-store", description="Run one member of the Skiff store (etcd v3 API).")
+    p.add_argument("--name", required=True, help="this member's name, as in --initial-cluster")
+    p.add_argument("--data-dir", required=True, help="journal, snapshots and member identity")
+    p.add_argument("--listen-client", required=True, help="host:port for the etcd v3 gRPC API")
+    p.add_argument("--listen-peer", required=True, help="host:port for Raft traffic")
+    p.add_argument("--initial-cluster", required=True, help="name=host:port,... of every member")
+    p.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new",
+                   help="'existing' to join a cluster after `etcdctl member add`")
+    p.add_argument("--initial-cluster-token", default="skiff-store", help="tells clusters with the same members apart")
+    p.add_argument("--password-file", help="file holding the cluster password (else $SKIFF_STORE_PASSWORD)")
+    p.add_argument("--insecure-no-password", action="store_true",
+                   help="run without peer encryption: tests on a private loopback only")
+    p.add_argument("--request-timeout", type=float, default=5.0, help="seconds before UNAVAILABLE (default 5)")
+    p.add_argument("--auto-compaction-revisions", type=int, default=10000,
+                   help="keep this many revisions of history (0: no revision-based compaction)")
+    p.add_argument("--auto-compaction-seconds", type=float, default=0.0,
+                   help="keep this much time of history (0: no time-based compaction)")
+    p.add_argument("--progress-notify-interval", type=float, default=600.0,
+                   help="seconds between watch progress notifications (etcd's default: 600)")
+    p.add_argument("--snapshot-count", type=int, default=20000, help="log entries between snapshots")
+    p.add_argument("--election-timeout", type=float, default=0.8,
+                   help="minimum seconds without a leader before an election (max is twice this)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def read_password(args: argparse.Namespace) -> str | None:
+    if args.password_file:
+        try:
+            with open(args.password_file) as f:
+                pw = f.read().strip()
+        except OSError as e:
+            raise SystemExit(f"--password-file: {e}") from None
+        if not pw:
+            raise SystemExit(f"--password-file {args.password_file} is empty")
+        return pw
+    pw = os.environ.get("SKIFF_STORE_PASSWORD", "")
+    if pw:
+        return pw
+    if args.insecure_no_password:
+        return None
+    raise SystemExit(
+        "a cluster password is required (peer traffic is pickled): pass --password-file FILE or set "
+        "SKIFF_STORE_PASSWORD; --insecure-no-password is for throwaway tests only")
+
+
+def check_port_free(addr: str, what: str) -> None:
+    host, _, port = addr.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(port)))
+        except OSError as e:
+            raise SystemExit(f"cannot listen for {what} on {addr}: {e.strerror}") from None
+
+
+def lock_data_dir(data_dir: str) -> int:
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(os.path.join(data_dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        raise SystemExit(f"data dir {data_dir} is in use by another process (pid {owner or '?'})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def config_from_args(args: argparse.Namespace) -> StoreConfig:
+    try:
+        cluster = parse_initial_cluster(args.initial_cluster)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    peer = url_to_addr(args.listen_peer)
+    if cluster.get(args.name) != peer:
+        raise SystemExit(f"--initial-cluster must list this member as {args.name}={peer} "
+                         f"(it has {args.name}={cluster.get(args.name)})")
+    et = args.election_timeout
+    return StoreConfig(
+        name=args.name, data_dir=args.data_dir, listen_client=url_to_addr(args.listen_client),
+        listen_peer=peer, initial_cluster=cluster, cluster_state=args.initial_cluster_state,
+        cluster_token=args.initial_cluster_token, password=read_password(args),
+        request_timeout=args.request_timeout, compaction_revisions=args.auto_compaction_revisions,
+        compaction_seconds=args.auto_compaction_seconds, progress_notify_interval=args.progress_notify_interval,
+        snapshot_every=args.snapshot_count,
+        timings=RaftTimings(election_min=et, election_max=2 * et, leader_fallback=max(3.0, 2 * et),
+                            connection_timeout=max(3.5, 2 * et + 0.5)),
+    )
+
+
+async def run(cfg: StoreConfig) -> None:
+    check_port_free(cfg.listen_peer, "peers")
+    check_port_free(cfg.listen_client, "clients")
+    peers = prepare_data_dir(cfg)
+    if cfg.listen_peer not in peers:
+        peers.append(cfg.listen_peer)
+    if cfg.password is None:
+        log.warning("running WITHOUT a cluster password: peer traffic is unauthenticated pickle")
+    store = Store(cfg, peers=peers)
+    try:
+        await asyncio.to_thread(store.node.raft.waitBinded)
+    except Exception:
+        store.node.raft.destroy()
+        raise SystemExit(f"cannot listen for peers on {cfg.listen_peer}") from None
+    await store.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await store.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    # Two busy threads (Raft ticks, the gRPC loop) hand work to each other many times per
+    # request; with the default 5 ms GIL switch interval each hand-off can wait that long.
+    sys.setswitchinterval(0.0005)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    cfg = config_from_args(args)
+    lock_data_dir(cfg.data_dir)
+    asyncio.run(run(cfg))
+
+
+if __name__ == "__main__":
+    main()

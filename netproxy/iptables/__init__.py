@@ -1,0 +1,1 @@
+"""iptables mode: render the whole ruleset as iptables-restore text; apply changed chains only."""

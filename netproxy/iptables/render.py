@@ -1,0 +1,144 @@
+"""iptables mode: the whole ruleset (nat and filter) for a set of ServicePorts, as data or text.
+
+Layout (kube-proxy's iptables proxier, see docs/netproxy.md for a dump):
+- nat KUBE-SERVICES (from PREROUTING and OUTPUT): per served port `-d VIP -p P --dport N -j
+  KUBE-SVC-x`; last, local destinations jump to KUBE-NODEPORTS;
+- KUBE-NODEPORTS: per NodePort, mark for masquerade, then the service chain;
+- KUBE-SVC-x: mark traffic from outside the cluster CIDR for masquerade; with ClientIP
+  affinity, send a client back to the endpoint it used (`-m recent --rcheck`); then pick an
+  endpoint at random with probabilities 1/n, 1/(n-1), ..., 1;
+- KUBE-SEP-y: mark hairpin traffic (the endpoint reaching itself) for masquerade; DNAT;
+- filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES: REJECT ports of Services without ready
+  endpoints, so clients fail at once instead of timing out.
+
+What must hold: `render` and `build_ruleset` are pure; the same input gives the same text;
+every rule carries a comment naming its service port ("ns/svc:port") or its purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+
+from netproxy.config import ProxyConfig
+from netproxy.iptables.layout import (
+    EXTERNAL_SERVICES,
+    MARK_MASQ,
+    NODEPORTS,
+    SERVICES,
+    base_ruleset,
+    comment,
+)
+from netproxy.iptables.ruleset import ChainKey, Ruleset, stale_chains
+from netproxy.model import ServicePort, sep_chain, service_ports, svc_chain
+from skiffpb.api.v1 import types_pb2 as t
+
+
+@dataclass
+class Fragment:
+    """The rules one ServicePort contributes; cached by (ServicePort, ProxyConfig)."""
+
+    nat_services: list[str] = field(default_factory=list)
+    nat_nodeports: list[str] = field(default_factory=list)
+    filter_services: list[str] = field(default_factory=list)
+    filter_external: list[str] = field(default_factory=list)
+    chains: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # own nat chains
+
+
+FragmentCache = MutableMapping[ServicePort, Fragment]  # valid for one ProxyConfig
+
+
+def _dest(sp: ServicePort) -> str:
+    return f"-d {sp.cluster_ip}/32 -p {sp.proto} -m {sp.proto} --dport {sp.port}"
+
+
+def _nodeport(sp: ServicePort) -> str:
+    return f"-p {sp.proto} -m {sp.proto} --dport {sp.node_port}"
+
+
+def fragment(sp: ServicePort, config: ProxyConfig) -> Fragment:
+    f = Fragment()
+    key = sp.key
+    if not sp.endpoints:
+        f.filter_services.append(f'-A {SERVICES} {comment(key + " has no endpoints")} {_dest(sp)} -j REJECT')
+        if sp.node_port:
+            f.filter_external.append(f'-A {EXTERNAL_SERVICES} {comment(key + " has no endpoints")} '
+                                     f"-m addrtype --dst-type LOCAL {_nodeport(sp)} -j REJECT")
+        return f
+    svc = svc_chain(sp)
+    f.nat_services.append(f'-A {SERVICES} {comment(key + " cluster IP")} {_dest(sp)} -j {svc}')
+    if sp.node_port:
+        f.nat_nodeports.append(f"-A {NODEPORTS} {comment(key)} {_nodeport(sp)} -j {MARK_MASQ}")
+        f.nat_nodeports.append(f"-A {NODEPORTS} {comment(key)} {_nodeport(sp)} -j {svc}")
+    svc_rules: list[str] = []
+    if config.masquerade_all:
+        svc_rules.append(f'-A {svc} {comment(key + " cluster IP")} {_dest(sp)} -j {MARK_MASQ}')
+    elif config.cluster_net:
+        svc_rules.append(f'-A {svc} {comment(key + " cluster IP")} ! -s {config.cluster_net} {_dest(sp)} '
+                         f"-j {MARK_MASQ}")
+    seps = [(ep, sep_chain(sp, ep)) for ep in sp.endpoints]
+    if sp.affinity_timeout:
+        for ep, sep in seps:
+            svc_rules.append(f'-A {svc} {comment(f"{key} -> {ep}")} -m recent --name {sep} --rcheck '
+                             f"--seconds {sp.affinity_timeout} --reap -j {sep}")
+    n = len(seps)
+    for i, (ep, sep) in enumerate(seps):
+        remaining = n - i
+        stat = f"-m statistic --mode random --probability {1.0 / remaining:.10f} " if remaining > 1 else ""
+        svc_rules.append(f'-A {svc} {comment(f"{key} -> {ep}")} {stat}-j {sep}')
+    f.chains.append((svc, tuple(svc_rules)))
+    for ep, sep in seps:
+        recent = f"-m recent --name {sep} --set " if sp.affinity_timeout else ""
+        f.chains.append((sep, (
+            f"-A {sep} {comment(key)} -s {ep.ip}/32 -j {MARK_MASQ}",
+            f"-A {sep} {comment(key)} -p {sp.proto} {recent}-m {sp.proto} -j DNAT --to-destination {ep}",
+        )))
+    return f
+
+
+def nodeports_jumps(config: ProxyConfig) -> list[str]:
+    text = comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+    if config.nodeport_addresses:
+        return [f"-A {SERVICES} {text} -d {cidr} -j {NODEPORTS}" for cidr in config.nodeport_addresses]
+    # 127/8 is left out: DNAT from a loopback source to a pod needs route_localnet.
+    return [f"-A {SERVICES} {text} ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j {NODEPORTS}"]
+
+
+def build_ruleset(sps: Iterable[ServicePort], config: ProxyConfig, *, cache: FragmentCache | None = None) -> Ruleset:
+    """The full ruleset; `cache` (kept by the caller, one per config) memoises per ServicePort."""
+    frags: list[Fragment] = []
+    for sp in sps:
+        if cache is None:
+            frags.append(fragment(sp, config))
+            continue
+        frag = cache.get(sp)
+        if frag is None:
+            frag = cache[sp] = fragment(sp, config)
+        frags.append(frag)
+    rs = base_ruleset()
+    filter_services = rs.declare("filter", SERVICES)
+    filter_external = rs.declare("filter", EXTERNAL_SERVICES)
+    nat_services = rs.declare("nat", SERVICES)
+    nat_nodeports = rs.declare("nat", NODEPORTS)
+    for frag in frags:
+        filter_services.extend(frag.filter_services)
+        filter_external.extend(frag.filter_external)
+        nat_services.extend(frag.nat_services)
+        nat_nodeports.extend(frag.nat_nodeports)
+    nat_services.extend(nodeports_jumps(config))
+    for frag in frags:
+        for chain, rules in frag.chains:
+            rs.chains[("nat", chain)] = rules
+    return rs
+
+
+def render(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], config: ProxyConfig, *,
+           previous_chains: Iterable[ChainKey] = ()) -> str:
+    """The whole ruleset as `iptables-restore --noflush` input.
+
+    `previous_chains` are the chains present before (in the kernel, or last applied): those
+    netproxy owns and no longer renders are declared and deleted in the same text.
+    """
+    sps, _ = service_ports(services, endpoints)
+    rs = build_ruleset(sps, config)
+    return rs.restore_text(delete=stale_chains(previous_chains, rs))

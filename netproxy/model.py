@@ -1,0 +1,241 @@
+"""What the proxy serves: Services and Endpoints reduced to plain, hashable ServicePorts.
+
+Both proxy modes start from `service_ports()`. What must hold:
+- it is pure and deterministic: the same objects give the same ServicePorts in the same order
+  (sorted by namespace, name, port name, protocol), each with its ready endpoints sorted and
+  unique, so renders of unchanged state are identical text;
+- only ready addresses (`subsets[].addresses`) are endpoints; `notReadyAddresses` never are;
+- a Service the proxy cannot serve (headless, no ClusterIP yet, IPv6, unknown protocol) is
+  left out and reported as a problem string, never half-served;
+- a ServicePort is equal to another exactly when the rules for it are equal, which lets the
+  renderers cache per ServicePort.
+
+Endpoint ports are resolved from the Endpoints object, where the endpoints controller wrote
+the numbers: the subset port whose name is the service port's name, else (for a named
+targetPort) the subset port named like the targetPort; a subset without ports falls back to
+a numeric targetPort (or the service port when targetPort is unset). A subset that resolves
+to no port contributes no endpoints to that service port.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from skiffpb.api.v1 import types_pb2 as t
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds, as Kubernetes defaults ClientIP affinity
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One (Service, port) the proxy serves, with everything its rules depend on."""
+
+    namespace: str
+    name: str
+    port_name: str  # the ServicePort's name; "" for a single unnamed port
+    protocol: str  # TCP, UDP or SCTP
+    cluster_ip: str
+    port: int
+    node_port: int = 0  # 0: no NodePort
+    affinity_timeout: int = 0  # seconds of ClientIP affinity; 0: none
+    endpoints: tuple[Endpoint, ...] = ()  # ready endpoints, sorted, unique
+
+    def __hash__(self) -> int:
+        # Cached: renderers look ServicePorts up in caches on every sync.
+        h: int | None = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.namespace, self.name, self.port_name, self.protocol, self.cluster_ip, self.port,
+                      self.node_port, self.affinity_timeout, self.endpoints))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    @property
+    def key(self) -> str:
+        """"ns/svc:port" — the port's name, or its number when unnamed; used in comments."""
+        return f"{self.namespace}/{self.name}:{self.port_name or self.port}"
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def proto(self) -> str:
+        """The protocol as iptables spells it."""
+        return self.protocol.lower()
+
+
+def _hash16(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def svc_chain(sp: ServicePort) -> str:
+    """KUBE-SVC-<16 chars of base32(sha256)>: 25 characters, under iptables' 28."""
+    return "KUBE-SVC-" + _hash16(sp.key + sp.protocol)
+
+
+def sep_chain(sp: ServicePort, ep: Endpoint) -> str:
+    return "KUBE-SEP-" + _hash16(sp.key + sp.protocol + str(ep))
+
+
+def _resolve_port(sp: t.ServicePort, protocol: str, subset: t.EndpointSubset) -> int | None:
+    def proto_of(p: t.EndpointPort) -> str:
+        return (p.protocol or "TCP").upper()
+
+    for p in subset.ports:
+        if p.name == sp.name and proto_of(p) == protocol:
+            return p.port
+    target = sp.target_port
+    which = target.WhichOneof("value")
+    if which == "str_val" and target.str_val:
+        for p in subset.ports:
+            if p.name == target.str_val and proto_of(p) == protocol:
+                return p.port
+        return None
+    if len(subset.ports) == 0:
+        if which == "int_val" and target.int_val:
+            return target.int_val
+        return sp.port
+    return None
+
+
+@functools.lru_cache(maxsize=65536)
+def ipv4_key(text: str) -> bytes | None:
+    """The address as 4 bytes (a sort key), or None unless `text` is a dotted-quad IPv4 address."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return None
+    # Not socket.inet_ntop: pysyncobj (imported by the store, maybe in the same test process)
+    # replaces it with a Windows-only version on import.
+    return packed if ".".join(map(str, packed)) == text else None
+
+
+def _endpoints_for(sp: t.ServicePort, protocol: str, eps: t.Endpoints | None) -> tuple[Endpoint, ...]:
+    if eps is None:
+        return ()
+    found: dict[Endpoint, bytes] = {}
+    for subset in eps.subsets:
+        port = _resolve_port(sp, protocol, subset)
+        if port is None or not 0 < port < 65536:
+            continue
+        for addr in subset.addresses:
+            key = ipv4_key(addr.ip)
+            if key is not None:  # IPv6 or malformed addresses are not proxied
+                found[Endpoint(addr.ip, port)] = key
+    return tuple(sorted(found, key=lambda e: (found[e], e.port)))
+
+
+def _affinity_timeout(svc: t.Service) -> int:
+    if svc.spec.session_affinity != "ClientIP":
+        return 0
+    cfg = svc.spec.session_affinity_config.client_ip
+    if cfg.HasField("timeout_seconds") and cfg.timeout_seconds > 0:
+        return int(cfg.timeout_seconds)
+    return DEFAULT_AFFINITY_TIMEOUT
+
+
+def _ports_of(svc: t.Service, eps: t.Endpoints | None) -> tuple[list[ServicePort], list[str]]:
+    ns, name = svc.metadata.namespace, svc.metadata.name
+    ip_text = svc.spec.cluster_ip
+    if svc.spec.type == "ExternalName" or ip_text in ("", "None"):
+        return [], []  # headless or not allocated yet: nothing to proxy
+    try:
+        vip = ipaddress.ip_address(ip_text)
+    except ValueError:
+        return [], [f"service {ns}/{name}: clusterIP {ip_text!r} is not an IP address"]
+    if vip.version != 4:
+        return [], [f"service {ns}/{name}: clusterIP {ip_text} is IPv6; only IPv4 is proxied"]
+    node_ports = svc.spec.type in ("NodePort", "LoadBalancer")
+    out: list[ServicePort] = []
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for p in svc.spec.ports:
+        protocol = (p.protocol or "TCP").upper()
+        if protocol not in PROTOCOLS:
+            problems.append(f"service {ns}/{name} port {p.name or p.port}: protocol {p.protocol!r} "
+                            f"is not one of {', '.join(PROTOCOLS)}")
+            continue
+        if not 0 < p.port < 65536:
+            problems.append(f"service {ns}/{name}: port {p.port} is out of range")
+            continue
+        sp = ServicePort(
+            namespace=ns, name=name, port_name=p.name, protocol=protocol, cluster_ip=str(vip), port=p.port,
+            node_port=p.node_port if node_ports and 0 < p.node_port < 65536 else 0,
+            affinity_timeout=_affinity_timeout(svc),
+            endpoints=_endpoints_for(p, protocol, eps),
+        )
+        if (sp.key, protocol) in seen:  # two ports would share one chain name
+            problems.append(f"service {ns}/{name}: port {sp.key} {protocol} is declared twice")
+            continue
+        seen.add((sp.key, protocol))
+        out.append(sp)
+    return out, problems
+
+
+# Per Service: (its resourceVersion, its Endpoints' resourceVersion) -> what _ports_of made.
+Memo = dict[tuple[str, str], tuple[tuple[str, str], list[ServicePort], list[str]]]
+
+
+def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], *, memo: Memo | None = None
+                  ) -> tuple[list[ServicePort], list[str]]:
+    """The ServicePorts to program, sorted, and the problems of the Services left out.
+
+    `memo` (kept by the caller between calls) reuses the result for a Service whose
+    resourceVersion and whose Endpoints' resourceVersion are unchanged; objects without
+    resourceVersions are always recomputed. Entries of vanished Services are dropped.
+    """
+    by_key = {(e.metadata.namespace, e.metadata.name): e for e in endpoints}
+    out: list[ServicePort] = []
+    problems: list[str] = []
+    live: set[tuple[str, str]] = set()
+    for svc in services:
+        key = (svc.metadata.namespace, svc.metadata.name)
+        eps = by_key.get(key)
+        versions = (svc.metadata.resource_version, eps.metadata.resource_version if eps is not None else "-")
+        hit = memo.get(key) if memo is not None else None
+        if hit is not None and hit[0] == versions and versions[0] and versions[1]:
+            sps, probs = hit[1], hit[2]
+        else:
+            sps, probs = _ports_of(svc, eps)
+            if memo is not None:
+                memo[key] = (versions, sps, probs)
+        live.add(key)
+        out.extend(sps)
+        problems.extend(probs)
+    if memo is not None:
+        for gone in set(memo) - live:
+            del memo[gone]
+    out.sort(key=lambda sp: (sp.namespace, sp.name, sp.port_name, sp.port, sp.protocol))
+    return out, problems
+
+
+def node_ips(node: t.Node | None) -> tuple[str, ...]:
+    """The node's IPv4 InternalIP and ExternalIP addresses, sorted."""
+    if node is None:
+        return ()
+    ips: set[str] = set()
+    for a in node.status.addresses:
+        if a.type in ("InternalIP", "ExternalIP"):
+            try:
+                ip = ipaddress.ip_address(a.address)
+            except ValueError:
+                continue
+            if ip.version == 4:
+                ips.add(str(ip))
+    return tuple(sorted(ips, key=ipaddress.IPv4Address))

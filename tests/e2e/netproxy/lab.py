@@ -1,0 +1,141 @@
+"""A two-node network-namespace topology for netproxy's real-iptables tests.
+
+    P-p1 (10.244.1.2) ─┐                                     ┌─ P-p3 (10.244.2.2)
+    P-p2 (10.244.1.3) ─┴ cni0 10.244.1.1  P-n1 ══ P-n2  cni0 10.244.2.1
+                          eth0 10.77.0.11 ───────── eth0 10.77.0.12
+
+Nodes are joined by one veth pair (no bridge needed for two), pods hang off each node's
+`cni0` bridge with hairpin mode on, and host-gw routes join the pod CIDRs. Every pod runs
+busybox httpd on port 8080 answering its own name. Nothing is created in the root network
+namespace; every name starts with the run's prefix; `down()` removes it all (deleting a
+namespace removes its links and rules) and stops the servers it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NODE_IPS = {"n1": "10.77.0.11", "n2": "10.77.0.12"}
+POD_CIDRS = {"n1": "10.244.1.0/24", "n2": "10.244.2.0/24"}
+PODS = {"p1": ("n1", "10.244.1.2"), "p2": ("n1", "10.244.1.3"), "p3": ("n2", "10.244.2.2")}
+POD_PORT = 8080
+SERVICE_CIDR = "10.96.0.0/12"
+
+# Opens `count` new TCP connections (new source ports, so new conntrack entries) and counts
+# the answers by body; failures count as "ERR:<exception name>". Runs inside a namespace.
+CLIENT = r"""
+import json, socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = {}
+for _ in range(count):
+    try:
+        with socket.create_connection((host, port), timeout=3) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        key = data.split(b"\r\n\r\n", 1)[-1].decode().strip() or "EMPTY"
+    except OSError as exc:
+        key = "ERR:" + type(exc).__name__
+    seen[key] = seen.get(key, 0) + 1
+print(json.dumps(seen))
+"""
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=60)
+
+
+@dataclass
+class Lab:
+    prefix: str
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="netproxy-lab-")))
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def ns(self, host: str) -> str:
+        return f"{self.prefix}-{host}"
+
+    def netns_path(self, host: str) -> str:
+        return f"/run/netns/{self.ns(host)}"
+
+    def ip(self, host: str, *args: str) -> None:
+        sh("ip", "-n", self.ns(host), *args)
+
+    def exec(self, host: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.ns(host), *argv, check=check)
+
+    def up(self) -> None:
+        for host in (*NODE_IPS, *PODS):
+            sh("ip", "netns", "add", self.ns(host))
+            self.ip(host, "link", "set", "lo", "up")
+        self.ip("n1", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", self.ns("n2"))
+        for node, addr in NODE_IPS.items():
+            gw = str(POD_CIDRS[node]).replace(".0/24", ".1")
+            self.ip(node, "addr", "add", f"{addr}/24", "dev", "eth0")
+            self.ip(node, "link", "set", "eth0", "up")
+            self.ip(node, "link", "add", "cni0", "type", "bridge")
+            self.ip(node, "addr", "add", f"{gw}/24", "dev", "cni0")
+            self.ip(node, "link", "set", "cni0", "up")
+            for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"),
+                               ("net.ipv4.conf.default.rp_filter", "0")):
+                self.exec(node, "sysctl", "-qw", f"{key}={value}")
+            other = "n2" if node == "n1" else "n1"
+            self.ip(node, "route", "add", POD_CIDRS[other], "via", NODE_IPS[other])
+            # connect() to a ClusterIP from the node needs some route before nat OUTPUT runs.
+            self.ip(node, "route", "add", SERVICE_CIDR, "dev", "eth0")
+        for pod, (node, addr) in PODS.items():
+            veth = f"v{pod}"
+            gw = POD_CIDRS[node].replace(".0/24", ".1")
+            self.ip(node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns(pod))
+            self.ip(node, "link", "set", veth, "master", "cni0", "up")
+            self.ip(node, "link", "set", veth, "type", "bridge_slave", "hairpin", "on")
+            self.ip(pod, "addr", "add", f"{addr}/24", "dev", "eth0")
+            self.ip(pod, "link", "set", "eth0", "up")
+            self.ip(pod, "route", "add", "default", "via", gw)
+            www = self.workdir / pod
+            www.mkdir()
+            (www / "index.html").write_text(f"{pod}\n")
+            self.servers.append(subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(pod), "busybox", "httpd", "-f", "-p", str(POD_PORT), "-h", str(www)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def bridge_nf(self, node: str) -> str:
+        """bridge-nf-call-iptables in `node` ("" when br_netfilter is absent)."""
+        out = self.exec(node, "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables", check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    def connect(self, host: str, address: str, port: int, count: int) -> dict[str, int]:
+        out = self.exec(host, sys.executable, "-c", CLIENT, address, str(port), str(count))
+        result: dict[str, int] = json.loads(out.stdout)
+        return result
+
+    def save(self, node: str, backend: str) -> str:
+        return self.exec(node, f"iptables-{backend}-save").stdout
+
+    def down(self) -> None:
+        for proc in self.servers:
+            proc.terminate()
+        for proc in self.servers:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.servers.clear()
+        for host in (*PODS, *NODE_IPS):
+            sh("ip", "netns", "del", self.ns(host), check=False)
+        sh("rm", "-rf", str(self.workdir), check=False)
+
+    def leftovers(self) -> list[str]:
+        names = sh("ip", "netns", "list").stdout.split()
+        return [n for n in names if n.startswith(self.prefix + "-")]
+
+
+def new_prefix() -> str:
+    return f"np{os.getpid() % 100:02d}{os.urandom(1).hex()}"

@@ -1,0 +1,350 @@
+"""End to end on a network-namespace lab: 1 control-plane host (3 store members, api-servers,
+controllers, scheduler) and 2 workers (containerd, node agent, proxy), all real processes.
+
+The tests share one lab and run in file order; the destructive ones (store leader killed,
+worker failure) come last. All service and pod traffic is sent from inside the lab's
+namespaces (hosts via nsenter, pods via exec); only the api-servers are reached from here,
+through the lab's uplink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+
+from deploy import containerd
+from deploy.lab import Lab, LabSpec
+from skiff import kinds
+from skiff.client import Client
+from skiffpb.api.v1 import types_pb2 as t
+from skiffpb.etcd import rpc_pb2 as etcd
+from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
+from tests.support.prereq import require, require_root
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+WEB1 = "skiff/web:1.0"
+WEB2 = "skiff/web:2.0"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    require_root()
+    missing = containerd.missing_prereqs()
+    require(not missing, f"missing {', '.join(missing)}")
+    prefix = f"e{os.getpid() % 10000}"
+    # In the Vagrant VMs (SKIFF_E2E_PROXY_MODE=ipvs) the same lab runs with IPVS for real.
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{150 + os.getpid() % 50}.0.0/24",
+                   node_monitor_grace_period="8s", pod_eviction_timeout="4s", min_sync_period="0s",
+                   proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"))
+    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
+    the_lab.up(progress=print, timeout=120)
+    try:
+        yield the_lab
+    finally:
+        the_lab.down()
+        assert the_lab.leftovers() == []
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str,
+                     interval: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = await check()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout:.0f}s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def deployment(name: str, *, replicas: int, image: str = WEB1, drain: int = 0, grace: int = 30,
+               surge: int | None = None, unavailable: int | None = None) -> t.Deployment:
+    d = kinds.new(kinds.by_kind("Deployment"), name, "default")  # type: ignore[arg-type]
+    assert isinstance(d, t.Deployment)
+    d.spec.replicas = replicas
+    d.spec.selector.match_labels["app"] = name
+    d.spec.template.metadata.labels["app"] = name
+    d.spec.template.spec.termination_grace_period_seconds = grace
+    c = d.spec.template.spec.containers.add(name="web", image=image, image_pull_policy="IfNotPresent")
+    c.ports.add(container_port=80)
+    if drain:
+        c.env.add(name="DRAIN_SECONDS", value=str(drain))
+    c.readiness_probe.http_get.path = "/"
+    c.readiness_probe.http_get.port.int_val = 80
+    c.readiness_probe.period_seconds = 1
+    if surge is not None:
+        d.spec.strategy.rolling_update.max_surge.int_val = surge
+    if unavailable is not None:
+        d.spec.strategy.rolling_update.max_unavailable.int_val = unavailable
+    return d
+
+
+def service(name: str, *, app: str = "", node_port: bool = False) -> t.Service:
+    s = kinds.new(kinds.by_kind("Service"), name, "default")  # type: ignore[arg-type]
+    assert isinstance(s, t.Service)
+    s.spec.selector["app"] = app or name
+    s.spec.ports.add(protocol="TCP", port=80).target_port.int_val = 80
+    if node_port:
+        s.spec.type = "NodePort"
+    return s
+
+
+def ready(pod: t.Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+
+
+async def app_pods(client: Client, app: str) -> list[t.Pod]:
+    pods = (await client.list(t.Pod, namespace="default", label_selector=f"app={app}")).items
+    return [p for p in pods if not p.metadata.HasField("deletion_timestamp")]
+
+
+async def wait_ready_pods(client: Client, app: str, count: int, *, timeout: float = 90,
+                          image: str = "") -> list[t.Pod]:
+    async def check() -> list[t.Pod] | None:
+        pods = await app_pods(client, app)
+        good = [p for p in pods if ready(p) and (not image or p.spec.containers[0].image == image)]
+        return good if len(good) == count and len(pods) == count else None
+
+    return await eventually(check, timeout=timeout, what=f"{count} Ready pods of app={app}")
+
+
+async def endpoint_ips(client: Client, name: str) -> set[str]:
+    ep = await client.get(t.Endpoints, name, "default")
+    return {a.ip for s in ep.subsets for a in s.addresses}
+
+
+def answers(lab: Lab, host: str, url: str, times: int) -> set[str]:
+    return {lab.http_get(host, url).strip() for _ in range(times)}
+
+
+def test_seed_flow(lab: Lab) -> None:
+    async def scenario() -> None:
+        async with lab.client() as client:
+            await client.create(deployment("web", replicas=2))
+            svc = await client.create(service("web"))
+            pods = await wait_ready_pods(client, "web", 2)
+            rs = (await client.list(t.ReplicaSet, namespace="default", label_selector="app=web")).items
+            assert len(rs) == 1 and rs[0].metadata.owner_references[0].name == "web"
+            assert all(p.metadata.owner_references[0].name == rs[0].metadata.name for p in pods)
+            assert sorted(p.spec.node_name for p in pods) == ["n1", "n2"], "pods should spread over both workers"
+            want = {p.status.pod_ip for p in pods}
+            await eventually(lambda: _equal(endpoint_ips(client, "web"), want), timeout=30, what="endpoints")
+            names = {f"hello from {p.metadata.name}" for p in pods}
+            url = f"http://{svc.spec.cluster_ip}/"
+            for host in ("cp", "n1", "n2"):
+                assert answers(lab, host, url, 30) == names, f"ClusterIP from host {host}"
+            # From inside a pod (its own endpoint included: hairpin).
+            seen = set()
+            for _ in range(16):
+                result = await client.exec("default", pods[0].metadata.name, ["wget", "-qO-", url])
+                assert result.exit_code == 0, result.stderr
+                seen.add(result.stdout.decode().strip())
+            assert seen == names
+
+    run(scenario())
+
+
+async def _equal(got: Awaitable[set[str]], want: set[str]) -> bool:
+    return (await got) == want
+
+
+def test_pod_to_pod_across_hosts_and_node_port(lab: Lab) -> None:
+    async def scenario() -> None:
+        async with lab.client() as client:
+            pods = {p.spec.node_name: p for p in await wait_ready_pods(client, "web", 2)}
+            result = await client.exec("default", pods["n1"].metadata.name,
+                                       ["wget", "-qO-", f"http://{pods['n2'].status.pod_ip}/"])
+            assert result.stdout.decode().strip() == f"hello from {pods['n2'].metadata.name}"
+            svc = await client.create(service("web-np", app="web", node_port=True))
+            node_port = svc.spec.ports[0].node_port
+            assert 30000 <= node_port <= 32767
+            names = {f"hello from {p.metadata.name}" for p in pods.values()}
+            # From the control-plane host to each worker's address.
+            for worker in ("n1", "n2"):
+                url = f"http://{lab.net.host(worker).ip}:{node_port}/"
+                got = await eventually(lambda url=url: _async(answers(lab, "cp", url, 20)), timeout=20,
+                                       what=f"NodePort on {worker}")
+                assert got == names
+
+    run(scenario())
+
+
+async def _async(value: T) -> T:
+    return value
+
+
+def test_scale_up_and_down(lab: Lab) -> None:
+    async def scale(client: Client, replicas: int) -> None:
+        d = await client.get(t.Deployment, "web", "default")
+        d.spec.replicas = replicas
+        await client.update(d)
+
+    async def scenario() -> None:
+        async with lab.client() as client:
+            await scale(client, 6)
+            pods = await wait_ready_pods(client, "web", 6)
+            assert {p.spec.node_name for p in pods} == {"n1", "n2"}
+            await eventually(lambda: _count(endpoint_ips(client, "web"), 6), timeout=30, what="6 endpoints")
+            await scale(client, 2)
+            await wait_ready_pods(client, "web", 2)
+            await eventually(lambda: _count(endpoint_ips(client, "web"), 2), timeout=30, what="2 endpoints")
+
+    run(scenario())
+
+
+async def _count(got: Awaitable[set[str]], n: int) -> bool:
+    return len(await got) == n
+
+
+CLIENT_LOOP = (
+    'while true; do '
+    'if printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 2 "$TARGET" 80 | grep -q "hello from"; '
+    'then echo ok; else echo FAIL; fi; sleep 0.1; done'
+)
+
+
+def test_rolling_update_without_failed_requests(lab: Lab) -> None:
+    async def scenario() -> None:
+        async with lab.client() as client:
+            await client.create(deployment("roll", replicas=3, drain=3, grace=10, surge=1, unavailable=0))
+            svc = await client.create(service("roll"))
+            await wait_ready_pods(client, "roll", 3)
+            probe = kinds.new(kinds.by_kind("Pod"), "roll-client", "default")  # type: ignore[arg-type]
+            assert isinstance(probe, t.Pod)
+            c = probe.spec.containers.add(name="client", image=WEB1, command=["/bin/sh", "-c", CLIENT_LOOP])
+            c.env.add(name="TARGET", value=svc.spec.cluster_ip)
+            await client.create(probe)
+
+            async def log_lines() -> list[str]:
+                data = b"".join([chunk async for chunk in client.logs("default", "roll-client")])
+                return data.decode().split()
+
+            await eventually(lambda: _at_least(log_lines(), 20), timeout=60, what="client requests flowing")
+            d = await client.get(t.Deployment, "roll", "default")
+            d.spec.template.spec.containers[0].image = WEB2
+            await client.update(d)
+            await wait_ready_pods(client, "roll", 3, image=WEB2, timeout=120)
+            await asyncio.sleep(3)
+            lines = await log_lines()
+            assert lines.count("ok") > 50
+            assert lines.count("FAIL") == 0, f"{lines.count('FAIL')} failed requests during the rollout"
+            assert "v2" in lab.http_get("n1", f"http://{svc.spec.cluster_ip}/")
+
+    run(scenario())
+
+
+async def _at_least(lines: Awaitable[list[str]], n: int) -> bool:
+    return len([x for x in await lines if x == "ok"]) >= n
+
+
+def test_netproxy_restart_keeps_new_connections_working(lab: Lab) -> None:
+    async def scenario() -> None:
+        async with lab.client() as client:
+            svc = await client.get(t.Service, "web", "default")
+            url = f"http://{svc.spec.cluster_ip}/"
+            daemon = lab.daemons("n1")["netproxy"]
+            from deploy import procs
+
+            procs.stop(daemon)
+            assert len(answers(lab, "n1", url, 10)) >= 1  # rules stay while the proxy is down
+            lab.start_daemon("n1", "netproxy")
+            pods = await wait_ready_pods(client, "web", 2)
+            names = {f"hello from {p.metadata.name}" for p in pods}
+            for _ in range(5):
+                assert answers(lab, "n1", url, 20) == names
+                await asyncio.sleep(0.5)
+
+    run(scenario())
+
+
+async def store_leader(lab: Lab) -> str:
+    """The name of the store member that leads, asked of every member."""
+    ids: dict[int, str] = {}
+    leader = 0
+    for m in lab.cluster.members:
+        async with grpc.aio.insecure_channel(m.client_url) as ch:
+            st = await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=5)
+            ids[st.header.member_id] = m.name
+            leader = leader or st.leader
+    return ids[leader]
+
+
+def test_store_leader_killed_cluster_keeps_working(lab: Lab) -> None:
+    async def scenario() -> None:
+        leader = await store_leader(lab)
+        member = next(m for m in lab.cluster.members if m.name == leader)
+        lab.kill_daemon(member.host, f"store-{leader}")
+        async with Client([m.api_url for m in lab.cluster.members if m.name != leader]) as client:
+            d = await client.get(t.Deployment, "web", "default")
+            d.spec.replicas = 3
+            await client.update(d)
+            pods = await wait_ready_pods(client, "web", 3)
+            svc = await client.create(service("after-failover", app="web"))
+            want = {p.status.pod_ip for p in pods}
+            await eventually(lambda: _equal(endpoint_ips(client, "after-failover"), want), timeout=30,
+                             what="endpoints of a Service created after the failover")
+            url = f"http://{svc.spec.cluster_ip}/"
+            names = {f"hello from {p.metadata.name}" for p in pods}
+            await eventually(lambda: _async(answers(lab, "cp", url, 30) == names), timeout=20,
+                             what="the new ClusterIP answers")
+            new_leader = await eventually(lambda: _leader_except(lab, leader), timeout=10, what="new leader")
+            assert new_leader != leader
+        lab.start_daemon(member.host, f"store-{leader}")
+
+    run(scenario())
+
+
+async def _leader_except(lab: Lab, dead: str) -> str | None:
+    for m in lab.cluster.members:
+        if m.name == dead:
+            continue
+        async with grpc.aio.insecure_channel(m.client_url) as ch:
+            st = await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=3)
+            if st.leader:
+                return "ok"
+    return None
+
+
+def test_worker_failure_moves_pods_and_endpoints(lab: Lab) -> None:
+    async def scenario() -> None:
+        async with lab.client() as client:
+            d = await client.get(t.Deployment, "web", "default")
+            d.spec.replicas = 2
+            await client.update(d)
+            await wait_ready_pods(client, "web", 2)
+            lab.stop_worker("n2", kill=True)
+
+            async def not_ready() -> bool:
+                node = await client.get(t.Node, "n2")
+                return any(c.type == "Ready" and c.status != "True" for c in node.status.conditions)
+
+            await eventually(not_ready, timeout=40, what="n2 NotReady")
+
+            async def moved() -> list[t.Pod] | None:
+                pods = await app_pods(client, "web")
+                good = [p for p in pods if ready(p) and p.spec.node_name == "n1"]
+                return good if len(good) == 2 and len(pods) == 2 else None
+
+            pods = await eventually(moved, timeout=60, what="pods recreated on n1")
+            want = {p.status.pod_ip for p in pods}
+            await eventually(lambda: _equal(endpoint_ips(client, "web"), want), timeout=30, what="endpoints on n1")
+            url = f"http://{(await client.get(t.Service, 'web', 'default')).spec.cluster_ip}/"
+            assert answers(lab, "cp", url, 20) == {f"hello from {p.metadata.name}" for p in pods}
+
+    run(scenario())

@@ -1,0 +1,52 @@
+"""Fixtures for store integration tests: real 3-member clusters of `python -m controlplane.store`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from controlplane.store.cluster import StoreCluster
+
+pytestmark = pytest.mark.integration
+
+
+def etcdctl_path() -> str:
+    path = shutil.which("etcdctl")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("etcdctl is required in CI (Debian package etcd-client)")
+        pytest.skip("etcdctl not installed (Debian package etcd-client)")
+    return path
+
+
+class Etcdctl:
+    def __init__(self, endpoints: str) -> None:
+        self.bin = etcdctl_path()
+        self.endpoints = endpoints
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True,
+                 timeout: float = 20.0, endpoints: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, ETCDCTL_API="3")
+        cmd = [self.bin, f"--endpoints={endpoints or self.endpoints}", "--command-timeout=10s", *args]
+        res = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[StoreCluster]:
+    c = StoreCluster(3)
+    try:
+        c.start()
+        yield c
+    except BaseException:
+        for name in c.members:
+            print(f"----- {name}.log\n{c.log(name)[-4000:]}")
+        raise
+    finally:
+        c.close()
