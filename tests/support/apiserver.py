@@ -10,7 +10,8 @@ For integration tests and benchmarks that need a working control plane on loopba
 
 Everything listens on free ports of 127.0.0.1, keeps its data and logs under the given
 directory, and is stopped (SIGTERM, then SIGKILL) when the block ends, even on failure; if
-the test process itself is killed, its children get SIGTERM too (PR_SET_PDEATHSIG).
+the test process itself is killed, its children get SIGTERM too (PR_SET_PDEATHSIG, through
+setpriv: start processes from the thread that lives longest, normally the main thread).
 A process that dies during startup raises StartupError with the tail of its log.
 Single pieces: `start_etcd(dir, members=3)`, `start_apiserver(dir, store_endpoints)`;
 `Process.kill()` / `.restart()` for failure tests.
@@ -19,7 +20,6 @@ Single pieces: `start_etcd(dir, members=3)`, `start_apiserver(dir, store_endpoin
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
@@ -40,13 +40,14 @@ class StartupError(RuntimeError):
     pass
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the test process dies (even by SIGKILL),
-    so a killed test run leaves no store or api-server behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+SETPRIV = shutil.which("setpriv")
+
+
+def _dying_with_parent(argv: list[str]) -> list[str]:
+    """argv run so that it gets SIGTERM when the thread that started it dies (even by SIGKILL):
+    a killed test run leaves no store or api-server behind. setpriv (util-linux) sets
+    PR_SET_PDEATHSIG and execs; no Python runs between fork and exec (gRPC threads are about)."""
+    return [SETPRIV, "--pdeathsig", "TERM", "--", *argv] if SETPRIV else argv
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -89,8 +90,8 @@ class Process:
 
     def start(self, *, timeout: float = 30.0) -> Process:
         log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                      start_new_session=True, cwd=ROOT, preexec_fn=_die_with_parent)
+        self.popen = subprocess.Popen(_dying_with_parent(self.argv), stdout=log, stderr=subprocess.STDOUT,
+                                      env=self.env, start_new_session=True, cwd=ROOT)
         log.close()
         if self.ready is not None:
             self.ready(self, timeout)
@@ -193,8 +194,8 @@ def start_etcd(workdir: Path, *, members: int = 1, name: str = "etcd",
         # Members of a new cluster wait for each other: start all before waiting on any.
         for p in procs:
             log = p.log_path.open("ab")
-            p.popen = subprocess.Popen(p.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                       preexec_fn=_die_with_parent)
+            p.popen = subprocess.Popen(_dying_with_parent(p.argv), stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
             log.close()
         for p in procs:
             wait_etcd(p, 30.0)
