@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store-endpoints", default="", help="use this store instead of starting etcd")
     p.add_argument("--data-dir", default="", help="where etcd keeps its data (default: a temp dir on disk)")
     p.add_argument("--output", default=str(RESULTS), help="JSON results file (default %(default)s)")
+    p.add_argument("--keep", action="store_true", help="keep the store's data and the logs (printed at the end)")
     args = p.parse_args(argv)
     gc.set_threshold(20_000, 20, 20)  # the load generator's own GC pauses would count as latency
     work = Path(tempfile.mkdtemp(prefix="skiff-bench-apiserver-", dir=args.data_dir or None))
@@ -258,19 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                            "load_average_after": os.getloadavg(),
                            "store": "etcd " + (etcd.members[0].argv[0] if etcd else store),
-                           "etcd_data": str(work), "quick": args.quick, "cpus": _cpus(),
+                           "quick": args.quick, "cpus": _cpus(),
                            "python": platform.python_version(),
                            "target": {"rate": TARGET_RATE, "p99_ms": TARGET_P99_MS}}
         report(results)
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nresults: {out}")
+        print(f"\nresults: {out}" + (f"; data and logs: {work}" if args.keep else ""))
     finally:
         if apiserver is not None:
             apiserver.stop()
         if etcd is not None:
             etcd.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
