@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from skiff import __version__
 from skiff.errors import SkiffError
@@ -18,14 +19,32 @@ from skiff.manifests import ManifestError
 
 # Modules that register subcommands, in the order `skiff --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "skiff.cli.get",
+    "skiff.cli.describe",
+    "skiff.cli.apply",
+    "skiff.cli.create",
+    "skiff.cli.delete",
+    "skiff.cli.scale",
+    "skiff.cli.rollout",
+    "skiff.cli.logs",
+    "skiff.cli.exec",
+    "skiff.cli.version",
+    "skiff.cli.clusterinfo",
     "skiff.cli.image",
     "skiff.cli.node",
     "skiff.cli.lab",
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (argparse would print the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skiff", description="Skiff: a small Kubernetes-style orchestrator.")
+    parser = _Parser(prog="skiff", description="Skiff: a small Kubernetes-style orchestrator.")
     parser.add_argument("--version", action="version", version=f"skiff {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -37,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is passed through untouched (exec's COMMAND), whatever it looks like.
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    args.passthrough = passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

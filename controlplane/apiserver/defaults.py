@@ -1,0 +1,158 @@
+"""Defaults the api-server fills in before validating and storing an object (as Kubernetes does).
+
+`apply_defaults(obj)` sets every unset field that has a default, in place, and nothing else:
+a value the user gave is never changed, and applying it twice changes nothing the second
+time (so an unchanged manifest re-applied is a no-op). Pure: no clock, no I/O.
+
+Defaults, by kind (Kubernetes' values):
+- every object: apiVersion and kind;
+- Pod (and pod templates): restartPolicy Always, terminationGracePeriodSeconds 30,
+  schedulerName default-scheduler, container imagePullPolicy by tag (Always for `:latest`
+  or no tag, else IfNotPresent), port protocol TCP, probe timeout 1 / period 10 /
+  success 1 / failure 3, httpGet scheme HTTP and path /;
+- Deployment: replicas 1, strategy RollingUpdate with maxUnavailable 25% and maxSurge 25%,
+  revisionHistoryLimit 10, progressDeadlineSeconds 600; ReplicaSet: replicas 1;
+- Service: type ClusterIP, sessionAffinity None (ClientIP: timeout 10800 s), port protocol
+  TCP, targetPort = port, externalTrafficPolicy Cluster for NodePort;
+- Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from skiff import kinds
+from skiffpb.api.v1 import types_pb2 as t
+
+GRACE_PERIOD_SECONDS = 30
+DEFAULT_SCHEDULER = "default-scheduler"
+SESSION_AFFINITY_TIMEOUT = 10800
+
+
+def image_pull_policy(image: str) -> str:
+    """Always for `:latest` or an untagged image (unless pinned by digest), else IfNotPresent."""
+    if "@" in image:
+        return "IfNotPresent"
+    last = image.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else ""
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
+
+
+def _probe(p: t.Probe) -> None:
+    if not p.timeout_seconds:
+        p.timeout_seconds = 1
+    if not p.period_seconds:
+        p.period_seconds = 10
+    if not p.success_threshold:
+        p.success_threshold = 1
+    if not p.failure_threshold:
+        p.failure_threshold = 3
+    if p.HasField("http_get"):
+        if not p.http_get.scheme:
+            p.http_get.scheme = "HTTP"
+        if not p.http_get.path:
+            p.http_get.path = "/"
+
+
+def pod_spec(spec: t.PodSpec) -> None:
+    if not spec.restart_policy:
+        spec.restart_policy = "Always"
+    if not spec.HasField("termination_grace_period_seconds"):
+        spec.termination_grace_period_seconds = GRACE_PERIOD_SECONDS
+    if not spec.scheduler_name:
+        spec.scheduler_name = DEFAULT_SCHEDULER
+    for c in spec.containers:
+        if not c.image_pull_policy:
+            c.image_pull_policy = image_pull_policy(c.image)
+        for port in c.ports:
+            if not port.protocol:
+                port.protocol = "TCP"
+        for name in ("liveness_probe", "readiness_probe", "startup_probe"):
+            if c.HasField(name):
+                _probe(getattr(c, name))
+    for tol in spec.tolerations:
+        if not tol.operator:
+            tol.operator = "Equal"
+
+
+def _deployment(d: t.Deployment) -> None:
+    spec = d.spec
+    if not spec.HasField("replicas"):
+        spec.replicas = 1
+    if not spec.strategy.type:
+        spec.strategy.type = "RollingUpdate"
+    if spec.strategy.type == "RollingUpdate":
+        ru = spec.strategy.rolling_update
+        if not ru.HasField("max_unavailable"):
+            ru.max_unavailable.str_val = "25%"
+        if not ru.HasField("max_surge"):
+            ru.max_surge.str_val = "25%"
+    if not spec.HasField("revision_history_limit"):
+        spec.revision_history_limit = 10
+    if not spec.HasField("progress_deadline_seconds"):
+        spec.progress_deadline_seconds = 600
+    pod_spec(spec.template.spec)
+
+
+def _replica_set(rs: t.ReplicaSet) -> None:
+    if not rs.spec.HasField("replicas"):
+        rs.spec.replicas = 1
+    pod_spec(rs.spec.template.spec)
+
+
+def _service(s: t.Service) -> None:
+    spec = s.spec
+    if not spec.type:
+        spec.type = "ClusterIP"
+    if not spec.session_affinity:
+        spec.session_affinity = "None"
+    if spec.session_affinity == "ClientIP" and not spec.session_affinity_config.client_ip.HasField("timeout_seconds"):
+        spec.session_affinity_config.client_ip.timeout_seconds = SESSION_AFFINITY_TIMEOUT
+    if spec.type == "NodePort" and not spec.external_traffic_policy:
+        spec.external_traffic_policy = "Cluster"
+    for port in spec.ports:
+        if not port.protocol:
+            port.protocol = "TCP"
+        if not port.HasField("target_port") or (
+                port.target_port.WhichOneof("value") == "int_val" and port.target_port.int_val == 0):
+            port.target_port.int_val = port.port
+
+
+def _endpoints(e: t.Endpoints) -> None:
+    for subset in e.subsets:
+        for port in subset.ports:
+            if not port.protocol:
+                port.protocol = "TCP"
+
+
+def _namespace(ns: t.Namespace) -> None:
+    if not ns.status.phase:
+        ns.status.phase = "Active"
+
+
+def _event(ev: t.Event) -> None:
+    if not ev.type:
+        ev.type = "Normal"
+    if not ev.count:
+        ev.count = 1
+
+
+def apply_defaults(obj: Message) -> None:
+    """Fill in the defaults of `obj` in place (see the module docstring)."""
+    kind = kinds.of_message(obj)
+    obj.api_version = kind.api_version  # type: ignore[attr-defined]
+    obj.kind = kind.kind  # type: ignore[attr-defined]
+    if isinstance(obj, t.Pod):
+        pod_spec(obj.spec)
+    elif isinstance(obj, t.Deployment):
+        _deployment(obj)
+    elif isinstance(obj, t.ReplicaSet):
+        _replica_set(obj)
+    elif isinstance(obj, t.Service):
+        _service(obj)
+    elif isinstance(obj, t.Endpoints):
+        _endpoints(obj)
+    elif isinstance(obj, t.Namespace):
+        _namespace(obj)
+    elif isinstance(obj, t.Event):
+        _event(obj)

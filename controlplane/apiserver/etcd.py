@@ -1,0 +1,333 @@
+"""The etcd v3 backend of `Store`: grpc.aio over the etcd v3 API subset in skiffpb.etcd.
+
+It uses only the public v3 API (KV Range/Txn/Compact, Watch with start revision, prev_kv,
+progress_notify, Lease grant), so it works the same against a real etcd cluster and the
+embedded Skiff store.
+
+What must hold:
+- Calls go to one endpoint at a time; UNAVAILABLE (member down, no leader, leader changed,
+  request timed out inside the cluster) moves to the next endpoint and retries with backoff
+  until `retry_for` seconds have passed, then raises UnavailableStoreError. A write that may
+  have been applied (deadline exceeded) is not retried: the caller gets UnavailableStoreError
+  and, for creates and updates, checks the stored value itself.
+- A watch survives the loss of its endpoint: it reconnects (to the next endpoint) from the
+  revision after the last one it delivered, so its consumer sees no gap and no duplicate.
+  Watches carry `hasleader=true` so a member cut off from its cluster ends them rather
+  than leaving them silently stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from controlplane.apiserver.storage import (
+    KV,
+    CompactedError,
+    Compare,
+    Delete,
+    Event,
+    Op,
+    PrefixStatus,
+    Put,
+    RangeResult,
+    StoreError,
+    TxnResult,
+    UnavailableStoreError,
+    ValueTooLargeError,
+    WatchBatch,
+    prefix_end,
+)
+from skiffpb.etcd import kv_pb2, rpc_pb2, rpc_pb2_grpc
+
+log = logging.getLogger("skiff.apiserver.etcd")
+
+R = TypeVar("R", bound=Message)
+
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.enable_retries", 0),
+)
+WATCH_METADATA = (("hasleader", "true"),)
+
+
+def _b(text: str) -> bytes:
+    return text.encode()
+
+
+def _kv(kv: kv_pb2.KeyValue) -> KV:
+    return KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+
+
+class _Endpoint:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.kv = rpc_pb2_grpc.KVStub(self.channel)
+        self.watch = rpc_pb2_grpc.WatchStub(self.channel)
+        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
+
+
+class EtcdStore:
+    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = 5.0, retry_for: float = 10.0) -> None:
+        targets = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+        self.targets = [t.strip().removeprefix("http://") for t in targets if t.strip()]
+        if not self.targets:
+            raise ValueError("no store endpoint given (--store-endpoints HOST:PORT[,HOST:PORT...])")
+        self.timeout = timeout
+        self.retry_for = retry_for
+        self._endpoints: list[_Endpoint | None] = [None] * len(self.targets)
+        self._current = 0
+        self._healthy = True
+
+    def _endpoint(self, index: int) -> _Endpoint:
+        ep = self._endpoints[index]
+        if ep is None:
+            ep = self._endpoints[index] = _Endpoint(self.targets[index])
+        return ep
+
+    def _next(self) -> None:
+        self._current = (self._current + 1) % len(self.targets)
+
+    def _state(self, healthy: bool, detail: str = "") -> None:
+        """Log once per change between reachable and unreachable."""
+        if healthy != self._healthy:
+            self._healthy = healthy
+            if healthy:
+                log.info("store reachable again at %s", self.targets[self._current])
+            else:
+                log.warning("store unreachable (%s); retrying across %s", detail, ",".join(self.targets))
+
+    async def _call(self, pick: Callable[[_Endpoint], Any], request: R, *, idempotent: bool) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        delay = 0.05
+        last = ""
+        while True:
+            ep = self._endpoint(self._current)
+            try:
+                response = await pick(ep)(request, timeout=self.timeout)
+                self._state(True)
+                return response
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                retry = code == grpc.StatusCode.UNAVAILABLE or (
+                    idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED)
+                if not retry:
+                    raise _translate(exc, ep.target) from exc
+                last = f"{ep.target}: {code.name.lower()}: {details}"
+                self._state(False, last)
+                if loop.time() + delay >= deadline:
+                    raise UnavailableStoreError(f"store unavailable: {last}") from exc
+                self._next()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # ------------------------------------------------------------------ Store
+
+    async def get(self, key: str) -> KV | None:
+        resp = await self._call(lambda ep: ep.kv.Range, rpc_pb2.RangeRequest(key=_b(key)), idempotent=True)
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def range(self, prefix: str, *, revision: int = 0, start: str = "", limit: int = 0) -> RangeResult:
+        req = rpc_pb2.RangeRequest(key=_b(max(prefix, start)), range_end=_b(prefix_end(prefix)), limit=limit,
+                                   revision=revision)
+        resp = await self._call(lambda ep: ep.kv.Range, req, idempotent=True)
+        return RangeResult([_kv(kv) for kv in resp.kvs], resp.header.revision, resp.more)
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
+        req = rpc_pb2.TxnRequest()
+        for c in compares:
+            if c.mod_revision == 0:
+                req.compare.add(key=_b(c.key), target=rpc_pb2.Compare.CREATE,
+                                result=rpc_pb2.Compare.EQUAL, create_revision=0)
+            else:
+                req.compare.add(key=_b(c.key), target=rpc_pb2.Compare.MOD,
+                                result=rpc_pb2.Compare.EQUAL, mod_revision=c.mod_revision)
+            req.failure.add(request_range=rpc_pb2.RangeRequest(key=_b(c.key)))
+        for op in ops:
+            if isinstance(op, Put):
+                req.success.add(request_put=rpc_pb2.PutRequest(key=_b(op.key), value=op.value, lease=op.lease))
+            elif isinstance(op, Delete):
+                req.success.add(request_delete_range=rpc_pb2.DeleteRangeRequest(key=_b(op.key)))
+        resp = await self._call(lambda ep: ep.kv.Txn, req, idempotent=False)
+        if resp.succeeded:
+            return TxnResult(True, resp.header.revision)
+        current: dict[str, KV | None] = {}
+        for c, r in zip(compares, resp.responses, strict=False):
+            kvs = r.response_range.kvs
+            current[c.key] = _kv(kvs[0]) if kvs else None
+        return TxnResult(False, resp.header.revision, current)
+
+    async def prefix_status(self, prefix: str, *, modified_after: int) -> PrefixStatus:
+        # Two reads in one transaction, so both see the same revision. The second uses a filter,
+        # which etcd applies before `limit`; count_only would ignore the filter.
+        end = _b(prefix_end(prefix))
+        req = rpc_pb2.TxnRequest()
+        req.success.add(request_range=rpc_pb2.RangeRequest(key=_b(prefix), range_end=end, count_only=True))
+        req.success.add(request_range=rpc_pb2.RangeRequest(key=_b(prefix), range_end=end, keys_only=True, limit=1,
+                                                           min_mod_revision=modified_after + 1))
+        resp = await self._call(lambda ep: ep.kv.Txn, req, idempotent=True)
+        count = resp.responses[0].response_range.count
+        modified = bool(resp.responses[1].response_range.kvs)
+        return PrefixStatus(int(resp.header.revision), int(count), modified)
+
+    async def revision(self) -> int:
+        req = rpc_pb2.RangeRequest(key=b"/", keys_only=True, limit=1)
+        resp = await self._call(lambda ep: ep.kv.Range, req, idempotent=True)
+        return int(resp.header.revision)
+
+    def watch(self, prefix: str, *, start_revision: int) -> EtcdWatch:
+        return EtcdWatch(self, prefix, start_revision)
+
+    async def compact(self, revision: int) -> None:
+        await self._call(lambda ep: ep.kv.Compact, rpc_pb2.CompactionRequest(revision=revision), idempotent=True)
+
+    async def grant_lease(self, ttl: int) -> int:
+        resp = await self._call(lambda ep: ep.lease.LeaseGrant, rpc_pb2.LeaseGrantRequest(TTL=ttl), idempotent=False)
+        if resp.error:
+            raise StoreError(f"lease grant refused: {resp.error}")
+        return int(resp.ID)
+
+    async def close(self) -> None:
+        for ep in self._endpoints:
+            if ep is not None:
+                await ep.channel.close(None)
+        self._endpoints = [None] * len(self.targets)
+
+    def describe(self) -> str:
+        return "etcd3 " + ",".join(self.targets)
+
+
+def _translate(exc: grpc.aio.AioRpcError, target: str) -> StoreError:
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.OUT_OF_RANGE or "compacted" in details:
+        return CompactedError(0, 0)
+    if "too large" in details or code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ValueTooLargeError(f"store refused the request as too large: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return UnavailableStoreError(f"store {target} did not answer in time; the outcome is unknown")
+    return StoreError(f"store {target}: {code.name.lower()}: {details}")
+
+
+class _WatchCanceled(Exception):
+    """The store ended a watch for a reason other than compaction (e.g. "no leader")."""
+
+
+class EtcdWatch:
+    """One etcd watch on a prefix, resumed across endpoints (see the module docstring)."""
+
+    def __init__(self, store: EtcdStore, prefix: str, start_revision: int) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.next_revision = start_revision  # 0: from now, fixed by the first "created" response
+        self._call: Any = None
+        self._closed = False
+
+    async def _open(self) -> Any:
+        ep = self.store._endpoint(self.store._current)
+        call = ep.watch.Watch(metadata=WATCH_METADATA)
+        create = rpc_pb2.WatchCreateRequest(key=_b(self.prefix), range_end=_b(prefix_end(self.prefix)),
+                                            start_revision=self.next_revision, prev_kv=True, progress_notify=True)
+        await call.write(rpc_pb2.WatchRequest(create_request=create))
+        return call
+
+    async def __aiter__(self) -> AsyncIterator[WatchBatch]:
+        delay = 0.05
+        while not self._closed:
+            try:
+                self._call = await self._open()
+                async for batch in self._read(self._call):
+                    delay = 0.05
+                    yield batch
+                if self._closed:
+                    return
+                detail = "stream ended"
+            except _WatchCanceled as exc:
+                detail = f"watch canceled by the store: {exc}"
+            except grpc.aio.AioRpcError as exc:
+                if self._closed or exc.code() == grpc.StatusCode.CANCELLED:
+                    return
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                    raise _translate(exc, self.store.targets[self.store._current]) from exc
+                detail = f"{exc.code().name.lower()}: {exc.details()}"
+            finally:
+                if self._call is not None:
+                    self._call.cancel()
+                    self._call = None
+            self.store._state(False, f"watch {self.prefix} on {self.store.targets[self.store._current]}: {detail}")
+            self.store._next()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _read(self, call: Any) -> AsyncIterator[WatchBatch]:
+        watch_id: int | None = None
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:  # type: ignore[attr-defined]
+                return
+            assert isinstance(resp, rpc_pb2.WatchResponse)
+            if resp.canceled:
+                if resp.compact_revision:
+                    raise CompactedError(self.next_revision, resp.compact_revision)
+                raise _WatchCanceled(resp.cancel_reason or "no reason given")
+            if resp.created:
+                self.store._state(True)
+                watch_id = resp.watch_id
+                if self.next_revision == 0:
+                    self.next_revision = resp.header.revision + 1
+                if not resp.events:
+                    continue
+            if not resp.events:
+                # Progress: everything up to header.revision has been delivered -- when it is
+                # the periodic notification of this watch (ordered with its events). Answers to
+                # RequestProgress (watch_id -1) can overtake events in etcd < 3.4.25: ignored.
+                if resp.watch_id == watch_id and resp.header.revision >= self.next_revision - 1:
+                    self.next_revision = resp.header.revision + 1
+                    yield WatchBatch((), resp.header.revision)
+                continue
+            for batch in _batches(resp.events):
+                if batch.revision < self.next_revision:
+                    continue  # already delivered before a reconnect
+                self.next_revision = batch.revision + 1
+                yield batch
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+
+
+def _batches(events: Sequence[kv_pb2.Event]) -> list[WatchBatch]:
+    """Group one response's events by revision, in order."""
+    out: list[WatchBatch] = []
+    current: list[Event] = []
+    revision = 0
+    for ev in events:
+        rev = ev.kv.mod_revision
+        if current and rev != revision:
+            out.append(WatchBatch(tuple(current), revision))
+            current = []
+        revision = rev
+        prev = ev.prev_kv.value if ev.HasField("prev_kv") else None
+        if ev.type == kv_pb2.Event.DELETE:
+            current.append(Event("DELETE", ev.kv.key.decode(), b"", prev, rev))
+        else:
+            current.append(Event("PUT", ev.kv.key.decode(), ev.kv.value, prev, rev))
+    if current:
+        out.append(WatchBatch(tuple(current), revision))
+    return out

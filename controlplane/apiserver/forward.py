@@ -1,0 +1,148 @@
+"""Forwarding `logs` and `exec` to the node agent that runs the pod (as kube-apiserver does
+to the kubelet).
+
+The target is the pod's node: its InternalIP (else the first address) and the port it
+publishes in status.daemonEndpoints.kubeletEndpoint. Every failure is a clear error naming
+the pod, the node and the address: not scheduled yet, container unknown or not started,
+node unknown, node agent unreachable. Node problems are FAILED_PRECONDITION, not
+UNAVAILABLE: clients retry UNAVAILABLE on another api-server, which would reach the same
+node (and an exec must not run twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from skiff import errors
+from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import nodeagent_pb2_grpc
+from skiffpb.api.v1 import types_pb2 as t
+
+log = logging.getLogger("skiff.apiserver.forward")
+
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+CONNECT_TIMEOUT = 5.0
+
+
+class Getter(Protocol):
+    async def get(self, resource: str, namespace: str, name: str) -> Message: ...
+
+
+def pick_container(pod: t.Pod, container: str) -> str:
+    names = [c.name for c in pod.spec.containers]
+    if not container:
+        if len(names) == 1:
+            return names[0]
+        raise errors.InvalidError(f"a container name must be specified for pod {pod.metadata.name}, "
+                                  f"choose one of: [{' '.join(names)}]")
+    if container not in names:
+        raise errors.InvalidError(f'container "{container}" is not valid for pod "{pod.metadata.name}" '
+                                  f"(containers: {', '.join(names)})")
+    return container
+
+
+def node_target(node: t.Node) -> str:
+    """`address:port` of a node's agent; FailedPreconditionError when the node publishes none."""
+    addresses = {a.type: a.address for a in reversed(node.status.addresses)}
+    address = addresses.get("InternalIP") or next(iter(addresses.values()), "")
+    port = node.status.daemon_endpoints.kubelet_endpoint.port
+    if not address or not port:
+        raise errors.FailedPreconditionError(f'node "{node.metadata.name}" publishes no node agent address '
+                                      "(status.addresses InternalIP and status.daemonEndpoints.kubeletEndpoint.port)")
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port}"
+
+
+def check_started(pod: t.Pod, container: str, *, previous: bool = False) -> None:
+    if previous:
+        return
+    for status in pod.status.container_statuses:
+        if status.name == container and status.state.HasField("waiting"):
+            reason = status.state.waiting.reason or "waiting"
+            raise errors.FailedPreconditionError(
+                f'container "{container}" in pod "{pod.metadata.name}" is waiting to start: {reason}')
+
+
+class Forwarder:
+    def __init__(self, registry: Getter) -> None:
+        self.registry = registry
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def _resolve(self, namespace: str, pod_name: str, container: str,
+                       *, previous: bool = False) -> tuple[str, str, str]:
+        """(node agent address, node name, container name)."""
+        pod = await self.registry.get("pods", namespace, pod_name)
+        assert isinstance(pod, t.Pod)
+        chosen = pick_container(pod, container)
+        if not pod.spec.node_name:
+            raise errors.FailedPreconditionError(f'pod "{pod_name}" is not scheduled to a node yet')
+        check_started(pod, chosen, previous=previous)
+        try:
+            node = await self.registry.get("nodes", "", pod.spec.node_name)
+        except errors.NotFoundError:
+            raise errors.FailedPreconditionError(f'node "{pod.spec.node_name}" of pod "{pod_name}" is not registered') \
+                from None
+        assert isinstance(node, t.Node)
+        return node_target(node), node.metadata.name, chosen
+
+    def _stub(self, target: str) -> nodeagent_pb2_grpc.NodeAgentStub:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return nodeagent_pb2_grpc.NodeAgentStub(channel)
+
+    @staticmethod
+    def _error(exc: grpc.aio.AioRpcError, node: str, target: str) -> errors.SkiffError:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            out: errors.SkiffError = errors.FailedPreconditionError(
+                f'cannot reach the node agent of node "{node}" at {target}: {exc.details()}')
+        else:
+            out = errors.from_grpc(exc)
+        return out
+
+    async def logs(self, request: api.LogsRequest) -> AsyncIterator[api.LogChunk]:
+        target, node, container = await self._resolve(request.namespace or "default", request.pod,
+                                                      request.container, previous=request.previous)
+        forwarded = api.LogsRequest()
+        forwarded.CopyFrom(request)
+        forwarded.namespace = request.namespace or "default"
+        forwarded.container = container
+        call = self._stub(target).ContainerLogs(forwarded, wait_for_ready=False)
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, node, target) from exc
+        finally:
+            call.cancel()
+
+    async def exec(self, request: api.ExecRequest) -> api.ExecResponse:
+        if not request.command:
+            raise errors.InvalidError("command: required: what to run in the container")
+        target, node, container = await self._resolve(request.namespace or "default", request.pod,
+                                                      request.container)
+        forwarded = api.ExecRequest()
+        forwarded.CopyFrom(request)
+        forwarded.namespace = request.namespace or "default"
+        forwarded.container = container
+        timeout = request.timeout_seconds + CONNECT_TIMEOUT if request.timeout_seconds > 0 else None
+        try:
+            response: api.ExecResponse = await self._stub(target).Exec(forwarded, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, node, target) from exc
+        return response
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()

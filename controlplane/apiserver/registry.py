@@ -1,0 +1,828 @@
+"""The api-server's verbs over the store: Create, Get, List, Update, UpdateStatus, Delete,
+Bind and Watch, for every kind in skiff.kinds.
+
+Storage layout: `/registry/<resource>/<namespace>/<name>` (cluster-scoped kinds:
+`/registry/<resource>/<name>`); the value is the object's message, serialized
+deterministically, without resourceVersion; resourceVersion is the key's mod revision.
+
+Concurrency: every write is one store transaction guarded by a compare:
+- Create: "the key does not exist" (create_revision == 0), plus the same for every
+  ClusterIP/NodePort allocation key written with a Service;
+- Update, UpdateStatus, Delete, Bind: "mod_revision is still the one read". With a
+  client-given resourceVersion a lost race is ABORTED (conflict); without one (and for
+  Delete and Bind) the registry re-reads and decides again.
+A write whose outcome was lost in a store failover is recognised on retry: the stored value
+equals what we meant to write (it carries our fresh uid), so it is reported as done.
+
+Decisions about the object (defaults, stamping, generation, graceful deletion, finalizers)
+are the pure functions in defaults.py and strategy.py; this module reads, calls them, writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from controlplane.apiserver import allocator as alloc
+from controlplane.apiserver import strategy
+from controlplane.apiserver.defaults import apply_defaults
+from controlplane.apiserver.filters import Filter, make_filter
+from controlplane.apiserver.storage import (
+    KV,
+    CompactedError,
+    Compare,
+    Delete,
+    Op,
+    Put,
+    Store,
+    StoreError,
+    TxnResult,
+    UnavailableStoreError,
+    ValueTooLargeError,
+)
+from controlplane.apiserver.strategy import copy, meta_of, resource_name
+from controlplane.apiserver.watchcache import (
+    ADDED,
+    DELETED,
+    MODIFIED,
+    CachedEvent,
+    TooOldForCache,
+    WatchCache,
+    Watcher,
+    decode,
+    encode_bookmark,
+    encode_event,
+    registry_prefix,
+    with_revision,
+)
+from skiff import errors, kinds
+from skiff.guard import guard
+from skiff.validation import validate
+from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import types_pb2 as t
+
+log = logging.getLogger("skiff.apiserver.registry")
+
+DEFAULT_NAMESPACE = "default"
+SYSTEM_NAMESPACES = ("default", "kube-system")
+MAX_ATTEMPTS = 16
+COMPACT_KEY = "/registry/compact_rev_key"
+
+
+def store_error(exc: StoreError) -> errors.SkiffError:
+    """The client-facing error for a storage failure."""
+    if isinstance(exc, UnavailableStoreError):
+        out: errors.SkiffError = errors.UnavailableError(str(exc))
+    elif isinstance(exc, ValueTooLargeError):
+        out = errors.InvalidError(str(exc))
+    elif isinstance(exc, CompactedError):
+        out = errors.GoneError(f"too old resource version: {exc.requested} ({exc.compact_revision})")
+    else:
+        out = errors.InternalError(f"storage error: {exc}")
+    out.__cause__ = exc
+    return out
+
+
+def encode(obj: Message) -> bytes:
+    """The stored form: deterministic (map order), without resourceVersion."""
+    meta = meta_of(obj)
+    rv = meta.resource_version
+    meta.resource_version = ""
+    try:
+        return obj.SerializeToString(deterministic=True)
+    finally:
+        meta.resource_version = rv
+
+
+def stamped(obj: Message, revision: int) -> Message:
+    meta_of(obj).resource_version = str(revision)
+    return obj
+
+
+@dataclass(frozen=True)
+class Options:
+    watch_cache_size: int = 4096
+    watcher_buffer: int = 4096
+    bookmark_interval: float = 5.0
+    event_ttl: int = 3600
+    compaction_interval: float = 300.0
+    namespace_sweep_interval: float = 2.0
+    fresh_read_timeout: float = 3.0  # how long a consistent read waits for the cache to catch up
+
+
+class Registry:
+    def __init__(self, store: Store, *, allocator: alloc.Allocator | None = None, options: Options | None = None,
+                 clock: Callable[[], float] = time.time, new_uid: Callable[[], str] = lambda: str(uuid.uuid4()),
+                 rng: random.Random | None = None) -> None:
+        self.store = store
+        self.allocator = allocator or alloc.Allocator()
+        self.options = options or Options()
+        self.clock = clock
+        self.new_uid = new_uid
+        self.rng = rng or random.Random()
+        self.caches: dict[str, WatchCache] = {
+            k.resource: WatchCache(store, k, capacity=self.options.watch_cache_size,
+                                   watcher_limit=self.options.watcher_buffer,
+                                   bookmark_interval=self.options.bookmark_interval)
+            for k in kinds.KINDS
+        }
+        self._taken_ips: set[str] = set()
+        self._taken_ports: set[int] = set()
+        self._event_lease: tuple[int, float] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._namespace_kick = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, *, background: bool = True) -> None:
+        """Fill the watch caches, make sure the system namespaces exist, start maintenance."""
+        for cache in self.caches.values():
+            cache.start()
+        await asyncio.gather(*(c.ready.wait() for c in self.caches.values()))
+        for name in SYSTEM_NAMESPACES:
+            try:
+                await self.create(t.Namespace(metadata=t.ObjectMeta(name=name)))
+            except errors.AlreadyExistsError:
+                pass
+        if background:
+            self._tasks.append(guard(self._namespace_sweeper(), "namespace-finalizer"))
+            if self.options.compaction_interval > 0:
+                self._tasks.append(guard(self._compactor(), "compactor"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(c.stop() for c in self.caches.values()))
+
+    # ------------------------------------------------------------------ helpers
+
+    def kind(self, resource: str) -> kinds.Kind:
+        kind = kinds.by_resource(resource)
+        if kind is None:
+            known = ", ".join(k.resource for k in kinds.KINDS)
+            raise errors.InvalidError(f'unknown resource "{resource}" (known: {known})')
+        return kind
+
+    @staticmethod
+    def key(kind: kinds.Kind, namespace: str, name: str) -> str:
+        if kind.namespaced:
+            return f"/registry/{kind.resource}/{namespace}/{name}"
+        return f"/registry/{kind.resource}/{name}"
+
+    @staticmethod
+    def _namespace(kind: kinds.Kind, namespace: str) -> str:
+        return (namespace or DEFAULT_NAMESPACE) if kind.namespaced else ""
+
+    async def _txn(self, compares: list[Compare], ops: list[Op]) -> TxnResult:
+        try:
+            return await self.store.txn(compares, ops)
+        except StoreError as exc:
+            raise store_error(exc) from exc
+
+    async def _get_kv(self, kind: kinds.Kind, namespace: str, name: str) -> KV:
+        if not name:
+            raise errors.InvalidError("a name is required")
+        try:
+            kv = await self.store.get(self.key(kind, namespace, name))
+        except StoreError as exc:
+            raise store_error(exc) from exc
+        if kv is None:
+            raise errors.NotFoundError(f'{resource_name(kind)} "{name}" not found')
+        return kv
+
+    def _decode(self, kind: kinds.Kind, kv: KV) -> Message:
+        try:
+            return decode(kind, kv.value, kv.mod_revision, kv.key)
+        except StoreError as exc:
+            raise errors.InternalError(str(exc)) from exc
+
+    @staticmethod
+    def _check_type_meta(obj: Message, kind: kinds.Kind) -> None:
+        api_version, kind_name = obj.api_version, obj.kind  # type: ignore[attr-defined]
+        if kind_name and kind_name != kind.kind:
+            raise errors.InvalidError(f'kind: "{kind_name}" does not match the object sent (a {kind.kind})')
+        if api_version and api_version != kind.api_version:
+            raise errors.InvalidError(f'apiVersion: {kind.kind} is served as "{kind.api_version}", '
+                                      f'not "{api_version}"')
+
+    async def _check_namespace(self, namespace: str, *, fresh: bool = False) -> int:
+        """The namespace's mod revision, if it exists and is not terminating.
+
+        Creates compare on it in their transaction, so a namespace marked Terminating (or
+        removed) after this check makes the create fail and check again: nothing is ever
+        created in a namespace that is being emptied.
+        """
+        key = f"/registry/namespaces/{namespace}"
+        ns = None if fresh else self.caches["namespaces"].objects.get(key)
+        if ns is None:
+            try:
+                kv = await self.store.get(key)  # the cache may not have seen a new namespace yet
+            except StoreError as exc:
+                raise store_error(exc) from exc
+            if kv is None:
+                raise errors.NotFoundError(f'namespaces "{namespace}" not found')
+            ns = self._decode(kinds.by_kind("Namespace"), kv)  # type: ignore[arg-type]
+        if meta_of(ns).HasField("deletion_timestamp"):
+            raise errors.ForbiddenError(f'unable to create new content in namespace {namespace} '
+                                        "because it is being terminated")
+        return int(meta_of(ns).resource_version)
+
+    async def _lease_for(self, kind: kinds.Kind) -> int:
+        """Events expire: they are written with a lease shared by the events of one minute."""
+        if kind.kind != "Event" or self.options.event_ttl <= 0:
+            return 0
+        now = self.clock()
+        if self._event_lease is None or now - self._event_lease[1] > 60:
+            try:
+                lease = await self.store.grant_lease(self.options.event_ttl + 60)
+            except StoreError as exc:
+                raise store_error(exc) from exc
+            self._event_lease = (lease, now)
+        return self._event_lease[0]
+
+    def _random_suffix(self) -> str:
+        return "".join(self.rng.choice(strategy.GENERATE_NAME_ALPHABET) for _ in range(5))
+
+    # ------------------------------------------------------------------ create
+
+    async def create(self, obj: Message, *, namespace: str = "", dry_run: bool = False) -> Message:
+        kind = kinds.of_message(obj)
+        if kind is kinds.BINDING:
+            raise errors.InvalidError("a Binding is not created: use Bind (pods/binding)")
+        obj = copy(obj)
+        self._check_type_meta(obj, kind)
+        meta = meta_of(obj)
+        if kind.namespaced:
+            if meta.namespace and namespace and meta.namespace != namespace:
+                raise errors.InvalidError(f'metadata.namespace: the namespace of the object ("{meta.namespace}") '
+                                          f'does not match the namespace of the request ("{namespace}")')
+            meta.namespace = meta.namespace or namespace or DEFAULT_NAMESPACE
+        strategy.check_size(obj, kind)
+        problems = strategy.create_problems(obj)
+        generated = not meta.name and bool(meta.generate_name)
+        if generated:
+            meta.name = strategy.generate_name(meta.generate_name, self._random_suffix())
+        strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid())
+        apply_defaults(obj)
+        problems += validate(obj)
+        if problems:
+            raise strategy.invalid(kind, meta.name or meta.generate_name, problems)
+        ns_key, ns_revision = "", 0
+        if kind.namespaced:
+            ns_key = f"/registry/namespaces/{meta.namespace}"
+            ns_revision = await self._check_namespace(meta.namespace)
+        if isinstance(obj, t.Service):
+            self._check_requested_allocations(obj)
+        if dry_run:
+            return obj
+        lease = await self._lease_for(kind)
+        collisions = 0
+        for _ in range(MAX_ATTEMPTS):
+            key = self.key(kind, meta.namespace, meta.name)
+            candidate = copy(obj)
+            alloc_keys: list[str] = []
+            if isinstance(candidate, t.Service):
+                alloc_keys = await self._assign(candidate, held=set())
+            value = encode(candidate)
+            compares = [Compare(key, 0), *(Compare(k, 0) for k in alloc_keys)]
+            if ns_key:
+                compares.append(Compare(ns_key, ns_revision))
+            owner = alloc.owner_value(candidate) if isinstance(candidate, t.Service) else b""
+            ops: list[Op] = [Put(key, value, lease), *(Put(k, owner) for k in alloc_keys)]
+            result = await self._txn(compares, ops)
+            if result.succeeded:
+                self._note_allocations(added=alloc_keys)
+                return stamped(candidate, result.revision)
+            existing = result.current.get(key)
+            if existing is not None and existing.value == value:  # our write, applied before a lost response
+                return stamped(candidate, existing.mod_revision)
+            if ns_key and (result.current.get(ns_key) is None
+                           or result.current[ns_key].mod_revision != ns_revision):  # type: ignore[union-attr]
+                ns_revision = await self._check_namespace(meta.namespace, fresh=True)
+                continue
+            if existing is not None:
+                if generated:
+                    meta.name = strategy.generate_name(meta.generate_name, self._random_suffix())
+                    continue
+                raise errors.AlreadyExistsError(f'{resource_name(kind)} "{meta.name}" already exists')
+            if self._allocation_lost(candidate, obj, result):
+                collisions += 1
+                if collisions >= 2:
+                    await self._refresh_taken()  # our picture of the range is stale: read it
+        raise errors.UnavailableError(f'could not create {resource_name(kind)} "{meta.name}": '
+                                      f"too many concurrent allocations; retry")
+
+    # ------------------------------------------------------------------ service allocations
+
+    def _check_requested_allocations(self, svc: t.Service) -> None:
+        ip = svc.spec.cluster_ip
+        if ip and ip != "None":
+            problem = self.allocator.check_ip(ip)
+            if problem:
+                raise errors.InvalidError(f'Service "{svc.metadata.name}" is invalid: spec.clusterIP: {problem}')
+        seen: set[int] = set()
+        for i, port in enumerate(svc.spec.ports):
+            if not port.node_port:
+                continue
+            problem = self.allocator.check_node_port(port.node_port)
+            if problem is None and port.node_port in seen:
+                problem = f"{port.node_port}: duplicate nodePort"
+            if problem:
+                raise errors.InvalidError(f'Service "{svc.metadata.name}" is invalid: spec.ports[{i}].nodePort: '
+                                          f"{problem}")
+            seen.add(port.node_port)
+
+    async def _refresh_taken(self) -> None:
+        try:
+            ips = await self.store.range(alloc.IP_PREFIX)
+            ports = await self.store.range(alloc.PORT_PREFIX)
+        except StoreError as exc:
+            raise store_error(exc) from exc
+        self._taken_ips = alloc.parse_ip_keys(kv.key for kv in ips.kvs)
+        self._taken_ports = alloc.parse_port_keys(kv.key for kv in ports.kvs)
+
+    async def _assign(self, svc: t.Service, *, held: set[str]) -> list[str]:
+        """Pick a ClusterIP and NodePorts where needed; the allocation keys to create (not in `held`)."""
+        if alloc.needs_ip(svc):
+            ip = self.allocator.pick_ip(self._taken_ips)
+            if ip is None:
+                await self._refresh_taken()
+                ip = self.allocator.pick_ip(self._taken_ips)
+            if ip is None:
+                raise errors.TooManyRequestsError(f"no ClusterIP left in the service range "
+                                                  f"{self.allocator.network.with_prefixlen}")
+            svc.spec.cluster_ip = ip
+        if svc.spec.cluster_ip:
+            del svc.spec.cluster_ips[:]
+            svc.spec.cluster_ips.append(svc.spec.cluster_ip)
+        used = {p.node_port for p in svc.spec.ports if p.node_port}
+        for i in alloc.ports_needing_allocation(svc):
+            port = self.allocator.pick_port(self._taken_ports | used)
+            if port is None:
+                await self._refresh_taken()
+                port = self.allocator.pick_port(self._taken_ports | used)
+            if port is None:
+                r = self.allocator.node_ports
+                raise errors.TooManyRequestsError(f"no NodePort left in the range {r.start}-{r.stop - 1}")
+            svc.spec.ports[i].node_port = port
+            used.add(port)
+        return sorted(alloc.allocation_keys(svc) - held)
+
+    def _note_allocations(self, *, added: Iterable[str] = (), released: Iterable[str] = ()) -> None:
+        """Keep this api-server's picture of the ranges current with its own writes."""
+        added, released = list(added), list(released)
+        self._taken_ips |= alloc.parse_ip_keys(added)
+        self._taken_ports |= alloc.parse_port_keys(added)
+        self._taken_ips -= alloc.parse_ip_keys(released)
+        self._taken_ports -= alloc.parse_port_keys(released)
+
+    def _allocation_lost(self, candidate: t.Service | Message, requested: Message, result: TxnResult) -> bool:
+        """After a failed transaction: refuse taken explicit values, remember taken picked ones.
+
+        True when a picked value turned out to be taken (another api-server got it first).
+        """
+        if not isinstance(candidate, t.Service) or not isinstance(requested, t.Service):
+            return False
+        lost = False
+        for key, kv in result.current.items():
+            if kv is None:
+                continue
+            if key.startswith(alloc.IP_PREFIX):
+                ip = key[len(alloc.IP_PREFIX):]
+                if requested.spec.cluster_ip == ip:
+                    raise errors.InvalidError(f'Service "{requested.metadata.name}" is invalid: spec.clusterIP: '
+                                              f'"{ip}": provided IP is already allocated')
+                self._taken_ips.add(ip)
+                lost = True
+            elif key.startswith(alloc.PORT_PREFIX):
+                port = int(key[len(alloc.PORT_PREFIX):])
+                for i, p in enumerate(requested.spec.ports):
+                    if p.node_port == port:
+                        raise errors.InvalidError(f'Service "{requested.metadata.name}" is invalid: '
+                                                  f"spec.ports[{i}].nodePort: {port}: provided port is already "
+                                                  "allocated")
+                self._taken_ports.add(port)
+                lost = True
+        return lost
+
+    # ------------------------------------------------------------------ get / list
+
+    async def get(self, resource: str, namespace: str, name: str) -> Message:
+        kind = self.kind(resource)
+        kv = await self._get_kv(kind, self._namespace(kind, namespace), name)
+        return self._decode(kind, kv)
+
+    async def list(self, resource: str, *, namespace: str = "", label_selector: str = "", field_selector: str = "",
+                   limit: int = 0, continue_token: str = "", resource_version: str = "",
+                   ) -> tuple[builtins.list[Message], str, str]:
+        """(items, resourceVersion, continue token)."""
+        kind = self.kind(resource)
+        filt = make_filter(kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
+        if limit < 0:
+            raise errors.InvalidError(f"limit: must be greater than or equal to 0, got {limit}")
+        cache = self.caches[kind.resource]
+        if not continue_token and not limit and resource_version in ("", "0") and cache.ready.is_set():
+            at: int | None = cache.revision
+            if resource_version == "":  # a consistent read: prove the cache holds the store's state
+                try:
+                    at = await cache.consistent_revision(registry_prefix(kind, filt.namespace),
+                                                         self.options.fresh_read_timeout)
+                except StoreError as exc:
+                    raise store_error(exc) from exc
+            if at is not None:
+                items = cache.snapshot(filt)
+                return items, str(max(at, cache.revision)), ""
+        revision, start = 0, ""
+        if continue_token:
+            revision, start = _parse_continue(continue_token)
+        elif resource_version not in ("", "0"):
+            revision = _parse_rv(resource_version)
+        return await self._list_from_store(kind, filt, revision=revision, start=start, limit=limit)
+
+    async def _list_from_store(self, kind: kinds.Kind, filt: Filter, *, revision: int, start: str,
+                               limit: int) -> tuple[builtins.list[Message], str, str]:
+        prefix = registry_prefix(kind, filt.namespace)
+        items: builtins.list[Message] = []
+        page_size = max(limit, 500)
+        while True:
+            try:
+                page = await self.store.range(prefix, revision=revision, start=start, limit=page_size)
+            except CompactedError as exc:
+                if start:
+                    raise errors.GoneError(f"the continue token has expired (revision {exc.requested} was "
+                                           "compacted); list again without it") from exc
+                raise store_error(exc) from exc
+            except StoreError as exc:
+                raise store_error(exc) from exc
+            revision = page.revision
+            for i, kv in enumerate(page.kvs):
+                obj = self._decode(kind, kv)
+                if filt.matches(obj):
+                    items.append(obj)
+                if limit and len(items) == limit and (page.more or i < len(page.kvs) - 1):
+                    return items, str(revision), _make_continue(revision, kv.key + "\0")
+            if not page.more or not page.kvs:
+                return items, str(revision), ""
+            start = page.kvs[-1].key + "\0"
+
+    # ------------------------------------------------------------------ update
+
+    async def update(self, obj: Message, *, status: bool = False) -> Message:
+        kind = kinds.of_message(obj)
+        if kind is kinds.BINDING:
+            raise errors.InvalidError("a Binding cannot be updated")
+        obj = copy(obj)
+        self._check_type_meta(obj, kind)
+        if status and not strategy.has_status(obj):
+            raise errors.InvalidError(f"{kind.kind} has no status: use Update")
+        meta = meta_of(obj)
+        if not meta.name:
+            raise errors.InvalidError("metadata.name: required")
+        namespace = self._namespace(kind, meta.namespace)
+        meta.namespace = namespace
+        strategy.check_size(obj, kind)
+        if not status:
+            apply_defaults(obj)
+        wanted_rv = meta.resource_version
+        if wanted_rv:
+            _parse_rv(wanted_rv)
+        key = self.key(kind, namespace, meta.name)
+        for _ in range(MAX_ATTEMPTS):
+            kv = await self._get_kv(kind, namespace, meta.name)
+            old = self._decode(kind, kv)
+            if wanted_rv and wanted_rv != str(kv.mod_revision):
+                raise _conflict(kind, meta.name)
+            if meta.uid and meta.uid != meta_of(old).uid:
+                raise errors.ConflictError(f'conflict: {resource_name(kind)} "{meta.name}": precondition failed: '
+                                           f"uid in the request {meta.uid}, uid of the object {meta_of(old).uid}")
+            new = strategy.prepare_status_update(old, obj) if status else strategy.prepare_update(old, obj)
+            problems = validate(new) + strategy.update_problems(old, new)
+            if problems:
+                raise strategy.invalid(kind, meta.name, problems)
+            if strategy.should_remove(new):
+                done = await self._remove(kind, key, kv, old)
+                if done is not None:
+                    return stamped(new, done)
+                if wanted_rv:
+                    raise _conflict(kind, meta.name)
+                continue
+            value = encode(new)
+            if value == kv.value:
+                return old  # nothing changed: no write, same resourceVersion
+            compares = [Compare(key, kv.mod_revision)]
+            ops: list[Op] = [Put(key, value, kv.lease)]
+            if isinstance(new, t.Service) and isinstance(old, t.Service):
+                held = alloc.allocation_keys(old)
+                fresh_keys = await self._assign(new, held=held)
+                value = encode(new)
+                ops = [Put(key, value, kv.lease), *(Put(k, alloc.owner_value(new)) for k in fresh_keys),
+                       *(Delete(k) for k in sorted(held - alloc.allocation_keys(new)))]
+                compares += [Compare(k, 0) for k in fresh_keys]
+            result = await self._txn(compares, ops)
+            if result.succeeded:
+                if isinstance(new, t.Service) and isinstance(old, t.Service):
+                    self._note_allocations(added=alloc.allocation_keys(new) - alloc.allocation_keys(old),
+                                           released=alloc.allocation_keys(old) - alloc.allocation_keys(new))
+                return stamped(new, result.revision)
+            current = result.current.get(key)
+            if current is not None and current.value == value:
+                return stamped(new, current.mod_revision)
+            if current is None:
+                raise errors.NotFoundError(f'{resource_name(kind)} "{meta.name}" not found')
+            if current.mod_revision != kv.mod_revision:
+                if wanted_rv:
+                    raise _conflict(kind, meta.name)
+                continue
+            self._allocation_lost(new, obj, result)
+        raise _conflict(kind, meta.name)
+
+    async def update_status(self, obj: Message) -> Message:
+        return await self.update(obj, status=True)
+
+    async def _remove(self, kind: kinds.Kind, key: str, kv: KV, old: Message) -> int | None:
+        """Delete the key if unchanged since `kv`, releasing allocations; the revision, or None if it changed."""
+        ops: list[Op] = [Delete(key)]
+        if isinstance(old, t.Service):
+            ops += [Delete(k) for k in sorted(alloc.allocation_keys(old))]
+        result = await self._txn([Compare(key, kv.mod_revision)], ops)
+        if not result.succeeded:
+            return None
+        if isinstance(old, t.Service):
+            self._note_allocations(released=alloc.allocation_keys(old))
+        return result.revision
+
+    # ------------------------------------------------------------------ delete
+
+    async def delete(self, resource: str, namespace: str, name: str, *, grace_period: int | None = None,
+                     propagation_policy: str = "", preconditions: api.Preconditions | None = None) -> Message:
+        kind = self.kind(resource)
+        namespace = self._namespace(kind, namespace)
+        key = self.key(kind, namespace, name)
+        for _ in range(MAX_ATTEMPTS):
+            kv = await self._get_kv(kind, namespace, name)
+            old = self._decode(kind, kv)
+            if preconditions is not None:
+                _check_preconditions(kind, old, preconditions)
+            if isinstance(old, t.Namespace):
+                marked = strategy.plan_namespace_delete(old, now=self.clock())
+                if marked is None:
+                    return old
+                result = await self._txn([Compare(key, kv.mod_revision)], [Put(key, encode(marked))])
+                if result.succeeded:
+                    self._namespace_kick.set()
+                    return stamped(marked, result.revision)
+                continue
+            plan = strategy.plan_delete(old, grace_period=grace_period, propagation_policy=propagation_policy,
+                                        now=self.clock())
+            if plan.action == "none":
+                return old
+            if plan.action == "delete":
+                if await self._remove(kind, key, kv, old) is not None:
+                    return old
+                continue
+            result = await self._txn([Compare(key, kv.mod_revision)], [Put(key, encode(plan.obj), kv.lease)])
+            if result.succeeded:
+                return stamped(plan.obj, result.revision)
+        raise _conflict(kind, name)
+
+    # ------------------------------------------------------------------ bind
+
+    async def bind(self, binding: t.Binding) -> t.Pod:
+        name = binding.metadata.name
+        if not name:
+            raise errors.InvalidError("metadata.name: required: the pod to bind")
+        pods = kinds.by_kind("Pod")
+        assert pods is not None
+        namespace = binding.metadata.namespace or DEFAULT_NAMESPACE
+        key = self.key(pods, namespace, name)
+        for _ in range(MAX_ATTEMPTS):
+            kv = await self._get_kv(pods, namespace, name)
+            pod = self._decode(pods, kv)
+            assert isinstance(pod, t.Pod)
+            new = strategy.plan_bind(pod, binding, now=self.clock())
+            result = await self._txn([Compare(key, kv.mod_revision)], [Put(key, encode(new), kv.lease)])
+            if result.succeeded:
+                out = stamped(new, result.revision)
+                assert isinstance(out, t.Pod)
+                return out
+        raise _conflict(pods, name)
+
+    # ------------------------------------------------------------------ watch
+
+    async def watch(self, resource: str, *, namespace: str = "", label_selector: str = "", field_selector: str = "",
+                    resource_version: str = "", send_initial_events: bool = False, allow_bookmarks: bool = False,
+                    timeout_seconds: int = 0) -> AsyncIterator[bytes]:
+        """Encoded WatchEvents (see watchcache.py for the guarantees)."""
+        kind = self.kind(resource)
+        filt = make_filter(kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
+        cache = self.caches[kind.resource]
+        try:
+            async with asyncio.timeout(10.0):
+                await cache.ready.wait()
+        except TimeoutError:
+            raise errors.UnavailableError(f"the {kind.resource} watch cache is not ready (store unreachable?); "
+                                          "retry") from None
+        initial = send_initial_events or resource_version == "0"
+        start: int | None = None
+        if resource_version not in ("", "0"):
+            start = _parse_rv(resource_version)
+        if initial:
+            if resource_version != "0":
+                # Initial state at least as fresh as what a List now would return (if the cache
+                # cannot show that in time, it starts from what it has: later events follow).
+                try:
+                    await cache.consistent_revision(registry_prefix(kind, filt.namespace),
+                                                    self.options.fresh_read_timeout)
+                except StoreError as exc:
+                    raise store_error(exc) from exc
+            start = None
+        pump: asyncio.Task[Any] | None = None
+        objs: list[Message] = []
+        try:
+            w, objs = cache.register(filt, start_revision=start, allow_bookmarks=allow_bookmarks, initial=initial)
+        except TooOldForCache:
+            assert start is not None
+            w = Watcher(kind, filt, start, limit=self.options.watcher_buffer, allow_bookmarks=allow_bookmarks)
+            pump = guard(self._pump_store_watch(kind, filt, w), f"store-watch-{kind.resource}", forever=False)
+        handle = None
+        if timeout_seconds > 0:
+            handle = asyncio.get_running_loop().call_later(timeout_seconds, w.expire)
+        try:
+            for obj in objs:
+                yield encode_event(ADDED, obj)
+            if send_initial_events:
+                yield encode_bookmark(kind, w.start_revision)
+            while True:
+                data = await w.next()
+                if data is None:
+                    return
+                yield data
+        finally:
+            if handle is not None:
+                handle.cancel()
+            w.close()
+            if pump is not None:
+                pump.cancel()
+
+    async def _pump_store_watch(self, kind: kinds.Kind, filt: Filter, w: Watcher) -> None:
+        """Serve a watch older than the cache window straight from a store watch."""
+        prefix = registry_prefix(kind, filt.namespace)
+        try:
+            watch = self.store.watch(prefix, start_revision=w.start_revision + 1)
+            try:
+                async for batch in watch:
+                    for ev in batch.events:
+                        prev = decode(kind, ev.prev_value, ev.revision) if ev.prev_value is not None else None
+                        if ev.type == "PUT":
+                            obj = decode(kind, ev.value, ev.revision, ev.key)
+                            cached = CachedEvent(MODIFIED if prev is not None else ADDED, ev.key, obj, prev,
+                                                 ev.revision)
+                        elif prev is not None:
+                            cached = CachedEvent(DELETED, ev.key, with_revision(prev, ev.revision), prev,
+                                                 ev.revision)
+                        else:
+                            continue
+                        w.offer(cached)
+                    if not batch.events:
+                        w.bookmark(batch.revision)
+                    if w.error is not None:
+                        return
+            finally:
+                await watch.close()
+        except CompactedError as exc:
+            w.fail(errors.GoneError(f"too old resource version: {w.start_revision} ({exc.compact_revision})"))
+        except StoreError as exc:
+            w.fail(store_error(exc))
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def finalize_namespaces(self) -> None:
+        """Empty every Terminating namespace, and remove it once nothing is left in it.
+
+        Contents are read from the store, not the caches (which may lag): once a namespace is
+        Terminating no create can succeed in it (creates compare on the namespace key), so an
+        empty read is final.
+        """
+        for ns in list(self.caches["namespaces"].objects.values()):
+            if not meta_of(ns).HasField("deletion_timestamp"):
+                continue
+            name = meta_of(ns).name
+            remaining = 0
+            try:
+                for kind in kinds.KINDS:
+                    if not kind.namespaced:
+                        continue
+                    page = await self.store.range(registry_prefix(kind, name))
+                    remaining += len(page.kvs)
+                    for kv in page.kvs:
+                        obj = self._decode(kind, kv)
+                        if meta_of(obj).HasField("deletion_timestamp"):
+                            continue
+                        try:
+                            await self.delete(kind.resource, name, meta_of(obj).name)
+                        except errors.NotFoundError:
+                            pass
+                if remaining == 0:
+                    ns_kv = await self.store.get(f"/registry/namespaces/{name}")
+                    if ns_kv is not None:
+                        await self._txn([Compare(ns_kv.key, ns_kv.mod_revision)], [Delete(ns_kv.key)])
+                        log.info("namespace %s removed", name)
+            except StoreError as exc:
+                log.warning("emptying namespace %s: %s", name, exc)
+
+    async def _namespace_sweeper(self) -> None:
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancellation (3.11),
+                # and this loop would then never stop.
+                async with asyncio.timeout(self.options.namespace_sweep_interval):
+                    await self._namespace_kick.wait()
+            except TimeoutError:
+                pass
+            self._namespace_kick.clear()
+            try:
+                await self.finalize_namespaces()
+            except errors.SkiffError as exc:
+                log.warning("namespace finalizer: %s", exc)
+
+    async def compact_once(self, previous: int) -> int:
+        """Compact to `previous` (the revision seen one interval ago) unless another api-server just did.
+
+        A marker key serialises api-servers: only the one whose compare-and-swap on it wins
+        compacts. Returns the current revision, to pass next time.
+        """
+        current = await self.store.revision()
+        if previous <= 0:
+            return current
+        marker = await self.store.get(COMPACT_KEY)
+        seen = marker.mod_revision if marker is not None else 0
+        if marker is not None and int(marker.value or b"0") >= previous:
+            return current
+        result = await self.store.txn([Compare(COMPACT_KEY, seen)], [Put(COMPACT_KEY, str(previous).encode())])
+        if result.succeeded:
+            try:
+                await self.store.compact(previous)
+                log.info("compacted the store at revision %d", previous)
+            except CompactedError:
+                pass
+        return current
+
+    async def _compactor(self) -> None:
+        previous = 0
+        while True:
+            await asyncio.sleep(self.options.compaction_interval)
+            try:
+                previous = await self.compact_once(previous)
+            except StoreError as exc:
+                log.warning("compaction skipped: %s", exc)
+
+
+def _conflict(kind: kinds.Kind, name: str) -> errors.ConflictError:
+    return errors.ConflictError(
+        f'conflict: Operation cannot be fulfilled on {resource_name(kind)} "{name}": the object has been '
+        "modified; please apply your changes to the latest version and try again")
+
+
+def _check_preconditions(kind: kinds.Kind, obj: Message, pre: api.Preconditions) -> None:
+    meta = meta_of(obj)
+    if pre.uid and pre.uid != meta.uid:
+        raise errors.ConflictError(f'conflict: {resource_name(kind)} "{meta.name}": precondition failed: '
+                                   f"uid in precondition {pre.uid}, uid of the object {meta.uid}")
+    if pre.resource_version and pre.resource_version != meta.resource_version:
+        raise errors.ConflictError(f'conflict: {resource_name(kind)} "{meta.name}": precondition failed: '
+                                   f"resourceVersion in precondition {pre.resource_version}, "
+                                   f"resourceVersion of the object {meta.resource_version}")
+
+
+def _parse_rv(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise errors.InvalidError(f'invalid resourceVersion "{text}": expected a number') from None
+    if value < 0:
+        raise errors.InvalidError(f'invalid resourceVersion "{text}": must not be negative')
+    return value
+
+
+def _make_continue(revision: int, start: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"rv": revision, "start": start}).encode()).decode()
+
+
+def _parse_continue(token: str) -> tuple[int, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(data["rv"]), str(data["start"])
+    except (ValueError, KeyError, TypeError):
+        raise errors.InvalidError("continue: not a continue token returned by a previous List") from None

@@ -1,0 +1,321 @@
+"""The gRPC face of the api-server: the ApiServer service, its error interceptor, `serve()`.
+
+What must hold:
+- Every failure reaches the client as one gRPC status with a message a user can act on:
+  skiff.errors exceptions carry their own code; storage failures map through
+  registry.store_error; a request that is not a valid protobuf message is
+  INVALID_ARGUMENT naming the message type; anything unexpected is INTERNAL and logged
+  with its traceback. One bad request never affects another.
+- Watch events are encoded once per event and shared by every watcher (the Watch handler
+  yields bytes, passed through untouched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError, Message
+
+from controlplane.apiserver.allocator import Allocator
+from controlplane.apiserver.forward import Forwarder
+from controlplane.apiserver.registry import Options, Registry, store_error
+from controlplane.apiserver.storage import Store, StoreError
+from skiff import __version__, errors, kinds
+from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import types_pb2 as t
+
+log = logging.getLogger("skiff.apiserver")
+
+SERVICE = "skiff.api.v1.ApiServer"
+# Room for an object just over the 1.5 MiB limit to arrive and be refused by name.
+MAX_RECEIVE = 16 * 1024 * 1024
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_RECEIVE),
+    ("grpc.max_send_message_length", 512 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+)
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """What a request deserializer returns for bytes that are not the expected message."""
+
+    message_type: str
+    detail: str
+
+
+def _deserializer(cls: type[Message]) -> Callable[[bytes], Message | BadRequest]:
+    def parse(data: bytes) -> Message | BadRequest:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            return BadRequest(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _serialize(msg: Message | bytes) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+def to_status(exc: BaseException) -> errors.SkiffError:
+    if isinstance(exc, errors.SkiffError):
+        return exc
+    if isinstance(exc, StoreError):
+        return store_error(exc)
+    log.error("unexpected error: %s", exc, exc_info=exc)
+    return errors.InternalError(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _check_request(request: Any) -> None:
+    if isinstance(request, BadRequest):
+        raise errors.InvalidError(f"the request is not a valid {request.message_type}: {request.detail}")
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns exceptions from any handler into gRPC statuses (see the module docstring)."""
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            _check_request(request)
+            return await behavior(request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            err = to_status(exc)
+            await context.abort(err.code, err.message)
+
+    return run
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            _check_request(request)
+            async for item in behavior(request, context):
+                yield item
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            err = to_status(exc)
+            await context.abort(err.code, err.message)
+
+    return run
+
+
+def _unwrap(obj: t.Object) -> Message:
+    if obj.WhichOneof("kind") is None:
+        raise errors.InvalidError("object: required: the request carries no object")
+    return kinds.unwrap(obj)
+
+
+class ApiServerService:
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, node_name: str = "") -> None:
+        self.registry = registry
+        self.forwarder = forwarder
+        self.node_name = node_name
+
+    async def Create(self, request: api.CreateRequest, context: Any) -> t.Object:
+        obj = await self.registry.create(_unwrap(request.object), namespace=request.namespace,
+                                         dry_run=request.dry_run)
+        return kinds.wrap(obj)
+
+    async def Get(self, request: api.GetRequest, context: Any) -> t.Object:
+        return kinds.wrap(await self.registry.get(request.resource, request.namespace, request.name))
+
+    async def List(self, request: api.ListRequest, context: Any) -> api.ListResponse:
+        items, rv, token = await self.registry.list(
+            request.resource, namespace=request.namespace, label_selector=request.label_selector,
+            field_selector=request.field_selector, limit=request.limit,
+            continue_token=getattr(request, "continue"), resource_version=request.resource_version)
+        response = api.ListResponse(resource_version=rv, items=[kinds.wrap(o) for o in items])
+        setattr(response, "continue", token)
+        return response
+
+    async def Update(self, request: api.UpdateRequest, context: Any) -> t.Object:
+        return kinds.wrap(await self.registry.update(_unwrap(request.object)))
+
+    async def UpdateStatus(self, request: api.UpdateRequest, context: Any) -> t.Object:
+        return kinds.wrap(await self.registry.update_status(_unwrap(request.object)))
+
+    async def Delete(self, request: api.DeleteRequest, context: Any) -> t.Object:
+        grace = request.grace_period_seconds if request.HasField("grace_period_seconds") else None
+        pre = request.preconditions if request.HasField("preconditions") else None
+        obj = await self.registry.delete(request.resource, request.namespace, request.name, grace_period=grace,
+                                         propagation_policy=request.propagation_policy, preconditions=pre)
+        return kinds.wrap(obj)
+
+    async def Watch(self, request: api.WatchRequest, context: Any) -> AsyncIterator[bytes]:
+        async for data in self.registry.watch(
+                request.resource, namespace=request.namespace, label_selector=request.label_selector,
+                field_selector=request.field_selector, resource_version=request.resource_version,
+                send_initial_events=request.send_initial_events, allow_bookmarks=request.allow_bookmarks,
+                timeout_seconds=int(request.timeout_seconds)):
+            yield data
+
+    async def Bind(self, request: api.BindRequest, context: Any) -> t.Object:
+        if not request.HasField("binding"):
+            raise errors.InvalidError("binding: required")
+        return kinds.wrap(await self.registry.bind(request.binding))
+
+    async def Logs(self, request: api.LogsRequest, context: Any) -> AsyncIterator[api.LogChunk]:
+        async for chunk in self.forwarder.logs(request):
+            yield chunk
+
+    async def Exec(self, request: api.ExecRequest, context: Any) -> api.ExecResponse:
+        return await self.forwarder.exec(request)
+
+    async def Version(self, request: api.VersionRequest, context: Any) -> api.VersionResponse:
+        return api.VersionResponse(version=__version__, store=self.registry.store.describe(),
+                                   service_cidr=self.registry.allocator.network.with_prefixlen,
+                                   node_name=self.node_name)
+
+
+def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
+    def unary(fn: Any, req: type[Message]) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_deserializer(req),
+                                                   response_serializer=_serialize)
+
+    def stream(fn: Any, req: type[Message]) -> grpc.RpcMethodHandler:
+        return grpc.unary_stream_rpc_method_handler(fn, request_deserializer=_deserializer(req),
+                                                    response_serializer=_serialize)
+
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Create": unary(service.Create, api.CreateRequest),
+        "Get": unary(service.Get, api.GetRequest),
+        "List": unary(service.List, api.ListRequest),
+        "Update": unary(service.Update, api.UpdateRequest),
+        "UpdateStatus": unary(service.UpdateStatus, api.UpdateRequest),
+        "Delete": unary(service.Delete, api.DeleteRequest),
+        "Watch": stream(service.Watch, api.WatchRequest),
+        "Bind": unary(service.Bind, api.BindRequest),
+        "Logs": stream(service.Logs, api.LogsRequest),
+        "Exec": unary(service.Exec, api.ExecRequest),
+        "Version": unary(service.Version, api.VersionRequest),
+    })
+
+
+@dataclass
+class Config:
+    store_endpoints: str = "127.0.0.1:2379"
+    listen: str = "127.0.0.1:6443"
+    service_cidr: str = "10.96.0.0/12"
+    node_port_range: str = "30000-32767"
+    node_name: str = ""
+    options: Options = field(default_factory=Options)
+
+
+class StartupError(Exception):
+    pass
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper collections: long full collections are latency spikes for every request.
+
+    What exists after startup (modules, caches) is frozen out of collection; the young
+    generation threshold is raised so short-lived request objects rarely trigger one.
+    Nothing here leaks: non-cyclic garbage is still freed at once by reference counting.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
+def bind(server: grpc.aio.Server, listen: str) -> int:
+    """Bind the listening address now, so that "address in use" is a clear startup error."""
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {listen}: {exc} (is another process using this port?)") from exc
+    if port == 0:
+        raise StartupError(f"cannot listen on {listen}: the address is in use or not available")
+    return port
+
+
+async def wait_for_store(store: Store, *, stop: asyncio.Event | None = None) -> int:
+    """Retry until the store answers; one log line per change of state. Returns its revision."""
+    delay = 0.2
+    failing = False
+    while True:
+        try:
+            revision = await store.revision()
+            if failing:
+                log.info("store %s reachable (revision %d)", store.describe(), revision)
+            return revision
+        except StoreError as exc:
+            if not failing:
+                log.warning("store %s unreachable: %s; retrying until it answers", store.describe(), exc)
+                failing = True
+        if stop is not None and stop.is_set():
+            raise StartupError("stopped while waiting for the store")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def serve(config: Config, *, store: Store | None = None, ready: Callable[[int], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run an api-server until `stop` is set (or SIGTERM/SIGINT when running as a process)."""
+    from controlplane.apiserver.etcd import EtcdStore
+
+    allocator = Allocator(config.service_cidr, config.node_port_range)
+    if store is None:
+        store = EtcdStore(config.store_endpoints)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    registry = Registry(store, allocator=allocator, options=config.options)
+    forwarder = Forwarder(registry)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder,
+                                                                      node_name=config.node_name)),))
+    try:
+        port = bind(server, config.listen)
+        revision = await wait_for_store(store, stop=stop)
+        log.info("store %s at revision %d; filling watch caches", store.describe(), revision)
+        await registry.start()
+        tune_gc()
+        await server.start()
+        log.info("api-server listening on %s (port %d), store %s, service CIDR %s", config.listen, port,
+                 store.describe(), allocator.network.with_prefixlen)
+        if ready is not None:
+            ready(port)
+        await stop.wait()
+        log.info("api-server stopping")
+    finally:
+        await server.stop(grace=1.0)
+        await registry.stop()
+        await forwarder.close()
+        await store.close()

@@ -1,0 +1,403 @@
+"""The watch cache: one store watch per resource, fanned out to every client watch.
+
+Like the Kubernetes cacher: each resource has one `WatchCache` that lists the resource's
+keys once, then follows one store watch, keeping (a) the current objects, decoded, and
+(b) a ring of the most recent events. Client watches register a `Watcher` with a filter;
+every event is offered to the watchers that may care (pods are indexed by spec.nodeName,
+so a node agent's watch costs nothing for other nodes' pods).
+
+What must hold:
+- `revision` only grows; every event with revision <= `revision` has been applied to
+  `objects` and offered to every watcher registered before it; a watcher registered at
+  revision R is offered exactly the events with revision > R, in order, once each.
+- `window_start`: the ring holds every event with revision > window_start. A watch from an
+  older revision cannot be served here (the caller falls back to a store watch).
+- Registration is synchronous (no await between reading the ring/objects and adding the
+  watcher), so no event falls between the replay and the live stream.
+- A watcher sees an object that starts matching its filter as ADDED and one that stops
+  matching as DELETED (with its previous content and the event's resourceVersion).
+- Memory is bounded: the ring by `capacity`; each watcher's queue by `watcher_limit` events
+  (beyond which the watcher is closed with RESOURCE_EXHAUSTED, its queue dropped, and the
+  other watchers never wait for it). Encoded events are shared by all watchers.
+- A store watch that reports compaction (we fell too far behind) relists; the watchers
+  registered so far are closed with UNAVAILABLE and re-watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+
+from controlplane.apiserver.filters import Filter
+from controlplane.apiserver.storage import CompactedError, Event, Store, StoreError, StoreWatch
+from skiff import errors, kinds
+from skiff.guard import guard
+from skiffpb.api.v1 import apiserver_pb2 as api
+
+log = logging.getLogger("skiff.apiserver.watchcache")
+
+ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
+
+
+def registry_prefix(kind: kinds.Kind, namespace: str = "") -> str:
+    if kind.namespaced and namespace:
+        return f"/registry/{kind.resource}/{namespace}/"
+    return f"/registry/{kind.resource}/"
+
+
+def decode(kind: kinds.Kind, value: bytes, revision: int, key: str = "") -> Message:
+    """A stored value as its message, with resourceVersion set to `revision`."""
+    msg = kind.message()
+    try:
+        msg.ParseFromString(value)
+    except DecodeError as exc:
+        raise StoreError(f"stored value of {key or kind.resource} is not a valid {kind.kind}: {exc}") from exc
+    msg.metadata.resource_version = str(revision)  # type: ignore[attr-defined]
+    return msg
+
+
+def with_revision(obj: Message, revision: int) -> Message:
+    out = type(obj)()
+    out.CopyFrom(obj)
+    out.metadata.resource_version = str(revision)  # type: ignore[attr-defined]
+    return out
+
+
+def encode_event(event_type: str, obj: Message) -> bytes:
+    return api.WatchEvent(type=event_type, object=kinds.wrap(obj)).SerializeToString()
+
+
+def encode_bookmark(kind: kinds.Kind, revision: int) -> bytes:
+    marker = kinds.new(kind)
+    marker.metadata.resource_version = str(revision)  # type: ignore[attr-defined]
+    return encode_event(BOOKMARK, marker)
+
+
+class TooOldForCache(Exception):
+    def __init__(self, requested: int, window_start: int) -> None:
+        super().__init__(f"revision {requested} is older than the watch cache window (from {window_start})")
+        self.requested = requested
+        self.window_start = window_start
+
+
+class CachedEvent:
+    """One change, decoded once; its encodings are made once and shared by all watchers."""
+
+    __slots__ = ("_encoded", "key", "obj", "prev", "revision", "type")
+
+    def __init__(self, type_: str, key: str, obj: Message, prev: Message | None, revision: int) -> None:
+        self.type = type_
+        self.key = key
+        self.obj = obj  # after the change; for DELETED the last state, at the delete's revision
+        self.prev = prev
+        self.revision = revision
+        self._encoded: dict[str, bytes] = {}
+
+    def encoded(self, as_type: str) -> bytes:
+        data = self._encoded.get(as_type)
+        if data is None:
+            if as_type == DELETED and self.type != DELETED:
+                assert self.prev is not None
+                data = encode_event(DELETED, with_revision(self.prev, self.revision))  # left the filter
+            else:
+                data = encode_event(as_type, self.obj)
+            self._encoded[as_type] = data
+        return data
+
+
+def translate(filt: Filter, ev: CachedEvent) -> str | None:
+    """The event type a watcher with `filt` sees for `ev`, or None (Kubernetes' rules)."""
+    now = ev.type != DELETED and filt.matches(ev.obj)
+    before = ev.prev is not None and filt.matches(ev.prev)
+    if now:
+        return MODIFIED if before else ADDED
+    return DELETED if before else None
+
+
+class Watcher:
+    """A client watch registered with a cache: a bounded queue of encoded events."""
+
+    def __init__(self, kind: kinds.Kind, filt: Filter, start_revision: int, *, limit: int,
+                 allow_bookmarks: bool, on_remove: Callable[[Watcher], None] | None = None) -> None:
+        self.kind = kind
+        self.filter = filt
+        self.node = filt.node_name if kind.resource == "pods" else None
+        self.start_revision = start_revision
+        self.limit = limit
+        self.allow_bookmarks = allow_bookmarks
+        self.on_remove = on_remove
+        self.queue: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.error: errors.SkiffError | None = None
+        self.expired = False
+
+    def offer(self, ev: CachedEvent) -> None:
+        if ev.revision <= self.start_revision or self.error is not None:
+            return
+        as_type = translate(self.filter, ev)
+        if as_type is None:
+            return
+        if len(self.queue) >= self.limit:
+            self.fail(errors.TooManyRequestsError(
+                f"watch of {self.kind.resource} closed: the client fell {self.limit} events behind "
+                f"(too slow to read); watch again from the last resourceVersion it received"))
+            return
+        self.queue.append(ev.encoded(as_type))
+        self.wake.set()
+
+    def bookmark(self, revision: int) -> None:
+        if self.allow_bookmarks and not self.queue and self.error is None and revision > self.start_revision:
+            self.queue.append(encode_bookmark(self.kind, revision))
+            self.wake.set()
+
+    def fail(self, error: errors.SkiffError) -> None:
+        self.error = error
+        self.queue.clear()
+        self.wake.set()
+        self.close()
+
+    def expire(self) -> None:
+        """The watch's timeout passed: end it normally once the queue is drained."""
+        self.expired = True
+        self.wake.set()
+
+    async def next(self) -> bytes | None:
+        """The next encoded event; None when expired; raises the watcher's error once closed."""
+        while not self.queue:
+            if self.error is not None:
+                raise self.error
+            if self.expired:
+                return None
+            self.wake.clear()
+            await self.wake.wait()
+        return self.queue.popleft()
+
+    def close(self) -> None:
+        if self.on_remove is not None:
+            self.on_remove(self)
+            self.on_remove = None
+
+
+class WatchCache:
+    def __init__(self, store: Store, kind: kinds.Kind, *, capacity: int = 4096, watcher_limit: int = 4096,
+                 bookmark_interval: float = 5.0, page_size: int = 1000) -> None:
+        self.store = store
+        self.kind = kind
+        self.prefix = registry_prefix(kind)
+        self.capacity = capacity
+        self.watcher_limit = watcher_limit
+        self.bookmark_interval = bookmark_interval
+        self.page_size = page_size
+        self.objects: dict[str, Message] = {}
+        self.events: deque[CachedEvent] = deque()
+        self.revision = 0
+        self.window_start = 0
+        self.ready = asyncio.Event()
+        self._all: set[Watcher] = set()
+        self._by_node: dict[str, set[Watcher]] = {}
+        self._advanced = asyncio.Event()
+        self._store_watch: StoreWatch | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._tasks = [guard(self.run(), f"watchcache-{self.kind.resource}"),
+                       guard(self._bookmarks(), f"watchcache-{self.kind.resource}-bookmarks")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._store_watch is not None:
+            await self._store_watch.close()
+        for w in list(self.watchers()):
+            w.fail(errors.UnavailableError("api-server shutting down; watch again"))
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                if not self.ready.is_set() or self.revision == 0:
+                    await self._list()
+                await self._follow()
+            except CompactedError as exc:
+                log.warning("%s watch cache fell behind compaction (%s); relisting", self.kind.resource, exc)
+                self._reset("the watch cache was rebuilt after a store compaction; watch again")
+            except StoreError as exc:
+                log.warning("%s watch cache: %s; retrying in %.1fs", self.kind.resource, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _reset(self, reason: str) -> None:
+        for w in list(self.watchers()):
+            w.fail(errors.UnavailableError(f"watch of {self.kind.resource} closed: {reason}"))
+        self.revision = 0
+
+    async def _list(self) -> None:
+        objects: dict[str, Message] = {}
+        revision = 0
+        start = ""
+        while True:
+            page = await self.store.range(self.prefix, revision=revision, start=start, limit=self.page_size)
+            revision = page.revision
+            for kv in page.kvs:
+                try:
+                    objects[kv.key] = decode(self.kind, kv.value, kv.mod_revision, kv.key)
+                except StoreError as exc:
+                    log.error("%s", exc)
+            if not page.more or not page.kvs:
+                break
+            start = page.kvs[-1].key + "\0"
+        self.objects = objects
+        self.events.clear()
+        self.revision = self.window_start = revision
+        self.ready.set()
+        self._signal()
+        log.debug("%s watch cache: %d objects at revision %d", self.kind.resource, len(objects), revision)
+
+    async def _follow(self) -> None:
+        watch = self.store.watch(self.prefix, start_revision=self.revision + 1)
+        self._store_watch = watch
+        try:
+            async for batch in watch:
+                for ev in batch.events:
+                    self._apply(ev)
+                if batch.revision > self.revision:
+                    self.revision = batch.revision
+                    self._signal()
+        finally:
+            self._store_watch = None
+            await watch.close()
+
+    def _signal(self) -> None:
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    def _apply(self, ev: Event) -> None:
+        prev = self.objects.get(ev.key)
+        if ev.type == "PUT":
+            try:
+                obj = decode(self.kind, ev.value, ev.revision, ev.key)
+            except StoreError as exc:
+                log.error("%s", exc)
+                return
+            self.objects[ev.key] = obj
+            cached = CachedEvent(MODIFIED if prev is not None else ADDED, ev.key, obj, prev, ev.revision)
+        else:
+            if prev is None:
+                return
+            del self.objects[ev.key]
+            cached = CachedEvent(DELETED, ev.key, with_revision(prev, ev.revision), prev, ev.revision)
+        if len(self.events) >= self.capacity:
+            self.window_start = self.events.popleft().revision
+        self.events.append(cached)
+        for w in self._targets(cached):
+            w.offer(cached)
+
+    def _targets(self, ev: CachedEvent) -> Iterable[Watcher]:
+        if not self._by_node:
+            return list(self._all)
+        out = list(self._all)
+        nodes = {ev.obj.spec.node_name}  # type: ignore[attr-defined]
+        if ev.prev is not None:
+            nodes.add(ev.prev.spec.node_name)  # type: ignore[attr-defined]
+        for node in nodes:
+            out.extend(self._by_node.get(node, ()))
+        return out
+
+    async def _bookmarks(self) -> None:
+        while True:
+            await asyncio.sleep(self.bookmark_interval)
+            if not self.ready.is_set():
+                continue
+            for w in list(self.watchers()):
+                w.bookmark(self.revision)
+
+    # ------------------------------------------------------------------ queries
+
+    def watchers(self) -> Iterable[Watcher]:
+        yield from self._all
+        for ws in self._by_node.values():
+            yield from ws
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._all) + sum(len(ws) for ws in self._by_node.values())
+
+    def count(self, prefix: str) -> int:
+        if prefix == self.prefix:
+            return len(self.objects)
+        return sum(1 for key in self.objects if key.startswith(prefix))
+
+    async def consistent_revision(self, prefix: str, timeout: float) -> int | None:
+        """A revision R such that the cached objects under `prefix` are exactly the store's at R
+        (a consistent read), or None when the cache does not catch up within `timeout`.
+
+        Proof obligation, without progress notifications: read once (linearizably) how many
+        keys the store has under the prefix and whether one was written after the cache's
+        revision c. If none was, every stored key's value was written at or before c, so the
+        cache (which applied everything up to c) holds each of them with that value; equal
+        counts then mean it holds nothing else.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            seen = self.revision
+            status = await self.store.prefix_status(prefix, modified_after=seen)
+            if self.revision >= status.revision:
+                return self.revision  # caught up meanwhile: the cache is at least as fresh
+            if not status.modified and self.count(prefix) == status.count:
+                return status.revision
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                async with asyncio.timeout(min(remaining, 0.2)):
+                    await self._advanced.wait()
+            except TimeoutError:
+                pass
+
+    def snapshot(self, filt: Filter) -> list[Message]:
+        """The cached objects matching `filt`, in key order (no await: one consistent state)."""
+        prefix = registry_prefix(self.kind, filt.namespace)
+        return [obj for key, obj in sorted(self.objects.items())
+                if key.startswith(prefix) and filt.matches(obj)]
+
+    def register(self, filt: Filter, *, start_revision: int | None, allow_bookmarks: bool,
+                 initial: bool = False) -> tuple[Watcher, list[Message]]:
+        """A watcher from `start_revision` (None: now), plus the matching objects when `initial`.
+
+        Raises TooOldForCache when the ring no longer reaches back to `start_revision`; the
+        caller then serves the watch from the store.
+        """
+        start = self.revision if start_revision is None else start_revision
+        if start < self.window_start:
+            raise TooOldForCache(start, self.window_start)
+        w = Watcher(self.kind, filt, start, limit=self.watcher_limit, allow_bookmarks=allow_bookmarks,
+                    on_remove=self.remove)
+        objs = self.snapshot(filt) if initial else []
+        replay = [ev for ev in self.events if ev.revision > start]
+        w.limit = self.watcher_limit + len(replay)
+        for ev in replay:
+            w.offer(ev)
+        if w.node is not None:
+            self._by_node.setdefault(w.node, set()).add(w)
+        else:
+            self._all.add(w)
+        return w, objs
+
+    def remove(self, w: Watcher) -> None:
+        if w.node is not None:
+            ws = self._by_node.get(w.node)
+            if ws is not None:
+                ws.discard(w)
+                if not ws:
+                    del self._by_node[w.node]
+        else:
+            self._all.discard(w)

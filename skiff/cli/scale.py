@@ -1,0 +1,46 @@
+"""`skiff scale deploy/NAME --replicas N` (also rs): set spec.replicas, retrying on conflicts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from skiff import errors
+from skiff.cli import common
+from skiff.client import Client
+
+SCALABLE = ("deployments", "replicasets")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("scale", help="set the number of replicas of a deployment or replica set")
+    p.add_argument("targets", nargs="+", metavar="deploy/NAME|KIND NAME")
+    p.add_argument("--replicas", type=int, required=True, help="the new number of replicas")
+    common.add_connection_flags(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.replicas < 0:
+        raise errors.InvalidError(f"--replicas must be 0 or more, got {args.replicas}")
+    targets = common.targets(args.targets)
+    for kind, _ in targets:
+        if kind.resource not in SCALABLE:
+            raise errors.InvalidError(f"{kind.resource} cannot be scaled (only deployments and replicasets)")
+    namespace = common.namespace(args)
+
+    async def body(client: Client) -> int:
+        for kind, name in targets:
+            for attempt in range(5):
+                obj = await client.get(kind.message, name, namespace)
+                obj.spec.replicas = args.replicas  # type: ignore[attr-defined]
+                try:
+                    await client.update(obj)
+                    break
+                except errors.ConflictError:
+                    if attempt == 4:
+                        raise
+            print(f"{common.ref(kind, name)} scaled", flush=True)
+        return 0
+
+    return common.run(args, body)

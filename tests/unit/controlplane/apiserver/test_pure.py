@@ -1,0 +1,181 @@
+"""Pure parts of the api-server: defaults, delete planning, update rules, allocation picks."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from google.protobuf.message import Message
+
+from controlplane.apiserver import strategy
+from controlplane.apiserver.allocator import Allocator, allocation_keys, parse_port_range
+from controlplane.apiserver.defaults import apply_defaults, image_pull_policy
+from controlplane.apiserver.storage import prefix_end
+from skiff import errors
+from skiffpb.api.v1 import types_pb2 as t
+from tests.support.builders import deployment, pod, service
+
+
+@pytest.mark.parametrize("image,policy", [
+    ("nginx", "Always"),
+    ("nginx:latest", "Always"),
+    ("nginx:1.25", "IfNotPresent"),
+    ("registry.local:5000/team/nginx", "Always"),
+    ("registry.local:5000/team/nginx:1.2", "IfNotPresent"),
+    ("nginx@sha256:abcd", "IfNotPresent"),
+], ids=["no-tag", "latest", "tag", "registry-port-no-tag", "registry-port-tag", "digest"])
+def test_image_pull_policy(image: str, policy: str) -> None:
+    assert image_pull_policy(image) == policy
+
+
+def test_defaults_are_idempotent_and_keep_given_values() -> None:
+    d = deployment("web", replicas=0)
+    d.spec.strategy.rolling_update.max_surge.int_val = 2
+    apply_defaults(d)
+    once = d.SerializeToString(deterministic=True)
+    apply_defaults(d)
+    assert d.SerializeToString(deterministic=True) == once
+    assert d.spec.replicas == 0 and d.spec.strategy.rolling_update.max_surge.int_val == 2
+    assert d.spec.strategy.rolling_update.max_unavailable.str_val == "25%"
+    s = service("s", port=8080)
+    s.spec.ports[0].target_port.str_val = "http"
+    s.spec.session_affinity = "ClientIP"
+    apply_defaults(s)
+    assert s.spec.ports[0].target_port.str_val == "http"
+    assert s.spec.session_affinity_config.client_ip.timeout_seconds == 10800
+
+
+def _bound(grace: int | None = None, *, phase: str = "Running", finalizers: tuple[str, ...] = ()) -> t.Pod:
+    p = pod("p", node="n1")
+    p.metadata.finalizers.extend(finalizers)
+    p.status.phase = phase
+    if grace is not None:
+        p.spec.termination_grace_period_seconds = grace
+    return p
+
+
+def _deleting(grace: int, *, finalizers: tuple[str, ...] = ()) -> t.Pod:
+    p = _bound(finalizers=finalizers)
+    p.metadata.deletion_timestamp.seconds = 1000 + grace
+    p.metadata.deletion_grace_period_seconds = grace
+    return p
+
+
+@dataclass(frozen=True)
+class DeleteCase:
+    id: str
+    obj: Callable[[], Message]
+    action: str
+    grace: int | None = None
+    policy: str = ""
+    finalizers: tuple[str, ...] = ()
+    grace_after: int | None = None
+
+
+DELETE_CASES = [
+    DeleteCase("unbound-pod-at-once", lambda: pod("p"), "delete"),
+    DeleteCase("bound-pod-graceful", lambda: _bound(), "update", grace_after=30),
+    DeleteCase("bound-pod-own-grace", lambda: _bound(12), "update", grace_after=12),
+    DeleteCase("bound-pod-requested-grace", lambda: _bound(), "update", grace=5, grace_after=5),
+    DeleteCase("force", lambda: _bound(), "delete", grace=0),
+    DeleteCase("negative-grace-is-one", lambda: _bound(), "update", grace=-5, grace_after=1),
+    DeleteCase("finished-pod-at-once", lambda: _bound(phase="Succeeded"), "delete"),
+    DeleteCase("shorten-grace", lambda: _deleting(30), "update", grace=3, grace_after=3),
+    DeleteCase("no-longer-grace", lambda: _deleting(3), "none", grace=30),
+    DeleteCase("final-delete", lambda: _deleting(30), "delete", grace=0),
+    DeleteCase("final-delete-held-by-finalizer", lambda: _deleting(30, finalizers=("x/y",)), "update", grace=0,
+               finalizers=("x/y",), grace_after=0),
+    DeleteCase("deployment-background", lambda: deployment("d"), "delete"),
+    DeleteCase("deployment-foreground", lambda: deployment("d"), "update", policy="Foreground",
+               finalizers=("foregroundDeletion",), grace_after=0),
+    DeleteCase("deployment-orphan", lambda: deployment("d"), "update", policy="Orphan", finalizers=("orphan",)),
+]
+
+
+@pytest.mark.parametrize("case", DELETE_CASES, ids=[c.id for c in DELETE_CASES])
+def test_plan_delete(case: DeleteCase) -> None:
+    plan = strategy.plan_delete(case.obj(), grace_period=case.grace, propagation_policy=case.policy, now=1000.0)
+    assert plan.action == case.action
+    if plan.action == "update":
+        meta = plan.obj.metadata  # type: ignore[attr-defined]
+        assert tuple(meta.finalizers) == case.finalizers
+        assert meta.HasField("deletion_timestamp")
+        if case.grace_after is not None:
+            assert meta.deletion_grace_period_seconds == case.grace_after
+            assert meta.deletion_timestamp.seconds == 1000 + case.grace_after
+
+
+def test_plan_delete_rejects_unknown_policy() -> None:
+    with pytest.raises(errors.InvalidError, match="propagationPolicy"):
+        strategy.plan_delete(pod("p"), grace_period=None, propagation_policy="bogus", now=0)
+
+
+def test_generation_counts_spec_changes_only() -> None:
+    old = deployment("d", replicas=1)
+    apply_defaults(old)
+    old.metadata.generation = 4
+    old.metadata.uid = "u1"
+    same_spec = t.Deployment()
+    same_spec.CopyFrom(old)
+    same_spec.metadata.labels["x"] = "y"
+    same_spec.metadata.uid = ""
+    assert strategy.prepare_update(old, same_spec).metadata.generation == 4
+    new_spec = t.Deployment()
+    new_spec.CopyFrom(old)
+    new_spec.spec.replicas = 3
+    updated = strategy.prepare_update(old, new_spec)
+    assert updated.metadata.generation == 5 and updated.metadata.uid == "u1"
+
+
+def test_bind_plan() -> None:
+    p = pod("p")
+    p.metadata.uid = "u"
+    binding = t.Binding(metadata=t.ObjectMeta(name="p", uid="u"), target=t.ObjectReference(name="n1"))
+    bound = strategy.plan_bind(p, binding, now=50.0)
+    assert bound.spec.node_name == "n1"
+    assert bound.status.conditions[0].last_transition_time.seconds == 50
+    with pytest.raises(errors.ConflictError, match="already assigned"):
+        strategy.plan_bind(bound, binding, now=51.0)
+    with pytest.raises(errors.ConflictError, match="precondition"):
+        strategy.plan_bind(p, t.Binding(metadata=t.ObjectMeta(uid="other"), target=t.ObjectReference(name="n")),
+                           now=0)
+
+
+def test_allocator_never_picks_reserved_or_taken_addresses() -> None:
+    a = Allocator("10.0.0.0/29", "30000-30002", rng=random.Random(1))
+    taken: set[str] = set()
+    for _ in range(5):  # /29: .2 to .6 are pickable (.0 network, .1 reserved, .7 broadcast)
+        ip = a.pick_ip(taken)
+        assert ip is not None
+        taken.add(ip)
+    assert taken == {f"10.0.0.{i}" for i in range(2, 7)}
+    assert a.pick_ip(taken) is None
+    assert a.check_ip("10.0.0.1") is None  # the reserved one can be asked for explicitly
+    assert "not in the valid range" in (a.check_ip("10.0.0.7") or "")
+    assert "not in the valid range" in (a.check_ip("10.0.1.2") or "")
+    ports = {a.pick_port(set()) for _ in range(50)}
+    assert ports <= {30000, 30001, 30002}
+    assert a.pick_port({30000, 30001, 30002}) is None
+
+
+def test_allocation_keys() -> None:
+    s = service("s", type_="NodePort", cluster_ip="10.0.0.3", node_port=30001)
+    assert allocation_keys(s) == {"/registry/ranges/serviceips/10.0.0.3", "/registry/ranges/servicenodeports/30001"}
+    assert allocation_keys(service("h", cluster_ip="None")) == set()
+
+
+@pytest.mark.parametrize("text,ok", [("30000-32767", True), ("1-1", True), ("5-4", False), ("abc", False),
+                                     ("0-10", False)], ids=["default", "single", "reversed", "junk", "zero"])
+def test_parse_port_range(text: str, ok: bool) -> None:
+    if ok:
+        assert len(parse_port_range(text)) >= 1
+    else:
+        with pytest.raises(ValueError, match="invalid port range"):
+            parse_port_range(text)
+
+
+def test_prefix_end() -> None:
+    assert prefix_end("/registry/pods/") == "/registry/pods0"
+    assert "/registry/pods/default/x" < prefix_end("/registry/pods/") < "/registry/replicasets/"
