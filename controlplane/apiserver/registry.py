@@ -75,7 +75,7 @@ from skiffpb.api.v1 import types_pb2 as t
 log = logging.getLogger("skiff.apiserver.registry")
 
 DEFAULT_NAMESPACE = "default"
-SYSTEM_NAMESPACES = ("default", "kube-system")
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 MAX_ATTEMPTS = 16
 COMPACT_KEY = "/registry/compact_rev_key"
 
