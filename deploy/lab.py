@@ -40,6 +40,7 @@ DEFAULT_ROOT = Path(os.environ.get("SKIFF_LAB_DIR", "/var/lib/skiff/labs"))
 IMAGE_CACHE = Path(os.environ.get("SKIFF_IMAGE_CACHE", "/var/cache/skiff/images"))
 
 Progress = Callable[[str], None]
+CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"
 
 
 def _quiet(_: str) -> None:
@@ -76,12 +77,13 @@ class LabSpec:
                                     host_routes=self.host_routes)
         net = netplan.make_lab(self.prefix, workers=self.workers, lan_cidr=self.lan_cidr,
                                host_routes=self.host_routes)
-        if self.control_planes > 1:
-            extra = tuple(netplan.Host(f"cp{i}", _offset(self.lan_cidr, 30 + i), ("control-plane",))
-                          for i in range(2, self.control_planes + 1))
-            net = netplan.LabNetwork(net.prefix, net.lan_cidr, (net.hosts[0], *extra, *net.hosts[1:]),
-                                     uplink=net.uplink, host_routes_via=net.host_routes_via)
-        return net
+        # Control-plane hosts run a node agent and proxy too (tainted, as kubeadm does), so pod
+        # routes and Service rules exist there as on every host.
+        both = (render.CONTROL_PLANE, render.WORKER)
+        cps = [netplan.Host("cp", net.hosts[0].ip, both)] + [
+            netplan.Host(f"cp{i}", _offset(self.lan_cidr, 30 + i), both) for i in range(2, self.control_planes + 1)]
+        return netplan.LabNetwork(net.prefix, net.lan_cidr, (*cps, *net.hosts[1:]), uplink=net.uplink,
+                                  host_routes_via=net.host_routes_via)
 
     def cluster(self) -> render.ClusterConfig:
         cps = [(h.name, h.ip) for h in self.network().with_role(render.CONTROL_PLANE)]
@@ -123,9 +125,12 @@ class Lab:
 
     def host_config(self, name: str) -> render.HostConfig:
         h = self.net.host(name)
+        dedicated = render.CONTROL_PLANE in h.roles and not self.spec.combined
         return render.HostConfig(name=h.name, ip=h.ip, roles=h.roles, state_dir=self.dir / h.name,
                                  store_password_file=self.password_file,
-                                 cgroup_parent=f"/skiff-{self.spec.prefix}-{h.name}")
+                                 cgroup_parent=f"/skiff-{self.spec.prefix}-{h.name}",
+                                 node_labels={CONTROL_PLANE_ROLE: ""} if dedicated else {},
+                                 node_taints=(f"{CONTROL_PLANE_ROLE}:NoSchedule",) if dedicated else ())
 
     def run_dir(self, host: str) -> Path:
         return self.dir / host / "run"
@@ -295,8 +300,18 @@ class Lab:
         procs.stop_all(run_dir)
 
     def down(self, *, progress: Progress = _quiet) -> list[str]:
-        """Remove the lab entirely; returns notes about crash leftovers it had to clean."""
+        """Remove the lab entirely; returns notes about crash leftovers it had to clean.
+
+        Order matters: controllers and scheduler stop first (nothing reacts to nodes going
+        away), then each worker's proxy, agent and containerd (pods removed through CRI), and
+        the api-servers and store members last, so every daemon can still reach them on exit.
+        """
         notes: list[str] = []
+        for name in self.control_plane_hosts:
+            daemons = self.daemons(name)
+            for d in ("scheduler", "controllers"):
+                if d in daemons:
+                    procs.stop(daemons[d])
         for name in self.workers:
             config = self.host_config(name)
             daemons = self.daemons(name)
@@ -304,9 +319,8 @@ class Lab:
                 if d in daemons:
                     procs.stop(daemons[d], timeout=10)
             notes += containerd.teardown(config.node_paths, config.cgroup_parent, daemons.get("containerd"))
-            procs.stop_all(self.run_dir(name))
-        for name in self.control_plane_hosts:
-            procs.stop_all(self.run_dir(name), order=("scheduler", "controllers"))
+        for host in self.net.hosts:
+            procs.stop_all(self.run_dir(host.name))
         failures = netplan.apply(netplan.plan_down(self.net), ignore_errors=True)
         notes += [f for f in failures if "Cannot find" not in f and "No such" not in f and "Cannot open" not in f]
         subprocess.run(["rm", "-rf", str(self.dir)], check=False)

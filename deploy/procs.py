@@ -26,12 +26,19 @@ def in_netns(netns: str, argv: Sequence[str]) -> list[str]:
 
 
 def _start_time(pid: int) -> str:
+    """The process's start time (field 22 of /proc/PID/stat); "" when it is gone or a zombie.
+
+    A daemon whose starter has exited is reparented to init, which may reap it only much later:
+    a zombie counts as stopped.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    # Field 22 (starttime), counted after the ")" that ends the command name.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()  # after the ")" that ends the command name
+    if fields[0] in ("Z", "X"):
+        return ""
+    return fields[19]
 
 
 @dataclass

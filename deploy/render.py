@@ -87,6 +87,7 @@ class HostConfig:
     store_password_file: Path | None = None
     agent_port: int = 10250
     node_labels: Mapping[str, str] = field(default_factory=dict)
+    node_taints: tuple[str, ...] = ()  # "key[=value]:Effect", set when the Node registers
     # cgroupfs parent of this node's pods; unique per node on a machine (labs share one).
     cgroup_parent: str = "/skiff-pods"
     containerd_bin: str = "containerd"  # an absolute path in installed units (systemd wants one)
@@ -169,6 +170,8 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
              "--pod-log-dir", str(paths.pod_logs), "--cgroup-parent", host.cgroup_parent]
     if host.node_labels:
         agent += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(host.node_labels.items()))]
+    if host.node_taints:
+        agent += ["--register-with-taints", ",".join(host.node_taints)]
     if netns_path:
         agent += ["--netns", netns_path]
     proxy = [*_py(cluster, "netproxy"), "--api-servers", cluster.api_servers, "--node-name", host.name,

@@ -23,6 +23,8 @@ from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
 from skiff import hostconfig
 from skiff.client import Client
+from skiff.validation import TAINT_EFFECTS
+from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("nodeagent")
 
@@ -34,6 +36,19 @@ def parse_kv(text: str, flag: str) -> dict[str, str]:
             raise SystemExit(f"{flag}: expected key=value[,key=value], got {part!r}")
         k, v = part.split("=", 1)
         out[k.strip()] = v.strip()
+    return out
+
+
+def parse_taints(text: str) -> list[t.Taint]:
+    """`key=value:Effect,key:Effect` as kubelet's --register-with-taints takes them."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        head, sep, effect = part.rpartition(":")
+        if not sep or effect not in TAINT_EFFECTS:
+            raise SystemExit(f"--register-with-taints: expected key[=value]:Effect with Effect one of "
+                             f"{', '.join(TAINT_EFFECTS)}, got {part!r}")
+        key, _, value = head.partition("=")
+        out.append(t.Taint(key=key, value=value, effect=effect))
     return out
 
 
@@ -56,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fake-runtime", action="store_true", help="use an in-memory runtime (simulated node)")
     p.add_argument("--capacity", default="", help="override capacity, e.g. cpu=4,memory=8Gi,pods=110")
     p.add_argument("--node-labels", default="", help="extra Node labels, e.g. zone=a,disk=ssd")
+    p.add_argument("--register-with-taints", default="",
+                   help="taints the Node is created with, e.g. node-role.kubernetes.io/control-plane:NoSchedule")
     p.add_argument("--backoff-base", type=float, default=10.0, help="CrashLoopBackOff first delay (s)")
     p.add_argument("--backoff-max", type=float, default=300.0, help="CrashLoopBackOff maximum delay (s)")
     p.add_argument("--relist-period", type=float, default=1.0)
@@ -74,6 +91,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
         pod_cidr=args.pod_cidr, cgroup_parent=args.cgroup_parent,
         manage_network=not (args.no_network or args.fake_runtime),
         capacity=parse_kv(args.capacity, "--capacity"), labels=parse_kv(args.node_labels, "--node-labels"),
+        taints=parse_taints(args.register_with_taints),
         relist_period=args.relist_period, lease_period=args.lease_period,
         plan=PlanConfig(backoff_base=args.backoff_base, backoff_max=args.backoff_max),
     )

@@ -59,6 +59,7 @@ class AgentConfig:
     port: int = 0  # published as daemonEndpoints.kubeletEndpoint.port
     capacity: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    taints: list[t.Taint] = field(default_factory=list)  # set when the Node is created
     plan: P.PlanConfig = field(default_factory=P.PlanConfig)
 
 
@@ -208,6 +209,7 @@ class NodeAgent:
                     node = nodeobj.build_node(self.config.node_name, node_ip=self.config.node_ip,
                                               capacity=self._capacity(), info=info, port=self.config.port,
                                               ready=self.ready, labels=self.config.labels)
+                    node.spec.taints.extend(self.config.taints)
                     current = await self.client.create(node)
                     log.info("registered node %s", self.config.node_name)
                 self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error,
