@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STATE ?= /var/lib/skiff/local
-DEB_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 util-linux \
+DEB_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 iputils-ping util-linux \
 	busybox-static etcd-client etcd-server shellcheck procps kmod
 PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=

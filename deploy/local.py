@@ -93,7 +93,7 @@ def up(state_dir: Path) -> int:
         print("    " + lab.http_get(HOST, f"http://{cluster_ip}/").strip())
     if netplan.route_device(cluster_ip) == lab.net.uplink_name:
         say(f"from this shell too: curl http://{cluster_ip}/  (routed through {lab.net.uplink_name})")
-    say("done. Try: skiff get pods -o wide; skiff scale deploy/web --replicas 4; make down")
+    say("done. Try: .venv/bin/skiff get pods -o wide; .venv/bin/skiff scale deploy/web --replicas 4; make down")
     return 0
 
 
