@@ -12,15 +12,9 @@ import pytest
 
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.prereq import require_binaries
-
-try:
-    from tests.support.apiserver import Process, free_port, start_etcd, wait_serving
-except ImportError:  # the api-server's launcher lands with the api-server
-    pytest.skip("tests.support.apiserver (the api-server's test launcher) is not on this branch yet",
-                allow_module_level=True)
-
+from tests.support.apiserver import Process, free_port, start_etcd, wait_serving
 from tests.support.cluster import start_fake_node
+from tests.support.prereq import require_binaries
 
 pytestmark = pytest.mark.integration
 

@@ -21,15 +21,9 @@ import pytest
 from skiff import errors
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.prereq import require_binaries
-
-try:
-    from tests.support.apiserver import Process, control_plane
-except ImportError:  # the api-server's launcher lands with the api-server
-    pytest.skip("tests.support.apiserver (the api-server's test launcher) is not on this branch yet",
-                allow_module_level=True)
-
+from tests.support.apiserver import Process, control_plane
 from tests.support.cluster import start_controllers, start_fake_node, start_scheduler
+from tests.support.prereq import require_binaries
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

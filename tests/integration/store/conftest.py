@@ -10,16 +10,15 @@ from collections.abc import Iterator
 import pytest
 
 from controlplane.store.cluster import StoreCluster
+from tests.support.prereq import require
 
 pytestmark = pytest.mark.integration
 
 
 def etcdctl_path() -> str:
     path = shutil.which("etcdctl")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("etcdctl is required in CI (Debian package etcd-client)")
-        pytest.skip("etcdctl not installed (Debian package etcd-client)")
+    require(path is not None, "etcdctl not installed (Debian package etcd-client)")
+    assert path is not None
     return path
 
 
