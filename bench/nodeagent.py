@@ -15,10 +15,12 @@ Needs root and containerd (like the e2e tests). Prints a table and writes bench/
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -148,6 +150,7 @@ async def real_runtime() -> dict[str, object]:
         return {"sequential": sequential, "burst": burst, "rss_mb_after_30_real_pods": round(rss_real, 1)}
     finally:
         node.teardown()
+        shutil.rmtree(Path(f"/tmp/skiff-bench/{prefix}"), ignore_errors=True)  # teardown removes n1/ only
 
 
 async def fake_runtime_rss() -> dict[str, object]:
@@ -203,6 +206,9 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(prog="python -m bench.nodeagent", description=(__doc__ or "").split("\n\n")[0],
+                            epilog="\n\n".join((__doc__ or "").split("\n\n")[1:]),
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.nodeagent needs root (it starts containerd)")
     sys.exit(asyncio.run(main()))
