@@ -544,4 +544,7 @@ def report(results: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:  # the labs are down by now: every one is torn down in `finally`
+        sys.exit(f"bench.e2e interrupted ({exc or 'Ctrl-C'}); nothing left running")
