@@ -121,17 +121,23 @@ class LeaderElector:
         self._last_renew = now
 
     async def release(self) -> None:
-        """Give the lease up (only if we still hold it) so a standby need not wait it out."""
+        """Give the lease up (only if we still hold it) so a standby need not wait it out.
+
+        Bounded by the retry period: on shutdown the api-servers may already be gone, and the
+        lease then simply expires.
+        """
         try:
-            lease = await self.client.get(t.Lease, self.config.name, self.config.namespace)
-            if lease.spec.holder_identity != self.config.identity:
-                return
-            lease.spec.holder_identity = ""
-            lease.spec.lease_duration_seconds = 1
-            stamp(lease.spec.renew_time, self.clock.now())
-            await self.client.update(lease)
-        except errors.SkiffError as exc:
-            log.warning("could not release lease %s/%s: %s", self.config.namespace, self.config.name, exc)
+            async with asyncio.timeout(self.config.retry_period):
+                lease = await self.client.get(t.Lease, self.config.name, self.config.namespace)
+                if lease.spec.holder_identity != self.config.identity:
+                    return
+                lease.spec.holder_identity = ""
+                lease.spec.lease_duration_seconds = 1
+                stamp(lease.spec.renew_time, self.clock.now())
+                await self.client.update(lease)
+        except (TimeoutError, errors.SkiffError) as exc:
+            log.warning("could not release lease %s/%s: %s", self.config.namespace, self.config.name,
+                        exc or "timed out")
 
     async def _attempt(self) -> bool:
         try:

@@ -93,3 +93,20 @@ async def test_run_cancels_the_work_when_leadership_is_lost() -> None:
 def test_config_is_checked() -> None:
     with pytest.raises(ValueError, match="retry period < renew deadline < lease duration"):
         LeaderElectionConfig(name="x", lease_duration=5, renew_deadline=10, retry_period=2)
+
+
+class _HangingApi(MemoryApi):
+    """An api-server that no longer answers (gone during shutdown)."""
+
+    async def get(self, cls, name, namespace=""):  # type: ignore[no-untyped-def,override]
+        await asyncio.sleep(3600)
+
+
+async def test_release_gives_up_when_the_api_server_is_gone() -> None:
+    clock, api = FakeClock(), _HangingApi()
+    a = LeaderElector(api, LeaderElectionConfig(name="skiff-scheduler", identity="a", lease_duration=10,
+                                                renew_deadline=7, retry_period=0.05), clock=clock)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(a.release(), 2)
+    assert loop.time() - started < 1.0
