@@ -21,9 +21,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controlplane.common.clock import Clock, RealClock, stamp
 from skiff import errors, kinds
 from skiff.client import ApiClient
+from skiff.clock import Clock, RealClock, stamp
 from skiff.workqueue import WorkQueue, run_workers
 from skiffpb.api.v1 import types_pb2 as t
 

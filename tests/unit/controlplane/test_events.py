@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controlplane.common.clock import FakeClock
 from controlplane.common.events import NORMAL, WARNING, EventRecorder
+from skiff.clock import FakeClock
 from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import pod
