@@ -1,7 +1,7 @@
 """Recording Events (what `skiff describe` shows under "Events:") without slowing the caller.
 
-The controllers and the scheduler record through this one recorder, so their Events look alike
-(count, firstTimestamp/lastTimestamp, source component and host).
+The controllers, the scheduler and the node agent record through this one recorder, so their
+Events look alike (count, firstTimestamp/lastTimestamp, source component and host).
 
 What must hold:
 - `event()` never blocks and never raises: it only notes the event; writers send it later;

@@ -1,4 +1,4 @@
-"""Event recorder (shared by the controllers and the scheduler): aggregation of
+"""Event recorder (shared by the controllers, the scheduler and the node agent): aggregation of
 repeats, spam filter, bounded, conflicts."""
 
 from __future__ import annotations
