@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from controlplane.common.cmdline import setup_logging
+from skiff.daemon import setup_logging
 
 log = logging.getLogger("skiff.controlplane")
 

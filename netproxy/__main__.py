@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -27,20 +26,10 @@ from netproxy.ipvs.kernel import PyrouteIpvs, ipvs_available
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics, serve
 from netproxy.proxier import Proxier
+from skiff.daemon import duration
 from skiff.errors import InvalidError, SkiffError
 
 log = logging.getLogger("netproxy")
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """"1s", "500ms", "2m", "0", "1.5" (seconds) -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 0, 500ms, 1s, 2m)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skiff-netproxy", description="Skiff network proxy (Services -> iptables/IPVS).")
@@ -50,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("iptables", "ipvs"), default="iptables")
     p.add_argument("--cluster-cidr", default="", help="pod CIDR of the cluster, e.g. 10.244.0.0/16: ClusterIP "
                    "traffic from outside it is masqueraded")
-    p.add_argument("--min-sync-period", type=parse_duration, default=1.0,
+    p.add_argument("--min-sync-period", type=duration, default=1.0,
                    help="least time between syncs; changes in between are merged (default 1s; 0 allowed)")
-    p.add_argument("--sync-period", type=parse_duration, default=30.0,
+    p.add_argument("--sync-period", type=duration, default=30.0,
                    help="a full resync runs at least this often (default 30s; 0: never)")
     p.add_argument("--iptables-backend", choices=("auto", *BACKENDS), default="auto",
                    help="iptables-nft or iptables-legacy; auto picks the one already in use")
