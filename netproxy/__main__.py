@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from netproxy.ipvs.kernel import PyrouteIpvs, ipvs_available
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics, serve
 from netproxy.proxier import Proxier
-from skiff.daemon import duration
+from skiff.daemon import duration, run_until_signalled, setup_logging
 from skiff.errors import InvalidError, SkiffError
 
 log = logging.getLogger("netproxy")
@@ -134,14 +133,11 @@ async def run(args: argparse.Namespace) -> int:
                      sync_period=args.sync_period, metrics=metrics)
     log.info("netproxy starting: mode %s, iptables-%s, node %s, cluster CIDR %s, min sync period %gs",
              args.mode, backend, args.node_name, config.cluster_cidr or "(none)", args.min_sync_period)
-    task = asyncio.ensure_future(proxy.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     try:
-        await task
+        await proxy.run()
     except asyncio.CancelledError:
         log.info("netproxy stopping (rules stay in place)")
+        raise
     finally:
         if server is not None:
             server.close()
@@ -151,13 +147,12 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         if args.cleanup:
             return asyncio.run(cleanup_all())
         config_from(args)  # bad flags fail before anything is touched
-        return asyncio.run(run(args))
+        return run_until_signalled(run(args))
     except SkiffError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
