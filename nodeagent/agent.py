@@ -31,6 +31,7 @@ from nodeagent.podconfig import PodConfigSettings
 from nodeagent.worker import PodWorker, WorkerContext
 from skiff import errors
 from skiff.client import ApiClient
+from skiff.clock import stamp
 from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import Informer
@@ -277,7 +278,7 @@ class NodeAgent:
             return
         lease.spec.holder_identity = self.config.node_name
         lease.spec.lease_duration_seconds = nodeobj.LEASE_DURATION
-        lease.spec.renew_time.FromNanoseconds(int(now * 1e9))
+        stamp(lease.spec.renew_time, now)
         await self.client.update(lease)
 
     async def _lease_loop(self) -> None:
