@@ -28,7 +28,6 @@ import time
 from collections import Counter
 from typing import Any
 
-from controlplane.common.events import EventRecorder
 from controlplane.common.podutil import owner_reference
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.replicaset import ReplicaSetController
@@ -36,6 +35,7 @@ from controlplane.scheduler.framework import FitError
 from controlplane.scheduler.nodeinfo import PodInfo
 from controlplane.scheduler.scheduler import Scheduler
 from skiff.client import Client
+from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import InformerFactory
 from skiff.memapi import MemoryApi

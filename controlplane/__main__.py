@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from controlplane.common.cmdline import setup_logging
+from skiff.daemon import run_until_signalled, setup_logging
 
 log = logging.getLogger("skiff.controlplane")
 
@@ -187,18 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the store member needs --password-file (or $SKIFF_STORE_PASSWORD, or "
               "--insecure-no-password for a lab), or use --store-endpoints for an external store", file=sys.stderr)
         return 2
-    supervisor = Supervisor(plan_children(args))
-
-    async def run() -> None:
-        task = asyncio.ensure_future(supervisor.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(run())
-    return 0
+    return run_until_signalled(Supervisor(plan_children(args)).run())
 
 
 if __name__ == "__main__":

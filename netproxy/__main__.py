@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -27,20 +25,10 @@ from netproxy.ipvs.kernel import PyrouteIpvs, ipvs_available
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics, serve
 from netproxy.proxier import Proxier
+from skiff.daemon import duration, run_until_signalled, setup_logging
 from skiff.errors import InvalidError, SkiffError
 
 log = logging.getLogger("netproxy")
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
-
-
-def parse_duration(text: str) -> float:
-    """"1s", "500ms", "2m", "0", "1.5" (seconds) -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 0, 500ms, 1s, 2m)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skiff-netproxy", description="Skiff network proxy (Services -> iptables/IPVS).")
@@ -50,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("iptables", "ipvs"), default="iptables")
     p.add_argument("--cluster-cidr", default="", help="pod CIDR of the cluster, e.g. 10.244.0.0/16: ClusterIP "
                    "traffic from outside it is masqueraded")
-    p.add_argument("--min-sync-period", type=parse_duration, default=1.0,
+    p.add_argument("--min-sync-period", type=duration, default=1.0,
                    help="least time between syncs; changes in between are merged (default 1s; 0 allowed)")
-    p.add_argument("--sync-period", type=parse_duration, default=30.0,
+    p.add_argument("--sync-period", type=duration, default=30.0,
                    help="a full resync runs at least this often (default 30s; 0: never)")
     p.add_argument("--iptables-backend", choices=("auto", *BACKENDS), default="auto",
                    help="iptables-nft or iptables-legacy; auto picks the one already in use")
@@ -145,14 +133,11 @@ async def run(args: argparse.Namespace) -> int:
                      sync_period=args.sync_period, metrics=metrics)
     log.info("netproxy starting: mode %s, iptables-%s, node %s, cluster CIDR %s, min sync period %gs",
              args.mode, backend, args.node_name, config.cluster_cidr or "(none)", args.min_sync_period)
-    task = asyncio.ensure_future(proxy.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     try:
-        await task
+        await proxy.run()
     except asyncio.CancelledError:
         log.info("netproxy stopping (rules stay in place)")
+        raise
     finally:
         if server is not None:
             server.close()
@@ -162,13 +147,12 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         if args.cleanup:
             return asyncio.run(cleanup_all())
         config_from(args)  # bad flags fail before anything is touched
-        return asyncio.run(run(args))
+        return run_until_signalled(run(args))
     except SkiffError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

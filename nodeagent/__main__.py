@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
 from skiff import hostconfig
 from skiff.client import Client
+from skiff.daemon import run_until_signalled, setup_logging
 from skiff.validation import TAINT_EFFECTS
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -110,26 +110,23 @@ async def run(args: argparse.Namespace) -> int:
     agent = NodeAgent(client, runtime, config_from_args(args, 0), net=net)
     # The service is bound first: the Node publishes its port (daemonEndpoints.kubeletEndpoint).
     server, agent.config.port = await start_server(agent, args.listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("node agent %s serving logs/exec on port %d", args.node_name, agent.config.port)
-    await agent.start()
-    await stop.wait()
-    await agent.stop()
-    await server.stop(1)
-    await client.close()
-    await runtime.close()
-    net.close()
+    try:
+        await agent.start()
+        await asyncio.get_running_loop().create_future()  # until SIGTERM/SIGINT cancels us
+    finally:
+        await agent.stop()
+        await server.stop(1)
+        await client.close()
+        await runtime.close()
+        net.close()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(run(args))
+    setup_logging(args.verbose)
+    return run_until_signalled(run(args))
 
 
 if __name__ == "__main__":

@@ -25,19 +25,21 @@ from typing import Any
 from nodeagent import cri as rt
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
-from nodeagent.events import EventRecorder
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
 from nodeagent.worker import PodWorker, WorkerContext
 from skiff import errors
 from skiff.client import ApiClient
+from skiff.clock import stamp
+from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import Informer
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
 log = logging.getLogger("nodeagent")
+COMPONENT = "skiff-nodeagent"  # source.component of the Events the agent records (kubelet's is "kubelet")
 
 
 @dataclass
@@ -63,6 +65,13 @@ class AgentConfig:
     plan: P.PlanConfig = field(default_factory=P.PlanConfig)
 
 
+@dataclass(frozen=True)
+class _FuncClock:
+    """The agent's plain `() -> seconds` clock as the Clock the event recorder takes."""
+
+    now: Callable[[], float]
+
+
 class NodeAgent:
     def __init__(self, client: ApiClient, runtime: rt.Runtime, config: AgentConfig, *,
                  net: NodeNetwork | None = None, routes: RouteTable | None = None,
@@ -72,7 +81,7 @@ class NodeAgent:
         self.config = config
         self.clock = clock
         self.net = net or NodeNetwork()
-        self.events = EventRecorder(client, config.node_name, clock=clock)
+        self.events = EventRecorder(client, COMPONENT, host=config.node_name, clock=_FuncClock(clock))
         self.pods_by_uid: dict[str, t.Pod] = {}
         self.workers: dict[str, PodWorker] = {}
         self.worker_tasks: dict[str, asyncio.Task[Any]] = {}
@@ -269,7 +278,7 @@ class NodeAgent:
             return
         lease.spec.holder_identity = self.config.node_name
         lease.spec.lease_duration_seconds = nodeobj.LEASE_DURATION
-        lease.spec.renew_time.FromNanoseconds(int(now * 1e9))
+        stamp(lease.spec.renew_time, now)
         await self.client.update(lease)
 
     async def _lease_loop(self) -> None:

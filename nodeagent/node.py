@@ -12,9 +12,8 @@ import os
 import platform
 from collections.abc import Mapping, Sequence
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from skiff import __version__
+from skiff.clock import timestamp
 from skiff.images import go_arch
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -22,12 +21,6 @@ from skiffpb.cri.v1 import api_pb2 as cri
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION = 40
 MAX_PODS = 110
-
-
-def _ts(seconds: float) -> Timestamp:
-    out = Timestamp()
-    out.FromNanoseconds(int(seconds * 1e9))
-    return out
 
 
 def ready_condition(runtime_status: cri.StatusResponse | None, error: str, previous: Sequence[t.NodeCondition],
@@ -47,13 +40,13 @@ def ready_condition(runtime_status: cri.StatusResponse | None, error: str, previ
         else:
             status, reason, message = "True", "KubeletReady", "skiff node agent is posting ready status"
     out = t.NodeCondition(type="Ready", status=status, reason=reason, message=message)
-    out.last_heartbeat_time.CopyFrom(_ts(now))
+    out.last_heartbeat_time.CopyFrom(timestamp(now))
     for c in previous:
         if c.type == "Ready" and c.status == status and c.HasField("last_transition_time"):
             out.last_transition_time.CopyFrom(c.last_transition_time)
             break
     else:
-        out.last_transition_time.CopyFrom(_ts(now))
+        out.last_transition_time.CopyFrom(timestamp(now))
     return out
 
 
@@ -136,6 +129,6 @@ def build_lease(name: str, now: float) -> t.Lease:
     lease.metadata.namespace = LEASE_NAMESPACE
     lease.spec.holder_identity = name
     lease.spec.lease_duration_seconds = LEASE_DURATION
-    lease.spec.renew_time.CopyFrom(_ts(now))
-    lease.spec.acquire_time.CopyFrom(_ts(now))
+    lease.spec.renew_time.CopyFrom(timestamp(now))
+    lease.spec.acquire_time.CopyFrom(timestamp(now))
     return lease

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from skiff.clock import timestamp
 from skiffpb.api.v1 import types_pb2 as t
 
 ERR_IMAGE_PULL_SHOWN = 1.0  # seconds a failed pull shows as ErrImagePull before ImagePullBackOff
@@ -380,12 +381,6 @@ def _ts(ns: int) -> Timestamp:
     return out
 
 
-def _ts_s(seconds: float) -> Timestamp:
-    out = Timestamp()
-    out.FromNanoseconds(int(seconds * 1e9))
-    return out
-
-
 def _terminated(c: ContainerObs) -> t.ContainerStateTerminated:
     reason = c.reason or ("Completed" if c.exit_code == 0 else "Error")
     out = t.ContainerStateTerminated(exit_code=c.exit_code, reason=reason, message=c.message,
@@ -459,7 +454,7 @@ def _condition(previous: Sequence[t.PodCondition], ctype: str, status: bool, now
         if cond.type == ctype and cond.status == value and cond.HasField("last_transition_time"):
             out.last_transition_time.CopyFrom(cond.last_transition_time)
             return out
-    out.last_transition_time.CopyFrom(_ts_s(now))
+    out.last_transition_time.CopyFrom(timestamp(now))
     return out
 
 
@@ -478,7 +473,7 @@ def compute_status(pod: t.Pod, obs: Observed, memory: Memory, plan: Plan, now: f
     if pod.status.HasField("start_time"):
         out.start_time.CopyFrom(pod.status.start_time)
     else:
-        out.start_time.CopyFrom(_ts_s(now))
+        out.start_time.CopyFrom(timestamp(now))
     prev = list(pod.status.conditions)
     not_ready = [s.name for s in statuses if not s.ready]
     ready = not not_ready and out.phase == "Running"

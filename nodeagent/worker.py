@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from nodeagent import cri as rt
 from nodeagent import plan as P
@@ -26,6 +26,7 @@ from nodeagent.podconfig import PodConfigSettings, container_config, pod_log_dir
 from nodeagent.probes import ProbeLoop
 from skiff import errors
 from skiff.client import ApiClient
+from skiff.events import NORMAL, WARNING, Recorder
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -37,10 +38,6 @@ _STATE = {cri.CONTAINER_CREATED: "created", cri.CONTAINER_RUNNING: "running", cr
           cri.CONTAINER_UNKNOWN: "unknown"}
 
 
-class EventSink(Protocol):
-    def emit(self, pod: t.Pod, reason: str, message: str, *, warning: bool = False) -> None: ...
-
-
 @dataclass
 class WorkerContext:
     """What every worker of a node shares."""
@@ -48,7 +45,7 @@ class WorkerContext:
     client: ApiClient
     runtime: rt.Runtime
     net: NodeNetwork
-    events: EventSink
+    events: Recorder  # never blocks: a pod worker only notes the event
     pod_settings: PodConfigSettings
     plan_config: P.PlanConfig
     host_ip: str
@@ -217,27 +214,27 @@ class PodWorker:
             try:
                 await runtime.create_container(action.sandbox_id, container_config(pod, spec, action.attempt), sb_cfg)
             except rt.CriError as exc:
-                self.ctx.events.emit(pod, "Failed", f"Error: {exc}", warning=True)
+                self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
                 raise
             self.memory = replace(self.memory, backoff={**self.memory.backoff, action.container: action.next_backoff})
-            self.ctx.events.emit(pod, "Created", f"Created container {action.container}")
+            self.ctx.events.event(pod, NORMAL, "Created", f"Created container {action.container}")
         elif isinstance(action, P.StartContainer):
             assert pod is not None
             try:
                 await runtime.start_container(action.container_id)
             except rt.CriError as exc:
-                self.ctx.events.emit(pod, "Failed", f"Error: {exc}", warning=True)
+                self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
                 # A container that cannot start is removed, so the plan retries through backoff.
                 with contextlib.suppress(rt.CriError):
                     await runtime.remove_container(action.container_id)
                 raise
-            self.ctx.events.emit(pod, "Started", f"Started container {action.container}")
+            self.ctx.events.event(pod, NORMAL, "Started", f"Started container {action.container}")
         elif isinstance(action, P.StopContainer):
             if pod is not None:
                 msg = {"Unhealthy": f"Container {action.container} failed liveness probe, will be restarted",
                        "StartupFailed": f"Container {action.container} failed startup probe, will be restarted"}.get(
                     action.reason, f"Stopping container {action.container}")
-                self.ctx.events.emit(pod, "Killing", msg)
+                self.ctx.events.event(pod, NORMAL, "Killing", msg)
             self.stop_probes(action.container_id)
             with contextlib.suppress(rt.NotFound):
                 await runtime.stop_container(action.container_id, action.grace)
@@ -260,7 +257,7 @@ class PodWorker:
 
     async def _pull(self, pod: t.Pod, action: P.PullImage) -> None:
         now = self.ctx.clock()
-        self.ctx.events.emit(pod, "Pulling", f'Pulling image "{action.image}"')
+        self.ctx.events.event(pod, NORMAL, "Pulling", f'Pulling image "{action.image}"')
         try:
             await self.ctx.runtime.pull_image(action.image, sandbox_config=None)
         except rt.RuntimeUnavailable:
@@ -270,14 +267,14 @@ class PodWorker:
             failure = P.image_failure(prev, "ErrImagePull", str(exc), now, self.ctx.plan_config)
             self.memory = replace(self.memory, image_failures={**self.memory.image_failures,
                                                                action.container: failure})
-            self.ctx.events.emit(pod, "Failed", f'Failed to pull image "{action.image}": {exc}', warning=True)
-            self.ctx.events.emit(pod, "BackOff", f'Back-off pulling image "{action.image}"')
+            self.ctx.events.event(pod, WARNING, "Failed", f'Failed to pull image "{action.image}": {exc}')
+            self.ctx.events.event(pod, NORMAL, "BackOff", f'Back-off pulling image "{action.image}"')
             return
         failures = dict(self.memory.image_failures)
         failures.pop(action.container, None)
         self.memory = replace(self.memory, image_failures=failures,
                               pulled={**self.memory.pulled, action.container: action.attempt})
-        self.ctx.events.emit(pod, "Pulled", f'Successfully pulled image "{action.image}"')
+        self.ctx.events.event(pod, NORMAL, "Pulled", f'Successfully pulled image "{action.image}"')
 
     # ------------------------------------------------------------ status
 
@@ -285,7 +282,7 @@ class PodWorker:
         status = P.compute_status(pod, obs, self.memory, plan, self.ctx.clock(), host_ip=self.ctx.host_ip)
         for name, w in plan.waiting.items():
             if w.reason == "CrashLoopBackOff" and not _was_waiting(pod, name, "CrashLoopBackOff"):
-                self.ctx.events.emit(pod, "BackOff", f"Back-off restarting failed container {name}", warning=True)
+                self.ctx.events.event(pod, WARNING, "BackOff", f"Back-off restarting failed container {name}")
         data = status.SerializeToString(deterministic=True)
         if data == pod.status.SerializeToString(deterministic=True) or data == self.last_written:
             return
@@ -317,7 +314,7 @@ class PodWorker:
         pod = self.last_pod
         if pod is not None and not result:
             what = {"liveness": "Liveness", "readiness": "Readiness"}.get(kind, "Startup")
-            self.ctx.events.emit(pod, "Unhealthy", f"{what} probe failed: {message}", warning=True)
+            self.ctx.events.event(pod, WARNING, "Unhealthy", f"{what} probe failed: {message}")
         self.kick()
 
     def reconcile_probes(self, pod: t.Pod, obs: P.Observed) -> None:

@@ -25,10 +25,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from controlplane.common.clock import Clock, RealClock, stamp
-from controlplane.common.cmdline import duration
 from skiff import errors
 from skiff.client import ApiClient
+from skiff.clock import Clock, RealClock, stamp
+from skiff.daemon import duration
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.leaderelection")

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from controlplane.common.clock import to_seconds
 from skiff import kinds, quantity
+from skiff.clock import to_seconds
 from skiffpb.api.v1 import types_pb2 as t
 
 M = TypeVar("M", bound=Message)

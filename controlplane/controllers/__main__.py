@@ -6,11 +6,11 @@ import argparse
 import logging
 import sys
 
-from controlplane.common.cmdline import duration, run_until_signalled, setup_logging
 from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.controllers import manager
 from controlplane.controllers.cidrset import CidrError, CidrSet
 from skiff.client import Client
+from skiff.daemon import duration, run_until_signalled, setup_logging
 
 log = logging.getLogger("skiff.controllers")
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.common import podutil
-from controlplane.common.clock import Clock, RealClock, stamp, to_seconds
-from controlplane.common.events import NORMAL, WARNING, Recorder
 from controlplane.controllers import rollout
 from controlplane.controllers.base import QueueController, claim
 from controlplane.controllers.rollout import RSView
 from skiff import errors, labels
 from skiff.client import ApiClient
+from skiff.clock import Clock, RealClock, stamp, to_seconds
+from skiff.events import NORMAL, WARNING, Recorder
 from skiff.informer import InformerFactory, object_key, split_key
 from skiffpb.api.v1 import types_pb2 as t
 

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.common.clock import Clock, RealClock
-from controlplane.common.events import EventRecorder
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.endpoints import EndpointsController
 from controlplane.controllers.garbagecollector import GarbageCollector
@@ -25,6 +23,8 @@ from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
 from skiff.client import ApiClient
+from skiff.clock import Clock, RealClock
+from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import InformerFactory
 

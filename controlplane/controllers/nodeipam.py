@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 
 from controlplane.common import podutil
-from controlplane.common.events import WARNING, Recorder
 from controlplane.controllers.base import QueueController
 from controlplane.controllers.cidrset import CidrError, CidrSet
 from skiff.client import ApiClient
+from skiff.events import WARNING, Recorder
 from skiff.informer import InformerFactory
 from skiffpb.api.v1 import types_pb2 as t
 

@@ -25,10 +25,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from controlplane.common import podutil, taints
-from controlplane.common.clock import Clock, RealClock, stamp, to_seconds
-from controlplane.common.events import NORMAL, WARNING, Recorder
 from skiff import errors
 from skiff.client import ApiClient
+from skiff.clock import Clock, RealClock, stamp, to_seconds
+from skiff.events import NORMAL, WARNING, Recorder
 from skiff.informer import InformerFactory
 from skiffpb.api.v1 import types_pb2 as t
 

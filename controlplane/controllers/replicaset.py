@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.common import podutil
-from controlplane.common.clock import Clock, RealClock, stamp
-from controlplane.common.events import NORMAL, WARNING, Recorder
 from controlplane.controllers.base import QueueController, claim
 from skiff import errors, labels
 from skiff.client import ApiClient
+from skiff.clock import Clock, RealClock, stamp
+from skiff.events import NORMAL, WARNING, Recorder
 from skiff.informer import InformerFactory, object_key, split_key
 from skiffpb.api.v1 import types_pb2 as t
 

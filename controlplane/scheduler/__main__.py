@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from controlplane.common.cmdline import run_until_signalled, setup_logging
 from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.scheduler import scheduler
 from skiff.client import Client
+from skiff.daemon import run_until_signalled, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

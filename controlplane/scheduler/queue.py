@@ -20,7 +20,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from controlplane.common import podutil
-from controlplane.common.clock import Clock, RealClock
+from skiff.clock import Clock, RealClock
 from skiffpb.api.v1 import types_pb2 as t
 
 

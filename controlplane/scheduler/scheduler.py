@@ -23,8 +23,6 @@ from collections import Counter
 from typing import Any
 
 from controlplane.common import podutil
-from controlplane.common.clock import Clock, RealClock
-from controlplane.common.events import NORMAL, WARNING, EventRecorder, Recorder
 from controlplane.scheduler.cache import SchedulerCache
 from controlplane.scheduler.framework import FilterPlugin, FitError, ScorePlugin, num_feasible_nodes_to_find
 from controlplane.scheduler.nodeinfo import PodInfo
@@ -32,6 +30,8 @@ from controlplane.scheduler.plugins import default_filters, default_scores
 from controlplane.scheduler.queue import QueuedPod, SchedulingQueue
 from skiff import errors
 from skiff.client import ApiClient
+from skiff.clock import Clock, RealClock
+from skiff.events import NORMAL, WARNING, EventRecorder, Recorder
 from skiff.guard import guard
 from skiff.informer import InformerFactory
 from skiffpb.api.v1 import types_pb2 as t

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from controlplane.common.clock import FakeClock, stamp
-from controlplane.common.events import EventRecorder
+from skiff.clock import FakeClock, stamp
+from skiff.events import EventRecorder
 from skiff.informer import InformerFactory
 from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from controlplane.common.clock import FakeClock
 from controlplane.common.leaderelection import LeaderElectionConfig, LeaderElector
+from skiff.clock import FakeClock
 from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from netproxy.__main__ import main, parse_duration
+from netproxy.__main__ import main
 from netproxy.app import TRIGGER_ANNOTATION, ChangeTracker, NetProxy, trigger_time
 from netproxy.config import ProxyConfig
 from netproxy.iptables.command import BackendRules, MemoryIptables, choose_backend, count_rules
@@ -138,12 +138,6 @@ async def test_metrics_endpoint_serves_text_and_health() -> None:
         assert (await get("/nope"))[0].endswith("404 Not Found")
     finally:
         server.close()
-
-
-@pytest.mark.parametrize(("text", "seconds"), [("0", 0.0), ("1s", 1.0), ("500ms", 0.5), ("2m", 120.0), ("1.5", 1.5)],
-                         ids=["zero", "seconds", "millis", "minutes", "bare"])
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -7,12 +7,14 @@ orphans); the real thing is tested against containerd in tests/e2e/test_nodeagen
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from google.protobuf.message import Message
 
 from nodeagent import fakecri
 from nodeagent.agent import AgentConfig, NodeAgent
@@ -24,6 +26,7 @@ from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 IMAGE = "docker.io/skiff/web:1.0"
 
 
@@ -94,6 +97,64 @@ async def test_lifecycle_restart_and_delete(env: tuple[MemoryApi, FakeRuntime, N
 
     await until(gone)
     assert not fake.containers
+
+
+async def test_events_aggregate_like_the_controllers(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+    api, fake, _agent = env
+    pod = await make_pod(api, "ev1")
+
+    async def restarts(n: int) -> t.Pod | None:
+        p = await api.get(t.Pod, "ev1", "default")
+        st = p.status.container_statuses
+        return p if st and st[0].restart_count == n and st[0].state.HasField("running") else None
+
+    await until(lambda: restarts(0))
+    for n in (1, 2):
+        running = [c for c in fake.containers.values() if c.state == cri.CONTAINER_RUNNING]
+        fake.exit(running[0].id, 1)
+        await until(functools.partial(restarts, n))
+
+    async def started_three_times() -> list[t.Event]:
+        found = [e for e in api.objects(t.Event) if e.reason == "Started"]
+        return found if found and found[0].count == 3 else []
+
+    # Three starts of the same container are one Event with count 3, not three Events.
+    [ev] = await until(started_three_times)
+    assert ev.type == "Normal" and ev.message == "Started container c"
+    assert (ev.source.component, ev.source.host, ev.reporting_component) == ("skiff-nodeagent", "n1", "skiff-nodeagent")
+    assert (ev.involved_object.kind, ev.involved_object.name, ev.involved_object.uid) == ("Pod", "ev1",
+                                                                                          pod.metadata.uid)
+    assert ev.last_timestamp.ToNanoseconds() > ev.first_timestamp.ToNanoseconds()
+    backoff = [e for e in api.objects(t.Event) if e.reason == "BackOff"]
+    assert backoff and backoff[0].type == "Warning"
+
+
+class StuckEventsApi(MemoryApi):
+    """An api whose Event writes never return (an api-server hanging on them)."""
+
+    async def create(self, obj: M, *, namespace: str = "") -> M:
+        if isinstance(obj, t.Event):
+            await asyncio.Event().wait()
+        return await super().create(obj, namespace=namespace)
+
+
+async def test_stuck_event_writes_never_hold_up_a_pod(tmp_path: Path) -> None:
+    api = StuckEventsApi()
+    agent = NodeAgent(api, FakeRuntime(images={IMAGE}),
+                      AgentConfig(node_name="n1", manage_network=False, pod_log_dir=str(tmp_path), relist_period=0.05,
+                                  status_check_period=0.05))
+    await agent.start()
+    try:
+        await make_pod(api, "p1")
+
+        async def running() -> t.Pod | None:
+            p = await api.get(t.Pod, "p1", "default")
+            return p if p.status.phase == "Running" else None
+
+        await until(running)
+        assert not api.objects(t.Event)
+    finally:
+        await agent.stop()
 
 
 async def test_status_written_only_on_change(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controlplane.common.clock import stamp
 from controlplane.controllers.endpoints import EndpointsController, plan_subsets, resolve_target_port
+from skiff.clock import stamp
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import Cluster, pod
 

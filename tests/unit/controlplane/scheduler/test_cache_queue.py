@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from controlplane.common.clock import FakeClock
 from controlplane.scheduler.cache import SchedulerCache
 from controlplane.scheduler.nodeinfo import PodInfo
 from controlplane.scheduler.queue import SchedulingQueue
+from skiff.clock import FakeClock
 from tests.unit.controlplane.harness import node, pod
 
 

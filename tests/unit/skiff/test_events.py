@@ -1,12 +1,19 @@
-"""Event recorder: aggregation of repeats, spam filter, bounded, conflicts."""
+"""Event recorder (shared by the controllers, the scheduler and the node agent): aggregation of
+repeats, spam filter, bounded, conflicts."""
 
 from __future__ import annotations
 
-from controlplane.common.clock import FakeClock
-from controlplane.common.events import NORMAL, WARNING, EventRecorder
+from skiff.clock import FakeClock
+from skiff.events import NORMAL, WARNING, EventRecorder
 from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
-from tests.unit.controlplane.harness import pod
+
+
+def pod(name: str) -> t.Pod:
+    p = t.Pod(api_version="v1", kind="Pod")
+    p.metadata.name, p.metadata.namespace = name, "default"
+    p.spec.containers.add(name="c", image="img")
+    return p
 
 
 async def test_repeats_are_aggregated_into_one_event() -> None:

@@ -1,4 +1,5 @@
-"""Time as an injected dependency, so controllers and leader election are tested without sleeping.
+"""Time as an injected dependency, so controllers, leader election and event recording are tested
+without sleeping.
 
 `now()` is wall-clock seconds since the epoch (what API timestamps hold). Only comparisons of
 times read from the same clock are meaningful; remote timestamps are change markers, never

@@ -1,5 +1,8 @@
 """Recording Events (what `skiff describe` shows under "Events:") without slowing the caller.
 
+The controllers, the scheduler and the node agent record through this one recorder, so their
+Events look alike (count, firstTimestamp/lastTimestamp, source component and host).
+
 What must hold:
 - `event()` never blocks and never raises: it only notes the event; writers send it later;
 - identical events (same object, type, reason, message) are aggregated into one Event whose
@@ -21,9 +24,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controlplane.common.clock import Clock, RealClock, stamp
 from skiff import errors, kinds
 from skiff.client import ApiClient
+from skiff.clock import Clock, RealClock, stamp
 from skiff.workqueue import WorkQueue, run_workers
 from skiffpb.api.v1 import types_pb2 as t
 

@@ -1,0 +1,60 @@
+"""What every Skiff daemon's `main` needs: duration flags, logging, and running until a signal.
+
+What must hold:
+- `duration` accepts what both Go-style daemons and people write (`0`, `1.5`, `500ms`, `40s`,
+  `1m30s`, `2h`) and nothing negative or non-finite; a bad value is an argparse usage error
+  that says "not a duration" and shows examples;
+- `run_until_signalled` turns SIGTERM/SIGINT into cancelling the daemon's main task, so its
+  `finally` blocks run (clients closed, servers stopped) and the process exits 0; an error
+  raised by the main task propagates to the caller unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+_NUM = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*"
+# Units in decreasing size, each at most once ("1h30m", "1m30s", "1s500ms"); `m(?!s)` keeps
+# "500ms" from reading as 500 minutes and an "s".
+_DURATION = re.compile(rf"(?:{_NUM}h)?(?:{_NUM}m(?!s))?(?:{_NUM}s)?(?:{_NUM}ms)?\s*")
+_BARE = re.compile(_NUM)
+
+
+def duration(text: str) -> float:
+    """Seconds from `40s`, `1m30s`, `500ms`, `2h`, or a bare number of seconds (`0`, `1.5`)."""
+    bare = _BARE.fullmatch(text)
+    if bare:
+        return float(bare.group(1))
+    m = _DURATION.fullmatch(text)
+    if not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 0, 500ms, 40s, 1m30s, 2h)")
+    h, mins, s, ms = (float(g or 0) for g in m.groups())
+    return h * 3600 + mins * 60 + s + ms / 1000
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_until_signalled(main: Coroutine[Any, Any, Any]) -> int:
+    """Run `main` until it ends or SIGTERM/SIGINT cancels it (so `finally` blocks run); 0."""
+
+    async def runner() -> int:
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            return 0
+        return 0
+
+    return asyncio.run(runner())
