@@ -4,9 +4,11 @@ What must hold:
 - after `wait_synced()`, the cache holds every object of the last list plus every change
   the watch delivered since, in order;
 - a dropped watch resumes from the last resourceVersion seen (bookmarks included); a
-  "too old resource version" (GoneError) relists, and the difference between the old cache
-  and the new list is delivered to handlers as adds, updates and deletes, so no handler
-  misses a deletion that happened while disconnected;
+  "too old resource version" (GoneError) or any unexpected error relists, and the difference
+  between the old cache and the new list is delivered to handlers as adds, updates and
+  deletes, so no handler misses a deletion that happened while disconnected;
+- `run()` never ends on its own: an informer that stops silently would leave its component
+  acting on a frozen view of the cluster;
 - cached objects are shared: callers must never mutate them (copy first);
 - handlers run synchronously in the informer's task and should only enqueue keys.
 """
@@ -240,6 +242,13 @@ class Informer(Generic[M]):
                     self.resource_version = ""
                 except errors.SkiffError as exc:
                     log.warning("%s informer: %s; retrying in %.1fs", self.kind.resource, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                except Exception:
+                    # Anything unexpected (a transport error the client did not translate, a bug):
+                    # log it with its traceback and start over from a fresh list.
+                    log.exception("%s informer: unexpected error; relisting in %.1fs", self.kind.resource, delay)
+                    self.resource_version = ""
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         finally:

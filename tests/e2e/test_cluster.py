@@ -30,6 +30,7 @@ from tests.support.prereq import require, require_root
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
+LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure reports
 WEB1 = "skiff/web:1.0"
 WEB2 = "skiff/web:2.0"
 
@@ -46,9 +47,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                    proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"))
     the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
     the_lab.up(progress=print, timeout=120)
+    global LAB
+    LAB = the_lab
     try:
         yield the_lab
     finally:
+        LAB = None
         the_lab.down()
         assert the_lab.leftovers() == []
 

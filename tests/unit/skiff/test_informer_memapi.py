@@ -141,3 +141,28 @@ async def test_factory_shares_informers() -> None:
     await factory.start()
     await factory.wait_synced(2)
     await factory.stop()
+
+
+async def test_informer_survives_an_unexpected_error_and_relists() -> None:
+    api = MemoryApi()
+    await api.create(pod("a"))
+    informer = Informer(api, t.Pod)
+    calls = {"n": 0}
+    real_watch = api.watch
+
+    def flaky_watch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("transport blew up")  # not a SkiffError
+        return real_watch(*args, **kwargs)
+
+    api.watch = flaky_watch  # type: ignore[method-assign]
+    task = asyncio.create_task(informer.run())
+    try:
+        await informer.wait_synced(2)
+        await api.create(pod("b"))
+        await eventually(lambda: sorted(informer.keys()) == ["default/a", "default/b"])
+        assert calls["n"] >= 2
+        assert not task.done()
+    finally:
+        task.cancel()
