@@ -316,7 +316,7 @@ class MemoryApi:
         if uid and current.metadata.uid != uid:
             raise errors.ConflictError(f'pod "{pod}" was replaced (uid changed)')
         if current.spec.node_name:
-            raise errors.ConflictError(f'pod "{pod}" is already assigned to node "{current.spec.node_name}"')
+            raise errors.PodAlreadyAssignedError(f'pod "{pod}" is already assigned to node "{current.spec.node_name}"')
         new = _copy(current)
         new.spec.node_name = node
         cond = new.status.conditions.add(type="PodScheduled", status="True")

@@ -2,7 +2,8 @@
 
 What must hold:
 - Every failure reaches the client as one gRPC status with a message a user can act on:
-  skiff.errors exceptions carry their own code; storage failures map through
+  skiff.errors exceptions carry their own code (and their reason, in trailing metadata, when
+  a subclass shares its parent's code); storage failures map through
   registry.store_error; a request that is not a valid protobuf message is
   INVALID_ARGUMENT naming the message type; anything unexpected is INTERNAL and logged
   with its traceback. One bad request never affects another.
@@ -112,7 +113,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             err = to_status(exc)
-            await context.abort(err.code, err.message)
+            await context.abort(err.code, err.message, errors.trailing_metadata(err))
 
     return run
 
@@ -127,7 +128,7 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             err = to_status(exc)
-            await context.abort(err.code, err.message)
+            await context.abort(err.code, err.message, errors.trailing_metadata(err))
 
     return run
 

@@ -266,6 +266,9 @@ async def test_logs_and_exec_are_forwarded_to_the_node_agent(tmp_path: Path) -> 
                 with pytest.raises(errors.InvalidError, match="choose one of: \\[main side\\]"):
                     await client.exec("default", "two", ["true"])
                 await client.bind("default", "two", "n1")
+                # The reason crosses gRPC: the scheduler tells a lost bind race by its type alone.
+                with pytest.raises(errors.PodAlreadyAssignedError, match='already assigned to node "n1"'):
+                    await client.bind("default", "two", "n2")
                 with pytest.raises(errors.FailedPreconditionError, match='node "n1" of pod "two" is not registered'):
                     await client.exec("default", "two", ["true"], container="main")
                 await client.create(node("n1", port=agent_port))
