@@ -1,7 +1,10 @@
 """Retrying: one backoff schedule, one bounded retry helper, and retry-on-conflict.
 
-Every loop in Skiff that tries again after a failure takes its delays from here, so "how long
-do we wait" is decided in one place and tested without sleeping.
+Loops that try again after a failure take their delays from here (reconnecting clients,
+informers, watch caches, the supervisor, pod workers, work queues), so "how long do we wait"
+is decided in one place and tested without sleeping. Not here: fixed periods that are not
+backoff (leader election's retry period, the proxy's sync retry interval), and the node
+agent's CrashLoopBackOff, whose delay is remembered per container in the pod's plan.
 
 What must hold:
 - `Backoff.delay(failures, rand)` is pure: after the n-th consecutive failure (n >= 1) the
