@@ -3,8 +3,9 @@
 Loops that try again after a failure take their delays from here (reconnecting clients,
 informers, watch caches, the supervisor, pod workers, work queues), so "how long do we wait"
 is decided in one place and tested without sleeping. Not here: fixed periods that are not
-backoff (leader election's retry period, the proxy's sync retry interval), and the node
-agent's CrashLoopBackOff, whose delay is remembered per container in the pod's plan.
+backoff (leader election's retry period, the proxy's sync retry interval), the node agent's
+CrashLoopBackOff, whose delay is remembered per container in the pod's plan, and the store's
+reconnects to its peers, inside pysyncobj's transport thread (`controlplane/store/raft.py`).
 
 What must hold:
 - `Backoff.delay(failures, rand)` is pure: after the n-th consecutive failure (n >= 1) the
