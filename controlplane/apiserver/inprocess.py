@@ -11,8 +11,8 @@ What must hold:
 - Objects cross as they would over gRPC: every result is serialized and parsed again, so a
   caller never shares a message with the registry's caches (and a field the wire drops is
   dropped here too). Errors are the same skiff.errors types the gRPC client raises.
-- `tests/integration/apiserver/test_client_contract.py` runs the same checks against this
-  and against skiff.client.Client over a served api-server.
+- `tests/unit/controlplane/apiserver/test_client_contract.py` runs the same checks against
+  this and against skiff.client.Client over gRPC to the api-server service.
 
 For tests it also records every call in `actions` as (verb, resource, namespace, name),
 can fail the next matching call (`fail_next`), read the stored objects synchronously
@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from controlplane.apiserver.allocator import Allocator
+from controlplane.apiserver.allocator import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_CIDR, Allocator
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Options, Registry
 from controlplane.apiserver.watchcache import decode, registry_prefix
@@ -60,7 +60,7 @@ class InProcessApi:
     """skiff.client.ApiClient over a Registry and a MemoryStore in this process."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time, options: Options = DEFAULT_OPTIONS,
-                 service_cidr: str = "10.96.0.0/12", node_port_range: str = "30000-32767",
+                 service_cidr: str = DEFAULT_SERVICE_CIDR, node_port_range: str = DEFAULT_NODE_PORTS,
                  store: MemoryStore | None = None) -> None:
         """`store`: share one store between several api-servers (or successive connections,
         each in its own event loop); by default the api-server has a store of its own."""
