@@ -121,3 +121,18 @@ async def test_informer_survives_an_unexpected_error_and_relists(api: InProcessA
         assert not task.done()
     finally:
         task.cancel()
+
+
+async def test_settle_returns_once_informers_have_every_write(api: InProcessApi) -> None:
+    informers = [Informer(api, t.Pod), Informer(api, t.Pod, label_selector="app=web")]
+    tasks = [asyncio.create_task(i.run()) for i in informers]
+    try:
+        for i in informers:
+            await i.wait_synced(2)
+        for n in range(30):
+            await api.create(pod(f"p{n}", app="web"))
+        await api.settle()  # no sleeping, no polling: every event has been handed over
+        assert [len(i.keys()) for i in informers] == [30, 30]
+    finally:
+        for task in tasks:
+            task.cancel()
