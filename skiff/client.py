@@ -77,7 +77,8 @@ class ExecResult:
 
 
 class ApiClient(Protocol):
-    """What components need from the api-server; Client and MemoryApi implement it."""
+    """What components need from the api-server; Client implements it over gRPC, and
+    controlplane.apiserver.inprocess.InProcessApi with the api-server's registry in-process."""
 
     async def create(self, obj: M, *, namespace: str = "") -> M: ...
 

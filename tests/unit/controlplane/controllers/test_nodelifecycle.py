@@ -67,10 +67,10 @@ async def test_silent_node_goes_unknown_then_its_pods_are_evicted(cluster: Clust
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
     now = cluster.clock.now()
     for name in ("n1", "n2"):
-        await cluster.api.create(node(name))
-        await cluster.api.create(lease(name, now))
-    await cluster.api.create(pod("on-n1", node="n1", ready=True, phase="Running"))
-    await cluster.api.create(pod("on-n2", node="n2", ready=True, phase="Running"))
+        await cluster.create(node(name))
+        await cluster.create(lease(name, now))
+    await cluster.create(pod("on-n1", node="n1", ready=True, phase="Running"))
+    await cluster.create(pod("on-n2", node="n2", ready=True, phase="Running"))
     await cluster.start()
     await ctrl.monitor_once()
     for _ in range(8):  # n2 keeps renewing every 5 s; n1 is silent
@@ -105,9 +105,9 @@ async def test_silent_node_goes_unknown_then_its_pods_are_evicted(cluster: Clust
 
 async def test_node_that_comes_back_is_ready_again_and_keeps_its_pods(cluster: Cluster) -> None:
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
-    await cluster.api.create(node("n1"))
-    await cluster.api.create(lease("n1", cluster.clock.now()))
-    await cluster.api.create(pod("p", node="n1", ready=True, phase="Running"))
+    await cluster.create(node("n1"))
+    await cluster.create(lease("n1", cluster.clock.now()))
+    await cluster.create(pod("p", node="n1", ready=True, phase="Running"))
     await cluster.start()
     await ctrl.monitor_once()
     cluster.clock.advance(45)
@@ -129,8 +129,8 @@ async def test_node_that_comes_back_is_ready_again_and_keeps_its_pods(cluster: C
 
 async def test_restart_gives_every_node_a_full_grace_period(cluster: Cluster) -> None:
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
-    await cluster.api.create(node("n1"))
-    await cluster.api.create(lease("n1", cluster.clock.now() - 3600))  # stale long before we started
+    await cluster.create(node("n1"))
+    await cluster.create(lease("n1", cluster.clock.now() - 3600))  # stale long before we started
     await cluster.start()
     await ctrl.monitor_once()
     cluster.clock.advance(39)
@@ -140,11 +140,10 @@ async def test_restart_gives_every_node_a_full_grace_period(cluster: Cluster) ->
 
 async def test_not_ready_node_gets_graceful_evictions(cluster: Cluster) -> None:
     """The agent reports Ready=False (alive, runtime broken): pods are deleted with their grace period."""
-    cluster.api.graceful_pod_deletion = True
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
-    await cluster.api.create(node("n1", ready=False))
-    await cluster.api.create(lease("n1", cluster.clock.now()))
-    await cluster.api.create(pod("p", node="n1", ready=True, phase="Running"))
+    await cluster.create(node("n1", ready=False))
+    await cluster.create(lease("n1", cluster.clock.now()))
+    await cluster.create(pod("p", node="n1", ready=True, phase="Running"))
     await cluster.start()
     await ctrl.monitor_once()
     await cluster.settle()

@@ -1,4 +1,4 @@
-"""The scheduler over MemoryApi: assume-cache, spreading, FailedScheduling, bind failures."""
+"""The scheduler over the in-process api-server: assume-cache, spreading, FailedScheduling, bind failures."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ async def start(cluster: Cluster, nodes: list[t.Node], pods: list[t.Pod]) -> Sch
     sched = Scheduler(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock,
                       rng=random.Random(1))
     for n in nodes:
-        await cluster.api.create(n)
+        await cluster.create(n)
     for p in pods:
-        await cluster.api.create(p)
+        await cluster.create(p)
     await cluster.start()
     return sched
 
@@ -80,7 +80,7 @@ async def test_filters_decide_and_failure_is_explained(cluster: Cluster) -> None
     assert ev.involved_object.name == "picky" and ev.type == "Warning"
     assert sched.queue.where("default/picky") == "unschedulable"
     # The cluster changes: a matching node arrives, and the pod is retried and placed.
-    await cluster.api.create(node("ssd", cpu="4", labels={"disk": "ssd"}))
+    await cluster.create(node("ssd", cpu="4", labels={"disk": "ssd"}))
     await cluster.settle()
     cluster.clock.advance(2)
     sched.queue.flush()

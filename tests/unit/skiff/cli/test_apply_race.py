@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 import pytest
 from google.protobuf.message import Message
 
+from controlplane.apiserver.inprocess import InProcessApi
 from skiff import errors, kinds
 from skiff.cli.apply import apply_one
-from skiff.memapi import MemoryApi
 from skiff.retry import CONFLICT_ATTEMPTS
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -25,7 +25,7 @@ def lease(name: str, holder: str) -> t.Lease:
     return out
 
 
-class RacingApi(MemoryApi):
+class RacingApi(InProcessApi):
     """An api-server where someone else writes the object just before each of our first `races` writes."""
 
     def __init__(self, races: int) -> None:
@@ -77,7 +77,11 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 async def test_apply_one_retries_a_lost_race(case: Case) -> None:
-    api = RacingApi(0)
+    async with RacingApi(0) as api:
+        await check(api, case)
+
+
+async def check(api: RacingApi, case: Case) -> None:
     if case.existing:
         await api.create(lease("l", "old"))
     api.races, api.writes = case.races, 0
