@@ -31,7 +31,7 @@ from pathlib import Path
 import grpc
 
 from deploy import containerd, netplan, procs, render
-from skiff import images
+from skiff import conditions, defaults, images
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -61,7 +61,7 @@ class LabSpec:
     workers: int = 2
     control_planes: int = 1
     store_members: int = 3
-    lan_cidr: str = "10.77.0.0/24"
+    lan_cidr: str = defaults.LAB_LAN_CIDR
     combined: bool = False  # one host that is both control plane and worker (`make up`)
     host_routes: bool = False  # routes in the root netns for service/pod CIDRs via the lab
     proxy_mode: str = "iptables"
@@ -272,8 +272,7 @@ class Lab:
         async with self.client() as client:
             while True:
                 nodes = {n.metadata.name: n for n in (await client.list(t.Node)).items}
-                ready = {name for name, n in nodes.items()
-                         if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)}
+                ready = {name for name, n in nodes.items() if conditions.is_node_ready(n)}
                 if set(names) <= ready:
                     return
                 if time.monotonic() > deadline:

@@ -207,7 +207,7 @@ class NodeAgent:
         """Create the Node, or take over an existing one (its spec, e.g. podCIDR, is kept)."""
         await self.check_runtime()
         now = self.clock()
-        self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, [], now)
+        self.ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error, [], now)
         info = nodeobj.system_info(self.runtime_version)
         delay = 0.2
         while True:
@@ -221,8 +221,8 @@ class NodeAgent:
                     node.spec.taints.extend(self.config.taints)
                     current = await self.client.create(node)
                     log.info("registered node %s", self.config.node_name)
-                self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error,
-                                                     list(current.status.conditions), now)
+                self.ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
+                                                             list(current.status.conditions), now)
                 await self.write_node_status(current)
                 self.registered.set()
                 return
@@ -254,7 +254,7 @@ class NodeAgent:
             await self.check_runtime()
             now = self.clock()
             previous = [self.ready] if self.ready is not None else []
-            ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, previous, now)
+            ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error, previous, now)
             changed = not nodeobj.same_condition(ready, self.ready)
             if changed:
                 log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,

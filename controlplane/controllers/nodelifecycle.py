@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from controlplane.common import podutil, taints
-from skiff import errors
+from skiff import conditions, errors
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
 from skiff.events import NORMAL, WARNING, Recorder
@@ -51,16 +51,9 @@ class NodeHealth:
     heard: bool = False  # a heartbeat actually changed since we started watching
 
 
-def ready_condition(node: t.Node) -> t.NodeCondition | None:
-    for cond in node.status.conditions:
-        if cond.type == "Ready":
-            return cond
-    return None
-
-
 def observe(health: NodeHealth | None, node: t.Node, lease: t.Lease | None, now: float) -> NodeHealth:
     lease_marker = lease.spec.renew_time.SerializeToString().hex() if lease is not None else ""
-    cond = ready_condition(node)
+    cond = conditions.node_ready_condition(node)
     hb_marker = cond.last_heartbeat_time.SerializeToString().hex() if cond is not None else ""
     if health is None:
         return NodeHealth(now, lease_marker, hb_marker)
@@ -71,7 +64,7 @@ def observe(health: NodeHealth | None, node: t.Node, lease: t.Lease | None, now:
 
 def plan_ready_condition(node: t.Node, health: NodeHealth, now: float, grace: float) -> t.NodeCondition | None:
     """The Ready condition to write, or None to leave it."""
-    cond = ready_condition(node)
+    cond = conditions.node_ready_condition(node)
     if now - health.probe > grace:
         if cond is None:
             new = t.NodeCondition(type="Ready", status="Unknown", reason=REASON_NEVER_UPDATED,
@@ -194,12 +187,10 @@ class NodeLifecycleController:
         health = observe(self.health.get(name), node, lease, now)
         self.health[name] = health
         cond = plan_ready_condition(node, health, now, self.grace_period)
-        before = ready_condition(node)
+        before = conditions.node_ready_condition(node)
         if cond is not None:
             new = podutil.copy(node)
-            kept = [c for c in new.status.conditions if c.type != "Ready"]
-            del new.status.conditions[:]
-            new.status.conditions.extend([*kept, cond])
+            conditions.replace_condition(new.status.conditions, cond)
             node = await self.client.update_status(new)
             if cond.status == "True":
                 self.recorder.event(node, NORMAL, "NodeReady", f"Node {name} status is now: NodeReady")
@@ -236,13 +227,13 @@ class NodeLifecycleController:
     async def _mark_not_ready(self, pods: Iterable[t.Pod]) -> None:
         now = self.clock.now()
         for pod in pods:
-            if not podutil.is_ready(pod) or pod.metadata.HasField("deletion_timestamp"):
+            if not conditions.is_pod_ready(pod) or pod.metadata.HasField("deletion_timestamp"):
                 continue
             new = podutil.copy(pod)
-            for c in new.status.conditions:
-                if c.type == "Ready":
-                    c.status = "False"
-                    stamp(c.last_transition_time, now)
+            ready = conditions.pod_ready_condition(new)
+            assert ready is not None  # is_pod_ready above
+            ready.status = conditions.FALSE
+            stamp(ready.last_transition_time, now)
             try:
                 await self.client.update_status(new)
             except (errors.NotFoundError, errors.ConflictError):
