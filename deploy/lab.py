@@ -85,6 +85,15 @@ class LabSpec:
         return netplan.LabNetwork(net.prefix, net.lan_cidr, (*cps, *net.hosts[1:]), uplink=net.uplink,
                                   host_routes_via=net.host_routes_via)
 
+    def check_ranges(self) -> None:
+        """LabError when the LAN, the service CIDR and the cluster CIDR are not disjoint."""
+        cluster = self.cluster()
+        try:
+            defaults.check_disjoint([("lab LAN", self.lan_cidr), ("service CIDR", cluster.service_cidr),
+                                     ("cluster CIDR", cluster.cluster_cidr)])
+        except ValueError as exc:
+            raise LabError(f'lab "{self.prefix}": {exc}') from None
+
     def cluster(self) -> render.ClusterConfig:
         cps = [(h.name, h.ip) for h in self.network().with_role(render.CONTROL_PLANE)]
         return render.ClusterConfig(
@@ -174,6 +183,7 @@ class Lab:
     # ------------------------------------------------------------------ up
 
     def up(self, *, progress: Progress = _quiet, timeout: float = 120.0) -> None:
+        self.spec.check_ranges()
         problems = containerd.missing_prereqs() if self.workers else []
         if problems:
             raise LabError("missing prerequisites: " + ", ".join(problems) + " (run `make setup` as root)")

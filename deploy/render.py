@@ -274,6 +274,12 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
             ipaddress.IPv4Network(value)
         except ValueError:
             raise ConfigError(f"cluster.{key}: {value!r} is not an IPv4 network address") from None
+    try:
+        defaults.check_disjoint([("cluster.serviceCidr", cluster.service_cidr),
+                                 ("cluster.clusterCidr", cluster.cluster_cidr)],
+                                [(f"the address of {m.host}", m.ip) for m in members])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cluster.proxy_mode not in PROXY_MODES:
         raise ConfigError(f"cluster.proxyMode: {cluster.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
     return cluster
