@@ -3,7 +3,8 @@
 `compute_ready_condition` is pure: the runtime's CRI Status (or the error reaching it) becomes
 the Node's Ready condition, with a reason a user can act on (ContainerRuntimeDown,
 ContainerRuntimeNotReady, NetworkPluginNotReady), keeping lastTransitionTime while the status
-stays the same. `system_info` and `capacity` read the host once at start.
+stays the same. The agent is the one writer of Ready=True/False; the node lifecycle controller
+only sets Unknown when the agent falls silent. `system_info` and `capacity` read the host once at start.
 """
 
 from __future__ import annotations
