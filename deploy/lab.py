@@ -31,7 +31,7 @@ from pathlib import Path
 import grpc
 
 from deploy import containerd, netplan, procs, render
-from skiff import conditions, defaults, images
+from skiff import defaults, images, taints
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -282,12 +282,12 @@ class Lab:
         async with self.client() as client:
             while True:
                 nodes = {n.metadata.name: n for n in (await client.list(t.Node)).items}
-                ready = {name for name, n in nodes.items() if conditions.is_node_ready(n)}
+                ready = {name for name, n in nodes.items() if taints.takes_new_pods(n)}
                 if set(names) <= ready:
                     return
                 if time.monotonic() > deadline:
                     missing = sorted(set(names) - ready)
-                    raise LabError(f"nodes not Ready after {timeout:.0f}s: {', '.join(missing)}; "
+                    raise LabError(f"nodes not Ready and untainted after {timeout:.0f}s: {', '.join(missing)}; "
                                    f"logs under {self.dir}/<host>/run/")
                 await asyncio.sleep(0.5)
 

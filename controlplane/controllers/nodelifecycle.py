@@ -26,8 +26,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from controlplane.common import podutil, taints
-from skiff import conditions, errors
+from controlplane.common import podutil
+from skiff import conditions, errors, taints
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
 from skiff.events import NORMAL, WARNING, Recorder

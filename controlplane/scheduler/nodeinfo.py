@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controlplane.common import podutil, taints
-from skiff import conditions, quantity
+from controlplane.common import podutil
+from skiff import conditions, quantity, taints
 from skiffpb.api.v1 import types_pb2 as t
 
 DEFAULT_PODS = 110

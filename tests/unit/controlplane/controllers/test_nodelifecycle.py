@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.common import taints
 from controlplane.controllers import nodelifecycle as nlc
-from skiff import conditions
+from skiff import conditions, taints
 from skiff.clock import stamp
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import Cluster, node, pod
