@@ -30,11 +30,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from deploy.loopback import EtcdCluster, Process, start_apiserver, start_etcd
 from skiff import kinds
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import EtcdCluster, Process, start_apiserver, start_etcd
 
 RESULTS = Path(__file__).resolve().parent / "results" / "apiserver.json"
 TARGET_RATE = 200.0

@@ -34,7 +34,7 @@ from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.containerd import ContainerdNode, unique_prefix
+from deploy.containerdnode import ContainerdNode, unique_prefix
 
 PODS = 30
 RSS_PODS = 100

@@ -1,6 +1,6 @@
 """The node agent against real containerd, runc and CNI, in a network namespace made by the test.
 
-One private containerd (tests/support/containerd.py) serves the module; each test runs a fresh
+One private containerd (deploy/containerdnode.py) serves the module; each test runs a fresh
 agent (in this process, its node networking entered into the node's netns) against an in-memory
 api (MemoryApi). Backoffs are shortened through PlanConfig so nothing waits 10 s. Requires root
 and the Debian packages: a missing prerequisite fails the test, it is never skipped.
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from deploy.containerdnode import ContainerdNode, http_get, in_netns, leftovers, missing_prereqs, unique_prefix
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import LABEL_POD_UID, GrpcRuntime
 from nodeagent.netns import NodeNetwork
@@ -30,7 +31,6 @@ from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import nodeagent_pb2_grpc as na_grpc
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
-from tests.support.containerd import ContainerdNode, http_get, in_netns, leftovers, missing_prereqs, unique_prefix
 from tests.support.prereq import require
 
 pytestmark = pytest.mark.e2e
