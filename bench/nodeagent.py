@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import shutil
 import statistics
@@ -26,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import meta
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import GrpcRuntime
 from nodeagent.fakecri import FakeRuntime
@@ -180,6 +180,7 @@ async def fake_runtime_rss() -> dict[str, object]:
 
 
 async def main() -> int:
+    run = meta.start("nodeagent")
     fake = await fake_runtime_rss()
     real = await real_runtime()
     seq, burst = real["sequential"], real["burst"]
@@ -191,9 +192,7 @@ async def main() -> int:
         "rss_mb_after_30_real_pods": real["rss_mb_after_30_real_pods"], **fake,
         "targets": {"p99_s": 1.0, "rss_mb": 80},
     }
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "nodeagent.json").write_text(json.dumps(result, indent=2) + "\n")
+    written = run.write(result)
     print(f"pod startup (bound -> Running+Ready), {PODS} pods, real containerd:")
     print(f"  one at a time: p50 {result['sequential_p50_s']:.3f} s  p99 {result['sequential_p99_s']:.3f} s")
     print(f"  all at once:   p50 {result['burst_p50_s']:.3f} s  p99 {result['burst_p99_s']:.3f} s")
@@ -201,7 +200,7 @@ async def main() -> int:
           f"(process before the agent: {result['rss_mb_process_before_agent']} MB)")
     print(f"RSS after {PODS} real pods (whole process): {result['rss_mb_after_30_real_pods']} MB")
     ok = result["sequential_p99_s"] <= 1.0 and result["rss_mb_100_pods_fake_runtime"] <= 80  # type: ignore[operator]
-    print("targets met" if ok else "TARGETS MISSED")
+    print("targets met" if ok else "TARGETS MISSED", f"(results: {written})")
     return 0 if ok else 1
 
 

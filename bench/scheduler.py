@@ -12,7 +12,8 @@ event handling), not gRPC or the store; the scheduler part is then run twice, wi
 streaming in and with all pods waiting before the scheduler starts (a backlog).
 `--api-servers HOST:PORT` runs against a real, freshly started api-server instead
 (`--backlog` picks the backlog scenario there). `--target` fails the run when the scheduler
-is slower than that many pods/s.
+is slower than that many pods/s. Results go to bench/results/scheduler.json (with
+`--api-servers`: scheduler-apiserver.json), with bench/meta.py's date, machine, load and versions.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import random
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from bench import meta
 from controlplane.common.podutil import owner_reference
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.replicaset import ReplicaSetController
@@ -249,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --api-servers: create the pods before the scheduler starts")
     p.add_argument("--api-servers", default="",
                    help="run against this (empty, fresh) api-server instead of MemoryApi")
+    p.add_argument("--output", type=Path, default=None,
+                   help="JSON results (default bench/results/scheduler.json, or scheduler-apiserver.json "
+                        "with --api-servers)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    run = meta.start("scheduler")
     backend = (f"api-server at {args.api_servers}" if args.api_servers
                else "in-memory api-server (skiff.memapi.MemoryApi), same process")
     results: dict[str, Any] = {"backend": backend, "decisions": bench_decisions(args.nodes, args.pods)}
@@ -260,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         # An api-server holds one run's nodes; in memory, the backlog run gets a fresh one.
         results["scheduler_backlog"] = asyncio.run(bench_scheduler(args.nodes, args.pods, args.owners, backlog=True))
     results["controllers"] = asyncio.run(bench_controllers(args.replicas, api_servers=args.api_servers))
+    default = meta.RESULTS_DIR / ("scheduler-apiserver.json" if args.api_servers else "scheduler.json")
+    written = run.write(results, args.output or default)
     if args.json:
         print(json.dumps(results))
     else:
@@ -278,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"controllers: Deployment of {c['replicas']} replicas: create -> {c['pods_seen']} pods created "
               f"{c['create_to_pods_created_seconds']} s ({c['pods_per_second']} pods/s); "
               f"ReplicaSet status shows them after {c['create_to_replicaset_status_seconds']} s")
+        print(f"results: {written}")
     if args.target and results["scheduler"]["pods_per_second"] < args.target:
         print(f"FAIL: scheduler below target {args.target} pods/s", file=sys.stderr)
         return 1
