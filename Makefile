@@ -12,7 +12,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
-	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e clean \
+	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-report clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated
@@ -98,7 +98,9 @@ vagrant-e2e-ipvs:
 vagrant-down:
 	cd deploy/vagrant && vagrant destroy -f
 
+# Each writes bench/results/<name>.json; bench-report then rewrites README.md's performance table.
 bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e
+	$(MAKE) bench-report
 
 bench-store: setup
 	$(BIN)/python -m bench.store
@@ -112,6 +114,8 @@ bench-nodeagent: setup
 	$(BIN)/python -m bench.nodeagent
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
+bench-report: setup
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) skiffpb build .pytest_cache .mypy_cache .ruff_cache

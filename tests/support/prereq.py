@@ -39,16 +39,10 @@ E2E_TARGET = os.environ.get("SKIFF_E2E_TARGET", "lab")
 
 
 def ipvs_available() -> bool:
-    """The kernel has IP_VS (the build machines' kernel does not: shared/containerd.md, section 5)."""
-    if not os.path.exists("/proc/net/ip_vs"):
-        return False
-    try:
-        from pyroute2 import IPVS
+    """The kernel serves IPVS: netproxy's own check (docs/containerd.md, "IPVS")."""
+    from netproxy.ipvs.kernel import ipvs_available as check
 
-        IPVS().close()
-        return True
-    except Exception:
-        return False
+    return check()[0]
 
 
 def require_ipvs() -> None:
