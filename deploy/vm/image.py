@@ -165,7 +165,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 {SHARE_TAG} /newroot{S
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 mount --move /dev /newroot/dev
-exec switch_root /newroot /bin/sh "$stage2"
+exec switch_root /newroot /bin/bash "$stage2"
 """
 
 
