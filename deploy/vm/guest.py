@@ -10,7 +10,8 @@ What must hold:
   caller's own deadline; teardown kills it by its PIDs (`timeout`'s and QEMU's own, from QEMU's
   pidfile) and waits for them; nothing is left running after `Guest.stop()` or `run()`.
 - A guest has no network device by default (`-nic none`). Its only links are QEMU socket
-  netdevs on 127.0.0.1 joining it to other guests on this machine; nothing it sends can leave.
+  netdevs on 127.0.0.1 joining it to other guests on this machine, or tap devices on a bridge
+  inside a lab's network namespace (QEMU then runs in that namespace, never in the root one).
 - One emulated CPU (`-smp 1`) by default: the machine is shared and emulation is CPU-bound.
 - `qemu_argv`, `kernel_cmdline` and `command_script` are pure and unit-tested.
 """
@@ -55,11 +56,41 @@ class Link:
 
 
 @dataclass(frozen=True)
+class TapLink:
+    """A virtio-net NIC on a bridge inside a lab's network namespace.
+
+    The tap device is made in `netns` and put on `bridge` before QEMU starts; QEMU itself then
+    runs in that namespace (a tap belongs to the namespace of the process that opens it), and
+    the tap is deleted when the guest stops. The guest reaches what that namespace reaches.
+    """
+
+    netns: str
+    bridge: str
+    tap: str
+    mac: str
+
+    def __post_init__(self) -> None:
+        if not self.netns or "/" in self.netns:
+            raise ValueError(f"tap link netns {self.netns!r}: want the name of a lab namespace")
+        if not 1 <= len(self.tap) <= 15:
+            raise ValueError(f"tap name {self.tap!r}: want 1-15 characters")
+
+
+@dataclass(frozen=True)
 class GuestSpec:
     name: str
     memory_mb: int = 1024
     cpus: int = 1
-    links: tuple[Link, ...] = ()
+    links: tuple[Link | TapLink, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len({link.netns for link in self.links if isinstance(link, TapLink)}) > 1:
+            raise ValueError("a guest's tap links must all be in one namespace (QEMU runs in it)")
+
+    @property
+    def netns(self) -> str:
+        """The namespace QEMU runs in: its tap links' ("" for the caller's)."""
+        return next((link.netns for link in self.links if isinstance(link, TapLink)), "")
 
 
 def kernel_cmdline(*, init: Path = GUEST_INIT) -> str:
@@ -79,8 +110,13 @@ def qemu_argv(spec: GuestSpec, image: Image, share: Path, *, console: Path, pidf
             "-fsdev", f"local,id={SHARE_TAG},path={share},security_model=none,multidevs=remap",
             "-device", f"virtio-9p-pci,fsdev={SHARE_TAG},mount_tag={SHARE_TAG}"]
     for i, link in enumerate(spec.links):
-        argv += ["-netdev", f"socket,id=n{i},{link.mode}={LOOPBACK}:{link.port}",
-                 "-device", f"virtio-net-pci,netdev=n{i},mac={link.mac}"]
+        if isinstance(link, TapLink):
+            netdev = f"tap,id=n{i},ifname={link.tap},script=no,downscript=no"
+        else:
+            netdev = f"socket,id=n{i},{link.mode}={LOOPBACK}:{link.port}"
+        argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n{i},mac={link.mac}"]
+    if spec.netns:
+        argv = ["nsenter", f"--net=/run/netns/{spec.netns}", "--", *argv]
     return argv
 
 
@@ -144,6 +180,11 @@ class Guest:
         (self.share / "command.sh").write_text(command_script(argv, cwd=cwd, env=env or {}))
         (self.share / "hostname").write_text(self.spec.name + "\n")
         qemu = qemu_argv(self.spec, self.image, self.share, console=self.console, pidfile=self.pidfile)
+        for link in self.spec.links:
+            if isinstance(link, TapLink):
+                subprocess.run(["ip", "-n", link.netns, "tuntap", "add", "dev", link.tap, "mode", "tap"], check=True)
+                subprocess.run(["ip", "-n", link.netns, "link", "set", link.tap, "master", link.bridge, "up"],
+                               check=True)
         with open(self.run_dir / "qemu.log", "wb") as log:
             self.proc = subprocess.Popen(["timeout", "--kill-after=5", f"{timeout:.0f}", *qemu],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -169,12 +210,18 @@ class Guest:
                            time.monotonic() - self.started, self.share)
 
     def stop(self) -> None:
-        """Kill the guest by its PIDs (QEMU's and its `timeout` wrapper's) and reap it."""
-        if self.proc is None:
-            return
+        """Kill the guest by its PIDs (QEMU's and its `timeout` wrapper's), reap it, delete its taps."""
+        if self.proc is not None:
+            self._kill(self.proc)
+            self.proc = None
+        for link in self.spec.links:
+            if isinstance(link, TapLink):
+                subprocess.run(["ip", "-n", link.netns, "link", "del", link.tap], capture_output=True, check=False)
+
+    def _kill(self, proc: subprocess.Popen[bytes]) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             # Only PIDs known to be ours: the unreaped wrapper, and QEMU checked against its pidfile.
-            pids = [self.proc.pid] if self.proc.poll() is None else []
+            pids = [proc.pid] if proc.poll() is None else []
             qemu = _qemu_pid(self.pidfile)
             pids += [qemu] if qemu is not None else []
             if not pids:
@@ -185,13 +232,12 @@ class Guest:
                 except ProcessLookupError:
                     pass
             try:
-                self.proc.wait(timeout=5)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
             deadline = time.monotonic() + 5
             while _qemu_pid(self.pidfile) is not None and time.monotonic() < deadline:
                 time.sleep(0.1)
-        self.proc = None
 
 
 def run(argv: Sequence[str], *, name: str = "skiff-vm", timeout: float = 300, cwd: Path = ROOT,

@@ -119,6 +119,29 @@ def test_qemu_argv_gives_no_way_out_of_the_machine(spec: guest.GuestSpec, netdev
     assert "path=/r/share," in share and "readonly" not in share
 
 
+def test_a_tap_link_runs_qemu_inside_the_lab_namespace() -> None:
+    spec = guest.GuestSpec("w", links=(guest.TapLink("lab-lan", "br0", "lab-t1", "52:54:00:00:00:03"),))
+    argv = guest.qemu_argv(spec, IMG, Path("/r/share"), console=Path("/r/console.log"), pidfile=Path("/r/qemu.pid"))
+    assert argv[:3] == ["nsenter", "--net=/run/netns/lab-lan", "--"] and argv[3] == guest.QEMU
+    pairs = list(itertools.pairwise(argv))
+    assert [v for k, v in pairs if k == "-netdev"] == ["tap,id=n0,ifname=lab-t1,script=no,downscript=no"]
+
+
+@pytest.mark.parametrize("links", [
+    (guest.TapLink("a", "br0", "t1", "52:54:00:00:00:01"), guest.TapLink("b", "br0", "t2", "52:54:00:00:00:02")),
+], ids=["taps-in-two-namespaces"])
+def test_a_guest_refuses_taps_in_two_namespaces(links: tuple[guest.TapLink, ...]) -> None:
+    with pytest.raises(ValueError, match="one namespace"):
+        guest.GuestSpec("w", links=links)
+
+
+@pytest.mark.parametrize("netns,tap", [("", "t1"), ("../x", "t1"), ("lab-lan", "a-tap-name-too-long")],
+                         ids=["root-namespace", "a-path", "tap-name-too-long"])
+def test_a_tap_link_refuses_the_root_namespace_and_bad_names(netns: str, tap: str) -> None:
+    with pytest.raises(ValueError):
+        guest.TapLink(netns, "br0", tap, "52:54:00:00:00:01")
+
+
 @pytest.mark.parametrize("mode,port", [("bridge", 40000), ("listen", 80), ("connect", 70000)],
                          ids=["unknown-mode", "privileged-port", "port-out-of-range"])
 def test_a_link_refuses_what_is_not_a_loopback_socket(mode: str, port: int) -> None:
