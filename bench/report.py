@@ -178,7 +178,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("store", "store (Skiff vs etcd, 3 members each)", store_rows),
     ("apiserver", "api-server (over 1 etcd member)", apiserver_rows),
     ("scheduler-apiserver", "scheduler and controllers (a real api-server)", scheduler_rows),
-    ("scheduler", "scheduler and controllers (MemoryApi, same process)", scheduler_rows),
+    ("scheduler", "scheduler and controllers (the api-server registry in the same process)", scheduler_rows),
     ("nodeagent", "node agent (real containerd)", nodeagent_rows),
     ("netproxy", "netproxy (real iptables)", netproxy_rows),
     ("e2e", "end to end (lab: 1 control-plane host, 2 workers)", e2e_rows),
