@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-no-password", action="store_true",
                    help="run without peer encryption: tests on a private loopback only")
     p.add_argument("--request-timeout", type=float, default=5.0, help="seconds before UNAVAILABLE (default 5)")
-    p.add_argument("--auto-compaction-revisions", type=int, default=10000,
-                   help="keep this many revisions of history (0: no revision-based compaction)")
+    p.add_argument("--auto-compaction-revisions", type=int, default=0,
+                   help="keep this many revisions of history (default 0: off, as in etcd; the api-server "
+                   "compacts)")
     p.add_argument("--auto-compaction-seconds", type=float, default=0.0,
                    help="keep this much time of history (0: no time-based compaction)")
     p.add_argument("--progress-notify-interval", type=float, default=600.0,
