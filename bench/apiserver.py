@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if not store:
             etcd = start_etcd(work)
             store = etcd.endpoints
-        apiserver = start_apiserver(work, store, extra_args=["--log-level", "warning"])
+        apiserver = start_apiserver(work, store)
         started = time.time()
         results = asyncio.run(run(apiserver.endpoint, apiserver.pid, quick=args.quick))
         results["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

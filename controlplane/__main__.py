@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from skiff import defaults
-from skiff.daemon import run_until_signalled, setup_logging
+from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
 
 log = logging.getLogger("skiff.controlplane")
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--node-cidr-mask-size", default=str(defaults.NODE_CIDR_MASK_SIZE))
     cm.add_argument("--node-monitor-grace-period", default="40s")
     cm.add_argument("--pod-eviction-timeout", default="60s")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose_flag(p)
     return p
 
 
