@@ -63,7 +63,7 @@ from controlplane.apiserver.watchcache import (
     registry_prefix,
     watch_event,
 )
-from skiff import errors, kinds
+from skiff import defaults, errors, kinds
 from skiff.guard import guard
 from skiff.validation import validate
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -72,7 +72,7 @@ from skiffpb.api.v1 import types_pb2 as t
 log = logging.getLogger("skiff.apiserver.registry")
 
 DEFAULT_NAMESPACE = "default"
-SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SYSTEM_NAMESPACES = defaults.SYSTEM_NAMESPACES
 MAX_ATTEMPTS = 16
 COMPACT_KEY = "/registry/compact_rev_key"
 

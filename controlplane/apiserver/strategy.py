@@ -22,7 +22,7 @@ from typing import Literal, TypeVar
 
 from google.protobuf.message import Message
 
-from skiff import conditions, errors, kinds
+from skiff import conditions, defaults, errors, kinds, names
 from skiff.clock import seconds_timestamp
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
@@ -33,10 +33,10 @@ MAX_OBJECT_BYTES = 1536 * 1024  # 1.5 MiB, etcd's default request limit
 ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
 PROPAGATION_POLICIES = ("", "Orphan", "Background", "Foreground")
-PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+PROTECTED_NAMESPACES = frozenset(defaults.SYSTEM_NAMESPACES)
 # Server-owned status is reset on create for these kinds (clients cannot create it).
 STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace")
-GENERATE_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+GENERATE_NAME_ALPHABET = names.SAFE_ALPHANUMS
 
 
 def copy(msg: M) -> M:
