@@ -77,6 +77,9 @@ def test_corrupt_committed_entry_refuses_to_start_until_repaired() -> None:
             for i in range(40):
                 cl.put(b"/j/%03d" % i, b"v%d" % i)
             victim = "s2"
+            repair = [sys.executable, "-m", "controlplane.store.repair", "--data-dir", c.members[victim].data_dir]
+            busy = subprocess.run(repair, capture_output=True, text=True, timeout=60)
+            assert busy.returncode != 0 and "is in use by another process" in busy.stderr  # never under a live member
             c.stop_member(victim)
             journal = os.path.join(c.members[victim].data_dir, "raft.journal")
             with open(journal, "rb") as f:
@@ -95,8 +98,7 @@ def test_corrupt_committed_entry_refuses_to_start_until_repaired() -> None:
             assert "skiff-store-repair" in log
             assert os.path.getsize(journal) == size  # refusing changed nothing
 
-            res = subprocess.run([sys.executable, "-m", "controlplane.store.repair", "--data-dir",
-                                  c.members[victim].data_dir], capture_output=True, text=True, timeout=60)
+            res = subprocess.run(repair, capture_output=True, text=True, timeout=60)
             assert res.returncode == 0, res.stderr
             assert f"cut at offset {offset}" in res.stdout and "entries kept" in res.stdout
             assert os.path.getsize(journal) == offset
