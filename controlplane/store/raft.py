@@ -19,8 +19,8 @@ What must hold:
   Only the proposer builds results; other members only mutate state.
 - A linearizable read waits for a batch proposed after the read arrived to be applied on
   this member (a read barrier through the log; batches are shared by all waiting reads).
-- The requests waiting for the log are bounded (`max_pending`); past it new ones fail at once
-  with etcd's "too many requests" (RESOURCE_EXHAUSTED).
+- The requests waiting for the log are bounded (`max_pending` of them, MAX_PENDING_BYTES in
+  all); past that new ones fail at once with etcd's "too many requests" (RESOURCE_EXHAUSTED).
 - A proposal is retried only when pysyncobj says it was never appended (no leader, not
   leader, discarded, queue full). When the outcome is unknown (leader changed after
   forwarding), or after `request_timeout`, the client gets UNAVAILABLE, like etcd's
@@ -63,6 +63,7 @@ _HELD_ACKS = frozenset({"next_node_idx", "response_vote"})
 # RESOURCE_EXHAUSTED "etcdserver: too many requests" (etcd refuses past a gap of 5000 between
 # its committed and applied index).
 MAX_PENDING = 5000
+MAX_PENDING_BYTES = 128 << 20  # and beyond this many bytes of them (5000 puts of 1.5 MiB would be 7 GiB)
 RETRY_MIN, RETRY_MAX = 0.5, 5.0  # seconds between connection attempts to an unreachable peer
 _RETRYABLE = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED,
                         FAIL_REASON.QUEUE_FULL, FAIL_REASON.REQUEST_DENIED})
@@ -330,7 +331,7 @@ class RaftNode:
         """Refuse new work when `max_pending` requests already wait for the log (etcd's
         "too many requests"): a client that outruns the disk gets an error, not a queue that
         grows until the process runs out of memory."""
-        if len(self._queue) + len(self._reads) >= self._max_pending:
+        if len(self._queue) + len(self._reads) >= self._max_pending or self._queue_bytes >= MAX_PENDING_BYTES:
             self.rejected += 1
             raise errors.TOO_MANY_REQUESTS
 
