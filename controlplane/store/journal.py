@@ -253,7 +253,10 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def _load(self) -> int:
         size = os.fstat(self._fd).st_size
-        if size == 0:
+        head = os.pread(self._fd, len(MAGIC), 0) if 0 < size <= len(MAGIC) else b""
+        if size == 0 or (head and (MAGIC.startswith(head) or not head.strip(b"\0"))):
+            # New, or a crash while it was being created (the header alone, torn): no entries.
+            os.ftruncate(self._fd, 0)
             self._guard("write", lambda: pwrite_all(self._fd, MAGIC, 0))
             self._guard("fsync", lambda: self._sync.fsync(self._fd))
             self._guard("fsync", lambda: fsync_dir(self._path, sync=self._sync))

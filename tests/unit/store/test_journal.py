@@ -307,3 +307,22 @@ def test_default_on_failure_is_process_exit(tmp_path: Path) -> None:
     assert res.returncode == EXIT_STORAGE_FAILURE
     assert "still running" not in res.stdout
     assert "fdatasync of" in res.stderr and "Input/output error" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "starts"),
+    [(b"", True), (MAGIC[:7], True), (bytes(len(MAGIC)), True), (b"something else entirely\n", False)],
+    ids=["empty", "torn-header", "zeroed-header", "not-a-journal"],
+)
+def test_header_torn_at_creation_starts_empty(tmp_path: Path, content: bytes, starts: bool) -> None:
+    p = str(tmp_path / "j")
+    _write(p, content)
+    if not starts:
+        with pytest.raises(CorruptData, match="not a Skiff Raft journal"):
+            DurableJournal(p)
+        return
+    j = DurableJournal(p)
+    assert len(j) == 0
+    j.add(b"a", 1, 1)
+    j._destroy()
+    assert DurableJournal(p)[:] == [(b"a", 1, 1)]
