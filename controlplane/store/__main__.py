@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new",
                    help="'existing' to join a cluster after `etcdctl member add`")
     p.add_argument("--initial-cluster-token", default="skiff-store", help="tells clusters with the same members apart")
+    p.add_argument("--quota-backend-bytes", type=int, default=DEFAULT_QUOTA_BYTES,
+                   help="raise the NOSPACE alarm when live data + history would exceed this "
+                        "(default 2 GiB, as etcd; 0: no quota)")
+    p.add_argument("--disk-reserve-bytes", type=int, default=DEFAULT_DISK_RESERVE_BYTES,
+                   help="raise the NOSPACE alarm when the data dir's filesystem has less free space (default 64 MiB)")
+    p.add_argument("--max-pending-requests", type=int, default=MAX_PENDING,
+                   help="requests waiting for the log beyond which clients get 'too many requests' (default 5000)")
     p.add_argument("--password-file", help="file holding the cluster password (else $SKIFF_STORE_PASSWORD)")
     p.add_argument("--insecure-no-password", action="store_true",
                    help="run without peer encryption: tests on a private loopback only")
@@ -82,13 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-count", type=int, default=20000, help="log entries between snapshots")
     p.add_argument("--election-timeout", type=float, default=0.8,
                    help="minimum seconds without a leader before an election (max is twice this)")
-    p.add_argument("--quota-backend-bytes", type=int, default=DEFAULT_QUOTA_BYTES,
-                   help="raise the NOSPACE alarm when live data + history would exceed this "
-                        "(default 2 GiB, as etcd; 0: no quota)")
-    p.add_argument("--disk-reserve-bytes", type=int, default=DEFAULT_DISK_RESERVE_BYTES,
-                   help="raise the NOSPACE alarm when the data dir's filesystem has less free space (default 64 MiB)")
-    p.add_argument("--max-pending-requests", type=int, default=MAX_PENDING,
-                   help="requests waiting for the log beyond which clients get 'too many requests' (default 5000)")
     p.add_argument("--log-level", default="INFO")
     return p
 
