@@ -25,15 +25,8 @@ import socket
 import sys
 
 from controlplane.store.disk import CorruptData
-from controlplane.store.raft import MAX_PENDING, RaftTimings
-from controlplane.store.server import (
-    DEFAULT_DISK_RESERVE_BYTES,
-    DEFAULT_QUOTA_BYTES,
-    Store,
-    StoreConfig,
-    prepare_data_dir,
-    url_to_addr,
-)
+from controlplane.store.raft import RaftTimings
+from controlplane.store.server import Store, StoreConfig, prepare_data_dir, url_to_addr
 
 log = logging.getLogger("skiff.store")
 
@@ -69,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new",
                    help="'existing' to join a cluster after `etcdctl member add`")
     p.add_argument("--initial-cluster-token", default="skiff-store", help="tells clusters with the same members apart")
-    p.add_argument("--quota-backend-bytes", type=int, default=DEFAULT_QUOTA_BYTES,
+    p.add_argument("--quota-backend-bytes", type=int, default=StoreConfig.quota_bytes,
                    help="raise the NOSPACE alarm when live data + history would exceed this "
                         "(default 2 GiB, as etcd; 0: no quota)")
-    p.add_argument("--disk-reserve-bytes", type=int, default=DEFAULT_DISK_RESERVE_BYTES,
+    p.add_argument("--disk-reserve-bytes", type=int, default=StoreConfig.disk_reserve_bytes,
                    help="raise the NOSPACE alarm when the data dir's filesystem has less free space (default 64 MiB)")
-    p.add_argument("--max-pending-requests", type=int, default=MAX_PENDING,
+    p.add_argument("--max-pending-requests", type=int, default=StoreConfig.max_pending,
                    help="requests waiting for the log beyond which clients get 'too many requests' (default 5000)")
     p.add_argument("--password-file", help="file holding the cluster password (else $SKIFF_STORE_PASSWORD)")
     p.add_argument("--insecure-no-password", action="store_true",
