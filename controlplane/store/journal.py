@@ -22,8 +22,9 @@ This journal keeps pysyncobj's Journal interface and adds what is missing:
   commit, and before a follower sends the message that acknowledges entries. Appends in between
   are group-committed by that one call.
 - Term and vote are written with write + fsync + rename + directory fsync before the vote
-  message leaves (Raft's rule); the commit index is a hint and is saved lazily, but the same
-  durable way, since it shares the file with term and vote.
+  message leaves (Raft's rule). The commit index is a hint, saved lazily (once a second) in
+  its own file without fsync: it used to share the term/vote file, and replacing that file
+  without fsync could lose the vote in a crash.
 - `align_to_snapshot()`: after a crash between "snapshot written" and "journal truncated", the
   journal still starts before the snapshot; dropping that stale head at load keeps pysyncobj
   from discarding the whole journal when it finds the two disagree.
@@ -224,7 +225,9 @@ class DurableJournal(Journal):  # type: ignore[misc]
         # after an out-of-order ack); those are then kept in place instead of rewritten.
         self._tail: list[tuple[Entry, int]] = []
         self._meta: dict[str, Any] = self._load_meta()
-        self._meta_saved = True
+        self._commit_path = path + ".commit"
+        self._commit_index = self._load_commit_index()
+        self._commit_saved = True
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             self._end = self._load()
@@ -370,18 +373,20 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self.onOneSecondTimer()
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
-        if self._meta.get("commit_index") != raftCommitIndex:
-            self._meta["commit_index"] = raftCommitIndex
-            self._meta_saved = False
+        if self._commit_index != raftCommitIndex:
+            self._commit_index = raftCommitIndex
+            self._commit_saved = False
 
     def getRaftCommitIndex(self) -> int:
-        return int(self._meta.get("commit_index", 1))
+        return self._commit_index
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
         # pysyncobj calls this before the vote request or vote response leaves.
         self._meta["term"] = term
         self._meta["voted_for"] = votedForNodeId
-        self._save_meta()
+        data = json.dumps(self._meta).encode()
+        self._guard("write of the term/vote file",
+                    lambda: write_durably(self._meta_path, data, sync=self._sync))
 
     def getCurrentTerm(self) -> int:
         return int(self._meta.get("term", 0))
@@ -390,17 +395,24 @@ class DurableJournal(Journal):  # type: ignore[misc]
         return self._meta.get("voted_for")
 
     def onOneSecondTimer(self) -> None:
-        if not self._meta_saved:
-            # The commit index alone is only a hint (Raft recomputes it), but the file also
-            # holds term and vote: replacing it without fsync could leave an empty file after
-            # a crash, and a member that forgot its vote can vote twice in one term.
-            self._save_meta()
+        if not self._commit_saved:
+            # The commit index is only a hint (Raft learns it again from the leader; pysyncobj
+            # clamps one beyond the journal), so it lives in its own file, replaced without
+            # fsync: a crash can lose it but never the term and vote, which are only ever
+            # replaced durably.
+            tmp = self._commit_path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(str(self._commit_index))
+            os.replace(tmp, self._commit_path)
+            self._commit_saved = True
 
-    def _save_meta(self) -> None:
-        data = json.dumps(self._meta).encode()
-        self._guard("write of the term/vote file",
-                    lambda: write_durably(self._meta_path, data, sync=self._sync))
-        self._meta_saved = True
+    def _load_commit_index(self) -> int:
+        try:
+            with open(self._commit_path) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            # Missing or torn by a crash: the older term/vote file may still hold one.
+            return int(self._meta.get("commit_index", 1))
 
     # ------------------------------------------------------------ durability
 

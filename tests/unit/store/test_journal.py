@@ -250,8 +250,8 @@ class FailingSync:
 
 @pytest.mark.parametrize(
     "operation",
-    ["sync", "set-term", "commit-index", "compact"],
-    ids=["fdatasync-of-appends", "fsync-of-vote", "fsync-of-commit-index", "fsync-of-rewrite"],
+    ["sync", "set-term", "compact"],
+    ids=["fdatasync-of-appends", "fsync-of-vote", "fsync-of-rewrite"],
 )
 def test_failed_sync_stops_without_retry(tmp_path: Path, operation: str) -> None:
     p = str(tmp_path / "j")
@@ -260,15 +260,12 @@ def test_failed_sync_stops_without_retry(tmp_path: Path, operation: str) -> None
     _fill(j, 4)
     j.sync()
     _fill(j, 2, start=5)
-    j.setRaftCommitIndex(5)
     disk.fail = True
     with pytest.raises(Stopped, match=r"of .*/j(\.meta)? failed: .*Input/output error.*without retrying"):
         if operation == "sync":
             j.sync()
         elif operation == "set-term":
             j.setCurrentTerm(2, "127.0.0.1:2")
-        elif operation == "commit-index":
-            j.onOneSecondTimer()
         else:
             j.deleteEntriesTo(2)
     if operation == "sync":
@@ -276,15 +273,24 @@ def test_failed_sync_stops_without_retry(tmp_path: Path, operation: str) -> None
         assert j.dirty and j.synced_index == 4
 
 
-def test_commit_index_is_saved_durably(tmp_path: Path) -> None:
+def test_vote_is_durable_and_commit_index_is_a_hint_apart(tmp_path: Path) -> None:
+    p = str(tmp_path / "j")
     disk = FailingSync()
-    j = DurableJournal(str(tmp_path / "j"), sync=disk, fatal=_stop)
-    before = disk.calls
-    j.setRaftCommitIndex(3)
+    j = DurableJournal(p, sync=disk, fatal=_stop)
+    j.setCurrentTerm(3, "127.0.0.1:2")
+    assert disk.calls == 4  # the new journal and its directory, then the term/vote file and its directory
+    j.setRaftCommitIndex(7)
     j.onOneSecondTimer()
-    assert disk.calls >= before + 2  # the file and its directory
-    j.onOneSecondTimer()
-    assert disk.calls == before + 2  # unchanged: not written again
+    assert disk.calls == 4  # the commit index is written without fsync, and never over the vote
+    with open(p + ".meta") as f:
+        assert "commit" not in f.read()
+    os.close(j._fd)
+    j2 = DurableJournal(p)
+    assert (j2.getCurrentTerm(), j2.getVotedForNodeId(), j2.getRaftCommitIndex()) == (3, "127.0.0.1:2", 7)
+    # Torn by a crash, the hint falls back (to the older meta file's, or 1); the vote stays.
+    _write(p + ".commit", b"")
+    j3 = DurableJournal(p)
+    assert (j3.getCurrentTerm(), j3.getRaftCommitIndex()) == (3, 1)
 
 
 def test_default_on_failure_is_process_exit(tmp_path: Path) -> None:
