@@ -8,7 +8,8 @@
 Peer traffic is pickled Python, so a cluster password (pysyncobj's encryption) is required:
 --password-file or SKIFF_STORE_PASSWORD; --insecure-no-password exists for throwaway tests
 only. Startup fails fast with a clear message on a busy port, a data dir that belongs to
-another member or cluster, or a data dir already in use; unreachable peers are retried and
+another member or cluster, a data dir already in use, or a journal or snapshot that fails its
+checksum (file and offset named; see `skiff-store-repair`); unreachable peers are retried and
 logged once per change.
 """
 
@@ -23,6 +24,7 @@ import signal
 import socket
 import sys
 
+from controlplane.store.disk import CorruptData
 from controlplane.store.raft import RaftTimings
 from controlplane.store.server import Store, StoreConfig, prepare_data_dir, url_to_addr
 from skiff.daemon import add_verbose_flag, duration, setup_logging
@@ -61,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new",
                    help="'existing' to join a cluster after `etcdctl member add`")
     p.add_argument("--initial-cluster-token", default="skiff-store", help="tells clusters with the same members apart")
+    p.add_argument("--quota-backend-bytes", type=int, default=StoreConfig.quota_bytes,
+                   help="raise the NOSPACE alarm when live data + history would exceed this "
+                        "(default 2 GiB, as etcd; 0: no quota)")
+    p.add_argument("--disk-reserve-bytes", type=int, default=StoreConfig.disk_reserve_bytes,
+                   help="raise the NOSPACE alarm when the data dir's filesystem has less free space (default 64 MiB)")
+    p.add_argument("--max-pending-requests", type=int, default=StoreConfig.max_pending,
+                   help="requests waiting for the log beyond which clients get 'too many requests' (default 5000)")
     p.add_argument("--password-file", help="file holding the cluster password (else $SKIFF_STORE_PASSWORD)")
     p.add_argument("--insecure-no-password", action="store_true",
                    help="run without peer encryption: tests on a private loopback only")
@@ -138,7 +147,8 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
         cluster_token=args.initial_cluster_token, password=read_password(args),
         request_timeout=args.request_timeout, compaction_revisions=args.auto_compaction_revisions,
         compaction_seconds=args.auto_compaction_seconds, progress_notify_interval=args.progress_notify_interval,
-        snapshot_every=args.snapshot_count,
+        snapshot_every=args.snapshot_count, quota_bytes=args.quota_backend_bytes,
+        disk_reserve_bytes=args.disk_reserve_bytes, max_pending=args.max_pending_requests,
         timings=RaftTimings(election_min=et, election_max=2 * et, leader_fallback=max(3.0, 2 * et),
                             connection_timeout=max(3.5, 2 * et + 0.5)),
     )
@@ -152,7 +162,10 @@ async def run(cfg: StoreConfig) -> None:
         peers.append(cfg.listen_peer)
     if cfg.password is None:
         log.warning("running WITHOUT a cluster password: peer traffic is unauthenticated pickle")
-    store = Store(cfg, peers=peers)
+    try:
+        store = Store(cfg, peers=peers)
+    except CorruptData as e:
+        raise SystemExit(f"skiff-store: {e}") from None
     try:
         await asyncio.to_thread(store.node.raft.waitBinded)
     except Exception:
