@@ -47,6 +47,7 @@ from controlplane.apiserver.storage import (
     Put,
     Store,
     StoreError,
+    StoreOverloadedError,
     TxnResult,
     UnavailableStoreError,
     ValueTooLargeError,
@@ -83,6 +84,8 @@ def store_error(exc: StoreError) -> errors.SkiffError:
         out: errors.SkiffError = errors.UnavailableError(str(exc))
     elif isinstance(exc, ValueTooLargeError):
         out = errors.InvalidError(str(exc))
+    elif isinstance(exc, StoreOverloadedError):
+        out = errors.TooManyRequestsError(str(exc))
     elif isinstance(exc, CompactedError):
         out = errors.GoneError(f"too old resource version: {exc.requested} ({exc.compact_revision})")
     else:
