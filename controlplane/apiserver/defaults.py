@@ -14,7 +14,11 @@ Defaults, by kind (Kubernetes' values):
   revisionHistoryLimit 10, progressDeadlineSeconds 600; ReplicaSet: replicas 1;
 - Service: type ClusterIP, sessionAffinity None (ClientIP: timeout 10800 s), port protocol
   TCP, targetPort = port, externalTrafficPolicy Cluster for NodePort;
-- Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1.
+- Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1;
+- Pod (not templates): serviceAccountName `default`; pods and templates: configMap/secret/downwardAPI/projected volumes
+  defaultMode 0644;
+- Secret: type Opaque; `stringData` is merged into `data` and cleared (it is write-only,
+  as in Kubernetes: a stringData key wins over the same data key).
 """
 
 from __future__ import annotations
@@ -54,7 +58,19 @@ def _probe(p: t.Probe) -> None:
             p.http_get.path = "/"
 
 
+DEFAULT_MODE = 0o644
+DEFAULT_SERVICE_ACCOUNT = "default"
+
+
+def _volumes(spec: t.PodSpec) -> None:
+    for v in spec.volumes:
+        for field in ("config_map", "secret", "downward_api", "projected"):
+            if v.HasField(field) and not getattr(v, field).HasField("default_mode"):
+                getattr(v, field).default_mode = DEFAULT_MODE
+
+
 def pod_spec(spec: t.PodSpec) -> None:
+    _volumes(spec)
     if not spec.restart_policy:
         spec.restart_policy = "Always"
     if not spec.HasField("termination_grace_period_seconds"):
@@ -137,6 +153,14 @@ def _event(ev: t.Event) -> None:
         ev.count = 1
 
 
+def _secret(s: t.Secret) -> None:
+    if not s.type:
+        s.type = "Opaque"
+    for key, value in s.string_data.items():
+        s.data[key] = value.encode()
+    s.ClearField("string_data")
+
+
 def apply_defaults(obj: Message) -> None:
     """Fill in the defaults of `obj` in place (see the module docstring)."""
     kind = kinds.of_message(obj)
@@ -144,6 +168,8 @@ def apply_defaults(obj: Message) -> None:
     obj.kind = kind.kind  # type: ignore[attr-defined]
     if isinstance(obj, t.Pod):
         pod_spec(obj.spec)
+        if not obj.spec.service_account_name:  # set on pods only (templates stay as written)
+            obj.spec.service_account_name = DEFAULT_SERVICE_ACCOUNT
     elif isinstance(obj, t.Deployment):
         _deployment(obj)
     elif isinstance(obj, t.ReplicaSet):
@@ -156,3 +182,5 @@ def apply_defaults(obj: Message) -> None:
         _namespace(obj)
     elif isinstance(obj, t.Event):
         _event(obj)
+    elif isinstance(obj, t.Secret):
+        _secret(obj)

@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from skiff import errors, kinds
+from skiff import errors, kinds, qos
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -97,6 +97,7 @@ def prepare_create(obj: Message, *, now: float, uid: str) -> None:
         obj.ClearField("status")  # type: ignore[arg-type]
     if isinstance(obj, t.Pod):
         obj.status.phase = "Pending"
+        obj.status.qos_class = qos.qos_class(obj.spec)
 
 
 def create_problems(obj: Message) -> list[FieldError]:
@@ -188,10 +189,33 @@ def update_problems(old: Message, new: Message) -> list[FieldError]:
             out.append(FieldError("spec.clusterIP",
                                   f'field is immutable: "{old.spec.cluster_ip}" cannot change to '
                                   f'"{new.spec.cluster_ip}"; delete and recreate the Service to change it'))
+    elif isinstance(old, t.ConfigMap | t.Secret) and isinstance(new, t.ConfigMap | t.Secret):
+        out.extend(_immutable_config_problems(old, new))
     elif isinstance(old, t.Node) and isinstance(new, t.Node):
         if old.spec.pod_cidr and new.spec.pod_cidr != old.spec.pod_cidr:
             out.append(FieldError("spec.podCIDR", "may not change once set"))
     return out
+
+
+def _immutable_config_problems(old: t.ConfigMap | t.Secret, new: t.ConfigMap | t.Secret) -> list[FieldError]:
+    """An immutable ConfigMap/Secret keeps its data and stays immutable (delete and recreate to change)."""
+    out = []
+    if isinstance(old, t.Secret) and isinstance(new, t.Secret) and old.type != new.type:
+        out.append(FieldError("type", "field is immutable"))
+    if not (old.HasField("immutable") and old.immutable):
+        return out
+    if not (new.HasField("immutable") and new.immutable):
+        out.append(FieldError("immutable", "field is immutable when `immutable` is set"))
+    fields = ("data", "binary_data") if isinstance(old, t.ConfigMap) else ("data",)
+    for field in fields:
+        if dict(getattr(old, field)) != dict(getattr(new, field)):
+            out.append(FieldError(_json_name(field), "field is immutable when `immutable` is set"))
+    return out
+
+
+def _json_name(field: str) -> str:
+    head, *rest = field.split("_")
+    return head + "".join(p.capitalize() for p in rest)
 
 
 def _pod_update_problems(old: t.Pod, new: t.Pod) -> list[FieldError]:

@@ -22,6 +22,7 @@ from controlplane.controllers.garbagecollector import GarbageCollector
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
+from controlplane.controllers.serviceaccount import ServiceAccountController
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import EventRecorder
@@ -30,7 +31,8 @@ from skiff.informer import InformerFactory
 
 log = logging.getLogger("skiff.controllers.manager")
 
-ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector")
+ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
+                   "serviceaccount")
 COMPONENT = "controller-manager"
 
 
@@ -74,6 +76,8 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
                                       mask_size=options.node_cidr_mask_size))
     if "garbagecollector" in wanted:
         out.append(GarbageCollector(client, factory))
+    if "serviceaccount" in wanted:
+        out.append(ServiceAccountController(client, factory))
     return out
 
 

@@ -259,6 +259,23 @@ def _leases(objs: Sequence[t.Lease], now: float, wide: bool) -> tuple[Row, list[
         for lease in objs]
 
 
+def _configmaps(objs: Sequence[t.ConfigMap], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "DATA", "AGE"], [
+        [cm.metadata.name, str(len(cm.data) + len(cm.binary_data)), age(cm.metadata.creation_timestamp, now)]
+        for cm in objs]
+
+
+def _secrets(objs: Sequence[t.Secret], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "TYPE", "DATA", "AGE"], [
+        [s.metadata.name, s.type or "Opaque", str(len(s.data)), age(s.metadata.creation_timestamp, now)]
+        for s in objs]
+
+
+def _serviceaccounts(objs: Sequence[t.ServiceAccount], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "SECRETS", "AGE"], [
+        [sa.metadata.name, str(len(sa.secrets)), age(sa.metadata.creation_timestamp, now)] for sa in objs]
+
+
 PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]]] = {
     "pods": _pods,
     "deployments": _deployments,
@@ -269,6 +286,9 @@ PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]
     "events": _events,
     "namespaces": _namespaces,
     "leases": _leases,
+    "configmaps": _configmaps,
+    "secrets": _secrets,
+    "serviceaccounts": _serviceaccounts,
 }
 
 
