@@ -21,10 +21,12 @@ from typing import Any
 
 from nodeagent import cri as rt
 from nodeagent import plan as P
+from nodeagent.envs import ConfigSource, ContainerConfigError, container_env
 from nodeagent.netns import NodeNetwork
 from nodeagent.podconfig import PodConfigSettings, container_config, pod_log_dir, sandbox_config
 from nodeagent.probes import ProbeLoop
-from skiff import errors
+from nodeagent.volumes import VolumeManager, plan_mounts
+from skiff import downward, errors
 from skiff.client import ApiClient
 from skiff.events import NORMAL, WARNING, Recorder
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -52,6 +54,28 @@ class WorkerContext:
     pod: Callable[[str], t.Pod | None]  # latest known Pod object for a uid (None: gone from the API)
     clock: Callable[[], float] = time.time
     on_status_written: Callable[[t.Pod], None] | None = None
+    config: ConfigSource | None = None  # ConfigMaps and Secrets for env and volumes
+    volumes: VolumeManager | None = None  # None: pods with volumes cannot be configured
+    node_allocatable: Callable[[], dict[str, str]] = dict
+
+
+class _ConfigFailure(Exception):
+    """A container cannot be created yet: its env or volumes name something missing."""
+
+    def __init__(self, container: str, message: str) -> None:
+        super().__init__(message)
+        self.container = container
+
+
+class _NoConfig:
+    def config_map(self, namespace: str, name: str) -> t.ConfigMap | None:
+        return None
+
+    def secret(self, namespace: str, name: str) -> t.Secret | None:
+        return None
+
+
+CONFIG_RETRY = 2.0  # seconds; ConfigMap/Secret events also kick the worker at once
 
 
 @dataclass
@@ -76,6 +100,7 @@ class PodWorker:
         self.last_written: bytes = b""
         self.last_pod: t.Pod | None = None
         self.syncs = 0
+        self.config_errors: dict[str, str] = {}  # container -> why it cannot be created yet
 
     def kick(self) -> None:
         self.kicked.set()
@@ -175,13 +200,25 @@ class PodWorker:
             plan = P.compute_plan(pod, obs, self.memory, self.ctx.clock(), self.ctx.plan_config)
             if plan.done:
                 self._remove_logs()
+                if self.ctx.volumes is not None:
+                    self.ctx.volumes.teardown(self.uid)
                 return True
             if not plan.actions:
                 break
-            await self.apply(plan.actions[0], pod, obs)
+            try:
+                await self.apply(plan.actions[0], pod, obs)
+            except _ConfigFailure as exc:
+                if self.config_errors.get(exc.container) != str(exc) and pod is not None:
+                    self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
+                self.config_errors[exc.container] = str(exc)
+                plan = replace(plan, wake_at=self.ctx.clock() + CONFIG_RETRY)
+                break
             pod = self.current_pod()
         self.wake_at = plan.wake_at
         if pod is not None and not P.is_deleting(pod):
+            if self.ctx.volumes is not None and pod.spec.volumes:
+                self.ctx.volumes.refresh(self._pod_view(pod, obs), self._config(),
+                                         node_allocatable=self.ctx.node_allocatable())
             self.reconcile_probes(pod, obs)
             await self.write_status(pod, obs, plan)
         elif plan.actions:
@@ -211,8 +248,9 @@ class PodWorker:
             spec = next(c for c in pod.spec.containers if c.name == action.container)
             sb_cfg = sandbox_config(pod, next(s.attempt for s in obs.sandboxes if s.id == action.sandbox_id),
                                     self.ctx.pod_settings)
+            config = self._container_config(pod, spec, action.attempt, obs)
             try:
-                await runtime.create_container(action.sandbox_id, container_config(pod, spec, action.attempt), sb_cfg)
+                await runtime.create_container(action.sandbox_id, config, sb_cfg)
             except rt.CriError as exc:
                 self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
                 raise
@@ -255,6 +293,41 @@ class PodWorker:
                 pass  # a new pod with the same name: ours is gone already
             self.deleted = True
 
+    def _config(self) -> ConfigSource:
+        return self.ctx.config or _NoConfig()
+
+    def _pod_view(self, pod: t.Pod, obs: P.Observed) -> t.Pod:
+        """The pod with the IPs the node knows before the API does (fieldRef status.podIP/hostIP)."""
+        sandbox = P.current_sandbox(obs)
+        if (sandbox is None or not sandbox.ip or pod.status.pod_ip == sandbox.ip) and \
+                pod.status.host_ip == self.ctx.host_ip:
+            return pod
+        view = t.Pod()
+        view.CopyFrom(pod)
+        view.status.host_ip = self.ctx.host_ip
+        if sandbox is not None and sandbox.ip:
+            view.status.pod_ip = sandbox.ip
+            del view.status.pod_ips[:]
+            view.status.pod_ips.add(ip=sandbox.ip)
+        return view
+
+    def _container_config(self, pod: t.Pod, spec: t.Container, attempt: int, obs: P.Observed) -> cri.ContainerConfig:
+        """Env, command line and mounts resolved now; _ConfigFailure when something is missing."""
+        view = self._pod_view(pod, obs)
+        allocatable = self.ctx.node_allocatable()
+        try:
+            paths: dict[str, str] = {}
+            if pod.spec.volumes:
+                if self.ctx.volumes is None:
+                    raise ContainerConfigError("this node agent has no volume directory")
+                paths = self.ctx.volumes.setup(view, self._config(), node_allocatable=allocatable)
+                self.ctx.volumes.prepare_sub_paths(view, spec, paths)
+            env = container_env(view, spec, self._config(), node_allocatable=allocatable)
+        except (ContainerConfigError, downward.DownwardError, OSError) as exc:
+            raise _ConfigFailure(spec.name, str(exc)) from exc
+        self.config_errors.pop(spec.name, None)
+        return container_config(pod, spec, attempt, env=env, mounts=plan_mounts(pod, spec, paths))
+
     async def _pull(self, pod: t.Pod, action: P.PullImage) -> None:
         now = self.ctx.clock()
         self.ctx.events.event(pod, NORMAL, "Pulling", f'Pulling image "{action.image}"')
@@ -280,6 +353,10 @@ class PodWorker:
 
     async def write_status(self, pod: t.Pod, obs: P.Observed, plan: P.Plan) -> None:
         status = P.compute_status(pod, obs, self.memory, plan, self.ctx.clock(), host_ip=self.ctx.host_ip)
+        for cs in status.container_statuses:
+            problem = self.config_errors.get(cs.name)
+            if problem and cs.state.HasField("waiting"):
+                cs.state.waiting.reason, cs.state.waiting.message = "CreateContainerConfigError", problem
         for name, w in plan.waiting.items():
             if w.reason == "CrashLoopBackOff" and not _was_waiting(pod, name, "CrashLoopBackOff"):
                 self.ctx.events.event(pod, WARNING, "BackOff", f"Back-off restarting failed container {name}")
