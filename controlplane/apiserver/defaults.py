@@ -15,7 +15,8 @@ Defaults, by kind (Kubernetes' values):
 - Service: type ClusterIP, sessionAffinity None (ClientIP: timeout 10800 s), port protocol
   TCP, targetPort = port, externalTrafficPolicy Cluster for NodePort;
 - Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1;
-- Pod (not templates): serviceAccountName `default`; pods and templates: configMap/secret/downwardAPI/projected volumes
+- Pod (not templates): serviceAccountName `default`, a container's requests default to its
+  limits; pods and templates: configMap/secret/downwardAPI/projected volumes
   defaultMode 0644;
 - Secret: type Opaque; `stringData` is merged into `data` and cleared (it is write-only,
   as in Kubernetes: a stringData key wins over the same data key).
@@ -67,6 +68,13 @@ def _volumes(spec: t.PodSpec) -> None:
         for field in ("config_map", "secret", "downward_api", "projected"):
             if v.HasField(field) and not getattr(v, field).HasField("default_mode"):
                 getattr(v, field).default_mode = DEFAULT_MODE
+
+
+def _requests_from_limits(spec: t.PodSpec) -> None:
+    for c in spec.containers:
+        for name, value in c.resources.limits.items():
+            if name not in c.resources.requests:
+                c.resources.requests[name] = value
 
 
 def pod_spec(spec: t.PodSpec) -> None:
@@ -170,6 +178,7 @@ def apply_defaults(obj: Message) -> None:
         pod_spec(obj.spec)
         if not obj.spec.service_account_name:  # set on pods only (templates stay as written)
             obj.spec.service_account_name = DEFAULT_SERVICE_ACCOUNT
+        _requests_from_limits(obj.spec)
     elif isinstance(obj, t.Deployment):
         _deployment(obj)
     elif isinstance(obj, t.ReplicaSet):

@@ -106,8 +106,11 @@ def test_pod_defaults_service_account_and_volume_modes() -> None:
     explicit = pod.spec.volumes.add(name="sec").secret
     explicit.secret_name, explicit.default_mode = "s", 0o400
     pod.spec.volumes.add(name="tmp").empty_dir.SetInParent()
+    pod.spec.containers[0].resources.limits.update({"cpu": "1", "memory": "64Mi"})
+    pod.spec.containers[0].resources.requests["cpu"] = "500m"
     apply_defaults(pod)
     assert pod.spec.service_account_name == "default"
+    assert dict(pod.spec.containers[0].resources.requests) == {"cpu": "500m", "memory": "64Mi"}
     assert [v.config_map.default_mode if v.HasField("config_map") else v.secret.default_mode
             for v in pod.spec.volumes[:2]] == [0o644, 0o400]
     assert not pod.spec.volumes[2].config_map.HasField("default_mode")
