@@ -32,7 +32,8 @@ INT_OR_STRING = "skiff.api.v1.IntOrString"
 TIMESTAMP = "google.protobuf.Timestamp"
 
 # map<string,string> fields that hold quantities: YAML numbers (cpu: 1, cpu: 0.5) are accepted there.
-QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable"})
+QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable", "max", "min", "default",
+                           "default_request", "max_limit_request_ratio", "hard", "used"})
 
 _INT_TYPES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),

@@ -50,6 +50,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("Secret", "secrets", "v1", t.Secret, "secret", True, (), "secret"),
     Kind("ServiceAccount", "serviceaccounts", "v1", t.ServiceAccount, "service_account", True, ("sa",),
          "serviceaccount"),
+    Kind("LimitRange", "limitranges", "v1", t.LimitRange, "limit_range", True, ("limits",), "limitrange"),
+    Kind("ResourceQuota", "resourcequotas", "v1", t.ResourceQuota, "resource_quota", True, ("quota",),
+         "resourcequota"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

@@ -513,6 +513,36 @@ def _secret(errs: _Errors, s: t.Secret) -> None:
         errs.add("type", "must be no more than 253 characters")
 
 
+def _quantity_map(errs: _Errors, path: str, values: Mapping[str, str]) -> None:
+    for name, text in values.items():
+        try:
+            if quantity.parse(text) < 0:
+                errs.add(f"{path}.{name}", f'must be greater than or equal to 0, got "{text}"')
+        except quantity.QuantityError as exc:
+            errs.add(f"{path}.{name}", str(exc))
+
+
+def _limit_range(errs: _Errors, lr: t.LimitRange) -> None:
+    for i, item in enumerate(lr.spec.limits):
+        ip = f"spec.limits[{i}]"
+        errs.enum(f"{ip}.type", item.type, ("Container", "Pod"))
+        for field in ("max", "min", "default", "default_request", "max_limit_request_ratio"):
+            _quantity_map(errs, f"{ip}.{_json(field)}", getattr(item, field))
+        if item.type == "Pod" and (item.default or item.default_request):
+            errs.add(f"{ip}.default", 'may not be set for type "Pod"')
+        for name, low in item.min.items():
+            high = item.max.get(name)
+            try:
+                if high is not None and quantity.parse(low) > quantity.parse(high):
+                    errs.add(f"{ip}.min.{name}", f"min value {low} is greater than max value {high}")
+            except quantity.QuantityError:
+                pass
+
+
+def _resource_quota(errs: _Errors, rq: t.ResourceQuota) -> None:
+    _quantity_map(errs, "spec.hard", rq.spec.hard)
+
+
 def _ip(errs: _Errors, path: str, value: str) -> None:
     try:
         ipaddress.ip_address(value)
@@ -754,4 +784,8 @@ def validate(obj: Message) -> list[FieldError]:
         _config_data(errs, obj)
     elif isinstance(obj, t.Secret):
         _secret(errs, obj)
+    elif isinstance(obj, t.LimitRange):
+        _limit_range(errs, obj)
+    elif isinstance(obj, t.ResourceQuota):
+        _resource_quota(errs, obj)
     return errs.items

@@ -35,7 +35,7 @@ FOREGROUND = "foregroundDeletion"
 PROPAGATION_POLICIES = ("", "Orphan", "Background", "Foreground")
 PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 # Server-owned status is reset on create for these kinds (clients cannot create it).
-STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace")
+STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace", "ResourceQuota")
 GENERATE_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -97,7 +97,12 @@ def prepare_create(obj: Message, *, now: float, uid: str) -> None:
         obj.ClearField("status")  # type: ignore[arg-type]
     if isinstance(obj, t.Pod):
         obj.status.phase = "Pending"
-        obj.status.qos_class = qos.qos_class(obj.spec)
+        set_qos_class(obj)
+
+
+def set_qos_class(pod: t.Pod) -> None:
+    """status.qosClass from the pod's resources (set on create; resources never change after)."""
+    pod.status.qos_class = qos.qos_class(pod.spec)
 
 
 def create_problems(obj: Message) -> list[FieldError]:

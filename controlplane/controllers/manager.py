@@ -22,6 +22,7 @@ from controlplane.controllers.garbagecollector import GarbageCollector
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
+from controlplane.controllers.resourcequota import ResourceQuotaController
 from controlplane.controllers.serviceaccount import ServiceAccountController
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
@@ -32,7 +33,7 @@ from skiff.informer import InformerFactory
 log = logging.getLogger("skiff.controllers.manager")
 
 ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
-                   "serviceaccount")
+                   "serviceaccount", "resourcequota")
 COMPONENT = "controller-manager"
 
 
@@ -78,6 +79,8 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
         out.append(GarbageCollector(client, factory))
     if "serviceaccount" in wanted:
         out.append(ServiceAccountController(client, factory))
+    if "resourcequota" in wanted:
+        out.append(ResourceQuotaController(client, factory))
     return out
 
 

@@ -73,7 +73,7 @@ async def test_env_and_volumes_from_config_reach_the_container(h: Harness, tmp_p
     await h.api.create(config_pod("cfg", str(host_dir)))
     await h.api.bind("default", "cfg", "n1")
     pod = await running_ready(h, "cfg")
-    assert pod.status.qos_class == "Burstable"
+    assert pod.status.qos_class == "Guaranteed", "requests default to the limits"
     env = await sh(h, pod, "echo $GREETING $PASSWORD $POD_IP $MEM_MI $CFG_greeting $CFG_color")
     assert env.split() == ["hello", "s3cr3t", pod.status.pod_ip, "64", "hello", "blue"]
     assert await sh(h, pod, "cat /scratch/started") == "started hello\n", "$(VAR) expanded in the command"
