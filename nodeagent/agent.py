@@ -10,7 +10,8 @@ Loops (each started through skiff.guard):
   the runtime answers;
 - configmap and secret informers: env and volumes read them from these caches; a change kicks
   the workers of the pods that refer to the object (their volume files are rewritten);
-- node status: the Ready condition from CRI Status, written when it changes (and every
+- node status: the Ready condition from CRI Status and the MemoryPressure, DiskPressure and
+  PIDPressure conditions from the host (pressure.py), written when one changes (and every
   `node_status_period` as a heartbeat); Lease renewed every `lease_period` (10 s).
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 from nodeagent import cri as rt
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
+from nodeagent import pressure
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
@@ -112,6 +114,7 @@ class NodeAgent:
         self.runtime_error = "not checked yet"
         self.runtime_version = ""
         self.ready: t.NodeCondition | None = None
+        self.pressure: list[t.NodeCondition] = []
         self._last_node_write = 0.0
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -284,6 +287,10 @@ class NodeAgent:
         nodeobj.set_status(node, node_ip=self.config.node_ip, capacity=self._capacity(),
                            info=nodeobj.system_info(self.runtime_version), port=self.config.port, ready=self.ready,
                            hostname=self.config.node_name)
+        node.status.allocatable.clear()
+        node.status.allocatable.update(pressure.allocatable(self._capacity()))
+        if self.pressure:
+            pressure.merge_conditions(node, self.pressure)
         node.metadata.resource_version = ""
         await self.client.update_status(node)
         self._last_node_write = self.clock()
@@ -296,6 +303,7 @@ class NodeAgent:
             previous = [self.ready] if self.ready is not None else []
             ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, previous, now)
             changed = not nodeobj.same_condition(ready, self.ready)
+            changed = self._check_pressure(now) or changed
             if changed:
                 log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,
                          ready.message)
@@ -308,6 +316,21 @@ class NodeAgent:
             if changed and ready.status == "True":
                 for worker in list(self.workers.values()):
                     worker.kick()
+
+    def _check_pressure(self, now: float) -> bool:
+        """Read the host; True when a pressure condition changed."""
+        try:
+            stats = pressure.read_host(self.config.volume_dir or self.config.pod_log_dir or "/")
+        except OSError as exc:
+            log.debug("reading host pressure: %s", exc)
+            return False
+        conditions = pressure.pressure_conditions(stats, self.pressure, now)
+        changed = not pressure.same(conditions, self.pressure)
+        if changed:
+            log.info("node %s: %s", self.config.node_name,
+                     ", ".join(f"{c.type}={c.status}" for c in conditions))
+        self.pressure = conditions
+        return changed
 
     async def renew_lease(self) -> None:
         now = self.clock()
