@@ -430,6 +430,8 @@ def referenced_config(pod: t.Pod, *, config_maps: bool) -> set[str]:
             name = src.config_map_ref.name if config_maps else src.secret_ref.name
             if name:
                 out.add(name)
+    if not config_maps:
+        out.update(ref.name for ref in pod.spec.image_pull_secrets if ref.name)
     for v in pod.spec.volumes:
         name = v.config_map.name if config_maps else v.secret.secret_name
         if name:

@@ -25,6 +25,7 @@ from nodeagent.envs import ConfigSource, ContainerConfigError, container_env
 from nodeagent.netns import NodeNetwork
 from nodeagent.podconfig import PodConfigSettings, container_config, pod_log_dir, sandbox_config
 from nodeagent.probes import ProbeLoop
+from nodeagent.registryauth import pull_auth
 from nodeagent.volumes import VolumeManager, plan_mounts
 from skiff import downward, errors
 from skiff.client import ApiClient
@@ -332,7 +333,8 @@ class PodWorker:
         now = self.ctx.clock()
         self.ctx.events.event(pod, NORMAL, "Pulling", f'Pulling image "{action.image}"')
         try:
-            await self.ctx.runtime.pull_image(action.image, sandbox_config=None)
+            await self.ctx.runtime.pull_image(action.image, sandbox_config=None,
+                                              auth=pull_auth(pod, action.image, self._config()))
         except rt.RuntimeUnavailable:
             raise
         except rt.CriError as exc:

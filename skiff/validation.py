@@ -556,6 +556,9 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
     volumes = _volumes(errs, path, spec)
     for i, c in enumerate(spec.containers):
         _volume_mounts(errs, f"{path}.containers[{i}]", c, volumes)
+    for i, ref in enumerate(spec.image_pull_secrets):
+        if not ref.name:
+            errs.add(f"{path}.imagePullSecrets[{i}].name", "required")
     if spec.service_account_name:
         problem = check_dns_subdomain(spec.service_account_name)
         if problem:

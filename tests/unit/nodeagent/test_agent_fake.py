@@ -251,3 +251,23 @@ async def test_grpc_runtime_against_fake_cri_server(tmp_path: Path) -> None:
     finally:
         await runtime.close()
         await server.stop(0)
+
+
+async def test_image_pull_secret_reaches_the_runtime(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
+    api, fake, _agent = env
+    fake.pullable = lambda image: True
+    config = b'{"auths": {"registry.example.com:5000": {"auth": "dXNlcjpwYXNz"}}}'
+    await api.create(t.Secret(metadata=t.ObjectMeta(name="regcred"), type="kubernetes.io/dockerconfigjson",
+                              data={".dockerconfigjson": config}))
+    pod = t.Pod(metadata=t.ObjectMeta(name="private"))
+    pod.spec.containers.add(name="c", image="registry.example.com:5000/team/app:1", image_pull_policy="Always")
+    pod.spec.image_pull_secrets.add(name="regcred")
+    await api.create(pod)
+    await api.bind("default", "private", "n1")
+    ref = "registry.example.com:5000/team/app:1"
+    auth = await until(lambda: _found(fake.pull_auths.get(ref)))
+    assert (auth.username, auth.password, auth.server_address) == ("user", "pass", "registry.example.com:5000")
+
+
+async def _found(value: cri.AuthConfig | None) -> cri.AuthConfig | None:
+    return value
