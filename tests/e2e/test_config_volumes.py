@@ -96,8 +96,8 @@ async def test_env_and_volumes_from_config_reach_the_container(h: Harness, tmp_p
         return await sh(h, pod, "cat /etc/config/greeting") == "bonjour"
 
     await wait_for(updated, "the new greeting in the volume", 15)
-    assert await sh(h, pod, "readlink /etc/config/greeting; readlink /etc/config/..data") .startswith(
-        "..data/greeting\n..")
+    links = await sh(h, pod, "readlink /etc/config/greeting; readlink /etc/config/..data")
+    assert links.startswith("..data/greeting\n..")
     assert await sh(h, pod, "cat /etc/all/g") == "bonjour"
     assert await sh(h, pod, "echo $GREETING") == "hello\n", "env is fixed when the container starts"
 
