@@ -15,6 +15,8 @@ What must hold:
   mounts; a missing non-optional ConfigMap/Secret/key raises ContainerConfigError (the container
   is not created until it appears), an optional one gives an empty volume;
 - configMap/secret/downwardAPI/projected mounts are read-only, whatever the volumeMount says;
+- every container attempt gets its own empty termination-message file, mounted at
+  `terminationMessagePath`; what it holds when the container exits is `terminated.message`;
 - a write that changes nothing leaves the volume untouched (no new `..data`), so refreshing on
   every sync is cheap and never disturbs readers;
 - volumes survive an agent restart (they are plain directories and mounts on the host) and are
@@ -41,6 +43,9 @@ from skiffpb.cri.v1 import api_pb2 as cri
 log = logging.getLogger("nodeagent.volumes")
 
 DATA_LINK = "..data"
+TERMINATION_DIR = "..termination"  # not a valid volume name, so it never clashes with one
+MAX_TERMINATION_MESSAGE = 4096  # bytes, as the kubelet reads
+FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
 FILE_SOURCES = ("config_map", "secret", "downward_api", "projected")
 DEFAULT_MODE = 0o644
 _PROPAGATION = {"": cri.PROPAGATION_PRIVATE, "None": cri.PROPAGATION_PRIVATE,
@@ -198,6 +203,17 @@ def tmpfs_options(volume: t.EmptyDirVolumeSource) -> str:
     return ",".join(opts)
 
 
+def termination_message(written: bytes, *, policy: str, exit_code: int, log_tail: bytes) -> str:
+    """terminated.message: what the container wrote (at most 4096 bytes); with FallbackToLogsOnError
+    and nothing written, a failed container's last log lines (80 lines, 2048 bytes)."""
+    if written:
+        return written[:MAX_TERMINATION_MESSAGE].decode(errors="replace")
+    if policy == "FallbackToLogsOnError" and exit_code != 0:
+        lines = log_tail.splitlines(keepends=True)[-FALLBACK_LOG_LINES:]
+        return b"".join(lines)[-FALLBACK_LOG_BYTES:].decode(errors="replace")
+    return ""
+
+
 # ---------------------------------------------------------------- host side
 
 def read_files(volume_dir: str) -> Files | None:
@@ -336,6 +352,18 @@ class VolumeManager:
         if problem:
             raise ContainerConfigError(problem)
         return path
+
+    def termination_file(self, uid: str, container: str, attempt: int) -> str:
+        return os.path.join(self.pod_dir(uid), TERMINATION_DIR, f"{container}-{attempt}")
+
+    def termination_mount(self, pod: t.Pod, container: t.Container, attempt: int) -> cri.Mount:
+        """An empty host file bind-mounted at terminationMessagePath, for the container to write into."""
+        path = self.termination_file(pod.metadata.uid, container.name, attempt)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb"):
+            pass
+        os.chmod(path, 0o666)  # any container user may write its message
+        return cri.Mount(container_path=container.termination_message_path, host_path=path)
 
     def teardown(self, uid: str) -> None:
         """Remove the pod's volumes: unmount what is mounted under its directory, then delete it."""

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nodeagent import cri as rt
+from nodeagent import logs
 from nodeagent import plan as P
 from nodeagent.envs import ConfigSource, ContainerConfigError, container_env
 from nodeagent.netns import NodeNetwork
-from nodeagent.podconfig import PodConfigSettings, container_config, pod_log_dir, sandbox_config
+from nodeagent.podconfig import PodConfigSettings, container_config, container_log_path, pod_log_dir, sandbox_config
 from nodeagent.probes import ProbeLoop
 from nodeagent.registryauth import pull_auth
-from nodeagent.volumes import VolumeManager, plan_mounts
+from nodeagent.volumes import VolumeManager, plan_mounts, termination_message
 from skiff import downward, errors
 from skiff.client import ApiClient
 from skiff.events import NORMAL, WARNING, Recorder
@@ -86,6 +87,7 @@ class _Cache:
     exited: dict[str, cri.ContainerStatus] = field(default_factory=dict)
     running: dict[str, cri.ContainerStatus] = field(default_factory=dict)
     sandbox_ip: dict[str, str] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)  # exited container id -> termination message
 
 
 class PodWorker:
@@ -141,10 +143,14 @@ class PodWorker:
                         self.cache.running.pop(c.id, None)
                     elif state == "running":
                         self.cache.running[c.id] = st
+            name = c.metadata.name or c.labels.get(rt.LABEL_CONTAINER_NAME, "")
+            message = st.message
+            if state == "exited" and pod is not None:
+                message = self._termination_message(pod, name, c.id, c.metadata.attempt, st) or message
             cobs.append(P.ContainerObs(
-                id=c.id, name=c.metadata.name or c.labels.get(rt.LABEL_CONTAINER_NAME, ""), attempt=c.metadata.attempt,
+                id=c.id, name=name, attempt=c.metadata.attempt,
                 sandbox_id=c.pod_sandbox_id, state=state, created_at=st.created_at, started_at=st.started_at,
-                finished_at=st.finished_at, exit_code=st.exit_code, reason=st.reason, message=st.message,
+                finished_at=st.finished_at, exit_code=st.exit_code, reason=st.reason, message=message,
                 image_ref=st.image_ref or c.image_ref))
         images: dict[str, bool] = {}
         if pod is not None and not P.is_deleting(pod):
@@ -153,10 +159,32 @@ class PodWorker:
                 if spec.name not in live and spec.image not in images:
                     images[spec.image] = await runtime.image_status(spec.image) is not None
         known = {c.id for c in containers}
-        for cache in (self.cache.exited, self.cache.running):
+        for cache in (self.cache.exited, self.cache.running, self.cache.messages):
             for cid in [cid for cid in cache if cid not in known]:
                 del cache[cid]
         return P.Observed(tuple(sobs), tuple(cobs), images)
+
+    def _termination_message(self, pod: t.Pod, name: str, cid: str, attempt: int, st: cri.ContainerStatus) -> str:
+        """terminated.message of an exited container, read once from its file (or its log)."""
+        if cid in self.cache.messages:
+            return self.cache.messages[cid]
+        spec = next((c for c in pod.spec.containers if c.name == name), None)
+        if self.ctx.volumes is None or spec is None or not spec.termination_message_path:
+            return ""
+        try:
+            with open(self.ctx.volumes.termination_file(self.uid, name, attempt), "rb") as f:
+                written = f.read(4096)
+        except OSError:
+            written = b""
+        tail = b""
+        if not written and spec.termination_message_policy == "FallbackToLogsOnError" and st.exit_code != 0:
+            log_dir = pod_log_dir(self.ctx.pod_settings.pod_log_dir, pod.metadata.namespace, pod.metadata.name,
+                                  self.uid)
+            tail, _ = logs.read(os.path.join(log_dir, container_log_path(name, attempt)), tail_lines=80)
+        message = termination_message(written, policy=spec.termination_message_policy, exit_code=st.exit_code,
+                                      log_tail=tail)
+        self.cache.messages[cid] = message
+        return message
 
     # ------------------------------------------------------------ the loop
 
@@ -327,7 +355,13 @@ class PodWorker:
         except (ContainerConfigError, downward.DownwardError, OSError) as exc:
             raise _ConfigFailure(spec.name, str(exc)) from exc
         self.config_errors.pop(spec.name, None)
-        return container_config(pod, spec, attempt, env=env, mounts=plan_mounts(pod, spec, paths))
+        mounts = plan_mounts(pod, spec, paths)
+        if self.ctx.volumes is not None and spec.termination_message_path:
+            try:
+                mounts.append(self.ctx.volumes.termination_mount(pod, spec, attempt))
+            except OSError as exc:
+                raise _ConfigFailure(spec.name, f"termination message file: {exc}") from exc
+        return container_config(pod, spec, attempt, env=env, mounts=mounts)
 
     async def _pull(self, pod: t.Pod, action: P.PullImage) -> None:
         now = self.ctx.clock()

@@ -248,6 +248,9 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
     elif c.image != c.image.strip():
         errs.add(f"{path}.image", "must not have leading or trailing whitespace")
     errs.enum(f"{path}.imagePullPolicy", c.image_pull_policy, PULL_POLICIES)
+    errs.enum(f"{path}.terminationMessagePolicy", c.termination_message_policy, ("File", "FallbackToLogsOnError"))
+    if c.termination_message_path and not c.termination_message_path.startswith("/"):
+        errs.add(f"{path}.terminationMessagePath", f'must be an absolute path, got "{c.termination_message_path}"')
     for j, port in enumerate(c.ports):
         pp = f"{path}.ports[{j}]"
         errs.port(f"{pp}.containerPort", port.container_port)

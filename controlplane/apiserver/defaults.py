@@ -7,7 +7,8 @@ time (so an unchanged manifest re-applied is a no-op). Pure: no clock, no I/O.
 Defaults, by kind (Kubernetes' values):
 - every object: apiVersion and kind;
 - Pod (and pod templates): restartPolicy Always, terminationGracePeriodSeconds 30,
-  schedulerName default-scheduler, container imagePullPolicy by tag (Always for `:latest`
+  schedulerName default-scheduler, container terminationMessagePath /dev/termination-log and
+  terminationMessagePolicy File, container imagePullPolicy by tag (Always for `:latest`
   or no tag, else IfNotPresent), port protocol TCP, probe timeout 1 / period 10 /
   success 1 / failure 3, httpGet scheme HTTP and path /;
 - Deployment: replicas 1, strategy RollingUpdate with maxUnavailable 25% and maxSurge 25%,
@@ -60,6 +61,7 @@ def _probe(p: t.Probe) -> None:
 
 
 DEFAULT_MODE = 0o644
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 DEFAULT_SERVICE_ACCOUNT = "default"
 
 
@@ -86,6 +88,10 @@ def pod_spec(spec: t.PodSpec) -> None:
     if not spec.scheduler_name:
         spec.scheduler_name = DEFAULT_SCHEDULER
     for c in spec.containers:
+        if not c.termination_message_path:
+            c.termination_message_path = TERMINATION_MESSAGE_PATH
+        if not c.termination_message_policy:
+            c.termination_message_policy = "File"
         if not c.image_pull_policy:
             c.image_pull_policy = image_pull_policy(c.image)
         for port in c.ports:

@@ -194,3 +194,25 @@ async def test_example_resources_reach_the_cgroup_and_oom_kills(h: Harness) -> N
 
     p = await wait_for(oom, "the container OOMKilled", 40)
     assert (cstatus(p).state.terminated.exit_code, p.status.phase, p.status.qos_class) == (137, "Failed", "Guaranteed")
+
+
+async def test_termination_message_from_file_and_from_logs(h: Harness) -> None:
+    pod = t.Pod(metadata=t.ObjectMeta(name="finisher"))
+    pod.spec.restart_policy = "Never"
+    pod.spec.termination_grace_period_seconds = 1
+    pod.spec.containers.add(name="writes", image=WEB, image_pull_policy="IfNotPresent",
+                            command=["sh", "-c", "echo 'it broke' > /dev/termination-log; exit 3"])
+    pod.spec.containers.add(name="logs", image=WEB, image_pull_policy="IfNotPresent",
+                            termination_message_policy="FallbackToLogsOnError",
+                            command=["sh", "-c", "echo first; echo last words; exit 1"])
+    await h.api.create(pod)
+    await h.api.bind("default", "finisher", "n1")
+
+    async def failed() -> t.Pod | None:
+        p = await h.pod("finisher")
+        return p if p.status.phase == "Failed" else None
+
+    p = await wait_for(failed, "the pod Failed", 30)
+    by_name = {s.name: s.state.terminated for s in p.status.container_statuses}
+    assert (by_name["writes"].exit_code, by_name["writes"].message) == (3, "it broke\n")
+    assert (by_name["logs"].exit_code, by_name["logs"].message) == (1, "first\nlast words\n")

@@ -17,6 +17,7 @@ from nodeagent.volumes import (
     plan_files,
     plan_mounts,
     read_files,
+    termination_message,
     tmpfs_options,
     write_atomic,
 )
@@ -257,3 +258,26 @@ def test_referenced_config() -> None:
                             t.VolumeProjection(config_map=t.ConfigMapProjection(name="proj-cm"))]))))
     assert referenced_config(p, config_maps=True) == {"env-cm", "from-cm", "proj-cm"}
     assert referenced_config(p, config_maps=False) == {"env-sec", "vol-sec"}
+
+
+@pytest.mark.parametrize(("written", "policy", "exit_code", "tail", "want"), [
+    (b"bye", "File", 1, b"log\n", "bye"),
+    (b"", "File", 1, b"log\n", ""),
+    (b"", "FallbackToLogsOnError", 1, b"a\nb\n", "a\nb\n"),
+    (b"", "FallbackToLogsOnError", 0, b"a\n", ""),
+    (b"x" * 5000, "File", 0, b"", "x" * 4096),
+    (b"", "FallbackToLogsOnError", 2, b"".join(b"%d\n" % i for i in range(100)),
+     "".join(f"{i}\n" for i in range(20, 100))),
+    (b"", "FallbackToLogsOnError", 2, b"y" * 3000 + b"\n", "y" * 2047 + "\n"),
+], ids=["written", "nothing", "fallback", "fallback-success", "capped", "last-80-lines", "last-2048-bytes"])
+def test_termination_message(written: bytes, policy: str, exit_code: int, tail: bytes, want: str) -> None:
+    assert termination_message(written, policy=policy, exit_code=exit_code, log_tail=tail) == want
+
+
+def test_termination_mount_is_a_fresh_file_per_attempt(tmp_path: Path) -> None:
+    vm = VolumeManager(str(tmp_path))
+    c = t.Container(name="app", image="i", termination_message_path="/dev/termination-log")
+    mount = vm.termination_mount(pod(c), c, 3)
+    assert (mount.container_path, mount.host_path, mount.readonly) == (
+        "/dev/termination-log", str(tmp_path / "u1" / "..termination" / "app-3"), False)
+    assert os.path.getsize(mount.host_path) == 0 and os.stat(mount.host_path).st_mode & 0o777 == 0o666
