@@ -25,7 +25,7 @@ from nodeagent import plan as P
 from nodeagent.envs import ConfigSource, ContainerConfigError, container_env
 from nodeagent.netns import NodeNetwork
 from nodeagent.podconfig import PodConfigSettings, container_config, container_log_path, pod_log_dir, sandbox_config
-from nodeagent.probes import ProbeLoop
+from nodeagent.probes import ProbeLoop, run_hook
 from nodeagent.registryauth import pull_auth
 from nodeagent.volumes import VolumeManager, plan_mounts, termination_message
 from skiff import downward, errors
@@ -78,6 +78,7 @@ class _NoConfig:
 
 
 CONFIG_RETRY = 2.0  # seconds; ConfigMap/Secret events also kick the worker at once
+POST_START_TIMEOUT = 30.0  # seconds a postStart hook may take
 
 
 @dataclass
@@ -296,6 +297,7 @@ class PodWorker:
                     await runtime.remove_container(action.container_id)
                 raise
             self.ctx.events.event(pod, NORMAL, "Started", f"Started container {action.container}")
+            await self._post_start(pod, action, obs)
         elif isinstance(action, P.StopContainer):
             if pod is not None:
                 msg = {"Unhealthy": f"Container {action.container} failed liveness probe, will be restarted",
@@ -303,8 +305,9 @@ class PodWorker:
                     action.reason, f"Stopping container {action.container}")
                 self.ctx.events.event(pod, NORMAL, "Killing", msg)
             self.stop_probes(action.container_id)
+            grace = await self._pre_stop(pod or self.last_pod, action, obs)
             with contextlib.suppress(rt.NotFound):
-                await runtime.stop_container(action.container_id, action.grace)
+                await runtime.stop_container(action.container_id, grace)
             probes = dict(self.memory.probes)
             probes.pop(action.container_id, None)
             self.memory = replace(self.memory, probes=probes)
@@ -362,6 +365,34 @@ class PodWorker:
             except OSError as exc:
                 raise _ConfigFailure(spec.name, f"termination message file: {exc}") from exc
         return container_config(pod, spec, attempt, env=env, mounts=mounts)
+
+    async def _post_start(self, pod: t.Pod, action: P.StartContainer, obs: P.Observed) -> None:
+        """Run the postStart hook; a failed hook kills the container (restartPolicy decides what follows)."""
+        spec = next((c for c in pod.spec.containers if c.name == action.container), None)
+        if spec is None or not spec.lifecycle.HasField("post_start"):
+            return
+        sandbox = P.current_sandbox(obs)
+        ok, message = await run_hook(spec.lifecycle.post_start, pod_ip=sandbox.ip if sandbox else "", container=spec,
+                                     container_id=action.container_id, runtime=self.ctx.runtime, net=self.ctx.net,
+                                     timeout_seconds=POST_START_TIMEOUT)
+        if not ok:
+            self.ctx.events.event(pod, WARNING, "FailedPostStartHook", f"PostStartHook failed: {message}")
+            with contextlib.suppress(rt.NotFound):
+                await self.ctx.runtime.stop_container(action.container_id, 2)
+
+    async def _pre_stop(self, pod: t.Pod | None, action: P.StopContainer, obs: P.Observed) -> int:
+        """Run the preStop hook within the grace period; the seconds left for StopContainer (at least 2)."""
+        spec = None if pod is None else next((c for c in pod.spec.containers if c.name == action.container), None)
+        if pod is None or spec is None or not spec.lifecycle.HasField("pre_stop") or action.grace <= 0:
+            return action.grace
+        started = self.ctx.clock()
+        sandbox = P.current_sandbox(obs)
+        ok, message = await run_hook(spec.lifecycle.pre_stop, pod_ip=sandbox.ip if sandbox else "", container=spec,
+                                     container_id=action.container_id, runtime=self.ctx.runtime, net=self.ctx.net,
+                                     timeout_seconds=action.grace)
+        if not ok:
+            self.ctx.events.event(pod, WARNING, "FailedPreStopHook", f"PreStopHook failed: {message}")
+        return max(int(action.grace - (self.ctx.clock() - started)), 2)
 
     async def _pull(self, pod: t.Pod, action: P.PullImage) -> None:
         now = self.ctx.clock()

@@ -282,6 +282,17 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
     for field in ("liveness_probe", "readiness_probe", "startup_probe"):
         if c.HasField(field):
             _probe(errs, f"{path}.{_json(field)}", getattr(c, field))
+    for field in ("post_start", "pre_stop"):
+        if c.lifecycle.HasField(field):
+            hp = f"{path}.lifecycle.{_json(field)}"
+            handler = getattr(c.lifecycle, field)
+            present = _one_of(errs, hp, handler, ("exec", "http_get", "tcp_socket"))
+            if "exec" in present and not handler.exec.command:
+                errs.add(f"{hp}.exec.command", "required")
+            if "http_get" in present:
+                _int_or_string_port(errs, f"{hp}.httpGet.port", handler.http_get.port)
+            if "tcp_socket" in present:
+                _int_or_string_port(errs, f"{hp}.tcpSocket.port", handler.tcp_socket.port)
 
 
 # ---------------------------------------------------------------------- config-volumes: env, volumes, config

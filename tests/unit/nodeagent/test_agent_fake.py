@@ -269,5 +269,33 @@ async def test_image_pull_secret_reaches_the_runtime(env: tuple[InProcessApi, Fa
     assert (auth.username, auth.password, auth.server_address) == ("user", "pass", "registry.example.com:5000")
 
 
-async def _found(value: cri.AuthConfig | None) -> cri.AuthConfig | None:
+async def _found(value: T | None) -> T | None:
     return value
+
+
+async def test_lifecycle_hooks(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
+    api, fake, _agent = env
+    calls: list[list[str]] = []
+
+    def handler(cid: str, cmd: list[str]) -> tuple[int, bytes, bytes]:
+        calls.append(cmd)
+        return (1 if cmd[0] == "fail" else 0), b"", b""
+
+    fake.exec_handler = handler
+    pod = t.Pod(metadata=t.ObjectMeta(name="hooked"))
+    pod.spec.termination_grace_period_seconds = 5
+    c = pod.spec.containers.add(name="c", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
+    c.lifecycle.post_start.exec.command.extend(["started"])
+    c.lifecycle.pre_stop.exec.command.extend(["drain"])
+    bad = pod.spec.containers.add(name="bad", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
+    bad.lifecycle.post_start.exec.command.extend(["fail"])
+    await api.create(pod)
+    await api.bind("default", "hooked", "n1")
+
+    async def failed_hook() -> t.Event | None:
+        return next((e for e in api.objects(t.Event) if e.reason == "FailedPostStartHook"), None)
+
+    event = await until(failed_hook)
+    assert "PostStartHook failed" in event.message and ["started"] in calls
+    await api.delete(t.Pod, "hooked", "default")
+    await until(lambda: _found(["drain"] in calls or None))
