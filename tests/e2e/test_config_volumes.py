@@ -216,3 +216,26 @@ async def test_termination_message_from_file_and_from_logs(h: Harness) -> None:
     by_name = {s.name: s.state.terminated for s in p.status.container_statuses}
     assert (by_name["writes"].exit_code, by_name["writes"].message) == (3, "it broke\n")
     assert (by_name["logs"].exit_code, by_name["logs"].message) == (1, "first\nlast words\n")
+
+
+async def test_lifecycle_hooks_run_in_the_container(h: Harness, tmp_path: Path) -> None:
+    out = tmp_path / "hooks"
+    pod = t.Pod(metadata=t.ObjectMeta(name="hooked"))
+    pod.spec.termination_grace_period_seconds = 5
+    c = pod.spec.containers.add(name="web", image=WEB, image_pull_policy="IfNotPresent",
+                                command=["sh", "-c", "exec sleep 3600"])
+    c.lifecycle.post_start.exec.command.extend(["sh", "-c", "echo started > /out/post"])
+    c.lifecycle.pre_stop.exec.command.extend(["sh", "-c", "echo stopping > /out/pre"])
+    c.volume_mounts.add(name="out", mount_path="/out")
+    pod.spec.volumes.add(name="out", host_path=t.HostPathVolumeSource(path=str(out), type="DirectoryOrCreate"))
+    await h.api.create(pod)
+    await h.api.bind("default", "hooked", "n1")
+    await running_ready(h, "hooked")
+    assert (out / "post").read_text() == "started\n"
+    await h.api.delete(t.Pod, "hooked", "default")
+
+    async def pre_stop_ran() -> bool:
+        return (out / "pre").exists()
+
+    await wait_for(pre_stop_ran, "the preStop hook's file", 20)
+    assert (out / "pre").read_text() == "stopping\n"
