@@ -40,9 +40,10 @@ from netproxy.iptables.command import IptablesCmd
 from netproxy.iptables.proxier import IptablesProxier
 from netproxy.iptables.render import build_ruleset
 from netproxy.model import service_ports
+from skiff import defaults
 from skiffpb.api.v1 import types_pb2 as t
 
-CONFIG = ProxyConfig(cluster_cidr="10.244.0.0/16")
+CONFIG = ProxyConfig(cluster_cidr=defaults.CLUSTER_CIDR)
 RESULTS = Path(__file__).resolve().parent / "results" / "netproxy.json"
 
 

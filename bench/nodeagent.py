@@ -31,6 +31,7 @@ from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import GrpcRuntime
 from nodeagent.fakecri import FakeRuntime
 from nodeagent.netns import NodeNetwork
+from skiff import conditions
 from skiffpb.api.v1 import types_pb2 as t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,8 +55,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def is_ready(pod: t.Pod) -> bool:
-    return pod.status.phase == "Running" and any(c.type == "Ready" and c.status == "True"
-                                                 for c in pod.status.conditions)
+    return pod.status.phase == "Running" and conditions.is_pod_ready(pod)
 
 
 def web_pod(name: str) -> t.Pod:

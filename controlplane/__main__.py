@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from skiff import defaults
 from skiff.daemon import run_until_signalled, setup_logging
 
 log = logging.getLogger("skiff.controlplane")
@@ -48,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     store = p.add_argument_group("store member (skipped with --store-endpoints)")
     store.add_argument("--name", default="s1", help="store member name")
     store.add_argument("--data-dir", default="/var/lib/skiff/store", help="store member data directory")
-    store.add_argument("--listen-client", default="127.0.0.1:2379")
-    store.add_argument("--listen-peer", default="127.0.0.1:2380")
+    store.add_argument("--listen-client", default=f"127.0.0.1:{defaults.STORE_CLIENT_PORT}")
+    store.add_argument("--listen-peer", default=f"127.0.0.1:{defaults.STORE_PEER_PORT}")
     store.add_argument("--initial-cluster", default="", help="name=host:peerport,... (default: this member alone)")
     store.add_argument("--initial-cluster-token", default="skiff-store")
     store.add_argument("--password-file", default="", help="store cluster password file")
@@ -57,15 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--store-endpoints", default="",
                        help="use these store endpoints (e.g. an external etcd) instead of running a member")
     api = p.add_argument_group("api-server")
-    api.add_argument("--listen", default="127.0.0.1:6443", help="api-server address")
-    api.add_argument("--service-cidr", default="10.96.0.0/12")
-    api.add_argument("--node-port-range", default="30000-32767")
+    api.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}", help="api-server address")
+    api.add_argument("--service-cidr", default=defaults.SERVICE_CIDR)
+    api.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE)
     api.add_argument("--node-name", default=socket.gethostname())
     cm = p.add_argument_group("controllers and scheduler")
     cm.add_argument("--api-servers", default="",
                     help="api-servers the controllers and scheduler use (default: this host's, from --listen)")
-    cm.add_argument("--cluster-cidr", default="10.244.0.0/16")
-    cm.add_argument("--node-cidr-mask-size", default="24")
+    cm.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR)
+    cm.add_argument("--node-cidr-mask-size", default=str(defaults.NODE_CIDR_MASK_SIZE))
     cm.add_argument("--node-monitor-grace-period", default="40s")
     cm.add_argument("--pod-eviction-timeout", default="60s")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -20,7 +20,7 @@ from nodeagent.cri import GrpcRuntime, Runtime
 from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
-from skiff import hostconfig
+from skiff import defaults, hostconfig
 from skiff.client import Client
 from skiff.daemon import run_until_signalled, setup_logging
 from skiff.validation import TAINT_EFFECTS
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-servers", required=True, help="host:port[,host:port...] of the api-server(s)")
     p.add_argument("--container-runtime-endpoint", default="unix:///run/containerd/containerd.sock")
     p.add_argument("--node-ip", default="", help="the node's InternalIP (also hostIP of its pods)")
-    p.add_argument("--listen", default="0.0.0.0:10250", help="address of the agent's gRPC service (logs, exec)")
+    p.add_argument("--listen", default=f"0.0.0.0:{defaults.AGENT_PORT}",
+                   help="address of the agent's gRPC service (logs, exec)")
     p.add_argument("--state-dir", default="/var/lib/skiff/node",
                    help="base of the default CNI conf dir, IPAM dir, pod logs and pod volumes")
     p.add_argument("--cni-conf-dir", default="", help="where to write the CNI conflist (default STATE/cni)")

@@ -10,9 +10,11 @@ Loops (each started through skiff.guard):
   the runtime answers;
 - configmap and secret informers: env and volumes read them from these caches; a change kicks
   the workers of the pods that refer to the object (their volume files are rewritten);
-- node status: the Ready condition from CRI Status and the MemoryPressure, DiskPressure and
-  PIDPressure conditions from the host (pressure.py), written when one changes (and every
-  `node_status_period` as a heartbeat); Lease renewed every `lease_period` (10 s).
+- node status: the Ready condition from CRI Status, written when it changes or differs from the
+  stored one (and every `node_status_period` as a heartbeat): the agent is the one writer of
+  Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent; the
+  MemoryPressure, DiskPressure and PIDPressure conditions from the host (pressure.py), written
+  when one changes; Lease renewed every `lease_period` (10 s).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
 from nodeagent.volumes import VolumeManager
 from nodeagent.worker import PodWorker, WorkerContext
-from skiff import errors
+from skiff import conditions, errors
 from skiff.client import ApiClient
 from skiff.clock import stamp
 from skiff.events import EventRecorder
@@ -250,7 +252,7 @@ class NodeAgent:
         """Create the Node, or take over an existing one (its spec, e.g. podCIDR, is kept)."""
         await self.check_runtime()
         now = self.clock()
-        self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, [], now)
+        self.ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error, [], now)
         info = nodeobj.system_info(self.runtime_version)
         delay = 0.2
         while True:
@@ -264,8 +266,8 @@ class NodeAgent:
                     node.spec.taints.extend(self.config.taints)
                     current = await self.client.create(node)
                     log.info("registered node %s", self.config.node_name)
-                self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error,
-                                                     list(current.status.conditions), now)
+                self.ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
+                                                             list(current.status.conditions), now)
                 await self.write_node_status(current)
                 self.registered.set()
                 return
@@ -300,15 +302,20 @@ class NodeAgent:
             await asyncio.sleep(self.config.status_check_period)
             await self.check_runtime()
             now = self.clock()
-            previous = [self.ready] if self.ready is not None else []
-            ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, previous, now)
+            # What the api-server holds, not only what we last wrote: the node lifecycle controller
+            # sets Ready=Unknown while we are silent, and only we set it back.
+            stored = self.node_informer.get(self.config.node_name)
+            posted = conditions.node_ready_condition(stored) if stored is not None else self.ready
+            ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
+                                                    [posted] if posted is not None else [], now)
             changed = not nodeobj.same_condition(ready, self.ready)
             changed = self._check_pressure(now) or changed
             if changed:
                 log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,
                          ready.message)
             self.ready = ready
-            if changed or now - self._last_node_write >= self.config.node_status_period:
+            if changed or not nodeobj.same_condition(ready, posted) \
+                    or now - self._last_node_write >= self.config.node_status_period:
                 try:
                     await self.write_node_status()
                 except errors.SkiffError as exc:
@@ -324,12 +331,11 @@ class NodeAgent:
         except OSError as exc:
             log.debug("reading host pressure: %s", exc)
             return False
-        conditions = pressure.pressure_conditions(stats, self.pressure, now)
-        changed = not pressure.same(conditions, self.pressure)
+        found = pressure.pressure_conditions(stats, self.pressure, now)
+        changed = not pressure.same(found, self.pressure)
         if changed:
-            log.info("node %s: %s", self.config.node_name,
-                     ", ".join(f"{c.type}={c.status}" for c in conditions))
-        self.pressure = conditions
+            log.info("node %s: %s", self.config.node_name, ", ".join(f"{c.type}={c.status}" for c in found))
+        self.pressure = found
         return changed
 
     async def renew_lease(self) -> None:

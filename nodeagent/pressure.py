@@ -17,8 +17,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from skiff import quantity
-from skiff.clock import timestamp
+from skiff import conditions, quantity
+from skiff.clock import micro_timestamp
 from skiffpb.api.v1 import types_pb2 as t
 
 PRESSURE_TYPES = ("MemoryPressure", "DiskPressure", "PIDPressure")
@@ -62,10 +62,8 @@ def _condition(ctype: str, under: bool, reasons: tuple[str, str, str, str], prev
     status = "True" if under else "False"
     out = t.NodeCondition(type=ctype, status=status, reason=bad_reason if under else ok_reason,
                           message=bad_msg if under else ok_msg)
-    out.last_heartbeat_time.CopyFrom(timestamp(now))
-    old = next((c for c in previous if c.type == ctype and c.status == status and c.HasField("last_transition_time")),
-               None)
-    out.last_transition_time.CopyFrom(old.last_transition_time if old is not None else timestamp(now))
+    out.last_heartbeat_time.CopyFrom(micro_timestamp(now))
+    out.last_transition_time.CopyFrom(conditions.transition_time(previous, ctype, status, now))
     return out
 
 

@@ -30,11 +30,11 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from controlplane.apiserver.allocator import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_CIDR, Allocator
+from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Options, Registry
 from controlplane.apiserver.watchcache import decode, registry_prefix
-from skiff import errors, kinds
+from skiff import defaults, errors, kinds
 from skiff.client import DEFAULT_NAMESPACE, ObjectList, WatchEvent, namespace_for
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
@@ -60,7 +60,7 @@ class InProcessApi:
     """skiff.client.ApiClient over a Registry and a MemoryStore in this process."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time, options: Options = DEFAULT_OPTIONS,
-                 service_cidr: str = DEFAULT_SERVICE_CIDR, node_port_range: str = DEFAULT_NODE_PORTS,
+                 service_cidr: str = defaults.SERVICE_CIDR, node_port_range: str = defaults.NODE_PORT_RANGE,
                  store: MemoryStore | None = None) -> None:
         """`store`: share one store between several api-servers (or successive connections,
         each in its own event loop); by default the api-server has a store of its own."""

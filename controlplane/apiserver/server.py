@@ -28,7 +28,7 @@ from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.storage import Store, StoreError
-from skiff import __version__, errors, kinds
+from skiff import __version__, defaults, errors, kinds
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -226,10 +226,10 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
 
 @dataclass
 class Config:
-    store_endpoints: str = "127.0.0.1:2379"
-    listen: str = "127.0.0.1:6443"
-    service_cidr: str = "10.96.0.0/12"
-    node_port_range: str = "30000-32767"
+    store_endpoints: str = f"127.0.0.1:{defaults.STORE_CLIENT_PORT}"
+    listen: str = f"127.0.0.1:{defaults.API_PORT}"
+    service_cidr: str = defaults.SERVICE_CIDR
+    node_port_range: str = defaults.NODE_PORT_RANGE
     node_name: str = ""
     options: Options = field(default_factory=Options)
 

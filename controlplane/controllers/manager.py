@@ -24,6 +24,7 @@ from controlplane.controllers.nodelifecycle import NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.controllers.resourcequota import ResourceQuotaController
 from controlplane.controllers.serviceaccount import ServiceAccountController
+from skiff import defaults
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import EventRecorder
@@ -43,8 +44,8 @@ class Options:
     node_monitor_grace_period: float = 40.0
     pod_eviction_timeout: float = 60.0
     node_monitor_period: float = 5.0
-    cluster_cidr: str = "10.244.0.0/16"
-    node_cidr_mask_size: int = 24
+    cluster_cidr: str = defaults.CLUSTER_CIDR
+    node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
     workers: dict[str, int] = field(default_factory=lambda: {
         "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10})
 

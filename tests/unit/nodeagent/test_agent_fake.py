@@ -23,6 +23,7 @@ from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import LABEL_POD_UID, GrpcRuntime, NotFound
 from nodeagent.fakecri import FakeRuntime
 from nodeagent.plan import PlanConfig
+from skiff import conditions
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
@@ -221,6 +222,29 @@ async def test_runtime_down_marks_node_not_ready(env: tuple[InProcessApi, FakeRu
     assert cond.reason == "ContainerRuntimeDown"
     fake.down = False
     await until(lambda: ready("True"))
+
+
+async def test_agent_posts_ready_again_over_the_lifecycle_controllers_unknown(
+        env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
+    """The lifecycle controller only sets Unknown; the agent sees it and writes Ready=True back
+    (long before its periodic node status write), with a new transition time."""
+    api, _fake, _agent = env
+
+    async def ready(status: str) -> t.NodeCondition | None:
+        cond = conditions.node_ready_condition(await api.get(t.Node, "n1"))
+        return cond if cond is not None and cond.status == status else None
+
+    first = await until(lambda: ready("True"))
+    node = await api.get(t.Node, "n1")
+    lost = t.NodeCondition(type="Ready", status="Unknown", reason="NodeStatusUnknown",
+                           message="Kubelet stopped posting node status.")
+    lost.last_heartbeat_time.CopyFrom(first.last_heartbeat_time)
+    lost.last_transition_time.FromSeconds(first.last_transition_time.seconds + 1)
+    conditions.replace_condition(node.status.conditions, lost)
+    await api.update_status(node)
+    back = await until(lambda: ready("True"))
+    assert back.reason == "KubeletReady"
+    assert back.last_transition_time.ToNanoseconds() > first.last_transition_time.ToNanoseconds()
 
 
 async def test_grpc_runtime_against_fake_cri_server(tmp_path: Path) -> None:
