@@ -15,8 +15,8 @@ What must hold, as Kubernetes' LimitRanger and ResourceQuota admission plugins:
   `<resource>` for the core kinds Kubernetes names so). A quota with compute `hard` limits makes
   such requests/limits mandatory on new pods, as in Kubernetes.
 - Usage (what each object adds) is `skiff/quota.py`, shared with the quota controller, and is
-  computed from the registry's watch cache at admission time: two creates racing on
-  different api-servers may both pass (Kubernetes serialises them through the quota's
+  computed from a consistent List at admission time: two creates racing (on one or several
+  api-servers) may both pass (Kubernetes serialises them through the quota's
   resourceVersion; Skiff does not yet).
 """
 

@@ -278,7 +278,7 @@ class Registry:
         strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid())
         apply_defaults(obj)
         if isinstance(obj, t.Pod):
-            problems += self._limit_ranges(obj)
+            problems += await self._limit_ranges(obj)
         problems += validate(obj)
         if problems:
             raise strategy.invalid(kind, meta.name or meta.generate_name, problems)
@@ -286,7 +286,7 @@ class Registry:
         if kind.namespaced:
             ns_key = f"/registry/namespaces/{meta.namespace}"
             ns_revision = await self._check_namespace(meta.namespace)
-            self._check_quotas(obj, meta.namespace)
+            await self._check_quotas(obj, meta.namespace)
         if isinstance(obj, t.Service):
             self._check_requested_allocations(obj)
         if dry_run:
@@ -330,28 +330,30 @@ class Registry:
 
     # ------------------------------------------------------------------ namespace admission
 
-    def _cached(self, resource: str, namespace: str) -> builtins.list[Message]:
-        cache = self.caches[resource]
-        return cache.snapshot(make_filter(cache.kind, namespace=namespace))
+    async def _current(self, resource: str, namespace: str) -> builtins.list[Message]:
+        """A consistent list (as List without a resourceVersion): a LimitRange or ResourceQuota created
+        just before applies to the next create, whatever the watch cache has seen yet."""
+        items, _, _ = await self.list(resource, namespace=namespace)
+        return items
 
-    def _limit_ranges(self, pod: t.Pod) -> builtins.list[FieldError]:
+    async def _limit_ranges(self, pod: t.Pod) -> builtins.list[FieldError]:
         """LimitRange defaults and bounds (admission.py); the pod's qosClass follows its final resources."""
-        ranges = self._cached("limitranges", pod.metadata.namespace)
+        ranges = await self._current("limitranges", pod.metadata.namespace)
         if not ranges:
             return []
         problems = admission.apply_limit_ranges(pod, ranges)  # type: ignore[arg-type]
         strategy.set_qos_class(pod)
         return problems
 
-    def _check_quotas(self, obj: Message, namespace: str) -> None:
-        quotas = self._cached("resourcequotas", namespace)
+    async def _check_quotas(self, obj: Message, namespace: str) -> None:
+        quotas = await self._current("resourcequotas", namespace)
         if not quotas:
             return
         kind = kinds.of_message(obj)
         wanted = set(quota.usage(obj))
         if not any(wanted & set(q.spec.hard) for q in quotas) and not isinstance(obj, t.Pod):  # type: ignore[attr-defined]
             return
-        used = quota.namespace_usage(self._cached(kind.resource, namespace))
+        used = quota.namespace_usage(await self._current(kind.resource, namespace))
         admission.check_quotas(obj, quotas, used)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ service allocations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from skiff import manifests
+from skiff import errors, manifests
 from skiffpb.api.v1 import types_pb2 as t
 from tests.e2e import test_nodeagent as na
 from tests.e2e.test_nodeagent import WEB, Harness, cstatus, running_ready, wait_for
@@ -239,3 +239,22 @@ async def test_lifecycle_hooks_run_in_the_container(h: Harness, tmp_path: Path) 
 
     await wait_for(pre_stop_ran, "the preStop hook's file", 20)
     assert (out / "pre").read_text() == "stopping\n"
+
+
+async def test_example_quota_defaults_reach_the_cgroup_and_the_third_pod_is_refused(h: Harness) -> None:
+    assert await apply_example(h, "quota") == ["defaulted"]
+    pod = await running_ready(h, "defaulted")
+    c = pod.spec.containers[0]
+    assert (dict(c.resources.limits), dict(c.resources.requests)) == ({"cpu": "250m", "memory": "64Mi"},
+                                                                      {"cpu": "100m", "memory": "32Mi"})
+    assert pod.status.qos_class == "Burstable"
+    assert (await sh(h, pod, CGROUP_LIMITS)).split() == [str(64 * 2**20), "25000", "100000"]
+    second = t.Pod(metadata=t.ObjectMeta(name="second"))
+    second.spec.containers.add(name="app", image=WEB, command=["sh", "-c", "exec sleep 3600"])
+    third = t.Pod()
+    third.CopyFrom(second)
+    third.metadata.name = "third"
+    await h.api.create(second)
+    await h.api.settle()
+    with pytest.raises(errors.ForbiddenError, match="exceeded quota: small, requested: pods=1, used: pods=2"):
+        await h.api.create(third)
