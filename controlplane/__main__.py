@@ -27,8 +27,12 @@ from dataclasses import dataclass, field
 
 from skiff import defaults
 from skiff.daemon import run_until_signalled, setup_logging
+from skiff.retry import Backoff, Delays
 
 log = logging.getLogger("skiff.controlplane")
+
+# Restarting a child that exited: 1 s doubling to 30 s (as systemd's Restart=always would, but backing off).
+RESTART_BACKOFF = Backoff(initial=1.0, max=30.0)
 
 STOP_TIMEOUT = 10.0
 
@@ -133,17 +137,17 @@ class Supervisor:
 
     async def _keep(self, child: Child) -> None:
         """Restart `child` whenever it exits, with backoff, until we stop."""
-        delay = 1.0
+        delays = Delays(RESTART_BACKOFF)
         while not self._stopping:
             assert child.proc is not None
             code = await child.proc.wait()
             if self._stopping:
                 return
             if time.monotonic() - child.started_at > 60:
-                delay = 1.0  # it ran fine for a while: start over with a short delay
+                delays.reset()  # it ran fine for a while: start over with a short delay
+            delay = delays.next()
             log.error("%s exited with code %s; restarting in %.0fs", child.name, code, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
             child.restarts += 1
             await self._start(child)
 

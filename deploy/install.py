@@ -47,6 +47,7 @@ from deploy import cleanup, procs, render
 from deploy import containerd as node_containerd
 from skiff import conditions, defaults, errors, hostconfig, images
 from skiff.client import ApiClient, Client
+from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 
 UNIT_PREFIX = "skiff-"
@@ -518,7 +519,8 @@ async def publish_cluster_info(api: ApiClient, cluster: render.ClusterConfig, to
     """Put the signed cluster description on namespace kube-public (created when missing)."""
     text = cluster_info_text(cluster)
     annotations = {CLUSTER_INFO_KEY: text, CLUSTER_INFO_SIGNATURE_KEY: sign_cluster_info(text, token)}
-    for _ in range(10):
+
+    async def publish() -> None:
         try:
             ns = await api.get(t.Namespace, CLUSTER_INFO_NAMESPACE)
         except errors.NotFoundError:
@@ -527,16 +529,17 @@ async def publish_cluster_info(api: ApiClient, cluster: render.ClusterConfig, to
             try:
                 await api.create(ns)
                 return
-            except errors.AlreadyExistsError:
-                continue
+            except errors.AlreadyExistsError as exc:
+                # Created meanwhile (another control-plane host): a lost race; update it next time.
+                raise errors.ConflictError(f"namespace {CLUSTER_INFO_NAMESPACE} created meanwhile") from exc
         ns.metadata.annotations.update(annotations)
-        try:
-            await api.update(ns)
-            return
-        except errors.ConflictError:
-            continue
-    raise InstallError(f"could not publish the cluster information on namespace {CLUSTER_INFO_NAMESPACE}: "
-                       "too many conflicting updates")
+        await api.update(ns)
+
+    try:
+        await retry_on_conflict(publish, attempts=10)
+    except errors.ConflictError as exc:
+        raise InstallError(f"could not publish the cluster information on namespace {CLUSTER_INFO_NAMESPACE}: "
+                           "too many conflicting updates") from exc
 
 
 async def fetch_cluster_info(api: ApiClient, token: str, *, source: str,

@@ -71,7 +71,8 @@ def _legacy_in_use() -> bool:
 
 async def cleanup_all() -> int:
     """Remove netproxy's IPVS state and its rules from every iptables backend present."""
-    ok, why = ipvs_available()
+    # In a thread: pyroute2's synchronous sockets cannot be opened inside a running event loop.
+    ok, why = await asyncio.to_thread(ipvs_available)
     if ok:
         kernel = PyrouteIpvs()
         try:
@@ -110,7 +111,7 @@ async def run(args: argparse.Namespace) -> int:
     ipt = IptablesCmd(backend)
     proxier: Proxier
     if args.mode == "ipvs":
-        ok, why = ipvs_available()
+        ok, why = await asyncio.to_thread(ipvs_available)  # in a thread: see cleanup_all
         if not ok:
             raise InvalidError(f"--mode ipvs: {why}; use --mode iptables")
         kernel = PyrouteIpvs()

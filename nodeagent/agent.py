@@ -42,10 +42,13 @@ from skiff.clock import stamp
 from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import Informer
+from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
 log = logging.getLogger("nodeagent")
+# Registering the Node until the api-server takes it: 0.2 s doubling to 5 s, jittered.
+REGISTER_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
 COMPONENT = "skiff-nodeagent"  # source.component of the Events the agent records (kubelet's is "kubelet")
 
 
@@ -254,7 +257,7 @@ class NodeAgent:
         now = self.clock()
         self.ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error, [], now)
         info = nodeobj.system_info(self.runtime_version)
-        delay = 0.2
+        delays = Delays(REGISTER_BACKOFF)
         while True:
             try:
                 try:
@@ -272,9 +275,9 @@ class NodeAgent:
                 self.registered.set()
                 return
             except errors.SkiffError as exc:
-                log.warning("registering node %s: %s; retrying", self.config.node_name, exc)
+                delay = delays.next()
+                log.warning("registering node %s: %s; retrying in %.1fs", self.config.node_name, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def write_node_status(self, current: t.Node | None = None) -> None:
         if current is None:

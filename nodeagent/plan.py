@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from skiff import conditions, qos
 from skiff.clock import micro_timestamp
+from skiff.retry import Backoff
 from skiffpb.api.v1 import types_pb2 as t
 
 ERR_IMAGE_PULL_SHOWN = 1.0  # seconds a failed pull shows as ErrImagePull before ImagePullBackOff
@@ -363,7 +364,7 @@ def image_failure(previous: ImageFailure | None, reason: str, message: str, now:
                   config: PlanConfig = PlanConfig()) -> ImageFailure:
     """The memory after a failed pull: backoff doubles from image_backoff_base up to its max."""
     failures = (previous.failures if previous is not None else 0) + 1
-    delay = min(config.image_backoff_base * 2 ** (failures - 1), config.image_backoff_max)
+    delay = Backoff(initial=config.image_backoff_base, max=config.image_backoff_max).delay(failures)
     return ImageFailure(reason, message, failures, now, now + delay)
 
 

@@ -333,7 +333,7 @@ def plan_bind(pod: t.Pod, binding: t.Binding, *, now: float) -> t.Pod:
     if pod.metadata.HasField("deletion_timestamp"):
         raise errors.ConflictError(f'conflict: pod "{name}" is being deleted, cannot be assigned to a node')
     if pod.spec.node_name:
-        raise errors.ConflictError(
+        raise errors.PodAlreadyAssignedError(
             f'conflict: Operation cannot be fulfilled on pods/binding "{name}": '
             f'pod {name} is already assigned to node "{pod.spec.node_name}"')
     out = copy(pod)

@@ -188,7 +188,7 @@ class Scheduler:
             self.queue.move_all_to_active()  # the node we held for it is free again
             if isinstance(exc, errors.NotFoundError):
                 self.queue.delete(qp.key)
-            elif isinstance(exc, errors.ConflictError) and "already assigned" in str(exc):
+            elif isinstance(exc, errors.PodAlreadyAssignedError):
                 self.queue.done(qp.key)  # someone bound it; the watch will tell us where
             else:
                 log.warning("binding %s to %s failed: %s", qp.key, node, exc)

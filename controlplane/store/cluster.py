@@ -54,6 +54,7 @@ class Member:
     log_path: str
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    member_id: int = 0  # learned from the member's Status answers; kept while it is down
 
     @property
     def running(self) -> bool:
@@ -185,9 +186,10 @@ class StoreCluster:
             try:
                 resp: rpc_pb2.StatusResponse = rpc_pb2_grpc.MaintenanceStub(ch).Status(
                     rpc_pb2.StatusRequest(), timeout=timeout)
-                return resp
             except grpc.RpcError:
                 return None
+        self.members[name].member_id = resp.header.member_id
+        return resp
 
     def _wait_serving(self, m: Member, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -200,23 +202,26 @@ class StoreCluster:
             time.sleep(0.1)
         raise TimeoutError(f"store member {m.name} not serving after {timeout}s:\n{self.log(m.name)[-3000:]}")
 
-    def leader(self, *, timeout: float = 15.0, exclude: tuple[str, ...] = ()) -> str:
-        """Name of the member every running member agrees leads (polls until one does)."""
+    def leader(self, *, timeout: float = 15.0) -> str:
+        """Name of the member every running member agrees leads (polls until they agree).
+
+        The name may be that of a member that is no longer running (ids are remembered from
+        earlier answers): after a leader is killed, survivors still naming it must show up.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             seen = set()
             for name, m in self.members.items():
-                if not m.running or name in exclude:
+                if not m.running:
                     continue
                 st = self.status(name, timeout=0.5)
                 if st is not None and st.leader:
                     seen.add(st.leader)
             if len(seen) == 1:
                 lid = seen.pop()
-                for name in self.members:
-                    st = self.status(name, timeout=0.5) if self.members[name].running else None
-                    if st is not None and st.header.member_id == lid and name not in exclude:
-                        return name
+                names = {m.member_id: n for n, m in self.members.items() if m.member_id}
+                if lid in names:
+                    return names[lid]
             time.sleep(0.1)
         raise TimeoutError(f"no agreed leader within {timeout}s")
 

@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from deploy.loopback import apiserver_argv, control_plane, free_port, start_etcd
 from skiff import errors, kinds
 from skiff.client import Client
 from skiff.informer import Informer
@@ -25,7 +26,6 @@ from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import nodeagent_pb2_grpc
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import apiserver_argv, control_plane, free_port, start_etcd
 from tests.support.builders import node, pod, service
 
 pytestmark = pytest.mark.integration
@@ -272,6 +272,9 @@ async def test_logs_and_exec_are_forwarded_to_the_node_agent(tmp_path: Path) -> 
                 with pytest.raises(errors.InvalidError, match="choose one of: \\[main side\\]"):
                     await client.exec("default", "two", ["true"])
                 await client.bind("default", "two", "n1")
+                # The reason crosses gRPC: the scheduler tells a lost bind race by its type alone.
+                with pytest.raises(errors.PodAlreadyAssignedError, match='already assigned to node "n1"'):
+                    await client.bind("default", "two", "n2")
                 with pytest.raises(errors.FailedPreconditionError, match='node "n1" of pod "two" is not registered'):
                     await client.exec("default", "two", ["true"], container="main")
                 await client.create(node("n1", port=agent_port))

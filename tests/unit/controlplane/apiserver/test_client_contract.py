@@ -170,12 +170,14 @@ async def test_delete_preconditions(client: Any) -> None:
 
 async def test_bind(client: Any) -> None:
     created = await client.create(pod("a"))
-    with pytest.raises(errors.ConflictError):
+    with pytest.raises(errors.ConflictError) as replaced:
         await client.bind("default", "a", "n1", uid="another-uid")
+    assert not isinstance(replaced.value, errors.PodAlreadyAssignedError)
     bound = await client.bind("default", "a", "n1", uid=created.metadata.uid)
     assert bound.spec.node_name == "n1"
     assert [(c.type, c.status) for c in bound.status.conditions] == [("PodScheduled", "True")]
-    with pytest.raises(errors.ConflictError):
+    # The type, not the message, says "someone bound it first" (across gRPC too: a reason).
+    with pytest.raises(errors.PodAlreadyAssignedError):
         await client.bind("default", "a", "n2")
 
 
