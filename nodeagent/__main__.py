@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=f"0.0.0.0:{defaults.AGENT_PORT}",
                    help="address of the agent's gRPC service (logs, exec)")
     p.add_argument("--state-dir", default="/var/lib/skiff/node",
-                   help="base of the default CNI conf dir, IPAM dir and pod logs")
+                   help="base of the default CNI conf dir, IPAM dir, pod logs and pod volumes")
     p.add_argument("--cni-conf-dir", default="", help="where to write the CNI conflist (default STATE/cni)")
     p.add_argument("--ipam-dir", default="", help="host-local IPAM dataDir (default STATE/ipam)")
     p.add_argument("--pod-log-dir", default="", help="container logs (default STATE/pods)")
@@ -89,6 +89,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
     return AgentConfig(
         node_name=args.node_name, node_ip=args.node_ip, port=port,
         pod_log_dir=args.pod_log_dir or str(paths.pod_logs),
+        volume_dir=str(paths.pod_volumes),
         cni_conf_dir=args.cni_conf_dir or str(paths.cni_conf_dir),
         ipam_dir=args.ipam_dir or str(paths.ipam_dir),
         pod_cidr=args.pod_cidr, cgroup_parent=args.cgroup_parent,

@@ -34,8 +34,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from controlplane.apiserver import admission, strategy
 from controlplane.apiserver import allocator as alloc
-from controlplane.apiserver import strategy
 from controlplane.apiserver.defaults import apply_defaults
 from controlplane.apiserver.filters import Filter, make_filter
 from controlplane.apiserver.storage import (
@@ -64,7 +64,8 @@ from controlplane.apiserver.watchcache import (
     registry_prefix,
     watch_event,
 )
-from skiff import defaults, errors, kinds
+from skiff import defaults, errors, kinds, quota
+from skiff.convert import FieldError
 from skiff.guard import guard
 from skiff.validation import validate
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -276,6 +277,8 @@ class Registry:
             meta.name = strategy.generate_name(meta.generate_name, self._random_suffix())
         strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid())
         apply_defaults(obj)
+        if isinstance(obj, t.Pod):
+            problems += await self._limit_ranges(obj)
         problems += validate(obj)
         if problems:
             raise strategy.invalid(kind, meta.name or meta.generate_name, problems)
@@ -283,6 +286,7 @@ class Registry:
         if kind.namespaced:
             ns_key = f"/registry/namespaces/{meta.namespace}"
             ns_revision = await self._check_namespace(meta.namespace)
+            await self._check_quotas(obj, meta.namespace)
         if isinstance(obj, t.Service):
             self._check_requested_allocations(obj)
         if dry_run:
@@ -323,6 +327,34 @@ class Registry:
                     await self._refresh_taken()  # our picture of the range is stale: read it
         raise errors.UnavailableError(f'could not create {resource_name(kind)} "{meta.name}": '
                                       f"too many concurrent allocations; retry")
+
+    # ------------------------------------------------------------------ namespace admission
+
+    async def _current(self, resource: str, namespace: str) -> builtins.list[Message]:
+        """A consistent list (as List without a resourceVersion): a LimitRange or ResourceQuota created
+        just before applies to the next create, whatever the watch cache has seen yet."""
+        items, _, _ = await self.list(resource, namespace=namespace)
+        return items
+
+    async def _limit_ranges(self, pod: t.Pod) -> builtins.list[FieldError]:
+        """LimitRange defaults and bounds (admission.py); the pod's qosClass follows its final resources."""
+        ranges = await self._current("limitranges", pod.metadata.namespace)
+        if not ranges:
+            return []
+        problems = admission.apply_limit_ranges(pod, ranges)  # type: ignore[arg-type]
+        strategy.set_qos_class(pod)
+        return problems
+
+    async def _check_quotas(self, obj: Message, namespace: str) -> None:
+        quotas = await self._current("resourcequotas", namespace)
+        if not quotas:
+            return
+        kind = kinds.of_message(obj)
+        wanted = set(quota.usage(obj))
+        if not any(wanted & set(q.spec.hard) for q in quotas) and not isinstance(obj, t.Pod):  # type: ignore[attr-defined]
+            return
+        used = quota.namespace_usage(await self._current(kind.resource, namespace))
+        admission.check_quotas(obj, quotas, used)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ service allocations
 
