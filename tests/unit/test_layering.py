@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPONENTS = ("controlplane", "nodeagent", "netproxy")
+COMPONENTS = ("controlplane", "nodeagent", "netproxy", "clusterdns")
 
 
 def imported_packages(path: Path) -> set[str]:
