@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from skiff import hostconfig
+from skiff import dnsdefaults, hostconfig
 
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
@@ -60,6 +60,9 @@ class ClusterConfig:
     node_monitor_grace_period: str = "40s"
     pod_eviction_timeout: str = "60s"
     cluster_token: str = "skiff-store"  # tells store clusters apart (initial-cluster-token)
+    cluster_domain: str = dnsdefaults.CLUSTER_DOMAIN
+    cluster_dns: str = dnsdefaults.NODE_LOCAL_DNS_IP  # each host's clusterdns listens here; pods use it
+    dns_upstreams: str = ""  # where clusterdns forwards names outside the cluster (ip[:port],...); none: SERVFAIL
     python: str = sys.executable
 
     @property
@@ -167,7 +170,8 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
              "--container-runtime-endpoint", paths.endpoint, "--node-ip", host.ip,
              "--listen", f"{host.ip}:{host.agent_port}", "--state-dir", str(host.state_dir / "agent"),
              "--cni-conf-dir", str(paths.cni_conf_dir), "--ipam-dir", str(paths.ipam_dir),
-             "--pod-log-dir", str(paths.pod_logs), "--cgroup-parent", host.cgroup_parent]
+             "--pod-log-dir", str(paths.pod_logs), "--cgroup-parent", host.cgroup_parent,
+             "--cluster-dns", cluster.cluster_dns, "--cluster-domain", cluster.cluster_domain]
     if host.node_labels:
         agent += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(host.node_labels.items()))]
     if host.node_taints:
@@ -177,10 +181,16 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
     proxy = [*_py(cluster, "netproxy"), "--api-servers", cluster.api_servers, "--node-name", host.name,
              "--mode", cluster.proxy_mode, "--cluster-cidr", cluster.cluster_cidr,
              "--min-sync-period", cluster.min_sync_period, "--iptables-backend", cluster.iptables_backend]
+    dns = [*_py(cluster, "clusterdns"), "--api-servers", cluster.api_servers,
+           "--listen", f"{cluster.cluster_dns}:53", "--cluster-domain", cluster.cluster_domain,
+           "--reverse-cidrs", f"{cluster.service_cidr},{cluster.cluster_cidr}"]
+    if cluster.dns_upstreams:
+        dns += ["--upstreams", cluster.dns_upstreams]
     return [
         containerd,
         DaemonSpec("nodeagent", tuple(agent), "Skiff node agent", after=("containerd",)),
         DaemonSpec("netproxy", tuple(proxy), "Skiff network proxy"),
+        DaemonSpec("clusterdns", tuple(dns), "Skiff node-local cluster DNS"),
     ]
 
 

@@ -3,6 +3,8 @@
 Loops (each started through skiff.guard):
 - pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
 - node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
+- service informer: the Service environment variables of new containers; pods start only after
+  it has listed (or 10 s passed), so the first containers do not miss them;
 - relist (every `relist_period`, 1 s): lists sandboxes and containers once, kicks the worker of
   every pod whose runtime state changed (a container that died without any event), starts a
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
@@ -25,6 +27,7 @@ from typing import Any
 from nodeagent import cri as rt
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
+from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
@@ -63,6 +66,8 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[t.Taint] = field(default_factory=list)  # set when the Node is created
     plan: P.PlanConfig = field(default_factory=P.PlanConfig)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    pod_dir: str = ""  # per-pod files (managed /etc/hosts); empty: containers keep the runtime's
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class NodeAgent:
         self.pod_informer: Informer[t.Pod] = Informer(client, t.Pod,
                                                       field_selector=f"spec.nodeName={config.node_name}")
         self.node_informer: Informer[t.Node] = Informer(client, t.Node)
+        self.service_informer: Informer[t.Service] = Informer(client, t.Service)
         self.network: NetworkManager | None = None
         if config.manage_network:
             from nodeagent.network import NetlinkRoutes
@@ -98,8 +104,10 @@ class NodeAgent:
                                           pod_cidr=config.pod_cidr, manage_sysctls=config.manage_sysctls)
         self.ctx = WorkerContext(
             client=client, runtime=runtime, net=self.net, events=self.events,
-            pod_settings=PodConfigSettings(pod_log_dir=config.pod_log_dir, cgroup_parent=config.cgroup_parent),
-            plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock)
+            pod_settings=PodConfigSettings(pod_log_dir=config.pod_log_dir, cgroup_parent=config.cgroup_parent,
+                                           dns=config.dns, pod_dir=config.pod_dir),
+            plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock,
+            services=self.service_informer.list)
         self.runtime_status: cri.StatusResponse | None = None
         self.runtime_error = "not checked yet"
         self.runtime_version = ""
@@ -323,6 +331,9 @@ class NodeAgent:
             self._tasks.append(guard(self._network_loop(), "nodeagent-network"))
         self._tasks.append(guard(self._lease_loop(), "nodeagent-lease"))
         self._tasks.append(guard(self._node_status_loop(), "nodeagent-node-status"))
+        self._tasks.append(guard(self.service_informer.run(), "nodeagent-service-informer"))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await self.service_informer.wait_synced(10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))

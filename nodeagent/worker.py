@@ -21,8 +21,10 @@ from typing import Any
 
 from nodeagent import cri as rt
 from nodeagent import plan as P
+from nodeagent.dns import hosts_file
+from nodeagent.envvars import service_env
 from nodeagent.netns import NodeNetwork
-from nodeagent.podconfig import PodConfigSettings, container_config, pod_log_dir, sandbox_config
+from nodeagent.podconfig import PodConfigSettings, container_config, hosts_path, pod_log_dir, sandbox_config
 from nodeagent.probes import ProbeLoop
 from skiff import errors
 from skiff.client import ApiClient
@@ -52,6 +54,7 @@ class WorkerContext:
     pod: Callable[[str], t.Pod | None]  # latest known Pod object for a uid (None: gone from the API)
     clock: Callable[[], float] = time.time
     on_status_written: Callable[[t.Pod], None] | None = None
+    services: Callable[[], list[t.Service]] = list  # every Service the agent knows (environment variables)
 
 
 @dataclass
@@ -211,8 +214,12 @@ class PodWorker:
             spec = next(c for c in pod.spec.containers if c.name == action.container)
             sb_cfg = sandbox_config(pod, next(s.attempt for s in obs.sandboxes if s.id == action.sandbox_id),
                                     self.ctx.pod_settings)
+            sandbox_ip = next((s.ip for s in obs.sandboxes if s.id == action.sandbox_id), "")
+            etc_hosts = self._write_hosts(pod, sandbox_ip)
+            cfg = container_config(pod, spec, action.attempt, service_env=service_env(pod, self.ctx.services()),
+                                   etc_hosts=etc_hosts)
             try:
-                await runtime.create_container(action.sandbox_id, container_config(pod, spec, action.attempt), sb_cfg)
+                await runtime.create_container(action.sandbox_id, cfg, sb_cfg)
             except rt.CriError as exc:
                 self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
                 raise
@@ -350,7 +357,22 @@ class PodWorker:
         for key in [k for k in self.probes if container_id is None or k[0] == container_id]:
             self.probes.pop(key).cancel()
 
+    def _write_hosts(self, pod: t.Pod, pod_ip: str) -> str:
+        """Write the pod's managed /etc/hosts (before each container create: the IP may be new); its path."""
+        settings = self.ctx.pod_settings
+        if not settings.pod_dir or pod.spec.host_network:
+            return ""
+        path = hosts_path(settings.pod_dir, self.uid)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(hosts_file(pod, pod_ip, settings.dns))
+        os.replace(tmp, path)
+        return path
+
     def _remove_logs(self) -> None:
+        if self.ctx.pod_settings.pod_dir:
+            shutil.rmtree(os.path.join(self.ctx.pod_settings.pod_dir, self.uid), ignore_errors=True)
         pod = self.last_pod
         if pod is None:
             return

@@ -7,13 +7,15 @@ time (so an unchanged manifest re-applied is a no-op). Pure: no clock, no I/O.
 Defaults, by kind (Kubernetes' values):
 - every object: apiVersion and kind;
 - Pod (and pod templates): restartPolicy Always, terminationGracePeriodSeconds 30,
-  schedulerName default-scheduler, container imagePullPolicy by tag (Always for `:latest`
+  schedulerName default-scheduler, dnsPolicy ClusterFirst, enableServiceLinks true,
+  container imagePullPolicy by tag (Always for `:latest`
   or no tag, else IfNotPresent), port protocol TCP, probe timeout 1 / period 10 /
   success 1 / failure 3, httpGet scheme HTTP and path /;
 - Deployment: replicas 1, strategy RollingUpdate with maxUnavailable 25% and maxSurge 25%,
   revisionHistoryLimit 10, progressDeadlineSeconds 600; ReplicaSet: replicas 1;
 - Service: type ClusterIP, sessionAffinity None (ClientIP: timeout 10800 s), port protocol
-  TCP, targetPort = port, externalTrafficPolicy Cluster for NodePort;
+  TCP, targetPort = port, externalTrafficPolicy Cluster for NodePort (an ExternalName
+  Service gets no ClusterIP);
 - Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1.
 """
 
@@ -61,6 +63,10 @@ def pod_spec(spec: t.PodSpec) -> None:
         spec.termination_grace_period_seconds = GRACE_PERIOD_SECONDS
     if not spec.scheduler_name:
         spec.scheduler_name = DEFAULT_SCHEDULER
+    if not spec.dns_policy:
+        spec.dns_policy = "ClusterFirst"
+    if not spec.HasField("enable_service_links"):
+        spec.enable_service_links = True
     for c in spec.containers:
         if not c.image_pull_policy:
             c.image_pull_policy = image_pull_policy(c.image)
