@@ -1,9 +1,10 @@
 """`python -m clusterdns` / `skiff-clusterdns`: the node-local cluster DNS server.
 
 Every host that runs pods runs one, in the host's network namespace, listening on the same
-link-local address (169.254.20.10:53 by default, on a dummy interface it creates, as
-Kubernetes' NodeLocal DNSCache does), so a pod's nameserver never depends on another host
-being up. It answers the cluster domain from its informer caches and forwards other names to
+link-local address (169.254.20.10:53 by default, as Kubernetes' NodeLocal DNSCache does; the
+address is added to `lo` as a /32, which makes it local to the host for traffic arriving from
+its pods without a dummy interface, which not every kernel has), so a pod's nameserver never
+depends on another host being up. It answers the cluster domain from its informer caches and forwards other names to
 `--upstreams` (none: SERVFAIL at once).
 """
 
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=f"{dnsdefaults.NODE_LOCAL_DNS_IP}:53",
                    help=f"address to serve on, UDP and TCP (default {dnsdefaults.NODE_LOCAL_DNS_IP}:53)")
     p.add_argument("--interface", default=dnsdefaults.NODE_LOCAL_DNS_INTERFACE,
-                   help="dummy interface that holds the listen address when no interface has it "
-                        f"(default {dnsdefaults.NODE_LOCAL_DNS_INTERFACE}; empty: never create one)")
+                   help="interface the listen address is added to (/32) when no interface has it "
+                        f"(default {dnsdefaults.NODE_LOCAL_DNS_INTERFACE}; empty: never add it)")
     p.add_argument("--cluster-domain", default=dnsdefaults.CLUSTER_DOMAIN)
     p.add_argument("--reverse-cidrs", default="",
                    help="CIDRs whose PTR names are answered here (service and cluster CIDR), comma-separated")
@@ -52,7 +53,7 @@ def split_listen(text: str) -> tuple[str, int]:
 
 
 def ensure_address(ip: str, interface: str) -> None:
-    """Put `ip`/32 on a dummy `interface` unless some interface of this netns already has it."""
+    """Put `ip`/32 on `interface` unless some interface of this netns already has it."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
@@ -60,8 +61,7 @@ def ensure_address(ip: str, interface: str) -> None:
             return
         links = ipr.link_lookup(ifname=interface)
         if not links:
-            ipr.link("add", ifname=interface, kind="dummy")
-            links = ipr.link_lookup(ifname=interface)
+            raise SystemExit(f"--interface {interface}: no such interface")
         ipr.addr("add", index=links[0], address=ip, prefixlen=32)
         ipr.link("set", index=links[0], state="up")
     log.info("address %s/32 added on %s", ip, interface)
@@ -71,8 +71,6 @@ async def run(args: argparse.Namespace) -> int:
     from skiff.client import Client
 
     host, port = split_listen(args.listen)
-    if args.interface and not ipaddress.IPv4Address(host).is_loopback and host != "0.0.0.0":
-        ensure_address(host, args.interface)
     config = ZoneConfig(domain=args.cluster_domain, ttl=args.ttl,
                         reverse_cidrs=tuple(c.strip() for c in args.reverse_cidrs.split(",") if c.strip()))
     server = DnsServer(config, upstreams=parse_upstreams(args.upstreams))
@@ -92,6 +90,10 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    host, _ = split_listen(args.listen)
+    if args.interface and not ipaddress.IPv4Address(host).is_loopback and host != "0.0.0.0":
+        # Before the event loop: pyroute2's synchronous IPRoute runs a loop of its own.
+        ensure_address(host, args.interface)
     return run_until_signalled(run(args))
 
 

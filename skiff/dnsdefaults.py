@@ -10,4 +10,4 @@ CLUSTER_DOMAIN = "cluster.local"
 # Link-local, the same on every host (NodeLocal DNSCache's address): each host's pods ask their
 # own host's server, so losing another host never breaks a pod's DNS.
 NODE_LOCAL_DNS_IP = "169.254.20.10"
-NODE_LOCAL_DNS_INTERFACE = "skiff-dns"
+NODE_LOCAL_DNS_INTERFACE = "lo"  # a /32 there is local to the host for packets from its pods
