@@ -154,6 +154,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
     specs.append(DaemonSpec("controllers", (
         *_py(cluster, "controlplane.controllers"), "--api-servers", api_servers,
         "--cluster-cidr", cluster.cluster_cidr, "--node-cidr-mask-size", str(cluster.node_cidr_mask_size),
+        "--service-cidr", cluster.service_cidr,
         "--node-monitor-grace-period", cluster.node_monitor_grace_period,
         "--pod-eviction-timeout", cluster.pod_eviction_timeout, "--identity", host.name,
     ), "Skiff controller manager", after=apis_after))
