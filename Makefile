@@ -12,7 +12,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
-	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e clean \
+	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated
@@ -98,7 +98,7 @@ vagrant-e2e-ipvs:
 vagrant-down:
 	cd deploy/vagrant && vagrant destroy -f
 
-bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e
+bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns
 
 bench-store: setup
 	$(BIN)/python -m bench.store
@@ -112,6 +112,8 @@ bench-nodeagent: setup
 	$(BIN)/python -m bench.nodeagent
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
+bench-dns: setup
+	$(BIN)/python -m bench.dns
 
 clean:
 	rm -rf $(VENV) skiffpb build .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,7 @@ SERVFAIL. Names are compared lower-case, always absolute (trailing dot).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -92,15 +93,17 @@ def dashed(ip: str) -> str:
 
 
 def reverse_name(ip: str) -> str:
-    return ipaddress.ip_address(ip).reverse_pointer + "."
+    """`d.c.b.a.in-addr.arpa.` of an IPv4 address already checked by _is_ipv4."""
+    return ".".join(reversed(ip.split("."))) + ".in-addr.arpa."
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
+    # String checks, cached: every rebuild sees the same addresses again, and ipaddress'
+    # parser was most of a rebuild's time.
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 and (p == "0" or p[0] != "0")
+                                   for p in parts)
 
 
 class _Builder:
@@ -195,20 +198,27 @@ def build_zone(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], 
     """Every record of the cluster domain (and the reverse CIDRs) for one snapshot of the caches."""
     b = _Builder(config)
     eps_by_key = {(e.metadata.namespace, e.metadata.name): e for e in endpoints}
-    pods = list(pods)
+    ordered_pods = sorted(pods, key=lambda p: (p.metadata.namespace, p.metadata.name))
     for svc in sorted(services, key=lambda s: (s.metadata.namespace, s.metadata.name)):
         b.service(svc, eps_by_key.get((svc.metadata.namespace, svc.metadata.name)))
-    for pod in sorted(pods, key=lambda p: (p.metadata.namespace, p.metadata.name)):
+    for pod in ordered_pods:
         b.pod(pod)
-    for pod in sorted(pods, key=lambda p: (p.metadata.namespace, p.metadata.name)):
+    for pod in ordered_pods:
         b.pod_ptr(pod)
     origin = b.origin
     b.add(origin, "SOA", Zone(config).soa.data)
     b.add(f"dns-version.{origin}", "TXT", f'"{DNS_SCHEMA_VERSION}"')
     names: set[str] = set()
     for name, _ in b.records:
-        names.update(_ancestors(name, origin))
+        if name in names:
+            continue
         names.add(name)
+        # Ancestors inside the zone exist too (empty non-terminals answer NODATA, not NXDOMAIN);
+        # stop at the first one already known, its own ancestors are then known as well.
+        for parent in _ancestors(name, origin):
+            if parent != name and parent in names:
+                break
+            names.add(parent)
     networks = tuple(ipaddress.IPv4Network(c, strict=False) for c in config.reverse_cidrs)
     return Zone(config=config, records={k: tuple(v) for k, v in b.records.items()}, names=frozenset(names),
                 additional={k: tuple(v) for k, v in b.additional.items()}, reverse_networks=networks)
