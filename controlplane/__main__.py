@@ -96,6 +96,7 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
     children.append(Child("controllers", [
         python, "-m", "controlplane.controllers", "--api-servers", api_servers,
         "--cluster-cidr", args.cluster_cidr, "--node-cidr-mask-size", str(args.node_cidr_mask_size),
+        "--service-cidr", args.service_cidr,
         "--node-monitor-grace-period", args.node_monitor_grace_period,
         "--pod-eviction-timeout", args.pod_eviction_timeout, "--identity", args.node_name, *verbose]))
     children.append(Child("scheduler", [
