@@ -50,7 +50,7 @@ from typing import Any
 
 from deploy import containerd, netplan, procs, render
 from deploy.lab import IMAGE_CACHE, Lab, LabSpec
-from skiff import manifests
+from skiff import conditions, defaults, manifests
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -60,7 +60,7 @@ EXAMPLE = ROOT / "examples" / "web"
 RESULTS = Path(__file__).resolve().parent / "results" / "e2e.json"
 LOCAL_NETNS = "skiff-node"  # deploy/local.py's fixed names
 LOCAL_LINK = "skiff-up"
-LOCAL_LAN = "10.99.0.0/24"
+LOCAL_LAN = defaults.LOCAL_LAN_CIDR
 
 
 def say(text: str) -> None:
@@ -77,14 +77,10 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def is_ready(pod: t.Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
-
-
 def ready_transition(pod: t.Pod) -> float | None:
-    for c in pod.status.conditions:
-        if c.type == "Ready" and c.status == "True" and c.HasField("last_transition_time"):
-            return float(c.last_transition_time.ToNanoseconds()) / 1e9
+    c = conditions.pod_ready_condition(pod)
+    if c is not None and c.status == conditions.TRUE and c.HasField("last_transition_time"):
+        return float(c.last_transition_time.ToNanoseconds()) / 1e9
     return None
 
 
@@ -159,7 +155,7 @@ class PodTimes:
         self.created.setdefault(name, now)
         if pod.spec.node_name:
             self.bound.setdefault(name, now)
-        if is_ready(pod) and name not in self.ready:
+        if conditions.is_pod_ready(pod) and name not in self.ready:
             self.ready[name] = now
             self.changed.set()
 
@@ -313,7 +309,7 @@ async def apply_seed(lab: Lab, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             pods = [p for p in (await client.list(t.Pod, namespace="default", label_selector=selector)).items
-                    if is_ready(p) and not p.metadata.HasField("deletion_timestamp")]
+                    if conditions.is_pod_ready(p) and not p.metadata.HasField("deletion_timestamp")]
             try:
                 ep = await client.get(t.Endpoints, service.metadata.name, "default")
                 addresses = sum(len(s.addresses) for s in ep.subsets)

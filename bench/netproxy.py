@@ -7,7 +7,8 @@
    both iptables backends.
    Median of --repeat runs, each in a fresh namespace. Target: <= 1 s to apply 5,000 Services.
 2. Network programming latency with 1,000 Services present: the whole netproxy in this
-   process (MemoryApi, informers, sync runner, real iptables in the namespace). Each
+   process (the api-server's registry in-process, informers, sync runner, real iptables in the
+   namespace). Each
    Endpoints update carries the endpoints.kubernetes.io/last-change-trigger-time annotation
    stamped just before the update (as the endpoints controller does); the latency is the
    netproxy metric from that time to the end of the sync that applied it. Measured at
@@ -32,16 +33,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from controlplane.apiserver.inprocess import InProcessApi
 from netproxy.app import TRIGGER_ANNOTATION, NetProxy
 from netproxy.config import ProxyConfig
 from netproxy.iptables.command import IptablesCmd
 from netproxy.iptables.proxier import IptablesProxier
 from netproxy.iptables.render import build_ruleset
 from netproxy.model import service_ports
-from skiff.memapi import MemoryApi
+from skiff import defaults
 from skiffpb.api.v1 import types_pb2 as t
 
-CONFIG = ProxyConfig(cluster_cidr="10.244.0.0/16")
+CONFIG = ProxyConfig(cluster_cidr=defaults.CLUSTER_CIDR)
 RESULTS = Path(__file__).resolve().parent / "results" / "netproxy.json"
 
 
@@ -51,8 +53,9 @@ def pct(values: list[float], p: float) -> float:
 
 
 def service(i: int) -> t.Service:
+    ip = i + 1  # 10.96.0.0 is the service range's network address, never a ClusterIP
     s = t.Service(metadata=t.ObjectMeta(name=f"svc-{i}", namespace="bench"),
-                  spec=t.ServiceSpec(cluster_ip=f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}"))
+                  spec=t.ServiceSpec(cluster_ip=f"10.{96 + ip // 65536}.{ip // 256 % 256}.{ip % 256}"))
     s.spec.ports.add(name="http", port=80).target_port.str_val = "http"
     return s
 
@@ -115,7 +118,13 @@ async def bench_apply(n: int, backend: str, prefix: str, *, repeat: int) -> dict
 
 
 async def bench_latency(backend: str, prefix: str, *, min_sync: float, changes: int, n: int = 1000) -> dict[str, float]:
-    api = MemoryApi()
+    async with InProcessApi() as api:
+        return await _latency(api, backend, prefix, min_sync=min_sync, changes=changes, n=n)
+
+
+async def _latency(api: InProcessApi, backend: str, prefix: str, *, min_sync: float, changes: int,
+                   n: int) -> dict[str, float]:
+    await api.create(t.Namespace(metadata=t.ObjectMeta(name="bench")))
     for i in range(n):
         await api.create(service(i))
         await api.create(endpoints(i))

@@ -2,12 +2,12 @@
 
 1. Pod startup latency, bound -> Running and Ready, for 30 web pods on one node with REAL
    containerd/runc/CNI (a private containerd in a network namespace, as in the e2e tests; the
-   agent runs in this process against MemoryApi). Measured twice: pods bound one at a time
+   agent runs in this process against the api-server's registry, in-process). Measured twice: pods bound one at a time
    (the latency of a single start) and all 30 bound at once (a burst; includes queueing on
    2 cores). Targets: p99 <= 1 s.
 2. Agent RSS with 100 pods Running, on the FAKE runtime (in-memory CRI): real 100 pods would
    need ~100 shims (~1.3 GB) and measure containerd more than the agent. The figure is this
-   whole process's RSS (agent + MemoryApi holding the objects + fake runtime), so an upper
+   whole process's RSS (agent + the in-process api-server holding the objects + fake runtime), so an upper
    bound for the agent. Target: <= 80 MB. The RSS after the real-runtime run is printed too.
 
 Needs root and containerd (like the e2e tests). Prints a table and writes bench/results/nodeagent.json.
@@ -26,11 +26,12 @@ import sys
 import time
 from pathlib import Path
 
+from controlplane.apiserver.inprocess import InProcessApi
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import GrpcRuntime
 from nodeagent.fakecri import FakeRuntime
 from nodeagent.netns import NodeNetwork
-from skiff.memapi import MemoryApi
+from skiff import conditions
 from skiffpb.api.v1 import types_pb2 as t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,8 +55,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def is_ready(pod: t.Pod) -> bool:
-    return pod.status.phase == "Running" and any(c.type == "Ready" and c.status == "True"
-                                                 for c in pod.status.conditions)
+    return pod.status.phase == "Running" and conditions.is_pod_ready(pod)
 
 
 def web_pod(name: str) -> t.Pod:
@@ -69,7 +69,7 @@ def web_pod(name: str) -> t.Pod:
 class ReadyWatcher:
     """Records when each pod is first seen Running and Ready through a watch (as a client would)."""
 
-    def __init__(self, api: MemoryApi) -> None:
+    def __init__(self, api: InProcessApi) -> None:
         self.api = api
         self.ready_at: dict[str, float] = {}
         self.events: dict[str, asyncio.Event] = {}
@@ -87,7 +87,7 @@ class ReadyWatcher:
         return self.ready_at[name]
 
 
-async def run_batch(api: MemoryApi, watcher: ReadyWatcher, prefix: str, *, burst: bool) -> list[float]:
+async def run_batch(api: InProcessApi, watcher: ReadyWatcher, prefix: str, *, burst: bool) -> list[float]:
     names = [f"{prefix}-{i:02d}" for i in range(PODS)]
     for n in names:
         await api.create(web_pod(n))
@@ -107,7 +107,7 @@ async def run_batch(api: MemoryApi, watcher: ReadyWatcher, prefix: str, *, burst
     return lat
 
 
-async def delete_all(api: MemoryApi, node: ContainerdNode | None, fake: FakeRuntime | None = None) -> None:
+async def delete_all(api: InProcessApi, node: ContainerdNode | None, fake: FakeRuntime | None = None) -> None:
     for pod in api.objects(t.Pod):
         await api.delete(t.Pod, pod.metadata.name, pod.metadata.namespace, grace_period_seconds=1)
     deadline = time.monotonic() + 120
@@ -124,7 +124,7 @@ async def real_runtime() -> dict[str, object]:
     node = ContainerdNode(prefix, "n1", Path(f"/tmp/skiff-bench/{prefix}/n1"), address="10.77.0.11/24")
     node.start()
     try:
-        api = MemoryApi(graceful_pod_deletion=True)
+        api = InProcessApi()
         net = NodeNetwork(f"/run/netns/{node.netns}")
         runtime = GrpcRuntime(node.endpoint)
         agent = NodeAgent(api, runtime, AgentConfig(
@@ -145,6 +145,7 @@ async def real_runtime() -> dict[str, object]:
         await delete_all(api, node)
         watcher.task.cancel()
         await agent.stop()
+        await api.close()
         await runtime.close()
         net.close()
         return {"sequential": sequential, "burst": burst, "rss_mb_after_30_real_pods": round(rss_real, 1)}
@@ -156,7 +157,7 @@ async def real_runtime() -> dict[str, object]:
 async def fake_runtime_rss() -> dict[str, object]:
     gc.collect()
     before = rss_mb()
-    api = MemoryApi(graceful_pod_deletion=True)
+    api = InProcessApi()
     fake = FakeRuntime(pod_cidr="10.88.0.0/16", images={"docker.io/skiff/web:1.0"})
     agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
                                              pod_log_dir="/tmp/skiff-bench/fake-logs"))
@@ -175,6 +176,7 @@ async def fake_runtime_rss() -> dict[str, object]:
     watcher.task.cancel()
     await delete_all(api, None, fake)
     await agent.stop()
+    await api.close()
     return {"rss_mb_100_pods_fake_runtime": round(rss, 1), "rss_mb_process_before_agent": round(before, 1),
             "all_100_ready_s": round(all_ready, 2)}
 

@@ -6,9 +6,10 @@
 2. Controllers: a 1,000-replica Deployment, from create to 1,000 pods created (deployment and
    replicaset controllers with their default workers), and to the ReplicaSet's status showing them.
 
-By default both run against the in-memory api-server (skiff.memapi.MemoryApi) in this
-process, so the numbers measure the scheduler and controllers themselves (plus informer and
-event handling), not gRPC or the store; the scheduler part is then run twice, with pods
+By default both run against the api-server's registry in this process, over its in-memory
+store (controlplane.apiserver.inprocess.InProcessApi: defaults, validation and the watch cache
+as served, without gRPC or a replicated store), so the numbers measure the scheduler and
+controllers themselves plus the api-server's own work; the scheduler part is then run twice, with pods
 streaming in and with all pods waiting before the scheduler starts (a backlog).
 `--api-servers HOST:PORT` runs against a real, freshly started api-server instead
 (`--backlog` picks the backlog scenario there). `--target` fails the run when the scheduler
@@ -28,6 +29,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.common.podutil import owner_reference
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.replicaset import ReplicaSetController
@@ -38,7 +40,6 @@ from skiff.client import Client
 from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import InformerFactory
-from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -70,7 +71,7 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
     backlog: the pods exist before the scheduler starts (measures scheduling and binding alone,
     not the api-server's create rate).
     """
-    api: Any = Client(api_servers) if api_servers else MemoryApi()
+    api: Any = Client(api_servers) if api_servers else InProcessApi()
     sem = asyncio.Semaphore(creators)
 
     async def create(obj: Any) -> Any:
@@ -139,8 +140,7 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
             break
         await asyncio.sleep(0.1)
     events = len((await api.list(t.Event, namespace="default")).items)
-    if api_servers:
-        await api.close()
+    await api.close()
     if sum(per_node.values()) != num_pods or "" in per_node:
         raise RuntimeError(f"after the run the api-server lists {sum(per_node.values())} pods, "
                            f"{per_node.get('', 0)} of them unbound (expected {num_pods}, all bound)")
@@ -158,7 +158,7 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
 
 def bench_decisions(num_nodes: int, num_pods: int) -> dict[str, Any]:
     """Decision rate alone: assume each decision, no api-server, no informers."""
-    api = MemoryApi()
+    api = InProcessApi()  # never started: the scheduler is built with it but makes no call
     factory = InformerFactory(api)
     sched = Scheduler(api, factory, recorder=EventRecorder(api, "x"), rng=random.Random(1))
     for i in range(num_nodes):
@@ -180,7 +180,7 @@ def bench_decisions(num_nodes: int, num_pods: int) -> dict[str, Any]:
 
 
 async def bench_controllers(replicas: int, *, api_servers: str = "") -> dict[str, Any]:
-    api: Any = Client(api_servers) if api_servers else MemoryApi()
+    api: Any = Client(api_servers) if api_servers else InProcessApi()
     created = 0
 
     def count_pod(pod: t.Pod) -> None:
@@ -224,8 +224,7 @@ async def bench_controllers(replicas: int, *, api_servers: str = "") -> dict[str
     recorder.shutdown()
     rss = [rs for rs in factory.informer(t.ReplicaSet).list("default") if rs.metadata.name.startswith("big-")]
     await factory.stop()
-    if api_servers:
-        await api.close()
+    await api.close()
     assert pods_at is not None
     return {
         "replicas": replicas,
@@ -248,11 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog", action="store_true",
                    help="with --api-servers: create the pods before the scheduler starts")
     p.add_argument("--api-servers", default="",
-                   help="run against this (empty, fresh) api-server instead of MemoryApi")
+                   help="run against this (empty, fresh) api-server instead of one in this process")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     backend = (f"api-server at {args.api_servers}" if args.api_servers
-               else "in-memory api-server (skiff.memapi.MemoryApi), same process")
+               else "api-server registry in this process (InProcessApi, in-memory store)")
     results: dict[str, Any] = {"backend": backend, "decisions": bench_decisions(args.nodes, args.pods)}
     results["scheduler"] = asyncio.run(bench_scheduler(args.nodes, args.pods, args.owners,
                                                        api_servers=args.api_servers, backlog=args.backlog))

@@ -19,7 +19,7 @@ import sys
 from clusterdns.app import ClusterDns
 from clusterdns.server import DnsServer, parse_upstreams
 from clusterdns.zone import DEFAULT_TTL, ZoneConfig
-from skiff import dnsdefaults
+from skiff import defaults
 from skiff.daemon import run_until_signalled, setup_logging
 
 log = logging.getLogger("clusterdns")
@@ -29,12 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skiff-clusterdns", description="Skiff node-local cluster DNS server.")
     p.add_argument("--api-servers", default=os.environ.get("SKIFF_SERVER", ""),
                    help="api-server endpoints, host:port[,host:port...] (default $SKIFF_SERVER)")
-    p.add_argument("--listen", default=f"{dnsdefaults.NODE_LOCAL_DNS_IP}:53",
-                   help=f"address to serve on, UDP and TCP (default {dnsdefaults.NODE_LOCAL_DNS_IP}:53)")
-    p.add_argument("--interface", default=dnsdefaults.NODE_LOCAL_DNS_INTERFACE,
+    p.add_argument("--listen", default=f"{defaults.NODE_LOCAL_DNS_IP}:53",
+                   help=f"address to serve on, UDP and TCP (default {defaults.NODE_LOCAL_DNS_IP}:53)")
+    p.add_argument("--interface", default=defaults.NODE_LOCAL_DNS_INTERFACE,
                    help="interface the listen address is added to (/32) when no interface has it "
-                        f"(default {dnsdefaults.NODE_LOCAL_DNS_INTERFACE}; empty: never add it)")
-    p.add_argument("--cluster-domain", default=dnsdefaults.CLUSTER_DOMAIN)
+                        f"(default {defaults.NODE_LOCAL_DNS_INTERFACE}; empty: never add it)")
+    p.add_argument("--cluster-domain", default=defaults.CLUSTER_DOMAIN)
     p.add_argument("--reverse-cidrs", default="",
                    help="CIDRs whose PTR names are answered here (service and cluster CIDR), comma-separated")
     p.add_argument("--upstreams", default="", help="resolvers for other names, ip[:port][,...]; "

@@ -25,9 +25,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from skiff import defaults
 from skiff.daemon import run_until_signalled, setup_logging
+from skiff.retry import Backoff, Delays
 
 log = logging.getLogger("skiff.controlplane")
+
+# Restarting a child that exited: 1 s doubling to 30 s (as systemd's Restart=always would, but backing off).
+RESTART_BACKOFF = Backoff(initial=1.0, max=30.0)
 
 STOP_TIMEOUT = 10.0
 
@@ -48,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     store = p.add_argument_group("store member (skipped with --store-endpoints)")
     store.add_argument("--name", default="s1", help="store member name")
     store.add_argument("--data-dir", default="/var/lib/skiff/store", help="store member data directory")
-    store.add_argument("--listen-client", default="127.0.0.1:2379")
-    store.add_argument("--listen-peer", default="127.0.0.1:2380")
+    store.add_argument("--listen-client", default=f"127.0.0.1:{defaults.STORE_CLIENT_PORT}")
+    store.add_argument("--listen-peer", default=f"127.0.0.1:{defaults.STORE_PEER_PORT}")
     store.add_argument("--initial-cluster", default="", help="name=host:peerport,... (default: this member alone)")
     store.add_argument("--initial-cluster-token", default="skiff-store")
     store.add_argument("--password-file", default="", help="store cluster password file")
@@ -57,15 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--store-endpoints", default="",
                        help="use these store endpoints (e.g. an external etcd) instead of running a member")
     api = p.add_argument_group("api-server")
-    api.add_argument("--listen", default="127.0.0.1:6443", help="api-server address")
-    api.add_argument("--service-cidr", default="10.96.0.0/12")
-    api.add_argument("--node-port-range", default="30000-32767")
+    api.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}", help="api-server address")
+    api.add_argument("--service-cidr", default=defaults.SERVICE_CIDR)
+    api.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE)
     api.add_argument("--node-name", default=socket.gethostname())
     cm = p.add_argument_group("controllers and scheduler")
     cm.add_argument("--api-servers", default="",
                     help="api-servers the controllers and scheduler use (default: this host's, from --listen)")
-    cm.add_argument("--cluster-cidr", default="10.244.0.0/16")
-    cm.add_argument("--node-cidr-mask-size", default="24")
+    cm.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR)
+    cm.add_argument("--node-cidr-mask-size", default=str(defaults.NODE_CIDR_MASK_SIZE))
     cm.add_argument("--node-monitor-grace-period", default="40s")
     cm.add_argument("--pod-eviction-timeout", default="60s")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -133,17 +138,17 @@ class Supervisor:
 
     async def _keep(self, child: Child) -> None:
         """Restart `child` whenever it exits, with backoff, until we stop."""
-        delay = 1.0
+        delays = Delays(RESTART_BACKOFF)
         while not self._stopping:
             assert child.proc is not None
             code = await child.proc.wait()
             if self._stopping:
                 return
             if time.monotonic() - child.started_at > 60:
-                delay = 1.0  # it ran fine for a while: start over with a short delay
+                delays.reset()  # it ran fine for a while: start over with a short delay
+            delay = delays.next()
             log.error("%s exited with code %s; restarting in %.0fs", child.name, code, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
             child.restarts += 1
             await self._start(child)
 

@@ -45,15 +45,15 @@ from typing import Protocol, TypeVar
 
 from deploy import cleanup, procs, render
 from deploy import containerd as node_containerd
-from skiff import errors, hostconfig, images
+from skiff import conditions, defaults, errors, hostconfig, images
 from skiff.client import ApiClient, Client
+from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 
 UNIT_PREFIX = "skiff-"
 CLUSTER_INFO_NAMESPACE = "kube-public"
 CLUSTER_INFO_KEY = "skiff.io/cluster-info"
 CLUSTER_INFO_SIGNATURE_KEY = "skiff.io/cluster-info-signature"
-DEFAULT_API_PORT = 6443
 DEFAULT_CGROUP_PARENT = render.HostConfig("", "", (), Path("/")).cgroup_parent  # "/skiff-pods"
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -157,7 +157,7 @@ def parse_peers(text: str) -> list[tuple[str, str]]:
 def parse_endpoint(text: str, what: str = "--join") -> str:
     host, sep, port = text.rpartition(":")
     if not sep:
-        host, port = text, str(DEFAULT_API_PORT)
+        host, port = text, str(defaults.API_PORT)
     check_ip(host, what)
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise InstallError(f'{what} "{text}": expected IP:PORT')
@@ -219,14 +219,14 @@ def host_from_dict(data: dict[str, object], layout: Layout) -> render.HostConfig
         labels = data.get("nodeLabels", {})
         assert isinstance(roles, list) and isinstance(labels, dict)
         return make_host(str(data["name"]), str(data["ip"]), tuple(str(r) for r in roles), layout,
-                         agent_port=int(str(data.get("agentPort", 10250))),
+                         agent_port=int(str(data.get("agentPort", defaults.AGENT_PORT))),
                          node_labels={str(k): str(v) for k, v in labels.items()},
                          cgroup_parent=str(data.get("cgroupParent", DEFAULT_CGROUP_PARENT)))
     except (KeyError, AssertionError, ValueError) as exc:
         raise InstallError(f"{layout.host_file}: not a Skiff host description ({exc!r})") from None
 
 
-def make_host(name: str, ip: str, roles: tuple[str, ...], layout: Layout, *, agent_port: int = 10250,
+def make_host(name: str, ip: str, roles: tuple[str, ...], layout: Layout, *, agent_port: int = defaults.AGENT_PORT,
               node_labels: dict[str, str] | None = None,
               cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> render.HostConfig:
     if not re.match(r"^/[A-Za-z0-9_.-]+$", cgroup_parent):
@@ -500,14 +500,14 @@ class LiveHealth:
         async def check() -> str:
             async with Client(api_servers, timeout=5) as c:
                 obj = await c.get(t.Node, node)
-            for cond in obj.status.conditions:
-                if cond.type == "Ready":
-                    if cond.status != "True":
-                        return f"Ready={cond.status} ({cond.reason}: {cond.message})"
-                    if cond.last_heartbeat_time.ToSeconds() < int(since):
-                        return "no heartbeat since the restart"
-                    return ""
-            return "no Ready condition yet"
+            cond = conditions.node_ready_condition(obj)
+            if cond is None:
+                return "no Ready condition yet"
+            if cond.status != conditions.TRUE:
+                return f"Ready={cond.status} ({cond.reason}: {cond.message})"
+            if cond.last_heartbeat_time.ToSeconds() < int(since):
+                return "no heartbeat since the restart"
+            return ""
 
         _poll(f"node {node}", lambda: asyncio.run(check()), timeout, interval=1.0)
 
@@ -519,7 +519,8 @@ async def publish_cluster_info(api: ApiClient, cluster: render.ClusterConfig, to
     """Put the signed cluster description on namespace kube-public (created when missing)."""
     text = cluster_info_text(cluster)
     annotations = {CLUSTER_INFO_KEY: text, CLUSTER_INFO_SIGNATURE_KEY: sign_cluster_info(text, token)}
-    for _ in range(10):
+
+    async def publish() -> None:
         try:
             ns = await api.get(t.Namespace, CLUSTER_INFO_NAMESPACE)
         except errors.NotFoundError:
@@ -528,16 +529,17 @@ async def publish_cluster_info(api: ApiClient, cluster: render.ClusterConfig, to
             try:
                 await api.create(ns)
                 return
-            except errors.AlreadyExistsError:
-                continue
+            except errors.AlreadyExistsError as exc:
+                # Created meanwhile (another control-plane host): a lost race; update it next time.
+                raise errors.ConflictError(f"namespace {CLUSTER_INFO_NAMESPACE} created meanwhile") from exc
         ns.metadata.annotations.update(annotations)
-        try:
-            await api.update(ns)
-            return
-        except errors.ConflictError:
-            continue
-    raise InstallError(f"could not publish the cluster information on namespace {CLUSTER_INFO_NAMESPACE}: "
-                       "too many conflicting updates")
+        await api.update(ns)
+
+    try:
+        await retry_on_conflict(publish, attempts=10)
+    except errors.ConflictError as exc:
+        raise InstallError(f"could not publish the cluster information on namespace {CLUSTER_INFO_NAMESPACE}: "
+                           "too many conflicting updates") from exc
 
 
 async def fetch_cluster_info(api: ApiClient, token: str, *, source: str,
@@ -902,8 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--proxy-mode", choices=render.PROXY_MODES, default="", help="netproxy mode (default iptables)")
     cp.add_argument("--iptables-backend", choices=("auto", "nft", "legacy"), default="",
                     help="iptables flavour netproxy uses (default auto)")
-    cp.add_argument("--service-cidr", default="", help="ClusterIP range (default 10.96.0.0/12)")
-    cp.add_argument("--cluster-cidr", default="", help="pod CIDR of the cluster (default 10.244.0.0/16)")
+    cp.add_argument("--service-cidr", default="", help=f"ClusterIP range (default {defaults.SERVICE_CIDR})")
+    cp.add_argument("--cluster-cidr", default="", help=f"pod CIDR of the cluster (default {defaults.CLUSTER_CIDR})")
     w = sub.add_parser("worker", parents=[common], help="install a worker and join it to a cluster")
     w.add_argument("--name", required=True, help="the node's name (a DNS label)")
     w.add_argument("--ip", required=True, help="the node's address (its InternalIP)")

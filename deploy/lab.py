@@ -31,7 +31,7 @@ from pathlib import Path
 import grpc
 
 from deploy import containerd, netplan, procs, render
-from skiff import images
+from skiff import defaults, images, taints
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -61,7 +61,7 @@ class LabSpec:
     workers: int = 2
     control_planes: int = 1
     store_members: int = 3
-    lan_cidr: str = "10.77.0.0/24"
+    lan_cidr: str = defaults.LAB_LAN_CIDR
     combined: bool = False  # one host that is both control plane and worker (`make up`)
     host_routes: bool = False  # routes in the root netns for service/pod CIDRs via the lab
     proxy_mode: str = "iptables"
@@ -84,6 +84,15 @@ class LabSpec:
             netplan.Host(f"cp{i}", _offset(self.lan_cidr, 30 + i), both) for i in range(2, self.control_planes + 1)]
         return netplan.LabNetwork(net.prefix, net.lan_cidr, (*cps, *net.hosts[1:]), uplink=net.uplink,
                                   host_routes_via=net.host_routes_via)
+
+    def check_ranges(self) -> None:
+        """LabError when the LAN, the service CIDR and the cluster CIDR are not disjoint."""
+        cluster = self.cluster()
+        try:
+            defaults.check_disjoint([("lab LAN", self.lan_cidr), ("service CIDR", cluster.service_cidr),
+                                     ("cluster CIDR", cluster.cluster_cidr)])
+        except ValueError as exc:
+            raise LabError(f'lab "{self.prefix}": {exc}') from None
 
     def cluster(self) -> render.ClusterConfig:
         cps = [(h.name, h.ip) for h in self.network().with_role(render.CONTROL_PLANE)]
@@ -174,6 +183,7 @@ class Lab:
     # ------------------------------------------------------------------ up
 
     def up(self, *, progress: Progress = _quiet, timeout: float = 120.0) -> None:
+        self.spec.check_ranges()
         problems = containerd.missing_prereqs() if self.workers else []
         if problems:
             raise LabError("missing prerequisites: " + ", ".join(problems) + " (run `make setup` as root)")
@@ -272,13 +282,12 @@ class Lab:
         async with self.client() as client:
             while True:
                 nodes = {n.metadata.name: n for n in (await client.list(t.Node)).items}
-                ready = {name for name, n in nodes.items()
-                         if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)}
+                ready = {name for name, n in nodes.items() if taints.takes_new_pods(n)}
                 if set(names) <= ready:
                     return
                 if time.monotonic() > deadline:
                     missing = sorted(set(names) - ready)
-                    raise LabError(f"nodes not Ready after {timeout:.0f}s: {', '.join(missing)}; "
+                    raise LabError(f"nodes not Ready and untainted after {timeout:.0f}s: {', '.join(missing)}; "
                                    f"logs under {self.dir}/<host>/run/")
                 await asyncio.sleep(0.5)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from deploy import netplan
 from deploy.lab import Lab, LabError, LabSpec
+from skiff import conditions, defaults
 from skiff import config as skiff_config
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -47,7 +48,7 @@ async def wait_web_ready(lab: Lab, *, replicas: int, timeout: float) -> None:
         while True:
             pods = [p for p in (await client.list(t.Pod, namespace="default", label_selector="app=web")).items
                     if not p.metadata.HasField("deletion_timestamp")]
-            ready = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions)]
+            ready = [p for p in pods if conditions.is_pod_ready(p)]
             line = f"pods Ready: {len(ready)}/{replicas} ({', '.join(p.status.phase or 'Pending' for p in pods)})"
             if line != last:
                 say(line)
@@ -77,7 +78,7 @@ async def get_by_name(lab: Lab, url: str) -> str:
 
 
 def up(state_dir: Path) -> int:
-    spec = LabSpec(prefix=PREFIX, combined=True, lan_cidr="10.99.0.0/24", host_routes=True, store_members=1,
+    spec = LabSpec(prefix=PREFIX, combined=True, lan_cidr=defaults.LOCAL_LAN_CIDR, host_routes=True, store_members=1,
                    min_sync_period="0s")
     lab = Lab(spec, state_dir)
     if (lab.dir / "lab.json").exists():

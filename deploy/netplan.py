@@ -18,6 +18,8 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from skiff import defaults
+
 MAX_PREFIX = 6  # interface names are at most 15 characters: "<prefix>-up" and friends fit
 
 
@@ -33,8 +35,8 @@ class LabNetwork:
     prefix: str
     lan_cidr: str
     hosts: tuple[Host, ...]
-    service_cidr: str = "10.96.0.0/12"
-    cluster_cidr: str = "10.244.0.0/16"
+    service_cidr: str = defaults.SERVICE_CIDR
+    cluster_cidr: str = defaults.CLUSTER_CIDR
     uplink: bool = True  # veth from the root namespace into the LAN
     # Routes in the root namespace for the service and pod CIDRs via this host (a one-host
     # cluster that a user's curl should reach); empty: none.
@@ -73,7 +75,7 @@ class LabNetwork:
         return [h for h in self.hosts if role in h.roles]
 
 
-def make_lab(prefix: str, *, workers: int = 2, lan_cidr: str = "10.77.0.0/24", combined: bool = False,
+def make_lab(prefix: str, *, workers: int = 2, lan_cidr: str = defaults.LAB_LAN_CIDR, combined: bool = False,
              uplink: bool = True, host_routes: bool = False) -> LabNetwork:
     """The standard lab: `cp` at .10 and workers `n1`.. at .11..; `combined`: one host doing both."""
     if not prefix or len(prefix) > MAX_PREFIX or not prefix.replace("-", "").isalnum() or not prefix[0].isalpha():

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from skiff import dnsdefaults, hostconfig
+from skiff import defaults, hostconfig
 
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
@@ -30,9 +30,9 @@ class StoreMember:
     name: str  # "s1"
     host: str  # the host running it ("cp")
     ip: str
-    client_port: int = 2379
-    peer_port: int = 2380
-    api_port: int = 6443  # the api-server beside this member
+    client_port: int = defaults.STORE_CLIENT_PORT
+    peer_port: int = defaults.STORE_PEER_PORT
+    api_port: int = defaults.API_PORT  # the api-server beside this member
 
     @property
     def client_url(self) -> str:
@@ -50,18 +50,18 @@ class StoreMember:
 @dataclass(frozen=True)
 class ClusterConfig:
     members: tuple[StoreMember, ...]
-    service_cidr: str = "10.96.0.0/12"
-    cluster_cidr: str = "10.244.0.0/16"
-    node_cidr_mask_size: int = 24
-    node_port_range: str = "30000-32767"
+    service_cidr: str = defaults.SERVICE_CIDR
+    cluster_cidr: str = defaults.CLUSTER_CIDR
+    node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
+    node_port_range: str = defaults.NODE_PORT_RANGE
     proxy_mode: str = "iptables"  # or "ipvs"
     iptables_backend: str = "auto"
     min_sync_period: str = "1s"
     node_monitor_grace_period: str = "40s"
     pod_eviction_timeout: str = "60s"
     cluster_token: str = "skiff-store"  # tells store clusters apart (initial-cluster-token)
-    cluster_domain: str = dnsdefaults.CLUSTER_DOMAIN
-    cluster_dns: str = dnsdefaults.NODE_LOCAL_DNS_IP  # each host's clusterdns listens here; pods use it
+    cluster_domain: str = defaults.CLUSTER_DOMAIN
+    cluster_dns: str = defaults.NODE_LOCAL_DNS_IP  # each host's clusterdns listens here; pods use it
     dns_upstreams: str = ""  # where clusterdns forwards names outside the cluster (ip[:port],...); none: SERVFAIL
     python: str = sys.executable
 
@@ -88,7 +88,7 @@ class HostConfig:
     roles: tuple[str, ...]
     state_dir: Path  # everything this host keeps on disk lives under here
     store_password_file: Path | None = None
-    agent_port: int = 10250
+    agent_port: int = defaults.AGENT_PORT
     node_labels: Mapping[str, str] = field(default_factory=dict)
     node_taints: tuple[str, ...] = ()  # "key[=value]:Effect", set when the Node registers
     # cgroupfs parent of this node's pods; unique per node on a machine (labs share one).
@@ -118,7 +118,8 @@ def plan_members(hosts: Sequence[tuple[str, str]], *, members: int = 3) -> tuple
     for i in range(members):
         host, ip = hosts[i % len(hosts)]
         slot = i // len(hosts)
-        out.append(StoreMember(f"s{i + 1}", host, ip, 2379 + 100 * slot, 2380 + 100 * slot, 6443 + slot))
+        out.append(StoreMember(f"s{i + 1}", host, ip, defaults.STORE_CLIENT_PORT + 100 * slot,
+                               defaults.STORE_PEER_PORT + 100 * slot, defaults.API_PORT + slot))
     return tuple(out)
 
 
@@ -273,17 +274,23 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise ConfigError(f"cluster.members: duplicate member names in {names}")
-    defaults = ClusterConfig(members=tuple(members), python=python)
+    base = ClusterConfig(members=tuple(members), python=python)
     settings: dict[str, object] = {}
     for key, name in _CLUSTER_SETTINGS.items():
         if key in data:
-            settings[name] = _field(data, key, type(getattr(defaults, name)), "cluster")
+            settings[name] = _field(data, key, type(getattr(base, name)), "cluster")
     cluster = ClusterConfig(members=tuple(members), python=python, **settings)  # type: ignore[arg-type]
     for key, value in (("serviceCidr", cluster.service_cidr), ("clusterCidr", cluster.cluster_cidr)):
         try:
             ipaddress.IPv4Network(value)
         except ValueError:
             raise ConfigError(f"cluster.{key}: {value!r} is not an IPv4 network address") from None
+    try:
+        defaults.check_disjoint([("cluster.serviceCidr", cluster.service_cidr),
+                                 ("cluster.clusterCidr", cluster.cluster_cidr)],
+                                [(f"the address of {m.host}", m.ip) for m in members])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cluster.proxy_mode not in PROXY_MODES:
         raise ConfigError(f"cluster.proxyMode: {cluster.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
     return cluster

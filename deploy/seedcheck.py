@@ -21,7 +21,7 @@ import time
 
 from google.protobuf.message import Message
 
-from skiff import errors, labels, manifests
+from skiff import conditions, defaults, errors, labels, manifests
 from skiff.client import ApiClient, Client
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -31,8 +31,7 @@ class CheckError(Exception):
 
 
 def ready(pod: t.Pod) -> bool:
-    return pod.status.phase == "Running" and any(c.type == "Ready" and c.status == "True"
-                                                 for c in pod.status.conditions)
+    return pod.status.phase == "Running" and conditions.is_pod_ready(pod)
 
 
 def missing_ready(deployment: t.Deployment, pods: list[t.Pod]) -> int:
@@ -40,7 +39,7 @@ def missing_ready(deployment: t.Deployment, pods: list[t.Pod]) -> int:
     selector = labels.from_label_selector(deployment.spec.selector)
     have = sum(1 for p in pods if labels.matches(selector, p.metadata.labels) and ready(p)
                and not p.metadata.HasField("deletion_timestamp"))
-    want = deployment.spec.replicas if deployment.spec.HasField("replicas") else 1
+    want = defaults.replicas(deployment.spec)
     return max(want - have, 0)
 
 

@@ -25,6 +25,7 @@ from netproxy.ipvs.kernel import PyrouteIpvs, ipvs_available
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics, serve
 from netproxy.proxier import Proxier
+from skiff import defaults
 from skiff.daemon import duration, run_until_signalled, setup_logging
 from skiff.errors import InvalidError, SkiffError
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodeport-addresses", default="",
                    help="comma-separated CIDRs whose local addresses serve NodePorts (default: all but 127/8)")
     p.add_argument("--masquerade-all", action="store_true", help="masquerade every ClusterIP connection")
-    p.add_argument("--metrics-bind-address", default="127.0.0.1:10249",
+    p.add_argument("--metrics-bind-address", default=f"127.0.0.1:{defaults.PROXY_METRICS_PORT}",
                    help="host:port serving /metrics and /healthz; empty disables")
     p.add_argument("--cleanup", action="store_true", help="remove everything netproxy installed, then exit")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -21,7 +21,7 @@ from nodeagent.dns import DnsSettings, ResolvConf, parse_resolv_conf
 from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
-from skiff import dnsdefaults, hostconfig
+from skiff import defaults, hostconfig
 from skiff.client import Client
 from skiff.daemon import run_until_signalled, setup_logging
 from skiff.validation import TAINT_EFFECTS
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-servers", required=True, help="host:port[,host:port...] of the api-server(s)")
     p.add_argument("--container-runtime-endpoint", default="unix:///run/containerd/containerd.sock")
     p.add_argument("--node-ip", default="", help="the node's InternalIP (also hostIP of its pods)")
-    p.add_argument("--listen", default="0.0.0.0:10250", help="address of the agent's gRPC service (logs, exec)")
+    p.add_argument("--listen", default=f"0.0.0.0:{defaults.AGENT_PORT}",
+                   help="address of the agent's gRPC service (logs, exec)")
     p.add_argument("--state-dir", default="/var/lib/skiff/node",
                    help="base of the default CNI conf dir, IPAM dir and pod logs")
     p.add_argument("--cni-conf-dir", default="", help="where to write the CNI conflist (default STATE/cni)")
@@ -76,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="taints the Node is created with, e.g. node-role.kubernetes.io/control-plane:NoSchedule")
     p.add_argument("--cluster-dns", default="",
                    help="DNS server IP(s) pods with dnsPolicy ClusterFirst use, comma-separated "
-                        f"(the node-local clusterdns listens on {dnsdefaults.NODE_LOCAL_DNS_IP}); "
+                        f"(the node-local clusterdns listens on {defaults.NODE_LOCAL_DNS_IP}); "
                         "empty: ClusterFirst falls back to Default")
-    p.add_argument("--cluster-domain", default=dnsdefaults.CLUSTER_DOMAIN,
-                   help=f"the cluster's DNS domain (default {dnsdefaults.CLUSTER_DOMAIN})")
+    p.add_argument("--cluster-domain", default=defaults.CLUSTER_DOMAIN,
+                   help=f"the cluster's DNS domain (default {defaults.CLUSTER_DOMAIN})")
     p.add_argument("--resolv-conf", default="/etc/resolv.conf",
                    help="resolver configuration pods with dnsPolicy Default get (loopback nameservers "
                         "dropped); empty: none")

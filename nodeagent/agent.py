@@ -10,8 +10,10 @@ Loops (each started through skiff.guard):
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
   synced: a restarted agent adopts running pods instead of killing them), and records whether
   the runtime answers;
-- node status: the Ready condition from CRI Status, written when it changes (and every
-  `node_status_period` as a heartbeat); Lease renewed every `lease_period` (10 s).
+- node status: the Ready condition from CRI Status, written when it changes or differs from the
+  stored one (and every `node_status_period` as a heartbeat): the agent is the one writer of
+  Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent;
+  Lease renewed every `lease_period` (10 s).
 """
 
 from __future__ import annotations
@@ -32,16 +34,19 @@ from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
 from nodeagent.worker import PodWorker, WorkerContext
-from skiff import errors
+from skiff import conditions, errors
 from skiff.client import ApiClient
 from skiff.clock import stamp
 from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import Informer
+from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
 log = logging.getLogger("nodeagent")
+# Registering the Node until the api-server takes it: 0.2 s doubling to 5 s, jittered.
+REGISTER_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
 COMPONENT = "skiff-nodeagent"  # source.component of the Events the agent records (kubelet's is "kubelet")
 
 
@@ -215,9 +220,9 @@ class NodeAgent:
         """Create the Node, or take over an existing one (its spec, e.g. podCIDR, is kept)."""
         await self.check_runtime()
         now = self.clock()
-        self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, [], now)
+        self.ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error, [], now)
         info = nodeobj.system_info(self.runtime_version)
-        delay = 0.2
+        delays = Delays(REGISTER_BACKOFF)
         while True:
             try:
                 try:
@@ -229,15 +234,15 @@ class NodeAgent:
                     node.spec.taints.extend(self.config.taints)
                     current = await self.client.create(node)
                     log.info("registered node %s", self.config.node_name)
-                self.ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error,
-                                                     list(current.status.conditions), now)
+                self.ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
+                                                             list(current.status.conditions), now)
                 await self.write_node_status(current)
                 self.registered.set()
                 return
             except errors.SkiffError as exc:
-                log.warning("registering node %s: %s; retrying", self.config.node_name, exc)
+                delay = delays.next()
+                log.warning("registering node %s: %s; retrying in %.1fs", self.config.node_name, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def write_node_status(self, current: t.Node | None = None) -> None:
         if current is None:
@@ -261,14 +266,19 @@ class NodeAgent:
             await asyncio.sleep(self.config.status_check_period)
             await self.check_runtime()
             now = self.clock()
-            previous = [self.ready] if self.ready is not None else []
-            ready = nodeobj.ready_condition(self.runtime_status, self.runtime_error, previous, now)
+            # What the api-server holds, not only what we last wrote: the node lifecycle controller
+            # sets Ready=Unknown while we are silent, and only we set it back.
+            stored = self.node_informer.get(self.config.node_name)
+            posted = conditions.node_ready_condition(stored) if stored is not None else self.ready
+            ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
+                                                    [posted] if posted is not None else [], now)
             changed = not nodeobj.same_condition(ready, self.ready)
             if changed:
                 log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,
                          ready.message)
             self.ready = ready
-            if changed or now - self._last_node_write >= self.config.node_status_period:
+            if changed or not nodeobj.same_condition(ready, posted) \
+                    or now - self._last_node_write >= self.config.node_status_period:
                 try:
                     await self.write_node_status()
                 except errors.SkiffError as exc:

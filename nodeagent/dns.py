@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from skiff import dnsdefaults
+from skiff import defaults
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
@@ -41,7 +41,7 @@ class ResolvConf:
 @dataclass(frozen=True)
 class DnsSettings:
     cluster_dns: tuple[str, ...] = ()  # empty: no cluster DNS (ClusterFirst falls back to Default)
-    cluster_domain: str = dnsdefaults.CLUSTER_DOMAIN
+    cluster_domain: str = defaults.CLUSTER_DOMAIN
     host: ResolvConf = ResolvConf()
 
 

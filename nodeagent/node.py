@@ -1,9 +1,10 @@
 """The node's own objects: its Node (registration, status, Ready condition) and its Lease.
 
-`ready_condition` is pure: the runtime's CRI Status (or the error reaching it) becomes the
-Node's Ready condition, with a reason a user can act on (ContainerRuntimeDown,
+`compute_ready_condition` is pure: the runtime's CRI Status (or the error reaching it) becomes
+the Node's Ready condition, with a reason a user can act on (ContainerRuntimeDown,
 ContainerRuntimeNotReady, NetworkPluginNotReady), keeping lastTransitionTime while the status
-stays the same. `system_info` and `capacity` read the host once at start.
+stays the same. The agent is the one writer of Ready=True/False; the node lifecycle controller
+only sets Unknown when the agent falls silent. `system_info` and `capacity` read the host once at start.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import os
 import platform
 from collections.abc import Mapping, Sequence
 
-from skiff import __version__
-from skiff.clock import timestamp
+from skiff import __version__, conditions
+from skiff.clock import micro_timestamp
 from skiff.images import go_arch
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -23,8 +24,8 @@ LEASE_DURATION = 40
 MAX_PODS = 110
 
 
-def ready_condition(runtime_status: cri.StatusResponse | None, error: str, previous: Sequence[t.NodeCondition],
-                    now: float) -> t.NodeCondition:
+def compute_ready_condition(runtime_status: cri.StatusResponse | None, error: str,
+                            previous: Sequence[t.NodeCondition], now: float) -> t.NodeCondition:
     if runtime_status is None:
         status, reason, message = "False", "ContainerRuntimeDown", f"container runtime is down: {error}"
     else:
@@ -39,14 +40,9 @@ def ready_condition(runtime_status: cri.StatusResponse | None, error: str, previ
                 f"container runtime network not ready: {detail}"
         else:
             status, reason, message = "True", "KubeletReady", "skiff node agent is posting ready status"
-    out = t.NodeCondition(type="Ready", status=status, reason=reason, message=message)
-    out.last_heartbeat_time.CopyFrom(timestamp(now))
-    for c in previous:
-        if c.type == "Ready" and c.status == status and c.HasField("last_transition_time"):
-            out.last_transition_time.CopyFrom(c.last_transition_time)
-            break
-    else:
-        out.last_transition_time.CopyFrom(timestamp(now))
+    out = t.NodeCondition(type=conditions.READY, status=status, reason=reason, message=message)
+    out.last_heartbeat_time.CopyFrom(micro_timestamp(now))
+    out.last_transition_time.CopyFrom(conditions.transition_time(previous, conditions.READY, status, now))
     return out
 
 
@@ -114,13 +110,7 @@ def set_status(node: t.Node, *, node_ip: str, capacity: Mapping[str, str], info:
     st.addresses.add(type="Hostname", address=hostname)
     st.node_info.CopyFrom(info)
     st.daemon_endpoints.kubelet_endpoint.port = port
-    others = [c for c in st.conditions if c.type != "Ready"]
-    del st.conditions[:]
-    st.conditions.extend([*others, ready])
-
-
-def get_ready(node: t.Node) -> t.NodeCondition | None:
-    return next((c for c in node.status.conditions if c.type == "Ready"), None)
+    conditions.replace_condition(st.conditions, ready)
 
 
 def build_lease(name: str, now: float) -> t.Lease:
@@ -129,6 +119,6 @@ def build_lease(name: str, now: float) -> t.Lease:
     lease.metadata.namespace = LEASE_NAMESPACE
     lease.spec.holder_identity = name
     lease.spec.lease_duration_seconds = LEASE_DURATION
-    lease.spec.renew_time.CopyFrom(timestamp(now))
-    lease.spec.acquire_time.CopyFrom(timestamp(now))
+    lease.spec.renew_time.CopyFrom(micro_timestamp(now))
+    lease.spec.acquire_time.CopyFrom(micro_timestamp(now))
     return lease

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from skiff.clock import timestamp
+from skiff import conditions
+from skiff.clock import micro_timestamp
+from skiff.retry import Backoff
 from skiffpb.api.v1 import types_pb2 as t
 
 ERR_IMAGE_PULL_SHOWN = 1.0  # seconds a failed pull shows as ErrImagePull before ImagePullBackOff
@@ -362,7 +364,7 @@ def image_failure(previous: ImageFailure | None, reason: str, message: str, now:
                   config: PlanConfig = PlanConfig()) -> ImageFailure:
     """The memory after a failed pull: backoff doubles from image_backoff_base up to its max."""
     failures = (previous.failures if previous is not None else 0) + 1
-    delay = min(config.image_backoff_base * 2 ** (failures - 1), config.image_backoff_max)
+    delay = Backoff(initial=config.image_backoff_base, max=config.image_backoff_max).delay(failures)
     return ImageFailure(reason, message, failures, now, now + delay)
 
 
@@ -447,14 +449,10 @@ def _phase(pod: t.Pod, statuses: Sequence[t.ContainerStatus], obs: Observed) -> 
 
 def _condition(previous: Sequence[t.PodCondition], ctype: str, status: bool, now: float, *,
                reason: str = "", message: str = "") -> t.PodCondition:
-    value = "True" if status else "False"
+    value = conditions.TRUE if status else conditions.FALSE
     out = t.PodCondition(type=ctype, status=value, reason=reason if not status else "",
                          message=message if not status else "")
-    for cond in previous:
-        if cond.type == ctype and cond.status == value and cond.HasField("last_transition_time"):
-            out.last_transition_time.CopyFrom(cond.last_transition_time)
-            return out
-    out.last_transition_time.CopyFrom(timestamp(now))
+    out.last_transition_time.CopyFrom(conditions.transition_time(previous, ctype, value, now))
     return out
 
 
@@ -473,7 +471,7 @@ def compute_status(pod: t.Pod, obs: Observed, memory: Memory, plan: Plan, now: f
     if pod.status.HasField("start_time"):
         out.start_time.CopyFrom(pod.status.start_time)
     else:
-        out.start_time.CopyFrom(timestamp(now))
+        out.start_time.CopyFrom(micro_timestamp(now))
     prev = list(pod.status.conditions)
     not_ready = [s.name for s in statuses if not s.ready]
     ready = not not_ready and out.phase == "Running"

@@ -29,12 +29,15 @@ from nodeagent.probes import ProbeLoop
 from skiff import errors
 from skiff.client import ApiClient
 from skiff.events import NORMAL, WARNING, Recorder
+from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
 log = logging.getLogger("nodeagent.worker")
 
+# A sync that failed (CRI or api-server error): try again after 0.5 s doubling to 10 s.
+SYNC_BACKOFF = Backoff(initial=0.5, max=10.0)
 MAX_STEPS = 32  # actions per sync before yielding (a plan that never converges must not spin)
 _STATE = {cri.CONTAINER_CREATED: "created", cri.CONTAINER_RUNNING: "running", cri.CONTAINER_EXITED: "exited",
           cri.CONTAINER_UNKNOWN: "unknown"}
@@ -141,19 +144,19 @@ class PodWorker:
         return None if self.deleted else self.ctx.pod(self.uid)
 
     async def run(self) -> None:
-        delay = 0.5
+        delays = Delays(SYNC_BACKOFF)
         while True:
             self.kicked.clear()
             try:
                 done = await self.sync()
-                delay = 0.5
+                delays.reset()
             except rt.RuntimeUnavailable as exc:
                 log.debug("pod %s: runtime unavailable: %s", self.uid, exc)
                 done, self.wake_at = False, self.ctx.clock() + 1.0
             except (rt.CriError, errors.SkiffError) as exc:
+                delay = delays.next()
                 log.warning("pod %s: %s (retrying in %.1fs)", self._name(), exc, delay)
                 done, self.wake_at = False, self.ctx.clock() + delay
-                delay = min(delay * 2, 10.0)
             if done:
                 self.stop_probes()
                 return

@@ -24,6 +24,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from skiff import errors, kinds
+from skiff.retry import Backoff, retry
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import types_pb2 as t
@@ -44,6 +45,15 @@ CHANNEL_OPTIONS = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 0),
 )
+
+
+# Between api-servers while they are unavailable: 50 ms doubling to 1 s, jittered so that the
+# clients of a restarted api-server do not all come back in step.
+UNAVAILABLE_BACKOFF = Backoff(initial=0.05, max=1.0, jitter=0.2)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass
@@ -67,7 +77,8 @@ class ExecResult:
 
 
 class ApiClient(Protocol):
-    """What components need from the api-server; Client and MemoryApi implement it."""
+    """What components need from the api-server; Client implements it over gRPC, and
+    controlplane.apiserver.inprocess.InProcessApi with the api-server's registry in-process."""
 
     async def create(self, obj: M, *, namespace: str = "") -> M: ...
 
@@ -141,28 +152,31 @@ class Client:
     async def _call(self, method: str, request: Message, *, timeout: float | None = None) -> Message:
         """One unary call; UNAVAILABLE moves to the next endpoint and retries until the deadline."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
-        delay = 0.05
+        budget = timeout or self.timeout
+        deadline = loop.time() + budget
         attempts = 0
-        while True:
+        target = ""
+
+        async def attempt() -> Message:
+            nonlocal attempts, target
             endpoint = self._endpoint(self._current)
-            remaining = max(deadline - loop.time(), 0.05)
-            try:
-                response: Message = await getattr(endpoint.stub, method)(request, timeout=remaining)
-                return response
-            except grpc.aio.AioRpcError as exc:
-                attempts += 1
-                retryable = exc.code() == grpc.StatusCode.UNAVAILABLE
-                if not retryable or loop.time() + delay >= deadline:
-                    if retryable:
-                        raise errors.UnavailableError(
-                            f"api-server {endpoint.target} unavailable after {attempts} attempt(s): {exc.details()}"
-                        ) from exc
-                    raise errors.from_grpc(exc) from exc
-                log.debug("api-server %s unavailable (%s); trying the next one", endpoint.target, exc.details())
-                self._current = (self._current + 1) % len(self.endpoints)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            attempts, target = attempts + 1, endpoint.target
+            response: Message = await getattr(endpoint.stub, method)(request,
+                                                                     timeout=max(deadline - loop.time(), 0.05))
+            return response
+
+        def next_endpoint(exc: BaseException, delay: float) -> None:
+            log.debug("api-server %s unavailable (%s); trying the next one in %.2fs", target, exc, delay)
+            self._current = (self._current + 1) % len(self.endpoints)
+
+        try:
+            return await retry(attempt, retryable=_unavailable, backoff=UNAVAILABLE_BACKOFF, budget=budget,
+                               on_retry=next_endpoint, clock=loop.time)
+        except grpc.aio.AioRpcError as exc:
+            if _unavailable(exc):
+                raise errors.UnavailableError(
+                    f"api-server {target} unavailable after {attempts} attempt(s): {exc.details()}") from exc
+            raise errors.from_grpc(exc) from exc
 
     async def create(self, obj: M, *, namespace: str = "", dry_run: bool = False) -> M:
         response = await self._call("Create", api.CreateRequest(object=kinds.wrap(obj), namespace=namespace,
@@ -221,7 +235,7 @@ class Client:
             async for event in call:
                 yield WatchEvent(event.type, _unwrap_as(event.object, cls))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            if _unavailable(exc):
                 # Next attempt (by the caller, e.g. an informer) goes to another endpoint.
                 self._current = (self._current + 1) % len(self.endpoints)
             raise errors.from_grpc(exc) from exc

@@ -45,7 +45,14 @@ def stamp(ts: Timestamp, seconds: float) -> None:
     ts.FromMicroseconds(round(seconds * 1e6))
 
 
-def timestamp(seconds: float) -> Timestamp:
+def micro_timestamp(seconds: float) -> Timestamp:
+    """`seconds` rounded to whole microseconds (Kubernetes' MicroTime): statuses, conditions, leases."""
     ts = Timestamp()
     stamp(ts, seconds)
     return ts
+
+
+def seconds_timestamp(seconds: float) -> Timestamp:
+    """`seconds` truncated to whole seconds, as Kubernetes stores object metadata times
+    (creationTimestamp, deletionTimestamp)."""
+    return Timestamp(seconds=int(seconds))

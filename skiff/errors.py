@@ -3,17 +3,30 @@
 Servers raise these and a single interceptor turns them into statuses; clients turn statuses
 back into these, so `except NotFoundError` works the same in a controller and in the CLI.
 Messages are written for the user: they name the object, the field or the problem.
+
+What must hold:
+- callers tell errors apart by type, never by the text of their message;
+- a subclass that shares its parent's status code (PodAlreadyAssignedError is a conflict) has
+  a `reason`; it travels in the trailing metadata key `skiff-reason` (Kubernetes' Status
+  reason) and `from_grpc` turns it back into that subclass. A status without a known reason
+  becomes the class of its code, so older servers still map to the parent type.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+
+REASON_KEY = "skiff-reason"
 
 
 class SkiffError(Exception):
-    """Base of all Skiff errors. `code` is the gRPC status code it travels as."""
+    """Base of all Skiff errors. `code` is the gRPC status code it travels as; `reason`, if set,
+    names a subclass that shares that code."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = ""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -41,6 +54,12 @@ class ConflictError(SkiffError):
     """Optimistic concurrency lost: the object changed since it was read."""
 
     code = grpc.StatusCode.ABORTED
+
+
+class PodAlreadyAssignedError(ConflictError):
+    """A binding lost to another: the pod is already bound to a node (someone else scheduled it)."""
+
+    reason = "PodAlreadyAssigned"
 
 
 class GoneError(SkiffError):
@@ -105,11 +124,30 @@ _BY_CODE: dict[grpc.StatusCode, type[SkiffError]] = {
 }
 
 
+_BY_REASON: dict[str, type[SkiffError]] = {cls.reason: cls for cls in (PodAlreadyAssignedError,)}
+
+
+def trailing_metadata(err: SkiffError) -> tuple[tuple[str, str], ...]:
+    """What a server sends beside the status so the client can rebuild `err`'s type."""
+    return ((REASON_KEY, err.reason),) if err.reason else ()
+
+
+def _reason(err: grpc.RpcError) -> str:
+    # (key, value) pairs at run time; the stubs type them as an opaque `_Metadatum`.
+    metadata: Any = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in metadata or ():
+        if key == REASON_KEY:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
 def from_grpc(err: grpc.RpcError) -> SkiffError:
     """The SkiffError for a failed call; the original error is kept as the cause."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    cls = _BY_CODE.get(code, SkiffError)
+    cls = _BY_REASON.get(_reason(err)) or _BY_CODE.get(code, SkiffError)
+    if cls.code != code:  # a reason that does not fit the code is not believed
+        cls = _BY_CODE.get(code, SkiffError)
     out = cls(details or code.name.lower())
     out.__cause__ = err
     return out

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from skiff import errors, kinds
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp
+from skiff.retry import retry_on_conflict
 from skiff.workqueue import WorkQueue, run_workers
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -147,23 +148,23 @@ class EventRecorder:
     async def _send(self, key: str, p: _Pending) -> None:
         previous = self._written.get(key)
         if previous is not None:
-            update = t.Event()
-            update.CopyFrom(previous)
-            update.count = previous.count + p.count
-            stamp(update.last_timestamp, p.last)
+            attempts = 0
+
+            async def count_in() -> t.Event:
+                # The first attempt trusts what we wrote last; after a conflict, read it afresh.
+                nonlocal attempts
+                attempts += 1
+                base = previous if attempts == 1 else await self.client.get(
+                    t.Event, previous.metadata.name, previous.metadata.namespace)
+                update = t.Event()
+                update.CopyFrom(base)
+                update.count = base.count + p.count
+                stamp(update.last_timestamp, p.last)
+                return await self.client.update(update)
+
             try:
-                self._remember(key, await self.client.update(update))
+                self._remember(key, await retry_on_conflict(count_in))
                 return
-            except errors.ConflictError:
-                try:
-                    fresh = await self.client.get(t.Event, previous.metadata.name, previous.metadata.namespace)
-                except errors.NotFoundError:
-                    pass
-                else:
-                    fresh.count += p.count
-                    stamp(fresh.last_timestamp, p.last)
-                    self._remember(key, await self.client.update(fresh))
-                    return
             except errors.NotFoundError:
                 pass  # expired or deleted: start a new one
             self._written.pop(key, None)

@@ -28,12 +28,17 @@ from google.protobuf.message import Message
 from skiff import errors, kinds
 from skiff.client import ApiClient
 from skiff.guard import guard
+from skiff.retry import Backoff, Delays
 
 log = logging.getLogger("skiff.informer")
 
 M = TypeVar("M", bound=Message)
 
 Indexer = Callable[[Any], Iterable[str]]
+
+# After a failed list or watch: 0.2 s doubling to 5 s, jittered so that every informer of a
+# cluster does not relist in the same instant after an api-server restart.
+RELIST_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
 
 
 def object_key(obj: Message) -> str:
@@ -228,7 +233,7 @@ class Informer(Generic[M]):
 
     async def run(self) -> None:
         """List and watch until cancelled."""
-        delay = 0.2
+        delays = Delays(RELIST_BACKOFF)
         resync = guard(self._resync_loop(), f"{self.kind.resource}-resync") if self.resync_period > 0 else None
         try:
             while True:
@@ -236,21 +241,21 @@ class Informer(Generic[M]):
                     if not self.resource_version or not self.synced:
                         await self._relist()
                     await self._watch_once()
-                    delay = 0.2
+                    delays.reset()
                 except errors.GoneError as exc:
                     log.info("%s informer: %s; relisting", self.kind.resource, exc)
                     self.resource_version = ""
                 except errors.SkiffError as exc:
+                    delay = delays.next()
                     log.warning("%s informer: %s; retrying in %.1fs", self.kind.resource, exc, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
                 except Exception:
                     # Anything unexpected (a transport error the client did not translate, a bug):
                     # log it with its traceback and start over from a fresh list.
+                    delay = delays.next()
                     log.exception("%s informer: unexpected error; relisting in %.1fs", self.kind.resource, delay)
                     self.resource_version = ""
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
         finally:
             if resync is not None:
                 resync.cancel()

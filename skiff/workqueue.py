@@ -15,6 +15,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from skiff.retry import Backoff
+
 log = logging.getLogger("skiff.workqueue")
 
 
@@ -22,8 +24,7 @@ class WorkQueue:
     def __init__(self, *, name: str = "", base_delay: float = 0.005, max_delay: float = 300.0,
                  qps: float = 0.0, burst: int = 100) -> None:
         self.name = name
-        self.base_delay = base_delay
-        self.max_delay = max_delay
+        self.schedule = Backoff(initial=base_delay, max=max_delay)
         self._queue: deque[str] = deque()
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
@@ -77,8 +78,7 @@ class WorkQueue:
 
     def backoff(self, key: str) -> float:
         """The delay the next add_rate_limited(key) will use."""
-        failures = self._failures.get(key, 0)
-        return min(self.base_delay * (2 ** min(failures, 62)), self.max_delay)
+        return self.schedule.delay(self._failures.get(key, 0) + 1)
 
     def add_rate_limited(self, key: str) -> None:
         delay = self.backoff(key)

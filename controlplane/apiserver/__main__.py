@@ -1,26 +1,34 @@
-"""`python -m controlplane.apiserver` / `skiff-apiserver`: run one api-server process."""
+"""`python -m controlplane.apiserver` / `skiff-apiserver`: run one api-server process.
+
+It refuses to start when the service CIDR overlaps a network of the host it runs on: a
+ClusterIP allocated on a host's address would shadow that host.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import subprocess
 import sys
 
 from controlplane.apiserver.allocator import parse_cidr, parse_port_range
 from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, StartupError, serve
+from skiff import defaults
 
 log = logging.getLogger("skiff.apiserver")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skiff-apiserver", description="The Skiff api-server.")
-    p.add_argument("--store-endpoints", default="127.0.0.1:2379",
+    p.add_argument("--store-endpoints", default=f"127.0.0.1:{defaults.STORE_CLIENT_PORT}",
                    help="etcd v3 endpoints (the Skiff store or etcd), comma-separated (default %(default)s)")
-    p.add_argument("--listen", default="127.0.0.1:6443", help="address:port to serve gRPC on (default %(default)s)")
-    p.add_argument("--service-cidr", default="10.96.0.0/12", help="ClusterIP range (default %(default)s)")
-    p.add_argument("--node-port-range", default="30000-32767", help="NodePort range (default %(default)s)")
+    p.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}",
+                   help="address:port to serve gRPC on (default %(default)s)")
+    p.add_argument("--service-cidr", default=defaults.SERVICE_CIDR, help="ClusterIP range (default %(default)s)")
+    p.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE, help="NodePort range (default %(default)s)")
     p.add_argument("--node-name", default="", help="the node this api-server runs beside (shown by `skiff version`)")
     p.add_argument("--watch-cache-size", type=int, default=4096,
                    help="recent events kept per resource for watches to resume from (default %(default)s)")
@@ -35,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def host_networks() -> list[tuple[str, str]]:
+    """This host's IPv4 networks, [("host network on eth0", "10.78.0.10/24")]; [] when `ip` cannot tell."""
+    try:
+        out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, check=True,
+                             timeout=10).stdout
+        links = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("cannot list this host's addresses (%s); not checking --service-cidr against them", exc)
+        return []
+    return [(f"host network on {link.get('ifname', '?')}", f"{a['local']}/{a['prefixlen']}")
+            for link in links for a in link.get("addr_info", []) if "local" in a and "prefixlen" in a]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -42,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_cidr(args.service_cidr)
         parse_port_range(args.node_port_range)
+        defaults.check_disjoint([("service CIDR (--service-cidr)", args.service_cidr)], host_networks())
     except ValueError as exc:
         print(f"skiff-apiserver: {exc}", file=sys.stderr)
         return 2

@@ -18,12 +18,11 @@ import ipaddress
 import random
 from collections.abc import Iterable
 
+from skiff import defaults
 from skiffpb.api.v1 import types_pb2 as t
 
 IP_PREFIX = "/registry/ranges/serviceips/"
 PORT_PREFIX = "/registry/ranges/servicenodeports/"
-DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
-DEFAULT_NODE_PORTS = "30000-32767"
 
 
 def parse_port_range(text: str) -> range:
@@ -32,7 +31,7 @@ def parse_port_range(text: str) -> range:
         lo_text, hi_text = text.split("-", 1)
         lo, hi = int(lo_text), int(hi_text)
     except ValueError:
-        raise ValueError(f'invalid port range "{text}": expected LOW-HIGH such as 30000-32767') from None
+        raise ValueError(f'invalid port range "{text}": expected LOW-HIGH such as {defaults.NODE_PORT_RANGE}') from None
     if not 1 <= lo <= hi <= 65535:
         raise ValueError(f'invalid port range "{text}": need 1 <= LOW <= HIGH <= 65535')
     return range(lo, hi + 1)
@@ -57,7 +56,7 @@ def port_key(port: int) -> str:
 
 
 class Allocator:
-    def __init__(self, cidr: str = DEFAULT_SERVICE_CIDR, node_ports: str = DEFAULT_NODE_PORTS, *,
+    def __init__(self, cidr: str = defaults.SERVICE_CIDR, node_ports: str = defaults.NODE_PORT_RANGE, *,
                  rng: random.Random | None = None) -> None:
         self.network = parse_cidr(cidr)
         self.node_ports = parse_port_range(node_ports)

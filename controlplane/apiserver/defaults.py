@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
+from skiff import defaults as skiff_defaults
 from skiff import kinds
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -84,7 +85,7 @@ def pod_spec(spec: t.PodSpec) -> None:
 def _deployment(d: t.Deployment) -> None:
     spec = d.spec
     if not spec.HasField("replicas"):
-        spec.replicas = 1
+        spec.replicas = skiff_defaults.REPLICAS
     if not spec.strategy.type:
         spec.strategy.type = "RollingUpdate"
     if spec.strategy.type == "RollingUpdate":
@@ -102,7 +103,7 @@ def _deployment(d: t.Deployment) -> None:
 
 def _replica_set(rs: t.ReplicaSet) -> None:
     if not rs.spec.HasField("replicas"):
-        rs.spec.replicas = 1
+        rs.spec.replicas = skiff_defaults.REPLICAS
     pod_spec(rs.spec.template.spec)
 
 

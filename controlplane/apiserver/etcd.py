@@ -44,6 +44,7 @@ from controlplane.apiserver.storage import (
     WatchBatch,
     prefix_end,
 )
+from skiff.retry import Backoff, Delays, retry
 from skiffpb.etcd import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 log = logging.getLogger("skiff.apiserver.etcd")
@@ -62,6 +63,9 @@ CHANNEL_OPTIONS = (
     ("grpc.enable_retries", 0),
 )
 WATCH_METADATA = (("hasleader", "true"),)
+# Between store endpoints while they are unavailable: 50 ms doubling to 1 s, jittered so that
+# the api-servers of a cluster do not come back to a recovering store in step.
+STORE_BACKOFF = Backoff(initial=0.05, max=1.0, jitter=0.2)
 
 
 def _b(text: str) -> bytes:
@@ -112,29 +116,32 @@ class EtcdStore:
                 log.warning("store unreachable (%s); retrying across %s", detail, ",".join(self.targets))
 
     async def _call(self, pick: Callable[[_Endpoint], Any], request: R, *, idempotent: bool) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_for
-        delay = 0.05
-        last = ""
-        while True:
+        target = ""
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, grpc.aio.AioRpcError) and (exc.code() == grpc.StatusCode.UNAVAILABLE or (
+                idempotent and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED))
+
+        async def attempt() -> Any:
+            nonlocal target
             ep = self._endpoint(self._current)
-            try:
-                response = await pick(ep)(request, timeout=self.timeout)
-                self._state(True)
-                return response
-            except grpc.aio.AioRpcError as exc:
-                code, details = exc.code(), exc.details() or ""
-                retry = code == grpc.StatusCode.UNAVAILABLE or (
-                    idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED)
-                if not retry:
-                    raise _translate(exc, ep.target) from exc
-                last = f"{ep.target}: {code.name.lower()}: {details}"
-                self._state(False, last)
-                if loop.time() + delay >= deadline:
-                    raise UnavailableStoreError(f"store unavailable: {last}") from exc
-                self._next()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            target = ep.target
+            response = await pick(ep)(request, timeout=self.timeout)
+            self._state(True)
+            return response
+
+        def next_endpoint(exc: BaseException, delay: float) -> None:
+            self._state(False, _describe(exc, target))
+            self._next()
+
+        try:
+            return await retry(attempt, retryable=retryable, backoff=STORE_BACKOFF, budget=self.retry_for,
+                               on_retry=next_endpoint, clock=asyncio.get_running_loop().time)
+        except grpc.aio.AioRpcError as exc:
+            if not retryable(exc):
+                raise _translate(exc, target) from exc
+            self._state(False, _describe(exc, target))
+            raise UnavailableStoreError(f"store unavailable: {_describe(exc, target)}") from exc
 
     # ------------------------------------------------------------------ Store
 
@@ -212,11 +219,23 @@ class EtcdStore:
         return "etcd3 " + ",".join(self.targets)
 
 
+def _describe(exc: BaseException, target: str) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{target}: {exc.code().name.lower()}: {exc.details() or ''}"
+    return f"{target}: {exc}"
+
+
+# etcd's status messages are its error identities (clientv3's rpctypes maps them to typed errors
+# the same way): compared whole, never searched for words.
+ETCD_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+ETCD_REQUEST_TOO_LARGE = "etcdserver: request is too large"
+
+
 def _translate(exc: grpc.aio.AioRpcError, target: str) -> StoreError:
     code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.OUT_OF_RANGE or "compacted" in details:
+    if code == grpc.StatusCode.OUT_OF_RANGE or details == ETCD_COMPACTED:
         return CompactedError(0, 0)
-    if "too large" in details or code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED or details == ETCD_REQUEST_TOO_LARGE:
         return ValueTooLargeError(f"store refused the request as too large: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return UnavailableStoreError(f"store {target} did not answer in time; the outcome is unknown")
@@ -246,12 +265,12 @@ class EtcdWatch:
         return call
 
     async def __aiter__(self) -> AsyncIterator[WatchBatch]:
-        delay = 0.05
+        delays = Delays(STORE_BACKOFF)
         while not self._closed:
             try:
                 self._call = await self._open()
                 async for batch in self._read(self._call):
-                    delay = 0.05
+                    delays.reset()
                     yield batch
                 if self._closed:
                     return
@@ -271,8 +290,7 @@ class EtcdWatch:
                     self._call = None
             self.store._state(False, f"watch {self.prefix} on {self.store.targets[self.store._current]}: {detail}")
             self.store._next()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await asyncio.sleep(delays.next())
 
     async def _read(self, call: Any) -> AsyncIterator[WatchBatch]:
         watch_id: int | None = None

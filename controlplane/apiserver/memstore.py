@@ -1,4 +1,5 @@
-"""An in-memory `Store` with etcd's MVCC semantics, for unit tests of the api-server.
+"""An in-memory `Store` with etcd's MVCC semantics, for tests of the api-server and under the
+in-process api-server (inprocess.py).
 
 It keeps every version of every key until `compact`, so reads at a past revision, watches
 from a past revision and CompactedError behave as they do against etcd. Leases expire by
@@ -255,6 +256,24 @@ class MemoryStore:
     async def close(self) -> None:
         for w in list(self._watches):
             await w.close()
+
+    # ------------------------------------------------------------------ in-process inspection
+
+    def current(self, prefix: str) -> list[KV]:
+        """The live keys under `prefix` now, in key order, without awaiting (for test assertions)."""
+        lo = bisect.bisect_left(self._sorted, prefix)
+        out: list[KV] = []
+        for key in self._sorted[lo:]:
+            if not key.startswith(prefix):
+                break
+            kv = self._current(key)
+            if kv is not None:
+                out.append(kv)
+        return out
+
+    def pending_batches(self) -> int:
+        """Batches offered to watches and not yet taken by their readers."""
+        return sum(w.queue.qsize() for w in self._watches)
 
     def describe(self) -> str:
         return "memory"

@@ -2,7 +2,8 @@
 
 What must hold:
 - Every failure reaches the client as one gRPC status with a message a user can act on:
-  skiff.errors exceptions carry their own code; storage failures map through
+  skiff.errors exceptions carry their own code (and their reason, in trailing metadata, when
+  a subclass shares its parent's code); storage failures map through
   registry.store_error; a request that is not a valid protobuf message is
   INVALID_ARGUMENT naming the message type; anything unexpected is INTERNAL and logged
   with its traceback. One bad request never affects another.
@@ -28,13 +29,16 @@ from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.storage import Store, StoreError
-from skiff import __version__, errors, kinds
+from skiff import __version__, defaults, errors, kinds
+from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.apiserver")
 
 SERVICE = "skiff.api.v1.ApiServer"
+# Waiting at start-up for the store to answer: 0.2 s doubling to 5 s.
+WAIT_FOR_STORE_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
 # Room for an object just over the 1.5 MiB limit to arrive and be refused by name.
 MAX_RECEIVE = 16 * 1024 * 1024
 SERVER_OPTIONS = (
@@ -112,7 +116,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             err = to_status(exc)
-            await context.abort(err.code, err.message)
+            await context.abort(err.code, err.message, errors.trailing_metadata(err))
 
     return run
 
@@ -127,7 +131,7 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             err = to_status(exc)
-            await context.abort(err.code, err.message)
+            await context.abort(err.code, err.message, errors.trailing_metadata(err))
 
     return run
 
@@ -226,10 +230,10 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
 
 @dataclass
 class Config:
-    store_endpoints: str = "127.0.0.1:2379"
-    listen: str = "127.0.0.1:6443"
-    service_cidr: str = "10.96.0.0/12"
-    node_port_range: str = "30000-32767"
+    store_endpoints: str = f"127.0.0.1:{defaults.STORE_CLIENT_PORT}"
+    listen: str = f"127.0.0.1:{defaults.API_PORT}"
+    service_cidr: str = defaults.SERVICE_CIDR
+    node_port_range: str = defaults.NODE_PORT_RANGE
     node_name: str = ""
     options: Options = field(default_factory=Options)
 
@@ -263,7 +267,7 @@ def bind(server: grpc.aio.Server, listen: str) -> int:
 
 async def wait_for_store(store: Store, *, stop: asyncio.Event | None = None) -> int:
     """Retry until the store answers; one log line per change of state. Returns its revision."""
-    delay = 0.2
+    delays = Delays(WAIT_FOR_STORE_BACKOFF)
     failing = False
     while True:
         try:
@@ -277,8 +281,7 @@ async def wait_for_store(store: Store, *, stop: asyncio.Event | None = None) -> 
                 failing = True
         if stop is not None and stop.is_set():
             raise StartupError("stopped while waiting for the store")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+        await asyncio.sleep(delays.next())
 
 
 async def serve(config: Config, *, store: Store | None = None, ready: Callable[[int], None] | None = None,

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from skiff import errors, kinds
+from skiff import conditions, errors, kinds
+from skiff.clock import seconds_timestamp
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -63,11 +63,6 @@ def has_status(obj: Message) -> bool:
     return "status" in obj.DESCRIPTOR.fields_by_name
 
 
-def timestamp(seconds: float) -> Timestamp:
-    """Whole seconds, as Kubernetes stores object timestamps."""
-    return Timestamp(seconds=int(seconds))
-
-
 def check_size(obj: Message, kind: kinds.Kind) -> None:
     size = obj.ByteSize()
     if size > MAX_OBJECT_BYTES:
@@ -88,7 +83,7 @@ def prepare_create(obj: Message, *, now: float, uid: str) -> None:
     kind = kinds.of_message(obj)
     meta = meta_of(obj)
     meta.uid = uid
-    meta.creation_timestamp.CopyFrom(timestamp(now))
+    meta.creation_timestamp.CopyFrom(seconds_timestamp(now))
     meta.resource_version = ""
     meta.ClearField("deletion_timestamp")
     meta.ClearField("deletion_grace_period_seconds")
@@ -240,7 +235,7 @@ def plan_delete(old: Message, *, grace_period: int | None, propagation_policy: s
         changed = finalizers != list(old_meta.finalizers)
         current = old_meta.deletion_grace_period_seconds
         if grace < current:
-            meta.deletion_timestamp.CopyFrom(timestamp(now + grace))
+            meta.deletion_timestamp.CopyFrom(seconds_timestamp(now + grace))
             meta.deletion_grace_period_seconds = grace
             changed = True
         if not finalizers and meta.deletion_grace_period_seconds == 0:
@@ -252,7 +247,7 @@ def plan_delete(old: Message, *, grace_period: int | None, propagation_policy: s
         return DeletePlan("update", new)
     if grace == 0 and not finalizers:
         return DeletePlan("delete", old)
-    meta.deletion_timestamp.CopyFrom(timestamp(now + grace))
+    meta.deletion_timestamp.CopyFrom(seconds_timestamp(now + grace))
     meta.deletion_grace_period_seconds = grace
     del meta.finalizers[:]
     meta.finalizers.extend(finalizers)
@@ -287,7 +282,7 @@ def plan_namespace_delete(ns: t.Namespace, *, now: float) -> t.Namespace | None:
     if ns.metadata.HasField("deletion_timestamp"):
         return None
     out = copy(ns)
-    out.metadata.deletion_timestamp.CopyFrom(timestamp(now))
+    out.metadata.deletion_timestamp.CopyFrom(seconds_timestamp(now))
     out.metadata.deletion_grace_period_seconds = 0
     out.status.phase = "Terminating"
     return out
@@ -309,20 +304,15 @@ def plan_bind(pod: t.Pod, binding: t.Binding, *, now: float) -> t.Pod:
     if pod.metadata.HasField("deletion_timestamp"):
         raise errors.ConflictError(f'conflict: pod "{name}" is being deleted, cannot be assigned to a node')
     if pod.spec.node_name:
-        raise errors.ConflictError(
+        raise errors.PodAlreadyAssignedError(
             f'conflict: Operation cannot be fulfilled on pods/binding "{name}": '
             f'pod {name} is already assigned to node "{pod.spec.node_name}"')
     out = copy(pod)
     out.spec.node_name = target.name
     out.metadata.resource_version = ""
-    condition = next((c for c in out.status.conditions if c.type == "PodScheduled"), None)
-    if condition is None:
-        condition = out.status.conditions.add(type="PodScheduled")
-    if condition.status != "True":
-        condition.last_transition_time.CopyFrom(timestamp(now))
-    condition.status = "True"
-    condition.reason = ""
-    condition.message = ""
+    scheduled = t.PodCondition(type="PodScheduled", status=conditions.TRUE,
+                               last_transition_time=seconds_timestamp(now))
+    conditions.set_condition(out.status.conditions, scheduled)
     return out
 
 

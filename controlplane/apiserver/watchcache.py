@@ -37,9 +37,13 @@ from controlplane.apiserver.filters import Filter
 from controlplane.apiserver.storage import CompactedError, Event, Store, StoreError, StoreWatch
 from skiff import errors, kinds
 from skiff.guard import guard
+from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
 
 log = logging.getLogger("skiff.apiserver.watchcache")
+
+# After the store failed a list or a watch: 0.1 s doubling to 5 s.
+RELIST_BACKOFF = Backoff(initial=0.1, max=5.0, jitter=0.2)
 
 ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
 
@@ -220,7 +224,7 @@ class WatchCache:
             w.fail(errors.UnavailableError("api-server shutting down; watch again"))
 
     async def run(self) -> None:
-        delay = 0.1
+        delays = Delays(RELIST_BACKOFF)
         while True:
             try:
                 if not self.ready.is_set() or self.revision == 0:
@@ -230,9 +234,9 @@ class WatchCache:
                 log.warning("%s watch cache fell behind compaction (%s); relisting", self.kind.resource, exc)
                 self._reset("the watch cache was rebuilt after a store compaction; watch again")
             except StoreError as exc:
+                delay = delays.next()
                 log.warning("%s watch cache: %s; retrying in %.1fs", self.kind.resource, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def _reset(self, reason: str) -> None:
         for w in list(self.watchers()):

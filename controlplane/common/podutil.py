@@ -1,5 +1,7 @@
 """Small facts about pods and owners that several controllers and the scheduler agree on.
 
+Readiness and conditions are skiff.conditions (the node agent and the CLI need them too).
+
 They read objects and never mutate them. Availability follows Kubernetes: a pod is available
 once it has been Ready for at least minReadySeconds, measured from the Ready condition's
 lastTransitionTime.
@@ -11,7 +13,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from skiff import kinds, quantity
+from skiff import conditions, kinds, quantity
 from skiff.clock import to_seconds
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -52,21 +54,9 @@ def is_active(pod: t.Pod) -> bool:
     return not is_terminal(pod) and not pod.metadata.HasField("deletion_timestamp")
 
 
-def ready_condition(pod: t.Pod) -> t.PodCondition | None:
-    for cond in pod.status.conditions:
-        if cond.type == "Ready":
-            return cond
-    return None
-
-
-def is_ready(pod: t.Pod) -> bool:
-    cond = ready_condition(pod)
-    return cond is not None and cond.status == "True"
-
-
 def ready_since(pod: t.Pod) -> float | None:
     """When the pod became Ready (None when it is not)."""
-    cond = ready_condition(pod)
+    cond = conditions.pod_ready_condition(pod)
     if cond is None or cond.status != "True":
         return None
     return to_seconds(cond.last_transition_time) if cond.HasField("last_transition_time") else 0.0
@@ -131,37 +121,3 @@ def index_orphans(obj: Any) -> list[str]:
 
 def index_node_name(pod: t.Pod) -> list[str]:
     return [pod.spec.node_name] if pod.spec.node_name else []
-
-
-def set_condition(conditions: Any, new: Any) -> bool:
-    """Put `new` into a repeated condition field, Kubernetes' SetCondition way; True if it changed.
-
-    Same status and reason: nothing changes (timestamps included). Same status, other reason:
-    replaced, but lastTransitionTime is kept, because the status did not transition.
-    """
-    for i, cur in enumerate(conditions):
-        if cur.type != new.type:
-            continue
-        if cur.status == new.status and cur.reason == new.reason:
-            return False
-        if cur.status == new.status and cur.HasField("last_transition_time"):
-            new.last_transition_time.CopyFrom(cur.last_transition_time)
-        del conditions[i]
-        break
-    conditions.append(new)
-    return True
-
-
-def get_condition(conditions: Any, type_: str) -> Any:
-    for cond in conditions:
-        if cond.type == type_:
-            return cond
-    return None
-
-
-def remove_condition(conditions: Any, type_: str) -> bool:
-    for i, cur in enumerate(conditions):
-        if cur.type == type_:
-            del conditions[i]
-            return True
-    return False

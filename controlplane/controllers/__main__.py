@@ -9,6 +9,7 @@ import sys
 from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.controllers import manager
 from controlplane.controllers.cidrset import CidrError, CidrSet
+from skiff import defaults
 from skiff.client import Client
 from skiff.daemon import duration, run_until_signalled, setup_logging
 
@@ -27,11 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time a node stays unhealthy before its pods are deleted (default 60s)")
     p.add_argument("--node-monitor-period", type=duration, default=5.0,
                    help="how often node health is checked (default 5s)")
-    p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="CIDR pod CIDRs are allocated from")
+    p.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR, help="CIDR pod CIDRs are allocated from")
     p.add_argument("--service-cidr", default="",
                    help="the api-servers' service CIDR: keep the default/kubernetes Service (first address) "
                         "with the --api-servers as its endpoints; empty: do not")
-    p.add_argument("--node-cidr-mask-size", type=int, default=24, help="prefix length of each node's pod CIDR")
+    p.add_argument("--node-cidr-mask-size", type=int, default=defaults.NODE_CIDR_MASK_SIZE,
+                   help="prefix length of each node's pod CIDR")
     p.add_argument("--concurrent-deployment-syncs", type=int, default=5)
     p.add_argument("--concurrent-replicaset-syncs", type=int, default=5)
     p.add_argument("--concurrent-endpoint-syncs", type=int, default=5)

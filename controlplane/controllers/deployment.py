@@ -25,7 +25,7 @@ from controlplane.common import podutil
 from controlplane.controllers import rollout
 from controlplane.controllers.base import QueueController, claim
 from controlplane.controllers.rollout import RSView
-from skiff import errors, labels
+from skiff import conditions, defaults, errors, labels
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
 from skiff.events import NORMAL, WARNING, Recorder
@@ -52,7 +52,7 @@ MAX_INT32 = 2**31 - 1
 
 
 def desired_replicas(d: t.Deployment) -> int:
-    return d.spec.replicas if d.spec.HasField("replicas") else 1
+    return defaults.replicas(d.spec)
 
 
 def is_rolling(d: t.Deployment) -> bool:
@@ -95,7 +95,7 @@ def history_limit(d: t.Deployment) -> int:
 
 
 def rs_replicas(rs: t.ReplicaSet) -> int:
-    return rs.spec.replicas if rs.spec.HasField("replicas") else 1
+    return defaults.replicas(rs.spec)
 
 
 def revision(obj: Any) -> int:
@@ -146,10 +146,10 @@ def calculate_status(d: t.Deployment, all_rss: list[t.ReplicaSet], new_rs: t.Rep
     )
     status.conditions.extend(d.status.conditions)
     if available >= desired_replicas(d) - max_unavailable(d):
-        podutil.set_condition(status.conditions, new_condition(
+        conditions.set_condition(status.conditions, new_condition(
             "Available", "True", MIN_AVAILABLE, "Deployment has minimum availability.", now))
     else:
-        podutil.set_condition(status.conditions, new_condition(
+        conditions.set_condition(status.conditions, new_condition(
             "Available", "False", MIN_UNAVAILABLE, "Deployment does not have minimum availability.", now))
     return status
 
@@ -170,7 +170,7 @@ def is_progressing(d: t.Deployment, status: t.DeploymentStatus) -> bool:
 
 def is_timed_out(d: t.Deployment, status: t.DeploymentStatus, now: float) -> bool:
     deadline = progress_deadline(d)
-    cond = podutil.get_condition(status.conditions, "Progressing")
+    cond = conditions.find(status.conditions, "Progressing")
     if deadline is None or cond is None or cond.reason == NEW_RS_AVAILABLE:
         return False
     if cond.reason == TIMED_OUT:
@@ -184,27 +184,25 @@ def rollout_status(d: t.Deployment, all_rss: list[t.ReplicaSet], new_rs: t.Repli
     status = calculate_status(d, all_rss, new_rs, now)
     deadline = progress_deadline(d)
     if deadline is None:
-        podutil.remove_condition(status.conditions, "Progressing")
+        conditions.remove_condition(status.conditions, "Progressing")
         return status
-    current = podutil.get_condition(d.status.conditions, "Progressing")
+    current = conditions.find(d.status.conditions, "Progressing")
     already_complete = (status.replicas == status.updated_replicas and current is not None
                         and current.reason == NEW_RS_AVAILABLE)
     if already_complete:
         return status
     subject = f'ReplicaSet "{new_rs.metadata.name}"' if new_rs is not None else f'Deployment "{d.metadata.name}"'
     if is_complete(d, status):
-        podutil.set_condition(status.conditions, new_condition(
+        conditions.set_condition(status.conditions, new_condition(
             "Progressing", "True", NEW_RS_AVAILABLE, f"{subject} has successfully progressed.", now))
     elif is_progressing(d, status):
         cond = new_condition("Progressing", "True", RS_UPDATED, f"{subject} is progressing.", now)
-        # Progress moves lastUpdateTime even when the reason stays; the transition time stays.
-        if current is not None:
-            if current.status == "True":
-                cond.last_transition_time.CopyFrom(current.last_transition_time)
-            podutil.remove_condition(status.conditions, "Progressing")
-        status.conditions.append(cond)
+        # Progress moves lastUpdateTime even when the reason stays (so not set_condition, which
+        # would leave it); the transition time stays while the status does.
+        cond.last_transition_time.CopyFrom(conditions.transition_time(d.status.conditions, "Progressing", "True", now))
+        conditions.replace_condition(status.conditions, cond)
     elif is_timed_out(d, status, now):
-        podutil.set_condition(status.conditions, new_condition(
+        conditions.set_condition(status.conditions, new_condition(
             "Progressing", "False", TIMED_OUT, f"{subject} has timed out progressing.", now))
     return status
 
@@ -378,7 +376,7 @@ class DeploymentController(QueueController):
     async def _check_paused_conditions(self, s: _State) -> None:
         if progress_deadline(s.d) is None:
             return
-        cond = podutil.get_condition(s.d.status.conditions, "Progressing")
+        cond = conditions.find(s.d.status.conditions, "Progressing")
         if cond is not None and cond.reason == TIMED_OUT:
             return
         paused_cond = cond is not None and cond.reason == PAUSED
@@ -389,7 +387,7 @@ class DeploymentController(QueueController):
             new = new_condition("Progressing", "Unknown", RESUMED, "Deployment is resumed", now)
         else:
             return
-        podutil.set_condition(s.d.status.conditions, new)
+        conditions.set_condition(s.d.status.conditions, new)
         s.d = await self.client.update_status(s.d)
 
     def _is_scaling_event(self, s: _State) -> bool:
@@ -416,9 +414,9 @@ class DeploymentController(QueueController):
                 rs = await self.client.update(rs)
                 s.rss[rs.metadata.name] = rs
             await self._set_deployment_revision(s, rs.metadata.annotations.get(rollout.REVISION, ""))
-            if progress_deadline(s.d) is not None and podutil.get_condition(s.d.status.conditions,
+            if progress_deadline(s.d) is not None and conditions.find(s.d.status.conditions,
                                                                             "Progressing") is None:
-                podutil.set_condition(s.d.status.conditions, new_condition(
+                conditions.set_condition(s.d.status.conditions, new_condition(
                     "Progressing", "True", FOUND_NEW_RS, f'Found new replica set "{rs.metadata.name}"',
                     self.clock.now()))
                 s.d = await self.client.update_status(s.d)
@@ -444,7 +442,7 @@ class DeploymentController(QueueController):
                                        f"collision count is now {s.d.status.collision_count}") from None
         except errors.SkiffError as exc:
             if progress_deadline(d) is not None:
-                podutil.set_condition(s.d.status.conditions, new_condition(
+                conditions.set_condition(s.d.status.conditions, new_condition(
                     "Progressing", "False", FAILED_CREATE, f'Failed to create new replica set: {exc}',
                     self.clock.now()))
                 s.d = await self.client.update_status(s.d)
@@ -458,7 +456,7 @@ class DeploymentController(QueueController):
                                 f"Scaled up replica set {created.metadata.name} to {replicas}")
         await self._set_deployment_revision(s, str(new_revision))
         if progress_deadline(s.d) is not None:
-            podutil.set_condition(s.d.status.conditions, new_condition(
+            conditions.set_condition(s.d.status.conditions, new_condition(
                 "Progressing", "True", NEW_RS_CREATED, f'Created new replica set "{created.metadata.name}"',
                 self.clock.now()))
             s.d = await self.client.update_status(s.d)
@@ -660,7 +658,7 @@ class DeploymentController(QueueController):
     def _requeue_stuck(self, d: t.Deployment, now: float) -> None:
         """Come back when the progress deadline passes, so the timeout is noticed without events."""
         deadline = progress_deadline(d)
-        cond = podutil.get_condition(d.status.conditions, "Progressing")
+        cond = conditions.find(d.status.conditions, "Progressing")
         if deadline is None or cond is None or cond.reason in (NEW_RS_AVAILABLE, TIMED_OUT):
             return
         if is_complete(d, d.status):

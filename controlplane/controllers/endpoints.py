@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from controlplane.common import podutil
 from controlplane.controllers.base import QueueController
-from skiff import errors, labels
+from skiff import conditions, errors, labels
 from skiff.client import ApiClient
 from skiff.informer import InformerFactory, split_key
 from skiffpb.api.v1 import types_pb2 as t
@@ -73,7 +73,7 @@ def plan_subsets(service: t.Service, pods: Iterable[t.Pod]) -> list[t.EndpointSu
         addr.target_ref.CopyFrom(t.ObjectReference(kind="Pod", namespace=pod.metadata.namespace,
                                                    name=pod.metadata.name, uid=pod.metadata.uid))
         ready, not_ready = groups.setdefault(tuple(sorted(ports)), ([], []))
-        publish = service.spec.publish_not_ready_addresses or podutil.is_ready(pod)
+        publish = service.spec.publish_not_ready_addresses or conditions.is_pod_ready(pod)
         (ready if publish else not_ready).append(addr)
     subsets = []
     for ports_key in sorted(groups):
@@ -128,7 +128,8 @@ class EndpointsController(QueueController):
         if old.metadata.resource_version == new.metadata.resource_version:
             return
         relevant = (old.metadata.labels != new.metadata.labels or old.status.pod_ip != new.status.pod_ip
-                    or podutil.is_ready(old) != podutil.is_ready(new) or old.spec.node_name != new.spec.node_name
+                    or conditions.is_pod_ready(old) != conditions.is_pod_ready(new)
+                    or old.spec.node_name != new.spec.node_name
                     or include_pod(old) != include_pod(new))
         if not relevant:
             return

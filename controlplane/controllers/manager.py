@@ -23,6 +23,7 @@ from controlplane.controllers.kubernetesservice import KubernetesServiceControll
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
+from skiff import defaults
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import EventRecorder
@@ -42,8 +43,8 @@ class Options:
     node_monitor_grace_period: float = 40.0
     pod_eviction_timeout: float = 60.0
     node_monitor_period: float = 5.0
-    cluster_cidr: str = "10.244.0.0/16"
-    node_cidr_mask_size: int = 24
+    cluster_cidr: str = defaults.CLUSTER_CIDR
+    node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
     # default/kubernetes: kept only when the service CIDR is known (its ClusterIP is the first address).
     service_cidr: str = ""
     api_servers: Sequence[str] = ()

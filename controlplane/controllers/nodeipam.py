@@ -18,6 +18,7 @@ import logging
 from controlplane.common import podutil
 from controlplane.controllers.base import QueueController
 from controlplane.controllers.cidrset import CidrError, CidrSet
+from skiff import defaults
 from skiff.client import ApiClient
 from skiff.events import WARNING, Recorder
 from skiff.informer import InformerFactory
@@ -45,7 +46,7 @@ class NodeIpamController(QueueController):
     name = "nodeipam"
 
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
-                 cluster_cidr: str = "10.244.0.0/16", mask_size: int = 24) -> None:
+                 cluster_cidr: str = defaults.CLUSTER_CIDR, mask_size: int = defaults.NODE_CIDR_MASK_SIZE) -> None:
         super().__init__()
         self.client = client
         self.recorder = recorder

@@ -12,8 +12,10 @@ What must hold:
   controllers recreate them elsewhere: with grace 0 from an unreachable node (it cannot confirm
   anything), gracefully from a node whose agent reports NotReady (it is alive to stop them);
   a pod tolerating the taint stays (for its tolerationSeconds, or for ever);
-- heartbeats again -> Ready=True (when we were the ones who set Unknown) and the taints go;
-  pods that were not evicted yet are left untouched;
+- the node agent is the one writer of Ready=True/False (reasons KubeletReady, KubeletNotReady,
+  ...); this controller only ever sets it to Unknown, as Kubernetes' does. When heartbeats
+  resume the agent posts Ready again, and the taints follow what it posts; pods that were not
+  evicted yet are left untouched;
 - after a restart every node gets a full grace period from the moment we first see it.
 """
 
@@ -24,8 +26,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from controlplane.common import podutil, taints
-from skiff import errors
+from controlplane.common import podutil
+from skiff import conditions, errors, taints
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
 from skiff.events import NORMAL, WARNING, Recorder
@@ -37,7 +39,6 @@ log = logging.getLogger("skiff.controllers.nodelifecycle")
 LEASE_NAMESPACE = "kube-node-lease"
 REASON_UNKNOWN = "NodeStatusUnknown"
 REASON_NEVER_UPDATED = "NodeStatusNeverUpdated"
-REASON_READY = "KubeletReady"
 MANAGED_TAINTS = frozenset({(taints.NOT_READY, taints.NO_SCHEDULE), (taints.NOT_READY, taints.NO_EXECUTE),
                             (taints.UNREACHABLE, taints.NO_SCHEDULE), (taints.UNREACHABLE, taints.NO_EXECUTE),
                             (taints.UNSCHEDULABLE, taints.NO_SCHEDULE)})
@@ -48,51 +49,38 @@ class NodeHealth:
     probe: float  # our clock: when a heartbeat last changed (or when we first saw the node)
     lease_marker: str
     heartbeat_marker: str
-    heard: bool = False  # a heartbeat actually changed since we started watching
-
-
-def ready_condition(node: t.Node) -> t.NodeCondition | None:
-    for cond in node.status.conditions:
-        if cond.type == "Ready":
-            return cond
-    return None
 
 
 def observe(health: NodeHealth | None, node: t.Node, lease: t.Lease | None, now: float) -> NodeHealth:
     lease_marker = lease.spec.renew_time.SerializeToString().hex() if lease is not None else ""
-    cond = ready_condition(node)
+    cond = conditions.node_ready_condition(node)
     hb_marker = cond.last_heartbeat_time.SerializeToString().hex() if cond is not None else ""
     if health is None:
         return NodeHealth(now, lease_marker, hb_marker)
     if lease_marker != health.lease_marker or hb_marker != health.heartbeat_marker:
-        return NodeHealth(now, lease_marker, hb_marker, heard=True)
+        return NodeHealth(now, lease_marker, hb_marker)
     return health
 
 
 def plan_ready_condition(node: t.Node, health: NodeHealth, now: float, grace: float) -> t.NodeCondition | None:
-    """The Ready condition to write, or None to leave it."""
-    cond = ready_condition(node)
-    if now - health.probe > grace:
-        if cond is None:
-            new = t.NodeCondition(type="Ready", status="Unknown", reason=REASON_NEVER_UPDATED,
-                                  message="Kubelet never posted node status.")
-            stamp(new.last_transition_time, now)
-            return new
-        if cond.status == "Unknown":
-            return None
+    """Ready=Unknown when the node has been silent for longer than `grace`, or None to leave it.
+
+    Never True or False: those are the node agent's to write.
+    """
+    if now - health.probe <= grace:
+        return None
+    cond = conditions.node_ready_condition(node)
+    if cond is None:
+        new = t.NodeCondition(type=conditions.READY, status=conditions.UNKNOWN, reason=REASON_NEVER_UPDATED,
+                              message="Kubelet never posted node status.")
+    elif cond.status == conditions.UNKNOWN:
+        return None
+    else:
         new = t.NodeCondition()
-        new.CopyFrom(cond)
-        new.status, new.reason, new.message = "Unknown", REASON_UNKNOWN, "Kubelet stopped posting node status."
-        stamp(new.last_transition_time, now)
-        return new
-    ours = cond is None or (cond.status == "Unknown" and cond.reason in (REASON_UNKNOWN, REASON_NEVER_UPDATED))
-    if health.heard and ours:
-        new = t.NodeCondition(type="Ready", status="True", reason=REASON_READY,
-                              message="node agent is posting ready status")
-        stamp(new.last_transition_time, now)
-        stamp(new.last_heartbeat_time, now)
-        return new
-    return None
+        new.CopyFrom(cond)  # the agent's last heartbeat time stays: it is its marker, not ours
+        new.status, new.reason, new.message = conditions.UNKNOWN, REASON_UNKNOWN, "Kubelet stopped posting node status."
+    stamp(new.last_transition_time, now)
+    return new
 
 
 def desired_managed_taints(ready_status: str | None, *, unschedulable: bool) -> set[tuple[str, str]]:
@@ -194,19 +182,13 @@ class NodeLifecycleController:
         health = observe(self.health.get(name), node, lease, now)
         self.health[name] = health
         cond = plan_ready_condition(node, health, now, self.grace_period)
-        before = ready_condition(node)
         if cond is not None:
             new = podutil.copy(node)
-            kept = [c for c in new.status.conditions if c.type != "Ready"]
-            del new.status.conditions[:]
-            new.status.conditions.extend([*kept, cond])
+            conditions.replace_condition(new.status.conditions, cond)
             node = await self.client.update_status(new)
-            if cond.status == "True":
-                self.recorder.event(node, NORMAL, "NodeReady", f"Node {name} status is now: NodeReady")
-            else:
-                self.recorder.event(node, NORMAL, "NodeNotReady", f"Node {name} status is now: NodeNotReady")
-                log.warning("node %s: no heartbeat for %.0fs; Ready=Unknown", name, now - health.probe)
-        status = cond.status if cond is not None else (before.status if before is not None else None)
+            self.recorder.event(node, NORMAL, "NodeNotReady", f"Node {name} status is now: NodeNotReady")
+            log.warning("node %s: no heartbeat for %.0fs; Ready=Unknown", name, now - health.probe)
+        status = conditions.node_ready_status(node) or None
         new_taints = plan_taints(node.spec.taints, status, unschedulable=node.spec.unschedulable, now=now)
         if new_taints is not None:
             new = podutil.copy(node)
@@ -236,13 +218,13 @@ class NodeLifecycleController:
     async def _mark_not_ready(self, pods: Iterable[t.Pod]) -> None:
         now = self.clock.now()
         for pod in pods:
-            if not podutil.is_ready(pod) or pod.metadata.HasField("deletion_timestamp"):
+            if not conditions.is_pod_ready(pod) or pod.metadata.HasField("deletion_timestamp"):
                 continue
             new = podutil.copy(pod)
-            for c in new.status.conditions:
-                if c.type == "Ready":
-                    c.status = "False"
-                    stamp(c.last_transition_time, now)
+            ready = conditions.pod_ready_condition(new)
+            assert ready is not None  # is_pod_ready above
+            ready.status = conditions.FALSE
+            stamp(ready.last_transition_time, now)
             try:
                 await self.client.update_status(new)
             except (errors.NotFoundError, errors.ConflictError):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from controlplane.common import podutil
 from controlplane.controllers.base import QueueController, claim
-from skiff import errors, labels
+from skiff import conditions, defaults, errors, labels
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp
 from skiff.events import NORMAL, WARNING, Recorder
@@ -96,7 +96,7 @@ def calculate_status(rs: t.ReplicaSet, pods: Sequence[t.Pod], create_error: Base
         replicas=len(pods),
         fully_labeled_replicas=sum(1 for p in pods
                                    if all(p.metadata.labels.get(k) == v for k, v in template_labels.items())),
-        ready_replicas=sum(1 for p in pods if podutil.is_ready(p)),
+        ready_replicas=sum(1 for p in pods if conditions.is_pod_ready(p)),
         available_replicas=sum(1 for p in pods if podutil.is_available(p, rs.spec.min_ready_seconds, now)),
         observed_generation=rs.metadata.generation,
     )
@@ -105,9 +105,9 @@ def calculate_status(rs: t.ReplicaSet, pods: Sequence[t.Pod], create_error: Base
         cond = t.ReplicaSetCondition(type="ReplicaFailure", status="True", reason="FailedCreate",
                                      message=str(create_error))
         stamp(cond.last_transition_time, now)
-        podutil.set_condition(status.conditions, cond)
+        conditions.set_condition(status.conditions, cond)
     else:
-        podutil.remove_condition(status.conditions, "ReplicaFailure")
+        conditions.remove_condition(status.conditions, "ReplicaFailure")
     return status
 
 
@@ -254,7 +254,7 @@ class ReplicaSetController(QueueController):
         owner = self._owner(new)
         if owner is not None:
             self.enqueue(owner)
-            if (owner.spec.min_ready_seconds > 0 and not podutil.is_ready(old) and podutil.is_ready(new)):
+            if (owner.spec.min_ready_seconds > 0 and not conditions.is_pod_ready(old) and conditions.is_pod_ready(new)):
                 # Available only minReadySeconds after Ready: look again then.
                 self.queue.add_after(object_key(owner), owner.spec.min_ready_seconds + 1.0)
         elif after is None and (old.metadata.labels != new.metadata.labels or before is not None):
@@ -303,7 +303,7 @@ class ReplicaSetController(QueueController):
                 manage_error = exc
         now = self.clock.now()
         status = calculate_status(rs, pods, create_error, now)
-        replicas = rs.spec.replicas if rs.spec.HasField("replicas") else 1
+        replicas = defaults.replicas(rs.spec)
         if status != rs.status:
             try:
                 await self._write_status(rs, status)
@@ -330,7 +330,7 @@ class ReplicaSetController(QueueController):
             await self.client.update_status(fresh)
 
     async def _manage(self, key: str, rs: t.ReplicaSet, pods: list[t.Pod]) -> None:
-        replicas = rs.spec.replicas if rs.spec.HasField("replicas") else 1
+        replicas = defaults.replicas(rs.spec)
         diff = len(pods) - replicas
         if diff < 0:
             count = min(-diff, self.burst_replicas)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controlplane.common import podutil, taints
-from skiff import quantity
+from controlplane.common import podutil
+from skiff import conditions, quantity, taints
 from skiffpb.api.v1 import types_pb2 as t
 
 DEFAULT_PODS = 110
@@ -93,8 +93,7 @@ class NodeInfo:
         self.alloc_cpu = _quantity(alloc, "cpu", quantity.cpu_millis, 0)
         self.alloc_mem = _quantity(alloc, "memory", quantity.to_bytes, 0)
         self.alloc_pods = _quantity(alloc, "pods", _count, DEFAULT_PODS)
-        ready = next((c for c in node.status.conditions if c.type == "Ready"), None)
-        self.ready = ready is not None and ready.status == "True"
+        self.ready = conditions.is_node_ready(node)
         self.unschedulable = node.spec.unschedulable
         self.hard_taints = tuple(tn for tn in node.spec.taints if tn.effect in (taints.NO_SCHEDULE, taints.NO_EXECUTE))
         self.soft_taints = tuple(tn for tn in node.spec.taints if tn.effect == taints.PREFER_NO_SCHEDULE)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from controlplane.common import podutil
 from skiff.clock import Clock, RealClock
+from skiff.retry import Backoff
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -45,6 +46,7 @@ class SchedulingQueue:
     max_unschedulable: float = 60.0
 
     def __post_init__(self) -> None:
+        self._schedule = Backoff(initial=self.initial_backoff, max=self.max_backoff)
         self._pods: dict[str, QueuedPod] = {}
         self._active: list[tuple[int, float, int, str]] = []
         self._backoff: list[tuple[float, int, str]] = []
@@ -151,9 +153,7 @@ class SchedulingQueue:
     # ------------------------------------------------------------------ internals
 
     def backoff_duration(self, attempts: int) -> float:
-        if attempts <= 0:
-            return 0.0
-        return min(self.initial_backoff * 2 ** (attempts - 1), self.max_backoff)
+        return self._schedule.delay(attempts)
 
     def _backoff_expiry(self, qp: QueuedPod) -> float:
         return qp.added + self.backoff_duration(qp.attempts)

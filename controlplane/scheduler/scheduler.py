@@ -28,7 +28,7 @@ from controlplane.scheduler.framework import FilterPlugin, FitError, ScorePlugin
 from controlplane.scheduler.nodeinfo import PodInfo
 from controlplane.scheduler.plugins import default_filters, default_scores
 from controlplane.scheduler.queue import QueuedPod, SchedulingQueue
-from skiff import errors
+from skiff import conditions, errors
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import NORMAL, WARNING, EventRecorder, Recorder
@@ -109,7 +109,7 @@ class Scheduler:
         self.cache.update_node(new)
         if (old.spec != new.spec or old.metadata.labels != new.metadata.labels
                 or old.status.allocatable != new.status.allocatable
-                or _ready(old) != _ready(new)):
+                or conditions.is_node_ready(old) != conditions.is_node_ready(new)):
             self.queue.move_all_to_active()
 
     def _node_deleted(self, node: t.Node) -> None:
@@ -188,7 +188,7 @@ class Scheduler:
             self.queue.move_all_to_active()  # the node we held for it is free again
             if isinstance(exc, errors.NotFoundError):
                 self.queue.delete(qp.key)
-            elif isinstance(exc, errors.ConflictError) and "already assigned" in str(exc):
+            elif isinstance(exc, errors.PodAlreadyAssignedError):
                 self.queue.done(qp.key)  # someone bound it; the watch will tell us where
             else:
                 log.warning("binding %s to %s failed: %s", qp.key, node, exc)
@@ -225,10 +225,6 @@ class Scheduler:
         self.queue.close()
         for task in list(self._binds):
             task.cancel()
-
-
-def _ready(node: t.Node) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
 
 
 async def run(client: ApiClient, *, recorder: EventRecorder | None = None, clock: Clock | None = None,

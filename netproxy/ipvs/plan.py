@@ -20,9 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from netproxy.model import ServicePort
+from skiff import defaults
 
 LINK = "kube-ipvs0"
-NODEPORT_RANGE = (30000, 32767)
+NODEPORT_RANGE = (defaults.NODE_PORT_MIN, defaults.NODE_PORT_MAX)
 
 VSKey = tuple[str, str, int]  # (address, protocol, port)
 

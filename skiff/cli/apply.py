@@ -25,9 +25,9 @@ from skiff import errors, kinds, manifests
 from skiff.cli import common
 from skiff.client import Client
 from skiff.convert import FieldError, from_data, to_data
+from skiff.retry import retry_on_conflict
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-MAX_CONFLICT_RETRIES = 5
 
 
 def register(sub: Any) -> None:
@@ -105,22 +105,29 @@ def merged_object(live: Message, desired: Message) -> Message:
 
 
 async def apply_one(client: Client, obj: Message, kind: kinds.Kind) -> str:
-    """Create or update one object; "created", "configured" or "unchanged"."""
+    """Create or update one object; "created", "configured" or "unchanged".
+
+    A lost race (the object changed, or was created, meanwhile) re-reads it and tries again.
+    """
     desired, _ = with_last_applied(obj)
     meta = common.meta(desired)
-    for _ in range(MAX_CONFLICT_RETRIES):
+
+    async def attempt() -> str:
         try:
             live = await client.get(kind.message, meta.name, meta.namespace)
         except errors.NotFoundError:
             try:
                 await client.create(desired)
                 return "created"
-            except errors.AlreadyExistsError:
-                continue  # created meanwhile: update it instead
+            except errors.AlreadyExistsError as exc:
+                # Created meanwhile: a race lost like a conflict; the next attempt updates it.
+                raise errors.ConflictError(
+                    f"{common.ref(kind, meta.name)}: created by others while applying; try again") from exc
         updated = await client.update(merged_object(live, desired))
         same = common.meta(updated).resource_version == common.meta(live).resource_version
         return "unchanged" if same else "configured"
-    raise errors.ConflictError(f'{common.ref(kind, meta.name)}: changed by others while applying; try again')
+
+    return await retry_on_conflict(attempt)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -138,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
                 failed += 1
                 continue
             try:
-                outcome = await apply_one_with_retry(client, item.obj, item.kind)
+                outcome = await apply_one(client, item.obj, item.kind)
             except errors.SkiffError as exc:
                 print(f"error: {common.ref(item.kind, name)}: {exc}", file=sys.stderr)
                 failed += 1
@@ -147,13 +154,3 @@ def main(args: argparse.Namespace) -> int:
         return 1 if failed else 0
 
     return common.run(args, body)
-
-
-async def apply_one_with_retry(client: Client, obj: Message, kind: kinds.Kind) -> str:
-    for attempt in range(MAX_CONFLICT_RETRIES):
-        try:
-            return await apply_one(client, obj, kind)
-        except errors.ConflictError:
-            if attempt == MAX_CONFLICT_RETRIES - 1:
-                raise
-    raise AssertionError("unreachable")

@@ -16,7 +16,7 @@ import yaml
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from skiff import kinds, labels
+from skiff import conditions, kinds, labels
 from skiff.convert import to_data
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -106,8 +106,7 @@ def pod_status(pod: t.Pod) -> tuple[str, int, int, int]:
             has_running = True
             ready += 1
     if reason == "Completed" and has_running:
-        ready_cond = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
-        reason = "Running" if ready_cond else "NotReady"
+        reason = "Running" if conditions.is_pod_ready(pod) else "NotReady"
     if pod.metadata.HasField("deletion_timestamp"):
         reason = "Unknown" if pod.status.reason == "NodeLost" else "Terminating"
     return reason, ready, len(pod.spec.containers), restarts
@@ -193,8 +192,7 @@ def _endpoints(objs: Sequence[t.Endpoints], now: float, wide: bool) -> tuple[Row
 
 
 def node_status(n: t.Node) -> str:
-    ready = next((c.status for c in n.status.conditions if c.type == "Ready"), "Unknown")
-    text = "Ready" if ready == "True" else "NotReady"
+    text = "Ready" if conditions.is_node_ready(n) else "NotReady"
     if n.spec.unschedulable:
         text += ",SchedulingDisabled"
     return text

@@ -18,6 +18,7 @@ from skiff import errors
 from skiff.cli import common
 from skiff.client import Client
 from skiff.manifests import dump_yaml
+from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 
 REVISION = "deployment.kubernetes.io/revision"
@@ -170,20 +171,20 @@ def main(args: argparse.Namespace) -> int:
             print("\n".join(history_lines(d, rsets)))
             return 0
         template, revision = undo_template(d, rsets, args.to_revision)
-        for attempt in range(5):
-            current = template_without_hash(d.spec.template)
-            if current == template:
-                print(f"deployment.apps/{name} skipped rollback (current template already matches revision "
-                      f"{revision})")
-                return 0
-            d.spec.template.CopyFrom(template)
-            try:
-                await client.update(d)
-                break
-            except errors.ConflictError:
-                if attempt == 4:
-                    raise
-                d = await client.get(t.Deployment, name, namespace)
+
+        async def undo() -> bool:
+            """Write the old template; False when the Deployment already has it."""
+            current = await client.get(t.Deployment, name, namespace)
+            if template_without_hash(current.spec.template) == template:
+                return False
+            current.spec.template.CopyFrom(template)
+            await client.update(current)
+            return True
+
+        if not await retry_on_conflict(undo):
+            print(f"deployment.apps/{name} skipped rollback (current template already matches revision "
+                  f"{revision})")
+            return 0
         print(f"deployment.apps/{name} rolled back")
         return 0
 

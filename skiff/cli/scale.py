@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from skiff import errors
+from skiff import errors, kinds
 from skiff.cli import common
 from skiff.client import Client
+from skiff.retry import retry_on_conflict
 
 SCALABLE = ("deployments", "replicasets")
 
@@ -31,15 +32,13 @@ def main(args: argparse.Namespace) -> int:
 
     async def body(client: Client) -> int:
         for kind, name in targets:
-            for attempt in range(5):
+
+            async def scale(kind: kinds.Kind = kind, name: str = name) -> None:
                 obj = await client.get(kind.message, name, namespace)
                 obj.spec.replicas = args.replicas  # type: ignore[attr-defined]
-                try:
-                    await client.update(obj)
-                    break
-                except errors.ConflictError:
-                    if attempt == 4:
-                        raise
+                await client.update(obj)
+
+            await retry_on_conflict(scale)
             print(f"{common.ref(kind, name)} scaled", flush=True)
         return 0
 

@@ -20,7 +20,7 @@ import pytest
 
 from deploy import containerd
 from deploy.lab import Lab, LabSpec
-from skiff import kinds
+from skiff import defaults, kinds
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
@@ -177,7 +177,7 @@ def test_pod_to_pod_across_hosts_and_node_port(lab: Lab) -> None:
             assert result.stdout.decode().strip() == f"hello from {pods['n2'].metadata.name}"
             svc = await client.create(service("web-np", app="web", node_port=True))
             node_port = svc.spec.ports[0].node_port
-            assert 30000 <= node_port <= 32767
+            assert defaults.NODE_PORT_MIN <= node_port <= defaults.NODE_PORT_MAX
             names = {f"hello from {p.metadata.name}" for p in pods.values()}
             # From the control-plane host to each worker's address.
             for worker in ("n1", "n2"):

@@ -20,7 +20,7 @@ import pytest
 
 from deploy import containerd
 from deploy.lab import Lab, LabSpec
-from skiff import dnsdefaults, kinds
+from skiff import defaults, kinds
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.prereq import require, require_root
@@ -39,7 +39,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     missing = containerd.missing_prereqs()
     require(not missing, f"missing {', '.join(missing)}")
     prefix = f"d{os.getpid() % 10000}"
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{100 + os.getpid() % 50}.0.0/24", min_sync_period="0s")
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{215 + os.getpid() % 35}.0.0/24", min_sync_period="0s")
     the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
     the_lab.up(progress=print, timeout=120)
     global LAB
@@ -128,7 +128,7 @@ print(json.dumps({"rcode": dns.rcode.to_text(r.rcode()), "ms": ms,
 
 
 def host_query(lab: Lab, host: str, name: str, rdtype: str = "A") -> dict[str, Any]:
-    out = lab.run_in(host, [sys.executable, "-c", QUERY, name, rdtype, dnsdefaults.NODE_LOCAL_DNS_IP])
+    out = lab.run_in(host, [sys.executable, "-c", QUERY, name, rdtype, defaults.NODE_LOCAL_DNS_IP])
     assert out.returncode == 0, out.stderr
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -147,7 +147,7 @@ def test_pods_resolve_services_by_name(lab: Lab) -> None:
 
             code, conf = await sh(client, "client", "cat /etc/resolv.conf")
             assert code == 0, conf
-            assert f"nameserver {dnsdefaults.NODE_LOCAL_DNS_IP}" in conf
+            assert f"nameserver {defaults.NODE_LOCAL_DNS_IP}" in conf
             assert f"search default.svc.{DOMAIN} svc.{DOMAIN} {DOMAIN}" in conf
             assert "ndots:5" in conf
 

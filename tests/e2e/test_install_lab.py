@@ -30,6 +30,7 @@ import pytest
 
 from deploy import containerd as node_containerd
 from deploy import netplan, procs
+from skiff import defaults
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.prereq import require, require_binaries, require_root
@@ -165,7 +166,7 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
                     "--cgroup-parent", lab.cgroup_parent("n1"))
         ready, pod_cidr = asyncio.run(node_status(api, "n1"))
         assert ready == "True"
-        assert ipaddress.ip_network(pod_cidr).subnet_of(ipaddress.ip_network("10.244.0.0/16"))
+        assert ipaddress.ip_network(pod_cidr).subnet_of(ipaddress.ip_network(defaults.CLUSTER_CIDR))
 
         if importlib.util.find_spec("controlplane.scheduler.__main__") is not None:
             # The Vagrant lab's seed check, here with the local web image: pods Ready, ClusterIP answers.

@@ -1,9 +1,10 @@
 """The node agent against real containerd, runc and CNI, in a network namespace made by the test.
 
 One private containerd (tests/support/containerd.py) serves the module; each test runs a fresh
-agent (in this process, its node networking entered into the node's netns) against an in-memory
-api (MemoryApi). Backoffs are shortened through PlanConfig so nothing waits 10 s. Requires root
-and the Debian packages: a missing prerequisite fails the test, it is never skipped.
+agent (in this process, its node networking entered into the node's netns) against the
+api-server's registry in this process (InProcessApi, over an in-memory store). Backoffs are
+shortened through PlanConfig so nothing waits 10 s. Requires root and the Debian packages: a
+missing prerequisite fails the test, it is never skipped.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from controlplane.apiserver.inprocess import InProcessApi
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import LABEL_POD_UID, GrpcRuntime
 from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
 from skiff import errors
-from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import nodeagent_pb2_grpc as na_grpc
 from skiffpb.api.v1 import types_pb2 as t
@@ -65,9 +66,9 @@ def agent_config(node: ContainerdNode, **overrides: Any) -> AgentConfig:
 
 
 class Harness:
-    def __init__(self, node: ContainerdNode, memapi: MemoryApi) -> None:
+    def __init__(self, node: ContainerdNode, server: InProcessApi) -> None:
         self.node = node
-        self.api = memapi
+        self.api = server
         self.net = NodeNetwork(f"/run/netns/{node.netns}")
         self.runtime = GrpcRuntime(node.endpoint)
         self.agent: NodeAgent | None = None
@@ -139,7 +140,7 @@ def cstatus(pod: t.Pod) -> t.ContainerStatus:
 
 @pytest.fixture
 async def h(node: ContainerdNode) -> AsyncIterator[Harness]:
-    harness = Harness(node, MemoryApi(graceful_pod_deletion=True))
+    harness = Harness(node, InProcessApi())
     await harness.start_agent()
     try:
         yield harness
@@ -157,6 +158,7 @@ async def h(node: ContainerdNode) -> AsyncIterator[Harness]:
         await harness.stop_agent()
         await harness.runtime.close()
         harness.net.close()
+        await harness.api.close()
 
 
 async def running_ready(h: Harness, name: str, timeout: float = 30.0) -> t.Pod:

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
+from controlplane.apiserver.inprocess import InProcessApi
+from controlplane.apiserver.memstore import MemoryStore
 from deploy import install, render
-from skiff.memapi import MemoryApi
+from skiff.client import ApiClient
 from skiffpb.api.v1 import types_pb2 as t
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- tables
@@ -131,14 +136,14 @@ def test_cluster_info_signature() -> None:
     assert TOKEN not in text and TOKEN not in sig  # the token itself is never published
 
 
-async def test_publish_and_fetch_through_the_api() -> None:
-    api = MemoryApi()
+async def test_publish_and_fetch_through_the_api(api: InProcessApi) -> None:
     c = install.plan_cluster("cp", "10.0.0.1", [], python="/py")
     with pytest.raises(install.InstallError, match="published no cluster information"):
         await install.fetch_cluster_info(api, TOKEN, source="x")
     await install.publish_cluster_info(api, c, TOKEN)
     await install.publish_cluster_info(api, c, TOKEN)  # again: an update, not a conflict
-    assert api.count("create", "namespaces") == 1
+    # The api-server creates kube-public itself: both publishes update it.
+    assert (api.count("create", "namespaces"), api.count("update", "namespaces")) == (0, 2)
     assert await install.fetch_cluster_info(api, TOKEN, source="x", python="/py") == c
     with pytest.raises(install.InstallError, match="wrong --token"):
         await install.fetch_cluster_info(api, OTHER, source="x")
@@ -188,10 +193,21 @@ class Recorder:
         self.log.append(f"wait-node {node}")
 
 
-def installer(root: Path, rec: Recorder, api: MemoryApi | None = None) -> install.Installer:
-    shared = api or MemoryApi()
+def installer(root: Path, rec: Recorder, store: MemoryStore | None = None) -> install.Installer:
+    """An installer whose every api-server call connects to an in-process api-server over `store`
+    (the cluster's state, shared by every installer of one test)."""
+    shared = store or MemoryStore()
     return install.Installer(install.Layout.make(root), rec, rec, python="/opt/skiff/.venv/bin/python",
-                             say=lambda _: None, api=lambda _endpoints: shared)
+                             say=lambda _: None, api=lambda _endpoints: InProcessApi(store=shared))
+
+
+def call(store: MemoryStore, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
+    """`fn` run against an api-server over `store`, as a separate client would."""
+    async def run() -> T:
+        async with InProcessApi(store=store) as api:
+            return await fn(api)
+
+    return asyncio.run(run())
 
 
 def test_control_plane_render_only(tmp_path: Path) -> None:
@@ -239,14 +255,15 @@ def test_three_control_plane_machines_share_the_bundle(tmp_path: Path) -> None:
 
 
 def test_control_plane_starts_waits_and_publishes(tmp_path: Path) -> None:
-    rec, api = Recorder(), MemoryApi()
-    inst = installer(tmp_path, rec, api)
+    rec, store = Recorder(), MemoryStore()
+    inst = installer(tmp_path, rec, store)
     inst.control_plane(name="cp", ip="10.0.0.1", token=TOKEN)
     starts = [line.split()[1] for line in rec.log if line.startswith("start")]
     assert starts[:3] == ["skiff-store-s1.service", "skiff-store-s2.service", "skiff-store-s3.service"]
     assert rec.log[-1] == "wait-api 10.0.0.1:6443"
     # What a worker fetches with the token is the installed cluster.
-    got = asyncio.run(install.fetch_cluster_info(api, TOKEN, source="cp", python="/opt/skiff/.venv/bin/python"))
+    got = call(store, lambda api: install.fetch_cluster_info(api, TOKEN, source="cp",
+                                                             python="/opt/skiff/.venv/bin/python"))
     assert got == render.cluster_from_dict(json.loads(inst.layout.cluster_file.read_text()),
                                            python="/opt/skiff/.venv/bin/python")
 
@@ -259,10 +276,10 @@ def test_first_of_three_does_not_wait_for_a_quorum_it_cannot_have(tmp_path: Path
 
 
 def test_worker_joins_with_the_token(tmp_path: Path) -> None:
-    api = MemoryApi()
-    installer(tmp_path / "cp", Recorder(), api).control_plane(name="cp", ip="10.0.0.1", proxy_mode="ipvs",
-                                                              token=TOKEN)
-    w = installer(tmp_path / "n1", Recorder(starts=False), api)
+    store = MemoryStore()
+    installer(tmp_path / "cp", Recorder(), store).control_plane(name="cp", ip="10.0.0.1", proxy_mode="ipvs",
+                                                                token=TOKEN)
+    w = installer(tmp_path / "n1", Recorder(starts=False), store)
     with pytest.raises(install.InstallError, match="not signed with this token"):
         w.worker(name="n1", ip="10.0.0.2", join="10.0.0.1:6443", token=OTHER)
     assert not w.layout.etc.exists()
@@ -326,10 +343,10 @@ def test_cli_render_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_namespace_annotations_hold_the_info() -> None:
-    api = MemoryApi()
+    store = MemoryStore()
     c = install.plan_cluster("cp", "10.0.0.1", [])
-    asyncio.run(install.publish_cluster_info(api, c, TOKEN))
-    (ns,) = api.objects(t.Namespace)
+    call(store, lambda api: install.publish_cluster_info(api, c, TOKEN))
+    (ns,) = [n for n in InProcessApi(store=store).objects(t.Namespace) if n.metadata.annotations]
     assert ns.metadata.name == install.CLUSTER_INFO_NAMESPACE
     assert set(ns.metadata.annotations) == {install.CLUSTER_INFO_KEY, install.CLUSTER_INFO_SIGNATURE_KEY}
 
@@ -344,9 +361,9 @@ def test_route_removal_only_touches_the_pod_cidr() -> None:
 
 
 def test_worker_cgroup_parent(tmp_path: Path) -> None:
-    api = MemoryApi()
-    installer(tmp_path / "cp", Recorder(), api).control_plane(name="cp", ip="10.0.0.1", token=TOKEN)
-    w = installer(tmp_path / "n1", Recorder(starts=False), api)
+    store = MemoryStore()
+    installer(tmp_path / "cp", Recorder(), store).control_plane(name="cp", ip="10.0.0.1", token=TOKEN)
+    w = installer(tmp_path / "n1", Recorder(starts=False), store)
     with pytest.raises(install.InstallError, match="--cgroup-parent"):
         w.worker(name="n1", ip="10.0.0.2", join="10.0.0.1:6443", token=TOKEN, cgroup_parent="skiff/n1")
     w.worker(name="n1", ip="10.0.0.2", join="10.0.0.1:6443", token=TOKEN, cgroup_parent="/skiff-lab-n1")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from deploy import netplan
+from deploy.lab import LabError, LabSpec
+from skiff import defaults
 
 
 def test_standard_lab_hosts() -> None:
@@ -20,11 +22,26 @@ def test_standard_lab_hosts() -> None:
 
 
 def test_combined_host_and_routes() -> None:
-    lab = netplan.make_lab("loc", combined=True, lan_cidr="10.99.0.0/24", host_routes=True)
-    assert [(h.name, h.ip) for h in lab.hosts] == [("node", "10.99.0.10")]
+    lab = netplan.make_lab("loc", combined=True, lan_cidr="10.78.0.0/24", host_routes=True)
+    assert [(h.name, h.ip) for h in lab.hosts] == [("node", "10.78.0.10")]
     up = netplan.plan_up(lab)
-    assert ("ip", "route", "replace", "10.96.0.0/12", "via", "10.99.0.10", "dev", "loc-up") in up
-    assert ("ip", "route", "del", "10.96.0.0/12", "dev", "loc-up") in netplan.plan_down(lab)
+    assert ("ip", "route", "replace", defaults.SERVICE_CIDR, "via", "10.78.0.10", "dev", "loc-up") in up
+    assert ("ip", "route", "del", defaults.SERVICE_CIDR, "dev", "loc-up") in netplan.plan_down(lab)
+
+
+@pytest.mark.parametrize(("lan", "problem"), [
+    (defaults.LAB_LAN_CIDR, ""),
+    (defaults.LOCAL_LAN_CIDR, ""),
+    ("10.99.0.0/24", "lab LAN 10.99.0.0/24 overlaps service CIDR 10.96.0.0/12"),
+    ("10.244.200.0/24", "lab LAN 10.244.200.0/24 overlaps cluster CIDR 10.244.0.0/16"),
+], ids=["lab-default", "make-up-default", "old-make-up-lan-in-services", "lan-in-pods"])
+def test_lab_refuses_a_lan_overlapping_the_cluster_ranges(lan: str, problem: str) -> None:
+    spec = LabSpec(prefix="t", lan_cidr=lan)
+    if not problem:
+        spec.check_ranges()
+        return
+    with pytest.raises(LabError, match=problem):
+        spec.check_ranges()
 
 
 def test_plan_up_wires_each_host_to_the_bridge_once() -> None:

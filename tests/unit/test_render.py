@@ -96,9 +96,13 @@ def _members() -> list[dict[str, object]]:
         ({"members": _members(), "proxyMode": "userspace"}, "cluster.proxyMode"),
         ({"members": _members(), "serviceCidr": "10.96.0.1/12"}, "cluster.serviceCidr"),
         ({"members": _members(), "nodeCidrMaskSize": "24"}, "cluster.nodeCidrMaskSize: expected an integer"),
+        ({"members": _members(), "serviceCidr": "10.244.0.0/20"},
+         r"cluster.serviceCidr 10.244.0.0/20 overlaps cluster.clusterCidr 10.244.0.0/16"),
+        ({"members": [{**_members()[0], "ip": "10.100.0.5"}]},
+         r"cluster.serviceCidr 10.96.0.0/12 overlaps the address of cp 10.100.0.5/32"),
     ],
     ids=["not-object", "unknown-field", "no-members", "empty-members", "bad-ip", "port-string", "port-bool",
-         "duplicate", "proxy-mode", "host-bits-set", "mask-string"],
+         "duplicate", "proxy-mode", "host-bits-set", "mask-string", "service-overlaps-pods", "host-in-services"],
 )
 def test_cluster_file_errors_name_the_field(data: object, message: str) -> None:
     with pytest.raises(render.ConfigError, match=message):

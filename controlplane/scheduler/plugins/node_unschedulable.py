@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from controlplane.common import taints
 from controlplane.scheduler.framework import Status, unschedulable
 from controlplane.scheduler.nodeinfo import NodeInfo, PodInfo
+from skiff import taints
 from skiffpb.api.v1 import types_pb2 as t
 
 NAME = "NodeUnschedulable"

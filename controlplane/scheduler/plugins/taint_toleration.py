@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from controlplane.common import taints
 from controlplane.scheduler.framework import Status, default_normalize, unschedulable
 from controlplane.scheduler.nodeinfo import NodeInfo, PodInfo
+from skiff import taints
 from skiffpb.api.v1 import types_pb2 as t
 
 NAME = "TaintToleration"

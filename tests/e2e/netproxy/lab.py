@@ -21,11 +21,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skiff import defaults
+
 NODE_IPS = {"n1": "10.77.0.11", "n2": "10.77.0.12"}
 POD_CIDRS = {"n1": "10.244.1.0/24", "n2": "10.244.2.0/24"}
 PODS = {"p1": ("n1", "10.244.1.2"), "p2": ("n1", "10.244.1.3"), "p3": ("n2", "10.244.2.2")}
 POD_PORT = 8080
-SERVICE_CIDR = "10.96.0.0/12"
+SERVICE_CIDR = defaults.SERVICE_CIDR
 
 # Opens `count` new TCP connections (new source ports, so new conntrack entries) and counts
 # the answers by body; failures count as "ERR:<exception name>". Runs inside a namespace.

@@ -1,6 +1,6 @@
 """netproxy programming real iptables (nft and legacy) inside a node's network namespace.
 
-The whole process runs in-process — MemoryApi, informers, the sync runner, the iptables
+The whole process runs in-process — the api-server's registry (InProcessApi), informers, the sync runner, the iptables
 proxier — with iptables commands entering node n1's namespace; all traffic is sent from
 inside the lab's namespaces. One scenario per backend, step by step: ClusterIP with two
 endpoints (one on each node) from the node, from a pod that is itself an endpoint (hairpin)
@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+from controlplane.apiserver.inprocess import InProcessApi
 from netproxy.app import NetProxy
 from netproxy.config import ProxyConfig
 from netproxy.iptables.command import IptablesCmd
 from netproxy.iptables.proxier import IptablesProxier
 from netproxy.model import Endpoint, ServicePort, sep_chain, svc_chain
-from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 from tests.e2e.netproxy.lab import NODE_IPS, POD_PORT, PODS, Lab, new_prefix
 from tests.support.prereq import require, require_binaries, require_root
@@ -101,7 +101,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: f
 
 
 @contextlib.asynccontextmanager
-async def running(api: MemoryApi, lab: Lab, backend: str) -> AsyncIterator[NetProxy]:
+async def running(api: InProcessApi, lab: Lab, backend: str) -> AsyncIterator[NetProxy]:
     proxier = IptablesProxier(IptablesCmd(backend, netns=lab.ns("n1")), ProxyConfig(cluster_cidr="10.244.0.0/16"))
     proxy = NetProxy(api, proxier, node_name="n1", min_sync_period=0.0, sync_period=30.0)
     task = asyncio.ensure_future(proxy.run())
@@ -120,7 +120,11 @@ async def reach(lab: Lab, host: str, address: str, port: int) -> dict[str, int]:
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
 async def test_services_through_real_iptables(lab: Lab, backend: str) -> None:
-    api = MemoryApi()
+    async with InProcessApi() as api:
+        await scenario(api, lab, backend)
+
+
+async def scenario(api: InProcessApi, lab: Lab, backend: str) -> None:
     node = t.Node(metadata=t.ObjectMeta(name="n1"))
     node.status.addresses.add(type="InternalIP", address=N1)
     await api.create(node)

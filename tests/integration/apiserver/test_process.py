@@ -55,10 +55,16 @@ def test_port_in_use_is_a_clear_startup_error(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
-def test_bad_flags_are_clear(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "controlplane.apiserver", "--service-cidr", "10.96.0.0/33"]
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--service-cidr", "10.96.0.0/33"], "invalid service CIDR"),
+    # Every host has 127.0.0.1/8 on lo: a service CIDR inside it would hand out host addresses.
+    (["--service-cidr", "127.0.0.0/16"],
+     "service CIDR (--service-cidr) 127.0.0.0/16 overlaps host network on lo 127.0.0.0/8"),
+], ids=["invalid-cidr", "overlaps-a-host-network"])
+def test_bad_flags_are_clear(flags: list[str], message: str) -> None:
+    argv = [sys.executable, "-m", "controlplane.apiserver", *flags]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[3])
-    assert done.returncode == 2 and "invalid service CIDR" in done.stderr
+    assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
 def test_waits_for_an_unreachable_store_then_serves(tmp_path: Path) -> None:
@@ -266,6 +272,9 @@ async def test_logs_and_exec_are_forwarded_to_the_node_agent(tmp_path: Path) -> 
                 with pytest.raises(errors.InvalidError, match="choose one of: \\[main side\\]"):
                     await client.exec("default", "two", ["true"])
                 await client.bind("default", "two", "n1")
+                # The reason crosses gRPC: the scheduler tells a lost bind race by its type alone.
+                with pytest.raises(errors.PodAlreadyAssignedError, match='already assigned to node "n1"'):
+                    await client.bind("default", "two", "n2")
                 with pytest.raises(errors.FailedPreconditionError, match='node "n1" of pod "two" is not registered'):
                     await client.exec("default", "two", ["true"], container="main")
                 await client.create(node("n1", port=agent_port))

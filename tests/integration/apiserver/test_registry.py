@@ -355,7 +355,7 @@ async def test_bind(registry: Registry) -> None:
     bound = await registry.bind(binding)
     assert bound.spec.node_name == "n1"
     assert [(c.type, c.status) for c in bound.status.conditions] == [("PodScheduled", "True")]
-    with pytest.raises(errors.ConflictError, match='already assigned to node "n1"'):
+    with pytest.raises(errors.PodAlreadyAssignedError, match='already assigned to node "n1"'):
         await registry.bind(binding)
     with pytest.raises(errors.NotFoundError):
         await registry.bind(t.Binding(metadata=t.ObjectMeta(name="ghost", namespace="default"),

@@ -1,4 +1,4 @@
-"""clusterdns the process over an in-memory API: the zone appears only after the caches list, then follows changes."""
+"""clusterdns the process over the in-process api-server: no zone before the caches list, then it follows changes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 from clusterdns.app import ClusterDns
 from clusterdns.server import DnsServer
 from clusterdns.zone import ZoneConfig, answer
-from skiff.memapi import MemoryApi
+from controlplane.apiserver.inprocess import InProcessApi
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -27,7 +27,11 @@ async def until(check: object, what: str) -> None:
 
 
 async def test_zone_after_sync_then_follows_changes() -> None:
-    api = MemoryApi()
+    async with InProcessApi() as api:
+        await scenario(api)
+
+
+async def scenario(api: InProcessApi) -> None:
     await api.create(svc("web-service", "10.96.0.20"))
     server = DnsServer(ZoneConfig())
     app = ClusterDns(api, server, min_rebuild_interval=0.0)

@@ -1,15 +1,19 @@
-"""Building blocks for controller and scheduler tests: objects, and informers over MemoryApi."""
+"""Building blocks for controller and scheduler tests: objects, and informers over the real
+api-server registry in this process (controlplane.apiserver.inprocess)."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
+
+from controlplane.apiserver.inprocess import InProcessApi
 from skiff.clock import FakeClock, stamp
 from skiff.events import EventRecorder
 from skiff.informer import InformerFactory
-from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
+
+M = TypeVar("M", bound=Message)
 
 
 def pod(name: str, *, ns: str = "default", node: str = "", ready: bool | None = None, ip: str = "",
@@ -73,6 +77,22 @@ def deployment(name: str = "web", *, replicas: int = 3, image: str = "img:1", st
     return d
 
 
+def replicaset(name: str, *, app: str = "", replicas: int = 0, labels: dict[str, str] | None = None,
+               owner: Any = None) -> t.ReplicaSet:
+    """A valid ReplicaSet (selector app=`app`, default: its name) with no pods of its own."""
+    rs = t.ReplicaSet(api_version="apps/v1", kind="ReplicaSet")
+    rs.metadata.name, rs.metadata.namespace = name, "default"
+    rs.metadata.labels.update(labels or {})
+    rs.spec.replicas = replicas
+    rs.spec.selector.match_labels["app"] = app or name
+    rs.spec.template.metadata.labels["app"] = app or name
+    rs.spec.template.spec.containers.add(name="c", image="img")
+    if owner is not None:
+        from controlplane.common.podutil import owner_reference
+        rs.metadata.owner_references.append(owner_reference(owner))
+    return rs
+
+
 def node(name: str, *, cpu: str = "4", memory: str = "8Gi", pods: str = "110", ready: bool = True,
          labels: dict[str, str] | None = None, taints: tuple[t.Taint, ...] = (), unschedulable: bool = False) -> t.Node:
     n = t.Node(api_version="v1", kind="Node")
@@ -87,29 +107,37 @@ def node(name: str, *, cpu: str = "4", memory: str = "8Gi", pods: str = "110", r
 
 
 class Cluster:
-    """MemoryApi + informers + a fake clock; `settle()` waits until informers saw every write."""
+    """The in-process api-server + informers + a fake clock; `settle()` waits until informers saw
+    every write."""
 
     def __init__(self) -> None:
         self.clock = FakeClock()
-        self.api = MemoryApi(clock=self.clock.now)
+        self.api = InProcessApi(clock=self.clock.now)
         self.factory = InformerFactory(self.api)
         self.recorder = EventRecorder(self.api, "test", clock=self.clock)
 
+    async def create(self, obj: M) -> M:
+        """Create `obj`, then write the status it carries as its owner would (the api-server resets
+        the status of a new Pod, ReplicaSet, ...), so tests can start from any observed state."""
+        created = await self.api.create(obj)
+        if "status" in obj.DESCRIPTOR.fields_by_name and obj.HasField("status"):  # type: ignore[arg-type]
+            if created.status != obj.status:  # type: ignore[attr-defined]
+                created.status.CopyFrom(obj.status)  # type: ignore[attr-defined]
+                created = await self.api.update_status(created)
+        return created
+
     async def start(self) -> None:
+        await self.api.start()
         await self.factory.start()
         await self.factory.wait_synced(5)
         await self.settle()
 
     async def settle(self) -> None:
-        for _ in range(10_000):
-            if all(w.queue.empty() for w in self.api._watchers):
-                break
-            await asyncio.sleep(0)
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await self.api.settle()
 
     async def stop(self) -> None:
         await self.factory.stop()
+        await self.api.close()
 
     async def drain(self, controller: Any, *, rounds: int = 50) -> None:
         """Sync every queued key of `controller` (and what that enqueues) until its queue is empty."""

@@ -1,4 +1,4 @@
-"""Leader election over MemoryApi with an injected clock: one leader, takeover, release."""
+"""Leader election over the in-process api-server with an injected clock: one leader, takeover, release."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ import asyncio
 
 import pytest
 
+from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.common.leaderelection import LeaderElectionConfig, LeaderElector
 from skiff.clock import FakeClock
-from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 
 
-def elector(api: MemoryApi, clock: FakeClock, identity: str) -> LeaderElector:
+def elector(api: InProcessApi, clock: FakeClock, identity: str) -> LeaderElector:
     return LeaderElector(api, LeaderElectionConfig(name="skiff-scheduler", identity=identity, lease_duration=10,
                                                    renew_deadline=7, retry_period=2), clock=clock)
 
 
-async def test_only_one_leads_and_a_standby_takes_over_after_the_lease_expires() -> None:
-    clock, api = FakeClock(), MemoryApi()
+async def test_only_one_leads_and_a_standby_takes_over_after_the_lease_expires(api: InProcessApi) -> None:
+    clock = FakeClock()
     a, b = elector(api, clock, "a"), elector(api, clock, "b")
     assert await a.try_acquire_or_renew()
     assert not await b.try_acquire_or_renew()
@@ -39,8 +39,8 @@ async def test_only_one_leads_and_a_standby_takes_over_after_the_lease_expires()
     assert not await a.try_acquire_or_renew()
 
 
-async def test_concurrent_takeover_has_one_winner() -> None:
-    clock, api = FakeClock(), MemoryApi()
+async def test_concurrent_takeover_has_one_winner(api: InProcessApi) -> None:
+    clock = FakeClock()
     a = elector(api, clock, "a")
     assert await a.try_acquire_or_renew()
     others = [elector(api, clock, f"x{i}") for i in range(5)]
@@ -51,8 +51,8 @@ async def test_concurrent_takeover_has_one_winner() -> None:
     assert results.count(True) == 1
 
 
-async def test_release_hands_over_at_once() -> None:
-    clock, api = FakeClock(), MemoryApi()
+async def test_release_hands_over_at_once(api: InProcessApi) -> None:
+    clock = FakeClock()
     a, b = elector(api, clock, "a"), elector(api, clock, "b")
     assert await a.try_acquire_or_renew()
     assert not await b.try_acquire_or_renew()
@@ -61,8 +61,8 @@ async def test_release_hands_over_at_once() -> None:
     assert await b.try_acquire_or_renew()
 
 
-async def test_run_cancels_the_work_when_leadership_is_lost() -> None:
-    clock, api = FakeClock(), MemoryApi()
+async def test_run_cancels_the_work_when_leadership_is_lost(api: InProcessApi) -> None:
+    clock = FakeClock()
     cfg = LeaderElectionConfig(name="x", identity="a", lease_duration=0.5, renew_deadline=0.3, retry_period=0.05)
     e = LeaderElector(api, cfg, clock=clock)
     started, cancelled = asyncio.Event(), asyncio.Event()
@@ -95,7 +95,7 @@ def test_config_is_checked() -> None:
         LeaderElectionConfig(name="x", lease_duration=5, renew_deadline=10, retry_period=2)
 
 
-class _HangingApi(MemoryApi):
+class _HangingApi(InProcessApi):
     """An api-server that no longer answers (gone during shutdown)."""
 
     async def get(self, cls, name, namespace=""):  # type: ignore[no-untyped-def,override]
@@ -104,9 +104,13 @@ class _HangingApi(MemoryApi):
 
 async def test_release_gives_up_when_the_api_server_is_gone() -> None:
     clock, api = FakeClock(), _HangingApi()
+    await api.start()
     a = LeaderElector(api, LeaderElectionConfig(name="skiff-scheduler", identity="a", lease_duration=10,
                                                 renew_deadline=7, retry_period=0.05), clock=clock)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await asyncio.wait_for(a.release(), 2)
+    try:
+        await asyncio.wait_for(a.release(), 2)
+    finally:
+        await api.close()
     assert loop.time() - started < 1.0

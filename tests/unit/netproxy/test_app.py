@@ -1,4 +1,4 @@
-"""netproxy wired to an in-memory api-server: informers -> runner -> proxier, metrics, CLI."""
+"""netproxy wired to the api-server in this process: informers -> runner -> proxier, metrics, CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from controlplane.apiserver.inprocess import InProcessApi
 from netproxy.__main__ import main
 from netproxy.app import TRIGGER_ANNOTATION, ChangeTracker, NetProxy, trigger_time
 from netproxy.config import ProxyConfig
@@ -16,7 +17,6 @@ from netproxy.iptables.proxier import IptablesProxier
 from netproxy.ipvs.kernel import MemoryIpvs
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics, serve
-from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.netproxy.objects import eps, port, subset, svc
 
@@ -44,8 +44,8 @@ async def until(cond, what: str, timeout: float = 10.0) -> None:  # type: ignore
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
-async def test_changes_flow_from_the_api_to_the_rules() -> None:
-    api, ipt = MemoryApi(), MemoryIptables()
+async def test_changes_flow_from_the_api_to_the_rules(api: InProcessApi) -> None:
+    ipt = MemoryIptables()
     await api.create(svc("web", "10.96.0.10", port(80)))
     await api.create(eps("web", subset(["10.244.1.2"], [("", 8080)])))
     proxy = NetProxy(api, IptablesProxier(ipt, CFG), min_sync_period=0.0)
@@ -71,8 +71,8 @@ async def test_changes_flow_from_the_api_to_the_rules() -> None:
         assert 'netproxy_sync_proxy_rules_iptables_total{table="nat"}' in text
 
 
-async def test_min_sync_period_merges_a_burst() -> None:
-    api, ipt = MemoryApi(), MemoryIptables()
+async def test_min_sync_period_merges_a_burst(api: InProcessApi) -> None:
+    ipt = MemoryIptables()
     proxy = NetProxy(api, IptablesProxier(ipt, CFG), min_sync_period=0.5)
     async with running(proxy):
         syncs = proxy.runner.syncs
@@ -99,8 +99,8 @@ async def test_trigger_annotation_is_the_start_of_programming_latency() -> None:
     assert tracker.pending == {"default/web": 90.0}
 
 
-async def test_ipvs_mode_follows_the_node_addresses() -> None:
-    api, kernel = MemoryApi(), MemoryIpvs()
+async def test_ipvs_mode_follows_the_node_addresses(api: InProcessApi) -> None:
+    kernel = MemoryIpvs()
     node = t.Node(metadata=t.ObjectMeta(name="n1"))
     node.status.addresses.add(type="InternalIP", address="10.77.0.11")
     await api.create(node)

@@ -1,4 +1,5 @@
-"""The agent against the in-memory runtime and MemoryApi; the CRI adapter against the fake CRI server.
+"""The agent against the in-memory runtime and the in-process api-server; the CRI adapter against
+the fake CRI server.
 
 These are fast checks of the wiring (informer -> workers -> runtime -> status, node, lease,
 orphans); the real thing is tested against containerd in tests/e2e/test_nodeagent.py.
@@ -16,12 +17,13 @@ from typing import TypeVar
 import pytest
 from google.protobuf.message import Message
 
+from controlplane.apiserver.inprocess import InProcessApi
 from nodeagent import fakecri
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import LABEL_POD_UID, GrpcRuntime, NotFound
 from nodeagent.fakecri import FakeRuntime
 from nodeagent.plan import PlanConfig
-from skiff.memapi import MemoryApi
+from skiff import conditions
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
@@ -42,8 +44,7 @@ async def until(check: Callable[[], Awaitable[T | None]], timeout: float = 5.0) 
 
 
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[tuple[MemoryApi, FakeRuntime, NodeAgent]]:
-    api = MemoryApi(graceful_pod_deletion=True)
+async def env(tmp_path: Path, api: InProcessApi) -> AsyncIterator[tuple[InProcessApi, FakeRuntime, NodeAgent]]:
     fake = FakeRuntime(images={IMAGE})
     agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
                                              pod_log_dir=str(tmp_path), relist_period=0.05, status_check_period=0.05,
@@ -53,7 +54,7 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[MemoryApi, FakeRuntime, Nod
     await agent.stop()
 
 
-async def make_pod(api: MemoryApi, name: str, **spec: str) -> t.Pod:
+async def make_pod(api: InProcessApi, name: str, **spec: str) -> t.Pod:
     pod = t.Pod()
     pod.metadata.name = name
     pod.spec.containers.add(name="c", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
@@ -63,7 +64,7 @@ async def make_pod(api: MemoryApi, name: str, **spec: str) -> t.Pod:
     return await api.bind("default", name, "n1")
 
 
-async def test_lifecycle_restart_and_delete(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+async def test_lifecycle_restart_and_delete(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
     api, fake, _agent = env
     await make_pod(api, "p1")
 
@@ -99,7 +100,7 @@ async def test_lifecycle_restart_and_delete(env: tuple[MemoryApi, FakeRuntime, N
     assert not fake.containers
 
 
-async def test_events_aggregate_like_the_controllers(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+async def test_events_aggregate_like_the_controllers(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
     api, fake, _agent = env
     pod = await make_pod(api, "ev1")
 
@@ -129,13 +130,13 @@ async def test_events_aggregate_like_the_controllers(env: tuple[MemoryApi, FakeR
     assert backoff and backoff[0].type == "Warning"
 
 
-class StuckEventsApi(MemoryApi):
+class StuckEventsApi(InProcessApi):
     """An api whose Event writes never return (an api-server hanging on them)."""
 
-    async def create(self, obj: M, *, namespace: str = "") -> M:
+    async def create(self, obj: M, *, namespace: str = "", dry_run: bool = False) -> M:
         if isinstance(obj, t.Event):
             await asyncio.Event().wait()
-        return await super().create(obj, namespace=namespace)
+        return await super().create(obj, namespace=namespace, dry_run=dry_run)
 
 
 async def test_stuck_event_writes_never_hold_up_a_pod(tmp_path: Path) -> None:
@@ -155,9 +156,10 @@ async def test_stuck_event_writes_never_hold_up_a_pod(tmp_path: Path) -> None:
         assert not api.objects(t.Event)
     finally:
         await agent.stop()
+        await api.close()
 
 
-async def test_status_written_only_on_change(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+async def test_status_written_only_on_change(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
     api, _fake, _agent = env
     await make_pod(api, "quiet")
 
@@ -171,7 +173,7 @@ async def test_status_written_only_on_change(env: tuple[MemoryApi, FakeRuntime, 
     assert api.count("update_status", "pods") == writes
 
 
-async def test_image_never_and_pull_failure(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+async def test_image_never_and_pull_failure(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
     api, fake, _agent = env
     pod = t.Pod()
     pod.metadata.name = "nopull"
@@ -191,8 +193,7 @@ async def _eq(value: Awaitable[str], want: str) -> bool:
     return await value == want
 
 
-async def test_orphans_removed_only_after_sync(tmp_path: Path) -> None:
-    api = MemoryApi()
+async def test_orphans_removed_only_after_sync(tmp_path: Path, api: InProcessApi) -> None:
     fake = FakeRuntime(images={IMAGE})
     cfg = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="x", uid="ghost"), labels={LABEL_POD_UID: "ghost"})
     await fake.run_pod_sandbox(cfg)
@@ -208,7 +209,7 @@ async def test_orphans_removed_only_after_sync(tmp_path: Path) -> None:
         await agent.stop()
 
 
-async def test_runtime_down_marks_node_not_ready(env: tuple[MemoryApi, FakeRuntime, NodeAgent]) -> None:
+async def test_runtime_down_marks_node_not_ready(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
     api, fake, _agent = env
     fake.down = True
 
@@ -221,6 +222,29 @@ async def test_runtime_down_marks_node_not_ready(env: tuple[MemoryApi, FakeRunti
     assert cond.reason == "ContainerRuntimeDown"
     fake.down = False
     await until(lambda: ready("True"))
+
+
+async def test_agent_posts_ready_again_over_the_lifecycle_controllers_unknown(
+        env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
+    """The lifecycle controller only sets Unknown; the agent sees it and writes Ready=True back
+    (long before its periodic node status write), with a new transition time."""
+    api, _fake, _agent = env
+
+    async def ready(status: str) -> t.NodeCondition | None:
+        cond = conditions.node_ready_condition(await api.get(t.Node, "n1"))
+        return cond if cond is not None and cond.status == status else None
+
+    first = await until(lambda: ready("True"))
+    node = await api.get(t.Node, "n1")
+    lost = t.NodeCondition(type="Ready", status="Unknown", reason="NodeStatusUnknown",
+                           message="Kubelet stopped posting node status.")
+    lost.last_heartbeat_time.CopyFrom(first.last_heartbeat_time)
+    lost.last_transition_time.FromSeconds(first.last_transition_time.seconds + 1)
+    conditions.replace_condition(node.status.conditions, lost)
+    await api.update_status(node)
+    back = await until(lambda: ready("True"))
+    assert back.reason == "KubeletReady"
+    assert back.last_transition_time.ToNanoseconds() > first.last_transition_time.ToNanoseconds()
 
 
 async def test_grpc_runtime_against_fake_cri_server(tmp_path: Path) -> None:

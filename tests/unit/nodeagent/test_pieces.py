@@ -162,12 +162,12 @@ def _status(runtime: bool, net: bool) -> cri.StatusResponse:
     (_status(False, True), "", ("False", "ContainerRuntimeNotReady")),
     (_status(True, False), "", ("False", "NetworkPluginNotReady")),
 ], ids=["ready", "runtime-down", "runtime-not-ready", "network-not-ready"])
-def test_ready_condition(status: cri.StatusResponse | None, error: str, want: tuple[str, str]) -> None:
-    cond = node.ready_condition(status, error, [], 100.0)
+def test_compute_ready_condition(status: cri.StatusResponse | None, error: str, want: tuple[str, str]) -> None:
+    cond = node.compute_ready_condition(status, error, [], 100.0)
     assert (cond.status, cond.reason) == want
     if error:
         assert error in cond.message
-    again = node.ready_condition(status, error, [cond], 200.0)
+    again = node.compute_ready_condition(status, error, [cond], 200.0)
     assert again.last_transition_time.seconds == 100 and again.last_heartbeat_time.seconds == 200
 
 

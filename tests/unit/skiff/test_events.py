@@ -3,9 +3,9 @@ repeats, spam filter, bounded, conflicts."""
 
 from __future__ import annotations
 
+from controlplane.apiserver.inprocess import InProcessApi
 from skiff.clock import FakeClock
 from skiff.events import NORMAL, WARNING, EventRecorder
-from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -16,9 +16,8 @@ def pod(name: str) -> t.Pod:
     return p
 
 
-async def test_repeats_are_aggregated_into_one_event() -> None:
+async def test_repeats_are_aggregated_into_one_event(api: InProcessApi) -> None:
     clock = FakeClock()
-    api = MemoryApi(clock=clock.now)
     rec = EventRecorder(api, "scheduler", host="h1", clock=clock)
     p = await api.create(pod("web-1"))
     rec.event(p, WARNING, "FailedScheduling", "0/3 nodes are available: 3 Insufficient cpu.")
@@ -39,8 +38,7 @@ async def test_repeats_are_aggregated_into_one_event() -> None:
     assert api.count("create", "events") == 2
 
 
-async def test_conflict_rereads_and_adds() -> None:
-    api = MemoryApi()
+async def test_conflict_rereads_and_adds(api: InProcessApi) -> None:
     rec = EventRecorder(api, "c")
     p = await api.create(pod("a"))
     rec.event(p, NORMAL, "R", "m")
@@ -54,9 +52,8 @@ async def test_conflict_rereads_and_adds() -> None:
     assert ev.count == 8
 
 
-async def test_spam_filter_limits_events_per_object() -> None:
+async def test_spam_filter_limits_events_per_object(api: InProcessApi) -> None:
     clock = FakeClock()
-    api = MemoryApi()
     rec = EventRecorder(api, "c", clock=clock, spam_burst=5, spam_refill_seconds=60)
     p = await api.create(pod("a"))
     for i in range(20):
@@ -69,8 +66,7 @@ async def test_spam_filter_limits_events_per_object() -> None:
     assert len(api.objects(t.Event)) == 6
 
 
-async def test_pending_events_are_bounded() -> None:
-    api = MemoryApi()
+async def test_pending_events_are_bounded(api: InProcessApi) -> None:
     rec = EventRecorder(api, "c", max_pending=3)
     for i in range(5):
         rec.event(await api.create(pod(f"p{i}")), NORMAL, "R", "m")
@@ -79,8 +75,7 @@ async def test_pending_events_are_bounded() -> None:
     assert len(api.objects(t.Event)) == 3
 
 
-async def test_scoped_recorders_name_their_component() -> None:
-    api = MemoryApi()
+async def test_scoped_recorders_name_their_component(api: InProcessApi) -> None:
     rec = EventRecorder(api, "controller-manager")
     p = await api.create(pod("a"))
     rec.scoped("replicaset-controller").event(p, NORMAL, "R", "m")

@@ -136,11 +136,12 @@ def test_bind_plan() -> None:
     bound = strategy.plan_bind(p, binding, now=50.0)
     assert bound.spec.node_name == "n1"
     assert bound.status.conditions[0].last_transition_time.seconds == 50
-    with pytest.raises(errors.ConflictError, match="already assigned"):
+    with pytest.raises(errors.PodAlreadyAssignedError, match="already assigned"):
         strategy.plan_bind(bound, binding, now=51.0)
-    with pytest.raises(errors.ConflictError, match="precondition"):
+    with pytest.raises(errors.ConflictError, match="precondition") as info:
         strategy.plan_bind(p, t.Binding(metadata=t.ObjectMeta(uid="other"), target=t.ObjectReference(name="n")),
                            now=0)
+    assert not isinstance(info.value, errors.PodAlreadyAssignedError), "a replaced pod is not a bound one"
 
 
 def test_allocator_never_picks_reserved_or_taken_addresses() -> None:

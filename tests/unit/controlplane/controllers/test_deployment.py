@@ -1,18 +1,19 @@
-"""Deployment controller syncs against MemoryApi: ReplicaSets, rolling, recreate, undo, scaling, status."""
+"""Deployment controller syncs against the in-process api-server: ReplicaSets, rolling, recreate,
+undo, scaling, status."""
 
 from __future__ import annotations
 
 from controlplane.controllers import rollout
 from controlplane.controllers.deployment import DeploymentController
 from skiffpb.api.v1 import types_pb2 as t
-from tests.unit.controlplane.harness import Cluster, deployment
+from tests.unit.controlplane.harness import Cluster, deployment, replicaset
 
 KEY = "default/web"
 
 
 async def setup(cluster: Cluster, d: t.Deployment) -> DeploymentController:
     ctrl = DeploymentController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
-    await cluster.api.create(d)
+    await cluster.create(d)
     await cluster.start()
     return ctrl
 
@@ -245,16 +246,11 @@ async def test_progress_deadline_exceeded(cluster: Cluster) -> None:
 
 
 async def test_orphan_replicaset_is_adopted_and_foreign_one_ignored(cluster: Cluster) -> None:
-    orphan = t.ReplicaSet(api_version="apps/v1", kind="ReplicaSet")
-    orphan.metadata.name, orphan.metadata.namespace = "stray", "default"
-    orphan.metadata.labels["app"] = "web"
-    orphan.spec.replicas = 0
-    await cluster.api.create(orphan)
-    other = t.ReplicaSet(api_version="apps/v1", kind="ReplicaSet")
-    other.metadata.name, other.metadata.namespace = "foreign", "default"
-    other.metadata.labels["app"] = "web"
-    other.metadata.owner_references.add(kind="Deployment", name="x", uid="other-uid", controller=True)
-    await cluster.api.create(other)
+    await cluster.create(replicaset("stray", app="web", labels={"app": "web"}))
+    other = replicaset("foreign", app="web", labels={"app": "web"})
+    other.metadata.owner_references.add(api_version="apps/v1", kind="Deployment", name="x", uid="other-uid",
+                                        controller=True)
+    await cluster.create(other)
     ctrl = await setup(cluster, deployment(replicas=1))
     await sync(cluster, ctrl)
     rss = replicasets(cluster)

@@ -1,4 +1,4 @@
-"""Endpoints controller: subsets from pods (pure), and syncs over MemoryApi."""
+"""Endpoints controller: subsets from pods (pure), and syncs over the in-process api-server."""
 
 from __future__ import annotations
 
@@ -89,8 +89,8 @@ def test_pod_without_the_named_port_keeps_the_other_ports() -> None:
 
 async def test_sync_follows_readiness_and_service_lifecycle(cluster: Cluster) -> None:
     ctrl = EndpointsController(cluster.api, cluster.factory)
-    await cluster.api.create(service())
-    await cluster.api.create(web_pod("a", "10.0.0.1", ready=False))
+    await cluster.create(service())
+    await cluster.create(web_pod("a", "10.0.0.1", ready=False))
     await cluster.start()
     await cluster.drain(ctrl)
     ep = await cluster.api.get(t.Endpoints, "web")
@@ -116,11 +116,11 @@ async def test_sync_follows_readiness_and_service_lifecycle(cluster: Cluster) ->
 
 async def test_service_without_selector_is_left_alone(cluster: Cluster) -> None:
     ctrl = EndpointsController(cluster.api, cluster.factory)
-    await cluster.api.create(service(selector={}))
+    await cluster.create(service(selector={}))
     manual = t.Endpoints(api_version="v1", kind="Endpoints")
     manual.metadata.name, manual.metadata.namespace = "web", "default"
     manual.subsets.add().addresses.add(ip="192.0.2.1")
-    await cluster.api.create(manual)
+    await cluster.create(manual)
     await cluster.start()
     ctrl.queue.add("default/web")
     await cluster.drain(ctrl)

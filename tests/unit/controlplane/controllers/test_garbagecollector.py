@@ -1,24 +1,21 @@
-"""Garbage collector: background, foreground and orphan cascades over MemoryApi."""
+"""Garbage collector: background, foreground and orphan cascades over the in-process api-server."""
 
 from __future__ import annotations
 
 from controlplane.common.podutil import owner_reference
 from controlplane.controllers.garbagecollector import FOREGROUND, ORPHAN, GarbageCollector
 from skiffpb.api.v1 import types_pb2 as t
-from tests.unit.controlplane.harness import Cluster, deployment, pod
+from tests.unit.controlplane.harness import Cluster, deployment, pod, replicaset
 
 
 async def family(cluster: Cluster) -> GarbageCollector:
     """web (Deployment) -> web-1 (ReplicaSet) -> web-1-a, web-1-b (Pods)."""
     gc = GarbageCollector(cluster.api, cluster.factory)
-    d = await cluster.api.create(deployment())
-    rs = t.ReplicaSet(api_version="apps/v1", kind="ReplicaSet")
-    rs.metadata.name, rs.metadata.namespace = "web-1", "default"
-    rs.metadata.owner_references.append(owner_reference(d))
-    rs = await cluster.api.create(rs)
+    d = await cluster.create(deployment())
+    rs = await cluster.create(replicaset("web-1", owner=d))
     for name in ("web-1-a", "web-1-b"):
-        await cluster.api.create(pod(name, owner=rs))
-    await cluster.api.create(pod("lonely"))
+        await cluster.create(pod(name, owner=rs))
+    await cluster.create(pod("lonely"))
     await cluster.start()
     await cluster.drain(gc)
     return gc
@@ -71,12 +68,9 @@ async def test_foreground_deletes_dependents_before_the_owner(cluster: Cluster) 
 
 
 async def test_foreground_waits_for_blocking_dependents(cluster: Cluster) -> None:
-    cluster.api.graceful_pod_deletion = True
     gc = GarbageCollector(cluster.api, cluster.factory)
-    rs = t.ReplicaSet(api_version="apps/v1", kind="ReplicaSet")
-    rs.metadata.name, rs.metadata.namespace = "web-1", "default"
-    rs = await cluster.api.create(rs)
-    await cluster.api.create(pod("p", node="n1", owner=rs))
+    rs = await cluster.create(replicaset("web-1"))
+    await cluster.create(pod("p", node="n1", owner=rs))
     await cluster.start()
     await cluster.api.delete(t.ReplicaSet, "web-1", propagation_policy="Foreground")
     await cluster.drain(gc)
@@ -101,11 +95,8 @@ async def test_orphan_keeps_dependents_without_the_reference(cluster: Cluster) -
 
 async def test_unsynced_cache_never_deletes(cluster: Cluster) -> None:
     """A dependent whose owner the cache does not know is checked live, not deleted."""
-    d = await cluster.api.create(deployment())
-    rs = t.ReplicaSet(api_version="apps/v1", kind="ReplicaSet")
-    rs.metadata.name, rs.metadata.namespace = "web-1", "default"
-    rs.metadata.owner_references.append(owner_reference(d))
-    await cluster.api.create(rs)
+    d = await cluster.create(deployment())
+    await cluster.create(replicaset("web-1", owner=d))
     gc = GarbageCollector(cluster.api, cluster.factory)
     await cluster.start()
     gc.informers["Deployment"]._items.clear()  # the owner's cache "has not synced"

@@ -69,11 +69,11 @@ async def test_controller_assigns_distinct_cidrs_rebuilds_and_releases(cluster: 
     existing = node("old")
     existing.spec.pod_cidr = "10.244.0.0/24"
     existing.spec.pod_cidrs.append("10.244.0.0/24")
-    await cluster.api.create(existing)
+    await cluster.create(existing)
     for name in ("a", "b"):
         n = node(name)
         n.metadata.annotations[PROVIDED_NODE_IP] = f"192.168.0.{ord(name)}"
-        await cluster.api.create(n)
+        await cluster.create(n)
     ctrl = NodeIpamController(cluster.api, cluster.factory, recorder=cluster.recorder)
     await cluster.start()
     ctrl.rebuild()
@@ -86,6 +86,6 @@ async def test_controller_assigns_distinct_cidrs_rebuilds_and_releases(cluster: 
     await cluster.api.delete(t.Node, "a")
     await cluster.drain(ctrl)
     assert not ctrl.cidrs.is_used("10.244.1.0/24")
-    await cluster.api.create(node("c"))
+    await cluster.create(node("c"))
     await cluster.drain(ctrl)
     assert (await cluster.api.get(t.Node, "c")).spec.pod_cidr == "10.244.3.0/24"

@@ -1,11 +1,11 @@
-"""Node lifecycle: heartbeats -> Ready, taints, evictions; with an injected clock."""
+"""Node lifecycle: heartbeats -> Ready=Unknown, taints, evictions; with an injected clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from controlplane.common import taints
 from controlplane.controllers import nodelifecycle as nlc
+from skiff import conditions, taints
 from skiff.clock import stamp
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import Cluster, node, pod
@@ -67,10 +67,10 @@ async def test_silent_node_goes_unknown_then_its_pods_are_evicted(cluster: Clust
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
     now = cluster.clock.now()
     for name in ("n1", "n2"):
-        await cluster.api.create(node(name))
-        await cluster.api.create(lease(name, now))
-    await cluster.api.create(pod("on-n1", node="n1", ready=True, phase="Running"))
-    await cluster.api.create(pod("on-n2", node="n2", ready=True, phase="Running"))
+        await cluster.create(node(name))
+        await cluster.create(lease(name, now))
+    await cluster.create(pod("on-n1", node="n1", ready=True, phase="Running"))
+    await cluster.create(pod("on-n2", node="n2", ready=True, phase="Running"))
     await cluster.start()
     await ctrl.monitor_once()
     for _ in range(8):  # n2 keeps renewing every 5 s; n1 is silent
@@ -103,19 +103,39 @@ async def test_silent_node_goes_unknown_then_its_pods_are_evicted(cluster: Clust
     assert [p.metadata.name for p in cluster.api.objects(t.Pod)] == ["on-n2"]
 
 
+async def post_ready(cluster: Cluster, name: str, status: str, reason: str) -> None:
+    """What the node agent does: write its Ready condition with a fresh heartbeat."""
+    n = await cluster.api.get(t.Node, name)
+    cond = t.NodeCondition(type="Ready", status=status, reason=reason)
+    stamp(cond.last_heartbeat_time, cluster.clock.now())
+    stamp(cond.last_transition_time, cluster.clock.now())
+    conditions.replace_condition(n.status.conditions, cond)
+    await cluster.api.update_status(n)
+    await cluster.settle()
+
+
 async def test_node_that_comes_back_is_ready_again_and_keeps_its_pods(cluster: Cluster) -> None:
+    """Only the agent writes Ready=True: a renewed lease alone does not, the agent's post does."""
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
-    await cluster.api.create(node("n1"))
-    await cluster.api.create(lease("n1", cluster.clock.now()))
-    await cluster.api.create(pod("p", node="n1", ready=True, phase="Running"))
+    await cluster.create(node("n1"))
+    await cluster.create(lease("n1", cluster.clock.now()))
+    await cluster.create(pod("p", node="n1", ready=True, phase="Running"))
     await cluster.start()
     await ctrl.monitor_once()
     cluster.clock.advance(45)
     await ctrl.monitor_once()
     await cluster.settle()
-    assert ready_of(await cluster.api.get(t.Node, "n1")) == "Unknown"
+    lost = await cluster.api.get(t.Node, "n1")
+    cond = conditions.node_ready_condition(lost)
+    assert cond is not None and (cond.status, cond.reason, cond.message) == (
+        "Unknown", nlc.REASON_UNKNOWN, "Kubelet stopped posting node status.")
     cluster.clock.advance(10)
     await renew(cluster, "n1")
+    await ctrl.monitor_once()
+    await cluster.settle()
+    n1 = await cluster.api.get(t.Node, "n1")
+    assert ready_of(n1) == "Unknown", "the lifecycle controller never writes Ready=True"
+    await post_ready(cluster, "n1", "True", "KubeletReady")
     await ctrl.monitor_once()
     await cluster.settle()
     n1 = await cluster.api.get(t.Node, "n1")
@@ -127,10 +147,32 @@ async def test_node_that_comes_back_is_ready_again_and_keeps_its_pods(cluster: C
     assert [p.metadata.name for p in cluster.api.objects(t.Pod)] == ["p"]
 
 
+@pytest.mark.parametrize(("ready", "silent_for", "want"), [
+    (None, 41, ("Unknown", nlc.REASON_NEVER_UPDATED)),
+    (("True", "KubeletReady"), 41, ("Unknown", nlc.REASON_UNKNOWN)),
+    (("False", "ContainerRuntimeDown"), 41, ("Unknown", nlc.REASON_UNKNOWN)),
+    (("Unknown", nlc.REASON_UNKNOWN), 41, None),
+    (("True", "KubeletReady"), 40, None),
+    (("False", "KubeletNotReady"), 10, None),
+    (("Unknown", nlc.REASON_UNKNOWN), 10, None),
+], ids=["never-posted", "ready-goes-silent", "not-ready-goes-silent", "already-unknown", "within-grace",
+        "not-ready-is-the-agents-word", "heartbeat-back-still-the-agents-to-say"])
+def test_plan_ready_condition_only_ever_writes_unknown(ready: tuple[str, str] | None, silent_for: float,
+                                                       want: tuple[str, str] | None) -> None:
+    n = t.Node()
+    if ready is not None:
+        n.status.conditions.add(type="Ready", status=ready[0], reason=ready[1])
+    health = nlc.NodeHealth(probe=1000.0, lease_marker="", heartbeat_marker="")
+    got = nlc.plan_ready_condition(n, health, 1000.0 + silent_for, 40.0)
+    assert (None if got is None else (got.status, got.reason)) == want
+    if got is not None:
+        assert got.last_transition_time.seconds == 1000 + silent_for
+
+
 async def test_restart_gives_every_node_a_full_grace_period(cluster: Cluster) -> None:
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
-    await cluster.api.create(node("n1"))
-    await cluster.api.create(lease("n1", cluster.clock.now() - 3600))  # stale long before we started
+    await cluster.create(node("n1"))
+    await cluster.create(lease("n1", cluster.clock.now() - 3600))  # stale long before we started
     await cluster.start()
     await ctrl.monitor_once()
     cluster.clock.advance(39)
@@ -140,11 +182,10 @@ async def test_restart_gives_every_node_a_full_grace_period(cluster: Cluster) ->
 
 async def test_not_ready_node_gets_graceful_evictions(cluster: Cluster) -> None:
     """The agent reports Ready=False (alive, runtime broken): pods are deleted with their grace period."""
-    cluster.api.graceful_pod_deletion = True
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
-    await cluster.api.create(node("n1", ready=False))
-    await cluster.api.create(lease("n1", cluster.clock.now()))
-    await cluster.api.create(pod("p", node="n1", ready=True, phase="Running"))
+    await cluster.create(node("n1", ready=False))
+    await cluster.create(lease("n1", cluster.clock.now()))
+    await cluster.create(pod("p", node="n1", ready=True, phase="Running"))
     await cluster.start()
     await ctrl.monitor_once()
     await cluster.settle()

@@ -28,11 +28,11 @@ def replicaset(replicas: int, *, min_ready: int = 0) -> t.ReplicaSet:
 async def setup(cluster: Cluster, rs: t.ReplicaSet, *pods: t.Pod, burst: int = 500) -> ReplicaSetController:
     ctrl = ReplicaSetController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock,
                                 burst_replicas=burst)
-    created = await cluster.api.create(rs)
+    created = await cluster.create(rs)
     for p in pods:
         if p.metadata.owner_references:
             p.metadata.owner_references[0].uid = created.metadata.uid
-        await cluster.api.create(p)
+        await cluster.create(p)
     await cluster.start()
     return ctrl
 

@@ -6,7 +6,6 @@ from collections import Counter
 
 import pytest
 
-from controlplane.common import taints
 from controlplane.scheduler import framework
 from controlplane.scheduler.framework import fit_message, num_feasible_nodes_to_find
 from controlplane.scheduler.nodeinfo import NodeInfo, PodInfo
@@ -19,6 +18,7 @@ from controlplane.scheduler.plugins.node_selector import NodeSelector
 from controlplane.scheduler.plugins.node_unschedulable import NodeUnschedulable
 from controlplane.scheduler.plugins.owner_spread import OwnerSpread, spread_scores
 from controlplane.scheduler.plugins.taint_toleration import TaintToleration, count_intolerable_soft_taints
+from skiff import taints
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import node, pod
 

@@ -1,10 +1,12 @@
-"""The scheduler over MemoryApi: assume-cache, spreading, FailedScheduling, bind failures."""
+"""The scheduler over the in-process api-server: assume-cache, spreading, FailedScheduling, bind failures."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections import Counter
+
+import pytest
 
 from controlplane.scheduler.scheduler import Scheduler
 from skiff import errors
@@ -16,9 +18,9 @@ async def start(cluster: Cluster, nodes: list[t.Node], pods: list[t.Pod]) -> Sch
     sched = Scheduler(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock,
                       rng=random.Random(1))
     for n in nodes:
-        await cluster.api.create(n)
+        await cluster.create(n)
     for p in pods:
-        await cluster.api.create(p)
+        await cluster.create(p)
     await cluster.start()
     return sched
 
@@ -78,7 +80,7 @@ async def test_filters_decide_and_failure_is_explained(cluster: Cluster) -> None
     assert ev.involved_object.name == "picky" and ev.type == "Warning"
     assert sched.queue.where("default/picky") == "unschedulable"
     # The cluster changes: a matching node arrives, and the pod is retried and placed.
-    await cluster.api.create(node("ssd", cpu="4", labels={"disk": "ssd"}))
+    await cluster.create(node("ssd", cpu="4", labels={"disk": "ssd"}))
     await cluster.settle()
     cluster.clock.advance(2)
     sched.queue.flush()
@@ -103,6 +105,32 @@ async def test_failed_bind_forgets_and_retries(cluster: Cluster) -> None:
     sched.queue.flush()
     await run_until_idle(cluster, sched)
     assert placement(cluster) == {"a": "only"}
+
+
+@pytest.mark.parametrize(
+    ("error", "where", "rejected"),
+    [
+        (errors.PodAlreadyAssignedError('pod "a" is already assigned to node "n9"'), None, False),
+        (errors.ConflictError('pod "a" is already assigned to node "n9"'), "backoff", True),
+        (errors.NotFoundError('pods "a" not found'), None, False),
+    ],
+    ids=["bound-by-someone-else-left-to-the-watch", "a-plain-conflict-is-told-by-type-not-text",
+         "deleted-meanwhile-dropped"],
+)
+async def test_a_lost_bind_is_told_apart_by_type(cluster: Cluster, error: errors.SkiffError, where: str | None,
+                                                 rejected: bool) -> None:
+    sched = await start(cluster, [node("only", cpu="1")], [pod("a", cpu="1")])
+    cluster.api.fail_next("bind", "pods", error)
+    qp = await sched.queue.pop()
+    assert qp is not None
+    await sched.schedule_one(qp)
+    await sched.wait_binds()
+    await cluster.recorder.flush()
+    assert sched.bind_failures == 1
+    assert sched.cache.nodes["only"].req_cpu == 0, "the assumption was forgotten"
+    assert sched.queue.where("default/a") == where
+    messages = [e.message for e in cluster.api.objects(t.Event) if e.reason == "FailedScheduling"]
+    assert bool(messages) == rejected
 
 
 async def test_pods_for_other_schedulers_and_bound_pods_are_ignored(cluster: Cluster) -> None:

@@ -1,9 +1,14 @@
-"""Taints and tolerations, as Kubernetes matches them (shared by node lifecycle and the scheduler)."""
+"""Taints and tolerations, as Kubernetes matches them.
+
+Shared by node lifecycle (which sets the not-ready/unreachable taints), the scheduler (which
+filters on them) and the labs (which wait until a new node takes pods).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from skiff import conditions
 from skiffpb.api.v1 import types_pb2 as t
 
 NOT_READY = "node.kubernetes.io/not-ready"
@@ -42,3 +47,16 @@ def untolerated(taints: Iterable[t.Taint], tolerations: Iterable[t.Toleration],
         if taint.effect in effects and tolerating(tols, taint) is None:
             return taint
     return None
+
+
+def takes_new_pods(node: t.Node) -> bool:
+    """Ready, not cordoned, and free of the lifecycle controller's not-ready/unreachable taints.
+
+    A node turns Ready a moment before the lifecycle controller lifts the not-ready taint it set
+    while the node was starting; until then the scheduler filters the node out. This is what
+    Kubernetes' e2e framework waits for ("all nodes schedulable") before it places pods.
+    """
+    if node.spec.unschedulable or not conditions.is_node_ready(node):
+        return False
+    return not any(taint.key in (NOT_READY, UNREACHABLE) for taint in node.spec.taints)
+

@@ -1,14 +1,13 @@
-"""Informer over MemoryApi: list+watch, resume, relist on compaction, selectors, indexes."""
+"""Informers over the in-process api-server: list+watch, resume, relist on compaction, selectors,
+indexes."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from skiff import errors, kinds
+from controlplane.apiserver.inprocess import InProcessApi
+from skiff import kinds
 from skiff.informer import Informer, InformerFactory
-from skiff.memapi import MemoryApi
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -30,47 +29,7 @@ async def eventually(check, timeout: float = 3.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.01)
 
 
-async def test_memapi_crud_semantics() -> None:
-    api = MemoryApi()
-    created = await api.create(pod("a", app="web"))
-    assert created.metadata.uid and created.metadata.resource_version and created.metadata.generation == 1
-    with pytest.raises(errors.AlreadyExistsError):
-        await api.create(pod("a"))
-    stale = created
-    fresh = await api.get(t.Pod, "a")
-    fresh.spec.containers[0].image = "img2"
-    fresh.status.phase = "Running"  # ignored by update
-    updated = await api.update(fresh)
-    assert updated.metadata.generation == 2 and updated.status.phase == ""
-    with pytest.raises(errors.ConflictError):
-        await api.update(stale)
-    status = await api.get(t.Pod, "a")
-    status.status.phase = "Running"
-    status.spec.containers[0].image = "ignored"
-    after = await api.update_status(status)
-    assert after.status.phase == "Running" and after.spec.containers[0].image == "img2"
-    assert after.metadata.generation == 2
-    await api.delete(t.Pod, "a")
-    with pytest.raises(errors.NotFoundError):
-        await api.get(t.Pod, "a")
-    assert api.count("create", "pods") == 2 and api.count("delete") == 1
-
-
-async def test_finalizers_hold_deletion_until_removed() -> None:
-    api = MemoryApi()
-    p = pod("a")
-    p.metadata.finalizers.append("example.com/hold")
-    await api.create(p)
-    held = await api.delete(t.Pod, "a")
-    assert held.metadata.HasField("deletion_timestamp")
-    held.metadata.ClearField("finalizers")
-    await api.update(held)
-    with pytest.raises(errors.NotFoundError):
-        await api.get(t.Pod, "a")
-
-
-async def test_informer_follows_changes_and_indexes() -> None:
-    api = MemoryApi()
+async def test_informer_follows_changes_and_indexes(api: InProcessApi) -> None:
     await api.create(pod("a", node="n1"))
     informer = Informer(api, t.Pod, indexers={"node": lambda p: [p.spec.node_name]})
     events: list[tuple[str, str]] = []
@@ -84,7 +43,7 @@ async def test_informer_follows_changes_and_indexes() -> None:
         got = await api.get(t.Pod, "a")
         got.metadata.labels["x"] = "y"
         await api.update(got)
-        await api.delete(t.Pod, "b")
+        await api.delete(t.Pod, "b", grace_period_seconds=0)  # bound: no agent to confirm
         await eventually(lambda: len(events) >= 4)
         assert events == [("add", "a"), ("add", "b"), ("update", "a"), ("delete", "b")]
         assert [p.metadata.name for p in informer.by_index("node", "n1")] == ["a"]
@@ -94,8 +53,7 @@ async def test_informer_follows_changes_and_indexes() -> None:
         task.cancel()
 
 
-async def test_informer_relists_after_compaction_and_reports_missed_delete() -> None:
-    api = MemoryApi()
+async def test_informer_relists_after_compaction_and_reports_missed_delete(api: InProcessApi) -> None:
     await api.create(pod("a"))
     await api.create(pod("b"))
     informer = Informer(api, t.Pod)
@@ -104,7 +62,7 @@ async def test_informer_relists_after_compaction_and_reports_missed_delete() -> 
     await informer._relist()  # synced at the current revision, not watching
     await api.delete(t.Pod, "a")
     await api.create(pod("c"))
-    api.compact()  # the informer's resourceVersion is now too old
+    await api.compact()  # the informer's resourceVersion is now too old
     task = asyncio.create_task(informer.run())
     try:
         await eventually(lambda: sorted(informer.keys()) == ["default/b", "default/c"])
@@ -113,8 +71,7 @@ async def test_informer_relists_after_compaction_and_reports_missed_delete() -> 
         task.cancel()
 
 
-async def test_watch_selector_transitions_look_like_add_and_delete() -> None:
-    api = MemoryApi()
+async def test_watch_selector_transitions_look_like_add_and_delete(api: InProcessApi) -> None:
     seen: list[tuple[str, str]] = []
 
     async def consume() -> None:
@@ -133,8 +90,7 @@ async def test_watch_selector_transitions_look_like_add_and_delete() -> None:
     assert seen == [("ADDED", "a"), ("DELETED", "a")]
 
 
-async def test_factory_shares_informers() -> None:
-    api = MemoryApi()
+async def test_factory_shares_informers(api: InProcessApi) -> None:
     factory = InformerFactory(api)
     assert factory.informer(t.Pod) is factory.informer(t.Pod)
     assert factory.informer(t.Pod) is not factory.informer(t.Pod, namespace="x")
@@ -143,8 +99,7 @@ async def test_factory_shares_informers() -> None:
     await factory.stop()
 
 
-async def test_informer_survives_an_unexpected_error_and_relists() -> None:
-    api = MemoryApi()
+async def test_informer_survives_an_unexpected_error_and_relists(api: InProcessApi) -> None:
     await api.create(pod("a"))
     informer = Informer(api, t.Pod)
     calls = {"n": 0}
@@ -166,3 +121,18 @@ async def test_informer_survives_an_unexpected_error_and_relists() -> None:
         assert not task.done()
     finally:
         task.cancel()
+
+
+async def test_settle_returns_once_informers_have_every_write(api: InProcessApi) -> None:
+    informers = [Informer(api, t.Pod), Informer(api, t.Pod, label_selector="app=web")]
+    tasks = [asyncio.create_task(i.run()) for i in informers]
+    try:
+        for i in informers:
+            await i.wait_synced(2)
+        for n in range(30):
+            await api.create(pod(f"p{n}", app="web"))
+        await api.settle()  # no sleeping, no polling: every event has been handed over
+        assert [len(i.keys()) for i in informers] == [30, 30]
+    finally:
+        for task in tasks:
+            task.cancel()
