@@ -39,7 +39,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     missing = containerd.missing_prereqs()
     require(not missing, f"missing {', '.join(missing)}")
     prefix = f"d{os.getpid() % 10000}"
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{215 + os.getpid() % 35}.0.0/24", min_sync_period="0s")
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{200 + os.getpid() % 12}.0.0/24", min_sync_period="0s")
     the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
     the_lab.up(progress=print, timeout=120)
     global LAB
