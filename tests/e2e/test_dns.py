@@ -202,7 +202,9 @@ def test_hostname_subdomain_srv_ptr_externalname(lab: Lab) -> None:
     async def scenario() -> None:
         async with lab.client() as client:
             await client.create(service("db", app="db", headless=True))
-            await client.create(web_pod("db-pod", node="n2", labels={"app": "db"}, hostname="db-0", subdomain="db"))
+            db_pod = web_pod("db-pod", node="n2", labels={"app": "db"}, hostname="db-0", subdomain="db")
+            db_pod.spec.host_aliases.add(ip="10.1.2.3", hostnames=["legacy.example"])
+            await client.create(db_pod)
             ext = kinds.new(kinds.by_kind("Service"), "ext", "default")  # type: ignore[arg-type]
             assert isinstance(ext, t.Service)
             ext.spec.type, ext.spec.external_name = "ExternalName", f"web-service.default.svc.{DOMAIN}"
@@ -213,6 +215,10 @@ def test_hostname_subdomain_srv_ptr_externalname(lab: Lab) -> None:
                 code, out = await sh(client, "client", "wget -qO- http://db-0.db/")
                 return code == 0 and out.strip() == "hello from db-0"
 
+            # The agent's /etc/hosts: the pod's FQDN and hostname, then the hostAliases.
+            code, hosts = await sh(client, "db-pod", "cat /etc/hosts")
+            assert code == 0 and f"{db.status.pod_ip}\tdb-0.db.default.svc.{DOMAIN}\tdb-0\n" in hosts, hosts
+            assert "10.1.2.3\tlegacy.example\n" in hosts, hosts
             # The pod's hostname is db-0 (web answers "hello from $(hostname)").
             await eventually(db_by_hostname, timeout=30, what="db-0.db by name")
             code, out = await sh(client, "client", "wget -qO- http://ext/")
