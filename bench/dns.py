@@ -9,7 +9,8 @@
    (4 records), SRV of a named port, PTR of a ClusterIP, NXDOMAIN of a missing name in the
    search path, and SERVFAIL of an outside name (no upstream). Target (issue 14): p50 < 1 ms.
 
-Prints a table and writes bench/results/dns.json. Sends nothing outside 127.0.0.1.
+Prints a table and writes bench/results/dns.json (bench/meta.py: date, machine, load, versions);
+`python -m bench.report` puts it in README's table. Sends nothing outside 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,21 +19,18 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
 import socket
 import statistics
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import dns.message
 import dns.rcode
 
+from bench import meta
 from clusterdns.server import DnsServer
 from clusterdns.zone import ZoneConfig, build_zone
 from skiffpb.api.v1 import types_pb2 as t
 
-RESULTS = Path(__file__).resolve().parent / "results" / "dns.json"
 CONFIG = ZoneConfig(domain="cluster.local", reverse_cidrs=("10.96.0.0/12", "10.244.0.0/16"))
 
 
@@ -102,7 +100,7 @@ def main() -> int:
     p.add_argument("--queries", type=int, default=5000, help="queries per kind")
     p.add_argument("--repeat", type=int, default=5, help="zone builds to take the median of")
     args = p.parse_args()
-    load_before = os.getloadavg()
+    run = meta.start("dns")
     objs = cluster(args.services, args.headless)
     builds = []
     for _ in range(args.repeat):
@@ -138,13 +136,10 @@ def main() -> int:
         child.join(5)
 
     out: dict[str, object] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "cluster": {"services": args.services, "headless": args.headless, "pods": len(objs[2]), "names": names},
         "zone_build_ms_median": round(statistics.median(builds), 1),
         "queries": rows,
         "targets": {"p50 < 1 ms from cache": all(r["p50_ms"] < 1.0 for r in rows)},  # type: ignore[operator]
-        "loadavg_before_after": [load_before, os.getloadavg()],
-        "cpus": os.cpu_count(),
     }
     print(f"zone: {names} names from {args.services} + {args.headless} headless Services, {len(objs[2])} pods; "
           f"build {out['zone_build_ms_median']} ms (median of {args.repeat})")
@@ -152,11 +147,9 @@ def main() -> int:
     for r in rows:
         print(f"{r['kind']:<34}{r['rcode']:<10}{r['answers']:>8}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}"
               f"{r['max_ms']:>10.2f}{r['qps_sequential']:>9}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    written = run.write(out)
     print(f"targets: {json.dumps(out['targets'])}")
-    print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          f"wrote {RESULTS}")
+    print(f"load average before: {run.load_before[0]:.1f}; wrote {written}")
     return 0
 
 

@@ -20,7 +20,7 @@ from clusterdns.app import ClusterDns
 from clusterdns.server import DnsServer, parse_upstreams
 from clusterdns.zone import DEFAULT_TTL, ZoneConfig
 from skiff import defaults
-from skiff.daemon import run_until_signalled, setup_logging
+from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
 
 log = logging.getLogger("clusterdns")
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstreams", default="", help="resolvers for other names, ip[:port][,...]; "
                    "none: such names are SERVFAIL at once")
     p.add_argument("--ttl", type=int, default=DEFAULT_TTL, help=f"TTL of answers (default {DEFAULT_TTL}s)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose_flag(p)
     return p
 
 

@@ -17,6 +17,7 @@ What must hold:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -359,3 +360,53 @@ class Lab:
             names = ", ".join(f"{n}{'' if d.alive() else '(dead)'}" for n, d in sorted(daemons.items()))
             lines.append(f"  {host.name:<6} {host.ip:<15} {state:<8} {names or '-'}")
         return lines
+
+
+# ---------------------------------------------------------------------- command line
+# `python -m deploy.lab up|down|status` (also reached as `skiff lab ...`, which runs this module
+# in a subprocess so that the shared library never imports deploy/).
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="skiff lab",
+                                     description="run a multi-host cluster in network namespaces on this machine")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--prefix", default="lab", help="names the lab's namespaces and links (<= 6 chars)")
+        p.add_argument("--dir", type=Path, default=None, help=f"where labs keep their state (default {DEFAULT_ROOT})")
+
+    up = sub.add_parser("up", help="create and start a lab")
+    common(up)
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--control-planes", type=int, default=1, help="control-plane hosts (store members spread)")
+    up.add_argument("--lan", default="10.77.0.0/24", help="the lab LAN (the root netns gets its first address)")
+    up.add_argument("--proxy-mode", choices=("iptables", "ipvs"), default="iptables")
+    common(sub.add_parser("down", help="stop a lab and remove everything it created"))
+    common(sub.add_parser("status", help="show a lab's hosts and daemons"))
+    args = parser.parse_args(argv)
+    try:
+        return _run(args, args.dir or DEFAULT_ROOT)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, root: Path) -> int:
+    if args.action == "up":
+        lab = Lab(LabSpec(prefix=args.prefix, workers=args.workers, control_planes=args.control_planes,
+                          lan_cidr=args.lan, proxy_mode=args.proxy_mode), root)
+        lab.up(progress=lambda line: print(f"[lab {args.prefix}] {line}", flush=True))
+        print(f"api-servers: {','.join(lab.api_servers)}")
+        print(f"use it:      export SKIFF_SERVER={','.join(lab.api_servers)}")
+    elif args.action == "down":
+        for note in Lab.load(args.prefix, root).down(progress=print):
+            print(f"cleaned: {note}")
+    else:
+        print("\n".join(Lab.load(args.prefix, root).status()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

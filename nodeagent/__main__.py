@@ -23,7 +23,7 @@ from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
 from skiff import defaults, hostconfig
 from skiff.client import Client
-from skiff.daemon import run_until_signalled, setup_logging
+from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.validation import TAINT_EFFECTS
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -84,11 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolv-conf", default="/etc/resolv.conf",
                    help="resolver configuration pods with dnsPolicy Default get (loopback nameservers "
                         "dropped); empty: none")
-    p.add_argument("--backoff-base", type=float, default=10.0, help="CrashLoopBackOff first delay (s)")
-    p.add_argument("--backoff-max", type=float, default=300.0, help="CrashLoopBackOff maximum delay (s)")
-    p.add_argument("--relist-period", type=float, default=1.0)
-    p.add_argument("--lease-period", type=float, default=10.0)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--backoff-base", type=duration, default=10.0, help="CrashLoopBackOff first delay (default 10s)")
+    p.add_argument("--backoff-max", type=duration, default=300.0, help="CrashLoopBackOff maximum delay (default 5m)")
+    p.add_argument("--relist-period", type=duration, default=1.0,
+                   help="how often the runtime's pods are listed again (default 1s)")
+    p.add_argument("--lease-period", type=duration, default=10.0,
+                   help="how often the node's Lease is renewed (default 10s)")
+    add_verbose_flag(p)
     return p
 
 

@@ -17,6 +17,7 @@ from controlplane.apiserver.allocator import parse_cidr, parse_port_range
 from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, StartupError, serve
 from skiff import defaults
+from skiff.daemon import add_verbose_flag, duration, setup_logging
 
 log = logging.getLogger("skiff.apiserver")
 
@@ -34,12 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recent events kept per resource for watches to resume from (default %(default)s)")
     p.add_argument("--watch-buffer", type=int, default=4096,
                    help="events queued for one watcher before it is closed as too slow (default %(default)s)")
-    p.add_argument("--bookmark-interval", type=float, default=5.0,
-                   help="seconds between watch bookmarks (default %(default)s)")
-    p.add_argument("--compaction-interval", type=float, default=300.0,
-                   help="seconds between store compactions; 0 disables (default %(default)s)")
-    p.add_argument("--event-ttl", type=int, default=3600, help="seconds an Event is kept (default %(default)s)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--bookmark-interval", type=duration, default=5.0,
+                   help="time between watch bookmarks (default 5s)")
+    p.add_argument("--compaction-interval", type=duration, default=300.0,
+                   help="time between store compactions, which only the api-server does; 0 disables (default 5m)")
+    p.add_argument("--event-ttl", type=duration, default=3600.0, help="how long an Event is kept (default 1h)")
+    add_verbose_flag(p)
     return p
 
 
@@ -58,8 +59,7 @@ def host_networks() -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         parse_cidr(args.service_cidr)
         parse_port_range(args.node_port_range)
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
                     node_port_range=args.node_port_range, node_name=args.node_name,
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
-                                    bookmark_interval=args.bookmark_interval, event_ttl=args.event_ttl,
+                                    bookmark_interval=args.bookmark_interval,
+                                    event_ttl=round(args.event_ttl),
                                     compaction_interval=args.compaction_interval))
     try:
         asyncio.run(serve(config))

@@ -54,9 +54,6 @@ from controlplane.apiserver.storage import (
 from controlplane.apiserver.strategy import copy, meta_of, resource_name
 from controlplane.apiserver.watchcache import (
     ADDED,
-    DELETED,
-    MODIFIED,
-    CachedEvent,
     TooOldForCache,
     WatchCache,
     Watcher,
@@ -64,7 +61,7 @@ from controlplane.apiserver.watchcache import (
     encode_bookmark,
     encode_event,
     registry_prefix,
-    with_revision,
+    watch_event,
 )
 from skiff import errors, kinds
 from skiff.guard import guard
@@ -684,17 +681,11 @@ class Registry:
             try:
                 async for batch in watch:
                     for ev in batch.events:
-                        prev = decode(kind, ev.prev_value, ev.revision) if ev.prev_value is not None else None
-                        if ev.type == "PUT":
-                            obj = decode(kind, ev.value, ev.revision, ev.key)
-                            cached = CachedEvent(MODIFIED if prev is not None else ADDED, ev.key, obj, prev,
-                                                 ev.revision)
-                        elif prev is not None:
-                            cached = CachedEvent(DELETED, ev.key, with_revision(prev, ev.revision), prev,
-                                                 ev.revision)
-                        else:
-                            continue
-                        w.offer(cached)
+                        # The store tells the previous value (prev_kv); the cache knows it itself.
+                        prev = decode(kind, ev.prev_value, ev.revision, ev.key) if ev.prev_value is not None else None
+                        cached = watch_event(kind, ev, prev)
+                        if cached is not None:
+                            w.offer(cached)
                     if not batch.events:
                         w.bookmark(batch.revision)
                     if w.error is not None:

@@ -25,6 +25,7 @@ import sys
 
 from controlplane.store.raft import RaftTimings
 from controlplane.store.server import Store, StoreConfig, prepare_data_dir, url_to_addr
+from skiff.daemon import add_verbose_flag, duration, setup_logging
 
 log = logging.getLogger("skiff.store")
 
@@ -63,17 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", help="file holding the cluster password (else $SKIFF_STORE_PASSWORD)")
     p.add_argument("--insecure-no-password", action="store_true",
                    help="run without peer encryption: tests on a private loopback only")
-    p.add_argument("--request-timeout", type=float, default=5.0, help="seconds before UNAVAILABLE (default 5)")
-    p.add_argument("--auto-compaction-revisions", type=int, default=10000,
-                   help="keep this many revisions of history (0: no revision-based compaction)")
-    p.add_argument("--auto-compaction-seconds", type=float, default=0.0,
-                   help="keep this much time of history (0: no time-based compaction)")
-    p.add_argument("--progress-notify-interval", type=float, default=600.0,
-                   help="seconds between watch progress notifications (etcd's default: 600)")
+    p.add_argument("--request-timeout", type=duration, default=5.0, help="time before UNAVAILABLE (default 5s)")
+    p.add_argument("--auto-compaction-revisions", type=int, default=0,
+                   help="keep this many revisions of history (default 0: off, as in etcd; the api-server "
+                   "compacts)")
+    p.add_argument("--auto-compaction-seconds", type=duration, default=0.0,
+                   help="keep this much time of history, e.g. 1h (default 0: off)")
+    p.add_argument("--progress-notify-interval", type=duration, default=600.0,
+                   help="time between watch progress notifications (default 10m, etcd's)")
     p.add_argument("--snapshot-count", type=int, default=20000, help="log entries between snapshots")
-    p.add_argument("--election-timeout", type=float, default=0.8,
-                   help="minimum seconds without a leader before an election (max is twice this)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--election-timeout", type=duration, default=0.8,
+                   help="minimum time without a leader before an election (max is twice this; default 800ms)")
+    add_verbose_flag(p)
     return p
 
 
@@ -171,8 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     # Two busy threads (Raft ticks, the gRPC loop) hand work to each other many times per
     # request; with the default 5 ms GIL switch interval each hand-off can wait that long.
     sys.setswitchinterval(0.0005)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    setup_logging(args.verbose)
     cfg = config_from_args(args)
     lock_data_dir(cfg.data_dir)
     asyncio.run(run(cfg))

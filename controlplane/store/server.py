@@ -50,7 +50,9 @@ class StoreConfig:
     cluster_token: str = "skiff-store"
     password: str | None = None
     request_timeout: float = 5.0
-    compaction_revisions: int = 10000  # keep at least this many revisions of history (0: off)
+    # Off by default, as in etcd: the api-server owns compaction (every 5 minutes, as
+    # kube-apiserver); these are for a store used on its own.
+    compaction_revisions: int = 0  # keep at least this many revisions of history (0: off)
     compaction_seconds: float = 0.0  # and/or this much time of history (0: off)
     progress_notify_interval: float = 600.0
     timings: RaftTimings = field(default_factory=RaftTimings)

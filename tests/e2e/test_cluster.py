@@ -277,21 +277,30 @@ def test_netproxy_restart_keeps_new_connections_working(lab: Lab) -> None:
     run(scenario())
 
 
-async def store_leader(lab: Lab) -> str:
-    """The name of the store member that leads, asked of every member."""
+async def store_status(lab: Lab, *, skip: str = "") -> tuple[dict[int, str], set[int]]:
+    """Asked of every member but `skip`: member id -> name, and the leader ids they report."""
     ids: dict[int, str] = {}
-    leader = 0
+    leaders: set[int] = set()
     for m in lab.cluster.members:
+        if m.name == skip:
+            continue
         async with grpc.aio.insecure_channel(m.client_url) as ch:
             st = await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=5)
             ids[st.header.member_id] = m.name
-            leader = leader or st.leader
-    return ids[leader]
+            leaders.add(st.leader)
+    return ids, leaders
+
+
+async def store_leader(lab: Lab) -> tuple[str, dict[int, str]]:
+    """The name of the member every member agrees leads, and every member's id."""
+    ids, leaders = await store_status(lab)
+    assert len(leaders) == 1 and 0 not in leaders, f"members disagree on the leader: {leaders}"
+    return ids[leaders.pop()], ids
 
 
 def test_store_leader_killed_cluster_keeps_working(lab: Lab) -> None:
     async def scenario() -> None:
-        leader = await store_leader(lab)
+        leader, member_names = await store_leader(lab)
         member = next(m for m in lab.cluster.members if m.name == leader)
         lab.kill_daemon(member.host, f"store-{leader}")
         async with Client([m.api_url for m in lab.cluster.members if m.name != leader]) as client:
@@ -307,22 +316,19 @@ def test_store_leader_killed_cluster_keeps_working(lab: Lab) -> None:
             names = {f"hello from {p.metadata.name}" for p in pods}
             await eventually(lambda: _async(answers(lab, "cp", url, 30) == names), timeout=20,
                              what="the new ClusterIP answers")
-            new_leader = await eventually(lambda: _leader_except(lab, leader), timeout=10, what="new leader")
-            assert new_leader != leader
+            # The survivors agree on a leader; a cluster that never elected one would name the dead one.
+            new_leader = await eventually(lambda: _agreed_leader(lab, leader, member_names), timeout=10,
+                                          what="survivors agreeing on a leader")
+            assert new_leader != leader and new_leader in member_names.values()
         lab.start_daemon(member.host, f"store-{leader}")
 
     run(scenario())
 
 
-async def _leader_except(lab: Lab, dead: str) -> str | None:
-    for m in lab.cluster.members:
-        if m.name == dead:
-            continue
-        async with grpc.aio.insecure_channel(m.client_url) as ch:
-            st = await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=3)
-            if st.leader:
-                return "ok"
-    return None
+async def _agreed_leader(lab: Lab, dead: str, names: dict[int, str]) -> str | None:
+    """The leader the surviving members agree on, by name (the dead one's name included)."""
+    _, leaders = await store_status(lab, skip=dead)
+    return names.get(leaders.pop()) if len(leaders) == 1 and 0 not in leaders else None
 
 
 def test_worker_failure_moves_pods_and_endpoints(lab: Lab) -> None:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import yaml
 
+from deploy.loopback import ControlPlane, control_plane
 from skiff import kinds
 from skiff.cli.main import main
 from skiff.client import Client
@@ -22,7 +23,6 @@ from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import nodeagent_pb2_grpc
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import ControlPlane, control_plane
 from tests.support.builders import deployment, node, pod
 
 pytestmark = pytest.mark.integration

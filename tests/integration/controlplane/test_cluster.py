@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from deploy.loopback import Process, control_plane
 from skiff import errors
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import Process, control_plane
 from tests.support.cluster import start_controllers, start_fake_node, start_scheduler
 from tests.support.prereq import require_binaries
 
