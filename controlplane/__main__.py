@@ -98,7 +98,7 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
     children.append(Child("controllers", daemons.controllers(
         python, api_servers=api_servers, cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,
         node_monitor_grace_period=args.node_monitor_grace_period, pod_eviction_timeout=args.pod_eviction_timeout,
-        identity=args.node_name, verbose=args.verbose)))
+        identity=args.node_name, service_cidr=args.service_cidr, verbose=args.verbose)))
     children.append(Child("scheduler", daemons.scheduler(python, api_servers=api_servers, identity=args.node_name,
                                                          verbose=args.verbose)))
     return children

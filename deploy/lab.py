@@ -237,12 +237,12 @@ class Lab:
             procs.start(spec.name, spec.argv, self.run_dir(host), netns=self.netns(host), env=spec.env)
 
     def start_worker(self, host: str) -> None:
-        """containerd (images imported), node agent and proxy of one worker host."""
+        """containerd (images imported), node agent, proxy and cluster DNS of one worker host."""
         config = self.host_config(host)
         paths = config.node_paths
         containerd.start(paths, self.run_dir(host), netns=self.netns(host))
         containerd.import_images(paths, IMAGE_CACHE)
-        self._start_specs(host, [s for s in self._specs(host) if s.name in ("nodeagent", "netproxy")])
+        self._start_specs(host, [s for s in self._specs(host) if s.name in ("nodeagent", "netproxy", "clusterdns")])
 
     def start_daemon(self, host: str, name: str) -> procs.Daemon:
         """(Re)start one daemon of a host by its rendered name ("netproxy", "store-s1", ...)."""
@@ -298,7 +298,7 @@ class Lab:
         """Stop a worker's daemons; with `kill`, SIGKILL the agent and containerd (a host failure)."""
         run_dir = self.run_dir(host)
         daemons = self.daemons(host)
-        for name in ("netproxy", "nodeagent"):
+        for name in ("clusterdns", "netproxy", "nodeagent"):
             if name in daemons:
                 (procs.kill if kill else procs.stop)(daemons[name])
         if "containerd" in daemons:
@@ -325,7 +325,7 @@ class Lab:
         for name in self.workers:
             config = self.host_config(name)
             daemons = self.daemons(name)
-            for d in ("netproxy", "nodeagent"):
+            for d in ("clusterdns", "netproxy", "nodeagent"):
                 if d in daemons:
                     procs.stop(daemons[d], timeout=10)
             notes += containerd.teardown(config.node_paths, config.cgroup_parent, daemons.get("containerd"))

@@ -63,6 +63,9 @@ class ClusterConfig:
     node_monitor_grace_period: str = "40s"
     pod_eviction_timeout: str = "60s"
     cluster_token: str = "skiff-store"  # tells store clusters apart (initial-cluster-token)
+    cluster_domain: str = defaults.CLUSTER_DOMAIN
+    cluster_dns: str = defaults.NODE_LOCAL_DNS_IP  # each host's clusterdns listens here; pods use it
+    dns_upstreams: str = ""  # where clusterdns forwards names outside the cluster (ip[:port],...); none: SERVFAIL
     python: str = sys.executable
 
     @property
@@ -148,7 +151,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
     specs.append(DaemonSpec("controllers", tuple(daemons.controllers(
         cluster.python, api_servers=api_servers, cluster_cidr=cluster.cluster_cidr,
         node_cidr_mask_size=cluster.node_cidr_mask_size, node_monitor_grace_period=cluster.node_monitor_grace_period,
-        pod_eviction_timeout=cluster.pod_eviction_timeout, identity=host.name,
+        pod_eviction_timeout=cluster.pod_eviction_timeout, identity=host.name, service_cidr=cluster.service_cidr,
     )), "Skiff controller manager", after=apis_after))
     specs.append(DaemonSpec("scheduler", tuple(daemons.scheduler(cluster.python, api_servers=api_servers,
                                                                  identity=host.name)),
@@ -164,14 +167,20 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
         container_runtime_endpoint=paths.endpoint, node_ip=host.ip, listen=f"{host.ip}:{host.agent_port}",
         state_dir=str(host.state_dir / "agent"), cni_conf_dir=str(paths.cni_conf_dir),
         ipam_dir=str(paths.ipam_dir), pod_log_dir=str(paths.pod_logs), cgroup_parent=host.cgroup_parent,
-        node_labels=host.node_labels, register_with_taints=host.node_taints, netns=netns_path)
+        node_labels=host.node_labels, register_with_taints=host.node_taints, netns=netns_path,
+        cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain)
     proxy = daemons.netproxy(cluster.python, api_servers=cluster.api_servers, node_name=host.name,
                              mode=cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
                              min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend)
+    dns = daemons.clusterdns(cluster.python, api_servers=cluster.api_servers, listen=f"{cluster.cluster_dns}:53",
+                             cluster_domain=cluster.cluster_domain,
+                             reverse_cidrs=(cluster.service_cidr, cluster.cluster_cidr),
+                             upstreams=cluster.dns_upstreams)
     return [
         containerd,
         DaemonSpec("nodeagent", tuple(agent), "Skiff node agent", after=("containerd",)),
         DaemonSpec("netproxy", tuple(proxy), "Skiff network proxy"),
+        DaemonSpec("clusterdns", tuple(dns), "Skiff node-local cluster DNS"),
     ]
 
 

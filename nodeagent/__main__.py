@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import GrpcRuntime, Runtime
+from nodeagent.dns import DnsSettings, ResolvConf, parse_resolv_conf
 from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
@@ -74,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-labels", default="", help="extra Node labels, e.g. zone=a,disk=ssd")
     p.add_argument("--register-with-taints", default="",
                    help="taints the Node is created with, e.g. node-role.kubernetes.io/control-plane:NoSchedule")
+    p.add_argument("--cluster-dns", default="",
+                   help="DNS server IP(s) pods with dnsPolicy ClusterFirst use, comma-separated "
+                        f"(the node-local clusterdns listens on {defaults.NODE_LOCAL_DNS_IP}); "
+                        "empty: ClusterFirst falls back to Default")
+    p.add_argument("--cluster-domain", default=defaults.CLUSTER_DOMAIN,
+                   help=f"the cluster's DNS domain (default {defaults.CLUSTER_DOMAIN})")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf",
+                   help="resolver configuration pods with dnsPolicy Default get (loopback nameservers "
+                        "dropped); empty: none")
     p.add_argument("--backoff-base", type=duration, default=10.0, help="CrashLoopBackOff first delay (default 10s)")
     p.add_argument("--backoff-max", type=duration, default=300.0, help="CrashLoopBackOff maximum delay (default 5m)")
     p.add_argument("--relist-period", type=duration, default=1.0,
@@ -84,8 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def host_resolv(path: str) -> ResolvConf:
+    if not path:
+        return ResolvConf()
+    try:
+        return parse_resolv_conf(Path(path).read_text())
+    except OSError as exc:
+        log.warning("--resolv-conf %s: %s; pods with dnsPolicy Default get no nameserver", path, exc)
+        return ResolvConf()
+
+
 def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
     paths = hostconfig.NodePaths(Path(args.state_dir))
+    dns = DnsSettings(cluster_dns=tuple(s.strip() for s in args.cluster_dns.split(",") if s.strip()),
+                      cluster_domain=args.cluster_domain, host=host_resolv(args.resolv_conf))
     return AgentConfig(
         node_name=args.node_name, node_ip=args.node_ip, port=port,
         pod_log_dir=args.pod_log_dir or str(paths.pod_logs),
@@ -98,6 +120,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
         taints=parse_taints(args.register_with_taints),
         relist_period=args.relist_period, lease_period=args.lease_period,
         plan=PlanConfig(backoff_base=args.backoff_base, backoff_max=args.backoff_max),
+        dns=dns, pod_dir="" if args.fake_runtime else str(Path(args.state_dir) / "pod-data"),
     )
 
 

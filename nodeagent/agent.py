@@ -3,6 +3,8 @@
 Loops (each started through skiff.guard):
 - pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
 - node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
+- service informer: the Service environment variables of new containers; pods start only after
+  it has listed (or 10 s passed), so the first containers do not miss them;
 - relist (every `relist_period`, 1 s): lists sandboxes and containers once, kicks the worker of
   every pod whose runtime state changed (a container that died without any event), starts a
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
@@ -31,6 +33,7 @@ from nodeagent import cri as rt
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
 from nodeagent import pressure
+from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
@@ -74,6 +77,8 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[t.Taint] = field(default_factory=list)  # set when the Node is created
     plan: P.PlanConfig = field(default_factory=P.PlanConfig)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    pod_dir: str = ""  # per-pod files (managed /etc/hosts); empty: containers keep the runtime's
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class NodeAgent:
         self.config_map_informer: Informer[t.ConfigMap] = Informer(client, t.ConfigMap)
         self.secret_informer: Informer[t.Secret] = Informer(client, t.Secret)
         self.volumes = VolumeManager(config.volume_dir) if config.volume_dir else None
+        self.service_informer: Informer[t.Service] = Informer(client, t.Service)
         self.network: NetworkManager | None = None
         if config.manage_network:
             from nodeagent.network import NetlinkRoutes
@@ -112,9 +118,11 @@ class NodeAgent:
                                           pod_cidr=config.pod_cidr, manage_sysctls=config.manage_sysctls)
         self.ctx = WorkerContext(
             client=client, runtime=runtime, net=self.net, events=self.events,
-            pod_settings=PodConfigSettings(pod_log_dir=config.pod_log_dir, cgroup_parent=config.cgroup_parent),
+            pod_settings=PodConfigSettings(pod_log_dir=config.pod_log_dir, cgroup_parent=config.cgroup_parent,
+                                           dns=config.dns, pod_dir=config.pod_dir),
             plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock,
-            config=self, volumes=self.volumes, node_allocatable=self._capacity)
+            config=self, volumes=self.volumes, node_allocatable=self._capacity,
+            services=self.service_informer.list)
         self.runtime_status: cri.StatusResponse | None = None
         self.runtime_error = "not checked yet"
         self.runtime_version = ""
@@ -400,10 +408,12 @@ class NodeAgent:
                                  on_delete=self._config_changed)
         self._tasks.append(guard(self.config_map_informer.run(), "nodeagent-configmap-informer"))
         self._tasks.append(guard(self.secret_informer.run(), "nodeagent-secret-informer"))
+        self._tasks.append(guard(self.service_informer.run(), "nodeagent-service-informer"))
         with contextlib.suppress(asyncio.TimeoutError):
             # Env and volumes read these caches: sync them before the pods' workers start.
             await asyncio.wait_for(asyncio.gather(self.config_map_informer.wait_synced(),
-                                                  self.secret_informer.wait_synced()), 10)
+                                                  self.secret_informer.wait_synced(),
+                                                  self.service_informer.wait_synced()), 10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))

@@ -5,7 +5,9 @@ secretKeyRef, fieldRef, resourceFieldRef) against the ConfigMaps and Secrets tha
 `expand(text, env)` is Kubernetes' `$(VAR)` expansion; `command_line(...)` expands command and args.
 
 Rules that must hold (as the kubelet's makeEnvironmentVariables):
-- envFrom sources apply first, in order, each key prefixed; keys that are not valid variable
+- the Service variables (nodeagent/envvars.py) come first: `$(VAR)` may refer to them and the
+  container's own envFrom and env replace them;
+- envFrom sources apply next, in order, each key prefixed; keys that are not valid variable
   names are skipped; then `env` entries in order, a later name replacing an earlier one;
 - `$(VAR)` in an env value refers to variables defined before it (envFrom and earlier env
   entries); in command and args to the final environment; an undefined `$(VAR)` is left as
@@ -17,7 +19,7 @@ Rules that must hold (as the kubelet's makeEnvironmentVariables):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from skiff import downward
@@ -96,10 +98,11 @@ def _key_ref(namespace: str, ref: t.ConfigMapKeySelector | t.SecretKeySelector, 
 
 
 def container_env(pod: t.Pod, container: t.Container, source: ConfigSource, *,
-                  node_allocatable: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+                  node_allocatable: Mapping[str, str] | None = None,
+                  service_env: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """The container's environment, in order (see the module docstring)."""
     namespace = pod.metadata.namespace
-    env: dict[str, str] = {}
+    env: dict[str, str] = dict(service_env)
     for src in container.env_from:
         values: dict[str, str] = {}
         if src.HasField("config_map_ref"):

@@ -22,9 +22,18 @@ from typing import Any
 from nodeagent import cri as rt
 from nodeagent import logs
 from nodeagent import plan as P
+from nodeagent.dns import hosts_file
 from nodeagent.envs import ConfigSource, ContainerConfigError, container_env
+from nodeagent.envvars import service_env
 from nodeagent.netns import NodeNetwork
-from nodeagent.podconfig import PodConfigSettings, container_config, container_log_path, pod_log_dir, sandbox_config
+from nodeagent.podconfig import (
+    PodConfigSettings,
+    container_config,
+    container_log_path,
+    hosts_path,
+    pod_log_dir,
+    sandbox_config,
+)
 from nodeagent.probes import ProbeLoop, run_hook
 from nodeagent.registryauth import pull_auth
 from nodeagent.volumes import VolumeManager, plan_mounts, termination_message
@@ -62,6 +71,7 @@ class WorkerContext:
     config: ConfigSource | None = None  # ConfigMaps and Secrets for env and volumes
     volumes: VolumeManager | None = None  # None: pods with volumes cannot be configured
     node_allocatable: Callable[[], dict[str, str]] = dict
+    services: Callable[[], list[t.Service]] = list  # every Service the agent knows (environment variables)
 
 
 class _ConfigFailure(Exception):
@@ -281,7 +291,9 @@ class PodWorker:
             spec = next(c for c in pod.spec.containers if c.name == action.container)
             sb_cfg = sandbox_config(pod, next(s.attempt for s in obs.sandboxes if s.id == action.sandbox_id),
                                     self.ctx.pod_settings)
-            config = self._container_config(pod, spec, action.attempt, obs)
+            sandbox_ip = next((s.ip for s in obs.sandboxes if s.id == action.sandbox_id), "")
+            etc_hosts = self._write_hosts(pod, sandbox_ip)
+            config = self._container_config(pod, spec, action.attempt, obs, etc_hosts=etc_hosts)
             try:
                 await runtime.create_container(action.sandbox_id, config, sb_cfg)
             except rt.CriError as exc:
@@ -346,7 +358,8 @@ class PodWorker:
             view.status.pod_ips.add(ip=sandbox.ip)
         return view
 
-    def _container_config(self, pod: t.Pod, spec: t.Container, attempt: int, obs: P.Observed) -> cri.ContainerConfig:
+    def _container_config(self, pod: t.Pod, spec: t.Container, attempt: int, obs: P.Observed, *,
+                          etc_hosts: str = "") -> cri.ContainerConfig:
         """Env, command line and mounts resolved now; _ConfigFailure when something is missing."""
         view = self._pod_view(pod, obs)
         allocatable = self.ctx.node_allocatable()
@@ -357,7 +370,8 @@ class PodWorker:
                     raise ContainerConfigError("this node agent has no volume directory")
                 paths = self.ctx.volumes.setup(view, self._config(), node_allocatable=allocatable)
                 self.ctx.volumes.prepare_sub_paths(view, spec, paths)
-            env = container_env(view, spec, self._config(), node_allocatable=allocatable)
+            env = container_env(view, spec, self._config(), node_allocatable=allocatable,
+                                service_env=service_env(pod, self.ctx.services()))
         except (ContainerConfigError, downward.DownwardError, OSError) as exc:
             raise _ConfigFailure(spec.name, str(exc)) from exc
         self.config_errors.pop(spec.name, None)
@@ -367,7 +381,7 @@ class PodWorker:
                 mounts.append(self.ctx.volumes.termination_mount(pod, spec, attempt))
             except OSError as exc:
                 raise _ConfigFailure(spec.name, f"termination message file: {exc}") from exc
-        return container_config(pod, spec, attempt, env=env, mounts=mounts)
+        return container_config(pod, spec, attempt, env=env, mounts=mounts, etc_hosts=etc_hosts)
 
     async def _post_start(self, pod: t.Pod, action: P.StartContainer, obs: P.Observed) -> None:
         """Run the postStart hook; a failed hook kills the container (restartPolicy decides what follows)."""
@@ -497,7 +511,22 @@ class PodWorker:
         for key in [k for k in self.probes if container_id is None or k[0] == container_id]:
             self.probes.pop(key).cancel()
 
+    def _write_hosts(self, pod: t.Pod, pod_ip: str) -> str:
+        """Write the pod's managed /etc/hosts (before each container create: the IP may be new); its path."""
+        settings = self.ctx.pod_settings
+        if not settings.pod_dir or pod.spec.host_network:
+            return ""
+        path = hosts_path(settings.pod_dir, self.uid)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(hosts_file(pod, pod_ip, settings.dns))
+        os.replace(tmp, path)
+        return path
+
     def _remove_logs(self) -> None:
+        if self.ctx.pod_settings.pod_dir:
+            shutil.rmtree(os.path.join(self.ctx.pod_settings.pod_dir, self.uid), ignore_errors=True)
         pod = self.last_pod
         if pod is None:
             return

@@ -23,6 +23,7 @@ CONTROLLERS = "controlplane.controllers"
 SCHEDULER = "controlplane.scheduler"
 NODEAGENT = "nodeagent"
 NETPROXY = "netproxy"
+CLUSTERDNS = "clusterdns"
 
 
 def _py(python: str, module: str) -> list[str]:
@@ -58,11 +59,15 @@ def apiserver(python: str, *, store_endpoints: str, listen: str, service_cidr: s
 
 def controllers(python: str, *, api_servers: str, cluster_cidr: str, node_cidr_mask_size: int,
                 node_monitor_grace_period: str, pod_eviction_timeout: str, identity: str,
-                verbose: bool = False) -> list[str]:
-    return [*_py(python, CONTROLLERS), "--api-servers", api_servers, "--cluster-cidr", cluster_cidr,
+                service_cidr: str = "", verbose: bool = False) -> list[str]:
+    """`service_cidr` set: the controllers also keep default/kubernetes (its ClusterIP is the first address)."""
+    argv = [*_py(python, CONTROLLERS), "--api-servers", api_servers, "--cluster-cidr", cluster_cidr,
             "--node-cidr-mask-size", str(node_cidr_mask_size),
             "--node-monitor-grace-period", node_monitor_grace_period,
-            "--pod-eviction-timeout", pod_eviction_timeout, "--identity", identity, *_verbose(verbose)]
+            "--pod-eviction-timeout", pod_eviction_timeout, "--identity", identity]
+    if service_cidr:
+        argv += ["--service-cidr", service_cidr]
+    return argv + _verbose(verbose)
 
 
 def scheduler(python: str, *, api_servers: str, identity: str, verbose: bool = False) -> list[str]:
@@ -72,11 +77,16 @@ def scheduler(python: str, *, api_servers: str, identity: str, verbose: bool = F
 def nodeagent(python: str, *, node_name: str, api_servers: str, container_runtime_endpoint: str, node_ip: str,
               listen: str, state_dir: str, cni_conf_dir: str, ipam_dir: str, pod_log_dir: str,
               cgroup_parent: str, node_labels: Mapping[str, str] | None = None,
-              register_with_taints: Sequence[str] = (), netns: str = "", verbose: bool = False) -> list[str]:
+              register_with_taints: Sequence[str] = (), netns: str = "", cluster_dns: str = "",
+              cluster_domain: str = "", verbose: bool = False) -> list[str]:
     argv = [*_py(python, NODEAGENT), "--node-name", node_name, "--api-servers", api_servers,
             "--container-runtime-endpoint", container_runtime_endpoint, "--node-ip", node_ip,
             "--listen", listen, "--state-dir", state_dir, "--cni-conf-dir", cni_conf_dir,
             "--ipam-dir", ipam_dir, "--pod-log-dir", pod_log_dir, "--cgroup-parent", cgroup_parent]
+    if cluster_dns:
+        argv += ["--cluster-dns", cluster_dns]
+    if cluster_domain:
+        argv += ["--cluster-domain", cluster_domain]
     if node_labels:
         argv += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(node_labels.items()))]
     if register_with_taints:
@@ -91,3 +101,12 @@ def netproxy(python: str, *, api_servers: str, node_name: str, mode: str, cluste
     return [*_py(python, NETPROXY), "--api-servers", api_servers, "--node-name", node_name, "--mode", mode,
             "--cluster-cidr", cluster_cidr, "--min-sync-period", min_sync_period,
             "--iptables-backend", iptables_backend, *_verbose(verbose)]
+
+
+def clusterdns(python: str, *, api_servers: str, listen: str, cluster_domain: str, reverse_cidrs: Sequence[str],
+               upstreams: str = "", verbose: bool = False) -> list[str]:
+    argv = [*_py(python, CLUSTERDNS), "--api-servers", api_servers, "--listen", listen,
+            "--cluster-domain", cluster_domain, "--reverse-cidrs", ",".join(reverse_cidrs)]
+    if upstreams:
+        argv += ["--upstreams", upstreams]
+    return argv + _verbose(verbose)

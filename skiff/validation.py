@@ -31,7 +31,8 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-SERVICE_TYPES = ("ClusterIP", "NodePort")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "ExternalName")
+DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 MAX_ANNOTATIONS_BYTES = 256 * 1024
 KNOWN_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
@@ -604,6 +605,30 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
         problem = check_dns_label(spec.hostname)
         if problem:
             errs.add(f"{path}.hostname", problem)
+    if spec.subdomain:
+        problem = check_dns_label(spec.subdomain)
+        if problem:
+            errs.add(f"{path}.subdomain", problem)
+    errs.enum(f"{path}.dnsPolicy", spec.dns_policy, DNS_POLICIES)
+    dns = spec.dns_config
+    if spec.dns_policy == "None" and not dns.nameservers:
+        errs.add(f"{path}.dnsConfig.nameservers", 'at least one nameserver is required when dnsPolicy is "None"')
+    for i, ns in enumerate(dns.nameservers):
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            errs.add(f"{path}.dnsConfig.nameservers[{i}]", f'"{ns}" is not a valid IP address')
+    if len(dns.nameservers) > 3:
+        errs.add(f"{path}.dnsConfig.nameservers", "may not have more than 3 nameservers")
+    for i, alias in enumerate(spec.host_aliases):
+        try:
+            ipaddress.ip_address(alias.ip)
+        except ValueError:
+            errs.add(f"{path}.hostAliases[{i}].ip", f'"{alias.ip}" is not a valid IP address')
+        for j, name in enumerate(alias.hostnames):
+            problem = check_dns_subdomain(name)
+            if problem:
+                errs.add(f"{path}.hostAliases[{i}].hostnames[{j}]", problem)
 
 
 def _label_selector(errs: _Errors, path: str, sel: t.LabelSelector, *, required: bool) -> None:
@@ -687,8 +712,20 @@ def _service(errs: _Errors, s: t.Service) -> None:
     spec = s.spec
     errs.enum("spec.type", spec.type, SERVICE_TYPES)
     headless = spec.cluster_ip == "None"
-    if not spec.ports and not headless:
+    external = spec.type == "ExternalName"
+    if not spec.ports and not headless and not external:
         errs.add("spec.ports", "at least one port is required")
+    if external:
+        if not spec.external_name:
+            errs.add("spec.externalName", 'required when type is "ExternalName"')
+        else:
+            problem = check_dns_subdomain(spec.external_name.rstrip("."))
+            if problem:
+                errs.add("spec.externalName", problem)
+        if spec.cluster_ip:
+            errs.add("spec.clusterIP", 'must be empty when type is "ExternalName"')
+    elif spec.external_name:
+        errs.add("spec.externalName", 'may only be set when type is "ExternalName"')
     names: set[str] = set()
     seen: set[tuple[int, str]] = set()
     for i, port in enumerate(spec.ports):

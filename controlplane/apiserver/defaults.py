@@ -7,14 +7,16 @@ time (so an unchanged manifest re-applied is a no-op). Pure: no clock, no I/O.
 Defaults, by kind (Kubernetes' values):
 - every object: apiVersion and kind;
 - Pod (and pod templates): restartPolicy Always, terminationGracePeriodSeconds 30,
-  schedulerName default-scheduler, container terminationMessagePath /dev/termination-log and
+  schedulerName default-scheduler, dnsPolicy ClusterFirst, enableServiceLinks true,
+  container terminationMessagePath /dev/termination-log and
   terminationMessagePolicy File, container imagePullPolicy by tag (Always for `:latest`
   or no tag, else IfNotPresent), port protocol TCP, probe timeout 1 / period 10 /
   success 1 / failure 3, httpGet scheme HTTP and path /;
 - Deployment: replicas 1, strategy RollingUpdate with maxUnavailable 25% and maxSurge 25%,
   revisionHistoryLimit 10, progressDeadlineSeconds 600; ReplicaSet: replicas 1;
 - Service: type ClusterIP, sessionAffinity None (ClientIP: timeout 10800 s), port protocol
-  TCP, targetPort = port, externalTrafficPolicy Cluster for NodePort;
+  TCP, targetPort = port, externalTrafficPolicy Cluster for NodePort (an ExternalName
+  Service gets no ClusterIP);
 - Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1;
 - Pod (not templates): serviceAccountName `default`, a container's requests default to its
   limits; pods and templates: configMap/secret/downwardAPI/projected volumes
@@ -88,6 +90,10 @@ def pod_spec(spec: t.PodSpec) -> None:
         spec.termination_grace_period_seconds = GRACE_PERIOD_SECONDS
     if not spec.scheduler_name:
         spec.scheduler_name = DEFAULT_SCHEDULER
+    if not spec.dns_policy:
+        spec.dns_policy = "ClusterFirst"
+    if not spec.HasField("enable_service_links"):
+        spec.enable_service_links = True
     for c in spec.containers:
         if not c.termination_message_path:
             c.termination_message_path = TERMINATION_MESSAGE_PATH

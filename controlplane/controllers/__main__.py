@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-monitor-period", type=duration, default=5.0,
                    help="how often node health is checked (default 5s)")
     p.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR, help="CIDR pod CIDRs are allocated from")
+    p.add_argument("--service-cidr", default="",
+                   help="the api-servers' service CIDR: keep the default/kubernetes Service (first address) "
+                        "with the --api-servers as its endpoints; empty: do not")
     p.add_argument("--node-cidr-mask-size", type=int, default=defaults.NODE_CIDR_MASK_SIZE,
                    help="prefix length of each node's pod CIDR")
     p.add_argument("--concurrent-deployment-syncs", type=int, default=5)
@@ -47,6 +50,8 @@ def options_from(args: argparse.Namespace) -> manager.Options:
         controllers=names, node_monitor_grace_period=args.node_monitor_grace_period,
         pod_eviction_timeout=args.pod_eviction_timeout, node_monitor_period=args.node_monitor_period,
         cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,
+        service_cidr=args.service_cidr,
+        api_servers=tuple(a.strip() for a in args.api_servers.split(",") if a.strip()),
         workers={"deployment": args.concurrent_deployment_syncs, "replicaset": args.concurrent_replicaset_syncs,
                  "endpoints": args.concurrent_endpoint_syncs, "garbagecollector": args.concurrent_gc_syncs,
                  "nodeipam": 1})

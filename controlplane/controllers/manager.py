@@ -19,6 +19,7 @@ from typing import Any
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.endpoints import EndpointsController
 from controlplane.controllers.garbagecollector import GarbageCollector
+from controlplane.controllers.kubernetesservice import KubernetesServiceController
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
@@ -34,7 +35,7 @@ from skiff.informer import InformerFactory
 log = logging.getLogger("skiff.controllers.manager")
 
 ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
-                   "serviceaccount", "resourcequota")
+                   "serviceaccount", "resourcequota", "kubernetesservice")
 COMPONENT = "controller-manager"
 
 
@@ -46,6 +47,9 @@ class Options:
     node_monitor_period: float = 5.0
     cluster_cidr: str = defaults.CLUSTER_CIDR
     node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
+    # default/kubernetes: kept only when the service CIDR is known (its ClusterIP is the first address).
+    service_cidr: str = ""
+    api_servers: Sequence[str] = ()
     workers: dict[str, int] = field(default_factory=lambda: {
         "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10})
 
@@ -82,6 +86,9 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
         out.append(ServiceAccountController(client, factory))
     if "resourcequota" in wanted:
         out.append(ResourceQuotaController(client, factory))
+    if "kubernetesservice" in wanted and options.service_cidr and options.api_servers:
+        out.append(KubernetesServiceController(client, factory, api_servers=options.api_servers,
+                                               service_cidr=options.service_cidr))
     return out
 
 

@@ -163,6 +163,8 @@ def _services(objs: Sequence[t.Service], now: float, wide: bool) -> tuple[Row, l
     out = []
     for s in objs:
         external = ",".join(i.ip or i.hostname for i in s.status.load_balancer.ingress) or NONE
+        if s.spec.type == "ExternalName":
+            external = s.spec.external_name or NONE  # as kubectl shows it
         row = [s.metadata.name, s.spec.type or "ClusterIP", s.spec.cluster_ip or NONE, external, service_ports(s),
                age(s.metadata.creation_timestamp, now)]
         if wide:

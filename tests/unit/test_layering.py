@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPONENTS = {"controlplane", "nodeagent", "netproxy"}
+COMPONENTS = {"controlplane", "nodeagent", "netproxy", "clusterdns"}
 BASE = {"skiff", "skiffpb"}
 
 # package -> the repository packages it may import (besides itself).
@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "controlplane": BASE,
     "nodeagent": BASE,
     "netproxy": BASE,
+    "clusterdns": BASE,
     "deploy": BASE | COMPONENTS,
     "bench": BASE | COMPONENTS | {"deploy"},
     "tests": BASE | COMPONENTS | {"deploy", "bench"},

@@ -47,12 +47,17 @@ def test_worker_daemons_share_node_paths() -> None:
     c = cluster([("cp", "10.0.0.10")])
     host = render.HostConfig("n1", "10.0.0.11", (render.WORKER,), Path("/var/lib/skiff"))
     specs = {s.name: s for s in render.daemons_for(c, host, netns_path="/run/netns/L-n1")}
-    assert list(specs) == ["containerd", "nodeagent", "netproxy"]
+    assert list(specs) == ["containerd", "nodeagent", "netproxy", "clusterdns"]
     agent = specs["nodeagent"].argv
     assert agent[agent.index("--container-runtime-endpoint") + 1] == "unix:///var/lib/skiff/node/containerd.sock"
     assert agent[agent.index("--api-servers") + 1] == "10.0.0.10:6443,10.0.0.10:6444,10.0.0.10:6445"
     assert agent[-2:] == ("--netns", "/run/netns/L-n1")
     assert "restrict_oom_score_adj = true" in render.containerd_config(host)
+    # Pods are told the address the same host's clusterdns listens on.
+    dns = specs["clusterdns"].argv
+    assert agent[agent.index("--cluster-dns") + 1] + ":53" == dns[dns.index("--listen") + 1] == "169.254.20.10:53"
+    assert dns[dns.index("--reverse-cidrs") + 1] == "10.96.0.0/12,10.244.0.0/16"
+    assert "--upstreams" not in dns
 
 
 def test_systemd_unit() -> None:

@@ -55,6 +55,12 @@ class CreateCase:
     namespace: str = ""
 
 
+def _external(name: str) -> Callable[[Message], None]:
+    def change(s: Message) -> None:
+        s.spec.type, s.spec.external_name = "ExternalName", name  # type: ignore[attr-defined]
+    return change
+
+
 def _ip_in(cidr: str) -> Callable[[Message], bool]:
     return lambda s: ipaddress.ip_address(s.spec.cluster_ip) in ipaddress.ip_network(cidr)  # type: ignore[attr-defined]
 
@@ -97,6 +103,19 @@ CREATE_CASES = [
     CreateCase("explicit-node-port", lambda: service("fixedport", type_="NodePort", node_port=30042),
                lambda s: s.spec.ports[0].node_port == 30042),
     CreateCase("headless", lambda: service("headless", cluster_ip="None"), lambda s: s.spec.cluster_ip == "None"),
+    CreateCase("external-name", lambda: _with(service("ext", port=80), _external("db.example.com")),
+               lambda s: s.spec.type == "ExternalName" and not s.spec.cluster_ip and not s.spec.cluster_ips),
+    CreateCase("external-name-missing", lambda: _with(service("ext2"), _external("")),
+               error=errors.InvalidError, message='spec.externalName: required when type is "ExternalName"'),
+    CreateCase("external-name-with-cluster-ip", lambda: _with(service("ext3", cluster_ip="10.96.0.9"),
+                                                              _external("db.example.com")),
+               error=errors.InvalidError, message="spec.clusterIP: must be empty"),
+    CreateCase("pod-dns-defaults", lambda: pod("dnsdef", image="nginx"), lambda p: (
+        p.spec.dns_policy == "ClusterFirst" and p.spec.HasField("enable_service_links")
+        and p.spec.enable_service_links)),
+    CreateCase("dns-policy-none-needs-nameservers",
+               lambda: _with(pod("dnsnone", image="nginx"), lambda p: setattr(p.spec, "dns_policy", "None")),
+               error=errors.InvalidError, message="spec.dnsConfig.nameservers"),
     CreateCase("cluster-ip-outside-range", lambda: service("out", cluster_ip="10.97.0.5"),
                error=errors.InvalidError, message="not in the valid range"),
     CreateCase("node-port-outside-range", lambda: service("badport", type_="NodePort", node_port=80),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from clusterdns.__main__ import build_parser as clusterdns_parser
 from controlplane.apiserver.__main__ import build_parser as apiserver_parser
 from controlplane.controllers.__main__ import build_parser as controllers_parser
 from controlplane.scheduler.__main__ import build_parser as scheduler_parser
@@ -58,6 +59,10 @@ CASES = [
         daemons.CONTROLLERS, controllers_parser,
         {"api_servers": "a:6443,b:6443", "cluster_cidr": "10.244.0.0/16", "node_cidr_mask_size": 25,
          "node_monitor_grace_period": 90.0, "pod_eviction_timeout": 0.5, "identity": "cp", "verbose": False}),
+    Case("controllers-kubernetes-service", daemons.controllers(
+        "py", api_servers="a:6443", cluster_cidr="10.244.0.0/16", node_cidr_mask_size=24,
+        node_monitor_grace_period="40s", pod_eviction_timeout="1m", identity="cp", service_cidr="10.96.0.0/12"),
+        daemons.CONTROLLERS, controllers_parser, {"service_cidr": "10.96.0.0/12"}),
     Case("scheduler", daemons.scheduler("py", api_servers="a:6443", identity="cp", verbose=True),
          daemons.SCHEDULER, scheduler_parser, {"api_servers": "a:6443", "identity": "cp", "verbose": True}),
     Case("nodeagent", daemons.nodeagent(
@@ -75,7 +80,19 @@ CASES = [
         "py", node_name="n1", api_servers="a:6443", container_runtime_endpoint="unix:///run/c.sock", node_ip="",
         listen="0.0.0.0:10250", state_dir="/s", cni_conf_dir="/s/cni", ipam_dir="/s/ipam", pod_log_dir="/s/pods",
         cgroup_parent=""), daemons.NODEAGENT, nodeagent_parser,
-        {"node_labels": "", "register_with_taints": "", "netns": ""}),
+        {"node_labels": "", "register_with_taints": "", "netns": "", "cluster_dns": "",
+         "cluster_domain": "cluster.local"}),
+    Case("nodeagent-cluster-dns", daemons.nodeagent(
+        "py", node_name="n1", api_servers="a:6443", container_runtime_endpoint="unix:///run/c.sock", node_ip="",
+        listen="0.0.0.0:10250", state_dir="/s", cni_conf_dir="/s/cni", ipam_dir="/s/ipam", pod_log_dir="/s/pods",
+        cgroup_parent="", cluster_dns="169.254.20.10", cluster_domain="corp.local"), daemons.NODEAGENT,
+        nodeagent_parser, {"cluster_dns": "169.254.20.10", "cluster_domain": "corp.local"}),
+    Case("clusterdns", daemons.clusterdns(
+        "py", api_servers="a:6443", listen="169.254.20.10:53", cluster_domain="cluster.local",
+        reverse_cidrs=("10.96.0.0/12", "10.244.0.0/16"), upstreams="10.0.0.2", verbose=True),
+        daemons.CLUSTERDNS, clusterdns_parser,
+        {"api_servers": "a:6443", "listen": "169.254.20.10:53", "cluster_domain": "cluster.local",
+         "reverse_cidrs": "10.96.0.0/12,10.244.0.0/16", "upstreams": "10.0.0.2", "verbose": True}),
     Case("netproxy", daemons.netproxy(
         "py", api_servers="a:6443", node_name="n1", mode="ipvs", cluster_cidr="10.244.0.0/16",
         min_sync_period="0", iptables_backend="nft", verbose=True), daemons.NETPROXY, netproxy_parser,

@@ -84,6 +84,10 @@ def test_tables_look_like_kubectl() -> None:
                                  with_kind=True)
     assert header == ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
     assert rows[0][1:6] == ["service/web", "NodePort", "10.96.0.10", "<none>", "80:30080/TCP"]
+    ext = t.Service(metadata=t.ObjectMeta(name="db"), spec=t.ServiceSpec(type="ExternalName",
+                                                                         external_name="db.example.com"))
+    _, rows = printers.rows(kinds.by_kind("Service"), [ext], now=NOW)  # type: ignore[arg-type]
+    assert rows[0][1:4] == ["ExternalName", "<none>", "db.example.com"]
     d = deployment("web", replicas=3)
     d.status.ready_replicas, d.status.updated_replicas, d.status.available_replicas = 2, 3, 2
     _, rows = printers.rows(kinds.by_kind("Deployment"), [d], now=NOW, wide=True)  # type: ignore[arg-type]
