@@ -15,6 +15,7 @@ What must hold (the standard five-field syntax, as Kubernetes' robfig/cron parse
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,6 +33,7 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
 # No schedule of five fields has a gap longer than this between two firings (Feb 29 on a Monday is
 # the longest: 28 years); beyond it we stop searching.
 _SEARCH_YEARS = 30
+_SLACK = dt.timedelta(hours=2)  # wall-clock times near the start still checked (DST shifts are up to 1-2 h)
 
 
 class CronError(ValueError):
@@ -60,22 +62,37 @@ class Schedule:
     def next_after(self, after: float, zone: dt.tzinfo = dt.UTC) -> float | None:
         """The first firing time strictly after `after` (UTC seconds), or None if there is none."""
         start = dt.datetime.fromtimestamp(after, zone).replace(tzinfo=None, second=0, microsecond=0)
-        day = start.date()
-        end = day.replace(year=day.year + _SEARCH_YEARS)
-        first_day = True
-        while day <= end:
-            if self.day_matches(day):
-                for hour in sorted(self.hours):
-                    for minute in sorted(self.minutes):
-                        local = dt.datetime.combine(day, dt.time(hour, minute))
-                        if first_day and local <= start - dt.timedelta(minutes=1):
-                            continue
-                        when = _to_utc(local, zone)
-                        if when is not None and when > after:
-                            return when
-            day += dt.timedelta(days=1)
-            first_day = False
+        for local in self._walk(start, forward=True):
+            when = _to_utc(local, zone)
+            if when is not None and when > after:
+                return when
         return None
+
+    def last_at_or_before(self, at: float, zone: dt.tzinfo = dt.UTC) -> float | None:
+        """The latest firing time at or before `at` (UTC seconds), or None if there is none."""
+        start = dt.datetime.fromtimestamp(at, zone).replace(tzinfo=None, second=0, microsecond=0)
+        for local in self._walk(start, forward=False):
+            when = _to_utc(local, zone)
+            if when is not None and when <= at:
+                return when
+        return None
+
+    def _walk(self, start: dt.datetime, *, forward: bool) -> Iterator[dt.datetime]:
+        """Matching wall-clock minutes from `start` (inclusive, and its neighbour minute, which DST
+        folds can need) onward or backward, up to the search horizon."""
+        hours = sorted(self.hours, reverse=not forward)
+        minutes = sorted(self.minutes, reverse=not forward)
+        step = dt.timedelta(days=1 if forward else -1)
+        day = start.date()
+        for _ in range(_SEARCH_YEARS * 366):
+            if self.day_matches(day):
+                for hour in hours:
+                    for minute in minutes:
+                        local = dt.datetime.combine(day, dt.time(hour, minute))
+                        if (forward and local < start - _SLACK) or (not forward and local > start + _SLACK):
+                            continue
+                        yield local
+            day += step
 
 
 def _to_utc(local: dt.datetime, zone: dt.tzinfo) -> float | None:

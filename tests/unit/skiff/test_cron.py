@@ -91,3 +91,14 @@ def test_zone(name: str, ok: bool) -> None:
 
 def test_impossible_schedule_has_no_next() -> None:
     assert cron.parse("0 0 31 2 *").next_after(utc("2026-01-01 00:00:00")) is None
+
+
+@pytest.mark.parametrize(("schedule", "zone", "at", "want"), [
+    ("*/5 * * * *", "UTC", "2026-03-04 10:07:00", "2026-03-04 10:05 Wed"),
+    ("*/5 * * * *", "UTC", "2026-03-04 10:05:00", "2026-03-04 10:05 Wed"),  # at counts
+    ("30 2 * * MON-FRI", "UTC", "2026-03-09 01:00:00", "2026-03-06 02:30 Fri"),
+    ("30 2 * * *", "Europe/Berlin", "2026-03-29 12:00:00", "2026-03-28 02:30 Sat"),  # the gap day has none
+], ids=["earlier-minute", "exact", "over-weekend", "dst-gap"])
+def test_last_at_or_before(schedule: str, zone: str, at: str, want: str) -> None:
+    got = cron.parse(schedule).last_at_or_before(utc(at), cron.zone(zone))
+    assert iso(got, zone) == want
