@@ -16,12 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.controllers.cronjob import CronJobController
+from controlplane.controllers.daemonset import DaemonSetController
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.endpoints import EndpointsController
 from controlplane.controllers.garbagecollector import GarbageCollector
+from controlplane.controllers.job import JobController
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
+from controlplane.controllers.statefulset import StatefulSetController
 from skiff import defaults
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
@@ -31,7 +35,8 @@ from skiff.informer import InformerFactory
 
 log = logging.getLogger("skiff.controllers.manager")
 
-ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector")
+ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
+                   "job", "cronjob", "daemonset", "statefulset")
 COMPONENT = "controller-manager"
 
 
@@ -44,7 +49,8 @@ class Options:
     cluster_cidr: str = defaults.CLUSTER_CIDR
     node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
     workers: dict[str, int] = field(default_factory=lambda: {
-        "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10})
+        "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10,
+        "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5})
 
 
 def build(client: ApiClient, factory: InformerFactory, options: Options, *, recorder: EventRecorder,
@@ -75,6 +81,16 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
                                       mask_size=options.node_cidr_mask_size))
     if "garbagecollector" in wanted:
         out.append(GarbageCollector(client, factory))
+    if "job" in wanted:
+        out.append(JobController(client, factory, recorder=recorder.scoped("job-controller"), clock=clock))
+    if "cronjob" in wanted:
+        out.append(CronJobController(client, factory, recorder=recorder.scoped("cronjob-controller"), clock=clock))
+    if "daemonset" in wanted:
+        out.append(DaemonSetController(client, factory, recorder=recorder.scoped("daemonset-controller"),
+                                       clock=clock))
+    if "statefulset" in wanted:
+        out.append(StatefulSetController(client, factory, recorder=recorder.scoped("statefulset-controller"),
+                                         clock=clock))
     return out
 
 
