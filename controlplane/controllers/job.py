@@ -126,7 +126,7 @@ def plan_job(job: t.Job, pods: Sequence[t.Pod], now: float, *, backoff_base: flo
     status.active = len(active)
     status.ready = sum(1 for p in active if conditions.is_pod_ready(p))
     status.succeeded = len(done_indexes) if indexed else len(succeeded)
-    status.failed = len(failed) + restarts
+    status.failed = len(failed)
     status.completed_indexes = format_indexes(done_indexes) if indexed else ""
 
     finished = finished_condition(job)
@@ -153,7 +153,8 @@ def plan_job(job: t.Job, pods: Sequence[t.Pod], now: float, *, backoff_base: flo
     backoff_limit = spec.backoff_limit if spec.HasField("backoff_limit") else 6
 
     failure: tuple[str, str] | None = None
-    if status.failed > backoff_limit:
+    # As Kubernetes: with OnFailure the active pods' container restarts count toward the limit too.
+    if status.failed + restarts > backoff_limit:
         failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
     elif spec.HasField("active_deadline_seconds") and now >= start + spec.active_deadline_seconds:
         failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
@@ -205,7 +206,7 @@ def plan_job(job: t.Job, pods: Sequence[t.Pod], now: float, *, backoff_base: flo
             delete = sorted(active, key=_deletion_key)[:-diff]
     requeue = deadline_wait
     if create and failed:
-        delay = backoff_delay(status.failed, backoff_base, backoff_max)
+        delay = backoff_delay(status.failed + restarts, backoff_base, backoff_max)
         ready_at = max(pod_finished_at(p) for p in failed) + delay
         if now < ready_at:
             create = []
