@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -165,11 +166,15 @@ def test_daemonset_runs_on_every_worker_including_a_later_one(lab: Lab) -> None:
     async def scenario() -> None:
         async with lab.client() as client:
             # n2 leaves (its daemons stop, its Node is deleted) and joins again after the DaemonSet exists,
-            # as a fresh machine would: its old pod bridge goes too (the re-joined Node may get another
-            # podCIDR, and the CNI bridge plugin refuses a bridge that still has the old address).
+            # as a fresh machine would: its old pod bridge, CNI config and IPAM state go too (the re-joined
+            # Node may get another podCIDR; a stale config or bridge would hand out the old range).
             lab.stop_worker("n2")
             await client.delete(t.Node, "n2")
             lab.run_in("n2", ["ip", "link", "del", "cni0"])
+            paths = lab.host_config("n2").node_paths
+            for stale in (paths.cni_conf_dir, paths.ipam_dir):
+                shutil.rmtree(stale, ignore_errors=True)
+                stale.mkdir(parents=True, exist_ok=True)
             await apply_example(client, "daemonset")
 
             async def on_nodes(want: set[str]) -> dict[str, t.Pod] | None:
