@@ -53,6 +53,13 @@ KINDS: tuple[Kind, ...] = (
     Kind("LimitRange", "limitranges", "v1", t.LimitRange, "limit_range", True, ("limits",), "limitrange"),
     Kind("ResourceQuota", "resourcequotas", "v1", t.ResourceQuota, "resource_quota", True, ("quota",),
          "resourcequota"),
+    # workloads
+    Kind("Job", "jobs", "batch/v1", t.Job, "job", True, (), "job"),
+    Kind("CronJob", "cronjobs", "batch/v1", t.CronJob, "cron_job", True, ("cj",), "cronjob"),
+    Kind("DaemonSet", "daemonsets", "apps/v1", t.DaemonSet, "daemon_set", True, ("ds",), "daemonset"),
+    Kind("StatefulSet", "statefulsets", "apps/v1", t.StatefulSet, "stateful_set", True, ("sts",), "statefulset"),
+    Kind("ControllerRevision", "controllerrevisions", "apps/v1", t.ControllerRevision, "controller_revision", True,
+         (), "controllerrevision"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

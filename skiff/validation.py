@@ -647,25 +647,78 @@ def _label_selector(errs: _Errors, path: str, sel: t.LabelSelector, *, required:
             errs.add(f"{ep}.values", f"must be empty for operator {expr.operator}")
 
 
-def _workload(errs: _Errors, spec: t.DeploymentSpec | t.ReplicaSetSpec) -> None:
-    if spec.HasField("replicas"):
-        errs.non_negative("spec.replicas", spec.replicas)
-    errs.non_negative("spec.minReadySeconds", spec.min_ready_seconds)
-    _label_selector(errs, "spec.selector", spec.selector, required=True)
-    _metadata(errs, spec.template.metadata, kinds.by_kind("Pod"), "spec.template.metadata",  # type: ignore[arg-type]
+def _workload(errs: _Errors, spec: t.DeploymentSpec | t.ReplicaSetSpec | t.DaemonSetSpec | t.StatefulSetSpec,
+              prefix: str = "spec") -> None:
+    if not isinstance(spec, t.DaemonSetSpec) and spec.HasField("replicas"):
+        errs.non_negative(f"{prefix}.replicas", spec.replicas)
+    errs.non_negative(f"{prefix}.minReadySeconds", spec.min_ready_seconds)
+    _template(errs, prefix, spec.selector, spec.template, allowed_restart=("Always",))
+
+
+def _template(errs: _Errors, prefix: str, sel: t.LabelSelector, template: t.PodTemplateSpec, *,
+              allowed_restart: tuple[str, ...], selector_required: bool = True) -> None:
+    """A selector and the pod template it must select, whose restartPolicy is one of `allowed_restart`."""
+    _label_selector(errs, f"{prefix}.selector", sel, required=selector_required)
+    _metadata(errs, template.metadata, kinds.by_kind("Pod"), f"{prefix}.template.metadata",  # type: ignore[arg-type]
               need_name=False)
-    sel = spec.selector
     if sel.match_labels or sel.match_expressions:
         try:
             selector = labels.from_label_selector(sel)
         except labels.SelectorError:
             selector = None
-        if selector is not None and not labels.matches(selector, spec.template.metadata.labels):
-            errs.add("spec.template.metadata.labels", "`selector` does not match template `labels`")
-    _pod_spec(errs, "spec.template.spec", spec.template.spec)
-    policy = spec.template.spec.restart_policy
-    if policy and policy != "Always":
-        errs.add("spec.template.spec.restartPolicy", f'unsupported value "{policy}": only "Always" is allowed here')
+        if selector is not None and not labels.matches(selector, template.metadata.labels):
+            errs.add(f"{prefix}.template.metadata.labels", "`selector` does not match template `labels`")
+    _pod_spec(errs, f"{prefix}.template.spec", template.spec)
+    policy = template.spec.restart_policy
+    if not policy and "Always" not in allowed_restart:
+        errs.add(f"{prefix}.template.spec.restartPolicy",
+                 f'Required value: one of {", ".join(repr(p) for p in allowed_restart)}')
+    elif policy and policy not in allowed_restart:
+        only = " or ".join(f'"{p}"' for p in allowed_restart)
+        errs.add(f"{prefix}.template.spec.restartPolicy", f'unsupported value "{policy}": only {only} is allowed here')
+
+
+def _job_spec(errs: _Errors, spec: t.JobSpec, prefix: str = "spec") -> None:
+    for name in ("parallelism", "completions", "backoff_limit"):
+        if spec.HasField(name):
+            errs.non_negative(f"{prefix}.{_json(name)}", getattr(spec, name))
+    for name in ("active_deadline_seconds",):
+        if spec.HasField(name) and getattr(spec, name) <= 0:
+            errs.add(f"{prefix}.{_json(name)}", "must be greater than 0")
+    if spec.HasField("ttl_seconds_after_finished"):
+        errs.non_negative(f"{prefix}.ttlSecondsAfterFinished", spec.ttl_seconds_after_finished)
+    errs.enum(f"{prefix}.completionMode", spec.completion_mode, ("NonIndexed", "Indexed"))
+    if spec.completion_mode == "Indexed" and not spec.HasField("completions"):
+        errs.add(f"{prefix}.completions", "when completionMode is Indexed, completions must be set")
+    # Without manualSelector the api-server makes the selector (from the Job's uid) on create.
+    _template(errs, prefix, spec.selector, spec.template, allowed_restart=("OnFailure", "Never"),
+              selector_required=spec.manual_selector)
+
+
+def _cron_job(errs: _Errors, cj: t.CronJob) -> None:
+    from skiff import cron  # the parser is only needed here
+
+    spec = cj.spec
+    try:
+        cron.parse(spec.schedule)
+    except cron.CronError as exc:
+        errs.add("spec.schedule", f'invalid schedule "{spec.schedule}": {exc}')
+    if spec.HasField("time_zone"):
+        try:
+            cron.zone(spec.time_zone)
+        except cron.CronError as exc:
+            errs.add("spec.timeZone", str(exc))
+    errs.enum("spec.concurrencyPolicy", spec.concurrency_policy, ("Allow", "Forbid", "Replace"))
+    if spec.HasField("starting_deadline_seconds"):
+        errs.non_negative("spec.startingDeadlineSeconds", spec.starting_deadline_seconds)
+    for name in ("successful_jobs_history_limit", "failed_jobs_history_limit"):
+        if spec.HasField(name):
+            errs.non_negative(f"spec.{_json(name)}", getattr(spec, name))
+    _job_spec(errs, spec.job_template.spec, "spec.jobTemplate.spec")
+
+
+def _update_strategy(errs: _Errors, path: str, type_: str, types: tuple[str, ...]) -> None:
+    errs.enum(f"{path}.type", type_, types)
 
 
 def _percent_or_int(errs: _Errors, path: str, value: t.IntOrString) -> int | None:
@@ -842,4 +895,24 @@ def validate(obj: Message) -> list[FieldError]:
         _limit_range(errs, obj)
     elif isinstance(obj, t.ResourceQuota):
         _resource_quota(errs, obj)
+    elif isinstance(obj, t.Job):
+        _job_spec(errs, obj.spec)
+    elif isinstance(obj, t.CronJob):
+        _cron_job(errs, obj)
+    elif isinstance(obj, t.DaemonSet):
+        _workload(errs, obj.spec)
+        _update_strategy(errs, "spec.updateStrategy", obj.spec.update_strategy.type, ("RollingUpdate", "OnDelete"))
+        ru = obj.spec.update_strategy.rolling_update
+        _percent_or_int(errs, "spec.updateStrategy.rollingUpdate.maxSurge", ru.max_surge)
+        _percent_or_int(errs, "spec.updateStrategy.rollingUpdate.maxUnavailable", ru.max_unavailable)
+        if (obj.spec.update_strategy.HasField("rolling_update") and _is_zero(ru.max_surge)
+                and _is_zero(ru.max_unavailable)):
+            errs.add("spec.updateStrategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0")
+    elif isinstance(obj, t.StatefulSet):
+        _workload(errs, obj.spec)
+        _update_strategy(errs, "spec.updateStrategy", obj.spec.update_strategy.type, ("RollingUpdate", "OnDelete"))
+        errs.enum("spec.podManagementPolicy", obj.spec.pod_management_policy, ("OrderedReady", "Parallel"))
+        if obj.spec.update_strategy.rolling_update.HasField("partition"):
+            errs.non_negative("spec.updateStrategy.rollingUpdate.partition",
+                              obj.spec.update_strategy.rolling_update.partition)
     return errs.items

@@ -23,6 +23,13 @@ Defaults, by kind (Kubernetes' values):
   defaultMode 0644;
 - Secret: type Opaque; `stringData` is merged into `data` and cleared (it is write-only,
   as in Kubernetes: a stringData key wins over the same data key).
+- Job: parallelism 1, completions 1 (unless parallelism was given without completions: a work
+  queue), backoffLimit 6, completionMode NonIndexed, suspend false, restartPolicy left to the
+  user (validation requires OnFailure or Never); CronJob: concurrencyPolicy Allow, suspend
+  false, successfulJobsHistoryLimit 3, failedJobsHistoryLimit 1;
+- DaemonSet: updateStrategy RollingUpdate with maxUnavailable 1 and maxSurge 0,
+  revisionHistoryLimit 10; StatefulSet: replicas 1, podManagementPolicy OrderedReady,
+  updateStrategy RollingUpdate with partition 0, revisionHistoryLimit 10.
 """
 
 from __future__ import annotations
@@ -137,6 +144,66 @@ def _replica_set(rs: t.ReplicaSet) -> None:
     pod_spec(rs.spec.template.spec)
 
 
+def _job_spec(spec: t.JobSpec) -> None:
+    if not spec.HasField("completions") and not spec.HasField("parallelism"):
+        spec.completions = 1
+    if not spec.HasField("parallelism"):
+        spec.parallelism = 1
+    if not spec.HasField("backoff_limit"):
+        spec.backoff_limit = 6
+    if not spec.completion_mode:
+        spec.completion_mode = "NonIndexed"
+    if not spec.HasField("suspend"):
+        spec.suspend = False
+    restart = spec.template.spec.restart_policy
+    pod_spec(spec.template.spec)
+    # A Job's pods must not restart forever: no Always default, the user names the policy.
+    spec.template.spec.restart_policy = restart
+
+
+def _cron_job(cj: t.CronJob) -> None:
+    spec = cj.spec
+    if not spec.concurrency_policy:
+        spec.concurrency_policy = "Allow"
+    if not spec.HasField("suspend"):
+        spec.suspend = False
+    if not spec.HasField("successful_jobs_history_limit"):
+        spec.successful_jobs_history_limit = 3
+    if not spec.HasField("failed_jobs_history_limit"):
+        spec.failed_jobs_history_limit = 1
+    _job_spec(spec.job_template.spec)
+
+
+def _daemon_set(ds: t.DaemonSet) -> None:
+    spec = ds.spec
+    if not spec.update_strategy.type:
+        spec.update_strategy.type = "RollingUpdate"
+    if spec.update_strategy.type == "RollingUpdate":
+        ru = spec.update_strategy.rolling_update
+        if not ru.HasField("max_unavailable"):
+            ru.max_unavailable.int_val = 1
+        if not ru.HasField("max_surge"):
+            ru.max_surge.int_val = 0
+    if not spec.HasField("revision_history_limit"):
+        spec.revision_history_limit = 10
+    pod_spec(spec.template.spec)
+
+
+def _stateful_set(ss: t.StatefulSet) -> None:
+    spec = ss.spec
+    if not spec.HasField("replicas"):
+        spec.replicas = 1
+    if not spec.pod_management_policy:
+        spec.pod_management_policy = "OrderedReady"
+    if not spec.update_strategy.type:
+        spec.update_strategy.type = "RollingUpdate"
+    if spec.update_strategy.type == "RollingUpdate" and not spec.update_strategy.rolling_update.HasField("partition"):
+        spec.update_strategy.rolling_update.partition = 0
+    if not spec.HasField("revision_history_limit"):
+        spec.revision_history_limit = 10
+    pod_spec(spec.template.spec)
+
+
 def _service(s: t.Service) -> None:
     spec = s.spec
     if not spec.type:
@@ -206,3 +273,11 @@ def apply_defaults(obj: Message) -> None:
         _event(obj)
     elif isinstance(obj, t.Secret):
         _secret(obj)
+    elif isinstance(obj, t.Job):
+        _job_spec(obj.spec)
+    elif isinstance(obj, t.CronJob):
+        _cron_job(obj)
+    elif isinstance(obj, t.DaemonSet):
+        _daemon_set(obj)
+    elif isinstance(obj, t.StatefulSet):
+        _stateful_set(obj)

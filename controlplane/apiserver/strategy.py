@@ -35,7 +35,12 @@ FOREGROUND = "foregroundDeletion"
 PROPAGATION_POLICIES = ("", "Orphan", "Background", "Foreground")
 PROTECTED_NAMESPACES = frozenset(defaults.SYSTEM_NAMESPACES)
 # Server-owned status is reset on create for these kinds (clients cannot create it).
-STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace", "ResourceQuota")
+STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace", "ResourceQuota",
+                          "Job", "CronJob", "DaemonSet", "StatefulSet")
+# A Job's pods carry these labels and, unless manualSelector, its selector is the uid one.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+LEGACY_JOB_LABELS = ("controller-uid", "job-name")
 GENERATE_NAME_ALPHABET = names.SAFE_ALPHANUMS
 
 
@@ -93,11 +98,25 @@ def prepare_create(obj: Message, *, now: float, uid: str) -> None:
     if isinstance(obj, t.Pod):
         obj.status.phase = "Pending"
         set_qos_class(obj)
+    if isinstance(obj, t.Job):
+        job_selector(obj)
 
 
 def set_qos_class(pod: t.Pod) -> None:
     """status.qosClass from the pod's resources (set on create; resources never change after)."""
     pod.status.qos_class = qos.qos_class(pod.spec)
+
+
+def job_selector(job: t.Job) -> None:
+    """Kubernetes' Job PrepareForCreate: label the template with the Job's uid and name, and select
+    by the uid, so two Jobs of the same name (one deleted, one new) never share pods."""
+    if job.spec.manual_selector:
+        return
+    tmpl = job.spec.template.metadata.labels
+    uid, name = job.metadata.uid, job.metadata.name
+    tmpl.update({JOB_UID_LABEL: uid, JOB_NAME_LABEL: name, LEGACY_JOB_LABELS[0]: uid, LEGACY_JOB_LABELS[1]: name})
+    job.spec.selector.Clear()
+    job.spec.selector.match_labels[JOB_UID_LABEL] = uid
 
 
 def create_problems(obj: Message) -> list[FieldError]:
@@ -184,6 +203,14 @@ def update_problems(old: Message, new: Message) -> list[FieldError]:
     elif isinstance(old, t.Deployment | t.ReplicaSet) and isinstance(new, t.Deployment | t.ReplicaSet):
         if old.spec.selector != new.spec.selector:
             out.append(FieldError("spec.selector", "field is immutable"))
+    elif isinstance(old, t.Job | t.DaemonSet | t.StatefulSet) and isinstance(new, t.Job | t.DaemonSet | t.StatefulSet):
+        if old.spec.selector != new.spec.selector:
+            out.append(FieldError("spec.selector", "field is immutable"))
+        if isinstance(old, t.Job) and isinstance(new, t.Job):
+            if old.spec.template != new.spec.template:
+                out.append(FieldError("spec.template", "field is immutable"))
+            if old.spec.completions != new.spec.completions or old.spec.completion_mode != new.spec.completion_mode:
+                out.append(FieldError("spec.completions", "field is immutable"))
     elif isinstance(old, t.Service) and isinstance(new, t.Service):
         if old.spec.cluster_ip and new.spec.cluster_ip != old.spec.cluster_ip:
             out.append(FieldError("spec.clusterIP",

@@ -292,6 +292,102 @@ def _resourcequotas(objs: Sequence[t.ResourceQuota], now: float, wide: bool) -> 
         for q in objs]
 
 
+# ---------------------------------------------------------------------- workloads (kubectl's columns)
+
+def _daemonsets(objs: Sequence[t.DaemonSet], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"]
+    header += ["CONTAINERS", "IMAGES", "SELECTOR"] if wide else []
+    out = []
+    for d in objs:
+        s = d.status
+        row = [d.metadata.name, str(s.desired_number_scheduled), str(s.current_number_scheduled),
+               str(s.number_ready), str(s.updated_number_scheduled), str(s.number_available),
+               map_text(d.spec.template.spec.node_selector), age(d.metadata.creation_timestamp, now)]
+        if wide:
+            row += [*containers_and_images(d.spec.template.spec), selector_text(d.spec.selector)]
+        out.append(row)
+    return header, out
+
+
+def job_status(job: t.Job) -> str:
+    """kubectl's STATUS column of a Job."""
+    for ctype in ("Failed", "Complete", "Suspended", "FailureTarget", "SuccessCriteriaMet"):
+        if any(c.type == ctype and c.status == "True" for c in job.status.conditions):
+            return ctype
+    return "Running"
+
+
+def job_completions(job: t.Job) -> str:
+    succeeded = job.status.succeeded
+    if job.spec.HasField("completions"):
+        return f"{succeeded}/{job.spec.completions}"
+    parallelism = job.spec.parallelism if job.spec.HasField("parallelism") else 1
+    return f"{succeeded}/1 of {parallelism}" if parallelism > 1 else f"{succeeded}/1"
+
+
+def job_duration(job: t.Job, now: float) -> str:
+    if not job.status.HasField("start_time"):
+        return ""
+    start = job.status.start_time.seconds + job.status.start_time.nanos / 1e9
+    if job.status.HasField("completion_time"):
+        end = job.status.completion_time.seconds + job.status.completion_time.nanos / 1e9
+    else:
+        end = now
+    return human_duration(end - start)
+
+
+def _jobs(objs: Sequence[t.Job], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"] + (["CONTAINERS", "IMAGES", "SELECTOR"]
+                                                                    if wide else [])
+    out = []
+    for j in objs:
+        row = [j.metadata.name, job_status(j), job_completions(j), job_duration(j, now),
+               age(j.metadata.creation_timestamp, now)]
+        if wide:
+            row += [*containers_and_images(j.spec.template.spec), selector_text(j.spec.selector)]
+        out.append(row)
+    return header, out
+
+
+def _cronjobs(objs: Sequence[t.CronJob], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"]
+    header += ["CONTAINERS", "IMAGES", "SELECTOR"] if wide else []
+    out = []
+    for c in objs:
+        last = age(c.status.last_schedule_time, now) if c.status.HasField("last_schedule_time") else NONE
+        row = [c.metadata.name, c.spec.schedule, c.spec.time_zone if c.spec.HasField("time_zone") else NONE,
+               "True" if c.spec.suspend else "False", str(len(c.status.active)), last,
+               age(c.metadata.creation_timestamp, now)]
+        if wide:
+            tmpl = c.spec.job_template.spec
+            row += [*containers_and_images(tmpl.template.spec), selector_text(tmpl.selector)]
+        out.append(row)
+    return header, out
+
+
+def _statefulsets(objs: Sequence[t.StatefulSet], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "READY", "AGE"] + (["CONTAINERS", "IMAGES"] if wide else [])
+    out = []
+    for s in objs:
+        row = [s.metadata.name, f"{s.status.ready_replicas}/{s.spec.replicas}", age(s.metadata.creation_timestamp, now)]
+        if wide:
+            row += containers_and_images(s.spec.template.spec)
+        out.append(row)
+    return header, out
+
+
+def _controllerrevisions(objs: Sequence[t.ControllerRevision], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    out = []
+    for r in objs:
+        ref = next((o for o in r.metadata.owner_references if o.controller), None)
+        owner = NONE
+        if ref is not None:
+            kind = kinds.by_kind(ref.kind)
+            owner = f"{kind.qualified if kind else ref.kind.lower()}/{ref.name}"
+        out.append([r.metadata.name, owner, str(r.revision), age(r.metadata.creation_timestamp, now)])
+    return ["NAME", "CONTROLLER", "REVISION", "AGE"], out
+
+
 PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]]] = {
     "pods": _pods,
     "deployments": _deployments,
@@ -307,6 +403,11 @@ PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]
     "serviceaccounts": _serviceaccounts,
     "limitranges": _limitranges,
     "resourcequotas": _resourcequotas,
+    "daemonsets": _daemonsets,
+    "jobs": _jobs,
+    "cronjobs": _cronjobs,
+    "statefulsets": _statefulsets,
+    "controllerrevisions": _controllerrevisions,
 }
 
 

@@ -101,6 +101,40 @@ async def test_lifecycle_restart_and_delete(env: tuple[InProcessApi, FakeRuntime
     assert not fake.containers
 
 
+@pytest.mark.parametrize(("policy", "code", "phase"), [
+    ("Never", 0, "Succeeded"), ("Never", 3, "Failed"), ("OnFailure", 0, "Succeeded"),
+], ids=["never-ok", "never-failed", "onfailure-ok"])
+async def test_finished_pod_stays_finished(env: tuple[InProcessApi, FakeRuntime, NodeAgent], policy: str,
+                                           code: int, phase: str) -> None:
+    """A Job's pod: it ends in a terminal phase, and stays there even when the runtime loses it all."""
+    api, fake, _agent = env
+    await make_pod(api, "job1", restart_policy=policy)
+
+    async def running() -> bool:
+        return any(c.state == cri.CONTAINER_RUNNING for c in fake.containers.values())
+
+    await until(running)
+    cid = next(iter(fake.containers))
+    fake.exit(cid, code, "Completed" if code == 0 else "Error")
+
+    async def finished() -> t.Pod | None:
+        p = await api.get(t.Pod, "job1", "default")
+        return p if p.status.phase == phase else None
+
+    pod = await until(finished)
+    assert pod.status.container_statuses[0].state.terminated.exit_code == code
+    # The runtime forgets the pod (containerd restarted with a wiped state): nothing comes back.
+    for sid in list(fake.sandboxes):
+        await fake.remove_pod_sandbox(sid)
+    for c in list(fake.containers):
+        await fake.remove_container(c)
+    await asyncio.sleep(0.3)  # several relist and status periods
+    again = await api.get(t.Pod, "job1", "default")
+    assert again.status.phase == phase
+    assert again.status.container_statuses[0].state.terminated.exit_code == code
+    assert not fake.sandboxes and not fake.containers
+
+
 async def test_events_aggregate_like_the_controllers(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
     api, fake, _agent = env
     pod = await make_pod(api, "ev1")
