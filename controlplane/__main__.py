@@ -66,13 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--service-cidr", default=defaults.SERVICE_CIDR)
     api.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE)
     api.add_argument("--node-name", default=socket.gethostname())
+    api.add_argument("--default-not-ready-toleration-seconds", default="300")
+    api.add_argument("--default-unreachable-toleration-seconds", default="300")
     cm = p.add_argument_group("controllers and scheduler")
     cm.add_argument("--api-servers", default="",
                     help="api-servers the controllers and scheduler use (default: this host's, from --listen)")
     cm.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR)
     cm.add_argument("--node-cidr-mask-size", default=str(defaults.NODE_CIDR_MASK_SIZE))
     cm.add_argument("--node-monitor-grace-period", default="40s")
-    cm.add_argument("--pod-eviction-timeout", default="60s")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -95,14 +96,16 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
     children.append(Child("apiserver", [
         python, "-m", "controlplane.apiserver", "--store-endpoints", store_endpoints, "--listen", args.listen,
         "--service-cidr", args.service_cidr, "--node-port-range", args.node_port_range,
-        "--node-name", args.node_name], wait_for=args.listen))
+        "--node-name", args.node_name,
+        "--default-not-ready-toleration-seconds", str(args.default_not_ready_toleration_seconds),
+        "--default-unreachable-toleration-seconds", str(args.default_unreachable_toleration_seconds)],
+        wait_for=args.listen))
     api_servers = args.api_servers or args.listen
     verbose = ["-v"] if args.verbose else []
     children.append(Child("controllers", [
         python, "-m", "controlplane.controllers", "--api-servers", api_servers,
         "--cluster-cidr", args.cluster_cidr, "--node-cidr-mask-size", str(args.node_cidr_mask_size),
-        "--node-monitor-grace-period", args.node_monitor_grace_period,
-        "--pod-eviction-timeout", args.pod_eviction_timeout, "--identity", args.node_name, *verbose]))
+        "--node-monitor-grace-period", args.node_monitor_grace_period, "--identity", args.node_name, *verbose]))
     children.append(Child("scheduler", [
         python, "-m", "controlplane.scheduler", "--api-servers", api_servers, "--identity", args.node_name,
         *verbose]))

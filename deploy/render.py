@@ -58,7 +58,8 @@ class ClusterConfig:
     iptables_backend: str = "auto"
     min_sync_period: str = "1s"
     node_monitor_grace_period: str = "40s"
-    pod_eviction_timeout: str = "60s"
+    # The api-server's DefaultTolerationSeconds: how long a pod stays on a NoExecute-tainted node.
+    default_toleration_seconds: int = 300
     cluster_token: str = "skiff-store"  # tells store clusters apart (initial-cluster-token)
     python: str = sys.executable
 
@@ -142,7 +143,9 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
         endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
         argv = [*_py(cluster, "controlplane.apiserver"), "--store-endpoints", ",".join(endpoints),
                 "--listen", m.api_url, "--service-cidr", cluster.service_cidr,
-                "--node-port-range", cluster.node_port_range, "--node-name", host.name]
+                "--node-port-range", cluster.node_port_range, "--node-name", host.name,
+                "--default-not-ready-toleration-seconds", str(cluster.default_toleration_seconds),
+                "--default-unreachable-toleration-seconds", str(cluster.default_toleration_seconds)]
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
                                 after=(f"store-{m.name}",)))
     local_apis = [m.api_url for m in cluster.members_on(host.name)]
@@ -152,8 +155,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
     specs.append(DaemonSpec("controllers", (
         *_py(cluster, "controlplane.controllers"), "--api-servers", api_servers,
         "--cluster-cidr", cluster.cluster_cidr, "--node-cidr-mask-size", str(cluster.node_cidr_mask_size),
-        "--node-monitor-grace-period", cluster.node_monitor_grace_period,
-        "--pod-eviction-timeout", cluster.pod_eviction_timeout, "--identity", host.name,
+        "--node-monitor-grace-period", cluster.node_monitor_grace_period, "--identity", host.name,
     ), "Skiff controller manager", after=apis_after))
     specs.append(DaemonSpec("scheduler", (
         *_py(cluster, "controlplane.scheduler"), "--api-servers", api_servers, "--identity", host.name,

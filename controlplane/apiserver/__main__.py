@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from controlplane.apiserver.allocator import parse_cidr, parse_port_range
+from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS
 from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, StartupError, serve
 from skiff import defaults
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compaction-interval", type=float, default=300.0,
                    help="seconds between store compactions; 0 disables (default %(default)s)")
     p.add_argument("--event-ttl", type=int, default=3600, help="seconds an Event is kept (default %(default)s)")
+    p.add_argument("--default-not-ready-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
+                   help="tolerationSeconds of the not-ready:NoExecute toleration added to every pod that has "
+                        "none (default %(default)s)")
+    p.add_argument("--default-unreachable-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
+                   help="tolerationSeconds of the unreachable:NoExecute toleration added to every pod that has "
+                        "none (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -67,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"skiff-apiserver: {exc}", file=sys.stderr)
         return 2
+    for name in ("default_not_ready_toleration_seconds", "default_unreachable_toleration_seconds"):
+        if getattr(args, name) < 0:
+            print(f"skiff-apiserver: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
+            return 2
     for name in ("watch_cache_size", "watch_buffer"):
         if getattr(args, name) < 1:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
@@ -75,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                     node_port_range=args.node_port_range, node_name=args.node_name,
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
                                     bookmark_interval=args.bookmark_interval, event_ttl=args.event_ttl,
-                                    compaction_interval=args.compaction_interval))
+                                    compaction_interval=args.compaction_interval,
+                                    default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
+                                    default_unreachable_toleration_seconds=(
+                                        args.default_unreachable_toleration_seconds)))
     try:
         asyncio.run(serve(config))
     except StartupError as exc:

@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 
 from controlplane.apiserver import allocator as alloc
 from controlplane.apiserver import strategy
-from controlplane.apiserver.defaults import apply_defaults
+from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS, apply_defaults, default_tolerations
 from controlplane.apiserver.filters import Filter, make_filter
 from controlplane.apiserver.storage import (
     KV,
@@ -119,6 +119,9 @@ class Options:
     compaction_interval: float = 300.0
     namespace_sweep_interval: float = 2.0
     fresh_read_timeout: float = 3.0  # how long a consistent read waits for the cache to catch up
+    # DefaultTolerationSeconds admission (defaults.default_tolerations) for pods created here.
+    default_not_ready_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
+    default_unreachable_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
 
 
 class Registry:
@@ -276,6 +279,9 @@ class Registry:
             meta.name = strategy.generate_name(meta.generate_name, self._random_suffix())
         strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid())
         apply_defaults(obj)
+        if isinstance(obj, t.Pod):
+            default_tolerations(obj.spec, not_ready_seconds=self.options.default_not_ready_toleration_seconds,
+                                unreachable_seconds=self.options.default_unreachable_toleration_seconds)
         problems += validate(obj)
         if problems:
             raise strategy.invalid(kind, meta.name or meta.generate_name, problems)

@@ -20,7 +20,7 @@ from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.endpoints import EndpointsController
 from controlplane.controllers.garbagecollector import GarbageCollector
 from controlplane.controllers.nodeipam import NodeIpamController
-from controlplane.controllers.nodelifecycle import NodeLifecycleController
+from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
 from skiff import defaults
 from skiff.client import ApiClient
@@ -39,8 +39,8 @@ COMPONENT = "controller-manager"
 class Options:
     controllers: Sequence[str] = ALL_CONTROLLERS
     node_monitor_grace_period: float = 40.0
-    pod_eviction_timeout: float = 60.0
     node_monitor_period: float = 5.0
+    eviction: EvictionOptions = field(default_factory=EvictionOptions)
     cluster_cidr: str = defaults.CLUSTER_CIDR
     node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
     workers: dict[str, int] = field(default_factory=lambda: {
@@ -67,8 +67,8 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "nodelifecycle" in wanted:
         out.append(NodeLifecycleController(client, factory, recorder=recorder.scoped("node-controller"), clock=clock,
                                            grace_period=options.node_monitor_grace_period,
-                                           eviction_timeout=options.pod_eviction_timeout,
-                                           monitor_period=options.node_monitor_period))
+                                           monitor_period=options.node_monitor_period,
+                                           eviction=options.eviction))
     if "nodeipam" in wanted:
         out.append(NodeIpamController(client, factory, recorder=recorder.scoped("node-ipam-controller"),
                                       cluster_cidr=options.cluster_cidr,

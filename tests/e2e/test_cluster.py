@@ -43,7 +43,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     prefix = f"e{os.getpid() % 10000}"
     # In the Vagrant VMs (SKIFF_E2E_PROXY_MODE=ipvs) the same lab runs with IPVS for real.
     spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{150 + os.getpid() % 50}.0.0/24",
-                   node_monitor_grace_period="8s", pod_eviction_timeout="4s", min_sync_period="0s",
+                   node_monitor_grace_period="8s", default_toleration_seconds=4, min_sync_period="0s",
                    proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"))
     the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
     the_lab.up(progress=print, timeout=120)
