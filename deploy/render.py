@@ -11,6 +11,7 @@ Everything here is pure: no process is started and no file is written.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import shlex
 import sys
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from skiff import defaults, hostconfig
+from skiff.daemon import duration
 
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
@@ -58,6 +60,7 @@ class ClusterConfig:
     iptables_backend: str = "auto"
     min_sync_period: str = "1s"
     node_monitor_grace_period: str = "40s"
+    node_lease_period: str = "10s"  # how often node agents renew their Lease; well below the grace period
     # The api-server's DefaultTolerationSeconds: how long a pod stays on a NoExecute-tainted node.
     default_toleration_seconds: int = 300
     cluster_token: str = "skiff-store"  # tells store clusters apart (initial-cluster-token)
@@ -170,7 +173,8 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
              "--container-runtime-endpoint", paths.endpoint, "--node-ip", host.ip,
              "--listen", f"{host.ip}:{host.agent_port}", "--state-dir", str(host.state_dir / "agent"),
              "--cni-conf-dir", str(paths.cni_conf_dir), "--ipam-dir", str(paths.ipam_dir),
-             "--pod-log-dir", str(paths.pod_logs), "--cgroup-parent", host.cgroup_parent]
+             "--pod-log-dir", str(paths.pod_logs), "--cgroup-parent", host.cgroup_parent,
+             "--lease-period", f"{duration(cluster.node_lease_period):g}"]
     if host.node_labels:
         agent += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(host.node_labels.items()))]
     if host.node_taints:
@@ -203,6 +207,11 @@ def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "
 # In the file they are camelCase ("serviceCidr"), like the rest of Skiff's JSON.
 _CLUSTER_SETTINGS = {"".join(w if i == 0 else w.capitalize() for i, w in enumerate(f.name.split("_"))): f.name
                      for f in fields(ClusterConfig) if f.name not in ("members", "python")}
+
+
+# Settings older cluster files may hold that no longer mean anything; they are ignored.
+# podEvictionTimeout: eviction is by NoExecute taints and tolerations now, as in Kubernetes.
+_REMOVED_SETTINGS = frozenset({"podEvictionTimeout"})
 
 
 class ConfigError(ValueError):
@@ -243,7 +252,7 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
     """The inverse of cluster_to_dict; unknown keys and bad values are errors naming the field."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"cluster: expected an object, got {type(data).__name__}")
-    unknown = set(data) - {"members", *_CLUSTER_SETTINGS}
+    unknown = set(data) - {"members", *_CLUSTER_SETTINGS, *_REMOVED_SETTINGS}
     if unknown:
         raise ConfigError(f"cluster: unknown field(s) {', '.join(sorted(unknown))}")
     raw_members = _field(data, "members", list, "cluster")
@@ -282,6 +291,10 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
                                 [(f"the address of {m.host}", m.ip) for m in members])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        duration(cluster.node_lease_period)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"cluster.nodeLeasePeriod: {exc}") from None
     if cluster.proxy_mode not in PROXY_MODES:
         raise ConfigError(f"cluster.proxyMode: {cluster.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
     return cluster

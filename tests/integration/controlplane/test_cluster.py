@@ -2,8 +2,9 @@
 
 The nodes are real node agents over their in-memory runtime, so pods go through the real
 path: Deployment -> ReplicaSet -> Pod -> scheduled -> Running -> Ready -> Endpoints. Timings
-(node grace period, the api-server's default toleration seconds, leader election) are shortened by flags. The tests run
-in file order against one cluster and leave it as the next one expects.
+(node grace period, the api-server's default toleration seconds, leader election) are
+shortened by flags. The tests run in file order against one cluster and leave it as the next
+one expects.
 """
 
 from __future__ import annotations
