@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         if not store:
             etcd = start_etcd(work)
             store = etcd.endpoints
-        apiserver = start_apiserver(work, store, extra_args=["--log-level", "warning"])
+        apiserver = start_apiserver(work, store)
         bench_run = meta.start("apiserver")
         results = asyncio.run(run(apiserver.endpoint, apiserver.pid, quick=args.quick))
         results["setup"] = {"store": "etcd " + (etcd.members[0].argv[0] if etcd else store),

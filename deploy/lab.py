@@ -331,6 +331,8 @@ class Lab:
                 if d in daemons:
                     procs.stop(daemons[d], timeout=10)
             notes += containerd.teardown(config.node_paths, config.cgroup_parent, daemons.get("containerd"))
+        for mnt in reversed(containerd.mounts_under(self.dir)):  # pod volumes (memory emptyDirs) of the agents
+            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
         for host in self.net.hosts:
             procs.stop_all(self.run_dir(host.name))
         failures = netplan.apply(netplan.plan_down(self.net), ignore_errors=True)

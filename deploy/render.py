@@ -3,8 +3,11 @@
 The network-namespace lab, `make up`, the Vagrant lab and a bare-metal install all describe a
 cluster with `ClusterConfig` and a host with `HostConfig`, and get the same daemons from
 `daemons_for()`: command lines the lab starts (inside the host's netns) and the bare-metal
-install turns into systemd units with `systemd_unit()`. containerd's config and the CNI
-conflist come from skiff.hostconfig, which the node agent uses too.
+install turns into systemd units with `systemd_unit()`. Each daemon's command line itself is
+defined once, in skiff.daemons (the all-in-one `python -m controlplane` builds its children's
+from there too); this module decides which daemons a host runs and with which values.
+containerd's config and the CNI conflist come from skiff.hostconfig, which the node agent
+uses too.
 
 Everything here is pure: no process is started and no file is written.
 """
@@ -19,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from skiff import defaults, hostconfig
+from skiff import daemons, defaults, hostconfig
 from skiff.daemon import duration
 
 CONTROL_PLANE = "control-plane"
@@ -124,66 +127,54 @@ def plan_members(hosts: Sequence[tuple[str, str]], *, members: int = 3) -> tuple
     return tuple(out)
 
 
-def _py(cluster: ClusterConfig, module: str) -> tuple[str, ...]:
-    return (cluster.python, "-m", module)
-
-
 def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[DaemonSpec]:
     specs: list[DaemonSpec] = []
     for m in cluster.members_on(host.name):
-        argv = [*_py(cluster, "controlplane.store"), "--name", m.name,
-                "--data-dir", str(host.state_dir / "store" / m.name),
-                "--listen-client", m.client_url, "--listen-peer", m.peer_url,
-                "--initial-cluster", cluster.initial_cluster,
-                "--initial-cluster-token", cluster.cluster_token]
-        if host.store_password_file is not None:
-            argv += ["--password-file", str(host.store_password_file)]
-        else:
-            argv += ["--insecure-no-password"]
+        argv = daemons.store(
+            cluster.python, name=m.name, data_dir=str(host.state_dir / "store" / m.name),
+            listen_client=m.client_url, listen_peer=m.peer_url, initial_cluster=cluster.initial_cluster,
+            initial_cluster_token=cluster.cluster_token,
+            password_file=str(host.store_password_file) if host.store_password_file is not None else "",
+            insecure_no_password=host.store_password_file is None)
         specs.append(DaemonSpec(f"store-{m.name}", tuple(argv), f"Skiff store member {m.name}"))
     for m in cluster.members_on(host.name):
         # Each api-server prefers its own member, then the others.
         endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
-        argv = [*_py(cluster, "controlplane.apiserver"), "--store-endpoints", ",".join(endpoints),
-                "--listen", m.api_url, "--service-cidr", cluster.service_cidr,
-                "--node-port-range", cluster.node_port_range, "--node-name", host.name,
-                "--default-not-ready-toleration-seconds", str(cluster.default_toleration_seconds),
-                "--default-unreachable-toleration-seconds", str(cluster.default_toleration_seconds)]
+        argv = daemons.apiserver(cluster.python, store_endpoints=",".join(endpoints), listen=m.api_url,
+                                 service_cidr=cluster.service_cidr, node_port_range=cluster.node_port_range,
+                                 node_name=host.name,
+                                 default_not_ready_toleration_seconds=cluster.default_toleration_seconds,
+                                 default_unreachable_toleration_seconds=cluster.default_toleration_seconds)
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
                                 after=(f"store-{m.name}",)))
     local_apis = [m.api_url for m in cluster.members_on(host.name)]
     others = [m.api_url for m in cluster.members if m.api_url not in local_apis]
     api_servers = ",".join(local_apis + others)
     apis_after = tuple(f"apiserver-{m.name}" for m in cluster.members_on(host.name))
-    specs.append(DaemonSpec("controllers", (
-        *_py(cluster, "controlplane.controllers"), "--api-servers", api_servers,
-        "--cluster-cidr", cluster.cluster_cidr, "--node-cidr-mask-size", str(cluster.node_cidr_mask_size),
-        "--node-monitor-grace-period", cluster.node_monitor_grace_period, "--identity", host.name,
-    ), "Skiff controller manager", after=apis_after))
-    specs.append(DaemonSpec("scheduler", (
-        *_py(cluster, "controlplane.scheduler"), "--api-servers", api_servers, "--identity", host.name,
-    ), "Skiff scheduler", after=apis_after))
+    specs.append(DaemonSpec("controllers", tuple(daemons.controllers(
+        cluster.python, api_servers=api_servers, cluster_cidr=cluster.cluster_cidr,
+        node_cidr_mask_size=cluster.node_cidr_mask_size, node_monitor_grace_period=cluster.node_monitor_grace_period,
+        identity=host.name,
+    )), "Skiff controller manager", after=apis_after))
+    specs.append(DaemonSpec("scheduler", tuple(daemons.scheduler(cluster.python, api_servers=api_servers,
+                                                                 identity=host.name)),
+                            "Skiff scheduler", after=apis_after))
     return specs
 
 
 def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:
     paths = host.node_paths
     containerd = DaemonSpec("containerd", (host.containerd_bin, "--config", str(paths.config)), "containerd for Skiff")
-    agent = [*_py(cluster, "nodeagent"), "--node-name", host.name, "--api-servers", cluster.api_servers,
-             "--container-runtime-endpoint", paths.endpoint, "--node-ip", host.ip,
-             "--listen", f"{host.ip}:{host.agent_port}", "--state-dir", str(host.state_dir / "agent"),
-             "--cni-conf-dir", str(paths.cni_conf_dir), "--ipam-dir", str(paths.ipam_dir),
-             "--pod-log-dir", str(paths.pod_logs), "--cgroup-parent", host.cgroup_parent,
-             "--lease-period", f"{duration(cluster.node_lease_period):g}"]
-    if host.node_labels:
-        agent += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(host.node_labels.items()))]
-    if host.node_taints:
-        agent += ["--register-with-taints", ",".join(host.node_taints)]
-    if netns_path:
-        agent += ["--netns", netns_path]
-    proxy = [*_py(cluster, "netproxy"), "--api-servers", cluster.api_servers, "--node-name", host.name,
-             "--mode", cluster.proxy_mode, "--cluster-cidr", cluster.cluster_cidr,
-             "--min-sync-period", cluster.min_sync_period, "--iptables-backend", cluster.iptables_backend]
+    agent = daemons.nodeagent(
+        cluster.python, node_name=host.name, api_servers=cluster.api_servers,
+        container_runtime_endpoint=paths.endpoint, node_ip=host.ip, listen=f"{host.ip}:{host.agent_port}",
+        state_dir=str(host.state_dir / "agent"), cni_conf_dir=str(paths.cni_conf_dir),
+        ipam_dir=str(paths.ipam_dir), pod_log_dir=str(paths.pod_logs), cgroup_parent=host.cgroup_parent,
+        lease_period=cluster.node_lease_period, node_labels=host.node_labels,
+        register_with_taints=host.node_taints, netns=netns_path)
+    proxy = daemons.netproxy(cluster.python, api_servers=cluster.api_servers, node_name=host.name,
+                             mode=cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
+                             min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend)
     return [
         containerd,
         DaemonSpec("nodeagent", tuple(agent), "Skiff node agent", after=("containerd",)),

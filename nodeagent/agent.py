@@ -8,10 +8,13 @@ Loops (each started through skiff.guard):
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
   synced: a restarted agent adopts running pods instead of killing them), and records whether
   the runtime answers;
+- configmap and secret informers: env and volumes read them from these caches; a change kicks
+  the workers of the pods that refer to the object (their volume files are rewritten);
 - node status: the Ready condition from CRI Status, written when it changes or differs from the
   stored one (and every `node_status_period` as a heartbeat): the agent is the one writer of
-  Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent;
-  Lease renewed every `lease_period` (10 s).
+  Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent; the
+  MemoryPressure, DiskPressure and PIDPressure conditions from the host (pressure.py), written
+  when one changes; Lease renewed every `lease_period` (10 s).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from typing import Any
 from nodeagent import cri as rt
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
+from nodeagent import pressure
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
+from nodeagent.volumes import VolumeManager
 from nodeagent.worker import PodWorker, WorkerContext
 from skiff import conditions, errors
 from skiff.client import ApiClient
@@ -52,6 +57,7 @@ class AgentConfig:
     node_name: str
     node_ip: str = ""
     pod_log_dir: str = "/var/log/skiff/pods"
+    volume_dir: str = ""  # pod volumes (<dir>/<pod uid>/<volume>); empty: pods with volumes cannot run
     cgroup_parent: str = ""
     cni_conf_dir: str = ""
     ipam_dir: str = ""
@@ -93,6 +99,9 @@ class NodeAgent:
         self.pod_informer: Informer[t.Pod] = Informer(client, t.Pod,
                                                       field_selector=f"spec.nodeName={config.node_name}")
         self.node_informer: Informer[t.Node] = Informer(client, t.Node)
+        self.config_map_informer: Informer[t.ConfigMap] = Informer(client, t.ConfigMap)
+        self.secret_informer: Informer[t.Secret] = Informer(client, t.Secret)
+        self.volumes = VolumeManager(config.volume_dir) if config.volume_dir else None
         self.network: NetworkManager | None = None
         if config.manage_network:
             from nodeagent.network import NetlinkRoutes
@@ -104,11 +113,13 @@ class NodeAgent:
         self.ctx = WorkerContext(
             client=client, runtime=runtime, net=self.net, events=self.events,
             pod_settings=PodConfigSettings(pod_log_dir=config.pod_log_dir, cgroup_parent=config.cgroup_parent),
-            plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock)
+            plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock,
+            config=self, volumes=self.volumes, node_allocatable=self._capacity)
         self.runtime_status: cri.StatusResponse | None = None
         self.runtime_error = "not checked yet"
         self.runtime_version = ""
         self.ready: t.NodeCondition | None = None
+        self.pressure: list[t.NodeCondition] = []
         self._last_node_write = 0.0
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -155,6 +166,31 @@ class NodeAgent:
                 if worker.uid in self.pods_by_uid:
                     self.ensure_worker(worker.uid)  # the pod came back while this worker was finishing
 
+    # ------------------------------------------------------------ configmaps, secrets (ConfigSource)
+
+    def config_map(self, namespace: str, name: str) -> t.ConfigMap | None:
+        return self.config_map_informer.get(name, namespace)
+
+    def secret(self, namespace: str, name: str) -> t.Secret | None:
+        return self.secret_informer.get(name, namespace)
+
+    def _config_changed(self, *objs: t.ConfigMap | t.Secret) -> None:
+        obj = objs[-1]
+        is_cm = isinstance(obj, t.ConfigMap)
+        for uid, pod in list(self.pods_by_uid.items()):
+            if pod.metadata.namespace == obj.metadata.namespace and \
+                    obj.metadata.name in referenced_config(pod, config_maps=is_cm):
+                self.ensure_worker(uid)
+
+    def _remove_orphan_volumes(self) -> None:
+        """Volume directories of pods that are gone and have no worker (e.g. removed while the agent was down)."""
+        if self.volumes is None or not self.pod_informer.synced:
+            return
+        for uid in self.volumes.pod_uids():
+            if uid not in self.pods_by_uid and uid not in self.workers and uid not in self._fingerprints:
+                log.info("removing volumes of pod %s, which no longer exists", uid)
+                self.volumes.teardown(uid)
+
     # ------------------------------------------------------------ relist (PLEG)
 
     async def relist_once(self) -> None:
@@ -188,8 +224,15 @@ class NodeAgent:
         self._fingerprints = fingerprints
 
     async def _relist_loop(self) -> None:
+        passes = 0
         while True:
             await self.relist_once()
+            if passes % 30 == 0:
+                try:
+                    self._remove_orphan_volumes()
+                except OSError as exc:
+                    log.warning("removing orphaned volumes: %s", exc)
+            passes += 1
             await asyncio.sleep(self.config.relist_period)
 
     # ------------------------------------------------------------ node, lease
@@ -249,6 +292,10 @@ class NodeAgent:
         nodeobj.set_status(node, node_ip=self.config.node_ip, capacity=self._capacity(),
                            info=nodeobj.system_info(self.runtime_version), port=self.config.port, ready=self.ready,
                            hostname=self.config.node_name)
+        node.status.allocatable.clear()
+        node.status.allocatable.update(pressure.allocatable(self._capacity()))
+        if self.pressure:
+            pressure.merge_conditions(node, self.pressure)
         node.metadata.resource_version = ""
         await self.client.update_status(node)
         self._last_node_write = self.clock()
@@ -265,6 +312,7 @@ class NodeAgent:
             ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
                                                     [posted] if posted is not None else [], now)
             changed = not nodeobj.same_condition(ready, self.ready)
+            changed = self._check_pressure(now) or changed
             if changed:
                 log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,
                          ready.message)
@@ -278,6 +326,20 @@ class NodeAgent:
             if changed and ready.status == "True":
                 for worker in list(self.workers.values()):
                     worker.kick()
+
+    def _check_pressure(self, now: float) -> bool:
+        """Read the host; True when a pressure condition changed."""
+        try:
+            stats = pressure.read_host(self.config.volume_dir or self.config.pod_log_dir or "/")
+        except OSError as exc:
+            log.debug("reading host pressure: %s", exc)
+            return False
+        found = pressure.pressure_conditions(stats, self.pressure, now)
+        changed = not pressure.same(found, self.pressure)
+        if changed:
+            log.info("node %s: %s", self.config.node_name, ", ".join(f"{c.type}={c.status}" for c in found))
+        self.pressure = found
+        return changed
 
     async def renew_lease(self) -> None:
         now = self.clock()
@@ -333,6 +395,15 @@ class NodeAgent:
             self._tasks.append(guard(self._network_loop(), "nodeagent-network"))
         self._tasks.append(guard(self._lease_loop(), "nodeagent-lease"))
         self._tasks.append(guard(self._node_status_loop(), "nodeagent-node-status"))
+        for informer in (self.config_map_informer, self.secret_informer):
+            informer.add_handler(on_add=self._config_changed, on_update=self._config_changed,
+                                 on_delete=self._config_changed)
+        self._tasks.append(guard(self.config_map_informer.run(), "nodeagent-configmap-informer"))
+        self._tasks.append(guard(self.secret_informer.run(), "nodeagent-secret-informer"))
+        with contextlib.suppress(asyncio.TimeoutError):
+            # Env and volumes read these caches: sync them before the pods' workers start.
+            await asyncio.wait_for(asyncio.gather(self.config_map_informer.wait_synced(),
+                                                  self.secret_informer.wait_synced()), 10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))
@@ -354,3 +425,28 @@ class NodeAgent:
 
     def find_pod(self, namespace: str, name: str) -> t.Pod | None:
         return self.pod_informer.get(name, namespace or "default")
+
+
+def referenced_config(pod: t.Pod, *, config_maps: bool) -> set[str]:
+    """Names of the ConfigMaps (or Secrets) a pod's env, envFrom and volumes refer to."""
+    out: set[str] = set()
+    for c in pod.spec.containers:
+        for e in c.env:
+            ref = e.value_from.config_map_key_ref if config_maps else e.value_from.secret_key_ref
+            if ref.name:
+                out.add(ref.name)
+        for src in c.env_from:
+            name = src.config_map_ref.name if config_maps else src.secret_ref.name
+            if name:
+                out.add(name)
+    if not config_maps:
+        out.update(ref.name for ref in pod.spec.image_pull_secrets if ref.name)
+    for v in pod.spec.volumes:
+        name = v.config_map.name if config_maps else v.secret.secret_name
+        if name:
+            out.add(name)
+        for p in v.projected.sources:
+            name = p.config_map.name if config_maps else p.secret.name
+            if name:
+                out.add(name)
+    return out

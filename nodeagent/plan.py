@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from skiff import conditions
+from skiff import conditions, qos
 from skiff.clock import micro_timestamp
 from skiff.retry import Backoff
 from skiffpb.api.v1 import types_pb2 as t
@@ -463,6 +463,7 @@ def compute_status(pod: t.Pod, obs: Observed, memory: Memory, plan: Plan, now: f
     statuses = [container_status(pod, c, obs, memory, plan.waiting.get(c.name)) for c in pod.spec.containers]
     out.container_statuses.extend(statuses)
     out.phase = _phase(pod, statuses, obs)
+    out.qos_class = pod.status.qos_class or qos.qos_class(pod.spec)
     out.host_ip = host_ip
     sandbox = current_sandbox(obs)
     if sandbox is not None and sandbox.ready and sandbox.ip:

@@ -4,15 +4,18 @@ What holds: every sandbox and container carries the pod uid/name/namespace label
 after an agent restart and orphan removal depend on them); container log paths are
 `<pod log dir>/<ns>_<name>_<uid>/<container>/<attempt>.log` so the previous instance's log is
 found by its attempt; resources follow the kubelet's conversion (shares from requests,
-CFS quota from limits, memory limit in bytes).
+CFS quota from limits, memory limit in bytes); the environment, the expanded command line and the
+mounts come from `nodeagent.envs` and `nodeagent.volumes` (given here, so this stays pure).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent import cri as rt
+from nodeagent.envs import command_line
 from skiff import quantity
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -79,16 +82,23 @@ def linux_resources(container: t.Container) -> cri.LinuxContainerResources:
     return out
 
 
-def container_config(pod: t.Pod, container: t.Container, attempt: int) -> cri.ContainerConfig:
+def container_config(pod: t.Pod, container: t.Container, attempt: int, *,
+                     env: Sequence[tuple[str, str]] | None = None,
+                     mounts: Sequence[cri.Mount] = ()) -> cri.ContainerConfig:
+    """`env`: the resolved environment (nodeagent.envs); None: the spec's literal values."""
     labels = pod_labels(pod)
     labels[rt.LABEL_CONTAINER_NAME] = container.name
+    if env is None:
+        env = [(e.name, e.value) for e in container.env if not e.HasField("value_from")]
+    command, args = command_line(container, dict(env))
     cfg = cri.ContainerConfig(
         metadata=cri.ContainerMetadata(name=container.name, attempt=attempt),
         image=cri.ImageSpec(image=container.image),
-        command=list(container.command),
-        args=list(container.args),
+        command=command,
+        args=args,
         working_dir=container.working_dir,
-        envs=[cri.KeyValue(key=e.name, value=e.value) for e in container.env],
+        envs=[cri.KeyValue(key=k, value=v) for k, v in env],
+        mounts=list(mounts),
         labels=labels,
         log_path=container_log_path(container.name, attempt),
     )

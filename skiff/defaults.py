@@ -31,6 +31,11 @@ API_PORT = 6443
 AGENT_PORT = 10250
 PROXY_METRICS_PORT = 10249
 
+# Where node agents keep their heartbeat Leases (one per node, named after it).
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+# Namespaces every cluster has from its first start; none of them can be deleted.
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", NODE_LEASE_NAMESPACE)
+
 # The LANs of the network-namespace labs (deploy/): outside every range above.
 LAB_LAN_CIDR = "10.77.0.0/24"  # `skiff lab up`
 LOCAL_LAN_CIDR = "10.78.0.0/24"  # `make up`

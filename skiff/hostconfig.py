@@ -68,6 +68,10 @@ class NodePaths:
         return self.base / "pods"
 
     @property
+    def pod_volumes(self) -> Path:
+        return self.base / "volumes"
+
+    @property
     def endpoint(self) -> str:
         return f"unix://{self.socket}"
 

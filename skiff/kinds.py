@@ -45,6 +45,14 @@ KINDS: tuple[Kind, ...] = (
     Kind("Endpoints", "endpoints", "v1", t.Endpoints, "endpoints", True, ("ep",), "endpoints"),
     Kind("Lease", "leases", "coordination.k8s.io/v1", t.Lease, "lease", True, (), "lease"),
     Kind("Event", "events", "v1", t.Event, "event", True, ("ev",), "event"),
+    # config-volumes
+    Kind("ConfigMap", "configmaps", "v1", t.ConfigMap, "config_map", True, ("cm",), "configmap"),
+    Kind("Secret", "secrets", "v1", t.Secret, "secret", True, (), "secret"),
+    Kind("ServiceAccount", "serviceaccounts", "v1", t.ServiceAccount, "service_account", True, ("sa",),
+         "serviceaccount"),
+    Kind("LimitRange", "limitranges", "v1", t.LimitRange, "limit_range", True, ("limits",), "limitrange"),
+    Kind("ResourceQuota", "resourcequotas", "v1", t.ResourceQuota, "resource_quota", True, ("quota",),
+         "resourcequota"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

@@ -7,14 +7,20 @@ time (so an unchanged manifest re-applied is a no-op). Pure: no clock, no I/O.
 Defaults, by kind (Kubernetes' values):
 - every object: apiVersion and kind;
 - Pod (and pod templates): restartPolicy Always, terminationGracePeriodSeconds 30,
-  schedulerName default-scheduler, container imagePullPolicy by tag (Always for `:latest`
+  schedulerName default-scheduler, container terminationMessagePath /dev/termination-log and
+  terminationMessagePolicy File, container imagePullPolicy by tag (Always for `:latest`
   or no tag, else IfNotPresent), port protocol TCP, probe timeout 1 / period 10 /
   success 1 / failure 3, httpGet scheme HTTP and path /;
 - Deployment: replicas 1, strategy RollingUpdate with maxUnavailable 25% and maxSurge 25%,
   revisionHistoryLimit 10, progressDeadlineSeconds 600; ReplicaSet: replicas 1;
 - Service: type ClusterIP, sessionAffinity None (ClientIP: timeout 10800 s), port protocol
   TCP, targetPort = port, externalTrafficPolicy Cluster for NodePort;
-- Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1.
+- Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1;
+- Pod (not templates): serviceAccountName `default`, a container's requests default to its
+  limits; pods and templates: configMap/secret/downwardAPI/projected volumes
+  defaultMode 0644;
+- Secret: type Opaque; `stringData` is merged into `data` and cleared (it is write-only,
+  as in Kubernetes: a stringData key wins over the same data key).
 
 `default_tolerations(spec, ...)` is Kubernetes' DefaultTolerationSeconds admission, applied to
 a Pod when it is created (never on update): tolerations of the node lifecycle's NoExecute
@@ -62,7 +68,27 @@ def _probe(p: t.Probe) -> None:
             p.http_get.path = "/"
 
 
+DEFAULT_MODE = 0o644
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+DEFAULT_SERVICE_ACCOUNT = "default"
+
+
+def _volumes(spec: t.PodSpec) -> None:
+    for v in spec.volumes:
+        for field in ("config_map", "secret", "downward_api", "projected"):
+            if v.HasField(field) and not getattr(v, field).HasField("default_mode"):
+                getattr(v, field).default_mode = DEFAULT_MODE
+
+
+def _requests_from_limits(spec: t.PodSpec) -> None:
+    for c in spec.containers:
+        for name, value in c.resources.limits.items():
+            if name not in c.resources.requests:
+                c.resources.requests[name] = value
+
+
 def pod_spec(spec: t.PodSpec) -> None:
+    _volumes(spec)
     if not spec.restart_policy:
         spec.restart_policy = "Always"
     if not spec.HasField("termination_grace_period_seconds"):
@@ -70,6 +96,10 @@ def pod_spec(spec: t.PodSpec) -> None:
     if not spec.scheduler_name:
         spec.scheduler_name = DEFAULT_SCHEDULER
     for c in spec.containers:
+        if not c.termination_message_path:
+            c.termination_message_path = TERMINATION_MESSAGE_PATH
+        if not c.termination_message_policy:
+            c.termination_message_policy = "File"
         if not c.image_pull_policy:
             c.image_pull_policy = image_pull_policy(c.image)
         for port in c.ports:
@@ -154,6 +184,14 @@ def _event(ev: t.Event) -> None:
         ev.count = 1
 
 
+def _secret(s: t.Secret) -> None:
+    if not s.type:
+        s.type = "Opaque"
+    for key, value in s.string_data.items():
+        s.data[key] = value.encode()
+    s.ClearField("string_data")
+
+
 def apply_defaults(obj: Message) -> None:
     """Fill in the defaults of `obj` in place (see the module docstring)."""
     kind = kinds.of_message(obj)
@@ -161,6 +199,9 @@ def apply_defaults(obj: Message) -> None:
     obj.kind = kind.kind  # type: ignore[attr-defined]
     if isinstance(obj, t.Pod):
         pod_spec(obj.spec)
+        if not obj.spec.service_account_name:  # set on pods only (templates stay as written)
+            obj.spec.service_account_name = DEFAULT_SERVICE_ACCOUNT
+        _requests_from_limits(obj.spec)
     elif isinstance(obj, t.Deployment):
         _deployment(obj)
     elif isinstance(obj, t.ReplicaSet):
@@ -173,3 +214,5 @@ def apply_defaults(obj: Message) -> None:
         _namespace(obj)
     elif isinstance(obj, t.Event):
         _event(obj)
+    elif isinstance(obj, t.Secret):
+        _secret(obj)

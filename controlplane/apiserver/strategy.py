@@ -22,7 +22,7 @@ from typing import Literal, TypeVar
 
 from google.protobuf.message import Message
 
-from skiff import conditions, errors, kinds
+from skiff import conditions, defaults, errors, kinds, names, qos
 from skiff.clock import seconds_timestamp
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
@@ -33,10 +33,10 @@ MAX_OBJECT_BYTES = 1536 * 1024  # 1.5 MiB, etcd's default request limit
 ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
 PROPAGATION_POLICIES = ("", "Orphan", "Background", "Foreground")
-PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+PROTECTED_NAMESPACES = frozenset(defaults.SYSTEM_NAMESPACES)
 # Server-owned status is reset on create for these kinds (clients cannot create it).
-STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace")
-GENERATE_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace", "ResourceQuota")
+GENERATE_NAME_ALPHABET = names.SAFE_ALPHANUMS
 
 
 def copy(msg: M) -> M:
@@ -92,6 +92,12 @@ def prepare_create(obj: Message, *, now: float, uid: str) -> None:
         obj.ClearField("status")  # type: ignore[arg-type]
     if isinstance(obj, t.Pod):
         obj.status.phase = "Pending"
+        set_qos_class(obj)
+
+
+def set_qos_class(pod: t.Pod) -> None:
+    """status.qosClass from the pod's resources (set on create; resources never change after)."""
+    pod.status.qos_class = qos.qos_class(pod.spec)
 
 
 def create_problems(obj: Message) -> list[FieldError]:
@@ -183,10 +189,33 @@ def update_problems(old: Message, new: Message) -> list[FieldError]:
             out.append(FieldError("spec.clusterIP",
                                   f'field is immutable: "{old.spec.cluster_ip}" cannot change to '
                                   f'"{new.spec.cluster_ip}"; delete and recreate the Service to change it'))
+    elif isinstance(old, t.ConfigMap | t.Secret) and isinstance(new, t.ConfigMap | t.Secret):
+        out.extend(_immutable_config_problems(old, new))
     elif isinstance(old, t.Node) and isinstance(new, t.Node):
         if old.spec.pod_cidr and new.spec.pod_cidr != old.spec.pod_cidr:
             out.append(FieldError("spec.podCIDR", "may not change once set"))
     return out
+
+
+def _immutable_config_problems(old: t.ConfigMap | t.Secret, new: t.ConfigMap | t.Secret) -> list[FieldError]:
+    """An immutable ConfigMap/Secret keeps its data and stays immutable (delete and recreate to change)."""
+    out = []
+    if isinstance(old, t.Secret) and isinstance(new, t.Secret) and old.type != new.type:
+        out.append(FieldError("type", "field is immutable"))
+    if not (old.HasField("immutable") and old.immutable):
+        return out
+    if not (new.HasField("immutable") and new.immutable):
+        out.append(FieldError("immutable", "field is immutable when `immutable` is set"))
+    fields = ("data", "binary_data") if isinstance(old, t.ConfigMap) else ("data",)
+    for field in fields:
+        if dict(getattr(old, field)) != dict(getattr(new, field)):
+            out.append(FieldError(_json_name(field), "field is immutable when `immutable` is set"))
+    return out
+
+
+def _json_name(field: str) -> str:
+    head, *rest = field.split("_")
+    return head + "".join(p.capitalize() for p in rest)
 
 
 def _pod_update_problems(old: t.Pod, new: t.Pod) -> list[FieldError]:

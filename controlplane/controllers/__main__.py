@@ -12,7 +12,7 @@ from controlplane.controllers.cidrset import CidrError, CidrSet
 from controlplane.controllers.nodelifecycle import EvictionOptions
 from skiff import defaults
 from skiff.client import Client
-from skiff.daemon import duration, run_until_signalled, setup_logging
+from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 
 log = logging.getLogger("skiff.controllers")
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent-endpoint-syncs", type=int, default=5)
     p.add_argument("--concurrent-gc-syncs", type=int, default=10)
     add_leader_election_flags(p, "skiff-controller-manager")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_flag(p)
     return p
 
 

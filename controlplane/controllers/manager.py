@@ -22,6 +22,8 @@ from controlplane.controllers.garbagecollector import GarbageCollector
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
+from controlplane.controllers.resourcequota import ResourceQuotaController
+from controlplane.controllers.serviceaccount import ServiceAccountController
 from skiff import defaults
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
@@ -31,7 +33,8 @@ from skiff.informer import InformerFactory
 
 log = logging.getLogger("skiff.controllers.manager")
 
-ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector")
+ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
+                   "serviceaccount", "resourcequota")
 COMPONENT = "controller-manager"
 
 
@@ -75,6 +78,10 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
                                       mask_size=options.node_cidr_mask_size))
     if "garbagecollector" in wanted:
         out.append(GarbageCollector(client, factory))
+    if "serviceaccount" in wanted:
+        out.append(ServiceAccountController(client, factory))
+    if "resourcequota" in wanted:
+        out.append(ResourceQuotaController(client, factory))
     return out
 
 

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.common import podutil
-from skiff import conditions, errors, taints
+from skiff import conditions, defaults, errors, taints
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
 from skiff.events import NORMAL, WARNING, Recorder
@@ -48,7 +48,7 @@ from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.controllers.nodelifecycle")
 
-LEASE_NAMESPACE = "kube-node-lease"
+LEASE_NAMESPACE = defaults.NODE_LEASE_NAMESPACE
 REASON_UNKNOWN = "NodeStatusUnknown"
 REASON_NEVER_UPDATED = "NodeStatusNeverUpdated"
 MANAGED_TAINTS = frozenset({(taints.NOT_READY, taints.NO_SCHEDULE), (taints.NOT_READY, taints.NO_EXECUTE),

@@ -7,7 +7,8 @@
         c.start_member(leader)          # restart it on the same data dir
         c.add_member("s4"); c.remove_member("s4")
 
-Each member is `python -m controlplane.store` with a random cluster password; its log is
+Each member is `python -m controlplane.store` (its command line from skiff.daemons) with a
+random cluster password; its log is
 `<base_dir>/<name>.log` (read it with `c.log(name)` when a test fails). Everything started is
 stopped, and a temp base dir removed, by `close()` / leaving the `with` block.
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from skiff import daemons
 from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
 
 
@@ -122,10 +124,9 @@ class StoreCluster:
             state = "existing"
         cluster_members = list(self._initial.values()) if state == "new" else list(self.members.values())
         cmd = [
-            self.python, "-m", "controlplane.store", "--name", m.name, "--data-dir", m.data_dir,
-            "--listen-client", m.client, "--listen-peer", m.peer,
-            "--initial-cluster", self._initial_cluster(cluster_members),
-            "--initial-cluster-state", state, "--initial-cluster-token", self.token,
+            *daemons.store(self.python, name=m.name, data_dir=m.data_dir, listen_client=m.client, listen_peer=m.peer,
+                           initial_cluster=self._initial_cluster(cluster_members), initial_cluster_state=state,
+                           initial_cluster_token=self.token),
             *self.extra_args, *m.extra_args,
         ]
         env = dict(os.environ, SKIFF_STORE_PASSWORD=self.password)

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from skiff import conditions, kinds, labels
-from skiff.convert import to_data
+from skiff.convert import format_timestamp, to_data
 from skiffpb.api.v1 import types_pb2 as t
 
 NONE = "<none>"
@@ -257,6 +257,39 @@ def _leases(objs: Sequence[t.Lease], now: float, wide: bool) -> tuple[Row, list[
         for lease in objs]
 
 
+def _configmaps(objs: Sequence[t.ConfigMap], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "DATA", "AGE"], [
+        [cm.metadata.name, str(len(cm.data) + len(cm.binary_data)), age(cm.metadata.creation_timestamp, now)]
+        for cm in objs]
+
+
+def _secrets(objs: Sequence[t.Secret], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "TYPE", "DATA", "AGE"], [
+        [s.metadata.name, s.type or "Opaque", str(len(s.data)), age(s.metadata.creation_timestamp, now)]
+        for s in objs]
+
+
+def _serviceaccounts(objs: Sequence[t.ServiceAccount], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "SECRETS", "AGE"], [
+        [sa.metadata.name, str(len(sa.secrets)), age(sa.metadata.creation_timestamp, now)] for sa in objs]
+
+
+def _limitranges(objs: Sequence[t.LimitRange], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "CREATED AT"], [
+        [lr.metadata.name, format_timestamp(lr.metadata.creation_timestamp)] for lr in objs]
+
+
+def _quota_pairs(quota: t.ResourceQuota, limits: bool) -> str:
+    names = sorted(n for n in quota.spec.hard if n.startswith("limits.") == limits)
+    return ", ".join(f"{n}: {quota.status.used.get(n, '0')}/{quota.spec.hard[n]}" for n in names)
+
+
+def _resourcequotas(objs: Sequence[t.ResourceQuota], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "AGE", "REQUEST", "LIMIT"], [
+        [q.metadata.name, age(q.metadata.creation_timestamp, now), _quota_pairs(q, False), _quota_pairs(q, True)]
+        for q in objs]
+
+
 PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]]] = {
     "pods": _pods,
     "deployments": _deployments,
@@ -267,6 +300,11 @@ PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]
     "events": _events,
     "namespaces": _namespaces,
     "leases": _leases,
+    "configmaps": _configmaps,
+    "secrets": _secrets,
+    "serviceaccounts": _serviceaccounts,
+    "limitranges": _limitranges,
+    "resourcequotas": _resourcequotas,
 }
 
 

@@ -57,6 +57,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdNode]:
 def agent_config(node: ContainerdNode, **overrides: Any) -> AgentConfig:
     base: dict[str, Any] = dict(
         node_name="n1", node_ip=node.ip, pod_log_dir=str(node.paths.pod_logs), cgroup_parent=node.cgroup_parent,
+        volume_dir=str(node.paths.pod_volumes),
         cni_conf_dir=str(node.paths.cni_conf_dir), ipam_dir=str(node.paths.ipam_dir), pod_cidr=POD_CIDR,
         status_check_period=0.3, network_sync_period=1.0,
         plan=PlanConfig(backoff_base=3.0, backoff_max=6.0, image_backoff_base=2.0, image_backoff_max=4.0,

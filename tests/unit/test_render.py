@@ -55,7 +55,7 @@ def test_worker_daemons_share_node_paths() -> None:
     assert agent[agent.index("--container-runtime-endpoint") + 1] == "unix:///var/lib/skiff/node/containerd.sock"
     assert agent[agent.index("--api-servers") + 1] == "10.0.0.10:6443,10.0.0.10:6444,10.0.0.10:6445"
     assert agent[-2:] == ("--netns", "/run/netns/L-n1")
-    assert agent[agent.index("--lease-period") + 1] == "10"
+    assert agent[agent.index("--lease-period") + 1] == "10s"
     assert "restrict_oom_score_adj = true" in render.containerd_config(host)
 
 
@@ -113,3 +113,22 @@ def _members() -> list[dict[str, object]]:
 def test_cluster_file_errors_name_the_field(data: object, message: str) -> None:
     with pytest.raises(render.ConfigError, match=message):
         render.cluster_from_dict(data)
+
+
+@pytest.mark.parametrize("password_file", ["/etc/skiff/store-password", ""], ids=["password-file", "insecure"])
+def test_all_in_one_control_plane_runs_the_same_command_lines(password_file: str) -> None:
+    """`python -m controlplane` and render describe one control-plane host alike, flag for flag."""
+    from controlplane.__main__ import build_parser, plan_children
+
+    members = (render.StoreMember("s1", "cp", "10.0.0.10"),)
+    c = render.ClusterConfig(members=members, python="py")
+    host = render.HostConfig("cp", "10.0.0.10", (render.CONTROL_PLANE,), Path("/var/lib/skiff"),
+                             store_password_file=Path(password_file) if password_file else None)
+    rendered = {s.name: list(s.argv) for s in render.daemons_for(c, host)}
+    password = ["--password-file", password_file] if password_file else ["--insecure-no-password"]
+    args = build_parser().parse_args([
+        "--name", "s1", "--data-dir", "/var/lib/skiff/store/s1", "--listen-client", "10.0.0.10:2379",
+        "--listen-peer", "10.0.0.10:2380", "--listen", "10.0.0.10:6443", "--node-name", "cp", *password])
+    planned = {child.name: child.argv for child in plan_children(args, python="py")}
+    assert planned == {"store": rendered["store-s1"], "apiserver": rendered["apiserver-s1"],
+                       "controllers": rendered["controllers"], "scheduler": rendered["scheduler"]}

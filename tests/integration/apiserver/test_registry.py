@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from google.protobuf.message import Message
 
-from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.storage import Store
+from controlplane.apiserver import strategy
+from controlplane.apiserver.registry import COMPACT_KEY, Registry
+from controlplane.apiserver.storage import CompactedError, Store
 from skiff import errors
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
-from tests.integration.apiserver.conftest import make_registry
+from tests.integration.apiserver.conftest import make_registry, options
 from tests.support.builders import deployment, namespace, pod, service
 
 pytestmark = pytest.mark.integration
@@ -100,7 +102,8 @@ CREATE_CASES = [
     CreateCase("node-port-outside-range", lambda: service("badport", type_="NodePort", node_port=80),
                error=errors.InvalidError, message="spec.ports[0].nodePort"),
     CreateCase("generate-name", lambda: _with(pod(""), lambda p: setattr(p.metadata, "generate_name", "web-")),
-               lambda p: p.metadata.name.startswith("web-") and len(p.metadata.name) == 9),
+               lambda p: p.metadata.name.startswith("web-") and len(p.metadata.name) == 9
+               and set(p.metadata.name[4:]) <= set(strategy.GENERATE_NAME_ALPHABET)),
     CreateCase("no-containers", lambda: _with(pod("empty"), lambda p: p.spec.ClearField("containers")),
                error=errors.InvalidError, message="spec.containers: at least one container is required"),
     CreateCase("bad-name", lambda: pod("Not_Valid"), error=errors.InvalidError, message="metadata.name"),
@@ -138,6 +141,20 @@ async def test_create_existing_name(registry: Registry) -> None:
     await registry.create(pod("a"))
     with pytest.raises(errors.AlreadyExistsError, match='pods "a" already exists'):
         await registry.create(pod("a"))
+
+
+async def test_generate_name_collision_tries_another_name(store: Store) -> None:
+    # The suffixes a Random(3) draws, in order: the first is taken, so the second is used.
+    draws = random.Random(3)
+    first, second = ("".join(draws.choice(strategy.GENERATE_NAME_ALPHABET) for _ in range(5)) for _ in range(2))
+    reg = Registry(store, rng=random.Random(3))
+    await reg.start(background=False)
+    try:
+        await reg.create(pod(f"web-{first}"))
+        created = await reg.create(_with(pod(""), lambda p: setattr(p.metadata, "generate_name", "web-")))
+        assert created.metadata.name == f"web-{second}"  # type: ignore[attr-defined]
+    finally:
+        await reg.stop()
 
 
 async def test_system_namespaces_exist(registry: Registry) -> None:
@@ -390,3 +407,27 @@ async def test_list_selectors_and_pages(registry: Registry) -> None:
 async def test_unknown_resource(registry: Registry) -> None:
     with pytest.raises(errors.InvalidError, match='unknown resource "widgets"'):
         await registry.get("widgets", "default", "x")
+
+
+async def test_compaction_cuts_history_one_interval_back_once_across_api_servers(store: Store) -> None:
+    # Two api-servers on one store, their compactors driven by hand (one call per interval).
+    a, b = (Registry(store, options=options()) for _ in range(2))
+    for reg in (a, b):
+        await reg.start(background=False)
+    try:
+        await a.create(pod("x"))
+        seen = await a.compact_once(0)  # the first interval only notes the revision
+        await store.range("/registry/", revision=seen - 1)  # nothing compacted yet
+        await a.create(pod("y"))
+        assert await a.compact_once(seen) > seen
+        with pytest.raises(CompactedError):
+            await store.range("/registry/", revision=seen - 1)
+        await store.range("/registry/", revision=seen)  # history from one interval back is kept
+        marker = await store.get(COMPACT_KEY)
+        assert marker is not None and int(marker.value) == seen
+        await b.compact_once(seen)  # the other api-server, same interval: already done, no second write
+        again = await store.get(COMPACT_KEY)
+        assert again is not None and again.mod_revision == marker.mod_revision
+    finally:
+        for reg in (a, b):
+            await reg.stop()

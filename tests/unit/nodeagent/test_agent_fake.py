@@ -310,3 +310,51 @@ async def test_grpc_runtime_against_fake_cri_server(tmp_path: Path) -> None:
     finally:
         await runtime.close()
         await server.stop(0)
+
+
+async def test_image_pull_secret_reaches_the_runtime(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
+    api, fake, _agent = env
+    fake.pullable = lambda image: True
+    config = b'{"auths": {"registry.example.com:5000": {"auth": "dXNlcjpwYXNz"}}}'
+    await api.create(t.Secret(metadata=t.ObjectMeta(name="regcred"), type="kubernetes.io/dockerconfigjson",
+                              data={".dockerconfigjson": config}))
+    pod = t.Pod(metadata=t.ObjectMeta(name="private"))
+    pod.spec.containers.add(name="c", image="registry.example.com:5000/team/app:1", image_pull_policy="Always")
+    pod.spec.image_pull_secrets.add(name="regcred")
+    await api.create(pod)
+    await api.bind("default", "private", "n1")
+    ref = "registry.example.com:5000/team/app:1"
+    auth = await until(lambda: _found(fake.pull_auths.get(ref)))
+    assert (auth.username, auth.password, auth.server_address) == ("user", "pass", "registry.example.com:5000")
+
+
+async def _found(value: T | None) -> T | None:
+    return value
+
+
+async def test_lifecycle_hooks(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
+    api, fake, _agent = env
+    calls: list[list[str]] = []
+
+    def handler(cid: str, cmd: list[str]) -> tuple[int, bytes, bytes]:
+        calls.append(cmd)
+        return (1 if cmd[0] == "fail" else 0), b"", b""
+
+    fake.exec_handler = handler
+    pod = t.Pod(metadata=t.ObjectMeta(name="hooked"))
+    pod.spec.termination_grace_period_seconds = 5
+    c = pod.spec.containers.add(name="c", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
+    c.lifecycle.post_start.exec.command.extend(["started"])
+    c.lifecycle.pre_stop.exec.command.extend(["drain"])
+    bad = pod.spec.containers.add(name="bad", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
+    bad.lifecycle.post_start.exec.command.extend(["fail"])
+    await api.create(pod)
+    await api.bind("default", "hooked", "n1")
+
+    async def failed_hook() -> t.Event | None:
+        return next((e for e in api.objects(t.Event) if e.reason == "FailedPostStartHook"), None)
+
+    event = await until(failed_hook)
+    assert "PostStartHook failed" in event.message and ["started"] in calls
+    await api.delete(t.Pod, "hooked", "default")
+    await until(lambda: _found(["drain"] in calls or None))

@@ -229,3 +229,23 @@ def test_every_command_is_registered() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) >= {"get", "describe", "apply", "create", "delete", "scale", "rollout", "logs", "exec",  # type: ignore[attr-defined]
                                 "version", "cluster-info"}
+
+
+def test_describe_config_kinds_never_print_secret_values() -> None:
+    cm = t.ConfigMap(metadata=t.ObjectMeta(name="cfg", namespace="default"), data={"greeting": "hello\n"},
+                     binary_data={"blob": b"\x00\x01"})
+    text = render(cm, [], now=0.0)
+    assert "greeting:\n----\nhello\n" in text and "blob: 2 bytes" in text
+    secret = t.Secret(metadata=t.ObjectMeta(name="s", namespace="default"), type="Opaque",
+                      data={"password": b"s3cr3t"})
+    text = render(secret, [], now=0.0)
+    assert "password:  6 bytes" in text and "s3cr3t" not in text
+    pod = t.Pod(metadata=t.ObjectMeta(name="p", namespace="default"))
+    c = pod.spec.containers.add(name="c", image="img")
+    c.env.add(name="PW", value_from=t.EnvVarSource(secret_key_ref=t.SecretKeySelector(name="s", key="password")))
+    c.volume_mounts.add(name="cfg", mount_path="/etc/cfg", read_only=True)
+    pod.spec.volumes.add(name="cfg", config_map=t.ConfigMapVolumeSource(name="cfg"))
+    pod.status.qos_class = "BestEffort"
+    text = render(pod, [], now=0.0)
+    assert "PW: <set to the key 'password' in secret 's'>" in text
+    assert "/etc/cfg from cfg (ro)" in text and "Type:  ConfigMap" in text and "QoS Class:  BestEffort" in text
