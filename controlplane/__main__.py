@@ -68,13 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--service-cidr", default=defaults.SERVICE_CIDR)
     api.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE)
     api.add_argument("--node-name", default=socket.gethostname())
+    api.add_argument("--default-not-ready-toleration-seconds", type=int, default=300)
+    api.add_argument("--default-unreachable-toleration-seconds", type=int, default=300)
     cm = p.add_argument_group("controllers and scheduler")
     cm.add_argument("--api-servers", default="",
                     help="api-servers the controllers and scheduler use (default: this host's, from --listen)")
     cm.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR)
     cm.add_argument("--node-cidr-mask-size", type=int, default=defaults.NODE_CIDR_MASK_SIZE)
     cm.add_argument("--node-monitor-grace-period", default="40s")
-    cm.add_argument("--pod-eviction-timeout", default="60s")
     add_verbose_flag(p)
     return p
 
@@ -93,11 +94,14 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
         store_endpoints = args.listen_client
     children.append(Child("apiserver", daemons.apiserver(
         python, store_endpoints=store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
-        node_port_range=args.node_port_range, node_name=args.node_name, verbose=args.verbose), wait_for=args.listen))
+        node_port_range=args.node_port_range, node_name=args.node_name,
+        default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
+        default_unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
+        verbose=args.verbose), wait_for=args.listen))
     api_servers = args.api_servers or args.listen
     children.append(Child("controllers", daemons.controllers(
         python, api_servers=api_servers, cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,
-        node_monitor_grace_period=args.node_monitor_grace_period, pod_eviction_timeout=args.pod_eviction_timeout,
+        node_monitor_grace_period=args.node_monitor_grace_period,
         identity=args.node_name, service_cidr=args.service_cidr, verbose=args.verbose)))
     children.append(Child("scheduler", daemons.scheduler(python, api_servers=api_servers, identity=args.node_name,
                                                          verbose=args.verbose)))

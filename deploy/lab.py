@@ -68,7 +68,8 @@ class LabSpec:
     proxy_mode: str = "iptables"
     iptables_backend: str = "auto"
     node_monitor_grace_period: str = "40s"
-    pod_eviction_timeout: str = "60s"
+    node_lease_period: str = "10s"
+    default_toleration_seconds: int = 300  # the api-server's, for not-ready and unreachable
     min_sync_period: str = "1s"
     python: str = field(default_factory=lambda: sys.executable)
 
@@ -101,7 +102,8 @@ class LabSpec:
             members=render.plan_members(cps, members=self.store_members),
             proxy_mode=self.proxy_mode, iptables_backend=self.iptables_backend,
             min_sync_period=self.min_sync_period, node_monitor_grace_period=self.node_monitor_grace_period,
-            pod_eviction_timeout=self.pod_eviction_timeout, cluster_token=f"skiff-lab-{self.prefix}",
+            node_lease_period=self.node_lease_period,
+            default_toleration_seconds=self.default_toleration_seconds, cluster_token=f"skiff-lab-{self.prefix}",
             python=self.python)
 
 

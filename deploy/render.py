@@ -14,6 +14,7 @@ Everything here is pure: no process is started and no file is written.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import shlex
 import sys
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from skiff import daemons, defaults, hostconfig
+from skiff.daemon import duration
 
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
@@ -61,7 +63,9 @@ class ClusterConfig:
     iptables_backend: str = "auto"
     min_sync_period: str = "1s"
     node_monitor_grace_period: str = "40s"
-    pod_eviction_timeout: str = "60s"
+    node_lease_period: str = "10s"  # how often node agents renew their Lease; well below the grace period
+    # The api-server's DefaultTolerationSeconds: how long a pod stays on a NoExecute-tainted node.
+    default_toleration_seconds: int = 300
     cluster_token: str = "skiff-store"  # tells store clusters apart (initial-cluster-token)
     cluster_domain: str = defaults.CLUSTER_DOMAIN
     cluster_dns: str = defaults.NODE_LOCAL_DNS_IP  # each host's clusterdns listens here; pods use it
@@ -141,7 +145,9 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
         endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
         argv = daemons.apiserver(cluster.python, store_endpoints=",".join(endpoints), listen=m.api_url,
                                  service_cidr=cluster.service_cidr, node_port_range=cluster.node_port_range,
-                                 node_name=host.name)
+                                 node_name=host.name,
+                                 default_not_ready_toleration_seconds=cluster.default_toleration_seconds,
+                                 default_unreachable_toleration_seconds=cluster.default_toleration_seconds)
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
                                 after=(f"store-{m.name}",)))
     local_apis = [m.api_url for m in cluster.members_on(host.name)]
@@ -151,7 +157,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
     specs.append(DaemonSpec("controllers", tuple(daemons.controllers(
         cluster.python, api_servers=api_servers, cluster_cidr=cluster.cluster_cidr,
         node_cidr_mask_size=cluster.node_cidr_mask_size, node_monitor_grace_period=cluster.node_monitor_grace_period,
-        pod_eviction_timeout=cluster.pod_eviction_timeout, identity=host.name, service_cidr=cluster.service_cidr,
+        identity=host.name, service_cidr=cluster.service_cidr,
     )), "Skiff controller manager", after=apis_after))
     specs.append(DaemonSpec("scheduler", tuple(daemons.scheduler(cluster.python, api_servers=api_servers,
                                                                  identity=host.name)),
@@ -167,7 +173,8 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
         container_runtime_endpoint=paths.endpoint, node_ip=host.ip, listen=f"{host.ip}:{host.agent_port}",
         state_dir=str(host.state_dir / "agent"), cni_conf_dir=str(paths.cni_conf_dir),
         ipam_dir=str(paths.ipam_dir), pod_log_dir=str(paths.pod_logs), cgroup_parent=host.cgroup_parent,
-        node_labels=host.node_labels, register_with_taints=host.node_taints, netns=netns_path,
+        lease_period=cluster.node_lease_period, node_labels=host.node_labels,
+        register_with_taints=host.node_taints, netns=netns_path,
         cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain)
     proxy = daemons.netproxy(cluster.python, api_servers=cluster.api_servers, node_name=host.name,
                              mode=cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
@@ -200,6 +207,11 @@ def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "
 # In the file they are camelCase ("serviceCidr"), like the rest of Skiff's JSON.
 _CLUSTER_SETTINGS = {"".join(w if i == 0 else w.capitalize() for i, w in enumerate(f.name.split("_"))): f.name
                      for f in fields(ClusterConfig) if f.name not in ("members", "python")}
+
+
+# Settings older cluster files may hold that no longer mean anything; they are ignored.
+# podEvictionTimeout: eviction is by NoExecute taints and tolerations now, as in Kubernetes.
+_REMOVED_SETTINGS = frozenset({"podEvictionTimeout"})
 
 
 class ConfigError(ValueError):
@@ -240,7 +252,7 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
     """The inverse of cluster_to_dict; unknown keys and bad values are errors naming the field."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"cluster: expected an object, got {type(data).__name__}")
-    unknown = set(data) - {"members", *_CLUSTER_SETTINGS}
+    unknown = set(data) - {"members", *_CLUSTER_SETTINGS, *_REMOVED_SETTINGS}
     if unknown:
         raise ConfigError(f"cluster: unknown field(s) {', '.join(sorted(unknown))}")
     raw_members = _field(data, "members", list, "cluster")
@@ -279,6 +291,10 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
                                 [(f"the address of {m.host}", m.ip) for m in members])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        duration(cluster.node_lease_period)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"cluster.nodeLeasePeriod: {exc}") from None
     if cluster.proxy_mode not in PROXY_MODES:
         raise ConfigError(f"cluster.proxyMode: {cluster.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
     return cluster

@@ -104,6 +104,28 @@ class _Cache:
     messages: dict[str, str] = field(default_factory=dict)  # exited container id -> termination message
 
 
+def _revision(pod: t.Pod) -> int:
+    try:
+        return int(pod.metadata.resource_version or 0)
+    except ValueError:
+        return 0
+
+
+def status_write_needed(status: bytes, pod: t.Pod, last: tuple[bytes, int] | None) -> bool:
+    """Whether to write `status` (serialized) for `pod`, as the informer cache has it.
+
+    Not when the pod says it already; not when it is what we wrote last and the cache has not
+    seen a later change (the cache may lag our own write); but yes when someone else changed
+    the pod after our write: the node lifecycle controller marks a lost node's pods not Ready,
+    and when the node is back our Ready must be written again, though it is what we wrote last.
+    """
+    if status == pod.status.SerializeToString(deterministic=True):
+        return False
+    if last is None or status != last[0]:
+        return True
+    return _revision(pod) > last[1]
+
+
 class PodWorker:
     def __init__(self, ctx: WorkerContext, uid: str) -> None:
         self.ctx = ctx
@@ -114,7 +136,7 @@ class PodWorker:
         self.probes: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.wake_at: float | None = None
         self.deleted = False
-        self.last_written: bytes = b""
+        self.last_written: tuple[bytes, int] | None = None  # the status we last wrote, and its revision
         self.last_pod: t.Pod | None = None
         self.syncs = 0
         self.config_errors: dict[str, str] = {}  # container -> why it cannot be created yet
@@ -445,7 +467,7 @@ class PodWorker:
             if w.reason == "CrashLoopBackOff" and not _was_waiting(pod, name, "CrashLoopBackOff"):
                 self.ctx.events.event(pod, WARNING, "BackOff", f"Back-off restarting failed container {name}")
         data = status.SerializeToString(deterministic=True)
-        if data == pod.status.SerializeToString(deterministic=True) or data == self.last_written:
+        if not status_write_needed(data, pod, self.last_written):
             return
         new = t.Pod()
         new.CopyFrom(pod)
@@ -455,7 +477,7 @@ class PodWorker:
             written = await self.ctx.client.update_status(new)
         except errors.NotFoundError:
             return
-        self.last_written = data
+        self.last_written = (data, _revision(written))
         if self.ctx.on_status_written is not None:
             self.ctx.on_status_written(written)
 

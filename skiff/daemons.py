@@ -51,20 +51,22 @@ def store(python: str, *, name: str, data_dir: str, listen_client: str, listen_p
 
 
 def apiserver(python: str, *, store_endpoints: str, listen: str, service_cidr: str, node_port_range: str,
-              node_name: str, verbose: bool = False) -> list[str]:
+              node_name: str, default_not_ready_toleration_seconds: int = 300,
+              default_unreachable_toleration_seconds: int = 300, verbose: bool = False) -> list[str]:
     return [*_py(python, APISERVER), "--store-endpoints", store_endpoints, "--listen", listen,
             "--service-cidr", service_cidr, "--node-port-range", node_port_range, "--node-name", node_name,
+            "--default-not-ready-toleration-seconds", str(default_not_ready_toleration_seconds),
+            "--default-unreachable-toleration-seconds", str(default_unreachable_toleration_seconds),
             *_verbose(verbose)]
 
 
 def controllers(python: str, *, api_servers: str, cluster_cidr: str, node_cidr_mask_size: int,
-                node_monitor_grace_period: str, pod_eviction_timeout: str, identity: str,
+                node_monitor_grace_period: str, identity: str,
                 service_cidr: str = "", verbose: bool = False) -> list[str]:
     """`service_cidr` set: the controllers also keep default/kubernetes (its ClusterIP is the first address)."""
     argv = [*_py(python, CONTROLLERS), "--api-servers", api_servers, "--cluster-cidr", cluster_cidr,
             "--node-cidr-mask-size", str(node_cidr_mask_size),
-            "--node-monitor-grace-period", node_monitor_grace_period,
-            "--pod-eviction-timeout", pod_eviction_timeout, "--identity", identity]
+            "--node-monitor-grace-period", node_monitor_grace_period, "--identity", identity]
     if service_cidr:
         argv += ["--service-cidr", service_cidr]
     return argv + _verbose(verbose)
@@ -76,13 +78,14 @@ def scheduler(python: str, *, api_servers: str, identity: str, verbose: bool = F
 
 def nodeagent(python: str, *, node_name: str, api_servers: str, container_runtime_endpoint: str, node_ip: str,
               listen: str, state_dir: str, cni_conf_dir: str, ipam_dir: str, pod_log_dir: str,
-              cgroup_parent: str, node_labels: Mapping[str, str] | None = None,
+              cgroup_parent: str, lease_period: str = "10s", node_labels: Mapping[str, str] | None = None,
               register_with_taints: Sequence[str] = (), netns: str = "", cluster_dns: str = "",
               cluster_domain: str = "", verbose: bool = False) -> list[str]:
     argv = [*_py(python, NODEAGENT), "--node-name", node_name, "--api-servers", api_servers,
             "--container-runtime-endpoint", container_runtime_endpoint, "--node-ip", node_ip,
             "--listen", listen, "--state-dir", state_dir, "--cni-conf-dir", cni_conf_dir,
-            "--ipam-dir", ipam_dir, "--pod-log-dir", pod_log_dir, "--cgroup-parent", cgroup_parent]
+            "--ipam-dir", ipam_dir, "--pod-log-dir", pod_log_dir, "--cgroup-parent", cgroup_parent,
+            "--lease-period", lease_period]
     if cluster_dns:
         argv += ["--cluster-dns", cluster_dns]
     if cluster_domain:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from controlplane.apiserver.allocator import parse_cidr, parse_port_range
+from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS
 from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, StartupError, serve
 from skiff import defaults
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compaction-interval", type=duration, default=300.0,
                    help="time between store compactions, which only the api-server does; 0 disables (default 5m)")
     p.add_argument("--event-ttl", type=duration, default=3600.0, help="how long an Event is kept (default 1h)")
+    p.add_argument("--default-not-ready-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
+                   help="tolerationSeconds of the not-ready:NoExecute toleration added to every pod that has "
+                        "none (default %(default)s)")
+    p.add_argument("--default-unreachable-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
+                   help="tolerationSeconds of the unreachable:NoExecute toleration added to every pod that has "
+                        "none (default %(default)s)")
     add_verbose_flag(p)
     return p
 
@@ -67,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"skiff-apiserver: {exc}", file=sys.stderr)
         return 2
+    for name in ("default_not_ready_toleration_seconds", "default_unreachable_toleration_seconds"):
+        if getattr(args, name) < 0:
+            print(f"skiff-apiserver: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
+            return 2
     for name in ("watch_cache_size", "watch_buffer"):
         if getattr(args, name) < 1:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
@@ -76,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
                                     bookmark_interval=args.bookmark_interval,
                                     event_ttl=round(args.event_ttl),
-                                    compaction_interval=args.compaction_interval))
+                                    compaction_interval=args.compaction_interval,
+                                    default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
+                                    default_unreachable_toleration_seconds=(
+                                        args.default_unreachable_toleration_seconds)))
     try:
         asyncio.run(serve(config))
     except StartupError as exc:

@@ -30,6 +30,12 @@ Defaults, by kind (Kubernetes' values):
 - DaemonSet: updateStrategy RollingUpdate with maxUnavailable 1 and maxSurge 0,
   revisionHistoryLimit 10; StatefulSet: replicas 1, podManagementPolicy OrderedReady,
   updateStrategy RollingUpdate with partition 0, revisionHistoryLimit 10.
+
+`default_tolerations(spec, ...)` is Kubernetes' DefaultTolerationSeconds admission, applied to
+a Pod when it is created (never on update): tolerations of the node lifecycle's NoExecute
+taints `node.kubernetes.io/not-ready` and `unreachable` for 300 s (the api-server's
+--default-not-ready-toleration-seconds / --default-unreachable-toleration-seconds), each added
+only when the pod has no toleration of that taint already (an empty key or effect matches).
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from skiff import defaults as skiff_defaults
-from skiff import kinds
+from skiff import kinds, taints
 from skiffpb.api.v1 import types_pb2 as t
 
 GRACE_PERIOD_SECONDS = 30
+DEFAULT_TOLERATION_SECONDS = 300
 DEFAULT_SCHEDULER = "default-scheduler"
 SESSION_AFFINITY_TIMEOUT = 10800
 
@@ -117,6 +124,15 @@ def pod_spec(spec: t.PodSpec) -> None:
     for tol in spec.tolerations:
         if not tol.operator:
             tol.operator = "Equal"
+
+
+def default_tolerations(spec: t.PodSpec, *, not_ready_seconds: int = DEFAULT_TOLERATION_SECONDS,
+                        unreachable_seconds: int = DEFAULT_TOLERATION_SECONDS) -> None:
+    """Add the not-ready/unreachable NoExecute tolerations a pod lacks (see the module docstring)."""
+    for key, seconds in ((taints.NOT_READY, not_ready_seconds), (taints.UNREACHABLE, unreachable_seconds)):
+        if any(tol.key in ("", key) and tol.effect in ("", taints.NO_EXECUTE) for tol in spec.tolerations):
+            continue
+        spec.tolerations.add(key=key, operator="Exists", effect=taints.NO_EXECUTE, toleration_seconds=seconds)
 
 
 def _deployment(d: t.Deployment) -> None:

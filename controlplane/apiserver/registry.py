@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 
 from controlplane.apiserver import admission, strategy
 from controlplane.apiserver import allocator as alloc
-from controlplane.apiserver.defaults import apply_defaults
+from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS, apply_defaults, default_tolerations
 from controlplane.apiserver.filters import Filter, make_filter
 from controlplane.apiserver.storage import (
     KV,
@@ -120,6 +120,9 @@ class Options:
     compaction_interval: float = 300.0
     namespace_sweep_interval: float = 2.0
     fresh_read_timeout: float = 3.0  # how long a consistent read waits for the cache to catch up
+    # DefaultTolerationSeconds admission (defaults.default_tolerations) for pods created here.
+    default_not_ready_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
+    default_unreachable_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
 
 
 class Registry:
@@ -278,6 +281,8 @@ class Registry:
         strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid())
         apply_defaults(obj)
         if isinstance(obj, t.Pod):
+            default_tolerations(obj.spec, not_ready_seconds=self.options.default_not_ready_toleration_seconds,
+                                unreachable_seconds=self.options.default_unreachable_toleration_seconds)
             problems += await self._limit_ranges(obj)
         problems += validate(obj)
         if problems:

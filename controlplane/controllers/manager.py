@@ -24,7 +24,7 @@ from controlplane.controllers.garbagecollector import GarbageCollector
 from controlplane.controllers.job import JobController
 from controlplane.controllers.kubernetesservice import KubernetesServiceController
 from controlplane.controllers.nodeipam import NodeIpamController
-from controlplane.controllers.nodelifecycle import NodeLifecycleController
+from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.controllers.resourcequota import ResourceQuotaController
 from controlplane.controllers.serviceaccount import ServiceAccountController
@@ -48,8 +48,8 @@ COMPONENT = "controller-manager"
 class Options:
     controllers: Sequence[str] = ALL_CONTROLLERS
     node_monitor_grace_period: float = 40.0
-    pod_eviction_timeout: float = 60.0
     node_monitor_period: float = 5.0
+    eviction: EvictionOptions = field(default_factory=EvictionOptions)
     cluster_cidr: str = defaults.CLUSTER_CIDR
     node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
     # default/kubernetes: kept only when the service CIDR is known (its ClusterIP is the first address).
@@ -80,8 +80,8 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "nodelifecycle" in wanted:
         out.append(NodeLifecycleController(client, factory, recorder=recorder.scoped("node-controller"), clock=clock,
                                            grace_period=options.node_monitor_grace_period,
-                                           eviction_timeout=options.pod_eviction_timeout,
-                                           monitor_period=options.node_monitor_period))
+                                           monitor_period=options.node_monitor_period,
+                                           eviction=options.eviction))
     if "nodeipam" in wanted:
         out.append(NodeIpamController(client, factory, recorder=recorder.scoped("node-ipam-controller"),
                                       cluster_cidr=options.cluster_cidr,

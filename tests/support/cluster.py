@@ -5,7 +5,7 @@ For integration tests and benchmarks of the control plane: together with
 nodes run the real node agent over its in-memory runtime (`--fake-runtime`: no containerd, no
 host networking), so pods really go Pending -> scheduled -> Running -> Ready.
 
-Timings are shortened for tests through flags (node grace period, eviction timeout, lease
+Timings are shortened for tests through flags (node grace period, default toleration seconds, lease
 periods); the code paths are the production ones.
 """
 

@@ -41,6 +41,9 @@ def test_control_plane_host_daemons() -> None:
     api2 = specs[4].argv
     assert api2[api2.index("--store-endpoints") + 1].split(",")[0] == "10.0.0.10:2479"  # its own member first
     assert specs[4].after == ("store-s2",)
+    assert api2[api2.index("--default-unreachable-toleration-seconds") + 1] == "300"
+    assert api2[api2.index("--default-not-ready-toleration-seconds") + 1] == "300"
+    assert "--pod-eviction-timeout" not in specs[6].argv
 
 
 def test_worker_daemons_share_node_paths() -> None:
@@ -52,6 +55,7 @@ def test_worker_daemons_share_node_paths() -> None:
     assert agent[agent.index("--container-runtime-endpoint") + 1] == "unix:///var/lib/skiff/node/containerd.sock"
     assert agent[agent.index("--api-servers") + 1] == "10.0.0.10:6443,10.0.0.10:6444,10.0.0.10:6445"
     assert agent[-2:] == ("--netns", "/run/netns/L-n1")
+    assert agent[agent.index("--lease-period") + 1] == "10s"
     assert "restrict_oom_score_adj = true" in render.containerd_config(host)
     # Pods are told the address the same host's clusterdns listens on.
     dns = specs["clusterdns"].argv
@@ -78,6 +82,11 @@ def test_cluster_file_round_trip() -> None:
     assert render.cluster_from_dict(data, python="/py") == c
 
 
+def test_cluster_file_from_before_taint_based_eviction_still_loads() -> None:
+    c = render.cluster_from_dict({"members": _members(), "podEvictionTimeout": "60s"}, python="/py")
+    assert c.default_toleration_seconds == 300
+
+
 def _members() -> list[dict[str, object]]:
     return [{"name": "s1", "host": "cp", "ip": "10.0.0.1", "clientPort": 2379, "peerPort": 2380, "apiPort": 6443}]
 
@@ -100,9 +109,11 @@ def _members() -> list[dict[str, object]]:
          r"cluster.serviceCidr 10.244.0.0/20 overlaps cluster.clusterCidr 10.244.0.0/16"),
         ({"members": [{**_members()[0], "ip": "10.100.0.5"}]},
          r"cluster.serviceCidr 10.96.0.0/12 overlaps the address of cp 10.100.0.5/32"),
+        ({"members": _members(), "nodeLeasePeriod": "soon"}, "cluster.nodeLeasePeriod: 'soon' is not a duration"),
     ],
     ids=["not-object", "unknown-field", "no-members", "empty-members", "bad-ip", "port-string", "port-bool",
-         "duplicate", "proxy-mode", "host-bits-set", "mask-string", "service-overlaps-pods", "host-in-services"],
+         "duplicate", "proxy-mode", "host-bits-set", "mask-string", "service-overlaps-pods", "host-in-services",
+         "lease-period"],
 )
 def test_cluster_file_errors_name_the_field(data: object, message: str) -> None:
     with pytest.raises(render.ConfigError, match=message):

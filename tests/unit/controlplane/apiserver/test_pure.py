@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 
 from controlplane.apiserver import strategy
 from controlplane.apiserver.allocator import Allocator, allocation_keys, parse_port_range
-from controlplane.apiserver.defaults import apply_defaults, image_pull_policy
+from controlplane.apiserver.defaults import apply_defaults, default_tolerations, image_pull_policy
 from controlplane.apiserver.storage import Event, StoreError, prefix_end
 from controlplane.apiserver.watchcache import watch_event
 from skiff import errors, kinds
@@ -183,6 +183,31 @@ def test_prefix_end() -> None:
     assert "/registry/pods/default/x" < prefix_end("/registry/pods/") < "/registry/replicasets/"
 
 
+NR, UR = "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"
+
+
+@pytest.mark.parametrize(("given", "want"), [
+    ((), {(NR, "NoExecute", 300), (UR, "NoExecute", 30)}),
+    ((t.Toleration(key=UR, operator="Exists", effect="NoExecute", toleration_seconds=5),),
+     {(UR, "NoExecute", 5), (NR, "NoExecute", 300)}),
+    ((t.Toleration(key=UR, operator="Exists"),), {(UR, "", 0), (NR, "NoExecute", 300)}),
+    ((t.Toleration(operator="Exists"),), {("", "", 0)}),
+    ((t.Toleration(operator="Exists", effect="NoExecute"),), {("", "NoExecute", 0)}),
+    ((t.Toleration(key=UR, operator="Exists", effect="NoSchedule"),),
+     {(UR, "NoSchedule", 0), (UR, "NoExecute", 30), (NR, "NoExecute", 300)}),
+    ((t.Toleration(key="dedicated", operator="Exists"),),
+     {("dedicated", "", 0), (UR, "NoExecute", 30), (NR, "NoExecute", 300)}),
+], ids=["none", "own-unreachable-kept", "any-effect-counts", "tolerates-everything", "all-no-execute",
+        "no-schedule-does-not-count", "other-key"])
+def test_default_tolerations(given: tuple[t.Toleration, ...], want: set[tuple[str, str, int]]) -> None:
+    """DefaultTolerationSeconds: added only where the pod tolerates neither taint already."""
+    spec = t.PodSpec(tolerations=given)
+    default_tolerations(spec, not_ready_seconds=300, unreachable_seconds=30)
+    assert {(tn.key, tn.effect, tn.toleration_seconds) for tn in spec.tolerations} == want
+    again = t.PodSpec()
+    again.CopyFrom(spec)
+    default_tolerations(again, not_ready_seconds=1, unreachable_seconds=1)
+    assert again == spec, "applying it twice changes nothing"
 def _stored(name: str, image: str) -> bytes:
     p = pod(name)
     p.spec.containers[0].image = image
