@@ -10,10 +10,16 @@ What must hold:
   until `retry_for` seconds have passed, then raises UnavailableStoreError. A write that may
   have been applied (deadline exceeded) is not retried: the caller gets UnavailableStoreError
   and, for creates and updates, checks the stored value itself.
-- A watch survives the loss of its endpoint: it reconnects (to the next endpoint) from the
-  revision after the last one it delivered, so its consumer sees no gap and no duplicate.
-  Watches carry `hasleader=true` so a member cut off from its cluster ends them rather
-  than leaving them silently stale.
+- One endpoint is in use for every call and watch of an `EtcdStore`. A failure moves it to
+  the next endpoint only if it is still the endpoint that failed (`_failed(index)`): calls and
+  watches that fail together on a dead member move it once, not once each. (Moving once per
+  failure let the api-server's 9 watch caches, failing together on one of 3 members, come
+  back to the dead member together round after round: 9 moves are a full turn.)
+- A watch survives the loss of its endpoint: it reconnects (to the endpoint in use) from the
+  revision after the last one it delivered, so its consumer sees no gap and no duplicate. A
+  store that does not confirm the watch within `timeout` counts as failed, so a connection
+  that hangs cannot hold a watch forever. Watches carry `hasleader=true` so a member cut off
+  from its cluster ends them rather than leaving them silently stale.
 """
 
 from __future__ import annotations
@@ -98,6 +104,7 @@ class EtcdStore:
         self._endpoints: list[_Endpoint | None] = [None] * len(self.targets)
         self._current = 0
         self._healthy = True
+        self.moves = 0  # times the endpoint in use changed after a failure (for tests and status)
 
     def _endpoint(self, index: int) -> _Endpoint:
         ep = self._endpoints[index]
@@ -105,8 +112,11 @@ class EtcdStore:
             ep = self._endpoints[index] = _Endpoint(self.targets[index])
         return ep
 
-    def _next(self) -> None:
-        self._current = (self._current + 1) % len(self.targets)
+    def _failed(self, index: int) -> None:
+        """Endpoint `index` failed: use the next one, unless another failure moved on already."""
+        if index == self._current:
+            self._current = (index + 1) % len(self.targets)
+            self.moves += 1
 
     def _state(self, healthy: bool, detail: str = "") -> None:
         """Log once per change between reachable and unreachable."""
@@ -119,14 +129,16 @@ class EtcdStore:
 
     async def _call(self, pick: Callable[[_Endpoint], Any], request: R, *, idempotent: bool) -> Any:
         target = ""
+        index = self._current
 
         def retryable(exc: BaseException) -> bool:
             return isinstance(exc, grpc.aio.AioRpcError) and (exc.code() == grpc.StatusCode.UNAVAILABLE or (
                 idempotent and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED))
 
         async def attempt() -> Any:
-            nonlocal target
-            ep = self._endpoint(self._current)
+            nonlocal target, index
+            index = self._current
+            ep = self._endpoint(index)
             target = ep.target
             response = await pick(ep)(request, timeout=self.timeout)
             self._state(True)
@@ -134,7 +146,7 @@ class EtcdStore:
 
         def next_endpoint(exc: BaseException, delay: float) -> None:
             self._state(False, _describe(exc, target))
-            self._next()
+            self._failed(index)
 
         try:
             return await retry(attempt, retryable=retryable, backoff=STORE_BACKOFF, budget=self.retry_for,
@@ -264,14 +276,18 @@ class EtcdWatch:
         self.prefix = prefix
         self.next_revision = start_revision  # 0: from now, fixed by the first "created" response
         self._call: Any = None
+        self._index = store._current  # the endpoint of the current (or last) attempt
         self._closed = False
 
     async def _open(self) -> Any:
-        ep = self.store._endpoint(self.store._current)
+        self._index = self.store._current
+        ep = self.store._endpoint(self._index)
         call = ep.watch.Watch(metadata=WATCH_METADATA)
+        self._call = call
         create = rpc_pb2.WatchCreateRequest(key=_b(self.prefix), range_end=_b(prefix_end(self.prefix)),
                                             start_revision=self.next_revision, prev_kv=True, progress_notify=True)
-        await call.write(rpc_pb2.WatchRequest(create_request=create))
+        async with asyncio.timeout(self.store.timeout):
+            await call.write(rpc_pb2.WatchRequest(create_request=create))
         return call
 
     async def __aiter__(self) -> AsyncIterator[WatchBatch]:
@@ -287,25 +303,31 @@ class EtcdWatch:
                 detail = "stream ended"
             except _WatchCanceled as exc:
                 detail = f"watch canceled by the store: {exc}"
+            except TimeoutError:
+                detail = f"the watch was not confirmed within {self.store.timeout:g}s"
             except grpc.aio.AioRpcError as exc:
                 if self._closed or exc.code() == grpc.StatusCode.CANCELLED:
                     return
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                                       grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-                    raise _translate(exc, self.store.targets[self.store._current]) from exc
+                    raise _translate(exc, self.store.targets[self._index]) from exc
                 detail = f"{exc.code().name.lower()}: {exc.details()}"
             finally:
                 if self._call is not None:
                     self._call.cancel()
                     self._call = None
-            self.store._state(False, f"watch {self.prefix} on {self.store.targets[self.store._current]}: {detail}")
-            self.store._next()
+            self.store._state(False, f"watch {self.prefix} on {self.store.targets[self._index]}: {detail}")
+            self.store._failed(self._index)
             await asyncio.sleep(delays.next())
 
     async def _read(self, call: Any) -> AsyncIterator[WatchBatch]:
         watch_id: int | None = None
         while True:
-            resp = await call.read()
+            if watch_id is None:
+                async with asyncio.timeout(self.store.timeout):
+                    resp = await call.read()
+            else:
+                resp = await call.read()
             if resp is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             assert isinstance(resp, rpc_pb2.WatchResponse)
