@@ -152,6 +152,11 @@ class Lab:
         return [m.api_url for m in self.cluster.members]
 
     @property
+    def http_servers(self) -> list[str]:
+        """The Kubernetes REST API of each api-server, as kubectl's server URLs."""
+        return [f"http://{m.http_url}" for m in self.cluster.members]
+
+    @property
     def workers(self) -> list[str]:
         return [h.name for h in self.net.with_role(render.WORKER)]
 

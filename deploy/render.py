@@ -33,6 +33,7 @@ class StoreMember:
     client_port: int = defaults.STORE_CLIENT_PORT
     peer_port: int = defaults.STORE_PEER_PORT
     api_port: int = defaults.API_PORT  # the api-server beside this member
+    http_port: int = defaults.KUBE_API_PORT  # its Kubernetes REST API
 
     @property
     def client_url(self) -> str:
@@ -45,6 +46,10 @@ class StoreMember:
     @property
     def api_url(self) -> str:
         return f"{self.ip}:{self.api_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.ip}:{self.http_port}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,8 @@ def plan_members(hosts: Sequence[tuple[str, str]], *, members: int = 3) -> tuple
         host, ip = hosts[i % len(hosts)]
         slot = i // len(hosts)
         out.append(StoreMember(f"s{i + 1}", host, ip, defaults.STORE_CLIENT_PORT + 100 * slot,
-                               defaults.STORE_PEER_PORT + 100 * slot, defaults.API_PORT + slot))
+                               defaults.STORE_PEER_PORT + 100 * slot, defaults.API_PORT + slot,
+                               defaults.KUBE_API_PORT + slot))
     return tuple(out)
 
 
@@ -141,7 +147,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
         # Each api-server prefers its own member, then the others.
         endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
         argv = [*_py(cluster, "controlplane.apiserver"), "--store-endpoints", ",".join(endpoints),
-                "--listen", m.api_url, "--service-cidr", cluster.service_cidr,
+                "--listen", m.api_url, "--http-listen", m.http_url, "--service-cidr", cluster.service_cidr,
                 "--node-port-range", cluster.node_port_range, "--node-name", host.name]
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
                                 after=(f"store-{m.name}",)))
