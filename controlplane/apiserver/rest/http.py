@@ -56,6 +56,10 @@ class Target:
     subresource: str = ""
 
 
+TARGET = web.RequestKey("target", Target)
+NAME = web.RequestKey("name", str)  # the object's name when it comes from the body (create)
+
+
 @dataclass(frozen=True)
 class Attributes:
     """What authorization decides on (Kubernetes' request attributes)."""
@@ -149,10 +153,10 @@ class KubeApi:
         try:
             return await handler(request)
         except errors.SkiffError as exc:
-            target = request.get("target")
+            target = request.get(TARGET)
             resource = target.kind.resource if target is not None else ""
             group = target.kind.group if target is not None else ""
-            name = target.name if target is not None else ""
+            name = request.get(NAME) or (target.name if target is not None else "")
             code, body = st.status(exc, resource=resource, group=group, name=name)
             return json_response(body, status=code)
         except web.HTTPException:
@@ -219,7 +223,7 @@ class KubeApi:
 
     async def _resource(self, request: web.Request, gv: str, rest: list[str]) -> web.StreamResponse:
         target = self._target(gv, rest)
-        request["target"] = target
+        request[TARGET] = target
         q = request.query
         method = request.method
         if not target.name:
@@ -288,6 +292,7 @@ class KubeApi:
     async def create(self, request: web.Request, target: Target) -> web.Response:
         obj = parse_object(await self._body(request), target.kind)
         meta = obj.metadata  # type: ignore[attr-defined]
+        request[NAME] = meta.name
         if target.namespace and meta.namespace and meta.namespace != target.namespace:
             raise st.BadRequest(f'the namespace of the object ({meta.namespace}) does not match the namespace '
                                 f'of the request ({target.namespace})')
@@ -421,8 +426,11 @@ class KubeApi:
                 await response.write(json.dumps({"type": ev.type, "object": out}, separators=(",", ":")).encode()
                                      + b"\n")
         except errors.SkiffError as exc:
-            if not started:
-                raise
+            if not started and not isinstance(exc, errors.GoneError):
+                raise  # refused before it started (a bad selector): a plain error response
+            if not started:  # too old: as Kubernetes, a 200 stream whose one event is the 410 Status
+                await response.prepare(request)
+                started = True
             _, body = st.status(exc, resource=target.kind.resource, group=target.kind.group)
             await response.write(json.dumps({"type": "ERROR", "object": body}).encode() + b"\n")
         except ConnectionResetError:  # the client went away: nothing to tell it
