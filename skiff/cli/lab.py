@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from skiff import kubeconfig
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("lab", help="run a multi-host cluster in network namespaces on this machine")
@@ -49,6 +51,9 @@ def _up(args: argparse.Namespace) -> int:
     lab.up(progress=lambda line: print(f"[lab {args.prefix}] {line}", flush=True))
     print(f"api-servers: {','.join(lab.api_servers)}")
     print(f"use it:      export SKIFF_SERVER={','.join(lab.api_servers)}")
+    context = f"skiff-{args.prefix}"
+    path = kubeconfig.write_entry(lab.http_servers[0], name=context)
+    print(f"kubectl:     context {context} in {path} ({lab.http_servers[0]}), now the current context")
     return 0
 
 
@@ -58,6 +63,8 @@ def _down(args: argparse.Namespace) -> int:
     lab = Lab.load(args.prefix, _root(args))
     for note in lab.down(progress=print):
         print(f"cleaned: {note}")
+    if kubeconfig.remove_entry(lab.http_servers[0], name=f"skiff-{args.prefix}"):
+        print(f"cleaned: kubectl context skiff-{args.prefix} in {kubeconfig.kubeconfig_path()}")
     return 0
 
 

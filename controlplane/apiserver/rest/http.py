@@ -44,6 +44,10 @@ JSON = "application/json"
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 PATCH_ATTEMPTS = 8
 MAX_BODY = 16 * 1024 * 1024
+# Request bodies read: JSON, YAML and the patch types (which are JSON, or YAML for apply).
+READABLE = frozenset({JSON, "application/yaml", "application/json-patch+json", "application/merge-patch+json",
+                      "application/strategic-merge-patch+json", "application/apply-patch+yaml",
+                      "application/octet-stream", "text/plain"})
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,12 @@ class KubeApi:
         raw = await request.read()
         if not raw:
             raise st.BadRequest("the request has no body")
+        if request.content_type not in READABLE:
+            raise st.UnsupportedMediaType(
+                f"the body's content type {request.content_type!r} is not supported: Skiff reads JSON (and YAML); "
+                "Kubernetes' protobuf encoding (sent by kubectl's typed commands such as `kubectl create "
+                "deployment`) is not served yet: use "
+                "`kubectl create ... --dry-run=client -o yaml | kubectl apply -f -`")
         try:
             if request.content_type == "application/yaml" or request.content_type.endswith("+yaml"):
                 return yaml.safe_load(raw)
@@ -290,9 +300,11 @@ class KubeApi:
                               "metadata": meta, "items": [object_data(o) for o in items]})
 
     async def create(self, request: web.Request, target: Target) -> web.Response:
-        obj = parse_object(await self._body(request), target.kind)
+        body = await self._body(request)
+        if isinstance(body, dict):
+            request[NAME] = _name_of(body)
+        obj = parse_object(body, target.kind)
         meta = obj.metadata  # type: ignore[attr-defined]
-        request[NAME] = meta.name
         if target.namespace and meta.namespace and meta.namespace != target.namespace:
             raise st.BadRequest(f'the namespace of the object ({meta.namespace}) does not match the namespace '
                                 f'of the request ({target.namespace})')

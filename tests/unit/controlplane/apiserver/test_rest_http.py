@@ -79,6 +79,12 @@ async def test_create_get_list_table_and_errors(api: Api) -> None:
     assert (code, conflict["reason"]) == (409, "Conflict")
 
 
+async def test_protobuf_bodies_are_refused_by_name(api: Api) -> None:
+    code, body = await api.call("POST", DEPLOYS, DEPLOY, content_type="application/vnd.kubernetes.protobuf")
+    assert (code, body["reason"]) == (415, "UnsupportedMediaType")
+    assert "protobuf" in body["message"]
+
+
 async def test_patch_types_scale_and_status(api: Api) -> None:
     await api.call("POST", DEPLOYS, DEPLOY)
     code, smp = await api.call("PATCH", DEPLOYS + "/web", {"spec": {"template": {"spec": {"containers": [
