@@ -214,7 +214,7 @@ class KubeApi:
 
     def _target(self, gv: str, rest: list[str]) -> Target:
         namespace = ""
-        if len(rest) >= 3 and rest[0] == "namespaces":
+        if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
             namespace, rest = rest[1], rest[2:]
         if not rest or len(rest) > 3:
             raise errors.NotFoundError("the server could not find the requested resource")

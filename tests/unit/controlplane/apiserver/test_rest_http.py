@@ -167,6 +167,8 @@ async def test_delete_options_and_discovery(api: Api) -> None:
     assert (code, done["status"]) == (200, "Success")
     code, resources = await api.call("GET", "/apis/apps/v1")
     assert "deployments/scale" in [r["name"] for r in resources["resources"]]
+    code, ns = await api.call("GET", "/api/v1/namespaces/default/status")  # not "status" pods in "default"
+    assert (code, ns["kind"], ns["metadata"]["name"]) == (200, "Namespace", "default")
     code, version = await api.call("GET", "/version")
     assert version["major"] == "1"
     code, text = await api.call("GET", "/readyz")
