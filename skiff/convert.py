@@ -26,6 +26,9 @@ M = TypeVar("M", bound=Message)
 INT_OR_STRING = "skiff.api.v1.IntOrString"
 TIMESTAMP = "google.protobuf.Timestamp"
 
+# Kubernetes MicroTime fields: always six fractional digits (Go clients parse them with a fixed layout).
+MICRO_TIME_FIELDS = frozenset({"skiff.api.v1.LeaseSpec.acquire_time", "skiff.api.v1.LeaseSpec.renew_time"})
+
 # map<string,string> fields that hold quantities: YAML numbers (cpu: 1, cpu: 0.5) are accepted there.
 QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable"})
 
@@ -75,6 +78,12 @@ def format_timestamp(ts: Timestamp) -> str:
         frac = f"{ts.nanos:09d}".rstrip("0")
         return f"{base}.{frac}Z"
     return base + "Z"
+
+
+def format_micro_time(ts: Timestamp) -> str:
+    """Kubernetes' MicroTime: RFC 3339 in UTC with exactly six fractional digits."""
+    base = dt.datetime.fromtimestamp(ts.seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{ts.nanos // 1000:06d}Z"
 
 
 def parse_timestamp(value: Any, path: str) -> Timestamp:
@@ -233,6 +242,8 @@ def _value_to_data(field: Any, value: Any) -> Any:
             return [_message_to_data(v) for v in value]
         return list(value)
     if field.message_type is not None:
+        if field.full_name in MICRO_TIME_FIELDS:
+            return format_micro_time(value)
         return _message_to_data(value)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return value.decode(errors="replace")

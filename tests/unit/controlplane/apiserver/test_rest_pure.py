@@ -304,3 +304,18 @@ def test_kubeconfig_files(tmp_path: Any) -> None:
     assert not kubeconfig.remove_entry("http://h:1", path=path)
     assert kubeconfig.kubeconfig_path({"KUBECONFIG": "/a:/b", "HOME": "/h"}).as_posix() == "/a"
     assert kubeconfig.kubeconfig_path({"HOME": "/h"}).as_posix() == "/h/.kube/config"
+
+
+@pytest.mark.parametrize(("nanos", "want"), [
+    (0, "1970-01-01T00:16:40.000000Z"),
+    (123_000_000, "1970-01-01T00:16:40.123000Z"),
+    (123_456_789, "1970-01-01T00:16:40.123456Z"),
+], ids=["whole-second", "millis", "nanos-truncated"])
+def test_lease_times_are_micro_times(nanos: int, want: str) -> None:
+    lease = t.Lease(api_version="coordination.k8s.io/v1", kind="Lease")
+    lease.metadata.name = "l"
+    lease.spec.renew_time.seconds, lease.spec.renew_time.nanos = 1_000, nanos
+    lease.spec.acquire_time.seconds = 1_000
+    spec = object_data(lease)["spec"]
+    assert spec["renewTime"] == want
+    assert spec["acquireTime"] == "1970-01-01T00:16:40.000000Z"
