@@ -62,6 +62,7 @@ class Target:
 
 TARGET = web.RequestKey("target", Target)
 NAME = web.RequestKey("name", str)  # the object's name when it comes from the body (create)
+WARNINGS = web.RequestKey("warnings", list)  # Warning headers of the response (unknown fields)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def object_data(obj: Message) -> dict[str, Any]:
             **{k: v for k, v in data.items() if k not in ("kind", "apiVersion")}}
 
 
-def parse_object(data: Any, kind: kinds.Kind) -> Message:
+def parse_object(data: Any, kind: kinds.Kind, *, unknown: list[str] | None = None) -> Message:
     if not isinstance(data, dict):
         raise st.BadRequest(f"the body must be a JSON object, a {kind.kind}")
     body_kind, body_version = data.get("kind"), data.get("apiVersion")
@@ -97,7 +98,7 @@ def parse_object(data: Any, kind: kinds.Kind) -> Message:
         raise st.BadRequest(f"the body is a {body_kind} ({body_version}); this path takes a {kind.kind} "
                             f"({kind.api_version})")
     try:
-        return from_data(data, kind.message)
+        return from_data(data, kind.message, unknown=unknown)
     except FieldError as exc:
         raise errors.InvalidError(f'{kind.kind} "{_name_of(data)}" is invalid: {exc}',
                                   causes=((exc.path, exc.problem),)) from exc
@@ -259,10 +260,27 @@ class KubeApi:
 
     def _respond(self, request: web.Request, kind: kinds.Kind, obj: Message, *, status: int = 200) -> web.Response:
         if wants_table(request.headers.get("Accept", "")):
-            return json_response(table.table(kind, [obj], now=self.clock(),
-                                             include_object=request.query.get("includeObject", "Metadata")),
-                                 status=status)
-        return json_response(object_data(obj), status=status)
+            response = json_response(table.table(kind, [obj], now=self.clock(),
+                                                 include_object=request.query.get("includeObject", "Metadata")),
+                                     status=status)
+        else:
+            response = json_response(object_data(obj), status=status)
+        for text in request.get(WARNINGS, []):
+            response.headers.add("Warning", '299 - "' + text.replace('"', '\\"') + '"')
+        return response
+
+    @staticmethod
+    def _parse(request: web.Request, data: Any, kind: kinds.Kind) -> Message:
+        """`data` as a `kind`, with Kubernetes' fieldValidation: Strict refuses unknown fields;
+        Warn (the default, as in Kubernetes) drops them with a Warning header each; Ignore drops them."""
+        validation = request.query.get("fieldValidation") or "Warn"
+        if validation not in ("Strict", "Warn", "Ignore"):
+            raise st.BadRequest(f"fieldValidation: must be Strict, Warn or Ignore, got {validation!r}")
+        unknown: list[str] | None = None if validation == "Strict" else []
+        obj = parse_object(data, kind, unknown=unknown)
+        if unknown and validation == "Warn":
+            request[WARNINGS] = [f'unknown field "{path}"' for path in unknown]
+        return obj
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -303,7 +321,7 @@ class KubeApi:
         body = await self._body(request)
         if isinstance(body, dict):
             request[NAME] = _name_of(body)
-        obj = parse_object(body, target.kind)
+        obj = self._parse(request, body, target.kind)
         meta = obj.metadata  # type: ignore[attr-defined]
         if target.namespace and meta.namespace and meta.namespace != target.namespace:
             raise st.BadRequest(f'the namespace of the object ({meta.namespace}) does not match the namespace '
@@ -313,7 +331,7 @@ class KubeApi:
         return self._respond(request, target.kind, created, status=201)
 
     async def update(self, request: web.Request, target: Target, *, status: bool = False) -> web.Response:
-        obj = parse_object(await self._body(request), target.kind)
+        obj = self._parse(request, await self._body(request), target.kind)
         self._check_identity(obj, target)
         updated = await self.registry.update(obj, status=status)
         return self._respond(request, target.kind, updated)
@@ -356,7 +374,7 @@ class KubeApi:
             meta = new_doc.get("metadata") if isinstance(new_doc, dict) else None
             pinned = isinstance(meta, dict) and meta.get("resourceVersion") not in (None, doc["metadata"].get(
                 "resourceVersion"))
-            obj = parse_object(new_doc, target.kind)
+            obj = self._parse(request, new_doc, target.kind)
             self._check_identity(obj, target)
             if not pinned:
                 obj.metadata.resource_version = current.metadata.resource_version  # type: ignore[attr-defined]
