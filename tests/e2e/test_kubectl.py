@@ -28,6 +28,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".venv" / "bin" / "kubectl"
 WEB = ROOT / "examples" / "web"
+SEED = ROOT / "examples" / "seed"
 LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure reports
 
 
@@ -92,6 +93,23 @@ def test_discovery_and_unknown_kinds(kubectl: Callable[..., subprocess.Completed
     assert 'the server doesn\'t have a resource type "widgets"' in unknown.stderr
 
 
+def test_seed_verbatim(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """The Kubernetes seed as it is (its nginx:latest needs a registry: only the objects are checked)."""
+    applied = kubectl("apply", "-f", str(SEED)).stdout
+    assert "deployment.apps/nginx-demo created" in applied and "service/nginx-service created" in applied
+    assert "unchanged" in kubectl("apply", "-f", str(SEED)).stdout
+    labeled = kubectl("label", "deploy", "nginx-demo", "tier=demo").stdout
+    assert "deployment.apps/nginx-demo labeled" in labeled
+    kubectl("patch", "deploy", "nginx-demo", "--type", "json", "-p",
+            '[{"op": "replace", "path": "/spec/replicas", "value": 1}]')
+    got = json.loads(kubectl("get", "deploy", "nginx-demo", "-o", "json").stdout)
+    assert got["metadata"]["labels"] == {"app": "nginx", "tier": "demo"} and got["spec"]["replicas"] == 1
+    assert "Replicas:" in kubectl("describe", "deploy", "nginx-demo").stdout
+    everywhere = kubectl("get", "svc", "-A").stdout.splitlines()
+    assert everywhere[0].split()[:2] == ["NAMESPACE", "NAME"]
+    kubectl("delete", "-f", str(SEED))
+
+
 def test_apply_get_watch_scale_logs_delete(kubectl: Callable[..., subprocess.CompletedProcess[str]],
                                           tmp_path: Path) -> None:
     applied = kubectl("apply", "-f", str(WEB)).stdout
@@ -135,9 +153,14 @@ def test_apply_get_watch_scale_logs_delete(kubectl: Callable[..., subprocess.Com
     assert container["readinessProbe"]["periodSeconds"] == 3 and container["image"] == "skiff/web:1.0"
     assert container["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
 
-    pod = kubectl("get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}").stdout.strip()
-    logs = kubectl("logs", pod, check=False)
-    assert logs.returncode == 0, logs.stderr
+    rollout = kubectl("rollout", "status", "deploy/web", "--timeout=90s", timeout=100).stdout
+    assert 'deployment "web" successfully rolled out' in rollout
+
+    def logs_of_a_pod() -> bool:  # a pod of the old ReplicaSet may still be going away: ask again
+        pod = kubectl("get", "pods", "-l", "app=web", "-o", "jsonpath={.items[-1].metadata.name}").stdout.strip()
+        return kubectl("logs", pod, check=False).returncode == 0
+
+    eventually(logs_of_a_pod, timeout=30, what="kubectl logs of a web pod")
 
     deleted = kubectl("delete", "-f", str(changed), "--wait=false").stdout
     assert 'deployment.apps "web" deleted' in deleted
