@@ -7,12 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STATE ?= /var/lib/skiff/local
 DEB_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 iputils-ping util-linux \
-	busybox-static etcd-client etcd-server shellcheck procps kmod
+	busybox-static etcd-client etcd-server shellcheck procps kmod \
+	qemu-system-x86 linux-image-amd64 ipvsadm ipset
 PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
-	bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e clean \
+	vm-image vm-ipvs bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -82,6 +83,15 @@ lab: setup
 lab-down: setup
 	$(BIN)/skiff lab down
 
+# QEMU guests (docs/vm.md): Debian's kernel (it has IP_VS) booted under software emulation with
+# this machine's userspace. The image is also built on first use by the tests that need it.
+vm-image: setup
+	$(BIN)/python -m deploy.vm build
+
+# netproxy's IPVS mode against a real kernel (in a guest when this kernel has no IP_VS); part of `make test`.
+vm-ipvs: vm-image
+	$(BIN)/pytest tests/e2e/netproxy/test_ipvs_kernel.py tests/e2e/test_vm.py $(PYTEST_FLAGS)
+
 # The Vagrant lab (deploy/vagrant/README.md): 1 control plane + 2 workers, provisioned by
 # deploy/install.py; run on a machine with Vagrant and VirtualBox or libvirt, not as root.
 VAGRANT := cd deploy/vagrant && SKIFF_PROXY_MODE=$(PROXY_MODE) vagrant
@@ -103,7 +113,9 @@ vagrant-e2e-ipvs:
 vagrant-down:
 	cd deploy/vagrant && vagrant destroy -f
 
-bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e
+# Each writes bench/results/<name>.json; bench-report then rewrites README.md's performance table.
+bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns
+	$(MAKE) bench-report
 
 bench-store: setup
 	$(BIN)/python -m bench.store
@@ -117,6 +129,10 @@ bench-nodeagent: setup
 	$(BIN)/python -m bench.nodeagent
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
+bench-dns: setup
+	$(BIN)/python -m bench.dns
+bench-report: setup
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) skiffpb build .pytest_cache .mypy_cache .ruff_cache

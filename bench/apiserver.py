@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -30,13 +28,14 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from bench import meta
+from deploy.loopback import EtcdCluster, Process, start_apiserver, start_etcd
 from skiff import kinds
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import EtcdCluster, Process, start_apiserver, start_etcd
 
-RESULTS = Path(__file__).resolve().parent / "results" / "apiserver.json"
+RESULTS = meta.RESULTS_DIR / "apiserver.json"
 TARGET_RATE = 200.0
 TARGET_P99_MS = 50.0
 
@@ -230,8 +229,7 @@ def report(results: dict[str, Any]) -> None:
     print_table("Watch fan-out", results["watch_fan_out"],
                 [("watchers", "watchers", num), ("events", "events", num), ("delivered", "delivered", num),
                  ("events/s", "events_per_second", num)])
-    print(f"\nload average after the run (other work on this machine): "
-          f"{', '.join(f'{x:.2f}' for x in results['meta']['load_average_after'])}")
+    print(f"\nload average now (other work on this machine): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"api-server RSS: {results.get('rss_mib_start', float('nan')):.0f} MiB at start, "
           f"{results.get('rss_mib_at_pods', float('nan')):.0f} MiB with {results['pods']:,} pods; "
           f"listing them all: {results['list_all_pods_ms']:.0f} ms")
@@ -254,19 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         if not store:
             etcd = start_etcd(work)
             store = etcd.endpoints
-        apiserver = start_apiserver(work, store, extra_args=["--log-level", "warning"])
-        started = time.time()
+        apiserver = start_apiserver(work, store)
+        bench_run = meta.start("apiserver")
         results = asyncio.run(run(apiserver.endpoint, apiserver.pid, quick=args.quick))
-        results["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                           "load_average_after": os.getloadavg(),
-                           "store": "etcd " + (etcd.members[0].argv[0] if etcd else store),
-                           "quick": args.quick, "cpus": _cpus(),
-                           "python": platform.python_version(),
-                           "target": {"rate": TARGET_RATE, "p99_ms": TARGET_P99_MS}}
+        results["setup"] = {"store": "etcd " + (etcd.members[0].argv[0] if etcd else store),
+                            "quick": args.quick, "cpus": _cpus(),
+                            "target": {"rate": TARGET_RATE, "p99_ms": TARGET_P99_MS}}
         report(results)
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        out = bench_run.write(results, Path(args.output))
         print(f"\nresults: {out}" + (f"; data and logs: {work}" if args.keep else ""))
     finally:
         if apiserver is not None:

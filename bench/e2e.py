@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -48,6 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench import meta
 from deploy import containerd, netplan, procs, render
 from deploy.lab import IMAGE_CACHE, Lab, LabSpec
 from skiff import conditions, defaults, manifests
@@ -57,7 +56,7 @@ from skiffpb.api.v1 import types_pb2 as t
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "web"
-RESULTS = Path(__file__).resolve().parent / "results" / "e2e.json"
+RESULTS = meta.RESULTS_DIR / "e2e.json"
 LOCAL_NETNS = "skiff-node"  # deploy/local.py's fixed names
 LOCAL_LINK = "skiff-up"
 LOCAL_LAN = defaults.LOCAL_LAN_CIDR
@@ -430,11 +429,6 @@ def measure_make_up(runs: int, timeout: float) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- main
 
 
-def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "load_at_start": loadavg()}
-
-
 def run_phase(name: str, results: dict[str, Any], fn: Callable[[], Any]) -> bool:
     started = time.monotonic()
     try:
@@ -476,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     signal.signal(signal.SIGTERM, _interrupt)
 
-    results: dict[str, Any] = {"machine": machine()}
+    run = meta.start("e2e")
+    results: dict[str, Any] = {}
     lab_root = Path(tempfile.mkdtemp(prefix="skiff-bench-e2e-"))
     taken: set[str] = set()
     ok = True
@@ -506,18 +501,15 @@ def main(argv: list[str] | None = None) -> int:
             ok &= run_phase("rss_idle", results, rss)
     finally:
         shutil.rmtree(lab_root, ignore_errors=True)
-    results["machine"]["load_at_end"] = loadavg()
-    report(results)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    say(f"results in {args.output}")
+    report(results, run)
+    say(f"results in {run.write(results, args.output)}")
     return 0 if ok else 1
 
 
-def report(results: dict[str, Any]) -> None:
-    m = results["machine"]
-    print(f"\nmachine: {m['cpus']} CPUs, kernel {m['kernel']}, Python {m['python']}, "
-          f"load {m['load_at_start']} -> {m.get('load_at_end')}")
+def report(results: dict[str, Any], bench_run: meta.Run) -> None:
+    m = meta.machine()
+    print(f"\nmachine: {m['cpus']} CPUs, kernel {m['kernel']}, Python {meta.versions()['python']}, "
+          f"load {bench_run.load_before} -> {meta.loadavg()}")
     s = results.get("startup")
     if s and "error" not in s:
         w, c = s["create_to_ready_watch"], s["create_to_ready_condition"]

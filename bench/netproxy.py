@@ -31,8 +31,8 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
+from bench import meta
 from controlplane.apiserver.inprocess import InProcessApi
 from netproxy.app import TRIGGER_ANNOTATION, NetProxy
 from netproxy.config import ProxyConfig
@@ -44,7 +44,6 @@ from skiff import defaults
 from skiffpb.api.v1 import types_pb2 as t
 
 CONFIG = ProxyConfig(cluster_cidr=defaults.CLUSTER_CIDR)
-RESULTS = Path(__file__).resolve().parent / "results" / "netproxy.json"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -196,21 +195,18 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/netproxy.py needs root (network namespaces)", file=sys.stderr)
         return 1
-    load_before = os.getloadavg()
+    run = meta.start("netproxy")
     out = asyncio.run(main_async(args))
-    out["loadavg_before_after"] = [load_before, os.getloadavg()]
-    out["cpus"] = os.cpu_count()
     apply_5000 = [r for r in out["apply"] if r["services"] == 5000]  # type: ignore[attr-defined]
     lat0 = [r for r in out["latency"] if r["min_sync_period_s"] == 0]  # type: ignore[attr-defined]
     out["targets"] = {
         "apply_5000_le_1s": {r["backend"]: r["first_apply_s"] <= 1.0 for r in apply_5000},
         "latency_p99_le_100ms_at_0": {r["backend"]: r["p99_ms"] <= 100 for r in lat0},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    written = run.write(out)
     print(f"targets: {json.dumps(out['targets'])}")
-    print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          f"wrote {RESULTS}")
+    print(f"load average before/after: {run.load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+          f"CPUs; wrote {written}")
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import shutil
 import statistics
@@ -26,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import meta
 from controlplane.apiserver.inprocess import InProcessApi
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import GrpcRuntime
@@ -35,7 +35,7 @@ from skiff import conditions
 from skiffpb.api.v1 import types_pb2 as t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.containerd import ContainerdNode, unique_prefix
+from deploy.containerdnode import ContainerdNode, unique_prefix
 
 PODS = 30
 RSS_PODS = 100
@@ -182,6 +182,7 @@ async def fake_runtime_rss() -> dict[str, object]:
 
 
 async def main() -> int:
+    run = meta.start("nodeagent")
     fake = await fake_runtime_rss()
     real = await real_runtime()
     seq, burst = real["sequential"], real["burst"]
@@ -193,9 +194,7 @@ async def main() -> int:
         "rss_mb_after_30_real_pods": real["rss_mb_after_30_real_pods"], **fake,
         "targets": {"p99_s": 1.0, "rss_mb": 80},
     }
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "nodeagent.json").write_text(json.dumps(result, indent=2) + "\n")
+    written = run.write(result)
     print(f"pod startup (bound -> Running+Ready), {PODS} pods, real containerd:")
     print(f"  one at a time: p50 {result['sequential_p50_s']:.3f} s  p99 {result['sequential_p99_s']:.3f} s")
     print(f"  all at once:   p50 {result['burst_p50_s']:.3f} s  p99 {result['burst_p99_s']:.3f} s")
@@ -203,7 +202,7 @@ async def main() -> int:
           f"(process before the agent: {result['rss_mb_process_before_agent']} MB)")
     print(f"RSS after {PODS} real pods (whole process): {result['rss_mb_after_30_real_pods']} MB")
     ok = result["sequential_p99_s"] <= 1.0 and result["rss_mb_100_pods_fake_runtime"] <= 80  # type: ignore[operator]
-    print("targets met" if ok else "TARGETS MISSED")
+    print("targets met" if ok else "TARGETS MISSED", f"(results: {written})")
     return 0 if ok else 1
 
 

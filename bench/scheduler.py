@@ -13,7 +13,8 @@ controllers themselves plus the api-server's own work; the scheduler part is the
 streaming in and with all pods waiting before the scheduler starts (a backlog).
 `--api-servers HOST:PORT` runs against a real, freshly started api-server instead
 (`--backlog` picks the backlog scenario there). `--target` fails the run when the scheduler
-is slower than that many pods/s.
+is slower than that many pods/s. Results go to bench/results/scheduler.json (with
+`--api-servers`: scheduler-apiserver.json), with bench/meta.py's date, machine, load and versions.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import random
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from bench import meta
 from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.common.podutil import owner_reference
 from controlplane.controllers.deployment import DeploymentController
@@ -248,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --api-servers: create the pods before the scheduler starts")
     p.add_argument("--api-servers", default="",
                    help="run against this (empty, fresh) api-server instead of one in this process")
+    p.add_argument("--output", type=Path, default=None,
+                   help="JSON results (default bench/results/scheduler.json, or scheduler-apiserver.json "
+                        "with --api-servers)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    run = meta.start("scheduler")
     backend = (f"api-server at {args.api_servers}" if args.api_servers
                else "api-server registry in this process (InProcessApi, in-memory store)")
     results: dict[str, Any] = {"backend": backend, "decisions": bench_decisions(args.nodes, args.pods)}
@@ -259,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         # An api-server holds one run's nodes; in memory, the backlog run gets a fresh one.
         results["scheduler_backlog"] = asyncio.run(bench_scheduler(args.nodes, args.pods, args.owners, backlog=True))
     results["controllers"] = asyncio.run(bench_controllers(args.replicas, api_servers=args.api_servers))
+    default = meta.RESULTS_DIR / ("scheduler-apiserver.json" if args.api_servers else "scheduler.json")
+    written = run.write(results, args.output or default)
     if args.json:
         print(json.dumps(results))
     else:
@@ -277,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"controllers: Deployment of {c['replicas']} replicas: create -> {c['pods_seen']} pods created "
               f"{c['create_to_pods_created_seconds']} s ({c['pods_per_second']} pods/s); "
               f"ReplicaSet status shows them after {c['create_to_replicaset_status_seconds']} s")
+        print(f"results: {written}")
     if args.target and results["scheduler"]["pods_per_second"] < args.target:
         print(f"FAIL: scheduler below target {args.target} pods/s", file=sys.stderr)
         return 1

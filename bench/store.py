@@ -15,14 +15,13 @@ endpoints. Measured, each as a Skiff/etcd ratio:
 
 The machine is shared and small (2 cores for everything: 3 members, the clients, and anyone
 else's work), so absolute numbers are low and noisy; the ratios are the point. Prints a table
-and writes JSON to bench/results/.
+and writes JSON to bench/results/store.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import random
@@ -38,6 +37,7 @@ from typing import Any
 
 import grpc
 
+from bench import meta
 from controlplane.store.cluster import StoreCluster, free_addr
 from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
 
@@ -328,8 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_etcd and shutil.which("etcd") is None:
         sys.exit("etcd not found (Debian package etcd-server); use --skip-etcd")
     base = tempfile.mkdtemp(prefix="skiff-bench-store-", dir="/var/tmp")
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()},
-                               "params": vars(args)}
+    run = meta.start("store")
+    results: dict[str, Any] = {"params": vars(args)}
     try:
         for start in ([start_skiff] if args.skip_etcd else [start_skiff, start_etcd]):
             t = start(base)
@@ -339,9 +339,10 @@ def main(argv: list[str] | None = None) -> None:
                 t.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    results["machine"]["load_after"] = os.getloadavg()
     if not args.only:
         report(results)
+        print(f"\nmachine: {os.cpu_count()} cores shared by all members, the clients and other work; "
+              f"results in {run.write(results)}")
 
 
 def _ratio(a: float, b: float) -> str:
@@ -372,12 +373,6 @@ def report(results: dict[str, Any]) -> None:
     keys = results["params"]["keys"]
     print(f"{f'leader RSS, {keys} keys x 1 KiB (MB)':42} {a:12.1f} {b:12.1f} {_ratio(a, b):>11}")
     results["ratios"] = ratios
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results", f"store-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"\nmachine: {results['machine']['cpus']} cores shared by all members, the clients and other work; "
-          f"results in {path}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ that order (each waits until the previous one listens), and supervises them:
   endpoints (an external etcd, or Skiff store members run elsewhere).
 Several hosts each running this form an HA control plane: the store replicates, the
 api-servers are independent, and the controllers and schedulers elect one leader each.
+The children's command lines come from skiff.daemons, the same definitions deploy/render.py
+uses for the lab and systemd units; `-v` is passed on to every child.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from skiff import defaults
-from skiff.daemon import run_until_signalled, setup_logging
+from skiff import daemons, defaults
+from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
 from skiff.retry import Backoff, Delays
 
 log = logging.getLogger("skiff.controlplane")
@@ -63,18 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use these store endpoints (e.g. an external etcd) instead of running a member")
     api = p.add_argument_group("api-server")
     api.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}", help="api-server address")
+    api.add_argument("--http-listen", default=None,
+                     help="Kubernetes REST API address (default: --listen's host, port "
+                          f"{defaults.KUBE_API_PORT}; empty: not served)")
     api.add_argument("--service-cidr", default=defaults.SERVICE_CIDR)
     api.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE)
     api.add_argument("--node-name", default=socket.gethostname())
+    api.add_argument("--default-not-ready-toleration-seconds", type=int, default=300)
+    api.add_argument("--default-unreachable-toleration-seconds", type=int, default=300)
     cm = p.add_argument_group("controllers and scheduler")
     cm.add_argument("--api-servers", default="",
                     help="api-servers the controllers and scheduler use (default: this host's, from --listen)")
     cm.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR)
-    cm.add_argument("--node-cidr-mask-size", default=str(defaults.NODE_CIDR_MASK_SIZE))
+    cm.add_argument("--node-cidr-mask-size", type=int, default=defaults.NODE_CIDR_MASK_SIZE)
     cm.add_argument("--node-monitor-grace-period", default="40s")
-    cm.add_argument("--pod-eviction-timeout", default="60s")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose_flag(p)
     return p
+
+
+def http_listen(args: argparse.Namespace) -> str:
+    """--http-listen, by default on --listen's host at the Kubernetes API port (as render gives it)."""
+    if args.http_listen is not None:
+        return str(args.http_listen)
+    return f"{args.listen.rpartition(':')[0]}:{defaults.KUBE_API_PORT}"
 
 
 def plan_children(args: argparse.Namespace, python: str = sys.executable) -> list[Child]:
@@ -82,30 +95,27 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
     children: list[Child] = []
     store_endpoints = args.store_endpoints
     if not store_endpoints:
-        argv = [python, "-m", "controlplane.store", "--name", args.name, "--data-dir", args.data_dir,
-                "--listen-client", args.listen_client, "--listen-peer", args.listen_peer,
-                "--initial-cluster", args.initial_cluster or f"{args.name}={args.listen_peer}",
-                "--initial-cluster-token", args.initial_cluster_token]
-        if args.password_file:
-            argv += ["--password-file", args.password_file]
-        elif args.insecure_no_password:
-            argv += ["--insecure-no-password"]
-        children.append(Child("store", argv, wait_for=args.listen_client))
+        # With neither flag, the member reads $SKIFF_STORE_PASSWORD, which it inherits.
+        children.append(Child("store", daemons.store(
+            python, name=args.name, data_dir=args.data_dir, listen_client=args.listen_client,
+            listen_peer=args.listen_peer, initial_cluster=args.initial_cluster or f"{args.name}={args.listen_peer}",
+            initial_cluster_token=args.initial_cluster_token, password_file=args.password_file,
+            insecure_no_password=args.insecure_no_password, verbose=args.verbose), wait_for=args.listen_client))
         store_endpoints = args.listen_client
-    children.append(Child("apiserver", [
-        python, "-m", "controlplane.apiserver", "--store-endpoints", store_endpoints, "--listen", args.listen,
-        "--service-cidr", args.service_cidr, "--node-port-range", args.node_port_range,
-        "--node-name", args.node_name], wait_for=args.listen))
+    children.append(Child("apiserver", daemons.apiserver(
+        python, store_endpoints=store_endpoints, listen=args.listen, http_listen=http_listen(args),
+        service_cidr=args.service_cidr,
+        node_port_range=args.node_port_range, node_name=args.node_name,
+        default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
+        default_unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
+        verbose=args.verbose), wait_for=args.listen))
     api_servers = args.api_servers or args.listen
-    verbose = ["-v"] if args.verbose else []
-    children.append(Child("controllers", [
-        python, "-m", "controlplane.controllers", "--api-servers", api_servers,
-        "--cluster-cidr", args.cluster_cidr, "--node-cidr-mask-size", str(args.node_cidr_mask_size),
-        "--node-monitor-grace-period", args.node_monitor_grace_period,
-        "--pod-eviction-timeout", args.pod_eviction_timeout, "--identity", args.node_name, *verbose]))
-    children.append(Child("scheduler", [
-        python, "-m", "controlplane.scheduler", "--api-servers", api_servers, "--identity", args.node_name,
-        *verbose]))
+    children.append(Child("controllers", daemons.controllers(
+        python, api_servers=api_servers, cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,
+        node_monitor_grace_period=args.node_monitor_grace_period,
+        identity=args.node_name, service_cidr=args.service_cidr, verbose=args.verbose)))
+    children.append(Child("scheduler", daemons.scheduler(python, api_servers=api_servers, identity=args.node_name,
+                                                         verbose=args.verbose)))
     return children
 
 

@@ -1,10 +1,10 @@
 """A node's private containerd: start it in the node's netns, wait for CRI, tear it all down.
 
-Follows shared/containerd.md: the daemon is started with `nsenter --net=` (never `ip netns
+Follows docs/containerd.md: the daemon is started with `nsenter --net=` (never `ip netns
 exec`, which hides the cgroup mounts) with a private root/state/socket/runc root, CNI conf and
 IPAM dirs (skiff.hostconfig renders them), pods under a per-node cgroup parent. Teardown is
-idempotent and also works after a crash (section 7): CRI stop/remove of every sandbox, SIGTERM,
-then SIGKILL of leftover shims and cgroup processes, unmount what is mounted under the node's
+idempotent and also works after a crash (docs/containerd.md, "Teardown"): CRI stop/remove of
+every sandbox, SIGTERM, then SIGKILL of leftover shims and cgroup processes, unmount what is mounted under the node's
 directory, remove CNI result files and shim sockets, rmdir the cgroups, remove the directory.
 Nothing here needs the Popen of the daemon, so a later `down` from another process works.
 """

@@ -266,7 +266,7 @@ def restart_plan(cluster: render.ClusterConfig, host: render.HostConfig, *,
     store on one machine never loses its quorum), then the api-servers one at a time, then the
     controllers and the scheduler. On a worker containerd restarts only when its unit or config
     changed (its pods survive: KillMode=process), then the node agent (waited for until the Node
-    is Ready again), then netproxy.
+    is Ready again), then netproxy and clusterdns.
     """
     steps: list[tuple[str, str]] = []
     names = [s.name for s in render.daemons_for(cluster, host)]
@@ -281,12 +281,12 @@ def restart_plan(cluster: render.ClusterConfig, host: render.HostConfig, *,
         if containerd_changed:
             steps += [("restart", "containerd"), ("wait-containerd", host.name)]
         steps += [("import-images", host.name), ("restart", "nodeagent"), ("wait-node", host.name),
-                  ("restart", "netproxy")]
+                  ("restart", "netproxy"), ("restart", "clusterdns")]
     return steps
 
 
 # Remove: the node agent first (it would recreate pods), containerd last (pods go through it).
-_STOP_ORDER = ("nodeagent", "netproxy", "controllers", "scheduler", "apiserver-", "store-", "containerd")
+_STOP_ORDER = ("nodeagent", "netproxy", "clusterdns", "controllers", "scheduler", "apiserver-", "store-", "containerd")
 
 
 def stop_order(units: Sequence[str]) -> list[str]:
@@ -752,15 +752,15 @@ class Installer:
         if not self.manager.starts:
             self.say("not started (--no-systemd). Start skiff-containerd, import the images with "
                      f"`ctr -a {host.node_paths.socket} -n k8s.io images import` of {', '.join(map(str, tars))}, "
-                     "then start skiff-nodeagent and skiff-netproxy.")
+                     "then start skiff-nodeagent, skiff-netproxy and skiff-clusterdns.")
             return 0
         since = time.time()
         self.manager.start(unit_name("containerd"))
         self.health.wait_containerd(host.node_paths.endpoint, timeout=self.timeout)
         images.import_tars(tars, endpoint=host.node_paths.endpoint)
-        for daemon in ("nodeagent", "netproxy"):
+        for daemon in ("nodeagent", "netproxy", "clusterdns"):
             self.manager.start(unit_name(daemon))
-        self.say(f"started containerd, node agent and netproxy; waiting for node {name} to be Ready ...")
+        self.say(f"started containerd, node agent, netproxy and clusterdns; waiting for node {name} to be Ready ...")
         self.health.wait_node_ready(cluster.api_servers, name, since=since, timeout=self.timeout)
         self.say(f"node {name} is Ready")
         return 0

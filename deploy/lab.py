@@ -17,6 +17,7 @@ What must hold:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 import grpc
 
 from deploy import containerd, netplan, procs, render
-from skiff import defaults, images, taints
+from skiff import defaults, images, kubeconfig, taints
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -67,7 +68,8 @@ class LabSpec:
     proxy_mode: str = "iptables"
     iptables_backend: str = "auto"
     node_monitor_grace_period: str = "40s"
-    pod_eviction_timeout: str = "60s"
+    node_lease_period: str = "10s"
+    default_toleration_seconds: int = 300  # the api-server's, for not-ready and unreachable
     min_sync_period: str = "1s"
     python: str = field(default_factory=lambda: sys.executable)
 
@@ -100,7 +102,8 @@ class LabSpec:
             members=render.plan_members(cps, members=self.store_members),
             proxy_mode=self.proxy_mode, iptables_backend=self.iptables_backend,
             min_sync_period=self.min_sync_period, node_monitor_grace_period=self.node_monitor_grace_period,
-            pod_eviction_timeout=self.pod_eviction_timeout, cluster_token=f"skiff-lab-{self.prefix}",
+            node_lease_period=self.node_lease_period,
+            default_toleration_seconds=self.default_toleration_seconds, cluster_token=f"skiff-lab-{self.prefix}",
             python=self.python)
 
 
@@ -241,12 +244,12 @@ class Lab:
             procs.start(spec.name, spec.argv, self.run_dir(host), netns=self.netns(host), env=spec.env)
 
     def start_worker(self, host: str) -> None:
-        """containerd (images imported), node agent and proxy of one worker host."""
+        """containerd (images imported), node agent, proxy and cluster DNS of one worker host."""
         config = self.host_config(host)
         paths = config.node_paths
         containerd.start(paths, self.run_dir(host), netns=self.netns(host))
         containerd.import_images(paths, IMAGE_CACHE)
-        self._start_specs(host, [s for s in self._specs(host) if s.name in ("nodeagent", "netproxy")])
+        self._start_specs(host, [s for s in self._specs(host) if s.name in ("nodeagent", "netproxy", "clusterdns")])
 
     def start_daemon(self, host: str, name: str) -> procs.Daemon:
         """(Re)start one daemon of a host by its rendered name ("netproxy", "store-s1", ...)."""
@@ -302,7 +305,7 @@ class Lab:
         """Stop a worker's daemons; with `kill`, SIGKILL the agent and containerd (a host failure)."""
         run_dir = self.run_dir(host)
         daemons = self.daemons(host)
-        for name in ("netproxy", "nodeagent"):
+        for name in ("clusterdns", "netproxy", "nodeagent"):
             if name in daemons:
                 (procs.kill if kill else procs.stop)(daemons[name])
         if "containerd" in daemons:
@@ -329,10 +332,12 @@ class Lab:
         for name in self.workers:
             config = self.host_config(name)
             daemons = self.daemons(name)
-            for d in ("netproxy", "nodeagent"):
+            for d in ("clusterdns", "netproxy", "nodeagent"):
                 if d in daemons:
                     procs.stop(daemons[d], timeout=10)
             notes += containerd.teardown(config.node_paths, config.cgroup_parent, daemons.get("containerd"))
+        for mnt in reversed(containerd.mounts_under(self.dir)):  # pod volumes (memory emptyDirs) of the agents
+            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
         for host in self.net.hosts:
             procs.stop_all(self.run_dir(host.name))
         failures = netplan.apply(netplan.plan_down(self.net), ignore_errors=True)
@@ -364,3 +369,59 @@ class Lab:
             names = ", ".join(f"{n}{'' if d.alive() else '(dead)'}" for n, d in sorted(daemons.items()))
             lines.append(f"  {host.name:<6} {host.ip:<15} {state:<8} {names or '-'}")
         return lines
+
+
+# ---------------------------------------------------------------------- command line
+# `python -m deploy.lab up|down|status` (also reached as `skiff lab ...`, which runs this module
+# in a subprocess so that the shared library never imports deploy/).
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="skiff lab",
+                                     description="run a multi-host cluster in network namespaces on this machine")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--prefix", default="lab", help="names the lab's namespaces and links (<= 6 chars)")
+        p.add_argument("--dir", type=Path, default=None, help=f"where labs keep their state (default {DEFAULT_ROOT})")
+
+    up = sub.add_parser("up", help="create and start a lab")
+    common(up)
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--control-planes", type=int, default=1, help="control-plane hosts (store members spread)")
+    up.add_argument("--lan", default="10.77.0.0/24", help="the lab LAN (the root netns gets its first address)")
+    up.add_argument("--proxy-mode", choices=("iptables", "ipvs"), default="iptables")
+    common(sub.add_parser("down", help="stop a lab and remove everything it created"))
+    common(sub.add_parser("status", help="show a lab's hosts and daemons"))
+    args = parser.parse_args(argv)
+    try:
+        return _run(args, args.dir or DEFAULT_ROOT)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, root: Path) -> int:
+    if args.action == "up":
+        lab = Lab(LabSpec(prefix=args.prefix, workers=args.workers, control_planes=args.control_planes,
+                          lan_cidr=args.lan, proxy_mode=args.proxy_mode), root)
+        lab.up(progress=lambda line: print(f"[lab {args.prefix}] {line}", flush=True))
+        print(f"api-servers: {','.join(lab.api_servers)}")
+        print(f"use it:      export SKIFF_SERVER={','.join(lab.api_servers)}")
+        context = f"skiff-{args.prefix}"
+        path = kubeconfig.write_entry(lab.http_servers[0], name=context)
+        print(f"kubectl:     context {context} in {path} ({lab.http_servers[0]}), now the current context")
+    elif args.action == "down":
+        lab = Lab.load(args.prefix, root)
+        for note in lab.down(progress=print):
+            print(f"cleaned: {note}")
+        if kubeconfig.remove_entry(lab.http_servers[0], name=f"skiff-{args.prefix}"):
+            print(f"cleaned: kubectl context skiff-{args.prefix} in {kubeconfig.kubeconfig_path()}")
+    else:
+        print("\n".join(Lab.load(args.prefix, root).status()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -67,6 +67,16 @@ async def service_ip(lab: Lab) -> str:
         return svc.spec.cluster_ip
 
 
+async def get_by_name(lab: Lab, url: str) -> str:
+    """GET `url` from inside one of the web pods (through its resolv.conf: the cluster DNS)."""
+    async with lab.client() as client:
+        pods = (await client.list(t.Pod, namespace="default", label_selector="app=web")).items
+        result = await client.exec("default", pods[0].metadata.name, ["wget", "-qO-", url])
+        if result.exit_code != 0:
+            raise LabError(f"GET {url} from pod {pods[0].metadata.name} failed: {result.stderr.decode().strip()}")
+        return f"{pods[0].metadata.name}: {result.stdout.decode().strip()}"
+
+
 def up(state_dir: Path) -> int:
     spec = LabSpec(prefix=PREFIX, combined=True, lan_cidr=defaults.LOCAL_LAN_CIDR, host_routes=True, store_members=1,
                    min_sync_period="0s")
@@ -95,6 +105,8 @@ def up(state_dir: Path) -> int:
     say(f"GET http://{cluster_ip}/ from inside {lab.netns(HOST)}:")
     for _ in range(2):
         print("    " + lab.http_get(HOST, f"http://{cluster_ip}/").strip())
+    say("GET http://web-service/ from inside a pod (the cluster DNS resolves the Service's name):")
+    print("    " + asyncio.run(get_by_name(lab, "http://web-service/")))
     if netplan.route_device(cluster_ip) == lab.net.uplink_name:
         say(f"from this shell too: curl http://{cluster_ip}/  (routed through {lab.net.uplink_name})")
     say("done. Try: .venv/bin/skiff get pods -o wide; .venv/bin/skiff scale deploy/web --replicas 4; make down")

@@ -4,7 +4,7 @@ Each daemon runs in its own session (so a Ctrl-C of the caller does not reach it
 `<dir>/<name>.log`, and is recorded in `<dir>/<name>.pid` as "pid starttime" so that a stop
 after the caller has exited never signals a recycled pid. Stopping is idempotent.
 Long-lived daemons are started with `nsenter --net=` rather than `ip netns exec`, which would
-give them a private mount namespace without the cgroup mounts (see shared/containerd.md).
+give them a private mount namespace without the cgroup mounts (docs/containerd.md).
 """
 
 from __future__ import annotations

@@ -3,14 +3,18 @@
 The network-namespace lab, `make up`, the Vagrant lab and a bare-metal install all describe a
 cluster with `ClusterConfig` and a host with `HostConfig`, and get the same daemons from
 `daemons_for()`: command lines the lab starts (inside the host's netns) and the bare-metal
-install turns into systemd units with `systemd_unit()`. containerd's config and the CNI
-conflist come from skiff.hostconfig, which the node agent uses too.
+install turns into systemd units with `systemd_unit()`. Each daemon's command line itself is
+defined once, in skiff.daemons (the all-in-one `python -m controlplane` builds its children's
+from there too); this module decides which daemons a host runs and with which values.
+containerd's config and the CNI conflist come from skiff.hostconfig, which the node agent
+uses too.
 
 Everything here is pure: no process is started and no file is written.
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import shlex
 import sys
@@ -18,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from skiff import defaults, hostconfig
+from skiff import daemons, defaults, hostconfig
+from skiff.daemon import duration
 
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
@@ -63,8 +68,13 @@ class ClusterConfig:
     iptables_backend: str = "auto"
     min_sync_period: str = "1s"
     node_monitor_grace_period: str = "40s"
-    pod_eviction_timeout: str = "60s"
+    node_lease_period: str = "10s"  # how often node agents renew their Lease; well below the grace period
+    # The api-server's DefaultTolerationSeconds: how long a pod stays on a NoExecute-tainted node.
+    default_toleration_seconds: int = 300
     cluster_token: str = "skiff-store"  # tells store clusters apart (initial-cluster-token)
+    cluster_domain: str = defaults.CLUSTER_DOMAIN
+    cluster_dns: str = defaults.NODE_LOCAL_DNS_IP  # each host's clusterdns listens here; pods use it
+    dns_upstreams: str = ""  # where clusterdns forwards names outside the cluster (ip[:port],...); none: SERVFAIL
     python: str = sys.executable
 
     @property
@@ -126,68 +136,65 @@ def plan_members(hosts: Sequence[tuple[str, str]], *, members: int = 3) -> tuple
     return tuple(out)
 
 
-def _py(cluster: ClusterConfig, module: str) -> tuple[str, ...]:
-    return (cluster.python, "-m", module)
-
-
 def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[DaemonSpec]:
     specs: list[DaemonSpec] = []
     for m in cluster.members_on(host.name):
-        argv = [*_py(cluster, "controlplane.store"), "--name", m.name,
-                "--data-dir", str(host.state_dir / "store" / m.name),
-                "--listen-client", m.client_url, "--listen-peer", m.peer_url,
-                "--initial-cluster", cluster.initial_cluster,
-                "--initial-cluster-token", cluster.cluster_token]
-        if host.store_password_file is not None:
-            argv += ["--password-file", str(host.store_password_file)]
-        else:
-            argv += ["--insecure-no-password"]
+        argv = daemons.store(
+            cluster.python, name=m.name, data_dir=str(host.state_dir / "store" / m.name),
+            listen_client=m.client_url, listen_peer=m.peer_url, initial_cluster=cluster.initial_cluster,
+            initial_cluster_token=cluster.cluster_token,
+            password_file=str(host.store_password_file) if host.store_password_file is not None else "",
+            insecure_no_password=host.store_password_file is None)
         specs.append(DaemonSpec(f"store-{m.name}", tuple(argv), f"Skiff store member {m.name}"))
     for m in cluster.members_on(host.name):
         # Each api-server prefers its own member, then the others.
         endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
-        argv = [*_py(cluster, "controlplane.apiserver"), "--store-endpoints", ",".join(endpoints),
-                "--listen", m.api_url, "--http-listen", m.http_url, "--service-cidr", cluster.service_cidr,
-                "--node-port-range", cluster.node_port_range, "--node-name", host.name]
+        argv = daemons.apiserver(cluster.python, store_endpoints=",".join(endpoints), listen=m.api_url,
+                                 http_listen=m.http_url,
+                                 service_cidr=cluster.service_cidr, node_port_range=cluster.node_port_range,
+                                 node_name=host.name,
+                                 default_not_ready_toleration_seconds=cluster.default_toleration_seconds,
+                                 default_unreachable_toleration_seconds=cluster.default_toleration_seconds)
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
                                 after=(f"store-{m.name}",)))
     local_apis = [m.api_url for m in cluster.members_on(host.name)]
     others = [m.api_url for m in cluster.members if m.api_url not in local_apis]
     api_servers = ",".join(local_apis + others)
     apis_after = tuple(f"apiserver-{m.name}" for m in cluster.members_on(host.name))
-    specs.append(DaemonSpec("controllers", (
-        *_py(cluster, "controlplane.controllers"), "--api-servers", api_servers,
-        "--cluster-cidr", cluster.cluster_cidr, "--node-cidr-mask-size", str(cluster.node_cidr_mask_size),
-        "--node-monitor-grace-period", cluster.node_monitor_grace_period,
-        "--pod-eviction-timeout", cluster.pod_eviction_timeout, "--identity", host.name,
-    ), "Skiff controller manager", after=apis_after))
-    specs.append(DaemonSpec("scheduler", (
-        *_py(cluster, "controlplane.scheduler"), "--api-servers", api_servers, "--identity", host.name,
-    ), "Skiff scheduler", after=apis_after))
+    specs.append(DaemonSpec("controllers", tuple(daemons.controllers(
+        cluster.python, api_servers=api_servers, cluster_cidr=cluster.cluster_cidr,
+        node_cidr_mask_size=cluster.node_cidr_mask_size, node_monitor_grace_period=cluster.node_monitor_grace_period,
+        identity=host.name, service_cidr=cluster.service_cidr,
+    )), "Skiff controller manager", after=apis_after))
+    specs.append(DaemonSpec("scheduler", tuple(daemons.scheduler(cluster.python, api_servers=api_servers,
+                                                                 identity=host.name)),
+                            "Skiff scheduler", after=apis_after))
     return specs
 
 
 def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:
     paths = host.node_paths
     containerd = DaemonSpec("containerd", (host.containerd_bin, "--config", str(paths.config)), "containerd for Skiff")
-    agent = [*_py(cluster, "nodeagent"), "--node-name", host.name, "--api-servers", cluster.api_servers,
-             "--container-runtime-endpoint", paths.endpoint, "--node-ip", host.ip,
-             "--listen", f"{host.ip}:{host.agent_port}", "--state-dir", str(host.state_dir / "agent"),
-             "--cni-conf-dir", str(paths.cni_conf_dir), "--ipam-dir", str(paths.ipam_dir),
-             "--pod-log-dir", str(paths.pod_logs), "--cgroup-parent", host.cgroup_parent]
-    if host.node_labels:
-        agent += ["--node-labels", ",".join(f"{k}={v}" for k, v in sorted(host.node_labels.items()))]
-    if host.node_taints:
-        agent += ["--register-with-taints", ",".join(host.node_taints)]
-    if netns_path:
-        agent += ["--netns", netns_path]
-    proxy = [*_py(cluster, "netproxy"), "--api-servers", cluster.api_servers, "--node-name", host.name,
-             "--mode", cluster.proxy_mode, "--cluster-cidr", cluster.cluster_cidr,
-             "--min-sync-period", cluster.min_sync_period, "--iptables-backend", cluster.iptables_backend]
+    agent = daemons.nodeagent(
+        cluster.python, node_name=host.name, api_servers=cluster.api_servers,
+        container_runtime_endpoint=paths.endpoint, node_ip=host.ip, listen=f"{host.ip}:{host.agent_port}",
+        state_dir=str(host.state_dir / "agent"), cni_conf_dir=str(paths.cni_conf_dir),
+        ipam_dir=str(paths.ipam_dir), pod_log_dir=str(paths.pod_logs), cgroup_parent=host.cgroup_parent,
+        lease_period=cluster.node_lease_period, node_labels=host.node_labels,
+        register_with_taints=host.node_taints, netns=netns_path,
+        cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain)
+    proxy = daemons.netproxy(cluster.python, api_servers=cluster.api_servers, node_name=host.name,
+                             mode=cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
+                             min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend)
+    dns = daemons.clusterdns(cluster.python, api_servers=cluster.api_servers, listen=f"{cluster.cluster_dns}:53",
+                             cluster_domain=cluster.cluster_domain,
+                             reverse_cidrs=(cluster.service_cidr, cluster.cluster_cidr),
+                             upstreams=cluster.dns_upstreams)
     return [
         containerd,
         DaemonSpec("nodeagent", tuple(agent), "Skiff node agent", after=("containerd",)),
         DaemonSpec("netproxy", tuple(proxy), "Skiff network proxy"),
+        DaemonSpec("clusterdns", tuple(dns), "Skiff node-local cluster DNS"),
     ]
 
 
@@ -207,6 +214,11 @@ def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "
 # In the file they are camelCase ("serviceCidr"), like the rest of Skiff's JSON.
 _CLUSTER_SETTINGS = {"".join(w if i == 0 else w.capitalize() for i, w in enumerate(f.name.split("_"))): f.name
                      for f in fields(ClusterConfig) if f.name not in ("members", "python")}
+
+
+# Settings older cluster files may hold that no longer mean anything; they are ignored.
+# podEvictionTimeout: eviction is by NoExecute taints and tolerations now, as in Kubernetes.
+_REMOVED_SETTINGS = frozenset({"podEvictionTimeout"})
 
 
 class ConfigError(ValueError):
@@ -247,7 +259,7 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
     """The inverse of cluster_to_dict; unknown keys and bad values are errors naming the field."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"cluster: expected an object, got {type(data).__name__}")
-    unknown = set(data) - {"members", *_CLUSTER_SETTINGS}
+    unknown = set(data) - {"members", *_CLUSTER_SETTINGS, *_REMOVED_SETTINGS}
     if unknown:
         raise ConfigError(f"cluster: unknown field(s) {', '.join(sorted(unknown))}")
     raw_members = _field(data, "members", list, "cluster")
@@ -286,6 +298,10 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
                                 [(f"the address of {m.host}", m.ip) for m in members])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        duration(cluster.node_lease_period)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"cluster.nodeLeasePeriod: {exc}") from None
     if cluster.proxy_mode not in PROXY_MODES:
         raise ConfigError(f"cluster.proxyMode: {cluster.proxy_mode!r} is not one of {', '.join(PROXY_MODES)}")
     return cluster

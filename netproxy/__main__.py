@@ -26,7 +26,7 @@ from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics, serve
 from netproxy.proxier import Proxier
 from skiff import defaults
-from skiff.daemon import duration, run_until_signalled, setup_logging
+from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.errors import InvalidError, SkiffError
 
 log = logging.getLogger("netproxy")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-bind-address", default=f"127.0.0.1:{defaults.PROXY_METRICS_PORT}",
                    help="host:port serving /metrics and /healthz; empty disables")
     p.add_argument("--cleanup", action="store_true", help="remove everything netproxy installed, then exit")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose_flag(p)
     return p
 
 
@@ -71,7 +71,8 @@ def _legacy_in_use() -> bool:
 
 async def cleanup_all() -> int:
     """Remove netproxy's IPVS state and its rules from every iptables backend present."""
-    ok, why = ipvs_available()
+    # In a thread: pyroute2's synchronous sockets cannot be opened inside a running event loop.
+    ok, why = await asyncio.to_thread(ipvs_available)
     if ok:
         kernel = PyrouteIpvs()
         try:
@@ -110,7 +111,7 @@ async def run(args: argparse.Namespace) -> int:
     ipt = IptablesCmd(backend)
     proxier: Proxier
     if args.mode == "ipvs":
-        ok, why = ipvs_available()
+        ok, why = await asyncio.to_thread(ipvs_available)  # in a thread: see cleanup_all
         if not ok:
             raise InvalidError(f"--mode ipvs: {why}; use --mode iptables")
         kernel = PyrouteIpvs()

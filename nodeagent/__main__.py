@@ -17,12 +17,13 @@ from pathlib import Path
 
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import GrpcRuntime, Runtime
+from nodeagent.dns import DnsSettings, ResolvConf, parse_resolv_conf
 from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
 from skiff import defaults, hostconfig
 from skiff.client import Client
-from skiff.daemon import run_until_signalled, setup_logging
+from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.validation import TAINT_EFFECTS
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=f"0.0.0.0:{defaults.AGENT_PORT}",
                    help="address of the agent's gRPC service (logs, exec)")
     p.add_argument("--state-dir", default="/var/lib/skiff/node",
-                   help="base of the default CNI conf dir, IPAM dir and pod logs")
+                   help="base of the default CNI conf dir, IPAM dir, pod logs and pod volumes")
     p.add_argument("--cni-conf-dir", default="", help="where to write the CNI conflist (default STATE/cni)")
     p.add_argument("--ipam-dir", default="", help="host-local IPAM dataDir (default STATE/ipam)")
     p.add_argument("--pod-log-dir", default="", help="container logs (default STATE/pods)")
@@ -74,19 +75,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-labels", default="", help="extra Node labels, e.g. zone=a,disk=ssd")
     p.add_argument("--register-with-taints", default="",
                    help="taints the Node is created with, e.g. node-role.kubernetes.io/control-plane:NoSchedule")
-    p.add_argument("--backoff-base", type=float, default=10.0, help="CrashLoopBackOff first delay (s)")
-    p.add_argument("--backoff-max", type=float, default=300.0, help="CrashLoopBackOff maximum delay (s)")
-    p.add_argument("--relist-period", type=float, default=1.0)
-    p.add_argument("--lease-period", type=float, default=10.0)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--cluster-dns", default="",
+                   help="DNS server IP(s) pods with dnsPolicy ClusterFirst use, comma-separated "
+                        f"(the node-local clusterdns listens on {defaults.NODE_LOCAL_DNS_IP}); "
+                        "empty: ClusterFirst falls back to Default")
+    p.add_argument("--cluster-domain", default=defaults.CLUSTER_DOMAIN,
+                   help=f"the cluster's DNS domain (default {defaults.CLUSTER_DOMAIN})")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf",
+                   help="resolver configuration pods with dnsPolicy Default get (loopback nameservers "
+                        "dropped); empty: none")
+    p.add_argument("--backoff-base", type=duration, default=10.0, help="CrashLoopBackOff first delay (default 10s)")
+    p.add_argument("--backoff-max", type=duration, default=300.0, help="CrashLoopBackOff maximum delay (default 5m)")
+    p.add_argument("--relist-period", type=duration, default=1.0,
+                   help="how often the runtime's pods are listed again (default 1s)")
+    p.add_argument("--lease-period", type=duration, default=10.0,
+                   help="how often the node's Lease is renewed (default 10s)")
+    add_verbose_flag(p)
     return p
+
+
+def host_resolv(path: str) -> ResolvConf:
+    if not path:
+        return ResolvConf()
+    try:
+        return parse_resolv_conf(Path(path).read_text())
+    except OSError as exc:
+        log.warning("--resolv-conf %s: %s; pods with dnsPolicy Default get no nameserver", path, exc)
+        return ResolvConf()
 
 
 def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
     paths = hostconfig.NodePaths(Path(args.state_dir))
+    dns = DnsSettings(cluster_dns=tuple(s.strip() for s in args.cluster_dns.split(",") if s.strip()),
+                      cluster_domain=args.cluster_domain, host=host_resolv(args.resolv_conf))
     return AgentConfig(
         node_name=args.node_name, node_ip=args.node_ip, port=port,
         pod_log_dir=args.pod_log_dir or str(paths.pod_logs),
+        volume_dir=str(paths.pod_volumes),
         cni_conf_dir=args.cni_conf_dir or str(paths.cni_conf_dir),
         ipam_dir=args.ipam_dir or str(paths.ipam_dir),
         pod_cidr=args.pod_cidr, cgroup_parent=args.cgroup_parent,
@@ -95,6 +120,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
         taints=parse_taints(args.register_with_taints),
         relist_period=args.relist_period, lease_period=args.lease_period,
         plan=PlanConfig(backoff_base=args.backoff_base, backoff_max=args.backoff_max),
+        dns=dns, pod_dir="" if args.fake_runtime else str(Path(args.state_dir) / "pod-data"),
     )
 
 

@@ -3,15 +3,20 @@
 Loops (each started through skiff.guard):
 - pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
 - node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
+- service informer: the Service environment variables of new containers; pods start only after
+  it has listed (or 10 s passed), so the first containers do not miss them;
 - relist (every `relist_period`, 1 s): lists sandboxes and containers once, kicks the worker of
   every pod whose runtime state changed (a container that died without any event), starts a
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
   synced: a restarted agent adopts running pods instead of killing them), and records whether
   the runtime answers;
+- configmap and secret informers: env and volumes read them from these caches; a change kicks
+  the workers of the pods that refer to the object (their volume files are rewritten);
 - node status: the Ready condition from CRI Status, written when it changes or differs from the
   stored one (and every `node_status_period` as a heartbeat): the agent is the one writer of
-  Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent;
-  Lease renewed every `lease_period` (10 s).
+  Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent; the
+  MemoryPressure, DiskPressure and PIDPressure conditions from the host (pressure.py), written
+  when one changes; Lease renewed every `lease_period` (10 s).
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from typing import Any
 from nodeagent import cri as rt
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
+from nodeagent import pressure
+from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
+from nodeagent.volumes import VolumeManager
 from nodeagent.worker import PodWorker, WorkerContext
 from skiff import conditions, errors
 from skiff.client import ApiClient
@@ -52,6 +60,7 @@ class AgentConfig:
     node_name: str
     node_ip: str = ""
     pod_log_dir: str = "/var/log/skiff/pods"
+    volume_dir: str = ""  # pod volumes (<dir>/<pod uid>/<volume>); empty: pods with volumes cannot run
     cgroup_parent: str = ""
     cni_conf_dir: str = ""
     ipam_dir: str = ""
@@ -68,6 +77,8 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[t.Taint] = field(default_factory=list)  # set when the Node is created
     plan: P.PlanConfig = field(default_factory=P.PlanConfig)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    pod_dir: str = ""  # per-pod files (managed /etc/hosts); empty: containers keep the runtime's
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,10 @@ class NodeAgent:
         self.pod_informer: Informer[t.Pod] = Informer(client, t.Pod,
                                                       field_selector=f"spec.nodeName={config.node_name}")
         self.node_informer: Informer[t.Node] = Informer(client, t.Node)
+        self.config_map_informer: Informer[t.ConfigMap] = Informer(client, t.ConfigMap)
+        self.secret_informer: Informer[t.Secret] = Informer(client, t.Secret)
+        self.volumes = VolumeManager(config.volume_dir) if config.volume_dir else None
+        self.service_informer: Informer[t.Service] = Informer(client, t.Service)
         self.network: NetworkManager | None = None
         if config.manage_network:
             from nodeagent.network import NetlinkRoutes
@@ -103,12 +118,16 @@ class NodeAgent:
                                           pod_cidr=config.pod_cidr, manage_sysctls=config.manage_sysctls)
         self.ctx = WorkerContext(
             client=client, runtime=runtime, net=self.net, events=self.events,
-            pod_settings=PodConfigSettings(pod_log_dir=config.pod_log_dir, cgroup_parent=config.cgroup_parent),
-            plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock)
+            pod_settings=PodConfigSettings(pod_log_dir=config.pod_log_dir, cgroup_parent=config.cgroup_parent,
+                                           dns=config.dns, pod_dir=config.pod_dir),
+            plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock,
+            config=self, volumes=self.volumes, node_allocatable=self._capacity,
+            services=self.service_informer.list)
         self.runtime_status: cri.StatusResponse | None = None
         self.runtime_error = "not checked yet"
         self.runtime_version = ""
         self.ready: t.NodeCondition | None = None
+        self.pressure: list[t.NodeCondition] = []
         self._last_node_write = 0.0
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -155,6 +174,31 @@ class NodeAgent:
                 if worker.uid in self.pods_by_uid:
                     self.ensure_worker(worker.uid)  # the pod came back while this worker was finishing
 
+    # ------------------------------------------------------------ configmaps, secrets (ConfigSource)
+
+    def config_map(self, namespace: str, name: str) -> t.ConfigMap | None:
+        return self.config_map_informer.get(name, namespace)
+
+    def secret(self, namespace: str, name: str) -> t.Secret | None:
+        return self.secret_informer.get(name, namespace)
+
+    def _config_changed(self, *objs: t.ConfigMap | t.Secret) -> None:
+        obj = objs[-1]
+        is_cm = isinstance(obj, t.ConfigMap)
+        for uid, pod in list(self.pods_by_uid.items()):
+            if pod.metadata.namespace == obj.metadata.namespace and \
+                    obj.metadata.name in referenced_config(pod, config_maps=is_cm):
+                self.ensure_worker(uid)
+
+    def _remove_orphan_volumes(self) -> None:
+        """Volume directories of pods that are gone and have no worker (e.g. removed while the agent was down)."""
+        if self.volumes is None or not self.pod_informer.synced:
+            return
+        for uid in self.volumes.pod_uids():
+            if uid not in self.pods_by_uid and uid not in self.workers and uid not in self._fingerprints:
+                log.info("removing volumes of pod %s, which no longer exists", uid)
+                self.volumes.teardown(uid)
+
     # ------------------------------------------------------------ relist (PLEG)
 
     async def relist_once(self) -> None:
@@ -188,8 +232,15 @@ class NodeAgent:
         self._fingerprints = fingerprints
 
     async def _relist_loop(self) -> None:
+        passes = 0
         while True:
             await self.relist_once()
+            if passes % 30 == 0:
+                try:
+                    self._remove_orphan_volumes()
+                except OSError as exc:
+                    log.warning("removing orphaned volumes: %s", exc)
+            passes += 1
             await asyncio.sleep(self.config.relist_period)
 
     # ------------------------------------------------------------ node, lease
@@ -249,6 +300,10 @@ class NodeAgent:
         nodeobj.set_status(node, node_ip=self.config.node_ip, capacity=self._capacity(),
                            info=nodeobj.system_info(self.runtime_version), port=self.config.port, ready=self.ready,
                            hostname=self.config.node_name)
+        node.status.allocatable.clear()
+        node.status.allocatable.update(pressure.allocatable(self._capacity()))
+        if self.pressure:
+            pressure.merge_conditions(node, self.pressure)
         node.metadata.resource_version = ""
         await self.client.update_status(node)
         self._last_node_write = self.clock()
@@ -265,6 +320,7 @@ class NodeAgent:
             ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
                                                     [posted] if posted is not None else [], now)
             changed = not nodeobj.same_condition(ready, self.ready)
+            changed = self._check_pressure(now) or changed
             if changed:
                 log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,
                          ready.message)
@@ -278,6 +334,20 @@ class NodeAgent:
             if changed and ready.status == "True":
                 for worker in list(self.workers.values()):
                     worker.kick()
+
+    def _check_pressure(self, now: float) -> bool:
+        """Read the host; True when a pressure condition changed."""
+        try:
+            stats = pressure.read_host(self.config.volume_dir or self.config.pod_log_dir or "/")
+        except OSError as exc:
+            log.debug("reading host pressure: %s", exc)
+            return False
+        found = pressure.pressure_conditions(stats, self.pressure, now)
+        changed = not pressure.same(found, self.pressure)
+        if changed:
+            log.info("node %s: %s", self.config.node_name, ", ".join(f"{c.type}={c.status}" for c in found))
+        self.pressure = found
+        return changed
 
     async def renew_lease(self) -> None:
         now = self.clock()
@@ -333,6 +403,17 @@ class NodeAgent:
             self._tasks.append(guard(self._network_loop(), "nodeagent-network"))
         self._tasks.append(guard(self._lease_loop(), "nodeagent-lease"))
         self._tasks.append(guard(self._node_status_loop(), "nodeagent-node-status"))
+        for informer in (self.config_map_informer, self.secret_informer):
+            informer.add_handler(on_add=self._config_changed, on_update=self._config_changed,
+                                 on_delete=self._config_changed)
+        self._tasks.append(guard(self.config_map_informer.run(), "nodeagent-configmap-informer"))
+        self._tasks.append(guard(self.secret_informer.run(), "nodeagent-secret-informer"))
+        self._tasks.append(guard(self.service_informer.run(), "nodeagent-service-informer"))
+        with contextlib.suppress(asyncio.TimeoutError):
+            # Env and volumes read these caches: sync them before the pods' workers start.
+            await asyncio.wait_for(asyncio.gather(self.config_map_informer.wait_synced(),
+                                                  self.secret_informer.wait_synced(),
+                                                  self.service_informer.wait_synced()), 10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))
@@ -354,3 +435,28 @@ class NodeAgent:
 
     def find_pod(self, namespace: str, name: str) -> t.Pod | None:
         return self.pod_informer.get(name, namespace or "default")
+
+
+def referenced_config(pod: t.Pod, *, config_maps: bool) -> set[str]:
+    """Names of the ConfigMaps (or Secrets) a pod's env, envFrom and volumes refer to."""
+    out: set[str] = set()
+    for c in pod.spec.containers:
+        for e in c.env:
+            ref = e.value_from.config_map_key_ref if config_maps else e.value_from.secret_key_ref
+            if ref.name:
+                out.add(ref.name)
+        for src in c.env_from:
+            name = src.config_map_ref.name if config_maps else src.secret_ref.name
+            if name:
+                out.add(name)
+    if not config_maps:
+        out.update(ref.name for ref in pod.spec.image_pull_secrets if ref.name)
+    for v in pod.spec.volumes:
+        name = v.config_map.name if config_maps else v.secret.secret_name
+        if name:
+            out.add(name)
+        for p in v.projected.sources:
+            name = p.config_map.name if config_maps else p.secret.name
+            if name:
+                out.add(name)
+    return out

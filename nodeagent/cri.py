@@ -60,7 +60,8 @@ class Runtime(Protocol):
     async def container_status(self, container_id: str) -> cri.ContainerStatus: ...
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse: ...
     async def image_status(self, image: str) -> cri.Image | None: ...
-    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None) -> str: ...
+    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None,
+                         auth: cri.AuthConfig | None = None) -> str: ...
     async def close(self) -> None: ...
 
 
@@ -172,10 +173,13 @@ class GrpcRuntime:
                                 what=f"ImageStatus {image}", timeout=10)
         return resp.image if resp.HasField("image") and resp.image.id else None
 
-    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None) -> str:
+    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None,
+                         auth: cri.AuthConfig | None = None) -> str:
         req = cri.PullImageRequest(image=cri.ImageSpec(image=image))
         if sandbox_config is not None:
             req.sandbox_config.CopyFrom(sandbox_config)
+        if auth is not None:
+            req.auth.CopyFrom(auth)
         resp = await self._call(self._img, "PullImage", req, what=f"PullImage {image}", timeout=600)
         return str(resp.image_ref)
 

@@ -64,6 +64,7 @@ class FakeRuntime:
         self.sandboxes: dict[str, _Sandbox] = {}
         self.containers: dict[str, _Container] = {}
         self.images: set[str] = set(images or ())
+        self.pull_auths: dict[str, cri.AuthConfig | None] = {}  # image -> the credentials of its last pull
         self.pullable = pullable or (lambda image: False)
         self.down = False
         self.network_ready = True
@@ -219,9 +220,11 @@ class FakeRuntime:
             return None
         return cri.Image(id="sha256:" + uuid.uuid5(uuid.NAMESPACE_URL, ref).hex, repo_tags=[ref], size=1)
 
-    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None) -> str:
+    async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None,
+                         auth: cri.AuthConfig | None = None) -> str:
         self._check("PullImage")
         ref = self._norm(image)
+        self.pull_auths[ref] = auth
         if not self.pullable(ref):
             raise CriError(f'failed to pull and unpack image "{ref}": failed to resolve reference "{ref}": '
                            "dial tcp: lookup registry: no such host")

@@ -8,7 +8,7 @@
   pure; routes the agent owns carry the protocol number ROUTE_PROTO, so stale ones (a node that
   went away or changed address) are found and removed without touching anyone else's routes.
 - ip_forward=1 (the node forwards pod traffic) and bridge-nf-call-iptables=1 (Service DNAT for
-  same-node pod traffic across cni0; see shared/containerd.md) in the node's netns.
+  same-node pod traffic across cni0; docs/containerd.md) in the node's netns.
 """
 
 from __future__ import annotations

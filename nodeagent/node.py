@@ -13,13 +13,13 @@ import os
 import platform
 from collections.abc import Mapping, Sequence
 
-from skiff import __version__, conditions
+from skiff import __version__, conditions, defaults
 from skiff.clock import micro_timestamp
 from skiff.images import go_arch
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
-LEASE_NAMESPACE = "kube-node-lease"
+LEASE_NAMESPACE = defaults.NODE_LEASE_NAMESPACE
 LEASE_DURATION = 40
 MAX_PODS = 110
 

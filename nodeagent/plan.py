@@ -19,6 +19,10 @@ Rules that must hold:
   past its last exit (CrashLoopBackOff); a container that ran `reset_after` (10 min) starts over.
 - image pull failures back off the same way (ErrImagePull, then ImagePullBackOff).
 - restartCount is the container's CRI attempt number, so it survives agent restarts.
+- a terminal phase (Succeeded, Failed) is final: once the pod's status says so, nothing of it
+  runs again (a container still running is stopped, the sandbox is not recreated) and the
+  phase and the last container states stay, even when the runtime no longer has the containers
+  (a Job counts its pods by phase; a pod must not come back to life after being counted).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from skiff import conditions
+from skiff import conditions, qos
 from skiff.clock import micro_timestamp
 from skiff.retry import Backoff
 from skiffpb.api.v1 import types_pb2 as t
@@ -242,6 +246,11 @@ def container_done(pod: t.Pod, obs: Observed, name: str) -> bool:
                                                                               last.exit_code)
 
 
+def is_terminal(pod: t.Pod) -> bool:
+    """The API already shows the pod finished (a phase that never changes again)."""
+    return pod.status.phase in ("Succeeded", "Failed")
+
+
 def pod_finished(pod: t.Pod, obs: Observed) -> bool:
     return bool(pod.spec.containers) and all(container_done(pod, obs, c.name) for c in pod.spec.containers)
 
@@ -280,6 +289,12 @@ def compute_plan(pod: t.Pod | None, obs: Observed, memory: Memory, now: float,
         if sandbox is not None and s.id != sandbox.id:
             cleanup += [StopSandbox(s.id)] if s.ready else []
             cleanup.append(RemoveSandbox(s.id))
+
+    if is_terminal(pod):
+        grace = grace_seconds(pod, config)
+        actions += [StopContainer(c.id, c.name, grace, "Killing") for c in obs.containers if c.state == "running"]
+        actions += [StopSandbox(s.id) for s in obs.sandboxes if s.ready]
+        return Plan(tuple(actions + cleanup))
 
     if pod_finished(pod, obs):
         # A finished pod keeps its containers (exit codes, logs) but not its sandbox's processes.
@@ -461,8 +476,16 @@ def compute_status(pod: t.Pod, obs: Observed, memory: Memory, plan: Plan, now: f
     """The pod's status as the node sees it; timestamps of unchanged conditions are kept."""
     out = t.PodStatus()
     statuses = [container_status(pod, c, obs, memory, plan.waiting.get(c.name)) for c in pod.spec.containers]
+    if is_terminal(pod):
+        # Final: the phase stays; a container the runtime no longer has keeps its last reported state.
+        before = {cs.name: cs for cs in pod.status.container_statuses}
+        statuses = [before[s.name] if s.name in before and latest_instance(obs, s.name) is None else s
+                    for s in statuses]
+        for s in statuses:
+            s.ready = False
     out.container_statuses.extend(statuses)
-    out.phase = _phase(pod, statuses, obs)
+    out.phase = pod.status.phase if is_terminal(pod) else _phase(pod, statuses, obs)
+    out.qos_class = pod.status.qos_class or qos.qos_class(pod.spec)
     out.host_ip = host_ip
     sandbox = current_sandbox(obs)
     if sandbox is not None and sandbox.ready and sandbox.ip:

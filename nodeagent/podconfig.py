@@ -4,15 +4,22 @@ What holds: every sandbox and container carries the pod uid/name/namespace label
 after an agent restart and orphan removal depend on them); container log paths are
 `<pod log dir>/<ns>_<name>_<uid>/<container>/<attempt>.log` so the previous instance's log is
 found by its attempt; resources follow the kubelet's conversion (shares from requests,
-CFS quota from limits, memory limit in bytes).
+CFS quota from limits, memory limit in bytes); the sandbox always carries a DNSConfig
+(nodeagent/dns.py); the environment (Service variables from nodeagent/envvars.py, then
+envFrom and env, resolved by nodeagent/envs.py), the expanded command line and the mounts
+are given here, so this stays pure; a pod in its own network namespace gets the agent's
+managed /etc/hosts mounted when one was written.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from nodeagent import cri as rt
+from nodeagent.dns import DnsSettings, pod_dns_config, pod_hostname
+from nodeagent.envs import command_line
 from skiff import quantity
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -27,6 +34,8 @@ MIN_QUOTA = 1000
 class PodConfigSettings:
     pod_log_dir: str
     cgroup_parent: str = ""
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    pod_dir: str = ""  # per-pod files the agent writes (the managed /etc/hosts); empty: none
 
 
 def pod_labels(pod: t.Pod) -> dict[str, str]:
@@ -46,11 +55,12 @@ def sandbox_config(pod: t.Pod, attempt: int, settings: PodConfigSettings) -> cri
     meta = pod.metadata
     cfg = cri.PodSandboxConfig(
         metadata=cri.PodSandboxMetadata(name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=attempt),
-        hostname=(pod.spec.hostname or meta.name)[:63],
+        hostname=pod_hostname(pod),
         log_directory=pod_log_dir(settings.pod_log_dir, meta.namespace, meta.name, meta.uid),
         labels=pod_labels(pod),
         annotations=dict(meta.annotations),
     )
+    cfg.dns_config.CopyFrom(pod_dns_config(pod, settings.dns))
     for c in pod.spec.containers:
         for p in c.ports:
             if p.host_port:
@@ -79,19 +89,32 @@ def linux_resources(container: t.Container) -> cri.LinuxContainerResources:
     return out
 
 
-def container_config(pod: t.Pod, container: t.Container, attempt: int) -> cri.ContainerConfig:
+def hosts_path(pod_dir: str, uid: str) -> str:
+    return os.path.join(pod_dir, uid, "etc-hosts")
+
+
+def container_config(pod: t.Pod, container: t.Container, attempt: int, *,
+                     env: Sequence[tuple[str, str]] | None = None,
+                     mounts: Sequence[cri.Mount] = (), etc_hosts: str = "") -> cri.ContainerConfig:
+    """`env`: the resolved environment (nodeagent.envs); None: the spec's literal values."""
     labels = pod_labels(pod)
     labels[rt.LABEL_CONTAINER_NAME] = container.name
+    if env is None:
+        env = [(e.name, e.value) for e in container.env if not e.HasField("value_from")]
+    command, args = command_line(container, dict(env))
     cfg = cri.ContainerConfig(
         metadata=cri.ContainerMetadata(name=container.name, attempt=attempt),
         image=cri.ImageSpec(image=container.image),
-        command=list(container.command),
-        args=list(container.args),
+        command=command,
+        args=args,
         working_dir=container.working_dir,
-        envs=[cri.KeyValue(key=e.name, value=e.value) for e in container.env],
+        envs=[cri.KeyValue(key=k, value=v) for k, v in env],
+        mounts=list(mounts),
         labels=labels,
         log_path=container_log_path(container.name, attempt),
     )
+    if etc_hosts and not pod.spec.host_network:
+        cfg.mounts.add(container_path="/etc/hosts", host_path=etc_hosts)
     cfg.linux.resources.CopyFrom(linux_resources(container))
     ns = cfg.linux.security_context.namespace_options
     ns.network = cri.NODE if pod.spec.host_network else cri.POD

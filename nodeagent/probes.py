@@ -114,6 +114,17 @@ async def run_probe(probe: t.Probe, *, pod_ip: str, container: t.Container, cont
         return False, f"probe failed: {exc or type(exc).__name__}"
 
 
+async def run_hook(handler: t.LifecycleHandler, *, pod_ip: str, container: t.Container, container_id: str,
+                   runtime: Runtime, net: NodeNetwork, timeout_seconds: float) -> tuple[bool, str]:
+    """A lifecycle hook (postStart / preStop): the same actions as a probe, with the hook's own time limit."""
+    probe = t.Probe(timeout_seconds=max(int(timeout_seconds), 1))
+    for field in ("exec", "http_get", "tcp_socket"):
+        if handler.HasField(field):
+            getattr(probe, field).CopyFrom(getattr(handler, field))
+    return await run_probe(probe, pod_ip=pod_ip, container=container, container_id=container_id, runtime=runtime,
+                           net=net)
+
+
 class ProbeLoop:
     """Runs one probe for one container instance until cancelled; reports result changes."""
 

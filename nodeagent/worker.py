@@ -20,11 +20,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nodeagent import cri as rt
+from nodeagent import logs
 from nodeagent import plan as P
+from nodeagent.dns import hosts_file
+from nodeagent.envs import ConfigSource, ContainerConfigError, container_env
+from nodeagent.envvars import service_env
 from nodeagent.netns import NodeNetwork
-from nodeagent.podconfig import PodConfigSettings, container_config, pod_log_dir, sandbox_config
-from nodeagent.probes import ProbeLoop
-from skiff import errors
+from nodeagent.podconfig import (
+    PodConfigSettings,
+    container_config,
+    container_log_path,
+    hosts_path,
+    pod_log_dir,
+    sandbox_config,
+)
+from nodeagent.probes import ProbeLoop, run_hook
+from nodeagent.registryauth import pull_auth
+from nodeagent.volumes import VolumeManager, plan_mounts, termination_message
+from skiff import downward, errors
 from skiff.client import ApiClient
 from skiff.events import NORMAL, WARNING, Recorder
 from skiff.retry import Backoff, Delays
@@ -55,6 +68,30 @@ class WorkerContext:
     pod: Callable[[str], t.Pod | None]  # latest known Pod object for a uid (None: gone from the API)
     clock: Callable[[], float] = time.time
     on_status_written: Callable[[t.Pod], None] | None = None
+    config: ConfigSource | None = None  # ConfigMaps and Secrets for env and volumes
+    volumes: VolumeManager | None = None  # None: pods with volumes cannot be configured
+    node_allocatable: Callable[[], dict[str, str]] = dict
+    services: Callable[[], list[t.Service]] = list  # every Service the agent knows (environment variables)
+
+
+class _ConfigFailure(Exception):
+    """A container cannot be created yet: its env or volumes name something missing."""
+
+    def __init__(self, container: str, message: str) -> None:
+        super().__init__(message)
+        self.container = container
+
+
+class _NoConfig:
+    def config_map(self, namespace: str, name: str) -> t.ConfigMap | None:
+        return None
+
+    def secret(self, namespace: str, name: str) -> t.Secret | None:
+        return None
+
+
+CONFIG_RETRY = 2.0  # seconds; ConfigMap/Secret events also kick the worker at once
+POST_START_TIMEOUT = 30.0  # seconds a postStart hook may take
 
 
 @dataclass
@@ -64,6 +101,29 @@ class _Cache:
     exited: dict[str, cri.ContainerStatus] = field(default_factory=dict)
     running: dict[str, cri.ContainerStatus] = field(default_factory=dict)
     sandbox_ip: dict[str, str] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)  # exited container id -> termination message
+
+
+def _revision(pod: t.Pod) -> int:
+    try:
+        return int(pod.metadata.resource_version or 0)
+    except ValueError:
+        return 0
+
+
+def status_write_needed(status: bytes, pod: t.Pod, last: tuple[bytes, int] | None) -> bool:
+    """Whether to write `status` (serialized) for `pod`, as the informer cache has it.
+
+    Not when the pod says it already; not when it is what we wrote last and the cache has not
+    seen a later change (the cache may lag our own write); but yes when someone else changed
+    the pod after our write: the node lifecycle controller marks a lost node's pods not Ready,
+    and when the node is back our Ready must be written again, though it is what we wrote last.
+    """
+    if status == pod.status.SerializeToString(deterministic=True):
+        return False
+    if last is None or status != last[0]:
+        return True
+    return _revision(pod) > last[1]
 
 
 class PodWorker:
@@ -76,9 +136,10 @@ class PodWorker:
         self.probes: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.wake_at: float | None = None
         self.deleted = False
-        self.last_written: bytes = b""
+        self.last_written: tuple[bytes, int] | None = None  # the status we last wrote, and its revision
         self.last_pod: t.Pod | None = None
         self.syncs = 0
+        self.config_errors: dict[str, str] = {}  # container -> why it cannot be created yet
 
     def kick(self) -> None:
         self.kicked.set()
@@ -118,10 +179,14 @@ class PodWorker:
                         self.cache.running.pop(c.id, None)
                     elif state == "running":
                         self.cache.running[c.id] = st
+            name = c.metadata.name or c.labels.get(rt.LABEL_CONTAINER_NAME, "")
+            message = st.message
+            if state == "exited" and pod is not None:
+                message = self._termination_message(pod, name, c.id, c.metadata.attempt, st) or message
             cobs.append(P.ContainerObs(
-                id=c.id, name=c.metadata.name or c.labels.get(rt.LABEL_CONTAINER_NAME, ""), attempt=c.metadata.attempt,
+                id=c.id, name=name, attempt=c.metadata.attempt,
                 sandbox_id=c.pod_sandbox_id, state=state, created_at=st.created_at, started_at=st.started_at,
-                finished_at=st.finished_at, exit_code=st.exit_code, reason=st.reason, message=st.message,
+                finished_at=st.finished_at, exit_code=st.exit_code, reason=st.reason, message=message,
                 image_ref=st.image_ref or c.image_ref))
         images: dict[str, bool] = {}
         if pod is not None and not P.is_deleting(pod):
@@ -130,10 +195,32 @@ class PodWorker:
                 if spec.name not in live and spec.image not in images:
                     images[spec.image] = await runtime.image_status(spec.image) is not None
         known = {c.id for c in containers}
-        for cache in (self.cache.exited, self.cache.running):
+        for cache in (self.cache.exited, self.cache.running, self.cache.messages):
             for cid in [cid for cid in cache if cid not in known]:
                 del cache[cid]
         return P.Observed(tuple(sobs), tuple(cobs), images)
+
+    def _termination_message(self, pod: t.Pod, name: str, cid: str, attempt: int, st: cri.ContainerStatus) -> str:
+        """terminated.message of an exited container, read once from its file (or its log)."""
+        if cid in self.cache.messages:
+            return self.cache.messages[cid]
+        spec = next((c for c in pod.spec.containers if c.name == name), None)
+        if self.ctx.volumes is None or spec is None or not spec.termination_message_path:
+            return ""
+        try:
+            with open(self.ctx.volumes.termination_file(self.uid, name, attempt), "rb") as f:
+                written = f.read(4096)
+        except OSError:
+            written = b""
+        tail = b""
+        if not written and spec.termination_message_policy == "FallbackToLogsOnError" and st.exit_code != 0:
+            log_dir = pod_log_dir(self.ctx.pod_settings.pod_log_dir, pod.metadata.namespace, pod.metadata.name,
+                                  self.uid)
+            tail, _ = logs.read(os.path.join(log_dir, container_log_path(name, attempt)), tail_lines=80)
+        message = termination_message(written, policy=spec.termination_message_policy, exit_code=st.exit_code,
+                                      log_tail=tail)
+        self.cache.messages[cid] = message
+        return message
 
     # ------------------------------------------------------------ the loop
 
@@ -178,13 +265,25 @@ class PodWorker:
             plan = P.compute_plan(pod, obs, self.memory, self.ctx.clock(), self.ctx.plan_config)
             if plan.done:
                 self._remove_logs()
+                if self.ctx.volumes is not None:
+                    self.ctx.volumes.teardown(self.uid)
                 return True
             if not plan.actions:
                 break
-            await self.apply(plan.actions[0], pod, obs)
+            try:
+                await self.apply(plan.actions[0], pod, obs)
+            except _ConfigFailure as exc:
+                if self.config_errors.get(exc.container) != str(exc) and pod is not None:
+                    self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
+                self.config_errors[exc.container] = str(exc)
+                plan = replace(plan, wake_at=self.ctx.clock() + CONFIG_RETRY)
+                break
             pod = self.current_pod()
         self.wake_at = plan.wake_at
         if pod is not None and not P.is_deleting(pod):
+            if self.ctx.volumes is not None and pod.spec.volumes:
+                self.ctx.volumes.refresh(self._pod_view(pod, obs), self._config(),
+                                         node_allocatable=self.ctx.node_allocatable())
             self.reconcile_probes(pod, obs)
             await self.write_status(pod, obs, plan)
         elif plan.actions:
@@ -214,8 +313,11 @@ class PodWorker:
             spec = next(c for c in pod.spec.containers if c.name == action.container)
             sb_cfg = sandbox_config(pod, next(s.attempt for s in obs.sandboxes if s.id == action.sandbox_id),
                                     self.ctx.pod_settings)
+            sandbox_ip = next((s.ip for s in obs.sandboxes if s.id == action.sandbox_id), "")
+            etc_hosts = self._write_hosts(pod, sandbox_ip)
+            config = self._container_config(pod, spec, action.attempt, obs, etc_hosts=etc_hosts)
             try:
-                await runtime.create_container(action.sandbox_id, container_config(pod, spec, action.attempt), sb_cfg)
+                await runtime.create_container(action.sandbox_id, config, sb_cfg)
             except rt.CriError as exc:
                 self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
                 raise
@@ -232,6 +334,7 @@ class PodWorker:
                     await runtime.remove_container(action.container_id)
                 raise
             self.ctx.events.event(pod, NORMAL, "Started", f"Started container {action.container}")
+            await self._post_start(pod, action, obs)
         elif isinstance(action, P.StopContainer):
             if pod is not None:
                 msg = {"Unhealthy": f"Container {action.container} failed liveness probe, will be restarted",
@@ -239,8 +342,9 @@ class PodWorker:
                     action.reason, f"Stopping container {action.container}")
                 self.ctx.events.event(pod, NORMAL, "Killing", msg)
             self.stop_probes(action.container_id)
+            grace = await self._pre_stop(pod or self.last_pod, action, obs)
             with contextlib.suppress(rt.NotFound):
-                await runtime.stop_container(action.container_id, action.grace)
+                await runtime.stop_container(action.container_id, grace)
             probes = dict(self.memory.probes)
             probes.pop(action.container_id, None)
             self.memory = replace(self.memory, probes=probes)
@@ -258,11 +362,83 @@ class PodWorker:
                 pass  # a new pod with the same name: ours is gone already
             self.deleted = True
 
+    def _config(self) -> ConfigSource:
+        return self.ctx.config or _NoConfig()
+
+    def _pod_view(self, pod: t.Pod, obs: P.Observed) -> t.Pod:
+        """The pod with the IPs the node knows before the API does (fieldRef status.podIP/hostIP)."""
+        sandbox = P.current_sandbox(obs)
+        if (sandbox is None or not sandbox.ip or pod.status.pod_ip == sandbox.ip) and \
+                pod.status.host_ip == self.ctx.host_ip:
+            return pod
+        view = t.Pod()
+        view.CopyFrom(pod)
+        view.status.host_ip = self.ctx.host_ip
+        if sandbox is not None and sandbox.ip:
+            view.status.pod_ip = sandbox.ip
+            del view.status.pod_ips[:]
+            view.status.pod_ips.add(ip=sandbox.ip)
+        return view
+
+    def _container_config(self, pod: t.Pod, spec: t.Container, attempt: int, obs: P.Observed, *,
+                          etc_hosts: str = "") -> cri.ContainerConfig:
+        """Env, command line and mounts resolved now; _ConfigFailure when something is missing."""
+        view = self._pod_view(pod, obs)
+        allocatable = self.ctx.node_allocatable()
+        try:
+            paths: dict[str, str] = {}
+            if pod.spec.volumes:
+                if self.ctx.volumes is None:
+                    raise ContainerConfigError("this node agent has no volume directory")
+                paths = self.ctx.volumes.setup(view, self._config(), node_allocatable=allocatable)
+                self.ctx.volumes.prepare_sub_paths(view, spec, paths)
+            env = container_env(view, spec, self._config(), node_allocatable=allocatable,
+                                service_env=service_env(pod, self.ctx.services()))
+        except (ContainerConfigError, downward.DownwardError, OSError) as exc:
+            raise _ConfigFailure(spec.name, str(exc)) from exc
+        self.config_errors.pop(spec.name, None)
+        mounts = plan_mounts(pod, spec, paths)
+        if self.ctx.volumes is not None and spec.termination_message_path:
+            try:
+                mounts.append(self.ctx.volumes.termination_mount(pod, spec, attempt))
+            except OSError as exc:
+                raise _ConfigFailure(spec.name, f"termination message file: {exc}") from exc
+        return container_config(pod, spec, attempt, env=env, mounts=mounts, etc_hosts=etc_hosts)
+
+    async def _post_start(self, pod: t.Pod, action: P.StartContainer, obs: P.Observed) -> None:
+        """Run the postStart hook; a failed hook kills the container (restartPolicy decides what follows)."""
+        spec = next((c for c in pod.spec.containers if c.name == action.container), None)
+        if spec is None or not spec.lifecycle.HasField("post_start"):
+            return
+        sandbox = P.current_sandbox(obs)
+        ok, message = await run_hook(spec.lifecycle.post_start, pod_ip=sandbox.ip if sandbox else "", container=spec,
+                                     container_id=action.container_id, runtime=self.ctx.runtime, net=self.ctx.net,
+                                     timeout_seconds=POST_START_TIMEOUT)
+        if not ok:
+            self.ctx.events.event(pod, WARNING, "FailedPostStartHook", f"PostStartHook failed: {message}")
+            with contextlib.suppress(rt.NotFound):
+                await self.ctx.runtime.stop_container(action.container_id, 2)
+
+    async def _pre_stop(self, pod: t.Pod | None, action: P.StopContainer, obs: P.Observed) -> int:
+        """Run the preStop hook within the grace period; the seconds left for StopContainer (at least 2)."""
+        spec = None if pod is None else next((c for c in pod.spec.containers if c.name == action.container), None)
+        if pod is None or spec is None or not spec.lifecycle.HasField("pre_stop") or action.grace <= 0:
+            return action.grace
+        started = self.ctx.clock()
+        sandbox = P.current_sandbox(obs)
+        ok, message = await run_hook(spec.lifecycle.pre_stop, pod_ip=sandbox.ip if sandbox else "", container=spec,
+                                     container_id=action.container_id, runtime=self.ctx.runtime, net=self.ctx.net,
+                                     timeout_seconds=action.grace)
+        if not ok:
+            self.ctx.events.event(pod, WARNING, "FailedPreStopHook", f"PreStopHook failed: {message}")
+        return max(int(action.grace - (self.ctx.clock() - started)), 2)
+
     async def _pull(self, pod: t.Pod, action: P.PullImage) -> None:
         now = self.ctx.clock()
         self.ctx.events.event(pod, NORMAL, "Pulling", f'Pulling image "{action.image}"')
         try:
-            await self.ctx.runtime.pull_image(action.image, sandbox_config=None)
+            await self.ctx.runtime.pull_image(action.image, sandbox_config=None,
+                                              auth=pull_auth(pod, action.image, self._config()))
         except rt.RuntimeUnavailable:
             raise
         except rt.CriError as exc:
@@ -283,11 +459,15 @@ class PodWorker:
 
     async def write_status(self, pod: t.Pod, obs: P.Observed, plan: P.Plan) -> None:
         status = P.compute_status(pod, obs, self.memory, plan, self.ctx.clock(), host_ip=self.ctx.host_ip)
+        for cs in status.container_statuses:
+            problem = self.config_errors.get(cs.name)
+            if problem and cs.state.HasField("waiting"):
+                cs.state.waiting.reason, cs.state.waiting.message = "CreateContainerConfigError", problem
         for name, w in plan.waiting.items():
             if w.reason == "CrashLoopBackOff" and not _was_waiting(pod, name, "CrashLoopBackOff"):
                 self.ctx.events.event(pod, WARNING, "BackOff", f"Back-off restarting failed container {name}")
         data = status.SerializeToString(deterministic=True)
-        if data == pod.status.SerializeToString(deterministic=True) or data == self.last_written:
+        if not status_write_needed(data, pod, self.last_written):
             return
         new = t.Pod()
         new.CopyFrom(pod)
@@ -297,7 +477,7 @@ class PodWorker:
             written = await self.ctx.client.update_status(new)
         except errors.NotFoundError:
             return
-        self.last_written = data
+        self.last_written = (data, _revision(written))
         if self.ctx.on_status_written is not None:
             self.ctx.on_status_written(written)
 
@@ -353,7 +533,22 @@ class PodWorker:
         for key in [k for k in self.probes if container_id is None or k[0] == container_id]:
             self.probes.pop(key).cancel()
 
+    def _write_hosts(self, pod: t.Pod, pod_ip: str) -> str:
+        """Write the pod's managed /etc/hosts (before each container create: the IP may be new); its path."""
+        settings = self.ctx.pod_settings
+        if not settings.pod_dir or pod.spec.host_network:
+            return ""
+        path = hosts_path(settings.pod_dir, self.uid)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(hosts_file(pod, pod_ip, settings.dns))
+        os.replace(tmp, path)
+        return path
+
     def _remove_logs(self) -> None:
+        if self.ctx.pod_settings.pod_dir:
+            shutil.rmtree(os.path.join(self.ctx.pod_settings.pod_dir, self.uid), ignore_errors=True)
         pod = self.last_pod
         if pod is None:
             return

@@ -5,6 +5,9 @@ protobuf's own json_format reports errors in its terms ("Message type X has no f
 and without a path. This walker names the exact field path the way kubectl does:
 `spec.template.spec.containers[0].ports[0].containerPort: expected an integer, got "eighty"`.
 
+`bytes` fields (Secret.data, ConfigMap.binaryData) are base64 in manifests, as in Kubernetes'
+JSON; a value that is not valid base64 is an error naming its path.
+
 What must hold: `to_data(from_data(d))` equals `d` for any valid `d` in canonical form
 (defaults are not added here; that is the api-server's job), and nothing in a manifest is
 silently dropped: every key either lands in a field or raises FieldError (or, when the caller
@@ -13,6 +16,8 @@ passes `unknown`, an unknown key is reported there: the HTTP API's fieldValidati
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import difflib
 from collections.abc import Mapping
@@ -31,7 +36,8 @@ TIMESTAMP = "google.protobuf.Timestamp"
 MICRO_TIME_FIELDS = frozenset({"skiff.api.v1.LeaseSpec.acquire_time", "skiff.api.v1.LeaseSpec.renew_time"})
 
 # map<string,string> fields that hold quantities: YAML numbers (cpu: 1, cpu: 0.5) are accepted there.
-QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable"})
+QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable", "max", "min", "default",
+                           "default_request", "max_limit_request_ratio", "hard", "used"})
 
 _INT_TYPES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -151,7 +157,9 @@ def _set_field(msg: Message, field: Any, value: Any, path: str, unknown: list[st
             else:
                 target.append(_scalar(field, item, item_path))
     elif field.message_type is not None:
-        _fill_message_value(getattr(msg, field.name), value, path, unknown)
+        target = getattr(msg, field.name)
+        target.SetInParent()  # `emptyDir: {}` is present, as in Kubernetes
+        _fill_message_value(target, value, path, unknown)
     else:
         setattr(msg, field.name, _scalar(field, value, path))
 
@@ -225,9 +233,14 @@ def _scalar(field: Any, value: Any, path: str) -> Any:
             raise FieldError(path, f"expected a number, got {describe_value(value)}")
         return float(value)
     if ftype == FieldDescriptor.TYPE_BYTES:
-        if not isinstance(value, str | bytes):
-            raise FieldError(path, f"expected a string, got {describe_value(value)}")
-        return value.encode() if isinstance(value, str) else value
+        if isinstance(value, bytes):
+            return value
+        if not isinstance(value, str):
+            raise FieldError(path, f"expected a base64 string, got {describe_value(value)}")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise FieldError(path, f"illegal base64 data: {exc}") from exc
     raise FieldError(path, f"unsupported field type {ftype}")
 
 
@@ -244,6 +257,8 @@ def _value_to_data(field: Any, value: Any) -> Any:
         value_field = field.message_type.fields_by_name["value"]
         if value_field.message_type is not None:
             return {k: _message_to_data(v) for k, v in sorted(value.items())}
+        if value_field.type == FieldDescriptor.TYPE_BYTES:
+            return {k: base64.b64encode(v).decode() for k, v in sorted(value.items())}
         return dict(sorted(value.items()))
     if field.is_repeated:
         if field.message_type is not None:
@@ -254,7 +269,7 @@ def _value_to_data(field: Any, value: Any) -> Any:
             return format_micro_time(value)
         return _message_to_data(value)
     if field.type == FieldDescriptor.TYPE_BYTES:
-        return value.decode(errors="replace")
+        return base64.b64encode(value).decode()
     return value
 
 

@@ -1,5 +1,10 @@
 """What every Skiff daemon's `main` needs: duration flags, logging, and running until a signal.
 
+The convention every daemon (store, api-server, controllers, scheduler, node agent, proxy,
+the all-in-one control plane) follows: time flags take `duration` (`5s`, `1m30s`, `500ms`, or
+bare seconds), and `-v`/`--verbose` (`add_verbose_flag`) is the one logging switch: INFO
+by default, DEBUG with `-v`.
+
 What must hold:
 - `duration` accepts what both Go-style daemons and people write (`0`, `1.5`, `500ms`, `40s`,
   `1m30s`, `2h`) and nothing negative or non-finite; a bad value is an argparse usage error
@@ -36,6 +41,10 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 0, 500ms, 40s, 1m30s, 2h)")
     h, mins, s, ms = (float(g or 0) for g in m.groups())
     return h * 3600 + mins * 60 + s + ms / 1000
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def setup_logging(verbose: bool) -> None:

@@ -32,6 +32,17 @@ KUBE_API_PORT = 8443  # the Kubernetes REST API (HTTP) beside the gRPC API; 6443
 AGENT_PORT = 10250
 PROXY_METRICS_PORT = 10249
 
+# Where node agents keep their heartbeat Leases (one per node, named after it).
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+# Namespaces every cluster has from its first start; none of them can be deleted.
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", NODE_LEASE_NAMESPACE)
+# Cluster DNS: the domain, and the address every host's node-local clusterdns listens on. It is
+# link-local and the same on every host (NodeLocal DNSCache's address): pods are told this one
+# nameserver and each host's pods ask their own host's server.
+CLUSTER_DOMAIN = "cluster.local"
+NODE_LOCAL_DNS_IP = "169.254.20.10"
+NODE_LOCAL_DNS_INTERFACE = "lo"  # a /32 there is local to the host for packets from its pods
+
 # The LANs of the network-namespace labs (deploy/): outside every range above.
 LAB_LAN_CIDR = "10.77.0.0/24"  # `skiff lab up`
 LOCAL_LAN_CIDR = "10.78.0.0/24"  # `make up`

@@ -2,7 +2,7 @@
 
 The node agent, `skiff node setup`, the test launchers and deploy/ (labs, Vagrant, bare metal)
 all render containerd's config.toml and the CNI conflist here, so every node gets the same
-essential settings (see shared/containerd.md):
+essential settings (docs/containerd.md says why each is needed):
 
 - `restrict_oom_score_adj = true`: without it runc fails with "can't get final child's PID".
 - `netns_mounts_under_state_dir = true`: pod netns live under the node's state dir, not in the
@@ -66,6 +66,10 @@ class NodePaths:
     @property
     def pod_logs(self) -> Path:
         return self.base / "pods"
+
+    @property
+    def pod_volumes(self) -> Path:
+        return self.base / "volumes"
 
     @property
     def endpoint(self) -> str:

@@ -5,7 +5,7 @@ web image of examples/web/ and the tests) are made here, from a directory and/or
 busybox-static. What must hold:
 
 - busybox applets are SYMLINKS to /bin/busybox. Hard links in a layer come out of containerd's
-  unpacking with the wrong mode (see shared/containerd.md).
+  unpacking with the wrong mode (docs/containerd.md).
 - the tar is reproducible: fixed mtimes, sorted entries, root ownership, so the same spec always
   gives the same digests and re-importing an image is a no-op.
 - image names are normalized the way containerd's CRI looks them up (`skiff/web:1.0` is stored as

@@ -45,6 +45,21 @@ KINDS: tuple[Kind, ...] = (
     Kind("Endpoints", "endpoints", "v1", t.Endpoints, "endpoints", True, ("ep",), "endpoints"),
     Kind("Lease", "leases", "coordination.k8s.io/v1", t.Lease, "lease", True, (), "lease"),
     Kind("Event", "events", "v1", t.Event, "event", True, ("ev",), "event"),
+    # config-volumes
+    Kind("ConfigMap", "configmaps", "v1", t.ConfigMap, "config_map", True, ("cm",), "configmap"),
+    Kind("Secret", "secrets", "v1", t.Secret, "secret", True, (), "secret"),
+    Kind("ServiceAccount", "serviceaccounts", "v1", t.ServiceAccount, "service_account", True, ("sa",),
+         "serviceaccount"),
+    Kind("LimitRange", "limitranges", "v1", t.LimitRange, "limit_range", True, ("limits",), "limitrange"),
+    Kind("ResourceQuota", "resourcequotas", "v1", t.ResourceQuota, "resource_quota", True, ("quota",),
+         "resourcequota"),
+    # workloads
+    Kind("Job", "jobs", "batch/v1", t.Job, "job", True, (), "job"),
+    Kind("CronJob", "cronjobs", "batch/v1", t.CronJob, "cron_job", True, ("cj",), "cronjob"),
+    Kind("DaemonSet", "daemonsets", "apps/v1", t.DaemonSet, "daemon_set", True, ("ds",), "daemonset"),
+    Kind("StatefulSet", "statefulsets", "apps/v1", t.StatefulSet, "stateful_set", True, ("sts",), "statefulset"),
+    Kind("ControllerRevision", "controllerrevisions", "apps/v1", t.ControllerRevision, "controller_revision", True,
+         (), "controllerrevision"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

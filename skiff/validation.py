@@ -8,12 +8,13 @@ the api-server before validation there, and validation never changes the object.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 
 from google.protobuf.message import Message
 
-from skiff import kinds, labels, quantity
+from skiff import downward, kinds, labels, quantity
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -30,10 +31,25 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-SERVICE_TYPES = ("ClusterIP", "NodePort")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "ExternalName")
+DNS_POLICIES = ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None")
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 MAX_ANNOTATIONS_BYTES = 256 * 1024
 KNOWN_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
+# config-volumes
+CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+MAX_CONFIG_BYTES = 1024 * 1024  # ConfigMap and Secret data, as Kubernetes limits them (1 MiB)
+HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice",
+                   "BlockDevice")
+EMPTY_DIR_MEDIA = ("", "Memory")
+MOUNT_PROPAGATIONS = ("None", "HostToContainer", "Bidirectional")
+# Keys a Secret of these types must have (Kubernetes' built-in types; any other type is free-form).
+SECRET_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "kubernetes.io/tls": ("tls.crt", "tls.key"),
+    "kubernetes.io/dockerconfigjson": (".dockerconfigjson",),
+    "kubernetes.io/dockercfg": (".dockercfg",),
+    "kubernetes.io/ssh-auth": ("ssh-privatekey",),
+}
 
 
 def _quote_choices(choices: Iterable[str]) -> str:
@@ -233,6 +249,9 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
     elif c.image != c.image.strip():
         errs.add(f"{path}.image", "must not have leading or trailing whitespace")
     errs.enum(f"{path}.imagePullPolicy", c.image_pull_policy, PULL_POLICIES)
+    errs.enum(f"{path}.terminationMessagePolicy", c.termination_message_policy, ("File", "FallbackToLogsOnError"))
+    if c.termination_message_path and not c.termination_message_path.startswith("/"):
+        errs.add(f"{path}.terminationMessagePath", f'must be an absolute path, got "{c.termination_message_path}"')
     for j, port in enumerate(c.ports):
         pp = f"{path}.ports[{j}]"
         errs.port(f"{pp}.containerPort", port.container_port)
@@ -252,6 +271,9 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
         if not env.name or not ENV_VAR_NAME.match(env.name):
             errs.add(f"{path}.env[{j}].name", f'invalid environment variable name "{env.name}"')
         seen_env.add(env.name)
+        if env.HasField("value_from"):
+            _env_source(errs, f"{path}.env[{j}].valueFrom", env)
+    _env_from(errs, path, c)
     requests = _quantities(errs, f"{path}.resources.requests", c.resources.requests)
     limits = _quantities(errs, f"{path}.resources.limits", c.resources.limits)
     for name, req in requests.items():
@@ -261,6 +283,279 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
     for field in ("liveness_probe", "readiness_probe", "startup_probe"):
         if c.HasField(field):
             _probe(errs, f"{path}.{_json(field)}", getattr(c, field))
+    for field in ("post_start", "pre_stop"):
+        if c.lifecycle.HasField(field):
+            hp = f"{path}.lifecycle.{_json(field)}"
+            handler = getattr(c.lifecycle, field)
+            present = _one_of(errs, hp, handler, ("exec", "http_get", "tcp_socket"))
+            if "exec" in present and not handler.exec.command:
+                errs.add(f"{hp}.exec.command", "required")
+            if "http_get" in present:
+                _int_or_string_port(errs, f"{hp}.httpGet.port", handler.http_get.port)
+            if "tcp_socket" in present:
+                _int_or_string_port(errs, f"{hp}.tcpSocket.port", handler.tcp_socket.port)
+
+
+# ---------------------------------------------------------------------- config-volumes: env, volumes, config
+
+def check_config_key(key: str) -> str | None:
+    """A ConfigMap/Secret key (also a file name in a volume), as Kubernetes' IsConfigMapKey."""
+    if not key or len(key) > 253 or not CONFIG_KEY.match(key):
+        return (f'"{key}": a valid config key must consist of alphanumeric characters, "-", "_" or ".", '
+                "at most 253 characters")
+    if key in (".", "..") or key.startswith(".."):
+        return f'"{key}": must not be "." or ".." and must not start with ".."'
+    return None
+
+
+def check_relative_path(value: str) -> str | None:
+    """A path inside a volume: relative, without a ".." element (it must not leave the volume)."""
+    if not value:
+        return "required"
+    if value.startswith("/"):
+        return f'"{value}": must be a relative path'
+    if ".." in value.split("/"):
+        return f'"{value}": must not contain ".."'
+    return None
+
+
+def _one_of(errs: _Errors, path: str, msg: Message, fields: tuple[str, ...]) -> list[str]:
+    present = [f for f in fields if msg.HasField(f)]
+    if len(present) != 1:
+        by_name = msg.DESCRIPTOR.fields_by_name
+        names = ", ".join(by_name[f].json_name for f in fields)
+        errs.add(path, f"must specify exactly one of {names}"
+                 + (f" (got {', '.join(by_name[f].json_name for f in present)})" if present else ""))
+    return present
+
+
+def _env_source(errs: _Errors, path: str, env: t.EnvVar) -> None:
+    if env.value:
+        errs.add(path, "may not be specified when `value` is not empty")
+    src = env.value_from
+    present = _one_of(errs, path, src, ("field_ref", "resource_field_ref", "config_map_key_ref", "secret_key_ref"))
+    if "field_ref" in present:
+        problem = downward.check_field_path(src.field_ref.field_path, volume=False)
+        if problem:
+            errs.add(f"{path}.fieldRef.fieldPath", problem)
+    if "resource_field_ref" in present:
+        _resource_field(errs, f"{path}.resourceFieldRef", src.resource_field_ref)
+    for field, label in (("config_map_key_ref", "configMapKeyRef"), ("secret_key_ref", "secretKeyRef")):
+        if field in present:
+            ref = getattr(src, field)
+            if not ref.name:
+                errs.add(f"{path}.{label}.name", "required")
+            problem = check_config_key(ref.key)
+            if problem:
+                errs.add(f"{path}.{label}.key", problem)
+
+
+def _resource_field(errs: _Errors, path: str, ref: t.ResourceFieldSelector) -> None:
+    errs.enum(f"{path}.resource", ref.resource, tuple(sorted(downward.RESOURCES)), allow_empty=False)
+    if ref.divisor:
+        try:
+            if quantity.parse(ref.divisor) <= 0:
+                errs.add(f"{path}.divisor", f'must be greater than 0, got "{ref.divisor}"')
+        except quantity.QuantityError as exc:
+            errs.add(f"{path}.divisor", str(exc))
+
+
+def _env_from(errs: _Errors, path: str, c: t.Container) -> None:
+    for j, src in enumerate(c.env_from):
+        ep = f"{path}.envFrom[{j}]"
+        present = _one_of(errs, ep, src, ("config_map_ref", "secret_ref"))
+        for field in present:
+            if not getattr(src, field).name:
+                errs.add(f"{ep}.{_json(field)}.name", "required")
+        if src.prefix and not ENV_VAR_NAME.match(src.prefix):
+            errs.add(f"{ep}.prefix", f'invalid environment variable prefix "{src.prefix}"')
+
+
+def _volume_mounts(errs: _Errors, path: str, c: t.Container, volumes: set[str]) -> None:
+    seen: set[str] = set()
+    for j, m in enumerate(c.volume_mounts):
+        mp = f"{path}.volumeMounts[{j}]"
+        if m.name not in volumes:
+            errs.add(f"{mp}.name", f'volume "{m.name}" not found in spec.volumes')
+        if not m.mount_path.startswith("/"):
+            errs.add(f"{mp}.mountPath", f'must be an absolute path, got "{m.mount_path}"')
+        elif m.mount_path in seen:
+            errs.add(f"{mp}.mountPath", f'"{m.mount_path}": must be unique')
+        seen.add(m.mount_path)
+        if m.sub_path:
+            problem = check_relative_path(m.sub_path)
+            if problem:
+                errs.add(f"{mp}.subPath", problem)
+        errs.enum(f"{mp}.mountPropagation", m.mount_propagation, MOUNT_PROPAGATIONS)
+
+
+def _mode(errs: _Errors, path: str, msg: Message, field: str) -> None:
+    if msg.HasField(field) and not 0 <= getattr(msg, field) <= 0o777:
+        errs.add(path, f"must be a number between 0 and 0777 (octal), both inclusive, got {getattr(msg, field)}")
+
+
+def _items(errs: _Errors, path: str, items: Iterable[t.KeyToPath]) -> None:
+    for k, item in enumerate(items):
+        problem = check_config_key(item.key)
+        if problem:
+            errs.add(f"{path}[{k}].key", problem)
+        problem = check_relative_path(item.path)
+        if problem:
+            errs.add(f"{path}[{k}].path", problem)
+        _mode(errs, f"{path}[{k}].mode", item, "mode")
+
+
+def _downward_items(errs: _Errors, path: str, items: Iterable[t.DownwardAPIVolumeFile]) -> None:
+    for k, item in enumerate(items):
+        ip = f"{path}[{k}]"
+        problem = check_relative_path(item.path)
+        if problem:
+            errs.add(f"{ip}.path", problem)
+        present = _one_of(errs, ip, item, ("field_ref", "resource_field_ref"))
+        if "field_ref" in present:
+            problem = downward.check_field_path(item.field_ref.field_path, volume=True)
+            if problem:
+                errs.add(f"{ip}.fieldRef.fieldPath", problem)
+        if "resource_field_ref" in present:
+            if not item.resource_field_ref.container_name:
+                errs.add(f"{ip}.resourceFieldRef.containerName", "required in a volume")
+            _resource_field(errs, f"{ip}.resourceFieldRef", item.resource_field_ref)
+        _mode(errs, f"{ip}.mode", item, "mode")
+
+
+VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "config_map", "downward_api", "projected")
+
+
+def _volume_source(errs: _Errors, vp: str, v: t.Volume, source: str) -> None:
+    if source == "host_path":
+        if not v.host_path.path.startswith("/"):
+            errs.add(f"{vp}.hostPath.path", f'must be an absolute path, got "{v.host_path.path}"')
+        errs.enum(f"{vp}.hostPath.type", v.host_path.type, HOST_PATH_TYPES)
+    elif source == "empty_dir":
+        errs.enum(f"{vp}.emptyDir.medium", v.empty_dir.medium, EMPTY_DIR_MEDIA)
+        if v.empty_dir.size_limit:
+            try:
+                quantity.parse(v.empty_dir.size_limit)
+            except quantity.QuantityError as exc:
+                errs.add(f"{vp}.emptyDir.sizeLimit", str(exc))
+    elif source == "config_map":
+        if not v.config_map.name:
+            errs.add(f"{vp}.configMap.name", "required")
+        _items(errs, f"{vp}.configMap.items", v.config_map.items)
+        _mode(errs, f"{vp}.configMap.defaultMode", v.config_map, "default_mode")
+    elif source == "secret":
+        if not v.secret.secret_name:
+            errs.add(f"{vp}.secret.secretName", "required")
+        _items(errs, f"{vp}.secret.items", v.secret.items)
+        _mode(errs, f"{vp}.secret.defaultMode", v.secret, "default_mode")
+    elif source == "downward_api":
+        _downward_items(errs, f"{vp}.downwardAPI.items", v.downward_api.items)
+        _mode(errs, f"{vp}.downwardAPI.defaultMode", v.downward_api, "default_mode")
+    elif source == "projected":
+        _mode(errs, f"{vp}.projected.defaultMode", v.projected, "default_mode")
+        for k, src in enumerate(v.projected.sources):
+            sp = f"{vp}.projected.sources[{k}]"
+            which = _one_of(errs, sp, src, ("secret", "downward_api", "config_map"))
+            if "downward_api" in which:
+                _downward_items(errs, f"{sp}.downwardAPI.items", src.downward_api.items)
+            for field in ("secret", "config_map"):
+                if field in which:
+                    if not getattr(src, field).name:
+                        errs.add(f"{sp}.{_json(field)}.name", "required")
+                    _items(errs, f"{sp}.{_json(field)}.items", getattr(src, field).items)
+
+
+def _volumes(errs: _Errors, path: str, spec: t.PodSpec) -> set[str]:
+    names: set[str] = set()
+    for i, v in enumerate(spec.volumes):
+        vp = f"{path}.volumes[{i}]"
+        problem = check_dns_label(v.name) if v.name else "required"
+        if problem:
+            errs.add(f"{vp}.name", problem)
+        elif v.name in names:
+            errs.add(f"{vp}.name", f'duplicate volume name "{v.name}"')
+        names.add(v.name)
+        present = _one_of(errs, vp, v, VOLUME_SOURCES)
+        if len(present) == 1:
+            _volume_source(errs, vp, v, present[0])
+    return names
+
+
+def config_size(obj: t.ConfigMap | t.Secret) -> int:
+    """Bytes of keys and values, counted as Kubernetes counts them against the 1 MiB limit."""
+    if isinstance(obj, t.ConfigMap):
+        return (sum(len(k) + len(v.encode()) for k, v in obj.data.items())
+                + sum(len(k) + len(v) for k, v in obj.binary_data.items()))
+    return (sum(len(k) + len(v) for k, v in obj.data.items())
+            + sum(len(k) + len(v.encode()) for k, v in obj.string_data.items() if k not in obj.data))
+
+
+def _config_data(errs: _Errors, obj: t.ConfigMap | t.Secret) -> None:
+    if isinstance(obj, t.ConfigMap):
+        fields = (("data", obj.data), ("binaryData", obj.binary_data))
+    else:
+        fields = (("data", obj.data), ("stringData", obj.string_data))  # type: ignore[assignment]
+    for name, values in fields:
+        for key in values:
+            problem = check_config_key(key)
+            if problem:
+                errs.add(f"{name}[{key}]", problem)
+    if isinstance(obj, t.ConfigMap):
+        for key in obj.binary_data:
+            if key in obj.data:
+                errs.add(f"binaryData[{key}]", "duplicate of a key present in data")
+    size = config_size(obj)
+    if size > MAX_CONFIG_BYTES:
+        errs.add("data", f"Too long: must have at most {MAX_CONFIG_BYTES} bytes, got {size}")
+
+
+def _secret(errs: _Errors, s: t.Secret) -> None:
+    _config_data(errs, s)
+    keys = set(s.data) | set(s.string_data)
+    for key in SECRET_REQUIRED_KEYS.get(s.type, ()):
+        if key not in keys:
+            errs.add(f"data[{key}]", f'required for a Secret of type "{s.type}"')
+    if s.type == "kubernetes.io/dockerconfigjson" and ".dockerconfigjson" in s.data:
+        try:
+            json.loads(s.data[".dockerconfigjson"])
+        except ValueError as exc:
+            errs.add("data[.dockerconfigjson]", f"invalid JSON: {exc}")
+    if (s.type == "kubernetes.io/service-account-token"
+            and not s.metadata.annotations.get("kubernetes.io/service-account.name")):
+        errs.add("metadata.annotations[kubernetes.io/service-account.name]",
+                 'required for a Secret of type "kubernetes.io/service-account-token"')
+    if len(s.type) > 253:
+        errs.add("type", "must be no more than 253 characters")
+
+
+def _quantity_map(errs: _Errors, path: str, values: Mapping[str, str]) -> None:
+    for name, text in values.items():
+        try:
+            if quantity.parse(text) < 0:
+                errs.add(f"{path}.{name}", f'must be greater than or equal to 0, got "{text}"')
+        except quantity.QuantityError as exc:
+            errs.add(f"{path}.{name}", str(exc))
+
+
+def _limit_range(errs: _Errors, lr: t.LimitRange) -> None:
+    for i, item in enumerate(lr.spec.limits):
+        ip = f"spec.limits[{i}]"
+        errs.enum(f"{ip}.type", item.type, ("Container", "Pod"))
+        for field in ("max", "min", "default", "default_request", "max_limit_request_ratio"):
+            _quantity_map(errs, f"{ip}.{_json(field)}", getattr(item, field))
+        if item.type == "Pod" and (item.default or item.default_request):
+            errs.add(f"{ip}.default", 'may not be set for type "Pod"')
+        for name, low in item.min.items():
+            high = item.max.get(name)
+            try:
+                if high is not None and quantity.parse(low) > quantity.parse(high):
+                    errs.add(f"{ip}.min.{name}", f"min value {low} is greater than max value {high}")
+            except quantity.QuantityError:
+                pass
+
+
+def _resource_quota(errs: _Errors, rq: t.ResourceQuota) -> None:
+    _quantity_map(errs, "spec.hard", rq.spec.hard)
 
 
 def _ip(errs: _Errors, path: str, value: str) -> None:
@@ -273,6 +568,16 @@ def _ip(errs: _Errors, path: str, value: str) -> None:
 def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
     if not spec.containers:
         errs.add(f"{path}.containers", "at least one container is required")
+    volumes = _volumes(errs, path, spec)
+    for i, c in enumerate(spec.containers):
+        _volume_mounts(errs, f"{path}.containers[{i}]", c, volumes)
+    for i, ref in enumerate(spec.image_pull_secrets):
+        if not ref.name:
+            errs.add(f"{path}.imagePullSecrets[{i}].name", "required")
+    if spec.service_account_name:
+        problem = check_dns_subdomain(spec.service_account_name)
+        if problem:
+            errs.add(f"{path}.serviceAccountName", problem)
     names: set[str] = set()
     port_names: set[str] = set()
     for i, c in enumerate(spec.containers):
@@ -300,6 +605,30 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
         problem = check_dns_label(spec.hostname)
         if problem:
             errs.add(f"{path}.hostname", problem)
+    if spec.subdomain:
+        problem = check_dns_label(spec.subdomain)
+        if problem:
+            errs.add(f"{path}.subdomain", problem)
+    errs.enum(f"{path}.dnsPolicy", spec.dns_policy, DNS_POLICIES)
+    dns = spec.dns_config
+    if spec.dns_policy == "None" and not dns.nameservers:
+        errs.add(f"{path}.dnsConfig.nameservers", 'at least one nameserver is required when dnsPolicy is "None"')
+    for i, ns in enumerate(dns.nameservers):
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            errs.add(f"{path}.dnsConfig.nameservers[{i}]", f'"{ns}" is not a valid IP address')
+    if len(dns.nameservers) > 3:
+        errs.add(f"{path}.dnsConfig.nameservers", "may not have more than 3 nameservers")
+    for i, alias in enumerate(spec.host_aliases):
+        try:
+            ipaddress.ip_address(alias.ip)
+        except ValueError:
+            errs.add(f"{path}.hostAliases[{i}].ip", f'"{alias.ip}" is not a valid IP address')
+        for j, name in enumerate(alias.hostnames):
+            problem = check_dns_subdomain(name)
+            if problem:
+                errs.add(f"{path}.hostAliases[{i}].hostnames[{j}]", problem)
 
 
 def _label_selector(errs: _Errors, path: str, sel: t.LabelSelector, *, required: bool) -> None:
@@ -318,25 +647,78 @@ def _label_selector(errs: _Errors, path: str, sel: t.LabelSelector, *, required:
             errs.add(f"{ep}.values", f"must be empty for operator {expr.operator}")
 
 
-def _workload(errs: _Errors, spec: t.DeploymentSpec | t.ReplicaSetSpec) -> None:
-    if spec.HasField("replicas"):
-        errs.non_negative("spec.replicas", spec.replicas)
-    errs.non_negative("spec.minReadySeconds", spec.min_ready_seconds)
-    _label_selector(errs, "spec.selector", spec.selector, required=True)
-    _metadata(errs, spec.template.metadata, kinds.by_kind("Pod"), "spec.template.metadata",  # type: ignore[arg-type]
+def _workload(errs: _Errors, spec: t.DeploymentSpec | t.ReplicaSetSpec | t.DaemonSetSpec | t.StatefulSetSpec,
+              prefix: str = "spec") -> None:
+    if not isinstance(spec, t.DaemonSetSpec) and spec.HasField("replicas"):
+        errs.non_negative(f"{prefix}.replicas", spec.replicas)
+    errs.non_negative(f"{prefix}.minReadySeconds", spec.min_ready_seconds)
+    _template(errs, prefix, spec.selector, spec.template, allowed_restart=("Always",))
+
+
+def _template(errs: _Errors, prefix: str, sel: t.LabelSelector, template: t.PodTemplateSpec, *,
+              allowed_restart: tuple[str, ...], selector_required: bool = True) -> None:
+    """A selector and the pod template it must select, whose restartPolicy is one of `allowed_restart`."""
+    _label_selector(errs, f"{prefix}.selector", sel, required=selector_required)
+    _metadata(errs, template.metadata, kinds.by_kind("Pod"), f"{prefix}.template.metadata",  # type: ignore[arg-type]
               need_name=False)
-    sel = spec.selector
     if sel.match_labels or sel.match_expressions:
         try:
             selector = labels.from_label_selector(sel)
         except labels.SelectorError:
             selector = None
-        if selector is not None and not labels.matches(selector, spec.template.metadata.labels):
-            errs.add("spec.template.metadata.labels", "`selector` does not match template `labels`")
-    _pod_spec(errs, "spec.template.spec", spec.template.spec)
-    policy = spec.template.spec.restart_policy
-    if policy and policy != "Always":
-        errs.add("spec.template.spec.restartPolicy", f'unsupported value "{policy}": only "Always" is allowed here')
+        if selector is not None and not labels.matches(selector, template.metadata.labels):
+            errs.add(f"{prefix}.template.metadata.labels", "`selector` does not match template `labels`")
+    _pod_spec(errs, f"{prefix}.template.spec", template.spec)
+    policy = template.spec.restart_policy
+    if not policy and "Always" not in allowed_restart:
+        errs.add(f"{prefix}.template.spec.restartPolicy",
+                 f'Required value: one of {", ".join(repr(p) for p in allowed_restart)}')
+    elif policy and policy not in allowed_restart:
+        only = " or ".join(f'"{p}"' for p in allowed_restart)
+        errs.add(f"{prefix}.template.spec.restartPolicy", f'unsupported value "{policy}": only {only} is allowed here')
+
+
+def _job_spec(errs: _Errors, spec: t.JobSpec, prefix: str = "spec") -> None:
+    for name in ("parallelism", "completions", "backoff_limit"):
+        if spec.HasField(name):
+            errs.non_negative(f"{prefix}.{_json(name)}", getattr(spec, name))
+    for name in ("active_deadline_seconds",):
+        if spec.HasField(name) and getattr(spec, name) <= 0:
+            errs.add(f"{prefix}.{_json(name)}", "must be greater than 0")
+    if spec.HasField("ttl_seconds_after_finished"):
+        errs.non_negative(f"{prefix}.ttlSecondsAfterFinished", spec.ttl_seconds_after_finished)
+    errs.enum(f"{prefix}.completionMode", spec.completion_mode, ("NonIndexed", "Indexed"))
+    if spec.completion_mode == "Indexed" and not spec.HasField("completions"):
+        errs.add(f"{prefix}.completions", "when completionMode is Indexed, completions must be set")
+    # Without manualSelector the api-server makes the selector (from the Job's uid) on create.
+    _template(errs, prefix, spec.selector, spec.template, allowed_restart=("OnFailure", "Never"),
+              selector_required=spec.manual_selector)
+
+
+def _cron_job(errs: _Errors, cj: t.CronJob) -> None:
+    from skiff import cron  # the parser is only needed here
+
+    spec = cj.spec
+    try:
+        cron.parse(spec.schedule)
+    except cron.CronError as exc:
+        errs.add("spec.schedule", f'invalid schedule "{spec.schedule}": {exc}')
+    if spec.HasField("time_zone"):
+        try:
+            cron.zone(spec.time_zone)
+        except cron.CronError as exc:
+            errs.add("spec.timeZone", str(exc))
+    errs.enum("spec.concurrencyPolicy", spec.concurrency_policy, ("Allow", "Forbid", "Replace"))
+    if spec.HasField("starting_deadline_seconds"):
+        errs.non_negative("spec.startingDeadlineSeconds", spec.starting_deadline_seconds)
+    for name in ("successful_jobs_history_limit", "failed_jobs_history_limit"):
+        if spec.HasField(name):
+            errs.non_negative(f"spec.{_json(name)}", getattr(spec, name))
+    _job_spec(errs, spec.job_template.spec, "spec.jobTemplate.spec")
+
+
+def _update_strategy(errs: _Errors, path: str, type_: str, types: tuple[str, ...]) -> None:
+    errs.enum(f"{path}.type", type_, types)
 
 
 def _percent_or_int(errs: _Errors, path: str, value: t.IntOrString) -> int | None:
@@ -383,8 +765,20 @@ def _service(errs: _Errors, s: t.Service) -> None:
     spec = s.spec
     errs.enum("spec.type", spec.type, SERVICE_TYPES)
     headless = spec.cluster_ip == "None"
-    if not spec.ports and not headless:
+    external = spec.type == "ExternalName"
+    if not spec.ports and not headless and not external:
         errs.add("spec.ports", "at least one port is required")
+    if external:
+        if not spec.external_name:
+            errs.add("spec.externalName", 'required when type is "ExternalName"')
+        else:
+            problem = check_dns_subdomain(spec.external_name.rstrip("."))
+            if problem:
+                errs.add("spec.externalName", problem)
+        if spec.cluster_ip:
+            errs.add("spec.clusterIP", 'must be empty when type is "ExternalName"')
+    elif spec.external_name:
+        errs.add("spec.externalName", 'may only be set when type is "ExternalName"')
     names: set[str] = set()
     seen: set[tuple[int, str]] = set()
     for i, port in enumerate(spec.ports):
@@ -493,4 +887,32 @@ def validate(obj: Message) -> list[FieldError]:
         _lease(errs, obj)
     elif isinstance(obj, t.Event):
         _event(errs, obj)
+    elif isinstance(obj, t.ConfigMap):
+        _config_data(errs, obj)
+    elif isinstance(obj, t.Secret):
+        _secret(errs, obj)
+    elif isinstance(obj, t.LimitRange):
+        _limit_range(errs, obj)
+    elif isinstance(obj, t.ResourceQuota):
+        _resource_quota(errs, obj)
+    elif isinstance(obj, t.Job):
+        _job_spec(errs, obj.spec)
+    elif isinstance(obj, t.CronJob):
+        _cron_job(errs, obj)
+    elif isinstance(obj, t.DaemonSet):
+        _workload(errs, obj.spec)
+        _update_strategy(errs, "spec.updateStrategy", obj.spec.update_strategy.type, ("RollingUpdate", "OnDelete"))
+        ru = obj.spec.update_strategy.rolling_update
+        _percent_or_int(errs, "spec.updateStrategy.rollingUpdate.maxSurge", ru.max_surge)
+        _percent_or_int(errs, "spec.updateStrategy.rollingUpdate.maxUnavailable", ru.max_unavailable)
+        if (obj.spec.update_strategy.HasField("rolling_update") and _is_zero(ru.max_surge)
+                and _is_zero(ru.max_unavailable)):
+            errs.add("spec.updateStrategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0")
+    elif isinstance(obj, t.StatefulSet):
+        _workload(errs, obj.spec)
+        _update_strategy(errs, "spec.updateStrategy", obj.spec.update_strategy.type, ("RollingUpdate", "OnDelete"))
+        errs.enum("spec.podManagementPolicy", obj.spec.pod_management_policy, ("OrderedReady", "Parallel"))
+        if obj.spec.update_strategy.rolling_update.HasField("partition"):
+            errs.non_negative("spec.updateStrategy.rollingUpdate.partition",
+                              obj.spec.update_strategy.rolling_update.partition)
     return errs.items

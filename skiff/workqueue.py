@@ -1,4 +1,4 @@
-"""The work queue controllers, the scheduler and agents process keys from (client-go's model).
+"""The work queue the controllers and the event recorder process keys from (client-go's model).
 
 What must hold:
 - a key is handed to at most one worker at a time; adding a key that is being processed

@@ -14,9 +14,11 @@ import subprocess
 import sys
 
 from controlplane.apiserver.allocator import parse_cidr, parse_port_range
+from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS
 from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, StartupError, serve
 from skiff import defaults
+from skiff.daemon import add_verbose_flag, duration, setup_logging
 
 log = logging.getLogger("skiff.apiserver")
 
@@ -37,12 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recent events kept per resource for watches to resume from (default %(default)s)")
     p.add_argument("--watch-buffer", type=int, default=4096,
                    help="events queued for one watcher before it is closed as too slow (default %(default)s)")
-    p.add_argument("--bookmark-interval", type=float, default=5.0,
-                   help="seconds between watch bookmarks (default %(default)s)")
-    p.add_argument("--compaction-interval", type=float, default=300.0,
-                   help="seconds between store compactions; 0 disables (default %(default)s)")
-    p.add_argument("--event-ttl", type=int, default=3600, help="seconds an Event is kept (default %(default)s)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--bookmark-interval", type=duration, default=5.0,
+                   help="time between watch bookmarks (default 5s)")
+    p.add_argument("--compaction-interval", type=duration, default=300.0,
+                   help="time between store compactions, which only the api-server does; 0 disables (default 5m)")
+    p.add_argument("--event-ttl", type=duration, default=3600.0, help="how long an Event is kept (default 1h)")
+    p.add_argument("--default-not-ready-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
+                   help="tolerationSeconds of the not-ready:NoExecute toleration added to every pod that has "
+                        "none (default %(default)s)")
+    p.add_argument("--default-unreachable-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
+                   help="tolerationSeconds of the unreachable:NoExecute toleration added to every pod that has "
+                        "none (default %(default)s)")
+    add_verbose_flag(p)
     return p
 
 
@@ -61,8 +69,7 @@ def host_networks() -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         parse_cidr(args.service_cidr)
         parse_port_range(args.node_port_range)
@@ -70,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"skiff-apiserver: {exc}", file=sys.stderr)
         return 2
+    for name in ("default_not_ready_toleration_seconds", "default_unreachable_toleration_seconds"):
+        if getattr(args, name) < 0:
+            print(f"skiff-apiserver: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
+            return 2
     for name in ("watch_cache_size", "watch_buffer"):
         if getattr(args, name) < 1:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
@@ -77,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
                     http_listen=args.http_listen, node_port_range=args.node_port_range, node_name=args.node_name,
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
-                                    bookmark_interval=args.bookmark_interval, event_ttl=args.event_ttl,
-                                    compaction_interval=args.compaction_interval))
+                                    bookmark_interval=args.bookmark_interval,
+                                    event_ttl=round(args.event_ttl),
+                                    compaction_interval=args.compaction_interval,
+                                    default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
+                                    default_unreachable_toleration_seconds=(
+                                        args.default_unreachable_toleration_seconds)))
     try:
         asyncio.run(serve(config))
     except StartupError as exc:

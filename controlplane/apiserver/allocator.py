@@ -123,7 +123,8 @@ def owner_value(svc: t.Service) -> bytes:
 
 
 def needs_ip(svc: t.Service) -> bool:
-    return not svc.spec.cluster_ip
+    # An ExternalName Service is only a DNS alias: it never holds a ClusterIP.
+    return not svc.spec.cluster_ip and svc.spec.type != "ExternalName"
 
 
 def ports_needing_allocation(svc: t.Service) -> list[int]:

@@ -33,11 +33,13 @@ from controlplane.apiserver.storage import (
     Compare,
     Delete,
     Event,
+    NoSpaceError,
     Op,
     PrefixStatus,
     Put,
     RangeResult,
     StoreError,
+    StoreOverloadedError,
     TxnResult,
     UnavailableStoreError,
     ValueTooLargeError,
@@ -229,12 +231,20 @@ def _describe(exc: BaseException, target: str) -> str:
 # the same way): compared whole, never searched for words.
 ETCD_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 ETCD_REQUEST_TOO_LARGE = "etcdserver: request is too large"
+ETCD_NO_SPACE = "etcdserver: mvcc: database space exceeded"
+ETCD_TOO_MANY_REQUESTS = "etcdserver: too many requests"
 
 
 def _translate(exc: grpc.aio.AioRpcError, target: str) -> StoreError:
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.OUT_OF_RANGE or details == ETCD_COMPACTED:
         return CompactedError(0, 0)
+    # RESOURCE_EXHAUSTED carries three different refusals; etcd's own client tells them apart by message.
+    if details == ETCD_NO_SPACE:
+        return NoSpaceError(f"store {target} refused the write: {details} (an operator must free space "
+                            "and run `etcdctl alarm disarm`)")
+    if details == ETCD_TOO_MANY_REQUESTS:
+        return StoreOverloadedError(f"store {target} is overloaded: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED or details == ETCD_REQUEST_TOO_LARGE:
         return ValueTooLargeError(f"store refused the request as too large: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

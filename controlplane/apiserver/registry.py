@@ -34,9 +34,9 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from controlplane.apiserver import admission, strategy
 from controlplane.apiserver import allocator as alloc
-from controlplane.apiserver import strategy
-from controlplane.apiserver.defaults import apply_defaults
+from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS, apply_defaults, default_tolerations
 from controlplane.apiserver.filters import Filter, make_filter
 from controlplane.apiserver.storage import (
     KV,
@@ -47,6 +47,7 @@ from controlplane.apiserver.storage import (
     Put,
     Store,
     StoreError,
+    StoreOverloadedError,
     TxnResult,
     UnavailableStoreError,
     ValueTooLargeError,
@@ -54,9 +55,6 @@ from controlplane.apiserver.storage import (
 from controlplane.apiserver.strategy import copy, meta_of, resource_name
 from controlplane.apiserver.watchcache import (
     ADDED,
-    DELETED,
-    MODIFIED,
-    CachedEvent,
     TooOldForCache,
     WatchCache,
     Watcher,
@@ -64,9 +62,10 @@ from controlplane.apiserver.watchcache import (
     encode_bookmark,
     encode_event,
     registry_prefix,
-    with_revision,
+    watch_event,
 )
-from skiff import errors, kinds
+from skiff import defaults, errors, kinds, quota
+from skiff.convert import FieldError
 from skiff.guard import guard
 from skiff.validation import validate
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -75,7 +74,7 @@ from skiffpb.api.v1 import types_pb2 as t
 log = logging.getLogger("skiff.apiserver.registry")
 
 DEFAULT_NAMESPACE = "default"
-SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SYSTEM_NAMESPACES = defaults.SYSTEM_NAMESPACES
 MAX_ATTEMPTS = 16
 COMPACT_KEY = "/registry/compact_rev_key"
 
@@ -86,6 +85,8 @@ def store_error(exc: StoreError) -> errors.SkiffError:
         out: errors.SkiffError = errors.UnavailableError(str(exc))
     elif isinstance(exc, ValueTooLargeError):
         out = errors.InvalidError(str(exc))
+    elif isinstance(exc, StoreOverloadedError):
+        out = errors.TooManyRequestsError(str(exc))
     elif isinstance(exc, CompactedError):
         out = errors.GoneError(f"too old resource version: {exc.requested} ({exc.compact_revision})")
     else:
@@ -119,6 +120,9 @@ class Options:
     compaction_interval: float = 300.0
     namespace_sweep_interval: float = 2.0
     fresh_read_timeout: float = 3.0  # how long a consistent read waits for the cache to catch up
+    # DefaultTolerationSeconds admission (defaults.default_tolerations) for pods created here.
+    default_not_ready_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
+    default_unreachable_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
 
 
 class Registry:
@@ -276,6 +280,10 @@ class Registry:
             meta.name = strategy.generate_name(meta.generate_name, self._random_suffix())
         strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid())
         apply_defaults(obj)
+        if isinstance(obj, t.Pod):
+            default_tolerations(obj.spec, not_ready_seconds=self.options.default_not_ready_toleration_seconds,
+                                unreachable_seconds=self.options.default_unreachable_toleration_seconds)
+            problems += await self._limit_ranges(obj)
         problems += validate(obj)
         if problems:
             raise strategy.invalid(kind, meta.name or meta.generate_name, problems)
@@ -283,6 +291,7 @@ class Registry:
         if kind.namespaced:
             ns_key = f"/registry/namespaces/{meta.namespace}"
             ns_revision = await self._check_namespace(meta.namespace)
+            await self._check_quotas(obj, meta.namespace)
         if isinstance(obj, t.Service):
             self._check_requested_allocations(obj)
         if dry_run:
@@ -323,6 +332,34 @@ class Registry:
                     await self._refresh_taken()  # our picture of the range is stale: read it
         raise errors.UnavailableError(f'could not create {resource_name(kind)} "{meta.name}": '
                                       f"too many concurrent allocations; retry")
+
+    # ------------------------------------------------------------------ namespace admission
+
+    async def _current(self, resource: str, namespace: str) -> builtins.list[Message]:
+        """A consistent list (as List without a resourceVersion): a LimitRange or ResourceQuota created
+        just before applies to the next create, whatever the watch cache has seen yet."""
+        items, _, _ = await self.list(resource, namespace=namespace)
+        return items
+
+    async def _limit_ranges(self, pod: t.Pod) -> builtins.list[FieldError]:
+        """LimitRange defaults and bounds (admission.py); the pod's qosClass follows its final resources."""
+        ranges = await self._current("limitranges", pod.metadata.namespace)
+        if not ranges:
+            return []
+        problems = admission.apply_limit_ranges(pod, ranges)  # type: ignore[arg-type]
+        strategy.set_qos_class(pod)
+        return problems
+
+    async def _check_quotas(self, obj: Message, namespace: str) -> None:
+        quotas = await self._current("resourcequotas", namespace)
+        if not quotas:
+            return
+        kind = kinds.of_message(obj)
+        wanted = set(quota.usage(obj))
+        if not any(wanted & set(q.spec.hard) for q in quotas) and not isinstance(obj, t.Pod):  # type: ignore[attr-defined]
+            return
+        used = quota.namespace_usage(await self._current(kind.resource, namespace))
+        admission.check_quotas(obj, quotas, used)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ service allocations
 
@@ -684,17 +721,11 @@ class Registry:
             try:
                 async for batch in watch:
                     for ev in batch.events:
-                        prev = decode(kind, ev.prev_value, ev.revision) if ev.prev_value is not None else None
-                        if ev.type == "PUT":
-                            obj = decode(kind, ev.value, ev.revision, ev.key)
-                            cached = CachedEvent(MODIFIED if prev is not None else ADDED, ev.key, obj, prev,
-                                                 ev.revision)
-                        elif prev is not None:
-                            cached = CachedEvent(DELETED, ev.key, with_revision(prev, ev.revision), prev,
-                                                 ev.revision)
-                        else:
-                            continue
-                        w.offer(cached)
+                        # The store tells the previous value (prev_kv); the cache knows it itself.
+                        prev = decode(kind, ev.prev_value, ev.revision, ev.key) if ev.prev_value is not None else None
+                        cached = watch_event(kind, ev, prev)
+                        if cached is not None:
+                            w.offer(cached)
                     if not batch.events:
                         w.bookmark(batch.revision)
                     if w.error is not None:

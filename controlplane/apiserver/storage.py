@@ -57,6 +57,14 @@ class ValueTooLargeError(StoreError):
     """The store refused a request as too large."""
 
 
+class StoreOverloadedError(StoreError):
+    """The store's queue of proposals is full ("too many requests"); nothing was written, retry later."""
+
+
+class NoSpaceError(StoreError):
+    """The store's NOSPACE alarm is raised: writes fail until an operator frees space and disarms it."""
+
+
 @dataclass(frozen=True, slots=True)
 class KV:
     key: str

@@ -22,7 +22,7 @@ from typing import Literal, TypeVar
 
 from google.protobuf.message import Message
 
-from skiff import conditions, errors, kinds
+from skiff import conditions, defaults, errors, kinds, names, qos
 from skiff.clock import seconds_timestamp
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
@@ -33,10 +33,15 @@ MAX_OBJECT_BYTES = 1536 * 1024  # 1.5 MiB, etcd's default request limit
 ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
 PROPAGATION_POLICIES = ("", "Orphan", "Background", "Foreground")
-PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+PROTECTED_NAMESPACES = frozenset(defaults.SYSTEM_NAMESPACES)
 # Server-owned status is reset on create for these kinds (clients cannot create it).
-STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace")
-GENERATE_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace", "ResourceQuota",
+                          "Job", "CronJob", "DaemonSet", "StatefulSet")
+# A Job's pods carry these labels and, unless manualSelector, its selector is the uid one.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+LEGACY_JOB_LABELS = ("controller-uid", "job-name")
+GENERATE_NAME_ALPHABET = names.SAFE_ALPHANUMS
 
 
 def copy(msg: M) -> M:
@@ -93,6 +98,26 @@ def prepare_create(obj: Message, *, now: float, uid: str) -> None:
         obj.ClearField("status")  # type: ignore[arg-type]
     if isinstance(obj, t.Pod):
         obj.status.phase = "Pending"
+        set_qos_class(obj)
+    if isinstance(obj, t.Job):
+        job_selector(obj)
+
+
+def set_qos_class(pod: t.Pod) -> None:
+    """status.qosClass from the pod's resources (set on create; resources never change after)."""
+    pod.status.qos_class = qos.qos_class(pod.spec)
+
+
+def job_selector(job: t.Job) -> None:
+    """Kubernetes' Job PrepareForCreate: label the template with the Job's uid and name, and select
+    by the uid, so two Jobs of the same name (one deleted, one new) never share pods."""
+    if job.spec.manual_selector:
+        return
+    tmpl = job.spec.template.metadata.labels
+    uid, name = job.metadata.uid, job.metadata.name
+    tmpl.update({JOB_UID_LABEL: uid, JOB_NAME_LABEL: name, LEGACY_JOB_LABELS[0]: uid, LEGACY_JOB_LABELS[1]: name})
+    job.spec.selector.Clear()
+    job.spec.selector.match_labels[JOB_UID_LABEL] = uid
 
 
 def create_problems(obj: Message) -> list[FieldError]:
@@ -179,15 +204,46 @@ def update_problems(old: Message, new: Message) -> list[FieldError]:
     elif isinstance(old, t.Deployment | t.ReplicaSet) and isinstance(new, t.Deployment | t.ReplicaSet):
         if old.spec.selector != new.spec.selector:
             out.append(FieldError("spec.selector", "field is immutable"))
+    elif isinstance(old, t.Job | t.DaemonSet | t.StatefulSet) and isinstance(new, t.Job | t.DaemonSet | t.StatefulSet):
+        if old.spec.selector != new.spec.selector:
+            out.append(FieldError("spec.selector", "field is immutable"))
+        if isinstance(old, t.Job) and isinstance(new, t.Job):
+            if old.spec.template != new.spec.template:
+                out.append(FieldError("spec.template", "field is immutable"))
+            if old.spec.completions != new.spec.completions or old.spec.completion_mode != new.spec.completion_mode:
+                out.append(FieldError("spec.completions", "field is immutable"))
     elif isinstance(old, t.Service) and isinstance(new, t.Service):
         if old.spec.cluster_ip and new.spec.cluster_ip != old.spec.cluster_ip:
             out.append(FieldError("spec.clusterIP",
                                   f'field is immutable: "{old.spec.cluster_ip}" cannot change to '
                                   f'"{new.spec.cluster_ip}"; delete and recreate the Service to change it'))
+    elif isinstance(old, t.ConfigMap | t.Secret) and isinstance(new, t.ConfigMap | t.Secret):
+        out.extend(_immutable_config_problems(old, new))
     elif isinstance(old, t.Node) and isinstance(new, t.Node):
         if old.spec.pod_cidr and new.spec.pod_cidr != old.spec.pod_cidr:
             out.append(FieldError("spec.podCIDR", "may not change once set"))
     return out
+
+
+def _immutable_config_problems(old: t.ConfigMap | t.Secret, new: t.ConfigMap | t.Secret) -> list[FieldError]:
+    """An immutable ConfigMap/Secret keeps its data and stays immutable (delete and recreate to change)."""
+    out = []
+    if isinstance(old, t.Secret) and isinstance(new, t.Secret) and old.type != new.type:
+        out.append(FieldError("type", "field is immutable"))
+    if not (old.HasField("immutable") and old.immutable):
+        return out
+    if not (new.HasField("immutable") and new.immutable):
+        out.append(FieldError("immutable", "field is immutable when `immutable` is set"))
+    fields = ("data", "binary_data") if isinstance(old, t.ConfigMap) else ("data",)
+    for field in fields:
+        if dict(getattr(old, field)) != dict(getattr(new, field)):
+            out.append(FieldError(_json_name(field), "field is immutable when `immutable` is set"))
+    return out
+
+
+def _json_name(field: str) -> str:
+    head, *rest = field.split("_")
+    return head + "".join(p.capitalize() for p in rest)
 
 
 def _pod_update_problems(old: t.Pod, new: t.Pod) -> list[FieldError]:

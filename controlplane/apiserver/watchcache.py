@@ -21,6 +21,8 @@ What must hold:
   other watchers never wait for it). Encoded events are shared by all watchers.
 - A store watch that reports compaction (we fell too far behind) relists; the watchers
   registered so far are closed with UNAVAILABLE and re-watch.
+- A store event becomes a watch event in one place, `watch_event`: the cache and the
+  api-server's direct store watches (older than the cache window) give the same events.
 """
 
 from __future__ import annotations
@@ -112,6 +114,21 @@ class CachedEvent:
                 data = encode_event(as_type, self.obj)
             self._encoded[as_type] = data
         return data
+
+
+def watch_event(kind: kinds.Kind, ev: Event, prev: Message | None) -> CachedEvent | None:
+    """The watch event for store event `ev`, given the object before it (None: there was none).
+
+    A PUT is ADDED, or MODIFIED when there was an object; a DELETE is DELETED carrying the
+    last state at the delete's revision, or no event when there was nothing to delete.
+    Raises StoreError when the stored value does not decode as a `kind`.
+    """
+    if ev.type == "PUT":
+        obj = decode(kind, ev.value, ev.revision, ev.key)
+        return CachedEvent(MODIFIED if prev is not None else ADDED, ev.key, obj, prev, ev.revision)
+    if prev is None:
+        return None
+    return CachedEvent(DELETED, ev.key, with_revision(prev, ev.revision), prev, ev.revision)
 
 
 def translate(filt: Filter, ev: CachedEvent) -> str | None:
@@ -284,20 +301,17 @@ class WatchCache:
         self._advanced = asyncio.Event()
 
     def _apply(self, ev: Event) -> None:
-        prev = self.objects.get(ev.key)
-        if ev.type == "PUT":
-            try:
-                obj = decode(self.kind, ev.value, ev.revision, ev.key)
-            except StoreError as exc:
-                log.error("%s", exc)
-                return
-            self.objects[ev.key] = obj
-            cached = CachedEvent(MODIFIED if prev is not None else ADDED, ev.key, obj, prev, ev.revision)
-        else:
-            if prev is None:
-                return
+        try:
+            cached = watch_event(self.kind, ev, self.objects.get(ev.key))
+        except StoreError as exc:
+            log.error("%s", exc)
+            return
+        if cached is None:
+            return
+        if cached.type == DELETED:
             del self.objects[ev.key]
-            cached = CachedEvent(DELETED, ev.key, with_revision(prev, ev.revision), prev, ev.revision)
+        else:
+            self.objects[ev.key] = cached.obj
         if len(self.events) >= self.capacity:
             self.window_start = self.events.popleft().revision
         self.events.append(cached)

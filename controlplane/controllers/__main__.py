@@ -9,9 +9,10 @@ import sys
 from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.controllers import manager
 from controlplane.controllers.cidrset import CidrError, CidrSet
+from controlplane.controllers.nodelifecycle import EvictionOptions
 from skiff import defaults
 from skiff.client import Client
-from skiff.daemon import duration, run_until_signalled, setup_logging
+from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 
 log = logging.getLogger("skiff.controllers")
 
@@ -24,11 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated controllers to run, * for all ({','.join(manager.ALL_CONTROLLERS)})")
     p.add_argument("--node-monitor-grace-period", type=duration, default=40.0,
                    help="time without heartbeat before a node is marked unhealthy (default 40s)")
-    p.add_argument("--pod-eviction-timeout", type=duration, default=60.0,
-                   help="time a node stays unhealthy before its pods are deleted (default 60s)")
+    p.add_argument("--node-eviction-rate", type=float, default=0.1,
+                   help="nodes per second tainted NoExecute (their pods evicted) in a healthy zone (default 0.1)")
+    p.add_argument("--secondary-node-eviction-rate", type=float, default=0.01,
+                   help="the same in a partially disrupted zone larger than --large-cluster-size-threshold "
+                        "(default 0.01; smaller zones stop evicting)")
+    p.add_argument("--unhealthy-zone-threshold", type=float, default=0.55,
+                   help="share of a zone's nodes unhealthy from which it stops evicting (default 0.55)")
+    p.add_argument("--large-cluster-size-threshold", type=int, default=50,
+                   help="zone size above which a partial disruption evicts at the secondary rate (default 50)")
     p.add_argument("--node-monitor-period", type=duration, default=5.0,
                    help="how often node health is checked (default 5s)")
     p.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR, help="CIDR pod CIDRs are allocated from")
+    p.add_argument("--service-cidr", default="",
+                   help="the api-servers' service CIDR: keep the default/kubernetes Service (first address) "
+                        "with the --api-servers as its endpoints; empty: do not")
     p.add_argument("--node-cidr-mask-size", type=int, default=defaults.NODE_CIDR_MASK_SIZE,
                    help="prefix length of each node's pod CIDR")
     p.add_argument("--concurrent-deployment-syncs", type=int, default=5)
@@ -36,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent-endpoint-syncs", type=int, default=5)
     p.add_argument("--concurrent-gc-syncs", type=int, default=10)
     add_leader_election_flags(p, "skiff-controller-manager")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_flag(p)
     return p
 
 
@@ -45,8 +56,13 @@ def options_from(args: argparse.Namespace) -> manager.Options:
         c.strip() for c in args.controllers.split(",") if c.strip())
     return manager.Options(
         controllers=names, node_monitor_grace_period=args.node_monitor_grace_period,
-        pod_eviction_timeout=args.pod_eviction_timeout, node_monitor_period=args.node_monitor_period,
+        node_monitor_period=args.node_monitor_period,
+        eviction=EvictionOptions(rate=args.node_eviction_rate, secondary_rate=args.secondary_node_eviction_rate,
+                                 unhealthy_zone_threshold=args.unhealthy_zone_threshold,
+                                 large_cluster_size_threshold=args.large_cluster_size_threshold),
         cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,
+        service_cidr=args.service_cidr,
+        api_servers=tuple(a.strip() for a in args.api_servers.split(",") if a.strip()),
         workers={"deployment": args.concurrent_deployment_syncs, "replicaset": args.concurrent_replicaset_syncs,
                  "endpoints": args.concurrent_endpoint_syncs, "garbagecollector": args.concurrent_gc_syncs,
                  "nodeipam": 1})
@@ -58,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = options_from(args)
         CidrSet(options.cluster_cidr, options.node_cidr_mask_size)
+        if options.eviction.rate < 0 or options.eviction.secondary_rate < 0:
+            raise ValueError("--node-eviction-rate and --secondary-node-eviction-rate must not be negative")
+        if not 0 < options.eviction.unhealthy_zone_threshold <= 1:
+            raise ValueError("--unhealthy-zone-threshold must be in (0, 1]")
         unknown = set(options.controllers) - set(manager.ALL_CONTROLLERS)
         if unknown:
             raise ValueError(f"--controllers: unknown {', '.join(sorted(unknown))}")

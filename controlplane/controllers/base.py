@@ -111,3 +111,26 @@ async def release(client: ApiClient, owner: Any, obj: M) -> None:
     except errors.NotFoundError:
         pass
     log.info("%s released %s", owner.metadata.name, object_key(obj))
+
+
+async def write_status(client: ApiClient, obj: M, status: Message) -> None:
+    """Write `status` onto `obj`; on a conflict (the cache lagging behind our own last write) once more
+    onto the object as the api-server has it, unless that is another object of the same name.
+
+    Only for status a single controller owns, computed from what it observed."""
+    updated = copy(obj)
+    updated.status.CopyFrom(status)  # type: ignore[attr-defined]
+    try:
+        await client.update_status(updated)
+    except errors.NotFoundError:
+        return
+    except errors.ConflictError:
+        meta = obj.metadata  # type: ignore[attr-defined]
+        try:
+            fresh = await client.get(type(obj), meta.name, meta.namespace)
+        except errors.NotFoundError:
+            return
+        if fresh.metadata.uid != meta.uid:  # type: ignore[attr-defined]
+            return
+        fresh.status.CopyFrom(status)  # type: ignore[attr-defined]
+        await client.update_status(fresh)

@@ -1,8 +1,10 @@
 """The endpoints controller: each Service with a selector gets Endpoints listing its pods.
 
 What must hold:
-- ready pods with an IP are `addresses`, not-ready ones `notReadyAddresses`, each with the
-  pod's nodeName and a targetRef to the pod; finished pods and pods being deleted are left out;
+- ready pods with an IP are `addresses`, not-ready ones `notReadyAddresses` (all are
+  `addresses` when the Service has publishNotReadyAddresses), each with the pod's nodeName and
+  a targetRef to the pod, and the pod's hostname when the pod's subdomain is the Service's
+  name (its DNS name under a headless Service); finished pods and pods being deleted are left out;
 - a named targetPort is resolved per pod (pods of one Service may name different numbers);
   addresses with the same resolved ports share a subset; a pod that lacks a named port is
   left out of that port only;
@@ -10,7 +12,8 @@ What must hold:
   labels, and is deleted when the Service is; Services without a selector are not touched
   (their Endpoints are the user's);
 - the output is deterministic (subsets and addresses sorted), so an unchanged cluster never
-  rewrites Endpoints.
+  rewrites Endpoints;
+- ExternalName Services have no Endpoints (they are a DNS alias only).
 """
 
 from __future__ import annotations
@@ -65,10 +68,13 @@ def plan_subsets(service: t.Service, pods: Iterable[t.Pod]) -> list[t.EndpointSu
         if service.spec.ports and not ports:
             continue
         addr = t.EndpointAddress(ip=pod.status.pod_ip, node_name=pod.spec.node_name)
+        if pod.spec.hostname and pod.spec.subdomain == service.metadata.name:
+            addr.hostname = pod.spec.hostname
         addr.target_ref.CopyFrom(t.ObjectReference(kind="Pod", namespace=pod.metadata.namespace,
                                                    name=pod.metadata.name, uid=pod.metadata.uid))
         ready, not_ready = groups.setdefault(tuple(sorted(ports)), ([], []))
-        (ready if conditions.is_pod_ready(pod) else not_ready).append(addr)
+        publish = service.spec.publish_not_ready_addresses or conditions.is_pod_ready(pod)
+        (ready if publish else not_ready).append(addr)
     subsets = []
     for ports_key in sorted(groups):
         ready, not_ready = groups[ports_key]
@@ -141,7 +147,7 @@ class EndpointsController(QueueController):
                 except errors.NotFoundError:
                     pass
             return
-        if not svc.spec.selector or svc.metadata.HasField("deletion_timestamp"):
+        if not svc.spec.selector or svc.metadata.HasField("deletion_timestamp") or svc.spec.type == "ExternalName":
             return
         selector = labels.from_map(svc.spec.selector)
         pods = [p for p in self.pods.list(namespace) if labels.matches(selector, p.metadata.labels)]

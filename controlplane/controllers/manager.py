@@ -16,12 +16,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.controllers.cronjob import CronJobController
+from controlplane.controllers.daemonset import DaemonSetController
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.endpoints import EndpointsController
 from controlplane.controllers.garbagecollector import GarbageCollector
+from controlplane.controllers.job import JobController
+from controlplane.controllers.kubernetesservice import KubernetesServiceController
 from controlplane.controllers.nodeipam import NodeIpamController
-from controlplane.controllers.nodelifecycle import NodeLifecycleController
+from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
+from controlplane.controllers.resourcequota import ResourceQuotaController
+from controlplane.controllers.serviceaccount import ServiceAccountController
+from controlplane.controllers.statefulset import StatefulSetController
 from skiff import defaults
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
@@ -31,7 +38,9 @@ from skiff.informer import InformerFactory
 
 log = logging.getLogger("skiff.controllers.manager")
 
-ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector")
+ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
+                   "serviceaccount", "resourcequota", "kubernetesservice", "job", "cronjob", "daemonset",
+                   "statefulset")
 COMPONENT = "controller-manager"
 
 
@@ -39,12 +48,16 @@ COMPONENT = "controller-manager"
 class Options:
     controllers: Sequence[str] = ALL_CONTROLLERS
     node_monitor_grace_period: float = 40.0
-    pod_eviction_timeout: float = 60.0
     node_monitor_period: float = 5.0
+    eviction: EvictionOptions = field(default_factory=EvictionOptions)
     cluster_cidr: str = defaults.CLUSTER_CIDR
     node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
+    # default/kubernetes: kept only when the service CIDR is known (its ClusterIP is the first address).
+    service_cidr: str = ""
+    api_servers: Sequence[str] = ()
     workers: dict[str, int] = field(default_factory=lambda: {
-        "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10})
+        "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10,
+        "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5})
 
 
 def build(client: ApiClient, factory: InformerFactory, options: Options, *, recorder: EventRecorder,
@@ -67,14 +80,31 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "nodelifecycle" in wanted:
         out.append(NodeLifecycleController(client, factory, recorder=recorder.scoped("node-controller"), clock=clock,
                                            grace_period=options.node_monitor_grace_period,
-                                           eviction_timeout=options.pod_eviction_timeout,
-                                           monitor_period=options.node_monitor_period))
+                                           monitor_period=options.node_monitor_period,
+                                           eviction=options.eviction))
     if "nodeipam" in wanted:
         out.append(NodeIpamController(client, factory, recorder=recorder.scoped("node-ipam-controller"),
                                       cluster_cidr=options.cluster_cidr,
                                       mask_size=options.node_cidr_mask_size))
     if "garbagecollector" in wanted:
         out.append(GarbageCollector(client, factory))
+    if "serviceaccount" in wanted:
+        out.append(ServiceAccountController(client, factory))
+    if "resourcequota" in wanted:
+        out.append(ResourceQuotaController(client, factory))
+    if "kubernetesservice" in wanted and options.service_cidr and options.api_servers:
+        out.append(KubernetesServiceController(client, factory, api_servers=options.api_servers,
+                                               service_cidr=options.service_cidr))
+    if "job" in wanted:
+        out.append(JobController(client, factory, recorder=recorder.scoped("job-controller"), clock=clock))
+    if "cronjob" in wanted:
+        out.append(CronJobController(client, factory, recorder=recorder.scoped("cronjob-controller"), clock=clock))
+    if "daemonset" in wanted:
+        out.append(DaemonSetController(client, factory, recorder=recorder.scoped("daemonset-controller"),
+                                       clock=clock))
+    if "statefulset" in wanted:
+        out.append(StatefulSetController(client, factory, recorder=recorder.scoped("statefulset-controller"),
+                                         clock=clock))
     return out
 
 

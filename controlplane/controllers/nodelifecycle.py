@@ -1,4 +1,4 @@
-"""The node lifecycle controller: node health from heartbeats, taints, and evictions.
+"""The node lifecycle controller: node health from heartbeats, taints, and taint-based eviction.
 
 What must hold:
 - a node's heartbeat is its Lease in `kube-node-lease` (renewed by its node agent) or its
@@ -6,28 +6,40 @@ What must hold:
   (never comparing the agent's timestamps with our clock);
 - no heartbeat change for the grace period (default 40 s) -> Ready becomes Unknown
   ("Kubelet stopped posting node status."), the node's pods are marked not Ready (so they
-  leave Endpoints), and the node is tainted `node.kubernetes.io/unreachable` (NoSchedule and
-  NoExecute; `not-ready` when the agent itself reports Ready=False);
-- once tainted NoExecute for the eviction timeout (default 60 s), its pods are deleted so their
-  controllers recreate them elsewhere: with grace 0 from an unreachable node (it cannot confirm
-  anything), gracefully from a node whose agent reports NotReady (it is alive to stop them);
-  a pod tolerating the taint stays (for its tolerationSeconds, or for ever);
+  leave Endpoints), and the node is tainted `node.kubernetes.io/unreachable:NoSchedule`
+  (`not-ready` when the agent itself reports Ready=False) at once;
+- the NoExecute taint of the same key is what evicts, and adding it is rate limited per zone
+  (a token bucket of `--node-eviction-rate` nodes/s, burst 1; `--secondary-node-eviction-rate`
+  in a partially disrupted zone larger than `--large-cluster-size-threshold`, else 0);
+- disruption: when the unhealthy share of a zone's nodes reaches `--unhealthy-zone-threshold`
+  (0.55), or every zone is wholly unhealthy, the zone's eviction rate is 0: no node of it is
+  tainted NoExecute, the NoExecute taints we set there are lifted (so no pending eviction
+  fires), and the change is said in an event on the zone's unhealthy nodes, a log line and
+  `metrics` (one place, to be exported once the controller manager serves /metrics). A
+  partition between the control plane and the workers therefore deletes nothing;
+- a pod on a node with NoExecute taints is deleted once a taint it does not tolerate is there,
+  or once the shortest `tolerationSeconds` of its tolerations for them has run from the taint's
+  timeAdded (the api-server gives every pod 300 s tolerations for not-ready and unreachable at
+  admission, as Kubernetes' DefaultTolerationSeconds does); a toleration without seconds
+  keeps the pod for ever. From an unreachable node pods are deleted with grace 0 (it cannot
+  confirm anything); otherwise gracefully (the agent is alive to stop them);
 - the node agent is the one writer of Ready=True/False (reasons KubeletReady, KubeletNotReady,
   ...); this controller only ever sets it to Unknown, as Kubernetes' does. When heartbeats
   resume the agent posts Ready again, and the taints follow what it posts; pods that were not
   evicted yet are left untouched;
-- after a restart every node gets a full grace period from the moment we first see it.
+- after a restart every node gets a full grace period from the moment we first see it, and
+  every zone a full token bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from controlplane.common import podutil
-from skiff import conditions, errors, taints
+from skiff import conditions, defaults, errors, taints
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
 from skiff.events import NORMAL, WARNING, Recorder
@@ -36,7 +48,7 @@ from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.controllers.nodelifecycle")
 
-LEASE_NAMESPACE = "kube-node-lease"
+LEASE_NAMESPACE = defaults.NODE_LEASE_NAMESPACE
 REASON_UNKNOWN = "NodeStatusUnknown"
 REASON_NEVER_UPDATED = "NodeStatusNeverUpdated"
 MANAGED_TAINTS = frozenset({(taints.NOT_READY, taints.NO_SCHEDULE), (taints.NOT_READY, taints.NO_EXECUTE),
@@ -83,21 +95,141 @@ def plan_ready_condition(node: t.Node, health: NodeHealth, now: float, grace: fl
     return new
 
 
-def desired_managed_taints(ready_status: str | None, *, unschedulable: bool) -> set[tuple[str, str]]:
+NORMAL_ZONE = "Normal"
+PARTIAL_DISRUPTION = "PartialDisruption"
+FULL_DISRUPTION = "FullDisruption"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+@dataclass(frozen=True)
+class EvictionOptions:
+    """kube-controller-manager's flags of the same names (and defaults)."""
+
+    rate: float = 0.1  # --node-eviction-rate: nodes/s tainted NoExecute in a healthy zone
+    secondary_rate: float = 0.01  # --secondary-node-eviction-rate: in a large, partially disrupted zone
+    unhealthy_zone_threshold: float = 0.55  # --unhealthy-zone-threshold
+    large_cluster_size_threshold: int = 50  # --large-cluster-size-threshold
+
+
+@dataclass(frozen=True)
+class ZonePlan:
+    state: str
+    size: int
+    unhealthy: int
+    rate: float  # nodes/s that may be tainted NoExecute; 0: evictions stopped in this zone
+
+    @property
+    def evicting(self) -> bool:
+        return self.rate > 0
+
+
+def zone_of(node: t.Node) -> str:
+    return node.metadata.labels.get(ZONE_LABEL, "")
+
+
+def zone_state(ready: int, unhealthy: int, threshold: float) -> str:
+    """Kubernetes' ComputeZoneState, without its "more than 2 unhealthy" floor for a partial
+    disruption: our clusters are small, and 2 of 3 nodes lost is what a partition looks like."""
+    if unhealthy and not ready:
+        return FULL_DISRUPTION
+    if unhealthy and unhealthy / (ready + unhealthy) >= threshold:
+        return PARTIAL_DISRUPTION
+    return NORMAL_ZONE
+
+
+def plan_zones(nodes: Iterable[tuple[str, str | None]], options: EvictionOptions) -> dict[str, ZonePlan]:
+    """Each zone's state and eviction rate from [(zone, Ready status)] of every node.
+
+    A node is healthy only when Ready is True. A wholly unhealthy zone keeps the primary rate
+    (that zone is likely gone) unless every zone is: then it is the control plane that is cut
+    off, and nothing is evicted anywhere.
+    """
+    counts: dict[str, list[int]] = {}
+    for zone, status in nodes:
+        c = counts.setdefault(zone, [0, 0])
+        c[0 if status == conditions.TRUE else 1] += 1
+    states = {z: zone_state(r, u, options.unhealthy_zone_threshold) for z, (r, u) in counts.items()}
+    everywhere = bool(states) and all(s == FULL_DISRUPTION for s in states.values())
+    out = {}
+    for zone, (ready, unhealthy) in counts.items():
+        state, size = states[zone], ready + unhealthy
+        if everywhere:
+            rate = 0.0
+        elif state == PARTIAL_DISRUPTION:
+            rate = options.secondary_rate if size > options.large_cluster_size_threshold else 0.0
+        else:
+            rate = options.rate
+        out[zone] = ZonePlan(state, size, unhealthy, rate)
+    return out
+
+
+@dataclass(frozen=True)
+class TokenBucket:
+    """A token bucket as client-go's flowcontrol one: starts full; `rate` tokens/s up to `burst`."""
+
+    rate: float
+    tokens: float
+    last: float
+    burst: float = 1.0
+
+    @classmethod
+    def full(cls, rate: float, now: float, *, burst: float = 1.0) -> TokenBucket:
+        return cls(rate, burst, now, burst)
+
+    def take(self, now: float) -> tuple[bool, TokenBucket]:
+        """Whether a token was taken, and the bucket after."""
+        if self.rate <= 0:
+            return False, self
+        tokens = min(self.burst, self.tokens + max(now - self.last, 0.0) * self.rate)
+        if tokens >= 1.0 - 1e-9:  # sums of 0.1 s drift below 1.0 by a rounding error
+            return True, TokenBucket(self.rate, max(tokens - 1.0, 0.0), now, self.burst)
+        return False, TokenBucket(self.rate, tokens, now, self.burst)
+
+
+def no_execute_key(ready_status: str | None) -> str | None:
+    """The NoExecute taint a node with this Ready status is due, if any."""
+    if ready_status == conditions.FALSE:
+        return taints.NOT_READY
+    if ready_status == conditions.UNKNOWN:
+        return taints.UNREACHABLE
+    return None
+
+
+def needs_new_no_execute(current: Sequence[t.Taint], ready_status: str | None) -> bool:
+    """True when the node is due a NoExecute taint and has none of ours: adding one takes a token.
+
+    Swapping not-ready for unreachable (or back) takes none, as in Kubernetes."""
+    if no_execute_key(ready_status) is None:
+        return False
+    return not any((tn.key, tn.effect) in MANAGED_TAINTS and tn.effect == taints.NO_EXECUTE for tn in current)
+
+
+def desired_managed_taints(current: Sequence[t.Taint], ready_status: str | None, *, unschedulable: bool,
+                           evicting: bool, may_add: bool) -> set[tuple[str, str]]:
+    """Our taints the node should carry.
+
+    `evicting`: the zone's eviction rate is above 0; `may_add`: a token was taken for a node
+    that has no NoExecute taint of ours yet (see needs_new_no_execute)."""
     out: set[tuple[str, str]] = set()
-    if ready_status == "False":
-        out |= {(taints.NOT_READY, taints.NO_SCHEDULE), (taints.NOT_READY, taints.NO_EXECUTE)}
-    elif ready_status == "Unknown":
-        out |= {(taints.UNREACHABLE, taints.NO_SCHEDULE), (taints.UNREACHABLE, taints.NO_EXECUTE)}
+    if ready_status == conditions.FALSE:
+        out.add((taints.NOT_READY, taints.NO_SCHEDULE))
+    elif ready_status == conditions.UNKNOWN:
+        out.add((taints.UNREACHABLE, taints.NO_SCHEDULE))
     if unschedulable:
         out.add((taints.UNSCHEDULABLE, taints.NO_SCHEDULE))
+    key = no_execute_key(ready_status)
+    if key is not None and evicting and (may_add or not needs_new_no_execute(current, ready_status)):
+        out.add((key, taints.NO_EXECUTE))
     return out
 
 
 def plan_taints(current: Sequence[t.Taint], ready_status: str | None, *, unschedulable: bool,
-                now: float) -> list[t.Taint] | None:
-    """The node's taints with ours brought up to date, or None when nothing changes."""
-    want = desired_managed_taints(ready_status, unschedulable=unschedulable)
+                now: float, evicting: bool = True, may_add: bool = True) -> list[t.Taint] | None:
+    """The node's taints with ours brought up to date, or None when nothing changes.
+
+    A taint that stays keeps its timeAdded: tolerationSeconds count from it."""
+    want = desired_managed_taints(current, ready_status, unschedulable=unschedulable, evicting=evicting,
+                                  may_add=may_add)
     have = {(tn.key, tn.effect) for tn in current if (tn.key, tn.effect) in MANAGED_TAINTS}
     if want == have:
         return None
@@ -109,44 +241,92 @@ def plan_taints(current: Sequence[t.Taint], ready_status: str | None, *, unsched
     return out
 
 
-def plan_evictions(node: t.Node, pods: Iterable[t.Pod], now: float, eviction_timeout: float) -> list[t.Pod]:
-    """Pods on `node` whose time is up under its NoExecute not-ready/unreachable taint."""
-    taint = next((tn for tn in node.spec.taints if tn.effect == taints.NO_EXECUTE
-                  and tn.key in (taints.UNREACHABLE, taints.NOT_READY)), None)
-    if taint is None:
-        return []
-    since = to_seconds(taint.time_added) if taint.HasField("time_added") else now
-    out = []
-    for pod in pods:
+def eviction_due(pod: t.Pod, no_execute: Sequence[t.Taint], now: float) -> float | None:
+    """When `pod` is due for eviction under the NoExecute taints `no_execute`, or None (never).
+
+    Untolerated taint: from its timeAdded; tolerated: timeAdded + tolerationSeconds (the
+    earliest over the taints); tolerated without seconds: never for that taint."""
+    due: float | None = None
+    for taint in no_execute:
+        since = to_seconds(taint.time_added) if taint.HasField("time_added") else now
         tol = taints.tolerating(pod.spec.tolerations, taint)
         if tol is None:
-            wait = eviction_timeout
-        elif not tol.HasField("toleration_seconds"):
-            continue
+            at = since
+        elif tol.HasField("toleration_seconds"):
+            at = since + max(float(tol.toleration_seconds), 0.0)
         else:
-            wait = max(float(tol.toleration_seconds), 0.0)
-        if now >= since + wait:
+            continue
+        due = at if due is None else min(due, at)
+    return due
+
+
+def plan_evictions(node: t.Node, pods: Iterable[t.Pod], now: float) -> list[t.Pod]:
+    """Pods on `node` whose time is up under its NoExecute taints (ours or anyone's)."""
+    no_execute = [tn for tn in node.spec.taints if tn.effect == taints.NO_EXECUTE]
+    if not no_execute:
+        return []
+    out = []
+    for pod in pods:
+        due = eviction_due(pod, no_execute, now)
+        if due is not None and now >= due:
             out.append(pod)
     return out
+
+
+@dataclass
+class Metrics:
+    """What the controller counts, named as kube-controller-manager's node_collector metrics.
+
+    Gauges per zone, counters since start; `samples()` is the one list an exporter reads."""
+
+    zone_health: dict[str, float] = field(default_factory=dict)  # % of the zone's nodes Ready
+    zone_size: dict[str, int] = field(default_factory=dict)
+    unhealthy_nodes_in_zone: dict[str, int] = field(default_factory=dict)
+    zone_disruption: dict[str, int] = field(default_factory=dict)  # 1 while evictions are stopped there
+    evictions_total: dict[str, int] = field(default_factory=dict)  # nodes tainted NoExecute
+    pod_evictions_total: int = 0
+    disruptions_total: int = 0  # times a zone entered the evictions-stopped mode
+
+    def observe(self, zones: Mapping[str, ZonePlan]) -> None:
+        for gauge in (self.zone_health, self.zone_size, self.unhealthy_nodes_in_zone, self.zone_disruption):
+            for gone in set(gauge) - set(zones):
+                del gauge[gone]
+        for zone, plan in zones.items():
+            self.zone_health[zone] = 100.0 * (plan.size - plan.unhealthy) / plan.size if plan.size else 100.0
+            self.zone_size[zone] = plan.size
+            self.unhealthy_nodes_in_zone[zone] = plan.unhealthy
+            self.zone_disruption[zone] = 0 if plan.evicting else 1
+
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        out: list[tuple[str, dict[str, str], float]] = []
+        for name in ("zone_health", "zone_size", "unhealthy_nodes_in_zone", "zone_disruption", "evictions_total"):
+            values: dict[str, float] = getattr(self, name)
+            out += [(f"node_collector_{name}", {"zone": z}, float(v)) for z, v in sorted(values.items())]
+        out.append(("node_collector_pod_evictions_total", {}, float(self.pod_evictions_total)))
+        out.append(("node_collector_disruptions_total", {}, float(self.disruptions_total)))
+        return out
 
 
 class NodeLifecycleController:
     name = "nodelifecycle"
 
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
-                 clock: Clock | None = None, grace_period: float = 40.0, eviction_timeout: float = 60.0,
-                 monitor_period: float = 5.0) -> None:
+                 clock: Clock | None = None, grace_period: float = 40.0, monitor_period: float = 5.0,
+                 eviction: EvictionOptions | None = None) -> None:
         self.client = client
         self.recorder = recorder
         self.clock = clock or RealClock()
         self.grace_period = grace_period
-        self.eviction_timeout = eviction_timeout
         self.monitor_period = monitor_period
+        self.eviction = eviction or EvictionOptions()
         self.nodes = factory.informer(t.Node)
         self.leases = factory.informer(t.Lease, namespace=LEASE_NAMESPACE)
         self.pods = factory.informer(t.Pod)
         self.pods.add_indexer(podutil.NODE_INDEX, podutil.index_node_name)
         self.health: dict[str, NodeHealth] = {}
+        self.zones: dict[str, ZonePlan] = {}
+        self.buckets: dict[str, TokenBucket] = {}
+        self.metrics = Metrics()
         self._stop = asyncio.Event()
 
     async def run(self, *, workers: int = 1) -> None:
@@ -164,45 +344,95 @@ class NodeLifecycleController:
         self._stop.set()
 
     async def monitor_once(self) -> None:
+        """One pass, in Kubernetes' order: every node's health, then the zones, then taints and evictions."""
         now = self.clock.now()
-        seen = set()
+        nodes: list[t.Node] = []
         for node in self.nodes.list():
-            name = node.metadata.name
-            seen.add(name)
             try:
-                await self._check(node, now)
+                nodes.append(await self._update_health(node, now))
             except errors.SkiffError as exc:
-                log.warning("node %s: %s (retrying next pass)", name, exc)
-        for gone in set(self.health) - seen:
+                log.warning("node %s: %s (retrying next pass)", node.metadata.name, exc)
+                nodes.append(node)
+        for gone in set(self.health) - {n.metadata.name for n in nodes}:
             del self.health[gone]
+        zones = plan_zones(((zone_of(n), conditions.node_ready_status(n) or None) for n in nodes), self.eviction)
+        self._note_zones(zones, nodes)
+        for node in nodes:
+            try:
+                await self._taint_and_evict(node, zones[zone_of(node)], now)
+            except errors.SkiffError as exc:
+                log.warning("node %s: %s (retrying next pass)", node.metadata.name, exc)
 
-    async def _check(self, node: t.Node, now: float) -> None:
+    async def _update_health(self, node: t.Node, now: float) -> t.Node:
         name = node.metadata.name
         lease = self.leases.get(name, LEASE_NAMESPACE)
         health = observe(self.health.get(name), node, lease, now)
         self.health[name] = health
         cond = plan_ready_condition(node, health, now, self.grace_period)
-        if cond is not None:
-            new = podutil.copy(node)
-            conditions.replace_condition(new.status.conditions, cond)
-            node = await self.client.update_status(new)
-            self.recorder.event(node, NORMAL, "NodeNotReady", f"Node {name} status is now: NodeNotReady")
-            log.warning("node %s: no heartbeat for %.0fs; Ready=Unknown", name, now - health.probe)
+        if cond is None:
+            return node
+        new = podutil.copy(node)
+        conditions.replace_condition(new.status.conditions, cond)
+        node = await self.client.update_status(new)
+        self.recorder.event(node, NORMAL, "NodeNotReady", f"Node {name} status is now: NodeNotReady")
+        log.warning("node %s: no heartbeat for %.0fs; Ready=Unknown", name, now - health.probe)
+        return node
+
+    def _note_zones(self, zones: Mapping[str, ZonePlan], nodes: Sequence[t.Node]) -> None:
+        """Say when a zone stops or resumes evictions; swap its rate limiter when its rate changes."""
+        now = self.clock.now()
+        for zone, plan in zones.items():
+            before = self.zones.get(zone)
+            if before is None or before.rate != plan.rate:
+                # A fresh, full bucket at the new rate, as client-go's SwapLimiter does.
+                self.buckets[zone] = TokenBucket.full(plan.rate, now)
+            was_evicting = before.evicting if before is not None else True
+            if was_evicting == plan.evicting:
+                continue
+            label = zone or "(no zone label)"
+            unhealthy = [n for n in nodes if zone_of(n) == zone
+                         and conditions.node_ready_status(n) != conditions.TRUE]
+            if not plan.evicting:
+                self.metrics.disruptions_total += 1
+                message = (f"Zone {label} is in {plan.state}: {plan.unhealthy} of {plan.size} nodes unhealthy "
+                           f"(threshold {self.eviction.unhealthy_zone_threshold:.0%}); not evicting pods")
+                log.warning("%s", message)
+                for n in unhealthy:
+                    self.recorder.event(n, WARNING, "NodeEvictionsStopped", message)
+            else:
+                message = (f"Zone {label} is {plan.state} ({plan.unhealthy} of {plan.size} nodes unhealthy); "
+                           f"evicting again at {plan.rate:g} nodes/s")
+                log.warning("%s", message)
+                for n in unhealthy:
+                    self.recorder.event(n, NORMAL, "NodeEvictionsResumed", message)
+        for gone in set(self.buckets) - set(zones):
+            del self.buckets[gone]
+        self.zones = dict(zones)
+        self.metrics.observe(zones)
+
+    async def _taint_and_evict(self, node: t.Node, zone: ZonePlan, now: float) -> None:
+        name = node.metadata.name
         status = conditions.node_ready_status(node) or None
-        new_taints = plan_taints(node.spec.taints, status, unschedulable=node.spec.unschedulable, now=now)
+        may_add = False
+        if zone.evicting and needs_new_no_execute(node.spec.taints, status):
+            may_add, self.buckets[zone_of(node)] = self.buckets[zone_of(node)].take(now)
+        new_taints = plan_taints(node.spec.taints, status, unschedulable=node.spec.unschedulable, now=now,
+                                 evicting=zone.evicting, may_add=may_add)
         if new_taints is not None:
             new = podutil.copy(node)
             del new.spec.taints[:]
             new.spec.taints.extend(new_taints)
             node = await self.client.update(new)
-        if status in (None, "True"):
-            return
+            if may_add:
+                z = zone_of(node)
+                self.metrics.evictions_total[z] = self.metrics.evictions_total.get(z, 0) + 1
         pods = self.pods.by_index(podutil.NODE_INDEX, name)
-        await self._mark_not_ready(pods)
+        if status not in (None, conditions.TRUE):
+            await self._mark_not_ready(pods)
         # An unreachable node cannot confirm a graceful stop: its pods go at once (grace 0). A node
         # whose agent reports NotReady is alive and stops them itself, so they get their grace period.
-        grace = 0 if status == "Unknown" else None
-        for pod in plan_evictions(node, pods, now, self.eviction_timeout):
+        grace = 0 if status == conditions.UNKNOWN else None
+        for pod in plan_evictions(node, pods, now):
             if grace is None and pod.metadata.HasField("deletion_timestamp"):
                 continue
             try:
@@ -210,6 +440,7 @@ class NodeLifecycleController:
                                          grace_period_seconds=grace)
             except errors.NotFoundError:
                 continue
+            self.metrics.pod_evictions_total += 1
             self.recorder.event(pod, NORMAL, "TaintManagerEviction",
                                 f"Marking for deletion Pod {pod.metadata.namespace}/{pod.metadata.name}")
             self.recorder.event(node, WARNING, "NodeControllerEviction",

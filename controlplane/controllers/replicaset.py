@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,8 +35,6 @@ log = logging.getLogger("skiff.controllers.replicaset")
 BURST_REPLICAS = 500
 SLOW_START_INITIAL_BATCH = 1
 EXPECTATIONS_TTL = 300.0
-# Kubernetes' generateName alphabet: no vowels, so names never spell words.
-_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -111,20 +108,16 @@ def calculate_status(rs: t.ReplicaSet, pods: Sequence[t.Pod], create_error: Base
     return status
 
 
-def pod_from_template(rs: t.ReplicaSet, name: str) -> t.Pod:
+def pod_from_template(rs: t.ReplicaSet) -> t.Pod:
+    """A new pod of `rs`, named by the api-server from generateName `<replicaset>-`."""
     pod = t.Pod(api_version="v1", kind="Pod")
-    pod.metadata.name = name
+    pod.metadata.generate_name = f"{rs.metadata.name}-"
     pod.metadata.namespace = rs.metadata.namespace
     pod.metadata.labels.update(rs.spec.template.metadata.labels)
     pod.metadata.annotations.update(rs.spec.template.metadata.annotations)
     pod.metadata.owner_references.append(podutil.owner_reference(rs))
     pod.spec.CopyFrom(rs.spec.template.spec)
     return pod
-
-
-def pod_name(rs_name: str) -> str:
-    """`<replicaset>-<5 random characters>`, as the api-server's generateName makes them."""
-    return f"{rs_name[:57]}-{''.join(random.choices(_NAME_ALPHABET, k=5))}"
 
 
 # ------------------------------------------------------------------ expectations
@@ -357,19 +350,13 @@ class ReplicaSetController(QueueController):
                 raise failures[0]
 
     async def _create_pod(self, rs: t.ReplicaSet) -> None:
-        for attempt in range(3):
-            pod = pod_from_template(rs, pod_name(rs.metadata.name))
-            try:
-                created = await self.client.create(pod)
-            except errors.AlreadyExistsError:
-                if attempt == 2:
-                    raise
-                continue
-            except errors.SkiffError as exc:
-                self.recorder.event(rs, WARNING, "FailedCreate", f"Error creating: {exc}")
-                raise
-            self.recorder.event(rs, NORMAL, "SuccessfulCreate", f"Created pod: {created.metadata.name}")
-            return
+        # The api-server picks the name (and retries its own collisions), as in Kubernetes.
+        try:
+            created = await self.client.create(pod_from_template(rs))
+        except errors.SkiffError as exc:
+            self.recorder.event(rs, WARNING, "FailedCreate", f"Error creating: {exc}")
+            raise
+        self.recorder.event(rs, NORMAL, "SuccessfulCreate", f"Created pod: {created.metadata.name}")
 
     async def _delete_pod(self, rs: t.ReplicaSet, pod: t.Pod) -> None:
         try:

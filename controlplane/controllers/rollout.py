@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from skiff.names import safe_encode
 from skiffpb.api.v1 import types_pb2 as t
 
 POD_TEMPLATE_HASH = "pod-template-hash"
@@ -238,20 +239,12 @@ def max_revision(rss: Iterable[RSView]) -> int:
 
 # ------------------------------------------------------------------ template hash
 
-# Kubernetes' SafeEncodeString alphabet: no vowels (no words), no confusable 0/1/3.
-_ALPHANUMS = "bcdfghjklmnpqrstvwxz2456789"
-
-
 def _fnv32a(data: bytes) -> int:
     h = 0x811C9DC5
     for b in data:
         h ^= b
         h = (h * 0x01000193) & 0xFFFFFFFF
     return h
-
-
-def safe_encode(text: str) -> str:
-    return "".join(_ALPHANUMS[b % len(_ALPHANUMS)] for b in text.encode())
 
 
 def template_without_hash(template: t.PodTemplateSpec) -> t.PodTemplateSpec:

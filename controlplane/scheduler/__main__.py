@@ -8,7 +8,7 @@ import sys
 from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.scheduler import scheduler
 from skiff.client import Client
-from skiff.daemon import run_until_signalled, setup_logging
+from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentage-of-nodes-to-score", type=int, default=0,
                    help="stop searching after this share of nodes fit (0: adaptive, as kube-scheduler)")
     add_leader_election_flags(p, "skiff-scheduler")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_flag(p)
     return p
 
 

@@ -8,7 +8,8 @@
 Peer traffic is pickled Python, so a cluster password (pysyncobj's encryption) is required:
 --password-file or SKIFF_STORE_PASSWORD; --insecure-no-password exists for throwaway tests
 only. Startup fails fast with a clear message on a busy port, a data dir that belongs to
-another member or cluster, or a data dir already in use; unreachable peers are retried and
+another member or cluster, a data dir already in use, or a journal or snapshot that fails its
+checksum (file and offset named; see `skiff-store-repair`); unreachable peers are retried and
 logged once per change.
 """
 
@@ -23,8 +24,10 @@ import signal
 import socket
 import sys
 
+from controlplane.store.disk import CorruptData
 from controlplane.store.raft import RaftTimings
 from controlplane.store.server import Store, StoreConfig, prepare_data_dir, url_to_addr
+from skiff.daemon import add_verbose_flag, duration, setup_logging
 
 log = logging.getLogger("skiff.store")
 
@@ -60,20 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new",
                    help="'existing' to join a cluster after `etcdctl member add`")
     p.add_argument("--initial-cluster-token", default="skiff-store", help="tells clusters with the same members apart")
+    p.add_argument("--quota-backend-bytes", type=int, default=StoreConfig.quota_bytes,
+                   help="raise the NOSPACE alarm when live data + history would exceed this "
+                        "(default 2 GiB, as etcd; 0: no quota)")
+    p.add_argument("--disk-reserve-bytes", type=int, default=StoreConfig.disk_reserve_bytes,
+                   help="raise the NOSPACE alarm when the data dir's filesystem has less free space (default 64 MiB)")
+    p.add_argument("--max-pending-requests", type=int, default=StoreConfig.max_pending,
+                   help="requests waiting for the log beyond which clients get 'too many requests' (default 5000)")
     p.add_argument("--password-file", help="file holding the cluster password (else $SKIFF_STORE_PASSWORD)")
     p.add_argument("--insecure-no-password", action="store_true",
                    help="run without peer encryption: tests on a private loopback only")
-    p.add_argument("--request-timeout", type=float, default=5.0, help="seconds before UNAVAILABLE (default 5)")
-    p.add_argument("--auto-compaction-revisions", type=int, default=10000,
-                   help="keep this many revisions of history (0: no revision-based compaction)")
-    p.add_argument("--auto-compaction-seconds", type=float, default=0.0,
-                   help="keep this much time of history (0: no time-based compaction)")
-    p.add_argument("--progress-notify-interval", type=float, default=600.0,
-                   help="seconds between watch progress notifications (etcd's default: 600)")
+    p.add_argument("--request-timeout", type=duration, default=5.0, help="time before UNAVAILABLE (default 5s)")
+    p.add_argument("--auto-compaction-revisions", type=int, default=0,
+                   help="keep this many revisions of history (default 0: off, as in etcd; the api-server "
+                   "compacts)")
+    p.add_argument("--auto-compaction-seconds", type=duration, default=0.0,
+                   help="keep this much time of history, e.g. 1h (default 0: off)")
+    p.add_argument("--progress-notify-interval", type=duration, default=600.0,
+                   help="time between watch progress notifications (default 10m, etcd's)")
     p.add_argument("--snapshot-count", type=int, default=20000, help="log entries between snapshots")
-    p.add_argument("--election-timeout", type=float, default=0.8,
-                   help="minimum seconds without a leader before an election (max is twice this)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--election-timeout", type=duration, default=0.8,
+                   help="minimum time without a leader before an election (max is twice this; default 800ms)")
+    add_verbose_flag(p)
     return p
 
 
@@ -136,7 +147,8 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
         cluster_token=args.initial_cluster_token, password=read_password(args),
         request_timeout=args.request_timeout, compaction_revisions=args.auto_compaction_revisions,
         compaction_seconds=args.auto_compaction_seconds, progress_notify_interval=args.progress_notify_interval,
-        snapshot_every=args.snapshot_count,
+        snapshot_every=args.snapshot_count, quota_bytes=args.quota_backend_bytes,
+        disk_reserve_bytes=args.disk_reserve_bytes, max_pending=args.max_pending_requests,
         timings=RaftTimings(election_min=et, election_max=2 * et, leader_fallback=max(3.0, 2 * et),
                             connection_timeout=max(3.5, 2 * et + 0.5)),
     )
@@ -150,7 +162,10 @@ async def run(cfg: StoreConfig) -> None:
         peers.append(cfg.listen_peer)
     if cfg.password is None:
         log.warning("running WITHOUT a cluster password: peer traffic is unauthenticated pickle")
-    store = Store(cfg, peers=peers)
+    try:
+        store = Store(cfg, peers=peers)
+    except CorruptData as e:
+        raise SystemExit(f"skiff-store: {e}") from None
     try:
         await asyncio.to_thread(store.node.raft.waitBinded)
     except Exception:
@@ -171,8 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     # Two busy threads (Raft ticks, the gRPC loop) hand work to each other many times per
     # request; with the default 5 ms GIL switch interval each hand-off can wait that long.
     sys.setswitchinterval(0.0005)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    setup_logging(args.verbose)
     cfg = config_from_args(args)
     lock_data_dir(cfg.data_dir)
     asyncio.run(run(cfg))

@@ -7,7 +7,8 @@
         c.start_member(leader)          # restart it on the same data dir
         c.add_member("s4"); c.remove_member("s4")
 
-Each member is `python -m controlplane.store` with a random cluster password; its log is
+Each member is `python -m controlplane.store` (its command line from skiff.daemons) with a
+random cluster password; its log is
 `<base_dir>/<name>.log` (read it with `c.log(name)` when a test fails). Everything started is
 stopped, and a temp base dir removed, by `close()` / leaving the `with` block.
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from skiff import daemons
 from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
 
 
@@ -54,6 +56,7 @@ class Member:
     log_path: str
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    member_id: int = 0  # learned from the member's Status answers; kept while it is down
 
     @property
     def running(self) -> bool:
@@ -121,10 +124,9 @@ class StoreCluster:
             state = "existing"
         cluster_members = list(self._initial.values()) if state == "new" else list(self.members.values())
         cmd = [
-            self.python, "-m", "controlplane.store", "--name", m.name, "--data-dir", m.data_dir,
-            "--listen-client", m.client, "--listen-peer", m.peer,
-            "--initial-cluster", self._initial_cluster(cluster_members),
-            "--initial-cluster-state", state, "--initial-cluster-token", self.token,
+            *daemons.store(self.python, name=m.name, data_dir=m.data_dir, listen_client=m.client, listen_peer=m.peer,
+                           initial_cluster=self._initial_cluster(cluster_members), initial_cluster_state=state,
+                           initial_cluster_token=self.token),
             *self.extra_args, *m.extra_args,
         ]
         env = dict(os.environ, SKIFF_STORE_PASSWORD=self.password)
@@ -185,9 +187,10 @@ class StoreCluster:
             try:
                 resp: rpc_pb2.StatusResponse = rpc_pb2_grpc.MaintenanceStub(ch).Status(
                     rpc_pb2.StatusRequest(), timeout=timeout)
-                return resp
             except grpc.RpcError:
                 return None
+        self.members[name].member_id = resp.header.member_id
+        return resp
 
     def _wait_serving(self, m: Member, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -200,23 +203,26 @@ class StoreCluster:
             time.sleep(0.1)
         raise TimeoutError(f"store member {m.name} not serving after {timeout}s:\n{self.log(m.name)[-3000:]}")
 
-    def leader(self, *, timeout: float = 15.0, exclude: tuple[str, ...] = ()) -> str:
-        """Name of the member every running member agrees leads (polls until one does)."""
+    def leader(self, *, timeout: float = 15.0) -> str:
+        """Name of the member every running member agrees leads (polls until they agree).
+
+        The name may be that of a member that is no longer running (ids are remembered from
+        earlier answers): after a leader is killed, survivors still naming it must show up.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             seen = set()
             for name, m in self.members.items():
-                if not m.running or name in exclude:
+                if not m.running:
                     continue
                 st = self.status(name, timeout=0.5)
                 if st is not None and st.leader:
                     seen.add(st.leader)
             if len(seen) == 1:
                 lid = seen.pop()
-                for name in self.members:
-                    st = self.status(name, timeout=0.5) if self.members[name].running else None
-                    if st is not None and st.header.member_id == lid and name not in exclude:
-                        return name
+                names = {m.member_id: n for n, m in self.members.items() if m.member_id}
+                if lid in names:
+                    return names[lid]
             time.sleep(0.1)
         raise TimeoutError(f"no agreed leader within {timeout}s")
 

@@ -55,5 +55,6 @@ TIMEOUT = EtcdError(_C.UNAVAILABLE, "etcdserver: request timed out")
 TIMEOUT_LEADER_FAIL = EtcdError(
     _C.UNAVAILABLE, "etcdserver: request timed out, possibly due to previous leader failure"
 )
+NO_SPACE = EtcdError(_C.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
 TOO_MANY_REQUESTS = EtcdError(_C.RESOURCE_EXHAUSTED, "etcdserver: too many requests")
 STOPPING = EtcdError(_C.UNAVAILABLE, "etcdserver: server stopped")

@@ -11,14 +11,20 @@ garbage. Raft's promise — an acknowledged entry is on a majority of disks — 
 
 This journal keeps pysyncobj's Journal interface and adds what is missing:
 
-- Records are appended with os.write and carry a CRC32; a torn or corrupt tail is cut off
-  at load (it was never acknowledged: see the sync rules below).
+- Records are appended with os.write and carry a CRC32. At load, a torn tail is cut (it was
+  never acknowledged: see the sync rules below); a bad record in the middle of the journal
+  (valid records after it, no sign of a torn write) is corruption of acknowledged data, and the
+  member refuses to start, naming the file and offset (`scan_journal`). `repair_journal` (the
+  explicit `skiff-store-repair` command, never automatic) cuts the journal there.
+- A failed write or fdatasync stops the member at once (disk.py): never retried.
 - `sync()` makes everything appended so far durable with one fdatasync. The Raft layer
   (raft.py) calls it at the start of every tick, before the leader counts its own log towards a
   commit, and before a follower sends the message that acknowledges entries. Appends in between
   are group-committed by that one call.
 - Term and vote are written with write + fsync + rename + directory fsync before the vote
-  message leaves (Raft's rule); the commit index is a hint and is saved lazily.
+  message leaves (Raft's rule). The commit index is a hint, saved lazily (once a second) in
+  its own file without fsync: it used to share the term/vote file, and replacing that file
+  without fsync could lose the vote in a crash.
 - `align_to_snapshot()`: after a crash between "snapshot written" and "journal truncated", the
   journal still starts before the snapshot; dropping that stale head at load keeps pysyncobj
   from discarding the whole journal when it finds the two disagree.
@@ -33,45 +39,182 @@ import logging
 import os
 import struct
 import zlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from pysyncobj.journal import Journal
+
+from controlplane.store.disk import (
+    OS_SYNC,
+    CorruptData,
+    Fatal,
+    FileSync,
+    fsync_dir,
+    pwrite_all,
+    stop_member,
+    write_durably,
+)
 
 log = logging.getLogger("skiff.store.journal")
 
 MAGIC = b"SKIFF-RAFT-JOURNAL-1\n"
 _REC = struct.Struct("<IIQQ")  # payload length, crc32(idx, term, payload), idx, term
+_IDX_AT = 8  # offset of idx inside a record header
+SECTOR = 512
 Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's shape
 
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+REPAIR_HINT = ("If this member's data is damaged, either run `skiff-store-repair --data-dir {dir}` (cuts the "
+               "journal at that offset, keeping a copy; the member then catches up from the others), or remove "
+               "the member (`etcdctl member remove`), wipe its data dir and add it again.")
 
 
-def write_durably(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so that after a crash it is either the old or the new file."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path)
+def _crc(command: bytes, idx: int, term: int) -> int:
+    return zlib.crc32(command, zlib.crc32(struct.pack("<QQ", idx, term)))
 
 
 def _encode(command: bytes, idx: int, term: int) -> bytes:
-    crc = zlib.crc32(command, zlib.crc32(struct.pack("<QQ", idx, term)))
-    return _REC.pack(len(command), crc, idx, term) + command
+    return _REC.pack(len(command), _crc(command, idx, term), idx, term) + command
+
+
+# ---------------------------------------------------------------- reading a journal (pure)
+
+
+class Damage(NamedTuple):
+    """The first bad byte range of a journal: a torn tail (cut at load) or corruption (refused)."""
+
+    offset: int
+    torn: bool
+    detail: str
+
+
+class JournalScan(NamedTuple):
+    entries: list[Entry]
+    offsets: list[int]
+    end: int  # offset just past the last valid record
+    damage: Damage | None
+
+
+def _record_at(data: bytes, pos: int) -> tuple[int, int, int] | None:
+    """(end, idx, term) of a complete record with a valid checksum at `pos`, else None."""
+    if pos < len(MAGIC) or pos + _REC.size > len(data):
+        return None
+    n, crc, idx, term = _REC.unpack_from(data, pos)
+    end = pos + _REC.size + n
+    if end > len(data) or _crc(data[pos + _REC.size : end], idx, term) != crc:
+        return None
+    return end, idx, term
+
+
+def _valid_record_after(data: bytes, pos: int, idx_hints: list[int]) -> int | None:
+    """Offset of a valid record somewhere after `pos`, looked for by its expected Raft index.
+
+    Records are not aligned, so a damaged length field hides where the next one starts; Raft
+    indexes are consecutive, so the next records carry one of a few known indexes. Searching
+    for those 8 bytes is fast (C), and the checksum rules out chance matches.
+    """
+    for idx in idx_hints:
+        if idx <= 0:
+            continue
+        needle = struct.pack("<Q", idx)
+        at = data.find(needle, pos + 1 + _IDX_AT)
+        tries = 0
+        while at != -1 and tries < 100_000:
+            if _record_at(data, at - _IDX_AT) is not None:
+                return at - _IDX_AT
+            at = data.find(needle, at + 1)
+            tries += 1
+    return None
+
+
+def _has_zero_sector(data: bytes, start: int, end: int) -> bool:
+    """Whether [start, end) holds a whole, aligned, all-zero sector (etcd's torn-write sign)."""
+    first = -(-start // SECTOR) * SECTOR
+    zero = bytes(SECTOR)
+    return any(data[s : s + SECTOR] == zero for s in range(first, end - SECTOR + 1, SECTOR))
+
+
+def scan_journal(data: bytes) -> JournalScan:
+    """Parse a journal's bytes: its valid records, and where (and how) it is damaged.
+
+    Appends are group-committed (several records written, then one fdatasync), so a crash can
+    only damage records that were never synced and never acknowledged: the tail. A bad record
+    counts as that torn tail when no valid record follows it, or when it holds a zeroed sector
+    (a write that never reached the disk; etcd's WAL uses the same sign). A bad record with
+    valid records after it and no such sign is corruption of data that was acknowledged: the
+    journal must not be used (cutting it there would silently drop committed entries).
+    """
+    if not data.startswith(MAGIC):
+        return JournalScan([], [], 0, Damage(0, False, "not a Skiff Raft journal (bad header)"))
+    entries: list[Entry] = []
+    offsets: list[int] = []
+    pos = len(MAGIC)
+    size = len(data)
+    while pos < size:
+        rec = _record_at(data, pos)
+        if rec is None:
+            break
+        end, idx, term = rec
+        entries.append((data[pos + _REC.size : end], idx, term))
+        offsets.append(pos)
+        pos = end
+    if pos == size:
+        return JournalScan(entries, offsets, pos, None)
+    if pos + _REC.size > size:
+        return JournalScan(entries, offsets, pos, Damage(pos, True, f"incomplete record header ({size - pos} bytes)"))
+    n, _, idx, term = _REC.unpack_from(data, pos)
+    bad_end = min(size, pos + _REC.size + n)
+    what = (f"record claiming index {idx}, term {term}, {n} bytes "
+            f"{'extends past the end of the file' if pos + _REC.size + n > size else 'fails its checksum'}")
+    last = entries[-1][1] if entries else 0
+    hints = [last + 1, last + 2, last + 3] if entries else [idx + 1]
+    following = _valid_record_after(data, pos, hints)
+    if following is None:
+        return JournalScan(entries, offsets, pos, Damage(pos, True, f"torn tail: {what}"))
+    if _has_zero_sector(data, pos, min(bad_end, following)):
+        return JournalScan(entries, offsets, pos, Damage(pos, True, f"torn write (zeroed sector): {what}"))
+    return JournalScan(entries, offsets, pos, Damage(
+        pos, False, f"checksum mismatch in the middle of the journal ({what}; a valid record follows at offset "
+                    f"{following}, after entry {last})"))
+
+
+class RepairReport(NamedTuple):
+    path: str
+    offset: int  # where the journal was cut (-1: nothing to repair)
+    kept: int  # entries kept
+    dropped_bytes: int
+    backup: str | None
+
+
+def repair_journal(path: str, *, sync: FileSync = OS_SYNC) -> RepairReport:
+    """Cut the journal at its first damaged record, keeping a copy of the whole file first.
+
+    The entries from there on are gone from this member; in a cluster the leader sends them
+    again (they were committed on a majority). This is an operator's decision, never automatic.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    scan = scan_journal(data)
+    if scan.damage is None:
+        return RepairReport(path, -1, len(scan.entries), 0, None)
+    if scan.damage.offset < len(MAGIC):
+        raise CorruptData(path, 0, scan.damage.detail, "Not a journal; the repair command does not touch it.")
+    backup = f"{path}.damaged-at-{scan.damage.offset}"
+    write_durably(backup, data, sync=sync)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, scan.damage.offset)
+        sync.fsync(fd)
+    finally:
+        os.close(fd)
+    return RepairReport(path, scan.damage.offset, len(scan.entries), len(data) - scan.damage.offset, backup)
 
 
 class DurableJournal(Journal):  # type: ignore[misc]
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, sync: FileSync = OS_SYNC, fatal: Fatal = stop_member) -> None:
         self._path = path
         self._meta_path = path + ".meta"
+        self._sync = sync
+        self._fatal = fatal
         self._entries: list[Entry] = []
         self._offsets: list[int] = []
         self._dirty = False
@@ -82,9 +225,15 @@ class DurableJournal(Journal):  # type: ignore[misc]
         # after an out-of-order ack); those are then kept in place instead of rewritten.
         self._tail: list[tuple[Entry, int]] = []
         self._meta: dict[str, Any] = self._load_meta()
-        self._meta_saved = True
+        self._commit_path = path + ".commit"
+        self._commit_index = self._load_commit_index()
+        self._commit_saved = True
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._end = self._load()
+        try:
+            self._end = self._load()
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._synced_index = self._entries[-1][1] if self._entries else 0
 
     # ------------------------------------------------------------ loading
@@ -92,39 +241,43 @@ class DurableJournal(Journal):  # type: ignore[misc]
     def _load_meta(self) -> dict[str, Any]:
         try:
             with open(self._meta_path, "rb") as f:
-                data: dict[str, Any] = json.loads(f.read())
-                return data
+                raw = f.read()
         except FileNotFoundError:
             return {}
+        try:
+            data: dict[str, Any] = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            raise CorruptData(self._meta_path, 0, f"unreadable term/vote file ({e})",
+                              "The member's vote cannot be trusted: remove the member (`etcdctl member remove`), "
+                              "wipe its data dir and add it again.") from None
+        return data
 
     def _load(self) -> int:
         size = os.fstat(self._fd).st_size
-        if size == 0:
-            os.write(self._fd, MAGIC)
-            os.fsync(self._fd)
-            fsync_dir(self._path)
+        head = os.pread(self._fd, len(MAGIC), 0) if 0 < size <= len(MAGIC) else b""
+        if size == 0 or (head and (MAGIC.startswith(head) or not head.strip(b"\0"))):
+            # New, or a crash while it was being created (the header alone, torn): no entries.
+            os.ftruncate(self._fd, 0)
+            self._guard("write", lambda: pwrite_all(self._fd, MAGIC, 0))
+            self._guard("fsync", lambda: self._sync.fsync(self._fd))
+            self._guard("fsync", lambda: fsync_dir(self._path, sync=self._sync))
             return len(MAGIC)
-        data = os.pread(self._fd, size, 0)
-        if not data.startswith(MAGIC):
-            raise RuntimeError(f"{self._path} is not a Skiff Raft journal (bad header)")
-        pos = len(MAGIC)
-        while pos + _REC.size <= size:
-            n, crc, idx, term = _REC.unpack_from(data, pos)
-            start = pos + _REC.size
-            if start + n > size:
-                break
-            command = data[start : start + n]
-            if zlib.crc32(command, zlib.crc32(struct.pack("<QQ", idx, term))) != crc:
-                break
-            self._entries.append((command, idx, term))
-            self._offsets.append(pos)
-            pos = start + n
-        if pos != size:
+        scan = scan_journal(os.pread(self._fd, size, 0))
+        damage = scan.damage
+        if damage is not None and not damage.torn:
+            hint = REPAIR_HINT.format(dir=os.path.dirname(os.path.abspath(self._path)))
+            raise CorruptData(self._path, damage.offset, damage.detail,
+                              hint if damage.offset >= len(MAGIC) else "This is not a Skiff Raft journal.")
+        self._entries, self._offsets = scan.entries, scan.offsets
+        if damage is not None:
             # Only an unacknowledged tail can be torn: acknowledged entries were fdatasync'ed.
-            log.warning("journal %s: dropping %d bytes of torn or corrupt tail", self._path, size - pos)
-            os.ftruncate(self._fd, pos)
-            os.fsync(self._fd)
-        return pos
+            log.warning("journal %s: cutting %d bytes at offset %d: %s", self._path, size - scan.end, scan.end,
+                        damage.detail)
+            os.ftruncate(self._fd, scan.end)
+            self._guard("fsync", lambda: self._sync.fsync(self._fd))
+        return scan.end
 
     def align_to_snapshot(self, prev: Entry, last: Entry) -> None:
         """Drop the entries before the snapshot's `prev` entry if the journal still has them."""
@@ -136,6 +289,14 @@ class DurableJournal(Journal):  # type: ignore[misc]
                     log.info("journal: dropping %d entries already covered by the snapshot", i)
                     self.deleteEntriesTo(i)
                 return
+
+    def _guard(self, what: str, op: Callable[[], object]) -> None:
+        """Run a write or sync of the journal; a failure stops the member (see disk.py)."""
+        try:
+            op()
+        except OSError as e:
+            self._fatal(f"{what} of {self._path} failed: {e}; stopping this member without retrying "
+                        f"(the kernel may have dropped the unsynced data). Check the disk, then restart it.")
 
     # ------------------------------------------------------------ the pysyncobj Journal interface
 
@@ -150,7 +311,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
                 return
             self._truncate_tail()
         rec = _encode(command, idx, term)
-        os.pwrite(self._fd, rec, self._end)
+        self._guard("write", lambda: pwrite_all(self._fd, rec, self._end))
         self._entries.append((command, idx, term))
         self._offsets.append(self._end)
         self._end += len(rec)
@@ -158,7 +319,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def _truncate_tail(self) -> None:
         self._tail = []
-        os.ftruncate(self._fd, self._end)
+        self._guard("truncate", lambda: os.ftruncate(self._fd, self._end))
         self._dirty = True
 
     def clear(self) -> None:
@@ -166,7 +327,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._entries = []
         self._offsets = []
         self._end = len(MAGIC)
-        os.ftruncate(self._fd, self._end)
+        self._guard("truncate", lambda: os.ftruncate(self._fd, self._end))
         self._dirty = True
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
@@ -181,7 +342,6 @@ class DurableJournal(Journal):  # type: ignore[misc]
         """Keep entries[entryTo:], rewriting the file atomically (called after a snapshot)."""
         keep = self._entries[entryTo:]
         self._tail = []
-        tmp = self._path + ".compact"
         offsets = []
         pos = len(MAGIC)
         parts = [MAGIC]
@@ -190,12 +350,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
             offsets.append(pos)
             parts.append(rec)
             pos += len(rec)
-        with open(tmp, "wb") as f:
-            f.write(b"".join(parts))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        fsync_dir(self._path)
+        self._guard("rewrite", lambda: write_durably(self._path, b"".join(parts), sync=self._sync))
         os.close(self._fd)
         self._fd = os.open(self._path, os.O_RDWR, 0o600)
         self._entries = list(keep)
@@ -218,18 +373,20 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self.onOneSecondTimer()
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
-        if self._meta.get("commit_index") != raftCommitIndex:
-            self._meta["commit_index"] = raftCommitIndex
-            self._meta_saved = False
+        if self._commit_index != raftCommitIndex:
+            self._commit_index = raftCommitIndex
+            self._commit_saved = False
 
     def getRaftCommitIndex(self) -> int:
-        return int(self._meta.get("commit_index", 1))
+        return self._commit_index
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        # pysyncobj calls this before the vote request or vote response leaves.
         self._meta["term"] = term
         self._meta["voted_for"] = votedForNodeId
-        write_durably(self._meta_path, json.dumps(self._meta).encode())
-        self._meta_saved = True
+        data = json.dumps(self._meta).encode()
+        self._guard("write of the term/vote file",
+                    lambda: write_durably(self._meta_path, data, sync=self._sync))
 
     def getCurrentTerm(self) -> int:
         return int(self._meta.get("term", 0))
@@ -238,13 +395,24 @@ class DurableJournal(Journal):  # type: ignore[misc]
         return self._meta.get("voted_for")
 
     def onOneSecondTimer(self) -> None:
-        if not self._meta_saved:
-            # The commit index is only a hint (Raft recomputes it), so no fsync here.
-            tmp = self._meta_path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(json.dumps(self._meta).encode())
-            os.replace(tmp, self._meta_path)
-            self._meta_saved = True
+        if not self._commit_saved:
+            # The commit index is only a hint (Raft learns it again from the leader; pysyncobj
+            # clamps one beyond the journal), so it lives in its own file, replaced without
+            # fsync: a crash can lose it but never the term and vote, which are only ever
+            # replaced durably.
+            tmp = self._commit_path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(str(self._commit_index))
+            os.replace(tmp, self._commit_path)
+            self._commit_saved = True
+
+    def _load_commit_index(self) -> int:
+        try:
+            with open(self._commit_path) as f:
+                return int(f.read())
+        except (FileNotFoundError, ValueError):
+            # Missing or torn by a crash: the older term/vote file may still hold one.
+            return int(self._meta.get("commit_index", 1))
 
     # ------------------------------------------------------------ durability
 
@@ -257,7 +425,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
         if self._tail:
             self._truncate_tail()  # entries deleted and not re-added must not come back
         if self._dirty and self._fd >= 0:
-            os.fdatasync(self._fd)
+            self._guard("fdatasync", lambda: self._sync.fdatasync(self._fd))
             self._syncs += 1
             self._dirty = False
         self._synced_index = self._entries[-1][1] if self._entries else 0

@@ -12,6 +12,10 @@ state, so what must always hold:
 - A failed command changes nothing: it is validated completely before the first mutation.
 - History holds every event with revision >= compact_revision, oldest first. Reads and watches
   below compact_revision fail with etcd's "required revision has been compacted".
+- Alarms are replicated state, raised and cleared by commands (like etcd's). While a NOSPACE
+  alarm is active, applying a put, a txn with a put or a lease grant fails with etcd's
+  "database space exceeded" on every member alike; reads, deletes and compaction still work.
+  Whether the space is exhausted is decided by the proposer, outside the state machine.
 - Stored records (KeyValue, Event) are immutable tuples, so a snapshot is a set of shallow
   container copies taken between two applies.
 
@@ -47,6 +51,10 @@ CMP_EQUAL, CMP_GREATER, CMP_LESS, CMP_NOT_EQUAL = 0, 1, 2, 3
 CMPT_VERSION, CMPT_CREATE, CMPT_MOD, CMPT_VALUE, CMPT_LEASE = 0, 1, 2, 3, 4
 
 ALL_KEYS = b"\x00"  # as range_end: every key >= key
+
+# AlarmType and AlarmRequest.AlarmAction, as in rpc.proto.
+ALARM_NONE, ALARM_NOSPACE, ALARM_CORRUPT = 0, 1, 2
+ALARM_GET, ALARM_ACTIVATE, ALARM_DEACTIVATE = 0, 1, 2
 
 
 class KeyValue(NamedTuple):
@@ -220,6 +228,25 @@ def cmd_transfer_leadership(member_id: int) -> tuple[str, int]:
     return ("transfer", member_id)
 
 
+def cmd_alarm(action: int, member_id: int, alarm: int) -> tuple[str, int, int, int]:
+    """Raise (ALARM_ACTIVATE) or clear (ALARM_DEACTIVATE) an alarm; member 0 / ALARM_NONE match any
+    when clearing. The result is the list of (member_id, alarm) pairs that changed."""
+    return ("alarm", action, member_id, alarm)
+
+
+def txn_has_put(req: TxnReq) -> bool:
+    """Whether a txn writes a key in either branch (nested txns included)."""
+    return any(isinstance(op, PutReq) or (isinstance(op, TxnReq) and txn_has_put(op))
+               for op in (*req.success, *req.failure))
+
+
+def event_bytes(ev: Event) -> int:
+    """What an event in history holds on to: its key and value, or the deleted value."""
+    if ev.type == DELETE:
+        return len(ev.kv.key) + (len(ev.prev_kv.value) if ev.prev_kv is not None else 0)
+    return len(ev.kv.key) + len(ev.kv.value)
+
+
 # ---------------------------------------------------------------- request checks (pure, pre-replication)
 
 
@@ -313,7 +340,17 @@ class KVState:
         self._event_revs: list[int] = []
         self._leases: dict[int, _Lease] = {}
         self.members: dict[int, Member] = {}
+        self.alarms: set[tuple[int, int]] = set()  # (member_id, alarm type)
         self.live_bytes = 0
+        self.history_bytes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        """The data the space quota counts: live keys and values plus retained history."""
+        return self.live_bytes + self.history_bytes
+
+    def no_space(self) -> bool:
+        return any(a == ALARM_NOSPACE for _, a in self.alarms)
 
     # ------------------------------------------------------------ apply
 
@@ -332,6 +369,9 @@ class KVState:
 
     def _apply_one(self, cmd: tuple[Any, ...], out: Applied, want: bool) -> Any:
         op = cmd[0]
+        if self.alarms and self.no_space() and (
+                op in ("put", "lease_grant") or (op == "txn" and txn_has_put(cmd[1]))):
+            raise errors.NO_SPACE
         if op == "put":
             req: PutReq = cmd[1]
             self._check_put_now(req)
@@ -385,6 +425,8 @@ class KVState:
         if op == "transfer":
             out.transfers.append(cmd[1])
             return None
+        if op == "alarm":
+            return self._alarm(cmd[1], cmd[2], cmd[3])
         raise EtcdError(grpc.StatusCode.INTERNAL, f"etcdserver: unknown command {op!r}")
 
     def _commit(self, rev: int, events: list[Event], changed: int) -> None:
@@ -395,6 +437,27 @@ class KVState:
         new = events[len(events) - changed :]
         self._events.extend(new)
         self._event_revs.extend([rev] * len(new))
+        self.history_bytes += sum(event_bytes(ev) for ev in new)
+
+    def _alarm(self, action: int, member_id: int, alarm: int) -> list[tuple[int, int]]:
+        if action == ALARM_ACTIVATE:
+            if alarm != ALARM_NOSPACE or not member_id:
+                # CORRUPT is etcd's too, but nothing here would act on it: refuse rather than pretend.
+                raise EtcdError(grpc.StatusCode.INVALID_ARGUMENT,
+                                "etcdserver: only a member's NOSPACE alarm can be raised")
+            if (member_id, alarm) in self.alarms:
+                return []
+            self.alarms.add((member_id, alarm))
+            return [(member_id, alarm)]
+        if action == ALARM_DEACTIVATE:
+            gone = sorted((m, a) for m, a in self.alarms
+                          if (not member_id or m == member_id) and (alarm == ALARM_NONE or a == alarm))
+            self.alarms.difference_update(gone)
+            return gone
+        raise EtcdError(grpc.StatusCode.INVALID_ARGUMENT, f"etcdserver: unknown alarm action {action}")
+
+    def alarm_list(self, alarm: int = ALARM_NONE) -> list[tuple[int, int]]:
+        return sorted((m, a) for m, a in self.alarms if alarm == ALARM_NONE or a == alarm)
 
     def _check_put_now(self, req: PutReq) -> None:
         check_put(req)
@@ -498,6 +561,7 @@ class KVState:
             raise errors.FUTURE_REV
         self.compact_revision = rev
         cut = bisect.bisect_left(self._event_revs, rev)
+        self.history_bytes -= sum(event_bytes(ev) for ev in self._events[:cut])
         del self._events[:cut]
         del self._event_revs[:cut]
 
@@ -644,6 +708,7 @@ class KVState:
             "event_revs": list(self._event_revs),
             "leases": [(le.id, le.ttl, tuple(le.keys)) for le in self._leases.values()],
             "members": list(self.members.values()),
+            "alarms": sorted(self.alarms),
         }
 
     @classmethod
@@ -660,7 +725,9 @@ class KVState:
         st._event_revs = list(snap["event_revs"])
         st._leases = {i: _Lease(i, ttl, keys) for i, ttl, keys in snap["leases"]}
         st.members = {m.id: Member(*m) for m in snap["members"]}
+        st.alarms = {(m, a) for m, a in snap.get("alarms", ())}
         st.live_bytes = sum(len(kv.key) + len(kv.value) for kv in st._kvs.values())
+        st.history_bytes = sum(event_bytes(ev) for ev in st._events)
         return st
 
 

@@ -19,6 +19,8 @@ What must hold:
   Only the proposer builds results; other members only mutate state.
 - A linearizable read waits for a batch proposed after the read arrived to be applied on
   this member (a read barrier through the log; batches are shared by all waiting reads).
+- The requests waiting for the log are bounded (`max_pending` of them, MAX_PENDING_BYTES in
+  all); past that new ones fail at once with etcd's "too many requests" (RESOURCE_EXHAUSTED).
 - A proposal is retried only when pysyncobj says it was never appended (no leader, not
   leader, discarded, queue full). When the outcome is unknown (leader changed after
   forwarding), or after `request_timeout`, the client gets UNAVAILABLE, like etcd's
@@ -48,14 +50,20 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from controlplane.store import errors, mvcc
+from controlplane.store.disk import OS_SYNC, Fatal, FileSync, stop_member
 from controlplane.store.errors import EtcdError
 from controlplane.store.journal import DurableJournal
-from controlplane.store.snapshot import SnapshotStore, read_header
+from controlplane.store.snapshot import SnapshotStore, read_header, verify_snapshot
 
 log = logging.getLogger("skiff.store.raft")
 
 _ACK_MESSAGES = frozenset({"next_node_idx", "response_vote", "request_vote"})
 _HELD_ACKS = frozenset({"next_node_idx", "response_vote"})
+# Requests waiting for the log (not yet in a batch) beyond which new ones are refused with
+# RESOURCE_EXHAUSTED "etcdserver: too many requests" (etcd refuses past a gap of 5000 between
+# its committed and applied index).
+MAX_PENDING = 5000
+MAX_PENDING_BYTES = 128 << 20  # and beyond this many bytes of them (5000 puts of 1.5 MiB would be 7 GiB)
 RETRY_MIN, RETRY_MAX = 0.5, 5.0  # seconds between connection attempts to an unreachable peer
 _RETRYABLE = frozenset({FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED,
                         FAIL_REASON.QUEUE_FULL, FAIL_REASON.REQUEST_DENIED})
@@ -219,10 +227,11 @@ class RaftNode:
     def __init__(self, *, self_addr: str, peers: list[str], data_dir: str, password: str | None,
                  loop: asyncio.AbstractEventLoop, timings: RaftTimings | None = None,
                  request_timeout: float = 5.0, max_batch: int = 1000, max_inflight: int = 1,
-                 max_batch_bytes: int = 1 << 20,
+                 max_batch_bytes: int = 1 << 20, max_pending: int = MAX_PENDING,
                  snapshot_every: int = 20000, snapshot_bytes: int = 64 << 20,
                  on_applied: Callable[[mvcc.Applied], None] | None = None,
-                 on_restored: Callable[[mvcc.KVState], None] | None = None) -> None:
+                 on_restored: Callable[[mvcc.KVState], None] | None = None,
+                 sync: FileSync = OS_SYNC, fatal: Fatal = stop_member) -> None:
         self.self_addr = self_addr
         self.member_id = member_id_for(self_addr)
         self.loop = loop
@@ -231,6 +240,8 @@ class RaftNode:
         self.request_timeout = request_timeout
         self._max_batch = max_batch
         self._max_batch_bytes = max_batch_bytes
+        self._max_pending = max_pending
+        self.rejected = 0  # proposals and reads refused with "too many requests"
         self._snapshot_bytes = snapshot_bytes
         self._on_applied = on_applied
         self._on_restored = on_restored
@@ -245,11 +256,15 @@ class RaftNode:
         os.makedirs(data_dir, exist_ok=True)
         journal_path = os.path.join(data_dir, "raft.journal")
         snap_path = os.path.join(data_dir, "snapshot")
-        self.journal = DurableJournal(journal_path)
+        # Both raise CorruptData (refuse to start) on a checksum failure; pysyncobj, given a
+        # corrupt dump, would log it and start without it.
+        verify_snapshot(snap_path)
+        self.journal = DurableJournal(journal_path, sync=sync, fatal=fatal)
         header = read_header(snap_path)
         if header is not None:
             self.journal.align_to_snapshot(header["prev"], header["last"])
-        self.snapshots = SnapshotStore(snap_path, take=self._take_snapshot, restore=self._restore_snapshot)
+        self.snapshots = SnapshotStore(snap_path, take=self._take_snapshot, restore=self._restore_snapshot,
+                                       sync=sync, fatal=fatal)
         conf = SyncObjConf(
             password=password,
             autoTick=True,
@@ -312,8 +327,17 @@ class RaftNode:
 
     # ------------------------------------------------------------ loop side: proposals
 
+    def _admit(self) -> None:
+        """Refuse new work when `max_pending` requests already wait for the log (etcd's
+        "too many requests"): a client that outruns the disk gets an error, not a queue that
+        grows until the process runs out of memory."""
+        if len(self._queue) + len(self._reads) >= self._max_pending or self._queue_bytes >= MAX_PENDING_BYTES:
+            self.rejected += 1
+            raise errors.TOO_MANY_REQUESTS
+
     async def propose(self, cmd: tuple[Any, ...], *, timeout: float | None = None) -> Any:
         """Replicate one command; its result, or raise its EtcdError."""
+        self._admit()
         fut: asyncio.Future[Any] = self.loop.create_future()
         self._queue.append((cmd, fut))
         self._queue_bytes += _approx_size(cmd)
@@ -325,6 +349,7 @@ class RaftNode:
 
     async def read_barrier(self) -> None:
         """Return once a log entry proposed after this call has been applied here."""
+        self._admit()
         fut: asyncio.Future[Any] = self.loop.create_future()
         self._reads.append(fut)
         self._schedule_flush()

@@ -8,6 +8,13 @@ change of leader or peer reachability once. What must hold:
 - Writes go through the log; the response header carries the revision of that write.
 - Range and read-only Txn are linearizable unless `serializable`: they wait for a read barrier.
 - Errors reach clients with etcd's gRPC codes and messages (errors.py).
+- Space: a write (put, txn with a put, lease grant) that would take the data past
+  `quota_bytes` (etcd's --quota-backend-bytes), or arrives while the data dir's filesystem has
+  less than `disk_reserve_bytes` free, raises the NOSPACE alarm (a replicated command, like
+  etcd) and fails with "etcdserver: mvcc: database space exceeded". Once raised, the state
+  machine refuses such writes on every member until `etcdctl alarm disarm`; reads, deletes and
+  compaction keep working (the reserve leaves room for them in the journal). Housekeeping
+  raises the alarm too when this member's disk runs low, whoever the writes came from.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import grpc
 from controlplane.store import errors, mvcc, pbconv
 from controlplane.store.errors import EtcdError
 from controlplane.store.lessor import Lessor
-from controlplane.store.raft import RETRY_MAX, RETRY_MIN, RaftNode, RaftTimings, member_id_for
+from controlplane.store.raft import MAX_PENDING, RETRY_MAX, RETRY_MIN, RaftNode, RaftTimings, member_id_for
 from controlplane.store.watch import WatchHub, WatchStream
 from skiff.guard import guard
 from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
@@ -37,6 +44,12 @@ log = logging.getLogger("skiff.store")
 
 API_VERSION = "3.4.0"  # the etcd API level served (etcdctl prints it in `endpoint status`)
 MAX_REQUEST_BYTES = (3 << 19)  # 1.5 MiB, etcd's default --max-request-bytes
+DEFAULT_QUOTA_BYTES = 2 << 30  # etcd's default --quota-backend-bytes
+# Free disk below which NOSPACE is raised: room left for deletes, compaction and the alarm itself
+# to reach the journal (an append that fails for want of space stops the member).
+DEFAULT_DISK_RESERVE_BYTES = 64 << 20
+KV_OVERHEAD = 256  # bytes a put costs beyond its key and value (etcd counts the same)
+LEASE_OVERHEAD = 64  # what a lease grant costs against the quota (etcd's figure)
 
 
 @dataclass
@@ -50,11 +63,16 @@ class StoreConfig:
     cluster_token: str = "skiff-store"
     password: str | None = None
     request_timeout: float = 5.0
-    compaction_revisions: int = 10000  # keep at least this many revisions of history (0: off)
+    # Off by default, as in etcd: the api-server owns compaction (every 5 minutes, as
+    # kube-apiserver); these are for a store used on its own.
+    compaction_revisions: int = 0  # keep at least this many revisions of history (0: off)
     compaction_seconds: float = 0.0  # and/or this much time of history (0: off)
     progress_notify_interval: float = 600.0
     timings: RaftTimings = field(default_factory=RaftTimings)
     snapshot_every: int = 20000  # log entries between snapshots
+    quota_bytes: int = DEFAULT_QUOTA_BYTES  # live data + history (0: no quota)
+    disk_reserve_bytes: int = DEFAULT_DISK_RESERVE_BYTES  # NOSPACE below this much free disk
+    max_pending: int = MAX_PENDING  # requests waiting for the log before "too many requests"
 
     @property
     def initial_cluster_id(self) -> int:
@@ -81,7 +99,7 @@ class Store:
         self.node = RaftNode(
             self_addr=cfg.listen_peer, peers=peers, data_dir=cfg.data_dir, password=cfg.password,
             loop=self.loop, timings=cfg.timings, request_timeout=cfg.request_timeout,
-            snapshot_every=cfg.snapshot_every,
+            snapshot_every=cfg.snapshot_every, max_pending=cfg.max_pending,
             on_applied=self._on_applied, on_restored=self._on_restored,
         )
         self.member_id = self.node.member_id
@@ -93,6 +111,7 @@ class Store:
         self._inflight: set[str] = set()
         self._rev_samples: deque[tuple[float, int]] = deque()
         self._saved: tuple[list[str], int] = ([], 0)
+        self._disk_checked = (0.0, 0)  # (when, free bytes)
 
     # ------------------------------------------------------------ tick thread -> loop
 
@@ -193,6 +212,8 @@ class Store:
                     last_publish = now
                     self._publish_self()
                 self._save_peers()
+                if self._disk_low() and (self.member_id, mvcc.ALARM_NOSPACE) not in self.node.state.alarms:
+                    self._raise_nospace("free disk space below the reserve")
                 tick = min(self.cfg.progress_notify_interval, 1.0)
                 if now - last_progress >= tick:
                     last_progress = now
@@ -282,6 +303,49 @@ class Store:
                              RETRY_MAX)
                 self._peer_up[addr] = up
 
+    # ------------------------------------------------------------ space
+
+    def _disk_low(self) -> bool:
+        """Whether the data dir's filesystem has less than the reserve free. Far from the
+        reserve it is checked at most every 0.1 s (a statvfs per request would be wasted);
+        closer than twice the reserve, on every call, so writes stop near the line."""
+        now = time.monotonic()
+        when, free = self._disk_checked
+        reserve = self.cfg.disk_reserve_bytes
+        if now - when < 0.1 and free > 2 * reserve:
+            return False
+        try:
+            st = os.statvfs(self.cfg.data_dir)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = 1 << 62
+        self._disk_checked = (now, free)
+        return free < reserve
+
+    def _raise_nospace(self, why: str) -> None:
+        if "alarm-nospace" not in self._inflight:
+            log.warning("raising the NOSPACE alarm: %s", why)
+        self._spawn("alarm-nospace", mvcc.cmd_alarm(mvcc.ALARM_ACTIVATE, self.member_id, mvcc.ALARM_NOSPACE))
+
+    def space_error(self, cost: int) -> EtcdError | None:
+        """NO_SPACE if a write of `cost` bytes must be refused (raising the alarm), else None."""
+        st = self.node.state
+        if st.alarms and st.no_space():
+            return errors.NO_SPACE
+        quota = self.cfg.quota_bytes
+        if quota > 0 and st.size_bytes + cost > quota:
+            self._raise_nospace(f"data ({st.size_bytes} bytes) + request ({cost}) over the quota ({quota})")
+            return errors.NO_SPACE
+        if self._disk_low():
+            self._raise_nospace("free disk space below the reserve")
+            return errors.NO_SPACE
+        return None
+
+    async def check_space(self, cost: int, context: grpc.aio.ServicerContext) -> None:
+        err = self.space_error(cost)
+        if err is not None:
+            await context.abort(err.code, err.message)
+
     # ------------------------------------------------------------ helpers for services
 
     async def write(self, cmd: tuple[Any, ...], context: grpc.aio.ServicerContext) -> tuple[Any, int]:
@@ -331,6 +395,16 @@ def _txn_readonly(req: mvcc.TxnReq) -> bool:
     return True
 
 
+def _txn_put_bytes(req: mvcc.TxnReq) -> int:
+    total = 0
+    for op in (*req.success, *req.failure):
+        if isinstance(op, mvcc.PutReq):
+            total += len(op.key) + len(op.value) + KV_OVERHEAD
+        elif isinstance(op, mvcc.TxnReq):
+            total += _txn_put_bytes(op)
+    return total
+
+
 def _txn_serializable(request: rpc_pb2.TxnRequest) -> bool:
     """etcd's rule: serializable only if every op (both branches) is a serializable range."""
     for op in (*request.success, *request.failure):
@@ -361,6 +435,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             mvcc.check_put(req)
         except EtcdError as e:
             await _abort(context, e)
+        await self.s.check_space(len(req.key) + len(req.value) + KV_OVERHEAD, context)
         res, rev = await self.s.write(mvcc.cmd_put(req), context)
         return pbconv.put_resp(res, self.s.header(rev))
 
@@ -388,6 +463,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
             if isinstance(res, EtcdError):
                 await _abort(context, res)
         else:
+            if mvcc.txn_has_put(req):
+                await self.s.check_space(_txn_put_bytes(req), context)
             res, rev = await self.s.write(mvcc.cmd_txn(req), context)
         return pbconv.txn_resp(res, self.s.header(rev))
 
@@ -431,6 +508,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseGrant(self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext) -> Any:
         # The ID is stamped here, before replication, so every member applies the same one.
         lease_id = request.ID or random.getrandbits(63) or 1
+        await self.s.check_space(LEASE_OVERHEAD, context)
         res, rev = await self.s.write(mvcc.cmd_lease_grant(lease_id, request.TTL), context)
         return rpc_pb2.LeaseGrantResponse(header=self.s.header(rev), ID=res.id, TTL=res.ttl)
 
@@ -520,6 +598,37 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     def __init__(self, store: Store) -> None:
         self.s = store
 
+    async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> Any:
+        s = self.s
+        if request.action == mvcc.ALARM_GET:
+            await s.linearize(False, context)
+            with s.node.lock:
+                alarms = s.node.state.alarm_list(request.alarm)
+        else:
+            alarms, _ = await s.write(mvcc.cmd_alarm(request.action, request.memberID, request.alarm), context)
+            if request.action == mvcc.ALARM_DEACTIVATE and alarms:
+                log.info("alarms disarmed: %s", ", ".join(f"{m:x}:{rpc_pb2.AlarmType.Name(a)}" for m, a in alarms))
+        return rpc_pb2.AlarmResponse(header=s.header(), alarms=[
+            rpc_pb2.AlarmMember(memberID=m, alarm=rpc_pb2.AlarmType.Name(a)) for m, a in alarms])
+
+    async def Defragment(self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext) -> Any:
+        """Nothing to defragment here; what gives disk space back is a snapshot, after which
+        the journal is cut: take one now and wait for it (space freed by compaction and
+        deletes then leaves the disk, as `etcdctl defrag` does for etcd)."""
+        node = self.s.node
+        before = node.snapshots.completed
+        node.raft.forceLogCompaction()
+        node.raft.wake()
+        deadline = time.monotonic() + 4 * self.s.cfg.request_timeout
+        idle = 0  # pysyncobj takes no snapshot when nothing was applied since the last one
+        while node.snapshots.completed == before and idle < 2:
+            if time.monotonic() > deadline:
+                await _abort(context, errors.TIMEOUT)
+            await asyncio.sleep(0.05)
+            pending = node.raft._SyncObj__forceLogCompaction or node.snapshots.busy
+            idle = 0 if pending else idle + 1
+        return rpc_pb2.DefragmentResponse(header=self.s.header())
+
     async def Status(self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> Any:
         node = self.s.node
         leader = node.leader_addr()
@@ -532,7 +641,9 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             header=self.s.header(), version=API_VERSION, dbSize=size,
             leader=member_id_for(leader) if leader else 0, raftIndex=node.commit_index,
             raftTerm=node.term, raftAppliedIndex=node.applied_index,
-            errors=[] if leader else ["etcdserver: no leader"], dbSizeInUse=node.state.live_bytes,
+            errors=([] if leader else ["etcdserver: no leader"]) + [
+                f"memberID:{m} alarm:{rpc_pb2.AlarmType.Name(a)} " for m, a in node.state.alarm_list()],
+            dbSizeInUse=node.state.size_bytes,
         )
 
 

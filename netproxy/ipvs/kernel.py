@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,17 +80,45 @@ def _attr(nla: Any, name: str) -> Any:
 
 
 class PyrouteIpvs:
-    """The real kernel through pyroute2 (generic netlink "IPVS" and rtnetlink)."""
+    """The real kernel through pyroute2 (generic netlink "IPVS" and rtnetlink).
+
+    pyroute2's (0.9) synchronous sockets are bound to the thread that made them (each other
+    thread gets a socket whose transport is torn down after one request) and cannot be made
+    or used inside a running event loop; so every call runs on one private worker thread, and
+    the methods may be called from any thread, the event loop's included.
+    """
 
     def __init__(self) -> None:
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyroute-ipvs")
+        self._worker.submit(self._open).result()
+
+    def _open(self) -> None:
         from pyroute2 import IPVS, IPRoute
 
         self._ipvs = IPVS()
         self._ipr = IPRoute()
 
     def close(self) -> None:
-        self._ipvs.close()
-        self._ipr.close()
+        def close() -> None:
+            self._ipvs.close()
+            self._ipr.close()
+
+        try:
+            self._worker.submit(close).result()
+        finally:
+            self._worker.shutdown()
+
+    def observe(self) -> IpvsState:
+        return self._worker.submit(self._observe).result()
+
+    def apply(self, actions: Iterable[Action]) -> None:
+        actions = list(actions)
+        self._worker.submit(self._apply, actions).result()
+
+    def cleanup(self, *, node_ips: Iterable[str] = ()) -> int:
+        """Delete the virtual servers netproxy owns and kube-ipvs0."""
+        node_ips = list(node_ips)
+        return self._worker.submit(self._cleanup, node_ips).result()
 
     # ------------------------------------------------------------------ reading
 
@@ -97,12 +126,14 @@ class PyrouteIpvs:
         found = self._ipr.link_lookup(ifname=LINK)
         return found[0] if found else None
 
-    def observe(self) -> IpvsState:
+    def _observe(self) -> IpvsState:
         from pyroute2 import IPVSService
 
         services: dict[VSKey, VirtualServer] = {}
         dests: dict[VSKey, frozenset[RealServer]] = {}
-        for msg in self._ipvs.service("dump"):
+        # The service dump is read completely before the destination dumps, so no second
+        # request runs on the socket while a dump on it is still being read.
+        for msg in list(self._ipvs.service("dump")):
             svc = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
             proto = PROTO_NAMES.get(_attr(svc, "IPVS_SVC_ATTR_PROTOCOL"))
             address = _attr(svc, "IPVS_SVC_ATTR_ADDR")
@@ -145,7 +176,7 @@ class PyrouteIpvs:
 
         return IPVSDest(addr=rs.address, port=rs.port, weight=rs.weight, fwd_method=FWD_MASQ)
 
-    def apply(self, actions: Iterable[Action]) -> None:
+    def _apply(self, actions: list[Action]) -> None:
         for a in actions:
             if a.op == "add-link":
                 self._ipr.link("add", ifname=LINK, kind="dummy")
@@ -171,9 +202,8 @@ class PyrouteIpvs:
             with open(f"/proc/sys/{key}", "w") as f:
                 f.write(value)
 
-    def cleanup(self, *, node_ips: Iterable[str] = ()) -> int:
-        """Delete the virtual servers netproxy owns and kube-ipvs0."""
-        state = self.observe()
+    def _cleanup(self, node_ips: list[str]) -> int:
+        state = self._observe()
         gone = [vs for k, vs in sorted(state.services.items())
                 if owned(k, addresses=state.addresses, node_ips=node_ips)]
         for vs in gone:

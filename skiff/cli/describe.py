@@ -139,9 +139,80 @@ def _containers(w: Writer, spec: t.PodSpec, statuses: Sequence[t.ContainerStatus
         for probe_name, title in (("liveness_probe", "Liveness"), ("readiness_probe", "Readiness")):
             if c.HasField(probe_name):
                 pairs.append((title, _probe(getattr(c, probe_name))))
-        env = "\n".join(f"{e.name}: {e.value}" for e in c.env) or NONE
+        env = "\n".join(f"{e.name}: {_env_value(e)}" for e in c.env) or NONE
+        if c.env_from:
+            pairs.append(("Environment Variables from", "\n".join(_env_from(src) for src in c.env_from)))
         pairs.append(("Environment", env))
+        mounts = "\n".join(f"{m.mount_path}{' from ' + m.name}{f' ({m.sub_path})' if m.sub_path else ''} "
+                           f"({'ro' if m.read_only else 'rw'})" for m in c.volume_mounts) or NONE
+        pairs.append(("Mounts", mounts))
         w.block(pairs, indent + 4)
+
+
+def _env_value(e: t.EnvVar) -> str:
+    """As kubectl describes a variable: its value, or where it comes from (never a Secret's value)."""
+    if not e.HasField("value_from"):
+        return e.value
+    src = e.value_from
+    if src.HasField("config_map_key_ref"):
+        return f"<set to the key '{src.config_map_key_ref.key}' of config map '{src.config_map_key_ref.name}'>"
+    if src.HasField("secret_key_ref"):
+        return f"<set to the key '{src.secret_key_ref.key}' in secret '{src.secret_key_ref.name}'>"
+    if src.HasField("field_ref"):
+        return f"({src.field_ref.api_version or 'v1'}:{src.field_ref.field_path})"
+    ref = src.resource_field_ref
+    return f"{ref.resource} ({ref.container_name or 'this container'}, divisor {ref.divisor or '1'})"
+
+
+def _env_from(src: t.EnvFromSource) -> str:
+    if src.HasField("config_map_ref"):
+        what, name = "ConfigMap", src.config_map_ref.name
+    else:
+        what, name = "Secret", src.secret_ref.name
+    return f"{name}  {what}  Optional: false" + (f"  Prefix: {src.prefix}" if src.prefix else "")
+
+
+def _volumes(w: Writer, spec: t.PodSpec) -> None:
+    if not spec.volumes:
+        return
+    w.line("Volumes:")
+    for v in spec.volumes:
+        w.line(f"  {v.name}:")
+        source = next((f for f in ("host_path", "empty_dir", "secret", "config_map", "downward_api", "projected")
+                       if v.HasField(f)), "")
+        data = to_data(getattr(v, source)) if source else {}
+        pairs = [("Type", {"host_path": "HostPath", "empty_dir": "EmptyDir", "secret": "Secret",
+                           "config_map": "ConfigMap", "downward_api": "DownwardAPI",
+                           "projected": "Projected"}.get(source, NONE))]
+        for key, value in data.items():
+            shown = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+            pairs.append((key[0].upper() + key[1:], shown))
+        w.block(pairs, 4)
+
+
+def describe_config_map(w: Writer, cm: t.ConfigMap) -> None:
+    w.block(_header(cm, kinds.of_message(cm)))
+    w.line("Data")
+    w.line("====")
+    for key, value in sorted(cm.data.items()):
+        w.line(f"{key}:")
+        w.line("----")
+        w.line(value.rstrip("\n"))
+        w.line("")
+    if cm.binary_data:
+        w.line("BinaryData")
+        w.line("====")
+        for key, data in sorted(cm.binary_data.items()):
+            w.line(f"{key}: {len(data)} bytes")
+
+
+def describe_secret(w: Writer, s: t.Secret) -> None:
+    """Keys and sizes only: a Secret's values are never printed by describe (as kubectl)."""
+    w.block([*_header(s, kinds.of_message(s)), ("Type", s.type or "Opaque")])
+    w.line("Data")
+    w.line("====")
+    for key, data in sorted(s.data.items()):
+        w.line(f"{key}:  {len(data)} bytes")
 
 
 def _conditions(w: Writer, conditions: Sequence[Any], *, reason: bool = False) -> None:
@@ -178,6 +249,9 @@ def describe_pod(w: Writer, p: t.Pod) -> None:
              ("Status", printers.pod_status(p)[0]), ("IP", p.status.pod_ip or NONE), *_controlled_by(p.metadata)])
     _containers(w, p.spec, p.status.container_statuses)
     _conditions(w, p.status.conditions)
+    _volumes(w, p.spec)
+    if p.status.qos_class:
+        w.block([("QoS Class", p.status.qos_class)])
     if p.spec.node_selector:
         w.block([("Node-Selectors", _map(p.spec.node_selector))])
     if p.spec.tolerations:
@@ -301,6 +375,10 @@ def render(obj: Message, events: Sequence[t.Event], *, now: float, related: Any 
         describe_service(w, obj, related)
     elif isinstance(obj, t.Node):
         describe_node(w, obj, related or [])
+    elif isinstance(obj, t.ConfigMap):
+        describe_config_map(w, obj)
+    elif isinstance(obj, t.Secret):
+        describe_secret(w, obj)
     else:
         describe_generic(w, obj, kind)
     if kind.resource != "events":

@@ -14,7 +14,7 @@ from skiff.cli import common, printers
 from skiff.client import Client
 
 OUTPUTS = ("wide", "yaml", "json", "name")
-ALL = ("pods", "services", "deployments", "replicasets")
+ALL = ("pods", "services", "daemonsets", "deployments", "replicasets", "statefulsets", "cronjobs", "jobs")
 
 
 def register(sub: Any) -> None:

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from skiff import conditions, kinds, labels
-from skiff.convert import to_data
+from skiff.convert import format_timestamp, to_data
 from skiffpb.api.v1 import types_pb2 as t
 
 NONE = "<none>"
@@ -163,6 +163,8 @@ def _services(objs: Sequence[t.Service], now: float, wide: bool) -> tuple[Row, l
     out = []
     for s in objs:
         external = ",".join(i.ip or i.hostname for i in s.status.load_balancer.ingress) or NONE
+        if s.spec.type == "ExternalName":
+            external = s.spec.external_name or NONE  # as kubectl shows it
         row = [s.metadata.name, s.spec.type or "ClusterIP", s.spec.cluster_ip or NONE, external, service_ports(s),
                age(s.metadata.creation_timestamp, now)]
         if wide:
@@ -257,6 +259,135 @@ def _leases(objs: Sequence[t.Lease], now: float, wide: bool) -> tuple[Row, list[
         for lease in objs]
 
 
+def _configmaps(objs: Sequence[t.ConfigMap], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "DATA", "AGE"], [
+        [cm.metadata.name, str(len(cm.data) + len(cm.binary_data)), age(cm.metadata.creation_timestamp, now)]
+        for cm in objs]
+
+
+def _secrets(objs: Sequence[t.Secret], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "TYPE", "DATA", "AGE"], [
+        [s.metadata.name, s.type or "Opaque", str(len(s.data)), age(s.metadata.creation_timestamp, now)]
+        for s in objs]
+
+
+def _serviceaccounts(objs: Sequence[t.ServiceAccount], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "SECRETS", "AGE"], [
+        [sa.metadata.name, str(len(sa.secrets)), age(sa.metadata.creation_timestamp, now)] for sa in objs]
+
+
+def _limitranges(objs: Sequence[t.LimitRange], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "CREATED AT"], [
+        [lr.metadata.name, format_timestamp(lr.metadata.creation_timestamp)] for lr in objs]
+
+
+def _quota_pairs(quota: t.ResourceQuota, limits: bool) -> str:
+    names = sorted(n for n in quota.spec.hard if n.startswith("limits.") == limits)
+    return ", ".join(f"{n}: {quota.status.used.get(n, '0')}/{quota.spec.hard[n]}" for n in names)
+
+
+def _resourcequotas(objs: Sequence[t.ResourceQuota], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "AGE", "REQUEST", "LIMIT"], [
+        [q.metadata.name, age(q.metadata.creation_timestamp, now), _quota_pairs(q, False), _quota_pairs(q, True)]
+        for q in objs]
+
+
+# ---------------------------------------------------------------------- workloads (kubectl's columns)
+
+def _daemonsets(objs: Sequence[t.DaemonSet], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"]
+    header += ["CONTAINERS", "IMAGES", "SELECTOR"] if wide else []
+    out = []
+    for d in objs:
+        s = d.status
+        row = [d.metadata.name, str(s.desired_number_scheduled), str(s.current_number_scheduled),
+               str(s.number_ready), str(s.updated_number_scheduled), str(s.number_available),
+               map_text(d.spec.template.spec.node_selector), age(d.metadata.creation_timestamp, now)]
+        if wide:
+            row += [*containers_and_images(d.spec.template.spec), selector_text(d.spec.selector)]
+        out.append(row)
+    return header, out
+
+
+def job_status(job: t.Job) -> str:
+    """kubectl's STATUS column of a Job."""
+    for ctype in ("Failed", "Complete", "Suspended", "FailureTarget", "SuccessCriteriaMet"):
+        if any(c.type == ctype and c.status == "True" for c in job.status.conditions):
+            return ctype
+    return "Running"
+
+
+def job_completions(job: t.Job) -> str:
+    succeeded = job.status.succeeded
+    if job.spec.HasField("completions"):
+        return f"{succeeded}/{job.spec.completions}"
+    parallelism = job.spec.parallelism if job.spec.HasField("parallelism") else 1
+    return f"{succeeded}/1 of {parallelism}" if parallelism > 1 else f"{succeeded}/1"
+
+
+def job_duration(job: t.Job, now: float) -> str:
+    if not job.status.HasField("start_time"):
+        return ""
+    start = job.status.start_time.seconds + job.status.start_time.nanos / 1e9
+    if job.status.HasField("completion_time"):
+        end = job.status.completion_time.seconds + job.status.completion_time.nanos / 1e9
+    else:
+        end = now
+    return human_duration(end - start)
+
+
+def _jobs(objs: Sequence[t.Job], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"] + (["CONTAINERS", "IMAGES", "SELECTOR"]
+                                                                    if wide else [])
+    out = []
+    for j in objs:
+        row = [j.metadata.name, job_status(j), job_completions(j), job_duration(j, now),
+               age(j.metadata.creation_timestamp, now)]
+        if wide:
+            row += [*containers_and_images(j.spec.template.spec), selector_text(j.spec.selector)]
+        out.append(row)
+    return header, out
+
+
+def _cronjobs(objs: Sequence[t.CronJob], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"]
+    header += ["CONTAINERS", "IMAGES", "SELECTOR"] if wide else []
+    out = []
+    for c in objs:
+        last = age(c.status.last_schedule_time, now) if c.status.HasField("last_schedule_time") else NONE
+        row = [c.metadata.name, c.spec.schedule, c.spec.time_zone if c.spec.HasField("time_zone") else NONE,
+               "True" if c.spec.suspend else "False", str(len(c.status.active)), last,
+               age(c.metadata.creation_timestamp, now)]
+        if wide:
+            tmpl = c.spec.job_template.spec
+            row += [*containers_and_images(tmpl.template.spec), selector_text(tmpl.selector)]
+        out.append(row)
+    return header, out
+
+
+def _statefulsets(objs: Sequence[t.StatefulSet], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "READY", "AGE"] + (["CONTAINERS", "IMAGES"] if wide else [])
+    out = []
+    for s in objs:
+        row = [s.metadata.name, f"{s.status.ready_replicas}/{s.spec.replicas}", age(s.metadata.creation_timestamp, now)]
+        if wide:
+            row += containers_and_images(s.spec.template.spec)
+        out.append(row)
+    return header, out
+
+
+def _controllerrevisions(objs: Sequence[t.ControllerRevision], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    out = []
+    for r in objs:
+        ref = next((o for o in r.metadata.owner_references if o.controller), None)
+        owner = NONE
+        if ref is not None:
+            kind = kinds.by_kind(ref.kind)
+            owner = f"{kind.qualified if kind else ref.kind.lower()}/{ref.name}"
+        out.append([r.metadata.name, owner, str(r.revision), age(r.metadata.creation_timestamp, now)])
+    return ["NAME", "CONTROLLER", "REVISION", "AGE"], out
+
+
 PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]]] = {
     "pods": _pods,
     "deployments": _deployments,
@@ -267,6 +398,16 @@ PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]
     "events": _events,
     "namespaces": _namespaces,
     "leases": _leases,
+    "configmaps": _configmaps,
+    "secrets": _secrets,
+    "serviceaccounts": _serviceaccounts,
+    "limitranges": _limitranges,
+    "resourcequotas": _resourcequotas,
+    "daemonsets": _daemonsets,
+    "jobs": _jobs,
+    "cronjobs": _cronjobs,
+    "statefulsets": _statefulsets,
+    "controllerrevisions": _controllerrevisions,
 }
 
 

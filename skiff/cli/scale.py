@@ -1,4 +1,4 @@
-"""`skiff scale deploy/NAME --replicas N` (also rs): set spec.replicas, retrying on conflicts."""
+"""`skiff scale deploy/NAME --replicas N` (also rs, sts): set spec.replicas, retrying on conflicts."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from skiff.cli import common
 from skiff.client import Client
 from skiff.retry import retry_on_conflict
 
-SCALABLE = ("deployments", "replicasets")
+SCALABLE = ("deployments", "replicasets", "statefulsets")
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("scale", help="set the number of replicas of a deployment or replica set")
+    p = sub.add_parser("scale", help="set the number of replicas of a deployment, replica set or stateful set")
     p.add_argument("targets", nargs="+", metavar="deploy/NAME|KIND NAME")
     p.add_argument("--replicas", type=int, required=True, help="the new number of replicas")
     common.add_connection_flags(p)
@@ -27,7 +27,8 @@ def main(args: argparse.Namespace) -> int:
     targets = common.targets(args.targets)
     for kind, _ in targets:
         if kind.resource not in SCALABLE:
-            raise errors.InvalidError(f"{kind.resource} cannot be scaled (only deployments and replicasets)")
+            raise errors.InvalidError(f"{kind.resource} cannot be scaled "
+                                      "(only deployments, replicasets and statefulsets)")
     namespace = common.namespace(args)
 
     async def body(client: Client) -> int:

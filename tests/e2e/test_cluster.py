@@ -2,15 +2,18 @@
 controllers, scheduler) and 2 workers (containerd, node agent, proxy), all real processes.
 
 The tests share one lab and run in file order; the destructive ones (store leader killed,
-worker failure) come last. All service and pod traffic is sent from inside the lab's
-namespaces (hosts via nsenter, pods via exec); only the api-servers are reached from here,
-through the lab's uplink.
+worker failure) come last. Pods tolerate a lost node for 4 s (the api-server's default
+toleration seconds) and nodes are lost after 8 s without a heartbeat (renewed every 2 s).
+All service and pod traffic is sent from inside the lab's namespaces (hosts via nsenter, pods
+via exec, or nsenter while the api-server is cut off); only the api-servers are reached from
+here, through the lab's uplink.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -20,7 +23,7 @@ import pytest
 
 from deploy import containerd
 from deploy.lab import Lab, LabSpec
-from skiff import defaults, kinds
+from skiff import defaults, images, kinds, taints
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
@@ -43,7 +46,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     prefix = f"e{os.getpid() % 10000}"
     # In the Vagrant VMs (SKIFF_E2E_PROXY_MODE=ipvs) the same lab runs with IPVS for real.
     spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{150 + os.getpid() % 50}.0.0/24",
-                   node_monitor_grace_period="8s", pod_eviction_timeout="4s", min_sync_period="0s",
+                   node_monitor_grace_period="8s", node_lease_period="2s", default_toleration_seconds=4,
+                   min_sync_period="0s",
                    proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"))
     the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
     the_lab.up(progress=print, timeout=120)
@@ -277,21 +281,142 @@ def test_netproxy_restart_keeps_new_connections_working(lab: Lab) -> None:
     run(scenario())
 
 
-async def store_leader(lab: Lab) -> str:
-    """The name of the store member that leads, asked of every member."""
+async def store_status(lab: Lab, *, skip: str = "") -> tuple[dict[int, str], set[int]]:
+    """Asked of every member but `skip`: member id -> name, and the leader ids they report."""
     ids: dict[int, str] = {}
-    leader = 0
+    leaders: set[int] = set()
     for m in lab.cluster.members:
+        if m.name == skip:
+            continue
         async with grpc.aio.insecure_channel(m.client_url) as ch:
             st = await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=5)
             ids[st.header.member_id] = m.name
-            leader = leader or st.leader
-    return ids[leader]
+            leaders.add(st.leader)
+    return ids, leaders
+
+
+async def store_leader(lab: Lab) -> tuple[str, dict[int, str]]:
+    """The name of the member every member agrees leads, and every member's id."""
+    ids, leaders = await store_status(lab)
+    assert len(leaders) == 1 and 0 not in leaders, f"members disagree on the leader: {leaders}"
+    return ids[leaders.pop()], ids
+
+
+PARTITION_SECONDS = 35.0  # well past grace (8 s) + toleration (4 s) + a few monitor passes (5 s)
+
+
+def cut(lab: Lab, worker: str, address: str, *, on: bool) -> subprocess.CompletedProcess[str]:
+    """Drop (or stop dropping) everything between `worker` and `address`, inside the worker's netns."""
+    op = "-I" if on else "-D"
+    out = None
+    for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
+        out = lab.run_in(worker, ["iptables", "-w", op, chain, side, address, "-j", "DROP"], check=on)
+    assert out is not None
+    return out
+
+
+def container_pid(lab: Lab, host: str, pod: t.Pod) -> int:
+    """The host pid of the pod's first container, asked of the host's containerd (not the api-server)."""
+    cid = pod.status.container_statuses[0].container_id.split("://", 1)[-1]
+    sock = str(lab.host_config(host).node_paths.socket)
+    out = subprocess.run(["ctr", "-a", sock, "-n", "k8s.io", "task", "ls"], capture_output=True, text=True,
+                         check=True, timeout=20).stdout
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == cid:
+            return int(fields[1])
+    raise AssertionError(f"no task {cid} of pod {pod.metadata.name} on {host}:\n{out}")
+
+
+def pod_get(lab: Lab, host: str, pod: t.Pod, url: str) -> str:
+    """GET `url` from inside `pod`'s network namespace: pod-to-pod traffic that needs no api-server
+    (exec goes through it, and the api-server is what is cut off)."""
+    argv = ["nsenter", f"--net=/proc/{container_pid(lab, host, pod)}/ns/net", "--", images.BUSYBOX, "wget", "-qO-",
+            url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, f"GET {url} from pod {pod.metadata.name} failed: {out.stderr.strip()}"
+    return out.stdout.strip()
+
+
+def containers(pods: list[t.Pod]) -> dict[str, tuple[str, str, str, int]]:
+    return {p.metadata.uid: (p.metadata.name, p.spec.node_name, p.status.container_statuses[0].container_id,
+                             p.status.container_statuses[0].restart_count) for p in pods}
+
+
+def test_partition_of_every_worker_evicts_nothing_and_restarts_nothing(lab: Lab) -> None:
+    """Every worker cut off from the control plane for longer than grace + toleration: 2 of 3 nodes
+    unhealthy is a disruption, so no pod is deleted; traffic between the workers goes on; after
+    the cut heals the same containers run, never restarted."""
+    async def scenario() -> None:
+        async with lab.client() as client:
+            await client.create(deployment("steady", replicas=4))
+            svc = await client.create(service("steady"))
+            pods = await wait_ready_pods(client, "steady", 4)
+            on: dict[str, list[t.Pod]] = {}
+            for p in pods:
+                on.setdefault(p.spec.node_name, []).append(p)
+            assert set(on) == {"n1", "n2"}, f"4 replicas should spread over both workers: {sorted(on)}"
+            names = {f"hello from {p.metadata.name}" for p in pods}
+            url = f"http://{svc.spec.cluster_ip}/"
+            for w in ("n1", "n2"):
+                await eventually(lambda w=w: _async(answers(lab, w, url, 20) == names), timeout=30,
+                                 what=f"the ClusterIP from {w} reaching all 4 pods")
+            before = containers(pods)
+            cp_ip = lab.net.host("cp").ip
+            started = time.monotonic()
+            try:
+                for w in ("n1", "n2"):
+                    cut(lab, w, cp_ip, on=True)
+
+                async def both_lost() -> bool:
+                    nodes = [await client.get(t.Node, w) for w in ("n1", "n2")]
+                    return all(any(c.type == "Ready" and c.status == "Unknown" for c in n.status.conditions)
+                               for n in nodes)
+
+                await eventually(both_lost, timeout=40, what="n1 and n2 Ready=Unknown")
+                checks = 0
+                while time.monotonic() - started < PARTITION_SECONDS or checks < 3:
+                    for w, other in (("n1", "n2"), ("n2", "n1")):
+                        target = on[other][0]
+                        got = pod_get(lab, w, on[w][0], f"http://{target.status.pod_ip}/")
+                        assert got == f"hello from {target.metadata.name}", f"pod on {w} -> pod on {other}"
+                        got_set = answers(lab, w, url, 8)
+                        assert got_set and got_set <= names, f"ClusterIP from {w}: {got_set}"
+                    checks += 1
+                    await asyncio.sleep(2)
+                during = (await client.list(t.Pod, namespace="default", label_selector="app=steady")).items
+                assert {p.metadata.uid for p in during} == set(before), "no pod deleted or replaced"
+                assert not any(p.metadata.HasField("deletion_timestamp") for p in during)
+                for w in ("n1", "n2"):
+                    n = await client.get(t.Node, w)
+                    assert not any(tn.effect == taints.NO_EXECUTE for tn in n.spec.taints), \
+                        f"{w} tainted NoExecute during a disruption: {n.spec.taints}"
+                events = (await client.list(t.Event)).items
+                stopped = {e.involved_object.name for e in events if e.reason == "NodeEvictionsStopped"}
+                assert {"n1", "n2"} <= stopped, f"events saying evictions stopped: {sorted(stopped)}"
+            finally:
+                for w in ("n1", "n2"):
+                    cut(lab, w, cp_ip, on=False)
+
+            async def healed() -> bool:
+                nodes = [await client.get(t.Node, w) for w in ("n1", "n2")]
+                return all(taints.takes_new_pods(n) for n in nodes)
+
+            await eventually(healed, timeout=60, what="n1 and n2 Ready and untainted after the cut")
+            pods = await wait_ready_pods(client, "steady", 4, timeout=60)
+            assert containers(pods) == before, "the same containers, never restarted"
+            want = {p.status.pod_ip for p in pods}
+            await eventually(lambda: _equal(endpoint_ips(client, "steady"), want), timeout=30,
+                             what="all 4 pods back in the endpoints")
+            await client.delete(t.Service, "steady", "default")
+            await client.delete(t.Deployment, "steady", "default")
+
+    run(scenario())
 
 
 def test_store_leader_killed_cluster_keeps_working(lab: Lab) -> None:
     async def scenario() -> None:
-        leader = await store_leader(lab)
+        leader, member_names = await store_leader(lab)
         member = next(m for m in lab.cluster.members if m.name == leader)
         lab.kill_daemon(member.host, f"store-{leader}")
         async with Client([m.api_url for m in lab.cluster.members if m.name != leader]) as client:
@@ -307,22 +432,19 @@ def test_store_leader_killed_cluster_keeps_working(lab: Lab) -> None:
             names = {f"hello from {p.metadata.name}" for p in pods}
             await eventually(lambda: _async(answers(lab, "cp", url, 30) == names), timeout=20,
                              what="the new ClusterIP answers")
-            new_leader = await eventually(lambda: _leader_except(lab, leader), timeout=10, what="new leader")
-            assert new_leader != leader
+            # The survivors agree on a leader; a cluster that never elected one would name the dead one.
+            new_leader = await eventually(lambda: _agreed_leader(lab, leader, member_names), timeout=10,
+                                          what="survivors agreeing on a leader")
+            assert new_leader != leader and new_leader in member_names.values()
         lab.start_daemon(member.host, f"store-{leader}")
 
     run(scenario())
 
 
-async def _leader_except(lab: Lab, dead: str) -> str | None:
-    for m in lab.cluster.members:
-        if m.name == dead:
-            continue
-        async with grpc.aio.insecure_channel(m.client_url) as ch:
-            st = await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=3)
-            if st.leader:
-                return "ok"
-    return None
+async def _agreed_leader(lab: Lab, dead: str, names: dict[int, str]) -> str | None:
+    """The leader the surviving members agree on, by name (the dead one's name included)."""
+    _, leaders = await store_status(lab, skip=dead)
+    return names.get(leaders.pop()) if len(leaders) == 1 and 0 not in leaders else None
 
 
 def test_worker_failure_moves_pods_and_endpoints(lab: Lab) -> None:

@@ -1,6 +1,6 @@
 """The node agent against real containerd, runc and CNI, in a network namespace made by the test.
 
-One private containerd (tests/support/containerd.py) serves the module; each test runs a fresh
+One private containerd (deploy/containerdnode.py) serves the module; each test runs a fresh
 agent (in this process, its node networking entered into the node's netns) against the
 api-server's registry in this process (InProcessApi, over an in-memory store). Backoffs are
 shortened through PlanConfig so nothing waits 10 s. Requires root and the Debian packages: a
@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from controlplane.apiserver.inprocess import InProcessApi
+from deploy.containerdnode import ContainerdNode, http_get, in_netns, leftovers, missing_prereqs, unique_prefix
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import LABEL_POD_UID, GrpcRuntime
 from nodeagent.netns import NodeNetwork
@@ -31,7 +32,6 @@ from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import nodeagent_pb2_grpc as na_grpc
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
-from tests.support.containerd import ContainerdNode, http_get, in_netns, leftovers, missing_prereqs, unique_prefix
 from tests.support.prereq import require
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +57,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdNode]:
 def agent_config(node: ContainerdNode, **overrides: Any) -> AgentConfig:
     base: dict[str, Any] = dict(
         node_name="n1", node_ip=node.ip, pod_log_dir=str(node.paths.pod_logs), cgroup_parent=node.cgroup_parent,
+        volume_dir=str(node.paths.pod_volumes),
         cni_conf_dir=str(node.paths.cni_conf_dir), ipam_dir=str(node.paths.ipam_dir), pod_cidr=POD_CIDR,
         status_check_period=0.3, network_sync_period=1.0,
         plan=PlanConfig(backoff_base=3.0, backoff_max=6.0, image_backoff_base=2.0, image_backoff_max=4.0,
@@ -350,7 +351,19 @@ async def test_delete_removes_sandbox_then_object(h: Harness) -> None:
 async def test_agent_restart_adopts_running_pods(h: Harness) -> None:
     await h.run_pod("keep1")
     pod = await running_ready(h, "keep1")
-    cid = cstatus(pod).container_id
+    uid = pod.metadata.uid
+
+    def in_containerd() -> tuple[list[str], list[tuple[str, int, int]]]:
+        """containerd's own lists (CRI ListPodSandbox/ListContainers), not what an agent wrote."""
+        sandboxes = sorted(s.id for s in h.node.sandboxes() if s.labels.get(LABEL_POD_UID) == uid)
+        containers = sorted((c.id, c.state, c.metadata.attempt) for c in h.node.containers()
+                            if c.labels.get(LABEL_POD_UID) == uid)
+        return sandboxes, containers
+
+    before = in_containerd()
+    [(cid, state, _)] = before[1]
+    assert state == cri.CONTAINER_RUNNING and cstatus(pod).container_id.endswith(cid)
+    pid = h.node.container_pid(cid)
     await h.stop_agent()
     # A sandbox of a pod the API does not know: the restarted agent removes it.
     stray = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="stray", uid="stray-uid", namespace="default"),
@@ -366,9 +379,12 @@ async def test_agent_restart_adopts_running_pods(h: Harness) -> None:
 
     await wait_for(stray_gone, "stray sandbox removed", 20)
     pod = await running_ready(h, "keep1")
-    assert cstatus(pod).container_id == cid and cstatus(pod).restart_count == 0
-    worker = agent.workers[pod.metadata.uid]
+    worker = agent.workers[uid]
     assert worker.syncs >= 1
+    # The same sandbox and container, still running the same process: adopted, not restarted.
+    assert in_containerd() == before
+    assert h.node.container_pid(cid) == pid
+    assert cstatus(pod).restart_count == 0
     # Nothing was restarted, so the status did not change and was not rewritten.
     assert h.api.count("update_status", "pods") == writes_before
 

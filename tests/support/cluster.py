@@ -1,11 +1,11 @@
 """Start the controller manager, schedulers and simulated nodes as real processes on loopback.
 
 For integration tests and benchmarks of the control plane: together with
-`tests.support.apiserver.control_plane` (store + api-servers) this makes a whole cluster whose
+`deploy.loopback.control_plane` (store + api-servers) this makes a whole cluster whose
 nodes run the real node agent over its in-memory runtime (`--fake-runtime`: no containerd, no
 host networking), so pods really go Pending -> scheduled -> Running -> Ready.
 
-Timings are shortened for tests through flags (node grace period, eviction timeout, lease
+Timings are shortened for tests through flags (node grace period, default toleration seconds, lease
 periods); the code paths are the production ones.
 """
 
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.support.apiserver import Process, free_port
+from deploy.loopback import Process, free_port
 
 FAST_LEADER_ELECTION = ("--leader-elect-lease-duration", "4s", "--leader-elect-renew-deadline", "3s",
                         "--leader-elect-retry-period", "1s")

@@ -1,8 +1,8 @@
 """Prerequisites of real-system tests: in CI a missing one fails the test, elsewhere it skips.
 
 CI sets CI=true; there every e2e prerequisite (root, binaries, kernel features) is required,
-so a broken machine shows up as a failure, never as a quiet skip. IP_VS is the exception the
-project allows: this kernel lacks it, and its tests say so when they skip.
+so a broken machine shows up as a failure, never as a quiet skip. A kernel without IP_VS is no
+reason to skip either: the IPVS test then runs in a QEMU guest (deploy/vm/), which needs QEMU.
 """
 
 from __future__ import annotations
@@ -39,24 +39,8 @@ E2E_TARGET = os.environ.get("SKIFF_E2E_TARGET", "lab")
 
 
 def ipvs_available() -> bool:
-    """The kernel has IP_VS (the build machines' kernel does not: shared/containerd.md, section 5)."""
-    if not os.path.exists("/proc/net/ip_vs"):
-        return False
-    try:
-        from pyroute2 import IPVS
+    """The kernel serves IPVS: netproxy's own check (docs/containerd.md, "IPVS")."""
+    from netproxy.ipvs.kernel import ipvs_available as check
 
-        IPVS().close()
-        return True
-    except Exception:
-        return False
+    return check()[0]
 
-
-def require_ipvs() -> None:
-    """IPVS tests skip on a kernel without IP_VS, even in CI (the one skip the project allows),
-    except against the Vagrant lab, whose VMs load ip_vs: there a missing IP_VS is a failure."""
-    if ipvs_available():
-        return
-    reason = "kernel has no IP_VS (no /proc/net/ip_vs or no IPVS generic netlink family)"
-    if E2E_TARGET == "vagrant":
-        pytest.fail(f"{reason}; SKIFF_E2E_TARGET=vagrant requires it", pytrace=False)
-    pytest.skip(reason)

@@ -92,9 +92,9 @@ def test_restart_plan_keeps_the_store_quorum() -> None:
 @pytest.mark.parametrize(
     ("changed", "expected"),
     [
-        (False, ["import-images", "restart nodeagent", "wait-node", "restart netproxy"]),
+        (False, ["import-images", "restart nodeagent", "wait-node", "restart netproxy", "restart clusterdns"]),
         (True, ["restart containerd", "wait-containerd", "import-images", "restart nodeagent", "wait-node",
-                "restart netproxy"]),
+                "restart netproxy", "restart clusterdns"]),
     ],
     ids=["containerd-unchanged", "containerd-changed"],
 )
@@ -285,7 +285,7 @@ def test_worker_joins_with_the_token(tmp_path: Path) -> None:
     assert not w.layout.etc.exists()
     w.worker(name="n1", ip="10.0.0.2", join="10.0.0.1:6443", token=TOKEN)
     assert sorted(p.name for p in w.layout.units.iterdir()) == [
-        "skiff-containerd.service", "skiff-netproxy.service", "skiff-nodeagent.service"]
+        "skiff-clusterdns.service", "skiff-containerd.service", "skiff-netproxy.service", "skiff-nodeagent.service"]
     proxy = (w.layout.units / "skiff-netproxy.service").read_text()
     assert "--mode ipvs" in proxy and "--api-servers 10.0.0.1:6443,10.0.0.1:6444,10.0.0.1:6445" in proxy
     host = render.HostConfig("n1", "10.0.0.2", (render.WORKER,), w.layout.state_dir)

@@ -41,18 +41,27 @@ def test_control_plane_host_daemons() -> None:
     api2 = specs[4].argv
     assert api2[api2.index("--store-endpoints") + 1].split(",")[0] == "10.0.0.10:2479"  # its own member first
     assert specs[4].after == ("store-s2",)
+    assert api2[api2.index("--default-unreachable-toleration-seconds") + 1] == "300"
+    assert api2[api2.index("--default-not-ready-toleration-seconds") + 1] == "300"
+    assert "--pod-eviction-timeout" not in specs[6].argv
 
 
 def test_worker_daemons_share_node_paths() -> None:
     c = cluster([("cp", "10.0.0.10")])
     host = render.HostConfig("n1", "10.0.0.11", (render.WORKER,), Path("/var/lib/skiff"))
     specs = {s.name: s for s in render.daemons_for(c, host, netns_path="/run/netns/L-n1")}
-    assert list(specs) == ["containerd", "nodeagent", "netproxy"]
+    assert list(specs) == ["containerd", "nodeagent", "netproxy", "clusterdns"]
     agent = specs["nodeagent"].argv
     assert agent[agent.index("--container-runtime-endpoint") + 1] == "unix:///var/lib/skiff/node/containerd.sock"
     assert agent[agent.index("--api-servers") + 1] == "10.0.0.10:6443,10.0.0.10:6444,10.0.0.10:6445"
     assert agent[-2:] == ("--netns", "/run/netns/L-n1")
+    assert agent[agent.index("--lease-period") + 1] == "10s"
     assert "restrict_oom_score_adj = true" in render.containerd_config(host)
+    # Pods are told the address the same host's clusterdns listens on.
+    dns = specs["clusterdns"].argv
+    assert agent[agent.index("--cluster-dns") + 1] + ":53" == dns[dns.index("--listen") + 1] == "169.254.20.10:53"
+    assert dns[dns.index("--reverse-cidrs") + 1] == "10.96.0.0/12,10.244.0.0/16"
+    assert "--upstreams" not in dns
 
 
 def test_systemd_unit() -> None:
@@ -71,6 +80,11 @@ def test_cluster_file_round_trip() -> None:
     assert "python" not in data  # each host runs its own
     assert data["proxyMode"] == "ipvs"
     assert render.cluster_from_dict(data, python="/py") == c
+
+
+def test_cluster_file_from_before_taint_based_eviction_still_loads() -> None:
+    c = render.cluster_from_dict({"members": _members(), "podEvictionTimeout": "60s"}, python="/py")
+    assert c.default_toleration_seconds == 300
 
 
 def _members() -> list[dict[str, object]]:
@@ -95,10 +109,31 @@ def _members() -> list[dict[str, object]]:
          r"cluster.serviceCidr 10.244.0.0/20 overlaps cluster.clusterCidr 10.244.0.0/16"),
         ({"members": [{**_members()[0], "ip": "10.100.0.5"}]},
          r"cluster.serviceCidr 10.96.0.0/12 overlaps the address of cp 10.100.0.5/32"),
+        ({"members": _members(), "nodeLeasePeriod": "soon"}, "cluster.nodeLeasePeriod: 'soon' is not a duration"),
     ],
     ids=["not-object", "unknown-field", "no-members", "empty-members", "bad-ip", "port-string", "port-bool",
-         "duplicate", "proxy-mode", "host-bits-set", "mask-string", "service-overlaps-pods", "host-in-services"],
+         "duplicate", "proxy-mode", "host-bits-set", "mask-string", "service-overlaps-pods", "host-in-services",
+         "lease-period"],
 )
 def test_cluster_file_errors_name_the_field(data: object, message: str) -> None:
     with pytest.raises(render.ConfigError, match=message):
         render.cluster_from_dict(data)
+
+
+@pytest.mark.parametrize("password_file", ["/etc/skiff/store-password", ""], ids=["password-file", "insecure"])
+def test_all_in_one_control_plane_runs_the_same_command_lines(password_file: str) -> None:
+    """`python -m controlplane` and render describe one control-plane host alike, flag for flag."""
+    from controlplane.__main__ import build_parser, plan_children
+
+    members = (render.StoreMember("s1", "cp", "10.0.0.10"),)
+    c = render.ClusterConfig(members=members, python="py")
+    host = render.HostConfig("cp", "10.0.0.10", (render.CONTROL_PLANE,), Path("/var/lib/skiff"),
+                             store_password_file=Path(password_file) if password_file else None)
+    rendered = {s.name: list(s.argv) for s in render.daemons_for(c, host)}
+    password = ["--password-file", password_file] if password_file else ["--insecure-no-password"]
+    args = build_parser().parse_args([
+        "--name", "s1", "--data-dir", "/var/lib/skiff/store/s1", "--listen-client", "10.0.0.10:2379",
+        "--listen-peer", "10.0.0.10:2380", "--listen", "10.0.0.10:6443", "--node-name", "cp", *password])
+    planned = {child.name: child.argv for child in plan_children(args, python="py")}
+    assert planned == {"store": rendered["store-s1"], "apiserver": rendered["apiserver-s1"],
+                       "controllers": rendered["controllers"], "scheduler": rendered["scheduler"]}

@@ -2,8 +2,8 @@
 
 What must hold: every kind in skiff.kinds is listed exactly once, in its group version, with
 its short names, the verbs the HTTP layer serves for it and its subresources (status for kinds
-with a status, scale for Deployment and ReplicaSet, pods/log); nothing is listed that the HTTP
-layer does not serve. Only the legacy (unaggregated) discovery format is served: kubectl asks
+with a status, scale for Deployment, ReplicaSet and StatefulSet, pods/log); nothing is listed
+that the HTTP layer does not serve. Only the legacy (unaggregated) discovery format is served: kubectl asks
 for the aggregated one first and falls back when the answer is plain `application/json`.
 """
 
@@ -18,8 +18,9 @@ KUBE_MAJOR, KUBE_MINOR = "1", "35"
 VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 SUBRESOURCE_VERBS = ("get", "patch", "update")
 # kubectl's `get all`: the workload kinds Kubernetes puts in the "all" category.
-ALL_CATEGORY = frozenset({"pods", "services", "deployments", "replicasets"})
-SCALABLE = frozenset({"deployments", "replicasets"})
+ALL_CATEGORY = frozenset({"pods", "services", "deployments", "replicasets", "daemonsets", "statefulsets", "jobs",
+                          "cronjobs"})
+SCALABLE = frozenset({"deployments", "replicasets", "statefulsets"})
 
 
 def has_status(kind: kinds.Kind) -> bool:

@@ -531,8 +531,8 @@ class KubeApi:
 
 
 def scale_of(obj: Message) -> dict[str, Any]:
-    """The autoscaling/v1 Scale of a Deployment or ReplicaSet."""
-    assert isinstance(obj, t.Deployment | t.ReplicaSet)
+    """The autoscaling/v1 Scale of a Deployment, ReplicaSet or StatefulSet."""
+    assert isinstance(obj, t.Deployment | t.ReplicaSet | t.StatefulSet)
     meta = obj.metadata
     try:
         selector = labels.to_string(labels.from_label_selector(obj.spec.selector))

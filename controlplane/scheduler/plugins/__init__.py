@@ -6,6 +6,7 @@ from controlplane.scheduler.framework import FilterPlugin, ScorePlugin
 from controlplane.scheduler.plugins.balanced_allocation import BalancedAllocation
 from controlplane.scheduler.plugins.least_allocated import LeastAllocated
 from controlplane.scheduler.plugins.node_ports import NodePorts
+from controlplane.scheduler.plugins.node_pressure import NodePressure
 from controlplane.scheduler.plugins.node_ready import NodeReady
 from controlplane.scheduler.plugins.node_resources_fit import NodeResourcesFit
 from controlplane.scheduler.plugins.node_selector import NodeSelector
@@ -15,7 +16,8 @@ from controlplane.scheduler.plugins.taint_toleration import TaintToleration
 
 
 def default_filters() -> list[FilterPlugin]:
-    return [NodeReady(), NodeUnschedulable(), NodeSelector(), TaintToleration(), NodePorts(), NodeResourcesFit()]
+    return [NodeReady(), NodeUnschedulable(), NodePressure(), NodeSelector(), TaintToleration(), NodePorts(),
+            NodeResourcesFit()]
 
 
 def default_scores() -> list[ScorePlugin]:

@@ -13,8 +13,8 @@ from controlplane.apiserver.etcd import EtcdStore
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Options, Registry
 from controlplane.apiserver.storage import Delete, Store
+from deploy.loopback import EtcdCluster, start_etcd
 from skiffpb.api.v1 import apiserver_pb2 as api
-from tests.support.apiserver import EtcdCluster, start_etcd
 
 BACKENDS = ["memory", "etcd"]
 

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import yaml
 
+from deploy.loopback import ControlPlane, control_plane
 from skiff import kinds
 from skiff.cli.main import main
 from skiff.client import Client
@@ -22,7 +23,6 @@ from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import nodeagent_pb2_grpc
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import ControlPlane, control_plane
 from tests.support.builders import deployment, node, pod
 
 pytestmark = pytest.mark.integration
@@ -312,7 +312,8 @@ BAD_MANIFESTS = {
                       'unknown field (did you mean "containers"?)'),
     "wrong-type": ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\nspec: {replicas: two}\n",
                    "spec.replicas: expected an integer"),
-    "unsupported-kind": ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n", 'unsupported kind "ConfigMap"'),
+    "unsupported-kind": ("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: a}\n",
+                         'unsupported kind "PersistentVolumeClaim"'),
     "invalid-object": ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: c}]\n",
                        "spec.containers[0].image: required"),
 }
@@ -360,3 +361,34 @@ def test_huge_object_is_refused_clearly(skiff: Any, tmp_path: Path) -> None:
                     f"    image: busybox\n    env: [{{name: BLOB, value: {blob}}}]\n")
     code, _out, err = skiff("create", "-f", str(path))
     assert code == 1 and "too large" in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_kinds_with_kubectl_columns(skiff: Any, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[3]
+    (tmp_path / "ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cfgs\n---\n"
+                                      "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: builder\n"
+                                      "  namespace: cfgs\n")
+    assert skiff("apply", "-f", str(tmp_path / "ns.yaml"))[0] == 0
+    code, out, err = skiff("apply", "-f", str(repo / "examples" / "configmap"), "-n", "cfgs")
+    assert code == 0, err
+    assert out == "configmap/app-config created\nsecret/app-secret created\npod/configured created\n"
+    code, out, _ = skiff("get", "cm,secret,sa", "-n", "cfgs")
+    blocks = [[line.split() for line in block.splitlines()] for block in out.strip().split("\n\n")]
+    assert [b[0] for b in blocks] == [["NAME", "DATA", "AGE"], ["NAME", "TYPE", "DATA", "AGE"],
+                                      ["NAME", "SECRETS", "AGE"]]
+    assert [row[:-1] for row in blocks[0][1:]] == [["configmap/app-config", "2"]]
+    assert [row[:-1] for row in blocks[1][1:]] == [["secret/app-secret", "Opaque", "1"]]
+    assert [row[:-1] for row in blocks[2][1:]] == [["serviceaccount/builder", "0"]]
+    secret = yaml.safe_load(skiff("get", "secret/app-secret", "-n", "cfgs", "-o", "yaml")[1])
+    assert secret["data"] == {"password": "czNjcjN0"} and "stringData" not in secret  # base64, write-only
+    pod_data = yaml.safe_load(skiff("get", "pod/configured", "-n", "cfgs", "-o", "yaml")[1])
+    assert pod_data["spec"]["serviceAccountName"] == "default"
+    assert pod_data["spec"]["volumes"][1]["secret"]["defaultMode"] == 0o400
+    assert skiff("apply", "-f", str(repo / "examples" / "configmap"), "-n", "cfgs")[1] == (
+        "configmap/app-config unchanged\nsecret/app-secret unchanged\npod/configured unchanged\n")
+    cm = tmp_path / "frozen.yaml"
+    cm.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: frozen\nimmutable: true\ndata:\n  a: '1'\n")
+    assert skiff("apply", "-f", str(cm), "-n", "cfgs")[0] == 0
+    cm.write_text(cm.read_text().replace("a: '1'", "a: '2'"))
+    code, _, err = skiff("apply", "-f", str(cm), "-n", "cfgs")
+    assert code == 1 and "data: field is immutable when `immutable` is set" in err

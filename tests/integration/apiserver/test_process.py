@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from deploy.loopback import apiserver_argv, control_plane, free_port, start_etcd
 from skiff import errors, kinds
 from skiff.client import Client
 from skiff.informer import Informer
@@ -25,7 +26,6 @@ from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import nodeagent_pb2_grpc
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import apiserver_argv, control_plane, free_port, start_etcd
 from tests.support.builders import node, pod, service
 
 pytestmark = pytest.mark.integration

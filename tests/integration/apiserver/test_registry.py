@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from google.protobuf.message import Message
 
-from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.storage import Store
+from controlplane.apiserver import strategy
+from controlplane.apiserver.registry import COMPACT_KEY, Registry
+from controlplane.apiserver.storage import CompactedError, Store
 from skiff import errors
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
-from tests.integration.apiserver.conftest import make_registry
+from tests.integration.apiserver.conftest import make_registry, options
 from tests.support.builders import deployment, namespace, pod, service
 
 pytestmark = pytest.mark.integration
@@ -51,6 +53,12 @@ class CreateCase:
     error: type[errors.SkiffError] | None = None
     message: str = ""
     namespace: str = ""
+
+
+def _external(name: str) -> Callable[[Message], None]:
+    def change(s: Message) -> None:
+        s.spec.type, s.spec.external_name = "ExternalName", name  # type: ignore[attr-defined]
+    return change
 
 
 def _ip_in(cidr: str) -> Callable[[Message], bool]:
@@ -95,12 +103,26 @@ CREATE_CASES = [
     CreateCase("explicit-node-port", lambda: service("fixedport", type_="NodePort", node_port=30042),
                lambda s: s.spec.ports[0].node_port == 30042),
     CreateCase("headless", lambda: service("headless", cluster_ip="None"), lambda s: s.spec.cluster_ip == "None"),
+    CreateCase("external-name", lambda: _with(service("ext", port=80), _external("db.example.com")),
+               lambda s: s.spec.type == "ExternalName" and not s.spec.cluster_ip and not s.spec.cluster_ips),
+    CreateCase("external-name-missing", lambda: _with(service("ext2"), _external("")),
+               error=errors.InvalidError, message='spec.externalName: required when type is "ExternalName"'),
+    CreateCase("external-name-with-cluster-ip", lambda: _with(service("ext3", cluster_ip="10.96.0.9"),
+                                                              _external("db.example.com")),
+               error=errors.InvalidError, message="spec.clusterIP: must be empty"),
+    CreateCase("pod-dns-defaults", lambda: pod("dnsdef", image="nginx"), lambda p: (
+        p.spec.dns_policy == "ClusterFirst" and p.spec.HasField("enable_service_links")
+        and p.spec.enable_service_links)),
+    CreateCase("dns-policy-none-needs-nameservers",
+               lambda: _with(pod("dnsnone", image="nginx"), lambda p: setattr(p.spec, "dns_policy", "None")),
+               error=errors.InvalidError, message="spec.dnsConfig.nameservers"),
     CreateCase("cluster-ip-outside-range", lambda: service("out", cluster_ip="10.97.0.5"),
                error=errors.InvalidError, message="not in the valid range"),
     CreateCase("node-port-outside-range", lambda: service("badport", type_="NodePort", node_port=80),
                error=errors.InvalidError, message="spec.ports[0].nodePort"),
     CreateCase("generate-name", lambda: _with(pod(""), lambda p: setattr(p.metadata, "generate_name", "web-")),
-               lambda p: p.metadata.name.startswith("web-") and len(p.metadata.name) == 9),
+               lambda p: p.metadata.name.startswith("web-") and len(p.metadata.name) == 9
+               and set(p.metadata.name[4:]) <= set(strategy.GENERATE_NAME_ALPHABET)),
     CreateCase("no-containers", lambda: _with(pod("empty"), lambda p: p.spec.ClearField("containers")),
                error=errors.InvalidError, message="spec.containers: at least one container is required"),
     CreateCase("bad-name", lambda: pod("Not_Valid"), error=errors.InvalidError, message="metadata.name"),
@@ -138,6 +160,20 @@ async def test_create_existing_name(registry: Registry) -> None:
     await registry.create(pod("a"))
     with pytest.raises(errors.AlreadyExistsError, match='pods "a" already exists'):
         await registry.create(pod("a"))
+
+
+async def test_generate_name_collision_tries_another_name(store: Store) -> None:
+    # The suffixes a Random(3) draws, in order: the first is taken, so the second is used.
+    draws = random.Random(3)
+    first, second = ("".join(draws.choice(strategy.GENERATE_NAME_ALPHABET) for _ in range(5)) for _ in range(2))
+    reg = Registry(store, rng=random.Random(3))
+    await reg.start(background=False)
+    try:
+        await reg.create(pod(f"web-{first}"))
+        created = await reg.create(_with(pod(""), lambda p: setattr(p.metadata, "generate_name", "web-")))
+        assert created.metadata.name == f"web-{second}"  # type: ignore[attr-defined]
+    finally:
+        await reg.stop()
 
 
 async def test_system_namespaces_exist(registry: Registry) -> None:
@@ -390,3 +426,27 @@ async def test_list_selectors_and_pages(registry: Registry) -> None:
 async def test_unknown_resource(registry: Registry) -> None:
     with pytest.raises(errors.InvalidError, match='unknown resource "widgets"'):
         await registry.get("widgets", "default", "x")
+
+
+async def test_compaction_cuts_history_one_interval_back_once_across_api_servers(store: Store) -> None:
+    # Two api-servers on one store, their compactors driven by hand (one call per interval).
+    a, b = (Registry(store, options=options()) for _ in range(2))
+    for reg in (a, b):
+        await reg.start(background=False)
+    try:
+        await a.create(pod("x"))
+        seen = await a.compact_once(0)  # the first interval only notes the revision
+        await store.range("/registry/", revision=seen - 1)  # nothing compacted yet
+        await a.create(pod("y"))
+        assert await a.compact_once(seen) > seen
+        with pytest.raises(CompactedError):
+            await store.range("/registry/", revision=seen - 1)
+        await store.range("/registry/", revision=seen)  # history from one interval back is kept
+        marker = await store.get(COMPACT_KEY)
+        assert marker is not None and int(marker.value) == seen
+        await b.compact_once(seen)  # the other api-server, same interval: already done, no second write
+        again = await store.get(COMPACT_KEY)
+        assert again is not None and again.mod_revision == marker.mod_revision
+    finally:
+        for reg in (a, b):
+            await reg.stop()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from deploy.loopback import Process, free_port, start_etcd, wait_serving
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import Process, free_port, start_etcd, wait_serving
 from tests.support.cluster import start_fake_node
 from tests.support.prereq import require_binaries
 

@@ -2,8 +2,9 @@
 
 The nodes are real node agents over their in-memory runtime, so pods go through the real
 path: Deployment -> ReplicaSet -> Pod -> scheduled -> Running -> Ready -> Endpoints. Timings
-(node grace period, eviction timeout, leader election) are shortened by flags. The tests run
-in file order against one cluster and leave it as the next one expects.
+(node grace period, the api-server's default toleration seconds, leader election) are
+shortened by flags. The tests run in file order against one cluster and leave it as the next
+one expects.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from deploy.loopback import Process, control_plane
 from skiff import errors
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.apiserver import Process, control_plane
 from tests.support.cluster import start_controllers, start_fake_node, start_scheduler
 from tests.support.prereq import require_binaries
 
@@ -43,7 +44,9 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     require_binaries("etcd")
     work = tmp_path_factory.mktemp("controlplane")
-    with control_plane(work) as cp:
+    # Pods tolerate a lost node for 3 s (not 300) so the lost-node test is short.
+    with control_plane(work, apiserver_args=["--default-not-ready-toleration-seconds", "3",
+                                             "--default-unreachable-toleration-seconds", "3"]) as cp:
         api = cp.apiserver_endpoints
         started: list[Process] = []
         try:
@@ -51,8 +54,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             for i in range(NODES):
                 nodes[f"node-{i}"] = start_fake_node(work, api, f"node-{i}", pod_cidr=f"10.200.{i}.0/24")
                 started.append(nodes[f"node-{i}"])
-            cm = start_controllers(work, api, extra=["--node-monitor-grace-period", "5s", "--pod-eviction-timeout",
-                                                     "3s", "--node-monitor-period", "1s"])
+            cm = start_controllers(work, api, extra=["--node-monitor-grace-period", "5s", "--node-monitor-period",
+                                                     "1s"])
             started.append(cm)
             scheds = [start_scheduler(work, api, name=f"scheduler-{x}") for x in "ab"]
             started += scheds

@@ -53,19 +53,20 @@ def test_watch_from_past_revision_replays(ctl: Etcdctl) -> None:
     start = _rev(ctl)
     ctl("put", "/t3/b", "2")
     ctl("del", "/t3/a")
-    out = _watch_for(ctl, ["watch", "/t3/", "--prefix", f"--rev={start}"], seconds=2.5)
+    out, _ = _watch_for(ctl, ["watch", "/t3/", "--prefix", f"--rev={start}"], seconds=2.5)
     assert out.split() == ["PUT", "/t3/a", "1", "PUT", "/t3/b", "2", "DELETE", "/t3/a"]
 
 
-def _watch_for(ctl: Etcdctl, args: list[str], seconds: float) -> str:
+def _watch_for(ctl: Etcdctl, args: list[str], seconds: float) -> tuple[str, str]:
+    """What a watch printed in `seconds` (stdout, stderr), then it is stopped."""
     import os
 
     p = subprocess.Popen([etcdctl_path(), f"--endpoints={ctl.endpoints}", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=dict(os.environ, ETCDCTL_API="3"))
     time.sleep(seconds)
     p.terminate()
-    out, _ = p.communicate(timeout=10)
-    return out
+    out, err = p.communicate(timeout=10)
+    return out, err
 
 
 def test_compacted_revision_error(ctl: Etcdctl) -> None:
@@ -77,8 +78,10 @@ def test_compacted_revision_error(ctl: Etcdctl) -> None:
     res = ctl("get", "/t4/a", f"--rev={old}", check=False)
     assert res.returncode != 0
     assert "etcdserver: mvcc: required revision has been compacted" in res.stderr
-    out = _watch_for(ctl, ["watch", "/t4/a", f"--rev={old}"], seconds=2.0)
+    # The watch is cancelled with the compaction error (silence would pass a "no PUT" check).
+    out, err = _watch_for(ctl, ["watch", "/t4/a", f"--rev={old}"], seconds=2.0)
     assert "PUT" not in out
+    assert "etcdserver: mvcc: required revision has been compacted" in out + err
     assert ctl("get", "/t4/a", f"--rev={now}").stdout.split() == ["/t4/a", "2"]
 
 
@@ -105,7 +108,7 @@ def test_lease_expiry_deletes_keys_with_events(ctl: Etcdctl) -> None:
     while ctl("get", "/t6/a").stdout and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ctl("get", "/t6/a").stdout == ""
-    out = _watch_for(ctl, ["watch", "/t6/", "--prefix", f"--rev={start}"], seconds=2.0)
+    out, _ = _watch_for(ctl, ["watch", "/t6/", "--prefix", f"--rev={start}"], seconds=2.0)
     assert out.split() == ["PUT", "/t6/a", "1", "DELETE", "/t6/a"]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from controlplane.__main__ import Child, Supervisor, build_parser, main, plan_children
 
 
@@ -31,6 +33,14 @@ def test_external_store_skips_the_member() -> None:
     assert [c.name for c in children] == ["apiserver", "controllers", "scheduler"]
     assert children[0].argv[children[0].argv.index("--api-servers") + 1 if "--api-servers" in children[0].argv
                             else children[0].argv.index("--store-endpoints") + 1] == "127.0.0.1:2379"
+
+
+@pytest.mark.parametrize(("flags", "verbose"), [(["-v"], True), ([], False)], ids=["verbose", "quiet"])
+def test_verbose_reaches_every_child(flags: list[str], verbose: bool) -> None:
+    args = build_parser().parse_args(["--insecure-no-password", *flags])
+    children = plan_children(args, python="py")
+    assert [c.name for c in children] == ["store", "apiserver", "controllers", "scheduler"]
+    assert all(("-v" in c.argv) == verbose for c in children)
 
 
 def test_a_store_member_needs_a_password_decision() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent import logs, network, node, podconfig, probes
+from nodeagent import logs, network, node, podconfig, probes, worker
 from skiff import hostconfig, images
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -213,3 +213,27 @@ def test_named_probe_port() -> None:
     assert probes.resolve_port(t.IntOrString(int_val=81), c) == 81
     with pytest.raises(ValueError, match="not a named port"):
         probes.resolve_port(t.IntOrString(str_val="grpc"), c)
+
+
+def _status(ready: str) -> t.PodStatus:
+    s = t.PodStatus(phase="Running")
+    s.conditions.add(type="Ready", status=ready)
+    return s
+
+
+@pytest.mark.parametrize(("in_api", "rv", "last", "write"), [
+    ("True", "7", None, False),
+    ("False", "7", None, True),
+    ("False", "7", ("True", 9), False),
+    ("False", "9", ("True", 9), False),
+    ("False", "12", ("True", 9), True),
+    ("False", "7", ("False", 9), True),
+], ids=["api-says-it", "never-written", "cache-lags-our-write", "at-our-write", "changed-by-someone-else",
+        "last-write-was-different"])
+def test_status_write_needed(in_api: str, rv: str, last: tuple[str, int] | None, write: bool) -> None:
+    """We want Ready=True; the pod in the cache says `in_api` at revision `rv`."""
+    pod = t.Pod(status=_status(in_api))
+    pod.metadata.resource_version = rv
+    want = _status("True").SerializeToString(deterministic=True)
+    last_written = None if last is None else (_status(last[0]).SerializeToString(deterministic=True), last[1])
+    assert worker.status_write_needed(want, pod, last_written) == write

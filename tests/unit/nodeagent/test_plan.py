@@ -15,8 +15,10 @@ SB = P.SandboxObs("sb1", 0, True, 1 * S, "10.244.1.2")
 
 
 def pod(*, policy: str = "", deleting: bool = False, pull: str = "IfNotPresent", image: str = "skiff/web:1.0",
-        names: tuple[str, ...] = ("web",), grace: int | None = None, readiness: bool = False) -> t.Pod:
+        names: tuple[str, ...] = ("web",), grace: int | None = None, readiness: bool = False,
+        phase: str = "") -> t.Pod:
     p = t.Pod()
+    p.status.phase = phase
     p.metadata.name, p.metadata.namespace, p.metadata.uid = "p", "default", "uid-1"
     p.spec.restart_policy = policy
     if grace is not None:
@@ -98,6 +100,15 @@ CASES = [
          [P.StopSandbox("sb1")]),
     Case("Never, finished and sandbox already stopped: nothing", pod(policy="Never"),
          obs(ctr("c1", "exited", started=1, finished=2, code=1),
+             sandboxes=(P.SandboxObs("sb1", 0, False, 1 * S, ""),)), []),
+    Case("Succeeded in the API, sandbox gone: never recreated", pod(policy="OnFailure", phase="Succeeded"),
+         P.Observed(images={"skiff/web:1.0": True}), []),
+    Case("Failed in the API, container still running: stopped, not restarted",
+         pod(policy="Never", phase="Failed", grace=4, names=("web", "side")),
+         obs(ctr("c1", "exited", started=1, finished=2, code=1), ctr("c2", "running", name="side", started=1)),
+         [P.StopContainer("c2", "side", 4, "Killing"), P.StopSandbox("sb1")]),
+    Case("Succeeded in the API, Always policy, exited: no restart", pod(phase="Succeeded"),
+         obs(ctr("c1", "exited", started=1, finished=2, code=0),
              sandboxes=(P.SandboxObs("sb1", 0, False, 1 * S, ""),)), []),
     Case("liveness failed: stop with grace", pod(grace=12), obs(ctr("c1", "running", started=5)),
          [P.StopContainer("c1", "web", 12, "Unhealthy")],
@@ -215,6 +226,22 @@ def test_compute_status(case: StatusCase) -> None:
     assert st.host_ip == "10.0.0.1"
     if case.obs.sandboxes:
         assert st.pod_ip == "10.244.1.2"
+
+
+@pytest.mark.parametrize(("phase", "code"), [("Succeeded", 0), ("Failed", 2)], ids=["succeeded", "failed"])
+def test_terminal_phase_and_states_outlive_the_containers(phase: str, code: int) -> None:
+    p = pod(policy="Never")
+    o = obs(ctr("c1", "exited", started=1, finished=2, code=code))
+    first = P.compute_status(p, o, P.Memory(), P.compute_plan(p, o, P.Memory(), 1000.0, CFG), 1000.0)
+    assert first.phase == phase
+    p.status.CopyFrom(first)
+    gone = P.Observed(images={"skiff/web:1.0": True})  # containers and sandbox removed from the runtime
+    plan = P.compute_plan(p, gone, P.Memory(), 2000.0, CFG)
+    assert plan.actions == ()
+    later = P.compute_status(p, gone, P.Memory(), plan, 2000.0)
+    assert later.phase == phase
+    assert later.container_statuses[0].state.terminated.exit_code == code
+    assert {c.type: c.status for c in later.conditions}["Ready"] == "False"
 
 
 def test_status_keeps_transition_times_when_unchanged() -> None:

@@ -100,3 +100,14 @@ spec:
     joined = "\n".join(info.value.problems)
     for part in ("metadata.name", "spec.containers[0].image: required", "spec.restartPolicy"):
         assert part in joined
+
+
+WORKLOAD_EXAMPLES = {"job": ["Job"], "cronjob": ["CronJob"], "daemonset": ["DaemonSet"],
+                     "statefulset": ["Service", "StatefulSet"]}
+
+
+@pytest.mark.parametrize(("directory", "kinds_in_it"), sorted(WORKLOAD_EXAMPLES.items()),
+                         ids=sorted(WORKLOAD_EXAMPLES))
+def test_workload_examples_load(directory: str, kinds_in_it: list[str]) -> None:
+    loaded = manifests.load([str(SEED.parent / directory)])
+    assert [item.kind.kind for item in loaded] == kinds_in_it

@@ -14,6 +14,8 @@ Commands:
                   `failure:`, ops; compares: value(k) = "v", mod(k) > 3, version/create/lease)
   compact REV
   grant ID TTL | revoke ID | expire ID... | keepalive ID | leases
+  alarm activate|deactivate MEMBER nospace|corrupt|none | alarms   (replicated alarms)
+  size           (the bytes the space quota counts: live data and history)
   watch FROM [KEY [end=END|prefix|from]]   (history events, as a watcher from FROM sees them)
   state          (every key, the revision and the compact revision)
   roundtrip      (snapshot, restore, and check the copy reads the same)
@@ -154,6 +156,10 @@ def _result(res: Any) -> list[str]:
     return [str(res)]
 
 
+_ALARMS = {"none": mvcc.ALARM_NONE, "nospace": mvcc.ALARM_NOSPACE, "corrupt": mvcc.ALARM_CORRUPT}
+_ALARM_NAMES = {v: k.upper() for k, v in _ALARMS.items()}
+
+
 class Runner:
     def __init__(self) -> None:
         self.st = mvcc.KVState()
@@ -184,6 +190,19 @@ class Runner:
                 out += self._applied(self.st.apply([mvcc.cmd_lease_expire(int(w) for w in words[1:])]))
             elif cmd == "keepalive":
                 out += self._applied(self.st.apply([mvcc.cmd_lease_keepalive(int(words[1]))]))
+            elif cmd == "alarm":
+                action = {"activate": mvcc.ALARM_ACTIVATE, "deactivate": mvcc.ALARM_DEACTIVATE}[words[1]]
+                applied = self.st.apply([mvcc.cmd_alarm(action, int(words[2]), _ALARMS[words[3]])])
+                res, _ = applied.results[0]
+                if isinstance(res, EtcdError):
+                    out.append(f"error: {res.message}")
+                else:
+                    out += [f"changed member={m} {_ALARM_NAMES[a]}" for m, a in res]
+                out.append(f"rev={self.st.revision}")
+            elif cmd == "alarms":
+                out += [f"member={m} {_ALARM_NAMES[a]}" for m, a in self.st.alarm_list()]
+            elif cmd == "size":
+                out.append(f"live={self.st.live_bytes} history={self.st.history_bytes} total={self.st.size_bytes}")
             elif cmd == "leases":
                 for le in sorted(self.st.leases()):
                     out.append(f"lease {le.id} ttl={le.ttl} keys={[k.decode() for k in le.keys]}")
@@ -206,6 +225,8 @@ class Runner:
                     and copy.revision == self.st.revision
                     and copy.events_since(self.st.compact_revision) == self.st.events_since(self.st.compact_revision)
                     and sorted(copy.leases()) == sorted(self.st.leases())
+                    and copy.alarm_list() == self.st.alarm_list()
+                    and copy.size_bytes == self.st.size_bytes
                 )
                 out.append("same" if same else "DIFFERENT")
             else:

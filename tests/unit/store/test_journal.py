@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-from controlplane.store.journal import MAGIC, DurableJournal
+from controlplane.store.disk import EXIT_STORAGE_FAILURE, CorruptData
+from controlplane.store.journal import MAGIC, SECTOR, DurableJournal, _encode, repair_journal, scan_journal
 
 
 def _fill(j: DurableJournal, n: int, term: int = 1, start: int = 1) -> None:
@@ -117,3 +123,212 @@ def test_align_to_snapshot_drops_covered_head(tmp_path: Path) -> None:
     assert [e[1] for e in j[:]] == [5, 6, 7, 8, 9, 10]
     j.align_to_snapshot((b"cmd-5", 5, 1), (b"cmd-6", 6, 1))
     assert len(j) == 6
+
+
+# ---------------------------------------------------------------- damage: torn tail vs corruption
+
+def _journal_bytes(n: int, size: int = 10) -> tuple[bytes, list[int]]:
+    """A journal of n records (payload `size` bytes each) and the offset of each record."""
+    parts, offsets, pos = [MAGIC], [], len(MAGIC)
+    for i in range(1, n + 1):
+        rec = _encode(b"%d:" % i + b"x" * (size - len(b"%d:" % i)), i, 1)
+        offsets.append(pos)
+        parts.append(rec)
+        pos += len(rec)
+    return b"".join(parts), offsets
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1 :]
+
+
+def _zero_sector_in(data: bytes, start: int) -> bytes:
+    s = -(-start // SECTOR) * SECTOR
+    return data[:s] + bytes(SECTOR) + data[s + SECTOR :]
+
+
+HDR = 24  # record header: length, crc, idx, term
+
+# (damage applied to a 5-record journal, records kept, torn?, damaged record (1-based) or None)
+SCAN_CASES = [
+    ("intact", lambda d, o: d, 5, None, None),
+    ("torn-last-record", lambda d, o: d[:-3], 4, True, 5),
+    ("torn-header", lambda d, o: d[: o[4] + 10], 4, True, 5),
+    ("bad-crc-last-record", lambda d, o: _flip(d, len(d) - 1), 4, True, 5),
+    ("garbage-tail", lambda d, o: d + b"\x07" * 40, 5, True, 6),
+    ("bad-payload-mid", lambda d, o: _flip(d, o[2] + HDR + 1), 2, False, 3),
+    ("bad-term-mid", lambda d, o: _flip(d, o[1] + 16), 1, False, 2),
+    ("bad-length-mid", lambda d, o: _flip(d, o[2]), 2, False, 3),
+    ("huge-length-mid", lambda d, o: d[: o[2]] + b"\xff\xff\xff\x7f" + d[o[2] + 4 :], 2, False, 3),
+    ("bad-first-record", lambda d, o: _flip(d, o[0] + HDR), 0, False, 1),
+]
+
+
+@pytest.mark.parametrize(("damage", "kept", "torn", "record"), [c[1:] for c in SCAN_CASES],
+                         ids=[c[0] for c in SCAN_CASES])
+def test_scan_tells_torn_tail_from_corruption(damage: Callable[[bytes, list[int]], bytes], kept: int,
+                                              torn: bool | None, record: int | None) -> None:
+    data, offsets = _journal_bytes(5)
+    scan = scan_journal(damage(data, offsets))
+    assert [e[1] for e in scan.entries] == list(range(1, kept + 1))
+    if record is None:
+        assert scan.damage is None and scan.end == len(data)
+        return
+    assert scan.damage is not None
+    assert scan.damage.torn is torn
+    at = offsets[record - 1] if record <= 5 else len(data)
+    assert scan.damage.offset == scan.end == at
+
+
+@pytest.mark.parametrize(("damaged", "torn"), [(2, True), (5, True)], ids=["mid-group", "last"])
+def test_zeroed_sector_is_a_torn_write(damaged: int, torn: bool) -> None:
+    # Records bigger than a sector: a write that never reached the disk reads back as zeros.
+    # That is a torn group commit even with (unsynced) records after it, as etcd's WAL judges.
+    data, offsets = _journal_bytes(6, size=1500)
+    scan = scan_journal(_zero_sector_in(data, offsets[damaged - 1] + HDR))
+    assert scan.damage is not None and scan.damage.torn is torn
+    assert scan.damage.offset == offsets[damaged - 1] and len(scan.entries) == damaged - 1
+
+
+def _write(p: str, data: bytes) -> None:
+    with open(p, "wb") as f:
+        f.write(data)
+
+
+def test_corrupt_journal_refuses_then_repair_cuts_it(tmp_path: Path) -> None:
+    p = str(tmp_path / "raft.journal")
+    data, offsets = _journal_bytes(5)
+    _write(p, _flip(data, offsets[2] + HDR + 2))
+    with pytest.raises(CorruptData) as err:
+        DurableJournal(p)
+    assert err.value.path == p and err.value.offset == offsets[2]
+    assert f"{p}: checksum mismatch" in str(err.value) and f"at offset {offsets[2]}" in str(err.value)
+    assert "skiff-store-repair" in str(err.value)
+    assert os.path.getsize(p) == len(data)  # refusing changes nothing
+    report = repair_journal(p)
+    assert (report.offset, report.kept, report.dropped_bytes) == (offsets[2], 2, len(data) - offsets[2])
+    assert report.backup is not None and os.path.getsize(report.backup) == len(data)
+    j = DurableJournal(p)
+    assert [e[1] for e in j[:]] == [1, 2]
+    j._destroy()
+    assert repair_journal(p).offset == -1  # nothing left to repair
+
+
+def test_unreadable_term_vote_file_refuses(tmp_path: Path) -> None:
+    p = str(tmp_path / "raft.journal")
+    _write(p + ".meta", b'{"term": 3, "vot')
+    with pytest.raises(CorruptData, match="unreadable term/vote file"):
+        DurableJournal(p)
+
+
+# ---------------------------------------------------------------- a failing disk stops the member
+
+
+class Stopped(Exception):
+    pass
+
+
+def _stop(message: str) -> NoReturn:
+    raise Stopped(message)
+
+
+class FailingSync:
+    """A disk whose syncs fail (EIO) once `fail` is set; counts what was asked of it."""
+
+    def __init__(self) -> None:
+        self.fail = False
+        self.calls = 0
+
+    def fsync(self, fd: int) -> None:
+        self.fdatasync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self.calls += 1
+        if self.fail:
+            raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.parametrize(
+    "operation",
+    ["sync", "set-term", "compact"],
+    ids=["fdatasync-of-appends", "fsync-of-vote", "fsync-of-rewrite"],
+)
+def test_failed_sync_stops_without_retry(tmp_path: Path, operation: str) -> None:
+    p = str(tmp_path / "j")
+    disk = FailingSync()
+    j = DurableJournal(p, sync=disk, fatal=_stop)
+    _fill(j, 4)
+    j.sync()
+    _fill(j, 2, start=5)
+    disk.fail = True
+    with pytest.raises(Stopped, match=r"of .*/j(\.meta)? failed: .*Input/output error.*without retrying"):
+        if operation == "sync":
+            j.sync()
+        elif operation == "set-term":
+            j.setCurrentTerm(2, "127.0.0.1:2")
+        else:
+            j.deleteEntriesTo(2)
+    if operation == "sync":
+        # Nothing counts as synced after the failure (no ack may cover entries 5 and 6).
+        assert j.dirty and j.synced_index == 4
+
+
+def test_vote_is_durable_and_commit_index_is_a_hint_apart(tmp_path: Path) -> None:
+    p = str(tmp_path / "j")
+    disk = FailingSync()
+    j = DurableJournal(p, sync=disk, fatal=_stop)
+    j.setCurrentTerm(3, "127.0.0.1:2")
+    assert disk.calls == 4  # the new journal and its directory, then the term/vote file and its directory
+    j.setRaftCommitIndex(7)
+    j.onOneSecondTimer()
+    assert disk.calls == 4  # the commit index is written without fsync, and never over the vote
+    with open(p + ".meta") as f:
+        assert "commit" not in f.read()
+    os.close(j._fd)
+    j2 = DurableJournal(p)
+    assert (j2.getCurrentTerm(), j2.getVotedForNodeId(), j2.getRaftCommitIndex()) == (3, "127.0.0.1:2", 7)
+    # Torn by a crash, the hint falls back (to the older meta file's, or 1); the vote stays.
+    _write(p + ".commit", b"")
+    j3 = DurableJournal(p)
+    assert (j3.getCurrentTerm(), j3.getRaftCommitIndex()) == (3, 1)
+
+
+def test_default_on_failure_is_process_exit(tmp_path: Path) -> None:
+    # The real stop: os._exit from inside the journal, with the reason on stderr.
+    code = (
+        "import errno, sys\n"
+        "from controlplane.store.journal import DurableJournal\n"
+        "class Bad:\n"
+        "    def fsync(self, fd): pass\n"
+        "    def fdatasync(self, fd): raise OSError(errno.EIO, 'Input/output error')\n"
+        f"j = DurableJournal({str(tmp_path / 'j')!r}, sync=Bad())\n"
+        "j.add(b'x', 1, 1)\n"
+        "try:\n"
+        "    j.sync()\n"
+        "except BaseException:\n"
+        "    pass\n"
+        "print('still running')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == EXIT_STORAGE_FAILURE
+    assert "still running" not in res.stdout
+    assert "fdatasync of" in res.stderr and "Input/output error" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "starts"),
+    [(b"", True), (MAGIC[:7], True), (bytes(len(MAGIC)), True), (b"something else entirely\n", False)],
+    ids=["empty", "torn-header", "zeroed-header", "not-a-journal"],
+)
+def test_header_torn_at_creation_starts_empty(tmp_path: Path, content: bytes, starts: bool) -> None:
+    p = str(tmp_path / "j")
+    _write(p, content)
+    if not starts:
+        with pytest.raises(CorruptData, match="not a Skiff Raft journal"):
+            DurableJournal(p)
+        return
+    j = DurableJournal(p)
+    assert len(j) == 0
+    j.add(b"a", 1, 1)
+    j._destroy()
+    assert DurableJournal(p)[:] == [(b"a", 1, 1)]

@@ -7,7 +7,14 @@ import grpc.aio
 import pytest
 
 from controlplane.apiserver import etcd
-from controlplane.apiserver.storage import CompactedError, StoreError, UnavailableStoreError, ValueTooLargeError
+from controlplane.apiserver.storage import (
+    CompactedError,
+    NoSpaceError,
+    StoreError,
+    StoreOverloadedError,
+    UnavailableStoreError,
+    ValueTooLargeError,
+)
 from controlplane.store import errors as store_errors
 
 
@@ -22,11 +29,14 @@ def status(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
         (grpc.StatusCode.UNKNOWN, etcd.ETCD_COMPACTED, CompactedError),
         (store_errors.REQUEST_TOO_LARGE.code, store_errors.REQUEST_TOO_LARGE.message, ValueTooLargeError),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max", ValueTooLargeError),
+        (store_errors.NO_SPACE.code, store_errors.NO_SPACE.message, NoSpaceError),
+        (store_errors.TOO_MANY_REQUESTS.code, store_errors.TOO_MANY_REQUESTS.message, StoreOverloadedError),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", UnavailableStoreError),
         (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided", StoreError),
         (grpc.StatusCode.INVALID_ARGUMENT, "value too large, or was it compacted?", StoreError),
     ],
-    ids=["compacted", "compacted-by-message", "request-too-large", "grpc-size-limit", "outcome-unknown",
+    ids=["compacted", "compacted-by-message", "request-too-large", "grpc-size-limit", "nospace-alarm",
+         "proposal-queue-full", "outcome-unknown",
          "other", "words-in-a-message-are-not-an-error"],
 )
 def test_translate(code: grpc.StatusCode, details: str, expected: type[StoreError]) -> None:
@@ -34,5 +44,6 @@ def test_translate(code: grpc.StatusCode, details: str, expected: type[StoreErro
 
 
 def test_the_messages_we_match_are_the_ones_the_store_sends() -> None:
-    assert (etcd.ETCD_COMPACTED, etcd.ETCD_REQUEST_TOO_LARGE) == (store_errors.COMPACTED.message,
-                                                                  store_errors.REQUEST_TOO_LARGE.message)
+    ours = (etcd.ETCD_COMPACTED, etcd.ETCD_REQUEST_TOO_LARGE, etcd.ETCD_NO_SPACE, etcd.ETCD_TOO_MANY_REQUESTS)
+    assert ours == (store_errors.COMPACTED.message, store_errors.REQUEST_TOO_LARGE.message,
+                    store_errors.NO_SPACE.message, store_errors.TOO_MANY_REQUESTS.message)

@@ -11,9 +11,10 @@ from google.protobuf.message import Message
 
 from controlplane.apiserver import strategy
 from controlplane.apiserver.allocator import Allocator, allocation_keys, parse_port_range
-from controlplane.apiserver.defaults import apply_defaults, image_pull_policy
-from controlplane.apiserver.storage import prefix_end
-from skiff import errors
+from controlplane.apiserver.defaults import apply_defaults, default_tolerations, image_pull_policy
+from controlplane.apiserver.storage import Event, StoreError, prefix_end
+from controlplane.apiserver.watchcache import watch_event
+from skiff import errors, kinds
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.builders import deployment, pod, service
 
@@ -180,3 +181,79 @@ def test_parse_port_range(text: str, ok: bool) -> None:
 def test_prefix_end() -> None:
     assert prefix_end("/registry/pods/") == "/registry/pods0"
     assert "/registry/pods/default/x" < prefix_end("/registry/pods/") < "/registry/replicasets/"
+
+
+NR, UR = "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"
+
+
+@pytest.mark.parametrize(("given", "want"), [
+    ((), {(NR, "NoExecute", 300), (UR, "NoExecute", 30)}),
+    ((t.Toleration(key=UR, operator="Exists", effect="NoExecute", toleration_seconds=5),),
+     {(UR, "NoExecute", 5), (NR, "NoExecute", 300)}),
+    ((t.Toleration(key=UR, operator="Exists"),), {(UR, "", 0), (NR, "NoExecute", 300)}),
+    ((t.Toleration(operator="Exists"),), {("", "", 0)}),
+    ((t.Toleration(operator="Exists", effect="NoExecute"),), {("", "NoExecute", 0)}),
+    ((t.Toleration(key=UR, operator="Exists", effect="NoSchedule"),),
+     {(UR, "NoSchedule", 0), (UR, "NoExecute", 30), (NR, "NoExecute", 300)}),
+    ((t.Toleration(key="dedicated", operator="Exists"),),
+     {("dedicated", "", 0), (UR, "NoExecute", 30), (NR, "NoExecute", 300)}),
+], ids=["none", "own-unreachable-kept", "any-effect-counts", "tolerates-everything", "all-no-execute",
+        "no-schedule-does-not-count", "other-key"])
+def test_default_tolerations(given: tuple[t.Toleration, ...], want: set[tuple[str, str, int]]) -> None:
+    """DefaultTolerationSeconds: added only where the pod tolerates neither taint already."""
+    spec = t.PodSpec(tolerations=given)
+    default_tolerations(spec, not_ready_seconds=300, unreachable_seconds=30)
+    assert {(tn.key, tn.effect, tn.toleration_seconds) for tn in spec.tolerations} == want
+    again = t.PodSpec()
+    again.CopyFrom(spec)
+    default_tolerations(again, not_ready_seconds=1, unreachable_seconds=1)
+    assert again == spec, "applying it twice changes nothing"
+def _stored(name: str, image: str) -> bytes:
+    p = pod(name)
+    p.spec.containers[0].image = image
+    return p.SerializeToString()
+
+
+@dataclass(frozen=True)
+class WatchEventCase:
+    id: str
+    event: Event
+    prev_image: str | None  # the object before the event, None: there was none
+    expected: tuple[str, str, str] | None  # (type, image of obj, resourceVersion of obj), None: no event
+
+
+WATCH_EVENT_CASES = [
+    WatchEventCase("put-new-is-added", Event("PUT", "/registry/pods/default/a", _stored("a", "v2"), None, 7),
+                   None, ("ADDED", "v2", "7")),
+    WatchEventCase("put-existing-is-modified", Event("PUT", "/registry/pods/default/a", _stored("a", "v2"),
+                                                     _stored("a", "v1"), 8), "v1", ("MODIFIED", "v2", "8")),
+    WatchEventCase("delete-carries-last-state-at-delete-revision",
+                   Event("DELETE", "/registry/pods/default/a", b"", _stored("a", "v1"), 9), "v1",
+                   ("DELETED", "v1", "9")),
+    WatchEventCase("delete-of-nothing-is-no-event", Event("DELETE", "/registry/pods/default/a", b"", None, 9),
+                   None, None),
+]
+
+
+@pytest.mark.parametrize("case", WATCH_EVENT_CASES, ids=[c.id for c in WATCH_EVENT_CASES])
+def test_watch_event(case: WatchEventCase) -> None:
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    prev = None
+    if case.prev_image is not None:
+        prev = t.Pod.FromString(_stored("a", case.prev_image))
+        prev.metadata.resource_version = "3"
+    got = watch_event(kind, case.event, prev)
+    if case.expected is None:
+        assert got is None
+        return
+    assert got is not None
+    assert (got.type, got.obj.spec.containers[0].image, got.obj.metadata.resource_version) == case.expected  # type: ignore[attr-defined]
+    assert got.prev is prev and got.revision == case.event.revision
+
+
+def test_watch_event_refuses_a_value_that_is_not_the_kind() -> None:
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    with pytest.raises(StoreError, match="/registry/pods/default/x"):
+        watch_event(kind, Event("PUT", "/registry/pods/default/x", b"\xff\xff\xff", None, 2), None)

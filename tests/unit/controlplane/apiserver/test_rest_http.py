@@ -81,19 +81,19 @@ async def test_create_get_list_table_and_errors(api: Api) -> None:
 
 @pytest.mark.parametrize(("validation", "code", "warning"), [
     ("Strict", 422, None),
-    ("Warn", 201, '299 - "unknown field \\"spec.dnsPolicy\\""'),
-    ("", 201, '299 - "unknown field \\"spec.dnsPolicy\\""'),
+    ("Warn", 201, '299 - "unknown field \\"spec.runtimeClassName\\""'),
+    ("", 201, '299 - "unknown field \\"spec.runtimeClassName\\""'),
     ("Ignore", 201, None),
 ], ids=["strict", "warn", "default-is-warn", "ignore"])
 async def test_field_validation(api: Api, validation: str, code: int, warning: str | None) -> None:
     body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-            "spec": {"dnsPolicy": "ClusterFirst", "containers": [{"name": "c", "image": "busybox"}]}}
+            "spec": {"runtimeClassName": "gvisor", "containers": [{"name": "c", "image": "busybox"}]}}
     query = f"?fieldValidation={validation}" if validation else ""
     async with api.session.post(f"{api.base}/api/v1/namespaces/default/pods{query}", json=body) as r:
         assert r.status == code
         assert r.headers.get("Warning") == warning
         if code == 422:
-            assert (await r.json())["details"]["causes"][0]["field"] == "spec.dnsPolicy"
+            assert (await r.json())["details"]["causes"][0]["field"] == "spec.runtimeClassName"
 
 
 async def test_protobuf_bodies_are_refused_by_name(api: Api) -> None:

@@ -56,7 +56,7 @@ def test_every_kind_is_listed_once_in_its_group_version() -> None:
     assert sorted(listed) == sorted((k.api_version, k.resource) for k in kinds.KINDS)
     groups = {g["name"] for g in discovery.api_group_list()["groups"]}
     assert groups == {k.group for k in kinds.KINDS if k.group}
-    assert discovery.resource_list("batch/v1") is None
+    assert discovery.resource_list("networking.k8s.io/v1") is None
 
 
 def test_openapi_patch_operations_declare_field_validation() -> None:

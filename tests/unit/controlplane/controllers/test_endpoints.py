@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from controlplane.controllers.endpoints import EndpointsController, plan_subsets, resolve_target_port
 from skiff.clock import stamp
 from skiffpb.api.v1 import types_pb2 as t
@@ -53,6 +55,29 @@ def test_subsets_group_by_resolved_ports_and_split_readiness() -> None:
     addr = subsets[0].addresses[0]
     assert (addr.node_name, addr.target_ref.kind, addr.target_ref.name, addr.target_ref.uid) == (
         "n1", "Pod", "b", "uid-b")
+
+
+@pytest.mark.parametrize(("publish", "ready", "not_ready"), [
+    (False, ["10.0.0.2"], ["10.0.0.3"]),
+    (True, ["10.0.0.2", "10.0.0.3"], []),
+], ids=["default", "publish-not-ready"])
+def test_publish_not_ready_addresses(publish: bool, ready: list[str], not_ready: list[str]) -> None:
+    svc = service()
+    svc.spec.publish_not_ready_addresses = publish
+    [subset] = plan_subsets(svc, [web_pod("b", "10.0.0.2"), web_pod("c", "10.0.0.3", ready=False)])
+    assert ([a.ip for a in subset.addresses], [a.ip for a in subset.not_ready_addresses]) == (ready, not_ready)
+
+
+@pytest.mark.parametrize(("hostname", "subdomain", "want"), [
+    ("db-0", "web", "db-0"),
+    ("db-0", "other", ""),
+    ("", "web", ""),
+], ids=["subdomain-is-service", "other-subdomain", "no-hostname"])
+def test_endpoint_hostname_from_pod_hostname_and_subdomain(hostname: str, subdomain: str, want: str) -> None:
+    p = web_pod("a", "10.0.0.2")
+    p.spec.hostname, p.spec.subdomain = hostname, subdomain
+    [subset] = plan_subsets(service(), [p])
+    assert subset.addresses[0].hostname == want
 
 
 def test_pod_without_the_named_port_keeps_the_other_ports() -> None:

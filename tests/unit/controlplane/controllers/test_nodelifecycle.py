@@ -35,19 +35,111 @@ def managed(n: t.Node) -> set[tuple[str, str]]:
     return {(tn.key, tn.effect) for tn in n.spec.taints}
 
 
-@pytest.mark.parametrize(("tolerations", "elapsed", "evicted"), [
-    ((), 59, False),
-    ((), 60, True),
-    ((t.Toleration(key=taints.UNREACHABLE, operator="Exists", effect="NoExecute"),), 10_000, False),
-    ((t.Toleration(key=taints.UNREACHABLE, operator="Exists", effect="NoExecute", toleration_seconds=5),), 5, True),
-    ((t.Toleration(key="other", operator="Exists"),), 60, True),
-    ((t.Toleration(operator="Exists"),), 10_000, False),
-], ids=["before-timeout", "at-timeout", "tolerates-forever", "toleration-seconds", "other-key", "tolerates-all"])
-def test_plan_evictions(tolerations: tuple[t.Toleration, ...], elapsed: float, evicted: bool) -> None:
-    n = node("n1", taints=(t.Taint(key=taints.UNREACHABLE, effect="NoExecute"),))
-    stamp(n.spec.taints[0].time_added, 1000)
+def tol(key: str, seconds: int | None = None, *, effect: str = "NoExecute") -> t.Toleration:
+    out = t.Toleration(key=key, operator="Exists", effect=effect)
+    if seconds is not None:
+        out.toleration_seconds = seconds
+    return out
+
+
+DEDICATED = t.Taint(key="dedicated", value="db", effect="NoExecute")
+
+
+@pytest.mark.parametrize(("tolerations", "extra", "elapsed", "evicted"), [
+    ((), (), 0, True),
+    ((tol(taints.UNREACHABLE, 300),), (), 299, False),
+    ((tol(taints.UNREACHABLE, 300),), (), 300, True),
+    ((tol(taints.UNREACHABLE),), (), 10_000, False),
+    ((tol(taints.UNREACHABLE, 0),), (), 0, True),
+    ((tol("other", 300),), (), 0, True),
+    ((tol(taints.UNREACHABLE, 300, effect="NoSchedule"),), (), 0, True),
+    ((t.Toleration(operator="Exists"),), (), 10_000, False),
+    ((tol(taints.UNREACHABLE, 300), tol("dedicated", 10)), (DEDICATED,), 10, True),
+    ((tol(taints.UNREACHABLE, 300), tol("dedicated")), (DEDICATED,), 299, False),
+    ((tol(taints.UNREACHABLE),), (DEDICATED,), 0, True),
+], ids=["untolerated-at-once", "before-toleration-seconds", "at-toleration-seconds", "tolerates-forever",
+        "zero-seconds", "other-key", "other-effect", "tolerates-all", "shortest-of-two-taints",
+        "forever-for-one-counts-for-the-other", "one-untolerated-taint-is-enough"])
+def test_plan_evictions(tolerations: tuple[t.Toleration, ...], extra: tuple[t.Taint, ...], elapsed: float,
+                        evicted: bool) -> None:
+    n = node("n1", taints=(t.Taint(key=taints.UNREACHABLE, effect="NoExecute"), *extra))
+    for taint in n.spec.taints:
+        stamp(taint.time_added, 1000)
     p = pod("p", node="n1", tolerations=tolerations)
-    assert bool(nlc.plan_evictions(n, [p], 1000 + elapsed, 60)) == evicted
+    assert bool(nlc.plan_evictions(n, [p], 1000 + elapsed)) == evicted
+
+
+def test_plan_evictions_ignores_no_schedule_taints() -> None:
+    n = node("n1", taints=(t.Taint(key=taints.UNREACHABLE, effect="NoSchedule"),))
+    assert nlc.plan_evictions(n, [pod("p", node="n1")], 1000) == []
+
+
+OPTS = nlc.EvictionOptions()
+ZONES: list[tuple[list[tuple[str, str | None]], dict[str, tuple[str, float]]]] = [
+    ([("", "True")] * 3, {"": (nlc.NORMAL_ZONE, 0.1)}),
+    ([("", "True"), ("", "True"), ("", "Unknown")], {"": (nlc.NORMAL_ZONE, 0.1)}),
+    ([("", "True"), ("", "Unknown")], {"": (nlc.NORMAL_ZONE, 0.1)}),
+    ([("", "True"), ("", "Unknown"), ("", "False")], {"": (nlc.PARTIAL_DISRUPTION, 0.0)}),
+    ([("", "True"), ("", "Unknown"), ("", None)], {"": (nlc.PARTIAL_DISRUPTION, 0.0)}),
+    ([("", "Unknown")] * 3, {"": (nlc.FULL_DISRUPTION, 0.0)}),
+    ([("", "True")] * 20 + [("", "Unknown")] * 40, {"": (nlc.PARTIAL_DISRUPTION, 0.01)}),
+    ([("", "True")] * 10 + [("", "Unknown")] * 40, {"": (nlc.PARTIAL_DISRUPTION, 0.0)}),
+    ([("a", "Unknown"), ("a", "Unknown"), ("b", "True")],
+     {"a": (nlc.FULL_DISRUPTION, 0.1), "b": (nlc.NORMAL_ZONE, 0.1)}),
+    ([("a", "Unknown"), ("b", "Unknown")], {"a": (nlc.FULL_DISRUPTION, 0.0), "b": (nlc.FULL_DISRUPTION, 0.0)}),
+    ([("a", "Unknown"), ("a", "True"), ("a", "Unknown"), ("b", "True")],
+     {"a": (nlc.PARTIAL_DISRUPTION, 0.0), "b": (nlc.NORMAL_ZONE, 0.1)}),
+]
+
+
+@pytest.mark.parametrize(("nodes", "want"), ZONES, ids=[
+    "healthy", "one-of-three", "half-is-below-threshold", "two-of-three-is-partial", "no-condition-is-unhealthy",
+    "all-down-is-full", "large-zone-partial-secondary-rate", "fifty-nodes-is-not-large", "one-zone-gone-evicts",
+    "every-zone-gone-stops", "zones-apart"])
+def test_plan_zones(nodes: list[tuple[str, str | None]], want: dict[str, tuple[str, float]]) -> None:
+    got = nlc.plan_zones(nodes, OPTS)
+    assert {z: (p.state, p.rate) for z, p in got.items()} == want
+    assert sum(p.size for p in got.values()) == len(nodes)
+
+
+@pytest.mark.parametrize(("rate", "takes", "want"), [
+    (0.1, [0, 0, 5, 10, 10, 19, 20], [True, False, False, True, False, False, True]),
+    (1.0, [0, 1, 1.5, 2], [True, True, False, True]),
+    (0.0, [0, 100], [False, False]),
+], ids=["one-per-ten-seconds", "burst-one", "zero-never"])
+def test_token_bucket(rate: float, takes: list[float], want: list[bool]) -> None:
+    bucket = nlc.TokenBucket.full(rate, 0.0)
+    got = []
+    for now in takes:
+        ok, bucket = bucket.take(now)
+        got.append(ok)
+    assert got == want
+
+
+UNREACH_NS = (taints.UNREACHABLE, "NoSchedule")
+UNREACH_NE = (taints.UNREACHABLE, "NoExecute")
+NOTREADY_NS = (taints.NOT_READY, "NoSchedule")
+NOTREADY_NE = (taints.NOT_READY, "NoExecute")
+
+
+@pytest.mark.parametrize(("have", "status", "evicting", "may_add", "want"), [
+    ((), "Unknown", True, True, {UNREACH_NS, UNREACH_NE}),
+    ((), "Unknown", True, False, {UNREACH_NS}),
+    ((UNREACH_NS,), "Unknown", False, True, {UNREACH_NS}),
+    ((UNREACH_NS, UNREACH_NE), "Unknown", False, False, {UNREACH_NS}),
+    ((UNREACH_NS, UNREACH_NE), "Unknown", True, False, {UNREACH_NS, UNREACH_NE}),
+    ((NOTREADY_NS, NOTREADY_NE), "Unknown", True, False, {UNREACH_NS, UNREACH_NE}),
+    ((), "False", True, True, {NOTREADY_NS, NOTREADY_NE}),
+    ((UNREACH_NS, UNREACH_NE), "True", True, False, set()),
+], ids=["lost-with-token", "lost-waits-for-token", "disrupted-no-execute-withheld", "disrupted-lifts-no-execute",
+        "tainted-keeps-without-token", "swap-needs-no-token", "not-ready", "healthy-again"])
+def test_plan_taints_no_execute(have: tuple[tuple[str, str], ...], status: str, evicting: bool, may_add: bool,
+                                want: set[tuple[str, str]]) -> None:
+    current = [t.Taint(key=k, effect=e) for k, e in have]
+    out = nlc.plan_taints(current, status, unschedulable=False, now=5, evicting=evicting, may_add=may_add)
+    got = {(tn.key, tn.effect) for tn in (current if out is None else out)}
+    assert got == want
+    assert (out is None) == (set(have) == want)
 
 
 def test_plan_taints_swaps_not_ready_for_unreachable_and_keeps_foreign_taints() -> None:
@@ -63,44 +155,132 @@ def test_plan_taints_swaps_not_ready_for_unreachable_and_keeps_foreign_taints() 
     assert cleared is not None and [tn.key for tn in cleared] == ["dedicated"]
 
 
+async def step(cluster: Cluster, ctrl: nlc.NodeLifecycleController, seconds: float,
+               renewing: tuple[str, ...]) -> None:
+    """`seconds` pass; the nodes in `renewing` renew their Lease (the others are silent); one pass."""
+    cluster.clock.advance(seconds)
+    for name in renewing:
+        await renew(cluster, name)
+    await ctrl.monitor_once()
+    await cluster.settle()
+
+
+async def nodes_with_leases(cluster: Cluster, *names: str) -> None:
+    for name in names:
+        await cluster.create(node(name))
+        await cluster.create(lease(name, cluster.clock.now()))
+
+
 async def test_silent_node_goes_unknown_then_its_pods_are_evicted(cluster: Cluster) -> None:
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
-    now = cluster.clock.now()
-    for name in ("n1", "n2"):
-        await cluster.create(node(name))
-        await cluster.create(lease(name, now))
+    await nodes_with_leases(cluster, "n1", "n2")
     await cluster.create(pod("on-n1", node="n1", ready=True, phase="Running"))
     await cluster.create(pod("on-n2", node="n2", ready=True, phase="Running"))
     await cluster.start()
+    admitted = await cluster.api.get(t.Pod, "on-n1")
+    assert {(tn.key, tn.effect, tn.toleration_seconds) for tn in admitted.spec.tolerations} == {
+        (taints.NOT_READY, "NoExecute", 300), (taints.UNREACHABLE, "NoExecute", 300)}, "DefaultTolerationSeconds"
     await ctrl.monitor_once()
     for _ in range(8):  # n2 keeps renewing every 5 s; n1 is silent
-        cluster.clock.advance(5)
-        await renew(cluster, "n2")
-        await ctrl.monitor_once()
-        await cluster.settle()
+        await step(cluster, ctrl, 5, ("n2",))
     # 40 s without a heartbeat: not yet past the grace period.
     n1 = await cluster.api.get(t.Node, "n1")
     assert ready_of(n1) == "True" and not n1.spec.taints
-    cluster.clock.advance(1)
-    await renew(cluster, "n2")
-    await ctrl.monitor_once()
-    await cluster.settle()
+    await step(cluster, ctrl, 1, ("n2",))
     n1, n2 = await cluster.api.get(t.Node, "n1"), await cluster.api.get(t.Node, "n2")
     assert ready_of(n1) == "Unknown" and ready_of(n2) == "True"
+    # 1 of 2 nodes lost is below the 55% threshold: the NoExecute taint goes on at once (a full bucket).
     assert managed(n1) == {(taints.UNREACHABLE, "NoSchedule"), (taints.UNREACHABLE, "NoExecute")}
     assert not n2.spec.taints
+    assert ctrl.metrics.evictions_total == {"": 1} and ctrl.metrics.zone_disruption == {"": 0}
     p = await cluster.api.get(t.Pod, "on-n1")
     assert p.status.conditions[0].status == "False", "pods on a lost node are no longer Ready"
-    cluster.clock.advance(59)
-    await renew(cluster, "n2")
-    await ctrl.monitor_once()
-    assert cluster.writes("delete", "pods") == 0
-    cluster.clock.advance(1)
-    await renew(cluster, "n2")
-    await ctrl.monitor_once()
+    await step(cluster, ctrl, 299, ("n2",))
+    assert cluster.writes("delete", "pods") == 0, "the pod tolerates unreachable for 300 s"
+    await step(cluster, ctrl, 1, ("n2",))
     deletes = [a for a in cluster.api.actions if a[0] == "delete"]
     assert deletes == [("delete", "pods", "default", "on-n1")]
     assert [p.metadata.name for p in cluster.api.objects(t.Pod)] == ["on-n2"]
+    assert ctrl.metrics.pod_evictions_total == 1
+
+
+async def events(cluster: Cluster, reason: str) -> list[str]:
+    await cluster.recorder.flush()
+    return sorted(e.involved_object.name for e in cluster.api.objects(t.Event) if e.reason == reason)
+
+
+async def test_partition_of_the_workers_evicts_nothing(cluster: Cluster) -> None:
+    """cp keeps its heartbeat, n1 and n2 go silent together: 2 of 3 unhealthy, evictions stop."""
+    ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    await nodes_with_leases(cluster, "cp", "n1", "n2")
+    short = (tol(taints.UNREACHABLE, 5), tol(taints.NOT_READY, 5))
+    for name in ("n1", "n2"):
+        await cluster.create(pod(f"on-{name}", node=name, ready=True, phase="Running", tolerations=short))
+    await cluster.start()
+    await ctrl.monitor_once()
+    await step(cluster, ctrl, 41, ("cp",))
+    for name in ("n1", "n2"):
+        n = await cluster.api.get(t.Node, name)
+        assert ready_of(n) == "Unknown" and managed(n) == {(taints.UNREACHABLE, "NoSchedule")}
+    assert ctrl.zones[""].state == nlc.PARTIAL_DISRUPTION
+    assert ctrl.metrics.zone_disruption == {"": 1} and ctrl.metrics.disruptions_total == 1
+    assert ctrl.metrics.unhealthy_nodes_in_zone == {"": 2}
+    assert await events(cluster, "NodeEvictionsStopped") == ["n1", "n2"]
+    for _ in range(10):
+        await step(cluster, ctrl, 100, ("cp",))
+    assert cluster.writes("delete", "pods") == 0
+    assert ctrl.metrics.evictions_total == {} and ctrl.metrics.disruptions_total == 1
+    # The cut heals: the agents post Ready again; nothing was deleted, the taints go.
+    for name in ("n1", "n2"):
+        await post_ready(cluster, name, "True", "KubeletReady")
+    await step(cluster, ctrl, 5, ("cp", "n1", "n2"))
+    for name in ("n1", "n2"):
+        assert not (await cluster.api.get(t.Node, name)).spec.taints
+    assert ctrl.metrics.zone_disruption == {"": 0}
+    assert cluster.writes("delete", "pods") == 0
+    assert sorted(p.metadata.name for p in cluster.api.objects(t.Pod)) == ["on-n1", "on-n2"]
+
+
+async def test_entering_disruption_lifts_a_no_execute_taint_already_set(cluster: Cluster) -> None:
+    """n1 is lost first and tainted NoExecute; n2 follows 10 s later: the zone is disrupted, and
+    n1's pending eviction is called off."""
+    ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    await nodes_with_leases(cluster, "cp", "n1", "n2")
+    await cluster.create(pod("on-n1", node="n1", ready=True, phase="Running",
+                             tolerations=(tol(taints.UNREACHABLE, 30),)))
+    await cluster.start()
+    await ctrl.monitor_once()
+    await step(cluster, ctrl, 10, ("cp", "n2"))
+    await step(cluster, ctrl, 31, ("cp",))
+    assert managed(await cluster.api.get(t.Node, "n1")) == {(taints.UNREACHABLE, "NoSchedule"),
+                                                           (taints.UNREACHABLE, "NoExecute")}
+    for _ in range(4):
+        await step(cluster, ctrl, 5, ("cp",))
+    assert ready_of(await cluster.api.get(t.Node, "n2")) == "Unknown"
+    assert managed(await cluster.api.get(t.Node, "n1")) == {(taints.UNREACHABLE, "NoSchedule")}
+    await step(cluster, ctrl, 200, ("cp",))
+    assert cluster.writes("delete", "pods") == 0
+
+
+async def test_no_execute_taints_are_rate_limited_per_zone(cluster: Cluster) -> None:
+    """2 of 5 nodes lost at once (40%: no disruption): one is tainted now, the next 10 s later (0.1/s)."""
+    ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    healthy = ("h1", "h2", "h3")
+    await nodes_with_leases(cluster, "n1", "n2", *healthy)
+    await cluster.start()
+    await ctrl.monitor_once()
+    await step(cluster, ctrl, 41, healthy)
+
+    async def executing() -> list[str]:
+        nodes = [await cluster.api.get(t.Node, n) for n in ("n1", "n2")]
+        return [n.metadata.name for n in nodes if (taints.UNREACHABLE, "NoExecute") in managed(n)]
+
+    assert len(await executing()) == 1
+    await step(cluster, ctrl, 5, healthy)
+    assert len(await executing()) == 1
+    await step(cluster, ctrl, 5, healthy)
+    assert await executing() == ["n1", "n2"]
+    assert ctrl.metrics.evictions_total == {"": 2} and ctrl.metrics.zone_disruption == {"": 0}
 
 
 async def post_ready(cluster: Cluster, name: str, status: str, reason: str) -> None:
@@ -184,17 +364,17 @@ async def test_not_ready_node_gets_graceful_evictions(cluster: Cluster) -> None:
     """The agent reports Ready=False (alive, runtime broken): pods are deleted with their grace period."""
     ctrl = nlc.NodeLifecycleController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
     await cluster.create(node("n1", ready=False))
+    await nodes_with_leases(cluster, "h1", "h2")
     await cluster.create(lease("n1", cluster.clock.now()))
-    await cluster.create(pod("p", node="n1", ready=True, phase="Running"))
+    await cluster.create(pod("p", node="n1", ready=True, phase="Running", tolerations=(tol(taints.NOT_READY, 60),)))
     await cluster.start()
     await ctrl.monitor_once()
     await cluster.settle()
     assert managed(await cluster.api.get(t.Node, "n1")) == {(taints.NOT_READY, "NoSchedule"),
                                                            (taints.NOT_READY, "NoExecute")}
-    for _ in range(13):  # 65 s, the lease kept fresh: NotReady, not Unknown
-        cluster.clock.advance(5)
-        await renew(cluster, "n1")
-        await ctrl.monitor_once()
-        await cluster.settle()
+    for _ in range(11):  # 55 s, the leases kept fresh: NotReady, not Unknown
+        await step(cluster, ctrl, 5, ("n1", "h1", "h2"))
+    assert cluster.writes("delete", "pods") == 0
+    await step(cluster, ctrl, 5, ("n1", "h1", "h2"))
     p = await cluster.api.get(t.Pod, "p")
     assert p.metadata.HasField("deletion_timestamp") and p.metadata.deletion_grace_period_seconds == 30

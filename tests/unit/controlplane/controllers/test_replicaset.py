@@ -82,7 +82,9 @@ async def test_creates_missing_pods_once_despite_a_stale_cache(cluster: Cluster)
     await ctrl.sync(KEY)
     assert cluster.writes("create", "pods") == 5
     pods = cluster.api.objects(t.Pod)
-    assert all(p.metadata.name.startswith("web-abc-") for p in pods)
+    # Named by the api-server from generateName, not by the controller.
+    assert {p.metadata.generate_name for p in pods} == {"web-abc-"}
+    assert len({p.metadata.name for p in pods}) == 5 and all(p.metadata.name.startswith("web-abc-") for p in pods)
     ref = pods[0].metadata.owner_references[0]
     assert (ref.kind, ref.name, ref.controller, ref.block_owner_deletion) == ("ReplicaSet", "web-abc", True, True)
     assert pods[0].metadata.labels["app"] == "web"

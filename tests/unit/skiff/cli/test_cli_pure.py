@@ -84,6 +84,10 @@ def test_tables_look_like_kubectl() -> None:
                                  with_kind=True)
     assert header == ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
     assert rows[0][1:6] == ["service/web", "NodePort", "10.96.0.10", "<none>", "80:30080/TCP"]
+    ext = t.Service(metadata=t.ObjectMeta(name="db"), spec=t.ServiceSpec(type="ExternalName",
+                                                                         external_name="db.example.com"))
+    _, rows = printers.rows(kinds.by_kind("Service"), [ext], now=NOW)  # type: ignore[arg-type]
+    assert rows[0][1:4] == ["ExternalName", "<none>", "db.example.com"]
     d = deployment("web", replicas=3)
     d.status.ready_replicas, d.status.updated_replicas, d.status.available_replicas = 2, 3, 2
     _, rows = printers.rows(kinds.by_kind("Deployment"), [d], now=NOW, wide=True)  # type: ignore[arg-type]
@@ -229,3 +233,23 @@ def test_every_command_is_registered() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) >= {"get", "describe", "apply", "create", "delete", "scale", "rollout", "logs", "exec",  # type: ignore[attr-defined]
                                 "version", "cluster-info"}
+
+
+def test_describe_config_kinds_never_print_secret_values() -> None:
+    cm = t.ConfigMap(metadata=t.ObjectMeta(name="cfg", namespace="default"), data={"greeting": "hello\n"},
+                     binary_data={"blob": b"\x00\x01"})
+    text = render(cm, [], now=0.0)
+    assert "greeting:\n----\nhello\n" in text and "blob: 2 bytes" in text
+    secret = t.Secret(metadata=t.ObjectMeta(name="s", namespace="default"), type="Opaque",
+                      data={"password": b"s3cr3t"})
+    text = render(secret, [], now=0.0)
+    assert "password:  6 bytes" in text and "s3cr3t" not in text
+    pod = t.Pod(metadata=t.ObjectMeta(name="p", namespace="default"))
+    c = pod.spec.containers.add(name="c", image="img")
+    c.env.add(name="PW", value_from=t.EnvVarSource(secret_key_ref=t.SecretKeySelector(name="s", key="password")))
+    c.volume_mounts.add(name="cfg", mount_path="/etc/cfg", read_only=True)
+    pod.spec.volumes.add(name="cfg", config_map=t.ConfigMapVolumeSource(name="cfg"))
+    pod.status.qos_class = "BestEffort"
+    text = render(pod, [], now=0.0)
+    assert "PW: <set to the key 'password' in secret 's'>" in text
+    assert "/etc/cfg from cfg (ro)" in text and "Type:  ConfigMap" in text and "QoS Class:  BestEffort" in text

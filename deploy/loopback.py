@@ -1,8 +1,9 @@
 """Start a store (etcd today, the Skiff store later) and api-servers as real processes.
 
-For integration tests and benchmarks that need a working control plane on loopback:
+For integration tests and benchmarks that need a working control plane on loopback (both
+import it, and bench/ may not import tests/, so it lives here):
 
-    from tests.support.apiserver import control_plane
+    from deploy.loopback import control_plane
 
     with control_plane(tmp_path, apiservers=1) as cp:
         client = Client(cp.apiserver_endpoints)     # "127.0.0.1:PORT,..."
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 

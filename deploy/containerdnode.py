@@ -1,7 +1,7 @@
 """A private containerd for one test node, in its own network namespace, and its full teardown.
 
 The daemon and its teardown are deploy/containerd.py's (the lab uses the same code); this adds
-what node-agent tests want around it: a netns of its own with an address, Skiff's pause and web
+what node-agent tests and benchmarks want around it: a netns of its own with an address, Skiff's pause and web
 images imported, CRI listing helpers, and `leftovers()` to assert a clean teardown.
 
 Every name carries a prefix unique to the run, so several of these can run side by side.

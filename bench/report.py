@@ -1,0 +1,296 @@
+"""README.md's performance table, generated from the result files under bench/results/.
+
+    python -m bench.report            # rewrite the table between the markers in README.md
+    python -m bench.report --check    # exit 1 if README.md differs from what the files give
+
+What must hold: every figure in the table comes from one result file (bench/meta.py says what a
+file holds), and each row names its file, date and load average; a benchmark without a file has
+no rows. `render()` is pure (result documents in, Markdown out), and
+tests/unit/test_bench_report.py checks that README.md holds exactly its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.meta import RESULTS_DIR, ROOT
+
+START = "<!-- bench-report:start (python -m bench.report writes this part from bench/results/*.json) -->"
+END = "<!-- bench-report:end -->"
+README = ROOT / "README.md"
+
+Row = tuple[str, str, str, str]  # metric, target (issue), measured, met
+
+
+def load(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    """Result documents by file name (e.g. "scheduler.json")."""
+    return {p.name: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
+
+
+def _n(v: float, digits: int = 0) -> str:
+    return f"{v:,.{digits}f}"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+# ------------------------------------------------------------------ one function per result file
+
+
+def store_rows(r: dict[str, Any]) -> list[Row]:
+    sk, et = r.get("skiff", {}), r.get("etcd", {})
+
+    def pair(group: str, key: str, digits: int = 0) -> str:
+        a, b = sk.get(group, {}).get(key), et.get(group, {}).get(key)
+        if a is None:
+            return "-"
+        if not b:
+            return _n(a, digits)
+        return f"{_n(a, digits)} vs {_n(b, digits)} ({a / b:.2f}x etcd)"
+
+    put = sk.get("put_64", {}).get("ops_per_s", 0.0)
+    etcd_put = et.get("put_64", {}).get("ops_per_s", 0.0)
+    rows: list[Row] = [
+        ("put throughput, 64 clients (ops/s)", "parity with etcd (#3)", pair("put_64", "ops_per_s"),
+         _yes(put >= etcd_put) if etcd_put else "-"),
+        ("put latency, 64 clients, p50 / p99 (ms)", "—",
+         f"{pair('put_64', 'p50_ms', 1)} / {pair('put_64', 'p99_ms', 1)}", "—"),
+        ("put, 1 client: ops/s; p99 (ms)", "—", f"{pair('put_1', 'ops_per_s')}; {pair('put_1', 'p99_ms', 1)}", "—"),
+        ("linearizable range, 64 clients (ops/s)", "—", pair("range_64", "ops_per_s"), "—"),
+        ("watch events/s delivered to 100 watchers", "—", pair("watch_100", "events_per_s"), "—"),
+    ]
+    if "leader_rss_mb" in sk:
+        keys = r.get("params", {}).get("keys", 0)
+        rows.append((f"leader RSS holding {keys:,} keys x 1 KiB (MB)", "—", pair_rss(sk, et), "—"))
+    return rows
+
+
+def pair_rss(sk: dict[str, Any], et: dict[str, Any]) -> str:
+    a, b = sk["leader_rss_mb"], et.get("leader_rss_mb")
+    return f"{a:.0f} vs {b:.0f} ({a / b:.2f}x etcd)" if b else f"{a:.0f}"
+
+
+def apiserver_rows(r: dict[str, Any]) -> list[Row]:
+    rate = r["create_at_rate"]
+    target = r.get("setup", {}).get("target", {"rate": 200, "p99_ms": 50})
+    creates = r["create"]
+    fan = r["watch_fan_out"]
+    return [
+        (f"create latency at {rate['rate']:.0f} creates/s, p99", f"≤ {target['p99_ms']:.0f} ms (#4)",
+         f"{rate['p99_ms']:.1f} ms (p50 {rate['p50_ms']:.1f}, max {rate['max_ms']:.1f})",
+         _yes(rate["p99_ms"] <= target["p99_ms"])),
+        ("create throughput with " + " / ".join(str(c["clients"]) for c in creates) + " clients (p99)", "—",
+         " / ".join(_n(c["per_second"]) for c in creates) + " per s ("
+         + " / ".join(f"{c['p99_ms']:.1f}" for c in creates) + " ms)", "—"),
+        ("watch fan-out to " + " / ".join(_n(f["watchers"]) for f in fan) + " watchers", "—",
+         " / ".join(f"{f['events_per_second'] / 1000:.1f}k" for f in fan) + " events/s", "—"),
+        (f"RSS with {r['pods']:,} pods", "—",
+         f"{r.get('rss_mib_at_pods', 0):.0f} MiB ({r.get('rss_mib_start', 0):.0f} at start); listing all "
+         f"{r['pods']:,} pods: {r['list_all_pods_ms']:.0f} ms", "—"),
+    ]
+
+
+def scheduler_rows(r: dict[str, Any]) -> list[Row]:
+    s, c = r["scheduler"], r["controllers"]
+    b, d = r.get("scheduler_backlog"), r.get("decisions")
+    parts = [f"pods streaming in: {_n(s['pods_per_second'])} pods/s (create → all bound "
+             f"{s['create_to_all_bound_seconds']:.1f} s; creating took {s['create_seconds']:.1f} s)"]
+    ok = s["pods_per_second"] >= 500
+    if b:
+        parts.append(f"all waiting at start: {_n(b['pods_per_second'])} pods/s")
+        ok = ok and b["pods_per_second"] >= 500
+    if d:
+        parts.append(f"decisions alone: {_n(d['decisions_per_second'])} pods/s")
+    return [
+        (f"{s['pods']:,} pods onto {s['nodes']:,} simulated nodes", "≥ 500 pods/s (#6)", "; ".join(parts), _yes(ok)),
+        (f"controllers: {c['replicas']:,}-replica Deployment → {c['replicas']:,} pods created", "—",
+         f"{c['create_to_pods_created_seconds']:.2f} s ({_n(c['pods_per_second'])} pods/s)", "—"),
+    ]
+
+
+def nodeagent_rows(r: dict[str, Any]) -> list[Row]:
+    target = r.get("targets", {"p99_s": 1.0, "rss_mb": 80})
+    seq_ok, burst_ok = r["sequential_p99_s"] <= target["p99_s"], r["burst_p99_s"] <= target["p99_s"]
+    return [
+        (f"pod startup, bound → Running and Ready, {r['pods']} pods on one node, p99", f"≤ {target['p99_s']:g} s (#5)",
+         f"bound one at a time: p99 {r['sequential_p99_s']:.2f} s (p50 {r['sequential_p50_s']:.2f}); all "
+         f"{r['pods']} bound at once: p99 {r['burst_p99_s']:.2f} s (p50 {r['burst_p50_s']:.2f})",
+         f"one at a time: {_yes(seq_ok)}; burst: {_yes(burst_ok)}"),
+        ("RSS with 100 pods", f"≤ {target['rss_mb']} MB (#5)",
+         f"{r['rss_mb_100_pods_fake_runtime']:.1f} MB (fake CRI, whole bench process)",
+         _yes(r["rss_mb_100_pods_fake_runtime"] <= target["rss_mb"])),
+    ]
+
+
+def netproxy_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    sizes = sorted({a["services"] for a in r["apply"]})
+    if sizes:
+        big = sizes[-1]
+        first = {a["backend"]: a["first_apply_s"] for a in r["apply"] if a["services"] == big}
+        others = "; ".join(
+            f"{n:,} Services: " + ", ".join(f"{a['backend']} {a['first_apply_s']:.2f} s" for a in r["apply"]
+                                            if a["services"] == n) for n in sizes[:-1])
+        rows.append((f"apply {big:,} Services x 4 endpoints into an empty netns", "≤ 1 s (#7)",
+                     ", ".join(f"{b} {s:.2f} s" for b, s in first.items()) + (f" ({others})" if others else ""),
+                     "; ".join(f"{b}: {_yes(s <= 1.0)}" for b, s in first.items())))
+    for period, target in ((0.0, "≤ 100 ms (#7)"), (1.0, "—")):
+        lat = [x for x in r["latency"] if x["min_sync_period_s"] == period]
+        if lat:
+            rows.append((f"programming latency of one endpoint change with 1,000 Services, min sync period "
+                         f"{period:g} s, p99", target,
+                         ", ".join(f"{x['backend']} {x['p99_ms']:.1f} ms (p50 {x['p50_ms']:.1f})" for x in lat),
+                         "; ".join(f"{x['backend']}: {_yes(x['p99_ms'] <= 100)}" for x in lat) if period == 0 else "—"))
+    return rows
+
+
+def e2e_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    s = r.get("startup")
+    if s and "error" not in s:
+        w = s["create_to_ready_watch"]
+        rows.append((f"{s['replicas']}-replica web Deployment: create → each pod Ready, p50 / p99", "none set (#8)",
+                     f"p50 {w['p50_s']:.2f} s, p99 {w['p99_s']:.2f} s; pods per node "
+                     + ", ".join(f"{k} {v}" for k, v in s["pods_per_node"].items())
+                     + f"; all bound {s['create_to_bound']['max_s']:.2f} s after the create", "—"))
+    runs = [x for x in r.get("make_up") or [] if isinstance(x, dict) and "run" in x]
+    if runs:
+        rows.append(("`make up` until it returns, then `make down`", "none set (#8)",
+                     "up " + " and ".join(f"{x['up_s']:.1f}" for x in runs) + " s; down "
+                     + " / ".join(f"{x['down_s']:.1f}" for x in runs) + " s", "—"))
+    idle = r.get("rss_idle")
+    if idle and "error" not in idle:
+        rows.append(("RSS at idle with examples/web, all components", "none set (#8)",
+                     f"{idle['total_mb']:.0f} MB: " + ", ".join(f"{h} {v:.0f}" for h, v in idle["per_host_mb"].items()),
+                     "—"))
+    return rows
+
+
+def dns_rows(r: dict[str, Any]) -> list[Row]:
+    q = {x["kind"]: x for x in r.get("queries", [])}
+    if not q:
+        return []
+    c = r["cluster"]
+    shown = ", ".join(f"{k.split(' (')[0]} {x['p50_ms']:.2f} / {x['p99_ms']:.1f} ms" for k, x in q.items())
+    ok = all(x["p50_ms"] < 1.0 for x in q.values())
+    return [
+        (f"answer from the cache, p50 / p99 ({c['services']:,} Services, {c['headless']} headless, "
+         f"{c['pods']:,} pods)", "< 1 ms p50 (#14)", shown, _yes(ok)),
+        ("zone rebuild after a change (whole zone, median)", "—",
+         f"{r['zone_build_ms_median']:,.0f} ms for {c['names']:,} names", "—"),
+    ]
+
+
+# File name prefix -> (component, rows). Order is the table's.
+SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
+    ("store", "store (Skiff vs etcd, 3 members each)", store_rows),
+    ("apiserver", "api-server (over 1 etcd member)", apiserver_rows),
+    ("scheduler-apiserver", "scheduler and controllers (a real api-server)", scheduler_rows),
+    ("scheduler", "scheduler and controllers (the api-server registry in the same process)", scheduler_rows),
+    ("nodeagent", "node agent (real containerd)", nodeagent_rows),
+    ("netproxy", "netproxy (real iptables)", netproxy_rows),
+    ("e2e", "end to end (lab: 1 control-plane host, 2 workers)", e2e_rows),
+    ("dns", "cluster DNS (the server in a child process on loopback)", dns_rows),
+]
+
+
+def _section(name: str) -> tuple[str, Callable[[dict[str, Any]], list[Row]]] | None:
+    stem = name.removesuffix(".json")
+    for prefix, title, fn in SECTIONS:
+        if stem == prefix:
+            return title, fn
+    return None
+
+
+def _order(name: str) -> int:
+    stem = name.removesuffix(".json")
+    return next((i for i, (prefix, _, _) in enumerate(SECTIONS) if stem == prefix), len(SECTIONS))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render(docs: dict[str, dict[str, Any]]) -> str:
+    """The Markdown between the markers, from result documents keyed by file name."""
+    lines = ["| component (result file, date, 1-min load before → after) | metric | target (issue) | measured | met |",
+             "|---|---|---|---|---|"]
+    unknown = []
+    for name in sorted(docs, key=lambda n: (_order(n), n)):
+        section = _section(name)
+        if section is None:
+            unknown.append(name)
+            continue
+        title, fn = section
+        doc = docs[name]
+        m = doc["meta"]
+        where = (f"{title} (`bench/results/{name}`, {m['date'][:10]}, load {m['load_before'][0]:.1f} → "
+                 f"{m['load_after'][0]:.1f})")
+        for i, (metric, target, measured, met) in enumerate(fn(doc["results"])):
+            lines.append("| " + " | ".join(_cell(c) for c in ((where if i == 0 else ""), metric, target, measured, met))
+                         + " |")
+    lines += ["", "Machines and versions, per result file:", ""]
+    for name in sorted(docs, key=lambda n: (_order(n), n)):
+        m = docs[name]["meta"]
+        mach, ver = m["machine"], m["versions"]
+        lines.append(f"- `bench/results/{name}`: {m['date']}, {mach['cpus']} CPUs, {mach['memory_mib']:,} MiB, "
+                     f"{mach['os']}, kernel {mach['kernel']}; load {_loads(m['load_before'])} → "
+                     f"{_loads(m['load_after'])}; " + ", ".join(f"{k} {_short(v)}" for k, v in ver.items()))
+    if unknown:
+        lines += ["", "Result files without table rows: " + ", ".join(f"`bench/results/{n}`" for n in unknown) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _short(version: str) -> str:
+    """"containerd github.com/containerd/containerd 1.6.20~ds1 ..." -> "1.6.20~ds1"; keeps a
+    "(...)" note such as iptables' backend."""
+    m = re.search(r"v?(\d+\.\d+[\w.~+-]*)", version)
+    if m is None:
+        return version
+    note = re.search(r"\([^)]*\)", version[m.end():])
+    return m.group(1) + (f" {note.group(0)}" if note else "")
+
+
+def _loads(values: Iterable[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def splice(readme: str, table: str) -> str:
+    """README text with the part between the markers replaced by `table`."""
+    head, sep, rest = readme.partition(START)
+    if not sep or END not in rest:
+        raise ValueError(f"README.md lacks the markers {START!r} ... {END!r}")
+    return head + START + "\n" + table + END + rest.split(END, 1)[1]
+
+
+def between_markers(readme: str) -> str:
+    return readme.split(START, 1)[1].split(END, 1)[0].removeprefix("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = p.parse_args(argv)
+    text = README.read_text()
+    new = splice(text, render(load()))
+    if args.check:
+        if new != text:
+            print("README.md's performance table is not what bench/results/ gives: run python -m bench.report",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        README.write_text(new)
+        print("README.md: performance table rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

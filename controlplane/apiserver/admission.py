@@ -1,0 +1,130 @@
+"""Namespace admission: LimitRange defaults and bounds, ResourceQuota limits. Pure functions; the
+registry gives them the namespace's LimitRanges, ResourceQuotas and current objects.
+
+What must hold, as Kubernetes' LimitRanger and ResourceQuota admission plugins:
+- LimitRange (type Container): a container without a limit gets `default`; without a request
+  gets `defaultRequest`, else its (possibly defaulted) limit; then every container must lie
+  within `min`/`max` (requests and limits) and limit/request ≤ `maxLimitRequestRatio`.
+  Type Pod: the sums over the pod's containers must lie within `min`/`max`. Defaults never
+  replace a value the user gave.
+- ResourceQuota: creating an object is refused when, for any resource in a quota's `hard`, the
+  namespace's usage plus what the object adds would exceed it. Pods count `pods`, `requests.cpu`
+  (also `cpu`), `requests.memory` (also `memory`), `limits.cpu`, `limits.memory`,
+  `requests.ephemeral-storage`, `limits.ephemeral-storage`; a finished pod (Succeeded/Failed) or
+  one being deleted counts nothing; every namespaced object counts `count/<resource>` (and
+  `<resource>` for the core kinds Kubernetes names so). A quota with compute `hard` limits makes
+  such requests/limits mandatory on new pods, as in Kubernetes.
+- Usage (what each object adds) is `skiff/quota.py`, shared with the quota controller, and is
+  computed from a consistent List at admission time: two creates racing (on one or several
+  api-servers) may both pass (Kubernetes serialises them through the quota's
+  resourceVersion; Skiff does not yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
+
+from google.protobuf.message import Message
+
+from skiff import errors, kinds, quantity
+from skiff.convert import FieldError
+from skiff.quota import POD_RESOURCES, fmt, usage
+from skiffpb.api.v1 import types_pb2 as t
+
+
+def _q(text: str) -> Fraction:
+    return quantity.parse(text)
+
+
+# ---------------------------------------------------------------- LimitRange
+
+def apply_limit_ranges(pod: t.Pod, ranges: Sequence[t.LimitRange]) -> list[FieldError]:
+    """Default the pod's container resources in place from `ranges`; the bounds it violates."""
+    problems: list[FieldError] = []
+    items = [(lr.metadata.name, item) for lr in ranges for item in lr.spec.limits]
+    for _, item in items:
+        if (item.type or "Container") != "Container":
+            continue
+        for c in pod.spec.containers:
+            for name, value in item.default.items():
+                if name not in c.resources.limits:
+                    c.resources.limits[name] = value
+            for name, value in item.default_request.items():
+                if name not in c.resources.requests:
+                    c.resources.requests[name] = value
+            for name, value in c.resources.limits.items():
+                if name not in c.resources.requests:
+                    c.resources.requests[name] = value
+    for lr_name, item in items:
+        kind = item.type or "Container"
+        if kind == "Container":
+            for i, c in enumerate(pod.spec.containers):
+                where = f"spec.containers[{i}].resources"
+                problems += _bounds(lr_name, kind, where, item, dict(c.resources.requests), dict(c.resources.limits))
+        elif kind == "Pod":
+            requests = _sum(c.resources.requests for c in pod.spec.containers)
+            limits = _sum(c.resources.limits for c in pod.spec.containers)
+            problems += _bounds(lr_name, kind, "spec.containers[*].resources", item,
+                                {k: fmt(k, v) for k, v in requests.items()}, {k: fmt(k, v) for k, v in limits.items()})
+    return problems
+
+
+def _sum(values: Iterable[Mapping[str, str]]) -> dict[str, Fraction]:
+    out: dict[str, Fraction] = {}
+    for m in values:
+        for k, v in m.items():
+            out[k] = out.get(k, Fraction(0)) + _q(v)
+    return out
+
+
+def _bounds(lr_name: str, kind: str, where: str, item: t.LimitRangeItem, requests: Mapping[str, str],
+            limits: Mapping[str, str]) -> list[FieldError]:
+    out = []
+    for name, low in item.min.items():
+        for what, values in (("requests", requests), ("limits", limits)):
+            if name in values and _q(values[name]) < _q(low):
+                out.append(FieldError(f"{where}.{what}.{name}", f"minimum {name} usage per {kind} is {low}, "
+                                      f"but {what[:-1]} is {values[name]} (LimitRange {lr_name})"))
+        if name not in requests and name not in limits:
+            out.append(FieldError(f"{where}.requests.{name}", f"minimum {name} usage per {kind} is {low}, "
+                                  f"but no request is set (LimitRange {lr_name})"))
+    for name, high in item.max.items():
+        if name not in limits:
+            out.append(FieldError(f"{where}.limits.{name}", f"maximum {name} usage per {kind} is {high}, "
+                                  f"but no limit is set (LimitRange {lr_name})"))
+        elif _q(limits[name]) > _q(high):
+            out.append(FieldError(f"{where}.limits.{name}", f"maximum {name} usage per {kind} is {high}, "
+                                  f"but limit is {limits[name]} (LimitRange {lr_name})"))
+    for name, ratio in item.max_limit_request_ratio.items():
+        if name in limits and name in requests and _q(requests[name]) > 0:
+            actual = _q(limits[name]) / _q(requests[name])
+            if actual > _q(ratio):
+                out.append(FieldError(f"{where}.limits.{name}", f"{name} max limit to request ratio per {kind} is "
+                                      f"{ratio}, but provided ratio is {float(actual):g} (LimitRange {lr_name})"))
+    return out
+
+
+# ---------------------------------------------------------------- ResourceQuota
+
+def check_quotas(obj: Message, quotas: Sequence[t.ResourceQuota], used: Mapping[str, Fraction]) -> None:
+    """Raise ForbiddenError when creating `obj` would exceed one of `quotas` (Kubernetes' message)."""
+    adds = usage(obj)
+    for quota in quotas:
+        hard = quota.spec.hard
+        if isinstance(obj, t.Pod):
+            missing = sorted({name for name, _, _ in POD_RESOURCES if name in hard and name not in adds
+                              and name.split(".")[-1] in ("cpu", "memory")})
+            if missing:
+                raise errors.ForbiddenError(f'pods "{obj.metadata.name}" is forbidden: failed quota: '
+                                            f"{quota.metadata.name}: must specify {','.join(missing)}")
+        over = [name for name in sorted(hard) if name in adds
+                and used.get(name, Fraction(0)) + adds[name] > _q(hard[name])]
+        if over:
+            kind = kinds.of_message(obj)
+            name = obj.metadata.name  # type: ignore[attr-defined]
+            req = ",".join(f"{n}={fmt(n, adds[n])}" for n in over)
+            use = ",".join(f"{n}={fmt(n, used.get(n, Fraction(0)))}" for n in over)
+            lim = ",".join(f"{n}={hard[n]}" for n in over)
+            raise errors.ForbiddenError(f'{kind.resource} "{name}" is forbidden: exceeded quota: '
+                                        f"{quota.metadata.name}, requested: {req}, used: {use}, limited: {lim}")

@@ -1,0 +1,125 @@
+"""StatefulSet controller: stable names, ordered and parallel management, reverse scale-down, rolling update
+with partition, and sync against the in-process api-server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from controlplane.controllers import history
+from controlplane.controllers import statefulset as ssc
+from controlplane.controllers.statefulset import StatefulSetController
+from skiffpb.api.v1 import types_pb2 as t
+from tests.unit.controlplane.harness import Cluster, pod
+
+NEW, OLD = "new", "old"
+
+
+def sts(replicas: int = 3, *, parallel: bool = False, partition: int = 0, on_delete: bool = False) -> t.StatefulSet:
+    s = t.StatefulSet(api_version="apps/v1", kind="StatefulSet")
+    s.metadata.name, s.metadata.namespace = "db", "default"
+    s.spec.replicas = replicas
+    s.spec.service_name = "db"
+    s.spec.pod_management_policy = "Parallel" if parallel else "OrderedReady"
+    s.spec.update_strategy.type = "OnDelete" if on_delete else "RollingUpdate"
+    s.spec.update_strategy.rolling_update.partition = partition
+    s.spec.selector.match_labels["app"] = "db"
+    s.spec.template.metadata.labels["app"] = "db"
+    s.spec.template.spec.containers.add(name="c", image="img")
+    return s
+
+
+def spod(i: int, *, ready: bool = True, phase: str = "Running", rev: str = NEW, deleting: bool = False) -> t.Pod:
+    p = pod(f"db-{i}", node="n1", phase=phase, ready=ready, labels={"app": "db", history.REVISION_HASH: rev})
+    if deleting:
+        p.metadata.deletion_timestamp.FromSeconds(1)
+    return p
+
+
+@dataclass
+class Case:
+    id: str
+    sts: t.StatefulSet
+    pods: list[t.Pod]
+    create: list[int]
+    delete: list[str] = field(default_factory=list)
+    current: str = OLD
+
+
+CASES = [
+    Case("ordered: the first pod only", sts(), [], [0]),
+    Case("ordered: next once the previous is Running and Ready", sts(), [spod(0)], [1]),
+    Case("ordered: waits for a pod that is not ready", sts(), [spod(0, ready=False)], []),
+    Case("ordered: a gap is filled first", sts(), [spod(0), spod(2)], [1]),
+    Case("parallel: all at once", sts(parallel=True), [], [0, 1, 2]),
+    Case("parallel: even past a pod that is not ready", sts(parallel=True), [spod(0, ready=False)], [1, 2]),
+    Case("failed pod is deleted (recreated under its name later)", sts(), [spod(0), spod(1, phase="Failed")], [],
+         ["db-1"]),
+    Case("scale down: highest ordinal first, one at a time", sts(1), [spod(0), spod(1), spod(2)], [], ["db-2"]),
+    Case("scale down waits while one is terminating", sts(1), [spod(0), spod(1), spod(2, deleting=True)], []),
+    Case("scale down waits for unhealthy pods", sts(1), [spod(0, ready=False), spod(1), spod(2)], []),
+    Case("parallel scale down: all condemned at once", sts(1, parallel=True), [spod(0), spod(1), spod(2)], [],
+         ["db-1", "db-2"]),
+    Case("rolling update: highest stale ordinal first", sts(),
+         [spod(0, rev=OLD), spod(1, rev=OLD), spod(2, rev=OLD)], [], ["db-2"]),
+    Case("rolling update: waits until all are healthy", sts(),
+         [spod(0, rev=OLD), spod(1, rev=OLD, ready=False), spod(2)], []),
+    Case("rolling update: partition keeps lower ordinals", sts(partition=2),
+         [spod(0, rev=OLD), spod(1, rev=OLD), spod(2)], []),
+    Case("rolling update: partition 1 updates ordinal 1", sts(partition=1),
+         [spod(0, rev=OLD), spod(1, rev=OLD), spod(2)], [], ["db-1"]),
+    Case("on delete: nothing is replaced", sts(on_delete=True), [spod(0, rev=OLD), spod(1, rev=OLD), spod(2)], []),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_plan_statefulset(case: Case) -> None:
+    plan = ssc.plan_statefulset(case.sts, case.pods, update_hash=NEW, current_hash=case.current, now=100.0)
+    assert [i for i, _ in plan.create] == case.create
+    assert sorted(p.metadata.name for p in plan.delete) == sorted(case.delete)
+
+
+@pytest.mark.parametrize(("partition", "want"), [(0, [NEW, NEW, NEW]), (2, [OLD, OLD, NEW])],
+                         ids=["no-partition", "partition-2"])
+def test_recreated_pods_below_the_partition_keep_the_current_revision(partition: int, want: list[str]) -> None:
+    plan = ssc.plan_statefulset(sts(parallel=True, partition=partition), [], update_hash=NEW, current_hash=OLD,
+                                now=100.0)
+    assert [h for _, h in plan.create] == want
+
+
+def test_status_revisions() -> None:
+    pods = [spod(0, rev=OLD), spod(1), spod(2)]
+    plan = ssc.plan_statefulset(sts(), pods, update_hash=NEW, current_hash=OLD, now=100.0)
+    s = plan.status
+    assert (s.replicas, s.ready_replicas, s.updated_replicas, s.current_replicas) == (3, 3, 2, 1)
+    assert (s.current_revision, s.update_revision) == ("db-old", "db-new")
+    done = ssc.plan_statefulset(sts(), [spod(0), spod(1), spod(2)], update_hash=NEW, current_hash=OLD, now=100.0)
+    assert done.status.current_revision == "db-new" and done.status.current_replicas == 3
+
+
+def test_pod_identity() -> None:
+    p = ssc.pod_for(sts(), 4, sts().spec.template, NEW)
+    assert p.metadata.name == "db-4" and p.spec.hostname == "db-4"
+    assert p.metadata.labels[ssc.POD_NAME_LABEL] == "db-4" and p.metadata.labels[ssc.POD_INDEX_LABEL] == "4"
+    assert p.metadata.labels[history.REVISION_HASH] == NEW
+
+
+async def test_ordered_start_on_the_api_server(cluster: Cluster) -> None:
+    ctrl = StatefulSetController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    await cluster.create(sts(2))
+    await cluster.start()
+    await cluster.drain(ctrl)
+    names = [p.metadata.name for p in (await cluster.api.list(t.Pod, namespace="default")).items]
+    assert names == ["db-0"]
+    p = await cluster.api.get(t.Pod, "db-0", "default")
+    p.status.phase = "Running"
+    p.status.conditions.add(type="Ready", status="True")
+    await cluster.api.update_status(p)
+    await cluster.drain(ctrl)
+    names = sorted(p.metadata.name for p in (await cluster.api.list(t.Pod, namespace="default")).items)
+    assert names == ["db-0", "db-1"]
+    stored = await cluster.api.get(t.StatefulSet, "db", "default")
+    assert stored.status.replicas == 2 and stored.status.ready_replicas == 1
+    revs = (await cluster.api.list(t.ControllerRevision, namespace="default")).items
+    assert [r.metadata.name for r in revs] == [stored.status.update_revision]

@@ -1,0 +1,98 @@
+"""README's performance table is exactly what bench/report.py makes of bench/results/*.json,
+and every benchmark records what bench/meta.py promises."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import meta, report
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in {"__init__", "meta", "report"})
+
+
+def test_readme_table_is_the_reports_output() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert report.between_markers(readme) == report.render(report.load())
+
+
+def test_every_result_file_has_rows_and_complete_meta() -> None:
+    docs = report.load()
+    assert docs, "no result files under bench/results/"
+    for name, doc in docs.items():
+        assert report._section(name) is not None, f"{name}: no table rows for it in bench/report.py"
+        m = doc["meta"]
+        assert {"date", "machine", "load_before", "load_after", "versions"} <= set(m), name
+        assert len(m["load_before"]) == 3 and len(m["load_after"]) == 3, name
+        assert {"cpus", "kernel", "os"} <= set(m["machine"]) and "python" in m["versions"], name
+
+
+@pytest.mark.parametrize("bench", BENCHES, ids=BENCHES)
+def test_every_bench_writes_through_meta(bench: str) -> None:
+    """Each benchmark starts a meta.Run and writes its results through it (so they carry meta)."""
+    tree = ast.parse((ROOT / "bench" / f"{bench}.py").read_text())
+    calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "bench" for a in n.names}
+    assert "meta" in imports and {"start", "write"} <= calls
+
+
+def _doc(name: str, results: dict[str, Any]) -> dict[str, Any]:
+    return {"bench": name, "command": [], "results": results, "meta": {
+        "date": "2026-01-02T03:04:05Z", "load_before": [1.0, 2.0, 3.0], "load_after": [4.0, 5.0, 6.0],
+        "machine": {"cpus": 2, "memory_mib": 4096, "kernel": "6.1", "os": "Debian", "arch": "x86_64"},
+        "versions": {"python": "3.11.2"}}}
+
+
+SCHEDULER = {"scheduler": {"pods": 10000, "nodes": 1000, "pods_per_second": 400.0, "create_to_all_bound_seconds": 25.0,
+                           "create_seconds": 20.0},
+             "controllers": {"replicas": 1000, "create_to_pods_created_seconds": 0.5, "pods_per_second": 2000.0}}
+
+
+@pytest.mark.parametrize(("docs", "present", "absent"), [
+    ({}, [], ["scheduler"]),
+    ({"scheduler.json": _doc("scheduler", SCHEDULER)},
+     ["`bench/results/scheduler.json`, 2026-01-02, load 1.0 → 4.0", "400 pods/s", "| no |", "0.50 s"],
+     ["netproxy"]),
+    ({"other.json": _doc("other", {})}, ["Result files without table rows: `bench/results/other.json`"], ["| other"]),
+], ids=["no-files-no-rows", "figures-from-the-file", "unknown-file-named"])
+def test_render(docs: dict[str, Any], present: list[str], absent: list[str]) -> None:
+    out = report.render(docs)
+    assert out.startswith("| component")
+    for text in present:
+        assert text in out
+    for text in absent:
+        assert text not in out
+
+
+def test_splice_replaces_only_between_markers() -> None:
+    readme = f"intro\n{report.START}\nold table\n{report.END}\noutro\n"
+    new = report.splice(readme, "new table\n")
+    assert new == f"intro\n{report.START}\nnew table\n{report.END}\noutro\n"
+    assert report.between_markers(new) == "new table\n"
+    with pytest.raises(ValueError, match="markers"):
+        report.splice("no markers here", "x")
+
+
+def test_meta_run_writes_what_it_promises(tmp_path: Path) -> None:
+    run = meta.start("example")
+    path = run.write({"figure": 1}, tmp_path / "example.json")
+    doc = json.loads(path.read_text())
+    assert doc["bench"] == "example" and doc["results"] == {"figure": 1}
+    assert doc["meta"]["date"].endswith("Z") and doc["meta"]["machine"]["cpus"]
+    assert doc["meta"]["versions"]["python"] and len(doc["meta"]["load_after"]) == 3
+
+
+@pytest.mark.parametrize(("line", "short"), [
+    ("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3", "1.6.20~ds1"),
+    ("runc version 1.1.5+ds1", "1.1.5+ds1"),
+    ("iptables v1.8.9 (nf_tables)", "1.8.9 (nf_tables)"),
+    ("etcd Version: 3.4.23", "3.4.23"),
+    ("3bbcdef43991+dirty", "3bbcdef43991+dirty"),
+], ids=["containerd", "runc", "iptables-backend-kept", "etcd", "git-commit-as-is"])
+def test_versions_are_shortened_for_the_table(line: str, short: str) -> None:
+    assert report._short(line) == short
