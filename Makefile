@@ -16,7 +16,7 @@ PYTEST_FLAGS ?=
 	vm-image vm-ipvs bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
-setup: deb $(VENV)/.installed skiffpb/.generated
+setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
 
 # Debian packages, installed only when one is missing.
 deb:
@@ -34,6 +34,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	# The repository root on sys.path: the generated skiffpb/ and every package import from the work tree.
 	$(BIN)/python -c "import site; open(site.getsitepackages()[0] + '/skiff-root.pth', 'w').write('$(CURDIR)\\n')"
+	touch $@
+
+# kubectl 1.35 and helm 4 for the Kubernetes API tests: pinned, checksums in deploy/kubectl_bundle.py.
+$(BIN)/kubectl: deploy/kubectl_bundle.py $(VENV)/.installed
+	$(BIN)/python -m deploy.kubectl_bundle --bin-dir $(BIN)
 	touch $@
 
 # Generated code is built from proto/ and never edited or committed.

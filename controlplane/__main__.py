@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use these store endpoints (e.g. an external etcd) instead of running a member")
     api = p.add_argument_group("api-server")
     api.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}", help="api-server address")
+    api.add_argument("--http-listen", default=None,
+                     help="Kubernetes REST API address (default: --listen's host, port "
+                          f"{defaults.KUBE_API_PORT}; empty: not served)")
     api.add_argument("--service-cidr", default=defaults.SERVICE_CIDR)
     api.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE)
     api.add_argument("--node-name", default=socket.gethostname())
@@ -80,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def http_listen(args: argparse.Namespace) -> str:
+    """--http-listen, by default on --listen's host at the Kubernetes API port (as render gives it)."""
+    if args.http_listen is not None:
+        return str(args.http_listen)
+    return f"{args.listen.rpartition(':')[0]}:{defaults.KUBE_API_PORT}"
+
+
 def plan_children(args: argparse.Namespace, python: str = sys.executable) -> list[Child]:
     """The children to run, in start order (pure: nothing is started)."""
     children: list[Child] = []
@@ -93,7 +103,8 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
             insecure_no_password=args.insecure_no_password, verbose=args.verbose), wait_for=args.listen_client))
         store_endpoints = args.listen_client
     children.append(Child("apiserver", daemons.apiserver(
-        python, store_endpoints=store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
+        python, store_endpoints=store_endpoints, listen=args.listen, http_listen=http_listen(args),
+        service_cidr=args.service_cidr,
         node_port_range=args.node_port_range, node_name=args.node_name,
         default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
         default_unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,

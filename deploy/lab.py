@@ -32,7 +32,7 @@ from pathlib import Path
 import grpc
 
 from deploy import containerd, netplan, procs, render
-from skiff import defaults, images, taints
+from skiff import defaults, images, kubeconfig, taints
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -153,6 +153,11 @@ class Lab:
     @property
     def api_servers(self) -> list[str]:
         return [m.api_url for m in self.cluster.members]
+
+    @property
+    def http_servers(self) -> list[str]:
+        """The Kubernetes REST API of each api-server, as kubectl's server URLs."""
+        return [f"http://{m.http_url}" for m in self.cluster.members]
 
     @property
     def workers(self) -> list[str]:
@@ -404,9 +409,15 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         lab.up(progress=lambda line: print(f"[lab {args.prefix}] {line}", flush=True))
         print(f"api-servers: {','.join(lab.api_servers)}")
         print(f"use it:      export SKIFF_SERVER={','.join(lab.api_servers)}")
+        context = f"skiff-{args.prefix}"
+        path = kubeconfig.write_entry(lab.http_servers[0], name=context)
+        print(f"kubectl:     context {context} in {path} ({lab.http_servers[0]}), now the current context")
     elif args.action == "down":
-        for note in Lab.load(args.prefix, root).down(progress=print):
+        lab = Lab.load(args.prefix, root)
+        for note in lab.down(progress=print):
             print(f"cleaned: {note}")
+        if kubeconfig.remove_entry(lab.http_servers[0], name=f"skiff-{args.prefix}"):
+            print(f"cleaned: kubectl context skiff-{args.prefix} in {kubeconfig.kubeconfig_path()}")
     else:
         print("\n".join(Lab.load(args.prefix, root).status()))
     return 0

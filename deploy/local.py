@@ -21,7 +21,7 @@ from pathlib import Path
 
 from deploy import netplan
 from deploy.lab import Lab, LabError, LabSpec
-from skiff import conditions, defaults
+from skiff import conditions, defaults, kubeconfig
 from skiff import config as skiff_config
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -90,6 +90,9 @@ def up(state_dir: Path) -> int:
     server = ",".join(lab.api_servers)
     path = skiff_config.write_config(server)
     say(f"CLI configured: {path} points at {server}")
+    kube_path = kubeconfig.write_entry(lab.http_servers[0])
+    say(f"kubectl configured: context {kubeconfig.CONTEXT} in {kube_path} ({lab.http_servers[0]}); "
+        f"try .venv/bin/kubectl get pods")
     applied = skiff_cli("apply", "-f", str(EXAMPLE), server=server)
     print(applied.stdout, end="")
     if applied.returncode != 0:
@@ -122,6 +125,8 @@ def down(state_dir: Path) -> int:
     path = skiff_config.config_path()
     if path.exists() and lab.api_servers[0] in path.read_text():
         path.unlink()
+    if kubeconfig.remove_entry(lab.http_servers[0]):
+        say(f"removed context {kubeconfig.CONTEXT} from {kubeconfig.kubeconfig_path()}")
     return 0
 
 

@@ -38,6 +38,7 @@ class StoreMember:
     client_port: int = defaults.STORE_CLIENT_PORT
     peer_port: int = defaults.STORE_PEER_PORT
     api_port: int = defaults.API_PORT  # the api-server beside this member
+    http_port: int = defaults.KUBE_API_PORT  # its Kubernetes REST API
 
     @property
     def client_url(self) -> str:
@@ -50,6 +51,10 @@ class StoreMember:
     @property
     def api_url(self) -> str:
         return f"{self.ip}:{self.api_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.ip}:{self.http_port}"
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,8 @@ def plan_members(hosts: Sequence[tuple[str, str]], *, members: int = 3) -> tuple
         host, ip = hosts[i % len(hosts)]
         slot = i // len(hosts)
         out.append(StoreMember(f"s{i + 1}", host, ip, defaults.STORE_CLIENT_PORT + 100 * slot,
-                               defaults.STORE_PEER_PORT + 100 * slot, defaults.API_PORT + slot))
+                               defaults.STORE_PEER_PORT + 100 * slot, defaults.API_PORT + slot,
+                               defaults.KUBE_API_PORT + slot))
     return tuple(out)
 
 
@@ -144,6 +150,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
         # Each api-server prefers its own member, then the others.
         endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
         argv = daemons.apiserver(cluster.python, store_endpoints=",".join(endpoints), listen=m.api_url,
+                                 http_listen=m.http_url,
                                  service_cidr=cluster.service_cidr, node_port_range=cluster.node_port_range,
                                  node_name=host.name,
                                  default_not_ready_toleration_seconds=cluster.default_toleration_seconds,

@@ -10,7 +10,8 @@ JSON; a value that is not valid base64 is an error naming its path.
 
 What must hold: `to_data(from_data(d))` equals `d` for any valid `d` in canonical form
 (defaults are not added here; that is the api-server's job), and nothing in a manifest is
-silently dropped: every key either lands in a field or raises FieldError.
+silently dropped: every key either lands in a field or raises FieldError (or, when the caller
+passes `unknown`, an unknown key is reported there: the HTTP API's fieldValidation=Warn|Ignore).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ M = TypeVar("M", bound=Message)
 
 INT_OR_STRING = "skiff.api.v1.IntOrString"
 TIMESTAMP = "google.protobuf.Timestamp"
+
+# Kubernetes MicroTime fields: always six fractional digits (Go clients parse them with a fixed layout).
+MICRO_TIME_FIELDS = frozenset({"skiff.api.v1.LeaseSpec.acquire_time", "skiff.api.v1.LeaseSpec.renew_time"})
 
 # map<string,string> fields that hold quantities: YAML numbers (cpu: 1, cpu: 0.5) are accepted there.
 QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable", "max", "min", "default",
@@ -83,6 +87,12 @@ def format_timestamp(ts: Timestamp) -> str:
     return base + "Z"
 
 
+def format_micro_time(ts: Timestamp) -> str:
+    """Kubernetes' MicroTime: RFC 3339 in UTC with exactly six fractional digits."""
+    base = dt.datetime.fromtimestamp(ts.seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{ts.nanos // 1000:06d}Z"
+
+
 def parse_timestamp(value: Any, path: str) -> Timestamp:
     ts = Timestamp()
     if isinstance(value, dt.datetime):
@@ -98,14 +108,18 @@ def parse_timestamp(value: Any, path: str) -> Timestamp:
     raise FieldError(path, f"expected an RFC 3339 time such as 2024-01-02T03:04:05Z, got {describe_value(value)}")
 
 
-def from_data(data: Any, message_type: type[M], path: str = "") -> M:
-    """Build a `message_type` from parsed YAML/JSON data, strictly."""
+def from_data(data: Any, message_type: type[M], path: str = "", *, unknown: list[str] | None = None) -> M:
+    """Build a `message_type` from parsed YAML/JSON data, strictly.
+
+    `unknown`: a list to collect the paths of unknown fields in, which are then skipped instead
+    of refused (Kubernetes' fieldValidation=Warn/Ignore over HTTP); every other problem still raises.
+    """
     msg = message_type()
-    _fill(msg, data, path)
+    _fill(msg, data, path, unknown)
     return msg
 
 
-def _fill(msg: Message, data: Any, path: str) -> None:
+def _fill(msg: Message, data: Any, path: str, unknown: list[str] | None = None) -> None:
     desc = msg.DESCRIPTOR
     if not isinstance(data, Mapping):
         raise FieldError(path, f"expected an object, got {describe_value(data)}")
@@ -115,18 +129,21 @@ def _fill(msg: Message, data: Any, path: str) -> None:
             raise FieldError(path, f"field names must be strings, got {describe_value(key)}")
         field = by_json.get(key)
         here = _join(path, key)
+        if (field is None or field.json_name != key) and unknown is not None:
+            unknown.append(here)
+            continue
         if field is None or field.json_name != key:
             hint = difflib.get_close_matches(key, [f.json_name for f in desc.fields], n=1)
             suffix = f' (did you mean "{hint[0]}"?)' if hint else ""
             raise FieldError(here, f"unknown field{suffix}")
         if value is None:
             continue  # explicit null: leave unset, as Kubernetes does
-        _set_field(msg, field, value, here)
+        _set_field(msg, field, value, here, unknown)
 
 
-def _set_field(msg: Message, field: Any, value: Any, path: str) -> None:
+def _set_field(msg: Message, field: Any, value: Any, path: str, unknown: list[str] | None = None) -> None:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        _set_map(msg, field, value, path)
+        _set_map(msg, field, value, path, unknown)
     elif field.is_repeated:
         if not isinstance(value, list):
             raise FieldError(path, f"expected a list, got {describe_value(value)}")
@@ -136,18 +153,18 @@ def _set_field(msg: Message, field: Any, value: Any, path: str) -> None:
             if item is None:
                 raise FieldError(item_path, "expected a value, got null")
             if field.message_type is not None:
-                _fill_message_value(target.add(), item, item_path)
+                _fill_message_value(target.add(), item, item_path, unknown)
             else:
                 target.append(_scalar(field, item, item_path))
     elif field.message_type is not None:
         target = getattr(msg, field.name)
         target.SetInParent()  # `emptyDir: {}` is present, as in Kubernetes
-        _fill_message_value(target, value, path)
+        _fill_message_value(target, value, path, unknown)
     else:
         setattr(msg, field.name, _scalar(field, value, path))
 
 
-def _fill_message_value(target: Message, value: Any, path: str) -> None:
+def _fill_message_value(target: Message, value: Any, path: str, unknown: list[str] | None = None) -> None:
     name = target.DESCRIPTOR.full_name
     if name == INT_OR_STRING:
         if isinstance(value, bool) or not isinstance(value, int | str):
@@ -161,10 +178,10 @@ def _fill_message_value(target: Message, value: Any, path: str) -> None:
     elif name == TIMESTAMP:
         target.CopyFrom(parse_timestamp(value, path))
     else:
-        _fill(target, value, path)
+        _fill(target, value, path, unknown)
 
 
-def _set_map(msg: Message, field: Any, value: Any, path: str) -> None:
+def _set_map(msg: Message, field: Any, value: Any, path: str, unknown: list[str] | None = None) -> None:
     if not isinstance(value, Mapping):
         raise FieldError(path, f"expected an object (a map), got {describe_value(value)}")
     entry: Any = field.message_type  # map fields always have an entry type
@@ -175,7 +192,7 @@ def _set_map(msg: Message, field: Any, value: Any, path: str) -> None:
         if not isinstance(key, str):
             raise FieldError(here, f"map keys must be strings, got {describe_value(key)}")
         if value_field.message_type is not None:
-            _fill_message_value(target[key], item, here)
+            _fill_message_value(target[key], item, here, unknown)
             continue
         if field.name in QUANTITY_MAPS and isinstance(item, int | float) and not isinstance(item, bool):
             item = _number_text(item)
@@ -248,6 +265,8 @@ def _value_to_data(field: Any, value: Any) -> Any:
             return [_message_to_data(v) for v in value]
         return list(value)
     if field.message_type is not None:
+        if field.full_name in MICRO_TIME_FIELDS:
+            return format_micro_time(value)
         return _message_to_data(value)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return base64.b64encode(value).decode()

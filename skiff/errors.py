@@ -37,9 +37,14 @@ class SkiffError(Exception):
 
 
 class InvalidError(SkiffError):
-    """Bad input: validation, malformed manifests, oversized objects."""
+    """Bad input: validation, malformed manifests, oversized objects. `causes` names each bad
+    field as (JSON path, problem) when known (Kubernetes' Status causes over HTTP)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, *, causes: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.causes = causes
 
 
 class NotFoundError(SkiffError):

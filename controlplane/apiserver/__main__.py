@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="etcd v3 endpoints (the Skiff store or etcd), comma-separated (default %(default)s)")
     p.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}",
                    help="address:port to serve gRPC on (default %(default)s)")
+    p.add_argument("--http-listen", default="",
+                   help="address:port to serve the Kubernetes REST API on, plain HTTP (empty: not served; "
+                        f"{defaults.KUBE_API_PORT} is the usual port)")
     p.add_argument("--service-cidr", default=defaults.SERVICE_CIDR, help="ClusterIP range (default %(default)s)")
     p.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE, help="NodePort range (default %(default)s)")
     p.add_argument("--node-name", default="", help="the node this api-server runs beside (shown by `skiff version`)")
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
-                    node_port_range=args.node_port_range, node_name=args.node_name,
+                    http_listen=args.http_listen, node_port_range=args.node_port_range, node_name=args.node_name,
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
                                     bookmark_interval=args.bookmark_interval,
                                     event_ttl=round(args.event_ttl),

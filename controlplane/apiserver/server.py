@@ -23,11 +23,13 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Options, Registry, store_error
+from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
 from skiff import __version__, defaults, errors, kinds
 from skiff.retry import Backoff, Delays
@@ -235,6 +237,7 @@ class Config:
     service_cidr: str = defaults.SERVICE_CIDR
     node_port_range: str = defaults.NODE_PORT_RANGE
     node_name: str = ""
+    http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTP); empty: not served
     options: Options = field(default_factory=Options)
 
 
@@ -304,6 +307,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder,
                                                                       node_name=config.node_name)),))
+    http_runner: web.AppRunner | None = None
     try:
         port = bind(server, config.listen)
         revision = await wait_for_store(store, stop=stop)
@@ -311,6 +315,12 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         await registry.start()
         tune_gc()
         await server.start()
+        if config.http_listen:
+            try:
+                http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen)
+            except OSError as exc:
+                raise StartupError(str(exc)) from exc
+            log.info("Kubernetes API (HTTP) on %s (port %d)", config.http_listen, http_port)
         log.info("api-server listening on %s (port %d), store %s, service CIDR %s", config.listen, port,
                  store.describe(), allocator.network.with_prefixlen)
         if ready is not None:
@@ -318,6 +328,8 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         await stop.wait()
         log.info("api-server stopping")
     finally:
+        if http_runner is not None:
+            await http_runner.cleanup()
         await server.stop(grace=1.0)
         await registry.stop()
         await forwarder.close()

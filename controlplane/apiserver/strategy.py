@@ -78,7 +78,8 @@ def check_size(obj: Message, kind: kinds.Kind) -> None:
 
 def invalid(kind: kinds.Kind, name: str, problems: list[FieldError]) -> errors.InvalidError:
     """One error line listing every problem: `Deployment "web" is invalid: spec.replicas: ...; ...`."""
-    return errors.InvalidError(f'{kind.kind} "{name}" is invalid: ' + "; ".join(str(p) for p in problems))
+    return errors.InvalidError(f'{kind.kind} "{name}" is invalid: ' + "; ".join(str(p) for p in problems),
+                               causes=tuple((p.path, p.problem) for p in problems))
 
 
 # ---------------------------------------------------------------------- create

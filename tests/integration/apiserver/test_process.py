@@ -334,3 +334,46 @@ async def test_slow_watcher_over_grpc_is_cut_off_and_others_carry_on(tmp_path: P
         finally:
             await client.close()
             await slow_channel.close(None)
+
+
+async def test_http_api_beside_grpc_on_the_same_registry(tmp_path: Path) -> None:
+    """--http-listen: a pod created over gRPC is listed over HTTP, and one created over HTTP is
+    read over gRPC (one registry, two faces)."""
+    import aiohttp
+
+    http_port = free_port()
+    with control_plane(tmp_path, apiserver_args=["--http-listen", f"127.0.0.1:{http_port}"]) as cp:
+        client = Client(cp.apiservers[0].endpoint)
+        base = f"http://127.0.0.1:{http_port}"
+        try:
+            await client.create(pod("via-grpc"))
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{base}/readyz") as r:
+                    assert (r.status, await r.text()) == (200, "ok")
+                async with session.get(f"{base}/api/v1/namespaces/default/pods") as r:
+                    listed = await r.json()
+                assert [p["metadata"]["name"] for p in listed["items"]] == ["via-grpc"]
+                body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "via-http"},
+                        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+                async with session.post(f"{base}/api/v1/namespaces/default/pods", json=body) as r:
+                    assert r.status == 201
+            got = await client.get(t.Pod, "via-http", "default")
+            assert got.spec.containers[0].image == "busybox"
+        finally:
+            await client.close()
+
+
+def test_http_port_in_use_is_a_clear_startup_error(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        cluster = start_etcd(tmp_path)
+        try:
+            argv = apiserver_argv(cluster.members[0].endpoint, free_port(),
+                                  extra=["--http-listen", f"127.0.0.1:{taken}"])
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[3])
+        finally:
+            cluster.stop()
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{taken} for the Kubernetes API" in done.stderr

@@ -1,0 +1,564 @@
+"""The Kubernetes REST API over HTTP (aiohttp), in the api-server's event loop, over the same
+Registry and Forwarder as the gRPC service.
+
+What must hold:
+- No API logic lives here: every verb is one call of the Registry (create, get, list, update,
+  update_status, delete, watch) or the Forwarder (logs); this module only translates paths,
+  query parameters and JSON (through skiff.convert, the one conversion) and builds the
+  responses. Patches are read-modify-write over get and update with the resourceVersion read,
+  so a concurrent writer makes the patch retry, never lose an update.
+- Every failure is a metav1.Status with Kubernetes' code and reason (status.py); a watch that
+  fails after it started ends with an ERROR event carrying that Status, never silently.
+- Every object sent has kind and apiVersion; integers are JSON numbers (skiff.convert).
+- Authentication and authorization have one place: `authorize()`, called with the request's
+  attributes before any verb runs. It admits everything today (plain HTTP, no TLS yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+from google.protobuf.message import Message
+
+from controlplane.apiserver.forward import Forwarder
+from controlplane.apiserver.registry import Registry
+from controlplane.apiserver.rest import discovery, openapi, patch, table
+from controlplane.apiserver.rest import status as st
+from controlplane.apiserver.watchcache import BOOKMARK
+from skiff import errors, kinds, labels
+from skiff.convert import FieldError, from_data, to_data
+from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import types_pb2 as t
+
+log = logging.getLogger("skiff.apiserver.http")
+
+JSON = "application/json"
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+PATCH_ATTEMPTS = 8
+MAX_BODY = 16 * 1024 * 1024
+# Request bodies read: JSON, YAML and the patch types (which are JSON, or YAML for apply).
+READABLE = frozenset({JSON, "application/yaml", "application/json-patch+json", "application/merge-patch+json",
+                      "application/strategic-merge-patch+json", "application/apply-patch+yaml",
+                      "application/octet-stream", "text/plain"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a resource path names: /api/v1/namespaces/default/pods/web-1/status."""
+
+    kind: kinds.Kind
+    namespace: str = ""
+    name: str = ""
+    subresource: str = ""
+
+
+TARGET = web.RequestKey("target", Target)
+NAME = web.RequestKey("name", str)  # the object's name when it comes from the body (create)
+WARNINGS = web.RequestKey("warnings", list)  # Warning headers of the response (unknown fields)
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What authorization decides on (Kubernetes' request attributes)."""
+
+    verb: str
+    resource: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    path: str = ""
+
+
+def authorize(request: web.Request, attrs: Attributes) -> None:
+    """The one place for authentication and authorization: raise UnauthenticatedError or
+    ForbiddenError to refuse. Everything is admitted until Skiff has TLS and RBAC."""
+
+
+def object_data(obj: Message) -> dict[str, Any]:
+    """The JSON form of an API object, kind and apiVersion first."""
+    kind = kinds.of_message(obj)
+    data = to_data(obj)
+    return {"kind": kind.kind, "apiVersion": kind.api_version,
+            **{k: v for k, v in data.items() if k not in ("kind", "apiVersion")}}
+
+
+def parse_object(data: Any, kind: kinds.Kind, *, unknown: list[str] | None = None) -> Message:
+    if not isinstance(data, dict):
+        raise st.BadRequest(f"the body must be a JSON object, a {kind.kind}")
+    body_kind, body_version = data.get("kind"), data.get("apiVersion")
+    if body_kind not in (None, "", kind.kind) or body_version not in (None, "", kind.api_version):
+        raise st.BadRequest(f"the body is a {body_kind} ({body_version}); this path takes a {kind.kind} "
+                            f"({kind.api_version})")
+    try:
+        return from_data(data, kind.message, unknown=unknown)
+    except FieldError as exc:
+        raise errors.InvalidError(f'{kind.kind} "{_name_of(data)}" is invalid: {exc}',
+                                  causes=((exc.path, exc.problem),)) from exc
+
+
+def _name_of(data: dict[str, Any]) -> str:
+    meta = data.get("metadata")
+    return str(meta.get("name", "")) if isinstance(meta, dict) else ""
+
+
+def wants_table(accept: str) -> bool:
+    """Whether the client asks for a Table (kubectl get); the first acceptable format wins."""
+    for part in accept.split(","):
+        params = {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in part.split(";")[1:] if "=" in p}
+        media = part.split(";")[0].strip()
+        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io" and params.get("v") == "v1":
+            return True
+        if media in (JSON, "*/*", "application/*") and "as" not in params:
+            return False
+    return False
+
+
+def _bool(value: str | None) -> bool:
+    return value is not None and value.lower() in ("true", "1")
+
+
+def _int(query: Any, name: str) -> int | None:
+    value = query.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise st.BadRequest(f"{name}: expected an integer, got {value!r}") from None
+
+
+def json_response(data: Any, *, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status, content_type=JSON)
+
+
+class KubeApi:
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.forwarder = forwarder
+        self.clock = clock
+
+    # ------------------------------------------------------------------ routing
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                      ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except errors.SkiffError as exc:
+            target = request.get(TARGET)
+            resource = target.kind.resource if target is not None else ""
+            group = target.kind.group if target is not None else ""
+            name = request.get(NAME) or (target.name if target is not None else "")
+            code, body = st.status(exc, resource=resource, group=group, name=name)
+            return json_response(body, status=code)
+        except web.HTTPException:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            code, body = st.status(errors.InternalError(f"internal error serving {request.method} {request.path}"))
+            return json_response(body, status=code)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = [p for p in request.path.split("/") if p]
+        if request.method == "GET":
+            simple = self._simple_get(request, parts)
+            if simple is not None:
+                return simple
+        if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
+            return await self._resource(request, "v1", parts[2:])
+        if len(parts) >= 3 and parts[0] == "apis":
+            return await self._resource(request, f"{parts[1]}/{parts[2]}", parts[3:])
+        raise errors.NotFoundError(f"the server could not find the requested resource ({request.path})")
+
+    def _simple_get(self, request: web.Request, parts: list[str]) -> web.Response | None:
+        path = "/" + "/".join(parts)
+        if path in ("/healthz", "/livez", "/readyz"):
+            authorize(request, Attributes("get", path=path))
+            return web.Response(text="ok", content_type="text/plain")
+        if path == "/version":
+            return json_response(discovery.version_info())
+        if path == "/api":
+            return json_response(discovery.api_versions(request.host))
+        if path == "/apis":
+            return json_response(discovery.api_group_list())
+        doc: dict[str, Any] | None = None
+        if path == "/openapi/v3":
+            return json_response(openapi.root())
+        if path.startswith("/openapi/v3/"):
+            doc = openapi.gv_document(path.removeprefix("/openapi/v3/").removeprefix("api/").removeprefix("apis/"))
+        elif path == "/api/v1":
+            doc = discovery.resource_list("v1")
+        elif len(parts) == 2 and parts[0] == "apis":
+            doc = discovery.api_group(parts[1])
+        elif len(parts) == 3 and parts[0] == "apis":
+            doc = discovery.resource_list(f"{parts[1]}/{parts[2]}")
+        else:
+            return None
+        if doc is None:
+            raise errors.NotFoundError(f"the server could not find the requested resource ({path})")
+        return json_response(doc)
+
+    def _target(self, gv: str, rest: list[str]) -> Target:
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3:
+            raise errors.NotFoundError("the server could not find the requested resource")
+        kind = kinds.by_resource(rest[0])
+        if kind is None or kind.api_version != gv:
+            raise errors.NotFoundError(f'the server could not find the requested resource ({rest[0]} in {gv})')
+        if namespace and not kind.namespaced:
+            raise errors.NotFoundError(f"{kind.resource} are not namespaced")
+        return Target(kind, namespace, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else "")
+
+    async def _resource(self, request: web.Request, gv: str, rest: list[str]) -> web.StreamResponse:
+        target = self._target(gv, rest)
+        request[TARGET] = target
+        q = request.query
+        method = request.method
+        if not target.name:
+            verb = {"GET": "watch" if _bool(q.get("watch")) else "list", "POST": "create"}.get(method)
+        else:
+            verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
+        if verb is None:
+            raise errors.UnimplementedError(f"{method} is not supported on {request.path}")
+        authorize(request, Attributes(verb, target.kind.resource, target.subresource, target.namespace,
+                                      target.name, request.path))
+        if target.subresource:
+            return await self._subresource(request, target, verb)
+        if verb == "list":
+            return await self.list(request, target)
+        if verb == "watch":
+            return await self.watch(request, target)
+        if verb == "create":
+            return await self.create(request, target)
+        if verb == "get":
+            return self._respond(request, target.kind, await self.registry.get(
+                target.kind.resource, target.namespace, target.name))
+        if verb == "update":
+            return await self.update(request, target)
+        if verb == "patch":
+            return await self.patch(request, target)
+        return await self.delete(request, target)
+
+    # ------------------------------------------------------------------ responses
+
+    def _respond(self, request: web.Request, kind: kinds.Kind, obj: Message, *, status: int = 200) -> web.Response:
+        if wants_table(request.headers.get("Accept", "")):
+            response = json_response(table.table(kind, [obj], now=self.clock(),
+                                                 include_object=request.query.get("includeObject", "Metadata")),
+                                     status=status)
+        else:
+            response = json_response(object_data(obj), status=status)
+        for text in request.get(WARNINGS, []):
+            response.headers.add("Warning", '299 - "' + text.replace('"', '\\"') + '"')
+        return response
+
+    @staticmethod
+    def _parse(request: web.Request, data: Any, kind: kinds.Kind) -> Message:
+        """`data` as a `kind`, with Kubernetes' fieldValidation: Strict refuses unknown fields;
+        Warn (the default, as in Kubernetes) drops them with a Warning header each; Ignore drops them."""
+        validation = request.query.get("fieldValidation") or "Warn"
+        if validation not in ("Strict", "Warn", "Ignore"):
+            raise st.BadRequest(f"fieldValidation: must be Strict, Warn or Ignore, got {validation!r}")
+        unknown: list[str] | None = None if validation == "Strict" else []
+        obj = parse_object(data, kind, unknown=unknown)
+        if unknown and validation == "Warn":
+            request[WARNINGS] = [f'unknown field "{path}"' for path in unknown]
+        return obj
+
+    async def _body(self, request: web.Request) -> Any:
+        raw = await request.read()
+        if not raw:
+            raise st.BadRequest("the request has no body")
+        if request.content_type not in READABLE:
+            raise st.UnsupportedMediaType(
+                f"the body's content type {request.content_type!r} is not supported: Skiff reads JSON (and YAML); "
+                "Kubernetes' protobuf encoding (sent by kubectl's typed commands such as `kubectl create "
+                "deployment`) is not served yet: use "
+                "`kubectl create ... --dry-run=client -o yaml | kubectl apply -f -`")
+        try:
+            if request.content_type == "application/yaml" or request.content_type.endswith("+yaml"):
+                return yaml.safe_load(raw)
+            return json.loads(raw)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise st.BadRequest(f"the body is not valid JSON: {exc}") from exc
+
+    # ------------------------------------------------------------------ verbs
+
+    async def list(self, request: web.Request, target: Target) -> web.Response:
+        q = request.query
+        items, rv, token = await self.registry.list(
+            target.kind.resource, namespace=target.namespace, label_selector=q.get("labelSelector", ""),
+            field_selector=q.get("fieldSelector", ""), limit=_int(q, "limit") or 0,
+            continue_token=q.get("continue", ""), resource_version=q.get("resourceVersion", ""))
+        if wants_table(request.headers.get("Accept", "")):
+            return json_response(table.table(target.kind, items, now=self.clock(), resource_version=rv,
+                                             continue_token=token,
+                                             include_object=q.get("includeObject", "Metadata")))
+        meta: dict[str, Any] = {"resourceVersion": rv}
+        if token:
+            meta["continue"] = token
+        return json_response({"kind": f"{target.kind.kind}List", "apiVersion": target.kind.api_version,
+                              "metadata": meta, "items": [object_data(o) for o in items]})
+
+    async def create(self, request: web.Request, target: Target) -> web.Response:
+        body = await self._body(request)
+        if isinstance(body, dict):
+            request[NAME] = _name_of(body)
+        obj = self._parse(request, body, target.kind)
+        meta = obj.metadata  # type: ignore[attr-defined]
+        if target.namespace and meta.namespace and meta.namespace != target.namespace:
+            raise st.BadRequest(f'the namespace of the object ({meta.namespace}) does not match the namespace '
+                                f'of the request ({target.namespace})')
+        created = await self.registry.create(obj, namespace=target.namespace or meta.namespace,
+                                             dry_run=request.query.get("dryRun") == "All")
+        return self._respond(request, target.kind, created, status=201)
+
+    async def update(self, request: web.Request, target: Target, *, status: bool = False) -> web.Response:
+        obj = self._parse(request, await self._body(request), target.kind)
+        self._check_identity(obj, target)
+        updated = await self.registry.update(obj, status=status)
+        return self._respond(request, target.kind, updated)
+
+    @staticmethod
+    def _check_identity(obj: Message, target: Target) -> None:
+        meta = obj.metadata  # type: ignore[attr-defined]
+        if meta.name and meta.name != target.name:
+            raise st.BadRequest(f'the name of the object ({meta.name}) does not match the name on the URL '
+                                f'({target.name})')
+        if target.namespace and meta.namespace and meta.namespace != target.namespace:
+            raise st.BadRequest(f"the namespace of the object ({meta.namespace}) does not match the namespace "
+                                f"on the URL ({target.namespace})")
+        meta.name = target.name
+        if target.namespace:
+            meta.namespace = target.namespace
+
+    def _patched(self, doc: dict[str, Any], body: Any, content_type: str, kind: kinds.Kind) -> Any:
+        try:
+            if content_type == "application/json-patch+json":
+                return patch.json_patch(doc, body)
+            if content_type == "application/merge-patch+json":
+                return patch.merge_patch(doc, body)
+            if content_type == "application/strategic-merge-patch+json":
+                return patch.strategic_merge(doc, body, kind.message.DESCRIPTOR)
+        except patch.PatchError as exc:
+            raise errors.InvalidError(f"the patch cannot be applied: {exc}") from exc
+        if content_type == "application/apply-patch+yaml":
+            raise st.UnsupportedMediaType("server-side apply is not supported yet; use client-side "
+                                          "`kubectl apply` (without --server-side)")
+        raise st.UnsupportedMediaType(f"the patch type {content_type!r} is not supported")
+
+    async def patch(self, request: web.Request, target: Target, *, status: bool = False) -> web.Response:
+        body = await self._body(request)
+        content_type = request.content_type
+        for _ in range(PATCH_ATTEMPTS):
+            current = await self.registry.get(target.kind.resource, target.namespace, target.name)
+            doc = object_data(current)
+            new_doc = self._patched(doc, body, content_type, target.kind)
+            meta = new_doc.get("metadata") if isinstance(new_doc, dict) else None
+            pinned = isinstance(meta, dict) and meta.get("resourceVersion") not in (None, doc["metadata"].get(
+                "resourceVersion"))
+            obj = self._parse(request, new_doc, target.kind)
+            self._check_identity(obj, target)
+            if not pinned:
+                obj.metadata.resource_version = current.metadata.resource_version  # type: ignore[attr-defined]
+            try:
+                updated = await self.registry.update(obj, status=status)
+            except errors.ConflictError:
+                if pinned:
+                    raise
+                continue
+            return self._respond(request, target.kind, updated)
+        raise errors.ConflictError(f'{target.kind.resource} "{target.name}": the object kept changing while '
+                                   "it was patched; try again")
+
+    async def delete(self, request: web.Request, target: Target) -> web.Response:
+        q = request.query
+        options: dict[str, Any] = {}
+        if request.can_read_body:
+            raw = await request.read()
+            if raw.strip():
+                try:
+                    options = json.loads(raw)
+                except ValueError as exc:
+                    raise st.BadRequest(f"DeleteOptions: not valid JSON: {exc}") from exc
+        grace = options.get("gracePeriodSeconds")
+        if grace is None:
+            grace = _int(q, "gracePeriodSeconds")
+        policy = options.get("propagationPolicy") or q.get("propagationPolicy", "")
+        pre = options.get("preconditions") or {}
+        preconditions = None
+        if pre:
+            preconditions = api.Preconditions(uid=pre.get("uid") or "", resource_version=pre.get("resourceVersion")
+                                              or "")
+        obj = await self.registry.delete(target.kind.resource, target.namespace, target.name,
+                                         grace_period=grace, propagation_policy=policy,
+                                         preconditions=preconditions)
+        meta = obj.metadata  # type: ignore[attr-defined]
+        if meta.HasField("deletion_timestamp"):
+            return json_response(object_data(obj))  # still there: graceful deletion or finalizers
+        return json_response(st.success(resource=target.kind.resource, group=target.kind.group, name=target.name,
+                                        uid=meta.uid))
+
+    # ------------------------------------------------------------------ watch
+
+    async def watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        q = request.query
+        if target.name:  # the old /watch/ form of one object; clients use fieldSelector=metadata.name=NAME
+            raise st.BadRequest("watch a single object with ?fieldSelector=metadata.name=NAME on its collection")
+        as_table = wants_table(request.headers.get("Accept", ""))
+        initial = _bool(q.get("sendInitialEvents"))
+        events = self.registry.watch(
+            target.kind.resource, namespace=target.namespace, label_selector=q.get("labelSelector", ""),
+            field_selector=q.get("fieldSelector", ""), resource_version=q.get("resourceVersion", ""),
+            send_initial_events=initial, allow_bookmarks=_bool(q.get("allowWatchBookmarks")),
+            timeout_seconds=_int(q, "timeoutSeconds") or 0)
+        response = web.StreamResponse(headers={"Content-Type": JSON, "Cache-Control": "no-cache"})
+        started = False
+        first_columns = True
+        try:
+            async for data in events:
+                if not started:
+                    await response.prepare(request)
+                    started = True
+                ev = api.WatchEvent.FromString(data)
+                obj = kinds.unwrap(ev.object)
+                if ev.type == BOOKMARK:
+                    meta: dict[str, Any] = {"resourceVersion": obj.metadata.resource_version}  # type: ignore[attr-defined]
+                    if initial:
+                        meta["annotations"] = {INITIAL_EVENTS_END: "true"}
+                        initial = False
+                    out: dict[str, Any] = {"kind": target.kind.kind, "apiVersion": target.kind.api_version,
+                                           "metadata": meta}
+                elif as_table:
+                    out = table.table(target.kind, [obj], now=self.clock(),
+                                      resource_version=obj.metadata.resource_version,  # type: ignore[attr-defined]
+                                      include_object=q.get("includeObject", "Metadata"), with_columns=first_columns)
+                    first_columns = False
+                else:
+                    out = object_data(obj)
+                await response.write(json.dumps({"type": ev.type, "object": out}, separators=(",", ":")).encode()
+                                     + b"\n")
+        except errors.SkiffError as exc:
+            if not started and not isinstance(exc, errors.GoneError):
+                raise  # refused before it started (a bad selector): a plain error response
+            if not started:  # too old: as Kubernetes, a 200 stream whose one event is the 410 Status
+                await response.prepare(request)
+                started = True
+            _, body = st.status(exc, resource=target.kind.resource, group=target.kind.group)
+            await response.write(json.dumps({"type": "ERROR", "object": body}).encode() + b"\n")
+        except ConnectionResetError:  # the client went away: nothing to tell it
+            return response
+        if not started:  # the watch ended (timeout) before any event: an empty stream
+            await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------ subresources
+
+    async def _subresource(self, request: web.Request, target: Target, verb: str) -> web.StreamResponse:
+        sub, kind = target.subresource, target.kind
+        if sub == "status" and discovery.has_status(kind):
+            if verb == "get":
+                return self._respond(request, kind, await self.registry.get(kind.resource, target.namespace,
+                                                                            target.name))
+            if verb == "update":
+                return await self.update(request, target, status=True)
+            if verb == "patch":
+                return await self.patch(request, target, status=True)
+        if sub == "scale" and kind.resource in discovery.SCALABLE and verb in ("get", "update", "patch"):
+            return await self.scale(request, target, verb)
+        if sub == "log" and kind.resource == "pods" and verb == "get":
+            return await self.logs(request, target)
+        raise errors.NotFoundError(f"the server could not find the requested resource ({kind.resource}/{sub}, "
+                                   f"{request.method})")
+
+    async def scale(self, request: web.Request, target: Target, verb: str) -> web.Response:
+        current = await self.registry.get(target.kind.resource, target.namespace, target.name)
+        scale = scale_of(current)
+        if verb == "get":
+            return json_response(scale)
+        body = await self._body(request)
+        if verb == "patch":
+            wanted = self._patched(scale, body, request.content_type, target.kind) \
+                if request.content_type != "application/strategic-merge-patch+json" else patch.merge_patch(scale, body)
+        else:
+            wanted = body
+        spec = wanted.get("spec") if isinstance(wanted, dict) else None
+        replicas = spec.get("replicas") if isinstance(spec, dict) else None
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise errors.InvalidError("spec.replicas: must be a non-negative integer",
+                                      causes=(("spec.replicas", "must be a non-negative integer"),))
+        obj = type(current)()
+        obj.CopyFrom(current)
+        obj.spec.replicas = replicas  # type: ignore[attr-defined]
+        rv = (wanted.get("metadata") or {}).get("resourceVersion") if verb == "update" else ""
+        obj.metadata.resource_version = rv or current.metadata.resource_version  # type: ignore[attr-defined]
+        return json_response(scale_of(await self.registry.update(obj)))
+
+    async def logs(self, request: web.Request, target: Target) -> web.StreamResponse:
+        q = request.query
+        req = api.LogsRequest(namespace=target.namespace, pod=target.name, container=q.get("container", ""),
+                              follow=_bool(q.get("follow")), tail_lines=_int(q, "tailLines") or 0,
+                              previous=_bool(q.get("previous")))
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        started = False
+        async for chunk in self.forwarder.logs(req):
+            if not started:
+                await response.prepare(request)
+                started = True
+            await response.write(chunk.data)
+        if not started:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
+
+
+def scale_of(obj: Message) -> dict[str, Any]:
+    """The autoscaling/v1 Scale of a Deployment, ReplicaSet or StatefulSet."""
+    assert isinstance(obj, t.Deployment | t.ReplicaSet | t.StatefulSet)
+    meta = obj.metadata
+    try:
+        selector = labels.to_string(labels.from_label_selector(obj.spec.selector))
+    except labels.SelectorError:
+        selector = ""
+    data_meta = to_data(meta)
+    return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {k: data_meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                         if k in data_meta},
+            "spec": {"replicas": obj.spec.replicas}, "status": {"replicas": obj.status.replicas, "selector": selector}}
+
+
+async def start(registry: Registry, forwarder: Forwarder, listen: str) -> tuple[web.AppRunner, int]:
+    """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port)."""
+    host, _, port_text = listen.rpartition(":")
+    # handler_cancellation: a watch whose client went away ends at once instead of at its next event.
+    runner = web.AppRunner(KubeApi(registry, forwarder).app(), access_log=None, handle_signals=False,
+                           handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(f"cannot listen on {listen} for the Kubernetes API: {exc}") from exc
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else int(port_text)
+    return runner, port
