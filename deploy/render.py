@@ -91,6 +91,7 @@ class HostConfig:
     # cgroupfs parent of this node's pods; unique per node on a machine (labs share one).
     cgroup_parent: str = "/skiff-pods"
     containerd_bin: str = "containerd"  # an absolute path in installed units (systemd wants one)
+    proxy_mode: str = ""  # this host's proxy mode when not the cluster's (the VM lab shows both)
 
     @property
     def node_paths(self) -> hostconfig.NodePaths:
@@ -176,7 +177,7 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
     if netns_path:
         agent += ["--netns", netns_path]
     proxy = [*_py(cluster, "netproxy"), "--api-servers", cluster.api_servers, "--node-name", host.name,
-             "--mode", cluster.proxy_mode, "--cluster-cidr", cluster.cluster_cidr,
+             "--mode", host.proxy_mode or cluster.proxy_mode, "--cluster-cidr", cluster.cluster_cidr,
              "--min-sync-period", cluster.min_sync_period, "--iptables-backend", cluster.iptables_backend]
     return [
         containerd,
