@@ -5,12 +5,19 @@ The tests share one lab and run in file order; the destructive ones (store leade
 worker failure) come last. All service and pod traffic is sent from inside the lab's
 namespaces (hosts via nsenter, pods via exec); only the api-servers are reached from here,
 through the lab's uplink.
+
+With SKIFF_E2E_VM=1 (`make vm-e2e`, docs/vm.md) the workers are QEMU guests instead, real
+separate kernels on the lab LAN (n1's proxy in IPVS mode, n2's in iptables mode): the seed is
+examples/web applied unchanged, traffic from a worker host runs inside its guest, every wait is
+SLOW times longer (emulated Python), and the tests that kill or restart a worker's processes
+by PID from here are skipped (a guest's processes are not this machine's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -19,8 +26,9 @@ import grpc
 import pytest
 
 from deploy import containerd
-from deploy.lab import Lab, LabSpec
-from skiff import defaults, kinds
+from deploy.lab import VM_PROXY_MODES, Lab, LabSpec
+from deploy.vm.image import ROOT
+from skiff import defaults, kinds, manifests
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
@@ -33,6 +41,9 @@ T = TypeVar("T")
 LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure reports
 WEB1 = "skiff/web:1.0"
 WEB2 = "skiff/web:2.0"
+VM = os.environ.get("SKIFF_E2E_VM") == "1"
+SLOW = 8.0 if VM else 1.0  # every wait's factor: emulated Python is 10-20 times slower
+not_in_vm = pytest.mark.skipif(VM, reason="kills or restarts a worker's processes by PID: not a guest's")
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +53,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     require(not missing, f"missing {', '.join(missing)}")
     prefix = f"e{os.getpid() % 10000}"
     # In the Vagrant VMs (SKIFF_E2E_PROXY_MODE=ipvs) the same lab runs with IPVS for real.
+    if VM:
+        from deploy.vm import image
+
+        require(shutil.which("qemu-system-x86_64") is not None, "missing qemu-system-x86_64 (qemu-system-x86)")
+        image.build()
     spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{150 + os.getpid() % 50}.0.0/24",
-                   node_monitor_grace_period="8s", pod_eviction_timeout="4s", min_sync_period="0s",
-                   proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"))
+                   node_monitor_grace_period="60s" if VM else "8s", pod_eviction_timeout="300s" if VM else "4s",
+                   min_sync_period="0s", proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"),
+                   vm_workers=VM, proxy_modes=dict(VM_PROXY_MODES) if VM else {}, vm_timeout=3600)
     the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
     the_lab.up(progress=print, timeout=120)
     global LAB
@@ -63,6 +80,7 @@ def run(coro: Awaitable[T]) -> T:
 
 async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str,
                      interval: float = 0.5) -> T:
+    timeout *= SLOW
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -140,15 +158,21 @@ def answers(lab: Lab, host: str, url: str, times: int) -> set[str]:
 def test_seed_flow(lab: Lab) -> None:
     async def scenario() -> None:
         async with lab.client() as client:
-            await client.create(deployment("web", replicas=2))
-            svc = await client.create(service("web"))
+            if VM:  # the seed manifests, applied unchanged
+                for item in manifests.load([str(ROOT / "examples" / "web")]):
+                    await client.create(item.obj)
+                svc = await client.get(t.Service, "web-service", "default")
+            else:
+                await client.create(deployment("web", replicas=2))
+                svc = await client.create(service("web"))
             pods = await wait_ready_pods(client, "web", 2)
             rs = (await client.list(t.ReplicaSet, namespace="default", label_selector="app=web")).items
             assert len(rs) == 1 and rs[0].metadata.owner_references[0].name == "web"
             assert all(p.metadata.owner_references[0].name == rs[0].metadata.name for p in pods)
             assert sorted(p.spec.node_name for p in pods) == ["n1", "n2"], "pods should spread over both workers"
             want = {p.status.pod_ip for p in pods}
-            await eventually(lambda: _equal(endpoint_ips(client, "web"), want), timeout=30, what="endpoints")
+            await eventually(lambda: _equal(endpoint_ips(client, svc.metadata.name), want), timeout=30,
+                             what="endpoints")
             names = {f"hello from {p.metadata.name}" for p in pods}
             url = f"http://{svc.spec.cluster_ip}/"
             for host in ("cp", "n1", "n2"):
@@ -204,10 +228,11 @@ def test_scale_up_and_down(lab: Lab) -> None:
             await scale(client, 6)
             pods = await wait_ready_pods(client, "web", 6)
             assert {p.spec.node_name for p in pods} == {"n1", "n2"}
-            await eventually(lambda: _count(endpoint_ips(client, "web"), 6), timeout=30, what="6 endpoints")
+            name = "web-service" if VM else "web"
+            await eventually(lambda: _count(endpoint_ips(client, name), 6), timeout=30, what="6 endpoints")
             await scale(client, 2)
             await wait_ready_pods(client, "web", 2)
-            await eventually(lambda: _count(endpoint_ips(client, "web"), 2), timeout=30, what="2 endpoints")
+            await eventually(lambda: _count(endpoint_ips(client, name), 2), timeout=30, what="2 endpoints")
 
     run(scenario())
 
@@ -257,6 +282,7 @@ async def _at_least(lines: Awaitable[list[str]], n: int) -> bool:
     return len([x for x in await lines if x == "ok"]) >= n
 
 
+@not_in_vm
 def test_netproxy_restart_keeps_new_connections_working(lab: Lab) -> None:
     async def scenario() -> None:
         async with lab.client() as client:
@@ -298,6 +324,7 @@ async def store_leader(lab: Lab) -> tuple[str, dict[int, str]]:
     return ids[leaders.pop()], ids
 
 
+@not_in_vm
 def test_store_leader_killed_cluster_keeps_working(lab: Lab) -> None:
     async def scenario() -> None:
         leader, member_names = await store_leader(lab)
@@ -331,6 +358,7 @@ async def _agreed_leader(lab: Lab, dead: str, names: dict[int, str]) -> str | No
     return names.get(leaders.pop()) if len(leaders) == 1 and 0 not in leaders else None
 
 
+@not_in_vm
 def test_worker_failure_moves_pods_and_endpoints(lab: Lab) -> None:
     async def scenario() -> None:
         async with lab.client() as client:
