@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,14 +44,23 @@ def parse_junit(xml_text: str) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.vm_e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/vm-e2e.json")
+    parser.add_argument("--budget", type=float, default=3600.0,
+                        help="seconds before pytest is interrupted (it still tears the lab down)")
     args, pytest_args = parser.parse_known_args(argv)  # the rest goes to pytest (e.g. -x)
     run = meta.start("vm-e2e")
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "pytest", TESTS, "-v", "-p", "no:cacheprovider",
-                               f"--junitxml={junit}", *pytest_args], cwd=meta.ROOT,
-                              env={**os.environ, "SKIFF_E2E_VM": "1"}, check=False)
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", TESTS, "-v", "-p", "no:cacheprovider",
+                                 f"--junitxml={junit}", *pytest_args], cwd=meta.ROOT,
+                                env={**os.environ, "SKIFF_E2E_VM": "1"})
+        try:
+            proc.wait(timeout=args.budget)
+        except subprocess.TimeoutExpired:
+            # SIGINT, not a kill: pytest then runs the lab fixture's teardown, which stops the guests.
+            print(f"vm-e2e: over the {args.budget:.0f}s budget; interrupting pytest", flush=True)
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
         seconds = time.monotonic() - started
         tests = parse_junit(junit.read_text()) if junit.exists() else []
     results = {"seconds": round(seconds, 1), "exit_status": proc.returncode, "tests": tests,
