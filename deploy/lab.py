@@ -215,7 +215,7 @@ class Lab:
     def http_get(self, host: str, url: str, *, timeout: float = 10.0) -> str:
         """GET `url` from inside `host` (busybox wget: no -T, it segfaults in busybox 1.35)."""
         guest = self.guest(host)
-        if guest is not None:  # busybox-static's wget crashes in a guest: the guest's server fetches it
+        if guest is not None:  # the guest's server fetches it: no process to start, a real timeout
             try:
                 answer = guest.request({"get": url}, timeout=timeout)
             except vmhost.VmHostError as exc:

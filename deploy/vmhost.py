@@ -10,7 +10,8 @@ Requests are files on the share, because the guest has no other channel to the h
 `req/<id>.json` ({"argv": [...]} or {"get": url}, and a timeout) is answered by
 `req/<id>.out.json` ({"rc", "stdout", "stderr"}); both are written to a temporary name and
 renamed, so neither side reads half a file. `handle()` is what answers one request; a URL is
-fetched with Python's urllib, since busybox-static's wget crashes in the guest.
+fetched with Python's urllib in the server (no process to start, and a real timeout:
+busybox's `wget -T` segfaults).
 
 What must hold:
 - the guest runs under a timeout and is killed by its PIDs on `stop()` from any process: the
