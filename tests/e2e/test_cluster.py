@@ -35,7 +35,7 @@ from skiffpb.etcd import rpc_pb2 as etcd
 from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
 from tests.support.prereq import require, require_root
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e]
 
 T = TypeVar("T")
 LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure reports
@@ -44,6 +44,8 @@ WEB2 = "skiff/web:2.0"
 VM = os.environ.get("SKIFF_E2E_VM") == "1"
 SLOW = 8.0 if VM else 1.0  # every wait's factor: emulated Python is 10-20 times slower
 not_in_vm = pytest.mark.skipif(VM, reason="kills or restarts a worker's processes by PID: not a guest's")
+if VM:  # the first test also waits for the guests to boot and start their daemons (minutes)
+    pytestmark.append(pytest.mark.timeout(1500))
 
 
 @pytest.fixture(scope="module")
