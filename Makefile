@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
-	vm-image vm-ipvs bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report clean \
+	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -91,6 +91,20 @@ vm-image: setup
 # netproxy's IPVS mode against a real kernel (in a guest when this kernel has no IP_VS); part of `make test`.
 vm-ipvs: vm-image
 	$(BIN)/pytest tests/e2e/netproxy/test_ipvs_kernel.py tests/e2e/test_vm.py $(PYTEST_FLAGS)
+
+# The VM lab (docs/vm.md): the control plane in a network namespace, workers n1 (IPVS) and n2
+# (iptables) as QEMU guests on its LAN. Slow (emulated Python): not part of `make test`.
+# Run them under the shared lock: flock /tmp/skiff-e2e.lock make vm-lab (and vm-lab-down, vm-e2e).
+VM_LAB_LAN ?= 10.201.0.0/24
+vm-lab: vm-image
+	$(BIN)/python -m deploy.lab up --prefix vmlab --vm-workers --lan $(VM_LAB_LAN)
+
+vm-lab-down: setup
+	$(BIN)/python -m deploy.lab down --prefix vmlab
+
+# The lab e2e flow on the VM lab, timed; writes bench/results/vm-e2e.json.
+vm-e2e: vm-image
+	$(BIN)/python -m bench.vm_e2e $(PYTEST_FLAGS)
 
 # The Vagrant lab (deploy/vagrant/README.md): 1 control plane + 2 workers, provisioned by
 # deploy/install.py; run on a machine with Vagrant and VirtualBox or libvirt, not as root.

@@ -188,6 +188,17 @@ def dns_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def vm_e2e_rows(r: dict[str, Any]) -> list[Row]:
+    tests = r.get("tests") or []
+    ran = [x for x in tests if x["outcome"] != "skipped"]
+    if not ran:
+        return []
+    detail = ", ".join(f"{x['test'].removeprefix('test_')} {x['seconds']:.0f} s" for x in ran)
+    return [("`make vm-e2e`: the lab e2e flow with the workers as QEMU guests", "a few minutes, else not in CI (#17)",
+             f"{r['seconds']:.0f} s, {r['passed']} of {len(ran)} passed ({detail})",
+             _yes(r["failed"] == 0) + " (separate target)")]
+
+
 # File name prefix -> (component, rows). Order is the table's.
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("store", "store (Skiff vs etcd, 3 members each)", store_rows),
@@ -198,6 +209,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("netproxy", "netproxy (real iptables)", netproxy_rows),
     ("e2e", "end to end (lab: 1 control-plane host, 2 workers)", e2e_rows),
     ("dns", "cluster DNS (the server in a child process on loopback)", dns_rows),
+    ("vm-e2e", "end to end on the VM lab (workers are QEMU guests: TCG, -smp 1)", vm_e2e_rows),
 ]
 
 

@@ -7,6 +7,10 @@ deploy/render.py, the same rendering the Vagrant lab and bare metal use. The roo
 reaches the api-servers through the lab's uplink veth only; test traffic to services and
 pods is sent from inside the lab's namespaces.
 
+In the VM lab (`vm_workers`, `make vm-lab`) the workers are QEMU guests instead (deploy/vmhost.py):
+their own kernels on the same LAN bridge through a tap, running the same rendered daemons; the
+control plane stays in its namespace. `run_in` and `http_get` then run inside the guest.
+
 What must hold:
 - everything a lab creates is named with its prefix and kept under its directory, so several
   labs run side by side and `down` finds all of it from `lab.json` alone (another process,
@@ -31,7 +35,8 @@ from pathlib import Path
 
 import grpc
 
-from deploy import containerd, netplan, procs, render
+from deploy import containerd, netplan, procs, render, vmhost
+from deploy.vm.guest import TapLink
 from skiff import defaults, images, kubeconfig, taints
 from skiff.client import Client
 from skiff.errors import SkiffError
@@ -39,9 +44,13 @@ from skiffpb.api.v1 import types_pb2 as t
 
 DEFAULT_ROOT = Path(os.environ.get("SKIFF_LAB_DIR", "/var/lib/skiff/labs"))
 IMAGE_CACHE = Path(os.environ.get("SKIFF_IMAGE_CACHE", "/var/cache/skiff/images"))
+GUEST_STATE = Path("/run/skiff-lab")  # a guest host's node state: on the guest's tmpfs
+GUEST_READY_TIMEOUT = 900.0  # emulated Python is 10-20 times slower: a guest's daemons take minutes
+COMPILED = ("deploy", "skiff", "skiffpb", "nodeagent", "netproxy")
 
 Progress = Callable[[str], None]
 CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"
+VM_PROXY_MODES = {"n1": "ipvs", "n2": "iptables"}  # the VM lab's workers show both proxy modes on real kernels
 
 
 def _quiet(_: str) -> None:
@@ -72,6 +81,12 @@ class LabSpec:
     default_toleration_seconds: int = 300  # the api-server's, for not-ready and unreachable
     min_sync_period: str = "1s"
     python: str = field(default_factory=lambda: sys.executable)
+    # The VM lab (deploy/vmhost.py): workers are QEMU guests with their own kernels, on the LAN
+    # through a tap; the control plane stays in a namespace. A host named in proxy_modes runs
+    # its proxy in that mode (the cluster's otherwise).
+    vm_workers: bool = False
+    proxy_modes: dict[str, str] = field(default_factory=dict)
+    vm_timeout: float = 7200.0  # a guest's whole life: it is killed after this even if nobody stops it
 
     def network(self) -> netplan.LabNetwork:
         if self.combined:
@@ -84,7 +99,8 @@ class LabSpec:
         both = (render.CONTROL_PLANE, render.WORKER)
         cps = [netplan.Host("cp", net.hosts[0].ip, both)] + [
             netplan.Host(f"cp{i}", _offset(self.lan_cidr, 30 + i), both) for i in range(2, self.control_planes + 1)]
-        return netplan.LabNetwork(net.prefix, net.lan_cidr, (*cps, *net.hosts[1:]), uplink=net.uplink,
+        workers = [netplan.Host(h.name, h.ip, h.roles, guest=self.vm_workers) for h in net.hosts[1:]]
+        return netplan.LabNetwork(net.prefix, net.lan_cidr, (*cps, *workers), uplink=net.uplink,
                                   host_routes_via=net.host_routes_via)
 
     def check_ranges(self) -> None:
@@ -138,7 +154,10 @@ class Lab:
     def host_config(self, name: str) -> render.HostConfig:
         h = self.net.host(name)
         dedicated = render.CONTROL_PLANE in h.roles and not self.spec.combined
-        return render.HostConfig(name=h.name, ip=h.ip, roles=h.roles, state_dir=self.dir / h.name,
+        # A guest keeps its node state on its own tmpfs; it dies with the guest.
+        state_dir = GUEST_STATE / h.name if h.guest else self.dir / h.name
+        return render.HostConfig(name=h.name, ip=h.ip, roles=h.roles, state_dir=state_dir,
+                                 proxy_mode=self.spec.proxy_modes.get(name, ""),
                                  store_password_file=self.password_file,
                                  cgroup_parent=f"/skiff-{self.spec.prefix}-{h.name}",
                                  node_labels={CONTROL_PLANE_ROLE: ""} if dedicated else {},
@@ -146,6 +165,14 @@ class Lab:
 
     def run_dir(self, host: str) -> Path:
         return self.dir / host / "run"
+
+    def guest(self, host: str) -> vmhost.VmHost | None:
+        """The guest behind a VM lab host (None for a namespace host)."""
+        return vmhost.VmHost(host, self.dir / host / "vm") if self.net.host(host).guest else None
+
+    @property
+    def guests(self) -> list[vmhost.VmHost]:
+        return [g for g in (self.guest(h.name) for h in self.net.hosts) if g is not None]
 
     def netns(self, host: str) -> str:
         return self.net.netns(host)
@@ -171,18 +198,38 @@ class Lab:
         return Client(self.api_servers, timeout=timeout)
 
     def daemons(self, host: str) -> dict[str, procs.Daemon]:
+        """A host's daemons (none for a guest host: its processes are the guest's, logs in its share)."""
         return {d.name: d for d in procs.recorded(self.run_dir(host))}
 
     # ------------------------------------------------------------------ traffic from inside the lab
 
     def run_in(self, host: str, argv: Sequence[str], *, timeout: float = 30.0,
                check: bool = False) -> subprocess.CompletedProcess[str]:
-        """Run a short command inside a host's netns."""
+        """Run a short command inside a host's netns (or on a guest host's own kernel)."""
+        guest = self.guest(host)
+        if guest is not None:
+            try:
+                out = guest.request({"argv": list(argv)}, timeout=timeout)
+            except vmhost.VmHostError as exc:
+                raise LabError(str(exc)) from None
+            done = subprocess.CompletedProcess(list(argv), out["rc"], out["stdout"], out["stderr"])
+            if check:
+                done.check_returncode()
+            return done
         return subprocess.run(procs.in_netns(self.netns(host), argv), capture_output=True, text=True,
                               timeout=timeout, check=check)
 
     def http_get(self, host: str, url: str, *, timeout: float = 10.0) -> str:
         """GET `url` from inside `host` (busybox wget: no -T, it segfaults in busybox 1.35)."""
+        guest = self.guest(host)
+        if guest is not None:  # the guest's server fetches it: no process to start, a real timeout
+            try:
+                answer = guest.request({"get": url}, timeout=timeout)
+            except vmhost.VmHostError as exc:
+                raise LabError(str(exc)) from None
+            if answer["rc"] != 0:
+                raise LabError(f"GET {url} from {host} failed: {answer['stderr']}")
+            return str(answer["stdout"])
         out = self.run_in(host, [images.BUSYBOX, "wget", "-qO-", url], timeout=timeout)
         if out.returncode != 0:
             raise LabError(f"GET {url} from {host} failed ({out.returncode}): {out.stderr.strip()}")
@@ -230,10 +277,19 @@ class Lab:
         if self.workers:
             IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
             images.build_presets(IMAGE_CACHE, containerd.IMAGES)
+        if self.guests:
+            # Bytecode compiled here spares the guests (read-only root, slow Python) compiling each import.
+            subprocess.run([self.spec.python, "-m", "compileall", "-q", *COMPILED], cwd=vmhost.ROOT,
+                           capture_output=True, check=False)
         for name in self.workers:
             self.start_worker(name)
+        for guest in self.guests:
+            seconds = guest.wait_ready(max(timeout, GUEST_READY_TIMEOUT))
+            progress(f"guest {guest.name}: containerd, node agent and proxy started in {seconds:.0f}s "
+                     f"({time.monotonic() - started:.1f}s)")
         if self.workers:
-            asyncio.run(self.wait_nodes_ready(self.workers, timeout))
+            asyncio.run(self.wait_nodes_ready(self.workers, max(timeout, GUEST_READY_TIMEOUT) if self.guests
+                                              else timeout))
             progress(f"workers: {', '.join(self.workers)} Ready ({time.monotonic() - started:.1f}s)")
 
     def _specs(self, host: str) -> list[render.DaemonSpec]:
@@ -244,8 +300,24 @@ class Lab:
             procs.start(spec.name, spec.argv, self.run_dir(host), netns=self.netns(host), env=spec.env)
 
     def start_worker(self, host: str) -> None:
-        """containerd (images imported), node agent, proxy and cluster DNS of one worker host."""
+        """containerd (images imported), node agent, proxy and cluster DNS of one worker host.
+
+        A guest host is only booted here (it starts its daemons itself): `VmHost.wait_ready`.
+        """
         config = self.host_config(host)
+        guest = self.guest(host)
+        if guest is not None:
+            h = self.net.host(host)
+            specs = self._specs(host)
+            host_plan = vmhost.plan(
+                network=netplan.guest_commands(self.net, host), node_base=str(config.node_paths.base),
+                images=[str(p) for p in images.build_presets(IMAGE_CACHE, containerd.IMAGES)],
+                daemons=[(s.name, s.argv, s.env) for s in specs if s.name in ("containerd", "nodeagent", "netproxy")])
+            octets = [int(x) for x in h.ip.split(".")]
+            link = TapLink(self.net.lan_netns, "br0", f"{self.spec.prefix}-{host}",
+                           "52:54:00:{:02x}:{:02x}:{:02x}".format(*octets[1:]))
+            guest.start(host_plan, links=(link,), timeout=self.spec.vm_timeout)
+            return
         paths = config.node_paths
         containerd.start(paths, self.run_dir(host), netns=self.netns(host))
         containerd.import_images(paths, IMAGE_CACHE)
@@ -329,7 +401,11 @@ class Lab:
             for d in ("scheduler", "controllers"):
                 if d in daemons:
                     procs.stop(daemons[d])
+        for guest in self.guests:
+            guest.stop()
         for name in self.workers:
+            if self.net.host(name).guest:
+                continue
             config = self.host_config(name)
             daemons = self.daemons(name)
             for d in ("clusterdns", "netproxy", "nodeagent"):
@@ -351,7 +427,10 @@ class Lab:
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
         if f" {self.net.uplink_name}@" in links or f" {self.net.uplink_name}:" in links:
             out.append(f"link {self.net.uplink_name}")
+        out += [f"guest {g.name}" for g in self.guests if g.running()]
         for name in self.workers:
+            if self.net.host(name).guest:
+                continue
             config = self.host_config(name)
             out += containerd.leftovers(config.node_paths, config.cgroup_parent)
         if self.dir.exists():
@@ -364,6 +443,12 @@ class Lab:
         lines = [f"lab {self.spec.prefix}: LAN {self.net.lan_cidr}, api-servers {','.join(self.api_servers)}"]
         netns = netplan.existing_netns()
         for host in self.net.hosts:
+            guest = self.guest(host.name)
+            if guest is not None:
+                state = "guest" if guest.running() else "stopped"
+                logs = ", ".join(sorted(p.stem for p in guest.logs.glob("*.log")))
+                lines.append(f"  {host.name:<6} {host.ip:<15} {state:<8} logs {guest.logs}: {logs or '-'}")
+                continue
             daemons = self.daemons(host.name)
             state = "up" if self.netns(host.name) in netns else "missing"
             names = ", ".join(f"{n}{'' if d.alive() else '(dead)'}" for n, d in sorted(daemons.items()))
@@ -392,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--control-planes", type=int, default=1, help="control-plane hosts (store members spread)")
     up.add_argument("--lan", default="10.77.0.0/24", help="the lab LAN (the root netns gets its first address)")
     up.add_argument("--proxy-mode", choices=("iptables", "ipvs"), default="iptables")
+    up.add_argument("--vm-workers", action="store_true",
+                    help="workers as QEMU guests (docs/vm.md); n1 proxies with IPVS, n2 with iptables")
+    up.add_argument("--vm-timeout", type=float, default=7200.0, help="seconds after which the guests are killed")
     common(sub.add_parser("down", help="stop a lab and remove everything it created"))
     common(sub.add_parser("status", help="show a lab's hosts and daemons"))
     args = parser.parse_args(argv)
@@ -405,7 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, root: Path) -> int:
     if args.action == "up":
         lab = Lab(LabSpec(prefix=args.prefix, workers=args.workers, control_planes=args.control_planes,
-                          lan_cidr=args.lan, proxy_mode=args.proxy_mode), root)
+                          lan_cidr=args.lan, proxy_mode=args.proxy_mode, vm_workers=args.vm_workers,
+                          proxy_modes=dict(VM_PROXY_MODES) if args.vm_workers else {},
+                          vm_timeout=args.vm_timeout), root)
         lab.up(progress=lambda line: print(f"[lab {args.prefix}] {line}", flush=True))
         print(f"api-servers: {','.join(lab.api_servers)}")
         print(f"use it:      export SKIFF_SERVER={','.join(lab.api_servers)}")

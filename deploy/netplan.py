@@ -28,6 +28,9 @@ class Host:
     name: str  # "cp", "n1"
     ip: str  # LAN address, e.g. "10.77.0.10"
     roles: tuple[str, ...] = ("worker",)  # "control-plane" and/or "worker"
+    # A QEMU guest (deploy/vmhost.py): no namespace or veth here; its tap joins the LAN bridge
+    # and the guest configures its own eth0 with `guest_commands`.
+    guest: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ def plan_up(lab: LabNetwork) -> list[Command]:
         ("ip", "-n", lan, "link", "set", "br0", "up"),
     ]
     for h in lab.hosts:
+        if h.guest:
+            continue
         ns = lab.netns(h.name)
         cmds += [
             ("ip", "netns", "add", ns),
@@ -142,9 +147,20 @@ def plan_down(lab: LabNetwork) -> list[Command]:
             cmds += [("ip", "route", "del", lab.service_cidr, "dev", lab.uplink_name),
                      ("ip", "route", "del", lab.cluster_cidr, "dev", lab.uplink_name)]
         cmds.append(("ip", "link", "del", lab.uplink_name))
-    cmds += [("ip", "netns", "del", lab.netns(h.name)) for h in lab.hosts]
+    cmds += [("ip", "netns", "del", lab.netns(h.name)) for h in lab.hosts if not h.guest]
     cmds.append(("ip", "netns", "del", lab.lan_netns))
     return cmds
+
+
+def guest_commands(lab: LabNetwork, host: str, *, device: str = "eth0") -> list[Command]:
+    """What a guest host runs on its own kernel to be on the LAN as a namespace host is."""
+    h = lab.host(host)
+    return [
+        ("ip", "addr", "add", f"{h.ip}/{lab.prefixlen}", "dev", device),
+        ("ip", "link", "set", device, "up"),
+        ("ip", "route", "add", lab.service_cidr, "dev", device),
+        *[("sysctl", "-qw", f"{key}={value}") for key, value in lab.sysctls],
+    ]
 
 
 class NetworkError(RuntimeError):

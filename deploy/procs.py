@@ -65,8 +65,13 @@ def start(name: str, argv: Sequence[str], run_dir: Path, *, netns: str = "",
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(in_netns(netns, argv), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=full_env)
-    (run_dir / f"{name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+    record(run_dir / f"{name}.pid", proc.pid)
     return Daemon(name, proc.pid, log_path, proc)
+
+
+def record(pid_file: Path, pid: int) -> None:
+    """Record a running process as "pid starttime", the form `recorded` and `stop` trust."""
+    pid_file.write_text(f"{pid} {_start_time(pid)}\n")
 
 
 def recorded(run_dir: Path) -> list[Daemon]:

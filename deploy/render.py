@@ -106,6 +106,7 @@ class HostConfig:
     # cgroupfs parent of this node's pods; unique per node on a machine (labs share one).
     cgroup_parent: str = "/skiff-pods"
     containerd_bin: str = "containerd"  # an absolute path in installed units (systemd wants one)
+    proxy_mode: str = ""  # this host's proxy mode when not the cluster's (the VM lab shows both)
 
     @property
     def node_paths(self) -> hostconfig.NodePaths:
@@ -184,7 +185,7 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
         register_with_taints=host.node_taints, netns=netns_path,
         cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain)
     proxy = daemons.netproxy(cluster.python, api_servers=cluster.api_servers, node_name=host.name,
-                             mode=cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
+                             mode=host.proxy_mode or cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
                              min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend)
     dns = daemons.clusterdns(cluster.python, api_servers=cluster.api_servers, listen=f"{cluster.cluster_dns}:53",
                              cluster_domain=cluster.cluster_domain,

@@ -16,7 +16,10 @@ TAIL_LINES = 40
 
 def _tails(lab_dir: Path) -> str:
     parts = []
-    for log in sorted(lab_dir.glob("*/run/*.log")):
+    # Namespace hosts log under <host>/run/, guest hosts (the VM lab) on their share and console.
+    logs = [*lab_dir.glob("*/run/*.log"), *lab_dir.glob("*/vm/share/logs/*.log"), *lab_dir.glob("*/vm/console.log"),
+            *lab_dir.glob("*/vm/share/output.log")]
+    for log in sorted(logs):
         lines = log.read_text(errors="replace").splitlines()[-TAIL_LINES:]
         parts.append(f"----- {log.relative_to(lab_dir)} (last {len(lines)} lines)\n" + "\n".join(lines))
     return "\n".join(parts)
