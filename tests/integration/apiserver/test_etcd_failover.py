@@ -19,11 +19,12 @@ import pytest
 from controlplane.apiserver.etcd import EtcdStore
 from controlplane.apiserver.storage import Put
 from controlplane.store.cluster import StoreCluster
-from skiff import kinds
 
 pytestmark = pytest.mark.integration
 
-WATCHES = len(kinds.KINDS)  # as many as the api-server's watch caches: 9, a multiple of 3 members
+# The api-server opens one watch per kind (more than 9 now); any multiple of the 3 members makes
+# the old rule come full turn back to the dead member, which is the case this test pins down.
+WATCHES = 9
 
 
 @pytest.fixture(scope="module")
