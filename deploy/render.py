@@ -230,7 +230,8 @@ def cluster_to_dict(cluster: ClusterConfig) -> dict[str, object]:
     """What every host of a cluster shares (cluster.json, and the join info workers fetch)."""
     out: dict[str, object] = {
         "members": [{"name": m.name, "host": m.host, "ip": m.ip, "clientPort": m.client_port,
-                     "peerPort": m.peer_port, "apiPort": m.api_port} for m in cluster.members],
+                     "peerPort": m.peer_port, "apiPort": m.api_port, "httpPort": m.http_port}
+                    for m in cluster.members],
     }
     out.update({key: getattr(cluster, name) for key, name in _CLUSTER_SETTINGS.items()})
     return out
@@ -277,8 +278,13 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise ConfigError(f"{where}.ip: {ip!r} is not an IPv4 address") from None
+        api_port = _int(m, "apiPort", where)
+        # Written before the REST API existed: its port keeps the gRPC port's shift (plan_members),
+        # so several members on one host still get distinct ports.
+        http_port = (_int(m, "httpPort", where) if "httpPort" in m
+                     else defaults.KUBE_API_PORT + api_port - defaults.API_PORT)
         members.append(StoreMember(_str(m, "name", where), _str(m, "host", where), ip, _int(m, "clientPort", where),
-                                   _int(m, "peerPort", where), _int(m, "apiPort", where)))
+                                   _int(m, "peerPort", where), api_port, http_port))
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise ConfigError(f"cluster.members: duplicate member names in {names}")

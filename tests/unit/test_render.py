@@ -82,6 +82,29 @@ def test_cluster_file_round_trip() -> None:
     assert render.cluster_from_dict(data, python="/py") == c
 
 
+@pytest.mark.parametrize("hosts", [[("cp", "10.0.0.10")], [("a", "10.0.0.1"), ("b", "10.0.0.2")]],
+                         ids=["three-members-one-host", "two-hosts"])
+def test_members_on_one_host_keep_distinct_ports_through_the_cluster_file(hosts: list[tuple[str, str]]) -> None:
+    """The install writes cluster.json and renders from what it reads back: every listen address
+    of an api-server (gRPC and REST) must survive that, or api-servers sharing a host clash."""
+    c = render.cluster_from_dict(render.cluster_to_dict(render.ClusterConfig(members=render.plan_members(hosts))))
+    listens = []
+    for name, ip in hosts:
+        host = render.HostConfig(name, ip, (render.CONTROL_PLANE,), Path("/var/lib/skiff"))
+        for spec in render.control_plane_daemons(c, host):
+            if spec.name.startswith("apiserver-"):
+                listens += [spec.argv[spec.argv.index(flag) + 1] for flag in ("--listen", "--http-listen")]
+    assert len(listens) == 6
+    assert len(set(listens)) == len(listens), listens
+
+
+@pytest.mark.parametrize(("api_port", "http_port"), [(6443, 8443), (6445, 8445)], ids=["first-slot", "third-slot"])
+def test_cluster_file_from_before_the_rest_api_shifts_its_port_like_the_grpc_one(api_port: int,
+                                                                                 http_port: int) -> None:
+    c = render.cluster_from_dict({"members": [{**_members()[0], "apiPort": api_port}]})
+    assert c.members[0].http_port == http_port
+
+
 def test_cluster_file_from_before_taint_based_eviction_still_loads() -> None:
     c = render.cluster_from_dict({"members": _members(), "podEvictionTimeout": "60s"}, python="/py")
     assert c.default_toleration_seconds == 300
@@ -101,6 +124,7 @@ def _members() -> list[dict[str, object]]:
         ({"members": [{**_members()[0], "ip": "cp.local"}]}, r"cluster.members\[0\].ip"),
         ({"members": [{**_members()[0], "clientPort": "2379"}]}, r"members\[0\].clientPort: expected an integer"),
         ({"members": [{**_members()[0], "apiPort": True}]}, r"members\[0\].apiPort: expected an integer"),
+        ({"members": [{**_members()[0], "httpPort": "8443"}]}, r"members\[0\].httpPort: expected an integer"),
         ({"members": _members() * 2}, "duplicate member names"),
         ({"members": _members(), "proxyMode": "userspace"}, "cluster.proxyMode"),
         ({"members": _members(), "serviceCidr": "10.96.0.1/12"}, "cluster.serviceCidr"),
@@ -112,8 +136,8 @@ def _members() -> list[dict[str, object]]:
         ({"members": _members(), "nodeLeasePeriod": "soon"}, "cluster.nodeLeasePeriod: 'soon' is not a duration"),
     ],
     ids=["not-object", "unknown-field", "no-members", "empty-members", "bad-ip", "port-string", "port-bool",
-         "duplicate", "proxy-mode", "host-bits-set", "mask-string", "service-overlaps-pods", "host-in-services",
-         "lease-period"],
+         "http-port-string", "duplicate", "proxy-mode", "host-bits-set", "mask-string", "service-overlaps-pods",
+         "host-in-services", "lease-period"],
 )
 def test_cluster_file_errors_name_the_field(data: object, message: str) -> None:
     with pytest.raises(render.ConfigError, match=message):
