@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.vm.image import ROOT, ROOT_TAG, SHARE_DIR, SHARE_TAG, Image, build
+from deploy.vm.image import REPO_TAG, ROOT, ROOT_TAG, SHARE_DIR, SHARE_TAG, Image, build
 
 GUEST_INIT = Path(__file__).resolve().with_name("guest-init.sh")
 LOOPBACK = "127.0.0.1"
@@ -93,9 +93,9 @@ class GuestSpec:
         return next((link.netns for link in self.links if isinstance(link, TapLink)), "")
 
 
-def kernel_cmdline(*, init: Path = GUEST_INIT) -> str:
+def kernel_cmdline(*, init: Path = GUEST_INIT, repo: Path = ROOT) -> str:
     # quiet: the serial console is slow under emulation; panic=-1 with -no-reboot ends QEMU on a panic.
-    return f"console=ttyS0 quiet panic=-1 rdinit=/init skiff.init={init}"
+    return f"console=ttyS0 quiet panic=-1 rdinit=/init skiff.init={init} skiff.repo={repo}"
 
 
 def qemu_argv(spec: GuestSpec, image: Image, share: Path, *, console: Path, pidfile: Path,
@@ -107,6 +107,8 @@ def qemu_argv(spec: GuestSpec, image: Image, share: Path, *, console: Path, pidf
             "-kernel", str(image.vmlinux), "-initrd", str(image.initrd), "-append", kernel_cmdline(init=init),
             "-fsdev", f"local,id={ROOT_TAG},path=/,security_model=none,readonly=on,multidevs=remap",
             "-device", f"virtio-9p-pci,fsdev={ROOT_TAG},mount_tag={ROOT_TAG}",
+            "-fsdev", f"local,id={REPO_TAG},path={ROOT},security_model=none,readonly=on,multidevs=remap",
+            "-device", f"virtio-9p-pci,fsdev={REPO_TAG},mount_tag={REPO_TAG}",
             "-fsdev", f"local,id={SHARE_TAG},path={share},security_model=none,multidevs=remap",
             "-device", f"virtio-9p-pci,fsdev={SHARE_TAG},mount_tag={SHARE_TAG}"]
     for i, link in enumerate(spec.links):

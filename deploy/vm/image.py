@@ -37,6 +37,9 @@ BUSYBOX = Path("/bin/busybox")
 SHARE_DIR = "/run/skiff-vm/share"
 SHARE_TAG = "share"
 ROOT_TAG = "hostroot"
+# The repository, shared again at its own path: a checkout under /tmp, /var/tmp or /run would
+# otherwise be hidden by the guest's tmpfs there (CI may clone anywhere).
+REPO_TAG = "repo"
 # The modules that reach the host's root (virtio PCI, 9p over virtio) and the guest links
 # (virtio-net); everything else is loaded after the switch from the host's /lib/modules.
 MODULES = ("virtio_pci", "9pnet_virtio", "9p", "virtio_net")
@@ -159,6 +162,12 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose {ROOT_T
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=1777 tmpfs /newroot/var/tmp
+repo=$(sed -n 's/.*skiff\\.repo=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+if [ -n "$repo" ]; then
+    mkdir -p "/newroot$repo" 2>/dev/null  # a directory in a tmpfs; elsewhere it is there already
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose {REPO_TAG} "/newroot$repo" \\
+        || fail "cannot mount the repository at $repo"
+fi
 mkdir -p /newroot{SHARE_DIR}
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 {SHARE_TAG} /newroot{SHARE_DIR} \\
     || fail "cannot mount the result share"

@@ -114,9 +114,12 @@ def test_qemu_argv_gives_no_way_out_of_the_machine(spec: guest.GuestSpec, netdev
     assert [v for k, v in pairs if k == "-netdev"] == netdevs
     assert [v for k, v in pairs if k == "-device" and v.startswith("virtio-net")] == [
         f"virtio-net-pci,netdev=n{i},mac={link.mac}" for i, link in enumerate(spec.links)]
-    root, share = [v for k, v in pairs if k == "-fsdev"]
+    root, repo, share = [v for k, v in pairs if k == "-fsdev"]
     assert "path=/," in root and "readonly=on" in root
+    assert f"path={image.ROOT}," in repo and "readonly=on" in repo  # again, in case /tmp's tmpfs hides it
     assert "path=/r/share," in share and "readonly" not in share
+    append = next(v for k, v in pairs if k == "-append")
+    assert f"skiff.repo={image.ROOT}" in append.split()
 
 
 def test_a_tap_link_runs_qemu_inside_the_lab_namespace() -> None:
