@@ -291,16 +291,23 @@ class MemberStopped(Exception):
 
 
 class FailingDisk:
-    """This member's disk: syncs work until `fail` is set, then raise EIO."""
+    """This member's disk: syncs work until `fail` is set, then raise EIO.
+
+    `failed` is set by the first sync that raised, in the member's own thread: an ack sent after
+    it is a real violation, while one sent after `fail` was flipped (from the test's thread) may
+    still rest on a sync that succeeded just before.
+    """
 
     def __init__(self) -> None:
         self.fail = False
+        self.failed = False
 
     def fsync(self, fd: int) -> None:
         self.fdatasync(fd)
 
     def fdatasync(self, fd: int) -> None:
         if self.fail:
+            self.failed = True
             raise OSError(errno.EIO, "Input/output error")
 
 
@@ -319,7 +326,7 @@ async def test_fsync_failure_stops_the_member_and_no_ack_leaves(tmp_path: Path,
     orig_send = TCPTransport.send
 
     def send(self: TCPTransport, node: Any, message: Any) -> Any:
-        if disk.fail and self._syncObj is victim.raft and isinstance(message, dict) and \
+        if disk.failed and self._syncObj is victim.raft and isinstance(message, dict) and \
                 message.get("type") in ("next_node_idx", "response_vote", "append_entries"):
             sent_after_failure.append(message["type"])
         return orig_send(self, node, message)
