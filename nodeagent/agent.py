@@ -88,6 +88,9 @@ class _FuncClock:
     now: Callable[[], float]
 
 
+STOP_TIMEOUT = 15.0  # seconds the agent's tasks get to end once cancelled
+
+
 class NodeAgent:
     def __init__(self, client: ApiClient, runtime: rt.Runtime, config: AgentConfig, *,
                  net: NodeNetwork | None = None, routes: RouteTable | None = None,
@@ -424,7 +427,14 @@ class NodeAgent:
         tasks = self._tasks + list(self.worker_tasks.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a task that does not take its cancellation must not hang the agent's shutdown
+        # (or a test's restart); it is named so the next occurrence can be traced.
+        pending: set[asyncio.Task[Any]] = set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+        if pending:
+            log.warning("node agent stop: %d task(s) did not end within %.0f s of being cancelled: %s",
+                        len(pending), STOP_TIMEOUT, ", ".join(sorted(t.get_name() for t in pending)))
         for worker in self.workers.values():
             worker.stop_probes()
         self._tasks.clear()
