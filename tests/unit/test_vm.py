@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from deploy.vm import guest, image
+from tests.support.prereq import require
 
 DEPS = {
     "kernel/fs/9p/9p.ko": ["kernel/net/9p/9pnet.ko", "kernel/fs/fscache/fscache.ko", "kernel/fs/netfs/netfs.ko"],
@@ -69,9 +70,9 @@ def test_decompress_kernel_refuses_an_image_without_one() -> None:
         image.decompress_kernel(b"MZ" + lzma.compress(b"text", format=lzma.FORMAT_XZ))
 
 
-@pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox (make setup installs it)")
 def test_cpio_archive_reads_back_with_busybox_cpio(tmp_path: Path) -> None:
     """busybox's own cpio reader (not ours) lists what was written: names, types, sizes, targets."""
+    require(shutil.which("busybox") is not None, "needs busybox (make setup installs it)")
     entries = [image.CpioEntry("bin", stat.S_IFDIR | 0o755),
                image.CpioEntry("bin/tool", stat.S_IFREG | 0o755, b"x" * 5),
                image.CpioEntry("bin/link", stat.S_IFLNK | 0o777, b"tool"),
