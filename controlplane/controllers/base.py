@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from controlplane.common.podutil import controller_ref, copy, owner_reference
+from controlplane.common.podutil import controller_ref, copy, owner_reference, pod_key
 from skiff import errors, labels
 from skiff.client import ApiClient
 from skiff.informer import object_key
@@ -134,3 +134,40 @@ async def write_status(client: ApiClient, obj: M, status: Message) -> None:
             return
         fresh.status.CopyFrom(status)  # type: ignore[attr-defined]
         await client.update_status(fresh)
+
+
+class ExpectingPodHandlers:
+    """Pod event handlers of a controller that owns pods directly and keeps create/delete
+    expectations (Job, DaemonSet): an owned pod seen added, being deleted or gone is observed
+    against its owner's expectations and the owner is looked at again.
+
+    The controller provides `_owner(pod)` (its live owner, None when not ours), `expectations`
+    and `enqueue`.
+    """
+
+    expectations: Any
+
+    def _owner(self, pod: Any) -> Message | None:
+        raise NotImplementedError
+
+    def enqueue(self, obj: Message) -> None:
+        raise NotImplementedError
+
+    def _pod_added(self, pod: Any) -> None:
+        owner = self._owner(pod)
+        if owner is not None:
+            self.expectations.creation_observed(object_key(owner))
+            self.enqueue(owner)
+
+    def _pod_updated(self, old: Any, new: Any) -> None:
+        owner = self._owner(new)
+        if owner is not None:
+            if new.metadata.HasField("deletion_timestamp") and not old.metadata.HasField("deletion_timestamp"):
+                self.expectations.deletion_observed(object_key(owner), pod_key(new))
+            self.enqueue(owner)
+
+    def _pod_deleted(self, pod: Any) -> None:
+        owner = self._owner(pod)
+        if owner is not None:
+            self.expectations.deletion_observed(object_key(owner), pod_key(pod))
+            self.enqueue(owner)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from controlplane.common import podutil
 from controlplane.controllers import history
-from controlplane.controllers.base import QueueController, claim, write_status
+from controlplane.controllers.base import ExpectingPodHandlers, QueueController, claim, write_status
 from controlplane.controllers.replicaset import Expectations
 from controlplane.controllers.rollout import int_or_string, pod_template_hash, scaled_value
 from skiff import conditions, errors, labels, taints
@@ -211,7 +211,7 @@ def pod_for(ds: t.DaemonSet, node: str, current_hash: str) -> t.Pod:
 # ------------------------------------------------------------------ the controller
 
 
-class DaemonSetController(QueueController):
+class DaemonSetController(QueueController, ExpectingPodHandlers):
     name = "daemonset"
 
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
@@ -252,26 +252,6 @@ class DaemonSetController(QueueController):
             return None
         ds = self.daemonsets.get(ref.name, pod.metadata.namespace)
         return ds if ds is not None and ds.metadata.uid == ref.uid else None
-
-    def _pod_added(self, pod: t.Pod) -> None:
-        owner = self._owner(pod)
-        if owner is not None:
-            self.expectations.creation_observed(object_key(owner))
-            self.enqueue(owner)
-
-    def _pod_updated(self, old: t.Pod, new: t.Pod) -> None:
-        owner = self._owner(new)
-        if owner is None:
-            return
-        if new.metadata.HasField("deletion_timestamp") and not old.metadata.HasField("deletion_timestamp"):
-            self.expectations.deletion_observed(object_key(owner), podutil.pod_key(new))
-        self.enqueue(owner)
-
-    def _pod_deleted(self, pod: t.Pod) -> None:
-        owner = self._owner(pod)
-        if owner is not None:
-            self.expectations.deletion_observed(object_key(owner), podutil.pod_key(pod))
-            self.enqueue(owner)
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from controlplane.common import podutil
-from controlplane.controllers.base import QueueController, claim, write_status
+from controlplane.controllers.base import ExpectingPodHandlers, QueueController, claim, write_status
 from controlplane.controllers.replicaset import Expectations
 from skiff import conditions, errors, labels
 from skiff.client import ApiClient
@@ -247,7 +247,7 @@ def pod_for(job: t.Job, index: int | None) -> t.Pod:
 # ------------------------------------------------------------------ the controller
 
 
-class JobController(QueueController):
+class JobController(QueueController, ExpectingPodHandlers):
     name = "job"
 
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
@@ -275,25 +275,6 @@ class JobController(QueueController):
             return None
         job = self.jobs.get(ref.name, pod.metadata.namespace)
         return job if job is not None and job.metadata.uid == ref.uid else None
-
-    def _pod_added(self, pod: t.Pod) -> None:
-        owner = self._owner(pod)
-        if owner is not None:
-            self.expectations.creation_observed(object_key(owner))
-            self.enqueue(owner)
-
-    def _pod_updated(self, old: t.Pod, new: t.Pod) -> None:
-        owner = self._owner(new)
-        if owner is not None:
-            if new.metadata.HasField("deletion_timestamp") and not old.metadata.HasField("deletion_timestamp"):
-                self.expectations.deletion_observed(object_key(owner), podutil.pod_key(new))
-            self.enqueue(owner)
-
-    def _pod_deleted(self, pod: t.Pod) -> None:
-        owner = self._owner(pod)
-        if owner is not None:
-            self.expectations.deletion_observed(object_key(owner), podutil.pod_key(pod))
-            self.enqueue(owner)
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)
