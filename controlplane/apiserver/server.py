@@ -26,12 +26,14 @@ import grpc.aio
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 
+from controlplane.apiserver import caller
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
-from skiff import __version__, defaults, errors, kinds
+from skiff import __version__, defaults, errors, identity, kinds
+from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
@@ -109,11 +111,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
+    """The caller of a gRPC request. Skiff has no authentication yet: everyone is the admin."""
+    return identity.INSECURE_ADMIN
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _check_request(request)
-            return await behavior(request, context)
+            with caller.acting_as(authenticate(context)):
+                return await behavior(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
@@ -127,8 +135,9 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             _check_request(request)
-            async for item in behavior(request, context):
-                yield item
+            with caller.acting_as(authenticate(context)):
+                async for item in behavior(request, context):
+                    yield item
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
