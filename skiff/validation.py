@@ -107,6 +107,16 @@ def check_dns1035_label(value: str) -> str | None:
     return None
 
 
+def check_path_segment(value: str) -> str | None:
+    """A name that is one URL path segment (RBAC kinds): not "." or "..", no "/" or "%"."""
+    if value in (".", ".."):
+        return f'may not be "{value}"'
+    for bad in ("/", "%"):
+        if bad in value:
+            return f'may not contain "{bad}"'
+    return None
+
+
 def check_label_key(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
     if "/" in key and not prefix:
@@ -861,6 +871,51 @@ def _event(errs: _Errors, ev: t.Event) -> None:
     errs.enum("type", ev.type, ("Normal", "Warning"))
 
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def _policy_rules(errs: _Errors, rules: Iterable[t.PolicyRule], *, namespaced: bool) -> None:
+    for i, rule in enumerate(rules):
+        path = f"rules[{i}]"
+        if not rule.verbs:
+            errs.add(f"{path}.verbs", "at least one verb must be specified")
+        if rule.non_resource_urls:
+            if namespaced:
+                errs.add(f"{path}.nonResourceURLs", "namespaced rules cannot apply to non-resource URLs")
+            if rule.api_groups or rule.resources:
+                errs.add(f"{path}.nonResourceURLs", "rules cannot apply to both regular resources and "
+                                                    "non-resource URLs")
+            for j, url in enumerate(rule.non_resource_urls):
+                if not (url == "*" or url.startswith("/")):
+                    errs.add(f"{path}.nonResourceURLs[{j}]", 'must start with "/" or be "*"')
+            continue
+        if not rule.resources:
+            errs.add(f"{path}.resources", "resource rules must supply at least one resource")
+        if not rule.api_groups:
+            errs.add(f"{path}.apiGroups", 'resource rules must supply at least one api group ("" for the core group)')
+
+
+def _binding(errs: _Errors, subjects: Iterable[t.Subject], ref: t.RoleRef, *, namespaced: bool) -> None:
+    allowed = ("Role", "ClusterRole") if namespaced else ("ClusterRole",)
+    errs.enum("roleRef.kind", ref.kind, allowed, allow_empty=False)
+    if ref.api_group != RBAC_GROUP:
+        errs.add("roleRef.apiGroup", f'supported values: "{RBAC_GROUP}"')
+    if not ref.name:
+        errs.add("roleRef.name", "required")
+    for i, s in enumerate(subjects):
+        path = f"subjects[{i}]"
+        errs.enum(f"{path}.kind", s.kind, ("User", "Group", "ServiceAccount"), allow_empty=False)
+        if not s.name:
+            errs.add(f"{path}.name", "required")
+        if s.kind == "ServiceAccount":
+            if s.api_group:
+                errs.add(f"{path}.apiGroup", 'supported values: ""')
+            if not s.namespace and not namespaced:
+                errs.add(f"{path}.namespace", "required")
+        elif s.kind in ("User", "Group") and s.api_group != RBAC_GROUP:
+            errs.add(f"{path}.apiGroup", f'supported values: "{RBAC_GROUP}"')
+
+
 def validate(obj: Message) -> list[FieldError]:
     """Every problem with `obj`, in field order; empty when it is valid."""
     kind = kinds.of_message(obj)
@@ -869,6 +924,11 @@ def validate(obj: Message) -> list[FieldError]:
     name_check = {
         "Namespace": check_dns_label,
         "Service": check_dns1035_label,
+        # RBAC names are path segments, as in Kubernetes ("system:kube-scheduler").
+        "Role": check_path_segment,
+        "ClusterRole": check_path_segment,
+        "RoleBinding": check_path_segment,
+        "ClusterRoleBinding": check_path_segment,
     }.get(kind.kind, check_dns_subdomain)
     _metadata(errs, meta, kind, name_check=name_check)
     if isinstance(obj, t.Pod):
@@ -908,6 +968,10 @@ def validate(obj: Message) -> list[FieldError]:
         if (obj.spec.update_strategy.HasField("rolling_update") and _is_zero(ru.max_surge)
                 and _is_zero(ru.max_unavailable)):
             errs.add("spec.updateStrategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0")
+    elif isinstance(obj, t.Role | t.ClusterRole):
+        _policy_rules(errs, obj.rules, namespaced=isinstance(obj, t.Role))
+    elif isinstance(obj, t.RoleBinding | t.ClusterRoleBinding):
+        _binding(errs, obj.subjects, obj.role_ref, namespaced=isinstance(obj, t.RoleBinding))
     elif isinstance(obj, t.StatefulSet):
         _workload(errs, obj.spec)
         _update_strategy(errs, "spec.updateStrategy", obj.spec.update_strategy.type, ("RollingUpdate", "OnDelete"))

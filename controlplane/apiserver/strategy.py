@@ -212,6 +212,9 @@ def update_problems(old: Message, new: Message) -> list[FieldError]:
                 out.append(FieldError("spec.template", "field is immutable"))
             if old.spec.completions != new.spec.completions or old.spec.completion_mode != new.spec.completion_mode:
                 out.append(FieldError("spec.completions", "field is immutable"))
+    elif isinstance(old, t.RoleBinding | t.ClusterRoleBinding) and isinstance(new, type(old)):
+        if old.role_ref != new.role_ref:
+            out.append(FieldError("roleRef", "cannot change roleRef"))
     elif isinstance(old, t.Service) and isinstance(new, t.Service):
         if old.spec.cluster_ip and new.spec.cluster_ip != old.spec.cluster_ip:
             out.append(FieldError("spec.clusterIP",
