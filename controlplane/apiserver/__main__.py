@@ -14,6 +14,8 @@ import subprocess
 import sys
 
 from controlplane.apiserver.allocator import parse_cidr, parse_port_range
+from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB
+from controlplane.apiserver.authorizer import DEFAULT_MODES, parse_modes
 from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS
 from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, StartupError, serve
@@ -50,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-unreachable-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
                    help="tolerationSeconds of the unreachable:NoExecute toleration added to every pod that has "
                         "none (default %(default)s)")
+    p.add_argument("--authorization-mode", default=",".join(DEFAULT_MODES),
+                   help="authorizers, tried in order: AlwaysAllow (development only), AlwaysDeny, Node, RBAC "
+                        "(default %(default)s)")
+    p.add_argument("--audit-log-path", default="",
+                   help="write one JSON line per mutating request to this file (empty: no audit log)")
+    p.add_argument("--audit-log-maxsize", type=float, default=DEFAULT_MAX_SIZE_MB,
+                   help="rotate the audit log at this size, in megabytes (default %(default)s)")
+    p.add_argument("--audit-log-maxbackup", type=int, default=DEFAULT_MAX_BACKUPS,
+                   help="rotated audit log files to keep (default %(default)s)")
     add_verbose_flag(p)
     return p
 
@@ -74,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         parse_cidr(args.service_cidr)
         parse_port_range(args.node_port_range)
         defaults.check_disjoint([("service CIDR (--service-cidr)", args.service_cidr)], host_networks())
+        modes = parse_modes(args.authorization_mode)
+        if args.audit_log_maxsize <= 0 or args.audit_log_maxbackup < 0:
+            raise ValueError("--audit-log-maxsize must be positive and --audit-log-maxbackup not negative")
     except ValueError as exc:
         print(f"skiff-apiserver: {exc}", file=sys.stderr)
         return 2
@@ -87,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
                     http_listen=args.http_listen, node_port_range=args.node_port_range, node_name=args.node_name,
+                    authorization_modes=modes, audit_log_path=args.audit_log_path,
+                    audit_log_max_size_mb=args.audit_log_maxsize, audit_log_max_backups=args.audit_log_maxbackup,
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
                                     bookmark_interval=args.bookmark_interval,
                                     event_ttl=round(args.event_ttl),

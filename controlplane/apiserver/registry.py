@@ -34,7 +34,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from controlplane.apiserver import admission, strategy
+from controlplane.apiserver import admission, caller, nodeauthz, strategy
 from controlplane.apiserver import allocator as alloc
 from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS, apply_defaults, default_tolerations
 from controlplane.apiserver.filters import Filter, make_filter
@@ -93,6 +93,15 @@ def store_error(exc: StoreError) -> errors.SkiffError:
         out = errors.InternalError(f"storage error: {exc}")
     out.__cause__ = exc
     return out
+
+
+def _admit(operation: str, obj: Message, old: Message | None, *, subresource: str = "") -> None:
+    """Admission that depends on who writes (NodeRestriction, nodeauthz.py); the caller is the
+    request's (caller.current()), so the registry's own maintenance is never restricted."""
+    problem = nodeauthz.node_restriction(caller.current(), operation, obj, old, subresource=subresource)
+    if problem is not None:
+        kind = kinds.of_message(obj)
+        raise errors.ForbiddenError(f'{resource_name(kind)} "{meta_of(obj).name}" is forbidden: {problem}')
 
 
 def encode(obj: Message) -> bytes:
@@ -287,6 +296,7 @@ class Registry:
         problems += validate(obj)
         if problems:
             raise strategy.invalid(kind, meta.name or meta.generate_name, problems)
+        _admit("create", obj, None)
         ns_key, ns_revision = "", 0
         if kind.namespaced:
             ns_key = f"/registry/namespaces/{meta.namespace}"
@@ -548,6 +558,7 @@ class Registry:
             problems = validate(new) + strategy.update_problems(old, new)
             if problems:
                 raise strategy.invalid(kind, meta.name, problems)
+            _admit("update", new, old, subresource="status" if status else "")
             if strategy.should_remove(new):
                 done = await self._remove(kind, key, kv, old)
                 if done is not None:
@@ -612,6 +623,7 @@ class Registry:
             old = self._decode(kind, kv)
             if preconditions is not None:
                 _check_preconditions(kind, old, preconditions)
+            _admit("delete", old, old)
             if isinstance(old, t.Namespace):
                 marked = strategy.plan_namespace_delete(old, now=self.clock())
                 if marked is None:

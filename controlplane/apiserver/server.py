@@ -9,6 +9,11 @@ What must hold:
   with its traceback. One bad request never affects another.
 - Watch events are encoded once per event and shared by every watcher (the Watch handler
   yields bytes, passed through untouched).
+- Authorization has one place here, `RequestAuth.admit`, run by the interceptor before any
+  handler: the caller (authenticated, then impersonated if the `impersonate-user` /
+  `impersonate-group` metadata asks and the caller may), the request's attributes
+  (`request_attributes`), the authorizer's verdict. A refusal is PERMISSION_DENIED naming the
+  user, verb and resource.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import grpc.aio
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import bootstrappolicy, caller
 from controlplane.apiserver.allocator import Allocator
+from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB, AuditLog
+from controlplane.apiserver.authorizer import DEFAULT_MODES, Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
+from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
@@ -92,23 +100,49 @@ def _check_request(request: Any) -> None:
         raise errors.InvalidError(f"the request is not a valid {request.message_type}: {request.detail}")
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns exceptions from any handler into gRPC statuses (see the module docstring)."""
+IMPERSONATE_USER = "impersonate-user"
+IMPERSONATE_GROUP = "impersonate-group"
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-                                handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler
+
+def _named(kind: kinds.Kind | None, resource: str, verb: str, namespace: str, name: str = "",
+           subresource: str = "") -> Attributes:
+    if kind is None:  # an unknown resource: the registry refuses it by name once admitted
+        return Attributes(verb, resource, subresource, "", namespace, name)
+    if kind.namespaced and not namespace and verb not in ("list", "watch"):
+        namespace = "default"
+    return kind_attributes(verb, kind, namespace, name, subresource)
+
+
+def _object_attributes(verb: str, obj: t.Object, namespace: str = "", subresource: str = "") -> Attributes:
+    if obj.WhichOneof("kind") is None:
+        raise errors.InvalidError("object: required: the request carries no object")
+    kind = kinds.kind_of_object(obj)
+    meta = kinds.unwrap(obj).metadata  # type: ignore[attr-defined]
+    # A create names no object, as in Kubernetes (resourceNames cannot limit creates).
+    name = "" if verb == "create" else meta.name
+    return _named(kind, kind.resource, verb, meta.namespace or namespace, name, subresource)
+
+
+def request_attributes(method: str, request: Any) -> Attributes | None:
+    """What a gRPC request asks to do, as authorization sees it; None: every caller may (Version,
+    AccessReview: a question about oneself)."""
+    if method == "Create":
+        return _object_attributes("create", request.object, request.namespace)
+    if method in ("Update", "UpdateStatus"):
+        return _object_attributes("update", request.object, subresource="status" if method == "UpdateStatus" else "")
+    if method in ("Get", "Delete"):
+        return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace,
+                      request.name)
+    if method in ("List", "Watch"):
+        return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace)
+    if method == "Bind":
+        meta = request.binding.metadata
+        return _named(kinds.by_resource("pods"), "pods", "create", meta.namespace, meta.name, "binding")
+    if method == "Logs":
+        return _named(kinds.by_resource("pods"), "pods", "get", request.namespace, request.pod, "log")
+    if method == "Exec":
+        return _named(kinds.by_resource("pods"), "pods", "create", request.namespace, request.pod, "exec")
+    return None
 
 
 def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
@@ -116,11 +150,68 @@ def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
     return identity.INSECURE_ADMIN
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def impersonation(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, list[str]]:
+    """(user, groups) the request asks to act as; ("", []) when it asks for none."""
+    user, groups = "", []
+    for key, value in context.invocation_metadata() or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == IMPERSONATE_USER:
+            user = text
+        elif key == IMPERSONATE_GROUP:
+            groups.append(text)
+    return user, groups
+
+
+@dataclass
+class RequestAuth:
+    """Who a gRPC request runs as, and whether it may: the one place of authorization."""
+
+    authorizer: Authorizer | None = None
+
+    def admit(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
+        user = authenticate(context)
+        if self.authorizer is None:
+            return user
+        as_user, as_groups = impersonation(context)
+        real = user
+        if as_user or as_groups:
+            user = self.authorizer.impersonate(user, as_user, as_groups)
+        attrs = request_attributes(method, request)
+        if attrs is not None:
+            self.authorizer.check(user, attrs, impersonator=real if user is not real else None)
+        return user
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Admits each request (`RequestAuth`), runs it as its caller and turns exceptions from any
+    handler into gRPC statuses (see the module docstring)."""
+
+    def __init__(self, auth: RequestAuth | None = None) -> None:
+        self.auth = auth or RequestAuth()
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = str(handler_call_details.method).rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, self.auth, method), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, self.auth, method),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        return handler
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth,
+                method: str) -> Callable[..., Awaitable[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _check_request(request)
-            with caller.acting_as(authenticate(context)):
+            with caller.acting_as(auth.admit(method, request, context)):
                 return await behavior(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -131,11 +222,12 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return run
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], auth: RequestAuth,
+                 method: str) -> Callable[..., AsyncIterator[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             _check_request(request)
-            with caller.acting_as(authenticate(context)):
+            with caller.acting_as(auth.admit(method, request, context)):
                 async for item in behavior(request, context):
                     yield item
         except Exception as exc:
@@ -154,10 +246,12 @@ def _unwrap(obj: t.Object) -> Message:
 
 
 class ApiServerService:
-    def __init__(self, registry: Registry, forwarder: Forwarder, *, node_name: str = "") -> None:
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, node_name: str = "",
+                 authorizer: Authorizer | None = None) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.node_name = node_name
+        self.authorizer = authorizer
 
     async def Create(self, request: api.CreateRequest, context: Any) -> t.Object:
         obj = await self.registry.create(_unwrap(request.object), namespace=request.namespace,
@@ -214,6 +308,20 @@ class ApiServerService:
                                    service_cidr=self.registry.allocator.network.with_prefixlen,
                                    node_name=self.node_name)
 
+    async def AccessReview(self, request: api.AccessReviewRequest, context: Any) -> api.AccessReviewResponse:
+        user = caller.current()
+        if request.non_resource_path:
+            attrs = Attributes(request.verb, path=request.non_resource_path)
+        else:
+            attrs = Attributes(request.verb, request.resource, request.subresource, request.group, request.namespace,
+                               request.name)
+        if self.authorizer is None:
+            allowed, reason = True, "no authorizer: every request is allowed"
+        else:
+            decision = self.authorizer.review(user, attrs)
+            allowed, reason = decision.allowed, decision.reason
+        return api.AccessReviewResponse(allowed=allowed, reason=reason, user=user.name, groups=list(user.groups))
+
 
 def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
     def unary(fn: Any, req: type[Message]) -> grpc.RpcMethodHandler:
@@ -236,6 +344,7 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
         "Logs": stream(service.Logs, api.LogsRequest),
         "Exec": unary(service.Exec, api.ExecRequest),
         "Version": unary(service.Version, api.VersionRequest),
+        "AccessReview": unary(service.AccessReview, api.AccessReviewRequest),
     })
 
 
@@ -248,6 +357,10 @@ class Config:
     node_name: str = ""
     http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTP); empty: not served
     options: Options = field(default_factory=Options)
+    authorization_modes: tuple[str, ...] = DEFAULT_MODES
+    audit_log_path: str = ""  # empty: no audit log
+    audit_log_max_size_mb: float = DEFAULT_MAX_SIZE_MB
+    audit_log_max_backups: int = DEFAULT_MAX_BACKUPS
 
 
 class StartupError(Exception):
@@ -313,20 +426,27 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
             pass
     registry = Registry(store, allocator=allocator, options=config.options)
     forwarder = Forwarder(registry)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder,
-                                                                      node_name=config.node_name)),))
+    audit = AuditLog(config.audit_log_path, max_size_mb=config.audit_log_max_size_mb,
+                     max_backups=config.audit_log_max_backups) if config.audit_log_path else None
+    authorizer = Authorizer.over_caches(registry.caches, modes=config.authorization_modes, audit=audit)
+    if authorizer.modes == ("AlwaysAllow",):
+        log.warning("authorization mode AlwaysAllow: every request is allowed (development only)")
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authorizer))], options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=config.node_name,
+                                                                      authorizer=authorizer)),))
     http_runner: web.AppRunner | None = None
     try:
         port = bind(server, config.listen)
         revision = await wait_for_store(store, stop=stop)
         log.info("store %s at revision %d; filling watch caches", store.describe(), revision)
         await registry.start()
+        await bootstrappolicy.reconcile(registry)
         tune_gc()
         await server.start()
         if config.http_listen:
             try:
-                http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen)
+                http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen,
+                                                               authorizer=authorizer)
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
             log.info("Kubernetes API (HTTP) on %s (port %d)", config.http_listen, http_port)
@@ -343,3 +463,5 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         await registry.stop()
         await forwarder.close()
         await store.close()
+        if audit is not None:
+            audit.close()

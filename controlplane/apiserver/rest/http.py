@@ -10,8 +10,12 @@ What must hold:
 - Every failure is a metav1.Status with Kubernetes' code and reason (status.py); a watch that
   fails after it started ends with an ERROR event carrying that Status, never silently.
 - Every object sent has kind and apiVersion; integers are JSON numbers (skiff.convert).
-- Authentication and authorization have one place: `authorize()`, called with the request's
-  attributes before any verb runs. It admits everything today (plain HTTP, no TLS yet).
+- Authentication and authorization have one place each: `KubeApi._errors` finds the caller
+  (authenticated, then impersonated when `Impersonate-User`/`Impersonate-Group` ask and the
+  caller may), and `authorize()` asks the authorizer about the request's attributes before any
+  verb runs (a refusal is 403 Forbidden naming the user, verb and resource).
+- `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (kubectl auth can-i) is answered
+  by the same authorizer, in JSON or in Kubernetes' protobuf encoding (which kubectl sends).
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from controlplane.apiserver import caller
+from controlplane.apiserver.authorizer import Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
+from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.rest import discovery, openapi, patch, table
+from controlplane.apiserver.rest import accessreview, discovery, openapi, patch, table
 from controlplane.apiserver.rest import status as st
 from controlplane.apiserver.watchcache import BOOKMARK
 from skiff import errors, identity, kinds, labels
 from skiff.convert import FieldError, from_data, to_data
+from skiff.identity import UserInfo
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -66,21 +73,20 @@ NAME = web.RequestKey("name", str)  # the object's name when it comes from the b
 WARNINGS = web.RequestKey("warnings", list)  # Warning headers of the response (unknown fields)
 
 
-@dataclass(frozen=True)
-class Attributes:
-    """What authorization decides on (Kubernetes' request attributes)."""
+AUTHORIZER = web.AppKey("authorizer", Authorizer)
+IMPERSONATOR = web.RequestKey("impersonator", UserInfo)  # the real user of an impersonated request
 
-    verb: str
-    resource: str = ""
-    subresource: str = ""
-    namespace: str = ""
-    name: str = ""
-    path: str = ""
+
+def authenticate(request: web.Request) -> UserInfo:
+    """The caller of an HTTP request. Skiff has no authentication yet: everyone is the admin."""
+    return identity.INSECURE_ADMIN
 
 
 def authorize(request: web.Request, attrs: Attributes) -> None:
-    """The one place for authentication and authorization: raise UnauthenticatedError or
-    ForbiddenError to refuse. Everything is admitted until Skiff has TLS and RBAC."""
+    """The one place of authorization: ForbiddenError unless the caller may do `attrs`."""
+    authorizer = request.app.get(AUTHORIZER)
+    if authorizer is not None:
+        authorizer.check(caller.current(), attrs, impersonator=request.get(IMPERSONATOR))
 
 
 def object_data(obj: Message) -> dict[str, Any]:
@@ -141,23 +147,36 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 
 
 class KubeApi:
-    def __init__(self, registry: Registry, forwarder: Forwarder, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, clock: Callable[[], float] = time.time,
+                 authorizer: Authorizer | None = None) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
+        self.authorizer = authorizer
 
     # ------------------------------------------------------------------ routing
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        if self.authorizer is not None:
+            app[AUTHORIZER] = self.authorizer
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
+
+    def _caller(self, request: web.Request) -> UserInfo:
+        user = authenticate(request)
+        as_user = request.headers.get("Impersonate-User", "")
+        as_groups = request.headers.getall("Impersonate-Group", [])
+        if self.authorizer is None or not (as_user or as_groups):
+            return user
+        request[IMPERSONATOR] = user
+        return self.authorizer.impersonate(user, as_user, as_groups)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                       ) -> web.StreamResponse:
         try:
-            with caller.acting_as(identity.INSECURE_ADMIN):  # no authentication yet: everyone is the admin
+            with caller.acting_as(self._caller(request)):
                 return await handler(request)
         except errors.SkiffError as exc:
             target = request.get(TARGET)
@@ -181,6 +200,9 @@ class KubeApi:
             simple = self._simple_get(request, parts)
             if simple is not None:
                 return simple
+        if request.method == "POST" and parts == accessreview.PATH:
+            authorize(request, Attributes("create", accessreview.RESOURCE, group=accessreview.GROUP))
+            return await self.access_review(request)
         if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
             return await self._resource(request, "v1", parts[2:])
         if len(parts) >= 3 and parts[0] == "apis":
@@ -188,9 +210,15 @@ class KubeApi:
         raise errors.NotFoundError(f"the server could not find the requested resource ({request.path})")
 
     def _simple_get(self, request: web.Request, parts: list[str]) -> web.Response | None:
+        """Health, version and discovery: non-resource requests, authorized by their path."""
+        response = self._non_resource(request, parts)
+        if response is not None:
+            authorize(request, Attributes("get", path="/" + "/".join(parts)))
+        return response
+
+    def _non_resource(self, request: web.Request, parts: list[str]) -> web.Response | None:
         path = "/" + "/".join(parts)
         if path in ("/healthz", "/livez", "/readyz"):
-            authorize(request, Attributes("get", path=path))
             return web.Response(text="ok", content_type="text/plain")
         if path == "/version":
             return json_response(discovery.version_info())
@@ -239,8 +267,10 @@ class KubeApi:
             verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
         if verb is None:
             raise errors.UnimplementedError(f"{method} is not supported on {request.path}")
-        authorize(request, Attributes(verb, target.kind.resource, target.subresource, target.namespace,
-                                      target.name, request.path))
+        # A create names no object, as in Kubernetes (resourceNames cannot limit creates).
+        authorize(request, kind_attributes(verb, target.kind, target.namespace,
+                                           "" if verb == "create" and not target.subresource else target.name,
+                                           target.subresource))
         if target.subresource:
             return await self._subresource(request, target, verb)
         if verb == "list":
@@ -514,6 +544,20 @@ class KubeApi:
         obj.metadata.resource_version = rv or current.metadata.resource_version  # type: ignore[attr-defined]
         return json_response(scale_of(await self.registry.update(obj)))
 
+    async def access_review(self, request: web.Request) -> web.Response:
+        """A SelfSubjectAccessReview: may the caller do what its spec asks? (kubectl auth can-i)"""
+        raw = await request.read()
+        try:
+            review = accessreview.parse(raw, request.content_type)
+        except ValueError as exc:
+            raise st.BadRequest(f"SelfSubjectAccessReview: {exc}") from exc
+        if self.authorizer is None:
+            allowed, reason = True, "no authorizer: every request is allowed"
+        else:
+            decision = self.authorizer.review(caller.current(), review.attributes)
+            allowed, reason = decision.allowed, decision.reason
+        return json_response(accessreview.response(review, allowed, reason), status=201)
+
     async def logs(self, request: web.Request, target: Target) -> web.StreamResponse:
         q = request.query
         req = api.LogsRequest(namespace=target.namespace, pod=target.name, container=q.get("container", ""),
@@ -547,11 +591,13 @@ def scale_of(obj: Message) -> dict[str, Any]:
             "spec": {"replicas": obj.spec.replicas}, "status": {"replicas": obj.status.replicas, "selector": selector}}
 
 
-async def start(registry: Registry, forwarder: Forwarder, listen: str) -> tuple[web.AppRunner, int]:
+async def start(registry: Registry, forwarder: Forwarder, listen: str, *,
+                authorizer: Authorizer | None = None) -> tuple[web.AppRunner, int]:
     """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port)."""
     host, _, port_text = listen.rpartition(":")
     # handler_cancellation: a watch whose client went away ends at once instead of at its next event.
-    runner = web.AppRunner(KubeApi(registry, forwarder).app(), access_log=None, handle_signals=False,
+    runner = web.AppRunner(KubeApi(registry, forwarder, authorizer=authorizer).app(), access_log=None,
+                           handle_signals=False,
                            handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True)
