@@ -122,6 +122,9 @@ class Client:
 
     endpoints: Sequence[str] | str
     timeout: float = 10.0
+    # Act as this user (and groups) instead of oneself, when allowed to impersonate (`--as`).
+    impersonate_user: str = ""
+    impersonate_groups: Sequence[str] = ()
     _pool: list[_Endpoint] = field(default_factory=list, init=False, repr=False)
     _current: int = field(default=0, init=False, repr=False)
 
@@ -139,6 +142,13 @@ class Client:
             channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
             self._pool.append(_Endpoint(target, channel, api_grpc.ApiServerStub(channel)))
         return self._pool[index]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The gRPC metadata of every call: the impersonation asked for, if any."""
+        out = ([("impersonate-user", self.impersonate_user)] if self.impersonate_user else []) + \
+            [("impersonate-group", g) for g in self.impersonate_groups]
+        return tuple(out) or None
 
     @property
     def stub(self) -> api_grpc.ApiServerStub:
@@ -161,7 +171,7 @@ class Client:
             nonlocal attempts, target
             endpoint = self._endpoint(self._current)
             attempts, target = attempts + 1, endpoint.target
-            response: Message = await getattr(endpoint.stub, method)(request,
+            response: Message = await getattr(endpoint.stub, method)(request, metadata=self.metadata,
                                                                      timeout=max(deadline - loop.time(), 0.05))
             return response
 
@@ -230,7 +240,7 @@ class Client:
                                    resource_version=resource_version, send_initial_events=send_initial_events,
                                    allow_bookmarks=allow_bookmarks, timeout_seconds=timeout_seconds)
         endpoint = self._endpoint(self._current)
-        call = endpoint.stub.Watch(request)
+        call = endpoint.stub.Watch(request, metadata=self.metadata)
         try:
             async for event in call:
                 yield WatchEvent(event.type, _unwrap_as(event.object, cls))
@@ -253,7 +263,7 @@ class Client:
                    tail_lines: int = 0, previous: bool = False) -> AsyncIterator[bytes]:
         request = api.LogsRequest(namespace=namespace or DEFAULT_NAMESPACE, pod=pod, container=container,
                                   follow=follow, tail_lines=tail_lines, previous=previous)
-        call = self.stub.Logs(request)
+        call = self.stub.Logs(request, metadata=self.metadata)
         try:
             async for chunk in call:
                 yield chunk.data
@@ -273,6 +283,15 @@ class Client:
     async def version(self) -> api.VersionResponse:
         response = await self._call("Version", api.VersionRequest())
         assert isinstance(response, api.VersionResponse)
+        return response
+
+    async def access_review(self, verb: str, resource: str = "", *, group: str = "", subresource: str = "",
+                            namespace: str = "", name: str = "", path: str = "") -> api.AccessReviewResponse:
+        """May this client's user (or the one it impersonates) do this? `path`: a non-resource request."""
+        response = await self._call("AccessReview", api.AccessReviewRequest(
+            verb=verb, group=group, resource=resource, subresource=subresource, namespace=namespace, name=name,
+            non_resource_path=path))
+        assert isinstance(response, api.AccessReviewResponse)
         return response
 
     async def close(self) -> None:

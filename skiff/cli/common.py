@@ -1,7 +1,8 @@
 """What every `skiff` subcommand shares: connection flags, the client, namespaces, kinds.
 
 Flags on every command that talks to the api-server: `--server`, `--request-timeout`,
-and for namespaced commands `-n/--namespace`. The server comes from --server,
+`--as USER`/`--as-group GROUP` (impersonation, for users allowed to), and for namespaced
+commands `-n/--namespace`. The server comes from --server,
 $SKIFF_SERVER or the config file (skiff.config); the namespace from -n, the config file's
 `namespace`, or "default".
 """
@@ -25,6 +26,10 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, namespaced: bool = 
     group.add_argument("--server", "-s", default="", help="api-server endpoint(s) HOST:PORT[,HOST:PORT...]")
     group.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
                        help="how long to keep retrying an unavailable api-server (default %(default)s)")
+    group.add_argument("--as", dest="as_user", default="", metavar="USER",
+                       help="act as this user (needs the impersonate right)")
+    group.add_argument("--as-group", dest="as_groups", action="append", default=[], metavar="GROUP",
+                       help="act with this group (repeatable; needs --as)")
     if namespaced:
         parser.add_argument("-n", "--namespace", default="", help="namespace (default: from the config, or default)")
     if all_namespaces:
@@ -43,7 +48,9 @@ def run(args: argparse.Namespace, body: Callable[[Client], Awaitable[int]]) -> i
     server = config.resolve_server(getattr(args, "server", ""))
 
     async def main() -> int:
-        client = Client(server, timeout=getattr(args, "request_timeout", 10.0))
+        client = Client(server, timeout=getattr(args, "request_timeout", 10.0),
+                        impersonate_user=getattr(args, "as_user", ""),
+                        impersonate_groups=getattr(args, "as_groups", []))
         try:
             return await body(client)
         finally:
