@@ -106,20 +106,17 @@ def cluster_roles() -> list[t.ClusterRole]:
         # objects its controllers own. It creates no RBAC objects and reads no token it has not made.
         cluster_role("system:kube-controller-manager", [
             rule((*READ, "update", "patch", "delete"), ("*",), ("*",)),
-            rule(("create",), ("",), ("pods", "services", "endpoints", "serviceaccounts", "events",
-                                      "secrets")),
+            rule(("create",), ("",), ("pods", "services", "endpoints", "serviceaccounts", "events")),
             rule(("create",), ("apps",), ("replicasets", "controllerrevisions")),
             rule(("create",), ("batch",), ("jobs",)),
             rule(("create",), ("coordination.k8s.io",), ("leases",)),
             EVENTS,
         ]),
-        # The scheduler reads pods and nodes, binds pods, records events, holds its lease.
+        # The scheduler reads pods and nodes, binds pods, records events, holds its lease; it reads
+        # volume claims, volumes and storage classes for volume-aware scheduling (as Kubernetes').
         cluster_role("system:kube-scheduler", [
-            rule(READ, ("",), ("pods", "nodes", "namespaces", "services", "persistentvolumeclaims",
-                                "persistentvolumes")),
+            rule(READ, ("",), ("pods", "nodes", "persistentvolumeclaims", "persistentvolumes")),
             rule(("create",), ("",), ("pods/binding", "bindings")),
-            rule(("update", "patch"), ("",), ("pods/status",)),
-            rule(READ, ("apps",), ("replicasets", "statefulsets")),
             rule(READ, ("storage.k8s.io",), ("storageclasses",)),
             LEADER_LEASES, EVENTS,
         ]),

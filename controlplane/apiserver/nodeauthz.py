@@ -44,6 +44,9 @@ NODE_RULES: Mapping[tuple[str, str], frozenset[str]] = {
     ("", "endpoints"): READ,
     ("", "configmaps"): READ,
     ("", "secrets"): READ,
+    # Volumes its pods mount (Kubernetes narrows these to the referenced ones too).
+    ("", "persistentvolumeclaims"): READ,
+    ("", "persistentvolumes"): READ,
     ("", "events"): frozenset({"create", "update", "patch"}),
     (LEASE_GROUP, "leases"): frozenset({"get"}),
 }
