@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--node-name", default=socket.gethostname())
     api.add_argument("--default-not-ready-toleration-seconds", type=int, default=300)
     api.add_argument("--default-unreachable-toleration-seconds", type=int, default=300)
+    api.add_argument("--audit-log-path", default="", help="the api-server's audit log (empty: none)")
     cm = p.add_argument_group("controllers and scheduler")
     cm.add_argument("--api-servers", default="",
                     help="api-servers the controllers and scheduler use (default: this host's, from --listen)")
@@ -108,7 +109,7 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
         node_port_range=args.node_port_range, node_name=args.node_name,
         default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
         default_unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
-        verbose=args.verbose), wait_for=args.listen))
+        audit_log_path=args.audit_log_path, verbose=args.verbose), wait_for=args.listen))
     api_servers = args.api_servers or args.listen
     children.append(Child("controllers", daemons.controllers(
         python, api_servers=api_servers, cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,

@@ -155,7 +155,8 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
                                  service_cidr=cluster.service_cidr, node_port_range=cluster.node_port_range,
                                  node_name=host.name,
                                  default_not_ready_toleration_seconds=cluster.default_toleration_seconds,
-                                 default_unreachable_toleration_seconds=cluster.default_toleration_seconds)
+                                 default_unreachable_toleration_seconds=cluster.default_toleration_seconds,
+                                 audit_log_path=str(host.state_dir / "apiserver" / f"audit-{m.name}.log"))
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
                                 after=(f"store-{m.name}",)))
     local_apis = [m.api_url for m in cluster.members_on(host.name)]

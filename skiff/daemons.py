@@ -53,13 +53,16 @@ def store(python: str, *, name: str, data_dir: str, listen_client: str, listen_p
 def apiserver(python: str, *, store_endpoints: str, listen: str, service_cidr: str, node_port_range: str,
               node_name: str, default_not_ready_toleration_seconds: int = 300,
               default_unreachable_toleration_seconds: int = 300, http_listen: str = "",
-              verbose: bool = False) -> list[str]:
-    """`http_listen` set: the api-server also serves the Kubernetes REST API there (docs/kubernetes-api.md)."""
+              authorization_mode: str = "", audit_log_path: str = "", verbose: bool = False) -> list[str]:
+    """`http_listen` set: the api-server also serves the Kubernetes REST API there (docs/kubernetes-api.md).
+    `authorization_mode` empty: the api-server's default (Node,RBAC); `audit_log_path` empty: no audit log."""
     return [*_py(python, APISERVER), "--store-endpoints", store_endpoints, "--listen", listen,
             *(["--http-listen", http_listen] if http_listen else []),
             "--service-cidr", service_cidr, "--node-port-range", node_port_range, "--node-name", node_name,
             "--default-not-ready-toleration-seconds", str(default_not_ready_toleration_seconds),
             "--default-unreachable-toleration-seconds", str(default_unreachable_toleration_seconds),
+            *(["--authorization-mode", authorization_mode] if authorization_mode else []),
+            *(["--audit-log-path", audit_log_path] if audit_log_path else []),
             *_verbose(verbose)]
 
 

@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import logging.handlers
+import os
 from typing import Any
 
 from controlplane.apiserver.rbac import Attributes
@@ -49,6 +50,7 @@ class AuditLog:
     def __init__(self, path: str, *, max_size_mb: float = DEFAULT_MAX_SIZE_MB,
                  max_backups: int = DEFAULT_MAX_BACKUPS) -> None:
         self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         self._handler = logging.handlers.RotatingFileHandler(
             path, maxBytes=int(max_size_mb * 1024 * 1024), backupCount=max_backups, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))

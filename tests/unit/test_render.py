@@ -157,7 +157,8 @@ def test_all_in_one_control_plane_runs_the_same_command_lines(password_file: str
     password = ["--password-file", password_file] if password_file else ["--insecure-no-password"]
     args = build_parser().parse_args([
         "--name", "s1", "--data-dir", "/var/lib/skiff/store/s1", "--listen-client", "10.0.0.10:2379",
-        "--listen-peer", "10.0.0.10:2380", "--listen", "10.0.0.10:6443", "--node-name", "cp", *password])
+        "--listen-peer", "10.0.0.10:2380", "--listen", "10.0.0.10:6443", "--node-name", "cp",
+        "--audit-log-path", "/var/lib/skiff/apiserver/audit-s1.log", *password])
     planned = {child.name: child.argv for child in plan_children(args, python="py")}
     assert planned == {"store": rendered["store-s1"], "apiserver": rendered["apiserver-s1"],
                        "controllers": rendered["controllers"], "scheduler": rendered["scheduler"]}

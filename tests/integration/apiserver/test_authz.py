@@ -133,8 +133,8 @@ def test_skiff_as_another_user_is_refused(plane: Plane, monkeypatch: pytest.Monk
                                           capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = skiff(plane, monkeypatch, capsys, tmp_path, "delete", "ns", "kube-system", "--as", "mallory")
     assert code == 1
-    assert err.strip() == ('error: namespace "kube-system": namespaces "kube-system" is forbidden: User "mallory" cannot delete resource '
-                           '"namespaces" in API group "" at the cluster scope')
+    assert err.strip() == ('error: namespace "kube-system": namespaces "kube-system" is forbidden: User "mallory" '
+                           'cannot delete resource "namespaces" in API group "" at the cluster scope')
 
 
 def test_the_audit_log_has_one_line_per_write(plane: Plane, kubectl: Callable[..., Any],

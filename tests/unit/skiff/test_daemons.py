@@ -54,7 +54,13 @@ CASES = [
         default_unreachable_toleration_seconds=4, verbose=True), daemons.APISERVER, apiserver_parser,
         {"store_endpoints": "10.0.0.2:2379,10.0.0.1:2379", "listen": "10.0.0.2:6443", "service_cidr": "10.96.0.0/12",
          "node_port_range": "30000-32767", "node_name": "cp2", "default_not_ready_toleration_seconds": 30,
-         "default_unreachable_toleration_seconds": 4, "verbose": True}),
+         "default_unreachable_toleration_seconds": 4, "verbose": True, "authorization_mode": "Node,RBAC",
+         "audit_log_path": ""}),
+    Case("apiserver-authorization", daemons.apiserver(
+        "py", store_endpoints="s:2379", listen="a:6443", service_cidr="10.96.0.0/12", node_port_range="30000-32767",
+        node_name="cp", authorization_mode="AlwaysAllow", audit_log_path="/var/log/skiff/audit.log"),
+        daemons.APISERVER, apiserver_parser,
+        {"authorization_mode": "AlwaysAllow", "audit_log_path": "/var/log/skiff/audit.log"}),
     Case("controllers", daemons.controllers(
         "py", api_servers="a:6443,b:6443", cluster_cidr="10.244.0.0/16", node_cidr_mask_size=25,
         node_monitor_grace_period="1m30s", identity="cp"),

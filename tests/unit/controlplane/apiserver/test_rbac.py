@@ -166,8 +166,9 @@ def test_impersonation_needs_the_right_for_the_user_and_every_group() -> None:
                   [t.ClusterRoleBinding(metadata=t.ObjectMeta(name="imp"), subjects=[t.Subject(kind="User",
                                                                                                name="alice")],
                                         role_ref=t.RoleRef(kind="ClusterRole", name="imp"))])
-    authz = az.Authorizer(lambda resource: (1, ()))
-    authz._policy, authz._revisions = p, (1, 1, 1, 1)
+    objects = {"clusterroles": list(p.cluster_roles.values()),
+               "clusterrolebindings": list(p.cluster_role_bindings)}
+    authz = az.Authorizer(lambda resource: 1, lambda resource: objects.get(resource, []))
     assert authz.impersonate(ALICE, "bob", ["devs"]) == UserInfo("bob", ("devs", identity.AUTHENTICATED))
     with pytest.raises(az.errors.ForbiddenError, match='users "carol" is forbidden: User "alice" cannot impersonate'):
         authz.impersonate(ALICE, "carol", [])
@@ -180,18 +181,23 @@ def test_impersonation_needs_the_right_for_the_user_and_every_group() -> None:
 def test_authorizer_rebuilds_the_policy_only_when_a_cache_moves() -> None:
     revision = [1]
     roles: list[object] = []
-    built = []
+    read: list[str] = []
 
-    def objects(resource: str) -> tuple[int, list[object]]:
-        built.append(resource)
-        return revision[0], roles if resource == "clusterroles" else []
+    def objects(resource: str) -> list[object]:
+        read.append(resource)
+        return roles if resource == "clusterroles" else []
 
-    authz = az.Authorizer(objects)
+    authz = az.Authorizer(lambda resource: revision[0], objects)
     first = authz.policy()
-    assert authz.policy() is first  # unchanged revisions: the same snapshot
+    assert authz.policy() is first and len(read) == 4  # unchanged revisions: the same snapshot, no reads
     roles.append(t.ClusterRole(metadata=t.ObjectMeta(name="r")))
+    assert "r" not in authz.policy().cluster_roles  # the caches have not moved: not seen yet
     revision[0] = 2
-    assert "r" in authz.policy().cluster_roles
+    assert "r" in authz.policy().cluster_roles and len(read) == 8
+    authz.review(identity.INSECURE_ADMIN, Attributes("get", "pods"))
+    revision[0] = 3
+    authz.review(identity.INSECURE_ADMIN, Attributes("get", "pods"))
+    assert len(read) == 8  # the admin's requests never read the policy
 
 
 def test_bootstrap_policy_is_valid_and_gives_masters_a_binding() -> None:
