@@ -37,7 +37,7 @@ import grpc
 
 from deploy import containerd, netplan, procs, render, vmhost
 from deploy.vm.guest import TapLink
-from skiff import defaults, images, kubeconfig, taints
+from skiff import defaults, errors, images, kubeconfig, taints
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -160,7 +160,8 @@ class Lab:
                                  proxy_mode=self.spec.proxy_modes.get(name, ""),
                                  store_password_file=self.password_file,
                                  cgroup_parent=f"/skiff-{self.spec.prefix}-{h.name}",
-                                 node_labels={CONTROL_PLANE_ROLE: ""} if dedicated else {},
+                                 # The role label is the operator's to set (mark_control_plane): a node may
+                                 # not label itself node-role.kubernetes.io/* (NodeRestriction).
                                  node_taints=(f"{CONTROL_PLANE_ROLE}:NoSchedule",) if dedicated else ())
 
     def run_dir(self, host: str) -> Path:
@@ -291,6 +292,9 @@ class Lab:
             asyncio.run(self.wait_nodes_ready(self.workers, max(timeout, GUEST_READY_TIMEOUT) if self.guests
                                               else timeout))
             progress(f"workers: {', '.join(self.workers)} Ready ({time.monotonic() - started:.1f}s)")
+            dedicated = [h for h in self.control_plane_hosts if h in self.workers and not self.spec.combined]
+            if dedicated:
+                asyncio.run(self.mark_control_plane(dedicated))
 
     def _specs(self, host: str) -> list[render.DaemonSpec]:
         return render.daemons_for(self.cluster, self.host_config(host))
@@ -370,6 +374,22 @@ class Lab:
                     raise LabError(f"nodes not Ready and untainted after {timeout:.0f}s: {', '.join(missing)}; "
                                    f"logs under {self.dir}/<host>/run/")
                 await asyncio.sleep(0.5)
+
+    async def mark_control_plane(self, names: Sequence[str]) -> None:
+        """Label the control-plane hosts' Nodes with their role as the admin, as kubeadm does: the
+        node itself may not (NodeRestriction, docs/security.md)."""
+        async with self.client() as client:
+            for name in names:
+                for _ in range(10):
+                    node = await client.get(t.Node, name)
+                    if CONTROL_PLANE_ROLE in node.metadata.labels:
+                        break
+                    node.metadata.labels[CONTROL_PLANE_ROLE] = ""
+                    try:
+                        await client.update(node)
+                        break
+                    except errors.ConflictError:
+                        continue  # the agent wrote its status meanwhile: read again
 
     # ------------------------------------------------------------------ down
 

@@ -123,9 +123,13 @@ def _object_attributes(verb: str, obj: t.Object, namespace: str = "", subresourc
     return _named(kind, kind.resource, verb, meta.namespace or namespace, name, subresource)
 
 
+OPEN_METHODS = frozenset({"Version", "AccessReview"})  # every caller may: a question about oneself
+
+
 def request_attributes(method: str, request: Any) -> Attributes | None:
-    """What a gRPC request asks to do, as authorization sees it; None: every caller may (Version,
-    AccessReview: a question about oneself)."""
+    """What a gRPC request asks to do, as authorization sees it; None for OPEN_METHODS. A method
+    not named here is a non-resource request for its gRPC path (only `*` URL rules allow it), so
+    a new method is closed until it is given attributes."""
     if method == "Create":
         return _object_attributes("create", request.object, request.namespace)
     if method in ("Update", "UpdateStatus"):
@@ -142,7 +146,9 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
         return _named(kinds.by_resource("pods"), "pods", "get", request.namespace, request.pod, "log")
     if method == "Exec":
         return _named(kinds.by_resource("pods"), "pods", "create", request.namespace, request.pod, "exec")
-    return None
+    if method in OPEN_METHODS:
+        return None
+    return Attributes("call", path=f"/{SERVICE}/{method}")
 
 
 def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:

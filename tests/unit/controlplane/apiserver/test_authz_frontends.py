@@ -23,10 +23,17 @@ from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.rest import accessreview, http
-from controlplane.apiserver.server import ApiServerService, ErrorInterceptor, RequestAuth, generic_handler
+from controlplane.apiserver.server import (
+    ApiServerService,
+    ErrorInterceptor,
+    RequestAuth,
+    generic_handler,
+    request_attributes,
+)
 from skiff import errors, identity
 from skiff.client import Client
 from skiff.identity import UserInfo
+from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import pod
 
@@ -221,3 +228,29 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
                             json.dumps({"spec": {}}).encode())
     assert (code, body["message"]) == (400, "SelfSubjectAccessReview: exactly one of spec.resourceAttributes and "
                                             "spec.nonResourceAttributes must be set")
+
+
+@pytest.mark.parametrize(("method", "request_", "attrs"), [
+    ("Create", api.CreateRequest(object=t.Object(pod=pod("p", ns="")), namespace="ns"),
+     Attributes("create", "pods", namespace="ns")),
+    ("Create", api.CreateRequest(object=t.Object(node=t.Node(metadata=t.ObjectMeta(name="n1"))), namespace="ns"),
+     Attributes("create", "nodes")),
+    ("Get", api.GetRequest(resource="deployments", name="web"),
+     Attributes("get", "deployments", group="apps", namespace="default", name="web")),
+    ("List", api.ListRequest(resource="pods"), Attributes("list", "pods")),
+    ("Watch", api.WatchRequest(resource="leases", namespace="kube-node-lease"),
+     Attributes("watch", "leases", group="coordination.k8s.io", namespace="kube-node-lease")),
+    ("UpdateStatus", api.UpdateRequest(object=t.Object(pod=pod("p", ns="d"))),
+     Attributes("update", "pods", "status", namespace="d", name="p")),
+    ("Delete", api.DeleteRequest(resource="nodes", name="n2"), Attributes("delete", "nodes", name="n2")),
+    ("Bind", api.BindRequest(binding=t.Binding(metadata=t.ObjectMeta(name="p", namespace="d"))),
+     Attributes("create", "pods", "binding", namespace="d", name="p")),
+    ("Logs", api.LogsRequest(namespace="d", pod="p"), Attributes("get", "pods", "log", namespace="d", name="p")),
+    ("Exec", api.ExecRequest(namespace="d", pod="p"), Attributes("create", "pods", "exec", namespace="d", name="p")),
+    ("Get", api.GetRequest(resource="widgets", name="w"), Attributes("get", "widgets", name="w")),
+    ("Version", api.VersionRequest(), None),
+    ("Compact", api.VersionRequest(), Attributes("call", path="/skiff.api.v1.ApiServer/Compact")),
+], ids=["create", "create-cluster-scoped", "get-defaults-namespace", "list-all", "watch", "update-status",
+        "delete", "bind", "logs", "exec", "unknown-resource", "version", "unknown-method-closed"])
+def test_grpc_request_attributes(method: str, request_: Any, attrs: Attributes | None) -> None:
+    assert request_attributes(method, request_) == attrs
