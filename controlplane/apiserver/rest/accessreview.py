@@ -2,6 +2,9 @@
 Kubernetes' protobuf encoding, and build the answer. Pure functions; http.py asks the
 authorizer in between.
 
+SelfSubjectRulesReview (`kubectl auth can-i --list`): the RBAC rules that apply to the caller in a
+namespace; `incomplete` when another authorizer (Node) may allow more.
+
 What must hold: the attributes read are exactly the review's spec (resourceAttributes:
 namespace, verb, group, resource, subresource, name; or nonResourceAttributes: path, verb), in
 either encoding; a body that is neither is a ValueError naming the problem. The answer echoes the
@@ -18,15 +21,19 @@ anything else is skipped by its wire type.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from controlplane.apiserver.rbac import Attributes
+from skiffpb.api.v1 import types_pb2 as t
 
 GROUP = "authorization.k8s.io"
 VERSION = "v1"
 RESOURCE = "selfsubjectaccessreviews"
 PATH = ["apis", GROUP, VERSION, RESOURCE]
+RULES_RESOURCE = "selfsubjectrulesreviews"
+RULES_PATH = ["apis", GROUP, VERSION, RULES_RESOURCE]
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"
 
@@ -121,6 +128,36 @@ def parse(body: bytes, content_type: str) -> Review:
     if (review.resource_attributes is None) == (review.non_resource_attributes is None):
         raise ValueError("exactly one of spec.resourceAttributes and spec.nonResourceAttributes must be set")
     return review
+
+
+def parse_rules_namespace(body: bytes, content_type: str) -> str:
+    """The namespace a SelfSubjectRulesReview asks about (spec.namespace; protobuf: spec = 2,
+    namespace = 1)."""
+    if content_type == PROTOBUF:
+        if not body.startswith(MAGIC):
+            raise ValueError("a Kubernetes protobuf body starts with k8s\\0")
+        wire = fields(fields(fields(body[len(MAGIC):]).get(2, b"")).get(2, b""))
+        return wire.get(1, b"").decode()
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from exc
+    spec = data.get("spec") if isinstance(data, dict) else None
+    namespace = spec.get("namespace", "") if isinstance(spec, dict) else ""
+    return namespace if isinstance(namespace, str) else ""
+
+
+def rules_response(namespace: str, rules: Sequence[t.PolicyRule], *, incomplete: bool) -> dict[str, Any]:
+    """A SelfSubjectRulesReview's answer: the RBAC rules that apply in `namespace` (`kubectl auth can-i --list`)."""
+    resource_rules = [{"verbs": list(r.verbs), "apiGroups": list(r.api_groups), "resources": list(r.resources),
+                       **({"resourceNames": list(r.resource_names)} if r.resource_names else {})}
+                      for r in rules if not r.non_resource_urls]
+    non_resource_rules = [{"verbs": list(r.verbs), "nonResourceURLs": list(r.non_resource_urls)}
+                          for r in rules if r.non_resource_urls]
+    return {"kind": "SelfSubjectRulesReview", "apiVersion": f"{GROUP}/{VERSION}",
+            "metadata": {"creationTimestamp": None}, "spec": {"namespace": namespace},
+            "status": {"resourceRules": resource_rules, "nonResourceRules": non_resource_rules,
+                       "incomplete": incomplete}}
 
 
 def response(review: Review, allowed: bool, reason: str) -> dict[str, Any]:

@@ -24,7 +24,9 @@ SCALABLE = frozenset({"deployments", "replicasets", "statefulsets"})
 # Served resources that are not stored kinds: only created, and answered at once.
 REVIEWS: dict[str, list[dict[str, Any]]] = {
     "authorization.k8s.io/v1": [{"name": "selfsubjectaccessreviews", "singularName": "selfsubjectaccessreview",
-                                 "namespaced": False, "kind": "SelfSubjectAccessReview", "verbs": ["create"]}],
+                                 "namespaced": False, "kind": "SelfSubjectAccessReview", "verbs": ["create"]},
+                                {"name": "selfsubjectrulesreviews", "singularName": "selfsubjectrulesreview",
+                                 "namespaced": False, "kind": "SelfSubjectRulesReview", "verbs": ["create"]}],
 }
 
 

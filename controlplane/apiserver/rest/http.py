@@ -32,7 +32,7 @@ import yaml
 from aiohttp import web
 from google.protobuf.message import Message
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import caller, rbac
 from controlplane.apiserver.authorizer import Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.rbac import Attributes
@@ -203,6 +203,9 @@ class KubeApi:
         if request.method == "POST" and parts == accessreview.PATH:
             authorize(request, Attributes("create", accessreview.RESOURCE, group=accessreview.GROUP))
             return await self.access_review(request)
+        if request.method == "POST" and parts == accessreview.RULES_PATH:
+            authorize(request, Attributes("create", accessreview.RULES_RESOURCE, group=accessreview.GROUP))
+            return await self.rules_review(request)
         if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
             return await self._resource(request, "v1", parts[2:])
         if len(parts) >= 3 and parts[0] == "apis":
@@ -557,6 +560,20 @@ class KubeApi:
             decision = self.authorizer.review(caller.current(), review.attributes)
             allowed, reason = decision.allowed, decision.reason
         return json_response(accessreview.response(review, allowed, reason), status=201)
+
+    async def rules_review(self, request: web.Request) -> web.Response:
+        """A SelfSubjectRulesReview: the caller's RBAC rules in a namespace (kubectl auth can-i --list)."""
+        try:
+            namespace = accessreview.parse_rules_namespace(await request.read(), request.content_type)
+        except ValueError as exc:
+            raise st.BadRequest(f"SelfSubjectRulesReview: {exc}") from exc
+        user = caller.current()
+        if self.authorizer is None:
+            return json_response(accessreview.rules_response(namespace, [], incomplete=True), status=201)
+        rules = rbac.rules_for(user, namespace, self.authorizer.policy())
+        # The Node authorizer's rights are not rules: a node's list is incomplete, as in Kubernetes.
+        incomplete = bool(user.node_name) and "Node" in self.authorizer.modes
+        return json_response(accessreview.rules_response(namespace, rules, incomplete=incomplete), status=201)
 
     async def logs(self, request: web.Request, target: Target) -> web.StreamResponse:
         q = request.query

@@ -77,6 +77,14 @@ def test_kubectl_auth_can_i(kubectl: Callable[..., subprocess.CompletedProcess[s
     assert (done.returncode, done.stdout.strip()) == (0, "yes"), done.stderr
     done = kubectl("auth", "can-i", "create", "deployments.apps", "--as", "alice", "-n", "kube-system")
     assert (done.returncode, done.stdout.strip()) == (1, "no"), done.stderr
+    done = kubectl("auth", "can-i", "--list", "--as", "alice")  # a SelfSubjectRulesReview, in protobuf
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    verbs = rows["deployments.apps"].rsplit("[", 1)[1].rstrip("]").split()
+    assert sorted(verbs) == ["create", "delete", "get", "list", "patch", "update", "watch"]
+    assert "selfsubjectaccessreviews.authorization.k8s.io" in rows
+    done = kubectl("auth", "can-i", "--list", "--as", "alice", "-n", "kube-system")
+    assert "deployments.apps" not in done.stdout
     done = kubectl("auth", "can-i", "update", "nodes/n1", "--as", "system:node:n1", "--as-group", "system:nodes")
     assert (done.returncode, done.stdout.strip()) == (0, "yes"), done.stderr
     done = kubectl("auth", "can-i", "update", "nodes/n2", "--as", "system:node:n1", "--as-group", "system:nodes")

@@ -254,3 +254,20 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
         "delete", "bind", "logs", "exec", "unknown-resource", "version", "unknown-method-closed"])
 def test_grpc_request_attributes(method: str, request_: Any, attrs: Attributes | None) -> None:
     assert request_attributes(method, request_) == attrs
+
+
+async def test_self_subject_rules_review(cluster: Cluster) -> None:
+    body = json.dumps({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+                       "spec": {"namespace": "team"}}).encode()
+    code, review = await call(cluster, "POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", body,
+                              headers=AS_ALICE)
+    assert code == 201 and review["status"]["incomplete"] is False
+    pods = [r for r in review["status"]["resourceRules"] if "pods/log" in r["resources"]]
+    assert pods and pods[0]["verbs"] == ["get", "list", "watch"]  # view, bound in team
+    assert {"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
+            "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]} in review["status"]["resourceRules"]
+    assert any("/apis/*" in r["nonResourceURLs"] for r in review["status"]["nonResourceRules"])
+    body = json.dumps({"spec": {"namespace": "default"}}).encode()
+    code, review = await call(cluster, "POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", body,
+                              headers=AS_ALICE)
+    assert not [r for r in review["status"]["resourceRules"] if "pods" in r["resources"]]  # nothing in default
