@@ -106,7 +106,9 @@ def cluster_roles() -> list[t.ClusterRole]:
         # objects its controllers own. It creates no RBAC objects and reads no token it has not made.
         cluster_role("system:kube-controller-manager", [
             rule((*READ, "update", "patch", "delete"), ("*",), ("*",)),
-            rule(("create",), ("",), ("pods", "services", "endpoints", "serviceaccounts", "events")),
+            rule(("create",), ("",), ("pods", "services", "endpoints", "serviceaccounts", "events",
+                                      # StatefulSets' volumeClaimTemplates; volumes a provisioner makes
+                                      "persistentvolumeclaims", "persistentvolumes")),
             rule(("create",), ("apps",), ("replicasets", "controllerrevisions")),
             rule(("create",), ("batch",), ("jobs",)),
             rule(("create",), ("coordination.k8s.io",), ("leases",)),
@@ -121,9 +123,11 @@ def cluster_roles() -> list[t.ClusterRole]:
             LEADER_LEASES, EVENTS,
         ]),
         # The network proxy turns Services and Endpoints into rules; Nodes for NodePort addresses.
+        # NetworkPolicies: the proxy's host also enforces them.
         cluster_role("system:node-proxier", [
-            rule(READ, ("",), ("services", "endpoints", "nodes")),
+            rule(READ, ("",), ("services", "endpoints", "nodes", "pods", "namespaces")),
             rule(READ, ("discovery.k8s.io",), ("endpointslices",)),
+            rule(READ, ("networking.k8s.io",), ("networkpolicies",)),
             EVENTS,
         ]),
         # Cluster DNS answers from Services, Endpoints and Pods (pod A records, headless Services).

@@ -202,7 +202,9 @@ async def test_the_identities_are_refused_what_they_do_not_need(admin: InProcess
          'cannot delete resource "deployments"'),
         (component(identity.SCHEDULER), lambda a: a.get(t.Secret, "s", "default"), 'cannot get resource "secrets"'),
         (component(identity.NETPROXY), lambda a: a.create(service("other")), 'cannot create resource "services"'),
-        (component(identity.NETPROXY), lambda a: a.list(t.Pod), 'cannot list resource "pods"'),
+        (component(identity.NETPROXY), lambda a: a.list(t.Secret), 'cannot list resource "secrets"'),
+        (component(identity.NETPROXY), lambda a: a.update_status(t.Pod(metadata=t.ObjectMeta(
+            name="p", namespace="default"))), 'cannot update resource "pods/status"'),
         (component(identity.CLUSTERDNS), lambda a: a.list(t.Secret), 'cannot list resource "secrets"'),
         (component(identity.CONTROLLER_MANAGER), lambda a: a.create(
             t.ClusterRoleBinding(metadata=t.ObjectMeta(name="x"))), 'cannot create resource "clusterrolebindings"'),
