@@ -14,6 +14,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -26,15 +27,17 @@ import grpc.aio
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import authn, caller
 from controlplane.apiserver.allocator import Allocator
+from controlplane.apiserver.authn import Authenticator
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
-from skiff import __version__, defaults, errors, identity, kinds
+from skiff import __version__, defaults, errors, kinds, tls
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
+from skiff.tls import Credentials, ServerTLS
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -93,7 +96,11 @@ def _check_request(request: Any) -> None:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns exceptions from any handler into gRPC statuses (see the module docstring)."""
+    """Authenticates each call (authn.py) and serves it as its caller; turns exceptions from
+    any handler into gRPC statuses (see the module docstring)."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -102,25 +109,28 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return None
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                _wrap_unary(handler.unary_unary, self.authenticator),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                _wrap_stream(handler.unary_stream, self.authenticator),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         return handler
 
 
-def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
-    """The caller of a gRPC request. Skiff has no authentication yet: everyone is the admin."""
-    return identity.INSECURE_ADMIN
+async def authenticate(authenticator: Authenticator, context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
+    """The caller of a gRPC request: its verified client certificate, else its bearer token."""
+    peer = authn.Peer(tls.peer_certificate_user(context.auth_context()),
+                      tls.bearer_token(context.invocation_metadata()))
+    return await authenticator.authenticate(peer)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], authenticator: Authenticator,
+                ) -> Callable[..., Awaitable[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _check_request(request)
-            with caller.acting_as(authenticate(context)):
+            with caller.acting_as(await authenticate(authenticator, context)):
                 return await behavior(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -131,11 +141,12 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return run
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], authenticator: Authenticator,
+                 ) -> Callable[..., AsyncIterator[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             _check_request(request)
-            with caller.acting_as(authenticate(context)):
+            with caller.acting_as(await authenticate(authenticator, context)):
                 async for item in behavior(request, context):
                     yield item
         except Exception as exc:
@@ -246,8 +257,15 @@ class Config:
     service_cidr: str = defaults.SERVICE_CIDR
     node_port_range: str = defaults.NODE_PORT_RANGE
     node_name: str = ""
-    http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTP); empty: not served
+    http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTPS); empty: not served
     options: Options = field(default_factory=Options)
+    # None: --insecure (plaintext, everyone the admin). gRPC requires a client certificate from
+    # the client CA; HTTPS verifies one when sent, else takes a bearer token (or, for health
+    # checks, nobody).
+    tls: ServerTLS | None = None
+    # How it reaches the store and the node agents (None: plaintext).
+    store_credentials: Credentials | None = None
+    kubelet_credentials: Credentials | None = None
 
 
 class StartupError(Exception):
@@ -266,10 +284,11 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def bind(server: grpc.aio.Server, listen: str) -> int:
+def bind(server: grpc.aio.Server, listen: str, server_tls: ServerTLS | None = None) -> int:
     """Bind the listening address now, so that "address in use" is a clear startup error."""
     try:
-        port = server.add_insecure_port(listen)
+        port = (server.add_insecure_port(listen) if server_tls is None
+                else server.add_secure_port(listen, server_tls.server_credentials()))
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {listen}: {exc} (is another process using this port?)") from exc
     if port == 0:
@@ -303,7 +322,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
 
     allocator = Allocator(config.service_cidr, config.node_port_range)
     if store is None:
-        store = EtcdStore(config.store_endpoints)
+        store = EtcdStore(config.store_endpoints, credentials=config.store_credentials)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -312,13 +331,20 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     registry = Registry(store, allocator=allocator, options=config.options)
-    forwarder = Forwarder(registry)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+    forwarder = Forwarder(registry, credentials=config.kubelet_credentials)
+    authenticator = Authenticator(registry, insecure=config.tls is None)
+    if config.tls is None:
+        tls.warn_insecure("api-server")
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(authenticator)], options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder,
                                                                       node_name=config.node_name)),))
     http_runner: web.AppRunner | None = None
     try:
-        port = bind(server, config.listen)
+        # gRPC can only require a client certificate or not ask for one (grpcio offers no "verify
+        # if sent"): the gRPC port is mutual TLS; bearer tokens and anonymous health checks are
+        # the HTTPS port's, which verifies a certificate when one is sent.
+        port = bind(server, config.listen,
+                    None if config.tls is None else dataclasses.replace(config.tls, require_client_cert=True))
         revision = await wait_for_store(store, stop=stop)
         log.info("store %s at revision %d; filling watch caches", store.describe(), revision)
         await registry.start()
@@ -326,10 +352,12 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         await server.start()
         if config.http_listen:
             try:
-                http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen)
+                http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen,
+                                                                authenticator=authenticator, server_tls=config.tls)
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
-            log.info("Kubernetes API (HTTP) on %s (port %d)", config.http_listen, http_port)
+            log.info("Kubernetes API (HTTP%s) on %s (port %d)", "" if config.tls is None else "S", config.http_listen,
+                     http_port)
         log.info("api-server listening on %s (port %d), store %s, service CIDR %s", config.listen, port,
                  store.describe(), allocator.network.with_prefixlen)
         if ready is not None:

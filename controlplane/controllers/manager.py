@@ -11,6 +11,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.endpoints import EndpointsController
 from controlplane.controllers.garbagecollector import GarbageCollector
 from controlplane.controllers.job import JobController
-from controlplane.controllers.kubernetesservice import KubernetesServiceController
+from controlplane.controllers.kubernetesservice import KubernetesServiceController, version_probe
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
@@ -35,6 +36,7 @@ from skiff.clock import Clock, RealClock
 from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import InformerFactory
+from skiff.tls import Credentials
 
 log = logging.getLogger("skiff.controllers.manager")
 
@@ -55,6 +57,8 @@ class Options:
     # default/kubernetes: kept only when the service CIDR is known (its ClusterIP is the first address).
     service_cidr: str = ""
     api_servers: Sequence[str] = ()
+    # How the kubernetesservice controller's probes reach each api-server (None: plaintext).
+    credentials: Credentials | None = None
     workers: dict[str, int] = field(default_factory=lambda: {
         "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10,
         "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5})
@@ -94,7 +98,9 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
         out.append(ResourceQuotaController(client, factory))
     if "kubernetesservice" in wanted and options.service_cidr and options.api_servers:
         out.append(KubernetesServiceController(client, factory, api_servers=options.api_servers,
-                                               service_cidr=options.service_cidr))
+                                               service_cidr=options.service_cidr,
+                                               probe=functools.partial(version_probe,
+                                                                       credentials=options.credentials)))
     if "job" in wanted:
         out.append(JobController(client, factory, recorder=recorder.scoped("job-controller"), clock=clock))
     if "cronjob" in wanted:

@@ -10,8 +10,11 @@ What must hold:
 - Every failure is a metav1.Status with Kubernetes' code and reason (status.py); a watch that
   fails after it started ends with an ERROR event carrying that Status, never silently.
 - Every object sent has kind and apiVersion; integers are JSON numbers (skiff.convert).
-- Authentication and authorization have one place: `authorize()`, called with the request's
-  attributes before any verb runs. It admits everything today (plain HTTP, no TLS yet).
+- Authentication happens once per request, in the `_errors` middleware, by the api-server's one
+  Authenticator (authn.py): the client certificate the TLS layer verified, else the bearer
+  token; without either, 401 except on /healthz, /livez, /readyz and /version (anonymous).
+  Authorization has one place: `authorize()`, called with the request's attributes before any
+  verb runs.
 """
 
 from __future__ import annotations
@@ -26,16 +29,19 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from cryptography import x509
 from google.protobuf.message import Message
 
 from controlplane.apiserver import caller
+from controlplane.apiserver.authn import Authenticator, Peer
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import discovery, openapi, patch, table
 from controlplane.apiserver.rest import status as st
 from controlplane.apiserver.watchcache import BOOKMARK
-from skiff import errors, identity, kinds, labels
+from skiff import errors, kinds, labels, pki, tls
 from skiff.convert import FieldError, from_data, to_data
+from skiff.tls import ServerTLS
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -76,6 +82,23 @@ class Attributes:
     namespace: str = ""
     name: str = ""
     path: str = ""
+
+
+# What Kubernetes serves without credentials (system:public-info-viewer).
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
+
+
+def peer_of(request: web.Request) -> Peer:
+    """The request's verified client certificate (the TLS layer checked it against the CA) and
+    bearer token."""
+    user = None
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is not None:
+        der = ssl_object.getpeercert(binary_form=True)
+        if der:
+            user = pki.user_of(x509.load_der_x509_certificate(der))
+    return Peer(user, tls.bearer_token(list(request.headers.items())))
 
 
 def authorize(request: web.Request, attrs: Attributes) -> None:
@@ -141,10 +164,12 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 
 
 class KubeApi:
-    def __init__(self, registry: Registry, forwarder: Forwarder, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, authenticator: Authenticator | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
+        self.authenticator = authenticator or Authenticator(registry, insecure=True)
 
     # ------------------------------------------------------------------ routing
 
@@ -157,7 +182,9 @@ class KubeApi:
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                       ) -> web.StreamResponse:
         try:
-            with caller.acting_as(identity.INSECURE_ADMIN):  # no authentication yet: everyone is the admin
+            user = await self.authenticator.authenticate(peer_of(request),
+                                                         anonymous_ok=request.path in ANONYMOUS_PATHS)
+            with caller.acting_as(user):
                 return await handler(request)
         except errors.SkiffError as exc:
             target = request.get(TARGET)
@@ -547,14 +574,21 @@ def scale_of(obj: Message) -> dict[str, Any]:
             "spec": {"replicas": obj.spec.replicas}, "status": {"replicas": obj.status.replicas, "selector": selector}}
 
 
-async def start(registry: Registry, forwarder: Forwarder, listen: str) -> tuple[web.AppRunner, int]:
-    """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port)."""
+async def start(registry: Registry, forwarder: Forwarder, listen: str, *, authenticator: Authenticator | None = None,
+                server_tls: ServerTLS | None = None) -> tuple[web.AppRunner, int]:
+    """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port).
+
+    With `server_tls` it is HTTPS (client certificates verified when sent); without, plain
+    HTTP, and only an insecure authenticator (everyone the admin) makes sense with it."""
     host, _, port_text = listen.rpartition(":")
+    authenticator = authenticator or Authenticator(registry, insecure=server_tls is None)
     # handler_cancellation: a watch whose client went away ends at once instead of at its next event.
-    runner = web.AppRunner(KubeApi(registry, forwarder).app(), access_log=None, handle_signals=False,
-                           handler_cancellation=True)
+    runner = web.AppRunner(KubeApi(registry, forwarder, authenticator=authenticator).app(), access_log=None,
+                           handle_signals=False, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True)
+    ssl_context = server_tls.ssl_context() if server_tls is not None else None
+    site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True,
+                       ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:

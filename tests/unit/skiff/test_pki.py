@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from skiff import identity, pki
 
-NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def _usages(cert: x509.Certificate) -> set[str]:
 SPECS = [
     pytest.param(pki.CertSpec("admin", identity.ADMIN, (identity.MASTERS,), client=True),
                  identity.ADMIN, (identity.MASTERS,), [], [], {"client"}, id="admin-client"),
-    pytest.param(pki.CertSpec("apiserver", identity.APISERVER, (), ("localhost", "kubernetes"), ("127.0.0.1", "10.0.0.1"),
-                              server=True),
+    pytest.param(pki.CertSpec("apiserver", identity.APISERVER, (), ("localhost", "kubernetes"),
+                              ("127.0.0.1", "10.0.0.1"), server=True),
                  identity.APISERVER, (), ["localhost", "kubernetes"], ["127.0.0.1", "10.0.0.1"], {"server"},
                  id="apiserver-serving"),
     pytest.param(pki.node_spec("n1", "10.77.0.11"), "system:node:n1", (identity.NODES,), ["n1"], ["10.77.0.11"],
@@ -117,7 +117,7 @@ def test_certificates_lists_every_one_with_its_expiry(tmp_path: Path) -> None:
     d.ensure([pki.node_spec("n1", "10.0.0.2"), pki.CertSpec("admin", identity.ADMIN, (identity.MASTERS,),
                                                             client=True)], now=NOW)
     infos = {i.name: i for i in d.certificates()}
-    assert list(infos)[0] == "ca"
+    assert next(iter(infos)) == "ca"
     assert set(infos) == {"ca", "admin", "nodes/n1"}
     assert infos["nodes/n1"].sans == ("n1", "10.0.0.2")
     assert infos["admin"].remaining(NOW) == dt.timedelta(days=pki.CERT_DAYS)

@@ -17,6 +17,7 @@ import grpc.aio
 import pytest
 
 from controlplane.apiserver.allocator import Allocator
+from controlplane.apiserver.authn import Authenticator
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.inprocess import DEFAULT_OPTIONS, InProcessApi
 from controlplane.apiserver.memstore import MemoryStore
@@ -38,7 +39,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     registry = Registry(MemoryStore(), allocator=Allocator(), options=DEFAULT_OPTIONS)
     await registry.start()
     forwarder = Forwarder(registry)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(Authenticator(registry, insecure=True))])
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder)),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
