@@ -113,8 +113,10 @@ class HostConfig:
     proxy_mode: str = ""  # this host's proxy mode when not the cluster's (the VM lab shows both)
     pki_dir: Path | None = None  # default: state_dir/pki
     insecure: bool = False  # development mode: plaintext, no authentication
-    # A worker joining with a bootstrap token: its agent obtains nodes/<name> from the cluster
-    # (a CSR), and its proxy and DNS run with that node identity.
+    # A worker that joined with a bootstrap token: its agent obtained nodes/<name> from the cluster
+    # (a CSR; with `bootstrap_token` set it does so on start), and its proxy and DNS present
+    # that node identity (the host has no other certificate).
+    joined: bool = False
     bootstrap_token: str = ""
 
     @property
@@ -198,8 +200,8 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
     paths = host.node_paths
     node_tls = None if host.insecure else tls.node_tls(host.pki, host.name)
     node_creds = node_tls[1] if node_tls is not None else None
-    proxy_creds = node_creds if host.bootstrap_token else host.credentials(pki.NETPROXY)
-    dns_creds = node_creds if host.bootstrap_token else host.credentials(pki.CLUSTERDNS)
+    proxy_creds = node_creds if host.joined else host.credentials(pki.NETPROXY)
+    dns_creds = node_creds if host.joined else host.credentials(pki.CLUSTERDNS)
     containerd = DaemonSpec("containerd", (host.containerd_bin, "--config", str(paths.config)), "containerd for Skiff")
     agent = daemons.nodeagent(
         cluster.python, node_name=host.name, api_servers=cluster.api_servers,
@@ -209,7 +211,7 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
         lease_period=cluster.node_lease_period, node_labels=host.node_labels,
         register_with_taints=host.node_taints, netns=netns_path,
         cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain, tls=node_tls,
-        bootstrap_token=host.bootstrap_token)
+        bootstrap_token=host.bootstrap_token, bootstrap_servers=[f"https://{m.http_url}" for m in cluster.members])
     proxy = daemons.netproxy(cluster.python, api_servers=cluster.api_servers, node_name=host.name,
                              mode=host.proxy_mode or cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
                              min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend,

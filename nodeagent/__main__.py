@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.bootstrap import BootstrapError, bootstrap
 from nodeagent.cri import GrpcRuntime, Runtime
 from nodeagent.dns import DnsSettings, ResolvConf, parse_resolv_conf
 from nodeagent.netns import NodeNetwork
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-token", default="",
                    help="join with this bootstrap token (<id>.<secret>) when --client-certificate does not exist yet: "
                         "send a CSR for system:node:<name>, write the signed certificate there, and use only it")
+    p.add_argument("--bootstrap-server", default="",
+                   help="the api-servers' HTTPS URLs for --bootstrap-token (https://IP:PORT[,...])")
     tls.add_insecure_flag(p)
     add_verbose_flag(p)
     return p
@@ -139,6 +142,10 @@ async def run(args: argparse.Namespace, serving: tls.ServerTLS | None, credentia
         runtime = FakeRuntime(pod_cidr=args.pod_cidr or "10.88.0.0/16", pullable=lambda image: True)
     else:
         runtime = GrpcRuntime(args.container_runtime_endpoint)
+    if args.bootstrap_token and credentials is not None:
+        await bootstrap(servers=[s.strip() for s in args.bootstrap_server.split(",") if s.strip()],
+                        token=args.bootstrap_token, ca_file=credentials.ca_file, cert_file=credentials.cert_file,
+                        key_file=credentials.key_file, node_name=args.node_name, node_ip=args.node_ip)
     client = Client(args.api_servers, credentials=credentials)
     net = NodeNetwork(args.netns)
     agent = NodeAgent(client, runtime, config_from_args(args, 0), net=net)
@@ -169,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.insecure:
         tls.warn_insecure("node agent")
-    return run_until_signalled(run(args, serving, credentials))
+    try:
+        return run_until_signalled(run(args, serving, credentials))
+    except BootstrapError as exc:
+        print(f"skiff-nodeagent: cannot join: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def nodeagent(python: str, *, node_name: str, api_servers: str, container_runtim
               cgroup_parent: str, lease_period: str = "10s", node_labels: Mapping[str, str] | None = None,
               register_with_taints: Sequence[str] = (), netns: str = "", cluster_dns: str = "",
               cluster_domain: str = "", tls: tuple[ServerTLS, Credentials] | None, bootstrap_token: str = "",
-              verbose: bool = False) -> list[str]:
+              bootstrap_servers: Sequence[str] = (), verbose: bool = False) -> list[str]:
     """`tls`: (serving, api-server credentials). `bootstrap_token`: join with it first (the
     credentials' files are then written by the join)."""
     argv = [*_py(python, NODEAGENT), "--node-name", node_name, "--api-servers", api_servers,
@@ -137,7 +137,7 @@ def nodeagent(python: str, *, node_name: str, api_servers: str, container_runtim
     else:
         argv += [*server_flags(tls[0]), *client_flags(tls[1])]
     if bootstrap_token:
-        argv += ["--bootstrap-token", bootstrap_token]
+        argv += ["--bootstrap-token", bootstrap_token, "--bootstrap-server", ",".join(bootstrap_servers)]
     return argv + _verbose(verbose)
 
 

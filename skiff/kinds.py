@@ -60,6 +60,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("StatefulSet", "statefulsets", "apps/v1", t.StatefulSet, "stateful_set", True, ("sts",), "statefulset"),
     Kind("ControllerRevision", "controllerrevisions", "apps/v1", t.ControllerRevision, "controller_revision", True,
          (), "controllerrevision"),
+    # sec-tls
+    Kind("CertificateSigningRequest", "certificatesigningrequests", "certificates.k8s.io/v1",
+         t.CertificateSigningRequest, "certificate_signing_request", False, ("csr",), "certificatesigningrequest"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

@@ -143,11 +143,14 @@ def issue(ca_cert: x509.Certificate, ca_key: PrivateKey, spec: CertSpec, *, now:
     return cert, key
 
 
-def make_csr(key: PrivateKey, common_name: str, organizations: Sequence[str] = ()) -> bytes:
-    """A PEM certificate signing request for a client identity (what a joining node sends)."""
-    csr = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name, organizations)).sign(
-        key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM)
+def make_csr(key: PrivateKey, common_name: str, organizations: Sequence[str] = (), *,
+             dns_names: Sequence[str] = (), ips: Sequence[str] = ()) -> bytes:
+    """A PEM certificate signing request (what a joining node sends: its identity, its names)."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name, organizations))
+    sans = _sans(dns_names, ips)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def csr_subject(csr_pem: bytes) -> tuple[str, tuple[str, ...]]:
@@ -194,6 +197,10 @@ def key_pem(key: PrivateKey) -> bytes:
 
 def load_cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def load_cert_pem(data: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(data)
 
 
 def load_key(path: Path) -> PrivateKey:

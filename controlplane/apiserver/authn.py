@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,22 +30,18 @@ from typing import Protocol
 from google.protobuf.message import Message
 
 from controlplane.apiserver import caller
-from skiff import errors, identity
+from skiff import bootstraptoken, errors, identity
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import types_pb2 as t
 
-SYSTEM_NAMESPACE = "kube-system"
-BOOTSTRAP_TOKEN_TYPE = "bootstrap.kubernetes.io/token"
-BOOTSTRAP_SECRET_PREFIX = "bootstrap-token-"
-TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
+SYSTEM_NAMESPACE = bootstraptoken.NAMESPACE
+BOOTSTRAP_TOKEN_TYPE = bootstraptoken.SECRET_TYPE
+BOOTSTRAP_SECRET_PREFIX = bootstraptoken.SECRET_PREFIX
 # Who the api-server is when it reads the Secrets behind tokens (kube-apiserver's loopback user).
 SELF = UserInfo("system:apiserver", (identity.MASTERS, identity.AUTHENTICATED))
 
 
-def parse_token(token: str) -> tuple[str, str] | None:
-    """(id, secret) of a bootstrap token, None when it is not of that form."""
-    m = TOKEN_RE.match(token)
-    return (m.group(1), m.group(2)) if m else None
+parse_token = bootstraptoken.parse
 
 
 def _field(secret: t.Secret, key: str) -> str:

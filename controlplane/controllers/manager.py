@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.controllers.cronjob import CronJobController
+from controlplane.controllers.csrsigning import CsrSigningController
 from controlplane.controllers.daemonset import DaemonSetController
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.endpoints import EndpointsController
@@ -42,7 +43,7 @@ log = logging.getLogger("skiff.controllers.manager")
 
 ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
                    "serviceaccount", "resourcequota", "kubernetesservice", "job", "cronjob", "daemonset",
-                   "statefulset")
+                   "statefulset", "csrsigning")
 COMPONENT = "controller-manager"
 
 
@@ -59,6 +60,9 @@ class Options:
     api_servers: Sequence[str] = ()
     # How the kubernetesservice controller's probes reach each api-server (None: plaintext).
     credentials: Credentials | None = None
+    # The CA that signs node certificates (csrsigning runs only with both).
+    cluster_signing_cert_file: str = ""
+    cluster_signing_key_file: str = ""
     workers: dict[str, int] = field(default_factory=lambda: {
         "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10,
         "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5})
@@ -111,6 +115,9 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "statefulset" in wanted:
         out.append(StatefulSetController(client, factory, recorder=recorder.scoped("statefulset-controller"),
                                          clock=clock))
+    if "csrsigning" in wanted and options.cluster_signing_cert_file and options.cluster_signing_key_file:
+        out.append(CsrSigningController(client, factory, ca_cert_file=options.cluster_signing_cert_file,
+                                        ca_key_file=options.cluster_signing_key_file, clock=clock))
     return out
 
 

@@ -18,14 +18,14 @@ import grpc.aio
 import pytest
 
 from deploy.loopback import ControlPlane, Process, control_plane
-from skiff import errors, identity, pki, tls
+from skiff import bootstraptoken, errors, identity, pki, tls
 from skiff.client import Client
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import nodeagent_pb2_grpc
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.builders import pod
-from tests.support.cluster import start_fake_node
+from tests.support.cluster import start_controllers, start_fake_node
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +228,77 @@ async def test_exec_through_the_apiserver_reaches_the_agent_over_tls(secure: Sec
         # api-server -> agent over TLS, the agent's certificate checked against the node's name.
         result = await admin.exec("default", "tls-exec", ["echo", "hi"])
         assert result.exit_code == 0
+
+
+# ---------------------------------------------------------------- joining with a bootstrap token
+
+
+@pytest.fixture(scope="module")
+def signer(secure: Secure, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """The controller manager's CSR signer, holding the CA key."""
+    d = pki.PKIDir(secure.pki_dir)
+    proc = start_controllers(Path(tmp_path_factory.mktemp("cm")), secure.endpoint,
+                             tls=tls.client_flags(secure.creds(pki.CONTROLLER_MANAGER)),
+                             extra=["--controllers", "csrsigning", "--cluster-signing-cert-file", str(d.ca.cert),
+                                    "--cluster-signing-key-file", str(d.ca.key)])
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _join_flags(secure: Secure, node_dir: Path, node: str, token: str) -> list[str]:
+    ca = str(secure.pki_dir / "ca.crt")
+    cert, key = str(node_dir / f"{node}.crt"), str(node_dir / f"{node}.key")
+    return ["--tls-cert-file", cert, "--tls-private-key-file", key, "--client-ca-file", ca,
+            "--certificate-authority", ca, "--client-certificate", cert, "--client-key", key,
+            "--bootstrap-token", token, "--bootstrap-server", secure.http]
+
+
+async def test_a_node_joins_with_a_bootstrap_token(secure: Secure, signer: Process, tmp_path: Path) -> None:
+    token = bootstraptoken.generate()
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    async with Client(secure.endpoint, credentials=secure.creds(pki.ADMIN)) as admin:
+        await admin.create(bootstraptoken.make_secret(token, expires=expires))
+    agent = start_fake_node(tmp_path, secure.endpoint, "joiner", tls=_join_flags(secure, tmp_path, "joiner", token))
+    try:
+        cert = pki.load_cert(tmp_path / "joiner.crt")
+        pki.verify_issued_by(cert, pki.load_cert(secure.pki_dir / "ca.crt"))
+        assert pki.subject_of(cert.subject) == ("system:node:joiner", ("system:nodes",))
+        assert oct((tmp_path / "joiner.key").stat().st_mode & 0o777) == "0o600"
+        async with Client(secure.endpoint, credentials=secure.creds(pki.ADMIN)) as admin:
+            end = time.monotonic() + 30
+            while True:
+                try:
+                    await admin.get(t.Node, "joiner")
+                    break
+                except errors.NotFoundError:
+                    assert time.monotonic() < end, "the joined node did not register"
+                    await asyncio.sleep(0.2)
+            csrs = (await admin.list(t.CertificateSigningRequest)).items
+            mine = [c for c in csrs if c.spec.username == f"system:bootstrap:{token.split('.')[0]}"]
+            assert len(mine) == 1 and mine[0].status.certificate
+            assert identity.BOOTSTRAPPERS in mine[0].spec.groups
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("how", ["expired", "deleted"])
+async def test_expired_and_deleted_tokens_cannot_join(secure: Secure, signer: Process, tmp_path: Path,
+                                                      how: str) -> None:
+    import subprocess
+    import sys
+
+    token = bootstraptoken.generate()
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=-60 if how == "expired" else 3600)
+    async with Client(secure.endpoint, credentials=secure.creds(pki.ADMIN)) as admin:
+        await admin.create(bootstraptoken.make_secret(token, expires=expires))
+        if how == "deleted":
+            await admin.delete(t.Secret, bootstraptoken.secret_name(token.split(".")[0]), bootstraptoken.NAMESPACE)
+    argv = [sys.executable, "-m", "nodeagent", "--node-name", "intruder", "--api-servers", secure.endpoint,
+            "--fake-runtime", "--no-network", "--node-ip", "127.0.0.1", "--state-dir", str(tmp_path / "state"),
+            *_join_flags(secure, tmp_path, "intruder", token)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[3])
+    assert done.returncode != 0
+    assert "refused the bootstrap token" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "intruder.crt").exists()
