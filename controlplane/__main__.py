@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--insecure-no-password", action="store_true", help="run the store without a password")
     store.add_argument("--store-endpoints", default="",
                        help="use these store endpoints (e.g. an external etcd) instead of running a member")
+    store.add_argument("--etcd-cafile", default="", help="with --store-endpoints: the external store's CA "
+                       "(with --etcd-certfile/--etcd-keyfile; none of the three: plaintext to it)")
+    store.add_argument("--etcd-certfile", default="", help="client certificate towards the external store")
+    store.add_argument("--etcd-keyfile", default="", help="its key")
     api = p.add_argument_group("api-server")
     api.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}", help="api-server address")
     api.add_argument("--http-listen", default=None,
@@ -103,6 +107,10 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
     children: list[Child] = []
     store_endpoints = args.store_endpoints
     api_tls = None if args.insecure else tls.apiserver_tls(args.pki_dir)
+    if api_tls is not None and args.store_endpoints:
+        external = (tls.Credentials(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile) if args.etcd_cafile
+                    else None)
+        api_tls = tls.ApiServerTLS(api_tls.serving, external, api_tls.kubelet)
 
     def creds(name: str) -> tls.Credentials | None:
         return None if args.insecure else tls.Credentials.from_pki(args.pki_dir, name)

@@ -84,8 +84,10 @@ class Attributes:
     path: str = ""
 
 
-# What Kubernetes serves without credentials (system:public-info-viewer).
-ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
+# What is served to GETs without credentials: what Kubernetes shows anyone
+# (system:public-info-viewer), and kube-public, where a joining node reads the cluster's signed
+# description before it can verify the api-server (it sends no secret then).
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/api/v1/namespaces/kube-public"})
 
 
 def peer_of(request: web.Request) -> Peer:
@@ -182,8 +184,8 @@ class KubeApi:
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                       ) -> web.StreamResponse:
         try:
-            user = await self.authenticator.authenticate(peer_of(request),
-                                                         anonymous_ok=request.path in ANONYMOUS_PATHS)
+            user = await self.authenticator.authenticate(
+                peer_of(request), anonymous_ok=request.method == "GET" and request.path in ANONYMOUS_PATHS)
             with caller.acting_as(user):
                 return await handler(request)
         except errors.SkiffError as exc:
