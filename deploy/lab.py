@@ -42,6 +42,7 @@ import grpc
 
 from deploy import containerd, netplan, procs, render, vmhost
 from deploy.vm.guest import TapLink
+from deploy.vm.image import SHARE_DIR
 from skiff import config, defaults, images, kubeconfig, pki, taints, tls
 from skiff.client import Client
 from skiff.errors import SkiffError
@@ -180,9 +181,12 @@ class Lab:
         dedicated = render.CONTROL_PLANE in h.roles and not self.spec.combined
         # A guest keeps its node state on its own tmpfs; it dies with the guest.
         state_dir = GUEST_STATE / h.name if h.guest else self.dir / h.name
+        # A guest reads its certificates from its share (the lab's directory may be under /tmp,
+        # which the guest's own tmpfs hides); start_worker copies them there.
+        pki_dir = Path(SHARE_DIR) / "pki" if h.guest else self.pki_dir
         return render.HostConfig(name=h.name, ip=h.ip, roles=h.roles, state_dir=state_dir,
                                  proxy_mode=self.spec.proxy_modes.get(name, ""),
-                                 store_password_file=self.password_file, pki_dir=self.pki_dir,
+                                 store_password_file=self.password_file, pki_dir=pki_dir,
                                  cgroup_parent=f"/skiff-{self.spec.prefix}-{h.name}",
                                  node_labels={CONTROL_PLANE_ROLE: ""} if dedicated else {},
                                  node_taints=(f"{CONTROL_PLANE_ROLE}:NoSchedule",) if dedicated else ())
@@ -342,6 +346,12 @@ class Lab:
             octets = [int(x) for x in h.ip.split(".")]
             link = TapLink(self.net.lan_netns, "br0", f"{self.spec.prefix}-{host}",
                            "52:54:00:{:02x}:{:02x}:{:02x}".format(*octets[1:]))
+            src = pki.PKIDir(self.pki_dir)
+            for name in ("ca", pki.node_cert(host), pki.NETPROXY, pki.CLUSTERDNS):
+                pair = src.pair(name)
+                for path in (pair.cert, pair.key) if name != "ca" else (pair.cert,):
+                    target = guest.share / "pki" / path.relative_to(src.path)
+                    pki.write_atomic(target, path.read_bytes(), path.stat().st_mode & 0o777)
             guest.start(host_plan, links=(link,), timeout=self.spec.vm_timeout)
             return
         paths = config.node_paths

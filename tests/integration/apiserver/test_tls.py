@@ -302,3 +302,20 @@ async def test_expired_and_deleted_tokens_cannot_join(secure: Secure, signer: Pr
     assert done.returncode != 0
     assert "refused the bootstrap token" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "intruder.crt").exists()
+
+
+async def test_the_forwarder_checks_the_agents_certificate_against_the_node_name(secure: Secure) -> None:
+    """A Node whose status points at another node's agent does not get the api-server's exec:
+    the agent there proves the name n1, not impostor."""
+    port = await _agent_port(secure)
+    async with Client(secure.endpoint, credentials=secure.creds(pki.ADMIN)) as admin:
+        impostor = t.Node(api_version="v1", kind="Node")
+        impostor.metadata.name = "impostor"
+        await admin.create(impostor)
+        impostor = await admin.get(t.Node, "impostor")
+        impostor.status.addresses.add(type="InternalIP", address="127.0.0.1")
+        impostor.status.daemon_endpoints.kubelet_endpoint.port = port
+        await admin.update_status(impostor)
+        await admin.create(pod("on-impostor", namespace="default", node="impostor"))
+        with pytest.raises(errors.FailedPreconditionError, match="cannot reach the node agent"):
+            await admin.exec("default", "on-impostor", ["id"])
