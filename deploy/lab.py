@@ -7,6 +7,11 @@ deploy/render.py, the same rendering the Vagrant lab and bare metal use. The roo
 reaches the api-servers through the lab's uplink veth only; test traffic to services and
 pods is sent from inside the lab's namespaces.
 
+Every connection is TLS: on `up` the lab creates its cluster CA and every certificate under
+`<dir>/pki` (deploy/render.py's `pki_specs_for`; the guests of the VM lab read the same files
+through their read-only view of the host), and writes `<dir>/skiff-config` (the `skiff` CLI's
+config with the admin's credentials, `SKIFF_CONFIG=` it). `client()` is the admin's.
+
 In the VM lab (`vm_workers`, `make vm-lab`) the workers are QEMU guests instead (deploy/vmhost.py):
 their own kernels on the same LAN bridge through a tap, running the same rendered daemons; the
 control plane stays in its namespace. `run_in` and `http_get` then run inside the guest.
@@ -37,7 +42,8 @@ import grpc
 
 from deploy import containerd, netplan, procs, render, vmhost
 from deploy.vm.guest import TapLink
-from skiff import defaults, errors, images, kubeconfig, taints
+from deploy.vm.image import SHARE_DIR
+from skiff import config, defaults, errors, images, kubeconfig, pki, taints, tls
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -151,14 +157,36 @@ class Lab:
     def password_file(self) -> Path:
         return self.dir / "store-password"
 
+    @property
+    def pki_dir(self) -> Path:
+        return self.dir / "pki"
+
+    @property
+    def admin(self) -> tls.Credentials:
+        """The admin's credentials (kubernetes-admin in system:masters)."""
+        return tls.Credentials.from_pki(self.pki_dir, pki.ADMIN)
+
+    @property
+    def config_path(self) -> Path:
+        """The `skiff` CLI's config for this lab (SKIFF_CONFIG=...): servers and admin credentials."""
+        return self.dir / "skiff-config"
+
+    def ensure_pki(self) -> list[str]:
+        """The lab's CA and certificates (existing ones kept); the names issued."""
+        hosts = [(h.name, h.ip, h.roles) for h in self.net.hosts]
+        return pki.PKIDir(self.pki_dir).ensure(render.pki_specs_for(self.cluster, hosts), now=pki.utcnow())
+
     def host_config(self, name: str) -> render.HostConfig:
         h = self.net.host(name)
         dedicated = render.CONTROL_PLANE in h.roles and not self.spec.combined
         # A guest keeps its node state on its own tmpfs; it dies with the guest.
         state_dir = GUEST_STATE / h.name if h.guest else self.dir / h.name
+        # A guest reads its certificates from its share (the lab's directory may be under /tmp,
+        # which the guest's own tmpfs hides); start_worker copies them there.
+        pki_dir = Path(SHARE_DIR) / "pki" if h.guest else self.pki_dir
         return render.HostConfig(name=h.name, ip=h.ip, roles=h.roles, state_dir=state_dir,
                                  proxy_mode=self.spec.proxy_modes.get(name, ""),
-                                 store_password_file=self.password_file,
+                                 store_password_file=self.password_file, pki_dir=pki_dir,
                                  cgroup_parent=f"/skiff-{self.spec.prefix}-{h.name}",
                                  # The role label is the operator's to set (mark_control_plane): a node may
                                  # not label itself node-role.kubernetes.io/* (NodeRestriction).
@@ -185,7 +213,7 @@ class Lab:
     @property
     def http_servers(self) -> list[str]:
         """The Kubernetes REST API of each api-server, as kubectl's server URLs."""
-        return [f"http://{m.http_url}" for m in self.cluster.members]
+        return [f"https://{m.http_url}" for m in self.cluster.members]
 
     @property
     def workers(self) -> list[str]:
@@ -196,7 +224,7 @@ class Lab:
         return [h.name for h in self.net.with_role(render.CONTROL_PLANE)]
 
     def client(self, *, timeout: float = 10.0) -> Client:
-        return Client(self.api_servers, timeout=timeout)
+        return Client(self.api_servers, timeout=timeout, credentials=self.admin)
 
     def daemons(self, host: str) -> dict[str, procs.Daemon]:
         """A host's daemons (none for a guest host: its processes are the guest's, logs in its share)."""
@@ -265,6 +293,8 @@ class Lab:
         progress(f"network: {len(self.net.hosts)} hosts on {self.net.lan_cidr} ({time.monotonic() - started:.1f}s)")
         self.password_file.write_text(secrets.token_hex(24) + "\n")
         self.password_file.chmod(0o600)
+        self.ensure_pki()
+        config.write_config(self.api_servers, path=self.config_path, credentials=self.admin)
         for name in self.control_plane_hosts:
             self._start_specs(name, [s for s in self._specs(name) if s.name.startswith("store-")])
         progress(f"store: {len(self.cluster.members)} members started")
@@ -320,6 +350,12 @@ class Lab:
             octets = [int(x) for x in h.ip.split(".")]
             link = TapLink(self.net.lan_netns, "br0", f"{self.spec.prefix}-{host}",
                            "52:54:00:{:02x}:{:02x}:{:02x}".format(*octets[1:]))
+            src = pki.PKIDir(self.pki_dir)
+            for name in ("ca", pki.node_cert(host), pki.NETPROXY, pki.CLUSTERDNS):
+                pair = src.pair(name)
+                for path in (pair.cert, pair.key) if name != "ca" else (pair.cert,):
+                    target = guest.share / "pki" / path.relative_to(src.path)
+                    pki.write_atomic(target, path.read_bytes(), path.stat().st_mode & 0o777)
             guest.start(host_plan, links=(link,), timeout=self.spec.vm_timeout)
             return
         paths = config.node_paths
@@ -346,7 +382,7 @@ class Lab:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         for endpoint in self.api_servers:
-            client = Client([endpoint], timeout=5.0)
+            client = Client([endpoint], timeout=5.0, credentials=self.admin)
             try:
                 while True:
                     try:
@@ -518,9 +554,9 @@ def _run(args: argparse.Namespace, root: Path) -> int:
                           vm_timeout=args.vm_timeout), root)
         lab.up(progress=lambda line: print(f"[lab {args.prefix}] {line}", flush=True))
         print(f"api-servers: {','.join(lab.api_servers)}")
-        print(f"use it:      export SKIFF_SERVER={','.join(lab.api_servers)}")
+        print(f"use it:      export SKIFF_CONFIG={lab.config_path}")
         context = f"skiff-{args.prefix}"
-        path = kubeconfig.write_entry(lab.http_servers[0], name=context)
+        path = kubeconfig.write_entry(lab.http_servers[0], name=context, credentials=lab.admin)
         print(f"kubectl:     context {context} in {path} ({lab.http_servers[0]}), now the current context")
     elif args.action == "down":
         lab = Lab.load(args.prefix, root)

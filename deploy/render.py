@@ -9,6 +9,10 @@ from there too); this module decides which daemons a host runs and with which va
 containerd's config and the CNI conflist come from skiff.hostconfig, which the node agent
 uses too.
 
+Every daemon speaks TLS with certificates from the host's PKI directory (`HostConfig.pki`,
+skiff/pki.py's layout; the launchers create it with `pki_specs_for`); `insecure` renders the
+development mode instead (`--insecure` everywhere).
+
 Everything here is pure: no process is started and no file is written.
 """
 
@@ -22,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from skiff import daemons, defaults, hostconfig
+from skiff import daemons, defaults, hostconfig, pki, tls
 from skiff.daemon import duration
 
 CONTROL_PLANE = "control-plane"
@@ -107,10 +111,24 @@ class HostConfig:
     cgroup_parent: str = "/skiff-pods"
     containerd_bin: str = "containerd"  # an absolute path in installed units (systemd wants one)
     proxy_mode: str = ""  # this host's proxy mode when not the cluster's (the VM lab shows both)
+    pki_dir: Path | None = None  # default: state_dir/pki
+    insecure: bool = False  # development mode: plaintext, no authentication
+    # A worker that joined with a bootstrap token: its agent obtained nodes/<name> from the cluster
+    # (a CSR; with `bootstrap_token` set it does so on start), and its proxy and DNS present
+    # that node identity (the host has no other certificate).
+    joined: bool = False
+    bootstrap_token: str = ""
 
     @property
     def node_paths(self) -> hostconfig.NodePaths:
         return hostconfig.NodePaths(self.state_dir / "node")
+
+    @property
+    def pki(self) -> Path:
+        return self.pki_dir if self.pki_dir is not None else self.state_dir / "pki"
+
+    def credentials(self, name: str) -> tls.Credentials | None:
+        return None if self.insecure else tls.Credentials.from_pki(self.pki, name)
 
 
 @dataclass(frozen=True)
@@ -145,7 +163,8 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
             listen_client=m.client_url, listen_peer=m.peer_url, initial_cluster=cluster.initial_cluster,
             initial_cluster_token=cluster.cluster_token,
             password_file=str(host.store_password_file) if host.store_password_file is not None else "",
-            insecure_no_password=host.store_password_file is None)
+            insecure_no_password=host.store_password_file is None,
+            tls=None if host.insecure else tls.store_tls(host.pki, m.name))
         specs.append(DaemonSpec(f"store-{m.name}", tuple(argv), f"Skiff store member {m.name}"))
     for m in cluster.members_on(host.name):
         # Each api-server prefers its own member, then the others.
@@ -153,7 +172,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
         argv = daemons.apiserver(cluster.python, store_endpoints=",".join(endpoints), listen=m.api_url,
                                  http_listen=m.http_url,
                                  service_cidr=cluster.service_cidr, node_port_range=cluster.node_port_range,
-                                 node_name=host.name,
+                                 node_name=host.name, tls=None if host.insecure else tls.apiserver_tls(host.pki),
                                  default_not_ready_toleration_seconds=cluster.default_toleration_seconds,
                                  default_unreachable_toleration_seconds=cluster.default_toleration_seconds,
                                  audit_log_path=str(host.state_dir / "apiserver" / f"audit-{m.name}.log"))
@@ -167,15 +186,23 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
         cluster.python, api_servers=api_servers, cluster_cidr=cluster.cluster_cidr,
         node_cidr_mask_size=cluster.node_cidr_mask_size, node_monitor_grace_period=cluster.node_monitor_grace_period,
         identity=host.name, service_cidr=cluster.service_cidr,
+        credentials=host.credentials(pki.CONTROLLER_MANAGER),
+        cluster_signing_cert_file="" if host.insecure else str(pki.PKIDir(host.pki).ca.cert),
+        cluster_signing_key_file="" if host.insecure else str(pki.PKIDir(host.pki).ca.key),
     )), "Skiff controller manager", after=apis_after))
     specs.append(DaemonSpec("scheduler", tuple(daemons.scheduler(cluster.python, api_servers=api_servers,
-                                                                 identity=host.name)),
+                                                                 identity=host.name,
+                                                                 credentials=host.credentials(pki.SCHEDULER))),
                             "Skiff scheduler", after=apis_after))
     return specs
 
 
 def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:
     paths = host.node_paths
+    node_tls = None if host.insecure else tls.node_tls(host.pki, host.name)
+    node_creds = node_tls[1] if node_tls is not None else None
+    proxy_creds = node_creds if host.joined else host.credentials(pki.NETPROXY)
+    dns_creds = node_creds if host.joined else host.credentials(pki.CLUSTERDNS)
     containerd = DaemonSpec("containerd", (host.containerd_bin, "--config", str(paths.config)), "containerd for Skiff")
     agent = daemons.nodeagent(
         cluster.python, node_name=host.name, api_servers=cluster.api_servers,
@@ -184,20 +211,34 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
         ipam_dir=str(paths.ipam_dir), pod_log_dir=str(paths.pod_logs), cgroup_parent=host.cgroup_parent,
         lease_period=cluster.node_lease_period, node_labels=host.node_labels,
         register_with_taints=host.node_taints, netns=netns_path,
-        cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain)
+        cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain, tls=node_tls,
+        bootstrap_token=host.bootstrap_token, bootstrap_servers=[f"https://{m.http_url}" for m in cluster.members])
     proxy = daemons.netproxy(cluster.python, api_servers=cluster.api_servers, node_name=host.name,
                              mode=host.proxy_mode or cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
-                             min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend)
+                             min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend,
+                             credentials=proxy_creds)
     dns = daemons.clusterdns(cluster.python, api_servers=cluster.api_servers, listen=f"{cluster.cluster_dns}:53",
                              cluster_domain=cluster.cluster_domain,
                              reverse_cidrs=(cluster.service_cidr, cluster.cluster_cidr),
-                             upstreams=cluster.dns_upstreams)
+                             upstreams=cluster.dns_upstreams, credentials=dns_creds)
     return [
         containerd,
         DaemonSpec("nodeagent", tuple(agent), "Skiff node agent", after=("containerd",)),
         DaemonSpec("netproxy", tuple(proxy), "Skiff network proxy"),
         DaemonSpec("clusterdns", tuple(dns), "Skiff node-local cluster DNS"),
     ]
+
+
+def pki_specs_for(cluster: ClusterConfig, hosts: Sequence[tuple[str, str, Sequence[str]]]) -> list[pki.CertSpec]:
+    """The certificates a cluster's hosts [(name, ip, roles)] need when one CA key issues them all
+    (the lab, `make up`, a control-plane install): the control plane's, and each worker's node
+    certificate."""
+    kubernetes_ip = str(ipaddress.IPv4Network(cluster.service_cidr, strict=False).network_address + 1)
+    api_ips = sorted({m.ip for m in cluster.members} | {kubernetes_ip})
+    specs = pki.control_plane_specs(apiserver_ips=api_ips, store_members=[(m.name, m.ip) for m in cluster.members],
+                                    cluster_domain=cluster.cluster_domain)
+    specs += [pki.node_spec(name, ip) for name, ip, roles in hosts if WORKER in roles]
+    return specs
 
 
 def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:

@@ -25,7 +25,7 @@ from netproxy.ipvs.kernel import PyrouteIpvs, ipvs_available
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics, serve
 from netproxy.proxier import Proxier
-from skiff import defaults
+from skiff import defaults, tls
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.errors import InvalidError, SkiffError
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-bind-address", default=f"127.0.0.1:{defaults.PROXY_METRICS_PORT}",
                    help="host:port serving /metrics and /healthz; empty disables")
     p.add_argument("--cleanup", action="store_true", help="remove everything netproxy installed, then exit")
+    tls.add_daemon_client_flags(p)
     add_verbose_flag(p)
     return p
 
@@ -122,7 +123,7 @@ async def run(args: argparse.Namespace) -> int:
     _bridge_nf_warning()
     if not args.api_servers:
         raise InvalidError("--api-servers is required (or set SKIFF_SERVER)")
-    client = Client(args.api_servers)
+    client = Client(args.api_servers, credentials=tls.daemon_credentials(args, "netproxy"))
     metrics = Metrics(mode=args.mode)
     metrics.info.set(1, mode=args.mode, backend=backend)
     server = None

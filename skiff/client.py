@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from skiff import errors, kinds
 from skiff.retry import Backoff, retry
+from skiff.tls import Credentials
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import types_pb2 as t
@@ -118,13 +119,17 @@ class _Endpoint:
 
 @dataclass
 class Client:
-    """gRPC client with failover across api-server endpoints ("h1:6443,h2:6443")."""
+    """gRPC client with failover across api-server endpoints ("h1:6443,h2:6443").
+
+    With `credentials` the channels are TLS and present them; without, plaintext (only an
+    api-server run with `--insecure` answers that)."""
 
     endpoints: Sequence[str] | str
     timeout: float = 10.0
     # Act as this user (and groups) instead of oneself, when allowed to impersonate (`--as`).
     impersonate_user: str = ""
     impersonate_groups: Sequence[str] = ()
+    credentials: Credentials | None = None
     _pool: list[_Endpoint] = field(default_factory=list, init=False, repr=False)
     _current: int = field(default=0, init=False, repr=False)
 
@@ -139,7 +144,7 @@ class Client:
     def _endpoint(self, index: int) -> _Endpoint:
         while len(self._pool) <= index:
             target = self.endpoints[len(self._pool)]
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = open_channel(target, self.credentials)
             self._pool.append(_Endpoint(target, channel, api_grpc.ApiServerStub(channel)))
         return self._pool[index]
 
@@ -304,6 +309,15 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def open_channel(target: str, credentials: Credentials | None, *,
+                 options: Sequence[tuple[str, object]] = CHANNEL_OPTIONS) -> grpc.aio.Channel:
+    """A channel to `target`: TLS with `credentials`, plaintext without."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials.channel_credentials(),
+                                   options=(*options, *credentials.channel_options()))
 
 
 def _unwrap_as(obj: Message, cls: type[M]) -> M:

@@ -68,6 +68,9 @@ KINDS: tuple[Kind, ...] = (
          "rolebinding"),
     Kind("ClusterRoleBinding", "clusterrolebindings", "rbac.authorization.k8s.io/v1", t.ClusterRoleBinding,
          "cluster_role_binding", False, (), "clusterrolebinding"),
+    # sec-tls
+    Kind("CertificateSigningRequest", "certificatesigningrequests", "certificates.k8s.io/v1",
+         t.CertificateSigningRequest, "certificate_signing_request", False, ("csr",), "certificatesigningrequest"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

@@ -52,7 +52,9 @@ from controlplane.apiserver.storage import (
     WatchBatch,
     prefix_end,
 )
+from skiff.client import open_channel
 from skiff.retry import Backoff, Delays, retry
+from skiff.tls import Credentials
 from skiffpb.etcd import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 log = logging.getLogger("skiff.apiserver.etcd")
@@ -85,18 +87,21 @@ def _kv(kv: kv_pb2.KeyValue) -> KV:
 
 
 class _Endpoint:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, credentials: Credentials | None) -> None:
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = open_channel(target, credentials, options=CHANNEL_OPTIONS)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
         self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
 
 
 class EtcdStore:
-    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = 5.0, retry_for: float = 10.0) -> None:
+    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = 5.0, retry_for: float = 10.0,
+                 credentials: Credentials | None = None) -> None:
+        """`credentials`: mutual TLS with the store (its CA, the api-server's client certificate)."""
         targets = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
-        self.targets = [t.strip().removeprefix("http://") for t in targets if t.strip()]
+        self.credentials = credentials
+        self.targets = [t.strip().removeprefix("http://").removeprefix("https://") for t in targets if t.strip()]
         if not self.targets:
             raise ValueError("no store endpoint given (--store-endpoints HOST:PORT[,HOST:PORT...])")
         self.timeout = timeout
@@ -109,7 +114,7 @@ class EtcdStore:
     def _endpoint(self, index: int) -> _Endpoint:
         ep = self._endpoints[index]
         if ep is None:
-            ep = self._endpoints[index] = _Endpoint(self.targets[index])
+            ep = self._endpoints[index] = _Endpoint(self.targets[index], self.credentials)
         return ep
 
     def _failed(self, index: int) -> None:

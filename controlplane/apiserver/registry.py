@@ -287,7 +287,7 @@ class Registry:
         generated = not meta.name and bool(meta.generate_name)
         if generated:
             meta.name = strategy.generate_name(meta.generate_name, self._random_suffix())
-        strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid())
+        strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid(), requester=caller.current())
         apply_defaults(obj)
         if isinstance(obj, t.Pod):
             default_tolerations(obj.spec, not_ready_seconds=self.options.default_not_ready_toleration_seconds,

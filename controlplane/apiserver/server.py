@@ -19,6 +19,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -31,18 +32,20 @@ import grpc.aio
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 
-from controlplane.apiserver import bootstrappolicy, caller
+from controlplane.apiserver import authn, bootstrappolicy, caller
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB, AuditLog
+from controlplane.apiserver.authn import Authenticator
 from controlplane.apiserver.authorizer import DEFAULT_MODES, Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
-from skiff import __version__, defaults, errors, identity, kinds
+from skiff import __version__, defaults, errors, kinds, tls
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
+from skiff.tls import Credentials, ServerTLS
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -151,9 +154,11 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
     return Attributes("call", path=f"/{SERVICE}/{method}")
 
 
-def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
-    """The caller of a gRPC request. Skiff has no authentication yet: everyone is the admin."""
-    return identity.INSECURE_ADMIN
+async def authenticate(authenticator: Authenticator, context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
+    """The caller of a gRPC request: its verified client certificate, else its bearer token."""
+    peer = authn.Peer(tls.peer_certificate_user(context.auth_context()),
+                      tls.bearer_token(context.invocation_metadata()))
+    return await authenticator.authenticate(peer)
 
 
 def impersonation(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, list[str]]:
@@ -170,12 +175,14 @@ def impersonation(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, lis
 
 @dataclass
 class RequestAuth:
-    """Who a gRPC request runs as, and whether it may: the one place of authorization."""
+    """Who a gRPC request runs as (authenticated by authn.py, then impersonated when it asks and
+    may), and whether it may: the one place of authentication and authorization for gRPC."""
 
+    authenticator: Authenticator
     authorizer: Authorizer | None = None
 
-    def admit(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
-        user = authenticate(context)
+    async def admit(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
+        user = await authenticate(self.authenticator, context)
         if self.authorizer is None:
             return user
         as_user, as_groups = impersonation(context)
@@ -192,8 +199,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Admits each request (`RequestAuth`), runs it as its caller and turns exceptions from any
     handler into gRPC statuses (see the module docstring)."""
 
-    def __init__(self, auth: RequestAuth | None = None) -> None:
-        self.auth = auth or RequestAuth()
+    def __init__(self, auth: RequestAuth) -> None:
+        self.auth = auth
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -217,7 +224,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth,
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _check_request(request)
-            with caller.acting_as(auth.admit(method, request, context)):
+            with caller.acting_as(await auth.admit(method, request, context)):
                 return await behavior(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -233,7 +240,7 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], auth: RequestAuth,
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             _check_request(request)
-            with caller.acting_as(auth.admit(method, request, context)):
+            with caller.acting_as(await auth.admit(method, request, context)):
                 async for item in behavior(request, context):
                     yield item
         except Exception as exc:
@@ -361,8 +368,15 @@ class Config:
     service_cidr: str = defaults.SERVICE_CIDR
     node_port_range: str = defaults.NODE_PORT_RANGE
     node_name: str = ""
-    http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTP); empty: not served
+    http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTPS); empty: not served
     options: Options = field(default_factory=Options)
+    # None: --insecure (plaintext, everyone the admin). gRPC requires a client certificate from
+    # the client CA; HTTPS verifies one when sent, else takes a bearer token (or, for health
+    # checks, nobody).
+    tls: ServerTLS | None = None
+    # How it reaches the store and the node agents (None: plaintext).
+    store_credentials: Credentials | None = None
+    kubelet_credentials: Credentials | None = None
     authorization_modes: tuple[str, ...] = DEFAULT_MODES
     audit_log_path: str = ""  # empty: no audit log
     audit_log_max_size_mb: float = DEFAULT_MAX_SIZE_MB
@@ -385,10 +399,11 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def bind(server: grpc.aio.Server, listen: str) -> int:
+def bind(server: grpc.aio.Server, listen: str, server_tls: ServerTLS | None = None) -> int:
     """Bind the listening address now, so that "address in use" is a clear startup error."""
     try:
-        port = server.add_insecure_port(listen)
+        port = (server.add_insecure_port(listen) if server_tls is None
+                else server.add_secure_port(listen, server_tls.server_credentials()))
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {listen}: {exc} (is another process using this port?)") from exc
     if port == 0:
@@ -422,7 +437,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
 
     allocator = Allocator(config.service_cidr, config.node_port_range)
     if store is None:
-        store = EtcdStore(config.store_endpoints)
+        store = EtcdStore(config.store_endpoints, credentials=config.store_credentials)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -431,18 +446,26 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     registry = Registry(store, allocator=allocator, options=config.options)
-    forwarder = Forwarder(registry)
+    forwarder = Forwarder(registry, credentials=config.kubelet_credentials)
+    authenticator = Authenticator(registry, insecure=config.tls is None)
+    if config.tls is None:
+        tls.warn_insecure("api-server")
     audit = AuditLog(config.audit_log_path, max_size_mb=config.audit_log_max_size_mb,
                      max_backups=config.audit_log_max_backups) if config.audit_log_path else None
     authorizer = Authorizer.over_caches(registry.caches, modes=config.authorization_modes, audit=audit)
     if authorizer.modes == ("AlwaysAllow",):
         log.warning("authorization mode AlwaysAllow: every request is allowed (development only)")
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authorizer))], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer))],
+                             options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=config.node_name,
                                                                       authorizer=authorizer)),))
     http_runner: web.AppRunner | None = None
     try:
-        port = bind(server, config.listen)
+        # gRPC can only require a client certificate or not ask for one (grpcio offers no "verify
+        # if sent"): the gRPC port is mutual TLS; bearer tokens and anonymous health checks are
+        # the HTTPS port's, which verifies a certificate when one is sent.
+        port = bind(server, config.listen,
+                    None if config.tls is None else dataclasses.replace(config.tls, require_client_cert=True))
         revision = await wait_for_store(store, stop=stop)
         log.info("store %s at revision %d; filling watch caches", store.describe(), revision)
         await registry.start()
@@ -452,10 +475,12 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         if config.http_listen:
             try:
                 http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen,
+                                                               authenticator=authenticator, server_tls=config.tls,
                                                                authorizer=authorizer)
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
-            log.info("Kubernetes API (HTTP) on %s (port %d)", config.http_listen, http_port)
+            log.info("Kubernetes API (HTTP%s) on %s (port %d)", "" if config.tls is None else "S", config.http_listen,
+                     http_port)
         log.info("api-server listening on %s (port %d), store %s, service CIDR %s", config.listen, port,
                  store.describe(), allocator.network.with_prefixlen)
         if ready is not None:

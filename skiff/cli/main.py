@@ -33,6 +33,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "skiff.cli.clusterinfo",
     "skiff.cli.image",
     "skiff.cli.node",
+    "skiff.cli.token",
+    "skiff.cli.certs",
     "skiff.cli.lab",
 )
 

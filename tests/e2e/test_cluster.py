@@ -25,14 +25,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import grpc
 import pytest
 
 from deploy import containerd
 from deploy.lab import VM_PROXY_MODES, Lab, LabSpec
 from deploy.vm.image import ROOT
 from skiff import defaults, images, kinds, manifests, taints
-from skiff.client import Client
+from skiff.client import Client, open_channel
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
 from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
@@ -327,7 +326,7 @@ async def store_status(lab: Lab, *, skip: str = "") -> tuple[dict[int, str], set
     for m in lab.cluster.members:
         if m.name == skip:
             continue
-        async with grpc.aio.insecure_channel(m.client_url) as ch:
+        async with open_channel(m.client_url, lab.admin) as ch:  # the store's client port is mutual TLS
             st = await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=5)
             ids[st.header.member_id] = m.name
             leaders.add(st.leader)
@@ -460,7 +459,8 @@ def test_store_leader_killed_cluster_keeps_working(lab: Lab) -> None:
         leader, member_names = await store_leader(lab)
         member = next(m for m in lab.cluster.members if m.name == leader)
         lab.kill_daemon(member.host, f"store-{leader}")
-        async with Client([m.api_url for m in lab.cluster.members if m.name != leader]) as client:
+        async with Client([m.api_url for m in lab.cluster.members if m.name != leader],
+                          credentials=lab.admin) as client:
             d = await client.get(t.Deployment, "web", "default")
             d.spec.replicas = 3
             await client.update(d)

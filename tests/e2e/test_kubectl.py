@@ -56,7 +56,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def kubectl(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess[str]]:
     config = tmp_path_factory.mktemp("kube") / "config"
-    kubeconfig.write_entry(lab.http_servers[0], path=config)
+    kubeconfig.write_entry(lab.http_servers[0], path=config, credentials=lab.admin)
 
     def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True, text=True,

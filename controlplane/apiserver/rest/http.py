@@ -10,10 +10,12 @@ What must hold:
 - Every failure is a metav1.Status with Kubernetes' code and reason (status.py); a watch that
   fails after it started ends with an ERROR event carrying that Status, never silently.
 - Every object sent has kind and apiVersion; integers are JSON numbers (skiff.convert).
-- Authentication and authorization have one place each: `KubeApi._errors` finds the caller
-  (authenticated, then impersonated when `Impersonate-User`/`Impersonate-Group` ask and the
-  caller may), and `authorize()` asks the authorizer about the request's attributes before any
-  verb runs (a refusal is 403 Forbidden naming the user, verb and resource).
+- Authentication happens once per request, in the `_errors` middleware, by the api-server's one
+  Authenticator (authn.py): the client certificate the TLS layer verified, else the bearer
+  token; without either, 401 except on /healthz, /livez, /readyz and /version (anonymous).
+  Then impersonation, when `Impersonate-User`/`Impersonate-Group` ask and the caller may.
+- Authorization has one place: `authorize()` asks the authorizer about the request's attributes
+  before any verb runs (a refusal is 403 Forbidden naming the user, verb and resource).
 - `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (kubectl auth can-i) is answered
   by the same authorizer, in JSON or in Kubernetes' protobuf encoding (which kubectl sends).
 """
@@ -30,9 +32,11 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from cryptography import x509
 from google.protobuf.message import Message
 
 from controlplane.apiserver import caller, rbac
+from controlplane.apiserver.authn import Authenticator, Peer
 from controlplane.apiserver.authorizer import Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.rbac import Attributes
@@ -40,9 +44,10 @@ from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import accessreview, discovery, openapi, patch, table
 from controlplane.apiserver.rest import status as st
 from controlplane.apiserver.watchcache import BOOKMARK
-from skiff import errors, identity, kinds, labels
+from skiff import errors, kinds, labels, pki, tls
 from skiff.convert import FieldError, from_data, to_data
 from skiff.identity import UserInfo
+from skiff.tls import ServerTLS
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -77,9 +82,23 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 IMPERSONATOR = web.RequestKey("impersonator", UserInfo)  # the real user of an impersonated request
 
 
-def authenticate(request: web.Request) -> UserInfo:
-    """The caller of an HTTP request. Skiff has no authentication yet: everyone is the admin."""
-    return identity.INSECURE_ADMIN
+# What is served to GETs without credentials: what Kubernetes shows anyone
+# (system:public-info-viewer), and kube-public, where a joining node reads the cluster's signed
+# description before it can verify the api-server (it sends no secret then).
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/api/v1/namespaces/kube-public"})
+
+
+def peer_of(request: web.Request) -> Peer:
+    """The request's verified client certificate (the TLS layer checked it against the CA) and
+    bearer token."""
+    user = None
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is not None:
+        der = ssl_object.getpeercert(binary_form=True)
+        if der:
+            user = pki.user_of(x509.load_der_x509_certificate(der))
+    return Peer(user, tls.bearer_token(list(request.headers.items())))
 
 
 def authorize(request: web.Request, attrs: Attributes) -> None:
@@ -147,11 +166,12 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 
 
 class KubeApi:
-    def __init__(self, registry: Registry, forwarder: Forwarder, *, clock: Callable[[], float] = time.time,
-                 authorizer: Authorizer | None = None) -> None:
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, authenticator: Authenticator | None = None,
+                 clock: Callable[[], float] = time.time, authorizer: Authorizer | None = None) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
+        self.authenticator = authenticator or Authenticator(registry, insecure=True)
         self.authorizer = authorizer
 
     # ------------------------------------------------------------------ routing
@@ -163,8 +183,9 @@ class KubeApi:
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
 
-    def _caller(self, request: web.Request) -> UserInfo:
-        user = authenticate(request)
+    async def _caller(self, request: web.Request) -> UserInfo:
+        user = await self.authenticator.authenticate(
+            peer_of(request), anonymous_ok=request.method == "GET" and request.path in ANONYMOUS_PATHS)
         as_user = request.headers.get("Impersonate-User", "")
         as_groups = request.headers.getall("Impersonate-Group", [])
         if self.authorizer is None or not (as_user or as_groups):
@@ -176,7 +197,7 @@ class KubeApi:
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                       ) -> web.StreamResponse:
         try:
-            with caller.acting_as(self._caller(request)):
+            with caller.acting_as(await self._caller(request)):
                 return await handler(request)
         except errors.SkiffError as exc:
             target = request.get(TARGET)
@@ -608,16 +629,21 @@ def scale_of(obj: Message) -> dict[str, Any]:
             "spec": {"replicas": obj.spec.replicas}, "status": {"replicas": obj.status.replicas, "selector": selector}}
 
 
-async def start(registry: Registry, forwarder: Forwarder, listen: str, *,
-                authorizer: Authorizer | None = None) -> tuple[web.AppRunner, int]:
-    """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port)."""
+async def start(registry: Registry, forwarder: Forwarder, listen: str, *, authenticator: Authenticator | None = None,
+                server_tls: ServerTLS | None = None, authorizer: Authorizer | None = None) -> tuple[web.AppRunner, int]:
+    """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port).
+
+    With `server_tls` it is HTTPS (client certificates verified when sent); without, plain
+    HTTP, and only an insecure authenticator (everyone the admin) makes sense with it."""
     host, _, port_text = listen.rpartition(":")
+    authenticator = authenticator or Authenticator(registry, insecure=server_tls is None)
     # handler_cancellation: a watch whose client went away ends at once instead of at its next event.
-    runner = web.AppRunner(KubeApi(registry, forwarder, authorizer=authorizer).app(), access_log=None,
-                           handle_signals=False,
-                           handler_cancellation=True)
+    runner = web.AppRunner(KubeApi(registry, forwarder, authenticator=authenticator, authorizer=authorizer).app(),
+                           access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True)
+    ssl_context = server_tls.ssl_context() if server_tls is not None else None
+    site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True,
+                       ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:

@@ -18,6 +18,7 @@ import pytest
 
 from controlplane.apiserver import bootstrappolicy
 from controlplane.apiserver.audit import AuditLog, audit_line
+from controlplane.apiserver.authn import Authenticator
 from controlplane.apiserver.authorizer import Authorizer
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.inprocess import InProcessApi
@@ -67,7 +68,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     audit = AuditLog(str(audit_path))
     authz = Authorizer.over_caches(inproc.registry.caches, audit=audit)
     forwarder = Forwarder(inproc.registry)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authz))])
+    auth = RequestAuth(Authenticator(inproc.registry, insecure=True), authz)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(auth)])
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(inproc.registry, forwarder,
                                                                       authorizer=authz)),))
     port = server.add_insecure_port("127.0.0.1:0")
