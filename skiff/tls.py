@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from skiff import identity, pki
+from skiff import pki
 from skiff.identity import UserInfo
 
 log = logging.getLogger("skiff.tls")
@@ -212,9 +212,6 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
                 return token.strip()
     return ""
 
-
-def is_admin(user: UserInfo | None) -> bool:
-    return user is not None and identity.MASTERS in user.groups
 
 
 def daemon_credentials(args: argparse.Namespace, daemon: str) -> Credentials | None:

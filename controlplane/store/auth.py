@@ -36,7 +36,7 @@ ALARM = "/etcdserverpb.Maintenance/Alarm"
 
 
 def _is_admin(user: UserInfo) -> bool:
-    return identity.MASTERS in user.groups
+    return user.in_group(identity.MASTERS)
 
 
 def decide(method: str, user: UserInfo | None, request: object = None) -> tuple[grpc.StatusCode, str] | None:
