@@ -28,7 +28,7 @@ import yaml
 from aiohttp import web
 from google.protobuf.message import Message
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import caller, warnings
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import discovery, openapi, patch, table
@@ -150,8 +150,12 @@ class KubeApi:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch_collecting)
         return app
+
+    async def _dispatch_collecting(self, request: web.Request) -> web.StreamResponse:
+        with warnings.collecting():  # admission's warnings (Pod Security), sent by _respond
+            return await self.dispatch(request)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -267,7 +271,7 @@ class KubeApi:
                                      status=status)
         else:
             response = json_response(object_data(obj), status=status)
-        for text in request.get(WARNINGS, []):
+        for text in [*request.get(WARNINGS, []), *warnings.current()]:
             response.headers.add("Warning", '299 - "' + text.replace('"', '\\"') + '"')
         return response
 
