@@ -28,7 +28,7 @@ CFG = ProxyConfig(cluster_cidr="10.244.0.0/16")
 INJECTED = '-A KUBE-SERVICES -j ACCEPT'
 
 HOSTILE: dict[str, tuple[str, str, str]] = {  # id: (namespace, name, port name)
-    "quote-in-name": ("default", f'web" -j ACCEPT -m comment --comment "x', "http"),
+    "quote-in-name": ("default", 'web" -j ACCEPT -m comment --comment "x', "http"),
     "newline-in-name": ("default", f"web\n{INJECTED}\n", "http"),
     "crlf-and-COMMIT-in-namespace": (f"ns\r\nCOMMIT\n*filter\n{INJECTED}\n", "web", "http"),
     "backslash-quote-in-port": ("default", "web", 'http\\" -j DROP #'),
