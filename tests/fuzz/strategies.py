@@ -6,6 +6,7 @@ hostile (control characters, quotes, huge and negative numbers, invalid UTF-8-fr
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import message_factory
@@ -13,7 +14,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from skiff import kinds
+from skiff import kinds, manifests
 
 NAMES = st.sampled_from(["web", "a", "db-0", "x.y", "default", "kube-system", "n1", "app", "c"])
 WORDS = st.sampled_from(["", "TCP", "UDP", "Always", "Never", "ClusterIP", "NodePort", "RuntimeDefault",
@@ -50,6 +51,33 @@ def _value(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
     return _SCALARS[field.type]
 
 
+def _set(draw: st.DrawFn, msg: Message, f: FieldDescriptor, depth: int) -> None:
+    """Give field `f` of `msg` a random value (maps and lists get a few entries)."""
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        key_f, val_f = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
+        items = draw(st.dictionaries(_value(key_f, depth), _value(val_f, depth), max_size=2))
+        target = getattr(msg, f.name)
+        for k, v in items.items():
+            if val_f.type == FieldDescriptor.TYPE_MESSAGE:
+                target[k].CopyFrom(v)
+            else:
+                target[k] = v
+    elif f.is_repeated:
+        values = draw(st.lists(_value(f, depth), max_size=2 if depth > 1 else 1))
+        target = getattr(msg, f.name)
+        if f.type == FieldDescriptor.TYPE_MESSAGE:
+            for v in values:
+                target.add().CopyFrom(v)
+        else:
+            target.extend(values)
+    elif f.type == FieldDescriptor.TYPE_MESSAGE:
+        getattr(msg, f.name).CopyFrom(draw(_value(f, depth)))
+    elif f.full_name == "google.protobuf.Timestamp.seconds":
+        setattr(msg, f.name, draw(st.integers(0, 2**33)))
+    else:
+        setattr(msg, f.name, draw(_value(f, depth)))
+
+
 @functools.cache
 def _fields(desc: Descriptor) -> list[FieldDescriptor]:
     return [f for f in desc.fields if desc.full_name != "google.protobuf.Timestamp" or f.name == "seconds"]
@@ -63,30 +91,7 @@ def _fill(draw: st.DrawFn, desc: Descriptor, depth: int) -> Message:
     fields = _fields(desc)
     chosen = draw(st.lists(st.sampled_from(fields), max_size=min(len(fields), 4), unique=True)) if fields else []
     for f in chosen:
-        if f.message_type is not None and f.message_type.GetOptions().map_entry:
-            key_f, val_f = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
-            items = draw(st.dictionaries(_value(key_f, depth), _value(val_f, depth), max_size=2))
-            target = getattr(msg, f.name)
-            for k, v in items.items():
-                if val_f.type == FieldDescriptor.TYPE_MESSAGE:
-                    target[k].CopyFrom(v)
-                else:
-                    target[k] = v
-        elif f.is_repeated:
-            values = draw(st.lists(_value(f, depth), max_size=2 if depth > 1 else 1))
-            target = getattr(msg, f.name)
-            if f.type == FieldDescriptor.TYPE_MESSAGE:
-                for v in values:
-                    target.add().CopyFrom(v)
-            else:
-                target.extend(values)
-        elif f.type == FieldDescriptor.TYPE_MESSAGE:
-            getattr(msg, f.name).CopyFrom(draw(_value(f, depth)))
-        else:
-            if f.full_name == "google.protobuf.Timestamp.seconds":
-                setattr(msg, f.name, draw(st.integers(0, 2**33)))
-            else:
-                setattr(msg, f.name, draw(_value(f, depth)))
+        _set(draw, msg, f, depth)
     return msg
 
 
@@ -111,4 +116,37 @@ def api_object(draw: st.DrawFn, kind: kinds.Kind | None = None) -> Message:
     if draw(st.booleans()):
         obj.ClearField("api_version")  # type: ignore[attr-defined]
         obj.ClearField("kind")  # type: ignore[attr-defined]
+    return obj
+
+
+GOOD_CORPUS = Path(__file__).resolve().parents[1] / "unit" / "skiff" / "corpus" / "good"
+
+
+@functools.lru_cache(maxsize=1)
+def good_objects() -> tuple[Message, ...]:
+    """Every object of the good manifest corpus (valid, of every kind)."""
+    return tuple(item.obj for item in manifests.load([str(GOOD_CORPUS)]) if item.kind is not kinds.BINDING)
+
+
+@st.composite
+def mutated_object(draw: st.DrawFn) -> Message:
+    """A valid object from the corpus with up to three fields, anywhere in it, given random values:
+    most get past validation, so the deeper parts (admission, allocation, storage) are reached."""
+    obj = type(base := draw(st.sampled_from(good_objects())))()
+    obj.CopyFrom(base)
+    for _ in range(draw(st.integers(0, 3))):
+        msg: Message = obj
+        for _ in range(8):
+            f = draw(st.sampled_from(_fields(msg.DESCRIPTOR)))
+            nested = f.type == FieldDescriptor.TYPE_MESSAGE and not f.message_type.GetOptions().map_entry
+            if nested and not f.is_repeated and msg.HasField(f.name) and draw(st.booleans()):
+                msg = getattr(msg, f.name)
+                continue
+            if nested and f.is_repeated and len(getattr(msg, f.name)) and draw(st.booleans()):
+                items = getattr(msg, f.name)
+                msg = items[draw(st.integers(0, len(items) - 1))]
+                continue
+            msg.ClearField(f.name)
+            _set(draw, msg, f, 2)
+            break
     return obj

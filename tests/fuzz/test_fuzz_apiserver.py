@@ -3,7 +3,8 @@ defaults, admission, validation, allocation, the watch cache, over the in-memory
 
 Each example is a short sequence of calls (create, update, update_status, get, list with random
 selectors and limits, delete with random grace and preconditions, bind, watch with a random
-resourceVersion) on random objects of every kind. What must hold: every call returns or raises a
+resourceVersion) on random objects of every kind, and on valid objects (the good manifest corpus) with a few fields
+changed at random, which reach further (admission, allocation, storage). What must hold: every call returns or raises a
 skiff.errors error other than InternalError (a refusal the user can act on), within a few
 seconds; afterwards the api-server still serves a consistent List.
 """
@@ -23,7 +24,7 @@ from controlplane.apiserver.inprocess import InProcessApi, Options
 from skiff import errors, kinds
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
-from tests.fuzz.strategies import NAMES, STRINGS, api_object
+from tests.fuzz.strategies import NAMES, STRINGS, api_object, mutated_object
 
 CALL_TIMEOUT = 10.0
 KINDS = [k for k in kinds.KINDS if k is not kinds.BINDING]
@@ -34,7 +35,9 @@ RESOURCE_VERSIONS = st.one_of(st.sampled_from(["", "0", "1", "-1", "999999999", 
 Call = tuple[str, Any]
 CALLS: st.SearchStrategy[Call] = st.one_of(
     st.tuples(st.just("create"), api_object()),
+    st.tuples(st.just("create"), mutated_object()),
     st.tuples(st.just("update"), api_object()),
+    st.tuples(st.just("update"), mutated_object()),
     st.tuples(st.just("update_status"), api_object()),
     st.tuples(st.just("get"), st.tuples(st.sampled_from(KINDS), NAMES | STRINGS, st.sampled_from(["", "default"]))),
     st.tuples(st.just("list"), st.tuples(st.sampled_from(KINDS), SELECTORS, SELECTORS, st.integers(-2, 3),
