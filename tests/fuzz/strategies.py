@@ -97,6 +97,9 @@ def _fill(draw: st.DrawFn, desc: Descriptor, depth: int) -> Message:
 
 @functools.cache
 def message(desc: Descriptor, depth: int = 3) -> st.SearchStrategy[Message]:
+    if desc.full_name == "skiff.api.v1.IntOrString":  # always one of the two, as in Kubernetes' JSON
+        cls = message_factory.GetMessageClass(desc)
+        return st.one_of(INT32.map(lambda v: cls(int_val=v)), STRINGS.map(lambda v: cls(str_val=v)))
     return _fill(desc, depth)
 
 
