@@ -12,7 +12,7 @@ DEB_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 ip
 PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
-.PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
+.PHONY: setup deb gen test check lint unit integration e2e fuzz up down status lab lab-down \
 	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
@@ -61,6 +61,12 @@ integration: setup
 
 e2e: setup
 	$(BIN)/pytest tests/e2e $(PYTEST_FLAGS)
+
+# Fuzzing (hypothesis, tests/fuzz/): `make test` runs a bounded, repeatable pass; this runs many
+# more random examples (FUZZ_EXAMPLES per test) and keeps failures in .hypothesis/ to replay.
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	SKIFF_FUZZ_PROFILE=fuzz SKIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/fuzz $(PYTEST_FLAGS)
 
 # The whole suite, lint included. CI runs this through .ci/run.
 test: setup lint

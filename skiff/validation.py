@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from google.protobuf.message import Message
 
-from skiff import downward, kinds, labels, quantity
+from skiff import downward, kinds, labels, podsecurity, quantity
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -26,6 +26,11 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 ENV_VAR_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 PERCENT = re.compile(r"^[0-9]+%$")
+# sec-pod: what the node agent writes into an HTTP request line or header (nodeagent/probes.py):
+# RFC 9110 token for names; paths and values without control characters (CR/LF would start a new
+# header or request) or, for paths, spaces (they end the request target).
+HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
@@ -228,6 +233,43 @@ def _quantities(errs: _Errors, path: str, values: Mapping[str, str]) -> dict[str
     return parsed
 
 
+def check_http_path(value: str) -> str | None:
+    """A probe's or hook's httpGet.path: absolute, one request-line token (no space or control character)."""
+    if value and not value.startswith("/"):
+        return f"must start with \"/\", got {json.dumps(value)}"
+    if _CONTROL.search(value) or " " in value:
+        return f"must not contain spaces or control characters (CR, LF, ...), got {json.dumps(value)}"
+    return None
+
+
+def check_http_header(name: str, value: str) -> str | None:
+    """One httpHeaders entry: a valid header name, a value without CR, LF or other control characters."""
+    if not HTTP_TOKEN.match(name):
+        return f"invalid HTTP header name {json.dumps(name)}: must be a token (letters, digits, !#$%&'*+-.^_`|~)"
+    if _CONTROL.sub("", value.replace("\t", "")) != value.replace("\t", ""):
+        return f"the value of header {json.dumps(name)} must not contain CR, LF or other control characters"
+    return None
+
+
+def check_http_host(value: str) -> str | None:
+    if _CONTROL.search(value) or " " in value or "/" in value:
+        return f"must be a host name or IP address, got {json.dumps(value)}"
+    return None
+
+
+def _http_get(errs: _Errors, path: str, action: t.HTTPGetAction) -> None:
+    _int_or_string_port(errs, f"{path}.port", action.port)
+    errs.enum(f"{path}.scheme", action.scheme, ("HTTP", "HTTPS"))
+    for field, problem in (("path", check_http_path(action.path)),
+                           ("host", check_http_host(action.host) if action.host else None)):
+        if problem:
+            errs.add(f"{path}.{field}", problem)
+    for i, header in enumerate(action.http_headers):
+        problem = check_http_header(header.name, header.value)
+        if problem:
+            errs.add(f"{path}.httpHeaders[{i}]", problem)
+
+
 def _probe(errs: _Errors, path: str, probe: t.Probe) -> None:
     handlers = [name for name in ("exec", "http_get", "tcp_socket") if probe.HasField(name)]
     if len(handlers) != 1:
@@ -236,10 +278,7 @@ def _probe(errs: _Errors, path: str, probe: t.Probe) -> None:
     if probe.HasField("exec") and not probe.exec.command:
         errs.add(f"{path}.exec.command", "required")
     if probe.HasField("http_get"):
-        _int_or_string_port(errs, f"{path}.httpGet.port", probe.http_get.port)
-        errs.enum(f"{path}.httpGet.scheme", probe.http_get.scheme, ("HTTP", "HTTPS"))
-        if probe.http_get.path and not probe.http_get.path.startswith("/"):
-            errs.add(f"{path}.httpGet.path", f'must start with "/", got "{probe.http_get.path}"')
+        _http_get(errs, f"{path}.httpGet", probe.http_get)
     if probe.HasField("tcp_socket"):
         _int_or_string_port(errs, f"{path}.tcpSocket.port", probe.tcp_socket.port)
     for field in ("initial_delay_seconds", "timeout_seconds", "period_seconds", "success_threshold",
@@ -290,6 +329,8 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
         if name in limits and req > limits[name]:
             errs.add(f"{path}.resources.requests.{name}",
                      f'must be less than or equal to the {name} limit "{c.resources.limits[name]}"')
+    if c.HasField("security_context"):
+        _security_context(errs, f"{path}.securityContext", c.security_context)
     for field in ("liveness_probe", "readiness_probe", "startup_probe"):
         if c.HasField(field):
             _probe(errs, f"{path}.{_json(field)}", getattr(c, field))
@@ -301,7 +342,7 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
             if "exec" in present and not handler.exec.command:
                 errs.add(f"{hp}.exec.command", "required")
             if "http_get" in present:
-                _int_or_string_port(errs, f"{hp}.httpGet.port", handler.http_get.port)
+                _http_get(errs, f"{hp}.httpGet", handler.http_get)
             if "tcp_socket" in present:
                 _int_or_string_port(errs, f"{hp}.tcpSocket.port", handler.tcp_socket.port)
 
@@ -620,6 +661,8 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
         if problem:
             errs.add(f"{path}.subdomain", problem)
     errs.enum(f"{path}.dnsPolicy", spec.dns_policy, DNS_POLICIES)
+    if spec.HasField("security_context"):
+        _pod_security_context(errs, f"{path}.securityContext", spec.security_context)
     dns = spec.dns_config
     if spec.dns_policy == "None" and not dns.nameservers:
         errs.add(f"{path}.dnsConfig.nameservers", 'at least one nameserver is required when dnsPolicy is "None"')
@@ -639,6 +682,71 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
             problem = check_dns_subdomain(name)
             if problem:
                 errs.add(f"{path}.hostAliases[{i}].hostnames[{j}]", problem)
+
+
+SECCOMP_TYPES = ("RuntimeDefault", "Unconfined", "Localhost")
+PROC_MOUNT_TYPES = ("Default", "Unmasked")
+CAPABILITY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def _seccomp(errs: _Errors, path: str, profile: t.SeccompProfile) -> None:
+    errs.enum(f"{path}.type", profile.type, SECCOMP_TYPES, allow_empty=False)
+    if profile.type == "Localhost":
+        if not profile.localhost_profile:
+            errs.add(f"{path}.localhostProfile", 'required when type is "Localhost"')
+        elif check_relative_path(profile.localhost_profile):
+            errs.add(f"{path}.localhostProfile", check_relative_path(profile.localhost_profile) or "")
+    elif profile.HasField("localhost_profile"):
+        errs.add(f"{path}.localhostProfile", 'can only be set when type is "Localhost"')
+
+
+def _ids(errs: _Errors, path: str, sc: t.SecurityContext | t.PodSecurityContext) -> None:
+    for field in ("run_as_user", "run_as_group"):
+        if sc.HasField(field):
+            value = getattr(sc, field)
+            if not 0 <= value <= 2**31 - 1:
+                errs.add(f"{path}.{_json(field)}", f"must be between 0 and 2147483647 inclusive, got {value}")
+
+
+def _security_context(errs: _Errors, path: str, sc: t.SecurityContext) -> None:
+    """Kubernetes' checks of a container's securityContext, plus capability names that runc accepts."""
+    _ids(errs, path, sc)
+    for field in ("add", "drop"):
+        for i, cap in enumerate(getattr(sc.capabilities, field)):
+            name = cap.removeprefix("CAP_")
+            if not CAPABILITY.match(name):
+                errs.add(f"{path}.capabilities.{field}[{i}]", f"invalid capability {json.dumps(cap)}: "
+                         "expected an upper-case name such as NET_ADMIN")
+    if sc.HasField("seccomp_profile"):
+        _seccomp(errs, f"{path}.seccompProfile", sc.seccomp_profile)
+    if sc.HasField("proc_mount"):
+        errs.enum(f"{path}.procMount", sc.proc_mount, PROC_MOUNT_TYPES, allow_empty=False)
+    if sc.HasField("allow_privilege_escalation") and not sc.allow_privilege_escalation:
+        if sc.privileged:
+            errs.add(f"{path}", "cannot set `allowPrivilegeEscalation` to false and `privileged` to true")
+        if "SYS_ADMIN" in [c.removeprefix("CAP_") for c in sc.capabilities.add]:
+            errs.add(f"{path}", "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN")
+
+
+def _pod_security_context(errs: _Errors, path: str, sc: t.PodSecurityContext) -> None:
+    _ids(errs, path, sc)
+    for field in ("supplemental_groups",):
+        for i, gid in enumerate(getattr(sc, field)):
+            if not 0 <= gid <= 2**31 - 1:
+                errs.add(f"{path}.supplementalGroups[{i}]", f"must be between 0 and 2147483647 inclusive, got {gid}")
+    if sc.HasField("fs_group") and not 0 <= sc.fs_group <= 2**31 - 1:
+        errs.add(f"{path}.fsGroup", f"must be between 0 and 2147483647 inclusive, got {sc.fs_group}")
+    if sc.HasField("seccomp_profile"):
+        _seccomp(errs, f"{path}.seccompProfile", sc.seccomp_profile)
+    seen: set[str] = set()
+    for i, sysctl in enumerate(sc.sysctls):
+        if not re.match(r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$", sysctl.name):
+            errs.add(f"{path}.sysctls[{i}].name", f"invalid sysctl name {json.dumps(sysctl.name)}")
+        elif sysctl.name in seen:
+            errs.add(f"{path}.sysctls[{i}].name", f'duplicate sysctl "{sysctl.name}"')
+        seen.add(sysctl.name)
+        if _CONTROL.search(sysctl.value):
+            errs.add(f"{path}.sysctls[{i}].value", "must not contain control characters")
 
 
 def _label_selector(errs: _Errors, path: str, sel: t.LabelSelector, *, required: bool) -> None:
@@ -931,6 +1039,9 @@ def validate(obj: Message) -> list[FieldError]:
         "ClusterRoleBinding": check_path_segment,
     }.get(kind.kind, check_dns_subdomain)
     _metadata(errs, meta, kind, name_check=name_check)
+    if isinstance(obj, t.Namespace):
+        for key, problem in podsecurity.check_labels(meta.labels):
+            errs.add(f"metadata.labels[{key}]", problem)
     if isinstance(obj, t.Pod):
         _pod_spec(errs, "spec", obj.spec)
     elif isinstance(obj, t.Deployment):

@@ -35,7 +35,7 @@ from aiohttp import web
 from cryptography import x509
 from google.protobuf.message import Message
 
-from controlplane.apiserver import caller, rbac
+from controlplane.apiserver import caller, rbac, warnings
 from controlplane.apiserver.authn import Authenticator, Peer
 from controlplane.apiserver.authorizer import Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
@@ -180,7 +180,7 @@ class KubeApi:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
         if self.authorizer is not None:
             app[AUTHORIZER] = self.authorizer
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch_collecting)
         return app
 
     async def _caller(self, request: web.Request) -> UserInfo:
@@ -192,6 +192,10 @@ class KubeApi:
             return user
         request[IMPERSONATOR] = user
         return self.authorizer.impersonate(user, as_user, as_groups)
+
+    async def _dispatch_collecting(self, request: web.Request) -> web.StreamResponse:
+        with warnings.collecting():  # admission's warnings (Pod Security), sent by _respond
+            return await self.dispatch(request)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -321,7 +325,7 @@ class KubeApi:
                                      status=status)
         else:
             response = json_response(object_data(obj), status=status)
-        for text in request.get(WARNINGS, []):
+        for text in [*request.get(WARNINGS, []), *warnings.current()]:
             response.headers.add("Warning", '299 - "' + text.replace('"', '\\"') + '"')
         return response
 
