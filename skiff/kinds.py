@@ -60,6 +60,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("StatefulSet", "statefulsets", "apps/v1", t.StatefulSet, "stateful_set", True, ("sts",), "statefulset"),
     Kind("ControllerRevision", "controllerrevisions", "apps/v1", t.ControllerRevision, "controller_revision", True,
          (), "controllerrevision"),
+    # netpol
+    Kind("NetworkPolicy", "networkpolicies", "networking.k8s.io/v1", t.NetworkPolicy, "network_policy", True,
+         ("netpol",), "networkpolicy"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

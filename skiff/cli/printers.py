@@ -388,6 +388,12 @@ def _controllerrevisions(objs: Sequence[t.ControllerRevision], now: float, wide:
     return ["NAME", "CONTROLLER", "REVISION", "AGE"], out
 
 
+def _networkpolicies(objs: Sequence[t.NetworkPolicy], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    # kubectl prints an empty podSelector (every pod of the namespace) as "<none>".
+    return ["NAME", "POD-SELECTOR", "AGE"], [
+        [p.metadata.name, selector_text(p.spec.pod_selector), age(p.metadata.creation_timestamp, now)] for p in objs]
+
+
 PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]]] = {
     "pods": _pods,
     "deployments": _deployments,
@@ -408,6 +414,7 @@ PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]
     "cronjobs": _cronjobs,
     "statefulsets": _statefulsets,
     "controllerrevisions": _controllerrevisions,
+    "networkpolicies": _networkpolicies,
 }
 
 

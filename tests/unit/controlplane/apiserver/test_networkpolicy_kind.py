@@ -1,0 +1,80 @@
+"""NetworkPolicy through the api-server's registry in-process: defaults as upstream, validation,
+and the namespace label `kubernetes.io/metadata.name` that namespaceSelectors rely on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.apiserver.inprocess import InProcessApi
+from skiff import errors
+from skiff.convert import from_data
+from skiffpb.api.v1 import types_pb2 as t
+
+
+def netpol(spec: dict[str, Any]) -> t.NetworkPolicy:
+    return from_data({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                      "metadata": {"name": "np", "namespace": "default"}, "spec": spec}, t.NetworkPolicy)
+
+
+@pytest.mark.parametrize(("spec", "types", "protocols"), [
+    ({"podSelector": {}}, ["Ingress"], []),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}, ["Ingress"], ["TCP"]),
+    ({"podSelector": {}, "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]}]},
+     ["Ingress", "Egress"], ["UDP", "TCP"]),
+    ({"podSelector": {}, "policyTypes": ["Egress"]}, ["Egress"], []),
+], ids=["empty-is-ingress", "ingress-rule", "egress-rule-adds-egress", "explicit-kept"])
+async def test_defaults(spec: dict[str, Any], types: list[str], protocols: list[str]) -> None:
+    api = InProcessApi()
+    created = await api.create(netpol(spec))
+    assert list(created.spec.policy_types) == types
+    got = [p.protocol for r in (*created.spec.ingress, *created.spec.egress) for p in r.ports]
+    assert got == protocols
+
+
+BAD = [
+    ({"podSelector": {}, "policyTypes": ["Sideways"]}, "spec.policyTypes[0]"),
+    ({"podSelector": {}, "policyTypes": ["Ingress", "Ingress"]}, "spec.policyTypes[1]"),
+    ({"podSelector": {}, "ingress": [{"from": [{}]}]}, "spec.ingress[0].from[0]"),
+    ({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]},
+     "spec.ingress[0].from[0]"),
+    ({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0/8"}}]}]}, "spec.ingress[0].from[0].ipBlock.cidr"),
+    ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}]}]},
+     "spec.egress[0].to[0].ipBlock.except[0]"),
+    ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}}]}]},
+     "spec.egress[0].to[0].ipBlock.except[0]"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "protocol": "ICMP"}]}]}, "spec.ingress[0].ports[0].protocol"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": 70000}]}]}, "spec.ingress[0].ports[0].port"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": "Not_A_Name"}]}]}, "spec.ingress[0].ports[0].port"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": 81, "endPort": 80}]}]}, "spec.ingress[0].ports[0].endPort"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 80}]}]}, "spec.ingress[0].ports[0].endPort"),
+    ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "spec.podSelector.matchExpressions[0].values"),
+]
+
+
+@pytest.mark.parametrize(("spec", "path"), BAD, ids=[
+    "policy-type", "duplicate-type", "empty-peer", "ipblock-and-selector", "bad-cidr", "except-outside",
+    "except-equal", "protocol", "port-range", "port-name", "end-port-below", "end-port-named", "selector"])
+async def test_validation(spec: dict[str, Any], path: str) -> None:
+    api = InProcessApi()
+    with pytest.raises(errors.InvalidError) as info:
+        await api.create(netpol(spec))
+    assert path in str(info.value)
+
+
+async def test_valid_policy_with_everything() -> None:
+    api = InProcessApi()
+    await api.create(netpol({
+        "podSelector": {"matchLabels": {"app": "db"}},
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {}},
+                              {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                     "ports": [{"port": "http"}, {"port": 8000, "endPort": 8100, "protocol": "SCTP"}, {"protocol": "UDP"}]}],
+        "egress": [{}],
+    }))
+
+
+async def test_namespaces_carry_their_name_label() -> None:
+    api = InProcessApi()
+    ns = await api.create(t.Namespace(metadata=t.ObjectMeta(name="team-a", labels={"kubernetes.io/metadata.name": "x"})))
+    assert ns.metadata.labels["kubernetes.io/metadata.name"] == "team-a"
