@@ -63,6 +63,11 @@ class RulesetWriter:
         self.max_chains = (NFT_MAX_CHAINS if ipt.backend == "nft" else None) if max_chains == -1 else max_chains
         self._applied: dict[ChainKey, tuple[str, ...]] | None = None  # None: unknown, sync fully
 
+    @property
+    def applied(self) -> dict[ChainKey, tuple[str, ...]] | None:
+        """The chains last written in full (None: unknown, the next write is full)."""
+        return self._applied
+
     def forget(self) -> None:
         """Assume nothing about the kernel: the next write is full."""
         self._applied = None

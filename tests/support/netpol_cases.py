@@ -65,6 +65,7 @@ class Step:
     expect: Expect
     pod_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # extra labels per pod
     ns_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # extra labels per namespace
+    dns: Callable[[str], bool] | None = None  # whether a pod reaches the node-local DNS (None: not asked)
 
     def pods(self) -> list[t.Pod]:
         return [pod_object(p, self.pod_labels.get(p)) for p in ALL]
@@ -98,11 +99,11 @@ def x_a_from(*peers: dict[str, Any]) -> dict[str, Any]:
     return {"podSelector": A_IN_X, "ingress": [{"from": list(peers)}]}
 
 CASES: dict[str, list[Step]] = {
-    "no-policy-everything-allowed": [Step([], everything)],
+    "no-policy-everything-allowed": [Step([], everything, dns=lambda s: True)],
     "default-deny-ingress": [Step([policy("deny", "x", {"podSelector": {}, **INGRESS_ONLY})],
                                   lambda s, d, p, pr: ns(d) != "x")],
     "default-deny-egress": [Step([policy("deny", "x", {"podSelector": {}, "policyTypes": ["Egress"]})],
-                                 lambda s, d, p, pr: ns(s) != "x")],
+                                 lambda s, d, p, pr: ns(s) != "x", dns=lambda s: ns(s) != "x")],
     "deny-all-both-directions": [Step([policy("deny", "x", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})],
                                       lambda s, d, p, pr: ns(s) != "x" and ns(d) != "x")],
     "allow-from-same-namespace": [Step([policy("same", "x", {"podSelector": {}, "ingress": [
@@ -144,7 +145,7 @@ CASES: dict[str, list[Step]] = {
     "egress-deny-dns-allowed": [Step([policy("dns-only", "x", {
         "podSelector": {}, "policyTypes": ["Egress"],
         "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]})],
-        lambda s, d, p, pr: ns(s) != "x")],
+        lambda s, d, p, pr: ns(s) != "x", dns=lambda s: True)],
     "egress-ipblock": [Step([policy("to-n2-pods", "x", {"podSelector": A_IN_X, "egress": [
         {"to": [{"ipBlock": {"cidr": "10.244.2.0/24", "except": [f"{ip_of('z/b')}/32"]}}]}]})],
         # No policyTypes: Ingress is implied too, and x/a has no ingress rule.

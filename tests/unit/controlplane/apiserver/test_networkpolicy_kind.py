@@ -33,23 +33,29 @@ async def test_defaults(spec: dict[str, Any], types: list[str], protocols: list[
     assert got == protocols
 
 
+def ingress_ports(*ports: dict[str, Any]) -> dict[str, Any]:
+    return {"podSelector": {}, "ingress": [{"ports": list(ports)}]}
+
+
 BAD = [
     ({"podSelector": {}, "policyTypes": ["Sideways"]}, "spec.policyTypes[0]"),
     ({"podSelector": {}, "policyTypes": ["Ingress", "Ingress"]}, "spec.policyTypes[1]"),
     ({"podSelector": {}, "ingress": [{"from": [{}]}]}, "spec.ingress[0].from[0]"),
     ({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]},
      "spec.ingress[0].from[0]"),
-    ({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0/8"}}]}]}, "spec.ingress[0].from[0].ipBlock.cidr"),
+    ({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0/8"}}]}]},
+     "spec.ingress[0].from[0].ipBlock.cidr"),
     ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}]}]},
      "spec.egress[0].to[0].ipBlock.except[0]"),
     ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}}]}]},
      "spec.egress[0].to[0].ipBlock.except[0]"),
-    ({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "protocol": "ICMP"}]}]}, "spec.ingress[0].ports[0].protocol"),
-    ({"podSelector": {}, "ingress": [{"ports": [{"port": 70000}]}]}, "spec.ingress[0].ports[0].port"),
-    ({"podSelector": {}, "ingress": [{"ports": [{"port": "Not_A_Name"}]}]}, "spec.ingress[0].ports[0].port"),
-    ({"podSelector": {}, "ingress": [{"ports": [{"port": 81, "endPort": 80}]}]}, "spec.ingress[0].ports[0].endPort"),
-    ({"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 80}]}]}, "spec.ingress[0].ports[0].endPort"),
-    ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "spec.podSelector.matchExpressions[0].values"),
+    (ingress_ports({"port": 80, "protocol": "ICMP"}), "spec.ingress[0].ports[0].protocol"),
+    (ingress_ports({"port": 70000}), "spec.ingress[0].ports[0].port"),
+    (ingress_ports({"port": "Not_A_Name"}), "spec.ingress[0].ports[0].port"),
+    (ingress_ports({"port": 81, "endPort": 80}), "spec.ingress[0].ports[0].endPort"),
+    (ingress_ports({"port": "http", "endPort": 80}), "spec.ingress[0].ports[0].endPort"),
+    ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+     "spec.podSelector.matchExpressions[0].values"),
 ]
 
 
@@ -69,12 +75,14 @@ async def test_valid_policy_with_everything() -> None:
         "podSelector": {"matchLabels": {"app": "db"}},
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {}},
                               {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
-                     "ports": [{"port": "http"}, {"port": 8000, "endPort": 8100, "protocol": "SCTP"}, {"protocol": "UDP"}]}],
+                     "ports": [{"port": "http"}, {"port": 8000, "endPort": 8100, "protocol": "SCTP"},
+                               {"protocol": "UDP"}]}],
         "egress": [{}],
     }))
 
 
 async def test_namespaces_carry_their_name_label() -> None:
     api = InProcessApi()
-    ns = await api.create(t.Namespace(metadata=t.ObjectMeta(name="team-a", labels={"kubernetes.io/metadata.name": "x"})))
+    meta = t.ObjectMeta(name="team-a", labels={"kubernetes.io/metadata.name": "x"})
+    ns = await api.create(t.Namespace(metadata=meta))
     assert ns.metadata.labels["kubernetes.io/metadata.name"] == "team-a"
