@@ -125,7 +125,8 @@ class NetProxy:
     # ------------------------------------------------------------------ syncing
 
     def snapshot(self) -> Snapshot:
-        sps, problems = service_ports(self.services.list(), self.endpoints.list(), memo=self._memo)
+        sps, problems = service_ports(self.services.list(), self.endpoints.list(), memo=self._memo,
+                                      node_name=self.node_name)
         if tuple(problems) != self._problems:
             for p in problems:
                 log.warning("not proxied: %s", p)

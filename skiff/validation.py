@@ -815,6 +815,7 @@ def _service(errs: _Errors, s: t.Service) -> None:
     _labels(errs, "spec.selector", spec.selector)
     errs.enum("spec.sessionAffinity", spec.session_affinity, ("None", "ClientIP"))
     errs.enum("spec.externalTrafficPolicy", spec.external_traffic_policy, ("Cluster", "Local"))
+    errs.enum("spec.internalTrafficPolicy", spec.internal_traffic_policy, ("Cluster", "Local"))
     timeout = spec.session_affinity_config.client_ip
     if timeout.HasField("timeout_seconds") and not 0 < timeout.timeout_seconds <= 86400:
         errs.add("spec.sessionAffinityConfig.clientIP.timeoutSeconds", "must be between 1 and 86400")

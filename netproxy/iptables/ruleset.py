@@ -29,7 +29,7 @@ ChainKey = tuple[str, str]  # (table, chain)
 
 # Chains netproxy creates per service port or endpoint: any such chain it did not render in
 # this sync is stale and deleted.
-DYNAMIC_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-")
+DYNAMIC_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-SVL-", "KUBE-EXT-")
 
 
 class Ruleset:
@@ -74,7 +74,7 @@ def _level(chain: str) -> int:
         return 0
     if chain.startswith("KUBE-SEP-"):
         return 1
-    if chain.startswith("KUBE-SVC-"):
+    if chain.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-")):  # a service port's own chains
         return 2
     return 3
 

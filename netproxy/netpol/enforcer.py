@@ -22,7 +22,7 @@ from collections.abc import Callable
 from netproxy.iptables.command import Iptables, present_chains, remove_hooks
 from netproxy.iptables.ruleset import restore_text
 from netproxy.iptables.writer import RulesetWriter
-from netproxy.netpol.plan import HOOKS, MAIN, PREFIXES, plan, pod_info
+from netproxy.netpol.plan import HOOKS, MAIN, PREFIXES, PodInfo, plan, pod_info
 from netproxy.sync import SyncRunner
 from skiff.informer import Informer, InformerFactory
 from skiffpb.api.v1 import types_pb2 as t
@@ -43,6 +43,17 @@ class NetpolEnforcer:
         self.synced = asyncio.Event()  # set after the first successful sync
         self.applied = 0  # successful syncs that wrote something
         self.last_rules = 0
+        self._infos: dict[tuple[str, str], tuple[str, PodInfo | None]] = {}  # pod -> (resourceVersion, info)
+
+    def _pod_infos(self) -> list[PodInfo | None]:
+        memo: dict[tuple[str, str], tuple[str, PodInfo | None]] = {}
+        for pod in self.pods.list():
+            key = (pod.metadata.namespace, pod.metadata.name)
+            rv = pod.metadata.resource_version
+            hit = self._infos.get(key)
+            memo[key] = hit if hit is not None and hit[0] == rv and rv else (rv, pod_info(pod))
+        self._infos = memo
+        return [info for _, info in memo.values()]
 
     def wire(self) -> None:
         request = self.runner.request
@@ -66,7 +77,7 @@ class NetpolEnforcer:
 
     async def _sync(self, full: bool) -> None:
         start = time.perf_counter()
-        rs = plan(self.policies.list(), self.pods.list(), self.namespaces.list(), self.node_name)
+        rs = plan(self.policies.list(), self._pod_infos(), self.namespaces.list(), self.node_name)
         planned = time.perf_counter()
         try:
             w = await self.writer.write(rs, full=full)

@@ -78,12 +78,8 @@ class PodInfo:
 
 def pod_info(pod: t.Pod) -> PodInfo | None:
     """The pod as policies see it, or None when it takes no part (no IP, host network, finished)."""
-    if not pod.status.pod_ip or pod.spec.host_network or pod.status.phase in FINISHED:
-        return None
-    try:
-        if ipaddress.ip_address(pod.status.pod_ip).version != 4:
-            return None
-    except ValueError:
+    ip = pod.status.pod_ip
+    if not ip or ":" in ip or pod.spec.host_network or pod.status.phase in FINISHED:  # IPv4 only
         return None
     ports = tuple(sorted((p.name, p.protocol or "TCP", p.container_port)
                          for c in pod.spec.containers for p in c.ports if p.name))
@@ -105,21 +101,26 @@ def policy_chain(direction: str, policy: t.NetworkPolicy) -> str:
 
 
 class _Cluster:
-    """Pods and namespace labels with the selector lookups the rules need."""
+    """Pods (indexed by namespace, labels as dicts) and namespace labels, with the peer lookups."""
 
     def __init__(self, pods: Iterable[PodInfo], namespaces: Mapping[str, Mapping[str, str]]) -> None:
         self.pods = sorted(pods, key=lambda p: (p.namespace, p.name))
         self.namespaces = namespaces
+        self.by_ns: dict[str, list[tuple[PodInfo, dict[str, str]]]] = {}
+        for p in self.pods:
+            self.by_ns.setdefault(p.namespace, []).append((p, p.label_map()))
+
+    def selected(self, namespace: str, selector: labels.Selector) -> list[PodInfo]:
+        return [p for p, lab in self.by_ns.get(namespace, ()) if labels.matches(selector, lab)]
 
     def peer_pods(self, policy_ns: str, peer: t.NetworkPolicyPeer) -> list[PodInfo]:
-        pod_sel = labels.from_label_selector(peer.pod_selector) if peer.HasField("pod_selector") else None
+        pod_sel = labels.from_label_selector(peer.pod_selector) if peer.HasField("pod_selector") else labels.EVERYTHING
         if peer.HasField("namespace_selector"):
             ns_sel = labels.from_label_selector(peer.namespace_selector)
-            namespaces = {n for n, lab in self.namespaces.items() if labels.matches(ns_sel, lab)}
+            namespaces = sorted(n for n, lab in self.namespaces.items() if labels.matches(ns_sel, lab))
         else:
-            namespaces = {policy_ns}
-        return [p for p in self.pods if p.namespace in namespaces
-                and (pod_sel is None or labels.matches(pod_sel, p.label_map()))]
+            namespaces = [policy_ns]
+        return [p for n in namespaces for p in self.selected(n, pod_sel)]
 
 
 @dataclass(frozen=True)
@@ -235,13 +236,15 @@ def _policy_rules(rs: Ruleset, direction: str, policy: t.NetworkPolicy, selected
     return chain
 
 
-def plan(policies: Iterable[t.NetworkPolicy], pods: Iterable[t.Pod], namespaces: Iterable[t.Namespace],
-         node_name: str) -> Ruleset:
-    """This node's NetworkPolicy ruleset (filter table)."""
-    infos = [i for i in (pod_info(p) for p in pods) if i is not None]
+def plan(policies: Iterable[t.NetworkPolicy], pods: Iterable[t.Pod | PodInfo | None],
+         namespaces: Iterable[t.Namespace], node_name: str) -> Ruleset:
+    """This node's NetworkPolicy ruleset (filter table). Pods may come as `pod_info`s already
+    (the enforcer keeps them per resourceVersion: converting 5,000 pods is most of a plan)."""
+    infos = [i for i in (p if isinstance(p, PodInfo) or p is None else pod_info(p) for p in pods) if i is not None]
     ns_labels = {n.metadata.name: dict(n.metadata.labels) for n in namespaces}
     cluster = _Cluster(infos, ns_labels)
     local = [p for p in cluster.pods if p.node == node_name]
+    local_cluster = _Cluster(local, ns_labels)
     rs = Ruleset()
     main = rs.declare("filter", MAIN)
     main.append(f'-A {MAIN} {comment("replies and established connections")} '
@@ -252,8 +255,7 @@ def plan(policies: Iterable[t.NetworkPolicy], pods: Iterable[t.Pod], namespaces:
             sel = labels.from_label_selector(policy.spec.pod_selector)
         except labels.SelectorError:
             continue
-        selected = [p for p in local if p.namespace == policy.metadata.namespace
-                    and labels.matches(sel, p.label_map())]
+        selected = local_cluster.selected(policy.metadata.namespace, sel)
         if not selected:
             continue
         for direction in (INGRESS, EGRESS):

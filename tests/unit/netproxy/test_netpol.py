@@ -21,7 +21,7 @@ from skiff.networkpolicy import EGRESS, INGRESS
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.netpol_cases import ALL, CASES, DNS_IP, PORTS, Step, ip_of, node_of, pod_object, policy
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent / "golden" / "netpol"
 UPDATE = os.environ.get("SKIFF_UPDATE_GOLDEN", "") == "1"
 
 STEPS = [(f"{name}-{i}" if len(steps) > 1 else name, step) for name, steps in CASES.items()
@@ -74,13 +74,17 @@ GOLDEN_CASES = ["default-deny-ingress", "allow-from-labelled-pod", "pod-and-name
 def test_golden(name: str) -> None:
     step = CASES[name][0]
     text = plan(step.policies, step.pods(), step.namespaces(), "n1").restore_text()
-    path = GOLDEN / f"netpol-{name}.rules"
+    path = GOLDEN / f"{name}.rules"
     if UPDATE:
         path.write_text(text)
     assert text == path.read_text(), f"{path} differs; rewrite with SKIFF_UPDATE_GOLDEN=1 and read the diff"
     # Deterministic whatever the order of the inputs.
     again = plan(list(reversed(step.policies)), list(reversed(step.pods())), step.namespaces(), "n1")
     assert again.restore_text() == text
+
+
+def test_no_stray_golden_files() -> None:
+    assert {p.stem for p in GOLDEN.glob("*.rules")} == set(GOLDEN_CASES)
 
 
 def test_every_rule_is_commented() -> None:
