@@ -3,11 +3,16 @@ and the namespace label `kubernetes.io/metadata.name` that namespaceSelectors re
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.inprocess import InProcessApi
+from controlplane.apiserver.rest import http
 from skiff import errors
 from skiff.convert import from_data
 from skiffpb.api.v1 import types_pb2 as t
@@ -86,3 +91,50 @@ async def test_namespaces_carry_their_name_label() -> None:
     meta = t.ObjectMeta(name="team-a", labels={"kubernetes.io/metadata.name": "x"})
     ns = await api.create(t.Namespace(metadata=meta))
     assert ns.metadata.labels["kubernetes.io/metadata.name"] == "team-a"
+
+
+POLICY_YAML = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: web}}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+    ports: [{port: 5432}, {port: metrics, protocol: TCP}]
+"""
+
+
+async def test_kubectl_applies_gets_and_deletes_networkpolicies(tmp_path: Path) -> None:
+    """The real kubectl (from `make setup`) over the REST API: discovery finds `netpol`."""
+    kubectl = Path(__file__).resolve().parents[4] / ".venv" / "bin" / "kubectl"
+    assert kubectl.exists(), "make setup installs kubectl"
+    inproc = InProcessApi()
+    await inproc.start()
+    runner, port = await http.start(inproc.registry, Forwarder(inproc.registry), "127.0.0.1:0")
+    manifest = tmp_path / "np.yaml"
+    manifest.write_text(POLICY_YAML)
+
+    async def run(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            str(kubectl), f"--server=http://127.0.0.1:{port}", f"--cache-dir={tmp_path / 'cache'}", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"HOME": str(tmp_path)})
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    try:
+        assert "networkpolicy.networking.k8s.io/db-from-web created" in await run("apply", "-f", str(manifest))
+        table = await run("get", "netpol")
+        assert table.split("\n")[0].split() == ["NAME", "POD-SELECTOR", "AGE"]
+        assert table.split("\n")[1].split()[:2] == ["db-from-web", "app=db"]
+        got = json.loads(await run("get", "networkpolicies.networking.k8s.io", "db-from-web", "-o", "json"))
+        assert got["spec"]["policyTypes"] == ["Ingress"]
+        assert got["spec"]["ingress"][0]["from"][1] == {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}
+        assert [p["protocol"] for p in got["spec"]["ingress"][0]["ports"]] == ["TCP", "TCP"]
+        assert "deleted" in await run("delete", "netpol", "db-from-web")
+    finally:
+        await runner.cleanup()
+        await inproc.close()
