@@ -176,3 +176,14 @@ async def test_enforcer_writes_changes_and_cleans_up() -> None:
     assert await cleanup(ipt) > 0
     assert not any(k[1].startswith("SKIFF-") for k in ipt.chains)
     assert not any("SKIFF-" in r for k in ipt.chains for r in ipt.chains[k])
+
+
+@pytest.mark.parametrize(("proto", "dport", "want"), [
+    ("sctp", 9000, "PASS"), ("sctp", 9100, "PASS"), ("sctp", 9101, "DROP"), ("tcp", 9000, "DROP"),
+], ids=["sctp-low", "sctp-end", "sctp-above", "tcp-same-port"])
+def test_sctp_port_range(proto: str, dport: int, want: str) -> None:
+    np = policy("sctp", "x", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+        {"ports": [{"protocol": "SCTP", "port": 9000, "endPort": 9100}]}]})
+    rules = plan([np], [pod_object("x/a"), pod_object("y/b")], [], "n1").restore_text()
+    assert "-p sctp -m sctp --dport 9000:9100" in rules
+    assert trace(rules, Packet(ip_of("y/b"), ip_of("x/a"), dport, proto)) == want
