@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e fuzz up down status lab lab-down \
-	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report clean \
+	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-report clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -134,7 +134,7 @@ vagrant-down:
 	cd deploy/vagrant && vagrant destroy -f
 
 # Each writes bench/results/<name>.json; bench-report then rewrites README.md's performance table.
-bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns
+bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol
 	$(MAKE) bench-report
 
 bench-store: setup
@@ -151,6 +151,8 @@ bench-e2e: setup
 	$(BIN)/python -m bench.e2e
 bench-dns: setup
 	$(BIN)/python -m bench.dns
+bench-netpol: setup
+	$(BIN)/python -m bench.netpol
 bench-report: setup
 	$(BIN)/python -m bench.report
 

@@ -188,6 +188,29 @@ def dns_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def netpol_rows(r: dict[str, Any]) -> list[Row]:
+    apply, latency = r.get("apply") or {}, r.get("latency") or {}
+    if not apply:
+        return []
+    backends = sorted(apply)
+    one = {b: apply[b]["one_of_20_nodes"] for b in backends}
+    full = {b: apply[b]["all_pods_on_the_node"] for b in backends}
+    first = next(iter(one.values()))
+    big = next(iter(full.values()))
+    rows: list[Row] = [
+        (f"plan + apply {first['policies']:,} policies over {first['pods']:,} pods, one node of 20 "
+         f"({first['local_pods']} local pods, {first['rules']:,} rules)", "none set (#14)",
+         "; ".join(f"{b} {one[b]['plan_s']:.2f} + {one[b]['first_apply_s']:.2f} s" for b in backends), "—"),
+        (f"the same with all {big['local_pods']:,} pods on the node ({big['rules']:,} rules, {big['chains']:,} chains)",
+         "—", "; ".join(f"{b} {full[b]['plan_s']:.2f} + {full[b]['first_apply_s']:.2f} s" for b in backends), "—"),
+    ]
+    if latency:
+        rows.append(("policy change -> rules in place, min sync period 0, p50 / p99", "—",
+                     "; ".join(f"{b} {x['p50_ms']:.0f} / {x['p99_ms']:.0f} ms" for b, x in sorted(latency.items())),
+                     "—"))
+    return rows
+
+
 def vm_e2e_rows(r: dict[str, Any]) -> list[Row]:
     tests = r.get("tests") or []
     ran = [x for x in tests if x["outcome"] != "skipped"]
@@ -209,6 +232,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("netproxy", "netproxy (real iptables)", netproxy_rows),
     ("e2e", "end to end (lab: 1 control-plane host, 2 workers)", e2e_rows),
     ("dns", "cluster DNS (the server in a child process on loopback)", dns_rows),
+    ("netpol", "NetworkPolicy in netproxy (real iptables)", netpol_rows),
     ("vm-e2e", "end to end on the VM lab (workers are QEMU guests: TCG, -smp 1)", vm_e2e_rows),
 ]
 

@@ -71,6 +71,9 @@ KINDS: tuple[Kind, ...] = (
     # sec-tls
     Kind("CertificateSigningRequest", "certificatesigningrequests", "certificates.k8s.io/v1",
          t.CertificateSigningRequest, "certificate_signing_request", False, ("csr",), "certificatesigningrequest"),
+    # netpol
+    Kind("NetworkPolicy", "networkpolicies", "networking.k8s.io/v1", t.NetworkPolicy, "network_policy", True,
+         ("netpol",), "networkpolicy"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from google.protobuf.message import Message
 
-from skiff import downward, kinds, labels, podsecurity, quantity
+from skiff import downward, kinds, labels, networkpolicy, podsecurity, quantity
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -933,6 +933,7 @@ def _service(errs: _Errors, s: t.Service) -> None:
     _labels(errs, "spec.selector", spec.selector)
     errs.enum("spec.sessionAffinity", spec.session_affinity, ("None", "ClientIP"))
     errs.enum("spec.externalTrafficPolicy", spec.external_traffic_policy, ("Cluster", "Local"))
+    errs.enum("spec.internalTrafficPolicy", spec.internal_traffic_policy, ("Cluster", "Local"))
     timeout = spec.session_affinity_config.client_ip
     if timeout.HasField("timeout_seconds") and not 0 < timeout.timeout_seconds <= 86400:
         errs.add("spec.sessionAffinityConfig.clientIP.timeoutSeconds", "must be between 1 and 86400")
@@ -1022,6 +1023,69 @@ def _binding(errs: _Errors, subjects: Iterable[t.Subject], ref: t.RoleRef, *, na
                 errs.add(f"{path}.namespace", "required")
         elif s.kind in ("User", "Group") and s.api_group != RBAC_GROUP:
             errs.add(f"{path}.apiGroup", f'supported values: "{RBAC_GROUP}"')
+def _ip_block(errs: _Errors, path: str, block: t.IPBlock) -> None:
+    try:
+        net = ipaddress.ip_network(block.cidr, strict=False)
+    except ValueError:
+        errs.add(f"{path}.cidr", f'"{block.cidr}" is not a valid CIDR such as 10.0.0.0/8')
+        return
+    for i, text in enumerate(block.except_):
+        try:
+            sub = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            errs.add(f"{path}.except[{i}]", f'"{text}" is not a valid CIDR such as 10.0.1.0/24')
+            continue
+        if sub.version != net.version or not sub.subnet_of(net) or sub == net:  # type: ignore[arg-type]
+            errs.add(f"{path}.except[{i}]", f'must be a strict subset of "{block.cidr}"')
+
+
+def _policy_peers(errs: _Errors, path: str, peers: Iterable[t.NetworkPolicyPeer]) -> None:
+    for i, peer in enumerate(peers):
+        pp = f"{path}[{i}]"
+        present = [f for f in ("pod_selector", "namespace_selector", "ip_block") if peer.HasField(f)]
+        if not present:
+            errs.add(pp, "must specify a podSelector, a namespaceSelector or an ipBlock")
+        elif "ip_block" in present and len(present) > 1:
+            errs.add(pp, "may not specify an ipBlock together with a podSelector or a namespaceSelector")
+        if peer.HasField("pod_selector"):
+            _label_selector(errs, f"{pp}.podSelector", peer.pod_selector, required=False)
+        if peer.HasField("namespace_selector"):
+            _label_selector(errs, f"{pp}.namespaceSelector", peer.namespace_selector, required=False)
+        if peer.HasField("ip_block"):
+            _ip_block(errs, f"{pp}.ipBlock", peer.ip_block)
+
+
+def _policy_ports(errs: _Errors, path: str, ports: Iterable[t.NetworkPolicyPort]) -> None:
+    for i, port in enumerate(ports):
+        pp = f"{path}[{i}]"
+        if port.HasField("protocol"):
+            errs.enum(f"{pp}.protocol", port.protocol, PROTOCOLS, allow_empty=False)
+        if port.HasField("port"):
+            _int_or_string_port(errs, f"{pp}.port", port.port)
+        if port.HasField("end_port"):
+            if port.port.WhichOneof("value") != "int_val":
+                errs.add(f"{pp}.endPort", "may only be set when port is a number")
+            elif port.end_port < port.port.int_val:
+                errs.add(f"{pp}.endPort", f"must be greater than or equal to port ({port.port.int_val})")
+            else:
+                errs.port(f"{pp}.endPort", port.end_port)
+
+
+def _network_policy(errs: _Errors, np: t.NetworkPolicy) -> None:
+    spec = np.spec
+    _label_selector(errs, "spec.podSelector", spec.pod_selector, required=False)
+    for i, ingress in enumerate(spec.ingress):
+        _policy_ports(errs, f"spec.ingress[{i}].ports", ingress.ports)
+        _policy_peers(errs, f"spec.ingress[{i}].from", ingress.from_)
+    for i, egress in enumerate(spec.egress):
+        _policy_ports(errs, f"spec.egress[{i}].ports", egress.ports)
+        _policy_peers(errs, f"spec.egress[{i}].to", egress.to)
+    seen: set[str] = set()
+    for i, kind in enumerate(spec.policy_types):
+        errs.enum(f"spec.policyTypes[{i}]", kind, networkpolicy.POLICY_TYPES, allow_empty=False)
+        if kind in seen:
+            errs.add(f"spec.policyTypes[{i}]", f'duplicate value "{kind}"')
+        seen.add(kind)
 
 
 def validate(obj: Message) -> list[FieldError]:
@@ -1066,6 +1130,8 @@ def validate(obj: Message) -> list[FieldError]:
         _limit_range(errs, obj)
     elif isinstance(obj, t.ResourceQuota):
         _resource_quota(errs, obj)
+    elif isinstance(obj, t.NetworkPolicy):
+        _network_policy(errs, obj)
     elif isinstance(obj, t.Job):
         _job_spec(errs, obj.spec)
     elif isinstance(obj, t.CronJob):

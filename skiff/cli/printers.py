@@ -409,6 +409,10 @@ def _bindings(objs: Sequence[t.RoleBinding | t.ClusterRoleBinding], now: float, 
             row += [_subjects(b, "User"), _subjects(b, "Group"), _subjects(b, "ServiceAccount")]
         out.append(row)
     return header, out
+def _networkpolicies(objs: Sequence[t.NetworkPolicy], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    # kubectl prints an empty podSelector (every pod of the namespace) as "<none>".
+    return ["NAME", "POD-SELECTOR", "AGE"], [
+        [p.metadata.name, selector_text(p.spec.pod_selector), age(p.metadata.creation_timestamp, now)] for p in objs]
 
 
 PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]]] = {
@@ -435,6 +439,7 @@ PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]
     "clusterroles": _roles,
     "rolebindings": _bindings,
     "clusterrolebindings": _bindings,
+    "networkpolicies": _networkpolicies,
 }
 
 
