@@ -7,7 +7,7 @@ import time
 import pytest
 
 from nodeagent.cri import CriError
-from nodeagent.fakecri import Faults, FakeRuntime
+from nodeagent.fakecri import FakeRuntime, Faults
 from nodeagent.hollow import hollow_node_name, hollow_pod_cidr
 from skiffpb.cri.v1 import api_pb2 as cri
 
