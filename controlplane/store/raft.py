@@ -17,8 +17,17 @@ What must hold:
 - One log entry carries a batch of commands from one member (`(proposer_id, commands)`):
   every request that arrives while the previous batch is being proposed rides in the next one.
   Only the proposer builds results; other members only mutate state.
-- A linearizable read waits for a batch proposed after the read arrived to be applied on
-  this member (a read barrier through the log; batches are shared by all waiting reads).
+- A linearizable read on the leader is a ReadIndex, as in etcd, and writes nothing to the log:
+  the leader notes its commit index once an entry of its own term is committed, starts a
+  read round, and serves the read once a majority (itself included) answered an append
+  message sent after the round started, in its current term, and it has applied up to the
+  noted index. Append messages carry the round (`ri`); a follower echoes the round and the
+  term of the append message it answers (`ri`, `rt`), so an answer counts only for a message
+  sent after the round began: a deposed leader that a majority no longer answers never
+  serves a read. Reads arriving together share one round. If leadership is lost meanwhile,
+  or on a follower, the read falls back to a read barrier through the log: it waits for a
+  batch proposed after the read arrived to be applied on this member (batches are shared by
+  all waiting reads).
 - The requests waiting for the log are bounded (`max_pending` of them, MAX_PENDING_BYTES in
   all); past that new ones fail at once with etcd's "too many requests" (RESOURCE_EXHAUSTED).
 - A proposal is retried only when pysyncobj says it was never appended (no leader, not
@@ -110,6 +119,7 @@ class _Transport(TCPTransport):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
+        self._answering: tuple[int, int] | None = None  # (read round, term) of the append being handled
         self._retry: dict[Any, tuple[float, float]] = {}  # node -> (next attempt, current delay)
         super().__init__(*args, **kwargs)
 
@@ -128,8 +138,26 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         self._retry[node] = (now + min(RETRY_MAX, delay * 2), min(RETRY_MAX, delay * 2))
         return bool(super()._connectIfNecessarySingle(node))
 
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "append_entries":
+            # Whatever next_node_idx this produces answers this message: echo its round and term.
+            self._answering = (int(message.get("ri", 0)), int(message["term"]))
+            try:
+                super()._onMessageReceived(node, message)
+            finally:
+                self._answering = None
+            return
+        super()._onMessageReceived(node, message)
+        if kind == "next_node_idx" and "ri" in message:
+            self._syncObj.read_ack(node, int(message["ri"]), int(message["rt"]))
+
     def send(self, node: Any, message: Any) -> bool:
         kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "append_entries":
+            message = {**message, "ri": self._syncObj.read_round}
+        elif kind == "next_node_idx" and self._answering is not None:
+            message = {**message, "ri": self._answering[0], "rt": self._answering[1]}
         if kind in _HELD_ACKS:
             self._held.append((node, message))
             return True
@@ -154,6 +182,14 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._journal = journal
         self._wakeup: PipeNotifier | None = None
         self._sent = (0, 0)
+        self._force_send = False
+        # ReadIndex (tick thread, except `read_waiting`, which the loop appends to under `read_lock`).
+        self.read_lock = threading.Lock()
+        self.read_waiting: list[Callable[[bool], None]] = []
+        self.read_round = 0
+        self._read_acks: dict[str, tuple[int, int]] = {}  # peer -> (term, round) of its latest answer
+        self._confirming: list[tuple[int, int, list[Callable[[bool], None]]]] = []  # (round, index, reads)
+        self._confirmed: list[tuple[int, list[Callable[[bool], None]]]] = []  # (index, reads)
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
         self.addOnTickCallback(self._end_of_tick)
@@ -173,7 +209,66 @@ class _Raft(SyncObj):  # type: ignore[misc]
         # acknowledgements held back by the transport leave only after that.
         self._journal.sync()
         self._transport().flush_acks()
+        self._start_read_round()
         super()._onTick(timeToWait)
+
+    # ------------------------------------------------------------ ReadIndex (tick thread)
+
+    def _start_read_round(self) -> None:
+        with self.read_lock:
+            if not self.read_waiting:
+                new: list[Callable[[bool], None]] = []
+            else:
+                new, self.read_waiting = self.read_waiting, []
+        if not self._isLeader():
+            self._fail_reads(new)
+            return
+        if not new:
+            return
+        # The commit index is only known to be current once an entry of this term is committed
+        # (the no-op a new leader appends); until then the reads wait for a later tick.
+        noop = self._SyncObj__noopIDx
+        if noop is None or self.raftCommitIndex < noop:
+            with self.read_lock:
+                self.read_waiting[:0] = new
+            return
+        self.read_round += 1
+        self._confirming.append((self.read_round, int(self.raftCommitIndex), new))
+        self._force_send = True  # a heartbeat carrying the new round leaves at the end of this tick
+        self._check_reads()
+
+    def read_ack(self, node: Any, round_: int, term: int) -> None:
+        """A follower answered an append message of `round_` sent in `term` (transport, tick thread)."""
+        if term == self.raftCurrentTerm and self._isLeader():
+            self._read_acks[node.id] = (term, round_)
+            self._check_reads()
+
+    def _check_reads(self) -> None:
+        term = self.raftCurrentTerm
+        voters = [n.id for n in self.otherNodes]
+        while self._confirming:
+            round_, index, reads = self._confirming[0]
+            acks = 1 + sum(1 for peer in voters if self._read_acks.get(peer, (0, 0)) >= (term, round_))
+            if acks * 2 <= len(voters) + 1:
+                break
+            self._confirming.pop(0)
+            self._confirmed.append((index, reads))
+        applied = self.raftLastApplied
+        while self._confirmed and self._confirmed[0][0] <= applied:
+            for done in self._confirmed.pop(0)[1]:
+                done(True)
+
+    def _fail_reads(self, extra: list[Callable[[bool], None]] | None = None) -> None:
+        """Not (or no longer) the leader: the waiting reads go through the log instead."""
+        reads = list(extra or ())
+        for _, _, rs in self._confirming:
+            reads += rs
+        for _, rs in self._confirmed:
+            reads += rs
+        self._confirming.clear()
+        self._confirmed.clear()
+        for done in reads:
+            done(False)
 
     def _end_of_tick(self) -> None:
         # pysyncobj in batch mode appends every queued proposal without sending; send them
@@ -181,11 +276,15 @@ class _Raft(SyncObj):  # type: ignore[misc]
         # while the followers write theirs.
         if self._isLeader():
             now = (self._SyncObj__getCurrentLogIndex(), self.raftCommitIndex)
-            if now != self._sent:
+            if now != self._sent or self._force_send:
                 self._sent = now
+                self._force_send = False
                 self._SyncObj__sendAppendEntries()
                 if not self.otherNodes:
                     self.wake()  # alone: no ack will wake the poller, and the commit is ours to make
+            self._check_reads()  # entries applied during this tick may complete confirmed reads
+        elif self._confirming or self._confirmed:
+            self._fail_reads()
         self._journal.sync()
 
     def _transport(self) -> _Transport:
@@ -231,8 +330,9 @@ class RaftNode:
                  snapshot_every: int = 20000, snapshot_bytes: int = 64 << 20,
                  on_applied: Callable[[mvcc.Applied], None] | None = None,
                  on_restored: Callable[[mvcc.KVState], None] | None = None,
-                 sync: FileSync = OS_SYNC, fatal: Fatal = stop_member) -> None:
+                 sync: FileSync = OS_SYNC, fatal: Fatal = stop_member, read_index: bool = True) -> None:
         self.self_addr = self_addr
+        self.read_index = read_index  # False: every linearizable read goes through the log (measurements)
         self.member_id = member_id_for(self_addr)
         self.loop = loop
         self.lock = threading.Lock()
@@ -346,6 +446,33 @@ class RaftNode:
         if isinstance(res, EtcdError):
             raise res
         return res
+
+    async def linearizable_read(self) -> None:
+        """Return once this member may serve a linearizable read: a ReadIndex on the leader,
+        else (a follower, or leadership lost meanwhile) a read barrier through the log."""
+        if not self.read_index or not self.is_leader():
+            await self.read_barrier()
+            return
+        self._admit()
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        loop = self.loop
+
+        def done(ok: bool) -> None:  # tick thread
+            def deliver() -> None:
+                if not fut.done():
+                    fut.set_result(ok)
+
+            loop.call_soon_threadsafe(deliver)
+
+        with self.raft.read_lock:
+            self.raft.read_waiting.append(done)
+        self.raft.wake()
+        try:
+            ok = await asyncio.wait_for(fut, self.request_timeout)
+        except TimeoutError:
+            raise errors.TIMEOUT from None
+        if not ok:
+            await self.read_barrier()
 
     async def read_barrier(self) -> None:
         """Return once a log entry proposed after this call has been applied here."""
