@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--insecure-no-password", action="store_true", help="run the store without a password")
     store.add_argument("--store-endpoints", default="",
                        help="use these store endpoints (e.g. an external etcd) instead of running a member")
+    store.add_argument("--etcd-cafile", default="", help="with --store-endpoints: CA of the etcd's certificates")
+    store.add_argument("--etcd-certfile", default="", help="with --store-endpoints: client certificate for etcd")
+    store.add_argument("--etcd-keyfile", default="", help="with --store-endpoints: the client certificate's key")
     api = p.add_argument_group("api-server")
     api.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}", help="api-server address")
     api.add_argument("--http-listen", default=None,
@@ -104,6 +107,7 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
         store_endpoints = args.listen_client
     children.append(Child("apiserver", daemons.apiserver(
         python, store_endpoints=store_endpoints, listen=args.listen, http_listen=http_listen(args),
+        etcd_tls=(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile) if args.store_endpoints else ("", "", ""),
         service_cidr=args.service_cidr,
         node_port_range=args.node_port_range, node_name=args.node_name,
         default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,

@@ -53,9 +53,12 @@ def store(python: str, *, name: str, data_dir: str, listen_client: str, listen_p
 def apiserver(python: str, *, store_endpoints: str, listen: str, service_cidr: str, node_port_range: str,
               node_name: str, default_not_ready_toleration_seconds: int = 300,
               default_unreachable_toleration_seconds: int = 300, http_listen: str = "",
-              verbose: bool = False) -> list[str]:
-    """`http_listen` set: the api-server also serves the Kubernetes REST API there (docs/kubernetes-api.md)."""
-    return [*_py(python, APISERVER), "--store-endpoints", store_endpoints, "--listen", listen,
+              etcd_tls: tuple[str, str, str] = ("", "", ""), verbose: bool = False) -> list[str]:
+    """`http_listen` set: the api-server also serves the Kubernetes REST API there (docs/kubernetes-api.md).
+    `etcd_tls`: (CA, client certificate, client key) files for an external etcd with TLS."""
+    tls = [arg for flag, path in zip(("--etcd-cafile", "--etcd-certfile", "--etcd-keyfile"), etcd_tls, strict=True)
+           if path for arg in (flag, path)]
+    return [*_py(python, APISERVER), "--store-endpoints", store_endpoints, *tls, "--listen", listen,
             *(["--http-listen", http_listen] if http_listen else []),
             "--service-cidr", service_cidr, "--node-port-range", node_port_range, "--node-name", node_name,
             "--default-not-ready-toleration-seconds", str(default_not_ready_toleration_seconds),

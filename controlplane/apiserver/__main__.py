@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skiff-apiserver", description="The Skiff api-server.")
     p.add_argument("--store-endpoints", default=f"127.0.0.1:{defaults.STORE_CLIENT_PORT}",
                    help="etcd v3 endpoints (the Skiff store or etcd), comma-separated (default %(default)s)")
+    p.add_argument("--etcd-cafile", default="", help="CA of the store's serving certificates (external etcd, TLS)")
+    p.add_argument("--etcd-certfile", default="", help="client certificate for the store (etcd --client-cert-auth)")
+    p.add_argument("--etcd-keyfile", default="", help="the client certificate's key")
     p.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}",
                    help="address:port to serve gRPC on (default %(default)s)")
     p.add_argument("--http-listen", default="",
@@ -85,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if bool(args.etcd_certfile) != bool(args.etcd_keyfile):
+        print("skiff-apiserver: --etcd-certfile and --etcd-keyfile go together", file=sys.stderr)
+        return 2
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
+                    store_tls=(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile),
                     http_listen=args.http_listen, node_port_range=args.node_port_range, node_name=args.node_name,
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
                                     bookmark_interval=args.bookmark_interval,

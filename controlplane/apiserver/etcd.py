@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -84,21 +86,58 @@ def _kv(kv: kv_pb2.KeyValue) -> KV:
     return KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
 
 
+@dataclass(frozen=True)
+class StoreTLS:
+    """Client TLS towards the store (kube-apiserver's --etcd-cafile/--etcd-certfile/--etcd-keyfile):
+    the CA that signed the store's serving certificates and, for etcd's --client-cert-auth,
+    this client's certificate and key (PEM files, read once at start)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("--etcd-certfile and --etcd-keyfile go together")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca_file or self.cert_file)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(root_certificates=read(self.ca_file),
+                                            private_key=read(self.key_file), certificate_chain=read(self.cert_file))
+
+
+def split_endpoints(endpoints: Sequence[str] | str) -> tuple[list[str], bool]:
+    """("host:port" targets, whether any was given as https://)."""
+    raw = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    items = [e.strip() for e in raw if e.strip()]
+    https = any(e.startswith("https://") for e in items)
+    return [e.removeprefix("https://").removeprefix("http://").rstrip("/") for e in items], https
+
+
 class _Endpoint:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = (grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS) if credentials
+                        else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS))
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
         self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
 
 
 class EtcdStore:
-    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = 5.0, retry_for: float = 10.0) -> None:
-        targets = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
-        self.targets = [t.strip().removeprefix("http://") for t in targets if t.strip()]
+    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = 5.0, retry_for: float = 10.0,
+                 tls: StoreTLS | None = None) -> None:
+        self.targets, https = split_endpoints(endpoints)
         if not self.targets:
             raise ValueError("no store endpoint given (--store-endpoints HOST:PORT[,HOST:PORT...])")
+        # https:// endpoints without a CA file trust the system's roots.
+        self._credentials = (tls or StoreTLS()).credentials() if (tls and tls.enabled) or https else None
         self.timeout = timeout
         self.retry_for = retry_for
         self._endpoints: list[_Endpoint | None] = [None] * len(self.targets)
@@ -109,7 +148,7 @@ class EtcdStore:
     def _endpoint(self, index: int) -> _Endpoint:
         ep = self._endpoints[index]
         if ep is None:
-            ep = self._endpoints[index] = _Endpoint(self.targets[index])
+            ep = self._endpoints[index] = _Endpoint(self.targets[index], self._credentials)
         return ep
 
     def _failed(self, index: int) -> None:

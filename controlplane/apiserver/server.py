@@ -248,6 +248,7 @@ class Config:
     node_name: str = ""
     http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTP); empty: not served
     options: Options = field(default_factory=Options)
+    store_tls: tuple[str, str, str] = ("", "", "")  # CA, client certificate, client key files (external etcd)
 
 
 class StartupError(Exception):
@@ -299,11 +300,11 @@ async def wait_for_store(store: Store, *, stop: asyncio.Event | None = None) -> 
 async def serve(config: Config, *, store: Store | None = None, ready: Callable[[int], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Run an api-server until `stop` is set (or SIGTERM/SIGINT when running as a process)."""
-    from controlplane.apiserver.etcd import EtcdStore
+    from controlplane.apiserver.etcd import EtcdStore, StoreTLS
 
     allocator = Allocator(config.service_cidr, config.node_port_range)
     if store is None:
-        store = EtcdStore(config.store_endpoints)
+        store = EtcdStore(config.store_endpoints, tls=StoreTLS(*config.store_tls))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
