@@ -17,17 +17,18 @@ What must hold:
 - One log entry carries a batch of commands from one member (`(proposer_id, commands)`):
   every request that arrives while the previous batch is being proposed rides in the next one.
   Only the proposer builds results; other members only mutate state.
-- A linearizable read on the leader is a ReadIndex, as in etcd, and writes nothing to the log:
-  the leader notes its commit index once an entry of its own term is committed, starts a
-  read round, and serves the read once a majority (itself included) answered an append
-  message sent after the round started, in its current term, and it has applied up to the
-  noted index. Append messages carry the round (`ri`); a follower echoes the round and the
-  term of the append message it answers (`ri`, `rt`), so an answer counts only for a message
-  sent after the round began: a deposed leader that a majority no longer answers never
-  serves a read. Reads arriving together share one round. If leadership is lost meanwhile,
-  or on a follower, the read falls back to a read barrier through the log: it waits for a
-  batch proposed after the read arrived to be applied on this member (batches are shared by
-  all waiting reads).
+- A linearizable read is a ReadIndex, as in etcd, and writes nothing to the log: the leader
+  notes its commit index once an entry of its own term is committed, starts a read round,
+  and the round is confirmed once a majority (itself included) answered an append message
+  sent after the round started, in its current term. Append messages carry the round (`ri`);
+  a follower echoes the round and the term of the append message it answers (`ri`, `rt`), so
+  an answer counts only for a message sent after the round began: a deposed leader that a
+  majority no longer answers never confirms one. Reads arriving together share one round. A
+  follower asks the leader (`skiff_read_index`), which answers with the confirmed index. The
+  read is served once this member has applied up to that index. With no reachable leader, or
+  leadership lost before the round confirmed, the read falls back to a read barrier through
+  the log: it waits for a batch proposed after the read arrived to be applied on this member
+  (batches are shared by all waiting reads).
 - The requests waiting for the log are bounded (`max_pending` of them, MAX_PENDING_BYTES in
   all); past that new ones fail at once with etcd's "too many requests" (RESOURCE_EXHAUSTED).
 - A proposal is retried only when pysyncobj says it was never appended (no leader, not
@@ -67,6 +68,8 @@ from controlplane.store.snapshot import SnapshotStore, read_header, verify_snaps
 log = logging.getLogger("skiff.store.raft")
 
 _ACK_MESSAGES = frozenset({"next_node_idx", "response_vote", "request_vote"})
+_RI_REQ, _RI_RESP = "skiff_read_index", "skiff_read_index_resp"  # follower <-> leader ReadIndex
+_ReadDone = Callable[[bool], None]  # True: serve the read now; False: go through the log instead
 _HELD_ACKS = frozenset({"next_node_idx", "response_vote"})
 # Requests waiting for the log (not yet in a batch) beyond which new ones are refused with
 # RESOURCE_EXHAUSTED "etcdserver: too many requests" (etcd refuses past a gap of 5000 between
@@ -148,6 +151,13 @@ class _Transport(TCPTransport):  # type: ignore[misc]
             finally:
                 self._answering = None
             return
+        if kind == _RI_REQ:
+            self._syncObj.read_index_request(node, int(message["id"]))
+            return
+        if kind == _RI_RESP:
+            index = message.get("index")
+            self._syncObj.read_index_response(int(message["id"]), None if index is None else int(index))
+            return
         super()._onMessageReceived(node, message)
         if kind == "next_node_idx" and "ri" in message:
             self._syncObj.read_ack(node, int(message["ri"]), int(message["rt"]))
@@ -185,11 +195,17 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._force_send = False
         # ReadIndex (tick thread, except `read_waiting`, which the loop appends to under `read_lock`).
         self.read_lock = threading.Lock()
-        self.read_waiting: list[Callable[[bool], None]] = []
+        self.read_waiting: list[_ReadDone] = []
         self.read_round = 0
         self._read_acks: dict[str, tuple[int, int]] = {}  # peer -> (term, round) of its latest answer
-        self._confirming: list[tuple[int, int, list[Callable[[bool], None]]]] = []  # (round, index, reads)
-        self._confirmed: list[tuple[int, list[Callable[[bool], None]]]] = []  # (index, reads)
+        # Leader: rounds waiting for a majority: (round, index, local reads, followers' (node, request id)).
+        self._confirming: list[tuple[int, int, list[_ReadDone], list[tuple[Any, int]]]] = []
+        self._remote_requests: list[tuple[Any, int]] = []  # followers' requests not in a round yet
+        # Any role: confirmed reads waiting until this member applied up to their index.
+        self._confirmed: list[tuple[int, list[_ReadDone]]] = []
+        # Follower: requests sent to the leader: id -> (leader id, reads).
+        self._remote_pending: dict[int, tuple[str, list[_ReadDone]]] = {}
+        self._remote_seq = 0
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
         self.addOnTickCallback(self._end_of_tick)
@@ -216,14 +232,14 @@ class _Raft(SyncObj):  # type: ignore[misc]
 
     def _start_read_round(self) -> None:
         with self.read_lock:
-            if not self.read_waiting:
-                new: list[Callable[[bool], None]] = []
-            else:
-                new, self.read_waiting = self.read_waiting, []
+            new, self.read_waiting = self.read_waiting, []
+        remote, self._remote_requests = self._remote_requests, []
         if not self._isLeader():
-            self._fail_reads(new)
+            for node, rid in remote:  # asked while we led; no longer ours to answer
+                self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": None})
+            self._ask_leader(new)
             return
-        if not new:
+        if not new and not remote:
             return
         # The commit index is only known to be current once an entry of this term is committed
         # (the no-op a new leader appends); until then the reads wait for a later tick.
@@ -231,11 +247,47 @@ class _Raft(SyncObj):  # type: ignore[misc]
         if noop is None or self.raftCommitIndex < noop:
             with self.read_lock:
                 self.read_waiting[:0] = new
+            self._remote_requests[:0] = remote
             return
         self.read_round += 1
-        self._confirming.append((self.read_round, int(self.raftCommitIndex), new))
+        self._confirming.append((self.read_round, int(self.raftCommitIndex), new, remote))
         self._force_send = True  # a heartbeat carrying the new round leaves at the end of this tick
         self._check_reads()
+
+    def _ask_leader(self, new: list[_ReadDone]) -> None:
+        """A follower's reads: the leader confirms its leadership and sends back its commit index."""
+        leader = self._getLeader()
+        for rid, (leader_id, waiting) in list(self._remote_pending.items()):
+            if leader is None or leader.id != leader_id:  # that leader's answer may never come
+                del self._remote_pending[rid]
+                for done in waiting:
+                    done(False)
+        if not new:
+            return
+        if leader is None or not self.isNodeConnected(leader):
+            for done in new:
+                done(False)
+            return
+        self._remote_seq += 1
+        self._remote_pending[self._remote_seq] = (leader.id, new)
+        self._transport().send(leader, {"type": _RI_REQ, "id": self._remote_seq})
+
+    def read_index_request(self, node: Any, rid: int) -> None:
+        """A follower asks for a read index (transport, tick thread); answered once a round confirms."""
+        self._remote_requests.append((node, rid))
+        self.wake()
+
+    def read_index_response(self, rid: int, index: int | None) -> None:
+        """The leader's answer to our request `rid` (transport, tick thread)."""
+        entry = self._remote_pending.pop(rid, None)
+        if entry is None:
+            return
+        if index is None:
+            for done in entry[1]:
+                done(False)
+            return
+        self._confirmed.append((index, entry[1]))
+        self._drain_confirmed()
 
     def read_ack(self, node: Any, round_: int, term: int) -> None:
         """A follower answered an append message of `round_` sent in `term` (transport, tick thread)."""
@@ -247,28 +299,40 @@ class _Raft(SyncObj):  # type: ignore[misc]
         term = self.raftCurrentTerm
         voters = [n.id for n in self.otherNodes]
         while self._confirming:
-            round_, index, reads = self._confirming[0]
+            round_, index, local, remote = self._confirming[0]
             acks = 1 + sum(1 for peer in voters if self._read_acks.get(peer, (0, 0)) >= (term, round_))
             if acks * 2 <= len(voters) + 1:
                 break
             self._confirming.pop(0)
-            self._confirmed.append((index, reads))
-        applied = self.raftLastApplied
-        while self._confirmed and self._confirmed[0][0] <= applied:
-            for done in self._confirmed.pop(0)[1]:
-                done(True)
+            if local:
+                self._confirmed.append((index, local))
+            for node, rid in remote:
+                self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": index})
+        self._drain_confirmed()
 
-    def _fail_reads(self, extra: list[Callable[[bool], None]] | None = None) -> None:
-        """Not (or no longer) the leader: the waiting reads go through the log instead."""
-        reads = list(extra or ())
-        for _, _, rs in self._confirming:
-            reads += rs
-        for _, rs in self._confirmed:
-            reads += rs
+    def _drain_confirmed(self) -> None:
+        """Serve the confirmed reads this member has applied far enough for (any role: the
+        index was confirmed by a leader after the read arrived, so it stays valid)."""
+        if not self._confirmed:
+            return
+        applied = self.raftLastApplied
+        keep = []
+        for index, waiting in self._confirmed:
+            if index <= applied:
+                for done in waiting:
+                    done(True)
+            else:
+                keep.append((index, waiting))
+        self._confirmed = keep
+
+    def _lost_leadership(self) -> None:
+        """Rounds not confirmed yet cannot be: local reads go through the log, followers are told."""
+        for _, _, local, remote in self._confirming:
+            for done in local:
+                done(False)
+            for node, rid in remote:
+                self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": None})
         self._confirming.clear()
-        self._confirmed.clear()
-        for done in reads:
-            done(False)
 
     def _end_of_tick(self) -> None:
         # pysyncobj in batch mode appends every queued proposal without sending; send them
@@ -282,9 +346,9 @@ class _Raft(SyncObj):  # type: ignore[misc]
                 self._SyncObj__sendAppendEntries()
                 if not self.otherNodes:
                     self.wake()  # alone: no ack will wake the poller, and the commit is ours to make
-            self._check_reads()  # entries applied during this tick may complete confirmed reads
-        elif self._confirming or self._confirmed:
-            self._fail_reads()
+        elif self._confirming:
+            self._lost_leadership()
+        self._drain_confirmed()  # entries applied during this tick may complete confirmed reads
         self._journal.sync()
 
     def _transport(self) -> _Transport:
@@ -448,9 +512,10 @@ class RaftNode:
         return res
 
     async def linearizable_read(self) -> None:
-        """Return once this member may serve a linearizable read: a ReadIndex on the leader,
-        else (a follower, or leadership lost meanwhile) a read barrier through the log."""
-        if not self.read_index or not self.is_leader():
+        """Return once this member may serve a linearizable read: a ReadIndex (asked of the
+        leader on a follower), else (no leader reachable, leadership lost meanwhile) a read
+        barrier through the log."""
+        if not self.read_index:
             await self.read_barrier()
             return
         self._admit()

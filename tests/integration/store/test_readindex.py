@@ -1,6 +1,7 @@
 """ReadIndex on a real in-process 3-member Raft group (TCP on loopback, real journals).
 
-A linearizable read on the leader writes nothing to the log, and a leader cut off from the
+A linearizable read, on the leader or on a follower (which asks the leader), writes nothing to
+the log and sees every write acknowledged before it, and a leader cut off from the
 majority (it still believes it leads: its fallback timeout is long) never serves one after
 the others elected a new leader and committed a newer value. The cut drops every message
 between the isolated member and the others at send time, like etcd/raft's `isolate`.
@@ -29,6 +30,7 @@ class Cut:
 
     def __init__(self) -> None:
         self.isolated: set[str] = set()
+        self.no_appends_to: set[str] = set()  # these members get no log entries (they lag), all else passes
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         orig = TCPTransport.send
@@ -36,6 +38,8 @@ class Cut:
 
         def send(self: TCPTransport, node: Any, message: Any) -> Any:
             if cut.isolated and (node.id in cut.isolated) != (self._selfNode.id in cut.isolated):
+                return True
+            if node.id in cut.no_appends_to and isinstance(message, dict) and message.get("type") == "append_entries":
                 return True
             return orig(self, node, message)
 
@@ -87,19 +91,25 @@ def _value(node: RaftNode, key: bytes) -> bytes | None:
     return None if kv is None else kv.value
 
 
-async def test_leader_reads_do_not_write_the_log(group: tuple[list[RaftNode], Cut]) -> None:
+@pytest.mark.parametrize("reader", ["leader", "follower"])
+async def test_reads_do_not_write_the_log(group: tuple[list[RaftNode], Cut], reader: str) -> None:
     nodes, _ = group
     leader = await _leader(nodes)
     await _put(leader, b"k", b"v1")
-    follower = next(n for n in nodes if n is not leader)
-    await _put(follower, b"k", b"v2")  # forwarded to the leader
+    followers = [n for n in nodes if n is not leader]
+    node = leader if reader == "leader" else followers[0]
+    await _put(followers[1], b"k", b"v2")  # through the other follower: acknowledged there
     before = (leader.commit_index, leader.applied_batches)
-    await asyncio.gather(*(leader.linearizable_read() for _ in range(50)))
-    assert _value(leader, b"k") == b"v2"
-    for _ in range(20):  # one after another: each its own round
-        await leader.linearizable_read()
-    assert (leader.commit_index, leader.applied_batches) == before, "a ReadIndex read appended to the log"
-    assert leader.raft.read_round >= 2
+    await asyncio.gather(*(node.linearizable_read() for _ in range(50)))
+    assert _value(node, b"k") == b"v2", "a linearizable read missed an acknowledged write"
+    for i in range(20):  # one after another: each its own round, each after a new write elsewhere
+        await _put(followers[1] if reader == "follower" else followers[0], b"n", b"%d" % i)
+        await node.linearizable_read()
+        assert _value(node, b"n") == b"%d" % i
+    writes = 20
+    assert leader.commit_index - before[0] <= writes and leader.applied_batches - before[1] <= writes, \
+        "a ReadIndex read appended to the log"
+    assert leader.raft.read_round >= 20
 
 
 async def test_deposed_leader_cannot_serve_a_stale_linearizable_read(group: tuple[list[RaftNode], Cut]) -> None:
@@ -129,3 +139,20 @@ async def test_deposed_leader_cannot_serve_a_stale_linearizable_read(group: tupl
                 raise
     assert not old.is_leader()
     assert _value(old, b"k") == b"v2"
+
+
+async def test_lagging_follower_waits_for_its_own_apply(group: tuple[list[RaftNode], Cut]) -> None:
+    nodes, cut = group
+    leader = await _leader(nodes)
+    await _put(leader, b"k", b"v1")
+    await asyncio.sleep(0.3)
+    lagging = next(n for n in nodes if n is not leader)
+    assert _value(lagging, b"k") == b"v1"
+    cut.no_appends_to = {lagging.self_addr}  # it still talks to the leader, but learns of no new entry
+    await _put(leader, b"k", b"v2")  # committed by the leader and the other follower
+    with pytest.raises(errors.EtcdError):  # the leader confirms an index the lagging member has not applied
+        await lagging.linearizable_read()
+    assert _value(lagging, b"k") == b"v1"
+    cut.no_appends_to = set()
+    await lagging.linearizable_read()
+    assert _value(lagging, b"k") == b"v2"
