@@ -69,6 +69,7 @@ log = logging.getLogger("skiff.store.raft")
 
 _ACK_MESSAGES = frozenset({"next_node_idx", "response_vote", "request_vote"})
 _RI_REQ, _RI_RESP = "skiff_read_index", "skiff_read_index_resp"  # follower <-> leader ReadIndex
+READ_INDEX_WAIT = 2.0  # seconds a follower waits for the leader's answer before using the log
 _ReadDone = Callable[[bool], None]  # True: serve the read now; False: go through the log instead
 _HELD_ACKS = frozenset({"next_node_idx", "response_vote"})
 # Requests waiting for the log (not yet in a batch) beyond which new ones are refused with
@@ -204,8 +205,9 @@ class _Raft(SyncObj):  # type: ignore[misc]
         # Any role: confirmed reads waiting until this member applied up to their index.
         self._confirmed: list[tuple[int, list[_ReadDone]]] = []
         # Follower: requests sent to the leader: id -> (leader id, reads).
-        self._remote_pending: dict[int, tuple[str, list[_ReadDone]]] = {}
+        self._remote_pending: dict[int, tuple[str, list[_ReadDone], float]] = {}
         self._remote_seq = 0
+        self._next_round = False
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
         self.addOnTickCallback(self._end_of_tick)
@@ -231,10 +233,17 @@ class _Raft(SyncObj):  # type: ignore[misc]
     # ------------------------------------------------------------ ReadIndex (tick thread)
 
     def _start_read_round(self) -> None:
+        # One round (or, on a follower, one request to the leader) in flight at a time: reads
+        # arriving meanwhile wait and share the next one, so a burst of reads costs one
+        # heartbeat per round trip instead of one per read (each peer message is pickled,
+        # compressed and encrypted).
+        leader = self._isLeader()
+        if self._confirming if leader else self._leader_unchanged():
+            return
         with self.read_lock:
             new, self.read_waiting = self.read_waiting, []
         remote, self._remote_requests = self._remote_requests, []
-        if not self._isLeader():
+        if not leader:
             for node, rid in remote:  # asked while we led; no longer ours to answer
                 self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": None})
             self._ask_leader(new)
@@ -254,14 +263,23 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._force_send = True  # a heartbeat carrying the new round leaves at the end of this tick
         self._check_reads()
 
-    def _ask_leader(self, new: list[_ReadDone]) -> None:
-        """A follower's reads: the leader confirms its leadership and sends back its commit index."""
+    def _leader_unchanged(self) -> bool:
+        """Whether a request to the leader is still in flight. One sent to another member than
+        the current leader, or more than READ_INDEX_WAIT ago, may never be answered: it is
+        failed, and its reads go through the log."""
         leader = self._getLeader()
-        for rid, (leader_id, waiting) in list(self._remote_pending.items()):
-            if leader is None or leader.id != leader_id:  # that leader's answer may never come
+        now = time.monotonic()
+        for rid, (leader_id, waiting, sent) in list(self._remote_pending.items()):
+            if leader is None or leader.id != leader_id or now - sent > READ_INDEX_WAIT:
                 del self._remote_pending[rid]
                 for done in waiting:
                     done(False)
+        return bool(self._remote_pending)
+
+    def _ask_leader(self, new: list[_ReadDone]) -> None:
+        """A follower's reads: the leader confirms its leadership and sends back its commit index."""
+        self._leader_unchanged()
+        leader = self._getLeader()
         if not new:
             return
         if leader is None or not self.isNodeConnected(leader):
@@ -269,7 +287,7 @@ class _Raft(SyncObj):  # type: ignore[misc]
                 done(False)
             return
         self._remote_seq += 1
-        self._remote_pending[self._remote_seq] = (leader.id, new)
+        self._remote_pending[self._remote_seq] = (leader.id, new, time.monotonic())
         self._transport().send(leader, {"type": _RI_REQ, "id": self._remote_seq})
 
     def read_index_request(self, node: Any, rid: int) -> None:
@@ -288,6 +306,7 @@ class _Raft(SyncObj):  # type: ignore[misc]
             return
         self._confirmed.append((index, entry[1]))
         self._drain_confirmed()
+        self._start_read_round()  # the reads that waited for this answer
 
     def read_ack(self, node: Any, round_: int, term: int) -> None:
         """A follower answered an append message of `round_` sent in `term` (transport, tick thread)."""
@@ -304,11 +323,15 @@ class _Raft(SyncObj):  # type: ignore[misc]
             if acks * 2 <= len(voters) + 1:
                 break
             self._confirming.pop(0)
+            self._next_round = True  # the reads that waited for this round start the next one
             if local:
                 self._confirmed.append((index, local))
             for node, rid in remote:
                 self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": index})
         self._drain_confirmed()
+        if self._next_round and not self._confirming:
+            self._next_round = False
+            self._start_read_round()
 
     def _drain_confirmed(self) -> None:
         """Serve the confirmed reads this member has applied far enough for (any role: the
@@ -530,8 +553,10 @@ class RaftNode:
             loop.call_soon_threadsafe(deliver)
 
         with self.raft.read_lock:
+            first = not self.raft.read_waiting
             self.raft.read_waiting.append(done)
-        self.raft.wake()
+        if first:  # later ones ride in the same round; an answer in flight starts the next one
+            self.raft.wake()
         try:
             ok = await asyncio.wait_for(fut, self.request_timeout)
         except TimeoutError:
