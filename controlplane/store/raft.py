@@ -69,8 +69,13 @@ log = logging.getLogger("skiff.store.raft")
 
 _ACK_MESSAGES = frozenset({"next_node_idx", "response_vote", "request_vote"})
 _RI_REQ, _RI_RESP = "skiff_read_index", "skiff_read_index_resp"  # follower <-> leader ReadIndex
+def _answer_reads(waiting: list[Callable[[bool], None]], ok: bool) -> None:
+    for done in waiting:
+        done(ok)
+
+
 READ_INDEX_WAIT = 2.0  # seconds a follower waits for the leader's answer before using the log
-_ReadDone = Callable[[bool], None]  # True: serve the read now; False: go through the log instead
+_ReadDone = Callable[[bool], None]  # called on the loop; True: serve the read now; False: use the log
 _HELD_ACKS = frozenset({"next_node_idx", "response_vote"})
 # Requests waiting for the log (not yet in a batch) beyond which new ones are refused with
 # RESOURCE_EXHAUSTED "etcdserver: too many requests" (etcd refuses past a gap of 5000 between
@@ -263,6 +268,11 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._force_send = True  # a heartbeat carrying the new round leaves at the end of this tick
         self._check_reads()
 
+    def _deliver(self, waiting: list[_ReadDone], ok: bool) -> None:
+        """Answer reads on the event loop: one cross-thread call for a whole round."""
+        if waiting:
+            self._node.loop.call_soon_threadsafe(_answer_reads, waiting, ok)
+
     def _leader_unchanged(self) -> bool:
         """Whether a request to the leader is still in flight. One sent to another member than
         the current leader, or more than READ_INDEX_WAIT ago, may never be answered: it is
@@ -272,8 +282,7 @@ class _Raft(SyncObj):  # type: ignore[misc]
         for rid, (leader_id, waiting, sent) in list(self._remote_pending.items()):
             if leader is None or leader.id != leader_id or now - sent > READ_INDEX_WAIT:
                 del self._remote_pending[rid]
-                for done in waiting:
-                    done(False)
+                self._deliver(waiting, False)
         return bool(self._remote_pending)
 
     def _ask_leader(self, new: list[_ReadDone]) -> None:
@@ -283,8 +292,7 @@ class _Raft(SyncObj):  # type: ignore[misc]
         if not new:
             return
         if leader is None or not self.isNodeConnected(leader):
-            for done in new:
-                done(False)
+            self._deliver(new, False)
             return
         self._remote_seq += 1
         self._remote_pending[self._remote_seq] = (leader.id, new, time.monotonic())
@@ -301,8 +309,7 @@ class _Raft(SyncObj):  # type: ignore[misc]
         if entry is None:
             return
         if index is None:
-            for done in entry[1]:
-                done(False)
+            self._deliver(entry[1], False)
             return
         self._confirmed.append((index, entry[1]))
         self._drain_confirmed()
@@ -339,20 +346,19 @@ class _Raft(SyncObj):  # type: ignore[misc]
         if not self._confirmed:
             return
         applied = self.raftLastApplied
-        keep = []
+        keep, ready = [], []
         for index, waiting in self._confirmed:
             if index <= applied:
-                for done in waiting:
-                    done(True)
+                ready += waiting
             else:
                 keep.append((index, waiting))
         self._confirmed = keep
+        self._deliver(ready, True)
 
     def _lost_leadership(self) -> None:
         """Rounds not confirmed yet cannot be: local reads go through the log, followers are told."""
         for _, _, local, remote in self._confirming:
-            for done in local:
-                done(False)
+            self._deliver(local, False)
             for node, rid in remote:
                 self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": None})
         self._confirming.clear()
@@ -543,14 +549,10 @@ class RaftNode:
             return
         self._admit()
         fut: asyncio.Future[bool] = self.loop.create_future()
-        loop = self.loop
 
-        def done(ok: bool) -> None:  # tick thread
-            def deliver() -> None:
-                if not fut.done():
-                    fut.set_result(ok)
-
-            loop.call_soon_threadsafe(deliver)
+        def done(ok: bool) -> None:  # on the loop (_Raft._deliver)
+            if not fut.done():
+                fut.set_result(ok)
 
         with self.raft.read_lock:
             first = not self.raft.read_waiting
