@@ -6,8 +6,8 @@ A 3-member group of real RaftNodes in this process (TCP on loopback, real journa
 fdatasync, no gRPC in front), so the figure is the cost of making a read linearizable, not of
 serving it. For each mode, `concurrency` tasks call `linearizable_read()` in a loop for
 `seconds` on the leader, then on a follower, while one task writes a key every 10 ms (reads
-must wait for it); reports reads/s, p50/p99, and the log entries the reads added. Prints JSON;
-docs/scale.md quotes a run.
+must wait for it); reports reads/s, p50/p99, and the log entries the reads added. Prints JSON
+and writes bench/results/readindex.json (with bench/meta.py's date, machine, load, versions).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import Any
 
+from bench import meta
 from controlplane.store import mvcc
 from controlplane.store.cluster import free_addr
 from controlplane.store.raft import RaftNode
@@ -94,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=64)
     args = p.parse_args(argv)
-    print(json.dumps(asyncio.run(main_async(args.seconds, args.concurrency)), indent=2))
+    run = meta.start("readindex")
+    results = asyncio.run(main_async(args.seconds, args.concurrency))
+    results["params"] = {"seconds": args.seconds, "concurrency": args.concurrency, "members": 3,
+                         "write_every_ms": 10}
+    print(json.dumps(results, indent=2))
+    print(f"wrote {run.write(results)}")
     return 0
 
 

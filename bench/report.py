@@ -199,6 +199,20 @@ def vm_e2e_rows(r: dict[str, Any]) -> list[Row]:
              _yes(r["failed"] == 0) + " (separate target)")]
 
 
+def readindex_rows(r: dict[str, Any]) -> list[Row]:
+    def one(mode: str) -> str:
+        m = r[mode]
+        return (f"leader {_n(m['leader']['reads_per_s'])}/s (p50 {m['leader']['p50_ms']:.1f} ms), "
+                f"follower {_n(m['follower']['reads_per_s'])}/s (p50 {m['follower']['p50_ms']:.1f} ms), "
+                f"{max(m['leader']['log_entries_per_read'], m['follower']['log_entries_per_read']):.3f} log entries "
+                "per read")
+
+    return [("linearizable reads, 64 readers, Raft layer only (no gRPC): ReadIndex", "no log write (#16)",
+             one("read_index"), _yes(r["read_index"]["leader"]["log_entries_per_read"] == 0
+                                     and r["read_index"]["follower"]["log_entries_per_read"] == 0)),
+            ("the same through the log barrier (before)", "—", one("log_barrier"), "—")]
+
+
 def scale_rows(r: dict[str, Any]) -> list[Row]:
     """bench/scale.py: one column of figures per store it ran on (Skiff's store, etcd)."""
     p = r["params"]
@@ -259,6 +273,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("e2e", "end to end (lab: 1 control-plane host, 2 workers)", e2e_rows),
     ("dns", "cluster DNS (the server in a child process on loopback)", dns_rows),
     ("vm-e2e", "end to end on the VM lab (workers are QEMU guests: TCG, -smp 1)", vm_e2e_rows),
+    ("readindex", "store reads (3 RaftNodes in one process)", readindex_rows),
     ("scale", "scale scenario (3 store members, 3 api-servers, hollow nodes)", scale_rows),
     ("scale-small", "scale scenario, small size (`--small`)", scale_rows),
 ]
