@@ -44,6 +44,7 @@ import grpc
 
 from bench import meta
 from deploy.loopback import Process, start_apiserver, start_etcd
+from nodeagent.hollow import HOLLOW_POD_NET
 from skiff import errors
 from skiff.client import Client
 from skiff.informer import Informer
@@ -195,6 +196,9 @@ def start_control_plane(c: Cluster, apiservers: int) -> None:
         c.add(a.name, a.pid)
     for name, module in (("controllers", "controlplane.controllers"), ("scheduler", "controlplane.scheduler")):
         argv = [sys.executable, "-m", module, "--api-servers", c.api_endpoints, "--identity", name]
+        if name == "controllers":
+            # The default cluster CIDR (a /16) has 256 node /24s; hollow nodes' pods use a /9.
+            argv += ["--cluster-cidr", str(HOLLOW_POD_NET), "--node-cidr-mask-size", "24"]
         p = Process(name, argv, c.workdir / f"{name}.log", "127.0.0.1", 0, env=_env(), ready=_alive).start()
         c.processes.append(p)
         c.add(name, p.pid)
