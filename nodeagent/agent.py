@@ -161,6 +161,7 @@ class NodeAgent:
         self.ready: t.NodeCondition | None = None
         self.pressure: list[t.NodeCondition] = []
         self._last_node_write = 0.0
+        self._lease: t.Lease | None = None  # the node's Lease as this agent last wrote it
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._network_kick = asyncio.Event()
@@ -384,16 +385,31 @@ class NodeAgent:
         return changed
 
     async def renew_lease(self) -> None:
+        """One write per renewal, as the kubelet does: the Lease this agent wrote last is updated;
+        it is read again only when that write conflicts (someone else changed it) or at start.
+        At 1,000 nodes renewing every 10 s this halves the lease traffic (no GET each time)."""
         now = self.clock()
+        lease = self._lease
+        if lease is not None:
+            try:
+                self._lease = await self.client.update(self._renewed(lease, now))
+                return
+            except (errors.ConflictError, errors.NotFoundError):
+                self._lease = None
         try:
             lease = await self.client.get(t.Lease, self.config.node_name, nodeobj.LEASE_NAMESPACE)
         except errors.NotFoundError:
-            await self.client.create(nodeobj.build_lease(self.config.node_name, now))
+            self._lease = await self.client.create(nodeobj.build_lease(self.config.node_name, now))
             return
+        self._lease = await self.client.update(self._renewed(lease, now))
+
+    def _renewed(self, current: t.Lease, now: float) -> t.Lease:
+        lease = t.Lease()
+        lease.CopyFrom(current)
         lease.spec.holder_identity = self.config.node_name
         lease.spec.lease_duration_seconds = nodeobj.LEASE_DURATION
         stamp(lease.spec.renew_time, now)
-        await self.client.update(lease)
+        return lease
 
     async def _lease_loop(self) -> None:
         while True:
