@@ -57,6 +57,12 @@ PROBE_NAMESPACE = "scale-probe"
 NAMESPACE = "scale"
 STAMP = "bench.skiff.io/written-at"
 SERVICE_PORT = 80
+# Longer than the defaults (10 s lease, 7 s renew deadline, 2 s retry): at 1,000 nodes on a
+# loaded 2-core machine the controller manager's renewals time out, it loses the lease, restarts
+# every controller (a relist that blocks its loop long enough to lose the lease again) and the
+# run stalls (docs/scale.md). One instance of each runs, so nobody else would take over anyway.
+LEADER_ELECTION = ("--leader-elect-lease-duration", "60s", "--leader-elect-renew-deadline", "45s",
+                   "--leader-elect-retry-period", "5s")
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,8 @@ def start_control_plane(c: Cluster, apiservers: int) -> None:
         c.apiservers.append(a)
         c.add(a.name, a.pid)
     for name, module in (("controllers", "controlplane.controllers"), ("scheduler", "controlplane.scheduler")):
-        argv = [sys.executable, "-m", module, "--api-servers", c.api_endpoints, "--identity", name]
+        argv = [sys.executable, "-m", module, "--api-servers", c.api_endpoints, "--identity", name,
+                *LEADER_ELECTION]
         if name == "controllers":
             # The default cluster CIDR (a /16) has 256 node /24s; hollow nodes' pods use a /9.
             argv += ["--cluster-cidr", str(HOLLOW_POD_NET), "--node-cidr-mask-size", "24"]
@@ -363,9 +370,10 @@ async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
     return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
-async def scenario(c: Cluster, size: Size, timeout: float) -> dict[str, Any]:
+async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any]) -> None:
+    """Fills `out` phase by phase, so a phase that times out leaves the figures of the others."""
     client = Client(c.api_endpoints)
-    out: dict[str, Any] = {}
+    probe: Probe | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         for ns in (NAMESPACE, PROBE_NAMESPACE):
@@ -373,7 +381,8 @@ async def scenario(c: Cluster, size: Size, timeout: float) -> dict[str, Any]:
                 n = t.Namespace(api_version="v1", kind="Namespace")
                 n.metadata.name = ns
                 await client.create(n)
-        tracker, probe = Tracker(client), Probe(client)
+        tracker = Tracker(client)
+        probe = Probe(client)
         for inf in [*tracker.informers(), probe.informer]:
             tasks.append(asyncio.create_task(inf.run()))
         for inf in [*tracker.informers(), probe.informer]:
@@ -452,9 +461,9 @@ async def scenario(c: Cluster, size: Size, timeout: float) -> dict[str, Any]:
                        lambda: f"{len(tracker.pods.list())} pods left")
         out["delete_all_s"] = round(time.monotonic() - t3, 2)
         out["store_size_mb_at_end"] = store_size_mb(c.store_endpoints)
-        out["api"] = probe.results()
-        return out
     finally:
+        if probe is not None:
+            out["api"] = probe.results()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -474,7 +483,7 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace) -> dict[str, 
         start_hollow(c, size.nodes, args.nodes_per_process, extra)
         result["hollow_nodes_start_s"] = round(time.monotonic() - t1, 1)
         cpu_before = {comp.name: comp.cpu_s() for comp in c.components}
-        result.update(asyncio.run(scenario(c, size, args.timeout)))
+        asyncio.run(scenario(c, size, args.timeout, result))
         c.sample()
         result["components"] = {comp.name: {"peak_rss_mb": round(comp.peak_rss_mb, 1),
                                             "cpu_s": round(comp.cpu_s() - cpu_before.get(comp.name, 0.0), 1)}
@@ -487,6 +496,8 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace) -> dict[str, 
         result["error"] = str(exc)
         c.sample()
         result["components"] = {comp.name: {"peak_rss_mb": round(comp.peak_rss_mb, 1)} for comp in c.components}
+        result["control_plane_rss_mb"] = round(sum(v["peak_rss_mb"] for k, v in result["components"].items()
+                                                   if not k.startswith("hollow")), 1)
         log.error("scale run on %s failed: %s", store_kind, exc)
     finally:
         c.stop()
