@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -82,6 +83,7 @@ async def run_mode(read_index: bool, seconds: float, concurrency: int) -> dict[s
     finally:
         for n in nodes:
             await asyncio.to_thread(n.destroy)
+        shutil.rmtree(base, ignore_errors=True)
     return out
 
 
