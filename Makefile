@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e fuzz up down status lab lab-down \
-	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-report clean \
+	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-scale bench-scale-small bench-report clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -153,6 +153,11 @@ bench-dns: setup
 	$(BIN)/python -m bench.dns
 bench-netpol: setup
 	$(BIN)/python -m bench.netpol
+# Not part of `make bench`: the full scale scenario (bench/scale.py) takes the machine for a long time.
+bench-scale: setup
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+bench-scale-small: setup
+	$(BIN)/python -m bench.scale --small $(SCALE_ARGS)
 bench-report: setup
 	$(BIN)/python -m bench.report
 

@@ -196,8 +196,10 @@ def parse_endpoint(text: str, what: str = "--join") -> str:
 
 def plan_cluster(name: str, ip: str, peers: Sequence[tuple[str, str]], *, proxy_mode: str = "",
                  iptables_backend: str = "", service_cidr: str = "", cluster_cidr: str = "",
-                 cluster_token: str = "", python: str = sys.executable) -> render.ClusterConfig:
-    """A new cluster whose control plane is `name` plus `peers` (3 store members in all)."""
+                 cluster_token: str = "", python: str = sys.executable,
+                 external_store: render.ExternalStore | None = None) -> render.ClusterConfig:
+    """A new cluster whose control plane is `name` plus `peers` (3 store members in all, or
+    only api-servers there when `external_store` is an etcd cluster of the user's)."""
     hosts = [(name, ip), *peers]
     names = [h for h, _ in hosts]
     if len(set(names)) != len(names):
@@ -213,12 +215,30 @@ def plan_cluster(name: str, ip: str, peers: Sequence[tuple[str, str]], *, proxy_
         settings["serviceCidr"] = service_cidr
     if cluster_cidr:
         settings["clusterCidr"] = cluster_cidr
-    data = render.cluster_to_dict(render.ClusterConfig(members=render.plan_members(hosts)))
+    data = render.cluster_to_dict(render.ClusterConfig(members=render.plan_members(hosts),
+                                                       external_store=external_store))
     data.update(settings)
     try:
         return render.cluster_from_dict(data, python=python)
     except render.ConfigError as exc:
         raise InstallError(str(exc)) from exc
+
+
+def external_store(args: argparse.Namespace) -> render.ExternalStore | None:
+    """--external-etcd and its TLS files; the files must exist (they are read by every api-server)."""
+    files = {"--etcd-cafile": args.etcd_cafile, "--etcd-certfile": args.etcd_certfile,
+             "--etcd-keyfile": args.etcd_keyfile}
+    if not args.external_etcd:
+        given = [flag for flag, path in files.items() if path]
+        if given:
+            raise InstallError(f"{', '.join(given)} without --external-etcd")
+        return None
+    if bool(args.etcd_certfile) != bool(args.etcd_keyfile):
+        raise InstallError("--etcd-certfile and --etcd-keyfile go together")
+    for flag, path in files.items():
+        if path and not Path(path).is_file():
+            raise InstallError(f"{flag} {path}: no such file")
+    return render.ExternalStore(args.external_etcd, *(str(Path(p).resolve()) if p else "" for p in files.values()))
 
 
 def check_unchanged(cluster: render.ClusterConfig, *, peers: Sequence[tuple[str, str]], proxy_mode: str,
@@ -750,7 +770,8 @@ class Installer:
 
     def control_plane(self, *, name: str, ip: str, peers: Sequence[tuple[str, str]] = (), bundle: Path | None = None,
                       token: str = "", proxy_mode: str = "", iptables_backend: str = "",
-                      service_cidr: str = "", cluster_cidr: str = "") -> int:
+                      service_cidr: str = "", cluster_cidr: str = "",
+                      external_store: render.ExternalStore | None = None) -> int:
         check_name(name)
         check_ip(ip)
         if token:
@@ -774,7 +795,8 @@ class Installer:
                                 service_cidr=service_cidr, cluster_cidr=cluster_cidr, where=self.layout.cluster_file)
             else:
                 cluster = plan_cluster(name, ip, peers, proxy_mode=proxy_mode, iptables_backend=iptables_backend,
-                                       service_cidr=service_cidr, cluster_cidr=cluster_cidr, python=self.python)
+                                       service_cidr=service_cidr, cluster_cidr=cluster_cidr, python=self.python,
+                                       external_store=external_store)
         mine = cluster.members_on(name)
         if not mine:
             hosts = sorted({m.host for m in cluster.members})
@@ -1054,6 +1076,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="iptables flavour netproxy uses (default auto)")
     cp.add_argument("--service-cidr", default="", help=f"ClusterIP range (default {defaults.SERVICE_CIDR})")
     cp.add_argument("--cluster-cidr", default="", help=f"pod CIDR of the cluster (default {defaults.CLUSTER_CIDR})")
+    cp.add_argument("--external-etcd", default="", metavar="ENDPOINTS",
+                    help="use this etcd cluster (https://IP:2379,...) instead of running Skiff's store members")
+    cp.add_argument("--etcd-cafile", default="", help="CA of the external etcd's serving certificates")
+    cp.add_argument("--etcd-certfile", default="", help="client certificate for the external etcd")
+    cp.add_argument("--etcd-keyfile", default="", help="the client certificate's key")
     w = sub.add_parser("worker", parents=[common], help="install a worker and join it to a cluster")
     w.add_argument("--name", required=True, help="the node's name (a DNS label)")
     w.add_argument("--ip", required=True, help="the node's address (its InternalIP)")
@@ -1092,7 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
             return inst.control_plane(name=args.name, ip=args.ip, peers=parse_peers(args.peers),
                                       bundle=args.join_bundle, token=args.token, proxy_mode=args.proxy_mode,
                                       iptables_backend=args.iptables_backend, service_cidr=args.service_cidr,
-                                      cluster_cidr=args.cluster_cidr)
+                                      cluster_cidr=args.cluster_cidr, external_store=external_store(args))
         if args.command == "worker":
             if args.join and not args.token:
                 raise InstallError("--join needs --token (printed by the control-plane install)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import grpc
 
-from deploy import containerd, netplan, procs, render, vmhost
+from deploy import containerd, externaletcd, netplan, procs, render, vmhost
 from deploy.vm.guest import TapLink
 from deploy.vm.image import SHARE_DIR
 from skiff import config, defaults, errors, images, kubeconfig, pki, taints, tls
@@ -93,6 +94,9 @@ class LabSpec:
     vm_workers: bool = False
     proxy_modes: dict[str, str] = field(default_factory=dict)
     vm_timeout: float = 7200.0  # a guest's whole life: it is killed after this even if nobody stops it
+    # 3 etcd members (TLS, client certificates) on the first control-plane host instead of
+    # Skiff's store; the api-servers use them as an external store (deploy/externaletcd.py).
+    external_etcd: bool = False
 
     def network(self) -> netplan.LabNetwork:
         if self.combined:
@@ -141,6 +145,27 @@ class Lab:
         self.dir = root / spec.prefix
         self.net = spec.network()
         self.cluster = spec.cluster()
+        if spec.external_etcd:
+            pki = externaletcd.pki_paths(self.etcd_pki_dir)
+            self.cluster = dataclasses.replace(self.cluster, external_store=render.ExternalStore(
+                externaletcd.endpoints(self.etcd_members), str(pki.ca), str(pki.client_cert), str(pki.client_key)))
+
+    @property
+    def etcd_pki_dir(self) -> Path:
+        return self.dir / "etcd-pki"
+
+    @property
+    def etcd_members(self) -> tuple[externaletcd.Member, ...]:
+        return externaletcd.plan(self.net.host(self.control_plane_hosts[0]).ip)
+
+    def start_external_etcd(self) -> None:
+        host = self.control_plane_hosts[0]
+        pki = externaletcd.make_pki(self.etcd_pki_dir, [self.net.host(host).ip])
+        members = self.etcd_members
+        for m in members:
+            argv = externaletcd.member_argv(m, members, data_dir=self.dir / host / "etcd" / m.name, pki=pki,
+                                            token=f"skiff-lab-{self.spec.prefix}")
+            procs.start(m.name, argv, self.run_dir(host), netns=self.netns(host))
 
     # ------------------------------------------------------------------ layout
 
@@ -295,9 +320,13 @@ class Lab:
         self.password_file.chmod(0o600)
         self.ensure_pki()
         config.write_config(self.api_servers, path=self.config_path, credentials=self.admin)
+        if self.spec.external_etcd:
+            self.start_external_etcd()
+            progress(f"store: external etcd, {self.cluster.store_endpoints} started (TLS, client certificates)")
         for name in self.control_plane_hosts:
             self._start_specs(name, [s for s in self._specs(name) if s.name.startswith("store-")])
-        progress(f"store: {len(self.cluster.members)} members started")
+        if not self.spec.external_etcd:
+            progress(f"store: {len(self.cluster.members)} members started")
         for name in self.control_plane_hosts:
             self._start_specs(name, [s for s in self._specs(name) if s.name.startswith("apiserver-")])
         asyncio.run(self._wait_api(timeout))
@@ -536,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--vm-workers", action="store_true",
                     help="workers as QEMU guests (docs/vm.md); n1 proxies with IPVS, n2 with iptables")
     up.add_argument("--vm-timeout", type=float, default=7200.0, help="seconds after which the guests are killed")
+    up.add_argument("--external-etcd", action="store_true",
+                    help="run 3 etcd members (TLS) instead of Skiff's store; the api-servers use them")
     common(sub.add_parser("down", help="stop a lab and remove everything it created"))
     common(sub.add_parser("status", help="show a lab's hosts and daemons"))
     args = parser.parse_args(argv)
@@ -551,7 +582,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         lab = Lab(LabSpec(prefix=args.prefix, workers=args.workers, control_planes=args.control_planes,
                           lan_cidr=args.lan, proxy_mode=args.proxy_mode, vm_workers=args.vm_workers,
                           proxy_modes=dict(VM_PROXY_MODES) if args.vm_workers else {},
-                          vm_timeout=args.vm_timeout), root)
+                          vm_timeout=args.vm_timeout, external_etcd=args.external_etcd), root)
         lab.up(progress=lambda line: print(f"[lab {args.prefix}] {line}", flush=True))
         print(f"api-servers: {','.join(lab.api_servers)}")
         print(f"use it:      export SKIFF_CONFIG={lab.config_path}")

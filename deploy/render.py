@@ -62,7 +62,22 @@ class StoreMember:
 
 
 @dataclass(frozen=True)
+class ExternalStore:
+    """An etcd cluster used instead of Skiff's store members (k3s's --datastore-endpoint)."""
+
+    endpoints: str  # "https://10.0.0.5:2379,..." (or host:port without TLS)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def tls(self) -> tuple[str, str, str]:
+        return (self.ca_file, self.cert_file, self.key_file)
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
+    # Where the store members would run; with `external_store` only the api-servers run there.
     members: tuple[StoreMember, ...]
     service_cidr: str = defaults.SERVICE_CIDR
     cluster_cidr: str = defaults.CLUSTER_CIDR
@@ -80,9 +95,12 @@ class ClusterConfig:
     cluster_dns: str = defaults.NODE_LOCAL_DNS_IP  # each host's clusterdns listens here; pods use it
     dns_upstreams: str = ""  # where clusterdns forwards names outside the cluster (ip[:port],...); none: SERVFAIL
     python: str = sys.executable
+    external_store: ExternalStore | None = None
 
     @property
     def store_endpoints(self) -> str:
+        if self.external_store is not None:
+            return self.external_store.endpoints
         return ",".join(m.client_url for m in self.members)
 
     @property
@@ -155,9 +173,20 @@ def plan_members(hosts: Sequence[tuple[str, str]], *, members: int = 3) -> tuple
     return tuple(out)
 
 
+def apiserver_tls(host: HostConfig, external: ExternalStore | None) -> tls.ApiServerTLS:
+    """The api-server's TLS from the host's PKI; towards an external etcd, that etcd's client
+    files instead of the cluster's (no files: plaintext to it)."""
+    own = tls.apiserver_tls(host.pki)
+    if external is None:
+        return own
+    store = tls.Credentials(*external.tls) if all(external.tls) else None
+    return tls.ApiServerTLS(own.serving, store, own.kubelet)
+
+
 def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[DaemonSpec]:
     specs: list[DaemonSpec] = []
-    for m in cluster.members_on(host.name):
+    external = cluster.external_store
+    for m in cluster.members_on(host.name) if external is None else ():
         argv = daemons.store(
             cluster.python, name=m.name, data_dir=str(host.state_dir / "store" / m.name),
             listen_client=m.client_url, listen_peer=m.peer_url, initial_cluster=cluster.initial_cluster,
@@ -169,15 +198,15 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
     for m in cluster.members_on(host.name):
         # Each api-server prefers its own member, then the others.
         endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
-        argv = daemons.apiserver(cluster.python, store_endpoints=",".join(endpoints), listen=m.api_url,
-                                 http_listen=m.http_url,
+        argv = daemons.apiserver(cluster.python, listen=m.api_url, http_listen=m.http_url,
+                                 store_endpoints=external.endpoints if external else ",".join(endpoints),
                                  service_cidr=cluster.service_cidr, node_port_range=cluster.node_port_range,
-                                 node_name=host.name, tls=None if host.insecure else tls.apiserver_tls(host.pki),
+                                 node_name=host.name, tls=None if host.insecure else apiserver_tls(host, external),
                                  default_not_ready_toleration_seconds=cluster.default_toleration_seconds,
                                  default_unreachable_toleration_seconds=cluster.default_toleration_seconds,
                                  audit_log_path=str(host.state_dir / "apiserver" / f"audit-{m.name}.log"))
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
-                                after=(f"store-{m.name}",)))
+                                after=(f"store-{m.name}",) if external is None else ()))
     local_apis = [m.api_url for m in cluster.members_on(host.name)]
     others = [m.api_url for m in cluster.members if m.api_url not in local_apis]
     api_servers = ",".join(local_apis + others)
@@ -256,7 +285,8 @@ def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "
 # Settings that are the same on every host; `python` is not one (each host has its own).
 # In the file they are camelCase ("serviceCidr"), like the rest of Skiff's JSON.
 _CLUSTER_SETTINGS = {"".join(w if i == 0 else w.capitalize() for i, w in enumerate(f.name.split("_"))): f.name
-                     for f in fields(ClusterConfig) if f.name not in ("members", "python")}
+                     for f in fields(ClusterConfig) if f.name not in ("members", "python", "external_store")}
+_EXTERNAL_STORE = {"endpoints": "endpoints", "caFile": "ca_file", "certFile": "cert_file", "keyFile": "key_file"}
 
 
 # Settings older cluster files may hold that no longer mean anything; they are ignored.
@@ -276,6 +306,8 @@ def cluster_to_dict(cluster: ClusterConfig) -> dict[str, object]:
                     for m in cluster.members],
     }
     out.update({key: getattr(cluster, name) for key, name in _CLUSTER_SETTINGS.items()})
+    if cluster.external_store is not None:
+        out["externalStore"] = {key: getattr(cluster.external_store, name) for key, name in _EXTERNAL_STORE.items()}
     return out
 
 
@@ -303,7 +335,7 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
     """The inverse of cluster_to_dict; unknown keys and bad values are errors naming the field."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"cluster: expected an object, got {type(data).__name__}")
-    unknown = set(data) - {"members", *_CLUSTER_SETTINGS, *_REMOVED_SETTINGS}
+    unknown = set(data) - {"members", "externalStore", *_CLUSTER_SETTINGS, *_REMOVED_SETTINGS}
     if unknown:
         raise ConfigError(f"cluster: unknown field(s) {', '.join(sorted(unknown))}")
     raw_members = _field(data, "members", list, "cluster")
@@ -335,7 +367,20 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
     for key, name in _CLUSTER_SETTINGS.items():
         if key in data:
             settings[name] = _field(data, key, type(getattr(base, name)), "cluster")
-    cluster = ClusterConfig(members=tuple(members), python=python, **settings)  # type: ignore[arg-type]
+    external = None
+    if "externalStore" in data:
+        raw = data["externalStore"]
+        if not isinstance(raw, Mapping):
+            raise ConfigError("cluster.externalStore: expected an object")
+        extra = set(raw) - set(_EXTERNAL_STORE)
+        if extra:
+            raise ConfigError(f"cluster.externalStore: unknown field(s) {', '.join(sorted(extra))}")
+        external = ExternalStore(**{name: _str(raw, key, "cluster.externalStore")
+                                    for key, name in _EXTERNAL_STORE.items() if key in raw or key == "endpoints"})
+        if not external.endpoints:
+            raise ConfigError("cluster.externalStore.endpoints: empty")
+    cluster = ClusterConfig(members=tuple(members), python=python, external_store=external,
+                            **settings)  # type: ignore[arg-type]
     for key, value in (("serviceCidr", cluster.service_cidr), ("clusterCidr", cluster.cluster_cidr)):
         try:
             ipaddress.IPv4Network(value)

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_server_flags(p)
     tls.add_insecure_flag(p)
     g = p.add_argument_group("store and node agent client TLS")
-    g.add_argument("--etcd-cafile", default="", help="CA the store members' certificates chain to")
+    g.add_argument("--etcd-cafile", default="", help="CA the store's certificates chain to (its members' or an external etcd's)")
     g.add_argument("--etcd-certfile", default="", help="client certificate towards the store")
     g.add_argument("--etcd-keyfile", default="", help="its key")
     g.add_argument("--kubelet-client-certificate", default="", help="client certificate towards node agents")
@@ -82,18 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def tls_config(args: argparse.Namespace) -> tuple[tls.ServerTLS | None, tls.Credentials | None,
                                                    tls.Credentials | None]:
-    """(serving TLS, store credentials, node agent credentials); all None with --insecure."""
+    """(serving TLS, store credentials, node agent credentials); with --insecure the api-server
+    serves plaintext and reaches the agents so, but still reaches a store with the --etcd-* files
+    given (an external etcd with TLS)."""
+    etcd = [args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile]
+    if any(etcd) and not all(etcd):
+        raise tls.TLSConfigError("give all of --etcd-cafile, --etcd-certfile and --etcd-keyfile, or none")
     if args.insecure:
-        return None, None, None
+        return None, tls.Credentials(*etcd) if all(etcd) else None, None
     serving = tls.server_tls(args, require_client_cert=False)
     if not args.client_ca_file:
         raise tls.TLSConfigError("--client-ca-file is required: clients authenticate with certificates")
     for flag in ("kubelet_client_certificate", "kubelet_client_key", "kubelet_certificate_authority"):
         if not getattr(args, flag):
             raise tls.TLSConfigError(f"--{flag.replace('_', '-')} is required (or --insecure for development)")
-    etcd = [args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile]
-    if any(etcd) and not all(etcd):
-        raise tls.TLSConfigError("give all of --etcd-cafile, --etcd-certfile and --etcd-keyfile, or none")
     store = tls.Credentials(*etcd) if all(etcd) else None
     if store is None:
         # As kube-apiserver with an http:// etcd: allowed (an external etcd on loopback), but said.

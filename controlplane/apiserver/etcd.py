@@ -86,6 +86,13 @@ def _kv(kv: kv_pb2.KeyValue) -> KV:
     return KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
 
 
+def split_endpoints(endpoints: Sequence[str] | str) -> list[str]:
+    """"host:port" targets of endpoints given as host:port or http(s):// URLs (TLS is decided by
+    the credentials, as kube-apiserver's --etcd-cafile/--etcd-certfile/--etcd-keyfile)."""
+    raw = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    return [e.strip().removeprefix("https://").removeprefix("http://").rstrip("/") for e in raw if e.strip()]
+
+
 class _Endpoint:
     def __init__(self, target: str, credentials: Credentials | None) -> None:
         self.target = target
@@ -99,9 +106,8 @@ class EtcdStore:
     def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = 5.0, retry_for: float = 10.0,
                  credentials: Credentials | None = None) -> None:
         """`credentials`: mutual TLS with the store (its CA, the api-server's client certificate)."""
-        targets = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
         self.credentials = credentials
-        self.targets = [t.strip().removeprefix("http://").removeprefix("https://") for t in targets if t.strip()]
+        self.targets = split_endpoints(endpoints)
         if not self.targets:
             raise ValueError("no store endpoint given (--store-endpoints HOST:PORT[,HOST:PORT...])")
         self.timeout = timeout

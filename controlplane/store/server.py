@@ -6,7 +6,8 @@ compaction, the cluster ID), publishing this member's name and client URL, and l
 change of leader or peer reachability once. What must hold:
 
 - Writes go through the log; the response header carries the revision of that write.
-- Range and read-only Txn are linearizable unless `serializable`: they wait for a read barrier.
+- Range and read-only Txn are linearizable unless `serializable`: on the leader a ReadIndex
+  (no log write), elsewhere a read barrier through the log (raft.py).
 - Errors reach clients with etcd's gRPC codes and messages (errors.py).
 - Space: a write (put, txn with a put, lease grant) that would take the data past
   `quota_bytes` (etcd's --quota-backend-bytes), or arrives while the data dir's filesystem has
@@ -366,7 +367,7 @@ class Store:
         if serializable:
             return
         try:
-            await self.node.read_barrier()
+            await self.node.linearizable_read()
         except EtcdError as e:
             await context.abort(e.code, e.message)
 
