@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_server_flags(p)
     tls.add_insecure_flag(p)
     g = p.add_argument_group("store and node agent client TLS")
-    g.add_argument("--etcd-cafile", default="", help="CA the store's certificates chain to (its members' or an external etcd's)")
+    g.add_argument("--etcd-cafile", default="",
+                   help="CA the store's certificates chain to (its members' or an external etcd's)")
     g.add_argument("--etcd-certfile", default="", help="client certificate towards the store")
     g.add_argument("--etcd-keyfile", default="", help="its key")
     g.add_argument("--kubelet-client-certificate", default="", help="client certificate towards node agents")
