@@ -60,6 +60,13 @@ KINDS: tuple[Kind, ...] = (
     Kind("StatefulSet", "statefulsets", "apps/v1", t.StatefulSet, "stateful_set", True, ("sts",), "statefulset"),
     Kind("ControllerRevision", "controllerrevisions", "apps/v1", t.ControllerRevision, "controller_revision", True,
          (), "controllerrevision"),
+    # storage
+    Kind("StorageClass", "storageclasses", "storage.k8s.io/v1", t.StorageClass, "storage_class", False, ("sc",),
+         "storageclass"),
+    Kind("PersistentVolume", "persistentvolumes", "v1", t.PersistentVolume, "persistent_volume", False, ("pv",),
+         "persistentvolume"),
+    Kind("PersistentVolumeClaim", "persistentvolumeclaims", "v1", t.PersistentVolumeClaim, "persistent_volume_claim",
+         True, ("pvc",), "persistentvolumeclaim"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.
