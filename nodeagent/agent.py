@@ -450,7 +450,7 @@ class NodeAgent:
 def referenced_config(pod: t.Pod, *, config_maps: bool) -> set[str]:
     """Names of the ConfigMaps (or Secrets) a pod's env, envFrom and volumes refer to."""
     out: set[str] = set()
-    for c in pod.spec.containers:
+    for c in (*pod.spec.init_containers, *pod.spec.containers):
         for e in c.env:
             ref = e.value_from.config_map_key_ref if config_maps else e.value_from.secret_key_ref
             if ref.name:

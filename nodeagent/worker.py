@@ -191,7 +191,7 @@ class PodWorker:
         images: dict[str, bool] = {}
         if pod is not None and not P.is_deleting(pod):
             live = {(c.name) for c in cobs if c.state in ("running", "created")}
-            for spec in pod.spec.containers:
+            for spec in (*pod.spec.init_containers, *pod.spec.containers):
                 if spec.name not in live and spec.image not in images:
                     images[spec.image] = await runtime.image_status(spec.image) is not None
         known = {c.id for c in containers}
@@ -204,7 +204,7 @@ class PodWorker:
         """terminated.message of an exited container, read once from its file (or its log)."""
         if cid in self.cache.messages:
             return self.cache.messages[cid]
-        spec = next((c for c in pod.spec.containers if c.name == name), None)
+        spec = P.container_spec(pod, name)
         if self.ctx.volumes is None or spec is None or not spec.termination_message_path:
             return ""
         try:
@@ -310,7 +310,8 @@ class PodWorker:
             await self._pull(pod, action)
         elif isinstance(action, P.CreateContainer):
             assert pod is not None
-            spec = next(c for c in pod.spec.containers if c.name == action.container)
+            spec = P.container_spec(pod, action.container)
+            assert spec is not None
             sb_cfg = sandbox_config(pod, next(s.attempt for s in obs.sandboxes if s.id == action.sandbox_id),
                                     self.ctx.pod_settings)
             sandbox_ip = next((s.ip for s in obs.sandboxes if s.id == action.sandbox_id), "")
@@ -407,7 +408,7 @@ class PodWorker:
 
     async def _post_start(self, pod: t.Pod, action: P.StartContainer, obs: P.Observed) -> None:
         """Run the postStart hook; a failed hook kills the container (restartPolicy decides what follows)."""
-        spec = next((c for c in pod.spec.containers if c.name == action.container), None)
+        spec = P.container_spec(pod, action.container)
         if spec is None or not spec.lifecycle.HasField("post_start"):
             return
         sandbox = P.current_sandbox(obs)
@@ -421,7 +422,7 @@ class PodWorker:
 
     async def _pre_stop(self, pod: t.Pod | None, action: P.StopContainer, obs: P.Observed) -> int:
         """Run the preStop hook within the grace period; the seconds left for StopContainer (at least 2)."""
-        spec = None if pod is None else next((c for c in pod.spec.containers if c.name == action.container), None)
+        spec = None if pod is None else P.container_spec(pod, action.container)
         if pod is None or spec is None or not spec.lifecycle.HasField("pre_stop") or action.grace <= 0:
             return action.grace
         started = self.ctx.clock()
@@ -459,7 +460,7 @@ class PodWorker:
 
     async def write_status(self, pod: t.Pod, obs: P.Observed, plan: P.Plan) -> None:
         status = P.compute_status(pod, obs, self.memory, plan, self.ctx.clock(), host_ip=self.ctx.host_ip)
-        for cs in status.container_statuses:
+        for cs in (*status.init_container_statuses, *status.container_statuses):
             problem = self.config_errors.get(cs.name)
             if problem and cs.state.HasField("waiting"):
                 cs.state.waiting.reason, cs.state.waiting.message = "CreateContainerConfigError", problem
@@ -503,7 +504,7 @@ class PodWorker:
     def reconcile_probes(self, pod: t.Pod, obs: P.Observed) -> None:
         sandbox = P.current_sandbox(obs)
         want: dict[tuple[str, str], tuple[t.Container, t.Probe, str]] = {}
-        for spec in pod.spec.containers:
+        for spec in (*[c for c in pod.spec.init_containers if P.is_sidecar(c)], *pod.spec.containers):
             latest = P.latest_instance(obs, spec.name)
             if latest is None or latest.state != "running" or sandbox is None or not sandbox.ip:
                 continue
