@@ -25,6 +25,7 @@ from controlplane.controllers.job import JobController
 from controlplane.controllers.kubernetesservice import KubernetesServiceController
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycleController
+from controlplane.controllers.persistentvolume import PersistentVolumeController
 from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.controllers.resourcequota import ResourceQuotaController
 from controlplane.controllers.serviceaccount import ServiceAccountController
@@ -40,7 +41,7 @@ log = logging.getLogger("skiff.controllers.manager")
 
 ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
                    "serviceaccount", "resourcequota", "kubernetesservice", "job", "cronjob", "daemonset",
-                   "statefulset")
+                   "statefulset", "persistentvolume")
 COMPONENT = "controller-manager"
 
 
@@ -57,7 +58,7 @@ class Options:
     api_servers: Sequence[str] = ()
     workers: dict[str, int] = field(default_factory=lambda: {
         "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10,
-        "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5})
+        "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5, "persistentvolume": 2})
 
 
 def build(client: ApiClient, factory: InformerFactory, options: Options, *, recorder: EventRecorder,
@@ -105,6 +106,9 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "statefulset" in wanted:
         out.append(StatefulSetController(client, factory, recorder=recorder.scoped("statefulset-controller"),
                                          clock=clock))
+    if "persistentvolume" in wanted:
+        out.append(PersistentVolumeController(client, factory,
+                                              recorder=recorder.scoped("persistentvolume-controller")))
     return out
 
 
