@@ -36,7 +36,15 @@ from nodeagent.podconfig import (
 )
 from nodeagent.probes import ProbeLoop, run_hook
 from nodeagent.registryauth import pull_auth
-from nodeagent.volumes import VolumeManager, plan_mounts, termination_message
+from nodeagent.volumes import (
+    ClaimSource,
+    VolumeManager,
+    VolumeNotReady,
+    empty_dir_over_limit,
+    limited_empty_dirs,
+    plan_mounts,
+    termination_message,
+)
 from skiff import downward, errors
 from skiff.client import ApiClient
 from skiff.events import NORMAL, WARNING, Recorder
@@ -72,14 +80,16 @@ class WorkerContext:
     volumes: VolumeManager | None = None  # None: pods with volumes cannot be configured
     node_allocatable: Callable[[], dict[str, str]] = dict
     services: Callable[[], list[t.Service]] = list  # every Service the agent knows (environment variables)
+    claims: ClaimSource | None = None  # PersistentVolumeClaims and PersistentVolumes (persistentVolumeClaim volumes)
 
 
 class _ConfigFailure(Exception):
     """A container cannot be created yet: its env or volumes name something missing."""
 
-    def __init__(self, container: str, message: str) -> None:
+    def __init__(self, container: str, message: str, *, mount: bool = False) -> None:
         super().__init__(message)
         self.container = container
+        self.mount = mount  # a volume not ready yet (ContainerCreating, FailedMount), not a config error
 
 
 class _NoConfig:
@@ -91,6 +101,7 @@ class _NoConfig:
 
 
 CONFIG_RETRY = 2.0  # seconds; ConfigMap/Secret events also kick the worker at once
+DISK_CHECK_PERIOD = 10.0  # seconds between measurements of a pod's limited emptyDirs (the kubelet's housekeeping)
 POST_START_TIMEOUT = 30.0  # seconds a postStart hook may take
 
 
@@ -140,6 +151,8 @@ class PodWorker:
         self.last_pod: t.Pod | None = None
         self.syncs = 0
         self.config_errors: dict[str, str] = {}  # container -> why it cannot be created yet
+        self.mount_waits: set[str] = set()  # containers whose config error is a volume not ready yet
+        self.next_disk_check = 0.0
 
     def kick(self) -> None:
         self.kicked.set()
@@ -260,6 +273,7 @@ class PodWorker:
             self.last_pod = pod
         plan = P.Plan()
         obs = P.Observed()
+        disk_wake = self._check_empty_dirs(pod)
         for _ in range(MAX_STEPS):
             obs = await self.observe(pod)
             plan = P.compute_plan(pod, obs, self.memory, self.ctx.clock(), self.ctx.plan_config)
@@ -274,12 +288,19 @@ class PodWorker:
                 await self.apply(plan.actions[0], pod, obs)
             except _ConfigFailure as exc:
                 if self.config_errors.get(exc.container) != str(exc) and pod is not None:
-                    self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
+                    if exc.mount:
+                        self.ctx.events.event(pod, WARNING, "FailedMount", f"Unable to attach or mount volumes: {exc}")
+                    else:
+                        self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
                 self.config_errors[exc.container] = str(exc)
+                if exc.mount:
+                    self.mount_waits.add(exc.container)
+                else:
+                    self.mount_waits.discard(exc.container)
                 plan = replace(plan, wake_at=self.ctx.clock() + CONFIG_RETRY)
                 break
             pod = self.current_pod()
-        self.wake_at = plan.wake_at
+        self.wake_at = plan.wake_at if disk_wake is None else min(disk_wake, plan.wake_at or disk_wake)
         if pod is not None and not P.is_deleting(pod):
             if self.ctx.volumes is not None and pod.spec.volumes:
                 self.ctx.volumes.refresh(self._pod_view(pod, obs), self._config(),
@@ -289,6 +310,24 @@ class PodWorker:
         elif plan.actions:
             self.wake_at = self.ctx.clock() + 1.0
         return False
+
+    def _check_empty_dirs(self, pod: t.Pod | None) -> float | None:
+        """Measure the pod's limited disk emptyDirs (every DISK_CHECK_PERIOD); over a limit the pod is
+        evicted (Memory.eviction). When to measure again, None when there is nothing to measure."""
+        if pod is None or P.is_deleting(pod) or P.is_terminal(pod) or self.memory.eviction is not None \
+                or self.ctx.volumes is None or not limited_empty_dirs(pod):
+            return None
+        now = self.ctx.clock()
+        if now < self.next_disk_check:
+            return self.next_disk_check
+        self.next_disk_check = now + DISK_CHECK_PERIOD
+        message = empty_dir_over_limit(pod, self.ctx.volumes.empty_dir_usage(pod))
+        if message:
+            log.info("evicting pod %s: %s", self._name(), message)
+            self.memory = replace(self.memory, eviction=P.PodFailure("Evicted", message))
+            self.ctx.events.event(pod, WARNING, "Evicted", message)
+            return None
+        return self.next_disk_check
 
     # ------------------------------------------------------------ actions
 
@@ -391,13 +430,15 @@ class PodWorker:
             if pod.spec.volumes:
                 if self.ctx.volumes is None:
                     raise ContainerConfigError("this node agent has no volume directory")
-                paths = self.ctx.volumes.setup(view, self._config(), node_allocatable=allocatable)
+                paths = self.ctx.volumes.setup(view, self._config(), claims=self.ctx.claims,
+                                               node_allocatable=allocatable)
                 self.ctx.volumes.prepare_sub_paths(view, spec, paths)
             env = container_env(view, spec, self._config(), node_allocatable=allocatable,
                                 service_env=service_env(pod, self.ctx.services()))
         except (ContainerConfigError, downward.DownwardError, OSError) as exc:
-            raise _ConfigFailure(spec.name, str(exc)) from exc
+            raise _ConfigFailure(spec.name, str(exc), mount=isinstance(exc, VolumeNotReady)) from exc
         self.config_errors.pop(spec.name, None)
+        self.mount_waits.discard(spec.name)
         mounts = plan_mounts(pod, spec, paths)
         if self.ctx.volumes is not None and spec.termination_message_path:
             try:
@@ -463,7 +504,8 @@ class PodWorker:
         for cs in (*status.init_container_statuses, *status.container_statuses):
             problem = self.config_errors.get(cs.name)
             if problem and cs.state.HasField("waiting"):
-                cs.state.waiting.reason, cs.state.waiting.message = "CreateContainerConfigError", problem
+                reason = "ContainerCreating" if cs.name in self.mount_waits else "CreateContainerConfigError"
+                cs.state.waiting.reason, cs.state.waiting.message = reason, problem
         for name, w in plan.waiting.items():
             if w.reason == "CrashLoopBackOff" and not _was_waiting(pod, name, "CrashLoopBackOff"):
                 self.ctx.events.event(pod, WARNING, "BackOff", f"Back-off restarting failed container {name}")

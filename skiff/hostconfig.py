@@ -72,6 +72,11 @@ class NodePaths:
         return self.base / "volumes"
 
     @property
+    def local_volumes(self) -> Path:
+        """The local-path provisioner's volumes on this node (`<pv>_<namespace>_<claim>`)."""
+        return self.base / "storage"
+
+    @property
     def endpoint(self) -> str:
         return f"unix://{self.socket}"
 
