@@ -221,13 +221,19 @@ class PersistentVolumeController(QueueController):
             self.queue.add(f"{_CLAIM}{key}")
 
     async def run(self, *, workers: int = 1) -> None:
-        if self.ensure_default_class and not self.classes.list():
-            try:
-                await self.client.create(storage.default_storage_class())
-                log.info("created the default StorageClass %s", storage.DEFAULT_CLASS_NAME)
-            except errors.AlreadyExistsError:
-                pass
+        if self.ensure_default_class:
+            await self.ensure_default()
         await super().run(workers=workers)
+
+    async def ensure_default(self) -> None:
+        """Create the `local-path` StorageClass in a cluster that has no StorageClass at all."""
+        if self.classes.list():
+            return
+        try:
+            await self.client.create(storage.default_storage_class())
+            log.info("created the default StorageClass %s", storage.DEFAULT_CLASS_NAME)
+        except errors.AlreadyExistsError:
+            pass
 
     async def sync(self, key: str) -> None:
         if key.startswith(_VOLUME):
