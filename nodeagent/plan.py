@@ -412,7 +412,7 @@ def compute_plan(pod: t.Pod | None, obs: Observed, memory: Memory, now: float,
         wake.append(deadline)
 
     complete = initialized(pod, obs, memory)
-    for spec in pod.spec.init_containers:
+    for i, spec in enumerate(pod.spec.init_containers):
         done = complete or _init_done(spec, obs, memory, sandbox)
         if is_sidecar(spec) and done:
             _step(pod, spec, "Always", sandbox, obs, memory, now, config, actions, cleanup, waiting, wake)
@@ -422,7 +422,7 @@ def compute_plan(pod: t.Pod | None, obs: Observed, memory: Memory, now: float,
         _step(pod, spec, "Always" if is_sidecar(spec) else init_policy(pod), sandbox, obs, memory, now, config,
               actions, cleanup, waiting, wake)
         # Nothing after an init container that is not done yet may start.
-        for later in (*pod.spec.init_containers, *pod.spec.containers):
+        for later in (*pod.spec.init_containers[i + 1:], *pod.spec.containers):
             waiting.setdefault(later.name, Waiting("PodInitializing"))
         return Plan(tuple(actions + cleanup), waiting=waiting, wake_at=min(wake) if wake else None)
 
@@ -601,7 +601,7 @@ def compute_status(pod: t.Pod, obs: Observed, memory: Memory, plan: Plan, now: f
     """The pod's status as the node sees it; timestamps of unchanged conditions are kept."""
     out = t.PodStatus()
     statuses = [container_status(pod, c, obs, memory, plan.waiting.get(c.name)) for c in pod.spec.containers]
-    init_statuses = [container_status(pod, c, obs, memory, plan.waiting.get(c.name) or Waiting("PodInitializing"))
+    init_statuses = [container_status(pod, c, obs, memory, _init_waiting(plan.waiting.get(c.name), obs, c.name))
                      for c in pod.spec.init_containers]
     failure = None if is_terminal(pod) else pod_failure(pod, memory, now)
     if is_terminal(pod):
@@ -654,6 +654,14 @@ def compute_status(pod: t.Pod, obs: Observed, memory: Memory, plan: Plan, now: f
         _condition(prev, "Ready", ready, now, reason=reason, message=msg),
     ])
     return out
+
+
+def _init_waiting(waiting: Waiting | None, obs: Observed, name: str) -> Waiting | None:
+    """An init container not created yet waits PodInitializing (as the kubelet reports it), not ContainerCreating."""
+    if (waiting is None and latest_instance(obs, name) is None) or (waiting is not None
+                                                                   and waiting.reason == "ContainerCreating"):
+        return Waiting("PodInitializing")
+    return waiting
 
 
 def _init_status_done(s: t.ContainerStatus, sidecar: bool) -> bool:
