@@ -1040,7 +1040,17 @@ def validate(obj: Message) -> list[FieldError]:
                 and _is_zero(ru.max_unavailable)):
             errs.add("spec.updateStrategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0")
     elif isinstance(obj, t.StatefulSet):
-        _workload(errs, obj.spec)
+        # The template may mount the claim templates by name: each becomes a pod volume.
+        spec = obj.spec
+        if spec.volume_claim_templates:
+            spec = t.StatefulSetSpec()
+            spec.CopyFrom(obj.spec)
+            have = {v.name for v in spec.template.spec.volumes}
+            for claim in spec.volume_claim_templates:
+                if claim.metadata.name and claim.metadata.name not in have:
+                    spec.template.spec.volumes.add(name=claim.metadata.name).persistent_volume_claim.claim_name = \
+                        claim.metadata.name
+        _workload(errs, spec)
         _update_strategy(errs, "spec.updateStrategy", obj.spec.update_strategy.type, ("RollingUpdate", "OnDelete"))
         errs.enum("spec.podManagementPolicy", obj.spec.pod_management_policy, ("OrderedReady", "Parallel"))
         if obj.spec.update_strategy.rolling_update.HasField("partition"):
