@@ -80,3 +80,42 @@ def test_claim_names_and_paths() -> None:
     assert storage.local_path("/s", "pvc-1", "ns", "c") == "/s/pvc-1_ns_c"
     assert storage.volume_node(t.PersistentVolume(spec=t.PersistentVolumeSpec(
         node_affinity=storage.node_affinity_for("n7")))) == "n7"
+
+
+def _c(name: str, cpu: str, *, sidecar: bool = False) -> t.Container:
+    c = t.Container(name=name)
+    c.resources.requests["cpu"] = cpu
+    if sidecar:
+        c.restart_policy = "Always"
+    return c
+
+
+@pytest.mark.parametrize(("app", "init", "want"), [
+    (["100m", "200m"], [], 300),
+    (["100m"], [("500m", False)], 500),
+    (["400m"], [("100m", False), ("200m", False)], 400),
+    (["100m"], [("50m", True), ("300m", False)], 350),
+    (["100m"], [("300m", False), ("50m", True)], 300),
+    (["100m"], [("50m", True), ("60m", True)], 210),
+], ids=["apps-only", "big-init", "init-below-apps", "sidecar-beside-later-init", "sidecar-after-init",
+        "sidecars-add-to-apps"])
+def test_effective_cpu_request_with_init_containers(app: list[str], init: list[tuple[str, bool]], want: int) -> None:
+    from skiff import podresources, quantity
+
+    p = t.Pod()
+    p.spec.containers.extend(_c(f"a{i}", cpu) for i, cpu in enumerate(app))
+    p.spec.init_containers.extend(_c(f"i{i}", cpu, sidecar=side) for i, (cpu, side) in enumerate(init))
+    assert podresources.effective(p.spec, lambda c: quantity.cpu_millis(c.resources.requests["cpu"]), 0) == want
+
+
+def test_claim_quota_usage() -> None:
+    from skiff import quota
+
+    pvc = t.PersistentVolumeClaim(api_version="v1", kind="PersistentVolumeClaim")
+    pvc.spec.storage_class_name = "fast"
+    pvc.spec.resources.requests["storage"] = "2Gi"
+    used = quota.usage(pvc)
+    assert used["requests.storage"] == 2 << 30
+    assert used["fast.storageclass.storage.k8s.io/requests.storage"] == 2 << 30
+    assert used["persistentvolumeclaims"] == 1
+    assert quota.fmt("requests.storage", used["requests.storage"]) == "2Gi"
