@@ -100,3 +100,14 @@ def test_storage_columns() -> None:
                                   wide=True)
     assert header[-1] == "VOLUMEMODE"
     assert row == ["data", "Bound", "pvc-1", "1Gi", "RWO", "local-path", "<unset>", "65s", "Filesystem"]
+
+
+def test_describe_pod_shows_init_containers_and_claims() -> None:
+    from skiff.cli.describe import render
+
+    p = init_pod(DONE, RUNNING)
+    p.metadata.namespace = "default"
+    p.spec.volumes.add(name="data").persistent_volume_claim.claim_name = "data-db-0"
+    text = render(p, [], now=NOW)
+    assert text.index("Init Containers:\n  i0:") < text.index("Containers:\n  app:")
+    assert "Type:       PersistentVolumeClaim" in text and "ClaimName:  data-db-0" in text
