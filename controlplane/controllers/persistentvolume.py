@@ -194,6 +194,7 @@ class PersistentVolumeController(QueueController):
         self.queue.add(f"{_CLAIM}{pvc.metadata.namespace}/{pvc.metadata.name}")
 
     def _claim_deleted(self, pvc: t.PersistentVolumeClaim) -> None:
+        self._events = {e for e in self._events if e[0] != pvc.metadata.uid}
         self._claim(pvc)
         if pvc.spec.volume_name:
             self.queue.add(f"{_VOLUME}{pvc.spec.volume_name}")
