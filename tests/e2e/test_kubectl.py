@@ -88,6 +88,9 @@ def test_discovery_and_unknown_kinds(kubectl: Callable[..., subprocess.Completed
     resources = kubectl("api-resources").stdout
     assert any(line.split()[:2] == ["deployments", "deploy"] for line in resources.splitlines())
     assert any(line.split()[:2] == ["pods", "po"] for line in resources.splitlines())
+    assert any(line.split()[:2] == ["persistentvolumeclaims", "pvc"] for line in resources.splitlines())
+    eventually(lambda: "local-path (default)   skiff.io/local-path   Delete" in kubectl("get", "sc").stdout,
+               timeout=30, what="the default StorageClass in kubectl get sc")
     unknown = kubectl("get", "widgets", check=False)
     assert unknown.returncode != 0
     assert 'the server doesn\'t have a resource type "widgets"' in unknown.stderr
