@@ -69,6 +69,9 @@ class Target:
     subresource: str = ""
 
 
+# Subresources created with POST on a named object.
+POSTED_SUBRESOURCES = frozenset({"binding", "eviction"})
+
 TARGET = web.RequestKey("target", Target)
 NAME = web.RequestKey("name", str)  # the object's name when it comes from the body (create)
 WARNINGS = web.RequestKey("warnings", list)  # Warning headers of the response (unknown fields)
@@ -267,6 +270,8 @@ class KubeApi:
         method = request.method
         if not target.name:
             verb = {"GET": "watch" if _bool(q.get("watch")) else "list", "POST": "create"}.get(method)
+        elif method == "POST" and target.subresource in POSTED_SUBRESOURCES:
+            verb = "create"
         else:
             verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
         if verb is None:
@@ -613,8 +618,48 @@ class KubeApi:
             return await self.scale(request, target, verb)
         if sub == "log" and kind.resource == "pods" and verb == "get":
             return await self.logs(request, target)
+        if sub == "binding" and kind.resource == "pods" and verb == "create":
+            return await self.binding(request, target)
+        if sub == "eviction" and kind.resource == "pods" and verb == "create":
+            return await self.eviction(request, target)
         raise errors.NotFoundError(f"the server could not find the requested resource ({kind.resource}/{sub}, "
                                    f"{request.method})")
+
+    async def binding(self, request: web.Request, target: Target) -> web.Response:
+        """`POST pods/NAME/binding` (v1 Binding): what a scheduler does; the registry's bind, as gRPC's."""
+        data = await self._body(request)
+        if not isinstance(data, dict) or data.get("kind") not in (None, "", "Binding"):
+            raise st.BadRequest("the body must be a Binding (v1)")
+        meta = data.get("metadata") or {}
+        if meta.get("name") not in (None, "", target.name):
+            raise st.BadRequest(f"the Binding names pod {meta.get('name')}, the path {target.name}")
+        try:
+            binding = from_data({k: v for k, v in data.items() if k in ("metadata", "target")}, t.Binding)
+        except FieldError as exc:
+            raise errors.InvalidError(f"Binding: {exc}", causes=((exc.path, exc.problem),)) from exc
+        binding.metadata.name, binding.metadata.namespace = target.name, target.namespace
+        await self.registry.bind(binding)
+        return json_response(st.success(resource="pods", group="", name=target.name), status=201)
+
+    async def eviction(self, request: web.Request, target: Target) -> web.Response:
+        """`POST pods/NAME/eviction` (policy/v1 Eviction, what `kubectl drain` sends). Skiff has no
+        PodDisruptionBudget kind, so no budget can refuse it: an eviction is the graceful delete its
+        deleteOptions ask for (grace period, preconditions), as Kubernetes does when no budget
+        selects the pod."""
+        data = await self._body(request)
+        if not isinstance(data, dict) or data.get("kind") not in (None, "", "Eviction"):
+            raise st.BadRequest("the body must be an Eviction (policy/v1)")
+        meta = data.get("metadata") or {}
+        if meta.get("name") not in (None, "", target.name):
+            raise st.BadRequest(f"the Eviction names pod {meta.get('name')}, the path {target.name}")
+        options = data.get("deleteOptions") or {}
+        pre = options.get("preconditions") or {}
+        preconditions = api.Preconditions(uid=pre.get("uid") or "", resource_version=pre.get("resourceVersion")
+                                          or "") if pre else None
+        await self.registry.delete("pods", target.namespace, target.name,
+                                   grace_period=options.get("gracePeriodSeconds"), preconditions=preconditions,
+                                   propagation_policy=options.get("propagationPolicy") or "")
+        return json_response(st.success(resource="pods", group="", name=target.name), status=201)
 
     async def scale(self, request: web.Request, target: Target, verb: str) -> web.Response:
         current = await self.registry.get(target.kind.resource, target.namespace, target.name)

@@ -2,7 +2,8 @@
 into the JSON form every other body has, so one conversion (skiff.convert) follows.
 
 Typed clients send it: kubectl's typed commands (`kubectl create deployment|configmap|secret|
-namespace|serviceaccount`), helm (its release Secrets), `kubectl auth can-i` (accessreview.py).
+namespace|serviceaccount`), helm (its release Secrets), `kubectl drain` (Evictions), schedulers
+(Bindings), `kubectl auth can-i` (accessreview.py).
 
 The encoding: the 4 bytes `k8s\\0`, then a runtime.Unknown {1 typeMeta {1 apiVersion, 2 kind},
 2 raw, 3 contentEncoding, 4 contentType}; `raw` is the object in the field numbers of
@@ -114,6 +115,12 @@ SCHEMAS: dict[str, dict[int, Field]] = {
                       3: ("orphanDependents", B, False), 4: ("propagationPolicy", S, False), 5: ("dryRun", S, True)},
     "Preconditions": {1: ("uid", S, False), 2: ("resourceVersion", S, False)},
     # core/v1
+    "Binding": {1: ("metadata", META, False), 2: ("target", "ObjectReference", False)},
+    "ObjectReference": {1: ("kind", S, False), 2: ("namespace", S, False), 3: ("name", S, False),
+                        4: ("uid", S, False), 5: ("apiVersion", S, False), 6: ("resourceVersion", S, False),
+                        7: ("fieldPath", S, False)},
+    # policy/v1
+    "Eviction": {1: ("metadata", META, False), 2: ("deleteOptions", "DeleteOptions", False)},
     "Secret": {1: ("metadata", META, False), 2: ("data", ("map", "bytes"), False), 3: ("type", S, False),
                4: ("stringData", ("map", S), False), 5: ("immutable", B, False)},
     "ConfigMap": {1: ("metadata", META, False), 2: ("data", ("map", S), False),
@@ -146,7 +153,8 @@ SCHEMAS: dict[str, dict[int, Field]] = {
     "RollingUpdateDeployment": {1: ("maxUnavailable", "intstr", False), 2: ("maxSurge", "intstr", False)},
 }
 # The top-level kinds a body may be, by (apiVersion, kind).
-KINDS = {("v1", "Secret"), ("v1", "ConfigMap"), ("v1", "Namespace"), ("v1", "ServiceAccount"),
+KINDS = {("v1", "Binding"), ("policy/v1", "Eviction"), ("v1", "Secret"), ("v1", "ConfigMap"), ("v1", "Namespace"),
+         ("v1", "ServiceAccount"),
          ("apps/v1", "Deployment")}
 _ZERO_TIME = -62135596800  # Go's zero time.Time: metav1.Time's "unset"
 

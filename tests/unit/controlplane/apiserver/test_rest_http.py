@@ -118,6 +118,47 @@ async def test_protobuf_bodies(api: Api) -> None:
         assert r.status == 200
 
 
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+       "spec": {"containers": [{"name": "c", "image": "web:1"}]}}
+PODS = "/api/v1/namespaces/default/pods"
+
+
+@pytest.mark.parametrize("encoding", ["json", "protobuf"])
+async def test_binding_and_eviction(api: Api, encoding: str) -> None:
+    """What a scheduler and `kubectl drain` send (typed clients: protobuf)."""
+    assert (await api.call("POST", PODS, POD))[0] == 201
+    if encoding == "json":
+        code, bound = await api.call("POST", PODS + "/p/binding", {"apiVersion": "v1", "kind": "Binding",
+                                                                   "metadata": {"name": "p"},
+                                                                   "target": {"kind": "Node", "name": "n1"}})
+    else:
+        raw = body("v1", "Binding", ld(1, ld(1, "p")) + ld(2, ld(1, "Node") + ld(3, "n1")))
+        async with api.session.post(api.base + PODS + "/p/binding", data=raw,
+                                    headers={"Content-Type": k8sproto.PROTOBUF}) as r:
+            code, bound = r.status, await r.json()
+    assert (code, bound["status"]) == (201, "Success")
+    assert (await api.call("GET", PODS + "/p"))[1]["spec"]["nodeName"] == "n1"
+    code, again = await api.call("POST", PODS + "/p/binding", {"target": {"kind": "Node", "name": "n2"}})
+    assert (code, again["reason"]) == (409, "Conflict") and "already assigned" in again["message"]
+    stale = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p"},
+             "deleteOptions": {"preconditions": {"uid": "not-its-uid"}}}
+    code, refused = await api.call("POST", PODS + "/p/eviction", stale)
+    assert code == 409, refused
+    if encoding == "json":
+        code, evicted = await api.call("POST", PODS + "/p/eviction", {"apiVersion": "policy/v1", "kind": "Eviction",
+                                                                      "metadata": {"name": "p"}})
+    else:
+        raw = body("policy/v1", "Eviction", ld(1, ld(1, "p")) + ld(2, b""))
+        async with api.session.post(api.base + PODS + "/p/eviction", data=raw,
+                                    headers={"Content-Type": k8sproto.PROTOBUF}) as r:
+            code, evicted = r.status, await r.json()
+    assert (code, evicted["status"]) == (201, "Success")
+    code, pod = await api.call("GET", PODS + "/p")
+    assert code == 404 or "deletionTimestamp" in pod["metadata"]  # a bound pod goes gracefully
+    code, missing = await api.call("POST", PODS + "/nope/eviction", {"kind": "Eviction", "metadata": {"name": "nope"}})
+    assert (code, missing["reason"]) == (404, "NotFound")
+
+
 APPLY = "application/apply-patch+yaml"
 
 
