@@ -69,6 +69,10 @@ class Target:
     subresource: str = ""
 
 
+# pods/exec: the WebSocket subprotocols served (kubectl offers v5 first) and the channels.
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+STDOUT, STDERR, ERROR = 1, 2, 3
+
 # Subresources created with POST on a named object.
 POSTED_SUBRESOURCES = frozenset({"binding", "eviction"})
 
@@ -272,6 +276,8 @@ class KubeApi:
             verb = {"GET": "watch" if _bool(q.get("watch")) else "list", "POST": "create"}.get(method)
         elif method == "POST" and target.subresource in POSTED_SUBRESOURCES:
             verb = "create"
+        elif method in ("GET", "POST") and target.subresource == "exec":
+            verb = "create"  # as Kubernetes authorizes pods/exec
         else:
             verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
         if verb is None:
@@ -618,12 +624,46 @@ class KubeApi:
             return await self.scale(request, target, verb)
         if sub == "log" and kind.resource == "pods" and verb == "get":
             return await self.logs(request, target)
+        if sub == "exec" and kind.resource == "pods":
+            return await self.exec(request, target)
         if sub == "binding" and kind.resource == "pods" and verb == "create":
             return await self.binding(request, target)
         if sub == "eviction" and kind.resource == "pods" and verb == "create":
             return await self.eviction(request, target)
         raise errors.NotFoundError(f"the server could not find the requested resource ({kind.resource}/{sub}, "
                                    f"{request.method})")
+
+    async def exec(self, request: web.Request, target: Target) -> web.StreamResponse:
+        """`pods/NAME/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), what kubectl
+        exec speaks: each binary message is one channel byte (1 stdout, 2 stderr, 3 error) and its
+        data. The command runs to completion in the container (the node agent's Exec); its output
+        follows, then the error channel's Status: Success, or `NonZeroExitCode` with the exit code
+        as kubectl reads it (so `kubectl exec POD -- sh -c 'exit 3'` exits 3). No stdin and no tty:
+        the node agent's exec is not interactive; asking for them is a Failure Status, not a hang."""
+        q = request.query
+        command = q.getall("command", [])
+        ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS)
+        ready = ws.can_prepare(request)
+        if not ready.ok or ready.protocol is None:
+            raise st.BadRequest("pods/exec is served over WebSocket with the subprotocol v5.channel.k8s.io or "
+                                "v4.channel.k8s.io (SPDY is not served)")
+        await ws.prepare(request)
+        try:
+            if _bool(q.get("stdin")) or _bool(q.get("tty")):
+                raise errors.UnimplementedError("exec with stdin or a tty (-i, -t) is not supported by Skiff: the "
+                                                "command runs to completion without input")
+            result = await self.forwarder.exec(api.ExecRequest(namespace=target.namespace, pod=target.name,
+                                                               container=q.get("container", ""), command=command))
+            if result.stdout and q.get("stdout", "true") != "false":
+                await ws.send_bytes(bytes([STDOUT]) + result.stdout)
+            if result.stderr and q.get("stderr", "true") != "false":
+                await ws.send_bytes(bytes([STDERR]) + result.stderr)
+            outcome = exec_status(command, result.exit_code)
+        except errors.SkiffError as exc:
+            _, outcome = st.status(exc, resource="pods", name=target.name)
+        await ws.send_bytes(bytes([ERROR]) + json.dumps(outcome).encode())
+        await ws.close()
+        return ws
 
     async def binding(self, request: web.Request, target: Target) -> web.Response:
         """`POST pods/NAME/binding` (v1 Binding): what a scheduler does; the registry's bind, as gRPC's."""
@@ -729,6 +769,16 @@ class KubeApi:
             await response.prepare(request)
         await response.write_eof()
         return response
+
+
+def exec_status(command: list[str], exit_code: int) -> dict[str, Any]:
+    """The Status on exec's error channel: Kubernetes' words, the exit code where kubectl reads it."""
+    if exit_code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+            "message": f"command terminated with non-zero exit code: error executing command {command}, "
+                       f"exit code {exit_code}",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]}}
 
 
 def set_owners(obj: Message, owners: list[apply.Owner]) -> None:

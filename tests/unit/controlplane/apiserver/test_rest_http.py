@@ -15,6 +15,9 @@ from aiohttp import web
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.inprocess import InProcessApi, Options
 from controlplane.apiserver.rest import http, k8sproto
+from skiff.convert import from_data
+from skiffpb.api.v1 import apiserver_pb2
+from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.apiserver.test_rest_k8sproto import body, entry, ld
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
@@ -157,6 +160,67 @@ async def test_binding_and_eviction(api: Api, encoding: str) -> None:
     assert code == 404 or "deletionTimestamp" in pod["metadata"]  # a bound pod goes gracefully
     code, missing = await api.call("POST", PODS + "/nope/eviction", {"kind": "Eviction", "metadata": {"name": "nope"}})
     assert (code, missing["reason"]) == (404, "NotFound")
+
+
+class CommandRunner(Forwarder):
+    """The forwarder with the node agent's side played here: `sh -c 'echo X; exit N'` answers X
+    and N (the WebSocket protocol is what is under test; the e2e test runs a real container)."""
+
+    async def exec(self, request: apiserver_pb2.ExecRequest) -> apiserver_pb2.ExecResponse:
+        await self._resolve(request.namespace, request.pod, request.container)  # a missing pod: NotFound
+        script = request.command[-1]
+        code = int(script.rsplit("exit ", 1)[1]) if "exit " in script else 0
+        return apiserver_pb2.ExecResponse(stdout=b"out\n", stderr=b"err\n" if code else b"", exit_code=code)
+
+
+@pytest.mark.parametrize(("protocol", "script", "stdin", "expected"), [
+    ("v5.channel.k8s.io", "echo out", False, (b"out\n", b"", "Success", None)),
+    ("v5.channel.k8s.io", "exit 3", False, (b"out\n", b"err\n", "Failure", "3")),
+    ("v4.channel.k8s.io", "exit 7", False, (b"out\n", b"err\n", "Failure", "7")),
+    ("v5.channel.k8s.io", "echo out", True, (b"", b"", "Failure", None)),
+], ids=["v5-success", "v5-exit-3", "v4-exit-7", "stdin-refused"])
+async def test_exec_over_websocket(protocol: str, script: str, stdin: bool,
+                                   expected: tuple[bytes, bytes, str, str | None]) -> None:
+    inproc = InProcessApi(options=Options(compaction_interval=0.0))
+    await inproc.start()
+    runner, port = await http.start(inproc.registry, CommandRunner(inproc.registry), "127.0.0.1:0")
+    try:
+        await inproc.registry.create(from_data({**POD, "metadata": {"name": "p", "namespace": "default"}}, t.Pod))
+        await inproc.registry.bind(t.Binding(metadata=t.ObjectMeta(name="p", namespace="default"),
+                                             target=t.ObjectReference(kind="Node", name="n1")))
+        endpoints = t.NodeDaemonEndpoints(kubelet_endpoint=t.DaemonEndpoint(port=10250))
+        address = t.NodeAddress(type="InternalIP", address="127.0.0.1")
+        await inproc.registry.create(t.Node(metadata=t.ObjectMeta(name="n1"),
+                                            status=t.NodeStatus(daemon_endpoints=endpoints, addresses=[address])))
+        pod = await inproc.registry.get("pods", "default", "p")
+        pod.status.phase = "Running"
+        pod.status.container_statuses.add(name="c", state=t.ContainerState(running=t.ContainerStateRunning()))
+        await inproc.registry.update(pod, status=True)
+        query = f"command=sh&command=-c&command={script.replace(' ', '+')}&stdout=true&stderr=true"
+        if stdin:
+            query += "&stdin=true"
+        channels: dict[int, bytes] = {1: b"", 2: b"", 3: b""}
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"http://127.0.0.1:{port}{PODS}/p/exec?{query}", protocols=(protocol,)) as ws:
+            assert ws.protocol == protocol
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    channels[msg.data[0]] += msg.data[1:]
+        stdout, stderr, status, code = expected
+        assert (channels[1], channels[2]) == (stdout, stderr), channels[3]
+        outcome = json.loads(channels[3])
+        assert outcome["status"] == status
+        if code is not None:
+            assert outcome["reason"] == "NonZeroExitCode"
+            assert outcome["details"]["causes"] == [{"reason": "ExitCode", "message": code}]
+        if stdin:
+            assert "stdin" in outcome["message"]
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{port}{PODS}/p/exec?command=ls") as plain:
+            assert plain.status == 400 and "WebSocket" in (await plain.json())["message"]
+    finally:
+        await runner.cleanup()
+        await inproc.close()
 
 
 APPLY = "application/apply-patch+yaml"

@@ -44,10 +44,11 @@ def test_discovery_lists_short_names_and_categories(gv: str, name: str, short: l
     ("v1", "pods/status", True),
     ("v1", "pods/log", True),
     ("v1", "pods/binding", True),
+    ("v1", "pods/exec", True),
     ("v1", "pods/eviction", True),
     ("v1", "endpoints/status", False),
     ("v1", "services/scale", False),
-], ids=["deploy-scale", "rs-scale", "deploy-status", "pod-status", "pod-log", "pod-binding", "pod-eviction",
+], ids=["deploy-scale", "rs-scale", "deploy-status", "pod-status", "pod-log", "pod-binding", "pod-exec", "pod-eviction",
         "no-ep-status", "no-svc-scale"])
 def test_discovery_subresources(gv: str, name: str, present: bool) -> None:
     assert any(r["name"] == name for r in discovery.resources(gv)) is present
