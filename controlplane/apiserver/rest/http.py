@@ -501,7 +501,8 @@ class KubeApi:
                 raise errors.InvalidError(f"the apply configuration cannot be applied: {exc}") from exc
             new_doc.setdefault("kind", target.kind.kind)
             new_doc.setdefault("apiVersion", target.kind.api_version)
-            new_doc.pop("status", None) if current is None else None
+            if current is None:
+                new_doc.pop("status", None)  # a status is written through the status subresource only
             obj = self._parse(request, new_doc, target.kind)
             self._check_identity(obj, target)
             set_owners(obj, owners)
