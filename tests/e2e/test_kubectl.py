@@ -1,9 +1,12 @@
-"""The real kubectl (1.35, fetched by `make setup`) against a real one-host lab's Kubernetes
-REST API: discovery, apply, get in every output, watch, scale, logs, delete, unknown kinds.
+"""The real kubectl (1.35) and helm (4), fetched by `make setup`, against a real one-host lab's
+Kubernetes REST API: discovery, explain, apply (client-side and server-side), get in every output,
+watch, scale, logs, delete, unknown kinds, typed `create` (protobuf bodies), exec exit codes,
+drain (evictions), `skiff kubectl`, and helm's own scaffold through its whole release cycle.
 
 The lab is `make up`'s shape (one combined host, one store member) on its own LAN; kubectl
-reaches the api-server's HTTP port through the lab's uplink with a kubeconfig of this test's
-own (never the user's ~/.kube/config).
+reaches the api-server's HTTP port through the lab's uplink with the kubeconfig the lab writes
+(`Lab.write_kubeconfig`, as `skiff lab up` and `make up` do), into a file of this test's own
+(never the user's ~/.kube/config).
 """
 
 from __future__ import annotations
