@@ -27,7 +27,7 @@ def kubectl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
         pytest.fail(f"{KUBECTL} is missing: run `make setup`")
     workdir = Path(tmp_path_factory.mktemp("typed"))
     http = f"127.0.0.1:{free_port()}"
-    with control_plane(workdir, apiserver_args=["--http-listen", http]):
+    with control_plane(workdir, apiserver_args=["--http-listen", http]) as cp:
         config = kubeconfig.write_entry(f"http://{http}", path=workdir / "kubeconfig")
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,6 +36,7 @@ def kubectl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
             assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
             return done
 
+        run.grpc = cp.apiserver_endpoints  # type: ignore[attr-defined]
         yield run
 
 
@@ -66,6 +67,21 @@ def test_typed_create_sends_protobuf(kubectl: Kubectl, args: list[str], check: l
     created = kubectl(*args, "-v=8")
     assert "application/vnd.kubernetes.protobuf" in created.stderr  # what it sent
     assert kubectl("get", *check).stdout == expected
+
+
+def test_skiff_into_a_closed_pipe_ends_quietly(kubectl: Kubectl, tmp_path: Path) -> None:
+    """`skiff get ... | head -1` with more output than a pipe holds: no traceback. (Python may see the
+    closed pipe as a short write and end 0, or as EPIPE, which skiff ends as SIGPIPE would: 141.)"""
+    big = tmp_path / "big.yaml"
+    big.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: big}\ndata:\n"
+                   + "".join(f"  k{i}: {'x' * 900}\n" for i in range(400)))
+    kubectl("apply", "--server-side", "-f", str(big))
+    skiff = ROOT / ".venv" / "bin" / "skiff"
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {skiff} get cm big -o yaml --server {kubectl.grpc} "  # type: ignore[attr-defined]
+                           "| head -1"], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "apiVersion: v1\n", done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode in (0, 141), done.stderr
 
 
 def test_explain(kubectl: Kubectl) -> None:
