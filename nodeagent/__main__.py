@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from nodeagent import metrics
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import GrpcRuntime, Runtime
 from nodeagent.dns import DnsSettings, ResolvConf, parse_resolv_conf
@@ -22,8 +23,10 @@ from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
 from skiff import defaults, hostconfig
+from skiff import metrics as skiff_metrics
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
+from skiff.metrics import add_metrics_flag
 from skiff.validation import TAINT_EFFECTS
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often the runtime's pods are listed again (default 1s)")
     p.add_argument("--lease-period", type=duration, default=10.0,
                    help="how often the node's Lease is renewed (default 10s)")
+    add_metrics_flag(p, defaults.AGENT_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -138,9 +142,14 @@ async def run(args: argparse.Namespace) -> int:
     # The service is bound first: the Node publishes its port (daemonEndpoints.kubeletEndpoint).
     server, agent.config.port = await start_server(agent, args.listen)
     log.info("node agent %s serving logs/exec on port %d", args.node_name, agent.config.port)
+    metrics.NODE_NAME.labels(args.node_name).set(1)
+    health = skiff_metrics.Health(ready={
+        "runtime": lambda: agent.runtime_error and f"container runtime: {agent.runtime_error}",
+        "registered": skiff_metrics.ok_when(agent.registered.is_set, "the Node is not registered yet")})
     try:
-        await agent.start()
-        await asyncio.get_running_loop().create_future()  # until SIGTERM/SIGINT cancels us
+        async with skiff_metrics.serving(args.metrics_bind_address, health, what="node agent metrics"):
+            await agent.start()
+            await asyncio.get_running_loop().create_future()  # until SIGTERM/SIGINT cancels us
     finally:
         await agent.stop()
         await server.stop(1)

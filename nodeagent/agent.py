@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent import cri as rt
+from nodeagent import metrics, pressure
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
-from nodeagent import pressure
 from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
@@ -205,6 +205,7 @@ class NodeAgent:
     # ------------------------------------------------------------ relist (PLEG)
 
     async def relist_once(self) -> None:
+        started = time.perf_counter()
         try:
             sandboxes = await self.runtime.list_pod_sandbox()
             containers = await self.runtime.list_containers()
@@ -212,6 +213,15 @@ class NodeAgent:
             self.runtime_error = str(exc)
             self.runtime_status = None
             return
+        metrics.PLEG_RELIST.observe(time.perf_counter() - started)
+        metrics.PLEG_LAST_SEEN.set(time.time())
+        metrics.RUNNING_PODS.set(sum(1 for s in sandboxes if s.state == cri.SANDBOX_READY))
+        states = dict.fromkeys(metrics.CONTAINER_STATES, 0)
+        for c in containers:
+            state = cri.ContainerState.Name(c.state).removeprefix("CONTAINER_").lower()
+            states[state if state in states else "unknown"] += 1
+        for state, n in states.items():
+            metrics.RUNNING_CONTAINERS.labels(state).set(n)
         prints: dict[str, list[tuple[str, int]]] = {}
         for s in sandboxes:
             uid = s.labels.get(rt.LABEL_POD_UID)

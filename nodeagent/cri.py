@@ -16,6 +16,7 @@ from typing import Protocol
 
 import grpc
 
+from nodeagent import metrics
 from skiffpb.cri.v1 import api_pb2 as cri
 from skiffpb.cri.v1 import api_pb2_grpc as cri_grpc
 
@@ -93,9 +94,13 @@ class GrpcRuntime:
         self._img = cri_grpc.ImageServiceStub(self._channel)
 
     async def _call(self, stub: object, method: str, request: object, *, what: str, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        op = metrics.operation_type(method)
+        metrics.RUNTIME_OPERATIONS.labels(op).inc()
         try:
-            return await getattr(stub, method)(request, timeout=timeout or self.timeout)
+            with metrics.RUNTIME_DURATION.labels(op).time():
+                return await getattr(stub, method)(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
+            metrics.RUNTIME_ERRORS.labels(op).inc()
             raise _error(exc, what) from exc
 
     async def version(self) -> cri.VersionResponse:

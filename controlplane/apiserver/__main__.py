@@ -19,6 +19,7 @@ from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, StartupError, serve
 from skiff import defaults
 from skiff.daemon import add_verbose_flag, duration, setup_logging
+from skiff.metrics import add_metrics_flag
 
 log = logging.getLogger("skiff.apiserver")
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-unreachable-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
                    help="tolerationSeconds of the unreachable:NoExecute toleration added to every pod that has "
                         "none (default %(default)s)")
+    add_metrics_flag(p, defaults.APISERVER_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
-                    http_listen=args.http_listen, node_port_range=args.node_port_range, node_name=args.node_name,
+                    http_listen=args.http_listen, metrics_listen=args.metrics_bind_address,
+                    node_port_range=args.node_port_range, node_name=args.node_name,
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
                                     bookmark_interval=args.bookmark_interval,
                                     event_ttl=round(args.event_ttl),

@@ -25,14 +25,16 @@ import grpc
 import grpc.aio
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
+from prometheus_client import REGISTRY
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import caller, metrics
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
 from skiff import __version__, defaults, errors, identity, kinds
+from skiff import metrics as skiff_metrics
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -100,13 +102,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        method = handler_call_details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary), request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.unary_unary, method), request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream), request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.unary_stream, method), request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler
 
@@ -116,33 +119,37 @@ def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
     return identity.INSECURE_ADMIN
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str = "") -> Callable[..., Awaitable[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            _check_request(request)
-            with caller.acting_as(authenticate(context)):
-                return await behavior(request, context)
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            err = to_status(exc)
-            await context.abort(err.code, err.message, errors.trailing_metadata(err))
+        with metrics.track(metrics.grpc_info(method, request)) as tracked:
+            try:
+                _check_request(request)
+                with caller.acting_as(authenticate(context)):
+                    return await behavior(request, context)
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                err = to_status(exc)
+                tracked.code = metrics.code_of(err)
+                await context.abort(err.code, err.message, errors.trailing_metadata(err))
 
     return run
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str = "") -> Callable[..., AsyncIterator[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            _check_request(request)
-            with caller.acting_as(authenticate(context)):
-                async for item in behavior(request, context):
-                    yield item
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            err = to_status(exc)
-            await context.abort(err.code, err.message, errors.trailing_metadata(err))
+        with metrics.track(metrics.grpc_info(method, request)) as tracked:
+            try:
+                _check_request(request)
+                with caller.acting_as(authenticate(context)):
+                    async for item in behavior(request, context):
+                        yield item
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                err = to_status(exc)
+                tracked.code = metrics.code_of(err)
+                await context.abort(err.code, err.message, errors.trailing_metadata(err))
 
     return run
 
@@ -247,7 +254,17 @@ class Config:
     node_port_range: str = defaults.NODE_PORT_RANGE
     node_name: str = ""
     http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTP); empty: not served
+    metrics_listen: str = ""  # "host:port" for /metrics and the health checks (skiff/metrics.py); empty: not served
     options: Options = field(default_factory=Options)
+
+
+def health(registry: Registry) -> skiff_metrics.Health:
+    """Ready once every watch cache has been filled (kube-apiserver's informer-sync check)."""
+    def caches() -> str:
+        waiting = [r for r, c in registry.caches.items() if not c.ready.is_set()]
+        return f"watch caches not filled yet: {', '.join(sorted(waiting))}" if waiting else ""
+
+    return skiff_metrics.Health(ready={"informer-sync": caches})
 
 
 class StartupError(Exception):
@@ -317,6 +334,9 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder,
                                                                       node_name=config.node_name)),))
     http_runner: web.AppRunner | None = None
+    served: skiff_metrics.Served | None = None
+    collector = metrics.RegistryCollector(registry)
+    REGISTRY.register(collector)
     try:
         port = bind(server, config.listen)
         revision = await wait_for_store(store, stop=stop)
@@ -330,6 +350,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
             log.info("Kubernetes API (HTTP) on %s (port %d)", config.http_listen, http_port)
+        served = await skiff_metrics.serve(config.metrics_listen, health(registry), what="api-server metrics")
         log.info("api-server listening on %s (port %d), store %s, service CIDR %s", config.listen, port,
                  store.describe(), allocator.network.with_prefixlen)
         if ready is not None:
@@ -337,6 +358,9 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         await stop.wait()
         log.info("api-server stopping")
     finally:
+        REGISTRY.unregister(collector)
+        if served is not None:
+            await served.close()
         if http_runner is not None:
             await http_runner.cleanup()
         await server.stop(grace=1.0)

@@ -10,9 +10,10 @@ from controlplane.common.leaderelection import LeaderElector, add_leader_electio
 from controlplane.controllers import manager
 from controlplane.controllers.cidrset import CidrError, CidrSet
 from controlplane.controllers.nodelifecycle import EvictionOptions
-from skiff import defaults
+from skiff import defaults, metrics
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
+from skiff.metrics import add_metrics_flag
 
 log = logging.getLogger("skiff.controllers")
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent-endpoint-syncs", type=int, default=5)
     p.add_argument("--concurrent-gc-syncs", type=int, default=10)
     add_leader_election_flags(p, "skiff-controller-manager")
+    add_metrics_flag(p, defaults.CONTROLLERS_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -89,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     async def serve() -> None:
         client = Client(args.api_servers)
         try:
-            if election is None:
-                await manager.run(client, options)
-            else:
-                await LeaderElector(client, election).run(lambda: manager.run(client, options))
+            async with metrics.serving(args.metrics_bind_address, what="controller manager metrics"):
+                if election is None:
+                    await manager.run(client, options)
+                else:
+                    await LeaderElector(client, election).run(lambda: manager.run(client, options))
         finally:
             await client.close()
 

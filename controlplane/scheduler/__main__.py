@@ -7,8 +7,10 @@ import sys
 
 from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.scheduler import scheduler
+from skiff import defaults, metrics
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
+from skiff.metrics import add_metrics_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentage-of-nodes-to-score", type=int, default=0,
                    help="stop searching after this share of nodes fit (0: adaptive, as kube-scheduler)")
     add_leader_election_flags(p, "skiff-scheduler")
+    add_metrics_flag(p, defaults.SCHEDULER_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -41,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             await scheduler.run(client, percentage_of_nodes_to_score=args.percentage_of_nodes_to_score)
 
         try:
-            if election is None:
-                await lead()
-            else:
-                await LeaderElector(client, election).run(lead)
+            async with metrics.serving(args.metrics_bind_address, what="scheduler metrics"):
+                if election is None:
+                    await lead()
+                else:
+                    await LeaderElector(client, election).run(lead)
         finally:
             await client.close()
 

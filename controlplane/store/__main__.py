@@ -24,10 +24,15 @@ import signal
 import socket
 import sys
 
+from prometheus_client import REGISTRY
+
 from controlplane.store.disk import CorruptData
+from controlplane.store.metrics import StoreCollector
 from controlplane.store.raft import RaftTimings
 from controlplane.store.server import Store, StoreConfig, prepare_data_dir, url_to_addr
+from skiff import defaults, metrics
 from skiff.daemon import add_verbose_flag, duration, setup_logging
+from skiff.metrics import add_metrics_flag
 
 log = logging.getLogger("skiff.store")
 
@@ -84,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-count", type=int, default=20000, help="log entries between snapshots")
     p.add_argument("--election-timeout", type=duration, default=0.8,
                    help="minimum time without a leader before an election (max is twice this; default 800ms)")
+    add_metrics_flag(p, defaults.STORE_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -154,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
     )
 
 
-async def run(cfg: StoreConfig) -> None:
+async def run(cfg: StoreConfig, *, metrics_bind_address: str = "") -> None:
     check_port_free(cfg.listen_peer, "peers")
     check_port_free(cfg.listen_client, "clients")
     peers = prepare_data_dir(cfg)
@@ -172,12 +178,18 @@ async def run(cfg: StoreConfig) -> None:
         store.node.raft.destroy()
         raise SystemExit(f"cannot listen for peers on {cfg.listen_peer}") from None
     await store.start()
+    REGISTRY.register(StoreCollector(store))
+    health = metrics.Health(ready={"raft": lambda: "" if store.node.is_ready() and store.node.leader_addr()
+                                   else "no leader"})
+    served = await metrics.serve(metrics_bind_address, health, what=f"store member {cfg.name} metrics")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+    if served is not None:
+        await served.close()
     await store.stop()
 
 
@@ -189,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.verbose)
     cfg = config_from_args(args)
     lock_data_dir(cfg.data_dir)
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, metrics_bind_address=args.metrics_bind_address))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import grpc
 from controlplane.store import errors, mvcc, pbconv
 from controlplane.store.errors import EtcdError
 from controlplane.store.lessor import Lessor
+from controlplane.store.metrics import LEADER_CHANGES
 from controlplane.store.raft import MAX_PENDING, RETRY_MAX, RETRY_MIN, RaftNode, RaftTimings, member_id_for
 from controlplane.store.watch import WatchHub, WatchStream
 from skiff.guard import guard
@@ -288,6 +289,7 @@ class Store:
             else:
                 who = "this member" if leader == self.cfg.listen_peer else leader
                 log.info("leader is %s (term %d)", who, self.node.term)
+                LEADER_CHANGES.inc()
             self._leader_seen = leader
         for addr in self.node.peers():
             if addr == self.cfg.listen_peer:

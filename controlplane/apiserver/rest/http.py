@@ -27,8 +27,9 @@ from typing import Any
 import yaml
 from aiohttp import web
 from google.protobuf.message import Message
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import caller, metrics
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import discovery, openapi, patch, table
@@ -149,9 +150,44 @@ class KubeApi:
     # ------------------------------------------------------------------ routing
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._track, self._errors])
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         return app
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                     ) -> web.StreamResponse:
+        """Every request counts once in the api-server's metrics (controlplane/apiserver/metrics.py)."""
+        with metrics.track(self.request_info(request)) as tracked:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                tracked.code = exc.status
+                raise
+            tracked.code = response.status
+            return response
+
+    def request_info(self, request: web.Request) -> metrics.RequestInfo:
+        """What a request is in kube-apiserver's terms (verb, resource, scope) for the metrics."""
+        parts = [p for p in request.path.split("/") if p]
+        method = request.method
+        try:
+            if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
+                target = self._target("v1", parts[2:])
+            elif len(parts) >= 3 and parts[0] == "apis":
+                target = self._target(f"{parts[1]}/{parts[2]}", parts[3:])
+            else:
+                return metrics.RequestInfo(method)
+        except errors.SkiffError:
+            return metrics.RequestInfo(method)
+        if target.subresource in ("log", "exec", "attach", "portforward"):
+            verb = "CONNECT"
+        elif method == "GET" and not target.name:
+            verb = "WATCH" if _bool(request.query.get("watch")) else "LIST"
+        else:
+            verb = method
+        return metrics.request_info(verb, target.kind.resource, namespace=target.namespace, name=target.name,
+                                    subresource=target.subresource)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -192,6 +228,9 @@ class KubeApi:
         if path in ("/healthz", "/livez", "/readyz"):
             authorize(request, Attributes("get", path=path))
             return web.Response(text="ok", content_type="text/plain")
+        if path == "/metrics":
+            authorize(request, Attributes("get", path=path))
+            return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
         if path == "/version":
             return json_response(discovery.version_info())
         if path == "/api":
