@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-max", type=duration, default=300.0, help="CrashLoopBackOff maximum delay (default 5m)")
     p.add_argument("--relist-period", type=duration, default=1.0,
                    help="how often the runtime's pods are listed again (default 1s)")
+    p.add_argument("--housekeeping-interval", type=duration, default=10.0,
+                   help="time between two samples of the node's and pods' resource usage, the window of "
+                        "`kubectl top` (default 10s)")
     p.add_argument("--lease-period", type=duration, default=10.0,
                    help="how often the node's Lease is renewed (default 10s)")
     add_metrics_flag(p, defaults.AGENT_METRICS_PORT)
@@ -122,7 +125,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
         manage_network=not (args.no_network or args.fake_runtime),
         capacity=parse_kv(args.capacity, "--capacity"), labels=parse_kv(args.node_labels, "--node-labels"),
         taints=parse_taints(args.register_with_taints),
-        relist_period=args.relist_period, lease_period=args.lease_period,
+        relist_period=args.relist_period, lease_period=args.lease_period, stats_period=args.housekeeping_interval,
         plan=PlanConfig(backoff_base=args.backoff_base, backoff_max=args.backoff_max),
         dns=dns, pod_dir="" if args.fake_runtime else str(Path(args.state_dir) / "pod-data"),
     )

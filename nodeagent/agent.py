@@ -37,6 +37,7 @@ from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
+from nodeagent.stats import Sampler
 from nodeagent.volumes import VolumeManager
 from nodeagent.worker import PodWorker, WorkerContext
 from skiff import conditions, errors
@@ -68,6 +69,7 @@ class AgentConfig:
     manage_network: bool = True
     manage_sysctls: bool = True
     relist_period: float = 1.0
+    stats_period: float = 10.0  # between two usage samples (cAdvisor's housekeeping interval)
     lease_period: float = 10.0
     node_status_period: float = 60.0
     status_check_period: float = 1.0
@@ -137,6 +139,7 @@ class NodeAgent:
         self._network_kick = asyncio.Event()
         self.registered = asyncio.Event()
         self.started = asyncio.Event()
+        self.sampler = Sampler(runtime, node_name=config.node_name)
 
     # ------------------------------------------------------------ pods -> workers
 
@@ -255,6 +258,14 @@ class NodeAgent:
                     log.warning("removing orphaned volumes: %s", exc)
             passes += 1
             await asyncio.sleep(self.config.relist_period)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            try:
+                await self.sampler.sample()
+            except rt.CriError as exc:
+                log.debug("usage sample failed: %s", exc)
+            await asyncio.sleep(self.config.stats_period)
 
     # ------------------------------------------------------------ node, lease
 
@@ -430,6 +441,7 @@ class NodeAgent:
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))
+        self._tasks.append(guard(self._stats_loop(), "nodeagent-stats"))
         self.started.set()
 
     async def stop(self) -> None:

@@ -60,6 +60,8 @@ class Runtime(Protocol):
     async def list_containers(self, *, labels: Mapping[str, str] | None = None) -> list[cri.Container]: ...
     async def container_status(self, container_id: str) -> cri.ContainerStatus: ...
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse: ...
+    async def list_container_stats(self) -> list[cri.ContainerStats]: ...
+    async def list_pod_sandbox_stats(self) -> list[cri.PodSandboxStats]: ...
     async def image_status(self, image: str) -> cri.Image | None: ...
     async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None,
                          auth: cri.AuthConfig | None = None) -> str: ...
@@ -172,6 +174,16 @@ class GrpcRuntime:
         resp: cri.ExecSyncResponse = await self._call(self._rt, "ExecSync", req, what="ExecSync",
                                                       timeout=(timeout or 60) + 10)
         return resp
+
+    async def list_container_stats(self) -> list[cri.ContainerStats]:
+        resp = await self._call(self._rt, "ListContainerStats", cri.ListContainerStatsRequest(),
+                                what="ListContainerStats", timeout=10)
+        return list(resp.stats)
+
+    async def list_pod_sandbox_stats(self) -> list[cri.PodSandboxStats]:
+        resp = await self._call(self._rt, "ListPodSandboxStats", cri.ListPodSandboxStatsRequest(),
+                                what="ListPodSandboxStats", timeout=10)
+        return list(resp.stats)
 
     async def image_status(self, image: str) -> cri.Image | None:
         resp = await self._call(self._img, "ImageStatus", cri.ImageStatusRequest(image=cri.ImageSpec(image=image)),

@@ -31,6 +31,7 @@ from controlplane.apiserver import caller, metrics
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Options, Registry, store_error
+from controlplane.apiserver.resourcemetrics import ResourceMetrics
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
 from skiff import __version__, defaults, errors, identity, kinds
@@ -38,6 +39,7 @@ from skiff import metrics as skiff_metrics
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import metrics_pb2
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.apiserver")
@@ -165,6 +167,7 @@ class ApiServerService:
         self.registry = registry
         self.forwarder = forwarder
         self.node_name = node_name
+        self.resource_metrics = ResourceMetrics(registry, forwarder)
 
     async def Create(self, request: api.CreateRequest, context: Any) -> t.Object:
         obj = await self.registry.create(_unwrap(request.object), namespace=request.namespace,
@@ -216,6 +219,17 @@ class ApiServerService:
     async def Exec(self, request: api.ExecRequest, context: Any) -> api.ExecResponse:
         return await self.forwarder.exec(request)
 
+    async def NodeMetrics(self, request: metrics_pb2.MetricsRequest, context: Any) -> metrics_pb2.NodeMetricsList:
+        found = await self.resource_metrics.node_metrics(name=request.name, label_selector=request.label_selector)
+        return metrics_pb2.NodeMetricsList(items=[item for _, item in found])
+
+    async def PodMetrics(self, request: metrics_pb2.MetricsRequest, context: Any) -> metrics_pb2.PodMetricsList:
+        if request.name and not request.namespace:
+            raise errors.InvalidError("namespace: required with a pod name")
+        found = await self.resource_metrics.pod_metrics(namespace=request.namespace, name=request.name,
+                                                        label_selector=request.label_selector)
+        return metrics_pb2.PodMetricsList(items=[item for _, item in found])
+
     async def Version(self, request: api.VersionRequest, context: Any) -> api.VersionResponse:
         return api.VersionResponse(version=__version__, store=self.registry.store.describe(),
                                    service_cidr=self.registry.allocator.network.with_prefixlen,
@@ -243,6 +257,8 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
         "Logs": stream(service.Logs, api.LogsRequest),
         "Exec": unary(service.Exec, api.ExecRequest),
         "Version": unary(service.Version, api.VersionRequest),
+        "NodeMetrics": unary(service.NodeMetrics, metrics_pb2.MetricsRequest),
+        "PodMetrics": unary(service.PodMetrics, metrics_pb2.MetricsRequest),
     })
 
 

@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "skiff.cli.logs",
     "skiff.cli.exec",
     "skiff.cli.version",
+    "skiff.cli.top",
     "skiff.cli.clusterinfo",
     "skiff.cli.image",
     "skiff.cli.node",

@@ -17,6 +17,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import time
@@ -29,7 +30,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from controlplane.apiserver import caller, metrics
+from controlplane.apiserver import caller, metrics, resourcemetrics
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import discovery, openapi, patch, table
@@ -146,6 +147,7 @@ class KubeApi:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
+        self.resource_metrics = resourcemetrics.ResourceMetrics(registry, forwarder)
 
     # ------------------------------------------------------------------ routing
 
@@ -217,6 +219,8 @@ class KubeApi:
             simple = self._simple_get(request, parts)
             if simple is not None:
                 return simple
+        if len(parts) > 3 and parts[:3] == ["apis", resourcemetrics.GROUP, resourcemetrics.VERSION]:
+            return await self.metrics_api(request, parts[3:])
         if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
             return await self._resource(request, "v1", parts[2:])
         if len(parts) >= 3 and parts[0] == "apis":
@@ -510,6 +514,31 @@ class KubeApi:
             await response.prepare(request)
         await response.write_eof()
         return response
+
+    # ------------------------------------------------------------------ metrics.k8s.io
+
+    async def metrics_api(self, request: web.Request, rest: builtins.list[str]) -> web.Response:
+        """metrics.k8s.io/v1beta1: nodes[/NAME], pods, namespaces/NS/pods[/NAME] (get and list)."""
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 2 or rest[0] not in ("nodes", "pods") or (namespace and rest[0] == "nodes"):
+            raise errors.NotFoundError(f"the server could not find the requested resource ({request.path})")
+        if request.method != "GET":
+            raise errors.UnimplementedError(f"{request.method} is not supported on {request.path}")
+        resource, name = rest[0], rest[1] if len(rest) > 1 else ""
+        authorize(request, Attributes("get" if name else "list", resource, "", namespace, name, request.path))
+        selector = request.query.get("labelSelector", "")
+        now = self.clock()
+        if resource == "nodes":
+            nodes = await self.resource_metrics.node_metrics(name=name, label_selector=selector)
+            docs = [resourcemetrics.node_metrics_data(n, i, now=now) for n, i in nodes]
+            kind = "NodeMetrics"
+        else:
+            pods = await self.resource_metrics.pod_metrics(namespace=namespace, name=name, label_selector=selector)
+            docs = [resourcemetrics.pod_metrics_data(p, i, now=now) for p, i in pods]
+            kind = "PodMetrics"
+        return json_response(docs[0] if name else resourcemetrics.list_data(kind, docs))
 
     # ------------------------------------------------------------------ subresources
 

@@ -10,11 +10,14 @@ count that work must move.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dns.asyncquery
 import dns.message
@@ -38,6 +41,7 @@ class Cluster:
     http: str
     metrics: dict[str, str]  # daemon -> host:port of its metrics
     dns: str
+    work: Path
 
 
 def scrape(address: str) -> tuple[set[str], Samples]:
@@ -78,14 +82,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         procs.append(start_controllers(work, api, extra=["--metrics-bind-address", m["controllers"]]))
         procs.append(start_scheduler(work, api, extra=["--metrics-bind-address", m["scheduler"]]))
         procs.append(start_fake_node(work, api, "node-0", pod_cidr="10.200.0.0/24",
-                                     extra=["--metrics-bind-address", m["nodeagent"]]))
+                                     extra=["--metrics-bind-address", m["nodeagent"],
+                                            "--housekeeping-interval", "0.5"]))
         dns_addr = free_addr("127.0.0.1")
         procs.append(Process("clusterdns", [sys.executable, "-m", "clusterdns", "--api-servers", api, "--listen",
                                             dns_addr, "--interface", "", "--reverse-cidrs", "10.96.0.0/12",
                                             "--metrics-bind-address", m["clusterdns"]],
                              work / "clusterdns.log", "127.0.0.1", int(m["clusterdns"].rpartition(":")[2]),
                              env=_env()).start(timeout=60))
-        yield Cluster(api, http, m, dns_addr)
+        yield Cluster(api, http, m, dns_addr, work)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -185,3 +190,47 @@ async def test_work_moves_the_counters(cluster: Cluster) -> None:
     assert total(after_rest, "apiserver_request_total", **labels) - total(
         before_rest, "apiserver_request_total", **labels) == 1
 
+
+def run(cluster: Cluster, *argv: str) -> str:
+    """A CLI's output (kubectl with an empty kubeconfig: only --server counts)."""
+    kubeconfig = cluster.work / "kubeconfig"
+    kubeconfig.write_text("")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(cluster.work)})
+    assert done.returncode == 0, f"{argv}: {done.stderr}"
+    return done.stdout
+
+
+def usage(output: str, name: str) -> list[str]:
+    """The cells of `name`'s row in a `top` table."""
+    return next(line.split() for line in output.splitlines() if line.split()[:1] == [name])
+
+
+async def test_top_nodes_and_pods_through_kubectl_and_skiff(cluster: Cluster) -> None:
+    """The fake runtime's containers use 10 millicores and 4 MiB each; the node is this host."""
+    bin_dir = Path(sys.executable).parent
+    kubectl = [str(bin_dir / "kubectl"), "--server", f"http://{cluster.http}"]
+    skiff = [str(bin_dir / "skiff")]
+
+    def pods_listed() -> bool:
+        done = subprocess.run([*kubectl, "top", "pods"], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "KUBECONFIG": "/dev/null"})
+        return done.returncode == 0 and len(done.stdout.splitlines()) == 3
+
+    await eventually(pods_listed, "kubectl top pods to list the 2 pods")
+    out = run(cluster, *kubectl, "top", "pods")
+    assert out.splitlines()[0].split() == ["NAME", "CPU(cores)", "MEMORY(bytes)"]
+    for line in out.splitlines()[1:]:
+        name, cpu, memory = line.split()
+        assert name.startswith("web-") and 9 <= int(cpu.removesuffix("m")) <= 11 and memory == "4Mi", line
+    nodes = run(cluster, *kubectl, "top", "nodes")
+    _, cpu, cpu_pct, memory, mem_pct = usage(nodes, "node-0")
+    assert cpu.endswith("m") and memory.endswith("Mi") and int(memory.removesuffix("Mi")) > 0
+    assert cpu_pct.endswith("%") and mem_pct.endswith("%")
+    mine = run(cluster, *skiff, "top", "pods", "--containers", "--server", cluster.api)
+    rows = [line.split() for line in mine.splitlines()[1:]]
+    assert len(rows) == 2 and all(r[1] == "web" and r[3] == "4Mi" for r in rows), mine
+    assert usage(run(cluster, *skiff, "top", "nodes", "--server", cluster.api), "node-0")[3].endswith("Mi")
+    single = run(cluster, *kubectl, "get", "--raw",
+                 f"/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/{rows[0][0]}")
+    assert f'"name":"{rows[0][0]}"' in single and '"kind":"PodMetrics"' in single
