@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STATE ?= /var/lib/skiff/local
 DEB_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 iputils-ping util-linux \
 	busybox-static etcd-client etcd-server shellcheck procps kmod \
-	qemu-system-x86 linux-image-amd64 ipvsadm ipset
+	qemu-system-x86 linux-image-amd64 ipvsadm ipset chromium chromium-driver
 PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from controlplane.apiserver import caller, metrics, resourcemetrics
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.rest import discovery, openapi, patch, table
+from controlplane.apiserver.rest import dashboard, discovery, openapi, patch, table
 from controlplane.apiserver.rest import status as st
 from controlplane.apiserver.watchcache import BOOKMARK
 from skiff import errors, identity, kinds, labels
@@ -173,6 +173,8 @@ class KubeApi:
         """What a request is in kube-apiserver's terms (verb, resource, scope) for the metrics."""
         parts = [p for p in request.path.split("/") if p]
         method = request.method
+        if parts == ["dashboard", dashboard.WATCH]:
+            return metrics.RequestInfo("WATCH")  # long-running: not in flight, not in the latencies
         try:
             if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
                 target = self._target("v1", parts[2:])
@@ -215,6 +217,8 @@ class KubeApi:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
+        if request.method == "GET" and parts[:1] == ["dashboard"]:
+            return await self.dashboard(request, parts[1:])
         if request.method == "GET":
             simple = self._simple_get(request, parts)
             if simple is not None:
@@ -514,6 +518,57 @@ class KubeApi:
             await response.prepare(request)
         await response.write_eof()
         return response
+
+    # ------------------------------------------------------------------ dashboard
+
+    async def dashboard(self, request: web.Request, rest: builtins.list[str]) -> web.StreamResponse:
+        """The dashboard's files and its one watch stream (rest/dashboard.py)."""
+        if not rest and not request.path.endswith("/"):
+            raise web.HTTPFound("/dashboard/")
+        if rest == [dashboard.WATCH]:
+            return await self.dashboard_watch(request)
+        authorize(request, Attributes("get", path=request.path))
+        found = dashboard.asset("/".join(rest))
+        if found is None:
+            raise errors.NotFoundError(f"the server could not find the requested resource ({request.path})")
+        data, content_type = found
+        return web.Response(body=data, content_type=content_type, headers={"Cache-Control": "no-cache"})
+
+    async def dashboard_watch(self, request: web.Request) -> web.StreamResponse:
+        for resource in dashboard.RESOURCES:
+            authorize(request, Attributes("watch", resource, path=request.path))
+        lines: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
+
+        def line(data: dict[str, Any]) -> bytes:
+            return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+        async def follow(resource: str) -> None:
+            while True:
+                try:
+                    items, rv, _ = await self.registry.list(resource)
+                    await lines.put(line({"resource": resource, "type": "SYNC",
+                                          "items": [object_data(o) for o in items]}))
+                    async for data in self.registry.watch(resource, resource_version=rv):
+                        ev = api.WatchEvent.FromString(data)
+                        if ev.type != BOOKMARK:
+                            await lines.put(line({"resource": resource, "type": ev.type,
+                                                  "object": object_data(kinds.unwrap(ev.object))}))
+                except errors.SkiffError as exc:
+                    await lines.put(line({"resource": resource, "type": "ERROR", "message": str(exc)}))
+                await asyncio.sleep(1.0)
+
+        response = web.StreamResponse(headers={"Content-Type": JSON, "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        tasks = [asyncio.ensure_future(follow(r)) for r in dashboard.RESOURCES]
+        try:
+            while True:
+                await response.write(await lines.get())
+        except ConnectionResetError:  # the page went away
+            return response
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ metrics.k8s.io
 
