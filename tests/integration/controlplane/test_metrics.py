@@ -178,6 +178,8 @@ async def test_work_moves_the_counters(cluster: Cluster) -> None:
     assert moved("controllers", "workqueue_adds_total", name="deployment") >= 1
     assert moved("controllers", "workqueue_adds_total", name="replicaset") >= 1
     assert moved("scheduler", "scheduler_schedule_attempts_total", result="scheduled") == 2
+    await eventually(lambda: total(scrape(cluster.metrics["controllers"])[1], "node_collector_zone_size") == 1,
+                     "the node lifecycle controller's zone of one node")
     assert total(scrape(cluster.metrics["nodeagent"])[1], "kubelet_running_pods") == 2
     assert moved("clusterdns", "coredns_dns_requests_total", proto="udp", type="A") == 1
     assert moved("clusterdns", "coredns_dns_responses_total") == 1
