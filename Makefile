@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
-	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report clean \
+	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report bench-plots clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -130,6 +130,7 @@ vagrant-down:
 # Each writes bench/results/<name>.json; bench-report then rewrites README.md's performance table.
 bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns
 	$(MAKE) bench-report
+	$(MAKE) bench-plots
 
 bench-store: setup
 	$(BIN)/python -m bench.store
@@ -147,6 +148,9 @@ bench-dns: setup
 	$(BIN)/python -m bench.dns
 bench-report: setup
 	$(BIN)/python -m bench.report
+# The pictures (PNG next to each JSON result): latency histograms, pods Ready over time, ...
+bench-plots: setup
+	$(BIN)/python -m bench.plots
 
 clean:
 	rm -rf $(VENV) skiffpb build .pytest_cache .mypy_cache .ruff_cache
