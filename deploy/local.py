@@ -93,6 +93,7 @@ def up(state_dir: Path) -> int:
     kube_path = kubeconfig.write_entry(lab.http_servers[0])
     say(f"kubectl configured: context {kubeconfig.CONTEXT} in {kube_path} ({lab.http_servers[0]}); "
         f"try .venv/bin/kubectl get pods")
+    say(f"dashboard: {lab.http_servers[0]}/dashboard/ (docs/observability.md)")
     applied = skiff_cli("apply", "-f", str(EXAMPLE), server=server)
     print(applied.stdout, end="")
     if applied.returncode != 0:
