@@ -93,7 +93,7 @@ def wait(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"the page did not show {what} within {timeout:.0f}s")
+            raise AssertionError(f"not seen within {timeout:.0f}s: {what}")
         time.sleep(0.3)
 
 
@@ -155,3 +155,23 @@ def test_the_page_follows_the_cluster_without_reloading(lab: Lab, kubectl: Calla
     if os.environ.get("SKIFF_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, SCREENSHOT)
+
+
+def test_kubectl_top_on_real_containerd(lab: Lab, kubectl: Callable[..., str]) -> None:
+    """After the page test (3 web pods): `kubectl top` through the lab's api-server, from the node
+    agent's CRI stats of real containers (two samples 10 s apart are needed first)."""
+
+    def pods_measured() -> bool:
+        try:
+            out = kubectl("top", "pods", "-l", "app=web")
+        except AssertionError:  # "metrics not available yet"
+            return False
+        return len(out.splitlines()) == 4
+
+    wait(pods_measured, "kubectl top with the 3 web pods", 90)
+    for line in kubectl("top", "pods", "-l", "app=web").splitlines()[1:]:
+        name, cpu, memory = line.split()
+        assert name.startswith("web-") and cpu.endswith("m") and memory.endswith("Mi") and int(memory[:-2]) >= 0
+    node = kubectl("top", "nodes").splitlines()
+    assert node[0].split() == ["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"]
+    assert len(node) == 2 and int(node[1].split()[3].removesuffix("Mi")) > 0
