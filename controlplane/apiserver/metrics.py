@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from controlplane.apiserver.rest.status import code_and_reason
 from skiff import errors, kinds
+from skiffpb.api.v1 import apiserver_pb2 as api
 
 if TYPE_CHECKING:
     from controlplane.apiserver.registry import Registry
@@ -132,9 +133,21 @@ GRPC_VERBS: dict[str, tuple[str, str]] = {
 
 
 def grpc_info(method: str, request: Any) -> RequestInfo:
-    """The RequestInfo of a gRPC call of `method` ("/skiff.api.v1.ApiServer/Create") with `request`."""
+    """The RequestInfo of a gRPC call of `method` ("/skiff.api.v1.ApiServer/Create") with `request`.
+
+    Never raises: a request that is not the method's message (one that did not parse arrives as
+    server.BadRequest) or that names nothing known is counted by its verb alone."""
     name = method.rpartition("/")[2]
     verb, subresource = GRPC_VERBS.get(name, (name.upper(), ""))
+    if not isinstance(request, Message):
+        return RequestInfo(verb)
+    try:
+        return _grpc_info(name, verb, subresource, request)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return RequestInfo(verb)
+
+
+def _grpc_info(name: str, verb: str, subresource: str, request: Message) -> RequestInfo:
     resource = str(getattr(request, "resource", "") or "")
     namespace = str(getattr(request, "namespace", "") or "")
     obj_name = str(getattr(request, "name", "") or "")
@@ -146,9 +159,9 @@ def grpc_info(method: str, request: Any) -> RequestInfo:
         namespace = namespace or (meta.namespace if meta is not None else "")
         if verb == "PUT":
             obj_name = meta.name if meta is not None else ""
-    if name == "Bind":
-        resource, obj_name = "pods", request.binding.metadata.name
-        namespace = request.binding.metadata.namespace
+    if isinstance(request, api.BindRequest):
+        meta = request.binding.metadata
+        resource, obj_name, namespace = "pods", meta.name, meta.namespace
     elif name in ("Logs", "Exec"):
         resource, obj_name = "pods", str(getattr(request, "pod", ""))
     elif name == "NodeMetrics":

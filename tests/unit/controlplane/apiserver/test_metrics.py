@@ -7,10 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from google.protobuf.message import Message
 from prometheus_client import REGISTRY
 
 from controlplane.apiserver import metrics
+from controlplane.apiserver.server import BadRequest
 from skiff import errors, kinds
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import metrics_pb2
@@ -39,9 +39,12 @@ DEPLOY = t.Deployment(metadata=t.ObjectMeta(name="web", namespace="default"))
     ("PodMetrics", metrics_pb2.MetricsRequest(namespace="default"),
      metrics.RequestInfo("LIST", "pods", "", "namespace", "", "v1")),
     ("Version", api.VersionRequest(), metrics.RequestInfo("GET")),
+    # A request that did not parse arrives as server.BadRequest: counted by its verb, never an error.
+    ("Bind", BadRequest("BindRequest", "truncated"), metrics.RequestInfo("POST")),
+    ("Get", BadRequest("GetRequest", "truncated"), metrics.RequestInfo("GET")),
 ], ids=["create", "get", "list-all", "list-cluster-scoped", "update-status", "watch", "bind", "logs", "pod-metrics",
-        "version"])
-def test_grpc_info(method: str, request_: Message, info: metrics.RequestInfo) -> None:
+        "version", "unparsed-bind", "unparsed-get"])
+def test_grpc_info(method: str, request_: Any, info: metrics.RequestInfo) -> None:
     assert metrics.grpc_info(f"/skiff.api.v1.ApiServer/{method}", request_) == info
 
 
