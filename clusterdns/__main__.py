@@ -19,7 +19,7 @@ import sys
 from clusterdns.app import ClusterDns
 from clusterdns.server import DnsServer, parse_upstreams
 from clusterdns.zone import DEFAULT_TTL, ZoneConfig
-from skiff import defaults
+from skiff import defaults, tls
 from skiff import metrics as skiff_metrics
 from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
 from skiff.metrics import add_metrics_flag
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "none: such names are SERVFAIL at once")
     p.add_argument("--ttl", type=int, default=DEFAULT_TTL, help=f"TTL of answers (default {DEFAULT_TTL}s)")
     add_metrics_flag(p, defaults.CLUSTERDNS_METRICS_PORT)
+    tls.add_daemon_client_flags(p)
     add_verbose_flag(p)
     return p
 
@@ -79,7 +80,7 @@ async def run(args: argparse.Namespace) -> int:
     server = DnsServer(config, upstreams=parse_upstreams(args.upstreams))
     if not args.api_servers:
         raise SystemExit("--api-servers is required (or set SKIFF_SERVER)")
-    client = Client(args.api_servers)
+    client = Client(args.api_servers, credentials=tls.daemon_credentials(args, "clusterdns"))
     app = ClusterDns(client, server)
     await server.start(host, port)
     # CoreDNS's /ready: ready once the zone has been built from the first full list.

@@ -24,8 +24,9 @@ from netproxy.iptables.writer import NFT_MAX_CHAINS
 from netproxy.ipvs.kernel import PyrouteIpvs, ipvs_available
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics
+from netproxy.netpol.enforcer import cleanup as netpol_cleanup
 from netproxy.proxier import Proxier
-from skiff import defaults
+from skiff import defaults, tls
 from skiff import metrics as skiff_metrics
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.errors import InvalidError, SkiffError
@@ -52,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated CIDRs whose local addresses serve NodePorts (default: all but 127/8)")
     p.add_argument("--masquerade-all", action="store_true", help="masquerade every ClusterIP connection")
     add_metrics_flag(p, defaults.PROXY_METRICS_PORT)
+    p.add_argument("--network-policy", choices=("on", "off"), default="on",
+                   help="enforce NetworkPolicies on this node's pods with iptables (default on)")
     p.add_argument("--cleanup", action="store_true", help="remove everything netproxy installed, then exit")
+    tls.add_daemon_client_flags(p)
     add_verbose_flag(p)
     return p
 
@@ -88,6 +92,7 @@ async def cleanup_all() -> int:
             continue
         ipt = IptablesCmd(backend)
         chains = await iptables_cleanup.cleanup(ipt, max_chains=NFT_MAX_CHAINS if backend == "nft" else None)
+        chains += await netpol_cleanup(ipt)
         print(f"iptables-{backend}: removed {chains} chains")
     return 0
 
@@ -123,14 +128,16 @@ async def run(args: argparse.Namespace) -> int:
     _bridge_nf_warning()
     if not args.api_servers:
         raise InvalidError("--api-servers is required (or set SKIFF_SERVER)")
-    client = Client(args.api_servers)
+    client = Client(args.api_servers, credentials=tls.daemon_credentials(args, "netproxy"))
     metrics = Metrics(mode=args.mode, backend=backend)
     served = await skiff_metrics.serve(args.metrics_bind_address, metrics.health(max(120.0, 2 * args.sync_period)),
                                        registry=metrics.registry, what="netproxy metrics")
     proxy = NetProxy(client, proxier, node_name=args.node_name, min_sync_period=args.min_sync_period,
-                     sync_period=args.sync_period, metrics=metrics)
-    log.info("netproxy starting: mode %s, iptables-%s, node %s, cluster CIDR %s, min sync period %gs",
-             args.mode, backend, args.node_name, config.cluster_cidr or "(none)", args.min_sync_period)
+                     sync_period=args.sync_period, metrics=metrics,
+                     netpol=ipt if args.network_policy == "on" else None)
+    log.info("netproxy starting: mode %s, iptables-%s, node %s, cluster CIDR %s, min sync period %gs, "
+             "network policy %s", args.mode, backend, args.node_name, config.cluster_cidr or "(none)",
+             args.min_sync_period, args.network_policy)
     try:
         await proxy.run()
     except asyncio.CancelledError:
