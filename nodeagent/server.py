@@ -148,6 +148,10 @@ class NodeAgentService(na_grpc.NodeAgentServicer):
     async def Summary(self, request: metrics_pb2.SummaryRequest,
                       context: grpc.aio.ServicerContext) -> metrics_pb2.UsageSummary:
         """The node's and its pods' usage over the last two samples (nodeagent/stats.py)."""
+        try:
+            self._authorize(context)
+        except errors.SkiffError as exc:
+            await context.abort(exc.code, exc.message)
         return self.agent.sampler.summary()
 
 

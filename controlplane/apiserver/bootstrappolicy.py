@@ -78,7 +78,9 @@ def view_rules() -> list[t.PolicyRule]:
             rule(READ, ("apps",), (*APPS_APP, *SCALE, "deployments/status", "replicasets/status",
                                    "statefulsets/status", "daemonsets/status")),
             rule(READ, ("batch",), (*BATCH_APP, "jobs/status", "cronjobs/status")),
-            rule(READ, ("coordination.k8s.io",), ("leases",))]
+            rule(READ, ("coordination.k8s.io",), ("leases",)),
+            # metrics-server's system:aggregated-metrics-reader, aggregated into view, edit and admin.
+            rule(READ, ("metrics.k8s.io",), ("pods", "nodes"))]
 
 
 def edit_rules() -> list[t.PolicyRule]:
@@ -112,7 +114,6 @@ def cluster_roles() -> list[t.ClusterRole]:
             rule(("create",), ("apps",), ("replicasets", "controllerrevisions")),
             rule(("create",), ("batch",), ("jobs",)),
             rule(("create",), ("coordination.k8s.io",), ("leases",)),
-            rule(("create",), ("storage.k8s.io",), ("storageclasses",)),  # the default local-path class
             EVENTS,
         ]),
         # The scheduler reads pods and nodes, binds pods, records events, holds its lease; it reads

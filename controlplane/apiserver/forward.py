@@ -158,7 +158,7 @@ class Forwarder:
         """The node agent's usage summary (metrics.k8s.io, controlplane/apiserver/resourcemetrics.py)."""
         target = node_target(node)
         try:
-            response: metrics_pb2.UsageSummary = await self._stub(target).Summary(
+            response: metrics_pb2.UsageSummary = await self._stub(target, node.metadata.name).Summary(
                 metrics_pb2.SummaryRequest(), timeout=CONNECT_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, node.metadata.name, target) from exc

@@ -33,7 +33,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 from prometheus_client import REGISTRY
 
-from controlplane.apiserver import authn, bootstrappolicy, caller, metrics
+from controlplane.apiserver import authn, bootstrappolicy, caller, metrics, resourcemetrics
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB, AuditLog
 from controlplane.apiserver.authn import Authenticator
@@ -153,6 +153,9 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
         return _named(kinds.by_resource("pods"), "pods", "get", request.namespace, request.pod, "log")
     if method == "Exec":
         return _named(kinds.by_resource("pods"), "pods", "create", request.namespace, request.pod, "exec")
+    if method in ("NodeMetrics", "PodMetrics"):  # metrics.k8s.io, as its REST paths (rest/http.py metrics_api)
+        return Attributes("get" if request.name else "list", "nodes" if method == "NodeMetrics" else "pods",
+                          group=resourcemetrics.GROUP, namespace=request.namespace, name=request.name)
     if method in OPEN_METHODS:
         return None
     return Attributes("call", path=f"/{SERVICE}/{method}")

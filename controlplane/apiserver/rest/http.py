@@ -593,7 +593,9 @@ class KubeApi:
 
     async def dashboard_watch(self, request: web.Request) -> web.StreamResponse:
         for resource in dashboard.RESOURCES:
-            authorize(request, Attributes("watch", resource, path=request.path))
+            kind = kinds.by_resource(resource)
+            assert kind is not None, resource
+            authorize(request, kind_attributes("watch", kind))
         lines: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
 
         def line(data: dict[str, Any]) -> bytes:
@@ -639,7 +641,8 @@ class KubeApi:
         if request.method != "GET":
             raise errors.UnimplementedError(f"{request.method} is not supported on {request.path}")
         resource, name = rest[0], rest[1] if len(rest) > 1 else ""
-        authorize(request, Attributes("get" if name else "list", resource, "", namespace, name, request.path))
+        authorize(request, Attributes("get" if name else "list", resource, group=resourcemetrics.GROUP,
+                                      namespace=namespace, name=name))
         selector = request.query.get("labelSelector", "")
         now = self.clock()
         if resource == "nodes":
