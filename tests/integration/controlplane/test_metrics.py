@@ -5,6 +5,11 @@ agent over its in-memory runtime and a cluster DNS server each serve their metri
 loopback port. Each exposition must parse with prometheus_client's parser and carry the
 upstream component's families; then a Deployment goes through the cluster and the series that
 count that work must move.
+
+TLS and RBAC are on as in a real cluster: every component has its own certificate from a test CA
+and acts as its own identity; the api-server's REST port is HTTPS (the admin scrapes its
+/metrics), and `kubectl top` / `skiff top` use the admin's certificate. The daemons' own metrics
+ports are plain HTTP on loopback (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.store.cluster import StoreCluster, free_addr
 from deploy.loopback import Process, free_port, start_apiserver
+from skiff import daemons, pki, tls
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.cluster import _env, start_controllers, start_fake_node, start_scheduler
@@ -42,12 +48,25 @@ class Cluster:
     metrics: dict[str, str]  # daemon -> host:port of its metrics
     dns: str
     work: Path
+    pki_dir: Path
+
+    @property
+    def admin(self) -> tls.Credentials:
+        return tls.Credentials.from_pki(self.pki_dir, pki.ADMIN)
+
+    def https(self, path: str) -> str:
+        """GET https://<the REST port><path> as the admin."""
+        with urllib.request.urlopen(f"https://{self.http}{path}", timeout=10,
+                                    context=self.admin.ssl_context()) as r:
+            assert r.status == 200
+            return str(r.read().decode())
 
 
-def scrape(address: str) -> tuple[set[str], Samples]:
-    """(family names, {(sample name, sorted labels): value}) of address's /metrics, parsed."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
-        text = r.read().decode()
+def scrape(address: str, text: str = "") -> tuple[set[str], Samples]:
+    """(family names, {(sample name, sorted labels): value}) of address's /metrics (or `text`), parsed."""
+    if not text:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+            text = r.read().decode()
     families = list(text_string_to_metric_families(text))
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
     return {f.name for f in families}, samples
@@ -69,6 +88,14 @@ def probe(address: str, path: str) -> int:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     work = tmp_path_factory.mktemp("metrics")
+    pki_dir = work / "pki"
+    pki.PKIDir(pki_dir).ensure([*pki.control_plane_specs(apiserver_ips=[], store_members=[]),
+                                pki.node_spec("node-0", "127.0.0.1")], now=pki.utcnow())
+    api_tls = tls.apiserver_tls(pki_dir)
+
+    def creds(name: str) -> list[str]:
+        return tls.client_flags(tls.Credentials.from_pki(pki_dir, name))
+
     store = StoreCluster(1, base_dir=str(work / "store")).start()
     procs: list[Process] = []
     try:
@@ -76,21 +103,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                                                             "clusterdns")}
         m["store"] = store.members["s1"].metrics
         http = f"127.0.0.1:{free_port()}"
+        # The store here is plaintext on loopback: no --etcd-* flags.
         procs.append(start_apiserver(work, store.endpoints_str, extra_args=[
-            "--http-listen", http, "--metrics-bind-address", m["apiserver"]]))
+            *daemons.apiserver_tls_flags(tls.ApiServerTLS(api_tls.serving, None, api_tls.kubelet)),
+            "--http-listen", http, "--metrics-bind-address", m["apiserver"]],
+            credentials=tls.Credentials.from_pki(pki_dir, pki.ADMIN)))
         api = procs[0].endpoint
-        procs.append(start_controllers(work, api, extra=["--metrics-bind-address", m["controllers"]]))
-        procs.append(start_scheduler(work, api, extra=["--metrics-bind-address", m["scheduler"]]))
+        procs.append(start_controllers(work, api, extra=["--metrics-bind-address", m["controllers"]],
+                                       tls=creds(pki.CONTROLLER_MANAGER)))
+        procs.append(start_scheduler(work, api, extra=["--metrics-bind-address", m["scheduler"]],
+                                     tls=creds(pki.SCHEDULER)))
+        serving, node_creds = tls.node_tls(pki_dir, "node-0")
         procs.append(start_fake_node(work, api, "node-0", pod_cidr="10.200.0.0/24",
                                      extra=["--metrics-bind-address", m["nodeagent"],
-                                            "--housekeeping-interval", "0.5"]))
+                                            "--housekeeping-interval", "0.5"],
+                                     tls=[*tls.server_flags(serving), *tls.client_flags(node_creds)]))
         dns_addr = free_addr("127.0.0.1")
         procs.append(Process("clusterdns", [sys.executable, "-m", "clusterdns", "--api-servers", api, "--listen",
                                             dns_addr, "--interface", "", "--reverse-cidrs", "10.96.0.0/12",
-                                            "--metrics-bind-address", m["clusterdns"]],
+                                            "--metrics-bind-address", m["clusterdns"], *creds(pki.CLUSTERDNS)],
                              work / "clusterdns.log", "127.0.0.1", int(m["clusterdns"].rpartition(":")[2]),
                              env=_env()).start(timeout=60))
-        yield Cluster(api, http, m, dns_addr, work)
+        yield Cluster(api, http, m, dns_addr, work, pki_dir)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -138,13 +172,13 @@ async def test_metrics_parse_and_name_the_upstream_families(cluster: Cluster, da
 
 
 async def test_the_api_server_serves_metrics_on_its_rest_port_too(cluster: Cluster) -> None:
-    families, _ = scrape(cluster.http)
+    families, _ = scrape("", cluster.https("/metrics"))
     assert {"apiserver_request", "apiserver_storage_objects"} <= families
 
 
 async def test_work_moves_the_counters(cluster: Cluster) -> None:
     before = {d: scrape(a)[1] for d, a in cluster.metrics.items()}
-    client = Client(cluster.api)
+    client = Client(cluster.api, credentials=cluster.admin)
     try:
         d = t.Deployment(metadata=t.ObjectMeta(name="web", namespace="default"))
         d.spec.replicas = 2
@@ -185,8 +219,7 @@ async def test_work_moves_the_counters(cluster: Cluster) -> None:
     assert moved("clusterdns", "coredns_dns_responses_total") == 1
     # REST requests count too, with Kubernetes' HTTP code.
     before_rest = scrape(cluster.metrics["apiserver"])[1]
-    with urllib.request.urlopen(f"http://{cluster.http}/api/v1/namespaces/default/pods", timeout=10) as r:
-        assert r.status == 200
+    cluster.https("/api/v1/namespaces/default/pods")
     after_rest = scrape(cluster.metrics["apiserver"])[1]
     labels = {"verb": "LIST", "resource": "pods", "scope": "namespace", "code": "200"}
     assert total(after_rest, "apiserver_request_total", **labels) - total(
@@ -211,7 +244,10 @@ def usage(output: str, name: str) -> list[str]:
 async def test_top_nodes_and_pods_through_kubectl_and_skiff(cluster: Cluster) -> None:
     """The fake runtime's containers use 10 millicores and 4 MiB each; the node is this host."""
     bin_dir = Path(sys.executable).parent
-    kubectl = [str(bin_dir / "kubectl"), "--server", f"http://{cluster.http}"]
+    admin = cluster.admin
+    who = ["--certificate-authority", admin.ca_file, "--client-certificate", admin.cert_file,
+           "--client-key", admin.key_file]
+    kubectl = [str(bin_dir / "kubectl"), "--server", f"https://{cluster.http}", *who]
     skiff = [str(bin_dir / "skiff")]
 
     def pods_listed() -> bool:
@@ -229,10 +265,10 @@ async def test_top_nodes_and_pods_through_kubectl_and_skiff(cluster: Cluster) ->
     _, cpu, cpu_pct, memory, mem_pct = usage(nodes, "node-0")
     assert cpu.endswith("m") and memory.endswith("Mi") and int(memory.removesuffix("Mi")) > 0
     assert cpu_pct.endswith("%") and mem_pct.endswith("%")
-    mine = run(cluster, *skiff, "top", "pods", "--containers", "--server", cluster.api)
+    mine = run(cluster, *skiff, "top", "pods", "--containers", "--server", cluster.api, *who)
     rows = [line.split() for line in mine.splitlines()[1:]]
     assert len(rows) == 2 and all(r[1] == "web" and r[3] == "4Mi" for r in rows), mine
-    assert usage(run(cluster, *skiff, "top", "nodes", "--server", cluster.api), "node-0")[3].endswith("Mi")
+    assert usage(run(cluster, *skiff, "top", "nodes", "--server", cluster.api, *who), "node-0")[3].endswith("Mi")
     single = run(cluster, *kubectl, "get", "--raw",
                  f"/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/{rows[0][0]}")
     assert f'"name":"{rows[0][0]}"' in single and '"kind":"PodMetrics"' in single
