@@ -5,10 +5,18 @@ The page is opened once: the seed's web pods (examples/web) must appear and beco
 the Deployment is scaled with kubectl and the page must follow by itself (a marker set in the
 page at the start proves there was no reload). A screenshot of the page is taken at the end
 (into docs/images/ with SKIFF_UPDATE_SCREENSHOTS=1).
+
+The lab serves HTTPS with authentication, as a real cluster: the browser trusts exactly the
+api-server's key (chromium's --ignore-certificate-errors-spki-list, the pin of its certificate;
+importing the lab CA into chromium's NSS store is not possible without certutil), and logs in as a
+user would (docs/observability.md): the admin creates a bootstrap token, binds its user to the
+dashboard-viewer ClusterRole, and the token is typed into the page's login form.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import subprocess
@@ -18,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from deploy import containerd
 from deploy.lab import Lab, LabSpec
-from skiff import kubeconfig
+from skiff import identity, kubeconfig, pki
 from tests.support.prereq import require, require_root
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +69,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def kubectl(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     config = tmp_path_factory.mktemp("kube") / "config"
-    kubeconfig.write_entry(lab.http_servers[0], path=config)
+    kubeconfig.write_entry(lab.http_servers[0], path=config, credentials=lab.admin)
 
     def run(*args: str) -> str:
         done = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True, text=True,
@@ -71,15 +80,53 @@ def kubectl(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Callable[...,
     return run
 
 
+BINDING = """apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: dashboard-e2e
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: dashboard-viewer
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: {user}
+"""
+
+
+@pytest.fixture(scope="module")
+def token(lab: Lab, kubectl: Callable[..., str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A bearer token for the dashboard: a bootstrap token (the admin's `skiff token create`)
+    whose user may read what the page shows (the dashboard-viewer ClusterRole)."""
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "skiff"), "token", "create", "--ttl", "1h",
+                           "--description", "dashboard e2e"], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, SKIFF_CONFIG=str(lab.config_path)))
+    assert done.returncode == 0, done.stderr
+    value = done.stdout.strip()
+    binding = tmp_path_factory.mktemp("token") / "binding.yaml"
+    binding.write_text(BINDING.format(user=identity.BOOTSTRAP_PREFIX + value.split(".")[0]))
+    kubectl("apply", "-f", str(binding))
+    return value
+
+
+def spki_pin(cert_file: Path) -> str:
+    """Chromium's pin of a certificate: base64 of the SHA-256 of its SubjectPublicKeyInfo."""
+    cert = pki.load_cert(cert_file)
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+def browser(lab: Lab, tmp_path: Path) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+                 "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}",
+                 f"--ignore-certificate-errors-spki-list={spki_pin(pki.PKIDir(lab.pki_dir).pair(pki.APISERVER).cert)}"):
         options.add_argument(flag)
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for drivers on the internet
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -119,9 +166,12 @@ def ready_web_pods(driver: Any) -> int:
 
 
 def test_the_page_follows_the_cluster_without_reloading(lab: Lab, kubectl: Callable[..., str], browser: Any,
-                                                        tmp_path: Path) -> None:
+                                                        token: str, tmp_path: Path) -> None:
     browser.get(f"{lab.http_servers[0]}/dashboard/")
     browser.execute_script("window.skiffMarker = 'still the same page';")
+    wait(lambda: browser.find_element("id", "login").is_displayed(), "the login form (HTTPS, no token yet)", 30)
+    browser.find_element("id", "token").send_keys(token)
+    browser.find_element("css selector", "#login button").click()
     wait(lambda: browser.find_element("id", "live").text == "live", "its watch streams live", 30)
     wait(lambda: any(r.get("ready") == "Ready" for r in rows(browser, "nodes").values()), "a Ready node")
 

@@ -20,6 +20,44 @@ let usage = new Map();
 let pending = false;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Logging in: a bearer token typed into the form, kept for this tab only (sessionStorage) and
+// sent on the page's own requests. Asked for when the api-server answers 401 or 403; without
+// TLS (--insecure), or with a client certificate in the browser, it is never asked for.
+const TOKEN_KEY = "skiff-dashboard-token";
+let loggedIn = null;  // a promise while the form waits for a token
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken(status) {
+  if (!loggedIn) {
+    loggedIn = new Promise((resolve) => {
+      const form = document.getElementById("login");
+      document.getElementById("login-error").textContent =
+        status === 403 ? "this token may not read the cluster" : (sessionStorage.getItem(TOKEN_KEY) ? "invalid token" : "");
+      form.hidden = false;
+      form.onsubmit = (ev) => {
+        ev.preventDefault();
+        sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+        form.hidden = true;
+        loggedIn = null;
+        resolve();
+      };
+    });
+  }
+  return loggedIn;
+}
+
+async function authedFetch(url, headers = {}) {
+  for (;;) {
+    const resp = await fetch(url, { headers: { ...headers, ...authHeaders() } });
+    if (resp.status !== 401 && resp.status !== 403) return resp;
+    await askForToken(resp.status);
+  }
+}
 const keyOf = (o) => (o.metadata.namespace ? o.metadata.namespace + "/" : "") + o.metadata.name;
 
 function changed() {
@@ -32,7 +70,7 @@ function changed() {
 async function follow() {
   for (;;) {
     try {
-      const resp = await fetch(STREAM, { headers: { Accept: "application/json" } });
+      const resp = await authedFetch(STREAM, { Accept: "application/json" });
       if (!resp.ok) throw new Error(`${STREAM}: ${resp.status}`);
       const reader = resp.body.getReader();
       const decoder = new TextDecoder();
@@ -75,7 +113,7 @@ function apply(event) {
 async function pollUsage() {
   for (;;) {
     try {
-      const resp = await fetch(NODE_METRICS);
+      const resp = await authedFetch(NODE_METRICS);
       if (resp.ok) {
         const list = await resp.json();
         usage = new Map((list.items || []).map((m) => [m.metadata.name, m.usage]));

@@ -12,7 +12,12 @@ What must hold:
   `{"resource", "type", "object"}` in Kubernetes' JSON form. A resource whose watch fails
   (too old, too slow) is announced with an ERROR line and listed and watched again;
 - every read is a list or watch of the Registry, authorized as the REST API's own (`authorize`
-  in http.py), so the dashboard shows nothing its caller could not read with kubectl.
+  in http.py), so the dashboard shows nothing its caller could not read with kubectl;
+- the page's files (PUBLIC_PATHS) are served without authentication: they carry no data, and
+  with TLS on the browser must get the page before it can log in. Logging in is giving a bearer
+  token (a bootstrap token bound to a role, docs/observability.md): the page keeps it in
+  sessionStorage and sends it as `Authorization: Bearer` on its own requests, so no cookie
+  authenticates anything (no CSRF). A browser holding a client certificate needs no token.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ RESOURCES = ("nodes", "pods", "services", "endpoints", "deployments", "statefuls
 WATCH = "watch"  # /dashboard/watch
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 FILES = ("index.html", "app.js", "style.css")
+PUBLIC_PATHS = frozenset({"/dashboard", "/dashboard/", *(f"/dashboard/{name}" for name in FILES)})
 
 
 def asset(name: str) -> tuple[bytes, str] | None:

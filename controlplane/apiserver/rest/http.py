@@ -87,7 +87,8 @@ IMPERSONATOR = web.RequestKey("impersonator", UserInfo)  # the real user of an i
 # What is served to GETs without credentials: what Kubernetes shows anyone
 # (system:public-info-viewer), and kube-public, where a joining node reads the cluster's signed
 # description before it can verify the api-server (it sends no secret then).
-ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/api/v1/namespaces/kube-public"})
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/api/v1/namespaces/kube-public",
+                             *dashboard.PUBLIC_PATHS})
 
 
 def peer_of(request: web.Request) -> Peer:
@@ -584,7 +585,8 @@ class KubeApi:
             raise web.HTTPFound("/dashboard/")
         if rest == [dashboard.WATCH]:
             return await self.dashboard_watch(request)
-        authorize(request, Attributes("get", path=request.path))
+        # The page's own files hold no cluster data: served to anyone, as the login form must be
+        # (the data comes only through the watch and metrics.k8s.io, authorized per request).
         found = dashboard.asset("/".join(rest))
         if found is None:
             raise errors.NotFoundError(f"the server could not find the requested resource ({request.path})")
