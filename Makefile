@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 STATE ?= /var/lib/skiff/local
 DEB_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 iputils-ping util-linux \
 	busybox-static etcd-client etcd-server shellcheck procps kmod \
-	qemu-system-x86 linux-image-amd64 ipvsadm ipset
+	qemu-system-x86 linux-image-amd64 ipvsadm ipset chromium chromium-driver
 PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e fuzz up down status lab lab-down \
-	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-scale bench-scale-small bench-report clean \
+	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-scale bench-scale-small bench-report bench-plots clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -136,6 +136,7 @@ vagrant-down:
 # Each writes bench/results/<name>.json; bench-report then rewrites README.md's performance table.
 bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol
 	$(MAKE) bench-report
+	$(MAKE) bench-plots
 
 bench-store: setup
 	$(BIN)/python -m bench.store
@@ -160,6 +161,9 @@ bench-scale-small: setup
 	$(BIN)/python -m bench.scale --small $(SCALE_ARGS)
 bench-report: setup
 	$(BIN)/python -m bench.report
+# The pictures (PNG next to each JSON result): latency histograms, pods Ready over time, ...
+bench-plots: setup
+	$(BIN)/python -m bench.plots
 
 clean:
 	rm -rf $(VENV) skiffpb build .pytest_cache .mypy_cache .ruff_cache

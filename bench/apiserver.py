@@ -104,7 +104,7 @@ class Load:
         return {"clients": clients, "creates": total, "per_second": total / elapsed,
                 "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
 
-    async def open_loop(self, rate: float, seconds: float, namespace: str) -> dict[str, float]:
+    async def open_loop(self, rate: float, seconds: float, namespace: str) -> dict[str, Any]:
         latencies: list[float] = []
         count = int(rate * seconds)
         loop = asyncio.get_running_loop()
@@ -123,7 +123,9 @@ class Load:
         elapsed = loop.time() - start
         return {"rate": rate, "creates": count, "achieved_per_second": count / elapsed,
                 "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-                "max_ms": max(latencies)}
+                "max_ms": max(latencies),
+                # Every sample, for `python -m bench.plots` (the latency histogram).
+                "samples_ms": [round(v, 3) for v in latencies]}
 
     async def fan_out(self, watchers: int, events: int, namespace: str) -> dict[str, float]:
         """`watchers` streams on one resource; time until each has received `events` events."""

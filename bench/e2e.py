@@ -176,9 +176,11 @@ async def watch_pods(client: Client, times: PodTimes, selector: str, resource_ve
         rv = listed.resource_version
 
 
-def summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float]) -> dict[str, Any]:
+    # The sorted samples draw "pods Ready over time" (`python -m bench.plots`).
     return {"p50_s": round(statistics.median(values), 3), "p99_s": round(pct(values, 99), 3),
-            "min_s": round(min(values), 3), "max_s": round(max(values), 3)}
+            "min_s": round(min(values), 3), "max_s": round(max(values), 3),
+            "samples_s": sorted(round(v, 3) for v in values)}
 
 
 async def measure_startup(lab: Lab, replicas: int, timeout: float) -> dict[str, Any]:

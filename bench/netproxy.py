@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from bench import meta
 from controlplane.apiserver.inprocess import InProcessApi
@@ -156,9 +157,11 @@ async def _latency(api: InProcessApi, backend: str, prefix: str, *, min_sync: fl
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    return {"min_sync_period_s": min_sync, "changes": changes, "p50_ms": pct(samples, 50) * 1000,
+    out: dict[str, Any] = {"min_sync_period_s": min_sync, "changes": changes, "p50_ms": pct(samples, 50) * 1000,
             "p90_ms": pct(samples, 90) * 1000, "p99_ms": pct(samples, 99) * 1000, "max_ms": max(samples) * 1000,
-            "sync_p50_ms": pct(durations, 50) * 1000 if durations else 0.0}
+            "sync_p50_ms": pct(durations, 50) * 1000 if durations else 0.0,
+            "samples_ms": [round(v * 1000, 2) for v in samples]}  # for `python -m bench.plots`
+    return out
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:

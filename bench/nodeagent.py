@@ -193,6 +193,8 @@ async def main() -> int:
         "burst_p50_s": round(statistics.median(burst), 3), "burst_p99_s": round(pct(burst, 99), 3),
         "rss_mb_after_30_real_pods": real["rss_mb_after_30_real_pods"], **fake,
         "targets": {"p99_s": 1.0, "rss_mb": 80},
+        # Every pod's startup, for `python -m bench.plots`.
+        "sequential_samples_s": [round(v, 3) for v in seq], "burst_samples_s": [round(v, 3) for v in burst],
     }
     written = run.write(result)
     print(f"pod startup (bound -> Running+Ready), {PODS} pods, real containerd:")

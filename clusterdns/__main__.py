@@ -20,7 +20,9 @@ from clusterdns.app import ClusterDns
 from clusterdns.server import DnsServer, parse_upstreams
 from clusterdns.zone import DEFAULT_TTL, ZoneConfig
 from skiff import defaults, tls
+from skiff import metrics as skiff_metrics
 from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
+from skiff.metrics import add_metrics_flag
 
 log = logging.getLogger("clusterdns")
 
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstreams", default="", help="resolvers for other names, ip[:port][,...]; "
                    "none: such names are SERVFAIL at once")
     p.add_argument("--ttl", type=int, default=DEFAULT_TTL, help=f"TTL of answers (default {DEFAULT_TTL}s)")
+    add_metrics_flag(p, defaults.CLUSTERDNS_METRICS_PORT)
     tls.add_daemon_client_flags(p)
     add_verbose_flag(p)
     return p
@@ -80,8 +83,12 @@ async def run(args: argparse.Namespace) -> int:
     client = Client(args.api_servers, credentials=tls.daemon_credentials(args, "clusterdns"))
     app = ClusterDns(client, server)
     await server.start(host, port)
+    # CoreDNS's /ready: ready once the zone has been built from the first full list.
+    health = skiff_metrics.Health(ready={"zone": skiff_metrics.ok_when(lambda: server.zone is not None,
+                                                                       "the caches have not synced yet")})
     try:
-        await app.run()
+        async with skiff_metrics.serving(args.metrics_bind_address, health, what="cluster DNS metrics"):
+            await app.run()
     finally:
         await server.close()
         await client.close()

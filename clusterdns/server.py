@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -34,6 +35,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from clusterdns import metrics
 from clusterdns.zone import Answer, Record, Zone, ZoneConfig, answer, build_zone
 
 log = logging.getLogger("clusterdns.server")
@@ -87,6 +89,13 @@ class Stats:
         self.by_rcode[rcode] = self.by_rcode.get(rcode, 0) + 1
 
 
+def _qtype(query: dns.message.Message) -> str:
+    """CoreDNS's `type` label: the question's type ("other" when there is no single question)."""
+    if len(query.question) != 1:
+        return "other"
+    return dns.rdatatype.to_text(query.question[0].rdtype)
+
+
 class DnsServer:
     """Answers queries from `self.zone` (swapped whole by the caller on every change)."""
 
@@ -98,6 +107,7 @@ class DnsServer:
         self.upstreams = tuple(upstreams)
         self.forward_timeout = forward_timeout
         self.stats = Stats()
+        self.server_label = "dns://:53"  # CoreDNS's `server` label, set by start()
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -146,6 +156,7 @@ class DnsServer:
         """Ask each upstream in turn (bounded time each); SERVFAIL when none answers."""
         self.stats.forwarded += 1
         for up in self.upstreams:
+            metrics.FORWARDS.labels(f"{up.host}:{up.port}").inc()
             try:
                 if tcp:
                     reply = await dns.asyncquery.tcp(query, up.host, port=up.port, timeout=self.forward_timeout)
@@ -185,18 +196,29 @@ class DnsServer:
             return
         if query.flags & dns.flags.QR:
             return
+        started = self._received(query, "udp")
         resp = self.respond(query)
         limit = self._udp_limit(query)
         if resp is not None:
             reply(self.to_wire(query, resp, limit=limit))
+            self._answered(query, resp, started)
             return
-        task = asyncio.ensure_future(self._forward_udp(query, reply, limit))
+        task = asyncio.ensure_future(self._forward_udp(query, reply, limit, started))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _forward_udp(self, query: dns.message.Message, reply: _Reply, limit: int) -> None:
+    async def _forward_udp(self, query: dns.message.Message, reply: _Reply, limit: int, started: float) -> None:
         resp = await self.forward(query, tcp=False)
         reply(self.to_wire(query, resp, limit=limit))
+        self._answered(query, resp, started)
+
+    def _received(self, query: dns.message.Message, proto: str) -> float:
+        metrics.REQUESTS.labels(self.server_label, metrics.ZONE, proto, "1", _qtype(query)).inc()
+        return time.perf_counter()
+
+    def _answered(self, query: dns.message.Message, resp: dns.message.Message, started: float) -> None:
+        metrics.RESPONSES.labels(self.server_label, metrics.ZONE, dns.rcode.to_text(resp.rcode()), "").inc()
+        metrics.DURATION.labels(self.server_label, metrics.ZONE, _qtype(query)).observe(time.perf_counter() - started)
 
     async def handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -208,12 +230,14 @@ class DnsServer:
                     query = dns.message.from_wire(data)
                 except dns.exception.DNSException:
                     return
+                started = self._received(query, "tcp")
                 resp = self.respond(query)
                 if resp is None:
                     resp = await self.forward(query, tcp=True)
                 wire = resp.to_wire(max_size=65535)
                 writer.write(struct.pack("!H", len(wire)) + wire)
                 await writer.drain()
+                self._answered(query, resp, started)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, dns.exception.DNSException):
             pass
         finally:
@@ -229,6 +253,7 @@ class DnsServer:
         bound = tcp.sockets[0].getsockname()[1]
         transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), local_addr=(host, bound))
         self._transports.append(transport)
+        self.server_label = f"dns://{host}:{bound}"
         log.info("serving DNS for %s on %s:%d (udp, tcp)", self.config.origin, host, bound)
         return int(bound)
 

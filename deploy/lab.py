@@ -594,6 +594,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         context = f"skiff-{args.prefix}"
         path = lab.write_kubeconfig(name=context)
         print(f"kubectl:     context {context} in {path} ({lab.http_servers[0]}), now the current context")
+        print(f"dashboard:   {lab.http_servers[0]}/dashboard/ (a token to log in: docs/observability.md)")
     elif args.action == "down":
         lab = Lab.load(args.prefix, root)
         for note in lab.down(progress=print):

@@ -93,6 +93,7 @@ def up(state_dir: Path) -> int:
     kube_path = lab.write_kubeconfig()
     say(f"kubectl configured: context {kubeconfig.CONTEXT} in {kube_path} ({lab.http_servers[0]}); "
         f"try .venv/bin/kubectl get pods")
+    say(f"dashboard: {lab.http_servers[0]}/dashboard/ (log in with a token: docs/observability.md)")
     applied = skiff_cli("apply", "-f", str(EXAMPLE), lab=lab)
     print(applied.stdout, end="")
     if applied.returncode != 0:

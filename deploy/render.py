@@ -44,6 +44,19 @@ class StoreMember:
     api_port: int = defaults.API_PORT  # the api-server beside this member
     http_port: int = defaults.KUBE_API_PORT  # its Kubernetes REST API
 
+    # /metrics of the member and its api-server on the host's loopback (docs/observability.md):
+    # "" (the daemon's default port) for the first member of a host, shifted as the client and
+    # gRPC ports are for the others (plan_members), so members sharing a host differ.
+    @property
+    def store_metrics(self) -> str:
+        shift = self.client_port - defaults.STORE_CLIENT_PORT
+        return f"127.0.0.1:{defaults.STORE_METRICS_PORT + shift}" if shift > 0 else ""
+
+    @property
+    def apiserver_metrics(self) -> str:
+        shift = self.api_port - defaults.API_PORT
+        return f"127.0.0.1:{defaults.APISERVER_METRICS_PORT + shift}" if shift > 0 else ""
+
     @property
     def client_url(self) -> str:
         return f"{self.ip}:{self.client_port}"
@@ -192,7 +205,7 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
             listen_client=m.client_url, listen_peer=m.peer_url, initial_cluster=cluster.initial_cluster,
             initial_cluster_token=cluster.cluster_token,
             password_file=str(host.store_password_file) if host.store_password_file is not None else "",
-            insecure_no_password=host.store_password_file is None,
+            insecure_no_password=host.store_password_file is None, metrics_bind_address=m.store_metrics,
             tls=None if host.insecure else tls.store_tls(host.pki, m.name))
         specs.append(DaemonSpec(f"store-{m.name}", tuple(argv), f"Skiff store member {m.name}"))
     for m in cluster.members_on(host.name):
@@ -204,7 +217,8 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
                                  node_name=host.name, tls=None if host.insecure else apiserver_tls(host, external),
                                  default_not_ready_toleration_seconds=cluster.default_toleration_seconds,
                                  default_unreachable_toleration_seconds=cluster.default_toleration_seconds,
-                                 audit_log_path=str(host.state_dir / "apiserver" / f"audit-{m.name}.log"))
+                                 audit_log_path=str(host.state_dir / "apiserver" / f"audit-{m.name}.log"),
+                                 metrics_bind_address=m.apiserver_metrics)
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
                                 after=(f"store-{m.name}",) if external is None else ()))
     local_apis = [m.api_url for m in cluster.members_on(host.name)]

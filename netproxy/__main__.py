@@ -23,12 +23,14 @@ from netproxy.iptables.proxier import IptablesProxier
 from netproxy.iptables.writer import NFT_MAX_CHAINS
 from netproxy.ipvs.kernel import PyrouteIpvs, ipvs_available
 from netproxy.ipvs.proxier import IpvsProxier
-from netproxy.metrics import Metrics, serve
+from netproxy.metrics import Metrics
 from netproxy.netpol.enforcer import cleanup as netpol_cleanup
 from netproxy.proxier import Proxier
 from skiff import defaults, tls
+from skiff import metrics as skiff_metrics
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.errors import InvalidError, SkiffError
+from skiff.metrics import add_metrics_flag
 
 log = logging.getLogger("netproxy")
 
@@ -50,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodeport-addresses", default="",
                    help="comma-separated CIDRs whose local addresses serve NodePorts (default: all but 127/8)")
     p.add_argument("--masquerade-all", action="store_true", help="masquerade every ClusterIP connection")
-    p.add_argument("--metrics-bind-address", default=f"127.0.0.1:{defaults.PROXY_METRICS_PORT}",
-                   help="host:port serving /metrics and /healthz; empty disables")
+    add_metrics_flag(p, defaults.PROXY_METRICS_PORT)
     p.add_argument("--network-policy", choices=("on", "off"), default="on",
                    help="enforce NetworkPolicies on this node's pods with iptables (default on)")
     p.add_argument("--cleanup", action="store_true", help="remove everything netproxy installed, then exit")
@@ -128,14 +129,9 @@ async def run(args: argparse.Namespace) -> int:
     if not args.api_servers:
         raise InvalidError("--api-servers is required (or set SKIFF_SERVER)")
     client = Client(args.api_servers, credentials=tls.daemon_credentials(args, "netproxy"))
-    metrics = Metrics(mode=args.mode)
-    metrics.info.set(1, mode=args.mode, backend=backend)
-    server = None
-    if args.metrics_bind_address:
-        host, _, port = args.metrics_bind_address.rpartition(":")
-        server = await serve(metrics, host or "127.0.0.1", int(port),
-                             healthz_max_age=max(120.0, 2 * args.sync_period))
-        log.info("metrics on http://%s/metrics", args.metrics_bind_address)
+    metrics = Metrics(mode=args.mode, backend=backend)
+    served = await skiff_metrics.serve(args.metrics_bind_address, metrics.health(max(120.0, 2 * args.sync_period)),
+                                       registry=metrics.registry, what="netproxy metrics")
     proxy = NetProxy(client, proxier, node_name=args.node_name, min_sync_period=args.min_sync_period,
                      sync_period=args.sync_period, metrics=metrics,
                      netpol=ipt if args.network_policy == "on" else None)
@@ -148,8 +144,8 @@ async def run(args: argparse.Namespace) -> int:
         log.info("netproxy stopping (rules stay in place)")
         raise
     finally:
-        if server is not None:
-            server.close()
+        if served is not None:
+            await served.close()
         await client.close()
     return 0
 

@@ -1,147 +1,105 @@
-"""netproxy's metrics, in the Prometheus text format, served over plain HTTP.
+"""netproxy's metrics, as prometheus_client collectors in a registry of their own, served at
+/metrics (with /healthz, /livez, /readyz) by skiff.metrics.
 
-A few counters, gauges and histograms (no client library needed), rendered by `render()`
-and served at `GET /metrics` by `serve()`; `GET /healthz` answers 200 while the last
-successful sync is recent enough. Names follow kube-proxy's where one exists
-(`sync_proxy_rules_duration_seconds`, `network_programming_duration_seconds`), with a
-`netproxy_` prefix. Recording is synchronous and cheap; nothing here blocks a sync.
+Names follow kube-proxy's where one exists (`kubeproxy_sync_proxy_rules_duration_seconds`,
+`kubeproxy_network_programming_duration_seconds`, `kubeproxy_sync_proxy_rules_last_timestamp_seconds`,
+`kubeproxy_sync_proxy_rules_iptables_total`), so kube-proxy's dashboards apply; what kube-proxy
+has no name for is `netproxy_*`.
+
+What must hold: each `Metrics` has its own registry (a test or a benchmark runs several proxies
+in one process); recording is synchronous and cheap, nothing here blocks a sync; the proxy is
+healthy (kube-proxy's /healthz) while its last successful sync is recent enough.
 """
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import logging
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-log = logging.getLogger("netproxy.metrics")
+import prometheus_client as prom
+from prometheus_client import CollectorRegistry
+
+from skiff import metrics as skiff_metrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RECENT = 1000  # samples kept for logs, tests and benchmarks
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-
-
-@dataclass
 class Histogram:
-    name: str
-    help: str
-    buckets: Sequence[float] = LATENCY_BUCKETS
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    n: int = 0
-    recent: list[float] = field(default_factory=list)  # the last samples, for logs and tests
+    """A prometheus histogram that also keeps its count and its last samples."""
 
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.buckets) + 1)
+    def __init__(self, name: str, doc: str, registry: CollectorRegistry, *,
+                 buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self._h = prom.Histogram(name, doc, buckets=buckets, registry=registry)
+        self.n = 0
+        self.recent: list[float] = []
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
+        self._h.observe(value)
         self.n += 1
         self.recent.append(value)
-        del self.recent[:-1000]
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        cumulative = 0
-        for bound, count in zip([*self.buckets, math.inf], self.counts, strict=True):
-            cumulative += count
-            le = "+Inf" if math.isinf(bound) else repr(bound)
-            out.append(f'{self.name}_bucket{{le="{le}"}} {cumulative}')
-        out += [f"{self.name}_sum {self.total:.6f}", f"{self.name}_count {self.n}"]
-        return out
+        del self.recent[:-RECENT]
 
 
-@dataclass
 class Counter:
-    name: str
-    help: str
-    values: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)
+    """A labelled prometheus counter (labels by keyword, as the proxy records them)."""
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
+        self._c = prom.Counter(name, doc, labels, registry=registry)
+        self._values: dict[tuple[tuple[str, str], ...], float] = {}
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
+        (self._c.labels(**labels) if labels else self._c).inc(amount)
         key = tuple(sorted(labels.items()))
-        self.values[key] = self.values.get(key, 0.0) + amount
+        self._values[key] = self._values.get(key, 0.0) + amount
 
     def get(self, **labels: str) -> float:
-        return self.values.get(tuple(sorted(labels.items())), 0.0)
-
-    def render(self, kind: str = "counter") -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {kind}"]
-        out += [f"{self.name}{_labels(dict(k))} {v:g}" for k, v in sorted(self.values.items())]
-        return out
+        return self._values.get(tuple(sorted(labels.items())), 0.0)
 
 
-class Gauge(Counter):
+class Gauge:
+    def __init__(self, name: str, doc: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
+        self._g = prom.Gauge(name, doc, labels, registry=registry)
+        self._values: dict[tuple[tuple[str, str], ...], float] = {}
+
     def set(self, value: float, **labels: str) -> None:
-        self.values[tuple(sorted(labels.items()))] = value
+        (self._g.labels(**labels) if labels else self._g).set(value)
+        self._values[tuple(sorted(labels.items()))] = value
 
-    def render(self, kind: str = "gauge") -> list[str]:
-        return super().render(kind)
+    def get(self, **labels: str) -> float:
+        return self._values.get(tuple(sorted(labels.items())), 0.0)
 
 
 class Metrics:
-    def __init__(self, *, mode: str = "", clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, mode: str = "", backend: str = "", clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.sync_duration = Histogram("netproxy_sync_proxy_rules_duration_seconds",
-                                       "Time one sync takes: render or plan, and apply.")
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sync_duration = Histogram("kubeproxy_sync_proxy_rules_duration_seconds",
+                                       "SyncProxyRules latency in seconds: render or plan, and apply.", r)
         self.programming_latency = Histogram(
-            "netproxy_network_programming_duration_seconds",
-            "Time from an Endpoints change (its last-change-trigger-time, or when netproxy saw it) "
-            "to the sync that applied it.")
-        self.syncs = Counter("netproxy_syncs_total", "Syncs, by kind (full, partial) and result.")
-        self.restores = Counter("netproxy_iptables_restore_total", "iptables-restore runs.")
-        self.rules = Gauge("netproxy_sync_proxy_rules_iptables_total", "Rules netproxy renders, per table.")
-        self.service_ports = Gauge("netproxy_service_ports", "Service ports programmed.")
-        self.last_sync = Gauge("netproxy_sync_proxy_rules_last_timestamp_seconds",
-                               "When the last successful sync finished (unix time).")
-        self.info = Gauge("netproxy_info", "Mode and iptables backend.")
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds: from an Endpoints change (its "
+            "last-change-trigger-time, or when netproxy saw it) to the sync that applied it.", r)
+        self.syncs = Counter("netproxy_syncs", "Syncs, by kind (full, partial) and result.", ("kind", "result"), r)
+        self.restores = Counter("netproxy_iptables_restore", "iptables-restore runs.", (), r)
+        self.rules = Gauge("kubeproxy_sync_proxy_rules_iptables_total", "Total number of iptables rules owned by "
+                           "kube-proxy (netproxy renders), per table.", ("table",), r)
+        self.service_ports = Gauge("netproxy_service_ports", "Service ports programmed.", (), r)
+        self.last_sync = Gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                               "The last time proxy rules were successfully synced (unix time).", (), r)
+        self.info = Gauge("netproxy_info", "Mode and iptables backend.", ("mode", "backend"), r)
         if mode:
-            self.info.set(1, mode=mode)
+            self.info.set(1, mode=mode, backend=backend)
 
     def render(self) -> str:
-        lines: list[str] = []
-        for m in (self.sync_duration, self.programming_latency):
-            lines += m.render()
-        for c in (self.syncs, self.restores, self.rules, self.service_ports, self.last_sync, self.info):
-            lines += c.render()
-        return "\n".join(lines) + "\n"
+        return prom.generate_latest(self.registry).decode()
 
     def healthy(self, max_age: float) -> bool:
         last = self.last_sync.get()
         return last > 0 and self.clock() - last <= max_age
 
-
-async def serve(metrics: Metrics, host: str, port: int, *, healthz_max_age: float = 120.0) -> asyncio.Server:
-    """Serve /metrics and /healthz on host:port (port 0: any free port; see server.sockets)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request.decode(errors="replace").split()
-            path = parts[1] if len(parts) > 1 else "/"
-            if path == "/metrics":
-                status, body = "200 OK", metrics.render()
-            elif path == "/healthz":
-                ok = metrics.healthy(healthz_max_age)
-                status, body = ("200 OK", "ok\n") if ok else ("503 Service Unavailable", "no recent sync\n")
-            else:
-                status, body = "404 Not Found", "not found\n"
-            data = body.encode()
-            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                         f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-            await writer.drain()
-        except (TimeoutError, ConnectionError) as exc:
-            log.debug("metrics request failed: %s", exc)
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)
+    def health(self, max_age: float) -> skiff_metrics.Health:
+        """kube-proxy's /healthz: a successful sync within `max_age` seconds (live and ready)."""
+        return skiff_metrics.Health(live={"sync": skiff_metrics.ok_when(
+            lambda: self.healthy(max_age), f"no successful sync in the last {max_age:g}s")})

@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from nodeagent import metrics
 from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.bootstrap import BootstrapError, bootstrap
 from nodeagent.cri import GrpcRuntime, Runtime
@@ -23,8 +24,10 @@ from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
 from skiff import defaults, hostconfig, tls
+from skiff import metrics as skiff_metrics
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
+from skiff.metrics import add_metrics_flag
 from skiff.validation import TAINT_EFFECTS
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -92,8 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-max", type=duration, default=300.0, help="CrashLoopBackOff maximum delay (default 5m)")
     p.add_argument("--relist-period", type=duration, default=1.0,
                    help="how often the runtime's pods are listed again (default 1s)")
+    p.add_argument("--housekeeping-interval", type=duration, default=10.0,
+                   help="time between two samples of the node's and pods' resource usage, the window of "
+                        "`kubectl top` (default 10s)")
     p.add_argument("--lease-period", type=duration, default=10.0,
                    help="how often the node's Lease is renewed (default 10s)")
+    add_metrics_flag(p, defaults.AGENT_METRICS_PORT)
     tls.add_server_flags(p, what="logs and exec for the api-server; client certificates required")
     tls.add_client_flags(p)
     p.add_argument("--bootstrap-token", default="",
@@ -131,7 +138,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
         manage_network=not (args.no_network or args.fake_runtime),
         capacity=parse_kv(args.capacity, "--capacity"), labels=parse_kv(args.node_labels, "--node-labels"),
         taints=parse_taints(args.register_with_taints),
-        relist_period=args.relist_period, lease_period=args.lease_period,
+        relist_period=args.relist_period, lease_period=args.lease_period, stats_period=args.housekeeping_interval,
         plan=PlanConfig(backoff_base=args.backoff_base, backoff_max=args.backoff_max),
         dns=dns, pod_dir="" if args.fake_runtime else str(Path(args.state_dir) / "pod-data"),
     )
@@ -156,9 +163,14 @@ async def run(args: argparse.Namespace, serving: tls.ServerTLS | None, credentia
     listen = args.listen or f"{args.node_ip or '127.0.0.1'}:{defaults.AGENT_PORT}"
     server, agent.config.port = await start_server(agent, listen, serving)
     log.info("node agent %s serving logs/exec on port %d", args.node_name, agent.config.port)
+    metrics.NODE_NAME.labels(args.node_name).set(1)
+    health = skiff_metrics.Health(ready={
+        "runtime": lambda: agent.runtime_error and f"container runtime: {agent.runtime_error}",
+        "registered": skiff_metrics.ok_when(agent.registered.is_set, "the Node is not registered yet")})
     try:
-        await agent.start()
-        await asyncio.get_running_loop().create_future()  # until SIGTERM/SIGINT cancels us
+        async with skiff_metrics.serving(args.metrics_bind_address, health, what="node agent metrics"):
+            await agent.start()
+            await asyncio.get_running_loop().create_future()  # until SIGTERM/SIGINT cancels us
     finally:
         await agent.stop()
         await server.stop(1)

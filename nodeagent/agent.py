@@ -40,13 +40,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent import cri as rt
+from nodeagent import metrics, pressure
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
-from nodeagent import pressure
 from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
+from nodeagent.stats import Sampler
 from nodeagent.volumes import VolumeManager, reclaimable
 from nodeagent.worker import PodWorker, WorkerContext
 from skiff import conditions, errors, storage
@@ -78,6 +79,7 @@ class AgentConfig:
     manage_network: bool = True
     manage_sysctls: bool = True
     relist_period: float = 1.0
+    stats_period: float = 10.0  # between two usage samples (cAdvisor's housekeeping interval)
     lease_period: float = 10.0
     node_status_period: float = 60.0
     status_check_period: float = 1.0
@@ -178,6 +180,7 @@ class NodeAgent:
         self._network_kick = asyncio.Event()
         self.registered = asyncio.Event()
         self.started = asyncio.Event()
+        self.sampler = Sampler(runtime, node_name=config.node_name)
 
     # ------------------------------------------------------------ pods -> workers
 
@@ -285,6 +288,7 @@ class NodeAgent:
     # ------------------------------------------------------------ relist (PLEG)
 
     async def relist_once(self) -> None:
+        started = time.perf_counter()
         try:
             sandboxes = await self.runtime.list_pod_sandbox()
             containers = await self.runtime.list_containers()
@@ -292,6 +296,15 @@ class NodeAgent:
             self.runtime_error = str(exc)
             self.runtime_status = None
             return
+        metrics.PLEG_RELIST.observe(time.perf_counter() - started)
+        metrics.PLEG_LAST_SEEN.set(time.time())
+        metrics.RUNNING_PODS.set(sum(1 for s in sandboxes if s.state == cri.SANDBOX_READY))
+        states = dict.fromkeys(metrics.CONTAINER_STATES, 0)
+        for c in containers:
+            state = cri.ContainerState.Name(c.state).removeprefix("CONTAINER_").lower()
+            states[state if state in states else "unknown"] += 1
+        for state, n in states.items():
+            metrics.RUNNING_CONTAINERS.labels(state).set(n)
         prints: dict[str, list[tuple[str, int]]] = {}
         for s in sandboxes:
             uid = s.labels.get(rt.LABEL_POD_UID)
@@ -325,6 +338,14 @@ class NodeAgent:
                     log.warning("removing orphaned volumes: %s", exc)
             passes += 1
             await asyncio.sleep(self.config.relist_period)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            try:
+                await self.sampler.sample()
+            except rt.CriError as exc:
+                log.debug("usage sample failed: %s", exc)
+            await asyncio.sleep(self.config.stats_period)
 
     # ------------------------------------------------------------ node, lease
 
@@ -534,6 +555,7 @@ class NodeAgent:
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))
+        self._tasks.append(guard(self._stats_loop(), "nodeagent-stats"))
         self.started.set()
 
     async def stop(self) -> None:

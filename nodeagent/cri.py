@@ -16,6 +16,7 @@ from typing import Protocol
 
 import grpc
 
+from nodeagent import metrics
 from skiffpb.cri.v1 import api_pb2 as cri
 from skiffpb.cri.v1 import api_pb2_grpc as cri_grpc
 
@@ -59,6 +60,8 @@ class Runtime(Protocol):
     async def list_containers(self, *, labels: Mapping[str, str] | None = None) -> list[cri.Container]: ...
     async def container_status(self, container_id: str) -> cri.ContainerStatus: ...
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse: ...
+    async def list_container_stats(self) -> list[cri.ContainerStats]: ...
+    async def list_pod_sandbox_stats(self) -> list[cri.PodSandboxStats]: ...
     async def image_status(self, image: str) -> cri.Image | None: ...
     async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None,
                          auth: cri.AuthConfig | None = None) -> str: ...
@@ -93,9 +96,13 @@ class GrpcRuntime:
         self._img = cri_grpc.ImageServiceStub(self._channel)
 
     async def _call(self, stub: object, method: str, request: object, *, what: str, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        op = metrics.operation_type(method)
+        metrics.RUNTIME_OPERATIONS.labels(op).inc()
         try:
-            return await getattr(stub, method)(request, timeout=timeout or self.timeout)
+            with metrics.RUNTIME_DURATION.labels(op).time():
+                return await getattr(stub, method)(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
+            metrics.RUNTIME_ERRORS.labels(op).inc()
             raise _error(exc, what) from exc
 
     async def version(self) -> cri.VersionResponse:
@@ -167,6 +174,16 @@ class GrpcRuntime:
         resp: cri.ExecSyncResponse = await self._call(self._rt, "ExecSync", req, what="ExecSync",
                                                       timeout=(timeout or 60) + 10)
         return resp
+
+    async def list_container_stats(self) -> list[cri.ContainerStats]:
+        resp = await self._call(self._rt, "ListContainerStats", cri.ListContainerStatsRequest(),
+                                what="ListContainerStats", timeout=10)
+        return list(resp.stats)
+
+    async def list_pod_sandbox_stats(self) -> list[cri.PodSandboxStats]:
+        resp = await self._call(self._rt, "ListPodSandboxStats", cri.ListPodSandboxStatsRequest(),
+                                what="ListPodSandboxStats", timeout=10)
+        return list(resp.stats)
 
     async def image_status(self, image: str) -> cri.Image | None:
         resp = await self._call(self._img, "ImageStatus", cri.ImageStatusRequest(image=cri.ImageSpec(image=image)),

@@ -101,6 +101,8 @@ class FakeRuntime:
         self._random = random.Random(self.faults.seed)
         self.exec_handler: Callable[[str, list[str]], tuple[int, bytes, bytes]] = lambda cid, cmd: (0, b"", b"")
         self._ids = itertools.count(1)
+        self.fake_cpu_cores = 0.01  # what each running container "uses" (list_container_stats)
+        self.fake_memory = 4 << 20
 
     # ------------------------------------------------------------ test controls
 
@@ -247,6 +249,39 @@ class FakeRuntime:
                                    image=c.config.image, image_ref=c.image_ref, reason=c.reason,
                                    labels=c.config.labels, annotations=c.config.annotations, log_path=c.log_path)
 
+    def _container_stats(self, c: _Container, now: int) -> cri.ContainerStats:
+        # A running container uses FAKE_CPU_CORES and FAKE_MEMORY from its start: figures that
+        # move with time, so a consumer's rates have something to measure.
+        running = c.state == cri.CONTAINER_RUNNING and c.started_at
+        cpu_ns = int((now - c.started_at) * self.fake_cpu_cores) if running else 0
+        return cri.ContainerStats(
+            attributes=cri.ContainerAttributes(id=c.id, metadata=c.config.metadata, labels=c.config.labels,
+                                               annotations=c.config.annotations),
+            cpu=cri.CpuUsage(timestamp=now, usage_core_nano_seconds=cri.UInt64Value(value=cpu_ns)),
+            memory=cri.MemoryUsage(timestamp=now, working_set_bytes=cri.UInt64Value(
+                value=self.fake_memory if running else 0)))
+
+    async def list_container_stats(self) -> list[cri.ContainerStats]:
+        self._check("ListContainerStats")
+        now = _now_ns()
+        return [self._container_stats(c, now) for c in self.containers.values()]
+
+    async def list_pod_sandbox_stats(self) -> list[cri.PodSandboxStats]:
+        self._check("ListPodSandboxStats")
+        now = _now_ns()
+        out = []
+        for sb in self.sandboxes.values():
+            containers = [self._container_stats(c, now) for c in self.containers.values() if c.sandbox_id == sb.id]
+            linux = cri.LinuxPodSandboxStats(
+                cpu=cri.CpuUsage(timestamp=now, usage_core_nano_seconds=cri.UInt64Value(
+                    value=sum(c.cpu.usage_core_nano_seconds.value for c in containers))),
+                memory=cri.MemoryUsage(timestamp=now, working_set_bytes=cri.UInt64Value(
+                    value=sum(c.memory.working_set_bytes.value for c in containers))),
+                containers=containers)
+            out.append(cri.PodSandboxStats(attributes=cri.PodSandboxAttributes(
+                id=sb.id, metadata=sb.config.metadata, labels=sb.config.labels), linux=linux))
+        return out
+
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
         self._check("ExecSync")
         c = self._container(container_id)
@@ -353,6 +388,12 @@ class _RuntimeServicer(cri_grpc.RuntimeServiceServicer):
 
     async def ExecSync(self, request, context):  # type: ignore[no-untyped-def]
         return await self._do(context, self.fake.exec_sync(request.container_id, list(request.cmd), request.timeout))
+
+    async def ListContainerStats(self, request, context):  # type: ignore[no-untyped-def]
+        return cri.ListContainerStatsResponse(stats=await self._do(context, self.fake.list_container_stats()))
+
+    async def ListPodSandboxStats(self, request, context):  # type: ignore[no-untyped-def]
+        return cri.ListPodSandboxStatsResponse(stats=await self._do(context, self.fake.list_pod_sandbox_stats()))
 
 
 class _ImageServicer(cri_grpc.ImageServiceServicer):

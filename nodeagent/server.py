@@ -2,8 +2,9 @@
 
 ContainerLogs streams a container's log file (decoded from the CRI log format), optionally
 only the last `tail_lines`, the previous instance's (`previous`), and following new output
-while the container runs. Exec runs a command through CRI ExecSync. Pods are found in the
-agent's own pod cache (only pods bound to this node); errors are Skiff errors with gRPC codes.
+while the container runs. Exec runs a command through CRI ExecSync. Summary answers the node's
+and its pods' resource usage (nodeagent/stats.py). Pods are found in the agent's own pod cache
+(only pods bound to this node); errors are Skiff errors with gRPC codes.
 
 With TLS (the default) the service requires a client certificate from the cluster CA and
 serves only the api-server's kubelet-client identity (skiff.identity.APISERVER_CLIENT):
@@ -24,6 +25,7 @@ from nodeagent.cri import LABEL_CONTAINER_NAME, LABEL_POD_UID, CriError
 from nodeagent.podconfig import container_log_path, pod_log_dir
 from skiff import errors, identity, tls
 from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import metrics_pb2
 from skiffpb.api.v1 import nodeagent_pb2_grpc as na_grpc
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -142,6 +144,15 @@ class NodeAgentService(na_grpc.NodeAgentServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE if exc.code == grpc.StatusCode.UNAVAILABLE
                                 else grpc.StatusCode.INTERNAL, str(exc))
         raise AssertionError("unreachable")
+
+    async def Summary(self, request: metrics_pb2.SummaryRequest,
+                      context: grpc.aio.ServicerContext) -> metrics_pb2.UsageSummary:
+        """The node's and its pods' usage over the last two samples (nodeagent/stats.py)."""
+        try:
+            self._authorize(context)
+        except errors.SkiffError as exc:
+            await context.abort(exc.code, exc.message)
+        return self.agent.sampler.summary()
 
 
 async def start_server(agent: NodeAgent, listen: str, server_tls: tls.ServerTLS | None = None,

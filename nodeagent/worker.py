@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nodeagent import cri as rt
-from nodeagent import logs
+from nodeagent import logs, metrics
 from nodeagent import plan as P
 from nodeagent.dns import hosts_file
 from nodeagent.envs import ConfigSource, ContainerConfigError, container_env
@@ -154,6 +154,7 @@ class PodWorker:
         self.config_errors: dict[str, str] = {}  # container -> why it cannot be created yet
         self.mount_waits: set[str] = set()  # containers whose config error is a volume not ready yet
         self.next_disk_check = 0.0
+        self.seen_at = time.monotonic()  # kubelet_pod_start_duration_seconds counts from here
 
     def kick(self) -> None:
         self.kicked.set()
@@ -527,6 +528,10 @@ class PodWorker:
         except errors.NotFoundError:
             return
         self.last_written = (data, _revision(written))
+        if written.status.phase == "Running" and pod.status.phase != "Running" and self.seen_at:
+            # Once, at the first start: a pod adopted after the agent restarted was Running already.
+            metrics.POD_START.observe(time.monotonic() - self.seen_at)
+            self.seen_at = 0.0
         if self.ctx.on_status_written is not None:
             self.ctx.on_status_written(written)
 

@@ -28,6 +28,7 @@ from skiff.retry import Backoff, retry
 from skiff.tls import Credentials
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
+from skiffpb.api.v1 import metrics_pb2
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.client")
@@ -288,6 +289,21 @@ class Client:
     async def version(self) -> api.VersionResponse:
         response = await self._call("Version", api.VersionRequest())
         assert isinstance(response, api.VersionResponse)
+        return response
+
+    async def node_metrics(self, *, name: str = "", label_selector: str = "") -> metrics_pb2.NodeMetricsList:
+        """metrics.k8s.io NodeMetrics: every node with a figure, or one by name."""
+        response = await self._call("NodeMetrics", metrics_pb2.MetricsRequest(name=name,
+                                                                             label_selector=label_selector))
+        assert isinstance(response, metrics_pb2.NodeMetricsList)
+        return response
+
+    async def pod_metrics(self, *, namespace: str = "", name: str = "",
+                          label_selector: str = "") -> metrics_pb2.PodMetricsList:
+        """metrics.k8s.io PodMetrics of a namespace ("": every namespace), or one pod by name."""
+        response = await self._call("PodMetrics", metrics_pb2.MetricsRequest(
+            namespace=namespace, name=name, label_selector=label_selector))
+        assert isinstance(response, metrics_pb2.PodMetricsList)
         return response
 
     async def access_review(self, verb: str, resource: str = "", *, group: str = "", subresource: str = "",

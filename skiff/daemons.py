@@ -13,7 +13,10 @@ What must hold:
   is the one verbosity flag of every daemon;
 - TLS is a required argument of every daemon: its files (skiff.tls objects) or None, which
   is written out as `--insecure` (development only), so plaintext is never chosen by leaving
-  an argument out.
+  an argument out;
+- every daemon takes `metrics_bind_address` (its /metrics, /healthz, /livez, /readyz;
+  skiff/metrics.py): empty leaves the daemon's default (127.0.0.1 and its port in
+  skiff/defaults.py), "off" turns the endpoints off.
 """
 
 from __future__ import annotations
@@ -39,9 +42,16 @@ def _verbose(verbose: bool) -> list[str]:
     return ["-v"] if verbose else []
 
 
+def _metrics(address: str) -> list[str]:
+    if not address:
+        return []
+    return ["--metrics-bind-address", "" if address == "off" else address]
+
+
 def store(python: str, *, name: str, data_dir: str, listen_client: str, listen_peer: str,
           initial_cluster: str, initial_cluster_token: str, initial_cluster_state: str = "new",
           tls: ServerTLS | None, password_file: str = "", insecure_no_password: bool = False,
+          metrics_bind_address: str = "",
           verbose: bool = False) -> list[str]:
     """A store member. Without a password file or `insecure_no_password`, the member reads
     $SKIFF_STORE_PASSWORD (the caller passes it in the environment). `tls`: mutual TLS on the
@@ -59,13 +69,14 @@ def store(python: str, *, name: str, data_dir: str, listen_client: str, listen_p
     else:
         argv += ["--cert-file", tls.cert_file, "--key-file", tls.key_file, "--trusted-ca-file", tls.client_ca_file,
                  "--client-cert-auth"]
-    return argv + _verbose(verbose)
+    return argv + _metrics(metrics_bind_address) + _verbose(verbose)
 
 
 def apiserver(python: str, *, store_endpoints: str, listen: str, service_cidr: str, node_port_range: str,
               node_name: str, tls: ApiServerTLS | None, default_not_ready_toleration_seconds: int = 300,
               default_unreachable_toleration_seconds: int = 300, http_listen: str = "",
-              authorization_mode: str = "", audit_log_path: str = "", verbose: bool = False) -> list[str]:
+              authorization_mode: str = "", audit_log_path: str = "", metrics_bind_address: str = "",
+              verbose: bool = False) -> list[str]:
     """`http_listen` set: the api-server also serves the Kubernetes REST API there (docs/kubernetes-api.md).
     `authorization_mode` empty: the api-server's default (Node,RBAC); `audit_log_path` empty: no audit log."""
     return [*_py(python, APISERVER), "--store-endpoints", store_endpoints, "--listen", listen,
@@ -75,7 +86,7 @@ def apiserver(python: str, *, store_endpoints: str, listen: str, service_cidr: s
             "--default-unreachable-toleration-seconds", str(default_unreachable_toleration_seconds),
             *(["--authorization-mode", authorization_mode] if authorization_mode else []),
             *(["--audit-log-path", audit_log_path] if audit_log_path else []),
-            *apiserver_tls_flags(tls), *_verbose(verbose)]
+            *apiserver_tls_flags(tls), *_metrics(metrics_bind_address), *_verbose(verbose)]
 
 
 def apiserver_tls_flags(tls: ApiServerTLS | None) -> list[str]:
@@ -92,7 +103,7 @@ def apiserver_tls_flags(tls: ApiServerTLS | None) -> list[str]:
 def controllers(python: str, *, api_servers: str, cluster_cidr: str, node_cidr_mask_size: int,
                 node_monitor_grace_period: str, identity: str, credentials: Credentials | None,
                 service_cidr: str = "", cluster_signing_cert_file: str = "", cluster_signing_key_file: str = "",
-                verbose: bool = False) -> list[str]:
+                metrics_bind_address: str = "", verbose: bool = False) -> list[str]:
     """`service_cidr` set: the controllers also keep default/kubernetes (its ClusterIP is the first address).
     `cluster_signing_*`: the CA that signs approved node certificates (kube-controller-manager's flags)."""
     argv = [*_py(python, CONTROLLERS), "--api-servers", api_servers, "--cluster-cidr", cluster_cidr,
@@ -103,13 +114,13 @@ def controllers(python: str, *, api_servers: str, cluster_cidr: str, node_cidr_m
     if cluster_signing_cert_file:
         argv += ["--cluster-signing-cert-file", cluster_signing_cert_file,
                  "--cluster-signing-key-file", cluster_signing_key_file]
-    return argv + client_flags(credentials) + _verbose(verbose)
+    return argv + client_flags(credentials) + _metrics(metrics_bind_address) + _verbose(verbose)
 
 
 def scheduler(python: str, *, api_servers: str, identity: str, credentials: Credentials | None,
-              verbose: bool = False) -> list[str]:
+              metrics_bind_address: str = "", verbose: bool = False) -> list[str]:
     return [*_py(python, SCHEDULER), "--api-servers", api_servers, "--identity", identity,
-            *client_flags(credentials), *_verbose(verbose)]
+            *client_flags(credentials), *_metrics(metrics_bind_address), *_verbose(verbose)]
 
 
 def nodeagent(python: str, *, node_name: str, api_servers: str, container_runtime_endpoint: str, node_ip: str,
@@ -117,7 +128,8 @@ def nodeagent(python: str, *, node_name: str, api_servers: str, container_runtim
               cgroup_parent: str, lease_period: str = "10s", node_labels: Mapping[str, str] | None = None,
               register_with_taints: Sequence[str] = (), netns: str = "", cluster_dns: str = "",
               cluster_domain: str = "", tls: tuple[ServerTLS, Credentials] | None, bootstrap_token: str = "",
-              bootstrap_servers: Sequence[str] = (), verbose: bool = False) -> list[str]:
+              bootstrap_servers: Sequence[str] = (), metrics_bind_address: str = "",
+              verbose: bool = False) -> list[str]:
     """`tls`: (serving, api-server credentials). `bootstrap_token`: join with it first (the
     credentials' files are then written by the join)."""
     argv = [*_py(python, NODEAGENT), "--node-name", node_name, "--api-servers", api_servers,
@@ -141,21 +153,23 @@ def nodeagent(python: str, *, node_name: str, api_servers: str, container_runtim
         argv += [*server_flags(tls[0]), *client_flags(tls[1])]
     if bootstrap_token:
         argv += ["--bootstrap-token", bootstrap_token, "--bootstrap-server", ",".join(bootstrap_servers)]
-    return argv + _verbose(verbose)
+    return argv + _metrics(metrics_bind_address) + _verbose(verbose)
 
 
 def netproxy(python: str, *, api_servers: str, node_name: str, mode: str, cluster_cidr: str,
              min_sync_period: str, iptables_backend: str, credentials: Credentials | None,
-             verbose: bool = False) -> list[str]:
+             metrics_bind_address: str = "", verbose: bool = False) -> list[str]:
     return [*_py(python, NETPROXY), "--api-servers", api_servers, "--node-name", node_name, "--mode", mode,
             "--cluster-cidr", cluster_cidr, "--min-sync-period", min_sync_period,
-            "--iptables-backend", iptables_backend, *client_flags(credentials), *_verbose(verbose)]
+            "--iptables-backend", iptables_backend, *client_flags(credentials), *_metrics(metrics_bind_address),
+            *_verbose(verbose)]
 
 
 def clusterdns(python: str, *, api_servers: str, listen: str, cluster_domain: str, reverse_cidrs: Sequence[str],
-               credentials: Credentials | None, upstreams: str = "", verbose: bool = False) -> list[str]:
+               credentials: Credentials | None, upstreams: str = "", metrics_bind_address: str = "",
+               verbose: bool = False) -> list[str]:
     argv = [*_py(python, CLUSTERDNS), "--api-servers", api_servers, "--listen", listen,
             "--cluster-domain", cluster_domain, "--reverse-cidrs", ",".join(reverse_cidrs)]
     if upstreams:
         argv += ["--upstreams", upstreams]
-    return argv + client_flags(credentials) + _verbose(verbose)
+    return argv + client_flags(credentials) + _metrics(metrics_bind_address) + _verbose(verbose)

@@ -30,7 +30,19 @@ STORE_PEER_PORT = 2380
 API_PORT = 6443
 KUBE_API_PORT = 8443  # the Kubernetes REST API (HTTP) beside the gRPC API; 6443 is gRPC's
 AGENT_PORT = 10250
+# Each daemon's /metrics, /healthz, /livez and /readyz (--metrics-bind-address, loopback by
+# default; docs/observability.md). Upstream's ports where upstream has one: etcd's metrics URL,
+# kube-controller-manager's and kube-scheduler's secure ports, the kubelet's read-only port,
+# kube-proxy's metrics port, CoreDNS's prometheus plugin. The api-server also serves them on its
+# REST port, as kube-apiserver does. Several store members or api-servers on one host shift theirs
+# as their other ports do (+100 per store slot, +1 per api-server slot).
+STORE_METRICS_PORT = 2381
+APISERVER_METRICS_PORT = 8080
+CONTROLLERS_METRICS_PORT = 10257
+SCHEDULER_METRICS_PORT = 10259
+AGENT_METRICS_PORT = 10255
 PROXY_METRICS_PORT = 10249
+CLUSTERDNS_METRICS_PORT = 9153
 
 # Where node agents keep their heartbeat Leases (one per node, named after it).
 NODE_LEASE_NAMESPACE = "kube-node-lease"

@@ -5,19 +5,35 @@ What must hold:
   marks it dirty, and it is handed out again after `done(key)`;
 - a key waiting in the queue is there once, however often it was added;
 - failures back off per key (base * 2^n, capped) until `forget(key)`; an optional overall
-  token bucket limits how fast retries come back.
+  token bucket limits how fast retries come back;
+- the queue reports client-go's workqueue metrics, labelled with its name: depth, adds, retries,
+  time waiting in the queue and time being processed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+
+from prometheus_client import Counter, Gauge, Histogram
 
 from skiff.retry import Backoff
 
 log = logging.getLogger("skiff.workqueue")
+
+# client-go's workqueue metrics (k8s.io/component-base/metrics/prometheus/workqueue), its buckets.
+_BUCKETS = tuple(1e-8 * 10 ** i for i in range(10))
+DEPTH = Gauge("workqueue_depth", "Current depth of workqueue", ["name"])
+ADDS = Counter("workqueue_adds", "Total number of adds handled by workqueue", ["name"])
+RETRIES = Counter("workqueue_retries", "Total number of retries handled by workqueue", ["name"])
+QUEUE_DURATION = Histogram("workqueue_queue_duration_seconds",
+                           "How long in seconds an item stays in workqueue before being requested.", ["name"],
+                           buckets=_BUCKETS)
+WORK_DURATION = Histogram("workqueue_work_duration_seconds",
+                          "How long in seconds processing an item from workqueue takes.", ["name"], buckets=_BUCKETS)
 
 
 class WorkQueue:
@@ -38,6 +54,13 @@ class WorkQueue:
         self._burst = burst
         self._tokens = float(burst)
         self._last_refill: float | None = None
+        self._queued_at: dict[str, float] = {}
+        self._started_at: dict[str, float] = {}
+        self._depth = DEPTH.labels(name)
+        self._adds = ADDS.labels(name)
+        self._retries = RETRIES.labels(name)
+        self._queue_duration = QUEUE_DURATION.labels(name)
+        self._work_duration = WORK_DURATION.labels(name)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -50,9 +73,15 @@ class WorkQueue:
         if self._shutdown or key in self._dirty:
             return
         self._dirty.add(key)
+        self._adds.inc()
         if key in self._processing:
             return  # handed out again by done()
+        self._enqueue(key)
+
+    def _enqueue(self, key: str) -> None:
         self._queue.append(key)
+        self._queued_at.setdefault(key, time.monotonic())
+        self._depth.inc()
         self._wakeup.set()
 
     def add_after(self, key: str, delay: float) -> None:
@@ -83,6 +112,7 @@ class WorkQueue:
     def add_rate_limited(self, key: str) -> None:
         delay = self.backoff(key)
         self._failures[key] = self._failures.get(key, 0) + 1
+        self._retries.inc()
         self.add_after(key, max(delay, self._bucket_delay()))
 
     def _bucket_delay(self) -> float:
@@ -111,13 +141,19 @@ class WorkQueue:
         key = self._queue.popleft()
         self._dirty.discard(key)
         self._processing.add(key)
+        now = time.monotonic()
+        self._depth.dec()
+        self._queue_duration.observe(now - self._queued_at.pop(key, now))
+        self._started_at[key] = now
         return key
 
     def done(self, key: str) -> None:
         self._processing.discard(key)
+        started = self._started_at.pop(key, None)
+        if started is not None:
+            self._work_duration.observe(time.monotonic() - started)
         if key in self._dirty and not self._shutdown:
-            self._queue.append(key)
-            self._wakeup.set()
+            self._enqueue(key)
 
     def shutdown(self) -> None:
         self._shutdown = True

@@ -27,6 +27,7 @@ from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, StartupError, serve
 from skiff import defaults, tls
 from skiff.daemon import add_verbose_flag, duration, setup_logging
+from skiff.metrics import add_metrics_flag
 
 log = logging.getLogger("skiff.apiserver")
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kubelet-client-certificate", default="", help="client certificate towards node agents")
     g.add_argument("--kubelet-client-key", default="", help="its key")
     g.add_argument("--kubelet-certificate-authority", default="", help="CA node agents' certificates chain to")
+    add_metrics_flag(p, defaults.APISERVER_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
-                    http_listen=args.http_listen, node_port_range=args.node_port_range, node_name=args.node_name,
+                    http_listen=args.http_listen, metrics_listen=args.metrics_bind_address,
+                    node_port_range=args.node_port_range, node_name=args.node_name,
                     authorization_modes=modes, audit_log_path=args.audit_log_path,
                     audit_log_max_size_mb=args.audit_log_maxsize, audit_log_max_backups=args.audit_log_maxbackup,
                     tls=serving, store_credentials=store_credentials, kubelet_credentials=kubelet_credentials,

@@ -78,7 +78,9 @@ def view_rules() -> list[t.PolicyRule]:
             rule(READ, ("apps",), (*APPS_APP, *SCALE, "deployments/status", "replicasets/status",
                                    "statefulsets/status", "daemonsets/status")),
             rule(READ, ("batch",), (*BATCH_APP, "jobs/status", "cronjobs/status")),
-            rule(READ, ("coordination.k8s.io",), ("leases",))]
+            rule(READ, ("coordination.k8s.io",), ("leases",)),
+            # metrics-server's system:aggregated-metrics-reader, aggregated into view, edit and admin.
+            rule(READ, ("metrics.k8s.io",), ("pods", "nodes"))]
 
 
 def edit_rules() -> list[t.PolicyRule]:
@@ -97,6 +99,13 @@ def cluster_roles() -> list[t.ClusterRole]:
                                rule((*READ, *WRITE), ("",), ("limitranges", "resourcequotas"))]),
         cluster_role("edit", edit_rules()),
         cluster_role("view", view_rules()),
+        # What the dashboard shows (controlplane/apiserver/rest/dashboard.py), cluster-wide and
+        # read-only: bind a user (a token's, docs/observability.md) to it to use the dashboard.
+        cluster_role("dashboard-viewer", [
+            rule(READ, ("",), ("nodes", "pods", "services", "endpoints", "events", "namespaces")),
+            rule(READ, ("apps",), ("deployments", "statefulsets", "daemonsets", "replicasets")),
+            rule(READ, ("metrics.k8s.io",), ("nodes", "pods")),
+        ]),
         cluster_role("system:basic-user", [rule(("create",), ("authorization.k8s.io",),
                                                 ("selfsubjectaccessreviews", "selfsubjectrulesreviews"))]),
         cluster_role("system:discovery", [urls(("get",), DISCOVERY_PATHS)]),

@@ -1,5 +1,5 @@
 """Forwarding `logs` and `exec` to the node agent that runs the pod (as kube-apiserver does
-to the kubelet).
+to the kubelet), and asking a node agent for its usage summary (metrics.k8s.io).
 
 The target is the pod's node: its InternalIP (else the first address) and the port it
 publishes in status.daemonEndpoints.kubeletEndpoint. Every failure is a clear error naming
@@ -27,7 +27,7 @@ from skiff import errors
 from skiff.client import open_channel
 from skiff.tls import Credentials
 from skiffpb.api.v1 import apiserver_pb2 as api
-from skiffpb.api.v1 import nodeagent_pb2_grpc
+from skiffpb.api.v1 import metrics_pb2, nodeagent_pb2_grpc
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.apiserver.forward")
@@ -152,6 +152,16 @@ class Forwarder:
             response: api.ExecResponse = await self._stub(target, node).Exec(forwarded, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, node, target) from exc
+        return response
+
+    async def summary(self, node: t.Node) -> metrics_pb2.UsageSummary:
+        """The node agent's usage summary (metrics.k8s.io, controlplane/apiserver/resourcemetrics.py)."""
+        target = node_target(node)
+        try:
+            response: metrics_pb2.UsageSummary = await self._stub(target, node.metadata.name).Summary(
+                metrics_pb2.SummaryRequest(), timeout=CONNECT_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, node.metadata.name, target) from exc
         return response
 
     async def close(self) -> None:

@@ -31,8 +31,9 @@ import grpc
 import grpc.aio
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
+from prometheus_client import REGISTRY
 
-from controlplane.apiserver import authn, bootstrappolicy, caller
+from controlplane.apiserver import authn, bootstrappolicy, caller, metrics, resourcemetrics
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB, AuditLog
 from controlplane.apiserver.authn import Authenticator
@@ -40,13 +41,16 @@ from controlplane.apiserver.authorizer import DEFAULT_MODES, Authorizer, kind_at
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Options, Registry, store_error
+from controlplane.apiserver.resourcemetrics import ResourceMetrics
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
 from skiff import __version__, defaults, errors, kinds, tls
+from skiff import metrics as skiff_metrics
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
 from skiff.tls import Credentials, ServerTLS
 from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import metrics_pb2
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.apiserver")
@@ -149,6 +153,9 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
         return _named(kinds.by_resource("pods"), "pods", "get", request.namespace, request.pod, "log")
     if method == "Exec":
         return _named(kinds.by_resource("pods"), "pods", "create", request.namespace, request.pod, "exec")
+    if method in ("NodeMetrics", "PodMetrics"):  # metrics.k8s.io, as its REST paths (rest/http.py metrics_api)
+        return Attributes("get" if request.name else "list", "nodes" if method == "NodeMetrics" else "pods",
+                          group=resourcemetrics.GROUP, namespace=request.namespace, name=request.name)
     if method in OPEN_METHODS:
         return None
     return Attributes("call", path=f"/{SERVICE}/{method}")
@@ -207,7 +214,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = str(handler_call_details.method).rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+        method = str(handler_call_details.method)  # type: ignore[attr-defined]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, self.auth, method), request_deserializer=handler.request_deserializer,
@@ -221,33 +228,42 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth,
                 method: str) -> Callable[..., Awaitable[Any]]:
+    """`method`: the full gRPC method name (/skiff.api.v1.ApiServer/Get)."""
+    name = method.rsplit("/", 1)[-1]
+
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            _check_request(request)
-            with caller.acting_as(await auth.admit(method, request, context)):
-                return await behavior(request, context)
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            err = to_status(exc)
-            await context.abort(err.code, err.message, errors.trailing_metadata(err))
+        with metrics.track(metrics.grpc_info(method, request)) as tracked:
+            try:
+                _check_request(request)
+                with caller.acting_as(await auth.admit(name, request, context)):
+                    return await behavior(request, context)
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                err = to_status(exc)
+                tracked.code = metrics.code_of(err)
+                await context.abort(err.code, err.message, errors.trailing_metadata(err))
 
     return run
 
 
 def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], auth: RequestAuth,
                  method: str) -> Callable[..., AsyncIterator[Any]]:
+    name = method.rsplit("/", 1)[-1]
+
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        try:
-            _check_request(request)
-            with caller.acting_as(await auth.admit(method, request, context)):
-                async for item in behavior(request, context):
-                    yield item
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
-            err = to_status(exc)
-            await context.abort(err.code, err.message, errors.trailing_metadata(err))
+        with metrics.track(metrics.grpc_info(method, request)) as tracked:
+            try:
+                _check_request(request)
+                with caller.acting_as(await auth.admit(name, request, context)):
+                    async for item in behavior(request, context):
+                        yield item
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                err = to_status(exc)
+                tracked.code = metrics.code_of(err)
+                await context.abort(err.code, err.message, errors.trailing_metadata(err))
 
     return run
 
@@ -264,6 +280,7 @@ class ApiServerService:
         self.registry = registry
         self.forwarder = forwarder
         self.node_name = node_name
+        self.resource_metrics = ResourceMetrics(registry, forwarder)
         self.authorizer = authorizer
 
     async def Create(self, request: api.CreateRequest, context: Any) -> t.Object:
@@ -316,6 +333,17 @@ class ApiServerService:
     async def Exec(self, request: api.ExecRequest, context: Any) -> api.ExecResponse:
         return await self.forwarder.exec(request)
 
+    async def NodeMetrics(self, request: metrics_pb2.MetricsRequest, context: Any) -> metrics_pb2.NodeMetricsList:
+        found = await self.resource_metrics.node_metrics(name=request.name, label_selector=request.label_selector)
+        return metrics_pb2.NodeMetricsList(items=[item for _, item in found])
+
+    async def PodMetrics(self, request: metrics_pb2.MetricsRequest, context: Any) -> metrics_pb2.PodMetricsList:
+        if request.name and not request.namespace:
+            raise errors.InvalidError("namespace: required with a pod name")
+        found = await self.resource_metrics.pod_metrics(namespace=request.namespace, name=request.name,
+                                                        label_selector=request.label_selector)
+        return metrics_pb2.PodMetricsList(items=[item for _, item in found])
+
     async def Version(self, request: api.VersionRequest, context: Any) -> api.VersionResponse:
         return api.VersionResponse(version=__version__, store=self.registry.store.describe(),
                                    service_cidr=self.registry.allocator.network.with_prefixlen,
@@ -357,6 +385,8 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
         "Logs": stream(service.Logs, api.LogsRequest),
         "Exec": unary(service.Exec, api.ExecRequest),
         "Version": unary(service.Version, api.VersionRequest),
+        "NodeMetrics": unary(service.NodeMetrics, metrics_pb2.MetricsRequest),
+        "PodMetrics": unary(service.PodMetrics, metrics_pb2.MetricsRequest),
         "AccessReview": unary(service.AccessReview, api.AccessReviewRequest),
     })
 
@@ -369,6 +399,7 @@ class Config:
     node_port_range: str = defaults.NODE_PORT_RANGE
     node_name: str = ""
     http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTPS); empty: not served
+    metrics_listen: str = ""  # "host:port" for /metrics and the health checks (skiff/metrics.py); empty: not served
     options: Options = field(default_factory=Options)
     # None: --insecure (plaintext, everyone the admin). gRPC requires a client certificate from
     # the client CA; HTTPS verifies one when sent, else takes a bearer token (or, for health
@@ -381,6 +412,15 @@ class Config:
     audit_log_path: str = ""  # empty: no audit log
     audit_log_max_size_mb: float = DEFAULT_MAX_SIZE_MB
     audit_log_max_backups: int = DEFAULT_MAX_BACKUPS
+
+
+def health(registry: Registry) -> skiff_metrics.Health:
+    """Ready once every watch cache has been filled (kube-apiserver's informer-sync check)."""
+    def caches() -> str:
+        waiting = [r for r, c in registry.caches.items() if not c.ready.is_set()]
+        return f"watch caches not filled yet: {', '.join(sorted(waiting))}" if waiting else ""
+
+    return skiff_metrics.Health(ready={"informer-sync": caches})
 
 
 class StartupError(Exception):
@@ -460,6 +500,9 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=config.node_name,
                                                                       authorizer=authorizer)),))
     http_runner: web.AppRunner | None = None
+    served: skiff_metrics.Served | None = None
+    collector = metrics.RegistryCollector(registry)
+    REGISTRY.register(collector)
     try:
         # gRPC can only require a client certificate or not ask for one (grpcio offers no "verify
         # if sent"): the gRPC port is mutual TLS; bearer tokens and anonymous health checks are
@@ -481,6 +524,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
                 raise StartupError(str(exc)) from exc
             log.info("Kubernetes API (HTTP%s) on %s (port %d)", "" if config.tls is None else "S", config.http_listen,
                      http_port)
+        served = await skiff_metrics.serve(config.metrics_listen, health(registry), what="api-server metrics")
         log.info("api-server listening on %s (port %d), store %s, service CIDR %s", config.listen, port,
                  store.describe(), allocator.network.with_prefixlen)
         if ready is not None:
@@ -488,6 +532,9 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         await stop.wait()
         log.info("api-server stopping")
     finally:
+        REGISTRY.unregister(collector)
+        if served is not None:
+            await served.close()
         if http_runner is not None:
             await http_runner.cleanup()
         await server.stop(grace=1.0)

@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from prometheus_client import Gauge
+
 from skiff import errors
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp
@@ -32,6 +34,11 @@ from skiff.daemon import duration
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.leaderelection")
+
+# client-go's leader election metric: 1 while this process leads the lease `name`.
+MASTER_STATUS = Gauge("leader_election_master_status",
+                      "Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, "
+                      "1 indicates master. 'name' is the string used to identify the lease.", ["name"])
 
 
 def default_identity() -> str:
@@ -63,7 +70,18 @@ class LeaderElector:
         self._observed: t.LeaseSpec | None = None
         self._observed_at = 0.0
         self._last_renew = 0.0
-        self.leading = False
+        self._leading = False
+        self._status = MASTER_STATUS.labels(config.name)
+        self._status.set(0)
+
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
+    @leading.setter
+    def leading(self, value: bool) -> None:
+        self._leading = value
+        self._status.set(1 if value else 0)
 
     @property
     def holder(self) -> str:

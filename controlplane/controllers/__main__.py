@@ -10,9 +10,10 @@ from controlplane.common.leaderelection import LeaderElector, add_leader_electio
 from controlplane.controllers import manager
 from controlplane.controllers.cidrset import CidrError, CidrSet
 from controlplane.controllers.nodelifecycle import EvictionOptions
-from skiff import defaults, tls
+from skiff import defaults, metrics, tls
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
+from skiff.metrics import add_metrics_flag
 
 log = logging.getLogger("skiff.controllers")
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the cluster CA certificate that signs approved node certificates (CertificateSigningRequests)")
     p.add_argument("--cluster-signing-key-file", default="", help="its private key")
     tls.add_daemon_client_flags(p)
+    add_metrics_flag(p, defaults.CONTROLLERS_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -96,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     async def serve() -> None:
         client = Client(args.api_servers, credentials=options.credentials)
         try:
-            if election is None:
-                await manager.run(client, options)
-            else:
-                await LeaderElector(client, election).run(lambda: manager.run(client, options))
+            async with metrics.serving(args.metrics_bind_address, what="controller manager metrics"):
+                if election is None:
+                    await manager.run(client, options)
+                else:
+                    await LeaderElector(client, election).run(lambda: manager.run(client, options))
         finally:
             await client.close()
 

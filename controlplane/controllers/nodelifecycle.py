@@ -15,7 +15,7 @@ What must hold:
   (0.55), or every zone is wholly unhealthy, the zone's eviction rate is 0: no node of it is
   tainted NoExecute, the NoExecute taints we set there are lifted (so no pending eviction
   fires), and the change is said in an event on the zone's unhealthy nodes, a log line and
-  `metrics` (one place, to be exported once the controller manager serves /metrics). A
+  `metrics` (one place, exported at the controller manager's /metrics by `EXPORTER`). A
   partition between the control plane and the workers therefore deletes nothing;
 - a pod on a node with NoExecute taints is deleted once a taint it does not tolerate is there,
   or once the shortest `tolerationSeconds` of its tolerations for them has run from the taint's
@@ -35,8 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from controlplane.common import podutil
 from skiff import conditions, defaults, errors, taints
@@ -307,6 +311,34 @@ class Metrics:
         return out
 
 
+class _Exporter(Collector):
+    """The running controller's `Metrics` in the process's registry (the controller manager's /metrics)."""
+
+    def __init__(self) -> None:
+        self.current: Metrics | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # names are not reserved: a test process may build several controllers
+
+    def collect(self) -> Iterator[Metric]:
+        if self.current is None:
+            return
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for name, labels, value in self.current.samples():
+            family = families.get(name)
+            if family is None:
+                doc = f"kube-controller-manager's {name} (controlplane/controllers/nodelifecycle.py)"
+                family = families[name] = (
+                    CounterMetricFamily(name.removesuffix("_total"), doc, labels=list(labels))
+                    if name.endswith("_total") else GaugeMetricFamily(name, doc, labels=list(labels)))
+            family.add_metric(list(labels.values()), value)
+        yield from families.values()
+
+
+EXPORTER = _Exporter()
+REGISTRY.register(EXPORTER)
+
+
 class NodeLifecycleController:
     name = "nodelifecycle"
 
@@ -327,6 +359,7 @@ class NodeLifecycleController:
         self.zones: dict[str, ZonePlan] = {}
         self.buckets: dict[str, TokenBucket] = {}
         self.metrics = Metrics()
+        EXPORTER.current = self.metrics
         self._stop = asyncio.Event()
 
     async def run(self, *, workers: int = 1) -> None:

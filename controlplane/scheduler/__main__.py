@@ -7,9 +7,10 @@ import sys
 
 from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.scheduler import scheduler
-from skiff import tls
+from skiff import defaults, metrics, tls
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
+from skiff.metrics import add_metrics_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop searching after this share of nodes fit (0: adaptive, as kube-scheduler)")
     add_leader_election_flags(p, "skiff-scheduler")
     tls.add_daemon_client_flags(p)
+    add_metrics_flag(p, defaults.SCHEDULER_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -45,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             await scheduler.run(client, percentage_of_nodes_to_score=args.percentage_of_nodes_to_score)
 
         try:
-            if election is None:
-                await lead()
-            else:
-                await LeaderElector(client, election).run(lead)
+            async with metrics.serving(args.metrics_bind_address, what="scheduler metrics"):
+                if election is None:
+                    await lead()
+                else:
+                    await LeaderElector(client, election).run(lead)
         finally:
             await client.close()
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from typing import Any
 
 from controlplane.common import podutil
+from controlplane.scheduler import metrics
 from controlplane.scheduler.cache import SchedulerCache
 from controlplane.scheduler.framework import FilterPlugin, FitError, ScorePlugin, num_feasible_nodes_to_find
 from controlplane.scheduler.nodeinfo import PodInfo
@@ -179,9 +181,11 @@ class Scheduler:
             self.queue.done(qp.key)
             return
         info = PodInfo.of(pod)
+        started = time.perf_counter()
         try:
             node = self.schedule(info)
         except FitError as err:
+            metrics.attempt("unschedulable", time.perf_counter() - started)
             self.unschedulable += 1
             log.debug("pod %s: %s", qp.key, err)
             self.recorder.event(pod, WARNING, "FailedScheduling", str(err))
@@ -189,16 +193,17 @@ class Scheduler:
             return
         self.cache.assume(info, node)
         await self._bind_slots.acquire()
-        task = asyncio.ensure_future(self._bind(qp, pod, info, node))
+        task = asyncio.ensure_future(self._bind(qp, pod, info, node, started))
         self._binds.add(task)
         task.add_done_callback(self._binds.discard)
 
-    async def _bind(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str) -> None:
+    async def _bind(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str, started: float) -> None:
         ns, name = pod.metadata.namespace, pod.metadata.name
         try:
             await self.volume_binding.pre_bind(self.client, pod, node)
             await self.client.bind(ns, name, node, uid=info.uid)
         except errors.SkiffError as exc:
+            metrics.attempt("error", time.perf_counter() - started)
             self.bind_failures += 1
             self.cache.forget(info.key)
             self.queue.move_all_to_active()  # the node we held for it is free again
@@ -213,6 +218,7 @@ class Scheduler:
             return
         finally:
             self._bind_slots.release()
+        metrics.attempt("scheduled", time.perf_counter() - started)
         self.scheduled += 1
         self.queue.done(qp.key)
         self.recorder.event(pod, NORMAL, "Scheduled", f"Successfully assigned {ns}/{name} to {node}")
@@ -252,6 +258,7 @@ async def run(client: ApiClient, *, recorder: EventRecorder | None = None, clock
     scheduler = Scheduler(client, factory, recorder=recorder, clock=clock,
                           percentage_of_nodes_to_score=percentage_of_nodes_to_score)
     tasks: list[asyncio.Task[Any]] = []
+    metrics.watch_queue(scheduler.queue.counts)
     try:
         await factory.start()
         await factory.wait_synced()
@@ -260,6 +267,7 @@ async def run(client: ApiClient, *, recorder: EventRecorder | None = None, clock
         tasks.append(guard(scheduler.run(), "scheduler-loop"))
         await asyncio.gather(*tasks)
     finally:
+        metrics.watch_queue(None)
         scheduler.shutdown()
         recorder.shutdown()
         for task in tasks:

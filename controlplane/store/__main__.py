@@ -29,11 +29,15 @@ import signal
 import socket
 import sys
 
+from prometheus_client import REGISTRY
+
 from controlplane.store.disk import CorruptData
+from controlplane.store.metrics import StoreCollector
 from controlplane.store.raft import RaftTimings
 from controlplane.store.server import Store, StoreConfig, prepare_data_dir, url_to_addr
-from skiff import tls
+from skiff import defaults, metrics, tls
 from skiff.daemon import add_verbose_flag, duration, setup_logging
+from skiff.metrics import add_metrics_flag
 
 # Set by tests: allows --insecure-no-password.
 TEST_MODE_ENV = "SKIFF_TEST_MODE"
@@ -99,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trusted-ca-file", default="", help="CA client certificates must chain to")
     g.add_argument("--client-cert-auth", action="store_true", help="require client certificates (always on with TLS)")
     tls.add_insecure_flag(p)
+    add_metrics_flag(p, defaults.STORE_METRICS_PORT)
     add_verbose_flag(p)
     return p
 
@@ -190,7 +195,7 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
     )
 
 
-async def run(cfg: StoreConfig) -> None:
+async def run(cfg: StoreConfig, *, metrics_bind_address: str = "") -> None:
     check_port_free(cfg.listen_peer, "peers")
     check_port_free(cfg.listen_client, "clients")
     peers = prepare_data_dir(cfg)
@@ -208,12 +213,18 @@ async def run(cfg: StoreConfig) -> None:
         store.node.raft.destroy()
         raise SystemExit(f"cannot listen for peers on {cfg.listen_peer}") from None
     await store.start()
+    REGISTRY.register(StoreCollector(store))
+    health = metrics.Health(ready={"raft": lambda: "" if store.node.is_ready() and store.node.leader_addr()
+                                   else "no leader"})
+    served = await metrics.serve(metrics_bind_address, health, what=f"store member {cfg.name} metrics")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+    if served is not None:
+        await served.close()
     await store.stop()
 
 
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.tls is None:
         tls.warn_insecure("store")
     lock_data_dir(cfg.data_dir)
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, metrics_bind_address=args.metrics_bind_address))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class Member:
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
     member_id: int = 0  # learned from the member's Status answers; kept while it is down
+    metrics: str = ""  # host:port of its /metrics (on its own loopback address)
 
     @property
     def running(self) -> bool:
@@ -106,7 +107,8 @@ class StoreCluster:
     def _new_member(self, name: str) -> Member:
         host = f"127.0.0.{random.randint(2, 254)}"
         m = Member(name=name, client=free_addr(host), peer=free_addr(host),
-                   data_dir=os.path.join(self.base_dir, name), log_path=os.path.join(self.base_dir, f"{name}.log"))
+                   data_dir=os.path.join(self.base_dir, name), log_path=os.path.join(self.base_dir, f"{name}.log"),
+                   metrics=free_addr(host))
         self.members[name] = m
         return m
 
@@ -151,7 +153,7 @@ class StoreCluster:
         cmd = [
             *daemons.store(self.python, name=m.name, data_dir=m.data_dir, listen_client=m.client, listen_peer=m.peer,
                            initial_cluster=self._initial_cluster(cluster_members), initial_cluster_state=state,
-                           initial_cluster_token=self.token,
+                           initial_cluster_token=self.token, metrics_bind_address=m.metrics,
                            tls=None if self.pki_dir is None else tls.store_tls(self.pki_dir, m.name)),
             *self.extra_args, *m.extra_args,
         ]

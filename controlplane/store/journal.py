@@ -54,6 +54,7 @@ from controlplane.store.disk import (
     stop_member,
     write_durably,
 )
+from controlplane.store.metrics import WAL_FSYNC
 
 log = logging.getLogger("skiff.store.journal")
 
@@ -425,7 +426,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
         if self._tail:
             self._truncate_tail()  # entries deleted and not re-added must not come back
         if self._dirty and self._fd >= 0:
-            self._guard("fdatasync", lambda: self._sync.fdatasync(self._fd))
+            with WAL_FSYNC.time():
+                self._guard("fdatasync", lambda: self._sync.fdatasync(self._fd))
             self._syncs += 1
             self._dirty = False
         self._synced_index = self._entries[-1][1] if self._entries else 0

@@ -63,6 +63,7 @@ from controlplane.store import errors, mvcc
 from controlplane.store.disk import OS_SYNC, Fatal, FileSync, stop_member
 from controlplane.store.errors import EtcdError
 from controlplane.store.journal import DurableJournal
+from controlplane.store.metrics import PROPOSALS_FAILED
 from controlplane.store.snapshot import SnapshotStore, read_header, verify_snapshot
 
 log = logging.getLogger("skiff.store.raft")
@@ -520,12 +521,17 @@ class RaftNode:
 
     # ------------------------------------------------------------ loop side: proposals
 
+    def pending(self) -> int:
+        """Requests waiting for the log or being replicated (loop side)."""
+        return len(self._queue) + len(self._reads) + self._inflight
+
     def _admit(self) -> None:
         """Refuse new work when `max_pending` requests already wait for the log (etcd's
         "too many requests"): a client that outruns the disk gets an error, not a queue that
         grows until the process runs out of memory."""
         if len(self._queue) + len(self._reads) >= self._max_pending or self._queue_bytes >= MAX_PENDING_BYTES:
             self.rejected += 1
+            PROPOSALS_FAILED.inc()
             raise errors.TOO_MANY_REQUESTS
 
     async def propose(self, cmd: tuple[Any, ...], *, timeout: float | None = None) -> Any:
@@ -641,6 +647,8 @@ class RaftNode:
         self._finish(p, None, err)
 
     def _finish(self, p: _Pending, results: Any, err: EtcdError | None) -> None:
+        if err is not None:
+            PROPOSALS_FAILED.inc()
         if p.timer is not None:
             p.timer.cancel()
             p.timer = None

@@ -37,6 +37,7 @@ from controlplane.store import errors, mvcc, pbconv
 from controlplane.store.auth import AuthInterceptor
 from controlplane.store.errors import EtcdError
 from controlplane.store.lessor import Lessor
+from controlplane.store.metrics import LEADER_CHANGES
 from controlplane.store.raft import MAX_PENDING, RETRY_MAX, RETRY_MIN, RaftNode, RaftTimings, member_id_for
 from controlplane.store.watch import WatchHub, WatchStream
 from skiff.guard import guard
@@ -294,6 +295,7 @@ class Store:
             else:
                 who = "this member" if leader == self.cfg.listen_peer else leader
                 log.info("leader is %s (term %d)", who, self.node.term)
+                LEADER_CHANGES.inc()
             self._leader_seen = leader
         for addr in self.node.peers():
             if addr == self.cfg.listen_peer:

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "skiff.cli.logs",
     "skiff.cli.exec",
     "skiff.cli.version",
+    "skiff.cli.top",
     "skiff.cli.auth",
     "skiff.cli.kubectl",
     "skiff.cli.clusterinfo",

@@ -29,6 +29,7 @@ from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
 from skiff import errors
 from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import metrics_pb2
 from skiffpb.api.v1 import nodeagent_pb2_grpc as na_grpc
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -434,3 +435,39 @@ async def test_new_pod_cidr_replaces_the_bridge_address(h: Harness) -> None:
     addrs = subprocess.run(["ip", "-n", h.node.netns, "-4", "-o", "addr", "show", "dev", "cni0"],
                            capture_output=True, text=True, check=True).stdout
     assert "10.244.7.1/24" in addrs and "10.244.1.1/24" not in addrs
+
+
+async def test_usage_of_a_container_burning_cpu(h: Harness) -> None:
+    """CRI stats from real containerd: a busy loop shows about a core, the node shows usage too."""
+    await h.stop_agent()
+    agent = await h.start_agent(stats_period=1.0)
+    await h.run_pod("burn", command=["sh", "-c", "while :; do :; done"])
+    await wait_for(lambda: _running(h, "burn"), "pod burn Running")
+    server, port = await start_server(agent, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = na_grpc.NodeAgentStub(ch)
+
+            async def busy() -> metrics_pb2.UsageSummary | None:
+                s = await stub.Summary(metrics_pb2.SummaryRequest())
+                pods = [p for p in s.pods if p.name == "burn"]
+                return s if pods and pods[0].containers[0].cpu_nano_cores > 200_000_000 else None
+
+            summary = await wait_for(busy, "the burning container above 200m", 60)
+    finally:
+        await server.stop(None)
+    burn = next(p for p in summary.pods if p.name == "burn")
+    assert burn.namespace == "default" and burn.uid == (await h.pod("burn")).metadata.uid
+    web = burn.containers[0]
+    # One busy loop can use at most one core (plus measurement slack) and some memory.
+    assert web.name == "web" and web.cpu_nano_cores < 1_300_000_000 and web.memory_working_set_bytes > 0
+    assert burn.total.cpu_nano_cores >= 200_000_000 and burn.total.memory_working_set_bytes > 0
+    assert summary.node.cpu_nano_cores >= web.cpu_nano_cores * 0.8 and summary.node.memory_working_set_bytes > 0
+    assert 0.5 <= summary.window_seconds <= 5
+    # containerd 1.6 serves ListPodSandboxStats (checked on the wire, not assumed).
+    sandbox_stats = await h.runtime.list_pod_sandbox_stats()
+    assert agent.sampler.sandbox_stats and any(s.attributes.metadata.name == "burn" for s in sandbox_stats)
+
+
+async def _running(h: Harness, name: str) -> bool:
+    return (await h.pod(name)).status.phase == "Running"

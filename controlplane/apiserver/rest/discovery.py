@@ -3,15 +3,17 @@
 What must hold: every kind in skiff.kinds is listed exactly once, in its group version, with
 its short names, the verbs the HTTP layer serves for it and its subresources (status for kinds
 with a status, scale for Deployment, ReplicaSet and StatefulSet, pods/log, pods/exec,
-pods/binding, pods/eviction); nothing is listed that the HTTP layer does not serve. Only the legacy
-(unaggregated) discovery format is served: kubectl asks for the aggregated one first and falls
-back when the answer is plain `application/json`.
+pods/binding, pods/eviction); metrics.k8s.io/v1beta1 (nodes, pods: get, list) is listed beside
+them; nothing is listed that the HTTP layer does not serve. Only the legacy (unaggregated)
+discovery format is served: kubectl asks for the aggregated one first and falls back when the
+answer is plain `application/json`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from controlplane.apiserver import resourcemetrics
 from skiff import __version__, kinds
 
 # What Kubernetes version the API corresponds to (kubectl warns beyond one minor of skew).
@@ -22,6 +24,8 @@ SUBRESOURCE_VERBS = ("get", "patch", "update")
 ALL_CATEGORY = frozenset({"pods", "services", "deployments", "replicasets", "daemonsets", "statefulsets", "jobs",
                           "cronjobs"})
 SCALABLE = frozenset({"deployments", "replicasets", "statefulsets"})
+# Served beside the kinds, read-only, as metrics-server's aggregated API (resourcemetrics.py).
+METRICS_GV = resourcemetrics.GROUP_VERSION
 # Served resources that are not stored kinds: only created, and answered at once.
 REVIEWS: dict[str, list[dict[str, Any]]] = {
     "authorization.k8s.io/v1": [{"name": "selfsubjectaccessreviews", "singularName": "selfsubjectaccessreview",
@@ -63,11 +67,11 @@ def _group_entry(gv: str) -> dict[str, Any]:
 
 def api_group_list() -> dict[str, Any]:
     return {"kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [_group_entry(gv) for gv in group_versions() if gv != "v1"]}
+            "groups": [_group_entry(gv) for gv in (*group_versions(), METRICS_GV) if gv != "v1"]}
 
 
 def api_group(group: str) -> dict[str, Any] | None:
-    for gv in group_versions():
+    for gv in (*group_versions(), METRICS_GV):
         if gv.startswith(group + "/"):
             return {"kind": "APIGroup", "apiVersion": "v1", **_group_entry(gv)}
     return None
@@ -106,6 +110,9 @@ def resources(gv: str) -> list[dict[str, Any]]:
 
 def resource_list(gv: str) -> dict[str, Any] | None:
     """The APIResourceList of `gv`, None for a group version not served."""
+    if gv == METRICS_GV:
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+                "resources": resourcemetrics.resources()}
     if gv not in group_versions():
         return None
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources(gv)}

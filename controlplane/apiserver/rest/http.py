@@ -23,6 +23,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import time
@@ -35,14 +36,15 @@ from aiohttp import web
 from cryptography import x509
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from controlplane.apiserver import caller, rbac, warnings
+from controlplane.apiserver import caller, metrics, rbac, resourcemetrics, warnings
 from controlplane.apiserver.authn import Authenticator, Peer
 from controlplane.apiserver.authorizer import Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.rest import accessreview, apply, discovery, k8sproto, openapi, patch, table
+from controlplane.apiserver.rest import accessreview, apply, dashboard, discovery, k8sproto, openapi, patch, table
 from controlplane.apiserver.rest import status as st
 from controlplane.apiserver.watchcache import BOOKMARK
 from skiff import errors, kinds, labels, pki, tls
@@ -93,7 +95,8 @@ IMPERSONATOR = web.RequestKey("impersonator", UserInfo)  # the real user of an i
 # What is served to GETs without credentials: what Kubernetes shows anyone
 # (system:public-info-viewer), and kube-public, where a joining node reads the cluster's signed
 # description before it can verify the api-server (it sends no secret then).
-ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/api/v1/namespaces/kube-public"})
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/api/v1/namespaces/kube-public",
+                             *dashboard.PUBLIC_PATHS})
 
 
 def peer_of(request: web.Request) -> Peer:
@@ -179,13 +182,14 @@ class KubeApi:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
+        self.resource_metrics = resourcemetrics.ResourceMetrics(registry, forwarder)
         self.authenticator = authenticator or Authenticator(registry, insecure=True)
         self.authorizer = authorizer
 
     # ------------------------------------------------------------------ routing
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._track, self._errors])
         if self.authorizer is not None:
             app[AUTHORIZER] = self.authorizer
         app.router.add_route("*", "/{tail:.*}", self._dispatch_collecting)
@@ -204,6 +208,43 @@ class KubeApi:
     async def _dispatch_collecting(self, request: web.Request) -> web.StreamResponse:
         with warnings.collecting():  # admission's warnings (Pod Security), sent by _respond
             return await self.dispatch(request)
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                     ) -> web.StreamResponse:
+        """Every request counts once in the api-server's metrics (controlplane/apiserver/metrics.py)."""
+        with metrics.track(self.request_info(request)) as tracked:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                tracked.code = exc.status
+                raise
+            tracked.code = response.status
+            return response
+
+    def request_info(self, request: web.Request) -> metrics.RequestInfo:
+        """What a request is in kube-apiserver's terms (verb, resource, scope) for the metrics."""
+        parts = [p for p in request.path.split("/") if p]
+        method = request.method
+        if parts == ["dashboard", dashboard.WATCH]:
+            return metrics.RequestInfo("WATCH")  # long-running: not in flight, not in the latencies
+        try:
+            if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
+                target = self._target("v1", parts[2:])
+            elif len(parts) >= 3 and parts[0] == "apis":
+                target = self._target(f"{parts[1]}/{parts[2]}", parts[3:])
+            else:
+                return metrics.RequestInfo(method)
+        except errors.SkiffError:
+            return metrics.RequestInfo(method)
+        if target.subresource in ("log", "exec", "attach", "portforward"):
+            verb = "CONNECT"
+        elif method == "GET" and not target.name:
+            verb = "WATCH" if _bool(request.query.get("watch")) else "LIST"
+        else:
+            verb = method
+        return metrics.request_info(verb, target.kind.resource, namespace=target.namespace, name=target.name,
+                                    subresource=target.subresource)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -229,6 +270,8 @@ class KubeApi:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
+        if request.method == "GET" and parts[:1] == ["dashboard"]:
+            return await self.dashboard(request, parts[1:])
         if request.method == "GET":
             simple = self._simple_get(request, parts)
             if simple is not None:
@@ -239,6 +282,8 @@ class KubeApi:
         if request.method == "POST" and parts == accessreview.RULES_PATH:
             authorize(request, Attributes("create", accessreview.RULES_RESOURCE, group=accessreview.GROUP))
             return await self.rules_review(request)
+        if len(parts) > 3 and parts[:3] == ["apis", resourcemetrics.GROUP, resourcemetrics.VERSION]:
+            return await self.metrics_api(request, parts[3:])
         if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
             return await self._resource(request, "v1", parts[2:])
         if len(parts) >= 3 and parts[0] == "apis":
@@ -256,6 +301,8 @@ class KubeApi:
         path = "/" + "/".join(parts)
         if path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok", content_type="text/plain")
+        if path == "/metrics":
+            return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
         if path == "/version":
             return json_response(discovery.version_info())
         if path == "/api":
@@ -633,6 +680,86 @@ class KubeApi:
             await response.prepare(request)
         await response.write_eof()
         return response
+
+    # ------------------------------------------------------------------ dashboard
+
+    async def dashboard(self, request: web.Request, rest: builtins.list[str]) -> web.StreamResponse:
+        """The dashboard's files and its one watch stream (rest/dashboard.py)."""
+        if not rest and not request.path.endswith("/"):
+            raise web.HTTPFound("/dashboard/")
+        if rest == [dashboard.WATCH]:
+            return await self.dashboard_watch(request)
+        # The page's own files hold no cluster data: served to anyone, as the login form must be
+        # (the data comes only through the watch and metrics.k8s.io, authorized per request).
+        found = dashboard.asset("/".join(rest))
+        if found is None:
+            raise errors.NotFoundError(f"the server could not find the requested resource ({request.path})")
+        data, content_type = found
+        return web.Response(body=data, content_type=content_type, headers={"Cache-Control": "no-cache"})
+
+    async def dashboard_watch(self, request: web.Request) -> web.StreamResponse:
+        for resource in dashboard.RESOURCES:
+            kind = kinds.by_resource(resource)
+            assert kind is not None, resource
+            authorize(request, kind_attributes("watch", kind))
+        lines: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
+
+        def line(data: dict[str, Any]) -> bytes:
+            return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+        async def follow(resource: str) -> None:
+            while True:
+                try:
+                    items, rv, _ = await self.registry.list(resource)
+                    await lines.put(line({"resource": resource, "type": "SYNC",
+                                          "items": [object_data(o) for o in items]}))
+                    async for data in self.registry.watch(resource, resource_version=rv):
+                        ev = api.WatchEvent.FromString(data)
+                        if ev.type != BOOKMARK:
+                            await lines.put(line({"resource": resource, "type": ev.type,
+                                                  "object": object_data(kinds.unwrap(ev.object))}))
+                except errors.SkiffError as exc:
+                    await lines.put(line({"resource": resource, "type": "ERROR", "message": str(exc)}))
+                await asyncio.sleep(1.0)
+
+        response = web.StreamResponse(headers={"Content-Type": JSON, "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        tasks = [asyncio.ensure_future(follow(r)) for r in dashboard.RESOURCES]
+        try:
+            while True:
+                await response.write(await lines.get())
+        except ConnectionResetError:  # the page went away
+            return response
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ metrics.k8s.io
+
+    async def metrics_api(self, request: web.Request, rest: builtins.list[str]) -> web.Response:
+        """metrics.k8s.io/v1beta1: nodes[/NAME], pods, namespaces/NS/pods[/NAME] (get and list)."""
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 2 or rest[0] not in ("nodes", "pods") or (namespace and rest[0] == "nodes"):
+            raise errors.NotFoundError(f"the server could not find the requested resource ({request.path})")
+        if request.method != "GET":
+            raise errors.UnimplementedError(f"{request.method} is not supported on {request.path}")
+        resource, name = rest[0], rest[1] if len(rest) > 1 else ""
+        authorize(request, Attributes("get" if name else "list", resource, group=resourcemetrics.GROUP,
+                                      namespace=namespace, name=name))
+        selector = request.query.get("labelSelector", "")
+        now = self.clock()
+        if resource == "nodes":
+            nodes = await self.resource_metrics.node_metrics(name=name, label_selector=selector)
+            docs = [resourcemetrics.node_metrics_data(n, i, now=now) for n, i in nodes]
+            kind = "NodeMetrics"
+        else:
+            pods = await self.resource_metrics.pod_metrics(namespace=namespace, name=name, label_selector=selector)
+            docs = [resourcemetrics.pod_metrics_data(p, i, now=now) for p, i in pods]
+            kind = "PodMetrics"
+        return json_response(docs[0] if name else resourcemetrics.list_data(kind, docs))
 
     # ------------------------------------------------------------------ subresources
 

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.apiserver.inprocess import InProcessApi
 from netproxy.__main__ import main
@@ -16,7 +18,8 @@ from netproxy.iptables.command import BackendRules, MemoryIptables, choose_backe
 from netproxy.iptables.proxier import IptablesProxier
 from netproxy.ipvs.kernel import MemoryIpvs
 from netproxy.ipvs.proxier import IpvsProxier
-from netproxy.metrics import Metrics, serve
+from netproxy.metrics import Metrics
+from skiff import metrics as skiff_metrics
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.netproxy.objects import eps, port, subset, svc
 
@@ -66,9 +69,9 @@ async def test_changes_flow_from_the_api_to_the_rules(api: InProcessApi) -> None
         await until(lambda: not any("default/web" in r for rules in ipt.chains.values() for r in rules),
                     "the deleted service's rules to go")
         text = proxy.metrics.render()
-        assert 'netproxy_syncs_total{kind="full",result="ok"} 1' in text
-        assert "netproxy_network_programming_duration_seconds_count 1" in text
-        assert 'netproxy_sync_proxy_rules_iptables_total{table="nat"}' in text
+        assert 'netproxy_syncs_total{kind="full",result="ok"} 1.0' in text
+        assert "kubeproxy_network_programming_duration_seconds_count 1.0" in text
+        assert 'kubeproxy_sync_proxy_rules_iptables_total{table="nat"}' in text
 
 
 async def test_min_sync_period_merges_a_burst(api: InProcessApi) -> None:
@@ -115,29 +118,28 @@ async def test_ipvs_mode_follows_the_node_addresses(api: InProcessApi) -> None:
 
 
 async def test_metrics_endpoint_serves_text_and_health() -> None:
-    metrics = Metrics(mode="iptables")
-    server = await serve(metrics, "127.0.0.1", 0)
-    port_ = server.sockets[0].getsockname()[1]
+    metrics = Metrics(mode="iptables", backend="nft")
+    served = await skiff_metrics.serve("127.0.0.1:0", metrics.health(120.0), registry=metrics.registry)
+    assert served is not None
 
-    async def get(path: str) -> tuple[str, str]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port_)
-        writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-        data = (await reader.read()).decode()
-        writer.close()
-        head, _, body = data.partition("\r\n\r\n")
-        return head.split("\r\n")[0], body
+    async def get(path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{served.port}{path}") as r:
+            return r.status, await r.text()
 
     try:
-        assert (await get("/healthz"))[0].endswith("503 Service Unavailable")
+        assert (await get("/healthz"))[0] == 500  # no sync yet
         metrics.sync_duration.observe(0.02)
         metrics.last_sync.set(metrics.clock())
         status, body = await get("/metrics")
-        assert status.endswith("200 OK")
-        assert 'netproxy_sync_proxy_rules_duration_seconds_bucket{le="0.025"} 1' in body
-        assert (await get("/healthz"))[0].endswith("200 OK")
-        assert (await get("/nope"))[0].endswith("404 Not Found")
+        assert status == 200
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(body) for s in family.samples}
+        assert samples[("kubeproxy_sync_proxy_rules_duration_seconds_bucket", (("le", "0.025"),))] == 1
+        assert samples[("netproxy_info", (("backend", "nft"), ("mode", "iptables")))] == 1
+        assert (await get("/healthz")) == (200, "ok")
+        assert (await get("/nope"))[0] == 404
     finally:
-        server.close()
+        await served.close()
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -137,6 +137,39 @@ CASES = [
         netproxy_parser,
         {"api_servers": "a:6443", "node_name": "n1", "mode": "ipvs", "cluster_cidr": "10.244.0.0/16",
          "min_sync_period": 0.0, "iptables_backend": "nft", "verbose": True, "insecure": True}),
+    # Every daemon's metrics address: the default (loopback and the daemon's port), set, or off.
+    Case("store-metrics-default", daemons.store(
+        "py", name="s1", data_dir="/d", listen_client="127.0.0.1:2379", listen_peer="127.0.0.1:2380",
+        initial_cluster="s1=127.0.0.1:2380", initial_cluster_token="t", tls=None), daemons.STORE, store_parser,
+        {"metrics_bind_address": "127.0.0.1:2381"}),
+    Case("store-metrics-shifted", daemons.store(
+        "py", name="s2", data_dir="/d", listen_client="127.0.0.1:2479", listen_peer="127.0.0.1:2480",
+        initial_cluster="s2=127.0.0.1:2480", initial_cluster_token="t", tls=None,
+        metrics_bind_address="127.0.0.1:2481"),
+        daemons.STORE, store_parser, {"metrics_bind_address": "127.0.0.1:2481"}),
+    Case("apiserver-metrics-default", daemons.apiserver(
+        "py", store_endpoints="a:2379", listen="a:6443", service_cidr="10.96.0.0/12",
+        node_port_range="30000-32767", node_name="cp", tls=None), daemons.APISERVER, apiserver_parser,
+        {"metrics_bind_address": "127.0.0.1:8080"}),
+    Case("controllers-metrics-off", daemons.controllers(
+        "py", api_servers="a:6443", cluster_cidr="10.244.0.0/16", node_cidr_mask_size=24,
+        node_monitor_grace_period="40s", identity="cp", credentials=None, metrics_bind_address="off"),
+        daemons.CONTROLLERS, controllers_parser, {"metrics_bind_address": ""}),
+    Case("scheduler-metrics-default", daemons.scheduler("py", api_servers="a:6443", identity="cp", credentials=None),
+         daemons.SCHEDULER, scheduler_parser, {"metrics_bind_address": "127.0.0.1:10259"}),
+    Case("nodeagent-metrics-set", daemons.nodeagent(
+        "py", node_name="n1", api_servers="a:6443", container_runtime_endpoint="unix:///run/c.sock", node_ip="",
+        listen="0.0.0.0:10250", state_dir="/s", cni_conf_dir="/s/cni", ipam_dir="/s/ipam", pod_log_dir="/s/pods",
+        cgroup_parent="", tls=None, metrics_bind_address="0.0.0.0:10255"), daemons.NODEAGENT, nodeagent_parser,
+        {"metrics_bind_address": "0.0.0.0:10255"}),
+    Case("netproxy-metrics-default", daemons.netproxy(
+        "py", api_servers="a:6443", node_name="n1", mode="iptables", cluster_cidr="10.244.0.0/16",
+        min_sync_period="1s", iptables_backend="auto", credentials=None), daemons.NETPROXY, netproxy_parser,
+        {"metrics_bind_address": "127.0.0.1:10249"}),
+    Case("clusterdns-metrics-default", daemons.clusterdns(
+        "py", api_servers="a:6443", listen="169.254.20.10:53", cluster_domain="cluster.local",
+        reverse_cidrs=("10.96.0.0/12",), credentials=None), daemons.CLUSTERDNS, clusterdns_parser,
+        {"metrics_bind_address": "127.0.0.1:9153"}),
 ]
 
 

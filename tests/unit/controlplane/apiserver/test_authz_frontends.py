@@ -35,6 +35,7 @@ from skiff import errors, identity
 from skiff.client import Client
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import apiserver_pb2 as api
+from skiffpb.api.v1 import metrics_pb2
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import pod
 
@@ -195,6 +196,19 @@ async def test_http_refusal_is_a_403_status(cluster: Cluster) -> None:
     assert code == 403
 
 
+async def test_dashboard_page_is_public_its_data_is_authorized(cluster: Cluster) -> None:
+    """The page's files carry no data (anyone may get them, as the login form must be); its watch
+    is authorized per kind: alice (view in team) may not watch nodes cluster-wide."""
+    async with aiohttp.ClientSession() as session:
+        anonymous = {"Impersonate-User": "system:anonymous"}
+        async with session.get(cluster.http_base + "/dashboard/", headers=anonymous) as r:
+            assert r.status == 200 and "Bearer token" in await r.text()
+        async with session.get(cluster.http_base + "/dashboard/watch", headers=AS_ALICE) as r:
+            assert r.status == 403 and 'cannot watch resource "nodes"' in (await r.json())["message"]
+    code, body = await call(cluster, "GET", "/apis/metrics.k8s.io/v1beta1/nodes", headers=AS_ALICE)
+    assert code == 403 and 'in API group "metrics.k8s.io"' in body["message"]
+
+
 def protobuf_review(namespace: str, verb: str, resource: str) -> bytes:
     """A SelfSubjectAccessReview in Kubernetes' protobuf encoding, as kubectl sends it."""
     def field(number: int, payload: bytes) -> bytes:
@@ -252,8 +266,12 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
     ("Get", api.GetRequest(resource="widgets", name="w"), Attributes("get", "widgets", name="w")),
     ("Version", api.VersionRequest(), None),
     ("Compact", api.VersionRequest(), Attributes("call", path="/skiff.api.v1.ApiServer/Compact")),
+    ("NodeMetrics", metrics_pb2.MetricsRequest(), Attributes("list", "nodes", group="metrics.k8s.io")),
+    ("PodMetrics", metrics_pb2.MetricsRequest(namespace="d", name="p"),
+     Attributes("get", "pods", group="metrics.k8s.io", namespace="d", name="p")),
 ], ids=["create", "create-cluster-scoped", "get-defaults-namespace", "list-all", "watch", "update-status",
-        "delete", "bind", "logs", "exec", "unknown-resource", "version", "unknown-method-closed"])
+        "delete", "bind", "logs", "exec", "unknown-resource", "version", "unknown-method-closed", "node-metrics",
+        "pod-metrics"])
 def test_grpc_request_attributes(method: str, request_: Any, attrs: Attributes | None) -> None:
     assert request_attributes(method, request_) == attrs
 

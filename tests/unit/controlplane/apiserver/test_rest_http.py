@@ -357,3 +357,49 @@ def test_start_refuses_a_taken_port() -> None:
             await inproc.close()
     asyncio.run(run())
     assert web  # the aiohttp server module is what serves this
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+@pytest.mark.parametrize(("path", "status", "content_type"), [
+    ("/dashboard/", 200, "text/html"),
+    ("/dashboard/app.js", 200, "text/javascript"),
+    ("/dashboard/style.css", 200, "text/css"),
+    ("/dashboard/nope.js", 404, "application/json"),
+    ("/dashboard/../etc/passwd", 404, "application/json"),
+], ids=["page", "script", "style", "unknown", "outside"])
+async def test_dashboard_files(api: Api, path: str, status: int, content_type: str) -> None:
+    async with api.session.get(api.base + path) as r:
+        assert (r.status, r.content_type) == (status, content_type)
+        if status == 200:
+            assert "http://" not in await r.text() and "https://" not in await r.text()  # nothing from outside
+
+
+async def test_dashboard_redirects_to_its_page(api: Api) -> None:
+    async with api.session.get(api.base + "/dashboard", allow_redirects=False) as r:
+        assert r.status == 302 and r.headers["Location"] == "/dashboard/"
+
+
+async def test_dashboard_stream_lists_every_resource_then_follows_changes(api: Api) -> None:
+    async with api.session.get(api.base + "/dashboard/watch") as r:
+        assert r.status == 200
+
+        async def next_line() -> dict[str, Any]:
+            line = await asyncio.wait_for(r.content.readline(), 10)
+            data: dict[str, Any] = json.loads(line)
+            return data
+
+        synced = {}
+        while len(synced) < 8:
+            msg = await next_line()
+            assert msg["type"] == "SYNC"
+            synced[msg["resource"]] = msg["items"]
+        assert set(synced) == {"nodes", "pods", "services", "endpoints", "deployments", "statefulsets",
+                               "daemonsets", "events"}
+        assert synced["deployments"] == []
+        code, _ = await api.call("POST", DEPLOYS, DEPLOY)
+        assert code == 201
+        msg = await next_line()
+        assert (msg["resource"], msg["type"], msg["object"]["kind"], msg["object"]["metadata"]["name"]) == (
+            "deployments", "ADDED", "Deployment", "web")

@@ -63,7 +63,10 @@ def test_every_kind_is_listed_once_in_its_group_version() -> None:
     reviews = [(gv, r["name"]) for gv, entries in discovery.REVIEWS.items() for r in entries]
     assert sorted(listed) == sorted([*((k.api_version, k.resource) for k in kinds.KINDS), *reviews])
     groups = {g["name"] for g in discovery.api_group_list()["groups"]}
-    assert groups == {k.group for k in kinds.KINDS if k.group} | {"authorization.k8s.io"}
+    assert groups == {k.group for k in kinds.KINDS if k.group} | {"authorization.k8s.io", "metrics.k8s.io"}
+    metrics = discovery.resource_list("metrics.k8s.io/v1beta1")
+    assert metrics is not None and {r["name"]: r["verbs"] for r in metrics["resources"]} == {
+        "nodes": ["get", "list"], "pods": ["get", "list"]}
     assert discovery.resource_list("policy/v1") is None
 
 
