@@ -1,6 +1,7 @@
 """The node agent: registers its Node, renews its Lease, runs one worker per pod bound to it.
 
-Loops (each started through skiff.guard):
+Loops (each started through skiff.guard: the agent's own loops are supervised, restarted with
+backoff after an unexpected error; an informer that ends stops the process non-zero):
 - pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
 - node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
 - service informer: the Service environment variables of new containers; pods start only after
@@ -17,6 +18,11 @@ Loops (each started through skiff.guard):
   Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent; the
   MemoryPressure, DiskPressure and PIDPressure conditions from the host (pressure.py), written
   when one changes; Lease renewed every `lease_period` (10 s).
+
+Pod workers: one per pod; a worker that crashes (an unexpected exception, not a CRI or API error
+it retries itself) is started again after `WORKER_CRASH_BACKOFF` (per pod, doubling while it
+keeps crashing; a worker that ran `skiff.guard.HEALTHY_AFTER` seconds starts again from 1 s),
+never in a hot loop, and its pod is never abandoned.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from skiff import conditions, errors
 from skiff.client import ApiClient
 from skiff.clock import stamp
 from skiff.events import EventRecorder
-from skiff.guard import guard
+from skiff.guard import HEALTHY_AFTER, guard, supervise
 from skiff.informer import Informer
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import types_pb2 as t
@@ -52,6 +58,8 @@ from skiffpb.cri.v1 import api_pb2 as cri
 log = logging.getLogger("nodeagent")
 # Registering the Node until the api-server takes it: 0.2 s doubling to 5 s, jittered.
 REGISTER_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
+# A pod worker that crashed: restarted after 1 s doubling to 60 s while it keeps crashing.
+WORKER_CRASH_BACKOFF = Backoff(initial=1.0, max=60.0, jitter=0.2)
 COMPONENT = "skiff-nodeagent"  # source.component of the Events the agent records (kubelet's is "kubelet")
 
 
@@ -104,6 +112,8 @@ class NodeAgent:
         self.pods_by_uid: dict[str, t.Pod] = {}
         self.workers: dict[str, PodWorker] = {}
         self.worker_tasks: dict[str, asyncio.Task[Any]] = {}
+        self.worker_crashes: dict[str, Delays] = {}  # pods whose worker crashed, until one ends cleanly
+        self._restarts: dict[str, asyncio.TimerHandle] = {}
         self.pod_informer: Informer[t.Pod] = Informer(client, t.Pod,
                                                       field_selector=f"spec.nodeName={config.node_name}")
         self.node_informer: Informer[t.Node] = Informer(client, t.Node)
@@ -156,6 +166,8 @@ class NodeAgent:
         self.ensure_worker(uid)
 
     def ensure_worker(self, uid: str) -> None:
+        if uid in self._restarts:
+            return  # its worker crashed: it comes back when its backoff has passed
         worker = self.workers.get(uid)
         if worker is None:
             worker = self.workers[uid] = PodWorker(self.ctx, uid)
@@ -164,18 +176,33 @@ class NodeAgent:
         worker.kick()
 
     async def _run_worker(self, worker: PodWorker) -> None:
+        delay: float | None = None
+        started = time.monotonic()
         try:
             await worker.run()
+            self.worker_crashes.pop(worker.uid, None)
         except Exception:
-            log.exception("pod worker %s crashed", worker.uid)
+            crashes = self.worker_crashes.setdefault(worker.uid, Delays(WORKER_CRASH_BACKOFF))
+            if time.monotonic() - started >= HEALTHY_AFTER:
+                crashes.reset()  # it ran well for a while: this is a new failure, not the same one
+            delay = crashes.next()
+            log.exception("pod worker %s crashed; restarting it in %.1fs", worker.uid, delay)
         finally:
             worker.stop_probes()
             if self.workers.get(worker.uid) is worker:
                 del self.workers[worker.uid]
                 self.worker_tasks.pop(worker.uid, None)
                 self._fingerprints.pop(worker.uid, None)
-                if worker.uid in self.pods_by_uid:
+                if delay is not None:
+                    # Whether or not the pod still exists: a new worker also finishes a teardown.
+                    self._restarts[worker.uid] = asyncio.get_running_loop().call_later(
+                        delay, self._restart_worker, worker.uid)
+                elif worker.uid in self.pods_by_uid:
                     self.ensure_worker(worker.uid)  # the pod came back while this worker was finishing
+
+    def _restart_worker(self, uid: str) -> None:
+        self._restarts.pop(uid, None)
+        self.ensure_worker(uid)
 
     # ------------------------------------------------------------ configmaps, secrets (ConfigSource)
 
@@ -397,15 +424,15 @@ class NodeAgent:
                                       on_delete=self._on_pod_delete)
         self.node_informer.add_handler(on_add=self._kick_network, on_update=self._kick_network,
                                        on_delete=self._kick_network)
-        self._tasks.append(guard(self.events.run(), "nodeagent-events"))
+        self._tasks.append(supervise(self.events.run, "nodeagent-events"))
         await self.register()
         self._tasks.append(guard(self.node_informer.run(), "nodeagent-node-informer"))
         if self.network is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await self.node_informer.wait_synced(10)
-            self._tasks.append(guard(self._network_loop(), "nodeagent-network"))
-        self._tasks.append(guard(self._lease_loop(), "nodeagent-lease"))
-        self._tasks.append(guard(self._node_status_loop(), "nodeagent-node-status"))
+            self._tasks.append(supervise(self._network_loop, "nodeagent-network"))
+        self._tasks.append(supervise(self._lease_loop, "nodeagent-lease"))
+        self._tasks.append(supervise(self._node_status_loop, "nodeagent-node-status"))
         for informer in (self.config_map_informer, self.secret_informer):
             informer.add_handler(on_add=self._config_changed, on_update=self._config_changed,
                                  on_delete=self._config_changed)
@@ -419,11 +446,14 @@ class NodeAgent:
                                                   self.service_informer.wait_synced()), 10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
-        self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))
+        self._tasks.append(supervise(self._relist_loop, "nodeagent-relist"))
         self.started.set()
 
     async def stop(self) -> None:
         """Stop the agent's loops and workers; containers keep running (a restart adopts them)."""
+        for handle in self._restarts.values():
+            handle.cancel()
+        self._restarts.clear()
         tasks = self._tasks + list(self.worker_tasks.values())
         for task in tasks:
             task.cancel()

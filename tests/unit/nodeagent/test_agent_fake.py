@@ -392,3 +392,41 @@ async def test_lifecycle_hooks(env: tuple[InProcessApi, FakeRuntime, NodeAgent])
     assert "PostStartHook failed" in event.message and ["started"] in calls
     await api.delete(t.Pod, "hooked", "default")
     await until(lambda: _found(["drain"] in calls or None))
+
+
+class CrashingRuntime(FakeRuntime):
+    """A runtime whose RunPodSandbox raises an unexpected error (a bug, not a CRI error) `crashes`
+    times, recording when each call came."""
+
+    def __init__(self, crashes: int) -> None:
+        super().__init__(images={IMAGE})
+        self.crashes = crashes
+        self.attempts: list[float] = []
+
+    async def run_pod_sandbox(self, config: cri.PodSandboxConfig) -> str:
+        self.attempts.append(time.monotonic())
+        if len(self.attempts) <= self.crashes:
+            raise ValueError("injected: a bug in the worker's path")
+        return await super().run_pod_sandbox(config)
+
+
+async def test_a_crashing_pod_worker_comes_back_with_backoff(tmp_path: Path, api: InProcessApi) -> None:
+    fake = CrashingRuntime(crashes=2)
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
+                                             pod_log_dir=str(tmp_path), relist_period=0.05,
+                                             status_check_period=0.05))
+    await agent.start()
+    try:
+        await make_pod(api, "p1")
+
+        async def running() -> t.Pod | None:
+            p = await api.get(t.Pod, "p1", "default")
+            return p if p.status.phase == "Running" else None
+
+        await until(running, timeout=15)
+        gaps = [b - a for a, b in zip(fake.attempts, fake.attempts[1:], strict=False)]
+        assert len(fake.attempts) == 3, f"one attempt per worker start: {gaps}"
+        # 1 s, then 2 s (20% jitter at most), although the relist kicks the pod every 50 ms.
+        assert 0.95 <= gaps[0] <= 1.5 and 1.9 <= gaps[1] <= 2.9, gaps
+    finally:
+        await agent.stop()
