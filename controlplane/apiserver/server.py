@@ -9,6 +9,9 @@ What must hold:
   with its traceback. One bad request never affects another.
 - Watch events are encoded once per event and shared by every watcher (the Watch handler
   yields bytes, passed through untouched).
+- Every call passes the api-server's one `Limiter` (limits.py, shared with the REST front end)
+  before its handler runs: over a limit it is RESOURCE_EXHAUSTED with the `retry-after` hint
+  in its trailing metadata, and the handler never runs.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from google.protobuf.message import DecodeError, Message
 from controlplane.apiserver import caller
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.forward import Forwarder
+from controlplane.apiserver.limits import Limiter, Limits, client_key, grpc_verb
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
 from skiff import __version__, defaults, errors, identity, kinds
+from skiff.guard import fatal_handler
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -93,21 +98,26 @@ def _check_request(request: Any) -> None:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns exceptions from any handler into gRPC statuses (see the module docstring)."""
+    """Admits each call through the limiter and turns exceptions from any handler into gRPC
+    statuses (see the module docstring)."""
+
+    def __init__(self, limiter: Limiter | None = None) -> None:
+        self.limiter = limiter or Limiter()
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        verb = grpc_verb(handler_call_details.method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                _wrap_unary(handler.unary_unary, self.limiter, verb),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                _wrap_stream(handler.unary_stream, self.limiter, verb),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         return handler
 
 
@@ -116,11 +126,12 @@ def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
     return identity.INSECURE_ADMIN
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], limiter: Limiter,
+                verb: str) -> Callable[..., Awaitable[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _check_request(request)
-            with caller.acting_as(authenticate(context)):
+            with caller.acting_as(authenticate(context)) as user, limiter.admit(verb, client_key(user, context.peer())):
                 return await behavior(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -131,11 +142,12 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
     return run
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], limiter: Limiter,
+                 verb: str) -> Callable[..., AsyncIterator[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             _check_request(request)
-            with caller.acting_as(authenticate(context)):
+            with caller.acting_as(authenticate(context)) as user, limiter.admit(verb, client_key(user, context.peer())):
                 async for item in behavior(request, context):
                     yield item
         except Exception as exc:
@@ -248,10 +260,15 @@ class Config:
     node_name: str = ""
     http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTP); empty: not served
     options: Options = field(default_factory=Options)
+    limits: Limits = field(default_factory=Limits)
 
 
 class StartupError(Exception):
     pass
+
+
+class FatalError(Exception):
+    """A part the api-server cannot serve without stopped (`skiff.guard.fatal`): exit non-zero."""
 
 
 def tune_gc() -> None:
@@ -313,9 +330,25 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
             pass
     registry = Registry(store, allocator=allocator, options=config.options)
     forwarder = Forwarder(registry)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+    limiter = Limiter(config.limits)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(limiter)], options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder,
                                                                       node_name=config.node_name)),))
+    fatal_reasons: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        fatal_reasons.append(reason)
+        stop.set()
+
+    with fatal_handler(on_fatal):
+        await _serve(config, store, registry, forwarder, server, limiter, allocator, stop, ready)
+    if fatal_reasons:
+        raise FatalError(fatal_reasons[0])
+
+
+async def _serve(config: Config, store: Store, registry: Registry, forwarder: Forwarder, server: grpc.aio.Server,
+                 limiter: Limiter, allocator: Allocator, stop: asyncio.Event,
+                 ready: Callable[[int], None] | None) -> None:
     http_runner: web.AppRunner | None = None
     try:
         port = bind(server, config.listen)
@@ -326,7 +359,8 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         await server.start()
         if config.http_listen:
             try:
-                http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen)
+                http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen,
+                                                                 limiter=limiter)
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
             log.info("Kubernetes API (HTTP) on %s (port %d)", config.http_listen, http_port)

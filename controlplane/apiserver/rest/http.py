@@ -12,6 +12,8 @@ What must hold:
 - Every object sent has kind and apiVersion; integers are JSON numbers (skiff.convert).
 - Authentication and authorization have one place: `authorize()`, called with the request's
   attributes before any verb runs. It admits everything today (plain HTTP, no TLS yet).
+- Every resource request passes the api-server's one `Limiter` (limits.py, shared with the
+  gRPC front end) after authorization: over a limit it is 429 with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from google.protobuf.message import Message
 
 from controlplane.apiserver import caller
 from controlplane.apiserver.forward import Forwarder
+from controlplane.apiserver.limits import Limiter, client_key
 from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import discovery, openapi, patch, table
 from controlplane.apiserver.rest import status as st
@@ -141,10 +144,12 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 
 
 class KubeApi:
-    def __init__(self, registry: Registry, forwarder: Forwarder, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, clock: Callable[[], float] = time.time,
+                 limiter: Limiter | None = None) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
+        self.limiter = limiter or Limiter()
 
     # ------------------------------------------------------------------ routing
 
@@ -165,7 +170,9 @@ class KubeApi:
             group = target.kind.group if target is not None else ""
             name = request.get(NAME) or (target.name if target is not None else "")
             code, body = st.status(exc, resource=resource, group=group, name=name)
-            return json_response(body, status=code)
+            response = json_response(body, status=code)
+            response.headers.update(st.headers(exc))
+            return response
         except web.HTTPException:
             raise
         except asyncio.CancelledError:
@@ -241,6 +248,11 @@ class KubeApi:
             raise errors.UnimplementedError(f"{method} is not supported on {request.path}")
         authorize(request, Attributes(verb, target.kind.resource, target.subresource, target.namespace,
                                       target.name, request.path))
+        counted = "logs" if target.subresource == "log" else verb
+        with self.limiter.admit(counted, client_key(caller.current(), request.remote or "")):
+            return await self._verb(request, target, verb)
+
+    async def _verb(self, request: web.Request, target: Target, verb: str) -> web.StreamResponse:
         if target.subresource:
             return await self._subresource(request, target, verb)
         if verb == "list":
@@ -547,11 +559,12 @@ def scale_of(obj: Message) -> dict[str, Any]:
             "spec": {"replicas": obj.spec.replicas}, "status": {"replicas": obj.status.replicas, "selector": selector}}
 
 
-async def start(registry: Registry, forwarder: Forwarder, listen: str) -> tuple[web.AppRunner, int]:
+async def start(registry: Registry, forwarder: Forwarder, listen: str, *,
+                limiter: Limiter | None = None) -> tuple[web.AppRunner, int]:
     """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port)."""
     host, _, port_text = listen.rpartition(":")
     # handler_cancellation: a watch whose client went away ends at once instead of at its next event.
-    runner = web.AppRunner(KubeApi(registry, forwarder).app(), access_log=None, handle_signals=False,
+    runner = web.AppRunner(KubeApi(registry, forwarder, limiter=limiter).app(), access_log=None, handle_signals=False,
                            handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True)
