@@ -11,6 +11,9 @@ backoff after an unexpected error; an informer that ends stops the process non-z
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
   synced: a restarted agent adopts running pods instead of killing them), and records whether
   the runtime answers;
+- log rotation (every `log_rotation_period`, 10 s): the kubelet's container log manager; a
+  running container's log that reached `container_log_max_size` is renamed and the runtime
+  reopens it (ReopenContainerLog); at most `container_log_max_files` files are kept (logs.py);
 - configmap and secret informers: env and volumes read them from these caches; a change kicks
   the workers of the pods that refer to the object (their volume files are rewritten);
 - node status: the Ready condition from CRI Status, written when it changes or differs from the
@@ -30,15 +33,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent import cri as rt
+from nodeagent import logs, pressure
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
-from nodeagent import pressure
 from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
@@ -87,6 +91,9 @@ class AgentConfig:
     plan: P.PlanConfig = field(default_factory=P.PlanConfig)
     dns: DnsSettings = field(default_factory=DnsSettings)
     pod_dir: str = ""  # per-pod files (managed /etc/hosts); empty: containers keep the runtime's
+    container_log_max_size: int = 10 * 1024 * 1024  # the kubelet's containerLogMaxSize (10Mi)
+    container_log_max_files: int = 5  # the kubelet's containerLogMaxFiles, the live file included
+    log_rotation_period: float = 10.0  # how often logs are checked (the kubelet's monitor period)
 
 
 @dataclass(frozen=True)
@@ -416,6 +423,51 @@ class NodeAgent:
     def _kick_network(self, *_: Any) -> None:
         self._network_kick.set()
 
+    # ------------------------------------------------------------ container logs
+
+    async def _log_rotation_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.log_rotation_period)
+            await self.rotate_logs()
+
+    async def rotate_logs(self) -> int:
+        """One pass of the kubelet's container log manager over the running containers; returns
+        how many logs it rotated. A file the runtime cannot reopen is renamed back."""
+        try:
+            containers = await self.runtime.list_containers()
+        except rt.CriError as exc:
+            log.debug("log rotation: %s", exc)
+            return 0
+        rotated = 0
+        for c in containers:
+            if c.state != cri.CONTAINER_RUNNING:
+                continue
+            try:
+                path = (await self.runtime.container_status(c.id)).log_path
+                size = os.stat(path).st_size if path else -1
+            except (rt.CriError, FileNotFoundError):
+                continue
+            if size < 0:
+                continue
+            plan = logs.plan_rotation(path, size, logs.rotated_files(path),
+                                      max_size=self.config.container_log_max_size,
+                                      max_files=self.config.container_log_max_files, now=self.clock())
+            for old in plan.remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(old)
+            if not plan.rename_to:
+                continue
+            os.rename(path, plan.rename_to)
+            try:
+                await self.runtime.reopen_container_log(c.id)
+            except rt.CriError as exc:
+                log.warning("log rotation of container %s: %s; keeping its log as it was", c.id[:12], exc)
+                with contextlib.suppress(OSError):
+                    os.rename(plan.rename_to, path)
+                continue
+            rotated += 1
+        return rotated
+
     # ------------------------------------------------------------ run
 
     async def start(self) -> None:
@@ -447,6 +499,7 @@ class NodeAgent:
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(supervise(self._relist_loop, "nodeagent-relist"))
+        self._tasks.append(supervise(self._log_rotation_loop, "nodeagent-log-rotation"))
         self.started.set()
 
     async def stop(self) -> None:

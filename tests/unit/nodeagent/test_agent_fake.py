@@ -430,3 +430,47 @@ async def test_a_crashing_pod_worker_comes_back_with_backoff(tmp_path: Path, api
         assert 0.95 <= gaps[0] <= 1.5 and 1.9 <= gaps[1] <= 2.9, gaps
     finally:
         await agent.stop()
+
+
+class NoReopenRuntime(FakeRuntime):
+    """A runtime that cannot reopen logs (an older containerd)."""
+
+    async def reopen_container_log(self, container_id: str) -> None:
+        from nodeagent.cri import CriError
+
+        raise CriError("ReopenContainerLog: unimplemented")
+
+
+@pytest.mark.parametrize(("runtime", "rotations", "rotated_files"), [
+    (FakeRuntime, 4, 2),  # 4 rotations, but max_files 3 keeps the live file and 2 rotated
+    (NoReopenRuntime, 0, 0),  # renamed back: the runtime still writes to the same path
+], ids=["rotates-and-keeps-max-files", "renamed-back-when-the-runtime-cannot-reopen"])
+async def test_log_rotation_pass(tmp_path: Path, api: InProcessApi, runtime: type[FakeRuntime], rotations: int,
+                                 rotated_files: int) -> None:
+    fake = runtime(images={IMAGE})
+    now = [1_700_000_000.0]
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
+                                             pod_log_dir=str(tmp_path), relist_period=0.05,
+                                             status_check_period=0.05, container_log_max_size=1024,
+                                             container_log_max_files=3, log_rotation_period=3600),
+                      clock=lambda: now[0])
+    await agent.start()
+    try:
+        await make_pod(api, "p1")
+        cid = await until(lambda: _async(next((c.id for c in fake.containers.values()
+                                               if c.state == cri.CONTAINER_RUNNING), None)))
+        done = 0
+        for i in range(4):
+            fake.write_log(cid, "\n".join(f"line {i}-{n} {'x' * 40}" for n in range(40)))
+            now[0] += 1
+            done += await agent.rotate_logs()
+        assert done == rotations
+        path = Path(fake.containers[cid].log_path)
+        assert len(list(path.parent.glob("0.log.*"))) == rotated_files
+        assert path.exists()
+    finally:
+        await agent.stop()
+
+
+async def _async(value: T) -> T:
+    return value
