@@ -286,8 +286,6 @@ class WatchCache:
                 self._reset(f"the watch cache failed ({type(exc).__name__}: {exc}) and is being rebuilt; "
                             "watch again", ready=False)
                 await asyncio.sleep(delay)
-            else:
-                delays.reset()
 
     def _reset(self, reason: str, *, ready: bool = True) -> None:
         if not ready:
