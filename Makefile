@@ -12,8 +12,8 @@ DEB_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 ip
 PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
-.PHONY: setup deb gen test check lint unit integration e2e up down status lab lab-down \
-	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-report chaos clean \
+.PHONY: setup deb gen test check lint unit integration e2e fuzz up down status lab lab-down \
+	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-scale bench-scale-small bench-report chaos clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -61,6 +61,12 @@ integration: setup
 
 e2e: setup
 	$(BIN)/pytest tests/e2e $(PYTEST_FLAGS)
+
+# Fuzzing (hypothesis, tests/fuzz/): `make test` runs a bounded, repeatable pass; this runs many
+# more random examples (FUZZ_EXAMPLES per test) and keeps failures in .hypothesis/ to replay.
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	SKIFF_FUZZ_PROFILE=fuzz SKIFF_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/fuzz $(PYTEST_FLAGS)
 
 # The whole suite, lint included. CI runs this through .ci/run.
 test: setup lint
@@ -134,7 +140,7 @@ chaos: setup
 	flock /tmp/skiff-e2e.lock $(BIN)/python -m bench.chaos
 
 # Each writes bench/results/<name>.json; bench-report then rewrites README.md's performance table.
-bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns
+bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol
 	$(MAKE) bench-report
 
 bench-store: setup
@@ -151,6 +157,13 @@ bench-e2e: setup
 	$(BIN)/python -m bench.e2e
 bench-dns: setup
 	$(BIN)/python -m bench.dns
+bench-netpol: setup
+	$(BIN)/python -m bench.netpol
+# Not part of `make bench`: the full scale scenario (bench/scale.py) takes the machine for a long time.
+bench-scale: setup
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+bench-scale-small: setup
+	$(BIN)/python -m bench.scale --small $(SCALE_ARGS)
 bench-report: setup
 	$(BIN)/python -m bench.report
 

@@ -188,6 +188,29 @@ def dns_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def netpol_rows(r: dict[str, Any]) -> list[Row]:
+    apply, latency = r.get("apply") or {}, r.get("latency") or {}
+    if not apply:
+        return []
+    backends = sorted(apply)
+    one = {b: apply[b]["one_of_20_nodes"] for b in backends}
+    full = {b: apply[b]["all_pods_on_the_node"] for b in backends}
+    first = next(iter(one.values()))
+    big = next(iter(full.values()))
+    rows: list[Row] = [
+        (f"plan + apply {first['policies']:,} policies over {first['pods']:,} pods, one node of 20 "
+         f"({first['local_pods']} local pods, {first['rules']:,} rules)", "none set (#14)",
+         "; ".join(f"{b} {one[b]['plan_s']:.2f} + {one[b]['first_apply_s']:.2f} s" for b in backends), "—"),
+        (f"the same with all {big['local_pods']:,} pods on the node ({big['rules']:,} rules, {big['chains']:,} chains)",
+         "—", "; ".join(f"{b} {full[b]['plan_s']:.2f} + {full[b]['first_apply_s']:.2f} s" for b in backends), "—"),
+    ]
+    if latency:
+        rows.append(("policy change -> rules in place, min sync period 0, p50 / p99", "—",
+                     "; ".join(f"{b} {x['p50_ms']:.0f} / {x['p99_ms']:.0f} ms" for b, x in sorted(latency.items())),
+                     "—"))
+    return rows
+
+
 def vm_e2e_rows(r: dict[str, Any]) -> list[Row]:
     tests = r.get("tests") or []
     ran = [x for x in tests if x["outcome"] != "skipped"]
@@ -217,6 +240,69 @@ def chaos_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def readindex_rows(r: dict[str, Any]) -> list[Row]:
+    def one(mode: str) -> str:
+        m = r[mode]
+        return (f"leader {_n(m['leader']['reads_per_s'])}/s (p50 {m['leader']['p50_ms']:.1f} ms), "
+                f"follower {_n(m['follower']['reads_per_s'])}/s (p50 {m['follower']['p50_ms']:.1f} ms), "
+                f"{max(m['leader']['log_entries_per_read'], m['follower']['log_entries_per_read']):.3f} log entries "
+                "per read")
+
+    return [("linearizable reads, 64 readers, Raft layer only (no gRPC): ReadIndex", "no log write (#16)",
+             one("read_index"), _yes(r["read_index"]["leader"]["log_entries_per_read"] == 0
+                                     and r["read_index"]["follower"]["log_entries_per_read"] == 0)),
+            ("the same through the log barrier (before)", "—", one("log_barrier"), "—")]
+
+
+def scale_rows(r: dict[str, Any]) -> list[Row]:
+    """bench/scale.py: one column of figures per store it ran on (Skiff's store, etcd)."""
+    p = r["params"]
+    runs = [(name, r[name]) for name in ("skiff", "etcd") if name in r]
+    if not runs:
+        return []
+
+    def each(fn: Callable[[dict[str, Any]], str]) -> str:
+        return "; ".join(f"{name}: {fn(x)}" if x.get("ok") else f"{name}: failed ({x.get('error', '?')[:80]})"
+                         for name, x in runs)
+
+    def met(fn: Callable[[dict[str, Any]], bool]) -> str:
+        return "; ".join(f"{name}: {_yes(x.get('ok', False) and fn(x))}" for name, x in runs)
+
+    def mutating_p99(x: dict[str, Any]) -> float:
+        return max(x["api"]["verbs"][v]["p99_ms"] for v in ("create", "update", "delete"))
+
+    def verbs(x: dict[str, Any]) -> str:
+        return ", ".join(f"{v} {s['p50_ms']:.0f}/{s['p99_ms']:.0f}" for v, s in x["api"]["verbs"].items())
+
+    def rss(x: dict[str, Any]) -> str:
+        comps = x["components"]
+        hollow = sum(c["peak_rss_mb"] for k, c in comps.items() if k.startswith("hollow"))
+        return f"control plane {x['control_plane_rss_mb']:,.0f} MB, hollow nodes {hollow:,.0f} MB"
+
+    def store_mb(x: dict[str, Any]) -> str:
+        peak, end = max(x["store_size_mb_at_peak"].values()), max(x["store_size_mb_at_end"].values())
+        return f"{peak:.0f} MB at peak, {end:.0f} at end"
+
+    full = p["nodes"] >= 1000 and p["pods"] >= 30000 and p["services"] >= 1000
+    size = (f"{p['nodes']:,} hollow nodes, {p['deployments']} Deployments x {p['replicas']} "
+            f"({p['pods']:,} pods), {p['services']:,} Services")
+    return [
+        (f"{size}: create → all Running", "≤ 5 min at full size (#16)", each(lambda x: f"{x['all_running_s']:.0f} s"),
+         met(lambda x: x["all_running_s"] <= 300) if full else "— (not the full size)"),
+        ("scheduler pods/s through the real api-server (first pod created → last bound)", "≥ 680 (kube-scheduler)",
+         each(lambda x: f"{x['scheduler_pods_per_s']:,.0f}"), met(lambda x: x["scheduler_pods_per_s"] >= 680)),
+        ("API latency during the run, p50/p99 ms (probe)", "mutating p99 ≤ 1 s (SLO)", each(verbs),
+         met(lambda x: mutating_p99(x) <= 1000)),
+        ("watch lag p99 (written → seen by an informer)", "—",
+         each(lambda x: f"{x['api']['watch_lag']['p99_ms']:,.0f} ms"), "—"),
+        ("Services → Endpoints complete; rolling update; delete all", "—",
+         each(lambda x: f"{x['all_endpoints_s']:.0f} s; {x['rolling_update_s']:.0f} s ({p['rollouts']} Deployments); "
+                        f"{x['delete_all_s']:.0f} s"), "—"),
+        ("store size; peak RSS", "control plane ≤ 2 GB (#16)", each(lambda x: f"{store_mb(x)}; {rss(x)}"),
+         met(lambda x: x["control_plane_rss_mb"] <= 2048)),
+    ]
+
+
 # File name prefix -> (component, rows). Order is the table's.
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("store", "store (Skiff vs etcd, 3 members each)", store_rows),
@@ -227,8 +313,12 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("netproxy", "netproxy (real iptables)", netproxy_rows),
     ("e2e", "end to end (lab: 1 control-plane host, 2 workers)", e2e_rows),
     ("dns", "cluster DNS (the server in a child process on loopback)", dns_rows),
+    ("netpol", "NetworkPolicy in netproxy (real iptables)", netpol_rows),
     ("vm-e2e", "end to end on the VM lab (workers are QEMU guests: TCG, -smp 1)", vm_e2e_rows),
     ("chaos", "chaos suite (lab: 3 control-plane hosts, 2 workers; `make chaos`)", chaos_rows),
+    ("readindex", "store reads (3 RaftNodes in one process)", readindex_rows),
+    ("scale", "scale scenario (3 store members, 3 api-servers, hollow nodes)", scale_rows),
+    ("scale-small", "scale scenario, small size (`--small`)", scale_rows),
 ]
 
 

@@ -19,7 +19,7 @@ import sys
 from clusterdns.app import ClusterDns
 from clusterdns.server import DnsServer, parse_upstreams
 from clusterdns.zone import DEFAULT_TTL, ZoneConfig
-from skiff import defaults
+from skiff import defaults, tls
 from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
 
 log = logging.getLogger("clusterdns")
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstreams", default="", help="resolvers for other names, ip[:port][,...]; "
                    "none: such names are SERVFAIL at once")
     p.add_argument("--ttl", type=int, default=DEFAULT_TTL, help=f"TTL of answers (default {DEFAULT_TTL}s)")
+    tls.add_daemon_client_flags(p)
     add_verbose_flag(p)
     return p
 
@@ -76,7 +77,7 @@ async def run(args: argparse.Namespace) -> int:
     server = DnsServer(config, upstreams=parse_upstreams(args.upstreams))
     if not args.api_servers:
         raise SystemExit("--api-servers is required (or set SKIFF_SERVER)")
-    client = Client(args.api_servers)
+    client = Client(args.api_servers, credentials=tls.daemon_credentials(args, "clusterdns"))
     app = ClusterDns(client, server)
     await server.start(host, port)
     try:

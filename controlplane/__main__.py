@@ -12,6 +12,11 @@ Several hosts each running this form an HA control plane: the store replicates, 
 api-servers are independent, and the controllers and schedulers elect one leader each.
 The children's command lines come from skiff.daemons, the same definitions deploy/render.py
 uses for the lab and systemd units; `-v` is passed on to every child.
+
+TLS: on first start it creates the cluster CA and the control plane's certificates under
+--pki-dir (skiff/pki.py; existing ones are reused) and every child uses them; the admin's
+credentials are `admin.crt`/`admin.key` there. `--insecure` runs everything plaintext
+(development only).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from skiff import daemons, defaults
+from skiff import daemons, defaults, pki, tls
 from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
 from skiff.retry import Backoff, Delays
 
@@ -63,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--insecure-no-password", action="store_true", help="run the store without a password")
     store.add_argument("--store-endpoints", default="",
                        help="use these store endpoints (e.g. an external etcd) instead of running a member")
+    store.add_argument("--etcd-cafile", default="", help="with --store-endpoints: the external store's CA "
+                       "(with --etcd-certfile/--etcd-keyfile; none of the three: plaintext to it)")
+    store.add_argument("--etcd-certfile", default="", help="client certificate towards the external store")
+    store.add_argument("--etcd-keyfile", default="", help="its key")
     api = p.add_argument_group("api-server")
     api.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}", help="api-server address")
     api.add_argument("--http-listen", default=None,
@@ -73,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--node-name", default=socket.gethostname())
     api.add_argument("--default-not-ready-toleration-seconds", type=int, default=300)
     api.add_argument("--default-unreachable-toleration-seconds", type=int, default=300)
+    api.add_argument("--audit-log-path", default="", help="the api-server's audit log (empty: none)")
     cm = p.add_argument_group("controllers and scheduler")
     cm.add_argument("--api-servers", default="",
                     help="api-servers the controllers and scheduler use (default: this host's, from --listen)")
     cm.add_argument("--cluster-cidr", default=defaults.CLUSTER_CIDR)
     cm.add_argument("--node-cidr-mask-size", type=int, default=defaults.NODE_CIDR_MASK_SIZE)
     cm.add_argument("--node-monitor-grace-period", default="40s")
+    p.add_argument("--pki-dir", default="/etc/skiff/pki", help="the cluster CA and certificates (created if missing)")
+    p.add_argument("--insecure", action="store_true",
+                   help="development only: plaintext everywhere, no authentication")
     add_verbose_flag(p)
     return p
 
@@ -94,13 +107,24 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
     """The children to run, in start order (pure: nothing is started)."""
     children: list[Child] = []
     store_endpoints = args.store_endpoints
+    api_tls = None if args.insecure else tls.apiserver_tls(args.pki_dir)
+    if api_tls is not None and args.store_endpoints:
+        external = (tls.Credentials(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile) if args.etcd_cafile
+                    else None)
+        api_tls = tls.ApiServerTLS(api_tls.serving, external, api_tls.kubelet)
+
+    def creds(name: str) -> tls.Credentials | None:
+        return None if args.insecure else tls.Credentials.from_pki(args.pki_dir, name)
+
     if not store_endpoints:
         # With neither flag, the member reads $SKIFF_STORE_PASSWORD, which it inherits.
         children.append(Child("store", daemons.store(
             python, name=args.name, data_dir=args.data_dir, listen_client=args.listen_client,
             listen_peer=args.listen_peer, initial_cluster=args.initial_cluster or f"{args.name}={args.listen_peer}",
             initial_cluster_token=args.initial_cluster_token, password_file=args.password_file,
-            insecure_no_password=args.insecure_no_password, verbose=args.verbose), wait_for=args.listen_client))
+            insecure_no_password=args.insecure_no_password,
+            tls=None if args.insecure else tls.store_tls(args.pki_dir, args.name),
+            verbose=args.verbose), wait_for=args.listen_client))
         store_endpoints = args.listen_client
     children.append(Child("apiserver", daemons.apiserver(
         python, store_endpoints=store_endpoints, listen=args.listen, http_listen=http_listen(args),
@@ -108,14 +132,17 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
         node_port_range=args.node_port_range, node_name=args.node_name,
         default_not_ready_toleration_seconds=args.default_not_ready_toleration_seconds,
         default_unreachable_toleration_seconds=args.default_unreachable_toleration_seconds,
-        verbose=args.verbose), wait_for=args.listen))
+        audit_log_path=args.audit_log_path, tls=api_tls, verbose=args.verbose), wait_for=args.listen))
     api_servers = args.api_servers or args.listen
     children.append(Child("controllers", daemons.controllers(
         python, api_servers=api_servers, cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,
         node_monitor_grace_period=args.node_monitor_grace_period,
-        identity=args.node_name, service_cidr=args.service_cidr, verbose=args.verbose)))
+        identity=args.node_name, service_cidr=args.service_cidr, credentials=creds(pki.CONTROLLER_MANAGER),
+        cluster_signing_cert_file="" if args.insecure else str(pki.PKIDir(args.pki_dir).ca.cert),
+        cluster_signing_key_file="" if args.insecure else str(pki.PKIDir(args.pki_dir).ca.key),
+        verbose=args.verbose)))
     children.append(Child("scheduler", daemons.scheduler(python, api_servers=api_servers, identity=args.node_name,
-                                                         verbose=args.verbose)))
+                                                         credentials=creds(pki.SCHEDULER), verbose=args.verbose)))
     return children
 
 
@@ -202,7 +229,25 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the store member needs --password-file (or $SKIFF_STORE_PASSWORD, or "
               "--insecure-no-password for a lab), or use --store-endpoints for an external store", file=sys.stderr)
         return 2
+    if args.insecure:
+        tls.warn_insecure("control plane")
+    else:
+        created = pki.PKIDir(args.pki_dir).ensure(pki_specs(args), now=pki.utcnow())
+        if created:
+            log.info("PKI %s: issued %s", args.pki_dir, ", ".join(created))
     return run_until_signalled(Supervisor(plan_children(args)).run())
+
+
+def pki_specs(args: argparse.Namespace) -> list[pki.CertSpec]:
+    """This host's control-plane certificates: the api-server reached at --listen's and
+    --http-listen's hosts and the service CIDR's first address, this store member."""
+    import ipaddress
+
+    hosts = {a.rpartition(":")[0].strip("[]") for a in (args.listen, http_listen(args)) if a}
+    ips = sorted({h for h in hosts if h and h not in ("0.0.0.0", "::")} |
+                 {str(ipaddress.IPv4Network(args.service_cidr, strict=False).network_address + 1)})
+    members = [] if args.store_endpoints else [(args.name, args.listen_client.rpartition(":")[0].strip("[]"))]
+    return pki.control_plane_specs(apiserver_ips=ips, store_members=members, extra_dns=(args.node_name,))
 
 
 if __name__ == "__main__":

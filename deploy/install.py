@@ -14,11 +14,18 @@ What must hold:
 - `--root DIR` relocates every path (configuration, units, state, run dir) and the rendered
   files name the relocated paths, so they run in place (tests, labs); the default root "/" is a
   normal install.
-- The join token is never sent over the network. The control plane publishes the cluster
-  description (api-servers, CIDRs, proxy mode; no secret) in the cluster, signed with an
-  HMAC keyed by the token; a worker fetches it and refuses it unless the signature matches.
-  This authenticates the control plane to the worker, and nothing more: the api-server has no
-  authentication yet, so the token does not keep anyone off the cluster (docs/baremetal.md).
+- Every daemon speaks TLS with certificates of the cluster CA, created by the first
+  control-plane install under `ROOT/etc/skiff/pki` (skiff/pki.py's layout; other control-plane
+  machines get the CA from the join bundle and issue their own certificates). The control plane
+  also writes `ROOT/etc/skiff/skiff-config` (0600), the `skiff` CLI's config as the admin.
+- The join token is a Kubernetes bootstrap token (`<id>.<secret>`); `join-command` (re)creates
+  its Secret, valid 24 hours. The control plane publishes the cluster description (api-servers,
+  CIDRs, proxy mode, the CA certificate; no secret) on namespace kube-public, signed with an
+  HMAC keyed by the token; a worker reads it anonymously (it cannot verify the api-server yet,
+  so it sends no secret), refuses it unless the signature matches, and then trusts that CA. Its
+  node agent presents the token once, over TLS verified against that CA, to get its own
+  certificate through a CertificateSigningRequest (nodeagent/bootstrap.py); an expired or
+  deleted token gets nothing (docs/security.md).
 """
 
 from __future__ import annotations
@@ -41,21 +48,24 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from deploy import cleanup, procs, render
 from deploy import containerd as node_containerd
-from skiff import conditions, defaults, errors, hostconfig, images
+from skiff import bootstraptoken, conditions, defaults, errors, hostconfig, images, pki, tls
+from skiff import config as skiff_config
 from skiff.client import ApiClient, Client
 from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 
 UNIT_PREFIX = "skiff-"
+JOIN_TOKEN_TTL = 24 * 3600.0  # seconds the join token printed by join-command is valid (kubeadm's default)
 CLUSTER_INFO_NAMESPACE = "kube-public"
 CLUSTER_INFO_KEY = "skiff.io/cluster-info"
 CLUSTER_INFO_SIGNATURE_KEY = "skiff.io/cluster-info-signature"
 DEFAULT_CGROUP_PARENT = render.HostConfig("", "", (), Path("/")).cgroup_parent  # "/skiff-pods"
-TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
+TOKEN_RE = bootstraptoken.TOKEN_RE
+CA_CERT_KEY = "certificateAuthorityData"  # the CA certificate (PEM) in the signed cluster information
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -115,6 +125,25 @@ class Layout:
     def images(self) -> Path:
         return self.state_dir / "images"
 
+    @property
+    def pki(self) -> Path:
+        return self.etc / "pki"
+
+    @property
+    def client_config(self) -> Path:
+        """The `skiff` CLI's config as the admin (control-plane machines; SKIFF_CONFIG=...)."""
+        return self.etc / "skiff-config"
+
+    @property
+    def admin(self) -> tls.Credentials | None:
+        """The admin's credentials when this machine holds them (a control plane), else None."""
+        pair = pki.PKIDir(self.pki).pair(pki.ADMIN)
+        return tls.Credentials.from_pki(self.pki, pki.ADMIN) if pair.cert.exists() else None
+
+    def node_credentials(self, node: str) -> tls.Credentials | None:
+        pair = pki.PKIDir(self.pki).pair(pki.node_cert(node))
+        return tls.Credentials.from_pki(self.pki, pki.node_cert(node)) if pair.cert.exists() else None
+
 
 def unit_name(daemon: str) -> str:
     return f"{UNIT_PREFIX}{daemon}.service"
@@ -139,7 +168,8 @@ def check_ip(ip: str, what: str = "--ip") -> str:
 
 def check_token(token: str, what: str = "--token") -> str:
     if not TOKEN_RE.match(token):
-        raise InstallError(f"{what}: expected 32 lowercase hex digits (as printed by the control-plane install)")
+        raise InstallError(f"{what}: expected a bootstrap token, <6 of [a-z0-9]>.<16 of [a-z0-9]> (as printed by "
+                           "the control-plane install or `skiff token create`)")
     return token
 
 
@@ -166,8 +196,10 @@ def parse_endpoint(text: str, what: str = "--join") -> str:
 
 def plan_cluster(name: str, ip: str, peers: Sequence[tuple[str, str]], *, proxy_mode: str = "",
                  iptables_backend: str = "", service_cidr: str = "", cluster_cidr: str = "",
-                 cluster_token: str = "", python: str = sys.executable) -> render.ClusterConfig:
-    """A new cluster whose control plane is `name` plus `peers` (3 store members in all)."""
+                 cluster_token: str = "", python: str = sys.executable,
+                 external_store: render.ExternalStore | None = None) -> render.ClusterConfig:
+    """A new cluster whose control plane is `name` plus `peers` (3 store members in all, or
+    only api-servers there when `external_store` is an etcd cluster of the user's)."""
     hosts = [(name, ip), *peers]
     names = [h for h, _ in hosts]
     if len(set(names)) != len(names):
@@ -183,12 +215,30 @@ def plan_cluster(name: str, ip: str, peers: Sequence[tuple[str, str]], *, proxy_
         settings["serviceCidr"] = service_cidr
     if cluster_cidr:
         settings["clusterCidr"] = cluster_cidr
-    data = render.cluster_to_dict(render.ClusterConfig(members=render.plan_members(hosts)))
+    data = render.cluster_to_dict(render.ClusterConfig(members=render.plan_members(hosts),
+                                                       external_store=external_store))
     data.update(settings)
     try:
         return render.cluster_from_dict(data, python=python)
     except render.ConfigError as exc:
         raise InstallError(str(exc)) from exc
+
+
+def external_store(args: argparse.Namespace) -> render.ExternalStore | None:
+    """--external-etcd and its TLS files; the files must exist (they are read by every api-server)."""
+    files = {"--etcd-cafile": args.etcd_cafile, "--etcd-certfile": args.etcd_certfile,
+             "--etcd-keyfile": args.etcd_keyfile}
+    if not args.external_etcd:
+        given = [flag for flag, path in files.items() if path]
+        if given:
+            raise InstallError(f"{', '.join(given)} without --external-etcd")
+        return None
+    if bool(args.etcd_certfile) != bool(args.etcd_keyfile):
+        raise InstallError("--etcd-certfile and --etcd-keyfile go together")
+    for flag, path in files.items():
+        if path and not Path(path).is_file():
+            raise InstallError(f"{flag} {path}: no such file")
+    return render.ExternalStore(args.external_etcd, *(str(Path(p).resolve()) if p else "" for p in files.values()))
 
 
 def check_unchanged(cluster: render.ClusterConfig, *, peers: Sequence[tuple[str, str]], proxy_mode: str,
@@ -209,8 +259,10 @@ def check_unchanged(cluster: render.ClusterConfig, *, peers: Sequence[tuple[str,
 
 
 def host_to_dict(host: render.HostConfig) -> dict[str, object]:
+    """What host.json keeps (never the bootstrap token: it is used once)."""
     return {"name": host.name, "ip": host.ip, "roles": list(host.roles), "stateDir": str(host.state_dir),
-            "agentPort": host.agent_port, "nodeLabels": dict(host.node_labels), "cgroupParent": host.cgroup_parent}
+            "agentPort": host.agent_port, "nodeLabels": dict(host.node_labels), "cgroupParent": host.cgroup_parent,
+            "joined": host.joined}
 
 
 def host_from_dict(data: dict[str, object], layout: Layout) -> render.HostConfig:
@@ -221,39 +273,47 @@ def host_from_dict(data: dict[str, object], layout: Layout) -> render.HostConfig
         return make_host(str(data["name"]), str(data["ip"]), tuple(str(r) for r in roles), layout,
                          agent_port=int(str(data.get("agentPort", defaults.AGENT_PORT))),
                          node_labels={str(k): str(v) for k, v in labels.items()},
-                         cgroup_parent=str(data.get("cgroupParent", DEFAULT_CGROUP_PARENT)))
+                         cgroup_parent=str(data.get("cgroupParent", DEFAULT_CGROUP_PARENT)),
+                         joined=bool(data.get("joined", False)))
     except (KeyError, AssertionError, ValueError) as exc:
         raise InstallError(f"{layout.host_file}: not a Skiff host description ({exc!r})") from None
 
 
 def make_host(name: str, ip: str, roles: tuple[str, ...], layout: Layout, *, agent_port: int = defaults.AGENT_PORT,
-              node_labels: dict[str, str] | None = None,
-              cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> render.HostConfig:
+              node_labels: dict[str, str] | None = None, cgroup_parent: str = DEFAULT_CGROUP_PARENT,
+              joined: bool = False, bootstrap_token: str = "") -> render.HostConfig:
     if not re.match(r"^/[A-Za-z0-9_.-]+$", cgroup_parent):
         raise InstallError(f'--cgroup-parent "{cgroup_parent}": expected one level below the root, e.g. /skiff-pods')
     containerd = shutil.which("containerd") or "/usr/bin/containerd"
     return render.HostConfig(
         name, ip, roles, layout.state_dir,
         store_password_file=layout.password_file if render.CONTROL_PLANE in roles else None,
-        agent_port=agent_port, node_labels=node_labels or {}, cgroup_parent=cgroup_parent, containerd_bin=containerd)
+        agent_port=agent_port, node_labels=node_labels or {}, cgroup_parent=cgroup_parent, containerd_bin=containerd,
+        pki_dir=layout.pki, joined=joined, bootstrap_token=bootstrap_token)
 
 
 def sign_cluster_info(text: str, token: str) -> str:
     return "hmac-sha256:" + hmac.new(token.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
-def cluster_info_text(cluster: render.ClusterConfig) -> str:
-    return json.dumps(render.cluster_to_dict(cluster), sort_keys=True, separators=(",", ":"))
+def cluster_info_text(cluster: render.ClusterConfig, ca_pem: str = "") -> str:
+    data = render.cluster_to_dict(cluster)
+    if ca_pem:
+        data[CA_CERT_KEY] = ca_pem
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def verify_cluster_info(text: str, signature: str, token: str, *, python: str = sys.executable,
-                        source: str = "") -> render.ClusterConfig:
-    """The cluster described by `text`, if `signature` is its HMAC under `token`."""
+                        source: str = "") -> tuple[render.ClusterConfig, str]:
+    """The cluster described by `text` and its CA certificate (PEM), if `signature` is its HMAC
+    under `token`."""
     if not hmac.compare_digest(sign_cluster_info(text, token), signature):
         raise InstallError(f"the cluster information at {source or 'the control plane'} is not signed with this "
                            "token: wrong --token, or --join points at another cluster")
     try:
-        return render.cluster_from_dict(json.loads(text), python=python)
+        data = json.loads(text)
+        ca_pem = str(data.pop(CA_CERT_KEY, "")) if isinstance(data, dict) else ""
+        return render.cluster_from_dict(data, python=python), ca_pem
     except (ValueError, render.ConfigError) as exc:
         raise InstallError(f"the cluster information at {source} is unusable: {exc}") from exc
 
@@ -460,11 +520,18 @@ def _poll(what: str, check: Callable[[], str], timeout: float, *, interval: floa
 
 
 class LiveHealth:
-    """Health checks over the network: the api-server, the store's etcd API, CRI."""
+    """Health checks over the network: the api-server, the store's etcd API, CRI. They present
+    the admin's certificate on a control plane, the node's on a worker."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def _credentials(self, node: str = "") -> tls.Credentials | None:
+        return self.layout.admin or (self.layout.node_credentials(node) if node else None)
 
     def wait_api(self, endpoints: str, *, timeout: float) -> None:
         async def check() -> str:
-            async with Client(endpoints, timeout=5) as c:
+            async with Client(endpoints, timeout=5, credentials=self._credentials()) as c:
                 await c.list(t.Namespace)  # served from the store: needs its quorum
             return ""
 
@@ -476,7 +543,10 @@ class LiveHealth:
         from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
 
         def check() -> str:
-            with grpc.insecure_channel(member.client_url) as ch:
+            creds = self._credentials()
+            channel = (grpc.insecure_channel(member.client_url) if creds is None
+                       else grpc.secure_channel(member.client_url, creds.channel_credentials()))
+            with channel as ch:
                 st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=3)
             return "" if st.leader else "no leader"
 
@@ -498,7 +568,7 @@ class LiveHealth:
 
     def wait_node_ready(self, api_servers: str, node: str, *, since: float, timeout: float) -> None:
         async def check() -> str:
-            async with Client(api_servers, timeout=5) as c:
+            async with Client(api_servers, timeout=5, credentials=self._credentials(node)) as c:
                 obj = await c.get(t.Node, node)
             cond = conditions.node_ready_condition(obj)
             if cond is None:
@@ -515,9 +585,10 @@ class LiveHealth:
 # ---------------------------------------------------------------- the join information
 
 
-async def publish_cluster_info(api: ApiClient, cluster: render.ClusterConfig, token: str) -> None:
-    """Put the signed cluster description on namespace kube-public (created when missing)."""
-    text = cluster_info_text(cluster)
+async def publish_cluster_info(api: ApiClient, cluster: render.ClusterConfig, token: str, ca_pem: str = "") -> None:
+    """Put the signed cluster description (and CA certificate) on namespace kube-public (created
+    when missing)."""
+    text = cluster_info_text(cluster, ca_pem)
     annotations = {CLUSTER_INFO_KEY: text, CLUSTER_INFO_SIGNATURE_KEY: sign_cluster_info(text, token)}
 
     async def publish() -> None:
@@ -542,8 +613,23 @@ async def publish_cluster_info(api: ApiClient, cluster: render.ClusterConfig, to
                            "too many conflicting updates") from exc
 
 
+async def ensure_bootstrap_token(api: ApiClient, token: str, *, ttl: float) -> None:
+    """The token's Secret, valid `ttl` seconds from now (replaced when it exists)."""
+    import datetime as dt
+
+    secret = bootstraptoken.make_secret(token, expires=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl),
+                                        description="the join token of deploy.install")
+    try:
+        await api.create(secret)
+    except errors.AlreadyExistsError:
+        old = await api.get(t.Secret, secret.metadata.name, secret.metadata.namespace)
+        old.ClearField("data")
+        old.data.update(secret.data)
+        await api.update(old)
+
+
 async def fetch_cluster_info(api: ApiClient, token: str, *, source: str,
-                             python: str = sys.executable) -> render.ClusterConfig:
+                             python: str = sys.executable) -> tuple[render.ClusterConfig, str]:
     try:
         ns = await api.get(t.Namespace, CLUSTER_INFO_NAMESPACE)
     except errors.NotFoundError:
@@ -554,6 +640,37 @@ async def fetch_cluster_info(api: ApiClient, token: str, *, source: str,
         raise InstallError(f"{source} has published no cluster information: run "
                            "`python -m deploy.install join-command` on a control-plane machine")
     return verify_cluster_info(text, signature, token, python=python, source=source)
+
+
+class AnonymousDiscovery:
+    """Reads kube-public over the api-server's HTTPS port without credentials and without
+    verifying the server (a joining worker has no CA yet): what it reads is trusted only after
+    its HMAC under the token checks out. Only `get` of a Namespace."""
+
+    def __init__(self, endpoint: str) -> None:
+        host, _, port = endpoint.rpartition(":")
+        # The REST port sits beside the gRPC port with the same shift (render.plan_members).
+        self.url = f"https://{host}:{defaults.KUBE_API_PORT + int(port) - defaults.API_PORT}"
+
+    async def get(self, cls: type[t.Namespace], name: str, namespace: str = "") -> t.Namespace:
+        import aiohttp
+
+        from skiff.convert import from_data
+
+        url = f"{self.url}/api/v1/namespaces/{name}"
+        try:
+            async with aiohttp.ClientSession() as session, session.get(url, ssl=False) as response:
+                body = await response.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            raise errors.UnavailableError(f"{url}: {exc}") from exc
+        if response.status == 404:
+            raise errors.NotFoundError(f"namespace {name} not found at {self.url}")
+        if response.status != 200:
+            raise errors.UnavailableError(f"{url}: {response.status} {body.get('message', '')}")
+        return from_data(body, t.Namespace, unknown=[])
+
+    async def close(self) -> None:
+        return None
 
 
 # ---------------------------------------------------------------- the installer
@@ -593,11 +710,21 @@ class Installer:
     python: str = sys.executable
     timeout: float = 120.0
     say: Callable[[str], None] = field(default=print)
-    api: Callable[[str], ApiClient] = Client  # endpoints -> a client (tests pass an in-memory one)
+    # endpoints -> a client: the admin's over TLS by default (tests pass an in-memory one)
+    api: Callable[[str], ApiClient] | None = None
+    # endpoint -> what a joining worker reads kube-public with (anonymous HTTPS by default)
+    discovery: Callable[[str], ApiClient] | None = None
 
-    def _call_api(self, endpoints: str, fn: Callable[[ApiClient], Awaitable[T]]) -> T:
+    def _admin_api(self, endpoints: str) -> ApiClient:
+        return Client(endpoints, credentials=self.layout.admin)
+
+    def _call_api(self, endpoints: str, fn: Callable[[ApiClient], Awaitable[T]], *,
+                  discovery: bool = False) -> T:
+        make: Callable[[str], Any] = ((self.discovery or self.api or AnonymousDiscovery) if discovery
+                                      else (self.api or self._admin_api))
+
         async def run() -> T:
-            api = self.api(endpoints)
+            api = make(endpoints)
             try:
                 return await fn(api)
             finally:
@@ -643,12 +770,14 @@ class Installer:
 
     def control_plane(self, *, name: str, ip: str, peers: Sequence[tuple[str, str]] = (), bundle: Path | None = None,
                       token: str = "", proxy_mode: str = "", iptables_backend: str = "",
-                      service_cidr: str = "", cluster_cidr: str = "") -> int:
+                      service_cidr: str = "", cluster_cidr: str = "",
+                      external_store: render.ExternalStore | None = None) -> int:
         check_name(name)
         check_ip(ip)
         if token:
             check_token(token)
         password = ""
+        data: dict[str, object] = {}
         if bundle is not None:
             data = _read_json(bundle)
             try:
@@ -666,7 +795,8 @@ class Installer:
                                 service_cidr=service_cidr, cluster_cidr=cluster_cidr, where=self.layout.cluster_file)
             else:
                 cluster = plan_cluster(name, ip, peers, proxy_mode=proxy_mode, iptables_backend=iptables_backend,
-                                       service_cidr=service_cidr, cluster_cidr=cluster_cidr, python=self.python)
+                                       service_cidr=service_cidr, cluster_cidr=cluster_cidr, python=self.python,
+                                       external_store=external_store)
         mine = cluster.members_on(name)
         if not mine:
             hosts = sorted({m.host for m in cluster.members})
@@ -678,12 +808,18 @@ class Installer:
         _ensure_secret(self.layout.password_file, password or ("" if self.layout.password_file.exists()
                                                                else secrets.token_urlsafe(32)))
         token = _ensure_secret(self.layout.token_file, token or ("" if self.layout.token_file.exists()
-                                                                 else secrets.token_hex(16)))
+                                                                 else bootstraptoken.generate()))
         self.save(cluster, host)
+        issued = self._ensure_pki(cluster, host, bundle_data=data if bundle is not None else None)
+        if issued:
+            self.say(f"certificates in {self.layout.pki}: {', '.join(issued)}")
+        skiff_config.write_config(cluster.api_servers, path=self.layout.client_config, credentials=self.layout.admin)
         if len({m.host for m in cluster.members}) > 1:  # what the other control-plane machines join with
+            ca = pki.PKIDir(self.layout.pki).ca
             _write_json(self.layout.bundle_file, {
                 "cluster": render.cluster_to_dict(cluster), "joinToken": token,
-                "storePassword": self.layout.password_file.read_text().strip()}, mode=0o600)
+                "storePassword": self.layout.password_file.read_text().strip(),
+                "caCert": ca.cert.read_text(), "caKey": ca.key.read_text()}, mode=0o600)
         specs = render.daemons_for(cluster, host)
         self.write_units(specs)
         self.say(f"rendered {len(specs)} units in {self.layout.units} and the cluster in {self.layout.cluster_file}")
@@ -704,6 +840,20 @@ class Installer:
             return 0
         return self.join_command()
 
+    def _ensure_pki(self, cluster: render.ClusterConfig, host: render.HostConfig, *,
+                    bundle_data: dict[str, object] | None) -> list[str]:
+        """This control-plane machine's certificates, from the cluster CA (the bundle's when joining
+        another control-plane machine; created on the first one)."""
+        d = pki.PKIDir(self.layout.pki)
+        if bundle_data is not None and not d.ca.cert.exists():
+            ca_cert, ca_key = str(bundle_data.get("caCert", "")), str(bundle_data.get("caKey", ""))
+            if not ca_cert or not ca_key:
+                raise InstallError("the join bundle holds no cluster CA (caCert, caKey): re-create it on the first "
+                                   "control-plane machine with this version")
+            pki.write_atomic(d.ca.key, ca_key.encode(), 0o600)
+            pki.write_atomic(d.ca.cert, ca_cert.encode(), 0o644)
+        return d.ensure(render.pki_specs_for(cluster, [(host.name, host.ip, host.roles)]), now=pki.utcnow())
+
     def _root_flag(self) -> str:
         return "" if self.layout.root == Path("/") else f" --root {self.layout.root}"
 
@@ -721,9 +871,12 @@ class Installer:
         self.say(f"waiting for the api-server at {local[0]} ...")
         self.health.wait_api(endpoints, timeout=self.timeout)
 
-        self._call_api(endpoints, lambda api: publish_cluster_info(api, cluster, token))
-        self.say("the control plane is up. Join workers with:\n"
-                 f"  python -m deploy.install worker --name NAME --ip IP --join {local[0]} --token {token}")
+        ca_pem = pki.PKIDir(self.layout.pki).ca.cert.read_text()
+        self._call_api(endpoints, lambda api: ensure_bootstrap_token(api, token, ttl=JOIN_TOKEN_TTL))
+        self._call_api(endpoints, lambda api: publish_cluster_info(api, cluster, token, ca_pem))
+        self.say(f"the control plane is up; `SKIFF_CONFIG={self.layout.client_config} skiff ...` as the admin. "
+                 f"Join workers (the token is valid {JOIN_TOKEN_TTL / 3600:.0f}h; re-run join-command for a fresh one) "
+                 f"with:\n  python -m deploy.install worker --name NAME --ip IP --join {local[0]} --token {token}")
         return 0
 
     # -- worker
@@ -732,18 +885,27 @@ class Installer:
                node_labels: dict[str, str] | None = None, cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> int:
         check_name(name)
         check_ip(ip)
+        check_token(token)
+        ca_pem = ""
         if cluster_file is not None:
             try:
                 cluster = render.cluster_from_dict(_read_json(cluster_file), python=self.python)
             except render.ConfigError as exc:
                 raise InstallError(f"{cluster_file}: {exc}") from exc
             join = str(cluster_file)
+            if not pki.PKIDir(self.layout.pki).ca.cert.exists():
+                raise InstallError(f"--cluster-file: copy the cluster CA certificate (ca.crt of a control-plane "
+                                   f"machine's /etc/skiff/pki) to {pki.PKIDir(self.layout.pki).ca.cert} first")
         else:
             join = parse_endpoint(join)
-            check_token(token)
-            cluster = self.fetch_cluster(join, token)
-        host = make_host(name, ip, (render.WORKER,), self.layout, node_labels=node_labels, cgroup_parent=cgroup_parent)
+            cluster, ca_pem = self.fetch_cluster(join, token)
+            if not ca_pem:
+                raise InstallError(f"--join {join}: the cluster information carries no CA certificate")
+        host = make_host(name, ip, (render.WORKER,), self.layout, node_labels=node_labels, cgroup_parent=cgroup_parent,
+                         joined=True, bootstrap_token=token)
         self.save(cluster, host)
+        if ca_pem:
+            pki.write_atomic(pki.PKIDir(self.layout.pki).ca.cert, ca_pem.encode(), 0o644)
         hostconfig.write_node_config(host.node_paths)  # the same text as render.containerd_config(host)
         tars = images.build_presets(self.layout.images)
         specs = render.daemons_for(cluster, host)
@@ -758,16 +920,23 @@ class Installer:
         self.manager.start(unit_name("containerd"))
         self.health.wait_containerd(host.node_paths.endpoint, timeout=self.timeout)
         images.import_tars(tars, endpoint=host.node_paths.endpoint)
-        for daemon in ("nodeagent", "netproxy", "clusterdns"):
+        self.manager.start(unit_name("nodeagent"))
+        # The agent joins first (its certificate from the token); proxy and DNS present that certificate.
+        node_cert = pki.PKIDir(self.layout.pki).pair(pki.node_cert(name)).cert
+        _poll(f"node {name}'s certificate (the agent's join with the token; see its log)",
+              lambda: "" if node_cert.exists() else "not signed yet", self.timeout)
+        self.say(f"node {name} joined: its certificate is {node_cert}")
+        for daemon in ("netproxy", "clusterdns"):
             self.manager.start(unit_name(daemon))
         self.say(f"started containerd, node agent, netproxy and clusterdns; waiting for node {name} to be Ready ...")
         self.health.wait_node_ready(cluster.api_servers, name, since=since, timeout=self.timeout)
         self.say(f"node {name} is Ready")
         return 0
 
-    def fetch_cluster(self, join: str, token: str) -> render.ClusterConfig:
+    def fetch_cluster(self, join: str, token: str) -> tuple[render.ClusterConfig, str]:
         try:
-            return self._call_api(join, lambda api: fetch_cluster_info(api, token, source=join, python=self.python))
+            return self._call_api(join, lambda api: fetch_cluster_info(api, token, source=join, python=self.python),
+                                  discovery=True)
         except errors.SkiffError as exc:
             raise InstallError(f"--join {join}: cannot read the cluster information: {exc}") from exc
 
@@ -836,8 +1005,9 @@ class Installer:
             (self.layout.units / unit).unlink(missing_ok=True)
         self.manager.reload()
         for f in (self.layout.cluster_file, self.layout.host_file, self.layout.password_file,
-                  self.layout.token_file, self.layout.bundle_file):
+                  self.layout.token_file, self.layout.bundle_file, self.layout.client_config):
             f.unlink(missing_ok=True)
+        shutil.rmtree(self.layout.pki, ignore_errors=True)
         if self.layout.run.is_dir():  # logs and pid files of --service-manager processes
             for f in self.layout.run.glob(f"{UNIT_PREFIX}*"):
                 f.unlink(missing_ok=True)
@@ -906,6 +1076,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="iptables flavour netproxy uses (default auto)")
     cp.add_argument("--service-cidr", default="", help=f"ClusterIP range (default {defaults.SERVICE_CIDR})")
     cp.add_argument("--cluster-cidr", default="", help=f"pod CIDR of the cluster (default {defaults.CLUSTER_CIDR})")
+    cp.add_argument("--external-etcd", default="", metavar="ENDPOINTS",
+                    help="use this etcd cluster (https://IP:2379,...) instead of running Skiff's store members")
+    cp.add_argument("--etcd-cafile", default="", help="CA of the external etcd's serving certificates")
+    cp.add_argument("--etcd-certfile", default="", help="client certificate for the external etcd")
+    cp.add_argument("--etcd-keyfile", default="", help="the client certificate's key")
     w = sub.add_parser("worker", parents=[common], help="install a worker and join it to a cluster")
     w.add_argument("--name", required=True, help="the node's name (a DNS label)")
     w.add_argument("--ip", required=True, help="the node's address (its InternalIP)")
@@ -938,13 +1113,13 @@ def main(argv: list[str] | None = None) -> int:
         if os.geteuid() != 0 and args.root == "/":
             raise InstallError("run as root (or give --root DIR to render elsewhere)")
         layout = Layout.make(args.root, args.state_dir)
-        inst = Installer(layout, make_manager(args.manager, layout), LiveHealth(), python=args.python,
+        inst = Installer(layout, make_manager(args.manager, layout), LiveHealth(layout), python=args.python,
                          timeout=args.timeout)
         if args.command == "control-plane":
             return inst.control_plane(name=args.name, ip=args.ip, peers=parse_peers(args.peers),
                                       bundle=args.join_bundle, token=args.token, proxy_mode=args.proxy_mode,
                                       iptables_backend=args.iptables_backend, service_cidr=args.service_cidr,
-                                      cluster_cidr=args.cluster_cidr)
+                                      cluster_cidr=args.cluster_cidr, external_store=external_store(args))
         if args.command == "worker":
             if args.join and not args.token:
                 raise InstallError("--join needs --token (printed by the control-plane install)")

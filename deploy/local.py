@@ -35,8 +35,8 @@ def say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def skiff_cli(*args: str, server: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SKIFF_SERVER=server)
+def skiff_cli(*args: str, lab: Lab) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, SKIFF_CONFIG=str(lab.config_path))
     return subprocess.run([sys.executable, "-m", "skiff.cli.main", *args], capture_output=True, text=True,
                           env=env, check=False)
 
@@ -88,18 +88,18 @@ def up(state_dir: Path) -> int:
         say(f"starting a one-host cluster in network namespace {lab.netns(HOST)} (state in {lab.dir})")
         lab.up(progress=say, timeout=180)
     server = ",".join(lab.api_servers)
-    path = skiff_config.write_config(server)
-    say(f"CLI configured: {path} points at {server}")
-    kube_path = kubeconfig.write_entry(lab.http_servers[0])
+    path = skiff_config.write_config(server, credentials=lab.admin)
+    say(f"CLI configured: {path} points at {server} as the admin ({lab.admin.cert_file})")
+    kube_path = kubeconfig.write_entry(lab.http_servers[0], credentials=lab.admin)
     say(f"kubectl configured: context {kubeconfig.CONTEXT} in {kube_path} ({lab.http_servers[0]}); "
         f"try .venv/bin/kubectl get pods")
-    applied = skiff_cli("apply", "-f", str(EXAMPLE), server=server)
+    applied = skiff_cli("apply", "-f", str(EXAMPLE), lab=lab)
     print(applied.stdout, end="")
     if applied.returncode != 0:
         print(applied.stderr, end="", file=sys.stderr)
         return 1
     asyncio.run(wait_web_ready(lab, replicas=2, timeout=180))
-    shown = skiff_cli("get", "pods,svc,ep", "-o", "wide", server=server)
+    shown = skiff_cli("get", "pods,svc,ep", "-o", "wide", lab=lab)
     print(shown.stdout, end="")
     cluster_ip = asyncio.run(service_ip(lab))
     say(f"GET http://{cluster_ip}/ from inside {lab.netns(HOST)}:")

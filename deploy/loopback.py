@@ -16,6 +16,10 @@ setpriv: start processes from the thread that lives longest, normally the main t
 A process that dies during startup raises StartupError with the tail of its log.
 Single pieces: `start_etcd(dir, members=3)`, `start_apiserver(dir, store_endpoints)`;
 `Process.kill()` / `.restart()` for failure tests.
+
+The api-servers run `--insecure` (plaintext, everyone the admin) unless `control_plane(...,
+pki_dir=DIR)` asks for TLS: then a cluster CA and certificates are created under DIR, the
+api-servers serve TLS, and `cp.admin` holds the admin's credentials for clients.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from skiff import daemons, pki, tls
+from skiff.tls import Credentials
 
 ROOT = Path(__file__).resolve().parents[1]
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -207,18 +214,23 @@ def start_etcd(workdir: Path, *, members: int = 1, name: str = "etcd",
 
 
 def apiserver_argv(store_endpoints: str, port: int, *, extra: Sequence[str] = ()) -> list[str]:
+    """An api-server on loopback; `--insecure` (plaintext, everyone the admin) unless `extra`
+    brings TLS flags (`--tls-cert-file`)."""
+    tls = [] if "--tls-cert-file" in extra else ["--insecure"]
     return [sys.executable, "-m", "controlplane.apiserver", "--store-endpoints", store_endpoints,
-            "--listen", f"127.0.0.1:{port}", *extra]
+            "--listen", f"127.0.0.1:{port}", *tls, *extra]
 
 
-def wait_serving(proc: Process, timeout: float) -> None:
+def wait_serving(proc: Process, timeout: float, *, credentials: Credentials | None = None) -> None:
     """Wait until the api-server answers Version (it listens only once its caches are filled)."""
     import grpc
 
     from skiffpb.api.v1 import apiserver_pb2, apiserver_pb2_grpc
 
     end = time.monotonic() + timeout
-    with grpc.insecure_channel(proc.endpoint) as channel:
+    channel_of = (grpc.insecure_channel(proc.endpoint) if credentials is None
+                  else grpc.secure_channel(proc.endpoint, credentials.channel_credentials()))
+    with channel_of as channel:
         stub = apiserver_pb2_grpc.ApiServerStub(channel)
         while True:
             if not proc.running:
@@ -235,11 +247,17 @@ def wait_serving(proc: Process, timeout: float) -> None:
 
 
 def start_apiserver(workdir: Path, store_endpoints: str, *, name: str = "apiserver",
-                    extra_args: Sequence[str] = (), timeout: float = 60.0, port: int = 0) -> Process:
+                    extra_args: Sequence[str] = (), timeout: float = 60.0, port: int = 0,
+                    credentials: Credentials | None = None) -> Process:
+    """`credentials`: the api-server serves TLS (its flags in `extra_args`); wait with these."""
     port = port or free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def ready(proc: Process, timeout: float) -> None:
+        wait_serving(proc, timeout, credentials=credentials)
+
     proc = Process(name, apiserver_argv(store_endpoints, port, extra=extra_args), workdir / f"{name}.log",
-                   "127.0.0.1", port, env=env, ready=wait_serving)
+                   "127.0.0.1", port, env=env, ready=ready)
     return proc.start(timeout=timeout)
 
 
@@ -247,6 +265,12 @@ def start_apiserver(workdir: Path, store_endpoints: str, *, name: str = "apiserv
 class ControlPlane:
     store: EtcdCluster
     apiservers: list[Process] = field(default_factory=list)
+    pki_dir: Path | None = None
+
+    @property
+    def admin(self) -> Credentials | None:
+        """The admin's client credentials (None when the api-servers run --insecure)."""
+        return None if self.pki_dir is None else Credentials.from_pki(self.pki_dir, pki.ADMIN)
 
     @property
     def store_endpoints(self) -> str:
@@ -264,17 +288,25 @@ class ControlPlane:
 
 @contextlib.contextmanager
 def control_plane(workdir: Path, *, apiservers: int = 1, store_members: int = 1,
-                  apiserver_args: Sequence[str] = ()) -> Iterator[ControlPlane]:
-    """A store cluster and `apiservers` api-servers on it, stopped when the block ends."""
+                  apiserver_args: Sequence[str] = (), pki_dir: Path | None = None) -> Iterator[ControlPlane]:
+    """A store cluster and `apiservers` api-servers on it, stopped when the block ends; with
+    `pki_dir`, the api-servers serve TLS with certificates from there (created if missing)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    tls_args: list[str] = []
+    if pki_dir is not None:
+        pki.PKIDir(pki_dir).ensure(pki.control_plane_specs(apiserver_ips=[], store_members=[]), now=pki.utcnow())
+        # The etcd here is plaintext on loopback: no --etcd-* flags.
+        api_tls = tls.apiserver_tls(pki_dir)
+        tls_args = daemons.apiserver_tls_flags(tls.ApiServerTLS(api_tls.serving, None, api_tls.kubelet))
     store = start_etcd(workdir, members=store_members)
-    cp = ControlPlane(store)
+    cp = ControlPlane(store, pki_dir=pki_dir)
     try:
         for i in range(apiservers):
             # Each api-server talks to "its" store member first, as when they run side by side.
             members = store.members[i % len(store.members):] + store.members[:i % len(store.members)]
             cp.apiservers.append(start_apiserver(workdir, ",".join(m.endpoint for m in members),
-                                                 name=f"apiserver{i}", extra_args=apiserver_args))
+                                                 name=f"apiserver{i}", extra_args=[*tls_args, *apiserver_args],
+                                                 credentials=cp.admin))
         yield cp
     finally:
         cp.stop()

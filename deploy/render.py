@@ -9,6 +9,10 @@ from there too); this module decides which daemons a host runs and with which va
 containerd's config and the CNI conflist come from skiff.hostconfig, which the node agent
 uses too.
 
+Every daemon speaks TLS with certificates from the host's PKI directory (`HostConfig.pki`,
+skiff/pki.py's layout; the launchers create it with `pki_specs_for`); `insecure` renders the
+development mode instead (`--insecure` everywhere).
+
 Everything here is pure: no process is started and no file is written.
 """
 
@@ -22,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from skiff import daemons, defaults, hostconfig
+from skiff import daemons, defaults, hostconfig, pki, tls
 from skiff.daemon import duration
 
 CONTROL_PLANE = "control-plane"
@@ -58,7 +62,22 @@ class StoreMember:
 
 
 @dataclass(frozen=True)
+class ExternalStore:
+    """An etcd cluster used instead of Skiff's store members (k3s's --datastore-endpoint)."""
+
+    endpoints: str  # "https://10.0.0.5:2379,..." (or host:port without TLS)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def tls(self) -> tuple[str, str, str]:
+        return (self.ca_file, self.cert_file, self.key_file)
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
+    # Where the store members would run; with `external_store` only the api-servers run there.
     members: tuple[StoreMember, ...]
     service_cidr: str = defaults.SERVICE_CIDR
     cluster_cidr: str = defaults.CLUSTER_CIDR
@@ -76,9 +95,12 @@ class ClusterConfig:
     cluster_dns: str = defaults.NODE_LOCAL_DNS_IP  # each host's clusterdns listens here; pods use it
     dns_upstreams: str = ""  # where clusterdns forwards names outside the cluster (ip[:port],...); none: SERVFAIL
     python: str = sys.executable
+    external_store: ExternalStore | None = None
 
     @property
     def store_endpoints(self) -> str:
+        if self.external_store is not None:
+            return self.external_store.endpoints
         return ",".join(m.client_url for m in self.members)
 
     @property
@@ -107,10 +129,24 @@ class HostConfig:
     cgroup_parent: str = "/skiff-pods"
     containerd_bin: str = "containerd"  # an absolute path in installed units (systemd wants one)
     proxy_mode: str = ""  # this host's proxy mode when not the cluster's (the VM lab shows both)
+    pki_dir: Path | None = None  # default: state_dir/pki
+    insecure: bool = False  # development mode: plaintext, no authentication
+    # A worker that joined with a bootstrap token: its agent obtained nodes/<name> from the cluster
+    # (a CSR; with `bootstrap_token` set it does so on start), and its proxy and DNS present
+    # that node identity (the host has no other certificate).
+    joined: bool = False
+    bootstrap_token: str = ""
 
     @property
     def node_paths(self) -> hostconfig.NodePaths:
         return hostconfig.NodePaths(self.state_dir / "node")
+
+    @property
+    def pki(self) -> Path:
+        return self.pki_dir if self.pki_dir is not None else self.state_dir / "pki"
+
+    def credentials(self, name: str) -> tls.Credentials | None:
+        return None if self.insecure else tls.Credentials.from_pki(self.pki, name)
 
 
 @dataclass(frozen=True)
@@ -137,27 +173,40 @@ def plan_members(hosts: Sequence[tuple[str, str]], *, members: int = 3) -> tuple
     return tuple(out)
 
 
+def apiserver_tls(host: HostConfig, external: ExternalStore | None) -> tls.ApiServerTLS:
+    """The api-server's TLS from the host's PKI; towards an external etcd, that etcd's client
+    files instead of the cluster's (no files: plaintext to it)."""
+    own = tls.apiserver_tls(host.pki)
+    if external is None:
+        return own
+    store = tls.Credentials(*external.tls) if all(external.tls) else None
+    return tls.ApiServerTLS(own.serving, store, own.kubelet)
+
+
 def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[DaemonSpec]:
     specs: list[DaemonSpec] = []
-    for m in cluster.members_on(host.name):
+    external = cluster.external_store
+    for m in cluster.members_on(host.name) if external is None else ():
         argv = daemons.store(
             cluster.python, name=m.name, data_dir=str(host.state_dir / "store" / m.name),
             listen_client=m.client_url, listen_peer=m.peer_url, initial_cluster=cluster.initial_cluster,
             initial_cluster_token=cluster.cluster_token,
             password_file=str(host.store_password_file) if host.store_password_file is not None else "",
-            insecure_no_password=host.store_password_file is None)
+            insecure_no_password=host.store_password_file is None,
+            tls=None if host.insecure else tls.store_tls(host.pki, m.name))
         specs.append(DaemonSpec(f"store-{m.name}", tuple(argv), f"Skiff store member {m.name}"))
     for m in cluster.members_on(host.name):
         # Each api-server prefers its own member, then the others.
         endpoints = [m.client_url] + [o.client_url for o in cluster.members if o is not m]
-        argv = daemons.apiserver(cluster.python, store_endpoints=",".join(endpoints), listen=m.api_url,
-                                 http_listen=m.http_url,
+        argv = daemons.apiserver(cluster.python, listen=m.api_url, http_listen=m.http_url,
+                                 store_endpoints=external.endpoints if external else ",".join(endpoints),
                                  service_cidr=cluster.service_cidr, node_port_range=cluster.node_port_range,
-                                 node_name=host.name,
+                                 node_name=host.name, tls=None if host.insecure else apiserver_tls(host, external),
                                  default_not_ready_toleration_seconds=cluster.default_toleration_seconds,
-                                 default_unreachable_toleration_seconds=cluster.default_toleration_seconds)
+                                 default_unreachable_toleration_seconds=cluster.default_toleration_seconds,
+                                 audit_log_path=str(host.state_dir / "apiserver" / f"audit-{m.name}.log"))
         specs.append(DaemonSpec(f"apiserver-{m.name}", tuple(argv), f"Skiff api-server beside store {m.name}",
-                                after=(f"store-{m.name}",)))
+                                after=(f"store-{m.name}",) if external is None else ()))
     local_apis = [m.api_url for m in cluster.members_on(host.name)]
     others = [m.api_url for m in cluster.members if m.api_url not in local_apis]
     api_servers = ",".join(local_apis + others)
@@ -166,15 +215,23 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
         cluster.python, api_servers=api_servers, cluster_cidr=cluster.cluster_cidr,
         node_cidr_mask_size=cluster.node_cidr_mask_size, node_monitor_grace_period=cluster.node_monitor_grace_period,
         identity=host.name, service_cidr=cluster.service_cidr,
+        credentials=host.credentials(pki.CONTROLLER_MANAGER),
+        cluster_signing_cert_file="" if host.insecure else str(pki.PKIDir(host.pki).ca.cert),
+        cluster_signing_key_file="" if host.insecure else str(pki.PKIDir(host.pki).ca.key),
     )), "Skiff controller manager", after=apis_after))
     specs.append(DaemonSpec("scheduler", tuple(daemons.scheduler(cluster.python, api_servers=api_servers,
-                                                                 identity=host.name)),
+                                                                 identity=host.name,
+                                                                 credentials=host.credentials(pki.SCHEDULER))),
                             "Skiff scheduler", after=apis_after))
     return specs
 
 
 def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:
     paths = host.node_paths
+    node_tls = None if host.insecure else tls.node_tls(host.pki, host.name)
+    node_creds = node_tls[1] if node_tls is not None else None
+    proxy_creds = node_creds if host.joined else host.credentials(pki.NETPROXY)
+    dns_creds = node_creds if host.joined else host.credentials(pki.CLUSTERDNS)
     containerd = DaemonSpec("containerd", (host.containerd_bin, "--config", str(paths.config)), "containerd for Skiff")
     agent = daemons.nodeagent(
         cluster.python, node_name=host.name, api_servers=cluster.api_servers,
@@ -183,20 +240,34 @@ def worker_daemons(cluster: ClusterConfig, host: HostConfig, *, netns_path: str 
         ipam_dir=str(paths.ipam_dir), pod_log_dir=str(paths.pod_logs), cgroup_parent=host.cgroup_parent,
         lease_period=cluster.node_lease_period, node_labels=host.node_labels,
         register_with_taints=host.node_taints, netns=netns_path,
-        cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain)
+        cluster_dns=cluster.cluster_dns, cluster_domain=cluster.cluster_domain, tls=node_tls,
+        bootstrap_token=host.bootstrap_token, bootstrap_servers=[f"https://{m.http_url}" for m in cluster.members])
     proxy = daemons.netproxy(cluster.python, api_servers=cluster.api_servers, node_name=host.name,
                              mode=host.proxy_mode or cluster.proxy_mode, cluster_cidr=cluster.cluster_cidr,
-                             min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend)
+                             min_sync_period=cluster.min_sync_period, iptables_backend=cluster.iptables_backend,
+                             credentials=proxy_creds)
     dns = daemons.clusterdns(cluster.python, api_servers=cluster.api_servers, listen=f"{cluster.cluster_dns}:53",
                              cluster_domain=cluster.cluster_domain,
                              reverse_cidrs=(cluster.service_cidr, cluster.cluster_cidr),
-                             upstreams=cluster.dns_upstreams)
+                             upstreams=cluster.dns_upstreams, credentials=dns_creds)
     return [
         containerd,
         DaemonSpec("nodeagent", tuple(agent), "Skiff node agent", after=("containerd",)),
         DaemonSpec("netproxy", tuple(proxy), "Skiff network proxy"),
         DaemonSpec("clusterdns", tuple(dns), "Skiff node-local cluster DNS"),
     ]
+
+
+def pki_specs_for(cluster: ClusterConfig, hosts: Sequence[tuple[str, str, Sequence[str]]]) -> list[pki.CertSpec]:
+    """The certificates a cluster's hosts [(name, ip, roles)] need when one CA key issues them all
+    (the lab, `make up`, a control-plane install): the control plane's, and each worker's node
+    certificate."""
+    kubernetes_ip = str(ipaddress.IPv4Network(cluster.service_cidr, strict=False).network_address + 1)
+    api_ips = sorted({m.ip for m in cluster.members} | {kubernetes_ip})
+    specs = pki.control_plane_specs(apiserver_ips=api_ips, store_members=[(m.name, m.ip) for m in cluster.members],
+                                    cluster_domain=cluster.cluster_domain)
+    specs += [pki.node_spec(name, ip) for name, ip, roles in hosts if WORKER in roles]
+    return specs
 
 
 def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "") -> list[DaemonSpec]:
@@ -214,7 +285,8 @@ def daemons_for(cluster: ClusterConfig, host: HostConfig, *, netns_path: str = "
 # Settings that are the same on every host; `python` is not one (each host has its own).
 # In the file they are camelCase ("serviceCidr"), like the rest of Skiff's JSON.
 _CLUSTER_SETTINGS = {"".join(w if i == 0 else w.capitalize() for i, w in enumerate(f.name.split("_"))): f.name
-                     for f in fields(ClusterConfig) if f.name not in ("members", "python")}
+                     for f in fields(ClusterConfig) if f.name not in ("members", "python", "external_store")}
+_EXTERNAL_STORE = {"endpoints": "endpoints", "caFile": "ca_file", "certFile": "cert_file", "keyFile": "key_file"}
 
 
 # Settings older cluster files may hold that no longer mean anything; they are ignored.
@@ -234,6 +306,8 @@ def cluster_to_dict(cluster: ClusterConfig) -> dict[str, object]:
                     for m in cluster.members],
     }
     out.update({key: getattr(cluster, name) for key, name in _CLUSTER_SETTINGS.items()})
+    if cluster.external_store is not None:
+        out["externalStore"] = {key: getattr(cluster.external_store, name) for key, name in _EXTERNAL_STORE.items()}
     return out
 
 
@@ -261,7 +335,7 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
     """The inverse of cluster_to_dict; unknown keys and bad values are errors naming the field."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"cluster: expected an object, got {type(data).__name__}")
-    unknown = set(data) - {"members", *_CLUSTER_SETTINGS, *_REMOVED_SETTINGS}
+    unknown = set(data) - {"members", "externalStore", *_CLUSTER_SETTINGS, *_REMOVED_SETTINGS}
     if unknown:
         raise ConfigError(f"cluster: unknown field(s) {', '.join(sorted(unknown))}")
     raw_members = _field(data, "members", list, "cluster")
@@ -293,7 +367,20 @@ def cluster_from_dict(data: object, *, python: str = sys.executable) -> ClusterC
     for key, name in _CLUSTER_SETTINGS.items():
         if key in data:
             settings[name] = _field(data, key, type(getattr(base, name)), "cluster")
-    cluster = ClusterConfig(members=tuple(members), python=python, **settings)  # type: ignore[arg-type]
+    external = None
+    if "externalStore" in data:
+        raw = data["externalStore"]
+        if not isinstance(raw, Mapping):
+            raise ConfigError("cluster.externalStore: expected an object")
+        extra = set(raw) - set(_EXTERNAL_STORE)
+        if extra:
+            raise ConfigError(f"cluster.externalStore: unknown field(s) {', '.join(sorted(extra))}")
+        external = ExternalStore(**{name: _str(raw, key, "cluster.externalStore")
+                                    for key, name in _EXTERNAL_STORE.items() if key in raw or key == "endpoints"})
+        if not external.endpoints:
+            raise ConfigError("cluster.externalStore.endpoints: empty")
+    cluster = ClusterConfig(members=tuple(members), python=python, external_store=external,
+                            **settings)  # type: ignore[arg-type]
     for key, value in (("serviceCidr", cluster.service_cidr), ("clusterCidr", cluster.cluster_cidr)):
         try:
             ipaddress.IPv4Network(value)

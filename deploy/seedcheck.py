@@ -21,7 +21,7 @@ import time
 
 from google.protobuf.message import Message
 
-from skiff import conditions, defaults, errors, labels, manifests
+from skiff import conditions, config, defaults, errors, labels, manifests
 from skiff.client import ApiClient, Client
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -93,7 +93,9 @@ def request(run: str, name: str, ip: str, fetch: str, url: str) -> str:
 async def check(args: argparse.Namespace) -> None:
     objs = manifests.load(args.manifests)
     hosts = parse_hosts(args.hosts)
-    async with Client(args.server) as api:
+    credentials = config.resolve_credentials(ca=args.certificate_authority, cert=args.client_certificate,
+                                             key=args.client_key)
+    async with Client(args.server, credentials=credentials) as api:
         created = await apply(api, objs)
         try:
             deployments = [o.obj for o in objs if isinstance(o.obj, t.Deployment)]
@@ -119,6 +121,9 @@ async def check(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.seedcheck", description=__doc__.split("\n\n")[0])
     p.add_argument("--server", required=True, help="api-servers, host:port,...")
+    p.add_argument("--certificate-authority", default="", help="CA file (default: the skiff config's)")
+    p.add_argument("--client-certificate", default="", help="client certificate (default: the skiff config's)")
+    p.add_argument("--client-key", default="", help="its key (default: the skiff config's)")
     p.add_argument("--hosts", required=True, help="name=ip,... of the hosts to send requests from")
     p.add_argument("--run", required=True, help='command prefix that runs a command on a host, with {name} and '
                    '{ip}, e.g. "ssh -l root {ip}"')

@@ -24,8 +24,9 @@ from netproxy.iptables.writer import NFT_MAX_CHAINS
 from netproxy.ipvs.kernel import PyrouteIpvs, ipvs_available
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics, serve
+from netproxy.netpol.enforcer import cleanup as netpol_cleanup
 from netproxy.proxier import Proxier
-from skiff import defaults
+from skiff import defaults, tls
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.errors import InvalidError, SkiffError
 
@@ -51,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masquerade-all", action="store_true", help="masquerade every ClusterIP connection")
     p.add_argument("--metrics-bind-address", default=f"127.0.0.1:{defaults.PROXY_METRICS_PORT}",
                    help="host:port serving /metrics and /healthz; empty disables")
+    p.add_argument("--network-policy", choices=("on", "off"), default="on",
+                   help="enforce NetworkPolicies on this node's pods with iptables (default on)")
     p.add_argument("--cleanup", action="store_true", help="remove everything netproxy installed, then exit")
+    tls.add_daemon_client_flags(p)
     add_verbose_flag(p)
     return p
 
@@ -87,6 +91,7 @@ async def cleanup_all() -> int:
             continue
         ipt = IptablesCmd(backend)
         chains = await iptables_cleanup.cleanup(ipt, max_chains=NFT_MAX_CHAINS if backend == "nft" else None)
+        chains += await netpol_cleanup(ipt)
         print(f"iptables-{backend}: removed {chains} chains")
     return 0
 
@@ -122,7 +127,7 @@ async def run(args: argparse.Namespace) -> int:
     _bridge_nf_warning()
     if not args.api_servers:
         raise InvalidError("--api-servers is required (or set SKIFF_SERVER)")
-    client = Client(args.api_servers)
+    client = Client(args.api_servers, credentials=tls.daemon_credentials(args, "netproxy"))
     metrics = Metrics(mode=args.mode)
     metrics.info.set(1, mode=args.mode, backend=backend)
     server = None
@@ -132,9 +137,11 @@ async def run(args: argparse.Namespace) -> int:
                              healthz_max_age=max(120.0, 2 * args.sync_period))
         log.info("metrics on http://%s/metrics", args.metrics_bind_address)
     proxy = NetProxy(client, proxier, node_name=args.node_name, min_sync_period=args.min_sync_period,
-                     sync_period=args.sync_period, metrics=metrics)
-    log.info("netproxy starting: mode %s, iptables-%s, node %s, cluster CIDR %s, min sync period %gs",
-             args.mode, backend, args.node_name, config.cluster_cidr or "(none)", args.min_sync_period)
+                     sync_period=args.sync_period, metrics=metrics,
+                     netpol=ipt if args.network_policy == "on" else None)
+    log.info("netproxy starting: mode %s, iptables-%s, node %s, cluster CIDR %s, min sync period %gs, "
+             "network policy %s", args.mode, backend, args.node_name, config.cluster_cidr or "(none)",
+             args.min_sync_period, args.network_policy)
     try:
         await proxy.run()
     except asyncio.CancelledError:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from skiff.errors import InvalidError
 
 MASQ_MARK = 0x4000  # bit 14, as kube-proxy: traffic marked with it is masqueraded on the way out
+# Bit 16: set by a NetworkPolicy chain when one of its rules allows the packet (netproxy/netpol).
+NETPOL_MARK = 0x10000
 
 
 @dataclass(frozen=True)

@@ -55,13 +55,19 @@ class ServicePort:
     node_port: int = 0  # 0: no NodePort
     affinity_timeout: int = 0  # seconds of ClientIP affinity; 0: none
     endpoints: tuple[Endpoint, ...] = ()  # ready endpoints, sorted, unique
+    # Traffic policies Local: NodePort traffic (external) / ClusterIP traffic (internal) only to
+    # `local_endpoints`, the endpoints on this node (EndpointAddress.nodeName).
+    external_local: bool = False
+    internal_local: bool = False
+    local_endpoints: tuple[Endpoint, ...] = ()
 
     def __hash__(self) -> int:
         # Cached: renderers look ServicePorts up in caches on every sync.
         h: int | None = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.namespace, self.name, self.port_name, self.protocol, self.cluster_ip, self.port,
-                      self.node_port, self.affinity_timeout, self.endpoints))
+                      self.node_port, self.affinity_timeout, self.endpoints, self.external_local,
+                      self.internal_local, self.local_endpoints))
             object.__setattr__(self, "_hash", h)
         return h
 
@@ -91,6 +97,16 @@ def svc_chain(sp: ServicePort) -> str:
 
 def sep_chain(sp: ServicePort, ep: Endpoint) -> str:
     return "KUBE-SEP-" + _hash16(sp.key + sp.protocol + str(ep))
+
+
+def svl_chain(sp: ServicePort) -> str:
+    """KUBE-SVL-: the service port's local endpoints (a traffic policy Local)."""
+    return "KUBE-SVL-" + _hash16(sp.key + sp.protocol)
+
+
+def ext_chain(sp: ServicePort) -> str:
+    """KUBE-EXT-: NodePort traffic of an externalTrafficPolicy: Local service port."""
+    return "KUBE-EXT-" + _hash16(sp.key + sp.protocol)
 
 
 def _resolve_port(sp: t.ServicePort, protocol: str, subset: t.EndpointSubset) -> int | None:
@@ -126,10 +142,13 @@ def ipv4_key(text: str) -> bytes | None:
     return packed if ".".join(map(str, packed)) == text else None
 
 
-def _endpoints_for(sp: t.ServicePort, protocol: str, eps: t.Endpoints | None) -> tuple[Endpoint, ...]:
+def _endpoints_for(sp: t.ServicePort, protocol: str, eps: t.Endpoints | None, node_name: str = ""
+                   ) -> tuple[tuple[Endpoint, ...], tuple[Endpoint, ...]]:
+    """The ready endpoints, and those of them on `node_name` (none when it is "")."""
     if eps is None:
-        return ()
+        return (), ()
     found: dict[Endpoint, bytes] = {}
+    local: set[Endpoint] = set()
     for subset in eps.subsets:
         port = _resolve_port(sp, protocol, subset)
         if port is None or not 0 < port < 65536:
@@ -137,8 +156,12 @@ def _endpoints_for(sp: t.ServicePort, protocol: str, eps: t.Endpoints | None) ->
         for addr in subset.addresses:
             key = ipv4_key(addr.ip)
             if key is not None:  # IPv6 or malformed addresses are not proxied
-                found[Endpoint(addr.ip, port)] = key
-    return tuple(sorted(found, key=lambda e: (found[e], e.port)))
+                ep = Endpoint(addr.ip, port)
+                found[ep] = key
+                if node_name and addr.node_name == node_name:
+                    local.add(ep)
+    ordered = tuple(sorted(found, key=lambda e: (found[e], e.port)))
+    return ordered, tuple(e for e in ordered if e in local)
 
 
 def _affinity_timeout(svc: t.Service) -> int:
@@ -150,7 +173,7 @@ def _affinity_timeout(svc: t.Service) -> int:
     return DEFAULT_AFFINITY_TIMEOUT
 
 
-def _ports_of(svc: t.Service, eps: t.Endpoints | None) -> tuple[list[ServicePort], list[str]]:
+def _ports_of(svc: t.Service, eps: t.Endpoints | None, node_name: str = "") -> tuple[list[ServicePort], list[str]]:
     ns, name = svc.metadata.namespace, svc.metadata.name
     ip_text = svc.spec.cluster_ip
     if svc.spec.type == "ExternalName" or ip_text in ("", "None"):
@@ -174,11 +197,15 @@ def _ports_of(svc: t.Service, eps: t.Endpoints | None) -> tuple[list[ServicePort
         if not 0 < p.port < 65536:
             problems.append(f"service {ns}/{name}: port {p.port} is out of range")
             continue
+        endpoints, local = _endpoints_for(p, protocol, eps, node_name)
+        node_port = p.node_port if node_ports and 0 < p.node_port < 65536 else 0
+        external_local = bool(node_port) and svc.spec.external_traffic_policy == "Local"
+        internal_local = svc.spec.internal_traffic_policy == "Local"
         sp = ServicePort(
             namespace=ns, name=name, port_name=p.name, protocol=protocol, cluster_ip=str(vip), port=p.port,
-            node_port=p.node_port if node_ports and 0 < p.node_port < 65536 else 0,
-            affinity_timeout=_affinity_timeout(svc),
-            endpoints=_endpoints_for(p, protocol, eps),
+            node_port=node_port, affinity_timeout=_affinity_timeout(svc), endpoints=endpoints,
+            external_local=external_local, internal_local=internal_local,
+            local_endpoints=local if external_local or internal_local else (),
         )
         if (sp.key, protocol) in seen:  # two ports would share one chain name
             problems.append(f"service {ns}/{name}: port {sp.key} {protocol} is declared twice")
@@ -192,13 +219,15 @@ def _ports_of(svc: t.Service, eps: t.Endpoints | None) -> tuple[list[ServicePort
 Memo = dict[tuple[str, str], tuple[tuple[str, str], list[ServicePort], list[str]]]
 
 
-def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], *, memo: Memo | None = None
-                  ) -> tuple[list[ServicePort], list[str]]:
+def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], *, memo: Memo | None = None,
+                  node_name: str = "") -> tuple[list[ServicePort], list[str]]:
     """The ServicePorts to program, sorted, and the problems of the Services left out.
 
     `memo` (kept by the caller between calls) reuses the result for a Service whose
     resourceVersion and whose Endpoints' resourceVersion are unchanged; objects without
     resourceVersions are always recomputed. Entries of vanished Services are dropped.
+    `node_name`: this node, whose endpoints are the local ones of a traffic policy Local
+    (one memo per node name).
     """
     by_key = {(e.metadata.namespace, e.metadata.name): e for e in endpoints}
     out: list[ServicePort] = []
@@ -212,7 +241,7 @@ def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints
         if hit is not None and hit[0] == versions and versions[0] and versions[1]:
             sps, probs = hit[1], hit[2]
         else:
-            sps, probs = _ports_of(svc, eps)
+            sps, probs = _ports_of(svc, eps, node_name)
             if memo is not None:
                 memo[key] = (versions, sps, probs)
         live.add(key)

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 from nodeagent.agent import AgentConfig, NodeAgent
+from nodeagent.bootstrap import BootstrapError, bootstrap
 from nodeagent.cri import GrpcRuntime, Runtime
 from nodeagent.dns import DnsSettings, ResolvConf, parse_resolv_conf
 from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
-from skiff import defaults, hostconfig, quantity
+from skiff import defaults, hostconfig, quantity, tls
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.validation import TAINT_EFFECTS
@@ -59,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-servers", required=True, help="host:port[,host:port...] of the api-server(s)")
     p.add_argument("--container-runtime-endpoint", default="unix:///run/containerd/containerd.sock")
     p.add_argument("--node-ip", default="", help="the node's InternalIP (also hostIP of its pods)")
-    p.add_argument("--listen", default=f"0.0.0.0:{defaults.AGENT_PORT}",
-                   help="address of the agent's gRPC service (logs, exec)")
+    p.add_argument("--listen", default="",
+                   help=f"address of the agent's gRPC service (logs, exec); default --node-ip:{defaults.AGENT_PORT} "
+                        "(127.0.0.1 without --node-ip), never every interface")
     p.add_argument("--state-dir", default="/var/lib/skiff/node",
                    help="base of the default CNI conf dir, IPAM dir, pod logs and pod volumes")
     p.add_argument("--cni-conf-dir", default="", help="where to write the CNI conflist (default STATE/cni)")
@@ -96,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--container-log-max-files", type=_log_files, default=5,
                    help="log files kept per container, the live one included, at least 2 (the kubelet's "
                         "containerLogMaxFiles; default %(default)s)")
+    tls.add_server_flags(p, what="logs and exec for the api-server; client certificates required")
+    tls.add_client_flags(p)
+    p.add_argument("--bootstrap-token", default="",
+                   help="join with this bootstrap token (<id>.<secret>) when --client-certificate does not exist yet: "
+                        "send a CSR for system:node:<name>, write the signed certificate there, and use only it")
+    p.add_argument("--bootstrap-server", default="",
+                   help="the api-servers' HTTPS URLs for --bootstrap-token (https://IP:PORT[,...])")
+    tls.add_insecure_flag(p)
     add_verbose_flag(p)
     return p
 
@@ -151,7 +161,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
     )
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, serving: tls.ServerTLS | None, credentials: tls.Credentials | None) -> int:
     runtime: Runtime
     if args.fake_runtime:
         from nodeagent.fakecri import FakeRuntime
@@ -159,11 +169,16 @@ async def run(args: argparse.Namespace) -> int:
         runtime = FakeRuntime(pod_cidr=args.pod_cidr or "10.88.0.0/16", pullable=lambda image: True)
     else:
         runtime = GrpcRuntime(args.container_runtime_endpoint)
-    client = Client(args.api_servers)
+    if args.bootstrap_token and credentials is not None:
+        await bootstrap(servers=[s.strip() for s in args.bootstrap_server.split(",") if s.strip()],
+                        token=args.bootstrap_token, ca_file=credentials.ca_file, cert_file=credentials.cert_file,
+                        key_file=credentials.key_file, node_name=args.node_name, node_ip=args.node_ip)
+    client = Client(args.api_servers, credentials=credentials)
     net = NodeNetwork(args.netns)
     agent = NodeAgent(client, runtime, config_from_args(args, 0), net=net)
     # The service is bound first: the Node publishes its port (daemonEndpoints.kubeletEndpoint).
-    server, agent.config.port = await start_server(agent, args.listen)
+    listen = args.listen or f"{args.node_ip or '127.0.0.1'}:{defaults.AGENT_PORT}"
+    server, agent.config.port = await start_server(agent, listen, serving)
     log.info("node agent %s serving logs/exec on port %d", args.node_name, agent.config.port)
     try:
         await agent.start()
@@ -180,7 +195,19 @@ async def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return run_until_signalled(run(args))
+    try:
+        serving = tls.server_tls(args, require_client_cert=True)
+        credentials = tls.client_credentials(args)
+    except tls.TLSConfigError as exc:
+        print(f"skiff-nodeagent: {exc}", file=sys.stderr)
+        return 2
+    if args.insecure:
+        tls.warn_insecure("node agent")
+    try:
+        return run_until_signalled(run(args, serving, credentials))
+    except BootstrapError as exc:
+        print(f"skiff-nodeagent: cannot join: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 
 For unit tests of the agent and for control-plane tests and benchmarks that simulate many
 nodes (`skiff-nodeagent --fake-runtime`, or `python -m nodeagent.fakecri --listen unix:///x.sock`
-for a separate fake CRI server). It is NOT a test of containerd: real-containerd tests live in
-tests/e2e. What holds: ids are unique, sandboxes get IPs from `pod_cidr` in order, containers
-start instantly and run until stopped or `exit()`-ed by a test, StopPodSandbox stops its
-containers, RemovePodSandbox removes them, filters match labels exactly like CRI's.
+for a separate fake CRI server; nodeagent/hollow.py runs many agents each over its own server).
+It is NOT a test of containerd: real-containerd tests live in tests/e2e. What holds: ids are
+unique, sandboxes get IPs from `pod_cidr` in order, containers start instantly (or after
+`Faults.start_latency`) and run until stopped or `exit()`-ed by a test, StopPodSandbox stops
+its containers, RemovePodSandbox removes them, filters match labels exactly like CRI's.
+
+Failure injection (`Faults`): a seeded fraction of RunPodSandbox, CreateContainer and
+StartContainer calls fail with a CriError before changing anything, as containerd's transient
+errors do, so the agent's retry and backoff paths run at scale; the seed makes a run repeatable.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import ipaddress
 import itertools
 import os
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -29,6 +35,25 @@ from skiffpb.cri.v1 import api_pb2_grpc as cri_grpc
 
 def _now_ns() -> int:
     return time.time_ns()
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What the fake runtime does besides succeeding at once."""
+
+    start_latency: float = 0.0  # seconds RunPodSandbox and StartContainer each take
+    fail_rate: float = 0.0  # fraction of RunPodSandbox/CreateContainer/StartContainer calls that fail
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fail_rate < 1.0:
+            raise ValueError(f"fail_rate {self.fail_rate}: expected 0 <= rate < 1")
+        if self.start_latency < 0:
+            raise ValueError(f"start_latency {self.start_latency}: expected >= 0")
+
+
+_FAULTY = frozenset({"RunPodSandbox", "CreateContainer", "StartContainer"})
+_SLOW = frozenset({"RunPodSandbox", "StartContainer"})
 
 
 @dataclass
@@ -59,7 +84,8 @@ class FakeRuntime:
     """The Runtime Protocol in memory. Tests drive it with `exit()`, `down`, `images`, `exec_handler`."""
 
     def __init__(self, *, pod_cidr: str = "10.88.0.0/16", images: set[str] | None = None,
-                 pullable: Callable[[str], bool] | None = None) -> None:
+                 pullable: Callable[[str], bool] | None = None, faults: Faults | None = None,
+                 record_calls: bool = True) -> None:
         self._hosts = ipaddress.ip_network(pod_cidr).hosts()
         next(self._hosts)  # .1 is the bridge
         self.sandboxes: dict[str, _Sandbox] = {}
@@ -70,6 +96,10 @@ class FakeRuntime:
         self.down = False
         self.network_ready = True
         self.calls: list[str] = []
+        self.record_calls = record_calls  # off for long runs: the list would grow without bound
+        self.faults = faults or Faults()
+        self.injected = 0  # failures injected so far
+        self._random = random.Random(self.faults.seed)
         self.exec_handler: Callable[[str, list[str]], tuple[int, bytes, bytes]] = lambda cid, cmd: (0, b"", b"")
         self._ids = itertools.count(1)
 
@@ -92,9 +122,17 @@ class FakeRuntime:
                 f.write(f"{stamp} {stream} F {line}\n")
 
     def _check(self, call: str) -> None:
-        self.calls.append(call)
+        if self.record_calls:
+            self.calls.append(call)
         if self.down:
             raise RuntimeUnavailable(f"{call}: connection refused (fake runtime is down)")
+        if call in _FAULTY and self.faults.fail_rate and self._random.random() < self.faults.fail_rate:
+            self.injected += 1
+            raise CriError(f"{call}: injected failure (fake runtime, fail rate {self.faults.fail_rate})")
+
+    async def _slow(self, call: str) -> None:
+        if self.faults.start_latency and call in _SLOW:
+            await asyncio.sleep(self.faults.start_latency)
 
     def _new_id(self) -> str:
         return uuid.uuid4().hex + uuid.uuid4().hex
@@ -123,6 +161,7 @@ class FakeRuntime:
 
     async def run_pod_sandbox(self, config: cri.PodSandboxConfig) -> str:
         self._check("RunPodSandbox")
+        await self._slow("RunPodSandbox")
         sid = self._new_id()
         self.sandboxes[sid] = _Sandbox(sid, cri.PodSandboxConfig(), str(next(self._hosts)))
         self.sandboxes[sid].config.CopyFrom(config)
@@ -189,6 +228,9 @@ class FakeRuntime:
         self._check("StartContainer")
         c = self._container(container_id)
         if c.state != cri.CONTAINER_CREATED:
+            raise CriError(f"container {container_id} is not in created state")
+        await self._slow("StartContainer")
+        if c.state != cri.CONTAINER_CREATED:  # removed or stopped while starting
             raise CriError(f"container {container_id} is not in created state")
         c.state, c.started_at = cri.CONTAINER_RUNNING, _now_ns()
 
@@ -371,12 +413,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True, help="e.g. unix:///tmp/fake-cri.sock")
     parser.add_argument("--pod-cidr", default="10.88.0.0/16")
     parser.add_argument("--image", action="append", default=[], help="an image the fake already has (repeatable)")
+    parser.add_argument("--start-latency", type=float, default=0.0, help="seconds RunPodSandbox/StartContainer take")
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction of sandbox/container calls that fail")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     async def run() -> None:
         from skiff import images
 
-        fake = FakeRuntime(pod_cidr=args.pod_cidr, images={images.normalize_ref(i) for i in args.image})
+        fake = FakeRuntime(pod_cidr=args.pod_cidr, images={images.normalize_ref(i) for i in args.image},
+                           faults=Faults(start_latency=args.start_latency, fail_rate=args.fail_rate, seed=args.seed),
+                           record_calls=False)
         server = await serve(fake, args.listen)
         await server.wait_for_termination()
 

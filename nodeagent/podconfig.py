@@ -8,7 +8,8 @@ CFS quota from limits, memory limit in bytes); the sandbox always carries a DNSC
 (nodeagent/dns.py); the environment (Service variables from nodeagent/envvars.py, then
 envFrom and env, resolved by nodeagent/envs.py), the expanded command line and the mounts
 are given here, so this stays pure; a pod in its own network namespace gets the agent's
-managed /etc/hosts mounted when one was written.
+managed /etc/hosts mounted when one was written; the security context (seccomp RuntimeDefault
+unless asked otherwise, capabilities, users, no_new_privs, read-only root) is nodeagent/security.py's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from nodeagent import cri as rt
 from nodeagent.dns import DnsSettings, pod_dns_config, pod_hostname
 from nodeagent.envs import command_line
+from nodeagent.security import container_security, effective, sandbox_security
 from skiff import quantity
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -36,6 +38,7 @@ class PodConfigSettings:
     cgroup_parent: str = ""
     dns: DnsSettings = field(default_factory=DnsSettings)
     pod_dir: str = ""  # per-pod files the agent writes (the managed /etc/hosts); empty: none
+    seccomp_dir: str = "/var/lib/skiff/seccomp"  # where seccompProfile localhostProfile names live
 
 
 def pod_labels(pod: t.Pod) -> dict[str, str]:
@@ -69,10 +72,15 @@ def sandbox_config(pod: t.Pod, attempt: int, settings: PodConfigSettings) -> cri
     linux = cfg.linux
     if settings.cgroup_parent:
         linux.cgroup_parent = settings.cgroup_parent
-    ns = linux.security_context.namespace_options
-    ns.network = cri.NODE if pod.spec.host_network else cri.POD
-    ns.pid = cri.CONTAINER
+    linux.security_context.CopyFrom(sandbox_security(pod, settings.seccomp_dir))
+    _namespaces(pod, linux.security_context.namespace_options)
     return cfg
+
+
+def _namespaces(pod: t.Pod, ns: cri.NamespaceOption) -> None:
+    ns.network = cri.NODE if pod.spec.host_network else cri.POD
+    ns.pid = cri.NODE if pod.spec.host_pid else cri.CONTAINER
+    ns.ipc = cri.NODE if pod.spec.host_ipc else cri.POD
 
 
 def linux_resources(container: t.Container) -> cri.LinuxContainerResources:
@@ -95,7 +103,8 @@ def hosts_path(pod_dir: str, uid: str) -> str:
 
 def container_config(pod: t.Pod, container: t.Container, attempt: int, *,
                      env: Sequence[tuple[str, str]] | None = None,
-                     mounts: Sequence[cri.Mount] = (), etc_hosts: str = "") -> cri.ContainerConfig:
+                     mounts: Sequence[cri.Mount] = (), etc_hosts: str = "",
+                     seccomp_dir: str = PodConfigSettings.seccomp_dir) -> cri.ContainerConfig:
     """`env`: the resolved environment (nodeagent.envs); None: the spec's literal values."""
     labels = pod_labels(pod)
     labels[rt.LABEL_CONTAINER_NAME] = container.name
@@ -116,7 +125,6 @@ def container_config(pod: t.Pod, container: t.Container, attempt: int, *,
     if etc_hosts and not pod.spec.host_network:
         cfg.mounts.add(container_path="/etc/hosts", host_path=etc_hosts)
     cfg.linux.resources.CopyFrom(linux_resources(container))
-    ns = cfg.linux.security_context.namespace_options
-    ns.network = cri.NODE if pod.spec.host_network else cri.POD
-    ns.pid = cri.CONTAINER
+    cfg.linux.security_context.CopyFrom(container_security(effective(pod, container), seccomp_dir))
+    _namespaces(pod, cfg.linux.security_context.namespace_options)
     return cfg

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from nodeagent.cri import CriError, Runtime
 from nodeagent.netns import NodeNetwork
+from skiff import validation
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("nodeagent.probes")
@@ -71,16 +72,28 @@ def resolve_port(port: t.IntOrString, container: t.Container) -> int:
     raise ValueError(f"probe port {name!r} is not a named port of container {container.name}")
 
 
+def http_request(host: str, port: int, action: t.HTTPGetAction) -> bytes:
+    """The probe's request. Raises ValueError for a path or header that could add lines to it
+    (CR/LF): validation refuses those, but a pod may come from the store without it."""
+    path = action.path or "/"
+    problems = [validation.check_http_path(path), validation.check_http_host(host)]
+    problems += [validation.check_http_header(h.name, h.value) for h in action.http_headers]
+    problem = next((p for p in problems if p), None)
+    if problem:
+        raise ValueError(f"invalid HTTP probe: {problem}")
+    headers = "".join(f"{h.name}: {h.value}\r\n" for h in action.http_headers)
+    if not any(h.name.lower() == "host" for h in action.http_headers):
+        headers += f"Host: {host}:{port}\r\n"
+    return f"GET {path} HTTP/1.0\r\n{headers}User-Agent: skiff-probe\r\nConnection: close\r\n\r\n".encode()
+
+
 async def _http(net: NodeNetwork, host: str, port: int, action: t.HTTPGetAction, limit: float) -> tuple[bool, str]:
     if (action.scheme or "HTTP").upper() != "HTTP":
         return False, "only HTTP probes are supported"
+    request = http_request(host, port, action)
     reader, writer = await net.open_connection(host, port, timeout=limit)
     try:
-        headers = "".join(f"{h.name}: {h.value}\r\n" for h in action.http_headers)
-        if not any(h.name.lower() == "host" for h in action.http_headers):
-            headers += f"Host: {host}:{port}\r\n"
-        path = action.path or "/"
-        writer.write(f"GET {path} HTTP/1.0\r\n{headers}User-Agent: skiff-probe\r\nConnection: close\r\n\r\n".encode())
+        writer.write(request)
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), limit)
         parts = line.decode(errors="replace").split()

@@ -5,6 +5,11 @@ reading it whole (`logs.stream`), optionally only the last `tail_lines`, the pre
 (`previous`), and following new output while the container runs, across rotations. Exec
 runs a command through CRI ExecSync. Pods are found in the agent's own pod cache (only pods
 bound to this node); errors are Skiff errors with gRPC codes.
+
+With TLS (the default) the service requires a client certificate from the cluster CA and
+serves only the api-server's kubelet-client identity (skiff.identity.APISERVER_CLIENT):
+anyone else, a node's own credentials included, is refused with PERMISSION_DENIED before the
+request is looked at. `--insecure` serves everyone (development only).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from nodeagent import logs
 from nodeagent.agent import NodeAgent
 from nodeagent.cri import LABEL_CONTAINER_NAME, LABEL_POD_UID, CriError
 from nodeagent.podconfig import container_log_path, pod_log_dir
-from skiff import errors
+from skiff import errors, identity, tls
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import nodeagent_pb2_grpc as na_grpc
 from skiffpb.api.v1 import types_pb2 as t
@@ -27,9 +32,27 @@ from skiffpb.cri.v1 import api_pb2 as cri
 CHUNK = 32 * 1024
 
 
+# The only callers a node agent serves (kube-apiserver's kubelet client).
+ALLOWED_USERS = frozenset({identity.APISERVER_CLIENT})
+
+
+def check_caller(user: identity.UserInfo | None) -> None:
+    """Refuse everyone but the api-server's kubelet-client identity."""
+    if user is None:
+        raise errors.UnauthenticatedError("a client certificate is required")
+    if user.name not in ALLOWED_USERS:
+        raise errors.ForbiddenError(f'user "{user.name}" may not use the node agent\'s logs or exec '
+                                    f"(only {', '.join(sorted(ALLOWED_USERS))})")
+
+
 class NodeAgentService(na_grpc.NodeAgentServicer):
-    def __init__(self, agent: NodeAgent) -> None:
+    def __init__(self, agent: NodeAgent, *, secure: bool = True) -> None:
         self.agent = agent
+        self.secure = secure
+
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        if self.secure:
+            check_caller(tls.peer_certificate_user(context.auth_context()))  # type: ignore[arg-type]
 
     def _pod_and_container(self, namespace: str, name: str, container: str) -> tuple[t.Pod, t.Container]:
         pod = self.agent.find_pod(namespace, name)
@@ -83,6 +106,7 @@ class NodeAgentService(na_grpc.NodeAgentServicer):
     async def ContainerLogs(self, request: api.LogsRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[api.LogChunk]:
         try:
+            self._authorize(context)
             async for chunk in self._logs(request):
                 yield chunk
         except errors.SkiffError as exc:
@@ -92,6 +116,7 @@ class NodeAgentService(na_grpc.NodeAgentServicer):
 
     async def Exec(self, request: api.ExecRequest, context: grpc.aio.ServicerContext) -> api.ExecResponse:
         try:
+            self._authorize(context)
             pod, spec = self._pod_and_container(request.namespace, request.pod, request.container)
             instances = [c for c in await self._instances(pod, spec.name) if c.state == cri.CONTAINER_RUNNING]
             if not instances:
@@ -110,11 +135,14 @@ class NodeAgentService(na_grpc.NodeAgentServicer):
         raise AssertionError("unreachable")
 
 
-async def start_server(agent: NodeAgent, listen: str) -> tuple[grpc.aio.Server, int]:
-    """Serve the NodeAgent service on `listen` ("127.0.0.1:0" picks a port); returns (server, port)."""
+async def start_server(agent: NodeAgent, listen: str, server_tls: tls.ServerTLS | None = None,
+                       ) -> tuple[grpc.aio.Server, int]:
+    """Serve the NodeAgent service on `listen` ("127.0.0.1:0" picks a port); returns (server, port).
+    `server_tls` None: plaintext, everyone served (--insecure)."""
     server = grpc.aio.server()
-    na_grpc.add_NodeAgentServicer_to_server(NodeAgentService(agent), server)
-    port = server.add_insecure_port(listen)
+    na_grpc.add_NodeAgentServicer_to_server(NodeAgentService(agent, secure=server_tls is not None), server)
+    port = (server.add_insecure_port(listen) if server_tls is None
+            else server.add_secure_port(listen, server_tls.server_credentials()))
     if port == 0 and not listen.startswith("unix:"):
         raise OSError(f"--listen {listen}: cannot bind")
     await server.start()

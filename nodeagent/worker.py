@@ -36,6 +36,7 @@ from nodeagent.podconfig import (
 )
 from nodeagent.probes import ProbeLoop, run_hook
 from nodeagent.registryauth import pull_auth
+from nodeagent.security import effective, run_as_non_root_problem
 from nodeagent.volumes import VolumeManager, plan_mounts, termination_message
 from skiff import downward, errors
 from skiff.client import ApiClient
@@ -314,6 +315,10 @@ class PodWorker:
             sb_cfg = sandbox_config(pod, next(s.attempt for s in obs.sandboxes if s.id == action.sandbox_id),
                                     self.ctx.pod_settings)
             sandbox_ip = next((s.ip for s in obs.sandboxes if s.id == action.sandbox_id), "")
+            if effective(pod, spec).run_as_non_root:  # the kubelet's check, before anything is created
+                problem = run_as_non_root_problem(pod, spec, await runtime.image_status(spec.image))
+                if problem:
+                    raise _ConfigFailure(spec.name, problem)
             etc_hosts = self._write_hosts(pod, sandbox_ip)
             config = self._container_config(pod, spec, action.attempt, obs, etc_hosts=etc_hosts)
             try:
@@ -403,7 +408,8 @@ class PodWorker:
                 mounts.append(self.ctx.volumes.termination_mount(pod, spec, attempt))
             except OSError as exc:
                 raise _ConfigFailure(spec.name, f"termination message file: {exc}") from exc
-        return container_config(pod, spec, attempt, env=env, mounts=mounts, etc_hosts=etc_hosts)
+        return container_config(pod, spec, attempt, env=env, mounts=mounts, etc_hosts=etc_hosts,
+                                seccomp_dir=self.ctx.pod_settings.seccomp_dir)
 
     async def _post_start(self, pod: t.Pod, action: P.StartContainer, obs: P.Observed) -> None:
         """Run the postStart hook; a failed hook kills the container (restartPolicy decides what follows)."""

@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from skiff import errors, kinds
 from skiff.retry import Backoff, retry
+from skiff.tls import Credentials
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import types_pb2 as t
@@ -131,10 +132,17 @@ class _Endpoint:
 
 @dataclass
 class Client:
-    """gRPC client with failover across api-server endpoints ("h1:6443,h2:6443")."""
+    """gRPC client with failover across api-server endpoints ("h1:6443,h2:6443").
+
+    With `credentials` the channels are TLS and present them; without, plaintext (only an
+    api-server run with `--insecure` answers that)."""
 
     endpoints: Sequence[str] | str
     timeout: float = 10.0
+    # Act as this user (and groups) instead of oneself, when allowed to impersonate (`--as`).
+    impersonate_user: str = ""
+    impersonate_groups: Sequence[str] = ()
+    credentials: Credentials | None = None
     _pool: list[_Endpoint] = field(default_factory=list, init=False, repr=False)
     _current: int = field(default=0, init=False, repr=False)
 
@@ -149,9 +157,16 @@ class Client:
     def _endpoint(self, index: int) -> _Endpoint:
         while len(self._pool) <= index:
             target = self.endpoints[len(self._pool)]
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = open_channel(target, self.credentials)
             self._pool.append(_Endpoint(target, channel, api_grpc.ApiServerStub(channel)))
         return self._pool[index]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The gRPC metadata of every call: the impersonation asked for, if any."""
+        out = ([("impersonate-user", self.impersonate_user)] if self.impersonate_user else []) + \
+            [("impersonate-group", g) for g in self.impersonate_groups]
+        return tuple(out) or None
 
     @property
     def stub(self) -> api_grpc.ApiServerStub:
@@ -174,7 +189,7 @@ class Client:
             nonlocal attempts, target
             endpoint = self._endpoint(self._current)
             attempts, target = attempts + 1, endpoint.target
-            response: Message = await getattr(endpoint.stub, method)(request,
+            response: Message = await getattr(endpoint.stub, method)(request, metadata=self.metadata,
                                                                      timeout=max(deadline - loop.time(), 0.05))
             return response
 
@@ -246,7 +261,7 @@ class Client:
                                    resource_version=resource_version, send_initial_events=send_initial_events,
                                    allow_bookmarks=allow_bookmarks, timeout_seconds=timeout_seconds)
         endpoint = self._endpoint(self._current)
-        call = endpoint.stub.Watch(request)
+        call = endpoint.stub.Watch(request, metadata=self.metadata)
         try:
             async for event in call:
                 yield WatchEvent(event.type, _unwrap_as(event.object, cls))
@@ -269,7 +284,7 @@ class Client:
                    tail_lines: int = 0, previous: bool = False) -> AsyncIterator[bytes]:
         request = api.LogsRequest(namespace=namespace or DEFAULT_NAMESPACE, pod=pod, container=container,
                                   follow=follow, tail_lines=tail_lines, previous=previous)
-        call = self.stub.Logs(request)
+        call = self.stub.Logs(request, metadata=self.metadata)
         try:
             async for chunk in call:
                 yield chunk.data
@@ -291,6 +306,15 @@ class Client:
         assert isinstance(response, api.VersionResponse)
         return response
 
+    async def access_review(self, verb: str, resource: str = "", *, group: str = "", subresource: str = "",
+                            namespace: str = "", name: str = "", path: str = "") -> api.AccessReviewResponse:
+        """May this client's user (or the one it impersonates) do this? `path`: a non-resource request."""
+        response = await self._call("AccessReview", api.AccessReviewRequest(
+            verb=verb, group=group, resource=resource, subresource=subresource, namespace=namespace, name=name,
+            non_resource_path=path))
+        assert isinstance(response, api.AccessReviewResponse)
+        return response
+
     async def close(self) -> None:
         for endpoint in self._pool:
             await endpoint.channel.close(None)
@@ -301,6 +325,15 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def open_channel(target: str, credentials: Credentials | None, *,
+                 options: Sequence[tuple[str, object]] = CHANNEL_OPTIONS) -> grpc.aio.Channel:
+    """A channel to `target`: TLS with `credentials`, plaintext without."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials.channel_credentials(),
+                                   options=(*options, *credentials.channel_options()))
 
 
 def _unwrap_as(obj: Message, cls: type[M]) -> M:

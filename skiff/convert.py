@@ -127,7 +127,8 @@ def _fill(msg: Message, data: Any, path: str, unknown: list[str] | None = None) 
     for key, value in data.items():
         if not isinstance(key, str):
             raise FieldError(path, f"field names must be strings, got {describe_value(key)}")
-        field = by_json.get(key)
+        # Field names are ASCII; upb's lookup raises SystemError for some other keys (U+10000).
+        field = by_json.get(key) if key.isascii() else None
         here = _join(path, key)
         if (field is None or field.json_name != key) and unknown is not None:
             unknown.append(here)

@@ -60,6 +60,20 @@ KINDS: tuple[Kind, ...] = (
     Kind("StatefulSet", "statefulsets", "apps/v1", t.StatefulSet, "stateful_set", True, ("sts",), "statefulset"),
     Kind("ControllerRevision", "controllerrevisions", "apps/v1", t.ControllerRevision, "controller_revision", True,
          (), "controllerrevision"),
+    # sec-rbac
+    Kind("Role", "roles", "rbac.authorization.k8s.io/v1", t.Role, "role", True, (), "role"),
+    Kind("ClusterRole", "clusterroles", "rbac.authorization.k8s.io/v1", t.ClusterRole, "cluster_role", False, (),
+         "clusterrole"),
+    Kind("RoleBinding", "rolebindings", "rbac.authorization.k8s.io/v1", t.RoleBinding, "role_binding", True, (),
+         "rolebinding"),
+    Kind("ClusterRoleBinding", "clusterrolebindings", "rbac.authorization.k8s.io/v1", t.ClusterRoleBinding,
+         "cluster_role_binding", False, (), "clusterrolebinding"),
+    # sec-tls
+    Kind("CertificateSigningRequest", "certificatesigningrequests", "certificates.k8s.io/v1",
+         t.CertificateSigningRequest, "certificate_signing_request", False, ("csr",), "certificatesigningrequest"),
+    # netpol
+    Kind("NetworkPolicy", "networkpolicies", "networking.k8s.io/v1", t.NetworkPolicy, "network_policy", True,
+         ("netpol",), "networkpolicy"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

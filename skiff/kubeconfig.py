@@ -7,6 +7,10 @@ exactly those three entries, and only if the cluster entry still points at the s
 (another Skiff cluster may have replaced it since). The current context is set to ours on
 merge, and cleared on removal only if it was ours.
 
+The cluster entry carries the cluster CA (`certificate-authority`) and the user entry the
+admin's client certificate and key (`client-certificate`, `client-key`), as paths, as kubeadm's
+admin.conf does with data: `kubectl --kubeconfig` and helm then speak HTTPS as the admin.
+
 `merge`/`remove` are pure functions of the parsed file; `write_entry`/`remove_entry` read and
 write it (atomically, mode 0600).
 """
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from skiff.tls import Credentials
 
 CONTEXT = "skiff"
 
@@ -42,13 +48,21 @@ def _replace(entries: list[Any], name: str, entry: dict[str, Any]) -> list[Any]:
 
 
 def merge(config: Mapping[str, Any] | None, *, server: str, name: str = CONTEXT,
-          namespace: str = "") -> dict[str, Any]:
+          namespace: str = "", credentials: Credentials | None = None) -> dict[str, Any]:
     out = copy.deepcopy(dict(config)) if config else _empty()
     context: dict[str, Any] = {"cluster": name, "user": name}
     if namespace:
         context["namespace"] = namespace
-    out["clusters"] = _replace(list(out.get("clusters") or []), name, {"name": name, "cluster": {"server": server}})
-    out["users"] = _replace(list(out.get("users") or []), name, {"name": name, "user": {}})
+    cluster: dict[str, Any] = {"server": server}
+    user: dict[str, Any] = {}
+    if credentials is not None:
+        cluster["certificate-authority"] = credentials.ca_file
+        if credentials.cert_file:
+            user = {"client-certificate": credentials.cert_file, "client-key": credentials.key_file}
+        if credentials.token:
+            user["token"] = credentials.token
+    out["clusters"] = _replace(list(out.get("clusters") or []), name, {"name": name, "cluster": cluster})
+    out["users"] = _replace(list(out.get("users") or []), name, {"name": name, "user": user})
     out["contexts"] = _replace(list(out.get("contexts") or []), name, {"name": name, "context": context})
     out["current-context"] = name
     out.setdefault("apiVersion", "v1")
@@ -88,9 +102,10 @@ def _write(path: Path, data: Mapping[str, Any]) -> None:
     tmp.replace(path)
 
 
-def write_entry(server: str, *, name: str = CONTEXT, path: Path | None = None) -> Path:
+def write_entry(server: str, *, name: str = CONTEXT, path: Path | None = None,
+                credentials: Credentials | None = None) -> Path:
     path = path or kubeconfig_path()
-    _write(path, merge(_read(path), server=server, name=name))
+    _write(path, merge(_read(path), server=server, name=name, credentials=credentials))
     return path
 
 

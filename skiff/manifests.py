@@ -83,7 +83,12 @@ def parse_documents(text: str) -> Iterator[tuple[int, Any, str | None]]:
     against the document where it happened.
     """
     number = 0
-    loader = _StrictLoader(io.StringIO(text))
+    try:
+        # The reader checks the first characters at once: a control character fails here already.
+        loader = _StrictLoader(io.StringIO(text))
+    except yaml.YAMLError as exc:
+        yield 1, None, _describe_yaml_error(exc)
+        return
     try:
         while True:
             try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from google.protobuf.message import Message
 
-from skiff import downward, kinds, labels, quantity
+from skiff import downward, kinds, labels, networkpolicy, podsecurity, quantity
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -26,6 +26,11 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 ENV_VAR_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 PERCENT = re.compile(r"^[0-9]+%$")
+# sec-pod: what the node agent writes into an HTTP request line or header (nodeagent/probes.py):
+# RFC 9110 token for names; paths and values without control characters (CR/LF would start a new
+# header or request) or, for paths, spaces (they end the request target).
+HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
@@ -104,6 +109,16 @@ def check_dns1035_label(value: str) -> str | None:
     if not DNS1035_LABEL.match(value):
         return (f'"{value}" is not a valid DNS-1035 label: lower-case letters, digits and "-", '
                 "starting with a letter and ending with a letter or digit")
+    return None
+
+
+def check_path_segment(value: str) -> str | None:
+    """A name that is one URL path segment (RBAC kinds): not "." or "..", no "/" or "%"."""
+    if value in (".", ".."):
+        return f'may not be "{value}"'
+    for bad in ("/", "%"):
+        if bad in value:
+            return f'may not contain "{bad}"'
     return None
 
 
@@ -218,6 +233,43 @@ def _quantities(errs: _Errors, path: str, values: Mapping[str, str]) -> dict[str
     return parsed
 
 
+def check_http_path(value: str) -> str | None:
+    """A probe's or hook's httpGet.path: absolute, one request-line token (no space or control character)."""
+    if value and not value.startswith("/"):
+        return f"must start with \"/\", got {json.dumps(value)}"
+    if _CONTROL.search(value) or " " in value:
+        return f"must not contain spaces or control characters (CR, LF, ...), got {json.dumps(value)}"
+    return None
+
+
+def check_http_header(name: str, value: str) -> str | None:
+    """One httpHeaders entry: a valid header name, a value without CR, LF or other control characters."""
+    if not HTTP_TOKEN.match(name):
+        return f"invalid HTTP header name {json.dumps(name)}: must be a token (letters, digits, !#$%&'*+-.^_`|~)"
+    if _CONTROL.sub("", value.replace("\t", "")) != value.replace("\t", ""):
+        return f"the value of header {json.dumps(name)} must not contain CR, LF or other control characters"
+    return None
+
+
+def check_http_host(value: str) -> str | None:
+    if _CONTROL.search(value) or " " in value or "/" in value:
+        return f"must be a host name or IP address, got {json.dumps(value)}"
+    return None
+
+
+def _http_get(errs: _Errors, path: str, action: t.HTTPGetAction) -> None:
+    _int_or_string_port(errs, f"{path}.port", action.port)
+    errs.enum(f"{path}.scheme", action.scheme, ("HTTP", "HTTPS"))
+    for field, problem in (("path", check_http_path(action.path)),
+                           ("host", check_http_host(action.host) if action.host else None)):
+        if problem:
+            errs.add(f"{path}.{field}", problem)
+    for i, header in enumerate(action.http_headers):
+        problem = check_http_header(header.name, header.value)
+        if problem:
+            errs.add(f"{path}.httpHeaders[{i}]", problem)
+
+
 def _probe(errs: _Errors, path: str, probe: t.Probe) -> None:
     handlers = [name for name in ("exec", "http_get", "tcp_socket") if probe.HasField(name)]
     if len(handlers) != 1:
@@ -226,10 +278,7 @@ def _probe(errs: _Errors, path: str, probe: t.Probe) -> None:
     if probe.HasField("exec") and not probe.exec.command:
         errs.add(f"{path}.exec.command", "required")
     if probe.HasField("http_get"):
-        _int_or_string_port(errs, f"{path}.httpGet.port", probe.http_get.port)
-        errs.enum(f"{path}.httpGet.scheme", probe.http_get.scheme, ("HTTP", "HTTPS"))
-        if probe.http_get.path and not probe.http_get.path.startswith("/"):
-            errs.add(f"{path}.httpGet.path", f'must start with "/", got "{probe.http_get.path}"')
+        _http_get(errs, f"{path}.httpGet", probe.http_get)
     if probe.HasField("tcp_socket"):
         _int_or_string_port(errs, f"{path}.tcpSocket.port", probe.tcp_socket.port)
     for field in ("initial_delay_seconds", "timeout_seconds", "period_seconds", "success_threshold",
@@ -280,6 +329,8 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
         if name in limits and req > limits[name]:
             errs.add(f"{path}.resources.requests.{name}",
                      f'must be less than or equal to the {name} limit "{c.resources.limits[name]}"')
+    if c.HasField("security_context"):
+        _security_context(errs, f"{path}.securityContext", c.security_context)
     for field in ("liveness_probe", "readiness_probe", "startup_probe"):
         if c.HasField(field):
             _probe(errs, f"{path}.{_json(field)}", getattr(c, field))
@@ -291,7 +342,7 @@ def _container(errs: _Errors, path: str, c: t.Container, port_names: set[str]) -
             if "exec" in present and not handler.exec.command:
                 errs.add(f"{hp}.exec.command", "required")
             if "http_get" in present:
-                _int_or_string_port(errs, f"{hp}.httpGet.port", handler.http_get.port)
+                _http_get(errs, f"{hp}.httpGet", handler.http_get)
             if "tcp_socket" in present:
                 _int_or_string_port(errs, f"{hp}.tcpSocket.port", handler.tcp_socket.port)
 
@@ -610,6 +661,8 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
         if problem:
             errs.add(f"{path}.subdomain", problem)
     errs.enum(f"{path}.dnsPolicy", spec.dns_policy, DNS_POLICIES)
+    if spec.HasField("security_context"):
+        _pod_security_context(errs, f"{path}.securityContext", spec.security_context)
     dns = spec.dns_config
     if spec.dns_policy == "None" and not dns.nameservers:
         errs.add(f"{path}.dnsConfig.nameservers", 'at least one nameserver is required when dnsPolicy is "None"')
@@ -629,6 +682,71 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
             problem = check_dns_subdomain(name)
             if problem:
                 errs.add(f"{path}.hostAliases[{i}].hostnames[{j}]", problem)
+
+
+SECCOMP_TYPES = ("RuntimeDefault", "Unconfined", "Localhost")
+PROC_MOUNT_TYPES = ("Default", "Unmasked")
+CAPABILITY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def _seccomp(errs: _Errors, path: str, profile: t.SeccompProfile) -> None:
+    errs.enum(f"{path}.type", profile.type, SECCOMP_TYPES, allow_empty=False)
+    if profile.type == "Localhost":
+        if not profile.localhost_profile:
+            errs.add(f"{path}.localhostProfile", 'required when type is "Localhost"')
+        elif check_relative_path(profile.localhost_profile):
+            errs.add(f"{path}.localhostProfile", check_relative_path(profile.localhost_profile) or "")
+    elif profile.HasField("localhost_profile"):
+        errs.add(f"{path}.localhostProfile", 'can only be set when type is "Localhost"')
+
+
+def _ids(errs: _Errors, path: str, sc: t.SecurityContext | t.PodSecurityContext) -> None:
+    for field in ("run_as_user", "run_as_group"):
+        if sc.HasField(field):
+            value = getattr(sc, field)
+            if not 0 <= value <= 2**31 - 1:
+                errs.add(f"{path}.{_json(field)}", f"must be between 0 and 2147483647 inclusive, got {value}")
+
+
+def _security_context(errs: _Errors, path: str, sc: t.SecurityContext) -> None:
+    """Kubernetes' checks of a container's securityContext, plus capability names that runc accepts."""
+    _ids(errs, path, sc)
+    for field in ("add", "drop"):
+        for i, cap in enumerate(getattr(sc.capabilities, field)):
+            name = cap.removeprefix("CAP_")
+            if not CAPABILITY.match(name):
+                errs.add(f"{path}.capabilities.{field}[{i}]", f"invalid capability {json.dumps(cap)}: "
+                         "expected an upper-case name such as NET_ADMIN")
+    if sc.HasField("seccomp_profile"):
+        _seccomp(errs, f"{path}.seccompProfile", sc.seccomp_profile)
+    if sc.HasField("proc_mount"):
+        errs.enum(f"{path}.procMount", sc.proc_mount, PROC_MOUNT_TYPES, allow_empty=False)
+    if sc.HasField("allow_privilege_escalation") and not sc.allow_privilege_escalation:
+        if sc.privileged:
+            errs.add(f"{path}", "cannot set `allowPrivilegeEscalation` to false and `privileged` to true")
+        if "SYS_ADMIN" in [c.removeprefix("CAP_") for c in sc.capabilities.add]:
+            errs.add(f"{path}", "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN")
+
+
+def _pod_security_context(errs: _Errors, path: str, sc: t.PodSecurityContext) -> None:
+    _ids(errs, path, sc)
+    for field in ("supplemental_groups",):
+        for i, gid in enumerate(getattr(sc, field)):
+            if not 0 <= gid <= 2**31 - 1:
+                errs.add(f"{path}.supplementalGroups[{i}]", f"must be between 0 and 2147483647 inclusive, got {gid}")
+    if sc.HasField("fs_group") and not 0 <= sc.fs_group <= 2**31 - 1:
+        errs.add(f"{path}.fsGroup", f"must be between 0 and 2147483647 inclusive, got {sc.fs_group}")
+    if sc.HasField("seccomp_profile"):
+        _seccomp(errs, f"{path}.seccompProfile", sc.seccomp_profile)
+    seen: set[str] = set()
+    for i, sysctl in enumerate(sc.sysctls):
+        if not re.match(r"^([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?$", sysctl.name):
+            errs.add(f"{path}.sysctls[{i}].name", f"invalid sysctl name {json.dumps(sysctl.name)}")
+        elif sysctl.name in seen:
+            errs.add(f"{path}.sysctls[{i}].name", f'duplicate sysctl "{sysctl.name}"')
+        seen.add(sysctl.name)
+        if _CONTROL.search(sysctl.value):
+            errs.add(f"{path}.sysctls[{i}].value", "must not contain control characters")
 
 
 def _label_selector(errs: _Errors, path: str, sel: t.LabelSelector, *, required: bool) -> None:
@@ -815,6 +933,7 @@ def _service(errs: _Errors, s: t.Service) -> None:
     _labels(errs, "spec.selector", spec.selector)
     errs.enum("spec.sessionAffinity", spec.session_affinity, ("None", "ClientIP"))
     errs.enum("spec.externalTrafficPolicy", spec.external_traffic_policy, ("Cluster", "Local"))
+    errs.enum("spec.internalTrafficPolicy", spec.internal_traffic_policy, ("Cluster", "Local"))
     timeout = spec.session_affinity_config.client_ip
     if timeout.HasField("timeout_seconds") and not 0 < timeout.timeout_seconds <= 86400:
         errs.add("spec.sessionAffinityConfig.clientIP.timeoutSeconds", "must be between 1 and 86400")
@@ -861,6 +980,114 @@ def _event(errs: _Errors, ev: t.Event) -> None:
     errs.enum("type", ev.type, ("Normal", "Warning"))
 
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def _policy_rules(errs: _Errors, rules: Iterable[t.PolicyRule], *, namespaced: bool) -> None:
+    for i, rule in enumerate(rules):
+        path = f"rules[{i}]"
+        if not rule.verbs:
+            errs.add(f"{path}.verbs", "at least one verb must be specified")
+        if rule.non_resource_urls:
+            if namespaced:
+                errs.add(f"{path}.nonResourceURLs", "namespaced rules cannot apply to non-resource URLs")
+            if rule.api_groups or rule.resources:
+                errs.add(f"{path}.nonResourceURLs", "rules cannot apply to both regular resources and "
+                                                    "non-resource URLs")
+            for j, url in enumerate(rule.non_resource_urls):
+                if not (url == "*" or url.startswith("/")):
+                    errs.add(f"{path}.nonResourceURLs[{j}]", 'must start with "/" or be "*"')
+            continue
+        if not rule.resources:
+            errs.add(f"{path}.resources", "resource rules must supply at least one resource")
+        if not rule.api_groups:
+            errs.add(f"{path}.apiGroups", 'resource rules must supply at least one api group ("" for the core group)')
+
+
+def _binding(errs: _Errors, subjects: Iterable[t.Subject], ref: t.RoleRef, *, namespaced: bool) -> None:
+    allowed = ("Role", "ClusterRole") if namespaced else ("ClusterRole",)
+    errs.enum("roleRef.kind", ref.kind, allowed, allow_empty=False)
+    if ref.api_group != RBAC_GROUP:
+        errs.add("roleRef.apiGroup", f'supported values: "{RBAC_GROUP}"')
+    if not ref.name:
+        errs.add("roleRef.name", "required")
+    for i, s in enumerate(subjects):
+        path = f"subjects[{i}]"
+        errs.enum(f"{path}.kind", s.kind, ("User", "Group", "ServiceAccount"), allow_empty=False)
+        if not s.name:
+            errs.add(f"{path}.name", "required")
+        if s.kind == "ServiceAccount":
+            if s.api_group:
+                errs.add(f"{path}.apiGroup", 'supported values: ""')
+            if not s.namespace and not namespaced:
+                errs.add(f"{path}.namespace", "required")
+        elif s.kind in ("User", "Group") and s.api_group != RBAC_GROUP:
+            errs.add(f"{path}.apiGroup", f'supported values: "{RBAC_GROUP}"')
+def _ip_block(errs: _Errors, path: str, block: t.IPBlock) -> None:
+    try:
+        net = ipaddress.ip_network(block.cidr, strict=False)
+    except ValueError:
+        errs.add(f"{path}.cidr", f'"{block.cidr}" is not a valid CIDR such as 10.0.0.0/8')
+        return
+    for i, text in enumerate(block.except_):
+        try:
+            sub = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            errs.add(f"{path}.except[{i}]", f'"{text}" is not a valid CIDR such as 10.0.1.0/24')
+            continue
+        if sub.version != net.version or not sub.subnet_of(net) or sub == net:  # type: ignore[arg-type]
+            errs.add(f"{path}.except[{i}]", f'must be a strict subset of "{block.cidr}"')
+
+
+def _policy_peers(errs: _Errors, path: str, peers: Iterable[t.NetworkPolicyPeer]) -> None:
+    for i, peer in enumerate(peers):
+        pp = f"{path}[{i}]"
+        present = [f for f in ("pod_selector", "namespace_selector", "ip_block") if peer.HasField(f)]
+        if not present:
+            errs.add(pp, "must specify a podSelector, a namespaceSelector or an ipBlock")
+        elif "ip_block" in present and len(present) > 1:
+            errs.add(pp, "may not specify an ipBlock together with a podSelector or a namespaceSelector")
+        if peer.HasField("pod_selector"):
+            _label_selector(errs, f"{pp}.podSelector", peer.pod_selector, required=False)
+        if peer.HasField("namespace_selector"):
+            _label_selector(errs, f"{pp}.namespaceSelector", peer.namespace_selector, required=False)
+        if peer.HasField("ip_block"):
+            _ip_block(errs, f"{pp}.ipBlock", peer.ip_block)
+
+
+def _policy_ports(errs: _Errors, path: str, ports: Iterable[t.NetworkPolicyPort]) -> None:
+    for i, port in enumerate(ports):
+        pp = f"{path}[{i}]"
+        if port.HasField("protocol"):
+            errs.enum(f"{pp}.protocol", port.protocol, PROTOCOLS, allow_empty=False)
+        if port.HasField("port"):
+            _int_or_string_port(errs, f"{pp}.port", port.port)
+        if port.HasField("end_port"):
+            if port.port.WhichOneof("value") != "int_val":
+                errs.add(f"{pp}.endPort", "may only be set when port is a number")
+            elif port.end_port < port.port.int_val:
+                errs.add(f"{pp}.endPort", f"must be greater than or equal to port ({port.port.int_val})")
+            else:
+                errs.port(f"{pp}.endPort", port.end_port)
+
+
+def _network_policy(errs: _Errors, np: t.NetworkPolicy) -> None:
+    spec = np.spec
+    _label_selector(errs, "spec.podSelector", spec.pod_selector, required=False)
+    for i, ingress in enumerate(spec.ingress):
+        _policy_ports(errs, f"spec.ingress[{i}].ports", ingress.ports)
+        _policy_peers(errs, f"spec.ingress[{i}].from", ingress.from_)
+    for i, egress in enumerate(spec.egress):
+        _policy_ports(errs, f"spec.egress[{i}].ports", egress.ports)
+        _policy_peers(errs, f"spec.egress[{i}].to", egress.to)
+    seen: set[str] = set()
+    for i, kind in enumerate(spec.policy_types):
+        errs.enum(f"spec.policyTypes[{i}]", kind, networkpolicy.POLICY_TYPES, allow_empty=False)
+        if kind in seen:
+            errs.add(f"spec.policyTypes[{i}]", f'duplicate value "{kind}"')
+        seen.add(kind)
+
+
 def validate(obj: Message) -> list[FieldError]:
     """Every problem with `obj`, in field order; empty when it is valid."""
     kind = kinds.of_message(obj)
@@ -869,8 +1096,16 @@ def validate(obj: Message) -> list[FieldError]:
     name_check = {
         "Namespace": check_dns_label,
         "Service": check_dns1035_label,
+        # RBAC names are path segments, as in Kubernetes ("system:kube-scheduler").
+        "Role": check_path_segment,
+        "ClusterRole": check_path_segment,
+        "RoleBinding": check_path_segment,
+        "ClusterRoleBinding": check_path_segment,
     }.get(kind.kind, check_dns_subdomain)
     _metadata(errs, meta, kind, name_check=name_check)
+    if isinstance(obj, t.Namespace):
+        for key, problem in podsecurity.check_labels(meta.labels):
+            errs.add(f"metadata.labels[{key}]", problem)
     if isinstance(obj, t.Pod):
         _pod_spec(errs, "spec", obj.spec)
     elif isinstance(obj, t.Deployment):
@@ -895,6 +1130,8 @@ def validate(obj: Message) -> list[FieldError]:
         _limit_range(errs, obj)
     elif isinstance(obj, t.ResourceQuota):
         _resource_quota(errs, obj)
+    elif isinstance(obj, t.NetworkPolicy):
+        _network_policy(errs, obj)
     elif isinstance(obj, t.Job):
         _job_spec(errs, obj.spec)
     elif isinstance(obj, t.CronJob):
@@ -908,6 +1145,10 @@ def validate(obj: Message) -> list[FieldError]:
         if (obj.spec.update_strategy.HasField("rolling_update") and _is_zero(ru.max_surge)
                 and _is_zero(ru.max_unavailable)):
             errs.add("spec.updateStrategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0")
+    elif isinstance(obj, t.Role | t.ClusterRole):
+        _policy_rules(errs, obj.rules, namespaced=isinstance(obj, t.Role))
+    elif isinstance(obj, t.RoleBinding | t.ClusterRoleBinding):
+        _binding(errs, obj.subjects, obj.role_ref, namespaced=isinstance(obj, t.RoleBinding))
     elif isinstance(obj, t.StatefulSet):
         _workload(errs, obj.spec)
         _update_strategy(errs, "spec.updateStrategy", obj.spec.update_strategy.type, ("RollingUpdate", "OnDelete"))

@@ -1,5 +1,11 @@
 """`python -m controlplane.apiserver` / `skiff-apiserver`: run one api-server process.
 
+TLS flags as kube-apiserver spells them: `--tls-cert-file`/`--tls-private-key-file`/
+`--client-ca-file` for what it serves (gRPC and the REST API), `--etcd-cafile`/`--etcd-certfile`/
+`--etcd-keyfile` towards the store, `--kubelet-client-certificate`/`--kubelet-client-key`/
+`--kubelet-certificate-authority` towards node agents; `--insecure` instead runs it plaintext
+with everyone the admin (development only, loudly logged).
+
 It refuses to start when the service CIDR overlaps a network of the host it runs on: a
 ClusterIP allocated on a host's address would shadow that host.
 """
@@ -14,11 +20,13 @@ import subprocess
 import sys
 
 from controlplane.apiserver.allocator import parse_cidr, parse_port_range
+from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB
+from controlplane.apiserver.authorizer import DEFAULT_MODES, parse_modes
 from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS
 from controlplane.apiserver.limits import Limits
 from controlplane.apiserver.registry import Options
 from controlplane.apiserver.server import Config, FatalError, StartupError, serve
-from skiff import defaults
+from skiff import defaults, tls
 from skiff.daemon import add_verbose_flag, duration, setup_logging
 
 log = logging.getLogger("skiff.apiserver")
@@ -31,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=f"127.0.0.1:{defaults.API_PORT}",
                    help="address:port to serve gRPC on (default %(default)s)")
     p.add_argument("--http-listen", default="",
-                   help="address:port to serve the Kubernetes REST API on, plain HTTP (empty: not served; "
+                   help="address:port to serve the Kubernetes REST API on, HTTPS (empty: not served; "
                         f"{defaults.KUBE_API_PORT} is the usual port)")
     p.add_argument("--service-cidr", default=defaults.SERVICE_CIDR, help="ClusterIP range (default %(default)s)")
     p.add_argument("--node-port-range", default=defaults.NODE_PORT_RANGE, help="NodePort range (default %(default)s)")
@@ -61,8 +69,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-unreachable-toleration-seconds", type=int, default=DEFAULT_TOLERATION_SECONDS,
                    help="tolerationSeconds of the unreachable:NoExecute toleration added to every pod that has "
                         "none (default %(default)s)")
+    p.add_argument("--authorization-mode", default=",".join(DEFAULT_MODES),
+                   help="authorizers, tried in order: AlwaysAllow (development only), AlwaysDeny, Node, RBAC "
+                        "(default %(default)s)")
+    p.add_argument("--audit-log-path", default="",
+                   help="write one JSON line per mutating request to this file (empty: no audit log)")
+    p.add_argument("--audit-log-maxsize", type=float, default=DEFAULT_MAX_SIZE_MB,
+                   help="rotate the audit log at this size, in megabytes (default %(default)s)")
+    p.add_argument("--audit-log-maxbackup", type=int, default=DEFAULT_MAX_BACKUPS,
+                   help="rotated audit log files to keep (default %(default)s)")
+    tls.add_server_flags(p)
+    tls.add_insecure_flag(p)
+    g = p.add_argument_group("store and node agent client TLS")
+    g.add_argument("--etcd-cafile", default="",
+                   help="CA the store's certificates chain to (its members' or an external etcd's)")
+    g.add_argument("--etcd-certfile", default="", help="client certificate towards the store")
+    g.add_argument("--etcd-keyfile", default="", help="its key")
+    g.add_argument("--kubelet-client-certificate", default="", help="client certificate towards node agents")
+    g.add_argument("--kubelet-client-key", default="", help="its key")
+    g.add_argument("--kubelet-certificate-authority", default="", help="CA node agents' certificates chain to")
     add_verbose_flag(p)
     return p
+
+
+def tls_config(args: argparse.Namespace) -> tuple[tls.ServerTLS | None, tls.Credentials | None,
+                                                   tls.Credentials | None]:
+    """(serving TLS, store credentials, node agent credentials); with --insecure the api-server
+    serves plaintext and reaches the agents so, but still reaches a store with the --etcd-* files
+    given (an external etcd with TLS)."""
+    etcd = [args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile]
+    if any(etcd) and not all(etcd):
+        raise tls.TLSConfigError("give all of --etcd-cafile, --etcd-certfile and --etcd-keyfile, or none")
+    if args.insecure:
+        return None, tls.Credentials(*etcd) if all(etcd) else None, None
+    serving = tls.server_tls(args, require_client_cert=False)
+    if not args.client_ca_file:
+        raise tls.TLSConfigError("--client-ca-file is required: clients authenticate with certificates")
+    for flag in ("kubelet_client_certificate", "kubelet_client_key", "kubelet_certificate_authority"):
+        if not getattr(args, flag):
+            raise tls.TLSConfigError(f"--{flag.replace('_', '-')} is required (or --insecure for development)")
+    store = tls.Credentials(*etcd) if all(etcd) else None
+    if store is None:
+        # As kube-apiserver with an http:// etcd: allowed (an external etcd on loopback), but said.
+        log.warning("no --etcd-* flags: the connection to the store %s is PLAINTEXT", args.store_endpoints)
+    return (serving, store,
+            tls.Credentials(args.kubelet_certificate_authority, args.kubelet_client_certificate,
+                            args.kubelet_client_key))
 
 
 def host_networks() -> list[tuple[str, str]]:
@@ -85,7 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         parse_cidr(args.service_cidr)
         parse_port_range(args.node_port_range)
         defaults.check_disjoint([("service CIDR (--service-cidr)", args.service_cidr)], host_networks())
+        modes = parse_modes(args.authorization_mode)
+        if args.audit_log_maxsize <= 0 or args.audit_log_maxbackup < 0:
+            raise ValueError("--audit-log-maxsize must be positive and --audit-log-maxbackup not negative")
     except ValueError as exc:
+        print(f"skiff-apiserver: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serving, store_credentials, kubelet_credentials = tls_config(args)
+    except tls.TLSConfigError as exc:
         print(f"skiff-apiserver: {exc}", file=sys.stderr)
         return 2
     for name in ("default_not_ready_toleration_seconds", "default_unreachable_toleration_seconds"):
@@ -102,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
                     http_listen=args.http_listen, node_port_range=args.node_port_range, node_name=args.node_name,
+                    authorization_modes=modes, audit_log_path=args.audit_log_path,
+                    audit_log_max_size_mb=args.audit_log_maxsize, audit_log_max_backups=args.audit_log_maxbackup,
+                    tls=serving, store_credentials=store_credentials, kubelet_credentials=kubelet_credentials,
                     limits=Limits(max_requests_inflight=args.max_requests_inflight,
                                   max_mutating_requests_inflight=args.max_mutating_requests_inflight,
                                   max_watches_per_client=args.max_watches_per_client),

@@ -43,7 +43,7 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from skiff import defaults as skiff_defaults
-from skiff import kinds, taints
+from skiff import kinds, networkpolicy, taints
 from skiffpb.api.v1 import types_pb2 as t
 
 GRACE_PERIOD_SECONDS = 30
@@ -248,6 +248,18 @@ def _endpoints(e: t.Endpoints) -> None:
 def _namespace(ns: t.Namespace) -> None:
     if not ns.status.phase:
         ns.status.phase = "Active"
+    if ns.metadata.name:
+        ns.metadata.labels[networkpolicy.NAMESPACE_NAME_LABEL] = ns.metadata.name
+
+
+def _network_policy(np: t.NetworkPolicy) -> None:
+    spec = np.spec
+    if not spec.policy_types:
+        spec.policy_types.extend(networkpolicy.policy_types(spec))
+    ports = [p for r in spec.ingress for p in r.ports] + [p for r in spec.egress for p in r.ports]
+    for port in ports:
+        if not port.HasField("protocol"):
+            port.protocol = networkpolicy.DEFAULT_PROTOCOL
 
 
 def _event(ev: t.Event) -> None:
@@ -287,6 +299,8 @@ def apply_defaults(obj: Message) -> None:
         _namespace(obj)
     elif isinstance(obj, t.Event):
         _event(obj)
+    elif isinstance(obj, t.NetworkPolicy):
+        _network_policy(obj)
     elif isinstance(obj, t.Secret):
         _secret(obj)
     elif isinstance(obj, t.Job):

@@ -52,7 +52,9 @@ from controlplane.apiserver.storage import (
     WatchBatch,
     prefix_end,
 )
+from skiff.client import open_channel
 from skiff.retry import Backoff, Delays, retry
+from skiff.tls import Credentials
 from skiffpb.etcd import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 log = logging.getLogger("skiff.apiserver.etcd")
@@ -84,19 +86,28 @@ def _kv(kv: kv_pb2.KeyValue) -> KV:
     return KV(kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.lease)
 
 
+def split_endpoints(endpoints: Sequence[str] | str) -> list[str]:
+    """"host:port" targets of endpoints given as host:port or http(s):// URLs (TLS is decided by
+    the credentials, as kube-apiserver's --etcd-cafile/--etcd-certfile/--etcd-keyfile)."""
+    raw = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    return [e.strip().removeprefix("https://").removeprefix("http://").rstrip("/") for e in raw if e.strip()]
+
+
 class _Endpoint:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, credentials: Credentials | None) -> None:
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = open_channel(target, credentials, options=CHANNEL_OPTIONS)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
         self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
 
 
 class EtcdStore:
-    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = 5.0, retry_for: float = 10.0) -> None:
-        targets = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
-        self.targets = [t.strip().removeprefix("http://") for t in targets if t.strip()]
+    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = 5.0, retry_for: float = 10.0,
+                 credentials: Credentials | None = None) -> None:
+        """`credentials`: mutual TLS with the store (its CA, the api-server's client certificate)."""
+        self.credentials = credentials
+        self.targets = split_endpoints(endpoints)
         if not self.targets:
             raise ValueError("no store endpoint given (--store-endpoints HOST:PORT[,HOST:PORT...])")
         self.timeout = timeout
@@ -109,7 +120,7 @@ class EtcdStore:
     def _endpoint(self, index: int) -> _Endpoint:
         ep = self._endpoints[index]
         if ep is None:
-            ep = self._endpoints[index] = _Endpoint(self.targets[index])
+            ep = self._endpoints[index] = _Endpoint(self.targets[index], self.credentials)
         return ep
 
     def _failed(self, index: int) -> None:

@@ -7,6 +7,10 @@ the pod, the node and the address: not scheduled yet, container unknown or not s
 node unknown, node agent unreachable. Node problems are FAILED_PRECONDITION, not
 UNAVAILABLE: clients retry UNAVAILABLE on another api-server, which would reach the same
 node (and an exec must not run twice).
+
+With TLS the api-server presents its kubelet-client certificate and requires the agent's
+certificate to carry the node's name (gRPC's target name override), so a Node whose status
+points at another machine cannot receive the api-server's exec and logs requests.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from skiff import errors
+from skiff.client import open_channel
+from skiff.tls import Credentials
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import nodeagent_pb2_grpc
 from skiffpb.api.v1 import types_pb2 as t
@@ -74,9 +80,14 @@ def check_started(pod: t.Pod, container: str, *, previous: bool = False) -> None
 
 
 class Forwarder:
-    def __init__(self, registry: Getter) -> None:
+    """`credentials`: the api-server's client identity towards node agents; each agent's
+    certificate must then name its node (checked as the TLS server name), whatever address
+    the Node's status claims. None: plaintext (--insecure)."""
+
+    def __init__(self, registry: Getter, *, credentials: Credentials | None = None) -> None:
         self.registry = registry
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.credentials = credentials
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     async def _resolve(self, namespace: str, pod_name: str, container: str,
                        *, previous: bool = False) -> tuple[str, str, str]:
@@ -95,10 +106,11 @@ class Forwarder:
         assert isinstance(node, t.Node)
         return node_target(node), node.metadata.name, chosen
 
-    def _stub(self, target: str) -> nodeagent_pb2_grpc.NodeAgentStub:
-        channel = self._channels.get(target)
+    def _stub(self, target: str, node: str) -> nodeagent_pb2_grpc.NodeAgentStub:
+        channel = self._channels.get((target, node))
         if channel is None:
-            channel = self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            creds = self.credentials.with_server_name(node) if self.credentials is not None else None
+            channel = self._channels[(target, node)] = open_channel(target, creds, options=CHANNEL_OPTIONS)
         return nodeagent_pb2_grpc.NodeAgentStub(channel)
 
     @staticmethod
@@ -117,7 +129,7 @@ class Forwarder:
         forwarded.CopyFrom(request)
         forwarded.namespace = request.namespace or "default"
         forwarded.container = container
-        call = self._stub(target).ContainerLogs(forwarded, wait_for_ready=False)
+        call = self._stub(target, node).ContainerLogs(forwarded, wait_for_ready=False)
         try:
             async for chunk in call:
                 yield chunk
@@ -137,7 +149,7 @@ class Forwarder:
         forwarded.container = container
         timeout = request.timeout_seconds + CONNECT_TIMEOUT if request.timeout_seconds > 0 else None
         try:
-            response: api.ExecResponse = await self._stub(target).Exec(forwarded, timeout=timeout)
+            response: api.ExecResponse = await self._stub(target, node).Exec(forwarded, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, node, target) from exc
         return response

@@ -14,6 +14,12 @@ What must hold:
 - `tests/unit/controlplane/apiserver/test_client_contract.py` runs the same checks against
   this and against skiff.client.Client over gRPC to the api-server service.
 
+Each call runs as `user` (default: the admin), as the front ends run a request as its caller:
+it is authorized with the api-server's authorizer (modes `authorization_modes`, default
+Node,RBAC; the bootstrap policy is reconciled before a non-admin user's first call) and the
+registry runs inside `caller.acting_as(user)`, so NodeRestriction sees it too. `as_user(user)`
+is a second client of the same api-server acting as someone else (a component's identity).
+
 For tests it also records every call in `actions` as (verb, resource, namespace, name),
 can fail the next matching call (`fail_next`), read the stored objects synchronously
 (`objects`), compact the store (`compact`) and wait until every watch has been handed every
@@ -24,18 +30,22 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import copy
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from controlplane.apiserver import bootstrappolicy, caller
 from controlplane.apiserver.allocator import Allocator
+from controlplane.apiserver.authorizer import DEFAULT_MODES, Authorizer, kind_attributes
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Options, Registry
 from controlplane.apiserver.watchcache import decode, registry_prefix
-from skiff import defaults, errors, kinds
+from skiff import defaults, errors, identity, kinds
 from skiff.client import DEFAULT_NAMESPACE, ObjectList, WatchEvent, namespace_for
+from skiff.identity import UserInfo
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -61,25 +71,65 @@ class InProcessApi:
 
     def __init__(self, *, clock: Callable[[], float] = time.time, options: Options = DEFAULT_OPTIONS,
                  service_cidr: str = defaults.SERVICE_CIDR, node_port_range: str = defaults.NODE_PORT_RANGE,
-                 store: MemoryStore | None = None) -> None:
+                 store: MemoryStore | None = None, user: UserInfo = identity.INSECURE_ADMIN,
+                 authorization_modes: tuple[str, ...] = DEFAULT_MODES) -> None:
         """`store`: share one store between several api-servers (or successive connections,
         each in its own event loop); by default the api-server has a store of its own."""
+        self.user = user
         self.clock = clock
         self._owns_store = store is None
         self.store = store if store is not None else MemoryStore(clock=clock)
         self.registry = Registry(self.store, allocator=Allocator(service_cidr, node_port_range), options=options,
                                  clock=clock)
+        self.authorizer = Authorizer.over_caches(self.registry.caches, modes=authorization_modes, clock=clock)
         self.actions: list[tuple[str, str, str, str]] = []
         self._failures: list[tuple[str, str, errors.SkiffError]] = []
         self._started = False
         self._starting: asyncio.Lock | None = None
+        self._root: InProcessApi | None = None  # set on the views as_user() makes
+        self._policy_ready = False
+        self._policy_lock: asyncio.Lock | None = None
+
+    def as_user(self, user: UserInfo) -> InProcessApi:
+        """A client of this same api-server (registry, store, recorded actions) acting as `user`."""
+        view = copy.copy(self)
+        view.user = user
+        view._root = self._root or self
+        return view
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Fill the registry's caches and create the system namespaces (once)."""
+        """Fill the registry's caches and create the system namespaces (once); reconcile the
+        bootstrap RBAC policy before the first call of a user who is not the admin."""
+        if self._root is not None:
+            await self._root.start()
+            if not self.user.in_group(identity.MASTERS):
+                await self._root.ensure_policy()
+            return
+        if not self.user.in_group(identity.MASTERS):
+            await self.ensure_policy()
         if self._started:
             return
+        await self._start_registry()
+
+    async def ensure_policy(self) -> None:
+        """Reconcile the bootstrap policy (as an api-server does at start) and wait until the
+        authorizer's watch caches hold it."""
+        if self._root is not None:
+            await self._root.ensure_policy()
+            return
+        if self._policy_lock is None:
+            self._policy_lock = asyncio.Lock()
+        async with self._policy_lock:
+            if self._policy_ready:
+                return
+            await self._start_registry()
+            await bootstrappolicy.reconcile(self.registry)
+            await self.settle()
+            self._policy_ready = True
+
+    async def _start_registry(self) -> None:
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
@@ -88,6 +138,8 @@ class InProcessApi:
                 self._started = True
 
     async def close(self) -> None:
+        if self._root is not None:
+            return
         if self._started:
             self._started = False
             await self.registry.stop()
@@ -145,6 +197,13 @@ class InProcessApi:
                 del self._failures[i]
                 raise err
 
+    def _authorize(self, verb: str, kind: kinds.Kind, namespace: str, name: str = "", subresource: str = "") -> None:
+        """As the front ends do before any verb (server.request_attributes): ForbiddenError unless
+        `user` may."""
+        if verb == "create" and not subresource:
+            name = ""  # a create names no object, as in Kubernetes
+        self.authorizer.check(self.user, kind_attributes(verb, kind, namespace, name, subresource))
+
     # ------------------------------------------------------------------ ApiClient
 
     async def create(self, obj: M, *, namespace: str = "", dry_run: bool = False) -> M:
@@ -153,7 +212,9 @@ class InProcessApi:
         ns = (meta.namespace or namespace or DEFAULT_NAMESPACE) if kind.namespaced else ""
         self._record("create", kind.resource, ns, meta.name)
         await self.start()
-        created = await self.registry.create(obj, namespace=namespace, dry_run=dry_run)
+        self._authorize("create", kind, ns, meta.name)
+        with caller.acting_as(self.user):
+            created = await self.registry.create(obj, namespace=namespace, dry_run=dry_run)
         return _wire(created, type(obj))
 
     async def get(self, cls: type[M], name: str, namespace: str = "") -> M:
@@ -161,7 +222,9 @@ class InProcessApi:
         ns = namespace_for(kind, namespace)
         self._record("get", kind.resource, ns, name)
         await self.start()
-        return _wire(await self.registry.get(kind.resource, ns, name), cls)
+        self._authorize("get", kind, ns, name)
+        with caller.acting_as(self.user):
+            return _wire(await self.registry.get(kind.resource, ns, name), cls)
 
     async def list(self, cls: type[M], *, namespace: str = "", label_selector: str = "",
                    field_selector: str = "", limit: int = 0, continue_token: str = "") -> ObjectList[M]:
@@ -169,9 +232,11 @@ class InProcessApi:
         ns = namespace if kind.namespaced else ""
         self._record("list", kind.resource, ns, "")
         await self.start()
-        items, rv, token = await self.registry.list(kind.resource, namespace=ns, label_selector=label_selector,
-                                                    field_selector=field_selector, limit=limit,
-                                                    continue_token=continue_token)
+        self._authorize("list", kind, ns)
+        with caller.acting_as(self.user):
+            items, rv, token = await self.registry.list(kind.resource, namespace=ns, label_selector=label_selector,
+                                                        field_selector=field_selector, limit=limit,
+                                                        continue_token=continue_token)
         return ObjectList([_wire(o, cls) for o in items], rv, token)
 
     async def update(self, obj: M) -> M:
@@ -186,7 +251,9 @@ class InProcessApi:
         self._record("update_status" if status else "update", kind.resource, namespace_for(kind, meta.namespace),
                      meta.name)
         await self.start()
-        return _wire(await self.registry.update(obj, status=status), type(obj))
+        self._authorize("update", kind, namespace_for(kind, meta.namespace), meta.name, "status" if status else "")
+        with caller.acting_as(self.user):
+            return _wire(await self.registry.update(obj, status=status), type(obj))
 
     async def delete(self, cls: type[M], name: str, namespace: str = "", *,
                      grace_period_seconds: int | None = None, propagation_policy: str = "",
@@ -195,8 +262,10 @@ class InProcessApi:
         ns = namespace_for(kind, namespace)
         self._record("delete", kind.resource, ns, name)
         await self.start()
-        deleted = await self.registry.delete(kind.resource, ns, name, grace_period=grace_period_seconds,
-                                             propagation_policy=propagation_policy, preconditions=preconditions)
+        self._authorize("delete", kind, ns, name)
+        with caller.acting_as(self.user):
+            deleted = await self.registry.delete(kind.resource, ns, name, grace_period=grace_period_seconds,
+                                                 propagation_policy=propagation_policy, preconditions=preconditions)
         return _wire(deleted, cls)
 
     async def watch(self, cls: type[M], *, namespace: str = "", label_selector: str = "",  # type: ignore[override]
@@ -206,6 +275,9 @@ class InProcessApi:
         ns = namespace if kind.namespaced else ""
         self._record("watch", kind.resource, ns, "")
         await self.start()
+        self._authorize("watch", kind, ns)
+        # The watch is authorized here; the registry's watch reads no caller, so the stream is
+        # iterated in the consumer's own context.
         stream = self.registry.watch(kind.resource, namespace=ns, label_selector=label_selector,
                                      field_selector=field_selector, resource_version=resource_version,
                                      send_initial_events=send_initial_events, allow_bookmarks=allow_bookmarks,
@@ -221,6 +293,8 @@ class InProcessApi:
         ns = namespace or DEFAULT_NAMESPACE
         self._record("bind", "pods", ns, pod)
         await self.start()
+        self._authorize("create", kinds.by_resource("pods"), ns, pod, "binding")  # type: ignore[arg-type]
         binding = t.Binding(api_version="v1", kind="Binding", metadata=t.ObjectMeta(name=pod, namespace=ns, uid=uid),
                             target=t.ObjectReference(kind="Node", name=node))
-        return _wire(await self.registry.bind(binding), t.Pod)
+        with caller.acting_as(self.user):
+            return _wire(await self.registry.bind(binding), t.Pod)

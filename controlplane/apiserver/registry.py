@@ -34,7 +34,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from controlplane.apiserver import admission, strategy
+from controlplane.apiserver import admission, caller, nodeauthz, strategy, warnings
 from controlplane.apiserver import allocator as alloc
 from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS, apply_defaults, default_tolerations
 from controlplane.apiserver.filters import Filter, make_filter
@@ -64,7 +64,7 @@ from controlplane.apiserver.watchcache import (
     registry_prefix,
     watch_event,
 )
-from skiff import defaults, errors, kinds, quota
+from skiff import defaults, errors, kinds, podsecurity, quota
 from skiff.convert import FieldError
 from skiff.guard import guard, supervise
 from skiff.validation import validate
@@ -93,6 +93,15 @@ def store_error(exc: StoreError) -> errors.SkiffError:
         out = errors.InternalError(f"storage error: {exc}")
     out.__cause__ = exc
     return out
+
+
+def _admit(operation: str, obj: Message, old: Message | None, *, subresource: str = "") -> None:
+    """Admission that depends on who writes (NodeRestriction, nodeauthz.py); the caller is the
+    request's (caller.current()), so the registry's own maintenance is never restricted."""
+    problem = nodeauthz.node_restriction(caller.current(), operation, obj, old, subresource=subresource)
+    if problem is not None:
+        kind = kinds.of_message(obj)
+        raise errors.ForbiddenError(f'{resource_name(kind)} "{meta_of(obj).name}" is forbidden: {problem}')
 
 
 def encode(obj: Message) -> bytes:
@@ -124,6 +133,8 @@ class Options:
     # DefaultTolerationSeconds admission (defaults.default_tolerations) for pods created here.
     default_not_ready_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
     default_unreachable_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
+    # Pod Security Admission: the enforce level of a namespace without the label (skiff/podsecurity.py).
+    pod_security_default: str = podsecurity.DEFAULT_LEVEL
 
 
 class Registry:
@@ -280,7 +291,7 @@ class Registry:
         generated = not meta.name and bool(meta.generate_name)
         if generated:
             meta.name = strategy.generate_name(meta.generate_name, self._random_suffix())
-        strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid())
+        strategy.prepare_create(obj, now=self.clock(), uid=self.new_uid(), requester=caller.current())
         apply_defaults(obj)
         if isinstance(obj, t.Pod):
             default_tolerations(obj.spec, not_ready_seconds=self.options.default_not_ready_toleration_seconds,
@@ -289,10 +300,12 @@ class Registry:
         problems += validate(obj)
         if problems:
             raise strategy.invalid(kind, meta.name or meta.generate_name, problems)
+        _admit("create", obj, None)
         ns_key, ns_revision = "", 0
         if kind.namespaced:
             ns_key = f"/registry/namespaces/{meta.namespace}"
             ns_revision = await self._check_namespace(meta.namespace)
+            await self._pod_security(obj, meta.namespace)
             await self._check_quotas(obj, meta.namespace)
         if isinstance(obj, t.Service):
             self._check_requested_allocations(obj)
@@ -351,6 +364,39 @@ class Registry:
         problems = admission.apply_limit_ranges(pod, ranges)  # type: ignore[arg-type]
         strategy.set_qos_class(pod)
         return problems
+
+    async def _pod_security(self, obj: Message, namespace: str, old: Message | None = None) -> None:
+        """Pod Security Admission (skiff/podsecurity.py): refuse a pod its namespace's enforce level
+        forbids; warn (and log for the audit) about pods and workload pod templates that the warn
+        and audit levels forbid. An update is judged only when the pod template changed."""
+        templates = podsecurity.pod_specs(obj)
+        if not templates:
+            return
+        if old is not None and podsecurity.pod_specs(old) == templates:
+            return
+        ns = await self._namespace_object(namespace)
+        policy = podsecurity.policy_for(namespace, ns.metadata.labels if ns is not None else {},
+                                        default_level=self.options.pod_security_default)
+        decision = podsecurity.decide(policy, *templates[0], enforce=isinstance(obj, t.Pod))
+        kind = kinds.of_message(obj)
+        if decision.forbidden:
+            raise errors.ForbiddenError(f'{resource_name(kind)} "{meta_of(obj).name}" is forbidden: '
+                                        f"{decision.forbidden}")
+        for text in decision.warnings:
+            warnings.add(text)
+        for text in decision.audit:
+            log.info("pod-security audit: %s %s/%s: %s", kind.resource, namespace, meta_of(obj).name, text)
+
+    async def _namespace_object(self, namespace: str) -> t.Namespace | None:
+        key = f"/registry/namespaces/{namespace}"
+        ns = self.caches["namespaces"].objects.get(key)
+        if ns is None:
+            try:
+                kv = await self.store.get(key)
+            except StoreError as exc:
+                raise store_error(exc) from exc
+            ns = None if kv is None else self._decode(kinds.by_kind("Namespace"), kv)  # type: ignore[arg-type]
+        return ns if isinstance(ns, t.Namespace) else None
 
     async def _check_quotas(self, obj: Message, namespace: str) -> None:
         quotas = await self._current("resourcequotas", namespace)
@@ -550,6 +596,9 @@ class Registry:
             problems = validate(new) + strategy.update_problems(old, new)
             if problems:
                 raise strategy.invalid(kind, meta.name, problems)
+            _admit("update", new, old, subresource="status" if status else "")
+            if not status and not isinstance(new, t.Pod):
+                await self._pod_security(new, namespace, old)
             if strategy.should_remove(new):
                 done = await self._remove(kind, key, kv, old)
                 if done is not None:
@@ -614,6 +663,7 @@ class Registry:
             old = self._decode(kind, kv)
             if preconditions is not None:
                 _check_preconditions(kind, old, preconditions)
+            _admit("delete", old, old)
             if isinstance(old, t.Namespace):
                 marked = strategy.plan_namespace_delete(old, now=self.clock())
                 if marked is None:

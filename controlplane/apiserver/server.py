@@ -9,6 +9,11 @@ What must hold:
   with its traceback. One bad request never affects another.
 - Watch events are encoded once per event and shared by every watcher (the Watch handler
   yields bytes, passed through untouched).
+- Authorization has one place here, `RequestAuth.admit`, run by the interceptor before any
+  handler: the caller (authenticated, then impersonated if the `impersonate-user` /
+  `impersonate-group` metadata asks and the caller may), the request's attributes
+  (`request_attributes`), the authorizer's verdict. A refusal is PERMISSION_DENIED naming the
+  user, verb and resource.
 - Every call passes the api-server's one `Limiter` (limits.py, shared with the REST front end)
   before its handler runs: over a limit it is RESOURCE_EXHAUSTED with the `retry-after` hint
   in its trailing metadata, and the handler never runs.
@@ -17,6 +22,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -29,17 +35,22 @@ import grpc.aio
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import authn, bootstrappolicy, caller
 from controlplane.apiserver.allocator import Allocator
+from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB, AuditLog
+from controlplane.apiserver.authn import Authenticator
+from controlplane.apiserver.authorizer import DEFAULT_MODES, Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.limits import Limiter, Limits, client_key, grpc_verb
+from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
-from skiff import __version__, defaults, errors, identity, kinds
+from skiff import __version__, defaults, errors, kinds, tls
 from skiff.guard import fatal_handler
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
+from skiff.tls import Credentials, ServerTLS
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -97,11 +108,104 @@ def _check_request(request: Any) -> None:
         raise errors.InvalidError(f"the request is not a valid {request.message_type}: {request.detail}")
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Admits each call through the limiter and turns exceptions from any handler into gRPC
-    statuses (see the module docstring)."""
+IMPERSONATE_USER = "impersonate-user"
+IMPERSONATE_GROUP = "impersonate-group"
 
-    def __init__(self, limiter: Limiter | None = None) -> None:
+
+def _named(kind: kinds.Kind | None, resource: str, verb: str, namespace: str, name: str = "",
+           subresource: str = "") -> Attributes:
+    if kind is None:  # an unknown resource: the registry refuses it by name once admitted
+        return Attributes(verb, resource, subresource, "", namespace, name)
+    if kind.namespaced and not namespace and verb not in ("list", "watch"):
+        namespace = "default"
+    return kind_attributes(verb, kind, namespace, name, subresource)
+
+
+def _object_attributes(verb: str, obj: t.Object, namespace: str = "", subresource: str = "") -> Attributes:
+    if obj.WhichOneof("kind") is None:
+        raise errors.InvalidError("object: required: the request carries no object")
+    kind = kinds.kind_of_object(obj)
+    meta = kinds.unwrap(obj).metadata  # type: ignore[attr-defined]
+    # A create names no object, as in Kubernetes (resourceNames cannot limit creates).
+    name = "" if verb == "create" else meta.name
+    return _named(kind, kind.resource, verb, meta.namespace or namespace, name, subresource)
+
+
+OPEN_METHODS = frozenset({"Version", "AccessReview"})  # every caller may: a question about oneself
+
+
+def request_attributes(method: str, request: Any) -> Attributes | None:
+    """What a gRPC request asks to do, as authorization sees it; None for OPEN_METHODS. A method
+    not named here is a non-resource request for its gRPC path (only `*` URL rules allow it), so
+    a new method is closed until it is given attributes."""
+    if method == "Create":
+        return _object_attributes("create", request.object, request.namespace)
+    if method in ("Update", "UpdateStatus"):
+        return _object_attributes("update", request.object, subresource="status" if method == "UpdateStatus" else "")
+    if method in ("Get", "Delete"):
+        return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace,
+                      request.name)
+    if method in ("List", "Watch"):
+        return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace)
+    if method == "Bind":
+        meta = request.binding.metadata
+        return _named(kinds.by_resource("pods"), "pods", "create", meta.namespace, meta.name, "binding")
+    if method == "Logs":
+        return _named(kinds.by_resource("pods"), "pods", "get", request.namespace, request.pod, "log")
+    if method == "Exec":
+        return _named(kinds.by_resource("pods"), "pods", "create", request.namespace, request.pod, "exec")
+    if method in OPEN_METHODS:
+        return None
+    return Attributes("call", path=f"/{SERVICE}/{method}")
+
+
+async def authenticate(authenticator: Authenticator, context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
+    """The caller of a gRPC request: its verified client certificate, else its bearer token."""
+    peer = authn.Peer(tls.peer_certificate_user(context.auth_context()),
+                      tls.bearer_token(context.invocation_metadata()))
+    return await authenticator.authenticate(peer)
+
+
+def impersonation(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, list[str]]:
+    """(user, groups) the request asks to act as; ("", []) when it asks for none."""
+    user, groups = "", []
+    for key, value in context.invocation_metadata() or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == IMPERSONATE_USER:
+            user = text
+        elif key == IMPERSONATE_GROUP:
+            groups.append(text)
+    return user, groups
+
+
+@dataclass
+class RequestAuth:
+    """Who a gRPC request runs as (authenticated by authn.py, then impersonated when it asks and
+    may), and whether it may: the one place of authentication and authorization for gRPC."""
+
+    authenticator: Authenticator
+    authorizer: Authorizer | None = None
+
+    async def admit(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
+        user = await authenticate(self.authenticator, context)
+        if self.authorizer is None:
+            return user
+        as_user, as_groups = impersonation(context)
+        real = user
+        if as_user or as_groups:
+            user = self.authorizer.impersonate(user, as_user, as_groups)
+        attrs = request_attributes(method, request)
+        if attrs is not None:
+            self.authorizer.check(user, attrs, impersonator=real if user is not real else None)
+        return user
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Admits each request (`RequestAuth`, then the `Limiter`), runs it as its caller and turns
+    exceptions from any handler into gRPC statuses (see the module docstring)."""
+
+    def __init__(self, auth: RequestAuth, limiter: Limiter | None = None) -> None:
+        self.auth = auth
         self.limiter = limiter or Limiter()
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -109,29 +213,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        verb = grpc_verb(handler_call_details.method)
+        method = str(handler_call_details.method).rsplit("/", 1)[-1]  # type: ignore[attr-defined]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, self.limiter, verb),
+                _wrap_unary(handler.unary_unary, self.auth, self.limiter, method),
                 request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, self.limiter, verb),
+                _wrap_stream(handler.unary_stream, self.auth, self.limiter, method),
                 request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         return handler
 
 
-def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
-    """The caller of a gRPC request. Skiff has no authentication yet: everyone is the admin."""
-    return identity.INSECURE_ADMIN
-
-
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], limiter: Limiter,
-                verb: str) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth, limiter: Limiter,
+                method: str) -> Callable[..., Awaitable[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _check_request(request)
-            with caller.acting_as(authenticate(context)) as user, limiter.admit(verb, client_key(user, context.peer())):
+            with caller.acting_as(await auth.admit(method, request, context)) as user, \
+                    limiter.admit(grpc_verb(method), client_key(user, context.peer())):
                 return await behavior(request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
@@ -142,12 +242,13 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], limiter: Limiter,
     return run
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], limiter: Limiter,
-                 verb: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], auth: RequestAuth, limiter: Limiter,
+                 method: str) -> Callable[..., AsyncIterator[Any]]:
     async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             _check_request(request)
-            with caller.acting_as(authenticate(context)) as user, limiter.admit(verb, client_key(user, context.peer())):
+            with caller.acting_as(await auth.admit(method, request, context)) as user, \
+                    limiter.admit(grpc_verb(method), client_key(user, context.peer())):
                 async for item in behavior(request, context):
                     yield item
         except Exception as exc:
@@ -166,10 +267,12 @@ def _unwrap(obj: t.Object) -> Message:
 
 
 class ApiServerService:
-    def __init__(self, registry: Registry, forwarder: Forwarder, *, node_name: str = "") -> None:
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, node_name: str = "",
+                 authorizer: Authorizer | None = None) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.node_name = node_name
+        self.authorizer = authorizer
 
     async def Create(self, request: api.CreateRequest, context: Any) -> t.Object:
         obj = await self.registry.create(_unwrap(request.object), namespace=request.namespace,
@@ -226,6 +329,20 @@ class ApiServerService:
                                    service_cidr=self.registry.allocator.network.with_prefixlen,
                                    node_name=self.node_name)
 
+    async def AccessReview(self, request: api.AccessReviewRequest, context: Any) -> api.AccessReviewResponse:
+        user = caller.current()
+        if request.non_resource_path:
+            attrs = Attributes(request.verb, path=request.non_resource_path)
+        else:
+            attrs = Attributes(request.verb, request.resource, request.subresource, request.group, request.namespace,
+                               request.name)
+        if self.authorizer is None:
+            allowed, reason = True, "no authorizer: every request is allowed"
+        else:
+            decision = self.authorizer.review(user, attrs)
+            allowed, reason = decision.allowed, decision.reason
+        return api.AccessReviewResponse(allowed=allowed, reason=reason, user=user.name, groups=list(user.groups))
+
 
 def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
     def unary(fn: Any, req: type[Message]) -> grpc.RpcMethodHandler:
@@ -248,6 +365,7 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
         "Logs": stream(service.Logs, api.LogsRequest),
         "Exec": unary(service.Exec, api.ExecRequest),
         "Version": unary(service.Version, api.VersionRequest),
+        "AccessReview": unary(service.AccessReview, api.AccessReviewRequest),
     })
 
 
@@ -258,8 +376,19 @@ class Config:
     service_cidr: str = defaults.SERVICE_CIDR
     node_port_range: str = defaults.NODE_PORT_RANGE
     node_name: str = ""
-    http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTP); empty: not served
+    http_listen: str = ""  # "host:port" for the Kubernetes REST API (HTTPS); empty: not served
     options: Options = field(default_factory=Options)
+    # None: --insecure (plaintext, everyone the admin). gRPC requires a client certificate from
+    # the client CA; HTTPS verifies one when sent, else takes a bearer token (or, for health
+    # checks, nobody).
+    tls: ServerTLS | None = None
+    # How it reaches the store and the node agents (None: plaintext).
+    store_credentials: Credentials | None = None
+    kubelet_credentials: Credentials | None = None
+    authorization_modes: tuple[str, ...] = DEFAULT_MODES
+    audit_log_path: str = ""  # empty: no audit log
+    audit_log_max_size_mb: float = DEFAULT_MAX_SIZE_MB
+    audit_log_max_backups: int = DEFAULT_MAX_BACKUPS
     limits: Limits = field(default_factory=Limits)
 
 
@@ -283,10 +412,11 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def bind(server: grpc.aio.Server, listen: str) -> int:
+def bind(server: grpc.aio.Server, listen: str, server_tls: ServerTLS | None = None) -> int:
     """Bind the listening address now, so that "address in use" is a clear startup error."""
     try:
-        port = server.add_insecure_port(listen)
+        port = (server.add_insecure_port(listen) if server_tls is None
+                else server.add_secure_port(listen, server_tls.server_credentials()))
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {listen}: {exc} (is another process using this port?)") from exc
     if port == 0:
@@ -320,7 +450,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
 
     allocator = Allocator(config.service_cidr, config.node_port_range)
     if store is None:
-        store = EtcdStore(config.store_endpoints)
+        store = EtcdStore(config.store_endpoints, credentials=config.store_credentials)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -329,41 +459,62 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     registry = Registry(store, allocator=allocator, options=config.options)
-    forwarder = Forwarder(registry)
+    forwarder = Forwarder(registry, credentials=config.kubelet_credentials)
+    authenticator = Authenticator(registry, insecure=config.tls is None)
+    if config.tls is None:
+        tls.warn_insecure("api-server")
+    audit = AuditLog(config.audit_log_path, max_size_mb=config.audit_log_max_size_mb,
+                     max_backups=config.audit_log_max_backups) if config.audit_log_path else None
+    authorizer = Authorizer.over_caches(registry.caches, modes=config.authorization_modes, audit=audit)
+    if authorizer.modes == ("AlwaysAllow",):
+        log.warning("authorization mode AlwaysAllow: every request is allowed (development only)")
     limiter = Limiter(config.limits)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(limiter)], options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder,
-                                                                      node_name=config.node_name)),))
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer), limiter)],
+                             options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=config.node_name,
+                                                                      authorizer=authorizer)),))
     fatal_reasons: list[str] = []
 
     def on_fatal(reason: str) -> None:
         fatal_reasons.append(reason)
         stop.set()
 
-    with fatal_handler(on_fatal):
-        await _serve(config, store, registry, forwarder, server, limiter, allocator, stop, ready)
+    try:
+        with fatal_handler(on_fatal):
+            await _serve(config, store, registry, forwarder, server, limiter, authenticator, authorizer, allocator,
+                         stop, ready)
+    finally:
+        if audit is not None:
+            audit.close()
     if fatal_reasons:
         raise FatalError(fatal_reasons[0])
 
 
 async def _serve(config: Config, store: Store, registry: Registry, forwarder: Forwarder, server: grpc.aio.Server,
-                 limiter: Limiter, allocator: Allocator, stop: asyncio.Event,
-                 ready: Callable[[int], None] | None) -> None:
+                 limiter: Limiter, authenticator: Authenticator, authorizer: Authorizer, allocator: Allocator,
+                 stop: asyncio.Event, ready: Callable[[int], None] | None) -> None:
     http_runner: web.AppRunner | None = None
     try:
-        port = bind(server, config.listen)
+        # gRPC can only require a client certificate or not ask for one (grpcio offers no "verify
+        # if sent"): the gRPC port is mutual TLS; bearer tokens and anonymous health checks are
+        # the HTTPS port's, which verifies a certificate when one is sent.
+        port = bind(server, config.listen,
+                    None if config.tls is None else dataclasses.replace(config.tls, require_client_cert=True))
         revision = await wait_for_store(store, stop=stop)
         log.info("store %s at revision %d; filling watch caches", store.describe(), revision)
         await registry.start()
+        await bootstrappolicy.reconcile(registry)
         tune_gc()
         await server.start()
         if config.http_listen:
             try:
                 http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen,
-                                                                 limiter=limiter)
+                                                               authenticator=authenticator, server_tls=config.tls,
+                                                               authorizer=authorizer, limiter=limiter)
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
-            log.info("Kubernetes API (HTTP) on %s (port %d)", config.http_listen, http_port)
+            log.info("Kubernetes API (HTTP%s) on %s (port %d)", "" if config.tls is None else "S", config.http_listen,
+                     http_port)
         log.info("api-server listening on %s (port %d), store %s, service CIDR %s", config.listen, port,
                  store.describe(), allocator.network.with_prefixlen)
         if ready is not None:

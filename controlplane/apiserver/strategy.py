@@ -13,6 +13,9 @@ compare-and-swap transaction; none of them touches the store, a clock or a rando
   a deletionTimestamp instead of being removed; once it has no finalizers and a zero grace
   period it is removed (also when an update drops the last finalizer).
 - Bind sets spec.nodeName once and the PodScheduled condition.
+- A CertificateSigningRequest records who asked (spec.username/groups/uid, from the
+  authenticated requester, never from the body), starts without status, and its spec never
+  changes afterwards.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from google.protobuf.message import Message
 from skiff import conditions, defaults, errors, kinds, names, qos
 from skiff.clock import seconds_timestamp
 from skiff.convert import FieldError
+from skiff.identity import UserInfo
 from skiffpb.api.v1 import types_pb2 as t
 
 M = TypeVar("M", bound=Message)
@@ -36,7 +40,7 @@ PROPAGATION_POLICIES = ("", "Orphan", "Background", "Foreground")
 PROTECTED_NAMESPACES = frozenset(defaults.SYSTEM_NAMESPACES)
 # Server-owned status is reset on create for these kinds (clients cannot create it).
 STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace", "ResourceQuota",
-                          "Job", "CronJob", "DaemonSet", "StatefulSet")
+                          "Job", "CronJob", "DaemonSet", "StatefulSet", "CertificateSigningRequest")
 # A Job's pods carry these labels and, unless manualSelector, its selector is the uid one.
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -84,7 +88,7 @@ def invalid(kind: kinds.Kind, name: str, problems: list[FieldError]) -> errors.I
 
 # ---------------------------------------------------------------------- create
 
-def prepare_create(obj: Message, *, now: float, uid: str) -> None:
+def prepare_create(obj: Message, *, now: float, uid: str, requester: UserInfo | None = None) -> None:
     """Stamp server-set metadata and reset server-owned status, in place."""
     kind = kinds.of_message(obj)
     meta = meta_of(obj)
@@ -101,6 +105,11 @@ def prepare_create(obj: Message, *, now: float, uid: str) -> None:
         set_qos_class(obj)
     if isinstance(obj, t.Job):
         job_selector(obj)
+    if isinstance(obj, t.CertificateSigningRequest):
+        obj.spec.username = requester.name if requester is not None else ""
+        obj.spec.uid = requester.uid if requester is not None else ""
+        del obj.spec.groups[:]
+        obj.spec.groups.extend(requester.groups if requester is not None else ())
 
 
 def set_qos_class(pod: t.Pod) -> None:
@@ -142,6 +151,8 @@ def prepare_update(old: M, new: M) -> M:
             out.status.CopyFrom(old.status)  # type: ignore[attr-defined]
     if isinstance(out, t.Service) and isinstance(old, t.Service):
         keep_allocated_values(old, out)
+    if isinstance(out, t.CertificateSigningRequest) and isinstance(old, t.CertificateSigningRequest):
+        out.spec.CopyFrom(old.spec)  # immutable: the requester and the request were fixed at create
     meta.generation = old_meta.generation
     if has_spec(out) and out.spec != old.spec:  # type: ignore[attr-defined]
         meta.generation = old_meta.generation + 1
@@ -212,6 +223,9 @@ def update_problems(old: Message, new: Message) -> list[FieldError]:
                 out.append(FieldError("spec.template", "field is immutable"))
             if old.spec.completions != new.spec.completions or old.spec.completion_mode != new.spec.completion_mode:
                 out.append(FieldError("spec.completions", "field is immutable"))
+    elif isinstance(old, t.RoleBinding | t.ClusterRoleBinding) and isinstance(new, type(old)):
+        if old.role_ref != new.role_ref:
+            out.append(FieldError("roleRef", "cannot change roleRef"))
     elif isinstance(old, t.Service) and isinstance(new, t.Service):
         if old.spec.cluster_ip and new.spec.cluster_ip != old.spec.cluster_ip:
             out.append(FieldError("spec.clusterIP",

@@ -10,7 +10,7 @@ from controlplane.common.leaderelection import LeaderElector, add_leader_electio
 from controlplane.controllers import manager
 from controlplane.controllers.cidrset import CidrError, CidrSet
 from controlplane.controllers.nodelifecycle import EvictionOptions
-from skiff import defaults
+from skiff import defaults, tls
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 
@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent-endpoint-syncs", type=int, default=5)
     p.add_argument("--concurrent-gc-syncs", type=int, default=10)
     add_leader_election_flags(p, "skiff-controller-manager")
+    p.add_argument("--cluster-signing-cert-file", default="",
+                   help="the cluster CA certificate that signs approved node certificates (CertificateSigningRequests)")
+    p.add_argument("--cluster-signing-key-file", default="", help="its private key")
+    tls.add_daemon_client_flags(p)
     add_verbose_flag(p)
     return p
 
@@ -61,7 +65,8 @@ def options_from(args: argparse.Namespace) -> manager.Options:
                                  unhealthy_zone_threshold=args.unhealthy_zone_threshold,
                                  large_cluster_size_threshold=args.large_cluster_size_threshold),
         cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,
-        service_cidr=args.service_cidr,
+        service_cidr=args.service_cidr, cluster_signing_cert_file=args.cluster_signing_cert_file,
+        cluster_signing_key_file=args.cluster_signing_key_file,
         api_servers=tuple(a.strip() for a in args.api_servers.split(",") if a.strip()),
         workers={"deployment": args.concurrent_deployment_syncs, "replicaset": args.concurrent_replicaset_syncs,
                  "endpoints": args.concurrent_endpoint_syncs, "garbagecollector": args.concurrent_gc_syncs,
@@ -86,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    options.credentials = tls.daemon_credentials(args, "controller-manager")
+
     async def serve() -> None:
-        client = Client(args.api_servers)
+        client = Client(args.api_servers, credentials=options.credentials)
         try:
             if election is None:
                 await manager.run(client, options)

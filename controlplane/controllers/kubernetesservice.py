@@ -27,6 +27,7 @@ from controlplane.controllers.base import QueueController
 from skiff import errors
 from skiff.client import ApiClient, Client
 from skiff.informer import InformerFactory
+from skiff.tls import Credentials
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.controllers.kubernetesservice")
@@ -77,9 +78,9 @@ def plan_subsets(api_servers: Sequence[str], healthy: set[str]) -> list[t.Endpoi
     return out
 
 
-async def version_probe(endpoint: str) -> bool:
+async def version_probe(endpoint: str, *, credentials: Credentials | None = None) -> bool:
     """Whether the api-server at `endpoint` answers a Version call within 2 s."""
-    client = Client([endpoint], timeout=2.0)
+    client = Client([endpoint], timeout=2.0, credentials=credentials)
     try:
         await client.version()
         return True

@@ -11,18 +11,20 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.controllers.cronjob import CronJobController
+from controlplane.controllers.csrsigning import CsrSigningController
 from controlplane.controllers.daemonset import DaemonSetController
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.endpoints import EndpointsController
 from controlplane.controllers.garbagecollector import GarbageCollector
 from controlplane.controllers.job import JobController
-from controlplane.controllers.kubernetesservice import KubernetesServiceController
+from controlplane.controllers.kubernetesservice import KubernetesServiceController, version_probe
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycleController
 from controlplane.controllers.replicaset import ReplicaSetController
@@ -35,12 +37,13 @@ from skiff.clock import Clock, RealClock
 from skiff.events import EventRecorder
 from skiff.guard import supervise
 from skiff.informer import InformerFactory
+from skiff.tls import Credentials
 
 log = logging.getLogger("skiff.controllers.manager")
 
 ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
                    "serviceaccount", "resourcequota", "kubernetesservice", "job", "cronjob", "daemonset",
-                   "statefulset")
+                   "statefulset", "csrsigning")
 COMPONENT = "controller-manager"
 
 
@@ -55,6 +58,11 @@ class Options:
     # default/kubernetes: kept only when the service CIDR is known (its ClusterIP is the first address).
     service_cidr: str = ""
     api_servers: Sequence[str] = ()
+    # How the kubernetesservice controller's probes reach each api-server (None: plaintext).
+    credentials: Credentials | None = None
+    # The CA that signs node certificates (csrsigning runs only with both).
+    cluster_signing_cert_file: str = ""
+    cluster_signing_key_file: str = ""
     workers: dict[str, int] = field(default_factory=lambda: {
         "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10,
         "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5})
@@ -94,7 +102,9 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
         out.append(ResourceQuotaController(client, factory))
     if "kubernetesservice" in wanted and options.service_cidr and options.api_servers:
         out.append(KubernetesServiceController(client, factory, api_servers=options.api_servers,
-                                               service_cidr=options.service_cidr))
+                                               service_cidr=options.service_cidr,
+                                               probe=functools.partial(version_probe,
+                                                                       credentials=options.credentials)))
     if "job" in wanted:
         out.append(JobController(client, factory, recorder=recorder.scoped("job-controller"), clock=clock))
     if "cronjob" in wanted:
@@ -105,6 +115,9 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "statefulset" in wanted:
         out.append(StatefulSetController(client, factory, recorder=recorder.scoped("statefulset-controller"),
                                          clock=clock))
+    if "csrsigning" in wanted and options.cluster_signing_cert_file and options.cluster_signing_key_file:
+        out.append(CsrSigningController(client, factory, ca_cert_file=options.cluster_signing_cert_file,
+                                        ca_key_file=options.cluster_signing_key_file, clock=clock))
     return out
 
 

@@ -7,6 +7,7 @@ import sys
 
 from controlplane.common.leaderelection import LeaderElector, add_leader_election_flags, leader_config
 from controlplane.scheduler import scheduler
+from skiff import tls
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, run_until_signalled, setup_logging
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentage-of-nodes-to-score", type=int, default=0,
                    help="stop searching after this share of nodes fit (0: adaptive, as kube-scheduler)")
     add_leader_election_flags(p, "skiff-scheduler")
+    tls.add_daemon_client_flags(p)
     add_verbose_flag(p)
     return p
 
@@ -34,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    credentials = tls.daemon_credentials(args, "scheduler")
+
     async def serve() -> None:
-        client = Client(args.api_servers)
+        client = Client(args.api_servers, credentials=credentials)
 
         async def lead() -> None:
             await scheduler.run(client, percentage_of_nodes_to_score=args.percentage_of_nodes_to_score)

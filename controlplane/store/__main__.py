@@ -6,9 +6,14 @@
         --password-file /etc/skiff/store-password
 
 Peer traffic is pickled Python, so a cluster password (pysyncobj's encryption) is required:
---password-file or SKIFF_STORE_PASSWORD; --insecure-no-password exists for throwaway tests
-only. Startup fails fast with a clear message on a busy port, a data dir that belongs to
-another member or cluster, a data dir already in use, or a journal or snapshot that fails its
+--password-file or SKIFF_STORE_PASSWORD; --insecure-no-password is refused unless the
+environment says it is a test ($SKIFF_TEST_MODE=1). The client port is mutual TLS, with etcd's
+flags (`--cert-file --key-file --trusted-ca-file --client-cert-auth`; controlplane/store/auth.py
+says who may do what); `--insecure` serves it plaintext (development only, loudly logged).
+Neither port listens on every interface (0.0.0.0): give the control-plane address.
+
+Startup fails fast with a clear message on a busy port, a data dir that belongs to another
+member or cluster, a data dir already in use, or a journal or snapshot that fails its
 checksum (file and offset named; see `skiff-store-repair`); unreachable peers are retried and
 logged once per change.
 """
@@ -27,7 +32,11 @@ import sys
 from controlplane.store.disk import CorruptData
 from controlplane.store.raft import RaftTimings
 from controlplane.store.server import Store, StoreConfig, prepare_data_dir, url_to_addr
+from skiff import tls
 from skiff.daemon import add_verbose_flag, duration, setup_logging
+
+# Set by tests: allows --insecure-no-password.
+TEST_MODE_ENV = "SKIFF_TEST_MODE"
 
 log = logging.getLogger("skiff.store")
 
@@ -84,8 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-count", type=int, default=20000, help="log entries between snapshots")
     p.add_argument("--election-timeout", type=duration, default=0.8,
                    help="minimum time without a leader before an election (max is twice this; default 800ms)")
+    g = p.add_argument_group("client TLS (etcd's flags)")
+    g.add_argument("--cert-file", default="", help="this member's serving certificate")
+    g.add_argument("--key-file", default="", help="its key")
+    g.add_argument("--trusted-ca-file", default="", help="CA client certificates must chain to")
+    g.add_argument("--client-cert-auth", action="store_true", help="require client certificates (always on with TLS)")
+    tls.add_insecure_flag(p)
     add_verbose_flag(p)
     return p
+
+
+def store_tls(args: argparse.Namespace) -> tls.ServerTLS | None:
+    if args.insecure:
+        return None
+    if not (args.cert_file and args.key_file and args.trusted_ca_file):
+        raise SystemExit("TLS is required on the client port: give --cert-file, --key-file and --trusted-ca-file "
+                         "(with --client-cert-auth), or --insecure for development")
+    return tls.ServerTLS(args.cert_file, args.key_file, args.trusted_ca_file, require_client_cert=True)
+
+
+def check_not_wildcard(addr: str, flag: str) -> None:
+    host = addr.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        raise SystemExit(f"{flag} {addr}: listen on the control-plane address, not on every interface")
 
 
 def read_password(args: argparse.Namespace) -> str | None:
@@ -102,6 +132,9 @@ def read_password(args: argparse.Namespace) -> str | None:
     if pw:
         return pw
     if args.insecure_no_password:
+        if os.environ.get(TEST_MODE_ENV) != "1":
+            raise SystemExit(f"--insecure-no-password is refused outside tests (peers unpickle what they receive); "
+                             f"use --password-file (tests set {TEST_MODE_ENV}=1)")
         return None
     raise SystemExit(
         "a cluster password is required (peer traffic is pickled): pass --password-file FILE or set "
@@ -137,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
     except ValueError as e:
         raise SystemExit(str(e)) from None
     peer = url_to_addr(args.listen_peer)
+    check_not_wildcard(peer, "--listen-peer")
+    check_not_wildcard(url_to_addr(args.listen_client), "--listen-client")
     if cluster.get(args.name) != peer:
         raise SystemExit(f"--initial-cluster must list this member as {args.name}={peer} "
                          f"(it has {args.name}={cluster.get(args.name)})")
@@ -149,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
         compaction_seconds=args.auto_compaction_seconds, progress_notify_interval=args.progress_notify_interval,
         snapshot_every=args.snapshot_count, quota_bytes=args.quota_backend_bytes,
         disk_reserve_bytes=args.disk_reserve_bytes, max_pending=args.max_pending_requests,
+        tls=store_tls(args),
         timings=RaftTimings(election_min=et, election_max=2 * et, leader_fallback=max(3.0, 2 * et),
                             connection_timeout=max(3.5, 2 * et + 0.5)),
     )
@@ -188,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.setswitchinterval(0.0005)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
+    if cfg.tls is None:
+        tls.warn_insecure("store")
     lock_data_dir(cfg.data_dir)
     asyncio.run(run(cfg))
 

@@ -9,7 +9,9 @@
 
 Each member is `python -m controlplane.store` (its command line from skiff.daemons) with a
 random cluster password; its log is
-`<base_dir>/<name>.log` (read it with `c.log(name)` when a test fails). Everything started is
+`<base_dir>/<name>.log` (read it with `c.log(name)` when a test fails). With `pki_dir`, every
+member serves mutual TLS with a certificate from that directory's CA (created if missing) and
+the helper itself calls as the admin; without, members run `--insecure`. Everything started is
 stopped, and a temp base dir removed, by `close()` / leaving the `with` block.
 """
 
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from skiff import daemons
+from skiff import daemons, identity, pki, tls
 from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
 
 
@@ -66,7 +68,7 @@ class Member:
 class StoreCluster:
     def __init__(self, size: int = 3, *, base_dir: str | None = None, password: str | None = None,
                  extra_args: list[str] | tuple[str, ...] = (), python: str = sys.executable,
-                 token: str | None = None) -> None:
+                 token: str | None = None, pki_dir: str | None = None) -> None:
         self._own_dir = base_dir is None
         self.base_dir = base_dir or tempfile.mkdtemp(prefix="skiff-store-")
         os.makedirs(self.base_dir, exist_ok=True)
@@ -78,6 +80,28 @@ class StoreCluster:
         for i in range(1, size + 1):
             self._new_member(f"s{i}")
         self._initial = dict(self.members)
+        self.pki_dir = pki_dir
+
+    def _ensure_pki(self) -> None:
+        if self.pki_dir is None:
+            return
+        specs = [pki.CertSpec(pki.store_cert(m.name), f"store-{m.name}", (), ("localhost",),
+                              ("127.0.0.1", m.client.rpartition(":")[0]), server=True)
+                 for m in self.members.values()]
+        specs.append(pki.CertSpec(pki.ADMIN, identity.ADMIN, (identity.MASTERS,), client=True))
+        pki.PKIDir(self.pki_dir).ensure(specs, now=pki.utcnow())
+
+    @property
+    def admin_credentials(self) -> tls.Credentials | None:
+        return None if self.pki_dir is None else tls.Credentials.from_pki(self.pki_dir, pki.ADMIN)
+
+    def channel(self, name: str) -> grpc.Channel:
+        """A (blocking) channel to member `name`'s client port, as the admin under TLS."""
+        creds = self.admin_credentials
+        target = self.members[name].client
+        if creds is None:
+            return grpc.insecure_channel(target)
+        return grpc.secure_channel(target, creds.channel_credentials())
 
     def _new_member(self, name: str) -> Member:
         host = f"127.0.0.{random.randint(2, 254)}"
@@ -123,10 +147,12 @@ class StoreCluster:
         if name not in self._initial:
             state = "existing"
         cluster_members = list(self._initial.values()) if state == "new" else list(self.members.values())
+        self._ensure_pki()
         cmd = [
             *daemons.store(self.python, name=m.name, data_dir=m.data_dir, listen_client=m.client, listen_peer=m.peer,
                            initial_cluster=self._initial_cluster(cluster_members), initial_cluster_state=state,
-                           initial_cluster_token=self.token),
+                           initial_cluster_token=self.token,
+                           tls=None if self.pki_dir is None else tls.store_tls(self.pki_dir, m.name)),
             *self.extra_args, *m.extra_args,
         ]
         env = dict(os.environ, SKIFF_STORE_PASSWORD=self.password)
@@ -183,7 +209,7 @@ class StoreCluster:
     # ------------------------------------------------------------ status
 
     def status(self, name: str, *, timeout: float = 2.0) -> rpc_pb2.StatusResponse | None:
-        with grpc.insecure_channel(self.members[name].client) as ch:
+        with self.channel(name) as ch:
             try:
                 resp: rpc_pb2.StatusResponse = rpc_pb2_grpc.MaintenanceStub(ch).Status(
                     rpc_pb2.StatusRequest(), timeout=timeout)
@@ -238,7 +264,7 @@ class StoreCluster:
         """MemberAdd through a running member, then start the new process to join."""
         m = self._new_member(name)
         via = via or next(n for n, x in self.members.items() if x.running)
-        with grpc.insecure_channel(self.members[via].client) as ch:
+        with self.channel(via) as ch:
             rpc_pb2_grpc.ClusterStub(ch).MemberAdd(rpc_pb2.MemberAddRequest(peerURLs=[f"http://{m.peer}"]),
                                                   timeout=timeout)
         self.start_member(name, state="existing", timeout=timeout)
@@ -253,7 +279,7 @@ class StoreCluster:
 
             mid = member_id_for(m.peer)
         via = via or next(n for n, x in self.members.items() if x.running and n != name)
-        with grpc.insecure_channel(self.members[via].client) as ch:
+        with self.channel(via) as ch:
             rpc_pb2_grpc.ClusterStub(ch).MemberRemove(rpc_pb2.MemberRemoveRequest(ID=mid), timeout=timeout)
         self.stop_member(name)
         del self.members[name]

@@ -17,8 +17,18 @@ What must hold:
 - One log entry carries a batch of commands from one member (`(proposer_id, commands)`):
   every request that arrives while the previous batch is being proposed rides in the next one.
   Only the proposer builds results; other members only mutate state.
-- A linearizable read waits for a batch proposed after the read arrived to be applied on
-  this member (a read barrier through the log; batches are shared by all waiting reads).
+- A linearizable read is a ReadIndex, as in etcd, and writes nothing to the log: the leader
+  notes its commit index once an entry of its own term is committed, starts a read round,
+  and the round is confirmed once a majority (itself included) answered an append message
+  sent after the round started, in its current term. Append messages carry the round (`ri`);
+  a follower echoes the round and the term of the append message it answers (`ri`, `rt`), so
+  an answer counts only for a message sent after the round began: a deposed leader that a
+  majority no longer answers never confirms one. Reads arriving together share one round. A
+  follower asks the leader (`skiff_read_index`), which answers with the confirmed index. The
+  read is served once this member has applied up to that index. With no reachable leader, or
+  leadership lost before the round confirmed, the read falls back to a read barrier through
+  the log: it waits for a batch proposed after the read arrived to be applied on this member
+  (batches are shared by all waiting reads).
 - The requests waiting for the log are bounded (`max_pending` of them, MAX_PENDING_BYTES in
   all); past that new ones fail at once with etcd's "too many requests" (RESOURCE_EXHAUSTED).
 - A proposal is retried only when pysyncobj says it was never appended (no leader, not
@@ -58,6 +68,14 @@ from controlplane.store.snapshot import SnapshotStore, read_header, verify_snaps
 log = logging.getLogger("skiff.store.raft")
 
 _ACK_MESSAGES = frozenset({"next_node_idx", "response_vote", "request_vote"})
+_RI_REQ, _RI_RESP = "skiff_read_index", "skiff_read_index_resp"  # follower <-> leader ReadIndex
+def _answer_reads(waiting: list[Callable[[bool], None]], ok: bool) -> None:
+    for done in waiting:
+        done(ok)
+
+
+READ_INDEX_WAIT = 2.0  # seconds a follower waits for the leader's answer before using the log
+_ReadDone = Callable[[bool], None]  # called on the loop; True: serve the read now; False: use the log
 _HELD_ACKS = frozenset({"next_node_idx", "response_vote"})
 # Requests waiting for the log (not yet in a batch) beyond which new ones are refused with
 # RESOURCE_EXHAUSTED "etcdserver: too many requests" (etcd refuses past a gap of 5000 between
@@ -110,6 +128,7 @@ class _Transport(TCPTransport):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
+        self._answering: tuple[int, int] | None = None  # (read round, term) of the append being handled
         self._retry: dict[Any, tuple[float, float]] = {}  # node -> (next attempt, current delay)
         super().__init__(*args, **kwargs)
 
@@ -128,8 +147,33 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         self._retry[node] = (now + min(RETRY_MAX, delay * 2), min(RETRY_MAX, delay * 2))
         return bool(super()._connectIfNecessarySingle(node))
 
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "append_entries":
+            # Whatever next_node_idx this produces answers this message: echo its round and term.
+            self._answering = (int(message.get("ri", 0)), int(message["term"]))
+            try:
+                super()._onMessageReceived(node, message)
+            finally:
+                self._answering = None
+            return
+        if kind == _RI_REQ:
+            self._syncObj.read_index_request(node, int(message["id"]))
+            return
+        if kind == _RI_RESP:
+            index = message.get("index")
+            self._syncObj.read_index_response(int(message["id"]), None if index is None else int(index))
+            return
+        super()._onMessageReceived(node, message)
+        if kind == "next_node_idx" and "ri" in message:
+            self._syncObj.read_ack(node, int(message["ri"]), int(message["rt"]))
+
     def send(self, node: Any, message: Any) -> bool:
         kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "append_entries":
+            message = {**message, "ri": self._syncObj.read_round}
+        elif kind == "next_node_idx" and self._answering is not None:
+            message = {**message, "ri": self._answering[0], "rt": self._answering[1]}
         if kind in _HELD_ACKS:
             self._held.append((node, message))
             return True
@@ -154,6 +198,21 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._journal = journal
         self._wakeup: PipeNotifier | None = None
         self._sent = (0, 0)
+        self._force_send = False
+        # ReadIndex (tick thread, except `read_waiting`, which the loop appends to under `read_lock`).
+        self.read_lock = threading.Lock()
+        self.read_waiting: list[_ReadDone] = []
+        self.read_round = 0
+        self._read_acks: dict[str, tuple[int, int]] = {}  # peer -> (term, round) of its latest answer
+        # Leader: rounds waiting for a majority: (round, index, local reads, followers' (node, request id)).
+        self._confirming: list[tuple[int, int, list[_ReadDone], list[tuple[Any, int]]]] = []
+        self._remote_requests: list[tuple[Any, int]] = []  # followers' requests not in a round yet
+        # Any role: confirmed reads waiting until this member applied up to their index.
+        self._confirmed: list[tuple[int, list[_ReadDone]]] = []
+        # Follower: requests sent to the leader: id -> (leader id, reads).
+        self._remote_pending: dict[int, tuple[str, list[_ReadDone], float]] = {}
+        self._remote_seq = 0
+        self._next_round = False
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
         self.addOnTickCallback(self._end_of_tick)
@@ -173,7 +232,136 @@ class _Raft(SyncObj):  # type: ignore[misc]
         # acknowledgements held back by the transport leave only after that.
         self._journal.sync()
         self._transport().flush_acks()
+        self._start_read_round()
         super()._onTick(timeToWait)
+
+    # ------------------------------------------------------------ ReadIndex (tick thread)
+
+    def _start_read_round(self) -> None:
+        # One round (or, on a follower, one request to the leader) in flight at a time: reads
+        # arriving meanwhile wait and share the next one, so a burst of reads costs one
+        # heartbeat per round trip instead of one per read (each peer message is pickled,
+        # compressed and encrypted).
+        leader = self._isLeader()
+        if self._confirming if leader else self._leader_unchanged():
+            return
+        with self.read_lock:
+            new, self.read_waiting = self.read_waiting, []
+        remote, self._remote_requests = self._remote_requests, []
+        if not leader:
+            for node, rid in remote:  # asked while we led; no longer ours to answer
+                self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": None})
+            self._ask_leader(new)
+            return
+        if not new and not remote:
+            return
+        # The commit index is only known to be current once an entry of this term is committed
+        # (the no-op a new leader appends); until then the reads wait for a later tick.
+        noop = self._SyncObj__noopIDx
+        if noop is None or self.raftCommitIndex < noop:
+            with self.read_lock:
+                self.read_waiting[:0] = new
+            self._remote_requests[:0] = remote
+            return
+        self.read_round += 1
+        self._confirming.append((self.read_round, int(self.raftCommitIndex), new, remote))
+        self._force_send = True  # a heartbeat carrying the new round leaves at the end of this tick
+        self._check_reads()
+
+    def _deliver(self, waiting: list[_ReadDone], ok: bool) -> None:
+        """Answer reads on the event loop: one cross-thread call for a whole round."""
+        if waiting:
+            self._node.loop.call_soon_threadsafe(_answer_reads, waiting, ok)
+
+    def _leader_unchanged(self) -> bool:
+        """Whether a request to the leader is still in flight. One sent to another member than
+        the current leader, or more than READ_INDEX_WAIT ago, may never be answered: it is
+        failed, and its reads go through the log."""
+        leader = self._getLeader()
+        now = time.monotonic()
+        for rid, (leader_id, waiting, sent) in list(self._remote_pending.items()):
+            if leader is None or leader.id != leader_id or now - sent > READ_INDEX_WAIT:
+                del self._remote_pending[rid]
+                self._deliver(waiting, False)
+        return bool(self._remote_pending)
+
+    def _ask_leader(self, new: list[_ReadDone]) -> None:
+        """A follower's reads: the leader confirms its leadership and sends back its commit index."""
+        self._leader_unchanged()
+        leader = self._getLeader()
+        if not new:
+            return
+        if leader is None or not self.isNodeConnected(leader):
+            self._deliver(new, False)
+            return
+        self._remote_seq += 1
+        self._remote_pending[self._remote_seq] = (leader.id, new, time.monotonic())
+        self._transport().send(leader, {"type": _RI_REQ, "id": self._remote_seq})
+
+    def read_index_request(self, node: Any, rid: int) -> None:
+        """A follower asks for a read index (transport, tick thread); answered once a round confirms."""
+        self._remote_requests.append((node, rid))
+        self.wake()
+
+    def read_index_response(self, rid: int, index: int | None) -> None:
+        """The leader's answer to our request `rid` (transport, tick thread)."""
+        entry = self._remote_pending.pop(rid, None)
+        if entry is None:
+            return
+        if index is None:
+            self._deliver(entry[1], False)
+            return
+        self._confirmed.append((index, entry[1]))
+        self._drain_confirmed()
+        self._start_read_round()  # the reads that waited for this answer
+
+    def read_ack(self, node: Any, round_: int, term: int) -> None:
+        """A follower answered an append message of `round_` sent in `term` (transport, tick thread)."""
+        if term == self.raftCurrentTerm and self._isLeader():
+            self._read_acks[node.id] = (term, round_)
+            self._check_reads()
+
+    def _check_reads(self) -> None:
+        term = self.raftCurrentTerm
+        voters = [n.id for n in self.otherNodes]
+        while self._confirming:
+            round_, index, local, remote = self._confirming[0]
+            acks = 1 + sum(1 for peer in voters if self._read_acks.get(peer, (0, 0)) >= (term, round_))
+            if acks * 2 <= len(voters) + 1:
+                break
+            self._confirming.pop(0)
+            self._next_round = True  # the reads that waited for this round start the next one
+            if local:
+                self._confirmed.append((index, local))
+            for node, rid in remote:
+                self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": index})
+        self._drain_confirmed()
+        if self._next_round and not self._confirming:
+            self._next_round = False
+            self._start_read_round()
+
+    def _drain_confirmed(self) -> None:
+        """Serve the confirmed reads this member has applied far enough for (any role: the
+        index was confirmed by a leader after the read arrived, so it stays valid)."""
+        if not self._confirmed:
+            return
+        applied = self.raftLastApplied
+        keep, ready = [], []
+        for index, waiting in self._confirmed:
+            if index <= applied:
+                ready += waiting
+            else:
+                keep.append((index, waiting))
+        self._confirmed = keep
+        self._deliver(ready, True)
+
+    def _lost_leadership(self) -> None:
+        """Rounds not confirmed yet cannot be: local reads go through the log, followers are told."""
+        for _, _, local, remote in self._confirming:
+            self._deliver(local, False)
+            for node, rid in remote:
+                self._transport().send(node, {"type": _RI_RESP, "id": rid, "index": None})
+        self._confirming.clear()
 
     def _end_of_tick(self) -> None:
         # pysyncobj in batch mode appends every queued proposal without sending; send them
@@ -181,11 +369,15 @@ class _Raft(SyncObj):  # type: ignore[misc]
         # while the followers write theirs.
         if self._isLeader():
             now = (self._SyncObj__getCurrentLogIndex(), self.raftCommitIndex)
-            if now != self._sent:
+            if now != self._sent or self._force_send:
                 self._sent = now
+                self._force_send = False
                 self._SyncObj__sendAppendEntries()
                 if not self.otherNodes:
                     self.wake()  # alone: no ack will wake the poller, and the commit is ours to make
+        elif self._confirming:
+            self._lost_leadership()
+        self._drain_confirmed()  # entries applied during this tick may complete confirmed reads
         self._journal.sync()
 
     def _transport(self) -> _Transport:
@@ -231,8 +423,9 @@ class RaftNode:
                  snapshot_every: int = 20000, snapshot_bytes: int = 64 << 20,
                  on_applied: Callable[[mvcc.Applied], None] | None = None,
                  on_restored: Callable[[mvcc.KVState], None] | None = None,
-                 sync: FileSync = OS_SYNC, fatal: Fatal = stop_member) -> None:
+                 sync: FileSync = OS_SYNC, fatal: Fatal = stop_member, read_index: bool = True) -> None:
         self.self_addr = self_addr
+        self.read_index = read_index  # False: every linearizable read goes through the log (measurements)
         self.member_id = member_id_for(self_addr)
         self.loop = loop
         self.lock = threading.Lock()
@@ -346,6 +539,32 @@ class RaftNode:
         if isinstance(res, EtcdError):
             raise res
         return res
+
+    async def linearizable_read(self) -> None:
+        """Return once this member may serve a linearizable read: a ReadIndex (asked of the
+        leader on a follower), else (no leader reachable, leadership lost meanwhile) a read
+        barrier through the log."""
+        if not self.read_index:
+            await self.read_barrier()
+            return
+        self._admit()
+        fut: asyncio.Future[bool] = self.loop.create_future()
+
+        def done(ok: bool) -> None:  # on the loop (_Raft._deliver)
+            if not fut.done():
+                fut.set_result(ok)
+
+        with self.raft.read_lock:
+            first = not self.raft.read_waiting
+            self.raft.read_waiting.append(done)
+        if first:  # later ones ride in the same round; an answer in flight starts the next one
+            self.raft.wake()
+        try:
+            ok = await asyncio.wait_for(fut, self.request_timeout)
+        except TimeoutError:
+            raise errors.TIMEOUT from None
+        if not ok:
+            await self.read_barrier()
 
     async def read_barrier(self) -> None:
         """Return once a log entry proposed after this call has been applied here."""

@@ -6,7 +6,8 @@ compaction, the cluster ID), publishing this member's name and client URL, and l
 change of leader or peer reachability once. What must hold:
 
 - Writes go through the log; the response header carries the revision of that write.
-- Range and read-only Txn are linearizable unless `serializable`: they wait for a read barrier.
+- Range and read-only Txn are linearizable unless `serializable`: on the leader a ReadIndex
+  (no log write), elsewhere a read barrier through the log (raft.py).
 - Errors reach clients with etcd's gRPC codes and messages (errors.py).
 - Space: a write (put, txn with a put, lease grant) that would take the data past
   `quota_bytes` (etcd's --quota-backend-bytes), or arrives while the data dir's filesystem has
@@ -33,11 +34,13 @@ from typing import Any
 import grpc
 
 from controlplane.store import errors, mvcc, pbconv
+from controlplane.store.auth import AuthInterceptor
 from controlplane.store.errors import EtcdError
 from controlplane.store.lessor import Lessor
 from controlplane.store.raft import MAX_PENDING, RETRY_MAX, RETRY_MIN, RaftNode, RaftTimings, member_id_for
 from controlplane.store.watch import WatchHub, WatchStream
 from skiff.guard import guard
+from skiff.tls import ServerTLS
 from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
 
 log = logging.getLogger("skiff.store")
@@ -73,6 +76,8 @@ class StoreConfig:
     quota_bytes: int = DEFAULT_QUOTA_BYTES  # live data + history (0: no quota)
     disk_reserve_bytes: int = DEFAULT_DISK_RESERVE_BYTES  # NOSPACE below this much free disk
     max_pending: int = MAX_PENDING  # requests waiting for the log before "too many requests"
+    # Mutual TLS on the client port (auth.py decides among certified callers); None: plaintext.
+    tls: ServerTLS | None = None
 
     @property
     def initial_cluster_id(self) -> int:
@@ -151,7 +156,7 @@ class Store:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=[AuthInterceptor()] if self.cfg.tls is not None else [], options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES + (512 << 10)),
             ("grpc.max_send_message_length", (1 << 31) - 1),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -170,7 +175,8 @@ class Store:
                 response_serializer=_identity),
         }),))
         try:
-            port = server.add_insecure_port(self.cfg.listen_client)
+            port = (server.add_insecure_port(self.cfg.listen_client) if self.cfg.tls is None
+                    else server.add_secure_port(self.cfg.listen_client, self.cfg.tls.server_credentials()))
         except RuntimeError as e:
             raise SystemExit(f"cannot listen for clients on {self.cfg.listen_client}: {e}") from None
         if not port:
@@ -361,7 +367,7 @@ class Store:
         if serializable:
             return
         try:
-            await self.node.read_barrier()
+            await self.node.linearizable_read()
         except EtcdError as e:
             await context.abort(e.code, e.message)
 

@@ -24,6 +24,7 @@ mode=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["proxyMode"
 
 export SKIFF_E2E_TARGET=vagrant
 export SKIFF_SERVER="$servers"
+export SKIFF_CONFIG=/etc/skiff/skiff-config  # the admin's credentials (written by the control-plane install)
 SKIFF_E2E_HOSTS=$(cat /etc/skiff/e2e-hosts)
 export SKIFF_E2E_HOSTS
 export SKIFF_E2E_SSH="ssh -i /root/.ssh/skiff-e2e -o BatchMode=yes -o StrictHostKeyChecking=accept-new -l root"

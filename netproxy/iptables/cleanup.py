@@ -28,7 +28,8 @@ def cleanup_texts(present: Iterable[ChainKey], *, max_chains: int | None = None)
     fixed = [k for k in mine if not k[1].startswith(DYNAMIC_PREFIXES)]
     # Flush the fixed chains first: then only service chains reference endpoint chains.
     texts = [restore_text({k: [] for k in fixed}, fixed)] if fixed else []
-    for prefix in ("KUBE-SVC-", "KUBE-SEP-"):
+    # Referencing chains go first: EXT jumps to SVC and SVL, which jump to SEP.
+    for prefix in ("KUBE-EXT-", "KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-"):
         batch = [k for k in mine if k[1].startswith(prefix)]
         texts.extend(restore_text({}, [], batch[i:i + max_chains]) for i in range(0, len(batch), max_chains))
     if fixed:

@@ -196,7 +196,7 @@ class MemoryIptables:
 
     async def insert(self, table: str, chain: str, args: Sequence[str]) -> None:
         target = args[-1]
-        if target.startswith("KUBE-") and (table, target) not in self.chains:
+        if target.startswith(("KUBE-", "SKIFF-")) and (table, target) not in self.chains:
             raise IptablesError(f"iptables -I {chain}: chain {target} does not exist")
         self.chains[(table, chain)].insert(0, _rule_line(chain, args))
 
@@ -238,6 +238,24 @@ async def ensure_hooks(ipt: Iptables, hooks: Sequence[Hook] = HOOKS, *,
         if not await ipt.check(hook.table, hook.chain, hook.args):
             await ipt.insert(hook.table, hook.chain, hook.args)
             added += 1
+    return added
+
+
+async def ensure_first(ipt: Iptables, hooks: Sequence[Hook], *, known: Mapping[ChainKey, Sequence[str]]) -> int:
+    """Make each hook the first rule of its built-in chain (moving it there); how many were (re)inserted.
+
+    For jumps that must see a packet before anything can ACCEPT it (NetworkPolicy). `known`:
+    the rules just read with iptables-save.
+    """
+    added = 0
+    for hook in hooks:
+        rules = known.get((hook.table, hook.chain), ())
+        if rules and shlex.split(rules[0])[2:] == list(hook.args):
+            continue
+        while await ipt.delete(hook.table, hook.chain, hook.args):
+            pass
+        await ipt.insert(hook.table, hook.chain, hook.args)
+        added += 1
     return added
 
 

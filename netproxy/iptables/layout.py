@@ -7,6 +7,7 @@ are valid); `HOOKS` are those jumps, the only rules netproxy adds one by one (ch
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from netproxy.config import MASQ_MARK
@@ -27,8 +28,22 @@ FIXED_CHAINS: dict[str, tuple[str, ...]] = {
 MARK = f"{MASQ_MARK:#x}"
 
 
+COMMENT_MAX = 255  # xt_comment keeps 256 bytes with the NUL; a longer one fails the whole restore
+# What may stand inside the double quotes of an iptables-restore argument: printable ASCII but the
+# quote (it would end the argument) and the backslash (iptables-restore's escape character).
+_COMMENT_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
 def comment(text: str) -> str:
-    return f'-m comment --comment "{text}"'
+    """`-m comment --comment "<text>"`, safe in restore input whatever the text.
+
+    The text names Services and ports, which can come from the store without passing
+    validation: a quote, backslash, newline or other control character there could end the
+    argument or start a rule of its own. Each becomes "?", and the text is cut to what the
+    kernel keeps, so a comment is always one argument of one line.
+    """
+    safe = _COMMENT_UNSAFE.sub("?", text)[:COMMENT_MAX]
+    return f'-m comment --comment "{safe}"'
 
 
 @dataclass(frozen=True)

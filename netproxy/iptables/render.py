@@ -8,6 +8,13 @@ Layout (kube-proxy's iptables proxier, see docs/netproxy.md for a dump):
   affinity, send a client back to the endpoint it used (`-m recent --rcheck`); then pick an
   endpoint at random with probabilities 1/n, 1/(n-1), ..., 1;
 - KUBE-SEP-y: mark hairpin traffic (the endpoint reaching itself) for masquerade; DNAT;
+- traffic policies Local (kube-proxy's layout): KUBE-SVL-x picks among this node's endpoints
+  only; `internalTrafficPolicy: Local` sends ClusterIP traffic there (or DROPs it in filter
+  KUBE-SERVICES when the node has none); `externalTrafficPolicy: Local` sends NodePort
+  traffic to KUBE-EXT-x, which keeps pods' and the node's own connections on the whole
+  Service (the node's masqueraded) and sends the rest, unmasqueraded (the client's address
+  preserved), to KUBE-SVL-x; with no local endpoint filter KUBE-EXTERNAL-SERVICES DROPs what
+  was not DNATed;
 - filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES: REJECT ports of Services without ready
   endpoints, so clients fail at once instead of timing out.
 
@@ -30,7 +37,7 @@ from netproxy.iptables.layout import (
     comment,
 )
 from netproxy.iptables.ruleset import ChainKey, Ruleset, stale_chains
-from netproxy.model import ServicePort, sep_chain, service_ports, svc_chain
+from netproxy.model import Endpoint, ServicePort, ext_chain, sep_chain, service_ports, svc_chain, svl_chain
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -56,6 +63,23 @@ def _nodeport(sp: ServicePort) -> str:
     return f"-p {sp.proto} -m {sp.proto} --dport {sp.node_port}"
 
 
+def _pick(chain: str, sp: ServicePort, endpoints: tuple[Endpoint, ...]) -> list[str]:
+    """Rules choosing one of `endpoints` (ClientIP affinity first, then equal probabilities)."""
+    key = sp.key
+    seps = [(ep, sep_chain(sp, ep)) for ep in endpoints]
+    rules: list[str] = []
+    if sp.affinity_timeout:
+        for ep, sep in seps:
+            rules.append(f'-A {chain} {comment(f"{key} -> {ep}")} -m recent --name {sep} --rcheck '
+                         f"--seconds {sp.affinity_timeout} --reap -j {sep}")
+    n = len(seps)
+    for i, (ep, sep) in enumerate(seps):
+        remaining = n - i
+        stat = f"-m statistic --mode random --probability {1.0 / remaining:.10f} " if remaining > 1 else ""
+        rules.append(f'-A {chain} {comment(f"{key} -> {ep}")} {stat}-j {sep}')
+    return rules
+
+
 def fragment(sp: ServicePort, config: ProxyConfig) -> Fragment:
     f = Fragment()
     key = sp.key
@@ -66,8 +90,19 @@ def fragment(sp: ServicePort, config: ProxyConfig) -> Fragment:
                                      f"-m addrtype --dst-type LOCAL {_nodeport(sp)} -j REJECT")
         return f
     svc = svc_chain(sp)
-    f.nat_services.append(f'-A {SERVICES} {comment(key + " cluster IP")} {_dest(sp)} -j {svc}')
-    if sp.node_port:
+    svl = svl_chain(sp)
+    if not sp.internal_local:
+        f.nat_services.append(f'-A {SERVICES} {comment(key + " cluster IP")} {_dest(sp)} -j {svc}')
+    elif sp.local_endpoints:
+        f.nat_services.append(f'-A {SERVICES} {comment(key + " cluster IP")} {_dest(sp)} -j {svl}')
+    else:
+        f.filter_services.append(f'-A {SERVICES} {comment(key + " has no local endpoints")} {_dest(sp)} -j DROP')
+    if sp.node_port and sp.external_local:
+        f.nat_nodeports.append(f"-A {NODEPORTS} {comment(key)} {_nodeport(sp)} -j {ext_chain(sp)}")
+        if not sp.local_endpoints:
+            f.filter_external.append(f'-A {EXTERNAL_SERVICES} {comment(key + " has no local endpoints")} '
+                                     f"-m addrtype --dst-type LOCAL {_nodeport(sp)} -j DROP")
+    elif sp.node_port:
         f.nat_nodeports.append(f"-A {NODEPORTS} {comment(key)} {_nodeport(sp)} -j {MARK_MASQ}")
         f.nat_nodeports.append(f"-A {NODEPORTS} {comment(key)} {_nodeport(sp)} -j {svc}")
     svc_rules: list[str] = []
@@ -76,23 +111,31 @@ def fragment(sp: ServicePort, config: ProxyConfig) -> Fragment:
     elif config.cluster_net:
         svc_rules.append(f'-A {svc} {comment(key + " cluster IP")} ! -s {config.cluster_net} {_dest(sp)} '
                          f"-j {MARK_MASQ}")
-    seps = [(ep, sep_chain(sp, ep)) for ep in sp.endpoints]
-    if sp.affinity_timeout:
-        for ep, sep in seps:
-            svc_rules.append(f'-A {svc} {comment(f"{key} -> {ep}")} -m recent --name {sep} --rcheck '
-                             f"--seconds {sp.affinity_timeout} --reap -j {sep}")
-    n = len(seps)
-    for i, (ep, sep) in enumerate(seps):
-        remaining = n - i
-        stat = f"-m statistic --mode random --probability {1.0 / remaining:.10f} " if remaining > 1 else ""
-        svc_rules.append(f'-A {svc} {comment(f"{key} -> {ep}")} {stat}-j {sep}')
+    svc_rules.extend(_pick(svc, sp, sp.endpoints))
     f.chains.append((svc, tuple(svc_rules)))
-    for ep, sep in seps:
+    for ep in sp.endpoints:
+        sep = sep_chain(sp, ep)
         recent = f"-m recent --name {sep} --set " if sp.affinity_timeout else ""
         f.chains.append((sep, (
             f"-A {sep} {comment(key)} -s {ep.ip}/32 -j {MARK_MASQ}",
             f"-A {sep} {comment(key)} -p {sp.proto} {recent}-m {sp.proto} -j DNAT --to-destination {ep}",
         )))
+    if sp.local_endpoints:
+        f.chains.append((svl, tuple(_pick(svl, sp, sp.local_endpoints))))
+    if sp.node_port and sp.external_local:
+        ext = ext_chain(sp)
+        ext_rules: list[str] = []
+        # Pods and the node itself reaching a NodePort are not "external": the whole Service.
+        if config.cluster_net:
+            ext_rules.append(f'-A {ext} {comment(f"pod traffic for {key} external destinations")} '
+                             f"-s {config.cluster_net} -j {svc}")
+        ext_rules.append(f'-A {ext} {comment(f"masquerade LOCAL traffic for {key} external destinations")} '
+                         f"-m addrtype --src-type LOCAL -j {MARK_MASQ}")
+        ext_rules.append(f'-A {ext} {comment(f"route LOCAL traffic for {key} external destinations")} '
+                         f"-m addrtype --src-type LOCAL -j {svc}")
+        if sp.local_endpoints:
+            ext_rules.append(f"-A {ext} {comment(key)} -j {svl}")
+        f.chains.append((ext, tuple(ext_rules)))
     return f
 
 

@@ -29,7 +29,7 @@ ChainKey = tuple[str, str]  # (table, chain)
 
 # Chains netproxy creates per service port or endpoint: any such chain it did not render in
 # this sync is stale and deleted.
-DYNAMIC_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-")
+DYNAMIC_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-SVL-", "KUBE-EXT-")
 
 
 class Ruleset:
@@ -61,10 +61,11 @@ class Ruleset:
         return restore_text(self.chains, self.chains.keys() if only is None else only, delete)
 
 
-def stale_chains(previous: Iterable[ChainKey], current: Ruleset | Mapping[ChainKey, object]) -> list[ChainKey]:
-    """Chains netproxy owns (per service port or endpoint) that were present and are not now."""
+def stale_chains(previous: Iterable[ChainKey], current: Ruleset | Mapping[ChainKey, object], *,
+                 prefixes: tuple[str, ...] = DYNAMIC_PREFIXES) -> list[ChainKey]:
+    """Chains netproxy owns (per service port or endpoint; or `prefixes`) that were present and are not now."""
     now = current.chains if isinstance(current, Ruleset) else current
-    return sorted(k for k in set(previous) if k[1].startswith(DYNAMIC_PREFIXES) and k not in now)
+    return sorted(k for k in set(previous) if k[1].startswith(prefixes) and k not in now)
 
 
 def _level(chain: str) -> int:
@@ -73,7 +74,7 @@ def _level(chain: str) -> int:
         return 0
     if chain.startswith("KUBE-SEP-"):
         return 1
-    if chain.startswith("KUBE-SVC-"):
+    if chain.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-")):  # a service port's own chains
         return 2
     return 3
 

@@ -122,10 +122,10 @@ class Tracer:
                 step = 1
             elif a == "--dport":
                 cond = path.dport == int(value)
-            elif a == "--dst-type":
+            elif a in ("--dst-type", "--src-type"):
                 if value != "LOCAL":
-                    raise TraceError(f"--dst-type {value} is not modelled")
-                cond = self.is_local(path.dst)
+                    raise TraceError(f"{a} {value} is not modelled")
+                cond = self.is_local(path.dst if a == "--dst-type" else packet.src)
             elif a == "--ctstate":
                 cond = "NEW" in value.split(",")
             elif a == "--mark":

@@ -22,9 +22,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from netproxy.iptables.command import Iptables, ensure_hooks, read_tables, user_chains
-from netproxy.iptables.layout import HOOKS
-from netproxy.iptables.ruleset import ChainKey, Ruleset, restore_text, restore_texts, stale_chains
+from netproxy.iptables.command import Iptables, ensure_first, ensure_hooks, read_tables, user_chains
+from netproxy.iptables.layout import HOOKS, Hook
+from netproxy.iptables.ruleset import (
+    DYNAMIC_PREFIXES,
+    ChainKey,
+    Ruleset,
+    restore_text,
+    restore_texts,
+    stale_chains,
+)
 
 log = logging.getLogger("netproxy.iptables")
 
@@ -44,11 +51,22 @@ class WriteResult:
 
 
 class RulesetWriter:
-    def __init__(self, ipt: Iptables, *, max_chains: int | None = -1) -> None:
+    def __init__(self, ipt: Iptables, *, max_chains: int | None = -1, hooks: tuple[Hook, ...] = HOOKS,
+                 prefixes: tuple[str, ...] = DYNAMIC_PREFIXES, hooks_first: bool = False) -> None:
+        """`hooks`: the jumps from built-in chains; `prefixes`: the dynamic chains owned (stale ones
+        are deleted); `hooks_first`: keep each hook the first rule of its chain (NetworkPolicy)."""
         self.ipt = ipt
+        self.hooks = hooks
+        self.prefixes = prefixes
+        self.hooks_first = hooks_first
         # -1: the backend's default (split only for nft); None: never split.
         self.max_chains = (NFT_MAX_CHAINS if ipt.backend == "nft" else None) if max_chains == -1 else max_chains
         self._applied: dict[ChainKey, tuple[str, ...]] | None = None  # None: unknown, sync fully
+
+    @property
+    def applied(self) -> dict[ChainKey, tuple[str, ...]] | None:
+        """The chains last written in full (None: unknown, the next write is full)."""
+        return self._applied
 
     def forget(self) -> None:
         """Assume nothing about the kernel: the next write is full."""
@@ -61,16 +79,19 @@ class RulesetWriter:
             tables = await read_tables(self.ipt)
             present = user_chains(tables)
             write = list(desired)
-            stale = stale_chains(present, desired)
+            stale = stale_chains(present, desired, prefixes=self.prefixes)
             # The jumps go in before the bulk of the rules, while the tables are small (legacy
             # copies a whole table per command); their targets must exist first, so missing
             # ones are created empty — existing ones are not touched, traffic keeps flowing.
-            missing = sorted({(h.table, h.target) for h in HOOKS} - present)
+            missing = sorted({(h.table, h.target) for h in self.hooks} - present)
             if missing:
                 self._applied = None
                 await self.ipt.restore(restore_text({k: [] for k in missing}, missing))
                 result.restores += 1
-            result.hooks_added = await ensure_hooks(self.ipt, known=tables.chains)
+            if self.hooks_first:
+                result.hooks_added = await ensure_first(self.ipt, self.hooks, known=tables.chains)
+            else:
+                result.hooks_added = await ensure_hooks(self.ipt, self.hooks, known=tables.chains)
             if result.hooks_added:
                 log.info("added %d jumps from built-in chains", result.hooks_added)
         else:
@@ -78,7 +99,7 @@ class RulesetWriter:
             if desired == self._applied:
                 return result
             write = [k for k, rules in desired.items() if self._applied.get(k) != rules]
-            stale = stale_chains(self._applied, desired)
+            stale = stale_chains(self._applied, desired, prefixes=self.prefixes)
         texts = restore_texts(desired, write, stale, max_chains=self.max_chains)
         self._applied = None
         for text in texts:

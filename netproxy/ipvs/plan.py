@@ -1,7 +1,9 @@
 """IPVS mode, pure part: the desired IPVS state for a snapshot and the plan that reaches it.
 
 Desired state: one virtual server per (ClusterIP, protocol, port), and per NodePort one on
-every node address, each with the ready endpoints as real servers (masquerading, weight 1);
+every node address, each with the ready endpoints as real servers (masquerading, weight 1) —
+only this node's endpoints for a ClusterIP with internalTrafficPolicy Local, or a NodePort
+with externalTrafficPolicy Local;
 ClientIP affinity becomes IPVS persistence with the affinity timeout. Every ClusterIP is
 bound to the dummy interface `kube-ipvs0`, which makes the node accept packets for it.
 
@@ -87,12 +89,16 @@ def desired_state(sps: Iterable[ServicePort], *, node_ips: Iterable[str] = (), s
     ips = sorted(set(node_ips))
     for sp in sps:
         real = frozenset(RealServer(ep.ip, ep.port) for ep in sp.endpoints)
-        vss = [VirtualServer(sp.cluster_ip, sp.protocol, sp.port, scheduler, sp.affinity_timeout)]
+        local = frozenset(RealServer(ep.ip, ep.port) for ep in sp.local_endpoints)
+        # Traffic policies Local: only this node's endpoints (none: the virtual server stays, empty).
+        vss = [(VirtualServer(sp.cluster_ip, sp.protocol, sp.port, scheduler, sp.affinity_timeout),
+                local if sp.internal_local else real)]
         if sp.node_port:
-            vss += [VirtualServer(ip, sp.protocol, sp.node_port, scheduler, sp.affinity_timeout) for ip in ips]
-        for vs in vss:
+            vss += [(VirtualServer(ip, sp.protocol, sp.node_port, scheduler, sp.affinity_timeout),
+                     local if sp.external_local else real) for ip in ips]
+        for vs, servers in vss:
             services[vs.key] = vs
-            dests[vs.key] = real
+            dests[vs.key] = servers
         addresses.add(sp.cluster_ip)
     return IpvsState(services, dests, frozenset(addresses), True)
 

@@ -1,7 +1,8 @@
 """IPVS mode, the iptables part: which connections to masquerade (IPVS itself only DNATs).
 
 - nat KUBE-SERVICES: mark ClusterIP connections from outside the cluster CIDR; local
-  destinations jump to KUBE-NODEPORTS, which marks every NodePort connection;
+  destinations jump to KUBE-NODEPORTS, which marks every NodePort connection (with
+  externalTrafficPolicy Local only the node's own);
 - nat KUBE-POSTROUTING: first masquerade hairpin connections (an endpoint reaching itself
   through its Service: source and destination are the endpoint after IPVS's DNAT), then the
   marked ones (the same base rules as iptables mode).
@@ -34,8 +35,11 @@ def build_ruleset(sps: Iterable[ServicePort], config: ProxyConfig) -> Ruleset:
             services.append(f'-A {SERVICES} {comment(sp.key + " cluster IP")} ! -s {config.cluster_net} {dest} '
                             f"-j {MARK_MASQ}")
         if sp.node_port:
-            nodeports.append(f"-A {NODEPORTS} {comment(sp.key)} -p {sp.proto} -m {sp.proto} --dport {sp.node_port} "
-                             f"-j {MARK_MASQ}")
+            # externalTrafficPolicy Local keeps the client's address: only the node's own
+            # connections are masqueraded.
+            local = "-m addrtype --src-type LOCAL " if sp.external_local else ""
+            nodeports.append(f"-A {NODEPORTS} {comment(sp.key)} {local}-p {sp.proto} -m {sp.proto} "
+                             f"--dport {sp.node_port} -j {MARK_MASQ}")
         for ep in sp.endpoints:
             if (ep.ip, sp.proto, ep.port) in seen:
                 continue

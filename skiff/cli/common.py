@@ -1,9 +1,10 @@
 """What every `skiff` subcommand shares: connection flags, the client, namespaces, kinds.
 
 Flags on every command that talks to the api-server: `--server`, `--request-timeout`,
-and for namespaced commands `-n/--namespace`. The server comes from --server,
-$SKIFF_SERVER or the config file (skiff.config); the namespace from -n, the config file's
-`namespace`, or "default".
+`--certificate-authority`/`--client-certificate`/`--client-key`, `--as USER`/`--as-group GROUP`
+(impersonation, for users allowed to), and for namespaced commands `-n/--namespace`. The server
+comes from --server, $SKIFF_SERVER or the config file (skiff.config); the credentials from the
+flags or the config file; the namespace from -n, the config file's `namespace`, or "default".
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, namespaced: bool = 
     group.add_argument("--server", "-s", default="", help="api-server endpoint(s) HOST:PORT[,HOST:PORT...]")
     group.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
                        help="how long to keep retrying an unavailable api-server (default %(default)s)")
+    group.add_argument("--certificate-authority", default="", help="CA file (default: from the config file)")
+    group.add_argument("--client-certificate", default="", help="client certificate (default: from the config file)")
+    group.add_argument("--client-key", default="", help="its key (default: from the config file)")
+    group.add_argument("--as", dest="as_user", default="", metavar="USER",
+                       help="act as this user (needs the impersonate right)")
+    group.add_argument("--as-group", dest="as_groups", action="append", default=[], metavar="GROUP",
+                       help="act with this group (repeatable; needs --as)")
     if namespaced:
         parser.add_argument("-n", "--namespace", default="", help="namespace (default: from the config, or default)")
     if all_namespaces:
@@ -41,9 +49,14 @@ def namespace(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace, body: Callable[[Client], Awaitable[int]]) -> int:
     """Run `body` with a connected client; the client is closed however it ends."""
     server = config.resolve_server(getattr(args, "server", ""))
+    credentials = config.resolve_credentials(ca=getattr(args, "certificate_authority", ""),
+                                             cert=getattr(args, "client_certificate", ""),
+                                             key=getattr(args, "client_key", ""))
 
     async def main() -> int:
-        client = Client(server, timeout=getattr(args, "request_timeout", 10.0))
+        client = Client(server, timeout=getattr(args, "request_timeout", 10.0), credentials=credentials,
+                        impersonate_user=getattr(args, "as_user", ""),
+                        impersonate_groups=getattr(args, "as_groups", []))
         try:
             return await body(client)
         finally:

@@ -29,9 +29,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "skiff.cli.logs",
     "skiff.cli.exec",
     "skiff.cli.version",
+    "skiff.cli.auth",
     "skiff.cli.clusterinfo",
     "skiff.cli.image",
     "skiff.cli.node",
+    "skiff.cli.token",
+    "skiff.cli.certs",
     "skiff.cli.lab",
 )
 

@@ -388,6 +388,33 @@ def _controllerrevisions(objs: Sequence[t.ControllerRevision], now: float, wide:
     return ["NAME", "CONTROLLER", "REVISION", "AGE"], out
 
 
+# ---------------------------------------------------------------------- RBAC (kubectl's columns)
+
+def _roles(objs: Sequence[t.Role | t.ClusterRole], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    return ["NAME", "CREATED AT"], [[r.metadata.name, format_timestamp(r.metadata.creation_timestamp)] for r in objs]
+
+
+def _subjects(b: t.RoleBinding | t.ClusterRoleBinding, kind: str) -> str:
+    if kind == "ServiceAccount":
+        return ", ".join(f"{s.namespace}/{s.name}" for s in b.subjects if s.kind == kind)
+    return ", ".join(s.name for s in b.subjects if s.kind == kind)
+
+
+def _bindings(objs: Sequence[t.RoleBinding | t.ClusterRoleBinding], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "ROLE", "AGE"] + (["USERS", "GROUPS", "SERVICEACCOUNTS"] if wide else [])
+    out = []
+    for b in objs:
+        row = [b.metadata.name, f"{b.role_ref.kind}/{b.role_ref.name}", age(b.metadata.creation_timestamp, now)]
+        if wide:
+            row += [_subjects(b, "User"), _subjects(b, "Group"), _subjects(b, "ServiceAccount")]
+        out.append(row)
+    return header, out
+def _networkpolicies(objs: Sequence[t.NetworkPolicy], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    # kubectl prints an empty podSelector (every pod of the namespace) as "<none>".
+    return ["NAME", "POD-SELECTOR", "AGE"], [
+        [p.metadata.name, selector_text(p.spec.pod_selector), age(p.metadata.creation_timestamp, now)] for p in objs]
+
+
 PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]]] = {
     "pods": _pods,
     "deployments": _deployments,
@@ -408,6 +435,11 @@ PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]
     "cronjobs": _cronjobs,
     "statefulsets": _statefulsets,
     "controllerrevisions": _controllerrevisions,
+    "roles": _roles,
+    "clusterroles": _roles,
+    "rolebindings": _bindings,
+    "clusterrolebindings": _bindings,
+    "networkpolicies": _networkpolicies,
 }
 
 

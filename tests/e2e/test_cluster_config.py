@@ -50,7 +50,9 @@ async def until(check: Callable[[], Awaitable[T | None]], what: str) -> T:
 def test_examples_through_the_cluster(lab: cluster.Lab) -> None:
     async def scenario() -> None:
         async with lab.client() as client:
-            await client.create(t.Namespace(metadata=t.ObjectMeta(name="cfg")))
+            # examples/volumes has a hostPath volume: its namespace must allow it (Pod Security).
+            await client.create(t.Namespace(metadata=t.ObjectMeta(
+                name="cfg", labels={"pod-security.kubernetes.io/enforce": "privileged"})))
 
             async def default_sa() -> t.ServiceAccount | None:
                 try:

@@ -22,6 +22,14 @@ node = na.node  # the module's own containerd, as test_nodeagent.py has
 h = na.h
 
 
+@pytest.fixture(autouse=True)
+async def privileged_default(h: Harness) -> None:
+    """hostPath volumes need a namespace at Pod Security level privileged, as on Kubernetes."""
+    ns = await h.api.get(t.Namespace, "default")
+    ns.metadata.labels["pod-security.kubernetes.io/enforce"] = "privileged"
+    await h.api.update(ns)
+
+
 async def sh(h: Harness, pod: t.Pod, script: str) -> str:
     cid = cstatus(pod).container_id.removeprefix("containerd://")
     out = await h.runtime.exec_sync(cid, ["sh", "-c", script], 5)

@@ -20,7 +20,6 @@ import contextlib
 import importlib.util
 import ipaddress
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import pytest
 
 from deploy import containerd as node_containerd
 from deploy import netplan, procs
-from skiff import defaults
+from skiff import bootstraptoken, defaults, pki, tls
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.prereq import require, require_binaries, require_root
@@ -121,8 +120,13 @@ class Lab:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-async def node_status(api: str, name: str) -> tuple[str, str]:
-    async with Client(api, timeout=10) as c:
+def admin(lab: Lab) -> tls.Credentials:
+    """The admin's credentials the control-plane install created."""
+    return tls.Credentials.from_pki(lab.root("cp") / "etc/skiff/pki", pki.ADMIN)
+
+
+async def node_status(lab: Lab, api: str, name: str) -> tuple[str, str]:
+    async with Client(api, timeout=10, credentials=admin(lab)) as c:
         node = await c.get(t.Node, name)
     ready = next((cond.status for cond in node.status.conditions if cond.type == "Ready"), "")
     return ready, node.spec.pod_cidr
@@ -141,7 +145,7 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
     prefix = f"in{os.getpid() % 10000}"
     lab = Lab(prefix, Path(f"/tmp/skiff-{prefix}"))
     cp, n1 = lab.net.host("cp"), lab.net.host("n1")
-    token = secrets.token_hex(16)
+    token = bootstraptoken.generate()
     try:
         netplan.apply(netplan.plan_up(lab.net))
         out = lab.install("cp", "control-plane", "--name", "cp", "--ip", cp.ip, "--token", token).stdout
@@ -154,17 +158,22 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
         # The uplink is the root namespace's only way to the LAN: nothing leaves this machine.
         assert netplan.route_device(cp.ip) == lab.net.uplink_name
         api = f"{cp.ip}:6443,{cp.ip}:6444,{cp.ip}:6445"
-        version = asyncio.run(_version(api))
+        version = asyncio.run(_version(lab, api))
         assert version
 
         bad = lab.install("n1", "worker", "--name", "n1", "--ip", n1.ip, "--join", f"{cp.ip}:6443",
-                          "--token", secrets.token_hex(16), root=lab.base / "n1-bad", check=False)
+                          "--token", bootstraptoken.generate(), root=lab.base / "n1-bad", check=False)
         assert bad.returncode == 1 and "not signed with this token" in bad.stderr, bad.stderr
         assert not (lab.base / "n1-bad").exists()
 
         lab.install("n1", "worker", "--name", "n1", "--ip", n1.ip, "--join", f"{cp.ip}:6443", "--token", token,
                     "--cgroup-parent", lab.cgroup_parent("n1"))
-        ready, pod_cidr = asyncio.run(node_status(api, "n1"))
+        ready, pod_cidr = asyncio.run(node_status(lab, api, "n1"))
+        # The worker joined with the token: its certificate is its own, signed by the cluster CA.
+        node_cert = pki.load_cert(lab.root("n1") / "etc/skiff/pki/nodes/n1.crt")
+        pki.verify_issued_by(node_cert, pki.load_cert(lab.root("cp") / "etc/skiff/pki/ca.crt"))
+        assert pki.subject_of(node_cert.subject) == ("system:node:n1", ("system:nodes",))
+        assert not (lab.root("n1") / "etc/skiff/pki/ca.key").exists()
         assert ready == "True"
         assert ipaddress.ip_network(pod_cidr).subnet_of(ipaddress.ip_network(defaults.CLUSTER_CIDR))
 
@@ -174,7 +183,8 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
                 ["nsenter", f"--net=/run/netns/{lab.net.netns('cp')}", sys.executable, "-m", "deploy.seedcheck",
                  "--server", api, "--hosts", f"n1={n1.ip}", "--run", f"nsenter --net=/run/netns/{prefix}-{{name}}",
                  "--fetch", "/bin/busybox wget -qO-", "--timeout", "60", "--delete", str(REPO / "examples/web")],
-                capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+                capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+                env=dict(os.environ, SKIFF_CONFIG=str(lab.root("cp") / "etc/skiff/skiff-config")))
             assert seed.returncode == 0, seed.stdout + seed.stderr + lab.logs("n1")
             assert "n1 -> http://" in seed.stdout and "hello from web-" in seed.stdout, seed.stdout
 
@@ -182,7 +192,7 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
         out = lab.install("n1", "upgrade").stdout
         assert "restarting skiff-nodeagent.service" in out and "upgrade done" in out
         assert agent_pid(lab) != before
-        assert asyncio.run(node_status(api, "n1"))[0] == "True"
+        assert asyncio.run(node_status(lab, api, "n1"))[0] == "True"
 
         lab.install("n1", "remove")
         lab.install("cp", "remove")
@@ -196,7 +206,7 @@ def test_install_control_plane_and_worker_in_lab_hosts() -> None:
     assert lab.leftovers() == []
 
 
-async def _version(api: str) -> str:
-    async with Client(api, timeout=30) as c:
+async def _version(lab: Lab, api: str) -> str:
+    async with Client(api, timeout=30, credentials=admin(lab)) as c:
         v = await c.version()
     return str(v)

@@ -56,7 +56,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def kubectl(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess[str]]:
     config = tmp_path_factory.mktemp("kube") / "config"
-    kubeconfig.write_entry(lab.http_servers[0], path=config)
+    kubeconfig.write_entry(lab.http_servers[0], path=config, credentials=lab.admin)
 
     def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True, text=True,
@@ -166,3 +166,34 @@ def test_apply_get_watch_scale_logs_delete(kubectl: Callable[..., subprocess.Com
     assert 'deployment.apps "web" deleted' in deleted
     missing = kubectl("get", "deploy", "web", check=False)
     assert missing.returncode != 0 and "NotFound" in missing.stderr
+
+
+HOSTNET_SPEC = {"hostNetwork": True, "containers": [{"name": "c", "image": "skiff/web:1.0"}]}
+
+
+def test_pod_security_warnings_and_refusals(kubectl: Callable[..., subprocess.CompletedProcess[str]],
+                                            tmp_path: Path) -> None:
+    """Pod Security Admission as kubectl shows it: a Warning for a workload template, the
+    Forbidden message for a pod, and a namespace labelled privileged admitting the pod."""
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "hostnet"},
+              "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "hostnet"}},
+                       "template": {"metadata": {"labels": {"app": "hostnet"}}, "spec": HOSTNET_SPEC}}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hostnet"}, "spec": HOSTNET_SPEC}
+    (tmp_path / "deploy.json").write_text(json.dumps(deploy))
+    (tmp_path / "pod.json").write_text(json.dumps(pod))
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "psa"}}
+    (tmp_path / "ns.json").write_text(json.dumps(namespace))
+    kubectl("apply", "-f", str(tmp_path / "ns.json"))  # `kubectl create namespace` sends protobuf
+    try:
+        applied = kubectl("apply", "-n", "psa", "-f", str(tmp_path / "deploy.json"))
+        assert ('Warning: would violate PodSecurity "baseline:latest": host namespaces (hostNetwork=true)'
+                in applied.stderr)
+        refused = kubectl("apply", "-n", "psa", "-f", str(tmp_path / "pod.json"), check=False)
+        assert refused.returncode != 0
+        assert ('pods "hostnet" is forbidden: violates PodSecurity "baseline:latest": host namespaces '
+                "(hostNetwork=true)") in refused.stderr
+        kubectl("label", "namespace", "psa", "pod-security.kubernetes.io/enforce=privileged")
+        allowed = kubectl("apply", "-n", "psa", "--dry-run=server", "-f", str(tmp_path / "pod.json"))
+        assert "pod/hostnet created (server dry run)" in allowed.stdout and "Warning" not in allowed.stderr
+    finally:
+        kubectl("delete", "namespace", "psa", "--wait=false", check=False)

@@ -56,6 +56,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         assert the_lab.leftovers() == []
 
 
+def cli_env(lab: Lab) -> dict[str, str]:
+    """`skiff` as the lab's admin (its config names the admin's certificate)."""
+    return dict(os.environ, SKIFF_CONFIG=str(lab.config_path))
+
+
 def run(coro: Awaitable[T]) -> T:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
@@ -241,7 +246,7 @@ def test_cronjob_started_a_job_and_cli_shows_the_workloads(lab: Lab) -> None:
     run(scenario())
     out = subprocess.run([sys.executable, "-m", "skiff.cli.main", "get", "ds,job,cronjob,sts",
                           "--server", ",".join(lab.api_servers)], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
+                         check=True, env=cli_env(lab)).stdout
     lines = out.splitlines()
     headers = [line for line in lines if line.startswith("NAME")]
     assert [re.split(r"\s{3,}", h.strip()) for h in headers] == [
@@ -278,10 +283,11 @@ def test_daemonset_rolling_update_and_undo(lab: Lab) -> None:
     cli = [sys.executable, "-m", "skiff.cli.main"]
     server = ["--server", ",".join(lab.api_servers)]
     history = subprocess.run([*cli, "rollout", "history", "ds/node-web", *server], capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+                             timeout=60, check=True, env=cli_env(lab)).stdout
     assert history.splitlines()[2:] == ["1         <none>", "2         <none>"], history
-    subprocess.run([*cli, "rollout", "undo", "ds/node-web", *server], check=True, timeout=60)
-    subprocess.run([*cli, "rollout", "status", "ds/node-web", "--timeout", "120", *server], check=True, timeout=150)
+    subprocess.run([*cli, "rollout", "undo", "ds/node-web", *server], check=True, timeout=60, env=cli_env(lab))
+    subprocess.run([*cli, "rollout", "status", "ds/node-web", "--timeout", "120", *server], check=True, timeout=150,
+                   env=cli_env(lab))
 
     async def undone() -> None:
         async with lab.client() as client:

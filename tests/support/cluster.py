@@ -22,6 +22,10 @@ FAST_LEADER_ELECTION = ("--leader-elect-lease-duration", "4s", "--leader-elect-r
                         "--leader-elect-retry-period", "1s")
 
 
+# What the helpers below pass unless a test gives `tls` flags of its own (tls.client_flags etc.).
+INSECURE = ("--insecure",)
+
+
 def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONUNBUFFERED="1")
 
@@ -38,21 +42,22 @@ def _started(proc: Process, timeout: float) -> None:
 
 
 def start_controllers(workdir: Path, api_servers: str, *, name: str = "controllers",
-                      extra: Sequence[str] = ()) -> Process:
+                      extra: Sequence[str] = (), tls: Sequence[str] = INSECURE) -> Process:
     argv = [sys.executable, "-m", "controlplane.controllers", "--api-servers", api_servers, "--identity", name,
-            *FAST_LEADER_ELECTION, *extra]
+            *FAST_LEADER_ELECTION, *tls, *extra]
     return Process(name, argv, workdir / f"{name}.log", "127.0.0.1", 0, env=_env(), ready=_started).start()
 
 
 def start_scheduler(workdir: Path, api_servers: str, *, name: str = "scheduler",
-                    extra: Sequence[str] = ()) -> Process:
+                    extra: Sequence[str] = (), tls: Sequence[str] = INSECURE) -> Process:
     argv = [sys.executable, "-m", "controlplane.scheduler", "--api-servers", api_servers, "--identity", name,
-            *FAST_LEADER_ELECTION, *extra]
+            *FAST_LEADER_ELECTION, *tls, *extra]
     return Process(name, argv, workdir / f"{name}.log", "127.0.0.1", 0, env=_env(), ready=_started).start()
 
 
 def start_fake_node(workdir: Path, api_servers: str, name: str, *, capacity: str = "cpu=4,memory=8Gi,pods=110",
-                    pod_cidr: str = "", lease_period: float = 1.0, extra: Sequence[str] = ()) -> Process:
+                    pod_cidr: str = "", lease_period: float = 1.0, extra: Sequence[str] = (),
+                    tls: Sequence[str] = INSECURE) -> Process:
     """A node agent over the in-memory runtime, serving logs/exec on a free loopback port."""
     port = free_port()
     state = workdir / name
@@ -63,5 +68,5 @@ def start_fake_node(workdir: Path, api_servers: str, name: str, *, capacity: str
             "--relist-period", "0.5"]
     if pod_cidr:
         argv += ["--pod-cidr", pod_cidr]
-    argv += list(extra)
+    argv += [*tls, *extra]
     return Process(name, argv, workdir / f"{name}.log", "127.0.0.1", port, env=_env()).start(timeout=60)

@@ -17,7 +17,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
     ("controllers.md", f"`--cluster-cidr` ({defaults.CLUSTER_CIDR})"),
     ("lab.md", f"the service CIDR ({defaults.SERVICE_CIDR}) and the pod CIDR ({defaults.CLUSTER_CIDR})"),
     ("lab.md", f"LANs ({defaults.LAB_LAN_CIDR} for `skiff lab up`, {defaults.LOCAL_LAN_CIDR} for `make up`)"),
-    ("nodeagent.md", f"--listen 0.0.0.0:{defaults.AGENT_PORT}"),
+    ("nodeagent.md", f"--listen 10.77.0.11:{defaults.AGENT_PORT}"),
 ], ids=["apiserver-allocation", "apiserver-usage", "controllers-ipam", "lab-ranges", "lab-lans", "nodeagent-usage"])
 def test_docs_state_the_defaults(doc: str, phrase: str) -> None:
     assert phrase in " ".join((DOCS / doc).read_text().split()), f"docs/{doc} should say: {phrase}"

@@ -17,8 +17,8 @@ from deploy import install, render
 from skiff.client import ApiClient
 from skiffpb.api.v1 import types_pb2 as t
 
-TOKEN = "0123456789abcdef0123456789abcdef"
-OTHER = "fedcba9876543210fedcba9876543210"
+TOKEN = "abcdef.0123456789abcdef"
+OTHER = "fedcba.9876543210fedcba"
 T = TypeVar("T")
 
 
@@ -60,7 +60,7 @@ def test_plan_cluster_errors(peers: list[tuple[str, str]], kw: dict[str, str], m
     [
         (lambda: install.check_name("CP_1"), "--name"),
         (lambda: install.check_ip("10.0.0.300"), "not an IPv4"),
-        (lambda: install.check_token("abc"), "32 lowercase hex"),
+        (lambda: install.check_token("0123456789abcdef0123456789abcdef"), "bootstrap token"),
         (lambda: install.parse_peers("cp2:10.0.0.2"), "name=ip"),
         (lambda: install.parse_peers("cp2=host"), "--peers cp2"),
         (lambda: install.parse_endpoint("10.0.0.1:99999"), "IP:PORT"),
@@ -125,9 +125,9 @@ def test_parse_unit_reads_what_systemd_unit_writes() -> None:
 
 def test_cluster_info_signature() -> None:
     c = install.plan_cluster("cp", "10.0.0.1", [], python="/py")
-    text = install.cluster_info_text(c)
+    text = install.cluster_info_text(c, "-----BEGIN CERTIFICATE-----\nCA\n")
     sig = install.sign_cluster_info(text, TOKEN)
-    assert install.verify_cluster_info(text, sig, TOKEN, python="/py") == c
+    assert install.verify_cluster_info(text, sig, TOKEN, python="/py") == (c, "-----BEGIN CERTIFICATE-----\nCA\n")
     with pytest.raises(install.InstallError, match="not signed with this token"):
         install.verify_cluster_info(text, sig, OTHER)
     tampered = text.replace("10.0.0.1", "10.0.0.9")
@@ -144,7 +144,7 @@ async def test_publish_and_fetch_through_the_api(api: InProcessApi) -> None:
     await install.publish_cluster_info(api, c, TOKEN)  # again: an update, not a conflict
     # The api-server creates kube-public itself: both publishes update it.
     assert (api.count("create", "namespaces"), api.count("update", "namespaces")) == (0, 2)
-    assert await install.fetch_cluster_info(api, TOKEN, source="x", python="/py") == c
+    assert await install.fetch_cluster_info(api, TOKEN, source="x", python="/py") == (c, "")
     with pytest.raises(install.InstallError, match="wrong --token"):
         await install.fetch_cluster_info(api, OTHER, source="x")
 
@@ -262,10 +262,14 @@ def test_control_plane_starts_waits_and_publishes(tmp_path: Path) -> None:
     assert starts[:3] == ["skiff-store-s1.service", "skiff-store-s2.service", "skiff-store-s3.service"]
     assert rec.log[-1] == "wait-api 10.0.0.1:6443"
     # What a worker fetches with the token is the installed cluster.
-    got = call(store, lambda api: install.fetch_cluster_info(api, TOKEN, source="cp",
-                                                             python="/opt/skiff/.venv/bin/python"))
+    got, ca_pem = call(store, lambda api: install.fetch_cluster_info(api, TOKEN, source="cp",
+                                                                     python="/opt/skiff/.venv/bin/python"))
     assert got == render.cluster_from_dict(json.loads(inst.layout.cluster_file.read_text()),
                                            python="/opt/skiff/.venv/bin/python")
+    # ... with the CA the worker will trust, and a bootstrap token Secret the agent joins with.
+    assert ca_pem == (inst.layout.pki / "ca.crt").read_text()
+    secret = call(store, lambda api: api.get(t.Secret, "bootstrap-token-abcdef", "kube-system"))
+    assert secret.data["token-secret"] == b"0123456789abcdef" and secret.data["expiration"]
 
 
 def test_first_of_three_does_not_wait_for_a_quorum_it_cannot_have(tmp_path: Path) -> None:
@@ -292,6 +296,14 @@ def test_worker_joins_with_the_token(tmp_path: Path) -> None:
     assert (w.layout.state_dir / "node/containerd.toml").read_text() == render.containerd_config(host)
     assert sorted(p.name for p in w.layout.images.iterdir()) == ["pause.tar", "web.tar"]
     assert not (w.layout.etc / "join-token").exists() and not (w.layout.etc / "store-password").exists()
+    # TLS: the worker trusts the CA the signed information carried; its agent joins with the token
+    # once (its proxy and DNS then present the node's certificate); host.json keeps no token.
+    cp_ca = (tmp_path / "cp/etc/skiff/pki/ca.crt").read_bytes()
+    assert (w.layout.pki / "ca.crt").read_bytes() == cp_ca
+    agent = (w.layout.units / "skiff-nodeagent.service").read_text()
+    assert f"--bootstrap-token {TOKEN}" in agent and "--bootstrap-server https://10.0.0.1:8443" in agent
+    assert f"--client-certificate {w.layout.pki}/nodes/n1.crt" in proxy
+    assert TOKEN not in w.layout.host_file.read_text()
 
 
 def test_upgrade_restarts_in_a_safe_order(tmp_path: Path) -> None:
@@ -334,8 +346,10 @@ def test_cli_render_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert install.main(["control-plane", "--name", "cp", "--ip", "10.0.0.1", "--no-systemd",
                          "--root", str(tmp_path)]) == 0
     assert "not started (--no-systemd)" in capsys.readouterr().out
+    (tmp_path / "w/etc/skiff/pki").mkdir(parents=True)  # offline: the CA is copied by hand
+    (tmp_path / "w/etc/skiff/pki/ca.crt").write_bytes((tmp_path / "etc/skiff/pki/ca.crt").read_bytes())
     assert install.main(["worker", "--name", "n1", "--ip", "10.0.0.2", "--no-systemd", "--root", str(tmp_path / "w"),
-                         "--cluster-file", str(tmp_path / "etc/skiff/cluster.json")]) == 0
+                         "--cluster-file", str(tmp_path / "etc/skiff/cluster.json"), "--token", TOKEN]) == 0
     assert (tmp_path / "w/etc/systemd/system/skiff-nodeagent.service").exists()
     assert install.main(["worker", "--name", "n1", "--ip", "10.0.0.2", "--no-systemd", "--root", str(tmp_path / "x"),
                          "--join", "10.0.0.1:6443"]) == 1

@@ -54,14 +54,46 @@ def test_worker_daemons_share_node_paths() -> None:
     agent = specs["nodeagent"].argv
     assert agent[agent.index("--container-runtime-endpoint") + 1] == "unix:///var/lib/skiff/node/containerd.sock"
     assert agent[agent.index("--api-servers") + 1] == "10.0.0.10:6443,10.0.0.10:6444,10.0.0.10:6445"
-    assert agent[-2:] == ("--netns", "/run/netns/L-n1")
+    assert agent[agent.index("--netns") + 1] == "/run/netns/L-n1"
     assert agent[agent.index("--lease-period") + 1] == "10s"
+    # TLS from the host's PKI directory: the node's certificate serves and authenticates the agent;
+    # proxy and DNS present their own identities.
+    assert agent[agent.index("--tls-cert-file") + 1] == agent[agent.index("--client-certificate") + 1] == \
+        "/var/lib/skiff/pki/nodes/n1.crt"
+    assert agent[agent.index("--client-ca-file") + 1] == "/var/lib/skiff/pki/ca.crt"
+    assert specs["netproxy"].argv[specs["netproxy"].argv.index("--client-certificate") + 1] == \
+        "/var/lib/skiff/pki/netproxy.crt"
+    assert all("--insecure" not in s.argv for s in specs.values())
     assert "restrict_oom_score_adj = true" in render.containerd_config(host)
     # Pods are told the address the same host's clusterdns listens on.
     dns = specs["clusterdns"].argv
     assert agent[agent.index("--cluster-dns") + 1] + ":53" == dns[dns.index("--listen") + 1] == "169.254.20.10:53"
     assert dns[dns.index("--reverse-cidrs") + 1] == "10.96.0.0/12,10.244.0.0/16"
     assert "--upstreams" not in dns
+
+
+@pytest.mark.parametrize(("roles", "insecure"), [
+    ((render.CONTROL_PLANE, render.WORKER), False), ((render.CONTROL_PLANE,), False),
+    ((render.CONTROL_PLANE, render.WORKER), True)], ids=["both-tls", "control-plane-tls", "insecure"])
+def test_every_daemon_is_tls_unless_insecure(roles: tuple[str, ...], insecure: bool) -> None:
+    c = cluster([("cp", "10.0.0.10")])
+    host = render.HostConfig("cp", "10.0.0.10", roles, Path("/s"), insecure=insecure)
+    for spec in render.daemons_for(c, host):
+        if spec.name == "containerd":
+            continue
+        assert ("--insecure" in spec.argv) == insecure, spec.name
+        tls_flag = ("--cert-file" if spec.name.startswith("store-") else "--tls-cert-file"
+                    if spec.name.startswith("apiserver-") or spec.name == "nodeagent" else "--client-certificate")
+        assert (tls_flag in spec.argv) != insecure, spec.name
+
+
+def test_pki_specs_cover_every_address_clients_dial() -> None:
+    c = cluster([("cp", "10.0.0.10"), ("cp2", "10.0.0.20")])
+    specs = {s.name: s for s in render.pki_specs_for(c, [("cp", "10.0.0.10", (render.CONTROL_PLANE, render.WORKER)),
+                                                          ("n1", "10.0.0.11", (render.WORKER,))])}
+    assert {"10.0.0.10", "10.0.0.20", "10.96.0.1", "127.0.0.1"} <= set(specs["apiserver"].ips)
+    assert {m.name for m in c.members} == {n.split("/")[1] for n in specs if n.startswith("store/")}
+    assert specs["nodes/n1"].ips == ("10.0.0.11",) and specs["nodes/cp"].dns_names == ("cp",)
 
 
 def test_systemd_unit() -> None:
@@ -157,7 +189,8 @@ def test_all_in_one_control_plane_runs_the_same_command_lines(password_file: str
     password = ["--password-file", password_file] if password_file else ["--insecure-no-password"]
     args = build_parser().parse_args([
         "--name", "s1", "--data-dir", "/var/lib/skiff/store/s1", "--listen-client", "10.0.0.10:2379",
-        "--listen-peer", "10.0.0.10:2380", "--listen", "10.0.0.10:6443", "--node-name", "cp", *password])
+        "--listen-peer", "10.0.0.10:2380", "--listen", "10.0.0.10:6443", "--node-name", "cp",
+        "--audit-log-path", "/var/lib/skiff/apiserver/audit-s1.log", "--pki-dir", "/var/lib/skiff/pki", *password])
     planned = {child.name: child.argv for child in plan_children(args, python="py")}
     assert planned == {"store": rendered["store-s1"], "apiserver": rendered["apiserver-s1"],
                        "controllers": rendered["controllers"], "scheduler": rendered["scheduler"]}

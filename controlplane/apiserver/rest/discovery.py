@@ -21,6 +21,13 @@ SUBRESOURCE_VERBS = ("get", "patch", "update")
 ALL_CATEGORY = frozenset({"pods", "services", "deployments", "replicasets", "daemonsets", "statefulsets", "jobs",
                           "cronjobs"})
 SCALABLE = frozenset({"deployments", "replicasets", "statefulsets"})
+# Served resources that are not stored kinds: only created, and answered at once.
+REVIEWS: dict[str, list[dict[str, Any]]] = {
+    "authorization.k8s.io/v1": [{"name": "selfsubjectaccessreviews", "singularName": "selfsubjectaccessreview",
+                                 "namespaced": False, "kind": "SelfSubjectAccessReview", "verbs": ["create"]},
+                                {"name": "selfsubjectrulesreviews", "singularName": "selfsubjectrulesreview",
+                                 "namespaced": False, "kind": "SelfSubjectRulesReview", "verbs": ["create"]}],
+}
 
 
 def has_status(kind: kinds.Kind) -> bool:
@@ -30,9 +37,9 @@ def has_status(kind: kinds.Kind) -> bool:
 def group_versions() -> list[str]:
     """Every served group version, core ("v1") first, in a stable order."""
     out: list[str] = []
-    for k in kinds.KINDS:
-        if k.api_version not in out:
-            out.append(k.api_version)
+    for gv in (*(k.api_version for k in kinds.KINDS), *REVIEWS):
+        if gv not in out:
+            out.append(gv)
     return sorted(out, key=lambda gv: (gv != "v1", gv))
 
 
@@ -85,6 +92,7 @@ def resources(gv: str) -> list[dict[str, Any]]:
                         "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": list(SUBRESOURCE_VERBS)})
         if k.resource == "pods":
             out.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+    out.extend(REVIEWS.get(gv, ()))
     return out
 
 

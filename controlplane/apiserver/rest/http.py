@@ -10,8 +10,14 @@ What must hold:
 - Every failure is a metav1.Status with Kubernetes' code and reason (status.py); a watch that
   fails after it started ends with an ERROR event carrying that Status, never silently.
 - Every object sent has kind and apiVersion; integers are JSON numbers (skiff.convert).
-- Authentication and authorization have one place: `authorize()`, called with the request's
-  attributes before any verb runs. It admits everything today (plain HTTP, no TLS yet).
+- Authentication happens once per request, in the `_errors` middleware, by the api-server's one
+  Authenticator (authn.py): the client certificate the TLS layer verified, else the bearer
+  token; without either, 401 except on /healthz, /livez, /readyz and /version (anonymous).
+  Then impersonation, when `Impersonate-User`/`Impersonate-Group` ask and the caller may.
+- Authorization has one place: `authorize()` asks the authorizer about the request's attributes
+  before any verb runs (a refusal is 403 Forbidden naming the user, verb and resource).
+- `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (kubectl auth can-i) is answered
+  by the same authorizer, in JSON or in Kubernetes' protobuf encoding (which kubectl sends).
 - Every resource request passes the api-server's one `Limiter` (limits.py, shared with the
   gRPC front end) after authorization: over a limit it is 429 with `Retry-After`.
 """
@@ -28,17 +34,23 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from cryptography import x509
 from google.protobuf.message import Message
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import caller, rbac, warnings
+from controlplane.apiserver.authn import Authenticator, Peer
+from controlplane.apiserver.authorizer import Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.limits import Limiter, client_key
+from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.rest import discovery, openapi, patch, table
+from controlplane.apiserver.rest import accessreview, discovery, openapi, patch, table
 from controlplane.apiserver.rest import status as st
 from controlplane.apiserver.watchcache import BOOKMARK
-from skiff import errors, identity, kinds, labels
+from skiff import errors, kinds, labels, pki, tls
 from skiff.convert import FieldError, from_data, to_data
+from skiff.identity import UserInfo
+from skiff.tls import ServerTLS
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -69,21 +81,34 @@ NAME = web.RequestKey("name", str)  # the object's name when it comes from the b
 WARNINGS = web.RequestKey("warnings", list)  # Warning headers of the response (unknown fields)
 
 
-@dataclass(frozen=True)
-class Attributes:
-    """What authorization decides on (Kubernetes' request attributes)."""
+AUTHORIZER = web.AppKey("authorizer", Authorizer)
+IMPERSONATOR = web.RequestKey("impersonator", UserInfo)  # the real user of an impersonated request
 
-    verb: str
-    resource: str = ""
-    subresource: str = ""
-    namespace: str = ""
-    name: str = ""
-    path: str = ""
+
+# What is served to GETs without credentials: what Kubernetes shows anyone
+# (system:public-info-viewer), and kube-public, where a joining node reads the cluster's signed
+# description before it can verify the api-server (it sends no secret then).
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/api/v1/namespaces/kube-public"})
+
+
+def peer_of(request: web.Request) -> Peer:
+    """The request's verified client certificate (the TLS layer checked it against the CA) and
+    bearer token."""
+    user = None
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is not None:
+        der = ssl_object.getpeercert(binary_form=True)
+        if der:
+            user = pki.user_of(x509.load_der_x509_certificate(der))
+    return Peer(user, tls.bearer_token(list(request.headers.items())))
 
 
 def authorize(request: web.Request, attrs: Attributes) -> None:
-    """The one place for authentication and authorization: raise UnauthenticatedError or
-    ForbiddenError to refuse. Everything is admitted until Skiff has TLS and RBAC."""
+    """The one place of authorization: ForbiddenError unless the caller may do `attrs`."""
+    authorizer = request.app.get(AUTHORIZER)
+    if authorizer is not None:
+        authorizer.check(caller.current(), attrs, impersonator=request.get(IMPERSONATOR))
 
 
 def object_data(obj: Message) -> dict[str, Any]:
@@ -144,25 +169,44 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 
 
 class KubeApi:
-    def __init__(self, registry: Registry, forwarder: Forwarder, *, clock: Callable[[], float] = time.time,
+    def __init__(self, registry: Registry, forwarder: Forwarder, *, authenticator: Authenticator | None = None,
+                 clock: Callable[[], float] = time.time, authorizer: Authorizer | None = None,
                  limiter: Limiter | None = None) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
+        self.authenticator = authenticator or Authenticator(registry, insecure=True)
+        self.authorizer = authorizer
         self.limiter = limiter or Limiter()
 
     # ------------------------------------------------------------------ routing
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        if self.authorizer is not None:
+            app[AUTHORIZER] = self.authorizer
+        app.router.add_route("*", "/{tail:.*}", self._dispatch_collecting)
         return app
+
+    async def _caller(self, request: web.Request) -> UserInfo:
+        user = await self.authenticator.authenticate(
+            peer_of(request), anonymous_ok=request.method == "GET" and request.path in ANONYMOUS_PATHS)
+        as_user = request.headers.get("Impersonate-User", "")
+        as_groups = request.headers.getall("Impersonate-Group", [])
+        if self.authorizer is None or not (as_user or as_groups):
+            return user
+        request[IMPERSONATOR] = user
+        return self.authorizer.impersonate(user, as_user, as_groups)
+
+    async def _dispatch_collecting(self, request: web.Request) -> web.StreamResponse:
+        with warnings.collecting():  # admission's warnings (Pod Security), sent by _respond
+            return await self.dispatch(request)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                       ) -> web.StreamResponse:
         try:
-            with caller.acting_as(identity.INSECURE_ADMIN):  # no authentication yet: everyone is the admin
+            with caller.acting_as(await self._caller(request)):
                 return await handler(request)
         except errors.SkiffError as exc:
             target = request.get(TARGET)
@@ -188,6 +232,12 @@ class KubeApi:
             simple = self._simple_get(request, parts)
             if simple is not None:
                 return simple
+        if request.method == "POST" and parts == accessreview.PATH:
+            authorize(request, Attributes("create", accessreview.RESOURCE, group=accessreview.GROUP))
+            return await self.access_review(request)
+        if request.method == "POST" and parts == accessreview.RULES_PATH:
+            authorize(request, Attributes("create", accessreview.RULES_RESOURCE, group=accessreview.GROUP))
+            return await self.rules_review(request)
         if len(parts) >= 2 and parts[:2] == ["api", "v1"]:
             return await self._resource(request, "v1", parts[2:])
         if len(parts) >= 3 and parts[0] == "apis":
@@ -195,9 +245,15 @@ class KubeApi:
         raise errors.NotFoundError(f"the server could not find the requested resource ({request.path})")
 
     def _simple_get(self, request: web.Request, parts: list[str]) -> web.Response | None:
+        """Health, version and discovery: non-resource requests, authorized by their path."""
+        response = self._non_resource(request, parts)
+        if response is not None:
+            authorize(request, Attributes("get", path="/" + "/".join(parts)))
+        return response
+
+    def _non_resource(self, request: web.Request, parts: list[str]) -> web.Response | None:
         path = "/" + "/".join(parts)
         if path in ("/healthz", "/livez", "/readyz"):
-            authorize(request, Attributes("get", path=path))
             return web.Response(text="ok", content_type="text/plain")
         if path == "/version":
             return json_response(discovery.version_info())
@@ -246,8 +302,10 @@ class KubeApi:
             verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
         if verb is None:
             raise errors.UnimplementedError(f"{method} is not supported on {request.path}")
-        authorize(request, Attributes(verb, target.kind.resource, target.subresource, target.namespace,
-                                      target.name, request.path))
+        # A create names no object, as in Kubernetes (resourceNames cannot limit creates).
+        authorize(request, kind_attributes(verb, target.kind, target.namespace,
+                                           "" if verb == "create" and not target.subresource else target.name,
+                                           target.subresource))
         counted = "logs" if target.subresource == "log" else verb
         with self.limiter.admit(counted, client_key(caller.current(), request.remote or "")):
             return await self._verb(request, target, verb)
@@ -279,7 +337,7 @@ class KubeApi:
                                      status=status)
         else:
             response = json_response(object_data(obj), status=status)
-        for text in request.get(WARNINGS, []):
+        for text in [*request.get(WARNINGS, []), *warnings.current()]:
             response.headers.add("Warning", '299 - "' + text.replace('"', '\\"') + '"')
         return response
 
@@ -526,6 +584,34 @@ class KubeApi:
         obj.metadata.resource_version = rv or current.metadata.resource_version  # type: ignore[attr-defined]
         return json_response(scale_of(await self.registry.update(obj)))
 
+    async def access_review(self, request: web.Request) -> web.Response:
+        """A SelfSubjectAccessReview: may the caller do what its spec asks? (kubectl auth can-i)"""
+        raw = await request.read()
+        try:
+            review = accessreview.parse(raw, request.content_type)
+        except ValueError as exc:
+            raise st.BadRequest(f"SelfSubjectAccessReview: {exc}") from exc
+        if self.authorizer is None:
+            allowed, reason = True, "no authorizer: every request is allowed"
+        else:
+            decision = self.authorizer.review(caller.current(), review.attributes)
+            allowed, reason = decision.allowed, decision.reason
+        return json_response(accessreview.response(review, allowed, reason), status=201)
+
+    async def rules_review(self, request: web.Request) -> web.Response:
+        """A SelfSubjectRulesReview: the caller's RBAC rules in a namespace (kubectl auth can-i --list)."""
+        try:
+            namespace = accessreview.parse_rules_namespace(await request.read(), request.content_type)
+        except ValueError as exc:
+            raise st.BadRequest(f"SelfSubjectRulesReview: {exc}") from exc
+        user = caller.current()
+        if self.authorizer is None:
+            return json_response(accessreview.rules_response(namespace, [], incomplete=True), status=201)
+        rules = rbac.rules_for(user, namespace, self.authorizer.policy())
+        # The Node authorizer's rights are not rules: a node's list is incomplete, as in Kubernetes.
+        incomplete = bool(user.node_name) and "Node" in self.authorizer.modes
+        return json_response(accessreview.rules_response(namespace, rules, incomplete=incomplete), status=201)
+
     async def logs(self, request: web.Request, target: Target) -> web.StreamResponse:
         q = request.query
         req = api.LogsRequest(namespace=target.namespace, pod=target.name, container=q.get("container", ""),
@@ -559,15 +645,23 @@ def scale_of(obj: Message) -> dict[str, Any]:
             "spec": {"replicas": obj.spec.replicas}, "status": {"replicas": obj.status.replicas, "selector": selector}}
 
 
-async def start(registry: Registry, forwarder: Forwarder, listen: str, *,
+async def start(registry: Registry, forwarder: Forwarder, listen: str, *, authenticator: Authenticator | None = None,
+                server_tls: ServerTLS | None = None, authorizer: Authorizer | None = None,
                 limiter: Limiter | None = None) -> tuple[web.AppRunner, int]:
-    """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port)."""
+    """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port).
+
+    With `server_tls` it is HTTPS (client certificates verified when sent); without, plain
+    HTTP, and only an insecure authenticator (everyone the admin) makes sense with it."""
     host, _, port_text = listen.rpartition(":")
+    authenticator = authenticator or Authenticator(registry, insecure=server_tls is None)
     # handler_cancellation: a watch whose client went away ends at once instead of at its next event.
-    runner = web.AppRunner(KubeApi(registry, forwarder, limiter=limiter).app(), access_log=None, handle_signals=False,
-                           handler_cancellation=True)
+    runner = web.AppRunner(KubeApi(registry, forwarder, authenticator=authenticator, authorizer=authorizer,
+                                   limiter=limiter).app(),
+                           access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True)
+    ssl_context = server_tls.ssl_context() if server_tls is not None else None
+    site = web.TCPSite(runner, host.strip("[]") or None, int(port_text), reuse_address=True,
+                       ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:

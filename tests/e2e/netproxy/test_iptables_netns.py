@@ -5,7 +5,8 @@ proxier — with iptables commands entering node n1's namespace; all traffic is 
 inside the lab's namespaces. One scenario per backend, step by step: ClusterIP with two
 endpoints (one on each node) from the node, from a pod that is itself an endpoint (hairpin)
 and from another pod on the same bridge; NodePort from the other node and from the node
-itself; ClientIP affinity; REJECT for a Service without endpoints; an endpoint change;
+itself; ClientIP affinity; REJECT for a Service without endpoints; externalTrafficPolicy and
+internalTrafficPolicy Local (only the node's own endpoint); an endpoint change;
 deleting a Service removes its chains; a restarted netproxy keeps Services working and
 repairs what changed while it was down; `python -m netproxy --cleanup` leaves no KUBE-*
 chain and no jump to one.
@@ -35,6 +36,7 @@ from tests.support.prereq import require, require_binaries, require_root
 pytestmark = pytest.mark.e2e
 
 VIP, EMPTY_VIP, STICKY_VIP, NODE_PORT = "10.96.0.10", "10.96.0.11", "10.96.0.12", 30080
+LOCAL_VIP, LOCAL_NODE_PORT = "10.96.0.13", 30081
 N1, N2 = NODE_IPS["n1"], NODE_IPS["n2"]
 CONNECTIONS = 30
 
@@ -87,6 +89,19 @@ def sticky_service() -> tuple[t.Service, t.Endpoints]:
     return s, e
 
 
+def local_service() -> tuple[t.Service, t.Endpoints]:
+    """Both traffic policies Local, endpoints p1 (on n1, this netproxy's node) and p3 (on n2)."""
+    s = t.Service(metadata=t.ObjectMeta(name="local", namespace="default"),
+                  spec=t.ServiceSpec(cluster_ip=LOCAL_VIP, type="NodePort", external_traffic_policy="Local",
+                                     internal_traffic_policy="Local"))
+    s.spec.ports.add(port=80, node_port=LOCAL_NODE_PORT).target_port.int_val = POD_PORT
+    e = t.Endpoints(metadata=t.ObjectMeta(name="local", namespace="default"))
+    sub = e.subsets.add()
+    sub.addresses.extend(t.EndpointAddress(ip=PODS[p][1], node_name=PODS[p][0]) for p in ("p1", "p3"))
+    sub.ports.add(port=POD_PORT)
+    return s, e
+
+
 def web_chains(*pods: str) -> set[str]:
     sp = ServicePort("default", "web", "http", "TCP", VIP, 80)
     return {svc_chain(sp)} | {sep_chain(sp, Endpoint(PODS[p][1], POD_PORT)) for p in pods}
@@ -133,6 +148,8 @@ async def scenario(api: InProcessApi, lab: Lab, backend: str) -> None:
     await api.create(empty_service())
     for obj in sticky_service():
         await api.create(obj)
+    for obj in local_service():
+        await api.create(obj)
 
     async def saved() -> str:
         return await asyncio.to_thread(lab.save, "n1", backend)
@@ -153,6 +170,12 @@ async def scenario(api: InProcessApi, lab: Lab, backend: str) -> None:
         got = await asyncio.to_thread(lab.connect, "p2", EMPTY_VIP, 80, 3)
         assert got == {"ERR:ConnectionRefusedError": 3}, got
         assert web_chains("p1", "p3") <= set((await saved()).split())
+        # Traffic policies Local: the NodePort from the other node and the ClusterIP from a pod
+        # reach only n1's endpoint (p1), never p3 on n2.
+        got = await reach(lab, "n2", N1, LOCAL_NODE_PORT)
+        assert got == {"p1": CONNECTIONS}, f"externalTrafficPolicy Local: {got}"
+        got = await reach(lab, "p2", LOCAL_VIP, 80)
+        assert got == {"p1": CONNECTIONS}, f"internalTrafficPolicy Local: {got}"
 
         # 4. An endpoint change reaches new connections.
         before = proxy.metrics.programming_latency.n

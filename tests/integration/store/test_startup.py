@@ -23,7 +23,7 @@ def _run(args: list[str], *, env: dict[str, str] | None = None,
 
 def _args(name: str, data: Path, peer: str, client: str, cluster: str | None = None) -> list[str]:
     return ["--name", name, "--data-dir", str(data), "--listen-client", client, "--listen-peer", peer,
-            "--initial-cluster", cluster or f"{name}={peer}"]
+            "--initial-cluster", cluster or f"{name}={peer}", "--insecure"]
 
 
 def test_refuses_without_password(tmp_path: Path) -> None:

@@ -474,3 +474,42 @@ async def test_log_rotation_pass(tmp_path: Path, api: InProcessApi, runtime: typ
 
 async def _async(value: T) -> T:
     return value
+
+
+class CountingApi(InProcessApi):
+    """Counts Lease reads and writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lease_calls: list[str] = []
+
+    async def get(self, cls: type[M], name: str, namespace: str = "") -> M:
+        if cls is t.Lease:
+            self.lease_calls.append("get")
+        return await super().get(cls, name, namespace)
+
+    async def update(self, obj: M) -> M:
+        if isinstance(obj, t.Lease):
+            self.lease_calls.append("update")
+        return await super().update(obj)
+
+
+async def test_lease_renewal_writes_without_reading_and_recovers_from_a_conflict(tmp_path: Path) -> None:
+    api = CountingApi()
+    agent = NodeAgent(api, FakeRuntime(images={IMAGE}),
+                      AgentConfig(node_name="n1", manage_network=False, pod_log_dir=str(tmp_path)))
+    await agent.renew_lease()  # creates it (one read: it may exist from before a restart)
+    for _ in range(3):
+        await agent.renew_lease()
+    assert api.lease_calls == ["get", "update", "update", "update"]
+    first = (await api.get(t.Lease, "n1", "kube-node-lease")).spec.renew_time
+    # Someone else changes the Lease: the next renewal conflicts, reads it again and writes.
+    other = await api.get(t.Lease, "n1", "kube-node-lease")
+    other.spec.lease_duration_seconds = 99
+    await api.update(other)
+    api.lease_calls.clear()
+    await agent.renew_lease()
+    assert api.lease_calls == ["update", "get", "update"]
+    lease = await api.get(t.Lease, "n1", "kube-node-lease")
+    assert lease.spec.holder_identity == "n1" and lease.spec.lease_duration_seconds != 99
+    assert (lease.spec.renew_time.seconds, lease.spec.renew_time.nanos) >= (first.seconds, first.nanos)

@@ -27,7 +27,8 @@ def _resource(gv: str, name: str) -> dict[str, Any]:
     ("v1", "namespaces", ["ns"], "Namespace", None),
     ("apps/v1", "deployments", ["deploy"], "Deployment", ["all"]),
     ("apps/v1", "replicasets", ["rs"], "ReplicaSet", ["all"]),
-], ids=["pods", "services", "endpoints", "nodes", "namespaces", "deployments", "replicasets"])
+    ("networking.k8s.io/v1", "networkpolicies", ["netpol"], "NetworkPolicy", None),
+], ids=["pods", "services", "endpoints", "nodes", "namespaces", "deployments", "replicasets", "networkpolicies"])
 def test_discovery_lists_short_names_and_categories(gv: str, name: str, short: list[str], kind: str,
                                                     categories: list[str] | None) -> None:
     r = _resource(gv, name)
@@ -53,10 +54,11 @@ def test_discovery_subresources(gv: str, name: str, present: bool) -> None:
 def test_every_kind_is_listed_once_in_its_group_version() -> None:
     listed = [(gv, r["name"]) for gv in discovery.group_versions() for r in discovery.resources(gv)
               if "/" not in r["name"]]
-    assert sorted(listed) == sorted((k.api_version, k.resource) for k in kinds.KINDS)
+    reviews = [(gv, r["name"]) for gv, entries in discovery.REVIEWS.items() for r in entries]
+    assert sorted(listed) == sorted([*((k.api_version, k.resource) for k in kinds.KINDS), *reviews])
     groups = {g["name"] for g in discovery.api_group_list()["groups"]}
-    assert groups == {k.group for k in kinds.KINDS if k.group}
-    assert discovery.resource_list("networking.k8s.io/v1") is None
+    assert groups == {k.group for k in kinds.KINDS if k.group} | {"authorization.k8s.io"}
+    assert discovery.resource_list("policy/v1") is None
 
 
 def test_openapi_patch_operations_declare_field_validation() -> None:

@@ -1,0 +1,104 @@
+"""Where a running Skiff process spends its time: py-spy samples, summarised per function.
+
+    python -m bench.profile --pid PID [--seconds 20] [--top 25] [--raw out.txt]
+
+Runs `py-spy record --format raw` (collapsed stacks: "frame;frame;frame COUNT" per line, the
+leaf last) against the process, then prints, per function, the share of samples in which it
+is the leaf (self) and in which it is anywhere on the stack (total). The scale and store
+figures in docs/scale.md were found this way. `summarize` is pure (tested); the py-spy run
+needs root (ptrace) and `pip install py-spy` (a dev dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+@dataclass(frozen=True)
+class Row:
+    function: str  # "func (path/file.py)"
+    self_share: float
+    total_share: float
+
+
+def frame_name(frame: str) -> str:
+    """"sync (nodeagent/worker.py:120)" -> "sync (nodeagent/worker.py)": lines merged per function;
+    site-packages paths shortened to the package."""
+    m = _FRAME.match(frame.strip())
+    if m is None:
+        return frame.strip()
+    path = m.group("file")
+    if "site-packages/" in path:
+        path = path.split("site-packages/", 1)[1]
+    elif "/lib/python3" in path:
+        path = "stdlib/" + path.rsplit("/", 1)[-1]
+    return f"{m.group('func')} ({path})"
+
+
+def summarize(lines: Iterable[str], *, top: int = 25) -> tuple[int, list[Row]]:
+    """(samples, the `top` functions by self share, then total share)."""
+    self_count: Counter[str] = Counter()
+    total_count: Counter[str] = Counter()
+    samples = 0
+    for line in lines:
+        line = line.rstrip()
+        if not line:
+            continue
+        stack, _, count_text = line.rpartition(" ")
+        try:
+            count = int(count_text)
+        except ValueError:
+            continue
+        frames = [frame_name(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        samples += count
+        self_count[frames[-1]] += count
+        for name in set(frames):
+            total_count[name] += count
+    if not samples:
+        return 0, []
+    ranked = sorted(total_count, key=lambda f: (-self_count[f], -total_count[f], f))[:top]
+    return samples, [Row(f, self_count[f] / samples, total_count[f] / samples) for f in ranked]
+
+
+def render(samples: int, rows: list[Row]) -> str:
+    out = [f"{samples} samples", f"{'self':>6} {'total':>6}  function"]
+    out += [f"{r.self_share:6.1%} {r.total_share:6.1%}  {r.function}" for r in rows]
+    return "\n".join(out)
+
+
+def record(pid: int, seconds: float, out: Path, *, rate: int = 100) -> None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
+                    "--format", "raw", "--output", str(out), "--nonblocking"], check=True,
+                   capture_output=True, text=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--raw", type=Path, default=None, help="keep py-spy's collapsed stacks here")
+    args = p.parse_args(argv)
+    out = args.raw or Path(tempfile.mkstemp(suffix=".txt", prefix="skiff-profile-")[1])
+    record(args.pid, args.seconds, out)
+    samples, rows = summarize(out.read_text().splitlines(), top=args.top)
+    print(render(samples, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,549 @@
+"""The scale scenario (`make bench-scale`): a whole control plane and many hollow nodes on one machine.
+
+    python -m bench.scale                 # 1,000 nodes, 100 Deployments x 300, 1,000 Services
+    python -m bench.scale --small         # 50 nodes, 10 x 50, 50 Services (a few minutes)
+    python -m bench.scale --store etcd    # the same on a 3-member etcd (Debian's etcd-server)
+
+Starts, as real processes on loopback: 3 store members (Skiff's, or etcd), 3 api-servers (each
+on "its" member first), the controller manager, the scheduler, and the hollow nodes
+(nodeagent/hollow.py, `--nodes-per-process` agents per process, each over its own CRI gRPC
+server). Then, timed from this process:
+1. Deployments x replicas created at once → every pod Running (the whole chain: deployment and
+   replicaset controllers, scheduler binds through the api-server, agents start the pods over
+   CRI and write their status); the scheduler's pods/s is bound pods over the time from the
+   first pod created to the last one bound, seen by a pod informer here;
+2. Services (each selecting one Deployment's pods) → every one has its Endpoints with all the
+   Deployment's pods;
+3. a rolling update of `--rollouts` Deployments → each has only updated, available replicas;
+4. deletion of everything → no pod left.
+Throughout, a probe does one of each API verb (create, get, list, update, delete of a ConfigMap)
+every `PROBE_PERIOD` and records its latency, and an informer measures watch lag (the probe's
+write stamped with this process's clock → seen by the informer). Also recorded: store size
+(etcd Maintenance.Status dbSize, on every member), peak RSS and CPU seconds of every component.
+Results go to bench/results/scale.json (`--small`: scale-small.json). Everything shares this
+machine's cores: the load average before and after is part of every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import meta
+from deploy.loopback import Process, start_apiserver, start_etcd
+from nodeagent.hollow import HOLLOW_POD_NET
+from skiff import errors
+from skiff.client import Client
+from skiff.informer import Informer
+from skiffpb.api.v1 import types_pb2 as t
+from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
+
+log = logging.getLogger("bench.scale")
+PROBE_PERIOD = 0.5
+PROBE_NAMESPACE = "scale-probe"
+NAMESPACE = "scale"
+STAMP = "bench.skiff.io/written-at"
+SERVICE_PORT = 80
+# Longer than the defaults (10 s lease, 7 s renew deadline, 2 s retry): at 1,000 nodes on a
+# loaded 2-core machine the controller manager's renewals time out, it loses the lease, restarts
+# every controller (a relist that blocks its loop long enough to lose the lease again) and the
+# run stalls (docs/scale.md). One instance of each runs, so nobody else would take over anyway.
+LEADER_ELECTION = ("--leader-elect-lease-duration", "60s", "--leader-elect-renew-deadline", "45s",
+                   "--leader-elect-retry-period", "5s")
+
+
+@dataclass(frozen=True)
+class Size:
+    nodes: int
+    deployments: int
+    replicas: int
+    services: int
+    rollouts: int
+
+    @property
+    def pods(self) -> int:
+        return self.deployments * self.replicas
+
+
+FULL = Size(nodes=1000, deployments=100, replicas=300, services=1000, rollouts=10)
+SMALL = Size(nodes=50, deployments=10, replicas=50, services=50, rollouts=2)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50_ms": round(percentile(values, 50) * 1000, 1),
+            "p99_ms": round(percentile(values, 99) * 1000, 1),
+            "max_ms": round(max(values) * 1000, 1) if values else float("nan")}
+
+
+# ------------------------------------------------------------------ processes
+
+
+@dataclass
+class Component:
+    name: str
+    pid: int
+    peak_rss_mb: float = 0.0
+
+    def sample(self) -> None:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.peak_rss_mb = max(self.peak_rss_mb, int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+
+    def cpu_s(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError):
+            return float("nan")
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    store_kind: str
+    store_endpoints: list[str] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
+    components: list[Component] = field(default_factory=list)
+    apiservers: list[Process] = field(default_factory=list)
+    _stop: list[Any] = field(default_factory=list)
+
+    @property
+    def api_endpoints(self) -> str:
+        return ",".join(a.endpoint for a in self.apiservers)
+
+    def add(self, name: str, pid: int) -> None:
+        self.components.append(Component(name, pid))
+
+    def sample(self) -> None:
+        for c in self.components:
+            c.sample()
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.stop(timeout=20)
+        for fn in reversed(self._stop):
+            with contextlib.suppress(Exception):
+                fn()
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def _alive(proc: Process, timeout: float) -> None:
+    end = time.monotonic() + min(timeout, 1.0)
+    while time.monotonic() < end:
+        if not proc.running:
+            raise RuntimeError(f"{proc.name} exited during startup:\n{proc.log_tail()}")
+        time.sleep(0.05)
+
+
+def _hollow_ready(proc: Process, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not proc.running:
+            raise RuntimeError(f"{proc.name} exited during startup:\n{proc.log_tail()}")
+        if "hollow nodes ready" in proc.log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{proc.name}: hollow nodes not ready after {timeout:.0f} s:\n{proc.log_tail()}")
+
+
+def start_store(c: Cluster) -> None:
+    if c.store_kind == "etcd":
+        etcd = start_etcd(c.workdir, members=3)
+        c._stop.append(etcd.stop)
+        c.store_endpoints = [m.endpoint for m in etcd.members]
+        for proc in etcd.members:
+            c.add(proc.name, proc.pid)
+        return
+    from controlplane.store.cluster import StoreCluster
+
+    store = StoreCluster(3, base_dir=str(c.workdir / "store"))
+    c._stop.append(store.close)
+    store.start(timeout=60)
+    c.store_endpoints = store.endpoints
+    for name, m in store.members.items():
+        assert m.proc is not None
+        c.add(f"store-{name}", m.proc.pid)
+
+
+def start_control_plane(c: Cluster, apiservers: int) -> None:
+    start_store(c)
+    eps = c.store_endpoints
+    for i in range(apiservers):
+        order = eps[i % len(eps):] + eps[:i % len(eps)]
+        a = start_apiserver(c.workdir, ",".join(order), name=f"apiserver{i}", timeout=120)
+        c.processes.append(a)
+        c.apiservers.append(a)
+        c.add(a.name, a.pid)
+    for name, module in (("controllers", "controlplane.controllers"), ("scheduler", "controlplane.scheduler")):
+        argv = [sys.executable, "-m", module, "--api-servers", c.api_endpoints, "--identity", name,
+                *LEADER_ELECTION]
+        if name == "controllers":
+            # The default cluster CIDR (a /16) has 256 node /24s; hollow nodes' pods use a /9.
+            argv += ["--cluster-cidr", str(HOLLOW_POD_NET), "--node-cidr-mask-size", "24"]
+        p = Process(name, argv, c.workdir / f"{name}.log", "127.0.0.1", 0, env=_env(), ready=_alive).start()
+        c.processes.append(p)
+        c.add(name, p.pid)
+
+
+def start_hollow(c: Cluster, nodes: int, per_process: int, extra: list[str]) -> None:
+    procs = []
+    for first in range(0, nodes, per_process):
+        count = min(per_process, nodes - first)
+        name = f"hollow{first // per_process}"
+        argv = [sys.executable, "-m", "nodeagent.hollow", "--api-servers", c.api_endpoints, "--nodes", str(count),
+                "--first", str(first), "--socket-dir", str(c.workdir / name), *extra]
+        p = Process(name, argv, c.workdir / f"{name}.log", "127.0.0.1", 0, env=_env(), ready=_alive).start()
+        c.processes.append(p)
+        c.add(name, p.pid)
+        procs.append(p)
+    for p in procs:
+        _hollow_ready(p, timeout=60 + nodes * 0.5)
+
+
+def store_size_mb(endpoints: list[str]) -> dict[str, float]:
+    out = {}
+    for ep in endpoints:
+        with grpc.insecure_channel(ep) as ch:
+            try:
+                st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=5)
+                out[ep] = round(st.dbSize / (1 << 20), 1)
+            except grpc.RpcError as exc:
+                log.warning("store status %s: %s", ep, exc)
+    return out
+
+
+# ------------------------------------------------------------------ objects
+
+
+def deployment(i: int, replicas: int) -> t.Deployment:
+    d = t.Deployment(api_version="apps/v1", kind="Deployment")
+    d.metadata.name, d.metadata.namespace = f"d{i:03d}", NAMESPACE
+    d.spec.replicas = replicas
+    d.spec.selector.match_labels["app"] = d.metadata.name
+    d.spec.template.metadata.labels["app"] = d.metadata.name
+    c = d.spec.template.spec.containers.add(name="app", image="registry.local/scale/app:1")
+    c.ports.add(container_port=8080)
+    c.resources.requests["cpu"] = "10m"
+    c.resources.requests["memory"] = "16Mi"
+    return d
+
+
+def service(i: int, deployments: int) -> t.Service:
+    s = t.Service(api_version="v1", kind="Service")
+    s.metadata.name, s.metadata.namespace = f"s{i:04d}", NAMESPACE
+    s.spec.selector["app"] = f"d{i % deployments:03d}"
+    s.spec.ports.add(name="http", port=SERVICE_PORT, target_port=t.IntOrString(int_val=8080), protocol="TCP")
+    return s
+
+
+# ------------------------------------------------------------------ probe: latency of every verb, watch lag
+
+
+class Probe:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.latency: dict[str, list[float]] = {v: [] for v in ("create", "get", "list", "update", "delete")}
+        self.errors: dict[str, int] = {}
+        self.lag: list[float] = []
+        self.informer: Informer[t.ConfigMap] = Informer(client, t.ConfigMap, namespace=PROBE_NAMESPACE)
+        self.informer.add_handler(on_add=self._seen, on_update=lambda _o, n: self._seen(n))
+        self._n = 0
+
+    def _seen(self, cm: t.ConfigMap) -> None:
+        stamp = cm.metadata.annotations.get(STAMP)
+        if stamp and self.informer.synced:
+            self.lag.append(time.time() - float(stamp))
+
+    async def _timed(self, verb: str, coro: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            out = await coro
+        except errors.SkiffError as exc:
+            self.errors[verb] = self.errors.get(verb, 0) + 1
+            log.warning("probe %s: %s", verb, exc)
+            return None
+        self.latency[verb].append(time.perf_counter() - start)
+        return out
+
+    async def once(self) -> None:
+        self._n += 1
+        cm = t.ConfigMap(api_version="v1", kind="ConfigMap")
+        cm.metadata.name, cm.metadata.namespace = f"probe-{self._n}", PROBE_NAMESPACE
+        cm.metadata.annotations[STAMP] = repr(time.time())
+        cm.data["n"] = str(self._n)
+        made = await self._timed("create", self.client.create(cm))
+        if made is None:
+            return
+        got = await self._timed("get", self.client.get(t.ConfigMap, made.metadata.name, PROBE_NAMESPACE))
+        await self._timed("list", self.client.list(t.ConfigMap, namespace=PROBE_NAMESPACE))
+        if got is not None:
+            got.metadata.annotations[STAMP] = repr(time.time())
+            await self._timed("update", self.client.update(got))
+        await self._timed("delete", self.client.delete(t.ConfigMap, made.metadata.name, PROBE_NAMESPACE))
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.once()
+            await asyncio.sleep(max(0.0, PROBE_PERIOD - (time.monotonic() - started)))
+
+    def results(self) -> dict[str, Any]:
+        return {"verbs": {v: summary_ms(x) for v, x in self.latency.items()}, "watch_lag": summary_ms(self.lag),
+                "errors": self.errors}
+
+
+# ------------------------------------------------------------------ the scenario
+
+
+class Tracker:
+    """Pods as a pod informer in this process sees them: first seen, bound, Running."""
+
+    def __init__(self, client: Client) -> None:
+        self.pods: Informer[t.Pod] = Informer(client, t.Pod, namespace=NAMESPACE)
+        self.first_seen: dict[str, float] = {}
+        self.bound_at: dict[str, float] = {}
+        self.pods.add_handler(on_add=self._event, on_update=lambda _o, n: self._event(n))
+        self.endpoints: Informer[t.Endpoints] = Informer(client, t.Endpoints, namespace=NAMESPACE)
+        self.deployments: Informer[t.Deployment] = Informer(client, t.Deployment, namespace=NAMESPACE)
+
+    def _event(self, pod: t.Pod) -> None:
+        now = time.monotonic()
+        self.first_seen.setdefault(pod.metadata.uid, now)
+        if pod.spec.node_name:
+            self.bound_at.setdefault(pod.metadata.uid, now)
+
+    def running(self) -> int:
+        return sum(1 for p in self.pods.list()
+                   if p.status.phase == "Running" and not p.metadata.HasField("deletion_timestamp"))
+
+    def informers(self) -> list[Informer[Any]]:
+        return [self.pods, self.endpoints, self.deployments]
+
+
+async def wait_for(what: str, cond: Any, timeout: float, progress: Any = None) -> float:
+    start = time.monotonic()
+    last = 0.0
+    while not cond():
+        now = time.monotonic()
+        if now - start > timeout:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f} s ({progress() if progress else ''})")
+        if progress is not None and now - last > 10:
+            last = now
+            log.info("%s: %s", what, progress())
+        await asyncio.sleep(0.2)
+    return time.monotonic() - start
+
+
+async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return list(await asyncio.gather(*(one(c) for c in coros)))
+
+
+async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any]) -> None:
+    """Fills `out` phase by phase, so a phase that times out leaves the figures of the others."""
+    client = Client(c.api_endpoints)
+    probe: Probe | None = None
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        for ns in (NAMESPACE, PROBE_NAMESPACE):
+            with contextlib.suppress(errors.AlreadyExistsError):
+                n = t.Namespace(api_version="v1", kind="Namespace")
+                n.metadata.name = ns
+                await client.create(n)
+        tracker = Tracker(client)
+        probe = Probe(client)
+        for inf in [*tracker.informers(), probe.informer]:
+            tasks.append(asyncio.create_task(inf.run()))
+        for inf in [*tracker.informers(), probe.informer]:
+            await inf.wait_synced(60)
+        tasks.append(asyncio.create_task(probe.run()))
+
+        async def sampler() -> None:
+            while True:
+                c.sample()
+                await asyncio.sleep(2)
+
+        tasks.append(asyncio.create_task(sampler()))
+
+        # 1. Deployments -> all Running
+        t0 = time.monotonic()
+        await gather_limited([client.create(deployment(i, size.replicas)) for i in range(size.deployments)], 16)
+        out["create_deployments_s"] = round(time.monotonic() - t0, 2)
+        await wait_for("all pods Running", lambda: tracker.running() >= size.pods, timeout,
+                       lambda: f"{len(tracker.pods.list())} pods, {len(tracker.bound_at)} bound, "
+                               f"{tracker.running()} Running")
+        out["all_running_s"] = round(time.monotonic() - t0, 2)
+        bound = sorted(tracker.bound_at.values())
+        first = min(tracker.first_seen.values())
+        out["scheduler_pods_per_s"] = round(len(bound) / max(1e-6, bound[-1] - first), 1)
+        out["all_bound_s"] = round(bound[-1] - t0, 2)
+        out["store_size_mb_at_peak"] = store_size_mb(c.store_endpoints)
+
+        # 2. Services -> Endpoints with every pod of the Deployment
+        t1 = time.monotonic()
+        await gather_limited([client.create(service(i, size.deployments)) for i in range(size.services)], 16)
+        out["create_services_s"] = round(time.monotonic() - t1, 2)
+
+        def endpoints_done() -> int:
+            done = 0
+            for e in tracker.endpoints.list():
+                if sum(len(s.addresses) for s in e.subsets) >= size.replicas:
+                    done += 1
+            return done
+
+        await wait_for("Endpoints", lambda: endpoints_done() >= size.services, timeout,
+                       lambda: f"{endpoints_done()} of {size.services} Endpoints complete")
+        out["all_endpoints_s"] = round(time.monotonic() - t1, 2)
+
+        # 3. rolling update
+        t2 = time.monotonic()
+        for i in range(size.rollouts):
+            for _ in range(10):
+                d = await client.get(t.Deployment, f"d{i:03d}", NAMESPACE)
+                d.spec.template.metadata.annotations["bench.skiff.io/rollout"] = "2"
+                try:
+                    await client.update(d)
+                    break
+                except errors.ConflictError:
+                    continue
+
+        def rolled() -> int:
+            n = 0
+            for i in range(size.rollouts):
+                d = tracker.deployments.get(f"d{i:03d}", NAMESPACE)
+                if d is not None and d.status.observed_generation >= d.metadata.generation and \
+                        d.status.updated_replicas == size.replicas and d.status.replicas == size.replicas and \
+                        d.status.available_replicas == size.replicas:
+                    n += 1
+            return n
+
+        await wait_for("rolling update", lambda: rolled() >= size.rollouts, timeout,
+                       lambda: f"{rolled()} of {size.rollouts} Deployments rolled out")
+        out["rolling_update_s"] = round(time.monotonic() - t2, 2)
+
+        # 4. delete everything
+        t3 = time.monotonic()
+        await gather_limited([client.delete(t.Deployment, f"d{i:03d}", NAMESPACE, propagation_policy="Background")
+                              for i in range(size.deployments)], 16)
+        await gather_limited([client.delete(t.Service, f"s{i:04d}", NAMESPACE) for i in range(size.services)], 16)
+        await wait_for("deletion", lambda: not tracker.pods.list(), timeout,
+                       lambda: f"{len(tracker.pods.list())} pods left")
+        out["delete_all_s"] = round(time.monotonic() - t3, 2)
+        out["store_size_mb_at_end"] = store_size_mb(c.store_endpoints)
+    finally:
+        if probe is not None:
+            out["api"] = probe.results()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.close()
+
+
+def run_one(store_kind: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"skiff-scale-{store_kind}-"))
+    c = Cluster(workdir, store_kind)
+    result: dict[str, Any] = {"store": store_kind}
+    try:
+        t0 = time.monotonic()
+        start_control_plane(c, apiservers=3)
+        result["control_plane_start_s"] = round(time.monotonic() - t0, 1)
+        t1 = time.monotonic()
+        extra = ["--start-latency", str(args.start_latency), "--fail-rate", str(args.fail_rate)]
+        start_hollow(c, size.nodes, args.nodes_per_process, extra)
+        result["hollow_nodes_start_s"] = round(time.monotonic() - t1, 1)
+        cpu_before = {comp.name: comp.cpu_s() for comp in c.components}
+        asyncio.run(scenario(c, size, args.timeout, result))
+        c.sample()
+        result["components"] = {comp.name: {"peak_rss_mb": round(comp.peak_rss_mb, 1),
+                                            "cpu_s": round(comp.cpu_s() - cpu_before.get(comp.name, 0.0), 1)}
+                                for comp in c.components}
+        cp = [v["peak_rss_mb"] for k, v in result["components"].items() if not k.startswith("hollow")]
+        result["control_plane_rss_mb"] = round(sum(cp), 1)
+        result["ok"] = True
+    except (TimeoutError, RuntimeError) as exc:
+        result["ok"] = False
+        result["error"] = str(exc)
+        c.sample()
+        result["components"] = {comp.name: {"peak_rss_mb": round(comp.peak_rss_mb, 1)} for comp in c.components}
+        result["control_plane_rss_mb"] = round(sum(v["peak_rss_mb"] for k, v in result["components"].items()
+                                                   if not k.startswith("hollow")), 1)
+        log.error("scale run on %s failed: %s", store_kind, exc)
+    finally:
+        c.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept {workdir}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--small", action="store_true", help=f"{SMALL}")
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--deployments", type=int)
+    p.add_argument("--replicas", type=int)
+    p.add_argument("--services", type=int)
+    p.add_argument("--rollouts", type=int)
+    p.add_argument("--store", choices=("skiff", "etcd", "both"), default="skiff")
+    p.add_argument("--nodes-per-process", type=int, default=250)
+    p.add_argument("--start-latency", type=float, default=0.0)
+    p.add_argument("--fail-rate", type=float, default=0.0)
+    p.add_argument("--timeout", type=float, default=1800.0, help="per phase, seconds")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--output", default="", help="result file (default bench/results/scale[-small].json)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    base = SMALL if args.small else FULL
+    size = Size(nodes=args.nodes or base.nodes, deployments=args.deployments or base.deployments,
+                replicas=args.replicas or base.replicas, services=args.services or base.services,
+                rollouts=args.rollouts if args.rollouts is not None else base.rollouts)
+    run = meta.start("scale")
+    stores = ["skiff", "etcd"] if args.store == "both" else [args.store]
+    results: dict[str, Any] = {"params": {**size.__dict__, "pods": size.pods, "apiservers": 3, "store_members": 3,
+                                          "nodes_per_process": args.nodes_per_process,
+                                          "start_latency_s": args.start_latency, "fail_rate": args.fail_rate,
+                                          "small": args.small}}
+    for store in stores:
+        results[store] = run_one(store, size, args)
+        print(json.dumps(results[store], indent=2), flush=True)
+    default = meta.RESULTS_DIR / ("scale-small.json" if args.small else "scale.json")
+    path = run.write(results, Path(args.output) if args.output else default)
+    print(f"wrote {path}")
+    return 0 if all(results[s].get("ok") for s in stores) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

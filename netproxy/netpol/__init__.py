@@ -1,0 +1,1 @@
+"""NetworkPolicy enforcement: a pure planner and the adapter that keeps iptables equal to it."""

@@ -1,0 +1,171 @@
+"""What a node may do: the Node authorizer's table, NodeRestriction's refusals (pure), and both
+enforced on the real registry through InProcessApi acting as the node (Node,RBAC on)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from controlplane.apiserver.inprocess import InProcessApi
+from controlplane.apiserver.nodeauthz import forbidden_labels, node_authorize, node_restriction
+from controlplane.apiserver.rbac import Attributes
+from skiff import defaults, errors, identity
+from skiff.identity import UserInfo
+from skiffpb.api.v1 import types_pb2 as t
+from tests.unit.controlplane.harness import deployment, pod
+
+N1 = identity.node_user("n1")
+LEASES = "coordination.k8s.io"
+
+
+@pytest.mark.parametrize(("user", "attrs", "verdict"), [
+    (N1, Attributes("get", "nodes", name="n2"), True),
+    (N1, Attributes("list", "pods"), True),
+    (N1, Attributes("update", "pods", "status", namespace="d", name="p"), True),  # bound: NodeRestriction's check
+    (N1, Attributes("update", "pods", namespace="d", name="p"), None),
+    (N1, Attributes("create", "pods", namespace="d"), None),
+    (N1, Attributes("create", "nodes"), True),
+    (N1, Attributes("update", "nodes", name="n1"), True),
+    (N1, Attributes("update", "nodes", "status", name="n1"), True),
+    (N1, Attributes("update", "nodes", name="n2"), None),
+    (N1, Attributes("delete", "nodes", name="n2"), None),
+    (N1, Attributes("update", "leases", group=LEASES, namespace=defaults.NODE_LEASE_NAMESPACE, name="n1"), True),
+    (N1, Attributes("update", "leases", group=LEASES, namespace=defaults.NODE_LEASE_NAMESPACE, name="n2"), None),
+    (N1, Attributes("update", "leases", group=LEASES, namespace="kube-system", name="n1"), None),
+    (N1, Attributes("update", "deployments", group="apps", namespace="d", name="web"), None),
+    (N1, Attributes("get", "secrets", namespace="d", name="s"), True),
+    (N1, Attributes("create", "events", namespace="d"), True),
+    (N1, Attributes("delete", "services", namespace="d", name="s"), None),
+    (UserInfo("system:node:n1"), Attributes("get", "nodes", name="n1"), None),  # not in system:nodes
+    (UserInfo("alice"), Attributes("get", "nodes", name="n1"), None),
+], ids=["read-nodes", "list-pods", "pod-status", "pod-spec", "create-pod", "create-node", "own-node",
+        "own-node-status", "other-node", "delete-other-node", "own-lease", "other-lease", "lease-elsewhere",
+        "deployment", "secret", "events", "delete-service", "name-without-group", "not-a-node"])
+def test_node_authorize(user: UserInfo, attrs: Attributes, verdict: bool | None) -> None:
+    assert node_authorize(user, attrs)[0] is verdict
+
+
+def node(name: str, *, labels: dict[str, str] | None = None, taints: tuple[str, ...] = ()) -> t.Node:
+    n = t.Node(api_version="v1", kind="Node", metadata=t.ObjectMeta(name=name, labels=labels or {}))
+    for key in taints:
+        n.spec.taints.add(key=key, effect="NoSchedule")
+    return n
+
+
+def lease(name: str, ns: str = defaults.NODE_LEASE_NAMESPACE) -> t.Lease:
+    return t.Lease(metadata=t.ObjectMeta(name=name, namespace=ns))
+
+
+@pytest.mark.parametrize(("op", "obj", "old", "sub", "refusal"), [
+    ("update", pod("p", node="n1"), pod("p", node="n1"), "status", None),
+    ("update", pod("p", node="n2"), pod("p", node="n2"), "status", "can only update pod status"),
+    ("update", pod("p", node="n1"), pod("p", node="n2"), "status", "can only update pod status"),  # moved in request
+    ("update", pod("p", node="n1"), pod("p", node="n1"), "", "may not update the spec or metadata of pods"),
+    ("delete", pod("p", node="n1"), pod("p", node="n1"), "", None),
+    ("delete", pod("p", node="n2"), pod("p", node="n2"), "", "can only delete pods with spec.nodeName"),
+    ("create", pod("p", node="n1"), None, "", "can only create mirror pods"),
+    ("create", node("n1", labels={"kubernetes.io/hostname": "n1", "team": "a"}), None, "", None),
+    ("create", node("n2"), None, "", 'is not allowed to modify node "n2"'),
+    ("update", node("n2"), node("n2"), "status", 'is not allowed to modify node "n2"'),
+    ("create", node("n1", labels={"node-restriction.kubernetes.io/pci": "yes"}), None, "",
+     "not allowed to modify labels: node-restriction.kubernetes.io/pci"),
+    ("update", node("n1", labels={"node-role.kubernetes.io/control-plane": ""}), node("n1"), "",
+     "not allowed to modify labels: node-role.kubernetes.io/control-plane"),
+    ("update", node("n1", labels={"node.kubernetes.io/instance-type": "big"}), node("n1"), "", None),
+    ("update", node("n1"), node("n1", taints=("dedicated",)), "", "not allowed to modify taints"),
+    ("create", node("n1", taints=("dedicated",)), None, "", None),  # registering with taints is allowed
+    ("update", lease("n1"), lease("n1"), "", None),
+    ("update", lease("n2"), lease("n2"), "", 'not allowed to modify lease "kube-node-lease/n2"'),
+    ("create", lease("n1", "default"), None, "", 'not allowed to modify lease "default/n1"'),
+    ("update", deployment("web"), deployment("web"), "", None),  # the authorizer refuses, not admission
+], ids=["own-pod-status", "other-pod-status", "pod-moved-in-request", "pod-spec", "delete-own-pod",
+        "delete-other-pod", "create-pod", "register", "register-other", "other-node-status", "restricted-label",
+        "role-label", "kubelet-label", "untaint", "register-tainted", "own-lease", "other-lease",
+        "lease-elsewhere", "not-restricted"])
+def test_node_restriction(op: str, obj: object, old: object, sub: str, refusal: str | None) -> None:
+    problem = node_restriction(N1, op, obj, old, subresource=sub)  # type: ignore[arg-type]
+    if refusal is None:
+        assert problem is None
+    else:
+        assert problem is not None and refusal in problem and '"n1"' in problem
+    assert node_restriction(identity.INSECURE_ADMIN, op, obj, old, subresource=sub) is None  # type: ignore[arg-type]
+
+
+def test_forbidden_labels_ignores_unchanged_and_removed() -> None:
+    old = {"node-role.kubernetes.io/worker": ""}
+    assert forbidden_labels({"node-role.kubernetes.io/worker": ""}, old) == []
+    assert forbidden_labels({}, old) == []
+    assert forbidden_labels({"example.com/x": "1", "k8s.io/y": "2"}, {}) == ["k8s.io/y"]
+
+
+# ---------------------------------------------------------------- enforced on the registry
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[tuple[InProcessApi, InProcessApi]]:
+    admin = InProcessApi()
+    async with admin:
+        for name in ("n1", "n2"):
+            await admin.create(node(name))
+        await admin.create(pod("mine", node="n1"))
+        await admin.create(pod("theirs", node="n2"))
+        await admin.create(deployment("web"))
+        yield admin, admin.as_user(N1)
+
+
+async def test_node_updates_status_of_its_own_pod_only(cluster: tuple[InProcessApi, InProcessApi]) -> None:
+    admin, n1 = cluster
+    mine = await n1.get(t.Pod, "mine", "default")
+    mine.status.phase = "Running"
+    assert (await n1.update_status(mine)).status.phase == "Running"
+    theirs = await n1.get(t.Pod, "theirs", "default")
+    theirs.status.phase = "Failed"
+    with pytest.raises(errors.ForbiddenError, match='node "n1" can only update pod status'):
+        await n1.update_status(theirs)
+    with pytest.raises(errors.ForbiddenError, match='node "n1" can only delete pods'):
+        await n1.delete(t.Pod, "theirs", "default")
+    assert (await admin.get(t.Pod, "theirs", "default")).status.phase != "Failed"
+
+
+async def test_node_cannot_change_a_deployment(cluster: tuple[InProcessApi, InProcessApi]) -> None:
+    _, n1 = cluster
+    with pytest.raises(errors.ForbiddenError) as err:
+        await n1.get(t.Deployment, "web", "default")
+    assert err.value.message == ('deployments.apps "web" is forbidden: User "system:node:n1" cannot get resource '
+                                 '"deployments" in API group "apps" in the namespace "default": Node: no rule lets '
+                                 'a node get deployments')
+    with pytest.raises(errors.ForbiddenError, match='User "system:node:n1" cannot delete resource "deployments"'):
+        await n1.delete(t.Deployment, "web", "default")
+
+
+async def test_node_cannot_change_another_node_or_its_own_labels(cluster: tuple[InProcessApi, InProcessApi]) -> None:
+    admin, n1 = cluster
+    other = await n1.get(t.Node, "n2")
+    other.metadata.labels["hacked"] = "yes"
+    with pytest.raises(errors.ForbiddenError, match='cannot update resource "nodes"'):
+        await n1.update(other)
+    with pytest.raises(errors.ForbiddenError, match='cannot delete resource "nodes"'):
+        await n1.delete(t.Node, "n2")
+    with pytest.raises(errors.ForbiddenError, match='nodes "n3" is forbidden: node "n1" is not allowed to modify '
+                                                    'node "n3"'):
+        await n1.create(node("n3"))
+    own = await n1.get(t.Node, "n1")
+    own.metadata.labels["node-role.kubernetes.io/control-plane"] = ""
+    with pytest.raises(errors.ForbiddenError, match="not allowed to modify labels"):
+        await n1.update(own)
+    own = await n1.get(t.Node, "n1")
+    own.spec.taints.add(key="mine", effect="NoSchedule")
+    with pytest.raises(errors.ForbiddenError, match="not allowed to modify taints"):
+        await n1.update(own)
+    own = await n1.get(t.Node, "n1")
+    own.metadata.labels["topology.kubernetes.io/zone"] = "a"
+    assert (await n1.update(own)).metadata.labels["topology.kubernetes.io/zone"] == "a"
+    assert "hacked" not in (await admin.get(t.Node, "n2")).metadata.labels
+
+
+async def test_node_lease_is_its_own(cluster: tuple[InProcessApi, InProcessApi]) -> None:
+    _, n1 = cluster
+    await n1.create(lease("n1"))
+    with pytest.raises(errors.ForbiddenError, match='not allowed to modify lease "kube-node-lease/n2"'):
+        await n1.create(lease("n2"))

@@ -1,0 +1,97 @@
+"""Hollow-node helpers and the fake runtime's fault injection (nodeagent/hollow.py, fakecri.Faults)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nodeagent.cri import CriError
+from nodeagent.fakecri import FakeRuntime, Faults
+from nodeagent.hollow import hollow_node_name, hollow_pod_cidr
+from skiffpb.cri.v1 import api_pb2 as cri
+
+
+@pytest.mark.parametrize(("index", "cidr"), [
+    (0, "10.128.0.0/24"),
+    (1, "10.128.1.0/24"),
+    (256, "10.129.0.0/24"),
+    (32767, "10.255.255.0/24"),
+], ids=["first", "second", "next-octet", "last"])
+def test_hollow_pod_cidr(index: int, cidr: str) -> None:
+    assert hollow_pod_cidr(index) == cidr
+
+
+@pytest.mark.parametrize("index", [-1, 32768], ids=["negative", "past-the-range"])
+def test_hollow_pod_cidr_out_of_range(index: int) -> None:
+    with pytest.raises(ValueError):
+        hollow_pod_cidr(index)
+
+
+def test_hollow_node_name_sorts_by_index() -> None:
+    names = [hollow_node_name("h-", i) for i in (2, 10, 100)]
+    assert names == sorted(names) == ["h-00002", "h-00010", "h-00100"]
+
+
+@pytest.mark.parametrize(("faults", "error"), [
+    (dict(fail_rate=1.0), "fail_rate"),
+    (dict(fail_rate=-0.1), "fail_rate"),
+    (dict(start_latency=-1.0), "start_latency"),
+], ids=["rate-1", "rate-negative", "latency-negative"])
+def test_faults_rejects(faults: dict[str, float], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        Faults(**faults)  # type: ignore[arg-type]
+
+
+def _config(uid: str) -> cri.PodSandboxConfig:
+    return cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name=uid, uid=uid, namespace="default"),
+                                labels={"io.kubernetes.pod.uid": uid})
+
+
+@pytest.mark.parametrize(("rate", "low", "high"), [
+    (0.0, 0, 0),
+    (0.2, 20, 60),
+    (0.5, 70, 130),
+], ids=["none", "a-fifth", "half"])
+async def test_injected_failures_follow_the_rate_and_change_nothing(rate: float, low: int, high: int) -> None:
+    fake = FakeRuntime(faults=Faults(fail_rate=rate, seed=1))
+    failed = 0
+    for i in range(200):
+        try:
+            await fake.run_pod_sandbox(_config(f"p{i}"))
+        except CriError as exc:
+            assert "injected failure" in str(exc)
+            failed += 1
+    assert low <= failed <= high
+    assert fake.injected == failed
+    assert len(fake.sandboxes) == 200 - failed  # a failed call leaves nothing behind
+
+
+async def test_same_seed_same_failures() -> None:
+    async def pattern() -> list[bool]:
+        fake = FakeRuntime(faults=Faults(fail_rate=0.3, seed=42))
+        out = []
+        for i in range(50):
+            try:
+                await fake.run_pod_sandbox(_config(f"p{i}"))
+                out.append(True)
+            except CriError:
+                out.append(False)
+        return out
+
+    assert await pattern() == await pattern()
+
+
+async def test_start_latency_delays_sandbox_and_start_only() -> None:
+    fake = FakeRuntime(images={"docker.io/library/app:1"}, faults=Faults(start_latency=0.05))
+    began = time.monotonic()
+    sid = await fake.run_pod_sandbox(_config("p"))
+    assert time.monotonic() - began >= 0.05
+    cfg = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="c"), image=cri.ImageSpec(image="app:1"))
+    began = time.monotonic()
+    cid = await fake.create_container(sid, cfg, _config("p"))
+    assert time.monotonic() - began < 0.05
+    began = time.monotonic()
+    await fake.start_container(cid)
+    assert time.monotonic() - began >= 0.05
+    assert fake.containers[cid].state == cri.CONTAINER_RUNNING
