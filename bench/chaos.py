@@ -46,7 +46,7 @@ import grpc
 from bench import meta
 from bench.e2e import free_lan
 from deploy.lab import Lab, LabSpec
-from skiff import errors, kinds, taints
+from skiff import errors, kinds, taints, tls
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
@@ -140,9 +140,10 @@ DEFINITE = (errors.NotFoundError, errors.InvalidError)
 
 
 class Writer(threading.Thread):
-    def __init__(self, endpoints: list[str], *, names: int = 40) -> None:
+    def __init__(self, endpoints: list[str], credentials: tls.Credentials | None, *, names: int = 40) -> None:
         super().__init__(name="chaos-writer", daemon=True)
         self.endpoints = endpoints
+        self.credentials = credentials
         self.names = names
         self.log = WriteLog()
         self.stop = threading.Event()
@@ -156,7 +157,7 @@ class Writer(threading.Thread):
 
     async def _run(self) -> None:
         rng = random.Random(15)
-        async with Client(self.endpoints, timeout=5.0) as client:
+        async with Client(self.endpoints, timeout=5.0, credentials=self.credentials) as client:
             n = 0
             while not self.stop.is_set():
                 n += 1
@@ -181,7 +182,7 @@ class Writer(threading.Thread):
                 await asyncio.sleep(0.05)
 
     async def stored(self) -> dict[str, str | None]:
-        async with Client(self.endpoints, timeout=10.0) as client:
+        async with Client(self.endpoints, timeout=10.0, credentials=self.credentials) as client:
             items = (await client.list(t.ConfigMap, namespace="default")).items
         return {cm.metadata.name: cm.data.get("v") for cm in items if cm.metadata.name.startswith("w-")}
 
@@ -250,13 +251,18 @@ async def ready_pods(client: Client) -> list[t.Pod] | None:
     return good if len(good) == REPLICAS == len(pods) else None
 
 
+def store_channel(lab: Lab, url: str) -> grpc.aio.Channel:
+    """A channel to a store member's client port, as the lab's admin (the store serves TLS)."""
+    return grpc.aio.secure_channel(url, lab.admin.channel_credentials(), options=lab.admin.channel_options())
+
+
 async def store_leader(lab: Lab) -> str:
     """The name of the store member the members agree leads ("" when they do not agree)."""
     ids: dict[int, str] = {}
     leaders: set[int] = set()
     for m in lab.cluster.members:
         try:
-            async with grpc.aio.insecure_channel(m.client_url) as ch:
+            async with store_channel(lab, m.client_url) as ch:
                 st = await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=3)
         except grpc.aio.AioRpcError:
             continue
@@ -265,14 +271,14 @@ async def store_leader(lab: Lab) -> str:
     return ids.get(leaders.pop(), "") if len(leaders) == 1 else ""
 
 
-async def member_answers(url: str) -> bool:
-    async with grpc.aio.insecure_channel(url) as ch:
+async def member_answers(lab: Lab, url: str) -> bool:
+    async with store_channel(lab, url) as ch:
         await etcd_grpc.MaintenanceStub(ch).Status(etcd.StatusRequest(), timeout=3)
     return True
 
 
-async def api_answers(url: str) -> bool:
-    async with Client([url], timeout=3.0) as client:
+async def api_answers(lab: Lab, url: str) -> bool:
+    async with Client([url], timeout=3.0, credentials=lab.admin) as client:
         await client.version()
     return True
 
@@ -350,10 +356,10 @@ class Chaos:
             await self.kill_and_restart(
                 Fault(f"store member {m.name}", m.host, f"store-{m.name}",
                       note="the leader" if m.name == now_leader else "a follower"),
-                partial(member_answers, m.client_url))
+                partial(member_answers, lab, m.client_url))
         for m in lab.cluster.members:
             await self.kill_and_restart(Fault(f"api-server {m.name}", m.host, f"apiserver-{m.name}"),
-                                        partial(api_answers, m.api_url))
+                                        partial(api_answers, lab, m.api_url))
         for daemon, lease in (("controllers", "skiff-controller-manager"), ("scheduler", "skiff-scheduler")):
             holder = await wait(partial(lease_holder, client, lease), timeout=30, what=f"a {daemon} leader")
             await self.kill_and_restart(
@@ -440,7 +446,7 @@ async def scenario(lab: Lab, timing: Timing) -> dict[str, Any]:
             return data.count(b" ok") >= 20
 
         await wait(requests_flowing, timeout=90, what="the client's requests flowing")
-        writer = Writer(lab.api_servers)
+        writer = Writer(lab.api_servers, lab.admin)
         writer.start()
         chaos = Chaos(lab, timing)
         started = time.monotonic()
