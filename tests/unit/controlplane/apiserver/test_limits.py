@@ -21,6 +21,7 @@ import pytest
 
 from controlplane.apiserver import limits
 from controlplane.apiserver.allocator import Allocator
+from controlplane.apiserver.authn import Authenticator
 from controlplane.apiserver.filters import make_filter
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.inprocess import DEFAULT_OPTIONS
@@ -28,7 +29,7 @@ from controlplane.apiserver.limits import Limiter, Limits
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import http
-from controlplane.apiserver.server import ApiServerService, ErrorInterceptor, generic_handler
+from controlplane.apiserver.server import ApiServerService, ErrorInterceptor, RequestAuth, generic_handler
 from controlplane.apiserver.storage import WatchBatch
 from controlplane.apiserver.watchcache import CachedEvent, WatchCache, Watcher
 from skiff import errors, identity, kinds
@@ -138,7 +139,9 @@ async def servers() -> AsyncIterator[Servers]:
     forwarder = Forwarder(registry)
     limiter = Limiter(Limits(max_requests_inflight=1, max_mutating_requests_inflight=1, max_watches_per_client=2,
                              retry_after=HINT))
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(limiter)])
+    # Insecure authentication (everyone the admin) and no authorizer: the limiter is what is tested.
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(Authenticator(registry, insecure=True)),
+                                                            limiter)])
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder)),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
