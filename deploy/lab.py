@@ -240,6 +240,11 @@ class Lab:
         """The Kubernetes REST API of each api-server, as kubectl's server URLs."""
         return [f"https://{m.http_url}" for m in self.cluster.members]
 
+    def write_kubeconfig(self, path: Path | None = None, *, name: str = kubeconfig.CONTEXT) -> Path:
+        """Merge this lab's cluster, user and context `name` into a kubeconfig (the user's by default)
+        and make it current: what `skiff lab up` writes, and what tests hand to kubectl and helm."""
+        return kubeconfig.write_entry(self.http_servers[0], name=name, path=path, credentials=self.admin)
+
     @property
     def workers(self) -> list[str]:
         return [h.name for h in self.net.with_role(render.WORKER)]
@@ -587,7 +592,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         print(f"api-servers: {','.join(lab.api_servers)}")
         print(f"use it:      export SKIFF_CONFIG={lab.config_path}")
         context = f"skiff-{args.prefix}"
-        path = kubeconfig.write_entry(lab.http_servers[0], name=context, credentials=lab.admin)
+        path = lab.write_kubeconfig(name=context)
         print(f"kubectl:     context {context} in {path} ({lab.http_servers[0]}), now the current context")
     elif args.action == "down":
         lab = Lab.load(args.prefix, root)

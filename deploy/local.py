@@ -90,7 +90,7 @@ def up(state_dir: Path) -> int:
     server = ",".join(lab.api_servers)
     path = skiff_config.write_config(server, credentials=lab.admin)
     say(f"CLI configured: {path} points at {server} as the admin ({lab.admin.cert_file})")
-    kube_path = kubeconfig.write_entry(lab.http_servers[0], credentials=lab.admin)
+    kube_path = lab.write_kubeconfig()
     say(f"kubectl configured: context {kubeconfig.CONTEXT} in {kube_path} ({lab.http_servers[0]}); "
         f"try .venv/bin/kubectl get pods")
     applied = skiff_cli("apply", "-f", str(EXAMPLE), lab=lab)

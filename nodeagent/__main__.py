@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cni-conf-dir", default="", help="where to write the CNI conflist (default STATE/cni)")
     p.add_argument("--ipam-dir", default="", help="host-local IPAM dataDir (default STATE/ipam)")
     p.add_argument("--pod-log-dir", default="", help="container logs (default STATE/pods)")
+    p.add_argument("--local-path-dir", default="",
+                   help="directories of local-path PersistentVolumes on this node (default STATE/storage)")
     p.add_argument("--pod-cidr", default="", help="use this podCIDR instead of waiting for the Node's spec.podCIDR")
     p.add_argument("--cgroup-parent", default="", help="cgroupfs parent of all pod sandboxes, e.g. /skiff-n1")
     p.add_argument("--netns", default="", help="do node networking (routes, sysctls, probes) in this netns path")
@@ -148,6 +150,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
         node_name=args.node_name, node_ip=args.node_ip, port=port,
         pod_log_dir=args.pod_log_dir or str(paths.pod_logs),
         volume_dir=str(paths.pod_volumes),
+        local_path_dir=args.local_path_dir or str(paths.local_volumes),
         cni_conf_dir=args.cni_conf_dir or str(paths.cni_conf_dir),
         ipam_dir=args.ipam_dir or str(paths.ipam_dir),
         pod_cidr=args.pod_cidr, cgroup_parent=args.cgroup_parent,

@@ -16,6 +16,10 @@ backoff after an unexpected error; an informer that ends stops the process non-z
   reopens it (ReopenContainerLog); at most `container_log_max_files` files are kept (logs.py);
 - configmap and secret informers: env and volumes read them from these caches; a change kicks
   the workers of the pods that refer to the object (their volume files are rewritten);
+- persistentvolumeclaim and persistentvolume informers: persistentVolumeClaim volumes read them;
+  a claim's change kicks the pods that use it (a claim just bound lets its pod start); a
+  local-path volume of this node that is Released with policy Delete is reclaimed: its
+  directory removed, then the PersistentVolume deleted (volumes.reclaimable);
 - node status: the Ready condition from CRI Status, written when it changes or differs from the
   stored one (and every `node_status_period` as a heartbeat): the agent is the one writer of
   Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent; the
@@ -53,9 +57,9 @@ from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
-from nodeagent.volumes import VolumeManager
+from nodeagent.volumes import VolumeManager, reclaimable
 from nodeagent.worker import PodWorker, WorkerContext
-from skiff import conditions, errors
+from skiff import conditions, errors, storage
 from skiff.client import ApiClient
 from skiff.clock import stamp
 from skiff.events import EventRecorder
@@ -101,6 +105,7 @@ class AgentConfig:
     container_log_max_files: int = 5  # the kubelet's containerLogMaxFiles, the live file included
     log_rotation_period: float = 10.0  # how often logs are checked (the kubelet's monitor period)
     host_pressure: bool = True  # Memory/Disk/PIDPressure from this host (off for simulated nodes)
+    local_path_dir: str = ""  # local-path PersistentVolumes of this node (published as a Node annotation)
 
 
 @dataclass
@@ -113,14 +118,17 @@ class ClusterInformers:
     config_maps: Informer[t.ConfigMap]
     secrets: Informer[t.Secret]
     services: Informer[t.Service]
+    claims: Informer[t.PersistentVolumeClaim]
+    volumes: Informer[t.PersistentVolume]
 
     @classmethod
     def create(cls, client: ApiClient) -> ClusterInformers:
         return cls(Informer(client, t.Node), Informer(client, t.ConfigMap), Informer(client, t.Secret),
-                   Informer(client, t.Service))
+                   Informer(client, t.Service), Informer(client, t.PersistentVolumeClaim),
+                   Informer(client, t.PersistentVolume))
 
     def all(self) -> list[Informer[Any]]:
-        return [self.nodes, self.config_maps, self.secrets, self.services]
+        return [self.nodes, self.config_maps, self.secrets, self.services, self.claims, self.volumes]
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,9 @@ class NodeAgent:
         self.node_informer: Informer[t.Node] = cluster.nodes
         self.config_map_informer: Informer[t.ConfigMap] = cluster.config_maps
         self.secret_informer: Informer[t.Secret] = cluster.secrets
+        self.claim_informer: Informer[t.PersistentVolumeClaim] = cluster.claims
+        self.pv_informer: Informer[t.PersistentVolume] = cluster.volumes
+        self._reclaiming: set[str] = set()
         self.volumes = VolumeManager(config.volume_dir) if config.volume_dir else None
         self.service_informer: Informer[t.Service] = cluster.services
         self.network: NetworkManager | None = None
@@ -171,7 +182,7 @@ class NodeAgent:
                                            dns=config.dns, pod_dir=config.pod_dir),
             plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock,
             config=self, volumes=self.volumes, node_allocatable=self._capacity,
-            services=self.service_informer.list)
+            services=self.service_informer.list, claims=self)
         self.runtime_status: cri.StatusResponse | None = None
         self.runtime_error = "not checked yet"
         self.runtime_version = ""
@@ -256,6 +267,45 @@ class NodeAgent:
             if pod.metadata.namespace == obj.metadata.namespace and \
                     obj.metadata.name in referenced_config(pod, config_maps=is_cm):
                 self.ensure_worker(uid)
+
+    # ------------------------------------------------------------ claims and volumes (ClaimSource)
+
+    def claim(self, namespace: str, name: str) -> t.PersistentVolumeClaim | None:
+        return self.claim_informer.get(name, namespace)
+
+    def persistent_volume(self, name: str) -> t.PersistentVolume | None:
+        return self.pv_informer.get(name)
+
+    def _claim_changed(self, *objs: t.PersistentVolumeClaim) -> None:
+        pvc = objs[-1]
+        for uid, pod in list(self.pods_by_uid.items()):
+            if pod.metadata.namespace == pvc.metadata.namespace and pvc.metadata.name in storage.pod_claims(pod.spec):
+                self.ensure_worker(uid)
+
+    def _volume_changed(self, *objs: t.PersistentVolume) -> None:
+        pv = objs[-1]
+        name = pv.metadata.name
+        if name in self._reclaiming or not reclaimable(pv, node_name=self.config.node_name,
+                                                       local_path_dir=self.config.local_path_dir):
+            return
+        self._reclaiming.add(name)
+        task = asyncio.get_running_loop().create_task(self._reclaim(pv), name=f"reclaim-{name}")
+        self._tasks.append(task)
+        task.add_done_callback(lambda done: self._tasks.remove(done) if done in self._tasks else None)
+
+    async def _reclaim(self, pv: t.PersistentVolume) -> None:
+        """Remove a Released local-path volume's directory, then its PersistentVolume object."""
+        name = pv.metadata.name
+        try:
+            VolumeManager.reclaim(pv)
+            log.info("reclaimed volume %s: removed %s", name, pv.spec.local.path)
+            await self.client.delete(t.PersistentVolume, name)
+        except errors.NotFoundError:
+            pass
+        except (OSError, errors.SkiffError) as exc:
+            log.warning("reclaiming volume %s: %s", name, exc)
+        finally:
+            self._reclaiming.discard(name)
 
     def _remove_orphan_volumes(self) -> None:
         """Volume directories of pods that are gone and have no worker (e.g. removed while the agent was down)."""
@@ -342,8 +392,16 @@ class NodeAgent:
                                               capacity=self._capacity(), info=info, port=self.config.port,
                                               ready=self.ready, labels=self.config.labels)
                     node.spec.taints.extend(self.config.taints)
+                    if self.config.local_path_dir:
+                        node.metadata.annotations[storage.NODE_PATH_ANNOTATION] = self.config.local_path_dir
                     current = await self.client.create(node)
                     log.info("registered node %s", self.config.node_name)
+                if self.config.local_path_dir and \
+                        current.metadata.annotations.get(storage.NODE_PATH_ANNOTATION) != self.config.local_path_dir:
+                    updated = t.Node()
+                    updated.CopyFrom(current)
+                    updated.metadata.annotations[storage.NODE_PATH_ANNOTATION] = self.config.local_path_dir
+                    current = await self.client.update(updated)
                 self.ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
                                                              list(current.status.conditions), now)
                 await self.write_node_status(current)
@@ -536,15 +594,22 @@ class NodeAgent:
         for informer in (self.config_map_informer, self.secret_informer):
             informer.add_handler(on_add=self._config_changed, on_update=self._config_changed,
                                  on_delete=self._config_changed)
+        self.claim_informer.add_handler(on_add=self._claim_changed, on_update=self._claim_changed,
+                                        on_delete=self._claim_changed)
+        self.pv_informer.add_handler(on_add=self._volume_changed, on_update=self._volume_changed)
         if self._owns_informers:
             self._tasks.append(guard(self.config_map_informer.run(), "nodeagent-configmap-informer"))
             self._tasks.append(guard(self.secret_informer.run(), "nodeagent-secret-informer"))
             self._tasks.append(guard(self.service_informer.run(), "nodeagent-service-informer"))
+            self._tasks.append(guard(self.claim_informer.run(), "nodeagent-claim-informer"))
+            self._tasks.append(guard(self.pv_informer.run(), "nodeagent-volume-informer"))
         with contextlib.suppress(asyncio.TimeoutError):
             # Env and volumes read these caches: sync them before the pods' workers start.
             await asyncio.wait_for(asyncio.gather(self.config_map_informer.wait_synced(),
                                                   self.secret_informer.wait_synced(),
-                                                  self.service_informer.wait_synced()), 10)
+                                                  self.service_informer.wait_synced(),
+                                                  self.claim_informer.wait_synced(),
+                                                  self.pv_informer.wait_synced()), 10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(supervise(self._relist_loop, "nodeagent-relist"))
@@ -582,7 +647,7 @@ class NodeAgent:
 def referenced_config(pod: t.Pod, *, config_maps: bool) -> set[str]:
     """Names of the ConfigMaps (or Secrets) a pod's env, envFrom and volumes refer to."""
     out: set[str] = set()
-    for c in pod.spec.containers:
+    for c in (*pod.spec.init_containers, *pod.spec.containers):
         for e in c.env:
             ref = e.value_from.config_map_key_ref if config_maps else e.value_from.secret_key_ref
             if ref.name:

@@ -19,6 +19,16 @@ Rules that must hold:
   past its last exit (CrashLoopBackOff); a container that ran `reset_after` (10 min) starts over.
 - image pull failures back off the same way (ErrImagePull, then ImagePullBackOff).
 - restartCount is the container's CRI attempt number, so it survives agent restarts.
+- init containers run one at a time, in order, in the current sandbox, each only after the one
+  before exited 0 (a native sidecar, `restartPolicy: Always`, only has to be started: running,
+  and past its startup probe); app containers start only when all of them are done
+  (Initialized). A failed init container restarts with the backoff when the pod's policy is
+  Always or OnFailure; with Never the pod fails. Once an app container exists in the sandbox the
+  pod counts as initialized (removed init containers are not run again); a new sandbox runs them
+  all again. Sidecars restart on every exit and do not keep a pod from finishing.
+- a pod past `activeDeadlineSeconds` (from status.startTime), or one the worker has evicted
+  (Memory.eviction: an emptyDir over its sizeLimit), fails: its containers are stopped and the
+  phase is Failed with reason DeadlineExceeded / Evicted.
 - a terminal phase (Succeeded, Failed) is final: once the pod's status says so, nothing of it
   runs again (a container still running is stopped, the sandbox is not recreated) and the
   phase and the last container states stay, even when the runtime no longer has the containers
@@ -96,11 +106,20 @@ class ProbeState:
 
 
 @dataclass(frozen=True)
+class PodFailure:
+    """Why the node fails a pod that has not finished (pod status reason and message)."""
+
+    reason: str  # DeadlineExceeded, Evicted
+    message: str
+
+
+@dataclass(frozen=True)
 class Memory:
     backoff: Mapping[str, float] = field(default_factory=dict)  # container name -> delay before next restart
     image_failures: Mapping[str, ImageFailure] = field(default_factory=dict)  # container name -> last failure
     pulled: Mapping[str, int] = field(default_factory=dict)  # container name -> attempt pulled for (Always)
     probes: Mapping[str, ProbeState] = field(default_factory=dict)  # container id -> results
+    eviction: PodFailure | None = None  # set by the worker when it evicts the pod (emptyDir over its sizeLimit)
 
 
 @dataclass(frozen=True)
@@ -246,6 +265,76 @@ def container_done(pod: t.Pod, obs: Observed, name: str) -> bool:
                                                                               last.exit_code)
 
 
+def is_sidecar(spec: t.Container) -> bool:
+    """A native sidecar: an init container with restartPolicy Always."""
+    return spec.HasField("restart_policy") and spec.restart_policy == "Always"
+
+
+def container_spec(pod: t.Pod, name: str) -> t.Container | None:
+    """The spec of a container or init container by name."""
+    for c in (*pod.spec.init_containers, *pod.spec.containers):
+        if c.name == name:
+            return c
+    return None
+
+
+def init_policy(pod: t.Pod) -> str:
+    """An init container (not a sidecar) restarts on failure unless the pod's policy is Never."""
+    return "Never" if pod.spec.restart_policy == "Never" else "OnFailure"
+
+
+def deadline_at(pod: t.Pod) -> float | None:
+    """When the pod's activeDeadlineSeconds runs out (counted from status.startTime)."""
+    if not pod.spec.HasField("active_deadline_seconds") or not pod.status.HasField("start_time"):
+        return None
+    start = pod.status.start_time.seconds + pod.status.start_time.nanos / 1e9
+    return start + pod.spec.active_deadline_seconds
+
+
+def pod_failure(pod: t.Pod, memory: Memory, now: float) -> PodFailure | None:
+    """Why the node fails this pod now, if it does (eviction first, then the deadline)."""
+    if memory.eviction is not None:
+        return memory.eviction
+    deadline = deadline_at(pod)
+    if deadline is not None and now >= deadline:
+        return PodFailure("DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
+    return None
+
+
+def init_failed(pod: t.Pod, obs: Observed) -> bool:
+    """An init container failed and the pod's policy (Never) does not retry it: the pod fails."""
+    if init_policy(pod) != "Never":
+        return False
+    sandbox = current_sandbox(obs)
+    for spec in pod.spec.init_containers:
+        if is_sidecar(spec):
+            continue
+        last = latest_instance(obs, spec.name, sandbox.id if sandbox is not None else None)
+        if last is not None and last.state == "exited" and last.exit_code != 0:
+            return True
+    return False
+
+
+def initialized(pod: t.Pod, obs: Observed, memory: Memory) -> bool:
+    """Every init container is done in the current sandbox (or an app container already exists there)."""
+    sandbox = current_sandbox(obs)
+    if sandbox is None:
+        return not pod.spec.init_containers
+    if any(latest_instance(obs, c.name, sandbox.id) is not None for c in pod.spec.containers):
+        return True
+    return all(_init_done(spec, obs, memory, sandbox) for spec in pod.spec.init_containers)
+
+
+def _init_done(spec: t.Container, obs: Observed, memory: Memory, sandbox: SandboxObs) -> bool:
+    latest = latest_instance(obs, spec.name, sandbox.id)
+    if latest is None:
+        return False
+    if is_sidecar(spec):
+        started = memory.probes.get(latest.id, ProbeState()).started or not spec.HasField("startup_probe")
+        return latest.state == "running" and started
+    return latest.state == "exited" and latest.exit_code == 0
+
+
 def is_terminal(pod: t.Pod) -> bool:
     """The API already shows the pod finished (a phase that never changes again)."""
     return pod.status.phase in ("Succeeded", "Failed")
@@ -307,72 +396,106 @@ def compute_plan(pod: t.Pod | None, obs: Observed, memory: Memory, now: float,
             actions += [StopContainer(c.id, c.name, grace_seconds(pod, config), "SandboxChanged")
                         for c in obs.containers if c.sandbox_id == sandbox.id and c.state == "running"]
         actions.append(RunSandbox(attempt=sandbox.attempt + 1 if sandbox is not None else 0))
-        creating = {c.name: Waiting("ContainerCreating") for c in pod.spec.containers}
+        first = "PodInitializing" if pod.spec.init_containers else "ContainerCreating"
+        creating = {c.name: Waiting(first) for c in (*pod.spec.init_containers, *pod.spec.containers)}
         return Plan(tuple(actions + cleanup), waiting=creating)
 
+    failure = pod_failure(pod, memory, now)
+    if failure is not None or init_failed(pod, obs):
+        # The pod fails: stop what runs; compute_status reports Failed (and the reason).
+        grace = grace_seconds(pod, config)
+        reason = failure.reason if failure is not None else "Killing"
+        actions += [StopContainer(c.id, c.name, grace, reason) for c in obs.containers if c.state == "running"]
+        return Plan(tuple(actions + cleanup))
+    deadline = deadline_at(pod)
+    if deadline is not None:
+        wake.append(deadline)
+
+    complete = initialized(pod, obs, memory)
+    for i, spec in enumerate(pod.spec.init_containers):
+        done = complete or _init_done(spec, obs, memory, sandbox)
+        if is_sidecar(spec) and done:
+            _step(pod, spec, "Always", sandbox, obs, memory, now, config, actions, cleanup, waiting, wake)
+            continue  # a started sidecar is kept running (restarted on exit)
+        if done:
+            continue
+        _step(pod, spec, "Always" if is_sidecar(spec) else init_policy(pod), sandbox, obs, memory, now, config,
+              actions, cleanup, waiting, wake)
+        # Nothing after an init container that is not done yet may start.
+        for later in (*pod.spec.init_containers[i + 1:], *pod.spec.containers):
+            waiting.setdefault(later.name, Waiting("PodInitializing"))
+        return Plan(tuple(actions + cleanup), waiting=waiting, wake_at=min(wake) if wake else None)
+
     for spec in pod.spec.containers:
-        name = spec.name
-        latest = latest_instance(obs, name, sandbox.id)
-        any_latest = latest_instance(obs, name)
-        # Older exited instances go; the latest and the last exited one stay (lastState, --previous logs).
-        exited = sorted((c for c in obs.containers if c.name == name and c.state == "exited"
-                         and (latest is None or c.id != latest.id)), key=lambda c: (c.attempt, c.created_at))
-        cleanup += [RemoveContainer(c.id) for c in exited[:-1]]
-        if latest is not None and latest.state == "running":
-            probe = memory.probes.get(latest.id, ProbeState())
-            if not probe.live:
-                actions.append(StopContainer(latest.id, name, grace_seconds(pod, config), "Unhealthy"))
-            continue
-        if latest is not None and latest.state == "created":
-            actions.append(StartContainer(latest.id, name))
-            continue
-        # Nothing runs: first start, restart after an exit, or a new sandbox.
-        next_attempt = any_latest.attempt + 1 if any_latest is not None else 0
-        next_backoff = memory.backoff.get(name, 0.0)
-        if any_latest is not None and any_latest.state in ("exited", "unknown"):
-            if not should_restart(policy, any_latest.exit_code):
-                continue
-            delay = memory.backoff.get(name, 0.0)
-            if delay <= 0 or _ran_for(any_latest) >= config.reset_after:
-                next_backoff = config.backoff_base
-            else:
-                eligible = any_latest.finished_at / 1e9 + delay
-                if now < eligible:
-                    waiting[name] = Waiting("CrashLoopBackOff", f"back-off {_fmt(delay)} restarting failed container="
-                                            f"{name} pod={pod.metadata.name}_{pod.metadata.namespace}"
-                                            f"({pod.metadata.uid})")
-                    wake.append(eligible)
-                    continue
-                next_backoff = min(delay * 2, config.backoff_max)
-        # The image, by imagePullPolicy.
-        pull = pull_policy(spec)
-        present = obs.images.get(spec.image, False)
-        failure = memory.image_failures.get(name)
-        need_pull = (pull == "Always" and memory.pulled.get(name, -1) != next_attempt) or \
-                    (pull == "IfNotPresent" and not present)
-        if pull == "Never" and not present:
-            waiting[name] = Waiting("ErrImageNeverPull", f'Container image "{spec.image}" is not present with pull '
-                                    "policy of Never")
-            continue
-        if need_pull:
-            if failure is not None and now < failure.retry_at:
-                if now < failure.at + ERR_IMAGE_PULL_SHOWN:
-                    # Like the kubelet: the failed attempt is reported first, the backoff from the next sync.
-                    waiting[name] = Waiting(failure.reason, failure.message)
-                    wake.append(failure.at + ERR_IMAGE_PULL_SHOWN)
-                else:
-                    waiting[name] = Waiting("ImagePullBackOff", f'Back-off pulling image "{spec.image}"')
-                    wake.append(failure.retry_at)
-                continue
-            if failure is not None:
-                waiting[name] = Waiting(failure.reason, failure.message)
-            else:
-                waiting[name] = Waiting("ContainerCreating")
-            actions.append(PullImage(name, spec.image, next_attempt))
-            continue
-        waiting[name] = Waiting("ContainerCreating")
-        actions.append(CreateContainer(name, sandbox.id, next_attempt, next_backoff))
+        _step(pod, spec, policy, sandbox, obs, memory, now, config, actions, cleanup, waiting, wake)
     return Plan(tuple(actions + cleanup), waiting=waiting, wake_at=min(wake) if wake else None)
+
+
+def _step(pod: t.Pod, spec: t.Container, policy: str, sandbox: SandboxObs, obs: Observed, memory: Memory,
+          now: float, config: PlanConfig, actions: list[Action], cleanup: list[Action],
+          waiting: dict[str, Waiting], wake: list[float]) -> None:
+    """The next action for one container in the ready sandbox (appended to `actions`), or why it waits."""
+    name = spec.name
+    latest = latest_instance(obs, name, sandbox.id)
+    any_latest = latest_instance(obs, name)
+    # Older exited instances go; the latest and the last exited one stay (lastState, --previous logs).
+    exited = sorted((c for c in obs.containers if c.name == name and c.state == "exited"
+                     and (latest is None or c.id != latest.id)), key=lambda c: (c.attempt, c.created_at))
+    cleanup.extend(RemoveContainer(c.id) for c in exited[:-1])
+    if latest is not None and latest.state == "running":
+        probe = memory.probes.get(latest.id, ProbeState())
+        if not probe.live:
+            actions.append(StopContainer(latest.id, name, grace_seconds(pod, config), "Unhealthy"))
+        return
+    if latest is not None and latest.state == "created":
+        actions.append(StartContainer(latest.id, name))
+        return
+    # Nothing runs: first start, restart after an exit, or a new sandbox.
+    next_attempt = any_latest.attempt + 1 if any_latest is not None else 0
+    next_backoff = memory.backoff.get(name, 0.0)
+    if any_latest is not None and any_latest.state in ("exited", "unknown"):
+        if not should_restart(policy, any_latest.exit_code):
+            return
+        delay = memory.backoff.get(name, 0.0)
+        if delay <= 0 or _ran_for(any_latest) >= config.reset_after:
+            next_backoff = config.backoff_base
+        else:
+            eligible = any_latest.finished_at / 1e9 + delay
+            if now < eligible:
+                waiting[name] = Waiting("CrashLoopBackOff", f"back-off {_fmt(delay)} restarting failed container="
+                                        f"{name} pod={pod.metadata.name}_{pod.metadata.namespace}"
+                                        f"({pod.metadata.uid})")
+                wake.append(eligible)
+                return
+            next_backoff = min(delay * 2, config.backoff_max)
+    # The image, by imagePullPolicy.
+    pull = pull_policy(spec)
+    present = obs.images.get(spec.image, False)
+    failure = memory.image_failures.get(name)
+    need_pull = (pull == "Always" and memory.pulled.get(name, -1) != next_attempt) or \
+                (pull == "IfNotPresent" and not present)
+    if pull == "Never" and not present:
+        waiting[name] = Waiting("ErrImageNeverPull", f'Container image "{spec.image}" is not present with pull '
+                                "policy of Never")
+        return
+    if need_pull:
+        if failure is not None and now < failure.retry_at:
+            if now < failure.at + ERR_IMAGE_PULL_SHOWN:
+                # Like the kubelet: the failed attempt is reported first, the backoff from the next sync.
+                waiting[name] = Waiting(failure.reason, failure.message)
+                wake.append(failure.at + ERR_IMAGE_PULL_SHOWN)
+            else:
+                waiting[name] = Waiting("ImagePullBackOff", f'Back-off pulling image "{spec.image}"')
+                wake.append(failure.retry_at)
+            return
+        if failure is not None:
+            waiting[name] = Waiting(failure.reason, failure.message)
+        else:
+            waiting[name] = Waiting("ContainerCreating")
+        actions.append(PullImage(name, spec.image, next_attempt))
+        return
+    waiting[name] = Waiting("ContainerCreating")
+    actions.append(CreateContainer(name, sandbox.id, next_attempt, next_backoff))
 
 
 def image_failure(previous: ImageFailure | None, reason: str, message: str, now: float,
@@ -449,6 +572,8 @@ def container_status(pod: t.Pod, spec: t.Container, obs: Observed, memory: Memor
 
 
 def _phase(pod: t.Pod, statuses: Sequence[t.ContainerStatus], obs: Observed) -> str:
+    if init_failed(pod, obs):
+        return "Failed"
     if pod_finished(pod, obs):
         codes = [latest_instance(obs, c.name).exit_code for c in pod.spec.containers]  # type: ignore[union-attr]
         return "Succeeded" if all(code == 0 for code in codes) else "Failed"
@@ -476,15 +601,31 @@ def compute_status(pod: t.Pod, obs: Observed, memory: Memory, plan: Plan, now: f
     """The pod's status as the node sees it; timestamps of unchanged conditions are kept."""
     out = t.PodStatus()
     statuses = [container_status(pod, c, obs, memory, plan.waiting.get(c.name)) for c in pod.spec.containers]
+    init_statuses = [container_status(pod, c, obs, memory, _init_waiting(plan.waiting.get(c.name), obs, c.name))
+                     for c in pod.spec.init_containers]
+    failure = None if is_terminal(pod) else pod_failure(pod, memory, now)
     if is_terminal(pod):
         # Final: the phase stays; a container the runtime no longer has keeps its last reported state.
-        before = {cs.name: cs for cs in pod.status.container_statuses}
+        before = {cs.name: cs for cs in (*pod.status.container_statuses, *pod.status.init_container_statuses)}
         statuses = [before[s.name] if s.name in before and latest_instance(obs, s.name) is None else s
                     for s in statuses]
-        for s in statuses:
+        init_statuses = [before[s.name] if s.name in before and latest_instance(obs, s.name) is None else s
+                         for s in init_statuses]
+        for s in (*statuses, *init_statuses):
             s.ready = False
+        out.reason, out.message = pod.status.reason, pod.status.message
+    elif failure is not None:
+        out.reason, out.message = failure.reason, failure.message
     out.container_statuses.extend(statuses)
-    out.phase = pod.status.phase if is_terminal(pod) else _phase(pod, statuses, obs)
+    out.init_container_statuses.extend(init_statuses)
+    if is_terminal(pod):
+        out.phase = pod.status.phase
+    elif failure is not None:
+        out.phase = "Failed"
+        for s in (*out.container_statuses, *out.init_container_statuses):
+            s.ready = False
+    else:
+        out.phase = _phase(pod, statuses, obs)
     out.qos_class = pod.status.qos_class or qos.qos_class(pod.spec)
     out.host_ip = host_ip
     sandbox = current_sandbox(obs)
@@ -496,14 +637,34 @@ def compute_status(pod: t.Pod, obs: Observed, memory: Memory, plan: Plan, now: f
     else:
         out.start_time.CopyFrom(micro_timestamp(now))
     prev = list(pod.status.conditions)
-    not_ready = [s.name for s in statuses if not s.ready]
+    sidecars = {c.name for c in pod.spec.init_containers if is_sidecar(c)}
+    not_ready = [s.name for s in out.init_container_statuses if s.name in sidecars and not s.ready] + \
+        [s.name for s in out.container_statuses if not s.ready]
     ready = not not_ready and out.phase == "Running"
     msg = f"containers with unready status: [{' '.join(not_ready)}]" if not_ready else ""
     reason = "PodCompleted" if out.phase in ("Succeeded", "Failed") else "ContainersNotReady"
+    incomplete = [s.name for s in out.init_container_statuses if not _init_status_done(s, s.name in sidecars)]
+    init_ok = not incomplete or (sandbox is not None and initialized(pod, obs, memory)) or out.phase == "Succeeded"
+    init_reason = "PodCompleted" if out.phase in ("Succeeded", "Failed") else "ContainersNotInitialized"
     out.conditions.extend([
         _condition(prev, "PodScheduled", True, now),
-        _condition(prev, "Initialized", True, now),
+        _condition(prev, "Initialized", init_ok, now, reason=init_reason,
+                   message=f"containers with incomplete status: [{' '.join(incomplete)}]"),
         _condition(prev, "ContainersReady", ready, now, reason=reason, message=msg),
         _condition(prev, "Ready", ready, now, reason=reason, message=msg),
     ])
     return out
+
+
+def _init_waiting(waiting: Waiting | None, obs: Observed, name: str) -> Waiting | None:
+    """An init container not created yet waits PodInitializing (as the kubelet reports it), not ContainerCreating."""
+    if (waiting is None and latest_instance(obs, name) is None) or (waiting is not None
+                                                                   and waiting.reason == "ContainerCreating"):
+        return Waiting("PodInitializing")
+    return waiting
+
+
+def _init_status_done(s: t.ContainerStatus, sidecar: bool) -> bool:
+    if sidecar:
+        return s.started
+    return s.state.HasField("terminated") and s.state.terminated.exit_code == 0

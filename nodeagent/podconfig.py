@@ -64,7 +64,7 @@ def sandbox_config(pod: t.Pod, attempt: int, settings: PodConfigSettings) -> cri
         annotations=dict(meta.annotations),
     )
     cfg.dns_config.CopyFrom(pod_dns_config(pod, settings.dns))
-    for c in pod.spec.containers:
+    for c in (*pod.spec.init_containers, *pod.spec.containers):
         for p in c.ports:
             if p.host_port:
                 cfg.port_mappings.add(protocol=cri.Protocol.Value(p.protocol or "TCP"), container_port=p.container_port,

@@ -64,7 +64,7 @@ class NodeAgentService(na_grpc.NodeAgentServicer):
                 raise errors.InvalidError(f"a container name must be specified for pod {name}, choose one of: "
                                           f"[{names}]")
             return pod, pod.spec.containers[0]
-        for c in pod.spec.containers:
+        for c in (*pod.spec.containers, *pod.spec.init_containers):  # logs of init containers too, as kubectl -c
             if c.name == container:
                 return pod, c
         raise errors.InvalidError(f"container {container} is not valid for pod {name}")

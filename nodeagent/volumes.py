@@ -8,13 +8,22 @@ live in a timestamped directory `..<stamp>`, `..data` is a symlink to it and eve
 name is a symlink through `..data`. An update writes a new stamped directory and renames a new
 `..data` symlink over the old one, so a container reading the volume sees either all old or all
 new files, never a mix; then the old directory is removed. hostPath volumes are the host path
-itself, after the `type` check.
+itself, after the `type` check. A persistentVolumeClaim volume is its bound PersistentVolume's
+directory (local or hostPath); a local-path volume's directory is made on first use (0777, as
+rancher's provisioner makes it) and outlives the pod: it is removed only when the volume is
+reclaimed (`reclaimable`: Released, policy Delete, provisioned here, inside this node's
+local-path directory), after which the agent deletes the PersistentVolume object.
 
 What must hold:
 - `plan_files` and `plan_mounts` are pure: the same pod and objects give the same files and
   mounts; a missing non-optional ConfigMap/Secret/key raises ContainerConfigError (the container
   is not created until it appears), an optional one gives an empty volume;
 - configMap/secret/downwardAPI/projected mounts are read-only, whatever the volumeMount says;
+- a disk emptyDir with a sizeLimit is measured (`disk_usage`, as du: allocated blocks, hard
+  links once, not crossing mounts); over its limit, the pod is evicted (`empty_dir_over_limit`
+  gives the kubelet's message); a `medium: Memory` one is a tmpfs of that size instead;
+- a claim that is missing, being deleted or not Bound yet raises VolumeNotReady (the container
+  waits in ContainerCreating until the PV controller binds it);
 - every container attempt gets its own empty termination-message file, mounted at
   `terminationMessagePath`; what it holds when the container exits is `terminated.message`;
 - a write that changes nothing leaves the volume untouched (no new `..data`), so refreshing on
@@ -34,9 +43,10 @@ import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from nodeagent.envs import ConfigSource, ContainerConfigError
-from skiff import downward, quantity
+from skiff import downward, quantity, storage
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
@@ -60,8 +70,20 @@ class HostPathProblem:
     message: str
 
 
+class VolumeNotReady(ContainerConfigError):
+    """The volume cannot be mounted yet (an unbound claim); the container stays ContainerCreating."""
+
+
+class ClaimSource(Protocol):
+    """Where the node agent finds PersistentVolumeClaims and PersistentVolumes."""
+
+    def claim(self, namespace: str, name: str) -> t.PersistentVolumeClaim | None: ...
+
+    def persistent_volume(self, name: str) -> t.PersistentVolume | None: ...
+
+
 def source_of(volume: t.Volume) -> str:
-    for field in ("host_path", "empty_dir", *FILE_SOURCES):
+    for field in ("host_path", "empty_dir", "persistent_volume_claim", *FILE_SOURCES):
         if volume.HasField(field):
             return field
     return ""
@@ -168,7 +190,8 @@ def plan_mounts(pod: t.Pod, container: t.Container, paths: Mapping[str, str]) ->
         host = paths[m.name]
         if m.sub_path:
             host = os.path.join(host, m.sub_path)
-        readonly = m.read_only or source_of(volume) in FILE_SOURCES
+        readonly = m.read_only or source_of(volume) in FILE_SOURCES or (
+            volume.HasField("persistent_volume_claim") and volume.persistent_volume_claim.read_only)
         out.append(cri.Mount(container_path=m.mount_path, host_path=host, readonly=readonly,
                              propagation=_PROPAGATION.get(m.mount_propagation, cri.PROPAGATION_PRIVATE)))
     return out
@@ -193,6 +216,77 @@ def check_host_path(path: str, type_: str, mode: int | None) -> str | None:
         return None if type_.endswith("OrCreate") else f'hostPath type check failed: {path} does not exist'
     check, what = _TYPE_CHECKS[type_]
     return None if check(mode) else f"hostPath type check failed: {path} is not {what}"
+
+
+def claim_volume(namespace: str, name: str, claims: ClaimSource) -> t.PersistentVolume:
+    """The volume bound to claim `name`; VolumeNotReady when there is none (yet)."""
+    pvc = claims.claim(namespace, name)
+    if pvc is None:
+        raise VolumeNotReady(f'persistentvolumeclaim "{name}" not found')
+    if pvc.metadata.HasField("deletion_timestamp"):
+        raise VolumeNotReady(f'persistentvolumeclaim "{name}" is being deleted')
+    if pvc.status.phase != "Bound" or not pvc.spec.volume_name:
+        raise VolumeNotReady(f'persistentvolumeclaim "{name}" is not bound yet')
+    pv = claims.persistent_volume(pvc.spec.volume_name)
+    if pv is None:
+        raise VolumeNotReady(f'persistentvolume "{pvc.spec.volume_name}" not found')
+    if not storage.volume_path(pv):
+        raise ContainerConfigError(f'persistentvolume "{pv.metadata.name}": only local and hostPath volumes '
+                                   "can be mounted")
+    return pv
+
+
+def _inside(path: str, directory: str) -> bool:
+    real, base = os.path.realpath(path), os.path.realpath(directory)
+    return real != base and real.startswith(base.rstrip("/") + "/")
+
+
+def reclaimable(pv: t.PersistentVolume, *, node_name: str, local_path_dir: str) -> bool:
+    """Whether this node removes the volume's directory and then the PersistentVolume object."""
+    return (bool(local_path_dir) and storage.provisioned_by_local_path(pv) and storage.volume_node(pv) == node_name
+            and pv.status.phase == "Released" and pv.spec.persistent_volume_reclaim_policy == "Delete"
+            and pv.spec.HasField("local") and _inside(pv.spec.local.path, local_path_dir))
+
+
+def limited_empty_dirs(pod: t.Pod) -> list[t.Volume]:
+    """The pod's disk emptyDirs with a sizeLimit (the ones the agent measures)."""
+    return [v for v in pod.spec.volumes if v.HasField("empty_dir") and v.empty_dir.medium != "Memory"
+            and v.empty_dir.size_limit]
+
+
+def empty_dir_over_limit(pod: t.Pod, usage: Mapping[str, int]) -> str:
+    """The eviction message for the first disk emptyDir whose usage (bytes, by volume) is over its
+    sizeLimit, as the kubelet words it; "" when none is."""
+    for v in limited_empty_dirs(pod):
+        try:
+            limit = quantity.to_bytes(v.empty_dir.size_limit)
+        except quantity.QuantityError:
+            continue
+        if usage.get(v.name, 0) > limit:
+            return f'Usage of EmptyDir volume "{v.name}" exceeds the limit "{v.empty_dir.size_limit}". '
+    return ""
+
+
+def disk_usage(path: str) -> int:
+    """Bytes allocated under `path` (du -s -x): blocks of every file once, symlinks not followed."""
+    try:
+        device = os.lstat(path).st_dev
+    except OSError:
+        return 0
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for base, dirs, names in os.walk(path):
+        for name in [*names, *dirs]:
+            try:
+                st = os.lstat(os.path.join(base, name))
+            except OSError:
+                continue
+            if st.st_dev != device or (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+        dirs[:] = [d for d in dirs if os.lstat(os.path.join(base, d)).st_dev == device]
+    return total
 
 
 def tmpfs_options(volume: t.EmptyDirVolumeSource) -> str:
@@ -292,7 +386,7 @@ class VolumeManager:
     def pod_dir(self, uid: str) -> str:
         return os.path.join(self.volume_dir, uid)
 
-    def setup(self, pod: t.Pod, source: ConfigSource, *,
+    def setup(self, pod: t.Pod, source: ConfigSource, *, claims: ClaimSource | None = None,
               node_allocatable: Mapping[str, str] | None = None) -> dict[str, str]:
         """Make every volume of `pod` ready; volume name -> host path. Raises ContainerConfigError."""
         paths: dict[str, str] = {}
@@ -300,6 +394,12 @@ class VolumeManager:
             kind = source_of(volume)
             if kind == "host_path":
                 paths[volume.name] = self._host_path(volume.host_path)
+                continue
+            if kind == "persistent_volume_claim":
+                if claims is None:
+                    raise ContainerConfigError("this node agent cannot mount persistent volumes")
+                pv = claim_volume(pod.metadata.namespace, volume.persistent_volume_claim.claim_name, claims)
+                paths[volume.name] = self._claim_path(pv)
                 continue
             path = os.path.join(self.pod_dir(pod.metadata.uid), volume.name)
             if kind == "empty_dir":
@@ -317,7 +417,7 @@ class VolumeManager:
         """A subPath of an emptyDir or hostPath that does not exist yet is created as a directory."""
         by_name = {v.name: v for v in pod.spec.volumes}
         for m in container.volume_mounts:
-            if m.sub_path and source_of(by_name[m.name]) in ("empty_dir", "host_path"):
+            if m.sub_path and source_of(by_name[m.name]) in ("empty_dir", "host_path", "persistent_volume_claim"):
                 os.makedirs(os.path.join(paths[m.name], m.sub_path), exist_ok=True)
 
     def refresh(self, pod: t.Pod, source: ConfigSource, *, node_allocatable: Mapping[str, str] | None = None) -> None:
@@ -333,6 +433,27 @@ class VolumeManager:
                     log.info("pod %s/%s: volume %s updated", pod.metadata.namespace, pod.metadata.name, volume.name)
             except (ContainerConfigError, downward.DownwardError) as exc:
                 log.debug("pod %s: volume %s not refreshed: %s", pod.metadata.name, volume.name, exc)
+
+    def _claim_path(self, pv: t.PersistentVolume) -> str:
+        if storage.provisioned_by_local_path(pv):
+            path = pv.spec.local.path
+            if not os.path.isdir(path):
+                os.makedirs(path, exist_ok=True)
+                os.chmod(path, 0o777)  # any container user may write, as the provisioner's helper makes it
+            return path
+        if pv.spec.HasField("host_path"):
+            return self._host_path(pv.spec.host_path)
+        if not os.path.isdir(pv.spec.local.path):
+            raise ContainerConfigError(f'persistentvolume "{pv.metadata.name}": local path {pv.spec.local.path} '
+                                       "does not exist on this node")
+        return pv.spec.local.path
+
+    @staticmethod
+    def reclaim(pv: t.PersistentVolume) -> None:
+        """Remove a reclaimable local-path volume's directory (the caller checked `reclaimable`)."""
+        shutil.rmtree(pv.spec.local.path, ignore_errors=True)
+        if os.path.exists(pv.spec.local.path):
+            raise OSError(f"could not remove {pv.spec.local.path}")
 
     @staticmethod
     def _host_path(src: t.HostPathVolumeSource) -> str:
@@ -352,6 +473,11 @@ class VolumeManager:
         if problem:
             raise ContainerConfigError(problem)
         return path
+
+    def empty_dir_usage(self, pod: t.Pod) -> dict[str, int]:
+        """Bytes used by each of the pod's limited disk emptyDirs."""
+        return {v.name: disk_usage(os.path.join(self.pod_dir(pod.metadata.uid), v.name))
+                for v in limited_empty_dirs(pod)}
 
     def termination_file(self, uid: str, container: str, attempt: int) -> str:
         return os.path.join(self.pod_dir(uid), TERMINATION_DIR, f"{container}-{attempt}")

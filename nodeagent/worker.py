@@ -37,7 +37,15 @@ from nodeagent.podconfig import (
 from nodeagent.probes import ProbeLoop, run_hook
 from nodeagent.registryauth import pull_auth
 from nodeagent.security import effective, run_as_non_root_problem
-from nodeagent.volumes import VolumeManager, plan_mounts, termination_message
+from nodeagent.volumes import (
+    ClaimSource,
+    VolumeManager,
+    VolumeNotReady,
+    empty_dir_over_limit,
+    limited_empty_dirs,
+    plan_mounts,
+    termination_message,
+)
 from skiff import downward, errors
 from skiff.client import ApiClient
 from skiff.events import NORMAL, WARNING, Recorder
@@ -73,14 +81,16 @@ class WorkerContext:
     volumes: VolumeManager | None = None  # None: pods with volumes cannot be configured
     node_allocatable: Callable[[], dict[str, str]] = dict
     services: Callable[[], list[t.Service]] = list  # every Service the agent knows (environment variables)
+    claims: ClaimSource | None = None  # PersistentVolumeClaims and PersistentVolumes (persistentVolumeClaim volumes)
 
 
 class _ConfigFailure(Exception):
     """A container cannot be created yet: its env or volumes name something missing."""
 
-    def __init__(self, container: str, message: str) -> None:
+    def __init__(self, container: str, message: str, *, mount: bool = False) -> None:
         super().__init__(message)
         self.container = container
+        self.mount = mount  # a volume not ready yet (ContainerCreating, FailedMount), not a config error
 
 
 class _NoConfig:
@@ -92,6 +102,7 @@ class _NoConfig:
 
 
 CONFIG_RETRY = 2.0  # seconds; ConfigMap/Secret events also kick the worker at once
+DISK_CHECK_PERIOD = 10.0  # seconds between measurements of a pod's limited emptyDirs (the kubelet's housekeeping)
 POST_START_TIMEOUT = 30.0  # seconds a postStart hook may take
 
 
@@ -141,6 +152,8 @@ class PodWorker:
         self.last_pod: t.Pod | None = None
         self.syncs = 0
         self.config_errors: dict[str, str] = {}  # container -> why it cannot be created yet
+        self.mount_waits: set[str] = set()  # containers whose config error is a volume not ready yet
+        self.next_disk_check = 0.0
 
     def kick(self) -> None:
         self.kicked.set()
@@ -192,7 +205,7 @@ class PodWorker:
         images: dict[str, bool] = {}
         if pod is not None and not P.is_deleting(pod):
             live = {(c.name) for c in cobs if c.state in ("running", "created")}
-            for spec in pod.spec.containers:
+            for spec in (*pod.spec.init_containers, *pod.spec.containers):
                 if spec.name not in live and spec.image not in images:
                     images[spec.image] = await runtime.image_status(spec.image) is not None
         known = {c.id for c in containers}
@@ -205,7 +218,7 @@ class PodWorker:
         """terminated.message of an exited container, read once from its file (or its log)."""
         if cid in self.cache.messages:
             return self.cache.messages[cid]
-        spec = next((c for c in pod.spec.containers if c.name == name), None)
+        spec = P.container_spec(pod, name)
         if self.ctx.volumes is None or spec is None or not spec.termination_message_path:
             return ""
         try:
@@ -261,6 +274,7 @@ class PodWorker:
             self.last_pod = pod
         plan = P.Plan()
         obs = P.Observed()
+        disk_wake = self._check_empty_dirs(pod)
         for _ in range(MAX_STEPS):
             obs = await self.observe(pod)
             plan = P.compute_plan(pod, obs, self.memory, self.ctx.clock(), self.ctx.plan_config)
@@ -275,12 +289,19 @@ class PodWorker:
                 await self.apply(plan.actions[0], pod, obs)
             except _ConfigFailure as exc:
                 if self.config_errors.get(exc.container) != str(exc) and pod is not None:
-                    self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
+                    if exc.mount:
+                        self.ctx.events.event(pod, WARNING, "FailedMount", f"Unable to attach or mount volumes: {exc}")
+                    else:
+                        self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
                 self.config_errors[exc.container] = str(exc)
+                if exc.mount:
+                    self.mount_waits.add(exc.container)
+                else:
+                    self.mount_waits.discard(exc.container)
                 plan = replace(plan, wake_at=self.ctx.clock() + CONFIG_RETRY)
                 break
             pod = self.current_pod()
-        self.wake_at = plan.wake_at
+        self.wake_at = plan.wake_at if disk_wake is None else min(disk_wake, plan.wake_at or disk_wake)
         if pod is not None and not P.is_deleting(pod):
             if self.ctx.volumes is not None and pod.spec.volumes:
                 self.ctx.volumes.refresh(self._pod_view(pod, obs), self._config(),
@@ -290,6 +311,24 @@ class PodWorker:
         elif plan.actions:
             self.wake_at = self.ctx.clock() + 1.0
         return False
+
+    def _check_empty_dirs(self, pod: t.Pod | None) -> float | None:
+        """Measure the pod's limited disk emptyDirs (every DISK_CHECK_PERIOD); over a limit the pod is
+        evicted (Memory.eviction). When to measure again, None when there is nothing to measure."""
+        if pod is None or P.is_deleting(pod) or P.is_terminal(pod) or self.memory.eviction is not None \
+                or self.ctx.volumes is None or not limited_empty_dirs(pod):
+            return None
+        now = self.ctx.clock()
+        if now < self.next_disk_check:
+            return self.next_disk_check
+        self.next_disk_check = now + DISK_CHECK_PERIOD
+        message = empty_dir_over_limit(pod, self.ctx.volumes.empty_dir_usage(pod))
+        if message:
+            log.info("evicting pod %s: %s", self._name(), message)
+            self.memory = replace(self.memory, eviction=P.PodFailure("Evicted", message))
+            self.ctx.events.event(pod, WARNING, "Evicted", message)
+            return None
+        return self.next_disk_check
 
     # ------------------------------------------------------------ actions
 
@@ -311,7 +350,8 @@ class PodWorker:
             await self._pull(pod, action)
         elif isinstance(action, P.CreateContainer):
             assert pod is not None
-            spec = next(c for c in pod.spec.containers if c.name == action.container)
+            spec = P.container_spec(pod, action.container)
+            assert spec is not None
             sb_cfg = sandbox_config(pod, next(s.attempt for s in obs.sandboxes if s.id == action.sandbox_id),
                                     self.ctx.pod_settings)
             sandbox_ip = next((s.ip for s in obs.sandboxes if s.id == action.sandbox_id), "")
@@ -395,13 +435,15 @@ class PodWorker:
             if pod.spec.volumes:
                 if self.ctx.volumes is None:
                     raise ContainerConfigError("this node agent has no volume directory")
-                paths = self.ctx.volumes.setup(view, self._config(), node_allocatable=allocatable)
+                paths = self.ctx.volumes.setup(view, self._config(), claims=self.ctx.claims,
+                                               node_allocatable=allocatable)
                 self.ctx.volumes.prepare_sub_paths(view, spec, paths)
             env = container_env(view, spec, self._config(), node_allocatable=allocatable,
                                 service_env=service_env(pod, self.ctx.services()))
         except (ContainerConfigError, downward.DownwardError, OSError) as exc:
-            raise _ConfigFailure(spec.name, str(exc)) from exc
+            raise _ConfigFailure(spec.name, str(exc), mount=isinstance(exc, VolumeNotReady)) from exc
         self.config_errors.pop(spec.name, None)
+        self.mount_waits.discard(spec.name)
         mounts = plan_mounts(pod, spec, paths)
         if self.ctx.volumes is not None and spec.termination_message_path:
             try:
@@ -413,7 +455,7 @@ class PodWorker:
 
     async def _post_start(self, pod: t.Pod, action: P.StartContainer, obs: P.Observed) -> None:
         """Run the postStart hook; a failed hook kills the container (restartPolicy decides what follows)."""
-        spec = next((c for c in pod.spec.containers if c.name == action.container), None)
+        spec = P.container_spec(pod, action.container)
         if spec is None or not spec.lifecycle.HasField("post_start"):
             return
         sandbox = P.current_sandbox(obs)
@@ -427,7 +469,7 @@ class PodWorker:
 
     async def _pre_stop(self, pod: t.Pod | None, action: P.StopContainer, obs: P.Observed) -> int:
         """Run the preStop hook within the grace period; the seconds left for StopContainer (at least 2)."""
-        spec = None if pod is None else next((c for c in pod.spec.containers if c.name == action.container), None)
+        spec = None if pod is None else P.container_spec(pod, action.container)
         if pod is None or spec is None or not spec.lifecycle.HasField("pre_stop") or action.grace <= 0:
             return action.grace
         started = self.ctx.clock()
@@ -465,10 +507,11 @@ class PodWorker:
 
     async def write_status(self, pod: t.Pod, obs: P.Observed, plan: P.Plan) -> None:
         status = P.compute_status(pod, obs, self.memory, plan, self.ctx.clock(), host_ip=self.ctx.host_ip)
-        for cs in status.container_statuses:
+        for cs in (*status.init_container_statuses, *status.container_statuses):
             problem = self.config_errors.get(cs.name)
             if problem and cs.state.HasField("waiting"):
-                cs.state.waiting.reason, cs.state.waiting.message = "CreateContainerConfigError", problem
+                reason = "ContainerCreating" if cs.name in self.mount_waits else "CreateContainerConfigError"
+                cs.state.waiting.reason, cs.state.waiting.message = reason, problem
         for name, w in plan.waiting.items():
             if w.reason == "CrashLoopBackOff" and not _was_waiting(pod, name, "CrashLoopBackOff"):
                 self.ctx.events.event(pod, WARNING, "BackOff", f"Back-off restarting failed container {name}")
@@ -509,7 +552,7 @@ class PodWorker:
     def reconcile_probes(self, pod: t.Pod, obs: P.Observed) -> None:
         sandbox = P.current_sandbox(obs)
         want: dict[tuple[str, str], tuple[t.Container, t.Probe, str]] = {}
-        for spec in pod.spec.containers:
+        for spec in (*[c for c in pod.spec.init_containers if P.is_sidecar(c)], *pod.spec.containers):
             latest = P.latest_instance(obs, spec.name)
             if latest is None or latest.state != "running" or sandbox is None or not sandbox.ip:
                 continue

@@ -20,6 +20,7 @@ import base64
 import binascii
 import datetime as dt
 import difflib
+import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -34,6 +35,10 @@ TIMESTAMP = "google.protobuf.Timestamp"
 
 # Kubernetes MicroTime fields: always six fractional digits (Go clients parse them with a fixed layout).
 MICRO_TIME_FIELDS = frozenset({"skiff.api.v1.LeaseSpec.acquire_time", "skiff.api.v1.LeaseSpec.renew_time"})
+
+# string fields that hold a JSON value as text, shown as that value (managedFields' fieldsV1 is a free-form
+# JSON object in Kubernetes; protobuf has no such type short of Struct, which would change the numbers).
+JSON_TEXT_FIELDS = frozenset({"skiff.api.v1.ManagedFieldsEntry.fields_v1"})
 
 # map<string,string> fields that hold quantities: YAML numbers (cpu: 1, cpu: 0.5) are accepted there.
 QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable", "max", "min", "default",
@@ -161,6 +166,10 @@ def _set_field(msg: Message, field: Any, value: Any, path: str, unknown: list[st
         target = getattr(msg, field.name)
         target.SetInParent()  # `emptyDir: {}` is present, as in Kubernetes
         _fill_message_value(target, value, path, unknown)
+    elif field.full_name in JSON_TEXT_FIELDS:
+        if not isinstance(value, dict):
+            raise FieldError(path, f"expected an object, got {describe_value(value)}")
+        setattr(msg, field.name, json.dumps(value, sort_keys=True, separators=(",", ":")))
     else:
         setattr(msg, field.name, _scalar(field, value, path))
 
@@ -271,6 +280,8 @@ def _value_to_data(field: Any, value: Any) -> Any:
         return _message_to_data(value)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return base64.b64encode(value).decode()
+    if field.full_name in JSON_TEXT_FIELDS:
+        return json.loads(value) if value else {}
     return value
 
 

@@ -72,6 +72,11 @@ class NodePaths:
         return self.base / "volumes"
 
     @property
+    def local_volumes(self) -> Path:
+        """The local-path provisioner's volumes on this node (`<pv>_<namespace>_<claim>`)."""
+        return self.base / "storage"
+
+    @property
     def endpoint(self) -> str:
         return f"unix://{self.socket}"
 
@@ -150,7 +155,10 @@ def render_cni_conflist(s: CniSettings) -> str:
 
     ipMasq is off so a pod on another node sees the client pod's own IP (host-gw keeps
     addresses); hairpinMode lets a pod reach itself through a Service VIP; the IPAM dataDir is
-    per node because host-local's default (/var/lib/cni/networks) is shared by the machine.
+    per node because host-local's default (/var/lib/cni/networks) is shared by the machine;
+    forceAddress replaces the bridge's gateway address when the podCIDR changed (a node deleted
+    and registered again gets a new range; without it every new sandbox fails with "cni0
+    already has an IP address different from ...").
     """
     try:
         net = ipaddress.ip_network(s.pod_cidr, strict=True)
@@ -162,6 +170,7 @@ def render_cni_conflist(s: CniSettings) -> str:
         "type": "bridge",
         "bridge": s.bridge,
         "isGateway": True,
+        "forceAddress": True,
         "ipMasq": False,
         "hairpinMode": True,
         "ipam": {

@@ -74,6 +74,13 @@ KINDS: tuple[Kind, ...] = (
     # netpol
     Kind("NetworkPolicy", "networkpolicies", "networking.k8s.io/v1", t.NetworkPolicy, "network_policy", True,
          ("netpol",), "networkpolicy"),
+    # storage
+    Kind("StorageClass", "storageclasses", "storage.k8s.io/v1", t.StorageClass, "storage_class", False, ("sc",),
+         "storageclass"),
+    Kind("PersistentVolume", "persistentvolumes", "v1", t.PersistentVolume, "persistent_volume", False, ("pv",),
+         "persistentvolume"),
+    Kind("PersistentVolumeClaim", "persistentvolumeclaims", "v1", t.PersistentVolumeClaim, "persistent_volume_claim",
+         True, ("pvc",), "persistentvolumeclaim"),
 )
 
 # Binding is a subresource (pods/binding); it is a kind for Object's oneof only.

@@ -26,7 +26,7 @@ def _value(name: str, text: str) -> int:
 def qos_class(spec: t.PodSpec) -> str:
     any_set = False
     guaranteed = True
-    for c in spec.containers:
+    for c in (*spec.init_containers, *spec.containers):
         limits = {n: _value(n, v) for n, v in c.resources.limits.items() if n in _COMPUTE and v}
         requests = {n: _value(n, v) for n, v in c.resources.requests.items() if n in _COMPUTE and v}
         if any(limits.values()) or any(requests.values()):

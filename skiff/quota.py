@@ -3,9 +3,12 @@ the api-server's admission (controlplane/apiserver/admission.py) and the quota c
 
 What must hold (Kubernetes' quota evaluators): pods count `pods`, `requests.cpu` (also `cpu`),
 `requests.memory` (also `memory`), `limits.cpu`, `limits.memory` and the ephemeral-storage pair,
-summed over their containers; a finished pod (Succeeded/Failed) or one being deleted counts
-nothing; every namespaced object counts `count/<resource>[.<group>]`, and the core kinds
-Kubernetes names so also `<resource>` (pods, services, configmaps, secrets, ...).
+summed over their containers (init containers as skiff.podresources counts them); a finished
+pod (Succeeded/Failed) or one being deleted counts nothing; a PersistentVolumeClaim counts
+`requests.storage` and, per class, `<class>.storageclass.storage.k8s.io/requests.storage` and
+`<class>.storageclass.storage.k8s.io/persistentvolumeclaims`; every namespaced object counts
+`count/<resource>[.<group>]`, and the core kinds Kubernetes names so also `<resource>` (pods,
+services, configmaps, secrets, ...).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from fractions import Fraction
 
 from google.protobuf.message import Message
 
-from skiff import kinds, quantity
+from skiff import kinds, podresources, quantity
 from skiffpb.api.v1 import types_pb2 as t
 
 # Resources a pod adds to: (quota name, "requests"/"limits", resource).
@@ -39,7 +42,7 @@ def fmt(name: str, value: Fraction) -> str:
     resource = name.rsplit(".", 1)[-1]
     if resource == "cpu":
         return quantity.format_millis(int(value * 1000))
-    if resource in ("memory", "ephemeral-storage"):
+    if resource in ("memory", "ephemeral-storage", "storage"):
         return quantity.format_bytes(int(value))
     return str(int(value)) if value.denominator == 1 else str(float(value))
 
@@ -59,13 +62,20 @@ def usage(obj: Message) -> dict[str, Fraction]:
         out[kind.resource] = Fraction(1)
     if isinstance(obj, t.Pod):
         for quota_name, which, resource in POD_RESOURCES:
-            total = Fraction(0)
-            for c in obj.spec.containers:
-                value = getattr(c.resources, which).get(resource)
-                if value:
-                    total += _q(value)
+            def value(c: t.Container, which: str = which, resource: str = resource) -> Fraction:
+                text = getattr(c.resources, which).get(resource)
+                return _q(text) if text else Fraction(0)
+
+            total = podresources.effective(obj.spec, value, Fraction(0))
             if total:
                 out[quota_name] = total
+    if isinstance(obj, t.PersistentVolumeClaim):
+        requested = obj.spec.resources.requests.get("storage")
+        if requested:
+            out["requests.storage"] = _q(requested)
+            if obj.spec.storage_class_name:
+                out[f"{obj.spec.storage_class_name}.storageclass.storage.k8s.io/requests.storage"] = _q(requested)
+                out[f"{obj.spec.storage_class_name}.storageclass.storage.k8s.io/persistentvolumeclaims"] = Fraction(1)
     return out
 
 

@@ -474,7 +474,8 @@ def _downward_items(errs: _Errors, path: str, items: Iterable[t.DownwardAPIVolum
         _mode(errs, f"{ip}.mode", item, "mode")
 
 
-VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "config_map", "downward_api", "projected")
+VOLUME_SOURCES = ("host_path", "empty_dir", "secret", "config_map", "downward_api", "projected",
+                  "persistent_volume_claim")
 
 
 def _volume_source(errs: _Errors, vp: str, v: t.Volume, source: str) -> None:
@@ -489,6 +490,9 @@ def _volume_source(errs: _Errors, vp: str, v: t.Volume, source: str) -> None:
                 quantity.parse(v.empty_dir.size_limit)
             except quantity.QuantityError as exc:
                 errs.add(f"{vp}.emptyDir.sizeLimit", str(exc))
+    elif source == "persistent_volume_claim":
+        if not v.persistent_volume_claim.claim_name:
+            errs.add(f"{vp}.persistentVolumeClaim.claimName", "required")
     elif source == "config_map":
         if not v.config_map.name:
             errs.add(f"{vp}.configMap.name", "required")
@@ -622,6 +626,8 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
     volumes = _volumes(errs, path, spec)
     for i, c in enumerate(spec.containers):
         _volume_mounts(errs, f"{path}.containers[{i}]", c, volumes)
+    for i, c in enumerate(spec.init_containers):
+        _volume_mounts(errs, f"{path}.initContainers[{i}]", c, volumes)
     for i, ref in enumerate(spec.image_pull_secrets):
         if not ref.name:
             errs.add(f"{path}.imagePullSecrets[{i}].name", "required")
@@ -636,7 +642,27 @@ def _pod_spec(errs: _Errors, path: str, spec: t.PodSpec) -> None:
             errs.add(f"{path}.containers[{i}].name", f'duplicate container name "{c.name}"')
         names.add(c.name)
         _container(errs, f"{path}.containers[{i}]", c, port_names)
+        if c.HasField("restart_policy"):
+            errs.add(f"{path}.containers[{i}].restartPolicy", "may only be set on init containers")
+    for i, c in enumerate(spec.init_containers):
+        ip = f"{path}.initContainers[{i}]"
+        if c.name and c.name in names:
+            errs.add(f"{ip}.name", f'duplicate container name "{c.name}"')
+        names.add(c.name)
+        _container(errs, ip, c, port_names)
+        sidecar = c.HasField("restart_policy") and c.restart_policy == "Always"
+        if c.HasField("restart_policy") and not sidecar:
+            errs.add(f"{ip}.restartPolicy", f'unsupported value "{c.restart_policy}": only "Always" is allowed')
+        if not sidecar:
+            # As Kubernetes: a run-to-completion init container has no probes or postStart/preStop.
+            for field in ("liveness_probe", "readiness_probe", "startup_probe"):
+                if c.HasField(field):
+                    errs.add(f"{ip}.{_json(field)}", "may not be set for init containers without restartPolicy Always")
+            if c.HasField("lifecycle"):
+                errs.add(f"{ip}.lifecycle", "may not be set for init containers without restartPolicy Always")
     errs.enum(f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES)
+    if spec.HasField("active_deadline_seconds") and spec.active_deadline_seconds <= 0:
+        errs.add(f"{path}.activeDeadlineSeconds", "must be greater than 0")
     if spec.HasField("termination_grace_period_seconds"):
         errs.non_negative(f"{path}.terminationGracePeriodSeconds", spec.termination_grace_period_seconds)
     if spec.node_name:
@@ -1086,6 +1112,109 @@ def _network_policy(errs: _Errors, np: t.NetworkPolicy) -> None:
         if kind in seen:
             errs.add(f"spec.policyTypes[{i}]", f'duplicate value "{kind}"')
         seen.add(kind)
+# ---------------------------------------------------------------------- storage
+
+ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
+RECLAIM_POLICIES = ("Retain", "Delete")
+BINDING_MODES = ("Immediate", "WaitForFirstConsumer")
+NODE_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+
+
+def _access_modes(errs: _Errors, path: str, modes: Iterable[str]) -> None:
+    modes = list(modes)
+    if not modes:
+        errs.add(path, "at least 1 access mode is required")
+    for j, mode in enumerate(modes):
+        errs.enum(f"{path}[{j}]", mode, ACCESS_MODES, allow_empty=False)
+    if "ReadWriteOncePod" in modes and len(modes) > 1:
+        errs.add(path, "may not use ReadWriteOncePod with other access modes")
+
+
+def _storage_quantity(errs: _Errors, path: str, values: Mapping[str, str]) -> None:
+    if "storage" not in values:
+        errs.add(path, "storage is required")
+    for name, value in values.items():
+        if name != "storage":
+            errs.add(f"{path}.{name}", 'unsupported resource: only "storage"')
+            continue
+        try:
+            if quantity.to_bytes(value) <= 0:
+                errs.add(f"{path}.{name}", "must be greater than zero")
+        except quantity.QuantityError as exc:
+            errs.add(f"{path}.{name}", str(exc))
+
+
+def _node_selector(errs: _Errors, path: str, sel: t.NodeSelector) -> None:
+    if not sel.node_selector_terms:
+        errs.add(f"{path}.nodeSelectorTerms", "must have at least one node selector term")
+    for i, term in enumerate(sel.node_selector_terms):
+        for field in ("match_expressions", "match_fields"):
+            for j, req in enumerate(getattr(term, field)):
+                rp = f"{path}.nodeSelectorTerms[{i}].{_json(field)}[{j}]"
+                if not req.key:
+                    errs.add(f"{rp}.key", "required")
+                errs.enum(f"{rp}.operator", req.operator, NODE_SELECTOR_OPERATORS, allow_empty=False)
+                if req.operator in ("In", "NotIn") and not req.values:
+                    errs.add(f"{rp}.values", f"must have at least one value for operator {req.operator}")
+                if req.operator in ("Exists", "DoesNotExist") and req.values:
+                    errs.add(f"{rp}.values", f"must be empty for operator {req.operator}")
+
+
+def _persistent_volume(errs: _Errors, pv: t.PersistentVolume) -> None:
+    spec = pv.spec
+    _access_modes(errs, "spec.accessModes", spec.access_modes)
+    _storage_quantity(errs, "spec.capacity", spec.capacity)
+    errs.enum("spec.persistentVolumeReclaimPolicy", spec.persistent_volume_reclaim_policy, RECLAIM_POLICIES)
+    errs.enum("spec.volumeMode", spec.volume_mode, ("Filesystem",))
+    present = _one_of(errs, "spec", spec, ("host_path", "local"))
+    if "host_path" in present:
+        if not spec.host_path.path.startswith("/"):
+            errs.add("spec.hostPath.path", f'must be an absolute path, got "{spec.host_path.path}"')
+        errs.enum("spec.hostPath.type", spec.host_path.type, HOST_PATH_TYPES)
+    if "local" in present:
+        if not spec.local.path.startswith("/"):
+            errs.add("spec.local.path", f'must be an absolute path, got "{spec.local.path}"')
+        if not spec.node_affinity.HasField("required"):
+            errs.add("spec.nodeAffinity", "local volume requires node affinity")
+    if spec.node_affinity.HasField("required"):
+        _node_selector(errs, "spec.nodeAffinity.required", spec.node_affinity.required)
+
+
+def _persistent_volume_claim_spec(errs: _Errors, path: str, spec: t.PersistentVolumeClaimSpec) -> None:
+    _access_modes(errs, f"{path}.accessModes", spec.access_modes)
+    _storage_quantity(errs, f"{path}.resources.requests", spec.resources.requests)
+    _label_selector(errs, f"{path}.selector", spec.selector, required=False)
+    errs.enum(f"{path}.volumeMode", spec.volume_mode, ("Filesystem",))
+    if spec.HasField("storage_class_name") and spec.storage_class_name:
+        problem = check_dns_subdomain(spec.storage_class_name)
+        if problem:
+            errs.add(f"{path}.storageClassName", problem)
+
+
+def _storage_class(errs: _Errors, sc: t.StorageClass) -> None:
+    if not sc.provisioner:
+        errs.add("provisioner", "required")
+    if sc.HasField("reclaim_policy"):
+        errs.enum("reclaimPolicy", sc.reclaim_policy, RECLAIM_POLICIES, allow_empty=False)
+    if sc.HasField("volume_binding_mode"):
+        errs.enum("volumeBindingMode", sc.volume_binding_mode, BINDING_MODES, allow_empty=False)
+
+
+def _claim_templates(errs: _Errors, sts: t.StatefulSet) -> None:
+    seen: set[str] = set()
+    for i, claim in enumerate(sts.spec.volume_claim_templates):
+        cp = f"spec.volumeClaimTemplates[{i}]"
+        problem = check_dns_label(claim.metadata.name) if claim.metadata.name else "required"
+        if problem:
+            errs.add(f"{cp}.metadata.name", problem)
+        elif claim.metadata.name in seen:
+            errs.add(f"{cp}.metadata.name", f'duplicate claim template "{claim.metadata.name}"')
+        seen.add(claim.metadata.name)
+        _persistent_volume_claim_spec(errs, f"{cp}.spec", claim.spec)
+    policy = sts.spec.persistent_volume_claim_retention_policy
+    # Kubernetes also has Delete; Skiff keeps claims always (the default), so it refuses what it would ignore.
+    errs.enum("spec.persistentVolumeClaimRetentionPolicy.whenDeleted", policy.when_deleted, ("Retain",))
+    errs.enum("spec.persistentVolumeClaimRetentionPolicy.whenScaled", policy.when_scaled, ("Retain",))
 
 
 def validate(obj: Message) -> list[FieldError]:
@@ -1150,10 +1279,27 @@ def validate(obj: Message) -> list[FieldError]:
     elif isinstance(obj, t.RoleBinding | t.ClusterRoleBinding):
         _binding(errs, obj.subjects, obj.role_ref, namespaced=isinstance(obj, t.RoleBinding))
     elif isinstance(obj, t.StatefulSet):
-        _workload(errs, obj.spec)
+        # The template may mount the claim templates by name: each becomes a pod volume.
+        spec = obj.spec
+        if spec.volume_claim_templates:
+            spec = t.StatefulSetSpec()
+            spec.CopyFrom(obj.spec)
+            have = {v.name for v in spec.template.spec.volumes}
+            for claim in spec.volume_claim_templates:
+                if claim.metadata.name and claim.metadata.name not in have:
+                    spec.template.spec.volumes.add(name=claim.metadata.name).persistent_volume_claim.claim_name = \
+                        claim.metadata.name
+        _workload(errs, spec)
         _update_strategy(errs, "spec.updateStrategy", obj.spec.update_strategy.type, ("RollingUpdate", "OnDelete"))
         errs.enum("spec.podManagementPolicy", obj.spec.pod_management_policy, ("OrderedReady", "Parallel"))
         if obj.spec.update_strategy.rolling_update.HasField("partition"):
             errs.non_negative("spec.updateStrategy.rollingUpdate.partition",
                               obj.spec.update_strategy.rolling_update.partition)
+        _claim_templates(errs, obj)
+    elif isinstance(obj, t.PersistentVolume):
+        _persistent_volume(errs, obj)
+    elif isinstance(obj, t.PersistentVolumeClaim):
+        _persistent_volume_claim_spec(errs, "spec", obj.spec)
+    elif isinstance(obj, t.StorageClass):
+        _storage_class(errs, obj)
     return errs.items

@@ -18,6 +18,11 @@ What must hold, as Kubernetes' LimitRanger and ResourceQuota admission plugins:
   computed from a consistent List at admission time: two creates racing (on one or several
   api-servers) may both pass (Kubernetes serialises them through the quota's
   resourceVersion; Skiff does not yet).
+- Storage (Kubernetes' DefaultStorageClass and StorageObjectInUseProtection plugins): a new
+  claim without storageClassName gets the default class (none when there is no default); a
+  new claim gets the `kubernetes.io/pvc-protection` finalizer and a new volume
+  `kubernetes.io/pv-protection`, which the persistent volume controller removes once no pod
+  uses the claim (no claim is bound to the volume).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from fractions import Fraction
 
 from google.protobuf.message import Message
 
-from skiff import errors, kinds, quantity
+from skiff import errors, kinds, quantity, storage
 from skiff.convert import FieldError
 from skiff.quota import POD_RESOURCES, fmt, usage
 from skiffpb.api.v1 import types_pb2 as t
@@ -128,3 +133,22 @@ def check_quotas(obj: Message, quotas: Sequence[t.ResourceQuota], used: Mapping[
             lim = ",".join(f"{n}={hard[n]}" for n in over)
             raise errors.ForbiddenError(f'{kind.resource} "{name}" is forbidden: exceeded quota: '
                                         f"{quota.metadata.name}, requested: {req}, used: {use}, limited: {lim}")
+
+
+def default_storage_class(pvc: t.PersistentVolumeClaim, classes: Sequence[t.StorageClass]) -> None:
+    """Give a claim that names no class the default class, when there is one."""
+    if pvc.spec.HasField("storage_class_name"):
+        return
+    default = storage.default_class(classes)
+    if default is not None:
+        pvc.spec.storage_class_name = default.metadata.name
+
+
+def protect_claim(pvc: t.PersistentVolumeClaim) -> None:
+    if storage.PVC_PROTECTION not in pvc.metadata.finalizers:
+        pvc.metadata.finalizers.append(storage.PVC_PROTECTION)
+
+
+def protect_volume(pv: t.PersistentVolume) -> None:
+    if storage.PV_PROTECTION not in pv.metadata.finalizers:
+        pv.metadata.finalizers.append(storage.PV_PROTECTION)

@@ -112,6 +112,7 @@ def cluster_roles() -> list[t.ClusterRole]:
             rule(("create",), ("apps",), ("replicasets", "controllerrevisions")),
             rule(("create",), ("batch",), ("jobs",)),
             rule(("create",), ("coordination.k8s.io",), ("leases",)),
+            rule(("create",), ("storage.k8s.io",), ("storageclasses",)),  # the default local-path class
             EVENTS,
         ]),
         # The scheduler reads pods and nodes, binds pods, records events, holds its lease; it reads

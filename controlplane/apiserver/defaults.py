@@ -27,6 +27,12 @@ Defaults, by kind (Kubernetes' values):
   queue), backoffLimit 6, completionMode NonIndexed, suspend false, restartPolicy left to the
   user (validation requires OnFailure or Never); CronJob: concurrencyPolicy Allow, suspend
   false, successfulJobsHistoryLimit 3, failedJobsHistoryLimit 1;
+- Pod init containers: as containers (terminationMessagePath/Policy, imagePullPolicy, probes);
+- StorageClass: reclaimPolicy Delete, volumeBindingMode Immediate; PersistentVolume:
+  persistentVolumeReclaimPolicy Retain, volumeMode Filesystem; PersistentVolumeClaim (and a
+  StatefulSet's volumeClaimTemplates): volumeMode Filesystem; StatefulSet:
+  persistentVolumeClaimRetentionPolicy Retain/Retain. (A claim without storageClassName is
+  given the default class by the persistent volume controller, not here: defaults read nothing.)
 - DaemonSet: updateStrategy RollingUpdate with maxUnavailable 1 and maxSurge 0,
   revisionHistoryLimit 10; StatefulSet: replicas 1, podManagementPolicy OrderedReady,
   updateStrategy RollingUpdate with partition 0, revisionHistoryLimit 10.
@@ -90,7 +96,7 @@ def _volumes(spec: t.PodSpec) -> None:
 
 
 def _requests_from_limits(spec: t.PodSpec) -> None:
-    for c in spec.containers:
+    for c in (*spec.containers, *spec.init_containers):
         for name, value in c.resources.limits.items():
             if name not in c.resources.requests:
                 c.resources.requests[name] = value
@@ -108,7 +114,7 @@ def pod_spec(spec: t.PodSpec) -> None:
         spec.dns_policy = "ClusterFirst"
     if not spec.HasField("enable_service_links"):
         spec.enable_service_links = True
-    for c in spec.containers:
+    for c in (*spec.containers, *spec.init_containers):
         if not c.termination_message_path:
             c.termination_message_path = TERMINATION_MESSAGE_PATH
         if not c.termination_message_policy:
@@ -217,7 +223,31 @@ def _stateful_set(ss: t.StatefulSet) -> None:
         spec.update_strategy.rolling_update.partition = 0
     if not spec.HasField("revision_history_limit"):
         spec.revision_history_limit = 10
+    policy = spec.persistent_volume_claim_retention_policy
+    policy.when_deleted = policy.when_deleted or "Retain"
+    policy.when_scaled = policy.when_scaled or "Retain"
+    for claim in spec.volume_claim_templates:
+        _claim_spec(claim.spec)
     pod_spec(spec.template.spec)
+
+
+def _claim_spec(spec: t.PersistentVolumeClaimSpec) -> None:
+    if not spec.volume_mode:
+        spec.volume_mode = "Filesystem"
+
+
+def _persistent_volume(pv: t.PersistentVolume) -> None:
+    if not pv.spec.persistent_volume_reclaim_policy:
+        pv.spec.persistent_volume_reclaim_policy = "Retain"
+    if not pv.spec.volume_mode:
+        pv.spec.volume_mode = "Filesystem"
+
+
+def _storage_class(sc: t.StorageClass) -> None:
+    if not sc.HasField("reclaim_policy"):
+        sc.reclaim_policy = "Delete"
+    if not sc.HasField("volume_binding_mode"):
+        sc.volume_binding_mode = "Immediate"
 
 
 def _service(s: t.Service) -> None:
@@ -311,3 +341,9 @@ def apply_defaults(obj: Message) -> None:
         _daemon_set(obj)
     elif isinstance(obj, t.StatefulSet):
         _stateful_set(obj)
+    elif isinstance(obj, t.PersistentVolumeClaim):
+        _claim_spec(obj.spec)
+    elif isinstance(obj, t.PersistentVolume):
+        _persistent_volume(obj)
+    elif isinstance(obj, t.StorageClass):
+        _storage_class(obj)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from google.protobuf.message import Message
 
 from controlplane.apiserver.rbac import Attributes
-from skiff import defaults
+from skiff import defaults, storage
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -46,7 +46,9 @@ NODE_RULES: Mapping[tuple[str, str], frozenset[str]] = {
     ("", "secrets"): READ,
     # Volumes its pods mount (Kubernetes narrows these to the referenced ones too).
     ("", "persistentvolumeclaims"): READ,
-    ("", "persistentvolumes"): READ,
+    # delete: a Released local-path volume of this node, once the agent removed its directory
+    # (the node is its provisioner); NodeRestriction checks the volume is pinned to this node.
+    ("", "persistentvolumes"): READ | {"delete"},
     ("", "events"): frozenset({"create", "update", "patch"}),
     (LEASE_GROUP, "leases"): frozenset({"get"}),
 }
@@ -134,6 +136,10 @@ def node_restriction(user: UserInfo, operation: str, obj: Message, old: Message 
             return f'node "{node}" is not allowed to modify labels: {", ".join(bad)}'
         if operation == "update" and isinstance(old, t.Node) and _taints(obj) != _taints(old):
             return f'node "{node}" is not allowed to modify taints'
+        return None
+    if isinstance(obj, t.PersistentVolume):
+        if operation != "delete" or storage.volume_node(obj) != node:
+            return f'node "{node}" can only delete persistentvolumes pinned to itself'
         return None
     if isinstance(obj, t.Lease):
         if obj.metadata.namespace != LEASE_NAMESPACE or obj.metadata.name != node:

@@ -297,6 +297,10 @@ class Registry:
             default_tolerations(obj.spec, not_ready_seconds=self.options.default_not_ready_toleration_seconds,
                                 unreachable_seconds=self.options.default_unreachable_toleration_seconds)
             problems += await self._limit_ranges(obj)
+        if isinstance(obj, t.PersistentVolumeClaim):
+            await self._admit_claim(obj)
+        if isinstance(obj, t.PersistentVolume):
+            admission.protect_volume(obj)
         problems += validate(obj)
         if problems:
             raise strategy.invalid(kind, meta.name or meta.generate_name, problems)
@@ -397,6 +401,14 @@ class Registry:
                 raise store_error(exc) from exc
             ns = None if kv is None else self._decode(kinds.by_kind("Namespace"), kv)  # type: ignore[arg-type]
         return ns if isinstance(ns, t.Namespace) else None
+
+    async def _admit_claim(self, pvc: t.PersistentVolumeClaim) -> None:
+        """DefaultStorageClass (a claim without storageClassName gets the default class) and
+        StorageObjectInUseProtection (the pvc-protection finalizer), as Kubernetes' admission does."""
+        if not pvc.spec.HasField("storage_class_name"):
+            classes, _, _ = await self.list("storageclasses")
+            admission.default_storage_class(pvc, classes)  # type: ignore[arg-type]
+        admission.protect_claim(pvc)
 
     async def _check_quotas(self, obj: Message, namespace: str) -> None:
         quotas = await self._current("resourcequotas", namespace)

@@ -40,7 +40,8 @@ PROPAGATION_POLICIES = ("", "Orphan", "Background", "Foreground")
 PROTECTED_NAMESPACES = frozenset(defaults.SYSTEM_NAMESPACES)
 # Server-owned status is reset on create for these kinds (clients cannot create it).
 STATUS_RESET_ON_CREATE = ("Pod", "Deployment", "ReplicaSet", "Service", "Namespace", "ResourceQuota",
-                          "Job", "CronJob", "DaemonSet", "StatefulSet", "CertificateSigningRequest")
+                          "Job", "CronJob", "DaemonSet", "StatefulSet", "CertificateSigningRequest",
+                          "PersistentVolume", "PersistentVolumeClaim")
 # A Job's pods carry these labels and, unless manualSelector, its selector is the uid one.
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -110,6 +111,8 @@ def prepare_create(obj: Message, *, now: float, uid: str, requester: UserInfo | 
         obj.spec.uid = requester.uid if requester is not None else ""
         del obj.spec.groups[:]
         obj.spec.groups.extend(requester.groups if requester is not None else ())
+    if isinstance(obj, t.PersistentVolume | t.PersistentVolumeClaim):
+        obj.status.phase = "Pending"
 
 
 def set_qos_class(pod: t.Pod) -> None:
@@ -233,6 +236,21 @@ def update_problems(old: Message, new: Message) -> list[FieldError]:
                                   f'"{new.spec.cluster_ip}"; delete and recreate the Service to change it'))
     elif isinstance(old, t.ConfigMap | t.Secret) and isinstance(new, t.ConfigMap | t.Secret):
         out.extend(_immutable_config_problems(old, new))
+    elif isinstance(old, t.PersistentVolumeClaim) and isinstance(new, t.PersistentVolumeClaim):
+        a, b = copy(old.spec), copy(new.spec)
+        if not a.volume_name:
+            a.volume_name = b.volume_name  # binding sets it once
+        if not a.HasField("storage_class_name"):
+            a.storage_class_name = b.storage_class_name  # the default class is assigned once
+        a.resources.ClearField("requests")
+        b.resources.ClearField("requests")
+        if a != b:
+            out.append(FieldError("spec", "spec is immutable after creation except resources.requests "
+                                          "(and volumeName and storageClassName while unset)"))
+    elif isinstance(old, t.StorageClass) and isinstance(new, t.StorageClass):
+        for field in ("provisioner", "parameters", "reclaim_policy", "volume_binding_mode"):
+            if getattr(old, field) != getattr(new, field):
+                out.append(FieldError(_json_name(field), "field is immutable"))
     elif isinstance(old, t.Node) and isinstance(new, t.Node):
         if old.spec.pod_cidr and new.spec.pod_cidr != old.spec.pod_cidr:
             out.append(FieldError("spec.podCIDR", "may not change once set"))

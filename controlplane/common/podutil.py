@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from skiff import conditions, kinds, quantity
+from skiff import conditions, kinds, podresources, quantity
 from skiff.clock import to_seconds
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -73,26 +73,26 @@ def restart_count(pod: t.Pod) -> int:
     return sum(cs.restart_count for cs in pod.status.container_statuses)
 
 
+def _cpu(c: t.Container, default: int = 0) -> int:
+    req = c.resources.requests
+    return quantity.cpu_millis(req["cpu"]) if "cpu" in req else default
+
+
+def _mem(c: t.Container, default: int = 0) -> int:
+    req = c.resources.requests
+    return quantity.to_bytes(req["memory"]) if "memory" in req else default
+
+
 def requests(pod: t.Pod) -> tuple[int, int]:
-    """(millicores, bytes) the pod requests: the sum over its containers."""
-    cpu = mem = 0
-    for c in pod.spec.containers:
-        req = c.resources.requests
-        if "cpu" in req:
-            cpu += quantity.cpu_millis(req["cpu"])
-        if "memory" in req:
-            mem += quantity.to_bytes(req["memory"])
-    return cpu, mem
+    """(millicores, bytes) the pod requests: its containers' sum, or more while an init container runs
+    (skiff.podresources)."""
+    return podresources.effective(pod.spec, _cpu, 0), podresources.effective(pod.spec, _mem, 0)
 
 
 def nonzero_requests(pod: t.Pod) -> tuple[int, int]:
     """Requests for scoring: containers asking for nothing count as the defaults above."""
-    cpu = mem = 0
-    for c in pod.spec.containers:
-        req = c.resources.requests
-        cpu += quantity.cpu_millis(req["cpu"]) if "cpu" in req else DEFAULT_MILLI_CPU_REQUEST
-        mem += quantity.to_bytes(req["memory"]) if "memory" in req else DEFAULT_MEMORY_REQUEST
-    return cpu, mem
+    return (podresources.effective(pod.spec, lambda c: _cpu(c, DEFAULT_MILLI_CPU_REQUEST), 0),
+            podresources.effective(pod.spec, lambda c: _mem(c, DEFAULT_MEMORY_REQUEST), 0))
 
 
 def created(obj: Any) -> float:

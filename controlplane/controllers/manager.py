@@ -27,6 +27,7 @@ from controlplane.controllers.job import JobController
 from controlplane.controllers.kubernetesservice import KubernetesServiceController, version_probe
 from controlplane.controllers.nodeipam import NodeIpamController
 from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycleController
+from controlplane.controllers.persistentvolume import PersistentVolumeController
 from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.controllers.resourcequota import ResourceQuotaController
 from controlplane.controllers.serviceaccount import ServiceAccountController
@@ -43,7 +44,7 @@ log = logging.getLogger("skiff.controllers.manager")
 
 ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
                    "serviceaccount", "resourcequota", "kubernetesservice", "job", "cronjob", "daemonset",
-                   "statefulset", "csrsigning")
+                   "statefulset", "csrsigning", "persistentvolume")
 COMPONENT = "controller-manager"
 
 
@@ -65,7 +66,7 @@ class Options:
     cluster_signing_key_file: str = ""
     workers: dict[str, int] = field(default_factory=lambda: {
         "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10,
-        "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5})
+        "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5, "persistentvolume": 2})
 
 
 def build(client: ApiClient, factory: InformerFactory, options: Options, *, recorder: EventRecorder,
@@ -118,6 +119,9 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "csrsigning" in wanted and options.cluster_signing_cert_file and options.cluster_signing_key_file:
         out.append(CsrSigningController(client, factory, ca_cert_file=options.cluster_signing_cert_file,
                                         ca_key_file=options.cluster_signing_key_file, clock=clock))
+    if "persistentvolume" in wanted:
+        out.append(PersistentVolumeController(client, factory,
+                                              recorder=recorder.scoped("persistentvolume-controller")))
     return out
 
 

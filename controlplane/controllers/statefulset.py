@@ -1,6 +1,6 @@
 """The statefulset controller: pods with stable names `<set>-<ordinal>`, in order.
 
-What must hold (Kubernetes' apps/v1 StatefulSet, without volumeClaimTemplates):
+What must hold (Kubernetes' apps/v1 StatefulSet):
 - the set's pods are `<set>-0` .. `<set>-(replicas-1)`, each with hostname = its name and the
   labels statefulset.kubernetes.io/pod-name and apps.kubernetes.io/pod-index; a pod whose
   ordinal is at or past replicas is condemned;
@@ -14,6 +14,11 @@ What must hold (Kubernetes' apps/v1 StatefulSet, without volumeClaimTemplates):
   currentRevision becomes updateRevision once every pod runs it. OnDelete: only pods deleted by
   someone else get the new template;
 - templates are kept as ControllerRevisions (controlplane.controllers.history);
+- volumeClaimTemplates: before pod `<set>-<i>` is created, each template's claim
+  `<template>-<set>-<i>` exists (created from the template, labelled with the set's selector
+  labels), and the pod's volume of the template's name uses it; claims are never deleted by
+  the controller (retention policy Retain, Kubernetes' default), so a pod created again, or
+  the same ordinal after a scale-down and up, gets its old data back;
 - the decision is the pure `plan_statefulset(...)`; `sync` applies it.
 """
 
@@ -28,7 +33,7 @@ from controlplane.common import podutil
 from controlplane.controllers import history
 from controlplane.controllers.base import QueueController, claim, write_status
 from controlplane.controllers.rollout import pod_template_hash
-from skiff import conditions, errors, labels
+from skiff import conditions, errors, labels, storage
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import NORMAL, WARNING, Recorder
@@ -134,6 +139,21 @@ def plan_statefulset(sts: t.StatefulSet, pods: Sequence[t.Pod], *, update_hash: 
     return SetPlan(status, tuple(create), tuple(delete))
 
 
+def claims_for(sts: t.StatefulSet, index: int) -> list[t.PersistentVolumeClaim]:
+    """The claims pod `<set>-<index>` uses, made from the volumeClaimTemplates."""
+    out = []
+    for tmpl in sts.spec.volume_claim_templates:
+        pvc = t.PersistentVolumeClaim(api_version="v1", kind="PersistentVolumeClaim")
+        pvc.metadata.name = storage.claim_name_for(tmpl.metadata.name, sts.metadata.name, index)
+        pvc.metadata.namespace = sts.metadata.namespace
+        pvc.metadata.labels.update(tmpl.metadata.labels)
+        pvc.metadata.labels.update(sts.spec.selector.match_labels)
+        pvc.metadata.annotations.update(tmpl.metadata.annotations)
+        pvc.spec.CopyFrom(tmpl.spec)
+        out.append(pvc)
+    return out
+
+
 def pod_for(sts: t.StatefulSet, index: int, template: t.PodTemplateSpec, hash_: str) -> t.Pod:
     pod = t.Pod(api_version="v1", kind="Pod")
     name = f"{sts.metadata.name}-{index}"
@@ -146,6 +166,13 @@ def pod_for(sts: t.StatefulSet, index: int, template: t.PodTemplateSpec, hash_: 
     pod.spec.CopyFrom(template.spec)
     if not pod.spec.hostname:
         pod.spec.hostname = name[:63]
+    for tmpl in sts.spec.volume_claim_templates:
+        # The claim replaces a template volume of the same name, as Kubernetes does.
+        kept = [v for v in pod.spec.volumes if v.name != tmpl.metadata.name]
+        del pod.spec.volumes[:]
+        pod.spec.volumes.extend(kept)
+        pod.spec.volumes.add(name=tmpl.metadata.name).persistent_volume_claim.claim_name = \
+            storage.claim_name_for(tmpl.metadata.name, sts.metadata.name, index)
     return pod
 
 
@@ -171,6 +198,7 @@ class StatefulSetController(QueueController):
         self.sets = factory.informer(t.StatefulSet)
         self.pods = factory.informer(t.Pod)
         self.revisions = factory.informer(t.ControllerRevision)
+        self.claims = factory.informer(t.PersistentVolumeClaim)
         self.pods.add_indexer(podutil.CONTROLLER_UID_INDEX, podutil.index_controller_uid)
         self.pods.add_indexer(podutil.ORPHAN_INDEX, podutil.index_orphans)
         self.revisions.add_indexer(podutil.CONTROLLER_UID_INDEX, podutil.index_controller_uid)
@@ -216,6 +244,7 @@ class StatefulSetController(QueueController):
                 pass
         for index, hash_ in plan.create:
             template = templates.get(hash_, sts.spec.template) if hash_ != update_hash else sts.spec.template
+            await self._ensure_claims(sts, index)
             try:
                 await self.client.create(pod_for(sts, index, template, hash_))
                 self.recorder.event(sts, NORMAL, "SuccessfulCreate",
@@ -227,3 +256,20 @@ class StatefulSetController(QueueController):
                 raise
         if plan.status != sts.status:
             await write_status(self.client, sts, plan.status)
+
+    async def _ensure_claims(self, sts: t.StatefulSet, index: int) -> None:
+        for pvc in claims_for(sts, index):
+            if self.claims.get(pvc.metadata.name, pvc.metadata.namespace) is not None:
+                continue
+            try:
+                await self.client.create(pvc)
+                self.recorder.event(sts, NORMAL, "SuccessfulCreate",
+                                    f"create Claim {pvc.metadata.name} Pod {sts.metadata.name}-{index} in StatefulSet "
+                                    f"{sts.metadata.name} success")
+            except errors.AlreadyExistsError:
+                pass  # kept from an earlier pod of this ordinal: its data is reused
+            except errors.SkiffError as exc:
+                self.recorder.event(sts, WARNING, "FailedCreate",
+                                    f"create Claim {pvc.metadata.name} for Pod {sts.metadata.name}-{index} failed: "
+                                    f"{exc}")
+                raise

@@ -10,6 +10,8 @@ What must hold:
   (see num_feasible_nodes_to_find), so a decision costs O(nodes examined), never O(pods);
 - binding goes through the api-server asynchronously (bounded in flight); a failed bind
   forgets the assumption (freeing the node) and the pod is retried after its backoff;
+- before a bind, the pod's unbound WaitForFirstConsumer claims are given the chosen node
+  (plugins/volume_binding.py `pre_bind`); a claim or volume event retries waiting pods;
 - a pod that fits nowhere gets a FailedScheduling event naming the reasons per node count
   and waits in the queue until the cluster changes (or its retry timer fires).
 """
@@ -27,6 +29,7 @@ from controlplane.scheduler.cache import SchedulerCache
 from controlplane.scheduler.framework import FilterPlugin, FitError, ScorePlugin, num_feasible_nodes_to_find
 from controlplane.scheduler.nodeinfo import PodInfo
 from controlplane.scheduler.plugins import default_filters, default_scores
+from controlplane.scheduler.plugins.volume_binding import StorageView, VolumeBinding
 from controlplane.scheduler.queue import QueuedPod, SchedulingQueue
 from skiff import conditions, errors
 from skiff.client import ApiClient
@@ -60,6 +63,18 @@ class Scheduler:
         self.queue = SchedulingQueue(self.clock)
         self.pods = factory.informer(t.Pod)
         self.nodes = factory.informer(t.Node)
+        self.claims = factory.informer(t.PersistentVolumeClaim)
+        self.volumes = factory.informer(t.PersistentVolume)
+        self.classes = factory.informer(t.StorageClass)
+        self.volume_binding = VolumeBinding(StorageView(
+            claim=lambda ns, name: self.claims.get(name, ns), volume=self.volumes.get, volumes=self.volumes.list,
+            storage_class=self.classes.get))
+        if filters is None:
+            self.filters.append(self.volume_binding)
+        for informer in (self.claims, self.volumes, self.classes):
+            # A claim bound, a volume made available: pods waiting for storage are looked at again.
+            informer.add_handler(on_add=lambda obj: self.queue.move_all_to_active(),
+                                 on_update=lambda old, new: self.queue.move_all_to_active())
         self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_deleted)
         self.nodes.add_handler(on_add=self._node_added, on_update=self._node_updated, on_delete=self._node_deleted)
         self._next_start = 0
@@ -181,6 +196,7 @@ class Scheduler:
     async def _bind(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str) -> None:
         ns, name = pod.metadata.namespace, pod.metadata.name
         try:
+            await self.volume_binding.pre_bind(self.client, pod, node)
             await self.client.bind(ns, name, node, uid=info.uid)
         except errors.SkiffError as exc:
             self.bind_failures += 1

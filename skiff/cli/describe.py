@@ -118,10 +118,14 @@ def _probe(probe: t.Probe) -> str:
             f"period={probe.period_seconds}s #success={probe.success_threshold} #failure={probe.failure_threshold}")
 
 
-def _containers(w: Writer, spec: t.PodSpec, statuses: Sequence[t.ContainerStatus] = (), indent: int = 0) -> None:
-    w.line(" " * indent + "Containers:")
+def _containers(w: Writer, spec: t.PodSpec, statuses: Sequence[t.ContainerStatus] = (), indent: int = 0, *,
+                title: str = "Containers", init: bool = False) -> None:
+    containers = spec.init_containers if init else spec.containers
+    if init and not containers:
+        return
+    w.line(" " * indent + f"{title}:")
     by_name = {s.name: s for s in statuses}
-    for c in spec.containers:
+    for c in containers:
         w.line(" " * (indent + 2) + f"{c.name}:")
         pairs = [("Image", c.image), ("Port", _ports(c))]
         if c.command:
@@ -178,12 +182,13 @@ def _volumes(w: Writer, spec: t.PodSpec) -> None:
     w.line("Volumes:")
     for v in spec.volumes:
         w.line(f"  {v.name}:")
-        source = next((f for f in ("host_path", "empty_dir", "secret", "config_map", "downward_api", "projected")
-                       if v.HasField(f)), "")
+        source = next((f for f in ("host_path", "empty_dir", "secret", "config_map", "downward_api", "projected",
+                                   "persistent_volume_claim") if v.HasField(f)), "")
         data = to_data(getattr(v, source)) if source else {}
         pairs = [("Type", {"host_path": "HostPath", "empty_dir": "EmptyDir", "secret": "Secret",
                            "config_map": "ConfigMap", "downward_api": "DownwardAPI",
-                           "projected": "Projected"}.get(source, NONE))]
+                           "projected": "Projected",
+                           "persistent_volume_claim": "PersistentVolumeClaim"}.get(source, NONE))]
         for key, value in data.items():
             shown = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
             pairs.append((key[0].upper() + key[1:], shown))
@@ -247,6 +252,7 @@ def describe_pod(w: Writer, p: t.Pod) -> None:
     head = _header(p, kinds.of_message(p))
     w.block([*head[:2], ("Node", node or NONE), ("Start Time", _time(p.status.start_time)), *head[2:],
              ("Status", printers.pod_status(p)[0]), ("IP", p.status.pod_ip or NONE), *_controlled_by(p.metadata)])
+    _containers(w, p.spec, p.status.init_container_statuses, title="Init Containers", init=True)
     _containers(w, p.spec, p.status.container_statuses)
     _conditions(w, p.status.conditions)
     _volumes(w, p.spec)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -30,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "skiff.cli.exec",
     "skiff.cli.version",
     "skiff.cli.auth",
+    "skiff.cli.kubectl",
     "skiff.cli.clusterinfo",
     "skiff.cli.image",
     "skiff.cli.node",
@@ -58,8 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
+    except BrokenPipeError:
+        return closed_pipe()
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["kubectl"]:  # everything after it is kubectl's, "--" and flags included
+        from skiff.cli import kubectl
+
+        try:
+            return kubectl.run(argv[1:])
+        except SkiffError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    parser = build_parser()
     # Everything after "--" is passed through untouched (exec's COMMAND), whatever it looks like.
     passthrough: list[str] = []
     if "--" in argv:
@@ -80,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def closed_pipe() -> int:
+    """The reader of our output went away (`skiff get pods | head`): end quietly, as a command killed
+    by SIGPIPE does (status 141), instead of a traceback. Python would report the failed flush of
+    stdout at exit again, so stdout is pointed at /dev/null first."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

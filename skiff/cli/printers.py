@@ -16,7 +16,7 @@ import yaml
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from skiff import conditions, kinds, labels
+from skiff import conditions, kinds, labels, storage
 from skiff.convert import format_timestamp, to_data
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -88,28 +88,54 @@ def containers_and_images(spec: t.PodSpec) -> Row:
 # ---------------------------------------------------------------------- per kind
 
 def pod_status(pod: t.Pod) -> tuple[str, int, int, int]:
-    """(STATUS, ready containers, total, restarts) as kubectl computes them."""
+    """(STATUS, ready containers, total, restarts) as kubectl computes them (Init:1/2 while initializing)."""
     reason = pod.status.reason or pod.status.phase or "Pending"
     ready = restarts = 0
-    has_running = False
-    for cs in reversed(pod.status.container_statuses):
+    sidecars = {c.name for c in pod.spec.init_containers
+                if c.HasField("restart_policy") and c.restart_policy == "Always"}
+    total = len(pod.spec.containers) + len(sidecars)
+    initializing = False
+    for i, cs in enumerate(pod.status.init_container_statuses):
         restarts += cs.restart_count
         state = cs.state
-        if state.HasField("waiting") and state.waiting.reason:
-            reason = state.waiting.reason
-        elif state.HasField("terminated") and state.terminated.reason:
-            reason = state.terminated.reason
-        elif state.HasField("terminated"):
+        if cs.name in sidecars and cs.started:
+            if cs.ready:
+                ready += 1
+            continue
+        if state.HasField("terminated") and state.terminated.exit_code == 0:
+            continue
+        if state.HasField("terminated"):
             term = state.terminated
-            reason = f"Signal:{term.signal}" if term.signal else f"ExitCode:{term.exit_code}"
-        elif cs.ready and state.HasField("running"):
-            has_running = True
-            ready += 1
+            if term.reason:
+                reason = f"Init:{term.reason}"
+            else:
+                reason = f"Init:Signal:{term.signal}" if term.signal else f"Init:ExitCode:{term.exit_code}"
+        elif state.HasField("waiting") and state.waiting.reason and state.waiting.reason != "PodInitializing":
+            reason = f"Init:{state.waiting.reason}"
+        else:
+            reason = f"Init:{i}/{len(pod.spec.init_containers)}"
+        initializing = True
+        break
+    has_running = False
+    if not initializing:
+        for cs in reversed(pod.status.container_statuses):
+            restarts += cs.restart_count
+            state = cs.state
+            if state.HasField("waiting") and state.waiting.reason:
+                reason = state.waiting.reason
+            elif state.HasField("terminated") and state.terminated.reason:
+                reason = state.terminated.reason
+            elif state.HasField("terminated"):
+                term = state.terminated
+                reason = f"Signal:{term.signal}" if term.signal else f"ExitCode:{term.exit_code}"
+            elif cs.ready and state.HasField("running"):
+                has_running = True
+                ready += 1
     if reason == "Completed" and has_running:
         reason = "Running" if conditions.is_pod_ready(pod) else "NotReady"
     if pod.metadata.HasField("deletion_timestamp"):
         reason = "Unknown" if pod.status.reason == "NodeLost" else "Terminating"
-    return reason, ready, len(pod.spec.containers), restarts
+    return reason, ready, total, restarts
 
 
 def _pods(objs: Sequence[t.Pod], now: float, wide: bool) -> tuple[Row, list[Row]]:
@@ -413,6 +439,51 @@ def _networkpolicies(objs: Sequence[t.NetworkPolicy], now: float, wide: bool) ->
     # kubectl prints an empty podSelector (every pod of the namespace) as "<none>".
     return ["NAME", "POD-SELECTOR", "AGE"], [
         [p.metadata.name, selector_text(p.spec.pod_selector), age(p.metadata.creation_timestamp, now)] for p in objs]
+def _storage(values: Any) -> str:
+    return str(values.get("storage", ""))
+
+
+def _storageclasses(objs: Sequence[t.StorageClass], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    out = []
+    for sc in objs:
+        name = sc.metadata.name + (" (default)" if storage.default_class([sc]) is not None else "")
+        out.append([name, sc.provisioner, storage.reclaim_policy(sc), storage.binding_mode(sc),
+                    str(sc.HasField("allow_volume_expansion") and sc.allow_volume_expansion).lower(),
+                    age(sc.metadata.creation_timestamp, now)])
+    return ["NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE", "ALLOWVOLUMEEXPANSION", "AGE"], out
+
+
+def _persistentvolumes(objs: Sequence[t.PersistentVolume], now: float, wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "CAPACITY", "ACCESS MODES", "RECLAIM POLICY", "STATUS", "CLAIM", "STORAGECLASS",
+              "VOLUMEATTRIBUTESCLASS", "REASON", "AGE"] + (["VOLUMEMODE"] if wide else [])
+    out = []
+    for pv in objs:
+        ref = pv.spec.claim_ref
+        claim = f"{ref.namespace}/{ref.name}" if ref.name else ""
+        status = "Terminating" if pv.metadata.HasField("deletion_timestamp") else pv.status.phase
+        row = [pv.metadata.name, _storage(pv.spec.capacity), storage.access_modes_short(pv.spec.access_modes),
+               pv.spec.persistent_volume_reclaim_policy, status, claim, pv.spec.storage_class_name,
+               "<unset>", pv.status.reason, age(pv.metadata.creation_timestamp, now)]
+        if wide:
+            row.append(pv.spec.volume_mode or "Filesystem")
+        out.append(row)
+    return header, out
+
+
+def _persistentvolumeclaims(objs: Sequence[t.PersistentVolumeClaim], now: float,
+                            wide: bool) -> tuple[Row, list[Row]]:
+    header = ["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "VOLUMEATTRIBUTESCLASS",
+              "AGE"] + (["VOLUMEMODE"] if wide else [])
+    out = []
+    for pvc in objs:
+        status = "Terminating" if pvc.metadata.HasField("deletion_timestamp") else pvc.status.phase
+        row = [pvc.metadata.name, status, pvc.spec.volume_name, _storage(pvc.status.capacity),
+               storage.access_modes_short(pvc.status.access_modes), storage.claim_class(pvc) or "<unset>", "<unset>",
+               age(pvc.metadata.creation_timestamp, now)]
+        if wide:
+            row.append(pvc.spec.volume_mode or "Filesystem")
+        out.append(row)
+    return header, out
 
 
 PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]]] = {
@@ -440,6 +511,9 @@ PRINTERS: dict[str, Callable[[Sequence[Any], float, bool], tuple[Row, list[Row]]
     "rolebindings": _bindings,
     "clusterrolebindings": _bindings,
     "networkpolicies": _networkpolicies,
+    "storageclasses": _storageclasses,
+    "persistentvolumes": _persistentvolumes,
+    "persistentvolumeclaims": _persistentvolumeclaims,
 }
 
 

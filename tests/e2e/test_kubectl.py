@@ -1,9 +1,12 @@
-"""The real kubectl (1.35, fetched by `make setup`) against a real one-host lab's Kubernetes
-REST API: discovery, apply, get in every output, watch, scale, logs, delete, unknown kinds.
+"""The real kubectl (1.35) and helm (4), fetched by `make setup`, against a real one-host lab's
+Kubernetes REST API: discovery, explain, apply (client-side and server-side), get in every output,
+watch, scale, logs, delete, unknown kinds, typed `create` (protobuf bodies), exec exit codes,
+drain (evictions), `skiff kubectl`, and helm's own scaffold through its whole release cycle.
 
 The lab is `make up`'s shape (one combined host, one store member) on its own LAN; kubectl
-reaches the api-server's HTTP port through the lab's uplink with a kubeconfig of this test's
-own (never the user's ~/.kube/config).
+reaches the api-server's HTTP port through the lab's uplink with the kubeconfig the lab writes
+(`Lab.write_kubeconfig`, as `skiff lab up` and `make up` do), into a file of this test's own
+(never the user's ~/.kube/config).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import pytest
 
 from deploy import containerd
 from deploy.lab import Lab, LabSpec
-from skiff import kubeconfig
 from tests.support.prereq import require, require_root
 
 pytestmark = pytest.mark.e2e
@@ -55,8 +57,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def kubectl(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess[str]]:
-    config = tmp_path_factory.mktemp("kube") / "config"
-    kubeconfig.write_entry(lab.http_servers[0], path=config, credentials=lab.admin)
+    config = lab.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
 
     def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True, text=True,
@@ -88,6 +89,11 @@ def test_discovery_and_unknown_kinds(kubectl: Callable[..., subprocess.Completed
     resources = kubectl("api-resources").stdout
     assert any(line.split()[:2] == ["deployments", "deploy"] for line in resources.splitlines())
     assert any(line.split()[:2] == ["pods", "po"] for line in resources.splitlines())
+    assert any(line.split()[:2] == ["persistentvolumeclaims", "pvc"] for line in resources.splitlines())
+    eventually(lambda: "local-path (default)   skiff.io/local-path   Delete" in kubectl("get", "sc").stdout,
+               timeout=30, what="the default StorageClass in kubectl get sc")
+    explained = kubectl("explain", "deployment.spec").stdout
+    assert "KIND:       Deployment" in explained and "replicas\t<integer>" in explained
     unknown = kubectl("get", "widgets", check=False)
     assert unknown.returncode != 0
     assert 'the server doesn\'t have a resource type "widgets"' in unknown.stderr
@@ -197,3 +203,121 @@ def test_pod_security_warnings_and_refusals(kubectl: Callable[..., subprocess.Co
         assert "pod/hostnet created (server dry run)" in allowed.stdout and "Warning" not in allowed.stderr
     finally:
         kubectl("delete", "namespace", "psa", "--wait=false", check=False)
+
+
+HELM = ROOT / ".venv" / "bin" / "helm"
+SKIFF = ROOT / ".venv" / "bin" / "skiff"
+
+
+def test_helm_create_install_upgrade_rollback_uninstall(
+        lab: Lab, kubectl: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """helm 4's own scaffold, unchanged (only its values are set: the image is the lab's offline web
+    image), through install, upgrade, rollback and uninstall; its pods answer through its Service."""
+    require(HELM.exists(), f"{HELM} is missing: run `make setup`")
+    env = {**os.environ, "KUBECONFIG": str(kubectl.config), "HELM_CACHE_HOME": str(tmp_path / "cache"),  # type: ignore[attr-defined]
+           "HELM_CONFIG_HOME": str(tmp_path / "config"), "HELM_DATA_HOME": str(tmp_path / "data")}
+
+    def helm(*args: str) -> str:
+        done = subprocess.run([str(HELM), *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert done.returncode == 0, f"helm {' '.join(args)} failed ({done.returncode}): {done.stderr}"
+        return done.stdout
+
+    helm("create", "demo")
+    image = ["--set", "image.repository=skiff/web", "--set", "image.pullPolicy=IfNotPresent"]
+
+    def image_of_deployment() -> str:
+        return kubectl("get", "deploy", "demo", "-o", "jsonpath={.spec.template.spec.containers[0].image}").stdout
+
+    def serving(version: str) -> bool:
+        """Every answer through the Service comes from a ready pod of `version` (web:2.0 says so)."""
+        ip = kubectl("get", "svc", "demo", "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
+        try:
+            page = lab.http_get(lab.control_plane_hosts[0], f"http://{ip}/", timeout=10)
+        except Exception:
+            return False
+        return "hello from demo-" in page and (("v2" in page.split()) == (version == "2.0"))
+
+    assert "STATUS: deployed" in helm("install", "demo", "./demo", *image, "--set", "image.tag=1.0")
+    for kind in ("deployment/demo", "service/demo", "serviceaccount/demo", "secret/sh.helm.release.v1.demo.v1"):
+        kubectl("get", kind)
+    eventually(lambda: serving("1.0"), timeout=120, what="the chart's pods answering through its Service")
+
+    assert "has been upgraded" in helm("upgrade", "demo", "./demo", *image, "--set", "image.tag=2.0")
+    assert image_of_deployment() == "skiff/web:2.0"
+    eventually(lambda: serving("2.0"), timeout=120, what="the upgraded pods answering")
+
+    assert "Rollback was a success" in helm("rollback", "demo", "1")
+    assert image_of_deployment() == "skiff/web:1.0"
+    history = helm("history", "demo").splitlines()
+    assert [line.split()[0] for line in history[1:]] == ["1", "2", "3"] and "Rollback to 1" in history[-1]
+    eventually(lambda: serving("1.0"), timeout=120, what="the rolled back pods answering")
+
+    assert 'release "demo" uninstalled' in helm("uninstall", "demo")
+    eventually(lambda: kubectl("get", "deploy,svc,sa,secret,pods", "-l", "app.kubernetes.io/instance=demo",
+                               "-o", "name").stdout.strip() == "", timeout=90, what="the chart's objects gone")
+    assert "sh.helm.release" not in kubectl("get", "secrets", "-o", "name").stdout
+
+
+def test_typed_create_server_side_apply_and_skiff_kubectl(kubectl: Callable[..., subprocess.CompletedProcess[str]],
+                                                         tmp_path: Path) -> None:
+    """kubectl's typed commands send protobuf; `apply --server-side` keeps managers; `skiff kubectl`
+    is that same kubectl on the same kubeconfig."""
+    assert "deployment.apps/typed created" in kubectl("create", "deployment", "typed", "--image=skiff/web:1.0",
+                                                      "--replicas=1").stdout
+    assert "configmap/typed created" in kubectl("create", "configmap", "typed", "--from-literal=a=b").stdout
+    assert "secret/typed created" in kubectl("create", "secret", "generic", "typed", "--from-literal=x=y").stdout
+    assert kubectl("get", "cm", "typed", "-o", "jsonpath={.data.a}").stdout == "b"
+    assert kubectl("get", "deploy", "typed", "-o", "jsonpath={.spec.template.spec.containers[0].image}"
+                   ).stdout == "skiff/web:1.0"
+    kubectl("delete", "deploy/typed", "cm/typed", "secret/typed")
+
+    manifest = tmp_path / "ssa.yaml"
+    manifest.write_text((WEB / "web.yaml").read_text().replace("name: web\n", "name: ssa\n", 1))
+    assert "deployment.apps/ssa serverside-applied" in kubectl("apply", "--server-side", "-f", str(manifest)).stdout
+    assert "deployment.apps/ssa serverside-applied" in kubectl("apply", "--server-side", "-f", str(manifest)).stdout
+    kubectl("scale", "deploy/ssa", "--replicas", "3")
+    conflict = kubectl("apply", "--server-side", "-f", str(manifest), check=False)
+    assert conflict.returncode != 0 and ".spec.replicas" in conflict.stderr and "conflict" in conflict.stderr.lower()
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
+    assert kubectl("get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}").stdout == "2"
+    managers = kubectl("get", "deploy", "ssa", "-o", "jsonpath={.metadata.managedFields[*].manager}",
+                       "--show-managed-fields").stdout.split()
+    assert "kubectl" in managers
+
+    env = {**os.environ, "KUBECONFIG": str(kubectl.config)}  # type: ignore[attr-defined]
+    via_skiff = subprocess.run([str(SKIFF), "kubectl", "get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}"],
+                               capture_output=True, text=True, env=env, timeout=60)
+    assert (via_skiff.returncode, via_skiff.stdout) == (0, "2"), via_skiff.stderr
+    kubectl("delete", "-f", str(manifest))
+
+
+def test_exec_then_drain_evicts_and_uncordon(lab: Lab, kubectl: Callable[..., subprocess.CompletedProcess[str]],
+                                             tmp_path: Path) -> None:
+    """`kubectl exec` over WebSocket in a real container (output, exit codes); then `kubectl drain`
+    cordons the node and evicts its pods through pods/eviction (policy/v1)."""
+    manifest = tmp_path / "drain.yaml"
+    manifest.write_text((WEB / "web.yaml").read_text().replace("name: web\n", "name: drained\n", 1)
+                        .replace("app: web", "app: drained").replace("replicas: 2", "replicas: 1"))
+    kubectl("apply", "-f", str(manifest))
+    node = lab.control_plane_hosts[0]
+
+    def running() -> list[str]:
+        out = kubectl("get", "pods", "-l", "app=drained", "-o",
+                      "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{\"\\n\"}{end}").stdout
+        return [line.split()[0] for line in out.splitlines() if line.endswith(" Running")]
+
+    eventually(lambda: len(running()) == 1, timeout=90, what="the pod to drain running")
+    before = running()[0]
+    said = kubectl("exec", before, "--", "sh", "-c", "echo hello from exec; echo to stderr >&2")
+    assert (said.stdout, said.stderr) == ("hello from exec\n", "to stderr\n")
+    failed = kubectl("exec", before, "--", "sh", "-c", "exit 3", check=False)
+    assert failed.returncode == 3, failed.stderr
+    assert kubectl("exec", before, "-c", "web", "--", "cat", "/www/name").stdout.strip() == before
+    drained = kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=90s",
+                      "--pod-selector=app=drained", timeout=120)
+    assert f"evicting pod default/{before}" in drained.stderr + drained.stdout
+    assert f"node/{node} drained" in drained.stdout
+    assert kubectl("get", "node", node, "-o", "jsonpath={.spec.unschedulable}").stdout == "true"
+    kubectl("uncordon", node)
+    eventually(lambda: bool(running()) and running()[0] != before, timeout=90, what="a replacement pod running")
+    kubectl("delete", "-f", str(manifest))

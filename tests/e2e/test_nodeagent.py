@@ -452,3 +452,28 @@ async def test_container_logs_rotate_and_a_follower_loses_nothing(h: Harness) ->
     assert numbers == list(range(first, first + len(numbers))), "every line once, in order, across the rotations"
     for rotated in log_dir.glob("0.log.*"):
         assert rotated.stat().st_size >= 64 * 1024
+
+
+async def test_new_pod_cidr_replaces_the_bridge_address(h: Harness) -> None:
+    """A node that comes back with another podCIDR (deleted and re-registered, IPAM handed out a new
+    range): the agent writes the new CNI config, and the bridge's old gateway address must not
+    keep new sandboxes from starting (the bridge plugin's forceAddress)."""
+    import subprocess
+
+    await h.run_pod("before")
+    pod = await running_ready(h, "before")
+    assert pod.status.pod_ip.startswith("10.244.1.")
+    await h.api.delete(t.Pod, "before", "default", grace_period_seconds=1)
+
+    async def clean() -> bool:
+        return not h.node.sandboxes() and not h.api.objects(t.Pod)
+
+    await wait_for(clean, "node without sandboxes", 60)
+    await h.stop_agent()
+    await h.start_agent(pod_cidr="10.244.7.0/24")
+    await h.run_pod("after")
+    pod = await running_ready(h, "after", timeout=60)
+    assert pod.status.pod_ip.startswith("10.244.7.")
+    addrs = subprocess.run(["ip", "-n", h.node.netns, "-4", "-o", "addr", "show", "dev", "cni0"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "10.244.7.1/24" in addrs and "10.244.1.1/24" not in addrs

@@ -14,8 +14,7 @@ Kubernetes' protobuf encoding: the 4 bytes `k8s\\0`, then a runtime.Unknown mess
 raw object); the object is SelfSubjectAccessReview {1 metadata, 2 spec}; spec {1
 resourceAttributes, 2 nonResourceAttributes}; ResourceAttributes {1 namespace, 2 verb, 3 group,
 4 version, 5 resource, 6 subresource, 7 name}; NonResourceAttributes {1 path, 2 verb}
-(k8s.io/api/authorization/v1/generated.proto). Only length-delimited and varint fields occur;
-anything else is skipped by its wire type.
+(k8s.io/api/authorization/v1/generated.proto), read with k8sproto.py's wire reader.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.apiserver.rbac import Attributes
+from controlplane.apiserver.rest.k8sproto import MAGIC, PROTOBUF, fields
 from skiffpb.api.v1 import types_pb2 as t
 
 GROUP = "authorization.k8s.io"
@@ -34,8 +34,6 @@ RESOURCE = "selfsubjectaccessreviews"
 PATH = ["apis", GROUP, VERSION, RESOURCE]
 RULES_RESOURCE = "selfsubjectrulesreviews"
 RULES_PATH = ["apis", GROUP, VERSION, RULES_RESOURCE]
-PROTOBUF = "application/vnd.kubernetes.protobuf"
-MAGIC = b"k8s\x00"
 
 _RESOURCE_FIELDS = {1: "namespace", 2: "verb", 3: "group", 4: "version", 5: "resource", 6: "subresource", 7: "name"}
 _NON_RESOURCE_FIELDS = {1: "path", 2: "verb"}
@@ -54,45 +52,6 @@ class Review:
                               r.get("namespace", ""), r.get("name", ""))
         n = self.non_resource_attributes or {}
         return Attributes(n.get("verb", ""), path=n.get("path", ""))
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated protobuf varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("protobuf varint too long")
-
-
-def fields(data: bytes) -> dict[int, bytes]:
-    """The length-delimited fields of one protobuf message (the last one of each number wins)."""
-    out: dict[int, bytes] = {}
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            if pos + length > len(data):
-                raise ValueError("truncated protobuf field")
-            out[number] = data[pos:pos + length]
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-    return out
 
 
 def _strings(data: bytes, names: dict[int, str]) -> dict[str, str]:

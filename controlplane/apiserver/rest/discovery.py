@@ -2,9 +2,10 @@
 
 What must hold: every kind in skiff.kinds is listed exactly once, in its group version, with
 its short names, the verbs the HTTP layer serves for it and its subresources (status for kinds
-with a status, scale for Deployment, ReplicaSet and StatefulSet, pods/log); nothing is listed
-that the HTTP layer does not serve. Only the legacy (unaggregated) discovery format is served: kubectl asks
-for the aggregated one first and falls back when the answer is plain `application/json`.
+with a status, scale for Deployment, ReplicaSet and StatefulSet, pods/log, pods/exec,
+pods/binding, pods/eviction); nothing is listed that the HTTP layer does not serve. Only the legacy
+(unaggregated) discovery format is served: kubectl asks for the aggregated one first and falls
+back when the answer is plain `application/json`.
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ def resources(gv: str) -> list[dict[str, Any]]:
                         "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": list(SUBRESOURCE_VERBS)})
         if k.resource == "pods":
             out.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+            out.append({"name": "pods/exec", "singularName": "", "namespaced": True, "kind": "PodExecOptions",
+                        "verbs": ["create", "get"]})
+            out.append({"name": "pods/binding", "singularName": "", "namespaced": True, "kind": "Binding",
+                        "verbs": ["create"]})
+            # group and version tell kubectl drain that evictions are served, and in which version
+            out.append({"name": "pods/eviction", "singularName": "", "namespaced": True, "group": "policy",
+                        "version": "v1", "kind": "Eviction", "verbs": ["create"]})
     out.extend(REVIEWS.get(gv, ()))
     return out
 

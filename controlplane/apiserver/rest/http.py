@@ -36,6 +36,7 @@ import yaml
 from aiohttp import web
 from cryptography import x509
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.apiserver import caller, rbac, warnings
 from controlplane.apiserver.authn import Authenticator, Peer
@@ -44,11 +45,11 @@ from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.limits import Limiter, client_key
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.rest import accessreview, discovery, openapi, patch, table
+from controlplane.apiserver.rest import accessreview, apply, discovery, k8sproto, openapi, patch, table
 from controlplane.apiserver.rest import status as st
 from controlplane.apiserver.watchcache import BOOKMARK
 from skiff import errors, kinds, labels, pki, tls
-from skiff.convert import FieldError, from_data, to_data
+from skiff.convert import FieldError, format_timestamp, from_data, to_data
 from skiff.identity import UserInfo
 from skiff.tls import ServerTLS
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -75,6 +76,13 @@ class Target:
     name: str = ""
     subresource: str = ""
 
+
+# pods/exec: the WebSocket subprotocols served (kubectl offers v5 first) and the channels.
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+STDOUT, STDERR, ERROR = 1, 2, 3
+
+# Subresources created with POST on a named object.
+POSTED_SUBRESOURCES = frozenset({"binding", "eviction"})
 
 TARGET = web.RequestKey("target", Target)
 NAME = web.RequestKey("name", str)  # the object's name when it comes from the body (create)
@@ -298,6 +306,10 @@ class KubeApi:
         method = request.method
         if not target.name:
             verb = {"GET": "watch" if _bool(q.get("watch")) else "list", "POST": "create"}.get(method)
+        elif method == "POST" and target.subresource in POSTED_SUBRESOURCES:
+            verb = "create"
+        elif method in ("GET", "POST") and target.subresource == "exec":
+            verb = "create"  # as Kubernetes authorizes pods/exec
         else:
             verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
         if verb is None:
@@ -306,7 +318,8 @@ class KubeApi:
         authorize(request, kind_attributes(verb, target.kind, target.namespace,
                                            "" if verb == "create" and not target.subresource else target.name,
                                            target.subresource))
-        counted = "logs" if target.subresource == "log" else verb
+        # Streams (logs, exec over WebSocket) are long-running: they hold no in-flight slot.
+        counted = {"log": "logs", "exec": "exec"}.get(target.subresource, verb)
         with self.limiter.admit(counted, client_key(caller.current(), request.remote or "")):
             return await self._verb(request, target, verb)
 
@@ -358,12 +371,19 @@ class KubeApi:
         raw = await request.read()
         if not raw:
             raise st.BadRequest("the request has no body")
+        if request.content_type == k8sproto.PROTOBUF:
+            try:
+                return k8sproto.decode(raw)
+            except k8sproto.UnknownField as exc:
+                raise st.UnsupportedMediaType(
+                    f"{exc}: send this object as JSON (`kubectl create ... --dry-run=client -o yaml | "
+                    "kubectl apply -f -`)") from exc
+            except ValueError as exc:
+                raise st.BadRequest(f"the protobuf body cannot be read: {exc}") from exc
         if request.content_type not in READABLE:
             raise st.UnsupportedMediaType(
-                f"the body's content type {request.content_type!r} is not supported: Skiff reads JSON (and YAML); "
-                "Kubernetes' protobuf encoding (sent by kubectl's typed commands such as `kubectl create "
-                "deployment`) is not served yet: use "
-                "`kubectl create ... --dry-run=client -o yaml | kubectl apply -f -`")
+                f"the body's content type {request.content_type!r} is not supported: Skiff reads JSON, YAML and "
+                "Kubernetes' protobuf encoding of the kinds typed clients create")
         try:
             if request.content_type == "application/yaml" or request.content_type.endswith("+yaml"):
                 return yaml.safe_load(raw)
@@ -398,6 +418,7 @@ class KubeApi:
         if target.namespace and meta.namespace and meta.namespace != target.namespace:
             raise st.BadRequest(f'the namespace of the object ({meta.namespace}) does not match the namespace '
                                 f'of the request ({target.namespace})')
+        self._own(request, obj, None, target.kind)
         created = await self.registry.create(obj, namespace=target.namespace or meta.namespace,
                                              dry_run=request.query.get("dryRun") == "All")
         return self._respond(request, target.kind, created, status=201)
@@ -405,8 +426,29 @@ class KubeApi:
     async def update(self, request: web.Request, target: Target, *, status: bool = False) -> web.Response:
         obj = self._parse(request, await self._body(request), target.kind)
         self._check_identity(obj, target)
+        if not status:
+            old = await self.registry.get(target.kind.resource, target.namespace, target.name)
+            self._own(request, obj, old, target.kind)
         updated = await self.registry.update(obj, status=status)
         return self._respond(request, target.kind, updated)
+
+    # ------------------------------------------------------------------ field managers
+
+    def _manager(self, request: web.Request) -> str:
+        return request.query.get("fieldManager") or apply.default_manager(request.headers.get("User-Agent", ""))
+
+    def _now(self) -> str:
+        ts = Timestamp()
+        ts.FromSeconds(int(self.clock()))
+        return format_timestamp(ts)
+
+    def _own(self, request: web.Request, obj: Message, old: Message | None, kind: kinds.Kind) -> None:
+        """Record in `obj`'s managedFields that this request's manager set what it changed."""
+        old_doc = object_data(old) if old is not None else None
+        owners = apply.owners_of(old_doc) if old_doc is not None else []
+        new_owners = apply.update(old_doc, object_data(obj), kind.message.DESCRIPTOR, manager=self._manager(request),
+                                  owners=owners, now=self._now(), api_version=kind.api_version)
+        set_owners(obj, new_owners)
 
     @staticmethod
     def _check_identity(obj: Message, target: Target) -> None:
@@ -431,14 +473,15 @@ class KubeApi:
                 return patch.strategic_merge(doc, body, kind.message.DESCRIPTOR)
         except patch.PatchError as exc:
             raise errors.InvalidError(f"the patch cannot be applied: {exc}") from exc
-        if content_type == "application/apply-patch+yaml":
-            raise st.UnsupportedMediaType("server-side apply is not supported yet; use client-side "
-                                          "`kubectl apply` (without --server-side)")
         raise st.UnsupportedMediaType(f"the patch type {content_type!r} is not supported")
 
     async def patch(self, request: web.Request, target: Target, *, status: bool = False) -> web.Response:
         body = await self._body(request)
         content_type = request.content_type
+        if content_type == "application/apply-patch+yaml":
+            if status:
+                raise st.UnsupportedMediaType("server-side apply of the status subresource is not supported")
+            return await self.server_side_apply(request, target, body)
         for _ in range(PATCH_ATTEMPTS):
             current = await self.registry.get(target.kind.resource, target.namespace, target.name)
             doc = object_data(current)
@@ -448,6 +491,8 @@ class KubeApi:
                 "resourceVersion"))
             obj = self._parse(request, new_doc, target.kind)
             self._check_identity(obj, target)
+            if not status:
+                self._own(request, obj, current, target.kind)
             if not pinned:
                 obj.metadata.resource_version = current.metadata.resource_version  # type: ignore[attr-defined]
             try:
@@ -460,12 +505,72 @@ class KubeApi:
         raise errors.ConflictError(f'{target.kind.resource} "{target.name}": the object kept changing while '
                                    "it was patched; try again")
 
+    async def server_side_apply(self, request: web.Request, target: Target, config: Any) -> web.Response:
+        """`PATCH` with `application/apply-patch+yaml`: the caller's field manager applies its
+        configuration (rest/apply.py); a missing object is created."""
+        manager = request.query.get("fieldManager", "")
+        if not manager:
+            raise st.BadRequest("PATCH with application/apply-patch+yaml requires fieldManager")
+        if not isinstance(config, dict):
+            raise st.BadRequest(f"the apply configuration must be an object, a {target.kind.kind}")
+        if config.get("kind") != target.kind.kind or config.get("apiVersion") != target.kind.api_version:
+            raise st.BadRequest(f"the apply configuration is a {config.get('kind')} ({config.get('apiVersion')}); "
+                                f"this path takes a {target.kind.kind} ({target.kind.api_version})")
+        name = _name_of(config)
+        if name and name != target.name:
+            raise st.BadRequest(f"the name of the object ({name}) does not match the name on the URL ({target.name})")
+        force = _bool(request.query.get("force"))
+        dry_run = request.query.get("dryRun") == "All"
+        desc = target.kind.message.DESCRIPTOR
+        for _ in range(PATCH_ATTEMPTS):
+            try:
+                current: Message | None = await self.registry.get(target.kind.resource, target.namespace, target.name)
+            except errors.NotFoundError:
+                current = None
+            live = object_data(current) if current is not None else None
+            try:
+                new_doc, owners = apply.apply(live, config, desc, manager=manager,
+                                              owners=apply.owners_of(live) if live else [], force=force,
+                                              now=self._now())
+            except apply.ConflictError as exc:
+                raise st.FieldManagerConflict(str(exc), conflicts=tuple((c.field, c.manager)
+                                                                        for c in exc.conflicts)) from exc
+            except patch.PatchError as exc:
+                raise errors.InvalidError(f"the apply configuration cannot be applied: {exc}") from exc
+            new_doc.setdefault("kind", target.kind.kind)
+            new_doc.setdefault("apiVersion", target.kind.api_version)
+            if current is None:
+                new_doc.pop("status", None)  # a status is written through the status subresource only
+            obj = self._parse(request, new_doc, target.kind)
+            self._check_identity(obj, target)
+            set_owners(obj, owners)
+            if current is None:
+                authorize(request, kind_attributes("create", target.kind, target.namespace, ""))
+                try:
+                    created = await self.registry.create(obj, namespace=target.namespace, dry_run=dry_run)
+                except errors.AlreadyExistsError:
+                    continue
+                return self._respond(request, target.kind, created, status=201)
+            obj.metadata.resource_version = current.metadata.resource_version  # type: ignore[attr-defined]
+            try:
+                updated = await self.registry.update(obj)
+            except errors.ConflictError:
+                continue
+            return self._respond(request, target.kind, updated)
+        raise errors.ConflictError(f'{target.kind.resource} "{target.name}": the object kept changing while '
+                                   "it was applied; try again")
+
     async def delete(self, request: web.Request, target: Target) -> web.Response:
         q = request.query
         options: dict[str, Any] = {}
         if request.can_read_body:
             raw = await request.read()
-            if raw.strip():
+            if raw.strip() and request.content_type == k8sproto.PROTOBUF:
+                try:
+                    options = k8sproto.decode(raw)
+                except ValueError as exc:
+                    raise st.BadRequest(f"DeleteOptions: {exc}") from exc
+            elif raw.strip():
                 try:
                     options = json.loads(raw)
                 except ValueError as exc:
@@ -558,8 +663,82 @@ class KubeApi:
             return await self.scale(request, target, verb)
         if sub == "log" and kind.resource == "pods" and verb == "get":
             return await self.logs(request, target)
+        if sub == "exec" and kind.resource == "pods":
+            return await self.exec(request, target)
+        if sub == "binding" and kind.resource == "pods" and verb == "create":
+            return await self.binding(request, target)
+        if sub == "eviction" and kind.resource == "pods" and verb == "create":
+            return await self.eviction(request, target)
         raise errors.NotFoundError(f"the server could not find the requested resource ({kind.resource}/{sub}, "
                                    f"{request.method})")
+
+    async def exec(self, request: web.Request, target: Target) -> web.StreamResponse:
+        """`pods/NAME/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), what kubectl
+        exec speaks: each binary message is one channel byte (1 stdout, 2 stderr, 3 error) and its
+        data. The command runs to completion in the container (the node agent's Exec); its output
+        follows, then the error channel's Status: Success, or `NonZeroExitCode` with the exit code
+        as kubectl reads it (so `kubectl exec POD -- sh -c 'exit 3'` exits 3). No stdin and no tty:
+        the node agent's exec is not interactive; asking for them is a Failure Status, not a hang."""
+        q = request.query
+        command = q.getall("command", [])
+        ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS)
+        ready = ws.can_prepare(request)
+        if not ready.ok or ready.protocol is None:
+            raise st.BadRequest("pods/exec is served over WebSocket with the subprotocol v5.channel.k8s.io or "
+                                "v4.channel.k8s.io (SPDY is not served)")
+        await ws.prepare(request)
+        try:
+            if _bool(q.get("stdin")) or _bool(q.get("tty")):
+                raise errors.UnimplementedError("exec with stdin or a tty (-i, -t) is not supported by Skiff: the "
+                                                "command runs to completion without input")
+            result = await self.forwarder.exec(api.ExecRequest(namespace=target.namespace, pod=target.name,
+                                                               container=q.get("container", ""), command=command))
+            if result.stdout and q.get("stdout", "true") != "false":
+                await ws.send_bytes(bytes([STDOUT]) + result.stdout)
+            if result.stderr and q.get("stderr", "true") != "false":
+                await ws.send_bytes(bytes([STDERR]) + result.stderr)
+            outcome = exec_status(command, result.exit_code)
+        except errors.SkiffError as exc:
+            _, outcome = st.status(exc, resource="pods", name=target.name)
+        await ws.send_bytes(bytes([ERROR]) + json.dumps(outcome).encode())
+        await ws.close()
+        return ws
+
+    async def binding(self, request: web.Request, target: Target) -> web.Response:
+        """`POST pods/NAME/binding` (v1 Binding): what a scheduler does; the registry's bind, as gRPC's."""
+        data = await self._body(request)
+        if not isinstance(data, dict) or data.get("kind") not in (None, "", "Binding"):
+            raise st.BadRequest("the body must be a Binding (v1)")
+        meta = data.get("metadata") or {}
+        if meta.get("name") not in (None, "", target.name):
+            raise st.BadRequest(f"the Binding names pod {meta.get('name')}, the path {target.name}")
+        try:
+            binding = from_data({k: v for k, v in data.items() if k in ("metadata", "target")}, t.Binding)
+        except FieldError as exc:
+            raise errors.InvalidError(f"Binding: {exc}", causes=((exc.path, exc.problem),)) from exc
+        binding.metadata.name, binding.metadata.namespace = target.name, target.namespace
+        await self.registry.bind(binding)
+        return json_response(st.success(resource="pods", group="", name=target.name), status=201)
+
+    async def eviction(self, request: web.Request, target: Target) -> web.Response:
+        """`POST pods/NAME/eviction` (policy/v1 Eviction, what `kubectl drain` sends). Skiff has no
+        PodDisruptionBudget kind, so no budget can refuse it: an eviction is the graceful delete its
+        deleteOptions ask for (grace period, preconditions), as Kubernetes does when no budget
+        selects the pod."""
+        data = await self._body(request)
+        if not isinstance(data, dict) or data.get("kind") not in (None, "", "Eviction"):
+            raise st.BadRequest("the body must be an Eviction (policy/v1)")
+        meta = data.get("metadata") or {}
+        if meta.get("name") not in (None, "", target.name):
+            raise st.BadRequest(f"the Eviction names pod {meta.get('name')}, the path {target.name}")
+        options = data.get("deleteOptions") or {}
+        pre = options.get("preconditions") or {}
+        preconditions = api.Preconditions(uid=pre.get("uid") or "", resource_version=pre.get("resourceVersion")
+                                          or "") if pre else None
+        await self.registry.delete("pods", target.namespace, target.name,
+                                   grace_period=options.get("gracePeriodSeconds"), preconditions=preconditions,
+                                   propagation_policy=options.get("propagationPolicy") or "")
+        return json_response(st.success(resource="pods", group="", name=target.name), status=201)
 
     async def scale(self, request: web.Request, target: Target, verb: str) -> web.Response:
         current = await self.registry.get(target.kind.resource, target.namespace, target.name)
@@ -580,6 +759,7 @@ class KubeApi:
         obj = type(current)()
         obj.CopyFrom(current)
         obj.spec.replicas = replicas  # type: ignore[attr-defined]
+        self._own(request, obj, current, target.kind)
         rv = (wanted.get("metadata") or {}).get("resourceVersion") if verb == "update" else ""
         obj.metadata.resource_version = rv or current.metadata.resource_version  # type: ignore[attr-defined]
         return json_response(scale_of(await self.registry.update(obj)))
@@ -628,6 +808,24 @@ class KubeApi:
             await response.prepare(request)
         await response.write_eof()
         return response
+
+
+def exec_status(command: list[str], exit_code: int) -> dict[str, Any]:
+    """The Status on exec's error channel: Kubernetes' words, the exit code where kubectl reads it."""
+    if exit_code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+            "message": f"command terminated with non-zero exit code: error executing command {command}, "
+                       f"exit code {exit_code}",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]}}
+
+
+def set_owners(obj: Message, owners: list[apply.Owner]) -> None:
+    """`obj`'s metadata.managedFields := `owners`."""
+    meta = obj.metadata  # type: ignore[attr-defined]
+    del meta.managed_fields[:]
+    for entry in apply.managed_fields(owners):
+        meta.managed_fields.add().CopyFrom(from_data(entry, t.ManagedFieldsEntry))
 
 
 def scale_of(obj: Message) -> dict[str, Any]:

@@ -38,6 +38,15 @@ class UnsupportedMediaType(errors.SkiffError):
     """A body or patch type not served (server-side apply, protobuf): 415."""
 
 
+class FieldManagerConflict(errors.ConflictError):
+    """A server-side apply that would take fields another manager owns: 409 Conflict with one
+    `FieldManagerConflict` cause per field, naming the field and its manager."""
+
+    def __init__(self, message: str, *, conflicts: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts  # (field, manager)
+
+
 class NotAcceptable(errors.SkiffError):
     """An Accept header naming only formats not served: 406."""
 
@@ -76,6 +85,9 @@ def status(exc: errors.SkiffError, *, resource: str = "", group: str = "",
     if causes:
         details["causes"] = [{"reason": "FieldValueInvalid", "message": problem, "field": path}
                              for path, problem in causes]
+    if isinstance(exc, FieldManagerConflict):
+        details["causes"] = [{"reason": "FieldManagerConflict", "message": f'conflict with "{manager}"',
+                              "field": field} for field, manager in exc.conflicts]
     if details:
         out["details"] = details
     return code, out

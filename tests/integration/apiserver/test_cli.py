@@ -312,8 +312,8 @@ BAD_MANIFESTS = {
                       'unknown field (did you mean "containers"?)'),
     "wrong-type": ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\nspec: {replicas: two}\n",
                    "spec.replicas: expected an integer"),
-    "unsupported-kind": ("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: a}\n",
-                         'unsupported kind "PersistentVolumeClaim"'),
+    "unsupported-kind": ("apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: a}\n",
+                         'unsupported kind "HorizontalPodAutoscaler"'),
     "invalid-object": ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: c}]\n",
                        "spec.containers[0].image: required"),
 }

@@ -39,8 +39,8 @@ def test_containerd_config_has_the_essential_settings(tmp_path: Path) -> None:
 def test_cni_conflist() -> None:
     conf = json.loads(hostconfig.render_cni_conflist(hostconfig.CniSettings("10.244.1.0/24", "/x/ipam")))
     bridge = conf["plugins"][0]
-    assert (bridge["type"], bridge["hairpinMode"], bridge["ipMasq"], bridge["isGateway"]) == (
-        "bridge", True, False, True)
+    assert (bridge["type"], bridge["hairpinMode"], bridge["ipMasq"], bridge["isGateway"], bridge["forceAddress"]) == (
+        "bridge", True, False, True, True)
     assert bridge["ipam"]["dataDir"] == "/x/ipam"
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
 

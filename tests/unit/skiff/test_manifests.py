@@ -103,7 +103,9 @@ spec:
 
 
 WORKLOAD_EXAMPLES = {"job": ["Job"], "cronjob": ["CronJob"], "daemonset": ["DaemonSet"],
-                     "statefulset": ["Service", "StatefulSet"]}
+                     "statefulset": ["Service", "StatefulSet"],
+                     "storage": ["PersistentVolumeClaim", "Pod", "Service", "StatefulSet"],
+                     "init-containers": ["Pod"]}
 
 
 @pytest.mark.parametrize(("directory", "kinds_in_it"), sorted(WORKLOAD_EXAMPLES.items()),

@@ -10,7 +10,7 @@ import pytest
 from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.apiserver.nodeauthz import forbidden_labels, node_authorize, node_restriction
 from controlplane.apiserver.rbac import Attributes
-from skiff import defaults, errors, identity
+from skiff import defaults, errors, identity, storage
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import deployment, pod
@@ -57,6 +57,11 @@ def lease(name: str, ns: str = defaults.NODE_LEASE_NAMESPACE) -> t.Lease:
     return t.Lease(metadata=t.ObjectMeta(name=name, namespace=ns))
 
 
+def volume(name: str, node: str) -> t.PersistentVolume:
+    return t.PersistentVolume(metadata=t.ObjectMeta(name=name), spec=t.PersistentVolumeSpec(
+        node_affinity=storage.node_affinity_for(node)))
+
+
 @pytest.mark.parametrize(("op", "obj", "old", "sub", "refusal"), [
     ("update", pod("p", node="n1"), pod("p", node="n1"), "status", None),
     ("update", pod("p", node="n2"), pod("p", node="n2"), "status", "can only update pod status"),
@@ -79,10 +84,13 @@ def lease(name: str, ns: str = defaults.NODE_LEASE_NAMESPACE) -> t.Lease:
     ("update", lease("n2"), lease("n2"), "", 'not allowed to modify lease "kube-node-lease/n2"'),
     ("create", lease("n1", "default"), None, "", 'not allowed to modify lease "default/n1"'),
     ("update", deployment("web"), deployment("web"), "", None),  # the authorizer refuses, not admission
+    ("delete", volume("pvc-1", "n1"), volume("pvc-1", "n1"), "", None),  # its reclaimed local-path volume
+    ("delete", volume("pvc-2", "n2"), volume("pvc-2", "n2"), "", "can only delete persistentvolumes pinned"),
+    ("update", volume("pvc-1", "n1"), volume("pvc-1", "n1"), "", "can only delete persistentvolumes pinned"),
 ], ids=["own-pod-status", "other-pod-status", "pod-moved-in-request", "pod-spec", "delete-own-pod",
         "delete-other-pod", "create-pod", "register", "register-other", "other-node-status", "restricted-label",
         "role-label", "kubelet-label", "untaint", "register-tainted", "own-lease", "other-lease",
-        "lease-elsewhere", "not-restricted"])
+        "lease-elsewhere", "not-restricted", "delete-own-volume", "delete-other-volume", "update-volume"])
 def test_node_restriction(op: str, obj: object, old: object, sub: str, refusal: str | None) -> None:
     problem = node_restriction(N1, op, obj, old, subresource=sub)  # type: ignore[arg-type]
     if refusal is None:

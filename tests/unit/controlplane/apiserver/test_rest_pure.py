@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
@@ -44,9 +46,13 @@ def test_discovery_lists_short_names_and_categories(gv: str, name: str, short: l
     ("apps/v1", "deployments/status", True),
     ("v1", "pods/status", True),
     ("v1", "pods/log", True),
+    ("v1", "pods/binding", True),
+    ("v1", "pods/exec", True),
+    ("v1", "pods/eviction", True),
     ("v1", "endpoints/status", False),
     ("v1", "services/scale", False),
-], ids=["deploy-scale", "rs-scale", "deploy-status", "pod-status", "pod-log", "no-ep-status", "no-svc-scale"])
+], ids=["deploy-scale", "rs-scale", "deploy-status", "pod-status", "pod-log", "pod-binding", "pod-exec", "pod-eviction",
+        "no-ep-status", "no-svc-scale"])
 def test_discovery_subresources(gv: str, name: str, present: bool) -> None:
     assert any(r["name"] == name for r in discovery.resources(gv)) is present
 
@@ -69,6 +75,50 @@ def test_openapi_patch_operations_declare_field_validation() -> None:
     assert "fieldValidation" in {p["name"] for p in op["parameters"]}
     assert "application/strategic-merge-patch+json" not in op["requestBody"]["content"]
     assert openapi.root()["paths"]["api/v1"]["serverRelativeURL"].startswith("/openapi/v3/api/v1?hash=")
+
+
+def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    target = schema.get("$ref") or (schema.get("allOf") or [{}])[0].get("$ref")
+    return doc["components"]["schemas"][target.rsplit("/", 1)[1]] if target else schema
+
+
+@pytest.mark.parametrize(("gv", "kind", "path", "expected"), [
+    ("apps/v1", "Deployment", ["spec", "replicas"], {"type": "integer", "format": "int32"}),
+    ("apps/v1", "Deployment", ["spec", "template", "spec", "containers"], {"type": "array"}),
+    ("apps/v1", "Deployment", ["spec", "strategy", "rollingUpdate", "maxSurge"], {"x-kubernetes-int-or-string": True}),
+    ("v1", "Pod", ["metadata", "creationTimestamp"], {"type": "string", "format": "date-time"}),
+    ("v1", "Pod", ["metadata", "labels"], {"type": "object", "additionalProperties": {"type": "string"}}),
+    ("v1", "Pod", ["metadata", "managedFields"], {"type": "array"}),
+    ("v1", "Secret", ["data"], {"type": "object", "additionalProperties": {"type": "string", "format": "byte"}}),
+    ("v1", "Pod", ["spec", "terminationGracePeriodSeconds"], {"type": "integer", "format": "int64"}),
+], ids=["int32", "array", "int-or-string", "timestamp", "map", "managed-fields", "bytes", "int64"])
+def test_openapi_schemas_walk_as_kubectl_explain_does(gv: str, kind: str, path: list[str],
+                                                     expected: dict[str, Any]) -> None:
+    """kubectl explain finds the kind by its GVK, then follows each property's $ref."""
+    doc = openapi.gv_document(gv)
+    assert doc is not None
+    version = gv.split("/")[-1]
+    roots = [s for s in doc["components"]["schemas"].values()
+             if {"group": gv.split("/")[0] if "/" in gv else "", "version": version, "kind": kind}
+             in s.get("x-kubernetes-group-version-kind", [])]
+    assert len(roots) == 1 and {"apiVersion", "kind", "metadata"} <= set(roots[0]["properties"])
+    schema = roots[0]
+    for i, name in enumerate(path):
+        field = schema["properties"][name]
+        if i == len(path) - 1:
+            assert {k: v for k, v in field.items() if k in expected} == expected
+        else:
+            schema = _resolve(doc, field if "items" not in field else field["items"])
+
+
+@pytest.mark.parametrize("gv", ["v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1"])
+def test_openapi_every_reference_resolves(gv: str) -> None:
+    doc = openapi.gv_document(gv)
+    assert doc is not None
+    text = json.dumps(doc)
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', text))
+    assert refs and refs <= set(doc["components"]["schemas"])
+    assert openapi.gv_document(gv) == doc  # the same document every time (its hash names it)
 
 
 # ---------------------------------------------------------------- Status

@@ -123,3 +123,50 @@ async def test_ordered_start_on_the_api_server(cluster: Cluster) -> None:
     assert stored.status.replicas == 2 and stored.status.ready_replicas == 1
     revs = (await cluster.api.list(t.ControllerRevision, namespace="default")).items
     assert [r.metadata.name for r in revs] == [stored.status.update_revision]
+
+
+def with_claims(s: t.StatefulSet) -> t.StatefulSet:
+    tmpl = s.spec.volume_claim_templates.add()
+    tmpl.metadata.name = "data"
+    tmpl.metadata.labels["tier"] = "db"
+    tmpl.spec.access_modes.append("ReadWriteOnce")
+    tmpl.spec.resources.requests["storage"] = "1Gi"
+    s.spec.template.spec.volumes.add(name="data").empty_dir.SetInParent()  # replaced by the claim
+    s.spec.template.spec.containers[0].volume_mounts.add(name="data", mount_path="/data")
+    return s
+
+
+def test_claims_and_pod_volumes_from_templates() -> None:
+    s = with_claims(sts())
+    [pvc] = ssc.claims_for(s, 2)
+    assert (pvc.metadata.name, pvc.metadata.namespace) == ("data-db-2", "default")
+    assert dict(pvc.metadata.labels) == {"tier": "db", "app": "db"}
+    assert dict(pvc.spec.resources.requests) == {"storage": "1Gi"}
+    p = ssc.pod_for(s, 2, s.spec.template, NEW)
+    [vol] = p.spec.volumes
+    assert vol.name == "data" and vol.persistent_volume_claim.claim_name == "data-db-2"
+    assert not vol.HasField("empty_dir")
+
+
+async def test_claims_created_before_pods_and_kept_on_scale_down(cluster: Cluster) -> None:
+    ctrl = StatefulSetController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    await cluster.create(with_claims(sts(2, parallel=True)))
+    await cluster.start()
+    await cluster.drain(ctrl)
+    claims = sorted(c.metadata.name for c in cluster.api.objects(t.PersistentVolumeClaim))
+    assert claims == ["data-db-0", "data-db-1"]
+    creates = cluster.writes("create", "persistentvolumeclaims")
+    stored = await cluster.api.get(t.StatefulSet, "db", "default")
+    stored.spec.replicas = 1
+    await cluster.api.update(stored)
+    await cluster.drain(ctrl)
+    assert sorted(p.metadata.name for p in cluster.api.objects(t.Pod)) == ["db-0"]
+    stored = await cluster.api.get(t.StatefulSet, "db", "default")
+    stored.spec.replicas = 2
+    await cluster.api.update(stored)
+    await cluster.drain(ctrl)
+    assert sorted(c.metadata.name for c in cluster.api.objects(t.PersistentVolumeClaim)) == claims, \
+        "scale-down keeps the claims (Retain)"
+    assert cluster.writes("create", "persistentvolumeclaims") == creates, "the kept claim is reused, not recreated"
+    assert (await cluster.api.get(t.Pod, "db-1", "default")).spec.volumes[0].persistent_volume_claim.claim_name \
+        == "data-db-1"
