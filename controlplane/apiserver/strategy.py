@@ -240,13 +240,17 @@ def update_problems(old: Message, new: Message) -> list[FieldError]:
         a, b = copy(old.spec), copy(new.spec)
         if not a.volume_name:
             a.volume_name = b.volume_name  # binding sets it once
-        if not a.HasField("storage_class_name"):
-            a.storage_class_name = b.storage_class_name  # the default class is assigned once
+        if not a.HasField("storage_class_name") and b.HasField("storage_class_name"):
+            a.storage_class_name = b.storage_class_name  # the default class is assigned once (setting
+            # it from an unset one would give `a` an explicit "" that `b` does not have)
         a.resources.ClearField("requests")
         b.resources.ClearField("requests")
         if a != b:
+            changed = sorted({f.json_name for f, _ in a.ListFields()} ^ {f.json_name for f, _ in b.ListFields()}
+                             | {f.json_name for f, v in a.ListFields() if getattr(b, f.name) != v})
             out.append(FieldError("spec", "spec is immutable after creation except resources.requests "
-                                          "(and volumeName and storageClassName while unset)"))
+                                          "(and volumeName and storageClassName while unset); changed: "
+                                          + ", ".join(changed)))
     elif isinstance(old, t.StorageClass) and isinstance(new, t.StorageClass):
         for field in ("provisioner", "parameters", "reclaim_policy", "volume_binding_mode"):
             if getattr(old, field) != getattr(new, field):
