@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e fuzz up down status lab lab-down \
-	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-scale bench-scale-small bench-report bench-plots clean \
+	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-scale bench-scale-small bench-report bench-plots chaos clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -132,6 +132,12 @@ vagrant-e2e-ipvs:
 
 vagrant-down:
 	cd deploy/vagrant && vagrant destroy -f
+
+# The chaos suite, full schedule (docs/reliability.md): a lab under kill -9 of every part and a cut
+# worker; writes bench/results/chaos.json and fails when a write was lost or a request failed
+# outside the cut. Its short version runs in `make test` (tests/e2e/test_chaos.py).
+chaos: setup
+	flock /tmp/skiff-e2e.lock $(BIN)/python -m bench.chaos
 
 # Each writes bench/results/<name>.json; bench-report then rewrites README.md's performance table.
 bench: bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol

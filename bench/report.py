@@ -222,6 +222,24 @@ def vm_e2e_rows(r: dict[str, Any]) -> list[Row]:
              _yes(r["failed"] == 0) + " (separate target)")]
 
 
+def chaos_rows(r: dict[str, Any]) -> list[Row]:
+    ip, writes, dep = r.get("clusterip"), r.get("writes"), r.get("deployment")
+    if not ip or not writes or not dep:
+        return []
+    faults = len(r.get("faults", []))
+    held = not writes["lost_or_wrong"] and not ip["failed_outside_cut_windows"] and dep["ready"] == dep["replicas"] \
+        and not r.get("leftovers") and not r.get("leaked_processes")
+    return [
+        (f"{faults} faults in {r['schedule_s']:.0f} s (kill -9 of each store member, api-server, leader, an agent, "
+         "a proxy, a containerd; a worker cut off): lost writes, failed ClusterIP requests outside the cut, "
+         "leaked processes", "none (#15)",
+         f"{len(writes['lost_or_wrong'])} of {writes['acknowledged']:,} acknowledged writes lost; "
+         f"{ip['failed_outside_cut_windows']} of {ip['requests']:,} requests failed outside the cut "
+         f"({ip['failed_in_cut_windows']} inside); Deployment {dep['ready']}/{dep['replicas']} Ready; "
+         f"{len(r.get('leaked_processes', []))} processes left", _yes(held)),
+    ]
+
+
 def readindex_rows(r: dict[str, Any]) -> list[Row]:
     def one(mode: str) -> str:
         m = r[mode]
@@ -297,6 +315,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("dns", "cluster DNS (the server in a child process on loopback)", dns_rows),
     ("netpol", "NetworkPolicy in netproxy (real iptables)", netpol_rows),
     ("vm-e2e", "end to end on the VM lab (workers are QEMU guests: TCG, -smp 1)", vm_e2e_rows),
+    ("chaos", "chaos suite (lab: 3 control-plane hosts, 2 workers; `make chaos`)", chaos_rows),
     ("readindex", "store reads (3 RaftNodes in one process)", readindex_rows),
     ("scale", "scale scenario (3 store members, 3 api-servers, hollow nodes)", scale_rows),
     ("scale-small", "scale scenario, small size (`--small`)", scale_rows),

@@ -23,7 +23,7 @@ from nodeagent.dns import DnsSettings, ResolvConf, parse_resolv_conf
 from nodeagent.netns import NodeNetwork
 from nodeagent.plan import PlanConfig
 from nodeagent.server import start_server
-from skiff import defaults, hostconfig, tls
+from skiff import defaults, hostconfig, quantity, tls
 from skiff import metrics as skiff_metrics
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-period", type=duration, default=10.0,
                    help="how often the node's Lease is renewed (default 10s)")
     add_metrics_flag(p, defaults.AGENT_METRICS_PORT)
+    p.add_argument("--container-log-max-size", type=_log_size, default="10Mi",
+                   help="a container's log file is rotated once it reaches this size (the kubelet's "
+                        "containerLogMaxSize; default 10Mi)")
+    p.add_argument("--container-log-max-files", type=_log_files, default=5,
+                   help="log files kept per container, the live one included, at least 2 (the kubelet's "
+                        "containerLogMaxFiles; default %(default)s)")
     tls.add_server_flags(p, what="logs and exec for the api-server; client certificates required")
     tls.add_client_flags(p)
     p.add_argument("--bootstrap-token", default="",
@@ -111,6 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_insecure_flag(p)
     add_verbose_flag(p)
     return p
+
+
+def _log_size(text: str) -> int:
+    try:
+        size = quantity.to_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 10Mi, 512Ki, 1G)") from None
+    if size < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: a log needs at least 1Ki before it is rotated")
+    return size
+
+
+def _log_files(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if count < 2:
+        raise argparse.ArgumentTypeError(f"{text}: at least 2 (the live file and one rotated)")
+    return count
 
 
 def host_resolv(path: str) -> ResolvConf:
@@ -139,6 +165,7 @@ def config_from_args(args: argparse.Namespace, port: int) -> AgentConfig:
         capacity=parse_kv(args.capacity, "--capacity"), labels=parse_kv(args.node_labels, "--node-labels"),
         taints=parse_taints(args.register_with_taints),
         relist_period=args.relist_period, lease_period=args.lease_period, stats_period=args.housekeeping_interval,
+        container_log_max_size=args.container_log_max_size, container_log_max_files=args.container_log_max_files,
         plan=PlanConfig(backoff_base=args.backoff_base, backoff_max=args.backoff_max),
         dns=dns, pod_dir="" if args.fake_runtime else str(Path(args.state_dir) / "pod-data"),
     )

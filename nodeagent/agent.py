@@ -1,6 +1,7 @@
 """The node agent: registers its Node, renews its Lease, runs one worker per pod bound to it.
 
-Loops (each started through skiff.guard):
+Loops (each started through skiff.guard: the agent's own loops are supervised, restarted with
+backoff after an unexpected error; an informer that ends stops the process non-zero):
 - pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
 - node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
 - service informer: the Service environment variables of new containers; pods start only after
@@ -10,6 +11,9 @@ Loops (each started through skiff.guard):
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
   synced: a restarted agent adopts running pods instead of killing them), and records whether
   the runtime answers;
+- log rotation (every `log_rotation_period`, 10 s): the kubelet's container log manager; a
+  running container's log that reached `container_log_max_size` is renamed and the runtime
+  reopens it (ReopenContainerLog); at most `container_log_max_files` files are kept (logs.py);
 - configmap and secret informers: env and volumes read them from these caches; a change kicks
   the workers of the pods that refer to the object (their volume files are rewritten);
 - persistentvolumeclaim and persistentvolume informers: persistentVolumeClaim volumes read them;
@@ -21,6 +25,11 @@ Loops (each started through skiff.guard):
   Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent; the
   MemoryPressure, DiskPressure and PIDPressure conditions from the host (pressure.py), written
   when one changes; Lease renewed every `lease_period` (10 s).
+
+Pod workers: one per pod; a worker that crashes (an unexpected exception, not a CRI or API error
+it retries itself) is started again after `WORKER_CRASH_BACKOFF` (per pod, doubling while it
+keeps crashing; a worker that ran `skiff.guard.HEALTHY_AFTER` seconds starts again from 1 s),
+never in a hot loop, and its pod is never abandoned.
 
 The node, configmap, secret and service informers are cluster-wide (no per-node filter), so
 many agents in one process (hollow nodes, nodeagent/hollow.py) may share one set of them
@@ -34,13 +43,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent import cri as rt
-from nodeagent import metrics, pressure
+from nodeagent import logs, metrics, pressure
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
 from nodeagent.dns import DnsSettings
@@ -54,7 +64,7 @@ from skiff import conditions, errors, storage
 from skiff.client import ApiClient
 from skiff.clock import stamp
 from skiff.events import EventRecorder
-from skiff.guard import guard
+from skiff.guard import HEALTHY_AFTER, guard, supervise
 from skiff.informer import Informer
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import types_pb2 as t
@@ -63,6 +73,8 @@ from skiffpb.cri.v1 import api_pb2 as cri
 log = logging.getLogger("nodeagent")
 # Registering the Node until the api-server takes it: 0.2 s doubling to 5 s, jittered.
 REGISTER_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
+# A pod worker that crashed: restarted after 1 s doubling to 60 s while it keeps crashing.
+WORKER_CRASH_BACKOFF = Backoff(initial=1.0, max=60.0, jitter=0.2)
 COMPONENT = "skiff-nodeagent"  # source.component of the Events the agent records (kubelet's is "kubelet")
 
 
@@ -91,6 +103,9 @@ class AgentConfig:
     plan: P.PlanConfig = field(default_factory=P.PlanConfig)
     dns: DnsSettings = field(default_factory=DnsSettings)
     pod_dir: str = ""  # per-pod files (managed /etc/hosts); empty: containers keep the runtime's
+    container_log_max_size: int = 10 * 1024 * 1024  # the kubelet's containerLogMaxSize (10Mi)
+    container_log_max_files: int = 5  # the kubelet's containerLogMaxFiles, the live file included
+    log_rotation_period: float = 10.0  # how often logs are checked (the kubelet's monitor period)
     host_pressure: bool = True  # Memory/Disk/PIDPressure from this host (off for simulated nodes)
     local_path_dir: str = ""  # local-path PersistentVolumes of this node (published as a Node annotation)
 
@@ -141,6 +156,8 @@ class NodeAgent:
         self.pods_by_uid: dict[str, t.Pod] = {}
         self.workers: dict[str, PodWorker] = {}
         self.worker_tasks: dict[str, asyncio.Task[Any]] = {}
+        self.worker_crashes: dict[str, Delays] = {}  # pods whose worker crashed, until one ends cleanly
+        self._restarts: dict[str, asyncio.TimerHandle] = {}
         self.pod_informer: Informer[t.Pod] = Informer(client, t.Pod,
                                                       field_selector=f"spec.nodeName={config.node_name}")
         self._owns_informers = shared is None
@@ -200,6 +217,8 @@ class NodeAgent:
         self.ensure_worker(uid)
 
     def ensure_worker(self, uid: str) -> None:
+        if uid in self._restarts:
+            return  # its worker crashed: it comes back when its backoff has passed
         worker = self.workers.get(uid)
         if worker is None:
             worker = self.workers[uid] = PodWorker(self.ctx, uid)
@@ -208,18 +227,33 @@ class NodeAgent:
         worker.kick()
 
     async def _run_worker(self, worker: PodWorker) -> None:
+        delay: float | None = None
+        started = time.monotonic()
         try:
             await worker.run()
+            self.worker_crashes.pop(worker.uid, None)
         except Exception:
-            log.exception("pod worker %s crashed", worker.uid)
+            crashes = self.worker_crashes.setdefault(worker.uid, Delays(WORKER_CRASH_BACKOFF))
+            if time.monotonic() - started >= HEALTHY_AFTER:
+                crashes.reset()  # it ran well for a while: this is a new failure, not the same one
+            delay = crashes.next()
+            log.exception("pod worker %s crashed; restarting it in %.1fs", worker.uid, delay)
         finally:
             worker.stop_probes()
             if self.workers.get(worker.uid) is worker:
                 del self.workers[worker.uid]
                 self.worker_tasks.pop(worker.uid, None)
                 self._fingerprints.pop(worker.uid, None)
-                if worker.uid in self.pods_by_uid:
+                if delay is not None:
+                    # Whether or not the pod still exists: a new worker also finishes a teardown.
+                    self._restarts[worker.uid] = asyncio.get_running_loop().call_later(
+                        delay, self._restart_worker, worker.uid)
+                elif worker.uid in self.pods_by_uid:
                     self.ensure_worker(worker.uid)  # the pod came back while this worker was finishing
+
+    def _restart_worker(self, uid: str) -> None:
+        self._restarts.pop(uid, None)
+        self.ensure_worker(uid)
 
     # ------------------------------------------------------------ configmaps, secrets (ConfigSource)
 
@@ -515,6 +549,51 @@ class NodeAgent:
     def _kick_network(self, *_: Any) -> None:
         self._network_kick.set()
 
+    # ------------------------------------------------------------ container logs
+
+    async def _log_rotation_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.log_rotation_period)
+            await self.rotate_logs()
+
+    async def rotate_logs(self) -> int:
+        """One pass of the kubelet's container log manager over the running containers; returns
+        how many logs it rotated. A file the runtime cannot reopen is renamed back."""
+        try:
+            containers = await self.runtime.list_containers()
+        except rt.CriError as exc:
+            log.debug("log rotation: %s", exc)
+            return 0
+        rotated = 0
+        for c in containers:
+            if c.state != cri.CONTAINER_RUNNING:
+                continue
+            try:
+                path = (await self.runtime.container_status(c.id)).log_path
+                size = os.stat(path).st_size if path else -1
+            except (rt.CriError, FileNotFoundError):
+                continue
+            if size < 0:
+                continue
+            plan = logs.plan_rotation(path, size, logs.rotated_files(path),
+                                      max_size=self.config.container_log_max_size,
+                                      max_files=self.config.container_log_max_files, now=self.clock())
+            for old in plan.remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(old)
+            if not plan.rename_to:
+                continue
+            os.rename(path, plan.rename_to)
+            try:
+                await self.runtime.reopen_container_log(c.id)
+            except rt.CriError as exc:
+                log.warning("log rotation of container %s: %s; keeping its log as it was", c.id[:12], exc)
+                with contextlib.suppress(OSError):
+                    os.rename(plan.rename_to, path)
+                continue
+            rotated += 1
+        return rotated
+
     # ------------------------------------------------------------ run
 
     async def start(self) -> None:
@@ -523,16 +602,16 @@ class NodeAgent:
                                       on_delete=self._on_pod_delete)
         self.node_informer.add_handler(on_add=self._kick_network, on_update=self._kick_network,
                                        on_delete=self._kick_network)
-        self._tasks.append(guard(self.events.run(), "nodeagent-events"))
+        self._tasks.append(supervise(self.events.run, "nodeagent-events"))
         await self.register()
         if self._owns_informers:
             self._tasks.append(guard(self.node_informer.run(), "nodeagent-node-informer"))
         if self.network is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await self.node_informer.wait_synced(10)
-            self._tasks.append(guard(self._network_loop(), "nodeagent-network"))
-        self._tasks.append(guard(self._lease_loop(), "nodeagent-lease"))
-        self._tasks.append(guard(self._node_status_loop(), "nodeagent-node-status"))
+            self._tasks.append(supervise(self._network_loop, "nodeagent-network"))
+        self._tasks.append(supervise(self._lease_loop, "nodeagent-lease"))
+        self._tasks.append(supervise(self._node_status_loop, "nodeagent-node-status"))
         for informer in (self.config_map_informer, self.secret_informer):
             informer.add_handler(on_add=self._config_changed, on_update=self._config_changed,
                                  on_delete=self._config_changed)
@@ -556,10 +635,15 @@ class NodeAgent:
         await self.pod_informer.wait_synced()
         self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))
         self._tasks.append(guard(self._stats_loop(), "nodeagent-stats"))
+        self._tasks.append(supervise(self._relist_loop, "nodeagent-relist"))
+        self._tasks.append(supervise(self._log_rotation_loop, "nodeagent-log-rotation"))
         self.started.set()
 
     async def stop(self) -> None:
         """Stop the agent's loops and workers; containers keep running (a restart adopts them)."""
+        for handle in self._restarts.values():
+            handle.cancel()
+        self._restarts.clear()
         tasks = self._tasks + list(self.worker_tasks.values())
         for task in tasks:
             task.cancel()

@@ -62,6 +62,7 @@ class Runtime(Protocol):
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse: ...
     async def list_container_stats(self) -> list[cri.ContainerStats]: ...
     async def list_pod_sandbox_stats(self) -> list[cri.PodSandboxStats]: ...
+    async def reopen_container_log(self, container_id: str) -> None: ...
     async def image_status(self, image: str) -> cri.Image | None: ...
     async def pull_image(self, image: str, *, sandbox_config: cri.PodSandboxConfig | None = None,
                          auth: cri.AuthConfig | None = None) -> str: ...
@@ -168,6 +169,11 @@ class GrpcRuntime:
                                 what=f"ContainerStatus {container_id[:12]}", timeout=10)
         status: cri.ContainerStatus = resp.status
         return status
+
+    async def reopen_container_log(self, container_id: str) -> None:
+        """Make the runtime close the container's log file and open its path again (after a rename)."""
+        await self._call(self._rt, "ReopenContainerLog", cri.ReopenContainerLogRequest(container_id=container_id),
+                         what=f"ReopenContainerLog {container_id[:12]}", timeout=10)
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
         req = cri.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout)

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import ipaddress
 import itertools
+import os
 import random
 import time
 import uuid
@@ -110,6 +111,17 @@ class FakeRuntime:
         """Make a running container die, as if killed from outside."""
         c = self.containers[container_id]
         c.state, c.exit_code, c.reason, c.finished_at = cri.CONTAINER_EXITED, exit_code, reason, _now_ns()
+
+    def write_log(self, container_id: str, text: str, *, stream: str = "stdout") -> None:
+        """Append `text` to the container's log as the runtime would (one CRI record per line)."""
+        c = self.containers[container_id]
+        if c.state != cri.CONTAINER_RUNNING or not c.log_path:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        os.makedirs(os.path.dirname(c.log_path), exist_ok=True)  # as containerd makes it
+        with open(c.log_path, "a") as f:
+            for line in text.splitlines():
+                f.write(f"{stamp} {stream} F {line}\n")
 
     def _check(self, call: str) -> None:
         if self.record_calls:
@@ -281,6 +293,13 @@ class FakeRuntime:
             out.append(cri.PodSandboxStats(attributes=cri.PodSandboxAttributes(
                 id=sb.id, metadata=sb.config.metadata, labels=sb.config.labels), linux=linux))
         return out
+    async def reopen_container_log(self, container_id: str) -> None:
+        self._check("ReopenContainerLog")
+        c = self._container(container_id)
+        if c.state != cri.CONTAINER_RUNNING:
+            raise CriError(f"container {container_id} is not running")
+        if c.log_path and os.path.isdir(os.path.dirname(c.log_path)):
+            open(c.log_path, "a").close()  # as containerd: the path is opened (created) afresh
 
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse:
         self._check("ExecSync")
@@ -385,6 +404,10 @@ class _RuntimeServicer(cri_grpc.RuntimeServiceServicer):
     async def ContainerStatus(self, request, context):  # type: ignore[no-untyped-def]
         st = await self._do(context, self.fake.container_status(request.container_id))
         return cri.ContainerStatusResponse(status=st)
+
+    async def ReopenContainerLog(self, request, context):  # type: ignore[no-untyped-def]
+        await self._do(context, self.fake.reopen_container_log(request.container_id))
+        return cri.ReopenContainerLogResponse()
 
     async def ExecSync(self, request, context):  # type: ignore[no-untyped-def]
         return await self._do(context, self.fake.exec_sync(request.container_id, list(request.cmd), request.timeout))

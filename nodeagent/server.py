@@ -1,10 +1,11 @@
 """The node agent's gRPC service (the kubelet's port): container logs and exec for the api-server.
 
-ContainerLogs streams a container's log file (decoded from the CRI log format), optionally
-only the last `tail_lines`, the previous instance's (`previous`), and following new output
-while the container runs. Exec runs a command through CRI ExecSync. Summary answers the node's
-and its pods' resource usage (nodeagent/stats.py). Pods are found in the agent's own pod cache
-(only pods bound to this node); errors are Skiff errors with gRPC codes.
+ContainerLogs streams a container's log file (decoded from the CRI log format) in chunks, never
+reading it whole (`logs.stream`), optionally only the last `tail_lines`, the previous instance's
+(`previous`), and following new output while the container runs, across rotations. Exec
+runs a command through CRI ExecSync. Summary answers the node's and its pods' resource usage
+(nodeagent/stats.py). Pods are found in the agent's own pod cache (only pods bound to this
+node); errors are Skiff errors with gRPC codes.
 
 With TLS (the default) the service requires a client certificate from the cluster CA and
 serves only the api-server's kubelet-client identity (skiff.identity.APISERVER_CLIENT):
@@ -90,29 +91,19 @@ class NodeAgentService(na_grpc.NodeAgentServicer):
         base = pod_log_dir(self.agent.config.pod_log_dir, pod.metadata.namespace, pod.metadata.name,
                            pod.metadata.uid)
         path = os.path.join(base, container_log_path(spec.name, attempt))
-        data, offset = logs.read(path, tail_lines=int(request.tail_lines))
-        for i in range(0, len(data), CHUNK):
-            yield api.LogChunk(data=data[i:i + CHUNK])
-        if not request.follow or request.previous:
-            return
         cid = latest.id
-        running = {"yes": latest.state == cri.CONTAINER_RUNNING}
 
-        def alive() -> bool:
-            return running["yes"]
-
-        async def poll_state() -> None:
+        async def still_running() -> bool:
             try:
                 st = await self.agent.runtime.container_status(cid)
-                running["yes"] = st.state == cri.CONTAINER_RUNNING
             except CriError:
-                running["yes"] = False
+                return False
+            return bool(st.state == cri.CONTAINER_RUNNING)
 
-        async for chunk in logs.follow(path, offset, alive=alive):
-            yield api.LogChunk(data=chunk)
-            await poll_state()
-        # one more look: the container may have stopped between polls
-        await poll_state()
+        async for data in logs.stream(path, tail_lines=int(request.tail_lines),
+                                      follow=request.follow and not request.previous, still_running=still_running):
+            for i in range(0, len(data), CHUNK):
+                yield api.LogChunk(data=data[i:i + CHUNK])
 
     async def ContainerLogs(self, request: api.LogsRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[api.LogChunk]:

@@ -231,7 +231,7 @@ class PodWorker:
         if not written and spec.termination_message_policy == "FallbackToLogsOnError" and st.exit_code != 0:
             log_dir = pod_log_dir(self.ctx.pod_settings.pod_log_dir, pod.metadata.namespace, pod.metadata.name,
                                   self.uid)
-            tail, _ = logs.read(os.path.join(log_dir, container_log_path(name, attempt)), tail_lines=80)
+            tail = logs.tail(os.path.join(log_dir, container_log_path(name, attempt)), 80)
         message = termination_message(written, policy=spec.termination_message_policy, exit_code=st.exit_code,
                                       log_tail=tail)
         self.cache.messages[cid] = message

@@ -2,8 +2,10 @@
 
 Typed by message class: `await client.get(t.Pod, "web-1", "default") -> t.Pod`. Errors come
 back as skiff.errors exceptions. With several endpoints, a call that finds its api-server
-unavailable moves on to the next one and retries with backoff until its deadline; streams
-(watch, logs) do not resume by themselves: the informer does that from its resourceVersion.
+unavailable moves on to the next one and retries with backoff until its deadline; a call
+refused as too many requests (RESOURCE_EXHAUSTED with the server's `retry-after` hint) waits
+at least that hint and retries, within the same deadline; streams (watch, logs) do not resume
+by themselves: the informer does that from its resourceVersion.
 
 Namespace convention: for namespaced kinds an empty namespace means "default" in
 create/get/update/delete and "all namespaces" in list/watch.
@@ -58,6 +60,17 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def _retry_hint(exc: BaseException) -> float | None:
+    """The server's retry-after of a call refused as too many requests (None: not one)."""
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return errors.retry_after(exc)
+    return None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return _unavailable(exc) or _retry_hint(exc) is not None
+
+
 @dataclass
 class ObjectList(Generic[M]):
     items: list[M]
@@ -87,7 +100,7 @@ class ApiClient(Protocol):
     async def get(self, cls: type[M], name: str, namespace: str = "") -> M: ...
 
     async def list(self, cls: type[M], *, namespace: str = "", label_selector: str = "",
-                   field_selector: str = "") -> ObjectList[M]: ...
+                   field_selector: str = "", limit: int = 0, continue_token: str = "") -> ObjectList[M]: ...
 
     async def update(self, obj: M) -> M: ...
 
@@ -182,12 +195,15 @@ class Client:
             return response
 
         def next_endpoint(exc: BaseException, delay: float) -> None:
+            if not _unavailable(exc):
+                log.debug("api-server %s: too many requests; retrying in %.2fs as it asked", target, delay)
+                return
             log.debug("api-server %s unavailable (%s); trying the next one in %.2fs", target, exc, delay)
             self._current = (self._current + 1) % len(self.endpoints)
 
         try:
-            return await retry(attempt, retryable=_unavailable, backoff=UNAVAILABLE_BACKOFF, budget=budget,
-                               on_retry=next_endpoint, clock=loop.time)
+            return await retry(attempt, retryable=_retryable, backoff=UNAVAILABLE_BACKOFF, budget=budget,
+                               on_retry=next_endpoint, hint=_retry_hint, clock=loop.time)
         except grpc.aio.AioRpcError as exc:
             if _unavailable(exc):
                 raise errors.UnavailableError(

@@ -11,7 +11,9 @@ What must hold:
   that says "not a duration" and shows examples;
 - `run_until_signalled` turns SIGTERM/SIGINT into cancelling the daemon's main task, so its
   `finally` blocks run (clients closed, servers stopped) and the process exits 0; an error
-  raised by the main task propagates to the caller unchanged.
+  raised by the main task propagates to the caller unchanged; a `skiff.guard.fatal` (a loop
+  the daemon cannot work without has ended) cancels the main task the same way and the
+  process exits 1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import re
 import signal
 from collections.abc import Coroutine
 from typing import Any
+
+from skiff.guard import fatal_handler
 
 _NUM = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*"
 # Units in decreasing size, each at most once ("1h30m", "1m30s", "1s500ms"); `m(?!s)` keeps
@@ -53,17 +57,25 @@ def setup_logging(verbose: bool) -> None:
 
 
 def run_until_signalled(main: Coroutine[Any, Any, Any]) -> int:
-    """Run `main` until it ends or SIGTERM/SIGINT cancels it (so `finally` blocks run); 0."""
+    """Run `main` until it ends or SIGTERM/SIGINT cancels it (so `finally` blocks run): 0;
+    1 when a `fatal()` ended it."""
 
     async def runner() -> int:
         task = asyncio.ensure_future(main)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            return 0
-        return 0
+        reasons: list[str] = []
+
+        def on_fatal(reason: str) -> None:
+            reasons.append(reason)
+            task.cancel()
+
+        with fatal_handler(on_fatal):
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        return 1 if reasons else 0
 
     return asyncio.run(runner())

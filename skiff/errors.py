@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 REASON_KEY = "skiff-reason"
+RETRY_AFTER_KEY = "retry-after"
 
 
 class SkiffError(Exception):
@@ -92,9 +93,15 @@ class UnauthenticatedError(SkiffError):
 
 
 class TooManyRequestsError(SkiffError):
-    """A bounded buffer overflowed (a slow watcher) or a rate limit was hit."""
+    """A bounded buffer overflowed (a slow watcher) or a limit was hit. `retry_after`, when
+    set, is how many seconds the server asks the client to wait before trying again; it travels
+    in the trailing metadata key `retry-after` (and as HTTP's Retry-After header)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InternalError(SkiffError):
@@ -133,17 +140,36 @@ _BY_REASON: dict[str, type[SkiffError]] = {cls.reason: cls for cls in (PodAlread
 
 
 def trailing_metadata(err: SkiffError) -> tuple[tuple[str, str], ...]:
-    """What a server sends beside the status so the client can rebuild `err`'s type."""
-    return ((REASON_KEY, err.reason),) if err.reason else ()
+    """What a server sends beside the status so the client can rebuild `err`'s type (and its
+    retry hint)."""
+    out: tuple[tuple[str, str], ...] = ((REASON_KEY, err.reason),) if err.reason else ()
+    hint = getattr(err, "retry_after", None)
+    if hint is not None:
+        out += ((RETRY_AFTER_KEY, f"{hint:g}"),)
+    return out
 
 
-def _reason(err: grpc.RpcError) -> str:
+def _metadata(err: grpc.RpcError, wanted: str) -> str:
     # (key, value) pairs at run time; the stubs type them as an opaque `_Metadatum`.
     metadata: Any = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     for key, value in metadata or ():
-        if key == REASON_KEY:
+        if key == wanted:
             return value.decode() if isinstance(value, bytes) else str(value)
     return ""
+
+
+def _reason(err: grpc.RpcError) -> str:
+    return _metadata(err, REASON_KEY)
+
+
+def retry_after(err: grpc.RpcError) -> float | None:
+    """The server's retry hint of a failed call in seconds (None: none, or not a number >= 0)."""
+    text = _metadata(err, RETRY_AFTER_KEY)
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < float("inf") else None
 
 
 def from_grpc(err: grpc.RpcError) -> SkiffError:
@@ -154,5 +180,7 @@ def from_grpc(err: grpc.RpcError) -> SkiffError:
     if cls.code != code:  # a reason that does not fit the code is not believed
         cls = _BY_CODE.get(code, SkiffError)
     out = cls(details or code.name.lower())
+    if isinstance(out, TooManyRequestsError):
+        out.retry_after = retry_after(err)
     out.__cause__ = err
     return out

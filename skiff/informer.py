@@ -7,6 +7,11 @@ What must hold:
   "too old resource version" (GoneError) or any unexpected error relists, and the difference
   between the old cache and the new list is delivered to handlers as adds, updates and
   deletes, so no handler misses a deletion that happened while disconnected;
+- every retry backs off (`RELIST_BACKOFF`), relisting after a GoneError included: a cluster of
+  informers never hammers an api-server that keeps failing them;
+- a list comes in pages of at most `page_size` objects (`limit`/`continue`, all at one
+  revision), so no response holds a whole large collection; the cache changes only once the
+  last page is in;
 - `run()` never ends on its own: an informer that stops silently would leave its component
   acting on a frozen view of the cluster;
 - cached objects are shared: callers must never mutate them (copy first);
@@ -39,6 +44,8 @@ Indexer = Callable[[Any], Iterable[str]]
 # After a failed list or watch: 0.2 s doubling to 5 s, jittered so that every informer of a
 # cluster does not relist in the same instant after an api-server restart.
 RELIST_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
+# Objects per List page (client-go's reflector pages by 500 as well).
+PAGE_SIZE = 500
 
 
 def object_key(obj: Message) -> str:
@@ -67,8 +74,9 @@ class _Handler:
 class Informer(Generic[M]):
     def __init__(self, client: ApiClient, cls: type[M], *, namespace: str = "", label_selector: str = "",
                  field_selector: str = "", resync_period: float = 0.0,
-                 indexers: Mapping[str, Indexer] | None = None) -> None:
+                 indexers: Mapping[str, Indexer] | None = None, page_size: int = PAGE_SIZE) -> None:
         self.client = client
+        self.page_size = page_size
         self.cls = cls
         self.kind = kinds.of_message(cls())
         self.namespace = namespace
@@ -202,10 +210,22 @@ class Informer(Generic[M]):
 
     # ------------------------------------------------------------------ running
 
+    async def _list_pages(self) -> tuple[builtins.list[M], str]:
+        """Every object, one page at a time (a continue token keeps the pages at one revision)."""
+        items: builtins.list[M] = []
+        token = ""
+        while True:
+            page = await self.client.list(self.cls, namespace=self.namespace, label_selector=self.label_selector,
+                                          field_selector=self.field_selector, limit=self.page_size,
+                                          continue_token=token)
+            items.extend(page.items)
+            token = page.continue_token
+            if not token:
+                return items, page.resource_version
+
     async def _relist(self) -> None:
-        listed = await self.client.list(self.cls, namespace=self.namespace, label_selector=self.label_selector,
-                                        field_selector=self.field_selector)
-        fresh = {object_key(obj): obj for obj in listed.items}
+        listed, resource_version = await self._list_pages()
+        fresh = {object_key(obj): obj for obj in listed}
         for key in [k for k in self._items if k not in fresh]:
             gone = self._items[key]
             self._remove(gone)
@@ -218,7 +238,7 @@ class Informer(Generic[M]):
             elif old.metadata.resource_version != obj.metadata.resource_version:  # type: ignore[attr-defined]
                 self._store(obj)
                 self._emit_update(old, obj)
-        self.resource_version = listed.resource_version
+        self.resource_version = resource_version
         self._synced.set()
 
     async def _watch_once(self) -> None:
@@ -243,8 +263,10 @@ class Informer(Generic[M]):
                     await self._watch_once()
                     delays.reset()
                 except errors.GoneError as exc:
-                    log.info("%s informer: %s; relisting", self.kind.resource, exc)
+                    delay = delays.next()
+                    log.info("%s informer: %s; relisting in %.1fs", self.kind.resource, exc, delay)
                     self.resource_version = ""
+                    await asyncio.sleep(delay)
                 except errors.SkiffError as exc:
                     delay = delays.next()
                     log.warning("%s informer: %s; retrying in %.1fs", self.kind.resource, exc, delay)

@@ -17,7 +17,8 @@ What must hold:
   a success, so a loop that recovered starts again from `initial`.
 - `retry()` is always bounded (by attempts, by a time budget, or both). An error that
   `retryable` refuses propagates at once; when the bound is reached the last retryable error
-  propagates unchanged (the caller decides how to report it).
+  propagates unchanged (the caller decides how to report it). A server's retry hint
+  (`hint(error)`, e.g. the api-server's Retry-After) lengthens a delay, never shortens it.
 - `retry_on_conflict()` is client-go's RetryOnConflict: the attempt re-reads, mutates and
   writes; only `ConflictError` is retried, at most `attempts` times; the last conflict
   propagates. Errors are told apart by type, never by their message text.
@@ -88,13 +89,15 @@ class Delays:
 async def retry(attempt: Callable[[], Awaitable[T]], *, retryable: Callable[[BaseException], bool],
                 backoff: Backoff, attempts: int | None = None, budget: float | None = None,
                 on_retry: Callable[[BaseException, float], None] | None = None,
+                hint: Callable[[BaseException], float | None] | None = None,
                 clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep,
                 rand: Rand = random.random) -> T:
     """Await `attempt()` until it returns, waiting out `backoff` between retryable failures.
 
     Stops (re-raising the last error) after `attempts` calls, or when waiting the next delay
     would end `budget` seconds or more after the start. `on_retry(error, delay)` runs before
-    each wait (to log, or to move to another endpoint).
+    each wait (to log, or to move to another endpoint). `hint(error)`, when given, is the
+    server's own wait for that error (None: none); the delay is the longer of the two.
     """
     if attempts is None and budget is None:
         raise ValueError("retry needs a bound: attempts, budget or both")
@@ -109,6 +112,9 @@ async def retry(attempt: Callable[[], Awaitable[T]], *, retryable: Callable[[Bas
             if not retryable(exc):
                 raise
             delay = delays.next()
+            asked = hint(exc) if hint is not None else None
+            if asked is not None:
+                delay = max(delay, asked)
             if attempts is not None and delays.failures >= attempts:
                 raise
             if deadline is not None and clock() + delay >= deadline:

@@ -23,8 +23,9 @@ from controlplane.apiserver.allocator import parse_cidr, parse_port_range
 from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB
 from controlplane.apiserver.authorizer import DEFAULT_MODES, parse_modes
 from controlplane.apiserver.defaults import DEFAULT_TOLERATION_SECONDS
+from controlplane.apiserver.limits import Limits
 from controlplane.apiserver.registry import Options
-from controlplane.apiserver.server import Config, StartupError, serve
+from controlplane.apiserver.server import Config, FatalError, StartupError, serve
 from skiff import defaults, tls
 from skiff.daemon import add_verbose_flag, duration, setup_logging
 from skiff.metrics import add_metrics_flag
@@ -48,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recent events kept per resource for watches to resume from (default %(default)s)")
     p.add_argument("--watch-buffer", type=int, default=4096,
                    help="events queued for one watcher before it is closed as too slow (default %(default)s)")
+    p.add_argument("--watch-buffer-bytes", type=int, default=Options.watcher_buffer_bytes,
+                   help="bytes of encoded events queued for one watcher before it is closed as too slow "
+                        "(default %(default)s)")
+    p.add_argument("--max-requests-inflight", type=int, default=Limits.max_requests_inflight,
+                   help="read-only requests served at once; more are refused with RESOURCE_EXHAUSTED (HTTP 429) "
+                        "and a retry hint; 0: unlimited (default %(default)s)")
+    p.add_argument("--max-mutating-requests-inflight", type=int, default=Limits.max_mutating_requests_inflight,
+                   help="mutating requests served at once, as --max-requests-inflight (default %(default)s)")
+    p.add_argument("--max-watches-per-client", type=int, default=Limits.max_watches_per_client,
+                   help="watches one user at one host address may hold open; 0: unlimited (default %(default)s)")
     p.add_argument("--bookmark-interval", type=duration, default=5.0,
                    help="time between watch bookmarks (default 5s)")
     p.add_argument("--compaction-interval", type=duration, default=300.0,
@@ -143,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 0:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
             return 2
-    for name in ("watch_cache_size", "watch_buffer"):
+    for name in ("watch_cache_size", "watch_buffer", "watch_buffer_bytes"):
         if getattr(args, name) < 1:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    for name in ("max_requests_inflight", "max_mutating_requests_inflight", "max_watches_per_client"):
+        if getattr(args, name) < 0:
+            print(f"skiff-apiserver: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
             return 2
     config = Config(store_endpoints=args.store_endpoints, listen=args.listen, service_cidr=args.service_cidr,
                     http_listen=args.http_listen, metrics_listen=args.metrics_bind_address,
@@ -153,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                     authorization_modes=modes, audit_log_path=args.audit_log_path,
                     audit_log_max_size_mb=args.audit_log_maxsize, audit_log_max_backups=args.audit_log_maxbackup,
                     tls=serving, store_credentials=store_credentials, kubelet_credentials=kubelet_credentials,
+                    limits=Limits(max_requests_inflight=args.max_requests_inflight,
+                                  max_mutating_requests_inflight=args.max_mutating_requests_inflight,
+                                  max_watches_per_client=args.max_watches_per_client),
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
+                                    watcher_buffer_bytes=args.watch_buffer_bytes,
                                     bookmark_interval=args.bookmark_interval,
                                     event_ttl=round(args.event_ttl),
                                     compaction_interval=args.compaction_interval,
@@ -162,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                                         args.default_unreachable_toleration_seconds)))
     try:
         asyncio.run(serve(config))
-    except StartupError as exc:
+    except (StartupError, FatalError) as exc:
         print(f"skiff-apiserver: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

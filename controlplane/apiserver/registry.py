@@ -66,7 +66,7 @@ from controlplane.apiserver.watchcache import (
 )
 from skiff import defaults, errors, kinds, podsecurity, quota
 from skiff.convert import FieldError
-from skiff.guard import guard
+from skiff.guard import guard, supervise
 from skiff.validation import validate
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
@@ -124,6 +124,7 @@ def stamped(obj: Message, revision: int) -> Message:
 class Options:
     watch_cache_size: int = 4096
     watcher_buffer: int = 4096
+    watcher_buffer_bytes: int = 8 * 1024 * 1024
     bookmark_interval: float = 5.0
     event_ttl: int = 3600
     compaction_interval: float = 300.0
@@ -149,6 +150,7 @@ class Registry:
         self.caches: dict[str, WatchCache] = {
             k.resource: WatchCache(store, k, capacity=self.options.watch_cache_size,
                                    watcher_limit=self.options.watcher_buffer,
+                                   watcher_bytes=self.options.watcher_buffer_bytes,
                                    bookmark_interval=self.options.bookmark_interval)
             for k in kinds.KINDS
         }
@@ -171,9 +173,9 @@ class Registry:
             except errors.AlreadyExistsError:
                 pass
         if background:
-            self._tasks.append(guard(self._namespace_sweeper(), "namespace-finalizer"))
+            self._tasks.append(supervise(self._namespace_sweeper, "namespace-finalizer"))
             if self.options.compaction_interval > 0:
-                self._tasks.append(guard(self._compactor(), "compactor"))
+                self._tasks.append(supervise(self._compactor, "compactor"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -753,7 +755,8 @@ class Registry:
             w, objs = cache.register(filt, start_revision=start, allow_bookmarks=allow_bookmarks, initial=initial)
         except TooOldForCache:
             assert start is not None
-            w = Watcher(kind, filt, start, limit=self.options.watcher_buffer, allow_bookmarks=allow_bookmarks)
+            w = Watcher(kind, filt, start, limit=self.options.watcher_buffer,
+                        max_bytes=self.options.watcher_buffer_bytes, allow_bookmarks=allow_bookmarks)
             pump = guard(self._pump_store_watch(kind, filt, w), f"store-watch-{kind.resource}", forever=False)
         handle = None
         if timeout_seconds > 0:

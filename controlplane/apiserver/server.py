@@ -14,6 +14,9 @@ What must hold:
   `impersonate-group` metadata asks and the caller may), the request's attributes
   (`request_attributes`), the authorizer's verdict. A refusal is PERMISSION_DENIED naming the
   user, verb and resource.
+- Every call passes the api-server's one `Limiter` (limits.py, shared with the REST front end)
+  before its handler runs: over a limit it is RESOURCE_EXHAUSTED with the `retry-after` hint
+  in its trailing metadata, and the handler never runs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_M
 from controlplane.apiserver.authn import Authenticator
 from controlplane.apiserver.authorizer import DEFAULT_MODES, Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
+from controlplane.apiserver.limits import Limiter, Limits, client_key, grpc_verb
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.resourcemetrics import ResourceMetrics
@@ -46,6 +50,7 @@ from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
 from skiff import __version__, defaults, errors, kinds, tls
 from skiff import metrics as skiff_metrics
+from skiff.guard import fatal_handler
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
 from skiff.tls import Credentials, ServerTLS
@@ -203,11 +208,12 @@ class RequestAuth:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Admits each request (`RequestAuth`), runs it as its caller and turns exceptions from any
-    handler into gRPC statuses (see the module docstring)."""
+    """Admits each request (`RequestAuth`, then the `Limiter`), runs it as its caller and turns
+    exceptions from any handler into gRPC statuses (see the module docstring)."""
 
-    def __init__(self, auth: RequestAuth) -> None:
+    def __init__(self, auth: RequestAuth, limiter: Limiter | None = None) -> None:
         self.auth = auth
+        self.limiter = limiter or Limiter()
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -217,16 +223,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = str(handler_call_details.method)  # type: ignore[attr-defined]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, self.auth, method), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                _wrap_unary(handler.unary_unary, self.auth, self.limiter, method),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, self.auth, method),
+                _wrap_stream(handler.unary_stream, self.auth, self.limiter, method),
                 request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         return handler
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth,
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth, limiter: Limiter,
                 method: str) -> Callable[..., Awaitable[Any]]:
     """`method`: the full gRPC method name (/skiff.api.v1.ApiServer/Get)."""
     name = method.rsplit("/", 1)[-1]
@@ -235,7 +241,8 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth,
         with metrics.track(metrics.grpc_info(method, request)) as tracked:
             try:
                 _check_request(request)
-                with caller.acting_as(await auth.admit(name, request, context)):
+                with caller.acting_as(await auth.admit(name, request, context)) as user, \
+                        limiter.admit(grpc_verb(name), client_key(user, context.peer())):
                     return await behavior(request, context)
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
@@ -247,7 +254,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth,
     return run
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], auth: RequestAuth,
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], auth: RequestAuth, limiter: Limiter,
                  method: str) -> Callable[..., AsyncIterator[Any]]:
     name = method.rsplit("/", 1)[-1]
 
@@ -255,7 +262,8 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], auth: RequestAuth,
         with metrics.track(metrics.grpc_info(method, request)) as tracked:
             try:
                 _check_request(request)
-                with caller.acting_as(await auth.admit(name, request, context)):
+                with caller.acting_as(await auth.admit(name, request, context)) as user, \
+                        limiter.admit(grpc_verb(name), client_key(user, context.peer())):
                     async for item in behavior(request, context):
                         yield item
             except Exception as exc:
@@ -412,6 +420,7 @@ class Config:
     audit_log_path: str = ""  # empty: no audit log
     audit_log_max_size_mb: float = DEFAULT_MAX_SIZE_MB
     audit_log_max_backups: int = DEFAULT_MAX_BACKUPS
+    limits: Limits = field(default_factory=Limits)
 
 
 def health(registry: Registry) -> skiff_metrics.Health:
@@ -425,6 +434,10 @@ def health(registry: Registry) -> skiff_metrics.Health:
 
 class StartupError(Exception):
     pass
+
+
+class FatalError(Exception):
+    """A part the api-server cannot serve without stopped (`skiff.guard.fatal`): exit non-zero."""
 
 
 def tune_gc() -> None:
@@ -495,10 +508,31 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
     authorizer = Authorizer.over_caches(registry.caches, modes=config.authorization_modes, audit=audit)
     if authorizer.modes == ("AlwaysAllow",):
         log.warning("authorization mode AlwaysAllow: every request is allowed (development only)")
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer))],
+    limiter = Limiter(config.limits)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer), limiter)],
                              options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=config.node_name,
                                                                       authorizer=authorizer)),))
+    fatal_reasons: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        fatal_reasons.append(reason)
+        stop.set()
+
+    try:
+        with fatal_handler(on_fatal):
+            await _serve(config, store, registry, forwarder, server, limiter, authenticator, authorizer, allocator,
+                         stop, ready)
+    finally:
+        if audit is not None:
+            audit.close()
+    if fatal_reasons:
+        raise FatalError(fatal_reasons[0])
+
+
+async def _serve(config: Config, store: Store, registry: Registry, forwarder: Forwarder, server: grpc.aio.Server,
+                 limiter: Limiter, authenticator: Authenticator, authorizer: Authorizer, allocator: Allocator,
+                 stop: asyncio.Event, ready: Callable[[int], None] | None) -> None:
     http_runner: web.AppRunner | None = None
     served: skiff_metrics.Served | None = None
     collector = metrics.RegistryCollector(registry)
@@ -519,7 +553,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
             try:
                 http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen,
                                                                authenticator=authenticator, server_tls=config.tls,
-                                                               authorizer=authorizer)
+                                                               authorizer=authorizer, limiter=limiter)
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
             log.info("Kubernetes API (HTTP%s) on %s (port %d)", "" if config.tls is None else "S", config.http_listen,
@@ -541,5 +575,3 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
         await registry.stop()
         await forwarder.close()
         await store.close()
-        if audit is not None:
-            audit.close()

@@ -17,10 +17,17 @@ What must hold:
 - A watcher sees an object that starts matching its filter as ADDED and one that stops
   matching as DELETED (with its previous content and the event's resourceVersion).
 - Memory is bounded: the ring by `capacity`; each watcher's queue by `watcher_limit` events
-  (beyond which the watcher is closed with RESOURCE_EXHAUSTED, its queue dropped, and the
-  other watchers never wait for it). Encoded events are shared by all watchers.
+  and by `watcher_bytes` bytes of encoded events (beyond either the watcher is closed with
+  RESOURCE_EXHAUSTED saying it was too slow, its queue dropped, and the other watchers never
+  wait for it; the client watches again from the last resourceVersion it received). One event
+  larger than the byte bound still goes to a watcher whose queue is empty. Encoded events are
+  shared by all watchers.
 - A store watch that reports compaction (we fell too far behind) relists; the watchers
   registered so far are closed with UNAVAILABLE and re-watch.
+- A cache is never frozen: any other failure of its loop (a bug, an unexpected error) closes
+  its watchers with UNAVAILABLE, marks it not ready (no bookmarks, lists go to the store) and
+  rebuilds it from a fresh list after a backoff; if the loop itself ends, the process exits
+  non-zero (`skiff.guard.fatal`) for its supervisor to restart it.
 - A store event becomes a watch event in one place, `watch_event`: the cache and the
   api-server's direct store watches (older than the cache window) give the same events.
 """
@@ -38,7 +45,7 @@ from google.protobuf.message import DecodeError, Message
 from controlplane.apiserver.filters import Filter
 from controlplane.apiserver.storage import CompactedError, Event, Store, StoreError, StoreWatch
 from skiff import errors, kinds
-from skiff.guard import guard
+from skiff.guard import fatal_on_exit, guard
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
 
@@ -46,6 +53,8 @@ log = logging.getLogger("skiff.apiserver.watchcache")
 
 # After the store failed a list or a watch: 0.1 s doubling to 5 s.
 RELIST_BACKOFF = Backoff(initial=0.1, max=5.0, jitter=0.2)
+# Encoded events queued for one watcher at most (a few times the largest object, 1.5 MiB).
+DEFAULT_WATCHER_BYTES = 8 * 1024 * 1024
 
 ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
 
@@ -144,15 +153,18 @@ class Watcher:
     """A client watch registered with a cache: a bounded queue of encoded events."""
 
     def __init__(self, kind: kinds.Kind, filt: Filter, start_revision: int, *, limit: int,
-                 allow_bookmarks: bool, on_remove: Callable[[Watcher], None] | None = None) -> None:
+                 allow_bookmarks: bool, max_bytes: int = DEFAULT_WATCHER_BYTES,
+                 on_remove: Callable[[Watcher], None] | None = None) -> None:
         self.kind = kind
         self.filter = filt
         self.node = filt.node_name if kind.resource == "pods" else None
         self.start_revision = start_revision
         self.limit = limit
+        self.max_bytes = max_bytes
         self.allow_bookmarks = allow_bookmarks
         self.on_remove = on_remove
         self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
         self.wake = asyncio.Event()
         self.error: errors.SkiffError | None = None
         self.expired = False
@@ -163,22 +175,28 @@ class Watcher:
         as_type = translate(self.filter, ev)
         if as_type is None:
             return
-        if len(self.queue) >= self.limit:
+        data = ev.encoded(as_type)
+        if len(self.queue) >= self.limit or (self.queue and self.queued_bytes + len(data) > self.max_bytes):
             self.fail(errors.TooManyRequestsError(
-                f"watch of {self.kind.resource} closed: the client fell {self.limit} events behind "
-                f"(too slow to read); watch again from the last resourceVersion it received"))
+                f"watch of {self.kind.resource} closed: the client fell {len(self.queue)} events "
+                f"({self.queued_bytes} bytes) behind, over the bound of {self.limit} events or {self.max_bytes} "
+                f"bytes (too slow to read); watch again from the last resourceVersion it received"))
             return
-        self.queue.append(ev.encoded(as_type))
+        self._push(data)
+
+    def _push(self, data: bytes) -> None:
+        self.queue.append(data)
+        self.queued_bytes += len(data)
         self.wake.set()
 
     def bookmark(self, revision: int) -> None:
         if self.allow_bookmarks and not self.queue and self.error is None and revision > self.start_revision:
-            self.queue.append(encode_bookmark(self.kind, revision))
-            self.wake.set()
+            self._push(encode_bookmark(self.kind, revision))
 
     def fail(self, error: errors.SkiffError) -> None:
         self.error = error
         self.queue.clear()
+        self.queued_bytes = 0
         self.wake.set()
         self.close()
 
@@ -196,7 +214,9 @@ class Watcher:
                 return None
             self.wake.clear()
             await self.wake.wait()
-        return self.queue.popleft()
+        data = self.queue.popleft()
+        self.queued_bytes -= len(data)
+        return data
 
     def close(self) -> None:
         if self.on_remove is not None:
@@ -206,12 +226,14 @@ class Watcher:
 
 class WatchCache:
     def __init__(self, store: Store, kind: kinds.Kind, *, capacity: int = 4096, watcher_limit: int = 4096,
-                 bookmark_interval: float = 5.0, page_size: int = 1000) -> None:
+                 watcher_bytes: int = DEFAULT_WATCHER_BYTES, bookmark_interval: float = 5.0,
+                 page_size: int = 1000) -> None:
         self.store = store
         self.kind = kind
         self.prefix = registry_prefix(kind)
         self.capacity = capacity
         self.watcher_limit = watcher_limit
+        self.watcher_bytes = watcher_bytes
         self.bookmark_interval = bookmark_interval
         self.page_size = page_size
         self.objects: dict[str, Message] = {}
@@ -228,8 +250,9 @@ class WatchCache:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._tasks = [guard(self.run(), f"watchcache-{self.kind.resource}"),
-                       guard(self._bookmarks(), f"watchcache-{self.kind.resource}-bookmarks")]
+        self._tasks = [guard(self.run(), f"watchcache-{self.kind.resource}", on_exit=fatal_on_exit),
+                       guard(self._bookmarks(), f"watchcache-{self.kind.resource}-bookmarks",
+                             on_exit=fatal_on_exit)]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -254,8 +277,19 @@ class WatchCache:
                 delay = delays.next()
                 log.warning("%s watch cache: %s; retrying in %.1fs", self.kind.resource, exc, delay)
                 await asyncio.sleep(delay)
+            except Exception as exc:
+                # A bug or an unexpected failure: rebuild from a fresh list rather than go on
+                # serving (and bookmarking) a cache that stopped following the store.
+                delay = delays.next()
+                log.exception("%s watch cache failed; rebuilding it from a fresh list in %.1fs",
+                              self.kind.resource, delay)
+                self._reset(f"the watch cache failed ({type(exc).__name__}: {exc}) and is being rebuilt; "
+                            "watch again", ready=False)
+                await asyncio.sleep(delay)
 
-    def _reset(self, reason: str) -> None:
+    def _reset(self, reason: str, *, ready: bool = True) -> None:
+        if not ready:
+            self.ready.clear()
         for w in list(self.watchers()):
             w.fail(errors.UnavailableError(f"watch of {self.kind.resource} closed: {reason}"))
         self.revision = 0
@@ -397,13 +431,14 @@ class WatchCache:
         start = self.revision if start_revision is None else start_revision
         if start < self.window_start:
             raise TooOldForCache(start, self.window_start)
-        w = Watcher(self.kind, filt, start, limit=self.watcher_limit, allow_bookmarks=allow_bookmarks,
-                    on_remove=self.remove)
+        # The replay may exceed the bounds: they apply to what is queued beyond it.
+        w = Watcher(self.kind, filt, start, limit=len(self.events) + 1, max_bytes=2**62,
+                    allow_bookmarks=allow_bookmarks, on_remove=self.remove)
         objs = self.snapshot(filt) if initial else []
-        replay = [ev for ev in self.events if ev.revision > start]
-        w.limit = self.watcher_limit + len(replay)
-        for ev in replay:
+        for ev in self.events:
             w.offer(ev)
+        w.limit = self.watcher_limit + len(w.queue)
+        w.max_bytes = self.watcher_bytes + w.queued_bytes
         if w.node is not None:
             self._by_node.setdefault(w.node, set()).add(w)
         else:

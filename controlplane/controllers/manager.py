@@ -36,7 +36,7 @@ from skiff import defaults
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import EventRecorder
-from skiff.guard import guard
+from skiff.guard import supervise
 from skiff.informer import InformerFactory
 from skiff.tls import Credentials
 
@@ -137,9 +137,10 @@ async def run(client: ApiClient, options: Options, *, clock: Clock | None = None
         await factory.start()
         await factory.wait_synced()
         log.info("caches synced; starting %s", ", ".join(c.name for c in controllers))
-        tasks.append(guard(recorder.run(), "event-recorder"))
+        tasks.append(supervise(recorder.run, "event-recorder"))
         for c in controllers:
-            tasks.append(guard(c.run(workers=options.workers.get(c.name, 1)), f"controller-{c.name}"))
+            tasks.append(supervise(lambda c=c: c.run(workers=options.workers.get(c.name, 1)),  # type: ignore[misc]
+                                   f"controller-{c.name}"))
         await asyncio.gather(*tasks)
     finally:
         for c in controllers:

@@ -17,6 +17,7 @@ import logging
 from controlplane.controllers.base import QueueController
 from skiff import kinds, quota
 from skiff.client import ApiClient
+from skiff.guard import guard
 from skiff.informer import InformerFactory, split_key
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -61,7 +62,7 @@ class ResourceQuotaController(QueueController):
                 for q in self.quotas.list():
                     self.enqueue(q)
 
-        ticker = asyncio.get_running_loop().create_task(resync())
+        ticker = guard(resync(), f"{self.name}-resync")
         try:
             await super().run(workers=workers)
         finally:

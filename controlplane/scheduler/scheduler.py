@@ -37,7 +37,7 @@ from skiff import conditions, errors
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import NORMAL, WARNING, EventRecorder, Recorder
-from skiff.guard import guard
+from skiff.guard import supervise
 from skiff.informer import InformerFactory
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -263,8 +263,8 @@ async def run(client: ApiClient, *, recorder: EventRecorder | None = None, clock
         await factory.start()
         await factory.wait_synced()
         log.info("caches synced: %d nodes, %d pods waiting", len(scheduler.cache.node_list), len(scheduler.queue))
-        tasks.append(guard(recorder.run(), "scheduler-events"))
-        tasks.append(guard(scheduler.run(), "scheduler-loop"))
+        tasks.append(supervise(recorder.run, "scheduler-events"))
+        tasks.append(supervise(scheduler.run, "scheduler-loop"))
         await asyncio.gather(*tasks)
     finally:
         metrics.watch_queue(None)

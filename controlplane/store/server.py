@@ -184,7 +184,7 @@ class Store:
             raise SystemExit(f"cannot listen for clients on {self.cfg.listen_client} (address in use?)")
         await server.start()
         self.server = server
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="store-housekeeping"))
+        self._tasks.append(guard(self._housekeeping(), "store-housekeeping"))
         log.info("member %s (%x) serving clients on %s, peers on %s", self.cfg.name, self.member_id,
                  self.cfg.listen_client, self.cfg.listen_peer)
 

@@ -535,6 +535,60 @@ async def _agreed_leader(lab: Lab, dead: str, names: dict[int, str]) -> str | No
 
 
 @not_in_vm
+def test_rolling_update_while_a_worker_fails(lab: Lab) -> None:
+    """A rolling update starts and n2's node agent and containerd are killed -9 at once: the
+    rollout still completes, on n1 (n2's pods are evicted after grace + toleration and replaced),
+    and a client on n1 sees no failed request through the ClusterIP (n2's containers keep
+    serving until the endpoints drop them). n2 comes back afterwards, for the tests after this."""
+    async def scenario() -> None:
+        async with lab.client() as client:
+            await client.create(deployment("rollfail", replicas=4, drain=3, grace=13, surge=1, unavailable=0))
+            svc = await client.create(service("rollfail"))
+            pods = await wait_ready_pods(client, "rollfail", 4)
+            assert {p.spec.node_name for p in pods} == {"n1", "n2"}, "the replicas should spread over both"
+            probe = kinds.new(kinds.by_kind("Pod"), "rollfail-client", "default")  # type: ignore[arg-type]
+            assert isinstance(probe, t.Pod)
+            probe.spec.node_name = "n1"
+            c = probe.spec.containers.add(name="client", image=WEB1, command=["/bin/sh", "-c", CLIENT_LOOP])
+            c.env.add(name="TARGET", value=svc.spec.cluster_ip)
+            await client.create(probe)
+
+            async def log_lines() -> list[str]:
+                data = b"".join([chunk async for chunk in client.logs("default", "rollfail-client")])
+                return data.decode().split()
+
+            await eventually(lambda: _at_least(log_lines(), 20), timeout=60, what="client requests flowing")
+            d = await client.get(t.Deployment, "rollfail", "default")
+            d.spec.template.spec.containers[0].image = WEB2
+            await client.update(d)
+            lab.stop_worker("n2", kill=True)
+            try:
+                async def rolled_out_on_n1() -> list[t.Pod] | None:
+                    pods = await app_pods(client, "rollfail")
+                    good = [p for p in pods if ready(p) and p.spec.containers[0].image == WEB2
+                            and p.spec.node_name == "n1"]
+                    return good if len(good) == 4 else None
+
+                await eventually(rolled_out_on_n1, timeout=150, what="4 Ready v2 pods on n1")
+                async def updated() -> bool:
+                    dep = await client.get(t.Deployment, "rollfail", "default")
+                    return dep.status.updated_replicas == 4
+
+                await eventually(updated, timeout=30, what="the Deployment's status counting 4 updated replicas")
+                lines = await log_lines()
+                assert lines.count("ok") > 100
+                assert lines.count("FAIL") == 0, f"{lines.count('FAIL')} failed requests while n2 failed"
+            finally:
+                lab.start_worker("n2")
+            await lab.wait_nodes_ready(["n2"], 90)
+            await client.delete(t.Pod, "rollfail-client", "default", grace_period_seconds=0)
+            await client.delete(t.Service, "rollfail", "default")
+            await client.delete(t.Deployment, "rollfail", "default")
+
+    run(scenario())
+
+
+@not_in_vm
 def test_worker_failure_moves_pods_and_endpoints(lab: Lab) -> None:
     async def scenario() -> None:
         async with lab.client() as client:

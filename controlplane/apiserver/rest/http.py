@@ -18,6 +18,8 @@ What must hold:
   before any verb runs (a refusal is 403 Forbidden naming the user, verb and resource).
 - `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (kubectl auth can-i) is answered
   by the same authorizer, in JSON or in Kubernetes' protobuf encoding (which kubectl sends).
+- Every resource request passes the api-server's one `Limiter` (limits.py, shared with the
+  gRPC front end) after authorization: over a limit it is 429 with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from controlplane.apiserver import caller, metrics, rbac, resourcemetrics, warni
 from controlplane.apiserver.authn import Authenticator, Peer
 from controlplane.apiserver.authorizer import Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
+from controlplane.apiserver.limits import Limiter, client_key
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import accessreview, apply, dashboard, discovery, k8sproto, openapi, patch, table
@@ -178,13 +181,15 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 
 class KubeApi:
     def __init__(self, registry: Registry, forwarder: Forwarder, *, authenticator: Authenticator | None = None,
-                 clock: Callable[[], float] = time.time, authorizer: Authorizer | None = None) -> None:
+                 clock: Callable[[], float] = time.time, authorizer: Authorizer | None = None,
+                 limiter: Limiter | None = None) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
         self.resource_metrics = resourcemetrics.ResourceMetrics(registry, forwarder)
         self.authenticator = authenticator or Authenticator(registry, insecure=True)
         self.authorizer = authorizer
+        self.limiter = limiter or Limiter()
 
     # ------------------------------------------------------------------ routing
 
@@ -258,7 +263,9 @@ class KubeApi:
             group = target.kind.group if target is not None else ""
             name = request.get(NAME) or (target.name if target is not None else "")
             code, body = st.status(exc, resource=resource, group=group, name=name)
-            return json_response(body, status=code)
+            response = json_response(body, status=code)
+            response.headers.update(st.headers(exc))
+            return response
         except web.HTTPException:
             raise
         except asyncio.CancelledError:
@@ -358,6 +365,12 @@ class KubeApi:
         authorize(request, kind_attributes(verb, target.kind, target.namespace,
                                            "" if verb == "create" and not target.subresource else target.name,
                                            target.subresource))
+        # Streams (logs, exec over WebSocket) are long-running: they hold no in-flight slot.
+        counted = {"log": "logs", "exec": "exec"}.get(target.subresource, verb)
+        with self.limiter.admit(counted, client_key(caller.current(), request.remote or "")):
+            return await self._verb(request, target, verb)
+
+    async def _verb(self, request: web.Request, target: Target, verb: str) -> web.StreamResponse:
         if target.subresource:
             return await self._subresource(request, target, verb)
         if verb == "list":
@@ -958,7 +971,8 @@ def scale_of(obj: Message) -> dict[str, Any]:
 
 
 async def start(registry: Registry, forwarder: Forwarder, listen: str, *, authenticator: Authenticator | None = None,
-                server_tls: ServerTLS | None = None, authorizer: Authorizer | None = None) -> tuple[web.AppRunner, int]:
+                server_tls: ServerTLS | None = None, authorizer: Authorizer | None = None,
+                limiter: Limiter | None = None) -> tuple[web.AppRunner, int]:
     """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port).
 
     With `server_tls` it is HTTPS (client certificates verified when sent); without, plain
@@ -966,7 +980,8 @@ async def start(registry: Registry, forwarder: Forwarder, listen: str, *, authen
     host, _, port_text = listen.rpartition(":")
     authenticator = authenticator or Authenticator(registry, insecure=server_tls is None)
     # handler_cancellation: a watch whose client went away ends at once instead of at its next event.
-    runner = web.AppRunner(KubeApi(registry, forwarder, authenticator=authenticator, authorizer=authorizer).app(),
+    runner = web.AppRunner(KubeApi(registry, forwarder, authenticator=authenticator, authorizer=authorizer,
+                                   limiter=limiter).app(),
                            access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     ssl_context = server_tls.ssl_context() if server_tls is not None else None

@@ -78,6 +78,9 @@ def status(exc: errors.SkiffError, *, resource: str = "", group: str = "",
         details["group"] = group
     if resource:
         details["kind"] = resource
+    hint = getattr(exc, "retry_after", None)
+    if hint is not None:
+        details["retryAfterSeconds"] = retry_after_seconds(hint)
     causes = getattr(exc, "causes", ())
     if causes:
         details["causes"] = [{"reason": "FieldValueInvalid", "message": problem, "field": path}
@@ -88,6 +91,17 @@ def status(exc: errors.SkiffError, *, resource: str = "", group: str = "",
     if details:
         out["details"] = details
     return code, out
+
+
+def retry_after_seconds(hint: float) -> int:
+    """HTTP's Retry-After is whole seconds: a hint below one second rounds up to 1."""
+    return max(1, int(-(-hint // 1)))
+
+
+def headers(exc: errors.SkiffError) -> dict[str, str]:
+    """Headers of an error response: Retry-After for a refusal that carries a retry hint."""
+    hint = getattr(exc, "retry_after", None)
+    return {} if hint is None else {"Retry-After": str(retry_after_seconds(hint))}
 
 
 def success(*, resource: str, group: str, name: str, uid: str = "") -> dict[str, Any]:

@@ -394,6 +394,88 @@ async def test_lifecycle_hooks(env: tuple[InProcessApi, FakeRuntime, NodeAgent])
     await until(lambda: _found(["drain"] in calls or None))
 
 
+class CrashingRuntime(FakeRuntime):
+    """A runtime whose RunPodSandbox raises an unexpected error (a bug, not a CRI error) `crashes`
+    times, recording when each call came."""
+
+    def __init__(self, crashes: int) -> None:
+        super().__init__(images={IMAGE})
+        self.crashes = crashes
+        self.attempts: list[float] = []
+
+    async def run_pod_sandbox(self, config: cri.PodSandboxConfig) -> str:
+        self.attempts.append(time.monotonic())
+        if len(self.attempts) <= self.crashes:
+            raise ValueError("injected: a bug in the worker's path")
+        return await super().run_pod_sandbox(config)
+
+
+async def test_a_crashing_pod_worker_comes_back_with_backoff(tmp_path: Path, api: InProcessApi) -> None:
+    fake = CrashingRuntime(crashes=2)
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
+                                             pod_log_dir=str(tmp_path), relist_period=0.05,
+                                             status_check_period=0.05))
+    await agent.start()
+    try:
+        await make_pod(api, "p1")
+
+        async def running() -> t.Pod | None:
+            p = await api.get(t.Pod, "p1", "default")
+            return p if p.status.phase == "Running" else None
+
+        await until(running, timeout=15)
+        gaps = [b - a for a, b in zip(fake.attempts, fake.attempts[1:], strict=False)]
+        assert len(fake.attempts) == 3, f"one attempt per worker start: {gaps}"
+        # 1 s, then 2 s (20% jitter at most), although the relist kicks the pod every 50 ms.
+        assert 0.95 <= gaps[0] <= 1.5 and 1.9 <= gaps[1] <= 2.9, gaps
+    finally:
+        await agent.stop()
+
+
+class NoReopenRuntime(FakeRuntime):
+    """A runtime that cannot reopen logs (an older containerd)."""
+
+    async def reopen_container_log(self, container_id: str) -> None:
+        from nodeagent.cri import CriError
+
+        raise CriError("ReopenContainerLog: unimplemented")
+
+
+@pytest.mark.parametrize(("runtime", "rotations", "rotated_files"), [
+    (FakeRuntime, 4, 2),  # 4 rotations, but max_files 3 keeps the live file and 2 rotated
+    (NoReopenRuntime, 0, 0),  # renamed back: the runtime still writes to the same path
+], ids=["rotates-and-keeps-max-files", "renamed-back-when-the-runtime-cannot-reopen"])
+async def test_log_rotation_pass(tmp_path: Path, api: InProcessApi, runtime: type[FakeRuntime], rotations: int,
+                                 rotated_files: int) -> None:
+    fake = runtime(images={IMAGE})
+    now = [1_700_000_000.0]
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
+                                             pod_log_dir=str(tmp_path), relist_period=0.05,
+                                             status_check_period=0.05, container_log_max_size=1024,
+                                             container_log_max_files=3, log_rotation_period=3600),
+                      clock=lambda: now[0])
+    await agent.start()
+    try:
+        await make_pod(api, "p1")
+        cid = await until(lambda: _async(next((c.id for c in fake.containers.values()
+                                               if c.state == cri.CONTAINER_RUNNING), None)))
+        done = 0
+        for i in range(4):
+            fake.write_log(cid, "\n".join(f"line {i}-{n} {'x' * 40}" for n in range(40)))
+            now[0] += 1
+            done += await agent.rotate_logs()
+        assert done == rotations
+        path = Path(fake.containers[cid].log_path)
+        assert len(list(path.parent.glob("0.log.*"))) == rotated_files
+        assert path.exists()
+    finally:
+        await agent.stop()
+
+
+async def _async(value: T) -> T:
+    return value
+
+
 class CountingApi(InProcessApi):
     """Counts Lease reads and writes."""
 

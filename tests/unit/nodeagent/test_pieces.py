@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -83,32 +85,114 @@ def test_image_layout_is_reproducible_with_symlinked_applets(tmp_path: Path) -> 
     assert all(m.mtime == 0 and m.uid == 0 for m in members.values())
 
 
-def test_cri_log_decoding(tmp_path: Path) -> None:
+LOG = (b"2024-01-01T00:00:00.1Z stdout F one\n"
+       b"2024-01-01T00:00:00.2Z stderr P tw\n"
+       b"2024-01-01T00:00:00.3Z stderr F o\n"
+       b"2024-01-01T00:00:00.4Z stdout F three\n"
+       b"2024-01-01T00:00:00.5Z stdout F unfinished")
+
+
+async def _all(path: Path, **kw: int) -> bytes:
+    return b"".join([chunk async for chunk in logs.stream(str(path), **kw)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("tail_lines", "want"), [
+    (0, b"one\ntwo\nthree\n"), (1, b"three\n"), (2, b"two\nthree\n"), (3, b"one\ntwo\nthree\n"),
+    (50, b"one\ntwo\nthree\n"),
+], ids=["all", "tail-1", "tail-2-joins-partials", "tail-3", "tail-more-than-there-is"])
+async def test_cri_log_decoding_and_tail(tmp_path: Path, tail_lines: int, want: bytes) -> None:
     path = tmp_path / "0.log"
-    path.write_bytes(b"2024-01-01T00:00:00.1Z stdout F one\n"
-                     b"2024-01-01T00:00:00.2Z stderr P tw\n"
-                     b"2024-01-01T00:00:00.3Z stderr F o\n"
-                     b"2024-01-01T00:00:00.4Z stdout F three\n"
-                     b"2024-01-01T00:00:00.5Z stdout F unfinished")
-    data, offset = logs.read(str(path))
-    assert data == b"one\ntwo\nthree\n"
-    assert logs.read(str(path), tail_lines=2)[0] == b"two\nthree\n"
-    assert offset < path.stat().st_size  # the unfinished record is left for the follower
-    assert logs.read(str(tmp_path / "missing"))[0] == b""
+    path.write_bytes(LOG)  # the unfinished record is held back
+    assert await _all(path, tail_lines=tail_lines) == want
+    if tail_lines:
+        assert logs.tail(str(path), tail_lines) == want
+    assert await _all(tmp_path / "missing") == b"" and logs.tail(str(tmp_path / "missing"), 3) == b""
 
 
-async def test_log_follow_stops_when_container_dead(tmp_path: Path) -> None:
+def test_tail_of_a_large_log_reads_backwards_in_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    with open(path, "wb") as f:
+        for i in range(60_000):  # ~2.5 MB: many chunks
+            f.write(b"2024-01-01T00:00:00.1Z stdout F line %d\n" % i)
+    assert logs.tail(str(path), 3) == b"line 59997\nline 59998\nline 59999\n"
+
+
+@pytest.mark.timeout(10)
+async def test_log_stream_follows_until_the_container_stops(tmp_path: Path) -> None:
     path = tmp_path / "0.log"
     path.write_bytes(b"T stdout F a\n")
-    alive = {"v": True}
+    running = {"v": True}
+
+    async def still_running() -> bool:
+        return running["v"]
+
     got = []
-    async for chunk in logs.follow(str(path), 0, alive=lambda: alive["v"], poll=0.01):
+    async for chunk in logs.stream(str(path), follow=True, still_running=still_running, poll=0.01):
         got.append(chunk)
-        with open(path, "ab") as f:
-            f.write(b"T stdout F b\n") if len(got) == 1 else None
-        if len(got) == 2:
-            alive["v"] = False
-    assert got == [b"a\n", b"b\n"]
+        if len(got) == 1:
+            with open(path, "ab") as f:
+                f.write(b"T stdout F b\n")
+        elif len(got) == 2:
+            with open(path, "ab") as f:
+                f.write(b"T stdout F written-as-it-stopped\n")
+            running["v"] = False
+    assert got == [b"a\n", b"b\n", b"written-as-it-stopped\n"]
+
+
+@pytest.mark.timeout(10)
+async def test_log_stream_follows_a_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "0.log"
+    path.write_bytes(b"T stdout F before\n")
+    running = {"v": True}
+
+    async def still_running() -> bool:
+        return running["v"]
+
+    got = []
+    async for chunk in logs.stream(str(path), follow=True, still_running=still_running, poll=0.01):
+        got.append(chunk)
+        if chunk == b"before\n":
+            with open(path, "ab") as f:
+                f.write(b"T stdout F last-of-the-old-file\n")
+            os.rename(path, str(path) + ".20240101-000000")  # as the agent rotates
+            path.write_bytes(b"T stdout F first-of-the-new-file\n")  # as the runtime reopens
+        if chunk == b"first-of-the-new-file\n":
+            running["v"] = False
+    assert b"".join(got) == b"before\nlast-of-the-old-file\nfirst-of-the-new-file\n"
+
+
+@dataclass(frozen=True)
+class RotationCase:
+    id: str
+    size: int
+    rotated: tuple[str, ...]
+    max_files: int
+    remove: tuple[str, ...]
+    rename: bool
+
+
+NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+ROTATIONS = [
+    RotationCase("small-nothing-to-do", 10, (), 5, (), False),
+    RotationCase("reached-max-size", 100, (), 5, (), True),
+    RotationCase("room-made-oldest-first", 100, ("0.log.20230101-000003", "0.log.20230101-000001",
+                                                 "0.log.20230101-000002", "0.log.20230101-000004"), 5,
+                 ("0.log.20230101-000001",), True),
+    RotationCase("excess-removed-without-rotating", 10, ("0.log.20230101-000001", "0.log.20230101-000002",
+                                                         "0.log.20230101-000003"), 2,
+                 ("0.log.20230101-000001", "0.log.20230101-000002"), False),
+    RotationCase("two-files-keeps-none-rotated-before", 100, ("0.log.20230101-000001",), 2,
+                 ("0.log.20230101-000001",), True),
+    RotationCase("same-second-does-not-overwrite", 100, ("0.log.20231114-221320",), 5, (), False),
+]
+
+
+@pytest.mark.parametrize("case", ROTATIONS, ids=lambda c: c.id)
+def test_plan_rotation(case: RotationCase) -> None:
+    plan = logs.plan_rotation("0.log", case.size, list(case.rotated), max_size=100, max_files=case.max_files,
+                              now=NOW)
+    assert plan.remove == case.remove
+    assert plan.rename_to == ("0.log.20231114-221320" if case.rename else "")
 
 
 def _node(name: str, cidr: str, ip: str, *, deleting: bool = False) -> t.Node:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from controlplane.apiserver.inprocess import InProcessApi
-from skiff import kinds
+from skiff import errors, kinds
 from skiff.informer import Informer, InformerFactory
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -136,3 +138,51 @@ async def test_settle_returns_once_informers_have_every_write(api: InProcessApi)
     finally:
         for task in tasks:
             task.cancel()
+
+
+class RecordingApi(InProcessApi):
+    """The in-process api-server, recording each List's size and failing every watch with 410."""
+
+    def __init__(self, *, gone: bool = False) -> None:
+        super().__init__()
+        self.pages: list[tuple[int, int, bool]] = []  # (limit asked, items returned, continued)
+        self.gone = gone
+
+    async def list(self, cls, **kw):  # type: ignore[no-untyped-def,override]
+        out = await super().list(cls, **kw)
+        self.pages.append((kw.get("limit", 0), len(out.items), bool(kw.get("continue_token"))))
+        return out
+
+    async def watch(self, cls, **kw):  # type: ignore[no-untyped-def,override]
+        if self.gone:
+            raise errors.GoneError("injected: too old resource version")
+        async for ev in super().watch(cls, **kw):
+            yield ev
+
+
+@pytest.mark.parametrize(("objects", "page_size", "pages"), [(0, 5, 1), (5, 5, 1), (23, 5, 5), (23, 100, 1)],
+                         ids=["empty", "one-full-page", "several-pages", "one-page"])
+async def test_informer_lists_in_pages(objects: int, page_size: int, pages: int) -> None:
+    async with RecordingApi() as api:
+        for i in range(objects):
+            await api.create(pod(f"p{i:02d}"))
+        informer = Informer(api, t.Pod, page_size=page_size)
+        task = asyncio.create_task(informer.run())
+        try:
+            await informer.wait_synced(5)
+            assert len(informer.list()) == objects
+            assert len(api.pages) == pages
+            assert all(limit == page_size and n <= page_size for limit, n, _ in api.pages)
+            assert [continued for _, _, continued in api.pages] == [False] + [True] * (pages - 1)
+        finally:
+            task.cancel()
+
+
+async def test_relisting_after_gone_backs_off() -> None:
+    async with RecordingApi(gone=True) as api:
+        informer = Informer(api, t.Pod)
+        task = asyncio.create_task(informer.run())
+        await asyncio.sleep(1.3)
+        task.cancel()
+        # 0.2 + 0.4 + 0.8 s between relists (plus jitter): at most 4 lists, where a hot loop makes hundreds.
+        assert 2 <= len(api.pages) <= 4, api.pages
