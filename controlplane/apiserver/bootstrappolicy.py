@@ -110,6 +110,10 @@ def cluster_roles() -> list[t.ClusterRole]:
                                                 ("selfsubjectaccessreviews", "selfsubjectrulesreviews"))]),
         cluster_role("system:discovery", [urls(("get",), DISCOVERY_PATHS)]),
         cluster_role("system:public-info-viewer", [urls(("get",), HEALTH_PATHS)]),
+        # A joining node reads the signed cluster description (with the CA) from the kube-public
+        # namespace before it can verify the api-server, so without credentials (kubeadm's
+        # cluster-info ConfigMap in kube-public is readable by anyone in the same way).
+        cluster_role("skiff:cluster-info-viewer", [rule(("get",), ("",), ("namespaces",), ("kube-public",))]),
         # The controller manager runs the garbage collector and the quota controller, which read
         # every kind and update/delete owned objects of any kind; the rest of its writes are the
         # objects its controllers own. It creates no RBAC objects and reads no token it has not made.
@@ -128,6 +132,8 @@ def cluster_roles() -> list[t.ClusterRole]:
         # volume claims, volumes and storage classes for volume-aware scheduling (as Kubernetes').
         cluster_role("system:kube-scheduler", [
             rule(READ, ("",), ("pods", "nodes", "persistentvolumeclaims", "persistentvolumes")),
+            # the volume binder writes the selected node onto WaitForFirstConsumer claims
+            rule(("update", "patch"), ("",), ("persistentvolumeclaims",)),
             rule(("create",), ("",), ("pods/binding", "bindings")),
             rule(READ, ("storage.k8s.io",), ("storageclasses",)),
             LEADER_LEASES, EVENTS,
@@ -158,6 +164,8 @@ def cluster_role_bindings() -> list[t.ClusterRoleBinding]:
         binding("system:basic-user", "system:basic-user", ("Group", identity.AUTHENTICATED)),
         binding("system:discovery", "system:discovery", ("Group", identity.AUTHENTICATED)),
         binding("system:public-info-viewer", "system:public-info-viewer", ("Group", identity.AUTHENTICATED),
+                ("Group", identity.UNAUTHENTICATED)),
+        binding("skiff:cluster-info-viewer", "skiff:cluster-info-viewer", ("Group", identity.AUTHENTICATED),
                 ("Group", identity.UNAUTHENTICATED)),
         binding("system:kube-controller-manager", "system:kube-controller-manager",
                 ("User", identity.CONTROLLER_MANAGER)),

@@ -32,6 +32,7 @@ from deploy.lab import VM_PROXY_MODES, Lab, LabSpec
 from deploy.vm.image import ROOT
 from skiff import defaults, images, kinds, manifests, taints
 from skiff.client import Client, open_channel
+from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
 from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
@@ -274,9 +275,12 @@ async def _async_not(value: Awaitable[bool]) -> bool | None:
 
 def test_scale_up_and_down(lab: Lab) -> None:
     async def scale(client: Client, replicas: int) -> None:
-        d = await client.get(t.Deployment, "web", "default")
-        d.spec.replicas = replicas
-        await client.update(d)
+        async def attempt() -> None:  # the deployment controller writes the status meanwhile
+            d = await client.get(t.Deployment, "web", "default")
+            d.spec.replicas = replicas
+            await client.update(d)
+
+        await retry_on_conflict(attempt)
 
     async def scenario() -> None:
         async with lab.client() as client:
