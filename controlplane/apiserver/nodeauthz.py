@@ -42,6 +42,11 @@ NODE_RULES: Mapping[tuple[str, str], frozenset[str]] = {
     ("", "pods/status"): frozenset({"get", "update", "patch"}),  # idem
     ("", "services"): READ,
     ("", "endpoints"): READ,
+    # A joined worker's proxy and cluster DNS run with the node's own identity (docs/security.md):
+    # they read namespaces and NetworkPolicies (netproxy's policy enforcer) and EndpointSlices.
+    ("", "namespaces"): READ,
+    ("networking.k8s.io", "networkpolicies"): READ,
+    ("discovery.k8s.io", "endpointslices"): READ,
     ("", "configmaps"): READ,
     ("", "secrets"): READ,
     # Volumes its pods mount (Kubernetes narrows these to the referenced ones too).
