@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kubelet-client-certificate", default="", help="client certificate towards node agents")
     g.add_argument("--kubelet-client-key", default="", help="its key")
     g.add_argument("--kubelet-certificate-authority", default="", help="CA node agents' certificates chain to")
+    g = p.add_argument_group("service-account tokens (kube-apiserver's flags)")
+    g.add_argument("--service-account-key-file", default="",
+                   help="PEM RSA public key(s), comma-separated, that verify service-account tokens")
+    g.add_argument("--service-account-signing-key-file", default="",
+                   help="PEM RSA private key that signs the tokens this api-server issues (TokenRequest)")
+    g.add_argument("--service-account-issuer", default=tls.SERVICE_ACCOUNT_ISSUER,
+                   help="the tokens' `iss`, also the audience they are for (default %(default)s)")
     add_verbose_flag(p)
     return p
 
@@ -104,6 +111,14 @@ def tls_config(args: argparse.Namespace) -> tuple[tls.ServerTLS | None, tls.Cred
     return (serving, store,
             tls.Credentials(args.kubelet_certificate_authority, args.kubelet_client_certificate,
                             args.kubelet_client_key))
+
+
+def service_account_keys(args: argparse.Namespace) -> tls.ServiceAccountKeys | None:
+    """The service-account token keys from the flags; None without any (no tokens)."""
+    if not args.service_account_key_file and not args.service_account_signing_key_file:
+        return None
+    return tls.ServiceAccountKeys(args.service_account_signing_key_file, args.service_account_key_file,
+                                  args.service_account_issuer)
 
 
 def host_networks() -> list[tuple[str, str]]:
@@ -150,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     authorization_modes=modes, audit_log_path=args.audit_log_path,
                     audit_log_max_size_mb=args.audit_log_maxsize, audit_log_max_backups=args.audit_log_maxbackup,
                     tls=serving, store_credentials=store_credentials, kubelet_credentials=kubelet_credentials,
+                    service_account=service_account_keys(args),
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
                                     bookmark_interval=args.bookmark_interval,
                                     event_ttl=round(args.event_ttl),

@@ -32,7 +32,7 @@ import grpc.aio
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 
-from controlplane.apiserver import authn, bootstrappolicy, caller
+from controlplane.apiserver import authn, bootstrappolicy, caller, serviceaccount
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB, AuditLog
 from controlplane.apiserver.authn import Authenticator
@@ -45,7 +45,7 @@ from controlplane.apiserver.storage import Store, StoreError
 from skiff import __version__, defaults, errors, kinds, tls
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
-from skiff.tls import Credentials, ServerTLS
+from skiff.tls import Credentials, ServerTLS, ServiceAccountKeys
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -381,6 +381,8 @@ class Config:
     audit_log_path: str = ""  # empty: no audit log
     audit_log_max_size_mb: float = DEFAULT_MAX_SIZE_MB
     audit_log_max_backups: int = DEFAULT_MAX_BACKUPS
+    # Service-account token keys (None: no tokens are issued or accepted).
+    service_account: ServiceAccountKeys | None = None
 
 
 class StartupError(Exception):
@@ -447,7 +449,15 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
             pass
     registry = Registry(store, allocator=allocator, options=config.options)
     forwarder = Forwarder(registry, credentials=config.kubelet_credentials)
-    authenticator = Authenticator(registry, insecure=config.tls is None)
+    tokens = None
+    if config.service_account is not None:
+        keys = config.service_account
+        try:
+            tokens = serviceaccount.TokenAuthority.from_files(signing_key_file=keys.signing_key_file,
+                                                              key_file=keys.key_file, issuer=keys.issuer)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"service-account keys: {exc}") from exc
+    authenticator = Authenticator(registry, insecure=config.tls is None, service_accounts=tokens)
     if config.tls is None:
         tls.warn_insecure("api-server")
     audit = AuditLog(config.audit_log_path, max_size_mb=config.audit_log_max_size_mb,
@@ -476,7 +486,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
             try:
                 http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen,
                                                                authenticator=authenticator, server_tls=config.tls,
-                                                               authorizer=authorizer)
+                                                               authorizer=authorizer, tokens=tokens)
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
             log.info("Kubernetes API (HTTP%s) on %s (port %d)", "" if config.tls is None else "S", config.http_listen,
