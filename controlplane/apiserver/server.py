@@ -23,6 +23,7 @@ import dataclasses
 import gc
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +150,9 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
         return _named(kinds.by_resource("pods"), "pods", "get", request.namespace, request.pod, "log")
     if method == "Exec":
         return _named(kinds.by_resource("pods"), "pods", "create", request.namespace, request.pod, "exec")
+    if method == "CreateToken":
+        return _named(kinds.by_resource("serviceaccounts"), "serviceaccounts", "create", request.namespace,
+                      request.name, "token")
     if method in OPEN_METHODS:
         return None
     return Attributes("call", path=f"/{SERVICE}/{method}")
@@ -260,11 +264,14 @@ def _unwrap(obj: t.Object) -> Message:
 
 class ApiServerService:
     def __init__(self, registry: Registry, forwarder: Forwarder, *, node_name: str = "",
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None, tokens: serviceaccount.TokenAuthority | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.node_name = node_name
         self.authorizer = authorizer
+        self.tokens = tokens
+        self.clock = clock
 
     async def Create(self, request: api.CreateRequest, context: Any) -> t.Object:
         obj = await self.registry.create(_unwrap(request.object), namespace=request.namespace,
@@ -336,6 +343,23 @@ class ApiServerService:
         return api.AccessReviewResponse(allowed=allowed, reason=reason, user=user.name, groups=list(user.groups))
 
 
+    async def CreateToken(self, request: api.CreateTokenRequest, context: Any) -> api.CreateTokenResponse:
+        """TokenRequest over gRPC: the same issuing as `POST serviceaccounts/NAME/token`."""
+        if self.tokens is None:
+            raise errors.NotFoundError("this api-server issues no service-account tokens "
+                                       "(no --service-account-signing-key-file)")
+        spec = serviceaccount.TokenRequestSpec(
+            tuple(request.audiences), request.expiration_seconds or serviceaccount.DEFAULT_EXPIRATION_SECONDS,
+            request.bound_pod_name, request.bound_pod_uid)
+        requester = caller.current()
+        with caller.acting_as(authn.SELF):
+            token, claims = await serviceaccount.issue_for(self.tokens, self.registry,
+                                                           namespace=request.namespace or "default",
+                                                           name=request.name, spec=spec, now=self.clock(),
+                                                           requester=requester)
+        return api.CreateTokenResponse(token=token, expiration_timestamp=claims.expires_at)
+
+
 def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
     def unary(fn: Any, req: type[Message]) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_deserializer(req),
@@ -358,6 +382,7 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
         "Exec": unary(service.Exec, api.ExecRequest),
         "Version": unary(service.Version, api.VersionRequest),
         "AccessReview": unary(service.AccessReview, api.AccessReviewRequest),
+        "CreateToken": unary(service.CreateToken, api.CreateTokenRequest),
     })
 
 
@@ -468,7 +493,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
     server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer))],
                              options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=config.node_name,
-                                                                      authorizer=authorizer)),))
+                                                                      authorizer=authorizer, tokens=tokens)),))
     http_runner: web.AppRunner | None = None
     try:
         # gRPC can only require a client certificate or not ask for one (grpcio offers no "verify

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf.message import Message
 
+from controlplane.apiserver import nodeauthz
 from skiff import errors, identity
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import types_pb2 as t
@@ -259,12 +260,14 @@ def token_request_response(*, namespace: str, name: str, spec: TokenRequestSpec,
 
 
 async def issue_for(authority: TokenAuthority, registry: Getter, *, namespace: str, name: str,
-                    spec: TokenRequestSpec, now: float) -> tuple[str, Claims]:
-    """Issue a token for an existing service account (and pod, which must use that account). The
-    caller reads as a user who may."""
+                    spec: TokenRequestSpec, now: float, requester: UserInfo) -> tuple[str, Claims]:
+    """Issue a token for an existing service account (and pod, which must use that account) to
+    `requester` (a node only for its own pods: nodeauthz.token_restriction). The caller reads as a
+    user who may."""
     sa = await registry.get("serviceaccounts", namespace, name)
     assert isinstance(sa, t.ServiceAccount)
     pod_name = pod_uid = ""
+    bound: t.Pod | None = None
     if spec.bound_pod_name:
         pod = await registry.get("pods", namespace, spec.bound_pod_name)
         assert isinstance(pod, t.Pod)
@@ -274,7 +277,10 @@ async def issue_for(authority: TokenAuthority, registry: Getter, *, namespace: s
         if (pod.spec.service_account_name or "default") != name:
             raise errors.InvalidError(f"pod {namespace}/{pod.metadata.name} runs as service account "
                                       f"{pod.spec.service_account_name or 'default'}, not {name}")
-        pod_name, pod_uid = pod.metadata.name, pod.metadata.uid
+        pod_name, pod_uid, bound = pod.metadata.name, pod.metadata.uid, pod
+    refusal = nodeauthz.token_restriction(requester, bound)
+    if refusal is not None:
+        raise errors.ForbiddenError(refusal)
     return authority.issue(namespace=namespace, name=name, uid=sa.metadata.uid, now=now,
                            expiration_seconds=spec.expiration_seconds, audiences=spec.audiences,
                            pod_name=pod_name, pod_uid=pod_uid)

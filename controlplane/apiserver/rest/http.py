@@ -740,10 +740,10 @@ class KubeApi:
             raise errors.NotFoundError("this api-server issues no service-account tokens "
                                        "(no --service-account-signing-key-file)")
         spec = serviceaccount.parse_token_request(await self._body(request))
-        now = self.clock()
+        now, requester = self.clock(), caller.current()
         with caller.acting_as(authn.SELF):
             token, claims = await serviceaccount.issue_for(self.tokens, self.registry, namespace=target.namespace,
-                                                           name=target.name, spec=spec, now=now)
+                                                           name=target.name, spec=spec, now=now, requester=requester)
         return json_response(serviceaccount.token_request_response(
             namespace=target.namespace, name=target.name, spec=spec, token=token, claims=claims,
             created=format_timestamp(Timestamp(seconds=claims.issued_at)),

@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from deploy.loopback import ControlPlane, control_plane, free_port
-from skiff import kubeconfig, pki, tls
+from skiff import errors, kubeconfig, pki, tls
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -52,6 +52,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
         pytest.fail(f"{KUBECTL} is missing: run `make setup`")
     work = Path(tmp_path_factory.mktemp("satokens"))
     pki_dir = work / "pki"
+    pki.PKIDir(pki_dir).ensure([pki.node_spec("n1", "127.0.0.1")], now=pki.utcnow())
     port = free_port()
     https = f"https://127.0.0.1:{port}"
     with control_plane(work, pki_dir=pki_dir, apiserver_args=["--http-listen", f"127.0.0.1:{port}"]) as cp:
@@ -148,3 +149,32 @@ def test_token_request_needs_the_right_to_create_tokens(plane: Plane) -> None:
     assert 'User "alice" cannot create resource "serviceaccounts/token"' in done.stderr
     done = plane.admin_kubectl("create", "token", "nobody")
     assert done.returncode == 1 and "not found" in done.stderr
+
+
+async def _node_requests_tokens(plane: Plane) -> None:
+    admin = tls.Credentials.from_pki(plane.pki_dir, pki.ADMIN)
+    async with Client(plane.cp.apiserver_endpoints, credentials=admin) as client:
+        sa = t.ServiceAccount()
+        sa.metadata.name, sa.metadata.namespace = "agent-sa", "default"
+        await client.create(sa)
+        for name, node in (("on-n1", "n1"), ("on-n2", "n2")):
+            pod = t.Pod()
+            pod.metadata.name, pod.metadata.namespace = name, "default"
+            pod.spec.service_account_name, pod.spec.node_name = "agent-sa", node
+            pod.spec.containers.add(name="c", image="skiff/web:1.0")
+            await client.create(pod)
+    node = tls.Credentials.from_pki(plane.pki_dir, pki.node_cert("n1"))
+    async with Client(plane.cp.apiserver_endpoints, credentials=node) as client:
+        got = await client.create_token("default", "agent-sa", bound_pod_name="on-n1", expiration_seconds=3600)
+        claims = jwt.decode(got.token, options={"verify_signature": False})
+        assert claims["kubernetes.io"]["pod"]["name"] == "on-n1" and got.expiration_timestamp == claims["exp"]
+        with pytest.raises(errors.ForbiddenError, match="scheduled on a different node"):
+            await client.create_token("default", "agent-sa", bound_pod_name="on-n2")
+        with pytest.raises(errors.ForbiddenError, match="not bound to a pod"):
+            await client.create_token("default", "agent-sa")
+    # Authenticated (the account exists, the pod lives) but without rights: 403, not 401.
+    assert await _get_pods(plane, got.token) == 403
+
+
+def test_a_node_requests_tokens_over_grpc_for_its_own_pods(plane: Plane) -> None:
+    asyncio.run(_node_requests_tokens(plane))

@@ -143,7 +143,8 @@ async def test_check_bound(claims: Claims, objects: tuple[t.ServiceAccount | t.P
     ((sa(), pod()), "system:serviceaccount:default:robot"),
     ((sa(),), "deleted"),
 ], ids=["live", "pod-deleted"])
-async def test_authenticator_takes_a_token_as_bearer(objects: tuple[t.ServiceAccount | t.Pod, ...], expect: str) -> None:
+async def test_authenticator_takes_a_token_as_bearer(objects: tuple[t.ServiceAccount | t.Pod, ...],
+                                                     expect: str) -> None:
     registry = Objects(*objects)
     authn = Authenticator(registry, clock=lambda: NOW, service_accounts=AUTHORITY)  # type: ignore[arg-type]
     token = serviceaccount.sign(CLAIMS, key=KEY, issuer=ISSUER)
@@ -194,10 +195,12 @@ async def test_issue_for(spec: serviceaccount.TokenRequestSpec, error: str) -> N
     registry = Objects(sa(), pod())
     if error:
         with pytest.raises(errors.SkiffError, match=error):
-            await serviceaccount.issue_for(AUTHORITY, registry, namespace="default", name="robot", spec=spec, now=NOW)
+            await serviceaccount.issue_for(AUTHORITY, registry, namespace="default", name="robot", spec=spec, now=NOW,
+                                           requester=identity.INSECURE_ADMIN)
         return
     token, claims = await serviceaccount.issue_for(AUTHORITY, registry, namespace="default", name="robot",
-                                                   spec=spec, now=NOW)
+                                                   spec=spec, now=NOW,
+                                           requester=identity.INSECURE_ADMIN)
     assert claims.uid == "sa-uid-1" and claims.expires_at == NOW + 3600
     assert claims.pod_uid == ("pod-uid-1" if spec.bound_pod_name else "")
     assert AUTHORITY.verify(token, now=NOW + 3599) == claims
@@ -215,3 +218,23 @@ def test_pki_creates_the_sa_key_pair_once(tmp_path: Any) -> None:
     authority = TokenAuthority.from_files(signing_key_file=str(d.sa_key), key_file=str(d.sa_pub), issuer=ISSUER)
     token, claims = authority.issue(namespace="default", name="robot", uid="u", now=NOW, expiration_seconds=600)
     assert authority.verify(token, now=NOW) == claims
+
+
+@pytest.mark.parametrize(("node", "spec", "error"), [
+    ("n1", serviceaccount.TokenRequestSpec(bound_pod_name="web-1"), ""),
+    ("n2", serviceaccount.TokenRequestSpec(bound_pod_name="web-1"), "scheduled on a different node"),
+    ("n1", serviceaccount.TokenRequestSpec(), "not bound to a pod"),
+], ids=["own-pod", "another-nodes-pod", "unbound"])
+async def test_a_node_gets_tokens_only_for_its_own_pods(node: str, spec: serviceaccount.TokenRequestSpec,
+                                                        error: str) -> None:
+    bound = pod()
+    bound.spec.node_name = "n1"
+    registry = Objects(sa(), bound)
+    issue = serviceaccount.issue_for(AUTHORITY, registry, namespace="default", name="robot", spec=spec, now=NOW,
+                                     requester=identity.node_user(node))
+    if not error:
+        _, claims = await issue
+        assert claims.pod_name == "web-1"
+        return
+    with pytest.raises(errors.ForbiddenError, match=error):
+        await issue
