@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -111,7 +112,7 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
     if api_tls is not None and args.store_endpoints:
         external = (tls.Credentials(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile) if args.etcd_cafile
                     else None)
-        api_tls = tls.ApiServerTLS(api_tls.serving, external, api_tls.kubelet)
+        api_tls = dataclasses.replace(api_tls, store=external)
 
     def creds(name: str) -> tls.Credentials | None:
         return None if args.insecure else tls.Credentials.from_pki(args.pki_dir, name)

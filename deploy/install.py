@@ -815,11 +815,14 @@ class Installer:
             self.say(f"certificates in {self.layout.pki}: {', '.join(issued)}")
         skiff_config.write_config(cluster.api_servers, path=self.layout.client_config, credentials=self.layout.admin)
         if len({m.host for m in cluster.members}) > 1:  # what the other control-plane machines join with
-            ca = pki.PKIDir(self.layout.pki).ca
+            d = pki.PKIDir(self.layout.pki)
+            # The service-account key pair travels too (as kubeadm copies sa.key/sa.pub): every
+            # api-server must verify the tokens any other one issued.
             _write_json(self.layout.bundle_file, {
                 "cluster": render.cluster_to_dict(cluster), "joinToken": token,
                 "storePassword": self.layout.password_file.read_text().strip(),
-                "caCert": ca.cert.read_text(), "caKey": ca.key.read_text()}, mode=0o600)
+                "caCert": d.ca.cert.read_text(), "caKey": d.ca.key.read_text(),
+                "saKey": d.sa_key.read_text(), "saPub": d.sa_pub.read_text()}, mode=0o600)
         specs = render.daemons_for(cluster, host)
         self.write_units(specs)
         self.say(f"rendered {len(specs)} units in {self.layout.units} and the cluster in {self.layout.cluster_file}")
@@ -852,6 +855,11 @@ class Installer:
                                    "control-plane machine with this version")
             pki.write_atomic(d.ca.key, ca_key.encode(), 0o600)
             pki.write_atomic(d.ca.cert, ca_cert.encode(), 0o644)
+        if bundle_data is not None and not d.sa_key.exists():
+            sa_key, sa_pub = str(bundle_data.get("saKey", "")), str(bundle_data.get("saPub", ""))
+            if sa_key and sa_pub:
+                pki.write_atomic(d.sa_key, sa_key.encode(), 0o600)
+                pki.write_atomic(d.sa_pub, sa_pub.encode(), 0o644)
         return d.ensure(render.pki_specs_for(cluster, [(host.name, host.ip, host.roles)]), now=pki.utcnow())
 
     def _root_flag(self) -> str:

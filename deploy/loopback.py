@@ -25,6 +25,7 @@ api-servers serve TLS, and `cp.admin` holds the admin's credentials for clients.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -297,7 +298,7 @@ def control_plane(workdir: Path, *, apiservers: int = 1, store_members: int = 1,
         pki.PKIDir(pki_dir).ensure(pki.control_plane_specs(apiserver_ips=[], store_members=[]), now=pki.utcnow())
         # The etcd here is plaintext on loopback: no --etcd-* flags.
         api_tls = tls.apiserver_tls(pki_dir)
-        tls_args = daemons.apiserver_tls_flags(tls.ApiServerTLS(api_tls.serving, None, api_tls.kubelet))
+        tls_args = daemons.apiserver_tls_flags(dataclasses.replace(api_tls, store=None))
     store = start_etcd(workdir, members=store_members)
     cp = ControlPlane(store, pki_dir=pki_dir)
     try:

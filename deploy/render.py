@@ -19,6 +19,7 @@ Everything here is pure: no process is started and no file is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import shlex
 import sys
@@ -193,7 +194,7 @@ def apiserver_tls(host: HostConfig, external: ExternalStore | None) -> tls.ApiSe
     if external is None:
         return own
     store = tls.Credentials(*external.tls) if all(external.tls) else None
-    return tls.ApiServerTLS(own.serving, store, own.kubelet)
+    return dataclasses.replace(own, store=store)
 
 
 def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[DaemonSpec]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from skiff.tls import ApiServerTLS, Credentials, ServerTLS, client_flags, server_flags
+from skiff.tls import ApiServerTLS, Credentials, ServerTLS, ServiceAccountKeys, client_flags, server_flags
 
 STORE = "controlplane.store"
 APISERVER = "controlplane.apiserver"
@@ -97,7 +97,16 @@ def apiserver_tls_flags(tls: ApiServerTLS | None) -> list[str]:
                                           "--etcd-keyfile", tls.store.key_file]
     return [*server_flags(tls.serving), *store,
             "--kubelet-certificate-authority", tls.kubelet.ca_file,
-            "--kubelet-client-certificate", tls.kubelet.cert_file, "--kubelet-client-key", tls.kubelet.key_file]
+            "--kubelet-client-certificate", tls.kubelet.cert_file, "--kubelet-client-key", tls.kubelet.key_file,
+            *service_account_flags(tls.service_account)]
+
+
+def service_account_flags(keys: ServiceAccountKeys | None) -> list[str]:
+    """kube-apiserver's service-account token flags ([] without keys: no tokens)."""
+    if keys is None:
+        return []
+    return ["--service-account-key-file", keys.key_file, "--service-account-signing-key-file", keys.signing_key_file,
+            "--service-account-issuer", keys.issuer]
 
 
 def controllers(python: str, *, api_servers: str, cluster_cidr: str, node_cidr_mask_size: int,

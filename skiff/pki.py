@@ -10,6 +10,8 @@ out like kubeadm's /etc/kubernetes/pki:
     admin.crt/.key                             kubernetes-admin in system:masters (skiff, kubectl, etcdctl)
     controller-manager, scheduler, netproxy, clusterdns .crt/.key   each component's client identity
     nodes/<node>.crt/.key                      system:node:<node> in system:nodes; serves the agent too
+    sa.key sa.pub                              the service-account token signing key pair (RSA, as kubeadm's);
+                                               not a certificate: the api-server signs and verifies tokens with it
 
 What must hold:
 - Only the `cryptography` package does cryptography here: no openssl, nothing hand-rolled.
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from skiff import identity
@@ -48,6 +50,10 @@ WARN_BEFORE = dt.timedelta(days=30)
 BACKDATE = dt.timedelta(minutes=5)
 
 PrivateKey = ec.EllipticCurvePrivateKey
+# The service-account signing key: RSA because RS256 is what every Kubernetes token consumer accepts.
+SA_KEY_FILE = "sa.key"
+SA_PUB_FILE = "sa.pub"
+SA_KEY_BITS = 2048
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,26 @@ class PKIDir:
         write_atomic(self.ca.cert, cert_pem(cert), 0o644)
         return True
 
+    @property
+    def sa_key(self) -> Path:
+        return self.path / SA_KEY_FILE
+
+    @property
+    def sa_pub(self) -> Path:
+        return self.path / SA_PUB_FILE
+
+    def ensure_sa_key(self) -> bool:
+        """Create the service-account signing key pair unless it exists; True when created. An
+        existing key is kept: replacing it would invalidate every token already mounted in pods."""
+        if self.sa_key.exists() and self.sa_pub.exists():
+            return False
+        key = rsa.generate_private_key(public_exponent=65537, key_size=SA_KEY_BITS)
+        write_atomic(self.sa_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()), 0o600)
+        write_atomic(self.sa_pub, key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
+        return True
+
     def write(self, name: str, cert: x509.Certificate, key: PrivateKey) -> Pair:
         pair = self.pair(name)
         write_atomic(pair.key, key_pem(key), 0o600)
@@ -274,8 +300,11 @@ class PKIDir:
         return pair
 
     def ensure(self, specs: Iterable[CertSpec], *, now: dt.datetime) -> list[str]:
-        """The CA and every certificate of `specs`, issuing only what is missing; names issued."""
+        """The CA, the service-account key pair and every certificate of `specs`, issuing only what is
+        missing; names issued."""
         created = ["ca"] if self.ensure_ca(now=now) else []
+        if self.ensure_sa_key():
+            created.append("sa")
         ca_cert, ca_key = self.load_ca()
         for spec in specs:
             pair = self.pair(spec.name)

@@ -234,6 +234,19 @@ def add_daemon_client_flags(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- a cluster's TLS, from a PKI directory
 
 
+# kube-apiserver's default issuer (and so the default audience of tokens it issues).
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class ServiceAccountKeys:
+    """The api-server's service-account token keys (kube-apiserver's --service-account-* flags)."""
+
+    signing_key_file: str  # private: signs the tokens it issues
+    key_file: str  # public: verifies tokens presented to it
+    issuer: str = SERVICE_ACCOUNT_ISSUER
+
+
 @dataclass(frozen=True)
 class ApiServerTLS:
     """Everything TLS about an api-server: what it serves, and how it reaches store and agents."""
@@ -241,6 +254,7 @@ class ApiServerTLS:
     serving: ServerTLS
     store: Credentials | None  # None: the store is reached in plaintext (an external etcd on loopback)
     kubelet: Credentials
+    service_account: ServiceAccountKeys | None = None  # None: no service-account tokens are issued or accepted
 
 
 def apiserver_tls(pki_dir: Path | str) -> ApiServerTLS:
@@ -249,7 +263,8 @@ def apiserver_tls(pki_dir: Path | str) -> ApiServerTLS:
     serving = d.pair(pki.APISERVER)
     return ApiServerTLS(ServerTLS(str(serving.cert), str(serving.key), ca),
                         Credentials.from_pki(d.path, pki.APISERVER_CLIENT),
-                        Credentials.from_pki(d.path, pki.APISERVER_CLIENT))
+                        Credentials.from_pki(d.path, pki.APISERVER_CLIENT),
+                        ServiceAccountKeys(str(d.sa_key), str(d.sa_pub)))
 
 
 def store_tls(pki_dir: Path | str, member: str) -> ServerTLS:

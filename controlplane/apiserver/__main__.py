@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kubelet-client-key", default="", help="its key")
     g.add_argument("--kubelet-certificate-authority", default="", help="CA node agents' certificates chain to")
     add_metrics_flag(p, defaults.APISERVER_METRICS_PORT)
+    g = p.add_argument_group("service-account tokens (kube-apiserver's flags)")
+    g.add_argument("--service-account-key-file", default="",
+                   help="PEM RSA public key(s), comma-separated, that verify service-account tokens")
+    g.add_argument("--service-account-signing-key-file", default="",
+                   help="PEM RSA private key that signs the tokens this api-server issues (TokenRequest)")
+    g.add_argument("--service-account-issuer", default=tls.SERVICE_ACCOUNT_ISSUER,
+                   help="the tokens' `iss`, also the audience they are for (default %(default)s)")
     add_verbose_flag(p)
     return p
 
@@ -117,6 +124,14 @@ def tls_config(args: argparse.Namespace) -> tuple[tls.ServerTLS | None, tls.Cred
     return (serving, store,
             tls.Credentials(args.kubelet_certificate_authority, args.kubelet_client_certificate,
                             args.kubelet_client_key))
+
+
+def service_account_keys(args: argparse.Namespace) -> tls.ServiceAccountKeys | None:
+    """The service-account token keys from the flags; None without any (no tokens)."""
+    if not args.service_account_key_file and not args.service_account_signing_key_file:
+        return None
+    return tls.ServiceAccountKeys(args.service_account_signing_key_file, args.service_account_key_file,
+                                  args.service_account_issuer)
 
 
 def host_networks() -> list[tuple[str, str]]:
@@ -171,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                     limits=Limits(max_requests_inflight=args.max_requests_inflight,
                                   max_mutating_requests_inflight=args.max_mutating_requests_inflight,
                                   max_watches_per_client=args.max_watches_per_client),
+                    service_account=service_account_keys(args),
                     options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
                                     watcher_buffer_bytes=args.watch_buffer_bytes,
                                     bookmark_interval=args.bookmark_interval,

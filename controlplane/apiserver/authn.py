@@ -13,6 +13,11 @@ What must hold:
   `usage-bootstrap-authentication: "true"` and an `expiration` not yet passed: the user is
   `system:bootstrap:<id>` in `system:bootstrappers` (plus its `auth-extra-groups`). A deleted,
   expired or mismatching token is refused; the secret is compared in constant time.
+- A bearer token with three dot-separated parts is a service-account JWT (serviceaccount.py):
+  its signature, issuer, audience and lifetime are checked, then the service account and the pod
+  it is bound to must still exist with the uids it names; the user is
+  skiff.identity.service_account_user(ns, name, uid). Without service-account keys such a token
+  is refused.
 - No credentials: UNAUTHENTICATED, except the anonymous paths Kubernetes allows without them
   (the REST front end's /healthz, /livez, /readyz, /version) where the caller is anonymous.
 - In `--insecure` mode every caller is skiff.identity.INSECURE_ADMIN (development only).
@@ -29,7 +34,7 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
-from controlplane.apiserver import caller
+from controlplane.apiserver import caller, serviceaccount
 from skiff import bootstraptoken, errors, identity
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import types_pb2 as t
@@ -95,8 +100,10 @@ class Peer:
 
 class Authenticator:
     def __init__(self, registry: SecretGetter | None, *, insecure: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 service_accounts: serviceaccount.TokenAuthority | None = None) -> None:
         self.registry = registry
+        self.service_accounts = service_accounts
         self.insecure = insecure
         self.clock = clock
 
@@ -112,6 +119,13 @@ class Authenticator:
         raise errors.UnauthenticatedError("Unauthorized: no client certificate or bearer token presented")
 
     async def token_user(self, token: str) -> UserInfo:
+        if serviceaccount.looks_like_jwt(token):
+            if self.service_accounts is None or self.registry is None:
+                raise errors.UnauthenticatedError("invalid bearer token: this api-server accepts no service-account "
+                                                  "tokens (no --service-account-key-file)")
+            claims = self.service_accounts.verify(token, now=self.clock())
+            with caller.acting_as(SELF):
+                return await serviceaccount.check_bound(claims, self.registry)
         parsed = parse_token(token)
         if parsed is None or self.registry is None:
             raise errors.UnauthenticatedError("invalid bearer token")

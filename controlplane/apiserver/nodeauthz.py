@@ -14,6 +14,8 @@ where docs/security.md says so):
 - A node changes no taints after its Node exists, and sets or changes no label under
   `node-restriction.kubernetes.io/`, nor under a `kubernetes.io`/`k8s.io` domain unless
   Kubernetes lets the kubelet set it (`KUBELET_LABELS`, `KUBELET_LABEL_PREFIXES`).
+- A node requests service-account tokens only bound to a pod whose `spec.nodeName` is itself
+  (and which runs as that account: serviceaccount.py checks that for everyone).
 - Every refusal names the node and what it may not do, as Kubernetes' messages do.
 """
 
@@ -56,6 +58,9 @@ NODE_RULES: Mapping[tuple[str, str], frozenset[str]] = {
     ("", "persistentvolumes"): READ | {"delete"},
     ("", "events"): frozenset({"create", "update", "patch"}),
     (LEASE_GROUP, "leases"): frozenset({"get"}),
+    # The tokens its pods mount: NodeRestriction (`token_restriction`) checks each is bound to a
+    # pod on this node that runs as that service account.
+    ("", "serviceaccounts/token"): frozenset({"create"}),
 }
 
 # Labels a kubelet may set on its own Node inside the kubernetes.io and k8s.io domains.
@@ -109,6 +114,18 @@ def forbidden_labels(new: Mapping[str, str], old: Mapping[str, str]) -> list[str
 
 def _taints(node: t.Node) -> list[bytes]:
     return sorted(x.SerializeToString(deterministic=True) for x in node.spec.taints)
+
+
+def token_restriction(user: UserInfo, pod: t.Pod | None) -> str | None:
+    """Why `user` may not have a token bound to `pod` (None: unbound), or None when it may."""
+    node = user.node_name
+    if not node:
+        return None
+    if pod is None:
+        return f'node "{node}" requested a token not bound to a pod'
+    if pod.spec.node_name != node:
+        return f'node "{node}" requested a token bound to a pod scheduled on a different node'
+    return None
 
 
 def node_restriction(user: UserInfo, operation: str, obj: Message, old: Message | None, *,

@@ -26,6 +26,7 @@ import dataclasses
 import gc
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError, Message
 from prometheus_client import REGISTRY
 
-from controlplane.apiserver import authn, bootstrappolicy, caller, metrics, resourcemetrics
+from controlplane.apiserver import authn, bootstrappolicy, caller, metrics, resourcemetrics, serviceaccount
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB, AuditLog
 from controlplane.apiserver.authn import Authenticator
@@ -53,7 +54,7 @@ from skiff import metrics as skiff_metrics
 from skiff.guard import fatal_handler
 from skiff.identity import UserInfo
 from skiff.retry import Backoff, Delays
-from skiff.tls import Credentials, ServerTLS
+from skiff.tls import Credentials, ServerTLS, ServiceAccountKeys
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import metrics_pb2
 from skiffpb.api.v1 import types_pb2 as t
@@ -161,6 +162,9 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
     if method in ("NodeMetrics", "PodMetrics"):  # metrics.k8s.io, as its REST paths (rest/http.py metrics_api)
         return Attributes("get" if request.name else "list", "nodes" if method == "NodeMetrics" else "pods",
                           group=resourcemetrics.GROUP, namespace=request.namespace, name=request.name)
+    if method == "CreateToken":
+        return _named(kinds.by_resource("serviceaccounts"), "serviceaccounts", "create", request.namespace,
+                      request.name, "token")
     if method in OPEN_METHODS:
         return None
     return Attributes("call", path=f"/{SERVICE}/{method}")
@@ -284,12 +288,15 @@ def _unwrap(obj: t.Object) -> Message:
 
 class ApiServerService:
     def __init__(self, registry: Registry, forwarder: Forwarder, *, node_name: str = "",
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None, tokens: serviceaccount.TokenAuthority | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.node_name = node_name
         self.resource_metrics = ResourceMetrics(registry, forwarder)
         self.authorizer = authorizer
+        self.tokens = tokens
+        self.clock = clock
 
     async def Create(self, request: api.CreateRequest, context: Any) -> t.Object:
         obj = await self.registry.create(_unwrap(request.object), namespace=request.namespace,
@@ -372,6 +379,23 @@ class ApiServerService:
         return api.AccessReviewResponse(allowed=allowed, reason=reason, user=user.name, groups=list(user.groups))
 
 
+    async def CreateToken(self, request: api.CreateTokenRequest, context: Any) -> api.CreateTokenResponse:
+        """TokenRequest over gRPC: the same issuing as `POST serviceaccounts/NAME/token`."""
+        if self.tokens is None:
+            raise errors.NotFoundError("this api-server issues no service-account tokens "
+                                       "(no --service-account-signing-key-file)")
+        spec = serviceaccount.TokenRequestSpec(
+            tuple(request.audiences), request.expiration_seconds or serviceaccount.DEFAULT_EXPIRATION_SECONDS,
+            request.bound_pod_name, request.bound_pod_uid)
+        requester = caller.current()
+        with caller.acting_as(authn.SELF):
+            token, claims = await serviceaccount.issue_for(self.tokens, self.registry,
+                                                           namespace=request.namespace or "default",
+                                                           name=request.name, spec=spec, now=self.clock(),
+                                                           requester=requester)
+        return api.CreateTokenResponse(token=token, expiration_timestamp=claims.expires_at)
+
+
 def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
     def unary(fn: Any, req: type[Message]) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_deserializer(req),
@@ -396,6 +420,7 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
         "NodeMetrics": unary(service.NodeMetrics, metrics_pb2.MetricsRequest),
         "PodMetrics": unary(service.PodMetrics, metrics_pb2.MetricsRequest),
         "AccessReview": unary(service.AccessReview, api.AccessReviewRequest),
+        "CreateToken": unary(service.CreateToken, api.CreateTokenRequest),
     })
 
 
@@ -420,6 +445,8 @@ class Config:
     audit_log_path: str = ""  # empty: no audit log
     audit_log_max_size_mb: float = DEFAULT_MAX_SIZE_MB
     audit_log_max_backups: int = DEFAULT_MAX_BACKUPS
+    # Service-account token keys (None: no tokens are issued or accepted).
+    service_account: ServiceAccountKeys | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -500,7 +527,15 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
             pass
     registry = Registry(store, allocator=allocator, options=config.options)
     forwarder = Forwarder(registry, credentials=config.kubelet_credentials)
-    authenticator = Authenticator(registry, insecure=config.tls is None)
+    tokens = None
+    if config.service_account is not None:
+        keys = config.service_account
+        try:
+            tokens = serviceaccount.TokenAuthority.from_files(signing_key_file=keys.signing_key_file,
+                                                              key_file=keys.key_file, issuer=keys.issuer)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"service-account keys: {exc}") from exc
+    authenticator = Authenticator(registry, insecure=config.tls is None, service_accounts=tokens)
     if config.tls is None:
         tls.warn_insecure("api-server")
     audit = AuditLog(config.audit_log_path, max_size_mb=config.audit_log_max_size_mb,
@@ -512,7 +547,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
     server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer), limiter)],
                              options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=config.node_name,
-                                                                      authorizer=authorizer)),))
+                                                                      authorizer=authorizer, tokens=tokens)),))
     fatal_reasons: list[str] = []
 
     def on_fatal(reason: str) -> None:
@@ -522,7 +557,7 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
     try:
         with fatal_handler(on_fatal):
             await _serve(config, store, registry, forwarder, server, limiter, authenticator, authorizer, allocator,
-                         stop, ready)
+                         stop, ready, tokens)
     finally:
         if audit is not None:
             audit.close()
@@ -532,7 +567,8 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
 
 async def _serve(config: Config, store: Store, registry: Registry, forwarder: Forwarder, server: grpc.aio.Server,
                  limiter: Limiter, authenticator: Authenticator, authorizer: Authorizer, allocator: Allocator,
-                 stop: asyncio.Event, ready: Callable[[int], None] | None) -> None:
+                 stop: asyncio.Event, ready: Callable[[int], None] | None,
+                 tokens: serviceaccount.TokenAuthority | None) -> None:
     http_runner: web.AppRunner | None = None
     served: skiff_metrics.Served | None = None
     collector = metrics.RegistryCollector(registry)
@@ -553,7 +589,7 @@ async def _serve(config: Config, store: Store, registry: Registry, forwarder: Fo
             try:
                 http_runner, http_port = await rest_http.start(registry, forwarder, config.http_listen,
                                                                authenticator=authenticator, server_tls=config.tls,
-                                                               authorizer=authorizer, limiter=limiter)
+                                                               authorizer=authorizer, limiter=limiter, tokens=tokens)
             except OSError as exc:
                 raise StartupError(str(exc)) from exc
             log.info("Kubernetes API (HTTP%s) on %s (port %d)", "" if config.tls is None else "S", config.http_listen,

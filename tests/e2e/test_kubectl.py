@@ -321,3 +321,36 @@ def test_exec_then_drain_evicts_and_uncordon(lab: Lab, kubectl: Callable[..., su
     kubectl("uncordon", node)
     eventually(lambda: bool(running()) and running()[0] != before, timeout=90, what="a replacement pod running")
     kubectl("delete", "-f", str(manifest))
+
+
+def test_a_service_account_token_from_kubectl_create_token(lab: Lab,
+                                                          kubectl: Callable[..., subprocess.CompletedProcess[str]],
+                                                          tmp_path: Path) -> None:
+    """The lab's api-server has the PKI's service-account keys: a token from `kubectl create
+    token` authenticates over HTTPS (no client certificate), and RBAC decides for its user."""
+    kubectl("create", "serviceaccount", "reader")
+    token = kubectl("create", "token", "reader").stdout.strip()
+    empty = tmp_path / "empty-kubeconfig"
+    empty.write_text("")
+
+    def as_reader(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(KUBECTL), "--kubeconfig", str(empty), "--server", lab.http_servers[0],
+                               "--certificate-authority", lab.admin.ca_file, "--token", token, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    done = as_reader("get", "pods", "-n", "default")
+    assert done.returncode == 1
+    assert 'User "system:serviceaccount:default:reader" cannot list resource "pods"' in done.stderr, done.stderr
+    binding = tmp_path / "binding.yaml"
+    binding.write_text("apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n"
+                       "metadata: {name: reader-views, namespace: default}\n"
+                       "subjects: [{kind: ServiceAccount, name: reader, namespace: default}]\n"
+                       "roleRef: {kind: ClusterRole, apiGroup: rbac.authorization.k8s.io, name: view}\n")
+    kubectl("apply", "-f", str(binding))
+    eventually(lambda: as_reader("get", "pods", "-n", "default").returncode == 0, timeout=15,
+               what="the service account lists pods once bound to view")
+    kubectl("delete", "serviceaccount", "reader")
+    done = as_reader("get", "pods", "-n", "default")
+    assert done.returncode == 1, done.stderr
+    assert "You must be logged in to the server" in done.stderr and "has been deleted" in done.stderr, done.stderr
+    kubectl("delete", "-f", str(binding))

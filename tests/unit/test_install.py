@@ -247,6 +247,9 @@ def test_three_control_plane_machines_share_the_bundle(tmp_path: Path) -> None:
     second.control_plane(name="cp2", ip="10.0.0.2", bundle=bundle)
     for f in ("cluster.json", "store-password", "join-token"):
         assert (second.layout.etc / f).read_text() == (first.layout.etc / f).read_text(), f
+    # One service-account key pair for every api-server: a token one issues, another verifies.
+    for f in ("sa.key", "sa.pub"):
+        assert (second.layout.pki / f).read_bytes() == (first.layout.pki / f).read_bytes(), f
     assert [p.name for p in sorted(second.layout.units.iterdir()) if "store" in p.name] == ["skiff-store-s2.service"]
     with pytest.raises(install.InstallError, match="cp4 runs no store member"):
         installer(tmp_path / "cp4", Recorder(starts=False)).control_plane(name="cp4", ip="10.0.0.4", bundle=bundle)

@@ -85,6 +85,10 @@ def test_every_daemon_is_tls_unless_insecure(roles: tuple[str, ...], insecure: b
         tls_flag = ("--cert-file" if spec.name.startswith("store-") else "--tls-cert-file"
                     if spec.name.startswith("apiserver-") or spec.name == "nodeagent" else "--client-certificate")
         assert (tls_flag in spec.argv) != insecure, spec.name
+        if spec.name.startswith("apiserver-") and not insecure:  # service-account tokens: the PKI's key pair
+            argv = list(spec.argv)
+            assert argv[argv.index("--service-account-signing-key-file") + 1].endswith("/pki/sa.key")
+            assert argv[argv.index("--service-account-key-file") + 1].endswith("/pki/sa.pub")
 
 
 def test_pki_specs_cover_every_address_clients_dial() -> None:

@@ -40,7 +40,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from controlplane.apiserver import caller, metrics, rbac, resourcemetrics, warnings
+from controlplane.apiserver import authn, caller, metrics, rbac, resourcemetrics, serviceaccount, warnings
 from controlplane.apiserver.authn import Authenticator, Peer
 from controlplane.apiserver.authorizer import Authorizer, kind_attributes
 from controlplane.apiserver.forward import Forwarder
@@ -84,7 +84,7 @@ EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDOUT, STDERR, ERROR = 1, 2, 3
 
 # Subresources created with POST on a named object.
-POSTED_SUBRESOURCES = frozenset({"binding", "eviction"})
+POSTED_SUBRESOURCES = frozenset({"binding", "eviction", "token"})
 
 TARGET = web.RequestKey("target", Target)
 NAME = web.RequestKey("name", str)  # the object's name when it comes from the body (create)
@@ -182,11 +182,12 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 class KubeApi:
     def __init__(self, registry: Registry, forwarder: Forwarder, *, authenticator: Authenticator | None = None,
                  clock: Callable[[], float] = time.time, authorizer: Authorizer | None = None,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None, tokens: serviceaccount.TokenAuthority | None = None) -> None:
         self.registry = registry
         self.forwarder = forwarder
         self.clock = clock
         self.resource_metrics = resourcemetrics.ResourceMetrics(registry, forwarder)
+        self.tokens = tokens
         self.authenticator = authenticator or Authenticator(registry, insecure=True)
         self.authorizer = authorizer
         self.limiter = limiter or Limiter()
@@ -796,6 +797,8 @@ class KubeApi:
             return await self.binding(request, target)
         if sub == "eviction" and kind.resource == "pods" and verb == "create":
             return await self.eviction(request, target)
+        if sub == "token" and kind.resource == "serviceaccounts" and verb == "create":
+            return await self.token_request(request, target)
         raise errors.NotFoundError(f"the server could not find the requested resource ({kind.resource}/{sub}, "
                                    f"{request.method})")
 
@@ -866,6 +869,24 @@ class KubeApi:
                                    grace_period=options.get("gracePeriodSeconds"), preconditions=preconditions,
                                    propagation_policy=options.get("propagationPolicy") or "")
         return json_response(st.success(resource="pods", group="", name=target.name), status=201)
+
+    async def token_request(self, request: web.Request, target: Target) -> web.Response:
+        """`POST serviceaccounts/NAME/token` (authentication.k8s.io/v1 TokenRequest, what `kubectl
+        create token` sends): a signed token for the account, bound to a pod when the request
+        names one. Creating it is what is authorized (serviceaccounts/token create); reading the
+        account and the pod behind it is the api-server's own business, as in Kubernetes."""
+        if self.tokens is None:
+            raise errors.NotFoundError("this api-server issues no service-account tokens "
+                                       "(no --service-account-signing-key-file)")
+        spec = serviceaccount.parse_token_request(await self._body(request))
+        now, requester = self.clock(), caller.current()
+        with caller.acting_as(authn.SELF):
+            token, claims = await serviceaccount.issue_for(self.tokens, self.registry, namespace=target.namespace,
+                                                           name=target.name, spec=spec, now=now, requester=requester)
+        return json_response(serviceaccount.token_request_response(
+            namespace=target.namespace, name=target.name, spec=spec, token=token, claims=claims,
+            created=format_timestamp(Timestamp(seconds=claims.issued_at)),
+            expires=format_timestamp(Timestamp(seconds=claims.expires_at))), status=201)
 
     async def scale(self, request: web.Request, target: Target, verb: str) -> web.Response:
         current = await self.registry.get(target.kind.resource, target.namespace, target.name)
@@ -972,7 +993,8 @@ def scale_of(obj: Message) -> dict[str, Any]:
 
 async def start(registry: Registry, forwarder: Forwarder, listen: str, *, authenticator: Authenticator | None = None,
                 server_tls: ServerTLS | None = None, authorizer: Authorizer | None = None,
-                limiter: Limiter | None = None) -> tuple[web.AppRunner, int]:
+                limiter: Limiter | None = None, tokens: serviceaccount.TokenAuthority | None = None,
+                ) -> tuple[web.AppRunner, int]:
     """Serve the Kubernetes API on `listen` ("host:port"; port 0 picks one). (runner, port).
 
     With `server_tls` it is HTTPS (client certificates verified when sent); without, plain
@@ -981,7 +1003,7 @@ async def start(registry: Registry, forwarder: Forwarder, listen: str, *, authen
     authenticator = authenticator or Authenticator(registry, insecure=server_tls is None)
     # handler_cancellation: a watch whose client went away ends at once instead of at its next event.
     runner = web.AppRunner(KubeApi(registry, forwarder, authenticator=authenticator, authorizer=authorizer,
-                                   limiter=limiter).app(),
+                                   limiter=limiter, tokens=tokens).app(),
                            access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     ssl_context = server_tls.ssl_context() if server_tls is not None else None

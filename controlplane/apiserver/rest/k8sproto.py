@@ -2,7 +2,7 @@
 into the JSON form every other body has, so one conversion (skiff.convert) follows.
 
 Typed clients send it: kubectl's typed commands (`kubectl create deployment|configmap|secret|
-namespace|serviceaccount`), helm (its release Secrets), `kubectl drain` (Evictions), schedulers
+namespace|serviceaccount|token`), helm (its release Secrets), `kubectl drain` (Evictions), schedulers
 (Bindings), `kubectl auth can-i` (accessreview.py).
 
 The encoding: the 4 bytes `k8s\\0`, then a runtime.Unknown {1 typeMeta {1 apiVersion, 2 kind},
@@ -151,10 +151,18 @@ SCHEMAS: dict[str, dict[int, Field]] = {
                        7: ("paused", B, False), 9: ("progressDeadlineSeconds", N, False)},
     "DeploymentStrategy": {1: ("type", S, False), 2: ("rollingUpdate", "RollingUpdateDeployment", False)},
     "RollingUpdateDeployment": {1: ("maxUnavailable", "intstr", False), 2: ("maxSurge", "intstr", False)},
+    # authentication/v1 (`kubectl create token`)
+    "TokenRequest": {1: ("metadata", META, False), 2: ("spec", "TokenRequestSpec", False),
+                     3: ("status", "TokenRequestStatus", False)},
+    "TokenRequestSpec": {1: ("audiences", S, True), 3: ("boundObjectRef", "BoundObjectReference", False),
+                         4: ("expirationSeconds", N, False)},
+    "BoundObjectReference": {1: ("kind", S, False), 2: ("apiVersion", S, False), 3: ("name", S, False),
+                             4: ("uid", S, False)},
+    "TokenRequestStatus": {1: ("token", S, False), 2: ("expirationTimestamp", "time", False)},
 }
 # The top-level kinds a body may be, by (apiVersion, kind).
 KINDS = {("v1", "Binding"), ("policy/v1", "Eviction"), ("v1", "Secret"), ("v1", "ConfigMap"), ("v1", "Namespace"),
-         ("v1", "ServiceAccount"),
+         ("v1", "ServiceAccount"), ("authentication.k8s.io/v1", "TokenRequest"),
          ("apps/v1", "Deployment")}
 _ZERO_TIME = -62135596800  # Go's zero time.Time: metav1.Time's "unset"
 

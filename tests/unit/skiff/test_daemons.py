@@ -20,7 +20,7 @@ from controlplane.store.__main__ import build_parser as store_parser
 from netproxy.__main__ import build_parser as netproxy_parser
 from nodeagent.__main__ import build_parser as nodeagent_parser
 from skiff import daemons
-from skiff.tls import ApiServerTLS, Credentials, ServerTLS
+from skiff.tls import ApiServerTLS, Credentials, ServerTLS, ServiceAccountKeys
 
 SERVING = ServerTLS("/pki/srv.crt", "/pki/srv.key", "/pki/ca.crt", require_client_cert=True)
 CLIENT = Credentials("/pki/ca.crt", "/pki/c.crt", "/pki/c.key")
@@ -62,7 +62,9 @@ CASES = [
         node_port_range="30000-32767", node_name="cp2", default_not_ready_toleration_seconds=30,
         default_unreachable_toleration_seconds=4, verbose=True,
         tls=ApiServerTLS(ServerTLS("/pki/api.crt", "/pki/api.key", "/pki/ca.crt"), CLIENT,
-                         Credentials("/pki/ca.crt", "/pki/k.crt", "/pki/k.key"))), daemons.APISERVER, apiserver_parser,
+                         Credentials("/pki/ca.crt", "/pki/k.crt", "/pki/k.key"),
+                         ServiceAccountKeys("/pki/sa.key", "/pki/sa.pub", "https://issuer"))),
+        daemons.APISERVER, apiserver_parser,
         {"store_endpoints": "10.0.0.2:2379,10.0.0.1:2379", "listen": "10.0.0.2:6443", "service_cidr": "10.96.0.0/12",
          "node_port_range": "30000-32767", "node_name": "cp2", "default_not_ready_toleration_seconds": 30,
          "default_unreachable_toleration_seconds": 4, "verbose": True, "authorization_mode": "Node,RBAC",
@@ -70,7 +72,8 @@ CASES = [
          "tls_cert_file": "/pki/api.crt", "tls_private_key_file": "/pki/api.key", "client_ca_file": "/pki/ca.crt",
          "etcd_cafile": "/pki/ca.crt", "etcd_certfile": "/pki/c.crt", "etcd_keyfile": "/pki/c.key",
          "kubelet_certificate_authority": "/pki/ca.crt", "kubelet_client_certificate": "/pki/k.crt",
-         "kubelet_client_key": "/pki/k.key", "insecure": False}),
+         "kubelet_client_key": "/pki/k.key", "insecure": False, "service_account_signing_key_file": "/pki/sa.key",
+         "service_account_key_file": "/pki/sa.pub", "service_account_issuer": "https://issuer"}),
     Case("apiserver-insecure", daemons.apiserver(
         "py", store_endpoints="s:2379", listen="127.0.0.1:6443", service_cidr="10.96.0.0/12",
         node_port_range="30000-32767", node_name="cp", tls=None), daemons.APISERVER, apiserver_parser,

@@ -100,7 +100,9 @@ def test_ensure_is_idempotent_and_keys_are_private(tmp_path: Path) -> None:
     specs = pki.control_plane_specs(apiserver_ips=["10.0.0.1"], store_members=[("s1", "10.0.0.1")])
     specs.append(pki.node_spec("n1", "10.0.0.2"))
     created = d.ensure(specs, now=NOW)
-    assert created[0] == "ca" and set(created[1:]) == {s.name for s in specs}
+    # The CA first, then the service-account key pair (not a certificate), then every certificate.
+    assert created[:2] == ["ca", "sa"] and set(created[2:]) == {s.name for s in specs}
+    assert b"BEGIN PUBLIC KEY" in d.sa_pub.read_bytes()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*.crt")}
     assert d.ensure(specs, now=NOW + dt.timedelta(days=1)) == []
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.crt")} == before

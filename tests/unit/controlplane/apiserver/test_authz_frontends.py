@@ -263,6 +263,8 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
      Attributes("create", "pods", "binding", namespace="d", name="p")),
     ("Logs", api.LogsRequest(namespace="d", pod="p"), Attributes("get", "pods", "log", namespace="d", name="p")),
     ("Exec", api.ExecRequest(namespace="d", pod="p"), Attributes("create", "pods", "exec", namespace="d", name="p")),
+    ("CreateToken", api.CreateTokenRequest(namespace="d", name="robot"),
+     Attributes("create", "serviceaccounts", "token", namespace="d", name="robot")),
     ("Get", api.GetRequest(resource="widgets", name="w"), Attributes("get", "widgets", name="w")),
     ("Version", api.VersionRequest(), None),
     ("Compact", api.VersionRequest(), Attributes("call", path="/skiff.api.v1.ApiServer/Compact")),
@@ -270,8 +272,8 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
     ("PodMetrics", metrics_pb2.MetricsRequest(namespace="d", name="p"),
      Attributes("get", "pods", group="metrics.k8s.io", namespace="d", name="p")),
 ], ids=["create", "create-cluster-scoped", "get-defaults-namespace", "list-all", "watch", "update-status",
-        "delete", "bind", "logs", "exec", "unknown-resource", "version", "unknown-method-closed", "node-metrics",
-        "pod-metrics"])
+        "delete", "bind", "logs", "exec", "create-token", "unknown-resource", "version", "unknown-method-closed",
+        "node-metrics", "pod-metrics"])
 def test_grpc_request_attributes(method: str, request_: Any, attrs: Attributes | None) -> None:
     assert request_attributes(method, request_) == attrs
 
