@@ -36,6 +36,7 @@ from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
 from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
+from tests.support import waiting
 from tests.support.prereq import require, require_root
 
 pytestmark = [pytest.mark.e2e]
@@ -86,19 +87,7 @@ def run(coro: Awaitable[T]) -> T:
 
 async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str,
                      interval: float = 0.5) -> T:
-    timeout *= SLOW
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await check()
-            if last:
-                return last
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout:.0f}s (last: {last!r})")
-        await asyncio.sleep(interval)
+    return await waiting.eventually(check, timeout=timeout * SLOW, what=what, interval=interval)
 
 
 def deployment(name: str, *, replicas: int, image: str = WEB1, drain: int = 0, grace: int = 30,

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ from skiff.cli import printers
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.prereq import require, require_root
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -63,22 +63,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def run(coro: Awaitable[T]) -> T:
     return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str,
-                     interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await check()
-            if last:
-                return last
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout:.0f}s (last: {last!r})")
-        await asyncio.sleep(interval)
 
 
 async def apply(client: Client, path: Path) -> list[Any]:
