@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from deploy import containerd
 from deploy.lab import VM_PROXY_MODES, Lab, LabSpec
 from deploy.vm.image import ROOT
 from skiff import defaults, images, kinds, manifests, taints
@@ -36,8 +35,8 @@ from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
 from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
-from tests.support import waiting
-from tests.support.prereq import require, require_root
+from tests.support import labs, waiting
+from tests.support.prereq import require
 
 pytestmark = [pytest.mark.e2e]
 
@@ -53,10 +52,7 @@ if VM:  # the first test also waits for the guests to boot and start their daemo
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
-    missing = containerd.missing_prereqs()
-    require(not missing, f"missing {', '.join(missing)}")
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = f"e{os.getpid() % 10000}"
     # In the Vagrant VMs (SKIFF_E2E_PROXY_MODE=ipvs) the same lab runs with IPVS for real.
     if VM:
@@ -69,16 +65,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                    default_toleration_seconds=300 if VM else 4, min_sync_period="0s",
                    proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"),
                    vm_workers=VM, proxy_modes=dict(VM_PROXY_MODES) if VM else {}, vm_timeout=3600)
-    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
-    the_lab.up(progress=print, timeout=120)
-    global LAB
-    LAB = the_lab
-    try:
+    with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
-    finally:
-        LAB = None
-        the_lab.down()
-        assert the_lab.leftovers() == []
 
 
 def run(coro: Awaitable[T]) -> T:
