@@ -135,6 +135,8 @@ class Options:
     default_unreachable_toleration_seconds: int = DEFAULT_TOLERATION_SECONDS
     # Pod Security Admission: the enforce level of a namespace without the label (skiff/podsecurity.py).
     pod_security_default: str = podsecurity.DEFAULT_LEVEL
+    # ServiceAccount admission's token volume (admission.py): on when this api-server issues tokens.
+    mount_service_account_tokens: bool = False
 
 
 class Registry:
@@ -297,6 +299,8 @@ class Registry:
             default_tolerations(obj.spec, not_ready_seconds=self.options.default_not_ready_toleration_seconds,
                                 unreachable_seconds=self.options.default_unreachable_toleration_seconds)
             problems += await self._limit_ranges(obj)
+            if self.options.mount_service_account_tokens:
+                await self._service_account(obj)
         if isinstance(obj, t.PersistentVolumeClaim):
             await self._admit_claim(obj)
         if isinstance(obj, t.PersistentVolume):
@@ -401,6 +405,15 @@ class Registry:
                 raise store_error(exc) from exc
             ns = None if kv is None else self._decode(kinds.by_kind("Namespace"), kv)  # type: ignore[arg-type]
         return ns if isinstance(ns, t.Namespace) else None
+
+    async def _service_account(self, pod: t.Pod) -> None:
+        """The ServiceAccount admission plugin's token volume (admission.py)."""
+        try:
+            account = await self.get("serviceaccounts", pod.metadata.namespace, pod.spec.service_account_name)
+        except errors.NotFoundError:
+            account = None
+        assert account is None or isinstance(account, t.ServiceAccount)
+        admission.mount_service_account_token(pod, account, self._random_suffix())
 
     async def _admit_claim(self, pvc: t.PersistentVolumeClaim) -> None:
         """DefaultStorageClass (a claim without storageClassName gets the default class) and
