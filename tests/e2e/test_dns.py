@@ -128,13 +128,13 @@ def test_pods_resolve_services_by_name(lab: Lab) -> None:
             code, env = await sh(client, "client", "env")
             assert f"WEB_SERVICE_SERVICE_HOST={svc.spec.cluster_ip}" in env
             assert f"WEB_SERVICE_PORT=tcp://{svc.spec.cluster_ip}:80" in env
-            # default/kubernetes: the api-servers, kept by the controller manager.
+            # default/kubernetes: the api-servers' HTTPS (REST) ports, kept by the controller manager.
             master = await client.get(t.Service, "kubernetes", "default")
             assert master.spec.cluster_ip == "10.96.0.1"
             assert "KUBERNETES_SERVICE_HOST=10.96.0.1" in env and "KUBERNETES_SERVICE_PORT=443" in env
             master_eps = await client.get(t.Endpoints, "kubernetes", "default")
             assert sorted((a.ip, s.ports[0].port) for s in master_eps.subsets for a in s.addresses) == sorted(
-                (m.ip, m.api_port) for m in lab.cluster.members)
+                (m.ip, m.http_port) for m in lab.cluster.members)
             got = host_query(lab, "n1", f"kubernetes.default.svc.{DOMAIN}")
             assert got["answers"] == ["10.96.0.1"]
 
