@@ -12,7 +12,8 @@ What must hold:
   rule, without its jitter); an expired token is always renewed;
 - a token that cannot be renewed stays in use until it expires (the api-server may be away for
   a while); without any valid token the volume is not ready (the container waits in
-  ContainerCreating and the worker retries);
+  ContainerCreating and the worker retries); a failed request is not repeated for
+  RETRY_AFTER_FAILURE seconds;
 - after an agent restart, the token a running pod's volume already holds is used again when it
   is for this pod and not due for renewal (`token_times` reads its iat/exp), so a restart does
   not cost a token request per pod; the file keeps being refreshed as before;
@@ -37,6 +38,9 @@ log = logging.getLogger("nodeagent.tokens")
 
 MAX_TTL = 24 * 3600  # a token is renewed a day after it was issued, however long it lives
 REFRESH_FRACTION = 0.8  # ... or once 80% of its life has passed
+# After a failed request, the same token is not asked for again for this long: a call to an
+# api-server that is away takes up to the client's deadline, and the pod worker waits for it.
+RETRY_AFTER_FAILURE = 10.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class TokenManager:
         self.clock = clock
         self.tokens: dict[TokenKey, Token] = {}
         self.errors: dict[TokenKey, str] = {}
+        self.failed_at: dict[TokenKey, float] = {}
 
     async def ensure(self, pod: t.Pod, *, on_disk: OnDisk | None = None) -> None:
         """Have a valid token for each projection of `pod`, renewing the ones due."""
@@ -129,12 +134,15 @@ class TokenManager:
                 current = self._adopt(key, on_disk(volume, projection.path))
             if current is not None and not needs_refresh(current, now):
                 continue
+            if now < self.failed_at.get(key, -RETRY_AFTER_FAILURE) + RETRY_AFTER_FAILURE:
+                continue
             try:
                 response = await self.client.create_token(
                     key.namespace, key.service_account, audiences=[key.audience] if key.audience else [],
                     expiration_seconds=key.expiration_seconds, bound_pod_name=key.pod_name, bound_pod_uid=key.pod_uid)
             except (errors.SkiffError, TimeoutError, OSError) as exc:
                 self.errors[key] = str(exc)
+                self.failed_at[key] = now
                 if current is not None and now < current.expires_at:
                     log.warning("pod %s/%s: renewing its service-account token: %s (the current one is valid "
                                 "until %d)", key.namespace, key.pod_name, exc, current.expires_at)
@@ -143,6 +151,7 @@ class TokenManager:
             issued = times[0] if times else int(now)
             self.tokens[key] = Token(response.token, issued, int(response.expiration_timestamp))
             self.errors.pop(key, None)
+            self.failed_at.pop(key, None)
             log.info("pod %s/%s: service-account token for %s issued (expires at %d)", key.namespace, key.pod_name,
                      key.service_account, response.expiration_timestamp)
 
@@ -179,3 +188,4 @@ class TokenManager:
             del self.tokens[key]
         for key in [k for k in self.errors if k.pod_uid == uid]:
             del self.errors[key]
+            self.failed_at.pop(key, None)

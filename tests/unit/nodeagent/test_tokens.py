@@ -111,10 +111,19 @@ async def test_manager_requests_renews_and_keeps_a_valid_token() -> None:
     now[0] += 0.8 * 3607
     await tokens.ensure(p)
     assert tokens.token(p, projection) == renewed
+    calls = len(issuer.calls)
+    now[0] += 5
+    await tokens.ensure(p)
+    assert len(issuer.calls) == calls, "a failed request is not repeated at once"
     now[0] += 3607
     await tokens.ensure(p)
+    assert len(issuer.calls) == calls + 1
     with pytest.raises(VolumeNotReady, match="connection refused"):
         tokens.token(p, projection)
+    issuer.fail = ""
+    now[0] += 10
+    await tokens.ensure(p)
+    assert tokens.token(p, projection) != renewed, "back once the api-server answers"
 
     tokens.forget("uid-1")
     assert tokens.tokens == {} and tokens.next_refresh(p) is None
