@@ -177,9 +177,15 @@ class TokenManager:
         return current.token
 
     def next_refresh(self, pod: t.Pod) -> float | None:
-        """When the earliest token of `pod` is due for renewal (None: it has none)."""
-        times = [refresh_at(tok.issued_at, tok.expires_at)
-                 for _, p in projections(pod) if (tok := self.tokens.get(key_for(pod, p))) is not None]
+        """When the earliest token of `pod` is due for renewal, or the retry of a failed request
+        (None: nothing to do for it)."""
+        times = []
+        for _, projection in projections(pod):
+            key = key_for(pod, projection)
+            due = [refresh_at(tok.issued_at, tok.expires_at)] if (tok := self.tokens.get(key)) is not None else []
+            if key in self.failed_at:
+                due = [max([*due, self.failed_at[key] + RETRY_AFTER_FAILURE])]
+            times += due
         return min(times) if times else None
 
     def forget(self, uid: str) -> None:

@@ -112,6 +112,7 @@ async def test_manager_requests_renews_and_keeps_a_valid_token() -> None:
     await tokens.ensure(p)
     assert tokens.token(p, projection) == renewed
     calls = len(issuer.calls)
+    assert tokens.next_refresh(p) == now[0] + 10, "the worker wakes for the retry, not at once"
     now[0] += 5
     await tokens.ensure(p)
     assert len(issuer.calls) == calls, "a failed request is not repeated at once"
