@@ -22,11 +22,11 @@ from pathlib import Path
 import jwt
 import pytest
 
-from deploy import containerd
 from deploy.lab import Lab, LabSpec
-from skiff import images, kinds, pki
+from skiff import images, pki
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.prereq import require, require_root
+from tests.support import labs
+from tests.support.prereq import require
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -45,19 +45,12 @@ VIEW_BINDING = t.RoleBinding(
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
-    missing = containerd.missing_prereqs()
-    require(not missing, f"missing {', '.join(missing)}")
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     require(KUBECTL.exists(), f"{KUBECTL} is missing: run `make setup`")
     prefix = f"s{os.getpid() % 10000}"
     spec = LabSpec(prefix=prefix, combined=True, store_members=1, workers=0,
                    lan_cidr=f"10.{180 + os.getpid() % 10}.0.0/24", min_sync_period="0s")
-    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
-    the_lab.up(progress=print, timeout=120)
-    global LAB
-    LAB = the_lab
-    try:
+    with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         # The image with kubectl in it, imported into the host's containerd as the lab's own are.
         tar = images.write_oci_tar(images.ImageSpec(
             name=IMAGE, entrypoint=["/bin/sh", "-c", "exec sleep 3600"], busybox=True,
@@ -66,17 +59,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         host = the_lab.control_plane_hosts[0]
         images.import_tars([tar], endpoint=the_lab.host_config(host).node_paths.endpoint)
         yield the_lab
-    finally:
-        LAB = None
-        the_lab.down()
-        assert the_lab.leftovers() == []
 
 
 async def _run(lab: Lab) -> None:
     client = lab.client()
     try:
-        pod = kinds.new(kinds.by_kind("Pod"), "in-cluster", "default")
-        assert isinstance(pod, t.Pod)
+        pod = t.Pod(api_version="v1", kind="Pod", metadata=t.ObjectMeta(name="in-cluster", namespace="default"))
         pod.spec.termination_grace_period_seconds = 1
         c = pod.spec.containers.add(name="kubectl", image=IMAGE, image_pull_policy="IfNotPresent")
         c.env.add(name="HOME", value="/tmp")  # kubectl's discovery cache

@@ -141,7 +141,11 @@ async def test_restart_adopts_the_token_on_disk_for_this_pod() -> None:
     # ... unless it is due, or belongs to another pod of the same name.
     for stale in (jwt_for(0, 3607), jwt_for(4000, 4000 + 3607, pod_uid="uid-old")):
         tokens = TokenManager(issuer, clock=lambda: now[0])
-        await tokens.ensure(p, on_disk=lambda volume, path, stale=stale: stale.encode())
+
+        def old_file(volume: str, path: str, stale: str = stale) -> bytes:
+            return stale.encode()
+
+        await tokens.ensure(p, on_disk=old_file)
     assert len(issuer.calls) == 2
 
 
