@@ -60,7 +60,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 
         require(shutil.which("qemu-system-x86_64") is not None, "missing qemu-system-x86_64 (qemu-system-x86)")
         image.build()
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{150 + os.getpid() % 50}.0.0/24",
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=labs.lan(range(150, 200)),
                    node_monitor_grace_period="60s" if VM else "8s", node_lease_period="10s" if VM else "2s",
                    default_toleration_seconds=300 if VM else 4, min_sync_period="0s",
                    proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"),

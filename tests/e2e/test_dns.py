@@ -36,7 +36,7 @@ DOMAIN = "cluster.local"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = f"d{os.getpid() % 10000}"
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{200 + os.getpid() % 12}.0.0/24", min_sync_period="0s")
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=labs.lan(range(200, 212)), min_sync_period="0s")
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
 

@@ -39,7 +39,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
     require(KUBECTL.exists(), f"{KUBECTL} is missing: run `make setup`")
     prefix = f"k{os.getpid() % 10000}"
     spec = LabSpec(prefix=prefix, combined=True, store_members=1, workers=0,
-                   lan_cidr=f"10.{220 + os.getpid() % 30}.0.0/24", min_sync_period="0s")
+                   lan_cidr=labs.lan(range(220, 250)), min_sync_period="0s")
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
 

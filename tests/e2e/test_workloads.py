@@ -39,7 +39,7 @@ WEB1 = "skiff/web:1.0"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = f"w{os.getpid() % 10000}"
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{150 + os.getpid() % 50}.1.0/24", min_sync_period="0s")
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=labs.lan(range(150, 200), 1), min_sync_period="0s")
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
 
