@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 from controlplane.common import podutil
 from controlplane.controllers import history
-from controlplane.controllers.base import QueueController, claim, write_status
+from controlplane.controllers.base import QueueController, claim, claim_candidates, selector_or_event, write_status
 from controlplane.controllers.rollout import pod_template_hash
-from skiff import conditions, errors, labels, storage
+from skiff import conditions, errors, storage
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import NORMAL, WARNING, Recorder
@@ -233,27 +233,17 @@ class StatefulSetController(QueueController):
         self.revisions.add_indexer(podutil.CONTROLLER_UID_INDEX, podutil.index_controller_uid)
         self.sets.add_handler(on_add=self.enqueue, on_update=lambda old, new: self.enqueue(new),
                               on_delete=lambda s: None)
-        self.pods.add_handler(on_add=self._pod_changed, on_update=lambda old, new: self._pod_changed(new),
-                              on_delete=self._pod_changed)
-
-    def _pod_changed(self, pod: t.Pod) -> None:
-        ref = podutil.controller_ref(pod)
-        if ref is not None and ref.kind == "StatefulSet":
-            self.queue.add(f"{pod.metadata.namespace}/{ref.name}")
+        self.enqueue_controllers_of(self.pods, "StatefulSet")
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)
         sts = self.sets.get(name, namespace)
         if sts is None or sts.metadata.HasField("deletion_timestamp"):
             return
-        try:
-            selector = labels.from_label_selector(sts.spec.selector)
-        except labels.SelectorError as exc:
-            self.recorder.event(sts, WARNING, "InvalidSelector", str(exc))
+        selector = selector_or_event(sts, self.recorder)
+        if selector is None:
             return
-        candidates = [*self.pods.by_index(podutil.CONTROLLER_UID_INDEX, sts.metadata.uid),
-                      *self.pods.by_index(podutil.ORPHAN_INDEX, namespace)]
-        pods = await claim(self.client, sts, candidates, selector)
+        pods = await claim(self.client, sts, claim_candidates(self.pods, sts), selector)
         update_hash = pod_template_hash(sts.spec.template)
         current_hash = current_hash_of(sts)
         revisions = list(self.revisions.by_index(podutil.CONTROLLER_UID_INDEX, sts.metadata.uid))
