@@ -63,6 +63,16 @@ class QueueController:
         self.queue.shutdown()
 
 
+def live_controller(owners: Informer[M], obj: Any, owner_kind: str) -> M | None:
+    """The `owner_kind` in `owners`' cache that controls `obj` — the same uid, so a deleted and
+    re-created owner of the same name is not taken for the old one; None when there is none."""
+    ref = controller_ref(obj)
+    if ref is None or ref.kind != owner_kind:
+        return None
+    owner = owners.get(ref.name, obj.metadata.namespace)
+    return owner if owner is not None and owner.metadata.uid == ref.uid else None  # type: ignore[attr-defined]
+
+
 def selector_or_event(owner: Any, recorder: Recorder) -> labels.Selector | None:
     """The owner's label selector; None (after an InvalidSelector warning on the owner) when it cannot be parsed."""
     try:

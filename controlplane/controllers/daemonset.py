@@ -35,6 +35,7 @@ from controlplane.controllers.base import (
     QueueController,
     claim,
     claim_candidates,
+    live_controller,
     selector_or_event,
     write_status,
 )
@@ -254,11 +255,7 @@ class DaemonSetController(QueueController, ExpectingPodHandlers):
             self._all()
 
     def _owner(self, pod: t.Pod) -> t.DaemonSet | None:
-        ref = podutil.controller_ref(pod)
-        if ref is None or ref.kind != "DaemonSet":
-            return None
-        ds = self.daemonsets.get(ref.name, pod.metadata.namespace)
-        return ds if ds is not None and ds.metadata.uid == ref.uid else None
+        return live_controller(self.daemonsets, pod, "DaemonSet")
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)

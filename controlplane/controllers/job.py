@@ -35,6 +35,7 @@ from controlplane.controllers.base import (
     QueueController,
     claim,
     claim_candidates,
+    live_controller,
     selector_or_event,
     write_status,
 )
@@ -277,11 +278,7 @@ class JobController(QueueController, ExpectingPodHandlers):
         self.expectations.forget(object_key(job))
 
     def _owner(self, pod: t.Pod) -> t.Job | None:
-        ref = podutil.controller_ref(pod)
-        if ref is None or ref.kind != "Job":
-            return None
-        job = self.jobs.get(ref.name, pod.metadata.namespace)
-        return job if job is not None and job.metadata.uid == ref.uid else None
+        return live_controller(self.jobs, pod, "Job")
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.common import podutil
-from controlplane.controllers.base import QueueController, claim, claim_candidates, selector_or_event
+from controlplane.controllers.base import QueueController, claim, claim_candidates, live_controller, selector_or_event
 from skiff import conditions, defaults, errors, labels
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp
@@ -201,11 +201,7 @@ class ReplicaSetController(QueueController):
         self.enqueue(rs)
 
     def _owner(self, pod: t.Pod) -> t.ReplicaSet | None:
-        ref = podutil.controller_ref(pod)
-        if ref is None or ref.kind != "ReplicaSet":
-            return None
-        rs = self.replicasets.get(ref.name, pod.metadata.namespace)
-        return rs if rs is not None and rs.metadata.uid == ref.uid else None
+        return live_controller(self.replicasets, pod, "ReplicaSet")
 
     def _matching(self, pod: t.Pod) -> list[t.ReplicaSet]:
         out = []
