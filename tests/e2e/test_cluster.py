@@ -27,15 +27,16 @@ from typing import Any, TypeVar
 
 import pytest
 
+from deploy import netplan
 from deploy.lab import VM_PROXY_MODES, Lab, LabSpec
 from deploy.vm.image import ROOT
-from skiff import defaults, images, kinds, manifests, taints
+from skiff import defaults, images, kinds, manifests, retry, taints
 from skiff.client import Client, open_channel
 from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
 from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
-from tests.support import labs, waiting
+from tests.support import labs
 from tests.support.prereq import require
 
 pytestmark = [pytest.mark.e2e]
@@ -60,7 +61,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 
         require(shutil.which("qemu-system-x86_64") is not None, "missing qemu-system-x86_64 (qemu-system-x86)")
         image.build()
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=labs.lan(range(150, 200)),
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=netplan.free_lan(range(150, 200)),
                    node_monitor_grace_period="60s" if VM else "8s", node_lease_period="10s" if VM else "2s",
                    default_toleration_seconds=300 if VM else 4, min_sync_period="0s",
                    proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"),
@@ -75,7 +76,7 @@ def run(coro: Awaitable[T]) -> T:
 
 async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str,
                      interval: float = 0.5) -> T:
-    return await waiting.eventually(check, timeout=timeout * SLOW, what=what, interval=interval)
+    return await retry.eventually(check, timeout=timeout * SLOW, what=what, interval=interval)
 
 
 def deployment(name: str, *, replicas: int, image: str = WEB1, drain: int = 0, grace: int = 30,

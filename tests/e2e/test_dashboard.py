@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff import identity, kubeconfig, pki
 from tests.support import labs
@@ -50,7 +51,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
             "the dashboard test needs Debian's chromium and chromium-driver (make setup)")
     prefix = f"d{os.getpid() % 10000}"
     spec = LabSpec(prefix=prefix, combined=True, store_members=1, workers=0,
-                   lan_cidr=labs.lan(range(190, 220)), min_sync_period="0s")
+                   lan_cidr=netplan.free_lan(range(190, 220)), min_sync_period="0s")
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
 

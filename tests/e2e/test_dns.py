@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff import defaults, kinds
 from skiff.client import Client
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support import labs
-from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +37,7 @@ DOMAIN = "cluster.local"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = f"d{os.getpid() % 10000}"
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=labs.lan(range(200, 212)), min_sync_period="0s")
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=netplan.free_lan(range(200, 212)), min_sync_period="0s")
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
 

@@ -31,7 +31,6 @@ from deploy import netplan, procs
 from skiff import bootstraptoken, defaults, pki, tls
 from skiff.client import Client
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support import labs
 from tests.support.prereq import require, require_binaries, require_root
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +45,8 @@ def missing_components() -> list[str]:
 
 class Lab:
     def __init__(self, prefix: str, base: Path) -> None:
-        self.net = netplan.make_lab(prefix, workers=1, lan_cidr=labs.lan(range(180, 220), 1 + os.getpid() % 249))
+        lan = netplan.free_lan(range(180, 220), 1 + os.getpid() % 249)
+        self.net = netplan.make_lab(prefix, workers=1, lan_cidr=lan)
         self.base = base
         self.prefix = prefix
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from tests.support import labs
 from tests.support.prereq import require
@@ -39,7 +40,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
     require(KUBECTL.exists(), f"{KUBECTL} is missing: run `make setup`")
     prefix = f"k{os.getpid() % 10000}"
     spec = LabSpec(prefix=prefix, combined=True, store_members=1, workers=0,
-                   lan_cidr=labs.lan(range(220, 250)), min_sync_period="0s")
+                   lan_cidr=netplan.free_lan(range(220, 250)), min_sync_period="0s")
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
 

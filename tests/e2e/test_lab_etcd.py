@@ -20,6 +20,7 @@ import pytest
 
 from controlplane.apiserver.etcd import EtcdStore
 from controlplane.apiserver.storage import StoreError
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff.tls import Credentials
 from tests.support import labs
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     require_binaries("etcd")
-    spec = LabSpec(prefix=f"x{os.getpid() % 10000}", workers=2, lan_cidr=labs.lan(range(100, 150)),
+    spec = LabSpec(prefix=f"x{os.getpid() % 10000}", workers=2, lan_cidr=netplan.free_lan(range(100, 150)),
                    min_sync_period="0s", external_etcd=True)
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab

@@ -24,10 +24,10 @@ import pytest
 
 from deploy.lab import Lab, LabSpec
 from skiff import images, pki
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support import labs
 from tests.support.prereq import require
-from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

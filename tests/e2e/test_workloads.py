@@ -21,12 +21,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff import manifests
 from skiff.client import Client
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support import labs
-from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +40,7 @@ WEB1 = "skiff/web:1.0"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = f"w{os.getpid() % 10000}"
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=labs.lan(range(150, 200), 1), min_sync_period="0s")
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=netplan.free_lan(range(150, 200), 1), min_sync_period="0s")
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
 

@@ -25,10 +25,10 @@ import pytest
 from deploy.loopback import ControlPlane, Process, control_plane, free_port
 from skiff import errors, pki, tls
 from skiff.client import Client
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.cluster import start_controllers, start_fake_node
 from tests.support.prereq import require_binaries
-from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 NODE = "n1"

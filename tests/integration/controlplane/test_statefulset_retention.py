@@ -13,10 +13,10 @@ import pytest
 
 from deploy.loopback import control_plane
 from skiff.client import Client
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.cluster import start_controllers
 from tests.support.prereq import require_binaries
-from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
