@@ -466,6 +466,31 @@ class RaftTimings:
     connection_timeout: float = 3.5
 
 
+class _ReadBatch:
+    """The linearizable reads that arrived on the loop since the tick thread last took
+    `read_waiting`: they wait on one future for one answer (a ReadIndex round, or the leader's
+    answer on a follower), so a burst of reads costs one entry in the round, one cross-thread
+    call and one timer instead of one of each per read.
+
+    A read joins the batch only while the batch is still in `read_waiting` (checked under
+    `read_lock`, under which the tick thread takes the list to start a round): once taken, the
+    round's index was noted before any later read arrived, and such a read opens a new batch.
+    Called on the loop with the answer (True: serve now; False: use the log; None: timed out).
+    """
+
+    __slots__ = ("fut", "reads", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.fut: asyncio.Future[bool | None] = loop.create_future()
+        self.reads = 0
+        self.timer = loop.call_later(timeout, self, None)
+
+    def __call__(self, ok: bool | None) -> None:
+        self.timer.cancel()
+        if not self.fut.done():
+            self.fut.set_result(ok)
+
+
 class _Pending:
     __slots__ = ("cmds", "deadline", "futs", "last_error", "reads", "timer")
 
@@ -619,21 +644,22 @@ class RaftNode:
             await self.read_barrier()
             return
         self._admit()
-        fut: asyncio.Future[bool] = self.loop.create_future()
-
-        def done(ok: bool) -> None:  # on the loop (_Raft._deliver)
-            if not fut.done():
-                fut.set_result(ok)
-
         with self.raft.read_lock:
-            first = not self.raft.read_waiting
-            self.raft.read_waiting.append(done)
+            waiting = self.raft.read_waiting
+            batch = waiting[-1] if waiting else None
+            if not isinstance(batch, _ReadBatch):
+                batch = _ReadBatch(self.loop, self.request_timeout)
+                waiting.append(batch)
+                first = len(waiting) == 1
+            else:
+                first = False
+            batch.reads += 1
         if first:  # later ones ride in the same round; an answer in flight starts the next one
             self.raft.wake()
-        try:
-            ok = await asyncio.wait_for(fut, self.request_timeout)
-        except TimeoutError:
-            raise errors.TIMEOUT from None
+        # shield: one reader cancelled (its client went away) must not cancel its batch's answer
+        ok = await asyncio.shield(batch.fut)
+        if ok is None:
+            raise errors.TIMEOUT
         if not ok:
             await self.read_barrier()
 
