@@ -210,9 +210,11 @@ async def real_runtime() -> dict[str, object]:
         sequential = await run_batch(api, watcher, "seq", burst=False)
         rss_real = rss_mb()
         await delete_all(api, node)
-        calls = cri_calls()
+        calls, cpu = cri_calls(), time.process_time()
         burst = await run_batch(api, watcher, "burst", burst=True)
-        # Every CRI call the agent made for the burst (the floor makes 3 per pod).
+        # This process's CPU time during the burst (agent, in-process api-server, watcher: an upper
+        # bound for the agent's own), and every CRI call the agent made (the floor makes 3 per pod).
+        burst_cpu = time.process_time() - cpu
         burst_calls = calls_between(calls, cri_calls())
         await delete_all(api, node)
         watcher.task.cancel()
@@ -223,7 +225,7 @@ async def real_runtime() -> dict[str, object]:
         net.close()
         return {"sequential": sequential, "burst": burst, "rss_mb_after_30_real_pods": round(rss_real, 1),
                 "floor_before": floor_before, "floor_after": floor_after,
-                "burst_cri_calls": burst_calls, "floor_cri_calls": floor_calls}
+                "burst_cri_calls": burst_calls, "floor_cri_calls": floor_calls, "burst_cpu_s": round(burst_cpu, 2)}
     finally:
         node.teardown()
         shutil.rmtree(Path(f"/tmp/skiff-bench/{prefix}"), ignore_errors=True)  # teardown removes n1/ only
@@ -272,6 +274,7 @@ def summarize(real: dict[str, object]) -> dict[str, object]:
         "rss_mb_after_30_real_pods": real["rss_mb_after_30_real_pods"],
         # operation -> [calls, seconds summed over the concurrent calls]
         "burst_cri_calls": real["burst_cri_calls"], "floor_cri_calls": real["floor_cri_calls"],
+        "burst_process_cpu_s": real["burst_cpu_s"],
     }
 
 
