@@ -266,7 +266,11 @@ def _profile_text(x: dict[str, Any], *, components: int = 4) -> str:
         top = c.get("top") or []
         leaf = f": {top[0][0].split(' (')[0]} {top[0][1]:.0%}" if top else ""
         parts.append(f"{name} {c.get('cores', 0.0):.2f} cores{leaf}")
-    return f"over {prof['seconds']:.0f} s of the create phase: " + ", ".join(parts)
+    text = f"over {prof['seconds']:.0f} s of the create phase: " + ", ".join(parts)
+    w = x.get("store_writes")
+    if w:
+        text += f"; the store wrote {w['per_pod']:.1f} revisions per pod at {w['per_s']:,.0f}/s"
+    return text
 
 
 def scale_rows(r: dict[str, Any]) -> list[Row]:

@@ -272,6 +272,18 @@ def profile_components(c: Cluster, seconds: float, *, top: int = 6) -> dict[str,
     return out
 
 
+def store_revision(endpoints: list[str]) -> int:
+    """The store's revision (every write transaction adds one): 0 if no member answers."""
+    for ep in endpoints:
+        with grpc.insecure_channel(ep) as ch:
+            try:
+                return int(rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/bench-scale-none"),
+                                                         timeout=10).header.revision)
+            except grpc.RpcError as exc:
+                log.warning("store revision %s: %s", ep, exc)
+    return 0
+
+
 def store_size_mb(endpoints: list[str]) -> dict[str, float]:
     out = {}
     for ep in endpoints:
@@ -478,6 +490,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
     tracker: Tracker | None = None
     tasks: list[asyncio.Task[Any]] = []
     phase_timeout = timeout
+    rev0 = 0
 
     def phase(name: str) -> float:
         """Enter a phase; its timeout (the phase's, cut to what is left before the deadline)."""
@@ -514,6 +527,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
 
         # 1. Deployments -> all Running
         timeout = phase("create -> all Running")
+        rev0 = await asyncio.to_thread(store_revision, c.store_endpoints)
         t0 = time.monotonic()
         await gather_limited([client.create(deployment(i, size.replicas)) for i in range(size.deployments)], 16)
         out["create_deployments_s"] = round(time.monotonic() - t0, 2)
@@ -528,6 +542,13 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
                                f"{tracker.running()} Running")
         out["all_running_s"] = round(time.monotonic() - t0, 2)
         out.update(tracker.scheduling())
+        # What the store had to write per pod (every write is one revision): the rate it
+        # sustains divided by this is the most pods/s the whole chain can reach.
+        writes = await asyncio.to_thread(store_revision, c.store_endpoints) - rev0
+        events = len((await client.list(t.Event, namespace=NAMESPACE)).items)
+        out["store_writes"] = {"total": writes, "per_pod": round(writes / size.pods, 1),
+                               "per_s": round(writes / max(1e-6, out["all_running_s"]), 1),
+                               "events_in_namespace": events}
         out["all_bound_s"] = round(max(tracker.bound_at.values()) - t0, 2)
         out["store_size_mb_at_peak"] = store_size_mb(c.store_endpoints)
 
@@ -597,6 +618,10 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
                           "reason": reason, **(tracker.progress() if tracker is not None else {})}
         if tracker is not None and "scheduler_pods_per_s" not in out:
             out.update(tracker.scheduling())  # how fast it bound what it got to
+            if rev0:
+                writes = await asyncio.to_thread(store_revision, c.store_endpoints) - rev0
+                out["store_writes"] = {"total": writes, "per_pod": round(writes / max(1, len(tracker.first_seen)), 1),
+                                       "per_s": round(writes / max(1e-6, time.monotonic() - t0), 1)}
         raise
     finally:
         if probe is not None:
