@@ -386,6 +386,7 @@ class Tracker:
         self.pods: Informer[t.Pod] = Informer(client, t.Pod, namespace=NAMESPACE)
         self.first_seen: dict[str, float] = {}
         self.bound_at: dict[str, float] = {}
+        self.running_at: dict[str, float] = {}
         self.pods.add_handler(on_add=self._event, on_update=lambda _o, n: self._event(n))
         self.endpoints: Informer[t.Endpoints] = Informer(client, t.Endpoints, namespace=NAMESPACE)
         self.deployments: Informer[t.Deployment] = Informer(client, t.Deployment, namespace=NAMESPACE)
@@ -395,6 +396,8 @@ class Tracker:
         self.first_seen.setdefault(pod.metadata.uid, now)
         if pod.spec.node_name:
             self.bound_at.setdefault(pod.metadata.uid, now)
+        if pod.status.phase == "Running":
+            self.running_at.setdefault(pod.metadata.uid, now)
 
     def running(self) -> int:
         return sum(1 for p in self.pods.list()
@@ -407,9 +410,31 @@ class Tracker:
         return {"pods_seen": len(self.first_seen), "pods": len(self.pods.list()), "bound": len(self.bound_at),
                 "running": self.running()}
 
+    def timeline(self, t0: float) -> dict[str, list[float]]:
+        return timeline(t0, {"bound": list(self.bound_at.values()), "running": list(self.running_at.values())})
+
     def scheduling(self) -> dict[str, Any]:
         """How fast pods reached the scheduler and how fast it bound them (this process's informer)."""
         return scheduling_stats(self.first_seen, self.bound_at)
+
+
+def timeline(t0: float, events: dict[str, list[float]], points: int = 200) -> dict[str, list[float]]:
+    """How many pods had reached each state (`events`: when each one did, on the monotonic clock)
+    at `points` evenly spaced moments from `t0` to the last event: the picture's data, a few
+    kilobytes however many pods there are."""
+    last = max((max(v) for v in events.values() if v), default=t0)
+    span = max(last - t0, 1e-6)
+    ts = [span * i / (points - 1) for i in range(points)]
+    out: dict[str, list[float]] = {"t_s": [round(x, 2) for x in ts]}
+    for name, when in events.items():
+        rel = sorted(w - t0 for w in when)
+        counts, j = [], 0
+        for x in ts:
+            while j < len(rel) and rel[j] <= x:
+                j += 1
+            counts.append(float(j))
+        out[name] = counts
+    return out
 
 
 def scheduling_stats(first_seen: dict[str, float], bound_at: dict[str, float]) -> dict[str, Any]:
@@ -491,6 +516,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
     tasks: list[asyncio.Task[Any]] = []
     phase_timeout = timeout
     rev0 = 0
+    t0 = 0.0  # when the Deployments were created (0: not yet)
 
     def phase(name: str) -> float:
         """Enter a phase; its timeout (the phase's, cut to what is left before the deadline)."""
@@ -542,6 +568,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
                                f"{tracker.running()} Running")
         out["all_running_s"] = round(time.monotonic() - t0, 2)
         out.update(tracker.scheduling())
+        out["timeline"] = tracker.timeline(t0)
         # What the store had to write per pod (every write is one revision): the rate it
         # sustains divided by this is the most pods/s the whole chain can reach.
         writes = await asyncio.to_thread(store_revision, c.store_endpoints) - rev0
@@ -618,6 +645,8 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
                           "reason": reason, **(tracker.progress() if tracker is not None else {})}
         if tracker is not None and "scheduler_pods_per_s" not in out:
             out.update(tracker.scheduling())  # how fast it bound what it got to
+            if t0:
+                out["timeline"] = tracker.timeline(t0)
             if rev0:
                 writes = await asyncio.to_thread(store_revision, c.store_endpoints) - rev0
                 out["store_writes"] = {"total": writes, "per_pod": round(writes / max(1, len(tracker.first_seen)), 1),
