@@ -60,6 +60,10 @@ class Runtime(Protocol):
     async def list_containers(self, *, labels: Mapping[str, str] | None = None) -> list[cri.Container]: ...
     async def container_status(self, container_id: str) -> cri.ContainerStatus: ...
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int) -> cri.ExecSyncResponse: ...
+    # The streaming calls answer a URL of the runtime's streaming server (nodeagent/streaming.py).
+    async def exec(self, request: cri.ExecRequest) -> str: ...
+    async def attach(self, request: cri.AttachRequest) -> str: ...
+    async def port_forward(self, sandbox_id: str, ports: list[int]) -> str: ...
     async def list_container_stats(self) -> list[cri.ContainerStats]: ...
     async def list_pod_sandbox_stats(self) -> list[cri.PodSandboxStats]: ...
     async def reopen_container_log(self, container_id: str) -> None: ...
@@ -180,6 +184,19 @@ class GrpcRuntime:
         resp: cri.ExecSyncResponse = await self._call(self._rt, "ExecSync", req, what="ExecSync",
                                                       timeout=(timeout or 60) + 10)
         return resp
+
+    async def exec(self, request: cri.ExecRequest) -> str:
+        resp = await self._call(self._rt, "Exec", request, what=f"Exec {request.container_id[:12]}", timeout=10)
+        return str(resp.url)
+
+    async def attach(self, request: cri.AttachRequest) -> str:
+        resp = await self._call(self._rt, "Attach", request, what=f"Attach {request.container_id[:12]}", timeout=10)
+        return str(resp.url)
+
+    async def port_forward(self, sandbox_id: str, ports: list[int]) -> str:
+        resp = await self._call(self._rt, "PortForward", cri.PortForwardRequest(pod_sandbox_id=sandbox_id, port=ports),
+                                what=f"PortForward {sandbox_id[:12]}", timeout=10)
+        return str(resp.url)
 
     async def list_container_stats(self) -> list[cri.ContainerStats]:
         resp = await self._call(self._rt, "ListContainerStats", cri.ListContainerStatsRequest(),

@@ -309,6 +309,21 @@ class FakeRuntime:
         code, out, err = self.exec_handler(container_id, list(cmd))
         return cri.ExecSyncResponse(stdout=out, stderr=err, exit_code=code)
 
+    # No streaming server in memory: interactive exec, attach and port-forward need a real runtime.
+    async def exec(self, request: cri.ExecRequest) -> str:
+        self._check("Exec")
+        raise CriError("the fake runtime has no streaming server (exec with stdin or a tty)",
+                       code=grpc.StatusCode.UNIMPLEMENTED)
+
+    async def attach(self, request: cri.AttachRequest) -> str:
+        self._check("Attach")
+        raise CriError("the fake runtime has no streaming server (attach)", code=grpc.StatusCode.UNIMPLEMENTED)
+
+    async def port_forward(self, sandbox_id: str, ports: list[int]) -> str:
+        self._check("PortForward")
+        raise CriError("the fake runtime has no streaming server (port-forward)",
+                       code=grpc.StatusCode.UNIMPLEMENTED)
+
     async def image_status(self, image: str) -> cri.Image | None:
         self._check("ImageStatus")
         ref = self._norm(image)

@@ -121,6 +121,8 @@ def container_config(pod: t.Pod, container: t.Container, attempt: int, *,
         mounts=list(mounts),
         labels=labels,
         log_path=container_log_path(container.name, attempt),
+        # A stdin (and a terminal) for `kubectl attach`, as the kubelet passes them.
+        stdin=container.stdin, stdin_once=container.stdin_once, tty=container.tty,
     )
     if etc_hosts and not pod.spec.host_network:
         cfg.mounts.add(container_path="/etc/hosts", host_path=etc_hosts)
