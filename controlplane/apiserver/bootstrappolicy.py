@@ -85,7 +85,8 @@ def view_rules() -> list[t.PolicyRule]:
 
 def edit_rules() -> list[t.PolicyRule]:
     return [*view_rules(),
-            rule((*READ, *WRITE), ("",), (*CORE_APP, "secrets", "pods/exec", "pods/log", "pods/eviction")),
+            rule((*READ, *WRITE), ("",), (*CORE_APP, "secrets", "pods/exec", "pods/attach", "pods/portforward",
+                                               "pods/log", "pods/eviction")),
             rule((*READ, *WRITE), ("apps",), (*APPS_APP, *SCALE)),
             rule((*READ, *WRITE), ("batch",), BATCH_APP),
             rule(("impersonate",), ("",), ("serviceaccounts",))]

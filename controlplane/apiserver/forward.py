@@ -1,5 +1,7 @@
 """Forwarding `logs` and `exec` to the node agent that runs the pod (as kube-apiserver does
-to the kubelet), and asking a node agent for its usage summary (metrics.k8s.io).
+to the kubelet), and asking a node agent for its usage summary (metrics.k8s.io). Interactive
+sessions (exec with stdin or a tty, attach, port-forward) are the node agent's Stream call:
+`Forwarder.stream` opens it and hands back a `Session` to pump both ways.
 
 The target is the pod's node: its InternalIP (else the first address) and the port it
 publishes in status.daemonEndpoints.kubeletEndpoint. Every failure is a clear error naming
@@ -28,6 +30,7 @@ from skiff.client import open_channel
 from skiff.tls import Credentials
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import metrics_pb2, nodeagent_pb2_grpc
+from skiffpb.api.v1 import nodeagent_pb2 as na
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.apiserver.forward")
@@ -98,13 +101,21 @@ class Forwarder:
         if not pod.spec.node_name:
             raise errors.FailedPreconditionError(f'pod "{pod_name}" is not scheduled to a node yet')
         check_started(pod, chosen, previous=previous)
+        target, node = await self._node_of(pod)
+        return target, node, chosen
+
+    async def _node_of(self, pod: t.Pod) -> tuple[str, str]:
+        """(node agent address, node name) of a scheduled pod."""
+        pod_name = pod.metadata.name
+        if not pod.spec.node_name:
+            raise errors.FailedPreconditionError(f'pod "{pod_name}" is not scheduled to a node yet')
         try:
             node = await self.registry.get("nodes", "", pod.spec.node_name)
         except errors.NotFoundError:
             raise errors.FailedPreconditionError(f'node "{pod.spec.node_name}" of pod "{pod_name}" is not registered') \
                 from None
         assert isinstance(node, t.Node)
-        return node_target(node), node.metadata.name, chosen
+        return node_target(node), node.metadata.name
 
     def _stub(self, target: str, node: str) -> nodeagent_pb2_grpc.NodeAgentStub:
         channel = self._channels.get((target, node))
@@ -154,6 +165,36 @@ class Forwarder:
             raise self._error(exc, node, target) from exc
         return response
 
+    async def stream(self, open_: na.StreamOpen) -> Session:
+        """The node agent's Stream for `open_` (exec, attach or portforward), open: its container
+        is chosen here (the pod's only one when none is named), and every refusal (here or the
+        node agent's, before the runtime's session is open) is raised before this returns."""
+        opened = na.StreamOpen()
+        opened.CopyFrom(open_)
+        opened.namespace = open_.namespace or "default"
+        if open_.kind == "portforward":
+            pod = await self.registry.get("pods", opened.namespace, open_.pod)
+            assert isinstance(pod, t.Pod)
+            if pod.status.phase not in ("", "Pending", "Running"):
+                raise errors.FailedPreconditionError(f'cannot forward ports to pod "{open_.pod}": it is '
+                                                     f"{pod.status.phase}")
+            target, node = await self._node_of(pod)
+        else:
+            target, node, opened.container = await self._resolve(opened.namespace, open_.pod, open_.container)
+        call = self._stub(target, node).Stream(wait_for_ready=False)
+        session = Session(call, node=node, target=target)
+        try:
+            await session.write(na.StreamFrame(open=opened))
+            first = await session.read()
+        except BaseException:
+            session.cancel()
+            raise
+        if first is None or not first.opened:
+            session.cancel()
+            raise errors.FailedPreconditionError(f'the node agent of node "{node}" ended the {open_.kind} session '
+                                                 "before it was open")
+        return session
+
     async def summary(self, node: t.Node) -> metrics_pb2.UsageSummary:
         """The node agent's usage summary (metrics.k8s.io, controlplane/apiserver/resourcemetrics.py)."""
         target = node_target(node)
@@ -168,3 +209,40 @@ class Forwarder:
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
+
+
+class Session:
+    """One open Stream to a node agent: `write` frames towards the runtime, `read` what comes
+    back (None at the end); the agent's failures surface as Skiff errors naming the node."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall, *, node: str, target: str) -> None:
+        self.call = call
+        self.node = node
+        self.target = target
+
+    async def write(self, frame: na.StreamFrame) -> None:
+        if self.call.done():
+            return  # the node agent ended the session: what kubectl still sends has nowhere to go
+        try:
+            await self.call.write(frame)
+        except grpc.aio.AioRpcError as exc:
+            raise Forwarder._error(exc, self.node, self.target) from exc
+
+    async def done_writing(self) -> None:
+        try:
+            await self.call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            raise Forwarder._error(exc, self.node, self.target) from exc
+
+    async def read(self) -> na.StreamFrame | None:
+        try:
+            frame = await self.call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise Forwarder._error(exc, self.node, self.target) from exc
+        if frame is grpc.aio.EOF:  # type: ignore[attr-defined]
+            return None
+        assert isinstance(frame, na.StreamFrame)
+        return frame
+
+    def cancel(self) -> None:
+        self.call.cancel()

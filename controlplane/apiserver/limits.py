@@ -33,7 +33,7 @@ VERB_CLASSES: dict[str, str] = {
     "get": READ_ONLY, "list": READ_ONLY, "version": READ_ONLY,
     "create": MUTATING, "update": MUTATING, "patch": MUTATING, "delete": MUTATING, "bind": MUTATING,
     "watch": WATCH,
-    "logs": LONG_RUNNING, "exec": LONG_RUNNING,
+    "logs": LONG_RUNNING, "exec": LONG_RUNNING, "attach": LONG_RUNNING, "portforward": LONG_RUNNING,
     "healthz": EXEMPT, "discovery": EXEMPT,
 }
 

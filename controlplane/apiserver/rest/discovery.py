@@ -99,6 +99,10 @@ def resources(gv: str) -> list[dict[str, Any]]:
             out.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
             out.append({"name": "pods/exec", "singularName": "", "namespaced": True, "kind": "PodExecOptions",
                         "verbs": ["create", "get"]})
+            out.append({"name": "pods/attach", "singularName": "", "namespaced": True, "kind": "PodAttachOptions",
+                        "verbs": ["create", "get"]})
+            out.append({"name": "pods/portforward", "singularName": "", "namespaced": True,
+                        "kind": "PodPortForwardOptions", "verbs": ["create", "get"]})
             out.append({"name": "pods/binding", "singularName": "", "namespaced": True, "kind": "Binding",
                         "verbs": ["create"]})
             # group and version tell kubectl drain that evictions are served, and in which version

@@ -47,7 +47,17 @@ from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.limits import Limiter, client_key
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.rest import accessreview, apply, dashboard, discovery, k8sproto, openapi, patch, table
+from controlplane.apiserver.rest import (
+    accessreview,
+    apply,
+    dashboard,
+    discovery,
+    k8sproto,
+    openapi,
+    patch,
+    streams,
+    table,
+)
 from controlplane.apiserver.rest import status as st
 from controlplane.apiserver.watchcache import BOOKMARK
 from skiff import errors, kinds, labels, pki, tls
@@ -85,6 +95,8 @@ STDOUT, STDERR, ERROR = 1, 2, 3
 
 # Subresources created with POST on a named object.
 POSTED_SUBRESOURCES = frozenset({"binding", "eviction", "token"})
+# Subresources that connect to a pod (GET for WebSocket, POST for SPDY), authorized as creates.
+CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
 
 TARGET = web.RequestKey("target", Target)
 NAME = web.RequestKey("name", str)  # the object's name when it comes from the body (create)
@@ -356,8 +368,8 @@ class KubeApi:
             verb = {"GET": "watch" if _bool(q.get("watch")) else "list", "POST": "create"}.get(method)
         elif method == "POST" and target.subresource in POSTED_SUBRESOURCES:
             verb = "create"
-        elif method in ("GET", "POST") and target.subresource == "exec":
-            verb = "create"  # as Kubernetes authorizes pods/exec
+        elif method in ("GET", "POST") and target.subresource in CONNECT_SUBRESOURCES:
+            verb = "create"  # as Kubernetes authorizes pods/exec, pods/attach and pods/portforward
         else:
             verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
         if verb is None:
@@ -367,7 +379,8 @@ class KubeApi:
                                            "" if verb == "create" and not target.subresource else target.name,
                                            target.subresource))
         # Streams (logs, exec over WebSocket) are long-running: they hold no in-flight slot.
-        counted = {"log": "logs", "exec": "exec"}.get(target.subresource, verb)
+        counted = {"log": "logs", "exec": "exec", "attach": "attach",
+                   "portforward": "portforward"}.get(target.subresource, verb)
         with self.limiter.admit(counted, client_key(caller.current(), request.remote or "")):
             return await self._verb(request, target, verb)
 
@@ -792,7 +805,13 @@ class KubeApi:
         if sub == "log" and kind.resource == "pods" and verb == "get":
             return await self.logs(request, target)
         if sub == "exec" and kind.resource == "pods":
+            if _bool(request.query.get("stdin")) or _bool(request.query.get("tty")):
+                return await streams.remote_command(request, "exec", target.namespace, target.name, self.forwarder)
             return await self.exec(request, target)
+        if sub == "attach" and kind.resource == "pods":
+            return await streams.remote_command(request, "attach", target.namespace, target.name, self.forwarder)
+        if sub == "portforward" and kind.resource == "pods":
+            return await streams.port_forward(request, target.namespace, target.name, self.forwarder)
         if sub == "binding" and kind.resource == "pods" and verb == "create":
             return await self.binding(request, target)
         if sub == "eviction" and kind.resource == "pods" and verb == "create":
@@ -805,10 +824,10 @@ class KubeApi:
     async def exec(self, request: web.Request, target: Target) -> web.StreamResponse:
         """`pods/NAME/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), what kubectl
         exec speaks: each binary message is one channel byte (1 stdout, 2 stderr, 3 error) and its
-        data. The command runs to completion in the container (the node agent's Exec); its output
-        follows, then the error channel's Status: Success, or `NonZeroExitCode` with the exit code
-        as kubectl reads it (so `kubectl exec POD -- sh -c 'exit 3'` exits 3). No stdin and no tty:
-        the node agent's exec is not interactive; asking for them is a Failure Status, not a hang."""
+        data. Without stdin and tty the command runs to completion in the container (the node
+        agent's Exec); its output follows, then the error channel's Status: Success, or
+        `NonZeroExitCode` with the exit code as kubectl reads it (so `kubectl exec POD -- sh -c
+        'exit 3'` exits 3). With stdin or a tty the session is interactive (rest/streams.py)."""
         q = request.query
         command = q.getall("command", [])
         ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS)
@@ -818,9 +837,6 @@ class KubeApi:
                                 "v4.channel.k8s.io (SPDY is not served)")
         await ws.prepare(request)
         try:
-            if _bool(q.get("stdin")) or _bool(q.get("tty")):
-                raise errors.UnimplementedError("exec with stdin or a tty (-i, -t) is not supported by Skiff: the "
-                                                "command runs to completion without input")
             result = await self.forwarder.exec(api.ExecRequest(namespace=target.namespace, pod=target.name,
                                                                container=q.get("container", ""), command=command))
             if result.stdout and q.get("stdout", "true") != "false":

@@ -48,11 +48,13 @@ def test_discovery_lists_short_names_and_categories(gv: str, name: str, short: l
     ("v1", "pods/log", True),
     ("v1", "pods/binding", True),
     ("v1", "pods/exec", True),
+    ("v1", "pods/attach", True),
+    ("v1", "pods/portforward", True),
     ("v1", "pods/eviction", True),
     ("v1", "endpoints/status", False),
     ("v1", "services/scale", False),
-], ids=["deploy-scale", "rs-scale", "deploy-status", "pod-status", "pod-log", "pod-binding", "pod-exec", "pod-eviction",
-        "no-ep-status", "no-svc-scale"])
+], ids=["deploy-scale", "rs-scale", "deploy-status", "pod-status", "pod-log", "pod-binding", "pod-exec", "pod-attach",
+        "pod-portforward", "pod-eviction", "no-ep-status", "no-svc-scale"])
 def test_discovery_subresources(gv: str, name: str, present: bool) -> None:
     assert any(r["name"] == name for r in discovery.resources(gv)) is present
 
