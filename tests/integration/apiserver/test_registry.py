@@ -495,24 +495,50 @@ async def _running(registry: Registry, p: t.Pod) -> t.Pod:
     return out
 
 
-async def _act_bind(registry: Registry, stale: t.Pod, fresh: t.Pod) -> Message:
+async def _delete(registry: Registry, p: t.Pod) -> None:
+    await registry.delete("pods", "default", "w", grace_period=0)
+
+
+async def _recreate(registry: Registry, p: t.Pod) -> t.Pod:
+    """Pod w deleted and created again: same name and key, another uid."""
+    await _delete(registry, p)
+    out = await registry.create(pod("w"))
+    assert isinstance(out, t.Pod) and out.metadata.uid != p.metadata.uid
+    return out
+
+
+async def _act_bind(registry: Registry, stale: t.Pod, fresh: t.Pod | None) -> Message:
     return await registry.bind(_binding("n1", stale.metadata.uid))
 
 
-async def _act_status_pending(registry: Registry, stale: t.Pod, fresh: t.Pod) -> Message:
+async def _act_status_pending(registry: Registry, stale: t.Pod, fresh: t.Pod | None) -> Message:
     """The stale copy's own status written back: "unchanged" on the copy, a change in the store."""
     p = strategy.copy(stale)
     p.metadata.resource_version = ""
     return await registry.update_status(p)
 
 
-async def _act_status_running(registry: Registry, stale: t.Pod, fresh: t.Pod) -> Message:
+async def _act_status_running(registry: Registry, stale: t.Pod, fresh: t.Pod | None) -> Message:
     p = strategy.copy(stale)
     p.metadata.resource_version = ""  # no precondition: the write goes on top of whatever is stored
     return await _running(registry, p)
 
 
-async def _act_update_at_fresh_rv(registry: Registry, stale: t.Pod, fresh: t.Pod) -> Message:
+async def _act_status_running_of_the_copy(registry: Registry, stale: t.Pod, fresh: t.Pod | None) -> Message:
+    """The stale copy's uid kept as a precondition (no resourceVersion)."""
+    p = strategy.copy(stale)
+    p.metadata.resource_version = ""
+    return await _running(registry, p)
+
+
+async def _act_update_at_the_copys_rv(registry: Registry, stale: t.Pod, fresh: t.Pod | None) -> Message:
+    p = strategy.copy(stale)  # resourceVersion of the copy: the store has moved on, a conflict
+    p.metadata.annotations["a"] = "b"
+    return await registry.update(p)
+
+
+async def _act_update_at_fresh_rv(registry: Registry, stale: t.Pod, fresh: t.Pod | None) -> Message:
+    assert fresh is not None
     p = strategy.copy(fresh)
     p.metadata.annotations["a"] = "b"
     return await registry.update(p)
@@ -521,8 +547,8 @@ async def _act_update_at_fresh_rv(registry: Registry, stale: t.Pod, fresh: t.Pod
 @dataclass(frozen=True)
 class StaleCase:
     id: str
-    change: Callable[[Registry, t.Pod], Any]  # what the store saw after the copy the cache keeps
-    act: Callable[[Registry, t.Pod, t.Pod], Any]  # (registry, stale copy, fresh object)
+    change: Callable[[Registry, t.Pod], Any]  # what the store saw after the copy the cache keeps (None: deleted)
+    act: Callable[[Registry, t.Pod, t.Pod | None], Any]  # (registry, stale copy, fresh object)
     check: Callable[[t.Pod], bool] | None = None  # the stored pod after the act
     error: type[errors.SkiffError] | None = None
 
@@ -537,25 +563,48 @@ STALE_CASES = [
               check=lambda p: p.metadata.labels["changed"] == "yes" and p.status.phase == "Running"),
     StaleCase("update-at-the-stores-revision-is-no-conflict", _label, _act_update_at_fresh_rv,
               check=lambda p: p.metadata.annotations["a"] == "b" and p.metadata.labels["changed"] == "yes"),
+    StaleCase("update-at-the-copys-revision-conflicts", _label, _act_update_at_the_copys_rv,
+              check=lambda p: "a" not in p.metadata.annotations and p.metadata.labels["changed"] == "yes",
+              error=errors.ConflictError),
+    StaleCase("bind-of-a-deleted-pod-not-found", _delete, _act_bind, error=errors.NotFoundError),
+    StaleCase("status-of-a-deleted-pod-not-found", _delete, _act_status_running, error=errors.NotFoundError),
+    StaleCase("bind-of-a-recreated-pod-refused-by-uid", _recreate, _act_bind,
+              check=lambda p: p.spec.node_name == "", error=errors.ConflictError),
+    StaleCase("status-of-a-recreated-pod-refused-by-uid", _recreate, _act_status_running_of_the_copy,
+              check=lambda p: p.status.phase == "Pending", error=errors.ConflictError),
 ]
 
 
 @pytest.mark.parametrize("case", STALE_CASES, ids=[c.id for c in STALE_CASES])
 async def test_writes_on_a_stale_cache_copy_are_decided_by_the_store(registry: Registry, case: StaleCase) -> None:
     """Update, UpdateStatus and Bind try the watch cache's copy first; a copy older than the store
-    must neither lose the later change, nor refuse, nor skip a write on its own say."""
+    must neither lose the later change, nor refuse, nor skip a write on its own say; nor write
+    over a pod deleted or created again since (its compare fails, the store's state refuses)."""
     created = await registry.create(pod("w"))
     assert isinstance(created, t.Pod)
     stale = await _cached(registry, created.metadata.resource_version)
     fresh = await case.change(registry, created)
-    await _cached(registry, fresh.metadata.resource_version)  # followed: nothing will overwrite the stale copy
+    if fresh is None:  # deleted: wait for the cache to follow, then put the stale copy back
+        for _ in range(200):
+            if POD_KEY not in registry.caches["pods"].objects:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the watch cache never followed the deletion of pod w")
+    else:
+        await _cached(registry, fresh.metadata.resource_version)  # followed: nothing will overwrite the stale copy
     registry.caches["pods"].objects[POD_KEY] = stale  # the cache lagging behind the store
     if case.error is not None:
         with pytest.raises(case.error):
             await case.act(registry, stale, fresh)
     else:
+        assert fresh is not None
         out = await case.act(registry, stale, fresh)
         assert int(out.metadata.resource_version) > int(fresh.metadata.resource_version)
+    if fresh is None:
+        with pytest.raises(errors.NotFoundError):
+            await registry.get("pods", "default", "w")
+        return
     stored = await registry.get("pods", "default", "w")
     assert isinstance(stored, t.Pod)
     assert case.check is None or case.check(stored), stored
