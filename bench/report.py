@@ -79,6 +79,13 @@ def store_rows(r: dict[str, Any]) -> list[Row]:
                      "; ".join(pair(g, "cpu_us_per_op") for g in ("put_64", "range_64", "serializable_range_64")),
                      "—"))
     rows.append(("watch events/s delivered to 100 watchers", "—", pair("watch_100", "events_per_s"), "—"))
+    for run in r.get("earlier_runs", []):  # the same bench run again: the spread between runs
+        m, e = run["meta"], store_rows(run["results"])
+        measured = {metric: value for metric, _target, value, _met in e}
+        rows.append((f"earlier run ({m['date'][:16].replace('T', ' ')}, load {m['load_before'][0]:.1f} → "
+                     f"{m['load_after'][0]:.1f}): put; linearizable range, 64 clients (ops/s)", "—",
+                     f"{measured['put throughput, 64 clients (ops/s)']}; "
+                     f"{measured['linearizable range, 64 clients (ops/s)']}", "—"))
     if "leader_rss_mb" in sk:
         keys = r.get("params", {}).get("keys", 0)
         rows.append((f"leader RSS holding {keys:,} keys x 1 KiB (MB)", "—", pair_rss(sk, et), "—"))

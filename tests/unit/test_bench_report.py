@@ -125,3 +125,14 @@ def test_store_rows_judge_the_issue_16_ratios(results: dict[str, Any], put_met: 
     assert any("CPU per op" in m for m in rows) == cpu_row
     serializable = 2 * results["skiff"]["range_64"]["ops_per_s"]
     assert rows["serializable range, 64 clients (ops/s)"][0].startswith(f"{serializable:,.0f}")
+
+
+def test_store_rows_show_earlier_runs_for_the_spread() -> None:
+    results = _store(700.0, 500.0)
+    results["earlier_runs"] = [{"meta": {"date": "2026-12-07T10:51:23Z", "load_before": [8.0, 3.0, 1.0],
+                                         "load_after": [14.3, 10.0, 5.0]}, "results": _store(1050.0, 1300.0)}]
+    rows = {metric: measured for metric, _target, measured, _met in report.store_rows(results)}
+    earlier = [m for m in rows if m.startswith("earlier run (2026-12-07 10:51, load 8.0 → 14.3)")]
+    assert len(earlier) == 1
+    assert rows[earlier[0]] == "1,050 vs 1,000 (1.05x etcd); 1,300 vs 1,000 (1.30x etcd)"
+    assert rows["put throughput, 64 clients (ops/s)"].startswith("700 vs 1,000")
