@@ -9,7 +9,10 @@ grpc.aio client code for both, in separate processes, spread over the three memb
 endpoints. Measured, each as a Skiff/etcd ratio:
 
 - put throughput with 1 and with 64 concurrent clients, p50/p99 put latency at each;
-- linearizable Range throughput (64 clients);
+- linearizable Range throughput (64 clients), and serializable Range (no ReadIndex: what
+  serving a read costs without making it linearizable);
+- the CPU the three members spend per operation in each of those runs (all threads, from
+  /proc: less at the mercy of the machine's load than the throughput);
 - watch events delivered per second to 100 watchers (100 streams) on one prefix;
 - RSS of the leader holding 100k keys of 1 KiB.
 
@@ -160,7 +163,7 @@ async def _aworker(kind: str, endpoints: list[str], tasks: int, start_at: float,
                 if kind == "put":
                     await stub.Put(rpc_pb2.PutRequest(key=b"/bench/put/%d/%d/%d" % (wid, t, i), value=value))
                 else:
-                    await stub.Range(rpc_pb2.RangeRequest(key=b"/bench/read"))
+                    await stub.Range(rpc_pb2.RangeRequest(key=b"/bench/read", serializable=kind == "serializable"))
             except grpc.RpcError:
                 errors += 1
             lat.append(time.perf_counter() - t0)
@@ -172,8 +175,18 @@ async def _aworker(kind: str, endpoints: list[str], tasks: int, start_at: float,
     return {"ops": len(lat) - errors, "errors": errors, "lat": lat}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_run(kind: str, endpoints: list[str], clients: int, duration: float, *, procs: int = 1,
-             value_size: int = 256) -> dict[str, Any]:
+             value_size: int = 256, pids: dict[str, int] | None = None) -> dict[str, Any]:
+    """`clients` concurrent loops of `kind` for `duration` seconds. With the members' `pids`,
+    also the CPU the members spent per operation (summed over members, in microseconds): on a
+    shared machine the throughput moves with everyone else's load, this much less."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     start_at = time.time() + 3.0  # let the spawned workers import and connect
@@ -182,17 +195,24 @@ def load_run(kind: str, endpoints: list[str], clients: int, duration: float, *, 
                                             duration, i, value_size, out)) for i, n in enumerate(per) if n]
     for p in ps:
         p.start()
+    # CPU is counted over the whole run (connecting and warming up included: a few ms).
+    cpu0 = {n: cpu_seconds(pid) for n, pid in (pids or {}).items()}
     results = [out.get(timeout=duration + 120) for _ in ps]
+    cpu = {n: cpu_seconds(pid) - cpu0[n] for n, pid in (pids or {}).items()}
     for p in ps:
         p.join()
     lat = sorted(x for r in results for x in r["lat"])
     ops = sum(r["ops"] for r in results)
-    return {
+    res: dict[str, Any] = {
         "ops_per_s": ops / duration,
         "errors": sum(r["errors"] for r in results),
         "p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0,
     }
+    if cpu and ops:
+        res["cpu_us_per_op"] = 1e6 * sum(cpu.values()) / ops
+        res["cpu_s"] = cpu
+    return res
 
 
 def _watchers(endpoints: list[str], n: int, events: int, wid: int, ready: Any, out: Any) -> None:
@@ -292,16 +312,22 @@ async def _load_keys(endpoints: list[str], keys: int, size: int = 1024, concurre
 def bench_target(t: Target, args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
     eps = t.endpoints
-    if args.only == "put_64":
-        res["put_64"] = load_run("put", eps, 64, args.duration, procs=2)
-        print(res["put_64"])
+    pids = t.pids()
+    runs = {  # name -> (kind, clients, client processes)
+        "put_1": ("put", 1, 1),
+        "put_64": ("put", 64, 2),
+        "range_64": ("range", 64, 2),
+        "serializable_range_64": ("serializable", 64, 2),
+    }
+    if args.only:
+        for name in args.only:
+            kind, clients, procs = runs[name]
+            res[name] = load_run(kind, eps, clients, args.duration, procs=procs, pids=pids)
+            print(f"[{t.name}] {name}: {res[name]}", flush=True)
         return res
-    print(f"[{t.name}] put, 1 client ...", flush=True)
-    res["put_1"] = load_run("put", eps, 1, args.duration)
-    print(f"[{t.name}] put, 64 clients ...", flush=True)
-    res["put_64"] = load_run("put", eps, 64, args.duration, procs=2)
-    print(f"[{t.name}] linearizable range, 64 clients ...", flush=True)
-    res["range_64"] = load_run("range", eps, 64, args.duration, procs=2)
+    for name, (kind, clients, procs) in runs.items():
+        print(f"[{t.name}] {name} ...", flush=True)
+        res[name] = load_run(kind, eps, clients, args.duration, procs=procs, pids=pids)
     print(f"[{t.name}] watch, 100 watchers ...", flush=True)
     res["watch_100"] = watch_run(eps, 100, args.watch_events)
     print(f"[{t.name}] loading {args.keys} keys of 1 KiB ...", flush=True)
@@ -318,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short runs and 20k keys")
     p.add_argument("--skip-etcd", action="store_true")
-    p.add_argument("--only", choices=["put_64"], help="run one measurement (for tuning)")
+    p.add_argument("--only", action="append", choices=["put_1", "put_64", "range_64", "serializable_range_64"],
+                   help="run only this measurement (repeatable; for tuning: no result file)")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per throughput run")
     p.add_argument("--keys", type=int, default=100_000)
     p.add_argument("--watch-events", type=int, default=1000)
@@ -359,6 +386,10 @@ def report(results: dict[str, Any]) -> None:
         ("put 64 clients p50 (ms)", "put_64", "p50_ms"),
         ("put 64 clients p99 (ms)", "put_64", "p99_ms"),
         ("linearizable range 64 clients (ops/s)", "range_64", "ops_per_s"),
+        ("serializable range 64 clients (ops/s)", "serializable_range_64", "ops_per_s"),
+        ("put 64 clients, members' CPU per op (us)", "put_64", "cpu_us_per_op"),
+        ("linearizable range 64, CPU per op (us)", "range_64", "cpu_us_per_op"),
+        ("serializable range 64, CPU per op (us)", "serializable_range_64", "cpu_us_per_op"),
         ("watch events/s to 100 watchers", "watch_100", "events_per_s"),
     ]
     ratios: dict[str, float | None] = {}
