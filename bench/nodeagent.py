@@ -29,23 +29,25 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench import meta
 from controlplane.apiserver.inprocess import InProcessApi
 from nodeagent import metrics as na_metrics
 from nodeagent.agent import AgentConfig, NodeAgent
-from nodeagent.cri import GrpcRuntime
+from nodeagent.cri import CriError, GrpcRuntime
 from nodeagent.fakecri import FakeRuntime
 from nodeagent.netns import NodeNetwork
 from nodeagent.podconfig import PodConfigSettings, container_config, sandbox_config
-from skiff import conditions
+from skiff import conditions, hostconfig
 from skiffpb.api.v1 import types_pb2 as t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deploy.containerdnode import ContainerdNode, unique_prefix
 
 PODS = 30
+POD_CIDR = "10.244.1.0/24"
 RSS_PODS = 100
 FLOOR_TARGET = 1.3  # burst p99 <= this x the raw CRI floor's p99 (#16)
 
@@ -161,6 +163,19 @@ async def cri_floor(runtime: GrpcRuntime, settings: PodConfigSettings, prefix: s
     return list(lat)
 
 
+async def retry_until_network(start: Callable[[], Awaitable[list[float]]], timeout: float = 30) -> None:
+    """Run `start` until containerd has loaded the CNI config (`cni plugin not initialized` before)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await start()
+            return
+        except CriError as exc:
+            if "cni plugin not initialized" not in str(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
 async def remove_sandboxes(runtime: GrpcRuntime) -> None:
     """Stop and remove every sandbox (and so its containers) in the runtime, concurrently."""
     async def remove(sandbox_id: str) -> None:
@@ -191,15 +206,20 @@ async def real_runtime() -> dict[str, object]:
         net = NodeNetwork(f"/run/netns/{node.netns}")
         runtime = GrpcRuntime(node.endpoint)
         settings = PodConfigSettings(pod_log_dir=str(node.paths.pod_logs), cgroup_parent=node.cgroup_parent)
+        # The CNI conflist the agent would write for this podCIDR (nodeagent.network does, at its
+        # start): the floor before the agent needs it too. containerd loads it within a moment.
+        conflist = hostconfig.CniSettings(pod_cidr=POD_CIDR, ipam_data_dir=str(node.paths.ipam_dir))
+        hostconfig.write_if_changed(Path(node.paths.cni_conf_dir) / hostconfig.CNI_CONFLIST_NAME,
+                                    hostconfig.render_cni_conflist(conflist))
         # The floor's own warm-up (the first sandbox creates cni0), then the floor before the agent.
-        await cri_floor(runtime, settings, "fw", 1)
+        await retry_until_network(lambda: cri_floor(runtime, settings, "fw", 1))
         calls = cri_calls()
         floor_before = await cri_floor(runtime, settings, "fa")
         floor_calls = calls_between(calls, cri_calls())
         agent = NodeAgent(api, runtime, AgentConfig(
             node_name="n1", node_ip=node.ip, pod_log_dir=str(node.paths.pod_logs), cgroup_parent=node.cgroup_parent,
             cni_conf_dir=str(node.paths.cni_conf_dir), ipam_dir=str(node.paths.ipam_dir),
-            pod_cidr="10.244.1.0/24"), net=net)
+            pod_cidr=POD_CIDR), net=net)
         await agent.start()
         watcher = ReadyWatcher(api)
         # Warm-up (first sandbox creates cni0, first image unpack): not measured.

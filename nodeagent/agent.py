@@ -62,7 +62,7 @@ from nodeagent.podconfig import PodConfigSettings
 from nodeagent.stats import Sampler
 from nodeagent.tokens import TokenClient, TokenManager
 from nodeagent.volumes import VolumeManager, reclaimable
-from nodeagent.worker import PodWorker, WorkerContext
+from nodeagent.worker import PodWorker, WorkerContext, is_own_echo, runtime_fingerprint
 from skiff import conditions, errors, storage
 from skiff.client import ApiClient
 from skiff.clock import stamp
@@ -213,6 +213,10 @@ class NodeAgent:
     def _on_pod_update(self, old: t.Pod, new: t.Pod) -> None:
         if old.metadata.uid != new.metadata.uid:
             self._on_pod_delete(old)
+        worker = self.workers.get(new.metadata.uid)
+        if worker is not None and old.metadata.uid == new.metadata.uid and is_own_echo(new, worker.pending_echoes):
+            self.pods_by_uid[new.metadata.uid] = new  # the echo of the worker's own status write
+            return
         self._on_pod(new)
 
     def _on_pod_delete(self, pod: t.Pod) -> None:
@@ -352,11 +356,14 @@ class NodeAgent:
             uid = c.labels.get(rt.LABEL_POD_UID)
             if uid:
                 prints.setdefault(uid, []).append((c.id, c.state))
-        fingerprints = {uid: tuple(sorted(v)) for uid, v in prints.items()}
+        fingerprints = {uid: runtime_fingerprint(v) for uid, v in prints.items()}
         for uid, fp in fingerprints.items():
             if self._fingerprints.get(uid) != fp:
                 if uid in self.workers:
-                    self.workers[uid].kick()
+                    # Not when the worker's own last observe listed this already (its own actions,
+                    # mostly): during a burst that was one more sync pass per pod and relist.
+                    if self.workers[uid].observed != fp:
+                        self.workers[uid].kick()
                 elif uid not in self.pods_by_uid and self.pod_informer.synced:
                     log.info("removing sandboxes/containers of pod %s, which no longer exists", uid)
                     self.ensure_worker(uid)

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -125,6 +125,28 @@ def _revision(pod: t.Pod) -> int:
         return 0
 
 
+def runtime_fingerprint(items: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """A pod's sandboxes and containers as the runtime lists them, (id, CRI state) each: what the
+    relist compares with the last list and with what the pod's worker last observed."""
+    return tuple(sorted(items))
+
+
+def is_own_echo(pod: t.Pod, pending: set[int]) -> bool:
+    """Whether `pod`, as an informer delivers it, is the very object one of our status writes made
+    (its revision is in `pending`, the revisions of writes whose echo has not come yet); prunes
+    `pending` of this and older revisions, whose echoes can no longer come.
+
+    An echo is no news to the worker: a change by anyone else before our write came as an event
+    of its own (with its own, earlier revision), and one after it has a later revision. During a
+    burst every pod's writes came back as one more sync pass each.
+    """
+    revision = _revision(pod)
+    own = revision in pending
+    for r in [r for r in pending if r <= revision]:
+        pending.discard(r)
+    return own
+
+
 def status_write_needed(status: bytes, pod: t.Pod, last: tuple[bytes, int] | None) -> bool:
     """Whether to write `status` (serialized) for `pod`, as the informer cache has it.
 
@@ -157,8 +179,13 @@ class PodWorker:
         self.mount_waits: set[str] = set()  # containers whose config error is a volume not ready yet
         self.next_disk_check = 0.0
         self.seen_at = time.monotonic()  # kubelet_pod_start_duration_seconds counts from here
+        # What the last observe listed (runtime_fingerprint): the relist kicks only when it differs.
+        self.observed: tuple[tuple[str, int], ...] | None = None
+        self.kicks = 0
+        self.pending_echoes: set[int] = set()  # revisions of our status writes the informer has not delivered
 
     def kick(self) -> None:
+        self.kicks += 1
         self.kicked.set()
 
     # ------------------------------------------------------------ observe
@@ -168,6 +195,8 @@ class PodWorker:
         sel = {rt.LABEL_POD_UID: self.uid}
         sandboxes = await runtime.list_pod_sandbox(labels=sel)
         containers = await runtime.list_containers(labels=sel)
+        self.observed = runtime_fingerprint([*((s.id, s.state) for s in sandboxes),
+                                             *((c.id, c.state) for c in containers)])
         sobs = []
         for s in sandboxes:
             ready = s.state == cri.SANDBOX_READY
@@ -539,11 +568,20 @@ class PodWorker:
         new.CopyFrom(pod)
         new.status.CopyFrom(status)
         new.metadata.resource_version = ""
+        kicks = self.kicks
         try:
             written = await self.ctx.client.update_status(new)
         except errors.NotFoundError:
             return
         self.last_written = (data, _revision(written))
+        cached = self.ctx.pod(self.uid)
+        if cached is not None and _revision(cached) >= self.last_written[1]:
+            if self.kicks == kicks + 1 and _revision(cached) == self.last_written[1]:
+                # The write's own echo reached the informer before the write returned, and was
+                # the only kick meanwhile.
+                self.kicked.clear()
+        elif self.last_written[1]:
+            self.pending_echoes.add(self.last_written[1])  # the agent skips its echo (is_own_echo)
         if written.status.phase == "Running" and pod.status.phase != "Running" and self.seen_at:
             # Once, at the first start: a pod adopted after the agent restarted was Running already.
             metrics.POD_START.observe(time.monotonic() - self.seen_at)

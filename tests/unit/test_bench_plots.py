@@ -27,6 +27,9 @@ def result(**results: Any) -> dict[str, Any]:
     ("nodeagent", result(pods=3, sequential_p50_s=0.3, sequential_p99_s=0.4, burst_p50_s=5, burst_p99_s=6,
                          sequential_samples_s=[0.3, 0.4], burst_samples_s=[5, 6]),
      [("nodeagent-pod-startup", "hist", (("bound one at a time", (0.3, 0.4)), ("all bound at once", (5.0, 6.0))))]),
+    ("nodeagent", result(pods=3, sequential_samples_s=[0.3, 0.4], burst_samples_s=[5, 6], cri_floor_samples_s=[4, 4.5]),
+     [("nodeagent-pod-startup", "hist", (("bound one at a time", (0.3, 0.4)), ("all bound at once", (5.0, 6.0)),
+                                         ("raw CRI floor, all at once", (4.0, 4.5))))]),
     ("e2e", result(startup={"replicas": 2, "create_to_ready_watch": {"samples_s": [1.0, 2.0]},
                             "create_to_bound": {"samples_s": [0.5, 0.6]}}),
      [("e2e-pods-ready", "steps", (("Ready (watch)", (1.0, 2.0)), ("bound", (0.5, 0.6))))]),
@@ -35,8 +38,8 @@ def result(**results: Any) -> dict[str, Any]:
                      etcd={"all_running_s": 3.0}),
      [("scale-skiff-pods", "lines", (("bound", (0.0, 5.0, 9.0)), ("running", (0.0, 2.0, 9.0))))]),
     ("dns", result(anything=1), []),
-], ids=["samples-histogram", "summary-only-bars", "two-distributions", "ready-over-time", "pods-over-time",
-        "nothing-to-draw"])
+], ids=["samples-histogram", "summary-only-bars", "two-distributions", "with-the-cri-floor", "ready-over-time",
+        "pods-over-time", "nothing-to-draw"])
 def test_charts_draw_samples_when_kept_else_the_summary(bench: str, data: dict[str, Any],
                                                         expected: list[tuple[str, str, Any]]) -> None:
     got = plots.charts({bench: data})

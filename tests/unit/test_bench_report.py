@@ -136,3 +136,36 @@ def test_store_rows_show_earlier_runs_for_the_spread() -> None:
     assert len(earlier) == 1
     assert rows[earlier[0]] == "1,050 vs 1,000 (1.05x etcd); 1,300 vs 1,000 (1.30x etcd)"
     assert rows["put throughput, 64 clients (ops/s)"].startswith("700 vs 1,000")
+
+
+NODEAGENT = {"pods": 30, "sequential_p50_s": 0.3, "sequential_p99_s": 0.4, "burst_p50_s": 2.0, "burst_p99_s": 2.6,
+             "rss_mb_100_pods_fake_runtime": 50.0, "targets": {"p99_s": 1.0, "rss_mb": 80}}
+NODEAGENT_FLOOR = {**NODEAGENT, "cri_floor_p99_s": 2.0, "burst_over_floor_p99": 1.3, "runs": 2,
+                   "per_run": [{"burst_over_floor_p99": 1.25}, {"burst_over_floor_p99": 1.35}],
+                   "targets": {"p99_s": 1.0, "rss_mb": 80, "burst_over_floor_p99": 1.3}}
+APPLY = {"services": 5000, "first_apply_s": 1.2, "backend": "nft"}
+NETPROXY = {"apply": [APPLY], "latency": [{"min_sync_period_s": 0.0, "p99_ms": 90.0, "p50_ms": 40.0,
+                                           "backend": "nft"}]}
+NETPROXY_FLOOR = {"apply": [{**APPLY, "floor_restore_s": 1.0, "overhead_over_floor_s": 0.2,
+                             "floor_one_restore_s": 30.0}],
+                  "latency": [{**NETPROXY["latency"][0], "restore_p50_ms": 25.0}]}  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("rows", "result", "present", "absent"), [
+    (report.nodeagent_rows, NODEAGENT, ["burst: no"], ["CRI floor"]),
+    (report.nodeagent_rows, NODEAGENT_FLOOR,
+     ["raw CRI floor", "≤ 1.3x the floor (#16)", "floor p99 2.00 s: 1.30x (runs: 1.25x, 1.35x); median of 2 runs"],
+     []),
+    (report.netproxy_rows, NETPROXY, ["nft 1.20 s", "nft 90.0 ms (p50 40.0)"], ["floor", "iptables-restore p50"]),
+    (report.netproxy_rows, NETPROXY_FLOOR,
+     ["iptables-restore alone", "nft 1.00 s (Skiff's overhead +0.20 s; as one restore text 30.00 s)",
+      "nft 90.0 ms (p50 40.0; iptables-restore p50 25.0)"], []),
+], ids=["nodeagent-without-floor", "nodeagent-floor-ratio-and-runs", "netproxy-without-floor",
+        "netproxy-floor-and-restore-time"])
+def test_floor_rows(rows: Any, result: dict[str, Any], present: list[str], absent: list[str]) -> None:
+    """The floors (raw CRI, iptables-restore alone) appear beside Skiff's figures when a result has them."""
+    text = "\n".join(" | ".join(row) for row in rows(result))
+    for s in present:
+        assert s in text
+    for s in absent:
+        assert s not in text

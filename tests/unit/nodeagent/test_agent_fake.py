@@ -214,6 +214,27 @@ async def test_status_written_only_on_change(env: tuple[InProcessApi, FakeRuntim
     assert api.count("update_status", "pods") == writes
 
 
+@pytest.mark.parametrize("pods", [1, 10], ids=["one-pod", "ten-pods-at-once"])
+async def test_a_start_takes_one_sync_pass(env: tuple[InProcessApi, FakeRuntime, NodeAgent], pods: int) -> None:
+    """A pod that starts cleanly is started and its status written in the pass its binding
+    kicked: the echoes of its own status writes and relists that list what the worker itself
+    observed already kick nothing (each was one more pass, a few CRI calls, per pod)."""
+    api, _fake, agent = env
+    await agent.started.wait()
+    await until(lambda: _async(agent.ready is not None and agent.ready.status == "True"))
+    await asyncio.sleep(0.2)  # the node turning Ready kicks every worker: let that pass first
+    for i in range(pods):
+        await make_pod(api, f"once-{i}")
+
+    async def all_ready() -> bool:
+        return all(p.status.container_statuses and p.status.container_statuses[0].ready
+                   for p in [await api.get(t.Pod, f"once-{i}", "default") for i in range(pods)])
+
+    await until(all_ready)
+    await asyncio.sleep(0.3)  # six relists (every 0.05 s here) and the echoes of the writes
+    assert sorted(w.syncs for w in agent.workers.values()) == [1] * pods
+
+
 async def test_image_never_and_pull_failure(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
     api, fake, _agent = env
     pod = t.Pod()

@@ -321,3 +321,29 @@ def test_status_write_needed(in_api: str, rv: str, last: tuple[str, int] | None,
     want = _status("True").SerializeToString(deterministic=True)
     last_written = None if last is None else (_status(last[0]).SerializeToString(deterministic=True), last[1])
     assert worker.status_write_needed(want, pod, last_written) == write
+
+
+@pytest.mark.parametrize(("rv", "pending", "own", "left"), [
+    ("9", set(), False, set()),
+    ("9", {9}, True, set()),
+    ("9", {9, 11}, True, {11}),
+    ("10", {9, 11}, False, {11}),
+    ("8", {9}, False, {9}),
+    ("", {9}, False, {9}),
+], ids=["nothing-written", "our-write", "first-of-two-writes", "someone-else-between-our-writes",
+        "someone-else-before-our-write", "no-revision"])
+def test_is_own_echo(rv: str, pending: set[int], own: bool, left: set[int]) -> None:
+    """Only the revision one of our status writes made is its echo; older pending ones can no longer come."""
+    pod = t.Pod()
+    pod.metadata.resource_version = rv
+    assert worker.is_own_echo(pod, pending) == own
+    assert pending == left
+
+
+@pytest.mark.parametrize(("items", "fingerprint"), [
+    ([], ()),
+    ([("c1", 1), ("s1", 0)], (("c1", 1), ("s1", 0))),
+    ([("s1", 0), ("c1", 1)], (("c1", 1), ("s1", 0))),
+], ids=["nothing", "sorted", "order-does-not-matter"])
+def test_runtime_fingerprint(items: list[tuple[str, int]], fingerprint: tuple[tuple[str, int], ...]) -> None:
+    assert worker.runtime_fingerprint(items) == fingerprint
