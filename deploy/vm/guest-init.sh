@@ -49,7 +49,12 @@ if grep -qw 'skiff.systemd=1' /proc/cmdline; then
     mkdir -p /run/systemd/system
     cp "$share"/systemd/* /run/systemd/system/
     # The host root has /.dockerenv: systemd would take the guest for a container and ignore the
-    # kernel command line (systemd.unit=). An empty $container tells PID 1 it is in none.
+    # kernel command line (systemd.unit=). An empty $container tells PID 1 it is in none, but
+    # its generators still look at /.dockerenv, so the systemd.mask= words are applied here (as
+    # `systemctl mask` would, in the /etc overlay) instead of by systemd-debug-generator.
+    for word in $(cat /proc/cmdline); do
+        case "$word" in systemd.mask=*) ln -sf /dev/null "/etc/systemd/system/${word#systemd.mask=}" ;; esac
+    done
     export container=
     exec /lib/systemd/systemd
 fi
