@@ -52,7 +52,8 @@ if grep -qw 'skiff.systemd=1' /proc/cmdline; then
     # kernel command line (systemd.unit=). An empty $container tells PID 1 it is in none, but
     # its generators still look at /.dockerenv, so the systemd.mask= words are applied here (as
     # `systemctl mask` would, in the /etc overlay) instead of by systemd-debug-generator.
-    for word in $(cat /proc/cmdline); do
+    read -r cmdline </proc/cmdline
+    for word in $cmdline; do
         case "$word" in systemd.mask=*) ln -sf /dev/null "/etc/systemd/system/${word#systemd.mask=}" ;; esac
     done
     export container=
