@@ -262,7 +262,8 @@ def test_network_policy_between_real_containers(lab: Lab) -> None:
 
             async def reaches() -> bool:
                 # busybox timeout, not wget -T (which segfaults in busybox 1.35)
-                r = await client.exec("default", src.metadata.name, ["timeout", "3", "wget", "-qO-", url])
+                r = await client.exec("default", src.metadata.name, ["timeout", "3", "wget", "-qO-", url],
+                                        timeout_seconds=EXEC_TIMEOUT)
                 return r.exit_code == 0 and r.stdout.decode().strip() == f"hello from {dst.metadata.name}"
 
             async def host_reaches() -> bool:
