@@ -15,6 +15,11 @@ config with the admin's credentials, `SKIFF_CONFIG=` it). `client()` is the admi
 In the VM lab (`vm_workers`, `make vm-lab`) the workers are QEMU guests instead (deploy/vmhost.py):
 their own kernels on the same LAN bridge through a tap, running the same rendered daemons; the
 control plane stays in its namespace. `run_in` and `http_get` then run inside the guest.
+A guest named in `vm_installed` (n2 in `make vm-lab`) is provisioned the Vagrant and bare-metal
+way instead: it boots systemd, and the Vagrant lab's provision-worker.sh (`deploy.install worker
+--join ... --token ...`) writes and enables the units and joins the node with a bootstrap token
+the lab publishes as `join-command` does; its node certificate comes from a CSR, the lab makes
+none for it.
 
 What must hold:
 - everything a lab creates is named with its prefix and kept under its directory, so several
@@ -44,7 +49,7 @@ import grpc
 from deploy import containerd, externaletcd, netplan, procs, render, vmhost
 from deploy.vm.guest import TapLink
 from deploy.vm.image import SHARE_DIR
-from skiff import config, defaults, errors, images, kubeconfig, pki, taints, tls
+from skiff import bootstraptoken, config, defaults, errors, images, kubeconfig, pki, taints, tls
 from skiff.client import Client
 from skiff.errors import SkiffError
 from skiffpb.api.v1 import types_pb2 as t
@@ -58,6 +63,11 @@ COMPILED = ("deploy", "skiff", "skiffpb", "nodeagent", "netproxy")
 Progress = Callable[[str], None]
 CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"
 VM_PROXY_MODES = {"n1": "ipvs", "n2": "iptables"}  # the VM lab's workers show both proxy modes on real kernels
+# The VM lab's worker provisioned by deploy.install under systemd (the cluster's proxy mode, iptables);
+# n1 keeps the direct path (its daemons started by deploy/vmhost.py), which boots in a third of the time.
+VM_INSTALLED = ("n2",)
+PROVISION_WORKER = Path(__file__).resolve().parent / "vagrant" / "provision-worker.sh"
+INSTALL_TIMEOUT = 900.0  # each step of the install in a guest: emulated Python on a shared machine
 
 
 def _quiet(_: str) -> None:
@@ -94,6 +104,8 @@ class LabSpec:
     vm_workers: bool = False
     proxy_modes: dict[str, str] = field(default_factory=dict)
     vm_timeout: float = 7200.0  # a guest's whole life: it is killed after this even if nobody stops it
+    # Guest workers provisioned by deploy.install under systemd (deploy/vmhost.py provision_plan).
+    vm_installed: list[str] = field(default_factory=list)
     # 3 etcd members (TLS, client certificates) on the first control-plane host instead of
     # Skiff's store; the api-servers use them as an external store (deploy/externaletcd.py).
     external_etcd: bool = False
@@ -196,9 +208,18 @@ class Lab:
         """The `skiff` CLI's config for this lab (SKIFF_CONFIG=...): servers and admin credentials."""
         return self.dir / "skiff-config"
 
+    @property
+    def join_token_file(self) -> Path:
+        """The bootstrap token the installed guests join with (0600)."""
+        return self.dir / "join-token"
+
+    def installed(self, host: str) -> bool:
+        """A guest provisioned by deploy.install (it gets no certificate from the lab)."""
+        return self.net.host(host).guest and host in self.spec.vm_installed
+
     def ensure_pki(self) -> list[str]:
         """The lab's CA and certificates (existing ones kept); the names issued."""
-        hosts = [(h.name, h.ip, h.roles) for h in self.net.hosts]
+        hosts = [(h.name, h.ip, h.roles) for h in self.net.hosts if not self.installed(h.name)]
         return pki.PKIDir(self.pki_dir).ensure(render.pki_specs_for(self.cluster, hosts), now=pki.utcnow())
 
     def host_config(self, name: str) -> render.HostConfig:
@@ -342,6 +363,9 @@ class Lab:
         if self.workers:
             IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
             images.build_presets(IMAGE_CACHE, containerd.IMAGES)
+        if any(self.installed(h) for h in self.workers):
+            self.publish_join()
+            progress("join token and signed cluster information published (as `deploy.install join-command`)")
         if self.guests:
             # Bytecode compiled here spares the guests (read-only root, slow Python) compiling each import.
             subprocess.run([self.spec.python, "-m", "compileall", "-q", *COMPILED], cwd=vmhost.ROOT,
@@ -350,8 +374,13 @@ class Lab:
             self.start_worker(name)
         for guest in self.guests:
             seconds = guest.wait_ready(max(timeout, GUEST_READY_TIMEOUT))
-            progress(f"guest {guest.name}: containerd, node agent and proxy started in {seconds:.0f}s "
-                     f"({time.monotonic() - started:.1f}s)")
+            if self.installed(guest.name):
+                ready = guest.ready()
+                progress(f"guest {guest.name}: systemd booted in {ready['boot_seconds']:.0f}s, deploy.install "
+                         f"joined it in {ready['provision_seconds']:.0f}s ({time.monotonic() - started:.1f}s)")
+            else:
+                progress(f"guest {guest.name}: containerd, node agent and proxy started in {seconds:.0f}s "
+                         f"({time.monotonic() - started:.1f}s)")
         if self.workers:
             asyncio.run(self.wait_nodes_ready(self.workers, max(timeout, GUEST_READY_TIMEOUT) if self.guests
                                               else timeout))
@@ -367,23 +396,58 @@ class Lab:
         for spec in specs:
             procs.start(spec.name, spec.argv, self.run_dir(host), netns=self.netns(host), env=spec.env)
 
+    def publish_join(self) -> None:
+        """What `deploy.install join-command` does on a control plane, for the lab's: a bootstrap token
+        (its Secret, valid 24 h) and the cluster information signed with it, on kube-public."""
+        from deploy import install
+
+        token = bootstraptoken.generate()
+        self.join_token_file.write_text(token + "\n")
+        self.join_token_file.chmod(0o600)
+        ca_pem = pki.PKIDir(self.pki_dir).ca.cert.read_text()
+
+        async def publish() -> None:
+            async with self.client() as client:
+                await install.ensure_bootstrap_token(client, token, ttl=install.JOIN_TOKEN_TTL)
+                await install.publish_cluster_info(client, self.cluster, token, ca_pem)
+
+        asyncio.run(publish())
+
+    def _provision_plan(self, host: str) -> dict[str, object]:
+        """The installed guest's plan: the Vagrant lab's worker provisioning, run in the guest."""
+        h = self.net.host(host)
+        token = self.join_token_file.read_text().strip()
+        argv = [str(PROVISION_WORKER), h.name, h.ip, self.api_servers[0], token, "--timeout", f"{INSTALL_TIMEOUT:.0f}"]
+        from deploy import install
+
+        units = [install.unit_name(d) for d in ("containerd", "nodeagent", "netproxy", "clusterdns")]
+        return vmhost.provision_plan(network=netplan.guest_commands(self.net, host), argv=argv,
+                                     env={"SKIFF_DIR": str(vmhost.ROOT)}, units=units)
+
+    def _tap(self, host: str) -> TapLink:
+        """A guest host's NIC: a tap on the LAN bridge, its MAC from its address."""
+        octets = [int(x) for x in self.net.host(host).ip.split(".")]
+        return TapLink(self.net.lan_netns, "br0", f"{self.spec.prefix}-{host}",
+                       "52:54:00:{:02x}:{:02x}:{:02x}".format(*octets[1:]))
+
     def start_worker(self, host: str) -> None:
         """containerd (images imported), node agent, proxy and cluster DNS of one worker host.
 
-        A guest host is only booted here (it starts its daemons itself): `VmHost.wait_ready`.
+        A guest host is only booted here (it starts its daemons itself, or is provisioned by the
+        install under systemd): `VmHost.wait_ready`.
         """
         config = self.host_config(host)
         guest = self.guest(host)
+        if guest is not None and self.installed(host):
+            guest.start(self._provision_plan(host), links=(self._tap(host),), timeout=self.spec.vm_timeout)
+            return
         if guest is not None:
-            h = self.net.host(host)
             specs = self._specs(host)
             host_plan = vmhost.plan(
                 network=netplan.guest_commands(self.net, host), node_base=str(config.node_paths.base),
                 images=[str(p) for p in images.build_presets(IMAGE_CACHE, containerd.IMAGES)],
                 daemons=[(s.name, s.argv, s.env) for s in specs if s.name in ("containerd", "nodeagent", "netproxy")])
-            octets = [int(x) for x in h.ip.split(".")]
-            link = TapLink(self.net.lan_netns, "br0", f"{self.spec.prefix}-{host}",
-                           "52:54:00:{:02x}:{:02x}:{:02x}".format(*octets[1:]))
+            link = self._tap(host)
             src = pki.PKIDir(self.pki_dir)
             for name in ("ca", pki.node_cert(host), pki.NETPROXY, pki.CLUSTERDNS):
                 pair = src.pair(name)
@@ -568,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--lan", default="10.77.0.0/24", help="the lab LAN (the root netns gets its first address)")
     up.add_argument("--proxy-mode", choices=("iptables", "ipvs"), default="iptables")
     up.add_argument("--vm-workers", action="store_true",
-                    help="workers as QEMU guests (docs/vm.md); n1 proxies with IPVS, n2 with iptables")
+                    help="workers as QEMU guests (docs/vm.md); n1 proxies with IPVS, n2 with iptables and is "
+                         "provisioned by deploy.install under systemd")
     up.add_argument("--vm-timeout", type=float, default=7200.0, help="seconds after which the guests are killed")
     up.add_argument("--external-etcd", action="store_true",
                     help="run 3 etcd members (TLS) instead of Skiff's store; the api-servers use them")
@@ -587,6 +652,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         lab = Lab(LabSpec(prefix=args.prefix, workers=args.workers, control_planes=args.control_planes,
                           lan_cidr=args.lan, proxy_mode=args.proxy_mode, vm_workers=args.vm_workers,
                           proxy_modes=dict(VM_PROXY_MODES) if args.vm_workers else {},
+                          vm_installed=list(VM_INSTALLED) if args.vm_workers else [],
                           vm_timeout=args.vm_timeout, external_etcd=args.external_etcd), root)
         lab.up(progress=lambda line: print(f"[lab {args.prefix}] {line}", flush=True))
         print(f"api-servers: {','.join(lab.api_servers)}")

@@ -19,6 +19,14 @@ What must hold:
   host's directory and QEMU's own PID is checked against its pidfile; the tap goes with it;
 - a stop first asks the guest to stop its pods and daemons (`stop` on the share), then kills;
 - the guest's writable state (containerd's root, CNI caches) is on its tmpfs, never the host's.
+
+A provisioned host (`provision_plan()`, `python -m deploy.vmhost provision`) is the other way a
+guest becomes a lab host: the guest boots systemd (deploy/vm/guest.py, GuestSpec.systemd) and
+runs the Vagrant lab's own `deploy/vagrant/provision-worker.sh` (that is, `deploy.install worker
+--join ... --token ...`): the install writes and enables the systemd units, systemd starts
+containerd, the node agent, the proxy and the DNS server, and the agent gets its certificate
+through a CSR with the bootstrap token. `ready` then carries the boot and provisioning times and
+what `systemctl is-enabled` / `is-active` said of each unit; requests are answered as above.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -59,6 +68,16 @@ def plan(*, network: Sequence[Sequence[str]], node_base: str, images: Sequence[s
     return {"network": [list(c) for c in network], "modules": list(GUEST_MODULES), "tmpfs": list(GUEST_TMPFS),
             "node_base": node_base, "images": list(images),
             "daemons": [{"name": n, "argv": list(a), "env": dict(e)} for n, a, e in daemons]}
+
+
+def provision_plan(*, network: Sequence[Sequence[str]], argv: Sequence[str], env: Mapping[str, str],
+                   units: Sequence[str]) -> dict[str, Any]:
+    """A provisioned guest's plan (host.json): its LAN, the modules, the provisioning command
+    and the systemd units it must leave enabled and active."""
+    if not argv or not units:
+        raise ValueError("a provisioned guest needs a provisioning command and the units it starts")
+    return {"network": [list(c) for c in network], "modules": list(GUEST_MODULES), "provision": list(argv),
+            "env": dict(env), "units": list(units)}
 
 
 # ---------------------------------------------------------------------- in the guest
@@ -135,6 +154,54 @@ def serve(share: Path) -> int:
     return 0
 
 
+def _units_state(units: Sequence[str]) -> dict[str, dict[str, str]]:
+    out = {}
+    for unit in units:
+        state = {}
+        for verb in ("is-enabled", "is-active"):
+            done = subprocess.run(["systemctl", verb, unit], capture_output=True, text=True, check=False)
+            state[verb] = done.stdout.strip()
+        out[unit] = state
+    return out
+
+
+def _save_journal(logs: Path) -> None:
+    with open(logs / "journal.log", "w") as f:
+        subprocess.run(["journalctl", "--no-pager", "-o", "short-monotonic", "-u", "skiff-*"], stdout=f,
+                       stderr=subprocess.STDOUT, timeout=120, check=False)
+
+
+def provision(share: Path) -> int:
+    """The systemd guest's command: its LAN, then the provisioning script; answer requests until stopped."""
+    booted = float(Path("/proc/uptime").read_text().split()[0])  # kernel and systemd, until this unit
+    started = time.monotonic()
+    p = json.loads((share / "host.json").read_text())
+    logs = share / "logs"
+    logs.mkdir(exist_ok=True)
+    for module in p["modules"]:
+        subprocess.run(["modprobe", module], capture_output=True, check=False)
+    for cmd in p["network"]:
+        subprocess.run(cmd, check=True)
+    try:
+        with open(logs / "provision.log", "wb") as log:
+            done = subprocess.run(p["provision"], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **p["env"]},
+                                  check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{shlex.join(p['provision'])} exited {done.returncode} (logs/provision.log)")
+        provisioned = time.monotonic()
+        _write_json(share / "ready", {"seconds": round(provisioned - started + booted, 1),
+                                      "boot_seconds": round(booted, 1),
+                                      "provision_seconds": round(provisioned - started, 1),
+                                      "units": _units_state(p["units"])})
+        serve_requests(share)
+    except Exception as exc:
+        _write_json(share / "failed", {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        _save_journal(logs)
+    return 0
+
+
 # ---------------------------------------------------------------------- on the host
 
 
@@ -163,12 +230,16 @@ class VmHost:
 
     def start(self, host_plan: Mapping[str, Any], *, links: tuple[Any, ...], timeout: float,
               memory_mb: int = 1536) -> None:
+        """Boot the guest on `host_plan`: a `provision_plan` boots systemd and provisions, a `plan` serves."""
         from deploy.vm import guest
 
         self.share.mkdir(parents=True, exist_ok=True)
         _write_json(self.share / "host.json", host_plan)
-        g = guest.Guest(guest.GuestSpec(self.name, memory_mb=memory_mb, links=links), self.run_dir)
-        g.start([sys.executable, "-m", "deploy.vmhost", "serve", SHARE_DIR], timeout=timeout, cwd=ROOT)
+        provisioned = "provision" in host_plan
+        g = guest.Guest(guest.GuestSpec(self.name, memory_mb=memory_mb, links=links, systemd=provisioned),
+                        self.run_dir)
+        action = "provision" if provisioned else "serve"
+        g.start([sys.executable, "-m", "deploy.vmhost", action, SHARE_DIR], timeout=timeout, cwd=ROOT)
         assert g.proc is not None
         self.record_dir.mkdir(exist_ok=True)
         procs.record(self.record_dir / "guest.pid", g.proc.pid)
@@ -183,6 +254,11 @@ class VmHost:
         out = self.share / "output.log"
         text += "\n--- guest output\n" + (out.read_text(errors="replace") if out.exists() else "")
         return "\n".join(text.splitlines()[-lines:])
+
+    def ready(self) -> dict[str, Any]:
+        """What the guest reported when it became ready (seconds; a provisioned one's units too)."""
+        data: dict[str, Any] = json.loads((self.share / "ready").read_text())
+        return data
 
     def wait_ready(self, timeout: float) -> float:
         """Seconds the guest took to start its daemons; VmHostError if it failed or died."""
@@ -239,10 +315,10 @@ class VmHost:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.vmhost",
                                      description="run a lab host's daemons inside a QEMU guest (the guest's command)")
-    parser.add_argument("action", choices=("serve",))
+    parser.add_argument("action", choices=("serve", "provision"))
     parser.add_argument("share", type=Path)
     args = parser.parse_args(argv)
-    return serve(args.share)
+    return provision(args.share) if args.action == "provision" else serve(args.share)
 
 
 if __name__ == "__main__":

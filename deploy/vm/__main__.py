@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--timeout", type=float, default=300, help="seconds before the guest is killed")
     r.add_argument("--name", default="skiff-vm", help="the guest's hostname")
     r.add_argument("--keep", action="store_true", help="keep the run directory (console, share)")
+    r.add_argument("--systemd", action="store_true", help="boot systemd as PID 1 and run CMD as a unit")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = p.parse_args(argv)
     if args.cmd == "build":
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("run: no command given")
     run_dir = Path(tempfile.mkdtemp(prefix="skiff-vm-"))
     try:
-        result = guest.run(command, name=args.name, timeout=args.timeout, cwd=Path.cwd(), run_dir=run_dir)
+        result = guest.run(command, name=args.name, timeout=args.timeout, cwd=Path.cwd(), run_dir=run_dir,
+                           spec=guest.GuestSpec(args.name, systemd=args.systemd))
         sys.stdout.write(result.output)
         if result.status is None:
             sys.stdout.write(result.console[-3000:])

@@ -13,7 +13,11 @@ What must hold:
   netdevs on 127.0.0.1 joining it to other guests on this machine, or tap devices on a bridge
   inside a lab's network namespace (QEMU then runs in that namespace, never in the root one).
 - One emulated CPU (`-smp 1`) by default: the machine is shared and emulation is CPU-bound.
-- `qemu_argv`, `kernel_cmdline` and `command_script` are pure and unit-tested.
+- A guest with `systemd` boots Debian's systemd (the host's, read-only over 9p) as PID 1 into
+  SYSTEMD_TARGET, a target of our own that pulls in only sysinit and basic.target and the
+  guest's command (never the host's multi-user.target and the services enabled there); the
+  writable overlays it needs are made by stage 2 (guest-init.sh) on the guest's tmpfs.
+- `qemu_argv`, `kernel_cmdline`, `command_script` and `systemd_units` are pure and unit-tested.
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ from deploy.vm.image import REPO_TAG, ROOT, ROOT_TAG, SHARE_DIR, SHARE_TAG, Imag
 GUEST_INIT = Path(__file__).resolve().with_name("guest-init.sh")
 LOOPBACK = "127.0.0.1"
 QEMU = "qemu-system-x86_64"
+SYSTEMD_TARGET = "skiff-guest.target"
+SYSTEMD_SERVICE = "skiff-guest.service"
+# Units of the host's sysinit that do nothing for a guest but cost seconds each under emulation
+# (measured: 10-25 s each at load 10): time sync over a network the guest does not have (enabled
+# on the host), kernel modules and binfmt for what it does not run, and udev (its coldplug is the
+# slowest step of the boot; the guest has no hotplug, devtmpfs has its few devices, and its NIC
+# keeps the kernel's name). The rest of Debian's sysinit runs (journald, modules-load, sysctl,
+# tmpfiles, sysusers, random-seed, ...).
+SYSTEMD_MASKED = ("systemd-timesyncd.service", "systemd-pstore.service", "systemd-binfmt.service",
+                  "modprobe@drm.service", "modprobe@fuse.service", "modprobe@dm_mod.service",
+                  "modprobe@loop.service", "modprobe@efi_pstore.service", "modprobe@configfs.service",
+                  "systemd-udevd.service", "systemd-udev-trigger.service", "systemd-udevd-control.socket",
+                  "systemd-udevd-kernel.socket")
 # The host's PATH may lack sbin (ip, modprobe, iptables); the guest's command always has it.
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -82,6 +99,7 @@ class GuestSpec:
     memory_mb: int = 1024
     cpus: int = 1
     links: tuple[Link | TapLink, ...] = ()
+    systemd: bool = False  # boot systemd as PID 1 and run the command as a unit (see systemd_units)
 
     def __post_init__(self) -> None:
         if len({link.netns for link in self.links if isinstance(link, TapLink)}) > 1:
@@ -93,9 +111,41 @@ class GuestSpec:
         return next((link.netns for link in self.links if isinstance(link, TapLink)), "")
 
 
-def kernel_cmdline(*, init: Path = GUEST_INIT, repo: Path = ROOT) -> str:
+def kernel_cmdline(*, init: Path = GUEST_INIT, repo: Path = ROOT, systemd: bool = False) -> str:
     # quiet: the serial console is slow under emulation; panic=-1 with -no-reboot ends QEMU on a panic.
-    return f"console=ttyS0 quiet panic=-1 rdinit=/init skiff.init={init} skiff.repo={repo}"
+    line = f"console=ttyS0 quiet panic=-1 rdinit=/init skiff.init={init} skiff.repo={repo}"
+    if systemd:
+        # net.ifnames=0: udev keeps the NIC's kernel name (eth0), which the lab's plan configures.
+        line += f" skiff.systemd=1 systemd.unit={SYSTEMD_TARGET} systemd.show_status=0 net.ifnames=0"
+        line += "".join(f" systemd.mask={unit}" for unit in SYSTEMD_MASKED)
+    return line
+
+
+def systemd_units(*, init: Path = GUEST_INIT) -> dict[str, str]:
+    """The runtime units (/run/systemd/system) a systemd guest boots into: {file name: text}.
+
+    The service has systemd's default dependencies (after sysinit.target and basic.target: the
+    journal, udev, modules-load and sysctl have run, as on any Debian machine); the target asks
+    for nothing else, so the host's enabled services (multi-user.target) never start in a guest.
+    """
+    service = "\n".join([
+        "[Unit]",
+        "Description=Skiff guest command (deploy/vm: command.sh on the share)",
+        "[Service]",
+        "Type=simple",
+        f"ExecStart=/bin/bash {init} run",
+        "StandardOutput=journal+console",
+        "",
+    ])
+    target = "\n".join([
+        "[Unit]",
+        "Description=Skiff guest (deploy/vm)",
+        f"Requires={SYSTEMD_SERVICE}",
+        f"After={SYSTEMD_SERVICE}",
+        "AllowIsolate=yes",
+        "",
+    ])
+    return {SYSTEMD_SERVICE: service, SYSTEMD_TARGET: target}
 
 
 def qemu_argv(spec: GuestSpec, image: Image, share: Path, *, console: Path, pidfile: Path,
@@ -104,7 +154,8 @@ def qemu_argv(spec: GuestSpec, image: Image, share: Path, *, console: Path, pidf
             "-m", str(spec.memory_mb), "-smp", str(spec.cpus),
             "-display", "none", "-monitor", "none", "-serial", f"file:{console}", "-no-reboot",
             "-pidfile", str(pidfile), "-nic", "none",
-            "-kernel", str(image.vmlinux), "-initrd", str(image.initrd), "-append", kernel_cmdline(init=init),
+            "-kernel", str(image.vmlinux), "-initrd", str(image.initrd),
+            "-append", kernel_cmdline(init=init, systemd=spec.systemd),
             "-fsdev", f"local,id={ROOT_TAG},path=/,security_model=none,readonly=on,multidevs=remap",
             "-device", f"virtio-9p-pci,fsdev={ROOT_TAG},mount_tag={ROOT_TAG}",
             "-fsdev", f"local,id={REPO_TAG},path={ROOT},security_model=none,readonly=on,multidevs=remap",
@@ -181,6 +232,11 @@ class Guest:
         self.share.mkdir(parents=True, exist_ok=True)
         (self.share / "command.sh").write_text(command_script(argv, cwd=cwd, env=env or {}))
         (self.share / "hostname").write_text(self.spec.name + "\n")
+        if self.spec.systemd:
+            units = self.share / "systemd"
+            units.mkdir(exist_ok=True)
+            for name, text in systemd_units().items():
+                (units / name).write_text(text)
         qemu = qemu_argv(self.spec, self.image, self.share, console=self.console, pidfile=self.pidfile)
         for link in self.spec.links:
             if isinstance(link, TapLink):

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 
 from deploy import netplan
-from deploy.lab import VM_PROXY_MODES, Lab, LabSpec
+from deploy.lab import VM_INSTALLED, VM_PROXY_MODES, Lab, LabSpec
 from deploy.vm.image import ROOT
 from skiff import defaults, images, kinds, manifests, retry, taints
 from skiff.client import Client, open_channel
@@ -47,6 +47,9 @@ WEB1 = "skiff/web:1.0"
 WEB2 = "skiff/web:2.0"
 VM = os.environ.get("SKIFF_E2E_VM") == "1"
 SLOW = 8.0 if VM else 1.0  # every wait's factor: emulated Python is 10-20 times slower
+# An exec into a guest's pod (runc exec under emulation) takes seconds, more on a loaded machine:
+# the client's 10 s deadline is too short there.
+EXEC_TIMEOUT = 60 if VM else 0
 not_in_vm = pytest.mark.skipif(VM, reason="kills or restarts a worker's processes by PID: not a guest's")
 if VM:  # the first test also waits for the guests to boot and start their daemons (minutes)
     pytestmark.append(pytest.mark.timeout(1500))
@@ -65,7 +68,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
                    node_monitor_grace_period="60s" if VM else "8s", node_lease_period="10s" if VM else "2s",
                    default_toleration_seconds=300 if VM else 4, min_sync_period="0s",
                    proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"),
-                   vm_workers=VM, proxy_modes=dict(VM_PROXY_MODES) if VM else {}, vm_timeout=3600)
+                   vm_workers=VM, proxy_modes=dict(VM_PROXY_MODES) if VM else {}, vm_timeout=3600,
+                   vm_installed=list(VM_INSTALLED) if VM else [])
     with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
 
@@ -168,7 +172,8 @@ def test_seed_flow(lab: Lab) -> None:
             # From inside a pod (its own endpoint included: hairpin).
             seen = set()
             for _ in range(16):
-                result = await client.exec("default", pods[0].metadata.name, ["wget", "-qO-", url])
+                result = await client.exec("default", pods[0].metadata.name, ["wget", "-qO-", url],
+                                               timeout_seconds=EXEC_TIMEOUT)
                 assert result.exit_code == 0, result.stderr
                 seen.add(result.stdout.decode().strip())
             assert seen == names
@@ -180,12 +185,46 @@ async def _equal(got: Awaitable[set[str]], want: set[str]) -> bool:
     return (await got) == want
 
 
+@pytest.mark.skipif(not VM, reason="the install under systemd runs in the VM lab's guests")
+@pytest.mark.parametrize("host", VM_INSTALLED)
+def test_vm_worker_provisioned_by_install_under_systemd(lab: Lab, host: str) -> None:
+    """The Vagrant/bare-metal path on a real kernel: systemd is PID 1, the units deploy.install
+    wrote are enabled and active, and the node's certificate is the one its CSR got signed."""
+    guest = lab.guest(host)
+    assert guest is not None and lab.installed(host)
+    units = [f"skiff-{d}.service" for d in ("containerd", "nodeagent", "netproxy", "clusterdns")]
+    ready = guest.ready()
+    assert ready["units"] == {u: {"is-enabled": "enabled", "is-active": "active"} for u in units}
+    assert lab.run_in(host, ["cat", "/proc/1/comm"], check=True).stdout.strip() == "systemd"
+    # Asked again now (through the share), after the seed's pods started there.
+    active = lab.run_in(host, ["systemctl", "is-active", *units], timeout=60)
+    assert active.stdout.split() == ["active"] * len(units), active.stdout + active.stderr
+    enabled = lab.run_in(host, ["systemctl", "is-enabled", *units], timeout=60)
+    assert enabled.stdout.split() == ["enabled"] * len(units), enabled.stdout + enabled.stderr
+    # The node certificate: no pre-made one (the lab issued none for this host), the CSR's.
+    assert not (lab.pki_dir / "nodes" / f"{host}.crt").exists()
+    cert = lab.run_in(host, ["cat", f"/etc/skiff/pki/nodes/{host}.crt"], check=True).stdout
+
+    async def scenario() -> None:
+        async with lab.client() as client:
+            node = await client.get(t.Node, host)
+            assert taints.takes_new_pods(node), f"node {host} is not Ready"
+            csrs = [c for c in (await client.list(t.CertificateSigningRequest)).items
+                    if c.spec.username.startswith("system:bootstrap:")]
+            issued = [c for c in csrs if c.status.certificate.decode().strip() == cert.strip()]
+            assert len(issued) == 1, f"no CSR issued {host}'s certificate ({len(csrs)} bootstrap CSRs)"
+            assert any(c.type == "Approved" and c.status == "True" for c in issued[0].status.conditions)
+
+    run(scenario())
+
+
 def test_pod_to_pod_across_hosts_and_node_port(lab: Lab) -> None:
     async def scenario() -> None:
         async with lab.client() as client:
             pods = {p.spec.node_name: p for p in await wait_ready_pods(client, "web", 2)}
             result = await client.exec("default", pods["n1"].metadata.name,
-                                       ["wget", "-qO-", f"http://{pods['n2'].status.pod_ip}/"])
+                                       ["wget", "-qO-", f"http://{pods['n2'].status.pod_ip}/"],
+                                       timeout_seconds=EXEC_TIMEOUT)
             assert result.stdout.decode().strip() == f"hello from {pods['n2'].metadata.name}"
             svc = await client.create(service("web-np", app="web", node_port=True))
             node_port = svc.spec.ports[0].node_port
@@ -223,7 +262,8 @@ def test_network_policy_between_real_containers(lab: Lab) -> None:
 
             async def reaches() -> bool:
                 # busybox timeout, not wget -T (which segfaults in busybox 1.35)
-                r = await client.exec("default", src.metadata.name, ["timeout", "3", "wget", "-qO-", url])
+                r = await client.exec("default", src.metadata.name, ["timeout", "3", "wget", "-qO-", url],
+                                        timeout_seconds=EXEC_TIMEOUT)
                 return r.exit_code == 0 and r.stdout.decode().strip() == f"hello from {dst.metadata.name}"
 
             async def host_reaches() -> bool:

@@ -107,7 +107,7 @@ def install_calls() -> list[tuple[str, list[str]]]:
             if "-m deploy.install" in line and not line.lstrip().startswith("#"):
                 call = line.split("-m deploy.install", 1)[1]
                 words = shlex.split(re.sub(r'"\$([A-Z_]+)"', lambda m: SAMPLE.get(m.group(1), "x"), call))
-                words = [w for w in words if w not in (";", "then")]
+                words = [w.removesuffix(";") for w in words if w not in (";", "then", "$@", "$@;")]  # "$@": extra flags
                 out.append((script.name, words))
     return out
 

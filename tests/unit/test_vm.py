@@ -158,3 +158,43 @@ def test_command_script_runs_the_argv_in_cwd_with_env(tmp_path: Path) -> None:
     (tmp_path / "c.sh").write_text(script)
     out = subprocess.run(["sh", str(tmp_path / "c.sh")], capture_output=True, text=True, check=False)
     assert (out.returncode, out.stdout.splitlines()) == (7, ["a b'c $HOME", str(tmp_path)])
+
+
+@pytest.mark.parametrize(("systemd", "present", "absent"), [
+    (False, ["rdinit=/init", f"skiff.init={guest.GUEST_INIT}"], ["skiff.systemd=1", "net.ifnames=0"]),
+    (True, ["rdinit=/init", "skiff.systemd=1", f"systemd.unit={guest.SYSTEMD_TARGET}", "net.ifnames=0",
+            "systemd.mask=systemd-timesyncd.service"], []),
+], ids=["direct", "systemd"])
+def test_kernel_cmdline_boots_systemd_only_when_asked(systemd: bool, present: list[str], absent: list[str]) -> None:
+    spec = guest.GuestSpec("g", systemd=systemd)
+    argv = guest.qemu_argv(spec, IMG, Path("/r/share"), console=Path("/r/c"), pidfile=Path("/r/p"))
+    words = argv[argv.index("-append") + 1].split()
+    assert set(present) <= set(words) and not set(absent) & set(words)
+    if systemd:  # what is masked is the host's sysinit noise, never what a node needs
+        masked = {w.removeprefix("systemd.mask=") for w in words if w.startswith("systemd.mask=")}
+        assert masked == set(guest.SYSTEMD_MASKED)
+        assert not masked & {"systemd-journald.service", "systemd-modules-load.service", "systemd-sysctl.service",
+                             "systemd-tmpfiles-setup.service"}
+
+
+def _unit(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out.setdefault(key, []).append(value)
+    return out
+
+
+@pytest.mark.parametrize(("name", "want"), [
+    (guest.SYSTEMD_SERVICE, {"ExecStart": [f"/bin/bash {guest.GUEST_INIT} run"], "Type": ["simple"]}),
+    (guest.SYSTEMD_TARGET, {"Requires": [guest.SYSTEMD_SERVICE], "AllowIsolate": ["yes"]}),
+], ids=["service-runs-stage-2-run", "target-asks-only-for-the-service"])
+def test_systemd_units_boot_into_the_guest_command_only(name: str, want: dict[str, list[str]]) -> None:
+    units = guest.systemd_units()
+    assert set(units) == {guest.SYSTEMD_SERVICE, guest.SYSTEMD_TARGET}
+    unit = _unit(units[name])
+    assert {k: unit.get(k) for k in want} == want
+    # Never the host's multi-user.target (its enabled services: etcd, postgresql, containerd, ...),
+    # and the default dependencies kept: the command starts after sysinit and basic.target.
+    assert "multi-user.target" not in units[name] and "DefaultDependencies" not in unit

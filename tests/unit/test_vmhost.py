@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deploy import netplan, procs, vmhost
-from deploy.lab import GUEST_STATE, VM_PROXY_MODES, Lab, LabSpec
+from deploy.lab import GUEST_STATE, PROVISION_WORKER, VM_INSTALLED, VM_PROXY_MODES, Lab, LabSpec
 
 
 def vm_lab(tmp_path: Path) -> Lab:
@@ -93,3 +93,36 @@ def test_requests_round_trip_through_the_share(tmp_path: Path) -> None:
         (host.share / "stop").touch()
         server.join(5)
     assert not server.is_alive(), "the server stops when asked"
+
+
+@pytest.mark.parametrize(("argv", "units", "error"), [
+    (["/r/deploy/vagrant/provision-worker.sh", "n2"], ["skiff-nodeagent.service"], ""),
+    ([], ["skiff-nodeagent.service"], "provisioning command"),
+    (["/r/provision-worker.sh"], [], "units it starts"),
+], ids=["ok", "no-command", "no-units"])
+def test_provision_plan_needs_a_command_and_its_units(argv: list[str], units: list[str], error: str) -> None:
+    if error:
+        with pytest.raises(ValueError, match=error):
+            vmhost.provision_plan(network=[], argv=argv, env={}, units=units)
+        return
+    p = vmhost.provision_plan(network=[("ip", "link")], argv=argv, env={"SKIFF_DIR": "/r"}, units=units)
+    assert json.loads(json.dumps(p)) == {"network": [["ip", "link"]], "modules": list(vmhost.GUEST_MODULES),
+                                         "provision": argv, "env": {"SKIFF_DIR": "/r"}, "units": units}
+
+
+def test_an_installed_guest_joins_with_the_vagrant_script_and_gets_no_premade_certificate(tmp_path: Path) -> None:
+    lab = Lab(LabSpec(prefix="vt", lan_cidr="10.201.0.0/24", vm_workers=True, proxy_modes=dict(VM_PROXY_MODES),
+                      vm_installed=list(VM_INSTALLED)), tmp_path)
+    assert [h for h in ("cp", "n1", "n2") if lab.installed(h)] == ["n2"]
+    lab.dir.mkdir(parents=True)
+    lab.join_token_file.write_text("abcdef.0123456789abcdef\n")
+    p = lab._provision_plan("n2")
+    # The Vagrantfile's own worker script, with the arguments the Vagrantfile passes (and a longer timeout).
+    assert p["provision"][:5] == [str(PROVISION_WORKER), "n2", "10.201.0.12", "10.201.0.10:6443",
+                                  "abcdef.0123456789abcdef"]
+    assert p["provision"][5:] == ["--timeout", "900"] and p["env"] == {"SKIFF_DIR": str(vmhost.ROOT)}
+    assert p["network"] == [list(c) for c in netplan.guest_commands(lab.net, "n2")]
+    assert p["units"] == ["skiff-containerd.service", "skiff-nodeagent.service", "skiff-netproxy.service",
+                          "skiff-clusterdns.service"]
+    lab.ensure_pki()
+    assert sorted(c.name for c in (lab.pki_dir / "nodes").glob("*.crt")) == ["cp.crt", "n1.crt"]
