@@ -43,11 +43,13 @@ from typing import Any
 
 import grpc
 
+from bench import e2e as bench_e2e
 from bench import meta
-from bench.e2e import free_lan
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff import errors, kinds, taints, tls
 from skiff.client import Client
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
 from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
@@ -229,21 +231,6 @@ def ready(pod: t.Pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
 
 
-async def wait(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await check()
-            if last:
-                return last
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout:.0f}s (last: {last!r})")
-        await asyncio.sleep(interval)
-
-
 async def ready_pods(client: Client) -> list[t.Pod] | None:
     pods = [p for p in (await client.list(t.Pod, namespace="default", label_selector=f"app={APP}")).items
             if not p.metadata.HasField("deletion_timestamp")]
@@ -340,7 +327,7 @@ class Chaos:
         self.lab.start_daemon(fault.host, fault.daemon)
         self.restarted_at = time.time()
         restarted = time.monotonic()
-        await wait(answers, timeout=self.timing.settle, what=f"{fault.daemon} on {fault.host} answering again")
+        await eventually(answers, timeout=self.timing.settle, what=f"{fault.daemon} on {fault.host} answering again")
         fault.recovered_s = round(time.monotonic() - restarted, 1)
         fault.ended = time.time()
         say(f"{fault.name}: restarted, answering after {fault.recovered_s} s")
@@ -349,10 +336,10 @@ class Chaos:
 
     async def run(self, client: Client) -> None:
         lab = self.lab
-        leader = await wait(lambda: store_leader(lab), timeout=30, what="a store leader")
+        leader = await eventually(lambda: store_leader(lab), timeout=30, what="a store leader")
         members = sorted(lab.cluster.members, key=lambda m: m.name != leader)
         for m in members:
-            now_leader = await wait(lambda: store_leader(lab), timeout=30, what="a store leader")
+            now_leader = await eventually(lambda: store_leader(lab), timeout=30, what="a store leader")
             await self.kill_and_restart(
                 Fault(f"store member {m.name}", m.host, f"store-{m.name}",
                       note="the leader" if m.name == now_leader else "a follower"),
@@ -361,7 +348,7 @@ class Chaos:
             await self.kill_and_restart(Fault(f"api-server {m.name}", m.host, f"apiserver-{m.name}"),
                                         partial(api_answers, lab, m.api_url))
         for daemon, lease in (("controllers", "skiff-controller-manager"), ("scheduler", "skiff-scheduler")):
-            holder = await wait(partial(lease_holder, client, lease), timeout=30, what=f"a {daemon} leader")
+            holder = await eventually(partial(lease_holder, client, lease), timeout=30, what=f"a {daemon} leader")
             await self.kill_and_restart(
                 Fault(f"{daemon} leader", holder, daemon, note=f"lease {lease} held by {holder}"),
                 partial(_leading_again, lab, client, lease, holder, daemon))
@@ -380,7 +367,7 @@ class Chaos:
         finally:
             cut(lab, CUT_WORKER, on=False)
         healed = time.monotonic()
-        await wait(lambda: node_ready(client, CUT_WORKER), timeout=self.timing.settle,
+        await eventually(lambda: node_ready(client, CUT_WORKER), timeout=self.timing.settle,
                    what=f"{CUT_WORKER} Ready after the cut")
         fault.recovered_s = round(time.monotonic() - healed, 1)
         fault.ended = time.time()
@@ -438,14 +425,14 @@ async def scenario(lab: Lab, timing: Timing) -> dict[str, Any]:
     async with lab.client(timeout=15.0) as client:
         await client.create(deployment())
         svc = await client.create(service())
-        await wait(lambda: ready_pods(client), timeout=120, what=f"{REPLICAS} Ready pods of {APP}")
+        await eventually(lambda: ready_pods(client), timeout=120, what=f"{REPLICAS} Ready pods of {APP}")
         await client.create(client_pod(svc.spec.cluster_ip))
 
         async def requests_flowing() -> bool:
             data = b"".join([c async for c in client.logs("default", CLIENT_POD)])
             return data.count(b" ok") >= 20
 
-        await wait(requests_flowing, timeout=90, what="the client's requests flowing")
+        await eventually(requests_flowing, timeout=90, what="the client's requests flowing")
         writer = Writer(lab.api_servers, lab.admin)
         writer.start()
         chaos = Chaos(lab, timing)
@@ -462,7 +449,7 @@ async def scenario(lab: Lab, timing: Timing) -> dict[str, Any]:
         if writer.error is not None:
             raise RuntimeError(f"the writer failed: {writer.error!r}")
         converged = time.monotonic()
-        pods = await wait(lambda: ready_pods(client), timeout=180, what=f"{APP} converging to {REPLICAS} Ready")
+        pods = await eventually(lambda: ready_pods(client), timeout=180, what=f"{APP} converging to {REPLICAS} Ready")
         results["deployment"] = {"replicas": REPLICAS, "ready": len(pods),
                                  "converged_after_schedule_s": round(time.monotonic() - converged, 1),
                                  "nodes": sorted(p.spec.node_name for p in pods)}
@@ -482,7 +469,7 @@ def run(*, quick: bool, report: Path | None, lab_root: Path | None = None) -> di
     bench_run = meta.start("chaos")
     root = lab_root or Path(tempfile.mkdtemp(prefix="skiff-chaos-"))
     prefix = f"c{os.getpid() % 10000:04d}x"
-    lan = free_lan(set())
+    lan = netplan.free_lan(bench_e2e.LAN_OCTETS)
     spec = LabSpec(prefix=prefix, workers=2, control_planes=3, store_members=3, lan_cidr=lan,
                    node_monitor_grace_period="8s", node_lease_period="2s", default_toleration_seconds=4,
                    min_sync_period="0s")

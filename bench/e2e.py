@@ -86,28 +86,15 @@ def ready_transition(pod: t.Pod) -> float | None:
 # --------------------------------------------------------------------------- labs
 
 
-def free_lan(taken: set[str]) -> str:
-    """A 10.2xx.0.0/24 that no route of the root namespace (default aside) overlaps."""
-    out = subprocess.run(["ip", "-4", "-o", "route"], capture_output=True, text=True, check=False).stdout
-    routes = []
-    for line in out.splitlines():
-        word = line.split()[0]
-        if word != "default":
-            routes.append(ipaddress.ip_network(word if "/" in word else word + "/32", strict=False))
-    start = 200 + os.getpid() % 50
-    for i in range(55):
-        cidr = f"10.{200 + (start - 200 + i) % 55}.0.0/24"
-        net = ipaddress.ip_network(cidr)
-        if cidr not in taken and not any(net.overlaps(r) for r in routes):
-            return cidr
-    raise RuntimeError("no free 10.2xx.0.0/24 for the lab: every one overlaps a route of the root namespace")
+# The second octets of the LANs the benchmarks' labs use (tests use others).
+LAN_OCTETS = range(200, 255)
 
 
 @contextmanager
 def running_lab(tag: str, root: Path, *, workers: int, timeout: float, taken: set[str]) -> Iterator[Lab]:
     """A fresh lab, torn down (and checked for leftovers) whatever happens."""
     prefix = f"b{os.getpid() % 10000:04d}{tag}"  # 6 characters: the most netplan allows
-    lan = free_lan(taken)
+    lan = netplan.free_lan(LAN_OCTETS, also_taken=taken)
     taken.add(lan)
     lab = Lab(LabSpec(prefix=prefix, workers=workers, lan_cidr=lan), root)
     say(f"lab {prefix} on {lan}: starting ({workers} workers)")

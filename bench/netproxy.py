@@ -6,6 +6,10 @@
    ensure the jumps, iptables-restore), and a full resync on top of the existing rules; for
    both iptables backends.
    Median of --repeat runs, each in a fresh namespace. Target: <= 1 s to apply 5,000 Services.
+   The floor, in a fresh namespace too: iptables-restore alone running the same restore texts
+   the writer runs (the same pieces with nft), with no Python in between; and, once per size,
+   the whole ruleset as ONE restore text. Skiff's overhead = first apply - floor (reading the
+   tables, the jumps, making the text).
 2. Network programming latency with 1,000 Services present: the whole netproxy in this
    process (the api-server's registry in-process, informers, sync runner, real iptables in the
    namespace). Each
@@ -14,6 +18,8 @@
    netproxy metric from that time to the end of the sync that applied it. Measured at
    --min-sync-period 0 (changes one after another, the next once the previous is applied)
    and at the default 1 s (changes at random 0-1.5 s intervals). Target: p99 <= 100 ms at 0.
+   Each sync's iptables-restore is timed too (IptablesCmd.restore_seconds): sync minus restore
+   is the Python side (snapshot, render, diff).
 
 Needs root (network namespaces). Prints a table and writes bench/results/netproxy.json.
 """
@@ -40,6 +46,7 @@ from netproxy.config import ProxyConfig
 from netproxy.iptables.command import IptablesCmd
 from netproxy.iptables.proxier import IptablesProxier
 from netproxy.iptables.render import build_ruleset
+from netproxy.iptables.ruleset import restore_texts
 from netproxy.model import service_ports
 from skiff import defaults
 from skiffpb.api.v1 import types_pb2 as t
@@ -95,8 +102,22 @@ async def bench_apply(n: int, backend: str, prefix: str, *, repeat: int) -> dict
         dt3, text = timed(lambda rs=rs: rs.restore_text())
         render_times.append(dt + dt2 + dt3)
     rules = sum(rs.rule_count().values())
-    firsts, resyncs, cleanups = [], [], []
+    firsts, resyncs, cleanups, floors = [], [], [], []
+    floor_one = 0.0
     for rep in range(repeat):
+        name = f"{prefix}-{backend[0]}{n}-f{rep}"
+        with netns(name):
+            ipt = IptablesCmd(backend, netns=name)
+            texts = restore_texts(rs.chains, list(rs.chains), max_chains=IptablesProxier(ipt, CONFIG).writer.max_chains)
+            start = time.perf_counter()
+            for piece in texts:
+                await ipt.restore(piece)
+            floors.append(time.perf_counter() - start)
+        if rep == 0:
+            with netns(name):
+                start = time.perf_counter()
+                await IptablesCmd(backend, netns=name).restore(text)
+                floor_one = time.perf_counter() - start
         name = f"{prefix}-{backend[0]}{n}-{rep}"
         with netns(name):
             proxier = IptablesProxier(IptablesCmd(backend, netns=name), CONFIG)
@@ -114,6 +135,8 @@ async def bench_apply(n: int, backend: str, prefix: str, *, repeat: int) -> dict
     return {"services": n, "rules": rules, "bytes": len(text), "render_s": statistics.median(render_times),
             "first_apply_s": statistics.median(firsts), "first_apply_min_s": min(firsts),
             "restores": result.restores, "full_resync_s": statistics.median(resyncs),
+            "floor_restore_s": statistics.median(floors), "floor_one_restore_s": floor_one,
+            "overhead_over_floor_s": statistics.median(firsts) - statistics.median(floors),
             "cleanup_s": statistics.median(cleanups), "repeat": repeat}
 
 
@@ -130,11 +153,12 @@ async def _latency(api: InProcessApi, backend: str, prefix: str, *, min_sync: fl
         await api.create(endpoints(i))
     name = f"{prefix}-l{backend[0]}{int(min_sync * 10)}"
     with netns(name):
-        proxy = NetProxy(api, IptablesProxier(IptablesCmd(backend, netns=name), CONFIG),
-                         min_sync_period=min_sync, sync_period=0)
+        ipt = IptablesCmd(backend, netns=name)
+        proxy = NetProxy(api, IptablesProxier(ipt, CONFIG), min_sync_period=min_sync, sync_period=0)
         task = asyncio.ensure_future(proxy.run())
         try:
             await asyncio.wait_for(proxy.synced.wait(), 120)
+            ipt.restore_seconds.clear()  # the first, full sync is not part of the figure
             hist = proxy.metrics.programming_latency
             rng = random.Random(1)
             for k in range(changes):
@@ -160,6 +184,8 @@ async def _latency(api: InProcessApi, backend: str, prefix: str, *, min_sync: fl
     out: dict[str, Any] = {"min_sync_period_s": min_sync, "changes": changes, "p50_ms": pct(samples, 50) * 1000,
             "p90_ms": pct(samples, 90) * 1000, "p99_ms": pct(samples, 99) * 1000, "max_ms": max(samples) * 1000,
             "sync_p50_ms": pct(durations, 50) * 1000 if durations else 0.0,
+            "restore_p50_ms": pct(ipt.restore_seconds, 50) * 1000 if ipt.restore_seconds else 0.0,
+            "restore_p99_ms": pct(ipt.restore_seconds, 99) * 1000 if ipt.restore_seconds else 0.0,
             "samples_ms": [round(v * 1000, 2) for v in samples]}  # for `python -m bench.plots`
     return out
 
@@ -174,7 +200,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             out["apply"].append(r)  # type: ignore[attr-defined]
             print(f"apply  {backend:6} {n:5} services: {r['rules']:6.0f} rules, render {r['render_s']:.3f} s, "
                   f"first apply {r['first_apply_s']:.3f} s (min {r['first_apply_min_s']:.3f}; "
-                  f"{r['restores']:.0f} restores), "
+                  f"{r['restores']:.0f} restores; floor {r['floor_restore_s']:.3f} s, "
+                  f"one restore {r['floor_one_restore_s']:.3f} s), "
                   f"full resync {r['full_resync_s']:.3f} s, cleanup {r['cleanup_s']:.3f} s", flush=True)
     for backend in args.backends:
         for min_sync, changes in ((0.0, args.changes), (1.0, args.default_changes)):
@@ -183,7 +210,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             out["latency"].append(r)  # type: ignore[attr-defined]
             print(f"latency {backend:6} min-sync {min_sync:g}s, {changes} changes, 1000 services: "
                   f"p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"max {r['max_ms']:.1f} ms (sync p50 {r['sync_p50_ms']:.1f} ms)", flush=True)
+                  f"max {r['max_ms']:.1f} ms (sync p50 {r['sync_p50_ms']:.1f} ms, "
+                  f"iptables-restore p50 {r['restore_p50_ms']:.1f} ms)", flush=True)
     return out
 
 

@@ -28,7 +28,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass(frozen=True)
 class Chart:
     """One picture: `kind` is "hist" (series of samples), "steps" (sorted samples against their
-    count: things done over time) or "bars" (labelled values, grouped by series)."""
+    count: things done over time), "lines" (each series' values against the shared `xs`: counts
+    sampled over time) or "bars" (labelled values, grouped by series)."""
 
     name: str  # file stem: bench/results/<name>.png
     title: str
@@ -38,6 +39,7 @@ class Chart:
     series: tuple[tuple[str, tuple[float, ...]], ...] = ()
     groups: tuple[str, ...] = ()  # bars: the x labels (one value per group in each series)
     marks: tuple[tuple[str, float], ...] = field(default=())  # vertical lines: (label, x), e.g. a target
+    xs: tuple[float, ...] = ()  # lines: the x of every value
 
 
 def _caption(bench: str, data: dict[str, Any]) -> str:
@@ -125,6 +127,18 @@ def charts(results: dict[str, dict[str, Any]]) -> list[Chart]:
                 out.append(Chart("nodeagent-pod-startup", f"node agent: pod startup, {r.get('pods')} pods (s)\n{cap}",
                                  "bars", "", "seconds", groups=("p50", "p99"),
                                  series=(("bound one at a time", seq_p), ("all bound at once", burst_p))))
+        if bench in ("scale", "scale-small"):
+            for store in ("skiff", "etcd"):
+                timeline = r.get(store, {}).get("timeline", {})
+                xs = _floats(timeline.get("t_s"))
+                if xs:
+                    params = r.get("params", {})
+                    out.append(Chart(f"{bench}-{store}-pods", f"scale scenario on the {store} store: "
+                                     f"{params.get('pods', '?'):,} pods on {params.get('nodes', '?'):,} simulated "
+                                     f"nodes\n{cap}", "lines", "seconds after the Deployments were created",
+                                     "pods", xs=xs, series=tuple(
+                                         (what, _floats(timeline.get(what))) for what in ("bound", "running")
+                                         if timeline.get(what))))
         if bench == "e2e":
             startup = r.get("startup", {})
             ready = _floats(startup.get("create_to_ready_watch", {}).get("samples_s"))
@@ -157,6 +171,9 @@ def draw(chart: Chart, path: Path) -> None:
             if values:
                 xs = sorted(values)
                 ax.step([0.0, *xs], range(len(xs) + 1), where="post", label=name)
+    elif chart.kind == "lines":
+        for name, values in chart.series:
+            ax.plot(chart.xs[:len(values)], values, label=name)
     else:
         width = 0.8 / max(1, len(chart.series))
         for i, (name, values) in enumerate(chart.series):

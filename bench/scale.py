@@ -22,6 +22,12 @@ write stamped with this process's clock → seen by the informer). Also recorded
 (etcd Maintenance.Status dbSize, on every member), peak RSS and CPU seconds of every component.
 Results go to bench/results/scale.json (`--small`: scale-small.json). Everything shares this
 machine's cores: the load average before and after is part of every figure.
+
+A run that cannot finish still writes its result: `--deadline` (a UTC time, HH:MM, or seconds
+from now) bounds the whole run (with `--store both` each store gets an equal share of what is
+left when it starts), and SIGTERM/SIGINT stop it the same way. A stopped run's entry has
+`ok: false` and `stopped`: the phase it was in, when (UTC), why, and how far it had got (pods
+seen, bound, Running); the figures of the phases it finished are kept.
 """
 
 from __future__ import annotations
@@ -33,16 +39,19 @@ import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench import meta
+from bench import meta, profile
 from deploy.loopback import Process, start_apiserver, start_etcd
 from nodeagent.hollow import HOLLOW_POD_NET
 from skiff import errors
@@ -154,7 +163,8 @@ def _env() -> dict[str, str]:
 
 
 def _alive(proc: Process, timeout: float) -> None:
-    end = time.monotonic() + min(timeout, 1.0)
+    """Still running a moment after the start (a daemon refusing its flags exits within it)."""
+    end = time.monotonic() + min(timeout, 5.0)
     while time.monotonic() < end:
         if not proc.running:
             raise RuntimeError(f"{proc.name} exited during startup:\n{proc.log_tail()}")
@@ -201,7 +211,9 @@ def start_control_plane(c: Cluster, apiservers: int) -> None:
         c.apiservers.append(a)
         c.add(a.name, a.pid)
     for name, module in (("controllers", "controlplane.controllers"), ("scheduler", "controlplane.scheduler")):
-        argv = [sys.executable, "-m", module, "--api-servers", c.api_endpoints, "--identity", name,
+        # The api-servers run --insecure (deploy.loopback: plaintext, every caller the admin), so
+        # their clients do too: authentication and RBAC are not part of these figures.
+        argv = [sys.executable, "-m", module, "--api-servers", c.api_endpoints, "--insecure", "--identity", name,
                 *LEADER_ELECTION]
         if name == "controllers":
             # The default cluster CIDR (a /16) has 256 node /24s; hollow nodes' pods use a /9.
@@ -224,6 +236,52 @@ def start_hollow(c: Cluster, nodes: int, per_process: int, extra: list[str]) -> 
         procs.append(p)
     for p in procs:
         _hollow_ready(p, timeout=60 + nodes * 0.5)
+
+
+def _cpu_s(pid: int) -> float:
+    return Component("", pid).cpu_s()
+
+
+def profile_components(c: Cluster, seconds: float, *, top: int = 6) -> dict[str, Any]:
+    """py-spy on every Python component at once for `seconds` (bench/profile.py): the cores each
+    used meanwhile (from /proc) and the functions it spent its samples in (self share of its
+    samples; py-spy counts only threads that are not idle)."""
+    import concurrent.futures
+
+    targets = [comp for comp in c.components if not comp.name.startswith("etcd")]  # etcd is Go
+    before = {comp.name: _cpu_s(comp.pid) for comp in c.components}
+    started = time.monotonic()
+
+    def one(comp: Component) -> tuple[str, dict[str, Any]]:
+        raw = c.workdir / f"profile-{comp.name}.txt"
+        try:
+            profile.record(comp.pid, seconds, raw, rate=50)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            return comp.name, {"error": str(exc)[:200]}
+        samples, rows = profile.summarize(raw.read_text().splitlines(), top=top)
+        return comp.name, {"samples": samples,
+                           "top": [[r.function, round(r.self_share, 3), round(r.total_share, 3)] for r in rows]}
+
+    with concurrent.futures.ThreadPoolExecutor(len(targets) or 1) as pool:
+        found = dict(pool.map(one, targets))
+    elapsed = time.monotonic() - started
+    out: dict[str, Any] = {"seconds": round(elapsed, 1), "components": {}}
+    for comp in c.components:
+        entry = {"cores": round((_cpu_s(comp.pid) - before[comp.name]) / elapsed, 2), **found.get(comp.name, {})}
+        out["components"][comp.name] = entry
+    return out
+
+
+def store_revision(endpoints: list[str]) -> int:
+    """The store's revision (every write transaction adds one): 0 if no member answers."""
+    for ep in endpoints:
+        with grpc.insecure_channel(ep) as ch:
+            try:
+                return int(rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/bench-scale-none"),
+                                                         timeout=10).header.revision)
+            except grpc.RpcError as exc:
+                log.warning("store revision %s: %s", ep, exc)
+    return 0
 
 
 def store_size_mb(endpoints: list[str]) -> dict[str, float]:
@@ -328,6 +386,7 @@ class Tracker:
         self.pods: Informer[t.Pod] = Informer(client, t.Pod, namespace=NAMESPACE)
         self.first_seen: dict[str, float] = {}
         self.bound_at: dict[str, float] = {}
+        self.running_at: dict[str, float] = {}
         self.pods.add_handler(on_add=self._event, on_update=lambda _o, n: self._event(n))
         self.endpoints: Informer[t.Endpoints] = Informer(client, t.Endpoints, namespace=NAMESPACE)
         self.deployments: Informer[t.Deployment] = Informer(client, t.Deployment, namespace=NAMESPACE)
@@ -337,6 +396,8 @@ class Tracker:
         self.first_seen.setdefault(pod.metadata.uid, now)
         if pod.spec.node_name:
             self.bound_at.setdefault(pod.metadata.uid, now)
+        if pod.status.phase == "Running":
+            self.running_at.setdefault(pod.metadata.uid, now)
 
     def running(self) -> int:
         return sum(1 for p in self.pods.list()
@@ -345,11 +406,86 @@ class Tracker:
     def informers(self) -> list[Informer[Any]]:
         return [self.pods, self.endpoints, self.deployments]
 
+    def progress(self) -> dict[str, int]:
+        return {"pods_seen": len(self.first_seen), "pods": len(self.pods.list()), "bound": len(self.bound_at),
+                "running": self.running()}
+
+    def timeline(self, t0: float) -> dict[str, list[float]]:
+        return timeline(t0, {"bound": list(self.bound_at.values()), "running": list(self.running_at.values())})
+
+    def scheduling(self) -> dict[str, Any]:
+        """How fast pods reached the scheduler and how fast it bound them (this process's informer)."""
+        return scheduling_stats(self.first_seen, self.bound_at)
+
+
+def timeline(t0: float, events: dict[str, list[float]], points: int = 200) -> dict[str, list[float]]:
+    """How many pods had reached each state (`events`: when each one did, on the monotonic clock)
+    at `points` evenly spaced moments from `t0` to the last event: the picture's data, a few
+    kilobytes however many pods there are."""
+    last = max((max(v) for v in events.values() if v), default=t0)
+    span = max(last - t0, 1e-6)
+    ts = [span * i / (points - 1) for i in range(points)]
+    out: dict[str, list[float]] = {"t_s": [round(x, 2) for x in ts]}
+    for name, when in events.items():
+        rel = sorted(w - t0 for w in when)
+        counts, j = [], 0
+        for x in ts:
+            while j < len(rel) and rel[j] <= x:
+                j += 1
+            counts.append(float(j))
+        out[name] = counts
+    return out
+
+
+def scheduling_stats(first_seen: dict[str, float], bound_at: dict[str, float]) -> dict[str, Any]:
+    """Pods/s from the first pod created to the last bound (the scenario's figure), split into the
+    rate pods were created at and the wait of each pod for its bind: a scheduler that keeps up
+    binds each pod soon after it appears, and the pods/s is then the creators' rate, not its own."""
+    if not bound_at or not first_seen:
+        return {}
+    bound = sorted(bound_at.values())
+    seen = sorted(first_seen.values())
+    waits = [bound_at[uid] - first_seen[uid] for uid in bound_at if uid in first_seen]
+    return {"scheduler_pods_per_s": round(len(bound) / max(1e-6, bound[-1] - seen[0]), 1),
+            "pods_created_per_s": round(len(seen) / max(1e-6, seen[-1] - seen[0]), 1),
+            "created_to_bound": summary_ms(waits)}
+
+
+class Stopped(Exception):
+    """The run was stopped before it finished (its deadline passed, or a signal)."""
+
+
+_signalled = ""  # the signal that asked the run to stop
+_cleaning = False  # stopping the processes: a signal must not cut that short (they would be left running)
+
+
+def _stop_on_signal(signum: int, _frame: Any) -> None:
+    """Outside the event loop (starting, stopping processes): stop at once. Inside it, raising
+    here would kill whichever task happens to run; the scenario's waits look at the flag instead."""
+    global _signalled
+    first = not _signalled
+    _signalled = f"signal {signal.Signals(signum).name}"
+    if first and not _cleaning and asyncio._get_running_loop() is None:
+        raise Stopped(_signalled)
+
+
+def parse_deadline(text: str, now: datetime) -> datetime | None:
+    """"08:30" (UTC, today; tomorrow if already past) or "1800" (seconds from now); "" for none."""
+    if not text:
+        return None
+    if ":" in text:
+        hour, minute = (int(x) for x in text.split(":", 1))
+        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        return at if at > now else at + timedelta(days=1)
+    return now + timedelta(seconds=float(text))
+
 
 async def wait_for(what: str, cond: Any, timeout: float, progress: Any = None) -> float:
     start = time.monotonic()
     last = 0.0
     while not cond():
+        if _signalled:
+            raise Stopped(_signalled)
         now = time.monotonic()
         if now - start > timeout:
             raise TimeoutError(f"{what}: not done after {timeout:.0f} s ({progress() if progress else ''})")
@@ -370,11 +506,30 @@ async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
     return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
-async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any]) -> None:
-    """Fills `out` phase by phase, so a phase that times out leaves the figures of the others."""
+async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
+                   deadline: float = float("inf"), profile_seconds: float = 0.0) -> None:
+    """Fills `out` phase by phase, so a phase that times out (or the run's `deadline`, a
+    time.monotonic() value, passing) leaves the figures of the others."""
     client = Client(c.api_endpoints)
     probe: Probe | None = None
+    tracker: Tracker | None = None
     tasks: list[asyncio.Task[Any]] = []
+    phase_timeout = timeout
+    rev0 = 0
+    t0 = 0.0  # when the Deployments were created (0: not yet)
+
+    def phase(name: str) -> float:
+        """Enter a phase; its timeout (the phase's, cut to what is left before the deadline)."""
+        nonlocal phase_timeout
+        out["phase"] = name
+        left = deadline - time.monotonic()
+        if _signalled:
+            raise Stopped(_signalled)
+        if left <= 0:
+            raise Stopped("the run's deadline passed")
+        phase_timeout = min(timeout, left)
+        return phase_timeout
+
     try:
         for ns in (NAMESPACE, PROBE_NAMESPACE):
             with contextlib.suppress(errors.AlreadyExistsError):
@@ -397,20 +552,35 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any]) 
         tasks.append(asyncio.create_task(sampler()))
 
         # 1. Deployments -> all Running
+        timeout = phase("create -> all Running")
+        rev0 = await asyncio.to_thread(store_revision, c.store_endpoints)
         t0 = time.monotonic()
         await gather_limited([client.create(deployment(i, size.replicas)) for i in range(size.deployments)], 16)
         out["create_deployments_s"] = round(time.monotonic() - t0, 2)
+        if profile_seconds > 0:
+            async def profiled() -> None:
+                await asyncio.sleep(2)  # the pods are being created, scheduled and started now
+                out["profile"] = await asyncio.to_thread(profile_components, c, profile_seconds)
+
+            tasks.append(asyncio.create_task(profiled()))
         await wait_for("all pods Running", lambda: tracker.running() >= size.pods, timeout,
                        lambda: f"{len(tracker.pods.list())} pods, {len(tracker.bound_at)} bound, "
                                f"{tracker.running()} Running")
         out["all_running_s"] = round(time.monotonic() - t0, 2)
-        bound = sorted(tracker.bound_at.values())
-        first = min(tracker.first_seen.values())
-        out["scheduler_pods_per_s"] = round(len(bound) / max(1e-6, bound[-1] - first), 1)
-        out["all_bound_s"] = round(bound[-1] - t0, 2)
+        out.update(tracker.scheduling())
+        out["timeline"] = tracker.timeline(t0)
+        # What the store had to write per pod (every write is one revision): the rate it
+        # sustains divided by this is the most pods/s the whole chain can reach.
+        writes = await asyncio.to_thread(store_revision, c.store_endpoints) - rev0
+        events = len((await client.list(t.Event, namespace=NAMESPACE)).items)
+        out["store_writes"] = {"total": writes, "per_pod": round(writes / size.pods, 1),
+                               "per_s": round(writes / max(1e-6, out["all_running_s"]), 1),
+                               "events_in_namespace": events}
+        out["all_bound_s"] = round(max(tracker.bound_at.values()) - t0, 2)
         out["store_size_mb_at_peak"] = store_size_mb(c.store_endpoints)
 
         # 2. Services -> Endpoints with every pod of the Deployment
+        timeout = phase("Services -> Endpoints")
         t1 = time.monotonic()
         await gather_limited([client.create(service(i, size.deployments)) for i in range(size.services)], 16)
         out["create_services_s"] = round(time.monotonic() - t1, 2)
@@ -427,6 +597,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any]) 
         out["all_endpoints_s"] = round(time.monotonic() - t1, 2)
 
         # 3. rolling update
+        timeout = phase("rolling update")
         t2 = time.monotonic()
         for i in range(size.rollouts):
             for _ in range(10):
@@ -453,6 +624,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any]) 
         out["rolling_update_s"] = round(time.monotonic() - t2, 2)
 
         # 4. delete everything
+        timeout = phase("delete all")
         t3 = time.monotonic()
         await gather_limited([client.delete(t.Deployment, f"d{i:03d}", NAMESPACE, propagation_policy="Background")
                               for i in range(size.deployments)], 16)
@@ -461,6 +633,25 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any]) 
                        lambda: f"{len(tracker.pods.list())} pods left")
         out["delete_all_s"] = round(time.monotonic() - t3, 2)
         out["store_size_mb_at_end"] = store_size_mb(c.store_endpoints)
+        out.pop("phase", None)
+    except (TimeoutError, Stopped) as exc:
+        if isinstance(exc, Stopped):
+            reason = str(exc)
+        elif time.monotonic() >= deadline - 1:
+            reason = f"the run's deadline passed: {exc}"
+        else:
+            reason = f"phase timeout ({phase_timeout:.0f} s): {exc}"
+        out["stopped"] = {"phase": out.pop("phase", "start"), "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                          "reason": reason, **(tracker.progress() if tracker is not None else {})}
+        if tracker is not None and "scheduler_pods_per_s" not in out:
+            out.update(tracker.scheduling())  # how fast it bound what it got to
+            if t0:
+                out["timeline"] = tracker.timeline(t0)
+            if rev0:
+                writes = await asyncio.to_thread(store_revision, c.store_endpoints) - rev0
+                out["store_writes"] = {"total": writes, "per_pod": round(writes / max(1, len(tracker.first_seen)), 1),
+                                       "per_s": round(writes / max(1e-6, time.monotonic() - t0), 1)}
+        raise
     finally:
         if probe is not None:
             out["api"] = probe.results()
@@ -470,12 +661,13 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any]) 
         await client.close()
 
 
-def run_one(store_kind: str, size: Size, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(store_kind: str, size: Size, args: argparse.Namespace, deadline: float = float("inf")) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"skiff-scale-{store_kind}-"))
     c = Cluster(workdir, store_kind)
     result: dict[str, Any] = {"store": store_kind}
     try:
         t0 = time.monotonic()
+        result["phase"] = "start"
         start_control_plane(c, apiservers=3)
         result["control_plane_start_s"] = round(time.monotonic() - t0, 1)
         t1 = time.monotonic()
@@ -483,7 +675,8 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace) -> dict[str, 
         start_hollow(c, size.nodes, args.nodes_per_process, extra)
         result["hollow_nodes_start_s"] = round(time.monotonic() - t1, 1)
         cpu_before = {comp.name: comp.cpu_s() for comp in c.components}
-        asyncio.run(scenario(c, size, args.timeout, result))
+        result.pop("phase")
+        asyncio.run(scenario(c, size, args.timeout, result, deadline, args.profile))
         c.sample()
         result["components"] = {comp.name: {"peak_rss_mb": round(comp.peak_rss_mb, 1),
                                             "cpu_s": round(comp.cpu_s() - cpu_before.get(comp.name, 0.0), 1)}
@@ -491,16 +684,24 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace) -> dict[str, 
         cp = [v["peak_rss_mb"] for k, v in result["components"].items() if not k.startswith("hollow")]
         result["control_plane_rss_mb"] = round(sum(cp), 1)
         result["ok"] = True
-    except (TimeoutError, RuntimeError) as exc:
+    except (TimeoutError, RuntimeError, Stopped) as exc:
         result["ok"] = False
         result["error"] = str(exc)
+        if "stopped" not in result:  # stopped while starting
+            result["stopped"] = {"phase": result.pop("phase", "start"), "reason": str(exc),
+                                 "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
         c.sample()
         result["components"] = {comp.name: {"peak_rss_mb": round(comp.peak_rss_mb, 1)} for comp in c.components}
         result["control_plane_rss_mb"] = round(sum(v["peak_rss_mb"] for k, v in result["components"].items()
                                                    if not k.startswith("hollow")), 1)
         log.error("scale run on %s failed: %s", store_kind, exc)
     finally:
-        c.stop()
+        global _cleaning
+        _cleaning = True
+        try:
+            c.stop()
+        finally:
+            _cleaning = False
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
@@ -521,6 +722,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-latency", type=float, default=0.0)
     p.add_argument("--fail-rate", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=1800.0, help="per phase, seconds")
+    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                   help="py-spy every component for this long during the create phase (needs root)")
+    p.add_argument("--deadline", default="",
+                   help="stop the whole run by this UTC time (HH:MM) or after this many seconds, writing what "
+                        "it measured so far")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument("--output", default="", help="result file (default bench/results/scale[-small].json)")
     args = p.parse_args(argv)
@@ -535,9 +741,23 @@ def main(argv: list[str] | None = None) -> int:
                                           "nodes_per_process": args.nodes_per_process,
                                           "start_latency_s": args.start_latency, "fail_rate": args.fail_rate,
                                           "small": args.small}}
-    for store in stores:
-        results[store] = run_one(store, size, args)
+    until = parse_deadline(args.deadline, datetime.now(UTC))
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    for i, store in enumerate(stores):
+        deadline = float("inf")
+        if until is not None:
+            # An equal share of what is left for each store still to run.
+            left = (until - datetime.now(UTC)).total_seconds()
+            deadline = time.monotonic() + left / (len(stores) - i)
+        try:
+            results[store] = run_one(store, size, args, deadline)
+        except Stopped as exc:  # a signal outside run_one's own handling (e.g. during cleanup)
+            results.setdefault(store, {"store": store, "ok": False, "error": str(exc)})
+            break
         print(json.dumps(results[store], indent=2), flush=True)
+        if results[store].get("stopped", {}).get("reason", "").startswith("signal"):
+            break
     default = meta.RESULTS_DIR / ("scale-small.json" if args.small else "scale.json")
     path = run.write(results, Path(args.output) if args.output else default)
     print(f"wrote {path}")

@@ -141,6 +141,9 @@ def plan_children(args: argparse.Namespace, python: str = sys.executable) -> lis
         identity=args.node_name, service_cidr=args.service_cidr, credentials=creds(pki.CONTROLLER_MANAGER),
         cluster_signing_cert_file="" if args.insecure else str(pki.PKIDir(args.pki_dir).ca.cert),
         cluster_signing_key_file="" if args.insecure else str(pki.PKIDir(args.pki_dir).ca.key),
+        root_ca_file="" if args.insecure else str(pki.PKIDir(args.pki_dir).ca.cert),
+        # default/kubernetes leads to this api-server's REST port (when it is the one and serves one).
+        kubernetes_service_endpoints="" if args.api_servers else http_listen(args),
         verbose=args.verbose)))
     children.append(Child("scheduler", daemons.scheduler(python, api_servers=api_servers, identity=args.node_name,
                                                          credentials=creds(pki.SCHEDULER), verbose=args.verbose)))

@@ -13,9 +13,11 @@ idempotent: deleting a namespace that is already gone is not an error.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from skiff import defaults
@@ -76,6 +78,44 @@ class LabNetwork:
 
     def with_role(self, role: str) -> list[Host]:
         return [h for h in self.hosts if role in h.roles]
+
+
+def pick_lan(second_octets: Sequence[int], third_octet: int, start: int,
+             taken: Sequence[ipaddress.IPv4Network]) -> str | None:
+    """The first 10.<second>.<third>.0/24, trying `second_octets` from index `start` round, that
+    overlaps nothing in `taken`; None when every one does."""
+    octets = list(second_octets)
+    for i in range(len(octets)):
+        net = ipaddress.IPv4Network(f"10.{octets[(start + i) % len(octets)]}.{third_octet}.0/24")
+        if not any(net.overlaps(other) for other in taken):
+            return str(net)
+    return None
+
+
+def root_routes() -> list[ipaddress.IPv4Network]:
+    """The destinations the root namespace has routes for (the default route aside)."""
+    out = subprocess.run(["ip", "-o", "-4", "route", "show"], capture_output=True, text=True, check=False).stdout
+    nets = []
+    for line in out.splitlines():
+        dst = line.split()[0] if line.split() else "default"
+        if dst != "default":
+            with contextlib.suppress(ValueError):
+                nets.append(ipaddress.IPv4Network(dst, strict=False))
+    return nets
+
+
+def free_lan(second_octets: Sequence[int], third_octet: int = 0, *, also_taken: Iterable[str] = ()) -> str:
+    """A LAN for a lab that this process (by its pid) runs now: one that overlaps neither the
+    service nor the cluster CIDR (the lab refuses those), nor a route the root namespace has
+    (another lab's uplink), nor `also_taken`. Callers pass their own band of second octets so
+    labs of different tests or benchmarks running at once do not collide."""
+    taken = [ipaddress.IPv4Network(defaults.SERVICE_CIDR), ipaddress.IPv4Network(defaults.CLUSTER_CIDR),
+             *root_routes(), *(ipaddress.IPv4Network(c) for c in also_taken)]
+    lan = pick_lan(second_octets, third_octet, os.getpid() % max(1, len(second_octets)), taken)
+    if lan is None:
+        raise RuntimeError(f"no free 10.x.{third_octet}.0/24 for a lab, x in {second_octets}: every one overlaps "
+                           "the service or cluster CIDR or a route of the root namespace")
+    return lan
 
 
 def make_lab(prefix: str, *, workers: int = 2, lan_cidr: str = defaults.LAB_LAN_CIDR, combined: bool = False,

@@ -225,6 +225,9 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
     local_apis = [m.api_url for m in cluster.members_on(host.name)]
     others = [m.api_url for m in cluster.members if m.api_url not in local_apis]
     api_servers = ",".join(local_apis + others)
+    # default/kubernetes leads to each api-server's HTTPS port (the Kubernetes REST API).
+    by_api = {m.api_url: m.http_url for m in cluster.members}
+    https_endpoints = ",".join(by_api[a] for a in local_apis + others)
     apis_after = tuple(f"apiserver-{m.name}" for m in cluster.members_on(host.name))
     specs.append(DaemonSpec("controllers", tuple(daemons.controllers(
         cluster.python, api_servers=api_servers, cluster_cidr=cluster.cluster_cidr,
@@ -233,6 +236,8 @@ def control_plane_daemons(cluster: ClusterConfig, host: HostConfig) -> list[Daem
         credentials=host.credentials(pki.CONTROLLER_MANAGER),
         cluster_signing_cert_file="" if host.insecure else str(pki.PKIDir(host.pki).ca.cert),
         cluster_signing_key_file="" if host.insecure else str(pki.PKIDir(host.pki).ca.key),
+        root_ca_file="" if host.insecure else str(pki.PKIDir(host.pki).ca.cert),
+        kubernetes_service_endpoints=https_endpoints,
     )), "Skiff controller manager", after=apis_after))
     specs.append(DaemonSpec("scheduler", tuple(daemons.scheduler(cluster.python, api_servers=api_servers,
                                                                  identity=host.name,

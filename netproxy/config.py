@@ -28,6 +28,10 @@ class ProxyConfig:
     # IPVS mode: node addresses that get NodePort virtual servers, and the scheduler.
     node_ips: tuple[str, ...] = ()
     ipvs_scheduler: str = "rr"
+    # iptables mode: with more endpoints than this (all Services together), endpoint rules carry
+    # no comment (kube-proxy's large-cluster mode and threshold): the ruleset shrinks by about a
+    # third, and the kernel blob iptables-legacy copies on every restore by more.
+    large_cluster_endpoints: int = 1000
 
     def __post_init__(self) -> None:
         for field_name, value in [("cluster_cidr", self.cluster_cidr)] + [

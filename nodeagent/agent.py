@@ -16,6 +16,8 @@ backoff after an unexpected error; an informer that ends stops the process non-z
   reopens it (ReopenContainerLog); at most `container_log_max_files` files are kept (logs.py);
 - configmap and secret informers: env and volumes read them from these caches; a change kicks
   the workers of the pods that refer to the object (their volume files are rewritten);
+- service-account tokens (tokens.py): each pod worker requests and renews its pod's tokens
+  (gRPC CreateToken, with the node's own credentials) before writing its volumes;
 - persistentvolumeclaim and persistentvolume informers: persistentVolumeClaim volumes read them;
   a claim's change kicks the pods that use it (a claim just bound lets its pod start); a
   local-path volume of this node that is Released with policy Delete is reclaimed: its
@@ -58,6 +60,7 @@ from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
 from nodeagent.podconfig import PodConfigSettings
 from nodeagent.stats import Sampler
+from nodeagent.tokens import TokenClient, TokenManager
 from nodeagent.volumes import VolumeManager, reclaimable
 from nodeagent.worker import PodWorker, WorkerContext
 from skiff import conditions, errors, storage
@@ -184,7 +187,8 @@ class NodeAgent:
                                            dns=config.dns, pod_dir=config.pod_dir),
             plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock,
             config=self, volumes=self.volumes, node_allocatable=self._capacity,
-            services=self.service_informer.list, claims=self)
+            services=self.service_informer.list, claims=self,
+            tokens=TokenManager(client, clock=clock) if isinstance(client, TokenClient) else None)
         self.runtime_status: cri.StatusResponse | None = None
         self.runtime_error = "not checked yet"
         self.runtime_version = ""

@@ -19,6 +19,9 @@ What must hold:
   mounts; a missing non-optional ConfigMap/Secret/key raises ContainerConfigError (the container
   is not created until it appears), an optional one gives an empty volume;
 - configMap/secret/downwardAPI/projected mounts are read-only, whatever the volumeMount says;
+- a serviceAccountToken projection's file is the token the token manager holds (tokens.py);
+  without one the volume is not ready; a renewed token is written like any other change, in
+  one `..data` swap with the projection's other files;
 - a disk emptyDir with a sizeLimit is measured (`disk_usage`, as du: allocated blocks, hard
   links once, not crossing mounts); over its limit, the pod is evicted (`empty_dir_over_limit`
   gives the kubelet's message); a `medium: Memory` one is a tmpfs of that size instead;
@@ -72,6 +75,12 @@ class HostPathProblem:
 
 class VolumeNotReady(ContainerConfigError):
     """The volume cannot be mounted yet (an unbound claim); the container stays ContainerCreating."""
+
+
+class TokenSource(Protocol):
+    """Where the node agent finds the service-account token of a projection (tokens.py)."""
+
+    def token(self, pod: t.Pod, projection: t.ServiceAccountTokenProjection) -> str: ...
 
 
 class ClaimSource(Protocol):
@@ -148,8 +157,9 @@ def _optional(msg: t.ConfigMapVolumeSource | t.SecretVolumeSource | t.ConfigMapP
 
 
 def plan_files(pod: t.Pod, volume: t.Volume, source: ConfigSource, *,
-               node_allocatable: Mapping[str, str] | None = None) -> Files:
-    """The files of a configMap, secret, downwardAPI or projected volume."""
+               node_allocatable: Mapping[str, str] | None = None, tokens: TokenSource | None = None) -> Files:
+    """The files of a configMap, secret, downwardAPI or projected volume (a serviceAccountToken
+    projection's file is the token `tokens` holds; VolumeNotReady without one)."""
     ns = pod.metadata.namespace
     if volume.HasField("config_map"):
         v = volume.config_map
@@ -175,6 +185,11 @@ def plan_files(pod: t.Pod, volume: t.Volume, source: ConfigSource, *,
                 out.update(_secret(ns, src.secret.name, list(src.secret.items), mode, _optional(src.secret), source))
             elif src.HasField("downward_api"):
                 out.update(_downward(pod, list(src.downward_api.items), mode, node_allocatable))
+            elif src.HasField("service_account_token"):
+                if tokens is None:
+                    raise VolumeNotReady("this node agent requests no service-account tokens")
+                # The projection's mode, as the kubelet's (0644 from admission: any container user reads it).
+                out[src.service_account_token.path] = (tokens.token(pod, src.service_account_token).encode(), mode)
         return out
     raise ValueError(f'volume "{volume.name}" has no file source')
 
@@ -387,7 +402,8 @@ class VolumeManager:
         return os.path.join(self.volume_dir, uid)
 
     def setup(self, pod: t.Pod, source: ConfigSource, *, claims: ClaimSource | None = None,
-              node_allocatable: Mapping[str, str] | None = None) -> dict[str, str]:
+              node_allocatable: Mapping[str, str] | None = None,
+              tokens: TokenSource | None = None) -> dict[str, str]:
         """Make every volume of `pod` ready; volume name -> host path. Raises ContainerConfigError."""
         paths: dict[str, str] = {}
         for volume in pod.spec.volumes:
@@ -409,7 +425,8 @@ class VolumeManager:
                 else:
                     os.chmod(path, 0o777)  # as the kubelet makes emptyDir: any container user may write
             else:
-                write_atomic(path, plan_files(pod, volume, source, node_allocatable=node_allocatable))
+                write_atomic(path, plan_files(pod, volume, source, node_allocatable=node_allocatable,
+                                              tokens=tokens))
             paths[volume.name] = path
         return paths
 
@@ -420,8 +437,10 @@ class VolumeManager:
             if m.sub_path and source_of(by_name[m.name]) in ("empty_dir", "host_path", "persistent_volume_claim"):
                 os.makedirs(os.path.join(paths[m.name], m.sub_path), exist_ok=True)
 
-    def refresh(self, pod: t.Pod, source: ConfigSource, *, node_allocatable: Mapping[str, str] | None = None) -> None:
-        """Rewrite changed file volumes of a running pod; a missing object keeps the last content."""
+    def refresh(self, pod: t.Pod, source: ConfigSource, *, node_allocatable: Mapping[str, str] | None = None,
+                tokens: TokenSource | None = None) -> None:
+        """Rewrite changed file volumes of a running pod (a renewed token too); a missing object
+        (or token) keeps the last content."""
         for volume in pod.spec.volumes:
             if source_of(volume) not in FILE_SOURCES:
                 continue
@@ -429,10 +448,19 @@ class VolumeManager:
             if not os.path.isdir(path):
                 continue
             try:
-                if write_atomic(path, plan_files(pod, volume, source, node_allocatable=node_allocatable)):
+                if write_atomic(path, plan_files(pod, volume, source, node_allocatable=node_allocatable,
+                                                 tokens=tokens)):
                     log.info("pod %s/%s: volume %s updated", pod.metadata.namespace, pod.metadata.name, volume.name)
             except (ContainerConfigError, downward.DownwardError) as exc:
                 log.debug("pod %s: volume %s not refreshed: %s", pod.metadata.name, volume.name, exc)
+
+    def read_file(self, uid: str, volume: str, path: str) -> bytes | None:
+        """What file `path` of a pod's file volume holds now (None: nothing yet)."""
+        try:
+            with open(os.path.join(self.pod_dir(uid), volume, DATA_LINK, path), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
 
     def _claim_path(self, pv: t.PersistentVolume) -> str:
         if storage.provisioned_by_local_path(pv):

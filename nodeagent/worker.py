@@ -37,6 +37,7 @@ from nodeagent.podconfig import (
 from nodeagent.probes import ProbeLoop, run_hook
 from nodeagent.registryauth import pull_auth
 from nodeagent.security import effective, run_as_non_root_problem
+from nodeagent.tokens import TokenManager
 from nodeagent.volumes import (
     ClaimSource,
     VolumeManager,
@@ -82,6 +83,7 @@ class WorkerContext:
     node_allocatable: Callable[[], dict[str, str]] = dict
     services: Callable[[], list[t.Service]] = list  # every Service the agent knows (environment variables)
     claims: ClaimSource | None = None  # PersistentVolumeClaims and PersistentVolumes (persistentVolumeClaim volumes)
+    tokens: TokenManager | None = None  # service-account tokens (None: pods with token projections cannot start)
 
 
 class _ConfigFailure(Exception):
@@ -276,6 +278,9 @@ class PodWorker:
         plan = P.Plan()
         obs = P.Observed()
         disk_wake = self._check_empty_dirs(pod)
+        token_wake = await self._ensure_tokens(pod)
+        if token_wake is not None:
+            disk_wake = token_wake if disk_wake is None else min(disk_wake, token_wake)
         for _ in range(MAX_STEPS):
             obs = await self.observe(pod)
             plan = P.compute_plan(pod, obs, self.memory, self.ctx.clock(), self.ctx.plan_config)
@@ -283,6 +288,8 @@ class PodWorker:
                 self._remove_logs()
                 if self.ctx.volumes is not None:
                     self.ctx.volumes.teardown(self.uid)
+                if self.ctx.tokens is not None:
+                    self.ctx.tokens.forget(self.uid)
                 return True
             if not plan.actions:
                 break
@@ -306,12 +313,21 @@ class PodWorker:
         if pod is not None and not P.is_deleting(pod):
             if self.ctx.volumes is not None and pod.spec.volumes:
                 self.ctx.volumes.refresh(self._pod_view(pod, obs), self._config(),
-                                         node_allocatable=self.ctx.node_allocatable())
+                                         node_allocatable=self.ctx.node_allocatable(), tokens=self.ctx.tokens)
             self.reconcile_probes(pod, obs)
             await self.write_status(pod, obs, plan)
         elif plan.actions:
             self.wake_at = self.ctx.clock() + 1.0
         return False
+
+    async def _ensure_tokens(self, pod: t.Pod | None) -> float | None:
+        """Request or renew the pod's service-account tokens (tokens.py); when the next one is due."""
+        tokens, volumes = self.ctx.tokens, self.ctx.volumes
+        if tokens is None or pod is None or P.is_deleting(pod) or P.is_terminal(pod):
+            return None
+        await tokens.ensure(pod, on_disk=None if volumes is None else
+                            lambda volume, path: volumes.read_file(self.uid, volume, path))
+        return tokens.next_refresh(pod)
 
     def _check_empty_dirs(self, pod: t.Pod | None) -> float | None:
         """Measure the pod's limited disk emptyDirs (every DISK_CHECK_PERIOD); over a limit the pod is
@@ -437,7 +453,7 @@ class PodWorker:
                 if self.ctx.volumes is None:
                     raise ContainerConfigError("this node agent has no volume directory")
                 paths = self.ctx.volumes.setup(view, self._config(), claims=self.ctx.claims,
-                                               node_allocatable=allocatable)
+                                               node_allocatable=allocatable, tokens=self.ctx.tokens)
                 self.ctx.volumes.prepare_sub_paths(view, spec, paths)
             env = container_env(view, spec, self._config(), node_allocatable=allocatable,
                                 service_env=service_env(pod, self.ctx.services()))

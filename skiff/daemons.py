@@ -112,17 +112,24 @@ def service_account_flags(keys: ServiceAccountKeys | None) -> list[str]:
 def controllers(python: str, *, api_servers: str, cluster_cidr: str, node_cidr_mask_size: int,
                 node_monitor_grace_period: str, identity: str, credentials: Credentials | None,
                 service_cidr: str = "", cluster_signing_cert_file: str = "", cluster_signing_key_file: str = "",
-                metrics_bind_address: str = "", verbose: bool = False) -> list[str]:
+                root_ca_file: str = "", kubernetes_service_endpoints: str = "", metrics_bind_address: str = "",
+                verbose: bool = False) -> list[str]:
     """`service_cidr` set: the controllers also keep default/kubernetes (its ClusterIP is the first address).
-    `cluster_signing_*`: the CA that signs approved node certificates (kube-controller-manager's flags)."""
+    `cluster_signing_*`: the CA that signs approved node certificates (kube-controller-manager's flags).
+    `root_ca_file`: the CA bundle published as kube-root-ca.crt in every namespace.
+    `kubernetes_service_endpoints`: the api-servers' HTTPS endpoints (same order), where default/kubernetes leads."""
     argv = [*_py(python, CONTROLLERS), "--api-servers", api_servers, "--cluster-cidr", cluster_cidr,
             "--node-cidr-mask-size", str(node_cidr_mask_size),
             "--node-monitor-grace-period", node_monitor_grace_period, "--identity", identity]
     if service_cidr:
         argv += ["--service-cidr", service_cidr]
+    if kubernetes_service_endpoints:
+        argv += ["--kubernetes-service-endpoints", kubernetes_service_endpoints]
     if cluster_signing_cert_file:
         argv += ["--cluster-signing-cert-file", cluster_signing_cert_file,
                  "--cluster-signing-key-file", cluster_signing_key_file]
+    if root_ca_file:
+        argv += ["--root-ca-file", root_ca_file]
     return argv + client_flags(credentials) + _metrics(metrics_bind_address) + _verbose(verbose)
 
 

@@ -22,7 +22,9 @@ What must hold:
 - `retry_on_conflict()` is client-go's RetryOnConflict: the attempt re-reads, mutates and
   writes; only `ConflictError` is retried, at most `attempts` times; the last conflict
   propagates. Errors are told apart by type, never by their message text.
-- Randomness, the clock and sleeping are injected, so tests need no real sleeps.
+- Randomness, the clock and sleeping are injected, so tests need no real sleeps — except in
+  `eventually`, which tests, benchmarks and tools use to wait on the real clock for a cluster
+  to reach a state; it is bounded by its timeout and names what it waited for when it gives up.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from skiff import errors
 
@@ -143,3 +145,21 @@ async def retry_on_conflict(attempt: Callable[[], Awaitable[T]], *, attempts: in
     """
     return await retry(attempt, retryable=is_conflict, backoff=backoff, attempts=attempts, sleep=sleep,
                        rand=rand)
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str,
+                     interval: float = 0.5) -> T:
+    """The first truthy result of `check`, polled every `interval`; AssertionError naming `what`
+    and the last result (or exception) once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = await check()
+            if last:
+                return last
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in {timeout:.0f}s (last: {last!r})")
+        await asyncio.sleep(interval)

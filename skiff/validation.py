@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from google.protobuf.message import Message
 
-from skiff import downward, kinds, labels, networkpolicy, podsecurity, quantity
+from skiff import downward, kinds, labels, networkpolicy, podsecurity, quantity, serviceaccounts
 from skiff.convert import FieldError
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -510,14 +510,28 @@ def _volume_source(errs: _Errors, vp: str, v: t.Volume, source: str) -> None:
         _mode(errs, f"{vp}.projected.defaultMode", v.projected, "default_mode")
         for k, src in enumerate(v.projected.sources):
             sp = f"{vp}.projected.sources[{k}]"
-            which = _one_of(errs, sp, src, ("secret", "downward_api", "config_map"))
+            which = _one_of(errs, sp, src, ("secret", "downward_api", "config_map", "service_account_token"))
             if "downward_api" in which:
                 _downward_items(errs, f"{sp}.downwardAPI.items", src.downward_api.items)
+            if "service_account_token" in which:
+                _token_projection(errs, f"{sp}.serviceAccountToken", src.service_account_token)
             for field in ("secret", "config_map"):
                 if field in which:
                     if not getattr(src, field).name:
                         errs.add(f"{sp}.{_json(field)}.name", "required")
                     _items(errs, f"{sp}.{_json(field)}.items", getattr(src, field).items)
+
+
+def _token_projection(errs: _Errors, path: str, p: t.ServiceAccountTokenProjection) -> None:
+    """As Kubernetes: a relative path; at least 10 minutes, at most 2^32 seconds."""
+    problem = check_relative_path(p.path) if p.path else "required"
+    if problem:
+        errs.add(f"{path}.path", problem)
+    if p.HasField("expiration_seconds"):
+        if p.expiration_seconds < serviceaccounts.MIN_TOKEN_EXPIRATION:
+            errs.add(f"{path}.expirationSeconds", "may not specify a duration less than 10 minutes")
+        elif p.expiration_seconds > 2 ** 32:
+            errs.add(f"{path}.expirationSeconds", "may not specify a duration larger than 2^32 seconds")
 
 
 def _volumes(errs: _Errors, path: str, spec: t.PodSpec) -> set[str]:
@@ -1212,9 +1226,9 @@ def _claim_templates(errs: _Errors, sts: t.StatefulSet) -> None:
         seen.add(claim.metadata.name)
         _persistent_volume_claim_spec(errs, f"{cp}.spec", claim.spec)
     policy = sts.spec.persistent_volume_claim_retention_policy
-    # Kubernetes also has Delete; Skiff keeps claims always (the default), so it refuses what it would ignore.
-    errs.enum("spec.persistentVolumeClaimRetentionPolicy.whenDeleted", policy.when_deleted, ("Retain",))
-    errs.enum("spec.persistentVolumeClaimRetentionPolicy.whenScaled", policy.when_scaled, ("Retain",))
+    # Retain (the default) or Delete: the statefulset controller's claim_owner_references.
+    errs.enum("spec.persistentVolumeClaimRetentionPolicy.whenDeleted", policy.when_deleted, ("Retain", "Delete"))
+    errs.enum("spec.persistentVolumeClaimRetentionPolicy.whenScaled", policy.when_scaled, ("Retain", "Delete"))
 
 
 def validate(obj: Message) -> list[FieldError]:

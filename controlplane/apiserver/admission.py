@@ -23,6 +23,15 @@ What must hold, as Kubernetes' LimitRanger and ResourceQuota admission plugins:
   new claim gets the `kubernetes.io/pvc-protection` finalizer and a new volume
   `kubernetes.io/pv-protection`, which the persistent volume controller removes once no pod
   uses the claim (no claim is bound to the volume).
+- ServiceAccount (Kubernetes' ServiceAccount admission plugin, its token-volume part): a new pod
+  whose automountServiceAccountToken (the pod's if set, else its ServiceAccount's, else true)
+  is not false gets, in every container and init container without a mount at
+  /var/run/secrets/kubernetes.io/serviceaccount, a read-only mount there of the projected volume
+  `kube-api-access-<5 random characters>` (a serviceAccountToken `token` of 3607 s, the
+  `kube-root-ca.crt` ConfigMap's `ca.crt`, the pod's namespace as `namespace`); the volume is
+  added only when some container mounts it, and an existing `kube-api-access-*` volume is
+  reused. Unlike Kubernetes, a pod whose ServiceAccount does not exist (yet) is admitted (as if
+  the account did not say): the node agent's token request fails until it exists.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from fractions import Fraction
 
 from google.protobuf.message import Message
 
-from skiff import errors, kinds, quantity, storage
+from skiff import errors, kinds, quantity, serviceaccounts, storage
 from skiff.convert import FieldError
 from skiff.quota import POD_RESOURCES, fmt, usage
 from skiffpb.api.v1 import types_pb2 as t
@@ -152,3 +161,48 @@ def protect_claim(pvc: t.PersistentVolumeClaim) -> None:
 def protect_volume(pv: t.PersistentVolume) -> None:
     if storage.PV_PROTECTION not in pv.metadata.finalizers:
         pv.metadata.finalizers.append(storage.PV_PROTECTION)
+
+
+# ---------------------------------------------------------------- ServiceAccount
+
+def should_automount(pod: t.Pod, account: t.ServiceAccount | None) -> bool:
+    """automountServiceAccountToken: the pod's if set, else its ServiceAccount's, else true."""
+    if pod.spec.HasField("automount_service_account_token"):
+        return pod.spec.automount_service_account_token
+    if account is not None and account.HasField("automount_service_account_token"):
+        return account.automount_service_account_token
+    return True
+
+
+def api_access_volume(name: str) -> t.Volume:
+    """The projected volume the admission plugin adds (upstream's, field for field)."""
+    volume = t.Volume(name=name)
+    projected = volume.projected
+    projected.default_mode = 0o644
+    projected.sources.add().service_account_token.CopyFrom(t.ServiceAccountTokenProjection(
+        path=serviceaccounts.TOKEN_FILE, expiration_seconds=serviceaccounts.ADMISSION_TOKEN_EXPIRATION))
+    projected.sources.add().config_map.CopyFrom(t.ConfigMapProjection(
+        name=serviceaccounts.ROOT_CA_CONFIGMAP,
+        items=[t.KeyToPath(key=serviceaccounts.ROOT_CA_KEY, path=serviceaccounts.CA_FILE)]))
+    projected.sources.add().downward_api.items.add(
+        path=serviceaccounts.NAMESPACE_FILE,
+        field_ref=t.ObjectFieldSelector(api_version="v1", field_path="metadata.namespace"))
+    return volume
+
+
+def mount_service_account_token(pod: t.Pod, account: t.ServiceAccount | None, suffix: str) -> None:
+    """Add the API-access volume and its mounts to a new pod in place (see the module docstring);
+    `suffix` (5 random characters) names a new volume."""
+    if not should_automount(pod, account):
+        return
+    name = next((v.name for v in pod.spec.volumes if v.name.startswith(serviceaccounts.API_ACCESS_PREFIX)), "")
+    has_volume = bool(name)
+    name = name or serviceaccounts.API_ACCESS_PREFIX + suffix
+    needed = False
+    for container in (*pod.spec.init_containers, *pod.spec.containers):
+        if any(m.mount_path == serviceaccounts.TOKEN_MOUNT_PATH for m in container.volume_mounts):
+            continue
+        container.volume_mounts.add(name=name, read_only=True, mount_path=serviceaccounts.TOKEN_MOUNT_PATH)
+        needed = True
+    if needed and not has_volume:
+        pod.spec.volumes.append(api_access_volume(name))

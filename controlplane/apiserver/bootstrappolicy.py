@@ -121,7 +121,9 @@ def cluster_roles() -> list[t.ClusterRole]:
             rule((*READ, "update", "patch", "delete"), ("*",), ("*",)),
             rule(("create",), ("",), ("pods", "services", "endpoints", "serviceaccounts", "events",
                                       # StatefulSets' volumeClaimTemplates; volumes a provisioner makes
-                                      "persistentvolumeclaims", "persistentvolumes")),
+                                      "persistentvolumeclaims", "persistentvolumes",
+                                      # kube-root-ca.crt in every namespace (rootcacert.py)
+                                      "configmaps")),
             rule(("create",), ("apps",), ("replicasets", "controllerrevisions")),
             rule(("create",), ("batch",), ("jobs",)),
             rule(("create",), ("coordination.k8s.io",), ("leases",)),

@@ -20,7 +20,7 @@ Defaults, by kind (Kubernetes' values):
 - Endpoints: port protocol TCP; Namespace: phase Active; Event: type Normal, count 1;
 - Pod (not templates): serviceAccountName `default`, a container's requests default to its
   limits; pods and templates: configMap/secret/downwardAPI/projected volumes
-  defaultMode 0644;
+  defaultMode 0644, a serviceAccountToken projection's expirationSeconds 3600;
 - Secret: type Opaque; `stringData` is merged into `data` and cleared (it is write-only,
   as in Kubernetes: a stringData key wins over the same data key).
 - Job: parallelism 1, completions 1 (unless parallelism was given without completions: a work
@@ -49,7 +49,7 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from skiff import defaults as skiff_defaults
-from skiff import kinds, networkpolicy, taints
+from skiff import kinds, networkpolicy, serviceaccounts, taints
 from skiffpb.api.v1 import types_pb2 as t
 
 GRACE_PERIOD_SECONDS = 30
@@ -93,6 +93,9 @@ def _volumes(spec: t.PodSpec) -> None:
         for field in ("config_map", "secret", "downward_api", "projected"):
             if v.HasField(field) and not getattr(v, field).HasField("default_mode"):
                 getattr(v, field).default_mode = DEFAULT_MODE
+        for src in v.projected.sources:
+            if src.HasField("service_account_token") and not src.service_account_token.HasField("expiration_seconds"):
+                src.service_account_token.expiration_seconds = serviceaccounts.DEFAULT_TOKEN_EXPIRATION
 
 
 def _requests_from_limits(spec: t.PodSpec) -> None:

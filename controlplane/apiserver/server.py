@@ -525,8 +525,6 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
-    registry = Registry(store, allocator=allocator, options=config.options)
-    forwarder = Forwarder(registry, credentials=config.kubelet_credentials)
     tokens = None
     if config.service_account is not None:
         keys = config.service_account
@@ -535,6 +533,11 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
                                                               key_file=keys.key_file, issuer=keys.issuer)
         except (OSError, ValueError) as exc:
             raise StartupError(f"service-account keys: {exc}") from exc
+    # Pods get a token volume only from an api-server that can issue the token (docs/security.md).
+    options = dataclasses.replace(config.options,
+                                  mount_service_account_tokens=tokens is not None and tokens.signing_key is not None)
+    registry = Registry(store, allocator=allocator, options=options)
+    forwarder = Forwarder(registry, credentials=config.kubelet_credentials)
     authenticator = Authenticator(registry, insecure=config.tls is None, service_accounts=tokens)
     if config.tls is None:
         tls.warn_insecure("api-server")

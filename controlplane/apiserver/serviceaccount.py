@@ -37,15 +37,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf.message import Message
 
 from controlplane.apiserver import nodeauthz
-from skiff import errors, identity
+from skiff import errors, identity, serviceaccounts
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import types_pb2 as t
 
 ALGORITHM = "RS256"
 KUBERNETES_CLAIM = "kubernetes.io"
 # TokenRequest's bounds and default (kube-apiserver's): at least 10 minutes, 1 hour unless asked.
-MIN_EXPIRATION_SECONDS = 600
-DEFAULT_EXPIRATION_SECONDS = 3600
+MIN_EXPIRATION_SECONDS = serviceaccounts.MIN_TOKEN_EXPIRATION
+DEFAULT_EXPIRATION_SECONDS = serviceaccounts.DEFAULT_TOKEN_EXPIRATION
 MAX_EXPIRATION_SECONDS = 2 ** 32
 
 

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-cidr", default="",
                    help="the api-servers' service CIDR: keep the default/kubernetes Service (first address) "
                         "with the --api-servers as its endpoints; empty: do not")
+    p.add_argument("--kubernetes-service-endpoints", default="", metavar="HOST:PORT[,...]",
+                   help="the HTTPS (Kubernetes REST API) endpoints of the --api-servers, in the same order: the "
+                        "default/kubernetes Service's Endpoints; empty: the --api-servers themselves")
     p.add_argument("--node-cidr-mask-size", type=int, default=defaults.NODE_CIDR_MASK_SIZE,
                    help="prefix length of each node's pod CIDR")
     p.add_argument("--concurrent-deployment-syncs", type=int, default=5)
@@ -51,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-signing-cert-file", default="",
                    help="the cluster CA certificate that signs approved node certificates (CertificateSigningRequests)")
     p.add_argument("--cluster-signing-key-file", default="", help="its private key")
+    p.add_argument("--root-ca-file", default="",
+                   help="the cluster CA bundle, published as the kube-root-ca.crt ConfigMap (key ca.crt) in every "
+                        "namespace for pods to verify the api-server with; empty: not published")
     tls.add_daemon_client_flags(p)
     add_metrics_flag(p, defaults.CONTROLLERS_METRICS_PORT)
     add_verbose_flag(p)
@@ -68,8 +74,10 @@ def options_from(args: argparse.Namespace) -> manager.Options:
                                  large_cluster_size_threshold=args.large_cluster_size_threshold),
         cluster_cidr=args.cluster_cidr, node_cidr_mask_size=args.node_cidr_mask_size,
         service_cidr=args.service_cidr, cluster_signing_cert_file=args.cluster_signing_cert_file,
-        cluster_signing_key_file=args.cluster_signing_key_file,
+        cluster_signing_key_file=args.cluster_signing_key_file, root_ca_file=args.root_ca_file,
         api_servers=tuple(a.strip() for a in args.api_servers.split(",") if a.strip()),
+        kubernetes_service_endpoints=tuple(a.strip() for a in args.kubernetes_service_endpoints.split(",")
+                                           if a.strip()),
         workers={"deployment": args.concurrent_deployment_syncs, "replicaset": args.concurrent_replicaset_syncs,
                  "endpoints": args.concurrent_endpoint_syncs, "garbagecollector": args.concurrent_gc_syncs,
                  "nodeipam": 1})
@@ -85,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--node-eviction-rate and --secondary-node-eviction-rate must not be negative")
         if not 0 < options.eviction.unhealthy_zone_threshold <= 1:
             raise ValueError("--unhealthy-zone-threshold must be in (0, 1]")
+        if options.kubernetes_service_endpoints and \
+                len(options.kubernetes_service_endpoints) != len(options.api_servers):
+            raise ValueError("--kubernetes-service-endpoints: give one per --api-servers endpoint, in the same order")
         unknown = set(options.controllers) - set(manager.ALL_CONTROLLERS)
         if unknown:
             raise ValueError(f"--controllers: unknown {', '.join(sorted(unknown))}")

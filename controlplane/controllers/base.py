@@ -17,10 +17,18 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from controlplane.common.podutil import controller_ref, copy, owner_reference, pod_key
+from controlplane.common.podutil import (
+    CONTROLLER_UID_INDEX,
+    ORPHAN_INDEX,
+    controller_ref,
+    copy,
+    owner_reference,
+    pod_key,
+)
 from skiff import errors, labels
 from skiff.client import ApiClient
-from skiff.informer import object_key
+from skiff.events import WARNING, Recorder
+from skiff.informer import Informer, object_key
 from skiff.workqueue import WorkQueue, run_workers
 
 log = logging.getLogger("skiff.controllers")
@@ -40,11 +48,45 @@ class QueueController:
     def enqueue(self, obj: Any) -> None:
         self.queue.add(object_key(obj))
 
+    def enqueue_controllers_of(self, dependents: Informer[Any], owner_kind: str) -> None:
+        """Any change of a dependent (added, updated, deleted) queues the `owner_kind` that controls it."""
+        def changed(obj: Any) -> None:
+            ref = controller_ref(obj)
+            if ref is not None and ref.kind == owner_kind:
+                self.queue.add(f"{obj.metadata.namespace}/{ref.name}")
+        dependents.add_handler(on_add=changed, on_update=lambda old, new: changed(new), on_delete=changed)
+
     async def run(self, *, workers: int = 1) -> None:
         await run_workers(self.queue, self.sync, workers=workers)
 
     def shutdown(self) -> None:
         self.queue.shutdown()
+
+
+def live_controller(owners: Informer[M], obj: Any, owner_kind: str) -> M | None:
+    """The `owner_kind` in `owners`' cache that controls `obj` — the same uid, so a deleted and
+    re-created owner of the same name is not taken for the old one; None when there is none."""
+    ref = controller_ref(obj)
+    if ref is None or ref.kind != owner_kind:
+        return None
+    owner = owners.get(ref.name, obj.metadata.namespace)
+    return owner if owner is not None and owner.metadata.uid == ref.uid else None  # type: ignore[attr-defined]
+
+
+def selector_or_event(owner: Any, recorder: Recorder) -> labels.Selector | None:
+    """The owner's label selector; None (after an InvalidSelector warning on the owner) when it cannot be parsed."""
+    try:
+        return labels.from_label_selector(owner.spec.selector)
+    except labels.SelectorError as exc:
+        recorder.event(owner, WARNING, "InvalidSelector", str(exc))
+        return None
+
+
+def claim_candidates(dependents: Informer[M], owner: Any) -> list[M]:
+    """What `claim` looks at: the dependents `owner` controls and the orphans of its namespace
+    (both from the informer's indexes, which the controller registers)."""
+    return [*dependents.by_index(CONTROLLER_UID_INDEX, owner.metadata.uid),
+            *dependents.by_index(ORPHAN_INDEX, owner.metadata.namespace)]
 
 
 def _deleting(obj: Any) -> bool:

@@ -162,13 +162,7 @@ class CronJobController(QueueController):
         self.jobs.add_indexer(podutil.CONTROLLER_UID_INDEX, podutil.index_controller_uid)
         self.cronjobs.add_handler(on_add=self.enqueue, on_update=lambda old, new: self.enqueue(new),
                                   on_delete=lambda cj: None)
-        self.jobs.add_handler(on_add=self._job_changed, on_update=lambda old, new: self._job_changed(new),
-                              on_delete=self._job_changed)
-
-    def _job_changed(self, job: t.Job) -> None:
-        ref = podutil.controller_ref(job)
-        if ref is not None and ref.kind == "CronJob":
-            self.queue.add(f"{job.metadata.namespace}/{ref.name}")
+        self.enqueue_controllers_of(self.jobs, "CronJob")
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)

@@ -30,10 +30,18 @@ from dataclasses import dataclass
 
 from controlplane.common import podutil
 from controlplane.controllers import history
-from controlplane.controllers.base import ExpectingPodHandlers, QueueController, claim, write_status
+from controlplane.controllers.base import (
+    ExpectingPodHandlers,
+    QueueController,
+    claim,
+    claim_candidates,
+    live_controller,
+    selector_or_event,
+    write_status,
+)
 from controlplane.controllers.replicaset import Expectations
 from controlplane.controllers.rollout import int_or_string, pod_template_hash, scaled_value
-from skiff import conditions, errors, labels, taints
+from skiff import conditions, errors, taints
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import NORMAL, WARNING, Recorder
@@ -247,11 +255,7 @@ class DaemonSetController(QueueController, ExpectingPodHandlers):
             self._all()
 
     def _owner(self, pod: t.Pod) -> t.DaemonSet | None:
-        ref = podutil.controller_ref(pod)
-        if ref is None or ref.kind != "DaemonSet":
-            return None
-        ds = self.daemonsets.get(ref.name, pod.metadata.namespace)
-        return ds if ds is not None and ds.metadata.uid == ref.uid else None
+        return live_controller(self.daemonsets, pod, "DaemonSet")
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)
@@ -259,14 +263,10 @@ class DaemonSetController(QueueController, ExpectingPodHandlers):
         if ds is None or ds.metadata.HasField("deletion_timestamp"):
             self.expectations.forget(key)
             return
-        try:
-            selector = labels.from_label_selector(ds.spec.selector)
-        except labels.SelectorError as exc:
-            self.recorder.event(ds, WARNING, "InvalidSelector", str(exc))
+        selector = selector_or_event(ds, self.recorder)
+        if selector is None:
             return
-        candidates = [*self.pods.by_index(podutil.CONTROLLER_UID_INDEX, ds.metadata.uid),
-                      *self.pods.by_index(podutil.ORPHAN_INDEX, namespace)]
-        pods = await claim(self.client, ds, candidates, selector)
+        pods = await claim(self.client, ds, claim_candidates(self.pods, ds), selector)
         by_node: dict[str, list[t.Pod]] = {}
         for p in pods:
             by_node.setdefault(p.spec.node_name, []).append(p)

@@ -23,7 +23,7 @@ from typing import Any
 
 from controlplane.common import podutil
 from controlplane.controllers import rollout
-from controlplane.controllers.base import QueueController, claim
+from controlplane.controllers.base import QueueController, claim, live_controller
 from controlplane.controllers.rollout import RSView
 from skiff import conditions, defaults, errors, labels
 from skiff.client import ApiClient
@@ -287,11 +287,7 @@ class DeploymentController(QueueController):
     # ------------------------------------------------------------------ handlers
 
     def _owner_of(self, obj: Any) -> t.Deployment | None:
-        ref = podutil.controller_ref(obj)
-        if ref is None or ref.kind != "Deployment":
-            return None
-        d = self.deployments.get(ref.name, obj.metadata.namespace)
-        return d if d is not None and d.metadata.uid == ref.uid else None
+        return live_controller(self.deployments, obj, "Deployment")
 
     def _rs_changed(self, rs: t.ReplicaSet) -> None:
         owner = self._owner_of(rs)

@@ -36,7 +36,8 @@ ORPHAN = "orphan"
 OWNER_UID_INDEX = "owner-uid"
 # Kinds whose objects can own or be owned. Events are left to their own expiry.
 GC_KINDS: tuple[type[Message], ...] = (t.Deployment, t.ReplicaSet, t.Pod, t.Service, t.Endpoints, t.Lease, t.Node,
-                                       t.Job, t.CronJob, t.DaemonSet, t.StatefulSet, t.ControllerRevision)
+                                       t.Job, t.CronJob, t.DaemonSet, t.StatefulSet, t.ControllerRevision,
+                                       t.PersistentVolumeClaim)  # StatefulSets' retention policy
 
 
 def index_owner_uids(obj: Any) -> list[str]:

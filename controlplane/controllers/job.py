@@ -30,9 +30,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from controlplane.common import podutil
-from controlplane.controllers.base import ExpectingPodHandlers, QueueController, claim, write_status
+from controlplane.controllers.base import (
+    ExpectingPodHandlers,
+    QueueController,
+    claim,
+    claim_candidates,
+    live_controller,
+    selector_or_event,
+    write_status,
+)
 from controlplane.controllers.replicaset import Expectations
-from skiff import conditions, errors, labels
+from skiff import conditions, errors
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
 from skiff.events import NORMAL, WARNING, Recorder
@@ -270,11 +278,7 @@ class JobController(QueueController, ExpectingPodHandlers):
         self.expectations.forget(object_key(job))
 
     def _owner(self, pod: t.Pod) -> t.Job | None:
-        ref = podutil.controller_ref(pod)
-        if ref is None or ref.kind != "Job":
-            return None
-        job = self.jobs.get(ref.name, pod.metadata.namespace)
-        return job if job is not None and job.metadata.uid == ref.uid else None
+        return live_controller(self.jobs, pod, "Job")
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)
@@ -282,14 +286,10 @@ class JobController(QueueController, ExpectingPodHandlers):
         if job is None or job.metadata.HasField("deletion_timestamp"):
             self.expectations.forget(key)
             return
-        try:
-            selector = labels.from_label_selector(job.spec.selector)
-        except labels.SelectorError as exc:
-            self.recorder.event(job, WARNING, "InvalidSelector", str(exc))
+        selector = selector_or_event(job, self.recorder)
+        if selector is None:
             return
-        candidates = [*self.pods.by_index(podutil.CONTROLLER_UID_INDEX, job.metadata.uid),
-                      *self.pods.by_index(podutil.ORPHAN_INDEX, namespace)]
-        pods = await claim(self.client, job, candidates, selector)
+        pods = await claim(self.client, job, claim_candidates(self.pods, job), selector)
         now = self.clock.now()
         plan = plan_job(job, pods, now, backoff_base=self.backoff_base)
         if plan.delete_job:

@@ -1,16 +1,21 @@
 """The `default/kubernetes` Service: the api-servers as endpoints of a Service every pod can name.
 
 Kubernetes' api-servers keep this Service themselves; in Skiff the controller manager does,
-from the api-server list it was started with (`--api-servers`), probing each one.
+from the api-server list it was started with (`--api-servers`, their gRPC endpoints, which it
+probes) and their HTTPS endpoints (`--kubernetes-service-endpoints`, the Kubernetes REST API,
+in the same order), which the Service leads to: `https://kubernetes.default.svc` reaches the
+REST API from a pod, as in Kubernetes.
 
 What must hold:
 - the Service exists with the first address of the service CIDR as its ClusterIP (the address
   the allocator never hands out), port `https` 443, no selector (so the endpoints controller
   leaves its Endpoints alone), labels component=apiserver, provider=kubernetes; a Service of
   that name a user changed is left as it is, except that a missing one is recreated;
-- its Endpoints list every api-server: the ones that answered the last probe in `addresses`,
-  the others in `notReadyAddresses`; api-servers on different ports are different subsets,
-  each with the named port `https`, so the proxy sends each connection to the right port;
+- its Endpoints list every api-server's HTTPS endpoint (its gRPC endpoint when no HTTPS one is
+  given): the ones whose api-server answered the last probe in `addresses`, the others in
+  `notReadyAddresses`; api-servers on different ports are different subsets, each with the
+  named port `https`, so the proxy sends each connection to the right port; the Service's
+  targetPort is the first one's port;
 - Endpoints are written only when their content changes; the check repeats every
   `resync_period` (a dead api-server leaves `addresses` within that time).
 """
@@ -50,13 +55,13 @@ def service_ip(service_cidr: str) -> str:
     return str(ipaddress.IPv4Network(service_cidr, strict=False).network_address + 1) if service_cidr else ""
 
 
-def desired_service(service_cidr: str, api_servers: Sequence[str]) -> t.Service:
+def desired_service(service_cidr: str, endpoints: Sequence[str]) -> t.Service:
     svc = t.Service(api_version="v1", kind="Service")
     svc.metadata.name, svc.metadata.namespace = NAME, NAMESPACE
     svc.metadata.labels.update({"component": "apiserver", "provider": "kubernetes"})
     svc.spec.cluster_ip = service_ip(service_cidr)
     port = svc.spec.ports.add(name=PORT_NAME, protocol="TCP", port=SERVICE_PORT)
-    port.target_port.int_val = split_endpoint(api_servers[0])[1] if api_servers else SERVICE_PORT
+    port.target_port.int_val = split_endpoint(endpoints[0])[1] if endpoints else SERVICE_PORT
     return svc
 
 
@@ -94,10 +99,17 @@ class KubernetesServiceController(QueueController):
     name = "kubernetesservice"
 
     def __init__(self, client: ApiClient, factory: InformerFactory, *, api_servers: Sequence[str],
-                 service_cidr: str, probe: Probe = version_probe, resync_period: float = 10.0) -> None:
+                 service_cidr: str, https_endpoints: Sequence[str] = (), probe: Probe = version_probe,
+                 resync_period: float = 10.0) -> None:
         super().__init__()
         self.client = client
         self.api_servers = [a for a in api_servers if a]
+        served = [a for a in https_endpoints if a]
+        if served and len(served) != len(self.api_servers):
+            raise ValueError(f"{len(served)} HTTPS endpoints for {len(self.api_servers)} api-servers: "
+                             "give one per api-server, in the same order")
+        # api-server (probed) -> what the Service leads to
+        self.targets = dict(zip(self.api_servers, served or self.api_servers, strict=True))
         self.service_cidr = service_cidr
         self.probe = probe
         self.resync_period = resync_period
@@ -122,13 +134,13 @@ class KubernetesServiceController(QueueController):
             return
         if self.services.get(NAME, NAMESPACE) is None:
             try:
-                await self.client.create(desired_service(self.service_cidr, self.api_servers))
+                await self.client.create(desired_service(self.service_cidr, list(self.targets.values())))
                 log.info("created Service %s", KEY)
             except errors.AlreadyExistsError:
                 pass
         results = await asyncio.gather(*(self.probe(a) for a in self.api_servers))
-        healthy = {a for a, ok in zip(self.api_servers, results, strict=True) if ok}
-        subsets = plan_subsets(self.api_servers, healthy)
+        healthy = {self.targets[a] for a, ok in zip(self.api_servers, results, strict=True) if ok}
+        subsets = plan_subsets(list(self.targets.values()), healthy)
         current = self.endpoints.get(NAME, NAMESPACE)
         if current is None:
             ep = t.Endpoints(api_version="v1", kind="Endpoints")

@@ -30,6 +30,7 @@ from controlplane.controllers.nodelifecycle import EvictionOptions, NodeLifecycl
 from controlplane.controllers.persistentvolume import PersistentVolumeController
 from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.controllers.resourcequota import ResourceQuotaController
+from controlplane.controllers.rootcacert import RootCACertPublisher
 from controlplane.controllers.serviceaccount import ServiceAccountController
 from controlplane.controllers.statefulset import StatefulSetController
 from skiff import defaults
@@ -44,7 +45,7 @@ log = logging.getLogger("skiff.controllers.manager")
 
 ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "nodeipam", "garbagecollector",
                    "serviceaccount", "resourcequota", "kubernetesservice", "job", "cronjob", "daemonset",
-                   "statefulset", "csrsigning", "persistentvolume")
+                   "statefulset", "csrsigning", "persistentvolume", "rootcacertpublisher")
 COMPONENT = "controller-manager"
 
 
@@ -59,11 +60,15 @@ class Options:
     # default/kubernetes: kept only when the service CIDR is known (its ClusterIP is the first address).
     service_cidr: str = ""
     api_servers: Sequence[str] = ()
+    # Their HTTPS (Kubernetes REST) endpoints, in the same order: default/kubernetes leads there.
+    kubernetes_service_endpoints: Sequence[str] = ()
     # How the kubernetesservice controller's probes reach each api-server (None: plaintext).
     credentials: Credentials | None = None
     # The CA that signs node certificates (csrsigning runs only with both).
     cluster_signing_cert_file: str = ""
     cluster_signing_key_file: str = ""
+    # The CA bundle published as kube-root-ca.crt in every namespace (rootcacertpublisher runs only with it).
+    root_ca_file: str = ""
     workers: dict[str, int] = field(default_factory=lambda: {
         "deployment": 5, "replicaset": 5, "endpoints": 5, "nodeipam": 1, "garbagecollector": 10,
         "job": 5, "cronjob": 5, "daemonset": 2, "statefulset": 5, "persistentvolume": 2})
@@ -104,6 +109,7 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "kubernetesservice" in wanted and options.service_cidr and options.api_servers:
         out.append(KubernetesServiceController(client, factory, api_servers=options.api_servers,
                                                service_cidr=options.service_cidr,
+                                               https_endpoints=options.kubernetes_service_endpoints,
                                                probe=functools.partial(version_probe,
                                                                        credentials=options.credentials)))
     if "job" in wanted:
@@ -122,6 +128,8 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     if "persistentvolume" in wanted:
         out.append(PersistentVolumeController(client, factory,
                                               recorder=recorder.scoped("persistentvolume-controller")))
+    if "rootcacertpublisher" in wanted and options.root_ca_file:
+        out.append(RootCACertPublisher(client, factory, root_ca_file=options.root_ca_file))
     return out
 
 

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.common import podutil
-from controlplane.controllers.base import QueueController, claim
+from controlplane.controllers.base import QueueController, claim, claim_candidates, live_controller, selector_or_event
 from skiff import conditions, defaults, errors, labels
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp
@@ -201,11 +201,7 @@ class ReplicaSetController(QueueController):
         self.enqueue(rs)
 
     def _owner(self, pod: t.Pod) -> t.ReplicaSet | None:
-        ref = podutil.controller_ref(pod)
-        if ref is None or ref.kind != "ReplicaSet":
-            return None
-        rs = self.replicasets.get(ref.name, pod.metadata.namespace)
-        return rs if rs is not None and rs.metadata.uid == ref.uid else None
+        return live_controller(self.replicasets, pod, "ReplicaSet")
 
     def _matching(self, pod: t.Pod) -> list[t.ReplicaSet]:
         out = []
@@ -271,19 +267,15 @@ class ReplicaSetController(QueueController):
             self.expectations.forget(key)
             return
         rs = cached
-        try:
-            selector = labels.from_label_selector(rs.spec.selector)
-        except labels.SelectorError as exc:
-            self.recorder.event(rs, WARNING, "InvalidSelector", str(exc))
+        selector = selector_or_event(rs, self.recorder)
+        if selector is None:
             return
         if not selector:
             self.recorder.event(rs, WARNING, "SelectingAll", "This replica set is selecting all pods; "
                                 "a non-empty selector is required.")
             return
         needs_sync = self.expectations.satisfied(key)
-        candidates = [*self.pods.by_index(podutil.CONTROLLER_UID_INDEX, rs.metadata.uid),
-                      *self.pods.by_index(podutil.ORPHAN_INDEX, namespace)]
-        active = [p for p in candidates if podutil.is_active(p)]
+        active = [p for p in claim_candidates(self.pods, rs) if podutil.is_active(p)]
         pods = await claim(self.client, rs, active, selector)
         create_error: BaseException | None = None
         manage_error: BaseException | None = None

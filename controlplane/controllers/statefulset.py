@@ -16,9 +16,16 @@ What must hold (Kubernetes' apps/v1 StatefulSet):
 - templates are kept as ControllerRevisions (controlplane.controllers.history);
 - volumeClaimTemplates: before pod `<set>-<i>` is created, each template's claim
   `<template>-<set>-<i>` exists (created from the template, labelled with the set's selector
-  labels), and the pod's volume of the template's name uses it; claims are never deleted by
-  the controller (retention policy Retain, Kubernetes' default), so a pod created again, or
-  the same ordinal after a scale-down and up, gets its old data back;
+  labels), and the pod's volume of the template's name uses it; the controller never deletes
+  a claim itself: with persistentVolumeClaimRetentionPolicy Retain (Kubernetes' default) a pod
+  created again, or the same ordinal after a scale-down and up, gets its old data back;
+- retention policy (`claim_owner_references`, upstream's claimOwnerMatchesSetAndPod): the
+  garbage collector deletes what the claims' ownerReferences say. whenDeleted=Delete: every
+  claim of a pod in range is owned by the set (it goes with the set); whenScaled=Delete: the
+  claims of a condemned pod (ordinal ≥ replicas) are owned by that pod and not by the set (they
+  go with the pod), before the pod is deleted; Retain removes the reference it would have added.
+  References are never controller references and never block their owner's deletion (a
+  claim protected while its pod runs must not hold the pod back); other owners are kept;
 - the decision is the pure `plan_statefulset(...)`; `sync` applies it.
 """
 
@@ -31,9 +38,9 @@ from dataclasses import dataclass
 
 from controlplane.common import podutil
 from controlplane.controllers import history
-from controlplane.controllers.base import QueueController, claim, write_status
+from controlplane.controllers.base import QueueController, claim, claim_candidates, selector_or_event, write_status
 from controlplane.controllers.rollout import pod_template_hash
-from skiff import conditions, errors, labels, storage
+from skiff import conditions, errors, storage
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock
 from skiff.events import NORMAL, WARNING, Recorder
@@ -150,8 +157,30 @@ def claims_for(sts: t.StatefulSet, index: int) -> list[t.PersistentVolumeClaim]:
         pvc.metadata.labels.update(sts.spec.selector.match_labels)
         pvc.metadata.annotations.update(tmpl.metadata.annotations)
         pvc.spec.CopyFrom(tmpl.spec)
+        pvc.metadata.owner_references.extend(claim_owner_references(sts, pvc, None, condemned=False))
         out.append(pvc)
     return out
+
+
+def _retains(policy: str) -> bool:
+    return policy != "Delete"
+
+
+def claim_owner_references(sts: t.StatefulSet, claim: t.PersistentVolumeClaim, pod: t.Pod | None,
+                           condemned: bool) -> list[t.OwnerReference]:
+    """The ownerReferences `claim` should have under the set's retention policy (see the module
+    docstring); `pod`: the claim's pod (None: it has none now), `condemned`: its ordinal is ≥ replicas."""
+    policy = sts.spec.persistent_volume_claim_retention_policy
+    delete_with_set = not _retains(policy.when_deleted) and not (condemned and not _retains(policy.when_scaled))
+    delete_with_pod = pod is not None and condemned and not _retains(policy.when_scaled)
+    refs = [r for r in claim.metadata.owner_references
+            if r.uid != sts.metadata.uid and (pod is None or r.uid != pod.metadata.uid)]
+    if delete_with_set:
+        refs.append(podutil.owner_reference(sts, controller=False, block=False))
+    if delete_with_pod:
+        assert pod is not None
+        refs.append(podutil.owner_reference(pod, controller=False, block=False))
+    return refs
 
 
 def pod_for(sts: t.StatefulSet, index: int, template: t.PodTemplateSpec, hash_: str) -> t.Pod:
@@ -204,27 +233,17 @@ class StatefulSetController(QueueController):
         self.revisions.add_indexer(podutil.CONTROLLER_UID_INDEX, podutil.index_controller_uid)
         self.sets.add_handler(on_add=self.enqueue, on_update=lambda old, new: self.enqueue(new),
                               on_delete=lambda s: None)
-        self.pods.add_handler(on_add=self._pod_changed, on_update=lambda old, new: self._pod_changed(new),
-                              on_delete=self._pod_changed)
-
-    def _pod_changed(self, pod: t.Pod) -> None:
-        ref = podutil.controller_ref(pod)
-        if ref is not None and ref.kind == "StatefulSet":
-            self.queue.add(f"{pod.metadata.namespace}/{ref.name}")
+        self.enqueue_controllers_of(self.pods, "StatefulSet")
 
     async def sync(self, key: str) -> None:
         namespace, name = split_key(key)
         sts = self.sets.get(name, namespace)
         if sts is None or sts.metadata.HasField("deletion_timestamp"):
             return
-        try:
-            selector = labels.from_label_selector(sts.spec.selector)
-        except labels.SelectorError as exc:
-            self.recorder.event(sts, WARNING, "InvalidSelector", str(exc))
+        selector = selector_or_event(sts, self.recorder)
+        if selector is None:
             return
-        candidates = [*self.pods.by_index(podutil.CONTROLLER_UID_INDEX, sts.metadata.uid),
-                      *self.pods.by_index(podutil.ORPHAN_INDEX, namespace)]
-        pods = await claim(self.client, sts, candidates, selector)
+        pods = await claim(self.client, sts, claim_candidates(self.pods, sts), selector)
         update_hash = pod_template_hash(sts.spec.template)
         current_hash = current_hash_of(sts)
         revisions = list(self.revisions.by_index(podutil.CONTROLLER_UID_INDEX, sts.metadata.uid))
@@ -235,6 +254,7 @@ class StatefulSetController(QueueController):
             r.metadata.labels.get(history.REVISION_HASH, ""): r.data.spec.template for r in revisions}
         plan = plan_statefulset(sts, pods, update_hash=update_hash, current_hash=current_hash,
                                 now=self.clock.now())
+        await self._claim_owners(sts, pods)  # before a condemned pod goes: its claims may go with it
         for pod in plan.delete:
             try:
                 await self.client.delete(t.Pod, pod.metadata.name, pod.metadata.namespace)
@@ -256,6 +276,30 @@ class StatefulSetController(QueueController):
                 raise
         if plan.status != sts.status:
             await write_status(self.client, sts, plan.status)
+
+    async def _claim_owners(self, sts: t.StatefulSet, pods: Sequence[t.Pod]) -> None:
+        """Give the claims of the set's pods the ownerReferences its retention policy asks for."""
+        if not sts.spec.volume_claim_templates:
+            return
+        replicas = sts.spec.replicas if sts.spec.HasField("replicas") else 1
+        for pod in pods:
+            index = ordinal(sts.metadata.name, pod)
+            if index is None:
+                continue
+            for wanted in claims_for(sts, index):
+                current = self.claims.get(wanted.metadata.name, wanted.metadata.namespace)
+                if current is None or current.metadata.HasField("deletion_timestamp"):
+                    continue
+                refs = claim_owner_references(sts, current, pod, condemned=index >= replicas)
+                if list(current.metadata.owner_references) == refs:
+                    continue
+                updated = podutil.copy(current)
+                del updated.metadata.owner_references[:]
+                updated.metadata.owner_references.extend(refs)
+                try:
+                    await self.client.update(updated)
+                except errors.NotFoundError:
+                    continue
 
     async def _ensure_claims(self, sts: t.StatefulSet, index: int) -> None:
         for pvc in claims_for(sts, index):

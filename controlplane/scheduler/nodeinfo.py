@@ -7,8 +7,9 @@ What must hold:
   always equal the sum over the pods currently placed on it: `add_pod`/`remove_pod` are the
   only ways to change them, each O(1) in the number of pods, so no decision ever walks all
   the pods of the cluster;
-- node facts that filters read (ready, unschedulable, taints, allocatable) are derived once
-  per node update, not per scheduling decision.
+- node facts that filters read (ready, unschedulable, taints, pressure conditions,
+  allocatable) are derived once per node update, not per scheduling decision (a decision
+  examines hundreds of nodes: a fact derived per examination was 27% of a decision's time).
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ def _quantity(values: dict[str, str], name: str, parse: Callable[[str], int], de
         return 0  # a node reporting garbage fits nothing rather than everything
 
 
+PRESSURE_CONDITIONS = ("MemoryPressure", "DiskPressure", "PIDPressure")
+
+
+def node_pressures(node: t.Node | None) -> frozenset[str]:
+    """The pressure conditions that are True on `node`."""
+    if node is None:
+        return frozenset()
+    return frozenset(c.type for c in node.status.conditions if c.type in PRESSURE_CONDITIONS and c.status == "True")
+
+
 def _count(text: str) -> int:
     return int(quantity.parse(text))
 
@@ -74,6 +85,7 @@ class NodeInfo:
     alloc_pods: int = DEFAULT_PODS
     ready: bool = False
     unschedulable: bool = False
+    pressures: frozenset[str] = frozenset()  # MemoryPressure, DiskPressure, PIDPressure when True
     hard_taints: tuple[t.Taint, ...] = ()  # NoSchedule and NoExecute
     soft_taints: tuple[t.Taint, ...] = ()  # PreferNoSchedule
     req_cpu: int = 0
@@ -95,6 +107,7 @@ class NodeInfo:
         self.alloc_pods = _quantity(alloc, "pods", _count, DEFAULT_PODS)
         self.ready = conditions.is_node_ready(node)
         self.unschedulable = node.spec.unschedulable
+        self.pressures = node_pressures(node)
         self.hard_taints = tuple(tn for tn in node.spec.taints if tn.effect in (taints.NO_SCHEDULE, taints.NO_EXECUTE))
         self.soft_taints = tuple(tn for tn in node.spec.taints if tn.effect == taints.PREFER_NO_SCHEDULE)
         self.generation += 1

@@ -48,6 +48,7 @@ import os
 import pickle
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,50 @@ def _use_fast_pickle() -> None:
 
 
 _use_fast_pickle()
+
+# zlib level for peer messages. pysyncobj deflates every message at level 3; measured on a batch
+# of 64 puts of 256 random bytes (what bench/store.py writes) that is ~2 ms per copy for a 10%
+# saving, paid once per follower on the leader, and 60-90 us even for a 140-byte heartbeat
+# (docs/scale.md). Level 0 writes stored blocks (a copy and a checksum): the links are loopback
+# or a LAN, where CPU, not bandwidth, bounds the store. Any zlib reader inflates level 0, so
+# members running the code from before this change still read what these send.
+PEER_COMPRESS_LEVEL = 0
+
+
+class _PeerZlib:
+    """The zlib pysyncobj's TcpConnection sees: its fixed level replaced by PEER_COMPRESS_LEVEL."""
+
+    decompress = staticmethod(zlib.decompress)
+
+    @staticmethod
+    def compress(data: bytes, _level: int = -1) -> bytes:
+        return zlib.compress(data, PEER_COMPRESS_LEVEL)
+
+
+def _use_cheap_compression() -> None:
+    import pysyncobj.tcp_connection as tcp_connection
+
+    tcp_connection.zlib = _PeerZlib
+
+
+_use_cheap_compression()
+
+
+def next_index_after_ack(next_index: int, ack_next: int, *, success: bool, reset: bool) -> int:
+    """The leader's next index for a follower once it answered an append message (etcd's
+    progress rule). pysyncobj sets it to the answer's `next_node_idx` on every success, but it
+    sends optimistically (the next index moves past each batch as it leaves), so an answer to an
+    earlier message pulled it back and the entries already sent went out again; the follower
+    then cut its log back to them, already-applied entries included, and wrote them again (the
+    "truncating already-applied log entries" CRITICAL line). A success only moves it forward:
+    messages to a follower travel in order on one connection, and one lost with a broken
+    connection leaves a gap the follower answers with `reset` (its own next index), which is
+    taken as it is."""
+    if reset:
+        return ack_next
+    if success:
+        return max(next_index, ack_next)
+    return next_index
 
 
 def member_id_for(peer_addr: str) -> int:
@@ -165,9 +210,15 @@ class _Transport(TCPTransport):  # type: ignore[misc]
             index = message.get("index")
             self._syncObj.read_index_response(int(message["id"]), None if index is None else int(index))
             return
+        if kind != "next_node_idx":
+            super()._onMessageReceived(node, message)
+            return
+        raft = self._syncObj
+        sent = raft.next_index(node)
         super()._onMessageReceived(node, message)
-        if kind == "next_node_idx" and "ri" in message:
-            self._syncObj.read_ack(node, int(message["ri"]), int(message["rt"]))
+        raft.keep_next_index(node, sent, message)
+        if "ri" in message:
+            raft.read_ack(node, int(message["ri"]), int(message["rt"]))
 
     def send(self, node: Any, message: Any) -> bool:
         kind = message.get("type") if isinstance(message, dict) else None
@@ -316,6 +367,20 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._drain_confirmed()
         self._start_read_round()  # the reads that waited for this answer
 
+    def next_index(self, node: Any) -> int | None:
+        """The leader's next index for `node` (tick thread); None when it has none."""
+        nxt: dict[Any, int] = self._SyncObj__raftNextIndex
+        return nxt.get(node)
+
+    def keep_next_index(self, node: Any, sent: int | None, ack: dict[str, Any]) -> None:
+        """After pysyncobj handled an append answer from `node`: its next index by
+        next_index_after_ack, `sent` being the one before the answer (tick thread)."""
+        nxt: dict[Any, int] = self._SyncObj__raftNextIndex
+        if sent is None or node not in nxt or not self._isLeader():
+            return
+        nxt[node] = next_index_after_ack(sent, int(ack["next_node_idx"]), success=bool(ack.get("success")),
+                                         reset=bool(ack.get("reset")))
+
     def read_ack(self, node: Any, round_: int, term: int) -> None:
         """A follower answered an append message of `round_` sent in `term` (transport, tick thread)."""
         if term == self.raftCurrentTerm and self._isLeader():
@@ -399,6 +464,31 @@ class RaftTimings:
     election_max: float = 1.6
     leader_fallback: float = 3.0  # a leader without a majority steps down after this
     connection_timeout: float = 3.5
+
+
+class _ReadBatch:
+    """The linearizable reads that arrived on the loop since the tick thread last took
+    `read_waiting`: they wait on one future for one answer (a ReadIndex round, or the leader's
+    answer on a follower), so a burst of reads costs one entry in the round, one cross-thread
+    call and one timer instead of one of each per read.
+
+    A read joins the batch only while the batch is still in `read_waiting` (checked under
+    `read_lock`, under which the tick thread takes the list to start a round): once taken, the
+    round's index was noted before any later read arrived, and such a read opens a new batch.
+    Called on the loop with the answer (True: serve now; False: use the log; None: timed out).
+    """
+
+    __slots__ = ("fut", "reads", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.fut: asyncio.Future[bool | None] = loop.create_future()
+        self.reads = 0
+        self.timer = loop.call_later(timeout, self, None)
+
+    def __call__(self, ok: bool | None) -> None:
+        self.timer.cancel()
+        if not self.fut.done():
+            self.fut.set_result(ok)
 
 
 class _Pending:
@@ -554,21 +644,22 @@ class RaftNode:
             await self.read_barrier()
             return
         self._admit()
-        fut: asyncio.Future[bool] = self.loop.create_future()
-
-        def done(ok: bool) -> None:  # on the loop (_Raft._deliver)
-            if not fut.done():
-                fut.set_result(ok)
-
         with self.raft.read_lock:
-            first = not self.raft.read_waiting
-            self.raft.read_waiting.append(done)
+            waiting = self.raft.read_waiting
+            batch = waiting[-1] if waiting else None
+            if not isinstance(batch, _ReadBatch):
+                batch = _ReadBatch(self.loop, self.request_timeout)
+                waiting.append(batch)
+                first = len(waiting) == 1
+            else:
+                first = False
+            batch.reads += 1
         if first:  # later ones ride in the same round; an answer in flight starts the next one
             self.raft.wake()
-        try:
-            ok = await asyncio.wait_for(fut, self.request_timeout)
-        except TimeoutError:
-            raise errors.TIMEOUT from None
+        # shield: one reader cancelled (its client went away) must not cancel its batch's answer
+        ok = await asyncio.shield(batch.fut)
+        if ok is None:
+            raise errors.TIMEOUT
         if not ok:
             await self.read_barrier()
 

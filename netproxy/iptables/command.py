@@ -15,6 +15,7 @@ import asyncio
 import logging
 import shlex
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,6 +64,7 @@ class IptablesCmd:
         self.prefix = netns_prefix(netns)
         self.wait = str(wait_seconds)
         self.restores = 0
+        self.restore_seconds: list[float] = []  # wall time of each restore (benchmarks: the floor under a sync)
 
     async def _run(self, argv: list[str], *, stdin: str | None = None) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
@@ -73,7 +75,10 @@ class IptablesCmd:
 
     async def restore(self, text: str) -> None:
         argv = [f"iptables-{self.backend}-restore", "--noflush", "-w", self.wait]
+        start = time.perf_counter()
         rc, _, err = await self._run(argv, stdin=text)
+        self.restore_seconds.append(time.perf_counter() - start)
+        del self.restore_seconds[:-1000]
         self.restores += 1
         if rc != 0:
             raise IptablesError(f"{' '.join(argv)} failed (exit {rc}): {err.strip()}")
@@ -163,6 +168,15 @@ class MemoryIptables:
                 if target.startswith("KUBE-") and (table, target) not in work:
                     raise fail(f"jump to missing chain {target}")
                 work[key].append(line)
+            elif line.startswith("-I "):
+                args = shlex.split(line)
+                key = (table, args[1])
+                target = _target(line)
+                if key not in work:
+                    raise fail("no such chain")
+                if target.startswith("KUBE-") and (table, target) not in work:
+                    raise fail(f"jump to missing chain {target}")
+                work[key].insert(int(args[2]) - 1, _rule_line(args[1], args[3:]))
             elif line.startswith("-X "):
                 key = (table, line.split()[1])
                 if key not in work or self._builtin(key):
@@ -213,6 +227,24 @@ class MemoryIptables:
 
 
 # ---------------------------------------------------------------------- hooks
+
+
+def absent_hooks(hooks: Sequence[Hook], known: Mapping[ChainKey, Sequence[str]]) -> list[Hook]:
+    """Hooks whose built-in chain (as iptables-save just showed it) has no jump to their target at all.
+
+    Those are certainly missing and can be inserted without a `-C`, inside a restore
+    (`hook_lines`), instead of one command each.
+    """
+    return [h for h in hooks if not any(f"-j {h.target}" in r for r in known.get((h.table, h.chain), ()))]
+
+
+def hook_lines(hooks: Sequence[Hook]) -> dict[str, list[str]]:
+    """Restore lines (per table) inserting `hooks` at the top of their chains, ending up in the order given."""
+    out: dict[str, list[str]] = {}
+    for hook in reversed(hooks):
+        args = " ".join(f'"{a}"' if " " in a else a for a in hook.args)
+        out.setdefault(hook.table, []).append(f"-I {hook.chain} 1 {args}")
+    return out
 
 
 async def ensure_hooks(ipt: Iptables, hooks: Sequence[Hook] = HOOKS, *,

@@ -19,12 +19,17 @@ Layout (kube-proxy's iptables proxier, see docs/netproxy.md for a dump):
   endpoints, so clients fail at once instead of timing out.
 
 What must hold: `render` and `build_ruleset` are pure; the same input gives the same text;
-every rule carries a comment naming its service port ("ns/svc:port") or its purpose.
+every rule carries a comment naming its service port ("ns/svc:port") or its purpose — except,
+in large-cluster mode (more endpoints than `ProxyConfig.large_cluster_endpoints`, kube-proxy's
+rule), the per-endpoint rules: the KUBE-SEP chains' rules and the rules picking an endpoint in
+KUBE-SVC/KUBE-SVL chains. Those are three of every four rules, and their comments most of the
+bytes iptables-restore parses and iptables-legacy copies; the chains they sit in are still
+named by the service port's hash and entered only from commented rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Collection, Iterable, MutableMapping
 from dataclasses import dataclass, field
 
 from netproxy.config import ProxyConfig
@@ -63,24 +68,30 @@ def _nodeport(sp: ServicePort) -> str:
     return f"-p {sp.proto} -m {sp.proto} --dport {sp.node_port}"
 
 
-def _pick(chain: str, sp: ServicePort, endpoints: tuple[Endpoint, ...]) -> list[str]:
+def large_cluster(sps: Collection[ServicePort], config: ProxyConfig) -> bool:
+    """kube-proxy's large-cluster mode: more endpoints than the threshold, endpoint rules uncommented."""
+    return sum(len(sp.endpoints) for sp in sps) > config.large_cluster_endpoints
+
+
+def _pick(chain: str, sp: ServicePort, endpoints: tuple[Endpoint, ...], *, large: bool) -> list[str]:
     """Rules choosing one of `endpoints` (ClientIP affinity first, then equal probabilities)."""
     key = sp.key
-    seps = [(ep, sep_chain(sp, ep)) for ep in endpoints]
+    seps = [(ep, sep_chain(sp, ep), "" if large else comment(f"{key} -> {ep}") + " ") for ep in endpoints]
     rules: list[str] = []
     if sp.affinity_timeout:
-        for ep, sep in seps:
-            rules.append(f'-A {chain} {comment(f"{key} -> {ep}")} -m recent --name {sep} --rcheck '
+        for _, sep, note in seps:
+            rules.append(f"-A {chain} {note}-m recent --name {sep} --rcheck "
                          f"--seconds {sp.affinity_timeout} --reap -j {sep}")
     n = len(seps)
-    for i, (ep, sep) in enumerate(seps):
+    for i, (_, sep, note) in enumerate(seps):
         remaining = n - i
         stat = f"-m statistic --mode random --probability {1.0 / remaining:.10f} " if remaining > 1 else ""
-        rules.append(f'-A {chain} {comment(f"{key} -> {ep}")} {stat}-j {sep}')
+        rules.append(f"-A {chain} {note}{stat}-j {sep}")
     return rules
 
 
-def fragment(sp: ServicePort, config: ProxyConfig) -> Fragment:
+def fragment(sp: ServicePort, config: ProxyConfig, *, large: bool = False) -> Fragment:
+    """The rules of one ServicePort; `large`: large-cluster mode (endpoint rules without comments)."""
     f = Fragment()
     key = sp.key
     if not sp.endpoints:
@@ -111,17 +122,18 @@ def fragment(sp: ServicePort, config: ProxyConfig) -> Fragment:
     elif config.cluster_net:
         svc_rules.append(f'-A {svc} {comment(key + " cluster IP")} ! -s {config.cluster_net} {_dest(sp)} '
                          f"-j {MARK_MASQ}")
-    svc_rules.extend(_pick(svc, sp, sp.endpoints))
+    svc_rules.extend(_pick(svc, sp, sp.endpoints, large=large))
     f.chains.append((svc, tuple(svc_rules)))
+    note = "" if large else comment(key) + " "
     for ep in sp.endpoints:
         sep = sep_chain(sp, ep)
         recent = f"-m recent --name {sep} --set " if sp.affinity_timeout else ""
         f.chains.append((sep, (
-            f"-A {sep} {comment(key)} -s {ep.ip}/32 -j {MARK_MASQ}",
-            f"-A {sep} {comment(key)} -p {sp.proto} {recent}-m {sp.proto} -j DNAT --to-destination {ep}",
+            f"-A {sep} {note}-s {ep.ip}/32 -j {MARK_MASQ}",
+            f"-A {sep} {note}-p {sp.proto} {recent}-m {sp.proto} -j DNAT --to-destination {ep}",
         )))
     if sp.local_endpoints:
-        f.chains.append((svl, tuple(_pick(svl, sp, sp.local_endpoints))))
+        f.chains.append((svl, tuple(_pick(svl, sp, sp.local_endpoints, large=large))))
     if sp.node_port and sp.external_local:
         ext = ext_chain(sp)
         ext_rules: list[str] = []
@@ -147,16 +159,23 @@ def nodeports_jumps(config: ProxyConfig) -> list[str]:
     return [f"-A {SERVICES} {text} ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j {NODEPORTS}"]
 
 
-def build_ruleset(sps: Iterable[ServicePort], config: ProxyConfig, *, cache: FragmentCache | None = None) -> Ruleset:
-    """The full ruleset; `cache` (kept by the caller, one per config) memoises per ServicePort."""
+def build_ruleset(sps: Collection[ServicePort], config: ProxyConfig, *, cache: FragmentCache | None = None,
+                  large: bool | None = None) -> Ruleset:
+    """The full ruleset; `cache` (kept by the caller, one per config and mode) memoises per ServicePort.
+
+    `large`: large-cluster mode; None decides it from `sps` (`large_cluster`). A caller keeping
+    a cache passes the mode and empties the cache when it changes.
+    """
+    if large is None:
+        large = large_cluster(sps, config)
     frags: list[Fragment] = []
     for sp in sps:
         if cache is None:
-            frags.append(fragment(sp, config))
+            frags.append(fragment(sp, config, large=large))
             continue
         frag = cache.get(sp)
         if frag is None:
-            frag = cache[sp] = fragment(sp, config)
+            frag = cache[sp] = fragment(sp, config, large=large)
         frags.append(frag)
     rs = base_ruleset()
     filter_services = rs.declare("filter", SERVICES)

@@ -80,20 +80,25 @@ def _level(chain: str) -> int:
 
 
 def restore_text(chains: Mapping[ChainKey, Sequence[str]], write: Iterable[ChainKey],
-                 delete: Iterable[ChainKey] = ()) -> str:
-    """One restore text: every chain in `write` (declared and refilled) and `delete` (dropped)."""
+                 delete: Iterable[ChainKey] = (), *, insert: Mapping[str, Sequence[str]] | None = None) -> str:
+    """One restore text: every chain in `write` (declared and refilled) and `delete` (dropped).
+
+    `insert`: per table, `-I` lines (into built-in chains) run after the chains are written.
+    """
     write_set = set(write)
     delete_set = set(delete) - write_set
+    insert = insert or {}
     out: list[str] = []
     for table in TABLES:
         writes = [k for k in chains if k[0] == table and k in write_set]
         deletes = sorted(k[1] for k in delete_set if k[0] == table)
-        if not writes and not deletes:
+        if not writes and not deletes and not insert.get(table):
             continue
         out.append(f"*{table}")
         out.extend(f":{name} - [0:0]" for name in sorted({k[1] for k in writes} | set(deletes)))
         for key in writes:
             out.extend(chains[key])
+        out.extend(insert.get(table, ()))
         out.extend(f"-X {name}" for name in deletes)
         out.append("COMMIT")
     return "\n".join(out) + "\n" if out else ""

@@ -27,17 +27,17 @@ from typing import Any, TypeVar
 
 import pytest
 
-from deploy import containerd
+from deploy import netplan
 from deploy.lab import VM_PROXY_MODES, Lab, LabSpec
 from deploy.vm.image import ROOT
-from skiff import defaults, images, kinds, manifests, taints
+from skiff import defaults, images, kinds, manifests, retry, taints
 from skiff.client import Client, open_channel
 from skiff.retry import retry_on_conflict
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.etcd import rpc_pb2 as etcd
 from skiffpb.etcd import rpc_pb2_grpc as etcd_grpc
-from tests.support import waiting
-from tests.support.prereq import require, require_root
+from tests.support import labs
+from tests.support.prereq import require
 
 pytestmark = [pytest.mark.e2e]
 
@@ -53,10 +53,7 @@ if VM:  # the first test also waits for the guests to boot and start their daemo
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
-    missing = containerd.missing_prereqs()
-    require(not missing, f"missing {', '.join(missing)}")
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = f"e{os.getpid() % 10000}"
     # In the Vagrant VMs (SKIFF_E2E_PROXY_MODE=ipvs) the same lab runs with IPVS for real.
     if VM:
@@ -64,21 +61,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
         require(shutil.which("qemu-system-x86_64") is not None, "missing qemu-system-x86_64 (qemu-system-x86)")
         image.build()
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{150 + os.getpid() % 50}.0.0/24",
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=netplan.free_lan(range(150, 200)),
                    node_monitor_grace_period="60s" if VM else "8s", node_lease_period="10s" if VM else "2s",
                    default_toleration_seconds=300 if VM else 4, min_sync_period="0s",
                    proxy_mode=os.environ.get("SKIFF_E2E_PROXY_MODE", "iptables"),
                    vm_workers=VM, proxy_modes=dict(VM_PROXY_MODES) if VM else {}, vm_timeout=3600)
-    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
-    the_lab.up(progress=print, timeout=120)
-    global LAB
-    LAB = the_lab
-    try:
+    with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
-    finally:
-        LAB = None
-        the_lab.down()
-        assert the_lab.leftovers() == []
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -87,7 +76,7 @@ def run(coro: Awaitable[T]) -> T:
 
 async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str,
                      interval: float = 0.5) -> T:
-    return await waiting.eventually(check, timeout=timeout * SLOW, what=what, interval=interval)
+    return await retry.eventually(check, timeout=timeout * SLOW, what=what, interval=interval)
 
 
 def deployment(name: str, *, replicas: int, image: str = WEB1, drain: int = 0, grace: int = 30,

@@ -28,10 +28,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from deploy import containerd
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff import identity, kubeconfig, pki
-from tests.support.prereq import require, require_root
+from tests.support import labs
+from tests.support.prereq import require
 
 pytestmark = pytest.mark.e2e
 
@@ -44,26 +45,15 @@ LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure repo
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
-    missing = containerd.missing_prereqs()
-    require(not missing, f"missing {', '.join(missing)}")
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     require(KUBECTL.exists(), f"{KUBECTL} is missing: run `make setup`")
     require(os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
             "the dashboard test needs Debian's chromium and chromium-driver (make setup)")
     prefix = f"d{os.getpid() % 10000}"
     spec = LabSpec(prefix=prefix, combined=True, store_members=1, workers=0,
-                   lan_cidr=f"10.{190 + os.getpid() % 30}.0.0/24", min_sync_period="0s")
-    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
-    the_lab.up(progress=print, timeout=120)
-    global LAB
-    LAB = the_lab
-    try:
+                   lan_cidr=netplan.free_lan(range(190, 220)), min_sync_period="0s")
+    with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
-    finally:
-        LAB = None
-        the_lab.down()
-        assert the_lab.leftovers() == []
 
 
 @pytest.fixture(scope="module")

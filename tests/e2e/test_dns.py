@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from deploy import containerd
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff import defaults, kinds
 from skiff.client import Client
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.prereq import require, require_root
-from tests.support.waiting import eventually
+from tests.support import labs
 
 pytestmark = pytest.mark.e2e
 
@@ -35,22 +35,11 @@ DOMAIN = "cluster.local"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
-    missing = containerd.missing_prereqs()
-    require(not missing, f"missing {', '.join(missing)}")
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = f"d{os.getpid() % 10000}"
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{200 + os.getpid() % 12}.0.0/24", min_sync_period="0s")
-    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
-    the_lab.up(progress=print, timeout=120)
-    global LAB
-    LAB = the_lab
-    try:
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=netplan.free_lan(range(200, 212)), min_sync_period="0s")
+    with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
-    finally:
-        LAB = None
-        the_lab.down()
-        assert the_lab.leftovers() == []
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -140,13 +129,13 @@ def test_pods_resolve_services_by_name(lab: Lab) -> None:
             code, env = await sh(client, "client", "env")
             assert f"WEB_SERVICE_SERVICE_HOST={svc.spec.cluster_ip}" in env
             assert f"WEB_SERVICE_PORT=tcp://{svc.spec.cluster_ip}:80" in env
-            # default/kubernetes: the api-servers, kept by the controller manager.
+            # default/kubernetes: the api-servers' HTTPS (REST) ports, kept by the controller manager.
             master = await client.get(t.Service, "kubernetes", "default")
             assert master.spec.cluster_ip == "10.96.0.1"
             assert "KUBERNETES_SERVICE_HOST=10.96.0.1" in env and "KUBERNETES_SERVICE_PORT=443" in env
             master_eps = await client.get(t.Endpoints, "kubernetes", "default")
             assert sorted((a.ip, s.ports[0].port) for s in master_eps.subsets for a in s.addresses) == sorted(
-                (m.ip, m.api_port) for m in lab.cluster.members)
+                (m.ip, m.http_port) for m in lab.cluster.members)
             got = host_query(lab, "n1", f"kubernetes.default.svc.{DOMAIN}")
             assert got["answers"] == ["10.96.0.1"]
 

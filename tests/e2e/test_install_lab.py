@@ -16,7 +16,6 @@ Root and real containerd; required in CI (tests/support/prereq.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import ipaddress
 import os
@@ -44,26 +43,10 @@ def missing_components() -> list[str]:
     return [m for m in COMPONENTS if importlib.util.find_spec(f"{m}.__main__") is None]
 
 
-def free_lan() -> str:
-    """A /24 no route of the root namespace overlaps (so the uplink's connected route is the only one)."""
-    routes = subprocess.run(["ip", "-o", "-4", "route", "show"], capture_output=True, text=True, check=False).stdout
-    taken = []
-    for line in routes.splitlines():
-        dst = line.split()[0] if line.split() else ""
-        if dst and dst != "default":
-            with contextlib.suppress(ValueError):
-                taken.append(ipaddress.ip_network(dst, strict=False))
-    for i in range(64):
-        n = 1 + (os.getpid() + i * 7) % 249  # never x.x.0.0/24: the cluster lab test uses those
-        net = ipaddress.ip_network(f"10.{180 + n % 40}.{n}.0/24")
-        if not any(net.overlaps(other) for other in taken):  # type: ignore[arg-type]
-            return str(net)
-    raise RuntimeError("no free 10.x.y.0/24 for the lab")
-
-
 class Lab:
     def __init__(self, prefix: str, base: Path) -> None:
-        self.net = netplan.make_lab(prefix, workers=1, lan_cidr=free_lan())
+        lan = netplan.free_lan(range(180, 220), 1 + os.getpid() % 249)
+        self.net = netplan.make_lab(prefix, workers=1, lan_cidr=lan)
         self.base = base
         self.prefix = prefix
 

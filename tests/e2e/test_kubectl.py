@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy import containerd
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
-from tests.support.prereq import require, require_root
+from tests.support import labs
+from tests.support.prereq import require
 
 pytestmark = pytest.mark.e2e
 
@@ -35,24 +36,13 @@ LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure repo
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
-    missing = containerd.missing_prereqs()
-    require(not missing, f"missing {', '.join(missing)}")
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     require(KUBECTL.exists(), f"{KUBECTL} is missing: run `make setup`")
     prefix = f"k{os.getpid() % 10000}"
     spec = LabSpec(prefix=prefix, combined=True, store_members=1, workers=0,
-                   lan_cidr=f"10.{220 + os.getpid() % 30}.0.0/24", min_sync_period="0s")
-    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
-    the_lab.up(progress=print, timeout=120)
-    global LAB
-    LAB = the_lab
-    try:
+                   lan_cidr=netplan.free_lan(range(220, 250)), min_sync_period="0s")
+    with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
-    finally:
-        LAB = None
-        the_lab.down()
-        assert the_lab.leftovers() == []
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,11 @@ import pytest
 
 from controlplane.apiserver.etcd import EtcdStore
 from controlplane.apiserver.storage import StoreError
-from deploy import containerd
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff.tls import Credentials
-from tests.support.prereq import require, require_binaries, require_root
+from tests.support import labs
+from tests.support.prereq import require_binaries
 
 pytestmark = [pytest.mark.e2e]
 
@@ -32,23 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     require_binaries("etcd")
-    missing = containerd.missing_prereqs()
-    require(not missing, f"missing {', '.join(missing)}")
-    spec = LabSpec(prefix=f"x{os.getpid() % 10000}", workers=2, lan_cidr=f"10.{100 + os.getpid() % 50}.0.0/24",
+    spec = LabSpec(prefix=f"x{os.getpid() % 10000}", workers=2, lan_cidr=netplan.free_lan(range(100, 150)),
                    min_sync_period="0s", external_etcd=True)
-    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
-    the_lab.up(progress=print, timeout=120)
-    global LAB
-    LAB = the_lab
-    try:
+    with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
-    finally:
-        LAB = None
-        the_lab.down()
-        assert the_lab.leftovers() == []
 
 
 def test_lab_runs_on_etcd_with_tls(lab: Lab) -> None:

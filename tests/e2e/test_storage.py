@@ -25,14 +25,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from deploy import containerd
+from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from skiff import errors, manifests, storage
 from skiff.cli import printers
 from skiff.client import Client
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
-from tests.support.prereq import require, require_root
-from tests.support.waiting import eventually
+from tests.support import labs
 
 pytestmark = pytest.mark.e2e
 
@@ -43,22 +43,11 @@ WEB1 = "skiff/web:1.0"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    require_root()
-    missing = containerd.missing_prereqs()
-    require(not missing, f"missing {', '.join(missing)}")
+def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = f"v{os.getpid() % 10000}"
-    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=f"10.{150 + os.getpid() % 50}.2.0/24", min_sync_period="0s")
-    the_lab = Lab(spec, tmp_path_factory.mktemp("labs"))
-    the_lab.up(progress=print, timeout=120)
-    global LAB
-    LAB = the_lab
-    try:
+    spec = LabSpec(prefix=prefix, workers=2, lan_cidr=netplan.free_lan(range(150, 200), 2), min_sync_period="0s")
+    with labs.running(spec, tmp_path_factory, request.module) as the_lab:
         yield the_lab
-    finally:
-        LAB = None
-        the_lab.down()
-        assert the_lab.leftovers() == []
 
 
 def run(coro: Awaitable[T]) -> T:

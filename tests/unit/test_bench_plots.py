@@ -30,8 +30,13 @@ def result(**results: Any) -> dict[str, Any]:
     ("e2e", result(startup={"replicas": 2, "create_to_ready_watch": {"samples_s": [1.0, 2.0]},
                             "create_to_bound": {"samples_s": [0.5, 0.6]}}),
      [("e2e-pods-ready", "steps", (("Ready (watch)", (1.0, 2.0)), ("bound", (0.5, 0.6))))]),
+    ("scale", result(params={"pods": 30000, "nodes": 1000},
+                     skiff={"timeline": {"t_s": [0, 1, 2], "bound": [0, 5, 9], "running": [0, 2, 9]}},
+                     etcd={"all_running_s": 3.0}),
+     [("scale-skiff-pods", "lines", (("bound", (0.0, 5.0, 9.0)), ("running", (0.0, 2.0, 9.0))))]),
     ("dns", result(anything=1), []),
-], ids=["samples-histogram", "summary-only-bars", "two-distributions", "ready-over-time", "nothing-to-draw"])
+], ids=["samples-histogram", "summary-only-bars", "two-distributions", "ready-over-time", "pods-over-time",
+        "nothing-to-draw"])
 def test_charts_draw_samples_when_kept_else_the_summary(bench: str, data: dict[str, Any],
                                                         expected: list[tuple[str, str, Any]]) -> None:
     got = plots.charts({bench: data})
@@ -48,3 +53,10 @@ def test_every_committed_result_draws(tmp_path: Path) -> None:
     assert {"store-throughput.png", "apiserver-create-latency.png", "nodeagent-pod-startup.png",
             "e2e-pods-ready.png", "netproxy-programming-latency.png"} <= set(drawn)
     assert all((tmp_path / n).stat().st_size > 5_000 for n in drawn)
+
+
+def test_lines_draw(tmp_path: Path) -> None:
+    chart = plots.Chart("x", "pods over time", "lines", "s", "pods", xs=(0.0, 1.0, 2.0),
+                        series=(("running", (0.0, 4.0, 9.0)),))
+    plots.draw(chart, tmp_path / "x.png")
+    assert (tmp_path / "x.png").stat().st_size > 5_000

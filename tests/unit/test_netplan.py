@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from deploy import netplan
@@ -64,3 +66,22 @@ def test_plan_up_wires_each_host_to_the_bridge_once() -> None:
 def test_bad_labs(prefix: str, cidr: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         netplan.make_lab(prefix, lan_cidr=cidr)
+
+
+_SERVICES = ipaddress.IPv4Network(defaults.SERVICE_CIDR)  # 10.96.0.0/12: second octets 96..111
+_PODS = ipaddress.IPv4Network(defaults.CLUSTER_CIDR)  # 10.244.0.0/16
+
+
+@pytest.mark.parametrize(("octets", "third", "start", "taken", "want"), [
+    (range(100, 150), 0, 0, [_SERVICES, _PODS], "10.112.0.0/24"),
+    (range(100, 150), 0, 20, [_SERVICES, _PODS], "10.120.0.0/24"),
+    (range(240, 250), 3, 4, [_SERVICES, _PODS], "10.245.3.0/24"),
+    (range(150, 152), 1, 0, [ipaddress.IPv4Network("10.150.1.0/24")], "10.151.1.0/24"),
+    (range(150, 152), 1, 1, [ipaddress.IPv4Network("10.150.0.0/16")], "10.151.1.0/24"),
+    (range(150, 152), 0, 0, [ipaddress.IPv4Network("10.150.0.0/15")], None),
+    (range(100, 112), 0, 5, [_SERVICES], None),
+], ids=["service-cidr-passed-over", "start-within-band", "cluster-cidr-passed-over", "taken-route",
+        "wraps-round", "all-taken", "band-inside-service-cidr"])
+def test_pick_lan(octets: range, third: int, start: int, taken: list[ipaddress.IPv4Network],
+                  want: str | None) -> None:
+    assert netplan.pick_lan(octets, third, start, taken) == want

@@ -44,6 +44,11 @@ def test_control_plane_host_daemons() -> None:
     assert api2[api2.index("--default-unreachable-toleration-seconds") + 1] == "300"
     assert api2[api2.index("--default-not-ready-toleration-seconds") + 1] == "300"
     assert "--pod-eviction-timeout" not in specs[6].argv
+    cm = specs[6].argv
+    # default/kubernetes leads to each api-server's HTTPS port, in the order of --api-servers.
+    assert cm[cm.index("--api-servers") + 1] == "10.0.0.10:6443,10.0.0.10:6444,10.0.0.10:6445"
+    assert cm[cm.index("--kubernetes-service-endpoints") + 1] == "10.0.0.10:8443,10.0.0.10:8444,10.0.0.10:8445"
+    assert cm[cm.index("--root-ca-file") + 1] == "/var/lib/skiff/pki/ca.crt"
 
 
 def test_worker_daemons_share_node_paths() -> None:
@@ -96,6 +101,9 @@ def test_pki_specs_cover_every_address_clients_dial() -> None:
     specs = {s.name: s for s in render.pki_specs_for(c, [("cp", "10.0.0.10", (render.CONTROL_PLANE, render.WORKER)),
                                                           ("n1", "10.0.0.11", (render.WORKER,))])}
     assert {"10.0.0.10", "10.0.0.20", "10.96.0.1", "127.0.0.1"} <= set(specs["apiserver"].ips)
+    # What an in-cluster client dials: https://kubernetes.default.svc (and shorter names).
+    assert {"kubernetes", "kubernetes.default", "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local"} <= set(specs["apiserver"].dns_names)
     assert {m.name for m in c.members} == {n.split("/")[1] for n in specs if n.startswith("store/")}
     assert specs["nodes/n1"].ips == ("10.0.0.11",) and specs["nodes/cp"].dns_names == ("cp",)
 

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from skiff import defaults
 
@@ -55,13 +56,17 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 @dataclass
-class Lab:
+class TwoNodes:
+    """The topology both netns labs share: nodes n1 and n2 joined by a veth pair, each with a
+    `cni0` bridge for its pods and host-gw routes to the other's pod CIDR. Subclasses say which
+    pods exist (`pod_hosts`) and start what serves in them."""
+
     prefix: str
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="netproxy-lab-")))
-    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="netns-lab-")))
+    servers: list[subprocess.Popen[Any]] = field(default_factory=list)
 
     def ns(self, host: str) -> str:
-        return f"{self.prefix}-{host}"
+        return f"{self.prefix}-{host.replace('/', '-')}"
 
     def netns_path(self, host: str) -> str:
         return f"/run/netns/{self.ns(host)}"
@@ -72,18 +77,23 @@ class Lab:
     def exec(self, host: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", self.ns(host), *argv, check=check)
 
-    def up(self) -> None:
-        for host in (*NODE_IPS, *PODS):
+    def pod_hosts(self) -> list[str]:
+        raise NotImplementedError
+
+    def add_nodes(self, *, lo_addresses: tuple[str, ...] = ()) -> None:
+        """Namespaces for every host, the node link, bridges, forwarding and routes."""
+        for host in (*NODE_IPS, *self.pod_hosts()):
             sh("ip", "netns", "add", self.ns(host))
             self.ip(host, "link", "set", "lo", "up")
         self.ip("n1", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", self.ns("n2"))
         for node, addr in NODE_IPS.items():
-            gw = str(POD_CIDRS[node]).replace(".0/24", ".1")
             self.ip(node, "addr", "add", f"{addr}/24", "dev", "eth0")
             self.ip(node, "link", "set", "eth0", "up")
             self.ip(node, "link", "add", "cni0", "type", "bridge")
-            self.ip(node, "addr", "add", f"{gw}/24", "dev", "cni0")
+            self.ip(node, "addr", "add", f"{_gateway(node)}/24", "dev", "cni0")
             self.ip(node, "link", "set", "cni0", "up")
+            for lo_addr in lo_addresses:
+                self.ip(node, "addr", "add", f"{lo_addr}/32", "dev", "lo")
             for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"),
                                ("net.ipv4.conf.default.rp_filter", "0")):
                 self.exec(node, "sysctl", "-qw", f"{key}={value}")
@@ -91,31 +101,20 @@ class Lab:
             self.ip(node, "route", "add", POD_CIDRS[other], "via", NODE_IPS[other])
             # connect() to a ClusterIP from the node needs some route before nat OUTPUT runs.
             self.ip(node, "route", "add", SERVICE_CIDR, "dev", "eth0")
-        for pod, (node, addr) in PODS.items():
-            veth = f"v{pod}"
-            gw = POD_CIDRS[node].replace(".0/24", ".1")
-            self.ip(node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns(pod))
-            self.ip(node, "link", "set", veth, "master", "cni0", "up")
-            self.ip(node, "link", "set", veth, "type", "bridge_slave", "hairpin", "on")
-            self.ip(pod, "addr", "add", f"{addr}/24", "dev", "eth0")
-            self.ip(pod, "link", "set", "eth0", "up")
-            self.ip(pod, "route", "add", "default", "via", gw)
-            www = self.workdir / pod
-            www.mkdir()
-            (www / "index.html").write_text(f"{pod}\n")
-            self.servers.append(subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(pod), "busybox", "httpd", "-f", "-p", str(POD_PORT), "-h", str(www)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def add_pod(self, pod: str, node: str, addr: str, veth: str) -> None:
+        """`pod` on `node`'s bridge (hairpin on, so a pod reaches itself through a Service)."""
+        self.ip(node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns(pod))
+        self.ip(node, "link", "set", veth, "master", "cni0", "up")
+        self.ip(node, "link", "set", veth, "type", "bridge_slave", "hairpin", "on")
+        self.ip(pod, "addr", "add", f"{addr}/24", "dev", "eth0")
+        self.ip(pod, "link", "set", "eth0", "up")
+        self.ip(pod, "route", "add", "default", "via", _gateway(node))
 
     def bridge_nf(self, node: str) -> str:
         """bridge-nf-call-iptables in `node` ("" when br_netfilter is absent)."""
         out = self.exec(node, "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables", check=False)
         return out.stdout.strip() if out.returncode == 0 else ""
-
-    def connect(self, host: str, address: str, port: int, count: int) -> dict[str, int]:
-        out = self.exec(host, sys.executable, "-c", CLIENT, address, str(port), str(count))
-        result: dict[str, int] = json.loads(out.stdout)
-        return result
 
     def save(self, node: str, backend: str) -> str:
         return self.exec(node, f"iptables-{backend}-save").stdout
@@ -130,13 +129,41 @@ class Lab:
                 proc.kill()
                 proc.wait()
         self.servers.clear()
-        for host in (*PODS, *NODE_IPS):
+        for host in (*self.pod_hosts(), *NODE_IPS):
             sh("ip", "netns", "del", self.ns(host), check=False)
         sh("rm", "-rf", str(self.workdir), check=False)
 
     def leftovers(self) -> list[str]:
         names = sh("ip", "netns", "list").stdout.split()
         return [n for n in names if n.startswith(self.prefix + "-")]
+
+
+def _gateway(node: str) -> str:
+    return POD_CIDRS[node].replace(".0/24", ".1")
+
+
+@dataclass
+class Lab(TwoNodes):
+    """Pods p1, p2 on n1 and p3 on n2, each running busybox httpd answering its own name."""
+
+    def pod_hosts(self) -> list[str]:
+        return list(PODS)
+
+    def up(self) -> None:
+        self.add_nodes()
+        for pod, (node, addr) in PODS.items():
+            self.add_pod(pod, node, addr, f"v{pod}")
+            www = self.workdir / pod
+            www.mkdir()
+            (www / "index.html").write_text(f"{pod}\n")
+            self.servers.append(subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(pod), "busybox", "httpd", "-f", "-p", str(POD_PORT), "-h", str(www)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def connect(self, host: str, address: str, port: int, count: int) -> dict[str, int]:
+        out = self.exec(host, sys.executable, "-c", CLIENT, address, str(port), str(count))
+        result: dict[str, int] = json.loads(out.stdout)
+        return result
 
 
 def new_prefix() -> str:

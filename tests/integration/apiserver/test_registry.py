@@ -12,13 +12,15 @@ import ipaddress
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from google.protobuf.message import Message
 
 from controlplane.apiserver import strategy
+from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import COMPACT_KEY, Registry
-from controlplane.apiserver.storage import CompactedError, Store
+from controlplane.apiserver.storage import KV, CompactedError, Store
 from skiff import errors
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
@@ -450,3 +452,144 @@ async def test_compaction_cuts_history_one_interval_back_once_across_api_servers
     finally:
         for reg in (a, b):
             await reg.stop()
+
+
+# ------------------------------------------------------------------ writes decided on the watch cache's copy
+
+POD_KEY = "/registry/pods/default/w"
+
+
+async def _cached(registry: Registry, revision: str) -> t.Pod:
+    """The watch cache's copy of pod w once it shows `revision`."""
+    for _ in range(200):
+        obj = registry.caches["pods"].objects.get(POD_KEY)
+        if obj is not None and obj.metadata.resource_version == revision:  # type: ignore[attr-defined]
+            assert isinstance(obj, t.Pod)
+            return obj
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the watch cache never showed pod w at revision {revision}")
+
+
+def _binding(node: str, uid: str = "") -> t.Binding:
+    return t.Binding(metadata=t.ObjectMeta(name="w", namespace="default", uid=uid),
+                     target=t.ObjectReference(kind="Node", name=node))
+
+
+async def _label(registry: Registry, p: t.Pod) -> t.Pod:
+    p = strategy.copy(p)
+    p.metadata.labels["changed"] = "yes"
+    out = await registry.update(p)
+    assert isinstance(out, t.Pod)
+    return out
+
+
+async def _bind_n2(registry: Registry, p: t.Pod) -> t.Pod:
+    return await registry.bind(_binding("n2"))
+
+
+async def _running(registry: Registry, p: t.Pod) -> t.Pod:
+    p = strategy.copy(p)
+    p.status.phase = "Running"
+    out = await registry.update_status(p)
+    assert isinstance(out, t.Pod)
+    return out
+
+
+async def _act_bind(registry: Registry, stale: t.Pod, fresh: t.Pod) -> Message:
+    return await registry.bind(_binding("n1", stale.metadata.uid))
+
+
+async def _act_status_pending(registry: Registry, stale: t.Pod, fresh: t.Pod) -> Message:
+    """The stale copy's own status written back: "unchanged" on the copy, a change in the store."""
+    p = strategy.copy(stale)
+    p.metadata.resource_version = ""
+    return await registry.update_status(p)
+
+
+async def _act_status_running(registry: Registry, stale: t.Pod, fresh: t.Pod) -> Message:
+    p = strategy.copy(stale)
+    p.metadata.resource_version = ""  # no precondition: the write goes on top of whatever is stored
+    return await _running(registry, p)
+
+
+async def _act_update_at_fresh_rv(registry: Registry, stale: t.Pod, fresh: t.Pod) -> Message:
+    p = strategy.copy(fresh)
+    p.metadata.annotations["a"] = "b"
+    return await registry.update(p)
+
+
+@dataclass(frozen=True)
+class StaleCase:
+    id: str
+    change: Callable[[Registry, t.Pod], Any]  # what the store saw after the copy the cache keeps
+    act: Callable[[Registry, t.Pod, t.Pod], Any]  # (registry, stale copy, fresh object)
+    check: Callable[[t.Pod], bool] | None = None  # the stored pod after the act
+    error: type[errors.SkiffError] | None = None
+
+
+STALE_CASES = [
+    StaleCase("bind-keeps-a-later-change", _label, _act_bind,
+              check=lambda p: p.spec.node_name == "n1" and p.metadata.labels["changed"] == "yes"),
+    StaleCase("bind-refused-only-by-the-store", _bind_n2, _act_bind, error=errors.PodAlreadyAssignedError),
+    StaleCase("status-unchanged-on-the-copy-is-written", _running, _act_status_pending,
+              check=lambda p: p.status.phase == "Pending"),
+    StaleCase("status-keeps-a-later-change", _label, _act_status_running,
+              check=lambda p: p.metadata.labels["changed"] == "yes" and p.status.phase == "Running"),
+    StaleCase("update-at-the-stores-revision-is-no-conflict", _label, _act_update_at_fresh_rv,
+              check=lambda p: p.metadata.annotations["a"] == "b" and p.metadata.labels["changed"] == "yes"),
+]
+
+
+@pytest.mark.parametrize("case", STALE_CASES, ids=[c.id for c in STALE_CASES])
+async def test_writes_on_a_stale_cache_copy_are_decided_by_the_store(registry: Registry, case: StaleCase) -> None:
+    """Update, UpdateStatus and Bind try the watch cache's copy first; a copy older than the store
+    must neither lose the later change, nor refuse, nor skip a write on its own say."""
+    created = await registry.create(pod("w"))
+    assert isinstance(created, t.Pod)
+    stale = await _cached(registry, created.metadata.resource_version)
+    fresh = await case.change(registry, created)
+    await _cached(registry, fresh.metadata.resource_version)  # followed: nothing will overwrite the stale copy
+    registry.caches["pods"].objects[POD_KEY] = stale  # the cache lagging behind the store
+    if case.error is not None:
+        with pytest.raises(case.error):
+            await case.act(registry, stale, fresh)
+    else:
+        out = await case.act(registry, stale, fresh)
+        assert int(out.metadata.resource_version) > int(fresh.metadata.resource_version)
+    stored = await registry.get("pods", "default", "w")
+    assert isinstance(stored, t.Pod)
+    assert case.check is None or case.check(stored), stored
+
+
+class CountingStore(MemoryStore):
+    """The in-memory store, counting linearizable reads of one key."""
+
+    def __init__(self) -> None:
+        super().__init__(progress_interval=0.5)
+        self.gets = 0
+
+    async def get(self, key: str) -> KV | None:
+        self.gets += 1
+        return await super().get(key)
+
+
+WRITES = [
+    ("bind", lambda r, p: r.bind(_binding("n1", p.metadata.uid))),
+    ("update-status", lambda r, p: _running(r, p)),
+    ("update", lambda r, p: _label(r, p)),
+]
+
+
+@pytest.mark.parametrize("write", [w for _, w in WRITES], ids=[i for i, _ in WRITES])
+async def test_writes_on_a_current_cache_copy_read_nothing_from_the_store(write: Any) -> None:
+    store = CountingStore()
+    registry = await make_registry(store)
+    try:
+        created = await registry.create(pod("w"))
+        await _cached(registry, created.metadata.resource_version)  # type: ignore[attr-defined]
+        before = store.gets
+        out = await write(registry, created)
+        assert store.gets == before  # one store round trip (the txn), not a read and a txn
+        assert int(out.metadata.resource_version) > int(created.metadata.resource_version)  # type: ignore[attr-defined]
+    finally:
+        await registry.stop()

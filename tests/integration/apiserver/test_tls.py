@@ -219,6 +219,8 @@ async def test_the_node_agent_serves_only_the_apiserver(secure: Secure, who: str
 async def test_exec_through_the_apiserver_reaches_the_agent_over_tls(secure: Secure) -> None:
     async with Client(secure.endpoint, credentials=secure.creds(pki.ADMIN)) as admin:
         p = pod("tls-exec", namespace="default", node="n1")
+        # No controller manager here (no ServiceAccount, no kube-root-ca.crt): no token volume.
+        p.spec.automount_service_account_token = False
         await admin.create(p)
         end = time.monotonic() + 30
         while (await admin.get(t.Pod, "tls-exec", "default")).status.phase != "Running":

@@ -86,7 +86,11 @@ async def running(*coros: Awaitable[Any]) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a component that swallows its cancellation would otherwise hang the test
+        # (seen once at the 300 s pytest timeout); this names it instead.
+        _, pending = await asyncio.wait(tasks, timeout=15)
+        if pending:
+            raise AssertionError(f"components still running 15 s after cancel: {[task.get_coro() for task in pending]}")
 
 
 async def lead(api: InProcessApi, name: str, work: Callable[[], Awaitable[None]]) -> None:

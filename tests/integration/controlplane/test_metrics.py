@@ -109,7 +109,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "--http-listen", http, "--metrics-bind-address", m["apiserver"]],
             credentials=tls.Credentials.from_pki(pki_dir, pki.ADMIN)))
         api = procs[0].endpoint
-        procs.append(start_controllers(work, api, extra=["--metrics-bind-address", m["controllers"]],
+        procs.append(start_controllers(work, api, extra=["--metrics-bind-address", m["controllers"],
+                                                         "--root-ca-file", str(pki.PKIDir(pki_dir).ca.cert)],
                                        tls=creds(pki.CONTROLLER_MANAGER)))
         procs.append(start_scheduler(work, api, extra=["--metrics-bind-address", m["scheduler"]],
                                      tls=creds(pki.SCHEDULER)))

@@ -113,7 +113,10 @@ def test_kill_leader_during_writes(c: StoreCluster) -> None:
     time.sleep(1.0)
     for w in writers:
         w.finish()
-    assert served_after is not None and served_after < 3.0, f"no leader served writes within 3 s ({served_after})"
+    # The bound is the property (a survivor is elected and serves writes after a few election
+    # timeouts of 0.8-1.6 s), not a speed figure: failover time is measured by the benchmarks, and
+    # a loaded CI machine stretches it, so the margin is wide.
+    assert served_after is not None and served_after < 10.0, f"no leader served writes within 10 s ({served_after})"
     # The survivors agree on a leader, named from ids remembered before the kill: survivors
     # that still followed the dead member would name it here.
     new_leader = c.leader()

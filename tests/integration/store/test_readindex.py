@@ -156,3 +156,64 @@ async def test_lagging_follower_waits_for_its_own_apply(group: tuple[list[RaftNo
     cut.no_appends_to = set()
     await lagging.linearizable_read()
     assert _value(lagging, b"k") == b"v2"
+
+
+@pytest.mark.parametrize(("reader", "concurrency"), [
+    pytest.param("leader", 1, id="leader-1"),
+    pytest.param("leader", 64, id="leader-64"),
+    pytest.param("follower", 1, id="follower-1"),
+    pytest.param("follower", 64, id="follower-64"),
+])
+async def test_batched_reads_see_every_write_acknowledged_before_they_began(
+        group: tuple[list[RaftNode], Cut], reader: str, concurrency: int) -> None:
+    """Readers join one batch (one answer) while the tick thread has not taken it; a read that
+    begins after a write was acknowledged (on another member) must still see that write."""
+    nodes, _ = group
+    leader = await _leader(nodes)
+    followers = [n for n in nodes if n is not leader]
+    node = leader if reader == "leader" else followers[0]
+    writer_node = followers[1]
+    await _put(writer_node, b"n", b"0")
+    acknowledged = 0  # the highest value whose write was acknowledged
+    stop = time.monotonic() + 2.0
+    reads = 0
+    stale: list[str] = []
+
+    async def writer() -> None:
+        nonlocal acknowledged
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            await _put(writer_node, b"n", b"%d" % i)
+            acknowledged = i
+
+    async def read_loop() -> None:
+        nonlocal reads
+        while time.monotonic() < stop:
+            floor = acknowledged
+            await node.linearizable_read()
+            seen = int(_value(node, b"n") or b"0")
+            reads += 1
+            if seen < floor:
+                stale.append(f"read began after {floor} was acknowledged, saw {seen}")
+
+    rounds_before = leader.raft.read_round
+    await asyncio.gather(writer(), *(read_loop() for _ in range(concurrency)))
+    assert stale == []
+    assert acknowledged > 3 and reads > concurrency
+    rounds = leader.raft.read_round - rounds_before
+    assert rounds > 0
+    if concurrency > 1:  # reads shared rounds: far fewer rounds than reads
+        assert rounds * 4 < reads, f"{reads} reads took {rounds} rounds"
+
+
+async def test_a_cancelled_reader_does_not_cancel_its_batch(group: tuple[list[RaftNode], Cut]) -> None:
+    nodes, _ = group
+    leader = await _leader(nodes)
+    await _put(leader, b"k", b"v")
+    tasks = [asyncio.create_task(leader.linearizable_read()) for _ in range(10)]
+    await asyncio.sleep(0)  # all ten joined one batch
+    tasks[0].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert results[1:] == [None] * 9

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from netproxy.config import ProxyConfig
@@ -9,7 +11,7 @@ from netproxy.iptables.command import MemoryIptables, ensure_hooks
 from netproxy.iptables.layout import HOOKS
 from netproxy.iptables.proxier import IptablesProxier
 from netproxy.iptables.render import build_ruleset
-from netproxy.iptables.ruleset import parse, restore_texts, stale_chains
+from netproxy.iptables.ruleset import BUILTIN_CHAINS, parse, restore_texts, stale_chains
 from netproxy.iptables.trace import Packet, Tracer, destinations
 from netproxy.model import service_ports
 from netproxy.proxier import Snapshot
@@ -54,6 +56,55 @@ async def test_first_sync_is_full_and_hooks_are_ensured_once() -> None:
     assert await ensure_hooks(ipt) == 0
     assert sum(len(v) for k, v in ipt.chains.items() if k[1] in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT",
                                                                   "FORWARD")) == len(HOOKS)
+
+
+class CountingIptables(MemoryIptables):
+    """MemoryIptables counting the one-rule commands (each a process of its own on a real host)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.commands: list[str] = []
+
+    async def check(self, table: str, chain: str, args: Sequence[str]) -> bool:
+        self.commands.append(f"-C {chain}")
+        return await super().check(table, chain, args)
+
+    async def insert(self, table: str, chain: str, args: Sequence[str]) -> None:
+        self.commands.append(f"-I {chain}")
+        await super().insert(table, chain, args)
+
+
+def hooked(ipt: MemoryIptables) -> list[str]:
+    """Every rule of the built-in chains, in order."""
+    return [r for k, v in sorted(ipt.chains.items()) if k[1] in BUILTIN_CHAINS[k[0]] for r in v]
+
+
+@pytest.mark.parametrize(("before", "commands"), [
+    ([], []),
+    # A jump to KUBE-SERVICES printed differently than rendered: only that hook is checked (and
+    # inserted, since it does not match); the others go in with the restore.
+    (["-A PREROUTING -j KUBE-SERVICES"], ["-C PREROUTING", "-I PREROUTING"]),
+    # A hook present verbatim costs nothing.
+    (["-A POSTROUTING -m comment --comment 'kubernetes postrouting rules' -j KUBE-POSTROUTING"], []),
+], ids=["fresh-host", "jump-printed-differently", "hook-present"])
+async def test_absent_hooks_go_in_with_the_first_restore(before: list[str], commands: list[str]) -> None:
+    ipt = CountingIptables()
+    reference = MemoryIptables()
+    for line in before:
+        for i in (ipt, reference):
+            chain = line.split()[1]
+            await i.restore("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\nCOMMIT\n")
+            i.chains[("nat", chain)].append(line)
+    r = await IptablesProxier(ipt, CFG).sync(cluster(3))
+    assert ipt.commands == commands
+    assert r.restores == 2
+    # The same jumps, in the same order, as inserting them one by one gives.
+    await reference.restore("*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n"
+                            ":KUBE-FORWARD - [0:0]\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n"
+                            ":KUBE-POSTROUTING - [0:0]\nCOMMIT\n")
+    await ensure_hooks(reference)
+    assert hooked(ipt) == hooked(reference)
+    assert await ensure_hooks(ipt) == 0
 
 
 async def test_unchanged_state_writes_nothing() -> None:

@@ -28,3 +28,19 @@ def test_eviction_flags(argv: list[str], want: EvictionOptions) -> None:
 def test_bad_eviction_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cm.main(["--api-servers", "127.0.0.1:1", "--no-leader-elect", *argv]) == 2
     assert "must" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "endpoints", "root_ca"), [
+    (["--api-servers", "a:6443,b:6444"], (), ""),
+    (["--api-servers", "a:6443,b:6444", "--kubernetes-service-endpoints", "a:8443, b:8444",
+      "--root-ca-file", "/pki/ca.crt"], ("a:8443", "b:8444"), "/pki/ca.crt"),
+], ids=["none", "given"])
+def test_service_account_flags(argv: list[str], endpoints: tuple[str, ...], root_ca: str) -> None:
+    options = cm.options_from(cm.build_parser().parse_args(argv))
+    assert (tuple(options.kubernetes_service_endpoints), options.root_ca_file) == (endpoints, root_ca)
+
+
+def test_one_https_endpoint_per_api_server(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cm.main(["--api-servers", "a:6443,b:6444", "--kubernetes-service-endpoints", "a:8443",
+                    "--no-leader-elect"]) == 2
+    assert "one per --api-servers endpoint" in capsys.readouterr().err

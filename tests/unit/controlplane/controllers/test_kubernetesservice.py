@@ -68,3 +68,35 @@ async def test_sync_creates_the_service_and_follows_api_server_health(cluster: C
     assert view(list(ep.subsets))[0] == (6443, [], ["10.77.0.10"])
     assert cluster.writes("create", "services") == 1
     ctrl.shutdown()
+
+
+REST = ["10.77.0.10:8443", "10.77.0.10:8444", "10.77.0.10:8445"]
+
+
+async def test_endpoints_lead_to_the_https_ports_of_the_probed_api_servers(cluster: Cluster) -> None:
+    """Probed on gRPC, published on HTTPS: https://kubernetes.default.svc reaches the REST API."""
+    up = {LAB[0], LAB[2]}
+    probed: list[str] = []
+
+    async def probe(endpoint: str) -> bool:
+        probed.append(endpoint)
+        return endpoint in up
+
+    ctrl = KubernetesServiceController(cluster.api, cluster.factory, api_servers=LAB, https_endpoints=REST,
+                                       service_cidr="10.96.0.0/12", probe=probe)
+    await cluster.start()
+    await ctrl.sync(KEY)
+    await cluster.settle()
+    assert sorted(probed) == sorted(LAB)
+    svc = await cluster.api.get(t.Service, "kubernetes", "default")
+    assert [(p.name, p.port, p.target_port.int_val) for p in svc.spec.ports] == [("https", 443, 8443)]
+    ep = await cluster.api.get(t.Endpoints, "kubernetes", "default")
+    assert view(list(ep.subsets)) == [(8443, ["10.77.0.10"], []), (8444, [], ["10.77.0.10"]),
+                                      (8445, ["10.77.0.10"], [])]
+    ctrl.shutdown()
+
+
+def test_one_https_endpoint_per_api_server(cluster: Cluster) -> None:
+    with pytest.raises(ValueError, match="one per api-server"):
+        KubernetesServiceController(cluster.api, cluster.factory, api_servers=LAB, https_endpoints=REST[:1],
+                                    service_cidr="10.96.0.0/12")

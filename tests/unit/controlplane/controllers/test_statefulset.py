@@ -9,6 +9,7 @@ import pytest
 
 from controlplane.controllers import history
 from controlplane.controllers import statefulset as ssc
+from controlplane.controllers.garbagecollector import GarbageCollector
 from controlplane.controllers.statefulset import StatefulSetController
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import Cluster, pod
@@ -170,3 +171,78 @@ async def test_claims_created_before_pods_and_kept_on_scale_down(cluster: Cluste
     assert cluster.writes("create", "persistentvolumeclaims") == creates, "the kept claim is reused, not recreated"
     assert (await cluster.api.get(t.Pod, "db-1", "default")).spec.volumes[0].persistent_volume_claim.claim_name \
         == "data-db-1"
+
+
+# ------------------------------------------------------------------ persistentVolumeClaimRetentionPolicy
+
+def retained(when_deleted: str, when_scaled: str, replicas: int = 2) -> t.StatefulSet:
+    s = with_claims(sts(replicas, parallel=True))
+    s.metadata.uid = "set-uid"
+    s.spec.persistent_volume_claim_retention_policy.when_deleted = when_deleted
+    s.spec.persistent_volume_claim_retention_policy.when_scaled = when_scaled
+    return s
+
+
+def owned_claim(*uids: str) -> t.PersistentVolumeClaim:
+    pvc = t.PersistentVolumeClaim(metadata=t.ObjectMeta(name="data-db-1", namespace="default"))
+    for uid in uids:
+        pvc.metadata.owner_references.add(uid=uid, name=uid, kind="X", api_version="v1")
+    return pvc
+
+
+# (whenDeleted, whenScaled, the pod condemned?, the claim's current owners) -> its owners' uids.
+@pytest.mark.parametrize(("when_deleted", "when_scaled", "condemned", "owners", "want"), [
+    ("Retain", "Retain", False, [], []),
+    ("Retain", "Retain", True, ["set-uid", "pod-uid"], []),
+    ("Delete", "Retain", False, [], ["set-uid"]),
+    ("Delete", "Retain", True, ["pod-uid"], ["set-uid"]),
+    ("Retain", "Delete", False, ["set-uid"], []),
+    ("Retain", "Delete", True, [], ["pod-uid"]),
+    ("Delete", "Delete", False, [], ["set-uid"]),
+    ("Delete", "Delete", True, ["set-uid"], ["pod-uid"]),
+    ("Delete", "Retain", False, ["other"], ["other", "set-uid"]),
+], ids=["retain-retain", "retain-retain-drops-refs", "deleted:delete", "deleted:delete-condemned",
+        "scaled:delete-in-range", "scaled:delete-condemned", "delete-delete-in-range", "delete-delete-condemned",
+        "other-owners-kept"])
+def test_claim_owner_references(when_deleted: str, when_scaled: str, condemned: bool, owners: list[str],
+                                want: list[str]) -> None:
+    s = retained(when_deleted, when_scaled)
+    p = spod(1)
+    p.metadata.uid = "pod-uid"
+    refs = ssc.claim_owner_references(s, owned_claim(*owners), p, condemned=condemned)
+    assert [r.uid for r in refs] == want
+    assert not any(r.controller or r.block_owner_deletion for r in refs if r.uid in ("set-uid", "pod-uid"))
+
+
+@pytest.mark.parametrize(("when_deleted", "when_scaled", "after_scale_down", "after_delete"), [
+    ("Retain", "Retain", ["data-db-0", "data-db-1"], ["data-db-0", "data-db-1"]),
+    ("Retain", "Delete", ["data-db-0"], ["data-db-0"]),
+    ("Delete", "Retain", ["data-db-0", "data-db-1"], []),
+    ("Delete", "Delete", ["data-db-0"], []),
+], ids=["retain", "delete-when-scaled", "delete-when-deleted", "delete-both"])
+async def test_retention_policy_with_the_garbage_collector(cluster: Cluster, when_deleted: str, when_scaled: str,
+                                                           after_scale_down: list[str],
+                                                           after_delete: list[str]) -> None:
+    ctrl = StatefulSetController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    gc = GarbageCollector(cluster.api, cluster.factory)
+    s = retained(when_deleted, when_scaled)
+    s.metadata.uid = ""
+    await cluster.create(s)
+    await cluster.start()
+    await cluster.drain(ctrl)
+
+    async def claims() -> list[str]:
+        await cluster.drain(gc)
+        return sorted(c.metadata.name for c in cluster.api.objects(t.PersistentVolumeClaim)
+                      if not c.metadata.HasField("deletion_timestamp"))
+
+    assert await claims() == ["data-db-0", "data-db-1"]
+    stored = await cluster.api.get(t.StatefulSet, "db", "default")
+    stored.spec.replicas = 1
+    await cluster.api.update(stored)
+    await cluster.drain(ctrl)
+    assert await claims() == after_scale_down
+    # The set goes; its pod db-0 (background deletion) and, with whenDeleted=Delete, the claims it owns.
+    await cluster.api.delete(t.StatefulSet, "db", "default")
+    await cluster.drain(ctrl)
+    assert await claims() == after_delete

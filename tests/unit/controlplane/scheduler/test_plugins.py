@@ -12,6 +12,7 @@ from controlplane.scheduler.nodeinfo import NodeInfo, PodInfo
 from controlplane.scheduler.plugins.balanced_allocation import BalancedAllocation, balanced_score
 from controlplane.scheduler.plugins.least_allocated import LeastAllocated, least_requested_score
 from controlplane.scheduler.plugins.node_ports import NodePorts, conflicts
+from controlplane.scheduler.plugins.node_pressure import NodePressure
 from controlplane.scheduler.plugins.node_ready import NodeReady
 from controlplane.scheduler.plugins.node_resources_fit import NodeResourcesFit, insufficient
 from controlplane.scheduler.plugins.node_selector import NodeSelector
@@ -58,6 +59,40 @@ def test_node_unschedulable(cordoned: bool, tolerations: tuple[t.Toleration, ...
     assert plugin.pre_filter(pi) == applies
     if applies:
         assert reasons(plugin.filter(pi, ninfo(node("n", unschedulable=cordoned)))) == want
+
+
+# ------------------------------------------------------------------ NodePressure
+
+
+def _pressured(n: t.Node, *conds: tuple[str, str]) -> t.Node:
+    for type_, status in conds:
+        n.status.conditions.add(type=type_, status=status)
+    return n
+
+
+BURSTABLE = {"cpu": "100m"}
+
+
+@pytest.mark.parametrize(("conds", "requests", "want"), [
+    ((), {}, ()),
+    ((("MemoryPressure", "True"),), {}, ("node(s) had memory pressure",)),
+    ((("MemoryPressure", "True"),), BURSTABLE, ()),
+    ((("MemoryPressure", "False"), ("DiskPressure", "Unknown")), {}, ()),
+    ((("DiskPressure", "True"),), BURSTABLE, ("node(s) had disk pressure",)),
+    ((("PIDPressure", "True"),), BURSTABLE, ("node(s) had pid pressure",)),
+], ids=["none", "memory-best-effort", "memory-burstable", "not-true", "disk", "pid"])
+def test_node_pressure(conds: tuple[tuple[str, str], ...], requests: dict[str, str], want: tuple[str, ...]) -> None:
+    assert reasons(NodePressure().filter(info(pod("p", **requests)), ninfo(_pressured(node("n"), *conds)))) == want
+
+
+def test_node_pressure_follows_node_updates() -> None:
+    """The conditions are derived once per node update (not per decision): an update is seen."""
+    ni, pi, plugin = ninfo(node("n")), info(pod("p", cpu="100m")), NodePressure()
+    assert plugin.filter(pi, ni) is None
+    ni.set_node(_pressured(node("n"), ("DiskPressure", "True")))
+    assert reasons(plugin.filter(pi, ni)) == ("node(s) had disk pressure",)
+    ni.set_node(node("n"))
+    assert plugin.filter(pi, ni) is None
 
 
 # ------------------------------------------------------------------ NodeResourcesFit
