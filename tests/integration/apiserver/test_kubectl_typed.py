@@ -116,7 +116,8 @@ def test_typed_create_sends_protobuf(kubectl: Kubectl, tls: Path, args: list[str
                                      expected: str) -> None:
     created = kubectl("-v=8", *[arg.replace("{tls}", str(tls)) for arg in args])
     sent = "application/json" if args[0] in ("expose", "run") else "application/vnd.kubernetes.protobuf"
-    assert f"Content-Type: {sent}" in created.stderr, [line for line in created.stderr.splitlines() if "Content" in line]
+    assert f"Content-Type: {sent}" in created.stderr, [
+        line for line in created.stderr.splitlines() if "Content" in line]
     assert kubectl("get", *check).stdout == expected
 
 

@@ -268,7 +268,8 @@ def test_every_field_of_every_served_kind_has_a_kubernetes_field_number(kind: ki
                     and sub.full_name not in seen and not k8sproto._is_special(wire.type)):
                 walk(sub, wire.type, where, seen | {sub.full_name})
 
-    walk(cast(Descriptor, kind.message.DESCRIPTOR), k8sproto.message_name(kind.api_version, kind.kind), kind.kind, frozenset())
+    walk(cast(Descriptor, kind.message.DESCRIPTOR), k8sproto.message_name(kind.api_version, kind.kind), kind.kind,
+         frozenset())
     # An object's apiVersion and kind travel in the runtime.Unknown envelope, not in the object (also
     # for a StatefulSet's embedded volumeClaimTemplates, whose kind is implied).
     assert [m for m in missing if m.rsplit(".", 1)[1] not in ("apiVersion", "kind")] == []
