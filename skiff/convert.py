@@ -20,6 +20,7 @@ import base64
 import binascii
 import datetime as dt
 import difflib
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -39,6 +40,61 @@ MICRO_TIME_FIELDS = frozenset({"skiff.api.v1.LeaseSpec.acquire_time", "skiff.api
 # string fields that hold a JSON value as text, shown as that value (managedFields' fieldsV1 is a free-form
 # JSON object in Kubernetes; protobuf has no such type short of Struct, which would change the numbers).
 JSON_TEXT_FIELDS = frozenset({"skiff.api.v1.ManagedFieldsEntry.fields_v1"})
+
+# Scalar fields Kubernetes' JSON always carries, zero or not (Go fields without omitempty, `required`
+# in its OpenAPI), which strict clients insist on: the official Python client's models refuse a
+# ContainerStatus without restartCount or a NodeSystemInfo without kubeProxyVersion. to_data shows
+# them even when unset; tests/unit/skiff/test_convert_always_shown.py checks this table against
+# those models.
+ALWAYS_SHOWN = frozenset(f"skiff.api.v1.{message}.{name}" for message, names in {
+    "CertificateSigningRequestCondition": ("status", "type"),
+    "CertificateSigningRequestSpec": ("request", "signer_name"),
+    "ConfigMapKeySelector": ("key",),
+    "Container": ("name",),
+    "ContainerPort": ("container_port",),
+    "ContainerStateTerminated": ("exit_code",),
+    "ContainerStatus": ("image", "image_id", "name", "ready", "restart_count"),
+    "CronJobSpec": ("schedule",),
+    "DaemonEndpoint": ("port",),
+    "DaemonSetStatus": ("current_number_scheduled", "desired_number_scheduled", "number_misscheduled", "number_ready"),
+    "DownwardAPIVolumeFile": ("path",),
+    "EndpointAddress": ("ip",),
+    "EnvVar": ("name",),
+    "HTTPHeader": ("name", "value"),
+    "HostAlias": ("ip",),
+    "HostPathVolumeSource": ("path",),
+    "IPBlock": ("cidr",),
+    "JobCondition": ("status", "type"),
+    "KeyToPath": ("key", "path"),
+    "LabelSelectorRequirement": ("key", "operator"),
+    "LimitRangeItem": ("type",),
+    "LocalVolumeSource": ("path",),
+    "NodeAddress": ("address", "type"),
+    "NodeCondition": ("status", "type"),
+    "NodeSelectorRequirement": ("key", "operator"),
+    "NodeSystemInfo": ("architecture", "boot_id", "container_runtime_version", "kernel_version",
+                       "kube_proxy_version", "kubelet_version", "machine_id", "operating_system", "os_image",
+                       "system_uuid"),
+    "ObjectFieldSelector": ("field_path",),
+    "OwnerReference": ("api_version", "kind", "name", "uid"),
+    "PersistentVolumeClaimCondition": ("status", "type"),
+    "PersistentVolumeClaimVolumeSource": ("claim_name",),
+    "PodCondition": ("status", "type"),
+    "PodIP": ("ip",),
+    "ReplicaSetStatus": ("replicas",),
+    "ResourceFieldSelector": ("resource",),
+    "RoleRef": ("kind", "name"),
+    "SeccompProfile": ("type",),
+    "SecretKeySelector": ("key",),
+    "ServiceAccountTokenProjection": ("path",),
+    "ServicePort": ("port",),
+    "StatefulSetStatus": ("replicas",),
+    "StorageClass": ("provisioner",),
+    "Sysctl": ("name", "value"),
+    "Taint": ("effect", "key"),
+    "Volume": ("name",),
+    "VolumeMount": ("mount_path", "name"),
+}.items() for name in names)
 
 # map<string,string> fields that hold quantities: YAML numbers (cpu: 1, cpu: 0.5) are accepted there.
 QUANTITY_MAPS = frozenset({"limits", "requests", "capacity", "allocatable", "max", "min", "default",
@@ -255,11 +311,22 @@ def _scalar(field: Any, value: Any, path: str) -> Any:
 
 
 def to_data(msg: Message) -> dict[str, Any]:
-    """The manifest form of a message: JSON names, set fields only, in field order."""
+    """The manifest form of a message: JSON names, set fields (and ALWAYS_SHOWN ones), in field order."""
     out: dict[str, Any] = {}
-    for field, value in msg.ListFields():
+    always = _always_shown(msg.DESCRIPTOR)
+    listed = msg.ListFields()
+    if always:
+        present = {field.number for field, _ in listed}
+        listed = sorted([*listed, *((f, f.default_value) for f in always if f.number not in present)],
+                        key=lambda pair: pair[0].number)
+    for field, value in listed:
         out[field.json_name] = _value_to_data(field, value)
     return out
+
+
+@functools.cache
+def _always_shown(descriptor: Any) -> tuple[Any, ...]:
+    return tuple(f for f in descriptor.fields if f.full_name in ALWAYS_SHOWN)
 
 
 def _value_to_data(field: Any, value: Any) -> Any:

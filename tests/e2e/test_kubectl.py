@@ -1,7 +1,9 @@
 """The real kubectl (1.35) and helm (4), fetched by `make setup`, against a real one-host lab's
 Kubernetes REST API: discovery, explain, apply (client-side and server-side), get in every output,
 watch, scale, logs, delete, unknown kinds, typed `create` (protobuf bodies), exec exit codes,
-drain (evictions), `skiff kubectl`, and helm's own scaffold through its whole release cycle.
+drain (evictions), `skiff kubectl`, helm's own scaffold through its whole release cycle, and the
+remaining verbs (rollout history/undo/restart, set image, patch x3, label/annotate, expose, wait,
+describe, delete --wait, run, logs -f, edit, auth can-i --list) with the official Python client.
 
 The lab is `make up`'s shape (one combined host, one store member) on its own LAN; kubectl
 reaches the api-server's HTTP port through the lab's uplink with the kubeconfig the lab writes
@@ -344,3 +346,156 @@ def test_a_service_account_token_from_kubectl_create_token(lab: Lab,
     assert done.returncode == 1, done.stderr
     assert "You must be logged in to the server" in done.stderr and "has been deleted" in done.stderr, done.stderr
     kubectl("delete", "-f", str(binding))
+
+
+def test_rollout_history_undo_restart_set_image_patch_label_annotate_expose_describe_wait_delete(
+        kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """A Deployment through the verbs that change it: revisions with their change-cause, `set image`,
+    `rollout undo` and `restart`, the three patch types, label and annotate (overwrite, removal),
+    `expose`, `describe` with events, `wait` for a condition and a jsonpath, and a foreground
+    `delete --wait` that returns only once the Deployment and its ReplicaSets are gone."""
+    kubectl("create", "deployment", "rev", "--image=skiff/web:1.0", "--replicas=1")
+    kubectl("annotate", "deploy/rev", "kubernetes.io/change-cause=first")
+    kubectl("wait", "--for=condition=Available", "deploy/rev", "--timeout=90s", timeout=100)
+
+    def history() -> list[list[str]]:
+        lines = kubectl("rollout", "history", "deploy/rev").stdout.splitlines()
+        return [line.split(None, 1) for line in lines[2:] if line.strip()]
+
+    eventually(lambda: history() == [["1", "first"]], timeout=20, what="revision 1 with its change-cause")
+    assert "deployment.apps/rev image updated" in kubectl("set", "image", "deploy/rev", "web=skiff/web:2.0").stdout
+    kubectl("annotate", "deploy/rev", "kubernetes.io/change-cause=image 2.0")  # kubectl always overwrites this one
+    kubectl("rollout", "status", "deploy/rev", "--timeout=90s", timeout=100)
+    eventually(lambda: history() == [["1", "first"], ["2", "image 2.0"]], timeout=20, what="revision 2")
+    detail = kubectl("rollout", "history", "deploy/rev", "--revision=2").stdout
+    assert "skiff/web:2.0" in detail and "revision #2" in detail
+
+    assert "deployment.apps/rev rolled back" in kubectl("rollout", "undo", "deploy/rev").stdout
+    image = ["-o", "jsonpath={.spec.template.spec.containers[0].image}"]
+    assert kubectl("get", "deploy", "rev", *image).stdout == "skiff/web:1.0"
+    kubectl("rollout", "status", "deploy/rev", "--timeout=90s", timeout=100)
+    eventually(lambda: [row[0] for row in history()] == ["2", "3"], timeout=20,
+               what="revision 1 reused as revision 3")
+
+    assert "deployment.apps/rev restarted" in kubectl("rollout", "restart", "deploy/rev").stdout
+    restarted = kubectl("get", "deploy", "rev", "-o",
+                        "jsonpath={.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}").stdout
+    assert restarted.startswith("20"), restarted  # an RFC 3339 time
+    kubectl("rollout", "status", "deploy/rev", "--timeout=90s", timeout=100)
+    eventually(lambda: [row[0] for row in history()] == ["2", "3", "4"], timeout=20, what="revision 4")
+
+    # the three patch types; the strategic one merges the container by name (its image stays)
+    kubectl("patch", "deploy/rev", "--type=json", "-p", '[{"op": "replace", "path": "/spec/replicas", "value": 2}]')
+    kubectl("patch", "deploy/rev", "--type=merge", "-p", '{"metadata": {"labels": {"merged": "yes"}}}')
+    kubectl("patch", "deploy/rev", "--type=strategic", "-p",
+            '{"spec": {"template": {"spec": {"containers": [{"name": "web", "env": [{"name": "A", "value": "b"}]}]}}}}')
+    got = json.loads(kubectl("get", "deploy", "rev", "-o", "json").stdout)
+    assert got["spec"]["replicas"] == 2 and got["metadata"]["labels"]["merged"] == "yes"
+    assert got["spec"]["template"]["spec"]["containers"][0]["image"] == "skiff/web:1.0"
+    assert got["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "A", "value": "b"}]
+    bad = kubectl("patch", "deploy/rev", "--type=json", "-p", '[{"op": "test", "path": "/spec/replicas", "value": 9}]',
+                  check=False)
+    # a 422 Invalid Status (kubectl shows only its causes, and this one has none)
+    assert bad.returncode != 0 and 'The deployments "rev" is invalid' in bad.stderr, bad.stderr
+    assert kubectl("get", "deploy", "rev", "-o", "jsonpath={.spec.replicas}").stdout == "2"
+
+    # label and annotate: set, refuse to overwrite without --overwrite, overwrite, remove with `key-`
+    kubectl("label", "deploy/rev", "tier=front")
+    assert kubectl("label", "deploy/rev", "tier=back", check=False).returncode != 0
+    kubectl("label", "deploy/rev", "tier=back", "--overwrite")
+    assert kubectl("get", "deploy", "rev", "-o", "jsonpath={.metadata.labels.tier}").stdout == "back"
+    assert "tier=back" in kubectl("get", "deploy", "rev", "--show-labels").stdout
+    kubectl("label", "deploy/rev", "tier-")
+    kubectl("annotate", "deploy/rev", "note=one")
+    refused = kubectl("annotate", "deploy/rev", "note=two", check=False)
+    assert refused.returncode != 0 and "'note' already has a value (one)" in refused.stderr
+    kubectl("annotate", "deploy/rev", "note=two", "--overwrite")
+    assert kubectl("get", "deploy", "rev", "-o", "jsonpath={.metadata.annotations.note}").stdout == "two"
+    kubectl("annotate", "deploy/rev", "note-")
+    meta = json.loads(kubectl("get", "deploy", "rev", "-o", "jsonpath={.metadata}").stdout)
+    assert "tier" not in meta["labels"] and "note" not in meta.get("annotations", {})
+
+    kubectl("wait", "--for=jsonpath={.status.readyReplicas}=2", "deploy/rev", "--timeout=90s", timeout=100)
+    assert "service/rev exposed" in kubectl("expose", "deployment", "rev", "--port=80").stdout
+    svc = json.loads(kubectl("get", "svc", "rev", "-o", "json").stdout)
+    assert svc["spec"]["selector"] == {"app": "rev"} and svc["spec"]["ports"][0]["port"] == 80
+
+    described = kubectl("describe", "deploy", "rev").stdout
+    assert "Events:" in described and "ScalingReplicaSet" in described and "NewReplicaSet:" in described
+    described = kubectl("describe", "svc", "rev").stdout
+    assert "Selector:" in described and "app=rev" in described and "Events:" in described
+
+    deleted = kubectl("delete", "deploy", "rev", "--cascade=foreground", "--wait", "--timeout=90s", timeout=100)
+    assert 'deployment.apps "rev" deleted' in deleted.stdout
+    assert kubectl("get", "deploy", "rev", check=False).returncode != 0  # gone when delete returned
+    assert kubectl("get", "rs", "-l", "app=rev", "-o", "name").stdout.strip() == ""  # and its sets before it
+    kubectl("delete", "svc", "rev", "--cascade=background", "--wait")
+    assert kubectl("get", "svc", "rev", check=False).returncode != 0
+
+
+def test_run_logs_follow_describe_edit_wait_get_flags_and_the_python_client(
+        lab: Lab, kubectl: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    """A pod from `kubectl run`; `logs -f` sees a line written after the follow started; the official
+    Python client reads the same log; describe pod and node; edit through KUBE_EDITOR; auth can-i
+    --list; the get flags; `wait --for=delete`; a kind Skiff does not serve."""
+    script = "echo started; while true; do sleep 1; done"
+    kubectl("run", "runner", "--image=skiff/web:1.0", "--restart=Never", "--labels=app=runner", "--command", "--",
+            "sh", "-c", script)
+    kubectl("wait", "--for=condition=Ready", "pod/runner", "--timeout=90s", timeout=100)
+    assert kubectl("logs", "runner").stdout == "started\n"
+
+    follow = subprocess.Popen([str(KUBECTL), "--kubeconfig", str(kubectl.config), "logs", "-f", "runner"],  # type: ignore[attr-defined]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follow.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        eventually(lambda: lines == ["started\n"], timeout=20, what="the follow showing the first line")
+        kubectl("exec", "runner", "--", "sh", "-c", "echo written later > /proc/1/fd/1")
+        eventually(lambda: "written later\n" in lines, timeout=20, what="a line written after the follow started")
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+
+    from kubernetes import client as k8s  # type: ignore[import-untyped]
+    from kubernetes import config as k8s_config  # type: ignore[import-untyped]
+    api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubectl.config)))  # type: ignore[attr-defined]
+    assert "written later" in api.read_namespaced_pod_log("runner", "default")
+    assert "runner" in [p.metadata.name for p in api.list_namespaced_pod("default", label_selector="app=runner").items
+                       if p.metadata]
+
+    described = kubectl("describe", "pod", "runner").stdout
+    assert "Events:" in described and "Scheduled" in described and "Started" in described
+    node = lab.control_plane_hosts[0]
+    described = kubectl("describe", "node", node).stdout
+    pods = described.split("Non-terminated Pods:", 1)[1].split("Allocated resources:", 1)[0]
+    assert f"Name:               {node}" in described and "runner" in pods.split()
+
+    wide = kubectl("get", "pods", "-A", "-l", "app=runner", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[:2] == ["NAMESPACE", "NAME"] and wide[1].split()[:2] == ["default", "runner"]
+    assert node in wide[1].split()
+    assert "app=runner" in kubectl("get", "pod", "runner", "--show-labels").stdout
+    assert kubectl("get", "pods", "-l", "app=runner", "-o", "jsonpath={.items[*].spec.containers[0].command[2]}"
+                   ).stdout == script
+
+    kubectl("create", "configmap", "edited", "--from-literal=a=before")
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\nsed -i 's/a: before/a: after/' \"$1\"\n")
+    editor.chmod(0o755)
+    env = {**os.environ, "KUBE_EDITOR": str(editor)}
+    edited = subprocess.run([str(KUBECTL), "--kubeconfig", str(kubectl.config), "edit", "cm", "edited"],  # type: ignore[attr-defined]
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert edited.returncode == 0 and "configmap/edited edited" in edited.stdout, edited.stderr
+    assert kubectl("get", "cm", "edited", "-o", "jsonpath={.data.a}").stdout == "after"
+    kubectl("delete", "cm", "edited")
+
+    rules = kubectl("auth", "can-i", "--list").stdout.splitlines()
+    assert rules[0].split()[:2] == ["Resources", "Non-Resource"] and any(r.split()[0] == "*.*" for r in rules[1:])
+    assert kubectl("auth", "can-i", "create", "deployments").stdout.strip() == "yes"
+
+    unserved = kubectl("get", "ingresses", check=False)
+    assert unserved.returncode != 0 and 'the server doesn\'t have a resource type "ingresses"' in unserved.stderr
+
+    kubectl("delete", "pod", "runner", "--wait=false")
+    kubectl("wait", "--for=delete", "pod/runner", "--timeout=90s", timeout=100)
+    assert kubectl("get", "pod", "runner", check=False).returncode != 0

@@ -1,31 +1,51 @@
 """Kubernetes' protobuf encoding of request bodies (`application/vnd.kubernetes.protobuf`), read
 into the JSON form every other body has, so one conversion (skiff.convert) follows.
 
-Typed clients send it: kubectl's typed commands (`kubectl create deployment|configmap|secret|
-namespace|serviceaccount|token`), helm (its release Secrets), `kubectl drain` (Evictions), schedulers
-(Bindings), `kubectl auth can-i` (accessreview.py).
+Typed clients send it: kubectl's typed commands (`kubectl create deployment|configmap|secret|job|
+cronjob|namespace|serviceaccount|clusterrole|rolebinding|...|token`), `kubectl run` and `expose`,
+helm (its release Secrets), `kubectl drain` (Evictions), schedulers (Bindings), DeleteOptions,
+`kubectl auth can-i` (accessreview.py).
 
 The encoding: the 4 bytes `k8s\\0`, then a runtime.Unknown {1 typeMeta {1 apiVersion, 2 kind},
 2 raw, 3 contentEncoding, 4 contentType}; `raw` is the object in the field numbers of
-k8s.io/api's generated.proto. SCHEMAS below holds those numbers for the kinds and fields typed
-clients send (copied from k8s.io/api and k8s.io/apimachinery generated.proto).
+k8s.io/api's generated.proto. Nothing here lists a field by hand: the wire schema (numbers, names,
+types) is read from Kubernetes' own generated.proto files, vendored in `k8sapi/` (k8s.io/api and
+k8s.io/apimachinery v0.35.0, comments stripped), and which fields a kind has is Skiff's own
+definition (skiffpb, `proto/skiffpb/api/v1/types.proto`; json_names are Kubernetes' names).
 
-What must hold: a field whose number the schema does not hold is ignored only when it holds its
-zero value (typed clients send every unset field so); otherwise it is an error naming the message and
-the number (`UnknownField`, answered 415 with the JSON workaround), never silently dropped; the
-JSON produced is what the same client would have sent as JSON (bytes as base64, timestamps as
-RFC 3339, a zero metav1.Time as absent, Quantity and IntOrString as their values).
+What must hold:
+- every kind in skiff.kinds (and the subresource bodies: Binding, Eviction, TokenRequest, Scale,
+  DeleteOptions, the access reviews) can be read;
+- a field Kubernetes defines and Skiff's message has is read as the same client would have sent
+  it in JSON (bytes as base64, timestamps as RFC 3339, MicroTime with 6 digits, a zero metav1.Time
+  as absent, Quantity and IntOrString as their values, RawExtension and FieldsV1 as JSON);
+- a field Skiff's message lacks is skipped when it holds its zero value (typed encoders send every
+  unset non-pointer field so); otherwise it is kept, so that the body's `fieldValidation` decides
+  about it as for JSON (Strict: 422 naming the field) — never silently dropped;
+- a field number Kubernetes' schema does not hold either is an error naming the message and the
+  number (`UnknownField`, answered 415 with the JSON workaround) unless it is zero.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
+import json
+import re
+import struct
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from skiff import kinds
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"
+SCHEMA_DIR = Path(__file__).with_name("k8sapi")
 
 # Wire types.
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
@@ -90,80 +110,79 @@ def unwrap(body: bytes) -> tuple[str, str, bytes]:
     return type_meta.get(1, b"").decode(), type_meta.get(2, b"").decode(), unknown.get(2, b"")
 
 
-# ---------------------------------------------------------------- schemas
+# ---------------------------------------------------------------- the wire schema, from k8sapi/
 
-# A field: (JSON name, type, repeated); an empty name is read and dropped (selfLink: deprecated,
-# always empty, yet typed clients' encoders send it). Types: "string", "int", "bool", "bytes", "time", "quantity",
-# "intstr", ("map", value type), or the name of a message in SCHEMAS.
-Field = tuple[str, Any, bool]
-S, N, B = "string", "int", "bool"
+@dataclass(frozen=True)
+class WireField:
+    """One field of a Kubernetes message: its JSON name, its type (a scalar's name or a message's
+    full name), whether repeated, and a map's value type (a map's `type` is "map")."""
 
-META = "ObjectMeta"
-SCHEMAS: dict[str, dict[int, Field]] = {
-    META: {1: ("name", S, False), 2: ("generateName", S, False), 3: ("namespace", S, False),
-           4: ("", S, False), 5: ("uid", S, False), 6: ("resourceVersion", S, False),
-           7: ("generation", N, False), 8: ("creationTimestamp", "time", False),
-           9: ("deletionTimestamp", "time", False), 10: ("deletionGracePeriodSeconds", N, False),
-           11: ("labels", ("map", S), False), 12: ("annotations", ("map", S), False),
-           13: ("ownerReferences", "OwnerReference", True), 14: ("finalizers", S, True)},
-    "OwnerReference": {1: ("kind", S, False), 3: ("name", S, False), 4: ("uid", S, False),
-                       5: ("apiVersion", S, False), 6: ("controller", B, False),
-                       7: ("blockOwnerDeletion", B, False)},
-    "LabelSelector": {1: ("matchLabels", ("map", S), False), 2: ("matchExpressions", "LabelSelectorRequirement", True)},
-    "LabelSelectorRequirement": {1: ("key", S, False), 2: ("operator", S, False), 3: ("values", S, True)},
-    "DeleteOptions": {1: ("gracePeriodSeconds", N, False), 2: ("preconditions", "Preconditions", False),
-                      3: ("orphanDependents", B, False), 4: ("propagationPolicy", S, False), 5: ("dryRun", S, True)},
-    "Preconditions": {1: ("uid", S, False), 2: ("resourceVersion", S, False)},
-    # core/v1
-    "Binding": {1: ("metadata", META, False), 2: ("target", "ObjectReference", False)},
-    "ObjectReference": {1: ("kind", S, False), 2: ("namespace", S, False), 3: ("name", S, False),
-                        4: ("uid", S, False), 5: ("apiVersion", S, False), 6: ("resourceVersion", S, False),
-                        7: ("fieldPath", S, False)},
-    # policy/v1
-    "Eviction": {1: ("metadata", META, False), 2: ("deleteOptions", "DeleteOptions", False)},
-    "Secret": {1: ("metadata", META, False), 2: ("data", ("map", "bytes"), False), 3: ("type", S, False),
-               4: ("stringData", ("map", S), False), 5: ("immutable", B, False)},
-    "ConfigMap": {1: ("metadata", META, False), 2: ("data", ("map", S), False),
-                  3: ("binaryData", ("map", "bytes"), False), 4: ("immutable", B, False)},
-    "Namespace": {1: ("metadata", META, False), 2: ("spec", "NamespaceSpec", False)},
-    "NamespaceSpec": {1: ("finalizers", S, True)},
-    "ServiceAccount": {1: ("metadata", META, False), 3: ("imagePullSecrets", "LocalObjectReference", True),
-                       4: ("automountServiceAccountToken", B, False)},
-    "LocalObjectReference": {1: ("name", S, False)},
-    "PodTemplateSpec": {1: ("metadata", META, False), 2: ("spec", "PodSpec", False)},
-    "PodSpec": {2: ("containers", "Container", True), 3: ("restartPolicy", S, False),
-                4: ("terminationGracePeriodSeconds", N, False), 6: ("dnsPolicy", S, False),
-                7: ("nodeSelector", ("map", S), False), 8: ("serviceAccountName", S, False),
-                15: ("imagePullSecrets", "LocalObjectReference", True), 20: ("initContainers", "Container", True)},
-    "Container": {1: ("name", S, False), 2: ("image", S, False), 3: ("command", S, True), 4: ("args", S, True),
-                  5: ("workingDir", S, False), 6: ("ports", "ContainerPort", True), 7: ("env", "EnvVar", True),
-                  8: ("resources", "ResourceRequirements", False), 13: ("terminationMessagePath", S, False),
-                  14: ("imagePullPolicy", S, False), 20: ("terminationMessagePolicy", S, False)},
-    "ContainerPort": {1: ("name", S, False), 2: ("hostPort", N, False), 3: ("containerPort", N, False),
-                      4: ("protocol", S, False), 5: ("hostIP", S, False)},
-    "EnvVar": {1: ("name", S, False), 2: ("value", S, False)},
-    "ResourceRequirements": {1: ("limits", ("map", "quantity"), False), 2: ("requests", ("map", "quantity"), False)},
-    # apps/v1
-    "Deployment": {1: ("metadata", META, False), 2: ("spec", "DeploymentSpec", False)},
-    "DeploymentSpec": {1: ("replicas", N, False), 2: ("selector", "LabelSelector", False),
-                       3: ("template", "PodTemplateSpec", False), 4: ("strategy", "DeploymentStrategy", False),
-                       5: ("minReadySeconds", N, False), 6: ("revisionHistoryLimit", N, False),
-                       7: ("paused", B, False), 9: ("progressDeadlineSeconds", N, False)},
-    "DeploymentStrategy": {1: ("type", S, False), 2: ("rollingUpdate", "RollingUpdateDeployment", False)},
-    "RollingUpdateDeployment": {1: ("maxUnavailable", "intstr", False), 2: ("maxSurge", "intstr", False)},
-    # authentication/v1 (`kubectl create token`)
-    "TokenRequest": {1: ("metadata", META, False), 2: ("spec", "TokenRequestSpec", False),
-                     3: ("status", "TokenRequestStatus", False)},
-    "TokenRequestSpec": {1: ("audiences", S, True), 3: ("boundObjectRef", "BoundObjectReference", False),
-                         4: ("expirationSeconds", N, False)},
-    "BoundObjectReference": {1: ("kind", S, False), 2: ("apiVersion", S, False), 3: ("name", S, False),
-                             4: ("uid", S, False)},
-    "TokenRequestStatus": {1: ("token", S, False), 2: ("expirationTimestamp", "time", False)},
-}
-# The top-level kinds a body may be, by (apiVersion, kind).
-KINDS = {("v1", "Binding"), ("policy/v1", "Eviction"), ("v1", "Secret"), ("v1", "ConfigMap"), ("v1", "Namespace"),
-         ("v1", "ServiceAccount"), ("authentication.k8s.io/v1", "TokenRequest"),
-         ("apps/v1", "Deployment")}
+    name: str
+    type: str
+    repeated: bool = False
+    value: str = ""
+
+
+Schemas = dict[str, dict[int, WireField]]  # message full name -> field number -> field
+SCALARS = frozenset({"string", "bytes", "bool", "int32", "int64", "uint32", "uint64", "double", "float"})
+_PACKAGE = re.compile(r"^package\s+([\w.]+);", re.M)
+_MESSAGE = re.compile(r"^message\s+(\w+)\s*\{(.*?)^\}", re.M | re.S)
+_FIELD = re.compile(r"^\s*(optional|repeated)?\s*(map<\s*\w+\s*,\s*([.\w]+)\s*>|[.\w]+)\s+(\w+)\s*=\s*(\d+)\s*;", re.M)
+
+
+def parse_proto(text: str) -> Schemas:
+    """PURE: the messages of one generated.proto (proto2, no nesting, as go-to-protobuf writes
+    them), types resolved to full names."""
+    package = _PACKAGE.search(text)
+    if package is None:
+        raise ValueError("a generated.proto names its package")
+    pkg = package.group(1)
+
+    def resolve(name: str) -> str:
+        if name in SCALARS:
+            return name
+        return name[1:] if name.startswith(".") else f"{pkg}.{name}"
+
+    out: Schemas = {}
+    for message in _MESSAGE.finditer(text):
+        table: dict[int, WireField] = {}
+        for label, kind, map_value, name, number in _FIELD.findall(message.group(2)):
+            if map_value:
+                table[int(number)] = WireField(name, "map", False, resolve(map_value))
+            else:
+                table[int(number)] = WireField(name, resolve(kind), label == "repeated")
+        out[f"{pkg}.{message.group(1)}"] = table
+    return out
+
+
+@functools.cache
+def schemas() -> Schemas:
+    """Every message of the vendored generated.proto files."""
+    out: Schemas = {}
+    for path in sorted(SCHEMA_DIR.rglob("generated.proto")):
+        out.update(parse_proto(path.read_text()))
+    return out
+
+
+META_V1 = "k8s.io.apimachinery.pkg.apis.meta.v1"
+
+
+def message_name(api_version: str, kind: str) -> str:
+    """The full name of a kind's message: `apps/v1` Deployment -> k8s.io.api.apps.v1.Deployment
+    (the package is the group's first label; the core group's is `core`)."""
+    if kind == "DeleteOptions":  # sent with the version of the object deleted
+        return f"{META_V1}.DeleteOptions"
+    group, _, version = api_version.rpartition("/")
+    return f"k8s.io.api.{group.split('.')[0] or 'core'}.{version}.{kind}"
+
+
+# Messages JSON shows as one value (the custom marshallers of apimachinery's types).
+TIME, MICROTIME = f"{META_V1}.Time", f"{META_V1}.MicroTime"
+QUANTITY = "k8s.io.apimachinery.pkg.api.resource.Quantity"
+INTSTR = "k8s.io.apimachinery.pkg.util.intstr.IntOrString"
+RAW = "k8s.io.apimachinery.pkg.runtime.RawExtension"
+FIELDS_V1 = f"{META_V1}.FieldsV1"
+DURATION = f"{META_V1}.Duration"
 _ZERO_TIME = -62135596800  # Go's zero time.Time: metav1.Time's "unset"
 
 
@@ -171,36 +190,79 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _scalar(kind: Any, wire: int, value: int | bytes, where: str) -> Any:
-    if kind == S and isinstance(value, bytes):
-        return value.decode()
-    if kind == "bytes" and isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if kind == N and isinstance(value, int):
-        return _signed(value)
-    if kind == B and isinstance(value, int):
-        return bool(value)
-    if kind == "time" and isinstance(value, bytes):
-        seconds = nanos = 0
-        for n, _, v in records(value):
-            if n == 1 and isinstance(v, int):
-                seconds = _signed(v)
-            elif n == 2 and isinstance(v, int):
-                nanos = v
-        if seconds <= _ZERO_TIME or (seconds, nanos) == (0, 0):  # an empty message: the zero Time
-            return None
-        moment = dt.datetime.fromtimestamp(seconds, dt.UTC) + dt.timedelta(microseconds=nanos // 1000)
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if kind == "quantity" and isinstance(value, bytes):
+def _time(value: bytes, *, micro: bool) -> str | None:
+    seconds = nanos = 0
+    for n, _, v in records(value):
+        if n == 1 and isinstance(v, int):
+            seconds = _signed(v)
+        elif n == 2 and isinstance(v, int):
+            nanos = v
+    if seconds <= _ZERO_TIME or (seconds, nanos) == (0, 0):  # an empty message: the zero Time
+        return None
+    moment = dt.datetime.fromtimestamp(seconds, dt.UTC) + dt.timedelta(microseconds=nanos // 1000)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _duration(nanos: int) -> str:
+    """Go's time.Duration.String() for whole units as metav1.Duration marshals it (1h2m3s, 0s)."""
+    if nanos == 0:
+        return "0s"
+    sign, nanos = ("-" if nanos < 0 else ""), abs(nanos)
+    hours, rest = divmod(nanos, 3_600_000_000_000)
+    minutes, rest = divmod(rest, 60_000_000_000)
+    seconds = rest / 1e9
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
+    return f"{sign}{text}{seconds:g}s"
+
+
+def _special(kind: str, value: bytes) -> Any:
+    if kind in (TIME, MICROTIME):
+        return _time(value, micro=kind == MICROTIME)
+    if kind == QUANTITY:
         return fields(value).get(1, b"").decode()
-    if kind == "intstr" and isinstance(value, bytes):
+    if kind == INTSTR:
         parts = {n: v for n, _, v in records(value)}
         if parts.get(1) == 1:
             s = parts.get(3, b"")
             return s.decode() if isinstance(s, bytes) else ""
         i = parts.get(2, 0)
         return _signed(i) if isinstance(i, int) else 0
-    if isinstance(kind, str) and kind in SCHEMAS and isinstance(value, bytes):
+    if kind in (RAW, FIELDS_V1):
+        raw = fields(value).get(1, b"")
+        return json.loads(raw) if raw.strip() else None
+    if kind == DURATION:
+        nanos = next((v for n, _, v in records(value) if n == 1 and isinstance(v, int)), 0)
+        return _duration(_signed(nanos))
+    if kind.endswith(".ExtraValue"):  # authentication's []string, sent as {1 items}
+        return [v.decode() for n, _, v in records(value) if n == 1 and isinstance(v, bytes)]
+    raise KeyError(kind)
+
+
+SPECIAL = frozenset({TIME, MICROTIME, QUANTITY, INTSTR, RAW, FIELDS_V1, DURATION})
+
+
+def _is_special(kind: str) -> bool:
+    return kind in SPECIAL or kind.endswith(".ExtraValue")
+
+
+def _scalar(kind: str, wire: int, value: int | bytes, where: str) -> Any:
+    if kind == "string" and isinstance(value, bytes):
+        return value.decode()
+    if kind == "bytes" and isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if kind in ("int32", "int64") and isinstance(value, int):
+        return _signed(value)  # a negative int32 is sent sign-extended to 64 bits, as an int64
+    if kind in ("uint32", "uint64") and isinstance(value, int):
+        return value
+    if kind == "bool" and isinstance(value, int):
+        return bool(value)
+    if kind == "double" and isinstance(value, bytes) and wire == I64:
+        return struct.unpack("<d", value)[0]
+    if kind == "float" and isinstance(value, bytes) and wire == I32:
+        return struct.unpack("<f", value)[0]
+    if isinstance(value, bytes) and _is_special(kind):
+        return _special(kind, value)
+    if isinstance(value, bytes) and kind in schemas():
         return decode_message(value, kind)
     raise ValueError(f"{where}: wire type {wire} does not fit a {kind}")
 
@@ -221,42 +283,98 @@ def is_zero(wire: int, value: int | bytes) -> bool:
         return False
 
 
-def decode_message(data: bytes, name: str) -> dict[str, Any]:
-    """The JSON form of a message of schema `name`."""
-    schema = SCHEMAS[name]
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _own_fields(own: Descriptor | None) -> dict[str, FieldDescriptor] | None:
+    return None if own is None else {f.json_name: f for f in own.fields}
+
+
+def inlined(name: str, own: Descriptor) -> frozenset[int]:
+    """The fields of Kubernetes message `name` that are Go embedded structs, which JSON inlines and
+    protobuf nests (ConfigMapKeySelector's LocalObjectReference, Volume's VolumeSource, Probe's
+    ProbeHandler): Skiff's message has no field of that name but has fields of its message."""
+    return _inlined(name, own.full_name, own)
+
+
+@functools.cache
+def _inlined(name: str, _key: str, own: Descriptor) -> frozenset[int]:
+    mine = {f.json_name for f in own.fields}
+    out = set()
+    for number, field in schemas()[name].items():
+        sub = schemas().get(field.type)
+        if field.name not in mine and sub is not None and not _is_special(field.type) \
+                and {f.name for f in sub.values()} & mine:
+            out.add(number)
+    return frozenset(out)
+
+
+def decode_message(data: bytes, name: str, own: Descriptor | None = None) -> dict[str, Any]:
+    """The JSON form of Kubernetes message `name`; `own` is Skiff's message of the same shape
+    (None: take every field Kubernetes defines)."""
+    schema = schemas()[name]
+    mine = _own_fields(own)
     out: dict[str, Any] = {}
     for number, wire, value in records(data):
         field = schema.get(number)
-        if field is None and is_zero(wire, value):
-            continue  # typed clients' encoders send every unset field as its zero value: nothing lost
         if field is None:
-            raise UnknownField(f"field {number} of {name} is not read by Skiff's protobuf decoder")
-        json_name, kind, repeated = field
-        if not json_name:
+            if is_zero(wire, value):
+                continue  # a field newer than the vendored schema, unset: nothing lost
+            raise UnknownField(f"field {number} of {_short(name)} is not in Kubernetes' v1.35 schema")
+        skiff_field = None if mine is None else mine.get(field.name)
+        if (mine is not None and skiff_field is None and is_zero(wire, value)
+                and not (own is not None and number in inlined(name, own))):
+            continue  # Skiff has no such field and it is unset (typed encoders send every field)
+        where = f"{_short(name)}.{field.name}"
+        if own is not None and number in inlined(name, own) and isinstance(value, bytes):
+            out.update(decode_message(value, field.type, own))
             continue
-        where = f"{name}.{json_name}"
-        if isinstance(kind, tuple):  # a map: each entry is a message {1 key, 2 value}
+        if field.type == "map":  # each entry is a message {1 key, 2 value}
             if not isinstance(value, bytes):
                 raise ValueError(f"{where}: a map entry must be length-delimited")
             entry = {n: (w, v) for n, w, v in records(value)}
             key_raw = entry.get(1, (LEN, b""))[1]
             key = key_raw.decode() if isinstance(key_raw, bytes) else str(key_raw)
             w, v = entry.get(2, (LEN, b""))
-            out.setdefault(json_name, {})[key] = _scalar(kind[1], w, v, where)
+            out.setdefault(field.name, {})[key] = _scalar(field.value, w, v, where)
             continue
-        decoded = _scalar(kind, wire, value, where)
-        if repeated:
-            out.setdefault(json_name, []).append(decoded)
+        sub = skiff_field.message_type if skiff_field is not None else None
+        if field.repeated and wire == LEN and field.type in SCALARS - {"string", "bytes"} and isinstance(value, bytes):
+            packed = [_scalar(field.type, VARINT, v, where) for _, _, v in _packed(value)]
+            out.setdefault(field.name, []).extend(packed)
+            continue
+        if isinstance(value, bytes) and field.type in schemas() and not _is_special(field.type):
+            decoded: Any = decode_message(value, field.type, sub)
+        else:
+            decoded = _scalar(field.type, wire, value, where)
+        if field.repeated:
+            out.setdefault(field.name, []).append(decoded)
         elif decoded is not None:
-            out[json_name] = decoded
+            out[field.name] = decoded
     return out
+
+
+def _packed(data: bytes) -> Iterator[tuple[int, int, int]]:
+    pos = 0
+    while pos < len(data):
+        value, pos = _varint(data, pos)
+        yield 0, VARINT, value
+
+
+def own_message(api_version: str, kind: str) -> Descriptor | None:
+    """Skiff's message for a kind it serves (None for request-only bodies: Eviction, DeleteOptions,
+    TokenRequest, Scale, the access reviews, which are read whole)."""
+    served = kinds.by_kind(kind)
+    if served is None or served.api_version != api_version:
+        return None
+    return cast(Descriptor, served.message.DESCRIPTOR)
 
 
 def decode(body: bytes) -> dict[str, Any]:
     """The JSON form of a protobuf request body, `kind` and `apiVersion` set."""
     api_version, kind, raw = unwrap(body)
-    if kind == "DeleteOptions":  # sent with the version of the object deleted
-        return {"apiVersion": api_version, "kind": kind, **decode_message(raw, kind)}
-    if (api_version, kind) not in KINDS:
+    name = message_name(api_version, kind)
+    if not kind or name not in schemas():
         raise UnknownField(f"Skiff does not read {kind or 'this kind'} ({api_version}) in protobuf")
-    return {"apiVersion": api_version, "kind": kind, **decode_message(raw, kind)}
+    return {"apiVersion": api_version, "kind": kind, **decode_message(raw, name, own_message(api_version, kind))}

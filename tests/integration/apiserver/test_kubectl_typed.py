@@ -30,10 +30,10 @@ def kubectl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
     with control_plane(workdir, apiserver_args=["--http-listen", http]) as cp:
         config = kubeconfig.write_entry(f"http://{http}", path=workdir / "kubeconfig")
 
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
+        def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             done = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True,
                                   text=True, timeout=60)
-            assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+            assert done.returncode == 0 or not check, f"kubectl {' '.join(args)}: {done.stderr}"
             return done
 
         run.grpc = cp.apiserver_endpoints  # type: ignore[attr-defined]
@@ -62,19 +62,62 @@ def test_server_side_apply_of_every_example(kubectl: Kubectl, example: str) -> N
     kubectl("delete", *ns, "-f", str(ROOT / "examples" / example), "--wait=false")
 
 
-@pytest.mark.parametrize(("args", "check", "expected"), [
-    (["create", "deployment", "d1", "--image=skiff/web:1.0", "--replicas=3", "--port=80"],
+# Every `kubectl create` subcommand for a kind Skiff serves, plus `run` and `expose`: each but
+# run and expose (which build unstructured objects: JSON) sends its object in protobuf
+# (rest/k8sproto.py reads every served kind from Kubernetes' own schema).
+TYPED: list[tuple[str, list[str], list[str], str]] = [
+    ("deployment", ["create", "deployment", "d1", "--image=skiff/web:1.0", "--replicas=3", "--port=80"],
      ["deploy", "d1", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort}"],
      "3 80"),
-    (["create", "configmap", "c1", "--from-literal=a=b", "--from-literal=c=d"],
+    ("expose", ["expose", "deployment", "d1", "--port=8080", "--target-port=80"],
+     ["svc", "d1", "-o", "jsonpath={.spec.selector.app} {.spec.ports[0].port} {.spec.ports[0].targetPort}"],
+     "d1 8080 80"),
+    ("service", ["create", "service", "clusterip", "s1", "--tcp=80:8080"],
+     ["svc", "s1", "-o", "jsonpath={.spec.type} {.spec.ports[0].targetPort}"], "ClusterIP 8080"),
+    ("configmap", ["create", "configmap", "c1", "--from-literal=a=b", "--from-literal=c=d"],
      ["cm", "c1", "-o", "jsonpath={.data.a}{.data.c}"], "bd"),
-    (["create", "secret", "generic", "s1", "--from-literal=x=y"], ["secret", "s1", "-o", "jsonpath={.data.x}"], "eQ=="),
-    (["create", "namespace", "n1"], ["ns", "n1", "-o", "jsonpath={.metadata.name}"], "n1"),
-    (["create", "serviceaccount", "sa1"], ["sa", "sa1", "-o", "jsonpath={.metadata.name}"], "sa1"),
-], ids=["deployment", "configmap", "secret", "namespace", "serviceaccount"])
-def test_typed_create_sends_protobuf(kubectl: Kubectl, args: list[str], check: list[str], expected: str) -> None:
-    created = kubectl(*args, "-v=8")
-    assert "application/vnd.kubernetes.protobuf" in created.stderr  # what it sent
+    ("secret-generic", ["create", "secret", "generic", "s1", "--from-literal=x=y"],
+     ["secret", "s1", "-o", "jsonpath={.data.x}"], "eQ=="),
+    ("secret-tls", ["create", "secret", "tls", "t1", "--cert={tls}/tls.crt", "--key={tls}/tls.key"],
+     ["secret", "t1", "-o", "jsonpath={.type}"], "kubernetes.io/tls"),
+    ("namespace", ["create", "namespace", "n1"], ["ns", "n1", "-o", "jsonpath={.metadata.name}"], "n1"),
+    ("serviceaccount", ["create", "serviceaccount", "sa1"], ["sa", "sa1", "-o", "jsonpath={.metadata.name}"], "sa1"),
+    ("job", ["create", "job", "j1", "--image=skiff/web:1.0", "--", "sh", "-c", "echo hi"],
+     ["job", "j1", "-o", "jsonpath={.spec.template.spec.restartPolicy} {.spec.template.spec.containers[0].command}"],
+     'Never ["sh","-c","echo hi"]'),
+    ("cronjob", ["create", "cronjob", "cj1", "--image=skiff/web:1.0", "--schedule=*/5 * * * *"],
+     ["cj", "cj1", "-o", "jsonpath={.spec.schedule}"], "*/5 * * * *"),
+    ("job-from-cronjob", ["create", "job", "j2", "--from=cronjob/cj1"],
+     ["job", "j2", "-o", "jsonpath={.metadata.ownerReferences[0].name}"], "cj1"),
+    ("role", ["create", "role", "r1", "--verb=get,list", "--resource=pods"],
+     ["role", "r1", "-o", "jsonpath={.rules[0].verbs}"], '["get","list"]'),
+    ("clusterrole", ["create", "clusterrole", "cr1", "--verb=get", "--resource=nodes", "--non-resource-url=/x"],
+     ["clusterrole", "cr1", "-o", "jsonpath={.rules[*].verbs}"], '["get"] ["get"]'),
+    ("rolebinding", ["create", "rolebinding", "rb1", "--clusterrole=view", "--serviceaccount=default:sa1"],
+     ["rolebinding", "rb1", "-o", "jsonpath={.roleRef.name} {.subjects[0].kind}"], "view ServiceAccount"),
+    ("clusterrolebinding", ["create", "clusterrolebinding", "crb1", "--clusterrole=view", "--user=ann"],
+     ["clusterrolebinding", "crb1", "-o", "jsonpath={.subjects[0].name}"], "ann"),
+    ("quota", ["create", "quota", "q1", "--hard=pods=3"], ["quota", "q1", "-o", "jsonpath={.spec.hard.pods}"], "3"),
+    ("run", ["run", "p1", "--image=skiff/web:1.0", "--restart=Never", "--labels=a=b", "--env=X=1"],
+     ["pod", "p1", "-o", "jsonpath={.metadata.labels.a} {.spec.containers[0].env[0].value}"], "b 1"),
+]
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=typed", "-days", "1",
+                    "-keyout", str(where / "tls.key"), "-out", str(where / "tls.crt")], check=True, capture_output=True)
+    return where
+
+
+@pytest.mark.parametrize(("args", "check", "expected"), [case[1:] for case in TYPED], ids=[case[0] for case in TYPED])
+def test_typed_create_sends_protobuf(kubectl: Kubectl, tls: Path, args: list[str], check: list[str],
+                                     expected: str) -> None:
+    created = kubectl("-v=8", *[arg.replace("{tls}", str(tls)) for arg in args])
+    sent = "application/json" if args[0] in ("expose", "run") else "application/vnd.kubernetes.protobuf"
+    assert f"Content-Type: {sent}" in created.stderr, [
+        line for line in created.stderr.splitlines() if "Content" in line]
     assert kubectl("get", *check).stdout == expected
 
 
@@ -91,6 +134,15 @@ def test_skiff_into_a_closed_pipe_ends_quietly(kubectl: Kubectl, tmp_path: Path)
     assert done.stdout == "apiVersion: v1\n", done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode in (0, 141), done.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["create", "poddisruptionbudget", "pdb1", "--selector=a=b", "--min-available=1"],
+    ["create", "ingress", "i1", "--rule=example.com/=svc:80"],
+], ids=["pdb", "ingress"])
+def test_a_typed_create_of_a_kind_skiff_does_not_serve_is_refused_at_once(kubectl: Kubectl, args: list[str]) -> None:
+    done = kubectl(*args, "--request-timeout=20s", check=False)
+    assert done.returncode == 1 and "the server could not find the requested resource" in done.stderr, done.stderr
 
 
 def test_explain(kubectl: Kubectl) -> None:
