@@ -8,9 +8,12 @@ helm (its release Secrets), `kubectl drain` (Evictions), schedulers (Bindings), 
 
 The encoding: the 4 bytes `k8s\\0`, then a runtime.Unknown {1 typeMeta {1 apiVersion, 2 kind},
 2 raw, 3 contentEncoding, 4 contentType}; `raw` is the object in the field numbers of
-k8s.io/api's generated.proto. Nothing here lists a field by hand: the wire schema (numbers, names,
-types) is read from Kubernetes' own generated.proto files, vendored in `k8sapi/` (k8s.io/api and
-k8s.io/apimachinery v0.35.0, comments stripped), and which fields a kind has is Skiff's own
+k8s.io/api's generated.proto. Nothing here lists a field by hand: the wire schema (for every
+message of the groups Skiff serves and the apimachinery types they use, each field's number, JSON
+name and type, as of k8s.io/api v0.35.0 — facts of the wire format) is the table
+`k8s_wire_schema.json`, made by `python -m controlplane.apiserver.rest.k8sproto DIR...` from
+checkouts of kubernetes/api and kubernetes/apimachinery at a tag (field numbers never change
+across versions, so a newer table only adds fields); which fields a kind has is Skiff's own
 definition (skiffpb, `proto/skiffpb/api/v1/types.proto`; json_names are Kubernetes' names).
 
 What must hold:
@@ -45,7 +48,7 @@ from skiff import kinds
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"
-SCHEMA_DIR = Path(__file__).with_name("k8sapi")
+SCHEMA_FILE = Path(__file__).with_name("k8s_wire_schema.json")
 
 # Wire types.
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
@@ -110,7 +113,7 @@ def unwrap(body: bytes) -> tuple[str, str, bytes]:
     return type_meta.get(1, b"").decode(), type_meta.get(2, b"").decode(), unknown.get(2, b"")
 
 
-# ---------------------------------------------------------------- the wire schema, from k8sapi/
+# ---------------------------------------------------------------- the wire schema
 
 @dataclass(frozen=True)
 class WireField:
@@ -157,11 +160,43 @@ def parse_proto(text: str) -> Schemas:
 
 @functools.cache
 def schemas() -> Schemas:
-    """Every message of the vendored generated.proto files."""
-    out: Schemas = {}
-    for path in sorted(SCHEMA_DIR.rglob("generated.proto")):
-        out.update(parse_proto(path.read_text()))
-    return out
+    """Every message of the wire schema table."""
+    return schemas_from_table(json.loads(SCHEMA_FILE.read_text()))
+
+
+def schemas_from_table(table: dict[str, dict[str, list[Any]]]) -> Schemas:
+    """PURE: the table's rows ({message: {number: [name, type, repeated?, map value?]}}) as WireFields."""
+    return {message: {int(number): WireField(*row) for number, row in fields.items()}
+            for message, fields in table.items()}
+
+
+def table_text(schemas: Schemas) -> str:
+    """PURE: the table file's text: one message per line, in name order, so a refresh diffs by message."""
+    lines = []
+    for message, fields in sorted(schemas.items()):
+        row = {str(n): [f.name, f.type, *([f.repeated, f.value] if f.value else [True] if f.repeated else [])]
+               for n, f in sorted(fields.items())}
+        lines.append(f"  {json.dumps(message)}: {json.dumps(row, separators=(', ', ': '))}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Remake the table from the generated.proto files under the given directories: those of the
+    groups Skiff serves (k8s.io/api's <group>/<version>/) and of apimachinery's pkg/apis/meta/v1,
+    pkg/api/resource, pkg/util/intstr, pkg/runtime and pkg/runtime/schema."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m controlplane.apiserver.rest.k8sproto", description=main.__doc__)
+    p.add_argument("dirs", nargs="+", type=Path, help="directories of a kubernetes/api and kubernetes/apimachinery "
+                   "checkout at one tag")
+    args = p.parse_args(argv)
+    found: Schemas = {}
+    for d in args.dirs:
+        for path in sorted(d.rglob("generated.proto")):
+            found.update(parse_proto(path.read_text()))
+    SCHEMA_FILE.write_text(table_text(found))
+    print(f"wrote {SCHEMA_FILE}: {len(found)} messages")
+    return 0
 
 
 META_V1 = "k8s.io.apimachinery.pkg.apis.meta.v1"
@@ -320,7 +355,7 @@ def decode_message(data: bytes, name: str, own: Descriptor | None = None) -> dic
         field = schema.get(number)
         if field is None:
             if is_zero(wire, value):
-                continue  # a field newer than the vendored schema, unset: nothing lost
+                continue  # a field newer than the wire schema table, unset: nothing lost
             raise UnknownField(f"field {number} of {_short(name)} is not in Kubernetes' v1.35 schema")
         skiff_field = None if mine is None else mine.get(field.name)
         if (mine is not None and skiff_field is None and is_zero(wire, value)
@@ -378,3 +413,7 @@ def decode(body: bytes) -> dict[str, Any]:
     if not kind or name not in schemas():
         raise UnknownField(f"Skiff does not read {kind or 'this kind'} ({api_version}) in protobuf")
     return {"apiVersion": api_version, "kind": kind, **decode_message(raw, name, own_message(api_version, kind))}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,8 @@
 """Kubernetes' protobuf request bodies read into JSON (controlplane/apiserver/rest/k8sproto.py):
 hand-encoded bodies as gogo-protobuf writes them (every field, zero or not: zero-valued fields
 Skiff lacks skipped, others kept or refused); every served kind encoded by the protobuf library
-from Kubernetes' own .proto files and read back; every Skiff field has a Kubernetes number."""
+from the wire schema table (written back as .proto for protoc) and read back; every Skiff field
+has a Kubernetes number."""
 
 from __future__ import annotations
 
@@ -124,21 +125,63 @@ def test_time(seconds: int | None, expected: str | None) -> None:
 
 # ---------------------------------------------------------------- against the protobuf library
 
-# Kubernetes' own messages, compiled from the vendored generated.proto files by protoc (grpc_tools),
-# encode the objects; Skiff's reader must give back the JSON they came from.
+# Kubernetes' messages, compiled by protoc (grpc_tools) from the wire schema table written back as
+# .proto files, encode the objects; Skiff's reader must give back the JSON they came from.
+
+
+def proto_files(schemas: k8sproto.Schemas) -> dict[str, str]:
+    """The wire schema table written back as proto2 files, one per package (importing the packages
+    its fields use), for protoc: the same numbers, names and types, so the same bytes."""
+    packages: dict[str, list[str]] = {}
+    for message in schemas:
+        packages.setdefault(message.rsplit(".", 1)[0], []).append(message)
+
+    def ref(type_: str) -> str:
+        return type_ if type_ in k8sproto.SCALARS else f".{type_}"
+
+    files = {}
+    for package, messages in sorted(packages.items()):
+        used = {f.value or f.type for m in messages for f in schemas[m].values()}
+        imports = sorted({t.rsplit(".", 1)[0] for t in used if t not in k8sproto.SCALARS} - {package})
+        lines = ['syntax = "proto2";', f"package {package};", *(f'import "{i.replace(".", "/")}.proto";'
+                                                                 for i in imports)]
+        for message in sorted(messages):
+            lines.append(f"message {message.rsplit('.', 1)[1]} {{")
+            for number, f in sorted(schemas[message].items()):
+                if f.type == "map":
+                    lines.append(f"  map<string, {ref(f.value)}> {f.name} = {number};")
+                else:
+                    lines.append(f"  {'repeated' if f.repeated else 'optional'} {ref(f.type)} {f.name} = {number};")
+            lines.append("}")
+        files[f"{package.replace('.', '/')}.proto"] = "\n".join(lines) + "\n"
+    return files
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> descriptor_pool.DescriptorPool:
-    out = tmp_path_factory.mktemp("k8sdesc") / "k8s.desc"
-    protos = sorted(str(p.relative_to(k8sproto.SCHEMA_DIR)) for p in k8sproto.SCHEMA_DIR.rglob("generated.proto"))
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{k8sproto.SCHEMA_DIR}", "--include_imports",
+    src = tmp_path_factory.mktemp("k8sproto")
+    for name, text in proto_files(k8sproto.schemas()).items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+    out = src / "k8s.desc"
+    protos = sorted(str(p.relative_to(src)) for p in src.rglob("*.proto"))
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{src}", "--include_imports",
                     f"--descriptor_set_out={out}", *protos], check=True)
     files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     the_pool = descriptor_pool.DescriptorPool()
     for f in files.file:
         the_pool.Add(f)
     return the_pool
+
+
+def test_the_table_is_what_the_refresh_writes() -> None:
+    """`python -m controlplane.apiserver.rest.k8sproto` reads generated.proto files back into the
+    same table: parse_proto of the files written from the table gives the table."""
+    schemas = k8sproto.schemas()
+    again: k8sproto.Schemas = {}
+    for text in proto_files(schemas).values():
+        again.update(k8sproto.parse_proto(text))
+    assert k8sproto.table_text(again) == k8sproto.SCHEMA_FILE.read_text()
 
 
 def to_wire_json(data: Any, desc: Descriptor) -> Any:
