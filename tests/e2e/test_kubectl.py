@@ -17,8 +17,7 @@ import json
 import os
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,12 @@ import pytest
 from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from tests.support import labs
+from tests.support.kubectl import KUBECTL, Kubectl, require_kubectl, runner, until
 from tests.support.prereq import require
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBECTL = ROOT / ".venv" / "bin" / "kubectl"
 WEB = ROOT / "examples" / "web"
 SEED = ROOT / "examples" / "seed"
 LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure reports
@@ -39,7 +38,7 @@ LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure repo
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    require(KUBECTL.exists(), f"{KUBECTL} is missing: run `make setup`")
+    require_kubectl()
     prefix = f"k{os.getpid() % 10000}"
     spec = LabSpec(prefix=prefix, combined=True, store_members=1, workers=0,
                    lan_cidr=netplan.free_lan(range(220, 250)), min_sync_period="0s")
@@ -48,41 +47,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 
 
 @pytest.fixture(scope="module")
-def kubectl(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess[str]]:
-    config = lab.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
-
-    def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True, text=True,
-                              timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
-        return done
-
-    run.config = config  # type: ignore[attr-defined]
-    return run
+def kubectl(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+    return runner(lab.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config"))
 
 
-def eventually(check: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout:.0f}s")
-        time.sleep(0.5)
-
-
-def ready_replicas(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> int:
+def ready_replicas(kubectl: Kubectl) -> int:
     out = kubectl("get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas}").stdout.strip()
     return int(out or 0)
 
 
-def test_discovery_and_unknown_kinds(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+def test_discovery_and_unknown_kinds(kubectl: Kubectl) -> None:
     version = kubectl("version", "-o", "json").stdout
     assert json.loads(version)["serverVersion"]["major"] == "1"
     resources = kubectl("api-resources").stdout
     assert any(line.split()[:2] == ["deployments", "deploy"] for line in resources.splitlines())
     assert any(line.split()[:2] == ["pods", "po"] for line in resources.splitlines())
     assert any(line.split()[:2] == ["persistentvolumeclaims", "pvc"] for line in resources.splitlines())
-    eventually(lambda: "local-path (default)   skiff.io/local-path   Delete" in kubectl("get", "sc").stdout,
+    until(lambda: "local-path (default)   skiff.io/local-path   Delete" in kubectl("get", "sc").stdout,
                timeout=30, what="the default StorageClass in kubectl get sc")
     explained = kubectl("explain", "deployment.spec").stdout
     assert "KIND:       Deployment" in explained and "replicas\t<integer>" in explained
@@ -91,7 +72,7 @@ def test_discovery_and_unknown_kinds(kubectl: Callable[..., subprocess.Completed
     assert 'the server doesn\'t have a resource type "widgets"' in unknown.stderr
 
 
-def test_seed_verbatim(kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+def test_seed_verbatim(kubectl: Kubectl) -> None:
     """The Kubernetes seed as it is (its nginx:latest needs a registry: only the objects are checked)."""
     applied = kubectl("apply", "-f", str(SEED)).stdout
     assert "deployment.apps/nginx-demo created" in applied and "service/nginx-service created" in applied
@@ -108,11 +89,11 @@ def test_seed_verbatim(kubectl: Callable[..., subprocess.CompletedProcess[str]])
     kubectl("delete", "-f", str(SEED))
 
 
-def test_apply_get_watch_scale_logs_delete(kubectl: Callable[..., subprocess.CompletedProcess[str]],
+def test_apply_get_watch_scale_logs_delete(kubectl: Kubectl,
                                           tmp_path: Path) -> None:
     applied = kubectl("apply", "-f", str(WEB)).stdout
     assert "deployment.apps/web created" in applied and "service/web-service created" in applied
-    eventually(lambda: ready_replicas(kubectl) == 2, timeout=90, what="2 ready replicas")
+    until(lambda: ready_replicas(kubectl) == 2, timeout=90, what="2 ready replicas")
 
     table = kubectl("get", "deploy", "web").stdout.splitlines()
     assert table[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
@@ -134,14 +115,14 @@ def test_apply_get_watch_scale_logs_delete(kubectl: Callable[..., subprocess.Com
     reader = threading.Thread(target=lambda: lines.extend(iter(watch.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
     reader.start()
     try:
-        eventually(lambda: len(lines) >= 2, timeout=20, what="the watch listing the 2 pods")
+        until(lambda: len(lines) >= 2, timeout=20, what="the watch listing the 2 pods")
         assert "deployment.apps/web scaled" in kubectl("scale", "deploy/web", "--replicas", "3").stdout
-        eventually(lambda: len(lines) > 2, timeout=30, what="a watch event after the scale")
+        until(lambda: len(lines) > 2, timeout=30, what="a watch event after the scale")
     finally:
         watch.terminate()
         watch.wait(timeout=10)
     assert any(line.split()[0] in ("ADDED", "MODIFIED") for line in lines[2:]), lines
-    eventually(lambda: ready_replicas(kubectl) == 3, timeout=90, what="3 ready replicas")
+    until(lambda: ready_replicas(kubectl) == 3, timeout=90, what="3 ready replicas")
 
     # client-side apply of a changed manifest: a strategic merge patch, containers merged by name
     changed = tmp_path / "web.yaml"
@@ -158,7 +139,7 @@ def test_apply_get_watch_scale_logs_delete(kubectl: Callable[..., subprocess.Com
         pod = kubectl("get", "pods", "-l", "app=web", "-o", "jsonpath={.items[-1].metadata.name}").stdout.strip()
         return kubectl("logs", pod, check=False).returncode == 0
 
-    eventually(logs_of_a_pod, timeout=30, what="kubectl logs of a web pod")
+    until(logs_of_a_pod, timeout=30, what="kubectl logs of a web pod")
 
     deleted = kubectl("delete", "-f", str(changed), "--wait=false").stdout
     assert 'deployment.apps "web" deleted' in deleted
@@ -169,7 +150,7 @@ def test_apply_get_watch_scale_logs_delete(kubectl: Callable[..., subprocess.Com
 HOSTNET_SPEC = {"hostNetwork": True, "containers": [{"name": "c", "image": "skiff/web:1.0"}]}
 
 
-def test_pod_security_warnings_and_refusals(kubectl: Callable[..., subprocess.CompletedProcess[str]],
+def test_pod_security_warnings_and_refusals(kubectl: Kubectl,
                                             tmp_path: Path) -> None:
     """Pod Security Admission as kubectl shows it: a Warning for a workload template, the
     Forbidden message for a pod, and a namespace labelled privileged admitting the pod."""
@@ -202,7 +183,7 @@ SKIFF = ROOT / ".venv" / "bin" / "skiff"
 
 
 def test_helm_create_install_upgrade_rollback_uninstall(
-        lab: Lab, kubectl: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+        lab: Lab, kubectl: Kubectl, tmp_path: Path) -> None:
     """helm 4's own scaffold, unchanged (only its values are set: the image is the lab's offline web
     image), through install, upgrade, rollback and uninstall; its pods answer through its Service."""
     require(HELM.exists(), f"{HELM} is missing: run `make setup`")
@@ -232,25 +213,25 @@ def test_helm_create_install_upgrade_rollback_uninstall(
     assert "STATUS: deployed" in helm("install", "demo", "./demo", *image, "--set", "image.tag=1.0")
     for kind in ("deployment/demo", "service/demo", "serviceaccount/demo", "secret/sh.helm.release.v1.demo.v1"):
         kubectl("get", kind)
-    eventually(lambda: serving("1.0"), timeout=120, what="the chart's pods answering through its Service")
+    until(lambda: serving("1.0"), timeout=120, what="the chart's pods answering through its Service")
 
     assert "has been upgraded" in helm("upgrade", "demo", "./demo", *image, "--set", "image.tag=2.0")
     assert image_of_deployment() == "skiff/web:2.0"
-    eventually(lambda: serving("2.0"), timeout=120, what="the upgraded pods answering")
+    until(lambda: serving("2.0"), timeout=120, what="the upgraded pods answering")
 
     assert "Rollback was a success" in helm("rollback", "demo", "1")
     assert image_of_deployment() == "skiff/web:1.0"
     history = helm("history", "demo").splitlines()
     assert [line.split()[0] for line in history[1:]] == ["1", "2", "3"] and "Rollback to 1" in history[-1]
-    eventually(lambda: serving("1.0"), timeout=120, what="the rolled back pods answering")
+    until(lambda: serving("1.0"), timeout=120, what="the rolled back pods answering")
 
     assert 'release "demo" uninstalled' in helm("uninstall", "demo")
-    eventually(lambda: kubectl("get", "deploy,svc,sa,secret,pods", "-l", "app.kubernetes.io/instance=demo",
+    until(lambda: kubectl("get", "deploy,svc,sa,secret,pods", "-l", "app.kubernetes.io/instance=demo",
                                "-o", "name").stdout.strip() == "", timeout=90, what="the chart's objects gone")
     assert "sh.helm.release" not in kubectl("get", "secrets", "-o", "name").stdout
 
 
-def test_typed_create_server_side_apply_and_skiff_kubectl(kubectl: Callable[..., subprocess.CompletedProcess[str]],
+def test_typed_create_server_side_apply_and_skiff_kubectl(kubectl: Kubectl,
                                                          tmp_path: Path) -> None:
     """kubectl's typed commands send protobuf; `apply --server-side` keeps managers; `skiff kubectl`
     is that same kubectl on the same kubeconfig."""
@@ -283,7 +264,7 @@ def test_typed_create_server_side_apply_and_skiff_kubectl(kubectl: Callable[...,
     kubectl("delete", "-f", str(manifest))
 
 
-def test_exec_then_drain_evicts_and_uncordon(lab: Lab, kubectl: Callable[..., subprocess.CompletedProcess[str]],
+def test_exec_then_drain_evicts_and_uncordon(lab: Lab, kubectl: Kubectl,
                                              tmp_path: Path) -> None:
     """`kubectl exec` over WebSocket in a real container (output, exit codes); then `kubectl drain`
     cordons the node and evicts its pods through pods/eviction (policy/v1)."""
@@ -298,7 +279,7 @@ def test_exec_then_drain_evicts_and_uncordon(lab: Lab, kubectl: Callable[..., su
                       "jsonpath={range .items[*]}{.metadata.name} {.status.phase}{\"\\n\"}{end}").stdout
         return [line.split()[0] for line in out.splitlines() if line.endswith(" Running")]
 
-    eventually(lambda: len(running()) == 1, timeout=90, what="the pod to drain running")
+    until(lambda: len(running()) == 1, timeout=90, what="the pod to drain running")
     before = running()[0]
     said = kubectl("exec", before, "--", "sh", "-c", "echo hello from exec; echo to stderr >&2")
     assert (said.stdout, said.stderr) == ("hello from exec\n", "to stderr\n")
@@ -311,12 +292,12 @@ def test_exec_then_drain_evicts_and_uncordon(lab: Lab, kubectl: Callable[..., su
     assert f"node/{node} drained" in drained.stdout
     assert kubectl("get", "node", node, "-o", "jsonpath={.spec.unschedulable}").stdout == "true"
     kubectl("uncordon", node)
-    eventually(lambda: bool(running()) and running()[0] != before, timeout=90, what="a replacement pod running")
+    until(lambda: bool(running()) and running()[0] != before, timeout=90, what="a replacement pod running")
     kubectl("delete", "-f", str(manifest))
 
 
 def test_a_service_account_token_from_kubectl_create_token(lab: Lab,
-                                                          kubectl: Callable[..., subprocess.CompletedProcess[str]],
+                                                          kubectl: Kubectl,
                                                           tmp_path: Path) -> None:
     """The lab's api-server has the PKI's service-account keys: a token from `kubectl create
     token` authenticates over HTTPS (no client certificate), and RBAC decides for its user."""
@@ -339,7 +320,7 @@ def test_a_service_account_token_from_kubectl_create_token(lab: Lab,
                        "subjects: [{kind: ServiceAccount, name: reader, namespace: default}]\n"
                        "roleRef: {kind: ClusterRole, apiGroup: rbac.authorization.k8s.io, name: view}\n")
     kubectl("apply", "-f", str(binding))
-    eventually(lambda: as_reader("get", "pods", "-n", "default").returncode == 0, timeout=15,
+    until(lambda: as_reader("get", "pods", "-n", "default").returncode == 0, timeout=15,
                what="the service account lists pods once bound to view")
     kubectl("delete", "serviceaccount", "reader")
     done = as_reader("get", "pods", "-n", "default")
@@ -349,7 +330,7 @@ def test_a_service_account_token_from_kubectl_create_token(lab: Lab,
 
 
 def test_rollout_history_undo_restart_set_image_patch_label_annotate_expose_describe_wait_delete(
-        kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+        kubectl: Kubectl) -> None:
     """A Deployment through the verbs that change it: revisions with their change-cause, `set image`,
     `rollout undo` and `restart`, the three patch types, label and annotate (overwrite, removal),
     `expose`, `describe` with events, `wait` for a condition and a jsonpath, and a foreground
@@ -362,11 +343,11 @@ def test_rollout_history_undo_restart_set_image_patch_label_annotate_expose_desc
         lines = kubectl("rollout", "history", "deploy/rev").stdout.splitlines()
         return [line.split(None, 1) for line in lines[2:] if line.strip()]
 
-    eventually(lambda: history() == [["1", "first"]], timeout=20, what="revision 1 with its change-cause")
+    until(lambda: history() == [["1", "first"]], timeout=20, what="revision 1 with its change-cause")
     assert "deployment.apps/rev image updated" in kubectl("set", "image", "deploy/rev", "web=skiff/web:2.0").stdout
     kubectl("annotate", "deploy/rev", "kubernetes.io/change-cause=image 2.0")  # kubectl always overwrites this one
     kubectl("rollout", "status", "deploy/rev", "--timeout=90s", timeout=100)
-    eventually(lambda: history() == [["1", "first"], ["2", "image 2.0"]], timeout=20, what="revision 2")
+    until(lambda: history() == [["1", "first"], ["2", "image 2.0"]], timeout=20, what="revision 2")
     detail = kubectl("rollout", "history", "deploy/rev", "--revision=2").stdout
     assert "skiff/web:2.0" in detail and "revision #2" in detail
 
@@ -374,7 +355,7 @@ def test_rollout_history_undo_restart_set_image_patch_label_annotate_expose_desc
     image = ["-o", "jsonpath={.spec.template.spec.containers[0].image}"]
     assert kubectl("get", "deploy", "rev", *image).stdout == "skiff/web:1.0"
     kubectl("rollout", "status", "deploy/rev", "--timeout=90s", timeout=100)
-    eventually(lambda: [row[0] for row in history()] == ["2", "3"], timeout=20,
+    until(lambda: [row[0] for row in history()] == ["2", "3"], timeout=20,
                what="revision 1 reused as revision 3")
 
     assert "deployment.apps/rev restarted" in kubectl("rollout", "restart", "deploy/rev").stdout
@@ -382,7 +363,7 @@ def test_rollout_history_undo_restart_set_image_patch_label_annotate_expose_desc
                         "jsonpath={.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}").stdout
     assert restarted.startswith("20"), restarted  # an RFC 3339 time
     kubectl("rollout", "status", "deploy/rev", "--timeout=90s", timeout=100)
-    eventually(lambda: [row[0] for row in history()] == ["2", "3", "4"], timeout=20, what="revision 4")
+    until(lambda: [row[0] for row in history()] == ["2", "3", "4"], timeout=20, what="revision 4")
 
     # the three patch types; the strategic one merges the container by name (its image stays)
     kubectl("patch", "deploy/rev", "--type=json", "-p", '[{"op": "replace", "path": "/spec/replicas", "value": 2}]')
@@ -434,7 +415,7 @@ def test_rollout_history_undo_restart_set_image_patch_label_annotate_expose_desc
 
 
 def test_run_logs_follow_describe_edit_wait_get_flags_and_the_python_client(
-        lab: Lab, kubectl: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+        lab: Lab, kubectl: Kubectl, tmp_path: Path) -> None:
     """A pod from `kubectl run`; `logs -f` sees a line written after the follow started; the official
     Python client reads the same log; describe pod and node; edit through KUBE_EDITOR; auth can-i
     --list; the get flags; `wait --for=delete`; a kind Skiff does not serve."""
@@ -450,9 +431,9 @@ def test_run_logs_follow_describe_edit_wait_get_flags_and_the_python_client(
     reader = threading.Thread(target=lambda: lines.extend(iter(follow.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
     reader.start()
     try:
-        eventually(lambda: lines == ["started\n"], timeout=20, what="the follow showing the first line")
+        until(lambda: lines == ["started\n"], timeout=20, what="the follow showing the first line")
         kubectl("exec", "runner", "--", "sh", "-c", "echo written later > /proc/1/fd/1")
-        eventually(lambda: "written later\n" in lines, timeout=20, what="a line written after the follow started")
+        until(lambda: "written later\n" in lines, timeout=20, what="a line written after the follow started")
     finally:
         follow.terminate()
         follow.wait(timeout=10)

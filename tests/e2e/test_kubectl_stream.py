@@ -21,7 +21,7 @@ import subprocess
 import termios
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +29,13 @@ import pytest
 from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from tests.support import labs
-from tests.support.prereq import require
+from tests.support.kubectl import KUBECTL, Kubectl, require_kubectl, runner, until
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBECTL = ROOT / ".venv" / "bin" / "kubectl"
 WEB = ROOT / "examples" / "web"
 LAB: Lab | None = None  # for tests/e2e/conftest.py: daemon logs in failure reports
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 ATTACHABLE = """apiVersion: v1
 kind: Pod
@@ -56,7 +54,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    require(KUBECTL.exists(), f"{KUBECTL} is missing: run `make setup`")
+    require_kubectl()
     prefix = f"s{os.getpid() % 10000}"
     spec = LabSpec(prefix=prefix, combined=True, store_members=1, workers=0,
                    lan_cidr=netplan.free_lan(range(220, 250), 3), min_sync_period="0s")
@@ -66,26 +64,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 
 @pytest.fixture(scope="module")
 def kubectl(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    config = lab.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
-
-    def run(*args: str, check: bool = True, timeout: float = 60,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True, text=True,
-                              timeout=timeout, input=input)
-        if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
-        return done
-
-    run.config = config  # type: ignore[attr-defined]
-    return run
-
-
-def eventually(check: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout:.0f}s")
-        time.sleep(0.5)
+    return runner(lab.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config"))
 
 
 def running(kubectl: Kubectl, selector: str) -> list[str]:
@@ -98,7 +77,7 @@ def running(kubectl: Kubectl, selector: str) -> list[str]:
 @pytest.fixture(scope="module")
 def web(kubectl: Kubectl) -> list[str]:
     kubectl("apply", "-f", str(WEB / "web.yaml"))
-    eventually(lambda: len(running(kubectl, "app=web")) == 2, timeout=120, what="both web pods ready")
+    until(lambda: len(running(kubectl, "app=web")) == 2, timeout=120, what="both web pods ready")
     return running(kubectl, "app=web")
 
 
@@ -168,7 +147,7 @@ def test_attach_to_a_container_with_stdin(kubectl: Kubectl, web: list[str], tmp_
     manifest = tmp_path / "echoer.yaml"
     manifest.write_text(ATTACHABLE)
     kubectl("apply", "-f", str(manifest))
-    eventually(lambda: kubectl("get", "pod", "echoer", "-o", "jsonpath={.status.phase}").stdout == "Running",
+    until(lambda: kubectl("get", "pod", "echoer", "-o", "jsonpath={.status.phase}").stdout == "Running",
                timeout=60, what="the echoer pod running")
     spec = kubectl("get", "pod", "echoer", "-o", "jsonpath={.spec.containers[0].stdin} "
                    "{.spec.containers[0].stdinOnce}").stdout
@@ -176,7 +155,7 @@ def test_attach_to_a_container_with_stdin(kubectl: Kubectl, web: list[str], tmp_
     done = kubectl("attach", "-i", "echoer", input="one\ntwo\n", timeout=40)
     assert "got one\ngot two\n" in done.stdout, (done.stdout, done.stderr)
     # stdinOnce: the container's stdin closed with the session, so its loop ended.
-    eventually(lambda: "stdin closed" in kubectl("logs", "echoer").stdout, timeout=30,
+    until(lambda: "stdin closed" in kubectl("logs", "echoer").stdout, timeout=30,
                what="the container seeing its stdin closed")
     kubectl("delete", "-f", str(manifest), "--wait=false")
 
@@ -252,7 +231,7 @@ def test_rbac_refuses_portforward_and_attach(lab: Lab, kubectl: Kubectl, web: li
                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
     try:
-        eventually(lambda: as_looker("get", "pod", web[0]).returncode == 0, timeout=15,
+        until(lambda: as_looker("get", "pod", web[0]).returncode == 0, timeout=15,
                    what="the service account reading pods once bound to view")
         who = 'User "system:serviceaccount:default:looker"'
         refused = as_looker("port-forward", "--address", "127.0.0.1", f"pod/{web[0]}", ":80")

@@ -5,37 +5,30 @@ commands (protobuf bodies), and `kubectl explain` (OpenAPI v3 schemas)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deploy.loopback import control_plane, free_port
 from skiff import kubeconfig
+from tests.support.kubectl import Kubectl, require_kubectl, runner
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
-KUBECTL = ROOT / ".venv" / "bin" / "kubectl"
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").iterdir() if p.is_dir())
 
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
 def kubectl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
-    if not KUBECTL.exists():
-        pytest.fail(f"{KUBECTL} is missing: run `make setup`")
+    require_kubectl()
     workdir = Path(tmp_path_factory.mktemp("typed"))
     http = f"127.0.0.1:{free_port()}"
     with control_plane(workdir, apiserver_args=["--http-listen", http]) as cp:
         config = kubeconfig.write_entry(f"http://{http}", path=workdir / "kubeconfig")
 
-        def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-            done = subprocess.run([str(KUBECTL), "--kubeconfig", str(config), *args], capture_output=True,
-                                  text=True, timeout=60)
-            assert done.returncode == 0 or not check, f"kubectl {' '.join(args)}: {done.stderr}"
-            return done
-
+        run = runner(config)
         run.grpc = cp.apiserver_endpoints  # type: ignore[attr-defined]
         yield run
 
