@@ -323,23 +323,21 @@ def scale_rows(r: dict[str, Any]) -> list[Row]:
     if not runs:
         return []
 
-    def each(fn: Callable[[dict[str, Any]], str]) -> str:
+    def per_store(fn: Callable[[dict[str, Any]], str], missing: str) -> str:
+        """`store: fn(its figures)` for each store; `missing` where a partial run lacks the figure."""
         out = []
         for name, x in runs:
             try:
                 out.append(f"{name}: {fn(x)}")
             except (KeyError, ValueError, TypeError):
-                out.append(f"{name}: not reached")
+                out.append(f"{name}: {missing}")
         return "; ".join(out)
 
+    def each(fn: Callable[[dict[str, Any]], str]) -> str:
+        return per_store(fn, "not reached")
+
     def met(fn: Callable[[dict[str, Any]], bool]) -> str:
-        out = []
-        for name, x in runs:
-            try:
-                out.append(f"{name}: {_yes(fn(x))}")
-            except (KeyError, ValueError, TypeError):
-                out.append(f"{name}: no (not reached)")
-        return "; ".join(out)
+        return per_store(lambda x: _yes(fn(x)), "no (not reached)")
 
     def mutating_p99(x: dict[str, Any]) -> float:
         return max(x["api"]["verbs"][v]["p99_ms"] for v in ("create", "update", "delete"))
