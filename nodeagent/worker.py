@@ -574,6 +574,11 @@ class PodWorker:
         except errors.NotFoundError:
             return
         self.last_written = (data, _revision(written))
+        deadline = P.deadline_at(written)
+        if deadline is not None and (self.wake_at is None or deadline < self.wake_at):
+            # The first write sets status.startTime, so the pass that planned did not know the
+            # activeDeadlineSeconds moment; the write's echo, which would have told it, is skipped.
+            self.wake_at = deadline
         cached = self.ctx.pod(self.uid)
         if cached is not None and _revision(cached) >= self.last_written[1]:
             if self.kicks == kicks + 1 and _revision(cached) == self.last_written[1]:

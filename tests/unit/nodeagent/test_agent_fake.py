@@ -235,6 +235,37 @@ async def test_a_start_takes_one_sync_pass(env: tuple[InProcessApi, FakeRuntime,
     assert sorted(w.syncs for w in agent.workers.values()) == [1] * pods
 
 
+async def test_active_deadline_fails_a_pod_with_no_other_event(tmp_path: Path, api: InProcessApi) -> None:
+    """The deadline is counted from status.startTime, which the worker's own first write sets; the
+    echo of that write kicks nothing (and no relist or status check comes in time here), so the
+    worker must wake for the deadline by itself."""
+    agent = NodeAgent(api, FakeRuntime(images={IMAGE}), AgentConfig(
+        node_name="n1", node_ip="10.0.0.1", manage_network=False, pod_log_dir=str(tmp_path), relist_period=30,
+        status_check_period=30))
+    await agent.start()
+    try:
+        await _fails_by_its_deadline(api, agent)
+    finally:
+        await agent.stop()
+
+
+async def _fails_by_its_deadline(api: InProcessApi, agent: NodeAgent) -> None:
+    await agent.started.wait()
+    pod = t.Pod()
+    pod.metadata.name = "deadline"
+    pod.spec.containers.add(name="c", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
+    pod.spec.active_deadline_seconds = 1
+    await api.create(pod)
+    await api.bind("default", "deadline", "n1")
+
+    async def failed() -> t.Pod | None:
+        p = await api.get(t.Pod, "deadline", "default")
+        return p if p.status.phase == "Failed" else None
+
+    done = await until(failed, timeout=8.0)
+    assert done.status.reason == "DeadlineExceeded"
+
+
 async def test_image_never_and_pull_failure(env: tuple[InProcessApi, FakeRuntime, NodeAgent]) -> None:
     api, fake, _agent = env
     pod = t.Pod()
