@@ -25,7 +25,7 @@ import pytest
 from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from tests.support import labs
-from tests.support.kubectl import KUBECTL, Kubectl, require_kubectl, runner, until
+from tests.support.kubectl import KUBECTL, Kubectl, require_kubectl, runner, until, with_token
 from tests.support.prereq import require
 
 pytestmark = pytest.mark.e2e
@@ -303,13 +303,7 @@ def test_a_service_account_token_from_kubectl_create_token(lab: Lab,
     token` authenticates over HTTPS (no client certificate), and RBAC decides for its user."""
     kubectl("create", "serviceaccount", "reader")
     token = kubectl("create", "token", "reader").stdout.strip()
-    empty = tmp_path / "empty-kubeconfig"
-    empty.write_text("")
-
-    def as_reader(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(KUBECTL), "--kubeconfig", str(empty), "--server", lab.http_servers[0],
-                               "--certificate-authority", lab.admin.ca_file, "--token", token, *args],
-                              capture_output=True, text=True, timeout=60)
+    as_reader = with_token(lab.http_servers[0], lab.admin.ca_file, token, tmp_path)
 
     done = as_reader("get", "pods", "-n", "default")
     assert done.returncode == 1

@@ -29,7 +29,7 @@ import pytest
 from deploy import netplan
 from deploy.lab import Lab, LabSpec
 from tests.support import labs
-from tests.support.kubectl import KUBECTL, Kubectl, require_kubectl, runner, until
+from tests.support.kubectl import KUBECTL, Kubectl, require_kubectl, runner, until, with_token
 
 pytestmark = pytest.mark.e2e
 
@@ -222,13 +222,7 @@ def test_rbac_refuses_portforward_and_attach(lab: Lab, kubectl: Kubectl, web: li
                        "roleRef: {kind: ClusterRole, apiGroup: rbac.authorization.k8s.io, name: view}\n")
     kubectl("apply", "-f", str(binding))
     token = kubectl("create", "token", "looker").stdout.strip()
-    empty = tmp_path / "empty-kubeconfig"
-    empty.write_text("")
-
-    def as_looker(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(KUBECTL), "--kubeconfig", str(empty), "--server", lab.http_servers[0],
-                               "--certificate-authority", lab.admin.ca_file, "--token", token, *args],
-                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    as_looker = with_token(lab.http_servers[0], lab.admin.ca_file, token, tmp_path)
 
     try:
         until(lambda: as_looker("get", "pod", web[0]).returncode == 0, timeout=15,

@@ -45,3 +45,18 @@ def until(check: Callable[[], bool], *, timeout: float, what: str, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached in {timeout:.0f}s")
         time.sleep(interval)
+
+
+def with_token(server: str, ca_file: str, token: str, workdir: Path,
+               *, timeout: float = 60) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """kubectl as the bearer of `token` (no client certificate, an empty kubeconfig), for RBAC
+    tests; it answers the finished process, refusals included, for the test to look at."""
+    empty = workdir / "empty-kubeconfig"
+    empty.write_text("")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(KUBECTL), "--kubeconfig", str(empty), "--server", server,
+                               "--certificate-authority", ca_file, "--token", token, *args],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    return run
