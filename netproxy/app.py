@@ -25,7 +25,7 @@ from datetime import datetime
 
 from netproxy.iptables.command import Iptables
 from netproxy.metrics import Metrics
-from netproxy.model import Memo, node_ips, service_ports
+from netproxy.model import ServiceKey, ServicePortTable, node_ips
 from netproxy.netpol.enforcer import NetpolEnforcer
 from netproxy.proxier import Proxier, Snapshot
 from netproxy.sync import SyncRunner
@@ -88,13 +88,18 @@ class NetProxy:
         self.nodes: Informer[t.Node] | None = self.factory.informer(t.Node) if node_name else None
         self.synced = asyncio.Event()  # set after the first successful sync
         self._problems: tuple[str, ...] = ()
-        self._memo: Memo = {}
+        self._table = ServicePortTable(node_name)
+        self._dirty: set[ServiceKey] = set()  # Services whose Service or Endpoints changed since the last snapshot
         self.netpol = (NetpolEnforcer(self.factory, netpol, node_name=node_name, min_sync_period=min_sync_period,
                                       sync_period=sync_period, clock=clock) if netpol is not None else None)
 
     # ------------------------------------------------------------------ events
 
+    def _changed(self, obj: t.Service | t.Endpoints) -> None:
+        self._dirty.add((obj.metadata.namespace, obj.metadata.name))
+
     def _on_endpoints(self, eps: t.Endpoints) -> None:
+        self._changed(eps)
         if self.services.synced and self.endpoints.synced:
             self.changes.changed(object_key(eps), trigger_time(eps))
         self.runner.request()
@@ -102,12 +107,15 @@ class NetProxy:
     def _wire(self) -> None:
         request = self.runner.request
 
+        def service_event(svc: t.Service) -> None:
+            self._changed(svc)
+            request()
+
         def service_update(old: t.Service, new: t.Service) -> None:
             if old.spec != new.spec:
-                request()
+                service_event(new)
 
-        self.services.add_handler(on_add=lambda _: request(), on_update=service_update,
-                                  on_delete=lambda _: request())
+        self.services.add_handler(on_add=service_event, on_update=service_update, on_delete=service_event)
         self.endpoints.add_handler(on_add=self._on_endpoints,
                                    on_update=lambda old, new: self._on_endpoints(new),
                                    on_delete=self._on_endpoints)
@@ -124,21 +132,27 @@ class NetProxy:
 
     # ------------------------------------------------------------------ syncing
 
-    def snapshot(self) -> Snapshot:
-        sps, problems = service_ports(self.services.list(), self.endpoints.list(), memo=self._memo,
-                                      node_name=self.node_name)
+    def snapshot(self, *, full: bool = True) -> Snapshot:
+        """What to serve now; `full=False` recomputes only the Services changed since the last one."""
+        dirty, self._dirty = self._dirty, set()
+        if full:
+            self._table.rebuild(self.services.list(), self.endpoints.list())
+        else:
+            for ns, name in dirty:
+                self._table.refresh((ns, name), self.services.get(name, ns), self.endpoints.get(name, ns))
+        problems = self._table.problems()
         if tuple(problems) != self._problems:
             for p in problems:
                 log.warning("not proxied: %s", p)
             self._problems = tuple(problems)
         node = self.nodes.get(self.node_name) if self.nodes is not None else None
-        return Snapshot(tuple(sps), node_ips(node))
+        return Snapshot(self._table.ports(), node_ips(node))
 
     async def _sync(self, full: bool) -> None:
         taken = self.changes.take()
         start = time.perf_counter()
         try:
-            snap = self.snapshot()
+            snap = self.snapshot(full=full)
             result = await self.proxier.sync(snap, full=full)
         except Exception:
             self.changes.give_back(taken)

@@ -1,6 +1,7 @@
 """What the proxy serves: Services and Endpoints reduced to plain, hashable ServicePorts.
 
-Both proxy modes start from `service_ports()`. What must hold:
+Both proxy modes start from `service_ports()` (or its incremental form, `ServicePortTable`).
+What must hold:
 - it is pure and deterministic: the same objects give the same ServicePorts in the same order
   (sorted by namespace, name, port name, protocol), each with its ready endpoints sorted and
   unique, so renders of unchanged state are identical text;
@@ -20,9 +21,11 @@ to no port contributes no endpoints to that service port.
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import hashlib
 import ipaddress
+import itertools
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -215,43 +218,92 @@ def _ports_of(svc: t.Service, eps: t.Endpoints | None, node_name: str = "") -> t
     return out, problems
 
 
-# Per Service: (its resourceVersion, its Endpoints' resourceVersion) -> what _ports_of made.
-Memo = dict[tuple[str, str], tuple[tuple[str, str], list[ServicePort], list[str]]]
+ServiceKey = tuple[str, str]  # (namespace, name): a Service and its Endpoints share it
 
 
-def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], *, memo: Memo | None = None,
+def _port_order(sp: ServicePort) -> tuple[str, int, str]:
+    return sp.port_name, sp.port, sp.protocol
+
+
+class ServicePortTable:
+    """The ServicePorts of a cluster, kept current one Service at a time.
+
+    What must hold: after `rebuild` with every Service and Endpoints, and after any sequence of
+    `refresh` calls naming each Service whose Service or Endpoints object changed (or went),
+    `ports()` and `problems()` equal what `service_ports` gives for the same objects, and a
+    Service whose ServicePorts did not change keeps the very same objects. A refresh costs what
+    one Service costs, not what the cluster costs — the proxy's sync after one endpoint change
+    among thousands of Services depends on it.
+    """
+
+    def __init__(self, node_name: str = "") -> None:
+        self.node_name = node_name  # whose endpoints are local (traffic policy Local)
+        self._ports_of: dict[ServiceKey, tuple[ServicePort, ...]] = {}
+        self._problems_of: dict[ServiceKey, tuple[str, ...]] = {}
+        self._order: list[ServiceKey] = []  # the keys of _ports_of, sorted
+        self._joined: tuple[tuple[ServicePort, ...], list[str]] | None = ((), [])  # None: to be joined again
+
+    def rebuild(self, services: Iterable[t.Service], endpoints: Iterable[t.Endpoints]) -> None:
+        """Forget everything and take these objects as the whole cluster."""
+        by_key = {(e.metadata.namespace, e.metadata.name): e for e in endpoints}
+        before, self._ports_of, self._problems_of = self._ports_of, {}, {}
+        for svc in services:
+            key = (svc.metadata.namespace, svc.metadata.name)
+            sps, problems = self._compute(svc, by_key.get(key))
+            old = before.get(key)
+            self._ports_of[key] = old if old == sps else sps  # equal: keep the old objects
+            self._problems_of[key] = problems
+        self._order = sorted(self._ports_of)
+        self._joined = None
+
+    def refresh(self, key: ServiceKey, svc: t.Service | None, eps: t.Endpoints | None) -> None:
+        """The Service `key` is now `svc` (None: gone) with Endpoints `eps` (None: none)."""
+        if svc is None:
+            if self._ports_of.pop(key, None) is not None:
+                del self._problems_of[key]
+                del self._order[bisect.bisect_left(self._order, key)]
+                self._joined = None
+            return
+        sps, problems = self._compute(svc, eps)
+        old = self._ports_of.get(key)
+        if old is None:
+            bisect.insort(self._order, key)
+        elif old == sps and self._problems_of[key] == problems:
+            return  # keep the old objects: the renderers' caches know them
+        self._ports_of[key] = sps
+        self._problems_of[key] = problems
+        self._joined = None
+
+    def _compute(self, svc: t.Service, eps: t.Endpoints | None) -> tuple[tuple[ServicePort, ...], tuple[str, ...]]:
+        sps, problems = _ports_of(svc, eps, self.node_name)
+        return tuple(sorted(sps, key=_port_order)), tuple(problems)
+
+    def _join(self) -> tuple[tuple[ServicePort, ...], list[str]]:
+        if self._joined is None:
+            # map/chain keep the walk over every Service in C: it runs on every sync that changed one.
+            self._joined = (tuple(itertools.chain.from_iterable(map(self._ports_of.__getitem__, self._order))),
+                            list(itertools.chain.from_iterable(map(self._problems_of.__getitem__, self._order))))
+        return self._joined
+
+    def ports(self) -> tuple[ServicePort, ...]:
+        """Every ServicePort, sorted by namespace, name, port name, port and protocol; the same
+        tuple object until something changes."""
+        return self._join()[0]
+
+    def problems(self) -> list[str]:
+        """Why Services were left out, in the order of the Services' keys."""
+        return list(self._join()[1])
+
+
+def service_ports(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], *,
                   node_name: str = "") -> tuple[list[ServicePort], list[str]]:
     """The ServicePorts to program, sorted, and the problems of the Services left out.
 
-    `memo` (kept by the caller between calls) reuses the result for a Service whose
-    resourceVersion and whose Endpoints' resourceVersion are unchanged; objects without
-    resourceVersions are always recomputed. Entries of vanished Services are dropped.
-    `node_name`: this node, whose endpoints are the local ones of a traffic policy Local
-    (one memo per node name).
+    `node_name`: this node, whose endpoints are the local ones of a traffic policy Local.
     """
-    by_key = {(e.metadata.namespace, e.metadata.name): e for e in endpoints}
-    out: list[ServicePort] = []
-    problems: list[str] = []
-    live: set[tuple[str, str]] = set()
-    for svc in services:
-        key = (svc.metadata.namespace, svc.metadata.name)
-        eps = by_key.get(key)
-        versions = (svc.metadata.resource_version, eps.metadata.resource_version if eps is not None else "-")
-        hit = memo.get(key) if memo is not None else None
-        if hit is not None and hit[0] == versions and versions[0] and versions[1]:
-            sps, probs = hit[1], hit[2]
-        else:
-            sps, probs = _ports_of(svc, eps, node_name)
-            if memo is not None:
-                memo[key] = (versions, sps, probs)
-        live.add(key)
-        out.extend(sps)
-        problems.extend(probs)
-    if memo is not None:
-        for gone in set(memo) - live:
-            del memo[gone]
-    out.sort(key=lambda sp: (sp.namespace, sp.name, sp.port_name, sp.port, sp.protocol))
-    return out, problems
+    table = ServicePortTable(node_name)
+    table.rebuild(services, endpoints)
+    return list(table.ports()), table.problems()
 
 
 def node_ips(node: t.Node | None) -> tuple[str, ...]:

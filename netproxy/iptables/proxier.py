@@ -1,7 +1,7 @@
 """iptables mode: render the ruleset for a snapshot and hand it to the writer.
 
-Fragments are cached per ServicePort between syncs (only the current ones are kept), so a
-sync after one endpoint change re-renders one service port and diffs chain tuples; crossing the
+The RulesetBuilder keeps the last build between syncs, so a sync after one endpoint change
+re-renders one service port and hands the writer the few chains that may differ; crossing the
 large-cluster threshold (render.large_cluster) renders every fragment again.
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 from netproxy.config import ProxyConfig
 from netproxy.iptables import cleanup as iptables_cleanup
 from netproxy.iptables.command import Iptables
-from netproxy.iptables.render import Fragment, build_ruleset, large_cluster
+from netproxy.iptables.render import RulesetBuilder
 from netproxy.iptables.writer import RulesetWriter
-from netproxy.model import ServicePort
 from netproxy.proxier import Snapshot, SyncResult
 
 
@@ -23,19 +22,12 @@ class IptablesProxier:
         self.ipt = ipt
         self.config = config
         self.writer = RulesetWriter(ipt, max_chains=max_chains)
-        self._cache: dict[ServicePort, Fragment] = {}
-        self._large = False  # the mode the cached fragments were rendered in
+        self.builder = RulesetBuilder(config)
 
     async def sync(self, snapshot: Snapshot, *, full: bool = False) -> SyncResult:
-        large = large_cluster(snapshot.service_ports, self.config)
-        if large != self._large:  # every endpoint rule changes: render all fragments again
-            self._cache.clear()
-            self._large = large
-        rs = build_ruleset(snapshot.service_ports, self.config, cache=self._cache, large=large)
-        if len(self._cache) > len(snapshot.service_ports):  # forget ServicePorts that are gone
-            self._cache = {sp: self._cache[sp] for sp in snapshot.service_ports}
+        rs, changes = self.builder.build(snapshot.service_ports)
         try:
-            w = await self.writer.write(rs, full=full)
+            w = await self.writer.write(rs, full=full, since=changes)
         except Exception:
             self.writer.forget()
             raise

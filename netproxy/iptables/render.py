@@ -29,6 +29,7 @@ named by the service port's hash and entered only from commented rules.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, MutableMapping
 from dataclasses import dataclass, field
 
@@ -41,7 +42,7 @@ from netproxy.iptables.layout import (
     base_ruleset,
     comment,
 )
-from netproxy.iptables.ruleset import ChainKey, Ruleset, stale_chains
+from netproxy.iptables.ruleset import ChainKey, Changes, Ruleset, count_rules, stale_chains
 from netproxy.model import Endpoint, ServicePort, ext_chain, sep_chain, service_ports, svc_chain, svl_chain
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -178,20 +179,104 @@ def build_ruleset(sps: Collection[ServicePort], config: ProxyConfig, *, cache: F
             frag = cache[sp] = fragment(sp, config, large=large)
         frags.append(frag)
     rs = base_ruleset()
-    filter_services = rs.declare("filter", SERVICES)
-    filter_external = rs.declare("filter", EXTERNAL_SERVICES)
-    nat_services = rs.declare("nat", SERVICES)
-    nat_nodeports = rs.declare("nat", NODEPORTS)
+    rs.chains.update(_top_chains(frags, config))
+    for frag in frags:
+        for chain, rules in frag.chains:
+            rs.chains[("nat", chain)] = rules
+    return rs
+
+
+def _top_chains(frags: Iterable[Fragment], config: ProxyConfig) -> dict[ChainKey, list[str]]:
+    """The chains every service port adds a rule to, in the order of `frags`."""
+    filter_services: list[str] = []
+    filter_external: list[str] = []
+    nat_services: list[str] = []
+    nat_nodeports: list[str] = []
     for frag in frags:
         filter_services.extend(frag.filter_services)
         filter_external.extend(frag.filter_external)
         nat_services.extend(frag.nat_services)
         nat_nodeports.extend(frag.nat_nodeports)
     nat_services.extend(nodeports_jumps(config))
-    for frag in frags:
-        for chain, rules in frag.chains:
-            rs.chains[("nat", chain)] = rules
-    return rs
+    return {("filter", SERVICES): filter_services, ("filter", EXTERNAL_SERVICES): filter_external,
+            ("nat", SERVICES): nat_services, ("nat", NODEPORTS): nat_nodeports}
+
+
+def _top_rules(frag: Fragment) -> tuple[tuple[str, ...], ...]:
+    return (tuple(frag.filter_services), tuple(frag.filter_external), tuple(frag.nat_services),
+            tuple(frag.nat_nodeports))
+
+
+class RulesetBuilder:
+    """`build_ruleset` kept current between syncs, at the cost of what changed.
+
+    What must hold: `build(sps)` gives a ruleset equal (chain by chain; the chains' order may
+    differ) to `build_ruleset(sps, config)`; unchanged chains are the very tuples of the previous
+    build; with a previous build it also gives the `Changes` since it. One endpoint change among
+    thousands of Services renders one service port and touches a handful of chains: no walk over
+    every chain, which in Python costs more than iptables-restore's own work for that change.
+    A change of large-cluster mode, or the first build, renders everything (Changes None).
+    """
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self._by_id: dict[int, tuple[ServicePort, Fragment]] = {}  # id(ServicePort) -> it and its fragment
+        self._large = False
+        self._sps: Collection[ServicePort] | None = None  # the input of the last build
+        self._built: Ruleset | None = None
+
+    def build(self, sps: Collection[ServicePort]) -> tuple[Ruleset, Changes | None]:
+        previous = self._built
+        if previous is not None and sps is self._sps:
+            return previous, Changes(previous.frozen(), frozenset())
+        large = large_cluster(sps, self.config)
+        if previous is None or large != self._large:
+            return self._rebuild(sps, large), None
+        base = previous.frozen()
+        # By identity, in C (map/zip, no __hash__ call per port): unchanged service ports are the
+        # very objects of the last build (ServicePortTable keeps them), and an equal new object
+        # only costs a re-render. Ids are not reused while _by_id holds the old objects.
+        current = dict(zip(map(id, sps), sps, strict=True))
+        before = self._by_id.keys()
+        removed = [self._by_id.pop(i)[1] for i in before - current.keys()]
+        added = []
+        for i in current.keys() - before:
+            frag = fragment(current[i], self.config, large=large)
+            self._by_id[i] = (current[i], frag)
+            added.append(frag)
+        chains = dict(base)
+        counts = previous.rule_count()
+        keys: set[ChainKey] = set()
+
+        def put(key: ChainKey, rules: tuple[str, ...] | None) -> None:
+            old = chains.pop(key, None) if rules is None else chains.get(key)
+            counts[key[0]] += (len(rules) if rules is not None else 0) - (len(old) if old is not None else 0)
+            if rules is not None:
+                chains[key] = rules
+            keys.add(key)
+
+        for frag in removed:
+            for chain, _ in frag.chains:
+                put(("nat", chain), None)
+        for frag in added:
+            for chain, own in frag.chains:
+                put(("nat", chain), own)
+        # A service port's rules in the shared chains name it: equal multisets of them mean the
+        # shared chains are unchanged (an endpoint change); otherwise they are joined again.
+        if Counter(map(_top_rules, removed)) != Counter(map(_top_rules, added)):
+            for key, joined in _top_chains((self._by_id[id(sp)][1] for sp in sps), self.config).items():
+                put(key, tuple(joined))
+        built = Ruleset.sealed(chains, counts)
+        self._sps, self._built = sps, built
+        return built, Changes(base, frozenset(keys))
+
+    def _rebuild(self, sps: Collection[ServicePort], large: bool) -> Ruleset:
+        frags: dict[ServicePort, Fragment] = {}
+        self._large = large
+        frozen = build_ruleset(sps, self.config, cache=frags, large=large).frozen()
+        self._by_id = {id(sp): (sp, frags[sp]) for sp in sps}
+        self._sps, self._built = sps, Ruleset.sealed(frozen, count_rules(frozen))
+        return self._built
 
 
 def render(services: Iterable[t.Service], endpoints: Iterable[t.Endpoints], config: ProxyConfig, *,

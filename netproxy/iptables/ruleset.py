@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 TABLES = ("filter", "nat")
 BUILTIN_CHAINS = {
@@ -38,6 +39,19 @@ class Ruleset:
     def __init__(self) -> None:
         # Lists while being built; renderers may store shared tuples (never mutate values).
         self.chains: dict[ChainKey, Sequence[str]] = {}
+        self._frozen: dict[ChainKey, tuple[str, ...]] | None = None
+        self._counts: dict[str, int] | None = None
+
+    @classmethod
+    def sealed(cls, chains: dict[ChainKey, tuple[str, ...]], counts: dict[str, int] | None = None) -> Ruleset:
+        """A finished ruleset over `chains` (never mutated afterwards); `frozen()` is `chains` itself.
+
+        `counts`: its rule_count(), when the caller already knows it."""
+        rs = cls()
+        rs.chains = chains  # type: ignore[assignment]
+        rs._frozen = chains
+        rs._counts = counts
+        return rs
 
     def declare(self, table: str, chain: str) -> list[str]:
         rules = self.chains.setdefault((table, chain), [])
@@ -48,17 +62,50 @@ class Ruleset:
         self.declare(table, chain).append(f"-A {chain} {rule}")
 
     def rule_count(self) -> dict[str, int]:
-        counts = dict.fromkeys(TABLES, 0)
-        for (table, _), rules in self.chains.items():
-            counts[table] = counts.get(table, 0) + len(rules)
-        return counts
+        if self._counts is not None:
+            return dict(self._counts)
+        return count_rules(self.chains)
 
     def frozen(self) -> dict[ChainKey, tuple[str, ...]]:
+        if self._frozen is not None:
+            return self._frozen
         return {k: v if isinstance(v, tuple) else tuple(v) for k, v in self.chains.items()}
 
     def restore_text(self, *, only: Collection[ChainKey] | None = None, delete: Iterable[ChainKey] = ()) -> str:
         """iptables-restore --noflush input writing `only` (default: all) chains and deleting `delete`."""
         return restore_text(self.chains, self.chains.keys() if only is None else only, delete)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What may differ between two successive builds: every chain whose rules differ from
+    `base`'s (the previous build's chains) or that only one of them has is in `keys`."""
+
+    base: Mapping[ChainKey, tuple[str, ...]]
+    keys: frozenset[ChainKey]
+
+
+def count_rules(chains: Mapping[ChainKey, Sequence[str]]) -> dict[str, int]:
+    """Rules per table."""
+    counts = dict.fromkeys(TABLES, 0)
+    for (table, _), rules in chains.items():
+        counts[table] = counts.get(table, 0) + len(rules)
+    return counts
+
+
+def _in_order(chains: Mapping[ChainKey, object], write: Iterable[ChainKey]) -> list[ChainKey]:
+    """The chains of `write` present in `chains`, in a deterministic order: the ruleset's own
+    order, or — for a few chains out of very many, where walking the whole ruleset would cost
+    more than the change (one endpoint among thousands of Services) — sorted by table and name."""
+    write_set = set(write)
+    if len(write_set) <= SMALL_WRITE and len(write_set) * 16 < len(chains):
+        return sorted(write_set.intersection(chains), key=lambda k: (TABLES.index(k[0]) if k[0] in TABLES else 9, k[1]))
+    return [k for k in chains if k in write_set]
+
+
+# At most this many chains are written in name order rather than the ruleset's (see _in_order);
+# far below the pieces an nft restore is split into, which keep the ruleset's order.
+SMALL_WRITE = 256
 
 
 def stale_chains(previous: Iterable[ChainKey], current: Ruleset | Mapping[ChainKey, object], *,
@@ -85,12 +132,12 @@ def restore_text(chains: Mapping[ChainKey, Sequence[str]], write: Iterable[Chain
 
     `insert`: per table, `-I` lines (into built-in chains) run after the chains are written.
     """
-    write_set = set(write)
-    delete_set = set(delete) - write_set
+    ordered = _in_order(chains, write)
+    delete_set = set(delete) - set(ordered)
     insert = insert or {}
     out: list[str] = []
     for table in TABLES:
-        writes = [k for k in chains if k[0] == table and k in write_set]
+        writes = [k for k in ordered if k[0] == table]
         deletes = sorted(k[1] for k in delete_set if k[0] == table)
         if not writes and not deletes and not insert.get(table):
             continue
@@ -112,8 +159,7 @@ def restore_texts(chains: Mapping[ChainKey, Sequence[str]], write: Iterable[Chai
     in one transaction (1.8.9: 25,000 chains take about a minute, 1,000 a few tens of ms),
     so a large sync is cut into pieces that are each safe to apply on their own.
     """
-    write_set = set(write)
-    write_list = [k for k in chains if k in write_set]
+    write_list = _in_order(chains, write)
     delete_list = list(delete)
     if max_chains is None or len(write_list) + len(delete_list) <= max_chains:
         text = restore_text(chains, write_list, delete_list)

@@ -20,6 +20,7 @@ With the nft backend a restore that declares very many chains is split bottom-up
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from netproxy.iptables.command import (
@@ -35,6 +36,7 @@ from netproxy.iptables.layout import HOOKS, Hook
 from netproxy.iptables.ruleset import (
     DYNAMIC_PREFIXES,
     ChainKey,
+    Changes,
     Ruleset,
     restore_text,
     restore_texts,
@@ -80,7 +82,9 @@ class RulesetWriter:
         """Assume nothing about the kernel: the next write is full."""
         self._applied = None
 
-    async def write(self, rs: Ruleset, *, full: bool = False) -> WriteResult:
+    async def write(self, rs: Ruleset, *, full: bool = False, since: Changes | None = None) -> WriteResult:
+        """Make the kernel's chains `rs`'s. `since`: what may have changed since the ruleset whose
+        chains are `since.base`; used when that is what was applied last, to diff those chains only."""
         desired = rs.frozen()
         result = WriteResult(full=full or self._applied is None)
         if result.full:
@@ -112,10 +116,16 @@ class RulesetWriter:
             if desired == self._applied:
                 return result
             applied = self._applied
+            if since is not None and since.base is applied:
+                candidates: Iterable[ChainKey] = since.keys
+                gone: Iterable[ChainKey] = (k for k in since.keys if k in applied and k not in desired)
+            else:
+                candidates, gone = desired.keys(), applied.keys() - desired.keys()
             # Unchanged chains are mostly the very tuples applied last (cached fragments): the
             # identity test spares comparing thousands of them rule by rule on every sync.
-            write = [k for k, rules in desired.items() if (a := applied.get(k)) is not rules and a != rules]
-            stale = stale_chains(applied.keys() - desired.keys(), desired, prefixes=self.prefixes)
+            write = [k for k in candidates
+                     if (rules := desired.get(k)) is not None and (a := applied.get(k)) is not rules and a != rules]
+            stale = stale_chains(gone, desired, prefixes=self.prefixes)
         texts = restore_texts(desired, write, stale, max_chains=self.max_chains)
         self._applied = None
         for text in texts:

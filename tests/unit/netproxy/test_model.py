@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netproxy.model import Endpoint, ServicePort, node_ips, sep_chain, service_ports, svc_chain
+from netproxy.model import Endpoint, ServicePort, ServicePortTable, node_ips, sep_chain, service_ports, svc_chain
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.netproxy.objects import eps, port, subset, svc
 
@@ -101,22 +101,63 @@ def test_node_ips() -> None:
     assert node_ips(None) == ()
 
 
-def test_memo_reuses_only_unchanged_services() -> None:
-    a, b = svc("a", "10.96.0.1"), svc("b", "10.96.0.2")
-    ea, eb = eps("a", subset(["10.244.1.2"], [("", 80)])), eps("b", subset(["10.244.1.3"], [("", 80)]))
-    for obj, rv in ((a, "1"), (b, "2"), (ea, "3"), (eb, "4")):
-        obj.metadata.resource_version = rv
-    memo: dict = {}
-    first, _ = service_ports([a, b], [ea, eb], memo=memo)
-    # The Endpoints of b change: a is reused as is, b recomputed.
-    eb2 = eps("b", subset(["10.244.9.9"], [("", 80)]))
-    eb2.metadata.resource_version = "5"
-    second, _ = service_ports([a, b], [ea, eb2], memo=memo)
-    assert second[0] is first[0]
+# Steps applied to a cluster of Services "a", "b", "c" (with Endpoints) one after another: after each,
+# the incrementally kept table must equal service_ports() over the same objects.
+def _eps_of(name: str, *ips: str) -> t.Endpoints:
+    return eps(name, subset(list(ips), [("", 80)]))
+
+
+TABLE_STEPS = [
+    ("endpoints-change", [("eps", "b", _eps_of("b", "10.244.9.9", "10.244.1.1"))]),
+    ("endpoints-gone", [("eps", "a", None)]),
+    ("service-gone", [("svc", "c", None)]),
+    ("service-added-first-in-order", [("svc", "0new", svc("0new", "10.96.0.9", port(81), port(80, name="a"))),
+                                      ("eps", "0new", _eps_of("0new", "10.244.3.3"))]),
+    ("service-becomes-headless", [("svc", "b", svc("b", "None"))]),
+    ("service-with-a-problem", [("svc", "a", svc("a", "fd00::1"))]),
+    ("service-back", [("svc", "c", svc("c", "10.96.0.3")), ("eps", "c", _eps_of("c", "10.244.4.4"))]),
+    ("endpoints-without-service", [("eps", "zz", _eps_of("zz", "10.244.5.5"))]),
+]
+
+
+def _cluster() -> tuple[dict[str, t.Service], dict[str, t.Endpoints]]:
+    services = {n: svc(n, f"10.96.0.{i + 1}") for i, n in enumerate("abc")}
+    endpoints = {n: _eps_of(n, f"10.244.1.{i + 1}") for i, n in enumerate("abc")}
+    return services, endpoints
+
+
+@pytest.mark.parametrize("last", range(len(TABLE_STEPS)), ids=[s[0] for s in TABLE_STEPS])
+def test_table_refreshed_per_service_equals_a_full_computation(last: int) -> None:
+    services, endpoints = _cluster()
+    table = ServicePortTable()
+    table.rebuild(services.values(), endpoints.values())
+    for _, changes in TABLE_STEPS[:last + 1]:
+        for kind, name, obj in changes:
+            objects: dict = services if kind == "svc" else endpoints
+            if obj is None:
+                objects.pop(name)
+            else:
+                objects[name] = obj
+            table.refresh(("default", name), services.get(name), endpoints.get(name))
+        expected, problems = service_ports(services.values(), endpoints.values())
+        assert list(table.ports()) == expected
+        assert sorted(table.problems()) == sorted(problems)
+
+
+def test_table_keeps_the_objects_of_unchanged_services() -> None:
+    """Renderers cache per ServicePort and the writer skips chains by identity: unchanged stays the same object."""
+    services, endpoints = _cluster()
+    table = ServicePortTable()
+    table.rebuild(services.values(), endpoints.values())
+    first = table.ports()
+    table.refresh(("default", "b"), services["b"], _eps_of("b", "10.244.9.9"))
+    second = table.ports()
+    assert second[0] is first[0] and second[2] is first[2]
     assert second[1].endpoints == (Endpoint("10.244.9.9", 80),)
-    # Without resourceVersions nothing is trusted; vanished services leave the memo.
-    third, _ = service_ports([svc("a", "10.96.0.1")], [], memo=memo)
-    assert third[0].endpoints == () and set(memo) == {("default", "a")}
+    table.refresh(("default", "a"), services["a"], endpoints["a"])  # an equal recomputation
+    assert table.ports() is second
+    table.rebuild(services.values(), [endpoints["a"], _eps_of("b", "10.244.9.9"), endpoints["c"]])
+    assert all(x is y for x, y in zip(table.ports(), second, strict=True))
 
 
 def test_ipv4_key_does_not_depend_on_inet_ntop(monkeypatch: pytest.MonkeyPatch) -> None:
