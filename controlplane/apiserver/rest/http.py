@@ -533,7 +533,10 @@ class KubeApi:
             if content_type == "application/strategic-merge-patch+json":
                 return patch.strategic_merge(doc, body, kind.message.DESCRIPTOR)
         except patch.PatchError as exc:
-            raise errors.InvalidError(f"the patch cannot be applied: {exc}") from exc
+            # One cause naming the path: kubectl prints a Status' causes, and without one only
+            # 'The deployments "web" is invalid' (upstream's own 422 for a JSON patch carries none).
+            raise errors.InvalidError(f"the patch cannot be applied: {exc}",
+                                      causes=((exc.path or "patch", str(exc)),)) from exc
         raise st.UnsupportedMediaType(f"the patch type {content_type!r} is not supported")
 
     async def patch(self, request: web.Request, target: Target, *, status: bool = False) -> web.Response:
