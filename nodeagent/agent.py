@@ -14,8 +14,11 @@ backoff after an unexpected error; an informer that ends stops the process non-z
 - log rotation (every `log_rotation_period`, 10 s): the kubelet's container log manager; a
   running container's log that reached `container_log_max_size` is renamed and the runtime
   reopens it (ReopenContainerLog); at most `container_log_max_files` files are kept (logs.py);
-- configmap and secret informers: env and volumes read them from these caches; a change kicks
-  the workers of the pods that refer to the object (their volume files are rewritten);
+- configmaps and secrets (configrefs.py): only the objects this node's pods refer to, each
+  watched on its own (fieldSelector metadata.name), as the kubelet's Watch strategy; env and
+  volumes read them from those caches; a change kicks the workers of the pods that refer to
+  the object (their volume files are rewritten); a pod's worker creates no container and
+  pulls no image until every object its pod refers to has been fetched once;
 - service-account tokens (tokens.py): each pod worker requests and renews its pod's tokens
   (gRPC CreateToken, with the node's own credentials) before writing its volumes;
 - persistentvolumeclaim and persistentvolume informers: persistentVolumeClaim volumes read them;
@@ -33,11 +36,12 @@ it retries itself) is started again after `WORKER_CRASH_BACKOFF` (per pod, doubl
 keeps crashing; a worker that ran `skiff.guard.HEALTHY_AFTER` seconds starts again from 1 s),
 never in a hot loop, and its pod is never abandoned.
 
-The node, configmap, secret and service informers are cluster-wide (no per-node filter), so
+The node, service, claim and volume informers are cluster-wide (no per-node filter), so
 many agents in one process (hollow nodes, nodeagent/hollow.py) may share one set of them
-(`ClusterInformers`): each agent sees exactly what its own copy would show. The pod informer
-(filtered by spec.nodeName), the Node, the Lease, the workers and every status write stay per
-agent.
+(`ClusterInformers`): each agent sees exactly what its own copy would show. The ConfigMap and
+Secret watches (ConfigRefs) are shared the same way: they are kept per pod uid, and each agent
+tracks its own pods. The pod informer (filtered by spec.nodeName), the Node, the Lease, the
+workers and every status write stay per agent.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from nodeagent import cri as rt
 from nodeagent import logs, metrics, pressure
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
+from nodeagent.configrefs import ConfigRefs
 from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
@@ -63,7 +68,7 @@ from nodeagent.stats import Sampler
 from nodeagent.tokens import TokenClient, TokenManager
 from nodeagent.volumes import VolumeManager, reclaimable
 from nodeagent.worker import PodWorker, WorkerContext, is_own_echo, runtime_fingerprint
-from skiff import conditions, errors, storage
+from skiff import conditions, errors, podrefs, storage
 from skiff.client import ApiClient
 from skiff.clock import stamp
 from skiff.events import EventRecorder
@@ -120,20 +125,19 @@ class ClusterInformers:
     owner runs them and waits for them to sync before the agents start."""
 
     nodes: Informer[t.Node]
-    config_maps: Informer[t.ConfigMap]
-    secrets: Informer[t.Secret]
     services: Informer[t.Service]
     claims: Informer[t.PersistentVolumeClaim]
     volumes: Informer[t.PersistentVolume]
+    config: ConfigRefs  # not an informer: the agents' pods start and stop its watches
 
     @classmethod
     def create(cls, client: ApiClient) -> ClusterInformers:
-        return cls(Informer(client, t.Node), Informer(client, t.ConfigMap), Informer(client, t.Secret),
-                   Informer(client, t.Service), Informer(client, t.PersistentVolumeClaim),
-                   Informer(client, t.PersistentVolume))
+        return cls(Informer(client, t.Node), Informer(client, t.Service), Informer(client, t.PersistentVolumeClaim),
+                   Informer(client, t.PersistentVolume), ConfigRefs(client))
 
     def all(self) -> list[Informer[Any]]:
-        return [self.nodes, self.config_maps, self.secrets, self.services, self.claims, self.volumes]
+        """The informers the owner runs and waits for."""
+        return [self.nodes, self.services, self.claims, self.volumes]
 
 
 @dataclass(frozen=True)
@@ -166,8 +170,7 @@ class NodeAgent:
         self._owns_informers = shared is None
         cluster = shared or ClusterInformers.create(client)
         self.node_informer: Informer[t.Node] = cluster.nodes
-        self.config_map_informer: Informer[t.ConfigMap] = cluster.config_maps
-        self.secret_informer: Informer[t.Secret] = cluster.secrets
+        self.config_refs = cluster.config
         self.claim_informer: Informer[t.PersistentVolumeClaim] = cluster.claims
         self.pv_informer: Informer[t.PersistentVolume] = cluster.volumes
         self._reclaiming: set[str] = set()
@@ -187,7 +190,7 @@ class NodeAgent:
                                            dns=config.dns, pod_dir=config.pod_dir),
             plan_config=config.plan, host_ip=config.node_ip, pod=self.pods_by_uid.get, clock=clock,
             config=self, volumes=self.volumes, node_allocatable=self._capacity,
-            services=self.service_informer.list, claims=self,
+            services=self.service_informer.list, claims=self, config_synced=self.config_refs.synced_for,
             tokens=TokenManager(client, clock=clock) if isinstance(client, TokenClient) else None)
         self.runtime_status: cri.StatusResponse | None = None
         self.runtime_error = "not checked yet"
@@ -208,6 +211,7 @@ class NodeAgent:
     def _on_pod(self, pod: t.Pod) -> None:
         uid = pod.metadata.uid
         self.pods_by_uid[uid] = pod
+        self.config_refs.track(pod)
         self.ensure_worker(uid)
 
     def _on_pod_update(self, old: t.Pod, new: t.Pod) -> None:
@@ -222,6 +226,7 @@ class NodeAgent:
     def _on_pod_delete(self, pod: t.Pod) -> None:
         uid = pod.metadata.uid
         self.pods_by_uid.pop(uid, None)
+        self.config_refs.forget(uid)
         self.ensure_worker(uid)
 
     def ensure_worker(self, uid: str) -> None:
@@ -266,17 +271,16 @@ class NodeAgent:
     # ------------------------------------------------------------ configmaps, secrets (ConfigSource)
 
     def config_map(self, namespace: str, name: str) -> t.ConfigMap | None:
-        return self.config_map_informer.get(name, namespace)
+        obj = self.config_refs.get("configmaps", namespace, name)
+        return obj if isinstance(obj, t.ConfigMap) else None
 
     def secret(self, namespace: str, name: str) -> t.Secret | None:
-        return self.secret_informer.get(name, namespace)
+        obj = self.config_refs.get("secrets", namespace, name)
+        return obj if isinstance(obj, t.Secret) else None
 
-    def _config_changed(self, *objs: t.ConfigMap | t.Secret) -> None:
-        obj = objs[-1]
-        is_cm = isinstance(obj, t.ConfigMap)
+    def _config_changed(self, resource: str, namespace: str, name: str) -> None:
         for uid, pod in list(self.pods_by_uid.items()):
-            if pod.metadata.namespace == obj.metadata.namespace and \
-                    obj.metadata.name in referenced_config(pod, config_maps=is_cm):
+            if pod.metadata.namespace == namespace and name in podrefs.referenced(pod, resource):
                 self.ensure_worker(uid)
 
     # ------------------------------------------------------------ claims and volumes (ClaimSource)
@@ -623,23 +627,17 @@ class NodeAgent:
             self._tasks.append(supervise(self._network_loop, "nodeagent-network"))
         self._tasks.append(supervise(self._lease_loop, "nodeagent-lease"))
         self._tasks.append(supervise(self._node_status_loop, "nodeagent-node-status"))
-        for informer in (self.config_map_informer, self.secret_informer):
-            informer.add_handler(on_add=self._config_changed, on_update=self._config_changed,
-                                 on_delete=self._config_changed)
+        self.config_refs.subscribe(self._config_changed)
         self.claim_informer.add_handler(on_add=self._claim_changed, on_update=self._claim_changed,
                                         on_delete=self._claim_changed)
         self.pv_informer.add_handler(on_add=self._volume_changed, on_update=self._volume_changed)
         if self._owns_informers:
-            self._tasks.append(guard(self.config_map_informer.run(), "nodeagent-configmap-informer"))
-            self._tasks.append(guard(self.secret_informer.run(), "nodeagent-secret-informer"))
             self._tasks.append(guard(self.service_informer.run(), "nodeagent-service-informer"))
             self._tasks.append(guard(self.claim_informer.run(), "nodeagent-claim-informer"))
             self._tasks.append(guard(self.pv_informer.run(), "nodeagent-volume-informer"))
         with contextlib.suppress(asyncio.TimeoutError):
             # Env and volumes read these caches: sync them before the pods' workers start.
-            await asyncio.wait_for(asyncio.gather(self.config_map_informer.wait_synced(),
-                                                  self.secret_informer.wait_synced(),
-                                                  self.service_informer.wait_synced(),
+            await asyncio.wait_for(asyncio.gather(self.service_informer.wait_synced(),
                                                   self.claim_informer.wait_synced(),
                                                   self.pv_informer.wait_synced()), 10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
@@ -668,6 +666,10 @@ class NodeAgent:
                         len(pending), STOP_TIMEOUT, ", ".join(sorted(t.get_name() for t in pending)))
         for worker in self.workers.values():
             worker.stop_probes()
+        for uid in list(self.pods_by_uid):
+            self.config_refs.forget(uid)  # shared (hollow nodes): the others' pods keep theirs
+        if self._owns_informers:
+            await self.config_refs.close()
         self._tasks.clear()
         self.workers.clear()
         self.worker_tasks.clear()
@@ -677,27 +679,3 @@ class NodeAgent:
     def find_pod(self, namespace: str, name: str) -> t.Pod | None:
         return self.pod_informer.get(name, namespace or "default")
 
-
-def referenced_config(pod: t.Pod, *, config_maps: bool) -> set[str]:
-    """Names of the ConfigMaps (or Secrets) a pod's env, envFrom and volumes refer to."""
-    out: set[str] = set()
-    for c in (*pod.spec.init_containers, *pod.spec.containers):
-        for e in c.env:
-            ref = e.value_from.config_map_key_ref if config_maps else e.value_from.secret_key_ref
-            if ref.name:
-                out.add(ref.name)
-        for src in c.env_from:
-            name = src.config_map_ref.name if config_maps else src.secret_ref.name
-            if name:
-                out.add(name)
-    if not config_maps:
-        out.update(ref.name for ref in pod.spec.image_pull_secrets if ref.name)
-    for v in pod.spec.volumes:
-        name = v.config_map.name if config_maps else v.secret.secret_name
-        if name:
-            out.add(name)
-        for p in v.projected.sources:
-            name = p.config_map.name if config_maps else p.secret.name
-            if name:
-                out.add(name)
-    return out

@@ -84,6 +84,8 @@ class WorkerContext:
     services: Callable[[], list[t.Service]] = list  # every Service the agent knows (environment variables)
     claims: ClaimSource | None = None  # PersistentVolumeClaims and PersistentVolumes (persistentVolumeClaim volumes)
     tokens: TokenManager | None = None  # service-account tokens (None: pods with token projections cannot start)
+    # Whether every ConfigMap and Secret the pod refers to has been fetched (configrefs.py).
+    config_synced: Callable[[t.Pod], bool] = lambda pod: True
 
 
 class _ConfigFailure(Exception):
@@ -322,6 +324,11 @@ class PodWorker:
                 return True
             if not plan.actions:
                 break
+            if isinstance(plan.actions[0], (P.PullImage, P.CreateContainer)) and pod is not None and \
+                    not self.ctx.config_synced(pod):
+                # Its ConfigMaps/Secrets are being fetched: their first list kicks this worker.
+                plan = replace(plan, wake_at=self.ctx.clock() + CONFIG_RETRY)
+                break
             try:
                 await self.apply(plan.actions[0], pod, obs)
             except _ConfigFailure as exc:
@@ -340,7 +347,7 @@ class PodWorker:
             pod = self.current_pod()
         self.wake_at = plan.wake_at if disk_wake is None else min(disk_wake, plan.wake_at or disk_wake)
         if pod is not None and not P.is_deleting(pod):
-            if self.ctx.volumes is not None and pod.spec.volumes:
+            if self.ctx.volumes is not None and pod.spec.volumes and self.ctx.config_synced(pod):
                 self.ctx.volumes.refresh(self._pod_view(pod, obs), self._config(),
                                          node_allocatable=self.ctx.node_allocatable(), tokens=self.ctx.tokens)
             self.reconcile_probes(pod, obs)

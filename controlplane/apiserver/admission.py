@@ -15,9 +15,12 @@ What must hold, as Kubernetes' LimitRanger and ResourceQuota admission plugins:
   `<resource>` for the core kinds Kubernetes names so). A quota with compute `hard` limits makes
   such requests/limits mandatory on new pods, as in Kubernetes.
 - Usage (what each object adds) is `skiff/quota.py`, shared with the quota controller, and is
-  computed from a consistent List at admission time: two creates racing (on one or several
-  api-servers) may both pass (Kubernetes serialises them through the quota's
-  resourceVersion; Skiff does not yet).
+  computed from a consistent List at admission time. An admitted create is charged to every
+  quota whose `hard` names something it adds (`charged_quotas`: status.used raised by what it
+  adds); the registry writes those quotas in the create's own transaction, guarded by their
+  resourceVersions, so creates racing on one or several api-servers serialise through the
+  quota object as in Kubernetes (whose admission updates status.used with the quota's
+  resourceVersion before admitting), and a create that is refused or fails charges nothing.
 - Storage (Kubernetes' DefaultStorageClass and StorageObjectInUseProtection plugins): a new
   claim without storageClassName gets the default class (none when there is no default); a
   new claim gets the `kubernetes.io/pvc-protection` finalizer and a new volume
@@ -142,6 +145,27 @@ def check_quotas(obj: Message, quotas: Sequence[t.ResourceQuota], used: Mapping[
             lim = ",".join(f"{n}={hard[n]}" for n in over)
             raise errors.ForbiddenError(f'{kind.resource} "{name}" is forbidden: exceeded quota: '
                                         f"{quota.metadata.name}, requested: {req}, used: {use}, limited: {lim}")
+
+
+def charged_quotas(obj: Message, quotas: Sequence[t.ResourceQuota],
+                   used: Mapping[str, Fraction]) -> list[t.ResourceQuota]:
+    """The quotas creating `obj` is charged to, copies with status.hard = spec.hard and status.used
+    = `used` + what `obj` adds for each resource both name (other entries of status.used kept);
+    call check_quotas first. `used` is the namespace's usage without `obj`."""
+    adds = usage(obj)
+    out = []
+    for quota in quotas:
+        names = sorted(name for name in quota.spec.hard if name in adds)
+        if not names:
+            continue
+        charged = t.ResourceQuota()
+        charged.CopyFrom(quota)
+        charged.status.hard.clear()
+        charged.status.hard.update(quota.spec.hard)
+        for name in names:
+            charged.status.used[name] = fmt(name, used.get(name, Fraction(0)) + adds[name])
+        out.append(charged)
+    return out
 
 
 def default_storage_class(pvc: t.PersistentVolumeClaim, classes: Sequence[t.StorageClass]) -> None:

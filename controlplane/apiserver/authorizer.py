@@ -59,8 +59,10 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return modes
 
 
-def decide(user: UserInfo, attrs: Attributes, policy: Policy, modes: Sequence[str]) -> Decision:
-    """Whether `user` may make the request `attrs` (see the module docstring)."""
+def decide(user: UserInfo, attrs: Attributes, policy: Policy, modes: Sequence[str], *,
+           pods_on: nodeauthz.PodsOn = nodeauthz.no_pods) -> Decision:
+    """Whether `user` may make the request `attrs` (see the module docstring); `pods_on(node)`:
+    the pods bound to a node (the Node mode lets a node read what they refer to)."""
     if user.in_group(identity.MASTERS):
         return Decision(True, f'allowed: member of group "{identity.MASTERS}"')
     reasons: list[str] = []
@@ -70,7 +72,7 @@ def decide(user: UserInfo, attrs: Attributes, policy: Policy, modes: Sequence[st
         if mode == ALWAYS_DENY:
             return Decision(False, "AlwaysDeny")
         if mode == NODE:
-            verdict, reason = nodeauthz.node_authorize(user, attrs)
+            verdict, reason = nodeauthz.node_authorize(user, attrs, pods_on)
             if verdict is not None:
                 return Decision(verdict, reason)
             if reason:
@@ -135,7 +137,7 @@ class Authorizer:
                  modes: Sequence[str] = DEFAULT_MODES, audit: AuditLog | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         """`revision(resource)`: the cache's revision, which moves with every change of it;
-        `objects(resource)`: its objects now."""
+        `objects(resource)`: its objects now (pods too: the Node mode looks at a node's)."""
         self._revision = revision
         self._objects = objects
         self.modes = tuple(modes)
@@ -167,7 +169,11 @@ class Authorizer:
     def review(self, user: UserInfo, attrs: Attributes) -> Decision:
         # The admin is allowed whatever the policy: no need to look at it.
         policy = self._policy if user.in_group(identity.MASTERS) else self.policy()
-        return decide(user, attrs, policy, self.modes)
+        return decide(user, attrs, policy, self.modes, pods_on=self._pods_on)
+
+    def _pods_on(self, node: str) -> Iterable[t.Pod]:
+        # Only a node's read of a ConfigMap or Secret asks: one pass over the cached pods.
+        return (p for p in self._objects("pods") if isinstance(p, t.Pod) and p.spec.node_name == node)
 
     def check(self, user: UserInfo, attrs: Attributes, *, impersonator: UserInfo | None = None) -> Decision:
         """Allow or raise ForbiddenError; writes the audit line of a mutating request."""

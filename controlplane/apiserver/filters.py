@@ -68,3 +68,17 @@ def make_filter(kind: kinds.Kind, *, namespace: str = "", label_selector: str = 
     except labels.SelectorError as exc:
         raise errors.InvalidError(f"{kind.resource}: {exc}") from exc
     return Filter(namespace if kind.namespaced else "", selector, fields)
+
+
+def selected_name(field_selector: str) -> str:
+    """The name an exact `metadata.name=<name>` requirement selects ("" when none does). As
+    Kubernetes' RequestInfo, the front ends give a list or watch this name, so authorizers judge
+    it as a request for that one object (RBAC resourceNames, the Node authorizer)."""
+    try:
+        requirements = labels.parse_fields(field_selector)
+    except labels.SelectorError:
+        return ""  # the request itself is refused as invalid
+    for req in requirements:
+        if req.field == "metadata.name" and not req.negate:
+            return req.value
+    return ""

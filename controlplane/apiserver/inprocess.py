@@ -40,6 +40,7 @@ from google.protobuf.message import Message
 from controlplane.apiserver import bootstrappolicy, caller
 from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.authorizer import DEFAULT_MODES, Authorizer, kind_attributes
+from controlplane.apiserver.filters import selected_name
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Options, Registry
 from controlplane.apiserver.watchcache import decode, registry_prefix
@@ -232,7 +233,7 @@ class InProcessApi:
         ns = namespace if kind.namespaced else ""
         self._record("list", kind.resource, ns, "")
         await self.start()
-        self._authorize("list", kind, ns)
+        self._authorize("list", kind, ns, selected_name(field_selector))
         with caller.acting_as(self.user):
             items, rv, token = await self.registry.list(kind.resource, namespace=ns, label_selector=label_selector,
                                                         field_selector=field_selector, limit=limit,
@@ -275,7 +276,7 @@ class InProcessApi:
         ns = namespace if kind.namespaced else ""
         self._record("watch", kind.resource, ns, "")
         await self.start()
-        self._authorize("watch", kind, ns)
+        self._authorize("watch", kind, ns, selected_name(field_selector))
         # The watch is authorized here; the registry's watch reads no caller, so the stream is
         # iterated in the consumer's own context.
         stream = self.registry.watch(kind.resource, namespace=ns, label_selector=label_selector,

@@ -16,17 +16,22 @@ where docs/security.md says so):
   Kubernetes lets the kubelet set it (`KUBELET_LABELS`, `KUBELET_LABEL_PREFIXES`).
 - A node requests service-account tokens only bound to a pod whose `spec.nodeName` is itself
   (and which runs as that account: serviceaccount.py checks that for everyone).
+- A node reads a ConfigMap or Secret only when a pod bound to it refers to that object
+  (skiff/podrefs.py: env, envFrom, volumes, projected sources, imagePullSecrets), and only by
+  name: `get`, or `list`/`watch` with fieldSelector `metadata.name=<name>` in its namespace (the
+  front ends put that name in the attributes, as Kubernetes' RequestInfo does). Kubernetes' node
+  graph gives the same answer; ours is computed from the api-server's pod cache per request.
 - Every refusal names the node and what it may not do, as Kubernetes' messages do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from google.protobuf.message import Message
 
 from controlplane.apiserver.rbac import Attributes
-from skiff import defaults, storage
+from skiff import defaults, podrefs, storage
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -36,8 +41,7 @@ LEASE_GROUP = "coordination.k8s.io"
 LEASE_NAMESPACE = defaults.NODE_LEASE_NAMESPACE
 
 # (group, resource incl. subresource) -> verbs any node may use, whatever the object.
-# Secrets and ConfigMaps: every node reads every one (Kubernetes narrows this to the ones its
-# pods reference with its graph authorizer; the agent's informers watch them all today).
+# (ConfigMaps and Secrets are not here: `node_authorize` allows the ones its pods refer to.)
 NODE_RULES: Mapping[tuple[str, str], frozenset[str]] = {
     ("", "nodes"): READ,
     ("", "pods"): READ | {"delete"},  # delete: NodeRestriction checks the pod is bound here
@@ -49,8 +53,6 @@ NODE_RULES: Mapping[tuple[str, str], frozenset[str]] = {
     ("", "namespaces"): READ,
     ("networking.k8s.io", "networkpolicies"): READ,
     ("discovery.k8s.io", "endpointslices"): READ,
-    ("", "configmaps"): READ,
-    ("", "secrets"): READ,
     # Volumes its pods mount (Kubernetes narrows these to the referenced ones too).
     ("", "persistentvolumeclaims"): READ,
     # delete: a Released local-path volume of this node, once the agent removed its directory
@@ -74,7 +76,17 @@ KUBELET_LABEL_PREFIXES = ("kubelet.kubernetes.io/", "node.kubernetes.io/")
 RESTRICTED_PREFIX = "node-restriction.kubernetes.io/"
 
 
-def node_authorize(user: UserInfo, attrs: Attributes) -> tuple[bool | None, str]:
+# Kinds a node reads only when a pod bound to it refers to the object: resource -> singular.
+REFERENCED = {"configmaps": "configmap", "secrets": "secret"}
+
+PodsOn = Callable[[str], Iterable[t.Pod]]  # the pods bound to a node (spec.nodeName), as the api-server has them
+
+
+def no_pods(node: str) -> Iterable[t.Pod]:
+    return ()
+
+
+def node_authorize(user: UserInfo, attrs: Attributes, pods_on: PodsOn = no_pods) -> tuple[bool | None, str]:
     """(True, reason) to allow; (None, reason) for no opinion (not a node, or not a node's right)."""
     node = user.node_name
     if not node:
@@ -82,6 +94,8 @@ def node_authorize(user: UserInfo, attrs: Attributes) -> tuple[bool | None, str]
     key = (attrs.group, attrs.combined_resource)
     if attrs.verb in NODE_RULES.get(key, frozenset()):
         return True, f'Node: node "{node}" may {attrs.verb} {attrs.combined_resource}'
+    if attrs.group == "" and attrs.resource in REFERENCED and not attrs.subresource and attrs.verb in READ:
+        return _referenced(node, attrs, pods_on)
     # A create names no object (the name is in the body): NodeRestriction checks it is the node's own.
     own = attrs.name == node or (attrs.verb == "create" and not attrs.name)
     if key in (("", "nodes"), ("", "nodes/status")) and attrs.verb in WRITE | {"get"}:
@@ -93,6 +107,18 @@ def node_authorize(user: UserInfo, attrs: Attributes) -> tuple[bool | None, str]
             return True, f'Node: node "{node}" may {attrs.verb} its own Lease'
         return None, f'Node: node "{node}" may only {attrs.verb} its own lease {LEASE_NAMESPACE}/{node}'
     return None, f'Node: no rule lets a node {attrs.verb} {attrs.combined_resource}'
+
+
+def _referenced(node: str, attrs: Attributes, pods_on: PodsOn) -> tuple[bool | None, str]:
+    singular = REFERENCED[attrs.resource]
+    if not attrs.name:
+        return None, (f'Node: node "{node}" may {attrs.verb} only the {attrs.resource} its pods refer to, '
+                      f"each by name (fieldSelector metadata.name=<name>)")
+    what = f'{singular} "{attrs.namespace}/{attrs.name}"'
+    for pod in pods_on(node):
+        if pod.metadata.namespace == attrs.namespace and attrs.name in podrefs.referenced(pod, attrs.resource):
+            return True, f'Node: pod "{pod.metadata.namespace}/{pod.metadata.name}" on node "{node}" refers to {what}'
+    return None, f'Node: node "{node}" may not {attrs.verb} {what}: no pod bound to it refers to it'
 
 
 # ---------------------------------------------------------------- NodeRestriction admission

@@ -42,6 +42,7 @@ from controlplane.apiserver.allocator import Allocator
 from controlplane.apiserver.audit import DEFAULT_MAX_BACKUPS, DEFAULT_MAX_SIZE_MB, AuditLog
 from controlplane.apiserver.authn import Authenticator
 from controlplane.apiserver.authorizer import DEFAULT_MODES, Authorizer, kind_attributes
+from controlplane.apiserver.filters import selected_name
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.limits import Limiter, Limits, client_key, grpc_verb
 from controlplane.apiserver.rbac import Attributes
@@ -151,7 +152,8 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
         return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace,
                       request.name)
     if method in ("List", "Watch"):
-        return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace)
+        return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace,
+                      selected_name(request.field_selector))
     if method == "Bind":
         meta = request.binding.metadata
         return _named(kinds.by_resource("pods"), "pods", "create", meta.namespace, meta.name, "binding")

@@ -370,8 +370,14 @@ def test_rollout_history_undo_restart_set_image_patch_label_annotate_expose_desc
     assert got["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "A", "value": "b"}]
     bad = kubectl("patch", "deploy/rev", "--type=json", "-p", '[{"op": "test", "path": "/spec/replicas", "value": 9}]',
                   check=False)
-    # a 422 Invalid Status (kubectl shows only its causes, and this one has none)
-    assert bad.returncode != 0 and 'The deployments "rev" is invalid' in bad.stderr, bad.stderr
+    # a 422 Invalid Status whose one cause names the path and the problem (kubectl prints only causes)
+    assert bad.returncode != 0, bad.stderr
+    assert ('The deployments "rev" is invalid: /spec/replicas: operation 0 (test) at /spec/replicas: '
+            "test failed: the value is not 9") in bad.stderr, bad.stderr
+    gone = kubectl("patch", "deploy/rev", "--type=json", "-p", '[{"op": "remove", "path": "/metadata/labels/nope"}]',
+                   check=False)
+    assert gone.returncode != 0 and '/metadata/labels/nope: operation 0 (remove) at /metadata/labels/nope: ' \
+        'cannot remove "nope": it does not exist' in gone.stderr, gone.stderr
     assert kubectl("get", "deploy", "rev", "-o", "jsonpath={.spec.replicas}").stdout == "2"
 
     # label and annotate: set, refuse to overwrite without --overwrite, overwrite, remove with `key-`

@@ -43,6 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from controlplane.apiserver import authn, caller, metrics, rbac, resourcemetrics, serviceaccount, warnings
 from controlplane.apiserver.authn import Authenticator, Peer
 from controlplane.apiserver.authorizer import Authorizer, kind_attributes
+from controlplane.apiserver.filters import selected_name
 from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.limits import Limiter, client_key
 from controlplane.apiserver.rbac import Attributes
@@ -374,10 +375,12 @@ class KubeApi:
             verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
         if verb is None:
             raise errors.UnimplementedError(f"{method} is not supported on {request.path}")
-        # A create names no object, as in Kubernetes (resourceNames cannot limit creates).
-        authorize(request, kind_attributes(verb, target.kind, target.namespace,
-                                           "" if verb == "create" and not target.subresource else target.name,
-                                           target.subresource))
+        # A create names no object, as in Kubernetes (resourceNames cannot limit creates); a list or
+        # watch for one name (fieldSelector metadata.name=) names it.
+        name = "" if verb == "create" and not target.subresource else target.name
+        if verb in ("list", "watch"):
+            name = selected_name(q.get("fieldSelector", ""))
+        authorize(request, kind_attributes(verb, target.kind, target.namespace, name, target.subresource))
         # Streams (logs, exec over WebSocket) are long-running: they hold no in-flight slot.
         counted = {"log": "logs", "exec": "exec", "attach": "attach",
                    "portforward": "portforward"}.get(target.subresource, verb)
@@ -533,7 +536,10 @@ class KubeApi:
             if content_type == "application/strategic-merge-patch+json":
                 return patch.strategic_merge(doc, body, kind.message.DESCRIPTOR)
         except patch.PatchError as exc:
-            raise errors.InvalidError(f"the patch cannot be applied: {exc}") from exc
+            # One cause naming the path: kubectl prints a Status' causes, and without one only
+            # 'The deployments "web" is invalid' (upstream's own 422 for a JSON patch carries none).
+            raise errors.InvalidError(f"the patch cannot be applied: {exc}",
+                                      causes=((exc.path or "patch", str(exc)),)) from exc
         raise st.UnsupportedMediaType(f"the patch type {content_type!r} is not supported")
 
     async def patch(self, request: web.Request, target: Target, *, status: bool = False) -> web.Response:

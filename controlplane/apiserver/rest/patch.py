@@ -11,12 +11,18 @@ is accepted and the order left as merged (the order of list elements carries no 
 the kinds Skiff serves).
 
 What must hold: a patch that names no field of an object leaves it equal; a malformed patch
-raises PatchError (a 400/422 for the caller), never an unrelated exception.
+raises PatchError (a 400/422 for the caller), never an unrelated exception. A JSON patch
+operation that cannot be applied (a `test` that fails, a path that does not exist, an index out
+of range) names the operation, the path it was given and the problem, and carries that path
+in `PatchError.path`, so the caller's Status can name the field (kubectl prints the causes, and
+only "is invalid" without them). A failed `test` never echoes the object's current value: the
+object may be a Secret.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -44,7 +50,12 @@ MERGED_SCALAR_LISTS = frozenset({"finalizers"})
 
 
 class PatchError(ValueError):
-    pass
+    """A patch that cannot be applied; `path` is the JSON pointer of the JSON patch operation
+    that failed ("" when the failure has no path: a malformed patch, a merge directive)."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # ---------------------------------------------------------------- merge patch (RFC 7386)
@@ -136,6 +147,11 @@ def _add(doc: Any, tokens: list[str], value: Any) -> Any:
     return doc
 
 
+def _shown(value: Any, *, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def json_patch(doc: Any, ops: Any) -> Any:
     if not isinstance(ops, list):
         raise PatchError("a JSON patch must be a list of operations")
@@ -143,32 +159,49 @@ def json_patch(doc: Any, ops: Any) -> Any:
     for n, op in enumerate(ops):
         if not isinstance(op, dict) or not isinstance(op.get("op"), str) or not isinstance(op.get("path"), str):
             raise PatchError(f"operation {n}: must be an object with string fields op and path")
-        kind, tokens = op["op"], _pointer(op["path"])
-        if kind in ("add", "replace", "test") and "value" not in op:
-            raise PatchError(f'operation {n} ({kind}): "value" is required')
-        if kind == "add":
-            out = _add(out, tokens, copy.deepcopy(op["value"]))
-        elif kind == "remove":
-            _remove(out, tokens)
-        elif kind == "replace":
-            _get(out, tokens)
-            if not tokens:
-                out = copy.deepcopy(op["value"])
-            else:
-                _remove(out, tokens)
-                out = _add(out, tokens, copy.deepcopy(op["value"]))
-        elif kind in ("move", "copy"):
-            if not isinstance(op.get("from"), str):
-                raise PatchError(f'operation {n} ({kind}): "from" is required')
-            source = _pointer(op["from"])
-            value = _remove(out, source) if kind == "move" else copy.deepcopy(_get(out, source))
-            out = _add(out, tokens, value)
-        elif kind == "test":
-            if _get(out, tokens) != op["value"]:
-                raise PatchError(f"operation {n} (test) failed at {op['path']}")
-        else:
-            raise PatchError(f'operation {n}: unknown op "{kind}"')
+        kind, path = op["op"], op["path"]
+        try:
+            out = _apply_op(out, n, op)
+        except PatchError as exc:
+            if exc.path:
+                raise
+            raise PatchError(f"operation {n} ({kind}) at {path}: {exc}", path=path) from exc
     return out
+
+
+def _apply_op(out: Any, n: int, op: dict[str, Any]) -> Any:
+    """`out` after operation `n`; it may be changed in place (json_patch works on a copy)."""
+    kind, tokens = op["op"], _pointer(op["path"])
+    if kind in ("add", "replace", "test") and "value" not in op:
+        raise PatchError('"value" is required')
+    if kind == "add":
+        return _add(out, tokens, copy.deepcopy(op["value"]))
+    if kind == "remove":
+        _remove(out, tokens)
+        return out
+    if kind == "replace":
+        _get(out, tokens)
+        if not tokens:
+            return copy.deepcopy(op["value"])
+        _remove(out, tokens)
+        return _add(out, tokens, copy.deepcopy(op["value"]))
+    if kind in ("move", "copy"):
+        source = op.get("from")
+        if not isinstance(source, str):
+            raise PatchError('"from" is required')
+        try:
+            from_tokens = _pointer(source)
+            value = copy.deepcopy(_get(out, from_tokens))
+            if kind == "move":
+                _remove(out, from_tokens)
+        except PatchError as exc:
+            raise PatchError(f"operation {n} ({kind}) from {source}: {exc}", path=source) from exc
+        return _add(out, tokens, value)
+    if kind == "test":
+        if _get(out, tokens) != op["value"]:
+            raise PatchError(f"test failed: the value is not {_shown(op['value'])}")
+        return out
+    raise PatchError(f'unknown op "{kind}"')
 
 
 # ---------------------------------------------------------------- strategic merge patch

@@ -23,7 +23,7 @@ from nodeagent.agent import AgentConfig, NodeAgent
 from nodeagent.cri import LABEL_POD_UID, GrpcRuntime, NotFound
 from nodeagent.fakecri import FakeRuntime
 from nodeagent.plan import PlanConfig
-from skiff import conditions
+from skiff import conditions, errors, identity
 from skiff.client import ObjectList
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -565,3 +565,45 @@ async def test_lease_renewal_writes_without_reading_and_recovers_from_a_conflict
     lease = await api.get(t.Lease, "n1", "kube-node-lease")
     assert lease.spec.holder_identity == "n1" and lease.spec.lease_duration_seconds != 99
     assert (lease.spec.renew_time.seconds, lease.spec.renew_time.nanos) >= (first.seconds, first.nanos)
+
+
+async def test_the_agent_watches_only_what_its_pods_refer_to_with_its_node_credentials(
+        tmp_path: Path, api: InProcessApi) -> None:
+    """As the kubelet's Watch strategy, under the Node authorizer: the agent acting as
+    system:node:n1 fetches and watches each ConfigMap and Secret its pods refer to, one by name,
+    starts a container only once they are fetched, and stops watching with the last pod."""
+    await api.create(t.ConfigMap(metadata=t.ObjectMeta(name="used"), data={"k": "from-cm"}))
+    await api.create(t.ConfigMap(metadata=t.ObjectMeta(name="unused"), data={"k": "x"}))
+    await api.create(t.Secret(metadata=t.ObjectMeta(name="sec"), string_data={"k": "from-secret"}))
+    await api.create(t.Secret(metadata=t.ObjectMeta(name="other"), string_data={"k": "x"}))
+    fake = FakeRuntime(images={IMAGE})
+    agent = NodeAgent(api.as_user(identity.node_user("n1")), fake,
+                      AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False, pod_log_dir=str(tmp_path),
+                                  relist_period=0.05, status_check_period=0.05))
+    await agent.start()
+    try:
+        pod = t.Pod(metadata=t.ObjectMeta(name="p"))
+        c = pod.spec.containers.add(name="c", image="skiff/web:1.0", image_pull_policy="IfNotPresent")
+        c.env.add(name="CM", value_from=t.EnvVarSource(config_map_key_ref=t.ConfigMapKeySelector(name="used", key="k")))
+        c.env.add(name="SEC", value_from=t.EnvVarSource(secret_key_ref=t.SecretKeySelector(name="sec", key="k")))
+        await api.create(pod)
+        await api.bind("default", "p", "n1")
+
+        async def env_of_container() -> dict[str, str] | None:
+            for ctr in fake.containers.values():
+                return {e.key: e.value for e in ctr.config.envs}
+            return None
+
+        env = await until(env_of_container)
+        assert (env["CM"], env["SEC"]) == ("from-cm", "from-secret")
+        assert agent.config_refs.watched() == {("configmaps", "default", "used"), ("secrets", "default", "sec")}
+        with pytest.raises(errors.ForbiddenError, match='node "n1" may not get secret "default/other"'):
+            await agent.client.get(t.Secret, "other", "default")
+        await api.delete(t.Pod, "p", "default", grace_period_seconds=0)
+
+        async def nothing_watched() -> bool:
+            return not agent.config_refs.watched()
+
+        await until(nothing_watched)
+    finally:
+        await agent.stop()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.agent import referenced_config
 from nodeagent.envs import ContainerConfigError, command_line, container_env, expand
 from nodeagent.podconfig import container_config
 from nodeagent.volumes import (
@@ -21,6 +20,7 @@ from nodeagent.volumes import (
     tmpfs_options,
     write_atomic,
 )
+from skiff import podrefs
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
@@ -256,8 +256,8 @@ def test_referenced_config() -> None:
     p = pod(c, volumes=(volume("v", secret=t.SecretVolumeSource(secret_name="vol-sec")),
                         volume("p", projected=t.ProjectedVolumeSource(sources=[
                             t.VolumeProjection(config_map=t.ConfigMapProjection(name="proj-cm"))]))))
-    assert referenced_config(p, config_maps=True) == {"env-cm", "from-cm", "proj-cm"}
-    assert referenced_config(p, config_maps=False) == {"env-sec", "vol-sec"}
+    assert podrefs.config_maps(p) == {"env-cm", "from-cm", "proj-cm"}
+    assert podrefs.secrets(p) == {"env-sec", "vol-sec"}
 
 
 @pytest.mark.parametrize(("written", "policy", "exit_code", "tail", "want"), [

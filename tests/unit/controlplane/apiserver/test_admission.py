@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from controlplane.apiserver.admission import apply_limit_ranges, check_quotas
+from controlplane.apiserver.admission import apply_limit_ranges, charged_quotas, check_quotas
 from controlplane.controllers.resourcequota import ResourceQuotaController, kinds_for
 from skiff import errors, quota
 from skiffpb.api.v1 import types_pb2 as t
@@ -104,6 +104,27 @@ def test_check_quotas(obj: t.Pod, quotas: list[t.ResourceQuota], used: dict[str,
     with pytest.raises(errors.ForbiddenError) as info:
         check_quotas(obj, quotas, used)
     assert error in str(info.value)
+
+
+def _used(q: t.ResourceQuota, **used: str) -> t.ResourceQuota:
+    q.status.used.update(used)
+    return q
+
+
+@pytest.mark.parametrize(("obj", "quotas", "used", "want"), [
+    (pod("p"), [rq(pods="2")], {"pods": Fraction(1)}, {"q": {"pods": "2"}}),
+    (pod("p", ({"cpu": "250m"}, {})), [rq("a", pods="3"), rq("b", **{"requests.cpu": "1"})],
+     {"pods": Fraction(2), "requests.cpu": Fraction(1, 2)}, {"a": {"pods": "3"}, "b": {"requests.cpu": "750m"}}),
+    (pod("p"), [rq(**{"count/configmaps": "1"})], {}, {}),
+    (pod("p"), [_used(rq(pods="2", services="1"), pods="0", services="1")], {}, {"q": {"pods": "1", "services": "1"}}),
+], ids=["pods", "two-quotas", "not-charged", "other-used-kept"])
+def test_charged_quotas(obj: t.Pod, quotas: list[t.ResourceQuota], used: dict[str, Fraction],
+                        want: dict[str, dict[str, str]]) -> None:
+    before = [q.SerializeToString() for q in quotas]
+    charged = charged_quotas(obj, quotas, used)
+    assert {q.metadata.name: dict(q.status.used) for q in charged} == want
+    assert all(dict(q.status.hard) == dict(q.spec.hard) for q in charged)
+    assert [q.SerializeToString() for q in quotas] == before  # the inputs (cached objects) are left alone
 
 
 def test_kinds_for() -> None:

@@ -196,6 +196,32 @@ async def test_http_refusal_is_a_403_status(cluster: Cluster) -> None:
     assert code == 403
 
 
+AS_N1 = {"Impersonate-User": "system:node:n1", "Impersonate-Group": "system:nodes"}
+
+
+async def test_http_node_reads_a_secret_its_pod_refers_to_by_name_only(cluster: Cluster) -> None:
+    """A list or watch with fieldSelector metadata.name= is a request for that one object (as
+    Kubernetes' RequestInfo): the Node authorizer lets n1 list the Secret its pod refers to so."""
+    for name in ("s", "other"):
+        await cluster.inproc.create(t.Secret(metadata=t.ObjectMeta(name=name, namespace="team")))
+    mine = pod("mine", ns="team", node="n1")
+    mine.spec.volumes.add(name="v", secret=t.SecretVolumeSource(secret_name="s"))
+    await cluster.inproc.create(mine)
+    secrets = "/api/v1/namespaces/team/secrets"
+    code, body = await call(cluster, "GET", secrets + "?fieldSelector=metadata.name%3Ds", headers=AS_N1)
+    assert code == 200 and [i["metadata"]["name"] for i in body["items"]] == ["s"]
+    code, body = await call(cluster, "GET", secrets + "/s", headers=AS_N1)
+    assert code == 200
+    code, body = await call(cluster, "GET", secrets, headers=AS_N1)
+    assert code == 403 and 'node "n1" may list only the secrets its pods refer to' in body["message"]
+    code, body = await call(cluster, "GET", secrets + "/other", headers=AS_N1)
+    assert code == 403 and body["message"].endswith(
+        'Node: node "n1" may not get secret "team/other": no pod bound to it refers to it'), body["message"]
+    code, body = await call(cluster, "GET", secrets + "?watch=true&fieldSelector=metadata.name%3Dother",
+                            headers=AS_N1)
+    assert code == 403 and 'may not watch secret "team/other"' in body["message"]
+
+
 async def test_dashboard_page_is_public_its_data_is_authorized(cluster: Cluster) -> None:
     """The page's files carry no data (anyone may get them, as the login form must be); its watch
     is authorized per kind: alice (view in team) may not watch nodes cluster-wide."""
@@ -266,13 +292,18 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
     ("CreateToken", api.CreateTokenRequest(namespace="d", name="robot"),
      Attributes("create", "serviceaccounts", "token", namespace="d", name="robot")),
     ("Get", api.GetRequest(resource="widgets", name="w"), Attributes("get", "widgets", name="w")),
+    ("List", api.ListRequest(resource="secrets", namespace="d", field_selector="metadata.name=s"),
+     Attributes("list", "secrets", namespace="d", name="s")),
+    ("Watch", api.WatchRequest(resource="configmaps", namespace="d", field_selector="metadata.name!=c"),
+     Attributes("watch", "configmaps", namespace="d")),
     ("Version", api.VersionRequest(), None),
     ("Compact", api.VersionRequest(), Attributes("call", path="/skiff.api.v1.ApiServer/Compact")),
     ("NodeMetrics", metrics_pb2.MetricsRequest(), Attributes("list", "nodes", group="metrics.k8s.io")),
     ("PodMetrics", metrics_pb2.MetricsRequest(namespace="d", name="p"),
      Attributes("get", "pods", group="metrics.k8s.io", namespace="d", name="p")),
 ], ids=["create", "create-cluster-scoped", "get-defaults-namespace", "list-all", "watch", "update-status",
-        "delete", "bind", "logs", "exec", "create-token", "unknown-resource", "version", "unknown-method-closed",
+        "delete", "bind", "logs", "exec", "create-token", "unknown-resource", "list-one-by-name",
+        "watch-all-but-one", "version", "unknown-method-closed",
         "node-metrics", "pod-metrics"])
 def test_grpc_request_attributes(method: str, request_: Any, attrs: Attributes | None) -> None:
     assert request_attributes(method, request_) == attrs

@@ -12,6 +12,7 @@ from controlplane.apiserver.nodeauthz import forbidden_labels, node_authorize, n
 from controlplane.apiserver.rbac import Attributes
 from skiff import defaults, errors, identity, storage
 from skiff.identity import UserInfo
+from skiff.retry import eventually
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import deployment, pod
 
@@ -34,7 +35,7 @@ LEASES = "coordination.k8s.io"
     (N1, Attributes("update", "leases", group=LEASES, namespace=defaults.NODE_LEASE_NAMESPACE, name="n2"), None),
     (N1, Attributes("update", "leases", group=LEASES, namespace="kube-system", name="n1"), None),
     (N1, Attributes("update", "deployments", group="apps", namespace="d", name="web"), None),
-    (N1, Attributes("get", "secrets", namespace="d", name="s"), True),
+    (N1, Attributes("get", "secrets", namespace="d", name="s"), None),  # no pod refers to it: see below
     (N1, Attributes("create", "events", namespace="d"), True),
     (N1, Attributes("delete", "services", namespace="d", name="s"), None),
     (UserInfo("system:node:n1"), Attributes("get", "nodes", name="n1"), None),  # not in system:nodes
@@ -44,6 +45,37 @@ LEASES = "coordination.k8s.io"
         "deployment", "secret", "events", "delete-service", "name-without-group", "not-a-node"])
 def test_node_authorize(user: UserInfo, attrs: Attributes, verdict: bool | None) -> None:
     assert node_authorize(user, attrs)[0] is verdict
+
+
+def _referring(name: str, node: str, ns: str = "d") -> t.Pod:
+    p = pod(name, node=node)
+    p.metadata.namespace = ns
+    p.spec.volumes.add(name="v", secret=t.SecretVolumeSource(secret_name="s"))
+    p.spec.containers[0].env.add(name="E", value_from=t.EnvVarSource(
+        config_map_key_ref=t.ConfigMapKeySelector(name="c", key="k")))
+    return p
+
+
+PODS_ON = {"n1": [_referring("mine", "n1")], "n2": [_referring("theirs", "n2", ns="other")]}
+
+
+@pytest.mark.parametrize(("attrs", "verdict", "reason"), [
+    (Attributes("get", "secrets", namespace="d", name="s"), True, 'pod "d/mine" on node "n1" refers to secret "d/s"'),
+    (Attributes("watch", "secrets", namespace="d", name="s"), True, 'refers to secret "d/s"'),
+    (Attributes("get", "configmaps", namespace="d", name="c"), True, 'refers to configmap "d/c"'),
+    (Attributes("get", "secrets", namespace="d", name="t"), None,
+     'node "n1" may not get secret "d/t": no pod bound to it refers to it'),
+    (Attributes("get", "secrets", namespace="other", name="s"), None,  # n2's pod refers to it, not n1's
+     'node "n1" may not get secret "other/s": no pod bound to it refers to it'),
+    (Attributes("get", "configmaps", namespace="d", name="s"), None, 'may not get configmap "d/s"'),
+    (Attributes("list", "secrets", namespace="d"), None, 'node "n1" may list only the secrets its pods refer to'),
+    (Attributes("watch", "secrets"), None, "each by name (fieldSelector metadata.name=<name>)"),
+    (Attributes("update", "secrets", namespace="d", name="s"), None, "no rule lets a node update secrets"),
+], ids=["get-referenced", "watch-referenced", "configmap-referenced", "secret-unreferenced", "other-nodes-pod",
+        "wrong-kind", "list-all", "watch-all", "no-writes"])
+def test_node_reads_what_its_pods_refer_to(attrs: Attributes, verdict: bool | None, reason: str) -> None:
+    got = node_authorize(N1, attrs, lambda node: PODS_ON.get(node, []))
+    assert got[0] is verdict and reason in got[1], got
 
 
 def node(name: str, *, labels: dict[str, str] | None = None, taints: tuple[str, ...] = ()) -> t.Node:
@@ -177,3 +209,44 @@ async def test_node_lease_is_its_own(cluster: tuple[InProcessApi, InProcessApi])
     await n1.create(lease("n1"))
     with pytest.raises(errors.ForbiddenError, match='not allowed to modify lease "kube-node-lease/n2"'):
         await n1.create(lease("n2"))
+
+
+async def test_node_reads_only_the_secrets_and_configmaps_its_pods_refer_to(
+        cluster: tuple[InProcessApi, InProcessApi]) -> None:
+    admin, n1 = cluster
+    for ns in ("default", "other"):
+        if ns != "default":
+            await admin.create(t.Namespace(metadata=t.ObjectMeta(name=ns)))
+        await admin.create(t.Secret(metadata=t.ObjectMeta(name="s", namespace=ns), string_data={"k": "v"}))
+    await admin.create(t.Secret(metadata=t.ObjectMeta(name="unused", namespace="default")))
+    await admin.create(t.ConfigMap(metadata=t.ObjectMeta(name="c", namespace="default"), data={"k": "v"}))
+    for name, node_name, ns in (("uses", "n1", "default"), ("elsewhere", "n2", "other")):
+        p = _referring(name, node_name, ns)
+        p.metadata.namespace = ns
+        await admin.create(p)
+    assert (await n1.get(t.Secret, "s", "default")).metadata.name == "s"
+    assert (await n1.get(t.ConfigMap, "c", "default")).data == {"k": "v"}
+    one = await n1.list(t.Secret, namespace="default", field_selector="metadata.name=s")
+    assert [x.metadata.name for x in one.items] == ["s"]
+    with pytest.raises(errors.ForbiddenError) as err:
+        await n1.get(t.Secret, "unused", "default")
+    assert err.value.message == ('secrets "unused" is forbidden: User "system:node:n1" cannot get resource "secrets" '
+                                 'in API group "" in the namespace "default": Node: node "n1" may not get secret '
+                                 '"default/unused": no pod bound to it refers to it')
+    with pytest.raises(errors.ForbiddenError, match='node "n1" may not get secret "other/s"'):
+        await n1.get(t.Secret, "s", "other")  # the pod that refers to it runs on n2
+    with pytest.raises(errors.ForbiddenError, match='node "n1" may list only the secrets its pods refer to'):
+        await n1.list(t.Secret, namespace="default")
+    with pytest.raises(errors.ForbiddenError, match='may not list secret "default/unused"'):
+        await n1.list(t.Secret, namespace="default", field_selector="metadata.name=unused")
+    await admin.delete(t.Pod, "uses", "default", grace_period_seconds=0)
+
+    async def refused() -> str:  # its pod is gone (from the api-server's cache): so is the node's right to it
+        try:
+            await n1.get(t.Secret, "s", "default")
+        except errors.ForbiddenError as exc:
+            return exc.message
+        return ""
+
+    assert 'node "n1" may not get secret "default/s"' in await eventually(refused, timeout=5, interval=0.05,
+                                                                           what="the refusal once the pod is gone")

@@ -309,6 +309,22 @@ async def test_patch_types_scale_and_status(api: Api) -> None:
     assert code == 200 and status["status"]["readyReplicas"] == 3 and status["spec"]["replicas"] == 7
 
 
+@pytest.mark.parametrize(("ops", "field", "says"), [
+    ([{"op": "test", "path": "/spec/replicas", "value": 5}, {"op": "replace", "path": "/spec/replicas", "value": 6}],
+     "/spec/replicas", "operation 0 (test) at /spec/replicas: test failed: the value is not 5"),
+    ([{"op": "remove", "path": "/metadata/labels/tier"}], "/metadata/labels/tier",
+     'operation 0 (remove) at /metadata/labels/tier: cannot remove "tier": it does not exist'),
+], ids=["test-fails", "remove-missing"])
+async def test_a_json_patch_that_cannot_apply_names_the_path(api: Api, ops: Any, field: str, says: str) -> None:
+    await api.call("POST", DEPLOYS, DEPLOY)
+    code, refused = await api.call("PATCH", DEPLOYS + "/web", ops, content_type="application/json-patch+json")
+    assert (code, refused["reason"]) == (422, "Invalid")
+    assert refused["details"]["causes"] == [{"reason": "FieldValueInvalid", "field": field, "message": says}]
+    assert says in refused["message"]
+    code, unchanged = await api.call("GET", DEPLOYS + "/web")
+    assert unchanged["spec"]["replicas"] == 2
+
+
 async def _events(api: Api, path: str, count: int, *, accept: str = "application/json") -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     async with api.session.get(api.base + path, headers={"Accept": accept}) as r:

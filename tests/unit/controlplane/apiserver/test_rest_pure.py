@@ -189,16 +189,34 @@ def test_json_patch(ops: Any, want: Any) -> None:
     assert doc == {"spec": {"replicas": 1, "l": [1, 2]}}  # the input is left alone
 
 
-@pytest.mark.parametrize("ops", [
-    [{"op": "test", "path": "/spec/replicas", "value": 2}],
-    [{"op": "remove", "path": "/nope"}],
-    [{"op": "replace", "path": "/spec/l/5", "value": 1}],
-    [{"op": "frobnicate", "path": "/spec"}],
-    {"op": "add"},
-], ids=["test-fails", "remove-missing", "index-out-of-range", "unknown-op", "not-a-list"])
-def test_json_patch_refuses(ops: Any) -> None:
-    with pytest.raises(patch.PatchError):
+@pytest.mark.parametrize(("ops", "path", "says"), [
+    ([{"op": "test", "path": "/spec/replicas", "value": 2}], "/spec/replicas",
+     "operation 0 (test) at /spec/replicas: test failed: the value is not 2"),
+    ([{"op": "test", "path": "/spec/nope", "value": 2}], "/spec/nope",
+     'operation 0 (test) at /spec/nope: path element "nope" does not exist'),
+    ([{"op": "add", "path": "/x", "value": 1}, {"op": "remove", "path": "/nope"}], "/nope",
+     'operation 1 (remove) at /nope: cannot remove "nope": it does not exist'),
+    ([{"op": "replace", "path": "/spec/l/5", "value": 1}], "/spec/l/5",
+     "operation 0 (replace) at /spec/l/5: list index 5 is out of range"),
+    ([{"op": "move", "from": "/spec/gone", "path": "/x"}], "/spec/gone",
+     'operation 0 (move) from /spec/gone: path element "gone" does not exist'),
+    ([{"op": "add", "path": "spec", "value": 1}], "spec",
+     'operation 0 (add) at spec: JSON patch path "spec" must start with "/"'),
+    ([{"op": "frobnicate", "path": "/spec"}], "/spec", 'operation 0 (frobnicate) at /spec: unknown op "frobnicate"'),
+    ({"op": "add"}, "", "a JSON patch must be a list of operations"),
+], ids=["test-fails", "test-missing-path", "remove-missing", "index-out-of-range", "move-from-missing",
+        "relative-path", "unknown-op", "not-a-list"])
+def test_json_patch_refuses_naming_the_path(ops: Any, path: str, says: str) -> None:
+    with pytest.raises(patch.PatchError) as caught:
         patch.json_patch({"spec": {"replicas": 1, "l": [1, 2]}}, ops)
+    assert (caught.value.path, str(caught.value)) == (path, says)
+
+
+def test_a_failed_test_never_shows_the_current_value() -> None:
+    with pytest.raises(patch.PatchError) as caught:
+        patch.json_patch({"data": {"password": "aHVudGVyMg=="}}, [{"op": "test", "path": "/data/password",
+                                                                    "value": "Z3Vlc3M="}])
+    assert "aHVudGVyMg==" not in str(caught.value) and '"Z3Vlc3M="' in str(caught.value)
 
 
 DEPLOY = {
