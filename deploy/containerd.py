@@ -84,7 +84,7 @@ def start(paths: hostconfig.NodePaths, run_dir: Path, *, netns: str, name: str =
     return daemon
 
 
-IMAGES = ("pause", "web", "web2")
+IMAGES = images.NODE_PRESETS
 
 
 def import_images(paths: hostconfig.NodePaths, image_cache: Path, names: tuple[str, ...] = IMAGES) -> None:

@@ -10,6 +10,9 @@ busybox-static. What must hold:
   gives the same digests and re-importing an image is a no-op.
 - image names are normalized the way containerd's CRI looks them up (`skiff/web:1.0` is stored as
   `docker.io/skiff/web:1.0`), or the CRI would not find an imported image.
+- every node imports the same images (`NODE_PRESETS`), whichever way it was provisioned: a pod
+  of an image its node lacks waits in ImagePullBackOff forever (a Deployment rolled to web:2.0
+  never got its new pod Ready on the VM lab's installed worker, which had pause and web:1.0 only).
 """
 
 from __future__ import annotations
@@ -113,6 +116,10 @@ def web2_spec() -> ImageSpec:
 
 
 PRESETS = {"pause": pause_spec, "web": web_spec, "web2": web2_spec}
+# Every image a Skiff node imports, however it is provisioned (a lab host, a VM lab guest,
+# `deploy.install worker`, `skiff node setup`): no registry serves them, so an image left out
+# here can never start on a node provisioned that way. web:2.0 is the rolling updates' target.
+NODE_PRESETS: tuple[str, ...] = tuple(PRESETS)
 
 
 def busybox_applets(busybox: str = BUSYBOX) -> list[str]:
@@ -299,7 +306,7 @@ def import_tars(tars: Iterable[Path], *, endpoint: str, namespace: str = "k8s.io
             raise ImageError(f"ctr images import {tar} failed: {(proc.stderr or proc.stdout).strip()}")
 
 
-def build_presets(out_dir: Path, names: Sequence[str] = ("pause", "web")) -> list[Path]:
+def build_presets(out_dir: Path, names: Sequence[str] = NODE_PRESETS) -> list[Path]:
     """Build the built-in images into `out_dir` (reused when already there with the same content)."""
     paths = []
     for name in names:

@@ -32,6 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = nsub.add_parser("setup", help="write the node's containerd config (and import images)")
     s.add_argument("--state-dir", default="/var/lib/skiff/node", help="the node's directory")
     s.add_argument("--sandbox-image", default=hostconfig.DEFAULT_SANDBOX_IMAGE)
-    s.add_argument("--images", action="store_true", help="build and import the pause and web images "
-                   "(containerd must be running with this config)")
+    s.add_argument("--images", action="store_true", help="build and import Skiff's offline images (pause, "
+                   "web:1.0, web:2.0; containerd must be running with this config)")
     s.set_defaults(func=_setup)

@@ -126,12 +126,23 @@ async def app_pods(client: Client, app: str) -> list[t.Pod]:
 
 async def wait_ready_pods(client: Client, app: str, count: int, *, timeout: float = 90,
                           image: str = "") -> list[t.Pod]:
-    async def check() -> list[t.Pod] | None:
+    async def check() -> list[t.Pod]:
         pods = await app_pods(client, app)
         good = [p for p in pods if ready(p) and (not image or p.spec.containers[0].image == image)]
-        return good if len(good) == count and len(pods) == count else None
+        if len(good) == count and len(pods) == count:
+            return good
+        # Raised, so a timeout names each pod's state (a bare "None" once hid an ErrImagePull).
+        raise AssertionError(f"{len(good)} of {len(pods)} pods good: " + "; ".join(map(pod_state, pods)))
 
     return await eventually(check, timeout=timeout, what=f"{count} Ready pods of app={app}")
+
+
+def pod_state(pod: t.Pod) -> str:
+    """`name@node image phase Ready=... reason`: what a failed wait reports of each pod."""
+    waiting = [f"{c.state.waiting.reason}: {c.state.waiting.message[:120]}"
+               for c in pod.status.container_statuses if c.state.HasField("waiting")]
+    return (f"{pod.metadata.name}@{pod.spec.node_name or '-'} {pod.spec.containers[0].image} {pod.status.phase} "
+            f"Ready={ready(pod)}" + "".join(f" {w}" for w in waiting))
 
 
 async def endpoint_ips(client: Client, name: str) -> set[str]:

@@ -3,8 +3,10 @@ ordering behaviour with a recording service manager and health checks (no daemon
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import tarfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -13,7 +15,9 @@ import pytest
 
 from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.apiserver.memstore import MemoryStore
-from deploy import install, render
+from deploy import containerd, install, render
+from skiff import images
+from skiff.cli import node as cli_node
 from skiff.client import ApiClient
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -297,7 +301,7 @@ def test_worker_joins_with_the_token(tmp_path: Path) -> None:
     assert "--mode ipvs" in proxy and "--api-servers 10.0.0.1:6443,10.0.0.1:6444,10.0.0.1:6445" in proxy
     host = render.HostConfig("n1", "10.0.0.2", (render.WORKER,), w.layout.state_dir)
     assert (w.layout.state_dir / "node/containerd.toml").read_text() == render.containerd_config(host)
-    assert sorted(p.name for p in w.layout.images.iterdir()) == ["pause.tar", "web.tar"]
+    assert sorted(p.name for p in w.layout.images.iterdir()) == ["pause.tar", "web.tar", "web2.tar"]
     assert not (w.layout.etc / "join-token").exists() and not (w.layout.etc / "store-password").exists()
     # TLS: the worker trusts the CA the signed information carried; its agent joins with the token
     # once (its proxy and DNS then present the node's certificate); host.json keeps no token.
@@ -387,3 +391,49 @@ def test_worker_cgroup_parent(tmp_path: Path) -> None:
     assert "--cgroup-parent /skiff-lab-n1" in (w.layout.units / "skiff-nodeagent.service").read_text()
     loaded = w.load()
     assert loaded is not None and loaded[1].cgroup_parent == "/skiff-lab-n1"  # upgrade and remove see it too
+
+
+# ---------------------------------------------------------------- a node's offline images
+
+
+def _image_names(tars: list[Path]) -> set[str]:
+    """The image names containerd gets from these OCI tars (their index's annotations)."""
+    names = set()
+    for tar in tars:
+        with tarfile.open(tar) as tf:
+            member = tf.extractfile("index.json")
+            assert member is not None
+            names |= {m["annotations"]["io.containerd.image.name"] for m in json.load(member)["manifests"]}
+    return names
+
+
+def _install_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    store = MemoryStore()
+    installer(tmp_path / "cp", Recorder(), store).control_plane(name="cp", ip="10.0.0.1", token=TOKEN)
+    w = installer(tmp_path / "n1", Recorder(starts=False), store)
+    w.worker(name="n1", ip="10.0.0.2", join="10.0.0.1:6443", token=TOKEN)
+    return sorted(w.layout.images.iterdir())
+
+
+def _node_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    imported: list[Path] = []
+    monkeypatch.setattr(images, "import_tars", lambda tars, **_: imported.extend(tars))
+    cli_node._setup(argparse.Namespace(state_dir=str(tmp_path / "node"), sandbox_image=images.PAUSE_IMAGE,
+                                       images=True))
+    return imported
+
+
+def _lab_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    return images.build_presets(tmp_path / "cache", containerd.IMAGES)  # as deploy/lab.py (netns hosts, VM guests)
+
+
+@pytest.mark.parametrize("provision", [_install_worker, _node_setup, _lab_host],
+                         ids=["install-worker-join", "skiff-node-setup", "lab-host"])
+def test_every_provisioning_path_imports_the_images_pods_use(
+        provision: Callable[[Path, pytest.MonkeyPatch], list[Path]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No registry serves Skiff's images: a worker joined by `deploy.install` (the VM lab's n2, a
+    Vagrant or bare-metal worker) once imported pause and web:1.0 only, so the e2e flow's rolling
+    update to web:2.0 never got a new pod Ready there (ErrImagePull)."""
+    assert _image_names(provision(tmp_path, monkeypatch)) == {
+        images.PAUSE_IMAGE, "docker.io/skiff/web:1.0", "docker.io/skiff/web:2.0"}
