@@ -182,9 +182,9 @@ def _hollow_ready(proc: Process, timeout: float) -> None:
     raise RuntimeError(f"{proc.name}: hollow nodes not ready after {timeout:.0f} s:\n{proc.log_tail()}")
 
 
-def start_store(c: Cluster) -> None:
+def start_store(c: Cluster, *, members: int = 3) -> None:
     if c.store_kind == "etcd":
-        etcd = start_etcd(c.workdir, members=3)
+        etcd = start_etcd(c.workdir, members=members)
         c._stop.append(etcd.stop)
         c.store_endpoints = [m.endpoint for m in etcd.members]
         for proc in etcd.members:
@@ -192,7 +192,7 @@ def start_store(c: Cluster) -> None:
         return
     from controlplane.store.cluster import StoreCluster
 
-    store = StoreCluster(3, base_dir=str(c.workdir / "store"))
+    store = StoreCluster(members, base_dir=str(c.workdir / "store"))
     c._stop.append(store.close)
     store.start(timeout=60)
     c.store_endpoints = store.endpoints
