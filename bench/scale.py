@@ -201,15 +201,20 @@ def start_store(c: Cluster, *, members: int = 3) -> None:
         c.add(f"store-{name}", m.proc.pid)
 
 
-def start_control_plane(c: Cluster, apiservers: int) -> None:
-    start_store(c)
+def start_apiservers(c: Cluster, count: int) -> None:
+    """`count` api-servers on the store, each talking to "its" member first (as when side by side)."""
     eps = c.store_endpoints
-    for i in range(apiservers):
+    for i in range(count):
         order = eps[i % len(eps):] + eps[:i % len(eps)]
         a = start_apiserver(c.workdir, ",".join(order), name=f"apiserver{i}", timeout=120)
         c.processes.append(a)
         c.apiservers.append(a)
         c.add(a.name, a.pid)
+
+
+def start_control_plane(c: Cluster, apiservers: int) -> None:
+    start_store(c)
+    start_apiservers(c, apiservers)
     for name, module in (("controllers", "controlplane.controllers"), ("scheduler", "controlplane.scheduler")):
         # The api-servers run --insecure (deploy.loopback: plaintext, every caller the admin), so
         # their clients do too: authentication and RBAC are not part of these figures.

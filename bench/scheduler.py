@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import meta, profile
-from bench.scale import Cluster, Component, start_store
+from bench.scale import Cluster, Component, start_apiservers, start_store
 from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.common.podutil import owner_reference
 from controlplane.controllers.deployment import DeploymentController
@@ -45,7 +45,6 @@ from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.scheduler.framework import FitError
 from controlplane.scheduler.nodeinfo import PodInfo
 from controlplane.scheduler.scheduler import Scheduler
-from deploy.loopback import start_apiserver
 from skiff.client import Client
 from skiff.events import EventRecorder
 from skiff.guard import guard
@@ -225,10 +224,8 @@ def bench_stream(store: str, num_nodes: int, num_pods: int, owners: int, *, memb
     c = Cluster(workdir, store)
     try:
         start_store(c, members=members)
-        a = start_apiserver(c.workdir, ",".join(c.store_endpoints), name="apiserver", timeout=120)
-        c.processes.append(a)
-        c.add("apiserver", a.pid)
-        result = asyncio.run(bench_scheduler(num_nodes, num_pods, owners, api_servers=a.endpoint, creators=64,
+        start_apiservers(c, 1)
+        result = asyncio.run(bench_scheduler(num_nodes, num_pods, owners, api_servers=c.api_endpoints, creators=64,
                                              backlog=True, components=list(c.components), profile_dir=workdir,
                                              profile_seconds=profile_seconds))
         c.sample()

@@ -206,7 +206,7 @@ class Scheduler:
         except errors.SkiffError as exc:
             metrics.attempt("error", time.perf_counter() - started)
             self.bind_failures += 1
-            self.cache.forget(info.key)
+            self.cache.forget(info.key, info.uid)
             self.queue.move_all_to_active()  # the node we held for it is free again
             if isinstance(exc, errors.NotFoundError):
                 self.queue.delete(qp.key)
