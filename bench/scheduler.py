@@ -44,7 +44,7 @@ from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.scheduler.framework import FitError
 from controlplane.scheduler.nodeinfo import PodInfo
-from controlplane.scheduler.scheduler import Scheduler
+from controlplane.scheduler.scheduler import Scheduler, new_recorder
 from skiff.client import Client
 from skiff.events import EventRecorder
 from skiff.guard import guard
@@ -107,7 +107,7 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
         await asyncio.gather(*(create(p) for p in pods))
 
     factory = InformerFactory(api)
-    recorder = EventRecorder(api, "default-scheduler")
+    recorder = new_recorder(api)  # as the scheduler daemon records its events
     sched = Scheduler(api, factory, recorder=recorder, rng=random.Random(42))
     sync_start = time.perf_counter()
     await factory.start()
@@ -142,6 +142,9 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
         if not first_bind and sched.scheduled:
             first_bind = time.perf_counter()
         await asyncio.sleep(0.005)
+        gone = [c.name for c in components if not _alive(c.pid)]
+        if gone:
+            raise RuntimeError(f"{', '.join(gone)} exited after {sched.scheduled}/{num_pods} pods bound")
         if time.perf_counter() - start > 900:
             raise RuntimeError(f"only {sched.scheduled}/{num_pods} pods bound after 900 s")
     done = time.perf_counter()
@@ -192,6 +195,14 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
     if profiled is not None:
         out["profile"] = profiled
     return out
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a child that died but was not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _profile(components: list[Component], directory: Path | None, seconds: float) -> dict[str, Any]:
