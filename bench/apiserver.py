@@ -75,14 +75,15 @@ def rss_mib(pid: int) -> float:
 
 
 class Load:
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, tag: str = "") -> None:
+        self.tag = tag  # in every name, so that loads on several api-servers never collide
         self.channel = grpc.aio.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 1 << 30)])
         self.stub = api_grpc.ApiServerStub(self.channel)
         self.counter = 0
 
     def next_name(self, prefix: str) -> str:
         self.counter += 1
-        return f"{prefix}-{self.counter}"
+        return f"{prefix}{self.tag}-{self.counter}"
 
     async def create(self, namespace: str, prefix: str) -> float:
         request = api.CreateRequest(object=kinds.wrap(_pod(self.next_name(prefix), namespace)))
@@ -228,7 +229,7 @@ async def run(endpoint: str, pid: int | None, *, quick: bool) -> dict[str, Any]:
 
 async def run_ha(endpoints: list[str], *, quick: bool) -> dict[str, Any]:
     """64 clients over every endpoint (client i on endpoint i mod n), then all 64 on the first."""
-    loads = [Load(e) for e in endpoints]
+    loads = [Load(e, tag=f"a{i}") for i, e in enumerate(endpoints)]
     total = 600 if quick else 4000
     try:
         await loads[0].namespace("bench")
