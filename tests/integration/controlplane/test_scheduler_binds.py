@@ -3,11 +3,13 @@ happens to a pod between the decision and its bind, no node's capacity is lost o
 
 Two nodes have room for exactly 5 pods each and 10 pods wait before the scheduler starts, so all
 10 binds are in flight together. For one pod, a racer acts through the same api-server just
-before the scheduler's bind reaches it: it binds the pod itself, deletes it, or deletes it and
-creates a new pod of the same name (a new uid). Afterwards a replacement pod fills any freed
-slot. Every pod the api-server then holds must be bound, 5 per node: an assumption the failed
-bind left behind would leave a pod pending (a slot lost), a pod counted twice would do the same,
-and a freed slot not given back would keep the replacement pending.
+before the scheduler's bind reaches it: it binds the pod itself, deletes it, deletes it and
+creates a new pod of the same name (a new uid), or has the api-server refuse the bind (no target
+node; the pod stays unbound, so only the scheduler's own forget frees its node). Afterwards a
+replacement pod fills any freed slot. Every pod the api-server then holds must be bound, 5 per
+node: an assumption the failed bind left behind would leave a pod pending (a slot lost), a pod
+counted twice would do the same, and a freed slot not given back would keep the replacement
+pending.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from tests.support.prereq import require_binaries
 
 pytestmark = pytest.mark.integration
 
-Race = Callable[[Client, str, str, str], Awaitable[None]]  # (client, namespace, pod name, chosen node)
+# (client, namespace, pod name, chosen node) -> the node the bind then names (None: the chosen one)
+Race = Callable[[Client, str, str, str], Awaitable[str | None]]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,8 @@ class RacingClient(Client):
     async def bind(self, namespace: str, pod: str, node: str, *, uid: str = "") -> t.Pod:
         if pod == self.victim and not self.raced:
             self.raced += 1
-            await self.race(self, namespace, pod, node)
+            named = await self.race(self, namespace, pod, node)
+            node = node if named is None else named
         return await super().bind(namespace, pod, node, uid=uid)
 
 
@@ -72,7 +76,7 @@ def make_pod(ns: str, name: str) -> t.Pod:
 
 
 async def no_race(client: Client, ns: str, pod: str, node: str) -> None:
-    pass
+    return None
 
 
 async def bound_by_someone_else(client: Client, ns: str, pod: str, node: str) -> None:
@@ -88,12 +92,19 @@ async def recreated(client: Client, ns: str, pod: str, node: str) -> None:
     await client.create(make_pod(ns, pod))
 
 
+async def rejected(client: Client, ns: str, pod: str, node: str) -> str:
+    # The api-server refuses this bind (no target node) and the pod stays as it was: no watch
+    # event cleans up after us, only the scheduler's own forget frees the node.
+    return ""
+
+
 @pytest.mark.parametrize(("race", "failures", "replacement"), [
     (no_race, 0, False),
     (bound_by_someone_else, 1, False),  # PodAlreadyAssigned: the watch shows it on the node, once
     (deleted, 1, True),  # NotFound: dropped, its slot freed for the replacement
     (recreated, 1, False),  # the uid precondition fails: the new pod is scheduled in its own turn
-], ids=["no-race", "bound-by-someone-else", "deleted", "recreated"])
+    (rejected, 1, False),  # Invalid: the pod is retried after its backoff, on a node freed for it
+], ids=["no-race", "bound-by-someone-else", "deleted", "recreated", "rejected"])
 async def test_concurrent_binds_keep_capacity_exact(api: str, race: Race, failures: int, replacement: bool) -> None:
     ns = race.__name__.replace("_", "-")
     nodes = [f"{ns}-n{i}" for i in range(2)]
