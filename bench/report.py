@@ -169,6 +169,8 @@ def scheduler_stream_rows(r: dict[str, Any]) -> list[Row]:
     if "decisions" in r:
         rows.append(("decisions alone (no I/O), same run", "—", f"{_n(r['decisions']['decisions_per_second'])} pods/s",
                      "—"))
+    if "code_measured" in r:
+        rows.append(("code measured", "—", r["code_measured"], "—"))
     return rows
 
 
