@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 PYTEST_FLAGS ?=
 
 .PHONY: setup deb gen test check lint unit integration e2e fuzz up down status lab lab-down \
-	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-scale bench-scale-small bench-report bench-plots chaos clean \
+	vm-image vm-ipvs vm-lab vm-lab-down vm-e2e bench bench-store bench-apiserver bench-scheduler bench-scheduler-stream bench-apiserver-ha bench-netproxy bench-nodeagent bench-e2e bench-dns bench-netpol bench-scale bench-scale-small bench-report bench-plots chaos clean \
 	vagrant-up vagrant-e2e vagrant-e2e-ipvs vagrant-down
 
 setup: deb $(VENV)/.installed skiffpb/.generated $(BIN)/kubectl
@@ -150,6 +150,11 @@ bench-apiserver: setup
 	$(BIN)/python -m bench.apiserver
 bench-scheduler: setup
 	$(BIN)/python -m bench.scheduler
+# Not in `make bench` (each starts its own store and api-servers, on both stores): issue 16's figures.
+bench-scheduler-stream: setup
+	$(BIN)/python -m bench.scheduler --stream
+bench-apiserver-ha: setup
+	$(BIN)/python -m bench.apiserver --ha
 bench-netproxy: setup
 	$(BIN)/python -m bench.netproxy
 bench-nodeagent: setup

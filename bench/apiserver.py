@@ -10,6 +10,14 @@ loopback, then measures, from a load generator in this process:
 - api-server RSS after 10,000 pods exist.
 Prints a table and writes JSON to bench/results/apiserver.json. The load generator shares
 the machine's cores with the api-server and the store, so figures are conservative.
+
+    python -m bench.apiserver --ha [--quick]
+
+The highly available layout instead (issue 16), on Skiff's store and on etcd one after the other
+in the same run: 3 store members and 3 api-servers (each on "its" member first, as
+bench/scale.py starts them), fresh processes; creates/s and p50/p99 with 64 closed-loop clients
+spread over the 3 api-servers, and with all 64 on one of them (same cluster, same run).
+Written to bench/results/apiserver-ha.json.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import types_pb2 as t
 
 RESULTS = meta.RESULTS_DIR / "apiserver.json"
+HA_RESULTS = meta.RESULTS_DIR / "apiserver-ha.json"
 TARGET_RATE = 200.0
 TARGET_P99_MS = 50.0
 
@@ -66,14 +75,15 @@ def rss_mib(pid: int) -> float:
 
 
 class Load:
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, tag: str = "") -> None:
+        self.tag = tag  # in every name, so that loads on several api-servers never collide
         self.channel = grpc.aio.insecure_channel(endpoint, options=[("grpc.max_receive_message_length", 1 << 30)])
         self.stub = api_grpc.ApiServerStub(self.channel)
         self.counter = 0
 
     def next_name(self, prefix: str) -> str:
         self.counter += 1
-        return f"{prefix}-{self.counter}"
+        return f"{prefix}{self.tag}-{self.counter}"
 
     async def create(self, namespace: str, prefix: str) -> float:
         request = api.CreateRequest(object=kinds.wrap(_pod(self.next_name(prefix), namespace)))
@@ -217,6 +227,71 @@ async def run(endpoint: str, pid: int | None, *, quick: bool) -> dict[str, Any]:
     return results
 
 
+async def run_ha(endpoints: list[str], *, quick: bool) -> dict[str, Any]:
+    """64 clients over every endpoint (client i on endpoint i mod n), then all 64 on the first."""
+    loads = [Load(e, tag=f"a{i}") for i, e in enumerate(endpoints)]
+    total = 600 if quick else 4000
+    try:
+        await loads[0].namespace("bench")
+        for load in loads:  # every api-server's connections and caches warm
+            await load.closed_loop(8, 100 if quick else 300, "bench")
+        spread = await closed_loop_over(loads, 64, total, "bench")
+        one = await loads[0].closed_loop(64, total, "bench")
+    finally:
+        for load in loads:
+            await load.close()
+    return {"spread": spread, "one": one}
+
+
+async def closed_loop_over(loads: list[Load], clients: int, total: int, namespace: str) -> dict[str, float]:
+    """Load.closed_loop with client i sending to loads[i % len(loads)]."""
+    latencies: list[float] = []
+    remaining = [total]
+
+    async def worker(load: Load) -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            latencies.append(await load.create(namespace, f"s{clients}"))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(loads[i % len(loads)]) for i in range(clients)))
+    elapsed = time.perf_counter() - start
+    return {"clients": clients, "apiservers": len(loads), "creates": total, "per_second": total / elapsed,
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+
+
+def ha_main(args: argparse.Namespace) -> int:
+    from bench.scale import Cluster, start_apiservers, start_store
+
+    bench_run = meta.start("apiserver")
+    results: dict[str, Any] = {"setup": {"store_members": 3, "apiservers": 3, "clients": 64, "quick": args.quick,
+                                         "cpus": _cpus()}}
+    for store in ("skiff", "etcd"):
+        work = Path(tempfile.mkdtemp(prefix=f"skiff-bench-apiserver-ha-{store}-", dir=args.data_dir or None))
+        c = Cluster(work, store)
+        try:
+            start_store(c, members=3)
+            start_apiservers(c, 3)
+            cpu_before = {comp.name: comp.cpu_s() for comp in c.components}
+            started = time.perf_counter()
+            results[store] = asyncio.run(run_ha([a.endpoint for a in c.apiservers], quick=args.quick))
+            elapsed = time.perf_counter() - started
+            results[store]["cores"] = {comp.name: round((comp.cpu_s() - cpu_before[comp.name]) / elapsed, 2)
+                                       for comp in c.components}
+        finally:
+            c.stop()
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        r = results[store]
+        for label, x in (("64 clients over 3 api-servers", r["spread"]), ("64 clients on 1 of them", r["one"])):
+            print(f"{store}: {label}: {x['per_second']:,.0f} creates/s (p50 {x['p50_ms']:.1f} ms, "
+                  f"p99 {x['p99_ms']:.1f} ms)")
+        print(f"{store}: cores used: {r['cores']}")
+    out = bench_run.write(results, Path(args.output) if args.output != str(RESULTS) else HA_RESULTS)
+    print(f"\nresults: {out}")
+    return 0
+
+
 def report(results: dict[str, Any]) -> None:
     ms: Callable[[Any], str] = lambda v: f"{v:.1f}"  # noqa: E731
     num: Callable[[Any], str] = lambda v: f"{v:,.0f}"  # noqa: E731
@@ -244,8 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="", help="where etcd keeps its data (default: a temp dir on disk)")
     p.add_argument("--output", default=str(RESULTS), help="JSON results file (default %(default)s)")
     p.add_argument("--keep", action="store_true", help="keep the store's data and the logs (printed at the end)")
+    p.add_argument("--ha", action="store_true",
+                   help="3 store members and 3 api-servers, Skiff's store and etcd side by side (apiserver-ha.json)")
     args = p.parse_args(argv)
     gc.set_threshold(20_000, 20, 20)  # the load generator's own GC pauses would count as latency
+    if args.ha:
+        return ha_main(args)
     work = Path(tempfile.mkdtemp(prefix="skiff-bench-apiserver-", dir=args.data_dir or None))
     etcd: EtcdCluster | None = None
     apiserver: Process | None = None

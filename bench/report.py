@@ -135,6 +135,62 @@ def scheduler_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def scheduler_stream_rows(r: dict[str, Any]) -> list[Row]:
+    """Per store: first bind -> all bound with every pod waiting, vs kube-scheduler's floor and the target."""
+    floor, target = r.get("kube_scheduler_pods_per_second", 680), r.get("target_pods_per_second", 1000)
+    stores = [s for s in ("skiff", "etcd") if s in r]
+    first = r[stores[0]]
+
+    def rate(s: str) -> str:
+        x = r[s]
+        v = x["pods_per_second_from_first_bind"]
+        return (f"{s}: {_n(v)} pods/s ({x['first_bind_to_all_bound_seconds']:.1f} s; "
+                f"{v / floor:.2f}x kube-scheduler, {v / target:.2f}x target)")
+
+    def cpu(s: str) -> str:
+        x = r[s]
+        return f"{s}: " + ", ".join(f"{k} {v:.2f}" for k, v in x["cpu_ms_per_pod"].items())
+
+    def cores(s: str) -> str:
+        return f"{s}: " + ", ".join(f"{k} {v:.2f}" for k, v in r[s]["cores"].items())
+
+    members = first.get("store_members", 1)
+    rows: list[Row] = [
+        (f"{first['pods']:,} pods waiting, {first['nodes']:,} nodes, then the scheduler starts: first bind → all "
+         f"bound, 1 api-server on {members} store member(s)",
+         f"≥ {_n(target)} pods/s (#16); kube-scheduler {_n(floor)}",
+         "; ".join(rate(s) for s in stores),
+         "; ".join(f"{s}: {_yes(r[s]['pods_per_second_from_first_bind'] >= target)}" for s in stores)),
+        ("CPU per pod bound, per process (ms)", "—", "; ".join(cpu(s) for s in stores), "—"),
+        ("cores each process got meanwhile", "—", "; ".join(cores(s) for s in stores), "—"),
+        ("bind failures; Scheduled events written", "—",
+         "; ".join(f"{s}: {r[s]['bind_failures']}; {_n(r[s]['events_written'])}" for s in stores), "—"),
+    ]
+    if "decisions" in r:
+        rows.append(("decisions alone (no I/O), same run", "—", f"{_n(r['decisions']['decisions_per_second'])} pods/s",
+                     "—"))
+    if "code_measured" in r:
+        rows.append(("code measured", "—", r["code_measured"], "—"))
+    return rows
+
+
+def apiserver_ha_rows(r: dict[str, Any]) -> list[Row]:
+    """Creates/s through 3 api-servers over 3 store members, Skiff's store vs etcd."""
+    sk, et = r["skiff"], r["etcd"]
+
+    def pair(group: str) -> str:
+        a, b = sk[group], et[group]
+        return (f"{_n(a['per_second'])} vs {_n(b['per_second'])} ({a['per_second'] / b['per_second']:.2f}x etcd); "
+                f"p99 {a['p99_ms']:.0f} vs {b['p99_ms']:.0f} ms")
+
+    clients = r.get("setup", {}).get("clients", 64)
+    size = f", {sk['spread']['creates']:,} creates each" if "creates" in sk["spread"] else ""
+    return [
+        (f"creates/s, {clients} clients spread over 3 api-servers{size}", "— (#16: measured)", pair("spread"), "—"),
+        (f"creates/s, the {clients} clients on 1 of the 3", "—", pair("one"), "—"),
+    ]
+
+
 def nodeagent_rows(r: dict[str, Any]) -> list[Row]:
     target = r.get("targets", {"p99_s": 1.0, "rss_mb": 80})
     seq_ok, burst_ok = r["sequential_p99_s"] <= target["p99_s"], r["burst_p99_s"] <= target["p99_s"]
@@ -402,6 +458,9 @@ def scale_rows(r: dict[str, Any]) -> list[Row]:
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("store", "store (Skiff vs etcd, 3 members each)", store_rows),
     ("apiserver", "api-server (over 1 etcd member)", apiserver_rows),
+    ("apiserver-ha", "api-server (3 api-servers, 3 store members: Skiff's store vs etcd)", apiserver_ha_rows),
+    ("scheduler-stream", "scheduler streaming waiting pods (real api-server and store, Skiff's vs etcd)",
+     scheduler_stream_rows),
     ("scheduler-apiserver", "scheduler and controllers (a real api-server)", scheduler_rows),
     ("scheduler", "scheduler and controllers (the api-server registry in the same process)", scheduler_rows),
     ("nodeagent", "node agent (real containerd)", nodeagent_rows),

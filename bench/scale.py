@@ -182,9 +182,9 @@ def _hollow_ready(proc: Process, timeout: float) -> None:
     raise RuntimeError(f"{proc.name}: hollow nodes not ready after {timeout:.0f} s:\n{proc.log_tail()}")
 
 
-def start_store(c: Cluster) -> None:
+def start_store(c: Cluster, *, members: int = 3) -> None:
     if c.store_kind == "etcd":
-        etcd = start_etcd(c.workdir, members=3)
+        etcd = start_etcd(c.workdir, members=members)
         c._stop.append(etcd.stop)
         c.store_endpoints = [m.endpoint for m in etcd.members]
         for proc in etcd.members:
@@ -192,7 +192,7 @@ def start_store(c: Cluster) -> None:
         return
     from controlplane.store.cluster import StoreCluster
 
-    store = StoreCluster(3, base_dir=str(c.workdir / "store"))
+    store = StoreCluster(members, base_dir=str(c.workdir / "store"))
     c._stop.append(store.close)
     store.start(timeout=60)
     c.store_endpoints = store.endpoints
@@ -201,15 +201,20 @@ def start_store(c: Cluster) -> None:
         c.add(f"store-{name}", m.proc.pid)
 
 
-def start_control_plane(c: Cluster, apiservers: int) -> None:
-    start_store(c)
+def start_apiservers(c: Cluster, count: int) -> None:
+    """`count` api-servers on the store, each talking to "its" member first (as when side by side)."""
     eps = c.store_endpoints
-    for i in range(apiservers):
+    for i in range(count):
         order = eps[i % len(eps):] + eps[:i % len(eps)]
         a = start_apiserver(c.workdir, ",".join(order), name=f"apiserver{i}", timeout=120)
         c.processes.append(a)
         c.apiservers.append(a)
         c.add(a.name, a.pid)
+
+
+def start_control_plane(c: Cluster, apiservers: int) -> None:
+    start_store(c)
+    start_apiservers(c, apiservers)
     for name, module in (("controllers", "controlplane.controllers"), ("scheduler", "controlplane.scheduler")):
         # The api-servers run --insecure (deploy.loopback: plaintext, every caller the admin), so
         # their clients do too: authentication and RBAC are not part of these figures.

@@ -24,21 +24,27 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import random
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import meta
+from bench import meta, profile
+from bench.scale import Cluster, Component, start_apiservers, start_store
 from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.common.podutil import owner_reference
 from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.scheduler.framework import FitError
 from controlplane.scheduler.nodeinfo import PodInfo
-from controlplane.scheduler.scheduler import Scheduler
+from controlplane.scheduler.scheduler import Scheduler, new_recorder
 from skiff.client import Client
 from skiff.events import EventRecorder
 from skiff.guard import guard
@@ -68,11 +74,14 @@ def make_pod(i: int, owner: t.ReplicaSet) -> t.Pod:
 
 
 async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_servers: str = "",
-                          creators: int = 16, backlog: bool = False) -> dict[str, Any]:
+                          creators: int = 16, backlog: bool = False, components: Sequence[Component] = (),
+                          profile_dir: Path | None = None, profile_seconds: float = 0.0) -> dict[str, Any]:
     """Create the nodes, start a scheduler, create the pods, and time until all are bound.
 
     backlog: the pods exist before the scheduler starts (measures scheduling and binding alone,
-    not the api-server's create rate).
+    not the api-server's create rate). components: processes (api-server, store members) whose
+    CPU seconds while the scheduler works are recorded, with this process's as "scheduler".
+    profile_seconds: py-spy (bench/profile.py) samples them and this process meanwhile.
     """
     api: Any = Client(api_servers) if api_servers else InProcessApi()
     sem = asyncio.Semaphore(creators)
@@ -98,15 +107,24 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
         await asyncio.gather(*(create(p) for p in pods))
 
     factory = InformerFactory(api)
-    recorder = EventRecorder(api, "default-scheduler")
+    recorder = new_recorder(api)  # as the scheduler daemon records its events
     sched = Scheduler(api, factory, recorder=recorder, rng=random.Random(42))
+    sync_start = time.perf_counter()
     await factory.start()
-    await factory.wait_synced(60)
+    await factory.wait_synced(120)
+    synced = time.perf_counter() - sync_start
+    me = Component("scheduler", os.getpid())
+    watched = [me, *components]
+    cpu_before = {c.name: c.cpu_s() for c in watched}
+    profiling = (asyncio.ensure_future(asyncio.to_thread(_profile, watched, profile_dir, profile_seconds))
+                 if profile_dir is not None and profile_seconds > 0 else None)
     tasks = [guard(sched.run(), "bench-scheduler"), guard(recorder.run(), "bench-events")]
 
     gc.collect()
     gc.freeze()
     start = time.perf_counter()
+    first_bind = 0.0
+    polls = 0
     if backlog:
         creating = None
     elif api_servers:
@@ -122,10 +140,18 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
         if creating is not None and not created and creating.done():
             creating.result()
             created = time.perf_counter()
+        if not first_bind and sched.scheduled:
+            first_bind = time.perf_counter()
         await asyncio.sleep(0.005)
+        polls += 1
+        gone = [c.name for c in components if not _alive(c.pid)] if polls % 100 == 0 else []  # about 2/s
+        if gone:
+            raise RuntimeError(f"{', '.join(gone)} exited after {sched.scheduled}/{num_pods} pods bound")
         if time.perf_counter() - start > 900:
             raise RuntimeError(f"only {sched.scheduled}/{num_pods} pods bound after 900 s")
     done = time.perf_counter()
+    first_bind = first_bind or done
+    cpu = {c.name: c.cpu_s() - cpu_before[c.name] for c in watched}
     if creating is not None:
         await creating
         created = created or done
@@ -144,10 +170,11 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
         await asyncio.sleep(0.1)
     events = len((await api.list(t.Event, namespace="default")).items)
     await api.close()
+    profiled = await profiling if profiling is not None else None
     if sum(per_node.values()) != num_pods or "" in per_node:
         raise RuntimeError(f"after the run the api-server lists {sum(per_node.values())} pods, "
                            f"{per_node.get('', 0)} of them unbound (expected {num_pods}, all bound)")
-    return {
+    out: dict[str, Any] = {
         "nodes": num_nodes,
         "pods": num_pods,
         "create_seconds": round(created - start, 2),
@@ -157,6 +184,74 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
         "bind_failures": sched.bind_failures,
         "events_written": events,
     }
+    if backlog:
+        # The issue's figure: the first bind -> the last, with every pod waiting from the start.
+        out |= {"informer_sync_seconds": round(synced, 2),
+                "start_to_first_bind_seconds": round(first_bind - start, 3),
+                "first_bind_to_all_bound_seconds": round(done - first_bind, 2),
+                "pods_per_second_from_first_bind": round((num_pods - 1) / max(done - first_bind, 1e-9), 1),
+                # What each process spent per pod (load-independent, unlike the rate) and the share
+                # of a core it got: under load, processes get what the machine leaves them.
+                "cpu_ms_per_pod": {k: round(v * 1000 / num_pods, 2) for k, v in cpu.items()},
+                "cores": {k: round(v / (done - start), 2) for k, v in cpu.items()}}
+    if profiled is not None:
+        out["profile"] = profiled
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a child that died but was not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _profile(components: list[Component], directory: Path | None, seconds: float) -> dict[str, Any]:
+    """py-spy on each process at once for `seconds`: the top functions by self share of its samples."""
+    import concurrent.futures
+
+    assert directory is not None
+
+    def one(c: Component) -> tuple[str, Any]:
+        raw = directory / f"profile-{c.name}.txt"
+        try:
+            profile.record(c.pid, seconds, raw, rate=50)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            return c.name, {"error": str(exc)[:200]}
+        samples, rows = profile.summarize(raw.read_text().splitlines(), top=8)
+        return c.name, {"samples": samples,
+                        "top": [[r.function, round(r.self_share, 3), round(r.total_share, 3)] for r in rows]}
+
+    targets = [c for c in components if not c.name.startswith("etcd")]  # etcd is Go: py-spy cannot read it
+    with concurrent.futures.ThreadPoolExecutor(len(targets) or 1) as pool:
+        return dict(pool.map(one, targets))
+
+
+def bench_stream(store: str, num_nodes: int, num_pods: int, owners: int, *, members: int,
+                 profile_seconds: float = 0.0, keep: bool = False) -> dict[str, Any]:
+    """The issue's streaming figure on one store: a fresh store (`members` of Skiff's or etcd) and
+    one api-server as real processes, every pod created and waiting before the scheduler (in this
+    process, over gRPC) starts; first bind -> all bound."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"skiff-bench-sched-{store}-"))
+    c = Cluster(workdir, store)
+    try:
+        start_store(c, members=members)
+        start_apiservers(c, 1)
+        result = asyncio.run(bench_scheduler(num_nodes, num_pods, owners, api_servers=c.api_endpoints, creators=64,
+                                             backlog=True, components=list(c.components), profile_dir=workdir,
+                                             profile_seconds=profile_seconds))
+        c.sample()
+        result["store"] = store
+        result["store_members"] = members
+        result["peak_rss_mb"] = {comp.name: round(comp.peak_rss_mb, 1) for comp in c.components}
+        return result
+    finally:
+        c.stop()
+        if keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def bench_decisions(num_nodes: int, num_pods: int) -> dict[str, Any]:
@@ -254,8 +349,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=None,
                    help="JSON results (default bench/results/scheduler.json, or scheduler-apiserver.json "
                         "with --api-servers)")
+    p.add_argument("--stream", action="store_true",
+                   help="the streaming figure: on a fresh store and api-server (processes), every pod waiting "
+                        "before the scheduler starts, first bind -> all bound; to scheduler-stream.json")
+    p.add_argument("--store", choices=("skiff", "etcd", "both"), default="both", help="with --stream")
+    p.add_argument("--store-members", type=int, default=1, help="with --stream (default %(default)s)")
+    p.add_argument("--profile", type=float, default=0.0,
+                   help="with --stream: py-spy the api-server, the store and this process for so many seconds "
+                        "once the scheduler starts")
+    p.add_argument("--keep", action="store_true", help="with --stream: keep the processes' logs and data")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.stream:
+        return stream_main(args)
     run = meta.start("scheduler")
     backend = (f"api-server at {args.api_servers}" if args.api_servers
                else "api-server registry in this process (InProcessApi, in-memory store)")
@@ -288,6 +394,38 @@ def main(argv: list[str] | None = None) -> int:
               f"ReplicaSet status shows them after {c['create_to_replicaset_status_seconds']} s")
         print(f"results: {written}")
     if args.target and results["scheduler"]["pods_per_second"] < args.target:
+        print(f"FAIL: scheduler below target {args.target} pods/s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def stream_main(args: argparse.Namespace) -> int:
+    run = meta.start("scheduler")
+    stores = ["skiff", "etcd"] if args.store == "both" else [args.store]
+    # 2,000 decisions tell the machine's speed as well as 10,000 (minutes under load).
+    results: dict[str, Any] = {"decisions": bench_decisions(args.nodes, min(args.pods, 2000)),
+                               "target_pods_per_second": 1000,
+                               "kube_scheduler_pods_per_second": 680}
+    for store in stores:
+        results[store] = bench_stream(store, args.nodes, args.pods, args.owners, members=args.store_members,
+                                      profile_seconds=args.profile, keep=args.keep)
+    written = run.write(results, args.output or meta.RESULTS_DIR / "scheduler-stream.json")
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"scheduler decisions only: {results['decisions']['decisions_per_second']} pods/s")
+        for store in stores:
+            r = results[store]
+            print(f"{store} ({r['store_members']} member(s)) + 1 api-server: {r['pods']} waiting pods onto "
+                  f"{r['nodes']} nodes: first bind -> all bound {r['first_bind_to_all_bound_seconds']} s = "
+                  f"{r['pods_per_second_from_first_bind']} pods/s (informer sync {r['informer_sync_seconds']} s; "
+                  f"{r['events_written']} events; {r['bind_failures']} bind failures; cores {r['cores']}; "
+                  f"CPU ms per pod {r['cpu_ms_per_pod']})")
+            for name, prof in r.get("profile", {}).items():
+                print(f"  {name}: " + "; ".join(f"{f} {s:.0%}" for f, s, _ in prof.get("top", [])[:6]))
+        print(f"results: {written}")
+    worst = min(results[s]["pods_per_second_from_first_bind"] for s in stores)
+    if args.target and worst < args.target:
         print(f"FAIL: scheduler below target {args.target} pods/s", file=sys.stderr)
         return 1
     return 0

@@ -13,11 +13,15 @@ What must hold:
   counted in `dropped`), since events are advisory;
 - a spam filter limits each involved object to a burst of 25 events, then one per 5 minutes
   (Kubernetes' EventSourceObjectSpamFilter), so a 1,000-pod scale-up does not write 1,000
-  Events about its ReplicaSet.
+  Events about its ReplicaSet;
+- with `qps`, writes (creates and updates) go at most that fast after a burst of `burst`, as
+  through client-go's rate-limited event client: events pile up in the bounded pending set
+  meanwhile (merged when identical, dropped past the bound), and the caller never waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections import OrderedDict
@@ -27,6 +31,7 @@ from typing import Any, Protocol
 from skiff import errors, kinds
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp
+from skiff.ratelimit import TokenBucket
 from skiff.retry import retry_on_conflict
 from skiff.workqueue import WorkQueue, run_workers
 from skiffpb.api.v1 import types_pb2 as t
@@ -58,7 +63,8 @@ class _Pending:
 class EventRecorder:
     def __init__(self, client: ApiClient, component: str, *, host: str = "", clock: Clock | None = None,
                  max_pending: int = 4096, max_cached: int = 4096, workers: int = 4,
-                 spam_burst: int = 25, spam_refill_seconds: float = 300.0) -> None:
+                 spam_burst: int = 25, spam_refill_seconds: float = 300.0, qps: float = 0.0,
+                 burst: int = 100) -> None:
         self.client = client
         self.component = component
         self.host = host or socket.gethostname()
@@ -76,6 +82,7 @@ class EventRecorder:
         self.spam_refill_seconds = spam_refill_seconds
         # Per involved object: (tokens, when last refilled).
         self._buckets: OrderedDict[tuple[str, str, str, str], tuple[float, float]] = OrderedDict()
+        self._writes = TokenBucket.full(qps, self.clock.now(), burst=float(burst)) if qps > 0 else None
 
     def event(self, obj: Any, type_: str, reason: str, message: str, *, component: str = "") -> None:
         """Note an event about `obj` (any API object); it is written in the background."""
@@ -131,7 +138,10 @@ class EventRecorder:
             await self._write(key)
 
     async def _write(self, key: str) -> None:
-        pending = self._pending.pop(key, None)
+        if key not in self._pending:
+            return
+        await self._write_token()
+        pending = self._pending.pop(key, None)  # taken after the wait: repeats meanwhile merge into it
         if pending is None:
             return
         try:
@@ -144,6 +154,14 @@ class EventRecorder:
                 pending.last = newer.last
             self._pending[key] = pending
             raise
+
+    async def _write_token(self) -> None:
+        """Wait for the write rate (`qps`) to allow one more write."""
+        while self._writes is not None:
+            ok, self._writes = self._writes.take(self.clock.now())
+            if ok:
+                return
+            await asyncio.sleep(self._writes.wait())
 
     async def _send(self, key: str, p: _Pending) -> None:
         previous = self._written.get(key)

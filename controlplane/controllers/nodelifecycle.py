@@ -48,6 +48,7 @@ from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
 from skiff.events import NORMAL, WARNING, Recorder
 from skiff.informer import InformerFactory
+from skiff.ratelimit import TokenBucket
 from skiffpb.api.v1 import types_pb2 as t
 
 log = logging.getLogger("skiff.controllers.nodelifecycle")
@@ -165,29 +166,6 @@ def plan_zones(nodes: Iterable[tuple[str, str | None]], options: EvictionOptions
             rate = options.rate
         out[zone] = ZonePlan(state, size, unhealthy, rate)
     return out
-
-
-@dataclass(frozen=True)
-class TokenBucket:
-    """A token bucket as client-go's flowcontrol one: starts full; `rate` tokens/s up to `burst`."""
-
-    rate: float
-    tokens: float
-    last: float
-    burst: float = 1.0
-
-    @classmethod
-    def full(cls, rate: float, now: float, *, burst: float = 1.0) -> TokenBucket:
-        return cls(rate, burst, now, burst)
-
-    def take(self, now: float) -> tuple[bool, TokenBucket]:
-        """Whether a token was taken, and the bucket after."""
-        if self.rate <= 0:
-            return False, self
-        tokens = min(self.burst, self.tokens + max(now - self.last, 0.0) * self.rate)
-        if tokens >= 1.0 - 1e-9:  # sums of 0.1 s drift below 1.0 by a rounding error
-            return True, TokenBucket(self.rate, max(tokens - 1.0, 0.0), now, self.burst)
-        return False, TokenBucket(self.rate, tokens, now, self.burst)
 
 
 def no_execute_key(ready_status: str | None) -> str | None:

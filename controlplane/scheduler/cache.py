@@ -5,7 +5,8 @@ What must hold:
   (we chose a node, the binding is in flight or the watch has not shown it yet) or confirmed
   (the informer delivered it with spec.nodeName);
 - assume -> the informer shows it bound to that node: confirmed, nothing counted twice;
-  assume -> bind fails: `forget` takes it off the node again;
+  assume -> bind fails: `forget` takes it off the node again (that pod's, by uid: never a
+  newer pod of the same name assumed meanwhile);
 - finished pods (Succeeded/Failed) and deleted pods free their resources;
 - a pod may name a node the cache does not know yet (the node watch lags): it is kept on a
   placeholder and counts as soon as the node appears;
@@ -81,10 +82,12 @@ class SchedulerCache:
         self._info(node).add_pod(info)
         self._pods[info.key] = _PodState(node, info, True)
 
-    def forget(self, key: str) -> None:
-        """Undo an assumption (a failed bind). Confirmed pods are left alone."""
+    def forget(self, key: str, uid: str = "") -> None:
+        """Undo an assumption (a failed bind). Confirmed pods are left alone, and with `uid` so is
+        the assumption of another pod of the same name (binds are concurrent: the pod may have been
+        deleted, recreated and assumed again while the failed bind was in flight)."""
         st = self._pods.get(key)
-        if st is None or not st.assumed:
+        if st is None or not st.assumed or (uid and st.info.uid != uid):
             return
         self._remove(key, st)
 

@@ -45,6 +45,19 @@ log = logging.getLogger("skiff.scheduler")
 
 DEFAULT_SCHEDULER_NAME = "default-scheduler"
 COMPONENT = "default-scheduler"
+# kube-scheduler's event client: 50 writes/s after a burst of 100 (its clientConnection
+# defaults), and a queue of 1,000 events that drops when full. A burst of 10,000 binds therefore
+# writes the first Scheduled events and a steady trickle, not 10,000 Events: at one Event per
+# bind, the writes cost the scheduler as much gRPC as the binds themselves (and the api-server
+# and store a second write per pod).
+EVENT_QPS = 50.0
+EVENT_BURST = 100
+EVENT_QUEUE = 1000
+
+
+def new_recorder(client: ApiClient, *, clock: Clock | None = None) -> EventRecorder:
+    """The scheduler's event recorder, rate-limited as kube-scheduler's."""
+    return EventRecorder(client, COMPONENT, clock=clock, qps=EVENT_QPS, burst=EVENT_BURST, max_pending=EVENT_QUEUE)
 
 
 class Scheduler:
@@ -206,7 +219,7 @@ class Scheduler:
         except errors.SkiffError as exc:
             metrics.attempt("error", time.perf_counter() - started)
             self.bind_failures += 1
-            self.cache.forget(info.key)
+            self.cache.forget(info.key, info.uid)
             self.queue.move_all_to_active()  # the node we held for it is free again
             if isinstance(exc, errors.NotFoundError):
                 self.queue.delete(qp.key)
@@ -254,7 +267,7 @@ async def run(client: ApiClient, *, recorder: EventRecorder | None = None, clock
               percentage_of_nodes_to_score: int = 0) -> None:
     """Run one scheduler (one leadership term) until cancelled."""
     clock = clock or RealClock()
-    recorder = recorder or EventRecorder(client, COMPONENT, clock=clock)
+    recorder = recorder or new_recorder(client, clock=clock)
     factory = InformerFactory(client)
     scheduler = Scheduler(client, factory, recorder=recorder, clock=clock,
                           percentage_of_nodes_to_score=percentage_of_nodes_to_score)

@@ -169,3 +169,35 @@ def test_floor_rows(rows: Any, result: dict[str, Any], present: list[str], absen
         assert s in text
     for s in absent:
         assert s not in text
+
+
+def _stream(rate: float) -> dict[str, Any]:
+    return {"pods": 10000, "nodes": 1000, "store_members": 1, "pods_per_second_from_first_bind": rate,
+            "first_bind_to_all_bound_seconds": 10000 / rate, "cpu_ms_per_pod": {"scheduler": 1.5, "apiserver0": 1.0},
+            "cores": {"scheduler": 0.9}, "bind_failures": 0, "events_written": 150}
+
+
+@pytest.mark.parametrize(("results", "met", "present"), [
+    ({"skiff": _stream(1200.0), "etcd": _stream(700.0)}, "skiff: yes; etcd: no",
+     ["skiff: 1,200 pods/s", "1.76x kube-scheduler, 1.20x target", "etcd: 700 pods/s"]),
+    ({"skiff": _stream(31.1)}, "skiff: no", ["skiff: 31 pods/s", "0.05x kube-scheduler, 0.03x target",
+                                             "scheduler 1.50, apiserver0 1.00"]),
+], ids=["both-stores-one-met", "one-store-missed"])
+def test_scheduler_stream_rows_judge_the_target_per_store(results: dict[str, Any], met: str,
+                                                          present: list[str]) -> None:
+    rows = report.scheduler_stream_rows({"target_pods_per_second": 1000, "kube_scheduler_pods_per_second": 680,
+                                         **results})
+    assert rows[0][3] == met
+    text = " ".join(" ".join(r) for r in rows)
+    for p in present:
+        assert p in text
+
+
+def test_apiserver_ha_rows_compare_the_stores() -> None:
+    def run(rate: float) -> dict[str, Any]:
+        return {"per_second": rate, "p50_ms": 50.0, "p99_ms": 120.0}
+
+    rows = report.apiserver_ha_rows({"skiff": {"spread": run(300), "one": run(250)},
+                                     "etcd": {"spread": run(400), "one": run(500)}, "setup": {"clients": 64}})
+    assert rows[0][2] == "300 vs 400 (0.75x etcd); p99 120 vs 120 ms"
+    assert rows[1][2].startswith("250 vs 500 (0.50x etcd)")

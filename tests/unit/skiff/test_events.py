@@ -3,9 +3,14 @@ repeats, spam filter, bounded, conflicts."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from controlplane.apiserver.inprocess import InProcessApi
 from skiff.clock import FakeClock
 from skiff.events import NORMAL, WARNING, EventRecorder
+from skiff.ratelimit import TokenBucket
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -83,3 +88,34 @@ async def test_scoped_recorders_name_their_component(api: InProcessApi) -> None:
     await rec.flush()
     assert sorted(e.source.component for e in api.objects(t.Event)) == ["deployment-controller",
                                                                         "replicaset-controller"]
+
+
+@pytest.mark.parametrize(("qps", "burst", "pods", "max_pending", "written", "dropped", "at_least_s"), [
+    (0.0, 100, 8, 4096, 8, 0, 0.0),  # no limit: every event written
+    (40.0, 2, 8, 4096, 8, 0, 6 / 40),  # 2 at once, then one per 1/40 s
+    (40.0, 2, 8, 4, 4, 4, 2 / 40),  # the pending bound drops the rest while writes wait
+], ids=["unlimited", "limited", "limited-and-bounded"])
+async def test_write_rate_limit(api: InProcessApi, qps: float, burst: int, pods: int, max_pending: int,
+                                written: int, dropped: int, at_least_s: float) -> None:
+    rec = EventRecorder(api, "default-scheduler", qps=qps, burst=burst, max_pending=max_pending)
+    created = [await api.create(pod(f"p{i}")) for i in range(pods)]
+    start = time.monotonic()
+    for p in created:
+        rec.event(p, NORMAL, "Scheduled", f"Successfully assigned default/{p.metadata.name} to n1")
+    await rec.flush()
+    elapsed = time.monotonic() - start
+    assert api.count("create", "events") == written and rec.dropped == dropped
+    assert elapsed >= at_least_s * 0.95  # never faster than the rate allows
+
+
+@pytest.mark.parametrize(("bucket", "now", "ok", "wait_after"), [
+    (TokenBucket.full(10.0, 0.0, burst=2.0), 0.0, True, 0.0),  # one token left
+    (TokenBucket(10.0, 0.0, 0.0, 2.0), 0.0, False, 0.1),  # empty: next in 1/rate
+    (TokenBucket(10.0, 0.0, 0.0, 2.0), 0.05, False, 0.05),  # half refilled
+    (TokenBucket(10.0, 0.0, 0.0, 2.0), 0.1, True, 0.1),  # refilled one, took it
+    (TokenBucket(0.0, 5.0, 0.0, 5.0), 0.0, False, float("inf")),  # rate 0: never
+], ids=["full", "empty", "half", "refilled", "zero-rate"])
+def test_token_bucket(bucket: TokenBucket, now: float, ok: bool, wait_after: float) -> None:
+    taken, after = bucket.take(now)
+    assert taken is ok
+    assert after.wait() == pytest.approx(wait_after)

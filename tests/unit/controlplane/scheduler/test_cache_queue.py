@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from controlplane.scheduler.cache import SchedulerCache
 from controlplane.scheduler.nodeinfo import PodInfo
 from controlplane.scheduler.queue import SchedulingQueue
@@ -41,6 +43,26 @@ def test_forget_frees_the_node() -> None:
     cache.forget("default/a")
     ni = cache.nodes["n1"]
     assert (ni.req_cpu, ni.pod_count, ni.ports) == (0, 0, {})
+
+
+@pytest.mark.parametrize(("forget_uid", "still_assumed"), [
+    ("uid-old", True),  # the failed bind was the deleted pod's: the new pod keeps its node
+    ("uid-new", False),
+    ("", False),  # no uid: whatever is assumed under the name
+], ids=["other-incarnation", "same-incarnation", "any"])
+def test_forget_leaves_a_recreated_pods_assumption(forget_uid: str, still_assumed: bool) -> None:
+    cache = SchedulerCache()
+    cache.add_node(node("n1", cpu="2"))
+    old = pod("a", cpu="1")
+    old.metadata.uid = "uid-old"
+    cache.assume(PodInfo.of(old), "n1")
+    cache.remove_pod(old)  # deleted while its bind was in flight
+    new = pod("a", cpu="1")
+    new.metadata.uid = "uid-new"
+    cache.assume(PodInfo.of(new), "n1")
+    cache.forget("default/a", forget_uid)
+    assert cache.is_assumed("default/a") is still_assumed
+    assert cache.nodes["n1"].req_cpu == (1000 if still_assumed else 0)
 
 
 def test_pod_on_unknown_node_counts_when_the_node_appears() -> None:
