@@ -82,7 +82,9 @@ def store_rows(r: dict[str, Any]) -> list[Row]:
     for run in r.get("earlier_runs", []):  # the same bench run again: the spread between runs
         m, e = run["meta"], store_rows(run["results"])
         measured = {metric: value for metric, _target, value, _met in e}
-        rows.append((f"earlier run ({m['date'][:16].replace('T', ' ')}, load {m['load_before'][0]:.1f} → "
+        # An earlier run of other code says which ("before uvloop"), so its row is not read as spread.
+        label = f"earlier run, {run['label']}" if run.get("label") else "earlier run"
+        rows.append((f"{label} ({m['date'][:16].replace('T', ' ')}, load {m['load_before'][0]:.1f} → "
                      f"{m['load_after'][0]:.1f}): put; linearizable range, 64 clients (ops/s)", "—",
                      f"{measured['put throughput, 64 clients (ops/s)']}; "
                      f"{measured['linearizable range, 64 clients (ops/s)']}", "—"))

@@ -136,19 +136,23 @@ def rss_mb(pid: int) -> float:
 # ---------------------------------------------------------------- client workers (separate processes)
 
 
-def _worker(kind: str, endpoints: list[str], tasks: int, start_at: float, duration: float, wid: int,
+def _worker(kind: str, endpoints: list[str], tasks: int, start: Any, duration: float, wid: int,
             value_size: int, out: Any) -> None:
-    out.put(asyncio.run(_aworker(kind, endpoints, tasks, start_at, duration, wid, value_size)))
+    out.put(asyncio.run(_aworker(kind, endpoints, tasks, start, duration, wid, value_size, out)))
 
 
-async def _aworker(kind: str, endpoints: list[str], tasks: int, start_at: float, duration: float, wid: int,
-                   value_size: int) -> dict[str, Any]:
+async def _aworker(kind: str, endpoints: list[str], tasks: int, start: Any, duration: float, wid: int,
+                   value_size: int, out: Any) -> dict[str, Any]:
     channels = [grpc.aio.insecure_channel(ep) for ep in endpoints]
     stubs = [rpc_pb2_grpc.KVStub(ch) for ch in channels]
     value = os.urandom(value_size)
     lat: list[float] = []
     errors = 0
     await stubs[0].Range(rpc_pb2.RangeRequest(key=b"warmup"))
+    # Connected: say so, and wait for the common start time (set once every worker is here).
+    out.put("ready")
+    await asyncio.to_thread(start["go"].wait)
+    start_at = start["at"].value
 
     async def run(t: int) -> None:
         nonlocal errors
@@ -189,14 +193,20 @@ def load_run(kind: str, endpoints: list[str], clients: int, duration: float, *, 
     shared machine the throughput moves with everyone else's load, this much less."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + 3.0  # let the spawned workers import and connect
+    # The run starts once every worker has imported and connected: on a loaded machine that can
+    # take longer than any fixed head start, and a late worker would measure a shorter run.
+    start: dict[str, Any] = {"go": ctx.Event(), "at": ctx.Value("d", 0.0)}
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    ps = [ctx.Process(target=_worker, args=(kind, endpoints if clients > 1 else endpoints[:1], n, start_at,
+    ps = [ctx.Process(target=_worker, args=(kind, endpoints if clients > 1 else endpoints[:1], n, start,
                                             duration, i, value_size, out)) for i, n in enumerate(per) if n]
     for p in ps:
         p.start()
-    # CPU is counted over the whole run (connecting and warming up included: a few ms).
+    for _ in ps:
+        if out.get(timeout=120) != "ready":
+            raise RuntimeError("a load worker ended before it was ready")
     cpu0 = {n: cpu_seconds(pid) for n, pid in (pids or {}).items()}
+    start["at"].value = time.time() + 0.1
+    start["go"].set()
     results = [out.get(timeout=duration + 120) for _ in ps]
     cpu = {n: cpu_seconds(pid) - cpu0[n] for n, pid in (pids or {}).items()}
     for p in ps:

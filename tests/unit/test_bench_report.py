@@ -14,8 +14,9 @@ from bench import meta, report
 
 ROOT = Path(__file__).resolve().parents[2]
 # profile.py is a tool (py-spy summaries) and plots.py draws the pictures: not benchmarks with a result file.
+# Tools that measure for a comparison within one run and write no result file: profile, grpc_floor.
 BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py")
-                 if p.stem not in {"__init__", "meta", "report", "profile", "plots"})
+                 if p.stem not in {"__init__", "meta", "report", "profile", "plots", "grpc_floor"})
 
 
 def test_readme_table_is_the_reports_output() -> None:
@@ -127,12 +128,17 @@ def test_store_rows_judge_the_issue_16_ratios(results: dict[str, Any], put_met: 
     assert rows["serializable range, 64 clients (ops/s)"][0].startswith(f"{serializable:,.0f}")
 
 
-def test_store_rows_show_earlier_runs_for_the_spread() -> None:
+@pytest.mark.parametrize(("extra", "prefix"), [
+    ({}, "earlier run (2026-12-07 10:51, load 8.0 → 14.3)"),
+    ({"label": "before uvloop"}, "earlier run, before uvloop (2026-12-07 10:51, load 8.0 → 14.3)"),
+], ids=["same-code", "labelled-other-code"])
+def test_store_rows_show_earlier_runs_for_the_spread(extra: dict[str, str], prefix: str) -> None:
     results = _store(700.0, 500.0)
     results["earlier_runs"] = [{"meta": {"date": "2026-12-07T10:51:23Z", "load_before": [8.0, 3.0, 1.0],
-                                         "load_after": [14.3, 10.0, 5.0]}, "results": _store(1050.0, 1300.0)}]
+                                         "load_after": [14.3, 10.0, 5.0]}, "results": _store(1050.0, 1300.0),
+                                **extra}]
     rows = {metric: measured for metric, _target, measured, _met in report.store_rows(results)}
-    earlier = [m for m in rows if m.startswith("earlier run (2026-12-07 10:51, load 8.0 → 14.3)")]
+    earlier = [m for m in rows if m.startswith(prefix)]
     assert len(earlier) == 1
     assert rows[earlier[0]] == "1,050 vs 1,000 (1.05x etcd); 1,300 vs 1,000 (1.30x etcd)"
     assert rows["put throughput, 64 clients (ops/s)"].startswith("700 vs 1,000")
