@@ -11,7 +11,9 @@ controller manager's pod informer holds them, and `informer-scheduler` with the 
 transform (`bound_pod_view`). The pods are
 `realistic_pod`: what the api-server stores for a scale-scenario Deployment's pod (defaults,
 service-account volume, tolerations) once Running, about 1.2 kB encoded. docs/scale.md
-quotes the figures; run it against another checkout with PYTHONPATH to compare.
+quotes the figures; run it against another checkout with PYTHONPATH to compare. `--output
+FILE` writes them, with the machine, versions and load (bench/meta.py); there is no target
+for them in the README's table, so no result file is committed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import gc
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+from bench import meta
 from skiffpb.api.v1 import types_pb2 as t
 
 MODES = ("watchcache", "informer", "informer-scheduler")
@@ -140,10 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pods", type=int, default=10000)
     p.add_argument("--mode", choices=MODES, help="measure one mode in this process (JSON on stdout)")
+    p.add_argument("--output", type=Path, default=None, help="write the results here (with meta)")
     args = p.parse_args(argv)
     if args.mode:
         print(json.dumps(measure(args.mode, args.pods)))
         return 0
+    run = meta.start("cachemem")
+    results: dict[str, Any] = {}
     for mode in MODES:
         out = subprocess.run([sys.executable, "-m", "bench.cachemem", "--pods", str(args.pods), "--mode", mode],
                              capture_output=True, text=True)
@@ -151,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode}: failed\n{out.stderr.strip()}")
             continue
         r = json.loads(out.stdout)
+        results[mode] = r
         print(f"{mode:22s} {r['bytes_per_pod']:7d} bytes/pod ({r['pods']} pods, "
               f"encoded {r['encoded_bytes_per_pod']} B)")
+    if args.output is not None:
+        run.write(results, args.output)
     return 0
 
 
