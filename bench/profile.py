@@ -131,7 +131,7 @@ def record(pid: int, seconds: float, out: Path, *, rate: int = 100) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--pid", type=int, default=0)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--raw", type=Path, default=None, help="keep py-spy's collapsed stacks here")
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, share in split(args.split.read_text().splitlines()).items():
             print(f"{share:6.1%}  {name}")
         return 0
+    if not args.pid:
+        p.error("--pid is required (unless --split)")
     out = args.raw or Path(tempfile.mkstemp(suffix=".txt", prefix="skiff-profile-")[1])
     record(args.pid, args.seconds, out)
     samples, rows = summarize(out.read_text().splitlines(), top=args.top)
