@@ -1,6 +1,7 @@
 """Where a running Skiff process spends its time: py-spy samples, summarised per function.
 
     python -m bench.profile --pid PID [--seconds 20] [--top 25] [--raw out.txt]
+    python -m bench.profile --split out.txt     # a node agent process's time per activity
 
 Runs `py-spy record --format raw` (collapsed stacks: "frame;frame;frame COUNT" per line, the
 leaf last) against the process, then prints, per function, the share of samples in which it
@@ -73,6 +74,48 @@ def summarize(lines: Iterable[str], *, top: int = 25) -> tuple[int, list[Row]]:
     return samples, [Row(f, self_count[f] / samples, total_count[f] / samples) for f in ranked]
 
 
+# What a node agent process's time goes to (docs/scale.md, the hollow nodes' split): each
+# sample counts in the first group one of whose functions is on its stack, so the shares are
+# disjoint; gRPC frames count in the group of the agent function that made the call. The
+# fake runtime's server side comes first (it is called by the others).
+AGENT_SPLIT: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fake CRI server", ("(nodeagent/fakecri.py)",)),
+    ("Lease renewals", ("renew_lease (nodeagent/agent.py)", "_lease_loop (nodeagent/agent.py)")),
+    ("node status", ("_node_status_loop (nodeagent/agent.py)", "write_node_status (nodeagent/agent.py)",
+                     "register (nodeagent/agent.py)")),
+    ("pod status writes", ("write_status (nodeagent/worker.py)",)),
+    ("pod workers (CRI calls, plans)", ("(nodeagent/worker.py)",)),
+    ("relist (CRI polling)", ("_relist_loop (nodeagent/agent.py)", "relist_once (nodeagent/agent.py)")),
+    ("runtime status checks", ("check_runtime (nodeagent/agent.py)",)),
+    ("usage stats sampling", ("_stats_loop (nodeagent/agent.py)", "(nodeagent/stats.py)")),
+    ("informers (watch events)", ("(skiff/informer.py)",)),
+)
+
+
+def split(lines: Iterable[str], groups: Iterable[tuple[str, tuple[str, ...]]] = AGENT_SPLIT) -> dict[str, float]:
+    """Share of the samples per group (see AGENT_SPLIT), the rest as "other"; {} without samples.
+    A group's pattern matches a frame name (`frame_name`) that ends with it or starts with it."""
+    groups = list(groups)
+    counts: Counter[str] = Counter()
+    samples = 0
+    for line in lines:
+        stack, _, count_text = line.rstrip().rpartition(" ")
+        try:
+            count = int(count_text)
+        except ValueError:
+            continue
+        frames = [frame_name(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        samples += count
+        label = next((name for name, patterns in groups
+                      if any(f.endswith(p) or f.startswith(p) for f in frames for p in patterns)), "other")
+        counts[label] += count
+    if not samples:
+        return {}
+    return {name: counts[name] / samples for name in [*(g for g, _ in groups), "other"]}
+
+
 def render(samples: int, rows: list[Row]) -> str:
     out = [f"{samples} samples", f"{'self':>6} {'total':>6}  function"]
     out += [f"{r.self_share:6.1%} {r.total_share:6.1%}  {r.function}" for r in rows]
@@ -88,11 +131,19 @@ def record(pid: int, seconds: float, out: Path, *, rate: int = 100) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--pid", type=int, default=0)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--raw", type=Path, default=None, help="keep py-spy's collapsed stacks here")
+    p.add_argument("--split", type=Path, default=None, metavar="RAW",
+                   help="no recording: print the node agent split (AGENT_SPLIT) of collapsed stacks in RAW")
     args = p.parse_args(argv)
+    if args.split is not None:
+        for name, share in split(args.split.read_text().splitlines()).items():
+            print(f"{share:6.1%}  {name}")
+        return 0
+    if not args.pid:
+        p.error("--pid is required (unless --split)")
     out = args.raw or Path(tempfile.mkstemp(suffix=".txt", prefix="skiff-profile-")[1])
     record(args.pid, args.seconds, out)
     samples, rows = summarize(out.read_text().splitlines(), top=args.top)

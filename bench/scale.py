@@ -511,6 +511,28 @@ async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
     return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
+# A request that failed because the machine is loaded (deadline, overload, a member or an
+# api-server briefly away) is sent again: the scenario measures how long the cluster takes, and a
+# single timed-out create at load 20+ must not end the run (a 14:15 UTC run did).
+TRANSIENT = (errors.TimeoutError_, errors.UnavailableError, errors.TooManyRequestsError)
+
+
+async def persist(call: Any, *, deadline: float, done: tuple[type[Exception], ...] = ()) -> None:
+    """Await `call()` until it succeeds (or raises one of `done`: already done); transient
+    failures are retried after 1 s until `deadline` (time.monotonic()), then raised."""
+    while True:
+        try:
+            await call()
+            return
+        except done:
+            return
+        except TRANSIENT as exc:
+            if time.monotonic() + 1.0 >= deadline:
+                raise
+            log.warning("%s; sending it again", exc)
+            await asyncio.sleep(1.0)
+
+
 async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
                    deadline: float = float("inf"), profile_seconds: float = 0.0) -> None:
     """Fills `out` phase by phase, so a phase that times out (or the run's `deadline`, a
@@ -560,7 +582,9 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         timeout = phase("create -> all Running")
         rev0 = await asyncio.to_thread(store_revision, c.store_endpoints)
         t0 = time.monotonic()
-        await gather_limited([client.create(deployment(i, size.replicas)) for i in range(size.deployments)], 16)
+        until = t0 + timeout
+        await gather_limited([persist(lambda i=i: client.create(deployment(i, size.replicas)), deadline=until,
+                                      done=(errors.AlreadyExistsError,)) for i in range(size.deployments)], 16)
         out["create_deployments_s"] = round(time.monotonic() - t0, 2)
         if profile_seconds > 0:
             async def profiled() -> None:
@@ -587,7 +611,9 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         # 2. Services -> Endpoints with every pod of the Deployment
         timeout = phase("Services -> Endpoints")
         t1 = time.monotonic()
-        await gather_limited([client.create(service(i, size.deployments)) for i in range(size.services)], 16)
+        until = t1 + timeout
+        await gather_limited([persist(lambda i=i: client.create(service(i, size.deployments)), deadline=until,
+                                      done=(errors.AlreadyExistsError,)) for i in range(size.services)], 16)
         out["create_services_s"] = round(time.monotonic() - t1, 2)
 
         def endpoints_done() -> int:
@@ -631,17 +657,23 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         # 4. delete everything
         timeout = phase("delete all")
         t3 = time.monotonic()
-        await gather_limited([client.delete(t.Deployment, f"d{i:03d}", NAMESPACE, propagation_policy="Background")
+        until = t3 + timeout
+        await gather_limited([persist(lambda i=i: client.delete(t.Deployment, f"d{i:03d}", NAMESPACE,
+                                                                propagation_policy="Background"),
+                                      deadline=until, done=(errors.NotFoundError,))
                               for i in range(size.deployments)], 16)
-        await gather_limited([client.delete(t.Service, f"s{i:04d}", NAMESPACE) for i in range(size.services)], 16)
+        await gather_limited([persist(lambda i=i: client.delete(t.Service, f"s{i:04d}", NAMESPACE), deadline=until,
+                                      done=(errors.NotFoundError,)) for i in range(size.services)], 16)
         await wait_for("deletion", lambda: not tracker.pods.list(), timeout,
                        lambda: f"{len(tracker.pods.list())} pods left")
         out["delete_all_s"] = round(time.monotonic() - t3, 2)
         out["store_size_mb_at_end"] = store_size_mb(c.store_endpoints)
         out.pop("phase", None)
-    except (TimeoutError, Stopped) as exc:
+    except (TimeoutError, Stopped, errors.SkiffError) as exc:
         if isinstance(exc, Stopped):
             reason = str(exc)
+        elif isinstance(exc, errors.SkiffError):
+            reason = f"a request failed: {type(exc).__name__}: {exc}"
         elif time.monotonic() >= deadline - 1:
             reason = f"the run's deadline passed: {exc}"
         else:
@@ -689,7 +721,7 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace, deadline: flo
         cp = [v["peak_rss_mb"] for k, v in result["components"].items() if not k.startswith("hollow")]
         result["control_plane_rss_mb"] = round(sum(cp), 1)
         result["ok"] = True
-    except (TimeoutError, RuntimeError, Stopped) as exc:
+    except (TimeoutError, RuntimeError, Stopped, errors.SkiffError) as exc:
         result["ok"] = False
         result["error"] = str(exc)
         if "stopped" not in result:  # stopped while starting

@@ -81,7 +81,12 @@ class HollowConfig:
     relist_period: float = 10.0
     status_check_period: float = 10.0
     lease_period: float = 10.0
-    node_status_period: float = 60.0
+    # The kubelet's nodeStatusReportFrequency (5 min while its Lease is renewed): an unchanged
+    # status is re-written that often; a change is written at once (status_check_period).
+    node_status_period: float = 300.0
+    # Between two usage samples (the agent's --housekeeping-interval, 10 s on a real node): the
+    # fake runtime's usage is made up, and at 1,000 nodes 10 s is 100 CRI stats calls/s.
+    stats_period: float = 60.0
 
 
 @dataclass
@@ -112,7 +117,8 @@ class HollowNodes:
             manage_sysctls=False, host_pressure=False, pod_log_dir=os.path.join(self.socket_dir, "logs"),
             capacity=dict(c.capacity), labels={"skiff.io/hollow": "true", **c.labels},
             relist_period=c.relist_period, status_check_period=c.status_check_period,
-            lease_period=c.lease_period, node_status_period=c.node_status_period, plan=PlanConfig())
+            lease_period=c.lease_period, node_status_period=c.node_status_period, stats_period=c.stats_period,
+            plan=PlanConfig())
 
     async def _make(self, index: int) -> HollowNode:
         c = self.config
@@ -194,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relist-period", type=duration, default=10.0)
     p.add_argument("--status-check-period", type=duration, default=10.0)
     p.add_argument("--lease-period", type=duration, default=10.0)
+    p.add_argument("--node-status-period", type=duration, default=300.0,
+                   help="re-write an unchanged node status this often (the kubelet's 5 min)")
+    p.add_argument("--housekeeping-interval", type=duration, default=60.0, help="between two usage samples")
     add_verbose_flag(p)
     return p
 
@@ -204,7 +213,8 @@ def config_from_args(args: argparse.Namespace) -> HollowConfig:
                         runtime=args.runtime, socket_dir=args.socket_dir,
                         faults=Faults(start_latency=args.start_latency, fail_rate=args.fail_rate, seed=args.seed),
                         relist_period=args.relist_period, status_check_period=args.status_check_period,
-                        lease_period=args.lease_period)
+                        lease_period=args.lease_period, node_status_period=args.node_status_period,
+                        stats_period=args.housekeeping_interval)
 
 
 async def run(config: HollowConfig) -> int:

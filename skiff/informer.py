@@ -15,6 +15,11 @@ What must hold:
 - `run()` never ends on its own: an informer that stops silently would leave its component
   acting on a frozen view of the cluster;
 - cached objects are shared: callers must never mutate them (copy first);
+- a `transform` (Kubernetes' SetTransform) is applied to every listed or watched object
+  before it is cached or handed to a handler, so a component that needs a few fields of a
+  large, numerous kind (the scheduler's bound pods) holds only those: handlers and readers
+  see only transformed objects, and a component must never write back an object its
+  transform shortened (it would write the dropped fields away);
 - handlers run synchronously in the informer's task and should only enqueue keys.
 """
 
@@ -40,6 +45,7 @@ log = logging.getLogger("skiff.informer")
 M = TypeVar("M", bound=Message)
 
 Indexer = Callable[[Any], Iterable[str]]
+Transform = Callable[[Any], Any]
 
 # After a failed list or watch: 0.2 s doubling to 5 s, jittered so that every informer of a
 # cluster does not relist in the same instant after an api-server restart.
@@ -74,8 +80,10 @@ class _Handler:
 class Informer(Generic[M]):
     def __init__(self, client: ApiClient, cls: type[M], *, namespace: str = "", label_selector: str = "",
                  field_selector: str = "", resync_period: float = 0.0,
-                 indexers: Mapping[str, Indexer] | None = None, page_size: int = PAGE_SIZE) -> None:
+                 indexers: Mapping[str, Indexer] | None = None, page_size: int = PAGE_SIZE,
+                 transform: Transform | None = None) -> None:
         self.client = client
+        self.transform = transform
         self.page_size = page_size
         self.cls = cls
         self.kind = kinds.of_message(cls())
@@ -195,6 +203,8 @@ class Informer(Generic[M]):
         if event_type == "BOOKMARK":
             self.resource_version = obj.metadata.resource_version  # type: ignore[attr-defined]
             return
+        if self.transform is not None:
+            obj = self.transform(obj)
         if event_type == "DELETED":
             self._remove(obj)
             self._emit_delete(obj)
@@ -218,7 +228,7 @@ class Informer(Generic[M]):
             page = await self.client.list(self.cls, namespace=self.namespace, label_selector=self.label_selector,
                                           field_selector=self.field_selector, limit=self.page_size,
                                           continue_token=token)
-            items.extend(page.items)
+            items.extend(page.items if self.transform is None else map(self.transform, page.items))
             token = page.continue_token
             if not token:
                 return items, page.resource_version
@@ -292,9 +302,13 @@ class Informer(Generic[M]):
 class InformerFactory:
     """One shared informer per (kind, namespace, selectors), so controllers share caches."""
 
-    def __init__(self, client: ApiClient, *, resync_period: float = 0.0) -> None:
+    def __init__(self, client: ApiClient, *, resync_period: float = 0.0,
+                 transforms: Mapping[type[Message], Transform] | None = None) -> None:
+        """`transforms`: per message class, the transform of that kind's informers (one per
+        process, since they are shared by every user of the factory)."""
         self.client = client
         self.resync_period = resync_period
+        self.transforms = dict(transforms or {})
         self._informers: dict[tuple[str, str, str, str], Informer[Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -303,7 +317,8 @@ class InformerFactory:
         key = (cls.DESCRIPTOR.full_name, namespace, label_selector, field_selector)
         if key not in self._informers:
             self._informers[key] = Informer(self.client, cls, namespace=namespace, label_selector=label_selector,
-                                            field_selector=field_selector, resync_period=self.resync_period)
+                                            field_selector=field_selector, resync_period=self.resync_period,
+                                            transform=self.transforms.get(cls))
         informer: Informer[M] = self._informers[key]
         return informer
 

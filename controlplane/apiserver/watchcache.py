@@ -1,8 +1,8 @@
 """The watch cache: one store watch per resource, fanned out to every client watch.
 
 Like the Kubernetes cacher: each resource has one `WatchCache` that lists the resource's
-keys once, then follows one store watch, keeping (a) the current objects, decoded, and
-(b) a ring of the most recent events. Client watches register a `Watcher` with a filter;
+keys once, then follows one store watch, keeping (a) the current objects and (b) a ring of the
+most recent events. Client watches register a `Watcher` with a filter;
 every event is offered to the watchers that may care (pods are indexed by spec.nodeName,
 so a node agent's watch costs nothing for other nodes' pods).
 
@@ -30,6 +30,13 @@ What must hold:
   non-zero (`skiff.guard.fatal`) for its supervisor to restart it.
 - A store event becomes a watch event in one place, `watch_event`: the cache and the
   api-server's direct store watches (older than the cache window) give the same events.
+- Objects are held as the store's value bytes with their mod_revision (`ObjectMap`), not
+  decoded: a decoded protobuf costs about 8x its encoding (a 1.2 kB Pod is ~9.6 kB decoded,
+  docs/scale.md), and at 30,000 pods that difference is most of an api-server's memory. Every
+  read decodes its own copy (callers may change it). An event in the ring shares those bytes
+  with the map (no second copy) and drops its decoded objects once it has been offered to the
+  live watchers; a replay decodes them again. Pods are indexed by spec.nodeName, so a node's
+  list decodes only that node's pods.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
@@ -100,50 +107,164 @@ class TooOldForCache(Exception):
         self.window_start = window_start
 
 
+# A stored object: the store's value bytes and the revision they were written at.
+Stored = tuple[bytes, int]
+
+
+class ObjectMap:
+    """key → stored object; reads decode (see the module docstring). Pods are indexed by node."""
+
+    def __init__(self, kind: kinds.Kind) -> None:
+        self.kind = kind
+        self._stored: dict[str, Stored] = {}
+        self._index_nodes = kind.resource == "pods"
+        self._node_of: dict[str, str] = {}
+        self._by_node: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._stored
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stored)
+
+    def keys(self) -> Iterable[str]:
+        return self._stored.keys()
+
+    def raw(self, key: str) -> Stored | None:
+        return self._stored.get(key)
+
+    def get(self, key: str) -> Message | None:
+        stored = self._stored.get(key)
+        return None if stored is None else decode(self.kind, stored[0], stored[1], key)
+
+    def values(self) -> Iterator[Message]:
+        for key, (value, revision) in list(self._stored.items()):
+            yield decode(self.kind, value, revision, key)
+
+    def items(self) -> Iterator[tuple[str, Message]]:
+        for key, (value, revision) in list(self._stored.items()):
+            yield key, decode(self.kind, value, revision, key)
+
+    def keys_on_node(self, node: str) -> Iterable[str]:
+        """Keys of the pods whose spec.nodeName is `node` (pods only)."""
+        return self._by_node.get(node, ())
+
+    def put(self, key: str, stored: Stored, obj: Message) -> None:
+        """Store `stored`, whose decoded form is `obj` (used only for the node index)."""
+        self._stored[key] = stored
+        if self._index_nodes:
+            self._unindex(key)
+            node = obj.spec.node_name  # type: ignore[attr-defined]
+            self._node_of[key] = node
+            self._by_node.setdefault(node, set()).add(key)
+
+    def pop(self, key: str) -> None:
+        self._stored.pop(key, None)
+        if self._index_nodes:
+            self._unindex(key)
+
+    def _unindex(self, key: str) -> None:
+        node = self._node_of.pop(key, None)
+        if node is not None:
+            keys = self._by_node[node]
+            keys.discard(key)
+            if not keys:
+                del self._by_node[node]
+
+
 class CachedEvent:
-    """One change, decoded once; its encodings are made once and shared by all watchers."""
+    """One change; its encodings are made once and shared by all watchers.
 
-    __slots__ = ("_encoded", "key", "obj", "prev", "revision", "type")
+    `obj` and `prev` are decoded objects; an event built from stored bytes (`stored`,
+    `prev_stored`) decodes them on first use and forgets them at `release()`, keeping only the
+    bytes, which the watch cache's map shares.
+    """
 
-    def __init__(self, type_: str, key: str, obj: Message, prev: Message | None, revision: int) -> None:
+    __slots__ = ("_encoded", "_kind", "_obj", "_prev", "_prev_stored", "_stored", "key", "revision", "type")
+
+    def __init__(self, type_: str, key: str, obj: Message | None, prev: Message | None, revision: int, *,
+                 kind: kinds.Kind | None = None, stored: Stored | None = None,
+                 prev_stored: Stored | None = None) -> None:
+        assert obj is not None or (kind is not None and stored is not None)
         self.type = type_
         self.key = key
-        self.obj = obj  # after the change; for DELETED the last state, at the delete's revision
-        self.prev = prev
+        self._obj = obj  # after the change; for DELETED the last state, at the delete's revision
+        self._prev = prev
+        self._kind = kind
+        self._stored = stored
+        self._prev_stored = prev_stored
         self.revision = revision
         self._encoded: dict[str, bytes] = {}
+
+    @property
+    def obj(self) -> Message:
+        if self._obj is not None:
+            return self._obj
+        assert self._kind is not None and self._stored is not None
+        self._obj = decode(self._kind, self._stored[0], self._stored[1], self.key)
+        return self._obj
+
+    @property
+    def prev(self) -> Message | None:
+        if self._prev is None and self._prev_stored is not None:
+            assert self._kind is not None
+            self._prev = decode(self._kind, self._prev_stored[0], self._prev_stored[1], self.key)
+        return self._prev
+
+    @property
+    def has_prev(self) -> bool:
+        return self._prev is not None or self._prev_stored is not None
+
+    def release(self) -> None:
+        """Forget the decoded objects that can be decoded again from the stored bytes."""
+        if self._stored is not None:
+            self._obj = None
+        if self._prev_stored is not None:
+            self._prev = None
 
     def encoded(self, as_type: str) -> bytes:
         data = self._encoded.get(as_type)
         if data is None:
             if as_type == DELETED and self.type != DELETED:
-                assert self.prev is not None
-                data = encode_event(DELETED, with_revision(self.prev, self.revision))  # left the filter
+                prev = self.prev
+                assert prev is not None
+                data = encode_event(DELETED, with_revision(prev, self.revision))  # left the filter
             else:
                 data = encode_event(as_type, self.obj)
             self._encoded[as_type] = data
         return data
 
 
-def watch_event(kind: kinds.Kind, ev: Event, prev: Message | None) -> CachedEvent | None:
-    """The watch event for store event `ev`, given the object before it (None: there was none).
+def watch_event(kind: kinds.Kind, ev: Event, prev: Message | None, *,
+                prev_stored: Stored | None = None) -> CachedEvent | None:
+    """The watch event for store event `ev`, given the object before it (None: there was none),
+    decoded (`prev`) or as stored bytes (`prev_stored`).
 
     A PUT is ADDED, or MODIFIED when there was an object; a DELETE is DELETED carrying the
     last state at the delete's revision, or no event when there was nothing to delete.
     Raises StoreError when the stored value does not decode as a `kind`.
     """
+    had = prev is not None or prev_stored is not None
     if ev.type == "PUT":
         obj = decode(kind, ev.value, ev.revision, ev.key)
-        return CachedEvent(MODIFIED if prev is not None else ADDED, ev.key, obj, prev, ev.revision)
-    if prev is None:
+        return CachedEvent(MODIFIED if had else ADDED, ev.key, obj, prev, ev.revision, kind=kind,
+                           stored=(ev.value, ev.revision), prev_stored=prev_stored)
+    if not had:
         return None
+    if prev_stored is not None:
+        return CachedEvent(DELETED, ev.key, None, prev, ev.revision, kind=kind,
+                           stored=(prev_stored[0], ev.revision), prev_stored=prev_stored)
+    assert prev is not None
     return CachedEvent(DELETED, ev.key, with_revision(prev, ev.revision), prev, ev.revision)
 
 
 def translate(filt: Filter, ev: CachedEvent) -> str | None:
     """The event type a watcher with `filt` sees for `ev`, or None (Kubernetes' rules)."""
     now = ev.type != DELETED and filt.matches(ev.obj)
-    before = ev.prev is not None and filt.matches(ev.prev)
+    before = ev.has_prev and filt.matches(ev.prev)  # type: ignore[arg-type]
     if now:
         return MODIFIED if before else ADDED
     return DELETED if before else None
@@ -236,7 +357,7 @@ class WatchCache:
         self.watcher_bytes = watcher_bytes
         self.bookmark_interval = bookmark_interval
         self.page_size = page_size
-        self.objects: dict[str, Message] = {}
+        self.objects = ObjectMap(kind)
         self.events: deque[CachedEvent] = deque()
         self.revision = 0
         self.window_start = 0
@@ -295,7 +416,7 @@ class WatchCache:
         self.revision = 0
 
     async def _list(self) -> None:
-        objects: dict[str, Message] = {}
+        objects = ObjectMap(self.kind)
         revision = 0
         start = ""
         while True:
@@ -303,7 +424,8 @@ class WatchCache:
             revision = page.revision
             for kv in page.kvs:
                 try:
-                    objects[kv.key] = decode(self.kind, kv.value, kv.mod_revision, kv.key)
+                    objects.put(kv.key, (kv.value, kv.mod_revision),
+                                decode(self.kind, kv.value, kv.mod_revision, kv.key))
                 except StoreError as exc:
                     log.error("%s", exc)
             if not page.more or not page.kvs:
@@ -336,29 +458,30 @@ class WatchCache:
 
     def _apply(self, ev: Event) -> None:
         try:
-            cached = watch_event(self.kind, ev, self.objects.get(ev.key))
+            cached = watch_event(self.kind, ev, None, prev_stored=self.objects.raw(ev.key))
         except StoreError as exc:
             log.error("%s", exc)
             return
         if cached is None:
             return
         if cached.type == DELETED:
-            del self.objects[ev.key]
+            self.objects.pop(ev.key)
         else:
-            self.objects[ev.key] = cached.obj
+            self.objects.put(ev.key, (ev.value, ev.revision), cached.obj)
         if len(self.events) >= self.capacity:
             self.window_start = self.events.popleft().revision
         self.events.append(cached)
         for w in self._targets(cached):
             w.offer(cached)
+        cached.release()
 
     def _targets(self, ev: CachedEvent) -> Iterable[Watcher]:
         if not self._by_node:
             return list(self._all)
         out = list(self._all)
         nodes = {ev.obj.spec.node_name}  # type: ignore[attr-defined]
-        if ev.prev is not None:
-            nodes.add(ev.prev.spec.node_name)  # type: ignore[attr-defined]
+        if ev.has_prev:
+            nodes.add(ev.prev.spec.node_name)  # type: ignore[union-attr]
         for node in nodes:
             out.extend(self._by_node.get(node, ()))
         return out
@@ -418,8 +541,14 @@ class WatchCache:
     def snapshot(self, filt: Filter) -> list[Message]:
         """The cached objects matching `filt`, in key order (no await: one consistent state)."""
         prefix = registry_prefix(self.kind, filt.namespace)
-        return [obj for key, obj in sorted(self.objects.items())
-                if key.startswith(prefix) and filt.matches(obj)]
+        node = filt.node_name if self.kind.resource == "pods" else None
+        keys = self.objects.keys() if node is None else self.objects.keys_on_node(node)
+        out: list[Message] = []
+        for key in sorted(k for k in keys if k.startswith(prefix)):
+            obj = self.objects.get(key)
+            if obj is not None and filt.matches(obj):
+                out.append(obj)
+        return out
 
     def register(self, filt: Filter, *, start_revision: int | None, allow_bookmarks: bool,
                  initial: bool = False) -> tuple[Watcher, list[Message]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.profile import frame_name, summarize
+from bench.profile import frame_name, split, summarize
 
 
 @pytest.mark.parametrize(("frame", "name"), [
@@ -43,3 +43,28 @@ def test_summarize_recursion_counts_once_in_total() -> None:
 
 def test_summarize_empty() -> None:
     assert summarize([]) == (0, [])
+
+
+SPLIT_STACKS = [
+    "run (a.py:1);_lease_loop (nodeagent/agent.py:540);renew_lease (nodeagent/agent.py:519);"
+    "_invoke (grpc/aio/_call.py:9) 2",
+    "run (a.py:1);run (nodeagent/worker.py:280);write_status (nodeagent/worker.py:560) 3",
+    "run (a.py:1);run (nodeagent/worker.py:280);apply (nodeagent/worker.py:400) 1",
+    "_run (asyncio/events.py:80);RunPodSandbox (nodeagent/fakecri.py:50);run (nodeagent/worker.py:1) 1",
+    "_run (asyncio/events.py:80);relist_once (nodeagent/agent.py:370) 2",
+    "_run (asyncio/events.py:80);select (stdlib/selectors.py:1) 1",
+]
+
+
+@pytest.mark.parametrize(("group", "share"), [
+    ("Lease renewals", 0.2), ("pod status writes", 0.3), ("pod workers (CRI calls, plans)", 0.1),
+    ("fake CRI server", 0.1), ("relist (CRI polling)", 0.2), ("other", 0.1), ("node status", 0.0),
+], ids=["lease", "status-writes-before-workers", "workers", "server-side-first", "relist", "other", "absent"])
+def test_agent_split_counts_each_sample_once(group: str, share: float) -> None:
+    got = split(SPLIT_STACKS)
+    assert round(got[group], 3) == share
+    assert round(sum(got.values()), 6) == 1.0
+
+
+def test_agent_split_empty() -> None:
+    assert split(["", "garbage"]) == {}

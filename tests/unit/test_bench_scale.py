@@ -23,3 +23,36 @@ def test_timeline_is_small_for_many_pods() -> None:
     assert len(got["t_s"]) == len(got["running"]) == 200
     assert got["running"][-1] == 30_000.0
     assert got["running"] == sorted(got["running"])
+
+
+@pytest.mark.parametrize(("failures", "budget", "outcome"), [
+    ([], 60.0, "ok"),
+    ([scale.errors.TimeoutError_("deadline")], 60.0, "ok"),
+    ([scale.errors.UnavailableError("away"), scale.errors.TooManyRequestsError("busy")], 60.0, "ok"),
+    ([scale.errors.AlreadyExistsError("there")], 60.0, "ok"),
+    ([scale.errors.TimeoutError_("deadline")], 0.5, "TimeoutError_"),
+    ([scale.errors.InvalidError("bad")], 60.0, "InvalidError"),
+], ids=["first-try", "timeout-sent-again", "unavailable-and-overload-sent-again", "already-done",
+        "past-the-deadline-raises", "not-transient-raises"])
+async def test_persist_sends_transient_failures_again(failures: list[Exception], budget: float, outcome: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_sleep(_: float) -> None:
+        return None
+
+    monkeypatch.setattr(scale.asyncio, "sleep", no_sleep)
+    calls: list[int] = []
+
+    async def call() -> None:
+        calls.append(1)
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
+
+    deadline = scale.time.monotonic() + budget
+    try:
+        await scale.persist(call, deadline=deadline, done=(scale.errors.AlreadyExistsError,))
+        got = "ok"
+    except scale.errors.SkiffError as exc:
+        got = type(exc).__name__
+    assert got == outcome
+    retried = outcome == "ok" and failures and not isinstance(failures[0], scale.errors.AlreadyExistsError)
+    assert len(calls) == (len(failures) + 1 if retried else 1)

@@ -593,7 +593,9 @@ async def test_writes_on_a_stale_cache_copy_are_decided_by_the_store(registry: R
             raise AssertionError("the watch cache never followed the deletion of pod w")
     else:
         await _cached(registry, fresh.metadata.resource_version)  # followed: nothing will overwrite the stale copy
-    registry.caches["pods"].objects[POD_KEY] = stale  # the cache lagging behind the store
+    # the cache lagging behind the store
+    registry.caches["pods"].objects.put(POD_KEY, (stale.SerializeToString(), int(stale.metadata.resource_version)),
+                                        stale)
     if case.error is not None:
         with pytest.raises(case.error):
             await case.act(registry, stale, fresh)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,18 @@ async def test_start_latency_delays_sandbox_and_start_only() -> None:
     await fake.start_container(cid)
     assert time.monotonic() - began >= 0.05
     assert fake.containers[cid].state == cri.CONTAINER_RUNNING
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], {"relist_period": 10.0, "status_check_period": 10.0, "lease_period": 10.0, "node_status_period": 300.0,
+          "stats_period": 60.0}),
+    (["--node-status-period", "1m", "--housekeeping-interval", "10s", "--lease-period", "5s"],
+     {"lease_period": 5.0, "node_status_period": 60.0, "stats_period": 10.0}),
+], ids=["kubelet-report-frequency-by-default", "flags-reach-the-agents"])
+def test_hollow_periods_reach_each_agents_config(flags: list[str], expected: dict[str, float],
+                                                 tmp_path: Path) -> None:
+    from nodeagent.hollow import HollowNodes, build_parser, config_from_args
+    config = config_from_args(build_parser().parse_args(["--api-servers", "127.0.0.1:1",
+                                                         "--socket-dir", str(tmp_path), *flags]))
+    agent = HollowNodes(config)._agent_config("hollow-00000", 0)
+    assert {k: getattr(agent, k) for k in expected} == expected

@@ -186,3 +186,34 @@ async def test_relisting_after_gone_backs_off() -> None:
         task.cancel()
         # 0.2 + 0.4 + 0.8 s between relists (plus jitter): at most 4 lists, where a hot loop makes hundreds.
         assert 2 <= len(api.pages) <= 4, api.pages
+
+
+def _label_only(p: t.Pod) -> t.Pod:
+    out = t.Pod()
+    out.metadata.CopyFrom(p.metadata)
+    out.spec.node_name = p.spec.node_name
+    return out
+
+
+@pytest.mark.parametrize("listed_first", [True, False], ids=["from-the-list", "from-the-watch"])
+async def test_factory_transform_applies_to_cache_and_handlers(api: InProcessApi, listed_first: bool) -> None:
+    """A factory's transform shapes what is cached and what handlers see, whether the object came
+    from the list or the watch; other kinds are untouched."""
+    if listed_first:
+        await api.create(pod("a", node="n1"))
+    factory = InformerFactory(api, transforms={t.Pod: _label_only})
+    informer = factory.informer(t.Pod)
+    seen: list[t.Pod] = []
+    informer.add_handler(on_add=seen.append, on_update=lambda old, new: seen.append(new))
+    assert factory.informer(t.Namespace).transform is None
+    await factory.start()
+    try:
+        await factory.wait_synced(2)
+        if not listed_first:
+            await api.create(pod("a", node="n1"))
+        await eventually(lambda: informer.get("a", "default") is not None)
+        cached = informer.get("a", "default")
+        assert cached is not None and cached.spec.node_name == "n1" and not cached.spec.containers
+        assert [len(p.spec.containers) for p in seen] == [0]
+    finally:
+        await factory.stop()

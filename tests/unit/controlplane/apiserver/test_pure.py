@@ -12,8 +12,10 @@ from google.protobuf.message import Message
 from controlplane.apiserver import strategy
 from controlplane.apiserver.allocator import Allocator, allocation_keys, parse_port_range
 from controlplane.apiserver.defaults import apply_defaults, default_tolerations, image_pull_policy
+from controlplane.apiserver.filters import make_filter
+from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.storage import Event, StoreError, prefix_end
-from controlplane.apiserver.watchcache import watch_event
+from controlplane.apiserver.watchcache import WatchCache, watch_event
 from skiff import errors, kinds
 from skiffpb.api.v1 import types_pb2 as t
 from tests.support.builders import deployment, pod, service
@@ -257,3 +259,57 @@ def test_watch_event_refuses_a_value_that_is_not_the_kind() -> None:
     assert kind is not None
     with pytest.raises(StoreError, match="/registry/pods/default/x"):
         watch_event(kind, Event("PUT", "/registry/pods/default/x", b"\xff\xff\xff", None, 2), None)
+
+
+def _on_node(name: str, node: str) -> bytes:
+    p = pod(name)
+    p.spec.node_name = node
+    return p.SerializeToString()
+
+
+@dataclass(frozen=True)
+class CacheNodeCase:
+    id: str
+    events: tuple[Event, ...]
+    node: str
+    expected: tuple[str, ...]  # names the node's list holds
+
+
+_A, _B = "/registry/pods/default/a", "/registry/pods/default/b"
+CACHE_NODE_CASES = [
+    CacheNodeCase("created-on-a-node", (Event("PUT", _A, _on_node("a", "n1"), None, 2),), "n1", ("a",)),
+    CacheNodeCase("pending-is-on-no-node", (Event("PUT", _A, _on_node("a", ""), None, 2),), "", ("a",)),
+    CacheNodeCase("bound-leaves-the-unassigned", (Event("PUT", _A, _on_node("a", ""), None, 2),
+                                                  Event("PUT", _A, _on_node("a", "n1"), None, 3)), "", ()),
+    CacheNodeCase("bound-joins-its-node", (Event("PUT", _A, _on_node("a", ""), None, 2),
+                                           Event("PUT", _A, _on_node("a", "n1"), None, 3)), "n1", ("a",)),
+    CacheNodeCase("deleted-leaves-its-node", (Event("PUT", _A, _on_node("a", "n1"), None, 2),
+                                              Event("PUT", _B, _on_node("b", "n1"), None, 3),
+                                              Event("DELETE", _A, b"", None, 4)), "n1", ("b",)),
+    CacheNodeCase("other-nodes-pods-not-listed", (Event("PUT", _A, _on_node("a", "n1"), None, 2),
+                                                  Event("PUT", _B, _on_node("b", "n2"), None, 3)), "n2", ("b",)),
+]
+
+
+@pytest.mark.parametrize("case", CACHE_NODE_CASES, ids=[c.id for c in CACHE_NODE_CASES])
+def test_watch_cache_lists_a_nodes_pods_from_its_index(case: CacheNodeCase) -> None:
+    """The watch cache keeps pods as stored bytes, indexed by node: a spec.nodeName list gives
+    exactly that node's pods, decoded, at their revisions; the ring keeps no decoded object."""
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    cache = WatchCache(MemoryStore(), kind)
+    for ev in case.events:
+        cache._apply(ev)
+    got = cache.snapshot(make_filter(kind, field_selector=f"spec.nodeName={case.node}"))
+    assert tuple(p.metadata.name for p in got) == case.expected  # type: ignore[attr-defined]
+    for p in got:
+        key = f"/registry/pods/default/{p.metadata.name}"  # type: ignore[attr-defined]
+        stored = cache.objects.raw(key)
+        assert stored is not None and p.metadata.resource_version == str(stored[1])  # type: ignore[attr-defined]
+    for ev in cache.events:
+        assert ev._obj is None and ev._prev is None  # released once offered
+        if ev.type != "DELETED" and ev.key in cache.objects and ev.revision == cache.objects.raw(ev.key)[1]:  # type: ignore[index]
+            assert ev._stored is not None and ev._stored[0] is cache.objects.raw(ev.key)[0]  # type: ignore[index]
+    # A released event decodes again on demand, as it was.
+    last = cache.events[-1]
+    assert last.obj.metadata.resource_version == str(last.revision)  # type: ignore[attr-defined]

@@ -156,3 +156,31 @@ async def test_run_loop_binds_everything(cluster: Cluster) -> None:
         task.cancel()
     assert all(placement(cluster).values())
     assert max(Counter(placement(cluster).values()).values()) <= 12
+
+
+def _full_pod(node_name: str, phase: str) -> t.Pod:
+    from bench.cachemem import realistic_pod
+    p = realistic_pod(7)
+    p.spec.node_name = node_name
+    p.spec.containers[0].ports[0].host_port = 8080
+    p.spec.node_selector["disk"] = "ssd"
+    p.status.phase = phase
+    return p
+
+
+@pytest.mark.parametrize("node_name,phase", [("", "Pending"), ("n1", "Running"), ("n1", "Succeeded")],
+                         ids=["pending-kept-whole", "bound-running", "bound-terminal"])
+def test_bound_pod_view_keeps_what_the_scheduler_reads(node_name: str, phase: str) -> None:
+    from controlplane.scheduler.nodeinfo import PodInfo
+    from controlplane.scheduler.scheduler import bound_pod_view
+    original = _full_pod(node_name, phase)
+    view = bound_pod_view(_full_pod(node_name, phase))
+    if not node_name:
+        assert view == original
+        return
+    assert view.metadata == original.metadata and view.status == t.PodStatus(phase=phase)
+    assert not view.spec.volumes and not view.spec.containers[0].volume_mounts
+    assert view.ByteSize() < original.ByteSize() / 2
+    fields = ("key", "uid", "cpu", "mem", "nz_cpu", "nz_mem", "host_ports", "node_selector", "tolerations",
+              "owner_uid", "created")
+    assert [getattr(PodInfo.of(view), f) for f in fields] == [getattr(PodInfo.of(original), f) for f in fields]
