@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,23 +47,25 @@ def frame_name(frame: str) -> str:
     return f"{m.group('func')} ({path})"
 
 
-def summarize(lines: Iterable[str], *, top: int = 25) -> tuple[int, list[Row]]:
-    """(samples, the `top` functions by self share, then total share)."""
-    self_count: Counter[str] = Counter()
-    total_count: Counter[str] = Counter()
-    samples = 0
+def stacks(lines: Iterable[str]) -> Iterator[tuple[list[str], int]]:
+    """(frame names, root first; sample count) per collapsed-stack line; unreadable lines skipped."""
     for line in lines:
-        line = line.rstrip()
-        if not line:
-            continue
-        stack, _, count_text = line.rpartition(" ")
+        stack, _, count_text = line.rstrip().rpartition(" ")
         try:
             count = int(count_text)
         except ValueError:
             continue
         frames = [frame_name(f) for f in stack.split(";") if f]
-        if not frames:
-            continue
+        if frames:
+            yield frames, count
+
+
+def summarize(lines: Iterable[str], *, top: int = 25) -> tuple[int, list[Row]]:
+    """(samples, the `top` functions by self share, then total share)."""
+    self_count: Counter[str] = Counter()
+    total_count: Counter[str] = Counter()
+    samples = 0
+    for frames, count in stacks(lines):
         samples += count
         self_count[frames[-1]] += count
         for name in set(frames):
@@ -98,15 +100,7 @@ def split(lines: Iterable[str], groups: Iterable[tuple[str, tuple[str, ...]]] = 
     groups = list(groups)
     counts: Counter[str] = Counter()
     samples = 0
-    for line in lines:
-        stack, _, count_text = line.rstrip().rpartition(" ")
-        try:
-            count = int(count_text)
-        except ValueError:
-            continue
-        frames = [frame_name(f) for f in stack.split(";") if f]
-        if not frames:
-            continue
+    for frames, count in stacks(lines):
         samples += count
         label = next((name for name, patterns in groups
                       if any(f.endswith(p) or f.startswith(p) for f in frames for p in patterns)), "other")
