@@ -42,7 +42,7 @@ from netproxy.iptables.layout import (
     base_ruleset,
     comment,
 )
-from netproxy.iptables.ruleset import ChainKey, Changes, Ruleset, count_rules, stale_chains
+from netproxy.iptables.ruleset import ChainEdit, ChainKey, Changes, Ruleset, count_rules, stale_chains
 from netproxy.model import Endpoint, ServicePort, ext_chain, sep_chain, service_ports, svc_chain, svl_chain
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -232,7 +232,6 @@ class RulesetBuilder:
         large = large_cluster(sps, self.config)
         if previous is None or large != self._large:
             return self._rebuild(sps, large), None
-        base = previous.frozen()
         # By identity, in C (map/zip, no __hash__ call per port): unchanged service ports are the
         # very objects of the last build (ServicePortTable keeps them), and an equal new object
         # only costs a re-render. Ids are not reused while _by_id holds the old objects.
@@ -244,31 +243,21 @@ class RulesetBuilder:
             frag = fragment(current[i], self.config, large=large)
             self._by_id[i] = (current[i], frag)
             added.append(frag)
-        chains = dict(base)
-        counts = previous.rule_count()
-        keys: set[ChainKey] = set()
-
-        def put(key: ChainKey, rules: tuple[str, ...] | None) -> None:
-            old = chains.pop(key, None) if rules is None else chains.get(key)
-            counts[key[0]] += (len(rules) if rules is not None else 0) - (len(old) if old is not None else 0)
-            if rules is not None:
-                chains[key] = rules
-            keys.add(key)
-
+        edit = ChainEdit(previous)
         for frag in removed:
             for chain, _ in frag.chains:
-                put(("nat", chain), None)
+                edit.put(("nat", chain), None)
         for frag in added:
             for chain, own in frag.chains:
-                put(("nat", chain), own)
+                edit.put(("nat", chain), own)
         # A service port's rules in the shared chains name it: equal multisets of them mean the
         # shared chains are unchanged (an endpoint change); otherwise they are joined again.
         if Counter(map(_top_rules, removed)) != Counter(map(_top_rules, added)):
             for key, joined in _top_chains((self._by_id[id(sp)][1] for sp in sps), self.config).items():
-                put(key, tuple(joined))
-        built = Ruleset.sealed(chains, counts)
+                edit.put(key, tuple(joined))
+        built, changes = edit.seal()
         self._sps, self._built = sps, built
-        return built, Changes(base, frozenset(keys))
+        return built, changes
 
     def _rebuild(self, sps: Collection[ServicePort], large: bool) -> Ruleset:
         frags: dict[ServicePort, Fragment] = {}

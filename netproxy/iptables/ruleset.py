@@ -85,6 +85,43 @@ class Changes:
     keys: frozenset[ChainKey]
 
 
+class ChainEdit:
+    """The next build made from the previous one by replacing a few chains, with its Changes.
+
+    What must hold: `seal()` gives a ruleset whose chains are the previous build's with every
+    `put` applied (rule counts kept current without a walk over every chain), and — when there
+    was a previous build — `Changes` whose keys name every chain put with rules different from
+    the previous build's; chains put equal keep the previous build's very tuples, so the writer
+    tells them unchanged by identity. Both incremental builders (the proxy's and NetworkPolicy's)
+    make their rulesets this way: one concept, one place.
+    """
+
+    def __init__(self, previous: Ruleset | None) -> None:
+        self.previous = previous
+        self.base: Mapping[ChainKey, tuple[str, ...]] = previous.frozen() if previous is not None else {}
+        self.chains: dict[ChainKey, tuple[str, ...]] = dict(self.base)
+        self.counts = previous.rule_count() if previous is not None else dict.fromkeys(TABLES, 0)
+        self.keys: set[ChainKey] = set()
+
+    def put(self, key: ChainKey, rules: tuple[str, ...] | None) -> None:
+        """Make chain `key` hold `rules` (None: no such chain)."""
+        old = self.chains.get(key)
+        if old is rules or (old is not None and rules is not None and old == rules):
+            return
+        if rules is None:
+            del self.chains[key]
+        else:
+            self.chains[key] = rules
+        self.counts[key[0]] = (self.counts.get(key[0], 0) + (len(rules) if rules is not None else 0)
+                               - (len(old) if old is not None else 0))
+        self.keys.add(key)
+
+    def seal(self) -> tuple[Ruleset, Changes | None]:
+        """The new ruleset, and what changed since the previous one (None: there was none)."""
+        rs = Ruleset.sealed(self.chains, self.counts)
+        return rs, (Changes(self.base, frozenset(self.keys)) if self.previous is not None else None)
+
+
 def count_rules(chains: Mapping[ChainKey, Sequence[str]]) -> dict[str, int]:
     """Rules per table."""
     counts = dict.fromkeys(TABLES, 0)

@@ -7,8 +7,11 @@ writer never touches them, nor this one the proxy's). What must hold:
   pods with only some of their policies, or none of their peers);
 - event handlers only request a sync, and only for changes that can change the rules: a
   policy, a namespace's labels, a pod's labels, IP, node, phase, host network or named ports;
-- a sync plans the whole ruleset and the writer writes only the chains that changed; the jumps
-  from FORWARD and INPUT are kept first in their chains on every full sync;
+- handlers also note which policy, pod or namespace changed; a partial sync hands only those to
+  the PolicyBuilder (netpol/builder.py), which recomputes what they reach and tells the writer
+  which chains may differ: a change costs what it changed, not the cluster. A full sync (the
+  first, every sync period, after a failure) rebuilds from every object and writes every chain;
+  the jumps from FORWARD and INPUT are kept first in their chains on every full sync;
 - `--cleanup` removes the jumps and every chain (`cleanup`).
 """
 
@@ -22,7 +25,8 @@ from collections.abc import Callable
 from netproxy.iptables.command import Iptables, present_chains, remove_hooks
 from netproxy.iptables.ruleset import restore_text
 from netproxy.iptables.writer import RulesetWriter
-from netproxy.netpol.plan import HOOKS, MAIN, PREFIXES, PodInfo, plan, pod_info
+from netproxy.netpol.builder import PolicyBuilder
+from netproxy.netpol.plan import HOOKS, MAIN, PREFIXES, PodInfo, pod_info
 from netproxy.sync import SyncRunner
 from skiff.informer import Informer, InformerFactory
 from skiffpb.api.v1 import types_pb2 as t
@@ -44,6 +48,11 @@ class NetpolEnforcer:
         self.applied = 0  # successful syncs that wrote something
         self.last_rules = 0
         self._infos: dict[tuple[str, str], tuple[str, PodInfo | None]] = {}  # pod -> (resourceVersion, info)
+        self.builder = PolicyBuilder(node_name)
+        # Changed since the last sync took them: (namespace, name) of policies and pods; namespaces.
+        self._dirty_policies: set[tuple[str, str]] = set()
+        self._dirty_pods: set[tuple[str, str]] = set()
+        self._dirty_namespaces: set[str] = set()
 
     def _pod_infos(self) -> list[PodInfo | None]:
         memo: dict[tuple[str, str], tuple[str, PodInfo | None]] = {}
@@ -55,32 +64,75 @@ class NetpolEnforcer:
         self._infos = memo
         return [info for _, info in memo.values()]
 
+    def _pod_info(self, key: tuple[str, str]) -> PodInfo | None:
+        pod = self.pods.get(key[1], key[0])
+        if pod is None:
+            self._infos.pop(key, None)
+            return None
+        rv = pod.metadata.resource_version
+        hit = self._infos.get(key)
+        if hit is None or hit[0] != rv or not rv:
+            hit = self._infos[key] = (rv, pod_info(pod))
+        return hit[1]
+
     def wire(self) -> None:
         request = self.runner.request
 
+        def policy_changed(np: t.NetworkPolicy) -> None:
+            self._dirty_policies.add((np.metadata.namespace, np.metadata.name))
+            request()
+
+        def pod_changed(pod: t.Pod) -> None:
+            self._dirty_pods.add((pod.metadata.namespace, pod.metadata.name))
+            request()
+
+        def ns_changed(ns: t.Namespace) -> None:
+            self._dirty_namespaces.add(ns.metadata.name)
+            request()
+
         def pod_update(old: t.Pod, new: t.Pod) -> None:
             if pod_info(old) != pod_info(new):
-                request()
+                pod_changed(new)
 
         def ns_update(old: t.Namespace, new: t.Namespace) -> None:
             if old.metadata.labels != new.metadata.labels:
-                request()
+                ns_changed(new)
 
         def policy_update(old: t.NetworkPolicy, new: t.NetworkPolicy) -> None:
             if old.spec != new.spec:
-                request()
+                policy_changed(new)
 
-        self.policies.add_handler(on_add=lambda _: request(), on_update=policy_update, on_delete=lambda _: request())
-        self.pods.add_handler(on_add=lambda p: request() if pod_info(p) else None, on_update=pod_update,
-                              on_delete=lambda p: request() if pod_info(p) else None)
-        self.namespaces.add_handler(on_add=lambda _: request(), on_update=ns_update, on_delete=lambda _: request())
+        self.policies.add_handler(on_add=policy_changed, on_update=policy_update, on_delete=policy_changed)
+        self.pods.add_handler(on_add=lambda p: pod_changed(p) if pod_info(p) else None, on_update=pod_update,
+                              on_delete=lambda p: pod_changed(p) if pod_info(p) else None)
+        self.namespaces.add_handler(on_add=ns_changed, on_update=ns_update, on_delete=ns_changed)
+
+    def _update_builder(self, full: bool) -> None:
+        policies, self._dirty_policies = self._dirty_policies, set()
+        pods, self._dirty_pods = self._dirty_pods, set()
+        namespaces, self._dirty_namespaces = self._dirty_namespaces, set()
+        if full:
+            self.builder.rebuild(self.policies.list(), self._pod_infos(), self.namespaces.list())
+            return
+        for name in namespaces:
+            ns = self.namespaces.get(name)
+            self.builder.set_namespace(name, ns.metadata.labels if ns is not None else None)
+        for ns_name, name in policies:
+            self.builder.set_policy((ns_name, name), self.policies.get(name, ns_name))
+        for key in pods:
+            self.builder.set_pod(key, self._pod_info(key))
 
     async def _sync(self, full: bool) -> None:
         start = time.perf_counter()
-        rs = plan(self.policies.list(), self._pod_infos(), self.namespaces.list(), self.node_name)
+        try:
+            self._update_builder(full)
+            rs, changes = self.builder.build()
+        except Exception:
+            self.builder.rebuild([], [], [])  # half-applied changes: the next sync (full) starts over
+            raise
         planned = time.perf_counter()
         try:
-            w = await self.writer.write(rs, full=full)
+            w = await self.writer.write(rs, full=full, since=changes)
         except Exception:
             self.writer.forget()
             raise

@@ -30,6 +30,7 @@ its pods (OUTPUT) is not filtered: as in Kubernetes, a node always reaches its o
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -100,15 +101,43 @@ def policy_chain(direction: str, policy: t.NetworkPolicy) -> str:
     return prefix + _hash(f"{policy.metadata.namespace}/{policy.metadata.name}")
 
 
-class _Cluster:
-    """Pods (indexed by namespace, labels as dicts) and namespace labels, with the peer lookups."""
+class Cluster:
+    """Pods (indexed by namespace, labels as dicts) and namespace labels, with the peer lookups.
+
+    Kept sorted by (namespace, name) through `put`/`remove`, so an incremental planner holds one
+    and changes it a pod at a time (a bisect, not a sort of every pod)."""
 
     def __init__(self, pods: Iterable[PodInfo], namespaces: Mapping[str, Mapping[str, str]]) -> None:
-        self.pods = sorted(pods, key=lambda p: (p.namespace, p.name))
+        self.pods = sorted(pods, key=_pod_key)
+        self._keys = [_pod_key(p) for p in self.pods]
         self.namespaces = namespaces
         self.by_ns: dict[str, list[tuple[PodInfo, dict[str, str]]]] = {}
         for p in self.pods:
             self.by_ns.setdefault(p.namespace, []).append((p, p.label_map()))
+
+    def get(self, key: tuple[str, str]) -> PodInfo | None:
+        i = bisect.bisect_left(self._keys, key)
+        return self.pods[i] if i < len(self._keys) and self._keys[i] == key else None
+
+    def put(self, pod: PodInfo) -> None:
+        """Add the pod, or replace the one of the same namespace and name."""
+        self.remove(_pod_key(pod))
+        i = bisect.bisect_left(self._keys, _pod_key(pod))
+        self._keys.insert(i, _pod_key(pod))
+        self.pods.insert(i, pod)
+        in_ns = self.by_ns.setdefault(pod.namespace, [])
+        j = bisect.bisect_left(in_ns, pod.name, key=lambda e: e[0].name)
+        in_ns.insert(j, (pod, pod.label_map()))
+
+    def remove(self, key: tuple[str, str]) -> None:
+        i = bisect.bisect_left(self._keys, key)
+        if i == len(self._keys) or self._keys[i] != key:
+            return
+        del self._keys[i], self.pods[i]
+        in_ns = self.by_ns[key[0]]
+        del in_ns[bisect.bisect_left(in_ns, key[1], key=lambda e: e[0].name)]
+        if not in_ns:
+            del self.by_ns[key[0]]
 
     def selected(self, namespace: str, selector: labels.Selector) -> list[PodInfo]:
         return [p for p, lab in self.by_ns.get(namespace, ()) if labels.matches(selector, lab)]
@@ -121,6 +150,10 @@ class _Cluster:
         else:
             namespaces = [policy_ns]
         return [p for n in namespaces for p in self.selected(n, pod_sel)]
+
+
+def _pod_key(pod: PodInfo) -> tuple[str, str]:
+    return pod.namespace, pod.name
 
 
 @dataclass(frozen=True)
@@ -164,8 +197,8 @@ def _in_block(ip: str, block: t.IPBlock) -> bool:
         return False
 
 
-def _policy_rules(rs: Ruleset, direction: str, policy: t.NetworkPolicy, selected: list[PodInfo],
-                  cluster: _Cluster) -> str:
+def policy_rules(rs: Ruleset, direction: str, policy: t.NetworkPolicy, selected: list[PodInfo],
+                  cluster: Cluster) -> str:
     """Fill the policy's chain for `direction`; its name."""
     chain = policy_chain(direction, policy)
     ns, name = policy.metadata.namespace, policy.metadata.name
@@ -242,13 +275,12 @@ def plan(policies: Iterable[t.NetworkPolicy], pods: Iterable[t.Pod | PodInfo | N
     (the enforcer keeps them per resourceVersion: converting 5,000 pods is most of a plan)."""
     infos = [i for i in (p if isinstance(p, PodInfo) or p is None else pod_info(p) for p in pods) if i is not None]
     ns_labels = {n.metadata.name: dict(n.metadata.labels) for n in namespaces}
-    cluster = _Cluster(infos, ns_labels)
+    cluster = Cluster(infos, ns_labels)
     local = [p for p in cluster.pods if p.node == node_name]
-    local_cluster = _Cluster(local, ns_labels)
+    local_cluster = Cluster(local, ns_labels)
     rs = Ruleset()
     main = rs.declare("filter", MAIN)
-    main.append(f'-A {MAIN} {comment("replies and established connections")} '
-                "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+    main.extend(main_head())
     isolating: dict[tuple[str, PodInfo], list[tuple[str, str]]] = {}
     for policy in sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name)):
         try:
@@ -261,22 +293,40 @@ def plan(policies: Iterable[t.NetworkPolicy], pods: Iterable[t.Pod | PodInfo | N
         for direction in (INGRESS, EGRESS):
             if direction not in networkpolicy.policy_types(policy.spec):
                 continue
-            chain = _policy_rules(rs, direction, policy, selected, cluster)
+            chain = policy_rules(rs, direction, policy, selected, cluster)
             for pod in selected:
                 isolating.setdefault((direction, pod), []).append(
                     (f"{policy.metadata.namespace}/{policy.metadata.name}", chain))
-    for direction, flag in ((EGRESS, "-s"), (INGRESS, "-d")):
+    for direction in (EGRESS, INGRESS):
         for pod in local:
             chains = isolating.get((direction, pod))
             if chains is None:
                 continue
-            pc = pod_chain(direction, pod)
-            what = f"{pod.key} {direction.lower()}"
-            main.append(f"-A {MAIN} {comment(what)} {flag} {pod.ip}/32 -j {pc}")
-            rules = rs.declare("filter", pc)
-            rules.append(f"-A {pc} {comment(what)} -j MARK --set-xmark 0x0/{MARK}")
-            for key, chain in chains:
-                rules.append(f"-A {pc} {comment(f'{what}: policy {key}')} -j {chain}")
-            rules.append(f"-A {pc} {comment(f'{what}: allowed')} -m mark --mark {MARK}/{MARK} -j RETURN")
-            rules.append(f"-A {pc} {comment(f'{what}: no policy allows it')} -j DROP")
+            main.append(main_rule(direction, pod))
+            pc, rules = pod_rules(direction, pod, chains)
+            rs.chains[("filter", pc)] = list(rules)
     return rs
+
+
+def main_head() -> tuple[str, ...]:
+    """SKIFF-NETPOL's first rule: replies and established connections pass."""
+    return (f'-A {MAIN} {comment("replies and established connections")} '
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",)
+
+
+def main_rule(direction: str, pod: PodInfo) -> str:
+    """SKIFF-NETPOL's jump to a local pod's chain for `direction` (the pod is isolated in it)."""
+    flag = "-d" if direction == INGRESS else "-s"
+    return f"-A {MAIN} {comment(f'{pod.key} {direction.lower()}')} {flag} {pod.ip}/32 -j {pod_chain(direction, pod)}"
+
+
+def pod_rules(direction: str, pod: PodInfo, chains: Iterable[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
+    """A local pod's chain for `direction`: its name and rules, calling `chains` ((policy key,
+    policy chain) of every policy selecting it, in policy order)."""
+    pc = pod_chain(direction, pod)
+    what = f"{pod.key} {direction.lower()}"
+    rules = [f"-A {pc} {comment(what)} -j MARK --set-xmark 0x0/{MARK}"]
+    rules += [f"-A {pc} {comment(f'{what}: policy {key}')} -j {chain}" for key, chain in chains]
+    rules.append(f"-A {pc} {comment(f'{what}: allowed')} -m mark --mark {MARK}/{MARK} -j RETURN")
+    rules.append(f"-A {pc} {comment(f'{what}: no policy allows it')} -j DROP")
+    return pc, tuple(rules)
