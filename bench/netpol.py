@@ -17,6 +17,13 @@ policies over 5,000 pods.
    the update call to the end of the iptables-restore that applied it (each change is to a
    policy selecting a pod of the node).
 
+3. The cost of one change to the planner alone, on the node holding all 5,000 pods: the
+   incremental PolicyBuilder (a policy's port updated; a pod relabelled) against a fresh plan of
+   the same cluster, in this process (median of --changes).
+
+`--baseline FILE`: the results of another build of netproxy (main's, run from an export in the
+same lock hold), kept in the output under "baseline" so before and after share the load.
+
 Needs root. Prints a table and writes bench/results/netpol.json.
 """
 
@@ -38,8 +45,9 @@ from bench import meta
 from controlplane.apiserver.inprocess import InProcessApi
 from netproxy.iptables.command import IptablesCmd
 from netproxy.iptables.writer import RulesetWriter
+from netproxy.netpol.builder import PolicyBuilder
 from netproxy.netpol.enforcer import NetpolEnforcer
-from netproxy.netpol.plan import HOOKS, PREFIXES, plan
+from netproxy.netpol.plan import HOOKS, PREFIXES, plan, pod_info
 from skiff.convert import from_data
 from skiff.informer import InformerFactory
 from skiffpb.api.v1 import types_pb2 as t
@@ -173,9 +181,51 @@ async def bench_latency(backend: str, prefix: str, *, changes: int) -> dict[str,
             "max_ms": max(samples) * 1000, "rules": enforcer.last_rules}
 
 
+def bench_incremental(*, changes: int) -> dict[str, object]:
+    """Planner cost per change on the node holding every pod: PolicyBuilder vs a fresh plan."""
+    policies, pods, namespaces = cluster(one_node=True)
+    infos = [pod_info(p) for p in pods]
+    start = time.perf_counter()
+    fresh = plan(policies, infos, namespaces, "n0")
+    plan_s = time.perf_counter() - start
+    builder = PolicyBuilder("n0")
+    start = time.perf_counter()
+    builder.rebuild(policies, infos, namespaces)
+    built, _ = builder.build()
+    rebuild_s = time.perf_counter() - start
+    assert built.frozen() == fresh.frozen(), "the builder disagrees with plan"
+    rng = random.Random(3)
+    policy_s: list[float] = []
+    pod_s: list[float] = []
+    keys: list[int] = []
+    for k in range(changes):
+        np = t.NetworkPolicy()
+        np.CopyFrom(rng.choice([p for p in policies if p.metadata.name.startswith("app-") and
+                                p.metadata.name != "app-9"]))
+        np.spec.ingress[0].ports[0].port.int_val = 9000 + k
+        start = time.perf_counter()
+        builder.set_policy((np.metadata.namespace, np.metadata.name), np)
+        _, since = builder.build()
+        policy_s.append(time.perf_counter() - start)
+        keys.append(len(since.keys) if since is not None else -1)
+        pod = t.Pod()
+        pod.CopyFrom(rng.choice(pods))
+        pod.metadata.labels["app"] = f"app-{rng.randrange(APPS)}"
+        info = pod_info(pod)
+        start = time.perf_counter()
+        builder.set_pod((pod.metadata.namespace, pod.metadata.name), info)
+        builder.build()
+        pod_s.append(time.perf_counter() - start)
+    return {"chains": len(fresh.chains), "full_plan_s": plan_s, "builder_rebuild_s": rebuild_s,
+            "policy_update_ms": statistics.median(policy_s) * 1000, "pod_relabel_ms": statistics.median(pod_s) * 1000,
+            "chains_changed_per_policy_update": statistics.median(keys), "changes": changes}
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     prefix = f"bnp{os.getpid() % 1000}"
     out: dict[str, object] = {"apply": {}, "latency": {}}
+    out["incremental"] = bench_incremental(changes=args.changes)
+    print(json.dumps({"incremental": out["incremental"]}, indent=1), flush=True)
     for backend in ("nft", "legacy"):
         print(f"apply ({backend})", flush=True)
         out["apply"][backend] = {  # type: ignore[index]
@@ -192,12 +242,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--changes", type=int, default=50)
+    p.add_argument("--baseline", help="another build's netpol.json (same lock hold), kept under 'baseline'")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench.netpol needs root (network namespaces)", file=sys.stderr)
         return 1
     run = meta.start("netpol")
     results = asyncio.run(main_async(args))
+    if args.baseline:
+        with open(args.baseline) as f:
+            base = json.load(f)
+        results["baseline"] = {"skiff": base["meta"]["versions"].get("skiff"), "date": base["meta"]["date"],
+                               "load_before": base["meta"]["load_before"], "load_after": base["meta"]["load_after"],
+                               **base["results"]}
     print(f"wrote {run.write(results)}")
     return 0
 

@@ -53,15 +53,14 @@ class _Policy:
     """A policy with what the index asks of it: its selector and the pods its peers can name."""
 
     policy: t.NetworkPolicy
+    namespace: str
+    name: str  # "ns/name", as rule comments name it
+    chains: tuple[str, str]  # its chain per direction of DIRECTIONS
     selector: labels.Selector | None  # None: invalid, selects nothing (plan skips it)
     types: tuple[str, ...]
     same_ns_peers: tuple[labels.Selector, ...]  # pod selectors of peers without a namespaceSelector
     ns_peers: tuple[tuple[labels.Selector, labels.Selector], ...]  # (namespace, pod) selectors
     every_pod: bool  # egress named ports resolved against every pod (no peers, or an ipBlock)
-
-    @property
-    def namespace(self) -> str:
-        return self.policy.metadata.namespace
 
     def selects(self, pod: PodInfo, lab: Mapping[str, str]) -> bool:
         return pod.namespace == self.namespace and self.selector is not None and labels.matches(self.selector, lab)
@@ -107,8 +106,10 @@ def _compile(policy: t.NetworkPolicy) -> _Policy:
                     same_ns.append(pod_sel)
             except labels.SelectorError:
                 every_pod = True  # cannot tell whom it names: any pod change reaches it
-    return _Policy(policy, selector, networkpolicy.policy_types(policy.spec), tuple(same_ns), tuple(ns_peers),
-                   every_pod)
+    ns = policy.metadata.namespace
+    chains = (policy_chain(EGRESS, policy), policy_chain(INGRESS, policy))
+    return _Policy(policy, ns, f"{ns}/{policy.metadata.name}", chains, selector,
+                   networkpolicy.policy_types(policy.spec), tuple(same_ns), tuple(ns_peers), every_pod)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class PolicyBuilder:
                  if i is not None]
         self._ns_labels: dict[str, dict[str, str]] = {n.metadata.name: dict(n.metadata.labels) for n in namespaces}
         self.cluster = Cluster(infos, self._ns_labels)
+        self.local = Cluster((p for p in infos if p.node == self.node_name), self._ns_labels)  # selectable pods
         self._policies: dict[Key, _Policy] = {}
         self._by_ns: dict[str, set[Key]] = {}
         self._ns_peer_policies: set[Key] = set()
@@ -143,6 +145,7 @@ class PolicyBuilder:
         for p in policies:
             self._index(_key(p), _compile(p))
         self._built_policies: dict[Key, _Built] = {}
+        self._selecting: dict[Key, set[Key]] = {}  # local pod -> the policies whose last build selected it
         self._pod_chains: dict[Key, tuple[tuple[ChainKey, tuple[str, ...]], ...]] = {}
         self._main_lines: dict[Key, tuple[str | None, str | None]] = {}  # (egress, ingress) jump per local pod
         self._main_order: list[Key] = []  # the keys of _main_lines, sorted
@@ -168,10 +171,13 @@ class PolicyBuilder:
             self._dirty_policies.update(self._reached_by(pod))
             if pod.node == self.node_name:
                 self._dirty_pods.add(key)
+        self.local.remove(key)
         if info is None:
             self.cluster.remove(key)
         else:
             self.cluster.put(info)
+            if info.node == self.node_name:
+                self.local.put(info)
 
     def set_namespace(self, name: str, ns_labels: Mapping[str, str] | None) -> None:
         """The namespace `name` now has these labels (None: deleted)."""
@@ -240,7 +246,7 @@ class PolicyBuilder:
         new = _Built()
         p = self._policies.get(key)
         if p is not None and p.selector is not None:
-            selected = [pod for pod in self.cluster.selected(key[0], p.selector) if pod.node == self.node_name]
+            selected = self.local.selected(key[0], p.selector)
             if selected:
                 rs = Ruleset()
                 directions = tuple(d for d in (INGRESS, EGRESS) if d in p.types)
@@ -258,6 +264,12 @@ class PolicyBuilder:
             edit.put(k, rules)
         if (old.selected, old.directions) != (new.selected, new.directions):
             dirty_pods.update(old.selected, new.selected)
+            for pod in old.selected:
+                self._selecting[pod].discard(key)
+                if not self._selecting[pod]:
+                    del self._selecting[pod]
+            for pod in new.selected:
+                self._selecting.setdefault(pod, set()).add(key)
 
     def _build_pod(self, key: Key, edit: ChainEdit) -> bool:
         """Rebuild a local pod's chains; whether its jumps from SKIFF-NETPOL changed."""
@@ -265,12 +277,11 @@ class PolicyBuilder:
         lines: list[str | None] = [None, None]
         pod = self.cluster.get(key)
         if pod is not None and pod.node == self.node_name:
-            lab = pod.label_map()
-            selecting = [self._policies[k] for k in sorted(self._by_ns.get(key[0], ()))
-                         if self._policies[k].selects(pod, lab)]
+            # The policies built after set_* are current: a pod they select (or no longer do)
+            # reached them, so their selections are this pod's.
+            selecting = [self._policies[k] for k in sorted(self._selecting.get(key, ()))]
             for i, direction in enumerate(DIRECTIONS):
-                calls = [(f"{p.namespace}/{p.policy.metadata.name}", policy_chain(direction, p.policy))
-                         for p in selecting if direction in p.types]
+                calls = [(p.name, p.chains[i]) for p in selecting if direction in p.types]
                 if calls:
                     name, rules = pod_rules(direction, pod, calls)
                     new_chains.append((("filter", name), rules))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -88,6 +89,7 @@ def pod_info(pod: t.Pod) -> PodInfo | None:
                    tuple(sorted(pod.metadata.labels.items())), ports)
 
 
+@functools.lru_cache(maxsize=65536)  # the same pods' and policies' chains are named on every sync
 def _hash(text: str) -> str:
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
 
