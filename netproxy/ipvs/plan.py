@@ -18,7 +18,7 @@ What must hold for `plan(desired, observed)`:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from netproxy.model import ServicePort
@@ -82,25 +82,98 @@ class Action:
         return f"{self.op} {what}"
 
 
-def desired_state(sps: Iterable[ServicePort], *, node_ips: Iterable[str] = (), scheduler: str = "rr") -> IpvsState:
+VSEntry = tuple[VirtualServer, frozenset[RealServer]]  # a virtual server and its real servers
+
+
+def virtual_servers(sp: ServicePort, *, node_ips: Sequence[str], scheduler: str) -> tuple[VSEntry, ...]:
+    """One service port's virtual servers (its ClusterIP's; per NodePort one per node address)."""
+    real = frozenset(RealServer(ep.ip, ep.port) for ep in sp.endpoints)
+    local = frozenset(RealServer(ep.ip, ep.port) for ep in sp.local_endpoints)
+    # Traffic policies Local: only this node's endpoints (none: the virtual server stays, empty).
+    vss = [(VirtualServer(sp.cluster_ip, sp.protocol, sp.port, scheduler, sp.affinity_timeout),
+            local if sp.internal_local else real)]
+    if sp.node_port:
+        vss += [(VirtualServer(ip, sp.protocol, sp.node_port, scheduler, sp.affinity_timeout),
+                 local if sp.external_local else real) for ip in node_ips]
+    return tuple(vss)
+
+
+def _state(entries: Iterable[tuple[ServicePort, tuple[VSEntry, ...]]], *, only: Collection[VSKey] | None = None,
+           addresses: Collection[str] | None = None) -> IpvsState:
+    """The state of these service ports' virtual servers (`only`: of those keys; `addresses`: of those)."""
     services: dict[VSKey, VirtualServer] = {}
     dests: dict[VSKey, frozenset[RealServer]] = {}
-    addresses: set[str] = set()
-    ips = sorted(set(node_ips))
-    for sp in sps:
-        real = frozenset(RealServer(ep.ip, ep.port) for ep in sp.endpoints)
-        local = frozenset(RealServer(ep.ip, ep.port) for ep in sp.local_endpoints)
-        # Traffic policies Local: only this node's endpoints (none: the virtual server stays, empty).
-        vss = [(VirtualServer(sp.cluster_ip, sp.protocol, sp.port, scheduler, sp.affinity_timeout),
-                local if sp.internal_local else real)]
-        if sp.node_port:
-            vss += [(VirtualServer(ip, sp.protocol, sp.node_port, scheduler, sp.affinity_timeout),
-                     local if sp.external_local else real) for ip in ips]
+    bound: set[str] = set()
+    for sp, vss in entries:
         for vs, servers in vss:
-            services[vs.key] = vs
-            dests[vs.key] = servers
-        addresses.add(sp.cluster_ip)
-    return IpvsState(services, dests, frozenset(addresses), True)
+            if only is None or vs.key in only:
+                services[vs.key] = vs
+                dests[vs.key] = servers
+        if addresses is None or sp.cluster_ip in addresses:
+            bound.add(sp.cluster_ip)
+    return IpvsState(services, dests, frozenset(bound), True)
+
+
+def desired_state(sps: Iterable[ServicePort], *, node_ips: Iterable[str] = (), scheduler: str = "rr") -> IpvsState:
+    ips = sorted(set(node_ips))
+    return _state((sp, virtual_servers(sp, node_ips=ips, scheduler=scheduler)) for sp in sps)
+
+
+class IpvsTable:
+    """`desired_state` kept current between syncs, giving what changed as two small states.
+
+    What must hold: after `full(sps, node_ips)`, each `step(sps')` (same node addresses) returns
+    `(before, after)`: the desired state of the previous sps and of `sps'`, both restricted to the
+    virtual servers and ClusterIPs of the service ports that are not the very objects of the
+    previous call (ServicePortTable keeps unchanged ones), so that `plan(after, before)` touches
+    exactly those; applying it to a kernel holding the previous desired state gives `sps'`'s. A
+    step costs what changed: unchanged service ports are found by identity, in C.
+    Two service ports sharing one virtual server (an invalid cluster: one ClusterIP twice) may be
+    left to the next full sync, which compares with the kernel.
+    """
+
+    def __init__(self, *, scheduler: str = "rr") -> None:
+        self.scheduler = scheduler
+        self.node_ips: tuple[str, ...] = ()
+        self._by_id: dict[int, tuple[ServicePort, tuple[VSEntry, ...]]] = {}
+        self._ip_users: dict[str, int] = {}  # ClusterIP -> service ports using it
+        self._sps: Collection[ServicePort] | None = None
+
+    def full(self, sps: Collection[ServicePort], node_ips: Iterable[str]) -> IpvsState:
+        """Forget the last state; the whole desired state for `sps`."""
+        self.node_ips = tuple(sorted(set(node_ips)))
+        self._by_id = {id(sp): (sp, virtual_servers(sp, node_ips=self.node_ips, scheduler=self.scheduler))
+                       for sp in sps}
+        self._ip_users = {}
+        for sp in sps:
+            self._ip_users[sp.cluster_ip] = self._ip_users.get(sp.cluster_ip, 0) + 1
+        self._sps = sps
+        return _state(self._by_id.values())
+
+    def step(self, sps: Collection[ServicePort]) -> tuple[IpvsState, IpvsState]:
+        """(before, after), restricted to what changed since the last call (class docstring)."""
+        if sps is self._sps:
+            return IpvsState(), IpvsState()
+        current = dict(zip(map(id, sps), sps, strict=True))
+        before_ids = self._by_id.keys()
+        removed = [self._by_id.pop(i) for i in before_ids - current.keys()]
+        added = [(current[i], virtual_servers(current[i], node_ips=self.node_ips, scheduler=self.scheduler))
+                 for i in current.keys() - before_ids]
+        self._by_id.update((id(sp), (sp, vss)) for sp, vss in added)
+        ips = {sp.cluster_ip for sp, _ in removed} | {sp.cluster_ip for sp, _ in added}
+        was_bound = {ip for ip in ips if self._ip_users.get(ip, 0) > 0}
+        for sp, _ in removed:
+            self._ip_users[sp.cluster_ip] -= 1
+        for sp, _ in added:
+            self._ip_users[sp.cluster_ip] = self._ip_users.get(sp.cluster_ip, 0) + 1
+        now_bound = {ip for ip in ips if self._ip_users.get(ip, 0) > 0}
+        for ip in ips - now_bound:
+            self._ip_users.pop(ip, None)
+        self._sps = sps
+        before = _state(removed)
+        after = _state(added)
+        return (IpvsState(before.services, before.dests, frozenset(was_bound), True),
+                IpvsState(after.services, after.dests, frozenset(now_bound), True))
 
 
 def owned(key: VSKey, *, addresses: Iterable[str], node_ips: Iterable[str]) -> bool:
