@@ -4,8 +4,8 @@ Usage: python -m tests.e2e.netproxy.ipvs_scenario OUT.json   (as root)
 
 It builds the two-node namespace topology of `lab.py`, moves itself into node n1's network
 namespace (pyroute2 programs the IPVS of its own namespace) and drives netproxy's IpvsProxier
-through the phases of PHASES: each phase is one sync of a snapshot (or the cleanup `--cleanup`
-runs), after which it records the raw facts: the kernel's IPVS state as pyroute2 dumps it,
+through the phases of PHASES: each phase is one sync of a snapshot (the first full, the others
+partial, as netproxy runs them) or the cleanup `--cleanup` runs, after which it records the raw facts: the kernel's IPVS state as pyroute2 dumps it,
 `ipvsadm -Ln` (an independent reader), kube-ipvs0 (`ip -d -j`), `iptables-nft-save`, `ipset
 list -n`, the IPVS sysctls, and the answers to new TCP connections from nodes and pods.
 It decides nothing: test_ipvs_kernel.py, on the host, checks the record. Everything is one
@@ -133,14 +133,20 @@ async def run(lab: Lab) -> list[dict[str, Any]]:
     try:
         kernel.set_sysctls()
         proxier = IpvsProxier(kernel, IptablesCmd("nft"), ProxyConfig(cluster_cidr=CLUSTER_CIDR, ipvs_scheduler="rr"))
-        for name, services, clients in PHASES:
+        last: dict[Any, Any] = {}
+        for i, (name, services, clients) in enumerate(PHASES):
             started = time.monotonic()
             entry: dict[str, Any] = {"phase": name, "services": services}
             if services is None:
                 sh("ipvsadm", "-A", "-t", FOREIGN, "-s", "wlc")
                 entry["cleanup_exit"] = await cleanup_all()  # what `netproxy --cleanup` runs
             else:
-                result = await proxier.sync(snapshot(services), full=True)
+                # After the first, partial syncs as netproxy runs them: unchanged service ports are
+                # the previous objects (as ServicePortTable keeps them), only the others are touched.
+                snap = snapshot(services)
+                snap = type(snap)(tuple(last.get(sp, sp) for sp in snap.service_ports), snap.node_ips)
+                last = {sp: sp for sp in snap.service_ports}
+                result = await proxier.sync(snap, full=i == 0)
                 entry["detail"] = result.detail
             entry.update(await asyncio.to_thread(record, kernel))
             entry["connections"] = [[c, a, p, connect(lab, c, a, p, n)] for c, a, p, n in clients]
