@@ -5,9 +5,9 @@ Usage: python -m tests.e2e.netproxy.ipvs_scenario OUT.json   (as root)
 It builds the two-node namespace topology of `lab.py`, moves itself into node n1's network
 namespace (pyroute2 programs the IPVS of its own namespace) and drives netproxy's IpvsProxier
 through the phases of PHASES: each phase is one sync of a snapshot (the first full, the others
-partial, as netproxy runs them) or the cleanup `--cleanup` runs, after which it records the raw facts: the kernel's IPVS state as pyroute2 dumps it,
-`ipvsadm -Ln` (an independent reader), kube-ipvs0 (`ip -d -j`), `iptables-nft-save`, `ipset
-list -n`, the IPVS sysctls, and the answers to new TCP connections from nodes and pods.
+partial, as netproxy runs them) or the cleanup `--cleanup` runs, after which it records the raw
+facts: the kernel's IPVS state as pyroute2 dumps it, `ipvsadm -Ln` (an independent reader),
+kube-ipvs0 (`ip -d -j`), `iptables-nft-save`, `ipset list -n`, the IPVS sysctls, and the answers to new TCP connections from nodes and pods.
 It decides nothing: test_ipvs_kernel.py, on the host, checks the record. Everything is one
 process and the clients are busybox, because Python is 10-20x slower under emulation.
 """
