@@ -7,9 +7,10 @@ namespace (pyroute2 programs the IPVS of its own namespace) and drives netproxy'
 through the phases of PHASES: each phase is one sync of a snapshot (the first full, the others
 partial, as netproxy runs them) or the cleanup `--cleanup` runs, after which it records the raw
 facts: the kernel's IPVS state as pyroute2 dumps it, `ipvsadm -Ln` (an independent reader),
-kube-ipvs0 (`ip -d -j`), `iptables-nft-save`, `ipset list -n`, the IPVS sysctls, and the answers to new TCP connections from nodes and pods.
-It decides nothing: test_ipvs_kernel.py, on the host, checks the record. Everything is one
-process and the clients are busybox, because Python is 10-20x slower under emulation.
+kube-ipvs0 (`ip -d -j`), `iptables-nft-save`, `ipset list -n`, the IPVS sysctls, and the
+answers to new TCP connections from nodes and pods. It decides nothing: test_ipvs_kernel.py, on
+the host, checks the record. Everything is one process and the clients are busybox, because
+Python is 10-20x slower under emulation.
 """
 
 from __future__ import annotations
