@@ -8,6 +8,9 @@ What must hold:
   sum wins and ties are broken at random, so equal nodes share the load;
 - the search starts where the previous one stopped and stops after enough feasible nodes
   (see num_feasible_nodes_to_find), so a decision costs O(nodes examined), never O(pods);
+- with memoizable plugins (framework.py) a node's verdict for a pod signature is computed once
+  per node state and reused: the same decision as running every plugin, at a dictionary
+  lookup per examined node for the pods of one owner;
 - binding goes through the api-server asynchronously (bounded in flight); a failed bind
   forgets the assumption (freeing the node) and the pod is retried after its backoff;
 - before a bind, the pod's unbound WaitForFirstConsumer claims are given the chosen node
@@ -28,8 +31,14 @@ from typing import Any
 from controlplane.common import podutil
 from controlplane.scheduler import metrics
 from controlplane.scheduler.cache import SchedulerCache
-from controlplane.scheduler.framework import FilterPlugin, FitError, ScorePlugin, num_feasible_nodes_to_find
-from controlplane.scheduler.nodeinfo import PodInfo
+from controlplane.scheduler.framework import (
+    FilterPlugin,
+    FitError,
+    ScorePlugin,
+    memoizable,
+    num_feasible_nodes_to_find,
+)
+from controlplane.scheduler.nodeinfo import NodeInfo, PodInfo
 from controlplane.scheduler.plugins import default_filters, default_scores
 from controlplane.scheduler.plugins.volume_binding import StorageView, VolumeBinding
 from controlplane.scheduler.queue import QueuedPod, SchedulingQueue
@@ -91,6 +100,9 @@ class Scheduler:
         self.filters = filters if filters is not None else default_filters()
         self.scores = scores if scores is not None else default_scores()
         self.percentage = percentage_of_nodes_to_score
+        # Every score plugin memoizable: decisions may use the nodes' remembered verdicts
+        # (framework.py; the filters are checked per pod, as pre_filter picks them).
+        self._memoizable = all(memoizable(p) for p in self.scores)
         self.scheduler_names = scheduler_names
         self.rng = rng or random.Random()
         self.cache = SchedulerCache()
@@ -172,40 +184,67 @@ class Scheduler:
         n = len(nodes)
         if n == 0:
             raise FitError(info.key, 0, Counter())
+        active = [f for f in self.filters if f.pre_filter(info)]
         # Bound methods looked up once: this loop runs filters x hundreds of nodes per pod.
-        filters = [f.filter for f in self.filters if f.pre_filter(info)]
+        filters = [f.filter for f in active]
+        memo = self._memoizable and all(memoizable(f) for f in active)
         want = num_feasible_nodes_to_find(n, self.percentage)
         start = self._next_start % n
         order = nodes[start:] + nodes[:start] if start else nodes
         feasible = []
+        rows: list[tuple[int, ...]] = []
         diagnosis: Counter[str] = Counter()
         examined = 0
-        for ni in order:
-            examined += 1
-            for fn in filters:
-                status = fn(info, ni)
+        if memo:
+            sig = info.signature
+            for ni in order:
+                examined += 1
+                verdict = ni.verdicts.get(sig)
+                if verdict is None:
+                    verdict = ni.remember(sig, self._verdict(info, ni, filters))
+                status = verdict[0]
                 if status is not None:
                     diagnosis.update(status.reasons)
-                    break
-            else:
+                    continue
                 feasible.append(ni)
+                rows.append(verdict[1])
                 if len(feasible) >= want:
                     break
+        else:
+            for ni in order:
+                examined += 1
+                for fn in filters:
+                    status = fn(info, ni)
+                    if status is not None:
+                        diagnosis.update(status.reasons)
+                        break
+                else:
+                    feasible.append(ni)
+                    if len(feasible) >= want:
+                        break
         self._next_start = (start + examined) % n
         if not feasible:
             raise FitError(info.key, n, diagnosis)
         if len(feasible) == 1:
             return feasible[0].name
+        columns = zip(*rows, strict=True) if memo else (plugin.score_all(info, feasible) for plugin in self.scores)
         totals = [0] * len(feasible)
-        for plugin in self.scores:
-            scores = plugin.score_all(info, feasible)
+        for plugin, column in zip(self.scores, columns, strict=True):
+            scores = list(column)
             plugin.normalize(info, scores)
             weight = plugin.weight
-            for i, s in enumerate(scores):
-                totals[i] += s * weight
+            totals = [total + s * weight for total, s in zip(totals, scores, strict=True)]
         best = max(totals)
         winners = [i for i, total in enumerate(totals) if total == best]
         return feasible[winners[0] if len(winners) == 1 else self.rng.choice(winners)].name
+
+    def _verdict(self, info: PodInfo, ni: NodeInfo, filters: list[Any]) -> tuple[Any, tuple[int, ...]]:
+        """The first failing filter's status (None: it fits) and, if it fits, each plugin's raw score."""
+        for fn in filters:
+            status = fn(info, ni)
+            if status is not None:
+                return status, ()
+        return None, tuple(plugin.score(info, ni) for plugin in self.scores)
 
     async def schedule_one(self, qp: QueuedPod) -> None:
         pod = self.pods.get_by_key(qp.key)
