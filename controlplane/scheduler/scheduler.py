@@ -11,8 +11,11 @@ What must hold:
 - with memoizable plugins (framework.py) a node's verdict for a pod signature is computed once
   per node state and reused: the same decision as running every plugin, at a dictionary
   lookup per examined node for the pods of one owner;
-- binding goes through the api-server asynchronously (bounded in flight); a failed bind
-  forgets the assumption (freeing the node) and the pod is retried after its backoff;
+- binding goes through the api-server asynchronously (bounded in flight: `max_binds_in_flight`
+  pods decided and not yet answered), batched: the pods decided while a BindBatch call is in
+  flight go together in the next (each pod still its own Bind on the api-server, with its own
+  outcome); a failed bind forgets the assumption (freeing the node) and the pod is retried
+  after its backoff;
 - before a bind, the pod's unbound WaitForFirstConsumer claims are given the chosen node
   (plugins/volume_binding.py `pre_bind`); a claim or volume event retries waiting pods;
 - a pod that fits nowhere gets a FailedScheduling event naming the reasons per node count
@@ -26,6 +29,7 @@ import logging
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from controlplane.common import podutil
@@ -43,7 +47,7 @@ from controlplane.scheduler.plugins import default_filters, default_scores
 from controlplane.scheduler.plugins.volume_binding import StorageView, VolumeBinding
 from controlplane.scheduler.queue import QueuedPod, SchedulingQueue
 from skiff import conditions, errors
-from skiff.client import ApiClient
+from skiff.client import ApiClient, new_binding
 from skiff.clock import Clock, RealClock
 from skiff.events import NORMAL, WARNING, EventRecorder, Recorder
 from skiff.guard import supervise
@@ -62,6 +66,11 @@ COMPONENT = "default-scheduler"
 EVENT_QPS = 50.0
 EVENT_BURST = 100
 EVENT_QUEUE = 1000
+# Binds go out as BindBatch calls of at most this many, at most this many calls at once: while
+# one call is in flight the next decisions gather for the next call. A pod with claims to
+# bind first (VolumeBinding.pre_bind) is bound on its own.
+MAX_BIND_BATCH = 100
+MAX_BATCHES_IN_FLIGHT = 2
 
 
 def new_recorder(client: ApiClient, *, clock: Clock | None = None) -> EventRecorder:
@@ -88,12 +97,21 @@ def bound_pod_view(pod: t.Pod) -> t.Pod:
     return t.Pod.FromString(pod.SerializeToString())
 
 
+@dataclass(slots=True)
+class _PendingBind:
+    qp: QueuedPod
+    pod: t.Pod
+    info: PodInfo
+    node: str
+    started: float
+
+
 class Scheduler:
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
                  clock: Clock | None = None, filters: list[FilterPlugin] | None = None,
                  scores: list[ScorePlugin] | None = None, percentage_of_nodes_to_score: int = 0,
                  max_binds_in_flight: int = 100, scheduler_names: tuple[str, ...] = ("", DEFAULT_SCHEDULER_NAME),
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, batch_binds: bool = True) -> None:
         self.client = client
         self.recorder = recorder
         self.clock = clock or RealClock()
@@ -126,6 +144,10 @@ class Scheduler:
         self._next_start = 0
         self._bind_slots = asyncio.Semaphore(max_binds_in_flight)
         self._binds: set[asyncio.Task[Any]] = set()
+        # Decided pods waiting for a BindBatch call, and the calls sending them.
+        self._batching = batch_binds
+        self._pending: list[_PendingBind] = []
+        self._senders = 0
         self.scheduled = 0
         self.unschedulable = 0
         self.bind_failures = 0
@@ -265,34 +287,84 @@ class Scheduler:
             return
         self.cache.assume(info, node)
         await self._bind_slots.acquire()
-        task = asyncio.ensure_future(self._bind(qp, pod, info, node, started))
+        if self._batching and not self.volume_binding.pre_filter(info):
+            self._pending.append(_PendingBind(qp, pod, info, node, started))
+            if self._senders < MAX_BATCHES_IN_FLIGHT:
+                self._track(self._send_binds())
+            return
+        self._track(self._bind(qp, pod, info, node, started))
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._binds.add(task)
         task.add_done_callback(self._binds.discard)
 
     async def _bind(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str, started: float) -> None:
-        ns, name = pod.metadata.namespace, pod.metadata.name
+        """One pod: its claims' selected node first (pre_bind), then its own Bind."""
         try:
             await self.volume_binding.pre_bind(self.client, pod, node)
-            await self.client.bind(ns, name, node, uid=info.uid)
+            await self.client.bind(pod.metadata.namespace, pod.metadata.name, node, uid=info.uid)
         except errors.SkiffError as exc:
-            metrics.attempt("error", time.perf_counter() - started)
-            self.bind_failures += 1
-            self.cache.forget(info.key, info.uid)
-            self.queue.move_all_to_active()  # the node we held for it is free again
-            if isinstance(exc, errors.NotFoundError):
-                self.queue.delete(qp.key)
-            elif isinstance(exc, errors.PodAlreadyAssignedError):
-                self.queue.done(qp.key)  # someone bound it; the watch will tell us where
-            else:
-                log.warning("binding %s to %s failed: %s", qp.key, node, exc)
-                self.recorder.event(pod, WARNING, "FailedScheduling", f"Binding rejected: {exc}")
-                self.queue.retry_after_error(qp)
+            self._bind_failed(qp, pod, info, node, started, exc)
             return
         finally:
             self._bind_slots.release()
+        self._bound(qp, pod, node, started)
+
+    async def _send_binds(self) -> None:
+        """Send the pending binds, up to MAX_BIND_BATCH per BindBatch call, until none is left."""
+        self._senders += 1
+        try:
+            while self._pending:
+                batch = self._pending[:MAX_BIND_BATCH]
+                del self._pending[:MAX_BIND_BATCH]
+                outcomes: list[errors.SkiffError | None]
+                try:
+                    outcomes = await self.client.bind_batch(
+                        [new_binding(b.pod.metadata.namespace, b.pod.metadata.name, b.node, uid=b.info.uid)
+                         for b in batch])
+                except errors.UnimplementedError:
+                    # An api-server without BindBatch (an older one, mid-upgrade): one Bind per pod from now on.
+                    log.info("the api-server has no BindBatch: binding one pod per call")
+                    self._batching = False
+                    for b in batch:
+                        self._track(self._bind(b.qp, b.pod, b.info, b.node, b.started))
+                    continue
+                except errors.SkiffError as exc:
+                    outcomes = [exc] * len(batch)
+                except BaseException:
+                    for _ in batch:
+                        self._bind_slots.release()
+                    raise
+                for b, outcome in zip(batch, outcomes, strict=True):
+                    self._bind_slots.release()
+                    if outcome is None:
+                        self._bound(b.qp, b.pod, b.node, b.started)
+                    else:
+                        self._bind_failed(b.qp, b.pod, b.info, b.node, b.started, outcome)
+        finally:
+            self._senders -= 1
+
+    def _bind_failed(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str, started: float,
+                     exc: errors.SkiffError) -> None:
+        metrics.attempt("error", time.perf_counter() - started)
+        self.bind_failures += 1
+        self.cache.forget(info.key, info.uid)
+        self.queue.move_all_to_active()  # the node we held for it is free again
+        if isinstance(exc, errors.NotFoundError):
+            self.queue.delete(qp.key)
+        elif isinstance(exc, errors.PodAlreadyAssignedError):
+            self.queue.done(qp.key)  # someone bound it; the watch will tell us where
+        else:
+            log.warning("binding %s to %s failed: %s", qp.key, node, exc)
+            self.recorder.event(pod, WARNING, "FailedScheduling", f"Binding rejected: {exc}")
+            self.queue.retry_after_error(qp)
+
+    def _bound(self, qp: QueuedPod, pod: t.Pod, node: str, started: float) -> None:
         metrics.attempt("scheduled", time.perf_counter() - started)
         self.scheduled += 1
         self.queue.done(qp.key)
+        ns, name = pod.metadata.namespace, pod.metadata.name
         self.recorder.event(pod, NORMAL, "Scheduled", f"Successfully assigned {ns}/{name} to {node}")
 
     # ------------------------------------------------------------------ running
