@@ -116,6 +116,17 @@ class ApiClient(Protocol):
 
     async def bind(self, namespace: str, pod: str, node: str, *, uid: str = "") -> t.Pod: ...
 
+    async def bind_batch(self, bindings: Sequence[t.Binding]) -> builtins.list[errors.SkiffError | None]:
+        """Each binding as `bind` would apply it; per binding None (bound) or the error `bind` raises."""
+        ...
+
+
+def new_binding(namespace: str, pod: str, node: str, *, uid: str = "") -> t.Binding:
+    """The Binding of `pod` to `node` (`uid`: only that pod, not a namesake created since)."""
+    return t.Binding(api_version="v1", kind="Binding",
+                     metadata=t.ObjectMeta(name=pod, namespace=namespace or DEFAULT_NAMESPACE, uid=uid),
+                     target=t.ObjectReference(kind="Node", name=node))
+
 
 def namespace_for(kind: kinds.Kind, namespace: str) -> str:
     """The namespace a single-object call addresses: "" for cluster-scoped kinds."""
@@ -275,11 +286,17 @@ class Client:
             call.cancel()
 
     async def bind(self, namespace: str, pod: str, node: str, *, uid: str = "") -> t.Pod:
-        binding = t.Binding(api_version="v1", kind="Binding",
-                            metadata=t.ObjectMeta(name=pod, namespace=namespace or DEFAULT_NAMESPACE, uid=uid),
-                            target=t.ObjectReference(kind="Node", name=node))
-        response = await self._call("Bind", api.BindRequest(binding=binding))
+        response = await self._call("Bind", api.BindRequest(binding=new_binding(namespace, pod, node, uid=uid)))
         return _unwrap_as(response, t.Pod)  # type: ignore[arg-type]
+
+    async def bind_batch(self, bindings: Sequence[t.Binding]) -> builtins.list[errors.SkiffError | None]:
+        response = await self._call("BindBatch", api.BindBatchRequest(bindings=bindings))
+        assert isinstance(response, api.BindBatchResponse)
+        if len(response.outcomes) != len(bindings):
+            raise errors.InternalError(f"BindBatch answered {len(response.outcomes)} outcomes "
+                                       f"for {len(bindings)} bindings")
+        return [None if o.code == 0 else errors.from_status(errors.status_code(o.code), o.message, o.reason)
+                for o in response.outcomes]
 
     async def logs(self, namespace: str, pod: str, *, container: str = "", follow: bool = False,
                    tail_lines: int = 0, previous: bool = False) -> AsyncIterator[bytes]:

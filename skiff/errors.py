@@ -176,11 +176,25 @@ def from_grpc(err: grpc.RpcError) -> SkiffError:
     """The SkiffError for a failed call; the original error is kept as the cause."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    cls = _BY_REASON.get(_reason(err)) or _BY_CODE.get(code, SkiffError)
-    if cls.code != code:  # a reason that does not fit the code is not believed
-        cls = _BY_CODE.get(code, SkiffError)
-    out = cls(details or code.name.lower())
+    out = from_status(code, details or "", _reason(err))
     if isinstance(out, TooManyRequestsError):
         out.retry_after = retry_after(err)
     out.__cause__ = err
     return out
+
+
+def from_status(code: grpc.StatusCode, message: str, reason: str = "") -> SkiffError:
+    """The SkiffError a status code, message and skiff-reason travel as (a failed call, or one
+    outcome of a batch: BindBatch)."""
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, SkiffError)
+    if cls.code != code:  # a reason that does not fit the code is not believed
+        cls = _BY_CODE.get(code, SkiffError)
+    return cls(message or code.name.lower())
+
+
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The gRPC status code of its number on the wire (UNKNOWN for a number it does not know)."""
+    return _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)

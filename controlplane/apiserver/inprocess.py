@@ -32,7 +32,7 @@ import asyncio
 import builtins
 import copy
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -299,3 +299,16 @@ class InProcessApi:
                             target=t.ObjectReference(kind="Node", name=node))
         with caller.acting_as(self.user):
             return _wire(await self.registry.bind(binding), t.Pod)
+
+    async def bind_batch(self, bindings: Sequence[t.Binding]) -> builtins.list[errors.SkiffError | None]:
+        """As the server's BindBatch: each binding a `bind` (recorded, authorized, applied), concurrently.
+        The call itself is recorded as "bindbatch" (a failure can be injected for it)."""
+        self._record("bindbatch", "pods", "", "")
+        async def one(b: t.Binding) -> errors.SkiffError | None:
+            try:
+                await self.bind(b.metadata.namespace, b.metadata.name, b.target.name, uid=b.metadata.uid)
+            except errors.SkiffError as exc:
+                return exc
+            return None
+
+        return list(await asyncio.gather(*(one(b) for b in bindings)))

@@ -127,7 +127,8 @@ def track(info: RequestInfo, *, component: str = "apiserver") -> Iterator[Tracke
 GRPC_VERBS: dict[str, tuple[str, str]] = {
     "Create": ("POST", ""), "Get": ("GET", ""), "List": ("LIST", ""), "Update": ("PUT", ""),
     "UpdateStatus": ("PUT", "status"), "Delete": ("DELETE", ""), "Watch": ("WATCH", ""),
-    "Bind": ("POST", "binding"), "Logs": ("CONNECT", "log"), "Exec": ("CONNECT", "exec"),
+    "Bind": ("POST", "binding"), "BindBatch": ("POST", "binding"), "Logs": ("CONNECT", "log"),
+    "Exec": ("CONNECT", "exec"),
     "Version": ("GET", ""), "NodeMetrics": ("LIST", ""), "PodMetrics": ("LIST", ""),
 }
 
@@ -162,6 +163,8 @@ def _grpc_info(name: str, verb: str, subresource: str, request: Message) -> Requ
     if isinstance(request, api.BindRequest):
         meta = request.binding.metadata
         resource, obj_name, namespace = "pods", meta.name, meta.namespace
+    elif isinstance(request, api.BindBatchRequest):
+        resource = "pods"
     elif name in ("Logs", "Exec"):
         resource, obj_name = "pods", str(getattr(request, "pod", ""))
     elif name == "NodeMetrics":

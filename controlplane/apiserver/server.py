@@ -12,8 +12,10 @@ What must hold:
 - Authorization has one place here, `RequestAuth.admit`, run by the interceptor before any
   handler: the caller (authenticated, then impersonated if the `impersonate-user` /
   `impersonate-group` metadata asks and the caller may), the request's attributes
-  (`request_attributes`), the authorizer's verdict. A refusal is PERMISSION_DENIED naming the
-  user, verb and resource.
+  (`request_attributes`; a BindBatch asks once per binding: `each_request_attributes`), the
+  authorizer's verdict. A refusal is PERMISSION_DENIED naming the user, verb and resource.
+- A BindBatch is its Binds: each authorized, applied (its own store transaction, concurrently)
+  and answered (its own outcome) as Bind would be; one failing binding fails no other.
 - Every call passes the api-server's one `Limiter` (limits.py, shared with the REST front end)
   before its handler runs: over a limit it is RESOURCE_EXHAUSTED with the `retry-after` hint
   in its trailing metadata, and the handler never runs.
@@ -67,6 +69,8 @@ SERVICE = "skiff.api.v1.ApiServer"
 WAIT_FOR_STORE_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
 # Room for an object just over the 1.5 MiB limit to arrive and be refused by name.
 MAX_RECEIVE = 16 * 1024 * 1024
+# Bindings in one BindBatch at most (a scheduler sends its binds in flight: 100 by default).
+MAX_BIND_BATCH = 1000
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_RECEIVE),
     ("grpc.max_send_message_length", 512 * 1024 * 1024),
@@ -155,8 +159,7 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
         return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace,
                       selected_name(request.field_selector))
     if method == "Bind":
-        meta = request.binding.metadata
-        return _named(kinds.by_resource("pods"), "pods", "create", meta.namespace, meta.name, "binding")
+        return _binding_attributes(request.binding)
     if method == "Logs":
         return _named(kinds.by_resource("pods"), "pods", "get", request.namespace, request.pod, "log")
     if method == "Exec":
@@ -170,6 +173,20 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
     if method in OPEN_METHODS:
         return None
     return Attributes("call", path=f"/{SERVICE}/{method}")
+
+
+def _binding_attributes(binding: t.Binding) -> Attributes:
+    meta = binding.metadata
+    return _named(kinds.by_resource("pods"), "pods", "create", meta.namespace, meta.name, "binding")
+
+
+def each_request_attributes(method: str, request: Any) -> list[Attributes]:
+    """Every question authorization must answer yes to for a gRPC request: one per binding of a
+    BindBatch (each as its own Bind), else `request_attributes`' one (none for OPEN_METHODS)."""
+    if method == "BindBatch":
+        return [_binding_attributes(b) for b in request.bindings]
+    attrs = request_attributes(method, request)
+    return [] if attrs is None else [attrs]
 
 
 async def authenticate(authenticator: Authenticator, context: grpc.aio.ServicerContext[Any, Any]) -> UserInfo:
@@ -207,8 +224,7 @@ class RequestAuth:
         real = user
         if as_user or as_groups:
             user = self.authorizer.impersonate(user, as_user, as_groups)
-        attrs = request_attributes(method, request)
-        if attrs is not None:
+        for attrs in each_request_attributes(method, request):
             self.authorizer.check(user, attrs, impersonator=real if user is not real else None)
         return user
 
@@ -343,6 +359,25 @@ class ApiServerService:
             raise errors.InvalidError("binding: required")
         return kinds.wrap(await self.registry.bind(request.binding))
 
+    async def BindBatch(self, request: api.BindBatchRequest, context: Any) -> api.BindBatchResponse:
+        if not request.bindings:
+            raise errors.InvalidError("bindings: required: at least one")
+        if len(request.bindings) > MAX_BIND_BATCH:
+            raise errors.InvalidError(f"bindings: at most {MAX_BIND_BATCH} in one call, not {len(request.bindings)}")
+        # Concurrently, as the same number of Bind calls in flight would be: each its own store
+        # transaction (binds of different pods never share a revision).
+        results = await asyncio.gather(*(self.registry.bind(b) for b in request.bindings), return_exceptions=True)
+        response = api.BindBatchResponse()
+        for result in results:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                err = to_status(result)
+                response.outcomes.add(code=err.code.value[0], message=err.message, reason=err.reason)
+            else:
+                response.outcomes.add()
+        return response
+
     async def Logs(self, request: api.LogsRequest, context: Any) -> AsyncIterator[api.LogChunk]:
         async for chunk in self.forwarder.logs(request):
             yield chunk
@@ -416,6 +451,7 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
         "Delete": unary(service.Delete, api.DeleteRequest),
         "Watch": stream(service.Watch, api.WatchRequest),
         "Bind": unary(service.Bind, api.BindRequest),
+        "BindBatch": unary(service.BindBatch, api.BindBatchRequest),
         "Logs": stream(service.Logs, api.LogsRequest),
         "Exec": unary(service.Exec, api.ExecRequest),
         "Version": unary(service.Version, api.VersionRequest),

@@ -1,27 +1,36 @@
 """What the scheduler knows about a pod and a node, precomputed and kept up to date incrementally.
 
 What must hold:
-- PodInfo is computed once per pod (requests, host ports, selector, tolerations, owner) and
-  never changes; scheduling a pod never re-parses quantities;
+- PodInfo is computed once per pod (requests, host ports, selector, tolerations, owner, QoS)
+  and never changes; scheduling a pod never re-parses quantities. Its `signature` names
+  everything of the pod that a memoizable plugin reads (framework.py): two pods with equal
+  signatures get the same filter verdicts and scores on a node in a given state;
 - NodeInfo's aggregates (requested cpu/memory, pod count, host ports in use, pods per owner)
   always equal the sum over the pods currently placed on it: `add_pod`/`remove_pod` are the
   only ways to change them, each O(1) in the number of pods, so no decision ever walks all
   the pods of the cluster;
 - node facts that filters read (ready, unschedulable, taints, pressure conditions,
   allocatable) are derived once per node update, not per scheduling decision (a decision
-  examines hundreds of nodes: a fact derived per examination was 27% of a decision's time).
+  examines hundreds of nodes: a fact derived per examination was 27% of a decision's time);
+- `verdicts` (signature → a decision's filter status and raw scores on this node) only ever
+  holds what the node's current state gives: every change of the node (`set_node`,
+  `add_pod`, `remove_pod`) empties it, in `_changed`, with the generation bump.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from controlplane.common import podutil
-from skiff import conditions, quantity, taints
+from skiff import conditions, qos, quantity, taints
 from skiffpb.api.v1 import types_pb2 as t
 
 DEFAULT_PODS = 110
+# Pod shapes remembered per node state: the scale scenario's 100 Deployments pending at once
+# would keep 100 per node; a bound keeps 1,000 nodes' verdicts to a few MB.
+MAX_VERDICTS = 32
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +47,8 @@ class PodInfo:
     tolerations: tuple[t.Toleration, ...]
     owner_uid: str
     created: float
+    best_effort: bool
+    signature: str
 
     @classmethod
     def of(cls, pod: t.Pod) -> PodInfo:
@@ -46,9 +57,18 @@ class PodInfo:
         ports = tuple((p.protocol or "TCP", p.host_ip or "0.0.0.0", p.host_port)
                       for c in pod.spec.containers for p in c.ports if p.host_port)
         ref = podutil.controller_ref(pod)
-        return cls(pod, podutil.pod_key(pod), pod.metadata.uid, cpu, mem, nz_cpu, nz_mem, ports,
-                   dict(pod.spec.node_selector), tuple(pod.spec.tolerations), ref.uid if ref else "",
-                   podutil.created(pod))
+        owner = ref.uid if ref else ""
+        selector = dict(pod.spec.node_selector)
+        tolerations = tuple(pod.spec.tolerations)
+        best_effort = qos.qos_class(pod.spec) == qos.BEST_EFFORT
+        # A str, not a tuple: its hash is computed once and kept, and a decision looks it up
+        # on hundreds of nodes.
+        signature = repr((cpu, mem, nz_cpu, nz_mem, ports, sorted(selector.items()),
+                          [(tol.key, tol.operator, tol.value, tol.effect,
+                            tol.toleration_seconds if tol.HasField("toleration_seconds") else None)
+                           for tol in tolerations], owner, best_effort))
+        return cls(pod, podutil.pod_key(pod), pod.metadata.uid, cpu, mem, nz_cpu, nz_mem, ports, selector,
+                   tolerations, owner, podutil.created(pod), best_effort, signature)
 
 
 def _quantity(values: dict[str, str], name: str, parse: Callable[[str], int], default: int) -> int:
@@ -97,6 +117,20 @@ class NodeInfo:
     owners: dict[str, int] = field(default_factory=dict)
     pods: dict[str, PodInfo] = field(default_factory=dict)
     generation: int = 0
+    # PodInfo.signature -> (the first failing filter's status or None, raw scores per score plugin).
+    verdicts: dict[str, tuple[Any, tuple[int, ...]]] = field(default_factory=dict)
+
+    def _changed(self) -> None:
+        self.generation += 1
+        if self.verdicts:
+            self.verdicts = {}
+
+    def remember(self, signature: str, verdict: tuple[Any, tuple[int, ...]]) -> tuple[Any, tuple[int, ...]]:
+        """Keep a verdict for this node's current state (bounded: many pod shapes at once start over)."""
+        if len(self.verdicts) >= MAX_VERDICTS:
+            self.verdicts = {}
+        self.verdicts[signature] = verdict
+        return verdict
 
     def set_node(self, node: t.Node) -> None:
         self.node = node
@@ -110,7 +144,7 @@ class NodeInfo:
         self.pressures = node_pressures(node)
         self.hard_taints = tuple(tn for tn in node.spec.taints if tn.effect in (taints.NO_SCHEDULE, taints.NO_EXECUTE))
         self.soft_taints = tuple(tn for tn in node.spec.taints if tn.effect == taints.PREFER_NO_SCHEDULE)
-        self.generation += 1
+        self._changed()
 
     def add_pod(self, pi: PodInfo) -> None:
         if pi.key in self.pods:
@@ -125,7 +159,7 @@ class NodeInfo:
             self.ports.setdefault((proto, port), []).append(ip)
         if pi.owner_uid:
             self.owners[pi.owner_uid] = self.owners.get(pi.owner_uid, 0) + 1
-        self.generation += 1
+        self._changed()
 
     def remove_pod(self, pi: PodInfo) -> None:
         if self.pods.pop(pi.key, None) is None:
@@ -147,4 +181,4 @@ class NodeInfo:
                 self.owners[pi.owner_uid] = left
             else:
                 self.owners.pop(pi.owner_uid, None)
-        self.generation += 1
+        self._changed()

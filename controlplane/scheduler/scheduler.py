@@ -8,8 +8,14 @@ What must hold:
   sum wins and ties are broken at random, so equal nodes share the load;
 - the search starts where the previous one stopped and stops after enough feasible nodes
   (see num_feasible_nodes_to_find), so a decision costs O(nodes examined), never O(pods);
-- binding goes through the api-server asynchronously (bounded in flight); a failed bind
-  forgets the assumption (freeing the node) and the pod is retried after its backoff;
+- with memoizable plugins (framework.py) a node's verdict for a pod signature is computed once
+  per node state and reused: the same decision as running every plugin, at a dictionary
+  lookup per examined node for the pods of one owner;
+- binding goes through the api-server asynchronously (bounded in flight: `max_binds_in_flight`
+  pods decided and not yet answered), batched: the pods decided while a BindBatch call is in
+  flight go together in the next (each pod still its own Bind on the api-server, with its own
+  outcome); a failed bind forgets the assumption (freeing the node) and the pod is retried
+  after its backoff;
 - before a bind, the pod's unbound WaitForFirstConsumer claims are given the chosen node
   (plugins/volume_binding.py `pre_bind`); a claim or volume event retries waiting pods;
 - a pod that fits nowhere gets a FailedScheduling event naming the reasons per node count
@@ -23,18 +29,25 @@ import logging
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from controlplane.common import podutil
 from controlplane.scheduler import metrics
 from controlplane.scheduler.cache import SchedulerCache
-from controlplane.scheduler.framework import FilterPlugin, FitError, ScorePlugin, num_feasible_nodes_to_find
-from controlplane.scheduler.nodeinfo import PodInfo
+from controlplane.scheduler.framework import (
+    FilterPlugin,
+    FitError,
+    ScorePlugin,
+    memoizable,
+    num_feasible_nodes_to_find,
+)
+from controlplane.scheduler.nodeinfo import NodeInfo, PodInfo
 from controlplane.scheduler.plugins import default_filters, default_scores
 from controlplane.scheduler.plugins.volume_binding import StorageView, VolumeBinding
 from controlplane.scheduler.queue import QueuedPod, SchedulingQueue
 from skiff import conditions, errors
-from skiff.client import ApiClient
+from skiff.client import ApiClient, new_binding
 from skiff.clock import Clock, RealClock
 from skiff.events import NORMAL, WARNING, EventRecorder, Recorder
 from skiff.guard import supervise
@@ -53,6 +66,11 @@ COMPONENT = "default-scheduler"
 EVENT_QPS = 50.0
 EVENT_BURST = 100
 EVENT_QUEUE = 1000
+# Binds go out as BindBatch calls of at most this many, at most this many calls at once: while
+# one call is in flight the next decisions gather for the next call. A pod with claims to
+# bind first (VolumeBinding.pre_bind) is bound on its own.
+MAX_BIND_BATCH = 100
+MAX_BATCHES_IN_FLIGHT = 2
 
 
 def new_recorder(client: ApiClient, *, clock: Clock | None = None) -> EventRecorder:
@@ -79,18 +97,30 @@ def bound_pod_view(pod: t.Pod) -> t.Pod:
     return t.Pod.FromString(pod.SerializeToString())
 
 
+@dataclass(slots=True)
+class _PendingBind:
+    qp: QueuedPod
+    pod: t.Pod
+    info: PodInfo
+    node: str
+    started: float
+
+
 class Scheduler:
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
                  clock: Clock | None = None, filters: list[FilterPlugin] | None = None,
                  scores: list[ScorePlugin] | None = None, percentage_of_nodes_to_score: int = 0,
                  max_binds_in_flight: int = 100, scheduler_names: tuple[str, ...] = ("", DEFAULT_SCHEDULER_NAME),
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, batch_binds: bool = True) -> None:
         self.client = client
         self.recorder = recorder
         self.clock = clock or RealClock()
         self.filters = filters if filters is not None else default_filters()
         self.scores = scores if scores is not None else default_scores()
         self.percentage = percentage_of_nodes_to_score
+        # Every score plugin memoizable: decisions may use the nodes' remembered verdicts
+        # (framework.py; the filters are checked per pod, as pre_filter picks them).
+        self._memoizable = all(memoizable(p) for p in self.scores)
         self.scheduler_names = scheduler_names
         self.rng = rng or random.Random()
         self.cache = SchedulerCache()
@@ -114,6 +144,10 @@ class Scheduler:
         self._next_start = 0
         self._bind_slots = asyncio.Semaphore(max_binds_in_flight)
         self._binds: set[asyncio.Task[Any]] = set()
+        # Decided pods waiting for a BindBatch call, and the calls sending them.
+        self._batching = batch_binds
+        self._pending: list[_PendingBind] = []
+        self._senders = 0
         self.scheduled = 0
         self.unschedulable = 0
         self.bind_failures = 0
@@ -172,40 +206,67 @@ class Scheduler:
         n = len(nodes)
         if n == 0:
             raise FitError(info.key, 0, Counter())
+        active = [f for f in self.filters if f.pre_filter(info)]
         # Bound methods looked up once: this loop runs filters x hundreds of nodes per pod.
-        filters = [f.filter for f in self.filters if f.pre_filter(info)]
+        filters = [f.filter for f in active]
+        memo = self._memoizable and all(memoizable(f) for f in active)
         want = num_feasible_nodes_to_find(n, self.percentage)
         start = self._next_start % n
         order = nodes[start:] + nodes[:start] if start else nodes
         feasible = []
+        rows: list[tuple[int, ...]] = []
         diagnosis: Counter[str] = Counter()
         examined = 0
-        for ni in order:
-            examined += 1
-            for fn in filters:
-                status = fn(info, ni)
+        if memo:
+            sig = info.signature
+            for ni in order:
+                examined += 1
+                verdict = ni.verdicts.get(sig)
+                if verdict is None:
+                    verdict = ni.remember(sig, self._verdict(info, ni, filters))
+                status = verdict[0]
                 if status is not None:
                     diagnosis.update(status.reasons)
-                    break
-            else:
+                    continue
                 feasible.append(ni)
+                rows.append(verdict[1])
                 if len(feasible) >= want:
                     break
+        else:
+            for ni in order:
+                examined += 1
+                for fn in filters:
+                    status = fn(info, ni)
+                    if status is not None:
+                        diagnosis.update(status.reasons)
+                        break
+                else:
+                    feasible.append(ni)
+                    if len(feasible) >= want:
+                        break
         self._next_start = (start + examined) % n
         if not feasible:
             raise FitError(info.key, n, diagnosis)
         if len(feasible) == 1:
             return feasible[0].name
+        columns = zip(*rows, strict=True) if memo else (plugin.score_all(info, feasible) for plugin in self.scores)
         totals = [0] * len(feasible)
-        for plugin in self.scores:
-            scores = plugin.score_all(info, feasible)
+        for plugin, column in zip(self.scores, columns, strict=True):
+            scores = list(column)
             plugin.normalize(info, scores)
             weight = plugin.weight
-            for i, s in enumerate(scores):
-                totals[i] += s * weight
+            totals = [total + s * weight for total, s in zip(totals, scores, strict=True)]
         best = max(totals)
         winners = [i for i, total in enumerate(totals) if total == best]
         return feasible[winners[0] if len(winners) == 1 else self.rng.choice(winners)].name
+
+    def _verdict(self, info: PodInfo, ni: NodeInfo, filters: list[Any]) -> tuple[Any, tuple[int, ...]]:
+        """The first failing filter's status (None: it fits) and, if it fits, each plugin's raw score."""
+        for fn in filters:
+            status = fn(info, ni)
+            if status is not None:
+                return status, ()
+        return None, tuple(plugin.score(info, ni) for plugin in self.scores)
 
     async def schedule_one(self, qp: QueuedPod) -> None:
         pod = self.pods.get_by_key(qp.key)
@@ -226,34 +287,84 @@ class Scheduler:
             return
         self.cache.assume(info, node)
         await self._bind_slots.acquire()
-        task = asyncio.ensure_future(self._bind(qp, pod, info, node, started))
+        if self._batching and not self.volume_binding.pre_filter(info):
+            self._pending.append(_PendingBind(qp, pod, info, node, started))
+            if self._senders < MAX_BATCHES_IN_FLIGHT:
+                self._track(self._send_binds())
+            return
+        self._track(self._bind(qp, pod, info, node, started))
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._binds.add(task)
         task.add_done_callback(self._binds.discard)
 
     async def _bind(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str, started: float) -> None:
-        ns, name = pod.metadata.namespace, pod.metadata.name
+        """One pod: its claims' selected node first (pre_bind), then its own Bind."""
         try:
             await self.volume_binding.pre_bind(self.client, pod, node)
-            await self.client.bind(ns, name, node, uid=info.uid)
+            await self.client.bind(pod.metadata.namespace, pod.metadata.name, node, uid=info.uid)
         except errors.SkiffError as exc:
-            metrics.attempt("error", time.perf_counter() - started)
-            self.bind_failures += 1
-            self.cache.forget(info.key, info.uid)
-            self.queue.move_all_to_active()  # the node we held for it is free again
-            if isinstance(exc, errors.NotFoundError):
-                self.queue.delete(qp.key)
-            elif isinstance(exc, errors.PodAlreadyAssignedError):
-                self.queue.done(qp.key)  # someone bound it; the watch will tell us where
-            else:
-                log.warning("binding %s to %s failed: %s", qp.key, node, exc)
-                self.recorder.event(pod, WARNING, "FailedScheduling", f"Binding rejected: {exc}")
-                self.queue.retry_after_error(qp)
+            self._bind_failed(qp, pod, info, node, started, exc)
             return
         finally:
             self._bind_slots.release()
+        self._bound(qp, pod, node, started)
+
+    async def _send_binds(self) -> None:
+        """Send the pending binds, up to MAX_BIND_BATCH per BindBatch call, until none is left."""
+        self._senders += 1
+        try:
+            while self._pending:
+                batch = self._pending[:MAX_BIND_BATCH]
+                del self._pending[:MAX_BIND_BATCH]
+                outcomes: list[errors.SkiffError | None]
+                try:
+                    outcomes = await self.client.bind_batch(
+                        [new_binding(b.pod.metadata.namespace, b.pod.metadata.name, b.node, uid=b.info.uid)
+                         for b in batch])
+                except errors.UnimplementedError:
+                    # An api-server without BindBatch (an older one, mid-upgrade): one Bind per pod from now on.
+                    log.info("the api-server has no BindBatch: binding one pod per call")
+                    self._batching = False
+                    for b in batch:
+                        self._track(self._bind(b.qp, b.pod, b.info, b.node, b.started))
+                    continue
+                except errors.SkiffError as exc:
+                    outcomes = [exc] * len(batch)
+                except BaseException:
+                    for _ in batch:
+                        self._bind_slots.release()
+                    raise
+                for b, outcome in zip(batch, outcomes, strict=True):
+                    self._bind_slots.release()
+                    if outcome is None:
+                        self._bound(b.qp, b.pod, b.node, b.started)
+                    else:
+                        self._bind_failed(b.qp, b.pod, b.info, b.node, b.started, outcome)
+        finally:
+            self._senders -= 1
+
+    def _bind_failed(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str, started: float,
+                     exc: errors.SkiffError) -> None:
+        metrics.attempt("error", time.perf_counter() - started)
+        self.bind_failures += 1
+        self.cache.forget(info.key, info.uid)
+        self.queue.move_all_to_active()  # the node we held for it is free again
+        if isinstance(exc, errors.NotFoundError):
+            self.queue.delete(qp.key)
+        elif isinstance(exc, errors.PodAlreadyAssignedError):
+            self.queue.done(qp.key)  # someone bound it; the watch will tell us where
+        else:
+            log.warning("binding %s to %s failed: %s", qp.key, node, exc)
+            self.recorder.event(pod, WARNING, "FailedScheduling", f"Binding rejected: {exc}")
+            self.queue.retry_after_error(qp)
+
+    def _bound(self, qp: QueuedPod, pod: t.Pod, node: str, started: float) -> None:
         metrics.attempt("scheduled", time.perf_counter() - started)
         self.scheduled += 1
         self.queue.done(qp.key)
+        ns, name = pod.metadata.namespace, pod.metadata.name
         self.recorder.event(pod, NORMAL, "Scheduled", f"Successfully assigned {ns}/{name} to {node}")
 
     # ------------------------------------------------------------------ running

@@ -199,6 +199,15 @@ def test_scheduler_stream_rows_judge_the_target_per_store(results: dict[str, Any
         assert p in text
 
 
+def test_scheduler_stream_rows_show_the_code_before_when_measured_beside() -> None:
+    base = {"target_pods_per_second": 1000, "skiff": _stream(300.0), "etcd": _stream(250.0)}
+    assert not any("before" in row[0] for row in report.scheduler_stream_rows(base))
+    rows = report.scheduler_stream_rows(base | {"before": {"code": "main ed95ef8", "skiff": _stream(120.0)}})
+    [row] = [row for row in rows if "before" in row[0]]
+    assert "main ed95ef8" in row[0]
+    assert row[2] == "skiff: 120 → 300 pods/s (2.50x), CPU 2.5 → 2.5 ms per pod"
+
+
 def test_apiserver_ha_rows_compare_the_stores() -> None:
     def run(rate: float) -> dict[str, Any]:
         return {"per_second": rate, "p50_ms": 50.0, "p99_ms": 120.0}

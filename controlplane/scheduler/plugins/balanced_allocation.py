@@ -17,6 +17,7 @@ def balanced_score(cpu_fraction: float, mem_fraction: float) -> int:
 
 class BalancedAllocation:
     name = NAME
+    memoizable = True
     weight = 1
 
     def score(self, pod: PodInfo, node: NodeInfo) -> int:

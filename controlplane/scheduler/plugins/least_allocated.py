@@ -21,6 +21,7 @@ def least_requested_score(requested: int, allocatable: int) -> int:
 
 class LeastAllocated:
     name = NAME
+    memoizable = True
     weight = 1
 
     def score(self, pod: PodInfo, node: NodeInfo) -> int:

@@ -27,6 +27,7 @@ def conflicts(wanted: Iterable[tuple[str, str, int]], used: Mapping[tuple[str, i
 
 class NodePorts:
     name = NAME
+    memoizable = True
 
     def pre_filter(self, pod: PodInfo) -> bool:
         return bool(pod.host_ports)

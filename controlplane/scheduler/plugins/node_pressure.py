@@ -4,14 +4,13 @@ predicates; newer Kubernetes expresses the same through node.kubernetes.io/*-pre
 
 What must hold: only a condition whose status is "True" counts (NodeInfo derives them once per
 node update: `nodeinfo.node_pressures`); a pod's QoS class is computed from its spec
-(skiff/qos.py), the same as its status shows.
+(skiff/qos.py), the same as its status shows, once per pod (`PodInfo.best_effort`).
 """
 
 from __future__ import annotations
 
 from controlplane.scheduler.framework import Status, unschedulable
 from controlplane.scheduler.nodeinfo import NodeInfo, PodInfo, node_pressures
-from skiff import qos
 
 NAME = "NodePressure"
 _MEMORY = unschedulable(NAME, "node(s) had memory pressure")
@@ -24,6 +23,7 @@ pressures = node_pressures  # the pure helper, by the name this plugin's readers
 
 class NodePressure:
     name = NAME
+    memoizable = True
 
     def pre_filter(self, pod: PodInfo) -> bool:
         return True
@@ -36,6 +36,6 @@ class NodePressure:
             return _DISK
         if "PIDPressure" in found:
             return _PID
-        if qos.qos_class(pod.pod.spec) == qos.BEST_EFFORT:
+        if pod.best_effort:
             return _MEMORY
         return None

@@ -16,6 +16,7 @@ def node_ready(node: NodeInfo) -> bool:
 
 class NodeReady:
     name = NAME
+    memoizable = True
 
     def pre_filter(self, pod: PodInfo) -> bool:
         return True

@@ -35,6 +35,7 @@ def _status(reasons: tuple[str, ...]) -> Status:
 
 class NodeResourcesFit:
     name = NAME
+    memoizable = True
 
     def pre_filter(self, pod: PodInfo) -> bool:
         return True

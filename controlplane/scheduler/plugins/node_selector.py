@@ -18,6 +18,7 @@ def matches(selector: Mapping[str, str], node_labels: Mapping[str, str]) -> bool
 
 class NodeSelector:
     name = NAME
+    memoizable = True
 
     def pre_filter(self, pod: PodInfo) -> bool:
         return bool(pod.node_selector)

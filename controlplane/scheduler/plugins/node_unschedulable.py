@@ -19,6 +19,7 @@ def tolerates_unschedulable(pod: PodInfo) -> bool:
 
 class NodeUnschedulable:
     name = NAME
+    memoizable = True
 
     def pre_filter(self, pod: PodInfo) -> bool:
         return not tolerates_unschedulable(pod)

@@ -21,6 +21,7 @@ def spread_scores(counts: list[int]) -> list[int]:
 
 class OwnerSpread:
     name = NAME
+    memoizable = True
     weight = 2
 
     def score(self, pod: PodInfo, node: NodeInfo) -> int:

@@ -23,6 +23,7 @@ def count_intolerable_soft_taints(node_taints: Iterable[t.Taint], tolerations: I
 
 class TaintToleration:
     name = NAME
+    memoizable = True
     weight = 3
 
     def pre_filter(self, pod: PodInfo) -> bool:

@@ -71,6 +71,7 @@ def claim_problem(pvc: t.PersistentVolumeClaim | None, name: str, *, node_name: 
 
 class VolumeBinding:
     name = NAME
+    memoizable = False  # it reads claims and volumes from informers, not the node's state
 
     def __init__(self, view: StorageView) -> None:
         self.view = view

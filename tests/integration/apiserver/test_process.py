@@ -180,7 +180,7 @@ async def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(tmp_pa
         rng = random.Random(7)
         async with grpc.aio.insecure_channel(cp.apiserver_endpoints,
                                              options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-            methods = ["Create", "Get", "List", "Update", "UpdateStatus", "Delete", "Bind", "Exec"]
+            methods = ["Create", "Get", "List", "Update", "UpdateStatus", "Delete", "Bind", "BindBatch", "Exec"]
             for method in methods:
                 for size in (3, 50, 500):
                     junk = bytes([0xFF, 0xFF, 0xFF]) + rng.randbytes(size)
@@ -211,6 +211,9 @@ async def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(tmp_pa
                 ("Delete", api.DeleteRequest(resource="pods", namespace="default", name="nope"),
                  grpc.StatusCode.NOT_FOUND, "not found"),
                 ("Bind", api.BindRequest(), grpc.StatusCode.INVALID_ARGUMENT, "binding"),
+                ("BindBatch", api.BindBatchRequest(), grpc.StatusCode.INVALID_ARGUMENT, "bindings: required"),
+                ("BindBatch", api.BindBatchRequest(bindings=[t.Binding()] * 1001), grpc.StatusCode.INVALID_ARGUMENT,
+                 "at most 1000"),
                 ("Exec", api.ExecRequest(pod="x"), grpc.StatusCode.INVALID_ARGUMENT, "command"),
             ]
             huge = pod("huge")

@@ -3,9 +3,10 @@ happens to a pod between the decision and its bind, no node's capacity is lost o
 
 Two nodes have room for exactly 5 pods each and 10 pods wait before the scheduler starts, so all
 10 binds are in flight together. For one pod, a racer acts through the same api-server just
-before the scheduler's bind reaches it: it binds the pod itself, deletes it, deletes it and
-creates a new pod of the same name (a new uid), or has the api-server refuse the bind (no target
-node; the pod stays unbound, so only the scheduler's own forget frees its node). Afterwards a
+before the scheduler's bind reaches it (its Bind, or its binding in a BindBatch: both ways are
+run): it binds the pod itself, deletes it, deletes it and creates a new pod of the same name (a
+new uid), or has the api-server refuse the bind (no target node; the pod stays unbound, so only
+the scheduler's own forget frees its node). Afterwards a
 replacement pod fills any freed slot. Every pod the api-server then holds must be bound, 5 per
 node: an assumption the failed bind left behind would leave a pod pending (a slot lost), a pod
 counted twice would do the same, and a freed slot not given back would keep the replacement
@@ -17,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from controlplane.scheduler.scheduler import Scheduler
 from deploy.loopback import control_plane
-from skiff.client import Client
+from skiff import errors
+from skiff.client import Client, new_binding
 from skiff.events import EventRecorder
 from skiff.guard import guard
 from skiff.informer import InformerFactory
@@ -59,6 +61,17 @@ class RacingClient(Client):
             named = await self.race(self, namespace, pod, node)
             node = node if named is None else named
         return await super().bind(namespace, pod, node, uid=uid)
+
+    async def bind_batch(self, bindings: Sequence[t.Binding]) -> list[errors.SkiffError | None]:
+        sent = []
+        for b in bindings:
+            if b.metadata.name == self.victim and not self.raced:
+                self.raced += 1
+                named = await self.race(self, b.metadata.namespace, b.metadata.name, b.target.name)
+                if named is not None:
+                    b = new_binding(b.metadata.namespace, b.metadata.name, named, uid=b.metadata.uid)
+            sent.append(b)
+        return await super().bind_batch(sent)
 
 
 def make_node(name: str) -> t.Node:
@@ -105,8 +118,10 @@ async def rejected(client: Client, ns: str, pod: str, node: str) -> str:
     (recreated, 1, False),  # the uid precondition fails: the new pod is scheduled in its own turn
     (rejected, 1, False),  # Invalid: the pod is retried after its backoff, on a node freed for it
 ], ids=["no-race", "bound-by-someone-else", "deleted", "recreated", "rejected"])
-async def test_concurrent_binds_keep_capacity_exact(api: str, race: Race, failures: int, replacement: bool) -> None:
-    ns = race.__name__.replace("_", "-")
+@pytest.mark.parametrize("batch", [True, False], ids=["bind-batch", "bind-per-pod"])
+async def test_concurrent_binds_keep_capacity_exact(api: str, race: Race, failures: int, replacement: bool,
+                                                    batch: bool) -> None:
+    ns = race.__name__.replace("_", "-") + ("-batch" if batch else "")
     nodes = [f"{ns}-n{i}" for i in range(2)]
     async with Client(api) as admin:
         for name in nodes:
@@ -118,7 +133,8 @@ async def test_concurrent_binds_keep_capacity_exact(api: str, race: Race, failur
         factory = InformerFactory(client)
         recorder = EventRecorder(client, "default-scheduler")
         # The earlier cases' nodes are cordoned: only this case's two take pods.
-        sched = Scheduler(client, factory, recorder=recorder, rng=random.Random(7), max_binds_in_flight=10)
+        sched = Scheduler(client, factory, recorder=recorder, rng=random.Random(7), max_binds_in_flight=10,
+                          batch_binds=batch)
         await factory.start()
         await factory.wait_synced(30)
         tasks = [guard(sched.run(), "test-scheduler"), guard(recorder.run(), "test-events")]

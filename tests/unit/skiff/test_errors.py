@@ -46,3 +46,12 @@ def test_an_error_survives_the_round_trip(err: errors.SkiffError) -> None:
     """What a server sends (code, message, trailing metadata) is rebuilt into the same type."""
     back = errors.from_grpc(status(err.code, err.message, *errors.trailing_metadata(err)))
     assert (type(back), back.message) == (type(err), err.message)
+    # The same error as one outcome of a batch (BindBatch): the code by its number, the reason beside it.
+    back = errors.from_status(errors.status_code(err.code.value[0]), err.message, err.reason)
+    assert (type(back), back.message) == (type(err), err.message)
+
+
+@pytest.mark.parametrize(("number", "code"), [(0, grpc.StatusCode.OK), (10, grpc.StatusCode.ABORTED),
+                                              (999, grpc.StatusCode.UNKNOWN)], ids=["ok", "aborted", "unknown"])
+def test_status_code_by_number(number: int, code: grpc.StatusCode) -> None:
+    assert errors.status_code(number) is code

@@ -28,11 +28,12 @@ from controlplane.apiserver.server import (
     ApiServerService,
     ErrorInterceptor,
     RequestAuth,
+    each_request_attributes,
     generic_handler,
     request_attributes,
 )
 from skiff import errors, identity
-from skiff.client import Client
+from skiff.client import Client, new_binding
 from skiff.identity import UserInfo
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import metrics_pb2
@@ -109,6 +110,29 @@ async def test_grpc_refusal_names_user_verb_and_resource(cluster: Cluster) -> No
         review = await alice.access_review("get", "pods", namespace="team")
         assert review.allowed and 'RoleBinding "alice-views/team"' in review.reason
     assert (await cluster.inproc.get(t.Pod, "web", "team")).metadata.name == "web"
+
+
+async def test_grpc_bind_batch_is_each_bind(cluster: Cluster) -> None:
+    """Every binding authorized (one refused: the call is refused, nothing bound), each applied
+    and answered on its own: bound, lost to an earlier bind, gone, another pod of the name."""
+    for name in ("a", "b", "c"):
+        await cluster.inproc.create(pod(name, ns="team"))
+    await cluster.inproc.bind("team", "b", "n1")
+    async with Client(cluster.grpc_target, impersonate_user="alice") as alice:
+        with pytest.raises(errors.ForbiddenError, match='cannot create resource "pods/binding"'):
+            await alice.bind_batch([new_binding("team", "a", "n2")])
+    async with Client(cluster.grpc_target, impersonate_user=identity.SCHEDULER) as scheduler:
+        with pytest.raises(errors.InvalidError, match="bindings: required"):
+            await scheduler.bind_batch([])
+        outcomes = await scheduler.bind_batch([
+            new_binding("team", "a", "n2"), new_binding("team", "b", "n2"), new_binding("team", "gone", "n2"),
+            new_binding("team", "c", "n2", uid="not-its-uid")])
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], errors.PodAlreadyAssignedError) and 'node "n1"' in outcomes[1].message
+    assert isinstance(outcomes[2], errors.NotFoundError)
+    assert type(outcomes[3]) is errors.ConflictError and "precondition failed: uid" in outcomes[3].message
+    assert {p.metadata.name: p.spec.node_name for p in (await cluster.inproc.list(t.Pod, namespace="team")).items} \
+        == {"web": "", "a": "n2", "b": "n1", "c": ""}
 
 
 async def test_grpc_impersonation_needs_the_right(cluster: Cluster) -> None:
@@ -307,6 +331,14 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
         "node-metrics", "pod-metrics"])
 def test_grpc_request_attributes(method: str, request_: Any, attrs: Attributes | None) -> None:
     assert request_attributes(method, request_) == attrs
+    assert each_request_attributes(method, request_) == ([] if attrs is None else [attrs])
+
+
+def test_bind_batch_asks_once_per_binding() -> None:
+    request = api.BindBatchRequest(bindings=[new_binding("d", "p", "n1"), new_binding("", "q", "n1")])
+    assert each_request_attributes("BindBatch", request) == [
+        Attributes("create", "pods", "binding", namespace="d", name="p"),
+        Attributes("create", "pods", "binding", namespace="default", name="q")]
 
 
 async def test_self_subject_rules_review(cluster: Cluster) -> None:

@@ -133,6 +133,54 @@ async def test_a_lost_bind_is_told_apart_by_type(cluster: Cluster, error: errors
     assert bool(messages) == rejected
 
 
+async def decide_all(sched: Scheduler, count: int) -> None:
+    """`count` decisions in a row, without letting a bind run in between (as under a backlog)."""
+    for _ in range(count):
+        qp = await sched.queue.pop()
+        assert qp is not None
+        await sched.schedule_one(qp)
+    await sched.wait_binds()
+
+
+@pytest.mark.parametrize(("batch", "calls"), [(True, 1), (False, 0)], ids=["batched", "one-bind-per-call"])
+async def test_pods_decided_together_are_bound_in_one_call(cluster: Cluster, batch: bool, calls: int) -> None:
+    nodes = [node(f"n{i}") for i in range(3)]
+    pods = [pod(f"p{i}", cpu="100m", created=i + 1) for i in range(7)]
+    await start(cluster, nodes, pods)
+    sched = Scheduler(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock,
+                      rng=random.Random(1), batch_binds=batch)
+    await cluster.start()
+    await decide_all(sched, 7)
+    await cluster.settle()
+    assert cluster.api.count("bindbatch") == calls
+    assert cluster.api.count("bind") == 7 and sched.scheduled == 7
+    assert all(placement(cluster).values())
+
+
+async def test_one_failed_bind_of_a_batch_fails_only_its_pod(cluster: Cluster) -> None:
+    sched = await start(cluster, [node("n0", cpu="2")], [pod(f"p{i}", cpu="500m", created=i + 1) for i in range(3)])
+    cluster.api.fail_next("bind", "pods", errors.UnavailableError("store unavailable"))
+    await decide_all(sched, 3)
+    assert cluster.api.count("bindbatch") == 1
+    assert sched.scheduled == 2 and sched.bind_failures == 1
+    assert sched.cache.nodes["n0"].req_cpu == 1000, "only the failed pod's assumption was forgotten"
+    assert sorted(sched.queue.where(f"default/p{i}") or "" for i in range(3)) == ["", "", "backoff"]
+
+
+async def test_an_api_server_without_bind_batch_gets_one_bind_per_pod(cluster: Cluster) -> None:
+    sched = await start(cluster, [node("n0")], [pod(f"p{i}", created=i + 1) for i in range(4)])
+    cluster.api.fail_next("bindbatch", "pods", errors.UnimplementedError("unknown method BindBatch"))
+    await decide_all(sched, 4)
+    await cluster.settle()
+    assert sched.scheduled == 4 and sched.bind_failures == 0
+    assert placement(cluster) == {f"p{i}": "n0" for i in range(4)}
+    await cluster.create(pod("later", created=9))
+    await cluster.settle()
+    await decide_all(sched, 1)
+    assert cluster.api.count("bindbatch") == 1, "after UNIMPLEMENTED, no further BindBatch"
+    assert cluster.api.count("bind") == 5
+
+
 async def test_pods_for_other_schedulers_and_bound_pods_are_ignored(cluster: Cluster) -> None:
     other = pod("other")
     other.spec.scheduler_name = "someone-else"
