@@ -43,6 +43,7 @@ from nodeagent.agent import AgentConfig, ClusterInformers, NodeAgent
 from nodeagent.cri import GrpcRuntime, Runtime
 from nodeagent.fakecri import FakeRuntime, Faults, serve
 from nodeagent.plan import PlanConfig
+from skiff import eventloop
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.guard import guard
@@ -231,7 +232,9 @@ async def run(config: HollowConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return run_until_signalled(run(config_from_args(args)))
+    # uvloop: every CRI and api-server call is a handful of loop callbacks, and a process of
+    # 250 agents spends most of its time in them (docs/scale.md).
+    return run_until_signalled(run(config_from_args(args)), loop_factory=eventloop.new_event_loop)
 
 
 if __name__ == "__main__":
