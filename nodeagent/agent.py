@@ -1,7 +1,9 @@
 """The node agent: registers its Node, renews its Lease, runs one worker per pod bound to it.
 
 Loops (each started through skiff.guard: the agent's own loops are supervised, restarted with
-backoff after an unexpected error; an informer that ends stops the process non-zero):
+backoff after an unexpected error; an informer that ends stops the process non-zero; each runs
+once per agent; the periodic ones wait their period +/- PERIOD_JITTER, the polling ones first a
+random part of one period, so many agents in one process do not poll in step):
 - pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
 - node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
 - service informer: the Service environment variables of new containers; pods start only after
@@ -10,10 +12,12 @@ backoff after an unexpected error; an informer that ends stops the process non-z
   every pod whose runtime state changed (a container that died without any event), starts a
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
   synced: a restarted agent adopts running pods instead of killing them), and records whether
-  the runtime answers;
+  the runtime answers; its container list is kept for log rotation;
 - log rotation (every `log_rotation_period`, 10 s): the kubelet's container log manager; a
   running container's log that reached `container_log_max_size` is renamed and the runtime
   reopens it (ReopenContainerLog); at most `container_log_max_files` files are kept (logs.py);
+  the running containers are the relist's listing when it is at most a relist period old, and
+  a container's log path is asked once (CRI fixes it at create), so a pass costs no CRI call;
 - configmaps and secrets (configrefs.py): only the objects this node's pods refer to, each
   watched on its own (fieldSelector metadata.name), as the kubelet's Watch strategy; env and
   volumes read them from those caches; a change kicks the workers of the pods that refer to
@@ -221,6 +225,9 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._network_kick = asyncio.Event()
         self.registered = asyncio.Event()
+        # Set by stop(): a worker ending as it is cancelled must not start a new one for its pod
+        # (which then ran on with the runtime closed under it: "Channel is closed" crashes).
+        self._stopping = False
         self.started = asyncio.Event()
         self.sampler = Sampler(runtime, node_name=config.node_name)
 
@@ -248,8 +255,8 @@ class NodeAgent:
         self.ensure_worker(uid)
 
     def ensure_worker(self, uid: str) -> None:
-        if uid in self._restarts:
-            return  # its worker crashed: it comes back when its backoff has passed
+        if uid in self._restarts or self._stopping:
+            return  # its worker crashed: it comes back when its backoff has passed; or the agent stops
         worker = self.workers.get(uid)
         if worker is None:
             worker = self.workers[uid] = PodWorker(self.ctx, uid)
@@ -652,6 +659,7 @@ class NodeAgent:
 
     async def start(self) -> None:
         """Start everything; returns once the node is registered and the pod cache synced."""
+        self._stopping = False
         self.pod_informer.add_handler(on_add=self._on_pod, on_update=self._on_pod_update,
                                       on_delete=self._on_pod_delete)
         self.node_informer.add_handler(on_add=self._kick_network, on_update=self._kick_network,
@@ -688,6 +696,7 @@ class NodeAgent:
 
     async def stop(self) -> None:
         """Stop the agent's loops and workers; containers keep running (a restart adopts them)."""
+        self._stopping = True
         for handle in self._restarts.values():
             handle.cancel()
         self._restarts.clear()
