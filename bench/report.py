@@ -233,7 +233,8 @@ def hollow_rows(r: dict[str, Any]) -> list[Row]:
         pods = x.get("pods", {})
         if pods.get("all_running"):
             return f"{pods['all_running_s']:.0f} s ({pods['pods_per_s']:.1f} pods/s)"
-        return f"{pods.get('running', 0):,} of {p['pods']:,} Running at the {pods.get('all_running_s', 0):.0f} s timeout"
+        timeout = pods.get("all_running_s", 0)
+        return f"{pods.get('running', 0):,} of {p['pods']:,} Running at the {timeout:.0f} s timeout"
 
     def held(x: dict[str, Any]) -> str:
         pods = x.get("pods", {})
