@@ -230,6 +230,39 @@ def nodeagent_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def hollow_rows(r: dict[str, Any]) -> list[Row]:
+    """bench/hollow.py: main's hollow process (baseline) and this tree's, side by side in one run."""
+    p = r["params"]
+    runs = [(label, r[label]) for label in ("baseline", "current") if label in r]
+    names = {"baseline": "before", "current": "after"}
+
+    def each(fn: Callable[[dict[str, Any]], str]) -> str:
+        return "; ".join(f"{names[label]}: {fn(x)}" if len(runs) > 1 else fn(x) for label, x in runs)
+
+    def running(x: dict[str, Any]) -> str:
+        pods = x.get("pods", {})
+        if pods.get("all_running"):
+            return f"{pods['all_running_s']:.0f} s ({pods['pods_per_s']:.1f} pods/s)"
+        timeout = pods.get("all_running_s", 0)
+        return f"{pods.get('running', 0):,} of {p['pods']:,} Running at the {timeout:.0f} s timeout"
+
+    def held(x: dict[str, Any]) -> str:
+        pods = x.get("pods", {})
+        return f"{pods['idle_millicores_per_agent']:.2f}" if "idle_millicores_per_agent" in pods else "not reached"
+
+    return [
+        (f"{p['nodes']} agents in one process ({p['runtime']} CRI): idle cores per agent, no pods (millicores)",
+         "— (#16: 250 per process with room to start pods)",
+         each(lambda x: f"{x['idle_millicores_per_agent']:.2f} ({x['idle_cores']:.2f} cores)"), "—"),
+        (f"{p['pods']:,} pods bound at create (spec.nodeName) → all Running", "—", each(running), "—"),
+        ("hollow process CPU per pod Running (ms); its cores meanwhile", "—",
+         each(lambda x: f"{x['pods']['hollow_cpu_ms_per_pod']:.0f}; {x['pods']['hollow_cores']:.2f}"), "—"),
+        ("idle with the pods on their nodes (millicores per agent)", "—", each(held), "—"),
+        ("Deadline Exceeded lines in the hollow process's log", "—",
+         each(lambda x: f"{x['log']['deadline_exceeded']:,}"), "—"),
+    ]
+
+
 def netproxy_rows(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     sizes = sorted({a["services"] for a in r["apply"]})
@@ -485,6 +518,9 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("scheduler-apiserver", "scheduler and controllers (a real api-server)", scheduler_rows),
     ("scheduler", "scheduler and controllers (the api-server registry in the same process)", scheduler_rows),
     ("nodeagent", "node agent (real containerd)", nodeagent_rows),
+    ("hollow", "hollow node agents (one process, a real api-server on 1 etcd member; before: an older tree's "
+     "hollow process, same run)",
+     hollow_rows),
     ("netproxy", "netproxy (real iptables)", netproxy_rows),
     ("e2e", "end to end (lab: 1 control-plane host, 2 workers)", e2e_rows),
     ("dns", "cluster DNS (the server in a child process on loopback)", dns_rows),

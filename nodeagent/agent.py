@@ -1,7 +1,9 @@
 """The node agent: registers its Node, renews its Lease, runs one worker per pod bound to it.
 
 Loops (each started through skiff.guard: the agent's own loops are supervised, restarted with
-backoff after an unexpected error; an informer that ends stops the process non-zero):
+backoff after an unexpected error; an informer that ends stops the process non-zero; each runs
+once per agent; the periodic ones wait their period +/- PERIOD_JITTER, the polling ones first a
+random part of one period, so many agents in one process do not poll in step):
 - pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
 - node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
 - service informer: the Service environment variables of new containers; pods start only after
@@ -10,10 +12,12 @@ backoff after an unexpected error; an informer that ends stops the process non-z
   every pod whose runtime state changed (a container that died without any event), starts a
   teardown worker for sandboxes of pods that no longer exist (only after the pod informer has
   synced: a restarted agent adopts running pods instead of killing them), and records whether
-  the runtime answers;
+  the runtime answers; its container list is kept for log rotation;
 - log rotation (every `log_rotation_period`, 10 s): the kubelet's container log manager; a
   running container's log that reached `container_log_max_size` is renamed and the runtime
   reopens it (ReopenContainerLog); at most `container_log_max_files` files are kept (logs.py);
+  the running containers are the relist's listing when it is at most a relist period old, and
+  a container's log path is asked once (CRI fixes it at create), so a pass costs no CRI call;
 - configmaps and secrets (configrefs.py): only the objects this node's pods refer to, each
   watched on its own (fieldSelector metadata.name), as the kubelet's Watch strategy; env and
   volumes read them from those caches; a change kicks the workers of the pods that refer to
@@ -50,6 +54,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +79,7 @@ from skiff.clock import stamp
 from skiff.events import EventRecorder
 from skiff.guard import HEALTHY_AFTER, guard, supervise
 from skiff.informer import Informer
-from skiff.retry import Backoff, Delays
+from skiff.retry import Backoff, Delays, jittered
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
 
@@ -148,6 +153,19 @@ class _FuncClock:
 
 
 STOP_TIMEOUT = 15.0  # seconds the agent's tasks get to end once cancelled
+# Periodic loops wait their period +/- this fraction (skiff.retry.jittered), and the polling
+# loops (relist, runtime status, usage, log rotation) first wait a random part of one period:
+# hundreds of agents started within seconds (hollow nodes) would otherwise poll in step.
+PERIOD_JITTER = 0.1
+
+
+async def _period(period: float) -> None:
+    await asyncio.sleep(jittered(period, PERIOD_JITTER, random.random()))
+
+
+async def _phase(period: float) -> None:
+    """A random part of one period: where this agent's polling loop falls within the period."""
+    await asyncio.sleep(period * random.random())
 
 
 class NodeAgent:
@@ -200,9 +218,16 @@ class NodeAgent:
         self._last_node_write = 0.0
         self._lease: t.Lease | None = None  # the node's Lease as this agent last wrote it
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        # The last relist's container list and when (monotonic): log rotation reads it instead
+        # of listing again; and each container's log path, which CRI fixes at create.
+        self._relisted: tuple[float, list[cri.Container]] | None = None
+        self._log_paths: dict[str, str] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._network_kick = asyncio.Event()
         self.registered = asyncio.Event()
+        # Set by stop(): a worker ending as it is cancelled must not start a new one for its pod
+        # (which then ran on with the runtime closed under it: "Channel is closed" crashes).
+        self._stopping = False
         self.started = asyncio.Event()
         self.sampler = Sampler(runtime, node_name=config.node_name)
 
@@ -230,8 +255,8 @@ class NodeAgent:
         self.ensure_worker(uid)
 
     def ensure_worker(self, uid: str) -> None:
-        if uid in self._restarts:
-            return  # its worker crashed: it comes back when its backoff has passed
+        if uid in self._restarts or self._stopping:
+            return  # its worker crashed: it comes back when its backoff has passed; or the agent stops
         worker = self.workers.get(uid)
         if worker is None:
             worker = self.workers[uid] = PodWorker(self.ctx, uid)
@@ -343,6 +368,7 @@ class NodeAgent:
             self.runtime_status = None
             return
         metrics.PLEG_RELIST.observe(time.perf_counter() - started)
+        self._relisted = (time.monotonic(), containers)
         metrics.PLEG_LAST_SEEN.set(time.time())
         metrics.RUNNING_PODS.set(sum(1 for s in sandboxes if s.state == cri.SANDBOX_READY))
         states = dict.fromkeys(metrics.CONTAINER_STATES, 0)
@@ -378,6 +404,7 @@ class NodeAgent:
 
     async def _relist_loop(self) -> None:
         passes = 0
+        await _phase(self.config.relist_period)
         while True:
             await self.relist_once()
             if passes % 30 == 0:
@@ -386,15 +413,16 @@ class NodeAgent:
                 except OSError as exc:
                     log.warning("removing orphaned volumes: %s", exc)
             passes += 1
-            await asyncio.sleep(self.config.relist_period)
+            await _period(self.config.relist_period)
 
     async def _stats_loop(self) -> None:
+        await _phase(self.config.stats_period)
         while True:
             try:
                 await self.sampler.sample()
             except rt.CriError as exc:
                 log.debug("usage sample failed: %s", exc)
-            await asyncio.sleep(self.config.stats_period)
+            await _period(self.config.stats_period)
 
     # ------------------------------------------------------------ node, lease
 
@@ -470,31 +498,36 @@ class NodeAgent:
         self._last_node_write = self.clock()
 
     async def _node_status_loop(self) -> None:
+        await _phase(self.config.status_check_period)
         while True:
-            await asyncio.sleep(self.config.status_check_period)
-            await self.check_runtime()
-            now = self.clock()
-            # What the api-server holds, not only what we last wrote: the node lifecycle controller
-            # sets Ready=Unknown while we are silent, and only we set it back.
-            stored = self.node_informer.get(self.config.node_name)
-            posted = conditions.node_ready_condition(stored) if stored is not None else self.ready
-            ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
-                                                    [posted] if posted is not None else [], now)
-            changed = not nodeobj.same_condition(ready, self.ready)
-            changed = self._check_pressure(now) or changed
-            if changed:
-                log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,
-                         ready.message)
-            self.ready = ready
-            if changed or not nodeobj.same_condition(ready, posted) \
-                    or now - self._last_node_write >= self.config.node_status_period:
-                try:
-                    await self.write_node_status()
-                except errors.SkiffError as exc:
-                    log.warning("writing node status: %s", exc)
-            if changed and ready.status == "True":
-                for worker in list(self.workers.values()):
-                    worker.kick()
+            await self._check_node()
+            await _period(self.config.status_check_period)
+
+    async def _check_node(self) -> None:
+        """One pass of the node status loop: runtime and host checks, a status write when due."""
+        await self.check_runtime()
+        now = self.clock()
+        # What the api-server holds, not only what we last wrote: the node lifecycle controller
+        # sets Ready=Unknown while we are silent, and only we set it back.
+        stored = self.node_informer.get(self.config.node_name)
+        posted = conditions.node_ready_condition(stored) if stored is not None else self.ready
+        ready = nodeobj.compute_ready_condition(self.runtime_status, self.runtime_error,
+                                                [posted] if posted is not None else [], now)
+        changed = not nodeobj.same_condition(ready, self.ready)
+        changed = self._check_pressure(now) or changed
+        if changed:
+            log.info("node %s Ready=%s (%s: %s)", self.config.node_name, ready.status, ready.reason,
+                     ready.message)
+        self.ready = ready
+        if changed or not nodeobj.same_condition(ready, posted) \
+                or now - self._last_node_write >= self.config.node_status_period:
+            try:
+                await self.write_node_status()
+            except errors.SkiffError as exc:
+                log.warning("writing node status: %s", exc)
+        if changed and ready.status == "True":
+            for worker in list(self.workers.values()):
+                worker.kick()
 
     def _check_pressure(self, now: float) -> bool:
         """Read the host; True when a pressure condition changed."""
@@ -545,7 +578,7 @@ class NodeAgent:
                 await self.renew_lease()
             except errors.SkiffError as exc:
                 log.warning("renewing lease: %s", exc)
-            await asyncio.sleep(self.config.lease_period)
+            await _period(self.config.lease_period)
 
     # ------------------------------------------------------------ network
 
@@ -567,24 +600,37 @@ class NodeAgent:
     # ------------------------------------------------------------ container logs
 
     async def _log_rotation_loop(self) -> None:
+        await _phase(self.config.log_rotation_period)
         while True:
-            await asyncio.sleep(self.config.log_rotation_period)
-            await self.rotate_logs()
+            # The relist's listing, when it is at most a relist period older than a listing of
+            # our own would be: a container started since is rotated on the next pass.
+            relisted = self._relisted
+            fresh = relisted is not None and \
+                time.monotonic() - relisted[0] < self.config.relist_period * (1 + PERIOD_JITTER)
+            await self.rotate_logs(relisted[1] if fresh and relisted is not None else None)
+            await _period(self.config.log_rotation_period)
 
-    async def rotate_logs(self) -> int:
-        """One pass of the kubelet's container log manager over the running containers; returns
-        how many logs it rotated. A file the runtime cannot reopen is renamed back."""
-        try:
-            containers = await self.runtime.list_containers()
-        except rt.CriError as exc:
-            log.debug("log rotation: %s", exc)
-            return 0
+    async def rotate_logs(self, containers: list[cri.Container] | None = None) -> int:
+        """One pass of the kubelet's container log manager over the running containers (`containers`:
+        a listing made within the period, e.g. the relist's; None: list them); returns how many logs
+        it rotated. A file the runtime cannot reopen is renamed back."""
+        if containers is None:
+            try:
+                containers = await self.runtime.list_containers()
+            except rt.CriError as exc:
+                log.debug("log rotation: %s", exc)
+                return 0
+        listed = {c.id for c in containers}
+        for cid in [cid for cid in self._log_paths if cid not in listed]:
+            del self._log_paths[cid]
         rotated = 0
         for c in containers:
             if c.state != cri.CONTAINER_RUNNING:
                 continue
             try:
-                path = (await self.runtime.container_status(c.id)).log_path
+                path = self._log_paths.get(c.id)
+                if path is None:
+                    path = self._log_paths[c.id] = (await self.runtime.container_status(c.id)).log_path
                 size = os.stat(path).st_size if path else -1
             except (rt.CriError, FileNotFoundError):
                 continue
@@ -613,6 +659,7 @@ class NodeAgent:
 
     async def start(self) -> None:
         """Start everything; returns once the node is registered and the pod cache synced."""
+        self._stopping = False
         self.pod_informer.add_handler(on_add=self._on_pod, on_update=self._on_pod_update,
                                       on_delete=self._on_pod_delete)
         self.node_informer.add_handler(on_add=self._kick_network, on_update=self._kick_network,
@@ -642,7 +689,6 @@ class NodeAgent:
                                                   self.pv_informer.wait_synced()), 10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
-        self._tasks.append(guard(self._relist_loop(), "nodeagent-relist"))
         self._tasks.append(guard(self._stats_loop(), "nodeagent-stats"))
         self._tasks.append(supervise(self._relist_loop, "nodeagent-relist"))
         self._tasks.append(supervise(self._log_rotation_loop, "nodeagent-log-rotation"))
@@ -650,6 +696,7 @@ class NodeAgent:
 
     async def stop(self) -> None:
         """Stop the agent's loops and workers; containers keep running (a restart adopts them)."""
+        self._stopping = True
         for handle in self._restarts.values():
             handle.cancel()
         self._restarts.clear()

@@ -18,6 +18,13 @@ plane. What must hold:
 - Nothing touches the host: no CNI, routes, sysctls, volumes or host pressure; pods get IPs
   from the node's own /24 of `HOLLOW_POD_NET` (node i: 10.128.0.0/9's i-th /24), unique in
   the cluster so Endpoints are realistic. Hollow agents serve no logs/exec port (published 0).
+- CRI calls wait for one of the process's `cri_inflight` slots (`AdmittedRuntime`) before they
+  are sent, so their deadlines count from the send: one process's event loop carries every
+  agent's calls, client and server, and without a bound a burst of pod starts (2,500 pods on
+  250 agents) put thousands of calls in flight at once, each loop pass got slower than a call's
+  10 s deadline, and the timed-out calls' retries were the load (bench/hollow.py; docs/scale.md).
+  A real node's runtime queues calls in containerd, not in the agent's loop. The agent's code
+  is the same; only the runtime it holds differs.
 - Periods default slower than a real agent's (`--relist-period` 10 s, `--status-check-period`
   10 s): at 1,000 nodes the real 1 s would be 3,000 CRI calls/s of pure polling; pods are
   still started by watch events, so startup latency does not depend on them.
@@ -35,7 +42,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -43,6 +50,7 @@ from nodeagent.agent import AgentConfig, ClusterInformers, NodeAgent
 from nodeagent.cri import GrpcRuntime, Runtime
 from nodeagent.fakecri import FakeRuntime, Faults, serve
 from nodeagent.plan import PlanConfig
+from skiff import eventloop
 from skiff.client import Client
 from skiff.daemon import add_verbose_flag, duration, run_until_signalled, setup_logging
 from skiff.guard import guard
@@ -51,6 +59,7 @@ log = logging.getLogger("nodeagent.hollow")
 
 HOLLOW_POD_NET = ipaddress.ip_network("10.128.0.0/9")
 AGENTS_PER_CLIENT = 50
+CRI_INFLIGHT = 32  # CRI calls in flight per process (all agents), see AdmittedRuntime
 START_CONCURRENCY = 20  # agents registering at once: a burst of 1,000 registrations is a thundering herd
 
 
@@ -87,6 +96,29 @@ class HollowConfig:
     # Between two usage samples (the agent's --housekeeping-interval, 10 s on a real node): the
     # fake runtime's usage is made up, and at 1,000 nodes 10 s is 100 CRI stats calls/s.
     stats_period: float = 60.0
+    cri_inflight: int = CRI_INFLIGHT  # 0: no bound
+
+
+class AdmittedRuntime:
+    """`inner`'s Runtime calls, each sent only once it holds one of `slots` (shared by the process's
+    agents): a queued call waits here, where no deadline runs and nothing is half done."""
+
+    def __init__(self, inner: Runtime, slots: asyncio.Semaphore) -> None:
+        self._inner = inner
+        self._slots = slots
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+        if name == "close" or not asyncio.iscoroutinefunction(method):
+            return method
+        slots = self._slots
+
+        async def admitted(*args: Any, **kwargs: Any) -> Any:
+            async with slots:
+                return await method(*args, **kwargs)
+
+        setattr(self, name, admitted)  # made once per method and agent
+        return admitted
 
 
 @dataclass
@@ -109,6 +141,7 @@ class HollowNodes:
         self._tasks: list[asyncio.Task[Any]] = []
         self._own_socket_dir = not config.socket_dir
         self.socket_dir = config.socket_dir or tempfile.mkdtemp(prefix="skiff-hollow-")
+        self._cri_slots = asyncio.Semaphore(config.cri_inflight) if config.cri_inflight > 0 else None
 
     def _agent_config(self, name: str, index: int) -> AgentConfig:
         c = self.config
@@ -132,7 +165,8 @@ class HollowNodes:
             server = await serve(fake, f"unix://{sock}")
             runtime = GrpcRuntime(f"unix://{sock}")
         client = self.clients[(index - c.first) // AGENTS_PER_CLIENT]
-        agent = NodeAgent(client, runtime, self._agent_config(name, index), shared=self.informers)
+        held = runtime if self._cri_slots is None else cast(Runtime, AdmittedRuntime(runtime, self._cri_slots))
+        agent = NodeAgent(client, held, self._agent_config(name, index), shared=self.informers)
         return HollowNode(agent, fake, runtime, server)
 
     async def start(self) -> None:
@@ -203,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-status-period", type=duration, default=300.0,
                    help="re-write an unchanged node status this often (the kubelet's 5 min)")
     p.add_argument("--housekeeping-interval", type=duration, default=60.0, help="between two usage samples")
+    p.add_argument("--cri-inflight", type=int, default=CRI_INFLIGHT,
+                   help="CRI calls in flight at once across the process's agents (0: no bound)")
     add_verbose_flag(p)
     return p
 
@@ -214,7 +250,7 @@ def config_from_args(args: argparse.Namespace) -> HollowConfig:
                         faults=Faults(start_latency=args.start_latency, fail_rate=args.fail_rate, seed=args.seed),
                         relist_period=args.relist_period, status_check_period=args.status_check_period,
                         lease_period=args.lease_period, node_status_period=args.node_status_period,
-                        stats_period=args.housekeeping_interval)
+                        stats_period=args.housekeeping_interval, cri_inflight=args.cri_inflight)
 
 
 async def run(config: HollowConfig) -> int:
@@ -231,7 +267,9 @@ async def run(config: HollowConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return run_until_signalled(run(config_from_args(args)))
+    # uvloop: every CRI and api-server call is a handful of loop callbacks, and a process of
+    # 250 agents spends most of its time in them (docs/scale.md).
+    return run_until_signalled(run(config_from_args(args)), loop_factory=eventloop.new_event_loop)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ writes it Running, from when its worker was created.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -37,6 +38,7 @@ NODE_NAME = Gauge("kubelet_node_name", "The node's name. The count is always 1."
 CONTAINER_STATES = ("created", "running", "exited", "unknown")
 
 
+@functools.cache  # every CRI call asks: at hundreds of agents per process (hollow nodes) the regex showed
 def operation_type(method: str) -> str:
     """The kubelet's operation_type of a CRI method: RunPodSandbox -> run_podsandbox."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", method.replace("PodSandbox", "Podsandbox")).lower()

@@ -13,7 +13,8 @@ What must hold:
   `finally` blocks run (clients closed, servers stopped) and the process exits 0; an error
   raised by the main task propagates to the caller unchanged; a `skiff.guard.fatal` (a loop
   the daemon cannot work without has ended) cancels the main task the same way and the
-  process exits 1.
+  process exits 1. `loop_factory` (e.g. skiff.eventloop.new_event_loop: uvloop) picks the
+  event loop; the default is asyncio's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import asyncio
 import logging
 import re
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from skiff.guard import fatal_handler
@@ -56,7 +57,8 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run_until_signalled(main: Coroutine[Any, Any, Any]) -> int:
+def run_until_signalled(main: Coroutine[Any, Any, Any], *,
+                        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> int:
     """Run `main` until it ends or SIGTERM/SIGINT cancels it (so `finally` blocks run): 0;
     1 when a `fatal()` ended it."""
 
@@ -78,4 +80,5 @@ def run_until_signalled(main: Coroutine[Any, Any, Any]) -> int:
                 pass
         return 1 if reasons else 0
 
-    return asyncio.run(runner())
+    with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
+        return loop_runner.run(runner())

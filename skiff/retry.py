@@ -22,6 +22,9 @@ What must hold:
 - `retry_on_conflict()` is client-go's RetryOnConflict: the attempt re-reads, mutates and
   writes; only `ConflictError` is retried, at most `attempts` times; the last conflict
   propagates. Errors are told apart by type, never by their message text.
+- `jittered(period, jitter, rand)` is pure: `period` moved by at most `jitter` of itself either
+  way, so its mean is `period`; periodic loops of many agents that started together (hollow
+  nodes: hundreds in one process) drift apart instead of all firing in the same instant.
 - Randomness, the clock and sleeping are injected, so tests need no real sleeps — except in
   `eventually`, which tests, benchmarks and tools use to wait on the real clock for a cluster
   to reach a state; it is bounded by its timeout and names what it waited for when it gives up.
@@ -68,6 +71,13 @@ class Backoff:
         except OverflowError:  # a loop that failed for a very long time
             base = self.max
         return base * (1.0 + self.jitter * rand)
+
+
+def jittered(period: float, jitter: float, rand: float) -> float:
+    """`period` spread by +/- `jitter` of itself; `rand` in [0, 1) (0.5: `period` itself)."""
+    if not 0 <= jitter < 1:
+        raise ValueError(f"jitter {jitter}: expected 0 <= jitter < 1")
+    return period * (1.0 + jitter * (2.0 * rand - 1.0))
 
 
 class Delays:

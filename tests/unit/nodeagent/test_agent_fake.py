@@ -193,8 +193,15 @@ async def test_stuck_event_writes_never_hold_up_a_pod(tmp_path: Path) -> None:
             return p if p.status.phase == "Running" else None
 
         await until(running)
-        # The agent did try to record events, and they hang: the pod got going without them.
-        assert api.stuck_events, "no Event write was attempted, so nothing was stuck"
+
+        async def stuck() -> list[str]:
+            return api.stuck_events
+
+        # The agent did try to record events, and they hang: the pod got going without them. (The
+        # recorder writes in the background: its first write may come after the pod is Running.)
+        assert await until(stuck), "no Event write was attempted, so nothing was stuck"
+        pod = await api.get(t.Pod, "p1", "default")
+        assert pod.status.phase == "Running"
     finally:
         await agent.stop()
         await api.close()
@@ -520,6 +527,38 @@ async def test_log_rotation_pass(tmp_path: Path, api: InProcessApi, runtime: typ
         path = Path(fake.containers[cid].log_path)
         assert len(list(path.parent.glob("0.log.*"))) == rotated_files
         assert path.exists()
+    finally:
+        await agent.stop()
+
+
+@pytest.mark.parametrize(("given_listing", "list_calls"), [
+    (True, 0),  # the relist's listing: no call of its own
+    (False, 3),  # no listing at hand: one ListContainers per pass
+], ids=["relist-listing", "own-listing"])
+async def test_log_rotation_asks_each_log_path_once(tmp_path: Path, api: InProcessApi, given_listing: bool,
+                                                    list_calls: int) -> None:
+    """At hundreds of agents per process a pass was a ContainerStatus per running container every 10 s."""
+    fake = FakeRuntime(images={IMAGE})
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
+                                             pod_log_dir=str(tmp_path), relist_period=3600,
+                                             status_check_period=3600, log_rotation_period=3600))
+    await agent.start()
+    try:
+        for name in ("p1", "p2"):
+            await make_pod(api, name)
+
+        async def both_running() -> list[str]:
+            ids = [c.id for c in fake.containers.values() if c.state == cri.CONTAINER_RUNNING]
+            return ids if len(ids) == 2 else []
+
+        await until(both_running)
+        listing = await fake.list_containers() if given_listing else None
+        before = len(fake.calls)
+        for _ in range(3):
+            assert await agent.rotate_logs(listing) == 0
+        calls = fake.calls[before:]
+        assert calls.count("ListContainers") == list_calls
+        assert calls.count("ContainerStatus") == 2, calls
     finally:
         await agent.stop()
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from nodeagent.cri import CriError
+from nodeagent.cri import CriError, Runtime
 from nodeagent.fakecri import FakeRuntime, Faults
-from nodeagent.hollow import hollow_node_name, hollow_pod_cidr
+from nodeagent.hollow import AdmittedRuntime, hollow_node_name, hollow_pod_cidr
 from skiffpb.cri.v1 import api_pb2 as cri
 
 
@@ -111,3 +114,45 @@ def test_hollow_periods_reach_each_agents_config(flags: list[str], expected: dic
                                                          "--socket-dir", str(tmp_path), *flags]))
     agent = HollowNodes(config)._agent_config("hollow-00000", 0)
     assert {k: getattr(agent, k) for k in expected} == expected
+
+
+
+@dataclass
+class _InFlight:
+    now: int = 0
+    peak: int = 0
+
+
+class _Gauge(FakeRuntime):
+    """An agent's runtime whose RunPodSandbox is slow (start latency) and counts, in `inflight`
+    (shared by all agents' runtimes), how many such calls run at once."""
+
+    def __init__(self, inflight: _InFlight) -> None:
+        super().__init__(faults=Faults(start_latency=0.02))
+        self.inflight = inflight
+
+    async def run_pod_sandbox(self, config: cri.PodSandboxConfig) -> str:
+        self.inflight.now += 1
+        self.inflight.peak = max(self.inflight.peak, self.inflight.now)
+        try:
+            return await super().run_pod_sandbox(config)
+        finally:
+            self.inflight.now -= 1
+
+
+@pytest.mark.parametrize(("slots", "agents", "calls_each", "peak"), [
+    (2, 3, 4, 2),
+    (32, 1, 5, 5),
+    (1, 2, 3, 1),
+    (None, 3, 4, 12),
+], ids=["bounded-across-agents", "under-the-bound-nothing-waits", "one-slot", "unwrapped-for-comparison"])
+async def test_admitted_runtime_bounds_the_calls_in_flight_of_all_agents(slots: int | None, agents: int,
+                                                                         calls_each: int, peak: int) -> None:
+    inflight = _InFlight()
+    fakes = [_Gauge(inflight) for _ in range(agents)]
+    shared = asyncio.Semaphore(slots) if slots is not None else None
+    held: list[Runtime] = [f if shared is None else cast(Runtime, AdmittedRuntime(f, shared)) for f in fakes]
+    ids = await asyncio.gather(*(h.run_pod_sandbox(cri.PodSandboxConfig()) for h in held for _ in range(calls_each)))
+    assert inflight.peak == peak
+    assert len(set(ids)) == agents * calls_each  # every call went through, to its own agent's runtime
+    assert [len(f.sandboxes) for f in fakes] == [calls_each] * agents

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from skiff import errors
-from skiff.retry import CONFLICT_ATTEMPTS, Backoff, Delays, retry, retry_on_conflict
+from skiff.retry import CONFLICT_ATTEMPTS, Backoff, Delays, jittered, retry, retry_on_conflict
 
 
 @pytest.mark.parametrize(
@@ -175,3 +175,20 @@ async def test_retry_on_conflict(raised: list[BaseException], outcome: object, c
     # client-go's DefaultRetry: 10 ms apart, stretched by at most 10%.
     assert all(0.01 <= d <= 0.011 for d in script.slept)
     assert len(script.slept) == calls - 1  # a wait between attempts, none after the last
+
+
+@pytest.mark.parametrize(("period", "jitter", "rand", "want"), [
+    (10.0, 0.1, 0.5, 10.0),
+    (10.0, 0.1, 0.0, 9.0),
+    (10.0, 0.1, 0.999999, 11.0),
+    (1.0, 0.0, 0.9, 1.0),
+    (60.0, 0.5, 0.25, 45.0),
+], ids=["middle-is-the-period", "low-end", "high-end", "no-jitter", "half-either-way"])
+def test_jittered(period: float, jitter: float, rand: float, want: float) -> None:
+    assert jittered(period, jitter, rand) == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("jitter", [-0.1, 1.0, 2.0], ids=["negative", "one", "above-one"])
+def test_jittered_refuses_a_jitter_that_could_stop_the_loop(jitter: float) -> None:
+    with pytest.raises(ValueError):
+        jittered(10.0, jitter, 0.5)
