@@ -680,3 +680,62 @@ async def test_the_agent_watches_only_what_its_pods_refer_to_with_its_node_crede
         await until(nothing_watched)
     finally:
         await agent.stop()
+
+
+async def _bound_claim(api: InProcessApi, name: str, volume: str, path: str) -> None:
+    await api.create(t.PersistentVolume(metadata=t.ObjectMeta(name=volume), spec=t.PersistentVolumeSpec(
+        capacity={"storage": "1Gi"}, access_modes=["ReadWriteOnce"], host_path=t.HostPathVolumeSource(path=path))))
+    await api.create(t.PersistentVolumeClaim(metadata=t.ObjectMeta(name=name), spec=t.PersistentVolumeClaimSpec(
+        access_modes=["ReadWriteOnce"], resources=t.VolumeResourceRequirements(requests={"storage": "1Gi"}),
+        volume_name=volume)))
+    claim = await api.get(t.PersistentVolumeClaim, name, "default")
+    claim.status.phase = "Bound"
+    await api.update_status(claim)
+
+
+async def test_the_agent_reads_only_its_pods_claims_and_their_volumes_with_its_node_credentials(
+        tmp_path: Path, api: InProcessApi) -> None:
+    """Under the Node authorizer: the agent acting as system:node:n1 watches the claim its pod
+    uses and the volume bound to it, one by name each (no cluster-wide claim or volume watch),
+    mounts it, may read no other claim or volume, and stops watching with the last pod."""
+    await _bound_claim(api, "data", "pv-data", str(tmp_path / "pv-data"))
+    await _bound_claim(api, "spare", "pv-spare", str(tmp_path / "pv-spare"))
+    fake = FakeRuntime(images={IMAGE})
+    agent = NodeAgent(api.as_user(identity.node_user("n1")), fake,
+                      AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False, pod_log_dir=str(tmp_path),
+                                  volume_dir=str(tmp_path / "volumes"), relist_period=0.05,
+                                  status_check_period=0.05))
+    await agent.start()
+    try:
+        pod = t.Pod(metadata=t.ObjectMeta(name="p"))
+        pod.spec.containers.add(name="c", image="skiff/web:1.0", image_pull_policy="IfNotPresent",
+                                volume_mounts=[t.VolumeMount(name="data", mount_path="/data")])
+        pod.spec.volumes.add(name="data", persistent_volume_claim=t.PersistentVolumeClaimVolumeSource(
+            claim_name="data"))
+        await api.create(pod)
+        await api.bind("default", "p", "n1")
+
+        async def mounts_of_container() -> dict[str, str] | None:
+            for ctr in fake.containers.values():
+                return {m.container_path: m.host_path for m in ctr.config.mounts}
+            return None
+
+        mounts = await until(mounts_of_container)
+        assert mounts["/data"] == str(tmp_path / "pv-data")
+        assert agent.config_refs.watched() == {("persistentvolumeclaims", "default", "data"),
+                                               ("persistentvolumes", "", "pv-data")}
+        with pytest.raises(errors.ForbiddenError,
+                           match='node "n1" may not get persistentvolumeclaim "default/spare": no pod bound'):
+            await agent.client.get(t.PersistentVolumeClaim, "spare", "default")
+        with pytest.raises(errors.ForbiddenError, match='node "n1" may not get persistentvolume "pv-spare"'):
+            await agent.client.get(t.PersistentVolume, "pv-spare")
+        with pytest.raises(errors.ForbiddenError, match="may list only the persistentvolumes"):
+            await agent.client.list(t.PersistentVolume)
+        await api.delete(t.Pod, "p", "default", grace_period_seconds=0)
+
+        async def nothing_watched() -> bool:
+            return not agent.config_refs.watched()
+
+        await until(nothing_watched)
+    finally:
+        await agent.stop()
