@@ -71,6 +71,7 @@ from nodeagent.worker import PodWorker, WorkerContext, is_own_echo, runtime_fing
 from skiff import conditions, errors, podrefs, storage
 from skiff.client import ApiClient
 from skiff.clock import stamp
+from skiff.eventloop import wait_event
 from skiff.events import EventRecorder
 from skiff.guard import HEALTHY_AFTER, guard, supervise
 from skiff.informer import Informer
@@ -570,8 +571,7 @@ class NodeAgent:
                 await self.network.sync(self.node_informer.list())
             except (OSError, ValueError) as exc:
                 log.warning("network sync: %s", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._network_kick.wait(), self.config.network_sync_period)
+            await wait_event(self._network_kick, self.config.network_sync_period)
             await asyncio.sleep(0.05)  # merge bursts of node events
 
     def _kick_network(self, *_: Any) -> None:

@@ -51,6 +51,7 @@ from nodeagent.volumes import (
 )
 from skiff import downward, errors
 from skiff.client import ApiClient
+from skiff.eventloop import wait_event
 from skiff.events import NORMAL, WARNING, Recorder
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -295,8 +296,7 @@ class PodWorker:
                 self.stop_probes()
                 return
             timeout = None if self.wake_at is None else max(self.wake_at - self.ctx.clock(), 0.01)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.kicked.wait(), timeout)
+            await wait_event(self.kicked, timeout)
 
     def _name(self) -> str:
         pod = self.last_pod
