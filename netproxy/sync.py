@@ -7,6 +7,8 @@
   a request made while a sync runs gets one more sync after it;
 - with `sync_period` > 0 a full sync runs at least that often, requested or not;
 - after a failed sync the next one is full, after `retry_interval`.
+- a cancellation ends `run` at once, whatever it is doing (waiting, syncing, or being
+  requested to sync at the same moment: skiff.eventloop.wait_event).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from skiff.eventloop import wait_event
 
 log = logging.getLogger("netproxy.sync")
 
@@ -73,10 +77,7 @@ class SyncRunner:
             kind, wait = next_step(self.state, self.clock(), min_interval=self.min_interval,
                                    sync_period=self.sync_period, retry_interval=self.retry_interval)
             if kind == "wait":
-                try:
-                    await asyncio.wait_for(self._wake.wait(), None if math.isinf(wait) else wait)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, None if math.isinf(wait) else wait)
                 continue
             start = self.clock()
             self.state.last_sync = start

@@ -18,17 +18,17 @@ random part of one period, so many agents in one process do not poll in step):
   reopens it (ReopenContainerLog); at most `container_log_max_files` files are kept (logs.py);
   the running containers are the relist's listing when it is at most a relist period old, and
   a container's log path is asked once (CRI fixes it at create), so a pass costs no CRI call;
-- configmaps and secrets (configrefs.py): only the objects this node's pods refer to, each
-  watched on its own (fieldSelector metadata.name), as the kubelet's Watch strategy; env and
-  volumes read them from those caches; a change kicks the workers of the pods that refer to
-  the object (their volume files are rewritten); a pod's worker creates no container and
-  pulls no image until every object its pod refers to has been fetched once;
-- service-account tokens (tokens.py): each pod worker requests and renews its pod's tokens
-  (gRPC CreateToken, with the node's own credentials) before writing its volumes;
-- persistentvolumeclaim and persistentvolume informers: persistentVolumeClaim volumes read them;
-  a claim's change kicks the pods that use it (a claim just bound lets its pod start); a
+- configmaps, secrets, persistentvolumeclaims and persistentvolumes (configrefs.py): only the
+  objects this node's pods refer to (a volume through the claim bound to it), each watched on
+  its own (fieldSelector metadata.name), as the kubelet's Watch strategy, plus the local-path
+  volumes whose directories are on this node (to reclaim them); env and volumes read them from
+  those caches; a change kicks the workers of the pods that refer to the object (their volume
+  files are rewritten; a claim just bound lets its pod start); a pod's worker creates no
+  container and pulls no image until every object its pod refers to has been fetched once; a
   local-path volume of this node that is Released with policy Delete is reclaimed: its
   directory removed, then the PersistentVolume deleted (volumes.reclaimable);
+- service-account tokens (tokens.py): each pod worker requests and renews its pod's tokens
+  (gRPC CreateToken, with the node's own credentials) before writing its volumes;
 - node status: the Ready condition from CRI Status, written when it changes or differs from the
   stored one (and every `node_status_period` as a heartbeat): the agent is the one writer of
   Ready=True/False, the node lifecycle controller only sets Unknown when it falls silent; the
@@ -40,10 +40,10 @@ it retries itself) is started again after `WORKER_CRASH_BACKOFF` (per pod, doubl
 keeps crashing; a worker that ran `skiff.guard.HEALTHY_AFTER` seconds starts again from 1 s),
 never in a hot loop, and its pod is never abandoned.
 
-The node, service, claim and volume informers are cluster-wide (no per-node filter), so
+The node and service informers are cluster-wide (no per-node filter), so
 many agents in one process (hollow nodes, nodeagent/hollow.py) may share one set of them
 (`ClusterInformers`): each agent sees exactly what its own copy would show. The ConfigMap and
-Secret watches (ConfigRefs) are shared the same way: they are kept per pod uid, and each agent
+Secret (claim, volume) watches (ConfigRefs) are shared the same way: they are kept per pod uid, and each agent
 tracks its own pods. The pod informer (filtered by spec.nodeName), the Node, the Lease, the
 workers and every status write stay per agent.
 """
@@ -64,7 +64,7 @@ from nodeagent import cri as rt
 from nodeagent import logs, metrics, pressure
 from nodeagent import node as nodeobj
 from nodeagent import plan as P
-from nodeagent.configrefs import ConfigRefs
+from nodeagent.configrefs import CLAIMS, VOLUMES, ConfigRefs
 from nodeagent.dns import DnsSettings
 from nodeagent.netns import NodeNetwork
 from nodeagent.network import NetworkManager, RouteTable
@@ -76,6 +76,7 @@ from nodeagent.worker import PodWorker, WorkerContext, is_own_echo, runtime_fing
 from skiff import conditions, errors, podrefs, storage
 from skiff.client import ApiClient
 from skiff.clock import stamp
+from skiff.eventloop import wait_event
 from skiff.events import EventRecorder
 from skiff.guard import HEALTHY_AFTER, guard, supervise
 from skiff.informer import Informer
@@ -131,18 +132,15 @@ class ClusterInformers:
 
     nodes: Informer[t.Node]
     services: Informer[t.Service]
-    claims: Informer[t.PersistentVolumeClaim]
-    volumes: Informer[t.PersistentVolume]
     config: ConfigRefs  # not an informer: the agents' pods start and stop its watches
 
     @classmethod
     def create(cls, client: ApiClient) -> ClusterInformers:
-        return cls(Informer(client, t.Node), Informer(client, t.Service), Informer(client, t.PersistentVolumeClaim),
-                   Informer(client, t.PersistentVolume), ConfigRefs(client))
+        return cls(Informer(client, t.Node), Informer(client, t.Service), ConfigRefs(client))
 
     def all(self) -> list[Informer[Any]]:
         """The informers the owner runs and waits for."""
-        return [self.nodes, self.services, self.claims, self.volumes]
+        return [self.nodes, self.services]
 
 
 @dataclass(frozen=True)
@@ -189,8 +187,6 @@ class NodeAgent:
         cluster = shared or ClusterInformers.create(client)
         self.node_informer: Informer[t.Node] = cluster.nodes
         self.config_refs = cluster.config
-        self.claim_informer: Informer[t.PersistentVolumeClaim] = cluster.claims
-        self.pv_informer: Informer[t.PersistentVolume] = cluster.volumes
         self._reclaiming: set[str] = set()
         self.volumes = VolumeManager(config.volume_dir) if config.volume_dir else None
         self.service_informer: Informer[t.Service] = cluster.services
@@ -304,6 +300,9 @@ class NodeAgent:
         return obj if isinstance(obj, t.Secret) else None
 
     def _config_changed(self, resource: str, namespace: str, name: str) -> None:
+        if resource == VOLUMES:
+            self._volume_changed(name)
+            return
         for uid, pod in list(self.pods_by_uid.items()):
             if pod.metadata.namespace == namespace and name in podrefs.referenced(pod, resource):
                 self.ensure_worker(uid)
@@ -311,20 +310,34 @@ class NodeAgent:
     # ------------------------------------------------------------ claims and volumes (ClaimSource)
 
     def claim(self, namespace: str, name: str) -> t.PersistentVolumeClaim | None:
-        return self.claim_informer.get(name, namespace)
+        obj = self.config_refs.get(CLAIMS, namespace, name)
+        return obj if isinstance(obj, t.PersistentVolumeClaim) else None
 
     def persistent_volume(self, name: str) -> t.PersistentVolume | None:
-        return self.pv_informer.get(name)
+        obj = self.config_refs.get(VOLUMES, "", name)
+        return obj if isinstance(obj, t.PersistentVolume) else None
 
-    def _claim_changed(self, *objs: t.PersistentVolumeClaim) -> None:
-        pvc = objs[-1]
+    def _track_local_volumes(self) -> None:
+        """Watch the local-path volumes whose directories are on this node, used or not: a
+        Released one is this node's to reclaim, when no pod's claim leads to it any more."""
+        base = self.config.local_path_dir
+        if not base:
+            return
+        try:
+            names = {entry.split("_", 1)[0] for entry in os.listdir(base) if "_" in entry}
+        except OSError:
+            names = set()
+        self.config_refs.set_refs(f"local-path:{self.config.node_name}", {(VOLUMES, "", n) for n in names})
+
+    def _volume_changed(self, name: str) -> None:
+        pv = self.persistent_volume(name)
+        if pv is None:
+            return
         for uid, pod in list(self.pods_by_uid.items()):
-            if pod.metadata.namespace == pvc.metadata.namespace and pvc.metadata.name in storage.pod_claims(pod.spec):
+            claims = podrefs.claims(pod)
+            if any((c := self.claim(pod.metadata.namespace, n)) is not None and c.spec.volume_name == name
+                   for n in claims):
                 self.ensure_worker(uid)
-
-    def _volume_changed(self, *objs: t.PersistentVolume) -> None:
-        pv = objs[-1]
-        name = pv.metadata.name
         if name in self._reclaiming or not reclaimable(pv, node_name=self.config.node_name,
                                                        local_path_dir=self.config.local_path_dir):
             return
@@ -407,6 +420,7 @@ class NodeAgent:
         await _phase(self.config.relist_period)
         while True:
             await self.relist_once()
+            self._track_local_volumes()
             if passes % 30 == 0:
                 try:
                     self._remove_orphan_volumes()
@@ -590,8 +604,7 @@ class NodeAgent:
                 await self.network.sync(self.node_informer.list())
             except (OSError, ValueError) as exc:
                 log.warning("network sync: %s", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._network_kick.wait(), self.config.network_sync_period)
+            await wait_event(self._network_kick, self.config.network_sync_period)
             await asyncio.sleep(0.05)  # merge bursts of node events
 
     def _kick_network(self, *_: Any) -> None:
@@ -675,18 +688,12 @@ class NodeAgent:
         self._tasks.append(supervise(self._lease_loop, "nodeagent-lease"))
         self._tasks.append(supervise(self._node_status_loop, "nodeagent-node-status"))
         self.config_refs.subscribe(self._config_changed)
-        self.claim_informer.add_handler(on_add=self._claim_changed, on_update=self._claim_changed,
-                                        on_delete=self._claim_changed)
-        self.pv_informer.add_handler(on_add=self._volume_changed, on_update=self._volume_changed)
+        self._track_local_volumes()
         if self._owns_informers:
             self._tasks.append(guard(self.service_informer.run(), "nodeagent-service-informer"))
-            self._tasks.append(guard(self.claim_informer.run(), "nodeagent-claim-informer"))
-            self._tasks.append(guard(self.pv_informer.run(), "nodeagent-volume-informer"))
         with contextlib.suppress(asyncio.TimeoutError):
-            # Env and volumes read these caches: sync them before the pods' workers start.
-            await asyncio.wait_for(asyncio.gather(self.service_informer.wait_synced(),
-                                                  self.claim_informer.wait_synced(),
-                                                  self.pv_informer.wait_synced()), 10)
+            # Env reads this cache: sync it before the pods' workers start.
+            await asyncio.wait_for(self.service_informer.wait_synced(), 10)
         self._tasks.append(guard(self.pod_informer.run(), "nodeagent-pod-informer"))
         await self.pod_informer.wait_synced()
         self._tasks.append(guard(self._stats_loop(), "nodeagent-stats"))

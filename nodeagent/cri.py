@@ -7,6 +7,9 @@ Messages are the CRI messages themselves (skiffpb.cri.v1), so nothing is transla
 
 Errors: every failure surfaces as CriError; `RuntimeUnavailable` (a subclass) means the
 runtime cannot be reached at all (containerd down), which the agent reports on its Node.
+`NameReserved` means the runtime is still working on (or cleaning up) an earlier call for the
+same sandbox or container name (containerd's "name ... is reserved for ..."): typically a
+RunPodSandbox whose caller's deadline passed while containerd went on creating.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ class RuntimeUnavailable(CriError):
 
 class NotFound(CriError):
     pass
+
+
+class NameReserved(CriError):
+    """The name (sandbox: name_namespace_uid_attempt) is taken by a creation still under way or
+    not yet cleaned up; asking again succeeds only once the runtime has finished with it."""
+
+
+# containerd's CRI: `failed to reserve sandbox name "...": name "..." is reserved for "<id>"`.
+_RESERVED = "is reserved for"
 
 
 class Runtime(Protocol):
@@ -80,7 +92,19 @@ def _error(exc: grpc.aio.AioRpcError, what: str) -> CriError:
         return RuntimeUnavailable(msg, code=code)
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(msg, code=code)
+    if _RESERVED in (exc.details() or ""):
+        return NameReserved(msg, code=code)
     return CriError(msg, code=code)
+
+
+def name_reserved_message(name: str, holder: str) -> str:
+    """containerd's words for a name conflict (the fake runtime answers the same)."""
+    return f'failed to reserve sandbox name "{name}": name "{name}" {_RESERVED} "{holder}"'
+
+
+def sandbox_name(meta: cri.PodSandboxMetadata) -> str:
+    """The name a runtime reserves for a sandbox (containerd's makeSandboxName): one per attempt."""
+    return "_".join((meta.name, meta.namespace, meta.uid, str(meta.attempt)))
 
 
 class GrpcRuntime:

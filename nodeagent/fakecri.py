@@ -11,6 +11,13 @@ its containers, RemovePodSandbox removes them, filters match labels exactly like
 Failure injection (`Faults`): a seeded fraction of RunPodSandbox, CreateContainer and
 StartContainer calls fail with a CriError before changing anything, as containerd's transient
 errors do, so the agent's retry and backoff paths run at scale; the seed makes a run repeatable.
+Slow sandboxes (`Faults.slow_sandboxes`): the first N RunPodSandbox calls take
+`slow_sandbox_time`; like containerd, the creation goes on when its caller gives up (the gRPC
+deadline, or `FakeRuntime.timeout` for in-memory callers, which then get DEADLINE_EXCEEDED), the
+sandbox is not listed before it ends, and its name (name_namespace_uid_attempt) stays reserved:
+asking again for the same attempt answers NameReserved. It then ends as `slow_sandbox_end` says:
+"ready" (created), "notready" (killed half-made but listed, NotReady) or "gone" (killed and
+removed, the name free again).
 """
 
 from __future__ import annotations
@@ -28,7 +35,15 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from nodeagent.cri import CriError, NotFound, RuntimeUnavailable
+from nodeagent.cri import (
+    DEFAULT_TIMEOUT,
+    CriError,
+    NameReserved,
+    NotFound,
+    RuntimeUnavailable,
+    name_reserved_message,
+    sandbox_name,
+)
 from skiffpb.cri.v1 import api_pb2 as cri
 from skiffpb.cri.v1 import api_pb2_grpc as cri_grpc
 
@@ -44,12 +59,20 @@ class Faults:
     start_latency: float = 0.0  # seconds RunPodSandbox and StartContainer each take
     fail_rate: float = 0.0  # fraction of RunPodSandbox/CreateContainer/StartContainer calls that fail
     seed: int = 0
+    slow_sandboxes: int = 0  # the first N RunPodSandbox calls take slow_sandbox_time (past the caller's deadline)
+    slow_sandbox_time: float = 0.0
+    slow_sandbox_end: str = "ready"  # ready, notready (killed, listed NotReady) or gone (killed and removed)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fail_rate < 1.0:
             raise ValueError(f"fail_rate {self.fail_rate}: expected 0 <= rate < 1")
         if self.start_latency < 0:
             raise ValueError(f"start_latency {self.start_latency}: expected >= 0")
+        if self.slow_sandboxes < 0 or self.slow_sandbox_time < 0:
+            raise ValueError(f"slow_sandboxes {self.slow_sandboxes}, slow_sandbox_time {self.slow_sandbox_time}: "
+                             "expected >= 0")
+        if self.slow_sandbox_end not in ("ready", "notready", "gone"):
+            raise ValueError(f"slow_sandbox_end {self.slow_sandbox_end!r}: expected ready, notready or gone")
 
 
 _FAULTY = frozenset({"RunPodSandbox", "CreateContainer", "StartContainer"})
@@ -85,7 +108,7 @@ class FakeRuntime:
 
     def __init__(self, *, pod_cidr: str = "10.88.0.0/16", images: set[str] | None = None,
                  pullable: Callable[[str], bool] | None = None, faults: Faults | None = None,
-                 record_calls: bool = True) -> None:
+                 record_calls: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._hosts = ipaddress.ip_network(pod_cidr).hosts()
         next(self._hosts)  # .1 is the bridge
         self.sandboxes: dict[str, _Sandbox] = {}
@@ -104,6 +127,10 @@ class FakeRuntime:
         self._ids = itertools.count(1)
         self.fake_cpu_cores = 0.01  # what each running container "uses" (list_container_stats)
         self.fake_memory = 4 << 20
+        self.timeout = timeout  # the in-memory caller's deadline for RunPodSandbox (GrpcRuntime.timeout)
+        self.reserved: dict[str, str] = {}  # sandbox name -> the id creating or holding it
+        self._sandbox_calls = 0
+        self._creating: set[asyncio.Future[str]] = set()
 
     # ------------------------------------------------------------ test controls
 
@@ -163,8 +190,50 @@ class FakeRuntime:
 
     async def run_pod_sandbox(self, config: cri.PodSandboxConfig) -> str:
         self._check("RunPodSandbox")
-        await self._slow("RunPodSandbox")
+        name = sandbox_name(config.metadata)
+        holder = self.reserved.get(name)
+        if holder is not None:
+            raise NameReserved(name_reserved_message(name, holder))
         sid = self._new_id()
+        slow = self._sandbox_calls < self.faults.slow_sandboxes
+        self._sandbox_calls += 1
+        if not slow and not self.faults.start_latency:
+            return self._add_sandbox(sid, name, config)
+        self.reserved[name] = sid
+        creation = asyncio.ensure_future(self._create_sandbox(sid, name, config, slow=slow))
+        self._creating.add(creation)
+        creation.add_done_callback(self._created)
+        try:
+            # Like containerd, the creation goes on when the caller gives up.
+            return await asyncio.wait_for(asyncio.shield(creation), self.timeout)
+        except TimeoutError:
+            raise CriError("RunPodSandbox: context deadline exceeded",
+                           code=grpc.StatusCode.DEADLINE_EXCEEDED) from None
+
+    def _created(self, creation: asyncio.Future[str]) -> None:
+        self._creating.discard(creation)
+        if not creation.cancelled():
+            creation.exception()  # retrieved: a caller that gave up never will
+
+    async def _create_sandbox(self, sid: str, name: str, config: cri.PodSandboxConfig, *, slow: bool) -> str:
+        try:
+            await self._slow("RunPodSandbox")
+            if slow:
+                await asyncio.sleep(self.faults.slow_sandbox_time)
+                if self.faults.slow_sandbox_end == "notready":
+                    self._add_sandbox(sid, name, config)  # listed, but its shim was killed
+                    self.sandboxes[sid].state = cri.SANDBOX_NOTREADY
+                    raise CriError("failed to start sandbox: failed to create shim task: signal: killed")
+                if self.faults.slow_sandbox_end == "gone":
+                    raise CriError("failed to setup network for sandbox: plugin type=bridge: signal: killed")
+        except BaseException:
+            if sid not in self.sandboxes and self.reserved.get(name) == sid:
+                del self.reserved[name]
+            raise
+        return self._add_sandbox(sid, name, config)
+
+    def _add_sandbox(self, sid: str, name: str, config: cri.PodSandboxConfig) -> str:
+        self.reserved[name] = sid
         self.sandboxes[sid] = _Sandbox(sid, cri.PodSandboxConfig(), str(next(self._hosts)))
         self.sandboxes[sid].config.CopyFrom(config)
         return sid
@@ -183,7 +252,9 @@ class FakeRuntime:
         self._check("RemovePodSandbox")
         for cid in [cid for cid, c in self.containers.items() if c.sandbox_id == sandbox_id]:
             del self.containers[cid]
-        self.sandboxes.pop(sandbox_id, None)
+        sb = self.sandboxes.pop(sandbox_id, None)
+        if sb is not None and self.reserved.get(sandbox_name(sb.config.metadata)) == sandbox_id:
+            del self.reserved[sandbox_name(sb.config.metadata)]
 
     async def pod_sandbox_status(self, sandbox_id: str) -> cri.PodSandboxStatus:
         self._check("PodSandboxStatus")
@@ -354,7 +425,7 @@ def _abort_code(exc: CriError) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, RuntimeUnavailable):
         return grpc.StatusCode.UNAVAILABLE
-    return grpc.StatusCode.UNKNOWN
+    return exc.code  # UNKNOWN unless said otherwise (DEADLINE_EXCEEDED)
 
 
 class _RuntimeServicer(cri_grpc.RuntimeServiceServicer):

@@ -12,7 +12,7 @@ plane. What must hold:
   talks CRI over gRPC (`GrpcRuntime`, the production client) to its own FakeRuntime served on
   a unix socket in `--socket-dir` (`--runtime inprocess` skips the socket for a cheaper run).
 - What is shared per process does not change what an agent sees: the cluster-wide node,
-  service, claim and volume informers and the per-object ConfigMap/Secret watches
+  service informers and the per-object ConfigMap/Secret/claim/volume watches
   (`ClusterInformers`, one set instead of one per agent) and the api-server connections (one
   `Client` per `AGENTS_PER_CLIENT` agents; gRPC multiplexes the agents' calls and watches over it).
 - Nothing touches the host: no CNI, routes, sysctls, volumes or host pressure; pods get IPs

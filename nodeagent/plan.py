@@ -19,6 +19,11 @@ Rules that must hold:
   past its last exit (CrashLoopBackOff); a container that ran `reset_after` (10 min) starts over.
 - image pull failures back off the same way (ErrImagePull, then ImagePullBackOff).
 - restartCount is the container's CRI attempt number, so it survives agent restarts.
+- a sandbox the runtime may still be creating (RunPodSandbox outlived the agent's CRI deadline,
+  or the runtime answered that the attempt's name is reserved: Memory.sandbox_wait) is not asked
+  for again before its backoff passes (5 s doubling to 1 min); the worker keeps observing, so a
+  sandbox of that attempt that appears is adopted when Ready, or replaced by the next attempt when
+  the runtime left it NotReady, as the kubelet's next sync does with ListPodSandbox.
 - init containers run one at a time, in order, in the current sandbox, each only after the one
   before exited 0 (a native sidecar, `restartPolicy: Always`, only has to be started: running,
   and past its startup probe); app containers start only when all of them are done
@@ -114,12 +119,22 @@ class PodFailure:
 
 
 @dataclass(frozen=True)
+class SandboxWait:
+    """A RunPodSandbox of `attempt` the runtime may still be working on: not asked again before `retry_at`."""
+
+    attempt: int
+    failures: int  # consecutive deadline / name-reserved answers for this attempt
+    retry_at: float
+
+
+@dataclass(frozen=True)
 class Memory:
     backoff: Mapping[str, float] = field(default_factory=dict)  # container name -> delay before next restart
     image_failures: Mapping[str, ImageFailure] = field(default_factory=dict)  # container name -> last failure
     pulled: Mapping[str, int] = field(default_factory=dict)  # container name -> attempt pulled for (Always)
     probes: Mapping[str, ProbeState] = field(default_factory=dict)  # container id -> results
     eviction: PodFailure | None = None  # set by the worker when it evicts the pod (emptyDir over its sizeLimit)
+    sandbox_wait: SandboxWait | None = None  # a sandbox creation that outlived its call (sandbox_wait())
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,8 @@ class PlanConfig:
     image_backoff_base: float = 10.0
     image_backoff_max: float = 300.0
     default_grace: int = 30
+    sandbox_retry_base: float = 5.0  # after RunPodSandbox's deadline or "name is reserved" (SandboxWait)
+    sandbox_retry_max: float = 60.0
 
 
 # ---------------------------------------------------------------- actions
@@ -395,9 +412,15 @@ def compute_plan(pod: t.Pod | None, obs: Observed, memory: Memory, now: float,
         if sandbox is not None:
             actions += [StopContainer(c.id, c.name, grace_seconds(pod, config), "SandboxChanged")
                         for c in obs.containers if c.sandbox_id == sandbox.id and c.state == "running"]
-        actions.append(RunSandbox(attempt=sandbox.attempt + 1 if sandbox is not None else 0))
+        attempt = sandbox.attempt + 1 if sandbox is not None else 0
         first = "PodInitializing" if pod.spec.init_containers else "ContainerCreating"
         creating = {c.name: Waiting(first) for c in (*pod.spec.init_containers, *pod.spec.containers)}
+        pending = memory.sandbox_wait
+        if pending is not None and pending.attempt == attempt and now < pending.retry_at:
+            # The runtime may still be creating this attempt (its name is reserved until it ends):
+            # wait for it to be listed (adopted when Ready) rather than asking again.
+            return Plan(tuple(actions + cleanup), waiting=creating, wake_at=pending.retry_at)
+        actions.append(RunSandbox(attempt=attempt))
         return Plan(tuple(actions + cleanup), waiting=creating)
 
     failure = pod_failure(pod, memory, now)
@@ -504,6 +527,16 @@ def image_failure(previous: ImageFailure | None, reason: str, message: str, now:
     failures = (previous.failures if previous is not None else 0) + 1
     delay = Backoff(initial=config.image_backoff_base, max=config.image_backoff_max).delay(failures)
     return ImageFailure(reason, message, failures, now, now + delay)
+
+
+def sandbox_wait(previous: SandboxWait | None, attempt: int, now: float,
+                 config: PlanConfig = PlanConfig()) -> SandboxWait:
+    """The memory after a RunPodSandbox of `attempt` that the runtime may still be working on (the
+    call's deadline passed, or the runtime said the attempt's name is reserved): the retry backs off
+    from sandbox_retry_base, doubling while the same attempt keeps answering so, up to its max."""
+    failures = (previous.failures if previous is not None and previous.attempt == attempt else 0) + 1
+    delay = Backoff(initial=config.sandbox_retry_base, max=config.sandbox_retry_max).delay(failures)
+    return SandboxWait(attempt, failures, now + delay)
 
 
 def _fmt(seconds: float) -> str:

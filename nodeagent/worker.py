@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import grpc
+
 from nodeagent import cri as rt
 from nodeagent import logs, metrics
 from nodeagent import plan as P
@@ -49,6 +51,7 @@ from nodeagent.volumes import (
 )
 from skiff import downward, errors
 from skiff.client import ApiClient
+from skiff.eventloop import wait_event
 from skiff.events import NORMAL, WARNING, Recorder
 from skiff.retry import Backoff, Delays
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -293,8 +296,7 @@ class PodWorker:
                 self.stop_probes()
                 return
             timeout = None if self.wake_at is None else max(self.wake_at - self.ctx.clock(), 0.01)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.kicked.wait(), timeout)
+            await wait_event(self.kicked, timeout)
 
     def _name(self) -> str:
         pod = self.last_pod
@@ -390,7 +392,28 @@ class PodWorker:
         log.debug("pod %s: %s", self._name(), action)
         if isinstance(action, P.RunSandbox):
             assert pod is not None
-            await runtime.run_pod_sandbox(sandbox_config(pod, action.attempt, self.ctx.pod_settings))
+            try:
+                await runtime.run_pod_sandbox(sandbox_config(pod, action.attempt, self.ctx.pod_settings))
+            except rt.CriError as exc:
+                if not _still_creating(exc):
+                    self.ctx.events.event(pod, WARNING, "FailedCreatePodSandBox",
+                                          f"Failed to create pod sandbox: {exc}")
+                    raise
+                # The runtime may still be creating this attempt: the plan waits for it to be
+                # listed (adopted if Ready) instead of asking again at once, which only meets
+                # "name is reserved" until the runtime is done with it.
+                wait = P.sandbox_wait(self.memory.sandbox_wait, action.attempt, self.ctx.clock(),
+                                      self.ctx.plan_config)
+                self.memory = replace(self.memory, sandbox_wait=wait)
+                if wait.failures == 1:
+                    self.ctx.events.event(pod, WARNING, "FailedCreatePodSandBox",
+                                          f"Failed to create pod sandbox: {exc}")
+                log.info("pod %s: sandbox attempt %d may still be in the making (%s); looking for it, "
+                         "asking again in %.0fs", self._name(), action.attempt, exc,
+                         wait.retry_at - self.ctx.clock())
+                return
+            if self.memory.sandbox_wait is not None:
+                self.memory = replace(self.memory, sandbox_wait=None)
         elif isinstance(action, P.StopSandbox):
             with contextlib.suppress(rt.NotFound):
                 await runtime.stop_pod_sandbox(action.sandbox_id)
@@ -675,6 +698,12 @@ class PodWorker:
         path = pod_log_dir(self.ctx.pod_settings.pod_log_dir, pod.metadata.namespace, pod.metadata.name, self.uid)
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _still_creating(exc: rt.CriError) -> bool:
+    """Whether a failed RunPodSandbox may have left the runtime creating the sandbox: the call's
+    deadline passed (containerd goes on), or the attempt's name is held by such a creation."""
+    return isinstance(exc, rt.NameReserved) or exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def _was_waiting(pod: t.Pod, name: str, reason: str) -> bool:

@@ -14,6 +14,10 @@ What must hold:
 - What the daemons use works on it unchanged: grpc.aio servers and clients (unary and
   streaming), `call_soon_threadsafe` from other threads, `asyncio.to_thread`, timers, and
   `add_signal_handler` (tests/unit/skiff/test_eventloop.py).
+- `wait_event(event, timeout)` is how a loop sleeps until kicked or a deadline: never
+  `asyncio.wait_for(event.wait(), timeout)`, whose Python 3.11 version swallows a cancellation
+  that arrives while the event is being set (it returns the result instead), so a loop kicked
+  at the moment it is cancelled runs on forever.
 """
 
 from __future__ import annotations
@@ -25,6 +29,17 @@ from typing import Any, TypeVar
 import uvloop
 
 T = TypeVar("T")
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until `event` is set (True) or `timeout` seconds pass (False; None: no timeout).
+    A cancellation is always raised, also when it comes together with the event."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -1,15 +1,20 @@
-"""The ConfigMaps and Secrets a pod refers to: what its node's agent fetches and watches, and
-what the Node authorizer lets that node read (Kubernetes' node graph holds the same edges).
+"""The ConfigMaps, Secrets and PersistentVolumeClaims a pod refers to: what its node's agent
+fetches and watches, and what the Node authorizer lets that node read (Kubernetes' node graph
+holds the same edges; a PersistentVolume is reached through the claim bound to it).
 
 What must hold: every name a pod can make its node read is here — env `valueFrom` key refs,
-`envFrom` sources, `configMap`/`secret` volumes, the sources of projected volumes, and (Secrets)
-`imagePullSecrets` — in init and app containers alike; a reference from one pod never names
-an object of another namespace (the pod's own namespace is implied). Pure.
+`envFrom` sources, `configMap`/`secret` volumes, the sources of projected volumes, (Secrets)
+`imagePullSecrets`, and `persistentVolumeClaim` volumes — in init and app containers alike; a
+reference from one pod never names an object of another namespace (the pod's own namespace is
+implied). Pure.
 """
 
 from __future__ import annotations
 
+from skiff import storage
 from skiffpb.api.v1 import types_pb2 as t
+
+RESOURCES = ("configmaps", "secrets", "persistentvolumeclaims")  # what `referenced` answers for
 
 
 def config_maps(pod: t.Pod) -> set[str]:
@@ -22,12 +27,19 @@ def secrets(pod: t.Pod) -> set[str]:
     return _referenced(pod, config_maps=False)
 
 
+def claims(pod: t.Pod) -> set[str]:
+    """Names of the PersistentVolumeClaims (in the pod's namespace) the pod's volumes use."""
+    return set(storage.pod_claims(pod.spec))
+
+
 def referenced(pod: t.Pod, resource: str) -> set[str]:
-    """`config_maps` or `secrets` by resource name ("configmaps", "secrets"); nothing for others."""
+    """`config_maps`, `secrets` or `claims` by resource name (RESOURCES); nothing for others."""
     if resource == "configmaps":
         return config_maps(pod)
     if resource == "secrets":
         return secrets(pod)
+    if resource == "persistentvolumeclaims":
+        return claims(pod)
     return set()
 
 

@@ -6,7 +6,9 @@ What must hold (Kubernetes' quota evaluators): pods count `pods`, `requests.cpu`
 summed over their containers (init containers as skiff.podresources counts them); a finished
 pod (Succeeded/Failed) or one being deleted counts nothing; a PersistentVolumeClaim counts
 `requests.storage` and, per class, `<class>.storageclass.storage.k8s.io/requests.storage` and
-`<class>.storageclass.storage.k8s.io/persistentvolumeclaims`; every namespaced object counts
+`<class>.storageclass.storage.k8s.io/persistentvolumeclaims`; a Service of type NodePort counts
+`services.nodeports` (one per port), a LoadBalancer also `services.loadbalancers` (its node
+ports too: Skiff has no `allocateLoadBalancerNodePorts`); every namespaced object counts
 `count/<resource>[.<group>]`, and the core kinds Kubernetes names so also `<resource>` (pods,
 services, configmaps, secrets, ...).
 """
@@ -69,6 +71,11 @@ def usage(obj: Message) -> dict[str, Fraction]:
             total = podresources.effective(obj.spec, value, Fraction(0))
             if total:
                 out[quota_name] = total
+    if isinstance(obj, t.Service):
+        if obj.spec.type in ("NodePort", "LoadBalancer") and obj.spec.ports:
+            out["services.nodeports"] = Fraction(len(obj.spec.ports))
+        if obj.spec.type == "LoadBalancer":
+            out["services.loadbalancers"] = Fraction(1)
     if isinstance(obj, t.PersistentVolumeClaim):
         requested = obj.spec.resources.requests.get("storage")
         if requested:

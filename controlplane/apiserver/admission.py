@@ -124,12 +124,26 @@ def _bounds(lr_name: str, kind: str, where: str, item: t.LimitRangeItem, request
 
 # ---------------------------------------------------------------- ResourceQuota
 
-def check_quotas(obj: Message, quotas: Sequence[t.ResourceQuota], used: Mapping[str, Fraction]) -> None:
-    """Raise ForbiddenError when creating `obj` would exceed one of `quotas` (Kubernetes' message)."""
+def quota_delta(obj: Message, old: Message | None = None) -> dict[str, Fraction]:
+    """What writing `obj` adds to its namespace's usage: all of its usage on a create; on an
+    update (`old`), only what grows (Kubernetes' quota admission on UPDATE charges increases; a
+    decrease is the quota controller's to count)."""
     adds = usage(obj)
+    if old is None:
+        return adds
+    before = usage(old)
+    return {name: value - before.get(name, Fraction(0)) for name, value in adds.items()
+            if value > before.get(name, Fraction(0))}
+
+
+def check_quotas(obj: Message, quotas: Sequence[t.ResourceQuota], used: Mapping[str, Fraction],
+                 old: Message | None = None) -> None:
+    """Raise ForbiddenError when creating `obj` (updating `old` to it) would exceed one of
+    `quotas` (Kubernetes' message); `used` is the namespace's usage (with `old`, if any)."""
+    adds = quota_delta(obj, old)
     for quota in quotas:
         hard = quota.spec.hard
-        if isinstance(obj, t.Pod):
+        if isinstance(obj, t.Pod) and old is None:
             missing = sorted({name for name, _, _ in POD_RESOURCES if name in hard and name not in adds
                               and name.split(".")[-1] in ("cpu", "memory")})
             if missing:
@@ -148,11 +162,12 @@ def check_quotas(obj: Message, quotas: Sequence[t.ResourceQuota], used: Mapping[
 
 
 def charged_quotas(obj: Message, quotas: Sequence[t.ResourceQuota],
-                   used: Mapping[str, Fraction]) -> list[t.ResourceQuota]:
-    """The quotas creating `obj` is charged to, copies with status.hard = spec.hard and status.used
-    = `used` + what `obj` adds for each resource both name (other entries of status.used kept);
-    call check_quotas first. `used` is the namespace's usage without `obj`."""
-    adds = usage(obj)
+                   used: Mapping[str, Fraction], old: Message | None = None) -> list[t.ResourceQuota]:
+    """The quotas creating `obj` (updating `old` to it) is charged to, copies with status.hard =
+    spec.hard and status.used = `used` + what the write adds (quota_delta) for each resource both
+    name (other entries of status.used kept); call check_quotas first. `used` is the namespace's
+    usage without `obj` (with `old`)."""
+    adds = quota_delta(obj, old)
     out = []
     for quota in quotas:
         names = sorted(name for name in quota.spec.hard if name in adds)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+
 from controlplane.apiserver import nodeauthz
 from controlplane.apiserver.audit import AuditLog
 from controlplane.apiserver.rbac import Attributes, Policy, rbac_authorize
@@ -60,9 +62,11 @@ def parse_modes(text: str) -> tuple[str, ...]:
 
 
 def decide(user: UserInfo, attrs: Attributes, policy: Policy, modes: Sequence[str], *,
-           pods_on: nodeauthz.PodsOn = nodeauthz.no_pods) -> Decision:
+           pods_on: nodeauthz.PodsOn = nodeauthz.no_pods, lookup: nodeauthz.Lookup = nodeauthz.no_objects,
+           ) -> Decision:
     """Whether `user` may make the request `attrs` (see the module docstring); `pods_on(node)`:
-    the pods bound to a node (the Node mode lets a node read what they refer to)."""
+    the pods bound to a node (the Node mode lets a node read what they refer to); `lookup`: a
+    cached object by (resource, namespace, name) (claims and volumes, for the same)."""
     if user.in_group(identity.MASTERS):
         return Decision(True, f'allowed: member of group "{identity.MASTERS}"')
     reasons: list[str] = []
@@ -72,7 +76,7 @@ def decide(user: UserInfo, attrs: Attributes, policy: Policy, modes: Sequence[st
         if mode == ALWAYS_DENY:
             return Decision(False, "AlwaysDeny")
         if mode == NODE:
-            verdict, reason = nodeauthz.node_authorize(user, attrs, pods_on)
+            verdict, reason = nodeauthz.node_authorize(user, attrs, pods_on, lookup)
             if verdict is not None:
                 return Decision(verdict, reason)
             if reason:
@@ -169,11 +173,19 @@ class Authorizer:
     def review(self, user: UserInfo, attrs: Attributes) -> Decision:
         # The admin is allowed whatever the policy: no need to look at it.
         policy = self._policy if user.in_group(identity.MASTERS) else self.policy()
-        return decide(user, attrs, policy, self.modes, pods_on=self._pods_on)
+        return decide(user, attrs, policy, self.modes, pods_on=self._pods_on, lookup=self._lookup)
 
     def _pods_on(self, node: str) -> Iterable[t.Pod]:
-        # Only a node's read of a ConfigMap or Secret asks: one pass over the cached pods.
+        # Only a node's read of a referenced object asks: one pass over the cached pods.
         return (p for p in self._objects("pods") if isinstance(p, t.Pod) and p.spec.node_name == node)
+
+    def _lookup(self, resource: str, namespace: str, name: str) -> Message | None:
+        # Only a node's read of a PersistentVolume asks (a claim of one of its pods, the volume).
+        for obj in self._objects(resource):
+            meta = getattr(obj, "metadata", None)
+            if meta is not None and meta.name == name and meta.namespace == namespace:
+                return obj if isinstance(obj, Message) else None
+        return None
 
     def check(self, user: UserInfo, attrs: Attributes, *, impersonator: UserInfo | None = None) -> Decision:
         """Allow or raise ForbiddenError; writes the audit line of a mutating request."""

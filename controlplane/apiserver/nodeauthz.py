@@ -16,11 +16,14 @@ where docs/security.md says so):
   Kubernetes lets the kubelet set it (`KUBELET_LABELS`, `KUBELET_LABEL_PREFIXES`).
 - A node requests service-account tokens only bound to a pod whose `spec.nodeName` is itself
   (and which runs as that account: serviceaccount.py checks that for everyone).
-- A node reads a ConfigMap or Secret only when a pod bound to it refers to that object
-  (skiff/podrefs.py: env, envFrom, volumes, projected sources, imagePullSecrets), and only by
-  name: `get`, or `list`/`watch` with fieldSelector `metadata.name=<name>` in its namespace (the
-  front ends put that name in the attributes, as Kubernetes' RequestInfo does). Kubernetes' node
-  graph gives the same answer; ours is computed from the api-server's pod cache per request.
+- A node reads a ConfigMap, Secret or PersistentVolumeClaim only when a pod bound to it refers
+  to that object (skiff/podrefs.py: env, envFrom, volumes, projected sources, imagePullSecrets,
+  persistentVolumeClaim volumes), and a PersistentVolume only when such a claim is bound to it
+  (`spec.volumeName`) or the volume is pinned to the node (a local volume: the node is its
+  local-path provisioner and reclaims it); each only by name: `get`, or `list`/`watch` with
+  fieldSelector `metadata.name=<name>` (the front ends put that name in the attributes, as
+  Kubernetes' RequestInfo does). Kubernetes' node graph gives the same answer; ours is computed
+  from the api-server's caches per request.
 - Every refusal names the node and what it may not do, as Kubernetes' messages do.
 """
 
@@ -53,11 +56,10 @@ NODE_RULES: Mapping[tuple[str, str], frozenset[str]] = {
     ("", "namespaces"): READ,
     ("networking.k8s.io", "networkpolicies"): READ,
     ("discovery.k8s.io", "endpointslices"): READ,
-    # Volumes its pods mount (Kubernetes narrows these to the referenced ones too).
-    ("", "persistentvolumeclaims"): READ,
     # delete: a Released local-path volume of this node, once the agent removed its directory
     # (the node is its provisioner); NodeRestriction checks the volume is pinned to this node.
-    ("", "persistentvolumes"): READ | {"delete"},
+    # (Reading claims and volumes: `node_authorize`, only the ones its pods use.)
+    ("", "persistentvolumes"): frozenset({"delete"}),
     ("", "events"): frozenset({"create", "update", "patch"}),
     (LEASE_GROUP, "leases"): frozenset({"get"}),
     # The tokens its pods mount: NodeRestriction (`token_restriction`) checks each is bound to a
@@ -77,16 +79,23 @@ RESTRICTED_PREFIX = "node-restriction.kubernetes.io/"
 
 
 # Kinds a node reads only when a pod bound to it refers to the object: resource -> singular.
-REFERENCED = {"configmaps": "configmap", "secrets": "secret"}
+REFERENCED = {"configmaps": "configmap", "secrets": "secret", "persistentvolumeclaims": "persistentvolumeclaim"}
 
 PodsOn = Callable[[str], Iterable[t.Pod]]  # the pods bound to a node (spec.nodeName), as the api-server has them
+# An object as the api-server has it: (resource, namespace, name) -> the object or None.
+Lookup = Callable[[str, str, str], Message | None]
 
 
 def no_pods(node: str) -> Iterable[t.Pod]:
     return ()
 
 
-def node_authorize(user: UserInfo, attrs: Attributes, pods_on: PodsOn = no_pods) -> tuple[bool | None, str]:
+def no_objects(resource: str, namespace: str, name: str) -> Message | None:
+    return None
+
+
+def node_authorize(user: UserInfo, attrs: Attributes, pods_on: PodsOn = no_pods,
+                   lookup: Lookup = no_objects) -> tuple[bool | None, str]:
     """(True, reason) to allow; (None, reason) for no opinion (not a node, or not a node's right)."""
     node = user.node_name
     if not node:
@@ -96,6 +105,8 @@ def node_authorize(user: UserInfo, attrs: Attributes, pods_on: PodsOn = no_pods)
         return True, f'Node: node "{node}" may {attrs.verb} {attrs.combined_resource}'
     if attrs.group == "" and attrs.resource in REFERENCED and not attrs.subresource and attrs.verb in READ:
         return _referenced(node, attrs, pods_on)
+    if key == ("", "persistentvolumes") and attrs.verb in READ:
+        return _volume(node, attrs, pods_on, lookup)
     # A create names no object (the name is in the body): NodeRestriction checks it is the node's own.
     own = attrs.name == node or (attrs.verb == "create" and not attrs.name)
     if key in (("", "nodes"), ("", "nodes/status")) and attrs.verb in WRITE | {"get"}:
@@ -119,6 +130,23 @@ def _referenced(node: str, attrs: Attributes, pods_on: PodsOn) -> tuple[bool | N
         if pod.metadata.namespace == attrs.namespace and attrs.name in podrefs.referenced(pod, attrs.resource):
             return True, f'Node: pod "{pod.metadata.namespace}/{pod.metadata.name}" on node "{node}" refers to {what}'
     return None, f'Node: node "{node}" may not {attrs.verb} {what}: no pod bound to it refers to it'
+
+
+def _volume(node: str, attrs: Attributes, pods_on: PodsOn, lookup: Lookup) -> tuple[bool | None, str]:
+    if not attrs.name:
+        return None, (f'Node: node "{node}" may {attrs.verb} only the persistentvolumes its pods\' claims are '
+                      f"bound to, each by name (fieldSelector metadata.name=<name>)")
+    what = f'persistentvolume "{attrs.name}"'
+    pv = lookup("persistentvolumes", "", attrs.name)
+    if isinstance(pv, t.PersistentVolume) and storage.volume_node(pv) == node:
+        return True, f'Node: {what} is pinned to node "{node}"'
+    for pod in pods_on(node):
+        for claim in podrefs.claims(pod):
+            pvc = lookup("persistentvolumeclaims", pod.metadata.namespace, claim)
+            if isinstance(pvc, t.PersistentVolumeClaim) and pvc.spec.volume_name == attrs.name:
+                return True, (f'Node: pod "{pod.metadata.namespace}/{pod.metadata.name}" on node "{node}" uses '
+                              f'claim "{pod.metadata.namespace}/{claim}", bound to {what}')
+    return None, f'Node: node "{node}" may not {attrs.verb} {what}: no claim of a pod bound to it is bound to it'
 
 
 # ---------------------------------------------------------------- NodeRestriction admission

@@ -481,19 +481,23 @@ class Registry:
             admission.default_storage_class(pvc, classes)  # type: ignore[arg-type]
         admission.protect_claim(pvc)
 
-    async def _check_quotas(self, obj: Message, namespace: str) -> builtins.list[t.ResourceQuota]:
-        """Refuse a create its namespace's quotas have no room for; the quotas it is charged to,
-        with their new status.used (admission.charged_quotas), to be written with it."""
+    async def _check_quotas(self, obj: Message, namespace: str, *,
+                            old: Message | None = None) -> builtins.list[t.ResourceQuota]:
+        """Refuse a create (an update of `old`) its namespace's quotas have no room for; the quotas
+        it is charged to, with their new status.used (admission.charged_quotas), to be written
+        with it. An update that adds nothing any quota names is not looked at further."""
+        wanted = set(admission.quota_delta(obj, old))
+        if old is not None and not wanted:
+            return []
         quotas = await self._current("resourcequotas", namespace)
         if not quotas:
             return []
         kind = kinds.of_message(obj)
-        wanted = set(quota.usage(obj))
-        if not any(wanted & set(q.spec.hard) for q in quotas) and not isinstance(obj, t.Pod):  # type: ignore[attr-defined]
+        if not any(wanted & set(q.spec.hard) for q in quotas) and (old is not None or not isinstance(obj, t.Pod)):  # type: ignore[attr-defined]
             return []
         used = quota.namespace_usage(await self._current(kind.resource, namespace))
-        admission.check_quotas(obj, quotas, used)  # type: ignore[arg-type]
-        return admission.charged_quotas(obj, quotas, used)  # type: ignore[arg-type]
+        admission.check_quotas(obj, quotas, used, old)  # type: ignore[arg-type]
+        return admission.charged_quotas(obj, quotas, used, old)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ service allocations
 
@@ -698,14 +702,21 @@ class Registry:
             value = encode(new)
             if value == kv.value:
                 return old  # nothing changed: no write, same resourceVersion
-            compares = [Compare(key, kv.mod_revision)]
-            ops: list[Op] = [Put(key, value, kv.lease)]
+            # Quota admission on UPDATE: what the update adds is checked and charged in this
+            # transaction, guarded by each quota's revision, as a create is.
+            charges = await self._check_quotas(new, namespace, old=old) \
+                if kind.namespaced and not status else []
+            quota_keys = {self.key(QUOTA, q.metadata.namespace, q.metadata.name): int(q.metadata.resource_version)
+                          for q in charges}
+            compares = [Compare(key, kv.mod_revision), *(Compare(k, rv) for k, rv in quota_keys.items())]
+            charged: list[Op] = [Put(k, encode(q)) for k, q in zip(quota_keys, charges, strict=True)]
+            ops: list[Op] = [Put(key, value, kv.lease), *charged]
             if isinstance(new, t.Service) and isinstance(old, t.Service):
                 held = alloc.allocation_keys(old)
                 fresh_keys = await self._assign(new, held=held)
                 value = encode(new)
                 ops = [Put(key, value, kv.lease), *(Put(k, alloc.owner_value(new)) for k in fresh_keys),
-                       *(Delete(k) for k in sorted(held - alloc.allocation_keys(new)))]
+                       *(Delete(k) for k in sorted(held - alloc.allocation_keys(new))), *charged]
                 compares += [Compare(k, 0) for k in fresh_keys]
             result = await self._txn(compares, ops)
             if result.succeeded:
@@ -722,6 +733,8 @@ class Registry:
                 if wanted_rv:
                     raise _conflict(kind, meta.name)
                 continue
+            if any(_mod_revision(result.current.get(k)) != rv for k, rv in quota_keys.items()):
+                continue  # another write charged the quota first: count again
             self._allocation_lost(new, obj, result)
         raise _conflict(kind, meta.name)
 
@@ -753,6 +766,10 @@ class Registry:
             return None
         if strategy.should_remove(new):
             return None
+        if not status and kind.namespaced and \
+                self.caches[QUOTA.resource].count(registry_prefix(QUOTA, old_meta.namespace)) and \
+                admission.quota_delta(new, cached):
+            return None  # the update adds to its namespace's usage: quota admission reads the store
         value = encode(new)
         if value == encode(cached):
             return None

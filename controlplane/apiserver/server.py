@@ -9,6 +9,9 @@ What must hold:
   with its traceback. One bad request never affects another.
 - Watch events are encoded once per event and shared by every watcher (the Watch handler
   yields bytes, passed through untouched).
+- A stream (Watch, Logs, Exec) ends in the task that began it, whatever ends it (the end of its
+  items, an error, the client cancelling or going away, the server stopping): the stream
+  handlers are coroutines that write (`_wrap_stream`), never generators grpc may abandon.
 - Authorization has one place here, `RequestAuth.admit`, run by the interceptor before any
   handler: the caller (authenticated, then impersonated if the `impersonate-user` /
   `impersonate-group` metadata asks and the caller may), the request's attributes
@@ -24,12 +27,13 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,21 +280,37 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], auth: RequestAuth, limi
     return run
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], auth: RequestAuth, limiter: Limiter,
-                 method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., AsyncGenerator[Any, None]], auth: RequestAuth, limiter: Limiter,
+                 method: str) -> Callable[..., Awaitable[None]]:
+    """A coroutine handler that writes each item (`context.write`), not an async generator.
+
+    The caller (a context variable set by `caller.acting_as`) and the in-flight slot are held
+    for the whole stream, so the stream must end in the task that began it. grpc abandons a
+    generator handler suspended at its `yield` when a send fails (the client cancelled or went
+    away with the stream blocked on flow control) or the server stops; the loop then closes it
+    from another task, where resetting the context variable raises "Token was created in a
+    different Context". A coroutine has no such second ending: whatever ends the RPC is raised
+    into it, here, and `behavior`'s generator is closed here too (aclosing).
+    """
     name = method.rsplit("/", 1)[-1]
 
-    async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def run(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         with metrics.track(metrics.grpc_info(method, request)) as tracked:
             try:
                 _check_request(request)
                 with caller.acting_as(await auth.admit(name, request, context)) as user, \
                         limiter.admit(grpc_verb(name), client_key(user, context.peer())):
-                    async for item in behavior(request, context):
-                        yield item
+                    async with contextlib.aclosing(behavior(request, context)) as items:
+                        async for item in items:
+                            try:
+                                await context.write(item)
+                            except Exception:  # grpc's own ExecuteBatchError, UsageError, ...
+                                return  # the stream cannot be written (client gone): no one to tell
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
+                if context.done():
+                    return  # the client is gone (cancelled, disconnected): no one to tell
                 err = to_status(exc)
                 tracked.code = metrics.code_of(err)
                 await context.abort(err.code, err.message, errors.trailing_metadata(err))

@@ -100,3 +100,69 @@ async def test_a_refused_create_charges_nothing_and_a_delete_makes_room(servers:
     assert dict(stored.status.used) == {"pods": "1", "count/configmaps": "1"}  # type: ignore[attr-defined]
     await first.delete("pods", "default", "a", grace_period=0)
     await second.create(pod("b"))
+
+
+def claim(name: str, size: str) -> t.PersistentVolumeClaim:
+    return t.PersistentVolumeClaim(
+        metadata=t.ObjectMeta(name=name, namespace="default"),
+        spec=t.PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"],
+                                         resources=t.VolumeResourceRequirements(requests={"storage": size})))
+
+
+def service(name: str) -> t.Service:
+    return t.Service(metadata=t.ObjectMeta(name=name, namespace="default"),
+                     spec=t.ServiceSpec(selector={"app": name}, ports=[t.ServicePort(port=80)]))
+
+
+async def _racing_updates(servers: list[tuple[Registry, str]], resource: str, names: list[str],
+                          change: Any) -> list[BaseException | None]:
+    """Update every object at once, alternating between the api-servers; None for a success."""
+    async def update(i: int, name: str) -> BaseException | None:
+        registry = servers[i % 2][0]
+        obj = await registry.get(resource, "default", name)
+        change(obj)
+        try:
+            await registry.update(obj)
+        except errors.ForbiddenError as exc:
+            return exc
+        return None
+
+    return await asyncio.gather(*(update(i, n) for i, n in enumerate(names)))
+
+
+async def test_concurrent_updates_that_raise_usage_never_exceed_the_quota(
+        servers: list[tuple[Registry, str]]) -> None:
+    """Quota admission on UPDATE (a claim's storage request grows, a Service becomes NodePort):
+    checked and charged in the update's transaction, guarded by the quota's revision."""
+    first, _ = servers[0]
+    await first.create(quota(**{"requests.storage": "10Gi", "services.nodeports": "1"}))
+    names = [f"c{i}" for i in range(4)]
+    for name in names:
+        await first.create(claim(name, "1Gi"))  # 4Gi used; each growing to 3Gi adds 2Gi: room for 3
+
+    def grow(obj: Any) -> None:
+        obj.spec.resources.requests["storage"] = "3Gi"
+
+    results = await _racing_updates(servers, "persistentvolumeclaims", names, grow)
+    refused = [r for r in results if r is not None]
+    assert len(refused) == 1, results
+    assert "exceeded quota: small, requested: requests.storage=2Gi, used: requests.storage=10Gi, " \
+           "limited: requests.storage=10Gi" in str(refused[0])
+    sizes = sorted(c.spec.resources.requests["storage"]  # type: ignore[attr-defined]
+                   for c in (await first.list("persistentvolumeclaims", namespace="default"))[0])
+    assert sizes == ["1Gi", "3Gi", "3Gi", "3Gi"]
+    stored = await first.get("resourcequotas", "default", "small")
+    assert stored.status.used["requests.storage"] == "10Gi"  # type: ignore[attr-defined]
+
+    for name in ("s0", "s1", "s2"):
+        await first.create(service(name))
+
+    def node_port(obj: Any) -> None:
+        obj.spec.type = "NodePort"
+
+    results = await _racing_updates(servers, "services", ["s0", "s1", "s2"], node_port)
+    assert sum(r is None for r in results) == 1, results
+    assert all("exceeded quota: small, requested: services.nodeports=1, used: services.nodeports=1"
+               in str(r) for r in results if r is not None)
+    types = sorted(s.spec.type for s in (await first.list("services", namespace="default"))[0])  # type: ignore[attr-defined]
+    assert types == ["ClusterIP", "ClusterIP", "NodePort"]

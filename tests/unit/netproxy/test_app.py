@@ -19,6 +19,7 @@ from netproxy.iptables.proxier import IptablesProxier
 from netproxy.ipvs.kernel import MemoryIpvs
 from netproxy.ipvs.proxier import IpvsProxier
 from netproxy.metrics import Metrics
+from netproxy.proxier import Snapshot, SyncResult
 from skiff import metrics as skiff_metrics
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.netproxy.objects import eps, port, subset, svc
@@ -177,3 +178,45 @@ def test_choose_backend(nft: BackendRules, legacy: BackendRules, version: str, e
 def test_count_rules() -> None:
     text = "*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n"
     assert count_rules(text) == BackendRules(2, 1)
+
+
+class _BlockingProxier(IptablesProxier):
+    """An iptables proxier whose syncs after the first wait until released (a slow restore)."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryIptables(), CFG)
+        self.syncing = asyncio.Event()
+        self.release = asyncio.Event()
+        self.syncs = 0
+
+    async def sync(self, snapshot: Snapshot, *, full: bool = False) -> SyncResult:
+        self.syncs += 1
+        if self.syncs > 1:
+            self.syncing.set()
+            await self.release.wait()
+        return await super().sync(snapshot, full=full)
+
+
+@pytest.mark.parametrize("when", ["during-a-sync", "as-events-come"])
+async def test_run_stops_promptly_when_cancelled(api: InProcessApi, when: str) -> None:
+    """NetProxy.run ends within a second of its cancellation: in the middle of a sync, and while
+    Service events keep requesting syncs (each a wake-up racing the cancellation)."""
+    await api.create(svc("web", "10.96.0.10", port(80)))
+    proxier = _BlockingProxier()
+    if when == "as-events-come":
+        proxier.release.set()
+    proxy = NetProxy(api, proxier, min_sync_period=0.0)
+    task = asyncio.ensure_future(proxy.run())
+    await asyncio.wait_for(proxy.synced.wait(), 10)
+    if when == "during-a-sync":
+        await api.create(svc("api", "10.96.0.1", port(443)))
+        await asyncio.wait_for(proxier.syncing.wait(), 10)
+        task.cancel()
+    else:
+        for i in range(20):
+            proxy.runner.request()
+            await asyncio.sleep(0)
+            if i == 10:
+                task.cancel()
+    done, _ = await asyncio.wait([task], timeout=3)
+    assert done and task.cancelled(), "NetProxy.run still running 3 s after cancel"

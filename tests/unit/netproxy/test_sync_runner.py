@@ -89,8 +89,33 @@ async def test_failure_is_retried_with_a_full_sync() -> None:
     runner = SyncRunner(sync, min_interval=0, sync_period=0, retry_interval=0.05)
     task = asyncio.ensure_future(runner.run())
     try:
-        await until(lambda: len(sync.calls) == 2)
+        # The second call is recorded as it starts: wait for it to end too.
+        await until(lambda: len(sync.calls) == 2 and not runner.state.failed)
         assert sync.calls == [True, True]
-        assert not runner.state.failed
     finally:
         task.cancel()
+
+
+@pytest.mark.parametrize("period", [0.0, 30.0], ids=["wait-for-a-request", "wait-for-the-resync"])
+async def test_cancelled_as_a_request_comes_it_stops(period: float) -> None:
+    """A cancellation that arrives together with a request (a Service event at shutdown) ends
+    the runner: asyncio.wait_for in Python 3.11 swallowed it and the runner ran on forever."""
+    sync = FakeSync()
+    runner = SyncRunner(sync, min_interval=0, sync_period=period)
+    task = asyncio.ensure_future(runner.run())
+    await until(lambda: len(sync.calls) == 1)
+    await asyncio.sleep(0.05)  # the runner waits now
+    runner.request()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    assert done and task.cancelled(), f"still running after cancel; syncs {sync.calls}"
+
+
+async def test_cancelled_during_a_sync_it_stops_at_once() -> None:
+    sync = FakeSync(duration=30)
+    runner = SyncRunner(sync, min_interval=0, sync_period=0)
+    task = asyncio.ensure_future(runner.run())
+    await until(lambda: len(sync.calls) == 1)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    assert done and task.cancelled()

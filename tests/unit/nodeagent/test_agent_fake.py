@@ -14,14 +14,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import pytest
 from google.protobuf.message import Message
 
 from controlplane.apiserver.inprocess import InProcessApi
 from nodeagent import fakecri
 from nodeagent.agent import AgentConfig, NodeAgent
-from nodeagent.cri import LABEL_POD_UID, GrpcRuntime, NotFound
-from nodeagent.fakecri import FakeRuntime
+from nodeagent.cri import LABEL_POD_UID, CriError, GrpcRuntime, NameReserved, NotFound
+from nodeagent.fakecri import FakeRuntime, Faults
 from nodeagent.plan import PlanConfig
 from skiff import conditions, errors, identity
 from skiff.client import ObjectList
@@ -491,6 +492,78 @@ async def test_a_crashing_pod_worker_comes_back_with_backoff(tmp_path: Path, api
         await agent.stop()
 
 
+async def test_grpc_runtime_sees_a_sandbox_outlive_its_deadline(tmp_path: Path) -> None:
+    """Over gRPC, as with containerd: the deadline passes, the creation goes on, the same attempt
+    answers "name is reserved" (NameReserved) until the sandbox is listed."""
+    fake = FakeRuntime(faults=Faults(slow_sandboxes=1, slow_sandbox_time=0.6))
+    sock = f"unix://{tmp_path}/cri.sock"
+    server = await fakecri.serve(fake, sock)
+    runtime = GrpcRuntime(sock, timeout=0.2)
+    cfg = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="p", namespace="default", uid="u"),
+                               labels={LABEL_POD_UID: "u"})
+    try:
+        with pytest.raises(CriError) as first:
+            await runtime.run_pod_sandbox(cfg)
+        assert first.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(NameReserved, match='name "p_default_u_0" is reserved for'):
+            await runtime.run_pod_sandbox(cfg)
+        assert await runtime.list_pod_sandbox() == []  # not listed while in the making
+
+        async def listed() -> list[cri.PodSandbox]:
+            return await runtime.list_pod_sandbox(labels={LABEL_POD_UID: "u"})
+
+        [sb] = await until(listed)
+        assert (sb.metadata.attempt, sb.state) == (0, cri.SANDBOX_READY)
+    finally:
+        await runtime.close()
+        await server.stop(0)
+
+
+@pytest.mark.parametrize(("end", "attempt"), [
+    ("ready", 0),  # containerd finished: the sandbox is adopted, not created again
+    ("notready", 1),  # containerd killed it half-made: removed, the next attempt runs
+    ("gone", 0),  # killed and cleaned up: the same attempt's name is free again
+], ids=["adopted", "notready-replaced", "gone-retried"])
+async def test_a_sandbox_that_outlives_the_cri_deadline(tmp_path: Path, api: InProcessApi, end: str,
+                                                        attempt: int) -> None:
+    fake = FakeRuntime(images={IMAGE}, timeout=0.2,
+                       faults=Faults(slow_sandboxes=1, slow_sandbox_time=1.0, slow_sandbox_end=end))
+    agent = NodeAgent(api, fake, AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False,
+                                             pod_log_dir=str(tmp_path), relist_period=0.05, status_check_period=0.05,
+                                             plan=PlanConfig(sandbox_retry_base=0.3, sandbox_retry_max=0.6)))
+    await agent.start()
+    try:
+        pod = await make_pod(api, "p1")
+        kicking = True
+
+        async def kick() -> None:  # pod events keep coming meanwhile; none may bring a retry sooner
+            while kicking:
+                agent.ensure_worker(pod.metadata.uid)
+                await asyncio.sleep(0.02)
+
+        kicker = asyncio.get_running_loop().create_task(kick())
+
+        async def running() -> t.Pod | None:
+            p = await api.get(t.Pod, "p1", "default")
+            return p if p.status.phase == "Running" else None
+
+        try:
+            await until(running, timeout=10)
+        finally:
+            kicking = False
+            await kicker
+        calls = fake.calls.count("RunPodSandbox")
+        assert calls <= 3, f"{calls} RunPodSandbox calls while the first was in the making"
+        [sb] = fake.sandboxes.values()  # a stale NotReady one was removed
+        assert (sb.config.metadata.attempt, sb.state) == (attempt, cri.SANDBOX_READY)
+        if end == "ready":
+            assert calls <= 2 and sb.id in fake.reserved.values()
+        events = (await api.list(t.Event, namespace="default")).items
+        assert [e.reason for e in events if e.reason == "FailedCreatePodSandBox"] == ["FailedCreatePodSandBox"]
+    finally:
+        await agent.stop()
+
+
 class NoReopenRuntime(FakeRuntime):
     """A runtime that cannot reopen logs (an older containerd)."""
 
@@ -638,6 +711,65 @@ async def test_the_agent_watches_only_what_its_pods_refer_to_with_its_node_crede
         assert agent.config_refs.watched() == {("configmaps", "default", "used"), ("secrets", "default", "sec")}
         with pytest.raises(errors.ForbiddenError, match='node "n1" may not get secret "default/other"'):
             await agent.client.get(t.Secret, "other", "default")
+        await api.delete(t.Pod, "p", "default", grace_period_seconds=0)
+
+        async def nothing_watched() -> bool:
+            return not agent.config_refs.watched()
+
+        await until(nothing_watched)
+    finally:
+        await agent.stop()
+
+
+async def _bound_claim(api: InProcessApi, name: str, volume: str, path: str) -> None:
+    await api.create(t.PersistentVolume(metadata=t.ObjectMeta(name=volume), spec=t.PersistentVolumeSpec(
+        capacity={"storage": "1Gi"}, access_modes=["ReadWriteOnce"], host_path=t.HostPathVolumeSource(path=path))))
+    await api.create(t.PersistentVolumeClaim(metadata=t.ObjectMeta(name=name), spec=t.PersistentVolumeClaimSpec(
+        access_modes=["ReadWriteOnce"], resources=t.VolumeResourceRequirements(requests={"storage": "1Gi"}),
+        volume_name=volume)))
+    claim = await api.get(t.PersistentVolumeClaim, name, "default")
+    claim.status.phase = "Bound"
+    await api.update_status(claim)
+
+
+async def test_the_agent_reads_only_its_pods_claims_and_their_volumes_with_its_node_credentials(
+        tmp_path: Path, api: InProcessApi) -> None:
+    """Under the Node authorizer: the agent acting as system:node:n1 watches the claim its pod
+    uses and the volume bound to it, one by name each (no cluster-wide claim or volume watch),
+    mounts it, may read no other claim or volume, and stops watching with the last pod."""
+    await _bound_claim(api, "data", "pv-data", str(tmp_path / "pv-data"))
+    await _bound_claim(api, "spare", "pv-spare", str(tmp_path / "pv-spare"))
+    fake = FakeRuntime(images={IMAGE})
+    agent = NodeAgent(api.as_user(identity.node_user("n1")), fake,
+                      AgentConfig(node_name="n1", node_ip="10.0.0.1", manage_network=False, pod_log_dir=str(tmp_path),
+                                  volume_dir=str(tmp_path / "volumes"), relist_period=0.05,
+                                  status_check_period=0.05))
+    await agent.start()
+    try:
+        pod = t.Pod(metadata=t.ObjectMeta(name="p"))
+        pod.spec.containers.add(name="c", image="skiff/web:1.0", image_pull_policy="IfNotPresent",
+                                volume_mounts=[t.VolumeMount(name="data", mount_path="/data")])
+        pod.spec.volumes.add(name="data", persistent_volume_claim=t.PersistentVolumeClaimVolumeSource(
+            claim_name="data"))
+        await api.create(pod)
+        await api.bind("default", "p", "n1")
+
+        async def mounts_of_container() -> dict[str, str] | None:
+            for ctr in fake.containers.values():
+                return {m.container_path: m.host_path for m in ctr.config.mounts}
+            return None
+
+        mounts = await until(mounts_of_container)
+        assert mounts["/data"] == str(tmp_path / "pv-data")
+        assert agent.config_refs.watched() == {("persistentvolumeclaims", "default", "data"),
+                                               ("persistentvolumes", "", "pv-data")}
+        with pytest.raises(errors.ForbiddenError,
+                           match='node "n1" may not get persistentvolumeclaim "default/spare": no pod bound'):
+            await agent.client.get(t.PersistentVolumeClaim, "spare", "default")
+        with pytest.raises(errors.ForbiddenError, match='node "n1" may not get persistentvolume "pv-spare"'):
+            await agent.client.get(t.PersistentVolume, "pv-spare")
+        with pytest.raises(errors.ForbiddenError, match="may list only the persistentvolumes"):
+            await agent.client.list(t.PersistentVolume)
         await api.delete(t.Pod, "p", "default", grace_period_seconds=0)
 
         async def nothing_watched() -> bool:

@@ -41,8 +41,10 @@ def test_hollow_node_name_sorts_by_index() -> None:
     (dict(fail_rate=1.0), "fail_rate"),
     (dict(fail_rate=-0.1), "fail_rate"),
     (dict(start_latency=-1.0), "start_latency"),
-], ids=["rate-1", "rate-negative", "latency-negative"])
-def test_faults_rejects(faults: dict[str, float], error: str) -> None:
+    (dict(slow_sandboxes=-1), "slow_sandboxes"),
+    (dict(slow_sandbox_end="maybe"), "slow_sandbox_end"),
+], ids=["rate-1", "rate-negative", "latency-negative", "slow-negative", "slow-end-unknown"])
+def test_faults_rejects(faults: dict[str, float | str], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         Faults(**faults)  # type: ignore[arg-type]
 

@@ -138,6 +138,19 @@ CASES = [
     Case("two containers: both progress in order", pod(names=("a", "b")),
          P.Observed((SB,), (ctr("ca", "running", name="a", started=5),), {"skiff/web:1.0": True}),
          [P.CreateContainer("b", "sb1", 0, 0.0)]),
+    # A RunPodSandbox the runtime may still be working on (deadline passed, name reserved).
+    Case("sandbox in the making: wait for it, not ask again", pod(), P.Observed(images={"skiff/web:1.0": True}),
+         [], memory=P.Memory(sandbox_wait=P.SandboxWait(0, 1, 1005)), waiting="ContainerCreating", wake_at=1005),
+    Case("sandbox wait over: ask again for the same attempt", pod(), P.Observed(images={"skiff/web:1.0": True}),
+         [P.RunSandbox(0)], memory=P.Memory(sandbox_wait=P.SandboxWait(0, 1, 995)), waiting="ContainerCreating"),
+    Case("waited-for sandbox appears Ready: adopted", pod(), obs(), [P.CreateContainer("web", "sb1", 0, 0.0)],
+         memory=P.Memory(sandbox_wait=P.SandboxWait(0, 2, 1005)), waiting="ContainerCreating"),
+    Case("waited-for sandbox left NotReady: next attempt at once", pod(),
+         obs(sandboxes=(P.SandboxObs("sb1", 0, False, 1 * S),)), [P.RunSandbox(1)],
+         memory=P.Memory(sandbox_wait=P.SandboxWait(0, 2, 1005)), waiting="ContainerCreating"),
+    Case("a wait for an older attempt holds nothing back", pod(),
+         obs(sandboxes=(P.SandboxObs("sb1", 3, False, 1 * S),)), [P.RunSandbox(4)],
+         memory=P.Memory(sandbox_wait=P.SandboxWait(3, 1, 1005)), waiting="ContainerCreating"),
 ]
 
 
@@ -167,6 +180,20 @@ def test_image_failure_backoff_doubles_and_caps() -> None:
     f2 = P.image_failure(f1, "ErrImagePull", "x", 200, cfg)
     f3 = P.image_failure(f2, "ErrImagePull", "x", 300, cfg)
     assert [(f.failures, f.retry_at) for f in (f1, f2, f3)] == [(1, 110), (2, 220), (3, 330)]
+
+
+@pytest.mark.parametrize(("attempts", "want"), [
+    ((0,), [(1, 1005)]),
+    ((0, 0, 0, 0), [(1, 1005), (2, 1010), (3, 1020), (4, 1030)]),
+    ((0, 0, 1), [(1, 1005), (2, 1010), (1, 1005)]),
+], ids=["first", "doubles-and-caps", "new-attempt-starts-over"])
+def test_sandbox_wait_backoff(attempts: tuple[int, ...], want: list[tuple[int, float]]) -> None:
+    cfg = P.PlanConfig(sandbox_retry_base=5, sandbox_retry_max=30)
+    wait, got = None, []
+    for attempt in attempts:
+        wait = P.sandbox_wait(wait, attempt, 1000, cfg)
+        got.append((wait.failures, wait.retry_at))
+    assert got == want
 
 
 # ---------------------------------------------------------------- status

@@ -106,3 +106,23 @@ def test_run_is_asyncio_run() -> None:
     assert all(loop.is_closed() for loop in loops)
     with pytest.raises(ValueError, match="boom"):
         eventloop.run(fail())
+
+
+@pytest.mark.parametrize(("set_first", "timeout", "want"), [
+    (True, 1.0, True), (False, 0.01, False), (True, None, True),
+], ids=["set", "timed-out", "set-no-timeout"])
+async def test_wait_event(set_first: bool, timeout: float | None, want: bool) -> None:
+    event = asyncio.Event()
+    if set_first:
+        event.set()
+    assert await eventloop.wait_event(event, timeout) is want
+
+
+async def test_wait_event_never_swallows_a_cancellation_that_comes_with_the_event() -> None:
+    event = asyncio.Event()
+    task = asyncio.ensure_future(eventloop.wait_event(event, 30))
+    await asyncio.sleep(0.01)
+    event.set()
+    task.cancel()  # in the same loop pass: asyncio.wait_for (3.11) returned True here
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -6,8 +6,9 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+from google.protobuf.message import Message
 
-from controlplane.apiserver.admission import apply_limit_ranges, charged_quotas, check_quotas
+from controlplane.apiserver.admission import apply_limit_ranges, charged_quotas, check_quotas, quota_delta
 from controlplane.controllers.resourcequota import ResourceQuotaController, kinds_for
 from skiff import errors, quota
 from skiffpb.api.v1 import types_pb2 as t
@@ -125,6 +126,43 @@ def test_charged_quotas(obj: t.Pod, quotas: list[t.ResourceQuota], used: dict[st
     assert {q.metadata.name: dict(q.status.used) for q in charged} == want
     assert all(dict(q.status.hard) == dict(q.spec.hard) for q in charged)
     assert [q.SerializeToString() for q in quotas] == before  # the inputs (cached objects) are left alone
+
+
+def _svc(kind: str, ports: int = 1) -> t.Service:
+    return t.Service(metadata=t.ObjectMeta(name="s", namespace="default"),
+                     spec=t.ServiceSpec(type=kind, ports=[t.ServicePort(port=80 + i) for i in range(ports)]))
+
+
+def _pvc(size: str) -> t.PersistentVolumeClaim:
+    return t.PersistentVolumeClaim(metadata=t.ObjectMeta(name="c", namespace="default"),
+                                   spec=t.PersistentVolumeClaimSpec(resources=t.VolumeResourceRequirements(
+                                       requests={"storage": size})))
+
+
+@pytest.mark.parametrize(("obj", "old", "want"), [
+    (_svc("NodePort", 2), None, {"count/services": 1, "services": 1, "services.nodeports": 2}),
+    (_svc("LoadBalancer"), None, {"count/services": 1, "services": 1, "services.nodeports": 1,
+                                  "services.loadbalancers": 1}),
+    (_svc("NodePort", 2), _svc("ClusterIP", 2), {"services.nodeports": 2}),
+    (_svc("LoadBalancer"), _svc("NodePort"), {"services.loadbalancers": 1}),
+    (_svc("ClusterIP"), _svc("NodePort"), {}),  # a decrease is not charged
+    (_pvc("3Gi"), _pvc("1Gi"), {"requests.storage": 2 * 2**30}),
+    (_pvc("1Gi"), _pvc("1Gi"), {}),
+    (pod("p"), pod("p"), {}),
+], ids=["nodeport-create", "loadbalancer-create", "to-nodeport", "to-loadbalancer", "to-clusterip",
+        "claim-grows", "claim-same", "pod-unchanged"])
+def test_quota_delta(obj: Message, old: Message | None, want: dict[str, Fraction]) -> None:
+    assert quota_delta(obj, old) == want
+
+
+def test_update_is_checked_and_charged_by_what_it_adds() -> None:
+    q = rq(**{"requests.storage": "4Gi"})
+    used = {"requests.storage": Fraction(3 * 2**30)}  # with the claim's 1Gi
+    check_quotas(_pvc("2Gi"), [q], used, _pvc("1Gi"))  # +1Gi: 4Gi, fits
+    [charged] = charged_quotas(_pvc("2Gi"), [q], used, _pvc("1Gi"))
+    assert dict(charged.status.used) == {"requests.storage": "4Gi"}
+    with pytest.raises(errors.ForbiddenError, match=r"requested: requests\.storage=2Gi, used: requests\.storage=3Gi"):
+        check_quotas(_pvc("3Gi"), [q], used, _pvc("1Gi"))
 
 
 def test_kinds_for() -> None:

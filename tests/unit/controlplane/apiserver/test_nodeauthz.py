@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from google.protobuf.message import Message
 
 from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.apiserver.nodeauthz import forbidden_labels, node_authorize, node_restriction
@@ -53,10 +54,31 @@ def _referring(name: str, node: str, ns: str = "d") -> t.Pod:
     p.spec.volumes.add(name="v", secret=t.SecretVolumeSource(secret_name="s"))
     p.spec.containers[0].env.add(name="E", value_from=t.EnvVarSource(
         config_map_key_ref=t.ConfigMapKeySelector(name="c", key="k")))
+    p.spec.volumes.add(name="data", persistent_volume_claim=t.PersistentVolumeClaimVolumeSource(claim_name="data"))
     return p
 
 
 PODS_ON = {"n1": [_referring("mine", "n1")], "n2": [_referring("theirs", "n2", ns="other")]}
+
+
+def _claim(ns: str, name: str, volume_name: str) -> t.PersistentVolumeClaim:
+    return t.PersistentVolumeClaim(metadata=t.ObjectMeta(name=name, namespace=ns),
+                                   spec=t.PersistentVolumeClaimSpec(volume_name=volume_name))
+
+
+# d/data (mine, on n1) is bound to pv-mine; other/data (n2's pod) to pv-theirs; d/spare to pv-spare (no pod uses
+# it); pv-local-n1 is pinned to n1 (its local-path volume, to reclaim) and used by nobody.
+OBJECTS: dict[tuple[str, str, str], Message] = {
+    ("persistentvolumeclaims", "d", "data"): _claim("d", "data", "pv-mine"),
+    ("persistentvolumeclaims", "other", "data"): _claim("other", "data", "pv-theirs"),
+    ("persistentvolumeclaims", "d", "spare"): _claim("d", "spare", "pv-spare"),
+    ("persistentvolumes", "", "pv-local-n1"): t.PersistentVolume(
+        metadata=t.ObjectMeta(name="pv-local-n1"), spec=t.PersistentVolumeSpec(
+            node_affinity=storage.node_affinity_for("n1"))),
+    ("persistentvolumes", "", "pv-local-n2"): t.PersistentVolume(
+        metadata=t.ObjectMeta(name="pv-local-n2"), spec=t.PersistentVolumeSpec(
+            node_affinity=storage.node_affinity_for("n2"))),
+}
 
 
 @pytest.mark.parametrize(("attrs", "verdict", "reason"), [
@@ -71,10 +93,34 @@ PODS_ON = {"n1": [_referring("mine", "n1")], "n2": [_referring("theirs", "n2", n
     (Attributes("list", "secrets", namespace="d"), None, 'node "n1" may list only the secrets its pods refer to'),
     (Attributes("watch", "secrets"), None, "each by name (fieldSelector metadata.name=<name>)"),
     (Attributes("update", "secrets", namespace="d", name="s"), None, "no rule lets a node update secrets"),
+    (Attributes("get", "persistentvolumeclaims", namespace="d", name="data"), True,
+     'pod "d/mine" on node "n1" refers to persistentvolumeclaim "d/data"'),
+    (Attributes("watch", "persistentvolumeclaims", namespace="d", name="data"), True,
+     'refers to persistentvolumeclaim'),
+    (Attributes("get", "persistentvolumeclaims", namespace="d", name="spare"), None,
+     'node "n1" may not get persistentvolumeclaim "d/spare": no pod bound to it refers to it'),
+    (Attributes("get", "persistentvolumeclaims", namespace="other", name="data"), None,
+     'may not get persistentvolumeclaim "other/data"'),
+    (Attributes("list", "persistentvolumeclaims"), None, "may list only the persistentvolumeclaims its pods refer to"),
+    (Attributes("get", "persistentvolumes", name="pv-mine"), True,
+     'pod "d/mine" on node "n1" uses claim "d/data", bound to persistentvolume "pv-mine"'),
+    (Attributes("watch", "persistentvolumes", name="pv-mine"), True, 'bound to persistentvolume "pv-mine"'),
+    (Attributes("get", "persistentvolumes", name="pv-theirs"), None,
+     'node "n1" may not get persistentvolume "pv-theirs": no claim of a pod bound to it is bound to it'),
+    (Attributes("get", "persistentvolumes", name="pv-spare"), None, 'may not get persistentvolume "pv-spare"'),
+    (Attributes("watch", "persistentvolumes", name="pv-local-n1"), True,
+     'persistentvolume "pv-local-n1" is pinned to node "n1"'),
+    (Attributes("get", "persistentvolumes", name="pv-local-n2"), None, 'may not get persistentvolume "pv-local-n2"'),
+    (Attributes("list", "persistentvolumes"), None, "may list only the persistentvolumes its pods' claims are bound"),
+    (Attributes("delete", "persistentvolumes", name="pv-local-n1"), True, "may delete persistentvolumes"),
 ], ids=["get-referenced", "watch-referenced", "configmap-referenced", "secret-unreferenced", "other-nodes-pod",
-        "wrong-kind", "list-all", "watch-all", "no-writes"])
+        "wrong-kind", "list-all", "watch-all", "no-writes", "claim-used", "claim-watch-used", "claim-unused",
+        "claim-of-other-nodes-pod", "claims-list-all", "volume-of-used-claim", "volume-watch", "volume-of-other-node",
+        "volume-of-unused-claim", "volume-pinned-here", "volume-pinned-elsewhere", "volumes-list-all",
+        "volume-delete-left-to-admission"])
 def test_node_reads_what_its_pods_refer_to(attrs: Attributes, verdict: bool | None, reason: str) -> None:
-    got = node_authorize(N1, attrs, lambda node: PODS_ON.get(node, []))
+    got = node_authorize(N1, attrs, lambda node: PODS_ON.get(node, []),
+                         lambda resource, ns, name: OBJECTS.get((resource, ns, name)))
     assert got[0] is verdict and reason in got[1], got
 
 
