@@ -19,7 +19,9 @@ server). Then, timed from this process:
 Throughout, a probe does one of each API verb (create, get, list, update, delete of a ConfigMap)
 every `PROBE_PERIOD` and records its latency, and an informer measures watch lag (the probe's
 write stamped with this process's clock → seen by the informer). Also recorded: store size
-(etcd Maintenance.Status dbSize, on every member), peak RSS and CPU seconds of every component.
+(etcd Maintenance.Status dbSize, on every member), peak RSS and CPU seconds of every component,
+and the store's writes of the create, Services and rolling-update phases by resource and writer
+per pod (bench/writes.py).
 Results go to bench/results/scale.json (`--small`: scale-small.json). Everything shares this
 machine's cores: the load average before and after is part of every figure.
 
@@ -546,7 +548,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
     rev0 = 0
     t0 = 0.0  # when the Deployments were created (0: not yet)
     counter: WriteCounter | None = None
-    rev1 = 0
+    rev1 = rev2 = 0
 
     def phase(name: str) -> float:
         """Enter a phase; its timeout (the phase's, cut to what is left before the deadline)."""
@@ -665,6 +667,11 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         await wait_for("rolling update", lambda: rolled() >= size.rollouts, timeout,
                        lambda: f"{rolled()} of {size.rollouts} Deployments rolled out")
         out["rolling_update_s"] = round(time.monotonic() - t2, 2)
+        rev3 = await asyncio.to_thread(store_revision, c.store_endpoints)
+        await counter.until(rev3)
+        rolled_pods = size.rollouts * size.replicas
+        out["store_writes_rollout"] = {"total": rev3 - rev2, "pods_replaced": rolled_pods,
+                                       "by_writer": counter.table(rolled_pods, rev2 + 1, rev3)}
 
         # 4. delete everything
         timeout = phase("delete all")

@@ -160,3 +160,57 @@ async def test_status_counts_ready_and_available_after_min_ready_seconds(cluster
     rs = await cluster.api.get(t.ReplicaSet, "web-abc")
     assert (rs.status.replicas, rs.status.ready_replicas, rs.status.available_replicas) == (3, 2, 1)
     assert cluster.writes("create", "pods") == 4, "a finished pod does not count, but 3 active ones hold"
+
+
+def _status(replicas: int, ready: int, available: int, *, generation: int = 1,
+            failure: bool = False) -> t.ReplicaSetStatus:
+    s = t.ReplicaSetStatus(replicas=replicas, ready_replicas=ready, available_replicas=available,
+                           fully_labeled_replicas=replicas, observed_generation=generation)
+    if failure:
+        s.conditions.add(type="ReplicaFailure", status="True", reason="FailedCreate")
+    return s
+
+
+@pytest.mark.parametrize(("before", "after", "urgent"), [
+    (_status(3, 1, 1), _status(3, 2, 2), False),
+    (_status(2, 0, 0), _status(3, 0, 0), False),
+    (_status(3, 2, 2), _status(3, 3, 3), True),
+    (_status(3, 3, 3, generation=1), _status(3, 3, 3, generation=2), True),
+    (_status(3, 1, 1), _status(3, 1, 1, failure=True), True),
+], ids=["ready-count-moves", "replica-count-moves", "settled", "new-generation", "condition"])
+def test_status_urgent(before: t.ReplicaSetStatus, after: t.ReplicaSetStatus, urgent: bool) -> None:
+    rs = replicaset(3)
+    rs.status.CopyFrom(before)
+    assert rsc.status_urgent(rs, after) is urgent
+
+
+@pytest.mark.parametrize(("period", "during", "total"), [
+    (0.0, 4, 4),
+    (5.0, 0, 1),
+], ids=["every-change", "batched"])
+async def test_status_writes_batched_per_period(cluster: Cluster, period: float, during: int, total: int) -> None:
+    """Pods becoming ready one at a time, right after a status write: with a batch period every
+    count waits for the period's end, where one write carries the last count."""
+    owner = replicaset(5)
+    pods = [pod(f"p{i}", node="n", phase="Running", ready=False, labels={"app": "web"}, owner=owner)
+            for i in range(5)]
+    ctrl = await setup(cluster, replicaset(5), *pods)
+    ctrl.batches.period = period
+    mono = [1000.0]
+    ctrl.batches.clock = lambda: mono[0]
+    await cluster.drain(ctrl)
+    base = cluster.writes("update_status", "replicasets")
+    for p in pods[:4]:
+        fresh = await cluster.api.get(t.Pod, p.metadata.name)
+        fresh.status.conditions[0].status = "True"
+        await cluster.api.update_status(fresh)
+        await cluster.drain(ctrl)
+        mono[0] += 0.1
+    assert cluster.writes("update_status", "replicasets") - base == during
+    mono[0] += period  # the period's end: the held key's sync writes what it has now
+    ctrl.queue.add(KEY)
+    await cluster.drain(ctrl)
+    rs = await cluster.api.get(t.ReplicaSet, "web-abc")
+    assert rs.status.ready_replicas == 4
+    assert cluster.writes("update_status", "replicasets") - base == total
+    ctrl.shutdown()
