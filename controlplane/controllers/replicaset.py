@@ -93,14 +93,17 @@ async def slow_start_batch(count: int, fn: Callable[[], Awaitable[None]], *,
     return successes, None
 
 
-def status_urgent(rs: t.ReplicaSet, status: t.ReplicaSetStatus) -> bool:
+def status_urgent(rs: t.ReplicaSet, status: t.ReplicaSetStatus, *, rolling: bool = False) -> bool:
     """Whether a status change is written at once rather than batched: a new observedGeneration
-    (the deployment controller waits for it), a condition changing state, or the set settled
-    (every replica ready and available, the state a rollout step waits for)."""
+    (the deployment controller waits for it), a condition changing state, the set settled
+    (every replica ready and available, the state a rollout step waits for), or, while its
+    Deployment rolls (`rolling`), any change of `availableReplicas`: each one lets the rollout
+    take its next step."""
     replicas = defaults.replicas(rs.spec)
     return (status.observed_generation != rs.status.observed_generation
             or condition_states(status.conditions) != condition_states(rs.status.conditions)
-            or status.replicas == status.ready_replicas == status.available_replicas == replicas)
+            or status.replicas == status.ready_replicas == status.available_replicas == replicas
+            or (rolling and status.available_replicas != rs.status.available_replicas))
 
 
 def calculate_status(rs: t.ReplicaSet, pods: Sequence[t.Pod], create_error: BaseException | None,
@@ -309,7 +312,8 @@ class ReplicaSetController(QueueController):
         replicas = defaults.replicas(rs.spec)
         # A count that moved is written at most once per batch period (the last count wins);
         # what the deployment controller waits on is written at once.
-        if status != rs.status and not self.hold_write(key, urgent=status_urgent(rs, status)):
+        if status != rs.status and not self.hold_write(
+                key, urgent=status_urgent(rs, status, rolling=self._rolling(rs))):
             try:
                 await self._write_status(rs, status)
             except errors.NotFoundError:
@@ -319,6 +323,16 @@ class ReplicaSetController(QueueController):
         if (rs.spec.min_ready_seconds > 0 and status.ready_replicas == replicas
                 and status.available_replicas != replicas):
             self.queue.add_after(key, rs.spec.min_ready_seconds + 1.0)
+
+    def _rolling(self, rs: t.ReplicaSet) -> bool:
+        """Whether another ReplicaSet of the same controller (a Deployment) still has replicas:
+        a rollout in progress, which waits on this set's availability."""
+        owner = podutil.controller_ref(rs)
+        if owner is None:
+            return False
+        return any(other.metadata.uid != rs.metadata.uid and (other.spec.replicas or other.status.replicas)
+                   and (ref := podutil.controller_ref(other)) is not None and ref.uid == owner.uid
+                   for other in self.replicasets.list(rs.metadata.namespace))
 
     async def _write_status(self, rs: t.ReplicaSet, status: t.ReplicaSetStatus) -> None:
         """Write status; on a conflict (our own spec writes, or the cache lagging) re-read once."""

@@ -9,7 +9,8 @@ from controlplane.controllers import replicaset as rsc
 from controlplane.controllers.replicaset import ReplicaSetController
 from skiff import errors
 from skiffpb.api.v1 import types_pb2 as t
-from tests.unit.controlplane.harness import Cluster, pod
+from tests.unit.controlplane.harness import Cluster, deployment, pod
+from tests.unit.controlplane.harness import replicaset as harness_replicaset
 
 KEY = "default/web-abc"
 
@@ -171,17 +172,20 @@ def _status(replicas: int, ready: int, available: int, *, generation: int = 1,
     return s
 
 
-@pytest.mark.parametrize(("before", "after", "urgent"), [
-    (_status(3, 1, 1), _status(3, 2, 2), False),
-    (_status(2, 0, 0), _status(3, 0, 0), False),
-    (_status(3, 2, 2), _status(3, 3, 3), True),
-    (_status(3, 3, 3, generation=1), _status(3, 3, 3, generation=2), True),
-    (_status(3, 1, 1), _status(3, 1, 1, failure=True), True),
-], ids=["ready-count-moves", "replica-count-moves", "settled", "new-generation", "condition"])
-def test_status_urgent(before: t.ReplicaSetStatus, after: t.ReplicaSetStatus, urgent: bool) -> None:
+@pytest.mark.parametrize(("before", "after", "rolling", "urgent"), [
+    (_status(3, 1, 1), _status(3, 2, 2), False, False),
+    (_status(2, 0, 0), _status(3, 0, 0), False, False),
+    (_status(3, 2, 2), _status(3, 3, 3), False, True),
+    (_status(3, 3, 3, generation=1), _status(3, 3, 3, generation=2), False, True),
+    (_status(3, 1, 1), _status(3, 1, 1, failure=True), False, True),
+    (_status(3, 1, 1), _status(3, 2, 2), True, True),
+    (_status(3, 1, 0), _status(3, 2, 0), True, False),
+], ids=["ready-count-moves", "replica-count-moves", "settled", "new-generation", "condition",
+        "available-moves-in-a-rollout", "ready-moves-in-a-rollout"])
+def test_status_urgent(before: t.ReplicaSetStatus, after: t.ReplicaSetStatus, rolling: bool, urgent: bool) -> None:
     rs = replicaset(3)
     rs.status.CopyFrom(before)
-    assert rsc.status_urgent(rs, after) is urgent
+    assert rsc.status_urgent(rs, after, rolling=rolling) is urgent
 
 
 @pytest.mark.parametrize(("period", "during", "total"), [
@@ -214,3 +218,13 @@ async def test_status_writes_batched_per_period(cluster: Cluster, period: float,
     assert rs.status.ready_replicas == 4
     assert cluster.writes("update_status", "replicasets") - base == total
     ctrl.shutdown()
+
+
+@pytest.mark.parametrize(("old_replicas", "rolling"), [(2, True), (0, False)], ids=["old-set-has-replicas", "alone"])
+async def test_rolling_while_a_sibling_set_has_replicas(cluster: Cluster, old_replicas: int, rolling: bool) -> None:
+    d = await cluster.create(deployment("web"))
+    await cluster.create(harness_replicaset("web-old", app="web", replicas=old_replicas, owner=d))
+    new = await cluster.create(harness_replicaset("web-new", app="web", replicas=3, owner=d))
+    ctrl = ReplicaSetController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    await cluster.start()
+    assert ctrl._rolling(new) is rolling
