@@ -19,7 +19,9 @@ server). Then, timed from this process:
 Throughout, a probe does one of each API verb (create, get, list, update, delete of a ConfigMap)
 every `PROBE_PERIOD` and records its latency, and an informer measures watch lag (the probe's
 write stamped with this process's clock → seen by the informer). Also recorded: store size
-(etcd Maintenance.Status dbSize, on every member), peak RSS and CPU seconds of every component.
+(etcd Maintenance.Status dbSize, on every member), peak RSS and CPU seconds of every component,
+and the store's writes of the create, Services and rolling-update phases by resource and writer
+per pod (bench/writes.py).
 Results go to bench/results/scale.json (`--small`: scale-small.json). Everything shares this
 machine's cores: the load average before and after is part of every figure.
 
@@ -52,6 +54,7 @@ from typing import Any
 import grpc
 
 from bench import meta, profile
+from bench.writes import WriteCounter
 from deploy.loopback import Process, start_apiserver, start_etcd
 from nodeagent.hollow import HOLLOW_POD_NET
 from skiff import errors
@@ -544,6 +547,8 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
     phase_timeout = timeout
     rev0 = 0
     t0 = 0.0  # when the Deployments were created (0: not yet)
+    counter: WriteCounter | None = None
+    rev1 = rev2 = 0
 
     def phase(name: str) -> float:
         """Enter a phase; its timeout (the phase's, cut to what is left before the deadline)."""
@@ -581,6 +586,9 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         # 1. Deployments -> all Running
         timeout = phase("create -> all Running")
         rev0 = await asyncio.to_thread(store_revision, c.store_endpoints)
+        # Which writes those were, by resource and writer (bench/writes.py).
+        counter = WriteCounter(c.store_endpoints[0], rev0 + 1)
+        tasks.append(asyncio.create_task(counter.run()))
         t0 = time.monotonic()
         until = t0 + timeout
         await gather_limited([persist(lambda i=i: client.create(deployment(i, size.replicas)), deadline=until,
@@ -600,11 +608,13 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         out["timeline"] = tracker.timeline(t0)
         # What the store had to write per pod (every write is one revision): the rate it
         # sustains divided by this is the most pods/s the whole chain can reach.
-        writes = await asyncio.to_thread(store_revision, c.store_endpoints) - rev0
+        rev1 = await asyncio.to_thread(store_revision, c.store_endpoints)
+        writes = rev1 - rev0
         events = len((await client.list(t.Event, namespace=NAMESPACE)).items)
+        await counter.until(rev1)
         out["store_writes"] = {"total": writes, "per_pod": round(writes / size.pods, 1),
                                "per_s": round(writes / max(1e-6, out["all_running_s"]), 1),
-                               "events_in_namespace": events}
+                               "events_in_namespace": events, "by_writer": counter.table(size.pods, last=rev1)}
         out["all_bound_s"] = round(max(tracker.bound_at.values()) - t0, 2)
         out["store_size_mb_at_peak"] = store_size_mb(c.store_endpoints)
 
@@ -626,6 +636,10 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         await wait_for("Endpoints", lambda: endpoints_done() >= size.services, timeout,
                        lambda: f"{endpoints_done()} of {size.services} Endpoints complete")
         out["all_endpoints_s"] = round(time.monotonic() - t1, 2)
+        # The Services phase's writes alone (Endpoints, and whatever else ran meanwhile).
+        rev2 = await asyncio.to_thread(store_revision, c.store_endpoints)
+        await counter.until(rev2)
+        out["store_writes_services"] = {"total": rev2 - rev1, "by_writer": counter.table(size.pods, rev1 + 1, rev2)}
 
         # 3. rolling update
         timeout = phase("rolling update")
@@ -653,6 +667,11 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         await wait_for("rolling update", lambda: rolled() >= size.rollouts, timeout,
                        lambda: f"{rolled()} of {size.rollouts} Deployments rolled out")
         out["rolling_update_s"] = round(time.monotonic() - t2, 2)
+        rev3 = await asyncio.to_thread(store_revision, c.store_endpoints)
+        await counter.until(rev3)
+        rolled_pods = size.rollouts * size.replicas
+        out["store_writes_rollout"] = {"total": rev3 - rev2, "pods_replaced": rolled_pods,
+                                       "by_writer": counter.table(rolled_pods, rev2 + 1, rev3)}
 
         # 4. delete everything
         timeout = phase("delete all")

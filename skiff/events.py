@@ -9,6 +9,11 @@ What must hold:
   `count` goes up and whose `lastTimestamp` moves, as Kubernetes' event correlator does;
 - writes of one aggregated Event are never concurrent (the work queue guarantees it), so the
   count is not lost to our own races; a conflict with someone else re-reads and retries;
+- similar events (same source, object, type and reason, different messages; client-go's
+  EventAggregator) are combined: from the 10th distinct message about an object within 10
+  minutes on, they become one Event "(combined from similar events): <latest message>" whose
+  count goes up — a 300-pod ReplicaSet's "Created pod: ..." events are 9 Events and one
+  combined one, written as one while repeats wait in the queue;
 - the number of distinct pending events is bounded: past it, new ones are dropped (and
   counted in `dropped`), since events are advisory;
 - a spam filter limits each involved object to a burst of 25 events, then one per 5 minutes
@@ -48,6 +53,31 @@ class Recorder(Protocol):
     def event(self, obj: Any, type_: str, reason: str, message: str) -> None: ...
 
 
+COMBINED_PREFIX = "(combined from similar events): "
+AGGREGATE_MAX_MESSAGES = 10  # client-go's defaultAggregateMaxEvents
+AGGREGATE_INTERVAL = 600.0  # seconds (defaultAggregateIntervalInSeconds)
+
+
+@dataclass
+class _Similar:
+    messages: set[str]
+    last: float
+
+
+def aggregate(similar: _Similar | None, message: str, now: float, *, max_messages: int = AGGREGATE_MAX_MESSAGES,
+              interval: float = AGGREGATE_INTERVAL) -> tuple[_Similar, bool]:
+    """client-go's EventAggregator for one (source, object, type, reason): the record after
+    `message` at `now`, and whether the event is to be combined (the record already holds
+    `max_messages` distinct messages, counting this one, seen within `interval` of each other)."""
+    if similar is None or now - similar.last > interval:
+        similar = _Similar(set(), now)
+    messages = similar.messages | {message}
+    if len(messages) < max_messages:
+        return _Similar(messages, now), False
+    messages.discard(next(iter(messages - {message}), message))  # as client-go: the set stays at the max
+    return _Similar(messages, now), True
+
+
 @dataclass
 class _Pending:
     component: str
@@ -83,6 +113,8 @@ class EventRecorder:
         # Per involved object: (tokens, when last refilled).
         self._buckets: OrderedDict[tuple[str, str, str, str], tuple[float, float]] = OrderedDict()
         self._writes = TokenBucket.full(qps, self.clock.now(), burst=float(burst)) if qps > 0 else None
+        # Per (source, object, type, reason): the distinct messages seen lately (aggregate()).
+        self._similar: OrderedDict[str, _Similar] = OrderedDict()
 
     def event(self, obj: Any, type_: str, reason: str, message: str, *, component: str = "") -> None:
         """Note an event about `obj` (any API object); it is written in the background."""
@@ -103,11 +135,22 @@ class EventRecorder:
         if not self._allow(ref, now):
             self.dropped += 1
             return
-        key = "\x00".join((component, ref.kind, ref.namespace, ref.name, ref.uid, type_, reason, message))
+        similar_key = "\x00".join((component, ref.kind, ref.namespace, ref.name, ref.uid, type_, reason))
+        similar, combined = aggregate(self._similar.get(similar_key), message, now)
+        self._similar[similar_key] = similar
+        self._similar.move_to_end(similar_key)
+        while len(self._similar) > self.max_cached:
+            self._similar.popitem(last=False)
+        if combined:
+            # One Event for all of them: its key leaves the message out, its message is the latest.
+            key, message = similar_key, COMBINED_PREFIX + message
+        else:
+            key = similar_key + "\x00" + message
         pending = self._pending.get(key)
         if pending is not None:
             pending.count += 1
             pending.last = now
+            pending.message = message
         elif len(self._pending) >= self.max_pending:
             self.dropped += 1
             return
@@ -177,6 +220,7 @@ class EventRecorder:
                 update = t.Event()
                 update.CopyFrom(base)
                 update.count = base.count + p.count
+                update.message = p.message  # a combined Event shows the latest of its messages
                 stamp(update.last_timestamp, p.last)
                 return await self.client.update(update)
 

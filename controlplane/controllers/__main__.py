@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent-replicaset-syncs", type=int, default=5)
     p.add_argument("--concurrent-endpoint-syncs", type=int, default=5)
     p.add_argument("--concurrent-gc-syncs", type=int, default=10)
+    p.add_argument("--endpoint-updates-batch-period", type=duration, default=manager.BATCH_PERIOD,
+                   help="at most one Endpoints update per Service per period; an update taking a ready address "
+                        f"away is written at once (default {manager.BATCH_PERIOD:g}s, 0: every change at once)")
+    p.add_argument("--status-updates-batch-period", type=duration, default=manager.BATCH_PERIOD,
+                   help="at most one status update per ReplicaSet and Deployment per period while only its counts "
+                        f"move (default {manager.BATCH_PERIOD:g}s, 0: every change at once)")
     add_leader_election_flags(p, "skiff-controller-manager")
     p.add_argument("--cluster-signing-cert-file", default="",
                    help="the cluster CA certificate that signs approved node certificates (CertificateSigningRequests)")
@@ -78,6 +84,8 @@ def options_from(args: argparse.Namespace) -> manager.Options:
         api_servers=tuple(a.strip() for a in args.api_servers.split(",") if a.strip()),
         kubernetes_service_endpoints=tuple(a.strip() for a in args.kubernetes_service_endpoints.split(",")
                                            if a.strip()),
+        endpoint_updates_batch_period=args.endpoint_updates_batch_period,
+        status_updates_batch_period=args.status_updates_batch_period,
         workers={"deployment": args.concurrent_deployment_syncs, "replicaset": args.concurrent_replicaset_syncs,
                  "endpoints": args.concurrent_endpoint_syncs, "garbagecollector": args.concurrent_gc_syncs,
                  "nodeipam": 1})
@@ -89,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = options_from(args)
         CidrSet(options.cluster_cidr, options.node_cidr_mask_size)
+        if options.endpoint_updates_batch_period < 0 or options.status_updates_batch_period < 0:
+            raise ValueError("--endpoint-updates-batch-period and --status-updates-batch-period must not be negative")
         if options.eviction.rate < 0 or options.eviction.secondary_rate < 0:
             raise ValueError("--node-eviction-rate and --secondary-node-eviction-rate must not be negative")
         if not 0 < options.eviction.unhealthy_zone_threshold <= 1:

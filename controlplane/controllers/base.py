@@ -3,6 +3,10 @@
 What must hold:
 - event handlers only turn objects into keys (`enqueue`); all work happens in `sync(key)`,
   which may be called any number of times for a key and raises to be retried with backoff;
+- batched writes (`WriteBatcher`, kube-proxy's bounded-frequency runner per object): with a
+  period > 0, a controller writes an object's status at once when it wrote none within the last
+  period, else at the period's end, carrying every change since in one write; a change others
+  wait on (`urgent`) is never held back;
 - claiming (Kubernetes' ControllerRefManager): an owner adopts matching objects that have no
   controller, releases the ones it controls that no longer match, and never touches objects
   controlled by someone else; adoption first re-reads the owner from the api-server, so a
@@ -12,7 +16,9 @@ What must hold:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -36,11 +42,62 @@ log = logging.getLogger("skiff.controllers")
 M = TypeVar("M", bound=Message)
 
 
+def batch_wait(last: float | None, now: float, period: float) -> float:
+    """Seconds a write must still wait: none when nothing was written within `period` before `now`."""
+    if last is None or period <= 0:
+        return 0.0
+    return max(0.0, last + period - now)
+
+
+@dataclass
+class WriteBatcher:
+    """When each key was last written, so its next write can be held to one per `period`.
+
+    Why: every write is paid through the api-server, Raft and every watcher; a ReplicaSet whose
+    50 pods become ready one after another needs the last count written, not all 50. The
+    queue already folds changes that arrive while a key waits; this folds the ones that arrive
+    while its last write is fresh."""
+
+    period: float = 0.0
+    max_keys: int = 4096
+    # Monotonic, as the queue's add_after: the period is real time even under a test's fake clock.
+    clock: Callable[[], float] = time.monotonic
+    _last: dict[str, float] = field(default_factory=dict)
+
+    def wait(self, key: str, now: float) -> float:
+        return batch_wait(self._last.get(key), now, self.period)
+
+    def wrote(self, key: str, now: float) -> None:
+        if self.period <= 0:
+            return
+        self._last[key] = now
+        if len(self._last) > self.max_keys:  # only the keys written within a period matter
+            self._last = {k: at for k, at in self._last.items() if at + self.period > now}
+
+
+def condition_states(conds: Sequence[Any]) -> list[tuple[str, str, str]]:
+    """What a list of conditions says, without its timestamps and messages: a change here is one
+    a reader waits on (urgent), a change of timestamps alone is not."""
+    return sorted((c.type, c.status, c.reason) for c in conds)
+
+
 class QueueController:
     name = "controller"
 
-    def __init__(self, *, base_delay: float = 0.005, max_delay: float = 300.0) -> None:
+    def __init__(self, *, base_delay: float = 0.005, max_delay: float = 300.0, batch_period: float = 0.0) -> None:
         self.queue = WorkQueue(name=self.name, base_delay=base_delay, max_delay=max_delay)
+        self.batches = WriteBatcher(batch_period)
+
+    def hold_write(self, key: str, *, urgent: bool = False) -> bool:
+        """True when the write of `key` waits for its batch period (the key is queued for its end);
+        False when it goes now (and is noted as written)."""
+        now = self.batches.clock()
+        wait = 0.0 if urgent else self.batches.wait(key, now)
+        if wait > 0:
+            self.queue.add_after(key, wait)
+            return True
+        self.batches.wrote(key, now)
+        return False
 
     async def sync(self, key: str) -> None:
         raise NotImplementedError

@@ -23,7 +23,7 @@ from typing import Any
 
 from controlplane.common import podutil
 from controlplane.controllers import rollout
-from controlplane.controllers.base import QueueController, claim, live_controller
+from controlplane.controllers.base import QueueController, claim, condition_states, live_controller
 from controlplane.controllers.rollout import RSView
 from skiff import conditions, defaults, errors, labels
 from skiff.client import ApiClient
@@ -160,6 +160,14 @@ def is_complete(d: t.Deployment, status: t.DeploymentStatus) -> bool:
             and status.observed_generation >= d.metadata.generation)
 
 
+def status_urgent(d: t.Deployment, status: t.DeploymentStatus) -> bool:
+    """Whether a status change is written at once rather than batched: a new observedGeneration,
+    a condition changing state (Available, Progressing's reason) or the rollout complete."""
+    return (status.observed_generation != d.status.observed_generation
+            or condition_states(status.conditions) != condition_states(d.status.conditions)
+            or is_complete(d, status))
+
+
 def is_progressing(d: t.Deployment, status: t.DeploymentStatus) -> bool:
     old = d.status
     return (status.updated_replicas > old.updated_replicas
@@ -268,8 +276,8 @@ class DeploymentController(QueueController):
     name = "deployment"
 
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
-                 clock: Clock | None = None) -> None:
-        super().__init__()
+                 clock: Clock | None = None, status_batch_period: float = 0.0) -> None:
+        super().__init__(batch_period=status_batch_period)
         self.client = client
         self.recorder = recorder
         self.clock = clock or RealClock()
@@ -638,18 +646,20 @@ class DeploymentController(QueueController):
             log.info("deployment %s: deleted old replica set %s", object_key(s.d), name)
 
     async def _sync_status(self, s: _State) -> None:
-        status = calculate_status(s.d, s.all, s.new_rs, self.clock.now())
-        if status != s.d.status:
-            s.d.status.CopyFrom(status)
-            s.d = await self.client.update_status(s.d)
+        await self._write_status(s, calculate_status(s.d, s.all, s.new_rs, self.clock.now()))
 
     async def _sync_rollout_status(self, s: _State) -> None:
         now = self.clock.now()
-        status = rollout_status(s.d, s.all, s.new_rs, now)
-        if status != s.d.status:
-            s.d.status.CopyFrom(status)
-            s.d = await self.client.update_status(s.d)
+        await self._write_status(s, rollout_status(s.d, s.all, s.new_rs, now))
         self._requeue_stuck(s.d, now)
+
+    async def _write_status(self, s: _State, status: t.DeploymentStatus) -> None:
+        """Write the counts' status once per batch period at most (the last counts win); what a
+        reader waits on goes at once."""
+        if status == s.d.status or self.hold_write(object_key(s.d), urgent=status_urgent(s.d, status)):
+            return
+        s.d.status.CopyFrom(status)
+        s.d = await self.client.update_status(s.d)
 
     def _requeue_stuck(self, d: t.Deployment, now: float) -> None:
         """Come back when the progress deadline passes, so the timeout is noticed without events."""

@@ -11,6 +11,10 @@ What must hold:
 - the Endpoints object is written only when its content changes, carries the Service's
   labels, and is deleted when the Service is; Services without a selector are not touched
   (their Endpoints are the user's);
+- an update that only adds addresses (or moves them between ready and not ready the other
+  way) is batched per Service (Kubernetes' --endpoint-updates-batch-period): written at once
+  when none was written within the period, else at its end with everything since; an update
+  that takes a ready address away is written at once (traffic must leave that pod now);
 - the output is deterministic (subsets and addresses sorted), so an unchanged cluster never
   rewrites Endpoints;
 - ExternalName Services have no Endpoints (they are a DNS alias only).
@@ -92,6 +96,11 @@ def _addr_key(addr: t.EndpointAddress) -> tuple[tuple[int, ...] | str, str]:
     return ip_key, addr.target_ref.name
 
 
+def ready_ips(subsets: Iterable[t.EndpointSubset]) -> set[tuple[str, int, str]]:
+    """The (ip, port, protocol) triples that take traffic."""
+    return {(a.ip, p.port, p.protocol) for s in subsets for a in s.addresses for p in s.ports or (t.EndpointPort(),)}
+
+
 def endpoints_labels(service: t.Service) -> dict[str, str]:
     out = dict(service.metadata.labels)
     if service.spec.cluster_ip == "None":
@@ -102,8 +111,8 @@ def endpoints_labels(service: t.Service) -> dict[str, str]:
 class EndpointsController(QueueController):
     name = "endpoints"
 
-    def __init__(self, client: ApiClient, factory: InformerFactory) -> None:
-        super().__init__()
+    def __init__(self, client: ApiClient, factory: InformerFactory, *, batch_period: float = 0.0) -> None:
+        super().__init__(batch_period=batch_period)
         self.client = client
         self.services = factory.informer(t.Service)
         self.endpoints = factory.informer(t.Endpoints)
@@ -166,6 +175,9 @@ class EndpointsController(QueueController):
                 self.queue.add_after(key, 0.1)
             return
         if list(current.subsets) == subsets and dict(current.metadata.labels) == want_labels:
+            return
+        urgent = bool(ready_ips(current.subsets) - ready_ips(subsets)) or dict(current.metadata.labels) != want_labels
+        if self.hold_write(key, urgent=urgent):
             return
         ep = podutil.copy(current)
         del ep.subsets[:]

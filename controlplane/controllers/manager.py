@@ -47,6 +47,9 @@ ALL_CONTROLLERS = ("deployment", "replicaset", "endpoints", "nodelifecycle", "no
                    "serviceaccount", "resourcequota", "kubernetesservice", "job", "cronjob", "daemonset",
                    "statefulset", "csrsigning", "persistentvolume", "rootcacertpublisher")
 COMPONENT = "controller-manager"
+# Seconds between two writes of one Endpoints, or of one ReplicaSet's or Deployment's status,
+# while changes keep coming (the first goes at once; docs/controllers.md, "Batched writes").
+BATCH_PERIOD = 1.0
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Options:
     node_monitor_grace_period: float = 40.0
     node_monitor_period: float = 5.0
     eviction: EvictionOptions = field(default_factory=EvictionOptions)
+    endpoint_updates_batch_period: float = BATCH_PERIOD
+    status_updates_batch_period: float = BATCH_PERIOD
     cluster_cidr: str = defaults.CLUSTER_CIDR
     node_cidr_mask_size: int = defaults.NODE_CIDR_MASK_SIZE
     # default/kubernetes: kept only when the service CIDR is known (its ClusterIP is the first address).
@@ -85,12 +90,12 @@ def build(client: ApiClient, factory: InformerFactory, options: Options, *, reco
     # Events name the controller that wrote them, as Kubernetes' do ("From" in `skiff describe`).
     if "deployment" in wanted:
         out.append(DeploymentController(client, factory, recorder=recorder.scoped("deployment-controller"),
-                                        clock=clock))
+                                        clock=clock, status_batch_period=options.status_updates_batch_period))
     if "replicaset" in wanted:
         out.append(ReplicaSetController(client, factory, recorder=recorder.scoped("replicaset-controller"),
-                                        clock=clock))
+                                        clock=clock, status_batch_period=options.status_updates_batch_period))
     if "endpoints" in wanted:
-        out.append(EndpointsController(client, factory))
+        out.append(EndpointsController(client, factory, batch_period=options.endpoint_updates_batch_period))
     if "nodelifecycle" in wanted:
         out.append(NodeLifecycleController(client, factory, recorder=recorder.scoped("node-controller"), clock=clock,
                                            grace_period=options.node_monitor_grace_period,

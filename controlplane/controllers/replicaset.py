@@ -22,7 +22,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.common import podutil
-from controlplane.controllers.base import QueueController, claim, claim_candidates, live_controller, selector_or_event
+from controlplane.controllers.base import (
+    QueueController,
+    claim,
+    claim_candidates,
+    condition_states,
+    live_controller,
+    selector_or_event,
+)
 from skiff import conditions, defaults, errors, labels
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp
@@ -84,6 +91,19 @@ async def slow_start_batch(count: int, fn: Callable[[], Awaitable[None]], *,
         if failures:
             return successes, failures[0]
     return successes, None
+
+
+def status_urgent(rs: t.ReplicaSet, status: t.ReplicaSetStatus, *, rolling: bool = False) -> bool:
+    """Whether a status change is written at once rather than batched: a new observedGeneration
+    (the deployment controller waits for it), a condition changing state, the set settled
+    (every replica ready and available, the state a rollout step waits for), or, while its
+    Deployment rolls (`rolling`), any change of `availableReplicas`: each one lets the rollout
+    take its next step."""
+    replicas = defaults.replicas(rs.spec)
+    return (status.observed_generation != rs.status.observed_generation
+            or condition_states(status.conditions) != condition_states(rs.status.conditions)
+            or status.replicas == status.ready_replicas == status.available_replicas == replicas
+            or (rolling and status.available_replicas != rs.status.available_replicas))
 
 
 def calculate_status(rs: t.ReplicaSet, pods: Sequence[t.Pod], create_error: BaseException | None,
@@ -179,8 +199,9 @@ class ReplicaSetController(QueueController):
     name = "replicaset"
 
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
-                 clock: Clock | None = None, burst_replicas: int = BURST_REPLICAS) -> None:
-        super().__init__()
+                 clock: Clock | None = None, burst_replicas: int = BURST_REPLICAS,
+                 status_batch_period: float = 0.0) -> None:
+        super().__init__(batch_period=status_batch_period)
         self.client = client
         self.recorder = recorder
         self.clock = clock or RealClock()
@@ -289,7 +310,10 @@ class ReplicaSetController(QueueController):
         now = self.clock.now()
         status = calculate_status(rs, pods, create_error, now)
         replicas = defaults.replicas(rs.spec)
-        if status != rs.status:
+        # A count that moved is written at most once per batch period (the last count wins);
+        # what the deployment controller waits on is written at once.
+        if status != rs.status and not self.hold_write(
+                key, urgent=status_urgent(rs, status, rolling=self._rolling(rs))):
             try:
                 await self._write_status(rs, status)
             except errors.NotFoundError:
@@ -299,6 +323,16 @@ class ReplicaSetController(QueueController):
         if (rs.spec.min_ready_seconds > 0 and status.ready_replicas == replicas
                 and status.available_replicas != replicas):
             self.queue.add_after(key, rs.spec.min_ready_seconds + 1.0)
+
+    def _rolling(self, rs: t.ReplicaSet) -> bool:
+        """Whether another ReplicaSet of the same controller (a Deployment) still has replicas:
+        a rollout in progress, which waits on this set's availability."""
+        owner = podutil.controller_ref(rs)
+        if owner is None:
+            return False
+        return any(other.metadata.uid != rs.metadata.uid and (other.spec.replicas or other.status.replicas)
+                   and (ref := podutil.controller_ref(other)) is not None and ref.uid == owner.uid
+                   for other in self.replicasets.list(rs.metadata.namespace))
 
     async def _write_status(self, rs: t.ReplicaSet, status: t.ReplicaSetStatus) -> None:
         """Write status; on a conflict (our own spec writes, or the cache lagging) re-read once."""

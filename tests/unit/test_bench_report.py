@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # profile.py is a tool (py-spy summaries) and plots.py draws the pictures: not benchmarks with a result file.
 # Tools that measure for a comparison within one run and write no result file: profile, grpc_floor.
 BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py")
-                 if p.stem not in {"__init__", "meta", "report", "profile", "plots", "grpc_floor"})
+                 if p.stem not in {"__init__", "meta", "report", "profile", "plots", "grpc_floor", "writes"})
 
 
 def test_readme_table_is_the_reports_output() -> None:

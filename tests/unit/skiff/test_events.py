@@ -119,3 +119,32 @@ def test_token_bucket(bucket: TokenBucket, now: float, ok: bool, wait_after: flo
     taken, after = bucket.take(now)
     assert taken is ok
     assert after.wait() == pytest.approx(wait_after)
+
+
+@pytest.mark.parametrize(("messages", "gap", "individual", "combined_count"), [
+    (5, 0.0, 5, 0),
+    (9, 0.0, 9, 0),
+    (10, 0.0, 9, 1),
+    (25, 0.0, 9, 16),
+    (12, 601.0, 12, 0),
+], ids=["few", "just-below", "tenth-combined", "scale-up", "spread-over-intervals"])
+async def test_similar_events_are_combined(api: InProcessApi, messages: int, gap: float, individual: int,
+                                           combined_count: int) -> None:
+    """client-go's EventAggregator: distinct messages of one reason about one object become one
+    combined Event from the 10th within 10 minutes on."""
+    clock = FakeClock()
+    rec = EventRecorder(api, "replicaset-controller", clock=clock, spam_burst=100)
+    rs = t.ReplicaSet(api_version="apps/v1", kind="ReplicaSet")
+    rs.metadata.name, rs.metadata.namespace, rs.metadata.uid = "web", "default", "u1"
+    for i in range(messages):
+        rec.event(rs, NORMAL, "SuccessfulCreate", f"Created pod: web-{i}")
+        clock.advance(gap)
+    await rec.flush()
+    events = api.objects(t.Event)
+    combined = [e for e in events if e.message.startswith("(combined from similar events): ")]
+    assert len(events) - len(combined) == individual
+    assert sum(e.count for e in combined) == combined_count
+    if combined_count:
+        [ev] = combined
+        assert ev.message == f"(combined from similar events): Created pod: web-{messages - 1}"
+        assert api.count("create", "events") == individual + 1, "the combined repeats merge into one write"

@@ -3,8 +3,10 @@ undo, scaling, status."""
 
 from __future__ import annotations
 
+import pytest
+
 from controlplane.controllers import rollout
-from controlplane.controllers.deployment import DeploymentController
+from controlplane.controllers.deployment import DeploymentController, status_urgent
 from skiffpb.api.v1 import types_pb2 as t
 from tests.unit.controlplane.harness import Cluster, deployment, replicaset
 
@@ -256,3 +258,25 @@ async def test_orphan_replicaset_is_adopted_and_foreign_one_ignored(cluster: Clu
     rss = replicasets(cluster)
     assert rss["stray"].metadata.owner_references[0].name == "web"
     assert rss["foreign"].metadata.owner_references[0].uid == "other-uid"
+
+
+def _dstatus(updated: int, available: int, *, generation: int = 1, reason: str = "ReplicaSetUpdated",
+             at: float = 0.0) -> t.DeploymentStatus:
+    s = t.DeploymentStatus(replicas=3, updated_replicas=updated, ready_replicas=available,
+                           available_replicas=available, observed_generation=generation)
+    cond = s.conditions.add(type="Progressing", status="True", reason=reason)
+    cond.last_update_time.seconds = int(at)
+    return s
+
+
+@pytest.mark.parametrize(("before", "after", "urgent"), [
+    (_dstatus(1, 1, at=1), _dstatus(2, 1, at=2), False),
+    (_dstatus(3, 2), _dstatus(3, 3, reason="NewReplicaSetAvailable"), True),
+    (_dstatus(3, 2), _dstatus(3, 3), True),
+    (_dstatus(1, 1), _dstatus(1, 1, generation=2), True),
+], ids=["counts-and-timestamps-move", "condition-reason", "complete", "new-generation"])
+def test_status_urgent(before: t.DeploymentStatus, after: t.DeploymentStatus, urgent: bool) -> None:
+    d = deployment(replicas=3)
+    d.metadata.generation = 2 if after.observed_generation == 2 else 1
+    d.status.CopyFrom(before)
+    assert status_urgent(d, after) is urgent

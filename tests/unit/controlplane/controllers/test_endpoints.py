@@ -126,3 +126,37 @@ async def test_service_without_selector_is_left_alone(cluster: Cluster) -> None:
     await cluster.drain(ctrl)
     assert cluster.writes("update", "endpoints") == 0
     assert cluster.api.objects(t.Endpoints)[0].subsets[0].addresses[0].ip == "192.0.2.1"
+
+
+@pytest.mark.parametrize(("period", "writes_after_adds", "writes_after_removal"), [
+    (0.0, 3, 4),
+    (5.0, 1, 2),
+], ids=["every-change", "batched"])
+async def test_updates_batched_per_service_but_removals_at_once(
+        cluster: Cluster, period: float, writes_after_adds: int, writes_after_removal: int) -> None:
+    """The first pod becoming ready is written at once, the next ones wait for the period's end
+    together; a ready pod going away is written at once, carrying what was held."""
+    ctrl = EndpointsController(cluster.api, cluster.factory, batch_period=period)
+    mono = [1000.0]
+    ctrl.batches.clock = lambda: mono[0]
+    await cluster.create(service())
+    await cluster.create(web_pod("a", "10.0.0.1"))
+    for name, ip in (("b", "10.0.0.2"), ("c", "10.0.0.3"), ("d", "10.0.0.4")):
+        await cluster.create(web_pod(name, ip, ready=False))
+    await cluster.start()
+    await cluster.drain(ctrl)
+    assert [a.ip for a in (await cluster.api.get(t.Endpoints, "web")).subsets[0].addresses] == ["10.0.0.1"]
+    base = cluster.writes("update", "endpoints")
+    for name in ("b", "c", "d"):
+        p = await cluster.api.get(t.Pod, name)
+        p.status.conditions[0].status = "True"
+        await cluster.api.update_status(p)
+        await cluster.drain(ctrl)
+        mono[0] += 0.1
+    assert cluster.writes("update", "endpoints") - base == writes_after_adds
+    await cluster.api.delete(t.Pod, "a")
+    await cluster.drain(ctrl)
+    assert cluster.writes("update", "endpoints") - base == writes_after_removal
+    ep = await cluster.api.get(t.Endpoints, "web")
+    assert [a.ip for a in ep.subsets[0].addresses] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    ctrl.shutdown()

@@ -9,7 +9,8 @@ from controlplane.controllers import replicaset as rsc
 from controlplane.controllers.replicaset import ReplicaSetController
 from skiff import errors
 from skiffpb.api.v1 import types_pb2 as t
-from tests.unit.controlplane.harness import Cluster, pod
+from tests.unit.controlplane.harness import Cluster, deployment, pod
+from tests.unit.controlplane.harness import replicaset as harness_replicaset
 
 KEY = "default/web-abc"
 
@@ -160,3 +161,70 @@ async def test_status_counts_ready_and_available_after_min_ready_seconds(cluster
     rs = await cluster.api.get(t.ReplicaSet, "web-abc")
     assert (rs.status.replicas, rs.status.ready_replicas, rs.status.available_replicas) == (3, 2, 1)
     assert cluster.writes("create", "pods") == 4, "a finished pod does not count, but 3 active ones hold"
+
+
+def _status(replicas: int, ready: int, available: int, *, generation: int = 1,
+            failure: bool = False) -> t.ReplicaSetStatus:
+    s = t.ReplicaSetStatus(replicas=replicas, ready_replicas=ready, available_replicas=available,
+                           fully_labeled_replicas=replicas, observed_generation=generation)
+    if failure:
+        s.conditions.add(type="ReplicaFailure", status="True", reason="FailedCreate")
+    return s
+
+
+@pytest.mark.parametrize(("before", "after", "rolling", "urgent"), [
+    (_status(3, 1, 1), _status(3, 2, 2), False, False),
+    (_status(2, 0, 0), _status(3, 0, 0), False, False),
+    (_status(3, 2, 2), _status(3, 3, 3), False, True),
+    (_status(3, 3, 3, generation=1), _status(3, 3, 3, generation=2), False, True),
+    (_status(3, 1, 1), _status(3, 1, 1, failure=True), False, True),
+    (_status(3, 1, 1), _status(3, 2, 2), True, True),
+    (_status(3, 1, 0), _status(3, 2, 0), True, False),
+], ids=["ready-count-moves", "replica-count-moves", "settled", "new-generation", "condition",
+        "available-moves-in-a-rollout", "ready-moves-in-a-rollout"])
+def test_status_urgent(before: t.ReplicaSetStatus, after: t.ReplicaSetStatus, rolling: bool, urgent: bool) -> None:
+    rs = replicaset(3)
+    rs.status.CopyFrom(before)
+    assert rsc.status_urgent(rs, after, rolling=rolling) is urgent
+
+
+@pytest.mark.parametrize(("period", "during", "total"), [
+    (0.0, 4, 4),
+    (5.0, 0, 1),
+], ids=["every-change", "batched"])
+async def test_status_writes_batched_per_period(cluster: Cluster, period: float, during: int, total: int) -> None:
+    """Pods becoming ready one at a time, right after a status write: with a batch period every
+    count waits for the period's end, where one write carries the last count."""
+    owner = replicaset(5)
+    pods = [pod(f"p{i}", node="n", phase="Running", ready=False, labels={"app": "web"}, owner=owner)
+            for i in range(5)]
+    ctrl = await setup(cluster, replicaset(5), *pods)
+    ctrl.batches.period = period
+    mono = [1000.0]
+    ctrl.batches.clock = lambda: mono[0]
+    await cluster.drain(ctrl)
+    base = cluster.writes("update_status", "replicasets")
+    for p in pods[:4]:
+        fresh = await cluster.api.get(t.Pod, p.metadata.name)
+        fresh.status.conditions[0].status = "True"
+        await cluster.api.update_status(fresh)
+        await cluster.drain(ctrl)
+        mono[0] += 0.1
+    assert cluster.writes("update_status", "replicasets") - base == during
+    mono[0] += period  # the period's end: the held key's sync writes what it has now
+    ctrl.queue.add(KEY)
+    await cluster.drain(ctrl)
+    rs = await cluster.api.get(t.ReplicaSet, "web-abc")
+    assert rs.status.ready_replicas == 4
+    assert cluster.writes("update_status", "replicasets") - base == total
+    ctrl.shutdown()
+
+
+@pytest.mark.parametrize(("old_replicas", "rolling"), [(2, True), (0, False)], ids=["old-set-has-replicas", "alone"])
+async def test_rolling_while_a_sibling_set_has_replicas(cluster: Cluster, old_replicas: int, rolling: bool) -> None:
+    d = await cluster.create(deployment("web"))
+    await cluster.create(harness_replicaset("web-old", app="web", replicas=old_replicas, owner=d))
+    new = await cluster.create(harness_replicaset("web-new", app="web", replicas=3, owner=d))
+    ctrl = ReplicaSetController(cluster.api, cluster.factory, recorder=cluster.recorder, clock=cluster.clock)
+    await cluster.start()
+    assert ctrl._rolling(new) is rolling
