@@ -142,6 +142,11 @@ class _Gauge(FakeRuntime):
             self.inflight.now -= 1
 
 
+def _distinct_sandbox(i: int) -> cri.PodSandboxConfig:
+    # A runtime reserves each sandbox name, as containerd does: each call asks for its own pod.
+    return cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name=f"p{i}", uid=f"u{i}", namespace="default"))
+
+
 @pytest.mark.parametrize(("slots", "agents", "calls_each", "peak"), [
     (2, 3, 4, 2),
     (32, 1, 5, 5),
@@ -154,7 +159,7 @@ async def test_admitted_runtime_bounds_the_calls_in_flight_of_all_agents(slots: 
     fakes = [_Gauge(inflight) for _ in range(agents)]
     shared = asyncio.Semaphore(slots) if slots is not None else None
     held: list[Runtime] = [f if shared is None else cast(Runtime, AdmittedRuntime(f, shared)) for f in fakes]
-    ids = await asyncio.gather(*(h.run_pod_sandbox(cri.PodSandboxConfig()) for h in held for _ in range(calls_each)))
+    ids = await asyncio.gather(*(h.run_pod_sandbox(_distinct_sandbox(i)) for h in held for i in range(calls_each)))
     assert inflight.peak == peak
     assert len(set(ids)) == agents * calls_each  # every call went through, to its own agent's runtime
     assert [len(f.sandboxes) for f in fakes] == [calls_each] * agents
