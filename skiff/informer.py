@@ -105,7 +105,10 @@ class Informer(Generic[M]):
         return self._synced.is_set()
 
     async def wait_synced(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._synced.wait(), timeout)
+        # asyncio.timeout, not wait_for: a cancellation that comes as the cache syncs is raised
+        # (see wait_event in skiff/eventloop.py); a timeout raises TimeoutError.
+        async with asyncio.timeout(timeout):
+            await self._synced.wait()
 
     def get(self, name: str, namespace: str = "") -> M | None:
         return self._items.get(f"{namespace}/{name}" if namespace else name)

@@ -46,6 +46,7 @@ from controlplane.common import podutil
 from skiff import conditions, defaults, errors, taints
 from skiff.client import ApiClient
 from skiff.clock import Clock, RealClock, stamp, to_seconds
+from skiff.eventloop import wait_event
 from skiff.events import NORMAL, WARNING, Recorder
 from skiff.informer import InformerFactory
 from skiff.ratelimit import TokenBucket
@@ -346,10 +347,7 @@ class NodeLifecycleController:
                 await self.monitor_once()
             except Exception:
                 log.exception("node health pass failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.monitor_period)
-            except TimeoutError:
-                pass
+            await wait_event(self._stop, self.monitor_period)
 
     def shutdown(self) -> None:
         self._stop.set()
