@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import meta, profile
+from bench.scale import hollow_ready
 from deploy.loopback import Process, control_plane
 from skiff import errors
 from skiff.client import Client
@@ -91,17 +92,6 @@ def pod(i: int, nodes: int, prefix: str) -> t.Pod:
     return p
 
 
-def _wait_ready(proc: Process, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not proc.running:
-            raise RuntimeError(f"{proc.name} exited during startup:\n{proc.log_tail()}")
-        if "hollow nodes ready" in proc.log_path.read_text(errors="replace"):
-            return
-        time.sleep(0.25)
-    raise RuntimeError(f"{proc.name}: hollow nodes not ready after {timeout:.0f} s:\n{proc.log_tail()}")
-
-
 def source_tree(src: Path) -> Path:
     """`src` ready to run the hollow process from: generated code linked from this tree if missing."""
     if not (src / "skiffpb").exists():
@@ -116,7 +106,7 @@ def start_hollow(workdir: Path, api: str, args: argparse.Namespace, src: Path) -
             "--socket-dir", str(workdir / "hollow"), "--runtime", args.runtime,
             "--start-latency", str(args.start_latency)]
     proc = Process("hollow", argv, workdir / "hollow.log", "127.0.0.1", 0, env=env)
-    proc.ready = lambda p, timeout: _wait_ready(p, timeout)
+    proc.ready = hollow_ready
     return proc.start(timeout=args.start_timeout)
 
 

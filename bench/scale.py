@@ -174,7 +174,8 @@ def _alive(proc: Process, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _hollow_ready(proc: Process, timeout: float) -> None:
+def hollow_ready(proc: Process, timeout: float) -> None:
+    """Wait until a hollow process logs that all its nodes registered (bench.hollow uses it too)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if not proc.running:
@@ -243,7 +244,7 @@ def start_hollow(c: Cluster, nodes: int, per_process: int, extra: list[str]) -> 
         c.add(name, p.pid)
         procs.append(p)
     for p in procs:
-        _hollow_ready(p, timeout=60 + nodes * 0.5)
+        hollow_ready(p, timeout=60 + nodes * 0.5)
 
 
 def _cpu_s(pid: int) -> float:

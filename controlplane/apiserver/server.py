@@ -568,6 +568,19 @@ async def wait_for_store(store: Store, *, stop: asyncio.Event | None = None) -> 
         await asyncio.sleep(delays.next())
 
 
+def grpc_server(registry: Registry, forwarder: Forwarder, authenticator: Authenticator, *,
+                authorizer: Authorizer | None = None, limiter: Limiter | None = None, node_name: str = "",
+                tokens: serviceaccount.TokenAuthority | None = None) -> grpc.aio.Server:
+    """The api-server's gRPC server over `registry`, not yet bound or started: every request
+    admitted by `ErrorInterceptor` (authentication, `authorizer` when given, `limiter`) and
+    served by `ApiServerService`. `serve` builds the daemon's with this; tests build theirs too."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer), limiter)],
+                             options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=node_name,
+                                                                      authorizer=authorizer, tokens=tokens)),))
+    return server
+
+
 async def serve(config: Config, *, store: Store | None = None, ready: Callable[[int], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Run an api-server until `stop` is set (or SIGTERM/SIGINT when running as a process)."""
@@ -605,10 +618,8 @@ async def serve(config: Config, *, store: Store | None = None, ready: Callable[[
     if authorizer.modes == ("AlwaysAllow",):
         log.warning("authorization mode AlwaysAllow: every request is allowed (development only)")
     limiter = Limiter(config.limits)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer), limiter)],
-                             options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=config.node_name,
-                                                                      authorizer=authorizer, tokens=tokens)),))
+    server = grpc_server(registry, forwarder, authenticator, authorizer=authorizer, limiter=limiter,
+                         node_name=config.node_name, tokens=tokens)
     fatal_reasons: list[str] = []
 
     def on_fatal(reason: str) -> None:

@@ -25,11 +25,8 @@ from controlplane.apiserver.inprocess import InProcessApi
 from controlplane.apiserver.rbac import Attributes
 from controlplane.apiserver.rest import accessreview, http
 from controlplane.apiserver.server import (
-    ApiServerService,
-    ErrorInterceptor,
-    RequestAuth,
     each_request_attributes,
-    generic_handler,
+    grpc_server,
     request_attributes,
 )
 from skiff import errors, identity
@@ -70,10 +67,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     audit = AuditLog(str(audit_path))
     authz = Authorizer.over_caches(inproc.registry.caches, audit=audit)
     forwarder = Forwarder(inproc.registry)
-    auth = RequestAuth(Authenticator(inproc.registry, insecure=True), authz)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(auth)])
-    server.add_generic_rpc_handlers((generic_handler(ApiServerService(inproc.registry, forwarder,
-                                                                      authorizer=authz)),))
+    server = grpc_server(inproc.registry, forwarder, Authenticator(inproc.registry, insecure=True), authorizer=authz)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     runner, http_port = await http.start(inproc.registry, forwarder, "127.0.0.1:0", authorizer=authz)

@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc.aio
 import pytest
 
 from controlplane.apiserver.allocator import Allocator
@@ -22,7 +21,7 @@ from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.inprocess import DEFAULT_OPTIONS, InProcessApi
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.server import ApiServerService, ErrorInterceptor, RequestAuth, generic_handler
+from controlplane.apiserver.server import grpc_server
 from skiff import errors
 from skiff.client import Client, WatchEvent
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -39,8 +38,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     registry = Registry(MemoryStore(), allocator=Allocator(), options=DEFAULT_OPTIONS)
     await registry.start()
     forwarder = Forwarder(registry)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(Authenticator(registry, insecure=True)))])
-    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder)),))
+    server = grpc_server(registry, forwarder, Authenticator(registry, insecure=True))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     remote = Client(f"127.0.0.1:{port}")

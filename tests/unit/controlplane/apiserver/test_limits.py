@@ -29,7 +29,7 @@ from controlplane.apiserver.limits import Limiter, Limits
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import http
-from controlplane.apiserver.server import ApiServerService, ErrorInterceptor, RequestAuth, generic_handler
+from controlplane.apiserver.server import grpc_server
 from controlplane.apiserver.storage import WatchBatch
 from controlplane.apiserver.watchcache import CachedEvent, WatchCache, Watcher
 from skiff import errors, identity, kinds
@@ -140,9 +140,7 @@ async def servers() -> AsyncIterator[Servers]:
     limiter = Limiter(Limits(max_requests_inflight=1, max_mutating_requests_inflight=1, max_watches_per_client=2,
                              retry_after=HINT))
     # Insecure authentication (everyone the admin) and no authorizer: the limiter is what is tested.
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(Authenticator(registry, insecure=True)),
-                                                            limiter)])
-    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder)),))
+    server = grpc_server(registry, forwarder, Authenticator(registry, insecure=True), limiter=limiter)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     runner, http_port = await http.start(registry, forwarder, "127.0.0.1:0", limiter=limiter)

@@ -23,7 +23,7 @@ from controlplane.apiserver.forward import Forwarder
 from controlplane.apiserver.inprocess import DEFAULT_OPTIONS
 from controlplane.apiserver.memstore import MemoryStore
 from controlplane.apiserver.registry import Registry
-from controlplane.apiserver.server import ApiServerService, ErrorInterceptor, RequestAuth, generic_handler
+from controlplane.apiserver.server import grpc_server
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import types_pb2 as t
@@ -37,8 +37,7 @@ async def test_watch_streams_end_in_their_own_task(ending: str, caplog: pytest.L
     registry = Registry(MemoryStore(), allocator=Allocator(), options=DEFAULT_OPTIONS)
     await registry.start()
     forwarder = Forwarder(registry)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(Authenticator(registry, insecure=True)))])
-    server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder)),))
+    server = grpc_server(registry, forwarder, Authenticator(registry, insecure=True))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
