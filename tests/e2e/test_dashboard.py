@@ -179,8 +179,10 @@ def test_the_page_follows_the_cluster_without_reloading(lab: Lab, kubectl: Calla
     wait(lambda: rows(browser, "workloads")["deployment/default/web"].get("ready") == "3/3", "the Deployment 3/3")
     wait(lambda: any(r.get("reason") == "ScalingReplicaSet" for r in rows(browser, "events").values()),
          "the scaling event")
-    endpoints = rows(browser, "services")["default/web-service"]["endpoints"]
-    assert len(endpoints.split(", ")) == 3, endpoints
+    # Endpoints writes are batched per Service (at most one a second after the first), so the
+    # third address may arrive after the Deployment reads 3/3: wait for it.
+    wait(lambda: len(rows(browser, "services")["default/web-service"]["endpoints"].split(", ")) == 3,
+         "the Service's 3 endpoints")
 
     kubectl("scale", "deploy/web", "--replicas", "1")
     wait(lambda: len(web_pods(browser)) == 1, "the scaled-down pods gone")
