@@ -500,6 +500,10 @@ def scale_rows(r: dict[str, Any]) -> list[Row]:
         ("store size; peak RSS", "control plane ≤ 2 GB (#16)", each(lambda x: f"{store_mb(x)}; {rss(x)}"),
          met(lambda x: x["control_plane_rss_mb"] <= 2048)),
     ]
+    if any(x.get("run") for _, x in runs):  # the stores ran separately (bench/scale.py --add)
+        rows.append(("when each store ran (separate runs: date UTC, load before → after, code)", "—",
+                     each(lambda x: f"{x['run']['date'][:16].replace('T', ' ')}, load {x['run']['load_before'][0]:.1f}"
+                                    f" → {x['run']['load_after'][0]:.1f}, skiff {x['run']['skiff'][:7]}"), "—"))
     if any(x.get("stopped") for _, x in runs):
         rows.append(("how far the run got", "—", each(stopped), "—"))
     if any(x.get("profile") for _, x in runs):

@@ -766,6 +766,27 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace, deadline: flo
     return result
 
 
+def add_to_earlier(earlier: dict[str, Any], results: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """This run's results with the stores it did not run taken from an earlier result file of the same
+    size. Each store's result is stamped with the run it came from (`run`: date, load, commit), since
+    the file's own meta then describes only the latest run."""
+    if {k: v for k, v in earlier["results"]["params"].items() if k != "nodes_per_process"} != \
+            {k: v for k, v in results["params"].items() if k != "nodes_per_process"}:
+        raise SystemExit("--add: the earlier result file has another size or other parameters; not merged")
+
+    def stamp(m: dict[str, Any]) -> dict[str, Any]:
+        return {"date": m["date"], "load_before": m["load_before"], "load_after": m["load_after"],
+                "skiff": m.get("versions", {}).get("skiff", "")}
+
+    merged = dict(results)
+    for store in ("skiff", "etcd"):
+        if store in results:
+            merged[store] = {**results[store], "run": stamp(now)}
+        elif store in earlier["results"]:
+            merged[store] = {"run": stamp(earlier["meta"]), **earlier["results"][store]}
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--small", action="store_true", help=f"{SMALL}")
@@ -786,6 +807,9 @@ def main(argv: list[str] | None = None) -> int:
                         "it measured so far")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument("--output", default="", help="result file (default bench/results/scale[-small].json)")
+    p.add_argument("--add", action="store_true",
+                   help="keep the other store's result already in the output file (a full size on both stores "
+                        "takes two separate runs): each store's result then carries its own date and load")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = SMALL if args.small else FULL
@@ -816,7 +840,10 @@ def main(argv: list[str] | None = None) -> int:
         if results[store].get("stopped", {}).get("reason", "").startswith("signal"):
             break
     default = meta.RESULTS_DIR / ("scale-small.json" if args.small else "scale.json")
-    path = run.write(results, Path(args.output) if args.output else default)
+    out = Path(args.output) if args.output else default
+    if args.add and out.exists():
+        results = add_to_earlier(json.loads(out.read_text()), results, run.meta())
+    path = run.write(results, out)
     print(f"wrote {path}")
     return 0 if all(results[s].get("ok") for s in stores) else 1
 

@@ -216,3 +216,25 @@ def test_apiserver_ha_rows_compare_the_stores() -> None:
                                      "etcd": {"spread": run(400), "one": run(500)}, "setup": {"clients": 64}})
     assert rows[0][2] == "300 vs 400 (0.75x etcd); p99 120 vs 120 ms"
     assert rows[1][2].startswith("250 vs 500 (0.50x etcd)")
+
+
+SCALE_PARAMS = {"nodes": 1000, "deployments": 100, "replicas": 300, "services": 1000, "rollouts": 10, "pods": 30000}
+
+
+@pytest.mark.parametrize(("results", "present", "absent"), [
+    ({"params": SCALE_PARAMS, "skiff": {}, "etcd": {}}, [], ["when each store ran"]),
+    ({"params": SCALE_PARAMS,
+      "skiff": {"run": {"date": "2026-01-01T18:38:06Z", "load_before": [0.2, 0, 0], "load_after": [19.0, 0, 0],
+                        "skiff": "f09d9ac1234"}},
+      "etcd": {"run": {"date": "2026-01-02T20:18:00Z", "load_before": [3.0, 0, 0], "load_after": [9.5, 0, 0],
+                       "skiff": "e14ceba5678"}}},
+     ["when each store ran", "skiff: 2026-01-01 18:38, load 0.2 → 19.0, skiff f09d9ac",
+      "etcd: 2026-01-02 20:18, load 3.0 → 9.5, skiff e14ceba"], []),
+], ids=["one-run", "separate-runs-each-dated"])
+def test_scale_rows_date_each_store_when_run_separately(results: dict[str, Any], present: list[str],
+                                                         absent: list[str]) -> None:
+    text = "\n".join(" | ".join(row) for row in report.scale_rows(results))
+    for s in present:
+        assert s in text
+    for s in absent:
+        assert s not in text

@@ -56,3 +56,35 @@ async def test_persist_sends_transient_failures_again(failures: list[Exception],
     assert got == outcome
     retried = outcome == "ok" and failures and not isinstance(failures[0], scale.errors.AlreadyExistsError)
     assert len(calls) == (len(failures) + 1 if retried else 1)
+
+
+def _meta(date: str, load: float, commit: str) -> dict[str, object]:
+    return {"date": date, "load_before": [load, 0.0, 0.0], "load_after": [load + 1, 0.0, 0.0],
+            "versions": {"skiff": commit}}
+
+
+PARAMS = {"nodes": 1000, "pods": 30000, "nodes_per_process": 250}
+
+
+@pytest.mark.parametrize(("earlier", "now", "stamped"), [
+    ({"params": PARAMS, "skiff": {"ok": False}}, {"params": PARAMS, "etcd": {"ok": True}},
+     {"skiff": "2026-01-01T00:00:00Z", "etcd": "2026-01-02T00:00:00Z"}),
+    ({"params": PARAMS, "skiff": {"ok": False}, "etcd": {"ok": False}}, {"params": PARAMS, "etcd": {"ok": True}},
+     {"skiff": "2026-01-01T00:00:00Z", "etcd": "2026-01-02T00:00:00Z"}),
+    ({"params": PARAMS, "skiff": {"ok": False, "run": _meta("2025-12-31T00:00:00Z", 1.0, "c0")}},
+     {"params": {**PARAMS, "nodes_per_process": 100}, "etcd": {"ok": True}},
+     {"skiff": "2025-12-31T00:00:00Z", "etcd": "2026-01-02T00:00:00Z"}),
+], ids=["other-store-kept", "rerun-store-replaced", "earliest-stamp-kept"])
+def test_add_to_earlier_keeps_the_other_stores_run(earlier: dict[str, object], now: dict[str, object],
+                                                   stamped: dict[str, str]) -> None:
+    merged = scale.add_to_earlier({"meta": _meta("2026-01-01T00:00:00Z", 2.0, "c1"), "results": earlier}, now,
+                                  _meta("2026-01-02T00:00:00Z", 3.0, "c2"))
+    assert {s: merged[s]["run"]["date"] for s in ("skiff", "etcd")} == stamped
+    assert merged["etcd"]["ok"] is True and merged["params"] == now["params"]
+
+
+def test_add_to_earlier_refuses_another_size() -> None:
+    with pytest.raises(SystemExit, match="another size"):
+        scale.add_to_earlier({"meta": _meta("2026-01-01T00:00:00Z", 2.0, "c1"),
+                              "results": {"params": {**PARAMS, "pods": 500}, "skiff": {}}},
+                             {"params": PARAMS, "etcd": {}}, _meta("2026-01-02T00:00:00Z", 3.0, "c2"))
