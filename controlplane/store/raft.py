@@ -41,7 +41,6 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -109,24 +108,16 @@ _use_fast_pickle()
 # or a LAN, where CPU, not bandwidth, bounds the store. Any zlib reader inflates level 0, so
 # members running the code from before this change still read what these send.
 PEER_COMPRESS_LEVEL = 0
-# The deflate state each peer message is written with. zlib.compress() sets up a full one
-# (32 KiB window, memLevel 8: ~256 KiB allocated and initialised per call, even at level 0):
-# measured 130-560 us per message whatever its size (load ~30), against 3-7 us with the
-# smallest window and memLevel, which stored blocks never use anyway. A zlib stream records
-# its window size and any reader with a larger window (every default one) inflates it.
-PEER_WBITS, PEER_MEMLEVEL = 9, 1
 
 
 class _PeerZlib:
-    """The zlib pysyncobj's TcpConnection sees: its fixed level replaced by PEER_COMPRESS_LEVEL,
-    written with a small deflate state (PEER_WBITS, PEER_MEMLEVEL)."""
+    """The zlib pysyncobj's TcpConnection sees: its fixed level replaced by PEER_COMPRESS_LEVEL."""
 
     decompress = staticmethod(zlib.decompress)
 
     @staticmethod
     def compress(data: bytes, _level: int = -1) -> bytes:
-        c = zlib.compressobj(PEER_COMPRESS_LEVEL, zlib.DEFLATED, PEER_WBITS, PEER_MEMLEVEL)
-        return c.compress(data) + c.flush()
+        return zlib.compress(data, PEER_COMPRESS_LEVEL)
 
 
 def _use_cheap_compression() -> None:
@@ -136,38 +127,6 @@ def _use_cheap_compression() -> None:
 
 
 _use_cheap_compression()
-
-
-class PeerFernet:
-    """The Fernet pysyncobj's TcpConnection sees, verifying each received message once.
-
-    pysyncobj reads a message's timestamp with `extract_timestamp` (which verifies the HMAC)
-    and then `decrypt`s it (which verifies it again): on a 64-put append message the first
-    check cost about as much as the decryption. Here the timestamp is read from the token's
-    header alone; the message is still refused unless `decrypt` verifies it, and a refused
-    message drops the connection, which forgets the timestamp (pysyncobj's `disconnect`), so a
-    forged header never outlives its message.
-    """
-
-    __slots__ = ("fernet",)
-
-    def __init__(self, fernet: Any) -> None:
-        self.fernet = fernet
-
-    def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
-        return bytes(self.fernet.encrypt_at_time(data, current_time))
-
-    def decrypt(self, token: bytes) -> bytes:
-        return bytes(self.fernet.decrypt(token))
-
-    @staticmethod
-    def extract_timestamp(token: bytes) -> int:
-        # A Fernet token is urlsafe base64 of version (0x80), 8-byte big-endian timestamp, IV, ...:
-        # its first 12 characters are exactly the first 9 bytes.
-        head = base64.urlsafe_b64decode(token[:12])
-        if len(head) != 9 or head[0] != 0x80:
-            raise ValueError("not a Fernet token")
-        return int.from_bytes(head[1:], "big")
 
 
 def next_index_after_ack(next_index: int, ack_next: int, *, success: bool, reset: bool) -> int:
@@ -309,19 +268,6 @@ class _Raft(SyncObj):  # type: ignore[misc]
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
         self.addOnTickCallback(self._end_of_tick)
-
-    @property
-    def encryptor(self) -> PeerFernet | None:
-        """What the transport gives each connection (read by pysyncobj, from its own thread,
-        possibly while SyncObj.__init__ still runs)."""
-        fernet = getattr(self, "_SyncObj__encryptor", None)
-        if fernet is None:
-            return None
-        wrapped: PeerFernet | None = self.__dict__.get("_peer_fernet")
-        if wrapped is None or wrapped.fernet is not fernet:
-            wrapped = PeerFernet(fernet)
-            self.__dict__["_peer_fernet"] = wrapped
-        return wrapped
 
     def wake(self) -> None:
         """Interrupt the tick thread's poll so a new proposal is handled now (any thread)."""
