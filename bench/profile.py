@@ -2,6 +2,7 @@
 
     python -m bench.profile --pid PID [--seconds 20] [--top 25] [--raw out.txt]
     python -m bench.profile --split out.txt     # a node agent process's time per activity
+    python -m bench.profile --split out.txt --groups store   # a store member's (py-spy --gil)
 
 Runs `py-spy record --format raw` (collapsed stacks: "frame;frame;frame COUNT" per line, the
 leaf last) against the process, then prints, per function, the share of samples in which it
@@ -94,6 +95,31 @@ AGENT_SPLIT: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# What a store member's GIL time goes to (docs/store.md, "Where a put and a linearizable read go"),
+# from `py-spy record --gil` on the member. Same rule as AGENT_SPLIT: first group on the stack
+# wins. The event loop comes last: a sample no other group claims, with the loop's `Runner.run`
+# on its stack, is time in C or Cython under the loop (grpc.aio's per-call machinery and C core,
+# uvloop, asyncio's C tasks and futures), where py-spy sees no Python frame.
+STORE_SPLIT: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("housekeeping (every 0.25 s)", ("Store._housekeeping (controlplane/store/server.py)",)),
+    ("journal (append, CRC, fdatasync)", ("(controlplane/store/journal.py)", "(controlplane/store/disk.py)")),
+    ("MVCC apply and watch publishing", ("(controlplane/store/mvcc.py)", "(controlplane/store/watch.py)",
+                                         "RaftNode._apply ", "Store._on_applied ", "Store._after_apply ")),
+    ("peer transport (pickle, deflate, Fernet, sockets)", (
+        "(pysyncobj/tcp_connection.py)", "(pysyncobj/pickle.py)", "(pysyncobj/transport.py)", "_PeerZlib.",
+        "_Transport.")),
+    ("Raft bookkeeping (pysyncobj's tick and poll, ReadIndex)", (
+        "(pysyncobj/syncobj.py)", "(pysyncobj/poller.py)", "(pysyncobj/serializer.py)", "_Raft.")),
+    ("our handlers, pbconv, proposal and read batching", (
+        "(controlplane/store/server.py)", "(controlplane/store/pbconv.py)", "RaftNode.", "_ReadBatch.")),
+    ("grpc.aio's per-call asyncio helpers", (
+        "tasks.py)", "coroutines.py)", "futures.py)", "events.py)", "inspect.py)", "weakref.py)",
+        "_weakrefset.py)", "<frozen abc>)")),
+    ("C under the event loop (grpc.aio, uvloop)", ("Runner.run (",)),
+)
+SPLITS = {"agent": AGENT_SPLIT, "store": STORE_SPLIT}
+
+
 def split(lines: Iterable[str], groups: Iterable[tuple[str, tuple[str, ...]]] = AGENT_SPLIT) -> dict[str, float]:
     """Share of the samples per group (see AGENT_SPLIT), the rest as "other"; {} without samples.
     A group's pattern matches a frame name (`frame_name`) that ends with it or starts with it."""
@@ -130,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--raw", type=Path, default=None, help="keep py-spy's collapsed stacks here")
     p.add_argument("--split", type=Path, default=None, metavar="RAW",
-                   help="no recording: print the node agent split (AGENT_SPLIT) of collapsed stacks in RAW")
+                   help="no recording: print the split (--groups) of collapsed stacks in RAW")
+    p.add_argument("--groups", choices=sorted(SPLITS), default="agent",
+                   help="the split: a node agent's (AGENT_SPLIT) or a store member's (STORE_SPLIT)")
     args = p.parse_args(argv)
     if args.split is not None:
-        for name, share in split(args.split.read_text().splitlines()).items():
+        for name, share in split(args.split.read_text().splitlines(), SPLITS[args.groups]).items():
             print(f"{share:6.1%}  {name}")
         return 0
     if not args.pid:

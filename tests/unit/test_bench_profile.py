@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.profile import frame_name, split, summarize
+from bench.profile import STORE_SPLIT, frame_name, split, summarize
 
 
 @pytest.mark.parametrize(("frame", "name"), [
@@ -68,3 +68,42 @@ def test_agent_split_counts_each_sample_once(group: str, share: float) -> None:
 
 def test_agent_split_empty() -> None:
     assert split(["", "garbage"]) == {}
+
+
+STORE_STACKS = [
+    # the loop thread: handler code, grpc.aio's asyncio helpers, C under the loop
+    "main (controlplane/store/__main__.py:243);Runner.run (asyncio/runners.py:118);"
+    "KVService.Put (controlplane/store/server.py:447);put_resp (controlplane/store/pbconv.py:30) 2",
+    "main (controlplane/store/__main__.py:243);Runner.run (asyncio/runners.py:118);wait (asyncio/tasks.py:418) 1",
+    "main (controlplane/store/__main__.py:243);Runner.run (asyncio/runners.py:118) 4",
+    "main (controlplane/store/__main__.py:243);Runner.run (asyncio/runners.py:118);"
+    "Store._housekeeping (controlplane/store/server.py:208);RaftNode.peers (controlplane/store/raft.py:790) 1",
+    # the tick thread: journal inside the transport's ack flush counts as journal (first group wins)
+    "Thread.run (threading.py:982);_Raft._onTick (controlplane/store/raft.py:291);"
+    "_Transport.flush_acks (controlplane/store/raft.py:260);DurableJournal.sync (controlplane/store/journal.py:430) 3",
+    "Thread.run (threading.py:982);_Raft._onTick (controlplane/store/raft.py:291);"
+    "SyncObj._onTick (pysyncobj/syncobj.py:700);TcpConnection.send (pysyncobj/tcp_connection.py:146) 5",
+    "Thread.run (threading.py:982);_Raft._onTick (controlplane/store/raft.py:291);"
+    "SyncObj._onTick (pysyncobj/syncobj.py:690) 2",
+    "Thread.run (threading.py:982);SyncObj._onTick (pysyncobj/syncobj.py:715);"
+    "_Raft.apply_batch (controlplane/store/raft.py:480);RaftNode._apply (controlplane/store/raft.py:590);"
+    "KVState.apply (controlplane/store/mvcc.py:300) 2",
+]
+
+
+@pytest.mark.parametrize(("group", "share"), [
+    ("our handlers, pbconv, proposal and read batching", 0.1),
+    ("grpc.aio's per-call asyncio helpers", 0.05),
+    ("C under the event loop (grpc.aio, uvloop)", 0.2),
+    ("housekeeping (every 0.25 s)", 0.05),
+    ("journal (append, CRC, fdatasync)", 0.15),
+    ("peer transport (pickle, deflate, Fernet, sockets)", 0.25),
+    ("Raft bookkeeping (pysyncobj's tick and poll, ReadIndex)", 0.1),
+    ("MVCC apply and watch publishing", 0.1),
+    ("other", 0.0),
+], ids=["handlers", "aio-helpers", "c-under-the-loop-last", "housekeeping-before-handlers",
+        "journal-before-transport", "transport-before-tick", "tick", "apply-before-tick", "other"])
+def test_store_split_counts_each_sample_once(group: str, share: float) -> None:
+    got = split(STORE_STACKS, STORE_SPLIT)
+    assert round(got[group], 3) == share
+    assert round(sum(got.values()), 6) == 1.0
