@@ -983,9 +983,8 @@ class Registry:
         objs: list[Message] = []
         try:
             w, objs = cache.register(filt, start_revision=start, allow_bookmarks=allow_bookmarks, initial=initial)
-        except TooOldForCache:
-            assert start is not None
-            w = Watcher(kind, filt, start, limit=self.options.watcher_buffer,
+        except TooOldForCache as too_old:
+            w = Watcher(kind, filt, too_old.requested, limit=self.options.watcher_buffer,
                         max_bytes=self.options.watcher_buffer_bytes, allow_bookmarks=allow_bookmarks)
             pump = guard(self._pump_store_watch(kind, filt, w), f"store-watch-{kind.resource}", forever=False)
         handle = None

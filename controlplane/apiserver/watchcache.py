@@ -581,6 +581,13 @@ class WatchCache:
         caller then serves the watch from the store.
         """
         start = self.revision if start_revision is None else start_revision
+        if start_revision is not None and self._shared(filt, start_revision):
+            # Several objects this client watches were written at `start` (one transaction,
+            # `Registry.bind_many`), and a client resumes from the last resourceVersion it got: if
+            # its connection broke between two of them it never saw the second. Replay the whole
+            # revision; the ones it holds come again as an update to the same object (client-go's
+            # informers take that as they take a resync).
+            start -= 1
         if start < self.window_start:
             raise TooOldForCache(start, self.window_start)
         # The replay may exceed the bounds: they apply to what is queued beyond it.
@@ -596,6 +603,10 @@ class WatchCache:
         else:
             self._all.add(w)
         return w, objs
+
+    def _shared(self, filt: Filter, revision: int) -> bool:
+        """Whether more than one event `filt` passes has this revision (in the ring)."""
+        return sum(1 for ev in self.events if ev.revision == revision and translate(filt, ev) is not None) > 1
 
     def remove(self, w: Watcher) -> None:
         if w.node is not None:
