@@ -3,7 +3,11 @@
 What must hold:
 - after `wait_synced()`, the cache holds every object of the last list plus every change
   the watch delivered since, in order;
-- a dropped watch resumes from the last resourceVersion seen (bookmarks included); a
+- a dropped watch resumes from the last resourceVersion seen when a list or a bookmark gave it,
+  and one revision earlier when an event did: objects written in one transaction share a
+  revision (the api-server's batched binds), and a watch broken between two of its events
+  would otherwise never bring the second; the events of that revision already applied are
+  skipped, so each change still reaches the handlers once; a
   "too old resource version" (GoneError) or any unexpected error relists, and the difference
   between the old cache and the new list is delivered to handlers as adds, updates and
   deletes, so no handler misses a deletion that happened while disconnected;
@@ -54,6 +58,14 @@ RELIST_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)
 PAGE_SIZE = 500
 
 
+def _revision(rv: str) -> int:
+    """A resourceVersion as a number (Skiff's are store revisions); 0 when it is not one."""
+    try:
+        return int(rv)
+    except ValueError:
+        return 0
+
+
 def object_key(obj: Message) -> str:
     """`namespace/name` for namespaced objects, `name` for cluster-scoped ones."""
     meta = obj.metadata  # type: ignore[attr-defined]
@@ -92,6 +104,12 @@ class Informer(Generic[M]):
         self.field_selector = field_selector
         self.resync_period = resync_period
         self.resource_version = ""
+        # True when every event up to resource_version is known to be here (a list, a bookmark);
+        # False after an event: other objects may share its revision (written in one transaction)
+        # and a watch that broke in between would not have brought them yet.
+        self._complete = False
+        # While resuming one revision back: that revision, whose events already here are skipped.
+        self._replaying = 0
         self._items: dict[str, M] = {}
         self._indexers: dict[str, Indexer] = {"namespace": index_by_namespace, **(indexers or {})}
         self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
@@ -205,7 +223,15 @@ class Informer(Generic[M]):
         """Apply one watch event to the cache and tell the handlers (also used by tests)."""
         if event_type == "BOOKMARK":
             self.resource_version = obj.metadata.resource_version  # type: ignore[attr-defined]
+            self._complete = True
+            self._replaying = 0
             return
+        rv = obj.metadata.resource_version  # type: ignore[attr-defined]
+        if self._replaying:
+            if _revision(rv) == self._replaying and self._seen(event_type, obj):
+                return  # delivered before the watch broke
+            if _revision(rv) > self._replaying:
+                self._replaying = 0
         if self.transform is not None:
             obj = self.transform(obj)
         if event_type == "DELETED":
@@ -217,9 +243,29 @@ class Informer(Generic[M]):
                 self._emit_add(obj)
             else:
                 self._emit_update(old, obj)
-        rv = obj.metadata.resource_version  # type: ignore[attr-defined]
         if rv:
             self.resource_version = rv
+            self._complete = False
+
+    def _seen(self, event_type: str, obj: M) -> bool:
+        """Whether this event (at the revision being replayed) is already in the cache: a key
+        changes at most once per revision, so the object at that revision (or its absence, for a
+        deletion) says so."""
+        held = self._items.get(object_key(obj))
+        if event_type == "DELETED":
+            return held is None
+        return held is not None and held.metadata.resource_version == obj.metadata.resource_version  # type: ignore[attr-defined]
+
+    def _resume_from(self) -> str:
+        """Where the next watch starts: the last resourceVersion seen, or one revision earlier when
+        that came from an event (its revision may hold more events than arrived; those already
+        here are skipped as they come again)."""
+        rv = self.resource_version
+        revision = _revision(rv)
+        if self._complete or revision <= 1:
+            return rv
+        self._replaying = revision
+        return str(revision - 1)
 
     # ------------------------------------------------------------------ running
 
@@ -252,6 +298,8 @@ class Informer(Generic[M]):
                 self._store(obj)
                 self._emit_update(old, obj)
         self.resource_version = resource_version
+        self._complete = True
+        self._replaying = 0
         self._synced.set()
 
     async def _watch_once(self) -> None:
@@ -260,7 +308,7 @@ class Informer(Generic[M]):
         async for event in self.client.watch(self.cls, namespace=self.namespace,
                                              label_selector=self.label_selector,
                                              field_selector=self.field_selector,
-                                             resource_version=self.resource_version, allow_bookmarks=True,
+                                             resource_version=self._resume_from(), allow_bookmarks=True,
                                              timeout_seconds=timeout):
             self.apply_event(event.type, event.obj)
 

@@ -301,14 +301,30 @@ class InProcessApi:
             return _wire(await self.registry.bind(binding), t.Pod)
 
     async def bind_batch(self, bindings: Sequence[t.Binding]) -> builtins.list[errors.SkiffError | None]:
-        """As the server's BindBatch: each binding a `bind` (recorded, authorized, applied), concurrently.
-        The call itself is recorded as "bindbatch" (a failure can be injected for it)."""
+        """As the server's BindBatch: each binding recorded ("bind", where a failure can be
+        injected) and authorized on its own, then the admitted ones applied together
+        (`Registry.bind_many`). The call itself is recorded as "bindbatch"."""
         self._record("bindbatch", "pods", "", "")
-        async def one(b: t.Binding) -> errors.SkiffError | None:
+        await self.start()
+        outcomes: builtins.list[errors.SkiffError | None] = [None] * len(bindings)
+        admitted: builtins.list[int] = []
+        for i, b in enumerate(bindings):
+            ns = b.metadata.namespace or DEFAULT_NAMESPACE
             try:
-                await self.bind(b.metadata.namespace, b.metadata.name, b.target.name, uid=b.metadata.uid)
+                self._record("bind", "pods", ns, b.metadata.name)
+                self._authorize("create", kinds.by_resource("pods"), ns, b.metadata.name,  # type: ignore[arg-type]
+                                "binding")
             except errors.SkiffError as exc:
-                return exc
-            return None
-
-        return list(await asyncio.gather(*(one(b) for b in bindings)))
+                outcomes[i] = exc
+                continue
+            admitted.append(i)
+        wanted = [t.Binding(api_version="v1", kind="Binding",
+                            metadata=t.ObjectMeta(name=bindings[i].metadata.name,
+                                                  namespace=bindings[i].metadata.namespace or DEFAULT_NAMESPACE,
+                                                  uid=bindings[i].metadata.uid),
+                            target=t.ObjectReference(kind="Node", name=bindings[i].target.name)) for i in admitted]
+        with caller.acting_as(self.user):
+            results = await self.registry.bind_many(wanted) if wanted else []
+        for i, result in zip(admitted, results, strict=True):
+            outcomes[i] = result if isinstance(result, errors.SkiffError) else None
+        return outcomes

@@ -8,7 +8,9 @@ deterministically, without resourceVersion; resourceVersion is the key's mod rev
 Concurrency: every write is one store transaction guarded by a compare:
 - Create: "the key does not exist" (create_revision == 0), plus the same for every
   ClusterIP/NodePort allocation key written with a Service;
-- Update, UpdateStatus, Delete, Bind: "mod_revision is still the one read". With a
+- Update, UpdateStatus, Delete, Bind: "mod_revision is still the one read" (bind_many: up
+  to MAX_TXN_BINDINGS pods' compares and puts in one transaction, so the pods bound together
+  share one revision; a lost compare decides each of them again alone). With a
   client-given resourceVersion a lost race is ABORTED (conflict); without one (and for
   Delete and Bind) the registry re-reads and decides again. The first attempt of Update,
   UpdateStatus and Bind decides on the watch cache's copy instead of a read from the store
@@ -33,7 +35,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +83,11 @@ log = logging.getLogger("skiff.apiserver.registry")
 DEFAULT_NAMESPACE = "default"
 SYSTEM_NAMESPACES = defaults.SYSTEM_NAMESPACES
 MAX_ATTEMPTS = 16
+# One store transaction of bind_many carries at most this many bindings (etcd refuses a txn of
+# more than 128 operations by default, --max-txn-ops, compares and puts counted apart) and this
+# many bytes of pods (etcd's request limit is 1.5 MiB by default).
+MAX_TXN_BINDINGS = 100
+MAX_TXN_BYTES = 1024 * 1024
 COMPACT_KEY = "/registry/compact_rev_key"
 
 
@@ -828,6 +835,24 @@ class Registry:
 
     # ------------------------------------------------------------------ bind
 
+    def _plan_bind_from_cache(self, binding: t.Binding) -> tuple[str, int, t.Pod] | None:
+        """(key, mod_revision of the cached copy, the pod bound) planned on the watch cache's copy,
+        or None when there is no copy or it refuses (then only the store's state decides)."""
+        pods = kinds.by_kind("Pod")
+        assert pods is not None
+        name = binding.metadata.name
+        if not name:
+            return None
+        key = self.key(pods, binding.metadata.namespace or DEFAULT_NAMESPACE, name)
+        cached = self.caches[pods.resource].objects.get(key)
+        if not isinstance(cached, t.Pod):
+            return None
+        try:
+            planned = strategy.plan_bind(cached, binding, now=self.clock())
+        except errors.SkiffError:
+            return None
+        return key, int(cached.metadata.resource_version or 0), planned
+
     async def bind(self, binding: t.Binding) -> t.Pod:
         name = binding.metadata.name
         if not name:
@@ -841,18 +866,14 @@ class Registry:
         # safe, and a scheduler binds a pod it has just seen, so the copy is nearly always current.
         # Anything that copy makes fail (a stale copy: the compare, or plan_bind's refusal) is
         # decided again on the store's state: a refusal is only ever answered from that.
-        cached = self.caches[pods.resource].objects.get(key)
-        if isinstance(cached, t.Pod):
-            planned: t.Pod | None = None
-            with contextlib.suppress(errors.SkiffError):
-                planned = strategy.plan_bind(cached, binding, now=self.clock())
-            if planned is not None:
-                result = await self._txn([Compare(key, int(cached.metadata.resource_version or 0))],
-                                         [Put(key, encode(planned))])  # pods carry no lease (only Events do)
-                if result.succeeded:
-                    out = stamped(planned, result.revision)
-                    assert isinstance(out, t.Pod)
-                    return out
+        plan = self._plan_bind_from_cache(binding)
+        if plan is not None:
+            _, rv, planned = plan
+            result = await self._txn([Compare(key, rv)], [Put(key, encode(planned))])  # pods carry no lease
+            if result.succeeded:
+                out = stamped(planned, result.revision)
+                assert isinstance(out, t.Pod)
+                return out
         for _ in range(MAX_ATTEMPTS):
             kv = await self._get_kv(pods, namespace, name)
             pod = self._decode(pods, kv)
@@ -864,6 +885,70 @@ class Registry:
                 assert isinstance(out, t.Pod)
                 return out
         raise _conflict(pods, name)
+
+    async def bind_many(self, bindings: Sequence[t.Binding]) -> builtins.list[t.Pod | errors.SkiffError]:
+        """Each binding's outcome, as `bind` would give it, with the bindings that the watch
+        cache's copies allow committed together: one store transaction per group of at most
+        MAX_TXN_BINDINGS (and MAX_TXN_BYTES), comparing every pod's mod_revision and putting
+        every bound pod, so the group shares one revision. A group whose transaction fails (a
+        compare lost, or the store refused it as a whole) is decided again one `bind` each, so
+        exactly the bindings that conflict fail; a binding the cache cannot plan (no copy, a
+        refusal) is a `bind` of its own from the start; a pod named again, after the others."""
+        outcomes: builtins.list[t.Pod | errors.SkiffError | None] = [None] * len(bindings)
+        alone: builtins.list[int] = []
+        again: builtins.list[int] = []  # a pod named twice: after the first, as in batch order
+        groups: builtins.list[builtins.list[tuple[int, str, int, t.Pod, bytes]]] = [[]]
+        size = 0
+        seen: set[str] = set()
+        for i, binding in enumerate(bindings):
+            plan = self._plan_bind_from_cache(binding)
+            if plan is None or plan[0] in seen:
+                (alone if plan is None else again).append(i)
+                continue
+            key, rv, planned = plan
+            seen.add(key)
+            value = encode(planned)
+            if len(groups[-1]) >= MAX_TXN_BINDINGS or (groups[-1] and size + len(value) > MAX_TXN_BYTES):
+                groups.append([])
+                size = 0
+            groups[-1].append((i, key, rv, planned, value))
+            size += len(value)
+
+        async def one(i: int) -> None:
+            try:
+                outcomes[i] = await self.bind(bindings[i])
+            except errors.SkiffError as exc:
+                outcomes[i] = exc
+            except Exception as exc:  # a bug in one binding fails that binding, as a Bind call would
+                log.exception("binding %s", bindings[i].metadata.name)
+                outcomes[i] = errors.InternalError(f"internal error: {type(exc).__name__}: {exc}")
+
+        async def group(members: builtins.list[tuple[int, str, int, t.Pod, bytes]]) -> None:
+            try:
+                result = await self.store.txn([Compare(key, rv) for _, key, rv, _, _ in members],
+                                              [Put(key, value) for _, key, _, _, value in members])
+            except (UnavailableStoreError, StoreOverloadedError) as exc:
+                # Each bind alone would meet the same store: answer each with it, without
+                # sending it the same writes again one by one.
+                for i, *_ in members:
+                    outcomes[i] = store_error(exc)
+                return
+            except StoreError:
+                result = None  # refused as a whole (too large?): one bind each decides
+            if result is not None and result.succeeded:
+                for i, _, _, planned, _ in members:
+                    out = stamped(planned, result.revision)
+                    assert isinstance(out, t.Pod)
+                    outcomes[i] = out
+                return
+            await asyncio.gather(*(one(i) for i, *_ in members))
+
+        await asyncio.gather(*(group(g) if len(g) > 1 else one(g[0][0]) for g in groups if g),
+                             *(one(i) for i in alone))
+        for i in again:
+            await one(i)
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ watch
 
@@ -898,9 +983,8 @@ class Registry:
         objs: list[Message] = []
         try:
             w, objs = cache.register(filt, start_revision=start, allow_bookmarks=allow_bookmarks, initial=initial)
-        except TooOldForCache:
-            assert start is not None
-            w = Watcher(kind, filt, start, limit=self.options.watcher_buffer,
+        except TooOldForCache as too_old:
+            w = Watcher(kind, filt, too_old.requested, limit=self.options.watcher_buffer,
                         max_bytes=self.options.watcher_buffer_bytes, allow_bookmarks=allow_bookmarks)
             pump = guard(self._pump_store_watch(kind, filt, w), f"store-watch-{kind.resource}", forever=False)
         handle = None

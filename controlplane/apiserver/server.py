@@ -17,8 +17,10 @@ What must hold:
   `impersonate-group` metadata asks and the caller may), the request's attributes
   (`request_attributes`; a BindBatch asks once per binding: `each_request_attributes`), the
   authorizer's verdict. A refusal is PERMISSION_DENIED naming the user, verb and resource.
-- A BindBatch is its Binds: each authorized, applied (its own store transaction, concurrently)
-  and answered (its own outcome) as Bind would be; one failing binding fails no other.
+- A BindBatch is its Binds: each authorized and answered (its own outcome) as Bind would be;
+  one failing binding fails no other. The bindings are committed together, up to 100 in one
+  store transaction (`Registry.bind_many`: one revision for the group, a conflict decided
+  again one binding at a time).
 - Every call passes the api-server's one `Limiter` (limits.py, shared with the REST front end)
   before its handler runs: over a limit it is RESOURCE_EXHAUSTED with the `retry-after` hint
   in its trailing metadata, and the handler never runs.
@@ -384,14 +386,12 @@ class ApiServerService:
             raise errors.InvalidError("bindings: required: at least one")
         if len(request.bindings) > MAX_BIND_BATCH:
             raise errors.InvalidError(f"bindings: at most {MAX_BIND_BATCH} in one call, not {len(request.bindings)}")
-        # Concurrently, as the same number of Bind calls in flight would be: each its own store
-        # transaction (binds of different pods never share a revision).
-        results = await asyncio.gather(*(self.registry.bind(b) for b in request.bindings), return_exceptions=True)
+        # Each binding was authorized on its own (the interceptor); the registry commits the
+        # ones the watch cache can plan together and decides each conflicting one alone.
+        results = await self.registry.bind_many(request.bindings)
         response = api.BindBatchResponse()
         for result in results:
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-            if isinstance(result, BaseException):
+            if isinstance(result, errors.SkiffError):
                 err = to_status(result)
                 response.outcomes.add(code=err.code.value[0], message=err.message, reason=err.reason)
             else:

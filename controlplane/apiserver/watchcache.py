@@ -16,10 +16,18 @@ What must hold:
   watcher), so no event falls between the replay and the live stream.
 - A watcher sees an object that starts matching its filter as ADDED and one that stops
   matching as DELETED (with its previous content and the event's resourceVersion).
+- Several objects can change at one revision (one transaction: `Registry.bind_many`), and a
+  client resumes from the last resourceVersion it received, so no watch ends between two
+  events of one revision that the server controls: the store batches whole revisions, the
+  cache applies and offers a batch without awaiting, and a watcher closed with an error first
+  hands out the rest of the revision it is in the middle of (`Watcher.fail`). A connection
+  that breaks mid-revision is the client's to handle (skiff/informer.py resumes one revision
+  back and skips what it already holds).
 - Memory is bounded: the ring by `capacity`; each watcher's queue by `watcher_limit` events
   and by `watcher_bytes` bytes of encoded events (beyond either the watcher is closed with
-  RESOURCE_EXHAUSTED saying it was too slow, its queue dropped, and the other watchers never
-  wait for it; the client watches again from the last resourceVersion it received). One event
+  RESOURCE_EXHAUSTED saying it was too slow, its queue dropped but for the rest of the revision
+  being sent, and the other watchers never wait for it; the client watches again from the last
+  resourceVersion it received). One event
   larger than the byte bound still goes to a watcher whose queue is empty. Encoded events are
   shared by all watchers.
 - A store watch that reports compaction (we fell too far behind) relists; the watchers
@@ -285,6 +293,8 @@ class Watcher:
         self.allow_bookmarks = allow_bookmarks
         self.on_remove = on_remove
         self.queue: deque[bytes] = deque()
+        self._revisions: deque[int] = deque()  # each queued event's revision
+        self._sent_revision = start_revision  # the revision of the last event handed out
         self.queued_bytes = 0
         self.wake = asyncio.Event()
         self.error: errors.SkiffError | None = None
@@ -303,21 +313,32 @@ class Watcher:
                 f"({self.queued_bytes} bytes) behind, over the bound of {self.limit} events or {self.max_bytes} "
                 f"bytes (too slow to read); watch again from the last resourceVersion it received"))
             return
-        self._push(data)
+        self._push(data, ev.revision)
 
-    def _push(self, data: bytes) -> None:
+    def _push(self, data: bytes, revision: int) -> None:
         self.queue.append(data)
+        self._revisions.append(revision)
         self.queued_bytes += len(data)
         self.wake.set()
 
     def bookmark(self, revision: int) -> None:
         if self.allow_bookmarks and not self.queue and self.error is None and revision > self.start_revision:
-            self._push(encode_bookmark(self.kind, revision))
+            self._push(encode_bookmark(self.kind, revision), revision)
 
     def fail(self, error: errors.SkiffError) -> None:
+        """End the watch with `error` once the revision the client is in the middle of is
+        complete: the events of that revision still queued are kept (a client resumes from the
+        last resourceVersion it received, and several objects written in one transaction share
+        it: `Registry.bind_many`), everything after is dropped."""
         self.error = error
-        self.queue.clear()
-        self.queued_bytes = 0
+        keep = 0
+        for revision in self._revisions:
+            if revision != self._sent_revision:
+                break
+            keep += 1
+        while len(self.queue) > keep:
+            self.queued_bytes -= len(self.queue.pop())
+            self._revisions.pop()
         self.wake.set()
         self.close()
 
@@ -327,7 +348,8 @@ class Watcher:
         self.wake.set()
 
     async def next(self) -> bytes | None:
-        """The next encoded event; None when expired; raises the watcher's error once closed."""
+        """The next encoded event; None when expired; raises the watcher's error once closed
+        (after the rest of the revision being sent, see `fail`)."""
         while not self.queue:
             if self.error is not None:
                 raise self.error
@@ -336,6 +358,7 @@ class Watcher:
             self.wake.clear()
             await self.wake.wait()
         data = self.queue.popleft()
+        self._sent_revision = self._revisions.popleft()
         self.queued_bytes -= len(data)
         return data
 
@@ -558,6 +581,13 @@ class WatchCache:
         caller then serves the watch from the store.
         """
         start = self.revision if start_revision is None else start_revision
+        if start_revision is not None and self._shared(filt, start_revision):
+            # Several objects this client watches were written at `start` (one transaction,
+            # `Registry.bind_many`), and a client resumes from the last resourceVersion it got: if
+            # its connection broke between two of them it never saw the second. Replay the whole
+            # revision; the ones it holds come again as an update to the same object (client-go's
+            # informers take that as they take a resync).
+            start -= 1
         if start < self.window_start:
             raise TooOldForCache(start, self.window_start)
         # The replay may exceed the bounds: they apply to what is queued beyond it.
@@ -573,6 +603,10 @@ class WatchCache:
         else:
             self._all.add(w)
         return w, objs
+
+    def _shared(self, filt: Filter, revision: int) -> bool:
+        """Whether more than one event `filt` passes has this revision (in the ring)."""
+        return sum(1 for ev in self.events if ev.revision == revision and translate(filt, ev) is not None) > 1
 
     def remove(self, w: Watcher) -> None:
         if w.node is not None:

@@ -217,3 +217,50 @@ async def test_factory_transform_applies_to_cache_and_handlers(api: InProcessApi
         assert [len(p.spec.containers) for p in seen] == [0]
     finally:
         await factory.stop()
+
+
+class BreakingWatch:
+    """The api, whose pod watch breaks once right after the first event of a bound pod: in the
+    middle of a revision when the pods were bound in one transaction."""
+
+    def __init__(self, api: InProcessApi) -> None:
+        self.api = api
+        self.broken = False
+        self.watched_from: list[str] = []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.api, name)
+
+    async def watch(self, cls, **kwargs):  # type: ignore[no-untyped-def]
+        self.watched_from.append(kwargs.get("resource_version", ""))
+        async for ev in self.api.watch(cls, **kwargs):
+            yield ev
+            if not self.broken and ev.type == "MODIFIED" and ev.obj.spec.node_name:
+                self.broken = True
+                raise errors.UnavailableError("connection reset")
+
+
+async def test_a_watch_broken_inside_a_revision_resumes_without_losing_or_repeating(api: InProcessApi) -> None:
+    for name in ("a", "b", "c"):
+        await api.create(pod(name))
+    client = BreakingWatch(api)
+    informer = Informer(client, t.Pod)  # type: ignore[arg-type]
+    updates: list[str] = []
+    informer.add_handler(on_update=lambda old, new: updates.append(new.metadata.name))
+    task = asyncio.create_task(informer.run())
+    try:
+        await informer.wait_synced(2)
+        await eventually(lambda: len(client.watched_from) == 1)
+        pods = [await api.get(t.Pod, name) for name in ("a", "b", "c")]
+        outcomes = await api.bind_batch([t.Binding(metadata=t.ObjectMeta(name=p.metadata.name, namespace="default",
+                                                                         uid=p.metadata.uid),
+                                                   target=t.ObjectReference(kind="Node", name="n1")) for p in pods])
+        assert outcomes == [None, None, None]
+        shared = (await api.get(t.Pod, "a")).metadata.resource_version
+        assert {(await api.get(t.Pod, n)).metadata.resource_version for n in ("b", "c")} == {shared}
+        await eventually(lambda: all(informer.get(n, "default").spec.node_name == "n1"  # type: ignore[union-attr]
+                                     for n in ("a", "b", "c")), timeout=5)
+        assert client.broken and client.watched_from[1] == str(int(shared) - 1)
+        assert sorted(updates) == ["a", "b", "c"]  # each change once: a not again on the replay
+    finally:
+        task.cancel()

@@ -266,6 +266,69 @@ async def test_reading_frees_the_byte_budget() -> None:
     assert w.error is None and w.queued_bytes == 0
 
 
+# (revisions offered, events read before the watcher fails, names the client still gets)
+FAILING_MID_REVISION = [
+    pytest.param((5, 5, 5, 6), 1, ["p2", "p3"], id="the-rest-of-the-revision-being-sent"),
+    pytest.param((5, 6, 6), 1, [], id="nothing-of-the-next-revision"),
+    pytest.param((5, 5, 6), 2, [], id="the-revision-complete"),
+    pytest.param((5, 5), 0, [], id="nothing-read-nothing-kept"),
+]
+
+
+@pytest.mark.parametrize("revisions,read,rest", FAILING_MID_REVISION)
+async def test_a_failing_watcher_first_completes_the_revision_being_sent(
+        revisions: tuple[int, ...], read: int, rest: list[str]) -> None:
+    """Objects written in one transaction share a revision, and a client resumes from the last
+    resourceVersion it got: a watch ended between two events of one revision would lose the
+    second for good."""
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    w = Watcher(kind, make_filter(kind), 0, limit=1000, allow_bookmarks=False)
+    for i, revision in enumerate(revisions, start=1):
+        w.offer(_event(f"p{i}", revision, 10))
+    for _ in range(read):
+        assert await w.next() is not None
+    w.fail(errors.TooManyRequestsError("too slow"))
+    got = []
+    with pytest.raises(errors.TooManyRequestsError):
+        while True:
+            data = await w.next()
+            assert data is not None
+            got.append(api.WatchEvent.FromString(data).object.pod.metadata.name)
+    assert got == rest
+    assert w.queued_bytes == 0
+
+
+# (revisions of the events in the ring, the resourceVersion a client resumes from, names it gets)
+RESUMING_AT_A_SHARED_REVISION = [
+    pytest.param((5, 5, 6), 5, ["p1", "p2", "p3"], id="shared-revision-replayed"),
+    pytest.param((4, 5, 6), 5, ["p3"], id="single-event-revision-not-replayed"),
+    pytest.param((5, 6, 6), 5, ["p2", "p3"], id="later-shared-revision-as-usual"),
+    pytest.param((5, 5), 6, [], id="nothing-after"),
+]
+
+
+@pytest.mark.parametrize("revisions,resume,names", RESUMING_AT_A_SHARED_REVISION)
+async def test_a_watch_resumed_at_a_shared_revision_replays_it(revisions: tuple[int, ...], resume: int,
+                                                              names: list[str]) -> None:
+    """A client-go reflector resumes from the last resourceVersion it got; if its connection broke
+    between two events of one revision (pods bound in one transaction), the cache sends that
+    revision again so the one it missed is not lost."""
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    cache = WatchCache(MemoryStore(), kind)
+    for i, revision in enumerate(revisions, start=1):
+        cache.events.append(_event(f"p{i}", revision, 10))
+    cache.revision = max(revisions)
+    w, _ = cache.register(make_filter(kind), start_revision=resume, allow_bookmarks=False)
+    got = []
+    while w.queue:
+        data = await w.next()
+        assert data is not None
+        got.append(api.WatchEvent.FromString(data).object.pod.metadata.name)
+    assert got == names
+
+
 # ---------------------------------------------------------------------- a failing watch cache
 
 
