@@ -55,7 +55,7 @@ import grpc
 
 from bench import meta, profile
 from bench.writes import WriteCounter
-from deploy.loopback import Process, start_apiserver, start_etcd
+from deploy.loopback import Process, free_port, start_apiserver, start_etcd
 from nodeagent.hollow import HOLLOW_POD_NET
 from skiff import errors
 from skiff.client import Client
@@ -75,6 +75,11 @@ SERVICE_PORT = 80
 # run stalls (docs/scale.md). One instance of each runs, so nobody else would take over anyway.
 LEADER_ELECTION = ("--leader-elect-lease-duration", "60s", "--leader-elect-renew-deadline", "45s",
                    "--leader-elect-retry-period", "5s")
+# The hollow nodes stand for other machines: they run at this nice level so that the control
+# plane, the part measured, is not starved on this one by what would run elsewhere (their own
+# CPU is still recorded).
+HOLLOW_NICE = 15
+HARNESS_PARAMS = ("nodes_per_process", "hollow_nice")
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,7 @@ class Cluster:
     processes: list[Process] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
     apiservers: list[Process] = field(default_factory=list)
+    metrics: dict[str, str] = field(default_factory=dict)  # component -> its /metrics host:port
     _stop: list[Any] = field(default_factory=list)
 
     @property
@@ -205,12 +211,35 @@ def start_store(c: Cluster, *, members: int = 3) -> None:
         c.add(f"store-{name}", m.proc.pid)
 
 
+def metrics_flag(c: Cluster, name: str) -> list[str]:
+    """A daemon's own /metrics port: several of a kind share this host (and others run theirs),
+    so the fixed defaults (the api-server's 8080) would collide."""
+    c.metrics[name] = f"127.0.0.1:{free_port()}"
+    return ["--metrics-bind-address", c.metrics[name]]
+
+
+def scrape(address: str, family: str) -> float:
+    """The sum of a counter family's samples on a daemon's /metrics (nan: not served)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return float("nan")
+    return sum(sample.value for fam in text_string_to_metric_families(text) if fam.name == family
+               for sample in fam.samples if sample.name == f"{family}_total")
+
+
 def start_apiservers(c: Cluster, count: int) -> None:
     """`count` api-servers on the store, each talking to "its" member first (as when side by side)."""
     eps = c.store_endpoints
     for i in range(count):
         order = eps[i % len(eps):] + eps[:i % len(eps)]
-        a = start_apiserver(c.workdir, ",".join(order), name=f"apiserver{i}", timeout=120)
+        a = start_apiserver(c.workdir, ",".join(order), name=f"apiserver{i}", timeout=120,
+                            extra_args=metrics_flag(c, f"apiserver{i}"))
         c.processes.append(a)
         c.apiservers.append(a)
         c.add(a.name, a.pid)
@@ -223,7 +252,7 @@ def start_control_plane(c: Cluster, apiservers: int) -> None:
         # The api-servers run --insecure (deploy.loopback: plaintext, every caller the admin), so
         # their clients do too: authentication and RBAC are not part of these figures.
         argv = [sys.executable, "-m", module, "--api-servers", c.api_endpoints, "--insecure", "--identity", name,
-                *LEADER_ELECTION]
+                *LEADER_ELECTION, *metrics_flag(c, name)]
         if name == "controllers":
             # The default cluster CIDR (a /16) has 256 node /24s; hollow nodes' pods use a /9.
             argv += ["--cluster-cidr", str(HOLLOW_POD_NET), "--node-cidr-mask-size", "24"]
@@ -232,12 +261,14 @@ def start_control_plane(c: Cluster, apiservers: int) -> None:
         c.add(name, p.pid)
 
 
-def start_hollow(c: Cluster, nodes: int, per_process: int, extra: list[str]) -> None:
+def start_hollow(c: Cluster, nodes: int, per_process: int, extra: list[str], *, nice: int = HOLLOW_NICE) -> None:
     procs = []
     for first in range(0, nodes, per_process):
         count = min(per_process, nodes - first)
         name = f"hollow{first // per_process}"
-        argv = [sys.executable, "-m", "nodeagent.hollow", "--api-servers", c.api_endpoints, "--nodes", str(count),
+        # nice(1) execs the agent: the pid is the agent's, and every thread it starts inherits the level.
+        argv = ["nice", "-n", str(nice), sys.executable, "-m", "nodeagent.hollow", "--api-servers", c.api_endpoints,
+                "--nodes", str(count),
                 "--first", str(first), "--socket-dir", str(c.workdir / name), *extra]
         p = Process(name, argv, c.workdir / f"{name}.log", "127.0.0.1", 0, env=_env(), ready=_alive).start()
         c.processes.append(p)
@@ -303,6 +334,47 @@ def store_size_mb(endpoints: list[str]) -> dict[str, float]:
             except grpc.RpcError as exc:
                 log.warning("store status %s: %s", ep, exc)
     return out
+
+
+class StoreTerms:
+    """Leader changes of the store during the run, from every member's Maintenance.Status (its Raft
+    term and leader; etcd and Skiff's store both answer it): the highest term seen first and
+    last, and how many times the (term, leader) pair changed between samples."""
+
+    def __init__(self, endpoints: list[str]) -> None:
+        self.endpoints = endpoints
+        self.first: tuple[int, int] | None = None
+        self.last: tuple[int, int] | None = None
+        self.changes = 0
+        self.samples = 0
+
+    def sample(self) -> None:
+        seen: list[tuple[int, int]] = []
+        for ep in self.endpoints:
+            with grpc.insecure_channel(ep) as ch:
+                try:
+                    st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=2)
+                except grpc.RpcError:
+                    continue  # a member too busy to answer within 2 s: the others tell
+                seen.append((int(st.raftTerm), int(st.leader)))
+        self.observe(seen)
+
+    def observe(self, seen: list[tuple[int, int]]) -> None:
+        """One sample: the (term, leader) each member that answered reports."""
+        if not seen:
+            return
+        now = max(seen)
+        self.samples += 1
+        if self.first is None:
+            self.first = now
+        elif self.last is not None and now != self.last:
+            self.changes += 1
+        self.last = now
+
+    def results(self) -> dict[str, Any]:
+        return {"term_first": self.first[0] if self.first else None,
+                "term_last": self.last[0] if self.last else None,
+                "leader_changes_seen": self.changes, "samples": self.samples}
 
 
 # ------------------------------------------------------------------ objects
@@ -544,6 +616,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
     client = Client(c.api_endpoints)
     probe: Probe | None = None
     tracker: Tracker | None = None
+    terms = StoreTerms(c.store_endpoints)
     tasks: list[asyncio.Task[Any]] = []
     phase_timeout = timeout
     rev0 = 0
@@ -580,6 +653,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         async def sampler() -> None:
             while True:
                 c.sample()
+                await asyncio.to_thread(terms.sample)
                 await asyncio.sleep(2)
 
         tasks.append(asyncio.create_task(sampler()))
@@ -712,6 +786,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
     finally:
         if probe is not None:
             out["api"] = probe.results()
+        out["store_terms"] = terms.results()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -721,7 +796,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
 def run_one(store_kind: str, size: Size, args: argparse.Namespace, deadline: float = float("inf")) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"skiff-scale-{store_kind}-"))
     c = Cluster(workdir, store_kind)
-    result: dict[str, Any] = {"store": store_kind}
+    result: dict[str, Any] = {"store": store_kind, "hollow_nice": args.hollow_nice}
     try:
         t0 = time.monotonic()
         result["phase"] = "start"
@@ -729,7 +804,7 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace, deadline: flo
         result["control_plane_start_s"] = round(time.monotonic() - t0, 1)
         t1 = time.monotonic()
         extra = ["--start-latency", str(args.start_latency), "--fail-rate", str(args.fail_rate)]
-        start_hollow(c, size.nodes, args.nodes_per_process, extra)
+        start_hollow(c, size.nodes, args.nodes_per_process, extra, nice=args.hollow_nice)
         result["hollow_nodes_start_s"] = round(time.monotonic() - t1, 1)
         cpu_before = {comp.name: comp.cpu_s() for comp in c.components}
         result.pop("phase")
@@ -738,6 +813,10 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace, deadline: flo
         result["components"] = {comp.name: {"peak_rss_mb": round(comp.peak_rss_mb, 1),
                                             "cpu_s": round(comp.cpu_s() - cpu_before.get(comp.name, 0.0), 1)}
                                 for comp in c.components}
+        # Answers the api-servers could not deliver: the client's deadline had passed (skiff/grpclog.py).
+        result["apiserver_undelivered_responses"] = {
+            name: scrape(addr, "grpc_server_undelivered_responses")
+            for name, addr in c.metrics.items() if name.startswith("apiserver")}
         cp = [v["peak_rss_mb"] for k, v in result["components"].items() if not k.startswith("hollow")]
         result["control_plane_rss_mb"] = round(sum(cp), 1)
         result["ok"] = True
@@ -770,8 +849,10 @@ def add_to_earlier(earlier: dict[str, Any], results: dict[str, Any], now: dict[s
     """This run's results with the stores it did not run taken from an earlier result file of the same
     size. Each store's result is stamped with the run it came from (`run`: date, load, commit), since
     the file's own meta then describes only the latest run."""
-    if {k: v for k, v in earlier["results"]["params"].items() if k != "nodes_per_process"} != \
-            {k: v for k, v in results["params"].items() if k != "nodes_per_process"}:
+    # How the simulated machines are run may differ between the two runs (each store's result
+    # records its own hollow_nice); the size and the rest may not.
+    if {k: v for k, v in earlier["results"]["params"].items() if k not in HARNESS_PARAMS} != \
+            {k: v for k, v in results["params"].items() if k not in HARNESS_PARAMS}:
         raise SystemExit("--add: the earlier result file has another size or other parameters; not merged")
 
     def stamp(m: dict[str, Any]) -> dict[str, Any]:
@@ -799,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes-per-process", type=int, default=250)
     p.add_argument("--start-latency", type=float, default=0.0)
     p.add_argument("--fail-rate", type=float, default=0.0)
+    p.add_argument("--hollow-nice", type=int, default=HOLLOW_NICE,
+                   help="the hollow processes' nice level (they stand for other machines; 0: as the control plane)")
     p.add_argument("--timeout", type=float, default=1800.0, help="per phase, seconds")
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="py-spy every component for this long during the create phase (needs root)")
@@ -821,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"params": {**size.__dict__, "pods": size.pods, "apiservers": 3, "store_members": 3,
                                           "nodes_per_process": args.nodes_per_process,
                                           "start_latency_s": args.start_latency, "fail_rate": args.fail_rate,
-                                          "small": args.small}}
+                                          "small": args.small, "hollow_nice": args.hollow_nice}}
     until = parse_deadline(args.deadline, datetime.now(UTC))
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)

@@ -58,7 +58,7 @@ from controlplane.apiserver.registry import Options, Registry, store_error
 from controlplane.apiserver.resourcemetrics import ResourceMetrics
 from controlplane.apiserver.rest import http as rest_http
 from controlplane.apiserver.storage import Store, StoreError
-from skiff import __version__, defaults, errors, kinds, tls
+from skiff import __version__, defaults, errors, grpclog, kinds, tls
 from skiff import metrics as skiff_metrics
 from skiff.guard import fatal_handler
 from skiff.identity import UserInfo
@@ -574,6 +574,7 @@ def grpc_server(registry: Registry, forwarder: Forwarder, authenticator: Authent
     """The api-server's gRPC server over `registry`, not yet bound or started: every request
     admitted by `ErrorInterceptor` (authentication, `authorizer` when given, `limiter`) and
     served by `ApiServerService`. `serve` builds the daemon's with this; tests build theirs too."""
+    grpclog.quiet_undelivered()  # a late answer to a client whose deadline passed: counted, not a traceback
     server = grpc.aio.server(interceptors=[ErrorInterceptor(RequestAuth(authenticator, authorizer), limiter)],
                              options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((generic_handler(ApiServerService(registry, forwarder, node_name=node_name,

@@ -95,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-notify-interval", type=duration, default=600.0,
                    help="time between watch progress notifications (default 10m, etcd's)")
     p.add_argument("--snapshot-count", type=int, default=20000, help="log entries between snapshots")
+    p.add_argument("--heartbeat-interval", type=duration, default=0.1,
+                   help="time between the leader's heartbeats (etcd's flag, with a unit: default 100ms)")
     p.add_argument("--election-timeout", type=duration, default=0.8,
-                   help="minimum time without a leader before an election (max is twice this; default 800ms)")
+                   help="minimum time without a leader before an election (max is twice this; etcd's flag, "
+                   "with a unit: default 800ms); raise both on a slow or loaded machine")
     g = p.add_argument_group("client TLS (etcd's flags)")
     g.add_argument("--cert-file", default="", help="this member's serving certificate")
     g.add_argument("--key-file", default="", help="its key")
@@ -180,7 +183,11 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
     if cluster.get(args.name) != peer:
         raise SystemExit(f"--initial-cluster must list this member as {args.name}={peer} "
                          f"(it has {args.name}={cluster.get(args.name)})")
-    et = args.election_timeout
+    et, hb = args.election_timeout, args.heartbeat_interval
+    if not 0 < hb * 5 <= et:
+        # etcd's rule too: followers must hear several heartbeats per election timeout, or one
+        # late heartbeat starts an election.
+        raise SystemExit(f"--election-timeout ({et}s) must be at least 5 times --heartbeat-interval ({hb}s)")
     return StoreConfig(
         name=args.name, data_dir=args.data_dir, listen_client=url_to_addr(args.listen_client),
         listen_peer=peer, initial_cluster=cluster, cluster_state=args.initial_cluster_state,
@@ -190,7 +197,7 @@ def config_from_args(args: argparse.Namespace) -> StoreConfig:
         snapshot_every=args.snapshot_count, quota_bytes=args.quota_backend_bytes,
         disk_reserve_bytes=args.disk_reserve_bytes, max_pending=args.max_pending_requests,
         tls=store_tls(args),
-        timings=RaftTimings(election_min=et, election_max=2 * et, leader_fallback=max(3.0, 2 * et),
+        timings=RaftTimings(heartbeat=hb, election_min=et, election_max=2 * et, leader_fallback=max(3.0, 2 * et),
                             connection_timeout=max(3.5, 2 * et + 0.5)),
     )
 

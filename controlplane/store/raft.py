@@ -36,6 +36,10 @@ What must hold:
   forwarding), or after `request_timeout`, the client gets UNAVAILABLE, like etcd's
   "request timed out". Followers forward proposals to the leader (pysyncobj's apply_command)
   and answer once the entry is applied locally, so a follower's answer is read-your-writes.
+- A member judges its peers' silence (a follower's election deadline, a leader's check-quorum)
+  only after reading what they sent: a tick that runs late (a starved CPU, the GIL, an fsync)
+  reads its sockets first (`_read_if_late`), so a late follower does not depose a live leader.
+  tests/integration/store/test_starved.py checks this.
 """
 
 from __future__ import annotations
@@ -265,6 +269,8 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._remote_pending: dict[int, tuple[str, list[_ReadDone], float]] = {}
         self._remote_seq = 0
         self._next_round = False
+        self.late_reads = 0  # ticks that read their sockets before deciding on an election (late ticks)
+        self._tick_at = time.monotonic()
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
         self.addOnTickCallback(self._end_of_tick)
@@ -284,8 +290,30 @@ class _Raft(SyncObj):  # type: ignore[misc]
         # acknowledgements held back by the transport leave only after that.
         self._journal.sync()
         self._transport().flush_acks()
+        self._read_if_late()
         self._start_read_round()
         super()._onTick(timeToWait)
+
+    def _read_if_late(self) -> None:
+        """Read what the peers sent before pysyncobj's tick judges their silence.
+
+        pysyncobj decides at the start of a tick, before reading its sockets, that a follower's
+        election deadline passed (it becomes a candidate in a higher term, and the leader, seeing
+        that term, steps down) or that a leader has not heard from a majority (it steps down).
+        A tick that starts late -- this thread waited for the CPU on a starved machine, for the
+        GIL held by the event loop, or for an fdatasync -- would judge by a stale view, with the
+        leader's heartbeats or the followers' answers unread in the sockets, and depose a leader
+        that is alive. So a late tick (or one about to start an election) reads first; only the
+        silence left after reading counts.
+        """
+        now = time.monotonic()
+        late = now - self._tick_at > self._SyncObj__conf.raftMinTimeout / 2
+        self._tick_at = now
+        if not self.otherNodes:
+            return
+        if late or (not self._isLeader() and self._SyncObj__raftElectionDeadline < now):
+            self.late_reads += 1
+            self._poller.poll(0)
 
     # ------------------------------------------------------------ ReadIndex (tick thread)
 
@@ -457,7 +485,9 @@ class _Raft(SyncObj):  # type: ignore[misc]
 
 @dataclass
 class RaftTimings:
-    """Raft timing, in seconds. Heartbeats every `heartbeat`; elections after 1-2 s of silence."""
+    """Raft timing, in seconds: heartbeats every `heartbeat`; a follower that heard nothing for
+    `election_min` to `election_max` (chosen at random each time) starts an election; a leader that
+    heard from no majority for `leader_fallback` steps down (etcd's check-quorum)."""
 
     heartbeat: float = 0.1
     election_min: float = 0.8

@@ -74,7 +74,9 @@ PARAMS = {"nodes": 1000, "pods": 30000, "nodes_per_process": 250}
     ({"params": PARAMS, "skiff": {"ok": False, "run": _meta("2025-12-31T00:00:00Z", 1.0, "c0")}},
      {"params": {**PARAMS, "nodes_per_process": 100}, "etcd": {"ok": True}},
      {"skiff": "2025-12-31T00:00:00Z", "etcd": "2026-01-02T00:00:00Z"}),
-], ids=["other-store-kept", "rerun-store-replaced", "earliest-stamp-kept"])
+    ({"params": PARAMS, "skiff": {"ok": False}}, {"params": {**PARAMS, "hollow_nice": 15}, "etcd": {"ok": True}},
+     {"skiff": "2026-01-01T00:00:00Z", "etcd": "2026-01-02T00:00:00Z"}),
+], ids=["other-store-kept", "rerun-store-replaced", "earliest-stamp-kept", "hollow-nice-differs"])
 def test_add_to_earlier_keeps_the_other_stores_run(earlier: dict[str, object], now: dict[str, object],
                                                    stamped: dict[str, str]) -> None:
     merged = scale.add_to_earlier({"meta": _meta("2026-01-01T00:00:00Z", 2.0, "c1"), "results": earlier}, now,
@@ -88,3 +90,18 @@ def test_add_to_earlier_refuses_another_size() -> None:
         scale.add_to_earlier({"meta": _meta("2026-01-01T00:00:00Z", 2.0, "c1"),
                               "results": {"params": {**PARAMS, "pods": 500}, "skiff": {}}},
                              {"params": PARAMS, "etcd": {}}, _meta("2026-01-02T00:00:00Z", 3.0, "c2"))
+
+
+@pytest.mark.parametrize(("samples", "expected"), [
+    ([], {"term_first": None, "term_last": None, "leader_changes_seen": 0, "samples": 0}),
+    ([[(3, 7), (3, 7), (3, 7)], [(3, 7), (3, 7)], [(3, 7)]],
+     {"term_first": 3, "term_last": 3, "leader_changes_seen": 0, "samples": 3}),
+    ([[(3, 7), (3, 7), (3, 7)], [(4, 0), (3, 7)], [(4, 9), (4, 9), (4, 9)], [(5, 7), (4, 9)]],
+     {"term_first": 3, "term_last": 5, "leader_changes_seen": 3, "samples": 4}),
+    ([[(3, 7)], [], [(3, 7)]], {"term_first": 3, "term_last": 3, "leader_changes_seen": 0, "samples": 2}),
+], ids=["no-member-answered", "steady-leader", "two-elections-one-without-leader", "silent-sample-skipped"])
+def test_store_terms_count_leader_changes(samples: list[list[tuple[int, int]]], expected: dict[str, object]) -> None:
+    terms = scale.StoreTerms([])
+    for seen in samples:
+        terms.observe(seen)
+    assert terms.results() == expected
