@@ -20,7 +20,7 @@ from controlplane.store.cluster import StoreCluster
 from deploy.loopback import EtcdCluster
 from skiff import errors
 from skiffpb.api.v1 import types_pb2 as t
-from tests.integration.apiserver.conftest import collect, make_registry, summary, wipe
+from tests.integration.apiserver.conftest import collect, summary, wipe
 from tests.support.builders import pod
 
 pytestmark = pytest.mark.integration
@@ -36,8 +36,9 @@ def skiff_store() -> Iterator[StoreCluster]:
         cluster.close()
 
 
+# The conftest's `store`, with Skiff's own store as well: the shared revision is what each store makes of one txn.
 @pytest.fixture(params=["memory", "etcd", "skiff"])
-async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
         yield MemoryStore(progress_interval=0.5)
         return
@@ -53,15 +54,6 @@ async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
-
-
-@pytest.fixture
-async def reg(any_store: Store) -> AsyncIterator[Registry]:
-    registry = await make_registry(any_store)
-    try:
-        yield registry
-    finally:
-        await registry.stop()
 
 
 def binding(name: str, node: str, uid: str = "") -> t.Binding:
@@ -89,16 +81,16 @@ async def cached_at(registry: Registry, p: t.Pod) -> None:
     raise AssertionError(f"the watch cache never showed {p.metadata.name} at {p.metadata.resource_version}")
 
 
-async def test_bindings_commit_in_one_transaction(reg: Registry) -> None:
-    pods = await created_and_cached(reg, ["a", "b", "c", "d"])
-    before = await reg.store.revision()
-    out = await reg.bind_many([binding(p.metadata.name, f"n{i}", p.metadata.uid) for i, p in enumerate(pods)])
+async def test_bindings_commit_in_one_transaction(registry: Registry) -> None:
+    pods = await created_and_cached(registry, ["a", "b", "c", "d"])
+    before = await registry.store.revision()
+    out = await registry.bind_many([binding(p.metadata.name, f"n{i}", p.metadata.uid) for i, p in enumerate(pods)])
     assert all(isinstance(o, t.Pod) for o in out), out
     revisions = {o.metadata.resource_version for o in out}  # type: ignore[union-attr]
     assert revisions == {str(before + 1)}  # one transaction: one new revision for the four
-    assert await reg.store.revision() == before + 1
+    assert await registry.store.revision() == before + 1
     for i, p in enumerate(pods):
-        stored = await reg.get("pods", "default", p.metadata.name)
+        stored = await registry.get("pods", "default", p.metadata.name)
         assert isinstance(stored, t.Pod)
         assert stored.spec.node_name == f"n{i}" and stored.metadata.resource_version == str(before + 1)
         assert any(c.type == "PodScheduled" and c.status == "True" for c in stored.status.conditions)
@@ -147,24 +139,24 @@ TROUBLES = [
 
 
 @pytest.mark.parametrize("case", TROUBLES, ids=[c.id for c in TROUBLES])
-async def test_a_conflict_fails_only_its_own_binding(reg: Registry, case: Trouble) -> None:
-    a, b, c = await created_and_cached(reg, ["a", "b", "c"])
+async def test_a_conflict_fails_only_its_own_binding(registry: Registry, case: Trouble) -> None:
+    a, b, c = await created_and_cached(registry, ["a", "b", "c"])
     if case.change is not None:
         key = "/registry/pods/default/b"
-        stale = reg.caches["pods"].objects.raw(key)
+        stale = registry.caches["pods"].objects.raw(key)
         assert stale is not None
-        await case.change(reg, b)
-        latest = await reg.store.revision()
+        await case.change(registry, b)
+        latest = await registry.store.revision()
         for _ in range(300):  # the cache followed the change: nothing overwrites the stale copy now
-            if reg.caches["pods"].revision >= latest:
+            if registry.caches["pods"].revision >= latest:
                 break
             await asyncio.sleep(0.01)
-        reg.caches["pods"].objects.put(key, stale, b)
+        registry.caches["pods"].objects.put(key, stale, b)
     b_uid = b.metadata.uid if case.uid else "not-" + b.metadata.uid
     batch = [binding("a", "n0", a.metadata.uid), binding("b", "n1", b_uid), binding("c", "n2", c.metadata.uid)]
     if case.twice:
         batch.append(binding("b", "n3", b.metadata.uid))
-    out = await reg.bind_many(batch)
+    out = await registry.bind_many(batch)
     assert isinstance(out[0], t.Pod) and isinstance(out[2], t.Pod), out
     if case.error is None:
         assert isinstance(out[1], t.Pod) and out[1].spec.node_name == "n1", out[1]
@@ -173,34 +165,34 @@ async def test_a_conflict_fails_only_its_own_binding(reg: Registry, case: Troubl
     if case.twice:
         assert isinstance(out[3], errors.PodAlreadyAssignedError), out[3]
     for name, node in (("a", "n0"), ("c", "n2")):
-        stored = await reg.get("pods", "default", name)
+        stored = await registry.get("pods", "default", name)
         assert isinstance(stored, t.Pod) and stored.spec.node_name == node
     if case.id == "stale-copy-relabelled-still-binds":
-        stored = await reg.get("pods", "default", "b")
+        stored = await registry.get("pods", "default", "b")
         assert isinstance(stored, t.Pod) and stored.metadata.labels["changed"] == "yes" and \
             stored.spec.node_name == "n1"
 
 
 # ------------------------------------------------------------------ watches at a shared revision
 
-async def test_watches_and_lists_around_a_shared_revision(reg: Registry) -> None:
-    pods = await created_and_cached(reg, ["a", "b", "c"])
-    out = await reg.bind_many([binding(p.metadata.name, "n1", p.metadata.uid) for p in pods])
+async def test_watches_and_lists_around_a_shared_revision(registry: Registry) -> None:
+    pods = await created_and_cached(registry, ["a", "b", "c"])
+    out = await registry.bind_many([binding(p.metadata.name, "n1", p.metadata.uid) for p in pods])
     shared = int(out[0].metadata.resource_version)  # type: ignore[union-attr]
     # From the revision before: all three, each once, in key order; nothing more.
-    before = reg.watch("pods", resource_version=str(shared - 1))
+    before = registry.watch("pods", resource_version=str(shared - 1))
     got = await collect(before, 3)
     assert summary(got) == [("MODIFIED", "a"), ("MODIFIED", "b"), ("MODIFIED", "c")]
     assert {e.object.pod.metadata.resource_version for e in got} == {str(shared)}
     await before.aclose()  # type: ignore[attr-defined]
     # From the shared revision (a client whose watch broke after one of them): the revision again,
     # then what came after it.
-    after = reg.watch("pods", resource_version=str(shared))
-    late = await reg.create(pod("d"))
+    after = registry.watch("pods", resource_version=str(shared))
+    late = await registry.create(pod("d"))
     assert summary(await collect(after, 4)) == [("MODIFIED", "a"), ("MODIFIED", "b"), ("MODIFIED", "c"),
                                                 ("ADDED", "d")]
     await after.aclose()  # type: ignore[attr-defined]
     # A consistent list holds all three bound (never some of them).
-    items, rv, _ = await reg.list("pods")
+    items, rv, _ = await registry.list("pods")
     assert int(rv) >= int(late.metadata.resource_version)  # type: ignore[attr-defined]
     assert {p.metadata.name: p.spec.node_name for p in items} == {"a": "n1", "b": "n1", "c": "n1", "d": ""}
