@@ -181,6 +181,16 @@ def scheduler_stream_rows(r: dict[str, Any]) -> list[Row]:
 
         rows.append((f"the code before ({before.get('code', 'main')}), same lock hold: before → now", "—",
                      "; ".join(then(s) for s in stores if s in before), "—"))
+    variants = r.get("variants", {})
+    if variants:
+        def variant(name: str) -> str:
+            v = variants[name]
+            return f"{name}: " + ", ".join(
+                f"{s} {_n(v[s]['pods_per_second_from_first_bind'])} pods/s ({v[s]['pods_per_bind_call']:.0f} per call, "
+                f"CPU {sum(v[s]['cpu_ms_per_pod'].values()):.1f} ms)" for s in stores if s in v)
+
+        rows.append(("BindBatch calls: the variants, same lock hold (pods/s; pods per call; CPU per pod)", "—",
+                     "; ".join(variant(name) for name in variants), "—"))
     if "code_measured" in r:
         rows.append(("code measured", "—", r["code_measured"], "—"))
     return rows

@@ -44,7 +44,7 @@ from controlplane.controllers.deployment import DeploymentController
 from controlplane.controllers.replicaset import ReplicaSetController
 from controlplane.scheduler.framework import FitError
 from controlplane.scheduler.nodeinfo import PodInfo
-from controlplane.scheduler.scheduler import Scheduler, new_recorder
+from controlplane.scheduler.scheduler import BindBatching, Scheduler, new_recorder
 from skiff.client import Client
 from skiff.events import EventRecorder
 from skiff.guard import guard
@@ -75,13 +75,15 @@ def make_pod(i: int, owner: t.ReplicaSet) -> t.Pod:
 
 async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_servers: str = "",
                           creators: int = 16, backlog: bool = False, components: Sequence[Component] = (),
-                          profile_dir: Path | None = None, profile_seconds: float = 0.0) -> dict[str, Any]:
+                          profile_dir: Path | None = None, profile_seconds: float = 0.0,
+                          bind_batching: BindBatching | None = None) -> dict[str, Any]:
     """Create the nodes, start a scheduler, create the pods, and time until all are bound.
 
     backlog: the pods exist before the scheduler starts (measures scheduling and binding alone,
     not the api-server's create rate). components: processes (api-server, store members) whose
     CPU seconds while the scheduler works are recorded, with this process's as "scheduler".
     profile_seconds: py-spy (bench/profile.py) samples them and this process meanwhile.
+    bind_batching: when the scheduler sends its BindBatch calls (default: the scheduler's).
     """
     api: Any = Client(api_servers) if api_servers else InProcessApi()
     sem = asyncio.Semaphore(creators)
@@ -108,7 +110,7 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
 
     factory = InformerFactory(api)
     recorder = new_recorder(api)  # as the scheduler daemon records its events
-    sched = Scheduler(api, factory, recorder=recorder, rng=random.Random(42))
+    sched = Scheduler(api, factory, recorder=recorder, rng=random.Random(42), bind_batching=bind_batching)
     sync_start = time.perf_counter()
     await factory.start()
     await factory.wait_synced(120)
@@ -183,6 +185,10 @@ async def bench_scheduler(num_nodes: int, num_pods: int, owners: int, *, api_ser
         "pods_per_node_min_max": [min(per_node.values()), max(per_node.values())],
         "bind_failures": sched.bind_failures,
         "events_written": events,
+        "bind_batching": {"max_calls": sched.bind_batching.max_calls, "max_batch": sched.bind_batching.max_batch,
+                          "min_batch": sched.bind_batching.min_batch},
+        "bind_calls": sched.bind_calls,
+        "pods_per_bind_call": round(num_pods / max(sched.bind_calls, 1), 1),
     }
     if backlog:
         # The issue's figure: the first bind -> the last, with every pod waiting from the start.
@@ -229,7 +235,8 @@ def _profile(components: list[Component], directory: Path | None, seconds: float
 
 
 def bench_stream(store: str, num_nodes: int, num_pods: int, owners: int, *, members: int,
-                 profile_seconds: float = 0.0, keep: bool = False) -> dict[str, Any]:
+                 profile_seconds: float = 0.0, keep: bool = False,
+                 bind_batching: BindBatching | None = None) -> dict[str, Any]:
     """The issue's streaming figure on one store: a fresh store (`members` of Skiff's or etcd) and
     one api-server as real processes, every pod created and waiting before the scheduler (in this
     process, over gRPC) starts; first bind -> all bound."""
@@ -240,7 +247,7 @@ def bench_stream(store: str, num_nodes: int, num_pods: int, owners: int, *, memb
         start_apiservers(c, 1)
         result = asyncio.run(bench_scheduler(num_nodes, num_pods, owners, api_servers=c.api_endpoints, creators=64,
                                              backlog=True, components=list(c.components), profile_dir=workdir,
-                                             profile_seconds=profile_seconds))
+                                             profile_seconds=profile_seconds, bind_batching=bind_batching))
         c.sample()
         result["store"] = store
         result["store_members"] = members
@@ -358,7 +365,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --stream: py-spy the api-server, the store and this process for so many seconds "
                         "once the scheduler starts")
     p.add_argument("--keep", action="store_true", help="with --stream: keep the processes' logs and data")
+    defaults = BindBatching()
+    p.add_argument("--bind-calls", type=int, default=defaults.max_calls,
+                   help="BindBatch calls in flight at once (default %(default)s)")
+    p.add_argument("--bind-min-batch", type=int, default=defaults.min_batch,
+                   help="pods waiting before a further BindBatch call goes out (default %(default)s)")
+    p.add_argument("--bind-batch", type=int, default=defaults.max_batch,
+                   help="pods per BindBatch call at most (default %(default)s)")
     args = p.parse_args(argv)
+    args.bind_batching = BindBatching(max_calls=args.bind_calls, max_batch=args.bind_batch,
+                                      min_batch=args.bind_min_batch)
     logging.basicConfig(level=logging.WARNING)
     if args.stream:
         return stream_main(args)
@@ -408,7 +424,8 @@ def stream_main(args: argparse.Namespace) -> int:
                                "kube_scheduler_pods_per_second": 680}
     for store in stores:
         results[store] = bench_stream(store, args.nodes, args.pods, args.owners, members=args.store_members,
-                                      profile_seconds=args.profile, keep=args.keep)
+                                      profile_seconds=args.profile, keep=args.keep,
+                                      bind_batching=args.bind_batching)
     written = run.write(results, args.output or meta.RESULTS_DIR / "scheduler-stream.json")
     if args.json:
         print(json.dumps(results))
@@ -419,7 +436,8 @@ def stream_main(args: argparse.Namespace) -> int:
             print(f"{store} ({r['store_members']} member(s)) + 1 api-server: {r['pods']} waiting pods onto "
                   f"{r['nodes']} nodes: first bind -> all bound {r['first_bind_to_all_bound_seconds']} s = "
                   f"{r['pods_per_second_from_first_bind']} pods/s (informer sync {r['informer_sync_seconds']} s; "
-                  f"{r['events_written']} events; {r['bind_failures']} bind failures; cores {r['cores']}; "
+                  f"{r['events_written']} events; {r['bind_failures']} bind failures; "
+                  f"{r['pods_per_bind_call']} pods per BindBatch call; cores {r['cores']}; "
                   f"CPU ms per pod {r['cpu_ms_per_pod']})")
             for name, prof in r.get("profile", {}).items():
                 print(f"  {name}: " + "; ".join(f"{f} {s:.0%}" for f, s, _ in prof.get("top", [])[:6]))

@@ -392,7 +392,7 @@ class Registry:
                     continue
                 raise errors.AlreadyExistsError(f'{resource_name(kind)} "{meta.name}" already exists')
             if any(_mod_revision(result.current.get(k)) != rv for k, rv in quota_keys.items()):
-                charges = await self._check_quotas(obj, meta.namespace)  # count again, after the winner
+                charges = await self._check_quotas(obj, meta.namespace, fresh=True)  # count again, after the winner
                 continue
             if self._allocation_lost(candidate, obj, result):
                 collisions += 1
@@ -488,15 +488,19 @@ class Registry:
             admission.default_storage_class(pvc, classes)  # type: ignore[arg-type]
         admission.protect_claim(pvc)
 
-    async def _check_quotas(self, obj: Message, namespace: str, *,
-                            old: Message | None = None) -> builtins.list[t.ResourceQuota]:
+    async def _check_quotas(self, obj: Message, namespace: str, *, old: Message | None = None,
+                            fresh: bool = False) -> builtins.list[t.ResourceQuota]:
         """Refuse a create (an update of `old`) its namespace's quotas have no room for; the quotas
         it is charged to, with their new status.used (admission.charged_quotas), to be written
-        with it. An update that adds nothing any quota names is not looked at further."""
+        with it. An update that adds nothing any quota names is not looked at further. An Event
+        reads the quotas from the watch cache (`_cached_quotas`) unless `fresh` (after a lost
+        compare on a quota: the cache may not hold the winner's write yet)."""
         wanted = set(admission.quota_delta(obj, old))
         if old is not None and not wanted:
             return []
-        quotas = await self._current("resourcequotas", namespace)
+        quotas = self._cached_quotas(namespace) if isinstance(obj, t.Event) and not fresh else None
+        if quotas is None:
+            quotas = await self._current("resourcequotas", namespace)
         if not quotas:
             return []
         kind = kinds.of_message(obj)
@@ -505,6 +509,21 @@ class Registry:
         used = quota.namespace_usage(await self._current(kind.resource, namespace))
         admission.check_quotas(obj, quotas, used, old)  # type: ignore[arg-type]
         return admission.charged_quotas(obj, quotas, used, old)  # type: ignore[arg-type]
+
+    def _cached_quotas(self, namespace: str) -> builtins.list[Message] | None:
+        """The namespace's ResourceQuotas as the watch cache holds them (None until it is filled).
+
+        Events read their quotas here, not with a consistent list: an Event is advisory and the
+        most frequent create (the scheduler writes one per pod placed), and the consistent list
+        is a store round trip of its own, as many as the Event's write. Kubernetes' quota
+        admission reads every kind's quotas from its informer the same way. What stays exact:
+        a quota the cache holds is charged with a compare on its revision in the Event's
+        transaction; only a quota created a moment before (not yet in the cache) can let an
+        Event past it, and the quota controller counts that Event."""
+        cache = self.caches[QUOTA.resource]
+        if not cache.ready.is_set():
+            return None
+        return cache.snapshot(make_filter(QUOTA, namespace=namespace))
 
     # ------------------------------------------------------------------ service allocations
 

@@ -12,6 +12,9 @@ What must hold:
   verdict per pod signature until the node changes (`NodeInfo.verdicts`): pods of one owner
   are decided on the nodes' remembered verdicts instead of re-running every plugin on every
   examined node. A plugin without the attribute is treated as not memoizable;
+- a plugin with `scores_in_range = True` scores 0..MAX_NODE_SCORE already (its `normalize`
+  changes nothing), so a remembered verdict may hold its weighted score summed with the others
+  of its kind, added once per node instead of once per plugin per node;
 - the FailedScheduling message lists, per reason, how many nodes gave it:
   `0/3 nodes are available: 2 Insufficient cpu, 1 node(s) didn't match node selector.`
 """
@@ -109,6 +112,11 @@ def fit_message(num_nodes: int, diagnosis: Counter[str]) -> str:
 def memoizable(plugin: object) -> bool:
     """The plugin declares itself a pure function of the pod's signature and the node's state."""
     return getattr(plugin, "memoizable", False) is True
+
+
+def scores_in_range(plugin: object) -> bool:
+    """The plugin's raw scores are final (its normalize is a no-op)."""
+    return getattr(plugin, "scores_in_range", False) is True
 
 
 def num_feasible_nodes_to_find(num_nodes: int, percentage: int = 0) -> int:

@@ -12,7 +12,7 @@ What must hold:
 - node facts that filters read (ready, unschedulable, taints, pressure conditions,
   allocatable) are derived once per node update, not per scheduling decision (a decision
   examines hundreds of nodes: a fact derived per examination was 27% of a decision's time);
-- `verdicts` (signature → a decision's filter status and raw scores on this node) only ever
+- `verdicts` (signature → a decision's filter status and scores on this node) only ever
   holds what the node's current state gives: every change of the node (`set_node`,
   `add_pod`, `remove_pod`) empties it, in `_changed`, with the generation bump.
 """
@@ -118,14 +118,14 @@ class NodeInfo:
     pods: dict[str, PodInfo] = field(default_factory=dict)
     generation: int = 0
     # PodInfo.signature -> (the first failing filter's status or None, raw scores per score plugin).
-    verdicts: dict[str, tuple[Any, tuple[int, ...]]] = field(default_factory=dict)
+    verdicts: dict[str, tuple[Any, tuple[int, ...], int]] = field(default_factory=dict)
 
     def _changed(self) -> None:
         self.generation += 1
         if self.verdicts:
             self.verdicts = {}
 
-    def remember(self, signature: str, verdict: tuple[Any, tuple[int, ...]]) -> tuple[Any, tuple[int, ...]]:
+    def remember(self, signature: str, verdict: tuple[Any, tuple[int, ...], int]) -> tuple[Any, tuple[int, ...], int]:
         """Keep a verdict for this node's current state (bounded: many pod shapes at once start over)."""
         if len(self.verdicts) >= MAX_VERDICTS:
             self.verdicts = {}

@@ -12,10 +12,11 @@ What must hold:
   per node state and reused: the same decision as running every plugin, at a dictionary
   lookup per examined node for the pods of one owner;
 - binding goes through the api-server asynchronously (bounded in flight: `max_binds_in_flight`
-  pods decided and not yet answered), batched: the pods decided while a BindBatch call is in
-  flight go together in the next (each pod still its own Bind on the api-server, with its own
-  outcome); a failed bind forgets the assumption (freeing the node) and the pod is retried
-  after its backoff;
+  pods decided and not yet answered), batched: when a BindBatch call goes out is decided by
+  `bind_batch_size` alone (a pure rule of the pods waiting and the calls in flight), so the pods
+  decided while a call is out go together in the next (each pod still its own Bind on the
+  api-server, with its own outcome); a failed bind forgets the assumption (freeing the node)
+  and the pod is retried after its backoff;
 - before a bind, the pod's unbound WaitForFirstConsumer claims are given the chosen node
   (plugins/volume_binding.py `pre_bind`); a claim or volume event retries waiting pods;
 - a pod that fits nowhere gets a FailedScheduling event naming the reasons per node count
@@ -41,6 +42,7 @@ from controlplane.scheduler.framework import (
     ScorePlugin,
     memoizable,
     num_feasible_nodes_to_find,
+    scores_in_range,
 )
 from controlplane.scheduler.nodeinfo import NodeInfo, PodInfo
 from controlplane.scheduler.plugins import default_filters, default_scores
@@ -66,11 +68,43 @@ COMPONENT = "default-scheduler"
 EVENT_QPS = 50.0
 EVENT_BURST = 100
 EVENT_QUEUE = 1000
-# Binds go out as BindBatch calls of at most this many, at most this many calls at once: while
-# one call is in flight the next decisions gather for the next call. A pod with claims to
-# bind first (VolumeBinding.pre_bind) is bound on its own.
+# Binds go out as BindBatch calls of at most this many (the api-server commits up to 100
+# bindings in one store transaction: Registry.bind_many). A pod with claims to bind first
+# (VolumeBinding.pre_bind) is bound on its own.
 MAX_BIND_BATCH = 100
-MAX_BATCHES_IN_FLIGHT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BindBatching:
+    """When decided pods go out as BindBatch calls (`bind_batch_size`).
+
+    max_calls: BindBatch calls in flight at once. With one, a call carries every pod decided
+    while the previous one was out: per-call costs (gRPC on both hops, a store transaction, a
+    Raft entry and an fsync) are paid once per as many pods as possible.
+    max_batch: pods per call at most.
+    min_batch: a further call (one already in flight) goes out only with this many pods waiting;
+    the first call never waits (a lone pod is bound at once).
+    """
+
+    max_calls: int = 1
+    max_batch: int = MAX_BIND_BATCH
+    min_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_calls < 1 or not 1 <= self.min_batch <= self.max_batch:
+            raise ValueError(f"bind batching: want max_calls >= 1 and 1 <= min_batch <= max_batch, got {self}")
+
+
+def bind_batch_size(waiting: int, calls_in_flight: int, rule: BindBatching) -> int:
+    """How many of the `waiting` decided pods a new BindBatch call takes now (0: none goes out yet).
+
+    Asked whenever a pod is decided and whenever a call returns, so no pod waits longer than
+    the calls in flight take to answer."""
+    if waiting <= 0 or calls_in_flight >= rule.max_calls:
+        return 0
+    if calls_in_flight and waiting < rule.min_batch:
+        return 0
+    return min(waiting, rule.max_batch)
 
 
 def new_recorder(client: ApiClient, *, clock: Clock | None = None) -> EventRecorder:
@@ -110,8 +144,9 @@ class Scheduler:
     def __init__(self, client: ApiClient, factory: InformerFactory, *, recorder: Recorder,
                  clock: Clock | None = None, filters: list[FilterPlugin] | None = None,
                  scores: list[ScorePlugin] | None = None, percentage_of_nodes_to_score: int = 0,
-                 max_binds_in_flight: int = 100, scheduler_names: tuple[str, ...] = ("", DEFAULT_SCHEDULER_NAME),
-                 rng: random.Random | None = None, batch_binds: bool = True) -> None:
+                 max_binds_in_flight: int = 0, scheduler_names: tuple[str, ...] = ("", DEFAULT_SCHEDULER_NAME),
+                 rng: random.Random | None = None, batch_binds: bool = True,
+                 bind_batching: BindBatching | None = None) -> None:
         self.client = client
         self.recorder = recorder
         self.clock = clock or RealClock()
@@ -121,6 +156,10 @@ class Scheduler:
         # Every score plugin memoizable: decisions may use the nodes' remembered verdicts
         # (framework.py; the filters are checked per pod, as pre_filter picks them).
         self._memoizable = all(memoizable(p) for p in self.scores)
+        # A remembered verdict holds the raw scores of the plugins that normalize over the
+        # feasible nodes, and the weighted sum of those whose scores are final (_verdict).
+        self._scaled = [p for p in self.scores if not scores_in_range(p)]
+        self._final = [p for p in self.scores if scores_in_range(p)]
         self.scheduler_names = scheduler_names
         self.rng = rng or random.Random()
         self.cache = SchedulerCache()
@@ -142,12 +181,19 @@ class Scheduler:
         self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_deleted)
         self.nodes.add_handler(on_add=self._node_added, on_update=self._node_updated, on_delete=self._node_deleted)
         self._next_start = 0
-        self._bind_slots = asyncio.Semaphore(max_binds_in_flight)
+        self.bind_batching = bind_batching or BindBatching()
+        # By default room for the calls in flight and a full batch gathering meanwhile, so the
+        # decisions never wait for a call to return while the rule would send more.
+        self._bind_slots = asyncio.Semaphore(
+            max_binds_in_flight or (self.bind_batching.max_calls + 1) * self.bind_batching.max_batch)
         self._binds: set[asyncio.Task[Any]] = set()
-        # Decided pods waiting for a BindBatch call, and the calls sending them.
+        # Decided pods waiting for a BindBatch call, the calls in flight, and whether the rule
+        # is to be asked once the current decisions yield.
         self._batching = batch_binds
         self._pending: list[_PendingBind] = []
-        self._senders = 0
+        self._calls = 0
+        self._dispatch_soon = False
+        self.bind_calls = 0
         self.scheduled = 0
         self.unschedulable = 0
         self.bind_failures = 0
@@ -214,22 +260,20 @@ class Scheduler:
         start = self._next_start % n
         order = nodes[start:] + nodes[:start] if start else nodes
         feasible = []
-        rows: list[tuple[int, ...]] = []
+        picked: list[tuple[Any, tuple[int, ...], int]] = []
         diagnosis: Counter[str] = Counter()
         examined = 0
         if memo:
             sig = info.signature
-            for ni in order:
-                examined += 1
+            for examined, ni in enumerate(order, 1):  # noqa: B007 (examined is read after the loop)
                 verdict = ni.verdicts.get(sig)
                 if verdict is None:
                     verdict = ni.remember(sig, self._verdict(info, ni, filters))
-                status = verdict[0]
-                if status is not None:
-                    diagnosis.update(status.reasons)
+                if verdict[0] is not None:
+                    diagnosis.update(verdict[0].reasons)
                     continue
                 feasible.append(ni)
-                rows.append(verdict[1])
+                picked.append(verdict)
                 if len(feasible) >= want:
                     break
         else:
@@ -249,24 +293,35 @@ class Scheduler:
             raise FitError(info.key, n, diagnosis)
         if len(feasible) == 1:
             return feasible[0].name
-        columns = zip(*rows, strict=True) if memo else (plugin.score_all(info, feasible) for plugin in self.scores)
-        totals = [0] * len(feasible)
-        for plugin, column in zip(self.scores, columns, strict=True):
-            scores = list(column)
-            plugin.normalize(info, scores)
-            weight = plugin.weight
-            totals = [total + s * weight for total, s in zip(totals, scores, strict=True)]
+        if memo:
+            # The final scores' weighted sum comes with each verdict; only the plugins that
+            # normalize over the feasible nodes are summed here (the same totals, fewer passes).
+            totals = [v[2] for v in picked]
+            for i, plugin in enumerate(self._scaled):
+                scores = [v[1][i] for v in picked]
+                plugin.normalize(info, scores)
+                weight = plugin.weight
+                totals = [total + s * weight for total, s in zip(totals, scores, strict=True)]
+        else:
+            totals = [0] * len(feasible)
+            for plugin in self.scores:
+                scores = list(plugin.score_all(info, feasible))
+                plugin.normalize(info, scores)
+                weight = plugin.weight
+                totals = [total + s * weight for total, s in zip(totals, scores, strict=True)]
         best = max(totals)
         winners = [i for i, total in enumerate(totals) if total == best]
         return feasible[winners[0] if len(winners) == 1 else self.rng.choice(winners)].name
 
-    def _verdict(self, info: PodInfo, ni: NodeInfo, filters: list[Any]) -> tuple[Any, tuple[int, ...]]:
-        """The first failing filter's status (None: it fits) and, if it fits, each plugin's raw score."""
+    def _verdict(self, info: PodInfo, ni: NodeInfo, filters: list[Any]) -> tuple[Any, tuple[int, ...], int]:
+        """The first failing filter's status (None: it fits) and, if it fits, the raw score of each
+        plugin that normalizes (`_scaled`) and the weighted sum of the final ones (`_final`)."""
         for fn in filters:
             status = fn(info, ni)
             if status is not None:
-                return status, ()
-        return None, tuple(plugin.score(info, ni) for plugin in self.scores)
+                return status, (), 0
+        return (None, tuple(plugin.score(info, ni) for plugin in self._scaled),
+                sum(plugin.score(info, ni) * plugin.weight for plugin in self._final))
 
     async def schedule_one(self, qp: QueuedPod) -> None:
         pod = self.pods.get_by_key(qp.key)
@@ -289,8 +344,10 @@ class Scheduler:
         await self._bind_slots.acquire()
         if self._batching and not self.volume_binding.pre_filter(info):
             self._pending.append(_PendingBind(qp, pod, info, node, started))
-            if self._senders < MAX_BATCHES_IN_FLIGHT:
-                self._track(self._send_binds())
+            if not self._dispatch_soon:
+                # Asked after the decisions made until the loop yields, so they go out together.
+                self._dispatch_soon = True
+                asyncio.get_running_loop().call_soon(self._dispatch)
             return
         self._track(self._bind(qp, pod, info, node, started))
 
@@ -311,39 +368,54 @@ class Scheduler:
             self._bind_slots.release()
         self._bound(qp, pod, node, started)
 
-    async def _send_binds(self) -> None:
-        """Send the pending binds, up to MAX_BIND_BATCH per BindBatch call, until none is left."""
-        self._senders += 1
+    def _dispatch(self) -> None:
+        """Start the BindBatch calls `bind_batch_size` asks for now."""
+        self._dispatch_soon = False
+        if not self._batching:  # the api-server has no BindBatch: one Bind per pod
+            waiting, self._pending = self._pending, []
+            for b in waiting:
+                self._track(self._bind(b.qp, b.pod, b.info, b.node, b.started))
+            return
+        while n := bind_batch_size(len(self._pending), self._calls, self.bind_batching):
+            batch = self._pending[:n]
+            del self._pending[:n]
+            self._calls += 1
+            self._track(self._send_batch(batch))
+
+    async def _send_batch(self, batch: list[_PendingBind]) -> None:
+        """One BindBatch call; then the rule is asked again (the pods decided meanwhile). A call
+        cancelled (shutdown) starts no further one."""
         try:
-            while self._pending:
-                batch = self._pending[:MAX_BIND_BATCH]
-                del self._pending[:MAX_BIND_BATCH]
-                outcomes: list[errors.SkiffError | None]
-                try:
-                    outcomes = await self.client.bind_batch(
-                        [new_binding(b.pod.metadata.namespace, b.pod.metadata.name, b.node, uid=b.info.uid)
-                         for b in batch])
-                except errors.UnimplementedError:
-                    # An api-server without BindBatch (an older one, mid-upgrade): one Bind per pod from now on.
-                    log.info("the api-server has no BindBatch: binding one pod per call")
-                    self._batching = False
-                    for b in batch:
-                        self._track(self._bind(b.qp, b.pod, b.info, b.node, b.started))
-                    continue
-                except errors.SkiffError as exc:
-                    outcomes = [exc] * len(batch)
-                except BaseException:
-                    for _ in batch:
-                        self._bind_slots.release()
-                    raise
-                for b, outcome in zip(batch, outcomes, strict=True):
-                    self._bind_slots.release()
-                    if outcome is None:
-                        self._bound(b.qp, b.pod, b.node, b.started)
-                    else:
-                        self._bind_failed(b.qp, b.pod, b.info, b.node, b.started, outcome)
+            await self._bind_batch(batch)
         finally:
-            self._senders -= 1
+            self._calls -= 1
+        self._dispatch()
+
+    async def _bind_batch(self, batch: list[_PendingBind]) -> None:
+        self.bind_calls += 1
+        outcomes: list[errors.SkiffError | None]
+        try:
+            outcomes = await self.client.bind_batch(
+                [new_binding(b.pod.metadata.namespace, b.pod.metadata.name, b.node, uid=b.info.uid) for b in batch])
+        except errors.UnimplementedError:
+            # An api-server without BindBatch (an older one, mid-upgrade): one Bind per pod from now on.
+            log.info("the api-server has no BindBatch: binding one pod per call")
+            self._batching = False
+            for b in batch:
+                self._track(self._bind(b.qp, b.pod, b.info, b.node, b.started))
+            return
+        except errors.SkiffError as exc:
+            outcomes = [exc] * len(batch)
+        except BaseException:
+            for _ in batch:
+                self._bind_slots.release()
+            raise
+        for b, outcome in zip(batch, outcomes, strict=True):
+            self._bind_slots.release()
+            if outcome is None:
+                self._bound(b.qp, b.pod, b.node, b.started)
+            else:
+                self._bind_failed(b.qp, b.pod, b.info, b.node, b.started, outcome)
 
     def _bind_failed(self, qp: QueuedPod, pod: t.Pod, info: PodInfo, node: str, started: float,
                      exc: errors.SkiffError) -> None:
@@ -384,8 +456,11 @@ class Scheduler:
             await asyncio.sleep(0)
 
     async def wait_binds(self) -> None:
-        while self._binds:
-            await asyncio.gather(*list(self._binds), return_exceptions=True)
+        while self._binds or self._pending:
+            if self._binds:
+                await asyncio.gather(*list(self._binds), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)  # the dispatch asked for starts their call
 
     def shutdown(self) -> None:
         self.queue.close()

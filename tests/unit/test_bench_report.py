@@ -208,6 +208,17 @@ def test_scheduler_stream_rows_show_the_code_before_when_measured_beside() -> No
     assert row[2] == "skiff: 120 → 300 pods/s (2.50x), CPU 2.5 → 2.5 ms per pod"
 
 
+def test_scheduler_stream_rows_list_the_bind_batching_variants() -> None:
+    base = {"target_pods_per_second": 1000, "skiff": _stream(300.0), "etcd": _stream(250.0)}
+    assert not any("variants" in row[0] for row in report.scheduler_stream_rows(base))
+    one = {s: _stream(400.0) | {"pods_per_bind_call": 21.4} for s in ("skiff", "etcd")}
+    two = {"skiff": _stream(300.0) | {"pods_per_bind_call": 9.0}}
+    rows = report.scheduler_stream_rows(base | {"variants": {"1 call in flight": one, "2 calls": two}})
+    [row] = [row for row in rows if "variants" in row[0]]
+    assert row[2] == ("1 call in flight: skiff 400 pods/s (21 per call, CPU 2.5 ms), etcd 400 pods/s (21 per call, "
+                      "CPU 2.5 ms); 2 calls: skiff 300 pods/s (9 per call, CPU 2.5 ms)")
+
+
 def test_apiserver_ha_rows_compare_the_stores() -> None:
     def run(rate: float) -> dict[str, Any]:
         return {"per_second": rate, "p50_ms": 50.0, "p99_ms": 120.0}

@@ -18,6 +18,7 @@ def balanced_score(cpu_fraction: float, mem_fraction: float) -> int:
 class BalancedAllocation:
     name = NAME
     memoizable = True
+    scores_in_range = True  # normalize is a no-op
     weight = 1
 
     def score(self, pod: PodInfo, node: NodeInfo) -> int:

@@ -22,6 +22,7 @@ def least_requested_score(requested: int, allocatable: int) -> int:
 class LeastAllocated:
     name = NAME
     memoizable = True
+    scores_in_range = True  # normalize is a no-op
     weight = 1
 
     def score(self, pod: PodInfo, node: NodeInfo) -> int:
