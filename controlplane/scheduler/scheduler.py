@@ -297,18 +297,14 @@ class Scheduler:
             # The final scores' weighted sum comes with each verdict; only the plugins that
             # normalize over the feasible nodes are summed here (the same totals, fewer passes).
             totals = [v[2] for v in picked]
-            for i, plugin in enumerate(self._scaled):
-                scores = [v[1][i] for v in picked]
-                plugin.normalize(info, scores)
-                weight = plugin.weight
-                totals = [total + s * weight for total, s in zip(totals, scores, strict=True)]
+            columns = [(plugin, [v[1][i] for v in picked]) for i, plugin in enumerate(self._scaled)]
         else:
             totals = [0] * len(feasible)
-            for plugin in self.scores:
-                scores = list(plugin.score_all(info, feasible))
-                plugin.normalize(info, scores)
-                weight = plugin.weight
-                totals = [total + s * weight for total, s in zip(totals, scores, strict=True)]
+            columns = [(plugin, list(plugin.score_all(info, feasible))) for plugin in self.scores]
+        for plugin, scores in columns:
+            plugin.normalize(info, scores)
+            weight = plugin.weight
+            totals = [total + s * weight for total, s in zip(totals, scores, strict=True)]
         best = max(totals)
         winners = [i for i, total in enumerate(totals) if total == best]
         return feasible[winners[0] if len(winners) == 1 else self.rng.choice(winners)].name
