@@ -20,9 +20,11 @@ What must hold:
   client resumes from the last resourceVersion it received, so no watch ends between two
   events of one revision that the server controls: the store batches whole revisions, the
   cache applies and offers a batch without awaiting, and a watcher closed with an error first
-  hands out the rest of the revision it is in the middle of (`Watcher.fail`). A connection
-  that breaks mid-revision is the client's to handle (skiff/informer.py resumes one revision
-  back and skips what it already holds).
+  hands out the rest of the revision it is in the middle of (`Watcher.fail`). For a connection
+  that breaks mid-revision, a watch resumed at a revision holding several events its filter
+  passes replays that revision (`WatchCache.register`), so a client-go reflector resuming from
+  the last resourceVersion it got misses none; skiff/informer.py also resumes one revision back
+  and skips what it already holds, which covers a revision already pushed out of the ring.
 - Memory is bounded: the ring by `capacity`; each watcher's queue by `watcher_limit` events
   and by `watcher_bytes` bytes of encoded events (beyond either the watcher is closed with
   RESOURCE_EXHAUSTED saying it was too slow, its queue dropped but for the rest of the revision
