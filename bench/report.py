@@ -492,12 +492,23 @@ def scale_rows(r: dict[str, Any]) -> list[Row]:
         got = ", ".join(f"{st[k]:,} {k.replace('_', ' ')}" for k in ("pods", "bound", "running") if k in st)
         return f"stopped in \"{st['phase']}\" at {st['at']} ({st['reason'][:100]}){': ' + got if got else ''}"
 
+    def all_running(x: dict[str, Any]) -> tuple[float, str]:
+        """Seconds to all Running, and how it was seen: by the run itself, or, when the run's
+        own informer fell behind and never saw the end, by the stored pods' timestamps."""
+        if "all_running_s" in x:
+            return x["all_running_s"], ""
+        v = x["informer_view"]
+        if v["stored_running"] < p["pods"]:
+            raise KeyError("not all Running")
+        return v["first_created_to_last_ready_s"], " (the stored pods' timestamps: the run's informer fell behind)"
+
     full = p["nodes"] >= 1000 and p["pods"] >= 30000 and p["services"] >= 1000
     size = (f"{p['nodes']:,} hollow nodes, {p['deployments']} Deployments x {p['replicas']} "
             f"({p['pods']:,} pods), {p['services']:,} Services")
     rows: list[Row] = [
-        (f"{size}: create → all Running", "≤ 5 min at full size (#16)", each(lambda x: f"{x['all_running_s']:.0f} s"),
-         met(lambda x: x["all_running_s"] <= 300) if full else "— (not the full size)"),
+        (f"{size}: create → all Running", "≤ 5 min at full size (#16)",
+         each(lambda x: f"{all_running(x)[0]:.0f} s{all_running(x)[1]}"),
+         met(lambda x: all_running(x)[0] <= 300) if full else "— (not the full size)"),
         ("scheduler pods/s through the real api-server (first pod created → last bound)", "≥ 680 (kube-scheduler)",
          each(sched), met(lambda x: x["scheduler_pods_per_s"] >= 680)),
         ("API latency during the run, p50/p99 ms (probe)", "mutating p99 ≤ 1 s (SLO)", each(verbs),
@@ -514,6 +525,14 @@ def scale_rows(r: dict[str, Any]) -> list[Row]:
         rows.append(("when each store ran (separate runs: date UTC, load before → after, code)", "—",
                      each(lambda x: f"{x['run']['date'][:16].replace('T', ' ')}, load {x['run']['load_before'][0]:.1f}"
                                     f" → {x['run']['load_after'][0]:.1f}, skiff {x['run']['skiff'][:7]}"), "—"))
+    if any(x.get("informer_view") for _, x in runs):
+        def view(x: dict[str, Any]) -> str:
+            v = x["informer_view"]
+            return (f"stored {v['stored_pods']:,} ({v['stored_running']:,} Running), first created → last Ready "
+                    f"{v['first_created_to_last_ready_s']:.0f} s by the pods' own timestamps; this process's "
+                    f"informer held {v['informer_pods']:,} ({v['informer_running']:,} Running)")
+        rows.append(("all Running: the pods as stored (one paged List) against this process's pod informer "
+                     "(its figures above: created → bound)", "—", each(view), "—"))
     if any(x.get("stopped") for _, x in runs):
         rows.append(("how far the run got", "—", each(stopped), "—"))
     if any(x.get("profile") for _, x in runs):

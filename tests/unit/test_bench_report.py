@@ -249,3 +249,31 @@ def test_scale_rows_date_each_store_when_run_separately(results: dict[str, Any],
         assert s in text
     for s in absent:
         assert s not in text
+
+
+@pytest.mark.parametrize(("skiff", "row"), [
+    ({}, None),
+    ({"informer_view": {"stored_pods": 30000, "stored_running": 30000, "first_created_to_last_ready_s": 676.2,
+                        "informer_pods": 29735, "informer_running": 29102}},
+     "skiff: stored 30,000 (30,000 Running), first created → last Ready 676 s by the pods' own timestamps; "
+     "this process's informer held 29,735 (29,102 Running)"),
+], ids=["not-measured", "informer-behind-the-store"])
+def test_scale_rows_compare_the_stored_pods_with_the_bench_informer(skiff: dict[str, Any], row: str | None) -> None:
+    rows = [r for r in report.scale_rows({"params": SCALE_PARAMS, "skiff": skiff})
+            if r[0].startswith("all Running: the pods as stored")]
+    assert [r[2] for r in rows] == ([] if row is None else [row])
+
+
+@pytest.mark.parametrize(("skiff", "cell", "verdict"), [
+    ({"all_running_s": 250.4}, "skiff: 250 s", "skiff: yes"),
+    ({"informer_view": {"stored_pods": 30000, "stored_running": 30000, "first_created_to_last_ready_s": 676.2,
+                        "informer_pods": 29735, "informer_running": 29102}},
+     "skiff: 676 s (the stored pods' timestamps: the run's informer fell behind)", "skiff: no"),
+    ({"informer_view": {"stored_pods": 30000, "stored_running": 29000, "first_created_to_last_ready_s": 676.2,
+                        "informer_pods": 29000, "informer_running": 29000}},
+     "skiff: not reached", "skiff: no (not reached)"),
+    ({}, "skiff: not reached", "skiff: no (not reached)"),
+], ids=["seen-by-the-run", "seen-in-the-store-only", "not-all-running", "nothing"])
+def test_scale_rows_all_running_falls_back_to_the_stored_pods(skiff: dict[str, Any], cell: str, verdict: str) -> None:
+    [row] = [r for r in report.scale_rows({"params": SCALE_PARAMS, "skiff": skiff}) if "create → all Running" in r[0]]
+    assert (row[2], row[3]) == (cell, verdict)
