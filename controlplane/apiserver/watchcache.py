@@ -299,6 +299,7 @@ class Watcher:
         self._sent_revision = start_revision  # the revision of the last event handed out
         self.queued_bytes = 0
         self.wake = asyncio.Event()
+        self._taken = asyncio.Event()  # set when the client takes an event (see `room`)
         self.error: errors.SkiffError | None = None
         self.expired = False
 
@@ -349,6 +350,13 @@ class Watcher:
         self.expired = True
         self.wake.set()
 
+    async def room(self, events: int, nbytes: int) -> None:
+        """Return once fewer than `events` events and `nbytes` bytes are queued (or the watch
+        ended): the back-pressure of a watch served from its own store watch."""
+        while self.error is None and not self.expired and (len(self.queue) >= events or self.queued_bytes >= nbytes):
+            self._taken.clear()
+            await self._taken.wait()
+
     async def next(self) -> bytes | None:
         """The next encoded event; None when expired; raises the watcher's error once closed
         (after the rest of the revision being sent, see `fail`)."""
@@ -362,6 +370,7 @@ class Watcher:
         data = self.queue.popleft()
         self._sent_revision = self._revisions.popleft()
         self.queued_bytes -= len(data)
+        self._taken.set()
         return data
 
     def close(self) -> None:
