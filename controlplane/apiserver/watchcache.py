@@ -303,7 +303,8 @@ class Watcher:
         self._sent_revision = start_revision  # the revision of the last event handed out
         self.queued_bytes = 0
         self.wake = asyncio.Event()
-        self._taken = asyncio.Event()  # set when the client takes an event (see `room`)
+        # Set when the client takes an event, for `room` (made there: cache watchers never wait).
+        self._taken: asyncio.Event | None = None
         self.error: errors.SkiffError | None = None
         self.expired = False
 
@@ -358,6 +359,8 @@ class Watcher:
         """Return once fewer than `events` events and `nbytes` bytes are queued (or the watch
         ended): the back-pressure of a watch served from its own store watch."""
         while self.error is None and not self.expired and (len(self.queue) >= events or self.queued_bytes >= nbytes):
+            if self._taken is None:
+                self._taken = asyncio.Event()
             self._taken.clear()
             await self._taken.wait()
 
@@ -374,7 +377,8 @@ class Watcher:
         data = self.queue.popleft()
         self._sent_revision = self._revisions.popleft()
         self.queued_bytes -= len(data)
-        self._taken.set()
+        if self._taken is not None:
+            self._taken.set()
         return data
 
     def close(self) -> None:
