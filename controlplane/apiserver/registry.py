@@ -1003,8 +1003,9 @@ class Registry:
         try:
             w, objs = cache.register(filt, start_revision=start, allow_bookmarks=allow_bookmarks, initial=initial)
         except TooOldForCache as too_old:
-            w = Watcher(kind, filt, too_old.requested, limit=self.options.watcher_buffer,
-                        max_bytes=self.options.watcher_buffer_bytes, allow_bookmarks=allow_bookmarks)
+            # Served from a store watch of its own, paced by the client (`_pump_store_watch`):
+            # no event bound applies, so a backlog larger than the bound is still delivered.
+            w = Watcher(kind, filt, too_old.requested, limit=2**62, max_bytes=2**62, allow_bookmarks=allow_bookmarks)
             pump = guard(self._pump_store_watch(kind, filt, w), f"store-watch-{kind.resource}", forever=False)
         handle = None
         if timeout_seconds > 0:
@@ -1027,12 +1028,28 @@ class Registry:
                 pump.cancel()
 
     async def _pump_store_watch(self, kind: kinds.Kind, filt: Filter, w: Watcher) -> None:
-        """Serve a watch older than the cache window straight from a store watch."""
+        """Serve a watch older than the cache window straight from a store watch.
+
+        Paced by the client: the next batch is read from the store only once the client's queue
+        is below the watcher bounds (the store holds the rest: a stream that is not read turns
+        slow there and catches up from history). Closing such a watch for being slow, as the
+        cache does, livelocked a client whose backlog was larger than the bound: it resumed from
+        the same resourceVersion, was replayed the same backlog and was closed again, until
+        compaction. The watch always ends with an error the client sees (it never just stops):
+        GoneError when compacted, the store's error, or UnavailableError when the store watch
+        ended or this task failed.
+        """
         prefix = registry_prefix(kind, filt.namespace)
+        ending: errors.SkiffError = errors.UnavailableError(
+            f"watch of {kind.resource} closed: the store watch ended; watch again from the last resourceVersion "
+            "received")
         try:
             watch = self.store.watch(prefix, start_revision=w.start_revision + 1)
             try:
                 async for batch in watch:
+                    await w.room(self.options.watcher_buffer, self.options.watcher_buffer_bytes)
+                    if w.error is not None or w.expired:
+                        return
                     for ev in batch.events:
                         # The store tells the previous value (prev_kv); the cache knows it itself.
                         prev = decode(kind, ev.prev_value, ev.revision, ev.key) if ev.prev_value is not None else None
@@ -1041,14 +1058,19 @@ class Registry:
                             w.offer(cached)
                     if not batch.events:
                         w.bookmark(batch.revision)
-                    if w.error is not None:
-                        return
             finally:
                 await watch.close()
         except CompactedError as exc:
-            w.fail(errors.GoneError(f"too old resource version: {w.start_revision} ({exc.compact_revision})"))
+            ending = errors.GoneError(f"too old resource version: {w.start_revision} ({exc.compact_revision})")
         except StoreError as exc:
-            w.fail(store_error(exc))
+            ending = store_error(exc)
+        except Exception as exc:
+            log.exception("store watch of %s failed", kind.resource)
+            ending = errors.UnavailableError(f"watch of {kind.resource} closed: {type(exc).__name__}: {exc}; "
+                                             "watch again from the last resourceVersion received")
+        finally:
+            if w.error is None and not w.expired:
+                w.fail(ending)
 
     # ------------------------------------------------------------------ maintenance
 

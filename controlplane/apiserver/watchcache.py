@@ -11,7 +11,10 @@ What must hold:
   `objects` and offered to every watcher registered before it; a watcher registered at
   revision R is offered exactly the events with revision > R, in order, once each.
 - `window_start`: the ring holds every event with revision > window_start. A watch from an
-  older revision cannot be served here (the caller falls back to a store watch).
+  older revision cannot be served here: the caller serves it from a store watch of its own
+  (`Registry._pump_store_watch`), paced by the client (it reads the next batch from the store
+  once the watcher's queue is below the bounds) instead of closed for being slow, and ended
+  with an error (never just stopped) when that store watch ends.
 - Registration is synchronous (no await between reading the ring/objects and adding the
   watcher), so no event falls between the replay and the live stream.
 - A watcher sees an object that starts matching its filter as ADDED and one that stops
@@ -29,7 +32,8 @@ What must hold:
   and by `watcher_bytes` bytes of encoded events (beyond either the watcher is closed with
   RESOURCE_EXHAUSTED saying it was too slow, its queue dropped but for the rest of the revision
   being sent, and the other watchers never wait for it; the client watches again from the last
-  resourceVersion it received). One event
+  resourceVersion it received; that is how a watch resumed from inside the ring catches up, its
+  replay being exempt from the bounds; a store-served watch is paced instead, see above). One event
   larger than the byte bound still goes to a watcher whose queue is empty. Encoded events are
   shared by all watchers.
 - A store watch that reports compaction (we fell too far behind) relists; the watchers
@@ -299,6 +303,8 @@ class Watcher:
         self._sent_revision = start_revision  # the revision of the last event handed out
         self.queued_bytes = 0
         self.wake = asyncio.Event()
+        # Set when the client takes an event, for `room` (made there: cache watchers never wait).
+        self._taken: asyncio.Event | None = None
         self.error: errors.SkiffError | None = None
         self.expired = False
 
@@ -349,6 +355,15 @@ class Watcher:
         self.expired = True
         self.wake.set()
 
+    async def room(self, events: int, nbytes: int) -> None:
+        """Return once fewer than `events` events and `nbytes` bytes are queued (or the watch
+        ended): the back-pressure of a watch served from its own store watch."""
+        while self.error is None and not self.expired and (len(self.queue) >= events or self.queued_bytes >= nbytes):
+            if self._taken is None:
+                self._taken = asyncio.Event()
+            self._taken.clear()
+            await self._taken.wait()
+
     async def next(self) -> bytes | None:
         """The next encoded event; None when expired; raises the watcher's error once closed
         (after the rest of the revision being sent, see `fail`)."""
@@ -362,6 +377,8 @@ class Watcher:
         data = self.queue.popleft()
         self._sent_revision = self._revisions.popleft()
         self.queued_bytes -= len(data)
+        if self._taken is not None:
+            self._taken.set()
         return data
 
     def close(self) -> None:
