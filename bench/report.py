@@ -177,7 +177,8 @@ def scheduler_stream_rows(r: dict[str, Any]) -> list[Row]:
             b, x = before[s], r[s]
             v, was = x["pods_per_second_from_first_bind"], b["pods_per_second_from_first_bind"]
             ms, was_ms = sum(x["cpu_ms_per_pod"].values()), sum(b["cpu_ms_per_pod"].values())
-            return f"{s}: {_n(was)} → {_n(v)} pods/s ({v / was:.2f}x), CPU {was_ms:.1f} → {ms:.1f} ms per pod"
+            # Two decimals: all three processes together spend well under 1 ms per pod now.
+            return f"{s}: {_n(was)} → {_n(v)} pods/s ({v / was:.2f}x), CPU {was_ms:.2f} → {ms:.2f} ms per pod"
 
         rows.append((f"the code before ({before.get('code', 'main')}), same lock hold: before → now", "—",
                      "; ".join(then(s) for s in stores if s in before), "—"))

@@ -62,9 +62,11 @@ from controlplane.apiserver.storage import (
 from controlplane.apiserver.strategy import copy, meta_of, resource_name
 from controlplane.apiserver.watchcache import (
     ADDED,
+    WATCH_BATCH_BYTES,
     TooOldForCache,
     WatchCache,
     Watcher,
+    chunk_bytes,
     decode,
     encode_bookmark,
     encode_event,
@@ -75,6 +77,7 @@ from skiff import defaults, errors, kinds, podsecurity, quota
 from skiff.convert import FieldError
 from skiff.guard import guard, supervise
 from skiff.validation import validate
+from skiff.watchbatch import frame_batch
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -973,8 +976,9 @@ class Registry:
 
     async def watch(self, resource: str, *, namespace: str = "", label_selector: str = "", field_selector: str = "",
                     resource_version: str = "", send_initial_events: bool = False, allow_bookmarks: bool = False,
-                    timeout_seconds: int = 0) -> AsyncIterator[bytes]:
-        """Encoded WatchEvents (see watchcache.py for the guarantees)."""
+                    timeout_seconds: int = 0, batched: bool = False) -> AsyncIterator[bytes]:
+        """Encoded WatchEvents (see watchcache.py for the guarantees); `batched`: encoded
+        WatchEventBatches instead, each holding the events waiting when it was made."""
         kind = self.kind(resource)
         filt = make_filter(kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
         cache = self.caches[kind.resource]
@@ -1011,6 +1015,17 @@ class Registry:
         if timeout_seconds > 0:
             handle = asyncio.get_running_loop().call_later(timeout_seconds, w.expire)
         try:
+            if batched:
+                initial_events = [encode_event(ADDED, obj) for obj in objs]
+                if send_initial_events:
+                    initial_events.append(encode_bookmark(kind, w.start_revision))
+                for chunk in chunk_bytes(initial_events, WATCH_BATCH_BYTES):
+                    yield frame_batch(chunk)
+                while True:
+                    batch = await w.next_batch()
+                    if batch is None:
+                        return
+                    yield frame_batch(batch)
             for obj in objs:
                 yield encode_event(ADDED, obj)
             if send_initial_events:

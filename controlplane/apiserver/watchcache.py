@@ -51,6 +51,10 @@ What must hold:
   with the map (no second copy) and drops its decoded objects once it has been offered to the
   live watchers; a replay decodes them again. Pods are indexed by spec.nodeName, so a node's
   list decodes only that node's pods.
+- A batched watch (WatchBatch) gets the same events in the same order, every event queued when
+  a message goes out framed into that one message (`Watcher.next_batch`, then
+  skiff/watchbatch.py: the shared encodings, length-prefixed, never decoded again), at most `WATCH_BATCH_BYTES` of them
+  but always at least one.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ log = logging.getLogger("skiff.apiserver.watchcache")
 RELIST_BACKOFF = Backoff(initial=0.1, max=5.0, jitter=0.2)
 # Encoded events queued for one watcher at most (a few times the largest object, 1.5 MiB).
 DEFAULT_WATCHER_BYTES = 8 * 1024 * 1024
+
+# Encoded events in one WatchBatch message at most (a larger single event goes alone).
+WATCH_BATCH_BYTES = 1024 * 1024
 
 ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
 
@@ -106,6 +113,20 @@ def with_revision(obj: Message, revision: int) -> Message:
 
 def encode_event(event_type: str, obj: Message) -> bytes:
     return api.WatchEvent(type=event_type, object=kinds.wrap(obj)).SerializeToString()
+
+
+def chunk_bytes(items: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
+    """`items` in order, cut into runs of at most `max_bytes` (an item larger alone is a run)."""
+    run: list[bytes] = []
+    size = 0
+    for item in items:
+        if run and size + len(item) > max_bytes:
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += len(item)
+    if run:
+        yield run
 
 
 def encode_bookmark(kind: kinds.Kind, revision: int) -> bytes:
@@ -374,6 +395,22 @@ class Watcher:
                 return None
             self.wake.clear()
             await self.wake.wait()
+        return self._pop()
+
+    async def next_batch(self, max_bytes: int = WATCH_BATCH_BYTES) -> list[bytes] | None:
+        """Every queued event up to `max_bytes` of them (at least one, waiting for it as `next`
+        does); None when expired. Handed out as sent: `fail` keeps what is queued after them."""
+        first = await self.next()
+        if first is None:
+            return None
+        batch, size = [first], len(first)
+        while self.queue and size + len(self.queue[0]) <= max_bytes:
+            data = self._pop()
+            batch.append(data)
+            size += len(data)
+        return batch
+
+    def _pop(self) -> bytes:
         data = self.queue.popleft()
         self._sent_revision = self._revisions.popleft()
         self.queued_bytes -= len(data)

@@ -19,6 +19,7 @@ What must hold:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,11 +63,12 @@ class PodInfo:
         tolerations = tuple(pod.spec.tolerations)
         best_effort = qos.qos_class(pod.spec) == qos.BEST_EFFORT
         # A str, not a tuple: its hash is computed once and kept, and a decision looks it up
-        # on hundreds of nodes.
-        signature = repr((cpu, mem, nz_cpu, nz_mem, ports, sorted(selector.items()),
-                          [(tol.key, tol.operator, tol.value, tol.effect,
-                            tol.toleration_seconds if tol.HasField("toleration_seconds") else None)
-                           for tol in tolerations], owner, best_effort))
+        # on hundreds of nodes. Interned: the pods of one shape share one string object, so a
+        # lookup in a node's verdicts matches the stored key by identity, never comparing text.
+        signature = sys.intern(repr((cpu, mem, nz_cpu, nz_mem, ports, sorted(selector.items()),
+                                     [(tol.key, tol.operator, tol.value, tol.effect,
+                                       tol.toleration_seconds if tol.HasField("toleration_seconds") else None)
+                                      for tol in tolerations], owner, best_effort)))
         return cls(pod, podutil.pod_key(pod), pod.metadata.uid, cpu, mem, nz_cpu, nz_mem, ports, selector,
                    tolerations, owner, podutil.created(pod), best_effort, signature)
 
@@ -117,15 +119,15 @@ class NodeInfo:
     owners: dict[str, int] = field(default_factory=dict)
     pods: dict[str, PodInfo] = field(default_factory=dict)
     generation: int = 0
-    # PodInfo.signature -> (the first failing filter's status or None, raw scores per score plugin).
-    verdicts: dict[str, tuple[Any, tuple[int, ...], int]] = field(default_factory=dict)
+    # PodInfo.signature -> (the first failing filter's status or None, then the scores: Scheduler._verdict).
+    verdicts: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def _changed(self) -> None:
         self.generation += 1
         if self.verdicts:
             self.verdicts = {}
 
-    def remember(self, signature: str, verdict: tuple[Any, tuple[int, ...], int]) -> tuple[Any, tuple[int, ...], int]:
+    def remember(self, signature: str, verdict: tuple[Any, ...]) -> tuple[Any, ...]:
         """Keep a verdict for this node's current state (bounded: many pod shapes at once start over)."""
         if len(self.verdicts) >= MAX_VERDICTS:
             self.verdicts = {}
