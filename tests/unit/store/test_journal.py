@@ -378,5 +378,5 @@ def test_a_command_read_back_wrong_stops_the_member(tmp_path: Path) -> None:
         f.seek(at)
         f.write(bytes([data[at] ^ 0xFF]))
     assert j[0] == (_cmd(1), 1, 1)
-    with pytest.raises(Stopped, match="entry 2 read back at offset .* does not match"):
+    with pytest.raises(Stopped, match=r"entry 2 read back at offset .* does not match"):
         j[1]
