@@ -721,7 +721,7 @@ class KVState:
         st.cluster_id = snap["cluster_id"]
         st._kvs = {kv.key: KeyValue(*kv) for kv in snap["kvs"]}
         st._index = SortedList(st._kvs)
-        st._events = _shared_versions(st._kvs.values(), snap["events"])
+        st._events = list(snap["events"])
         st._event_revs = list(snap["event_revs"])
         st._leases = {i: _Lease(i, ttl, keys) for i, ttl, keys in snap["leases"]}
         st.members = {m.id: Member(*m) for m in snap["members"]}
@@ -729,22 +729,6 @@ class KVState:
         st.live_bytes = sum(len(kv.key) + len(kv.value) for kv in st._kvs.values())
         st.history_bytes = sum(event_bytes(ev) for ev in st._events)
         return st
-
-
-def _shared_versions(live: Iterable[KeyValue], events: Iterable[Event]) -> list[Event]:
-    """`events` with every version of a key held once. In a running state each KeyValue is one
-    object, held by the live map, by the event that wrote it and as the prev_kv of the next
-    event on its key; a snapshot is pickled in chunks, so a restored one has separate copies
-    (values included) of each: up to 3x the memory of the history's values. A version is named
-    by its key, mod_revision and version."""
-    seen: dict[tuple[bytes, int, int], KeyValue] = {(kv.key, kv.mod_revision, kv.version): kv for kv in live}
-
-    def one(kv: KeyValue | None) -> KeyValue | None:
-        if kv is None or not kv.create_revision:  # a delete's kv holds no value
-            return kv
-        return seen.setdefault((kv.key, kv.mod_revision, kv.version), kv)
-
-    return [Event(ev.type, one(ev.kv), one(ev.prev_kv)) for ev in events]  # type: ignore[arg-type]
 
 
 def _compare_kv(c: Compare, kv: KeyValue) -> bool:
