@@ -17,9 +17,9 @@ members and writes through their gRPC API what the full-size scale scenario writ
 (`store_writes`: the pod's create, bind and two status writes, two Events, two node Lease
 renewals), compacting as the api-server does (every `--history-window` revisions, to the
 revision one window before), and stops where history is largest; it reports each member's RSS
-and peak. `--trace` adds tracemalloc's top allocation sites (in each member through a
-sitecustomize hook; tracemalloc's bookkeeping inflates the RSS, so take RSS from a run
-without it).
+and peak. `--watchers N` adds N watches of every key with prev_kv, as api-servers keep.
+`--trace` adds tracemalloc's top allocation sites (in each member through a sitecustomize
+hook; tracemalloc's bookkeeping inflates the RSS, so take RSS from a run without it).
 
 The pods are `realistic_pod`: what the api-server stores for a scale-scenario Deployment's
 pod (defaults, service-account volume, tolerations) once Running, about 1.2 kB encoded.
@@ -282,16 +282,29 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-async def _feed_store(endpoints: list[str], n: int, window: int, concurrency: int = 64) -> dict[str, int]:
+async def _feed_store(endpoints: list[str], n: int, window: int, *, watchers: int = 0,
+                      concurrency: int = 64) -> dict[str, int]:
     """Write store_writes(i) for every pod through the members' gRPC API (64 clients, spread
     over the members as the api-servers are), compacting as the api-server does: when the
     revision passes k x window (k >= 2), to (k - 1) x window. It stops just before the next
-    compaction would run, where history is largest (about two windows)."""
+    compaction would run, where history is largest (about two windows). `watchers`: that many
+    watches of every key with prev_kv, one stream each, spread over the members (an
+    api-server's watch cache watches each kind's prefix so)."""
     import grpc
 
     from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
     channels = [grpc.aio.insecure_channel(ep) for ep in endpoints]
     stubs = [rpc_pb2_grpc.KVStub(ch) for ch in channels]
+    seen = [0] * watchers
+
+    async def watch(w: int) -> None:
+        call = rpc_pb2_grpc.WatchStub(channels[w % len(channels)]).Watch()
+        await call.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=b"/registry/", range_end=b"/registry0", start_revision=1, prev_kv=True)))
+        async for resp in call:
+            seen[w] += len(resp.events)
+
+    watches = [asyncio.ensure_future(watch(w)) for w in range(watchers)]
     todo = iter(range(n))
     total = n * WRITES_PER_POD
     marks = [k * window for k in range(2, total // window + 1) if k * window < total]
@@ -316,13 +329,20 @@ async def _feed_store(endpoints: list[str], n: int, window: int, concurrency: in
 
     await asyncio.gather(*(run(w) for w in range(concurrency)))
     status = await rpc_pb2_grpc.MaintenanceStub(channels[0]).Status(rpc_pb2.StatusRequest(), timeout=10)
+    for _ in range(600):  # the watchers drain what was written
+        if all(s >= total for s in seen):
+            break
+        await asyncio.sleep(0.1)
+    for task in watches:
+        task.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
     for ch in channels:
         await ch.close(None)
     return {"revision": status.header.revision, "compacted_at": compacted[-1] if compacted else 0,
-            "db_size": status.dbSize}
+            "db_size": status.dbSize, "watch_events": min(seen, default=0)}
 
 
-def measure_store(n: int, *, window: int = HISTORY_WINDOW, trace: bool = False) -> dict[str, Any]:
+def measure_store(n: int, *, window: int = HISTORY_WINDOW, watchers: int = 0, trace: bool = False) -> dict[str, Any]:
     """Three real store members fed store_writes for n pods: each member's RSS before and after
     (and its peak), and with `trace` tracemalloc's top sites in each member (slower, and
     tracemalloc's own bookkeeping inflates the RSS)."""
@@ -349,7 +369,7 @@ def measure_store(n: int, *, window: int = HISTORY_WINDOW, trace: bool = False) 
             time.sleep(2)
             before = {name: proc_status(pid)["VmRSS"] for name, pid in pids.items()}
             started = time.monotonic()
-            fed = asyncio.run(_feed_store(cluster.endpoints, n, window))
+            fed = asyncio.run(_feed_store(cluster.endpoints, n, window, watchers=watchers))
             seconds = time.monotonic() - started
             time.sleep(3)  # followers finish applying
             members: dict[str, Any] = {}
@@ -368,7 +388,7 @@ def measure_store(n: int, *, window: int = HISTORY_WINDOW, trace: bool = False) 
                     members[name]["trace"] = json.loads(path.read_text()) if path.exists() else None
         finally:
             cluster.close()
-    return {"mode": "store", "pods": n, "writes": n * WRITES_PER_POD, "history_window": window,
+    return {"mode": "store", "pods": n, "writes": n * WRITES_PER_POD, "history_window": window, "watchers": watchers,
             "seconds": round(seconds, 1), **fed, "members": members,
             "bytes_per_pod": round(sum(m["bytes_per_pod"] for m in members.values()) / len(members))}
 
@@ -420,7 +440,7 @@ def _print(r: dict[str, Any]) -> None:
         for name, m in r["members"].items():
             print(f"store {name:16s} {m['bytes_per_pod']:7d} bytes/pod (RSS {m['rss'] >> 20} MB, peak "
                   f"{m['rss_peak'] >> 20} MB; {r['pods']} pods, {r['writes']} writes, history from "
-                  f"{r['compacted_at']} to {r['revision']})")
+                  f"{r['compacted_at']} to {r['revision']}; {r['watchers']} watchers saw {r['watch_events']} events)")
     else:
         print(f"{r['mode']:22s} {r['bytes_per_pod']:7d} bytes/pod ({r['pods']} pods, "
               f"encoded {r['encoded_bytes_per_pod']} B)")
@@ -439,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", action="store_true", help="also tracemalloc's top allocation sites")
     p.add_argument("--history-window", type=int, default=HISTORY_WINDOW,
                    help="store: revisions between compactions")
+    p.add_argument("--watchers", type=int, default=0, help="store: watches of every key with prev_kv")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # one mode, JSON on stdout
     p.add_argument("--output", type=Path, default=None, help="write the results here (with meta)")
     args = p.parse_args(argv)
@@ -449,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for mode in args.mode or DEFAULT_MODES:
         if mode == "store":
-            results[mode] = measure_store(args.pods, window=args.history_window, trace=args.trace)
+            results[mode] = measure_store(args.pods, window=args.history_window, watchers=args.watchers,
+                                          trace=args.trace)
             _print(results[mode])
             continue
         out = subprocess.run([sys.executable, "-m", "bench.cachemem", "--pods", str(args.pods), "--mode", mode,
