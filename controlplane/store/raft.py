@@ -14,8 +14,6 @@ What must hold:
   one fdatasync (group commit); a follower holds the acks for everything it read in one poll
   and sends them after one sync; the leader sends new entries before syncing its own copy, so
   its fdatasync overlaps the followers'. tests/integration/store/test_durability.py checks this.
-  Entries known committed are applied at the start of a tick, before the sync of what was read
-  since: a majority holds them durably, and their answers need not wait for the next fdatasync.
 - One log entry carries a batch of commands from one member (`(proposer_id, commands)`):
   every request that arrives while the previous batch is being proposed rides in the next one.
   Only the proposer builds results; other members only mutate state.
@@ -333,14 +331,6 @@ class _Raft(SyncObj):  # type: ignore[misc]
     def _onTick(self, timeToWait: float = 0.0) -> None:
         if self._wakeup is None:
             self._wakeup = PipeNotifier(self._poller)  # registered from the tick thread itself
-        # Entries the leader said are committed are applied before this member syncs what it
-        # read since: a majority holds them durably already, and the append message carrying a
-        # commit index usually carries the next batch too, whose fdatasync would otherwise delay
-        # the answer to the batch before it (on a follower that proposed it, a whole fdatasync
-        # per put). etcd applies committed entries while the new ones are being saved, too. Not
-        # before pysyncobj's first tick loaded the snapshot: the journal then starts after it.
-        if not self._SyncObj__needLoadDumpFile:
-            self._SyncObj__applyLogEntries()
         # Everything appended since the last tick (including inside the poller) becomes
         # durable before this tick's commit decision (the leader counts itself), and the
         # acknowledgements held back by the transport leave only after that.
