@@ -30,6 +30,7 @@ from skiff.informer import Informer
 from skiffpb.api.v1 import types_pb2 as t
 from tests.integration.apiserver.conftest import collect, make_registry
 from tests.support.builders import namespace, pod
+from tests.support.cluster import running_store
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +41,8 @@ PODS = 240
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[StoreCluster]:
-    c = StoreCluster(3)
-    try:
-        c.start()
+    with running_store(3) as c:
         yield c
-    except BaseException:
-        for name in c.members:
-            print(f"----- {name}.log\n{c.log(name)[-4000:]}")
-        raise
-    finally:
-        c.close()
 
 
 @pytest.fixture
