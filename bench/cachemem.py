@@ -1,19 +1,31 @@
-"""Memory per pod of the control plane's caches: the api-server's watch cache and an informer.
+"""Memory per pod of the control plane: the api-server's watch cache, informers, the scheduler, the store.
 
-    python -m bench.cachemem [--pods 10000]
+    python -m bench.cachemem [--pods 10000] [--mode M ...] [--trace]
 
-Each measurement runs in a fresh interpreter and reports its RSS growth divided by the pods
-held: `watchcache` applies N pods created (Pending, bound) and then N status writes (Running,
-with IPs, conditions and a container status, like the hollow nodes' writes) to one
+Each in-process measurement runs in a fresh interpreter and reports its RSS growth divided by
+the pods held: `watchcache` applies N pods created (Pending, bound) and then N status writes
+(Running, with IPs, conditions and a container status, like the hollow nodes' writes) to one
 `WatchCache` through its store-event path (so its ring of events is full as in a run);
 `informer` applies the same N Running pods to an `Informer` as watch events, as the
 controller manager's pod informer holds them, and `informer-scheduler` with the scheduler's
-transform (`bound_pod_view`). The pods are
-`realistic_pod`: what the api-server stores for a scale-scenario Deployment's pod (defaults,
-service-account volume, tolerations) once Running, about 1.2 kB encoded. docs/scale.md
-quotes the figures; run it against another checkout with PYTHONPATH to compare. `--output
-FILE` writes them, with the machine, versions and load (bench/meta.py); there is no target
-for them in the README's table, so no result file is committed.
+transform (`bound_pod_view`). `scheduler` is a whole `Scheduler` (its informers, cache and
+queue) over 1,000 hollow nodes, given pod by pod what it gets and does in a run: the pod
+created, its decision (the pod assumed on its node), the pod bound, then Running.
+
+`store` (only when asked for: a few minutes of the whole machine) starts three real store
+members and writes through their gRPC API what the full-size scale scenario writes per pod
+(`store_writes`: the pod's create, bind and two status writes, two Events, two node Lease
+renewals), compacting as the api-server does (every `--history-window` revisions, to the
+revision one window before), and stops where history is largest; it reports each member's RSS
+and peak. `--watchers N` adds N watches of every key with prev_kv, as api-servers keep.
+`--trace` adds tracemalloc's top allocation sites (in each member through a sitecustomize
+hook; tracemalloc's bookkeeping inflates the RSS, so take RSS from a run without it).
+
+The pods are `realistic_pod`: what the api-server stores for a scale-scenario Deployment's
+pod (defaults, service-account volume, tolerations) once Running, about 1.2 kB encoded.
+docs/scale.md quotes the figures; run it from an export of another checkout to compare.
+`--output FILE` writes them, with the machine, versions and load (bench/meta.py); there is no
+target for them in the README's table, so no result file is committed.
 """
 
 from __future__ import annotations
@@ -22,6 +34,8 @@ import argparse
 import asyncio
 import gc
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +44,17 @@ from typing import Any
 from bench import meta
 from skiffpb.api.v1 import types_pb2 as t
 
-MODES = ("watchcache", "informer", "informer-scheduler")
+MODES = ("watchcache", "informer", "informer-scheduler", "scheduler", "store")
+# Modes run by default: `store` starts three store members and writes ~240,000 revisions
+# through them (a few minutes of the whole machine), so it runs only when asked for.
+DEFAULT_MODES = ("watchcache", "informer", "informer-scheduler", "scheduler")
+NODES = 1000
+# The scale scenario's store writes per pod (8.3 measured, docs/scale.md): the pod's create,
+# bind and two status writes, two Events, and two node Lease renewals.
+WRITES_PER_POD = 8
+# Revisions between two compactions: the api-server compacts every 5 minutes to the revision
+# of 5 minutes before, at ~200 revisions/s in the full-size run. History peaks at two windows.
+HISTORY_WINDOW = 60_000
 
 
 def rss_bytes() -> int:
@@ -90,6 +114,76 @@ def realistic_pod(i: int, *, running: bool = True) -> t.Pod:
     return p
 
 
+def pending_pod(i: int) -> t.Pod:
+    """Pod i as the ReplicaSet controller creates it: not bound yet, no status beyond Pending."""
+    p = realistic_pod(i, running=False)
+    p.spec.node_name = ""
+    p.status.ClearField("conditions")
+    return p
+
+
+def realistic_node(i: int) -> t.Node:
+    """Hollow node i as its agent registers it: labels, capacity, conditions, addresses."""
+    n = t.Node()
+    n.metadata.name = f"hollow-{i:04d}"
+    n.metadata.uid = f"2b6c1f2e-5a3d-4c1e-9e7a-{i:012x}"
+    n.metadata.resource_version = str(i + 2)
+    for key, value in (("kubernetes.io/hostname", n.metadata.name), ("kubernetes.io/os", "linux"),
+                       ("kubernetes.io/arch", "amd64"), ("skiff.dev/hollow", "true")):
+        n.metadata.labels[key] = value
+    for resources in (n.status.capacity, n.status.allocatable):
+        resources["cpu"], resources["memory"], resources["pods"] = "4", "16Gi", "110"
+    for kind, status in (("Ready", "True"), ("MemoryPressure", "False"), ("DiskPressure", "False"),
+                         ("PIDPressure", "False")):
+        cond = n.status.conditions.add(type=kind, status=status, reason=f"Kubelet{kind}")
+        cond.last_heartbeat_time.seconds = cond.last_transition_time.seconds = 1765000000
+    n.status.addresses.add(type="InternalIP", address=f"10.201.{i // 250}.{i % 250 + 1}")
+    n.status.addresses.add(type="Hostname", address=n.metadata.name)
+    return n
+
+
+def realistic_event(i: int, reason: str) -> t.Event:
+    """The Event a pod's scheduling or start records (about 400 bytes encoded)."""
+    pod = realistic_pod(i, running=False)
+    e = t.Event(reason=reason, type="Normal", count=1, reporting_component="default-scheduler",
+                message=f"Successfully assigned scale/{pod.metadata.name} to {pod.spec.node_name}")
+    e.metadata.name, e.metadata.namespace = f"{pod.metadata.name}.{i:016x}{len(reason):02d}", "scale"
+    e.metadata.uid = f"3b6c1f2e-5a3d-4c1e-9e7a-{i:012x}"
+    e.involved_object.kind, e.involved_object.name = "Pod", pod.metadata.name
+    e.involved_object.namespace, e.involved_object.uid = "scale", pod.metadata.uid
+    e.source.component = "default-scheduler"
+    e.first_timestamp.seconds = e.last_timestamp.seconds = 1765000000 + i
+    return e
+
+
+def realistic_lease(node: int, renewed: int) -> t.Lease:
+    """A hollow node's Lease in kube-node-lease as its agent renews it."""
+    lease = t.Lease()
+    lease.metadata.name, lease.metadata.namespace = f"hollow-{node:04d}", "kube-node-lease"
+    lease.metadata.uid = f"4b6c1f2e-5a3d-4c1e-9e7a-{node:012x}"
+    lease.spec.holder_identity, lease.spec.lease_duration_seconds = lease.metadata.name, 40
+    lease.spec.renew_time.seconds = 1765000000 + renewed
+    return lease
+
+
+def store_writes(i: int) -> list[tuple[bytes, bytes]]:
+    """The WRITES_PER_POD (key, value) puts the store sees for pod i, in order."""
+    name = realistic_pod(i).metadata.name
+    pod_key = f"/registry/pods/scale/{name}".encode()
+    lease_key = f"/registry/leases/kube-node-lease/hollow-{i % NODES:04d}".encode()
+    writes = [(pod_key, pending_pod(i).SerializeToString()),
+              (pod_key, realistic_pod(i, running=False).SerializeToString())]
+    for reason in ("Scheduled", "Started"):
+        e = realistic_event(i, reason)
+        writes.append((f"/registry/events/scale/{e.metadata.name}".encode(), e.SerializeToString()))
+    writes += [(lease_key, realistic_lease(i % NODES, i).SerializeToString()),
+               (pod_key, realistic_pod(i).SerializeToString()),
+               (lease_key, realistic_lease(i % NODES, i + 10).SerializeToString()),
+               (pod_key, realistic_pod(i).SerializeToString())]
+    assert len(writes) == WRITES_PER_POD
+    return writes
+
+
 def _measure_watchcache(n: int) -> Any:
     from controlplane.apiserver.memstore import MemoryStore
     from controlplane.apiserver.storage import Event
@@ -116,6 +210,35 @@ def _measure_informer(n: int, transform: str) -> Any:
     return informer
 
 
+def _scheduler_with_nodes() -> Any:
+    """A Scheduler over local informers (no api-server) that knows NODES hollow nodes."""
+    from controlplane.scheduler.scheduler import Scheduler, bound_pod_view
+    from skiff.informer import InformerFactory
+    factory = InformerFactory(None, transforms={t.Pod: bound_pod_view})  # type: ignore[arg-type]
+    sched = Scheduler(None, factory, recorder=None)  # type: ignore[arg-type]
+    for i in range(NODES):
+        sched.nodes.apply_event("ADDED", realistic_node(i))
+    return sched
+
+
+def _feed_scheduler(sched: Any, n: int) -> None:
+    """Pod by pod, what the scheduler gets and does: the pod created (its informer's event), its
+    decision (`schedule_one` assumes the pod on the node, from the informer's copy), then the
+    pod bound and Running (informer events)."""
+    from controlplane.scheduler.nodeinfo import PodInfo
+    rv = NODES + 2
+    for i in range(n):
+        for pod in (pending_pod(i), realistic_pod(i, running=False), realistic_pod(i)):
+            rv += 1
+            pod.metadata.resource_version = str(rv)
+            event = "ADDED" if not pod.spec.node_name else "MODIFIED"
+            sched.pods.apply_event(event, t.Pod.FromString(pod.SerializeToString()))
+            if event == "ADDED":
+                key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+                sched.cache.assume(PodInfo.of(sched.pods.get_by_key(key)), realistic_pod(i).spec.node_name)
+    assert sched.cache.pod_count == n, sched.cache.pod_count
+
+
 def _transform(name: str) -> Any:
     if name == "scheduler":
         from controlplane.scheduler.scheduler import bound_pod_view
@@ -123,44 +246,241 @@ def _transform(name: str) -> Any:
     return None
 
 
-def measure(mode: str, n: int) -> dict[str, Any]:
-    """RSS growth per pod of `mode` in this process (run it in a fresh one)."""
+TRACE_ENV = "SKIFF_CACHEMEM_TRACE"  # a store member started with it traces its allocations
+# Put where the members' interpreter finds it first (PYTHONPATH), it runs before the member's code.
+_SITECUSTOMIZE = f"""import os
+if os.environ.get({TRACE_ENV!r}):
+    import bench.cachemem
+    bench.cachemem.trace_this_process(os.environ[{TRACE_ENV!r}])
+"""
+
+
+def trace_this_process(out_dir: str) -> None:
+    """Trace allocations from now on; on SIGUSR2 write the top sites to out_dir/<pid>.json."""
+    import signal
+    import tracemalloc
+    tracemalloc.start(TRACE_FRAMES)
+
+    def dump(_sig: int, _frame: Any) -> None:
+        snap = tracemalloc.take_snapshot()
+        out = {"traced_bytes": tracemalloc.get_traced_memory()[0], "rss_bytes": rss_bytes(),
+               "top": top_allocations(snap, 15)}
+        path = Path(out_dir) / f"{os.getpid()}.json"
+        path.with_suffix(".tmp").write_text(json.dumps(out))
+        path.with_suffix(".tmp").rename(path)
+
+    signal.signal(signal.SIGUSR2, dump)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (the peak RSS) of a process, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+async def _feed_store(endpoints: list[str], n: int, window: int, *, watchers: int = 0,
+                      concurrency: int = 64) -> dict[str, int]:
+    """Write store_writes(i) for every pod through the members' gRPC API (64 clients, spread
+    over the members as the api-servers are), compacting as the api-server does: when the
+    revision passes k x window (k >= 2), to (k - 1) x window. It stops just before the next
+    compaction would run, where history is largest (about two windows). `watchers`: that many
+    watches of every key with prev_kv, one stream each, spread over the members (an
+    api-server's watch cache watches each kind's prefix so)."""
+    import grpc
+
+    from skiffpb.etcd import rpc_pb2, rpc_pb2_grpc
+    channels = [grpc.aio.insecure_channel(ep) for ep in endpoints]
+    stubs = [rpc_pb2_grpc.KVStub(ch) for ch in channels]
+    seen = [0] * watchers
+
+    async def watch(w: int) -> None:
+        call = rpc_pb2_grpc.WatchStub(channels[w % len(channels)]).Watch()
+        await call.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=b"/registry/", range_end=b"/registry0", start_revision=1, prev_kv=True)))
+        async for resp in call:
+            seen[w] += len(resp.events)
+
+    watches = [asyncio.ensure_future(watch(w)) for w in range(watchers)]
+    todo = iter(range(n))
+    total = n * WRITES_PER_POD
+    marks = [k * window for k in range(2, total // window + 1) if k * window < total]
+    compacted: list[int] = []
+
+    async def run(worker: int) -> None:
+        stub = stubs[worker % len(stubs)]
+        for i in todo:
+            for key, value in store_writes(i):
+                for attempt in range(10):
+                    try:
+                        resp = await stub.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=30)
+                        break
+                    except grpc.RpcError:
+                        if attempt == 9:
+                            raise
+                        await asyncio.sleep(0.5)
+                if marks and resp.header.revision >= marks[0]:
+                    at = marks.pop(0) - window
+                    await stub.Compact(rpc_pb2.CompactionRequest(revision=at), timeout=30)
+                    compacted.append(at)
+
+    await asyncio.gather(*(run(w) for w in range(concurrency)))
+    status = await rpc_pb2_grpc.MaintenanceStub(channels[0]).Status(rpc_pb2.StatusRequest(), timeout=10)
+    for _ in range(600):  # the watchers drain what was written
+        if all(s >= total for s in seen):
+            break
+        await asyncio.sleep(0.1)
+    for task in watches:
+        task.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
+    for ch in channels:
+        await ch.close(None)
+    return {"revision": status.header.revision, "compacted_at": compacted[-1] if compacted else 0,
+            "db_size": status.dbSize, "watch_events": min(seen, default=0)}
+
+
+def measure_store(n: int, *, window: int = HISTORY_WINDOW, watchers: int = 0, trace: bool = False) -> dict[str, Any]:
+    """Three real store members fed store_writes for n pods: each member's RSS before and after
+    (and its peak), and with `trace` tracemalloc's top sites in each member (slower, and
+    tracemalloc's own bookkeeping inflates the RSS)."""
+    import tempfile
+    import time
+
+    from controlplane.store.cluster import StoreCluster
+    with tempfile.TemporaryDirectory(prefix="cachemem-store-") as tmp:
+        site = Path(tmp) / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+        repo = str(Path(__file__).resolve().parent.parent)
+        saved = dict(os.environ)
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(site), repo, os.environ.get("PYTHONPATH", "")])
+        if trace:
+            os.environ[TRACE_ENV] = tmp
+        try:
+            cluster = StoreCluster(3, base_dir=os.path.join(tmp, "members")).start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        try:
+            pids = {name: m.proc.pid for name, m in cluster.members.items() if m.proc is not None}
+            time.sleep(2)
+            before = {name: proc_status(pid)["VmRSS"] for name, pid in pids.items()}
+            started = time.monotonic()
+            fed = asyncio.run(_feed_store(cluster.endpoints, n, window, watchers=watchers))
+            seconds = time.monotonic() - started
+            time.sleep(3)  # followers finish applying
+            members: dict[str, Any] = {}
+            for name, pid in pids.items():
+                st = proc_status(pid)
+                members[name] = {"rss_before": before[name], "rss": st["VmRSS"], "rss_peak": st["VmHWM"],
+                                 "bytes_per_pod": round((st["VmRSS"] - before[name]) / n)}
+                if trace:
+                    os.kill(pid, signal.SIGUSR2)
+            if trace:
+                for name, pid in pids.items():
+                    path = Path(tmp) / f"{pid}.json"
+                    deadline = time.monotonic() + 120
+                    while not path.exists() and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                    members[name]["trace"] = json.loads(path.read_text()) if path.exists() else None
+        finally:
+            cluster.close()
+    return {"mode": "store", "pods": n, "writes": n * WRITES_PER_POD, "history_window": window, "watchers": watchers,
+            "seconds": round(seconds, 1), **fed, "members": members,
+            "bytes_per_pod": round(sum(m["bytes_per_pod"] for m in members.values()) / len(members))}
+
+
+TRACE_FRAMES = 4  # enough to see past pickle and protobuf to the code that keeps the object
+
+
+def top_allocations(snapshot: Any, limit: int = 12) -> list[dict[str, Any]]:
+    """The biggest allocation sites of a tracemalloc snapshot (innermost frame first), this
+    harness's own left out."""
+    import tracemalloc
+    ignore = tracemalloc.Filter(False, __file__)
+    stats = snapshot.filter_traces([ignore, tracemalloc.Filter(False, tracemalloc.__file__)]).statistics("traceback")
+    return [{"where": " < ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in reversed(s.traceback)),
+             "bytes": s.size, "blocks": s.count} for s in stats[:limit]]
+
+
+def measure(mode: str, n: int, *, trace: bool = False) -> dict[str, Any]:
+    """RSS growth per pod of `mode` in this process (run it in a fresh one). With `trace`, also
+    tracemalloc's top allocation sites of what was built (tracemalloc inflates the RSS)."""
+    import tracemalloc
     asyncio.set_event_loop(asyncio.new_event_loop())
-    gc.collect()
-    before = rss_bytes()
     held: Any = None
+    if mode == "scheduler":
+        held = _scheduler_with_nodes()  # the nodes are not counted per pod
+    gc.collect()
+    if trace:
+        tracemalloc.start(TRACE_FRAMES)
+    before = rss_bytes()
     if mode == "watchcache":
         held = _measure_watchcache(n)
+    elif mode == "scheduler":
+        _feed_scheduler(held, n)
     else:
         held = _measure_informer(n, mode.partition("-")[2])
     gc.collect()
     grown = rss_bytes() - before
+    result: dict[str, Any] = {"mode": mode, "pods": n, "rss_bytes": grown, "bytes_per_pod": round(grown / n),
+                              "encoded_bytes_per_pod": len(realistic_pod(0).SerializeToString())}
+    if trace:
+        result["traced_bytes"] = tracemalloc.get_traced_memory()[0]
+        result["top"] = top_allocations(tracemalloc.take_snapshot())
     del held
-    return {"mode": mode, "pods": n, "rss_bytes": grown, "bytes_per_pod": round(grown / n),
-            "encoded_bytes_per_pod": len(realistic_pod(0).SerializeToString())}
+    return result
+
+
+def _print(r: dict[str, Any]) -> None:
+    if r["mode"] == "store":
+        for name, m in r["members"].items():
+            print(f"store {name:16s} {m['bytes_per_pod']:7d} bytes/pod (RSS {m['rss'] >> 20} MB, peak "
+                  f"{m['rss_peak'] >> 20} MB; {r['pods']} pods, {r['writes']} writes, history from "
+                  f"{r['compacted_at']} to {r['revision']}; {r['watchers']} watchers saw {r['watch_events']} events)")
+    else:
+        print(f"{r['mode']:22s} {r['bytes_per_pod']:7d} bytes/pod ({r['pods']} pods, "
+              f"encoded {r['encoded_bytes_per_pod']} B)")
+    tops = [("", r)] if "top" in r else [(n, m["trace"]) for n, m in r.get("members", {}).items() if m.get("trace")]
+    for name, traced in tops:
+        print(f"  tracemalloc {name}: {traced['traced_bytes'] >> 20} MB traced")
+        for site in traced["top"]:
+            print(f"    {site['bytes'] >> 10:9d} kB {site['blocks']:8d} blocks  {site['where']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pods", type=int, default=10000)
-    p.add_argument("--mode", choices=MODES, help="measure one mode in this process (JSON on stdout)")
+    p.add_argument("--mode", choices=MODES, action="append",
+                   help="the modes to run (repeat it; default: every mode but store)")
+    p.add_argument("--trace", action="store_true", help="also tracemalloc's top allocation sites")
+    p.add_argument("--history-window", type=int, default=HISTORY_WINDOW,
+                   help="store: revisions between compactions")
+    p.add_argument("--watchers", type=int, default=0, help="store: watches of every key with prev_kv")
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # one mode, JSON on stdout
     p.add_argument("--output", type=Path, default=None, help="write the results here (with meta)")
     args = p.parse_args(argv)
-    if args.mode:
-        print(json.dumps(measure(args.mode, args.pods)))
+    if args.in_process:
+        print(json.dumps(measure(args.mode[0], args.pods, trace=args.trace)))
         return 0
     run = meta.start("cachemem")
     results: dict[str, Any] = {}
-    for mode in MODES:
-        out = subprocess.run([sys.executable, "-m", "bench.cachemem", "--pods", str(args.pods), "--mode", mode],
-                             capture_output=True, text=True)
+    for mode in args.mode or DEFAULT_MODES:
+        if mode == "store":
+            results[mode] = measure_store(args.pods, window=args.history_window, watchers=args.watchers,
+                                          trace=args.trace)
+            _print(results[mode])
+            continue
+        out = subprocess.run([sys.executable, "-m", "bench.cachemem", "--pods", str(args.pods), "--mode", mode,
+                              "--in-process", *(["--trace"] if args.trace else [])], capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{mode}: failed\n{out.stderr.strip()}")
             continue
-        r = json.loads(out.stdout)
-        results[mode] = r
-        print(f"{mode:22s} {r['bytes_per_pod']:7d} bytes/pod ({r['pods']} pods, "
-              f"encoded {r['encoded_bytes_per_pod']} B)")
+        results[mode] = json.loads(out.stdout)
+        _print(results[mode])
     if args.output is not None:
         run.write(results, args.output)
     return 0

@@ -94,6 +94,26 @@ def store_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def store_hops_rows(r: dict[str, Any]) -> list[Row]:
+    """Per put run: the client's latency, the proposer's own time, and the longest hops on any member."""
+    rows: list[Row] = []
+    runs = (("put_1_via_leader", "1 client via the leader"), ("put_1_via_follower", "1 client via a follower"),
+            ("put_64", "64 clients"))
+    for run, label in runs:
+        if run not in r:
+            continue
+        res = r[run]
+        hops = [(h["mean_ms"], hop, f"{name} {m['role']}") for name, m in sorted(res["members"].items())
+                for hop, h in m["hops"].items() if hop not in ("total", "replicate", "fdatasync") and h["count"] > 5]
+        totals = [m["hops"]["total"]["mean_ms"] for m in res["members"].values() if "total" in m["hops"]
+                  and m["hops"]["total"]["count"] > 5]
+        longest = ", ".join(f"{hop} {ms:.2f} ({who})" for ms, hop, who in sorted(hops, reverse=True)[:3])
+        rows.append((f"put hops, {label}: client p50; the proposers' own time (mean); the longest hops (mean ms)",
+                     "—", f"{res['client']['p50_ms']:.2f} ms ({_n(res['client']['ops_per_s'])} puts/s); "
+                     f"{'-'.join(f'{t:.2f}' for t in sorted({min(totals), max(totals)}))} ms; {longest}", "—"))
+    return rows
+
+
 def pair_rss(sk: dict[str, Any], et: dict[str, Any]) -> str:
     a, b = sk["leader_rss_mb"], et.get("leader_rss_mb")
     return f"{a:.0f} vs {b:.0f} ({a / b:.2f}x etcd)" if b else f"{a:.0f}"
@@ -177,7 +197,8 @@ def scheduler_stream_rows(r: dict[str, Any]) -> list[Row]:
             b, x = before[s], r[s]
             v, was = x["pods_per_second_from_first_bind"], b["pods_per_second_from_first_bind"]
             ms, was_ms = sum(x["cpu_ms_per_pod"].values()), sum(b["cpu_ms_per_pod"].values())
-            return f"{s}: {_n(was)} → {_n(v)} pods/s ({v / was:.2f}x), CPU {was_ms:.1f} → {ms:.1f} ms per pod"
+            # Two decimals: all three processes together spend well under 1 ms per pod now.
+            return f"{s}: {_n(was)} → {_n(v)} pods/s ({v / was:.2f}x), CPU {was_ms:.2f} → {ms:.2f} ms per pod"
 
         rows.append((f"the code before ({before.get('code', 'main')}), same lock hold: before → now", "—",
                      "; ".join(then(s) for s in stores if s in before), "—"))
@@ -544,6 +565,8 @@ def scale_rows(r: dict[str, Any]) -> list[Row]:
 # File name prefix -> (component, rows). Order is the table's.
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("store", "store (Skiff vs etcd, 3 members each)", store_rows),
+    ("store_hops", "store: a put's hops through Raft (3 Skiff members; skiff_store_proposal_hop_seconds)",
+     store_hops_rows),
     ("apiserver", "api-server (over 1 etcd member)", apiserver_rows),
     ("apiserver-ha", "api-server (3 api-servers, 3 store members: Skiff's store vs etcd)", apiserver_ha_rows),
     ("scheduler-stream", "scheduler streaming waiting pods (real api-server and store, Skiff's vs etcd)",

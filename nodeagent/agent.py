@@ -3,7 +3,9 @@
 Loops (each started through skiff.guard: the agent's own loops are supervised, restarted with
 backoff after an unexpected error; an informer that ends stops the process non-zero; each runs
 once per agent; the periodic ones wait their period +/- PERIOD_JITTER, the polling ones first a
-random part of one period, so many agents in one process do not poll in step):
+random part of one period, so many agents in one process do not poll in step; with a `tick`
+(hollow nodes) each wait ends on the process's grid of that step, so the agents' polls are
+spread over period/tick groups, each group's calls sent in one loop pass):
 - pod informer (field selector spec.nodeName=<node>): events only kick the pod's worker;
 - node informer: routes to other nodes' podCIDRs, and this node's own podCIDR for CNI;
 - service informer: the Service environment variables of new containers; pods start only after
@@ -53,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -122,6 +125,9 @@ class AgentConfig:
     log_rotation_period: float = 10.0  # how often logs are checked (the kubelet's monitor period)
     host_pressure: bool = True  # Memory/Disk/PIDPressure from this host (off for simulated nodes)
     local_path_dir: str = ""  # local-path PersistentVolumes of this node (published as a Node annotation)
+    # Periodic loops wake on a grid of this step (seconds; 0: anywhere in time): many agents in
+    # one process (hollow nodes) then poll in the same loop passes. One agent gains nothing.
+    tick: float = 0.0
 
 
 @dataclass
@@ -157,13 +163,18 @@ STOP_TIMEOUT = 15.0  # seconds the agent's tasks get to end once cancelled
 PERIOD_JITTER = 0.1
 
 
-async def _period(period: float) -> None:
-    await asyncio.sleep(jittered(period, PERIOD_JITTER, random.random()))
+# Where this process's tick grid lies (AgentConfig.tick): a random part of one tick, so that
+# processes of many agents side by side (the scale scenario runs four) do not wake together.
+TICK_OFFSET = random.random()
 
 
-async def _phase(period: float) -> None:
-    """A random part of one period: where this agent's polling loop falls within the period."""
-    await asyncio.sleep(period * random.random())
+def on_tick(now: float, delay: float, tick: float, offset: float) -> float:
+    """How long to wait from `now` so as to wake `delay` later, moved on to the next point of the
+    grid `offset + k * tick` (tick 0: no grid, `delay` itself)."""
+    if tick <= 0:
+        return delay
+    k = math.ceil((now + delay - offset) / tick)
+    return max(0.0, k * tick + offset - now)
 
 
 class NodeAgent:
@@ -417,7 +428,7 @@ class NodeAgent:
 
     async def _relist_loop(self) -> None:
         passes = 0
-        await _phase(self.config.relist_period)
+        await self._phase(self.config.relist_period)
         while True:
             await self.relist_once()
             self._track_local_volumes()
@@ -427,18 +438,34 @@ class NodeAgent:
                 except OSError as exc:
                     log.warning("removing orphaned volumes: %s", exc)
             passes += 1
-            await _period(self.config.relist_period)
+            await self._period(self.config.relist_period)
 
     async def _stats_loop(self) -> None:
-        await _phase(self.config.stats_period)
+        await self._phase(self.config.stats_period)
         while True:
             try:
                 await self.sampler.sample()
             except rt.CriError as exc:
                 log.debug("usage sample failed: %s", exc)
-            await _period(self.config.stats_period)
+            await self._period(self.config.stats_period)
 
     # ------------------------------------------------------------ node, lease
+
+    async def _period(self, period: float) -> None:
+        """One period of a periodic loop, +/- PERIOD_JITTER, ended on the process's tick grid."""
+        await self._sleep(jittered(period, PERIOD_JITTER, random.random()))
+
+    async def _phase(self, period: float) -> None:
+        """A random part of one period: where this agent's polling loop falls within the period."""
+        await self._sleep(period * random.random())
+
+    async def _sleep(self, delay: float) -> None:
+        # On a grid (hollow nodes), the loops of the process's agents that fall due within one
+        # tick wake in one loop pass: their CRI and api-server calls go out together and share
+        # gRPC's wake-ups (its poller thread, the loop's epoll), which cost more than the calls
+        # themselves when each call comes alone (docs/scale.md: half the CPU for the same polls).
+        tick = self.config.tick
+        await asyncio.sleep(on_tick(asyncio.get_running_loop().time(), delay, tick, TICK_OFFSET * tick))
 
     async def check_runtime(self) -> None:
         try:
@@ -512,10 +539,10 @@ class NodeAgent:
         self._last_node_write = self.clock()
 
     async def _node_status_loop(self) -> None:
-        await _phase(self.config.status_check_period)
+        await self._phase(self.config.status_check_period)
         while True:
             await self._check_node()
-            await _period(self.config.status_check_period)
+            await self._period(self.config.status_check_period)
 
     async def _check_node(self) -> None:
         """One pass of the node status loop: runtime and host checks, a status write when due."""
@@ -592,7 +619,7 @@ class NodeAgent:
                 await self.renew_lease()
             except errors.SkiffError as exc:
                 log.warning("renewing lease: %s", exc)
-            await _period(self.config.lease_period)
+            await self._period(self.config.lease_period)
 
     # ------------------------------------------------------------ network
 
@@ -613,7 +640,7 @@ class NodeAgent:
     # ------------------------------------------------------------ container logs
 
     async def _log_rotation_loop(self) -> None:
-        await _phase(self.config.log_rotation_period)
+        await self._phase(self.config.log_rotation_period)
         while True:
             # The relist's listing, when it is at most a relist period older than a listing of
             # our own would be: a container started since is rotated on the next pass.
@@ -621,7 +648,7 @@ class NodeAgent:
             fresh = relisted is not None and \
                 time.monotonic() - relisted[0] < self.config.relist_period * (1 + PERIOD_JITTER)
             await self.rotate_logs(relisted[1] if fresh and relisted is not None else None)
-            await _period(self.config.log_rotation_period)
+            await self._period(self.config.log_rotation_period)
 
     async def rotate_logs(self, containers: list[cri.Container] | None = None) -> int:
         """One pass of the kubelet's container log manager over the running containers (`containers`:

@@ -14,6 +14,7 @@ RunPodSandbox whose caller's deadline passed while containerd went on creating.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -125,14 +126,16 @@ class GrpcRuntime:
         self._img = cri_grpc.ImageServiceStub(self._channel)
 
     async def _call(self, stub: object, method: str, request: object, *, what: str, timeout: float | None = None):  # type: ignore[no-untyped-def]
-        op = metrics.operation_type(method)
-        metrics.RUNTIME_OPERATIONS.labels(op).inc()
+        operations, duration, failures = metrics.runtime_children(method)
+        operations.inc()
+        started = time.perf_counter()
         try:
-            with metrics.RUNTIME_DURATION.labels(op).time():
-                return await getattr(stub, method)(request, timeout=timeout or self.timeout)
+            return await getattr(stub, method)(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
-            metrics.RUNTIME_ERRORS.labels(op).inc()
+            failures.inc()
             raise _error(exc, what) from exc
+        finally:
+            duration.observe(time.perf_counter() - started)
 
     async def version(self) -> cri.VersionResponse:
         resp: cri.VersionResponse = await self._call(self._rt, "Version", cri.VersionRequest(version="v1"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -42,3 +43,11 @@ CONTAINER_STATES = ("created", "running", "exited", "unknown")
 def operation_type(method: str) -> str:
     """The kubelet's operation_type of a CRI method: RunPodSandbox -> run_podsandbox."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", method.replace("PodSandbox", "Podsandbox")).lower()
+
+
+@functools.cache  # labels() takes a lock and builds a key on every call: asked once per method instead
+def runtime_children(method: str) -> tuple[Any, Any, Any]:
+    """The operations counter, the duration histogram and the errors counter of a CRI method's
+    operation_type (prometheus_client's labelled children)."""
+    op = operation_type(method)
+    return RUNTIME_OPERATIONS.labels(op), RUNTIME_DURATION.labels(op), RUNTIME_ERRORS.labels(op)

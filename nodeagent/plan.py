@@ -5,7 +5,9 @@ deletion), what the runtime reports for the pod (sandboxes and containers found 
 label), and the worker's small memory (restart backoff, image pull failures, probe results), and
 returns the actions that move the pod toward its spec. The worker applies the FIRST action only,
 then observes again (swarmkit/kubelet style), so every step is re-decided from fresh facts and a
-restarted agent resumes exactly where the runtime is.
+restarted agent resumes exactly where the runtime is. (After an action that made or started one
+sandbox or container, the worker observes that one by its status call instead of listing the
+pod again, as the kubelet's SyncPod goes on without a listing; nodeagent/worker.py.)
 
 `compute_status(...)` derives the PodStatus (phase, IPs, conditions, container states) from the
 same inputs. Both functions read no clock and do no I/O: `now` is an argument, so table tests

@@ -5,6 +5,18 @@ A worker loops: observe the pod's sandboxes and containers in the runtime, ask t
 action is left it writes the pod status (only if it changed), reconciles the pod's probe loops
 and sleeps until kicked (pod event, relist change, probe change) or until the plan's wake-up
 time (a backoff expiring). A worker whose pod is gone tears everything down and ends.
+
+What must hold for the observations (each CRI call costs the node, and at hundreds of agents
+per process they were most of a hollow node's CPU, docs/scale.md):
+- every pass starts with a full listing (ListPodSandbox, ListContainers by the pod's uid label),
+  and so does every step after an action that removed, stopped or pulled something;
+- after RunPodSandbox, CreateContainer or StartContainer only the object made or started is
+  asked about (PodSandboxStatus / ContainerStatus; `observe_made`), and only while it is as the
+  action left it (a sandbox Ready, a container created or running), else the pod is listed;
+  the rest of the observation is the step's before: our call changed nothing else, and what
+  changed by itself meanwhile the relist sees (`observed` is kept up to date, so it does);
+- a CREATED container's listing is its status (it has not started: no ContainerStatus), and an
+  image found present is not asked about again within the pass.
 """
 
 from __future__ import annotations
@@ -91,6 +103,15 @@ class WorkerContext:
     config_synced: Callable[[t.Pod], bool] = lambda pod: True
 
 
+@dataclass(frozen=True)
+class Made:
+    """The one sandbox (`sandbox`) or container (in `sandbox_id`) an action created or started."""
+
+    id: str
+    sandbox: bool = False
+    sandbox_id: str = ""
+
+
 class _ConfigFailure(Exception):
     """A container cannot be created yet: its env or volumes name something missing."""
 
@@ -134,6 +155,15 @@ def runtime_fingerprint(items: Iterable[tuple[str, int]]) -> tuple[tuple[str, in
     """A pod's sandboxes and containers as the runtime lists them, (id, CRI state) each: what the
     relist compares with the last list and with what the pod's worker last observed."""
     return tuple(sorted(items))
+
+
+def created_status(container: cri.Container) -> cri.ContainerStatus:
+    """A container's status from its listing while it is CREATED: not started yet, so the fields a
+    ContainerStatus adds (started/finished time, exit code, reason, message) are all still empty."""
+    return cri.ContainerStatus(id=container.id, metadata=container.metadata, state=container.state,
+                               created_at=container.created_at, image=container.image,
+                               image_ref=container.image_ref, labels=container.labels,
+                               annotations=container.annotations)
 
 
 def is_own_echo(pod: t.Pod, pending: set[int]) -> bool:
@@ -186,6 +216,7 @@ class PodWorker:
         self.seen_at = time.monotonic()  # kubelet_pod_start_duration_seconds counts from here
         # What the last observe listed (runtime_fingerprint): the relist kicks only when it differs.
         self.observed: tuple[tuple[str, int], ...] | None = None
+        self._states: dict[str, int] = {}  # id -> CRI state of what `observed` was made from
         self.kicks = 0
         self.pending_echoes: set[int] = set()  # revisions of our status writes the informer has not delivered
 
@@ -195,13 +226,15 @@ class PodWorker:
 
     # ------------------------------------------------------------ observe
 
-    async def observe(self, pod: t.Pod | None) -> P.Observed:
+    async def observe(self, pod: t.Pod | None, *, present: set[str] | None = None) -> P.Observed:
+        """The pod's sandboxes, containers and images as the runtime has them now. `present`: the
+        images already found present during this sync (they are not asked again; found ones are added)."""
         runtime = self.ctx.runtime
         sel = {rt.LABEL_POD_UID: self.uid}
         sandboxes = await runtime.list_pod_sandbox(labels=sel)
         containers = await runtime.list_containers(labels=sel)
-        self.observed = runtime_fingerprint([*((s.id, s.state) for s in sandboxes),
-                                             *((c.id, c.state) for c in containers)])
+        self._states = {**{s.id: s.state for s in sandboxes}, **{c.id: c.state for c in containers}}
+        self.observed = runtime_fingerprint(self._states.items())
         sobs = []
         for s in sandboxes:
             ready = s.state == cri.SANDBOX_READY
@@ -215,7 +248,11 @@ class PodWorker:
         for c in containers:
             state = _STATE.get(c.state, "unknown")
             st = self.cache.exited.get(c.id)
-            if st is None:
+            if st is None and state == "created":
+                # Nothing has happened to it yet: the listing holds all a status would add
+                # (started, finished, exit code, reason are still empty), so no ContainerStatus.
+                st = created_status(c)
+            elif st is None:
                 cached = self.cache.running.get(c.id)
                 if cached is not None and _STATE.get(cached.state) == state:
                     st = cached
@@ -244,12 +281,52 @@ class PodWorker:
             live = {(c.name) for c in cobs if c.state in ("running", "created")}
             for spec in (*pod.spec.init_containers, *pod.spec.containers):
                 if spec.name not in live and spec.image not in images:
+                    if present is not None and spec.image in present:
+                        images[spec.image] = True
+                        continue
                     images[spec.image] = await runtime.image_status(spec.image) is not None
+                    if images[spec.image] and present is not None:
+                        present.add(spec.image)
         known = {c.id for c in containers}
         for cache in (self.cache.exited, self.cache.running, self.cache.messages):
             for cid in [cid for cid in cache if cid not in known]:
                 del cache[cid]
         return P.Observed(tuple(sobs), tuple(cobs), images)
+
+    async def observe_made(self, made: Made, obs: P.Observed) -> P.Observed | None:
+        """`obs` with the one sandbox or container the last action made or started as its own
+        status call shows it now; None when it is not as the action left it (a sandbox not
+        Ready, a container neither created nor running: the caller lists everything again)."""
+        runtime = self.ctx.runtime
+        try:
+            if made.sandbox:
+                sandbox = await runtime.pod_sandbox_status(made.id)
+                if sandbox.state != cri.SANDBOX_READY:
+                    return None
+                self.cache.sandbox_ip[made.id] = sandbox.network.ip
+                seen = P.SandboxObs(made.id, sandbox.metadata.attempt, True, sandbox.created_at, sandbox.network.ip)
+                self._saw(made.id, sandbox.state)
+                return replace(obs, sandboxes=(*(s for s in obs.sandboxes if s.id != made.id), seen))
+            st = await runtime.container_status(made.id)
+        except rt.NotFound:
+            return None
+        state = _STATE.get(st.state, "unknown")
+        if state not in ("created", "running"):
+            return None
+        if state == "running":
+            self.cache.running[made.id] = st
+        container = P.ContainerObs(
+            id=made.id, name=st.metadata.name or st.labels.get(rt.LABEL_CONTAINER_NAME, ""),
+            attempt=st.metadata.attempt, sandbox_id=made.sandbox_id, state=state, created_at=st.created_at,
+            started_at=st.started_at, finished_at=st.finished_at, exit_code=st.exit_code, reason=st.reason,
+            message=st.message, image_ref=st.image_ref)
+        self._saw(made.id, st.state)
+        return replace(obs, containers=(*(c for c in obs.containers if c.id != made.id), container))
+
+    def _saw(self, object_id: str, state: int) -> None:
+        """One object's state seen by its status call: the relist compares with this (`observed`)."""
+        self._states[object_id] = state
+        self.observed = runtime_fingerprint(self._states.items())
 
     def _termination_message(self, pod: t.Pod, name: str, cid: str, attempt: int, st: cri.ContainerStatus) -> str:
         """terminated.message of an exited container, read once from its file (or its log)."""
@@ -314,8 +391,19 @@ class PodWorker:
         token_wake = await self._ensure_tokens(pod)
         if token_wake is not None:
             disk_wake = token_wake if disk_wake is None else min(disk_wake, token_wake)
+        # Images found present in this pass are not asked again after each of its actions (an
+        # image is only removed by the node's image GC, never between two steps of one pass);
+        # one missing is asked each time, so a pull's result is seen.
+        present: set[str] = set()
+        made: Made | None = None
         for _ in range(MAX_STEPS):
-            obs = await self.observe(pod)
+            # After an action that made or started one sandbox or container only that one is
+            # asked about (its status call), as the kubelet's SyncPod goes on from RunPodSandbox
+            # to CreateContainer and StartContainer without listing: nothing else of the pod
+            # changed by our call, and what changed by itself meanwhile the relist (or the next
+            # pass, which starts with a listing) sees. Every other step lists the pod again.
+            narrowed = None if made is None else await self.observe_made(made, obs)
+            obs = narrowed if narrowed is not None else await self.observe(pod, present=present)
             plan = P.compute_plan(pod, obs, self.memory, self.ctx.clock(), self.ctx.plan_config)
             if plan.done:
                 self._remove_logs()
@@ -332,7 +420,7 @@ class PodWorker:
                 plan = replace(plan, wake_at=self.ctx.clock() + CONFIG_RETRY)
                 break
             try:
-                await self.apply(plan.actions[0], pod, obs)
+                made = await self.apply(plan.actions[0], pod, obs)
             except _ConfigFailure as exc:
                 if self.config_errors.get(exc.container) != str(exc) and pod is not None:
                     if exc.mount:
@@ -387,13 +475,15 @@ class PodWorker:
 
     # ------------------------------------------------------------ actions
 
-    async def apply(self, action: P.Action, pod: t.Pod | None, obs: P.Observed) -> None:
+    async def apply(self, action: P.Action, pod: t.Pod | None, obs: P.Observed) -> Made | None:
+        """Do `action` (one CRI call, or the API's delete); the sandbox or container it made or
+        started, when it did (the next observation asks only about that one)."""
         runtime = self.ctx.runtime
         log.debug("pod %s: %s", self._name(), action)
         if isinstance(action, P.RunSandbox):
             assert pod is not None
             try:
-                await runtime.run_pod_sandbox(sandbox_config(pod, action.attempt, self.ctx.pod_settings))
+                sandbox_id = await runtime.run_pod_sandbox(sandbox_config(pod, action.attempt, self.ctx.pod_settings))
             except rt.CriError as exc:
                 if not _still_creating(exc):
                     self.ctx.events.event(pod, WARNING, "FailedCreatePodSandBox",
@@ -411,9 +501,10 @@ class PodWorker:
                 log.info("pod %s: sandbox attempt %d may still be in the making (%s); looking for it, "
                          "asking again in %.0fs", self._name(), action.attempt, exc,
                          wait.retry_at - self.ctx.clock())
-                return
+                return None
             if self.memory.sandbox_wait is not None:
                 self.memory = replace(self.memory, sandbox_wait=None)
+            return Made(sandbox_id, sandbox=True)
         elif isinstance(action, P.StopSandbox):
             with contextlib.suppress(rt.NotFound):
                 await runtime.stop_pod_sandbox(action.sandbox_id)
@@ -438,12 +529,13 @@ class PodWorker:
             etc_hosts = self._write_hosts(pod, sandbox_ip)
             config = self._container_config(pod, spec, action.attempt, obs, etc_hosts=etc_hosts)
             try:
-                await runtime.create_container(action.sandbox_id, config, sb_cfg)
+                container_id = await runtime.create_container(action.sandbox_id, config, sb_cfg)
             except rt.CriError as exc:
                 self.ctx.events.event(pod, WARNING, "Failed", f"Error: {exc}")
                 raise
             self.memory = replace(self.memory, backoff={**self.memory.backoff, action.container: action.next_backoff})
             self.ctx.events.event(pod, NORMAL, "Created", f"Created container {action.container}")
+            return Made(container_id, sandbox_id=action.sandbox_id)
         elif isinstance(action, P.StartContainer):
             assert pod is not None
             try:
@@ -456,6 +548,8 @@ class PodWorker:
                 raise
             self.ctx.events.event(pod, NORMAL, "Started", f"Started container {action.container}")
             await self._post_start(pod, action, obs)
+            started = next((c for c in obs.containers if c.id == action.container_id), None)
+            return None if started is None else Made(action.container_id, sandbox_id=started.sandbox_id)
         elif isinstance(action, P.StopContainer):
             if pod is not None:
                 msg = {"Unhealthy": f"Container {action.container} failed liveness probe, will be restarted",
@@ -482,6 +576,7 @@ class PodWorker:
             except errors.ConflictError:
                 pass  # a new pod with the same name: ours is gone already
             self.deleted = True
+        return None
 
     def _config(self) -> ConfigSource:
         return self.ctx.config or _NoConfig()

@@ -19,7 +19,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 from skiff import errors, kinds
 from skiff.retry import Backoff, retry
 from skiff.tls import Credentials
+from skiff.watchbatch import split_batch
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import apiserver_pb2_grpc as api_grpc
 from skiffpb.api.v1 import metrics_pb2
@@ -135,11 +136,21 @@ def namespace_for(kind: kinds.Kind, namespace: str) -> str:
     return namespace or DEFAULT_NAMESPACE
 
 
+# WatchBatch answered as bytes: each event is taken out and decoded on its own (skiff/watchbatch.py).
+WATCH_BATCH_METHOD = "/skiff.api.v1.ApiServer/WatchBatch"
+
+
 @dataclass
 class _Endpoint:
     target: str
     channel: grpc.aio.Channel
     stub: api_grpc.ApiServerStub
+    # False once this api-server answered WatchBatch with UNIMPLEMENTED (one older than it).
+    watch_batch: bool = True
+
+    def watch_batches(self, request: api.WatchRequest, metadata: Any) -> Any:
+        return self.channel.unary_stream(WATCH_BATCH_METHOD, request_serializer=api.WatchRequest.SerializeToString,
+                                         response_deserializer=None)(request, metadata=metadata)
 
 
 @dataclass
@@ -273,17 +284,37 @@ class Client:
                                    resource_version=resource_version, send_initial_events=send_initial_events,
                                    allow_bookmarks=allow_bookmarks, timeout_seconds=timeout_seconds)
         endpoint = self._endpoint(self._current)
-        call = endpoint.stub.Watch(request, metadata=self.metadata)
-        try:
-            async for event in call:
-                yield WatchEvent(event.type, _unwrap_as(event.object, cls))
-        except grpc.aio.AioRpcError as exc:
-            if _unavailable(exc):
-                # Next attempt (by the caller, e.g. an informer) goes to another endpoint.
-                self._current = (self._current + 1) % len(self.endpoints)
-            raise errors.from_grpc(exc) from exc
-        finally:
-            call.cancel()
+        while True:
+            # Several events per message when the api-server has WatchBatch (the same events).
+            batched = endpoint.watch_batch
+            call = (endpoint.watch_batches(request, self.metadata) if batched
+                    else endpoint.stub.Watch(request, metadata=self.metadata))
+            delivered = False
+            try:
+                if batched:
+                    async for data in call:
+                        for raw in split_batch(data):
+                            event = api.WatchEvent.FromString(raw)
+                            delivered = True
+                            yield WatchEvent(event.type, _unwrap_as(event.object, cls))
+                else:
+                    async for event in call:
+                        delivered = True
+                        yield WatchEvent(event.type, _unwrap_as(event.object, cls))
+                return
+            except grpc.aio.AioRpcError as exc:
+                if batched and not delivered and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("api-server %s has no WatchBatch: watching one event per message", endpoint.target)
+                    endpoint.watch_batch = False
+                    continue
+                if _unavailable(exc):
+                    # Next attempt (by the caller, e.g. an informer) goes to another endpoint.
+                    self._current = (self._current + 1) % len(self.endpoints)
+                raise errors.from_grpc(exc) from exc
+            except ValueError as exc:  # a WatchBatch message that is not one
+                raise errors.InternalError(f"api-server {endpoint.target}: {exc}") from exc
+            finally:
+                call.cancel()
 
     async def bind(self, namespace: str, pod: str, node: str, *, uid: str = "") -> t.Pod:
         response = await self._call("Bind", api.BindRequest(binding=new_binding(namespace, pod, node, uid=uid)))

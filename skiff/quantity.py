@@ -68,12 +68,28 @@ def _parse(text: str) -> Fraction:
 
 def cpu_millis(text: str) -> int:
     """CPU in millicores, rounded up as Kubernetes does (0.0001 cpu -> 1m)."""
-    return math.ceil(parse(text) * 1000)
+    if not isinstance(text, str):
+        raise QuantityError(f"quantity must be a string, got {text!r}")
+    return _cpu_millis(text)
+
+
+# Cached as _parse is: the scheduler reads every pod's requests (PodInfo), and the Fraction
+# arithmetic cost more than the parse (the pods of one workload share a handful of strings).
+@functools.lru_cache(maxsize=4096)
+def _cpu_millis(text: str) -> int:
+    return math.ceil(_parse(text) * 1000)
 
 
 def to_bytes(text: str) -> int:
     """Memory (or storage) in bytes, rounded up."""
-    return math.ceil(parse(text))
+    if not isinstance(text, str):
+        raise QuantityError(f"quantity must be a string, got {text!r}")
+    return _to_bytes(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _to_bytes(text: str) -> int:
+    return math.ceil(_parse(text))
 
 
 def format_millis(millis: int) -> str:

@@ -15,6 +15,8 @@ What must hold:
   watches that fail together on a dead member move it once, not once each. (Moving once per
   failure let the api-server's 9 watch caches, failing together on one of 3 members, come
   back to the dead member together round after round: 9 moves are a full turn.)
+- A watch ends only when closed or with an error (a call cancelled under it is an
+  UnavailableStoreError), never by just stopping: its consumers treat the end as final.
 - A watch survives the loss of its endpoint: it reconnects (to the endpoint in use) from the
   revision after the last one it delivered, so its consumer sees no gap and no duplicate. A
   store that does not confirm the watch within `timeout` counts as failed, so a connection
@@ -317,8 +319,14 @@ class EtcdWatch:
             except TimeoutError:
                 detail = f"the watch was not confirmed within {self.store.timeout:g}s"
             except grpc.aio.AioRpcError as exc:
-                if self._closed or exc.code() == grpc.StatusCode.CANCELLED:
+                if self._closed:
                     return
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    # Not cancelled by us (close() sets _closed first): the call or its channel was
+                    # ended under us. Returning would end the watch as if it were complete, and a
+                    # consumer that serves a client from it would leave that client waiting forever.
+                    raise UnavailableStoreError(f"watch {self.prefix} on {self.store.targets[self._index]} "
+                                                f"was cancelled: {exc.details()}") from exc
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                                       grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
                     raise _translate(exc, self.store.targets[self._index]) from exc

@@ -40,7 +40,8 @@ VERB_CLASSES: dict[str, str] = {
 # The gRPC methods of skiff.api.v1.ApiServer as verbs.
 GRPC_VERBS: dict[str, str] = {
     "Create": "create", "Get": "get", "List": "list", "Update": "update", "UpdateStatus": "update",
-    "Delete": "delete", "Watch": "watch", "Bind": "bind", "BindBatch": "bind", "Logs": "logs", "Exec": "exec",
+    "Delete": "delete", "Watch": "watch", "WatchBatch": "watch", "Bind": "bind", "BindBatch": "bind",
+    "Logs": "logs", "Exec": "exec",
     "Version": "version",
     # A question about oneself: counted as Kubernetes counts a SelfSubjectAccessReview (a create).
     "AccessReview": "create",

@@ -127,6 +127,7 @@ def track(info: RequestInfo, *, component: str = "apiserver") -> Iterator[Tracke
 GRPC_VERBS: dict[str, tuple[str, str]] = {
     "Create": ("POST", ""), "Get": ("GET", ""), "List": ("LIST", ""), "Update": ("PUT", ""),
     "UpdateStatus": ("PUT", "status"), "Delete": ("DELETE", ""), "Watch": ("WATCH", ""),
+    "WatchBatch": ("WATCH", ""),
     "Bind": ("POST", "binding"), "BindBatch": ("POST", "binding"), "Logs": ("CONNECT", "log"),
     "Exec": ("CONNECT", "exec"),
     "Version": ("GET", ""), "NodeMetrics": ("LIST", ""), "PodMetrics": ("LIST", ""),

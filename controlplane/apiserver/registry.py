@@ -62,9 +62,11 @@ from controlplane.apiserver.storage import (
 from controlplane.apiserver.strategy import copy, meta_of, resource_name
 from controlplane.apiserver.watchcache import (
     ADDED,
+    WATCH_BATCH_BYTES,
     TooOldForCache,
     WatchCache,
     Watcher,
+    chunk_bytes,
     decode,
     encode_bookmark,
     encode_event,
@@ -75,6 +77,7 @@ from skiff import defaults, errors, kinds, podsecurity, quota
 from skiff.convert import FieldError
 from skiff.guard import guard, supervise
 from skiff.validation import validate
+from skiff.watchbatch import frame_batch
 from skiffpb.api.v1 import apiserver_pb2 as api
 from skiffpb.api.v1 import types_pb2 as t
 
@@ -973,8 +976,9 @@ class Registry:
 
     async def watch(self, resource: str, *, namespace: str = "", label_selector: str = "", field_selector: str = "",
                     resource_version: str = "", send_initial_events: bool = False, allow_bookmarks: bool = False,
-                    timeout_seconds: int = 0) -> AsyncIterator[bytes]:
-        """Encoded WatchEvents (see watchcache.py for the guarantees)."""
+                    timeout_seconds: int = 0, batched: bool = False) -> AsyncIterator[bytes]:
+        """Encoded WatchEvents (see watchcache.py for the guarantees); `batched`: encoded
+        WatchEventBatches instead, each holding the events waiting when it was made."""
         kind = self.kind(resource)
         filt = make_filter(kind, namespace=namespace, label_selector=label_selector, field_selector=field_selector)
         cache = self.caches[kind.resource]
@@ -1003,13 +1007,25 @@ class Registry:
         try:
             w, objs = cache.register(filt, start_revision=start, allow_bookmarks=allow_bookmarks, initial=initial)
         except TooOldForCache as too_old:
-            w = Watcher(kind, filt, too_old.requested, limit=self.options.watcher_buffer,
-                        max_bytes=self.options.watcher_buffer_bytes, allow_bookmarks=allow_bookmarks)
+            # Served from a store watch of its own, paced by the client (`_pump_store_watch`):
+            # no event bound applies, so a backlog larger than the bound is still delivered.
+            w = Watcher(kind, filt, too_old.requested, limit=2**62, max_bytes=2**62, allow_bookmarks=allow_bookmarks)
             pump = guard(self._pump_store_watch(kind, filt, w), f"store-watch-{kind.resource}", forever=False)
         handle = None
         if timeout_seconds > 0:
             handle = asyncio.get_running_loop().call_later(timeout_seconds, w.expire)
         try:
+            if batched:
+                initial_events = [encode_event(ADDED, obj) for obj in objs]
+                if send_initial_events:
+                    initial_events.append(encode_bookmark(kind, w.start_revision))
+                for chunk in chunk_bytes(initial_events, WATCH_BATCH_BYTES):
+                    yield frame_batch(chunk)
+                while True:
+                    batch = await w.next_batch()
+                    if batch is None:
+                        return
+                    yield frame_batch(batch)
             for obj in objs:
                 yield encode_event(ADDED, obj)
             if send_initial_events:
@@ -1027,12 +1043,28 @@ class Registry:
                 pump.cancel()
 
     async def _pump_store_watch(self, kind: kinds.Kind, filt: Filter, w: Watcher) -> None:
-        """Serve a watch older than the cache window straight from a store watch."""
+        """Serve a watch older than the cache window straight from a store watch.
+
+        Paced by the client: the next batch is read from the store only once the client's queue
+        is below the watcher bounds (the store holds the rest: a stream that is not read turns
+        slow there and catches up from history). Closing such a watch for being slow, as the
+        cache does, livelocked a client whose backlog was larger than the bound: it resumed from
+        the same resourceVersion, was replayed the same backlog and was closed again, until
+        compaction. The watch always ends with an error the client sees (it never just stops):
+        GoneError when compacted, the store's error, or UnavailableError when the store watch
+        ended or this task failed.
+        """
         prefix = registry_prefix(kind, filt.namespace)
+        ending: errors.SkiffError = errors.UnavailableError(
+            f"watch of {kind.resource} closed: the store watch ended; watch again from the last resourceVersion "
+            "received")
         try:
             watch = self.store.watch(prefix, start_revision=w.start_revision + 1)
             try:
                 async for batch in watch:
+                    await w.room(self.options.watcher_buffer, self.options.watcher_buffer_bytes)
+                    if w.error is not None or w.expired:
+                        return
                     for ev in batch.events:
                         # The store tells the previous value (prev_kv); the cache knows it itself.
                         prev = decode(kind, ev.prev_value, ev.revision, ev.key) if ev.prev_value is not None else None
@@ -1041,14 +1073,19 @@ class Registry:
                             w.offer(cached)
                     if not batch.events:
                         w.bookmark(batch.revision)
-                    if w.error is not None:
-                        return
             finally:
                 await watch.close()
         except CompactedError as exc:
-            w.fail(errors.GoneError(f"too old resource version: {w.start_revision} ({exc.compact_revision})"))
+            ending = errors.GoneError(f"too old resource version: {w.start_revision} ({exc.compact_revision})")
         except StoreError as exc:
-            w.fail(store_error(exc))
+            ending = store_error(exc)
+        except Exception as exc:
+            log.exception("store watch of %s failed", kind.resource)
+            ending = errors.UnavailableError(f"watch of {kind.resource} closed: {type(exc).__name__}: {exc}; "
+                                             "watch again from the last resourceVersion received")
+        finally:
+            if w.error is None and not w.expired:
+                w.fail(ending)
 
     # ------------------------------------------------------------------ maintenance
 

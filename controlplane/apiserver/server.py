@@ -161,9 +161,9 @@ def request_attributes(method: str, request: Any) -> Attributes | None:
     if method in ("Get", "Delete"):
         return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace,
                       request.name)
-    if method in ("List", "Watch"):
-        return _named(kinds.by_resource(request.resource), request.resource, method.lower(), request.namespace,
-                      selected_name(request.field_selector))
+    if method in ("List", "Watch", "WatchBatch"):
+        return _named(kinds.by_resource(request.resource), request.resource,
+                      "list" if method == "List" else "watch", request.namespace, selected_name(request.field_selector))
     if method == "Bind":
         return _binding_attributes(request.binding)
     if method == "Logs":
@@ -376,6 +376,14 @@ class ApiServerService:
                 timeout_seconds=int(request.timeout_seconds)):
             yield data
 
+    async def WatchBatch(self, request: api.WatchRequest, context: Any) -> AsyncIterator[bytes]:
+        async for data in self.registry.watch(
+                request.resource, namespace=request.namespace, label_selector=request.label_selector,
+                field_selector=request.field_selector, resource_version=request.resource_version,
+                send_initial_events=request.send_initial_events, allow_bookmarks=request.allow_bookmarks,
+                timeout_seconds=int(request.timeout_seconds), batched=True):
+            yield data
+
     async def Bind(self, request: api.BindRequest, context: Any) -> t.Object:
         if not request.HasField("binding"):
             raise errors.InvalidError("binding: required")
@@ -470,6 +478,7 @@ def generic_handler(service: ApiServerService) -> grpc.GenericRpcHandler:
         "UpdateStatus": unary(service.UpdateStatus, api.UpdateRequest),
         "Delete": unary(service.Delete, api.DeleteRequest),
         "Watch": stream(service.Watch, api.WatchRequest),
+        "WatchBatch": stream(service.WatchBatch, api.WatchRequest),
         "Bind": unary(service.Bind, api.BindRequest),
         "BindBatch": unary(service.BindBatch, api.BindBatchRequest),
         "Logs": stream(service.Logs, api.LogsRequest),

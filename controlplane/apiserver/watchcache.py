@@ -11,7 +11,10 @@ What must hold:
   `objects` and offered to every watcher registered before it; a watcher registered at
   revision R is offered exactly the events with revision > R, in order, once each.
 - `window_start`: the ring holds every event with revision > window_start. A watch from an
-  older revision cannot be served here (the caller falls back to a store watch).
+  older revision cannot be served here: the caller serves it from a store watch of its own
+  (`Registry._pump_store_watch`), paced by the client (it reads the next batch from the store
+  once the watcher's queue is below the bounds) instead of closed for being slow, and ended
+  with an error (never just stopped) when that store watch ends.
 - Registration is synchronous (no await between reading the ring/objects and adding the
   watcher), so no event falls between the replay and the live stream.
 - A watcher sees an object that starts matching its filter as ADDED and one that stops
@@ -29,7 +32,8 @@ What must hold:
   and by `watcher_bytes` bytes of encoded events (beyond either the watcher is closed with
   RESOURCE_EXHAUSTED saying it was too slow, its queue dropped but for the rest of the revision
   being sent, and the other watchers never wait for it; the client watches again from the last
-  resourceVersion it received). One event
+  resourceVersion it received; that is how a watch resumed from inside the ring catches up, its
+  replay being exempt from the bounds; a store-served watch is paced instead, see above). One event
   larger than the byte bound still goes to a watcher whose queue is empty. Encoded events are
   shared by all watchers.
 - A store watch that reports compaction (we fell too far behind) relists; the watchers
@@ -47,6 +51,10 @@ What must hold:
   with the map (no second copy) and drops its decoded objects once it has been offered to the
   live watchers; a replay decodes them again. Pods are indexed by spec.nodeName, so a node's
   list decodes only that node's pods.
+- A batched watch (WatchBatch) gets the same events in the same order, every event queued when
+  a message goes out framed into that one message (`Watcher.next_batch`, then
+  skiff/watchbatch.py: the shared encodings, length-prefixed, never decoded again), at most `WATCH_BATCH_BYTES` of them
+  but always at least one.
 """
 
 from __future__ import annotations
@@ -72,6 +80,9 @@ log = logging.getLogger("skiff.apiserver.watchcache")
 RELIST_BACKOFF = Backoff(initial=0.1, max=5.0, jitter=0.2)
 # Encoded events queued for one watcher at most (a few times the largest object, 1.5 MiB).
 DEFAULT_WATCHER_BYTES = 8 * 1024 * 1024
+
+# Encoded events in one WatchBatch message at most (a larger single event goes alone).
+WATCH_BATCH_BYTES = 1024 * 1024
 
 ADDED, MODIFIED, DELETED, BOOKMARK = "ADDED", "MODIFIED", "DELETED", "BOOKMARK"
 
@@ -102,6 +113,20 @@ def with_revision(obj: Message, revision: int) -> Message:
 
 def encode_event(event_type: str, obj: Message) -> bytes:
     return api.WatchEvent(type=event_type, object=kinds.wrap(obj)).SerializeToString()
+
+
+def chunk_bytes(items: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
+    """`items` in order, cut into runs of at most `max_bytes` (an item larger alone is a run)."""
+    run: list[bytes] = []
+    size = 0
+    for item in items:
+        if run and size + len(item) > max_bytes:
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += len(item)
+    if run:
+        yield run
 
 
 def encode_bookmark(kind: kinds.Kind, revision: int) -> bytes:
@@ -299,6 +324,8 @@ class Watcher:
         self._sent_revision = start_revision  # the revision of the last event handed out
         self.queued_bytes = 0
         self.wake = asyncio.Event()
+        # Set when the client takes an event, for `room` (made there: cache watchers never wait).
+        self._taken: asyncio.Event | None = None
         self.error: errors.SkiffError | None = None
         self.expired = False
 
@@ -349,6 +376,15 @@ class Watcher:
         self.expired = True
         self.wake.set()
 
+    async def room(self, events: int, nbytes: int) -> None:
+        """Return once fewer than `events` events and `nbytes` bytes are queued (or the watch
+        ended): the back-pressure of a watch served from its own store watch."""
+        while self.error is None and not self.expired and (len(self.queue) >= events or self.queued_bytes >= nbytes):
+            if self._taken is None:
+                self._taken = asyncio.Event()
+            self._taken.clear()
+            await self._taken.wait()
+
     async def next(self) -> bytes | None:
         """The next encoded event; None when expired; raises the watcher's error once closed
         (after the rest of the revision being sent, see `fail`)."""
@@ -359,9 +395,27 @@ class Watcher:
                 return None
             self.wake.clear()
             await self.wake.wait()
+        return self._pop()
+
+    async def next_batch(self, max_bytes: int = WATCH_BATCH_BYTES) -> list[bytes] | None:
+        """Every queued event up to `max_bytes` of them (at least one, waiting for it as `next`
+        does); None when expired. Handed out as sent: `fail` keeps what is queued after them."""
+        first = await self.next()
+        if first is None:
+            return None
+        batch, size = [first], len(first)
+        while self.queue and size + len(self.queue[0]) <= max_bytes:
+            data = self._pop()
+            batch.append(data)
+            size += len(data)
+        return batch
+
+    def _pop(self) -> bytes:
         data = self.queue.popleft()
         self._sent_revision = self._revisions.popleft()
         self.queued_bytes -= len(data)
+        if self._taken is not None:
+            self._taken.set()
         return data
 
     def close(self) -> None:

@@ -15,6 +15,9 @@ What must hold:
 - a plugin with `scores_in_range = True` scores 0..MAX_NODE_SCORE already (its `normalize`
   changes nothing), so a remembered verdict may hold its weighted score summed with the others
   of its kind, added once per node instead of once per plugin per node;
+- `normalize` gives equal raw scores equal results (each score is a function of itself and of
+  the column's aggregates, as Kubernetes' normalize helpers): a column whose raw scores are all
+  equal adds the same to every node's total, so a decision skips it and picks the same winners;
 - the FailedScheduling message lists, per reason, how many nodes gave it:
   `0/3 nodes are available: 2 Insufficient cpu, 1 node(s) didn't match node selector.`
 """
@@ -72,7 +75,8 @@ class ScorePlugin(Protocol):
         ...
 
     def normalize(self, pod: PodInfo, scores: list[int]) -> None:
-        """Rescale raw scores in place to 0..MAX_NODE_SCORE (a no-op for plugins already in range)."""
+        """Rescale raw scores in place to 0..MAX_NODE_SCORE (a no-op for plugins already in range);
+        equal raw scores must stay equal (a decision skips a column of equal scores)."""
         ...
 
 

@@ -19,7 +19,8 @@ What must hold:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,16 +60,40 @@ class PodInfo:
         ref = podutil.controller_ref(pod)
         owner = ref.uid if ref else ""
         selector = dict(pod.spec.node_selector)
-        tolerations = tuple(pod.spec.tolerations)
+        toleration_fields = repr([(tol.key, tol.operator, tol.value, tol.effect,
+                                   tol.toleration_seconds if tol.HasField("toleration_seconds") else None)
+                                  for tol in pod.spec.tolerations])
+        tolerations = _shared_tolerations(toleration_fields, pod.spec.tolerations)
         best_effort = qos.qos_class(pod.spec) == qos.BEST_EFFORT
         # A str, not a tuple: its hash is computed once and kept, and a decision looks it up
-        # on hundreds of nodes.
-        signature = repr((cpu, mem, nz_cpu, nz_mem, ports, sorted(selector.items()),
-                          [(tol.key, tol.operator, tol.value, tol.effect,
-                            tol.toleration_seconds if tol.HasField("toleration_seconds") else None)
-                           for tol in tolerations], owner, best_effort))
+        # on hundreds of nodes. Interned: the pods of one shape share one string object, so a
+        # lookup in a node's verdicts matches the stored key by identity, never comparing text.
+        signature = sys.intern(repr((cpu, mem, nz_cpu, nz_mem, ports, sorted(selector.items()),
+                                     toleration_fields, owner, best_effort)))
         return cls(pod, podutil.pod_key(pod), pod.metadata.uid, cpu, mem, nz_cpu, nz_mem, ports, selector,
                    tolerations, owner, podutil.created(pod), best_effort, signature)
+
+
+# Tolerations by their fields, shared by every PodInfo that has the same ones (a Deployment's
+# pods all do). A PodInfo must hold no sub-message of the pod it was made from: a sub-message
+# keeps its whole message alive (upb's arena), and the cache swaps PodInfo.pod for each newer
+# copy of the pod, so the first copy (the whole pending pod the decision was made on) stayed for
+# the pod's lifetime through its tolerations. Bounded: when full it starts over (the tuples
+# PodInfos hold live on with them).
+MAX_SHARED_TOLERATIONS = 1024
+_SHARED_TOLERATIONS: dict[str, tuple[t.Toleration, ...]] = {}
+
+
+def _shared_tolerations(fields: str, tolerations: Iterable[t.Toleration]) -> tuple[t.Toleration, ...]:
+    """The tolerations with these fields, as messages of their own (none of `tolerations`)."""
+    shared = _SHARED_TOLERATIONS.get(fields)
+    if shared is None:
+        if len(_SHARED_TOLERATIONS) >= MAX_SHARED_TOLERATIONS:
+            _SHARED_TOLERATIONS.clear()
+        holder = t.PodSpec()
+        holder.tolerations.extend(tolerations)
+        shared = _SHARED_TOLERATIONS[fields] = tuple(holder.tolerations)
+    return shared
 
 
 def _quantity(values: dict[str, str], name: str, parse: Callable[[str], int], default: int) -> int:
@@ -117,15 +142,15 @@ class NodeInfo:
     owners: dict[str, int] = field(default_factory=dict)
     pods: dict[str, PodInfo] = field(default_factory=dict)
     generation: int = 0
-    # PodInfo.signature -> (the first failing filter's status or None, raw scores per score plugin).
-    verdicts: dict[str, tuple[Any, tuple[int, ...], int]] = field(default_factory=dict)
+    # PodInfo.signature -> (the first failing filter's status or None, then the scores: Scheduler._verdict).
+    verdicts: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def _changed(self) -> None:
         self.generation += 1
         if self.verdicts:
             self.verdicts = {}
 
-    def remember(self, signature: str, verdict: tuple[Any, tuple[int, ...], int]) -> tuple[Any, tuple[int, ...], int]:
+    def remember(self, signature: str, verdict: tuple[Any, ...]) -> tuple[Any, ...]:
         """Keep a verdict for this node's current state (bounded: many pod shapes at once start over)."""
         if len(self.verdicts) >= MAX_VERDICTS:
             self.verdicts = {}

@@ -39,7 +39,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from pysyncobj.journal import Journal
@@ -210,14 +210,134 @@ def repair_journal(path: str, *, sync: FileSync = OS_SYNC) -> RepairReport:
     return RepairReport(path, scan.damage.offset, len(scan.entries), len(data) - scan.damage.offset, backup)
 
 
+# Commands of the newest entries kept in memory: what applying and replicating to followers that
+# keep up read. Older ones are read back from the file when asked for (a follower catching up,
+# the head kept after a snapshot), from the kernel's page cache as a rule.
+HOT_BYTES = 4 << 20
+
+
+class _Entries:
+    """The journal's entries as pysyncobj sees them, (command, index, term), without holding
+    every command: index, term and place in the file of each entry stay in memory, the command
+    only for the newest `hot_bytes`. Until the next snapshot truncates the journal (at up to the
+    64 MB that forces one) every command used to stay in memory as well: a second copy of every
+    value the state machine holds, on every member. A command read back is checked against its
+    record's CRC."""
+
+    def __init__(self, read: Callable[[int, int], bytes], fatal: Fatal, *, hot_bytes: int = HOT_BYTES) -> None:
+        self._read = read  # (offset, length) -> bytes of the journal file
+        self._fatal = fatal
+        self._hot_max = hot_bytes
+        self.idx: list[int] = []
+        self.term: list[int] = []
+        self.offset: list[int] = []  # of the record (its header)
+        self._commands: list[bytes | None] = []  # None: read it back from the file
+        self._lengths: list[int] = []
+        self._cold = 0  # entries before this one hold no command in memory
+        self._hot = 0  # bytes of the commands held
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def append(self, command: bytes, idx: int, term: int, offset: int) -> None:
+        self.idx.append(idx)
+        self.term.append(term)
+        self.offset.append(offset)
+        self._commands.append(command)
+        self._lengths.append(len(command))
+        self._hot += len(command)
+        while self._hot > self._hot_max and self._cold < len(self._commands) - 1:
+            dropped = self._commands[self._cold]
+            if dropped is not None:
+                self._hot -= len(dropped)
+                self._commands[self._cold] = None
+            self._cold += 1
+
+    def entry(self, i: int) -> Entry:
+        command = self._commands[i]
+        if command is None:
+            command = self._read_back(i)
+        return (command, self.idx[i], self.term[i])
+
+    def _read_back(self, i: int) -> bytes:
+        record = self._read(self.offset[i], _REC.size + self._lengths[i])
+        n, crc, idx, term = _REC.unpack_from(record)
+        command = record[_REC.size :]
+        if (n, idx, term) != (self._lengths[i], self.idx[i], self.term[i]) or _crc(command, idx, term) != crc:
+            self._fatal(f"raft journal entry {self.idx[i]} read back at offset {self.offset[i]} does not match "
+                        "its record: stopping this member (check the disk; the others hold the entry)")
+        return command
+
+    def __getitem__(self, item: int | slice) -> Any:
+        if isinstance(item, slice):
+            start, stop, step = item.indices(len(self.idx))
+            if step != 1:
+                raise ValueError("journal slices are contiguous")
+            return _EntrySlice(self, start, max(start, stop))
+        if item < 0:
+            item += len(self.idx)
+        if not 0 <= item < len(self.idx):
+            raise IndexError(item)
+        return self.entry(item)
+
+    def truncate(self, keep: int) -> None:
+        """Keep the first `keep` entries."""
+        self._hot -= sum(len(c) for c in self._commands[keep:] if c is not None)
+        for column in (self.idx, self.term, self.offset, self._commands, self._lengths):
+            del column[keep:]
+        self._cold = min(self._cold, keep)
+
+    def drop_head(self, drop: int, moved_by: int) -> None:
+        """Forget the first `drop` entries; the others' records now start `moved_by` bytes earlier."""
+        self._hot -= sum(len(c) for c in self._commands[:drop] if c is not None)
+        for column in (self.idx, self.term, self.offset, self._commands, self._lengths):
+            del column[:drop]
+        self.offset = [o - moved_by for o in self.offset]
+        self._cold = max(0, self._cold - drop)
+
+    @property
+    def hot_bytes(self) -> int:
+        return self._hot
+
+
+class _EntrySlice(Sequence[Entry]):
+    """Entries [start, stop) read as they are asked for: pysyncobj slices the journal to its end
+    and then takes what fits in one message."""
+
+    def __init__(self, entries: _Entries, start: int, stop: int) -> None:
+        self._entries, self._start, self._stop = entries, start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"journal entries {self._start}..{self._stop}: {list(self)!r}"
+
+    def __getitem__(self, item: int | slice) -> Any:  # type: ignore[override]
+        n = self._stop - self._start
+        if isinstance(item, slice):
+            start, stop, step = item.indices(n)
+            return [self._entries.entry(self._start + i) for i in range(start, stop, step)]
+        if item < 0:
+            item += n
+        if not 0 <= item < n:
+            raise IndexError(item)
+        return self._entries.entry(self._start + item)
+
+
 class DurableJournal(Journal):  # type: ignore[misc]
-    def __init__(self, path: str, *, sync: FileSync = OS_SYNC, fatal: Fatal = stop_member) -> None:
+    def __init__(self, path: str, *, sync: FileSync = OS_SYNC, fatal: Fatal = stop_member,
+                 hot_bytes: int = HOT_BYTES) -> None:
         self._path = path
         self._meta_path = path + ".meta"
         self._sync = sync
         self._fatal = fatal
-        self._entries: list[Entry] = []
-        self._offsets: list[int] = []
+        self._entries = _Entries(self._pread, fatal, hot_bytes=hot_bytes)
         self._dirty = False
         self._syncs = 0
         self._synced_index = 0
@@ -235,7 +355,17 @@ class DurableJournal(Journal):  # type: ignore[misc]
         except BaseException:
             os.close(self._fd)
             raise
-        self._synced_index = self._entries[-1][1] if self._entries else 0
+        self._synced_index = self._entries.idx[-1] if self._entries else 0
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as e:
+            self._fatal(f"read of {self._path} failed: {e}; stopping this member")
+        if len(data) != length:
+            self._fatal(f"short read of {self._path} at offset {offset} ({len(data)} of {length} bytes): "
+                        "the file was changed behind this member; stopping it")
+        return data
 
     # ------------------------------------------------------------ loading
 
@@ -271,7 +401,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
             hint = REPAIR_HINT.format(dir=os.path.dirname(os.path.abspath(self._path)))
             raise CorruptData(self._path, damage.offset, damage.detail,
                               hint if damage.offset >= len(MAGIC) else "This is not a Skiff Raft journal.")
-        self._entries, self._offsets = scan.entries, scan.offsets
+        for (command, idx, term), offset in zip(scan.entries, scan.offsets, strict=True):
+            self._entries.append(command, idx, term, offset)
         if damage is not None:
             # Only an unacknowledged tail can be torn: acknowledged entries were fdatasync'ed.
             log.warning("journal %s: cutting %d bytes at offset %d: %s", self._path, size - scan.end, scan.end,
@@ -282,11 +413,12 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def align_to_snapshot(self, prev: Entry, last: Entry) -> None:
         """Drop the entries before the snapshot's `prev` entry if the journal still has them."""
-        if len(self._entries) >= 2 and self._entries[0] == tuple(prev) and self._entries[1] == tuple(last):
+        entries = self._entries
+        if len(entries) >= 2 and entries.entry(0) == tuple(prev) and entries.entry(1) == tuple(last):
             return
-        for i, e in enumerate(self._entries):
-            if e[1] == prev[1]:
-                if e == tuple(prev) and i > 0:
+        for i, idx in enumerate(entries.idx):
+            if idx == prev[1]:
+                if entries.entry(i) == tuple(prev) and i > 0:
                     log.info("journal: dropping %d entries already covered by the snapshot", i)
                     self.deleteEntriesTo(i)
                 return
@@ -306,15 +438,13 @@ class DurableJournal(Journal):  # type: ignore[misc]
             (entry, offset) = self._tail[0]
             if entry == (command, idx, term):
                 self._tail.pop(0)
-                self._entries.append(entry)
-                self._offsets.append(offset)
+                self._entries.append(command, idx, term, offset)
                 self._end = offset + _REC.size + len(command)
                 return
             self._truncate_tail()
         rec = _encode(command, idx, term)
         self._guard("write", lambda: pwrite_all(self._fd, rec, self._end))
-        self._entries.append((command, idx, term))
-        self._offsets.append(self._end)
+        self._entries.append(command, idx, term, self._end)
         self._end += len(rec)
         self._dirty = True
 
@@ -325,40 +455,32 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def clear(self) -> None:
         self._tail = []
-        self._entries = []
-        self._offsets = []
+        self._entries.truncate(0)
         self._end = len(MAGIC)
         self._guard("truncate", lambda: os.ftruncate(self._fd, self._end))
         self._dirty = True
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
-        if entryFrom >= len(self._entries):
+        entries = self._entries
+        if entryFrom >= len(entries):
             return
-        self._tail = list(zip(self._entries[entryFrom:], self._offsets[entryFrom:], strict=True)) + self._tail
-        self._end = self._offsets[entryFrom]
-        del self._entries[entryFrom:]
-        del self._offsets[entryFrom:]
+        self._tail = [(entries.entry(i), entries.offset[i]) for i in range(entryFrom, len(entries))] + self._tail
+        self._end = entries.offset[entryFrom]
+        entries.truncate(entryFrom)
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         """Keep entries[entryTo:], rewriting the file atomically (called after a snapshot)."""
-        keep = self._entries[entryTo:]
+        entries = self._entries
+        start = entries.offset[entryTo] if entryTo < len(entries) else self._end
+        kept = self._pread(start, self._end - start)  # their records as they are: idx, term, CRC, command
         self._tail = []
-        offsets = []
-        pos = len(MAGIC)
-        parts = [MAGIC]
-        for command, idx, term in keep:
-            rec = _encode(command, idx, term)
-            offsets.append(pos)
-            parts.append(rec)
-            pos += len(rec)
-        self._guard("rewrite", lambda: write_durably(self._path, b"".join(parts), sync=self._sync))
+        self._guard("rewrite", lambda: write_durably(self._path, MAGIC + kept, sync=self._sync))
         os.close(self._fd)
         self._fd = os.open(self._path, os.O_RDWR, 0o600)
-        self._entries = list(keep)
-        self._offsets = offsets
-        self._end = pos
+        entries.drop_head(entryTo, start - len(MAGIC))
+        self._end = len(MAGIC) + len(kept)
         self._dirty = False
-        self._synced_index = keep[-1][1] if keep else 0
+        self._synced_index = entries.idx[-1] if entries else 0
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]
@@ -430,7 +552,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
                 self._guard("fdatasync", lambda: self._sync.fdatasync(self._fd))
             self._syncs += 1
             self._dirty = False
-        self._synced_index = self._entries[-1][1] if self._entries else 0
+        self._synced_index = self._entries.idx[-1] if self._entries else 0
 
     @property
     def synced_index(self) -> int:
@@ -438,4 +560,5 @@ class DurableJournal(Journal):  # type: ignore[misc]
         return self._synced_index
 
     def stats(self) -> dict[str, int]:
-        return {"entries": len(self._entries), "bytes": self._end, "syncs": self._syncs}
+        return {"entries": len(self._entries), "bytes": self._end, "syncs": self._syncs,
+                "commands_in_memory_bytes": self._entries.hot_bytes}

@@ -1,5 +1,6 @@
 """The store member's Prometheus metrics, named as etcd names them (so etcd's dashboards and
-alerts apply): leader, proposals, WAL fsync latency, database size, keys.
+alerts apply): leader, proposals, WAL fsync latency, database size, keys; and, Skiff's own, the
+time a proposal spends in each hop of its way through Raft (`PROPOSAL_HOPS`).
 
 What must hold:
 - counters and histograms here are incremented where the event happens (the journal's
@@ -31,6 +32,33 @@ WAL_FSYNC = Histogram("etcd_disk_wal_fsync_duration_seconds",
 PROPOSALS_FAILED = Counter("etcd_server_proposals_failed",
                            "The total number of failed proposals seen (no leader, timeout, too many requests).")
 LEADER_CHANGES = Counter("etcd_server_leader_changes_seen", "The number of leader changes seen.")
+
+# A put's hops take tens of microseconds to tens of milliseconds: 50 us doubling to about 1.6 s.
+HOP_BUCKETS = tuple(0.00005 * 2 ** i for i in range(16))
+PROPOSAL_HOPS = Histogram(
+    "skiff_store_proposal_hop_seconds",
+    "Time a proposal spends in one hop of its way through Raft, as seen by this member (see docs/store.md).",
+    ["hop"], buckets=HOP_BUCKETS)
+
+
+class Hop:
+    """The hops of a proposal, in the order it takes them, each timed on one member's own clock
+    (the member named first measures it). Two members' hops never share a clock reading, so the
+    time between them -- a message in flight, a poll that has not returned yet -- is what the
+    proposer's `total` leaves over after its own hops."""
+
+    QUEUE = PROPOSAL_HOPS.labels("queue")  # proposer: request in -> its batch handed to Raft (group commit)
+    TO_TICK = PROPOSAL_HOPS.labels("to_tick")  # proposer: handed to Raft -> the tick thread appends or forwards it
+    FORWARDED_TO_APPEND = PROPOSAL_HOPS.labels("forwarded_to_append")  # leader: a forwarded batch read -> appended
+    APPEND_TO_SEND = PROPOSAL_HOPS.labels("append_to_send")  # leader: appended -> sent to the followers
+    SEND_TO_QUORUM = PROPOSAL_HOPS.labels("send_to_quorum")  # leader: sent -> the ack completing a majority read
+    # follower: entries read -> ack sent (after its fdatasync)
+    FOLLOWER_APPEND_TO_ACK = PROPOSAL_HOPS.labels("follower_append_to_ack")
+    QUORUM_TO_COMMIT = PROPOSAL_HOPS.labels("quorum_to_commit")  # leader: majority ack read -> committing tick starts
+    COMMIT_TO_APPLY = PROPOSAL_HOPS.labels("commit_to_apply")  # any member: known committed -> applied
+    REPLICATE = PROPOSAL_HOPS.labels("replicate")  # proposer: appended or forwarded -> applied here
+    APPLY_TO_ANSWER = PROPOSAL_HOPS.labels("apply_to_answer")  # proposer: applied (tick thread) -> answered on the loop
+    TOTAL = PROPOSAL_HOPS.labels("total")  # proposer: request in -> answered
 
 
 class StoreCollector(Collector):

@@ -719,7 +719,8 @@ class KVState:
         st.revision = snap["revision"]
         st.compact_revision = snap["compact_revision"]
         st.cluster_id = snap["cluster_id"]
-        st._kvs = {kv.key: KeyValue(*kv) for kv in snap["kvs"]}
+        # The loaded KeyValues themselves: history shares them (snapshot.py loads equal records as one).
+        st._kvs = {kv.key: kv if type(kv) is KeyValue else KeyValue(*kv) for kv in snap["kvs"]}
         st._index = SortedList(st._kvs)
         st._events = list(snap["events"])
         st._event_revs = list(snap["event_revs"])

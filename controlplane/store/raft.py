@@ -45,6 +45,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -68,7 +69,7 @@ from controlplane.store import errors, mvcc
 from controlplane.store.disk import OS_SYNC, Fatal, FileSync, stop_member
 from controlplane.store.errors import EtcdError
 from controlplane.store.journal import DurableJournal
-from controlplane.store.metrics import PROPOSALS_FAILED
+from controlplane.store.metrics import PROPOSALS_FAILED, Hop
 from controlplane.store.snapshot import SnapshotStore, read_header, verify_snapshot
 
 log = logging.getLogger("skiff.store.raft")
@@ -150,6 +151,28 @@ def next_index_after_ack(next_index: int, ack_next: int, *, success: bool, reset
     return next_index
 
 
+def majority_index(own_last: int, matches: list[int]) -> int:
+    """The highest log index a majority of the members holds: the leader's own last index and
+    each follower's match index, the leader counted like any member."""
+    held = sorted([own_last, *matches], reverse=True)
+    return held[len(held) // 2]
+
+
+class _EntryClock:
+    """When the leader appended one log entry, sent it, and read the ack that gave it a majority."""
+
+    __slots__ = ("appended", "index", "quorum", "sent")
+
+    def __init__(self, index: int, appended: float) -> None:
+        self.index = index
+        self.appended = appended
+        self.sent: float | None = None
+        self.quorum: float | None = None
+
+
+_MAX_CLOCKED = 10000  # entries the leader keeps times for (ones never committed are dropped past this)
+
+
 def member_id_for(peer_addr: str) -> int:
     """A stable uint64 member ID for a peer address (etcd hashes peer URLs the same way)."""
     h = int.from_bytes(hashlib.sha256(b"skiff-member:" + peer_addr.encode()).digest()[:8], "big")
@@ -180,6 +203,7 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         self._held: list[tuple[Any, Any]] = []
         self._answering: tuple[int, int] | None = None  # (read round, term) of the append being handled
         self._retry: dict[Any, tuple[float, float]] = {}  # node -> (next attempt, current delay)
+        self._entries_read_at: float | None = None  # follower: the first append with entries since the last ack
         super().__init__(*args, **kwargs)
 
     def _connectIfNecessarySingle(self, node: Any) -> bool:
@@ -202,10 +226,20 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         if kind == "append_entries":
             # Whatever next_node_idx this produces answers this message: echo its round and term.
             self._answering = (int(message.get("ri", 0)), int(message["term"]))
+            now = time.monotonic()
+            if message.get("entries") and self._entries_read_at is None:
+                self._entries_read_at = now
+            committed = self._syncObj.raftCommitIndex
             try:
                 super()._onMessageReceived(node, message)
             finally:
                 self._answering = None
+            if self._syncObj.raftCommitIndex > committed:
+                self._syncObj.clock_commit_seen(now)
+            return
+        if kind == "apply_command":
+            self._syncObj.forwarded_at.append(time.monotonic())
+            super()._onMessageReceived(node, message)
             return
         if kind == _RI_REQ:
             self._syncObj.read_index_request(node, int(message["id"]))
@@ -221,6 +255,7 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         sent = raft.next_index(node)
         super()._onMessageReceived(node, message)
         raft.keep_next_index(node, sent, message)
+        raft.clock_acks()
         if "ri" in message:
             raft.read_ack(node, int(message["ri"]), int(message["rt"]))
 
@@ -245,6 +280,9 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         held, self._held = self._held, []
         for node, message in held:
             super().send(node, message)
+        if self._entries_read_at is not None:
+            Hop.FOLLOWER_APPEND_TO_ACK.observe(time.monotonic() - self._entries_read_at)
+            self._entries_read_at = None
 
 
 class _Raft(SyncObj):  # type: ignore[misc]
@@ -271,6 +309,14 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._next_round = False
         self.late_reads = 0  # ticks that read their sockets before deciding on an election (late ticks)
         self._tick_at = time.monotonic()
+        # Hop times (metrics.Hop). `submitted`: the loop's batches handed to pysyncobj's queue, not
+        # taken yet; `forwarded_at`: when followers' forwarded batches were read; the leader's
+        # entries not applied yet; a follower's commit indexes as it learned them.
+        self.submitted: collections.deque[_Pending] = collections.deque()
+        self.forwarded_at: list[float] = []
+        self._clocked: collections.deque[_EntryClock] = collections.deque()
+        self._commits_seen: collections.deque[tuple[int, float]] = collections.deque()
+        self._tick_began = time.monotonic()
         with _inject_journal(journal):
             super().__init__(self_addr, others, conf, transportClass=_Transport)
         self.addOnTickCallback(self._end_of_tick)
@@ -292,7 +338,76 @@ class _Raft(SyncObj):  # type: ignore[misc]
         self._transport().flush_acks()
         self._read_if_late()
         self._start_read_round()
+        self._tick_began = time.monotonic()  # a leader's commit decision is the first thing pysyncobj's tick does
         super()._onTick(timeToWait)
+
+    # ------------------------------------------------------------ hop times (tick thread)
+
+    def _checkCommandsToApply(self) -> None:
+        # pysyncobj's tick takes every queued batch here: a leader appends it, a follower forwards it.
+        now = time.monotonic()
+        while self.submitted:
+            p = self.submitted.popleft()
+            p.taken = now
+            Hop.TO_TICK.observe(now - p.submitted)
+        forwarded, self.forwarded_at = self.forwarded_at, []
+        leader = self._isLeader()
+        before = self._SyncObj__getCurrentLogIndex()
+        super()._checkCommandsToApply()
+        if not leader:
+            self._clocked.clear()
+            return
+        now = time.monotonic()
+        for t in forwarded:
+            Hop.FORWARDED_TO_APPEND.observe(now - t)
+        for index in range(before + 1, self._SyncObj__getCurrentLogIndex() + 1):
+            self._clocked.append(_EntryClock(index, now))
+        while len(self._clocked) > _MAX_CLOCKED:
+            self._clocked.popleft()
+
+    def _clock_sent(self) -> None:
+        now = time.monotonic()
+        for e in self._clocked:
+            if e.sent is None:
+                e.sent = now
+                Hop.APPEND_TO_SEND.observe(now - e.appended)
+
+    def clock_acks(self) -> None:
+        """A follower's ack was read (leader): the entries it gave a majority have their quorum time."""
+        if not self._clocked or not self._isLeader():
+            return
+        match: dict[Any, int] = self._SyncObj__raftMatchIndex
+        held = majority_index(self._SyncObj__getCurrentLogIndex(), [match.get(n, 0) for n in self.otherNodes])
+        now = time.monotonic()
+        for e in self._clocked:
+            if e.index > held:
+                break
+            if e.quorum is None and e.sent is not None:
+                e.quorum = now
+                Hop.SEND_TO_QUORUM.observe(now - e.sent)
+
+    def clock_commit_seen(self, now: float) -> None:
+        """A follower learned a higher commit index from the leader at `now`."""
+        self._commits_seen.append((int(self.raftCommitIndex), now))
+
+    def clock_applied(self) -> None:
+        """The entry being applied now (pysyncobj counts it applied right after)."""
+        index = int(self.raftLastApplied) + 1
+        now = time.monotonic()
+        clocked = self._clocked
+        while clocked and clocked[0].index < index:
+            clocked.popleft()
+        if clocked and clocked[0].index == index:
+            e = clocked.popleft()
+            if e.quorum is not None:
+                Hop.QUORUM_TO_COMMIT.observe(max(0.0, self._tick_began - e.quorum))
+                Hop.COMMIT_TO_APPLY.observe(now - self._tick_began)
+            return
+        seen = self._commits_seen
+        while seen and seen[0][0] < index:
+            seen.popleft()
+        if seen:
+            Hop.COMMIT_TO_APPLY.observe(now - seen[0][1])
 
     def _read_if_late(self) -> None:
         """Read what the peers sent before pysyncobj's tick judges their silence.
@@ -467,6 +582,7 @@ class _Raft(SyncObj):  # type: ignore[misc]
                 self._sent = now
                 self._force_send = False
                 self._SyncObj__sendAppendEntries()
+                self._clock_sent()
                 if not self.otherNodes:
                     self.wake()  # alone: no ack will wake the poller, and the commit is ours to make
         elif self._confirming:
@@ -480,6 +596,7 @@ class _Raft(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[misc]
     def apply_batch(self, batch: tuple[int, tuple[tuple[Any, ...], ...]]) -> Any:
+        self.clock_applied()
         return self._node._apply(batch)
 
 
@@ -522,7 +639,7 @@ class _ReadBatch:
 
 
 class _Pending:
-    __slots__ = ("cmds", "deadline", "futs", "last_error", "reads", "timer")
+    __slots__ = ("applied", "cmds", "deadline", "futs", "last_error", "reads", "submitted", "taken", "timer")
 
     def __init__(self, cmds: list[tuple[Any, ...]], futs: list[asyncio.Future[Any]],
                  reads: list[asyncio.Future[Any]], deadline: float) -> None:
@@ -532,6 +649,10 @@ class _Pending:
         self.deadline = deadline
         self.last_error: int | None = None
         self.timer: asyncio.TimerHandle | None = None
+        # Hop times: handed to pysyncobj (loop), taken by its tick, applied here (tick thread).
+        self.submitted = 0.0
+        self.taken: float | None = None
+        self.applied: float | None = None
 
 
 class RaftNode:
@@ -559,7 +680,7 @@ class RaftNode:
         self._snapshot_bytes = snapshot_bytes
         self._on_applied = on_applied
         self._on_restored = on_restored
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any], float]] = []  # (cmd, its future, arrived)
         self._queue_bytes = 0
         self._reads: list[asyncio.Future[Any]] = []
         self._flush_scheduled = False
@@ -658,10 +779,14 @@ class RaftNode:
         """Replicate one command; its result, or raise its EtcdError."""
         self._admit()
         fut: asyncio.Future[Any] = self.loop.create_future()
-        self._queue.append((cmd, fut))
+        arrived = time.monotonic()
+        self._queue.append((cmd, fut, arrived))
         self._queue_bytes += _approx_size(cmd)
         self._schedule_flush()
-        res = await fut
+        try:
+            res = await fut
+        finally:
+            Hop.TOTAL.observe(time.monotonic() - arrived)
         if isinstance(res, EtcdError):
             raise res
         return res
@@ -714,17 +839,19 @@ class RaftNode:
             take = min(len(self._queue), self._max_batch)
             if self._queue_bytes > self._max_batch_bytes:
                 size, take = 0, 0
-                for cmd, _ in self._queue:
+                for cmd, _, _ in self._queue:
                     size += _approx_size(cmd)
                     take += 1
                     if size > self._max_batch_bytes or take >= self._max_batch:
                         break
             items = self._queue[:take]
             del self._queue[:take]
-            self._queue_bytes = sum(_approx_size(c) for c, _ in self._queue) if self._queue else 0
+            self._queue_bytes = sum(_approx_size(c) for c, _, _ in self._queue) if self._queue else 0
             reads, self._reads = self._reads, []
-            p = _Pending([c for c, _ in items], [f for _, f in items], reads,
-                         time.monotonic() + self.request_timeout)
+            now = time.monotonic()
+            for _, _, arrived in items:
+                Hop.QUEUE.observe(now - arrived)
+            p = _Pending([c for c, _, _ in items], [f for _, f, _ in items], reads, now + self.request_timeout)
             p.timer = self.loop.call_later(self.request_timeout, self._expire, p)
             self._inflight += 1
             self._submit(p)
@@ -734,9 +861,14 @@ class RaftNode:
         loop = self.loop
 
         def done(res: Any, err: int) -> None:  # tick thread
+            p.applied = time.monotonic()
+            if p.taken is not None and err == FAIL_REASON.SUCCESS:
+                Hop.REPLICATE.observe(p.applied - p.taken)
             loop.call_soon_threadsafe(self._done, p, res, err)
 
         try:
+            p.submitted, p.taken = time.monotonic(), None
+            self.raft.submitted.append(p)
             self.raft.apply_batch(batch, callback=done)
             self.raft.wake()
         except Exception as e:  # e.g. the pipe notifier full; treat like a full queue
@@ -747,6 +879,8 @@ class RaftNode:
         if p.timer is None:
             return  # already answered (timed out)
         if err == FAIL_REASON.SUCCESS:
+            if p.applied is not None:
+                Hop.APPLY_TO_ANSWER.observe(time.monotonic() - p.applied)
             self._finish(p, res, None)
             return
         p.last_error = err

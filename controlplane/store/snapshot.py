@@ -19,6 +19,13 @@ its tick thread, immediately renames tmp_file over the dump file, then polls
 - A failed fsync stops the member (disk.py); a failed write (a full disk) only fails this
   snapshot, and the journal keeps everything until a later one succeeds.
 
+- A restored state shares its records as the state that was written did: the records are
+  immutable tuples, one KeyValue held by the live map, by the event that wrote it and as the
+  next event's prev_kv; pickled in separate chunks they would come back as separate copies
+  (values included: a restored state of 30,000 pods took 204 MB against 151 MB). The reader
+  loads records equal in value as one object, chunk by chunk (`_Sharing`), so the copies are
+  freed while loading.
+
 File format: MAGIC, then pickles: a header dict {last, prev, cluster}, the state without its
 big lists, then the big lists in chunks (so pickling yields the GIL between chunks); then a
 trailer: TRAILER_MAGIC, the body's length and its CRC32. Snapshots of the first format
@@ -125,6 +132,22 @@ def _check_trailer(f: BinaryIO, crc: int, length: int, path: str) -> None:
                           f"{crc:08x}, the trailer records {want_len} bytes with crc32 {want_crc:08x}", REMEDY)
 
 
+class _Sharing:
+    """Loads records equal in value as one object: a tuple with no tuple inside (a KeyValue) is
+    kept once; one holding tuples (an Event) is rebuilt around the kept ones."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+    def record(self, item: Any) -> Any:
+        if not isinstance(item, tuple):
+            return item
+        if any(isinstance(x, tuple) for x in item):
+            parts = [self.record(x) for x in item]
+            return item._make(parts) if hasattr(item, "_make") else tuple(parts)
+        return self._seen.setdefault(item, item)
+
+
 def read_snapshot(f: BinaryIO, *, header_only: bool = False,
                   path: str = "snapshot") -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and state; the state is returned only after its checksum matched (CorruptData)."""
@@ -135,11 +158,12 @@ def read_snapshot(f: BinaryIO, *, header_only: bool = False,
         if header_only:
             return header, {}
         state = pickle.load(r)
+        sharing = _Sharing()
         for _ in BIG:
             name, n = pickle.load(r)
             items: list[Any] = []
             for _ in range(n):
-                items.extend(pickle.load(r))
+                items.extend([sharing.record(item) for item in pickle.load(r)])
             state[name] = items
     except CorruptData:
         raise

@@ -12,7 +12,9 @@ by the batches still in flight to the loop. What must hold:
   canceled=true and compact_revision, after which the client relists.
 - A slow stream (its queue over `max_queue`) stops receiving live events; its watchers turn
   "unsynced" and catch up from history once it drains (or are told they were compacted),
-  so one stuck client costs bounded memory.
+  so one stuck client costs bounded memory. A watcher is synced (gets live events) only while
+  its stream is not slow: one created on a slow stream, or whose own catch-up made the stream
+  slow, stays unsynced until the catch-up after the drain.
 - Each event is encoded once per publish (with and without prev_kv) and responses are built by
   concatenating bytes, so the cost per watcher is a filter and a join.
 """
@@ -153,7 +155,9 @@ class WatchHub:
         w = Watcher(s, wid, req, start)
         s.watchers[wid] = w
         self._msg(s, watch_id=wid, created=True)
-        if start <= self.revision:
+        if start <= self.revision or s.slow:
+            # A slow stream gets no live events (`publish`): a watcher on it is synced only by
+            # the catch-up that runs once the stream drained.
             w.synced = False
             self.catch_up(s)
 
@@ -184,9 +188,12 @@ class WatchHub:
                 enc = _Encoded(events)
                 self._deliver(w, enc, self._header_field(), range(len(events)))
             w.next_rev = max(w.next_rev, self.revision + 1)
-            w.synced = True
             if s.slow:
-                return  # still behind: the rest resumes when the queue drains
+                # Still behind (this delivery may have made it so): the watcher stays unsynced,
+                # since `publish` skips slow streams, and resumes from next_rev once the queue
+                # drained. Marking it synced here lost every event published meanwhile.
+                return
+            w.synced = True
         if s.progress_pending and all(w.synced for w in s.watchers.values()):
             s.progress_pending = False
             self._msg(s, watch_id=-1)

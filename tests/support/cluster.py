@@ -11,11 +11,13 @@ periods); the code paths are the production ones.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from controlplane.store.cluster import StoreCluster
 from deploy.loopback import Process, free_port
 
 FAST_LEADER_ELECTION = ("--leader-elect-lease-duration", "4s", "--leader-elect-renew-deadline", "3s",
@@ -70,3 +72,19 @@ def start_fake_node(workdir: Path, api_servers: str, name: str, *, capacity: str
         argv += ["--pod-cidr", pod_cidr]
     argv += [*tls, *extra]
     return Process(name, argv, workdir / f"{name}.log", "127.0.0.1", port, env=_env()).start(timeout=60)
+
+
+@contextlib.contextmanager
+def running_store(members: int) -> Iterator[StoreCluster]:
+    """A Skiff store of `members` real processes for a test module's fixture; when the module's
+    tests fail while it runs, each member's log tail is printed (a store problem shows there)."""
+    c = StoreCluster(members)
+    try:
+        c.start()
+        yield c
+    except BaseException:
+        for name in c.members:
+            print(f"----- {name}.log\n{c.log(name)[-4000:]}")
+        raise
+    finally:
+        c.close()

@@ -205,7 +205,7 @@ def test_scheduler_stream_rows_show_the_code_before_when_measured_beside() -> No
     rows = report.scheduler_stream_rows(base | {"before": {"code": "main ed95ef8", "skiff": _stream(120.0)}})
     [row] = [row for row in rows if "before" in row[0]]
     assert "main ed95ef8" in row[0]
-    assert row[2] == "skiff: 120 → 300 pods/s (2.50x), CPU 2.5 → 2.5 ms per pod"
+    assert row[2] == "skiff: 120 → 300 pods/s (2.50x), CPU 2.50 → 2.50 ms per pod"
 
 
 def test_scheduler_stream_rows_list_the_bind_batching_variants() -> None:

@@ -22,18 +22,15 @@ from skiff import errors
 from skiffpb.api.v1 import types_pb2 as t
 from tests.integration.apiserver.conftest import collect, summary, wipe
 from tests.support.builders import pod
+from tests.support.cluster import running_store
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def skiff_store() -> Iterator[StoreCluster]:
-    cluster = StoreCluster(1)
-    try:
-        cluster.start()
+    with running_store(1) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 # The conftest's `store`, with Skiff's own store as well: the shared revision is what each store makes of one txn.

@@ -19,6 +19,7 @@ import pytest
 from controlplane.apiserver.etcd import EtcdStore
 from controlplane.apiserver.storage import Put
 from controlplane.store.cluster import StoreCluster
+from tests.support.cluster import running_store
 
 pytestmark = pytest.mark.integration
 
@@ -29,16 +30,8 @@ WATCHES = 9
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[StoreCluster]:
-    c = StoreCluster(3)
-    try:
-        c.start()
+    with running_store(3) as c:
         yield c
-    except BaseException:
-        for name in c.members:
-            print(f"----- {name}.log\n{c.log(name)[-4000:]}")
-        raise
-    finally:
-        c.close()
 
 
 async def _until(check: object, timeout: float) -> bool:

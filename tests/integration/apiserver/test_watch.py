@@ -121,6 +121,25 @@ async def test_old_revision_served_from_store_then_too_old_after_compaction(stor
         await registry.stop()
 
 
+async def test_store_served_backlog_larger_than_the_bound_is_delivered_whole(store: Store) -> None:
+    """A watch older than the ring is paced by its client, not closed as slow: closing it made a
+    client whose backlog exceeded the bound resume from the same resourceVersion and get the
+    same backlog, over and over (a livelock until compaction, seen at 30,000 pods)."""
+    registry = await make_registry(store, watch_cache_size=4, watcher_buffer=5)
+    try:
+        _, rv, _ = await registry.list("pods")
+        for i in range(30):
+            await registry.create(pod(f"p{i}"))
+        stream = registry.watch("pods", resource_version=rv)
+        events = await collect(stream, 30)
+        assert [n for _, n in summary(events)] == [f"p{i}" for i in range(30)]
+        await registry.create(pod("live"))  # and it goes on live
+        assert summary(await collect(stream, 1)) == [("ADDED", "live")]
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await registry.stop()
+
+
 async def test_slow_watcher_is_closed_and_never_blocks_others(store: Store) -> None:
     registry = await make_registry(store, watcher_buffer=5)
     try:

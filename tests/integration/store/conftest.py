@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from controlplane.store.cluster import StoreCluster
+from tests.support.cluster import running_store
 from tests.support.prereq import require
 
 pytestmark = pytest.mark.integration
@@ -39,13 +40,5 @@ class Etcdctl:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[StoreCluster]:
-    c = StoreCluster(3)
-    try:
-        c.start()
+    with running_store(3) as c:
         yield c
-    except BaseException:
-        for name in c.members:
-            print(f"----- {name}.log\n{c.log(name)[-4000:]}")
-        raise
-    finally:
-        c.close()

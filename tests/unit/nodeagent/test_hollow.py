@@ -105,9 +105,9 @@ async def test_start_latency_delays_sandbox_and_start_only() -> None:
 
 @pytest.mark.parametrize(("flags", "expected"), [
     ([], {"relist_period": 10.0, "status_check_period": 10.0, "lease_period": 10.0, "node_status_period": 300.0,
-          "stats_period": 60.0}),
-    (["--node-status-period", "1m", "--housekeeping-interval", "10s", "--lease-period", "5s"],
-     {"lease_period": 5.0, "node_status_period": 60.0, "stats_period": 10.0}),
+          "stats_period": 60.0, "tick": 1.0}),
+    (["--node-status-period", "1m", "--housekeeping-interval", "10s", "--lease-period", "5s", "--tick", "0"],
+     {"lease_period": 5.0, "node_status_period": 60.0, "stats_period": 10.0, "tick": 0.0}),
 ], ids=["kubelet-report-frequency-by-default", "flags-reach-the-agents"])
 def test_hollow_periods_reach_each_agents_config(flags: list[str], expected: dict[str, float],
                                                  tmp_path: Path) -> None:

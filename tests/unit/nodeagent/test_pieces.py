@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import tarfile
 import tomllib
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent import logs, network, node, podconfig, probes, worker
+from nodeagent.agent import on_tick
 from skiff import hostconfig, images
 from skiffpb.api.v1 import types_pb2 as t
 from skiffpb.cri.v1 import api_pb2 as cri
@@ -347,3 +349,29 @@ def test_is_own_echo(rv: str, pending: set[int], own: bool, left: set[int]) -> N
 ], ids=["nothing", "sorted", "order-does-not-matter"])
 def test_runtime_fingerprint(items: list[tuple[str, int]], fingerprint: tuple[tuple[str, int], ...]) -> None:
     assert worker.runtime_fingerprint(items) == fingerprint
+
+
+@pytest.mark.parametrize(("now", "delay", "tick", "offset", "wait"), [
+    (100.2, 3.0, 0.0, 0.0, 3.0),
+    (100.2, 3.0, 1.0, 0.0, 3.8),
+    (100.0, 3.0, 1.0, 0.0, 3.0),
+    (100.2, 3.0, 1.0, 0.5, 3.3),
+    (100.7, 3.0, 1.0, 0.5, 3.8),
+    (100.2, 0.0, 1.0, 0.0, 0.8),
+], ids=["no-grid", "to-the-next-tick", "on-a-tick-already", "offset-grid", "offset-grid-past-the-offset",
+        "no-delay"])
+def test_on_tick(now: float, delay: float, tick: float, offset: float, wait: float) -> None:
+    assert on_tick(now, delay, tick, offset) == pytest.approx(wait)
+
+
+def test_on_tick_groups_wakes_and_delays_none_by_a_tick_or_more() -> None:
+    """250 agents' waits of 9-11 s (a 10 s period +/- 10%) from moments spread over a second end on
+    at most 4 moments of a 1 s grid, none of them a whole tick late."""
+    rng = random.Random(7)
+    wakes = set()
+    for _ in range(250):
+        now, delay = 50 + rng.random(), 9 + 2 * rng.random()
+        wait = on_tick(now, delay, 1.0, 0.25)
+        assert delay <= wait < delay + 1.0
+        wakes.add(round(now + wait, 6))
+    assert len(wakes) <= 4

@@ -332,3 +332,51 @@ def test_header_torn_at_creation_starts_empty(tmp_path: Path, content: bytes, st
     j.add(b"a", 1, 1)
     j._destroy()
     assert DurableJournal(p)[:] == [(b"a", 1, 1)]
+
+
+def _cmd(i: int) -> bytes:
+    return b"cmd-%d-" % i + b"x" * 100
+
+
+@pytest.mark.parametrize("step", ["appended", "reopened", "head-dropped", "tail-deleted-and-readded"])
+def test_commands_beyond_the_hot_bytes_are_read_back(tmp_path: Path, step: str) -> None:
+    # Only the newest commands stay in memory (~3 here); every entry still reads as written.
+    p = str(tmp_path / "j")
+    j = DurableJournal(p, hot_bytes=350)
+    for i in range(1, 21):
+        j.add(_cmd(i), i, 1 + i // 10)
+    want = [(_cmd(i), i, 1 + i // 10) for i in range(1, 21)]
+    if step == "reopened":
+        j.sync()
+        j._destroy()
+        j = DurableJournal(p, hot_bytes=350)
+    elif step == "head-dropped":
+        j.deleteEntriesTo(12)  # after a snapshot
+        want = want[12:]
+    elif step == "tail-deleted-and-readded":
+        j.deleteEntriesFrom(5)
+        for cmd, idx, term in want[5:8]:
+            j.add(cmd, idx, term)  # the same entries again: kept in place
+        want = want[:8]
+    assert j.stats()["commands_in_memory_bytes"] <= 350
+    assert [j[i] for i in range(len(j))] == want
+    assert j[-1] == want[-1] and list(j[2:]) == want[2:] and j[1:3][1] == want[2] and len(j[3:]) == len(want) - 3
+    j.sync()
+    j._destroy()
+    assert [DurableJournal(p)[i] for i in range(len(want))] == want  # the file holds them all
+
+
+def test_a_command_read_back_wrong_stops_the_member(tmp_path: Path) -> None:
+    p = str(tmp_path / "j")
+    j = DurableJournal(p, hot_bytes=350, fatal=_stop)
+    for i in range(1, 11):
+        j.add(_cmd(i), i, 1)
+    j.sync()
+    with open(p, "r+b") as f:  # flip a byte of entry 2's command, behind the journal's back
+        data = f.read()
+        at = data.index(_cmd(2)) + 5
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0xFF]))
+    assert j[0] == (_cmd(1), 1, 1)
+    with pytest.raises(Stopped, match=r"entry 2 read back at offset .* does not match"):
+        j[1]

@@ -1,4 +1,5 @@
-"""The leader's next index per follower (`next_index_after_ack`) and the peer zlib level.
+"""The leader's next index per follower (`next_index_after_ack`), the peer zlib level, and the
+index a majority holds (`majority_index`, which times a put's `send_to_quorum` hop).
 
 The next index only moves back on a `reset` answer (the follower's log does not match);
 an answer to an earlier append message never pulls it behind what was already sent, so
@@ -44,3 +45,20 @@ def test_peer_messages_are_stored_deflate_that_any_reader_inflates(payload: byte
     assert zlib.decompress(data) == payload  # members from before read it
     assert tcp_connection.zlib.decompress(zlib.compress(payload, 3)) == payload  # and we read theirs
     assert tcp_connection.zlib is raft._PeerZlib
+
+
+MAJORITY_CASES = [
+    # (leader's last index, followers' match indexes, the highest index a majority holds)
+    pytest.param(10, [], 10, id="alone"),
+    pytest.param(10, [7, 3], 7, id="three-one-follower-enough"),
+    pytest.param(10, [3, 7], 7, id="three-order-does-not-matter"),
+    pytest.param(10, [10, 10], 10, id="three-all-caught-up"),
+    pytest.param(10, [0, 0], 0, id="three-no-follower-yet"),
+    pytest.param(10, [9, 8, 2], 8, id="four-needs-three"),
+    pytest.param(10, [9, 8, 2, 1], 8, id="five-needs-three"),
+]
+
+
+@pytest.mark.parametrize(("own_last", "matches", "expected"), MAJORITY_CASES)
+def test_majority_index(own_last: int, matches: list[int], expected: int) -> None:
+    assert raft.majority_index(own_last, matches) == expected

@@ -180,3 +180,27 @@ def test_failed_snapshot_fsync_stops_the_member(tmp_path: Path, monkeypatch: pyt
         time.sleep(0.01)
     assert stopped and "fsync of" in stopped[0] and "Input/output error" in stopped[0]
     assert read_header(path) is None  # the placeholder stays: no snapshot replaced the old one
+
+
+def test_a_restored_state_shares_its_records_as_the_written_one(tmp_path: Path) -> None:
+    # Live map, the event that wrote a version and the next event's prev_kv share one KeyValue
+    # in a running state; the snapshot's separate pickles must not make three of it.
+    st = mvcc.KVState()
+    for rnd in range(3):
+        st.apply([mvcc.cmd_put(mvcc.PutReq(b"k%d" % i, b"v%d-%d" % (i, rnd) * 50)) for i in range(4)])
+    st.apply([mvcc.cmd_txn(mvcc.TxnReq((), (mvcc.PutReq(b"k0", b"once"), mvcc.DeleteReq(b"k1")), ()))])
+    path = tmp_path / "snap"
+    with open(path, "wb") as f:
+        write_snapshot(f, {"last": None, "prev": None, "cluster": []}, st.snapshot())
+    with open(path, "rb") as f:
+        _, snap = read_snapshot(f)
+    restored = mvcc.KVState.from_snapshot(snap)
+    assert restored.snapshot() == st.snapshot()
+    assert all(type(a) is type(b) for a, b in zip(restored.snapshot()["events"], st.snapshot()["events"], strict=True))
+    events = restored.events_since(1)
+    for later, ev in enumerate(events, 1):
+        following = [e for e in events[later:] if e.kv.key == ev.kv.key]
+        if ev.type == mvcc.PUT and following:
+            assert following[0].prev_kv is ev.kv, ev
+        elif ev.type == mvcc.PUT:
+            assert restored.get(ev.kv.key) is ev.kv, ev

@@ -314,6 +314,10 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
      Attributes("list", "secrets", namespace="d", name="s")),
     ("Watch", api.WatchRequest(resource="configmaps", namespace="d", field_selector="metadata.name!=c"),
      Attributes("watch", "configmaps", namespace="d")),
+    ("WatchBatch", api.WatchRequest(resource="pods", field_selector="spec.schedulerName=x"),
+     Attributes("watch", "pods")),
+    ("WatchBatch", api.WatchRequest(resource="secrets", namespace="d", field_selector="metadata.name=s"),
+     Attributes("watch", "secrets", namespace="d", name="s")),
     ("Version", api.VersionRequest(), None),
     ("Compact", api.VersionRequest(), Attributes("call", path="/skiff.api.v1.ApiServer/Compact")),
     ("NodeMetrics", metrics_pb2.MetricsRequest(), Attributes("list", "nodes", group="metrics.k8s.io")),
@@ -321,7 +325,7 @@ async def test_access_review_refuses_a_bad_body(cluster: Cluster) -> None:
      Attributes("get", "pods", group="metrics.k8s.io", namespace="d", name="p")),
 ], ids=["create", "create-cluster-scoped", "get-defaults-namespace", "list-all", "watch", "update-status",
         "delete", "bind", "logs", "exec", "create-token", "unknown-resource", "list-one-by-name",
-        "watch-all-but-one", "version", "unknown-method-closed",
+        "watch-all-but-one", "watch-batch", "watch-batch-one-by-name", "version", "unknown-method-closed",
         "node-metrics", "pod-metrics"])
 def test_grpc_request_attributes(method: str, request_: Any, attrs: Attributes | None) -> None:
     assert request_attributes(method, request_) == attrs

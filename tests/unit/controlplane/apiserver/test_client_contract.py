@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from controlplane.apiserver.allocator import Allocator
@@ -29,8 +31,10 @@ from skiffpb.api.v1 import types_pb2 as t
 from tests.support.builders import node, pod, service
 
 
-@pytest.fixture(params=["in-process", "grpc"])
+@pytest.fixture(params=["in-process", "grpc", "grpc-watch-per-event"])
 async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """grpc: watches come several events per message (WatchBatch); grpc-watch-per-event: the
+    client watches as it does an api-server without WatchBatch (Watch, one event per message)."""
     if request.param == "in-process":
         async with InProcessApi() as in_process:
             yield in_process
@@ -42,6 +46,8 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     remote = Client(f"127.0.0.1:{port}")
+    if request.param == "grpc-watch-per-event":
+        remote._endpoint(0).watch_batch = False
     try:
         yield remote
     finally:
@@ -237,3 +243,31 @@ async def test_service_gets_a_cluster_ip_from_the_range(client: Any) -> None:
     assert created.spec.cluster_ip.startswith("10.") and list(created.spec.cluster_ips) == [created.spec.cluster_ip]
     with pytest.raises(errors.InvalidError, match="clusterIP"):
         await client.create(service("elsewhere", cluster_ip="192.0.2.1"))
+
+
+async def test_a_watch_falls_back_to_one_event_per_message_on_an_api_server_without_watch_batch() -> None:
+    """An api-server older than WatchBatch answers it UNIMPLEMENTED: the client watches with
+    Watch instead, from the same request, and keeps doing so on that endpoint."""
+    requests: list[api.WatchRequest] = []
+
+    async def watch(request: api.WatchRequest, context: Any) -> AsyncIterator[api.WatchEvent]:
+        requests.append(request)
+        yield api.WatchEvent(type="ADDED", object=t.Object(pod=pod("old", ns="default")))
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("skiff.api.v1.ApiServer", {
+        "Watch": grpc.unary_stream_rpc_method_handler(watch, request_deserializer=api.WatchRequest.FromString,
+                                                      response_serializer=api.WatchEvent.SerializeToString)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    remote = Client(f"127.0.0.1:{port}")
+    try:
+        for _ in range(2):
+            stream = remote.watch(t.Pod, resource_version="42")
+            assert await next_events(stream, 1) == [("ADDED", "old")]
+            await stream.aclose()
+        assert [r.resource_version for r in requests] == ["42", "42"]
+        assert remote._endpoint(0).watch_batch is False
+    finally:
+        await remote.close()
+        await server.stop(None)

@@ -31,7 +31,7 @@ from controlplane.apiserver.registry import Registry
 from controlplane.apiserver.rest import http
 from controlplane.apiserver.server import grpc_server
 from controlplane.apiserver.storage import WatchBatch
-from controlplane.apiserver.watchcache import CachedEvent, WatchCache, Watcher
+from controlplane.apiserver.watchcache import CachedEvent, WatchCache, Watcher, chunk_bytes
 from skiff import errors, identity, kinds
 from skiff.client import Client
 from skiffpb.api.v1 import apiserver_pb2 as api
@@ -297,6 +297,64 @@ async def test_a_failing_watcher_first_completes_the_revision_being_sent(
             got.append(api.WatchEvent.FromString(data).object.pod.metadata.name)
     assert got == rest
     assert w.queued_bytes == 0
+
+
+# (padding of each event queued, the byte bound of a batch, the events of each batch handed out)
+BATCHES = [
+    pytest.param((10, 10, 10), 10_000, [["p1", "p2", "p3"]], id="everything-queued-in-one"),
+    pytest.param((1_000, 1_000, 1_000), 2_500, [["p1", "p2"], ["p3"]], id="cut-at-the-byte-bound"),
+    pytest.param((5_000, 10), 1_000, [["p1"], ["p2"]], id="a-large-event-alone"),
+    pytest.param((10,), 10_000, [["p1"]], id="one-event"),
+]
+
+
+@pytest.mark.parametrize("sizes,max_bytes,batches", BATCHES)
+async def test_next_batch_hands_out_what_is_queued_in_order(sizes: tuple[int, ...], max_bytes: int,
+                                                            batches: list[list[str]]) -> None:
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    w = Watcher(kind, make_filter(kind), 0, limit=1000, allow_bookmarks=False)
+    for i, size in enumerate(sizes, start=1):
+        w.offer(_event(f"p{i}", i, size))
+    got = []
+    for _ in batches:
+        batch = await w.next_batch(max_bytes)
+        assert batch is not None
+        got.append([api.WatchEvent.FromString(d).object.pod.metadata.name for d in batch])
+    assert got == batches
+    assert not w.queue and w.queued_bytes == 0
+    w.expire()
+    assert await w.next_batch(max_bytes) is None
+
+
+async def test_a_failing_watcher_keeps_the_rest_of_a_revision_a_batch_cut() -> None:
+    """A batch cut by its byte bound inside a revision: that revision's other events still come
+    before the error, as after `next`."""
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    w = Watcher(kind, make_filter(kind), 0, limit=1000, allow_bookmarks=False)
+    for i, revision in enumerate((5, 5, 5, 6), start=1):
+        w.offer(_event(f"p{i}", revision, 1_000))
+    first = await w.next_batch(2_500)
+    assert first is not None and len(first) == 2
+    w.fail(errors.TooManyRequestsError("too slow"))
+    rest = await w.next_batch(100_000)
+    assert rest is not None
+    assert [api.WatchEvent.FromString(d).object.pod.metadata.name for d in rest] == ["p3"]
+    with pytest.raises(errors.TooManyRequestsError):
+        await w.next_batch(100_000)
+
+
+@pytest.mark.parametrize("sizes,max_bytes,runs", [
+    ((), 10, []),
+    ((3, 3, 3), 10, [[3, 3, 3]]),
+    ((4, 4, 4), 10, [[4, 4], [4]]),
+    ((20, 1, 1), 10, [[20], [1, 1]]),
+    ((1, 20, 1), 10, [[1], [20], [1]]),
+], ids=["nothing", "all-in-one", "cut", "large-first", "large-between"])
+def test_chunk_bytes(sizes: tuple[int, ...], max_bytes: int, runs: list[list[int]]) -> None:
+    items = [bytes(n) for n in sizes]
+    assert [[len(x) for x in run] for run in chunk_bytes(items, max_bytes)] == runs
 
 
 # (revisions of the events in the ring, the resourceVersion a client resumes from, names it gets)

@@ -32,6 +32,7 @@ DEPLOY = t.Deployment(metadata=t.ObjectMeta(name="web", namespace="default"))
      metrics.RequestInfo("PUT", "pods", "status", "resource", "", "v1")),
     ("Watch", api.WatchRequest(resource="deployments", namespace="default"),
      metrics.RequestInfo("WATCH", "deployments", "", "namespace", "apps", "v1")),
+    ("WatchBatch", api.WatchRequest(resource="pods"), metrics.RequestInfo("WATCH", "pods", "", "cluster", "", "v1")),
     ("Bind", api.BindRequest(binding=t.Binding(metadata=t.ObjectMeta(name="web-1", namespace="default"))),
      metrics.RequestInfo("POST", "pods", "binding", "resource", "", "v1")),
     ("Logs", api.LogsRequest(namespace="default", pod="web-1"),
@@ -42,8 +43,8 @@ DEPLOY = t.Deployment(metadata=t.ObjectMeta(name="web", namespace="default"))
     # A request that did not parse arrives as server.BadRequest: counted by its verb, never an error.
     ("Bind", BadRequest("BindRequest", "truncated"), metrics.RequestInfo("POST")),
     ("Get", BadRequest("GetRequest", "truncated"), metrics.RequestInfo("GET")),
-], ids=["create", "get", "list-all", "list-cluster-scoped", "update-status", "watch", "bind", "logs", "pod-metrics",
-        "version", "unparsed-bind", "unparsed-get"])
+], ids=["create", "get", "list-all", "list-cluster-scoped", "update-status", "watch", "watch-batch", "bind", "logs",
+        "pod-metrics", "version", "unparsed-bind", "unparsed-get"])
 def test_grpc_info(method: str, request_: Any, info: metrics.RequestInfo) -> None:
     assert metrics.grpc_info(f"/skiff.api.v1.ApiServer/{method}", request_) == info
 

@@ -139,3 +139,20 @@ async def test_long_unschedulable_pods_are_retried_anyway() -> None:
     clock.advance(61)
     q.flush()
     assert q.where("default/a") == "active"
+
+
+def test_pod_info_holds_no_part_of_its_pod() -> None:
+    # A sub-message keeps its whole pod alive: the cache swaps PodInfo.pod for newer copies, and
+    # the first copy (the whole pending pod) must not stay behind through the tolerations.
+    a, b = pod("a"), pod("b")
+    for p in (a, b):
+        p.spec.tolerations.add(key="node.kubernetes.io/not-ready", operator="Exists", effect="NoExecute",
+                               toleration_seconds=300)
+    info_a, info_b = PodInfo.of(a), PodInfo.of(b)
+    a.spec.tolerations[0].key = "changed-in-the-pod"
+    assert [tol.key for tol in info_a.tolerations] == ["node.kubernetes.io/not-ready"]
+    assert info_a.tolerations is info_b.tolerations  # equal tolerations are shared
+    assert info_a.signature is info_b.signature
+    c = pod("c")
+    c.spec.tolerations.add(key="node.kubernetes.io/not-ready", operator="Exists", effect="NoExecute")
+    assert [tol.HasField("toleration_seconds") for tol in PodInfo.of(c).tolerations] == [False]

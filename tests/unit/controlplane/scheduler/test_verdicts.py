@@ -75,7 +75,7 @@ def test_every_change_of_the_node_forgets_its_verdicts(change: Callable[[NodeInf
     ni = NodeInfo("n")
     ni.set_node(node("n"))
     ni.add_pod(info(pod("old", cpu="1")))
-    ni.remember("sig", (None, (1, 2), 3))
+    ni.remember("sig", (None, 3, 1, 2))
     change(ni)
     assert ni.verdicts == {}
 
