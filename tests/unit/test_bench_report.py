@@ -277,3 +277,14 @@ def test_scale_rows_compare_the_stored_pods_with_the_bench_informer(skiff: dict[
 def test_scale_rows_all_running_falls_back_to_the_stored_pods(skiff: dict[str, Any], cell: str, verdict: str) -> None:
     [row] = [r for r in report.scale_rows({"params": SCALE_PARAMS, "skiff": skiff}) if "create → all Running" in r[0]]
     assert (row[2], row[3]) == (cell, verdict)
+
+
+@pytest.mark.parametrize(("skiff", "cell"), [
+    ({"all_endpoints_s": 115.7, "rolling_update_s": 60.2, "delete_all_s": 90.0},
+     "skiff: 116 s; 60 s (10 Deployments); 90 s"),
+    ({"all_endpoints_s": 115.7}, "skiff: 116 s; not reached; not reached"),
+    ({}, "skiff: not reached; not reached; not reached"),
+], ids=["all-phases", "stopped-in-the-rolling-update", "none"])
+def test_scale_rows_later_phases_each_say_whether_reached(skiff: dict[str, Any], cell: str) -> None:
+    [row] = [r for r in report.scale_rows({"params": SCALE_PARAMS, "skiff": skiff}) if r[0].startswith("Services →")]
+    assert row[2] == cell
