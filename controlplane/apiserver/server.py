@@ -369,20 +369,20 @@ class ApiServerService:
         return kinds.wrap(obj)
 
     async def Watch(self, request: api.WatchRequest, context: Any) -> AsyncIterator[bytes]:
-        async for data in self.registry.watch(
-                request.resource, namespace=request.namespace, label_selector=request.label_selector,
-                field_selector=request.field_selector, resource_version=request.resource_version,
-                send_initial_events=request.send_initial_events, allow_bookmarks=request.allow_bookmarks,
-                timeout_seconds=int(request.timeout_seconds)):
+        async for data in self._watch(request, batched=False):
             yield data
 
     async def WatchBatch(self, request: api.WatchRequest, context: Any) -> AsyncIterator[bytes]:
-        async for data in self.registry.watch(
-                request.resource, namespace=request.namespace, label_selector=request.label_selector,
-                field_selector=request.field_selector, resource_version=request.resource_version,
-                send_initial_events=request.send_initial_events, allow_bookmarks=request.allow_bookmarks,
-                timeout_seconds=int(request.timeout_seconds), batched=True):
+        async for data in self._watch(request, batched=True):
             yield data
+
+    def _watch(self, request: api.WatchRequest, *, batched: bool) -> AsyncIterator[bytes]:
+        """The registry's watch for either framing (one event per message, or `WatchBatch`'s)."""
+        return self.registry.watch(
+            request.resource, namespace=request.namespace, label_selector=request.label_selector,
+            field_selector=request.field_selector, resource_version=request.resource_version,
+            send_initial_events=request.send_initial_events, allow_bookmarks=request.allow_bookmarks,
+            timeout_seconds=int(request.timeout_seconds), batched=batched)
 
     async def Bind(self, request: api.BindRequest, context: Any) -> t.Object:
         if not request.HasField("binding"):
