@@ -51,6 +51,7 @@ import hashlib
 import logging
 import os
 import pickle
+import queue
 import threading
 import time
 import zlib
@@ -352,6 +353,10 @@ class _Raft(SyncObj):  # type: ignore[misc]
             Hop.TO_TICK.observe(now - p.submitted)
         forwarded, self.forwarded_at = self.forwarded_at, []
         leader = self._isLeader()
+        if not leader and self._leader_unreachable():
+            self._refuse_queued(FAIL_REASON.MISSING_LEADER)
+            self._clocked.clear()
+            return
         before = self._SyncObj__getCurrentLogIndex()
         super()._checkCommandsToApply()
         if not leader:
@@ -364,6 +369,27 @@ class _Raft(SyncObj):  # type: ignore[misc]
             self._clocked.append(_EntryClock(index, now))
         while len(self._clocked) > _MAX_CLOCKED:
             self._clocked.popleft()
+
+    def _leader_unreachable(self) -> bool:
+        """A follower still names a leader whose connection is down (it died; no election yet)."""
+        target = self._getLeader()
+        return target is not None and not self.isNodeConnected(target)
+
+    def _refuse_queued(self, reason: int) -> None:
+        """Answer every queued batch with `reason` instead of forwarding it.
+
+        pysyncobj would hand a batch to a transport whose connection to the leader is down: the
+        batch is dropped unsent, and the election that follows answers it LEADER_CHANGED -- an
+        unknown outcome, which a write cannot retry. Nothing was sent, so the outcome is known:
+        refused as leaderless, the proposal retries until the next leader takes it or its deadline.
+        """
+        pending = self._SyncObj__commandsQueue
+        while True:
+            try:
+                _command, callback = pending.get_nowait()
+            except queue.Empty:
+                return
+            self._SyncObj__callErrCallback(reason, callback)
 
     def _clock_sent(self) -> None:
         now = time.monotonic()

@@ -136,6 +136,26 @@ def test_kill_leader_during_writes(c: StoreCluster) -> None:
     assert got == set(expected)
 
 
+def test_write_through_a_follower_waits_out_a_dead_leader(c: StoreCluster) -> None:
+    # Between a leader's death and the next election (0.8-1.6 s) a follower still names the
+    # dead leader. A write sent through it then is refused by nobody and answered by nobody: it
+    # must wait for the next leader and succeed, not fail as an unknown outcome.
+    leader = c.leader()
+    follower = next(n for n in c.members if n != leader)
+    cl = Client(c.client(follower))
+    cl.put(b"/failover/before", b"x")  # the channel is up; the put below leaves at once
+    c.kill(leader)
+    time.sleep(0.2)  # the follower reads the closed connection at once; no election before 0.7 s
+    try:
+        cl.put(b"/failover/write", b"once", timeout=8.0)
+        kvs = cl.get(b"/failover/write").kvs
+    finally:
+        cl.close()
+    assert [(kv.value, kv.version) for kv in kvs] == [(b"once", 1)]
+    c.start_member(leader)
+    c.leader()
+
+
 def test_restart_all_members_keeps_data_and_watch_replays(c: StoreCluster) -> None:
     cl = Client(c.endpoints[0])
     base = cl.put(b"/r/base", b"0").header.revision
