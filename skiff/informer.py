@@ -146,6 +146,10 @@ class Informer(Generic[M]):
         keys = self._indices[index].get(value, ())
         return [self._items[k] for k in keys]
 
+    def index_size(self, index: str, value: str) -> int:
+        """How many cached objects `by_index` would return, without building the list."""
+        return len(self._indices[index].get(value, ()))
+
     def add_indexer(self, name: str, indexer: Indexer) -> None:
         if name in self._indexers:
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from controlplane.controllers.endpoints import EndpointsController, plan_subsets, resolve_target_port
@@ -160,3 +162,99 @@ async def test_updates_batched_per_service_but_removals_at_once(
     ep = await cluster.api.get(t.Endpoints, "web")
     assert [a.ip for a in ep.subsets[0].addresses] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
     ctrl.shutdown()
+
+
+# Which pods each Service selects, read through the label indexes: pairs shared by other pods,
+# a pair of a pod in another namespace, several pairs, a pair no pod has.
+SELECTION_PODS = [  # (name, namespace, labels)
+    ("web-1", "default", {"app": "web", "tier": "front"}),
+    ("web-2", "default", {"app": "web", "tier": "back"}),
+    ("db-1", "default", {"app": "db", "tier": "back"}),
+    ("bare", "default", {}),
+    ("web-elsewhere", "other", {"app": "web", "tier": "front"}),
+]
+SELECTION_SERVICES = [  # (name, namespace, selector, the pods it selects)
+    ("web", "default", {"app": "web"}, ["web-1", "web-2"]),
+    ("web-front", "default", {"app": "web", "tier": "front"}, ["web-1"]),
+    ("back", "default", {"tier": "back"}, ["db-1", "web-2"]),
+    ("cache", "default", {"app": "cache"}, []),
+    ("web", "other", {"app": "web"}, ["web-elsewhere"]),
+]
+
+
+def selection_pod(name: str, namespace: str, pod_labels: dict[str, str], ip: str) -> t.Pod:
+    p = pod(name, ns=namespace, node="n1", ip=ip, ready=True, phase="Running", labels=pod_labels)
+    p.metadata.uid = f"uid-{namespace}-{name}"
+    return p
+
+
+def selection_service(name: str, namespace: str, selector: dict[str, str]) -> t.Service:
+    svc = service(selector=selector, ports=(("http", 80, 8080),))
+    svc.metadata.name, svc.metadata.namespace = name, namespace
+    return svc
+
+
+async def test_each_service_gets_exactly_the_pods_its_selector_matches(cluster: Cluster) -> None:
+    ctrl = EndpointsController(cluster.api, cluster.factory)
+    await cluster.create(t.Namespace(api_version="v1", kind="Namespace", metadata=t.ObjectMeta(name="other")))
+    for i, (name, ns, pod_labels) in enumerate(SELECTION_PODS):
+        await cluster.create(selection_pod(name, ns, pod_labels, f"10.0.0.{i + 1}"))
+    for name, ns, selector, _ in SELECTION_SERVICES:
+        await cluster.create(selection_service(name, ns, selector))
+    await cluster.start()
+    await cluster.drain(ctrl)
+    for name, ns, _, want in SELECTION_SERVICES:
+        ep = await cluster.api.get(t.Endpoints, name, ns)
+        got = sorted(a.target_ref.name for s in ep.subsets for a in s.addresses)
+        assert got == want, f"{ns}/{name}"
+    for name, ns, _ in SELECTION_PODS:
+        p = cluster.factory.informer(t.Pod).get(name, ns)
+        assert p is not None
+        got = sorted(f"{s.metadata.namespace}/{s.metadata.name}" for s in ctrl._services_for(p))
+        want = sorted(f"{s_ns}/{s_name}" for s_name, s_ns, _, pods in SELECTION_SERVICES
+                      if s_ns == ns and name in pods)
+        assert got == want, f"services of {ns}/{name}"
+
+    # A relabelled pod leaves one Service's Endpoints and joins another's.
+    moved = await cluster.api.get(t.Pod, "db-1")
+    moved.metadata.labels["app"] = "web"
+    await cluster.api.update(moved)
+    await cluster.drain(ctrl)
+    web = await cluster.api.get(t.Endpoints, "web")
+    assert sorted(a.target_ref.name for s in web.subsets for a in s.addresses) == ["db-1", "web-1", "web-2"]
+
+
+async def test_a_sync_reads_only_the_pods_sharing_the_selectors_rarest_label(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cost of a sync (and of a pod event) follows the Service's pods, not the namespace's:
+    # 200 pods of other apps share the namespace, and 30 of them share a pair with the selector.
+    from skiff import labels
+
+    ctrl = EndpointsController(cluster.api, cluster.factory)
+    for i in range(200):
+        other_labels = {"app": f"other-{i % 7}", "tier": "back" if i < 30 else "front"}
+        await cluster.create(selection_pod(f"other-{i}", "default", other_labels, f"10.1.0.{i + 1}"))
+    for i in range(3):
+        await cluster.create(selection_pod(f"db-{i}", "default", {"app": "db", "tier": "back"}, f"10.2.0.{i + 1}"))
+    await cluster.create(selection_service("db", "default", {"app": "db", "tier": "back"}))
+    await cluster.start()
+    await cluster.drain(ctrl)
+    matched: list[dict[str, str]] = []
+    real_matches = labels.matches
+
+    def counting(selector: labels.Selector, pod_labels: Mapping[str, str]) -> bool:
+        matched.append(dict(pod_labels))
+        return real_matches(selector, pod_labels)
+
+    monkeypatch.setattr(labels, "matches", counting)
+    ctrl.queue.add("default/db")
+    await cluster.drain(ctrl)
+    assert len(matched) == 3 and all(m["app"] == "db" for m in matched)
+    ep = await cluster.api.get(t.Endpoints, "db")
+    assert sorted(a.target_ref.name for s in ep.subsets for a in s.addresses) == ["db-0", "db-1", "db-2"]
+    matched.clear()
+    pods = cluster.factory.informer(t.Pod)
+    assert ctrl._services_for(pods.get("other-50", "default")) == []
+    assert matched == []  # no Service's selector has app=other-1 or tier=front: none was matched
+    assert ctrl._services_for(pods.get("other-5", "default")) == []
+    assert len(matched) == 1  # tier=back: the db Service was a candidate, matched once
