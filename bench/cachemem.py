@@ -7,10 +7,12 @@ the pods held: `watchcache` applies N pods created (Pending, bound) and then N s
 (Running, with IPs, conditions and a container status, like the hollow nodes' writes) to one
 `WatchCache` through its store-event path (so its ring of events is full as in a run);
 `informer` applies the same N Running pods to an `Informer` as watch events, as the
-controller manager's pod informer holds them, and `informer-scheduler` with the scheduler's
-transform (`bound_pod_view`). `scheduler` is a whole `Scheduler` (its informers, cache and
-queue) over 1,000 hollow nodes, given pod by pod what it gets and does in a run: the pod
-created, its decision (the pod assumed on its node), the pod bound, then Running.
+controller manager's pod informer held them before it had a transform,
+`informer-controller-manager` with the controller manager's (`INFORMER_TRANSFORMS` in
+controlplane/controllers/manager.py), and `informer-scheduler` with the scheduler's
+(`bound_pod_view`). `scheduler` is a whole `Scheduler` (its informers, cache and queue) over
+1,000 hollow nodes, given pod by pod what it gets and does in a run: the pod created, its
+decision (the pod assumed on its node), the pod bound, then Running.
 
 `store` (only when asked for: a few minutes of the whole machine) starts three real store
 members and writes through their gRPC API what the full-size scale scenario writes per pod
@@ -44,10 +46,10 @@ from typing import Any
 from bench import meta
 from skiffpb.api.v1 import types_pb2 as t
 
-MODES = ("watchcache", "informer", "informer-scheduler", "scheduler", "store")
+MODES = ("watchcache", "informer", "informer-controller-manager", "informer-scheduler", "scheduler", "store")
 # Modes run by default: `store` starts three store members and writes ~240,000 revisions
 # through them (a few minutes of the whole machine), so it runs only when asked for.
-DEFAULT_MODES = ("watchcache", "informer", "informer-scheduler", "scheduler")
+DEFAULT_MODES = ("watchcache", "informer", "informer-controller-manager", "informer-scheduler", "scheduler")
 NODES = 1000
 # The scale scenario's store writes per pod (8.3 measured, docs/scale.md): the pod's create,
 # bind and two status writes, two Events, and two node Lease renewals.
@@ -243,6 +245,9 @@ def _transform(name: str) -> Any:
     if name == "scheduler":
         from controlplane.scheduler.scheduler import bound_pod_view
         return bound_pod_view
+    if name == "controller-manager":
+        from controlplane.controllers.manager import INFORMER_TRANSFORMS
+        return INFORMER_TRANSFORMS.get(t.Pod)
     return None
 
 
@@ -406,11 +411,24 @@ def top_allocations(snapshot: Any, limit: int = 12) -> list[dict[str, Any]]:
              "bytes": s.size, "blocks": s.count} for s in stats[:limit]]
 
 
+def _import_modules(mode: str) -> None:
+    """Import what `mode` builds with, so that the growth measured is the pods' alone (the
+    imports of the api-server's or the informer's modules are several MB, which were counted as
+    the pods' before: 2-3 kB per pod at 10,000 pods)."""
+    if mode == "watchcache":
+        import controlplane.apiserver.memstore
+        import controlplane.apiserver.watchcache  # noqa: F401
+    elif mode.startswith("informer"):
+        import skiff.informer  # noqa: F401
+        _transform(mode.partition("-")[2])
+
+
 def measure(mode: str, n: int, *, trace: bool = False) -> dict[str, Any]:
     """RSS growth per pod of `mode` in this process (run it in a fresh one). With `trace`, also
     tracemalloc's top allocation sites of what was built (tracemalloc inflates the RSS)."""
     import tracemalloc
     asyncio.set_event_loop(asyncio.new_event_loop())
+    _import_modules(mode)
     held: Any = None
     if mode == "scheduler":
         held = _scheduler_with_nodes()  # the nodes are not counted per pod

@@ -51,6 +51,19 @@ M = TypeVar("M", bound=Message)
 Indexer = Callable[[Any], Iterable[str]]
 Transform = Callable[[Any], Any]
 
+
+def compact(obj: M) -> M:
+    """A transform that caches `obj` as a deep copy in a message of its own: every field kept, in
+    less memory. upb gives a message parsed from the wire an arena that grows in doubling blocks;
+    a deep copy allocates less (measured with protobuf 7.36 on a Running scale-scenario pod, about
+    1.2 kB encoded: 10.6 kB of malloc parsed, 5.2 kB copied; docs/scale.md). The saving comes in
+    steps of those blocks, so it is not the same for every object size. The copy also holds
+    nothing of what `obj` was parsed with (a watch event, or a List page whose one arena would
+    stay alive while any of its objects is cached)."""
+    out = type(obj)()
+    out.CopyFrom(obj)
+    return out
+
 # After a failed list or watch: 0.2 s doubling to 5 s, jittered so that every informer of a
 # cluster does not relist in the same instant after an api-server restart.
 RELIST_BACKOFF = Backoff(initial=0.2, max=5.0, jitter=0.2)

@@ -3,6 +3,7 @@ api-server registry in this process (controlplane.apiserver.inprocess)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -10,7 +11,7 @@ from google.protobuf.message import Message
 from controlplane.apiserver.inprocess import InProcessApi
 from skiff.clock import FakeClock, stamp
 from skiff.events import EventRecorder
-from skiff.informer import InformerFactory
+from skiff.informer import InformerFactory, Transform
 from skiffpb.api.v1 import types_pb2 as t
 
 M = TypeVar("M", bound=Message)
@@ -110,10 +111,11 @@ class Cluster:
     """The in-process api-server + informers + a fake clock; `settle()` waits until informers saw
     every write."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, transforms: Mapping[type[Message], Transform] | None = None) -> None:
+        """`transforms`: the informers' transforms, as a component sets them (none by default)."""
         self.clock = FakeClock()
         self.api = InProcessApi(clock=self.clock.now)
-        self.factory = InformerFactory(self.api)
+        self.factory = InformerFactory(self.api, transforms=transforms)
         self.recorder = EventRecorder(self.api, "test", clock=self.clock)
 
     async def create(self, obj: M) -> M:

@@ -9,7 +9,8 @@ import pytest
 
 from controlplane.apiserver.inprocess import InProcessApi
 from skiff import errors, kinds
-from skiff.informer import Informer, InformerFactory
+from skiff.informer import Informer, InformerFactory, compact
+from skiffpb.api.v1 import apiserver_pb2
 from skiffpb.api.v1 import types_pb2 as t
 
 
@@ -264,3 +265,40 @@ async def test_a_watch_broken_inside_a_revision_resumes_without_losing_or_repeat
         assert sorted(updates) == ["a", "b", "c"]  # each change once: a not again on the replay
     finally:
         task.cancel()
+
+
+def _running_pod() -> t.Pod:
+    p = pod("web-1", node="n1", app="web")
+    p.metadata.annotations["note"] = "kept"
+    p.metadata.managed_fields.add(manager="kubectl", operation="Apply")
+    p.metadata.owner_references.add(kind="ReplicaSet", name="web", uid="u1", controller=True)
+    p.spec.volumes.add(name="data").persistent_volume_claim.claim_name = "data"
+    p.status.phase, p.status.pod_ip = "Running", "10.0.0.5"
+    p.status.conditions.add(type="Ready", status="True")
+    p.status.container_statuses.add(name="c", restart_count=2).state.terminated.exit_code = 1
+    return p
+
+
+def _listed(obj: t.Pod) -> t.Pod:
+    """`obj` as a List page hands it out: a part of the page's message."""
+    page = apiserver_pb2.ListResponse()
+    page.items.add().pod.CopyFrom(obj)
+    return page.items[0].pod
+
+
+def _watched(obj: t.Pod) -> t.Pod:
+    """`obj` as a watch event hands it out: decoded from the wire with its event."""
+    event = apiserver_pb2.WatchEvent(type="ADDED")
+    event.object.pod.CopyFrom(obj)
+    return apiserver_pb2.WatchEvent.FromString(event.SerializeToString()).object.pod
+
+
+@pytest.mark.parametrize("obj", [
+    pod("bare"), _running_pod(), _listed(_running_pod()), _watched(_running_pod()),
+], ids=["bare-pod", "running-pod", "from-a-list-page", "from-a-watch-event"])
+def test_compact_keeps_every_field_in_a_message_of_its_own(obj: t.Pod) -> None:
+    out = compact(obj)
+    assert type(out) is type(obj) and out is not obj
+    assert out == obj and out.SerializeToString(deterministic=True) == obj.SerializeToString(deterministic=True)
+    out.metadata.labels["changed"] = "yes"
+    assert "changed" not in obj.metadata.labels  # a copy: the cached object is not the decoded one
