@@ -11,7 +11,8 @@ the pods held: `watchcache` applies N pods created (Pending, bound) and then N s
 each written `--endpoint-writes` times (5) as its pods become ready (60, 120, ... 300 ready
 addresses, the rest not ready), one live watcher taking every event (the controller manager's
 informer), then one watch resumed from the oldest revision the ring holds and drained (an
-informer whose connection broke), as a run does; it reports the growth per Endpoints and in all.
+informer whose connection broke), as a run does; it reports the growth per Endpoints and in all
+(`--ring-bytes` sets the ring's byte bound where the watch cache has one).
 `informer` applies the same N Running pods to an `Informer` as watch events, as the
 controller manager's pod informer holds them, and `informer-scheduler` with the scheduler's
 transform (`bound_pod_view`). `scheduler` is a whole `Scheduler` (its informers, cache and
@@ -234,7 +235,7 @@ def realistic_endpoints(service: int, ready: int) -> t.Endpoints:
     return e
 
 
-def _measure_endpoints(n: int, writes: int) -> Any:
+def _measure_endpoints(n: int, writes: int, ring_bytes: int | None) -> Any:
     from controlplane.apiserver.filters import make_filter
     from controlplane.apiserver.memstore import MemoryStore
     from controlplane.apiserver.storage import Event
@@ -242,7 +243,8 @@ def _measure_endpoints(n: int, writes: int) -> Any:
     from skiff import kinds
     kind = kinds.by_kind("Endpoints")
     assert kind is not None
-    cache = WatchCache(MemoryStore(), kind)
+    bound = {} if ring_bytes is None else {"capacity_bytes": ring_bytes}  # None: the cache's default
+    cache = WatchCache(MemoryStore(), kind, **bound)
     live, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
     revision = 1
     for step in range(1, writes + 1):
@@ -465,7 +467,8 @@ def top_allocations(snapshot: Any, limit: int = 12) -> list[dict[str, Any]]:
              "bytes": s.size, "blocks": s.count} for s in stats[:limit]]
 
 
-def measure(mode: str, n: int, *, trace: bool = False, endpoint_writes: int = ENDPOINT_WRITES) -> dict[str, Any]:
+def measure(mode: str, n: int, *, trace: bool = False, endpoint_writes: int = ENDPOINT_WRITES,
+            ring_bytes: int | None = None) -> dict[str, Any]:
     """RSS growth per pod of `mode` in this process (run it in a fresh one). With `trace`, also
     tracemalloc's top allocation sites of what was built (tracemalloc inflates the RSS)."""
     import tracemalloc
@@ -480,7 +483,7 @@ def measure(mode: str, n: int, *, trace: bool = False, endpoint_writes: int = EN
     if mode == "watchcache":
         held = _measure_watchcache(n)
     elif mode == "endpoints":
-        held = _measure_endpoints(n, endpoint_writes)
+        held = _measure_endpoints(n, endpoint_writes, ring_bytes)
     elif mode == "scheduler":
         _feed_scheduler(held, n)
     else:
@@ -527,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the modes to run (repeat it; default: every mode but store)")
     p.add_argument("--endpoints", type=int, default=ENDPOINTS, help="endpoints: how many Endpoints")
     p.add_argument("--endpoint-writes", type=int, default=ENDPOINT_WRITES, help="endpoints: writes of each")
+    p.add_argument("--ring-bytes", type=int, default=None,
+                   help="endpoints: the ring's byte bound (default: the watch cache's)")
     p.add_argument("--trace", action="store_true", help="also tracemalloc's top allocation sites")
     p.add_argument("--history-window", type=int, default=HISTORY_WINDOW,
                    help="store: revisions between compactions")
@@ -536,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.in_process:
         n = args.endpoints if args.mode[0] == "endpoints" else args.pods
-        print(json.dumps(measure(args.mode[0], n, trace=args.trace, endpoint_writes=args.endpoint_writes)))
+        print(json.dumps(measure(args.mode[0], n, trace=args.trace, endpoint_writes=args.endpoint_writes,
+                                 ring_bytes=args.ring_bytes)))
         return 0
     run = meta.start("cachemem")
     results: dict[str, Any] = {}
@@ -548,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = subprocess.run([sys.executable, "-m", "bench.cachemem", "--pods", str(args.pods), "--mode", mode,
                               "--endpoints", str(args.endpoints), "--endpoint-writes", str(args.endpoint_writes),
+                              *(["--ring-bytes", str(args.ring_bytes)] if args.ring_bytes is not None else []),
                               "--in-process", *(["--trace"] if args.trace else [])], capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{mode}: failed\n{out.stderr.strip()}")
