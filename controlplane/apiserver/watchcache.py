@@ -685,7 +685,7 @@ class WatchCache:
         objs = self.snapshot(filt) if initial else []
         for ev in self.events:
             w.offer(ev)
-        self._release_ring()
+            ev.release()  # the watcher's queue holds its encodings; one event decoded at a time
         w.limit = self.watcher_limit + len(w.queue)
         w.max_bytes = self.watcher_bytes + w.queued_bytes
         if w.node is not None:
@@ -702,12 +702,6 @@ class WatchCache:
             ev.release()
         return shared
 
-    def _release_ring(self) -> None:
-        """A replay decoded (and encoded) ring events to filter them: forget that again, as a
-        live offer does, or the ring keeps every event it replayed decoded until it drops it
-        (a resumed Endpoints watch held ~1 GB so: docs/scale.md)."""
-        for ev in self.events:
-            ev.release()
 
     def remove(self, w: Watcher) -> None:
         if w.node is not None:
