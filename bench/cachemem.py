@@ -6,6 +6,13 @@ Each in-process measurement runs in a fresh interpreter and reports its RSS grow
 the pods held: `watchcache` applies N pods created (Pending, bound) and then N status writes
 (Running, with IPs, conditions and a container status, like the hollow nodes' writes) to one
 `WatchCache` through its store-event path (so its ring of events is full as in a run);
+`endpoints` is the Services phase's side of one api-server: the Endpoints watch cache given
+1,000 Endpoints (`--endpoints`) of 300 addresses each (`realistic_endpoints`, ~45 kB encoded),
+each written `--endpoint-writes` times (5) as its pods become ready (60, 120, ... 300 ready
+addresses, the rest not ready), one live watcher taking every event (the controller manager's
+informer), then one watch resumed from the oldest revision the ring holds and drained (an
+informer whose connection broke), as a run does; it reports the growth per Endpoints and in all
+(`--ring-bytes` sets the ring's byte bound where the watch cache has one).
 `informer` applies the same N Running pods to an `Informer` as watch events, as the
 controller manager's pod informer held them before it had a transform,
 `informer-controller-manager` with the controller manager's (`INFORMER_TRANSFORMS` in
@@ -46,10 +53,12 @@ from typing import Any
 from bench import meta
 from skiffpb.api.v1 import types_pb2 as t
 
-MODES = ("watchcache", "informer", "informer-controller-manager", "informer-scheduler", "scheduler", "store")
+MODES = ("watchcache", "endpoints", "informer", "informer-controller-manager", "informer-scheduler", "scheduler",
+         "store")
 # Modes run by default: `store` starts three store members and writes ~240,000 revisions
 # through them (a few minutes of the whole machine), so it runs only when asked for.
-DEFAULT_MODES = ("watchcache", "informer", "informer-controller-manager", "informer-scheduler", "scheduler")
+DEFAULT_MODES = ("watchcache", "endpoints", "informer", "informer-controller-manager", "informer-scheduler",
+                 "scheduler")
 NODES = 1000
 # The scale scenario's store writes per pod (8.3 measured, docs/scale.md): the pod's create,
 # bind and two status writes, two Events, and two node Lease renewals.
@@ -202,6 +211,60 @@ def _measure_watchcache(n: int) -> Any:
             cache._apply(Event("PUT", key, realistic_pod(i, running=running).SerializeToString(), None, revision))
     cache.revision = revision
     return cache
+
+
+ENDPOINTS = 1000  # the scale scenario's Services, each selecting one Deployment's 300 pods
+ENDPOINT_ADDRESSES = 300
+ENDPOINT_WRITES = 5  # each Endpoints written as its pods become ready
+
+
+def realistic_endpoints(service: int, ready: int) -> t.Endpoints:
+    """Service `service`'s Endpoints as the endpoints controller writes it: ENDPOINT_ADDRESSES
+    pods of one Deployment, the first `ready` of them ready."""
+    e = t.Endpoints()
+    m = e.metadata
+    m.name, m.namespace = f"svc-{service:04d}", "scale"
+    m.uid = f"5b6c1f2e-5a3d-4c1e-9e7a-{service:012x}"
+    m.labels["app"] = f"d{service % 100:03d}"
+    m.creation_timestamp.seconds = 1765000000 + service
+    subset = e.subsets.add()
+    for j in range(ENDPOINT_ADDRESSES):
+        i = (service % 100) + 100 * j  # the Deployment's pods
+        pod = realistic_pod(i)
+        addr = (subset.addresses if j < ready else subset.not_ready_addresses).add(
+            ip=pod.status.pod_ip, node_name=pod.spec.node_name)
+        addr.target_ref.kind, addr.target_ref.namespace = "Pod", "scale"
+        addr.target_ref.name, addr.target_ref.uid = pod.metadata.name, pod.metadata.uid
+    subset.ports.add(name="http", port=8080, protocol="TCP")
+    return e
+
+
+def _measure_endpoints(n: int, writes: int, ring_bytes: int | None) -> Any:
+    from controlplane.apiserver.filters import make_filter
+    from controlplane.apiserver.memstore import MemoryStore
+    from controlplane.apiserver.storage import Event
+    from controlplane.apiserver.watchcache import WatchCache
+    from skiff import kinds
+    kind = kinds.by_kind("Endpoints")
+    assert kind is not None
+    bound = {} if ring_bytes is None else {"capacity_bytes": ring_bytes}  # None: the cache's default
+    cache = WatchCache(MemoryStore(), kind, **bound)
+    live, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
+    revision = 1
+    for step in range(1, writes + 1):
+        ready = ENDPOINT_ADDRESSES * step // writes
+        for s in range(n):
+            revision += 1
+            value = realistic_endpoints(s, ready).SerializeToString()
+            cache._apply(Event("PUT", f"/registry/endpoints/scale/svc-{s:04d}", value, None, revision))
+            while live.queue:  # the informer takes each event as it comes
+                live._pop()
+    cache.revision = revision
+    resumed, _ = cache.register(make_filter(kind), start_revision=cache.window_start, allow_bookmarks=False)
+    while resumed.queue:
+        resumed._pop()
+    resumed.close()
+    return cache, live
 
 
 def _measure_informer(n: int, transform: str) -> Any:
@@ -415,7 +478,7 @@ def _import_modules(mode: str) -> None:
     """Import what `mode` builds with, so that the growth measured is the pods' alone (the
     imports of the api-server's or the informer's modules are several MB, which were counted as
     the pods' before: 2-3 kB per pod at 10,000 pods)."""
-    if mode == "watchcache":
+    if mode in ("watchcache", "endpoints"):
         import controlplane.apiserver.memstore
         import controlplane.apiserver.watchcache  # noqa: F401
     elif mode.startswith("informer"):
@@ -423,7 +486,8 @@ def _import_modules(mode: str) -> None:
         _transform(mode.partition("-")[2])
 
 
-def measure(mode: str, n: int, *, trace: bool = False) -> dict[str, Any]:
+def measure(mode: str, n: int, *, trace: bool = False, endpoint_writes: int = ENDPOINT_WRITES,
+            ring_bytes: int | None = None) -> dict[str, Any]:
     """RSS growth per pod of `mode` in this process (run it in a fresh one). With `trace`, also
     tracemalloc's top allocation sites of what was built (tracemalloc inflates the RSS)."""
     import tracemalloc
@@ -438,6 +502,8 @@ def measure(mode: str, n: int, *, trace: bool = False) -> dict[str, Any]:
     before = rss_bytes()
     if mode == "watchcache":
         held = _measure_watchcache(n)
+    elif mode == "endpoints":
+        held = _measure_endpoints(n, endpoint_writes, ring_bytes)
     elif mode == "scheduler":
         _feed_scheduler(held, n)
     else:
@@ -446,6 +512,10 @@ def measure(mode: str, n: int, *, trace: bool = False) -> dict[str, Any]:
     grown = rss_bytes() - before
     result: dict[str, Any] = {"mode": mode, "pods": n, "rss_bytes": grown, "bytes_per_pod": round(grown / n),
                               "encoded_bytes_per_pod": len(realistic_pod(0).SerializeToString())}
+    if mode == "endpoints":
+        result = {"mode": mode, "endpoints": n, "writes_each": endpoint_writes, "rss_bytes": grown,
+                  "bytes_per_endpoints": round(grown / n), "ring_events": len(held[0].events),
+                  "encoded_bytes_per_endpoints": len(realistic_endpoints(0, ENDPOINT_ADDRESSES).SerializeToString())}
     if trace:
         result["traced_bytes"] = tracemalloc.get_traced_memory()[0]
         result["top"] = top_allocations(tracemalloc.take_snapshot())
@@ -459,6 +529,10 @@ def _print(r: dict[str, Any]) -> None:
             print(f"store {name:16s} {m['bytes_per_pod']:7d} bytes/pod (RSS {m['rss'] >> 20} MB, peak "
                   f"{m['rss_peak'] >> 20} MB; {r['pods']} pods, {r['writes']} writes, history from "
                   f"{r['compacted_at']} to {r['revision']}; {r['watchers']} watchers saw {r['watch_events']} events)")
+    elif r["mode"] == "endpoints":
+        print(f"{r['mode']:22s} {r['bytes_per_endpoints']:7d} bytes/Endpoints ({r['endpoints']} Endpoints written "
+              f"{r['writes_each']} times, encoded {r['encoded_bytes_per_endpoints']} B; {r['rss_bytes'] >> 20} MB "
+              f"in all, {r['ring_events']} events in the ring)")
     else:
         print(f"{r['mode']:22s} {r['bytes_per_pod']:7d} bytes/pod ({r['pods']} pods, "
               f"encoded {r['encoded_bytes_per_pod']} B)")
@@ -474,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods", type=int, default=10000)
     p.add_argument("--mode", choices=MODES, action="append",
                    help="the modes to run (repeat it; default: every mode but store)")
+    p.add_argument("--endpoints", type=int, default=ENDPOINTS, help="endpoints: how many Endpoints")
+    p.add_argument("--endpoint-writes", type=int, default=ENDPOINT_WRITES, help="endpoints: writes of each")
+    p.add_argument("--ring-bytes", type=int, default=None,
+                   help="endpoints: the ring's byte bound (default: the watch cache's)")
     p.add_argument("--trace", action="store_true", help="also tracemalloc's top allocation sites")
     p.add_argument("--history-window", type=int, default=HISTORY_WINDOW,
                    help="store: revisions between compactions")
@@ -482,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=None, help="write the results here (with meta)")
     args = p.parse_args(argv)
     if args.in_process:
-        print(json.dumps(measure(args.mode[0], args.pods, trace=args.trace)))
+        n = args.endpoints if args.mode[0] == "endpoints" else args.pods
+        print(json.dumps(measure(args.mode[0], n, trace=args.trace, endpoint_writes=args.endpoint_writes,
+                                 ring_bytes=args.ring_bytes)))
         return 0
     run = meta.start("cachemem")
     results: dict[str, Any] = {}
@@ -493,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
             _print(results[mode])
             continue
         out = subprocess.run([sys.executable, "-m", "bench.cachemem", "--pods", str(args.pods), "--mode", mode,
+                              "--endpoints", str(args.endpoints), "--endpoint-writes", str(args.endpoint_writes),
+                              *(["--ring-bytes", str(args.ring_bytes)] if args.ring_bytes is not None else []),
                               "--in-process", *(["--trace"] if args.trace else [])], capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{mode}: failed\n{out.stderr.strip()}")

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-name", default="", help="the node this api-server runs beside (shown by `skiff version`)")
     p.add_argument("--watch-cache-size", type=int, default=4096,
                    help="recent events kept per resource for watches to resume from (default %(default)s)")
+    p.add_argument("--watch-cache-bytes", type=int, default=Options.watch_cache_bytes,
+                   help="bytes of stored values those events may refer to, per resource (default %(default)s)")
     p.add_argument("--watch-buffer", type=int, default=4096,
                    help="events queued for one watcher before it is closed as too slow (default %(default)s)")
     p.add_argument("--watch-buffer-bytes", type=int, default=Options.watcher_buffer_bytes,
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 0:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
             return 2
-    for name in ("watch_cache_size", "watch_buffer", "watch_buffer_bytes"):
+    for name in ("watch_cache_size", "watch_cache_bytes", "watch_buffer", "watch_buffer_bytes"):
         if getattr(args, name) < 1:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                                   max_mutating_requests_inflight=args.max_mutating_requests_inflight,
                                   max_watches_per_client=args.max_watches_per_client),
                     service_account=service_account_keys(args),
-                    options=Options(watch_cache_size=args.watch_cache_size, watcher_buffer=args.watch_buffer,
+                    options=Options(watch_cache_size=args.watch_cache_size,
+                                    watch_cache_bytes=args.watch_cache_bytes, watcher_buffer=args.watch_buffer,
                                     watcher_buffer_bytes=args.watch_buffer_bytes,
                                     bookmark_interval=args.bookmark_interval,
                                     event_ttl=round(args.event_ttl),

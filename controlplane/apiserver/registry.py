@@ -62,6 +62,7 @@ from controlplane.apiserver.storage import (
 from controlplane.apiserver.strategy import copy, meta_of, resource_name
 from controlplane.apiserver.watchcache import (
     ADDED,
+    DEFAULT_RING_BYTES,
     WATCH_BATCH_BYTES,
     TooOldForCache,
     WatchCache,
@@ -153,6 +154,7 @@ def stamped(obj: Message, revision: int) -> Message:
 @dataclass(frozen=True)
 class Options:
     watch_cache_size: int = 4096
+    watch_cache_bytes: int = DEFAULT_RING_BYTES  # the stored values one resource's event ring refers to
     watcher_buffer: int = 4096
     watcher_buffer_bytes: int = 8 * 1024 * 1024
     bookmark_interval: float = 5.0
@@ -181,6 +183,7 @@ class Registry:
         self.rng = rng or random.Random()
         self.caches: dict[str, WatchCache] = {
             k.resource: WatchCache(store, k, capacity=self.options.watch_cache_size,
+                                   capacity_bytes=self.options.watch_cache_bytes,
                                    watcher_limit=self.options.watcher_buffer,
                                    watcher_bytes=self.options.watcher_buffer_bytes,
                                    bookmark_interval=self.options.bookmark_interval)

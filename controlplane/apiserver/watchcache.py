@@ -28,7 +28,8 @@ What must hold:
   passes replays that revision (`WatchCache.register`), so a client-go reflector resuming from
   the last resourceVersion it got misses none; skiff/informer.py also resumes one revision back
   and skips what it already holds, which covers a revision already pushed out of the ring.
-- Memory is bounded: the ring by `capacity`; each watcher's queue by `watcher_limit` events
+- Memory is bounded: the ring by `capacity` events and by `capacity_bytes` of the stored values
+  its events refer to (an Endpoints of 300 addresses is 25 times a pod); each watcher's queue by `watcher_limit` events
   and by `watcher_bytes` bytes of encoded events (beyond either the watcher is closed with
   RESOURCE_EXHAUSTED saying it was too slow, its queue dropped but for the rest of the revision
   being sent, and the other watchers never wait for it; the client watches again from the last
@@ -49,7 +50,8 @@ What must hold:
   docs/scale.md), and at 30,000 pods that difference is most of an api-server's memory. Every
   read decodes its own copy (callers may change it). An event in the ring shares those bytes
   with the map (no second copy) and drops its decoded objects once it has been offered to the
-  live watchers; a replay decodes them again. Pods are indexed by spec.nodeName, so a node's
+  live watchers, and its encodings with them (the watchers' queues hold theirs); a replay
+  makes them again and forgets them once the replay is queued. Pods are indexed by spec.nodeName, so a node's
   list decodes only that node's pods.
 - A batched watch (WatchBatch) gets the same events in the same order, every event queued when
   a message goes out framed into that one message (`Watcher.next_batch`, then
@@ -80,6 +82,10 @@ log = logging.getLogger("skiff.apiserver.watchcache")
 RELIST_BACKOFF = Backoff(initial=0.1, max=5.0, jitter=0.2)
 # Encoded events queued for one watcher at most (a few times the largest object, 1.5 MiB).
 DEFAULT_WATCHER_BYTES = 8 * 1024 * 1024
+
+# The stored values the event ring of one resource refers to, at most: 4,096 events of a pod
+# (1.2 kB) are 5 MB, of an Endpoints of 300 addresses (31 kB) 127 MB (docs/scale.md).
+DEFAULT_RING_BYTES = 32 * 1024 * 1024
 
 # Encoded events in one WatchBatch message at most (a larger single event goes alone).
 WATCH_BATCH_BYTES = 1024 * 1024
@@ -214,8 +220,9 @@ class CachedEvent:
     """One change; its encodings are made once and shared by all watchers.
 
     `obj` and `prev` are decoded objects; an event built from stored bytes (`stored`,
-    `prev_stored`) decodes them on first use and forgets them at `release()`, keeping only the
-    bytes, which the watch cache's map shares.
+    `prev_stored`) decodes them on first use and forgets them at `release()`, with its
+    encodings, keeping only the bytes, which the watch cache's map shares: the watchers' queues
+    hold the encodings they were offered, and a replay makes them again.
     """
 
     __slots__ = ("_encoded", "_kind", "_obj", "_prev", "_prev_stored", "_stored", "key", "revision", "type")
@@ -232,7 +239,7 @@ class CachedEvent:
         self._stored = stored
         self._prev_stored = prev_stored
         self.revision = revision
-        self._encoded: dict[str, bytes] = {}
+        self._encoded: dict[str, bytes] | None = None  # by event type, made when first asked for
 
     @property
     def obj(self) -> Message:
@@ -253,14 +260,27 @@ class CachedEvent:
     def has_prev(self) -> bool:
         return self._prev is not None or self._prev_stored is not None
 
+    @property
+    def held_bytes(self) -> int:
+        """The length of the stored value this event refers to (what the ring's byte bound
+        counts; for DELETED the last value, which the event that wrote it may hold too)."""
+        if self._stored is not None:
+            return len(self._stored[0])
+        return 0
+
     def release(self) -> None:
-        """Forget the decoded objects that can be decoded again from the stored bytes."""
+        """Forget what can be made again from the stored bytes: the decoded objects and the
+        encodings (a decoded Endpoints of 300 addresses is several times its 31 kB encoding, and a
+        ring of 4,096 such events kept both: docs/scale.md)."""
         if self._stored is not None:
             self._obj = None
+            self._encoded = None
         if self._prev_stored is not None:
             self._prev = None
 
     def encoded(self, as_type: str) -> bytes:
+        if self._encoded is None:
+            self._encoded = {}
         data = self._encoded.get(as_type)
         if data is None:
             if as_type == DELETED and self.type != DELETED:
@@ -425,19 +445,22 @@ class Watcher:
 
 
 class WatchCache:
-    def __init__(self, store: Store, kind: kinds.Kind, *, capacity: int = 4096, watcher_limit: int = 4096,
+    def __init__(self, store: Store, kind: kinds.Kind, *, capacity: int = 4096,
+                 capacity_bytes: int = DEFAULT_RING_BYTES, watcher_limit: int = 4096,
                  watcher_bytes: int = DEFAULT_WATCHER_BYTES, bookmark_interval: float = 5.0,
                  page_size: int = 1000) -> None:
         self.store = store
         self.kind = kind
         self.prefix = registry_prefix(kind)
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
         self.watcher_limit = watcher_limit
         self.watcher_bytes = watcher_bytes
         self.bookmark_interval = bookmark_interval
         self.page_size = page_size
         self.objects = ObjectMap(kind)
         self.events: deque[CachedEvent] = deque()
+        self.events_bytes = 0  # sum of the ring's events' held_bytes
         self.revision = 0
         self.window_start = 0
         self.ready = asyncio.Event()
@@ -512,6 +535,7 @@ class WatchCache:
             start = page.kvs[-1].key + "\0"
         self.objects = objects
         self.events.clear()
+        self.events_bytes = 0
         self.revision = self.window_start = revision
         self.ready.set()
         self._signal()
@@ -547,12 +571,21 @@ class WatchCache:
             self.objects.pop(ev.key)
         else:
             self.objects.put(ev.key, (ev.value, ev.revision), cached.obj)
-        if len(self.events) >= self.capacity:
-            self.window_start = self.events.popleft().revision
-        self.events.append(cached)
+        self._append(cached)
         for w in self._targets(cached):
             w.offer(cached)
         cached.release()
+
+    def _append(self, ev: CachedEvent) -> None:
+        """Add `ev` to the ring, first dropping the oldest events beyond `capacity` events or
+        `capacity_bytes` of stored values (the newest event always stays)."""
+        while self.events and (len(self.events) >= self.capacity
+                               or self.events_bytes + ev.held_bytes > self.capacity_bytes):
+            dropped = self.events.popleft()
+            self.events_bytes -= dropped.held_bytes
+            self.window_start = dropped.revision
+        self.events.append(ev)
+        self.events_bytes += ev.held_bytes
 
     def _targets(self, ev: CachedEvent) -> Iterable[Watcher]:
         if not self._by_node:
@@ -652,6 +685,7 @@ class WatchCache:
         objs = self.snapshot(filt) if initial else []
         for ev in self.events:
             w.offer(ev)
+            ev.release()  # the watcher's queue holds its encodings; one event decoded at a time
         w.limit = self.watcher_limit + len(w.queue)
         w.max_bytes = self.watcher_bytes + w.queued_bytes
         if w.node is not None:
@@ -662,7 +696,12 @@ class WatchCache:
 
     def _shared(self, filt: Filter, revision: int) -> bool:
         """Whether more than one event `filt` passes has this revision (in the ring)."""
-        return sum(1 for ev in self.events if ev.revision == revision and translate(filt, ev) is not None) > 1
+        at = [ev for ev in self.events if ev.revision == revision]
+        shared = sum(1 for ev in at if translate(filt, ev) is not None) > 1
+        for ev in at:
+            ev.release()
+        return shared
+
 
     def remove(self, w: Watcher) -> None:
         if w.node is not None:
