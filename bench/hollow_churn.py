@@ -1,6 +1,6 @@
 """What a hollow process keeps per pod: pods created and deleted in rounds on N hollow agents.
 
-    python -m bench.hollow_churn                        # 50 agents, 200 Services, 4 rounds of 500 pods
+    python -m bench.hollow_churn                        # 40 agents, 200 Services, 4 rounds of 300 pods
     python -m bench.hollow_churn --baseline /tmp/main   # the same first with the hollow process run
                                                         # from another source tree (e.g. `git archive main`)
 
@@ -143,11 +143,11 @@ def run_variant(label: str, src: Path, args: argparse.Namespace) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.hollow_churn", description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--nodes", type=int, default=50)
-    p.add_argument("--pods", type=int, default=500, help="pods per round")
+    p.add_argument("--nodes", type=int, default=40)
+    p.add_argument("--pods", type=int, default=300, help="pods per round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--services", type=int, default=200, help="Services in the pods' namespace")
-    p.add_argument("--settle", type=float, default=5.0, help="seconds after each phase before RSS is read")
+    p.add_argument("--settle", type=float, default=3.0, help="seconds after each phase before RSS is read")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds for a round's pods to run or go")
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds for the agents to register")
     p.add_argument("--baseline", type=Path, default=None, metavar="DIR",
