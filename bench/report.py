@@ -294,6 +294,23 @@ def hollow_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def hollow_churn_rows(r: dict[str, Any]) -> list[Row]:
+    """bench/hollow_churn.py: main's hollow process (baseline) and this tree's, side by side in one run."""
+    p = r["params"]
+    runs = [(label, r[label]) for label in ("baseline", "current") if label in r]
+    names = {"baseline": "before", "current": "after"}
+
+    def each(fn: Callable[[dict[str, Any]], str]) -> str:
+        return "; ".join(f"{names[label]}: {fn(x)}" if len(runs) > 1 else fn(x) for label, x in runs)
+
+    return [
+        (f"{p['nodes']} agents in one process, {p['services']} Services in the namespace: RSS held per "
+         "Running pod (KB)", "—", each(lambda x: f"{x['held_kb_per_running_pod']:,.0f}"), "—"),
+        (f"left behind per pod created and deleted ({p['rounds']} rounds of {p['pods']:,} pods; KB)", "—",
+         each(lambda x: f"{x['left_kb_per_churned_pod']:.1f}" if "left_kb_per_churned_pod" in x else "—"), "—"),
+    ]
+
+
 def netproxy_rows(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     sizes = sorted({a["services"] for a in r["apply"]})
@@ -579,6 +596,8 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("hollow", "hollow node agents (one process, a real api-server on 1 etcd member; before: an older tree's "
      "hollow process, same run)",
      hollow_rows),
+    ("hollow_churn", "hollow node agents, pods created and deleted in rounds (one process, a real api-server on "
+     "1 etcd member; before: an older tree's hollow process, same run)", hollow_churn_rows),
     ("netproxy", "netproxy (real iptables)", netproxy_rows),
     ("e2e", "end to end (lab: 1 control-plane host, 2 workers)", e2e_rows),
     ("dns", "cluster DNS (the server in a child process on loopback)", dns_rows),

@@ -37,7 +37,9 @@ spread over period/tick groups, each group's calls sent in one loop pass):
   MemoryPressure, DiskPressure and PIDPressure conditions from the host (pressure.py), written
   when one changes; Lease renewed every `lease_period` (10 s).
 
-Pod workers: one per pod; a worker that crashes (an unexpected exception, not a CRI or API error
+Pod workers: one per pod; nothing the agent keeps per pod (its worker, fingerprint, cached
+Events) outlives the pod and its teardown, so pods coming and going leave no trace in memory
+(tests/unit/nodeagent/test_agent_churn.py). A worker that crashes (an unexpected exception, not a CRI or API error
 it retries itself) is started again after `WORKER_CRASH_BACKOFF` (per pod, doubling while it
 keeps crashing; a worker that ran `skiff.guard.HEALTHY_AFTER` seconds starts again from 1 s),
 never in a hot loop, and its pod is never abandoned.
@@ -295,6 +297,9 @@ class NodeAgent:
                         delay, self._restart_worker, worker.uid)
                 elif worker.uid in self.pods_by_uid:
                     self.ensure_worker(worker.uid)  # the pod came back while this worker was finishing
+                else:
+                    # Gone, and nothing of it left on the node: no event will be about it again.
+                    self.events.forget(worker.uid)
 
     def _restart_worker(self, uid: str) -> None:
         self._restarts.pop(uid, None)

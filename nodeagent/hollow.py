@@ -165,7 +165,7 @@ class HollowNodes:
         c = self.config
         name = hollow_node_name(c.prefix, index)
         fake = FakeRuntime(pod_cidr=hollow_pod_cidr(index), pullable=lambda image: True, faults=c.faults,
-                           record_calls=False)
+                           record_calls=False, keep_configs=False)
         server: grpc.aio.Server | None = None
         runtime: Runtime = fake
         if c.runtime == "grpc":

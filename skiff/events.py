@@ -21,7 +21,12 @@ What must hold:
   Events about its ReplicaSet;
 - with `qps`, writes (creates and updates) go at most that fast after a burst of `burst`, as
   through client-go's rate-limited event client: events pile up in the bounded pending set
-  meanwhile (merged when identical, dropped past the bound), and the caller never waits.
+  meanwhile (merged when identical, dropped past the bound), and the caller never waits;
+- `forget(uid)` drops what is kept to aggregate an object's next events (its written Events,
+  similar messages, spam bucket) once the caller knows there will be none: a node agent's pod
+  that is gone. Its events still pending are written first, then forgotten too. Without it the
+  caches keep each object until `max_cached` newer ones push it out: a hollow process's
+  hundreds of agents, one recorder each, held every churned pod's Events (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -78,6 +83,12 @@ def aggregate(similar: _Similar | None, message: str, now: float, *, max_message
     return _Similar(messages, now), True
 
 
+def _key_uid(key: str) -> str:
+    """The involved object's uid in an aggregation key (see event_ref)."""
+    parts = key.split("\x00", 5)
+    return parts[4] if len(parts) > 4 else ""
+
+
 @dataclass
 class _Pending:
     component: str
@@ -115,6 +126,7 @@ class EventRecorder:
         self._writes = TokenBucket.full(qps, self.clock.now(), burst=float(burst)) if qps > 0 else None
         # Per (source, object, type, reason): the distinct messages seen lately (aggregate()).
         self._similar: OrderedDict[str, _Similar] = OrderedDict()
+        self._forgotten: set[str] = set()  # uids forgotten while some of their events were pending
 
     def event(self, obj: Any, type_: str, reason: str, message: str, *, component: str = "") -> None:
         """Note an event about `obj` (any API object); it is written in the background."""
@@ -169,6 +181,25 @@ class EventRecorder:
             self._buckets.popitem(last=False)
         return allowed
 
+    def forget(self, uid: str) -> None:
+        """The object `uid` is gone for good: drop what is kept to aggregate its next events."""
+        if not uid:
+            return
+        for key in [k for k in self._written if _key_uid(k) == uid]:
+            del self._written[key]
+        for key in [k for k in self._similar if _key_uid(k) == uid]:
+            del self._similar[key]
+        for obj in [o for o in self._buckets if o[3] == uid]:
+            del self._buckets[obj]
+        if any(p.ref.uid == uid for p in self._pending.values()):
+            self._forgotten.add(uid)  # forgotten again once they are written (_write)
+        else:
+            self._forgotten.discard(uid)
+
+    def cached(self) -> int:
+        """How many entries the aggregation caches hold (written Events, similar messages, buckets)."""
+        return len(self._written) + len(self._similar) + len(self._buckets)
+
     async def run(self) -> None:
         await run_workers(self._queue, self._write, workers=self.workers)
 
@@ -197,6 +228,8 @@ class EventRecorder:
                 pending.last = newer.last
             self._pending[key] = pending
             raise
+        if pending.ref.uid in self._forgotten:
+            self.forget(pending.ref.uid)
 
     async def _write_token(self) -> None:
         """Wait for the write rate (`qps`) to allow one more write."""

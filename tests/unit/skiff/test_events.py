@@ -148,3 +148,26 @@ async def test_similar_events_are_combined(api: InProcessApi, messages: int, gap
         [ev] = combined
         assert ev.message == f"(combined from similar events): Created pod: web-{messages - 1}"
         assert api.count("create", "events") == individual + 1, "the combined repeats merge into one write"
+
+
+@pytest.mark.parametrize("written_first", [True, False], ids=["after-its-events-were-written", "while-pending"])
+async def test_forget_drops_only_that_objects_cache(api: InProcessApi, written_first: bool) -> None:
+    """A forgotten object's written Events, similar messages and spam bucket go; its pending
+    events are still written, then forgotten; another object's entries stay."""
+    rec = EventRecorder(api, "c")
+    gone, kept = await api.create(pod("gone")), await api.create(pod("kept"))
+    for p in (gone, kept):
+        rec.event(p, NORMAL, "Created", "Created container c")
+    await rec.flush()
+    only_kept = rec.cached()
+    rec.event(gone, NORMAL, "Killing", "Stopping container c")
+    if written_first:
+        await rec.flush()
+    rec.forget(gone.metadata.uid)
+    await rec.flush()
+    assert {e.reason for e in api.objects(t.Event) if e.involved_object.name == "gone"} == {"Created", "Killing"}
+    assert rec.cached() == only_kept // 2
+    rec.event(kept, NORMAL, "Created", "Created container c")
+    await rec.flush()
+    [ev] = [e for e in api.objects(t.Event) if e.involved_object.name == "kept"]
+    assert ev.count == 2  # the kept object's Event is still updated, not created again
