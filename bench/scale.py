@@ -783,6 +783,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         counter = WriteCounter(c.store_endpoints[0], rev0 + 1)
         tasks.append(asyncio.create_task(counter.run()))
         t0 = time.monotonic()
+        cpu0 = {comp.name: comp.cpu_s() for comp in c.components}
         until = t0 + timeout
         await gather_limited([persist(lambda i=i: client.create(deployment(i, size.replicas)), deadline=until,
                                       done=(errors.AlreadyExistsError,)) for i in range(size.deployments)], 16)
@@ -798,6 +799,9 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
                                f"{len(tracker.pods.list())} pods, {len(tracker.bound_at)} bound, "
                                f"{tracker.running()} Running")
         out["all_running_s"] = round(time.monotonic() - t0, 2)
+        # Cores each component used in this phase: what was left idle says whether it waited or worked.
+        out["create_cores"] = {comp.name: round((comp.cpu_s() - cpu0[comp.name]) / out["all_running_s"], 2)
+                               for comp in c.components}
         out["informer_view"] = await informer_view(client, tracker)
         out.update(tracker.scheduling())
         out["timeline"] = tracker.timeline(t0)
