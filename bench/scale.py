@@ -300,21 +300,22 @@ def creation_spans(created: dict[str, tuple[str, float]], t0: float) -> dict[str
             "last_started_s": round(max(start for start, _ in spans) - t0, 1)}
 
 
-def start_apiservers(c: Cluster, count: int) -> None:
+def start_apiservers(c: Cluster, count: int, *, apiserver_args: tuple[str, ...] = ()) -> None:
     """`count` api-servers on the store, each talking to "its" member first (as when side by side)."""
     eps = c.store_endpoints
     for i in range(count):
         order = eps[i % len(eps):] + eps[:i % len(eps)]
         a = start_apiserver(c.workdir, ",".join(order), name=f"apiserver{i}", timeout=120,
-                            extra_args=metrics_flag(c, f"apiserver{i}"))
+                            extra_args=[*metrics_flag(c, f"apiserver{i}"), *apiserver_args])
         c.processes.append(a)
         c.apiservers.append(a)
         c.add(a.name, a.pid)
 
 
-def start_control_plane(c: Cluster, apiservers: int, *, controller_args: tuple[str, ...] = ()) -> None:
+def start_control_plane(c: Cluster, apiservers: int, *, controller_args: tuple[str, ...] = (),
+                        apiserver_args: tuple[str, ...] = ()) -> None:
     start_store(c)
-    start_apiservers(c, apiservers)
+    start_apiservers(c, apiservers, apiserver_args=apiserver_args)
     for name, module in (("controllers", "controlplane.controllers"), ("scheduler", "controlplane.scheduler")):
         # The api-servers run --insecure (deploy.loopback: plaintext, every caller the admin), so
         # their clients do too: authentication and RBAC are not part of these figures.
@@ -928,10 +929,13 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace, deadline: flo
     controller_args = tuple(args.controller_arg)
     if controller_args:
         result["controller_args"] = list(controller_args)
+    apiserver_args = tuple(args.apiserver_arg)
+    if apiserver_args:
+        result["apiserver_args"] = list(apiserver_args)
     try:
         t0 = time.monotonic()
         result["phase"] = "start"
-        start_control_plane(c, apiservers=3, controller_args=controller_args)
+        start_control_plane(c, apiservers=3, controller_args=controller_args, apiserver_args=apiserver_args)
         result["control_plane_start_s"] = round(time.monotonic() - t0, 1)
         t1 = time.monotonic()
         extra = ["--start-latency", str(args.start_latency), "--fail-rate", str(args.fail_rate)]
@@ -1022,6 +1026,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controller-arg", action="append", default=[], metavar="FLAG",
                    help="one more flag for the controller manager, e.g. --controller-arg=--concurrent-replicaset-"
                         "syncs=20 (repeatable; recorded in the result as controller_args)")
+    p.add_argument("--apiserver-arg", action="append", default=[], metavar="FLAG",
+                   help="one more flag for every api-server, e.g. --apiserver-arg=--max-mutating-requests-inflight=400 "
+                        "(repeatable; recorded in the result as apiserver_args)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument("--output", default="", help="result file (default bench/results/scale[-small].json)")
     p.add_argument("--add", action="store_true",
