@@ -233,21 +233,89 @@ def scrape(address: str, family: str) -> float:
                for sample in fam.samples if sample.name == f"{family}_total")
 
 
-def start_apiservers(c: Cluster, count: int) -> None:
+def metric_samples(address: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample a daemon's /metrics serves, as (name, labels, value); none when not served."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return []
+    return [(s.name, dict(s.labels), s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def create_path(apiservers: list[Samples], controllers: Samples) -> dict[str, Any]:
+    """What paced the pods' creation, from the daemons' own metrics at the end of the create phase:
+    the api-servers' pod creates (by HTTP code: 429 is a refusal over --max-mutating-requests-inflight;
+    their mean time in the api-server) and the ReplicaSet controller's syncs (how many, their mean
+    time: a sync creates up to burst-replicas pods in slow-start batches, each batch waiting for its
+    slowest create; retries after a failed sync)."""
+    def total(samples: Samples, family: str, **want: str) -> float:
+        return sum(v for n, labels, v in samples if n == family and all(labels.get(k) == x for k, x in want.items()))
+
+    codes: dict[str, int] = {}
+    for samples in apiservers:
+        for n, labels, v in samples:
+            if n == "apiserver_request_total" and labels.get("verb") == "POST" and labels.get("resource") == "pods":
+                codes[labels.get("code", "")] = codes.get(labels.get("code", ""), 0) + int(v)
+    create_s = sum(total(s, "apiserver_request_duration_seconds_sum", verb="POST", resource="pods")
+                   for s in apiservers)
+    create_n = sum(total(s, "apiserver_request_duration_seconds_count", verb="POST", resource="pods")
+                   for s in apiservers)
+    syncs = total(controllers, "workqueue_work_duration_seconds_count", name="replicaset")
+    sync_s = total(controllers, "workqueue_work_duration_seconds_sum", name="replicaset")
+    return {"pod_creates_by_code": dict(sorted(codes.items())),
+            "pod_create_mean_ms": round(1000 * create_s / create_n, 1) if create_n else None,
+            "replicaset_syncs": int(syncs),
+            "replicaset_sync_mean_s": round(sync_s / syncs, 2) if syncs else None,
+            "replicaset_sync_s_total": round(sync_s, 1),
+            "replicaset_retries": int(total(controllers, "workqueue_retries_total", name="replicaset"))}
+
+
+def creation_spans(created: dict[str, tuple[str, float]], t0: float) -> dict[str, Any]:
+    """Per ReplicaSet, from its first pod seen to its last (`created`: pod uid -> (owner, when)):
+    how long each set took to create its pods and how many sets were creating at the same time.
+    With W workers and each set's pods created within one sync, at most W sets overlap."""
+    by_owner: dict[str, list[float]] = {}
+    for owner, when in created.values():
+        by_owner.setdefault(owner, []).append(when)
+    if not by_owner:
+        return {}
+    spans = [(min(w), max(w)) for w in by_owner.values()]
+    lengths = [end - start for start, end in spans]
+    # The most spans open at once: sweep their starts (+1) and ends (-1), ends first at a tie.
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    open_, most = 0, 0
+    for _, step in edges:
+        open_ += step
+        most = max(most, open_)
+    return {"replicasets": len(spans), "span_p50_s": round(percentile(lengths, 50), 1),
+            "span_max_s": round(max(lengths), 1), "most_at_once": most,
+            "last_started_s": round(max(start for start, _ in spans) - t0, 1)}
+
+
+def start_apiservers(c: Cluster, count: int, *, apiserver_args: tuple[str, ...] = ()) -> None:
     """`count` api-servers on the store, each talking to "its" member first (as when side by side)."""
     eps = c.store_endpoints
     for i in range(count):
         order = eps[i % len(eps):] + eps[:i % len(eps)]
         a = start_apiserver(c.workdir, ",".join(order), name=f"apiserver{i}", timeout=120,
-                            extra_args=metrics_flag(c, f"apiserver{i}"))
+                            extra_args=[*metrics_flag(c, f"apiserver{i}"), *apiserver_args])
         c.processes.append(a)
         c.apiservers.append(a)
         c.add(a.name, a.pid)
 
 
-def start_control_plane(c: Cluster, apiservers: int) -> None:
+def start_control_plane(c: Cluster, apiservers: int, *, controller_args: tuple[str, ...] = (),
+                        apiserver_args: tuple[str, ...] = ()) -> None:
     start_store(c)
-    start_apiservers(c, apiservers)
+    start_apiservers(c, apiservers, apiserver_args=apiserver_args)
     for name, module in (("controllers", "controlplane.controllers"), ("scheduler", "controlplane.scheduler")):
         # The api-servers run --insecure (deploy.loopback: plaintext, every caller the admin), so
         # their clients do too: authentication and RBAC are not part of these figures.
@@ -255,7 +323,7 @@ def start_control_plane(c: Cluster, apiservers: int) -> None:
                 *LEADER_ELECTION, *metrics_flag(c, name)]
         if name == "controllers":
             # The default cluster CIDR (a /16) has 256 node /24s; hollow nodes' pods use a /9.
-            argv += ["--cluster-cidr", str(HOLLOW_POD_NET), "--node-cidr-mask-size", "24"]
+            argv += ["--cluster-cidr", str(HOLLOW_POD_NET), "--node-cidr-mask-size", "24", *controller_args]
         p = Process(name, argv, c.workdir / f"{name}.log", "127.0.0.1", 0, env=_env(), ready=_alive).start()
         c.processes.append(p)
         c.add(name, p.pid)
@@ -466,6 +534,7 @@ class Tracker:
     def __init__(self, client: Client) -> None:
         self.pods: Informer[t.Pod] = Informer(client, t.Pod, namespace=NAMESPACE)
         self.first_seen: dict[str, float] = {}
+        self.created_by: dict[str, tuple[str, float]] = {}  # pod uid -> (its controller's name, first seen)
         self.bound_at: dict[str, float] = {}
         self.running_at: dict[str, float] = {}
         self.pods.add_handler(on_add=self._event, on_update=lambda _o, n: self._event(n))
@@ -474,7 +543,8 @@ class Tracker:
 
     def _event(self, pod: t.Pod) -> None:
         now = time.monotonic()
-        self.first_seen.setdefault(pod.metadata.uid, now)
+        if self.first_seen.setdefault(pod.metadata.uid, now) == now and pod.metadata.owner_references:
+            self.created_by[pod.metadata.uid] = (pod.metadata.owner_references[0].name, now)
         if pod.spec.node_name:
             self.bound_at.setdefault(pod.metadata.uid, now)
         if pod.status.phase == "Running":
@@ -714,6 +784,7 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
         counter = WriteCounter(c.store_endpoints[0], rev0 + 1)
         tasks.append(asyncio.create_task(counter.run()))
         t0 = time.monotonic()
+        cpu0 = {comp.name: comp.cpu_s() for comp in c.components}
         until = t0 + timeout
         await gather_limited([persist(lambda i=i: client.create(deployment(i, size.replicas)), deadline=until,
                                       done=(errors.AlreadyExistsError,)) for i in range(size.deployments)], 16)
@@ -729,9 +800,16 @@ async def scenario(c: Cluster, size: Size, timeout: float, out: dict[str, Any],
                                f"{len(tracker.pods.list())} pods, {len(tracker.bound_at)} bound, "
                                f"{tracker.running()} Running")
         out["all_running_s"] = round(time.monotonic() - t0, 2)
+        # Cores each component used in this phase: what was left idle says whether it waited or worked.
+        out["create_cores"] = {comp.name: round((comp.cpu_s() - cpu0[comp.name]) / out["all_running_s"], 2)
+                               for comp in c.components}
         out["informer_view"] = await informer_view(client, tracker)
         out.update(tracker.scheduling())
         out["timeline"] = tracker.timeline(t0)
+        out["replicaset_creation"] = creation_spans(tracker.created_by, t0)
+        out["create_path"] = create_path(
+            [await asyncio.to_thread(metric_samples, a) for n, a in c.metrics.items() if n.startswith("apiserver")],
+            await asyncio.to_thread(metric_samples, c.metrics["controllers"]))
         # What the store had to write per pod (every write is one revision): the rate it
         # sustains divided by this is the most pods/s the whole chain can reach.
         rev1 = await asyncio.to_thread(store_revision, c.store_endpoints)
@@ -848,10 +926,16 @@ def run_one(store_kind: str, size: Size, args: argparse.Namespace, deadline: flo
     workdir = Path(tempfile.mkdtemp(prefix=f"skiff-scale-{store_kind}-"))
     c = Cluster(workdir, store_kind)
     result: dict[str, Any] = {"store": store_kind, "hollow_nice": args.hollow_nice}
+    controller_args = tuple(args.controller_arg)
+    if controller_args:
+        result["controller_args"] = list(controller_args)
+    apiserver_args = tuple(args.apiserver_arg)
+    if apiserver_args:
+        result["apiserver_args"] = list(apiserver_args)
     try:
         t0 = time.monotonic()
         result["phase"] = "start"
-        start_control_plane(c, apiservers=3)
+        start_control_plane(c, apiservers=3, controller_args=controller_args, apiserver_args=apiserver_args)
         result["control_plane_start_s"] = round(time.monotonic() - t0, 1)
         t1 = time.monotonic()
         extra = ["--start-latency", str(args.start_latency), "--fail-rate", str(args.fail_rate)]
@@ -939,6 +1023,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", default="",
                    help="stop the whole run by this UTC time (HH:MM) or after this many seconds, writing what "
                         "it measured so far")
+    p.add_argument("--controller-arg", action="append", default=[], metavar="FLAG",
+                   help="one more flag for the controller manager, e.g. --controller-arg=--concurrent-replicaset-"
+                        "syncs=20 (repeatable; recorded in the result as controller_args)")
+    p.add_argument("--apiserver-arg", action="append", default=[], metavar="FLAG",
+                   help="one more flag for every api-server, e.g. --apiserver-arg=--max-mutating-requests-inflight=400 "
+                        "(repeatable; recorded in the result as apiserver_args)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument("--output", default="", help="result file (default bench/results/scale[-small].json)")
     p.add_argument("--add", action="store_true",

@@ -105,3 +105,42 @@ def test_store_terms_count_leader_changes(samples: list[list[tuple[int, int]]], 
     for seen in samples:
         terms.observe(seen)
     assert terms.results() == expected
+
+
+@pytest.mark.parametrize(("created", "expected"), [
+    ({"a1": ("a", 10.0), "a2": ("a", 14.0), "b1": ("b", 12.0), "b2": ("b", 13.0), "c1": ("c", 20.0)},
+     {"replicasets": 3, "span_p50_s": 1.0, "span_max_s": 4.0, "most_at_once": 2, "last_started_s": 10.0}),
+    ({"a1": ("a", 10.0), "a2": ("a", 11.0), "b1": ("b", 11.0), "b2": ("b", 12.0)},
+     {"replicasets": 2, "span_p50_s": 1.0, "span_max_s": 1.0, "most_at_once": 1, "last_started_s": 1.0}),
+    ({}, {}),
+], ids=["overlapping-sets", "one-after-another", "nothing-created"])
+def test_creation_spans_say_how_long_and_how_many_at_once(created: dict[str, tuple[str, float]],
+                                                          expected: dict[str, object]) -> None:
+    assert scale.creation_spans(created, 10.0) == expected
+
+
+def test_create_path_reads_pod_creates_and_replicaset_syncs() -> None:
+    post = {"verb": "POST", "resource": "pods"}
+    apiservers = [
+        [("apiserver_request_total", {**post, "code": "201"}, 90.0),
+         ("apiserver_request_total", {**post, "code": "429"}, 10.0),
+         ("apiserver_request_total", {"verb": "PUT", "resource": "pods", "code": "200"}, 500.0),
+         ("apiserver_request_duration_seconds_sum", post, 5.0),
+         ("apiserver_request_duration_seconds_count", post, 100.0)],
+        [("apiserver_request_total", {**post, "code": "201"}, 10.0),
+         ("apiserver_request_duration_seconds_sum", post, 15.0),
+         ("apiserver_request_duration_seconds_count", post, 100.0)],
+    ]
+    controllers = [("workqueue_work_duration_seconds_sum", {"name": "replicaset"}, 40.0),
+                   ("workqueue_work_duration_seconds_count", {"name": "replicaset"}, 8.0),
+                   ("workqueue_work_duration_seconds_count", {"name": "deployment"}, 99.0),
+                   ("workqueue_retries_total", {"name": "replicaset"}, 3.0)]
+    assert scale.create_path(apiservers, controllers) == {
+        "pod_creates_by_code": {"201": 100, "429": 10}, "pod_create_mean_ms": 100.0, "replicaset_syncs": 8,
+        "replicaset_sync_mean_s": 5.0, "replicaset_sync_s_total": 40.0, "replicaset_retries": 3}
+
+
+def test_create_path_without_metrics_says_nothing_was_seen() -> None:
+    assert scale.create_path([[]], []) == {
+        "pod_creates_by_code": {}, "pod_create_mean_ms": None, "replicaset_syncs": 0,
+        "replicaset_sync_mean_s": None, "replicaset_sync_s_total": 0.0, "replicaset_retries": 0}
