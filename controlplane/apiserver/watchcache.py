@@ -345,6 +345,7 @@ class Watcher:
         # Set when the client takes an event, for `room` (made there: cache watchers never wait).
         self._taken: asyncio.Event | None = None
         self.error: errors.SkiffError | None = None
+        self.too_slow = False  # closed by a bound (events, bytes, lag): its client could not keep up
         self.expired = False
 
     def offer(self, ev: CachedEvent) -> None:
@@ -356,6 +357,7 @@ class Watcher:
         data = ev.encoded(as_type)
         lag = self.lag()
         if self.max_lag is not None and lag > self.max_lag:
+            self.too_slow = True
             self.fail(errors.TooManyRequestsError(
                 f"watch of {self.kind.resource} closed: the client has not taken an event queued {lag:.1f}s ago, "
                 f"over the bound of {self.max_lag:g}s (too slow to read; it was last sent revision "
@@ -363,6 +365,7 @@ class Watcher:
                 "it received"))
             return
         if len(self.queue) >= self.limit or (self.queue and self.queued_bytes + len(data) > self.max_bytes):
+            self.too_slow = True
             self.fail(errors.TooManyRequestsError(
                 f"watch of {self.kind.resource} closed: the client fell {len(self.queue)} events "
                 f"({self.queued_bytes} bytes) behind, over the bound of {self.limit} events or {self.max_bytes} "
@@ -495,6 +498,8 @@ class WatchCache:
         self.window_start = 0
         self.ready = asyncio.Event()
         self._all: set[Watcher] = set()
+        # Watchers closed as too slow (kube-apiserver's apiserver_terminated_watchers_total).
+        self.terminated_watchers = 0
         self._by_node: dict[str, set[Watcher]] = {}
         self._advanced = asyncio.Event()
         self._store_watch: StoreWatch | None = None
@@ -719,6 +724,8 @@ class WatchCache:
         return sum(1 for ev in self.events if ev.revision == revision and translate(filt, ev) is not None) > 1
 
     def remove(self, w: Watcher) -> None:
+        if w.too_slow:
+            self.terminated_watchers += 1
         if w.node is not None:
             ws = self._by_node.get(w.node)
             if ws is not None:

@@ -328,6 +328,25 @@ async def test_watcher_lag_bound(case: LagCase) -> None:
         assert f"bound of {case.max_lag:g}s" in w.error.message
 
 
+def test_watchers_closed_as_too_slow_are_counted() -> None:
+    """apiserver_terminated_watchers_total counts watchers a bound closed, not watches that ended."""
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    clock = FakeClock()
+    cache = WatchCache(MemoryStore(), kind, watcher_limit=2, watcher_max_lag=2.0, clock=clock)
+    over_the_event_bound, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
+    lagging, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
+    ended, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
+    for i in (1, 2, 3):
+        over_the_event_bound.offer(_event(f"p{i}", i, 10))
+    lagging.offer(_event("p1", 1, 10))
+    clock.now = 3
+    lagging.offer(_event("p2", 2, 10))
+    ended.close()
+    assert over_the_event_bound.too_slow and lagging.too_slow and not ended.too_slow
+    assert cache.terminated_watchers == 2 and cache.watcher_count == 0
+
+
 # (revisions offered, events read before the watcher fails, names the client still gets)
 FAILING_MID_REVISION = [
     pytest.param((5, 5, 5, 6), 1, ["p2", "p3"], id="the-rest-of-the-revision-being-sent"),
