@@ -12,7 +12,9 @@ What must hold:
   between the old cache and the new list is delivered to handlers as adds, updates and
   deletes, so no handler misses a deletion that happened while disconnected;
 - every retry backs off (`RELIST_BACKOFF`), relisting after a GoneError included: a cluster of
-  informers never hammers an api-server that keeps failing them;
+  informers never hammers an api-server that keeps failing them; a watch that brought anything
+  before it failed (one the api-server closed because the informer lagged) starts the backoff
+  over, so a lagging informer does not idle for ever longer waits;
 - a list comes in pages of at most `page_size` objects (`limit`/`continue`, all at one
   revision), so no response holds a whole large collection; the cache changes only once the
   last page is in;
@@ -123,6 +125,7 @@ class Informer(Generic[M]):
         self._complete = False
         # While resuming one revision back: that revision, whose events already here are skipped.
         self._replaying = 0
+        self._watch_delivered = False  # whether the current watch brought anything yet
         self._items: dict[str, M] = {}
         self._indexers: dict[str, Indexer] = {"namespace": index_by_namespace, **(indexers or {})}
         self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
@@ -328,6 +331,7 @@ class Informer(Generic[M]):
                                              resource_version=self._resume_from(), allow_bookmarks=True,
                                              timeout_seconds=timeout):
             self.apply_event(event.type, event.obj)
+            self._watch_delivered = True
 
     async def run(self) -> None:
         """List and watch until cancelled."""
@@ -335,6 +339,7 @@ class Informer(Generic[M]):
         resync = guard(self._resync_loop(), f"{self.kind.resource}-resync") if self.resync_period > 0 else None
         try:
             while True:
+                self._watch_delivered = False
                 try:
                     if not self.resource_version or not self.synced:
                         await self._relist()
@@ -346,6 +351,11 @@ class Informer(Generic[M]):
                     self.resource_version = ""
                     await asyncio.sleep(delay)
                 except errors.SkiffError as exc:
+                    if self._watch_delivered:
+                        # The watch made progress before it failed (e.g. closed as too slow by the
+                        # api-server): not a failing loop to back off from, and an informer that
+                        # lags already must not idle for the backoff's longer waits.
+                        delays.reset()
                     delay = delays.next()
                     log.warning("%s informer: %s; retrying in %.1fs", self.kind.resource, exc, delay)
                     await asyncio.sleep(delay)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-buffer-bytes", type=int, default=Options.watcher_buffer_bytes,
                    help="bytes of encoded events queued for one watcher before it is closed as too slow "
                         "(default %(default)s)")
+    p.add_argument("--watch-max-lag", type=float, default=Options.watcher_max_lag,
+                   help="seconds an event may wait for a watcher's client to take it before the watch is closed "
+                        "as too slow; 0: no bound (default %(default)s)")
     p.add_argument("--max-requests-inflight", type=int, default=Limits.max_requests_inflight,
                    help="read-only requests served at once; more are refused with RESOURCE_EXHAUSTED (HTTP 429) "
                         "and a retry hint; 0: unlimited (default %(default)s)")
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
-    for name in ("max_requests_inflight", "max_mutating_requests_inflight", "max_watches_per_client"):
+    for name in ("watch_max_lag", "max_requests_inflight", "max_mutating_requests_inflight", "max_watches_per_client"):
         if getattr(args, name) < 0:
             print(f"skiff-apiserver: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
             return 2
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     service_account=service_account_keys(args),
                     options=Options(watch_cache_size=args.watch_cache_size,
                                     watch_cache_bytes=args.watch_cache_bytes, watcher_buffer=args.watch_buffer,
-                                    watcher_buffer_bytes=args.watch_buffer_bytes,
+                                    watcher_buffer_bytes=args.watch_buffer_bytes, watcher_max_lag=args.watch_max_lag,
                                     bookmark_interval=args.bookmark_interval,
                                     event_ttl=round(args.event_ttl),
                                     compaction_interval=args.compaction_interval,

@@ -15,8 +15,9 @@ What must hold:
 - a long-running request counts in apiserver_longrunning_requests while it runs and never in
   apiserver_current_inflight_requests nor in the latency histogram (its duration is the
   client's choice);
-- apiserver_storage_objects and apiserver_registered_watchers are read from the watch caches
-  at scrape time (`RegistryCollector`).
+- apiserver_storage_objects, apiserver_registered_watchers and apiserver_terminated_watchers_total
+  (watchers closed as too slow to read) are read from the watch caches at scrape time
+  (`RegistryCollector`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controlplane.apiserver.rest.status import code_and_reason
@@ -176,7 +177,8 @@ def _grpc_info(name: str, verb: str, subresource: str, request: Message) -> Requ
 
 
 class RegistryCollector(Collector):
-    """apiserver_storage_objects and apiserver_registered_watchers, from the watch caches."""
+    """apiserver_storage_objects, apiserver_registered_watchers and apiserver_terminated_watchers_total,
+    from the watch caches."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -193,10 +195,15 @@ class RegistryCollector(Collector):
         watchers = GaugeMetricFamily("apiserver_registered_watchers",
                                      "Number of currently registered watchers for a given resources",
                                      labels=["group", "version", "kind"])
+        terminated = CounterMetricFamily("apiserver_terminated_watchers",
+                                         "Counter of watchers closed due to unresponsiveness broken by resource type.",
+                                         labels=["group", "resource"])
         for resource, cache in sorted(self.registry.caches.items()):
             kind = cache.kind
             group, _, version = kind.api_version.rpartition("/")
             objects.add_metric([f"{resource}.{group}" if group else resource], len(cache.objects))
             watchers.add_metric([group, version, kind.kind], cache.watcher_count)
+            terminated.add_metric([group, resource], cache.terminated_watchers)
         yield objects
         yield watchers
+        yield terminated

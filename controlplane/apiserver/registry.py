@@ -157,6 +157,9 @@ class Options:
     watch_cache_bytes: int = DEFAULT_RING_BYTES  # the stored values one resource's event ring refers to
     watcher_buffer: int = 4096
     watcher_buffer_bytes: int = 8 * 1024 * 1024
+    # Seconds an event may wait for a watcher's client to take it before the watch is closed as
+    # too slow (watchcache.Watcher.lag); 0: no such bound.
+    watcher_max_lag: float = 10.0
     bookmark_interval: float = 5.0
     event_ttl: int = 3600
     compaction_interval: float = 300.0
@@ -186,6 +189,7 @@ class Registry:
                                    capacity_bytes=self.options.watch_cache_bytes,
                                    watcher_limit=self.options.watcher_buffer,
                                    watcher_bytes=self.options.watcher_buffer_bytes,
+                                   watcher_max_lag=self.options.watcher_max_lag or None,
                                    bookmark_interval=self.options.bookmark_interval)
             for k in kinds.KINDS
         }
@@ -1024,6 +1028,7 @@ class Registry:
                     initial_events.append(encode_bookmark(kind, w.start_revision))
                 for chunk in chunk_bytes(initial_events, WATCH_BATCH_BYTES):
                     yield frame_batch(chunk)
+                w.start_lag_clock()
                 while True:
                     batch = await w.next_batch()
                     if batch is None:
@@ -1033,6 +1038,7 @@ class Registry:
                 yield encode_event(ADDED, obj)
             if send_initial_events:
                 yield encode_bookmark(kind, w.start_revision)
+            w.start_lag_clock()
             while True:
                 data = await w.next()
                 if data is None:

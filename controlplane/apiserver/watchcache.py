@@ -37,6 +37,12 @@ What must hold:
   replay being exempt from the bounds; a store-served watch is paced instead, see above). One event
   larger than the byte bound still goes to a watcher whose queue is empty. Encoded events are
   shared by all watchers.
+- Lag is bounded in time as well (`watcher_max_lag`, `Watcher.lag`): an event offered to a
+  watcher whose oldest event, queued or handed to its stream and not yet written, has waited
+  longer than the bound closes it the same way. A message counts as written once the stream asks
+  for the next one (a stream asks only after its write completed, which is once the client's
+  flow-control window has room: skiff/client.py keeps that window small, so the lag is seen).
+  Events queued while a list-then-watch sends its initial objects wait from the end of that list.
 - A store watch that reports compaction (we fell too far behind) relists; the watchers
   registered so far are closed with UNAVAILABLE and re-watch.
 - A cache is never frozen: any other failure of its loop (a bug, an unexpected error) closes
@@ -63,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -329,7 +336,8 @@ class Watcher:
     """A client watch registered with a cache: a bounded queue of encoded events."""
 
     def __init__(self, kind: kinds.Kind, filt: Filter, start_revision: int, *, limit: int,
-                 allow_bookmarks: bool, max_bytes: int = DEFAULT_WATCHER_BYTES,
+                 allow_bookmarks: bool, max_bytes: int = DEFAULT_WATCHER_BYTES, max_lag: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  on_remove: Callable[[Watcher], None] | None = None) -> None:
         self.kind = kind
         self.filter = filt
@@ -343,10 +351,21 @@ class Watcher:
         self._revisions: deque[int] = deque()  # each queued event's revision
         self._sent_revision = start_revision  # the revision of the last event handed out
         self.queued_bytes = 0
+        # The lag bound (`lag`): seconds an event may wait, queued or being written, before the
+        # watcher is closed as too slow; None: no bound (a store-served watch, paced instead).
+        self.max_lag = max_lag
+        self.clock = clock
+        self._queued_at: deque[float] = deque()  # when each queued event was queued
+        # When the oldest event of the message being written was queued (None: no write pending).
+        # A message is written once its stream asks for the next one (`next`, `next_batch`).
+        self._writing_since: float | None = None
+        # Nothing waits before this (`start_lag_clock`): the initial objects go out first.
+        self._lag_from = clock()
         self.wake = asyncio.Event()
         # Set when the client takes an event, for `room` (made there: cache watchers never wait).
         self._taken: asyncio.Event | None = None
         self.error: errors.SkiffError | None = None
+        self.too_slow = False  # closed by a bound (events, bytes, lag): its client could not keep up
         self.expired = False
 
     def offer(self, ev: CachedEvent) -> None:
@@ -356,7 +375,17 @@ class Watcher:
         if as_type is None:
             return
         data = ev.encoded(as_type)
+        lag = self.lag()
+        if self.max_lag is not None and lag > self.max_lag:
+            self.too_slow = True
+            self.fail(errors.TooManyRequestsError(
+                f"watch of {self.kind.resource} closed: the client has not taken an event queued {lag:.1f}s ago, "
+                f"over the bound of {self.max_lag:g}s (too slow to read; it was last sent revision "
+                f"{self._sent_revision}, the cache is at {ev.revision}); watch again from the last resourceVersion "
+                "it received"))
+            return
         if len(self.queue) >= self.limit or (self.queue and self.queued_bytes + len(data) > self.max_bytes):
+            self.too_slow = True
             self.fail(errors.TooManyRequestsError(
                 f"watch of {self.kind.resource} closed: the client fell {len(self.queue)} events "
                 f"({self.queued_bytes} bytes) behind, over the bound of {self.limit} events or {self.max_bytes} "
@@ -367,8 +396,27 @@ class Watcher:
     def _push(self, data: bytes, revision: int) -> None:
         self.queue.append(data)
         self._revisions.append(revision)
+        self._queued_at.append(self.clock())
         self.queued_bytes += len(data)
         self.wake.set()
+
+    def lag(self) -> float:
+        """Seconds the oldest event not yet written to the client has waited (0 when none waits).
+
+        A write completes once the client's transport has room for it, so this sees a client
+        that reads slowly only when its receive window is small (skiff/client.py turns off the
+        window's growth; a window grown to megabytes would hide thousands of events from it)."""
+        if self._writing_since is not None:
+            oldest = self._writing_since
+        elif self._queued_at:
+            oldest = self._queued_at[0]
+        else:
+            return 0.0
+        return max(0.0, self.clock() - max(oldest, self._lag_from))
+
+    def start_lag_clock(self) -> None:
+        """The initial objects are out: events queued meanwhile wait from now."""
+        self._lag_from = self.clock()
 
     def bookmark(self, revision: int) -> None:
         if self.allow_bookmarks and not self.queue and self.error is None and revision > self.start_revision:
@@ -388,6 +436,7 @@ class Watcher:
         while len(self.queue) > keep:
             self.queued_bytes -= len(self.queue.pop())
             self._revisions.pop()
+            self._queued_at.pop()
         self.wake.set()
         self.close()
 
@@ -408,6 +457,7 @@ class Watcher:
     async def next(self) -> bytes | None:
         """The next encoded event; None when expired; raises the watcher's error once closed
         (after the rest of the revision being sent, see `fail`)."""
+        self._writing_since = None  # the stream asks for more: what it was handed is written
         while not self.queue:
             if self.error is not None:
                 raise self.error
@@ -423,7 +473,7 @@ class Watcher:
         first = await self.next()
         if first is None:
             return None
-        batch, size = [first], len(first)
+        batch, size = [first], len(first)  # `_writing_since`: the first one's, the oldest
         while self.queue and size + len(self.queue[0]) <= max_bytes:
             data = self._pop()
             batch.append(data)
@@ -433,6 +483,9 @@ class Watcher:
     def _pop(self) -> bytes:
         data = self.queue.popleft()
         self._sent_revision = self._revisions.popleft()
+        queued_at = self._queued_at.popleft()
+        if self._writing_since is None:
+            self._writing_since = queued_at
         self.queued_bytes -= len(data)
         if self._taken is not None:
             self._taken.set()
@@ -447,8 +500,9 @@ class Watcher:
 class WatchCache:
     def __init__(self, store: Store, kind: kinds.Kind, *, capacity: int = 4096,
                  capacity_bytes: int = DEFAULT_RING_BYTES, watcher_limit: int = 4096,
-                 watcher_bytes: int = DEFAULT_WATCHER_BYTES, bookmark_interval: float = 5.0,
-                 page_size: int = 1000) -> None:
+                 watcher_bytes: int = DEFAULT_WATCHER_BYTES, watcher_max_lag: float | None = None,
+                 bookmark_interval: float = 5.0, page_size: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.kind = kind
         self.prefix = registry_prefix(kind)
@@ -456,6 +510,8 @@ class WatchCache:
         self.capacity_bytes = capacity_bytes
         self.watcher_limit = watcher_limit
         self.watcher_bytes = watcher_bytes
+        self.watcher_max_lag = watcher_max_lag
+        self.clock = clock
         self.bookmark_interval = bookmark_interval
         self.page_size = page_size
         self.objects = ObjectMap(kind)
@@ -465,6 +521,8 @@ class WatchCache:
         self.window_start = 0
         self.ready = asyncio.Event()
         self._all: set[Watcher] = set()
+        # Watchers closed as too slow (kube-apiserver's apiserver_terminated_watchers_total).
+        self.terminated_watchers = 0
         self._by_node: dict[str, set[Watcher]] = {}
         self._advanced = asyncio.Event()
         self._store_watch: StoreWatch | None = None
@@ -681,7 +739,8 @@ class WatchCache:
             raise TooOldForCache(start, self.window_start)
         # The replay may exceed the bounds: they apply to what is queued beyond it.
         w = Watcher(self.kind, filt, start, limit=len(self.events) + 1, max_bytes=2**62,
-                    allow_bookmarks=allow_bookmarks, on_remove=self.remove)
+                    max_lag=self.watcher_max_lag, clock=self.clock, allow_bookmarks=allow_bookmarks,
+                    on_remove=self.remove)
         objs = self.snapshot(filt) if initial else []
         for ev in self.events:
             w.offer(ev)
@@ -704,6 +763,8 @@ class WatchCache:
 
 
     def remove(self, w: Watcher) -> None:
+        if w.too_slow:
+            self.terminated_watchers += 1
         if w.node is not None:
             ws = self._by_node.get(w.node)
             if ws is not None:

@@ -1,20 +1,23 @@
 """An informer too slow for its watch, over gRPC, against a real api-server process on a real
-Skiff store: it lags, and it still ends up holding exactly what the store holds.
+Skiff store: its watch is closed as too slow within the api-server's lag bound, it resumes from
+its last resourceVersion, and it ends up holding exactly what the store holds, each change
+handed to its handlers once.
 
 Found while looking into a full-size scale run whose controller manager (one process on a
-2-core machine at load 10) acted for minutes on a stale view (update conflicts on every kind,
-"no heartbeat" for nodes whose leases were current) while every api-server's watch cache was
-current and no informer logged an error. Measured here: with the api-server's slow-watcher
-bound at 50 events, the client fell about two thousand events behind and its watch was never
-closed. The api-server hands each batch to gRPC as soon as the client's stream takes it, so its
-watcher queue stays short and the bound does not see how far behind the client really is: the
-backlog waits in the transport. That is lag, not loss: this test pins that nothing is lost
-while it lasts.
+2-core machine at load 10) acted for minutes on a stale view while no informer logged an error.
+The api-server's bound counted the events queued in it, and they never queued: each write to
+the stream completed as soon as the client's transport took it, and the client's HTTP/2 receive
+window, grown by BDP probing to about 4 MiB, took thousands of events in ahead of a busy client
+(this test measured an informer 392 revisions behind a bound of 50 events, never closed). Now the
+client keeps its window at 64 KiB, so a slow reader holds the api-server's writes back, and the
+api-server closes a watch whose oldest event has waited longer than `--watch-max-lag`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -33,8 +36,9 @@ from tests.support.cluster import running_store
 pytestmark = pytest.mark.integration
 
 PODS = 300
-BOUND = 50  # events queued for one watcher beyond which the api-server closes it as too slow
-HANDLER_SECONDS = 0.01  # what each event costs the informer's process (its loop is busy)
+MAX_LAG = 1.0  # seconds an event may wait for the client to take it (the api-server's --watch-max-lag)
+HANDLER_SECONDS = 0.05  # what each event costs the informer's process (its loop is busy)
+WRITE_PACE = HANDLER_SECONDS / 2  # seconds between two writes (plus the write itself)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,8 @@ def cluster() -> Iterator[StoreCluster]:
 @pytest.fixture(scope="module")
 def apiserver(cluster: StoreCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     workdir = tmp_path_factory.mktemp("slow-informer")
-    flags = ["--watch-buffer", str(BOUND), "--metrics-bind-address", f"127.0.0.1:{free_port()}"]
+    # The event and byte bounds stay at their defaults: only the lag bound can close this watch.
+    flags = ["--watch-max-lag", str(MAX_LAG), "--metrics-bind-address", f"127.0.0.1:{free_port()}"]
     proc = start_apiserver(workdir, ",".join(cluster.endpoints), extra_args=flags)
     try:
         yield proc
@@ -57,39 +62,38 @@ def apiserver(cluster: StoreCluster, tmp_path_factory: pytest.TempPathFactory) -
 
 def write_in_thread(endpoint: str, ns: str) -> threading.Thread:
     """Create PODS pods, then change each once, from a thread with its own loop and client (the
-    informer's loop is kept busy by its handler, as a CPU-starved component's is)."""
+    informer's loop is kept busy by its handler, as a CPU-starved component's is). One write at a
+    time, paced, so that writes keep coming for several seconds at about twice the rate the
+    informer handles them: the api-server checks a watcher's lag when the next event comes for it
+    (as Kubernetes' cacher does), and a burst over before the bound ran out would not show it."""
 
     async def write() -> None:
         async with Client(endpoint, timeout=30) as c:
-            limit = asyncio.Semaphore(16)
-
-            async def create(i: int) -> None:
-                async with limit:
-                    await c.create(pod(f"p{i:03d}", namespace=ns))
-
-            async def relabel(i: int) -> None:
-                async with limit:
-                    current = await c.get(t.Pod, f"p{i:03d}", ns)
-                    current.metadata.labels["phase"] = "two"
-                    await c.update(current)
-
-            await asyncio.gather(*(create(i) for i in range(PODS)))
-            await asyncio.gather(*(relabel(i) for i in range(PODS)))
+            for i in range(PODS):
+                await c.create(pod(f"p{i:03d}", namespace=ns))
+                await asyncio.sleep(WRITE_PACE)
+            for i in range(PODS):
+                current = await c.get(t.Pod, f"p{i:03d}", ns)
+                current.metadata.labels["phase"] = "two"
+                await c.update(current)
+                await asyncio.sleep(WRITE_PACE)
 
     thread = threading.Thread(target=asyncio.run, args=(write(),), daemon=True)
     thread.start()
     return thread
 
 
-async def test_a_slow_informer_lags_but_loses_nothing(apiserver: Process) -> None:
+async def test_a_slow_informer_is_closed_within_the_lag_bound_and_loses_nothing(
+        apiserver: Process, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="skiff.informer")
     ns = "slow"
     async with Client(apiserver.endpoint, timeout=30) as client:
         await client.create(namespace(ns))
         informer = Informer(client, t.Pod, namespace=ns)
-        handled = {"events": 0}
+        handled: list[tuple[str, str]] = []  # (name, resourceVersion) of each change handed over
 
-        def busy(*_: t.Pod) -> None:
-            handled["events"] += 1
+        def busy(*objs: t.Pod) -> None:
+            handled.append((objs[-1].metadata.name, objs[-1].metadata.resource_version))
             time.sleep(HANDLER_SECONDS)
 
         informer.add_handler(on_add=busy, on_update=busy)
@@ -108,9 +112,22 @@ async def test_a_slow_informer_lags_but_loses_nothing(apiserver: Process) -> Non
                 if not writer.is_alive() and held == stored and len(stored) == PODS:
                     break
                 assert time.monotonic() < deadline, f"informer holds {len(held)} pods, the store {len(stored)}"
-            print(f"most revisions behind: {most_behind} (the api-server's bound: {BOUND} events)")
+            closes = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
+            waited = [float(m) for c in closes for m in re.findall(r"queued ([0-9.]+)s ago", c)]
+            print(f"most revisions behind: {most_behind}; watch closed as too slow {len(closes)} times, "
+                  f"the oldest event having waited {waited} s (bound {MAX_LAG} s)")
             assert all(p.metadata.labels.get("phase") == "two" for p in informer.list())
-            assert handled["events"] >= 2 * PODS
+            # Each pod's creation and its one change reach the handlers once each, in order.
+            assert len(handled) == len(set(handled)) == 2 * PODS
+            versions: dict[str, list[int]] = {}
+            for name, rv in handled:
+                versions.setdefault(name, []).append(int(rv))
+            assert all(len(v) == 2 and v[0] < v[1] for v in versions.values()), versions
+            # At 0.02 s per event (178 revisions behind) the bound never fired: that backlog still fit
+            # in what the client holds beyond the api-server's view (its 64 KiB window and the
+            # WatchBatch message it is handling). At 0.05 s the backlog outgrows it.
+            assert closes, "the lagging watch was never closed"
+            assert all(MAX_LAG <= w < MAX_LAG + 5 for w in waited), closes
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -9,6 +9,7 @@ import pytest
 
 from controlplane.apiserver.inprocess import InProcessApi
 from skiff import errors, kinds
+from skiff.client import WatchEvent
 from skiff.informer import Informer, InformerFactory, compact
 from skiffpb.api.v1 import apiserver_pb2
 from skiffpb.api.v1 import types_pb2 as t
@@ -187,6 +188,36 @@ async def test_relisting_after_gone_backs_off() -> None:
         task.cancel()
         # 0.2 + 0.4 + 0.8 s between relists (plus jitter): at most 4 lists, where a hot loop makes hundreds.
         assert 2 <= len(api.pages) <= 4, api.pages
+
+
+class TooSlowApi(InProcessApi):
+    """The in-process api-server whose every watch brings one bookmark and is then closed as too
+    slow, as the api-server closes a watcher whose client lags (watchcache.Watcher.lag)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watched_at: list[float] = []
+
+    async def watch(self, cls, **kw):  # type: ignore[no-untyped-def,override]
+        self.watched_at.append(asyncio.get_running_loop().time())
+        mark = t.Pod()
+        mark.metadata.resource_version = kw["resource_version"]
+        yield WatchEvent("BOOKMARK", mark)
+        raise errors.TooManyRequestsError("injected: watch closed, too slow to read")
+
+
+async def test_a_watch_that_delivered_before_failing_resumes_without_growing_backoff() -> None:
+    """A lagging informer closed again and again must not idle for ever longer backoffs: each of
+    those watches brought something, so none is the failing loop the backoff is for."""
+    async with TooSlowApi() as api:
+        informer = Informer(api, t.Pod)
+        task = asyncio.create_task(informer.run())
+        try:
+            await eventually(lambda: len(api.watched_at) >= 5, timeout=10)
+        finally:
+            task.cancel()
+        # 0.2 s (+-20%) between watches; a growing backoff (0.2 + 0.4 + 0.8 + 1.6 s) takes 2.4 s or more.
+        assert api.watched_at[4] - api.watched_at[0] < 2.0, api.watched_at
 
 
 def _label_only(p: t.Pod) -> t.Pod:

@@ -266,6 +266,87 @@ async def test_reading_frees_the_byte_budget() -> None:
     assert w.error is None and w.queued_bytes == 0
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class LagCase:
+    id: str
+    # (seconds, step): "offer" an event; "take" the next event or "take-batch" everything queued
+    # (the stream asking again means it wrote what it was handed); "initial-done": the initial
+    # objects are out (`start_lag_clock`).
+    steps: tuple[tuple[float, str], ...]
+    max_lag: float | None
+    closed: bool
+
+
+KEEPING_UP = tuple(step for i in range(30) for step in ((float(i), "offer"), (i + 0.5, "take")))
+LAGS = [
+    LagCase("a-reader-keeping-up", KEEPING_UP, 2.0, False),
+    LagCase("an-event-queued-past-the-bound", ((0, "offer"), (3, "offer")), 2.0, True),
+    LagCase("an-event-queued-within-the-bound", ((0, "offer"), (1.5, "offer")), 2.0, False),
+    LagCase("an-event-handed-out-but-not-written", ((0, "offer"), (0.1, "take"), (3, "offer")), 2.0, True),
+    LagCase("written-once-the-stream-asks-again",
+            ((0, "offer"), (0.1, "take"), (1, "offer"), (1.1, "take"), (2.5, "offer")), 2.0, False),
+    LagCase("a-batch-waits-from-its-oldest-event",
+            ((0, "offer"), (1, "offer"), (1.5, "take-batch"), (2.5, "offer")), 2.0, True),
+    LagCase("queued-while-the-initial-objects-went-out",
+            ((0, "offer"), (5, "initial-done"), (6, "offer")), 2.0, False),
+    LagCase("no-bound", ((0, "offer"), (100, "offer")), None, False),
+]
+
+
+@pytest.mark.parametrize("case", LAGS, ids=lambda c: c.id)
+async def test_watcher_lag_bound(case: LagCase) -> None:
+    """A client that has not taken an event within the bound is closed as too slow when the next
+    event comes (as Kubernetes' cacher closes a watcher that cannot take an event in time)."""
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    clock = FakeClock()
+    w = Watcher(kind, make_filter(kind), 0, limit=1000, max_lag=case.max_lag, clock=clock, allow_bookmarks=False)
+    revision = 0
+    for at, step in case.steps:
+        clock.now = at
+        if step == "offer":
+            revision += 1
+            w.offer(_event(f"p{revision}", revision, 10))
+        elif step == "take":
+            assert await w.next() is not None
+        elif step == "take-batch":
+            assert await w.next_batch() is not None
+        else:
+            w.start_lag_clock()
+    assert (w.error is not None) == case.closed
+    if case.closed:
+        assert isinstance(w.error, errors.TooManyRequestsError)
+        assert "too slow" in w.error.message and "resourceVersion" in w.error.message
+        assert f"bound of {case.max_lag:g}s" in w.error.message
+
+
+def test_watchers_closed_as_too_slow_are_counted() -> None:
+    """apiserver_terminated_watchers_total counts watchers a bound closed, not watches that ended."""
+    kind = kinds.by_kind("Pod")
+    assert kind is not None
+    clock = FakeClock()
+    cache = WatchCache(MemoryStore(), kind, watcher_limit=2, watcher_max_lag=2.0, clock=clock)
+    over_the_event_bound, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
+    lagging, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
+    ended, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
+    for i in (1, 2, 3):
+        over_the_event_bound.offer(_event(f"p{i}", i, 10))
+    lagging.offer(_event("p1", 1, 10))
+    clock.now = 3
+    lagging.offer(_event("p2", 2, 10))
+    ended.close()
+    assert over_the_event_bound.too_slow and lagging.too_slow and not ended.too_slow
+    assert cache.terminated_watchers == 2 and cache.watcher_count == 0
+
+
 # (revisions offered, events read before the watcher fails, names the client still gets)
 FAILING_MID_REVISION = [
     pytest.param((5, 5, 5, 6), 1, ["p2", "p3"], id="the-rest-of-the-revision-being-sent"),
