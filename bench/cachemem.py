@@ -247,8 +247,8 @@ def _measure_endpoints(n: int, writes: int, ring_bytes: int | None) -> Any:
     from skiff import kinds
     kind = kinds.by_kind("Endpoints")
     assert kind is not None
-    bound = {} if ring_bytes is None else {"capacity_bytes": ring_bytes}  # None: the cache's default
-    cache = WatchCache(MemoryStore(), kind, **bound)
+    cache = WatchCache(MemoryStore(), kind) if ring_bytes is None else \
+        WatchCache(MemoryStore(), kind, capacity_bytes=ring_bytes)  # None: the cache's default
     live, _ = cache.register(make_filter(kind), start_revision=None, allow_bookmarks=False)
     revision = 1
     for step in range(1, writes + 1):
